@@ -1,0 +1,55 @@
+# Tug's two commands are `make run` and `make test`; everything else here serves them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+TRIPLE := x86_64-unknown-linux-gnu
+RELEASE := target/release
+PROBE := target/$(TRIPLE)/release/tug-probe
+# `make bench AREA=runtime` runs one area; empty runs them all.
+AREA ?=
+
+.PHONY: all deps build release probe lint unit test bench run vm-test clean
+
+all: build
+
+## deps: install what is missing (Debian packages), idempotently.
+deps:
+	@bash scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+## probe: the static probe binary that tests run inside containers.
+probe:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p tug-probe --target $(TRIPLE)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## unit: every test in the workspace (unit, doc and root integration tests).
+unit: probe
+	$(CARGO) test --workspace --locked --doc
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --locked --no-fail-fast --lib --bins --tests; \
+	fi
+
+## test: what CI runs.
+test: deps lint unit
+	@echo "make test: all checks passed"
+
+## bench: every benchmark, or one area with AREA=NAME; prints BENCH lines.
+bench: deps release probe
+	@bash scripts/bench.sh $(AREA)
+
+## run: a single-node cluster on this host.
+run: deps release probe
+	@bash scripts/run.sh
+
+clean:
+	$(CARGO) clean

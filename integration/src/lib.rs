@@ -1,0 +1,19 @@
+//! `tug-integration`: end-to-end tests for Tug and the harness they share.
+//!
+//! - [`cluster`]: the cluster in namespaces — each simulated node is a network namespace with
+//!   its own loopback, its own `eth0` wired to a shared bridge, its own nftables — torn down by
+//!   a guard, also when a test panics.
+//! - [`probe`]: finds (building it if needed) the static `tug-probe` binary that tests run
+//!   inside containers to check isolation from the inside.
+//! - [`leaks`]: what Tug-named debris is on the host now, so tests can prove they left none.
+//!
+//! ```no_run
+//! let cluster = tug_integration::cluster::Cluster::new(3).unwrap();
+//! let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+//! a.run(&["ping", "-c1", "-W2", &b.ip.to_string()]).unwrap();
+//! // dropping `cluster` removes every namespace, link and process it made
+//! ```
+
+pub mod cluster;
+pub mod leaks;
+pub mod probe;

@@ -1,0 +1,1 @@
+//! `tug-shim`: Tug's OCI runtime and per-container supervisor.
