@@ -5,6 +5,8 @@
 //!   a guard, also when a test panics.
 //! - [`probe`]: finds (building it if needed) the static `tug-probe` binary that tests run
 //!   inside containers to check isolation from the inside.
+//! - [`bundle`]: OCI bundles with a busybox rootfs and the probe, for runtime tests; a guard
+//!   that deletes the containers and their cgroups.
 //! - [`leaks`]: what Tug-named debris is on the host now, so tests can prove they left none.
 //!
 //! ```no_run
@@ -14,6 +16,7 @@
 //! // dropping `cluster` removes every namespace, link and process it made
 //! ```
 
+pub mod bundle;
 pub mod cluster;
 pub mod leaks;
 pub mod probe;

@@ -1,1 +1,21 @@
-//! `tug-shim`: Tug's OCI runtime and per-container supervisor.
+//! `tug-shim`: Tug's OCI runtime (and, later, the per-container supervisor).
+//!
+//! It turns an OCI bundle — a `config.json` in the runtime spec plus a rootfs directory —
+//! into a running, isolated container, with runc's command line so standard OCI tooling can
+//! drive it. The creation sequence is drawn in `docs/container-creation.md`.
+//!
+//! - [`plan`]: the spec → the steps (pure).
+//! - [`cgroups`]: hierarchy layout, resource writes, the container's cgroup.
+//! - [`mounts`]: mount options, secure path joins, `/dev`, `pivot_root`.
+//! - [`channel`]: the typed messages between `create` and the container's init.
+//! - [`init`]: what the container's first process does before it execs the user's program.
+//! - [`state`]: the state directory and the OCI state of a container.
+//! - [`runtime`]: the commands (`create`, `start`, `kill`, `delete`, …).
+
+pub mod cgroups;
+pub mod channel;
+pub mod init;
+pub mod mounts;
+pub mod plan;
+pub mod runtime;
+pub mod state;

@@ -52,7 +52,7 @@ fn hog(mib: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Forks up to `n` children that sleep until the parent exits; prints how many forks succeeded.
+/// Forks up to `n` children that die with the parent; prints how many forks succeeded.
 fn fork(n: u64) -> ExitCode {
     use nix::unistd::{ForkResult, fork};
     let mut made = 0u64;
@@ -64,10 +64,12 @@ fn fork(n: u64) -> ExitCode {
             Ok(ForkResult::Child) => {
                 // Let go of the parent's stdout and stderr, so a reader sees them close when
                 // the parent exits.
-                // SAFETY: closing the standard descriptors; nothing in this child uses them.
+                // SAFETY: closing the standard descriptors, which nothing in this child uses, and
+                // asking to die with the parent so no child outlives the probe.
                 unsafe {
                     libc::close(1);
                     libc::close(2);
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 }
                 std::thread::sleep(Duration::from_secs(30));
                 std::process::exit(0);

@@ -1,0 +1,318 @@
+//! tug-shim as an OCI runtime, checked from the inside with the probe and from the outside
+//! with the lifecycle commands. Root tests: they make namespaces, mounts and cgroups.
+
+use serde_json::{Value, json};
+use tug_integration::bundle::Bundle;
+use tug_integration::leaks::Debris;
+
+fn report(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("probe output ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+fn state(b: &Bundle, id: &str) -> Value {
+    let out = b.shim_output(&["state", id]);
+    assert!(out.status.success(), "state {id}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("state json")
+}
+
+#[test]
+fn the_probe_sees_an_isolated_container() {
+    let mut b = Bundle::new(&["/bin/tug-probe"]);
+    b.spec["process"]["env"].as_array_mut().unwrap().push(json!("MARK=inside"));
+    b.spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 321, "hard": 654}]);
+    b.spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7]});
+    let r = report(&b.run("iso"));
+    assert_eq!(r["pid"], 1);
+    assert_eq!(r["hostname"], "tug-test");
+    assert_eq!((r["uid"].clone(), r["gid"].clone()), (json!(1000), json!(1000)));
+    assert_eq!(r["groups"], json!([5, 7]));
+    assert!(r["env"].as_array().unwrap().contains(&json!("MARK=inside")));
+    assert_eq!(r["rlimits"]["RLIMIT_NOFILE"], json!({"soft": 321, "hard": 654}));
+    assert_eq!(r["no_new_privs"], true);
+    let caps = &r["capabilities"];
+    assert_eq!(caps["bounding"], json!(["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]));
+    // As with runc: a non-root user's exec drops permitted and effective, and the ambient
+    // set cannot be raised without the inheritable one, which this spec (runc's default) omits.
+    assert_eq!(caps["effective"], json!([]));
+    assert_eq!(caps["ambient"], json!([]));
+    let mounts: Vec<(String, String)> = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["target"].as_str().unwrap().to_string(), m["type"].as_str().unwrap().to_string()))
+        .collect();
+    for (target, fstype) in [
+        ("/proc", "proc"),
+        ("/dev", "tmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/sys", "sysfs"),
+    ] {
+        assert!(
+            mounts.contains(&(target.to_string(), fstype.to_string())),
+            "{target} {fstype} in {mounts:?}"
+        );
+    }
+    let root = r["mounts"].as_array().unwrap().iter().find(|m| m["target"] == "/").unwrap();
+    assert!(root["options"].as_str().unwrap().starts_with("ro"), "root.readonly: {root}");
+    let ifaces: Vec<&str> =
+        r["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(ifaces, ["lo"], "a new network namespace has only lo");
+    let host_pid_ns = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    assert_ne!(r["namespaces"]["pid"], json!(host_pid_ns));
+    let fds: Vec<&str> = r["fds"].as_array().unwrap().iter().map(|f| f["fd"].as_str().unwrap()).collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "only stdio and the probe's own directory handle: {}", r["fds"]);
+}
+
+#[test]
+fn root_keeps_exactly_the_listed_capabilities() {
+    let mut b = Bundle::new(&["/bin/tug-probe"]);
+    let caps = json!(["CAP_CHOWN", "CAP_NET_RAW"]);
+    b.spec["process"]["capabilities"] = json!({"bounding": caps, "effective": ["CAP_CHOWN"], "permitted": caps, "inheritable": ["CAP_NET_RAW"], "ambient": ["CAP_NET_RAW"]});
+    let r = report(&b.run("caps"));
+    let c = &r["capabilities"];
+    assert_eq!(c["bounding"], json!(["CAP_CHOWN", "CAP_NET_RAW"]));
+    assert_eq!(c["inheritable"], json!(["CAP_NET_RAW"]));
+    assert_eq!(c["ambient"], json!(["CAP_NET_RAW"]));
+    // exec as root recomputes effective from permitted; the bounding set is what must hold.
+    assert!(!c["effective"].as_array().unwrap().contains(&json!("CAP_SYS_ADMIN")));
+}
+
+#[test]
+fn limits_are_written_to_the_containers_cgroup() {
+    let mut b = Bundle::new(&["/bin/tug-probe"]);
+    b.spec["linux"]["resources"] = json!({
+        "memory": {"limit": 67108864},
+        "cpu": {"quota": 50000, "period": 100000, "shares": 512},
+        "pids": {"limit": 64}
+    });
+    let r = report(&b.run("limits"));
+    let limits = &r["cgroup"]["limits"];
+    if r["cgroup"]["version"] == 2 {
+        assert_eq!(limits["memory.max"], "67108864");
+        assert_eq!(limits["cpu.max"], "50000 100000");
+        assert_eq!(limits["pids.max"], "64");
+    } else {
+        assert_eq!(limits["memory/memory.limit_in_bytes"], "67108864");
+        assert_eq!(limits["cpu/cpu.cfs_quota_us"], "50000");
+        assert_eq!(limits["cpu/cpu.cfs_period_us"], "100000");
+        assert_eq!(limits["cpu/cpu.shares"], "512");
+        assert_eq!(limits["pids/pids.max"], "64");
+    }
+    let membership = r["cgroup"]["membership"].as_str().unwrap();
+    assert!(
+        membership.lines().all(|l| l.ends_with(":/") || l.contains("name=")),
+        "cgroup namespace root: {membership}"
+    );
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_and_the_exit_says_so() {
+    let mut b = Bundle::new(&["/bin/tug-probe", "hog", "512"]);
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    let out = b.run("oom");
+    assert_eq!(out.status.code(), Some(137), "SIGKILL by the OOM killer: {}", stderr(&out));
+    assert!(stderr(&out).contains("was OOM-killed"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_fork_bomb_stops_at_pids_max() {
+    let mut b = Bundle::new(&["/bin/tug-probe", "fork", "200"]);
+    b.spec["linux"]["resources"] = json!({"pids": {"limit": 16}});
+    let r = report(&b.run("forks"));
+    let forked = r["forked"].as_u64().unwrap();
+    assert_eq!(forked, 15, "the init and 15 children fill pids.max 16: {r}");
+    assert_eq!(r["error"], "Try again", "fork fails with EAGAIN: {r}");
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "echo started; exec sleep 600"]);
+    let out = b.create("life");
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let st = state(&b, "life");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], "life");
+    assert_eq!(st["ociVersion"], "1.2.0");
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(pid > 1);
+    assert_eq!(
+        stderr(&b.shim_output(&["create", "--bundle", b.path().to_str().unwrap(), "life"])),
+        "tug-shim: container with id exists: life"
+    );
+    let list = String::from_utf8_lossy(&b.shim_output(&["list"]).stdout).to_string();
+    assert!(list.starts_with("ID") && list.contains("life") && list.contains("created"), "{list}");
+    assert!(b.shim_output(&["start", "life"]).status.success());
+    assert_eq!(state(&b, "life")["status"], "running");
+    let again = b.shim_output(&["start", "life"]);
+    assert_eq!(stderr(&again), "tug-shim: cannot start an already running container");
+    let ps = b.shim_output(&["ps", "--format", "json", "life"]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids, [pid]);
+    let refuse = b.shim_output(&["delete", "life"]);
+    assert_eq!(stderr(&refuse), "tug-shim: cannot delete container life that is not stopped: running");
+    assert!(b.shim_output(&["kill", "life", "KILL"]).status.success());
+    assert!(wait_for(|| state(&b, "life")["status"] == "stopped"), "stopped after SIGKILL");
+    assert_eq!(stderr(&b.shim_output(&["kill", "life", "9"])), "tug-shim: container not running");
+    let start = b.shim_output(&["start", "life"]);
+    assert_eq!(stderr(&start), "tug-shim: cannot start a container that has stopped");
+    assert!(b.shim_output(&["delete", "life"]).status.success());
+    assert_eq!(stderr(&b.shim_output(&["state", "life"])), "tug-shim: container \"life\" does not exist");
+    assert_eq!(b.stdout_of("life").trim(), "started");
+    assert_cgroup_gone(&b);
+}
+
+#[test]
+fn delete_force_kills_a_running_container() {
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    assert!(b.create("force").status.success());
+    assert!(b.shim_output(&["start", "force"]).status.success());
+    let pid = state(&b, "force")["pid"].as_i64().unwrap();
+    let out = b.shim_output(&["delete", "--force", "force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!tug_integration::leaks::process_alive(u32::try_from(pid).unwrap()));
+    assert_cgroup_gone(&b);
+}
+
+#[test]
+fn a_created_container_can_be_deleted_without_force() {
+    let mut b = Bundle::new(&["/bin/true"]);
+    assert!(b.create("never").status.success());
+    assert!(b.shim_output(&["delete", "never"]).status.success());
+    assert_cgroup_gone(&b);
+}
+
+#[test]
+fn a_missing_program_fails_create_and_leaves_nothing() {
+    let mut b = Bundle::new(&["/bin/no-such-program"]);
+    let out = b.create("missing");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "tug-shim: container init failed at exec: exec: \"/bin/no-such-program\": no such file or directory"
+    );
+    let mut b2 = Bundle::new(&["nothere"]);
+    let out = b2.run("missing2");
+    assert!(
+        stderr(&out).ends_with("exec: \"nothere\": executable file not found in $PATH"),
+        "{}",
+        stderr(&out)
+    );
+    for b in [&b, &b2] {
+        assert!(b.shim_output(&["list", "-q"]).stdout.is_empty(), "no state left");
+        assert_cgroup_gone(b);
+    }
+}
+
+#[test]
+fn exit_codes_pass_through_run() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "exit 42"]);
+    assert_eq!(b.run("code").status.code(), Some(42));
+    // A container killed by a signal exits 128 + the signal, as a shell reports it.
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    b.write("signal");
+    let bundle = b.path().display().to_string();
+    let mut run =
+        b.shim(&["run", "--bundle", &bundle, "signal"]).stdin(std::process::Stdio::null()).spawn().unwrap();
+    assert!(wait_for(|| b.shim_output(&["state", "signal"]).stdout.windows(9).any(|w| w == b"\"running\"")));
+    assert!(b.shim_output(&["kill", "signal", "KILL"]).status.success());
+    assert_eq!(run.wait().unwrap().code(), Some(137));
+    assert_cgroup_gone(&b);
+}
+
+#[test]
+fn bad_specs_are_refused_with_the_field() {
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["process"]["cwd"] = json!("relative");
+    assert_eq!(stderr(&b.run("bad1")), "tug-shim: process.cwd: \"relative\" must be an absolute path");
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["linux"]["sysctl"] = json!({"kernel.panic": "1"});
+    assert_eq!(
+        stderr(&b.run("bad2")),
+        "tug-shim: linux.sysctl.kernel.panic: not namespaced: it would change the host"
+    );
+    assert_eq!(
+        stderr(&b.shim_output(&["state", "../x"])),
+        "tug-shim: invalid container id \"../x\": use letters, digits, '_', '-', '.' and no leading '.'"
+    );
+    assert_eq!(stderr(&b.shim_output(&["kill", "x", "NOPE"])), "tug-shim: invalid signal \"NOPE\"");
+}
+
+#[test]
+fn sysctls_hostname_and_a_joined_network_namespace() {
+    let cluster = tug_integration::cluster::Cluster::new(1).expect("cluster");
+    let node = &cluster.nodes[0];
+    let mut b = Bundle::new(&["/bin/tug-probe"]);
+    let ns = b.spec["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| n["type"] != "network");
+    ns.push(json!({"type": "network", "path": format!("/run/netns/{}", node.netns)}));
+    b.spec["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmax": "123456"});
+    b.spec["hostname"] = json!("joined");
+    let r = report(&b.run("joined"));
+    assert_eq!(r["hostname"], "joined");
+    let eth0 =
+        r["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == "eth0").expect("eth0 of the node");
+    assert_eq!(eth0["addresses"][0], node.ip.to_string());
+    let fwd = node.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fwd.stdout).trim(),
+        "1",
+        "the sysctl applied in the joined namespace"
+    );
+}
+
+#[test]
+fn masked_paths_and_devices() {
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "cat /proc/kcore | wc -c; echo x > /dev/null && echo null-ok; ls /dev",
+    ]);
+    let out = b.run("dev");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "/proc/kcore is masked");
+    assert_eq!(lines[1], "null-ok");
+    for d in
+        ["full", "null", "ptmx", "random", "tty", "urandom", "zero", "pts", "shm", "mqueue", "fd", "stdin"]
+    {
+        assert!(lines.contains(&d), "/dev/{d} in {lines:?}");
+    }
+}
+
+#[test]
+fn features_lists_what_is_supported() {
+    let b = Bundle::new(&["/bin/true"]);
+    let out = b.shim_output(&["features"]);
+    let f: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("pid")));
+    assert!(f["mountOptions"].as_array().unwrap().contains(&json!("rbind")));
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+fn assert_cgroup_gone(b: &Bundle) {
+    for dir in b.cgroup_dirs() {
+        let children: Vec<_> =
+            std::fs::read_dir(&dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).collect();
+        assert!(children.is_empty(), "container cgroups left under {}: {children:?}", dir.display());
+    }
+    let left = Debris::containing(&b.cgroup_parent);
+    assert!(left.mounts.is_empty() && left.processes.is_empty(), "{left:?}");
+}

@@ -1,0 +1,276 @@
+//! cgroups for one container: find the hierarchies, make the container's directory in each,
+//! write its limits, place its first process, read its OOM count, remove it.
+//!
+//! Everything is filesystem-shaped, so the seam is the paths: [`layout::Layout`] is parsed
+//! from `/proc/self/mountinfo` and `/proc/self/cgroup` text (pure), [`resources::writes`] is
+//! the pure translation of `linux.resources` into file writes, and [`Cgroup`] applies them
+//! under whatever directories the layout names (a temp dir in unit tests).
+
+pub mod layout;
+pub mod resources;
+
+use layout::{Hierarchy, Layout, Version};
+use resources::Write;
+use std::path::{Path, PathBuf};
+
+/// What went wrong while making or changing a container's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("creating cgroup {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write { path: PathBuf, value: String, source: std::io::Error },
+    #[error("removing cgroup {path}: {source}")]
+    Remove { path: PathBuf, source: std::io::Error },
+    #[error("cgroup controller {0} is not available on this host")]
+    MissingController(String),
+    #[error("linux.cgroupsPath {0:?} may not contain '..'")]
+    BadPath(PathBuf),
+    #[error(transparent)]
+    Resources(#[from] resources::ResourceError),
+}
+
+/// The container's directory in every hierarchy Tug uses.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cgroup {
+    /// `(controllers, directory)` per hierarchy; controllers empty for the unified one.
+    pub dirs: Vec<(Vec<String>, PathBuf)>,
+    /// Whether resource limits go to the unified hierarchy (pure v2) or to v1 controllers.
+    pub unified_resources: bool,
+}
+
+impl Cgroup {
+    /// Where a container with this `cgroupsPath` lives in each hierarchy: relative paths under
+    /// the runtime's own cgroup (the delegated subtree), absolute ones as given.
+    pub fn locate(layout: &Layout, cgroups_path: &Path) -> Result<Cgroup, CgroupError> {
+        if cgroups_path.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(CgroupError::BadPath(cgroups_path.to_path_buf()));
+        }
+        let dirs = layout
+            .hierarchies
+            .iter()
+            .filter(|h| h.version == Version::V2 || !h.controllers.is_empty())
+            .map(|h| (h.controllers.clone(), h.container_dir(cgroups_path)))
+            .collect();
+        Ok(Cgroup { dirs, unified_resources: layout.unified_only() })
+    }
+
+    /// Makes every directory (and, for v1 cpuset, fills in the cpus and mems a new cpuset
+    /// needs before it can hold a task; for v2, enables the controllers on the way down).
+    pub fn create(&self, layout: &Layout) -> Result<(), CgroupError> {
+        for (controllers, dir) in &self.dirs {
+            let created = create_dir_all(dir)?;
+            if controllers.iter().any(|c| c == "cpuset") {
+                for new in &created {
+                    inherit_cpuset(new)?;
+                }
+            }
+            if controllers.is_empty() && self.unified_resources {
+                enable_controllers(layout, dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the container's limits.
+    pub fn apply(&self, writes: &[Write]) -> Result<(), CgroupError> {
+        for w in writes {
+            let dir = self.dir_for(w.controller)?;
+            write_file(&dir.join(&w.file), &w.value)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a process into the container's cgroup in every hierarchy.
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        for (_, dir) in &self.dirs {
+            write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The processes in the container's cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some((_, dir)) = self.dirs.first() else { return Vec::new() };
+        let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// How many times the kernel's OOM killer killed a process in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, dir) = if self.unified_resources {
+            ("memory.events", self.dirs.iter().find(|(c, _)| c.is_empty()).map(|(_, d)| d))
+        } else {
+            (
+                "memory.oom_control",
+                self.dirs.iter().find(|(c, _)| c.iter().any(|c| c == "memory")).map(|(_, d)| d),
+            )
+        };
+        let text = dir.and_then(|d| std::fs::read_to_string(d.join(file)).ok()).unwrap_or_default();
+        resources::oom_kill_count(&text)
+    }
+
+    /// The configured memory limit in bytes, if any.
+    pub fn memory_limit(&self) -> Option<u64> {
+        let (file, ctrl) =
+            if self.unified_resources { ("memory.max", "") } else { ("memory.limit_in_bytes", "memory") };
+        let dir = self.dir_for(ctrl).ok()?;
+        std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Removes every directory, innermost first. Missing directories are fine; a directory
+    /// that still holds processes is an error.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for (_, dir) in &self.dirs {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(CgroupError::Remove { path: dir.clone(), source: e });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_for(&self, controller: &str) -> Result<&PathBuf, CgroupError> {
+        let found = if self.unified_resources || controller.is_empty() {
+            self.dirs.iter().find(|(c, _)| c.is_empty())
+        } else {
+            self.dirs.iter().find(|(c, _)| c.iter().any(|c| c == controller))
+        };
+        found.map(|(_, d)| d).ok_or_else(|| CgroupError::MissingController(controller.to_string()))
+    }
+}
+
+impl Hierarchy {
+    /// The container's directory in this hierarchy.
+    pub fn container_dir(&self, cgroups_path: &Path) -> PathBuf {
+        match cgroups_path.strip_prefix("/") {
+            Ok(absolute) => {
+                let under_root = Path::new("/").join(absolute);
+                let rel = under_root.strip_prefix(&self.mount_root).unwrap_or(absolute);
+                self.mount_point.join(rel)
+            }
+            Err(_) => self.own_dir().join(cgroups_path),
+        }
+    }
+}
+
+/// Like `create_dir_all`, returning the directories it made, outermost first.
+fn create_dir_all(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.exists()) {
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        match std::fs::create_dir(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(CgroupError::Create { path: d.clone(), source: e });
+            }
+            _ => {}
+        }
+    }
+    Ok(missing)
+}
+
+/// A new v1 cpuset starts with empty cpus and mems and refuses tasks until they are set:
+/// copy the parent's.
+fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+    let Some(parent) = dir.parent() else { return Ok(()) };
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let mine = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if mine.trim().is_empty() {
+            let theirs = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+            write_file(&dir.join(file), theirs.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// On a pure v2 host, enables every available controller from the runtime's own cgroup down
+/// to the container's parent, so the container's directory has the interface files.
+fn enable_controllers(layout: &Layout, dir: &Path) -> Result<(), CgroupError> {
+    let Some(unified) = layout.hierarchies.iter().find(|h| h.version == Version::V2) else { return Ok(()) };
+    let own = unified.own_dir();
+    let Ok(below) = dir.strip_prefix(&own) else { return Ok(()) };
+    let mut cur = own.clone();
+    for part in below.components() {
+        let available = std::fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
+        let wanted: Vec<String> = available
+            .split_whitespace()
+            .filter(|c| ["cpu", "cpuset", "memory", "pids", "io", "hugetlb"].contains(c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !wanted.is_empty() {
+            write_file(&cur.join("cgroup.subtree_control"), &wanted.join(" "))?;
+        }
+        cur = cur.join(part);
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hybrid(root: &Path) -> Layout {
+        let r = root.display();
+        let mountinfo = format!(
+            "35 31 0:32 / {r}/memory rw,relatime - cgroup cgroup rw,memory\n\
+             32 31 0:29 / {r}/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+             41 31 0:38 / {r}/unified rw,relatime - cgroup2 cgroup2 rw\n"
+        );
+        Layout::parse(&mountinfo, "4:memory:/sup/me\n1:cpu:/\n0::/\n")
+    }
+
+    #[test]
+    fn relative_paths_resolve_under_the_runtimes_own_cgroup() {
+        let layout = hybrid(Path::new("/cg"));
+        let cg = Cgroup::locate(&layout, Path::new("tug/c1")).unwrap();
+        let dirs: Vec<_> = cg.dirs.iter().map(|(_, d)| d.display().to_string()).collect();
+        assert_eq!(dirs, ["/cg/memory/sup/me/tug/c1", "/cg/cpu/tug/c1", "/cg/unified/tug/c1"]);
+        assert!(!cg.unified_resources);
+    }
+
+    #[test]
+    fn absolute_paths_are_taken_as_given_and_dotdot_is_refused() {
+        let layout = hybrid(Path::new("/cg"));
+        let cg = Cgroup::locate(&layout, Path::new("/x/y")).unwrap();
+        assert_eq!(cg.dirs[0].1, Path::new("/cg/memory/x/y"));
+        assert!(matches!(Cgroup::locate(&layout, Path::new("a/../../b")), Err(CgroupError::BadPath(_))));
+    }
+
+    #[test]
+    fn create_apply_and_remove_in_a_fake_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["memory/sup/me", "cpu", "unified"] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        let layout = hybrid(tmp.path());
+        let cg = Cgroup::locate(&layout, Path::new("tug/c1")).unwrap();
+        cg.create(&layout).unwrap();
+        let w = Write { controller: "memory", file: "memory.limit_in_bytes".into(), value: "1048576".into() };
+        cg.apply(&[w]).unwrap();
+        let written = std::fs::read_to_string(tmp.path().join("memory/sup/me/tug/c1/memory.limit_in_bytes"));
+        assert_eq!(written.unwrap(), "1048576");
+        let missing = Write { controller: "pids", file: "pids.max".into(), value: "5".into() };
+        assert_eq!(
+            cg.apply(&[missing]).unwrap_err().to_string(),
+            "cgroup controller pids is not available on this host"
+        );
+        std::fs::remove_file(tmp.path().join("memory/sup/me/tug/c1/memory.limit_in_bytes")).unwrap();
+        cg.remove().unwrap();
+        assert!(!tmp.path().join("cpu/tug/c1").exists());
+    }
+}

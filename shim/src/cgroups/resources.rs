@@ -1,0 +1,410 @@
+//! `linux.resources` → the cgroup file writes that enforce it, for v2 or v1. Pure.
+
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxDeviceType, LinuxMemory, LinuxResources, LinuxThrottleDevice,
+};
+
+/// One write: a file in the container's directory of the hierarchy that holds `controller`
+/// (on v2 every file lives in the one unified directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub controller: &'static str,
+    pub file: String,
+    pub value: String,
+}
+
+/// A resource the spec asks for that cannot be expressed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResourceError {
+    #[error("linux.resources.{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn w(controller: &'static str, file: impl Into<String>, value: impl ToString) -> Write {
+    Write { controller, file: file.into(), value: value.to_string() }
+}
+
+/// The writes for `res`; `v2` chooses the unified interface files.
+pub fn writes(res: &LinuxResources, v2: bool) -> Result<Vec<Write>, ResourceError> {
+    let mut out = Vec::new();
+    if let Some(m) = res.memory() {
+        memory(m, v2, &mut out)?;
+    }
+    if let Some(c) = res.cpu() {
+        cpu(c, v2, &mut out)?;
+    }
+    if let Some(p) = res.pids() {
+        let limit = if p.limit() <= 0 { "max".to_string() } else { p.limit().to_string() };
+        out.push(w("pids", "pids.max", limit));
+    }
+    if let Some(b) = res.block_io() {
+        block_io(b, v2, &mut out)?;
+    }
+    for h in res.hugepage_limits().iter().flatten() {
+        let file = if v2 {
+            format!("hugetlb.{}.max", h.page_size())
+        } else {
+            format!("hugetlb.{}.limit_in_bytes", h.page_size())
+        };
+        out.push(w("hugetlb", file, h.limit()));
+    }
+    if let Some(unified) = res.unified() {
+        if !v2 && !unified.is_empty() {
+            return Err(ResourceError::Invalid {
+                field: "unified",
+                reason: "needs a cgroup v2 host (this host's resource controllers are v1)".into(),
+            });
+        }
+        let mut keys: Vec<_> = unified.iter().collect();
+        keys.sort();
+        for (k, v) in keys {
+            if k.contains('/') || k.starts_with("cgroup.") {
+                return Err(ResourceError::Invalid {
+                    field: "unified",
+                    reason: format!("{k:?} is not a controller file"),
+                });
+            }
+            out.push(w("", k.clone(), v));
+        }
+    }
+    Ok(out)
+}
+
+fn memory(m: &LinuxMemory, v2: bool, out: &mut Vec<Write>) -> Result<(), ResourceError> {
+    let limit = m.limit().filter(|l| *l != 0);
+    if let Some(limit) = limit {
+        out.push(if v2 {
+            w("memory", "memory.max", max_or(limit))
+        } else {
+            w("memory", "memory.limit_in_bytes", limit)
+        });
+    }
+    if let Some(r) = m.reservation() {
+        out.push(if v2 {
+            w("memory", "memory.low", max_or(r))
+        } else {
+            w("memory", "memory.soft_limit_in_bytes", r)
+        });
+    }
+    if let Some(swap) = m.swap() {
+        // OCI's swap is memory plus swap; v2's memory.swap.max is swap alone.
+        if v2 {
+            let value = match (swap, limit) {
+                (-1, _) => "max".to_string(),
+                (s, Some(l)) if l > 0 && s >= l => (s - l).to_string(),
+                (s, Some(l)) if l > 0 => {
+                    return Err(ResourceError::Invalid {
+                        field: "memory.swap",
+                        reason: format!("{s} is below memory.limit {l} (swap counts memory plus swap)"),
+                    });
+                }
+                _ => {
+                    return Err(ResourceError::Invalid {
+                        field: "memory.swap",
+                        reason: "needs memory.limit too on cgroup v2".into(),
+                    });
+                }
+            };
+            out.push(w("memory", "memory.swap.max", value));
+        } else {
+            out.push(w("memory", "memory.memsw.limit_in_bytes", swap));
+        }
+    }
+    if let Some(s) = m.swappiness() {
+        if s > 100 {
+            return Err(ResourceError::Invalid {
+                field: "memory.swappiness",
+                reason: format!("{s} is above 100"),
+            });
+        }
+        if !v2 {
+            out.push(w("memory", "memory.swappiness", s));
+        }
+    }
+    if m.disable_oom_killer() == Some(true) && !v2 {
+        out.push(w("memory", "memory.oom_control", 1));
+    }
+    Ok(())
+}
+
+fn max_or(v: i64) -> String {
+    if v < 0 { "max".into() } else { v.to_string() }
+}
+
+fn cpu(c: &LinuxCpu, v2: bool, out: &mut Vec<Write>) -> Result<(), ResourceError> {
+    if let Some(shares) = c.shares().filter(|s| *s != 0) {
+        if v2 {
+            out.push(w("cpu", "cpu.weight", shares_to_weight(shares)));
+        } else {
+            out.push(w("cpu", "cpu.shares", shares));
+        }
+    }
+    let (quota, period) = (c.quota(), c.period());
+    if quota.is_some() || period.is_some() {
+        let period = period.unwrap_or(100_000);
+        if !(1000..=1_000_000).contains(&period) {
+            return Err(ResourceError::Invalid {
+                field: "cpu.period",
+                reason: format!("{period} is outside 1000..1000000"),
+            });
+        }
+        if v2 {
+            let q = match quota {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".to_string(),
+            };
+            out.push(w("cpu", "cpu.max", format!("{q} {period}")));
+        } else {
+            out.push(w("cpu", "cpu.cfs_period_us", period));
+            if let Some(q) = quota {
+                out.push(w("cpu", "cpu.cfs_quota_us", if q > 0 { q } else { -1 }));
+            }
+        }
+    }
+    if let Some(b) = c.burst() {
+        out.push(w("cpu", if v2 { "cpu.max.burst" } else { "cpu.cfs_burst_us" }, b));
+    }
+    if let Some(cpus) = c.cpus().as_ref().filter(|s| !s.is_empty()) {
+        out.push(w("cpuset", "cpuset.cpus", cpus));
+    }
+    if let Some(mems) = c.mems().as_ref().filter(|s| !s.is_empty()) {
+        out.push(w("cpuset", "cpuset.mems", mems));
+    }
+    Ok(())
+}
+
+/// The conversion runc and crun use: shares 2..262144 onto weight 1..10000.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+fn block_io(b: &LinuxBlockIo, v2: bool, out: &mut Vec<Write>) -> Result<(), ResourceError> {
+    if let Some(weight) = b.weight() {
+        if !(10..=1000).contains(&weight) {
+            return Err(ResourceError::Invalid {
+                field: "blockIO.weight",
+                reason: format!("{weight} is outside 10..1000"),
+            });
+        }
+        if v2 {
+            // blkio's 10..1000 maps onto io's 1..10000 as runc does.
+            out.push(w("io", "io.weight", 1 + (u64::from(weight) - 10) * 9999 / 990));
+        } else {
+            out.push(w("blkio", "blkio.weight", weight));
+        }
+    }
+    for d in b.weight_device().iter().flatten() {
+        if let Some(weight) = d.weight() {
+            let (file, value) = if v2 {
+                (
+                    "io.weight",
+                    format!(
+                        "{}:{} {}",
+                        d.major(),
+                        d.minor(),
+                        1 + (u64::from(weight).max(10) - 10) * 9999 / 990
+                    ),
+                )
+            } else {
+                ("blkio.weight_device", format!("{}:{} {weight}", d.major(), d.minor()))
+            };
+            out.push(w(if v2 { "io" } else { "blkio" }, file, value));
+        }
+    }
+    let lists: [(&Option<Vec<LinuxThrottleDevice>>, &str, &str); 4] = [
+        (b.throttle_read_bps_device(), "rbps", "blkio.throttle.read_bps_device"),
+        (b.throttle_write_bps_device(), "wbps", "blkio.throttle.write_bps_device"),
+        (b.throttle_read_iops_device(), "riops", "blkio.throttle.read_iops_device"),
+        (b.throttle_write_iops_device(), "wiops", "blkio.throttle.write_iops_device"),
+    ];
+    for (list, key, v1_file) in lists {
+        for d in list.iter().flatten() {
+            if v2 {
+                out.push(w("io", "io.max", format!("{}:{} {key}={}", d.major(), d.minor(), d.rate())));
+            } else {
+                out.push(w("blkio", v1_file, format!("{}:{} {}", d.major(), d.minor(), d.rate())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The device rules for the v1 `devices` controller: the spec's rules in order, then the
+/// devices every container needs (and those the spec creates), as runc appends them.
+pub fn device_writes_v1(
+    res: &LinuxResources,
+    created: &[crate::mounts::DeviceNode],
+) -> Result<Vec<Write>, ResourceError> {
+    let mut out = Vec::new();
+    for (i, rule) in res.devices().iter().flatten().enumerate() {
+        let kind = match rule.typ().unwrap_or_default() {
+            LinuxDeviceType::A => 'a',
+            LinuxDeviceType::B => 'b',
+            LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+            LinuxDeviceType::P => {
+                return Err(ResourceError::Invalid {
+                    field: "devices",
+                    reason: format!("[{i}]: type p cannot be a device rule"),
+                });
+            }
+        };
+        let num = |n: Option<i64>| n.filter(|n| *n >= 0).map_or("*".to_string(), |n| n.to_string());
+        let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
+        if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+            return Err(ResourceError::Invalid {
+                field: "devices",
+                reason: format!("[{i}].access {access:?} is not a subset of rwm"),
+            });
+        }
+        let value = if kind == 'a' {
+            "a".to_string()
+        } else {
+            format!("{kind} {}:{} {access}", num(rule.major()), num(rule.minor()))
+        };
+        let file = if rule.allow() { "devices.allow" } else { "devices.deny" };
+        out.push(w("devices", file, value));
+    }
+    let mut allow: Vec<String> = [
+        "c *:* m",
+        "b *:* m",
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for d in created {
+        let kind = if d.kind == nix::sys::stat::SFlag::S_IFBLK { 'b' } else { 'c' };
+        allow.push(format!("{kind} {}:{} rwm", d.major, d.minor));
+    }
+    if !out.is_empty() {
+        out.extend(allow.into_iter().map(|v| w("devices", "devices.allow", v)));
+    }
+    Ok(out)
+}
+
+/// The `oom_kill` count from v2's `memory.events` or v1's `memory.oom_control`.
+pub fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data-driven: resources JSON (the spec's shape) → the writes for v2 and for v1.
+    fn check(json: &str, v2: &[(&str, &str)], v1: &[(&str, &str)]) {
+        let res: LinuxResources = serde_json::from_str(json).unwrap();
+        let got = |v: bool| -> Vec<(String, String)> {
+            writes(&res, v).unwrap().into_iter().map(|w| (w.file, w.value)).collect()
+        };
+        let want = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+            l.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        assert_eq!(got(true), want(v2), "v2");
+        assert_eq!(got(false), want(v1), "v1");
+    }
+
+    #[test]
+    fn memory_limits() {
+        check(
+            r#"{"memory":{"limit":67108864,"reservation":33554432}}"#,
+            &[("memory.max", "67108864"), ("memory.low", "33554432")],
+            &[("memory.limit_in_bytes", "67108864"), ("memory.soft_limit_in_bytes", "33554432")],
+        );
+        check(
+            r#"{"memory":{"limit":100,"swap":300}}"#,
+            &[("memory.max", "100"), ("memory.swap.max", "200")],
+            &[("memory.limit_in_bytes", "100"), ("memory.memsw.limit_in_bytes", "300")],
+        );
+    }
+
+    #[test]
+    fn cpu_quota_shares_and_sets() {
+        check(
+            r#"{"cpu":{"quota":50000,"period":100000,"shares":1024,"cpus":"0"}}"#,
+            &[("cpu.weight", "39"), ("cpu.max", "50000 100000"), ("cpuset.cpus", "0")],
+            &[
+                ("cpu.shares", "1024"),
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "50000"),
+                ("cpuset.cpus", "0"),
+            ],
+        );
+        check(
+            r#"{"cpu":{"quota":-1}}"#,
+            &[("cpu.max", "max 100000")],
+            &[("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "-1")],
+        );
+    }
+
+    #[test]
+    fn pids_and_io() {
+        check(r#"{"pids":{"limit":32}}"#, &[("pids.max", "32")], &[("pids.max", "32")]);
+        check(
+            r#"{"blockIO":{"weight":500,"throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1048576}]}}"#,
+            &[("io.weight", "4950"), ("io.max", "8:0 rbps=1048576")],
+            &[("blkio.weight", "500"), ("blkio.throttle.read_bps_device", "8:0 1048576")],
+        );
+    }
+
+    #[test]
+    fn hugepages() {
+        check(
+            r#"{"hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}"#,
+            &[("hugetlb.2MB.max", "4194304")],
+            &[("hugetlb.2MB.limit_in_bytes", "4194304")],
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let res: LinuxResources = serde_json::from_str(r#"{"cpu":{"period":5}}"#).unwrap();
+        assert_eq!(
+            writes(&res, true).unwrap_err().to_string(),
+            "linux.resources.cpu.period: 5 is outside 1000..1000000"
+        );
+        let res: LinuxResources = serde_json::from_str(r#"{"memory":{"limit":100,"swap":50}}"#).unwrap();
+        assert!(writes(&res, true).unwrap_err().to_string().starts_with("linux.resources.memory.swap"));
+        let res: LinuxResources = serde_json::from_str(r#"{"unified":{"memory.high":"5"}}"#).unwrap();
+        assert!(writes(&res, false).is_err());
+    }
+
+    #[test]
+    fn shares_map_onto_weights_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn v1_device_rules_keep_the_default_devices_usable() {
+        let res: LinuxResources =
+            serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"access":"r"}]}"#).unwrap();
+        let got: Vec<(String, String)> =
+            device_writes_v1(&res, &[]).unwrap().into_iter().map(|w| (w.file, w.value)).collect();
+        assert_eq!(got[0], ("devices.deny".to_string(), "a".to_string()));
+        assert_eq!(got[1], ("devices.allow".to_string(), "c 10:* r".to_string()));
+        assert!(got.contains(&("devices.allow".to_string(), "c 1:3 rwm".to_string())));
+        assert!(device_writes_v1(&LinuxResources::default(), &[]).unwrap().is_empty(), "no rules, no writes");
+    }
+
+    #[test]
+    fn oom_counts() {
+        assert_eq!(oom_kill_count("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"), 1);
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 2);
+        assert_eq!(oom_kill_count(""), 0);
+    }
+}

@@ -1,0 +1,131 @@
+//! The typed channel between `tug-shim create` (the parent) and the container's first
+//! process (the init), over a `SOCK_SEQPACKET` socket pair: one message per packet, one serde
+//! enum per direction.
+//!
+//! ```text
+//!   parent (create)                         init (pid 1 in the container)
+//!   ───────────────                         ─────────────────────────────
+//!   clone(new namespaces) ──────────────►   waits for CgroupReady
+//!   makes the cgroup, writes limits,
+//!   adds the init's pid
+//!   send CgroupReady ───────────────────►   joins namespaces, mounts, pivot_root,
+//!                                           hostname, sysctls, rlimits, user, caps,
+//!                                           finds the executable
+//!   waits ◄──────────────────────────────   send Ready  (or Failed { step, message })
+//!   writes state.json, exits                blocks opening exec.fifo for writing
+//!
+//!   tug-shim start: opens exec.fifo ────►   open returns; writes one byte; execve
+//! ```
+//!
+//! If the init dies before Ready, the parent reads end-of-file and reports the init's exit.
+
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Parent → init.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ToInit {
+    /// The init is in its cgroup with its limits written; it may go on.
+    CgroupReady,
+}
+
+/// Init → parent.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FromInit {
+    /// The container is set up and waits for `start`.
+    Ready,
+    /// A step failed; the init exits after sending this.
+    Failed { step: String, message: String },
+}
+
+/// What went wrong on the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("sync socket: {0}")]
+    Io(#[from] nix::Error),
+    #[error("sync socket: bad message: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("the container's init exited before reporting")]
+    Closed,
+}
+
+/// One end of the socket pair.
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+/// Makes the pair: `(parent end, init end)`. Both are close-on-exec, so neither leaks into the
+/// container's process.
+pub fn pair() -> Result<(Channel, Channel), ChannelError> {
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+    Ok((Channel { fd: a }, Channel { fd: b }))
+}
+
+impl Channel {
+    fn send<T: Serialize>(&self, msg: &T) -> Result<(), ChannelError> {
+        let bytes = serde_json::to_vec(msg)?;
+        send(self.fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL)?;
+        Ok(())
+    }
+
+    fn recv<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ChannelError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = loop {
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Err(nix::Error::EINTR) => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Err(ChannelError::Closed);
+        }
+        Ok(serde_json::from_slice(&buf[..n])?)
+    }
+
+    /// Parent: tell the init its cgroup is ready.
+    pub fn send_cgroup_ready(&self) -> Result<(), ChannelError> {
+        self.send(&ToInit::CgroupReady)
+    }
+
+    /// Init: wait for the parent's go-ahead.
+    pub fn wait_cgroup_ready(&self) -> Result<(), ChannelError> {
+        match self.recv::<ToInit>()? {
+            ToInit::CgroupReady => Ok(()),
+        }
+    }
+
+    /// Init: report that setup is complete.
+    pub fn send_ready(&self) -> Result<(), ChannelError> {
+        self.send(&FromInit::Ready)
+    }
+
+    /// Init: report the step that failed.
+    pub fn send_failed(&self, step: &str, message: &str) -> Result<(), ChannelError> {
+        self.send(&FromInit::Failed { step: step.into(), message: message.into() })
+    }
+
+    /// Parent: wait for the init's report.
+    pub fn wait_report(&self) -> Result<FromInit, ChannelError> {
+        self.recv()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_cross_the_pair_and_eof_is_closed() {
+        let (parent, init) = pair().unwrap();
+        parent.send_cgroup_ready().unwrap();
+        init.wait_cgroup_ready().unwrap();
+        init.send_failed("mounts", "mount proc on /proc: EPERM").unwrap();
+        assert_eq!(
+            parent.wait_report().unwrap(),
+            FromInit::Failed { step: "mounts".into(), message: "mount proc on /proc: EPERM".into() }
+        );
+        drop(init);
+        assert!(matches!(parent.wait_report(), Err(ChannelError::Closed)));
+    }
+}

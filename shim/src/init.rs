@@ -1,0 +1,277 @@
+//! The container's first process, between `clone` and `execve`. Runs in the new namespaces,
+//! single-threaded, and never returns: it execs the user's program or exits.
+//!
+//! The order matters and each step says why it sits where it does.
+
+use crate::cgroups::Cgroup;
+use crate::channel::Channel;
+use crate::mounts::{self, MountStep};
+use crate::plan::{Plan, PlannedMount};
+use caps::CapSet;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use std::ffi::CString;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// What the init gets from the parent besides the plan.
+pub struct InitArgs<'a> {
+    pub plan: &'a Plan,
+    pub channel: Channel,
+    /// Opened `O_PATH` on `exec.fifo`; reopened for writing through `/proc/self/fd`.
+    pub fifo: RawFd,
+    /// Namespaces to join, opened by the parent before the clone (their paths may not be
+    /// visible from inside the container).
+    pub join: Vec<(CloneFlags, OwnedFd)>,
+    pub cgroup: Cgroup,
+}
+
+/// Runs the init. On any failure reports the step to the parent and exits 1.
+pub fn run(args: InitArgs) -> ! {
+    if let Err((step, message)) = setup(&args) {
+        let _ = args.channel.send_failed(step, &message);
+        std::process::exit(1);
+    }
+    if args.channel.send_ready().is_err() {
+        std::process::exit(1);
+    }
+    let InitArgs { plan, channel, fifo, .. } = args;
+    drop(channel);
+    let program = match wait_for_start_then_resolve(plan, fifo) {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("tug-shim: {message}");
+            std::process::exit(127);
+        }
+    };
+    exec(&program, plan)
+}
+
+type StepResult = Result<(), (&'static str, String)>;
+
+fn step<T, E: std::fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<T, (&'static str, String)> {
+    r.map_err(|e| (name, e.to_string()))
+}
+
+fn setup(a: &InitArgs) -> StepResult {
+    let plan = a.plan;
+    // The parent puts us in our cgroup first, so nothing below runs outside its limits.
+    step("cgroup", a.channel.wait_cgroup_ready())?;
+    // Joined namespaces before mounts: /sys must show the joined network namespace.
+    for (flag, fd) in &a.join {
+        step("join namespace", nix::sched::setns(fd, *flag))?;
+    }
+    // The cgroup namespace is made only now, so its root is the container's cgroup.
+    if plan.namespaces.new_cgroup {
+        step("cgroup namespace", nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP))?;
+    }
+    build_rootfs(plan, &a.cgroup)?;
+    if let Some(h) = &plan.hostname {
+        step("hostname", nix::unistd::sethostname(h))?;
+    }
+    if let Some(d) = &plan.domainname {
+        step("domainname", set_domainname(d))?;
+    }
+    for (k, v) in &plan.sysctls {
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        step("sysctl", std::fs::write(&path, v).map_err(|e| format!("{k}={v}: {e}")))?;
+    }
+    // Paths that need /proc and /sys of the container, so after pivot_root.
+    for p in &plan.masked_paths {
+        step("masked paths", mounts::mask(p))?;
+    }
+    for p in &plan.readonly_paths {
+        step("readonly paths", mounts::make_readonly(p))?;
+    }
+    if plan.readonly_root {
+        step("readonly root", mounts::readonly_root())?;
+    }
+    // Lowering the OOM score needs CAP_SYS_RESOURCE, so before capabilities drop.
+    if let Some(adj) = plan.process.oom_score_adj {
+        step("oom_score_adj", std::fs::write("/proc/self/oom_score_adj", adj.to_string()))?;
+    }
+    for (res, soft, hard) in &plan.process.rlimits {
+        step(
+            "rlimits",
+            nix::sys::resource::setrlimit(*res, *soft, *hard).map_err(|e| format!("{res:?}: {e}")),
+        )?;
+    }
+    set_user_and_caps(plan)?;
+    if plan.process.no_new_privs {
+        step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+    }
+    if let Some(mask) = plan.process.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask & 0o777));
+    }
+    // chdir as the container's user, so its permissions apply.
+    let cwd = &plan.process.cwd;
+    step("cwd", nix::unistd::chdir(cwd).map_err(|e| format!("chdir to {}: {e}", cwd.display())))?;
+    // Fail now, while `create` can still report it, if the program does not exist.
+    step("exec", resolve(&plan.process.args[0], &plan.process.env).map(|_| ()))
+}
+
+fn build_rootfs(plan: &Plan, cgroup: &Cgroup) -> StepResult {
+    let rootfs = &plan.rootfs;
+    step("rootfs", mounts::prepare_root(rootfs, plan.root_propagation))?;
+    for m in &plan.mounts {
+        match m {
+            PlannedMount::Plain(s) => step("mounts", mounts::mount_step(rootfs, s))?,
+            PlannedMount::Cgroup { destination, readonly } => {
+                for s in cgroup_mounts(cgroup, destination, *readonly) {
+                    step("mounts", mounts::mount_step(rootfs, &s))?;
+                }
+            }
+        }
+    }
+    if !plan.devices.is_empty() {
+        step("devices", mounts::populate_dev(rootfs, &plan.devices))?;
+    }
+    step("pivot_root", mounts::pivot(rootfs))
+}
+
+/// A `cgroup` mount shows the container's own cgroup directories: on a pure v2 host the
+/// unified directory at the destination; otherwise a tmpfs with one directory per hierarchy
+/// (`memory`, `cpu`, …, and `unified`), as runc lays them out.
+pub fn cgroup_mounts(cgroup: &Cgroup, destination: &Path, readonly: bool) -> Vec<MountStep> {
+    let ro = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let bind = |src: &PathBuf, dest: PathBuf| MountStep {
+        destination: dest,
+        source: Some(src.clone()),
+        fstype: None,
+        flags: MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | ro,
+        propagation: MsFlags::empty(),
+        data: String::new(),
+    };
+    if cgroup.unified_resources {
+        return cgroup.dirs.iter().map(|(_, d)| bind(d, destination.to_path_buf())).collect();
+    }
+    let mut steps = vec![MountStep {
+        destination: destination.to_path_buf(),
+        source: Some(PathBuf::from("tmpfs")),
+        fstype: Some("tmpfs".into()),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        propagation: MsFlags::empty(),
+        data: "mode=755".into(),
+    }];
+    for (controllers, dir) in &cgroup.dirs {
+        let name = if controllers.is_empty() { "unified".to_string() } else { controllers.join(",") };
+        steps.push(bind(dir, destination.join(name)));
+    }
+    steps
+}
+
+fn set_domainname(name: &str) -> Result<(), nix::Error> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call.
+    let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    nix::Error::result(rc).map(drop)
+}
+
+/// Drops the bounding set while still root, switches user keeping the permitted set, then
+/// sets the exact sets the spec lists — the order runc uses.
+fn set_user_and_caps(plan: &Plan) -> StepResult {
+    let p = &plan.process;
+    if let Some(c) = &p.caps {
+        for cap in caps::all() {
+            if !c.bounding.contains(&cap) {
+                step(
+                    "capabilities",
+                    caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("bounding {cap}: {e}")),
+                )?;
+            }
+        }
+    }
+    step("user", nix::sys::prctl::set_keepcaps(true))?;
+    let gids: Vec<nix::unistd::Gid> = p.additional_gids.iter().map(|g| (*g).into()).collect();
+    step("user", nix::unistd::setgroups(&gids).map_err(|e| format!("setgroups: {e}")))?;
+    step(
+        "user",
+        nix::unistd::setresgid(p.gid.into(), p.gid.into(), p.gid.into())
+            .map_err(|e| format!("setgid {}: {e}", p.gid)),
+    )?;
+    step(
+        "user",
+        nix::unistd::setresuid(p.uid.into(), p.uid.into(), p.uid.into())
+            .map_err(|e| format!("setuid {}: {e}", p.uid)),
+    )?;
+    step("user", nix::sys::prctl::set_keepcaps(false))?;
+    if let Some(c) = &p.caps {
+        for set in [CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
+            // Effective must stay a subset of permitted at each step, so it shrinks first.
+            step("capabilities", caps::set(None, set, c.set(set)).map_err(|e| format!("{set:?}: {e}")))?;
+        }
+        step("capabilities", caps::clear(None, CapSet::Ambient).map_err(|e| format!("ambient: {e}")))?;
+        // The kernel allows an ambient capability only when it is both permitted and
+        // inheritable. runc's own default spec lists ambient capabilities without inheritable
+        // ones and runc skips them; so does tug-shim, for the same specs to run unchanged.
+        for cap in c.ambient.iter().filter(|cap| c.permitted.contains(cap) && c.inheritable.contains(cap)) {
+            step(
+                "capabilities",
+                caps::raise(None, CapSet::Ambient, *cap).map_err(|e| format!("ambient {cap}: {e}")),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Blocks until `tug-shim start` opens the exec fifo for reading, then resolves the program.
+fn wait_for_start_then_resolve(plan: &Plan, fifo_fd: RawFd) -> Result<PathBuf, String> {
+    let path = format!("/proc/self/fd/{fifo_fd}");
+    let mut fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening the exec fifo: {e} (is /proc mounted in the container?)"))?;
+    std::io::Write::write_all(&mut fifo, b"0").map_err(|e| format!("writing the exec fifo: {e}"))?;
+    drop(fifo);
+    // SAFETY: closing a descriptor this process owns and no longer uses.
+    unsafe { libc::close(fifo_fd) };
+    resolve(&plan.process.args[0], &plan.process.env)
+}
+
+/// Finds the program as `execvp` would, with the container's `PATH`.
+pub fn resolve(program: &str, env: &[String]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if executable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(format!("exec: {program:?}: permission denied"))
+        } else {
+            Err(format!("exec: {program:?}: no such file or directory"))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("exec: {program:?}: executable file not found in $PATH"))
+}
+
+fn exec(program: &Path, plan: &Plan) -> ! {
+    let cstr = |s: &str| CString::new(s).unwrap_or_default();
+    let path = cstr(&program.to_string_lossy());
+    let argv: Vec<CString> = plan.process.args.iter().map(|a| cstr(a)).collect();
+    let envp: Vec<CString> = plan.process.env.iter().map(|e| cstr(e)).collect();
+    close_inherited_fds();
+    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    eprintln!("tug-shim: exec {}: {err}", program.display());
+    std::process::exit(127)
+}
+
+/// Marks every descriptor above stderr close-on-exec, so no host descriptor reaches the
+/// container's program.
+fn close_inherited_fds() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if rc != 0 {
+        for fd in 3..1024 {
+            // SAFETY: setting FD_CLOEXEC on a possibly-closed descriptor is harmless.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}

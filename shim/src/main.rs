@@ -1,0 +1,243 @@
+//! `tug-shim`: the OCI runtime command line, as runc and crun implement it.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tug_shim::runtime::{CreateOptions, Runtime, RuntimeError, features, parse_signal};
+
+/// Tug's OCI runtime: creates and runs containers from OCI bundles.
+#[derive(Parser)]
+#[command(name = "tug-shim", version, about)]
+struct Cli {
+    /// State directory for containers.
+    #[arg(long, global = true, default_value = "/run/tug-shim")]
+    root: PathBuf,
+    /// Append errors (and debug messages with --debug) to this file.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of the --log file.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log debug messages too.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Accepted for runc compatibility; tug-shim manages cgroupfs directly.
+    #[arg(long, global = true, hide = true)]
+    systemd_cgroup: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a container, leaving it waiting for `start`.
+    Create {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        id: String,
+    },
+    /// Start a created container's process.
+    Start { id: String },
+    /// Print a container's OCI state as JSON.
+    State { id: String },
+    /// Send a signal (name or number, default SIGTERM) to a container.
+    Kill {
+        /// Signal every process in the container, not only its init.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container's state and cgroup.
+    Delete {
+        /// Kill the container first if it is running.
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Create, start and wait for a container; exits with its exit code.
+    Run {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        id: String,
+    },
+    /// List containers.
+    List {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List the processes in a container.
+    Ps {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+    },
+    /// Print what this runtime supports, as JSON.
+    Features,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logger =
+        Logger { path: cli.log.clone(), json: matches!(cli.log_format, LogFormat::Json), debug: cli.debug };
+    let runtime = Runtime::new(&cli.root);
+    logger.debug(&format!("root {}", cli.root.display()));
+    match dispatch(&runtime, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = e.to_string();
+            logger.error(&msg);
+            eprintln!("tug-shim: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
+    let opts = |bundle, pid_file, console_socket| CreateOptions { bundle, pid_file, console_socket };
+    match cmd {
+        Command::Create { bundle, pid_file, console_socket, id } => {
+            rt.create(&id, &opts(bundle, pid_file, console_socket))?;
+        }
+        Command::Start { id } => rt.start(&id)?,
+        Command::State { id } => print_json(&rt.state(&id)?),
+        Command::Kill { all, id, signal } => rt.kill(&id, parse_signal(&signal)?, all)?,
+        Command::Delete { force, id } => rt.delete(&id, force)?,
+        Command::Run { bundle, pid_file, console_socket, id } => {
+            let exit = rt.run(&id, &opts(bundle, pid_file, console_socket))?;
+            if exit.oom_killed {
+                eprintln!("tug-shim: container {id} was OOM-killed (out of memory in its cgroup)");
+            }
+            return Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(255)));
+        }
+        Command::List { format, quiet } => list(rt, &format, quiet)?,
+        Command::Ps { format, id } => ps(rt, &id, &format)?,
+        Command::Features => print_json(&features()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn list(rt: &Runtime, format: &str, quiet: bool) -> Result<(), RuntimeError> {
+    let all = rt.list();
+    if quiet {
+        all.iter().for_each(|(s, _)| println!("{}", s.id));
+        return Ok(());
+    }
+    match format {
+        "json" => {
+            let docs: Vec<_> = all.iter().map(|(s, st)| tug_shim::state::oci_state(s, *st)).collect();
+            print_json(&serde_json::Value::from(docs));
+        }
+        "table" => {
+            let rows: Vec<[String; 6]> = all
+                .iter()
+                .map(|(s, st)| {
+                    let pid = if *st == tug_shim::state::Status::Stopped { 0 } else { s.pid };
+                    [
+                        s.id.clone(),
+                        pid.to_string(),
+                        st.to_string(),
+                        s.bundle.display().to_string(),
+                        s.created.clone(),
+                        s.owner.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"], &rows);
+        }
+        other => return Err(RuntimeError::Usage(format!("invalid format {other:?} (table or json)"))),
+    }
+    Ok(())
+}
+
+fn ps(rt: &Runtime, id: &str, format: &str) -> Result<(), RuntimeError> {
+    let pids = rt.ps(id)?;
+    match format {
+        "json" => print_json(&serde_json::Value::from(pids)),
+        "table" => {
+            let rows: Vec<[String; 2]> = pids
+                .iter()
+                .map(|p| {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    [p.to_string(), String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string()]
+                })
+                .collect();
+            print_table(&["PID", "CMD"], &rows);
+        }
+        other => return Err(RuntimeError::Usage(format!("invalid format {other:?} (table or json)"))),
+    }
+    Ok(())
+}
+
+/// Columns padded to their widest cell, as runc's tabwriter prints them.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// The `--log` file writer: runc's shapes, a text line or a JSON object per entry.
+struct Logger {
+    path: Option<PathBuf>,
+    json: bool,
+    debug: bool,
+}
+
+impl Logger {
+    fn error(&self, msg: &str) {
+        self.write("error", msg);
+    }
+
+    fn debug(&self, msg: &str) {
+        if self.debug {
+            self.write("debug", msg);
+        }
+    }
+
+    fn write(&self, level: &str, msg: &str) {
+        let Some(path) = &self.path else { return };
+        let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+        let line = if self.json {
+            serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
+        } else {
+            format!("time=\"{time}\" level={level} msg={msg:?}")
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Mounts: the spec's option strings translated into flags (pure), and the mount calls that
+//! build the container's filesystem before `pivot_root` (effects, in the container's own
+//! mount namespace).
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use std::path::{Component, Path, PathBuf};
+
+/// What went wrong while building the container's filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount {what} on {dest}: {errno}")]
+    Mount { what: String, dest: PathBuf, errno: nix::Error },
+    #[error("preparing {path}: {source}")]
+    Prepare { path: PathBuf, source: std::io::Error },
+    #[error("{path}: too many levels of symbolic links inside the rootfs")]
+    Symlinks { path: PathBuf },
+    #[error("pivot_root into {root}: {errno}")]
+    Pivot { root: PathBuf, errno: nix::Error },
+    #[error("mknod {path}: {errno}")]
+    Mknod { path: PathBuf, errno: nix::Error },
+}
+
+/// One spec mount, translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountStep {
+    pub destination: PathBuf,
+    pub source: Option<PathBuf>,
+    pub fstype: Option<String>,
+    /// Flags for the mount call itself (MS_BIND, MS_REC, MS_RDONLY, MS_NOSUID, …).
+    pub flags: MsFlags,
+    /// Propagation to set afterwards (MS_PRIVATE, MS_SLAVE, … with MS_REC).
+    pub propagation: MsFlags,
+    /// Options the kernel's filesystem takes as data (`mode=755`, `size=65536k`, …).
+    pub data: String,
+}
+
+impl MountStep {
+    /// Whether this is a bind mount.
+    pub fn is_bind(&self) -> bool {
+        self.flags.contains(MsFlags::MS_BIND)
+    }
+}
+
+/// Splits spec mount options into mount flags, propagation flags and data, as runc does.
+pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data: Vec<&str> = Vec::new();
+    for opt in options {
+        let (set, clear) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            other => {
+                if let Some(p) = propagation_flags(other) {
+                    propagation = p;
+                } else {
+                    data.push(other);
+                }
+                continue;
+            }
+        };
+        flags.insert(set);
+        flags.remove(clear);
+    }
+    (flags, propagation, data.join(","))
+}
+
+/// `private`, `rslave`, … as flags; `None` for anything else.
+pub fn propagation_flags(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Resolves `path` inside `root` as if `root` were `/`: `..` and symbolic links (absolute or
+/// relative) never lead outside it. Components that do not exist yet are appended as they are.
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, MountError> {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
+    let mut links = 0;
+    while let Some(next) = pending.pop() {
+        let mut comps = next.components().peekable();
+        while let Some(c) = comps.next() {
+            match c {
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                Component::Normal(name) => {
+                    let candidate = root.join(&resolved).join(name);
+                    match std::fs::read_link(&candidate) {
+                        Ok(target) => {
+                            links += 1;
+                            if links > 40 {
+                                return Err(MountError::Symlinks { path: path.to_path_buf() });
+                            }
+                            let rest: PathBuf = comps.by_ref().collect();
+                            if target.is_absolute() {
+                                resolved = PathBuf::new();
+                            }
+                            pending.push(rest);
+                            pending.push(target);
+                            break;
+                        }
+                        Err(_) => resolved.push(name),
+                    }
+                }
+            }
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+fn prepare(path: &Path, file: bool) -> Result<(), MountError> {
+    let err = |source| MountError::Prepare { path: path.to_path_buf(), source };
+    if file {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        if !path.exists() {
+            std::fs::File::create(path).map_err(err)?;
+        }
+        Ok(())
+    } else {
+        std::fs::create_dir_all(path).map_err(err)
+    }
+}
+
+fn do_mount(
+    source: Option<&Path>,
+    dest: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    mount(source, dest, fstype, flags, data).map_err(|errno| MountError::Mount {
+        what: fstype
+            .map(str::to_string)
+            .or_else(|| source.map(|s| s.display().to_string()))
+            .unwrap_or_default(),
+        dest: dest.to_path_buf(),
+        errno,
+    })
+}
+
+/// Sets the propagation of the whole tree, then bind-mounts the rootfs onto itself so that
+/// it is a mount point `pivot_root` accepts.
+pub fn prepare_root(rootfs: &Path, propagation: MsFlags) -> Result<(), MountError> {
+    do_mount(None, Path::new("/"), None, propagation, None)?;
+    do_mount(Some(rootfs), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+}
+
+/// Performs one spec mount inside `rootfs`.
+pub fn mount_step(rootfs: &Path, step: &MountStep) -> Result<(), MountError> {
+    let dest = secure_join(rootfs, &step.destination)?;
+    let data = (!step.data.is_empty()).then_some(step.data.as_str());
+    if step.is_bind() {
+        let source = step.source.as_deref().unwrap_or(Path::new(""));
+        prepare(&dest, !source.is_dir())?;
+        do_mount(Some(source), &dest, None, step.flags & (MsFlags::MS_BIND | MsFlags::MS_REC), None)?;
+        // A bind mount ignores every other flag until it is remounted.
+        let rest = step.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !rest.is_empty() {
+            do_mount(None, &dest, None, rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT, None)?;
+        }
+    } else {
+        prepare(&dest, false)?;
+        let fstype = step.fstype.as_deref().unwrap_or("none");
+        let source = step.source.as_deref().unwrap_or(Path::new(fstype));
+        do_mount(Some(source), &dest, Some(fstype), step.flags, data)?;
+    }
+    if !step.propagation.is_empty() {
+        do_mount(None, &dest, None, step.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// A device node to create under the container's `/dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    pub path: PathBuf,
+    pub kind: SFlag,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The devices every container gets when `/dev` is a fresh tmpfs.
+pub fn default_devices() -> Vec<DeviceNode> {
+    let c = |name: &str, major, minor| DeviceNode {
+        path: PathBuf::from("/dev").join(name),
+        kind: SFlag::S_IFCHR,
+        major,
+        minor,
+        mode: 0o666,
+        uid: 0,
+        gid: 0,
+    };
+    vec![
+        c("null", 1, 3),
+        c("zero", 1, 5),
+        c("full", 1, 7),
+        c("random", 1, 8),
+        c("urandom", 1, 9),
+        c("tty", 5, 0),
+    ]
+}
+
+/// Creates the device nodes and the standard `/dev` symlinks inside `rootfs`.
+pub fn populate_dev(rootfs: &Path, devices: &[DeviceNode]) -> Result<(), MountError> {
+    for d in devices {
+        let path = secure_join(rootfs, &d.path)?;
+        if let Some(parent) = path.parent() {
+            prepare(parent, false)?;
+        }
+        let _ = std::fs::remove_file(&path);
+        let mode = Mode::from_bits_truncate(d.mode & 0o7777);
+        mknod(&path, d.kind, mode, makedev(d.major, d.minor))
+            .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
+        // mknod is subject to the umask; set the mode the spec asked for exactly.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            mode,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
+        nix::unistd::chown(&path, Some(d.uid.into()), Some(d.gid.into()))
+            .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
+    }
+    let links = [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+        ("pts/ptmx", "ptmx"),
+    ];
+    for (target, name) in links {
+        let link = rootfs.join("dev").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link)
+            .map_err(|source| MountError::Prepare { path: link, source })?;
+    }
+    Ok(())
+}
+
+/// Makes `rootfs` the root: `pivot_root` with the old root stacked on the new one and then
+/// detached (no temporary directory needed). Where the current root cannot be pivoted away
+/// from (an initramfs), falls back to moving the rootfs over `/` and `chroot`.
+pub fn pivot(rootfs: &Path) -> Result<(), MountError> {
+    let err = |errno| MountError::Pivot { root: rootfs.to_path_buf(), errno };
+    nix::unistd::chdir(rootfs).map_err(err)?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            // The old root is now mounted on top of the new one: make sure unmounting it
+            // does not propagate to the host, then detach it.
+            do_mount(None, Path::new("."), None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?;
+            umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
+        }
+        Err(nix::Error::EINVAL) => {
+            do_mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+            nix::unistd::chroot(".").map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
+    }
+    nix::unistd::chdir("/").map_err(err)
+}
+
+/// Hides a path: `/dev/null` over a file, an empty read-only tmpfs over a directory.
+pub fn mask(path: &Path) -> Result<(), MountError> {
+    match std::fs::metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => {
+            do_mount(Some(Path::new("tmpfs")), path, Some("tmpfs"), MsFlags::MS_RDONLY, None)
+        }
+        Ok(_) => do_mount(Some(Path::new("/dev/null")), path, None, MsFlags::MS_BIND, None),
+    }
+}
+
+/// Makes a path read-only with a bind mount onto itself.
+pub fn make_readonly(path: &Path) -> Result<(), MountError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    do_mount(Some(path), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    do_mount(None, path, None, flags, None)
+}
+
+/// Remounts `/` read-only (`root.readonly`).
+pub fn readonly_root() -> Result<(), MountError> {
+    do_mount(None, Path::new("/"), None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[&str]) -> (MsFlags, MsFlags, String) {
+        parse_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_split_into_flags_propagation_and_data() {
+        let (f, p, d) = opts(&["nosuid", "strictatime", "mode=755", "size=65536k"]);
+        assert_eq!(f, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert!(p.is_empty());
+        assert_eq!(d, "mode=755,size=65536k");
+        let (f, p, d) = opts(&["rbind", "ro", "rslave"]);
+        assert_eq!(f, MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY);
+        assert_eq!(p, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert_eq!(d, "");
+        let (f, _, _) = opts(&["ro", "rw"]);
+        assert!(f.is_empty(), "a later rw clears an earlier ro");
+    }
+
+    #[test]
+    fn secure_join_stays_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("etc/rel")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(secure_join(root, Path::new("/abs/passwd")).unwrap(), root.join("etc/passwd"));
+        assert_eq!(secure_join(root, Path::new("/etc/rel/x")).unwrap(), root.join("etc/x"));
+        assert_eq!(secure_join(root, Path::new("/../../x")).unwrap(), root.join("x"));
+        assert_eq!(secure_join(root, Path::new("/new/dir")).unwrap(), root.join("new/dir"));
+        assert!(matches!(secure_join(root, Path::new("/loop")), Err(MountError::Symlinks { .. })));
+    }
+}

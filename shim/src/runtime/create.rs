@@ -1,0 +1,164 @@
+//! `create`: set up a container and leave its init waiting for `start`.
+
+use super::{Runtime, RuntimeError};
+use crate::cgroups::{Cgroup, layout::Layout, resources};
+use crate::channel::{self, FromInit};
+use crate::init::{self, InitArgs};
+use crate::plan::{self, Plan};
+use crate::state::{Dir, State, proc_stat};
+use nix::fcntl::{OFlag, open};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// `create`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+}
+
+/// A created container: the init's pid.
+pub struct Created {
+    pub pid: i32,
+}
+
+impl Runtime {
+    /// Creates the container. On failure nothing is left: no cgroup, no state, no process.
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<Created, RuntimeError> {
+        let bundle = std::fs::canonicalize(&opts.bundle)
+            .map_err(RuntimeError::io(format!("bundle {}", opts.bundle.display())))?;
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| RuntimeError::Usage(format!("{}: {e}", bundle.join("config.json").display())))?;
+        let plan = plan::plan(&spec, &bundle)?;
+        if opts.console_socket.is_some() {
+            return Err(RuntimeError::Usage("--console-socket: terminals are not supported yet".into()));
+        }
+        if !plan.rootfs.is_dir() {
+            return Err(RuntimeError::Usage(format!(
+                "root.path: {} is not a directory",
+                plan.rootfs.display()
+            )));
+        }
+        let layout = Layout::detect().map_err(RuntimeError::io("reading the cgroup layout"))?;
+        let mut writes = resources::writes(&plan.resources, layout.unified_only())?;
+        if !layout.unified_only() {
+            writes.extend(resources::device_writes_v1(&plan.resources, &plan.devices)?);
+        }
+        let cgroups_path = plan.cgroups_path.clone().unwrap_or_else(|| Path::new("tug-shim").join(id));
+        let cgroup = Cgroup::locate(&layout, &cgroups_path)?;
+        let dir = self.dir(id)?;
+        dir.create()?;
+        let mut guard = Cleanup { dir: &dir, cgroup: &cgroup, pid: None };
+        let pid = spawn_init(&plan, &dir, &cgroup, &layout, &writes, &mut guard)?;
+        let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
+        let state = State {
+            id: id.to_string(),
+            pid,
+            start_time,
+            bundle,
+            rootfs: plan.rootfs.clone(),
+            created: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+            annotations: plan.annotations.clone(),
+            cgroup: cgroup.clone(),
+            owner: owner(),
+        };
+        dir.save(&state)?;
+        if let Some(p) = &opts.pid_file {
+            std::fs::write(p, pid.to_string())
+                .map_err(RuntimeError::io(format!("pid file {}", p.display())))?;
+        }
+        guard.pid = None;
+        std::mem::forget(guard);
+        Ok(Created { pid })
+    }
+}
+
+/// Undoes a half-made container when dropped.
+struct Cleanup<'a> {
+    dir: &'a Dir,
+    cgroup: &'a Cgroup,
+    pid: Option<i32>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        super::wait_until(std::time::Duration::from_secs(5), || self.cgroup.remove().is_ok());
+        let _ = self.dir.remove();
+    }
+}
+
+fn spawn_init(
+    plan: &Plan,
+    dir: &Dir,
+    cgroup: &Cgroup,
+    layout: &Layout,
+    writes: &[resources::Write],
+    guard: &mut Cleanup,
+) -> Result<i32, RuntimeError> {
+    nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
+        .map_err(RuntimeError::sys("mkfifo exec.fifo"))?;
+    // mkfifo is subject to the umask; the init may write it as a non-root user.
+    std::fs::set_permissions(dir.fifo(), std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(RuntimeError::io("chmod exec.fifo"))?;
+    let fifo = open(&dir.fifo(), OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(RuntimeError::sys("open exec.fifo"))?;
+    let mut join: Vec<(CloneFlags, OwnedFd)> = Vec::new();
+    for (flag, path) in &plan.namespaces.join {
+        let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(RuntimeError::sys(format!("namespace {}", path.display())))?;
+        // pid and time namespaces apply to children: the parent enters them before the clone.
+        if *flag == CloneFlags::CLONE_NEWPID || flag.bits() == libc::CLONE_NEWTIME {
+            nix::sched::setns(&fd, *flag).map_err(RuntimeError::sys(format!("setns {}", path.display())))?;
+        } else {
+            join.push((*flag, fd));
+        }
+    }
+    if plan.namespaces.new_time {
+        nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .map_err(RuntimeError::sys("unshare time"))?;
+    }
+    let (parent, child) = channel::pair().map_err(|e| RuntimeError::Usage(e.to_string()))?;
+    let pid = clone_process(plan.namespaces.clone)?;
+    if pid == 0 {
+        drop(parent);
+        init::run(InitArgs { plan, channel: child, fifo: fifo.into_raw_fd(), join, cgroup: cgroup.clone() });
+    }
+    guard.pid = Some(pid);
+    drop(child);
+    drop(fifo);
+    cgroup.create(layout)?;
+    cgroup.apply(writes)?;
+    cgroup.add_process(pid)?;
+    parent.send_cgroup_ready().map_err(|e| RuntimeError::Usage(e.to_string()))?;
+    match parent.wait_report() {
+        Ok(FromInit::Ready) => Ok(pid),
+        Ok(FromInit::Failed { step, message }) => Err(RuntimeError::Init { step, message }),
+        Err(e) => Err(RuntimeError::Init { step: "setup".into(), message: e.to_string() }),
+    }
+}
+
+/// `clone` without a new stack: like `fork`, but into new namespaces (crun does the same).
+/// Returns 0 in the child.
+fn clone_process(flags: CloneFlags) -> Result<i32, RuntimeError> {
+    let flags = u64::try_from(flags.bits() | libc::SIGCHLD).unwrap_or(0);
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets a copy of this
+    // single-threaded process and continues from here, as after fork().
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if rc < 0 {
+        return Err(RuntimeError::Sys { what: "clone".into(), errno: nix::Error::last() });
+    }
+    i32::try_from(rc).map_err(|_| RuntimeError::Usage(format!("clone returned {rc}")))
+}
+
+fn owner() -> String {
+    let uid = nix::unistd::geteuid();
+    nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+}

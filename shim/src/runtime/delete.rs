@@ -1,0 +1,41 @@
+//! `delete`: remove a container's cgroup and state (`--force` kills a running one first).
+
+use super::{Runtime, RuntimeError, wait_until};
+use crate::state::{Status, init_alive};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::time::Duration;
+
+impl Runtime {
+    /// Deletes the container. A created container is killed (it never ran user code); a
+    /// running one needs `force`.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let (dir, state, status) = self.load(id)?;
+        if status == Status::Running && !force {
+            return Err(RuntimeError::Usage(format!(
+                "cannot delete container {id} that is not stopped: running"
+            )));
+        }
+        if status != Status::Stopped {
+            let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
+            for pid in state.cgroup.pids() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if !wait_until(Duration::from_secs(10), || !init_alive(state.pid, state.start_time)) {
+                return Err(RuntimeError::Usage(format!(
+                    "container {id}: init {} did not exit after SIGKILL",
+                    state.pid
+                )));
+            }
+        }
+        // Exited processes leave the cgroup once reaped, which may lag a little behind.
+        let mut last = Ok(());
+        wait_until(Duration::from_secs(10), || {
+            last = state.cgroup.remove();
+            last.is_ok()
+        });
+        last?;
+        dir.remove()?;
+        Ok(())
+    }
+}

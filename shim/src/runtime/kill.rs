@@ -1,0 +1,49 @@
+//! `kill`: send a signal to the container's init (or, with `--all`, to every process in it).
+
+use super::{Runtime, RuntimeError};
+use crate::state::Status;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::str::FromStr;
+
+impl Runtime {
+    /// Signals the container. A stopped container is an error, as with runc.
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuntimeError> {
+        let (_, state, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(RuntimeError::Usage("container not running".into()));
+        }
+        if all {
+            for pid in state.cgroup.pids() {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            return Ok(());
+        }
+        kill(Pid::from_raw(state.pid), signal).map_err(RuntimeError::sys(format!("kill {}", state.pid)))
+    }
+}
+
+/// `KILL`, `SIGKILL`, `kill` and `9` all name SIGKILL.
+pub fn parse_signal(s: &str) -> Result<Signal, RuntimeError> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| RuntimeError::Usage(format!("invalid signal {s:?}")));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&name).map_err(|_| RuntimeError::Usage(format!("invalid signal {s:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        for s in ["KILL", "SIGKILL", "kill", "9"] {
+            assert_eq!(parse_signal(s).unwrap(), Signal::SIGKILL, "{s}");
+        }
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("BOGUS").unwrap_err().to_string(), "invalid signal \"BOGUS\"");
+        assert!(parse_signal("999").is_err());
+    }
+}
