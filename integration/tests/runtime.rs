@@ -26,8 +26,11 @@ fn the_probe_sees_an_isolated_container() {
     let mut b = Bundle::new(&["/bin/tug-probe"]);
     b.spec["process"]["env"].as_array_mut().unwrap().push(json!("MARK=inside"));
     b.spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 321, "hard": 654}]);
-    b.spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7]});
+    b.spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 0o27});
+    b.spec["process"]["oomScoreAdj"] = json!(500);
     let r = report(&b.run("iso"));
+    assert_eq!(r["umask"], "0027");
+    assert_eq!(r["oom_score_adj"], 500);
     assert_eq!(r["pid"], 1);
     assert_eq!(r["hostname"], "tug-test");
     assert_eq!((r["uid"].clone(), r["gid"].clone()), (json!(1000), json!(1000)));
@@ -284,6 +287,43 @@ fn masked_paths_and_devices() {
     {
         assert!(lines.contains(&d), "/dev/{d} in {lines:?}");
     }
+}
+
+#[test]
+fn bind_mounts_keep_their_options_and_time_namespaces_are_new() {
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "cat /data/hello; touch /data/x 2>/dev/null || echo read-only; readlink /proc/self/ns/time",
+    ]);
+    let data = b.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello"), "from the host\n").unwrap();
+    b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro", "rprivate"]}));
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+    let out = b.run("bind");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..2], ["from the host", "read-only"], "{}", stderr(&out));
+    assert_ne!(
+        lines[2],
+        std::fs::read_link("/proc/self/ns/time").unwrap().display().to_string(),
+        "a new time namespace"
+    );
+    assert!(!data.join("x").exists());
+}
+
+#[test]
+fn errors_go_to_the_log_file_in_json() {
+    let b = Bundle::new(&["/bin/true"]);
+    let log = b.path().join("shim.log");
+    let out = b.shim_output(&["--log", log.to_str().unwrap(), "--log-format", "json", "state", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert_eq!(line["msg"], "container \"ghost\" does not exist");
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
 }
 
 #[test]

@@ -1,0 +1,155 @@
+//! `make bench AREA=runtime`: tug-shim beside runc on the same busybox bundle, alternating in
+//! one invocation (these machines are shared and noisy: only ratios from one run mean
+//! anything).
+//!
+//! Measures, each over `TUG_BENCH_N` runs (default 100) of a container running `/bin/true`:
+//! - `run-true`: one `run` command (create + start + wait + delete in one process);
+//! - `lifecycle-true`: the four commands `create`, `start`, `state` until stopped, `delete`;
+//! - `peak-rss`: the largest resident set of the runtime's own process over those runs;
+//! - `fork-exec`: a bare fork + exec of busybox `true`, the floor any runtime sits on.
+//!
+//! Prints `BENCH runtime <measure> key=value ...` lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tug_integration::bundle::Bundle;
+
+struct Runtime {
+    name: &'static str,
+    binary: PathBuf,
+    root: PathBuf,
+}
+
+/// Wall time, peak RSS (KiB) and success of one command or sequence.
+type Sample = (Duration, i64, bool);
+type Measure = fn(&Runtime, &Path, &str) -> Sample;
+
+/// Times one command; reaps it with `wait4`, which also gives its peak RSS.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below
+fn timed(cmd: &mut Command) -> Sample {
+    let start = Instant::now();
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid pointers to locals.
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    (start.elapsed(), usage.ru_maxrss, libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1);
+    // The index is a rank within a small vector; truncation towards zero is intended.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let i = ((last as f64) * p).round() as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+struct Stats {
+    median: f64,
+    p95: f64,
+    failures: usize,
+}
+
+fn stats(mut samples: Vec<Duration>, failures: usize) -> Stats {
+    samples.sort();
+    Stats { median: percentile(&samples, 0.5), p95: percentile(&samples, 0.95), failures }
+}
+
+fn run_once(rt: &Runtime, bundle: &Path, id: &str) -> Sample {
+    let mut cmd = Command::new(&rt.binary);
+    cmd.arg("--root").arg(&rt.root).args(["run", "--bundle"]).arg(bundle).arg(id);
+    timed(&mut cmd)
+}
+
+fn lifecycle_once(rt: &Runtime, bundle: &Path, id: &str) -> Sample {
+    let start = Instant::now();
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(&rt.binary);
+        c.arg("--root").arg(&rt.root).args(args);
+        c
+    };
+    let b = bundle.to_str().expect("utf-8 bundle path");
+    let (_, rss1, ok1) = timed(&mut cmd(&["create", "--bundle", b, id]));
+    let (_, rss2, ok2) = timed(&mut cmd(&["start", id]));
+    let mut stopped = false;
+    for _ in 0..2000 {
+        let out = cmd(&["state", id]).stderr(Stdio::null()).output().expect("state");
+        if String::from_utf8_lossy(&out.stdout).contains("\"stopped\"") {
+            stopped = true;
+            break;
+        }
+    }
+    let (_, rss3, ok3) = timed(&mut cmd(&["delete", id]));
+    (start.elapsed(), rss1.max(rss2).max(rss3), ok1 && ok2 && ok3 && stopped)
+}
+
+fn main() {
+    let n: usize = std::env::var("TUG_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let mut bundle = Bundle::new(&["/bin/true"]);
+    let parent = bundle.cgroup_parent.clone();
+    bundle.spec["linux"]["cgroupsPath"] = serde_json::json!(format!("{parent}/bench"));
+    std::fs::write(bundle.path().join("config.json"), serde_json::to_string(&bundle.spec).expect("spec"))
+        .expect("write");
+    let release = tug_integration::probe::target_dir().join("release").join("tug-shim");
+    let mut runtimes = vec![Runtime { name: "tug", binary: release, root: bundle.path().join("tug-root") }];
+    match which("runc") {
+        Some(runc) => {
+            runtimes.push(Runtime { name: "runc", binary: runc, root: bundle.path().join("runc-root") })
+        }
+        None => println!("runc is not installed: no comparison (make deps installs it)"),
+    }
+    let measures: [(&str, Measure); 2] = [("run-true", run_once), ("lifecycle-true", lifecycle_once)];
+    let mut peak = vec![0i64; runtimes.len()];
+    for (measure, f) in measures {
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
+        let mut failures = vec![0usize; runtimes.len()];
+        for i in 0..n {
+            for (k, rt) in runtimes.iter().enumerate() {
+                let (d, rss, ok) = f(rt, bundle.path(), &format!("b{i}"));
+                samples[k].push(d);
+                peak[k] = peak[k].max(rss);
+                failures[k] += usize::from(!ok);
+            }
+        }
+        let s: Vec<Stats> = samples.into_iter().zip(&failures).map(|(v, f)| stats(v, *f)).collect();
+        let mut line = format!("BENCH runtime {measure} n={n}");
+        for (rt, st) in runtimes.iter().zip(&s) {
+            line += &format!(
+                " {0}_ms={1:.2} {0}_p95_ms={2:.2} {0}_failures={3}",
+                rt.name, st.median, st.p95, st.failures
+            );
+        }
+        if s.len() == 2 {
+            line += &format!(" ratio={:.2}", s[0].median / s[1].median);
+        }
+        println!("{line}");
+    }
+    let mut line = String::from("BENCH runtime peak-rss");
+    for (rt, kib) in runtimes.iter().zip(&peak) {
+        line += &format!(" {}_kib={kib}", rt.name);
+    }
+    if peak.len() == 2 && peak[1] > 0 {
+        #[allow(clippy::cast_precision_loss)]
+        let ratio = peak[0] as f64 / peak[1] as f64;
+        line += &format!(" ratio={ratio:.2}");
+    }
+    println!("{line}");
+    fork_exec_floor(n);
+    drop(bundle);
+}
+
+/// A bare fork + exec of a static binary: the floor under any runtime's time.
+fn fork_exec_floor(n: usize) {
+    let mut samples: Vec<Duration> =
+        (0..n).map(|_| timed(Command::new("/bin/busybox").arg("true")).0).collect();
+    samples.sort();
+    println!("BENCH runtime fork-exec n={n} median_ms={:.2}", percentile(&samples, 0.5));
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
