@@ -43,4 +43,9 @@ fi
 for tool in cargo rustc; do
     command -v "$tool" >/dev/null || { echo "make deps: $tool not found: install a Rust toolchain (1.85 or newer)" >&2; exit 1; }
 done
+# cargo-nextest runs the tests (one process per test suits tests that make namespaces).
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "make deps: installing cargo-nextest from crates.io"
+    cargo install --locked cargo-nextest >/dev/null
+fi
 echo "make deps: all present"

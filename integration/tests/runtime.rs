@@ -116,6 +116,15 @@ fn limits_are_written_to_the_containers_cgroup() {
 }
 
 #[test]
+fn a_cpu_quota_throttles_a_spinning_process() {
+    let mut b = Bundle::new(&["/bin/tug-probe", "spin", "600"]);
+    b.spec["linux"]["resources"] = json!({"cpu": {"quota": 10000, "period": 100000}});
+    let r = report(&b.run("spin"));
+    // 10 ms of CPU per 100 ms period: 600 ms of spinning must hit the quota in some period.
+    assert!(r["nr_throttled"].as_u64().unwrap() > 0, "cpu.stat: {r}");
+}
+
+#[test]
 fn a_memory_hog_is_oom_killed_and_the_exit_says_so() {
     let mut b = Bundle::new(&["/bin/tug-probe", "hog", "512"]);
     b.spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});

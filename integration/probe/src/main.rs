@@ -10,6 +10,7 @@
 //! tug-probe sleep SECONDS   # sleep, then exit 0
 //! tug-probe hog MIB         # allocate and touch MIB mebibytes, 1 MiB at a time
 //! tug-probe fork N          # fork up to N sleeping children; print how many succeeded
+//! tug-probe spin MS         # burn CPU for MS milliseconds of wall time; print cpu.stat
 //! ```
 
 mod report;
@@ -32,11 +33,33 @@ fn main() -> ExitCode {
         }
         Some("hog") => hog(arg(1).unwrap_or(u64::MAX)),
         Some("fork") => fork(arg(1).unwrap_or(1000)),
+        Some("spin") => spin(arg(1).unwrap_or(1000)),
         Some(other) => {
-            eprintln!("tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork)");
+            eprintln!("tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin)");
             ExitCode::from(2)
         }
     }
+}
+
+/// Spins on the CPU for `ms` milliseconds of wall time, then prints the cgroup's `cpu.stat`
+/// (v2 at the root of `/sys/fs/cgroup`, v1 under `cpu/`) as a JSON object of numbers.
+fn spin(ms: u64) -> ExitCode {
+    let until = std::time::Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while std::time::Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    let text = ["/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/cpu/cpu.stat"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let stat: serde_json::Map<String, serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), serde_json::Value::from(v.trim().parse::<u64>().ok()?))))
+        .collect();
+    println!("{}", serde_json::Value::Object(stat));
+    ExitCode::SUCCESS
 }
 
 /// Allocates memory 1 MiB at a time and touches every page so it is really charged.

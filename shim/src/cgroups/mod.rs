@@ -96,6 +96,22 @@ impl Cgroup {
         text.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
+    /// SIGKILLs every process in the cgroup: with one write to `cgroup.kill` where the unified
+    /// hierarchy has it (Linux 5.14+, also on hybrid hosts), else one signal per listed pid
+    /// (which can miss a process forked meanwhile; the pid namespace's end catches those).
+    pub fn kill_all(&self) {
+        let unified = self.dirs.iter().find(|(c, _)| c.is_empty()).map(|(_, d)| d.join("cgroup.kill"));
+        if let Some(file) = unified.filter(|f| f.exists()) {
+            if std::fs::write(&file, "1").is_ok() {
+                return;
+            }
+        }
+        for pid in self.pids() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// How many times the kernel's OOM killer killed a process in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         let (file, dir) = if self.unified_resources {

@@ -18,9 +18,7 @@ impl Runtime {
         }
         if status != Status::Stopped {
             let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
-            for pid in state.cgroup.pids() {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            state.cgroup.kill_all();
             if !wait_until(Duration::from_secs(10), || !init_alive(state.pid, state.start_time)) {
                 return Err(RuntimeError::Usage(format!(
                     "container {id}: init {} did not exit after SIGKILL",

@@ -13,6 +13,10 @@ impl Runtime {
         if status == Status::Stopped {
             return Err(RuntimeError::Usage("container not running".into()));
         }
+        if all && signal == Signal::SIGKILL {
+            state.cgroup.kill_all();
+            return Ok(());
+        }
         if all {
             for pid in state.cgroup.pids() {
                 let _ = kill(Pid::from_raw(pid), signal);

@@ -1,0 +1,71 @@
+//! Behaviour only a pure cgroup v2 host has: run by the VM suite (`make vm-test`) in a guest
+//! kernel that mounts cgroup2 alone, and on the host too when the host is pure v2.
+
+use serde_json::{Value, json};
+use tug_integration::bundle::Bundle;
+
+fn report(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The first real block device's `major:minor` (virtio disk in the guest).
+fn block_device() -> String {
+    let dir = std::fs::read_dir("/sys/block").expect("/sys/block");
+    let mut names: Vec<String> = dir.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    let name =
+        names.iter().find(|n| !n.starts_with("loop") && !n.starts_with("ram")).expect("a block device");
+    std::fs::read_to_string(format!("/sys/block/{name}/dev")).unwrap().trim().to_string()
+}
+
+#[test]
+fn cgroup_v2_is_the_only_hierarchy() {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.lines().any(|l| l.contains(" - cgroup2 ")), "{mounts}");
+    assert!(!mounts.lines().any(|l| l.contains(" - cgroup ")), "no v1 hierarchy: {mounts}");
+}
+
+#[test]
+fn cgroup_v2_limits_are_written_in_the_unified_files() {
+    let dev = block_device();
+    let (major, minor) = dev.split_once(':').unwrap();
+    let (major, minor): (i64, i64) = (major.parse().unwrap(), minor.parse().unwrap());
+    let mut b = Bundle::new(&["/bin/tug-probe"]);
+    b.spec["linux"]["resources"] = json!({
+        "memory": {"limit": 67108864, "reservation": 16777216, "swap": 134217728},
+        "cpu": {"quota": 20000, "period": 100000, "shares": 2048, "cpus": "0"},
+        "pids": {"limit": 99},
+        "blockIO": {"weight": 100, "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]}
+    });
+    let r = report(&b.run("v2limits"));
+    assert_eq!(r["cgroup"]["version"], 2);
+    let l = &r["cgroup"]["limits"];
+    assert_eq!(l["memory.max"], "67108864");
+    assert_eq!(l["memory.low"], "16777216");
+    assert_eq!(l["memory.swap.max"], "67108864");
+    assert_eq!(l["cpu.max"], "20000 100000");
+    assert_eq!(l["cpu.weight"], "79");
+    assert_eq!(l["cpuset.cpus"], "0");
+    assert_eq!(l["pids.max"], "99");
+    assert_eq!(l["io.weight"], "default 910");
+    assert_eq!(l["io.max"], format!("{dev} rbps=1048576 wbps=max riops=max wiops=max"));
+}
+
+#[test]
+fn cgroup_v2_kill_removes_every_process_of_a_container() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "sleep 600 & sleep 600 & exec sleep 600"]);
+    assert!(b.create("killall").status.success());
+    assert!(b.shim_output(&["start", "killall"]).status.success());
+    let dir = b.cgroup_dirs()[0].join("killall");
+    let procs = || std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while procs() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(procs(), 3, "three processes in the container");
+    let out = b.shim_output(&["delete", "--force", "killall"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.exists(), "the cgroup is gone");
+}
