@@ -8,7 +8,10 @@
 //! - `peak-rss`: the largest resident set of the runtime's own process over those runs;
 //! - `fork-exec`: a bare fork + exec of busybox `true`, the floor any runtime sits on.
 //!
-//! Prints `BENCH runtime <measure> key=value ...` lines.
+//! Anchors: runc and crun from Debian, each when installed and able to run a container here
+//! (crun 1.8 refuses hybrid hosts; `make bench` runs this benchmark again inside the VM
+//! suite's pure cgroup v2 guest, where it can). Prints `BENCH runtime <measure> cgroup=<kind>
+//! key=value ...` lines, with `ratio_<anchor>` = tug's median over the anchor's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -95,12 +98,30 @@ fn main() {
         .expect("write");
     let release = tug_integration::probe::target_dir().join("release").join("tug-shim");
     let mut runtimes = vec![Runtime { name: "tug", binary: release, root: bundle.path().join("tug-root") }];
-    match which("runc") {
-        Some(runc) => {
-            runtimes.push(Runtime { name: "runc", binary: runc, root: bundle.path().join("runc-root") })
+    for anchor in ["runc", "crun"] {
+        let Some(binary) = which(anchor) else {
+            println!("{anchor} is not installed: no comparison with it (make deps installs it)");
+            continue;
+        };
+        let rt = Runtime { name: anchor, binary, root: bundle.path().join(format!("{anchor}-root")) };
+        // A trial run: crun 1.8 refuses hybrid cgroup hosts, and then only the VM compares it.
+        let out = Command::new(&rt.binary)
+            .arg("--root")
+            .arg(&rt.root)
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg("trial")
+            .stdin(Stdio::null())
+            .output()
+            .expect("trial run");
+        if out.status.success() {
+            runtimes.push(rt);
+        } else {
+            let why = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string();
+            println!("{anchor} cannot run containers here: {why}");
         }
-        None => println!("runc is not installed: no comparison (make deps installs it)"),
     }
+    let layout = tug_shim::cgroups::layout::Layout::detect().map(|l| l.kind()).unwrap_or("unknown");
     let measures: [(&str, Measure); 2] = [("run-true", run_once), ("lifecycle-true", lifecycle_once)];
     let mut peak = vec![0i64; runtimes.len()];
     for (measure, f) in measures {
@@ -115,26 +136,26 @@ fn main() {
             }
         }
         let s: Vec<Stats> = samples.into_iter().zip(&failures).map(|(v, f)| stats(v, *f)).collect();
-        let mut line = format!("BENCH runtime {measure} n={n}");
+        let mut line = format!("BENCH runtime {measure} cgroup={layout} n={n}");
         for (rt, st) in runtimes.iter().zip(&s) {
             line += &format!(
                 " {0}_ms={1:.2} {0}_p95_ms={2:.2} {0}_failures={3}",
                 rt.name, st.median, st.p95, st.failures
             );
         }
-        if s.len() == 2 {
-            line += &format!(" ratio={:.2}", s[0].median / s[1].median);
+        for (rt, st) in runtimes.iter().zip(&s).skip(1) {
+            line += &format!(" ratio_{}={:.2}", rt.name, s[0].median / st.median);
         }
         println!("{line}");
     }
-    let mut line = String::from("BENCH runtime peak-rss");
+    let mut line = format!("BENCH runtime peak-rss cgroup={layout}");
     for (rt, kib) in runtimes.iter().zip(&peak) {
         line += &format!(" {}_kib={kib}", rt.name);
     }
-    if peak.len() == 2 && peak[1] > 0 {
-        #[allow(clippy::cast_precision_loss)]
-        let ratio = peak[0] as f64 / peak[1] as f64;
-        line += &format!(" ratio={ratio:.2}");
+    for (rt, kib) in runtimes.iter().zip(&peak).skip(1) {
+        #[allow(clippy::cast_precision_loss)] // KiB counts far below 2^52
+        let ratio = peak[0] as f64 / (*kib).max(1) as f64;
+        line += &format!(" ratio_{}={ratio:.2}", rt.name);
     }
     println!("{line}");
     fork_exec_floor(n);

@@ -131,10 +131,43 @@ impl Drop for Bundle {
         for id in ids {
             let _ = self.shim(&["delete", "--force", &id]).stderr(Stdio::null()).status();
         }
-        for dir in self.cgroup_dirs() {
-            let _ = std::fs::remove_dir(dir);
+        // Every hierarchy, named ones too: runc (the benchmark's anchor) also makes a
+        // directory in `name=systemd`.
+        for dir in own_cgroup_dirs_all_hierarchies() {
+            let _ = std::fs::remove_dir(dir.join(&self.cgroup_parent));
         }
     }
+}
+
+/// This process's cgroup directory in every mounted hierarchy, named ones included.
+fn own_cgroup_dirs_all_hierarchies() -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        let (Some(root), Some(point), Some(fstype)) = (pre.get(3), pre.get(4), post.first()) else {
+            continue;
+        };
+        let opts: Vec<&str> = post.get(2).map(|o| o.split(',').collect()).unwrap_or_default();
+        let path = membership.lines().find_map(|m| {
+            let mut parts = m.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let matches = match *fstype {
+                "cgroup2" => ctrls.is_empty(),
+                "cgroup" => !ctrls.is_empty() && ctrls.split(',').all(|c| opts.contains(&c)),
+                _ => false,
+            };
+            matches.then_some(path)
+        });
+        if let Some(path) = path {
+            let rel = Path::new(path).strip_prefix(root).unwrap_or(Path::new(""));
+            dirs.push(Path::new(point).join(rel));
+        }
+    }
+    dirs
 }
 
 /// A rootfs with static busybox, its applets as symlinks, and the probe.

@@ -37,7 +37,8 @@ fn cgroup_v2_limits_are_written_in_the_unified_files() {
         "memory": {"limit": 67108864, "reservation": 16777216, "swap": 134217728},
         "cpu": {"quota": 20000, "period": 100000, "shares": 2048, "cpus": "0"},
         "pids": {"limit": 99},
-        "blockIO": {"weight": 100, "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]}
+        "blockIO": {"weight": 100, "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]
     });
     let r = report(&b.run("v2limits"));
     assert_eq!(r["cgroup"]["version"], 2);
@@ -51,6 +52,7 @@ fn cgroup_v2_limits_are_written_in_the_unified_files() {
     assert_eq!(l["pids.max"], "99");
     assert_eq!(l["io.weight"], "default 910");
     assert_eq!(l["io.max"], format!("{dev} rbps=1048576 wbps=max riops=max wiops=max"));
+    assert_eq!(l["hugetlb.2MB.max"], "4194304");
 }
 
 #[test]

@@ -1,8 +1,35 @@
 #!/bin/sh
 # The guest's /init: mount the basics and cgroup v2 alone, load Tug's modules, mount the
-# host's workspace over 9p at the same path, run each test binary named on the kernel
-# command line, print VMRESULT lines, power off.
+# host's workspace over 9p at the same path, run each binary named on the kernel command line
+# (tug.run=NAME:PATH,...; test binaries get --test-threads=2), print VMRESULT lines, power off.
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+# The initramfs root cannot be pivoted away from (runc and crun need --no-pivot there): move
+# everything onto a tmpfs first and continue there, as a distribution's initramfs does.
+if [ ! -e /.stage2 ]; then
+    # One container first from the initramfs itself, where pivot_root is refused: tug-shim's
+    # fallback (move the rootfs over / and chroot) must make it just as isolated.
+    mount -t proc proc /proc
+    stage1=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^tug.initramfs=//p')
+    if [ -n "$stage1" ]; then
+        mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+        mount -t tmpfs tmpfs /tmp; mount -t cgroup2 cgroup2 /sys/fs/cgroup
+        for m in virtio_pci 9pnet_virtio 9p; do modprobe "$m"; done
+        ws=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^tug.ws=//p')
+        mkdir -p "$ws" && mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose share "$ws"
+        name=${stage1%%:*}; rest=${stage1#*:}; bin=${rest%%:*}; test=${rest#*:}
+        (cd "$ws/integration" && TUG_SHIM_BINARY="$ws/target/debug/tug-shim" TUG_IN_VM=1 "$bin" --exact "$test" 2>&1)
+        echo "VMRESULT $name $?"
+        umount "$ws" /sys/fs/cgroup /tmp /dev /sys
+    fi
+    umount /proc
+    mkdir /newroot
+    mount -t tmpfs -o size=1g tmpfs /newroot
+    for d in /*; do
+        [ "$d" = /newroot ] || cp -a "$d" /newroot/
+    done
+    touch /newroot/.stage2
+    exec switch_root /newroot /init
+fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -24,10 +51,14 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose share "$ws"; then
 fi
 echo "VMBOOTED $(uname -r) cgroup2:$(cat /sys/fs/cgroup/cgroup.controllers)"
 export TUG_SHIM_BINARY="$ws/target/debug/tug-shim" RUST_BACKTRACE=1 TUG_IN_VM=1
+n=$(arg tug.bench_n); [ -z "$n" ] || export TUG_BENCH_N="$n"
 cd "$ws/integration"
-for t in $(arg tug.tests | tr ',' ' '); do
+for t in $(arg tug.run | tr ',' ' '); do
     name=${t%%:*}; bin=${t#*:}
-    "$bin" --test-threads=2 2>&1
+    case "$name" in
+        bench-*) "$bin" --bench 2>&1 ;;
+        *) "$bin" --test-threads=2 2>&1 ;;
+    esac
     echo "VMRESULT $name $?"
 done
 echo "VMDONE"

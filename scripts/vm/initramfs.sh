@@ -31,6 +31,10 @@ copy_with_libs() {
 }
 copy_with_libs "$(command -v ip)" sbin/ip
 copy_with_libs "$(command -v nft)" usr/sbin/nft
+# The benchmark's anchors, when installed.
+for anchor in crun runc; do
+    command -v "$anchor" >/dev/null && copy_with_libs "$(command -v "$anchor")" "usr/bin/$anchor"
+done
 for b in "$@"; do
     ldd "$b" 2>/dev/null | grep -oE '/[^ ]+' | while read -r lib; do
         mkdir -p "$work/$(dirname "$lib")"

@@ -2,54 +2,71 @@
 # `make vm-test`: the integration tests that need a pure cgroup v2 kernel, run inside a QEMU
 # guest (KVM where the host really has hardware virtualisation, TCG otherwise). Prints each
 # test's result, the guest's console log on failure, and a closing "N passed, N failed" line.
+#
+# `run.sh bench`: the runtime benchmark inside the same guest, where crun (which refuses hybrid
+# hosts) can run beside tug-shim and runc; prints its BENCH lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ws=$(pwd)
 cache="$ws/.vm-cache"
+mode=${1:-test}
 mkdir -p "$cache"
-tests=(runtime cgroup_v2)
-
 bash scripts/vm/kernel.sh "$cache"
-
-# The test binaries, built for the host and run in the guest from the 9p share.
-args=(); for t in "${tests[@]}"; do args+=(--test "$t"); done
-json=$(cargo test --no-run --locked -p tug-integration "${args[@]}" --message-format=json 2>/dev/null)
-cargo build --locked -p tug-shim --bin tug-shim
 make --no-print-directory probe >/dev/null
-list=(); bins=()
-for t in "${tests[@]}"; do
-    exe=$(printf '%s\n' "$json" | grep "\"name\":\"$t\"" | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
-    [ -n "$exe" ] || { echo "vm: no test binary for $t" >&2; exit 1; }
-    list+=("$t:$exe"); bins+=("$exe")
-done
-bash scripts/vm/initramfs.sh "$cache" "$cache/initramfs.cpio" "${bins[@]}" "$ws/target/debug/tug-shim"
+
+# Binaries built on the host and run in the guest from the 9p share, found from cargo's JSON.
+executable() { printf '%s\n' "$1" | grep "\"name\":\"$2\"" | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4; }
+jobs=(); bins=(); stage1=
+if [ "$mode" = bench ]; then
+    cargo build --release --locked -p tug-shim --bin tug-shim
+    json=$(cargo bench --no-run --locked -p tug-integration --bench runtime --message-format=json 2>/dev/null)
+    exe=$(executable "$json" runtime)
+    jobs+=("bench-runtime:$exe"); bins+=("$exe")
+else
+    json=$(cargo test --no-run --locked -p tug-integration --test runtime --test cgroup_v2 --message-format=json 2>/dev/null)
+    cargo build --locked -p tug-shim --bin tug-shim
+    for t in runtime cgroup_v2; do
+        exe=$(executable "$json" "$t")
+        [ -n "$exe" ] || { echo "vm: no test binary for $t" >&2; exit 1; }
+        jobs+=("$t:$exe"); bins+=("$exe")
+    done
+    # Run from the initramfs before switch_root: the no-pivot_root fallback.
+    stage1="initramfs:${jobs[0]#*:}:the_probe_sees_an_isolated_container"
+fi
+bash scripts/vm/initramfs.sh "$cache" "$cache/initramfs.cpio" "${bins[@]}"
 
 accel=tcg,thread=multi
 if grep -qE 'vmx|svm' /proc/cpuinfo && [ ! -e /sys/module/kvm_pvm ] && [ -w /dev/kvm ]; then accel=kvm; fi
 [ -f "$cache/disk.img" ] || truncate -s 16M "$cache/disk.img"
-log="$cache/console.log"
-tests_arg=$(IFS=,; echo "${list[*]}")
-echo "vm: booting $(cat "$cache/kernel/version") under ${accel%%,*} with ${tests[*]}"
+log="$cache/console-$mode.log"
+run_arg=$(IFS=,; echo "${jobs[*]}")
+echo "vm: booting $(cat "$cache/kernel/version") under ${accel%%,*}: ${jobs[*]%%:*}"
 set +e
-timeout 900 qemu-system-x86_64 -accel "$accel" -smp 2 -m 2048 -nographic -no-reboot \
+timeout 1200 qemu-system-x86_64 -accel "$accel" -smp 2 -m 2048 -nographic -no-reboot \
     -kernel "$cache/kernel/vmlinux" -initrd "$cache/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet tug.ws=$ws tug.tests=$tests_arg" \
+    -append "console=ttyS0 panic=-1 quiet tug.ws=$ws tug.run=$run_arg tug.bench_n=${TUG_BENCH_N:-} tug.initramfs=$stage1" \
     -virtfs "local,path=$ws,mount_tag=share,security_model=none,id=share" \
     -drive "file=$cache/disk.img,if=virtio,format=raw" \
     -nic none > "$log" 2>&1
 qemu_rc=$?
 set -e
+tr -d '\r' < "$log" > "$log.txt" && mv "$log.txt" "$log"
 
-# Each test's own line, then the verdict per binary.
-grep -aE '^test .* \.\.\. ' "$log" | sed 's/^/vm: /' || true
-passed=$(grep -acE '^test .* \.\.\. ok' "$log" || true)
-failed=$(grep -acE '^test .* \.\.\. FAILED' "$log" || true)
 bad=0
 grep -aq '^VMDONE' "$log" || { echo "vm: the guest did not finish (qemu exit $qemu_rc)"; bad=1; }
-for t in "${tests[@]}"; do
-    rc=$(grep -a "^VMRESULT $t " "$log" | awk '{print $3}' | tr -d '\r')
-    [ "$rc" = 0 ] || { echo "vm: $t failed in the guest (exit ${rc:-none})"; bad=1; }
+for job in "${jobs[@]}" ${stage1:+"$stage1"}; do
+    name=${job%%:*}
+    rc=$(grep -a "^VMRESULT $name " "$log" | awk '{print $3}')
+    [ "$rc" = 0 ] || { echo "vm: $name failed in the guest (exit ${rc:-none})"; bad=1; }
 done
+if [ "$mode" = bench ]; then
+    grep -a -v -E '^(VM|\[ )' "$log" | grep -a -E '^(BENCH|[a-z]+ cannot)' || true
+    [ "$bad" -eq 0 ] || { sed 's/^/    /' "$log" | tail -100; exit 1; }
+    exit 0
+fi
+grep -aE '^test .* \.\.\. ' "$log" | sed 's/^/vm: /' || true
+passed=$(grep -acE '^test .* \.\.\. ok$' "$log" || true)
+failed=$(grep -acE '^test .* \.\.\. FAILED$' "$log" || true)
 if [ "$bad" -ne 0 ] || [ "$failed" -gt 0 ]; then
     echo "vm: guest console log ($log):"
     sed 's/^/    /' "$log" | tail -200

@@ -152,6 +152,7 @@ fn cgroup() -> Value {
             "cpuset.cpus",
             "io.max",
             "io.weight",
+            "hugetlb.2MB.max",
         ]
     } else {
         &[
