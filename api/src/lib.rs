@@ -1,12 +1,24 @@
 //! `tug-api`: the vocabulary every Tug component shares.
 //!
 //! It owns the resource types (Kubernetes field names and shapes), manifest parsing and
-//! validation with path-accurate errors, quantities and label selectors, and the HTTP client
-//! that speaks to the control plane over its Unix socket. It does no IO beyond that client and
-//! depends on no other Tug crate.
+//! validation with path-accurate errors, quantities and label selectors. It does no IO and
+//! depends on no other Tug crate; the HTTP client lives in the CLI.
 //!
-//! The resource model arrives with the control-plane issue; today the crate carries the
-//! version that every binary reports.
+//! ```
+//! let objs = tug_api::manifest::load("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n").unwrap();
+//! assert_eq!(objs[0].display_name(), "namespace/team-a");
+//! ```
+
+pub mod defaults;
+pub mod kinds;
+pub mod labels;
+pub mod manifest;
+pub mod meta;
+pub mod object;
+pub mod quantity;
+pub mod status;
+pub mod validate;
+pub mod validation;
 
 /// The version of this Tug build, shared by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,5 @@
+//! The resource kinds, by API group.
+
+pub mod apps;
+pub mod core;
+pub mod pod;

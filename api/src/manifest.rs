@@ -1,0 +1,212 @@
+//! Manifests in: YAML (several documents) or JSON text → typed, defaulted, validated objects.
+//!
+//! Pure: no IO. Every error names the document (when there are several) and the field path:
+//! `document 2: spec.template.spec.containers[0].lifecycle: field not supported`.
+
+use crate::object::{KINDS, Object, lookup_exact};
+use crate::validation::FieldError;
+use serde_json::Value;
+use std::fmt;
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// 1-based index of the document in the input, when it has several.
+    pub document: Option<usize>,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.errors.iter().map(|e| e.to_string()).collect();
+        match self.document {
+            Some(d) => write!(f, "document {d}: {}", lines.join(&format!("\ndocument {d}: "))),
+            None => f.write_str(&lines.join("\n")),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+fn one(field: &str, message: impl Into<String>) -> Vec<FieldError> {
+    vec![FieldError { field: field.into(), message: message.into() }]
+}
+
+/// Splits text into documents (YAML with `---`, or JSON), skipping empty ones and expanding
+/// `kind: List`. Each document becomes generic JSON.
+pub fn documents(text: &str) -> Result<Vec<Value>, ManifestError> {
+    let mut out = Vec::new();
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| ManifestError { document: None, errors: one("", format!("invalid JSON: {e}")) })?;
+        push_expanded(v, &mut out);
+        return Ok(out);
+    }
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| ManifestError {
+            document: Some(i + 1),
+            errors: one("", format!("invalid YAML: {e}")),
+        })?;
+        if !v.is_null() {
+            push_expanded(v, &mut out);
+        }
+    }
+    Ok(out)
+}
+
+fn push_expanded(v: Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Array(items) => out.extend(items),
+        Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
+            out.extend(m.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        }
+        other => out.push(other),
+    }
+}
+
+/// Decodes one document strictly into its kind's type. An unknown field is
+/// `PATH: field not supported`.
+pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
+    let kind = v.get("kind").and_then(Value::as_str).ok_or_else(|| one("kind", "Required value"))?;
+    let api_version =
+        v.get("apiVersion").and_then(Value::as_str).ok_or_else(|| one("apiVersion", "Required value"))?;
+    let Some(info) = lookup_exact(kind, api_version) else {
+        return Err(match KINDS.iter().find(|k| k.kind == kind) {
+            Some(k) => one(
+                "apiVersion",
+                format!(
+                    "Unsupported value: {api_version:?} for kind {kind}: supported values: {:?}",
+                    k.api_version()
+                ),
+            ),
+            None => {
+                let known: Vec<&str> = KINDS.iter().map(|k| k.kind).collect();
+                one("kind", format!("Unsupported value: {kind:?}: supported kinds: {}", known.join(", ")))
+            }
+        });
+    };
+    macro_rules! typed {
+        ($variant:ident) => {
+            typed_decode(v).map(Object::$variant)
+        };
+    }
+    match info.kind {
+        "Namespace" => typed!(Namespace),
+        "Pod" => typed!(Pod),
+        "ConfigMap" => typed!(ConfigMap),
+        "Secret" => typed!(Secret),
+        "Service" => typed!(Service),
+        "Deployment" => typed!(Deployment),
+        _ => typed!(ReplicaSet),
+    }
+}
+
+fn typed_decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let inner = e.into_inner().to_string();
+        if let Some(rest) = inner.strip_prefix("unknown field `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            let field = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+            // serde_path_to_error already appends the unknown field to the path.
+            let field = if path.ends_with(name) { path } else { field };
+            return one(&field, "field not supported");
+        }
+        one(&path, inner)
+    })
+}
+
+/// Parses, decodes, defaults and validates every document. The whole input is checked before
+/// anything is returned: one bad document means no object.
+pub fn load(text: &str) -> Result<Vec<Object>, ManifestError> {
+    let docs = documents(text)?;
+    let many = docs.len() > 1;
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.iter().enumerate() {
+        let at = |errors| ManifestError { document: many.then_some(i + 1), errors };
+        let mut obj = decode(doc).map_err(at)?;
+        crate::defaults::apply(&mut obj);
+        crate::validate::object(&obj).map_err(at)?;
+        out.push(obj);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        ports:
+        - containerPort: 8080
+";
+
+    #[test]
+    fn a_kubernetes_deployment_loads_with_defaults() {
+        let objs = load(DEPLOY).unwrap();
+        let Object::Deployment(d) = &objs[0] else { panic!("deployment") };
+        assert_eq!(d.spec.replicas, Some(2));
+        let strategy = d.spec.strategy.as_ref().unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let c = &d.spec.template.spec.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(c.ports[0].protocol.as_deref(), Some("TCP"));
+        assert_eq!(d.spec.template.spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(d.spec.template.spec.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let text = DEPLOY.replace("        ports:", "        lifecycle: {}\n        ports:");
+        assert_eq!(err(&text), "spec.template.spec.containers[0].lifecycle: field not supported");
+        let text = DEPLOY.replace("  replicas: 2", "  replicas: 2\n  bogus: 1");
+        assert_eq!(err(&text), "spec.bogus: field not supported");
+    }
+
+    #[test]
+    fn multi_document_errors_carry_the_index() {
+        let text = format!("{DEPLOY}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: Bad_Name}}\n");
+        assert!(
+            err(&text).starts_with("document 2: metadata.name: Invalid value: \"Bad_Name\""),
+            "{}",
+            err(&text)
+        );
+        assert_eq!(load(&format!("---\n{DEPLOY}---\n")).unwrap().len(), 1, "empty documents are skipped");
+    }
+
+    #[test]
+    fn kinds_and_versions_are_checked() {
+        assert_eq!(
+            err("apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: a}\n"),
+            "apiVersion: Unsupported value: \"extensions/v1beta1\" for kind Deployment: supported values: \"apps/v1\""
+        );
+        assert!(err("apiVersion: v1\nkind: Widget\n").starts_with("kind: Unsupported value: \"Widget\""));
+        assert_eq!(err("kind: Pod\n"), "apiVersion: Required value");
+    }
+
+    #[test]
+    fn json_and_lists_load_too() {
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"}}]}"#;
+        assert_eq!(load(json).unwrap()[0].display_name(), "namespace/team-a");
+    }
+}

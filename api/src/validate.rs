@@ -1,0 +1,460 @@
+//! Validation of typed objects with Kubernetes' rules and messages. Runs after defaulting.
+
+use crate::kinds::pod::{Container, PodSpec};
+use crate::labels::LabelSelector;
+use crate::meta::{IntOrString, ObjectMeta};
+use crate::object::Object;
+use crate::validation::{
+    Errors, FieldError, dns1123_label, dns1123_subdomain, label_value, port_name, port_number, qualified_name,
+};
+use base64::Engine;
+
+/// Validates one object; every problem found is returned, not only the first.
+pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
+    let mut e = Errors::default();
+    let label_names = matches!(obj, Object::Namespace(_) | Object::Service(_));
+    metadata(obj.metadata(), label_names, obj.info().namespaced, &mut e);
+    match obj {
+        Object::Pod(p) => pod_spec(&p.spec, "spec", &mut e),
+        Object::Deployment(d) => {
+            replicas(d.spec.replicas, "spec.replicas", &mut e);
+            template(&d.spec.selector, &d.spec.template.metadata, &d.spec.template.spec, &mut e);
+            if let Some(s) = &d.spec.strategy {
+                match s.type_.as_deref() {
+                    Some("RollingUpdate") => {
+                        if let Some(ru) = &s.rolling_update {
+                            rolling_update(ru.max_surge.as_ref(), ru.max_unavailable.as_ref(), &mut e);
+                        }
+                    }
+                    Some("Recreate") if s.rolling_update.is_some() => e.add(
+                        "spec.strategy.rollingUpdate",
+                        "Forbidden: may not be specified when strategy `type` is 'Recreate'",
+                    ),
+                    Some("Recreate") | None => {}
+                    Some(other) => e.add(
+                        "spec.strategy.type",
+                        format!(
+                            "Unsupported value: {other:?}: supported values: \"Recreate\", \"RollingUpdate\""
+                        ),
+                    ),
+                }
+            }
+            non_negative(d.spec.min_ready_seconds.map(i64::from), "spec.minReadySeconds", &mut e);
+            non_negative(d.spec.revision_history_limit.map(i64::from), "spec.revisionHistoryLimit", &mut e);
+            if let (Some(p), Some(m)) = (d.spec.progress_deadline_seconds, d.spec.min_ready_seconds) {
+                if p <= m {
+                    e.add(
+                        "spec.progressDeadlineSeconds",
+                        format!("Invalid value: {p}: must be greater than minReadySeconds"),
+                    );
+                }
+            }
+        }
+        Object::ReplicaSet(r) => {
+            replicas(r.spec.replicas, "spec.replicas", &mut e);
+            template(&r.spec.selector, &r.spec.template.metadata, &r.spec.template.spec, &mut e);
+        }
+        Object::Service(s) => service(s, &mut e),
+        Object::ConfigMap(c) => {
+            for k in c.data.keys().chain(c.binary_data.keys()) {
+                config_key(k, &format!("data[{k}]"), &mut e);
+                if c.data.contains_key(k) && c.binary_data.contains_key(k) {
+                    e.add(format!("data[{k}]"), "Invalid value: duplicate of key present in binaryData");
+                }
+            }
+        }
+        Object::Secret(s) => {
+            for (k, v) in &s.data {
+                config_key(k, &format!("data[{k}]"), &mut e);
+                if base64::engine::general_purpose::STANDARD.decode(v).is_err() {
+                    e.add(
+                        format!("data[{k}]"),
+                        "Invalid value: <secret contents redacted>: illegal base64 data",
+                    );
+                }
+            }
+            if s.type_.as_deref() == Some("kubernetes.io/dockerconfigjson")
+                && !s.data.contains_key(".dockerconfigjson")
+            {
+                e.add("data[.dockerconfigjson]", "Required value");
+            }
+        }
+        Object::Namespace(_) => {}
+    }
+    e.into_result()
+}
+
+fn metadata(m: &ObjectMeta, label_name: bool, namespaced: bool, e: &mut Errors) {
+    if m.name.is_empty() {
+        if m.generate_name.is_none() {
+            e.add("metadata.name", "Required value: name or generateName is required");
+        }
+    } else {
+        let check = if label_name { dns1123_label(&m.name) } else { dns1123_subdomain(&m.name) };
+        if let Err(msg) = check {
+            e.add("metadata.name", format!("Invalid value: {:?}: {msg}", m.name));
+        }
+    }
+    if let Some(ns) = &m.namespace {
+        if !namespaced {
+            e.add("metadata.namespace", "Forbidden: not allowed on this type");
+        } else if let Err(msg) = dns1123_label(ns) {
+            e.add("metadata.namespace", format!("Invalid value: {ns:?}: {msg}"));
+        }
+    }
+    labels(&m.labels, "metadata.labels", e);
+    for k in m.annotations.keys() {
+        if let Err(msg) = qualified_name(k) {
+            e.add("metadata.annotations", format!("Invalid value: {k:?}: {msg}"));
+        }
+    }
+}
+
+fn labels(l: &crate::labels::Labels, path: &str, e: &mut Errors) {
+    for (k, v) in l {
+        if let Err(msg) = qualified_name(k) {
+            e.add(path, format!("Invalid value: {k:?}: {msg}"));
+        }
+        if let Err(msg) = label_value(v) {
+            e.add(path, format!("Invalid value: {v:?}: {msg}"));
+        }
+    }
+}
+
+fn replicas(r: Option<i32>, path: &str, e: &mut Errors) {
+    non_negative(r.map(i64::from), path, e);
+}
+
+fn non_negative(v: Option<i64>, path: &str, e: &mut Errors) {
+    if let Some(v) = v.filter(|v| *v < 0) {
+        e.add(path, format!("Invalid value: {v}: must be greater than or equal to 0"));
+    }
+}
+
+/// A workload's selector must select its own template's labels, and its pods restart always.
+fn template(selector: &LabelSelector, meta: &ObjectMeta, spec: &PodSpec, e: &mut Errors) {
+    if selector.is_empty() {
+        e.add("spec.selector", "Required value");
+    } else {
+        match selector.to_selector("spec.selector") {
+            Err(fe) => e.list.push(fe),
+            Ok(sel) if !sel.matches(&meta.labels) => e.add(
+                "spec.template.metadata.labels",
+                format!("Invalid value: {:?}: `selector` does not match template `labels`", meta.labels),
+            ),
+            Ok(_) => {}
+        }
+    }
+    labels(&meta.labels, "spec.template.metadata.labels", e);
+    if let Some(p) = spec.restart_policy.as_deref().filter(|p| *p != "Always") {
+        e.add(
+            "spec.template.spec.restartPolicy",
+            format!("Unsupported value: {p:?}: supported values: \"Always\""),
+        );
+    }
+    pod_spec(spec, "spec.template.spec", e);
+}
+
+fn rolling_update(surge: Option<&IntOrString>, unavailable: Option<&IntOrString>, e: &mut Errors) {
+    let value = |v: Option<&IntOrString>, field: &str, e: &mut Errors| -> i64 {
+        match v.map(|v| v.scaled(100, true)) {
+            Some(Ok(n)) if n < 0 => {
+                e.add(field, format!("Invalid value: {n}: must be greater than or equal to 0"));
+                0
+            }
+            Some(Ok(n)) => n,
+            Some(Err(msg)) => {
+                e.add(field, format!("Invalid value: {msg}"));
+                1
+            }
+            None => 1,
+        }
+    };
+    let s = value(surge, "spec.strategy.rollingUpdate.maxSurge", e);
+    let u = value(unavailable, "spec.strategy.rollingUpdate.maxUnavailable", e);
+    if s == 0 && u == 0 {
+        e.add(
+            "spec.strategy.rollingUpdate.maxUnavailable",
+            "Invalid value: 0: may not be 0 when `maxSurge` is 0",
+        );
+    }
+}
+
+/// The pod spec rules shared by Pods and templates.
+pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
+    if s.containers.is_empty() {
+        e.add(format!("{path}.containers"), "Required value");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (list, field) in [(&s.init_containers, "initContainers"), (&s.containers, "containers")] {
+        for (i, c) in list.iter().enumerate() {
+            let cpath = format!("{path}.{field}[{i}]");
+            if !c.name.is_empty() && !names.insert(c.name.clone()) {
+                e.add(format!("{cpath}.name"), format!("Duplicate value: {:?}", c.name));
+            }
+            container(c, &cpath, s, e);
+        }
+    }
+    if let Some(p) = s.restart_policy.as_deref().filter(|p| !["Always", "OnFailure", "Never"].contains(p)) {
+        e.add(
+            format!("{path}.restartPolicy"),
+            format!("Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+        );
+    }
+    non_negative(s.termination_grace_period_seconds, &format!("{path}.terminationGracePeriodSeconds"), e);
+    let mut vnames = std::collections::BTreeSet::new();
+    for (i, v) in s.volumes.iter().enumerate() {
+        let vpath = format!("{path}.volumes[{i}]");
+        if let Err(msg) = dns1123_label(&v.name) {
+            e.add(format!("{vpath}.name"), format!("Invalid value: {:?}: {msg}", v.name));
+        } else if !vnames.insert(v.name.clone()) {
+            e.add(format!("{vpath}.name"), format!("Duplicate value: {:?}", v.name));
+        }
+        let sources =
+            [v.empty_dir.is_some(), v.config_map.is_some(), v.secret.is_some(), v.host_path.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            0 => e.add(vpath, "Required value: must specify a volume type"),
+            1 => {}
+            _ => e.add(vpath, "Forbidden: may not specify more than 1 volume type"),
+        }
+    }
+    for (i, c) in s.containers.iter().enumerate() {
+        for (j, m) in c.volume_mounts.iter().enumerate() {
+            if !vnames.contains(&m.name) {
+                e.add(
+                    format!("{path}.containers[{i}].volumeMounts[{j}].name"),
+                    format!("Not found: {:?}", m.name),
+                );
+            }
+        }
+    }
+}
+
+fn container(c: &Container, path: &str, _spec: &PodSpec, e: &mut Errors) {
+    if c.name.is_empty() {
+        e.add(format!("{path}.name"), "Required value");
+    } else if let Err(msg) = dns1123_label(&c.name) {
+        e.add(format!("{path}.name"), format!("Invalid value: {:?}: {msg}", c.name));
+    }
+    if c.image.trim().is_empty() {
+        e.add(format!("{path}.image"), "Required value");
+    }
+    if let Some(p) =
+        c.image_pull_policy.as_deref().filter(|p| !["Always", "IfNotPresent", "Never"].contains(p))
+    {
+        e.add(
+            format!("{path}.imagePullPolicy"),
+            format!("Unsupported value: {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+        );
+    }
+    let mut port_names = std::collections::BTreeSet::new();
+    for (i, p) in c.ports.iter().enumerate() {
+        let ppath = format!("{path}.ports[{i}]");
+        if let Err(msg) = port_number(p.container_port) {
+            e.add(format!("{ppath}.containerPort"), format!("Invalid value: {}: {msg}", p.container_port));
+        }
+        if let Some(hp) = p.host_port {
+            if let Err(msg) = port_number(hp) {
+                e.add(format!("{ppath}.hostPort"), format!("Invalid value: {hp}: {msg}"));
+            }
+        }
+        if let Some(n) = &p.name {
+            if let Err(msg) = port_name(n) {
+                e.add(format!("{ppath}.name"), format!("Invalid value: {n:?}: {msg}"));
+            } else if !port_names.insert(n.clone()) {
+                e.add(format!("{ppath}.name"), format!("Duplicate value: {n:?}"));
+            }
+        }
+        protocol(p.protocol.as_deref(), &format!("{ppath}.protocol"), e);
+    }
+    if let Some(r) = &c.resources {
+        for (name, req) in &r.requests {
+            if let Some(lim) = r.limits.get(name) {
+                if req.millis() > lim.millis() {
+                    e.add(
+                        format!("{path}.resources.requests"),
+                        format!(
+                            "Invalid value: {:?}: must be less than or equal to {name} limit of {}",
+                            req.as_str(),
+                            lim.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for (j, env) in c.env.iter().enumerate() {
+        if env.name.is_empty() {
+            e.add(format!("{path}.env[{j}].name"), "Required value");
+        }
+        if env.value.is_some() && env.value_from.is_some() {
+            e.add(
+                format!("{path}.env[{j}].valueFrom"),
+                "Invalid value: may not be specified when `value` is not empty",
+            );
+        }
+    }
+}
+
+fn protocol(p: Option<&str>, path: &str, e: &mut Errors) {
+    if let Some(p) = p.filter(|p| !["TCP", "UDP", "SCTP"].contains(p)) {
+        e.add(path, format!("Unsupported value: {p:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""));
+    }
+}
+
+fn service(s: &crate::kinds::core::Service, e: &mut Errors) {
+    let spec = &s.spec;
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort"].contains(&kind) {
+        e.add(
+            "spec.type",
+            format!("Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"NodePort\""),
+        );
+    }
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    if spec.ports.is_empty() && !headless {
+        e.add("spec.ports", "Required value");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let ppath = format!("spec.ports[{i}]");
+        match &p.name {
+            None if spec.ports.len() > 1 => e.add(format!("{ppath}.name"), "Required value"),
+            Some(n) if !names.insert(n.clone()) => {
+                e.add(format!("{ppath}.name"), format!("Duplicate value: {n:?}"))
+            }
+            Some(n) if dns1123_label(n).is_err() => {
+                e.add(format!("{ppath}.name"), format!("Invalid value: {n:?}: must be a DNS label"))
+            }
+            _ => {}
+        }
+        if let Err(msg) = port_number(p.port) {
+            e.add(format!("{ppath}.port"), format!("Invalid value: {}: {msg}", p.port));
+        }
+        protocol(p.protocol.as_deref(), &format!("{ppath}.protocol"), e);
+        match &p.target_port {
+            Some(IntOrString::Int(t)) => {
+                if let Err(msg) = port_number(*t) {
+                    e.add(format!("{ppath}.targetPort"), format!("Invalid value: {t}: {msg}"));
+                }
+            }
+            Some(IntOrString::String(n)) => {
+                if let Err(msg) = port_name(n) {
+                    e.add(format!("{ppath}.targetPort"), format!("Invalid value: {n:?}: {msg}"));
+                }
+            }
+            None => {}
+        }
+        if let Some(np) = p.node_port {
+            if kind != "NodePort" {
+                e.add(format!("{ppath}.nodePort"), "Forbidden: may not be used when `type` is 'ClusterIP'");
+            } else if !(30000..=32767).contains(&np) {
+                e.add(format!("{ppath}.nodePort"), format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is 30000-32767"));
+            }
+        }
+    }
+    if let Some(a) = spec.session_affinity.as_deref().filter(|a| !["None", "ClientIP"].contains(a)) {
+        e.add(
+            "spec.sessionAffinity",
+            format!("Unsupported value: {a:?}: supported values: \"ClientIP\", \"None\""),
+        );
+    }
+    labels(&spec.selector, "spec.selector", e);
+}
+
+fn config_key(k: &str, path: &str, e: &mut Errors) {
+    let ok = !k.is_empty()
+        && k.len() <= 253
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        && k != "."
+        && k != "..";
+    if !ok {
+        e.add(path, format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::load;
+
+    /// Data-driven: a manifest → its first error line.
+    fn check(text: &str, expect: &str) {
+        let err = load(text).unwrap_err().to_string();
+        assert!(err.starts_with(expect), "got: {err}\nwant: {expect}");
+    }
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+
+    #[test]
+    fn pods() {
+        assert!(load(POD).is_ok());
+        check(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n",
+            "spec.containers: Required value",
+        );
+        check(&POD.replace("image: busybox", "image: ''"), "spec.containers[0].image: Required value");
+        check(&POD.replace("name: c", "name: C"), "spec.containers[0].name: Invalid value: \"C\"");
+        check(
+            &POD.replace("image: busybox", "image: busybox\n    ports: [{containerPort: 70000}]"),
+            "spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+        );
+        check(
+            &POD.replace(
+                "image: busybox",
+                "image: busybox\n    resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}",
+            ),
+            "spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1",
+        );
+        check(
+            &POD.replace("image: busybox", "image: busybox\n    resources: {limits: {memory: 12Q}}"),
+            "spec.containers[0].resources.limits.memory: quantities must match",
+        );
+        check(&POD.replace("metadata: {name: p}", "metadata: {}"), "metadata.name: Required value");
+    }
+
+    #[test]
+    fn deployments() {
+        let d = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: i}]}\n";
+        check(
+            d,
+            "spec.template.metadata.labels: Invalid value: {\"app\": \"b\"}: `selector` does not match template `labels`",
+        );
+        check(
+            &d.replace("app: b", "app: a").replace("  selector:", "  replicas: -1\n  selector:"),
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
+        );
+        check(
+            &d.replace("app: b", "app: a").replace("    spec: {", "    spec: {restartPolicy: Never, "),
+            "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+        );
+        check(
+            &d.replace("app: b", "app: a").replace(
+                "  selector:",
+                "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}\n  selector:",
+            ),
+            "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0",
+        );
+    }
+
+    #[test]
+    fn services_and_config() {
+        let s = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
+        assert!(load(s).is_ok());
+        check(
+            &s.replace("port: 80,", "port: 80, nodePort: 31000,"),
+            "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'",
+        );
+        check(
+            &s.replace("metadata: {name: web}", "metadata: {name: web.x}"),
+            "metadata.name: Invalid value: \"web.x\"",
+        );
+        check(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: '***'}\n",
+            "data[k]: Invalid value: <secret contents redacted>: illegal base64 data",
+        );
+        check(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {'a b': x}\n",
+            "data[a b]: Invalid value: \"a b\"",
+        );
+    }
+}
