@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
-# `make run`: start a single-node cluster on this host with what exists so far, and say
-# plainly what does not exist yet. Never pretends.
+# `make run`: start a single-node cluster on this host with what exists so far, apply the
+# example app, and say plainly what does not exist yet. Never pretends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release
+bin=$(pwd)/target/release
+socket=/run/tug/tug.sock
+data=/var/lib/tug
+pidfile=/run/tug/tug-scheduler.pid
+log=/var/log/tug-scheduler.log
 
-echo "Tug $("$bin/tug" version)"
-for daemon in tug-scheduler tug-agent; do
-    if [ ! -x "$bin/$daemon" ]; then
-        echo "make run: $daemon is not built yet (see the open issues); no cluster is started"
-    fi
-done
-if [ -x "$bin/tug-shim" ]; then
-    echo
-    echo "The OCI runtime is ready: $bin/tug-shim (runc's command line)."
-    echo "  $bin/tug-shim run --bundle BUNDLE ID     # create, start and wait for a container"
-    echo "  $bin/tug-shim features                   # what it supports"
+mkdir -p /run/tug "$data"
+if [ -S "$socket" ] && TUG_SOCKET=$socket "$bin/tug" version >/dev/null 2>&1; then
+    echo "make run: tug-scheduler is already serving on $socket"
+else
+    setsid "$bin/tug-scheduler" --socket "$socket" --data-dir "$data" </dev/null >>"$log" 2>&1 &
+    echo $! > "$pidfile"
+    for _ in $(seq 100); do
+        TUG_SOCKET=$socket "$bin/tug" version >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    TUG_SOCKET=$socket "$bin/tug" version >/dev/null || { echo "make run: tug-scheduler did not start; see $log" >&2; exit 1; }
+    echo "make run: started tug-scheduler (pid $(cat "$pidfile"), store $data, log $log)"
 fi
+TUG_SOCKET=$socket "$bin/tug" apply -f examples/web.yaml
+
+cat <<EOM
+
+The control plane is up on $socket and holds the example app (examples/web.yaml).
+Use it with the CLI:
+
+  export PATH=$bin:\$PATH
+  tug get deploy; tug get svc
+  tug describe deploy web
+  tug apply -f YOUR.yaml
+
+Not there yet, so nothing runs the app's pods: tug-agent (the node agent), the scheduler and
+the controllers are open issues. The OCI runtime works on its own: $bin/tug-shim run --bundle DIR ID.
+
+Stop the control plane: kill \$(cat $pidfile)
+EOM

@@ -1,27 +1,82 @@
 //! `tug`: the command-line client for Tug clusters, in kubectl's habits.
 //!
-//! Today it knows `tug version`; the verbs that talk to a control plane (`apply`, `get`,
-//! `describe`, `delete`, `create`) arrive with the control-plane issue.
+//! `tug apply -f FILE|DIR|-`, `tug get KIND [NAME]`, `tug describe`, `tug delete`,
+//! `tug create namespace|configmap|secret`, `tug version`. `--server` or `TUG_SOCKET` choose
+//! the control plane's socket.
+
+mod client;
+mod commands;
+mod printers;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// Command-line client for Tug clusters.
 #[derive(Parser)]
 #[command(name = "tug", version = tug_api::VERSION, about)]
 struct Cli {
+    /// The control plane: a Unix socket path (default /run/tug/tug.sock, or $TUG_SOCKET).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// The namespace for namespaced objects (default: "default").
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print the client version.
+    /// Create or update objects from manifests (files, directories, or - for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// List objects, or show one.
+    Get(commands::get::GetArgs),
+    /// Show one object in detail.
+    Describe { kind: String, name: String },
+    /// Delete objects by kind and name, or those in manifests.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        /// KIND NAME... (without -f)
+        args: Vec<String>,
+    },
+    /// Create a namespace, configmap or secret from the command line.
+    #[command(subcommand)]
+    Create(commands::create::CreateCmd),
+    /// Print the client and server versions.
     Version,
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let client = client::Client::new(cli.server.as_deref()).map_err(|e| format!("error: {e:#}"))?;
+    let ns = cli.namespace.clone();
     match cli.command {
-        Cmd::Version => println!("Client Version: v{}", tug_api::VERSION),
+        Cmd::Apply { files } => commands::apply::run(&client, &files, ns.as_deref()).await,
+        Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,
+        Cmd::Describe { kind, name } => commands::describe::run(&client, &kind, &name, ns.as_deref()).await,
+        Cmd::Delete { files, args } => commands::delete::run(&client, &files, &args, ns.as_deref()).await,
+        Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
+        Cmd::Version => commands::version(&client).await,
     }
 }

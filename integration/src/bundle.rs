@@ -22,26 +22,9 @@ pub struct Bundle {
     ids: std::sync::Mutex<Vec<String>>,
 }
 
-/// The runtime binary the tests drive: `TUG_SHIM_BINARY` when set (the VM suite sets it: there
-/// is no cargo in the guest), else the workspace's debug build, brought up to date once per
-/// test process (a no-op when `cargo nextest run --workspace` just built it).
+/// The runtime binary the tests drive (see [`crate::bins`]).
 pub fn shim_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("TUG_SHIM_BINARY") {
-                return PathBuf::from(path);
-            }
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(crate::probe::workspace_root())
-                .args(["build", "--quiet", "-p", "tug-shim", "--bin", "tug-shim"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building tug-shim failed");
-            crate::probe::target_dir().join("debug").join("tug-shim")
-        })
-        .clone()
+    crate::bins::path("tug-shim", "tug-shim")
 }
 
 impl Bundle {

@@ -7,6 +7,8 @@
 //!   inside containers to check isolation from the inside.
 //! - [`bundle`]: OCI bundles with a busybox rootfs and the probe, for runtime tests; a guard
 //!   that deletes the containers and their cgroups.
+//! - [`control_plane`]: a `tug-scheduler` on a private socket and data directory, stopped by
+//!   pid on drop, with helpers to run `tug` against it and to send raw HTTP.
 //! - [`leaks`]: what Tug-named debris is on the host now, so tests can prove they left none.
 //!
 //! ```no_run
@@ -16,7 +18,9 @@
 //! // dropping `cluster` removes every namespace, link and process it made
 //! ```
 
+pub mod bins;
 pub mod bundle;
 pub mod cluster;
+pub mod control_plane;
 pub mod leaks;
 pub mod probe;

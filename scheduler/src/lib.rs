@@ -1,8 +1,11 @@
 //! `tug-scheduler`: the control plane.
 //!
-//! It will hold the API server (Unix socket for users, TCP with TLS for agents), the store
-//! (embedded redb, or etcd for several replicas), the scheduler (filter → score → bind over
-//! an immutable snapshot) and the reconcilers. It never makes a container or network syscall.
+//! - [`store`]: objects with revisions, optimistic concurrency and watch (embedded redb).
+//! - [`api`]: the HTTP/JSON API over a Unix socket, in Kubernetes' REST shapes.
 //!
-//! The control-plane issue builds it; until then this crate has no binary, and `make run`
-//! says so instead of starting one.
+//! It never makes a container or network syscall. The scheduler proper (filter → score →
+//! bind), the reconcilers, TLS for remote agents and the etcd backend arrive with their
+//! issues.
+
+pub mod api;
+pub mod store;

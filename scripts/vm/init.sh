@@ -17,7 +17,7 @@ if [ ! -e /.stage2 ]; then
         ws=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^tug.ws=//p')
         mkdir -p "$ws" && mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose share "$ws"
         name=${stage1%%:*}; rest=${stage1#*:}; bin=${rest%%:*}; test=${rest#*:}
-        (cd "$ws/integration" && TUG_SHIM_BINARY="$ws/target/debug/tug-shim" TUG_IN_VM=1 "$bin" --exact "$test" 2>&1)
+        (cd "$ws/integration" && TUG_BIN_DIR="$ws/target/debug" TUG_IN_VM=1 "$bin" --exact "$test" 2>&1)
         echo "VMRESULT $name $?"
         umount "$ws" /sys/fs/cgroup /tmp /dev /sys
     fi
@@ -50,7 +50,7 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose share "$ws"; then
     poweroff -f
 fi
 echo "VMBOOTED $(uname -r) cgroup2:$(cat /sys/fs/cgroup/cgroup.controllers)"
-export TUG_SHIM_BINARY="$ws/target/debug/tug-shim" RUST_BACKTRACE=1 TUG_IN_VM=1
+export TUG_BIN_DIR="$ws/target/debug" RUST_BACKTRACE=1 TUG_IN_VM=1
 n=$(arg tug.bench_n); [ -z "$n" ] || export TUG_BENCH_N="$n"
 cd "$ws/integration"
 for t in $(arg tug.run | tr ',' ' '); do

@@ -1,0 +1,247 @@
+//! kubectl's output: aligned tables per kind, ages, `-o yaml|json|name`.
+
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+
+/// kubectl's short human durations: `45s`, `3m20s`, `12m`, `5h3m`, `2d4h`, `90d`, `2y`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (m, h, day) = (s / 60, s / 3600, s / 86_400);
+    match s {
+        _ if s < 120 => format!("{s}s"),
+        _ if m < 10 => {
+            if s % 60 == 0 {
+                format!("{m}m")
+            } else {
+                format!("{m}m{}s", s % 60)
+            }
+        }
+        _ if h < 3 => format!("{m}m"),
+        _ if h < 8 => {
+            if m % 60 == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{}m", m % 60)
+            }
+        }
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 24 * 8 => {
+            if h % 24 == 0 {
+                format!("{day}d")
+            } else {
+                format!("{day}d{}h", h % 24)
+            }
+        }
+        _ if day < 365 * 2 => format!("{day}d"),
+        _ => format!("{}y", day / 365),
+    }
+}
+
+/// The AGE of an object from its `creationTimestamp`.
+pub fn age(obj: &Value, now: SystemTime) -> String {
+    obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| now.duration_since(t).ok())
+        .map_or_else(|| "<unknown>".into(), human_duration)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// Column headers for a kind (`wide` adds kubectl's wide columns).
+pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
+    let mut h = match kind {
+        "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "ReplicaSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        "ConfigMap" => vec!["NAME", "DATA", "AGE"],
+        "Secret" => vec!["NAME", "TYPE", "DATA", "AGE"],
+        "Namespace" => vec!["NAME", "STATUS", "AGE"],
+        _ => vec!["NAME", "AGE"],
+    };
+    if wide {
+        match kind {
+            "Pod" => h.extend(["IP", "NODE"]),
+            "Deployment" | "ReplicaSet" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
+            "Service" => h.push("SELECTOR"),
+            _ => {}
+        }
+    }
+    h
+}
+
+/// One table row for an object.
+pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = s(&obj["metadata"]["name"]);
+    let st = &obj["status"];
+    let spec = &obj["spec"];
+    let mut r = match kind {
+        "Pod" => {
+            let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let total = spec["containers"].as_array().map_or(0, Vec::len);
+            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            let restarts: i64 = statuses.iter().map(|c| n(&c["restartCount"])).sum();
+            let phase = st["phase"].as_str().unwrap_or("Pending").to_string();
+            vec![name, format!("{ready}/{total}"), phase, restarts.to_string(), age(obj, now)]
+        }
+        "Deployment" => {
+            let want = n(&spec["replicas"]);
+            vec![
+                name,
+                format!("{}/{want}", n(&st["readyReplicas"])),
+                n(&st["updatedReplicas"]).to_string(),
+                n(&st["availableReplicas"]).to_string(),
+                age(obj, now),
+            ]
+        }
+        "ReplicaSet" => vec![
+            name,
+            n(&spec["replicas"]).to_string(),
+            n(&st["replicas"]).to_string(),
+            n(&st["readyReplicas"]).to_string(),
+            age(obj, now),
+        ],
+        "Service" => {
+            let ports: Vec<String> = spec["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| match p.get("nodePort") {
+                    Some(np) => format!("{}:{}/{}", n(&p["port"]), n(np), s(&p["protocol"])),
+                    None => format!("{}/{}", n(&p["port"]), s(&p["protocol"])),
+                })
+                .collect();
+            let ip = spec["clusterIP"].as_str().unwrap_or("<pending>").to_string();
+            vec![
+                name,
+                s(&spec["type"]),
+                ip,
+                "<none>".into(),
+                if ports.is_empty() { "<none>".into() } else { ports.join(",") },
+                age(obj, now),
+            ]
+        }
+        "ConfigMap" => {
+            let count = obj["data"].as_object().map_or(0, |m| m.len())
+                + obj["binaryData"].as_object().map_or(0, |m| m.len());
+            vec![name, count.to_string(), age(obj, now)]
+        }
+        "Secret" => vec![
+            name,
+            s(&obj["type"]),
+            obj["data"].as_object().map_or(0, |m| m.len()).to_string(),
+            age(obj, now),
+        ],
+        "Namespace" => vec![name, st["phase"].as_str().unwrap_or("Active").to_string(), age(obj, now)],
+        _ => vec![name, age(obj, now)],
+    };
+    if wide {
+        match kind {
+            "Pod" => r.extend([
+                st["podIP"].as_str().unwrap_or("<none>").into(),
+                spec["nodeName"].as_str().unwrap_or("<none>").into(),
+            ]),
+            "Deployment" | "ReplicaSet" => {
+                let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+                let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
+                let images: Vec<String> = cs.iter().map(|c| s(&c["image"])).collect();
+                let sel: Vec<String> = spec["selector"]["matchLabels"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                    .unwrap_or_default();
+                r.extend([names.join(","), images.join(","), sel.join(",")]);
+            }
+            "Service" => {
+                let sel: Vec<String> = spec["selector"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                    .unwrap_or_default();
+                r.push(if sel.is_empty() { "<none>".into() } else { sel.join(",") });
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Aligns rows as kubectl's tabwriter does: columns padded to the widest cell, three spaces
+/// apart.
+pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).chain([header.len()]).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for r in rows.iter().chain([header.to_vec()].iter()) {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out += c;
+            } else {
+                out += &format!("{c:<w$}   ", w = widths[i]);
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = if header.is_empty() { String::new() } else { line(header) };
+    for r in rows {
+        out += &line(r);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_kubectl() {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (10 * 3600, "10h"),
+            (50 * 3600, "2d2h"),
+            (30 * 86400, "30d"),
+            (800 * 86400, "2y"),
+        ] {
+            assert_eq!(human_duration(Duration::from_secs(secs)), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn tables_align() {
+        let h: Vec<String> = ["NAME", "DATA", "AGE"].iter().map(|s| s.to_string()).collect();
+        let rows = vec![
+            vec!["a-long-name".to_string(), "1".into(), "5s".into()],
+            vec!["b".into(), "12".into(), "3m".into()],
+        ];
+        assert_eq!(
+            table(&h, &rows),
+            "NAME          DATA   AGE\na-long-name   1      5s\nb             12     3m\n"
+        );
+    }
+
+    #[test]
+    fn deployment_rows() {
+        let d = serde_json::json!({"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
+        assert_eq!(row(&d, false, SystemTime::now())[..4], ["web", "2/3", "3", "2"]);
+    }
+}

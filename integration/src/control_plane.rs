@@ -1,0 +1,131 @@
+//! A control plane for tests: `tug-scheduler` on a socket and data directory of its own,
+//! killed by pid when the guard drops.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `tug-scheduler`.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ControlPlane {
+    /// Starts one and waits until its socket answers.
+    pub fn start() -> ControlPlane {
+        let dir = tempfile::Builder::new().prefix("tug-cp-").tempdir().expect("temp dir");
+        let mut cp = ControlPlane { dir, child: None };
+        cp.spawn();
+        cp
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("tug.sock")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let bin = crate::bins::path("tug-scheduler", "tug-scheduler");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("scheduler.log"))
+            .expect("log");
+        let child = Command::new(bin)
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tug-scheduler");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.raw("GET", "/healthz", "", "").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "tug-scheduler did not answer: {}",
+            std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILLs the scheduler (no chance to flush anything) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same socket and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// The scheduler's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `tug ARGS` against this control plane, with `stdin` as its standard input.
+    pub fn tug_with_input(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(crate::bins::path("tug-cli", "tug"))
+            .env("TUG_SOCKET", self.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tug");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin.as_bytes());
+        }
+        child.wait_with_output().expect("tug output")
+    }
+
+    /// Runs `tug ARGS`.
+    pub fn tug(&self, args: &[&str]) -> Output {
+        self.tug_with_input(args, "")
+    }
+
+    /// One raw HTTP/1.1 request over the socket: (status code, body). 0 when unreachable.
+    pub fn raw(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        let Ok(mut s) = UnixStream::connect(self.socket()) else { return (0, String::new()) };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: tug\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // A server may answer (413, say) and close before reading a large body: read the
+        // answer whatever became of the write.
+        let _ = s.write_all(req.as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,430 @@
+//! Request handlers: parse the path, decode and check the body, call the store, shape the
+//! answer (or a `Status`).
+
+use super::objects::{self, Applied};
+use super::path::{self, Target};
+use super::{AppState, now};
+use crate::store::{StoreError, Stored};
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tug_api::labels::Selector;
+use tug_api::object::KindInfo;
+use tug_api::status::Status;
+
+type Reply = Result<Response, Status>;
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// A `Status` as a response with its code.
+pub fn status_response(s: &Status) -> Response {
+    let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &serde_json::to_value(s).unwrap_or_default())
+}
+
+pub async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"major": "0", "minor": "1", "gitVersion": format!("v{}", tug_api::VERSION), "platform": "linux/amd64"}),
+    )
+}
+
+pub async fn not_found(uri: Uri) -> Response {
+    status_response(&Status::new(
+        404,
+        "NotFound",
+        format!("the server could not find the requested resource ({})", uri.path()),
+    ))
+}
+
+/// Maps a store error onto the Status a client expects.
+fn store_status(e: StoreError, info: &KindInfo, name: &str) -> Status {
+    let resource = resource_name(info);
+    match e {
+        StoreError::NotFound(_) => Status::not_found(&resource, name),
+        StoreError::AlreadyExists(_) => Status::already_exists(&resource, name),
+        StoreError::Conflict { .. } => Status::conflict(&resource, name),
+        StoreError::Compacted { .. } | StoreError::TooSlow(_) => Status::gone(e.to_string()),
+        StoreError::Backend(m) => Status::internal(m),
+    }
+}
+
+/// `deployments.apps`, `pods`.
+fn resource_name(info: &KindInfo) -> String {
+    if info.group.is_empty() { info.plural.to_string() } else { format!("{}.{}", info.plural, info.group) }
+}
+
+pub async fn dispatch(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = parse_query(q.as_deref().unwrap_or(""));
+    let result = match path::parse(uri.path()) {
+        Err(s) => Err(s),
+        Ok(target) => route(&st, &method, target, &query, &headers, &body).await,
+    };
+    result.unwrap_or_else(|s| status_response(&s))
+}
+
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn route(
+    st: &AppState,
+    method: &Method,
+    target: Target,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Reply {
+    let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    match (method.as_str(), &target) {
+        ("GET", Target::Collection { .. }) if watch => super::watch::serve(st, &target, q).await,
+        ("GET", Target::Collection { .. }) => list(st, &target, q),
+        ("POST", Target::Collection { .. }) => create(st, &target, body),
+        ("GET", Target::Object { .. }) => get(st, &target),
+        ("PUT", Target::Object { status: false, .. }) => replace(st, &target, body),
+        ("PUT", Target::Object { status: true, .. }) => put_status(st, &target, body),
+        ("DELETE", Target::Object { status: false, .. }) => delete(st, &target),
+        ("PATCH", Target::Object { status: false, .. }) => {
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if ct.starts_with("application/apply-patch") {
+                apply(st, &target, body)
+            } else {
+                Err(Status::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "PATCH supports Content-Type application/apply-patch+yaml (server-side apply), not {ct:?}"
+                    ),
+                ))
+            }
+        }
+        (m, _) => Err(Status::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({m})"),
+        )),
+    }
+}
+
+/// Decodes, defaults and validates a request body for `target` (one document, its kind).
+fn decode_body(target: &Target, body: &Bytes) -> Result<Value, Status> {
+    let text = std::str::from_utf8(body).map_err(|_| Status::bad_request("the request body is not UTF-8"))?;
+    let mut docs = tug_api::manifest::documents(text).map_err(|e| Status::bad_request(e.to_string()))?;
+    if docs.len() != 1 {
+        return Err(Status::bad_request(format!(
+            "expected one object in the request body, got {}",
+            docs.len()
+        )));
+    }
+    let mut doc = docs.remove(0);
+    let info = target.info();
+    // Indexing below writes into the document: it must be an object with an object metadata.
+    if !doc.is_object() {
+        return Err(Status::bad_request("the request body must be one object (a JSON or YAML mapping)"));
+    }
+    match doc.get("metadata") {
+        None | Some(Value::Null) => doc["metadata"] = json!({}),
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            return Err(Status::invalid(
+                &qualified_kind(info),
+                "",
+                &[tug_api::validation::FieldError {
+                    field: "metadata".into(),
+                    message: "Invalid value: must be an object".into(),
+                }],
+            ));
+        }
+    }
+    if doc.get("kind").is_none() {
+        doc["kind"] = info.kind.into();
+        doc["apiVersion"] = info.api_version().into();
+    }
+    if doc["kind"] != info.kind || doc["apiVersion"] != info.api_version().as_str() {
+        return Err(Status::bad_request(format!(
+            "the object's kind and apiVersion ({} {}) do not match the request path ({} {})",
+            doc["kind"].as_str().unwrap_or("?"),
+            doc["apiVersion"].as_str().unwrap_or("?"),
+            info.kind,
+            info.api_version()
+        )));
+    }
+    if info.namespaced {
+        let ns = target.namespace().unwrap_or("default");
+        match doc["metadata"]["namespace"].as_str() {
+            Some(given) if given != ns => {
+                return Err(Status::bad_request(format!(
+                    "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
+                )));
+            }
+            _ => doc["metadata"]["namespace"] = ns.into(),
+        }
+    }
+    if let Target::Object { name, .. } = target {
+        match doc["metadata"]["name"].as_str() {
+            Some(n) if n != name => {
+                return Err(Status::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => doc["metadata"]["name"] = name.as_str().into(),
+        }
+    }
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut obj = tug_api::manifest::decode(&doc)
+        .map_err(|errs| Status::invalid(&qualified_kind(info), &name, &errs))?;
+    tug_api::defaults::apply(&mut obj);
+    tug_api::validate::object(&obj).map_err(|errs| Status::invalid(&qualified_kind(info), &name, &errs))?;
+    Ok(obj.to_value())
+}
+
+/// `Deployment.apps`, `Pod` — how Kubernetes names a kind in Invalid messages.
+fn qualified_kind(info: &KindInfo) -> String {
+    if info.group.is_empty() { info.kind.to_string() } else { format!("{}.{}", info.kind, info.group) }
+}
+
+fn object_key(target: &Target) -> (String, String) {
+    match target {
+        Target::Object { info, namespace, name, .. } => {
+            (path::key(info, namespace.as_deref(), name), name.clone())
+        }
+        Target::Collection { .. } => (String::new(), String::new()),
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn ensure_namespace(st: &AppState, info: &KindInfo, ns: Option<&str>) -> Result<(), Status> {
+    let (true, Some(ns)) = (info.namespaced, ns) else { return Ok(()) };
+    let nsinfo =
+        tug_api::object::lookup("namespaces").ok_or_else(|| Status::internal("no Namespace kind"))?;
+    let found =
+        blocking(|| st.store.get(&path::key(nsinfo, None, ns))).map_err(|e| store_status(e, nsinfo, ns))?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Status::not_found("namespaces", ns)),
+    }
+}
+
+fn stored_reply(code: StatusCode, s: &Stored) -> Response {
+    json_response(code, &s.object)
+}
+
+fn list(st: &AppState, target: &Target, q: &HashMap<String, String>) -> Reply {
+    let info = target.info();
+    let filter = Filter::from_query(q)?;
+    let (items, rev) = blocking(|| st.store.list(&path::prefix(info, target.namespace())))
+        .map_err(|e| store_status(e, info, ""))?;
+    let items: Vec<Value> = items.into_iter().map(|s| s.object).filter(|o| filter.matches(o)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": info.api_version(), "kind": format!("{}List", info.kind), "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
+    ))
+}
+
+fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+    let info = target.info();
+    let mut obj = decode_body(target, body)?;
+    if obj["metadata"]["name"].as_str().unwrap_or_default().is_empty() {
+        let base = obj["metadata"]["generateName"].as_str().unwrap_or_default().to_string();
+        let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(5).collect();
+        obj["metadata"]["name"] = format!("{base}{suffix}").into();
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+    ensure_namespace(st, info, ns.as_deref())?;
+    objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
+    if info.kind == "Namespace" {
+        obj["status"] = json!({"phase": "Active"});
+    }
+    let key = path::key(info, ns.as_deref(), &name);
+    let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
+    Ok(stored_reply(StatusCode::CREATED, &stored))
+}
+
+fn get(st: &AppState, target: &Target) -> Reply {
+    let info = target.info();
+    let (key, name) = object_key(target);
+    match blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))? {
+        Some(s) => Ok(stored_reply(StatusCode::OK, &s)),
+        None => Err(Status::not_found(&resource_name(info), &name)),
+    }
+}
+
+fn expected_revision(obj: &Value) -> Result<Option<u64>, Status> {
+    match obj["metadata"]["resourceVersion"].as_str() {
+        None | Some("") => Ok(None),
+        Some(rv) => rv
+            .parse()
+            .map(Some)
+            .map_err(|_| Status::bad_request(format!("metadata.resourceVersion: invalid value {rv:?}"))),
+    }
+}
+
+fn replace(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+    let info = target.info();
+    let (key, name) = object_key(target);
+    let mut obj = decode_body(target, body)?;
+    let expected = expected_revision(&obj)?;
+    let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+    let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
+    objects::on_update(&mut obj, &current.object)?;
+    let stored = blocking(|| st.store.update(&key, obj, Some(expected.unwrap_or(current.revision))))
+        .map_err(|e| store_status(e, info, &name))?;
+    Ok(stored_reply(StatusCode::OK, &stored))
+}
+
+fn put_status(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+    let info = target.info();
+    let (key, name) = object_key(target);
+    let obj = decode_body(target, body)?;
+    let expected = expected_revision(&obj)?;
+    let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+    let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
+    let merged = objects::on_status(&obj, &current.object);
+    let stored = blocking(|| st.store.update(&key, merged, Some(expected.unwrap_or(current.revision))))
+        .map_err(|e| store_status(e, info, &name))?;
+    Ok(stored_reply(StatusCode::OK, &stored))
+}
+
+fn delete(st: &AppState, target: &Target) -> Reply {
+    let info = target.info();
+    let (key, name) = object_key(target);
+    if info.kind == "Namespace" && ["default", "tug-system"].contains(&name.as_str()) {
+        return Err(Status::forbidden(format!(
+            "namespaces {name:?} is forbidden: this namespace may not be deleted"
+        )));
+    }
+    let stored = blocking(|| st.store.delete(&key, None)).map_err(|e| store_status(e, info, &name))?;
+    if info.kind == "Namespace" {
+        // The namespace's objects go with it.
+        for k in tug_api::object::KINDS.iter().filter(|k| k.namespaced) {
+            let (items, _) = blocking(|| st.store.list(&path::prefix(k, Some(&name))))
+                .map_err(|e| store_status(e, k, &name))?;
+            for item in items {
+                let _ = blocking(|| st.store.delete(&item.key, None));
+            }
+        }
+    }
+    Ok(stored_reply(StatusCode::OK, &stored))
+}
+
+fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+    let info = target.info();
+    let (key, name) = object_key(target);
+    let mut obj = decode_body(target, body)?;
+    ensure_namespace(st, info, target.namespace())?;
+    let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+    let (stored, applied) = match current {
+        None => {
+            objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
+            if info.kind == "Namespace" {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            (
+                blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?,
+                Applied::Created,
+            )
+        }
+        Some(cur) if !objects::apply_changes(&obj, &cur.object) => (cur, Applied::Unchanged),
+        Some(cur) => {
+            objects::on_update(&mut obj, &cur.object)?;
+            (
+                blocking(|| st.store.update(&key, obj, Some(cur.revision)))
+                    .map_err(|e| store_status(e, info, &name))?,
+                Applied::Configured,
+            )
+        }
+    };
+    let code = if applied == Applied::Created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut resp = stored_reply(code, &stored);
+    resp.headers_mut().insert("x-tug-apply", header::HeaderValue::from_static(applied.as_str()));
+    Ok(resp)
+}
+
+/// `labelSelector` and `fieldSelector` (`metadata.name`, `spec.nodeName`, … with `=`, `==`,
+/// `!=`) from a query.
+pub struct Filter {
+    labels: Selector,
+    fields: Vec<(String, String, bool)>,
+}
+
+impl Filter {
+    pub fn from_query(q: &HashMap<String, String>) -> Result<Filter, Status> {
+        let labels = Selector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+            .map_err(|e| Status::bad_request(format!("unable to parse requirement: {e}")))?;
+        let mut fields = Vec::new();
+        for part in
+            q.get("fieldSelector").map(String::as_str).unwrap_or("").split(',').filter(|p| !p.is_empty())
+        {
+            let (k, v, neg) = if let Some((k, v)) = part.split_once("!=") {
+                (k, v, true)
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                (k, v, false)
+            } else {
+                return Err(Status::bad_request(format!(
+                    "invalid field selector {part:?}: use field=value or field!=value"
+                )));
+            };
+            fields.push((k.trim().to_string(), v.trim().to_string(), neg));
+        }
+        Ok(Filter { labels, fields })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        let labels: tug_api::labels::Labels =
+            serde_json::from_value(obj["metadata"]["labels"].clone()).unwrap_or_default();
+        self.labels.matches(&labels)
+            && self.fields.iter().all(|(path, want, neg)| {
+                let got = path.split('.').fold(obj, |v, k| &v[k]);
+                let got = got
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| if got.is_null() { String::new() } else { got.to_string() });
+                (got == *want) != *neg
+            })
+    }
+}

@@ -1,0 +1,70 @@
+//! The API server: Kubernetes-shaped REST over HTTP/1.1 with JSON bodies (YAML accepted on
+//! writes), served on a Unix socket.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | collection | list (`labelSelector`, `fieldSelector`), or watch with `watch=true` (`resourceVersion`, `timeoutSeconds`) as a stream of JSON lines |
+//! | POST | collection | create |
+//! | GET, PUT, DELETE | object | read, replace (optimistic with `metadata.resourceVersion`), delete |
+//! | PUT | object`/status` | replace the status only |
+//! | PATCH | object, `Content-Type: application/apply-patch+yaml` | server-side apply: create or update; `X-Tug-Apply: created\|configured\|unchanged` |
+//!
+//! Every error is a `Status` object with Kubernetes' reason and code. Handlers never panic on
+//! input; a body over 3 MiB is refused.
+
+// Handlers return `Result<_, Status>`: the error is the response body Kubernetes clients
+// expect, built once per failed request, so its size does not matter.
+#[allow(clippy::result_large_err)]
+mod handlers;
+#[allow(clippy::result_large_err)]
+pub mod objects;
+#[allow(clippy::result_large_err)]
+pub mod path;
+#[allow(clippy::result_large_err)]
+mod watch;
+
+use crate::store::Store;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+use std::sync::Arc;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+}
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 3 << 20;
+
+/// The HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/version", get(handlers::version))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/{*rest}", any(handlers::dispatch))
+        .route("/apis/{*rest}", any(handlers::dispatch))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Makes the namespaces every cluster has (`default`, `tug-system`) if they are missing.
+pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
+    for ns in ["default", "tug-system"] {
+        let info = tug_api::object::lookup("namespaces").unwrap_or(&tug_api::object::KINDS[0]);
+        let key = path::key(info, None, ns);
+        if store.get(&key)?.is_none() {
+            let mut obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}});
+            objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
+            obj["status"] = serde_json::json!({"phase": "Active"});
+            store.create(&key, obj)?;
+        }
+    }
+    Ok(())
+}
+
+/// The current time as Kubernetes writes timestamps.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,75 @@
+//! Watch: a streaming response of JSON lines, `{"type":"ADDED","object":{...}}`. Without a
+//! `resourceVersion`, the current objects come first as ADDED (as Kubernetes does), then the
+//! changes after that list's revision. A watcher that falls behind gets an ERROR event with a
+//! 410 Status and the stream ends.
+
+use super::AppState;
+use super::handlers::{Filter, status_response};
+use super::path::{self, Target};
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+use tug_api::status::Status;
+
+pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) -> Result<Response, Status> {
+    let info = target.info();
+    let filter = Filter::from_query(q)?;
+    let prefix = path::prefix(info, target.namespace());
+    let (initial, after) = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => {
+            let (items, rev) = tokio::task::block_in_place(|| st.store.list(&prefix))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let lines: Vec<Bytes> = items
+                .into_iter()
+                .filter(|s| filter.matches(&s.object))
+                .map(|s| line("ADDED", &s.object))
+                .collect();
+            (lines, rev)
+        }
+        Some(rv) => (
+            Vec::new(),
+            rv.parse().map_err(|_| Status::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let watch = tokio::task::block_in_place(|| st.store.watch(&prefix, after))
+        .map_err(|e| Status::gone(e.to_string()))?;
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let live = futures_util::stream::unfold(Some((watch, filter)), move |state| async move {
+        let (mut w, filter) = state?;
+        loop {
+            let next = match deadline {
+                Some(d) => tokio::time::timeout_at(d, w.next()).await.ok()?,
+                None => w.next().await,
+            };
+            match next? {
+                Ok(e) if filter.matches(&e.object) => {
+                    let t = serde_json::to_value(e.type_).ok()?.as_str()?.to_string();
+                    return Some((Ok::<_, std::convert::Infallible>(line(&t, &e.object)), Some((w, filter))));
+                }
+                Ok(_) => continue,
+                Err(err) => {
+                    let status = serde_json::to_value(Status::gone(err.to_string())).unwrap_or_default();
+                    return Some((Ok(line("ERROR", &status)), None));
+                }
+            }
+        }
+    });
+    let stream =
+        futures_util::StreamExt::chain(futures_util::stream::iter(initial.into_iter().map(Ok)), live);
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| status_response(&Status::internal("building the watch response")));
+    Ok(resp)
+}
+
+fn line(type_: &str, object: &Value) -> Bytes {
+    let mut s = json!({"type": type_, "object": object}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}

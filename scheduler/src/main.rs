@@ -1,0 +1,124 @@
+//! `tug-scheduler`: the control plane daemon.
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tug_scheduler::api::{self, AppState};
+use tug_scheduler::store::Store;
+use tug_scheduler::store::redb_store::RedbStore;
+
+/// Tug's control plane: the API server and its store.
+#[derive(Parser, Debug)]
+#[command(name = "tug-scheduler", version = tug_api::VERSION, about)]
+struct Flags {
+    /// The Unix socket users and local agents connect to.
+    #[arg(long, default_value = "/run/tug/tug.sock")]
+    socket: PathBuf,
+    /// Group that may use the socket (mode 0660); default: root's.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Where the embedded store keeps its data.
+    #[arg(long, default_value = "/var/lib/tug")]
+    data_dir: PathBuf,
+    /// The store backend.
+    #[arg(long, value_enum, default_value_t = Backend::Redb)]
+    store: Backend,
+    /// etcd endpoints (with --store etcd), comma-separated.
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
+    /// TCP address for agents on other hosts and remote users (TLS).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Events kept for watches from a past revision before compaction.
+    #[arg(long, default_value_t = 10_000)]
+    history: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    Redb,
+    Etcd,
+}
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    if matches!(flags.store, Backend::Etcd) || flags.etcd_endpoints.is_some() {
+        bail!("--store etcd: the etcd backend is not built yet; use the embedded store (--store redb)");
+    }
+    if let Some(addr) = &flags.listen {
+        bail!("--listen {addr}: the TCP listener with TLS is not built yet; connect over --socket");
+    }
+    std::fs::create_dir_all(&flags.data_dir)
+        .with_context(|| format!("creating --data-dir {}", flags.data_dir.display()))?;
+    let store = RedbStore::open(&flags.data_dir.join("store.redb"), 4096).context("opening the store")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(flags, store))
+}
+
+async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let listener = bind(&flags.socket, flags.socket_group.as_deref())?;
+    eprintln!(
+        "tug-scheduler: serving on {} (store {})",
+        flags.socket.display(),
+        flags.data_dir.join("store.redb").display()
+    );
+    let compactor = tokio::spawn(compact_forever(store.clone(), flags.history));
+    let app = api::router(Arc::new(AppState { store }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;
+    compactor.abort();
+    let _ = std::fs::remove_file(&flags.socket);
+    eprintln!("tug-scheduler: stopped");
+    Ok(())
+}
+
+/// Binds the socket: a stale socket file (nobody answers) is replaced; a live one is an error.
+fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{}: another tug-scheduler is already serving on this socket", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)?
+            .with_context(|| format!("--socket-group {g}: no such group"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))?;
+    }
+    Ok(listener)
+}
+
+async fn compact_forever(store: Arc<dyn Store>, history: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Ok(rev) = store.revision() {
+            if rev > history {
+                let _ = store.compact(rev - history);
+            }
+        }
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

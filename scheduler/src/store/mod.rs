@@ -1,0 +1,122 @@
+//! The store: objects by key with a global revision, optimistic concurrency, and a watch from
+//! any revision that has not been compacted. [`Store`] is the seam; [`redb_store::RedbStore`]
+//! is the embedded backend, and the conformance suite in `tests` runs against any backend.
+
+pub mod redb_store;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// What went wrong in the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{key}: resourceVersion {expected} is not the current {current}")]
+    Conflict { key: String, expected: u64, current: u64 },
+    #[error("too old resource version: {requested} (the oldest kept is {oldest})")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("the watcher fell behind by {0} events and was cut off; list and watch again")]
+    TooSlow(u64),
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// ADDED, MODIFIED or DELETED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, at the revision that made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    pub key: String,
+    pub object: Value,
+}
+
+/// An object as stored, with the revision that last changed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub key: String,
+    pub revision: u64,
+    pub object: Value,
+}
+
+/// The operations every backend provides. Keys are `group/plural/namespace/name` (group and
+/// namespace may be empty); a prefix such as `apps/deployments/default/` lists or watches a
+/// collection. Every write bumps the store's one revision and stamps
+/// `metadata.resourceVersion` with it.
+pub trait Store: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<Stored>, StoreError>;
+    /// Every object under `prefix`, with the store's revision at the time of the read.
+    fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError>;
+    fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError>;
+    /// Replaces the object; with `expected`, only if its revision still is that one.
+    fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError>;
+    fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError>;
+    /// Changes under `prefix` after revision `after`, in order, without gaps.
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;
+    /// Forgets events at or below `revision`.
+    fn compact(&self, revision: u64) -> Result<(), StoreError>;
+    fn revision(&self) -> Result<u64, StoreError>;
+}
+
+/// A stream of events: first the backlog read from the store, then live ones.
+pub struct Watch {
+    prefix: String,
+    last: u64,
+    backlog: VecDeque<Event>,
+    live: broadcast::Receiver<Arc<Event>>,
+}
+
+impl Watch {
+    pub(crate) fn new(
+        prefix: &str,
+        after: u64,
+        backlog: Vec<Event>,
+        live: broadcast::Receiver<Arc<Event>>,
+    ) -> Watch {
+        Watch { prefix: prefix.to_string(), last: after, backlog: backlog.into(), live }
+    }
+
+    /// The next event; `None` once the store is closed.
+    pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        if let Some(e) = self.backlog.pop_front() {
+            self.last = e.revision;
+            return Some(Ok(e));
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(e) if e.revision > self.last && e.key.starts_with(&self.prefix) => {
+                    self.last = e.revision;
+                    return Some(Ok((*e).clone()));
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Err(StoreError::TooSlow(n))),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Sets `metadata.resourceVersion` to the revision, as a string like Kubernetes'.
+pub(crate) fn stamp(object: &mut Value, revision: u64) {
+    if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), Value::from(revision.to_string()));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
