@@ -1,0 +1,220 @@
+//! `make bench AREA=api`: the control plane over its Unix socket (release build, embedded
+//! store with fsync on every write).
+//!
+//! - `apply-throughput`: server-side applies of distinct ConfigMaps from 4 clients, objects/s;
+//! - `write-latency`: single-object creates sent open-loop at a target rate (default 1000/s),
+//!   p50/p99 of each request's latency (Kubernetes' SLO for a mutating call is 1 s; Tug's goal
+//!   is p99 under 10 ms);
+//! - `watch-latency`: 100 watchers on one collection; time from a create being acknowledged to
+//!   each watcher reading its event, p50/p99.
+//!
+//! `TUG_BENCH_N` scales the request counts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn request(socket: &Path, method: &str, path: &str, ctype: &str, body: &str) -> u16 {
+    let Ok(mut s) = UnixStream::connect(socket) else { return 0 };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tug\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn cm(name: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"default"}},"data":{{"k":"v"}}}}"#
+    )
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    // an index into a small vector
+    let i = (((sorted.len() - 1) as f64) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let n: usize = std::env::var("TUG_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let rate: u64 = std::env::var("TUG_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let release = tug_integration::probe::target_dir().join("release");
+    let cp = with_bin_dir(&release, tug_integration::control_plane::ControlPlane::start);
+    let socket = cp.socket();
+    apply_throughput(&socket, n);
+    write_latency(&socket, n, rate);
+    watch_latency(&socket, 100, (n / 20).max(10));
+}
+
+fn with_bin_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
+    // Benchmarks run single-threaded here: setting the variable before any thread starts is
+    // sound.
+    // SAFETY: no other thread reads the environment at this point.
+    unsafe { std::env::set_var("TUG_BIN_DIR", dir) };
+    f()
+}
+
+fn apply_throughput(socket: &Path, n: usize) {
+    let clients = 4;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let socket = socket.to_path_buf();
+            std::thread::spawn(move || {
+                let mut failed = 0;
+                for i in (c..n).step_by(clients) {
+                    let name = format!("t{i}");
+                    let code = request(
+                        &socket,
+                        "PATCH",
+                        &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                        "application/apply-patch+yaml",
+                        &cm(&name),
+                    );
+                    failed += usize::from(code != 201 && code != 200);
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed: usize = handles.into_iter().map(|h| h.join().unwrap_or(n)).sum();
+    let secs = start.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)] // request counts
+    let per_s = n as f64 / secs;
+    println!(
+        "BENCH api apply-throughput objects={n} clients={clients} objects_per_s={per_s:.0} failures={failed}"
+    );
+}
+
+fn write_latency(socket: &Path, n: usize, rate: u64) {
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let failures = Arc::new(Mutex::new(0usize));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        // Open loop: request i is due at start + i * interval, whether or not earlier ones
+        // have finished.
+        let due = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let (socket, samples, failures) = (socket.to_path_buf(), samples.clone(), failures.clone());
+        handles.push(std::thread::spawn(move || {
+            let name = format!("l{i}");
+            let t = Instant::now();
+            let code = request(
+                &socket,
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "application/json",
+                &cm(&name),
+            );
+            let d = t.elapsed();
+            if code == 201 {
+                samples.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+            } else {
+                *failures.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            }
+        }));
+        if handles.len() >= 256 {
+            for h in handles.drain(..128) {
+                let _ = h.join();
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let achieved = n as f64 / start.elapsed().as_secs_f64();
+    let mut s = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    s.sort();
+    let f = *failures.lock().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "BENCH api write-latency requests={n} target_rps={rate} achieved_rps={achieved:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} failures={f}",
+        pct(&s, 0.5),
+        pct(&s, 0.99),
+        pct(&s, 1.0)
+    );
+}
+
+fn watch_latency(socket: &Path, watchers: usize, events: usize) {
+    // Start every watcher from the current revision.
+    let rv = current_revision(socket);
+    let seen: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for _ in 0..watchers {
+        let (socket, seen) = (socket.to_path_buf(), seen.clone());
+        let mut s = UnixStream::connect(&socket).expect("connect watcher");
+        let req = format!(
+            "GET /api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=bench%3Dwatch HTTP/1.1\r\nHost: tug\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("watch request");
+        handles.push(std::thread::spawn(move || {
+            let mut got = 0;
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("\"name\":\"w") {
+                    let name: String = line[i + 8..].chars().take_while(|c| *c != '"').collect();
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push((name, Instant::now()));
+                    got += 1;
+                    if got == events {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut acked: Vec<(String, Instant)> = Vec::new();
+    for i in 0..events {
+        let name = format!("w{i}");
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"bench":"watch"}}}},"data":{{"k":"v"}}}}"#
+        );
+        request(socket, "POST", "/api/v1/namespaces/default/configmaps", "application/json", &body);
+        acked.push((name, Instant::now()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < watchers * events
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut lat: Vec<Duration> = seen
+        .iter()
+        .filter_map(|(name, at)| {
+            acked.iter().find(|(n, _)| n == name).map(|(_, t)| at.saturating_duration_since(*t))
+        })
+        .collect();
+    lat.sort();
+    println!(
+        "BENCH api watch-latency watchers={watchers} events={events} delivered={} p50_ms={:.2} p99_ms={:.2}",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    drop(handles);
+}
+
+fn current_revision(socket: &Path) -> String {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: tug\r\nConnection: close\r\n\r\n").expect("list");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let i = out.find("\"resourceVersion\":\"").map(|i| i + 19).unwrap_or(0);
+    out[i..].chars().take_while(char::is_ascii_digit).collect()
+}
