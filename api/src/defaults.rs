@@ -42,12 +42,60 @@ pub fn apply(obj: &mut Object) {
                 s.data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
             }
         }
-        Object::Namespace(_) | Object::ConfigMap(_) => {}
+        Object::Job(j) => job_spec(&mut j.spec),
+        Object::CronJob(c) => {
+            let s = &mut c.spec;
+            s.concurrency_policy.get_or_insert_with(|| "Allow".into());
+            s.suspend.get_or_insert(false);
+            s.successful_jobs_history_limit.get_or_insert(3);
+            s.failed_jobs_history_limit.get_or_insert(1);
+            job_spec(&mut s.job_template.spec);
+        }
+        Object::HorizontalPodAutoscaler(h) => {
+            h.spec.min_replicas.get_or_insert(1);
+            if h.spec.metrics.is_empty() {
+                h.spec.metrics.push(crate::kinds::batch::MetricSpec {
+                    type_: "Resource".into(),
+                    resource: Some(crate::kinds::batch::ResourceMetricSource {
+                        name: "cpu".into(),
+                        target: crate::kinds::batch::MetricTarget {
+                            type_: "Utilization".into(),
+                            average_utilization: Some(80),
+                            ..Default::default()
+                        },
+                    }),
+                });
+            }
+        }
+        Object::Endpoints(e) => {
+            for p in e.subsets.iter_mut().flat_map(|s| s.ports.iter_mut()) {
+                p.protocol.get_or_insert_with(|| "TCP".into());
+            }
+        }
+        Object::Namespace(_) | Object::ConfigMap(_) | Object::Node(_) | Object::Event(_) => {}
     }
 }
 
+/// A Job's pods run to completion: no restartPolicy default (Kubernetes requires it).
+fn job_spec(s: &mut crate::kinds::batch::JobSpec) {
+    s.parallelism.get_or_insert(1);
+    if s.completions.is_none() && s.parallelism == Some(1) {
+        s.completions = Some(1);
+    }
+    s.backoff_limit.get_or_insert(6);
+    s.completion_mode.get_or_insert_with(|| "NonIndexed".into());
+    s.suspend.get_or_insert(false);
+    pod_spec_with(&mut s.template.spec, None);
+}
+
 fn pod_spec(s: &mut PodSpec) {
-    s.restart_policy.get_or_insert_with(|| "Always".into());
+    pod_spec_with(s, Some("Always"));
+}
+
+fn pod_spec_with(s: &mut PodSpec, restart: Option<&str>) {
+    if let Some(r) = restart {
+        s.restart_policy.get_or_insert_with(|| r.into());
+    }
     s.termination_grace_period_seconds.get_or_insert(30);
     s.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
     s.scheduler_name.get_or_insert_with(|| "default-scheduler".into());

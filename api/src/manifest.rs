@@ -86,23 +86,11 @@ pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
             }
         });
     };
-    macro_rules! typed {
-        ($variant:ident) => {
-            typed_decode(v).map(Object::$variant)
-        };
-    }
-    match info.kind {
-        "Namespace" => typed!(Namespace),
-        "Pod" => typed!(Pod),
-        "ConfigMap" => typed!(ConfigMap),
-        "Secret" => typed!(Secret),
-        "Service" => typed!(Service),
-        "Deployment" => typed!(Deployment),
-        _ => typed!(ReplicaSet),
-    }
+    crate::object::decode_as(info.kind, v)
 }
 
-fn typed_decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Vec<FieldError>> {
+/// Decodes JSON into a type strictly; the error names the field path.
+pub(crate) fn typed_decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Vec<FieldError>> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };

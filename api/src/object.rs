@@ -2,6 +2,8 @@
 //! [`Object`], one typed value of any of them.
 
 use crate::kinds::apps::{Deployment, ReplicaSet};
+use crate::kinds::batch::{CronJob, HorizontalPodAutoscaler, Job};
+use crate::kinds::cluster::{Endpoints, Event, Node};
 use crate::kinds::core::{ConfigMap, Namespace, Secret, Service};
 use crate::kinds::pod::Pod;
 use crate::meta::ObjectMeta;
@@ -57,50 +59,32 @@ impl KindInfo {
     }
 }
 
+const fn kind(
+    kind: &'static str,
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    short: &'static [&'static str],
+    namespaced: bool,
+) -> KindInfo {
+    KindInfo { kind, group, version, plural, short, namespaced }
+}
+
 /// Every kind Tug serves.
 pub const KINDS: &[KindInfo] = &[
-    KindInfo {
-        kind: "Namespace",
-        group: "",
-        version: "v1",
-        plural: "namespaces",
-        short: &["ns"],
-        namespaced: false,
-    },
-    KindInfo { kind: "Pod", group: "", version: "v1", plural: "pods", short: &["po"], namespaced: true },
-    KindInfo {
-        kind: "ConfigMap",
-        group: "",
-        version: "v1",
-        plural: "configmaps",
-        short: &["cm"],
-        namespaced: true,
-    },
-    KindInfo { kind: "Secret", group: "", version: "v1", plural: "secrets", short: &[], namespaced: true },
-    KindInfo {
-        kind: "Service",
-        group: "",
-        version: "v1",
-        plural: "services",
-        short: &["svc"],
-        namespaced: true,
-    },
-    KindInfo {
-        kind: "Deployment",
-        group: "apps",
-        version: "v1",
-        plural: "deployments",
-        short: &["deploy"],
-        namespaced: true,
-    },
-    KindInfo {
-        kind: "ReplicaSet",
-        group: "apps",
-        version: "v1",
-        plural: "replicasets",
-        short: &["rs"],
-        namespaced: true,
-    },
+    kind("Namespace", "", "v1", "namespaces", &["ns"], false),
+    kind("Node", "", "v1", "nodes", &["no"], false),
+    kind("Pod", "", "v1", "pods", &["po"], true),
+    kind("ConfigMap", "", "v1", "configmaps", &["cm"], true),
+    kind("Secret", "", "v1", "secrets", &[], true),
+    kind("Service", "", "v1", "services", &["svc"], true),
+    kind("Endpoints", "", "v1", "endpoints", &["ep"], true),
+    kind("Event", "", "v1", "events", &["ev"], true),
+    kind("Deployment", "apps", "v1", "deployments", &["deploy"], true),
+    kind("ReplicaSet", "apps", "v1", "replicasets", &["rs"], true),
+    kind("Job", "batch", "v1", "jobs", &[], true),
+    kind("CronJob", "batch", "v1", "cronjobs", &["cj"], true),
+    kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", &["hpa"], true),
 ];
 
 /// Finds a kind by its kind name, plural, singular or short name, case-insensitively
@@ -116,59 +100,73 @@ pub fn lookup_exact(kind: &str, api_version: &str) -> Option<&'static KindInfo> 
     KINDS.iter().find(|k| k.kind == kind && k.api_version() == api_version)
 }
 
-/// One object of any served kind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Object {
-    Namespace(Namespace),
-    Pod(Pod),
-    ConfigMap(ConfigMap),
-    Secret(Secret),
-    Service(Service),
-    Deployment(Deployment),
-    ReplicaSet(ReplicaSet),
-}
+macro_rules! objects {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// One object of any served kind.
+        // Objects are handled one at a time, never in bulk arrays: the size spread between
+        // kinds costs nothing worth a Box per variant.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Object {
+            $($variant($ty)),*
+        }
 
-macro_rules! each {
-    ($self:expr, $o:ident => $e:expr) => {
-        match $self {
-            Object::Namespace($o) => $e,
-            Object::Pod($o) => $e,
-            Object::ConfigMap($o) => $e,
-            Object::Secret($o) => $e,
-            Object::Service($o) => $e,
-            Object::Deployment($o) => $e,
-            Object::ReplicaSet($o) => $e,
+        impl Object {
+            pub fn metadata(&self) -> &ObjectMeta {
+                match self { $(Object::$variant(o) => &o.metadata),* }
+            }
+
+            pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                match self { $(Object::$variant(o) => &mut o.metadata),* }
+            }
+
+            /// The `kind` of this object.
+            pub fn kind_name(&self) -> &'static str {
+                match self { $(Object::$variant(_) => stringify!($variant)),* }
+            }
+
+            fn raw_value(&self) -> serde_json::Value {
+                match self { $(Object::$variant(o) => serde_json::to_value(o).unwrap_or_default()),* }
+            }
+        }
+
+        /// Decodes a document of `kind` strictly, with field paths in errors.
+        pub(crate) fn decode_as(kind: &str, v: &serde_json::Value) -> Result<Object, Vec<crate::validation::FieldError>> {
+            match kind {
+                $(stringify!($variant) => crate::manifest::typed_decode::<$ty>(v).map(Object::$variant),)*
+                other => Err(vec![crate::validation::FieldError { field: "kind".into(), message: format!("Unsupported value: {other:?}") }]),
+            }
         }
     };
 }
 
+objects! {
+    Namespace(Namespace),
+    Node(Node),
+    Pod(Pod),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    Service(Service),
+    Endpoints(Endpoints),
+    Event(Event),
+    Deployment(Deployment),
+    ReplicaSet(ReplicaSet),
+    Job(Job),
+    CronJob(CronJob),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+}
+
 impl Object {
-    pub fn metadata(&self) -> &ObjectMeta {
-        each!(self, o => &o.metadata)
-    }
-
-    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        each!(self, o => &mut o.metadata)
-    }
-
     /// The kind's naming.
     pub fn info(&self) -> &'static KindInfo {
-        let kind = match self {
-            Object::Namespace(_) => "Namespace",
-            Object::Pod(_) => "Pod",
-            Object::ConfigMap(_) => "ConfigMap",
-            Object::Secret(_) => "Secret",
-            Object::Service(_) => "Service",
-            Object::Deployment(_) => "Deployment",
-            Object::ReplicaSet(_) => "ReplicaSet",
-        };
-        // Every variant is listed in KINDS, so the lookup cannot fail.
+        let kind = self.kind_name();
+        // Every variant is listed in KINDS (a unit test checks), so the lookup cannot fail.
         KINDS.iter().find(|k| k.kind == kind).unwrap_or(&KINDS[0])
     }
 
     /// The object as JSON, with `apiVersion` and `kind` filled in.
     pub fn to_value(&self) -> serde_json::Value {
-        let mut v = each!(self, o => serde_json::to_value(o)).unwrap_or_default();
+        let mut v = self.raw_value();
         v["apiVersion"] = self.info().api_version().into();
         v["kind"] = self.info().kind.into();
         v
@@ -183,6 +181,16 @@ impl Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_variant_has_a_kind_entry() {
+        for k in KINDS {
+            let v =
+                serde_json::json!({"apiVersion": k.api_version(), "kind": k.kind, "metadata": {"name": "x"}});
+            let o = crate::manifest::decode(&v).unwrap_or_else(|e| panic!("{}: {e:?}", k.kind));
+            assert_eq!(o.info().kind, k.kind);
+        }
+    }
 
     #[test]
     fn kinds_by_any_name() {

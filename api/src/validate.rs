@@ -79,9 +79,198 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 e.add("data[.dockerconfigjson]", "Required value");
             }
         }
-        Object::Namespace(_) => {}
+        Object::Job(j) => job_spec(&j.spec, "spec", &mut e),
+        Object::CronJob(c) => {
+            if let Err(msg) = cron_schedule(&c.spec.schedule) {
+                e.add("spec.schedule", format!("Invalid value: {:?}: {msg}", c.spec.schedule));
+            }
+            if let Some(p) =
+                c.spec.concurrency_policy.as_deref().filter(|p| !["Allow", "Forbid", "Replace"].contains(p))
+            {
+                e.add(
+                    "spec.concurrencyPolicy",
+                    format!("Unsupported value: {p:?}: supported values: \"Allow\", \"Forbid\", \"Replace\""),
+                );
+            }
+            non_negative(c.spec.starting_deadline_seconds, "spec.startingDeadlineSeconds", &mut e);
+            job_spec(&c.spec.job_template.spec, "spec.jobTemplate.spec", &mut e);
+        }
+        Object::HorizontalPodAutoscaler(h) => hpa(&h.spec, &mut e),
+        Object::Node(n) => {
+            for (i, t) in n.spec.taints.iter().enumerate() {
+                if let Err(msg) = qualified_name(&t.key) {
+                    e.add(format!("spec.taints[{i}].key"), format!("Invalid value: {:?}: {msg}", t.key));
+                }
+                if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str()) {
+                    e.add(format!("spec.taints[{i}].effect"), format!("Unsupported value: {:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\"", t.effect));
+                }
+            }
+        }
+        Object::Endpoints(ep) => {
+            for (i, s) in ep.subsets.iter().enumerate() {
+                for (j, a) in s.addresses.iter().chain(&s.not_ready_addresses).enumerate() {
+                    if a.ip.parse::<std::net::IpAddr>().is_err() {
+                        e.add(
+                            format!("subsets[{i}].addresses[{j}].ip"),
+                            format!("Invalid value: {:?}: must be a valid IP address", a.ip),
+                        );
+                    }
+                }
+                for (j, p) in s.ports.iter().enumerate() {
+                    if let Err(msg) = port_number(p.port) {
+                        e.add(
+                            format!("subsets[{i}].ports[{j}].port"),
+                            format!("Invalid value: {}: {msg}", p.port),
+                        );
+                    }
+                    protocol(p.protocol.as_deref(), &format!("subsets[{i}].ports[{j}].protocol"), &mut e);
+                }
+            }
+        }
+        Object::Namespace(_) | Object::Event(_) => {}
     }
     e.into_result()
+}
+
+fn job_spec(s: &crate::kinds::batch::JobSpec, path: &str, e: &mut Errors) {
+    non_negative(s.parallelism.map(i64::from), &format!("{path}.parallelism"), e);
+    non_negative(s.completions.map(i64::from), &format!("{path}.completions"), e);
+    non_negative(s.backoff_limit.map(i64::from), &format!("{path}.backoffLimit"), e);
+    if let Some(m) = s.completion_mode.as_deref().filter(|m| !["NonIndexed", "Indexed"].contains(m)) {
+        e.add(
+            format!("{path}.completionMode"),
+            format!("Unsupported value: {m:?}: supported values: \"NonIndexed\", \"Indexed\""),
+        );
+    }
+    let rp = format!("{path}.template.spec.restartPolicy");
+    match s.template.spec.restart_policy.as_deref() {
+        None => e.add(rp, "Required value: valid values: \"OnFailure\", \"Never\""),
+        Some("OnFailure" | "Never") => {}
+        Some(p) => e.add(rp, format!("Unsupported value: {p:?}: supported values: \"OnFailure\", \"Never\"")),
+    }
+    labels(&s.template.metadata.labels, &format!("{path}.template.metadata.labels"), e);
+    pod_spec(&s.template.spec, &format!("{path}.template.spec"), e);
+}
+
+fn hpa(s: &crate::kinds::batch::HpaSpec, e: &mut Errors) {
+    if s.scale_target_ref.kind.is_empty() {
+        e.add("spec.scaleTargetRef.kind", "Required value");
+    }
+    if s.scale_target_ref.name.is_empty() {
+        e.add("spec.scaleTargetRef.name", "Required value");
+    }
+    let min = s.min_replicas.unwrap_or(1);
+    if min < 1 {
+        e.add("spec.minReplicas", format!("Invalid value: {min}: must be greater than or equal to 1"));
+    }
+    if s.max_replicas < min.max(1) {
+        e.add(
+            "spec.maxReplicas",
+            format!("Invalid value: {}: must be greater than or equal to `minReplicas`", s.max_replicas),
+        );
+    }
+    for (i, m) in s.metrics.iter().enumerate() {
+        let path = format!("spec.metrics[{i}]");
+        if m.type_ != "Resource" {
+            e.add(
+                format!("{path}.type"),
+                format!("Unsupported value: {:?}: supported values: \"Resource\"", m.type_),
+            );
+            continue;
+        }
+        let Some(r) = &m.resource else {
+            e.add(
+                format!("{path}.resource"),
+                "Required value: must populate information for the given metric source",
+            );
+            continue;
+        };
+        if !["cpu", "memory"].contains(&r.name.as_str()) {
+            e.add(
+                format!("{path}.resource.name"),
+                format!("Unsupported value: {:?}: supported values: \"cpu\", \"memory\"", r.name),
+            );
+        }
+        match r.target.type_.as_str() {
+            "Utilization" if r.target.average_utilization.is_some_and(|u| u > 0) => {}
+            "Utilization" => e.add(
+                format!("{path}.resource.target.averageUtilization"),
+                "Required value: must be greater than 0",
+            ),
+            "AverageValue" if r.target.average_value.is_some() => {}
+            "AverageValue" => e.add(format!("{path}.resource.target.averageValue"), "Required value"),
+            other => e.add(
+                format!("{path}.resource.target.type"),
+                format!("Unsupported value: {other:?}: supported values: \"Utilization\", \"AverageValue\""),
+            ),
+        }
+    }
+}
+
+/// A cron schedule: five fields (minute hour day-of-month month day-of-week) of `*`, numbers,
+/// ranges, steps and lists (month and weekday names too), or `@hourly`-style macros.
+pub fn cron_schedule(s: &str) -> Result<(), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("a schedule is required".into());
+    }
+    if s.starts_with('@') {
+        return if ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"]
+            .contains(&s)
+        {
+            Ok(())
+        } else {
+            Err(format!("unrecognized descriptor: {s}"))
+        };
+    }
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("expected exactly 5 fields, found {}: {s}", fields.len()));
+    }
+    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    let days = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+    for (i, (field, (lo, hi))) in fields.iter().zip(ranges).enumerate() {
+        let num = |t: &str| -> Result<u32, String> {
+            let lower = t.to_ascii_lowercase();
+            let named = match i {
+                3 => months.iter().position(|m| *m == lower).map(|p| p + 1),
+                4 => days.iter().position(|d| *d == lower),
+                _ => None,
+            };
+            let v = match named {
+                Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                None => t.parse::<u32>().map_err(|_| format!("failed to parse int from {t}"))?,
+            };
+            if v < lo || v > hi {
+                Err(format!("end of range ({v}) above maximum ({hi}): {t}"))
+            } else {
+                Ok(v)
+            }
+        };
+        for part in field.split(',') {
+            let (range, step) = part.split_once('/').map_or((part, None), |(r, s)| (r, Some(s)));
+            if let Some(st) = step {
+                if st.parse::<u32>().map_or(true, |v| v == 0) {
+                    return Err(format!("invalid step {st:?} in {field}"));
+                }
+            }
+            if range == "*" {
+                continue;
+            }
+            match range.split_once('-') {
+                Some((a, b)) => {
+                    if num(a)? > num(b)? {
+                        return Err(format!("beginning of range after end: {range}"));
+                    }
+                }
+                None => {
+                    num(range)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn metadata(m: &ObjectMeta, label_name: bool, namespaced: bool, e: &mut Errors) {
@@ -433,6 +622,32 @@ mod tests {
                 "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}\n  selector:",
             ),
             "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0",
+        );
+    }
+
+    #[test]
+    fn jobs_cronjobs_and_autoscalers() {
+        let job = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec: {restartPolicy: Never, containers: [{name: c, image: i}]}\n";
+        assert!(load(job).is_ok(), "{:?}", load(job).err());
+        check(
+            &job.replace("restartPolicy: Never, ", ""),
+            "spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"",
+        );
+        let cj = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec:\n  schedule: '*/5 * * * mon-fri'\n  jobTemplate:\n    spec:\n      template:\n        spec: {restartPolicy: OnFailure, containers: [{name: c, image: i}]}\n";
+        assert!(load(cj).is_ok(), "{:?}", load(cj).err());
+        check(
+            &cj.replace("*/5 * * * mon-fri", "61 * * * *"),
+            "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59)",
+        );
+        check(
+            &cj.replace("*/5 * * * mon-fri", "* * *"),
+            "spec.schedule: Invalid value: \"* * *\": expected exactly 5 fields",
+        );
+        let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 2\n  maxReplicas: 5\n";
+        assert!(load(hpa).is_ok());
+        check(
+            &hpa.replace("maxReplicas: 5", "maxReplicas: 1"),
+            "spec.maxReplicas: Invalid value: 1: must be greater than or equal to `minReplicas`",
         );
     }
 

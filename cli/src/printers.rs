@@ -68,6 +68,14 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "ConfigMap" => vec!["NAME", "DATA", "AGE"],
         "Secret" => vec!["NAME", "TYPE", "DATA", "AGE"],
         "Namespace" => vec!["NAME", "STATUS", "AGE"],
+        "Node" => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "CronJob" => vec!["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+        "HorizontalPodAutoscaler" => {
+            vec!["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]
+        }
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -146,6 +154,121 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             age(obj, now),
         ],
         "Namespace" => vec![name, st["phase"].as_str().unwrap_or("Active").to_string(), age(obj, now)],
+        "Node" => {
+            let ready = st["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"] == "True");
+            let mut status = match ready {
+                Some(true) => "Ready".to_string(),
+                _ => "NotReady".to_string(),
+            };
+            if spec["unschedulable"] == true {
+                status += ",SchedulingDisabled";
+            }
+            let version = s(&st["nodeInfo"]["kubeletVersion"]);
+            vec![
+                name,
+                status,
+                "<none>".into(),
+                age(obj, now),
+                if version.is_empty() { "<none>".into() } else { version },
+            ]
+        }
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for sub in obj["subsets"].as_array().cloned().unwrap_or_default() {
+                for a in sub["addresses"].as_array().cloned().unwrap_or_default() {
+                    for p in sub["ports"].as_array().cloned().unwrap_or_default() {
+                        eps.push(format!("{}:{}", s(&a["ip"]), n(&p["port"])));
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
+            vec![name, if shown.is_empty() { "<none>".into() } else { shown }, age(obj, now)]
+        }
+        "Event" => {
+            let last = obj["lastTimestamp"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or_else(|| "<unknown>".into(), human_duration);
+            let io = &obj["involvedObject"];
+            vec![
+                last,
+                s(&obj["type"]),
+                s(&obj["reason"]),
+                format!("{}/{}", s(&io["kind"]).to_ascii_lowercase(), s(&io["name"])),
+                s(&obj["message"]),
+            ]
+        }
+        "Job" => {
+            let done = n(&st["succeeded"]);
+            let want = spec["completions"].as_i64().unwrap_or(1);
+            let status = if st["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Failed" && c["status"] == "True"))
+            {
+                "Failed"
+            } else if done >= want {
+                "Complete"
+            } else {
+                "Running"
+            };
+            let duration = match (st["startTime"].as_str(), st["completionTime"].as_str()) {
+                (Some(a), b) => {
+                    let start = humantime::parse_rfc3339(a).ok();
+                    let end = b.and_then(|b| humantime::parse_rfc3339(b).ok()).unwrap_or(now);
+                    start.and_then(|s| end.duration_since(s).ok()).map_or_else(String::new, human_duration)
+                }
+                _ => String::new(),
+            };
+            vec![name, status.into(), format!("{done}/{want}"), duration, age(obj, now)]
+        }
+        "CronJob" => {
+            let last = st["lastScheduleTime"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or_else(|| "<none>".into(), human_duration);
+            vec![
+                name,
+                s(&spec["schedule"]),
+                s(&spec["suspend"]),
+                st["active"].as_array().map_or(0, Vec::len).to_string(),
+                last,
+                age(obj, now),
+            ]
+        }
+        "HorizontalPodAutoscaler" => {
+            let r = &spec["scaleTargetRef"];
+            let targets: Vec<String> = spec["metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: <unknown>/{}%",
+                        s(&m["resource"]["name"]),
+                        n(&m["resource"]["target"]["averageUtilization"])
+                    )
+                })
+                .collect();
+            vec![
+                name,
+                format!("{}/{}", s(&r["kind"]), s(&r["name"])),
+                targets.join(", "),
+                n(&spec["minReplicas"]).to_string(),
+                n(&spec["maxReplicas"]).to_string(),
+                n(&st["currentReplicas"]).to_string(),
+                age(obj, now),
+            ]
+        }
         _ => vec![name, age(obj, now)],
     };
     if wide {

@@ -1,5 +1,7 @@
 //! The resource kinds, by API group.
 
 pub mod apps;
+pub mod batch;
+pub mod cluster;
 pub mod core;
 pub mod pod;
