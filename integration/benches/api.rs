@@ -8,6 +8,7 @@
 //! - `watch-latency`: 100 watchers on one collection; time from a create being acknowledged to
 //!   each watcher reading its event, p50/p99.
 //!
+//! Each measure runs on the embedded store, then on a real etcd on loopback (`store=` key).
 //! `TUG_BENCH_N` scales the request counts.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -51,10 +52,23 @@ fn main() {
     let rate: u64 = std::env::var("TUG_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let release = tug_integration::probe::target_dir().join("release");
     let cp = with_bin_dir(&release, tug_integration::control_plane::ControlPlane::start);
-    let socket = cp.socket();
-    apply_throughput(&socket, n);
-    write_latency(&socket, n, rate);
-    watch_latency(&socket, 100, (n / 20).max(10));
+    run_all(&cp.socket(), "redb", n, rate);
+    drop(cp);
+    // The same against a real etcd (Debian's etcd-server) on loopback.
+    let etcd = tug_integration::etcd::EtcdProcess::start();
+    let cp = tug_integration::control_plane::ControlPlane::start_with(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+    ]);
+    run_all(&cp.socket(), "etcd", n, rate);
+}
+
+fn run_all(socket: &Path, store: &str, n: usize, rate: u64) {
+    apply_throughput(socket, store, n);
+    write_latency(socket, store, n, rate);
+    watch_latency(socket, store, 100, (n / 20).max(10));
 }
 
 fn with_bin_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
@@ -65,7 +79,7 @@ fn with_bin_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn apply_throughput(socket: &Path, n: usize) {
+fn apply_throughput(socket: &Path, store: &str, n: usize) {
     let clients = 4;
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -93,11 +107,11 @@ fn apply_throughput(socket: &Path, n: usize) {
     #[allow(clippy::cast_precision_loss)] // request counts
     let per_s = n as f64 / secs;
     println!(
-        "BENCH api apply-throughput objects={n} clients={clients} objects_per_s={per_s:.0} failures={failed}"
+        "BENCH api apply-throughput store={store} objects={n} clients={clients} objects_per_s={per_s:.0} failures={failed}"
     );
 }
 
-fn write_latency(socket: &Path, n: usize, rate: u64) {
+fn write_latency(socket: &Path, store: &str, n: usize, rate: u64) {
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let failures = Arc::new(Mutex::new(0usize));
@@ -142,14 +156,14 @@ fn write_latency(socket: &Path, n: usize, rate: u64) {
     s.sort();
     let f = *failures.lock().unwrap_or_else(|e| e.into_inner());
     println!(
-        "BENCH api write-latency requests={n} target_rps={rate} achieved_rps={achieved:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} failures={f}",
+        "BENCH api write-latency store={store} requests={n} target_rps={rate} achieved_rps={achieved:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} failures={f}",
         pct(&s, 0.5),
         pct(&s, 0.99),
         pct(&s, 1.0)
     );
 }
 
-fn watch_latency(socket: &Path, watchers: usize, events: usize) {
+fn watch_latency(socket: &Path, store: &str, watchers: usize, events: usize) {
     // Start every watcher from the current revision.
     let rv = current_revision(socket);
     let seen: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -176,7 +190,9 @@ fn watch_latency(socket: &Path, watchers: usize, events: usize) {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Let every watcher be established before the first event, so the figure is delivery
+    // latency rather than connection set-up.
+    std::thread::sleep(Duration::from_millis(1500));
     let mut acked: Vec<(String, Instant)> = Vec::new();
     for i in 0..events {
         let name = format!("w{i}");
@@ -202,7 +218,7 @@ fn watch_latency(socket: &Path, watchers: usize, events: usize) {
         .collect();
     lat.sort();
     println!(
-        "BENCH api watch-latency watchers={watchers} events={events} delivered={} p50_ms={:.2} p99_ms={:.2}",
+        "BENCH api watch-latency store={store} watchers={watchers} events={events} delivered={} p50_ms={:.2} p99_ms={:.2}",
         lat.len(),
         pct(&lat, 0.5),
         pct(&lat, 0.99)

@@ -11,13 +11,19 @@ use std::time::{Duration, Instant};
 pub struct ControlPlane {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts one and waits until its socket answers.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(&[])
+    }
+
+    /// Starts one with extra flags (`--store etcd --etcd-endpoints ...`).
+    pub fn start_with(extra: &[&str]) -> ControlPlane {
         let dir = tempfile::Builder::new().prefix("tug-cp-").tempdir().expect("temp dir");
-        let mut cp = ControlPlane { dir, child: None };
+        let mut cp = ControlPlane { dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
         cp.spawn();
         cp
     }
@@ -46,6 +52,7 @@ impl ControlPlane {
             .arg(self.socket())
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

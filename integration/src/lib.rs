@@ -22,5 +22,6 @@ pub mod bins;
 pub mod bundle;
 pub mod cluster;
 pub mod control_plane;
+pub mod etcd;
 pub mod leaks;
 pub mod probe;

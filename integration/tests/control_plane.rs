@@ -255,3 +255,37 @@ fn a_live_socket_is_not_taken_over() {
     assert!(!o.status.success());
     assert!(err(&o).contains("another tug-scheduler is already serving on this socket"), "{}", err(&o));
 }
+
+#[test]
+fn two_replicas_share_one_etcd() {
+    let etcd = tug_integration::etcd::EtcdProcess::start();
+    let flags = ["--store", "etcd", "--etcd-endpoints", etcd.endpoint.as_str()];
+    let a = ControlPlane::start_with(&flags);
+    let b = ControlPlane::start_with(&flags);
+    let o = a.tug_with_input(&["apply", "-f", "-"], APP);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = b.tug(&["get", "deploy", "web", "-n", "shop", "-o", "json"]);
+    let d: Value = serde_json::from_str(&out(&o)).unwrap_or_else(|_| panic!("{}", err(&o)));
+    assert_eq!(d["spec"]["replicas"], 2);
+    // Optimistic concurrency holds across replicas: the second writer of a stale version loses.
+    let rv = d["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let put = |cp: &ControlPlane, replicas: u32| {
+        let mut obj = d.clone();
+        obj["spec"]["replicas"] = replicas.into();
+        obj["metadata"]["resourceVersion"] = rv.clone().into();
+        cp.raw("PUT", "/apis/apps/v1/namespaces/shop/deployments/web", "application/json", &obj.to_string()).0
+    };
+    assert_eq!(put(&a, 3), 200);
+    assert_eq!(put(&b, 4), 409);
+    let o = b.tug_with_input(&["apply", "-f", "-"], APP);
+    assert_eq!(out(&o), "namespace/shop unchanged\ndeployment.apps/web configured\nservice/web unchanged\n");
+}
+
+#[test]
+fn the_etcd_backend_needs_its_endpoints() {
+    let o = std::process::Command::new(tug_integration::bins::path("tug-scheduler", "tug-scheduler"))
+        .args(["--store", "etcd", "--socket", "/nonexistent/x.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(err(&o), "Error: --store etcd needs --etcd-endpoints URL[,URL...]");
+}

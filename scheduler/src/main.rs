@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tug_scheduler::api::{self, AppState};
 use tug_scheduler::store::Store;
+use tug_scheduler::store::etcd_store::EtcdStore;
 use tug_scheduler::store::redb_store::RedbStore;
 
 /// Tug's control plane: the API server and its store.
@@ -25,9 +26,12 @@ struct Flags {
     /// The store backend.
     #[arg(long, value_enum, default_value_t = Backend::Redb)]
     store: Backend,
-    /// etcd endpoints (with --store etcd), comma-separated.
+    /// etcd endpoints (with --store etcd), comma-separated: http://10.0.0.1:2379,...
     #[arg(long)]
     etcd_endpoints: Option<String>,
+    /// The key prefix Tug's objects live under in etcd.
+    #[arg(long, default_value = "/tug/")]
+    etcd_prefix: String,
     /// TCP address for agents on other hosts and remote users (TLS).
     #[arg(long)]
     listen: Option<String>,
@@ -42,30 +46,59 @@ enum Backend {
     Etcd,
 }
 
-fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
-    if matches!(flags.store, Backend::Etcd) || flags.etcd_endpoints.is_some() {
-        bail!("--store etcd: the etcd backend is not built yet; use the embedded store (--store redb)");
+fn main() -> std::process::ExitCode {
+    match run(Flags::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(addr) = &flags.listen {
         bail!("--listen {addr}: the TCP listener with TLS is not built yet; connect over --socket");
     }
-    std::fs::create_dir_all(&flags.data_dir)
-        .with_context(|| format!("creating --data-dir {}", flags.data_dir.display()))?;
-    let store = RedbStore::open(&flags.data_dir.join("store.redb"), 4096).context("opening the store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&flags)?;
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(flags, store))
 }
 
+fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match flags.store {
+        Backend::Redb => {
+            if flags.etcd_endpoints.is_some() {
+                bail!("--etcd-endpoints needs --store etcd");
+            }
+            std::fs::create_dir_all(&flags.data_dir)
+                .with_context(|| format!("creating --data-dir {}", flags.data_dir.display()))?;
+            Arc::new(RedbStore::open(&flags.data_dir.join("store.redb"), 4096).context("opening the store")?)
+        }
+        Backend::Etcd => {
+            let eps = flags
+                .etcd_endpoints
+                .as_deref()
+                .context("--store etcd needs --etcd-endpoints URL[,URL...]")?;
+            let eps: Vec<String> =
+                eps.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+            Arc::new(EtcdStore::connect(&eps, &flags.etcd_prefix, 4096).context("connecting to etcd")?)
+        }
+    })
+}
+
 async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let listener = bind(&flags.socket, flags.socket_group.as_deref())?;
-    eprintln!(
-        "tug-scheduler: serving on {} (store {})",
-        flags.socket.display(),
-        flags.data_dir.join("store.redb").display()
-    );
+    let backend = match flags.store {
+        Backend::Redb => flags.data_dir.join("store.redb").display().to_string(),
+        Backend::Etcd => format!(
+            "etcd {} under {}",
+            flags.etcd_endpoints.as_deref().unwrap_or_default(),
+            flags.etcd_prefix
+        ),
+    };
+    eprintln!("tug-scheduler: serving on {} (store {backend})", flags.socket.display());
     let compactor = tokio::spawn(compact_forever(store.clone(), flags.history));
     let app = api::router(Arc::new(AppState { store }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;

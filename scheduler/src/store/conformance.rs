@@ -17,11 +17,13 @@ pub async fn run_all<S: Store>(fresh: impl Fn() -> S) {
     compaction(&fresh()).await;
 }
 
+// Revisions are checked relative to the store's revision at the start (`r0`): an etcd
+// cluster starts at 1, and its revision counts every key, not only Tug's.
 fn crud_and_revisions(s: &impl Store) {
-    assert_eq!(s.revision().unwrap(), 0);
+    let r0 = s.revision().unwrap();
     let a = s.create("/configmaps/default/a", obj("a", 1)).unwrap();
-    assert_eq!(a.revision, 1);
-    assert_eq!(a.object["metadata"]["resourceVersion"], "1");
+    assert_eq!(a.revision, r0 + 1);
+    assert_eq!(a.object["metadata"]["resourceVersion"], (r0 + 1).to_string());
     assert_eq!(
         s.create("/configmaps/default/a", obj("a", 2)).unwrap_err(),
         StoreError::AlreadyExists("/configmaps/default/a".into())
@@ -29,40 +31,49 @@ fn crud_and_revisions(s: &impl Store) {
     let got = s.get("/configmaps/default/a").unwrap().unwrap();
     assert_eq!(got.object["data"]["v"], "1");
     let b = s.update("/configmaps/default/a", obj("a", 2), None).unwrap();
-    assert_eq!(b.revision, 2, "failed writes do not use up revisions");
+    assert_eq!(b.revision, r0 + 2, "failed writes do not use up revisions");
     let d = s.delete("/configmaps/default/a", None).unwrap();
     assert_eq!(d.object["data"]["v"], "2");
     assert!(s.get("/configmaps/default/a").unwrap().is_none());
     assert!(matches!(s.delete("/configmaps/default/a", None), Err(StoreError::NotFound(_))));
     assert!(matches!(s.update("/configmaps/default/zz", obj("zz", 1), None), Err(StoreError::NotFound(_))));
-    assert_eq!(s.revision().unwrap(), 3);
+    assert_eq!(s.revision().unwrap(), r0 + 3);
 }
 
 fn optimistic_concurrency(s: &impl Store) {
     let a = s.create("/configmaps/default/a", obj("a", 1)).unwrap();
-    s.update("/configmaps/default/a", obj("a", 2), Some(a.revision)).unwrap();
+    let b = s.update("/configmaps/default/a", obj("a", 2), Some(a.revision)).unwrap();
     let err = s.update("/configmaps/default/a", obj("a", 3), Some(a.revision)).unwrap_err();
-    assert_eq!(err, StoreError::Conflict { key: "/configmaps/default/a".into(), expected: 1, current: 2 });
-    assert!(matches!(s.delete("/configmaps/default/a", Some(1)), Err(StoreError::Conflict { .. })));
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            key: "/configmaps/default/a".into(),
+            expected: a.revision,
+            current: b.revision
+        }
+    );
+    assert!(matches!(s.delete("/configmaps/default/a", Some(a.revision)), Err(StoreError::Conflict { .. })));
 }
 
 fn list_by_prefix(s: &impl Store) {
+    let r0 = s.revision().unwrap();
     for (ns, n) in [("default", "a"), ("default", "b"), ("other", "c")] {
         s.create(&format!("/configmaps/{ns}/{n}"), obj(n, 1)).unwrap();
     }
     s.create("apps/deployments/default/d", obj("d", 1)).unwrap();
     let (all, rev) = s.list("/configmaps/").unwrap();
     assert_eq!(all.len(), 3);
-    assert_eq!(rev, 4);
+    assert_eq!(rev, r0 + 4);
     let (def, _) = s.list("/configmaps/default/").unwrap();
     let names: Vec<&str> = def.iter().map(|o| o.object["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a", "b"]);
 }
 
 async fn watch_from_a_revision(s: &impl Store) {
+    let r0 = s.revision().unwrap();
     s.create("/configmaps/default/a", obj("a", 1)).unwrap();
     s.create("/configmaps/other/x", obj("x", 1)).unwrap();
-    let mut w = s.watch("/configmaps/default/", 0).unwrap();
+    let mut w = s.watch("/configmaps/default/", r0).unwrap();
     s.update("/configmaps/default/a", obj("a", 2), None).unwrap();
     s.delete("/configmaps/default/a", None).unwrap();
     let mut seen = Vec::new();
@@ -70,17 +81,32 @@ async fn watch_from_a_revision(s: &impl Store) {
         let e = w.next().await.unwrap().unwrap();
         seen.push((e.revision, e.type_));
     }
-    assert_eq!(seen, [(1, EventType::Added), (3, EventType::Modified), (4, EventType::Deleted)]);
-    let mut from2 = s.watch("/configmaps/", 2).unwrap();
-    assert_eq!(from2.next().await.unwrap().unwrap().revision, 3, "a watch starts after the given revision");
+    assert_eq!(
+        seen,
+        [(r0 + 1, EventType::Added), (r0 + 3, EventType::Modified), (r0 + 4, EventType::Deleted)]
+    );
+    let mut from2 = s.watch("/configmaps/", r0 + 2).unwrap();
+    assert_eq!(
+        from2.next().await.unwrap().unwrap().revision,
+        r0 + 3,
+        "a watch starts after the given revision"
+    );
 }
 
 async fn compaction(s: &impl Store) {
+    let r0 = s.revision().unwrap();
     for i in 0..5 {
         s.create(&format!("/configmaps/default/c{i}"), obj("c", i)).unwrap();
     }
-    s.compact(3).unwrap();
-    assert_eq!(s.watch("/configmaps/", 1).err().unwrap(), StoreError::Compacted { requested: 1, oldest: 3 });
-    let mut w = s.watch("/configmaps/", 3).unwrap();
-    assert_eq!(w.next().await.unwrap().unwrap().revision, 4);
+    s.compact(r0 + 3).unwrap();
+    match s.watch("/configmaps/", r0 + 1) {
+        Err(StoreError::Compacted { requested, .. }) => assert_eq!(requested, r0 + 1),
+        Ok(mut w) => assert!(
+            matches!(w.next().await, Some(Err(StoreError::Compacted { .. }))),
+            "a compacted revision is refused"
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    let mut w = s.watch("/configmaps/", r0 + 3).unwrap();
+    assert_eq!(w.next().await.unwrap().unwrap().revision, r0 + 4);
 }

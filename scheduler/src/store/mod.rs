@@ -2,6 +2,7 @@
 //! any revision that has not been compacted. [`Store`] is the seam; [`redb_store::RedbStore`]
 //! is the embedded backend, and the conformance suite in `tests` runs against any backend.
 
+pub mod etcd_store;
 pub mod redb_store;
 
 use serde::{Deserialize, Serialize};
@@ -73,12 +74,16 @@ pub trait Store: Send + Sync {
     fn revision(&self) -> Result<u64, StoreError>;
 }
 
-/// A stream of events: first the backlog read from the store, then live ones.
+/// A stream of events in revision order.
 pub struct Watch {
-    prefix: String,
-    last: u64,
-    backlog: VecDeque<Event>,
-    live: broadcast::Receiver<Arc<Event>>,
+    source: Source,
+}
+
+enum Source {
+    /// The embedded store: first the backlog read from the store, then live broadcasts.
+    Local { prefix: String, last: u64, backlog: VecDeque<Event>, live: broadcast::Receiver<Arc<Event>> },
+    /// A backend that feeds events from a task of its own (etcd).
+    Channel(tokio::sync::mpsc::Receiver<Result<Event, StoreError>>),
 }
 
 impl Watch {
@@ -88,19 +93,29 @@ impl Watch {
         backlog: Vec<Event>,
         live: broadcast::Receiver<Arc<Event>>,
     ) -> Watch {
-        Watch { prefix: prefix.to_string(), last: after, backlog: backlog.into(), live }
+        Watch {
+            source: Source::Local { prefix: prefix.to_string(), last: after, backlog: backlog.into(), live },
+        }
+    }
+
+    pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<Result<Event, StoreError>>) -> Watch {
+        Watch { source: Source::Channel(rx) }
     }
 
     /// The next event; `None` once the store is closed.
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
-        if let Some(e) = self.backlog.pop_front() {
-            self.last = e.revision;
+        let (prefix, last, backlog, live) = match &mut self.source {
+            Source::Channel(rx) => return rx.recv().await,
+            Source::Local { prefix, last, backlog, live } => (prefix, last, backlog, live),
+        };
+        if let Some(e) = backlog.pop_front() {
+            *last = e.revision;
             return Some(Ok(e));
         }
         loop {
-            match self.live.recv().await {
-                Ok(e) if e.revision > self.last && e.key.starts_with(&self.prefix) => {
-                    self.last = e.revision;
+            match live.recv().await {
+                Ok(e) if e.revision > *last && e.key.starts_with(prefix.as_str()) => {
+                    *last = e.revision;
                     return Some(Ok((*e).clone()));
                 }
                 Ok(_) => continue,

@@ -1,0 +1,331 @@
+//! The etcd backend, for several control-plane replicas sharing one replicated etcd.
+//!
+//! Same semantics as the embedded store: a key's revision is etcd's `mod_revision`, stamped
+//! into `metadata.resourceVersion` on every read (as Kubernetes' API server does, so the value
+//! stored in etcd carries none); create, update and delete are single transactions comparing
+//! `create_revision` / `mod_revision`; a watch maps etcd's PUT and DELETE events onto ADDED,
+//! MODIFIED and DELETED. Keys live under a prefix (`/tug/` by default).
+//!
+//! The client is async and the [`Store`] trait is not: calls run on a small runtime owned by
+//! the store, and the caller blocks on the answer (the API server calls the store inside
+//! `block_in_place`).
+
+use super::{Event, EventType, Store, StoreError, Stored, Watch, stamp};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use serde_json::Value;
+use std::future::Future;
+
+/// A store in etcd.
+pub struct EtcdStore {
+    /// Always `Some` until dropped; taken then to shut it down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
+    client: Client,
+    prefix: String,
+    buffer: usize,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("etcd: {e}"))
+}
+
+fn rev(r: i64) -> u64 {
+    u64::try_from(r).unwrap_or(0)
+}
+
+fn irev(r: u64) -> i64 {
+    i64::try_from(r).unwrap_or(i64::MAX)
+}
+
+impl EtcdStore {
+    /// Connects to the endpoints (`http://127.0.0.1:2379,...`); keys go under `prefix`.
+    pub fn connect(endpoints: &[String], prefix: &str, buffer: usize) -> Result<EtcdStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tug-etcd")
+            .enable_all()
+            .build()
+            .map_err(backend)?;
+        let eps = endpoints.to_vec();
+        let client = on(&runtime, async move {
+            let options =
+                etcd_client::ConnectOptions::new().with_connect_timeout(std::time::Duration::from_secs(5));
+            let mut c = Client::connect(eps, Some(options)).await?;
+            c.status().await?;
+            Ok::<_, etcd_client::Error>(c)
+        })
+        .map_err(|e| StoreError::Backend(format!("etcd at {}: {e}", endpoints.join(","))))?;
+        Ok(EtcdStore { runtime: Some(runtime), client, prefix: prefix.to_string(), buffer: buffer.max(16) })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        // Set in `connect`, taken only in `drop`.
+        self.runtime.as_ref().unwrap_or_else(|| unreachable!("the etcd runtime is gone"))
+    }
+
+    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        on(self.rt(), f)
+    }
+
+    fn decode(&self, kv: &etcd_client::KeyValue) -> Result<Stored, StoreError> {
+        let key = kv.key_str().map_err(backend)?.strip_prefix(&self.prefix).unwrap_or_default().to_string();
+        let mut object: Value = serde_json::from_slice(kv.value())
+            .map_err(|e| StoreError::Backend(format!("{key}: corrupt object: {e}")))?;
+        let revision = rev(kv.mod_revision());
+        stamp(&mut object, revision);
+        Ok(Stored { key, revision, object })
+    }
+
+    /// A conditional write: `cmp` must hold, then `op` runs; otherwise the key is read to say
+    /// why (missing or modified).
+    fn txn(
+        &self,
+        key: &str,
+        cmp: Compare,
+        op: TxnOp,
+    ) -> Result<(bool, etcd_client::TxnResponse), StoreError> {
+        let mut client = self.client.clone();
+        let full = self.full(key);
+        let txn = Txn::new().when([cmp]).and_then([op]).or_else([TxnOp::get(full, None)]);
+        let resp = self.run(async move { client.txn(txn).await }).map_err(backend)?;
+        Ok((resp.succeeded(), resp))
+    }
+
+    fn current_of(&self, resp: &etcd_client::TxnResponse) -> Option<etcd_client::KeyValue> {
+        resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        })
+    }
+
+    fn header_revision(resp: &etcd_client::TxnResponse) -> u64 {
+        resp.header().map_or(0, |h| rev(h.revision()))
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        object: &Value,
+        cmp: Compare,
+        expected: Option<u64>,
+        creating: bool,
+    ) -> Result<Stored, StoreError> {
+        let mut clean = object.clone();
+        if let Some(m) = clean.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        let bytes = serde_json::to_vec(&clean).map_err(backend)?;
+        let (ok, resp) = self.txn(key, cmp, TxnOp::put(self.full(key), bytes, None))?;
+        if ok {
+            let revision = Self::header_revision(&resp);
+            stamp(&mut clean, revision);
+            return Ok(Stored { key: key.to_string(), revision, object: clean });
+        }
+        match (self.current_of(&resp), creating) {
+            (Some(_), true) => Err(StoreError::AlreadyExists(key.to_string())),
+            (None, _) => Err(StoreError::NotFound(key.to_string())),
+            (Some(kv), false) => Err(StoreError::Conflict {
+                key: key.into(),
+                expected: expected.unwrap_or(0),
+                current: rev(kv.mod_revision()),
+            }),
+        }
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is refused inside async code: let it wind down in
+        // the background instead.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs a future on the store's runtime and waits for it from any thread.
+fn on<T: Send + 'static>(rt: &tokio::runtime::Runtime, f: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    // The spawned task always sends unless the runtime shuts down, which only happens when
+    // the store is dropped (and then nobody waits here).
+    rx.recv().unwrap_or_else(|_| panic!("the etcd runtime stopped"))
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        let mut client = self.client.clone();
+        let full = self.full(key);
+        let resp = self.run(async move { client.get(full, None).await }).map_err(backend)?;
+        resp.kvs().first().map(|kv| self.decode(kv)).transpose()
+    }
+
+    fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
+        let mut client = self.client.clone();
+        let full = self.full(prefix);
+        let resp = self
+            .run(async move { client.get(full, Some(GetOptions::new().with_prefix())).await })
+            .map_err(backend)?;
+        let revision = resp.header().map_or(0, |h| rev(h.revision()));
+        let items = resp.kvs().iter().map(|kv| self.decode(kv)).collect::<Result<Vec<_>, _>>()?;
+        Ok((items, revision))
+    }
+
+    fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError> {
+        self.put(key, &object, Compare::create_revision(self.full(key), CompareOp::Equal, 0), None, true)
+    }
+
+    fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let cmp = match expected {
+            Some(e) => Compare::mod_revision(self.full(key), CompareOp::Equal, irev(e)),
+            None => Compare::create_revision(self.full(key), CompareOp::Greater, 0),
+        };
+        self.put(key, &object, cmp, expected, false)
+    }
+
+    fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let cmp = match expected {
+            Some(e) => Compare::mod_revision(self.full(key), CompareOp::Equal, irev(e)),
+            None => Compare::create_revision(self.full(key), CompareOp::Greater, 0),
+        };
+        let (ok, resp) =
+            self.txn(key, cmp, TxnOp::delete(self.full(key), Some(DeleteOptions::new().with_prev_key())))?;
+        if !ok {
+            return match self.current_of(&resp) {
+                None => Err(StoreError::NotFound(key.to_string())),
+                Some(kv) => Err(StoreError::Conflict {
+                    key: key.into(),
+                    expected: expected.unwrap_or(0),
+                    current: rev(kv.mod_revision()),
+                }),
+            };
+        }
+        let revision = Self::header_revision(&resp);
+        let prev = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Delete(d) => d.prev_kvs().first().cloned(),
+            _ => None,
+        });
+        let mut object = match prev {
+            Some(kv) => self.decode(&kv)?.object,
+            None => Value::Null,
+        };
+        stamp(&mut object, revision);
+        Ok(Stored { key: key.to_string(), revision, object })
+    }
+
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        let mut client = self.client.clone();
+        let full = self.full(prefix);
+        let strip = self.prefix.clone();
+        let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(irev(after + 1));
+        let mut stream = self.run(async move { client.watch(full, Some(options)).await }).map_err(backend)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(self.buffer);
+        self.rt().spawn(async move {
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(backend(e))).await;
+                        return;
+                    }
+                };
+                if msg.compact_revision() > 0 {
+                    let _ = tx
+                        .send(Err(StoreError::Compacted {
+                            requested: after,
+                            oldest: rev(msg.compact_revision()),
+                        }))
+                        .await;
+                    return;
+                }
+                if msg.canceled() {
+                    let _ = tx.send(Err(backend(format!("watch canceled: {}", msg.cancel_reason())))).await;
+                    return;
+                }
+                for e in msg.events() {
+                    let Some(event) = convert(e, &strip) else { continue };
+                    match tx.try_send(Ok(event)) {
+                        Ok(()) => {}
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                            let _ = tx.send(Err(StoreError::TooSlow(1))).await;
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        Ok(Watch::from_channel(rx))
+    }
+
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        let r = irev(revision);
+        match self.run(async move { client.compact(r, None).await }) {
+            Ok(_) => Ok(()),
+            // Compacting to a revision already compacted is not an error for us.
+            Err(e) if e.to_string().contains("compacted") => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        let mut client = self.client.clone();
+        let key = self.prefix.clone();
+        let resp = self
+            .run(async move { client.get(key, Some(GetOptions::new().with_count_only())).await })
+            .map_err(backend)?;
+        Ok(resp.header().map_or(0, |h| rev(h.revision())))
+    }
+}
+
+fn convert(e: &etcd_client::Event, strip: &str) -> Option<Event> {
+    let kv = e.kv()?;
+    let key = kv.key_str().ok()?.strip_prefix(strip)?.to_string();
+    let revision = rev(kv.mod_revision());
+    let (type_, source) = match e.event_type() {
+        etcd_client::EventType::Put if kv.create_revision() == kv.mod_revision() => {
+            (EventType::Added, kv.value())
+        }
+        etcd_client::EventType::Put => (EventType::Modified, kv.value()),
+        etcd_client::EventType::Delete => {
+            (EventType::Deleted, e.prev_kv().map(|p| p.value()).unwrap_or_default())
+        }
+    };
+    let mut object: Value = serde_json::from_slice(source).unwrap_or(Value::Null);
+    stamp(&mut object, revision);
+    Some(Event { revision, type_, key, object })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tug_integration::etcd::{EtcdProcess, free_port};
+
+    #[test]
+    fn conformance() {
+        let etcd = EtcdProcess::start();
+        let n = std::sync::atomic::AtomicU32::new(0);
+        let fresh = || {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), &format!("/tug-test-{i}/"), 64).unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(crate::store::conformance::run_all(fresh));
+    }
+
+    #[test]
+    fn an_unreachable_etcd_is_a_clear_error() {
+        let port = free_port();
+        let err = EtcdStore::connect(&[format!("http://127.0.0.1:{port}")], "/tug/", 16).err().unwrap();
+        assert!(err.to_string().starts_with(&format!("store: etcd at http://127.0.0.1:{port}:")), "{err}");
+    }
+}
