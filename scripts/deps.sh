@@ -20,6 +20,7 @@ packages=(
     qemu-utils        # keeps qemu-img beside qemu-system-x86 (same suite)
     xz-utils          # unpacking the guest kernel
     cpio              # packing the guest initramfs
+    curl              # anonymous TLS requests in the control-plane tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then

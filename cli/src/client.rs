@@ -1,4 +1,5 @@
-//! The API client: HTTP/1.1 over the control plane's Unix socket, one connection per request.
+//! The API client: HTTP/1.1 over the control plane's Unix socket, or over TCP with TLS
+//! (`https://HOST:PORT`, with the credentials `tug join` wrote). One connection per request.
 
 use anyhow::{Context, anyhow};
 use http_body_util::{BodyExt, Full};
@@ -6,13 +7,17 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tug_api::status::Status;
 
-/// Where the control plane listens.
-#[derive(Debug, Clone)]
-pub struct Client {
-    pub socket: PathBuf,
+/// Where the control plane listens and how to reach it.
+#[derive(Clone)]
+pub enum Client {
+    /// The local Unix socket.
+    Unix(PathBuf),
+    /// TCP with TLS.
+    Tls { host: String, port: u16, config: Arc<rustls::ClientConfig> },
 }
 
 /// A failed call: the server's Status, or a transport problem.
@@ -32,18 +37,40 @@ impl std::fmt::Display for CallError {
 }
 
 impl Client {
-    /// From `--server` (a path or `unix://PATH`), `TUG_SOCKET`, or the default socket.
-    pub fn new(server: Option<&str>) -> anyhow::Result<Client> {
+    /// From `--server` (a socket path, `unix://PATH` or `https://HOST:PORT`), `TUG_SOCKET`, or
+    /// the default socket. Over TLS the credentials come from `tls_dir`.
+    pub fn new(server: Option<&str>, tls_dir: &Path) -> anyhow::Result<Client> {
         let raw = server
             .map(str::to_string)
             .or_else(|| std::env::var("TUG_SOCKET").ok())
             .unwrap_or_else(|| "/run/tug/tug.sock".into());
-        if raw.starts_with("https://") || raw.starts_with("http://") {
-            return Err(anyhow!(
-                "--server {raw}: only the Unix socket is supported so far (TLS over TCP is not built yet)"
-            ));
+        if raw.starts_with("https://") {
+            return Client::tls(&raw, crate::tls::client_config(tls_dir)?);
         }
-        Ok(Client { socket: PathBuf::from(raw.strip_prefix("unix://").unwrap_or(&raw)) })
+        if raw.starts_with("http://") {
+            return Err(anyhow!("--server {raw}: plain HTTP is not served; use https://"));
+        }
+        Ok(Client::Unix(PathBuf::from(raw.strip_prefix("unix://").unwrap_or(&raw))))
+    }
+
+    /// A TLS client for `https://HOST:PORT` with this configuration.
+    pub fn tls(url: &str, config: rustls::ClientConfig) -> anyhow::Result<Client> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| anyhow!("{url}: expected https://HOST:PORT"))?
+            .trim_end_matches('/');
+        let (host, port) =
+            rest.rsplit_once(':').ok_or_else(|| anyhow!("{url}: expected https://HOST:PORT"))?;
+        let port: u16 = port.parse().map_err(|_| anyhow!("{url}: bad port {port:?}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Ok(Client::Tls { host, port, config: Arc::new(config) })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Client::Unix(p) => p.display().to_string(),
+            Client::Tls { host, port, .. } => format!("https://{host}:{port}"),
+        }
     }
 
     async fn send(
@@ -52,26 +79,40 @@ impl Client {
         path: &str,
         content_type: &str,
         body: Vec<u8>,
+        auth: Option<&str>,
     ) -> Result<Response<Incoming>, CallError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
+        let refused = |e: std::io::Error| {
             CallError::Transport(anyhow!(
                 "The connection to the server at {} was refused - is tug-scheduler running? ({e})",
-                self.socket.display()
+                self.describe()
             ))
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CallError::Transport(anyhow!("handshake with {}: {e}", self.socket.display())))?;
-        tokio::spawn(conn);
-        let req = Request::builder()
+        };
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "tug")
             .header("content-type", content_type)
-            .header("accept", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| CallError::Transport(e.into()))?;
-        sender.send_request(req).await.map_err(|e| CallError::Transport(anyhow!("request to {path}: {e}")))
+            .header("accept", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| CallError::Transport(e.into()))?;
+        match self {
+            Client::Unix(p) => {
+                let stream = tokio::net::UnixStream::connect(p).await.map_err(refused)?;
+                exchange(TokioIo::new(stream), req, &self.describe()).await
+            }
+            Client::Tls { host, port, config } => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(refused)?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| CallError::Transport(anyhow!("{host}: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| CallError::Transport(anyhow!("TLS with {}: {e}", self.describe())))?;
+                exchange(TokioIo::new(tls), req, &self.describe()).await
+            }
+        }
     }
 
     /// One call with a JSON answer; a non-2xx answer is the server's Status.
@@ -82,22 +123,18 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(Value, hyper::HeaderMap), CallError> {
-        let resp = self.send(method, path, content_type, body).await?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| CallError::Transport(anyhow!("reading the answer: {e}")))?
-            .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("the server answered {} with a body that is not JSON", parts.status))
-            .map_err(CallError::Transport)?;
-        if !parts.status.is_success() {
-            let status: Status = serde_json::from_value(v)
-                .unwrap_or_else(|_| Status::new(parts.status.as_u16(), "Unknown", parts.status.to_string()));
-            return Err(CallError::Server(status));
-        }
-        Ok((v, parts.headers))
+        read_json(self.send(method, path, content_type, body, None).await?).await
+    }
+
+    /// A JSON call with an `Authorization` header (`POST /join`).
+    pub async fn call_authorized(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        auth: &str,
+    ) -> Result<Value, CallError> {
+        read_json(self.send(method, path, "application/json", body, Some(auth)).await?).await.map(|r| r.0)
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CallError> {
@@ -106,11 +143,9 @@ impl Client {
 
     /// A watch: calls `each` with every event object until the stream ends or `each` says stop.
     pub async fn watch(&self, path: &str, mut each: impl FnMut(&Value) -> bool) -> Result<(), CallError> {
-        let resp = self.send(Method::GET, path, "application/json", Vec::new()).await?;
+        let resp = self.send(Method::GET, path, "application/json", Vec::new(), None).await?;
         if !resp.status().is_success() {
-            let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let status = serde_json::from_slice(&bytes).unwrap_or_else(|_| Status::internal("watch failed"));
-            return Err(CallError::Server(status));
+            return read_json(resp).await.map(drop);
         }
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
@@ -130,4 +165,40 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// One request on a fresh connection.
+async fn exchange<IO>(
+    io: IO,
+    req: Request<Full<Bytes>>,
+    server: &str,
+) -> Result<Response<Incoming>, CallError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let path = req.uri().to_string();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| CallError::Transport(anyhow!("handshake with {server}: {e}")))?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| CallError::Transport(anyhow!("request to {path}: {e}")))
+}
+
+/// The JSON body of an answer; a non-2xx answer is the server's Status.
+async fn read_json(resp: Response<Incoming>) -> Result<(Value, hyper::HeaderMap), CallError> {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| CallError::Transport(anyhow!("reading the answer: {e}")))?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the server answered {} with a body that is not JSON", parts.status))
+        .map_err(CallError::Transport)?;
+    if !parts.status.is_success() {
+        let status: Status = serde_json::from_value(v)
+            .unwrap_or_else(|_| Status::new(parts.status.as_u16(), "Unknown", parts.status.to_string()));
+        return Err(CallError::Server(status));
+    }
+    Ok((v, parts.headers))
 }

@@ -7,6 +7,7 @@
 mod client;
 mod commands;
 mod printers;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,6 +19,10 @@ struct Cli {
     /// The control plane: a Unix socket path (default /run/tug/tug.sock, or $TUG_SOCKET).
     #[arg(long, global = true)]
     server: Option<String>,
+    /// Credentials for https:// servers (ca.crt, client.crt, client.key; `tug join` writes
+    /// them). Default: $TUG_TLS_DIR, else ~/.tug.
+    #[arg(long, global = true)]
+    tls_dir: Option<std::path::PathBuf>,
     /// The namespace for namespaced objects (default: "default").
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
@@ -48,6 +53,16 @@ enum Cmd {
     Create(commands::create::CreateCmd),
     /// Print the client and server versions.
     Version,
+    /// Get credentials from a control plane over TLS with its join token.
+    Join {
+        /// https://HOST:PORT of the control plane's --listen address.
+        url: String,
+        #[arg(long)]
+        token: String,
+        /// The name in the client certificate (default: this host's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,7 +84,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let client = client::Client::new(cli.server.as_deref()).map_err(|e| format!("error: {e:#}"))?;
+    let tls_dir = cli
+        .tls_dir
+        .clone()
+        .or_else(|| std::env::var_os("TUG_TLS_DIR").map(Into::into))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".tug")
+        });
+    if let Cmd::Join { url, token, name } = &cli.command {
+        return commands::join::run(url, token, name.as_deref(), &tls_dir).await;
+    }
+    let client = client::Client::new(cli.server.as_deref(), &tls_dir).map_err(|e| format!("error: {e:#}"))?;
     let ns = cli.namespace.clone();
     match cli.command {
         Cmd::Apply { files } => commands::apply::run(&client, &files, ns.as_deref()).await,
@@ -78,5 +103,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Delete { files, args } => commands::delete::run(&client, &files, &args, ns.as_deref()).await,
         Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
         Cmd::Version => commands::version(&client).await,
+        Cmd::Join { .. } => Ok(ExitCode::SUCCESS),
     }
 }

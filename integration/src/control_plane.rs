@@ -72,6 +72,11 @@ impl ControlPlane {
         );
     }
 
+    /// What the scheduler wrote to its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+    }
+
     /// SIGKILLs the scheduler (no chance to flush anything) and reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -289,3 +289,40 @@ fn the_etcd_backend_needs_its_endpoints() {
         .unwrap();
     assert_eq!(err(&o), "Error: --store etcd needs --etcd-endpoints URL[,URL...]");
 }
+
+#[test]
+fn remote_users_join_with_the_token_and_talk_tls() {
+    let port = tug_integration::etcd::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cp = ControlPlane::start_with(&["--listen", &addr]);
+    let token = cp
+        .log()
+        .split_whitespace()
+        .find(|w| w.starts_with("tug::"))
+        .expect("the join token is printed")
+        .to_string();
+    let url = format!("https://{addr}");
+    let creds = cp.dir().join("creds");
+    let creds = creds.to_str().unwrap();
+    let o = cp.tug(&["join", &url, "--token", &token, "--name", "laptop", "--tls-dir", creds]);
+    assert!(o.status.success(), "{}", err(&o));
+    let key_mode = std::fs::metadata(cp.dir().join("creds/client.key")).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777, 0o600);
+    let o = cp.tug(&["--server", &url, "--tls-dir", creds, "create", "namespace", "remote"]);
+    assert_eq!(out(&o), "namespace/remote created\n", "{}", err(&o));
+    assert!(out(&cp.tug(&["get", "ns"])).contains("remote"), "the local socket sees the remote write");
+    // Wrong secret, wrong CA hash, and no client certificate are all refused.
+    let bad_secret = format!("{}::nope", token.rsplit_once("::").unwrap().0);
+    let o = cp.tug(&["join", &url, "--token", &bad_secret, "--tls-dir", creds]);
+    assert_eq!(
+        err(&o),
+        "Error from server (Unauthorized): Unauthorized: the join token is not valid for this cluster"
+    );
+    let bad_hash = format!("tug::{}::x", "0".repeat(64));
+    let o = cp.tug(&["join", &url, "--token", &bad_hash, "--tls-dir", creds]);
+    assert!(err(&o).contains("the server's CA does not match the join token's hash"), "{}", err(&o));
+    let anon = std::process::Command::new("curl").args(["-sk", &format!("{url}/api/v1/namespaces")]).output();
+    if let Ok(anon) = anon {
+        assert!(out(&anon).contains("\"code\":401"), "{}", out(&anon));
+    }
+}

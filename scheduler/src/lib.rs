@@ -8,4 +8,6 @@
 //! issues.
 
 pub mod api;
+pub mod pki;
 pub mod store;
+pub mod tls;

@@ -6,9 +6,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tug_scheduler::api::{self, AppState};
+use tug_scheduler::pki::Pki;
 use tug_scheduler::store::Store;
 use tug_scheduler::store::etcd_store::EtcdStore;
 use tug_scheduler::store::redb_store::RedbStore;
+use tug_scheduler::tls;
 
 /// Tug's control plane: the API server and its store.
 #[derive(Parser, Debug)]
@@ -32,9 +34,12 @@ struct Flags {
     /// The key prefix Tug's objects live under in etcd.
     #[arg(long, default_value = "/tug/")]
     etcd_prefix: String,
-    /// TCP address for agents on other hosts and remote users (TLS).
+    /// TCP address for agents on other hosts and remote users (TLS), e.g. 0.0.0.0:6443.
     #[arg(long)]
     listen: Option<String>,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
     /// Events kept for watches from a past revision before compaction.
     #[arg(long, default_value_t = 10_000)]
     history: u64,
@@ -57,9 +62,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
-    if let Some(addr) = &flags.listen {
-        bail!("--listen {addr}: the TCP listener with TLS is not built yet; connect over --socket");
-    }
     let store = open_store(&flags)?;
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -100,9 +102,19 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     };
     eprintln!("tug-scheduler: serving on {} (store {backend})", flags.socket.display());
     let compactor = tokio::spawn(compact_forever(store.clone(), flags.history));
-    let app = api::router(Arc::new(AppState { store }));
+    let pki = Arc::new(Pki::load_or_create(&flags.data_dir.join("pki")).context("loading the cluster CA")?);
+    let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()) }));
+    let tls = match &flags.listen {
+        Some(addr) => Some(tokio::spawn(
+            serve_tls(addr.clone(), flags.tls_sans.clone(), pki.clone(), app.clone()).await?,
+        )),
+        None => None,
+    };
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;
     compactor.abort();
+    if let Some(t) = tls {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&flags.socket);
     eprintln!("tug-scheduler: stopped");
     Ok(())
@@ -130,6 +142,31 @@ fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::net::UnixList
         nix::unistd::chown(path, None, Some(gid))?;
     }
     Ok(listener)
+}
+
+/// Binds the TLS listener and returns its accept loop, after printing the join token.
+async fn serve_tls(
+    addr: String,
+    sans: Vec<String>,
+    pki: Arc<Pki>,
+    app: axum::Router,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("--listen {addr}"))?;
+    let local = listener.local_addr()?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(h) = nix::unistd::gethostname() {
+        names.push(h.to_string_lossy().into_owned());
+    }
+    if !local.ip().is_unspecified() {
+        names.push(local.ip().to_string());
+    }
+    names.extend(sans);
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let config = tls::server_config(&pki, &names).context("making the serving certificate")?;
+    eprintln!("tug-scheduler: serving TLS on {local} for {}", names.join(", "));
+    eprintln!("tug-scheduler: join token: {}", pki.join_token());
+    Ok(tls::serve(listener, config, app))
 }
 
 async fn compact_forever(store: Arc<dyn Store>, history: u64) {

@@ -428,3 +428,57 @@ impl Filter {
             })
     }
 }
+
+/// TLS connections without a client certificate may only join and read the version.
+pub async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req.extensions().get::<crate::tls::Peer>().copied().unwrap_or(crate::tls::Peer::Local);
+    let open = matches!(req.uri().path(), "/join" | "/version" | "/healthz");
+    if peer == crate::tls::Peer::Anonymous && !open {
+        return status_response(&Status::new(
+            401,
+            "Unauthorized",
+            "Unauthorized: present a client certificate signed by the cluster CA (`tug join` gets one)",
+        ));
+    }
+    next.run(req).await
+}
+
+/// `POST /join` with `Authorization: Bearer TOKEN` and `{"name": "..."}`: a client
+/// certificate for that name, its key, and the CA.
+pub async fn join(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(pki) = &st.pki else {
+        return status_response(&Status::new(404, "NotFound", "this control plane has no cluster CA"));
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !pki.check_token(token) {
+        return status_response(&Status::new(
+            401,
+            "Unauthorized",
+            "Unauthorized: the join token is not valid for this cluster",
+        ));
+    }
+    let name = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    if let Err(msg) = tug_api::validation::dns1123_subdomain(&name) {
+        return status_response(&Status::invalid(
+            "Join",
+            &name,
+            &[tug_api::validation::FieldError {
+                field: "name".into(),
+                message: format!("Invalid value: {name:?}: {msg}"),
+            }],
+        ));
+    }
+    match pki.client_cert(&name) {
+        Ok((cert, key)) => {
+            json_response(StatusCode::OK, &json!({"ca": pki.ca_pem, "cert": cert, "key": key}))
+        }
+        Err(e) => status_response(&Status::internal(e.to_string())),
+    }
+}

@@ -32,6 +32,8 @@ use std::sync::Arc;
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// The cluster CA and join token, for `POST /join`.
+    pub pki: Option<Arc<crate::pki::Pki>>,
 }
 
 /// The largest request body accepted.
@@ -42,9 +44,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/version", get(handlers::version))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/join", axum::routing::post(handlers::join))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(handlers::authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -1,0 +1,172 @@
+//! The cluster's PKI: a CA made on first start, a serving certificate for the TCP listener,
+//! client certificates for agents and remote users, and the join token that lets a new host
+//! get one (`tug::<sha256 of the CA certificate>::<secret>`, as k3s shapes its tokens: the
+//! hash lets the joining side pin the CA before it trusts the server).
+//!
+//! Files under `DIR` (the data directory's `pki/`): `ca.crt`, `ca.key`, `token` (keys and
+//! token mode 0600). The serving certificate is made anew at every start for the current
+//! names and addresses.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// What went wrong with certificates or the token.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{0}: not a PEM certificate")]
+    BadPem(PathBuf),
+}
+
+/// The CA and the join token.
+pub struct Pki {
+    pub ca_pem: String,
+    ca_der: Vec<u8>,
+    ca_key: KeyPair,
+    secret: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(path))
+}
+
+/// The CA's parameters. Reloading signs with the same name and key, so certificates issued
+/// after a restart chain to the `ca.crt` written on first start.
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "tug-ca");
+    dn.push(DnType::OrganizationName, "tug");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    Ok(p)
+}
+
+/// DER of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Pki {
+    /// Loads the PKI from `dir`, making the CA and token on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Pki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (crt, key, token) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("token"));
+        if !crt.exists() || !key.exists() {
+            let ca_key = KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&ca_key)?;
+            write_private(&key, &ca_key.serialize_pem())?;
+            std::fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+        }
+        if !token.exists() {
+            let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            write_private(&token, &secret)?;
+        }
+        let ca_pem = std::fs::read_to_string(&crt).map_err(io(&crt))?;
+        let ca_der = pem_to_der(&ca_pem).ok_or_else(|| PkiError::BadPem(crt.clone()))?;
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&key).map_err(io(&key))?)?;
+        let secret = std::fs::read_to_string(&token).map_err(io(&token))?.trim().to_string();
+        Ok(Pki { ca_pem, ca_der, ca_key, secret })
+    }
+
+    /// `tug::<ca hash>::<secret>`.
+    pub fn join_token(&self) -> String {
+        format!("tug::{}::{}", sha256_hex(&self.ca_der), self.secret)
+    }
+
+    /// Whether `presented` is the join token (or its secret part), compared in constant time.
+    pub fn check_token(&self, presented: &str) -> bool {
+        let secret = presented.rsplit("::").next().unwrap_or_default();
+        let (a, b) = (secret.as_bytes(), self.secret.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        let issuer = Issuer::new(ca_params()?, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A serving certificate for these DNS names and IP addresses: (cert PEM, key PEM).
+    pub fn server_cert(&self, names: &[String]) -> Result<(String, String), PkiError> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, "tug-scheduler");
+        for n in names {
+            p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into()?),
+            });
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(p)
+    }
+
+    /// A client certificate whose common name is `name`: (cert PEM, key PEM).
+    pub fn client_cert(&self, name: &str) -> Result<(String, String), PkiError> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_and_token_persist_and_the_token_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Pki::load_or_create(dir.path()).unwrap();
+        let b = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_eq!(a.join_token(), b.join_token());
+        let token = a.join_token();
+        assert!(token.starts_with(&format!("tug::{}::", sha256_hex(&a.ca_der))));
+        assert!(a.check_token(&token));
+        assert!(a.check_token(token.rsplit("::").next().unwrap()));
+        assert!(!a.check_token("tug::x::wrong"));
+        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        let (cert, key) = a.client_cert("node-a").unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----") && key.contains("PRIVATE KEY"));
+    }
+}

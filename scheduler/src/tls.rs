@@ -1,0 +1,94 @@
+//! The TCP listener with TLS, for agents on other hosts and remote users.
+//!
+//! The server presents its certificate and the cluster CA (so a joining host can pin the CA
+//! by the hash in its join token). Client certificates signed by the CA authenticate; a
+//! connection without one may only join (`POST /join` with the token), read `/version` and
+//! `/healthz` — everything else is 401.
+
+use crate::pki::{Pki, PkiError, pem_to_der};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// Who is on the other end of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// The Unix socket: trusted by its file mode.
+    Local,
+    /// TLS with a client certificate the CA signed.
+    Authenticated,
+    /// TLS without a client certificate.
+    Anonymous,
+}
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls client verifier: {0}")]
+    Verifier(String),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// The rustls configuration for these names.
+pub fn server_config(pki: &Pki, names: &[String]) -> Result<rustls::ServerConfig, TlsError> {
+    let (cert_pem, key_pem) = pki.server_cert(names)?;
+    let cert = CertificateDer::from(pem_to_der(&cert_pem).unwrap_or_default());
+    let ca = CertificateDer::from(pem_to_der(&pki.ca_pem).unwrap_or_default());
+    let key_der = key_der(&key_pem);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert, ca], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The DER inside a PKCS#8 PEM key.
+pub fn key_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(body).unwrap_or_default()
+}
+
+/// Accepts TLS connections on `listener` and serves `app` on each, marking every request
+/// with its [`Peer`]. Runs until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, config: rustls::ServerConfig, app: Router) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            // A handshake that stalls must not hold a task forever.
+            let tls =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    _ => return,
+                };
+            let peer = if tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                Peer::Authenticated
+            } else {
+                Peer::Anonymous
+            };
+            let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer);
+                req
+            });
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+        });
+    }
+}
