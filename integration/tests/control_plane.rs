@@ -259,9 +259,14 @@ fn a_live_socket_is_not_taken_over() {
 #[test]
 fn two_replicas_share_one_etcd() {
     let etcd = tug_integration::etcd::EtcdProcess::start();
-    let flags = ["--store", "etcd", "--etcd-endpoints", etcd.endpoint.as_str()];
-    let a = ControlPlane::start_with(&flags);
-    let b = ControlPlane::start_with(&flags);
+    let (pa, pb) = (tug_integration::etcd::free_port(), tug_integration::etcd::free_port());
+    let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let flags = |listen: &str| {
+        ["--store", "etcd", "--etcd-endpoints", etcd.endpoint.as_str(), "--listen", listen]
+            .map(str::to_string)
+    };
+    let a = ControlPlane::start_with(&flags(&la).each_ref().map(String::as_str));
+    let b = ControlPlane::start_with(&flags(&lb).each_ref().map(String::as_str));
     let o = a.tug_with_input(&["apply", "-f", "-"], APP);
     assert!(o.status.success(), "{}", err(&o));
     let o = b.tug(&["get", "deploy", "web", "-n", "shop", "-o", "json"]);
@@ -279,6 +284,23 @@ fn two_replicas_share_one_etcd() {
     assert_eq!(put(&b, 4), 409);
     let o = b.tug_with_input(&["apply", "-f", "-"], APP);
     assert_eq!(out(&o), "namespace/shop unchanged\ndeployment.apps/web configured\nservice/web unchanged\n");
+    // One cluster CA for all replicas: credentials from A's join work against B.
+    let token = a.log().split_whitespace().find(|w| w.starts_with("tug::")).expect("token").to_string();
+    let creds = a.dir().join("creds").to_str().unwrap().to_string();
+    let o = a.tug(&["join", &format!("https://{la}"), "--token", &token, "--tls-dir", &creds]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = b.tug(&[
+        "--server",
+        &format!("https://{lb}"),
+        "--tls-dir",
+        &creds,
+        "get",
+        "ns",
+        "shop",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out(&o), "namespace/shop\n", "{}", err(&o));
 }
 
 #[test]

@@ -102,7 +102,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     };
     eprintln!("tug-scheduler: serving on {} (store {backend})", flags.socket.display());
     let compactor = tokio::spawn(compact_forever(store.clone(), flags.history));
-    let pki = Arc::new(Pki::load_or_create(&flags.data_dir.join("pki")).context("loading the cluster CA")?);
+    let pki = Arc::new(
+        Pki::load_shared(store.as_ref(), &flags.data_dir.join("pki")).context("loading the cluster CA")?,
+    );
     let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()) }));
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(

@@ -24,6 +24,8 @@ pub enum PkiError {
     Cert(#[from] rcgen::Error),
     #[error("{0}: not a PEM certificate")]
     BadPem(PathBuf),
+    #[error("the cluster PKI in the store: {0}")]
+    Store(String),
 }
 
 /// The CA and the join token.
@@ -82,7 +84,47 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where the shared PKI lives in the store: a key no REST path reaches.
+pub const STORE_KEY: &str = "_tug/pki//cluster";
+
 impl Pki {
+    /// The PKI every replica sharing `store` uses: the one recorded in the store, or this
+    /// replica's (made in `dir` on first use) if none is recorded yet. `dir` then holds a copy.
+    pub fn load_shared(store: &dyn crate::store::Store, dir: &Path) -> Result<Pki, PkiError> {
+        let files = ["ca.crt", "ca.key", "token"];
+        let recorded = store.get(STORE_KEY).map_err(|e| PkiError::Store(e.to_string()))?;
+        let recorded = match recorded {
+            Some(r) => r.object,
+            None => {
+                let mine = Pki::load_or_create(dir)?;
+                let mut obj = serde_json::Map::new();
+                for f in files {
+                    let text = std::fs::read_to_string(dir.join(f)).map_err(io(&dir.join(f)))?;
+                    obj.insert(f.to_string(), text.into());
+                }
+                obj.insert("metadata".into(), serde_json::json!({}));
+                match store.create(STORE_KEY, serde_json::Value::Object(obj)) {
+                    Ok(_) => return Ok(mine),
+                    // Another replica recorded its PKI first: use that one.
+                    Err(crate::store::StoreError::AlreadyExists(_)) => store
+                        .get(STORE_KEY)
+                        .map_err(|e| PkiError::Store(e.to_string()))?
+                        .map(|r| r.object)
+                        .unwrap_or_default(),
+                    Err(e) => return Err(PkiError::Store(e.to_string())),
+                }
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        for f in files {
+            let text = recorded[f]
+                .as_str()
+                .ok_or_else(|| PkiError::Store(format!("the recorded PKI has no {f}")))?;
+            write_private(&dir.join(f), text)?;
+        }
+        Pki::load_or_create(dir)
+    }
+
     /// Loads the PKI from `dir`, making the CA and token on first use.
     pub fn load_or_create(dir: &Path) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -151,6 +193,19 @@ impl Pki {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_sharing_a_store_share_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        let a = Pki::load_shared(&store, &dir.path().join("a")).unwrap();
+        let b = Pki::load_shared(&store, &dir.path().join("b")).unwrap();
+        assert_eq!(a.join_token(), b.join_token());
+        assert_eq!(
+            std::fs::read(dir.path().join("a/ca.key")).unwrap(),
+            std::fs::read(dir.path().join("b/ca.key")).unwrap()
+        );
+    }
 
     #[test]
     fn the_ca_and_token_persist_and_the_token_is_checked() {
