@@ -348,3 +348,37 @@ fn remote_users_join_with_the_token_and_talk_tls() {
         assert!(out(&anon).contains("\"code\":401"), "{}", out(&anon));
     }
 }
+
+#[test]
+fn directories_files_and_round_trips() {
+    let cp = ControlPlane::start();
+    let dir = cp.dir().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let docs: Vec<&str> = APP.split("---\n").collect();
+    for (i, d) in docs.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.yaml")), d).unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+    let o = cp.tug(&["apply", "-f", dir.to_str().unwrap()]);
+    assert_eq!(
+        out(&o),
+        "namespace/shop created\ndeployment.apps/web created\nservice/web created\n",
+        "{}",
+        err(&o)
+    );
+    // What `get -o yaml` prints applies again unchanged, server-owned fields and all.
+    let yaml = out(&cp.tug(&["get", "deploy", "web", "-n", "shop", "-o", "yaml"]));
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &yaml);
+    assert_eq!(out(&o), "deployment.apps/web unchanged\n", "{}", err(&o));
+    let o = cp.tug(&["delete", "-f", dir.join("2.yaml").to_str().unwrap()]);
+    assert_eq!(out(&o), "service \"web\" deleted\n");
+    let o = cp.tug(&["delete", "ns", "shop"]);
+    assert_eq!(out(&o), "namespace \"shop\" deleted\n");
+    let o = cp.tug(&["get", "deploy", "-A", "-o", "name"]);
+    assert_eq!(out(&o), "", "a namespace's objects go with it");
+    let o = cp.tug(&["delete", "ns", "default"]);
+    assert_eq!(
+        err(&o),
+        "Error from server (Forbidden): namespaces \"default\" is forbidden: this namespace may not be deleted"
+    );
+}
