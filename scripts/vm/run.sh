@@ -23,9 +23,9 @@ if [ "$mode" = bench ]; then
     exe=$(executable "$json" runtime)
     jobs+=("bench-runtime:$exe"); bins+=("$exe")
 else
-    json=$(cargo test --no-run --locked -p tug-integration --test runtime --test cgroup_v2 --message-format=json 2>/dev/null)
+    json=$(cargo test --no-run --locked -p tug-integration --test runtime --test cgroup_v2 --test supervisor --message-format=json 2>/dev/null)
     cargo build --locked -p tug-shim --bin tug-shim
-    for t in runtime cgroup_v2; do
+    for t in runtime cgroup_v2 supervisor; do
         exe=$(executable "$json" "$t")
         [ -n "$exe" ] || { echo "vm: no test binary for $t" >&2; exit 1; }
         jobs+=("$t:$exe"); bins+=("$exe")

@@ -11,6 +11,8 @@
 //! - [`init`]: what the container's first process does before it execs the user's program.
 //! - [`state`]: the state directory and the OCI state of a container.
 //! - [`runtime`]: the commands (`create`, `start`, `kill`, `delete`, …).
+//! - [`supervisor`]: the per-container supervisor the agent starts (`tug-shim supervise`):
+//!   CRI logs, exit status, a control socket, containers that outlive the agent.
 
 pub mod cgroups;
 pub mod channel;
@@ -19,3 +21,4 @@ pub mod mounts;
 pub mod plan;
 pub mod runtime;
 pub mod state;
+pub mod supervisor;

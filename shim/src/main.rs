@@ -93,6 +93,28 @@ enum Command {
     },
     /// Print what this runtime supports, as JSON.
     Features,
+    /// Start a supervisor for a new container: it creates and starts the container, keeps
+    /// its logs and exit status, and outlives the caller. Prints the supervisor's pid.
+    Supervise {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Where supervisors keep their directories (default: ROOT/supervisors).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The container's CRI log file (default: ROOT/logs/ID.log).
+        #[arg(long)]
+        log_path: Option<PathBuf>,
+        /// Rotate the log file past this many bytes.
+        #[arg(long, default_value_t = 10 << 20)]
+        log_max_size: u64,
+        /// Log files kept, the current one included.
+        #[arg(long, default_value_t = 5)]
+        log_max_files: usize,
+        /// Longest log record; longer lines become partial records.
+        #[arg(long, default_value_t = 16 << 10)]
+        log_line_max: usize,
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -132,6 +154,24 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
         Command::List { format, quiet } => list(rt, &format, quiet)?,
         Command::Ps { format, id } => ps(rt, &id, &format)?,
         Command::Features => print_json(&features()),
+        Command::Supervise { bundle, state, log_path, log_max_size, log_max_files, log_line_max, id } => {
+            tug_shim::state::Dir::new(&rt.root, &id)?;
+            let bundle = std::fs::canonicalize(&bundle)
+                .map_err(|e| RuntimeError::Usage(format!("bundle {}: {e}", bundle.display())))?;
+            let root = std::path::absolute(&rt.root).unwrap_or_else(|_| rt.root.clone());
+            let opts = tug_shim::supervisor::Options {
+                state_root: state.unwrap_or_else(|| root.join("supervisors")),
+                log_path: log_path.unwrap_or_else(|| root.join("logs").join(format!("{id}.log"))),
+                runtime_root: root,
+                id,
+                bundle,
+                log_max_size,
+                log_keep: log_max_files,
+                line_max: log_line_max,
+            };
+            let pid = tug_shim::supervisor::launch(&opts).map_err(RuntimeError::Usage)?;
+            println!("{pid}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

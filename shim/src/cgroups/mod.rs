@@ -126,6 +126,35 @@ impl Cgroup {
         resources::oom_kill_count(&text)
     }
 
+    /// CPU, memory and pid figures, from v2's unified files or v1's controllers.
+    pub fn stats(&self) -> crate::supervisor::protocol::Stats {
+        let read = |ctrl: &str, file: &str| -> Option<String> {
+            let dir = self.dir_for(ctrl).ok()?;
+            std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_string())
+        };
+        let num = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+        if self.unified_resources {
+            let usage_usec = read("cpu", "cpu.stat")
+                .and_then(|t| {
+                    t.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.parse::<u64>().ok()))
+                })
+                .unwrap_or(0);
+            crate::supervisor::protocol::Stats {
+                cpu_usage_ns: usage_usec * 1000,
+                memory_usage_bytes: num(read("memory", "memory.current")).unwrap_or(0),
+                memory_limit_bytes: num(read("memory", "memory.max")),
+                pids: num(read("pids", "pids.current")).unwrap_or(0),
+            }
+        } else {
+            crate::supervisor::protocol::Stats {
+                cpu_usage_ns: num(read("cpuacct", "cpuacct.usage")).unwrap_or(0),
+                memory_usage_bytes: num(read("memory", "memory.usage_in_bytes")).unwrap_or(0),
+                memory_limit_bytes: self.memory_limit(),
+                pids: num(read("pids", "pids.current")).unwrap_or(0),
+            }
+        }
+    }
+
     /// The configured memory limit in bytes, if any.
     pub fn memory_limit(&self) -> Option<u64> {
         let (file, ctrl) =

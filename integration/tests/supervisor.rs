@@ -1,0 +1,272 @@
+//! The supervisor (`tug-shim supervise`): containers that outlive the process that started
+//! them, CRI logs, exit status, the control socket. Root tests.
+
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tug_integration::bundle::Bundle;
+use tug_integration::leaks::process_alive;
+use tug_shim::supervisor::protocol::{Client, Reply, Request};
+
+/// A supervised container; on drop the container is killed and the supervisor told to go
+/// (or, failing that, SIGKILLed by pid).
+struct Supervised {
+    bundle: Bundle,
+    id: String,
+    pid: u32,
+}
+
+impl Supervised {
+    fn start(mut bundle: Bundle, id: &str, extra: &[&str]) -> Supervised {
+        bundle.write(id);
+        let b = bundle.path().display().to_string();
+        let (state, log) = (bundle.path().join("sup"), bundle.path().join("logs").join(format!("{id}.log")));
+        let mut args = vec!["supervise", "--bundle", &b, "--state"];
+        let (state_s, log_s) = (state.display().to_string(), log.display().to_string());
+        args.extend([state_s.as_str(), "--log-path", log_s.as_str()]);
+        args.extend(extra);
+        args.push(id);
+        let out = bundle.shim_output(&args);
+        assert!(out.status.success(), "supervise: {}", String::from_utf8_lossy(&out.stderr));
+        let pid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the supervisor's pid");
+        Supervised { bundle, id: id.to_string(), pid }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.bundle.path().join("sup").join(&self.id).join("control.sock")
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket()).expect("connect to the supervisor")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.bundle.path().join("logs").join(format!("{}.log", self.id)))
+            .unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = self.log();
+            if l.contains(needle) || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Ok(mut c) = Client::connect(&self.socket()) {
+            let _ = c.call(&Request::Kill { signal: 9, all: true });
+            let _ = c.call(&Request::Wait);
+            let _ = c.call(&Request::Shutdown);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if process_alive(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+const TICKER: &str = "trap 'echo got-term; exit 3' TERM; echo hello; echo oops >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+
+#[test]
+fn the_container_outlives_its_starter_and_a_new_process_takes_over() {
+    let b = Bundle::new(&["/bin/sh", "-c", TICKER]);
+    // The starter stands in for the agent: a shell that launches the supervisor, then is
+    // SIGKILLed.
+    let mut bundle = b;
+    bundle.write("outlive");
+    let state = bundle.path().join("sup");
+    let log = bundle.path().join("logs/outlive.log");
+    let starter = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --root {} supervise --bundle {} --state {} --log-path {} outlive > {}/sup.pid; sleep 600",
+            tug_integration::bundle::shim_binary().display(),
+            bundle.root().display(),
+            bundle.path().display(),
+            state.display(),
+            log.display(),
+            bundle.path().display()
+        ))
+        .spawn()
+        .unwrap();
+    let pid_file = bundle.path().join("sup.pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&pid_file).unwrap_or_default().trim().is_empty()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let s = Supervised { bundle, id: "outlive".into(), pid };
+    let mut starter = starter;
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+    assert!(process_alive(s.pid), "the supervisor outlives its starter");
+    let before = s.wait_log("tick 3");
+    assert!(before.contains(" stdout F hello\n") && before.contains(" stderr F oops\n"), "{before}");
+    // A new process finds the supervisor from the state directory alone.
+    let found = tug_shim::supervisor::list(&s.bundle.path().join("sup"));
+    assert_eq!(found.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["outlive"]);
+    let mut c = Client::connect(&found[0].1).unwrap();
+    let Reply::State { status, .. } = c.call(&Request::State).unwrap() else { panic!("state") };
+    assert_eq!(status, "running");
+    let later = s.wait_log("tick 8");
+    assert!(later.contains("tick 8"), "logs keep flowing: {later}");
+    assert_eq!(c.call(&Request::Kill { signal: 15, all: false }).unwrap(), Reply::Ok);
+    let Reply::Exited(exit) = c.call(&Request::Wait).unwrap() else { panic!("exited") };
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (3, None, false));
+    assert!(s.wait_log("got-term").contains(" stdout F got-term\n"));
+    assert_eq!(tug_shim::supervisor::recorded_exit(&s.bundle.path().join("sup"), "outlive").unwrap().code, 3);
+    let err = c.call(&Request::Kill { signal: 15, all: false }).unwrap_err();
+    assert_eq!(err.to_string(), "supervisor: container not running");
+}
+
+#[test]
+fn long_lines_split_into_partial_records_and_logs_rotate() {
+    let b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "i=0; while [ $i -lt 100 ]; do printf '%01000d' 0; i=$((i+1)); done; echo; echo end",
+    ]);
+    let s = Supervised::start(b, "long", &["--log-line-max", "16384", "--log-max-size", "1000000"]);
+    let log = s.wait_log("stdout F end");
+    let records: Vec<(&str, usize)> = log
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let (_, _, tag, content) = (f.next(), f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            (tag, content.len())
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            ("P", 16384),
+            ("P", 16384),
+            ("P", 16384),
+            ("P", 16384),
+            ("P", 16384),
+            ("P", 16384),
+            ("F", 1696),
+            ("F", 3)
+        ]
+    );
+    drop(s);
+    let b = Bundle::new(&["/bin/sh", "-c", "i=0; while [ $i -lt 50 ]; do echo line-$i; i=$((i+1)); done"]);
+    let s = Supervised::start(b, "rot", &["--log-max-size", "500", "--log-max-files", "3"]);
+    s.wait_log("line-49");
+    let dir = s.bundle.path().join("logs");
+    assert!(
+        dir.join("rot.log.1").exists() && dir.join("rot.log.2").exists() && !dir.join("rot.log.3").exists()
+    );
+    for f in ["rot.log", "rot.log.1", "rot.log.2"] {
+        assert!(std::fs::metadata(dir.join(f)).unwrap().len() <= 500, "{f} is within the size limit");
+    }
+}
+
+#[test]
+fn oom_kills_are_reported() {
+    let mut b = Bundle::new(&["/bin/tug-probe", "hog", "512"]);
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    let s = Supervised::start(b, "oom", &[]);
+    let Reply::Exited(exit) = s.client().call(&Request::Wait).unwrap() else { panic!("exited") };
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (137, Some(9), true));
+}
+
+#[test]
+fn orphans_are_reaped_when_there_is_no_pid_namespace() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "sleep 0.3 & sleep 0.3 & exit 0"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    let s = Supervised::start(b, "orphans", &[]);
+    let Reply::Exited(exit) = s.client().call(&Request::Wait).unwrap() else { panic!("exited") };
+    assert_eq!(exit.code, 0);
+    // The sleeps were re-parented to the supervisor (the subreaper); once they end, none may
+    // stay a zombie.
+    let zombies = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|st| {
+                let rest = st.rsplit_once(") ").map(|r| r.1).unwrap_or("");
+                let mut f = rest.split(' ');
+                f.next() == Some("Z") && f.next() == Some(s.pid.to_string().as_str())
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = zombies();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        last = zombies();
+        if last == 0
+            && !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read_to_string(e.path().join("stat"))
+                    .is_ok_and(|st| st.contains(&format!(") S {} ", s.pid)))
+            })
+        {
+            break;
+        }
+    }
+    assert_eq!(last, 0, "zombie children of the supervisor");
+}
+
+#[test]
+fn stats_update_and_signals_over_the_control_socket() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "trap 'exit 10' USR1; while true; do sleep 0.05; done"]);
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 67108864}});
+    let s = Supervised::start(b, "ctl", &[]);
+    let mut c = s.client();
+    assert_eq!(c.id, "ctl");
+    let Reply::Stats(st) = c.call(&Request::Stats).unwrap() else { panic!("stats") };
+    assert_eq!(st.memory_limit_bytes, Some(67_108_864));
+    assert!(st.pids >= 1 && st.memory_usage_bytes > 0, "{st:?}");
+    assert_eq!(
+        c.call(&Request::Update { resources: json!({"memory": {"limit": 134217728}}) }).unwrap(),
+        Reply::Ok
+    );
+    let Reply::Stats(st) = c.call(&Request::Stats).unwrap() else { panic!("stats") };
+    assert_eq!(st.memory_limit_bytes, Some(134_217_728), "limits change in place");
+    assert!(c.call(&Request::Hello { version: 99 }).unwrap_err().to_string().contains("protocol version 99"));
+    assert!(c.call(&Request::Shutdown).unwrap_err().to_string().contains("still running"));
+    assert_eq!(c.call(&Request::Kill { signal: 10, all: false }).unwrap(), Reply::Ok);
+    let Reply::Exited(exit) = c.call(&Request::Wait).unwrap() else { panic!("exited") };
+    assert_eq!(exit.code, 10);
+}
+
+#[test]
+fn a_stale_socket_is_cleaned_up_and_a_live_one_is_refused() {
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    let stale = b.path().join("sup/stale1");
+    std::fs::create_dir_all(&stale).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(stale.join("control.sock")).unwrap());
+    b.write("stale1");
+    let s = Supervised::start(b, "stale1", &[]);
+    assert!(s.client().pid > 0, "a new supervisor took the stale socket's place");
+    let again = s.bundle.shim_output(&[
+        "supervise",
+        "--bundle",
+        s.bundle.path().to_str().unwrap(),
+        "--state",
+        s.bundle.path().join("sup").to_str().unwrap(),
+        "stale1",
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("a supervisor for stale1 is already running"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
