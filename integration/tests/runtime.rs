@@ -365,3 +365,30 @@ fn assert_cgroup_gone(b: &Bundle) {
     let left = Debris::containing(&b.cgroup_parent);
     assert!(left.mounts.is_empty() && left.processes.is_empty(), "{left:?}");
 }
+
+#[test]
+fn device_rules_deny_mknod_and_opening_other_devices() {
+    let script = "mknod /tmp/sda b 8 0 2>&1 | grep -o 'Operation not permitted'; \
+                  cat /dev/kmsg-host 2>&1 | head -1 | grep -o 'Operation not permitted'; \
+                  echo x > /dev/null && echo null-ok; head -c 2 /dev/zero | wc -c";
+    let mut b = Bundle::new(&["/bin/sh", "-c", script]);
+    // CAP_MKNOD, so a refused mknod is the device rules' doing, not a missing capability.
+    let caps = json!(["CAP_MKNOD", "CAP_DAC_OVERRIDE"]);
+    b.spec["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    b.spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/dev/kmsg-host", "type": "bind", "source": "/dev/kmsg", "options": ["bind"]}),
+    );
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["dev"]}));
+    let out = b.run("devices");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["Operation not permitted", "Operation not permitted", "null-ok", "2"],
+        "{}",
+        stderr(&out)
+    );
+}

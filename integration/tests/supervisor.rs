@@ -91,7 +91,7 @@ fn the_container_outlives_its_starter_and_a_new_process_takes_over() {
     let starter = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "{} --root {} supervise --bundle {} --state {} --log-path {} outlive > {}/sup.pid; sleep 600",
+            "{} --root {} supervise --bundle {} --state {} --log-path {} outlive > {}/sup.pid; exec sleep 600",
             tug_integration::bundle::shim_binary().display(),
             bundle.root().display(),
             bundle.path().display(),

@@ -28,6 +28,8 @@ pub enum CgroupError {
     BadPath(PathBuf),
     #[error(transparent)]
     Resources(#[from] resources::ResourceError),
+    #[error("device filter: {0}")]
+    DeviceFilter(String),
 }
 
 /// The container's directory in every hierarchy Tug uses.
@@ -79,6 +81,16 @@ impl Cgroup {
             write_file(&dir.join(&w.file), &w.value)?;
         }
         Ok(())
+    }
+
+    /// Attaches the device filter compiled from `rules` to the unified hierarchy's directory:
+    /// the only enforcement on a pure v2 host, a second line beside v1 `devices` on a hybrid
+    /// one. A failure is an error either way, never a silently weaker container.
+    pub fn attach_device_filter(&self, rules: &[tug_bpf::DeviceRule]) -> Result<(), CgroupError> {
+        let Some((_, dir)) = self.dirs.iter().find(|(c, _)| c.is_empty()) else { return Ok(()) };
+        tug_bpf::loader::load_device_filter(&tug_bpf::device_filter(rules))
+            .and_then(|fd| tug_bpf::loader::attach_device_filter(&fd, dir))
+            .map_err(|e| CgroupError::DeviceFilter(e.to_string()))
     }
 
     /// Moves a process into the container's cgroup in every hierarchy.

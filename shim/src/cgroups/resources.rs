@@ -3,6 +3,7 @@
 use oci_spec::runtime::{
     LinuxBlockIo, LinuxCpu, LinuxDeviceType, LinuxMemory, LinuxResources, LinuxThrottleDevice,
 };
+use tug_bpf::{Access, DeviceKind, DeviceRule};
 
 /// One write: a file in the container's directory of the hierarchy that holds `controller`
 /// (on v2 every file lives in the one unified directory).
@@ -230,18 +231,32 @@ fn block_io(b: &LinuxBlockIo, v2: bool, out: &mut Vec<Write>) -> Result<(), Reso
     Ok(())
 }
 
-/// The device rules for the v1 `devices` controller: the spec's rules in order, then the
-/// devices every container needs (and those the spec creates), as runc appends them.
-pub fn device_writes_v1(
+/// The devices every container may use whatever its rules say (a fresh `/dev` holds them).
+const DEFAULT_DEVICES: [(u32, Option<u32>); 9] = [
+    (1, Some(3)),
+    (1, Some(5)),
+    (1, Some(7)),
+    (1, Some(8)),
+    (1, Some(9)),
+    (5, Some(0)),
+    (5, Some(1)),
+    (5, Some(2)),
+    (136, None),
+];
+
+/// The container's device rules in order: the spec's, then the default devices and those the
+/// spec creates, allowed (later rules win, as in cgroup v1). Empty when the spec has no
+/// rules: the container then keeps what its parent cgroup allows.
+pub fn device_rules(
     res: &LinuxResources,
     created: &[crate::mounts::DeviceNode],
-) -> Result<Vec<Write>, ResourceError> {
+) -> Result<Vec<DeviceRule>, ResourceError> {
     let mut out = Vec::new();
     for (i, rule) in res.devices().iter().flatten().enumerate() {
         let kind = match rule.typ().unwrap_or_default() {
-            LinuxDeviceType::A => 'a',
-            LinuxDeviceType::B => 'b',
-            LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+            LinuxDeviceType::A => None,
+            LinuxDeviceType::B => Some(DeviceKind::Block),
+            LinuxDeviceType::C | LinuxDeviceType::U => Some(DeviceKind::Char),
             LinuxDeviceType::P => {
                 return Err(ResourceError::Invalid {
                     field: "devices",
@@ -249,46 +264,60 @@ pub fn device_writes_v1(
                 });
             }
         };
-        let num = |n: Option<i64>| n.filter(|n| *n >= 0).map_or("*".to_string(), |n| n.to_string());
-        let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
-        if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
-            return Err(ResourceError::Invalid {
-                field: "devices",
-                reason: format!("[{i}].access {access:?} is not a subset of rwm"),
-            });
-        }
-        let value = if kind == 'a' {
-            "a".to_string()
-        } else {
-            format!("{kind} {}:{} {access}", num(rule.major()), num(rule.minor()))
-        };
-        let file = if rule.allow() { "devices.allow" } else { "devices.deny" };
-        out.push(w("devices", file, value));
+        let num = |n: Option<i64>| n.filter(|n| *n >= 0).and_then(|n| u32::try_from(n).ok());
+        let text = rule.access().clone().unwrap_or_else(|| "rwm".into());
+        let access = Access::parse(&text).filter(|a| a.0 != 0).ok_or_else(|| ResourceError::Invalid {
+            field: "devices",
+            reason: format!("[{i}].access {text:?} is not a subset of rwm"),
+        })?;
+        out.push(DeviceRule {
+            allow: rule.allow(),
+            kind,
+            major: num(rule.major()),
+            minor: num(rule.minor()),
+            access,
+        });
     }
-    let mut allow: Vec<String> = [
-        "c *:* m",
-        "b *:* m",
-        "c 1:3 rwm",
-        "c 1:5 rwm",
-        "c 1:7 rwm",
-        "c 1:8 rwm",
-        "c 1:9 rwm",
-        "c 5:0 rwm",
-        "c 5:1 rwm",
-        "c 5:2 rwm",
-        "c 136:* rwm",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    if out.is_empty() {
+        return Ok(out);
+    }
+    for (major, minor) in DEFAULT_DEVICES {
+        out.push(DeviceRule::allow(Some(DeviceKind::Char), Some(major), minor, Access::ALL));
+    }
     for d in created {
-        let kind = if d.kind == nix::sys::stat::SFlag::S_IFBLK { 'b' } else { 'c' };
-        allow.push(format!("{kind} {}:{} rwm", d.major, d.minor));
-    }
-    if !out.is_empty() {
-        out.extend(allow.into_iter().map(|v| w("devices", "devices.allow", v)));
+        let kind =
+            if d.kind == nix::sys::stat::SFlag::S_IFBLK { DeviceKind::Block } else { DeviceKind::Char };
+        let (major, minor) = (u32::try_from(d.major).ok(), u32::try_from(d.minor).ok());
+        out.push(DeviceRule::allow(Some(kind), major, minor, Access::ALL));
     }
     Ok(out)
+}
+
+/// The rules as writes to the v1 `devices` controller's `devices.allow` / `devices.deny`.
+pub fn device_writes_v1(rules: &[DeviceRule]) -> Vec<Write> {
+    rules
+        .iter()
+        .map(|r| {
+            let file = if r.allow { "devices.allow" } else { "devices.deny" };
+            let num = |n: Option<u32>| n.map_or("*".to_string(), |n| n.to_string());
+            let access: String = [(2, 'r'), (4, 'w'), (1, 'm')]
+                .iter()
+                .filter(|(b, _)| r.access.0 & b != 0)
+                .map(|(_, c)| *c)
+                .collect();
+            let value = match r.kind {
+                None if r.major.is_none() && r.minor.is_none() && r.access == Access::ALL => "a".to_string(),
+                None => format!("a {}:{} {access}", num(r.major), num(r.minor)),
+                Some(k) => format!(
+                    "{} {}:{} {access}",
+                    if k == DeviceKind::Block { 'b' } else { 'c' },
+                    num(r.major),
+                    num(r.minor)
+                ),
+            };
+            w("devices", file, value)
+        })
+        .collect()
 }
 
 /// The `oom_kill` count from v2's `memory.events` or v1's `memory.oom_control`.
@@ -390,15 +419,28 @@ mod tests {
     }
 
     #[test]
-    fn v1_device_rules_keep_the_default_devices_usable() {
+    fn device_rules_keep_the_default_devices_usable() {
         let res: LinuxResources =
             serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"access":"r"}]}"#).unwrap();
+        let rules = device_rules(&res, &[]).unwrap();
         let got: Vec<(String, String)> =
-            device_writes_v1(&res, &[]).unwrap().into_iter().map(|w| (w.file, w.value)).collect();
+            device_writes_v1(&rules).into_iter().map(|w| (w.file, w.value)).collect();
         assert_eq!(got[0], ("devices.deny".to_string(), "a".to_string()));
         assert_eq!(got[1], ("devices.allow".to_string(), "c 10:* r".to_string()));
         assert!(got.contains(&("devices.allow".to_string(), "c 1:3 rwm".to_string())));
-        assert!(device_writes_v1(&LinuxResources::default(), &[]).unwrap().is_empty(), "no rules, no writes");
+        assert!(!got.iter().any(|(_, v)| v.starts_with("b *:*")), "no blanket mknod of block devices");
+        let prog = tug_bpf::device_filter(&rules);
+        let req = |kind, major, minor, a: &str| tug_bpf::Request {
+            kind,
+            major,
+            minor,
+            access: Access::parse(a).unwrap(),
+        };
+        assert!(tug_bpf::interpret(&prog, req(DeviceKind::Char, 1, 3, "rw")));
+        assert!(tug_bpf::interpret(&prog, req(DeviceKind::Char, 10, 200, "r")));
+        assert!(!tug_bpf::interpret(&prog, req(DeviceKind::Char, 10, 200, "w")));
+        assert!(!tug_bpf::interpret(&prog, req(DeviceKind::Block, 8, 0, "m")));
+        assert!(device_rules(&LinuxResources::default(), &[]).unwrap().is_empty(), "no rules, no filter");
     }
 
     #[test]

@@ -44,15 +44,16 @@ impl Runtime {
         }
         let layout = Layout::detect().map_err(RuntimeError::io("reading the cgroup layout"))?;
         let mut writes = resources::writes(&plan.resources, layout.unified_only())?;
+        let device_rules = resources::device_rules(&plan.resources, &plan.devices)?;
         if !layout.unified_only() {
-            writes.extend(resources::device_writes_v1(&plan.resources, &plan.devices)?);
+            writes.extend(resources::device_writes_v1(&device_rules));
         }
         let cgroups_path = plan.cgroups_path.clone().unwrap_or_else(|| Path::new("tug-shim").join(id));
         let cgroup = Cgroup::locate(&layout, &cgroups_path)?;
         let dir = self.dir(id)?;
         dir.create()?;
         let mut guard = Cleanup { dir: &dir, cgroup: &cgroup, pid: None };
-        let pid = spawn_init(&plan, &dir, &cgroup, &layout, &writes, &mut guard)?;
+        let pid = spawn_init(&plan, &dir, &cgroup, &layout, (&writes, &device_rules), &mut guard)?;
         let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
         let state = State {
             id: id.to_string(),
@@ -100,7 +101,7 @@ fn spawn_init(
     dir: &Dir,
     cgroup: &Cgroup,
     layout: &Layout,
-    writes: &[resources::Write],
+    (writes, device_rules): (&[resources::Write], &[tug_bpf::DeviceRule]),
     guard: &mut Cleanup,
 ) -> Result<i32, RuntimeError> {
     nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
@@ -136,6 +137,9 @@ fn spawn_init(
     drop(fifo);
     cgroup.create(layout)?;
     cgroup.apply(writes)?;
+    if !device_rules.is_empty() {
+        cgroup.attach_device_filter(device_rules)?;
+    }
     cgroup.add_process(pid)?;
     parent.send_cgroup_ready().map_err(|e| RuntimeError::Usage(e.to_string()))?;
     match parent.wait_report() {
