@@ -77,6 +77,16 @@ impl Drop for Supervised {
     }
 }
 
+/// Kills and reaps a child when dropped, also when the test fails half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const TICKER: &str = "trap 'echo got-term; exit 3' TERM; echo hello; echo oops >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
 
 #[test]
@@ -88,7 +98,7 @@ fn the_container_outlives_its_starter_and_a_new_process_takes_over() {
     bundle.write("outlive");
     let state = bundle.path().join("sup");
     let log = bundle.path().join("logs/outlive.log");
-    let starter = std::process::Command::new("sh")
+    let starter = KillOnDrop(std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
             "{} --root {} supervise --bundle {} --state {} --log-path {} outlive > {}/sup.pid; exec sleep 600",
@@ -100,7 +110,7 @@ fn the_container_outlives_its_starter_and_a_new_process_takes_over() {
             bundle.path().display()
         ))
         .spawn()
-        .unwrap();
+        .unwrap());
     let pid_file = bundle.path().join("sup.pid");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&pid_file).unwrap_or_default().trim().is_empty()
@@ -110,9 +120,7 @@ fn the_container_outlives_its_starter_and_a_new_process_takes_over() {
     }
     let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     let s = Supervised { bundle, id: "outlive".into(), pid };
-    let mut starter = starter;
-    starter.kill().unwrap();
-    starter.wait().unwrap();
+    drop(starter);
     assert!(process_alive(s.pid), "the supervisor outlives its starter");
     let before = s.wait_log("tick 3");
     assert!(before.contains(" stdout F hello\n") && before.contains(" stderr F oops\n"), "{before}");
