@@ -35,18 +35,35 @@ enum LogFormat {
     Json,
 }
 
+/// The arguments `create` and `run` share.
+#[derive(clap::Args)]
+struct CreateArgs {
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    id: String,
+}
+
+impl CreateArgs {
+    fn options(self) -> (String, CreateOptions) {
+        (
+            self.id,
+            CreateOptions {
+                bundle: self.bundle,
+                pid_file: self.pid_file,
+                console_socket: self.console_socket,
+            },
+        )
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a container, leaving it waiting for `start`.
-    Create {
-        #[arg(short, long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        id: String,
-    },
+    Create(CreateArgs),
     /// Start a created container's process.
     Start { id: String },
     /// Print a container's OCI state as JSON.
@@ -68,15 +85,7 @@ enum Command {
         id: String,
     },
     /// Create, start and wait for a container; exits with its exit code.
-    Run {
-        #[arg(short, long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        id: String,
-    },
+    Run(CreateArgs),
     /// List containers.
     List {
         #[arg(short, long, default_value = "table")]
@@ -135,17 +144,18 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
-    let opts = |bundle, pid_file, console_socket| CreateOptions { bundle, pid_file, console_socket };
     match cmd {
-        Command::Create { bundle, pid_file, console_socket, id } => {
-            rt.create(&id, &opts(bundle, pid_file, console_socket))?;
+        Command::Create(args) => {
+            let (id, opts) = args.options();
+            rt.create(&id, &opts)?;
         }
         Command::Start { id } => rt.start(&id)?,
         Command::State { id } => print_json(&rt.state(&id)?),
         Command::Kill { all, id, signal } => rt.kill(&id, parse_signal(&signal)?, all)?,
         Command::Delete { force, id } => rt.delete(&id, force)?,
-        Command::Run { bundle, pid_file, console_socket, id } => {
-            let exit = rt.run(&id, &opts(bundle, pid_file, console_socket))?;
+        Command::Run(args) => {
+            let (id, opts) = args.options();
+            let exit = rt.run(&id, &opts)?;
             if exit.oom_killed {
                 eprintln!("tug-shim: container {id} was OOM-killed (out of memory in its cgroup)");
             }

@@ -85,23 +85,16 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
 }
 
 fn print_objects(items: &[Value], kind: &str, output: &str, with_ns: bool, single: bool) {
+    let whole = || {
+        if single {
+            items[0].clone()
+        } else {
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+        }
+    };
     match output {
-        "json" => {
-            let v = if single {
-                items[0].clone()
-            } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        "yaml" => {
-            let v = if single {
-                items[0].clone()
-            } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            print!("{}", serde_yaml_ng::to_string(&v).unwrap_or_default());
-        }
+        "json" => println!("{}", serde_json::to_string_pretty(&whole()).unwrap_or_default()),
+        "yaml" => print!("{}", serde_yaml_ng::to_string(&whole()).unwrap_or_default()),
         "name" => {
             for i in items {
                 let info = tug_api::object::lookup(kind).map(|k| k.qualified_singular()).unwrap_or_default();
