@@ -35,6 +35,7 @@ lint:
 PURE_V2 := $(shell grep -q ' - cgroup ' /proc/self/mountinfo && echo no || echo yes)
 NEXTEST_FILTER := $(if $(filter yes,$(PURE_V2)),,-E 'not binary(cgroup_v2)')
 unit: probe
+	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --doc
 	$(CARGO) nextest run --workspace --locked $(NEXTEST_FILTER)
 

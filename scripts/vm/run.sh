@@ -42,7 +42,7 @@ log="$cache/console-$mode.log"
 run_arg=$(IFS=,; echo "${jobs[*]}")
 echo "vm: booting $(cat "$cache/kernel/version") under ${accel%%,*}: ${jobs[*]%%:*}"
 set +e
-timeout 1200 qemu-system-x86_64 -accel "$accel" -smp 2 -m 2048 -nographic -no-reboot \
+timeout "$([ "$mode" = bench ] && echo 1200 || echo 600)" qemu-system-x86_64 -accel "$accel" -smp 2 -m 2048 -nographic -no-reboot \
     -kernel "$cache/kernel/vmlinux" -initrd "$cache/initramfs.cpio" \
     -append "console=ttyS0 panic=-1 quiet tug.ws=$ws tug.run=$run_arg tug.bench_n=${TUG_BENCH_N:-} tug.initramfs=$stage1" \
     -virtfs "local,path=$ws,mount_tag=share,security_model=none,id=share" \

@@ -121,6 +121,12 @@ impl Client {
         }
     }
 
+    /// Bounds how long a call waits for its reply (`None`: forever, the default, which is
+    /// what `Wait` on a long-running container needs).
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) {
+        let _ = self.writer.set_read_timeout(timeout);
+    }
+
     /// Sends a request and reads its reply (for `Wait`, when the container has exited).
     pub fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
         send(&mut self.writer, req)?;
