@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// The path of binary `name` of workspace package `package`.
+/// The path of binary `name` (of workspace package `package`, named for the reader).
 ///
 /// # Panics
 /// When the build fails: every test that needs the binary would fail anyway, and the message
@@ -25,10 +25,12 @@ pub fn path(package: &str, name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::probe::workspace_root())
-        .args(["build", "--quiet", "-p", package, "--bin", name])
+        // The whole workspace, as `make` builds it: a `-p` build unifies dependency features
+        // differently and would rebuild (and overwrite) the binaries every time.
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "building {name} failed");
+    assert!(status.success(), "building {name} ({package}) failed");
     let p = crate::probe::target_dir().join("debug").join(name);
     map.insert(name.to_string(), p.clone());
     p
