@@ -392,3 +392,40 @@ fn device_rules_deny_mknod_and_opening_other_devices() {
         stderr(&out)
     );
 }
+
+#[test]
+fn no_host_descriptor_reaches_the_container() {
+    use std::os::unix::process::CommandExt;
+    // The runtime is started with extra inherited descriptors (a host directory and a file,
+    // as a careless caller or CVE-2024-21626's leaked cgroup fd would give it); none may
+    // reach the container's process.
+    let mut b = Bundle::new(&["/bin/tug-probe"]);
+    b.write("fds");
+    let host_dir = std::fs::File::open("/").unwrap();
+    let host_file = std::fs::File::open(b.path().join("config.json")).unwrap();
+    let (d, f) = (std::os::fd::AsRawFd::as_raw_fd(&host_dir), std::os::fd::AsRawFd::as_raw_fd(&host_file));
+    let bundle = b.path().display().to_string();
+    let mut cmd = b.shim(&["run", "--bundle", &bundle, "fds"]);
+    // SAFETY: between fork and exec only dup2 and fcntl run, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (from, to) in [(d, 7), (f, 8)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    let r = report(&out);
+    let fds: Vec<(String, String)> = r["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["fd"].as_str().unwrap().to_string(), f["target"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(fds.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(), ["0", "1", "2", "3"], "{fds:?}");
+    assert!(fds[3].1.starts_with("/proc/"), "fd 3 is the probe's own directory handle: {fds:?}");
+    assert_eq!(r["cwd"], "/", "the working directory is inside the container");
+}
