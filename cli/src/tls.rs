@@ -2,41 +2,30 @@
 //! `client.crt`, `client.key`, as `tug join` writes them), and the CA pinning `tug join` uses
 //! before it has the CA (the join token carries the CA certificate's SHA-256).
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 
-fn der_of(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
-
-fn read(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+fn cert(dir: &Path, name: &str) -> anyhow::Result<CertificateDer<'static>> {
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (run `tug join` first?)", path.display()))?;
-    der_of(&text).ok_or_else(|| anyhow!("{}: not PEM", path.display()))
+    CertificateDer::from_pem_file(&path)
+        .with_context(|| format!("reading {} (run `tug join` first?)", path.display()))
 }
 
 /// A client that trusts the cluster CA and presents the client certificate in `dir`.
 pub fn client_config(dir: &Path) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(read(dir, "ca.crt")?))?;
-    let cert = CertificateDer::from(read(dir, "client.crt")?);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read(dir, "client.key")?));
+    roots.add(cert(dir, "ca.crt")?)?;
+    let key_path = dir.join("client.key");
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
     let mut c = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_client_auth_cert(vec![cert], key)?;
+        .with_client_auth_cert(vec![cert(dir, "client.crt")?], key)?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
 }

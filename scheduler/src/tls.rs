@@ -9,7 +9,7 @@ use crate::pki::{Pki, PkiError, pem_to_der};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -43,7 +43,8 @@ pub fn server_config(pki: &Pki, names: &[String]) -> Result<rustls::ServerConfig
     let (cert_pem, key_pem) = pki.server_cert(names)?;
     let cert = CertificateDer::from(pem_to_der(&cert_pem).unwrap_or_default());
     let ca = CertificateDer::from(pem_to_der(&pki.ca_pem).unwrap_or_default());
-    let key_der = key_der(&key_pem);
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::Verifier(format!("serving key: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone())?;
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
@@ -52,16 +53,9 @@ pub fn server_config(pki: &Pki, names: &[String]) -> Result<rustls::ServerConfig
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert, ca], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)))?;
+        .with_single_cert(vec![cert, ca], key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// The DER inside a PKCS#8 PEM key.
-pub fn key_der(pem: &str) -> Vec<u8> {
-    use base64::Engine;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap_or_default()
 }
 
 /// Accepts TLS connections on `listener` and serves `app` on each, marking every request
