@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running `tug-scheduler`.
 pub struct ControlPlane {
@@ -59,12 +59,8 @@ impl ControlPlane {
             .spawn()
             .expect("start tug-scheduler");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.raw("GET", "/healthz", "", "").0 == 200 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if crate::wait_for(Duration::from_secs(20), || self.raw("GET", "/healthz", "", "").0 == 200) {
+            return;
         }
         panic!(
             "tug-scheduler did not answer: {}",

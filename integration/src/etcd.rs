@@ -33,11 +33,11 @@ impl EtcdProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd (make deps installs etcd-server)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "etcd did not listen on {endpoint}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let listening = || std::net::TcpStream::connect(("127.0.0.1", client)).is_ok();
+        assert!(
+            crate::wait_for(std::time::Duration::from_secs(20), listening),
+            "etcd did not listen on {endpoint}"
+        );
         EtcdProcess { child, _dir: dir, endpoint }
     }
 }

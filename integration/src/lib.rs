@@ -18,6 +18,21 @@
 //! // dropping `cluster` removes every namespace, link and process it made
 //! ```
 
+/// Polls `cond` every 20 ms until it holds or `limit` passes; whether it held. Tests wait on
+/// conditions with a deadline, never for a fixed time.
+pub fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub mod bins;
 pub mod bundle;
 pub mod cluster;

@@ -62,10 +62,7 @@ fn cgroup_v2_kill_removes_every_process_of_a_container() {
     assert!(b.shim_output(&["start", "killall"]).status.success());
     let dir = b.cgroup_dirs()[0].join("killall");
     let procs = || std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while procs() < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    tug_integration::wait_for(std::time::Duration::from_secs(20), || procs() >= 3);
     assert_eq!(procs(), 3, "three processes in the container");
     let out = b.shim_output(&["delete", "--force", "killall"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -345,15 +345,8 @@ fn features_lists_what_is_supported() {
     assert!(f["mountOptions"].as_array().unwrap().contains(&json!("rbind")));
 }
 
-fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
+fn wait_for(cond: impl FnMut() -> bool) -> bool {
+    tug_integration::wait_for(std::time::Duration::from_secs(20), cond)
 }
 
 fn assert_cgroup_gone(b: &Bundle) {

@@ -3,9 +3,10 @@
 
 use serde_json::json;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tug_integration::bundle::Bundle;
 use tug_integration::leaks::process_alive;
+use tug_integration::wait_for;
 use tug_shim::supervisor::protocol::{Client, Reply, Request};
 
 /// A supervised container; on drop the container is killed and the supervisor told to go
@@ -49,14 +50,8 @@ impl Supervised {
     }
 
     fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let l = self.log();
-            if l.contains(needle) || Instant::now() > deadline {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(Duration::from_secs(20), || self.log().contains(needle));
+        self.log()
     }
 }
 
@@ -67,11 +62,7 @@ impl Drop for Supervised {
             let _ = c.call(&Request::Wait);
             let _ = c.call(&Request::Shutdown);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while process_alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if process_alive(self.pid) {
+        if !wait_for(Duration::from_secs(5), || !process_alive(self.pid)) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(0)),
                 nix::sys::signal::Signal::SIGKILL,
@@ -115,12 +106,9 @@ fn the_container_outlives_its_starter_and_a_new_process_takes_over() {
         .spawn()
         .unwrap());
     let pid_file = bundle.path().join("sup.pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&pid_file).unwrap_or_default().trim().is_empty()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(20), || {
+        !std::fs::read_to_string(&pid_file).unwrap_or_default().trim().is_empty()
+    });
     let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     let s = Supervised { bundle, id: "outlive".into(), pid };
     drop(starter);
@@ -218,21 +206,14 @@ fn orphans_are_reaped_when_there_is_no_pid_namespace() {
             })
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = zombies();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        last = zombies();
-        if last == 0
-            && !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-                std::fs::read_to_string(e.path().join("stat"))
-                    .is_ok_and(|st| st.contains(&format!(") S {} ", s.pid)))
-            })
-        {
-            break;
-        }
-    }
-    assert_eq!(last, 0, "zombie children of the supervisor");
+    let children = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .is_ok_and(|st| st.contains(&format!(") S {} ", s.pid)))
+        })
+    };
+    wait_for(Duration::from_secs(10), || zombies() == 0 && !children());
+    assert_eq!(zombies(), 0, "zombie children of the supervisor");
 }
 
 #[test]

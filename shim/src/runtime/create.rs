@@ -71,7 +71,7 @@ impl Runtime {
             std::fs::write(p, pid.to_string())
                 .map_err(RuntimeError::io(format!("pid file {}", p.display())))?;
         }
-        guard.pid = None;
+        // Created: nothing to undo.
         std::mem::forget(guard);
         Ok(Created { pid })
     }

@@ -21,7 +21,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use protocol::{ExitStatus, Reply, Request, Stats};
+use protocol::{ExitStatus, Reply, Request};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -410,7 +410,7 @@ impl Supervisor {
                 }
                 Reply::Ok
             }
-            Request::Stats => Reply::Stats(self.stats()),
+            Request::Stats => Reply::Stats(self.cgroup.stats()),
             Request::Update { resources } => self.update(resources).map_or_else(err, |()| Reply::Ok),
             Request::Shutdown if self.exit.is_none() => {
                 err("the container is still running: kill it first".into())
@@ -420,10 +420,6 @@ impl Supervisor {
                 Reply::Ok
             }
         }
-    }
-
-    fn stats(&self) -> Stats {
-        self.cgroup.stats()
     }
 
     fn update(&self, resources: serde_json::Value) -> Result<(), String> {
