@@ -80,6 +80,7 @@ fn fork(n: u64) -> ExitCode {
     use nix::unistd::{ForkResult, fork};
     let mut made = 0u64;
     let mut error = String::new();
+    let parent = nix::unistd::getpid();
     for _ in 0..n {
         // SAFETY: the child only sleeps and exits; it touches no locks held by other threads
         // (this process is single-threaded).
@@ -93,6 +94,10 @@ fn fork(n: u64) -> ExitCode {
                     libc::close(1);
                     libc::close(2);
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                }
+                // The parent may have exited before the death signal was asked for.
+                if nix::unistd::getppid() != parent {
+                    std::process::exit(0);
                 }
                 std::thread::sleep(Duration::from_secs(30));
                 std::process::exit(0);
