@@ -162,7 +162,8 @@ pub fn busybox_rootfs(rootfs: &Path) {
     }
     std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (install busybox-static)");
     for applet in [
-        "sh", "true", "false", "sleep", "cat", "echo", "ls", "id", "hostname", "mknod", "ps", "touch", "ping",
+        "sh", "true", "false", "sleep", "cat", "echo", "ls", "id", "hostname", "mknod", "ps", "touch",
+        "ping", "tty", "stty", "readlink", "pwd",
     ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
     }

@@ -422,3 +422,144 @@ fn no_host_descriptor_reaches_the_container() {
     assert!(fds[3].1.starts_with("/proc/"), "fd 3 is the probe's own directory handle: {fds:?}");
     assert_eq!(r["cwd"], "/", "the working directory is inside the container");
 }
+
+/// A console socket: accepts one connection, takes the terminal master it carries, and reads
+/// everything the terminal prints until its last slave closes.
+struct ConsoleSocket {
+    path: std::path::PathBuf,
+    reader: std::thread::JoinHandle<(String, String)>,
+}
+
+impl ConsoleSocket {
+    fn new(b: &Bundle, name: &str) -> ConsoleSocket {
+        let path = b.path().join(name);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let reader = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let (master, slave) =
+                tug_shim::terminal::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&conn)).unwrap();
+            let mut text = Vec::new();
+            // EIO once the slave side is gone.
+            let _ = std::io::Read::read_to_end(&mut std::fs::File::from(master), &mut text);
+            (String::from_utf8_lossy(&text).replace('\r', ""), slave)
+        });
+        ConsoleSocket { path, reader }
+    }
+
+    fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn output(self) -> (String, String) {
+        self.reader.join().unwrap()
+    }
+}
+
+#[test]
+fn exec_joins_the_namespaces_cgroup_and_settings_of_the_container() {
+    let mut b = Bundle::new(&["/bin/tug-probe", "sleep", "600000"]);
+    assert!(b.create("ex").status.success());
+    assert!(b.shim_output(&["start", "ex"]).status.success());
+    let init_pid = state(&b, "ex")["pid"].as_i64().unwrap();
+    let ns_of = |pid: i64, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap().display().to_string()
+    };
+    let r = report(&b.shim_output(&["exec", "-e", "MARK=exec", "ex", "/bin/tug-probe"]));
+    for kind in ["mnt", "uts", "ipc", "net", "pid", "cgroup", "time"] {
+        assert_eq!(r["namespaces"][kind], json!(ns_of(init_pid, kind)), "{kind} namespace");
+    }
+    assert_ne!(r["pid"], 1, "a second process in the container's pid namespace");
+    assert_eq!(r["hostname"], "tug-test");
+    assert!(r["env"].as_array().unwrap().contains(&json!("MARK=exec")));
+    assert_eq!(r["capabilities"]["bounding"], json!(["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]));
+    assert_eq!(r["no_new_privs"], true);
+    // Flags override the container's process.
+    let out = b.shim_output(&[
+        "exec",
+        "--user",
+        "1000:1000",
+        "--cwd",
+        "/tmp",
+        "ex",
+        "sh",
+        "-c",
+        "id -u; pwd; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n/tmp\n");
+    let out = b.shim_output(&["exec", "ex", "nothere"]);
+    assert_eq!(stderr(&out), "tug-shim: exec: \"nothere\": executable file not found in $PATH");
+    // Detached: its stdio must not hold this test's pipes open.
+    let pid_file = b.path().join("ex.pid").display().to_string();
+    let status = b
+        .shim(&["exec", "-d", "--pid-file", &pid_file, "ex", "sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ps = b.shim_output(&["ps", "--format", "json", "ex"]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    let detached: i64 = std::fs::read_to_string(b.path().join("ex.pid")).unwrap().trim().parse().unwrap();
+    assert!(pids.contains(&detached), "the detached process is in the container's cgroup: {pids:?}");
+    assert!(b.shim_output(&["kill", "ex", "KILL"]).status.success());
+    assert!(wait_for(|| state(&b, "ex")["status"] == "stopped"));
+    assert_eq!(
+        stderr(&b.shim_output(&["exec", "ex", "true"])),
+        "tug-shim: cannot exec in a stopped container"
+    );
+}
+
+#[test]
+fn terminals_go_to_the_console_socket() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "tty; stty size; echo done"]);
+    b.spec["process"]["terminal"] = json!(true);
+    b.spec["process"]["consoleSize"] = json!({"height": 33, "width": 101});
+    // A terminal needs a console socket, and a console socket needs a terminal.
+    assert_eq!(
+        stderr(&b.run("tty0")),
+        "tug-shim: process.terminal is true: a --console-socket is needed to receive the terminal"
+    );
+    let console = ConsoleSocket::new(&b, "console.sock");
+    b.write("tty1");
+    let bundle = b.path().display().to_string();
+    let out = b.shim_output(&["run", "--bundle", &bundle, "--console-socket", &console.arg(), "tty1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (text, slave) = console.output();
+    assert_eq!(text, "/dev/pts/0\n33 101\ndone\n");
+    assert_eq!(slave, "/dev/pts/0");
+    // exec -t with a console socket, into a running container.
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    assert!(b.create("tty2").status.success());
+    assert!(b.shim_output(&["start", "tty2"]).status.success());
+    let console = ConsoleSocket::new(&b, "exec.sock");
+    let out =
+        b.shim_output(&["exec", "-t", "--console-socket", &console.arg(), "tty2", "sh", "-c", "tty; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(console.output().0, "/dev/pts/0\n");
+    let out = b.shim_output(&["exec", "--console-socket", "/nonexistent", "tty2", "true"]);
+    assert_eq!(
+        stderr(&out),
+        "tug-shim: --console-socket is only for a process with a terminal (process.terminal is false)"
+    );
+}
+
+#[test]
+fn the_runtime_binary_cannot_be_reached_through_proc_exe() {
+    // CVE-2019-5736: while tug-shim's own code runs in the container (here the init of a
+    // created container, waiting for `start`), a process in the container must not be able to
+    // open /proc/<pid>/exe — the host's runtime binary.
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    assert!(b.create("exe").status.success());
+    let out = b.shim_output(&[
+        "exec",
+        "exe",
+        "sh",
+        "-c",
+        "readlink /proc/1/exe; cat /proc/1/exe > /dev/null; echo rc=$?",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = stderr(&out);
+    assert!(text.ends_with("rc=1\n") && !text.contains("tug-shim"), "stdout {text:?} stderr {err:?}");
+    assert!(err.contains("'/proc/1/exe': Permission denied"), "{err}");
+}

@@ -266,3 +266,117 @@ fn a_stale_socket_is_cleaned_up_and_a_live_one_is_refused() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// The container's own process spec with other arguments, as the agent builds an exec.
+fn process(s: &Supervised, args: &[&str], terminal: bool) -> serde_json::Value {
+    let mut p = s.bundle.spec["process"].clone();
+    p["args"] = json!(args);
+    p["terminal"] = json!(terminal);
+    p
+}
+
+#[test]
+fn exec_streams_stdin_stdout_stderr_and_the_exit_code() {
+    let s = Supervised::start(Bundle::new(&["/bin/sleep", "600"]), "exec1", &[]);
+    let script = "read a; echo out:$a; echo err:$a >&2; cat; exit 6";
+    let (pid, mut st) = s.client().exec(process(&s, &["sh", "-c", script], false)).unwrap();
+    assert!(pid > 0);
+    st.set_timeout(Some(Duration::from_secs(60)));
+    st.write_stdin(b"first\nsecond line\n").unwrap();
+    st.close_stdin().unwrap();
+    let all = st.collect().unwrap();
+    assert_eq!(String::from_utf8_lossy(&all.stdout), "out:first\nsecond line\n");
+    assert_eq!(String::from_utf8_lossy(&all.stderr), "err:first\n");
+    assert_eq!(all.exit.unwrap().code, 6);
+    // The exec'd process's output is its client's alone, not the container's log.
+    assert!(!s.log().contains("out:first"));
+    // A missing program is an error reply, not a session.
+    let err = s.client().exec(process(&s, &["nothere"], false)).err().unwrap();
+    assert_eq!(err.to_string(), "supervisor: exec: \"nothere\": executable file not found in $PATH");
+}
+
+#[test]
+fn exec_with_a_terminal_and_resize() {
+    let s = Supervised::start(Bundle::new(&["/bin/sleep", "600"]), "exec2", &[]);
+    let mut p = process(&s, &["sh", "-c", "tty; read x; stty size; exit 3"], true);
+    p["consoleSize"] = json!({"height": 20, "width": 70});
+    let (_, mut st) = s.client().exec(p).unwrap();
+    st.set_timeout(Some(Duration::from_secs(60)));
+    // The terminal echoes input as it arrives: send it once the first line is out.
+    let mut first = Vec::new();
+    while !first.ends_with(b"\n") {
+        match st.next_output().unwrap() {
+            Some(tug_shim::supervisor::protocol::Output::Stdout(d)) => first.extend(d),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&first).replace('\r', ""), "/dev/pts/0\n");
+    st.resize(40, 132).unwrap();
+    st.write_stdin(b"go\n").unwrap();
+    let all = st.collect().unwrap();
+    let text = String::from_utf8_lossy(&all.stdout).replace('\r', "");
+    // stdout and stderr are one stream on a terminal.
+    assert_eq!(text, "go\n40 132\n");
+    assert!(all.stderr.is_empty());
+    assert_eq!(all.exit.unwrap().code, 3);
+}
+
+#[test]
+fn attach_follows_the_containers_output_and_feeds_its_stdin() {
+    let b =
+        Bundle::new(&["/bin/sh", "-c", "echo hello; while read l; do echo got:$l; done; echo bye; exit 9"]);
+    let s = Supervised::start(b, "attach1", &["--stdin"]);
+    s.wait_log("stdout F hello");
+    let mut st = s.client().attach(true).unwrap();
+    st.set_timeout(Some(Duration::from_secs(60)));
+    st.write_stdin(b"one\n").unwrap();
+    let first = st.next_output().unwrap();
+    assert_eq!(first, Some(tug_shim::supervisor::protocol::Output::Stdout(b"got:one\n".to_vec())));
+    // A second client without stdin sees the same output.
+    let mut watcher = s.client().attach(false).unwrap();
+    watcher.set_timeout(Some(Duration::from_secs(60)));
+    st.write_stdin(b"two\n").unwrap();
+    st.close_stdin().unwrap();
+    let all = st.collect().unwrap();
+    assert_eq!(String::from_utf8_lossy(&all.stdout), "got:two\nbye\n");
+    assert_eq!(all.exit.unwrap().code, 9);
+    let seen = watcher.collect().unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen.stdout), "got:two\nbye\n");
+    assert!(s.log().contains(" stdout F got:one\n"), "attached output still goes to the log");
+    // Without --stdin, attaching with stdin is refused.
+    let s2 = Supervised::start(Bundle::new(&["/bin/sleep", "600"]), "attach2", &[]);
+    let err = s2.client().attach(true).err().unwrap();
+    assert!(err.to_string().contains("stdin is not open"), "{err}");
+}
+
+#[test]
+fn a_container_with_a_terminal_logs_it_and_resizes() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "while true; do stty size; sleep 0.1; done"]);
+    b.spec["process"]["terminal"] = json!(true);
+    b.spec["process"]["consoleSize"] = json!({"height": 10, "width": 50});
+    let s = Supervised::start(b, "tty1", &[]);
+    s.wait_log("stdout F 10 50");
+    assert_eq!(s.client().call(&Request::Resize { rows: 44, cols: 111 }).unwrap(), Reply::Ok);
+    assert!(s.wait_log("stdout F 44 111").contains("44 111"));
+    let s2 = Supervised::start(Bundle::new(&["/bin/sleep", "600"]), "tty2", &[]);
+    let err = s2.client().call(&Request::Resize { rows: 1, cols: 1 }).unwrap_err();
+    assert!(err.to_string().contains("no terminal"), "{err}");
+}
+
+#[test]
+fn kill_delivers_each_signal_and_sigkill_ends_the_container() {
+    let names = ["HUP", "INT", "QUIT", "USR1", "USR2", "TERM", "CONT", "WINCH"];
+    let traps: String = names.iter().map(|n| format!("trap 'echo got-{n}' {n}; ")).collect();
+    let script = format!("{traps} echo ready; while true; do sleep 0.05; done");
+    let s = Supervised::start(Bundle::new(&["/bin/sh", "-c", &script]), "signals", &[]);
+    s.wait_log("stdout F ready");
+    let mut c = s.client();
+    for name in names {
+        let sig: nix::sys::signal::Signal = format!("SIG{name}").parse().unwrap();
+        assert_eq!(c.call(&Request::Kill { signal: sig as i32, all: false }).unwrap(), Reply::Ok);
+        assert!(s.wait_log(&format!("stdout F got-{name}\n")).contains(&format!("got-{name}")), "{name}");
+    }
+    assert_eq!(c.call(&Request::Kill { signal: 9, all: false }).unwrap(), Reply::Ok);
+    let Reply::Exited(exit) = c.call(&Request::Wait).unwrap() else { panic!("exited") };
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (137, Some(9), false));
+}

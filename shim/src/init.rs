@@ -6,12 +6,12 @@
 use crate::cgroups::Cgroup;
 use crate::channel::Channel;
 use crate::mounts::{self, MountStep};
-use crate::plan::{Plan, PlannedMount};
+use crate::plan::{Plan, PlannedMount, ProcessPlan};
 use caps::CapSet;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use std::ffi::CString;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// What the init gets from the parent besides the plan.
@@ -24,10 +24,16 @@ pub struct InitArgs<'a> {
     /// visible from inside the container).
     pub join: Vec<(CloneFlags, OwnedFd)>,
     pub cgroup: Cgroup,
+    /// A connection to the console socket, when the process gets a terminal.
+    pub console: Option<OwnedFd>,
 }
 
 /// Runs the init. On any failure reports the step to the parent and exits 1.
 pub fn run(args: InitArgs) -> ! {
+    // Not dumpable while tug-shim's own code runs in the container's namespaces: the
+    // container's processes cannot open /proc/1/exe (the runtime binary, CVE-2019-5736) or
+    // ptrace it. execve of the user's program makes the process dumpable again.
+    let _ = nix::sys::prctl::set_dumpable(false);
     if let Err((step, message)) = setup(&args) {
         let _ = args.channel.send_failed(step, &message);
         std::process::exit(1);
@@ -44,7 +50,7 @@ pub fn run(args: InitArgs) -> ! {
             std::process::exit(127);
         }
     };
-    exec(&program, plan)
+    exec(&program, &plan.process)
 }
 
 type StepResult = Result<(), (&'static str, String)>;
@@ -90,24 +96,43 @@ fn setup(a: &InitArgs) -> StepResult {
     if let Some(adj) = plan.process.oom_score_adj {
         step("oom_score_adj", std::fs::write("/proc/self/oom_score_adj", adj.to_string()))?;
     }
-    for (res, soft, hard) in &plan.process.rlimits {
+    process_steps(&plan.process, a.console.as_ref()).map(drop)
+}
+
+/// The steps the container's init and an exec'd process share, in the container's
+/// namespaces with its root in place: terminal, rlimits, user and capabilities,
+/// no_new_privs, umask, working directory. Returns the resolved program, so a missing one is
+/// reported while the caller still waits.
+pub fn process_steps(p: &ProcessPlan, console: Option<&OwnedFd>) -> Result<PathBuf, (&'static str, String)> {
+    // The terminal first: giving the slave to the process's user needs CAP_CHOWN.
+    if p.terminal {
+        let console = console.ok_or(("terminal", "no console socket".to_string()))?;
+        let (master, slave, path) = step("terminal", crate::terminal::open_pty())?;
+        if let Some(size) = p.console_size {
+            step("terminal", crate::terminal::set_size(slave.as_fd(), size))?;
+        }
+        step("terminal", nix::unistd::fchown(&slave, Some(p.uid.into()), None))?;
+        step("terminal", crate::terminal::send_fd(console.as_raw_fd(), master.as_raw_fd(), &path))?;
+        drop(master);
+        step("terminal", crate::terminal::become_session_leader_on(&slave))?;
+    }
+    for (res, soft, hard) in &p.rlimits {
         step(
             "rlimits",
             nix::sys::resource::setrlimit(*res, *soft, *hard).map_err(|e| format!("{res:?}: {e}")),
         )?;
     }
-    set_user_and_caps(plan)?;
-    if plan.process.no_new_privs {
+    set_user_and_caps(p)?;
+    if p.no_new_privs {
         step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     }
-    if let Some(mask) = plan.process.umask {
+    if let Some(mask) = p.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask & 0o777));
     }
     // chdir as the container's user, so its permissions apply.
-    let cwd = &plan.process.cwd;
+    let cwd = &p.cwd;
     step("cwd", nix::unistd::chdir(cwd).map_err(|e| format!("chdir to {}: {e}", cwd.display())))?;
-    // Fail now, while `create` can still report it, if the program does not exist.
-    step("exec", resolve(&plan.process.args[0], &plan.process.env).map(|_| ()))
+    step("exec", resolve(&p.args[0], &p.env))
 }
 
 fn build_rootfs(plan: &Plan, cgroup: &Cgroup) -> StepResult {
@@ -168,8 +193,7 @@ fn set_domainname(name: &str) -> Result<(), nix::Error> {
 
 /// Drops the bounding set while still root, switches user keeping the permitted set, then
 /// sets the exact sets the spec lists — the order runc uses.
-fn set_user_and_caps(plan: &Plan) -> StepResult {
-    let p = &plan.process;
+fn set_user_and_caps(p: &ProcessPlan) -> StepResult {
     if let Some(c) = &p.caps {
         for cap in caps::all() {
             if !c.bounding.contains(&cap) {
@@ -252,15 +276,33 @@ pub fn resolve(program: &str, env: &[String]) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("exec: {program:?}: executable file not found in $PATH"))
 }
 
-fn exec(program: &Path, plan: &Plan) -> ! {
-    let cstr = |s: &str| CString::new(s).unwrap_or_default();
-    let path = cstr(&program.to_string_lossy());
-    let argv: Vec<CString> = plan.process.args.iter().map(|a| cstr(a)).collect();
-    let envp: Vec<CString> = plan.process.env.iter().map(|e| cstr(e)).collect();
-    close_inherited_fds();
-    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+/// Execs the program with the process's arguments and environment, every inherited
+/// descriptor above stderr closed on the way.
+pub fn exec(program: &Path, p: &ProcessPlan) -> ! {
+    let err = try_exec(program, p);
     eprintln!("tug-shim: exec {}: {err}", program.display());
     std::process::exit(127)
+}
+
+/// [`exec`] for a caller that waits on `errors`, a close-on-exec pipe: the failure is
+/// written there (end-of-file without a word means the program runs).
+pub fn exec_with_error_pipe(program: &Path, p: &ProcessPlan, mut errors: std::fs::File) -> ! {
+    let err = try_exec(program, p);
+    let _ = std::io::Write::write_all(&mut errors, format!("exec: {}: {err}", program.display()).as_bytes());
+    std::process::exit(127)
+}
+
+/// execve; returns only on failure.
+fn try_exec(program: &Path, p: &ProcessPlan) -> nix::Error {
+    let cstr = |s: &str| CString::new(s).unwrap_or_default();
+    let path = cstr(&program.to_string_lossy());
+    let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect();
+    let envp: Vec<CString> = p.env.iter().map(|e| cstr(e)).collect();
+    close_inherited_fds();
+    match nix::unistd::execve(&path, &argv, &envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
 }
 
 /// Marks every descriptor above stderr close-on-exec, so no host descriptor reaches the

@@ -60,6 +60,48 @@ impl CreateArgs {
     }
 }
 
+/// `exec`'s flags, runc's.
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Send the terminal's master to this Unix socket (with --tty).
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Working directory in the container.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Set an environment variable (NAME=VALUE); repeatable.
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Additional group ids; repeatable.
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// A process.json to run instead of the command line.
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Do not wait for the process; print nothing, exit at once.
+    #[arg(short, long)]
+    detach: bool,
+    /// Write the process's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Set no_new_privs for the process.
+    #[arg(long)]
+    no_new_privs: bool,
+    /// Add a capability (e.g. CAP_NET_ADMIN); repeatable.
+    #[arg(short, long = "cap")]
+    cap: Vec<String>,
+    id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a container, leaving it waiting for `start`.
@@ -102,6 +144,9 @@ enum Command {
     },
     /// Print what this runtime supports, as JSON.
     Features,
+    /// Run a new process in a running container, in all its namespaces and its cgroup, with
+    /// the container's process settings unless flags say otherwise.
+    Exec(ExecArgs),
     /// Start a supervisor for a new container: it creates and starts the container, keeps
     /// its logs and exit status, and outlives the caller. Prints the supervisor's pid.
     Supervise {
@@ -122,6 +167,9 @@ enum Command {
         /// Longest log record; longer lines become partial records.
         #[arg(long, default_value_t = 16 << 10)]
         log_line_max: usize,
+        /// Keep the container's stdin open for attached clients (a pipe, or its terminal).
+        #[arg(long)]
+        stdin: bool,
         id: String,
     },
 }
@@ -164,7 +212,17 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
         Command::List { format, quiet } => list(rt, &format, quiet)?,
         Command::Ps { format, id } => ps(rt, &id, &format)?,
         Command::Features => print_json(&features()),
-        Command::Supervise { bundle, state, log_path, log_max_size, log_max_files, log_line_max, id } => {
+        Command::Exec(args) => return exec(rt, args),
+        Command::Supervise {
+            bundle,
+            state,
+            log_path,
+            log_max_size,
+            log_max_files,
+            log_line_max,
+            stdin,
+            id,
+        } => {
             tug_shim::state::Dir::new(&rt.root, &id)?;
             let bundle = std::fs::canonicalize(&bundle)
                 .map_err(|e| RuntimeError::Usage(format!("bundle {}: {e}", bundle.display())))?;
@@ -178,12 +236,77 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
                 log_max_size,
                 log_keep: log_max_files,
                 line_max: log_line_max,
+                stdin,
             };
             let pid = tug_shim::supervisor::launch(&opts).map_err(RuntimeError::Usage)?;
             println!("{pid}");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn exec(rt: &Runtime, a: ExecArgs) -> Result<ExitCode, RuntimeError> {
+    let process = match &a.process {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| RuntimeError::Usage(format!("--process {}: {e}", path.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| RuntimeError::Usage(format!("--process {}: {e}", path.display())))?
+        }
+        None => {
+            let template = rt.process_template(&a.id)?;
+            tug_shim::runtime::exec_process(
+                template,
+                &tug_shim::runtime::ExecOverrides {
+                    args: a.command.clone(),
+                    env: a.env.clone(),
+                    cwd: a.cwd.clone(),
+                    user: a.user.clone(),
+                    additional_gids: a.additional_gids.clone(),
+                    tty: a.tty,
+                    no_new_privs: a.no_new_privs,
+                    caps: a.cap.clone(),
+                },
+            )?
+        }
+    };
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal && a.detach && a.console_socket.is_none() {
+        return Err(RuntimeError::Usage(
+            "cannot allocate a terminal for a detached process without --console-socket".into(),
+        ));
+    }
+    // In the foreground without a console socket, tug-shim itself holds the master.
+    let (console, proxy) = match (&a.console_socket, terminal) {
+        (Some(p), _) => (tug_shim::runtime::connect_console(Some(p), terminal)?, None),
+        (None, true) => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| RuntimeError::Usage(format!("socketpair: {e}")))?;
+            (Some(theirs.into()), Some(ours))
+        }
+        (None, false) => (None, None),
+    };
+    let pid = rt.exec_spawn(&a.id, &process, console, None)?;
+    if let Some(p) = &a.pid_file {
+        std::fs::write(p, pid.to_string())
+            .map_err(|e| RuntimeError::Usage(format!("pid file {}: {e}", p.display())))?;
+    }
+    if a.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let proxy = match proxy {
+        Some(sock) => {
+            let (master, _) = tug_shim::terminal::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&sock))
+                .map_err(RuntimeError::Usage)?;
+            Some(std::thread::spawn(move || tug_shim::terminal::proxy_stdio(master)))
+        }
+        None => None,
+    };
+    let code = tug_shim::runtime::wait_exit(pid)?;
+    if let Some(t) = proxy {
+        let _ = t.join();
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }
 
 fn print_json(v: &serde_json::Value) {

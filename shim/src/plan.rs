@@ -3,6 +3,7 @@
 //! touches the host, so every translation is unit-tested without root.
 
 use crate::mounts::{DeviceNode, MountStep, default_devices, parse_options, propagation_flags};
+use crate::terminal::WinSize;
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -82,6 +83,10 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     /// `None` keeps the runtime's own capabilities (the spec has no `capabilities`).
     pub caps: Option<CapsPlan>,
+    /// A pseudo-terminal for stdio (`process.terminal`), its master sent to the console socket.
+    pub terminal: bool,
+    /// `process.consoleSize`.
+    pub console_size: Option<WinSize>,
 }
 
 /// The five capability sets.
@@ -125,7 +130,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     if !namespaces.clone.contains(CloneFlags::CLONE_NEWNS) {
         return Err(bad("linux.namespaces", "a new mount namespace is required"));
     }
-    let process = process(spec)?;
+    let process = process(spec.process().as_ref().ok_or_else(|| bad("process", "required"))?)?;
     let root_propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
         Some(p) => propagation_flags(p)
@@ -236,14 +241,11 @@ fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<Namespaces, SpecError>
     Ok(ns)
 }
 
-fn process(spec: &Spec) -> Result<ProcessPlan, SpecError> {
-    let p = spec.process().as_ref().ok_or_else(|| bad("process", "required"))?;
+/// Translates a process (the spec's, or one given to `exec`).
+pub fn process(p: &oci_spec::runtime::Process) -> Result<ProcessPlan, SpecError> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err(bad("process.args", "must name the program to run"));
-    }
-    if p.terminal() == Some(true) {
-        return Err(bad("process.terminal", "terminals are not supported yet"));
     }
     if !p.cwd().is_absolute() {
         return Err(bad("process.cwd", format!("{:?} must be an absolute path", p.cwd())));
@@ -300,6 +302,11 @@ fn process(spec: &Spec) -> Result<ProcessPlan, SpecError> {
         no_new_privs: p.no_new_privileges().unwrap_or(false),
         oom_score_adj: p.oom_score_adj(),
         caps,
+        terminal: p.terminal().unwrap_or(false),
+        console_size: p.console_size().as_ref().map(|b| WinSize {
+            rows: u16::try_from(b.height()).unwrap_or(u16::MAX),
+            cols: u16::try_from(b.width()).unwrap_or(u16::MAX),
+        }),
     })
 }
 

@@ -33,9 +33,7 @@ impl Runtime {
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map_err(|e| RuntimeError::Usage(format!("{}: {e}", bundle.join("config.json").display())))?;
         let plan = plan::plan(&spec, &bundle)?;
-        if opts.console_socket.is_some() {
-            return Err(RuntimeError::Usage("--console-socket: terminals are not supported yet".into()));
-        }
+        let console = connect_console(opts.console_socket.as_deref(), plan.process.terminal)?;
         if !plan.rootfs.is_dir() {
             return Err(RuntimeError::Usage(format!(
                 "root.path: {} is not a directory",
@@ -53,7 +51,7 @@ impl Runtime {
         let dir = self.dir(id)?;
         dir.create()?;
         let mut guard = Cleanup { dir: &dir, cgroup: &cgroup, pid: None };
-        let pid = spawn_init(&plan, &dir, &cgroup, &layout, (&writes, &device_rules), &mut guard)?;
+        let pid = spawn_init(&plan, &dir, &cgroup, &layout, (&writes, &device_rules), console, &mut guard)?;
         let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
         let state = State {
             id: id.to_string(),
@@ -102,6 +100,7 @@ fn spawn_init(
     cgroup: &Cgroup,
     layout: &Layout,
     (writes, device_rules): (&[resources::Write], &[tug_bpf::DeviceRule]),
+    console: Option<OwnedFd>,
     guard: &mut Cleanup,
 ) -> Result<i32, RuntimeError> {
     nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
@@ -130,10 +129,18 @@ fn spawn_init(
     let pid = clone_process(plan.namespaces.clone)?;
     if pid == 0 {
         drop(parent);
-        init::run(InitArgs { plan, channel: child, fifo: fifo.into_raw_fd(), join, cgroup: cgroup.clone() });
+        init::run(InitArgs {
+            plan,
+            channel: child,
+            fifo: fifo.into_raw_fd(),
+            join,
+            cgroup: cgroup.clone(),
+            console,
+        });
     }
     guard.pid = Some(pid);
     drop(child);
+    drop(console);
     drop(fifo);
     cgroup.create(layout)?;
     cgroup.apply(writes)?;
@@ -160,6 +167,23 @@ fn clone_process(flags: CloneFlags) -> Result<i32, RuntimeError> {
         return Err(RuntimeError::Sys { what: "clone".into(), errno: nix::Error::last() });
     }
     i32::try_from(rc).map_err(|_| RuntimeError::Usage(format!("clone returned {rc}")))
+}
+
+/// Connects to the console socket that will receive the terminal's master, checking that a
+/// socket is given exactly when the process asks for a terminal (runc's rule).
+pub fn connect_console(path: Option<&Path>, terminal: bool) -> Result<Option<OwnedFd>, RuntimeError> {
+    match (path, terminal) {
+        (None, false) => Ok(None),
+        (None, true) => Err(RuntimeError::Usage(
+            "process.terminal is true: a --console-socket is needed to receive the terminal".into(),
+        )),
+        (Some(_), false) => Err(RuntimeError::Usage(
+            "--console-socket is only for a process with a terminal (process.terminal is false)".into(),
+        )),
+        (Some(p), true) => std::os::unix::net::UnixStream::connect(p)
+            .map(|s| Some(OwnedFd::from(s)))
+            .map_err(RuntimeError::io(format!("--console-socket {}", p.display()))),
+    }
 }
 
 fn owner() -> String {

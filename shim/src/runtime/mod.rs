@@ -2,12 +2,14 @@
 
 mod create;
 mod delete;
+mod exec;
 mod kill;
 mod query;
 mod run;
 mod start;
 
-pub use create::CreateOptions;
+pub use create::{CreateOptions, connect_console};
+pub use exec::{ExecOverrides, exec_process, wait_exit};
 pub use kill::parse_signal;
 pub use query::features;
 
@@ -28,6 +30,8 @@ pub enum RuntimeError {
     Resources(#[from] crate::cgroups::resources::ResourceError),
     #[error("container init failed at {step}: {message}")]
     Init { step: String, message: String },
+    #[error("{}", if step == "exec" { message.clone() } else { format!("exec failed at {step}: {message}") })]
+    Exec { step: String, message: String },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{what}: {errno}")]

@@ -10,6 +10,11 @@
 //!
 //! State directory `<state>/<id>/`: `control.sock`, `supervisor.pid`, `status.json` (once the
 //! container exited; kept until a client sends `Shutdown`).
+//!
+//! Exec'd processes are the supervisor's children too (the runtime clones them with
+//! `CLONE_PARENT`); each has a session — the client connection that asked for it, the
+//! process's stdio pipes or terminal master — served by the same loop. Attached clients are
+//! sessions on the container's own stdio.
 
 pub mod logs;
 pub mod protocol;
@@ -21,9 +26,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use protocol::{ExitStatus, Reply, Request};
+use protocol::{ExitStatus, Reply, Request, frame};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -42,6 +47,8 @@ pub struct Options {
     pub log_keep: usize,
     /// Longest log record before a line is split into partial records.
     pub line_max: usize,
+    /// Keep the container's stdin open (a pipe, or its terminal) for attached clients.
+    pub stdin: bool,
 }
 
 /// A supervisor directory's control socket.
@@ -135,8 +142,8 @@ fn supervise(opts: &Options, ready: OwnedFd) -> ! {
         .unwrap_or_else(|e| fail(&mut ready, &format!("signalfd: {e}")));
     let mut log = LogFile::open(&opts.log_path, opts.log_max_size, opts.log_keep)
         .unwrap_or_else(|e| fail(&mut ready, &format!("log {}: {e}", opts.log_path.display())));
-    let (out_r, err_r) = match start_container(opts) {
-        Ok(p) => p,
+    let io = match start_container(opts, &dir) {
+        Ok(io) => io,
         Err(e) => fail(&mut ready, &e),
     };
     let rt = Runtime::new(&opts.runtime_root);
@@ -156,62 +163,184 @@ fn supervise(opts: &Options, ready: OwnedFd) -> ! {
         waiters: Vec::new(),
         shutdown: false,
         dir,
+        main: io,
+        sessions: Vec::new(),
     };
-    s.run(&sfd, &listener, out_r, err_r, &mut log);
+    s.run(&sfd, &listener, &mut log);
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_dir_all(&s.dir);
     std::process::exit(0)
 }
 
-/// Creates and starts the container with its stdout and stderr on pipes; returns the read
-/// ends. The container inherits this process's descriptors 1 and 2, so they point at the
-/// pipes during `create` and at /dev/null afterwards: only the container holds the write
-/// ends, and the pipes close when its last process does.
-fn start_container(opts: &Options) -> Result<(OwnedFd, OwnedFd), String> {
-    let (out_r, out_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+/// The container's own stdio as the supervisor holds it.
+struct MainIo {
+    /// stdout and stderr pipes, or the terminal's master as stdout.
+    outputs: Vec<Output>,
+    /// The write end of its stdin (a pipe, or a copy of the terminal's master), if kept open.
+    stdin: Option<OwnedFd>,
+    /// The terminal's master, for resizing.
+    pty: Option<OwnedFd>,
+}
+
+/// One output stream being read.
+struct Output {
+    stream: Stream,
+    fd: Option<OwnedFd>,
+    splitter: LineSplitter,
+}
+
+impl Output {
+    fn new(stream: Stream, fd: OwnedFd, line_max: usize) -> Output {
+        Output { stream, fd: Some(fd), splitter: LineSplitter::new(line_max) }
+    }
+}
+
+fn frame_kind(s: Stream) -> u8 {
+    match s {
+        Stream::Stdout => frame::STDOUT,
+        Stream::Stderr => frame::STDERR,
+    }
+}
+
+fn dup2(from: &dyn AsRawFd, to: i32) {
+    // SAFETY: dup2 onto a standard descriptor number this process owns.
+    unsafe { libc::dup2(from.as_raw_fd(), to) };
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+}
+
+/// Creates and starts the container with its stdout and stderr on pipes (or on a terminal,
+/// when its spec asks for one). The container inherits this process's descriptors 0, 1 and
+/// 2, so they point at the pipes during `create` and at /dev/null afterwards: only the
+/// container holds the write ends, and the pipes close when its last process does.
+fn start_container(opts: &Options, dir: &Path) -> Result<MainIo, String> {
+    let config = opts.bundle.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
         .map_err(|e| format!("/dev/null: {e}"))?;
-    let dup = |from: &dyn AsRawFd, to: i32| {
-        // SAFETY: dup2 onto a standard descriptor number this process owns.
-        unsafe { libc::dup2(from.as_raw_fd(), to) }
-    };
-    dup(&null, 0);
-    dup(&out_w, 1);
-    dup(&err_w, 2);
-    drop((out_w, err_w));
+    let mut io = MainIo { outputs: Vec::new(), stdin: None, pty: None };
+    let mut console = None;
+    if terminal {
+        let path = dir.join("console.sock");
+        let _ = std::fs::remove_file(&path);
+        console = Some((UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?, path));
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        dup2(&out_w, 1);
+        dup2(&err_w, 2);
+        io.outputs.push(Output::new(Stream::Stdout, out_r, opts.line_max));
+        io.outputs.push(Output::new(Stream::Stderr, err_r, opts.line_max));
+        if opts.stdin {
+            let (in_r, in_w) = pipe()?;
+            dup2(&in_r, 0);
+            set_nonblocking(&in_w);
+            io.stdin = Some(in_w);
+        } else {
+            dup2(&null, 0);
+        }
+    }
     let rt = Runtime::new(&opts.runtime_root);
     let created = rt.create(
         &opts.id,
-        &CreateOptions { bundle: opts.bundle.clone(), pid_file: None, console_socket: None },
+        &CreateOptions {
+            bundle: opts.bundle.clone(),
+            pid_file: None,
+            console_socket: console.as_ref().map(|(_, p)| p.clone()),
+        },
     );
-    dup(&null, 1);
+    dup2(&null, 0);
+    dup2(&null, 1);
     // The supervisor's own complaints (a panic, say) go to a file beside its socket.
-    let own_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(opts.state_root.join(&opts.id).join("supervisor.log"));
+    let own_log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"));
     match &own_log {
-        Ok(f) => dup(f, 2),
-        Err(_) => dup(&null, 2),
+        Ok(f) => dup2(f, 2),
+        Err(_) => dup2(&null, 2),
     };
     created.map_err(|e| e.to_string())?;
+    if let Some((listener, path)) = console {
+        let _ = std::fs::remove_file(&path);
+        let master = listener
+            .accept()
+            .map_err(|e| format!("console socket: {e}"))
+            .and_then(|(conn, _)| crate::terminal::recv_fd(conn.as_raw_fd()));
+        let master = match master {
+            Ok((m, _)) => m,
+            Err(e) => {
+                let _ = rt.delete(&opts.id, true);
+                return Err(e);
+            }
+        };
+        let copy = |m: &OwnedFd| m.try_clone().map_err(|e| format!("dup: {e}"));
+        io.outputs.push(Output::new(Stream::Stdout, copy(&master)?, opts.line_max));
+        if opts.stdin {
+            io.stdin = Some(copy(&master)?);
+        }
+        set_nonblocking(&master);
+        io.pty = Some(master);
+    }
     if let Err(e) = rt.start(&opts.id) {
         let _ = rt.delete(&opts.id, true);
         return Err(e.to_string());
     }
-    Ok((out_r, err_r))
+    Ok(io)
 }
 
 struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
 }
+
+/// A streaming connection: an exec'd process's stdio, or an attachment to the container's.
+struct Session {
+    client: Option<UnixStream>,
+    inbuf: Vec<u8>,
+    /// Input not yet taken by the process's stdin (the client is not read meanwhile).
+    pending: Vec<u8>,
+    /// The client ended its input: close the stdin once `pending` is written.
+    close_stdin: bool,
+    target: Target,
+}
+
+enum Target {
+    Exec {
+        pid: i32,
+        outputs: Vec<Output>,
+        stdin: Option<OwnedFd>,
+        pty: Option<OwnedFd>,
+        started_at: String,
+        exit: Option<ExitStatus>,
+    },
+    Attach {
+        stdin: bool,
+    },
+}
+
+/// Whose descriptor a poll entry is.
+#[derive(Clone, Copy)]
+enum Token {
+    Signal,
+    Listener,
+    MainOut(usize),
+    MainStdin,
+    Control(usize),
+    SessionIn(usize),
+    SessionOut(usize, usize),
+    SessionStdin(usize),
+}
+
+/// How long a client may leave its socket full before the supervisor drops it.
+const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Supervisor {
     opts: Options,
@@ -223,106 +352,298 @@ struct Supervisor {
     waiters: Vec<UnixStream>,
     shutdown: bool,
     dir: PathBuf,
+    main: MainIo,
+    sessions: Vec<Session>,
 }
 
 impl Supervisor {
-    fn run(
-        &mut self,
-        sfd: &SignalFd,
-        listener: &UnixListener,
-        out_r: OwnedFd,
-        err_r: OwnedFd,
-        log: &mut LogFile,
-    ) {
-        let mut pipes: Vec<(Stream, Option<OwnedFd>, LineSplitter)> = vec![
-            (Stream::Stdout, Some(out_r), LineSplitter::new(self.opts.line_max)),
-            (Stream::Stderr, Some(err_r), LineSplitter::new(self.opts.line_max)),
-        ];
+    fn run(&mut self, sfd: &SignalFd, listener: &UnixListener, log: &mut LogFile) {
         let mut clients: Vec<Client> = Vec::new();
         loop {
             // A container whose status was collected and whose output is drained: done.
-            if self.shutdown && self.exit.is_some() && pipes.iter().all(|p| p.1.is_none()) {
+            if self.shutdown && self.exit.is_some() && self.main.outputs.iter().all(|o| o.fd.is_none()) {
                 return;
             }
-            let (nready, revents) = {
-                let mut fds: Vec<PollFd> = vec![
-                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                ];
-                for (_, fd, _) in &pipes {
-                    if let Some(fd) = fd {
-                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            let (tokens, revents) = {
+                let mut set = PollSet { tokens: Vec::new(), fds: Vec::new() };
+                set.add(Token::Signal, sfd.as_fd(), PollFlags::POLLIN);
+                set.add(Token::Listener, listener.as_fd(), PollFlags::POLLIN);
+                let pending_main = self
+                    .sessions
+                    .iter()
+                    .any(|s| matches!(s.target, Target::Attach { .. }) && !s.pending.is_empty());
+                for (k, o) in self.main.outputs.iter().enumerate() {
+                    if let Some(fd) = &o.fd {
+                        set.add(Token::MainOut(k), fd.as_fd(), PollFlags::POLLIN);
                     }
                 }
-                for c in &clients {
-                    fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                if let (Some(fd), true) = (&self.main.stdin, pending_main) {
+                    set.add(Token::MainStdin, fd.as_fd(), PollFlags::POLLOUT);
                 }
-                let n = poll(&mut fds, PollTimeout::NONE).unwrap_or(0);
-                (n, fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect::<Vec<_>>())
-            };
-            if nready == 0 {
-                continue;
-            }
-            let ready =
-                |f: PollFlags| f.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR);
-            if ready(revents[0]) {
-                while sfd.read_signal().ok().flatten().is_some() {}
-                self.reap();
-            }
-            // New connections join the poll set next round; `revents` covers only this one's.
-            let mut accepted = Vec::new();
-            if ready(revents[1]) {
-                while let Ok((stream, _)) = listener.accept() {
-                    let _ = stream.set_nonblocking(true);
-                    accepted.push(Client { stream, buf: Vec::new() });
+                for (k, c) in clients.iter().enumerate() {
+                    set.add(Token::Control(k), c.stream.as_fd(), PollFlags::POLLIN);
                 }
-            }
-            let mut i = 2;
-            for (stream, fd, splitter) in pipes.iter_mut() {
-                if fd.is_none() {
+                for (k, s) in self.sessions.iter().enumerate() {
+                    if let (Some(c), true) = (&s.client, s.pending.is_empty()) {
+                        set.add(Token::SessionIn(k), c.as_fd(), PollFlags::POLLIN);
+                    }
+                    if let Target::Exec { outputs, stdin, .. } = &s.target {
+                        for (j, o) in outputs.iter().enumerate() {
+                            if let Some(fd) = &o.fd {
+                                set.add(Token::SessionOut(k, j), fd.as_fd(), PollFlags::POLLIN);
+                            }
+                        }
+                        if let (Some(fd), false) = (stdin, s.pending.is_empty()) {
+                            set.add(Token::SessionStdin(k), fd.as_fd(), PollFlags::POLLOUT);
+                        }
+                    }
+                }
+                if poll(&mut set.fds, PollTimeout::NONE).unwrap_or(0) <= 0 {
                     continue;
                 }
-                if ready(revents[i]) {
-                    let mut buf = [0u8; 8192];
-                    let n = fd.as_ref().map_or(Ok(0), |f| nix::unistd::read(f, &mut buf)).unwrap_or(0);
-                    let stamp = SystemTime::now();
-                    for (partial, content) in splitter.feed(&buf[..n]) {
-                        let _ = log.write_record(&logs::record(stamp, *stream, partial, &content));
-                    }
-                    if n == 0 {
-                        if let Some((p, content)) = splitter.finish() {
-                            let _ = log.write_record(&logs::record(stamp, *stream, p, &content));
-                        }
-                        *fd = None;
-                    }
+                let revents: Vec<PollFlags> =
+                    set.fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+                (set.tokens, revents)
+            };
+            let mut accepted = Vec::new();
+            let mut control_ready = Vec::new();
+            for (t, ev) in tokens.into_iter().zip(revents) {
+                if !ev.intersects(
+                    PollFlags::POLLIN | PollFlags::POLLOUT | PollFlags::POLLHUP | PollFlags::POLLERR,
+                ) {
+                    continue;
                 }
-                i += 1;
+                match t {
+                    Token::Signal => {
+                        while sfd.read_signal().ok().flatten().is_some() {}
+                        self.reap();
+                    }
+                    Token::Listener => {
+                        while let Ok((stream, _)) = listener.accept() {
+                            let _ = stream.set_nonblocking(true);
+                            accepted.push(Client { stream, buf: Vec::new() });
+                        }
+                    }
+                    Token::MainOut(k) => self.read_main(k, log),
+                    Token::MainStdin => self.flush_main_stdin(),
+                    Token::Control(k) => control_ready.push(k),
+                    Token::SessionIn(k) => self.read_session_client(k),
+                    Token::SessionOut(k, j) => self.read_session_output(k, j),
+                    Token::SessionStdin(k) => self.flush_session_stdin(k),
+                }
             }
+            // Control clients last: one may turn into a session, which changes no index above.
             let mut keep = Vec::with_capacity(clients.len());
             for (k, mut c) in clients.drain(..).enumerate() {
-                if !ready(revents[i + k]) {
+                if !control_ready.contains(&k) {
                     keep.push(c);
                     continue;
                 }
-                if self.serve(&mut c) {
-                    keep.push(c);
+                match self.serve(&mut c) {
+                    Served::Keep => keep.push(c),
+                    Served::Close => {}
+                    Served::Session(target) => self.open_session(c, target),
                 }
             }
             keep.extend(accepted);
             clients = keep;
+            self.finish_sessions();
         }
     }
 
-    /// Reaps every exited child; the container's init ends the container.
+    /// Reads the container's own output: to the log and to every attached client.
+    fn read_main(&mut self, k: usize, log: &mut LogFile) {
+        let mut buf = [0u8; 8192];
+        let Some(o) = self.main.outputs.get_mut(k) else { return };
+        let n = o.fd.as_ref().map_or(Ok(0), |f| nix::unistd::read(f, &mut buf)).unwrap_or(0);
+        let stamp = SystemTime::now();
+        for (partial, content) in o.splitter.feed(&buf[..n]) {
+            let _ = log.write_record(&logs::record(stamp, o.stream, partial, &content));
+        }
+        if n == 0 {
+            if let Some((p, content)) = o.splitter.finish() {
+                let _ = log.write_record(&logs::record(stamp, o.stream, p, &content));
+            }
+            o.fd = None;
+            return;
+        }
+        let data = frame::encode(frame_kind(o.stream), &buf[..n]);
+        for s in &mut self.sessions {
+            if matches!(s.target, Target::Attach { .. }) {
+                send_to(&mut s.client, &data);
+            }
+        }
+    }
+
+    fn flush_main_stdin(&mut self) {
+        let Some(fd) = &self.main.stdin else { return };
+        for s in &mut self.sessions {
+            if matches!(s.target, Target::Attach { .. })
+                && !s.pending.is_empty()
+                && !write_some(fd, &mut s.pending)
+            {
+                s.pending.clear();
+            }
+        }
+        for k in 0..self.sessions.len() {
+            self.close_drained_stdin(k);
+        }
+    }
+
+    fn read_session_client(&mut self, k: usize) {
+        let Some(s) = self.sessions.get_mut(k) else { return };
+        let Some(c) = &s.client else { return };
+        let mut buf = [0u8; 8192];
+        match nix::sys::socket::recv(c.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+            Ok(0) | Err(nix::Error::ECONNRESET) => {
+                // The client went away: its process sees end of input, and keeps running.
+                s.client = None;
+                if let Target::Exec { stdin, .. } = &mut s.target {
+                    *stdin = None;
+                }
+                return;
+            }
+            Ok(n) => s.inbuf.extend_from_slice(&buf[..n]),
+            Err(_) => return,
+        }
+        self.handle_frames(k);
+    }
+
+    /// Acts on the complete frames a session's client sent.
+    fn handle_frames(&mut self, k: usize) {
+        let Some(s) = self.sessions.get_mut(k) else { return };
+        while let Some((kind, payload)) = frame::decode(&mut s.inbuf) {
+            match (kind, &mut s.target) {
+                (frame::STDIN, _) => s.pending.extend(payload),
+                (frame::CLOSE_STDIN, _) => s.close_stdin = true,
+                (frame::RESIZE, Target::Exec { pty: Some(pty), .. }) => resize(pty, &payload),
+                (frame::RESIZE, Target::Attach { .. }) => {
+                    if let Some(pty) = &self.main.pty {
+                        resize(pty, &payload);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Write what arrived at once; whatever does not fit waits for POLLOUT.
+        match &s.target {
+            Target::Exec { stdin: Some(fd), .. } => {
+                if !write_some(fd, &mut s.pending) {
+                    s.pending.clear();
+                }
+            }
+            Target::Attach { stdin: true } if self.main.stdin.is_some() => {
+                if let Some(fd) = &self.main.stdin {
+                    if !write_some(fd, &mut s.pending) {
+                        s.pending.clear();
+                    }
+                }
+            }
+            _ => s.pending.clear(),
+        }
+        self.close_drained_stdin(k);
+    }
+
+    /// Closes a session's stdin once the client ended it and everything it sent is written.
+    fn close_drained_stdin(&mut self, k: usize) {
+        let Some(s) = self.sessions.get_mut(k) else { return };
+        if !s.close_stdin || !s.pending.is_empty() {
+            return;
+        }
+        s.close_stdin = false;
+        match &mut s.target {
+            Target::Exec { stdin, .. } => *stdin = None,
+            Target::Attach { stdin: true } => self.main.stdin = None,
+            Target::Attach { stdin: false } => {}
+        }
+    }
+
+    fn read_session_output(&mut self, k: usize, j: usize) {
+        let Some(s) = self.sessions.get_mut(k) else { return };
+        let Target::Exec { outputs, .. } = &mut s.target else { return };
+        let Some(o) = outputs.get_mut(j) else { return };
+        let mut buf = [0u8; 8192];
+        // A terminal master reads EIO once the last slave is closed: the end, as for a pipe.
+        let n = o.fd.as_ref().map_or(Ok(0), |f| nix::unistd::read(f, &mut buf));
+        match n {
+            Ok(0) => o.fd = None,
+            Ok(n) => send_to(&mut s.client, &frame::encode(frame_kind(o.stream), &buf[..n])),
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
+            Err(_) => o.fd = None,
+        }
+    }
+
+    fn flush_session_stdin(&mut self, k: usize) {
+        let Some(s) = self.sessions.get_mut(k) else { return };
+        if let Target::Exec { stdin: Some(fd), .. } = &s.target {
+            if !write_some(fd, &mut s.pending) {
+                s.pending.clear();
+            }
+        } else {
+            s.pending.clear();
+        }
+        self.close_drained_stdin(k);
+    }
+
+    fn open_session(&mut self, c: Client, target: Target) {
+        let stream = c.stream;
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
+        let s =
+            Session { client: Some(stream), inbuf: c.buf, pending: Vec::new(), close_stdin: false, target };
+        self.sessions.push(s);
+        // Frames that came with the request line are already here.
+        self.handle_frames(self.sessions.len() - 1);
+    }
+
+    /// Ends the sessions whose process is gone and drained (or, for attachments, whose
+    /// container is), sending the exit status first; drops those whose client left.
+    fn finish_sessions(&mut self) {
+        let main_done = self.exit.is_some() && self.main.outputs.iter().all(|o| o.fd.is_none());
+        let main_exit = self.exit.clone();
+        self.sessions.retain_mut(|s| {
+            let exit = match &s.target {
+                Target::Exec { exit: Some(e), outputs, .. } if outputs.iter().all(|o| o.fd.is_none()) => {
+                    Some(e.clone())
+                }
+                Target::Attach { .. } if main_done => main_exit.clone(),
+                Target::Attach { .. } if s.client.is_none() => return false,
+                _ => None,
+            };
+            let Some(exit) = exit else { return true };
+            if let Ok(json) = serde_json::to_vec(&exit) {
+                send_to(&mut s.client, &frame::encode(frame::EXIT, &json));
+            }
+            false
+        });
+    }
+
+    /// Reaps every exited child: the container's init ends the container; an exec'd
+    /// process ends its session; orphans are just reaped.
     fn reap(&mut self) {
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == self.pid => self.exited(code, None),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == self.pid => {
-                    self.exited(128 + sig as i32, Some(sig as i32))
-                }
+            let (pid, code, signal) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code, None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), 128 + sig as i32, Some(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
+            };
+            if pid == self.pid {
+                self.exited(code, signal);
+                continue;
+            }
+            for s in &mut self.sessions {
+                if let Target::Exec { pid: p, exit, started_at, .. } = &mut s.target {
+                    if *p == pid {
+                        *exit = Some(ExitStatus {
+                            code,
+                            signal,
+                            oom_killed: false,
+                            started_at: started_at.clone(),
+                            finished_at: now(),
+                        });
+                    }
+                }
             }
         }
     }
@@ -343,26 +664,46 @@ impl Supervisor {
             let _ = w.set_nonblocking(false);
             let _ = protocol::send(&mut w, &Reply::Exited(status.clone()));
         }
+        self.main.stdin = None;
         self.exit = Some(status);
     }
 
-    /// Handles what a client sent; false when the connection is done.
-    fn serve(&mut self, c: &mut Client) -> bool {
+    /// Handles what a client sent.
+    fn serve(&mut self, c: &mut Client) -> Served {
         let mut buf = [0u8; 4096];
         match c.stream.read(&mut buf) {
-            Ok(0) => return false,
+            Ok(0) => return Served::Close,
             Ok(n) => c.buf.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Served::Keep,
+            Err(_) => return Served::Close,
         }
         while let Some(nl) = c.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = c.buf.drain(..=nl).collect();
+            let mut session = None;
             let reply = match serde_json::from_slice::<Request>(&line) {
                 Ok(Request::Wait) if self.exit.is_none() => {
                     if let Ok(w) = c.stream.try_clone() {
                         self.waiters.push(w);
                     }
                     continue;
+                }
+                Ok(Request::Exec { process }) => match self.exec(process) {
+                    Ok(target) => {
+                        let pid = if let Target::Exec { pid, .. } = &target { *pid } else { 0 };
+                        session = Some(target);
+                        Reply::Started { pid }
+                    }
+                    Err(message) => Reply::Error { message },
+                },
+                Ok(Request::Attach { stdin }) => {
+                    if stdin && self.main.stdin.is_none() {
+                        Reply::Error {
+                            message: "the container's stdin is not open (supervise it with --stdin)".into(),
+                        }
+                    } else {
+                        session = Some(Target::Attach { stdin });
+                        Reply::Attached
+                    }
                 }
                 Ok(req) => self.answer(req),
                 Err(e) => Reply::Error { message: format!("bad request: {e}") },
@@ -371,10 +712,61 @@ impl Supervisor {
             let sent = protocol::send(&mut c.stream, &reply).is_ok();
             let _ = c.stream.set_nonblocking(true);
             if !sent {
-                return false;
+                return Served::Close;
+            }
+            if let Some(target) = session {
+                return Served::Session(target);
             }
         }
-        true
+        Served::Keep
+    }
+
+    /// Starts an exec'd process with its stdio on pipes (or a terminal).
+    fn exec(&mut self, process: serde_json::Value) -> Result<Target, String> {
+        if self.exit.is_some() {
+            return Err("cannot exec in a stopped container".into());
+        }
+        let process: oci_spec::runtime::Process =
+            serde_json::from_value(process).map_err(|e| format!("process: {e}"))?;
+        let started_at = now();
+        let line_max = self.opts.line_max;
+        if process.terminal().unwrap_or(false) {
+            let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+            let pid = self
+                .rt
+                .exec_spawn(&self.opts.id, &process, Some(theirs.into()), None)
+                .map_err(|e| e.to_string())?;
+            let (master, _) = crate::terminal::recv_fd(ours.as_raw_fd())?;
+            set_nonblocking(&master);
+            let copy = |m: &OwnedFd| m.try_clone().map_err(|e| format!("dup: {e}"));
+            return Ok(Target::Exec {
+                pid,
+                outputs: vec![Output::new(Stream::Stdout, copy(&master)?, line_max)],
+                stdin: Some(copy(&master)?),
+                pty: Some(master),
+                started_at,
+                exit: None,
+            });
+        }
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let pid = self
+            .rt
+            .exec_spawn(&self.opts.id, &process, None, Some([in_r, out_w, err_w]))
+            .map_err(|e| e.to_string())?;
+        set_nonblocking(&in_w);
+        Ok(Target::Exec {
+            pid,
+            outputs: vec![
+                Output::new(Stream::Stdout, out_r, line_max),
+                Output::new(Stream::Stderr, err_r, line_max),
+            ],
+            stdin: Some(in_w),
+            pty: None,
+            started_at,
+            exit: None,
+        })
     }
 
     fn answer(&mut self, req: Request) -> Reply {
@@ -412,6 +804,11 @@ impl Supervisor {
             }
             Request::Stats => Reply::Stats(self.cgroup.stats()),
             Request::Update { resources } => self.update(resources).map_or_else(err, |()| Reply::Ok),
+            Request::Resize { rows, cols } => match &self.main.pty {
+                Some(pty) => crate::terminal::set_size(pty.as_fd(), crate::terminal::WinSize { rows, cols })
+                    .map_or_else(|e| err(format!("resize: {e}")), |()| Reply::Ok),
+                None => err("the container has no terminal (process.terminal is false)".into()),
+            },
             Request::Shutdown if self.exit.is_none() => {
                 err("the container is still running: kill it first".into())
             }
@@ -419,6 +816,8 @@ impl Supervisor {
                 self.shutdown = true;
                 Reply::Ok
             }
+            // Handled by `serve`.
+            Request::Exec { .. } | Request::Attach { .. } => err("not here".into()),
         }
     }
 
@@ -431,5 +830,56 @@ impl Supervisor {
         let writes = crate::cgroups::resources::writes(&res, self.cgroup.unified_resources)
             .map_err(|e| e.to_string())?;
         self.cgroup.apply(&writes).map_err(|e| e.to_string())
+    }
+}
+
+/// Poll entries and whose they are.
+struct PollSet<'a> {
+    tokens: Vec<Token>,
+    fds: Vec<PollFd<'a>>,
+}
+
+impl<'a> PollSet<'a> {
+    fn add(&mut self, t: Token, fd: BorrowedFd<'a>, ev: PollFlags) {
+        self.tokens.push(t);
+        self.fds.push(PollFd::new(fd, ev));
+    }
+}
+
+/// What became of a control connection after its input was handled.
+enum Served {
+    Keep,
+    Close,
+    Session(Target),
+}
+
+/// Sends a frame to a session's client; a client that cannot take it is dropped.
+fn send_to(client: &mut Option<UnixStream>, data: &[u8]) {
+    if let Some(c) = client {
+        if c.write_all(data).is_err() {
+            *client = None;
+        }
+    }
+}
+
+/// Writes as much of `pending` as the non-blocking `fd` takes, removing it; false when the
+/// reader is gone.
+fn write_some(fd: &OwnedFd, pending: &mut Vec<u8>) -> bool {
+    while !pending.is_empty() {
+        match nix::unistd::write(fd, pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(nix::Error::EAGAIN) => return true,
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn resize(pty: &OwnedFd, payload: &[u8]) {
+    if let Some((rows, cols)) = frame::parse_resize(payload) {
+        let _ = crate::terminal::set_size(pty.as_fd(), crate::terminal::WinSize { rows, cols });
     }
 }

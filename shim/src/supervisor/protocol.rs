@@ -12,7 +12,27 @@
 //!                        ◄───────────────── Exited(ExitStatus)
 //!   Shutdown ─────────────────────────────► Ok, then the supervisor exits (only once the
 //!                                           container is gone and its status collected)
+//!
+//!   Exec { process } ─────────────────────► spawns it in the container
+//!                        ◄───────────────── Started { pid }      ┐ the connection now
+//!   Attach { stdin } ─────────────────────►                      │ carries frames, not
+//!                        ◄───────────────── Attached             ┘ lines (below)
 //! ```
+//!
+//! After `Started` or `Attached` the connection is a stream of frames, each
+//! `[kind: u8][length: u32 big-endian][payload]`:
+//!
+//! ```text
+//!   client → supervisor                     supervisor → client
+//!   STDIN  (0) bytes for the process        STDOUT (1) bytes it wrote (or the terminal's)
+//!   CLOSE_STDIN (3) end of input            STDERR (2) bytes it wrote to stderr
+//!   RESIZE (4) rows: u16, cols: u16 (BE)    EXIT   (5) JSON ExitStatus, then the supervisor
+//!                                                      closes the connection
+//! ```
+//!
+//! An exec'd process's output goes only to its client; the container's own output goes to the
+//! log and to every attached client. A client that stops reading for long is cut off, never
+//! waited for: the supervisor keeps one thread.
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -40,6 +60,66 @@ pub enum Request {
         resources: serde_json::Value,
     },
     Shutdown,
+    /// Run a process in the container (an OCI `process` object; `terminal: true` for a tty).
+    Exec {
+        process: serde_json::Value,
+    },
+    /// Follow the container's own stdio; with `stdin`, write to it too (the container must
+    /// have been started with its stdin open).
+    Attach {
+        stdin: bool,
+    },
+    /// The size of the container's own terminal.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+}
+
+/// Frame kinds on a streaming connection.
+pub mod frame {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    pub const CLOSE_STDIN: u8 = 3;
+    pub const RESIZE: u8 = 4;
+    pub const EXIT: u8 = 5;
+
+    /// One encoded frame.
+    pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + payload.len());
+        out.push(kind);
+        out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Takes the first complete frame off the front of `buf`.
+    pub fn decode(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+        let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
+        if buf.len() < 5 + len {
+            return None;
+        }
+        let kind = buf[0];
+        let payload = buf[5..5 + len].to_vec();
+        buf.drain(..5 + len);
+        Some((kind, payload))
+    }
+
+    /// A RESIZE payload.
+    pub fn resize(rows: u16, cols: u16) -> Vec<u8> {
+        let mut p = rows.to_be_bytes().to_vec();
+        p.extend_from_slice(&cols.to_be_bytes());
+        p
+    }
+
+    /// Reads a RESIZE payload.
+    pub fn parse_resize(p: &[u8]) -> Option<(u16, u16)> {
+        Some((
+            u16::from_be_bytes(p.get(0..2)?.try_into().ok()?),
+            u16::from_be_bytes(p.get(2..4)?.try_into().ok()?),
+        ))
+    }
 }
 
 /// How the container's process ended.
@@ -65,12 +145,37 @@ pub struct Stats {
 /// Supervisor → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
-    Hello { version: u32, id: String, pid: i32 },
-    State { status: String, pid: i32, started_at: String, exit: Option<ExitStatus> },
+    Hello {
+        version: u32,
+        id: String,
+        pid: i32,
+    },
+    State {
+        status: String,
+        pid: i32,
+        started_at: String,
+        exit: Option<ExitStatus>,
+    },
     Exited(ExitStatus),
     Stats(Stats),
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
+    /// An exec'd process runs; frames follow.
+    Started {
+        pid: i32,
+    },
+    /// Attached to the container's stdio; frames follow.
+    Attached,
+}
+
+/// What arrives on a streaming connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
 }
 
 /// What went wrong talking to a supervisor.
@@ -141,6 +246,96 @@ impl Client {
     }
 }
 
+/// A whole stream's output.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Collected {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: Option<ExitStatus>,
+}
+
+/// The client's side of a streaming connection (after `Started` or `Attached`).
+pub struct Stream {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Starts a process in the container; returns its pid and the stream of its stdio.
+    pub fn exec(mut self, process: serde_json::Value) -> Result<(i32, Stream), ClientError> {
+        match self.call(&Request::Exec { process })? {
+            Reply::Started { pid } => Ok((pid, self.into_stream())),
+            other => Err(ClientError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Attaches to the container's own stdio.
+    pub fn attach(mut self, stdin: bool) -> Result<Stream, ClientError> {
+        match self.call(&Request::Attach { stdin })? {
+            Reply::Attached => Ok(self.into_stream()),
+            other => Err(ClientError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn into_stream(self) -> Stream {
+        Stream { writer: self.writer, reader: self.reader, buf: Vec::new() }
+    }
+}
+
+impl Stream {
+    pub fn write_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        Ok(self.writer.write_all(&frame::encode(frame::STDIN, data))?)
+    }
+
+    pub fn close_stdin(&mut self) -> Result<(), ClientError> {
+        Ok(self.writer.write_all(&frame::encode(frame::CLOSE_STDIN, &[]))?)
+    }
+
+    pub fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        Ok(self.writer.write_all(&frame::encode(frame::RESIZE, &frame::resize(rows, cols)))?)
+    }
+
+    /// Bounds how long [`Stream::next_output`] waits.
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) {
+        let _ = self.writer.set_read_timeout(timeout);
+    }
+
+    /// The next piece of output; `Ok(None)` once the supervisor closed the stream.
+    pub fn next_output(&mut self) -> Result<Option<Output>, ClientError> {
+        use std::io::Read;
+        loop {
+            if let Some((kind, payload)) = frame::decode(&mut self.buf) {
+                return Ok(Some(match kind {
+                    frame::STDOUT => Output::Stdout(payload),
+                    frame::STDERR => Output::Stderr(payload),
+                    frame::EXIT => Output::Exit(serde_json::from_slice(&payload)?),
+                    k => return Err(ClientError::Refused(format!("unknown frame kind {k}"))),
+                }));
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.reader.read(&mut chunk)?;
+            if n == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(ClientError::Closed) };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads to the end: everything written to stdout and stderr, and the exit status.
+    pub fn collect(&mut self) -> Result<Collected, ClientError> {
+        let mut all = Collected::default();
+        while let Some(o) = self.next_output()? {
+            match o {
+                Output::Stdout(d) => all.stdout.extend(d),
+                Output::Stderr(d) => all.stderr.extend(d),
+                Output::Exit(s) => all.exit = Some(s),
+            }
+        }
+        Ok(all)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +347,18 @@ mod tests {
         assert_eq!(String::from_utf8(buf).unwrap(), "{\"Kill\":{\"signal\":15,\"all\":false}}\n");
         let r: Reply = serde_json::from_str("{\"Error\":{\"message\":\"x\"}}").unwrap();
         assert_eq!(r, Reply::Error { message: "x".into() });
+    }
+
+    #[test]
+    fn frames_round_trip_and_wait_for_their_whole_payload() {
+        let mut buf = frame::encode(frame::STDOUT, b"hello");
+        buf.extend(frame::encode(frame::RESIZE, &frame::resize(24, 80)));
+        let tail = buf.split_off(buf.len() - 2);
+        assert_eq!(frame::decode(&mut buf), Some((frame::STDOUT, b"hello".to_vec())));
+        assert_eq!(frame::decode(&mut buf), None, "a partial frame waits");
+        buf.extend(tail);
+        let (kind, p) = frame::decode(&mut buf).unwrap();
+        assert_eq!((kind, frame::parse_resize(&p)), (frame::RESIZE, Some((24, 80))));
+        assert!(buf.is_empty());
     }
 }
