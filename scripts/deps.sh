@@ -10,6 +10,8 @@ packages=(
     nftables          # nft: the node's NAT and the service proxy
     iptables          # iptables-restore: the proxy's fallback
     busybox-static    # the userland of test images
+    libseccomp-dev    # tug-shim's seccomp filters are built by libseccomp (as runc's and crun's)
+    pkg-config        # finds libseccomp for the build
     protobuf-compiler # protoc: etcd-client's build
     etcd-server       # the etcd store backend's tests
     docker-registry   # a real OCI registry on loopback for the image tests

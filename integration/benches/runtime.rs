@@ -8,6 +8,11 @@
 //! - `peak-rss`: the largest resident set of the runtime's own process over those runs;
 //! - `fork-exec`: a bare fork + exec of busybox `true`, the floor any runtime sits on.
 //!
+//! Both container measures run twice: `profile=plain` (runc's default spec) and
+//! `profile=hardened` (the same with Tug's default seccomp profile and a device allow-list,
+//! what the agent gives every pod); `hardening-overhead` is tug's hardened median over its
+//! plain one (the runtime-hardening goal: at most 1.10).
+//!
 //! Anchors: runc and crun from Debian, each when installed and able to run a container here
 //! (crun 1.8 refuses hybrid hosts; `make bench` runs this benchmark again inside the VM
 //! suite's pure cgroup v2 guest, where it can). Prints `BENCH runtime <measure> cgroup=<kind>
@@ -96,6 +101,26 @@ fn main() {
     bundle.spec["linux"]["cgroupsPath"] = serde_json::json!(format!("{parent}/bench"));
     std::fs::write(bundle.path().join("config.json"), serde_json::to_string(&bundle.spec).expect("spec"))
         .expect("write");
+    // The hardened bundle: the same rootfs (by absolute path), with seccomp and device rules.
+    let hardened = bundle.path().join("hardened");
+    std::fs::create_dir_all(&hardened).expect("hardened bundle");
+    let mut spec = bundle.spec.clone();
+    spec["root"]["path"] = serde_json::json!(bundle.path().join("rootfs"));
+    let caps: Vec<String> =
+        serde_json::from_value(spec["process"]["capabilities"]["bounding"].clone()).unwrap_or_default();
+    spec["linux"]["seccomp"] = tug_shim::seccomp::profile::default_profile(&caps);
+    spec["linux"]["resources"]["devices"] = serde_json::json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 136, "access": "rwm"}
+    ]);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("{parent}/bench-hardened"));
+    std::fs::write(hardened.join("config.json"), serde_json::to_string(&spec).expect("spec")).expect("write");
     let release = tug_integration::probe::target_dir().join("release").join("tug-shim");
     let mut runtimes = vec![Runtime { name: "tug", binary: release, root: bundle.path().join("tug-root") }];
     for anchor in ["runc", "crun"] {
@@ -124,19 +149,24 @@ fn main() {
     let layout = tug_shim::cgroups::layout::Layout::detect().map(|l| l.kind()).unwrap_or("unknown");
     let measures: [(&str, Measure); 2] = [("run-true", run_once), ("lifecycle-true", lifecycle_once)];
     let mut peak = vec![0i64; runtimes.len()];
-    for (measure, f) in measures {
+    let mut tug_medians = Vec::new();
+    for ((measure, f), (profile, dir)) in measures
+        .iter()
+        .flat_map(|m| [(m, ("plain", bundle.path().to_path_buf())), (m, ("hardened", hardened.clone()))])
+    {
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
         let mut failures = vec![0usize; runtimes.len()];
         for i in 0..n {
             for (k, rt) in runtimes.iter().enumerate() {
-                let (d, rss, ok) = f(rt, bundle.path(), &format!("b{i}"));
+                let (d, rss, ok) = f(rt, &dir, &format!("b{i}"));
                 samples[k].push(d);
                 peak[k] = peak[k].max(rss);
                 failures[k] += usize::from(!ok);
             }
         }
         let s: Vec<Stats> = samples.into_iter().zip(&failures).map(|(v, f)| stats(v, *f)).collect();
-        let mut line = format!("BENCH runtime {measure} cgroup={layout} n={n}");
+        tug_medians.push((*measure, profile, s.iter().map(|x| x.median).collect::<Vec<f64>>()));
+        let mut line = format!("BENCH runtime {measure} cgroup={layout} profile={profile} n={n}");
         for (rt, st) in runtimes.iter().zip(&s) {
             line += &format!(
                 " {0}_ms={1:.2} {0}_p95_ms={2:.2} {0}_failures={3}",
@@ -158,6 +188,15 @@ fn main() {
         line += &format!(" ratio_{}={ratio:.2}", rt.name);
     }
     println!("{line}");
+    for pair in tug_medians.chunks(2) {
+        if let [(measure, _, plain), (_, _, hard)] = pair {
+            let mut line = format!("BENCH runtime hardening-overhead cgroup={layout} measure={measure}");
+            for (k, rt) in runtimes.iter().enumerate() {
+                line += &format!(" {}_ratio={:.2}", rt.name, hard[k] / plain[k]);
+            }
+            println!("{line} goal_max=1.10");
+        }
+    }
     fork_exec_floor(n);
     drop(bundle);
 }

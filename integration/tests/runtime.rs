@@ -563,3 +563,75 @@ fn the_runtime_binary_cannot_be_reached_through_proc_exe() {
     assert!(text.ends_with("rc=1\n") && !text.contains("tug-shim"), "stdout {text:?} stderr {err:?}");
     assert!(err.contains("'/proc/1/exe': Permission denied"), "{err}");
 }
+
+fn syscalls(out: &std::process::Output) -> Value {
+    report(out)
+}
+
+#[test]
+fn the_default_seccomp_profile_stops_what_capabilities_alone_would_allow() {
+    // Capabilities that let each call past the kernel's own checks, and the default profile
+    // made for runc's default capabilities: only the filter can stop them.
+    let strong = json!(["CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_DAC_READ_SEARCH", "CAP_KILL"]);
+    let base = |b: &mut Bundle| {
+        b.spec["process"]["capabilities"] =
+            json!({"bounding": strong, "effective": strong, "permitted": strong});
+    };
+    let mut open = Bundle::new(&["/bin/tug-probe", "syscalls"]);
+    base(&mut open);
+    let without = syscalls(&open.run("sc-open"));
+    for call in ["kexec_load", "open_by_handle_at", "mount", "bpf"] {
+        assert_ne!(without[call], "EPERM", "without a filter {call} reaches the kernel: {without}");
+    }
+    let mut b = Bundle::new(&["/bin/tug-probe", "syscalls"]);
+    base(&mut b);
+    let caps: Vec<String> =
+        ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"].map(String::from).to_vec();
+    b.spec["linux"]["seccomp"] = tug_shim::seccomp::profile::default_profile(&caps);
+    let with = syscalls(&b.run("sc-default"));
+    for call in
+        ["kexec_load", "open_by_handle_at", "mount", "keyctl", "bpf", "unshare_user", "personality_other"]
+    {
+        assert_eq!(with[call], "EPERM", "{call}: {with}");
+    }
+    for call in ["getpid", "getppid", "personality_query"] {
+        assert_eq!(with[call], "ok", "{call}: {with}");
+    }
+}
+
+#[test]
+fn seccomp_rules_with_arguments_errnos_and_flags_apply_to_exec_too() {
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+        "syscalls": [
+            {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+             "args": [{"index": 0, "value": 67108864, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["no_such_call_anywhere"], "action": "SCMP_ACT_KILL"}
+        ]
+    });
+    for nnp in [true, false] {
+        let mut b = Bundle::new(&["/bin/tug-probe", "syscalls"]);
+        b.spec["process"]["noNewPrivileges"] = json!(nnp);
+        b.spec["linux"]["seccomp"] = profile.clone();
+        let r = syscalls(&b.run("sc-args"));
+        assert_eq!(r["getppid"], "ENOSYS", "noNewPrivileges {nnp}: {r}");
+        assert_eq!(r["personality_other"], "EINVAL", "{r}");
+        assert_eq!(r["personality_query"], "ok", "other arguments pass: {r}");
+    }
+    let mut b = Bundle::new(&["/bin/sleep", "600"]);
+    b.spec["linux"]["seccomp"] = profile;
+    assert!(b.create("sc-exec").status.success());
+    assert!(b.shim_output(&["start", "sc-exec"]).status.success());
+    let r = report(&b.shim_output(&["exec", "sc-exec", "/bin/tug-probe", "syscalls"]));
+    assert_eq!(r["getppid"], "ENOSYS", "an exec'd process is under the container's filter: {r}");
+    let mut bad = Bundle::new(&["/bin/true"]);
+    bad.spec["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}
+    ]});
+    assert_eq!(
+        stderr(&bad.run("sc-bad")),
+        "tug-shim: linux.seccomp.syscalls[0].args[0].index: 9 is not 0..5"
+    );
+}

@@ -26,6 +26,8 @@ pub struct InitArgs<'a> {
     pub cgroup: Cgroup,
     /// A connection to the console socket, when the process gets a terminal.
     pub console: Option<OwnedFd>,
+    /// The compiled seccomp filter.
+    pub seccomp: Option<crate::seccomp::Filter>,
 }
 
 /// Runs the init. On any failure reports the step to the parent and exits 1.
@@ -41,7 +43,7 @@ pub fn run(args: InitArgs) -> ! {
     if args.channel.send_ready().is_err() {
         std::process::exit(1);
     }
-    let InitArgs { plan, channel, fifo, .. } = args;
+    let InitArgs { plan, channel, fifo, seccomp, .. } = args;
     drop(channel);
     let program = match wait_for_start_then_resolve(plan, fifo) {
         Ok(p) => p,
@@ -50,6 +52,13 @@ pub fn run(args: InitArgs) -> ! {
             std::process::exit(127);
         }
     };
+    // With no_new_privs the filter is the last step before execve.
+    if let (true, Some(f)) = (plan.process.no_new_privs, &seccomp) {
+        if let Err(e) = f.load() {
+            eprintln!("tug-shim: seccomp: {e}");
+            std::process::exit(127);
+        }
+    }
     exec(&program, &plan.process)
 }
 
@@ -59,6 +68,7 @@ fn step<T, E: std::fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<
     r.map_err(|e| (name, e.to_string()))
 }
 
+/// Everything before Ready.
 fn setup(a: &InitArgs) -> StepResult {
     let plan = a.plan;
     // The parent puts us in our cgroup first, so nothing below runs outside its limits.
@@ -96,14 +106,19 @@ fn setup(a: &InitArgs) -> StepResult {
     if let Some(adj) = plan.process.oom_score_adj {
         step("oom_score_adj", std::fs::write("/proc/self/oom_score_adj", adj.to_string()))?;
     }
-    process_steps(&plan.process, a.console.as_ref()).map(drop)
+    process_steps(&plan.process, a.console.as_ref(), a.seccomp.as_ref()).map(drop)
 }
 
 /// The steps the container's init and an exec'd process share, in the container's
 /// namespaces with its root in place: terminal, rlimits, user and capabilities,
-/// no_new_privs, umask, working directory. Returns the resolved program, so a missing one is
-/// reported while the caller still waits.
-pub fn process_steps(p: &ProcessPlan, console: Option<&OwnedFd>) -> Result<PathBuf, (&'static str, String)> {
+/// no_new_privs, umask, working directory, and seccomp when it must come before the
+/// capabilities drop. Returns the resolved program, so a missing one is reported while the
+/// caller still waits.
+pub fn process_steps(
+    p: &ProcessPlan,
+    console: Option<&OwnedFd>,
+    seccomp: Option<&crate::seccomp::Filter>,
+) -> Result<PathBuf, (&'static str, String)> {
     // The terminal first: giving the slave to the process's user needs CAP_CHOWN.
     if p.terminal {
         let console = console.ok_or(("terminal", "no console socket".to_string()))?;
@@ -121,6 +136,12 @@ pub fn process_steps(p: &ProcessPlan, console: Option<&OwnedFd>) -> Result<PathB
             "rlimits",
             nix::sys::resource::setrlimit(*res, *soft, *hard).map_err(|e| format!("{res:?}: {e}")),
         )?;
+    }
+    // Without no_new_privs the kernel wants CAP_SYS_ADMIN to load a filter: before the
+    // capabilities go. With it, the caller loads the filter last, right before execve, so
+    // the runtime's own remaining steps need not be in the profile.
+    if let (false, Some(f)) = (p.no_new_privs, seccomp) {
+        step("seccomp", f.load())?;
     }
     set_user_and_caps(p)?;
     if p.no_new_privs {

@@ -11,6 +11,7 @@
 //! - [`init`]: what the container's first process does before it execs the user's program.
 //! - [`state`]: the state directory and the OCI state of a container.
 //! - [`runtime`]: the commands (`create`, `start`, `kill`, `delete`, …).
+//! - [`seccomp`]: `linux.seccomp` → a libseccomp filter; the default profile.
 //! - [`terminal`]: pseudo-terminals and the console-socket handover.
 //! - [`supervisor`]: the per-container supervisor the agent starts (`tug-shim supervise`):
 //!   CRI logs, exit status, a control socket, containers that outlive the agent.
@@ -21,6 +22,7 @@ pub mod init;
 pub mod mounts;
 pub mod plan;
 pub mod runtime;
+pub mod seccomp;
 pub mod state;
 pub mod supervisor;
 pub mod terminal;

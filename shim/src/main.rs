@@ -147,6 +147,13 @@ enum Command {
     /// Run a new process in a running container, in all its namespaces and its cgroup, with
     /// the container's process settings unless flags say otherwise.
     Exec(ExecArgs),
+    /// Print the built-in default seccomp profile (`linux.seccomp`) for a process holding the
+    /// given capabilities: what the agent applies to pods that ask for no other.
+    DefaultSeccomp {
+        /// A capability the process holds (e.g. CAP_SYS_ADMIN); repeatable.
+        #[arg(long = "cap")]
+        caps: Vec<String>,
+    },
     /// Start a supervisor for a new container: it creates and starts the container, keeps
     /// its logs and exit status, and outlives the caller. Prints the supervisor's pid.
     Supervise {
@@ -213,6 +220,9 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
         Command::Ps { format, id } => ps(rt, &id, &format)?,
         Command::Features => print_json(&features()),
         Command::Exec(args) => return exec(rt, args),
+        Command::DefaultSeccomp { caps } => {
+            print_json(&tug_shim::seccomp::profile::default_profile(&caps));
+        }
         Command::Supervise {
             bundle,
             state,

@@ -45,6 +45,7 @@ pub struct Plan {
     pub cgroups_path: Option<PathBuf>,
     pub resources: LinuxResources,
     pub annotations: HashMap<String, String>,
+    pub seccomp: Option<crate::seccomp::SeccompPlan>,
 }
 
 /// A spec mount: an ordinary one, or a `cgroup` mount that shows the container's own cgroup
@@ -117,9 +118,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let root = spec.root().as_ref().ok_or_else(|| bad("root", "required"))?;
     let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
     let linux = spec.linux().clone().unwrap_or_default();
-    if linux.seccomp().is_some() {
-        return Err(bad("linux.seccomp", "not supported yet"));
-    }
+    let seccomp = linux.seccomp().as_ref().map(crate::seccomp::plan).transpose()?;
     if spec.hooks().is_some() {
         return Err(bad("hooks", "not supported yet"));
     }
@@ -198,6 +197,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         cgroups_path: linux.cgroups_path().clone(),
         resources: linux.resources().clone().unwrap_or_default(),
         annotations: spec.annotations().clone().unwrap_or_default(),
+        seccomp,
     })
 }
 

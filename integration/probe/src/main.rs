@@ -11,6 +11,7 @@
 //! tug-probe hog MIB         # allocate and touch MIB mebibytes, 1 MiB at a time
 //! tug-probe fork N          # fork up to N sleeping children; print how many succeeded
 //! tug-probe spin MS         # burn CPU for MS milliseconds of wall time; print cpu.stat
+//! tug-probe syscalls        # try calls a seccomp profile should stop; print each result
 //! ```
 
 mod report;
@@ -34,8 +35,14 @@ fn main() -> ExitCode {
         Some("hog") => hog(arg(1).unwrap_or(u64::MAX)),
         Some("fork") => fork(arg(1).unwrap_or(1000)),
         Some("spin") => spin(arg(1).unwrap_or(1000)),
+        Some("syscalls") => {
+            println!("{}", syscalls());
+            ExitCode::SUCCESS
+        }
         Some(other) => {
-            eprintln!("tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin)");
+            eprintln!(
+                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls)"
+            );
             ExitCode::from(2)
         }
     }
@@ -111,4 +118,36 @@ fn fork(n: u64) -> ExitCode {
     }
     println!("{}", serde_json::json!({"forked": made, "error": error}));
     ExitCode::SUCCESS
+}
+
+/// Tries calls that the default seccomp profile refuses, with arguments that make each one
+/// fail harmlessly (or do nothing) when it does reach the kernel, and a few it allows. Prints
+/// `{"name": "ok" | "EPERM" | …}`: the errno name, so a test tells a filter's EPERM from the
+/// kernel's own answer.
+fn syscalls() -> serde_json::Value {
+    fn sys(nr: libc::c_long, a: [u64; 5]) -> String {
+        // SAFETY: raw syscalls with null or invalid pointers and flags the kernel rejects
+        // before touching memory; none changes this process's state except the final unshare,
+        // which only affects this short-lived probe. String arguments point at static data.
+        let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4]) };
+        if rc >= 0 { "ok".to_string() } else { format!("{:?}", nix::errno::Errno::last()) }
+    }
+    let ptr = |c: &'static std::ffi::CStr| c.as_ptr() as u64;
+    let calls: [(&str, libc::c_long, [u64; 5]); 10] = [
+        ("getpid", libc::SYS_getpid, [0; 5]),
+        ("personality_query", libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0]),
+        ("personality_other", libc::SYS_personality, [0x0400_0000, 0, 0, 0, 0]),
+        ("getppid", libc::SYS_getppid, [0; 5]),
+        // Bad flags: EINVAL once past the capability check.
+        ("kexec_load", libc::SYS_kexec_load, [0, 0, 0, 0xdead_0000, 0]),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at, [u64::MAX, 0, 0, 0, 0]),
+        ("mount", libc::SYS_mount, [ptr(c"tug-none"), ptr(c"/nonexistent-tug"), ptr(c"tmpfs"), 0, 0]),
+        // KEYCTL_GET_KEYRING_ID of the session keyring (-3), without creating it.
+        ("keyctl", libc::SYS_keyctl, [0, u64::MAX - 2, 0, 0, 0]),
+        ("bpf", libc::SYS_bpf, [5, 0, 0, 0, 0]),
+        ("unshare_user", libc::SYS_unshare, [0x1000_0000, 0, 0, 0, 0]),
+    ];
+    let out: serde_json::Map<String, serde_json::Value> =
+        calls.iter().map(|(name, nr, args)| (name.to_string(), sys(*nr, *args).into())).collect();
+    serde_json::Value::Object(out)
 }

@@ -34,6 +34,12 @@ impl Runtime {
             .map_err(|e| RuntimeError::Usage(format!("{}: {e}", bundle.join("config.json").display())))?;
         let plan = plan::plan(&spec, &bundle)?;
         let console = connect_console(opts.console_socket.as_deref(), plan.process.terminal)?;
+        let seccomp = plan
+            .seccomp
+            .as_ref()
+            .map(|s| crate::seccomp::prepare(s, Some(&self.root.join("seccomp"))))
+            .transpose()
+            .map_err(RuntimeError::Usage)?;
         if !plan.rootfs.is_dir() {
             return Err(RuntimeError::Usage(format!(
                 "root.path: {} is not a directory",
@@ -51,7 +57,15 @@ impl Runtime {
         let dir = self.dir(id)?;
         dir.create()?;
         let mut guard = Cleanup { dir: &dir, cgroup: &cgroup, pid: None };
-        let pid = spawn_init(&plan, &dir, &cgroup, &layout, (&writes, &device_rules), console, &mut guard)?;
+        let pid = spawn_init(
+            &plan,
+            &dir,
+            &cgroup,
+            &layout,
+            (&writes, &device_rules),
+            (console, seccomp),
+            &mut guard,
+        )?;
         let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
         let state = State {
             id: id.to_string(),
@@ -100,7 +114,7 @@ fn spawn_init(
     cgroup: &Cgroup,
     layout: &Layout,
     (writes, device_rules): (&[resources::Write], &[tug_bpf::DeviceRule]),
-    console: Option<OwnedFd>,
+    (console, seccomp): (Option<OwnedFd>, Option<crate::seccomp::Filter>),
     guard: &mut Cleanup,
 ) -> Result<i32, RuntimeError> {
     nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
@@ -136,6 +150,7 @@ fn spawn_init(
             join,
             cgroup: cgroup.clone(),
             console,
+            seccomp,
         });
     }
     guard.pid = Some(pid);

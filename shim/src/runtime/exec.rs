@@ -73,6 +73,16 @@ impl Runtime {
             ));
         }
         let spec = load_spec(&state.bundle)?;
+        // The container's filter applies to every process in it.
+        let seccomp = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::seccomp::plan)
+            .transpose()?
+            .map(|s| crate::seccomp::prepare(&s, Some(&self.root.join("seccomp"))))
+            .transpose()
+            .map_err(RuntimeError::Usage)?;
         let listed: Vec<LinuxNamespaceType> = spec
             .linux()
             .as_ref()
@@ -130,9 +140,14 @@ impl Runtime {
                     unsafe { libc::_exit(0) };
                 }
                 drop(pid_w);
-                match init::process_steps(&plan, console.as_ref()) {
+                match init::process_steps(&plan, console.as_ref(), seccomp.as_ref()) {
                     Ok(program) => {
                         drop(console);
+                        if let (true, Some(f)) = (plan.no_new_privs, &seccomp) {
+                            if let Err(e) = f.load() {
+                                fail(&mut err_w, "seccomp", e.to_string());
+                            }
+                        }
                         // The error pipe is close-on-exec: its end-of-file tells the caller
                         // the program runs.
                         let _ = nix::sys::prctl::set_dumpable(false);
