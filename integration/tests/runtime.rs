@@ -635,3 +635,56 @@ fn seccomp_rules_with_arguments_errnos_and_flags_apply_to_exec_too() {
         "tug-shim: linux.seccomp.syscalls[0].args[0].index: 9 is not 0..5"
     );
 }
+
+#[test]
+fn a_user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
+    use std::os::unix::fs::MetadataExt;
+    let mut b = Bundle::new(&["/bin/sh", "-c", "touch /data/made-inside; exec sleep 600"]);
+    let data = b.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Writable by the mapped root.
+    nix::unistd::chown(&data, Some(100_000.into()), Some(100_000.into())).unwrap();
+    // The rootfs belongs to the host's root, which the container cannot write as its own
+    // root: mount points must exist in it already (as an image's would).
+    std::fs::create_dir(b.path().join("rootfs/data")).unwrap();
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]}));
+    let out = b.create("userns");
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    assert!(b.shim_output(&["start", "userns"]).status.success());
+    let made = data.join("made-inside");
+    assert!(wait_for(|| made.exists()), "the container created its file");
+    let meta = std::fs::metadata(&made).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (100_000, 100_000), "owned by the mapped uid on the host");
+    // On the host the init runs as the mapped uid...
+    let pid = state(&b, "userns")["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid_line.split_whitespace().nth(1), Some("100000"), "{uid_line}");
+    // ...and inside it is root, with the maps the spec gave; exec joins the same namespace.
+    let r = report(&b.shim_output(&["exec", "userns", "/bin/tug-probe"]));
+    assert_eq!((r["uid"].clone(), r["gid"].clone()), (json!(0), json!(0)));
+    let maps = b.shim_output(&["exec", "userns", "cat", "/proc/self/uid_map"]);
+    let text = String::from_utf8_lossy(&maps.stdout);
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
+    let host_ns = std::fs::read_link("/proc/self/ns/user").unwrap().display().to_string();
+    assert_ne!(r["namespaces"]["user"], json!(host_ns));
+}
+
+#[test]
+fn user_namespace_specs_are_checked() {
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    assert_eq!(
+        stderr(&b.run("un1")),
+        "tug-shim: linux.uidMappings: needs a new user namespace in linux.namespaces"
+    );
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    assert_eq!(stderr(&b.run("un2")), "tug-shim: linux.uidMappings: required with a new user namespace");
+}

@@ -73,6 +73,14 @@ fn setup(a: &InitArgs) -> StepResult {
     let plan = a.plan;
     // The parent puts us in our cgroup first, so nothing below runs outside its limits.
     step("cgroup", a.channel.wait_cgroup_ready())?;
+    // In a new user namespace (its maps written by now) become its root, so that files the
+    // init makes (in /dev, say) belong to a mapped id; the capabilities stay.
+    if let Some(maps) = &plan.user_ns {
+        if maps.host_uid(0).is_some() && maps.host_gid(0).is_some() {
+            step("user namespace", nix::unistd::setresgid(0.into(), 0.into(), 0.into()))?;
+            step("user namespace", nix::unistd::setresuid(0.into(), 0.into(), 0.into()))?;
+        }
+    }
     // Joined namespaces before mounts: /sys must show the joined network namespace.
     for (flag, fd) in &a.join {
         step("join namespace", nix::sched::setns(fd, *flag))?;
@@ -170,7 +178,7 @@ fn build_rootfs(plan: &Plan, cgroup: &Cgroup) -> StepResult {
         }
     }
     if !plan.devices.is_empty() {
-        step("devices", mounts::populate_dev(rootfs, &plan.devices))?;
+        step("devices", mounts::populate_dev(rootfs, &plan.devices, plan.user_ns.is_some()))?;
     }
     step("pivot_root", mounts::pivot(rootfs))
 }

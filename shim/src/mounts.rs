@@ -157,6 +157,40 @@ fn prepare(path: &Path, file: bool) -> Result<(), MountError> {
     }
 }
 
+/// A bind remount. In a user namespace the flags a mount had when the namespace was made
+/// (nosuid, nodev, noexec, atime) are locked, and a remount that would clear one fails with
+/// EPERM: then it is tried again keeping the mount's current flags, as runc does.
+fn remount(dest: &Path, flags: MsFlags) -> Result<(), MountError> {
+    match do_mount(None, dest, None, flags, None) {
+        Err(MountError::Mount { errno: nix::Error::EPERM, .. }) => {
+            do_mount(None, dest, None, flags | current_flags(dest), None)
+        }
+        other => other,
+    }
+}
+
+/// The mount flags in effect at `path`.
+fn current_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else { return MsFlags::empty() };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    out
+}
+
 fn do_mount(
     source: Option<&Path>,
     dest: &Path,
@@ -192,7 +226,7 @@ pub fn mount_step(rootfs: &Path, step: &MountStep) -> Result<(), MountError> {
         // A bind mount ignores every other flag until it is remounted.
         let rest = step.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !rest.is_empty() {
-            do_mount(None, &dest, None, rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT, None)?;
+            remount(&dest, rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT)?;
         }
     } else {
         prepare(&dest, false)?;
@@ -239,14 +273,21 @@ pub fn default_devices() -> Vec<DeviceNode> {
     ]
 }
 
-/// Creates the device nodes and the standard `/dev` symlinks inside `rootfs`.
-pub fn populate_dev(rootfs: &Path, devices: &[DeviceNode]) -> Result<(), MountError> {
+/// Creates the device nodes and the standard `/dev` symlinks inside `rootfs`. In a user
+/// namespace, where mknod is not allowed, each device is the host's node bind-mounted onto an
+/// empty file (runc does the same).
+pub fn populate_dev(rootfs: &Path, devices: &[DeviceNode], user_ns: bool) -> Result<(), MountError> {
     for d in devices {
         let path = secure_join(rootfs, &d.path)?;
         if let Some(parent) = path.parent() {
             prepare(parent, false)?;
         }
         let _ = std::fs::remove_file(&path);
+        if user_ns {
+            prepare(&path, true)?;
+            do_mount(Some(&d.path), &path, None, MsFlags::MS_BIND, None)?;
+            continue;
+        }
         let mode = Mode::from_bits_truncate(d.mode & 0o7777);
         mknod(&path, d.kind, mode, makedev(d.major, d.minor))
             .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
@@ -322,12 +363,12 @@ pub fn make_readonly(path: &Path) -> Result<(), MountError> {
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
-    do_mount(None, path, None, flags, None)
+    remount(path, flags)
 }
 
 /// Remounts `/` read-only (`root.readonly`).
 pub fn readonly_root() -> Result<(), MountError> {
-    do_mount(None, Path::new("/"), None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)
+    remount(Path::new("/"), MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)
 }
 
 #[cfg(test)]

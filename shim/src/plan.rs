@@ -46,6 +46,77 @@ pub struct Plan {
     pub resources: LinuxResources,
     pub annotations: HashMap<String, String>,
     pub seccomp: Option<crate::seccomp::SeccompPlan>,
+    /// The id maps of a new user namespace, written by the parent after the clone.
+    pub user_ns: Option<IdMaps>,
+}
+
+/// `linux.uidMappings` and `linux.gidMappings` as `/proc/<pid>/{uid,gid}_map` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMaps {
+    pub uid_map: String,
+    pub gid_map: String,
+}
+
+impl IdMaps {
+    /// The host id that `id` in the container maps to, if any.
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        host_id(&self.uid_map, id)
+    }
+
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        host_id(&self.gid_map, id)
+    }
+}
+
+fn host_id(map: &str, id: u32) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let v: Vec<u32> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
+        let (inside, outside, size) = (*v.first()?, *v.get(1)?, *v.get(2)?);
+        (id >= inside && id - inside < size).then(|| outside + (id - inside))
+    })
+}
+
+fn user_namespace(linux: &oci_spec::runtime::Linux, ns: &Namespaces) -> Result<Option<IdMaps>, SpecError> {
+    let new_user = ns.clone.contains(CloneFlags::CLONE_NEWUSER);
+    let uids = linux.uid_mappings().clone().unwrap_or_default();
+    let gids = linux.gid_mappings().clone().unwrap_or_default();
+    if !new_user {
+        if !uids.is_empty() {
+            return Err(bad("linux.uidMappings", "needs a new user namespace in linux.namespaces"));
+        }
+        if !gids.is_empty() {
+            return Err(bad("linux.gidMappings", "needs a new user namespace in linux.namespaces"));
+        }
+        return Ok(None);
+    }
+    if let Some((flag, _)) = ns.join.first() {
+        return Err(bad(
+            "linux.namespaces",
+            format!(
+                "joining a {flag:?} namespace by path together with a new user namespace is not supported"
+            ),
+        ));
+    }
+    let lines = |field: &str, maps: &[oci_spec::runtime::LinuxIdMapping]| -> Result<String, SpecError> {
+        if maps.is_empty() {
+            return Err(bad(field, "required with a new user namespace"));
+        }
+        if maps.len() > 340 {
+            return Err(bad(field, "the kernel takes at most 340 ranges"));
+        }
+        let mut out = String::new();
+        for (i, m) in maps.iter().enumerate() {
+            if m.size() == 0 {
+                return Err(bad(format!("{field}[{i}].size"), "must be above 0"));
+            }
+            out += &format!("{} {} {}\n", m.container_id(), m.host_id(), m.size());
+        }
+        Ok(out)
+    };
+    Ok(Some(IdMaps {
+        uid_map: lines("linux.uidMappings", &uids)?,
+        gid_map: lines("linux.gidMappings", &gids)?,
+    }))
 }
 
 /// A spec mount: an ordinary one, or a `cgroup` mount that shows the container's own cgroup
@@ -122,10 +193,8 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     if spec.hooks().is_some() {
         return Err(bad("hooks", "not supported yet"));
     }
-    if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(bad("linux.uidMappings", "user namespaces are not supported yet"));
-    }
     let namespaces = namespaces(&linux)?;
+    let user_ns = user_namespace(&linux, &namespaces)?;
     if !namespaces.clone.contains(CloneFlags::CLONE_NEWNS) {
         return Err(bad("linux.namespaces", "a new mount namespace is required"));
     }
@@ -198,6 +267,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         resources: linux.resources().clone().unwrap_or_default(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         seccomp,
+        user_ns,
     })
 }
 
@@ -217,9 +287,13 @@ fn namespaces(linux: &oci_spec::runtime::Linux) -> Result<Namespaces, SpecError>
             LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
             LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
-            LinuxNamespaceType::User => {
-                return Err(bad(format!("linux.namespaces[{i}]"), "user namespaces are not supported yet"));
+            LinuxNamespaceType::User if n.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()) => {
+                return Err(bad(
+                    format!("linux.namespaces[{i}].path"),
+                    "joining an existing user namespace is not supported; ask for a new one with uidMappings",
+                ));
             }
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
         };
         if ns.clone.contains(flag)
             || ns.join.iter().any(|(f, _)| *f == flag)

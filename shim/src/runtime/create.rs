@@ -156,6 +156,14 @@ fn spawn_init(
     guard.pid = Some(pid);
     drop(child);
     drop(console);
+    // The init waits for CgroupReady, so its ids are mapped before it takes a step.
+    if let Some(maps) = &plan.user_ns {
+        for (file, text) in [("gid_map", &maps.gid_map), ("uid_map", &maps.uid_map)] {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, text)
+                .map_err(RuntimeError::io(format!("writing {path} ({})", text.trim())))?;
+        }
+    }
     drop(fifo);
     cgroup.create(layout)?;
     cgroup.apply(writes)?;

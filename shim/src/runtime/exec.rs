@@ -32,7 +32,10 @@ use std::os::fd::OwnedFd;
 
 /// The namespaces an exec'd process joins, in the order it joins them: the mount namespace
 /// last, since paths above it are the host's.
-const ORDER: [(LinuxNamespaceType, &str, i32); 7] = [
+const ORDER: [(LinuxNamespaceType, &str, i32); 8] = [
+    // The user namespace first: it owns the others, and joining it gives the capabilities
+    // that joining them needs.
+    (LinuxNamespaceType::User, "user", libc::CLONE_NEWUSER),
     (LinuxNamespaceType::Cgroup, "cgroup", libc::CLONE_NEWCGROUP),
     (LinuxNamespaceType::Ipc, "ipc", libc::CLONE_NEWIPC),
     (LinuxNamespaceType::Uts, "uts", libc::CLONE_NEWUTS),
