@@ -688,3 +688,57 @@ fn user_namespace_specs_are_checked() {
     b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
     assert_eq!(stderr(&b.run("un2")), "tug-shim: linux.uidMappings: required with a new user namespace");
 }
+
+#[test]
+fn hooks_run_in_order_with_the_state_and_a_failing_one_stops_create() {
+    let mut b = Bundle::new(&["/bin/true"]);
+    let logdir = b.path().join("hooklog");
+    std::fs::create_dir(&logdir).unwrap();
+    std::fs::create_dir(b.path().join("rootfs/hooklog")).unwrap();
+    let log = logdir.join("log");
+    // Each host-side hook logs its name, the status it was given and its mount namespace.
+    let host_hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "read -r s; st=$(echo \"$s\" | grep -o '\"status\":\"[a-z]*\"'); echo \"{name} $st $(readlink /proc/self/ns/mnt)\" >> {}",
+            log.display()
+        )], "timeout": 10})
+    };
+    b.spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/hooklog", "type": "bind", "source": logdir, "options": ["rbind", "rw"]}),
+    );
+    b.spec["hooks"] = json!({
+        "prestart": [host_hook("prestart")],
+        "createRuntime": [host_hook("createRuntime")],
+        "createContainer": [host_hook("createContainer")],
+        // Resolved and run inside the container.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; echo startContainer >> /hooklog/log"]}],
+        "poststart": [host_hook("poststart")],
+        "poststop": [host_hook("poststop")]
+    });
+    let out = b.run("hooks");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l[0]).collect();
+    assert_eq!(
+        names,
+        ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+    );
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
+    assert_eq!(lines[0][1..], ["\"status\":\"creating\"", host_mnt.as_str()], "prestart: {text}");
+    assert_eq!(lines[1][2], host_mnt, "createRuntime runs in the runtime's namespaces");
+    assert_ne!(lines[2][2], host_mnt, "createContainer runs in the container's mount namespace");
+    assert_eq!(lines[4][1], "\"status\":\"running\"");
+    assert_eq!(lines[5][1], "\"status\":\"stopped\"");
+
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 1"]}]});
+    let out = b.run("hookfail");
+    assert_eq!(
+        stderr(&out),
+        "tug-shim: container init failed at createRuntime hooks: createRuntime hook 0 (/bin/sh): exit status: 1: nope"
+    );
+    assert!(b.shim_output(&["list", "-q"]).stdout.is_empty(), "nothing left");
+    assert_cgroup_gone(&b);
+}

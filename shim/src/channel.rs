@@ -8,9 +8,12 @@
 //!   clone(new namespaces) ──────────────►   waits for CgroupReady
 //!   makes the cgroup, writes limits,
 //!   adds the init's pid
-//!   send CgroupReady ───────────────────►   joins namespaces, mounts, pivot_root,
-//!                                           hostname, sysctls, rlimits, user, caps,
-//!                                           finds the executable
+//!   send CgroupReady { state } ─────────►   joins namespaces, mounts
+//!                         (only with hooks: ◄── send Mounted
+//!    prestart, createRuntime hooks run;
+//!    send HooksDone ────────────────────►   createContainer hooks run)
+//!                                           pivot_root, hostname, sysctls, rlimits,
+//!                                           user, caps, finds the executable
 //!   waits ◄──────────────────────────────   send Ready  (or Failed { step, message })
 //!   writes state.json, exits                blocks opening exec.fifo for writing
 //!
@@ -26,13 +29,18 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// Parent → init.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ToInit {
-    /// The init is in its cgroup with its limits written; it may go on.
-    CgroupReady,
+    /// The init is in its cgroup with its limits written (and its ids mapped); it may go
+    /// on. `state` is the OCI state for the hooks the init runs, when it has any.
+    CgroupReady { state: Option<String> },
+    /// The runtime's create-time hooks ran.
+    HooksDone,
 }
 
 /// Init → parent.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum FromInit {
+    /// The mounts are made (before pivot_root): the runtime's create-time hooks may run.
+    Mounted,
     /// The container is set up and waits for `start`.
     Ready,
     /// A step failed; the init exits after sending this.
@@ -84,15 +92,30 @@ impl Channel {
     }
 
     /// Parent: tell the init its cgroup is ready.
-    pub fn send_cgroup_ready(&self) -> Result<(), ChannelError> {
-        self.send(&ToInit::CgroupReady)
+    pub fn send_cgroup_ready(&self, state: Option<String>) -> Result<(), ChannelError> {
+        self.send(&ToInit::CgroupReady { state })
     }
 
-    /// Init: wait for the parent's go-ahead.
-    pub fn wait_cgroup_ready(&self) -> Result<(), ChannelError> {
+    /// Init: wait for the parent's go-ahead; returns the state for the init's hooks.
+    pub fn wait_cgroup_ready(&self) -> Result<Option<String>, ChannelError> {
         match self.recv::<ToInit>()? {
-            ToInit::CgroupReady => Ok(()),
+            ToInit::CgroupReady { state } => Ok(state),
+            ToInit::HooksDone => Err(ChannelError::Closed),
         }
+    }
+
+    /// Init: the mounts are made; wait until the runtime's hooks ran.
+    pub fn mounted_then_wait_hooks(&self) -> Result<(), ChannelError> {
+        self.send(&FromInit::Mounted)?;
+        match self.recv::<ToInit>()? {
+            ToInit::HooksDone => Ok(()),
+            ToInit::CgroupReady { .. } => Err(ChannelError::Closed),
+        }
+    }
+
+    /// Parent: the create-time hooks ran.
+    pub fn send_hooks_done(&self) -> Result<(), ChannelError> {
+        self.send(&ToInit::HooksDone)
     }
 
     /// Init: report that setup is complete.
@@ -118,8 +141,8 @@ mod tests {
     #[test]
     fn messages_cross_the_pair_and_eof_is_closed() {
         let (parent, init) = pair().unwrap();
-        parent.send_cgroup_ready().unwrap();
-        init.wait_cgroup_ready().unwrap();
+        parent.send_cgroup_ready(Some("{}".into())).unwrap();
+        assert_eq!(init.wait_cgroup_ready().unwrap().as_deref(), Some("{}"));
         init.send_failed("mounts", "mount proc on /proc: EPERM").unwrap();
         assert_eq!(
             parent.wait_report().unwrap(),

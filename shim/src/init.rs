@@ -36,10 +36,13 @@ pub fn run(args: InitArgs) -> ! {
     // container's processes cannot open /proc/1/exe (the runtime binary, CVE-2019-5736) or
     // ptrace it. execve of the user's program makes the process dumpable again.
     let _ = nix::sys::prctl::set_dumpable(false);
-    if let Err((step, message)) = setup(&args) {
-        let _ = args.channel.send_failed(step, &message);
-        std::process::exit(1);
-    }
+    let hook_state = match setup(&args) {
+        Ok(s) => s,
+        Err((step, message)) => {
+            let _ = args.channel.send_failed(step, &message);
+            std::process::exit(1);
+        }
+    };
     if args.channel.send_ready().is_err() {
         std::process::exit(1);
     }
@@ -52,6 +55,13 @@ pub fn run(args: InitArgs) -> ! {
             std::process::exit(127);
         }
     };
+    if !plan.hooks.start_container.is_empty() {
+        let state = hook_state.unwrap_or_default();
+        if let Err(e) = crate::hooks::run_all("startContainer", &plan.hooks.start_container, &state) {
+            eprintln!("tug-shim: {e}");
+            std::process::exit(1);
+        }
+    }
     // With no_new_privs the filter is the last step before execve.
     if let (true, Some(f)) = (plan.process.no_new_privs, &seccomp) {
         if let Err(e) = f.load() {
@@ -68,11 +78,11 @@ fn step<T, E: std::fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<
     r.map_err(|e| (name, e.to_string()))
 }
 
-/// Everything before Ready.
-fn setup(a: &InitArgs) -> StepResult {
+/// Everything before Ready; returns the OCI state the init's own hooks get.
+fn setup(a: &InitArgs) -> Result<Option<String>, (&'static str, String)> {
     let plan = a.plan;
     // The parent puts us in our cgroup first, so nothing below runs outside its limits.
-    step("cgroup", a.channel.wait_cgroup_ready())?;
+    let hook_state = step("cgroup", a.channel.wait_cgroup_ready())?;
     // In a new user namespace (its maps written by now) become its root, so that files the
     // init makes (in /dev, say) belong to a mapped id; the capabilities stay.
     if let Some(maps) = &plan.user_ns {
@@ -90,6 +100,16 @@ fn setup(a: &InitArgs) -> StepResult {
         step("cgroup namespace", nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP))?;
     }
     build_rootfs(plan, &a.cgroup)?;
+    // Hooks see the mounts in place, from the host's side of pivot_root.
+    if plan.hooks.at_create() {
+        step("createRuntime hooks", a.channel.mounted_then_wait_hooks())?;
+        let state = hook_state.clone().unwrap_or_default();
+        step(
+            "createContainer hooks",
+            crate::hooks::run_all("createContainer", &plan.hooks.create_container, &state),
+        )?;
+    }
+    step("pivot_root", mounts::pivot(&plan.rootfs))?;
     if let Some(h) = &plan.hostname {
         step("hostname", nix::unistd::sethostname(h))?;
     }
@@ -114,7 +134,8 @@ fn setup(a: &InitArgs) -> StepResult {
     if let Some(adj) = plan.process.oom_score_adj {
         step("oom_score_adj", std::fs::write("/proc/self/oom_score_adj", adj.to_string()))?;
     }
-    process_steps(&plan.process, a.console.as_ref(), a.seccomp.as_ref()).map(drop)
+    process_steps(&plan.process, a.console.as_ref(), a.seccomp.as_ref())?;
+    Ok(hook_state)
 }
 
 /// The steps the container's init and an exec'd process share, in the container's
@@ -180,7 +201,7 @@ fn build_rootfs(plan: &Plan, cgroup: &Cgroup) -> StepResult {
     if !plan.devices.is_empty() {
         step("devices", mounts::populate_dev(rootfs, &plan.devices, plan.user_ns.is_some()))?;
     }
-    step("pivot_root", mounts::pivot(rootfs))
+    Ok(())
 }
 
 /// A `cgroup` mount shows the container's own cgroup directories: on a pure v2 host the

@@ -8,6 +8,7 @@
 //! - [`cgroups`]: hierarchy layout, resource writes, the container's cgroup.
 //! - [`mounts`]: mount options, secure path joins, `/dev`, `pivot_root`.
 //! - [`channel`]: the typed messages between `create` and the container's init.
+//! - [`hooks`]: OCI hooks, when each runs and what its failure means.
 //! - [`init`]: what the container's first process does before it execs the user's program.
 //! - [`state`]: the state directory and the OCI state of a container.
 //! - [`runtime`]: the commands (`create`, `start`, `kill`, `delete`, …).
@@ -18,6 +19,7 @@
 
 pub mod cgroups;
 pub mod channel;
+pub mod hooks;
 pub mod init;
 pub mod mounts;
 pub mod plan;

@@ -48,6 +48,7 @@ pub struct Plan {
     pub seccomp: Option<crate::seccomp::SeccompPlan>,
     /// The id maps of a new user namespace, written by the parent after the clone.
     pub user_ns: Option<IdMaps>,
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// `linux.uidMappings` and `linux.gidMappings` as `/proc/<pid>/{uid,gid}_map` lines.
@@ -190,9 +191,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
     let linux = spec.linux().clone().unwrap_or_default();
     let seccomp = linux.seccomp().as_ref().map(crate::seccomp::plan).transpose()?;
-    if spec.hooks().is_some() {
-        return Err(bad("hooks", "not supported yet"));
-    }
+    let hooks = crate::hooks::plan(spec.hooks().as_ref())?;
     let namespaces = namespaces(&linux)?;
     let user_ns = user_namespace(&linux, &namespaces)?;
     if !namespaces.clone.contains(CloneFlags::CLONE_NEWNS) {
@@ -268,6 +267,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         annotations: spec.annotations().clone().unwrap_or_default(),
         seccomp,
         user_ns,
+        hooks,
     })
 }
 

@@ -57,15 +57,19 @@ impl Runtime {
         let dir = self.dir(id)?;
         dir.create()?;
         let mut guard = Cleanup { dir: &dir, cgroup: &cgroup, pid: None };
-        let pid = spawn_init(
-            &plan,
-            &dir,
-            &cgroup,
-            &layout,
-            (&writes, &device_rules),
-            (console, seccomp),
-            &mut guard,
-        )?;
+        let hook_state = |pid: i32, status: &str| {
+            serde_json::json!({
+                "ociVersion": crate::state::OCI_VERSION,
+                "id": id,
+                "status": status,
+                "pid": pid,
+                "bundle": bundle,
+                "annotations": plan.annotations,
+            })
+            .to_string()
+        };
+        let extras = Extras { console, seccomp, hook_state: &hook_state };
+        let pid = spawn_init(&plan, &dir, &cgroup, &layout, (&writes, &device_rules), extras, &mut guard)?;
         let start_time = proc_stat(pid).map(|s| s.1).unwrap_or(0);
         let state = State {
             id: id.to_string(),
@@ -114,7 +118,7 @@ fn spawn_init(
     cgroup: &Cgroup,
     layout: &Layout,
     (writes, device_rules): (&[resources::Write], &[tug_bpf::DeviceRule]),
-    (console, seccomp): (Option<OwnedFd>, Option<crate::seccomp::Filter>),
+    Extras { console, seccomp, hook_state }: Extras,
     guard: &mut Cleanup,
 ) -> Result<i32, RuntimeError> {
     nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
@@ -171,12 +175,34 @@ fn spawn_init(
         cgroup.attach_device_filter(device_rules)?;
     }
     cgroup.add_process(pid)?;
-    parent.send_cgroup_ready().map_err(|e| RuntimeError::Usage(e.to_string()))?;
-    match parent.wait_report() {
-        Ok(FromInit::Ready) => Ok(pid),
-        Ok(FromInit::Failed { step, message }) => Err(RuntimeError::Init { step, message }),
-        Err(e) => Err(RuntimeError::Init { step: "setup".into(), message: e.to_string() }),
+    let hooks = &plan.hooks;
+    let init_hooks = !hooks.create_container.is_empty() || !hooks.start_container.is_empty();
+    let channel_err = |e: channel::ChannelError| RuntimeError::Usage(e.to_string());
+    parent.send_cgroup_ready(init_hooks.then(|| hook_state(pid, "created"))).map_err(channel_err)?;
+    loop {
+        match parent.wait_report() {
+            Ok(FromInit::Mounted) => {
+                let state = hook_state(pid, "creating");
+                for (which, list) in [("prestart", &hooks.prestart), ("createRuntime", &hooks.create_runtime)]
+                {
+                    crate::hooks::run_all(which, list, &state)
+                        .map_err(|message| RuntimeError::Init { step: format!("{which} hooks"), message })?;
+                }
+                parent.send_hooks_done().map_err(channel_err)?;
+            }
+            Ok(FromInit::Ready) => return Ok(pid),
+            Ok(FromInit::Failed { step, message }) => return Err(RuntimeError::Init { step, message }),
+            Err(e) => return Err(RuntimeError::Init { step: "setup".into(), message: e.to_string() }),
+        }
     }
+}
+
+/// What the init gets besides the plan and the cgroup.
+struct Extras<'a> {
+    console: Option<OwnedFd>,
+    seccomp: Option<crate::seccomp::Filter>,
+    /// The OCI state for hooks, given the init's pid and a status.
+    hook_state: &'a dyn Fn(i32, &str) -> String,
 }
 
 /// `clone` without a new stack: like `fork`, but into new namespaces (crun does the same).

@@ -39,6 +39,14 @@ impl Runtime {
             }
         }
         std::fs::remove_file(dir.fifo()).map_err(RuntimeError::io("removing exec.fifo"))?;
+        // The program runs: poststart hooks, whose failures are only warnings.
+        let hooks = super::hooks_of(&state.bundle);
+        if !hooks.poststart.is_empty() {
+            let doc = crate::state::oci_state(&state, Status::Running).to_string();
+            if let Err(e) = crate::hooks::run_all("poststart", &hooks.poststart, &doc) {
+                eprintln!("tug-shim: warning: {e}");
+            }
+        }
         Ok(())
     }
 }
