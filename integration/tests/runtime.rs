@@ -343,6 +343,9 @@ fn features_lists_what_is_supported() {
     assert_eq!(f["ociVersionMax"], "1.2.0");
     assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("pid")));
     assert!(f["mountOptions"].as_array().unwrap().contains(&json!("rbind")));
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("user")));
+    assert_eq!(f["hooks"].as_array().unwrap().len(), 6);
 }
 
 fn wait_for(cond: impl FnMut() -> bool) -> bool {
