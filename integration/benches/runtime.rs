@@ -150,33 +150,36 @@ fn main() {
     let measures: [(&str, Measure); 2] = [("run-true", run_once), ("lifecycle-true", lifecycle_once)];
     let mut peak = vec![0i64; runtimes.len()];
     let mut tug_medians = Vec::new();
-    for ((measure, f), (profile, dir)) in measures
-        .iter()
-        .flat_map(|m| [(m, ("plain", bundle.path().to_path_buf())), (m, ("hardened", hardened.clone()))])
-    {
-        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
-        let mut failures = vec![0usize; runtimes.len()];
+    let profiles = [("plain", bundle.path().to_path_buf()), ("hardened", hardened.clone())];
+    for (measure, f) in &measures {
+        // Interleaved run by run, so drift on a shared machine hits both profiles alike.
+        let mut samples: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); runtimes.len()]; profiles.len()];
+        let mut failures = vec![vec![0usize; runtimes.len()]; profiles.len()];
         for i in 0..n {
-            for (k, rt) in runtimes.iter().enumerate() {
-                let (d, rss, ok) = f(rt, &dir, &format!("b{i}"));
-                samples[k].push(d);
-                peak[k] = peak[k].max(rss);
-                failures[k] += usize::from(!ok);
+            for (p, (_, dir)) in profiles.iter().enumerate() {
+                for (k, rt) in runtimes.iter().enumerate() {
+                    let (d, rss, ok) = f(rt, dir, &format!("b{i}"));
+                    samples[p][k].push(d);
+                    peak[k] = peak[k].max(rss);
+                    failures[p][k] += usize::from(!ok);
+                }
             }
         }
-        let s: Vec<Stats> = samples.into_iter().zip(&failures).map(|(v, f)| stats(v, *f)).collect();
-        tug_medians.push((*measure, profile, s.iter().map(|x| x.median).collect::<Vec<f64>>()));
-        let mut line = format!("BENCH runtime {measure} cgroup={layout} profile={profile} n={n}");
-        for (rt, st) in runtimes.iter().zip(&s) {
-            line += &format!(
-                " {0}_ms={1:.2} {0}_p95_ms={2:.2} {0}_failures={3}",
-                rt.name, st.median, st.p95, st.failures
-            );
+        for (p, (profile, _)) in profiles.iter().enumerate() {
+            let s: Vec<Stats> = samples[p].drain(..).zip(&failures[p]).map(|(v, f)| stats(v, *f)).collect();
+            tug_medians.push((*measure, *profile, s.iter().map(|x| x.median).collect::<Vec<f64>>()));
+            let mut line = format!("BENCH runtime {measure} cgroup={layout} profile={profile} n={n}");
+            for (rt, st) in runtimes.iter().zip(&s) {
+                line += &format!(
+                    " {0}_ms={1:.2} {0}_p95_ms={2:.2} {0}_failures={3}",
+                    rt.name, st.median, st.p95, st.failures
+                );
+            }
+            for (rt, st) in runtimes.iter().zip(&s).skip(1) {
+                line += &format!(" ratio_{}={:.2}", rt.name, s[0].median / st.median);
+            }
+            println!("{line}");
         }
-        for (rt, st) in runtimes.iter().zip(&s).skip(1) {
-            line += &format!(" ratio_{}={:.2}", rt.name, s[0].median / st.median);
-        }
-        println!("{line}");
     }
     let mut line = format!("BENCH runtime peak-rss cgroup={layout}");
     for (rt, kib) in runtimes.iter().zip(&peak) {
