@@ -8,7 +8,7 @@ PROBE := target/$(TRIPLE)/release/tug-probe
 # `make bench AREA=runtime` runs one area; empty runs them all.
 AREA ?=
 
-.PHONY: all deps build release probe lint unit test bench run vm-test clean
+.PHONY: all deps build release probe static lint unit test bench run vm-test clean
 
 all: build
 
@@ -25,6 +25,12 @@ release:
 ## probe: the static probe binary that tests run inside containers.
 probe:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p tug-probe --target $(TRIPLE)
+
+## static: statically linked release builds of tug-shim and tug-supervisor (libseccomp
+## included), what hosts run: no loader or shared libc pages in every supervisor.
+static:
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p tug-shim --bins --target $(TRIPLE)
 
 lint:
 	$(CARGO) fmt --all -- --check

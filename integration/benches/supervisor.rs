@@ -22,7 +22,10 @@ fn memory_kib(pid: u32) -> [u64; 3] {
 
 fn main() {
     let n: usize = std::env::var("TUG_BENCH_SUPERVISORS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    let shim = tug_integration::probe::target_dir().join("release").join("tug-shim");
+    let shim = std::env::var_os("TUG_SHIM_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tug_integration::probe::target_dir().join("release").join("tug-shim"));
+    println!("supervisors of {}", shim.display());
     let mut bundle = Bundle::new(&["/bin/sleep", "3600"]);
     let state = bundle.path().join("sup");
     let mut pids = Vec::new();

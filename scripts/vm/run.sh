@@ -18,13 +18,13 @@ make --no-print-directory probe >/dev/null
 executable() { printf '%s\n' "$1" | grep "\"name\":\"$2\"" | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4; }
 jobs=(); bins=(); stage1=
 if [ "$mode" = bench ]; then
-    cargo build --release --locked -p tug-shim --bin tug-shim
+    cargo build --release --locked -p tug-shim --bins
     json=$(cargo bench --no-run --locked -p tug-integration --bench runtime --message-format=json 2>/dev/null)
     exe=$(executable "$json" runtime)
     jobs+=("bench-runtime:$exe"); bins+=("$exe")
 else
     json=$(cargo test --no-run --locked -p tug-integration --test runtime --test cgroup_v2 --test supervisor --message-format=json 2>/dev/null)
-    cargo build --locked -p tug-shim --bin tug-shim
+    cargo build --locked --workspace --bins
     for t in runtime cgroup_v2 supervisor; do
         exe=$(executable "$json" "$t")
         [ -n "$exe" ] || { echo "vm: no test binary for $t" >&2; exit 1; }

@@ -147,6 +147,13 @@ enum Command {
     /// Run a new process in a running container, in all its namespaces and its cgroup, with
     /// the container's process settings unless flags say otherwise.
     Exec(ExecArgs),
+    /// Change a running container's cgroup limits in place (cpu, memory, pids, …).
+    Update {
+        /// A JSON file in the shape of `linux.resources` ('-': standard input).
+        #[arg(short, long)]
+        resources: PathBuf,
+        id: String,
+    },
     /// Print the built-in default seccomp profile (`linux.seccomp`) for a process holding the
     /// given capabilities: what the agent applies to pods that ask for no other.
     DefaultSeccomp {
@@ -220,6 +227,17 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
         Command::Ps { format, id } => ps(rt, &id, &format)?,
         Command::Features => print_json(&features()),
         Command::Exec(args) => return exec(rt, args),
+        Command::Update { resources, id } => {
+            let text = if resources.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&resources)
+            }
+            .map_err(|e| RuntimeError::Usage(format!("--resources {}: {e}", resources.display())))?;
+            let res = serde_json::from_str(&text)
+                .map_err(|e| RuntimeError::Usage(format!("--resources {}: {e}", resources.display())))?;
+            rt.update(&id, &res)?;
+        }
         Command::DefaultSeccomp { caps } => {
             print_json(&tug_shim::seccomp::profile::default_profile(&caps));
         }
@@ -247,6 +265,8 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
                 log_keep: log_max_files,
                 line_max: log_line_max,
                 stdin,
+                shim: std::env::current_exe()
+                    .map_err(|e| RuntimeError::Usage(format!("finding tug-shim's own path: {e}")))?,
             };
             let pid = tug_shim::supervisor::launch(&opts).map_err(RuntimeError::Usage)?;
             println!("{pid}");

@@ -1,4 +1,5 @@
-//! `kill`: send a signal to the container's init (or, with `--all`, to every process in it).
+//! `kill`: send a signal to the container's init (or, with `--all`, to every process in it);
+//! `update`: change its cgroup limits in place.
 
 use super::{Runtime, RuntimeError};
 use crate::state::Status;
@@ -24,6 +25,18 @@ impl Runtime {
             return Ok(());
         }
         kill(Pid::from_raw(state.pid), signal).map_err(RuntimeError::sys(format!("kill {}", state.pid)))
+    }
+}
+
+impl Runtime {
+    /// Writes new cgroup limits for a created or running container (`update`).
+    pub fn update(&self, id: &str, res: &oci_spec::runtime::LinuxResources) -> Result<(), RuntimeError> {
+        let (_, state, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(RuntimeError::Usage("container not running".into()));
+        }
+        let writes = crate::cgroups::resources::writes(res, state.cgroup.unified_resources)?;
+        Ok(state.cgroup.apply(&writes)?)
     }
 }
 

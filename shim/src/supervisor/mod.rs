@@ -19,7 +19,6 @@
 pub mod logs;
 pub mod protocol;
 
-use crate::runtime::{CreateOptions, Runtime};
 use logs::{LineSplitter, LogFile, Stream};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -34,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// What `tug-shim supervise` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Options {
     pub id: String,
     pub bundle: PathBuf,
@@ -49,6 +48,8 @@ pub struct Options {
     pub line_max: usize,
     /// Keep the container's stdin open (a pipe, or its terminal) for attached clients.
     pub stdin: bool,
+    /// The `tug-shim` binary the supervisor runs (and beside which `tug-supervisor` lives).
+    pub shim: PathBuf,
 }
 
 /// A supervisor directory's control socket.
@@ -77,9 +78,22 @@ pub fn recorded_exit(state_root: &Path, id: &str) -> Option<ExitStatus> {
 }
 
 /// Starts a supervisor and waits until it says the container runs. Returns its pid.
+///
+/// The supervisor is its own small program, `tug-supervisor`, installed beside `tug-shim`:
+/// it never links the runtime's setup code (spec parsing, mounts, seccomp) but runs
+/// `tug-shim create`, `start`, `exec`, `update` and `delete` as short-lived children, as
+/// containerd's shims run runc — so an idle supervisor's resident set is the loop's alone.
 pub fn launch(opts: &Options) -> Result<i32, String> {
+    let program = opts.shim.with_file_name("tug-supervisor");
+    if !program.is_file() {
+        return Err(format!("{} not found: it is installed beside tug-shim", program.display()));
+    }
+    let json = serde_json::to_string(opts).map_err(|e| e.to_string())?;
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let cstr = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let argv = [cstr("tug-supervisor"), cstr(&json), cstr(&ready_w.as_raw_fd().to_string())];
+    let path = cstr(&program.to_string_lossy());
     // SAFETY: this process is single-threaded here (the CLI calls launch before anything
     // else), so the child may do anything after fork.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
@@ -99,7 +113,14 @@ pub fn launch(opts: &Options) -> Result<i32, String> {
             let _ = nix::unistd::setsid();
             // SAFETY: still single-threaded; the intermediate process exits at once.
             match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => supervise(opts, ready_w),
+                Ok(nix::unistd::ForkResult::Child) => {
+                    // SAFETY: clears FD_CLOEXEC on the ready pipe, which this process owns.
+                    unsafe { libc::fcntl(ready_w.as_raw_fd(), libc::F_SETFD, 0) };
+                    let err = nix::unistd::execv(&path, &argv).err();
+                    let _ =
+                        writeln!(std::fs::File::from(ready_w), "error exec {}: {err:?}", program.display());
+                    std::process::exit(1)
+                }
                 _ => std::process::exit(0),
             }
         }
@@ -115,11 +136,29 @@ fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
-/// The supervisor process. Never returns.
-fn supervise(opts: &Options, ready: OwnedFd) -> ! {
-    let mut ready = std::fs::File::from(ready);
+/// `tug-supervisor OPTIONS-JSON READY-FD`: the supervisor process. Never returns.
+pub fn serve(options: &str, ready_fd: &str) -> ! {
+    let Ok(fd) = ready_fd.parse::<i32>() else {
+        eprintln!("tug-supervisor is started by `tug-shim supervise`, not by hand");
+        std::process::exit(2)
+    };
+    // SAFETY: `launch` left this descriptor open for us under this number.
+    let mut ready = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let _ = nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let opts: Options = match serde_json::from_str(options) {
+        Ok(o) => o,
+        Err(e) => fail(&mut ready, &format!("bad options: {e}")),
+    };
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let _ = nix::unistd::chdir("/");
+    // Detached from the caller: no descriptor of its own (its stdout may be a pipe someone
+    // reads to the end) stays open here.
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        dup2(&null, 0);
+        dup2(&null, 1);
+        dup2(&null, 2);
+    }
+    close_stray_fds(fd);
     let dir = opts.state_root.join(&opts.id);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         fail(&mut ready, &format!("{}: {e}", dir.display()));
@@ -142,22 +181,30 @@ fn supervise(opts: &Options, ready: OwnedFd) -> ! {
         .unwrap_or_else(|e| fail(&mut ready, &format!("signalfd: {e}")));
     let mut log = LogFile::open(&opts.log_path, opts.log_max_size, opts.log_keep)
         .unwrap_or_else(|e| fail(&mut ready, &format!("log {}: {e}", opts.log_path.display())));
-    let io = match start_container(opts, &dir) {
-        Ok(io) => io,
+    // Our own complaints (a panic, say) go to a file beside the socket.
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log")) {
+        dup2(&f, 2);
+    }
+    let shim = Shim {
+        binary: opts.shim.clone(),
+        root: opts.runtime_root.clone(),
+        dir: dir.clone(),
+        id: opts.id.clone(),
+    };
+    let (io, pid, cgroup) = match start_container(&opts, &shim) {
+        Ok(started) => started,
         Err(e) => fail(&mut ready, &e),
     };
-    let rt = Runtime::new(&opts.runtime_root);
-    let (_, state, _) = rt.load(&opts.id).unwrap_or_else(|e| fail(&mut ready, &e.to_string()));
     let listener =
         UnixListener::bind(&sock).unwrap_or_else(|e| fail(&mut ready, &format!("{}: {e}", sock.display())));
     let _ = listener.set_nonblocking(true);
     let _ = writeln!(ready, "ok {}", std::process::id());
     drop(ready);
     let mut s = Supervisor {
-        opts: opts.clone(),
-        rt,
-        pid: state.pid,
-        cgroup: state.cgroup,
+        opts,
+        shim,
+        pid,
+        cgroup,
         started_at: now(),
         exit: None,
         waiters: Vec::new(),
@@ -165,11 +212,66 @@ fn supervise(opts: &Options, ready: OwnedFd) -> ! {
         dir,
         main: io,
         sessions: Vec::new(),
+        execs: 0,
     };
     s.run(&sfd, &listener, &mut log);
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_dir_all(&s.dir);
     std::process::exit(0)
+}
+
+/// Closes every descriptor above stderr but `keep`.
+fn close_stray_fds(keep: i32) {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && *fd != keep)
+        .collect();
+    for fd in fds {
+        // SAFETY: closes a descriptor inherited from the caller that nothing here owns (the
+        // directory handle read_dir used is already closed).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// How the supervisor runs `tug-shim`: with the runtime's root, and errors in a JSON log it
+/// reads back (the command's own stderr may be the container's).
+struct Shim {
+    binary: PathBuf,
+    root: PathBuf,
+    dir: PathBuf,
+    id: String,
+}
+
+impl Shim {
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root).arg("--log").arg(self.dir.join("runtime.log"));
+        cmd.args(["--log-format", "json"]).args(args);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        cmd.stderr(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs a prepared command to its end; a failure carries the runtime's own message.
+    fn run(&self, mut cmd: std::process::Command) -> Result<(), String> {
+        let _ = std::fs::remove_file(self.dir.join("runtime.log"));
+        let status = cmd.status().map_err(|e| format!("{}: {e}", self.binary.display()))?;
+        if status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.join("runtime.log")).unwrap_or_default();
+        let msg = log.lines().rev().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["msg"].as_str().map(str::to_string)
+        });
+        Err(msg.unwrap_or_else(|| format!("tug-shim {status}")))
+    }
+
+    fn delete(&self) {
+        let _ = self.run(self.command(&["delete", "--force", &self.id]));
+    }
 }
 
 /// The container's own stdio as the supervisor holds it.
@@ -215,72 +317,77 @@ fn set_nonblocking(fd: &OwnedFd) {
     let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
 }
 
-/// Creates and starts the container with its stdout and stderr on pipes (or on a terminal,
-/// when its spec asks for one). The container inherits this process's descriptors 0, 1 and
-/// 2, so they point at the pipes during `create` and at /dev/null afterwards: only the
-/// container holds the write ends, and the pipes close when its last process does.
-fn start_container(opts: &Options, dir: &Path) -> Result<MainIo, String> {
+/// Takes a terminal master sent to a console socket bound at `path`.
+fn receive_master(listener: &UnixListener) -> Result<OwnedFd, String> {
+    let (conn, _) = listener.accept().map_err(|e| format!("console socket: {e}"))?;
+    crate::terminal::recv_fd(conn.as_raw_fd()).map(|(fd, _)| fd)
+}
+
+fn bind_console(path: &Path) -> Result<UnixListener, String> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `tug-shim create` and `start`, with the container's stdout and stderr on pipes (or its
+/// terminal's master from a console socket). `create`'s init inherits the pipes' write ends;
+/// once `create` exits only the container holds them, and the pipes close when its last
+/// process does. The init is re-parented to this process, the subreaper. Returns the stdio,
+/// the init's pid and its cgroup.
+fn start_container(opts: &Options, shim: &Shim) -> Result<(MainIo, i32, crate::cgroups::Cgroup), String> {
     let config = opts.bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?;
+    // Only `process.terminal` matters here: typed, so serde skips the rest unparsed.
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        process: Option<SpecProcess>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SpecProcess {
+        terminal: Option<bool>,
+    }
+    let spec: Spec = std::fs::read(&config)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("{}: cannot read the spec", config.display()))?;
+    let terminal = spec.process.and_then(|p| p.terminal).unwrap_or(false);
+    let pid_file = shim.dir.join("init.pid");
+    let bundle = opts.bundle.display().to_string();
+    let pid_arg = pid_file.display().to_string();
     let mut io = MainIo { outputs: Vec::new(), stdin: None, pty: None };
+    let mut cmd;
     let mut console = None;
     if terminal {
-        let path = dir.join("console.sock");
-        let _ = std::fs::remove_file(&path);
-        console = Some((UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?, path));
+        let path = shim.dir.join("console.sock");
+        console = Some(bind_console(&path)?);
+        let path = path.display().to_string();
+        cmd = shim.command(&[
+            "create",
+            "--bundle",
+            &bundle,
+            "--pid-file",
+            &pid_arg,
+            "--console-socket",
+            &path,
+            &shim.id,
+        ]);
     } else {
+        cmd = shim.command(&["create", "--bundle", &bundle, "--pid-file", &pid_arg, &shim.id]);
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        dup2(&out_w, 1);
-        dup2(&err_w, 2);
+        cmd.stdout(out_w).stderr(err_w);
         io.outputs.push(Output::new(Stream::Stdout, out_r, opts.line_max));
         io.outputs.push(Output::new(Stream::Stderr, err_r, opts.line_max));
         if opts.stdin {
             let (in_r, in_w) = pipe()?;
-            dup2(&in_r, 0);
+            cmd.stdin(in_r);
             set_nonblocking(&in_w);
             io.stdin = Some(in_w);
-        } else {
-            dup2(&null, 0);
         }
     }
-    let rt = Runtime::new(&opts.runtime_root);
-    let created = rt.create(
-        &opts.id,
-        &CreateOptions {
-            bundle: opts.bundle.clone(),
-            pid_file: None,
-            console_socket: console.as_ref().map(|(_, p)| p.clone()),
-        },
-    );
-    dup2(&null, 0);
-    dup2(&null, 1);
-    // The supervisor's own complaints (a panic, say) go to a file beside its socket.
-    let own_log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("supervisor.log"));
-    match &own_log {
-        Ok(f) => dup2(f, 2),
-        Err(_) => dup2(&null, 2),
-    };
-    created.map_err(|e| e.to_string())?;
-    if let Some((listener, path)) = console {
-        let _ = std::fs::remove_file(&path);
-        let master = listener
-            .accept()
-            .map_err(|e| format!("console socket: {e}"))
-            .and_then(|(conn, _)| crate::terminal::recv_fd(conn.as_raw_fd()));
-        let master = match master {
-            Ok((m, _)) => m,
-            Err(e) => {
-                let _ = rt.delete(&opts.id, true);
-                return Err(e);
-            }
-        };
+    // The command (and with it our copies of the write ends) is gone after this.
+    shim.run(cmd)?;
+    let _ = std::fs::remove_file(shim.dir.join("console.sock"));
+    if let Some(listener) = console {
+        let master = receive_master(&listener).inspect_err(|_| shim.delete())?;
         let copy = |m: &OwnedFd| m.try_clone().map_err(|e| format!("dup: {e}"));
         io.outputs.push(Output::new(Stream::Stdout, copy(&master)?, opts.line_max));
         if opts.stdin {
@@ -289,11 +396,24 @@ fn start_container(opts: &Options, dir: &Path) -> Result<MainIo, String> {
         set_nonblocking(&master);
         io.pty = Some(master);
     }
-    if let Err(e) = rt.start(&opts.id) {
-        let _ = rt.delete(&opts.id, true);
-        return Err(e.to_string());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| format!("{}: no pid", pid_file.display()))?;
+    let _ = std::fs::remove_file(&pid_file);
+    let state = opts.runtime_root.join(&opts.id).join("state.json");
+    #[derive(serde::Deserialize)]
+    struct State {
+        cgroup: crate::cgroups::Cgroup,
     }
-    Ok(io)
+    let cgroup = std::fs::read(&state)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+        .map(|s| s.cgroup)
+        .ok_or_else(|| format!("{}: no cgroup", state.display()));
+    let cgroup = cgroup.inspect_err(|_| shim.delete())?;
+    shim.run(shim.command(&["start", &shim.id])).inspect_err(|_| shim.delete())?;
+    Ok((io, pid, cgroup))
 }
 
 struct Client {
@@ -344,7 +464,7 @@ const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 struct Supervisor {
     opts: Options,
-    rt: Runtime,
+    shim: Shim,
     pid: i32,
     cgroup: crate::cgroups::Cgroup,
     started_at: String,
@@ -354,6 +474,8 @@ struct Supervisor {
     dir: PathBuf,
     main: MainIo,
     sessions: Vec<Session>,
+    /// Exec'd processes so far (names their files).
+    execs: u64,
 }
 
 impl Supervisor {
@@ -651,7 +773,7 @@ impl Supervisor {
     fn exited(&mut self, code: i32, signal: Option<i32>) {
         // The OOM count lives in the cgroup: read it before the runtime removes the cgroup.
         let oom_killed = self.cgroup.oom_kills() > 0;
-        let _ = self.rt.delete(&self.opts.id, true);
+        self.shim.delete();
         let status =
             ExitStatus { code, signal, oom_killed, started_at: self.started_at.clone(), finished_at: now() };
         if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
@@ -726,17 +848,35 @@ impl Supervisor {
         if self.exit.is_some() {
             return Err("cannot exec in a stopped container".into());
         }
-        let process: oci_spec::runtime::Process =
-            serde_json::from_value(process).map_err(|e| format!("process: {e}"))?;
+        let terminal = process["terminal"].as_bool().unwrap_or(false);
+        self.execs += 1;
+        let n = self.execs;
+        let file = |ext: &str| self.dir.join(format!("exec-{n}.{ext}"));
+        let (json, pid_file, sock) = (file("json"), file("pid"), file("sock"));
+        std::fs::write(&json, process.to_string()).map_err(|e| format!("{}: {e}", json.display()))?;
+        let (json_arg, pid_arg, sock_arg) =
+            (json.display().to_string(), pid_file.display().to_string(), sock.display().to_string());
+        let mut args = vec!["exec", "--detach", "--pid-file", &pid_arg, "--process", &json_arg];
         let started_at = now();
         let line_max = self.opts.line_max;
-        if process.terminal().unwrap_or(false) {
-            let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-            let pid = self
-                .rt
-                .exec_spawn(&self.opts.id, &process, Some(theirs.into()), None)
-                .map_err(|e| e.to_string())?;
-            let (master, _) = crate::terminal::recv_fd(ours.as_raw_fd())?;
+        let cleanup = || {
+            for f in [&json, &pid_file, &sock] {
+                let _ = std::fs::remove_file(f);
+            }
+        };
+        let pid = |cleanup: &dyn Fn()| -> Result<i32, String> {
+            let pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok());
+            cleanup();
+            pid.ok_or_else(|| "exec: the process did not start".to_string())
+        };
+        if terminal {
+            let listener = bind_console(&sock)?;
+            args.extend(["--console-socket", &sock_arg]);
+            args.push(&self.shim.id);
+            let ran = self.shim.run(self.shim.command(&args));
+            ran.inspect_err(|_| cleanup())?;
+            let master = receive_master(&listener).inspect_err(|_| cleanup())?;
+            let pid = pid(&cleanup)?;
             set_nonblocking(&master);
             let copy = |m: &OwnedFd| m.try_clone().map_err(|e| format!("dup: {e}"));
             return Ok(Target::Exec {
@@ -751,10 +891,13 @@ impl Supervisor {
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let pid = self
-            .rt
-            .exec_spawn(&self.opts.id, &process, None, Some([in_r, out_w, err_w]))
-            .map_err(|e| e.to_string())?;
+        args.push(&self.shim.id);
+        let mut cmd = self.shim.command(&args);
+        // The exec'd process inherits these from `tug-shim exec`; once that exits, it is
+        // re-parented here (the subreaper) and is the pipes' only other holder.
+        cmd.stdin(in_r).stdout(out_w).stderr(err_w);
+        self.shim.run(cmd).inspect_err(|_| cleanup())?;
+        let pid = pid(&cleanup)?;
         set_nonblocking(&in_w);
         Ok(Target::Exec {
             pid,
@@ -825,11 +968,12 @@ impl Supervisor {
         if self.exit.is_some() {
             return Err("container not running".into());
         }
-        let res: oci_spec::runtime::LinuxResources =
-            serde_json::from_value(resources).map_err(|e| format!("linux.resources: {e}"))?;
-        let writes = crate::cgroups::resources::writes(&res, self.cgroup.unified_resources)
-            .map_err(|e| e.to_string())?;
-        self.cgroup.apply(&writes).map_err(|e| e.to_string())
+        let file = self.dir.join("update.json");
+        std::fs::write(&file, resources.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
+        let arg = file.display().to_string();
+        let result = self.shim.run(self.shim.command(&["update", "--resources", &arg, &self.shim.id]));
+        let _ = std::fs::remove_file(&file);
+        result
     }
 }
 

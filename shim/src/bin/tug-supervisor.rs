@@ -1,0 +1,9 @@
+//! `tug-supervisor`: one per container, started by `tug-shim supervise` (see
+//! `tug_shim::supervisor`). Kept apart from `tug-shim` so that an idle supervisor carries only
+//! its loop: the runtime's setup code runs in short-lived `tug-shim` children.
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    tug_shim::supervisor::serve(arg(0), arg(1))
+}
