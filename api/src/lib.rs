@@ -9,6 +9,7 @@
 //! assert_eq!(objs[0].display_name(), "namespace/team-a");
 //! ```
 
+pub mod cidr;
 pub mod defaults;
 pub mod kinds;
 pub mod labels;

@@ -382,3 +382,42 @@ fn directories_files_and_round_trips() {
         "Error from server (Forbidden): namespaces \"default\" is forbidden: this namespace may not be deleted"
     );
 }
+
+#[test]
+fn nodes_that_register_get_a_pod_cidr_each() {
+    let cp = ControlPlane::start_with(&["--cluster-cidr", "10.244.0.0/22"]);
+    let node = |name: &str, cidr: Option<&str>| {
+        let spec = cidr.map(|c| format!(", \"spec\": {{\"podCIDR\": \"{c}\"}}")).unwrap_or_default();
+        cp.raw(
+            "POST",
+            "/api/v1/nodes",
+            "application/json",
+            &format!(
+                "{{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {{\"name\": \"{name}\"}}{spec}}}"
+            ),
+        )
+    };
+    let cidr_of = |(code, body): (u16, String)| {
+        assert_eq!(code, 201, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["spec"]["podCIDR"].as_str().unwrap().to_string()
+    };
+    assert_eq!(cidr_of(node("n0", None)), "10.244.0.0/24");
+    assert_eq!(cidr_of(node("n1", Some("10.244.2.0/24"))), "10.244.2.0/24", "a node may bring its own");
+    assert_eq!(cidr_of(node("n2", None)), "10.244.1.0/24", "the lowest free block");
+    assert_eq!(cidr_of(node("n3", None)), "10.244.3.0/24");
+    let (code, body) = node("n4", None);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("no pod CIDR for node n4: the cluster CIDR 10.244.0.0/22 has no free /24 left"),
+        "{body}"
+    );
+    let (code, body) = node("n5", Some("10.244.1.0/25"));
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("spec.podCIDR: 10.244.1.0/25 overlaps 10.244.1.0/24, which another node holds"),
+        "{body}"
+    );
+    let listed = cp.tug(&["get", "nodes", "-o", "json"]);
+    assert!(out(&listed).contains("\"podCIDRs\""), "{}", out(&listed));
+}

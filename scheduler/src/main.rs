@@ -43,6 +43,16 @@ struct Flags {
     /// Events kept for watches from a past revision before compaction.
     #[arg(long, default_value_t = 10_000)]
     history: u64,
+    /// The pods' address range; each node that registers gets a block of it.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: tug_api::cidr::Cidr4,
+    /// The prefix length of each node's block of --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+}
+
+fn parse_cidr(s: &str) -> Result<tug_api::cidr::Cidr4, String> {
+    s.parse()
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -105,7 +115,15 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let pki = Arc::new(
         Pki::load_shared(store.as_ref(), &flags.data_dir.join("pki")).context("loading the cluster CA")?,
     );
-    let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()) }));
+    if flags.node_cidr_mask_size < flags.cluster_cidr.prefix || flags.node_cidr_mask_size > 30 {
+        anyhow::bail!(
+            "--node-cidr-mask-size {}: must be between the cluster CIDR's /{} and /30",
+            flags.node_cidr_mask_size,
+            flags.cluster_cidr.prefix
+        );
+    }
+    let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
+    let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs }));
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(
             serve_tls(addr.clone(), flags.tls_sans.clone(), pki.clone(), app.clone()).await?,

@@ -281,8 +281,46 @@ fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
         obj["status"] = json!({"phase": "Active"});
     }
     let key = path::key(info, ns.as_deref(), &name);
+    let _cidrs = node_cidr_lock(st, info);
+    assign_pod_cidr(st, info, &mut obj)?;
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::CREATED, &stored))
+}
+
+/// Held while a Node is created: pod CIDRs are chosen by looking at the other nodes.
+fn node_cidr_lock<'a>(st: &'a AppState, info: &KindInfo) -> Option<std::sync::MutexGuard<'a, ()>> {
+    (info.kind == "Node").then(|| st.node_cidrs.lock.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// A new Node without `spec.podCIDR` gets the lowest free block of the cluster CIDR; one that
+/// names its own must name a valid, unclaimed block.
+fn assign_pod_cidr(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result<(), Status> {
+    use tug_api::cidr::{Cidr4, next_free_subnet};
+    if info.kind != "Node" {
+        return Ok(());
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let (nodes, _) =
+        blocking(|| st.store.list(&path::prefix(info, None))).map_err(|e| store_status(e, info, &name))?;
+    let used: Vec<Cidr4> =
+        nodes.iter().filter_map(|n| n.object["spec"]["podCIDR"].as_str()?.parse().ok()).collect();
+    let cidr = match obj["spec"]["podCIDR"].as_str().filter(|c| !c.is_empty()) {
+        Some(own) => {
+            let c: Cidr4 = own.parse().map_err(|e| Status::bad_request(format!("spec.podCIDR: {e}")))?;
+            if let Some(u) = used.iter().find(|u| u.overlaps(&c)) {
+                return Err(Status::bad_request(format!(
+                    "spec.podCIDR: {c} overlaps {u}, which another node holds"
+                )));
+            }
+            c
+        }
+        None => next_free_subnet(st.node_cidrs.cluster, st.node_cidrs.mask, &used).map_err(|e| {
+            Status::new(503, "ServiceUnavailable", format!("no pod CIDR for node {name}: {e}"))
+        })?,
+    };
+    obj["spec"]["podCIDR"] = cidr.to_string().into();
+    obj["spec"]["podCIDRs"] = json!([cidr.to_string()]);
+    Ok(())
 }
 
 fn get(st: &AppState, target: &Target) -> Reply {
@@ -364,6 +402,8 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
             if info.kind == "Namespace" {
                 obj["status"] = json!({"phase": "Active"});
             }
+            let _cidrs = node_cidr_lock(st, info);
+            assign_pod_cidr(st, info, &mut obj)?;
             (
                 blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?,
                 Applied::Created,

@@ -34,6 +34,33 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The cluster CA and join token, for `POST /join`.
     pub pki: Option<Arc<crate::pki::Pki>>,
+    /// Pod CIDRs handed to nodes as they register.
+    pub node_cidrs: NodeCidrs,
+}
+
+/// The cluster's pod range and the block size per node. A node created without
+/// `spec.podCIDR` gets the lowest block no other node holds; the lock makes "look at the other
+/// nodes, then create" one step for this server (several control-plane replicas over etcd
+/// would need a reconciler to resolve a clash; there is one server today).
+pub struct NodeCidrs {
+    pub cluster: tug_api::cidr::Cidr4,
+    pub mask: u8,
+    pub lock: std::sync::Mutex<()>,
+}
+
+impl NodeCidrs {
+    pub fn new(cluster: tug_api::cidr::Cidr4, mask: u8) -> NodeCidrs {
+        NodeCidrs { cluster, mask, lock: std::sync::Mutex::new(()) }
+    }
+}
+
+impl Default for NodeCidrs {
+    fn default() -> NodeCidrs {
+        NodeCidrs::new(
+            tug_api::cidr::Cidr4 { network: std::net::Ipv4Addr::new(10, 244, 0, 0), prefix: 16 },
+            24,
+        )
+    }
 }
 
 /// The largest request body accepted.
