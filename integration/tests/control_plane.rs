@@ -421,3 +421,51 @@ fn nodes_that_register_get_a_pod_cidr_each() {
     let listed = cp.tug(&["get", "nodes", "-o", "json"]);
     assert!(out(&listed).contains("\"podCIDRs\""), "{}", out(&listed));
 }
+
+#[test]
+fn pods_are_placed_on_nodes_that_fit_and_retried_when_a_node_joins() {
+    let cp = ControlPlane::start();
+    let node = |name: &str, cpu: &str| {
+        let body = format!(
+            "{{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {{\"name\": \"{name}\"}}, \"status\": {{\"allocatable\": {{\"cpu\": \"{cpu}\", \"memory\": \"8Gi\", \"pods\": \"110\"}}, \"conditions\": [{{\"type\": \"Ready\", \"status\": \"True\"}}]}}}}"
+        );
+        let (code, out) = cp.raw("POST", "/api/v1/nodes", "application/json", &body);
+        assert_eq!(code, 201, "{out}");
+        let (code, out) = cp.raw("PUT", &format!("/api/v1/nodes/{name}/status"), "application/json", &body);
+        assert_eq!(code, 200, "{out}");
+    };
+    node("small-1", "1");
+    node("small-2", "1");
+    let pod = |name: &str, cpu: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    resources: {{requests: {{cpu: '{cpu}'}}}}\n"
+        )
+    };
+    let applied =
+        cp.tug_with_input(&["apply", "-f", "-"], &(pod("fits", "500m") + "---\n" + &pod("huge", "3")));
+    assert!(applied.status.success(), "{}", err(&applied));
+    let get = |name: &str| -> Value {
+        serde_json::from_str(&out(&cp.tug(&["get", "pod", name, "-o", "json"]))).unwrap_or(Value::Null)
+    };
+    let scheduled = |name: &str| get(name)["spec"]["nodeName"].as_str().map(str::to_string);
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(20), || scheduled("fits").is_some()));
+    assert!(scheduled("fits").unwrap().starts_with("small-"));
+    let condition = |name: &str| {
+        get(name)["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(20), || condition("huge")["status"]
+        == "False"));
+    let c = condition("huge");
+    assert_eq!(c["reason"], "Unschedulable");
+    assert_eq!(c["message"], "0/2 nodes are available: 2 Insufficient cpu.");
+    let events = out(&cp.tug(&["get", "events", "-o", "json"]));
+    assert!(events.contains("FailedScheduling") && events.contains("0/2 nodes are available"), "{events}");
+    // A node that fits joins: the waiting pod is placed, without polling.
+    node("big", "4");
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(20), || scheduled("huge").is_some()));
+    assert_eq!(scheduled("huge").as_deref(), Some("big"));
+    assert_eq!(condition("huge")["status"], "True");
+}

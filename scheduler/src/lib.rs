@@ -9,5 +9,6 @@
 
 pub mod api;
 pub mod pki;
+pub mod sched;
 pub mod store;
 pub mod tls;

@@ -49,6 +49,9 @@ struct Flags {
     /// The prefix length of each node's block of --cluster-cidr.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// How pods fill nodes: least-allocated (spread) or most-allocated (bin packing).
+    #[arg(long, default_value = "least-allocated")]
+    scoring_strategy: tug_scheduler::sched::engine::Strategy,
 }
 
 fn parse_cidr(s: &str) -> Result<tug_api::cidr::Cidr4, String> {
@@ -123,7 +126,13 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         );
     }
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
+    let store_for_scheduler = store.clone();
     let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs }));
+    let placer = tokio::spawn(tug_scheduler::sched::bind::run(
+        store_for_scheduler,
+        flags.scoring_strategy,
+        std::time::Duration::from_secs(30),
+    ));
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(
             serve_tls(addr.clone(), flags.tls_sans.clone(), pki.clone(), app.clone()).await?,
@@ -132,6 +141,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     };
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;
     compactor.abort();
+    placer.abort();
     if let Some(t) = tls {
         t.abort();
     }

@@ -1,0 +1,165 @@
+//! Filters: can this pod run on this node at all? Each returns the reason it cannot, worded as
+//! kube-scheduler words it, so the summary reads like kubectl's.
+
+use super::snapshot::{NodeInfo, PodInfo};
+use tug_api::kinds::cluster::Taint;
+use tug_api::kinds::pod::Toleration;
+
+/// Why a node was passed over.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Unschedulable,
+    NotReady,
+    Selector,
+    Taint { key: String, value: String },
+    Insufficient(String),
+    TooManyPods,
+    Ports,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Unschedulable => f.write_str("node(s) were unschedulable"),
+            Reason::NotReady => f.write_str("node(s) were not ready"),
+            Reason::Selector => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Reason::Taint { key, value } => write!(f, "node(s) had untolerated taint {{{key}: {value}}}"),
+            Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
+            Reason::TooManyPods => f.write_str("Too many pods"),
+            Reason::Ports => f.write_str("node(s) didn't have free ports for the requested pod ports"),
+        }
+    }
+}
+
+/// One filter stage.
+pub trait Filter: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// `Ok` when the pod may go there; otherwise every reason it may not (a node short of both
+    /// cpu and memory says both).
+    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>);
+}
+
+/// Cordoned nodes (`spec.unschedulable`) take no new pods, unless the pod tolerates the
+/// `node.kubernetes.io/unschedulable` taint (as DaemonSet pods do).
+pub struct NodeUnschedulable;
+
+impl Filter for NodeUnschedulable {
+    fn name(&self) -> &'static str {
+        "NodeUnschedulable"
+    }
+    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        let taint = Taint {
+            key: "node.kubernetes.io/unschedulable".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        if node.unschedulable && !pod.tolerations.iter().any(|t| tolerates(t, &taint)) {
+            reasons.push(Reason::Unschedulable);
+        }
+    }
+}
+
+/// Nodes whose Ready condition is not True take no new pods.
+pub struct NodeReady;
+
+impl Filter for NodeReady {
+    fn name(&self) -> &'static str {
+        "NodeReady"
+    }
+    fn check(&self, _: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        if !node.ready {
+            reasons.push(Reason::NotReady);
+        }
+    }
+}
+
+/// `spec.nodeSelector`: every label must be on the node with that value.
+pub struct NodeSelector;
+
+impl Filter for NodeSelector {
+    fn name(&self) -> &'static str {
+        "NodeSelector"
+    }
+    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        if !pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+            reasons.push(Reason::Selector);
+        }
+    }
+}
+
+/// Whether a toleration tolerates a taint (Kubernetes' rules: an empty key with `Exists`
+/// tolerates everything; an empty effect matches every effect).
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty()) {
+        if e != taint.effect {
+            return false;
+        }
+    }
+    let key = t.key.as_deref().unwrap_or("");
+    match t.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => key.is_empty() || key == taint.key,
+        _ => key == taint.key && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    }
+}
+
+/// Taints with `NoSchedule` or `NoExecute` the pod does not tolerate keep it off.
+pub struct TaintToleration;
+
+impl Filter for TaintToleration {
+    fn name(&self) -> &'static str {
+        "TaintToleration"
+    }
+    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        let blocking = node.taints.iter().find(|taint| {
+            matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+                && !pod.tolerations.iter().any(|t| tolerates(t, taint))
+        });
+        if let Some(t) = blocking {
+            reasons.push(Reason::Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default() });
+        }
+    }
+}
+
+/// Requests against allocatable minus what is assigned: cpu, memory, ephemeral storage,
+/// extended resources (`tug.io/gpu`), and the pod count.
+pub struct Fit;
+
+impl Filter for Fit {
+    fn name(&self) -> &'static str {
+        "NodeResourcesFit"
+    }
+    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        let (a, u, r) = (&node.allocatable, &node.requested, &pod.requests);
+        if u.pods + 1 > a.pods {
+            reasons.push(Reason::TooManyPods);
+        }
+        for (name, want, free) in [
+            ("cpu", r.cpu_milli, a.cpu_milli - u.cpu_milli),
+            ("memory", r.memory, a.memory - u.memory),
+            ("ephemeral-storage", r.ephemeral, a.ephemeral - u.ephemeral),
+        ] {
+            if want > 0 && want > free {
+                reasons.push(Reason::Insufficient(name.into()));
+            }
+        }
+        for (name, want) in &r.extended {
+            if *want > 0 && *want > a.extended(name) - u.extended(name) {
+                reasons.push(Reason::Insufficient(name.clone()));
+            }
+        }
+    }
+}
+
+/// Host ports already taken on the node.
+pub struct HostPorts;
+
+impl Filter for HostPorts {
+    fn name(&self) -> &'static str {
+        "NodePorts"
+    }
+    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        if pod.host_ports.iter().any(|p| node.used_ports.contains(p)) {
+            reasons.push(Reason::Ports);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The scheduler's view of the cluster: nodes with what they offer and what is assigned to
+//! them, and the pod being placed, precomputed once so that filters and scores are plain
+//! arithmetic. Built from API objects; pure.
+
+use std::collections::{BTreeMap, HashMap};
+use tug_api::kinds::cluster::{Node, Taint};
+use tug_api::kinds::pod::{Pod, PodSpec, Toleration};
+use tug_api::quantity::Quantity;
+
+/// Amounts of the resources a node offers and pods request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub ephemeral: i64,
+    pub pods: i64,
+    /// Extended resources (`tug.io/gpu`, …), sorted by name.
+    pub extended: Vec<(String, i64)>,
+}
+
+fn amount(q: &Quantity, milli: bool) -> i64 {
+    let v = if milli { q.millis() } else { q.value() };
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Resources {
+    /// From a `resources` map (a node's allocatable, a container's requests).
+    pub fn from_map(m: &BTreeMap<String, Quantity>) -> Resources {
+        let mut r = Resources::default();
+        for (k, q) in m {
+            match k.as_str() {
+                "cpu" => r.cpu_milli = amount(q, true),
+                "memory" => r.memory = amount(q, false),
+                "ephemeral-storage" => r.ephemeral = amount(q, false),
+                "pods" => r.pods = amount(q, false),
+                "hugepages-2Mi" | "hugepages-1Gi" => {}
+                name if name.contains('/') => r.extended.push((name.to_string(), amount(q, false))),
+                _ => {}
+            }
+        }
+        r.extended.sort();
+        r
+    }
+
+    pub fn extended(&self, name: &str) -> i64 {
+        self.extended.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+
+    pub fn add(&mut self, o: &Resources) {
+        self.cpu_milli += o.cpu_milli;
+        self.memory += o.memory;
+        self.ephemeral += o.ephemeral;
+        self.pods += o.pods;
+        for (n, v) in &o.extended {
+            match self.extended.iter_mut().find(|(m, _)| m == n) {
+                Some((_, have)) => *have += v,
+                None => {
+                    self.extended.push((n.clone(), *v));
+                    self.extended.sort();
+                }
+            }
+        }
+    }
+
+    /// Component-wise maximum (the init containers' peak against the app containers' sum).
+    fn max(&mut self, o: &Resources) {
+        self.cpu_milli = self.cpu_milli.max(o.cpu_milli);
+        self.memory = self.memory.max(o.memory);
+        self.ephemeral = self.ephemeral.max(o.ephemeral);
+        for (n, v) in &o.extended {
+            let have = self.extended(n);
+            if *v > have {
+                self.extended.retain(|(m, _)| m != n);
+                self.extended.push((n.clone(), *v));
+                self.extended.sort();
+            }
+        }
+    }
+}
+
+/// What a pod asks of a node, as Kubernetes computes it: the larger of the sum of its
+/// containers' requests and the largest init container's; one pod slot.
+pub fn pod_requests(spec: &PodSpec) -> Resources {
+    let mut sum = Resources::default();
+    for c in &spec.containers {
+        sum.add(&Resources::from_map(&c.resources.as_ref().map(|r| r.requests.clone()).unwrap_or_default()));
+    }
+    for c in &spec.init_containers {
+        sum.max(&Resources::from_map(&c.resources.as_ref().map(|r| r.requests.clone()).unwrap_or_default()));
+    }
+    sum.pods = 1;
+    sum
+}
+
+/// The pod being placed, precomputed.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    pub key: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub requests: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// `(protocol, host port)`.
+    pub host_ports: Vec<(String, i64)>,
+    /// The controller's uid, for spreading replicas.
+    pub owner: Option<String>,
+    pub priority: i32,
+}
+
+impl PodInfo {
+    pub fn new(pod: &Pod) -> PodInfo {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let spec = &pod.spec;
+        PodInfo {
+            key: format!("{ns}/{}", pod.metadata.name),
+            namespace: ns,
+            labels: pod.metadata.labels.clone(),
+            requests: pod_requests(spec),
+            node_selector: spec.node_selector.clone(),
+            tolerations: spec.tolerations.clone(),
+            host_ports: spec
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter())
+                .filter_map(|p| {
+                    Some((
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        p.host_port.filter(|h| *h > 0)?,
+                    ))
+                })
+                .collect(),
+            owner: pod
+                .metadata
+                .owner_references
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            priority: spec.priority.unwrap_or(0),
+        }
+    }
+}
+
+/// One node as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub ready: bool,
+    pub used_ports: Vec<(String, i64)>,
+    /// Pods per owner uid, for spreading.
+    pub owners: HashMap<String, u32>,
+    /// The zone label's value, if any.
+    pub zone: Option<String>,
+}
+
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+impl NodeInfo {
+    pub fn new(node: &Node) -> NodeInfo {
+        let status = node.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        let labels = node.metadata.labels.clone();
+        NodeInfo {
+            name: node.metadata.name.clone(),
+            zone: labels.get(ZONE_LABEL).cloned(),
+            labels,
+            allocatable: Resources::from_map(&status.allocatable),
+            requested: Resources::default(),
+            taints: node.spec.taints.clone(),
+            unschedulable: node.spec.unschedulable.unwrap_or(false),
+            ready,
+            used_ports: Vec::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Counts a pod as placed here.
+    pub fn assume(&mut self, pod: &PodInfo) {
+        self.requested.add(&pod.requests);
+        self.used_ports.extend(pod.host_ports.iter().cloned());
+        if let Some(o) = &pod.owner {
+            *self.owners.entry(o.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// Every node, and the pods assigned to each already counted in.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    /// Pods per zone per owner, for zone spreading (looked up without building a key).
+    pub zone_owners: HashMap<String, HashMap<String, u32>>,
+}
+
+impl Snapshot {
+    pub fn new(nodes: Vec<NodeInfo>) -> Snapshot {
+        let index = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        Snapshot { nodes, index, zone_owners: HashMap::new() }
+    }
+
+    /// Builds it from the API's nodes and pods (pods with a node are counted on it; finished
+    /// pods free what they held).
+    pub fn from_objects(nodes: &[Node], pods: &[Pod]) -> Snapshot {
+        let mut s = Snapshot::new(nodes.iter().map(NodeInfo::new).collect());
+        for p in pods {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+            if matches!(phase, "Succeeded" | "Failed") {
+                continue;
+            }
+            if let Some(node) = p.spec.node_name.as_deref() {
+                s.assume(node, &PodInfo::new(p));
+            }
+        }
+        s
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// Counts a pod on a node (after binding it, or when it was already bound).
+    pub fn assume(&mut self, node: &str, pod: &PodInfo) {
+        let Some(i) = self.index.get(node).copied() else { return };
+        self.nodes[i].assume(pod);
+        if let (Some(o), Some(z)) = (&pod.owner, &self.nodes[i].zone) {
+            *self.zone_owners.entry(o.clone()).or_default().entry(z.clone()).or_default() += 1;
+        }
+    }
+}
