@@ -27,15 +27,37 @@ fn nodes(n: usize) -> Snapshot {
     Snapshot::new(nodes)
 }
 
-fn pods(n: usize) -> Vec<PodInfo> {
+/// What each pod adds to its spec.
+#[derive(Clone, Copy)]
+enum Kind {
+    Basic,
+    /// Required anti-affinity against its own ReplicaSet's pods, per host.
+    AntiAffinity,
+    /// `maxSkew: 1` over zones for its own ReplicaSet's pods.
+    Spread,
+}
+
+fn pods(n: usize, kind: Kind) -> Vec<PodInfo> {
     (0..n)
         .map(|i| {
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": format!("pod-{i}"), "namespace": "bench",
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("rs-{}", i % 100), "uid": format!("uid-{}", i % 100), "controller": true}]},
+            let rs = format!("rs-{}", i % 100);
+            let mut v = json!({
+                "metadata": {"name": format!("pod-{i}"), "namespace": "bench", "labels": {"app": rs},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": format!("uid-{}", i % 100), "controller": true}]},
                 "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}
-            }))
-            .expect("pod");
+            });
+            match kind {
+                Kind::Basic => {}
+                Kind::AntiAffinity => {
+                    v["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {"app": rs}}, "topologyKey": "kubernetes.io/hostname"}]}});
+                }
+                Kind::Spread => {
+                    v["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": rs}}}]);
+                }
+            }
+            let pod: Pod = serde_json::from_value(v).expect("pod");
             PodInfo::new(&pod)
         })
         .collect()
@@ -57,23 +79,23 @@ fn run(snap: &mut Snapshot, pods: &[PodInfo]) -> (f64, usize) {
 
 fn main() {
     let (n, m) = (5_000, 10_000);
-    let mut snap = nodes(n);
-    let (secs, failed) = run(&mut snap, &pods(m));
-    #[allow(clippy::cast_precision_loss)]
-    let rate = m as f64 / secs;
-    println!(
-        "BENCH scheduler basic nodes={n} pods={m} pods_per_s={rate:.0} unschedulable={failed} anchor_kube_scheduler_pods_per_s=680-810 goal_pods_per_s=20000"
-    );
-    println!(
-        "BENCH scheduler anti-affinity nodes={n} pods={m} not-measured=pod-affinity-not-implemented-yet"
-    );
-    println!(
-        "BENCH scheduler topology-spread nodes={n} pods={m} not-measured=topology-spread-not-implemented-yet"
-    );
+    for (label, kind, anchor, goal) in [
+        ("basic", Kind::Basic, "680-810", "20000"),
+        ("anti-affinity", Kind::AntiAffinity, "60", "2000"),
+        ("topology-spread", Kind::Spread, "-", "-"),
+    ] {
+        let mut snap = nodes(n);
+        let (secs, failed) = run(&mut snap, &pods(m, kind));
+        #[allow(clippy::cast_precision_loss)]
+        let rate = m as f64 / secs;
+        println!(
+            "BENCH scheduler {label} nodes={n} pods={m} pods_per_s={rate:.0} unschedulable={failed} anchor_kube_scheduler_pods_per_s={anchor} goal_pods_per_s={goal}"
+        );
+    }
     let mut line = String::from("BENCH scheduler growth pods=2000");
     for size in [500, 5_000, 15_000] {
         let mut snap = nodes(size);
-        let (secs, _) = run(&mut snap, &pods(2_000));
+        let (secs, _) = run(&mut snap, &pods(2_000, Kind::Basic));
         line += &format!(" us_per_pod_at_{size}={:.1}", secs * 1e6 / 2_000.0);
     }
     println!("{line}");

@@ -1,6 +1,7 @@
 //! The scheduling decision: filter, then score, over a snapshot. Pure: it returns the chosen
 //! node or why none fits; binding is the caller's business.
 
+use super::context::PodContext;
 use super::filters::{self, Filter, Reason};
 use super::scores::{self, Score};
 use super::snapshot::{PodInfo, Snapshot};
@@ -67,6 +68,9 @@ impl Engine {
             Box::new(filters::TaintToleration),
             Box::new(filters::Fit),
             Box::new(filters::HostPorts),
+            // Last: they read the per-pod domain counts, the most work per node.
+            Box::new(filters::InterPodAffinity),
+            Box::new(filters::TopologySpread),
         ];
         // Weights as kube-scheduler's defaults: spreading replicas (2) and avoiding
         // PreferNoSchedule taints (3) outweigh the resource scores (1 each).
@@ -79,6 +83,9 @@ impl Engine {
             (Box::new(scores::BalancedAllocation), 1),
             (Box::new(scores::SpreadReplicas), 2),
             (Box::new(scores::PreferNoScheduleTaints), 3),
+            (Box::new(scores::PreferredNodeAffinity), 2),
+            (Box::new(scores::PreferredPodAffinity), 2),
+            (Box::new(scores::SoftTopologySpread), 2),
         ];
         Engine { filters, scores, next_start: 0 }
     }
@@ -101,13 +108,14 @@ impl Engine {
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
         let mut why = Vec::new();
         let start = if n == 0 { 0 } else { self.next_start % n };
+        let ctx = PodContext::new(pod, snap);
         let mut checked = 0;
         for k in 0..n {
             let i = (start + k) % n;
             checked = k + 1;
             why.clear();
             for f in &self.filters {
-                f.check(pod, &snap.nodes[i], &mut why);
+                f.check(pod, &ctx, &snap.nodes[i], &mut why);
                 if !why.is_empty() {
                     break;
                 }
@@ -131,7 +139,7 @@ impl Engine {
             .iter()
             .map(|&i| {
                 let node = &snap.nodes[i];
-                let total: i64 = self.scores.iter().map(|(s, w)| w * s.score(pod, node, snap)).sum();
+                let total: i64 = self.scores.iter().map(|(s, w)| w * s.score(pod, &ctx, node, snap)).sum();
                 (total, i)
             })
             .fold(None, |acc: Option<(i64, usize)>, (s, i)| match acc {
@@ -184,8 +192,9 @@ pub(crate) mod tests {
     fn reasons_for(p: &Pod, n: &Node) -> Vec<String> {
         let (pi, ni) = (PodInfo::new(p), NodeInfo::new(n));
         let mut out = Vec::new();
+        let ctx = PodContext::new(&pi, &Snapshot::new(vec![ni.clone()]));
         for f in Engine::new(Strategy::LeastAllocated).filters {
-            f.check(&pi, &ni, &mut out);
+            f.check(&pi, &ctx, &ni, &mut out);
         }
         out.iter().map(ToString::to_string).collect()
     }
@@ -366,6 +375,124 @@ pub(crate) mod tests {
         assert_eq!(Engine::feasible_to_find(5000), 500);
         assert_eq!(Engine::feasible_to_find(15000), 750);
         assert_eq!(Engine::feasible_to_find(200), 100);
+    }
+
+    fn place_all(e: &mut Engine, snap: &mut Snapshot, pods: &[Pod]) -> Vec<Result<String, String>> {
+        pods.iter()
+            .map(|p| {
+                let info = PodInfo::new(p);
+                let r = e.schedule(&info, snap).map_err(|u| u.to_string());
+                if let Ok(n) = &r {
+                    snap.assume(n, &info);
+                }
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn node_affinity_required_and_preferred() {
+        let nodes = vec![
+            node("a", "4", "8Gi", json!({"metadata": {"labels": {"disk": "hdd", "gen": "3"}}})),
+            node("b", "4", "8Gi", json!({"metadata": {"labels": {"disk": "ssd", "gen": "5"}}})),
+            node("c", "4", "8Gi", json!({"metadata": {"labels": {"disk": "ssd", "gen": "4"}}})),
+        ];
+        let mut snap = Snapshot::from_objects(&nodes, &[]);
+        let mut e = Engine::new(Strategy::LeastAllocated);
+        let required = pod(
+            "r",
+            "1m",
+            "1",
+            json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}, {"key": "gen", "operator": "Gt", "values": ["4"]}]}
+            ]}}}}}),
+        );
+        let preferred = pod(
+            "p",
+            "1m",
+            "1",
+            json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["c"]}]}}
+            ]}}}}),
+        );
+        let nowhere = pod(
+            "n",
+            "1m",
+            "1",
+            json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "disk", "operator": "DoesNotExist"}]}
+            ]}}}}}),
+        );
+        let got = place_all(&mut e, &mut snap, &[required, preferred, nowhere]);
+        assert_eq!(got[0], Ok("b".to_string()));
+        assert_eq!(got[1], Ok("c".to_string()));
+        assert_eq!(
+            got[2],
+            Err("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.".into())
+        );
+    }
+
+    #[test]
+    fn pod_anti_affinity_affinity_and_topology_spread() {
+        let zone = |z: &str| json!({"metadata": {"labels": {"topology.kubernetes.io/zone": z}}});
+        let nodes = vec![
+            node("a1", "8", "16Gi", zone("a")),
+            node("a2", "8", "16Gi", zone("a")),
+            node("b1", "8", "16Gi", zone("b")),
+        ];
+        let mut snap = Snapshot::from_objects(&nodes, &[]);
+        let mut e = Engine::new(Strategy::MostAllocated);
+        // One replica per host, however packing would like them.
+        let anti = |n: &str| {
+            pod(
+                n,
+                "1m",
+                "1",
+                json!({"metadata": {"labels": {"app": "db"}}, "spec": {"affinity": {"podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]
+                }}}}),
+            )
+        };
+        let got = place_all(&mut e, &mut snap, &[anti("d0"), anti("d1"), anti("d2"), anti("d3")]);
+        let mut hosts: Vec<String> = got[..3].iter().map(|r| r.clone().unwrap()).collect();
+        hosts.sort();
+        assert_eq!(hosts, ["a1", "a2", "b1"]);
+        assert_eq!(
+            got[3],
+            Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
+        );
+        // Affinity: next to the cache, in its zone.
+        let cache = pod(
+            "cache",
+            "1m",
+            "1",
+            json!({"metadata": {"labels": {"app": "cache"}}, "spec": {"nodeName": "b1"}}),
+        );
+        let mut snap = Snapshot::from_objects(&nodes, &[cache]);
+        let near = pod(
+            "web",
+            "1m",
+            "1",
+            json!({"spec": {"affinity": {"podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}]
+            }}}}),
+        );
+        assert_eq!(place_all(&mut e, &mut snap, &[near]), [Ok("b1".to_string())]);
+        // Spread over zones with maxSkew 1: a, b, then a or b, never three in one zone.
+        let mut snap = Snapshot::from_objects(&nodes, &[]);
+        let spread = |n: &str| {
+            pod(
+                n,
+                "1m",
+                "1",
+                json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}
+                ]}}),
+            )
+        };
+        let got = place_all(&mut e, &mut snap, &(0..6).map(|i| spread(&format!("w{i}"))).collect::<Vec<_>>());
+        let in_zone = |z: char| got.iter().filter(|r| r.as_ref().unwrap().starts_with(z)).count();
+        assert_eq!((in_zone('a'), in_zone('b')), (3, 3), "{got:?}");
     }
 
     proptest::proptest! {

@@ -1,6 +1,7 @@
 //! Filters: can this pod run on this node at all? Each returns the reason it cannot, worded as
 //! kube-scheduler words it, so the summary reads like kubectl's.
 
+use super::context::{PodContext, term_matches};
 use super::snapshot::{NodeInfo, PodInfo};
 use tug_api::kinds::cluster::Taint;
 use tug_api::kinds::pod::Toleration;
@@ -15,6 +16,10 @@ pub enum Reason {
     Insufficient(String),
     TooManyPods,
     Ports,
+    Affinity,
+    AntiAffinity,
+    SpreadMissingLabel,
+    Spread,
 }
 
 impl std::fmt::Display for Reason {
@@ -27,6 +32,12 @@ impl std::fmt::Display for Reason {
             Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
             Reason::TooManyPods => f.write_str("Too many pods"),
             Reason::Ports => f.write_str("node(s) didn't have free ports for the requested pod ports"),
+            Reason::Affinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Reason::AntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::SpreadMissingLabel => {
+                f.write_str("node(s) didn't match pod topology spread constraints (missing required label)")
+            }
+            Reason::Spread => f.write_str("node(s) didn't match pod topology spread constraints"),
         }
     }
 }
@@ -36,7 +47,7 @@ pub trait Filter: Send + Sync {
     fn name(&self) -> &'static str;
     /// `Ok` when the pod may go there; otherwise every reason it may not (a node short of both
     /// cpu and memory says both).
-    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>);
+    fn check(&self, pod: &PodInfo, ctx: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>);
 }
 
 /// Cordoned nodes (`spec.unschedulable`) take no new pods, unless the pod tolerates the
@@ -47,7 +58,7 @@ impl Filter for NodeUnschedulable {
     fn name(&self) -> &'static str {
         "NodeUnschedulable"
     }
-    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+    fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
@@ -66,23 +77,77 @@ impl Filter for NodeReady {
     fn name(&self) -> &'static str {
         "NodeReady"
     }
-    fn check(&self, _: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+    fn check(&self, _: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         if !node.ready {
             reasons.push(Reason::NotReady);
         }
     }
 }
 
-/// `spec.nodeSelector`: every label must be on the node with that value.
+/// `spec.nodeSelector` (every label on the node with that value) and the required node
+/// affinity (any of its terms matches).
 pub struct NodeSelector;
 
 impl Filter for NodeSelector {
     fn name(&self) -> &'static str {
-        "NodeSelector"
+        "NodeAffinity"
     }
-    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
-        if !pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+    fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        let selector = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
+        let required = pod.affinity.node_affinity.as_ref().and_then(|a| a.required.as_ref());
+        let affinity = required
+            .is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, &node.name, &node.labels)));
+        if !selector || !affinity {
             reasons.push(Reason::Selector);
+        }
+    }
+}
+
+/// Required pod affinity (the node's topology domain must hold a matching pod — unless none
+/// exists anywhere and the pod matches its own term, so a first replica can start) and
+/// required anti-affinity (the domain must hold none).
+pub struct InterPodAffinity;
+
+impl Filter for InterPodAffinity {
+    fn name(&self) -> &'static str {
+        "InterPodAffinity"
+    }
+    fn check(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        let in_domain = |t: &super::context::DomainCounts| {
+            node.topology(&t.topology_key).map(|d| t.counts.get(d).copied().unwrap_or(0))
+        };
+        let affinity_ok = ctx.affinity.iter().all(|t| match in_domain(t) {
+            None => false,
+            Some(n) => n > 0 || (t.total == 0 && t.matches_self),
+        });
+        if !affinity_ok {
+            reasons.push(Reason::Affinity);
+        }
+        if ctx.anti_affinity.iter().any(|t| in_domain(t).is_some_and(|n| n > 0)) {
+            reasons.push(Reason::AntiAffinity);
+        }
+    }
+}
+
+/// `topologySpreadConstraints` with `DoNotSchedule`: placing the pod must keep the domain
+/// within `maxSkew` of the emptiest domain.
+pub struct TopologySpread;
+
+impl Filter for TopologySpread {
+    fn name(&self) -> &'static str {
+        "PodTopologySpread"
+    }
+    fn check(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        for c in ctx.spread.iter().filter(|c| c.hard) {
+            let Some(domain) = node.topology(&c.counts.topology_key) else {
+                reasons.push(Reason::SpreadMissingLabel);
+                return;
+            };
+            let here = c.counts.counts.get(domain).copied().unwrap_or(0) + u32::from(c.counts.matches_self);
+            if here.saturating_sub(c.min) > c.max_skew {
+                reasons.push(Reason::Spread);
+                return;
+            }
         }
     }
 }
@@ -109,7 +174,7 @@ impl Filter for TaintToleration {
     fn name(&self) -> &'static str {
         "TaintToleration"
     }
-    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+    fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         let blocking = node.taints.iter().find(|taint| {
             matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
                 && !pod.tolerations.iter().any(|t| tolerates(t, taint))
@@ -128,7 +193,7 @@ impl Filter for Fit {
     fn name(&self) -> &'static str {
         "NodeResourcesFit"
     }
-    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+    fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         let (a, u, r) = (&node.allocatable, &node.requested, &pod.requests);
         if u.pods + 1 > a.pods {
             reasons.push(Reason::TooManyPods);
@@ -157,7 +222,7 @@ impl Filter for HostPorts {
     fn name(&self) -> &'static str {
         "NodePorts"
     }
-    fn check(&self, pod: &PodInfo, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+    fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         if pod.host_ports.iter().any(|p| node.used_ports.contains(p)) {
             reasons.push(Reason::Ports);
         }

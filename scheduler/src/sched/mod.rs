@@ -7,6 +7,7 @@
 //! pod cannot be placed.
 
 pub mod bind;
+pub mod context;
 pub mod engine;
 pub mod filters;
 pub mod scores;

@@ -1,12 +1,13 @@
 //! Scores: among the nodes that fit, which is best? Each gives 0 to 100; the engine adds them
 //! up by weight.
 
+use super::context::{PodContext, term_matches};
 use super::snapshot::{NodeInfo, PodInfo, Snapshot};
 
 /// One score stage.
 pub trait Score: Send + Sync {
     fn name(&self) -> &'static str;
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, snap: &Snapshot) -> i64;
+    fn score(&self, pod: &PodInfo, ctx: &PodContext, node: &NodeInfo, snap: &Snapshot) -> i64;
 }
 
 /// The fraction (0..=100) of cpu and memory a node would have in use with the pod.
@@ -27,7 +28,7 @@ impl Score for LeastAllocated {
     fn name(&self) -> &'static str {
         "LeastAllocated"
     }
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &Snapshot) -> i64 {
+    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let (c, m) = used_after(pod, node);
         100 - (c + m) / 2
     }
@@ -40,7 +41,7 @@ impl Score for MostAllocated {
     fn name(&self) -> &'static str {
         "MostAllocated"
     }
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &Snapshot) -> i64 {
+    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let (c, m) = used_after(pod, node);
         (c + m) / 2
     }
@@ -54,7 +55,7 @@ impl Score for BalancedAllocation {
     fn name(&self) -> &'static str {
         "BalancedAllocation"
     }
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &Snapshot) -> i64 {
+    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let (c, m) = used_after(pod, node);
         100 - (c - m).abs()
     }
@@ -69,7 +70,7 @@ impl Score for SpreadReplicas {
     fn name(&self) -> &'static str {
         "SpreadReplicas"
     }
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, snap: &Snapshot) -> i64 {
+    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, snap: &Snapshot) -> i64 {
         let Some(owner) = &pod.owner else { return 100 };
         let here = i64::from(node.owners.get(owner).copied().unwrap_or(0));
         let node_score = 100 / (1 + here);
@@ -92,7 +93,7 @@ impl Score for PreferNoScheduleTaints {
     fn name(&self) -> &'static str {
         "TaintToleration"
     }
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &Snapshot) -> i64 {
+    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let n = node
             .taints
             .iter()
@@ -102,5 +103,83 @@ impl Score for PreferNoScheduleTaints {
             })
             .count();
         100 / (1 + i64::try_from(n).unwrap_or(100))
+    }
+}
+
+/// Preferred node affinity: the share of the preferences' weight the node matches.
+pub struct PreferredNodeAffinity;
+
+impl Score for PreferredNodeAffinity {
+    fn name(&self) -> &'static str {
+        "NodeAffinity"
+    }
+    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
+        let Some(a) = &pod.affinity.node_affinity else { return 0 };
+        let total: i64 = a.preferred.iter().map(|p| i64::from(p.weight.max(0))).sum();
+        if total == 0 {
+            return 0;
+        }
+        let hit: i64 = a
+            .preferred
+            .iter()
+            .filter(|p| term_matches(&p.preference, &node.name, &node.labels))
+            .map(|p| i64::from(p.weight.max(0)))
+            .sum();
+        hit * 100 / total
+    }
+}
+
+/// Preferred pod affinity and anti-affinity: 50 is neutral; domains holding matching pods
+/// move it up (affinity) or down (anti-affinity) by the terms' weights.
+pub struct PreferredPodAffinity;
+
+impl Score for PreferredPodAffinity {
+    fn name(&self) -> &'static str {
+        "InterPodAffinity"
+    }
+    fn score(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
+        let weight = |terms: &[(i32, super::context::DomainCounts)]| -> (i64, i64) {
+            let total: i64 = terms.iter().map(|(w, _)| i64::from(*w)).sum();
+            let hit: i64 = terms
+                .iter()
+                .filter(|(_, t)| {
+                    node.topology(&t.topology_key).is_some_and(|d| t.counts.get(d).copied().unwrap_or(0) > 0)
+                })
+                .map(|(w, _)| i64::from(*w))
+                .sum();
+            (hit, total)
+        };
+        let (plus, pt) = weight(&ctx.preferred_affinity);
+        let (minus, mt) = weight(&ctx.preferred_anti_affinity);
+        let total = pt + mt;
+        if total == 0 {
+            return 50;
+        }
+        50 + 50 * (plus - minus) / total
+    }
+}
+
+/// `ScheduleAnyway` spread constraints: the emptier domain wins.
+pub struct SoftTopologySpread;
+
+impl Score for SoftTopologySpread {
+    fn name(&self) -> &'static str {
+        "PodTopologySpread"
+    }
+    fn score(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
+        let soft: Vec<_> = ctx.spread.iter().filter(|c| !c.hard).collect();
+        if soft.is_empty() {
+            return 100;
+        }
+        let sum: i64 = soft
+            .iter()
+            .map(|c| match node.topology(&c.counts.topology_key) {
+                None => 0,
+                Some(d) => {
+                    100 / (1 + i64::from(c.counts.counts.get(d).copied().unwrap_or(0).saturating_sub(c.min)))
+                }
+            })
+            .sum();
+        sum / i64::try_from(soft.len()).unwrap_or(1)
     }
 }

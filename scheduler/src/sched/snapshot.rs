@@ -106,6 +106,8 @@ pub struct PodInfo {
     /// The controller's uid, for spreading replicas.
     pub owner: Option<String>,
     pub priority: i32,
+    pub affinity: tug_api::kinds::pod::Affinity,
+    pub spread: Vec<tug_api::kinds::pod::TopologySpreadConstraint>,
 }
 
 impl PodInfo {
@@ -137,6 +139,8 @@ impl PodInfo {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             priority: spec.priority.unwrap_or(0),
+            affinity: spec.affinity.clone().unwrap_or_default(),
+            spread: spec.topology_spread_constraints.clone(),
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct NodeInfo {
     pub owners: HashMap<String, u32>,
     /// The zone label's value, if any.
     pub zone: Option<String>,
+    /// The pods placed here: `(namespace, labels)`, for pod affinity and topology spread.
+    pub pods: Vec<(String, BTreeMap<String, String>)>,
 }
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -176,6 +182,7 @@ impl NodeInfo {
             ready,
             used_ports: Vec::new(),
             owners: HashMap::new(),
+            pods: Vec::new(),
         }
     }
 
@@ -185,6 +192,16 @@ impl NodeInfo {
         self.used_ports.extend(pod.host_ports.iter().cloned());
         if let Some(o) = &pod.owner {
             *self.owners.entry(o.clone()).or_default() += 1;
+        }
+        self.pods.push((pod.namespace.clone(), pod.labels.clone()));
+    }
+
+    /// The node's value of a topology key (`kubernetes.io/hostname` falls back to its name).
+    pub fn topology(&self, key: &str) -> Option<&str> {
+        match self.labels.get(key) {
+            Some(v) => Some(v),
+            None if key == "kubernetes.io/hostname" => Some(&self.name),
+            None => None,
         }
     }
 }

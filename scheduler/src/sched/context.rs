@@ -1,0 +1,160 @@
+//! What filters and scores need to know about the rest of the cluster for one pod, computed
+//! once per pod before the nodes are visited: for each pod (anti-)affinity term and each
+//! topology spread constraint, how many matching pods each topology domain holds. The node
+//! loop then answers in O(1) per node.
+
+use super::snapshot::{PodInfo, Snapshot};
+use std::collections::HashMap;
+use tug_api::kinds::pod::{NodeSelectorTerm, PodAffinityTerm};
+use tug_api::labels::Selector;
+
+/// One term, compiled: its topology key, the matching pods per domain, and the total.
+#[derive(Debug, Clone)]
+pub struct DomainCounts {
+    pub topology_key: String,
+    pub counts: HashMap<String, u32>,
+    pub total: u32,
+    /// The pod being placed matches the term itself (a first replica may then go anywhere).
+    pub matches_self: bool,
+}
+
+/// A topology spread constraint, compiled.
+#[derive(Debug, Clone)]
+pub struct Spread {
+    pub counts: DomainCounts,
+    pub max_skew: u32,
+    pub hard: bool,
+    /// The smallest count over the domains that exist (nodes carrying the key).
+    pub min: u32,
+}
+
+/// The per-pod context.
+#[derive(Debug, Clone, Default)]
+pub struct PodContext {
+    pub affinity: Vec<DomainCounts>,
+    pub anti_affinity: Vec<DomainCounts>,
+    pub preferred_affinity: Vec<(i32, DomainCounts)>,
+    pub preferred_anti_affinity: Vec<(i32, DomainCounts)>,
+    pub spread: Vec<Spread>,
+    /// A term or constraint whose selector does not compile: nothing can match it.
+    pub invalid: Option<String>,
+}
+
+fn selector(term_selector: Option<&tug_api::labels::LabelSelector>) -> Result<Selector, String> {
+    match term_selector {
+        None => {
+            Ok(Selector { requirements: vec![tug_api::labels::Requirement::Exists("\u{0}never".into())] })
+        }
+        Some(s) => s.to_selector("labelSelector").map_err(|e| e.to_string()),
+    }
+}
+
+fn count(snap: &Snapshot, pod: &PodInfo, key: &str, sel: &Selector, namespaces: &[String]) -> DomainCounts {
+    let ns_ok = |ns: &str| {
+        if namespaces.is_empty() { ns == pod.namespace } else { namespaces.iter().any(|n| n == ns) }
+    };
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    let mut total = 0;
+    for node in &snap.nodes {
+        let Some(domain) = node.topology(key) else { continue };
+        let n =
+            u32::try_from(node.pods.iter().filter(|(ns, labels)| ns_ok(ns) && sel.matches(labels)).count())
+                .unwrap_or(u32::MAX);
+        let entry = counts.entry(domain.to_string()).or_default();
+        *entry += n;
+        total += n;
+    }
+    DomainCounts {
+        topology_key: key.to_string(),
+        counts,
+        total,
+        matches_self: ns_ok(&pod.namespace) && sel.matches(&pod.labels),
+    }
+}
+
+impl PodContext {
+    pub fn new(pod: &PodInfo, snap: &Snapshot) -> PodContext {
+        let mut ctx = PodContext::default();
+        let mut term = |t: &PodAffinityTerm| -> Option<DomainCounts> {
+            match selector(t.label_selector.as_ref()) {
+                Ok(sel) => Some(count(snap, pod, &t.topology_key, &sel, &t.namespaces)),
+                Err(e) => {
+                    ctx.invalid = Some(e);
+                    None
+                }
+            }
+        };
+        let (mut aff, mut anti, mut paff, mut panti) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        if let Some(a) = &pod.affinity.pod_affinity {
+            aff = a.required.iter().filter_map(&mut term).collect();
+            paff = a.preferred.iter().filter_map(|w| Some((w.weight, term(&w.pod_affinity_term)?))).collect();
+        }
+        if let Some(a) = &pod.affinity.pod_anti_affinity {
+            anti = a.required.iter().filter_map(&mut term).collect();
+            panti =
+                a.preferred.iter().filter_map(|w| Some((w.weight, term(&w.pod_affinity_term)?))).collect();
+        }
+        let mut spread = Vec::new();
+        for c in &pod.spread {
+            match selector(c.label_selector.as_ref()) {
+                Ok(sel) => {
+                    let counts = count(snap, pod, &c.topology_key, &sel, &[]);
+                    let min = counts.counts.values().copied().min().unwrap_or(0);
+                    spread.push(Spread {
+                        counts,
+                        max_skew: u32::try_from(c.max_skew.max(1)).unwrap_or(1),
+                        hard: c.when_unsatisfiable != "ScheduleAnyway",
+                        min,
+                    });
+                }
+                Err(e) => ctx.invalid = Some(e),
+            }
+        }
+        ctx.affinity = aff;
+        ctx.anti_affinity = anti;
+        ctx.preferred_affinity = paff;
+        ctx.preferred_anti_affinity = panti;
+        ctx.spread = spread;
+        ctx
+    }
+}
+
+/// Whether a node matches a node selector term (requirements ANDed; `matchFields` knows
+/// `metadata.name`).
+pub fn term_matches(
+    term: &NodeSelectorTerm,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let check = |key: &str, op: &str, values: &[String], have: Option<&str>| -> bool {
+        match op {
+            "In" => have.is_some_and(|v| values.iter().any(|x| x == v)),
+            "NotIn" => have.is_none_or(|v| !values.iter().any(|x| x == v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            "Gt" | "Lt" => {
+                let (Some(h), Some(w)) = (
+                    have.and_then(|v| v.parse::<i64>().ok()),
+                    values.first().and_then(|v| v.parse::<i64>().ok()),
+                ) else {
+                    return false;
+                };
+                if op == "Gt" { h > w } else { h < w }
+            }
+            _ => {
+                let _ = key;
+                false
+            }
+        }
+    };
+    if term.match_expressions.is_empty() && term.match_fields.is_empty() {
+        return false;
+    }
+    term.match_expressions
+        .iter()
+        .all(|r| check(&r.key, &r.operator, &r.values, labels.get(&r.key).map(String::as_str)))
+        && term
+            .match_fields
+            .iter()
+            .all(|r| check(&r.key, &r.operator, &r.values, (r.key == "metadata.name").then_some(name)))
+}
