@@ -48,20 +48,13 @@ pub fn run(args: InitArgs) -> ! {
     }
     let InitArgs { plan, channel, fifo, seccomp, .. } = args;
     drop(channel);
-    let program = match wait_for_start_then_resolve(plan, fifo) {
+    let program = match wait_for_start_then_resolve(plan, fifo, hook_state.as_deref()) {
         Ok(p) => p,
         Err(message) => {
             eprintln!("tug-shim: {message}");
             std::process::exit(127);
         }
     };
-    if !plan.hooks.start_container.is_empty() {
-        let state = hook_state.unwrap_or_default();
-        if let Err(e) = crate::hooks::run_all("startContainer", &plan.hooks.start_container, &state) {
-            eprintln!("tug-shim: {e}");
-            std::process::exit(1);
-        }
-    }
     // With no_new_privs the filter is the last step before execve.
     if let (true, Some(f)) = (plan.process.no_new_privs, &seccomp) {
         if let Err(e) = f.load() {
@@ -288,12 +281,21 @@ fn set_user_and_caps(p: &ProcessPlan) -> StepResult {
 }
 
 /// Blocks until `tug-shim start` opens the exec fifo for reading, then resolves the program.
-fn wait_for_start_then_resolve(plan: &Plan, fifo_fd: RawFd) -> Result<PathBuf, String> {
+/// `startContainer` hooks run between the two: `start` has begun (the open returned) and does
+/// not return before they are done (it waits for the byte).
+fn wait_for_start_then_resolve(
+    plan: &Plan,
+    fifo_fd: RawFd,
+    hook_state: Option<&str>,
+) -> Result<PathBuf, String> {
     let path = format!("/proc/self/fd/{fifo_fd}");
     let mut fifo = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .map_err(|e| format!("opening the exec fifo: {e} (is /proc mounted in the container?)"))?;
+    if !plan.hooks.start_container.is_empty() {
+        crate::hooks::run_all("startContainer", &plan.hooks.start_container, hook_state.unwrap_or_default())?;
+    }
     std::io::Write::write_all(&mut fifo, b"0").map_err(|e| format!("writing the exec fifo: {e}"))?;
     drop(fifo);
     // SAFETY: closing a descriptor this process owns and no longer uses.

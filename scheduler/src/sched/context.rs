@@ -50,19 +50,44 @@ fn selector(term_selector: Option<&tug_api::labels::LabelSelector>) -> Result<Se
 }
 
 fn count(snap: &Snapshot, pod: &PodInfo, key: &str, sel: &Selector, namespaces: &[String]) -> DomainCounts {
+    use tug_api::labels::Requirement;
     let ns_ok = |ns: &str| {
         if namespaces.is_empty() { ns == pod.namespace } else { namespaces.iter().any(|n| n == ns) }
     };
     let mut counts: HashMap<String, u32> = HashMap::new();
     let mut total = 0;
-    for node in &snap.nodes {
-        let Some(domain) = node.topology(key) else { continue };
-        let n =
-            u32::try_from(node.pods.iter().filter(|(ns, labels)| ns_ok(ns) && sel.matches(labels)).count())
-                .unwrap_or(u32::MAX);
-        let entry = counts.entry(domain.to_string()).or_default();
-        *entry += n;
-        total += n;
+    let mut tally = |node: usize, slot: usize, counts: &mut HashMap<String, u32>| {
+        let n = &snap.nodes[node];
+        let Some((ns, labels)) = n.pods.get(slot) else { return };
+        if !(ns_ok(ns) && sel.matches(labels)) {
+            return;
+        }
+        if let Some(domain) = n.topology(key) {
+            *counts.entry(domain.to_string()).or_default() += 1;
+            total += 1;
+        }
+    };
+    // A selector with an `key = value` requirement only needs the pods carrying that label.
+    let anchor = sel.requirements.iter().find_map(|r| match r {
+        Requirement::Equals(k, v) => Some(vec![(k.clone(), v.clone())]),
+        Requirement::In(k, vs) => Some(vs.iter().map(|v| (k.clone(), v.clone())).collect()),
+        _ => None,
+    });
+    match anchor {
+        Some(pairs) => {
+            for pair in pairs {
+                for &(node, slot) in snap.by_label.get(&pair).map(Vec::as_slice).unwrap_or(&[]) {
+                    tally(node, slot, &mut counts);
+                }
+            }
+        }
+        None => {
+            for (i, n) in snap.nodes.iter().enumerate() {
+                for slot in 0..n.pods.len() {
+                    tally(i, slot, &mut counts);
+                }
+            }
+        }
     }
     DomainCounts {
         topology_key: key.to_string(),
@@ -99,7 +124,13 @@ impl PodContext {
             match selector(c.label_selector.as_ref()) {
                 Ok(sel) => {
                     let counts = count(snap, pod, &c.topology_key, &sel, &[]);
-                    let min = counts.counts.values().copied().min().unwrap_or(0);
+                    // Domains without a matching pod count as 0.
+                    let min = snap
+                        .domains(&c.topology_key)
+                        .iter()
+                        .map(|d| counts.counts.get(d).copied().unwrap_or(0))
+                        .min()
+                        .unwrap_or(0);
                     spread.push(Spread {
                         counts,
                         max_skew: u32::try_from(c.max_skew.max(1)).unwrap_or(1),

@@ -207,18 +207,56 @@ impl NodeInfo {
 }
 
 /// Every node, and the pods assigned to each already counted in.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
     index: HashMap<String, usize>,
     /// Pods per zone per owner, for zone spreading (looked up without building a key).
     pub zone_owners: HashMap<String, HashMap<String, u32>>,
+    /// Placed pods by label: `(key, value)` → `(node index, pod index on the node)`, so that
+    /// counting the pods a selector matches visits only candidates.
+    pub by_label: HashMap<(String, String), Vec<(usize, usize)>>,
+    /// The domains of a topology key, computed on first use.
+    domains: std::sync::Mutex<HashMap<String, std::sync::Arc<Vec<String>>>>,
+}
+
+impl Clone for Snapshot {
+    fn clone(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.nodes.clone(),
+            index: self.index.clone(),
+            zone_owners: self.zone_owners.clone(),
+            by_label: self.by_label.clone(),
+            domains: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Snapshot {
     pub fn new(nodes: Vec<NodeInfo>) -> Snapshot {
         let index = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        Snapshot { nodes, index, zone_owners: HashMap::new() }
+        Snapshot {
+            nodes,
+            index,
+            zone_owners: HashMap::new(),
+            by_label: HashMap::new(),
+            domains: Default::default(),
+        }
+    }
+
+    /// Every value the nodes carry for a topology key.
+    pub fn domains(&self, key: &str) -> std::sync::Arc<Vec<String>> {
+        let mut cache = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                let mut d: Vec<String> =
+                    self.nodes.iter().filter_map(|n| n.topology(key)).map(str::to_string).collect();
+                d.sort();
+                d.dedup();
+                std::sync::Arc::new(d)
+            })
+            .clone()
     }
 
     /// Builds it from the API's nodes and pods (pods with a node are counted on it; finished
@@ -244,6 +282,10 @@ impl Snapshot {
     /// Counts a pod on a node (after binding it, or when it was already bound).
     pub fn assume(&mut self, node: &str, pod: &PodInfo) {
         let Some(i) = self.index.get(node).copied() else { return };
+        let slot = self.nodes[i].pods.len();
+        for (k, v) in &pod.labels {
+            self.by_label.entry((k.clone(), v.clone())).or_default().push((i, slot));
+        }
         self.nodes[i].assume(pod);
         if let (Some(o), Some(z)) = (&pod.owner, &self.nodes[i].zone) {
             *self.zone_owners.entry(o.clone()).or_default().entry(z.clone()).or_default() += 1;
