@@ -8,6 +8,13 @@
 //! overwritten. A pod that fits nowhere gets `PodScheduled=False` with the summary
 //! (`0/5 nodes are available: …`) and a `FailedScheduling` Event, written only when the
 //! summary changes so that the scheduler's own writes do not wake it forever.
+//!
+//! Several schedulers on one store never overcommit a node: before binding, a scheduler
+//! records the pod's requests in the node's *reservation* (`_tug/reservations//<node>`),
+//! updating it with the revision it read before its snapshot. A replica that reserved on the
+//! same node in between bumped that revision, so the update fails and the pod waits for the
+//! next round, which sees the other's reservation. Reservations of pods that are bound, gone
+//! or failed to bind are dropped after a minute.
 
 use super::engine::{Engine, Strategy};
 use super::snapshot::{PodInfo, Snapshot};
@@ -24,6 +31,25 @@ pub const NAMES: [&str; 2] = ["default-scheduler", "tug-scheduler"];
 /// Store prefixes (`group/plural/`; the core group is empty).
 const PODS: &str = "/pods/";
 const NODES: &str = "/nodes/";
+const RESERVATIONS: &str = "_tug/reservations//";
+/// How long a reservation outlives its binding (or a failed one).
+const RESERVATION_TTL_SECS: u64 = 60;
+
+/// One node's reservations: pod key → requests and when they were reserved.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Reservations {
+    pods: std::collections::BTreeMap<String, Reserved>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Reserved {
+    requests: super::snapshot::Resources,
+    at: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
 
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,6 +65,20 @@ fn now() -> String {
 
 /// Places every pending pod once. Blocking (store calls); run it off the async threads.
 pub fn round(store: &dyn Store, engine: &mut Engine) -> Result<Round, StoreError> {
+    round_for(store, engine, &NAMES)
+}
+
+/// [`round`] for the pods whose `schedulerName` is one of `names`.
+pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Result<Round, StoreError> {
+    // Reservations first: anything reserved after this read conflicts with our updates.
+    let (reserved_objs, _) = store.list(RESERVATIONS)?;
+    let mut reservations: std::collections::HashMap<String, (u64, Reservations)> = reserved_objs
+        .iter()
+        .filter_map(|s| {
+            let node = s.key.rsplit('/').next()?.to_string();
+            Some((node, (s.revision, serde_json::from_value(s.object.clone()).ok()?)))
+        })
+        .collect();
     let (node_objs, _) = store.list(NODES)?;
     let (pod_objs, _) = store.list(PODS)?;
     let nodes: Vec<Node> =
@@ -48,12 +88,27 @@ pub fn round(store: &dyn Store, engine: &mut Engine) -> Result<Round, StoreError
     let bound: Vec<Pod> =
         typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.clone()).collect();
     let mut snap = Snapshot::from_objects(&nodes, &bound);
+    // Reserved but not yet bound (by this scheduler or another): counted too.
+    let bound_keys: std::collections::HashSet<String> = bound
+        .iter()
+        .map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name))
+        .collect();
+    for (node, (_, r)) in &reservations {
+        for (key, res) in &r.pods {
+            if !bound_keys.contains(key) {
+                let mut info = PodInfo::new(&Pod::default());
+                info.requests = res.requests.clone();
+                info.key = key.clone();
+                snap.assume(node, &info);
+            }
+        }
+    }
     let mut pending: Vec<&(Pod, &Stored)> = typed
         .iter()
         .filter(|(p, _)| {
             p.spec.node_name.is_none()
                 && p.metadata.deletion_timestamp.is_none()
-                && NAMES.contains(&p.spec.scheduler_name.as_deref().unwrap_or("default-scheduler"))
+                && names.contains(&p.spec.scheduler_name.as_deref().unwrap_or("default-scheduler"))
         })
         .collect();
     pending.sort_by(|a, b| a.0.metadata.creation_timestamp.cmp(&b.0.metadata.creation_timestamp));
@@ -61,14 +116,22 @@ pub fn round(store: &dyn Store, engine: &mut Engine) -> Result<Round, StoreError
     for (pod, stored) in pending {
         let info = PodInfo::new(pod);
         match engine.schedule(&info, &snap) {
-            Ok(node) => match bind(store, stored, &node) {
-                Ok(()) => {
-                    snap.assume(&node, &info);
-                    out.bound += 1;
+            Ok(node) => {
+                match reserve(store, &mut reservations, &node, &info) {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {
+                        out.conflicts += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(StoreError::Conflict { .. }) => out.conflicts += 1,
-                Err(e) => return Err(e),
-            },
+                snap.assume(&node, &info);
+                match bind(store, stored, &node) {
+                    Ok(()) => out.bound += 1,
+                    Err(StoreError::Conflict { .. }) => out.conflicts += 1,
+                    Err(e) => return Err(e),
+                }
+            }
             Err(why) => {
                 out.unschedulable += 1;
                 mark_unschedulable(store, stored, &why.to_string())?;
@@ -76,6 +139,33 @@ pub fn round(store: &dyn Store, engine: &mut Engine) -> Result<Round, StoreError
         }
     }
     Ok(out)
+}
+
+/// Records the pod's requests in the node's reservation, with the revision read at the start
+/// of the round (dropping reservations past their time).
+fn reserve(
+    store: &dyn Store,
+    all: &mut std::collections::HashMap<String, (u64, Reservations)>,
+    node: &str,
+    pod: &PodInfo,
+) -> Result<(), StoreError> {
+    let now = unix_now();
+    let key = format!("{RESERVATIONS}{node}");
+    let (rev, mut r) =
+        all.get(node).cloned().map_or((None, Reservations::default()), |(rev, r)| (Some(rev), r));
+    // A binding takes milliseconds: past the TTL a reservation's pod is bound (and counted
+    // from the pod list) or never will be.
+    r.pods.retain(|_, v| now.saturating_sub(v.at) <= RESERVATION_TTL_SECS);
+    r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now });
+    let mut value = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
+    // The store keeps an object's revision in its metadata.
+    value["metadata"] = json!({"name": node});
+    let stored = match rev {
+        Some(rev) => store.update(&key, value, Some(rev))?,
+        None => store.create(&key, value)?,
+    };
+    all.insert(node.to_string(), (stored.revision, r));
+    Ok(())
 }
 
 fn set_condition(obj: &mut Value, status: &str, reason: Option<&str>, message: Option<&str>) {
@@ -150,7 +240,14 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
         })
         .await;
         match result {
-            Ok((Ok(_), e)) => engine = e,
+            Ok((Ok(r), e)) => {
+                engine = e;
+                // Lost a race with another scheduler: go again at once with fresh data.
+                if r.conflicts > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
             Ok((Err(err), e)) => {
                 eprintln!("tug-scheduler: scheduling round: {err}");
                 engine = e;
@@ -178,4 +275,60 @@ async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
         _ = tokio::time::sleep(resync) => {}
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb_store::RedbStore;
+
+    /// Two schedulers (each serving its own `schedulerName`, so they place different pods)
+    /// racing over one store on nodes with room for ten pods each: never more than ten are
+    /// bound to a node.
+    #[test]
+    fn two_schedulers_racing_never_overcommit_a_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb"), 1024).unwrap());
+        for n in ["n1", "n2"] {
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+                "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"},
+                           "conditions": [{"type": "Ready", "status": "True"}]}});
+            store.create(&format!("/nodes//{n}"), node).unwrap();
+        }
+        for i in 0..200 {
+            let scheduler = if i % 2 == 0 { "default-scheduler" } else { "tug-scheduler" };
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("p{i}"), "namespace": "default"},
+                "spec": {"schedulerName": scheduler, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "100m"}}}]}});
+            store.create(&format!("/pods/default/p{i}"), pod).unwrap();
+        }
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = ["default-scheduler", "tug-scheduler"]
+            .into_iter()
+            .map(|name| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut e = Engine::new(Strategy::MostAllocated);
+                    for _ in 0..10 {
+                        barrier.wait();
+                        round_for(store.as_ref(), &mut e, &[name]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for r in racers {
+            r.join().unwrap();
+        }
+        let on = |n: &str| {
+            let (pods, _) = store.list(PODS).unwrap();
+            pods.iter().filter(|p| p.object["spec"]["nodeName"] == n).count()
+        };
+        assert!(on("n1") <= 10 && on("n2") <= 10, "overcommitted: {} and {}", on("n1"), on("n2"));
+        // And nothing is lost: rounds without a rival fill what is left.
+        let mut e = Engine::new(Strategy::MostAllocated);
+        for name in ["default-scheduler", "tug-scheduler"] {
+            round_for(store.as_ref(), &mut e, &[name]).unwrap();
+        }
+        assert_eq!((on("n1"), on("n2")), (10, 10));
+    }
 }

@@ -8,7 +8,7 @@ use tug_api::kinds::pod::{Pod, PodSpec, Toleration};
 use tug_api::quantity::Quantity;
 
 /// Amounts of the resources a node offers and pods request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     pub cpu_milli: i64,
     pub memory: i64,
