@@ -57,6 +57,8 @@ pub struct Round {
     pub bound: usize,
     pub unschedulable: usize,
     pub conflicts: usize,
+    /// Lower-priority pods removed to make room.
+    pub preempted: usize,
 }
 
 fn now() -> String {
@@ -83,8 +85,16 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let (pod_objs, _) = store.list(PODS)?;
     let nodes: Vec<Node> =
         node_objs.iter().filter_map(|s| serde_json::from_value(s.object.clone()).ok()).collect();
-    let typed: Vec<(Pod, &Stored)> =
-        pod_objs.iter().filter_map(|s| Some((serde_json::from_value(s.object.clone()).ok()?, s))).collect();
+    let typed: Vec<(Pod, &Stored)> = pod_objs
+        .iter()
+        .filter_map(|s| match serde_json::from_value(s.object.clone()) {
+            Ok(p) => Some((p, s)),
+            Err(e) => {
+                eprintln!("tug-scheduler: skipping {}: {e}", s.key);
+                None
+            }
+        })
+        .collect();
     let bound: Vec<Pod> =
         typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.clone()).collect();
     let mut snap = Snapshot::from_objects(&nodes, &bound);
@@ -111,7 +121,10 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
                 && names.contains(&p.spec.scheduler_name.as_deref().unwrap_or("default-scheduler"))
         })
         .collect();
-    pending.sort_by(|a, b| a.0.metadata.creation_timestamp.cmp(&b.0.metadata.creation_timestamp));
+    // The most important first, then the oldest.
+    pending.sort_by_cached_key(|(p, _)| {
+        (std::cmp::Reverse(PodInfo::new(p).priority), p.metadata.creation_timestamp.clone())
+    });
     let mut out = Round::default();
     for (pod, stored) in pending {
         let info = PodInfo::new(pod);
@@ -135,6 +148,10 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             Err(why) => {
                 out.unschedulable += 1;
                 mark_unschedulable(store, stored, &why.to_string())?;
+                if let Some(p) = engine.preempt(&info, &snap) {
+                    preempt(store, stored, &p)?;
+                    out.preempted += p.victims.len();
+                }
             }
         }
     }
@@ -166,6 +183,30 @@ fn reserve(
     };
     all.insert(node.to_string(), (stored.revision, r));
     Ok(())
+}
+
+/// Removes the victims (an Event on each says by whom) and nominates the node on the
+/// preemptor; the round their deletion wakes binds it.
+fn preempt(store: &dyn Store, preemptor: &Stored, p: &super::engine::Preemption) -> Result<(), StoreError> {
+    let by = preemptor.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    for victim in &p.victims {
+        let (ns, name) = victim.split_once('/').unwrap_or(("default", victim));
+        let key = format!("/pods/{ns}/{name}");
+        let Some(stored) = store.get(&key)? else { continue };
+        match store.delete(&key, Some(stored.revision)) {
+            Ok(_) => {}
+            Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+        event(store, &stored, "Preempted", &format!("Preempted by pod {by} on node {}", p.node), "Normal")?;
+    }
+    let Some(current) = store.get(&preemptor.key)? else { return Ok(()) };
+    let mut obj = current.object;
+    obj["status"]["nominatedNodeName"] = p.node.clone().into();
+    match store.update(&preemptor.key, obj, Some(current.revision)) {
+        Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn set_condition(obj: &mut Value, status: &str, reason: Option<&str>, message: Option<&str>) {
@@ -209,6 +250,17 @@ fn mark_unschedulable(store: &dyn Store, stored: &Stored, message: &str) -> Resu
         Err(StoreError::Conflict { .. }) => return Ok(()),
         Err(e) => return Err(e),
     }
+    event(store, stored, "FailedScheduling", message, "Warning")
+}
+
+/// An Event about a pod, from the scheduler.
+fn event(
+    store: &dyn Store,
+    stored: &Stored,
+    reason: &str,
+    message: &str,
+    type_: &str,
+) -> Result<(), StoreError> {
     let ns = stored.object["metadata"]["namespace"].as_str().unwrap_or("default");
     let name = stored.object["metadata"]["name"].as_str().unwrap_or_default();
     let event_name = format!("{name}.{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap_or("0"));
@@ -217,7 +269,7 @@ fn mark_unschedulable(store: &dyn Store, stored: &Stored, message: &str) -> Resu
         "metadata": {"name": event_name, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now()},
         "involvedObject": {"kind": "Pod", "namespace": ns, "name": name,
                            "uid": stored.object["metadata"]["uid"].clone(), "apiVersion": "v1"},
-        "reason": "FailedScheduling", "message": message, "type": "Warning",
+        "reason": reason, "message": message, "type": type_,
         "source": {"component": "tug-scheduler"},
         "firstTimestamp": now(), "lastTimestamp": now(), "count": 1
     });
@@ -330,5 +382,37 @@ mod tests {
             round_for(store.as_ref(), &mut e, &[name]).unwrap();
         }
         assert_eq!((on("n1"), on("n2")), (10, 10));
+    }
+
+    #[test]
+    fn a_higher_priority_pod_preempts_lower_ones_and_is_then_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb"), 1024).unwrap());
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}});
+        store.create("/nodes//n1", node).unwrap();
+        let pod = |name: &str, cpu: &str, prio: i32, on: Option<&str>| {
+            let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                "spec": {"priority": prio, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]}});
+            if let Some(n) = on {
+                p["spec"]["nodeName"] = n.into();
+            }
+            store.create(&format!("/pods/default/{name}"), p).unwrap();
+        };
+        pod("batch-1", "500m", 0, Some("n1"));
+        pod("batch-2", "500m", 0, Some("n1"));
+        pod("web", "800m", 1000, None);
+        let mut e = Engine::new(Strategy::LeastAllocated);
+        let first = round(store.as_ref(), &mut e).unwrap();
+        assert_eq!((first.bound, first.unschedulable, first.preempted), (0, 1, 2));
+        let web = store.get("/pods/default/web").unwrap().unwrap();
+        assert_eq!(web.object["status"]["nominatedNodeName"], "n1");
+        let second = round(store.as_ref(), &mut e).unwrap();
+        assert_eq!(second.bound, 1);
+        assert_eq!(store.get("/pods/default/web").unwrap().unwrap().object["spec"]["nodeName"], "n1");
+        let (events, _) = store.list("/events/").unwrap();
+        assert!(events.iter().any(|ev| ev.object["reason"] == "Preempted"
+            && ev.object["message"] == "Preempted by pod web on node n1"));
     }
 }

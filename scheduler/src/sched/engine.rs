@@ -48,6 +48,13 @@ impl std::fmt::Display for Unschedulable {
     }
 }
 
+/// A preemption: the node, and the lower-priority pods to remove so the pod fits there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preemption {
+    pub node: String,
+    pub victims: Vec<String>,
+}
+
 /// The chain of filters and weighted scores.
 pub struct Engine {
     filters: Vec<Box<dyn Filter>>,
@@ -98,6 +105,52 @@ impl Engine {
         }
         let percent = 50usize.saturating_sub(nodes / 125).max(5);
         (nodes * percent / 100).max(100)
+    }
+
+    /// When the pod fits nowhere: the node where removing the fewest, least important
+    /// lower-priority pods makes it fit (victims chosen lowest priority first, then the most
+    /// recently placed; nodes compared by their most important victim, then by how many).
+    /// Nodes that fail for reasons eviction cannot fix (selector, taints, affinity) are skipped.
+    pub fn preempt(&self, pod: &PodInfo, snap: &Snapshot) -> Option<Preemption> {
+        let ctx = PodContext::new(pod, snap);
+        let fixable = |r: &Reason| matches!(r, Reason::Insufficient(_) | Reason::TooManyPods | Reason::Ports);
+        let mut best: Option<((i32, usize), Preemption)> = None;
+        for node in &snap.nodes {
+            let mut why = Vec::new();
+            for f in &self.filters {
+                f.check(pod, &ctx, node, &mut why);
+            }
+            if why.is_empty() || !why.iter().all(fixable) {
+                continue;
+            }
+            let mut candidates: Vec<&super::snapshot::Placed> =
+                node.placed.iter().filter(|p| p.priority < pod.priority).collect();
+            // Least important first; among equals the most recently placed.
+            candidates.reverse();
+            candidates.sort_by_key(|p| p.priority);
+            let mut sim = node.clone();
+            let mut victims = Vec::new();
+            for c in candidates {
+                sim.evict(&c.key);
+                victims.push((c.priority, c.key.clone()));
+                why.clear();
+                for f in &self.filters {
+                    f.check(pod, &ctx, &sim, &mut why);
+                }
+                if why.is_empty() {
+                    break;
+                }
+            }
+            if !why.is_empty() {
+                continue;
+            }
+            let cost = (victims.iter().map(|v| v.0).max().unwrap_or(i32::MIN), victims.len());
+            if best.as_ref().is_none_or(|(b, _)| cost < *b) {
+                let victims = victims.into_iter().map(|v| v.1).collect();
+                best = Some((cost, Preemption { node: node.name.clone(), victims }));
+            }
+        }
+        best.map(|(_, p)| p)
     }
 
     /// Picks a node for the pod.
@@ -493,6 +546,41 @@ pub(crate) mod tests {
         let got = place_all(&mut e, &mut snap, &(0..6).map(|i| spread(&format!("w{i}"))).collect::<Vec<_>>());
         let in_zone = |z: char| got.iter().filter(|r| r.as_ref().unwrap().starts_with(z)).count();
         assert_eq!((in_zone('a'), in_zone('b')), (3, 3), "{got:?}");
+    }
+
+    #[test]
+    fn preemption_removes_the_cheapest_lower_priority_pods() {
+        let nodes = vec![node("a", "1", "8Gi", json!({})), node("b", "1", "8Gi", json!({}))];
+        let prio = |n: &str, cpu: &str, p: i32, on: &str| {
+            pod(n, cpu, "1", json!({"spec": {"priority": p, "nodeName": on}}))
+        };
+        let placed = [
+            prio("a-low", "500m", 10, "a"),
+            prio("a-mid", "500m", 100, "a"),
+            prio("b-low1", "500m", 10, "b"),
+            prio("b-low2", "500m", 10, "b"),
+        ];
+        let snap = Snapshot::from_objects(&nodes, &placed);
+        let e = Engine::new(Strategy::LeastAllocated);
+        let urgent = PodInfo::new(&pod("urgent", "1", "1", json!({"spec": {"priority": 1000}})));
+        // a would need its priority-100 pod gone; b only priority-10 ones.
+        let p = e.preempt(&urgent, &snap).unwrap();
+        assert_eq!(p.node, "b");
+        assert_eq!(p.victims.len(), 2);
+        let small = PodInfo::new(&pod("small", "400m", "1", json!({"spec": {"priority": 1000}})));
+        let p = e.preempt(&small, &snap).unwrap();
+        assert_eq!(p.victims.len(), 1, "one victim is enough: {p:?}");
+        // Nobody lower: no preemption.
+        let low = PodInfo::new(&pod("low", "1", "1", json!({"spec": {"priority": 5}})));
+        assert_eq!(e.preempt(&low, &snap), None);
+        // A system-critical class outranks everything.
+        let critical = PodInfo::new(&pod(
+            "dns",
+            "1",
+            "1",
+            json!({"spec": {"priorityClassName": "system-cluster-critical"}}),
+        ));
+        assert!(e.preempt(&critical, &snap).is_some());
     }
 
     proptest::proptest! {

@@ -92,6 +92,25 @@ pub fn pod_requests(spec: &PodSpec) -> Resources {
     sum
 }
 
+/// The priority of a built-in priority class (user-defined PriorityClass objects are not served
+/// yet: such pods state `priority` directly).
+pub fn class_priority(class: Option<&str>) -> i32 {
+    match class {
+        Some("system-node-critical") => 2_000_001_000,
+        Some("system-cluster-critical") => 2_000_000_000,
+        _ => 0,
+    }
+}
+
+/// A pod placed on a node, as preemption weighs it.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub key: String,
+    pub priority: i32,
+    pub requests: Resources,
+    pub host_ports: Vec<(String, i64)>,
+}
+
 /// The pod being placed, precomputed.
 #[derive(Debug, Clone)]
 pub struct PodInfo {
@@ -138,7 +157,7 @@ impl PodInfo {
                 .iter()
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
-            priority: spec.priority.unwrap_or(0),
+            priority: spec.priority.unwrap_or_else(|| class_priority(spec.priority_class_name.as_deref())),
             affinity: spec.affinity.clone().unwrap_or_default(),
             spread: spec.topology_spread_constraints.clone(),
         }
@@ -162,6 +181,8 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// The pods placed here: `(namespace, labels)`, for pod affinity and topology spread.
     pub pods: Vec<(String, BTreeMap<String, String>)>,
+    /// The same pods with what preemption needs, in placement order.
+    pub placed: Vec<Placed>,
 }
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -183,6 +204,7 @@ impl NodeInfo {
             used_ports: Vec::new(),
             owners: HashMap::new(),
             pods: Vec::new(),
+            placed: Vec::new(),
         }
     }
 
@@ -194,6 +216,33 @@ impl NodeInfo {
             *self.owners.entry(o.clone()).or_default() += 1;
         }
         self.pods.push((pod.namespace.clone(), pod.labels.clone()));
+        self.placed.push(Placed {
+            key: pod.key.clone(),
+            priority: pod.priority,
+            requests: pod.requests.clone(),
+            host_ports: pod.host_ports.clone(),
+        });
+    }
+
+    /// Takes a placed pod off (a preemption victim, in a simulation).
+    pub fn evict(&mut self, key: &str) {
+        let Some(i) = self.placed.iter().position(|p| p.key == key) else { return };
+        let p = self.placed.remove(i);
+        let r = &mut self.requested;
+        r.cpu_milli -= p.requests.cpu_milli;
+        r.memory -= p.requests.memory;
+        r.ephemeral -= p.requests.ephemeral;
+        r.pods -= p.requests.pods;
+        for (n, v) in &p.requests.extended {
+            if let Some((_, have)) = r.extended.iter_mut().find(|(m, _)| m == n) {
+                *have -= v;
+            }
+        }
+        for port in &p.host_ports {
+            if let Some(j) = self.used_ports.iter().position(|u| u == port) {
+                self.used_ports.remove(j);
+            }
+        }
     }
 
     /// The node's value of a topology key (`kubernetes.io/hostname` falls back to its name).
