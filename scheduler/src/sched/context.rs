@@ -38,6 +38,10 @@ pub struct PodContext {
     pub spread: Vec<Spread>,
     /// A term or constraint whose selector does not compile: nothing can match it.
     pub invalid: Option<String>,
+    /// The pod's owner's id in the snapshot (none: no replica placed yet, or no owner).
+    pub owner: Option<u32>,
+    /// The owner's replicas per zone id.
+    pub owner_zones: Vec<u32>,
 }
 
 fn selector(term_selector: Option<&tug_api::labels::LabelSelector>) -> Result<Selector, String> {
@@ -99,7 +103,11 @@ fn count(snap: &Snapshot, pod: &PodInfo, key: &str, sel: &Selector, namespaces: 
 
 impl PodContext {
     pub fn new(pod: &PodInfo, snap: &Snapshot) -> PodContext {
-        let mut ctx = PodContext::default();
+        let mut ctx = PodContext {
+            owner: pod.owner.as_deref().and_then(|o| snap.owner_id(o)),
+            ..PodContext::default()
+        };
+        ctx.owner_zones = ctx.owner.and_then(|o| snap.zone_owners.get(&o).cloned()).unwrap_or_default();
         let mut term = |t: &PodAffinityTerm| -> Option<DomainCounts> {
             match selector(t.label_selector.as_ref()) {
                 Ok(sel) => Some(count(snap, pod, &t.topology_key, &sel, &t.namespaces)),

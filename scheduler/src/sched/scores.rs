@@ -70,14 +70,14 @@ impl Score for SpreadReplicas {
     fn name(&self) -> &'static str {
         "SpreadReplicas"
     }
-    fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, snap: &Snapshot) -> i64 {
-        let Some(owner) = &pod.owner else { return 100 };
-        let here = i64::from(node.owners.get(owner).copied().unwrap_or(0));
+    fn score(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
+        // No owner, or no replica of it placed anywhere yet: every node is as good.
+        let Some(owner) = ctx.owner else { return 100 };
+        let here = i64::from(node.owners.iter().find(|(o, _)| *o == owner).map_or(0, |(_, n)| *n));
         let node_score = 100 / (1 + here);
-        match &node.zone {
+        match node.zone_id {
             Some(z) => {
-                let in_zone =
-                    i64::from(snap.zone_owners.get(owner).and_then(|zs| zs.get(z)).copied().unwrap_or(0));
+                let in_zone = i64::from(ctx.owner_zones.get(z).copied().unwrap_or(0));
                 let zone_score = 100 / (1 + in_zone);
                 (node_score + 2 * zone_score) / 3
             }

@@ -176,9 +176,11 @@ pub struct NodeInfo {
     pub ready: bool,
     pub used_ports: Vec<(String, i64)>,
     /// Pods per owner uid, for spreading.
-    pub owners: HashMap<String, u32>,
-    /// The zone label's value, if any.
+    /// Pods per owner: `(owner id, count)`, a short list scanned without hashing.
+    pub owners: Vec<(u32, u32)>,
+    /// The zone label's value, if any, and its id in the snapshot.
     pub zone: Option<String>,
+    pub zone_id: Option<usize>,
     /// The pods placed here: `(namespace, labels)`, for pod affinity and topology spread.
     pub pods: Vec<(String, BTreeMap<String, String>)>,
     /// The same pods with what preemption needs, in placement order.
@@ -202,18 +204,22 @@ impl NodeInfo {
             unschedulable: node.spec.unschedulable.unwrap_or(false),
             ready,
             used_ports: Vec::new(),
-            owners: HashMap::new(),
+            owners: Vec::new(),
+            zone_id: None,
             pods: Vec::new(),
             placed: Vec::new(),
         }
     }
 
-    /// Counts a pod as placed here.
-    pub fn assume(&mut self, pod: &PodInfo) {
+    /// Counts a pod as placed here (`owner`: its owner's id in the snapshot).
+    pub fn assume(&mut self, pod: &PodInfo, owner: Option<u32>) {
         self.requested.add(&pod.requests);
         self.used_ports.extend(pod.host_ports.iter().cloned());
-        if let Some(o) = &pod.owner {
-            *self.owners.entry(o.clone()).or_default() += 1;
+        if let Some(o) = owner {
+            match self.owners.iter_mut().find(|(id, _)| *id == o) {
+                Some((_, n)) => *n += 1,
+                None => self.owners.push((o, 1)),
+            }
         }
         self.pods.push((pod.namespace.clone(), pod.labels.clone()));
         self.placed.push(Placed {
@@ -260,8 +266,12 @@ impl NodeInfo {
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
     index: HashMap<String, usize>,
-    /// Pods per zone per owner, for zone spreading (looked up without building a key).
-    pub zone_owners: HashMap<String, HashMap<String, u32>>,
+    /// Owner uids → small ids.
+    pub owner_ids: HashMap<String, u32>,
+    /// The zones' names by id.
+    pub zones: Vec<String>,
+    /// Pods per zone per owner id: `zone_owners[owner][zone id]`.
+    pub zone_owners: HashMap<u32, Vec<u32>>,
     /// Placed pods by label: `(key, value)` → `(node index, pod index on the node)`, so that
     /// counting the pods a selector matches visits only candidates.
     pub by_label: HashMap<(String, String), Vec<(usize, usize)>>,
@@ -274,6 +284,8 @@ impl Clone for Snapshot {
         Snapshot {
             nodes: self.nodes.clone(),
             index: self.index.clone(),
+            owner_ids: self.owner_ids.clone(),
+            zones: self.zones.clone(),
             zone_owners: self.zone_owners.clone(),
             by_label: self.by_label.clone(),
             domains: std::sync::Mutex::new(HashMap::new()),
@@ -284,13 +296,27 @@ impl Clone for Snapshot {
 impl Snapshot {
     pub fn new(nodes: Vec<NodeInfo>) -> Snapshot {
         let index = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let mut nodes = nodes;
+        let mut zones: Vec<String> = nodes.iter().filter_map(|n| n.zone.clone()).collect();
+        zones.sort();
+        zones.dedup();
+        for n in &mut nodes {
+            n.zone_id = n.zone.as_ref().and_then(|z| zones.binary_search(z).ok());
+        }
         Snapshot {
             nodes,
             index,
+            owner_ids: HashMap::new(),
+            zones,
             zone_owners: HashMap::new(),
             by_label: HashMap::new(),
             domains: Default::default(),
         }
+    }
+
+    /// The owner's id, if any pod of it was placed.
+    pub fn owner_id(&self, owner: &str) -> Option<u32> {
+        self.owner_ids.get(owner).copied()
     }
 
     /// Every value the nodes carry for a topology key.
@@ -335,9 +361,17 @@ impl Snapshot {
         for (k, v) in &pod.labels {
             self.by_label.entry((k.clone(), v.clone())).or_default().push((i, slot));
         }
-        self.nodes[i].assume(pod);
-        if let (Some(o), Some(z)) = (&pod.owner, &self.nodes[i].zone) {
-            *self.zone_owners.entry(o.clone()).or_default().entry(z.clone()).or_default() += 1;
+        let owner = pod.owner.as_ref().map(|o| {
+            let next = u32::try_from(self.owner_ids.len()).unwrap_or(u32::MAX);
+            *self.owner_ids.entry(o.clone()).or_insert(next)
+        });
+        self.nodes[i].assume(pod, owner);
+        if let (Some(o), Some(z)) = (owner, self.nodes[i].zone_id) {
+            let zones = self.zones.len();
+            let counts = self.zone_owners.entry(o).or_insert_with(|| vec![0; zones]);
+            if let Some(c) = counts.get_mut(z) {
+                *c += 1;
+            }
         }
     }
 }
