@@ -15,10 +15,10 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hook {
     pub path: PathBuf,
     /// `args[0]` is the program's argv[0], as in the spec.
@@ -126,18 +126,26 @@ pub fn run(h: &Hook, state: &str) -> Result<(), String> {
         }
         text
     });
-    let deadline = h.timeout.map(|t| Instant::now() + t);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("timed out after {}s", h.timeout.unwrap_or_default().as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    // The hook's exit arrives from a waiting thread, so a timeout is a bounded receive
+    // rather than a poll.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match h.timeout {
+        Some(t) => match rx.recv_timeout(t) {
+            Ok(s) => s,
+            Err(_) => {
+                // The waiter still owns the child and reaps it once it is killed.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = rx.recv();
+                return Err(format!("timed out after {}s", t.as_secs()));
+            }
+        },
+        None => rx.recv().map_err(|e| e.to_string())?,
+    }
+    .map_err(|e| e.to_string())?;
     if status.success() {
         return Ok(());
     }

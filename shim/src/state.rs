@@ -59,6 +59,12 @@ pub struct State {
     pub annotations: HashMap<String, String>,
     pub cgroup: Cgroup,
     pub owner: String,
+    /// The hooks `start` and `delete` run, recorded at `create` (the bundle may change or go,
+    /// and they need not parse the spec again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststart: Vec<crate::hooks::Hook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststop: Vec<crate::hooks::Hook>,
 }
 
 /// A container's directory under the runtime's root.
@@ -236,6 +242,8 @@ mod tests {
             annotations: HashMap::new(),
             cgroup: Cgroup { dirs: vec![], unified_resources: false },
             owner: "root".into(),
+            poststart: vec![],
+            poststop: vec![],
         };
         dir.save(&st).unwrap();
         assert_eq!(dir.status(&dir.load().unwrap()), Status::Running, "this test process is alive");

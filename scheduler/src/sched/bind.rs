@@ -113,21 +113,23 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             }
         }
     }
-    let mut pending: Vec<&(Pod, &Stored)> = typed
+    let mut pending: Vec<(PodInfo, &Pod, &Stored)> = typed
         .iter()
         .filter(|(p, _)| {
             p.spec.node_name.is_none()
                 && p.metadata.deletion_timestamp.is_none()
                 && names.contains(&p.spec.scheduler_name.as_deref().unwrap_or("default-scheduler"))
         })
+        .map(|(p, s)| (PodInfo::new(p), p, *s))
         .collect();
     // The most important first, then the oldest.
-    pending.sort_by_cached_key(|(p, _)| {
-        (std::cmp::Reverse(PodInfo::new(p).priority), p.metadata.creation_timestamp.clone())
+    pending.sort_by(|a, b| {
+        b.0.priority
+            .cmp(&a.0.priority)
+            .then_with(|| a.1.metadata.creation_timestamp.cmp(&b.1.metadata.creation_timestamp))
     });
     let mut out = Round::default();
-    for (pod, stored) in pending {
-        let info = PodInfo::new(pod);
+    for (info, _, stored) in pending {
         match engine.schedule(&info, &snap) {
             Ok(node) => {
                 match reserve(store, &mut reservations, &node, &info) {

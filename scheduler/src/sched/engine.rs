@@ -4,7 +4,7 @@
 use super::context::PodContext;
 use super::filters::{self, Filter, Reason};
 use super::scores::{self, Score};
-use super::snapshot::{PodInfo, Snapshot};
+use super::snapshot::{NodeInfo, PodInfo, Snapshot};
 use std::collections::BTreeMap;
 
 /// How nodes are filled: spread (the default) or packed.
@@ -107,6 +107,26 @@ impl Engine {
         (nodes * percent / 100).max(100)
     }
 
+    /// Runs the filters on one node into `why` (cleared first): all of them, or up to the
+    /// first that refuses. True when the node fits.
+    fn filter(
+        &self,
+        pod: &PodInfo,
+        ctx: &PodContext,
+        node: &NodeInfo,
+        why: &mut Vec<Reason>,
+        all: bool,
+    ) -> bool {
+        why.clear();
+        for f in &self.filters {
+            f.check(pod, ctx, node, why);
+            if !all && !why.is_empty() {
+                return false;
+            }
+        }
+        why.is_empty()
+    }
+
     /// When the pod fits nowhere: the node where removing the fewest, least important
     /// lower-priority pods makes it fit (victims chosen lowest priority first, then the most
     /// recently placed; nodes compared by their most important victim, then by how many).
@@ -117,9 +137,7 @@ impl Engine {
         let mut best: Option<((i32, usize), Preemption)> = None;
         for node in &snap.nodes {
             let mut why = Vec::new();
-            for f in &self.filters {
-                f.check(pod, &ctx, node, &mut why);
-            }
+            self.filter(pod, &ctx, node, &mut why, true);
             if why.is_empty() || !why.iter().all(fixable) {
                 continue;
             }
@@ -133,11 +151,7 @@ impl Engine {
             for c in candidates {
                 sim.evict(&c.key);
                 victims.push((c.priority, c.key.clone()));
-                why.clear();
-                for f in &self.filters {
-                    f.check(pod, &ctx, &sim, &mut why);
-                }
-                if why.is_empty() {
+                if self.filter(pod, &ctx, &sim, &mut why, false) {
                     break;
                 }
             }
@@ -166,14 +180,7 @@ impl Engine {
         for k in 0..n {
             let i = (start + k) % n;
             checked = k + 1;
-            why.clear();
-            for f in &self.filters {
-                f.check(pod, &ctx, &snap.nodes[i], &mut why);
-                if !why.is_empty() {
-                    break;
-                }
-            }
-            if why.is_empty() {
+            if self.filter(pod, &ctx, &snap.nodes[i], &mut why, false) {
                 feasible.push(i);
                 if feasible.len() >= want {
                     break;

@@ -81,6 +81,8 @@ impl Runtime {
             annotations: plan.annotations.clone(),
             cgroup: cgroup.clone(),
             owner: owner(),
+            poststart: plan.hooks.poststart.clone(),
+            poststop: plan.hooks.poststop.clone(),
         };
         dir.save(&state)?;
         if let Some(p) = &opts.pid_file {
@@ -221,17 +223,26 @@ fn clone_process(flags: CloneFlags) -> Result<i32, RuntimeError> {
 /// Connects to the console socket that will receive the terminal's master, checking that a
 /// socket is given exactly when the process asks for a terminal (runc's rule).
 pub fn connect_console(path: Option<&Path>, terminal: bool) -> Result<Option<OwnedFd>, RuntimeError> {
-    match (path, terminal) {
-        (None, false) => Ok(None),
-        (None, true) => Err(RuntimeError::Usage(
+    console_rule(path.is_some(), terminal, "process.terminal is false")?;
+    path.map(|p| {
+        std::os::unix::net::UnixStream::connect(p)
+            .map(OwnedFd::from)
+            .map_err(RuntimeError::io(format!("--console-socket {}", p.display())))
+    })
+    .transpose()
+}
+
+/// A console socket exactly when the process has a terminal; `hint` says, in the caller's
+/// words, why there is none.
+pub(crate) fn console_rule(given: bool, terminal: bool, hint: &str) -> Result<(), RuntimeError> {
+    match (given, terminal) {
+        (false, true) => Err(RuntimeError::Usage(
             "process.terminal is true: a --console-socket is needed to receive the terminal".into(),
         )),
-        (Some(_), false) => Err(RuntimeError::Usage(
-            "--console-socket is only for a process with a terminal (process.terminal is false)".into(),
-        )),
-        (Some(p), true) => std::os::unix::net::UnixStream::connect(p)
-            .map(|s| Some(OwnedFd::from(s)))
-            .map_err(RuntimeError::io(format!("--console-socket {}", p.display()))),
+        (true, false) => Err(RuntimeError::Usage(format!(
+            "--console-socket is only for a process with a terminal ({hint})"
+        ))),
+        _ => Ok(()),
     }
 }
 

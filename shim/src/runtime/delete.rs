@@ -35,10 +35,9 @@ impl Runtime {
         last?;
         dir.remove()?;
         // Everything is gone: poststop hooks, whose failures are only warnings.
-        let hooks = super::hooks_of(&state.bundle);
-        if !hooks.poststop.is_empty() {
+        if !state.poststop.is_empty() {
             let doc = crate::state::oci_state(&state, Status::Stopped).to_string();
-            if let Err(e) = crate::hooks::run_all("poststop", &hooks.poststop, &doc) {
+            if let Err(e) = crate::hooks::run_all("poststop", &state.poststop, &doc) {
                 eprintln!("tug-shim: warning: {e}");
             }
         }

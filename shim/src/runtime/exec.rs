@@ -68,13 +68,7 @@ impl Runtime {
             return Err(RuntimeError::Usage("cannot exec in a stopped container".into()));
         }
         let plan = crate::plan::process(process)?;
-        if plan.terminal != console.is_some() {
-            // The same rule and words as create's.
-            super::connect_console(None, plan.terminal)?;
-            return Err(RuntimeError::Usage(
-                "--console-socket is only for a process with a terminal (--tty)".into(),
-            ));
-        }
+        super::create::console_rule(console.is_some(), plan.terminal, "--tty")?;
         let spec = load_spec(&state.bundle)?;
         // The container's filter applies to every process in it.
         let seccomp = spec

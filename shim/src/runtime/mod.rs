@@ -76,15 +76,6 @@ impl Runtime {
     }
 }
 
-/// The hooks of the bundle's spec (none when it is gone or unreadable: `start` and `delete`
-/// must not fail over them).
-fn hooks_of(bundle: &std::path::Path) -> crate::hooks::Hooks {
-    oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .ok()
-        .and_then(|s| crate::hooks::plan(s.hooks().as_ref()).ok())
-        .unwrap_or_default()
-}
-
 /// Polls `done` every few milliseconds until it holds or `limit` passes.
 pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -41,8 +41,7 @@ impl Runtime {
         std::fs::remove_file(dir.fifo()).map_err(RuntimeError::io("removing exec.fifo"))?;
         // Poststart hooks, whose failures are only warnings, once the user's program runs:
         // the init execs right after the byte, and its executable stops being ours.
-        let hooks = super::hooks_of(&state.bundle);
-        if !hooks.poststart.is_empty() {
+        if !state.poststart.is_empty() {
             use std::os::unix::fs::MetadataExt;
             let ours = std::fs::metadata("/proc/self/exe").map(|m| (m.dev(), m.ino())).ok();
             let exe = format!("/proc/{}/exe", state.pid);
@@ -50,7 +49,7 @@ impl Runtime {
                 std::fs::metadata(&exe).map(|m| (m.dev(), m.ino())).ok() != ours
             });
             let doc = crate::state::oci_state(&state, Status::Running).to_string();
-            if let Err(e) = crate::hooks::run_all("poststart", &hooks.poststart, &doc) {
+            if let Err(e) = crate::hooks::run_all("poststart", &state.poststart, &doc) {
                 eprintln!("tug-shim: warning: {e}");
             }
         }

@@ -222,17 +222,12 @@ pub fn serve(options: &str, ready_fd: &str) -> ! {
 
 /// Closes every descriptor above stderr but `keep`.
 fn close_stray_fds(keep: i32) {
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2 && *fd != keep)
-        .collect();
-    for fd in fds {
-        // SAFETY: closes a descriptor inherited from the caller that nothing here owns (the
-        // directory handle read_dir used is already closed).
-        unsafe { libc::close(fd) };
+    let keep = u32::try_from(keep).unwrap_or(0);
+    for (first, last) in [(3, keep.saturating_sub(1)), (keep + 1, u32::MAX)] {
+        if first <= last {
+            // SAFETY: closes descriptors inherited from the caller that nothing here owns.
+            unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        }
     }
 }
 
