@@ -15,6 +15,8 @@ packages=(
     protobuf-compiler # protoc: etcd-client's build
     etcd-server       # the etcd store backend's tests
     docker-registry   # a real OCI registry on loopback for the image tests
+    skopeo            # pushes the image tests' images into it; the pull benchmark's anchor
+    umoci             # the pull benchmark's anchor (skopeo copy + umoci unpack)
     runc              # the benchmark anchor on hybrid hosts
     crun              # the benchmark anchor inside the cgroup v2 guest
     hyperfine         # benchmark timing of whole commands

@@ -38,5 +38,6 @@ pub mod bundle;
 pub mod cluster;
 pub mod control_plane;
 pub mod etcd;
+pub mod images;
 pub mod leaks;
 pub mod probe;
