@@ -1,7 +1,8 @@
 //! `tug`: the command-line client for Tug clusters, in kubectl's habits.
 //!
 //! `tug apply -f FILE|DIR|-`, `tug get KIND [NAME]`, `tug describe`, `tug delete`,
-//! `tug create namespace|configmap|secret`, `tug version`. `--server` or `TUG_SOCKET` choose
+//! `tug create namespace|configmap|secret`, `tug version`, `tug image pull|import|ls|rm`
+//! (the node's image store, no control plane needed). `--server` or `TUG_SOCKET` choose
 //! the control plane's socket.
 
 mod client;
@@ -53,6 +54,8 @@ enum Cmd {
     Create(commands::create::CreateCmd),
     /// Print the client and server versions.
     Version,
+    /// The node's images: pull, import, ls, inspect, rm, prune.
+    Image(commands::image::ImageArgs),
     /// Get credentials from a control plane over TLS with its join token.
     Join {
         /// https://HOST:PORT of the control plane's --listen address.
@@ -94,6 +97,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     if let Cmd::Join { url, token, name } = &cli.command {
         return commands::join::run(url, token, name.as_deref(), &tls_dir).await;
     }
+    if let Cmd::Image(args) = cli.command {
+        return commands::image::run(args).await;
+    }
     let client = client::Client::new(cli.server.as_deref(), &tls_dir).map_err(|e| format!("error: {e:#}"))?;
     let ns = cli.namespace.clone();
     match cli.command {
@@ -103,6 +109,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Delete { files, args } => commands::delete::run(&client, &files, &args, ns.as_deref()).await,
         Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
         Cmd::Version => commands::version(&client).await,
-        Cmd::Join { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -372,3 +372,71 @@ fn garbage_collection_keeps_images_in_use() {
     assert_eq!(store.images().unwrap().len(), 1);
     store.remove_snapshot("tug-it-gc").unwrap();
 }
+
+/// Removes a snapshot (unmounting its rootfs) when dropped, also when the test panics.
+struct SnapshotGuard<'a>(&'a Store, &'static str);
+
+impl Drop for SnapshotGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.remove_snapshot(self.1);
+    }
+}
+
+#[test]
+fn the_example_image_imports_with_the_cli_and_runs_on_an_overlay_rootfs() {
+    let dir = tempfile::Builder::new().prefix("tug-images").tempdir().unwrap();
+    let layout = dir.path().join("example");
+    let root = tug_integration::probe::workspace_root();
+    let st = std::process::Command::new("bash")
+        .arg(root.join("scripts/example-image.sh"))
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success(), "scripts/example-image.sh");
+    let tug = tug_integration::bins::path("tug-cli", "tug");
+    let store_dir = dir.path().join("store");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&tug)
+            .arg("image")
+            .arg("--image-root")
+            .arg(&store_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = cli(&["import", layout.to_str().unwrap()]);
+    assert!(ok && out.starts_with("imported tug.local/busybox:latest (sha256:"), "{out}");
+    let (ok, out) = cli(&["ls"]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("IMAGE") && lines[0].contains("IMAGE ID") && lines[0].ends_with("SIZE"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("tug.local/busybox") && lines[1].contains("latest"), "{out}");
+
+    let store = Store::open(&store_dir).unwrap();
+    let rec = store.find("tug.local/busybox").unwrap().unwrap();
+    let cfg = store.config(&rec).unwrap();
+    assert_eq!(cfg.config.cmd.as_ref().unwrap()[0], "/bin/httpd");
+    let rootfs = store.prepare("tug-it-example", &rec).unwrap();
+    let _guard = SnapshotGuard(&store, "tug-it-example");
+    let mut bundle = tug_integration::bundle::Bundle::new(&["/bin/cat", "/www/index.html"]);
+    bundle.spec["root"]["path"] = serde_json::json!(rootfs.to_str().unwrap());
+    let out = bundle.run("tug-it-example");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "<h1>Hello from Tug</h1>\n");
+
+    let (ok, out) = cli(&["rm", "tug.local/busybox"]);
+    assert!(!ok && out.contains("in use by container tug-it-example"), "{out}");
+    drop(bundle);
+    store.remove_snapshot("tug-it-example").unwrap();
+    let (ok, out) = cli(&["rm", "tug.local/busybox"]);
+    assert!(ok && out.contains("Deleted: tug.local/busybox:latest"), "{out}");
+    let (ok, out) = cli(&["rm", "tug.local/busybox"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+}

@@ -5,6 +5,7 @@ pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod image;
 pub mod join;
 
 use crate::client::Client;
