@@ -2,7 +2,7 @@
 # Builds the example image — Debian's busybox-static as an OCI image layout — without a
 # registry or network, so the quickstart works offline. Usage: example-image.sh OUT_DIR
 # Writes OUT_DIR/{oci-layout,index.json,blobs/sha256/*}; the image is named
-# tug.local/busybox:latest in index.json. Deterministic: the same busybox gives the same digests.
+# tug.local/busybox-httpd:1 in index.json. Deterministic: the same busybox gives the same digests.
 set -euo pipefail
 out=${1:?usage: example-image.sh OUT_DIR}
 busybox=${BUSYBOX:-/bin/busybox}
@@ -46,6 +46,6 @@ manifest=$(put "$work/manifest.json")
 manifest_size=$(size "$work/manifest.json")
 
 printf '{"imageLayoutVersion":"1.0.0"}' > "$out/oci-layout"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"tug.local/busybox:latest"}}]}' \
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"tug.local/busybox-httpd:1"}}]}' \
     "$manifest" "$manifest_size" > "$out/index.json"
-echo "example-image: $out (tug.local/busybox:latest, sha256:$manifest)"
+echo "example-image: $out (tug.local/busybox-httpd:1, sha256:$manifest)"

@@ -22,6 +22,9 @@ else
     TUG_SOCKET=$socket "$bin/tug" version >/dev/null || { echo "make run: tug-scheduler did not start; see $log" >&2; exit 1; }
     echo "make run: started tug-scheduler (pid $(cat "$pidfile"), store $data, log $log)"
 fi
+# The example app's image, built offline from busybox-static and imported into the node's store.
+bash scripts/example-image.sh target/example-image >/dev/null
+"$bin/tug" image import target/example-image
 TUG_SOCKET=$socket "$bin/tug" apply -f examples/web.yaml
 
 cat <<EOM
@@ -33,6 +36,8 @@ Use it with the CLI:
   tug get deploy; tug get svc
   tug describe deploy web
   tug apply -f YOUR.yaml
+  tug image ls                      # the node's images (tug.local/busybox-httpd:1 is the example's)
+  tug image pull busybox:1.36       # from a registry; tug image import FILE for archives
 
 Not there yet, so nothing runs the app's pods: tug-agent (the node agent), the scheduler and
 the controllers are open issues. The OCI runtime works on its own: $bin/tug-shim run --bundle DIR ID.

@@ -409,7 +409,7 @@ fn the_example_image_imports_with_the_cli_and_runs_on_an_overlay_rootfs() {
         )
     };
     let (ok, out) = cli(&["import", layout.to_str().unwrap()]);
-    assert!(ok && out.starts_with("imported tug.local/busybox:latest (sha256:"), "{out}");
+    assert!(ok && out.starts_with("imported tug.local/busybox-httpd:1 (sha256:"), "{out}");
     let (ok, out) = cli(&["ls"]);
     assert!(ok, "{out}");
     let lines: Vec<&str> = out.lines().collect();
@@ -417,10 +417,13 @@ fn the_example_image_imports_with_the_cli_and_runs_on_an_overlay_rootfs() {
         lines[0].starts_with("IMAGE") && lines[0].contains("IMAGE ID") && lines[0].ends_with("SIZE"),
         "{out}"
     );
-    assert!(lines[1].starts_with("tug.local/busybox") && lines[1].contains("latest"), "{out}");
+    assert!(
+        lines[1].starts_with("tug.local/busybox-httpd ") && lines[1].split_whitespace().nth(1) == Some("1"),
+        "{out}"
+    );
 
     let store = Store::open(&store_dir).unwrap();
-    let rec = store.find("tug.local/busybox").unwrap().unwrap();
+    let rec = store.find("tug.local/busybox-httpd:1").unwrap().unwrap();
     let cfg = store.config(&rec).unwrap();
     assert_eq!(cfg.config.cmd.as_ref().unwrap()[0], "/bin/httpd");
     let rootfs = store.prepare("tug-it-example", &rec).unwrap();
@@ -431,12 +434,12 @@ fn the_example_image_imports_with_the_cli_and_runs_on_an_overlay_rootfs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "<h1>Hello from Tug</h1>\n");
 
-    let (ok, out) = cli(&["rm", "tug.local/busybox"]);
+    let (ok, out) = cli(&["rm", "tug.local/busybox-httpd:1"]);
     assert!(!ok && out.contains("in use by container tug-it-example"), "{out}");
     drop(bundle);
     store.remove_snapshot("tug-it-example").unwrap();
-    let (ok, out) = cli(&["rm", "tug.local/busybox"]);
-    assert!(ok && out.contains("Deleted: tug.local/busybox:latest"), "{out}");
-    let (ok, out) = cli(&["rm", "tug.local/busybox"]);
+    let (ok, out) = cli(&["rm", "tug.local/busybox-httpd:1"]);
+    assert!(ok && out.contains("Deleted: tug.local/busybox-httpd:1"), "{out}");
+    let (ok, out) = cli(&["rm", "tug.local/busybox-httpd:1"]);
     assert!(!ok && out.contains("not found"), "{out}");
 }
