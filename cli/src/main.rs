@@ -5,10 +5,9 @@
 //! (the node's image store, no control plane needed). `--server` or `TUG_SOCKET` choose
 //! the control plane's socket.
 
-mod client;
+use tug_client as client;
 mod commands;
 mod printers;
-mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

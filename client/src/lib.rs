@@ -1,0 +1,10 @@
+//! `tug-client`: how `tug` and `tug-agent` talk to the control plane — HTTP/1.1 over its Unix
+//! socket or over TCP with TLS ([`http`]), the TLS set-up from a credentials directory and the
+//! CA pinning of a join ([`tls`]), and the join itself ([`join`]).
+
+pub mod http;
+pub mod join;
+pub mod tls;
+
+pub use http::{CallError, Client};
+pub use hyper::Method;
