@@ -72,7 +72,11 @@ pub fn apply(obj: &mut Object) {
                 p.protocol.get_or_insert_with(|| "TCP".into());
             }
         }
-        Object::Namespace(_) | Object::ConfigMap(_) | Object::Node(_) | Object::Event(_) => {}
+        Object::Namespace(_)
+        | Object::ConfigMap(_)
+        | Object::Node(_)
+        | Object::Event(_)
+        | Object::Lease(_) => {}
     }
 }
 

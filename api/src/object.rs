@@ -3,7 +3,7 @@
 
 use crate::kinds::apps::{Deployment, ReplicaSet};
 use crate::kinds::batch::{CronJob, HorizontalPodAutoscaler, Job};
-use crate::kinds::cluster::{Endpoints, Event, Node};
+use crate::kinds::cluster::{Endpoints, Event, Lease, Node};
 use crate::kinds::core::{ConfigMap, Namespace, Secret, Service};
 use crate::kinds::pod::Pod;
 use crate::meta::ObjectMeta;
@@ -85,6 +85,7 @@ pub const KINDS: &[KindInfo] = &[
     kind("Job", "batch", "v1", "jobs", &[], true),
     kind("CronJob", "batch", "v1", "cronjobs", &["cj"], true),
     kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", &["hpa"], true),
+    kind("Lease", "coordination.k8s.io", "v1", "leases", &[], true),
 ];
 
 /// Finds a kind by its kind name, plural, singular or short name, case-insensitively
@@ -154,6 +155,7 @@ objects! {
     Job(Job),
     CronJob(CronJob),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    Lease(Lease),
 }
 
 impl Object {

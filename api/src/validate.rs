@@ -127,6 +127,11 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 }
             }
         }
+        Object::Lease(l) => {
+            if l.spec.lease_duration_seconds.is_some_and(|d| d <= 0) {
+                e.add("spec.leaseDurationSeconds", "Invalid value: must be greater than 0");
+            }
+        }
         Object::Namespace(_) | Object::Event(_) => {}
     }
     e.into_result()
