@@ -75,9 +75,8 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 pub fn parse_taints(s: &str) -> Result<Vec<Taint>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (kv, effect) = part
-            .rsplit_once(':')
-            .ok_or_else(|| format!("--taints: {part:?} is not KEY[=VALUE]:EFFECT"))?;
+        let (kv, effect) =
+            part.rsplit_once(':').ok_or_else(|| format!("--taints: {part:?} is not KEY[=VALUE]:EFFECT"))?;
         if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
             return Err(format!(
                 "--taints: {part:?}: effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"

@@ -1,3 +1,15 @@
-//! `tug-agent`: the node agent. So far: node networking ([`network`]).
+//! `tug-agent`: the node agent, the kubelet of Tug.
+//!
+//! - [`config`]: the settings (flags).
+//! - [`node`]: the Node object (capacity, conditions, system info) and its heartbeat Lease.
+//! - [`pods`]: one level-triggered worker per pod: sandbox, images, containers through
+//!   supervisors, restarts with back-off, status.
+//! - [`network`]: the node's pod network.
+//! - [`api`]: calls to the control plane.
 
+pub mod api;
+pub mod config;
+pub mod daemon;
 pub mod network;
+pub mod node;
+pub mod pods;

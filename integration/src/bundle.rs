@@ -123,7 +123,7 @@ impl Drop for Bundle {
 }
 
 /// This process's cgroup directory in every mounted hierarchy, named ones included.
-fn own_cgroup_dirs_all_hierarchies() -> Vec<PathBuf> {
+pub fn own_cgroup_dirs_all_hierarchies() -> Vec<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mut dirs = Vec::new();

@@ -33,6 +33,7 @@ pub fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> b
     }
 }
 
+pub mod agent;
 pub mod bins;
 pub mod bundle;
 pub mod cluster;

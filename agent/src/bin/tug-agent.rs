@@ -1,0 +1,178 @@
+//! `tug-agent`: the node agent. See the crate documentation and `tug-agent --help`.
+
+use clap::Parser;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tug_agent::config::{Config, parse_labels, parse_taints};
+
+/// The node agent: registers this host as a node and runs the pods bound to it.
+#[derive(Parser)]
+#[command(name = "tug-agent", version, about)]
+struct Args {
+    /// The control plane's Unix socket, on this host.
+    #[arg(long, conflicts_with = "server")]
+    socket: Option<PathBuf>,
+    /// The control plane on another host: https://HOST:PORT (with --token).
+    #[arg(long, requires = "token")]
+    server: Option<String>,
+    /// The join token tug-scheduler prints (tug::<CA hash>::<secret>).
+    #[arg(long)]
+    token: Option<String>,
+    /// The node's name (default: this host's name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where the agent keeps its state.
+    #[arg(long, default_value = "/var/lib/tug-agent")]
+    state_dir: PathBuf,
+    /// Node labels: KEY=VALUE,...
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Node taints: KEY[=VALUE]:EFFECT,...
+    #[arg(long, default_value = "")]
+    taints: String,
+    /// The node's address on the cluster network (default: the source address of the
+    /// default route).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// The network namespace holding the node's interfaces, for several agents on one host
+    /// (default: the agent's own).
+    #[arg(long)]
+    node_netns: Option<PathBuf>,
+    /// Where pods' network namespaces are pinned.
+    #[arg(long, default_value = "/run/tug/netns")]
+    netns_dir: PathBuf,
+    /// How pod traffic crosses nodes: auto (host-gw on a shared link, else vxlan), host-gw, vxlan.
+    #[arg(long, default_value = "auto")]
+    network_backend: String,
+    /// The image store.
+    #[arg(long, default_value = tug_images::DEFAULT_ROOT)]
+    image_root: PathBuf,
+    /// A registry (HOST[:PORT]) reached over plain HTTP. Repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Pods' cgroups go here, under the agent's own cgroup.
+    #[arg(long, default_value = "tug-pods")]
+    cgroup_parent: String,
+    /// How often the node's status is written; the lease is renewed twice as often.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    node_status_update_frequency: Duration,
+    /// How often every pod is checked without an event.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    sync_frequency: Duration,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Remove unused images when the image filesystem is fuller than this (percent)...
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// ...until it is below this.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// The tug-shim binary (default: beside tug-agent).
+    #[arg(long)]
+    shim: Option<PathBuf>,
+}
+
+/// The source address of the default route: what the node is reached at.
+fn default_ip() -> Result<Ipv4Addr, String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "route", "get", "1.1.1.1"])
+        .output()
+        .map_err(|e| format!("ip route get: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            return words.next().and_then(|a| a.parse().ok()).ok_or_else(|| "ip route get: no src".into());
+        }
+    }
+    Err("no default route to take the node's address from: give --node-ip".into())
+}
+
+/// How to reach the control plane: its local socket, or a remote URL with a join token.
+enum Connection {
+    Socket(Option<PathBuf>),
+    Remote { url: String, token: String },
+}
+
+fn config(a: Args) -> Result<(Config, Connection), String> {
+    if a.image_gc_low_threshold > a.image_gc_high_threshold || a.image_gc_high_threshold > 100 {
+        return Err("--image-gc-low-threshold must not exceed --image-gc-high-threshold (at most 100)".into());
+    }
+    let shim = match a.shim {
+        Some(s) => s,
+        None => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("tug-shim"),
+    };
+    let node_ip = match a.node_ip {
+        Some(ip) => ip,
+        None => default_ip()?,
+    };
+    let cfg = Config {
+        node_name: a.node_name.unwrap_or_else(tug_client::join::hostname),
+        state_dir: a.state_dir,
+        labels: parse_labels(&a.labels)?,
+        taints: parse_taints(&a.taints)?,
+        node_ip,
+        node_netns: a.node_netns,
+        netns_dir: a.netns_dir,
+        backend: a.network_backend.parse().map_err(|e| format!("--network-backend: {e}"))?,
+        image_root: a.image_root,
+        insecure_registries: a.insecure_registries,
+        cgroup_parent: a.cgroup_parent,
+        status_frequency: a.node_status_update_frequency,
+        sync_frequency: a.sync_frequency,
+        max_pods: a.max_pods,
+        shim,
+        image_gc_high: a.image_gc_high_threshold,
+        image_gc_low: a.image_gc_low_threshold,
+    };
+    tug_api::validation::dns1123_subdomain(&cfg.node_name)
+        .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;
+    let conn = match a.server {
+        Some(url) => Connection::Remote { url, token: a.token.unwrap_or_default() },
+        None => Connection::Socket(a.socket),
+    };
+    Ok((cfg, conn))
+}
+
+fn main() -> ExitCode {
+    let (cfg, conn) = match config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tug-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tug-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let api = match conn {
+            Connection::Remote { url, token } => {
+                let creds = cfg.state_dir.join("credentials");
+                if !creds.join("client.crt").exists() {
+                    tug_client::join::join(&url, &token, &cfg.node_name, &creds).await?;
+                    eprintln!("tug-agent: joined {url} as {}", cfg.node_name);
+                }
+                let tls = tug_client::tls::client_config(&creds).map_err(|e| format!("{e:#}"))?;
+                tug_client::Client::tls(&url, tls).map_err(|e| format!("{e:#}"))?
+            }
+            Connection::Socket(socket) => {
+                tug_client::Client::Unix(socket.unwrap_or_else(|| PathBuf::from("/run/tug/tug.sock")))
+            }
+        };
+        tug_agent::daemon::run(cfg, api).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tug-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The agent's main loop: register the node, keep its lease and status fresh, watch the pods
+//! bound to it and hand each to its worker, keep routes to the other nodes, collect images.
+
+use crate::api;
+use crate::config::Config;
+use crate::network::cidr::Cidr4;
+use crate::network::node::{NodeConfig, NodeNetwork};
+use crate::network::routes::Peer;
+use crate::node;
+use crate::pods::{self, Ctx, Msg, record::PodRecord};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tug_client::Client;
+
+/// The namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "tug-node-lease";
+
+/// Registers (or re-registers) the node; returns its pod CIDR.
+pub async fn register(api: &Client, cfg: &Config) -> Result<Cidr4, String> {
+    let facts = node::facts(&cfg.state_dir);
+    let now = pods::rfc3339(SystemTime::now());
+    let obj = node::node_object(cfg, &facts, &now);
+    let created = match api::create(api, "/api/v1/nodes", &obj).await {
+        Ok(v) => v,
+        Err(e) if api::is_conflict(&e) => {
+            // Registered before: keep its spec (pod CIDR, cordon), refresh labels and taints.
+            let path = format!("/api/v1/nodes/{}", cfg.node_name);
+            let mut cur = api::get(api, &path).await?.ok_or("the node vanished while registering")?;
+            for (k, v) in obj["metadata"]["labels"].as_object().into_iter().flatten() {
+                cur["metadata"]["labels"][k] = v.clone();
+            }
+            if let Some(t) = obj["spec"].get("taints") {
+                cur["spec"]["taints"] = t.clone();
+            }
+            api::put(api, &path, &cur).await.map_err(|e| format!("updating node {}: {e}", cfg.node_name))?
+        }
+        Err(e) => return Err(format!("registering node {}: {e}", cfg.node_name)),
+    };
+    put_node_status(api, cfg).await?;
+    let cidr = created["spec"]["podCIDR"]
+        .as_str()
+        .ok_or_else(|| format!("node {} has no spec.podCIDR from the control plane", cfg.node_name))?;
+    cidr.parse().map_err(|e| format!("node {}: spec.podCIDR {cidr:?}: {e}", cfg.node_name))
+}
+
+/// Writes the node's status (capacity, conditions, addresses, info).
+pub async fn put_node_status(api: &Client, cfg: &Config) -> Result<(), String> {
+    let path = format!("/api/v1/nodes/{}", cfg.node_name);
+    for _ in 0..3 {
+        let mut cur =
+            api::get(api, &path).await?.ok_or_else(|| format!("node {} is not registered", cfg.node_name))?;
+        let facts = node::facts(&cfg.state_dir);
+        let now = pods::rfc3339(SystemTime::now());
+        let mut status = node::node_status(cfg, &facts, &now);
+        // A condition keeps its transition time while its status stays the same.
+        for c in status["conditions"].as_array_mut().into_iter().flatten() {
+            let prev = cur["status"]["conditions"]
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["type"] == c["type"]).cloned());
+            if let Some(p) = prev
+                && p["status"] == c["status"]
+                && let Some(t) = p.get("lastTransitionTime")
+            {
+                c["lastTransitionTime"] = t.clone();
+            }
+        }
+        cur["status"] = status;
+        match api::put(api, &format!("{path}/status"), &cur).await {
+            Ok(_) => return Ok(()),
+            Err(e) if api::is_conflict(&e) => continue,
+            Err(e) => return Err(format!("node {} status: {e}", cfg.node_name)),
+        }
+    }
+    Err(format!("node {} status: kept conflicting", cfg.node_name))
+}
+
+/// Renews the node's Lease (creating it, and its namespace, the first time).
+pub async fn renew_lease(api: &Client, cfg: &Config, duration: Duration) -> Result<(), String> {
+    let path = api::core_path(LEASE_NAMESPACE, "leases", &cfg.node_name)
+        .replace("/api/v1/", "/apis/coordination.k8s.io/v1/");
+    let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    let spec = json!({
+        "holderIdentity": cfg.node_name,
+        "leaseDurationSeconds": duration.as_secs(),
+        "renewTime": now,
+    });
+    match api::get(api, &path).await? {
+        Some(mut lease) => {
+            lease["spec"] = spec;
+            api::put(api, &path, &lease).await.map(drop).map_err(|e| format!("renewing lease: {e}"))
+        }
+        None => {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
+            match api::create(api, "/api/v1/namespaces", &ns).await {
+                Ok(_) => {}
+                Err(e) if api::is_conflict(&e) => {}
+                Err(e) => return Err(format!("creating namespace {LEASE_NAMESPACE}: {e}")),
+            }
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": cfg.node_name, "namespace": LEASE_NAMESPACE},
+                "spec": spec,
+            });
+            let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases");
+            match api::create(api, &collection, &lease).await {
+                Ok(_) => Ok(()),
+                Err(e) if api::is_conflict(&e) => Ok(()),
+                Err(e) => Err(format!("creating lease: {e}")),
+            }
+        }
+    }
+}
+
+/// Routes to every other node's pods.
+async fn sync_peers(api: &Client, cfg: &Config, net: &NodeNetwork) -> Result<(), String> {
+    let list = api.get("/api/v1/nodes").await.map_err(|e| e.to_string())?;
+    let mut peers = Vec::new();
+    for n in list["items"].as_array().into_iter().flatten() {
+        let name = n["metadata"]["name"].as_str().unwrap_or_default();
+        if name == cfg.node_name {
+            continue;
+        }
+        let cidr = n["spec"]["podCIDR"].as_str().and_then(|c| c.parse::<Cidr4>().ok());
+        let ip = n["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str()?.parse().ok());
+        if let (Some(pod_cidr), Some(address)) = (cidr, ip) {
+            peers.push(Peer { name: name.to_string(), address, pod_cidr });
+        }
+    }
+    net.sync_routes(&peers).await.map(drop)
+}
+
+type Workers = HashMap<String, mpsc::UnboundedSender<Msg>>;
+
+/// What the pod watch reports to the main loop.
+enum Event {
+    /// A message for the worker of this pod uid.
+    Pod(String, Msg),
+    /// A fresh list: every pod uid bound to this node right now.
+    Listed(Vec<String>),
+}
+
+fn send(ctx: &Arc<Ctx>, workers: &mut Workers, uid: &str, msg: Msg) {
+    if let Some(tx) = workers.get(uid) {
+        match tx.send(msg) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(m)) => {
+                workers.remove(uid);
+                // The worker ended (its pod was torn down); only a live pod starts a new one.
+                if !matches!(m, Msg::Update(Some(_))) {
+                    return;
+                }
+                spawn_worker(ctx, workers, uid, m);
+            }
+        }
+        return;
+    }
+    if matches!(msg, Msg::Update(None)) && !ctx.cfg.pods_dir().join(uid).exists() {
+        return;
+    }
+    spawn_worker(ctx, workers, uid, msg);
+}
+
+fn spawn_worker(ctx: &Arc<Ctx>, workers: &mut Workers, uid: &str, first: Msg) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(first);
+    workers.insert(uid.to_string(), tx.clone());
+    tokio::spawn(pods::worker(Arc::clone(ctx), uid.to_string(), rx, tx));
+}
+
+fn parse_pod(v: &Value) -> Option<Box<tug_api::kinds::pod::Pod>> {
+    match serde_json::from_value(v.clone()) {
+        Ok(p) => Some(Box::new(p)),
+        Err(e) => {
+            eprintln!("tug-agent: skipping pod {}: {e}", v["metadata"]["name"]);
+            None
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT; the containers stay up.
+pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
+    for d in [cfg.pods_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.state_dir.join("bundles")] {
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let pod_cidr = register(&api, &cfg).await?;
+    eprintln!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);
+    let mut ncfg = NodeConfig::new(&cfg.node_name, cfg.node_ip, pod_cidr, &cfg.state_dir);
+    ncfg.node_netns = cfg.node_netns.clone();
+    ncfg.netns_dir = cfg.netns_dir.clone();
+    ncfg.backend = cfg.backend;
+    let net = NodeNetwork::setup(ncfg).await?;
+    let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
+    let puller = tug_images::Puller::new(Arc::clone(&store), cfg.insecure_registries.clone());
+    let ctx = Arc::new(Ctx { cfg: cfg.clone(), api: api.clone(), net, store, puller });
+
+    // What a previous run left: workers for every recorded pod, nothing for the rest.
+    let records = PodRecord::load_all(&cfg.pods_dir());
+    let live: Vec<String> = records
+        .iter()
+        .map(|r| r.uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect())
+        .collect();
+    match ctx.net.reclaim(&|k: &str| live.iter().any(|l| l == k)).await {
+        Ok(gone) if !gone.is_empty() => {
+            eprintln!("tug-agent: removed the network of {} pods no longer here", gone.len())
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("tug-agent: reclaiming pod networks: {e}"),
+    }
+    let known: Vec<String> =
+        records.iter().flat_map(|r| r.containers.values().filter_map(|c| c.id.clone())).collect();
+    for (id, _) in tug_shim::supervisor::list(&cfg.supervisors()) {
+        if !known.contains(&id) {
+            eprintln!("tug-agent: removing container {id}, which no pod claims");
+            let socket = tug_shim::supervisor::socket_path(&cfg.supervisors(), &id);
+            if let Ok(mut c) = tug_shim::supervisor::protocol::Client::connect(&socket) {
+                let _ = c.call(&tug_shim::supervisor::protocol::Request::Kill {
+                    signal: libc::SIGKILL,
+                    all: true,
+                });
+            }
+            let _ = std::process::Command::new(&cfg.shim)
+                .arg("--root")
+                .arg(cfg.runtime_root())
+                .args(["delete", "--force", &id])
+                .status();
+            if let Ok(mut c) = tug_shim::supervisor::protocol::Client::connect(&socket) {
+                let _ = c.call(&tug_shim::supervisor::protocol::Request::Shutdown);
+            }
+            let _ = std::fs::remove_dir_all(cfg.supervisors().join(&id));
+            let _ = ctx.store.remove_snapshot(&id);
+        }
+    }
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
+    let mut workers: Workers = HashMap::new();
+    for r in &records {
+        spawn_worker(&ctx, &mut workers, &r.uid, Msg::Tick);
+    }
+
+    // The heartbeat, the node status, routes and image GC, each on its own clock.
+    {
+        let (api, cfg) = (api.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let duration = cfg.status_frequency * 4;
+            loop {
+                if let Err(e) = renew_lease(&api, &cfg, duration).await {
+                    eprintln!("tug-agent: {e}");
+                }
+                tokio::time::sleep(cfg.status_frequency / 2).await;
+            }
+        });
+    }
+    {
+        let (api, cfg, ctx) = (api.clone(), cfg.clone(), Arc::clone(&ctx));
+        tokio::spawn(async move {
+            let mut gc_at = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(cfg.status_frequency).await;
+                if let Err(e) = put_node_status(&api, &cfg).await {
+                    eprintln!("tug-agent: {e}");
+                }
+                if let Err(e) = sync_peers(&api, &cfg, &ctx.net).await {
+                    eprintln!("tug-agent: routes: {e}");
+                }
+                if tokio::time::Instant::now() >= gc_at {
+                    gc_at = tokio::time::Instant::now() + Duration::from_secs(300);
+                    let store = Arc::clone(&ctx.store);
+                    let (high, low) = (cfg.image_gc_high, cfg.image_gc_low);
+                    match tokio::task::spawn_blocking(move || store.gc(high, low)).await {
+                        Ok(Ok(r)) if !r.images.is_empty() => {
+                            eprintln!(
+                                "tug-agent: image GC removed {} ({} bytes)",
+                                r.images.join(", "),
+                                r.bytes
+                            )
+                        }
+                        Ok(Err(e)) => eprintln!("tug-agent: image GC: {e}"),
+                        _ => {}
+                    }
+                }
+            }
+        });
+    }
+    if let Err(e) = sync_peers(&api, &cfg, &ctx.net).await {
+        eprintln!("tug-agent: routes: {e}");
+    }
+
+    // The pod watch: list, then watch from the list's revision; relist when the stream ends.
+    {
+        let api = api.clone();
+        let node = cfg.node_name.clone();
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            let base = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}");
+            loop {
+                let list = match api.get(&base).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("tug-agent: listing pods: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let mut present = Vec::new();
+                for p in list["items"].as_array().into_iter().flatten() {
+                    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                    present.push(uid.clone());
+                    if let Some(pod) = parse_pod(p) {
+                        let _ = tx.send(Event::Pod(uid, Msg::Update(Some(pod))));
+                    }
+                }
+                let _ = tx.send(Event::Listed(present));
+                let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+                let watch = format!("{base}&watch=true&resourceVersion={rv}");
+                let tx2 = tx.clone();
+                let r = api
+                    .watch(&watch, |ev| {
+                        let obj = &ev["object"];
+                        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                        let msg = match ev["type"].as_str() {
+                            Some("DELETED") => Msg::Update(None),
+                            Some("ADDED" | "MODIFIED") => match parse_pod(obj) {
+                                Some(p) => Msg::Update(Some(p)),
+                                None => return true,
+                            },
+                            _ => return true,
+                        };
+                        tx2.send(Event::Pod(uid, msg)).is_ok()
+                    })
+                    .await;
+                if let Err(e) = r {
+                    eprintln!("tug-agent: watching pods: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            Some(ev) = events_rx.recv() => match ev {
+                Event::Pod(uid, msg) => send(&ctx, &mut workers, &uid, msg),
+                // Pods this node runs that a fresh list does not have were deleted while
+                // nobody watched.
+                Event::Listed(present) => {
+                    let gone: Vec<String> = workers.keys().filter(|u| !present.contains(u)).cloned().collect();
+                    for uid in gone {
+                        send(&ctx, &mut workers, &uid, Msg::Update(None));
+                    }
+                }
+            },
+        }
+    }
+    eprintln!("tug-agent: stopping; containers keep running");
+    Ok(())
+}

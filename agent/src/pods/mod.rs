@@ -1,0 +1,554 @@
+//! Pods on this node: one worker task per pod, level-triggered.
+//!
+//! A worker holds the pod's latest object and its [`record::PodRecord`]; on every event (the
+//! object changed or went away, a container exited, a back-off ended, the periodic resync) it
+//! refreshes what runs from the supervisors, asks [`plan::plan`] what to do, does it, and
+//! writes the status [`plan::pod_status`] computes if it changed. A missed event costs at
+//! most one resync period, never a wrong pod.
+
+pub mod env;
+pub mod plan;
+pub mod record;
+pub mod spec;
+
+use crate::api;
+use crate::config::Config;
+use crate::network::node::NodeNetwork;
+use plan::Action;
+use record::{ContainerRecord, PodRecord, State, Terminated};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tug_api::kinds::pod::{Container, Pod};
+use tug_images::{PullPolicy, Puller, Store};
+use tug_shim::supervisor::protocol::{self as sup, Reply, Request};
+
+/// What the agent's pod side shares between workers.
+pub struct Ctx {
+    pub cfg: Config,
+    pub api: tug_client::Client,
+    pub net: NodeNetwork,
+    pub store: Arc<Store>,
+    pub puller: Arc<Puller>,
+}
+
+/// A message to a pod worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// The pod's object as the API has it now; None once it is deleted.
+    Update(Option<Box<Pod>>),
+    /// Something changed on the node (a container exited): look again.
+    Tick,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn parse_time_ms(s: &str) -> u64 {
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// The pod's key for the network (its uid) and directories.
+fn short(uid: &str) -> String {
+    uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect()
+}
+
+impl Ctx {
+    fn supervisor_socket(&self, id: &str) -> PathBuf {
+        tug_shim::supervisor::socket_path(&self.cfg.supervisors(), id)
+    }
+
+    fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("bundles").join(id)
+    }
+
+    /// `<logs>/<ns>_<pod>_<uid>/<container>/<attempt>.log`, kubelet's layout.
+    pub fn log_path(&self, rec: &PodRecord, container: &str, attempt: u32) -> PathBuf {
+        self.cfg
+            .logs_dir()
+            .join(format!("{}_{}_{}", rec.namespace, rec.name, rec.uid))
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.pods_dir().join(uid)
+    }
+
+    fn cgroup(&self, uid: &str) -> String {
+        format!("{}/pod{}", self.cfg.cgroup_parent, short(uid))
+    }
+
+    fn shim(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.cfg.shim);
+        cmd.arg("--root").arg(self.cfg.runtime_root());
+        cmd
+    }
+}
+
+/// Asks a container's supervisor for its state: Some(exit) when it ended, None while it
+/// runs; Err when there is no supervisor to ask.
+fn supervisor_state(socket: &std::path::Path) -> Result<Option<sup::ExitStatus>, String> {
+    let mut c = sup::Client::connect(socket).map_err(|e| e.to_string())?;
+    c.set_timeout(Some(Duration::from_secs(5)));
+    match c.call(&Request::State).map_err(|e| e.to_string())? {
+        Reply::State { exit, .. } => Ok(exit),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+fn supervisor_call(socket: &std::path::Path, req: &Request) -> Result<Reply, String> {
+    let mut c = sup::Client::connect(socket).map_err(|e| e.to_string())?;
+    c.set_timeout(Some(Duration::from_secs(5)));
+    c.call(req).map_err(|e| e.to_string())
+}
+
+fn terminated(exit: &sup::ExitStatus) -> Terminated {
+    let reason = if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    Terminated {
+        exit_code: exit.code,
+        signal: exit.signal,
+        reason: reason.into(),
+        started_at: exit.started_at.clone(),
+        finished_at: exit.finished_at.clone(),
+    }
+}
+
+/// A pod worker: runs until the pod is gone from the node.
+pub async fn worker(
+    ctx: Arc<Ctx>,
+    uid: String,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    let mut rec =
+        PodRecord::load_all(&ctx.cfg.pods_dir()).into_iter().find(|r| r.uid == uid).unwrap_or_default();
+    let mut pod: Option<Box<Pod>> = None;
+    let mut deleted = false;
+    let mut last_status = Value::Null;
+    let mut adopted = false;
+    let mut wake: Option<u64> = None;
+    loop {
+        let timeout = match wake {
+            Some(t) => Duration::from_millis(t.saturating_sub(now_ms())).min(ctx.cfg.sync_frequency),
+            None => ctx.cfg.sync_frequency,
+        };
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some(Msg::Update(Some(p)))) => pod = Some(p),
+            Ok(Some(Msg::Update(None))) => deleted = true,
+            Ok(Some(Msg::Tick)) | Err(_) => {}
+            Ok(None) => return,
+        }
+        // Take everything queued: one sync covers them all.
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Update(Some(p)) => pod = Some(p),
+                Msg::Update(None) => deleted = true,
+                Msg::Tick => {}
+            }
+        }
+        if rec.uid.is_empty() {
+            let Some(p) = &pod else {
+                if deleted {
+                    return;
+                }
+                continue;
+            };
+            rec.uid = uid.clone();
+            rec.namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            rec.name = p.metadata.name.clone();
+        }
+        if let Some(p) = &pod {
+            rec.grace_seconds = p.spec.termination_grace_period_seconds;
+        }
+        if !adopted {
+            adopt(&ctx, &rec, &tx);
+            adopted = true;
+        }
+        refresh(&ctx, &mut rec);
+        let spec = pod.as_ref().map(|p| p.spec.clone()).unwrap_or_default();
+        let actions = plan::plan(&spec, &rec, deleted || pod.is_none(), now_ms());
+        wake = None;
+        for a in actions {
+            match a {
+                Action::TearDown => {
+                    tear_down(&ctx, &rec).await;
+                    return;
+                }
+                Action::Sandbox => {
+                    if let Err(e) = sandbox(&ctx, &mut rec).await {
+                        eprintln!("tug-agent: pod {}/{}: network: {e}", rec.namespace, rec.name);
+                        wake = Some(now_ms() + 2_000);
+                    } else {
+                        let _ = tx.send(Msg::Tick);
+                    }
+                }
+                Action::Start(name) => {
+                    let Some(p) = &pod else { continue };
+                    start(&ctx, p, &mut rec, &name, &tx).await;
+                    if rec.containers.get(&name).is_some_and(|c| matches!(c.state, State::Running { .. })) {
+                        // An init container's end moves the pod on; an app container's start
+                        // may unblock nothing, but a re-plan is cheap.
+                        let _ = tx.send(Msg::Tick);
+                    } else if let Some(t) = rec.containers.get(&name).and_then(|c| c.backoff_until) {
+                        wake = Some(wake.map_or(t, |w: u64| w.min(t)));
+                    }
+                }
+                Action::WakeAt(t) => wake = Some(wake.map_or(t, |w: u64| w.min(t))),
+            }
+        }
+        if let Err(e) = rec.save(&ctx.cfg.pods_dir()) {
+            eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+        }
+        if let Some(p) = &mut pod
+            && let Some(updated) = write_status(&ctx, p, &rec, &mut last_status).await
+        {
+            *p = updated;
+        }
+    }
+}
+
+/// After an agent restart: a waiter for every container that still runs.
+fn adopt(ctx: &Arc<Ctx>, rec: &PodRecord, tx: &mpsc::UnboundedSender<Msg>) {
+    for c in rec.containers.values() {
+        if let (Some(id), State::Running { .. } | State::Starting) = (&c.id, &c.state) {
+            spawn_waiter(ctx, id, tx);
+        }
+    }
+}
+
+/// Brings the record up to date with the supervisors: containers that ended since.
+fn refresh(ctx: &Ctx, rec: &mut PodRecord) {
+    for c in rec.containers.values_mut() {
+        let Some(id) = c.id.clone() else { continue };
+        match &c.state {
+            State::Running { .. } | State::Starting => {}
+            _ => continue,
+        }
+        match supervisor_state(&ctx.supervisor_socket(&id)) {
+            Ok(None) => {
+                if matches!(c.state, State::Starting) {
+                    c.state = State::Running { started_at: rfc3339(SystemTime::now()) };
+                }
+            }
+            Ok(Some(exit)) => {
+                let t = terminated(&exit);
+                let ran = parse_time_ms(&t.finished_at).saturating_sub(parse_time_ms(&t.started_at));
+                let finished = parse_time_ms(&t.finished_at).max(1);
+                plan::ended(c, t, ran, finished);
+            }
+            Err(_) if matches!(c.state, State::Starting) => {
+                plan::failed_start(
+                    c,
+                    "RunContainerError",
+                    "the agent stopped while starting the container",
+                    now_ms(),
+                );
+            }
+            Err(_) => {
+                let t = Terminated {
+                    exit_code: 137,
+                    signal: None,
+                    reason: "ContainerStatusUnknown".into(),
+                    started_at: String::new(),
+                    finished_at: rfc3339(SystemTime::now()),
+                };
+                plan::ended(c, t, 0, now_ms());
+            }
+        }
+    }
+}
+
+/// The pod's network namespace and its `/etc` files.
+async fn sandbox(ctx: &Ctx, rec: &mut PodRecord) -> Result<(), String> {
+    let net = ctx.net.add_pod(&short(&rec.uid)).await?;
+    let dir = ctx.pod_dir(&rec.uid);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let hostname = rec.name.clone();
+    let hosts = format!(
+        "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
+        net.ip
+    );
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for (file, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv)] {
+        std::fs::write(dir.join(file), text).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+    }
+    rec.ip = Some(net.ip.to_string());
+    rec.netns = Some(net.netns);
+    rec.start_time.get_or_insert_with(|| rfc3339(SystemTime::now()));
+    rec.save(&ctx.cfg.pods_dir())
+}
+
+/// Removes an ended container: its supervisor, snapshot and bundle (its log stays).
+fn remove_container(ctx: &Ctx, id: &str) {
+    let socket = ctx.supervisor_socket(id);
+    let _ = supervisor_call(&socket, &Request::Shutdown);
+    let _ = ctx.shim().args(["delete", "--force", id]).stderr(std::process::Stdio::null()).status();
+    let _ = std::fs::remove_dir_all(ctx.cfg.supervisors().join(id));
+    if let Err(e) = ctx.store.remove_snapshot(id) {
+        eprintln!("tug-agent: container {id}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(ctx.bundle_dir(id));
+}
+
+fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(&'a Container, bool)> {
+    pod.spec
+        .init_containers
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| (c, true))
+        .or_else(|| pod.spec.containers.iter().find(|c| c.name == name).map(|c| (c, false)))
+}
+
+/// Starts (or starts again) one container; a failure is recorded as the container's Waiting
+/// state with the reason kubelet gives, and retried after the back-off.
+async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &mpsc::UnboundedSender<Msg>) {
+    let Some((c, init)) = find_container(pod, name) else { return };
+    let entry = rec.containers.entry(name.to_string()).or_insert_with(|| ContainerRecord {
+        init,
+        image: c.image.clone(),
+        ..Default::default()
+    });
+    // The container before this one goes (its log stays for `logs --previous`).
+    if let Some(old) = entry.id.clone()
+        && !matches!(entry.state, State::Running { .. } | State::Starting)
+    {
+        remove_container(ctx, &old);
+    }
+    let previous = match &entry.state {
+        State::Terminated(t) => Some(t.clone()),
+        _ => None,
+    };
+    entry.image = c.image.clone();
+    let policy = match c.image_pull_policy.as_deref() {
+        Some(p) => PullPolicy::parse(p).unwrap_or(PullPolicy::IfNotPresent),
+        None => PullPolicy::default_for(&c.image),
+    };
+    let creds = match env::pull_credentials(&ctx.api, pod, &c.image).await {
+        Ok(c) => c,
+        Err(e) => {
+            plan::failed_start(entry, "ErrImagePull", &e, now_ms());
+            return;
+        }
+    };
+    let image = match ctx.puller.ensure(&c.image, policy, creds).await {
+        Ok(i) => i,
+        Err(e) => {
+            plan::failed_start(entry, e.reason, &e.message, now_ms());
+            return;
+        }
+    };
+    entry.image_id = image.digest.clone();
+    let config = match ctx.store.config(&image) {
+        Ok(c) => c,
+        Err(e) => {
+            plan::failed_start(entry, "CreateContainerError", &e, now_ms());
+            return;
+        }
+    };
+    entry.stop_signal = config.config.stop_signal.clone();
+    let host_ip = ctx.cfg.node_ip.to_string();
+    let resolved = match env::resolve(&ctx.api, pod, c, rec.ip.as_deref().unwrap_or(""), &host_ip).await {
+        Ok(e) => e,
+        Err(e) => {
+            let entry = rec.containers.get_mut(name).expect("entry");
+            plan::failed_start(entry, "CreateContainerConfigError", &e, now_ms());
+            return;
+        }
+    };
+    let entry = rec.containers.get_mut(name).expect("entry");
+    entry.attempt += 1;
+    let id = format!("{}-{}-{}", short(&rec.uid), name, entry.attempt);
+    entry.id = Some(id.clone());
+    entry.state = State::Starting;
+    let attempt = entry.attempt;
+    let _ = rec.save(&ctx.cfg.pods_dir());
+    let result = launch(ctx, pod, rec, c, &image, &config, &id, attempt, &resolved).await;
+    let entry = rec.containers.get_mut(name).expect("entry");
+    match result {
+        Ok(()) => {
+            if let Some(t) = previous {
+                entry.restart_count += 1;
+                entry.last = Some(t);
+            }
+            entry.state = State::Running { started_at: rfc3339(SystemTime::now()) };
+            spawn_waiter(ctx, &id, tx);
+        }
+        Err((reason, message)) => {
+            remove_container(ctx, &id);
+            plan::failed_start(entry, reason, &message, now_ms());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn launch(
+    ctx: &Ctx,
+    pod: &Pod,
+    rec: &PodRecord,
+    c: &Container,
+    image: &tug_images::ImageRecord,
+    config: &tug_images::manifest::ImageConfig,
+    id: &str,
+    attempt: u32,
+    resolved: &[(String, String)],
+) -> Result<(), (&'static str, String)> {
+    let _ = ctx.store.remove_snapshot(id);
+    let rootfs = ctx.store.prepare(id, image).map_err(|e| ("CreateContainerError", e))?;
+    let sandbox = spec::Sandbox {
+        netns: rec.netns.clone().unwrap_or_default(),
+        hostname: rec.name.clone(),
+        pod_dir: ctx.pod_dir(&rec.uid),
+        cgroup: ctx.cgroup(&rec.uid),
+    };
+    let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
+    let oci = spec::oci_spec(pod, c, config, &rootfs, &sandbox, id, resolved, seccomp)
+        .map_err(|e| ("CreateContainerConfigError", e))?;
+    let bundle = ctx.bundle_dir(id);
+    std::fs::create_dir_all(&bundle)
+        .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
+    std::fs::write(bundle.join("config.json"), oci.to_string())
+        .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
+    let log = ctx.log_path(rec, &c.name, attempt);
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("{}: {e}", d.display())))?;
+    }
+    let mut cmd = ctx.shim();
+    cmd.arg("supervise")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--state")
+        .arg(ctx.cfg.supervisors())
+        .arg("--log-path")
+        .arg(&log)
+        .arg(id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| ("RunContainerError", e.to_string()))?
+        .map_err(|e| ("RunContainerError", format!("tug-shim: {e}")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(("RunContainerError", msg));
+    }
+    Ok(())
+}
+
+/// Waits (on a blocking thread) for a container to end, then wakes its worker.
+fn spawn_waiter(ctx: &Arc<Ctx>, id: &str, tx: &mpsc::UnboundedSender<Msg>) {
+    let socket = ctx.supervisor_socket(id);
+    let tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(mut c) = sup::Client::connect(&socket) {
+            let _ = c.call(&Request::Wait);
+        }
+        let _ = tx.send(Msg::Tick);
+    });
+}
+
+/// Stops one running container: its stop signal, `grace` to exit, then SIGKILL to all of it.
+async fn stop(ctx: &Ctx, id: &str, signal: Option<&str>, grace: Duration) {
+    let socket = ctx.supervisor_socket(id);
+    let sig = signal
+        .and_then(|s| {
+            let s = s.trim_start_matches("SIG");
+            nix::sys::signal::Signal::iterator().find(|x| x.as_str().trim_start_matches("SIG") == s)
+        })
+        .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+    if supervisor_call(&socket, &Request::Kill { signal: sig as i32, all: false }).is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if !matches!(supervisor_state(&socket), Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = supervisor_call(&socket, &Request::Kill { signal: libc::SIGKILL, all: true });
+    for _ in 0..100 {
+        if !matches!(supervisor_state(&socket), Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Everything of the pod goes: containers (gracefully, all at once), network, files.
+async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
+    let grace = Duration::from_secs(u64::try_from(rec.grace_seconds.unwrap_or(30)).unwrap_or(30));
+    let stops = rec.containers.values().filter_map(|c| {
+        let id = c.id.clone()?;
+        matches!(c.state, State::Running { .. } | State::Starting).then_some((id, c.stop_signal.clone()))
+    });
+    futures::future::join_all(
+        stops.map(|(id, sig)| async move { stop(ctx, &id, sig.as_deref(), grace).await }),
+    )
+    .await;
+    for c in rec.containers.values() {
+        if let Some(id) = &c.id {
+            remove_container(ctx, id);
+        }
+    }
+    if let Err(e) = ctx.net.remove_pod(&short(&rec.uid)).await {
+        eprintln!("tug-agent: pod {}/{}: removing its network: {e}", rec.namespace, rec.name);
+    }
+    let _ = std::fs::remove_dir_all(ctx.pod_dir(&rec.uid));
+    let _ = std::fs::remove_dir_all(
+        ctx.cfg.logs_dir().join(format!("{}_{}_{}", rec.namespace, rec.name, rec.uid)),
+    );
+}
+
+/// Writes the pod's status if it changed; returns the object the server now has.
+async fn write_status(ctx: &Ctx, pod: &Pod, rec: &PodRecord, last: &mut Value) -> Option<Box<Pod>> {
+    let old = pod.status.as_ref().map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or_default();
+    let status = plan::pod_status(&pod.spec, rec, &ctx.cfg.node_ip.to_string(), &old, now_ms());
+    if &status == last {
+        return None;
+    }
+    let ns = rec.namespace.clone();
+    let path = format!("{}/status", api::core_path(&ns, "pods", &rec.name));
+    for _ in 0..3 {
+        let mut obj = match api::get(&ctx.api, &api::core_path(&ns, "pods", &rec.name)).await {
+            Ok(Some(o)) => o,
+            _ => return None,
+        };
+        if obj["metadata"]["uid"].as_str() != Some(rec.uid.as_str()) {
+            return None;
+        }
+        obj["status"] = status.clone();
+        match api::put(&ctx.api, &path, &obj).await {
+            Ok(v) => {
+                *last = status;
+                return serde_json::from_value(v).ok().map(Box::new);
+            }
+            Err(e) if api::is_conflict(&e) => continue,
+            Err(e) => {
+                eprintln!("tug-agent: pod {ns}/{}: writing status: {e}", rec.name);
+                return None;
+            }
+        }
+    }
+    None
+}

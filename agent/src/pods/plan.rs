@@ -1,0 +1,402 @@
+//! The pod worker's decisions, purely: `(pod spec, what runs, now) → actions`, and the pod's
+//! status from the same inputs. The worker applies the actions and asks again; nothing here
+//! touches the host.
+
+use super::record::{ContainerRecord, PodRecord, State, Terminated};
+use serde_json::{Value, json};
+use tug_api::kinds::pod::PodSpec;
+
+/// What the worker should do next for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Make the pod's network namespace and files.
+    Sandbox,
+    /// Start (or start again) this container.
+    Start(String),
+    /// Stop everything and remove the pod from the node.
+    TearDown,
+    /// Nothing to do before this time (unix ms): a back-off ends.
+    WakeAt(u64),
+}
+
+/// Kubernetes' container restart back-off: the first restart at once, then 10 s doubling to
+/// 5 minutes; a container that ran 10 minutes starts over.
+pub fn backoff_ms(step: u32) -> u64 {
+    if step == 0 {
+        return 0;
+    }
+    (10_000u64 << (step - 1).min(5)).min(300_000)
+}
+
+pub const BACKOFF_RESET_MS: u64 = 600_000;
+
+fn policy(spec: &PodSpec) -> &str {
+    spec.restart_policy.as_deref().unwrap_or("Always")
+}
+
+/// Whether a container that ended like this starts again under the pod's policy (init
+/// containers restart on failure unless the policy is Never).
+pub fn restarts(spec: &PodSpec, init: bool, t: &Terminated) -> bool {
+    match policy(spec) {
+        "Never" => false,
+        "OnFailure" => t.exit_code != 0,
+        _ if init => t.exit_code != 0,
+        _ => true,
+    }
+}
+
+/// One container's next step: start now, wait until, or nothing.
+fn next(spec: &PodSpec, c: Option<&ContainerRecord>, init: bool, now: u64) -> Option<Action> {
+    let due = |c: &ContainerRecord| c.backoff_until.is_none_or(|t| now >= t);
+    match c.map(|c| (&c.state, c)) {
+        None | Some((State::New, _)) => Some(Action::Start(String::new())),
+        Some((State::Starting | State::Running { .. }, _)) => None,
+        Some((State::Waiting { .. }, c)) => {
+            if due(c) {
+                Some(Action::Start(String::new()))
+            } else {
+                c.backoff_until.map(Action::WakeAt)
+            }
+        }
+        Some((State::Terminated(t), c)) => {
+            if !restarts(spec, init, t) {
+                None
+            } else if due(c) {
+                Some(Action::Start(String::new()))
+            } else {
+                c.backoff_until.map(Action::WakeAt)
+            }
+        }
+    }
+}
+
+/// The actions for a pod: `deleted` when its object is gone from the API (or being deleted).
+pub fn plan(spec: &PodSpec, rec: &PodRecord, deleted: bool, now: u64) -> Vec<Action> {
+    if deleted {
+        return vec![Action::TearDown];
+    }
+    if rec.ip.is_none() {
+        return vec![Action::Sandbox];
+    }
+    // Init containers one at a time, in order; the app containers only after all succeeded.
+    for c in &spec.init_containers {
+        let r = rec.containers.get(&c.name);
+        if let Some(ContainerRecord { state: State::Terminated(t), .. }) = r
+            && t.exit_code == 0
+        {
+            continue;
+        }
+        return match next(spec, r, true, now) {
+            Some(Action::Start(_)) => vec![Action::Start(c.name.clone())],
+            Some(a) => vec![a],
+            None => vec![],
+        };
+    }
+    let mut out = Vec::new();
+    let mut wake: Option<u64> = None;
+    for c in &spec.containers {
+        match next(spec, rec.containers.get(&c.name), false, now) {
+            Some(Action::Start(_)) => out.push(Action::Start(c.name.clone())),
+            Some(Action::WakeAt(t)) => wake = Some(wake.map_or(t, |w| w.min(t))),
+            _ => {}
+        }
+    }
+    out.extend(wake.map(Action::WakeAt));
+    out
+}
+
+/// Records that a container ended: its state, the back-off before it may start again, and
+/// the restart it will count.
+pub fn ended(c: &mut ContainerRecord, t: Terminated, ran_ms: u64, finished_ms: u64) {
+    if ran_ms >= BACKOFF_RESET_MS {
+        c.backoff_step = 0;
+    }
+    c.backoff_until = Some(finished_ms + backoff_ms(c.backoff_step));
+    c.backoff_step = (c.backoff_step + 1).min(10);
+    c.state = State::Terminated(t);
+}
+
+/// A start that failed before the container ran (image pull, bad spec): `Waiting` with the
+/// reason, retried after the back-off.
+pub fn failed_start(c: &mut ContainerRecord, reason: &str, message: &str, now: u64) {
+    c.backoff_step = c.backoff_step.max(1);
+    c.backoff_until = Some(now + backoff_ms(c.backoff_step));
+    c.backoff_step = (c.backoff_step + 1).min(10);
+    // A pull that failed before says ImagePullBackOff from the second time on, as kubelet does.
+    let reason = match (&c.state, reason) {
+        (State::Waiting { reason: r, .. }, "ErrImagePull")
+            if r == "ErrImagePull" || r == "ImagePullBackOff" =>
+        {
+            "ImagePullBackOff"
+        }
+        _ => reason,
+    };
+    c.state = State::Waiting { reason: reason.to_string(), message: message.to_string() };
+}
+
+fn terminated_json(t: &Terminated) -> Value {
+    let mut v = json!({
+        "exitCode": t.exit_code,
+        "reason": t.reason,
+        "startedAt": t.started_at,
+        "finishedAt": t.finished_at,
+    });
+    if let Some(s) = t.signal {
+        v["signal"] = s.into();
+    }
+    v
+}
+
+/// A container's status in Kubernetes' shape.
+/// `restarting`: the pod's policy starts this container again once it has ended.
+pub fn container_status(
+    name: &str,
+    image: &str,
+    c: Option<&ContainerRecord>,
+    restarting: bool,
+    now: u64,
+) -> Value {
+    let Some(c) = c else {
+        return json!({"name": name, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+            "started": false, "state": {"waiting": {"reason": "ContainerCreating"}}});
+    };
+    let in_backoff = c.backoff_until.is_some_and(|t| now < t);
+    let state = match &c.state {
+        State::New | State::Starting => json!({"waiting": {"reason": "ContainerCreating"}}),
+        State::Waiting { reason, message } => json!({"waiting": {"reason": reason, "message": message}}),
+        State::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+        State::Terminated(_) if restarting && in_backoff => {
+            json!({"waiting": {"reason": "CrashLoopBackOff",
+                "message": format!("back-off restarting failed container {name}")}})
+        }
+        State::Terminated(t) => json!({"terminated": terminated_json(t)}),
+    };
+    let last = match (&c.state, &c.last) {
+        (State::Terminated(t), _) if state.get("waiting").is_some() => {
+            json!({"terminated": terminated_json(t)})
+        }
+        (_, Some(t)) => json!({"terminated": terminated_json(t)}),
+        _ => json!({}),
+    };
+    let running = matches!(c.state, State::Running { .. });
+    let mut v = json!({
+        "name": name,
+        "image": image,
+        "imageID": c.image_id,
+        "ready": running,
+        "restartCount": c.restart_count,
+        "started": running,
+        "state": state,
+        "lastState": last,
+    });
+    if let Some(id) = &c.id {
+        v["containerID"] = format!("tug://{id}").into();
+    }
+    v
+}
+
+fn cond(t: &str, ok: bool, reason: Option<&str>, since: &str) -> Value {
+    let mut v = json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": since});
+    if let Some(r) = reason.filter(|_| !ok) {
+        v["reason"] = r.into();
+    }
+    v
+}
+
+/// The pod's phase: Pending until every init container succeeded and the app containers
+/// started; Succeeded or Failed once every app container ended for good; Running otherwise.
+pub fn phase(spec: &PodSpec, rec: &PodRecord) -> &'static str {
+    let get = |n: &str| rec.containers.get(n);
+    for c in &spec.init_containers {
+        match get(&c.name).map(|r| &r.state) {
+            Some(State::Terminated(t)) if t.exit_code == 0 => {}
+            Some(State::Terminated(t)) if !restarts(spec, true, t) => return "Failed",
+            _ => return "Pending",
+        }
+    }
+    let states: Vec<Option<&State>> =
+        spec.containers.iter().map(|c| get(&c.name).map(|r| &r.state)).collect();
+    if states.iter().all(|s| matches!(s, None | Some(State::New | State::Starting | State::Waiting { .. }))) {
+        return "Pending";
+    }
+    let finished: Vec<&Terminated> = states
+        .iter()
+        .filter_map(|s| match s {
+            Some(State::Terminated(t)) if !restarts(spec, false, t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if finished.len() == spec.containers.len() {
+        return if finished.iter().all(|t| t.exit_code == 0) { "Succeeded" } else { "Failed" };
+    }
+    "Running"
+}
+
+/// The pod's status (the scheduler's PodScheduled condition is kept from `old`).
+pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, now: u64) -> Value {
+    let since = rec.start_time.clone().unwrap_or_default();
+    let initialized = spec.init_containers.iter().all(|c| {
+        matches!(rec.containers.get(&c.name).map(|r| &r.state), Some(State::Terminated(t)) if t.exit_code == 0)
+    });
+    let status = |c: &tug_api::kinds::pod::Container, init: bool| {
+        let r = rec.containers.get(&c.name);
+        let restarting = matches!(r.map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, init, t));
+        container_status(&c.name, &c.image, r, restarting, now)
+    };
+    let statuses: Vec<Value> = spec.containers.iter().map(|c| status(c, false)).collect();
+    let init_statuses: Vec<Value> = spec.init_containers.iter().map(|c| status(c, true)).collect();
+    let ready = initialized && statuses.iter().all(|s| s["ready"] == true);
+    let mut conditions: Vec<Value> = old["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == "PodScheduled")
+        .cloned()
+        .collect();
+    conditions.push(cond("Initialized", initialized, Some("ContainersNotInitialized"), &since));
+    conditions.push(cond("ContainersReady", ready, Some("ContainersNotReady"), &since));
+    conditions.push(cond("Ready", ready, Some("ContainersNotReady"), &since));
+    let mut v = json!({
+        "phase": phase(spec, rec),
+        "conditions": conditions,
+        "hostIP": host_ip,
+        "containerStatuses": statuses,
+    });
+    if !init_statuses.is_empty() {
+        v["initContainerStatuses"] = init_statuses.into();
+    }
+    v["hostIPs"] = json!([{"ip": host_ip}]);
+    if let Some(ip) = &rec.ip {
+        v["podIP"] = ip.clone().into();
+        v["podIPs"] = json!([{"ip": ip}]);
+    }
+    if let Some(t) = &rec.start_time {
+        v["startTime"] = t.clone().into();
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_api::kinds::pod::Container;
+
+    fn spec(policy: &str, init: &[&str], main: &[&str]) -> PodSpec {
+        let c = |n: &&str| Container { name: n.to_string(), image: "img".into(), ..Default::default() };
+        PodSpec {
+            restart_policy: Some(policy.into()),
+            init_containers: init.iter().map(c).collect(),
+            containers: main.iter().map(c).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn rec(containers: &[(&str, State)]) -> PodRecord {
+        PodRecord {
+            ip: Some("10.244.0.2".into()),
+            containers: containers
+                .iter()
+                .map(|(n, s)| (n.to_string(), ContainerRecord { state: s.clone(), ..Default::default() }))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn exited(code: i32) -> State {
+        State::Terminated(Terminated { exit_code: code, reason: "x".into(), ..Default::default() })
+    }
+
+    fn running() -> State {
+        State::Running { started_at: "t".into() }
+    }
+
+    #[test]
+    fn sandbox_first_then_inits_in_order_then_apps() {
+        let s = spec("Always", &["i1", "i2"], &["a", "b"]);
+        assert_eq!(plan(&s, &PodRecord::default(), false, 0), [Action::Sandbox]);
+        assert_eq!(plan(&s, &rec(&[]), false, 0), [Action::Start("i1".into())]);
+        assert_eq!(plan(&s, &rec(&[("i1", running())]), false, 0), []);
+        assert_eq!(plan(&s, &rec(&[("i1", exited(0))]), false, 0), [Action::Start("i2".into())]);
+        assert_eq!(
+            plan(&s, &rec(&[("i1", exited(0)), ("i2", exited(0))]), false, 0),
+            [Action::Start("a".into()), Action::Start("b".into())]
+        );
+        assert_eq!(plan(&s, &rec(&[]), true, 0), [Action::TearDown]);
+    }
+
+    #[test]
+    fn restart_policies() {
+        for (policy, code, restart) in [
+            ("Always", 0, true),
+            ("Always", 1, true),
+            ("OnFailure", 0, false),
+            ("OnFailure", 1, true),
+            ("Never", 1, false),
+        ] {
+            let s = spec(policy, &[], &["a"]);
+            let got = plan(&s, &rec(&[("a", exited(code))]), false, 0);
+            assert_eq!(got == [Action::Start("a".into())], restart, "{policy} exit {code}");
+        }
+        // A failed init container with Never fails the pod.
+        let s = spec("Never", &["i"], &["a"]);
+        let r = rec(&[("i", exited(3))]);
+        assert_eq!(plan(&s, &r, false, 0), []);
+        assert_eq!(phase(&s, &r), "Failed");
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_and_resets() {
+        assert_eq!([0, 1, 2, 3, 6, 9].map(backoff_ms), [0, 10_000, 20_000, 40_000, 300_000, 300_000]);
+        let mut c = ContainerRecord::default();
+        let t = Terminated { exit_code: 1, ..Default::default() };
+        ended(&mut c, t.clone(), 1_000, 100_000);
+        assert_eq!(c.backoff_until, Some(100_000), "the first restart is immediate");
+        ended(&mut c, t.clone(), 1_000, 200_000);
+        assert_eq!(c.backoff_until, Some(210_000));
+        ended(&mut c, t.clone(), 1_000, 300_000);
+        assert_eq!(c.backoff_until, Some(320_000));
+        ended(&mut c, t, BACKOFF_RESET_MS, 400_000);
+        assert_eq!(c.backoff_until, Some(400_000), "ten minutes of running resets the back-off");
+        let s = spec("Always", &[], &["a"]);
+        let mut r = rec(&[]);
+        let mut c = ContainerRecord::default();
+        ended(&mut c, Terminated { exit_code: 1, ..Default::default() }, 0, 0);
+        ended(&mut c, Terminated { exit_code: 1, ..Default::default() }, 0, 5_000);
+        c.restart_count = 2;
+        r.containers.insert("a".into(), c.clone());
+        assert_eq!(plan(&s, &r, false, 6_000), [Action::WakeAt(15_000)]);
+        assert_eq!(plan(&s, &r, false, 15_000), [Action::Start("a".into())]);
+        let st = container_status("a", "img", Some(&c), true, 6_000);
+        assert_eq!(st["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        assert_eq!(st["lastState"]["terminated"]["exitCode"], 1);
+    }
+
+    #[test]
+    fn image_pull_errors_back_off() {
+        let mut c = ContainerRecord::default();
+        failed_start(&mut c, "ErrImagePull", "not found", 0);
+        assert_eq!(c.state, State::Waiting { reason: "ErrImagePull".into(), message: "not found".into() });
+        assert_eq!(c.backoff_until, Some(10_000));
+        failed_start(&mut c, "ErrImagePull", "not found", 10_000);
+        assert!(matches!(&c.state, State::Waiting { reason, .. } if reason == "ImagePullBackOff"));
+        assert_eq!(c.backoff_until, Some(30_000));
+    }
+
+    #[test]
+    fn phases() {
+        let s = spec("OnFailure", &[], &["a", "b"]);
+        assert_eq!(phase(&s, &rec(&[])), "Pending");
+        assert_eq!(phase(&s, &rec(&[("a", running())])), "Running");
+        assert_eq!(phase(&s, &rec(&[("a", exited(0)), ("b", exited(0))])), "Succeeded");
+        assert_eq!(phase(&s, &rec(&[("a", exited(0)), ("b", exited(1))])), "Running", "b restarts");
+        let never = spec("Never", &[], &["a", "b"]);
+        assert_eq!(phase(&never, &rec(&[("a", exited(0)), ("b", exited(1))])), "Failed");
+        let st = pod_status(&never, &rec(&[("a", running()), ("b", running())]), "10.0.0.1", &json!({}), 0);
+        assert_eq!(st["phase"], "Running");
+        assert_eq!(st["podIP"], "10.244.0.2");
+        assert_eq!(
+            st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"],
+            "True"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! What the agent remembers about each pod on disk (`<state>/pods/<uid>/record.json`), so a
+//! restarted agent knows which containers are its own and finishes what it was doing.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// Seconds the pod gets between SIGTERM and SIGKILL (from its last known spec).
+    #[serde(default)]
+    pub grace_seconds: Option<i64>,
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    pub init: bool,
+    /// Starts so far (the next container's id and log file take the next number).
+    pub attempt: u32,
+    /// The current (or last) container's id: its supervisor's name.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+    pub restart_count: u32,
+    pub state: State,
+    #[serde(default)]
+    pub last: Option<Terminated>,
+    /// Unix milliseconds before which the container is not started again.
+    #[serde(default)]
+    pub backoff_until: Option<u64>,
+    /// Which step of the back-off the next failure takes.
+    #[serde(default)]
+    pub backoff_step: u32,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum State {
+    /// Not started yet.
+    #[default]
+    New,
+    /// `tug-shim supervise` was asked to start it (a restarted agent looks for its
+    /// supervisor).
+    Starting,
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: String,
+    },
+    Terminated(Terminated),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Terminated {
+    pub exit_code: i32,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+impl PodRecord {
+    pub fn path(pods_dir: &Path, uid: &str) -> PathBuf {
+        pods_dir.join(uid).join("record.json")
+    }
+
+    /// Writes the record atomically (a temporary file renamed over the old one).
+    pub fn save(&self, pods_dir: &Path) -> Result<(), String> {
+        let dir = pods_dir.join(&self.uid);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tmp = dir.join(".record.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join("record.json")).map_err(|e| format!("{}: {e}", dir.display()))
+    }
+
+    pub fn load_all(pods_dir: &Path) -> Vec<PodRecord> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(pods_dir).into_iter().flatten().flatten() {
+            if let Ok(b) = std::fs::read(e.path().join("record.json"))
+                && let Ok(r) = serde_json::from_slice::<PodRecord>(&b)
+            {
+                out.push(r);
+            }
+        }
+        out
+    }
+}

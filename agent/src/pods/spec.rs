@@ -1,0 +1,457 @@
+//! A container of a pod → an OCI runtime spec (`config.json`), purely.
+//!
+//! Kubernetes' rules: the command is `command` + `args`, else the image's Entrypoint with
+//! `args` or its Cmd; env is the image's, then `envFrom`, then `env` (resolved by the caller);
+//! the user is the securityContext's (container over pod), else the image's; capabilities are
+//! containerd's default set with `add`/`drop` applied (`ALL` works in both); `privileged`
+//! gives every capability, every device and no seccomp filter; otherwise the default seccomp
+//! profile applies. Limits become cgroup limits under the pod's cgroup.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use tug_api::kinds::pod::{Container, Pod};
+use tug_images::manifest::ImageConfig;
+
+/// containerd's (and Docker's) default capabilities.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability Linux 6.x knows, for privileged containers.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Everything about the pod's sandbox a container spec needs.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub netns: PathBuf,
+    pub hostname: String,
+    /// The pod's directory on the node (`etc-hosts`, `hostname`, `resolv.conf` live there).
+    pub pod_dir: PathBuf,
+    /// `<cgroup parent>/pod<uid>` (relative to the agent's cgroup).
+    pub cgroup: String,
+}
+
+/// The process a container runs: argv from the pod spec and the image config.
+pub fn argv(c: &Container, image: &ImageConfig) -> Result<Vec<String>, String> {
+    let entry = image.config.entrypoint.clone().unwrap_or_default();
+    let cmd = image.config.cmd.clone().unwrap_or_default();
+    let argv = if !c.command.is_empty() {
+        c.command.iter().chain(&c.args).cloned().collect()
+    } else if !c.args.is_empty() {
+        entry.into_iter().chain(c.args.iter().cloned()).collect()
+    } else {
+        entry.into_iter().chain(cmd).collect::<Vec<_>>()
+    };
+    if argv.is_empty() {
+        return Err(format!("container {}: no command given and the image has no Entrypoint or Cmd", c.name));
+    }
+    Ok(argv)
+}
+
+/// The environment: the image's, then `resolved` (envFrom and env, in that order), later
+/// names replacing earlier ones in place.
+pub fn environment(image: &ImageConfig, hostname: &str, resolved: &[(String, String)]) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(n, _)| n == k) {
+        Some(slot) => slot.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for e in image.config.env.iter().flatten() {
+        match e.split_once('=') {
+            Some((k, v)) => set(k, v),
+            None => set(e, ""),
+        }
+    }
+    set("HOSTNAME", hostname);
+    for (k, v) in resolved {
+        set(k, v);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The user: `(uid, gid, extra gids)` from the securityContexts, else the image's `User`
+/// (`name`, `uid`, `uid:gid`, `name:group`, looked up in the rootfs' passwd and group).
+pub fn user(
+    pod: &Pod,
+    c: &Container,
+    image: &ImageConfig,
+    rootfs: &Path,
+) -> Result<(u32, u32, Vec<u32>), String> {
+    let psc = pod.spec.security_context.as_ref();
+    let csc = c.security_context.as_ref();
+    let run_as = csc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user));
+    let run_as_group = csc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group));
+    let (mut uid, mut gid) = image_user(image.config.user.as_deref().unwrap_or(""), rootfs)?;
+    if let Some(u) = run_as {
+        uid = u32::try_from(u).map_err(|_| format!("container {}: runAsUser {u} out of range", c.name))?;
+        if run_as_group.is_none() && image.config.user.as_deref().is_none_or(|u| !u.contains(':')) {
+            gid = passwd_gid(rootfs, uid).unwrap_or(0);
+        }
+    }
+    if let Some(g) = run_as_group {
+        gid = u32::try_from(g).map_err(|_| format!("container {}: runAsGroup {g} out of range", c.name))?;
+    }
+    let non_root =
+        csc.and_then(|s| s.run_as_non_root).or(psc.and_then(|s| s.run_as_non_root)).unwrap_or(false);
+    if non_root && uid == 0 {
+        return Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{}_{}\", container: {})",
+            pod.metadata.name,
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            c.name
+        ));
+    }
+    let mut extra: Vec<u32> = psc
+        .map(|s| s.supplemental_groups.iter().filter_map(|g| u32::try_from(*g).ok()).collect())
+        .unwrap_or_default();
+    if let Some(fs) = psc.and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok()) {
+        extra.push(fs);
+    }
+    Ok((uid, gid, extra))
+}
+
+fn lookup(file: &Path, name: &str, field: usize) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let parts: Vec<&str> = l.split(':').collect();
+        (parts.first() == Some(&name)).then(|| parts.get(field)?.parse().ok()).flatten()
+    })
+}
+
+fn passwd_gid(rootfs: &Path, uid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    text.lines().find_map(|l| {
+        let p: Vec<&str> = l.split(':').collect();
+        (p.get(2)?.parse::<u32>().ok()? == uid).then(|| p.get(3)?.parse().ok()).flatten()
+    })
+}
+
+fn image_user(spec: &str, rootfs: &Path) -> Result<(u32, u32), String> {
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let uid = match u.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => lookup(&rootfs.join("etc/passwd"), u, 2)
+            .ok_or_else(|| format!("the image's user {u:?} is not in its /etc/passwd"))?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup(&rootfs.join("etc/group"), g, 2)
+                .ok_or_else(|| format!("the image's group {g:?} is not in its /etc/group"))?,
+        },
+        None => passwd_gid(rootfs, uid).unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+/// The capability set after the securityContext's `add` and `drop`.
+pub fn capabilities(c: &Container) -> Vec<String> {
+    let sc = c.security_context.as_ref();
+    if sc.and_then(|s| s.privileged).unwrap_or(false) {
+        return ALL_CAPS.iter().map(|s| s.to_string()).collect();
+    }
+    let norm = |s: &str| {
+        let s = s.to_ascii_uppercase();
+        if s.starts_with("CAP_") { s } else { format!("CAP_{s}") }
+    };
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    let drop: Vec<String> = caps.map(|c| c.drop.iter().map(|d| norm(d)).collect()).unwrap_or_default();
+    let add: Vec<String> = caps.map(|c| c.add.iter().map(|d| norm(d)).collect()).unwrap_or_default();
+    let mut out: Vec<String> = if drop.iter().any(|d| d == "CAP_ALL") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).filter(|c| !drop.contains(c)).collect()
+    };
+    if add.iter().any(|a| a == "CAP_ALL") {
+        return ALL_CAPS.iter().map(|s| s.to_string()).collect();
+    }
+    for a in add {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// `linux.resources` from requests and limits.
+pub fn resources(c: &Container) -> Value {
+    let mut r = json!({});
+    let Some(res) = &c.resources else { return r };
+    if let Some(cpu) = res.limits.get("cpu") {
+        let millis = cpu.millis();
+        let quota = (millis * 100).max(1000);
+        r["cpu"]["quota"] = json!(u64::try_from(quota).unwrap_or(u64::MAX));
+        r["cpu"]["period"] = json!(100_000);
+    }
+    if let Some(cpu) = res.requests.get("cpu").or_else(|| res.limits.get("cpu")) {
+        let shares = (cpu.millis() * 1024 / 1000).max(2);
+        r["cpu"]["shares"] = json!(u64::try_from(shares).unwrap_or(u64::MAX));
+    }
+    if let Some(mem) = res.limits.get("memory") {
+        r["memory"]["limit"] = json!(i64::try_from(mem.value()).unwrap_or(i64::MAX));
+    }
+    r
+}
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The whole `config.json`.
+#[allow(clippy::too_many_arguments)]
+pub fn oci_spec(
+    pod: &Pod,
+    c: &Container,
+    image: &ImageConfig,
+    rootfs: &Path,
+    sandbox: &Sandbox,
+    container_id: &str,
+    resolved_env: &[(String, String)],
+    seccomp: impl Fn(&[String]) -> Value,
+) -> Result<Value, String> {
+    let args = argv(c, image)?;
+    let (uid, gid, extra) = user(pod, c, image, rootfs)?;
+    let caps = capabilities(c);
+    let sc = c.security_context.as_ref();
+    let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
+    let no_new_privs = sc.and_then(|s| s.allow_privilege_escalation).is_some_and(|a| !a) && !privileged;
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| image.config.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or("/".into());
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if privileged { "rw" } else { "ro" }]}),
+    ];
+    for (file, dest) in
+        [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")]
+    {
+        let src = sandbox.pod_dir.join(file);
+        if src.exists() {
+            mounts.push(
+                json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]}),
+            );
+        }
+    }
+    let caps_json = json!(caps);
+    let mut linux = json!({
+        "cgroupsPath": format!("{}/{container_id}", sandbox.cgroup),
+        "namespaces": [
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
+            {"type": "network", "path": sandbox.netns},
+        ],
+        "resources": resources(c),
+    });
+    if !privileged {
+        linux["maskedPaths"] = json!(MASKED);
+        linux["readonlyPaths"] = json!(READONLY);
+        linux["seccomp"] = seccomp(&caps);
+        linux["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+    } else {
+        linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    }
+    let sysctls: serde_json::Map<String, Value> = pod
+        .spec
+        .security_context
+        .iter()
+        .flat_map(|s| &s.sysctls)
+        .map(|s| (s.name.clone(), Value::String(s.value.clone())))
+        .collect();
+    if !sysctls.is_empty() {
+        linux["sysctl"] = Value::Object(sysctls);
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": c.tty.unwrap_or(false),
+            "user": {"uid": uid, "gid": gid, "additionalGids": extra},
+            "args": args,
+            "env": environment(image, &sandbox.hostname, resolved_env),
+            "cwd": cwd,
+            "capabilities": {"bounding": caps_json, "effective": caps_json, "permitted": caps_json},
+            "noNewPrivileges": no_new_privs,
+        },
+        "root": {"path": rootfs, "readonly": sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false)},
+        "hostname": sandbox.hostname,
+        "mounts": mounts,
+        "linux": linux,
+        "annotations": {
+            "io.kubernetes.pod.name": pod.metadata.name,
+            "io.kubernetes.pod.namespace": pod.metadata.namespace.clone().unwrap_or_default(),
+            "io.kubernetes.container.name": c.name,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_api::kinds::pod::{Capabilities, SecurityContext};
+
+    fn image(entry: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
+        let mut i = ImageConfig::default();
+        i.config.entrypoint = entry.map(|e| e.iter().map(|s| s.to_string()).collect());
+        i.config.cmd = cmd.map(|e| e.iter().map(|s| s.to_string()).collect());
+        i
+    }
+
+    fn container(command: &[&str], args: &[&str]) -> Container {
+        Container {
+            name: "c".into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes() {
+        let img = image(Some(&["/entry"]), Some(&["cmd"]));
+        assert_eq!(argv(&container(&[], &[]), &img).unwrap(), ["/entry", "cmd"]);
+        assert_eq!(argv(&container(&[], &["a"]), &img).unwrap(), ["/entry", "a"]);
+        assert_eq!(argv(&container(&["/bin/sh"], &[]), &img).unwrap(), ["/bin/sh"]);
+        assert_eq!(argv(&container(&["/bin/sh"], &["-c", "x"]), &img).unwrap(), ["/bin/sh", "-c", "x"]);
+        assert!(argv(&container(&[], &[]), &image(None, None)).unwrap_err().contains("no command"));
+    }
+
+    #[test]
+    fn env_layers_replace_in_place() {
+        let mut img = image(None, None);
+        img.config.env = Some(vec!["PATH=/img".into(), "A=1".into()]);
+        let env = environment(&img, "web-1", &[("A".into(), "2".into()), ("B".into(), "3".into())]);
+        assert_eq!(env, ["PATH=/img", "A=2", "HOSTNAME=web-1", "B=3"]);
+    }
+
+    #[test]
+    fn capabilities_add_drop_all_privileged() {
+        let mut c = container(&["x"], &[]);
+        assert_eq!(capabilities(&c).len(), DEFAULT_CAPS.len());
+        c.security_context = Some(SecurityContext {
+            capabilities: Some(Capabilities { add: vec!["NET_ADMIN".into()], drop: vec!["ALL".into()] }),
+            ..Default::default()
+        });
+        assert_eq!(capabilities(&c), ["CAP_NET_ADMIN"]);
+        c.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        assert!(capabilities(&c).contains(&"CAP_SYS_ADMIN".to_string()));
+    }
+
+    #[test]
+    fn users_from_context_and_image() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nweb:x:100:101::/:/bin/sh\n")
+            .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "web:x:101:\nstaff:x:50:\n").unwrap();
+        let pod = Pod::default();
+        let mut img = image(None, None);
+        let c = container(&["x"], &[]);
+        assert_eq!(user(&pod, &c, &img, dir.path()).unwrap(), (0, 0, vec![]));
+        img.config.user = Some("web".into());
+        assert_eq!(user(&pod, &c, &img, dir.path()).unwrap(), (100, 101, vec![]));
+        img.config.user = Some("web:staff".into());
+        assert_eq!(user(&pod, &c, &img, dir.path()).unwrap(), (100, 50, vec![]));
+        img.config.user = Some("nobody".into());
+        assert!(user(&pod, &c, &img, dir.path()).unwrap_err().contains("nobody"));
+        img.config.user = None;
+        let mut c2 = c.clone();
+        c2.security_context = Some(SecurityContext { run_as_non_root: Some(true), ..Default::default() });
+        assert!(user(&pod, &c2, &img, dir.path()).unwrap_err().contains("runAsNonRoot"));
+        c2.security_context = Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(100),
+            ..Default::default()
+        });
+        assert_eq!(user(&pod, &c2, &img, dir.path()).unwrap(), (100, 101, vec![]));
+    }
+
+    #[test]
+    fn limits_become_cgroup_limits() {
+        let c: Container = serde_json::from_value(json!({"name": "c", "image": "x",
+            "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}, "requests": {"cpu": "250m"}}}))
+        .unwrap();
+        let r = resources(&c);
+        assert_eq!(r["cpu"]["quota"], 50_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["cpu"]["shares"], 256);
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+    }
+}

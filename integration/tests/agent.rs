@@ -1,0 +1,137 @@
+//! The agent end to end: a control plane, one node of the cluster in namespaces with a real
+//! `tug-agent`, pods applied with `tug`.
+
+use serde_json::Value;
+use std::time::Duration;
+use tug_integration::agent::Agent;
+use tug_integration::cluster::Cluster;
+use tug_integration::control_plane::ControlPlane;
+use tug_integration::wait_for;
+
+fn get(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let out = cp.tug(&a);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+fn apply(cp: &ControlPlane, yaml: &str) {
+    let out = cp.tug_with_input(&["apply", "-f", "-"], yaml);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits until `cond` holds for the pod's JSON; panics with the pod and the agent's log.
+fn wait_pod(
+    cp: &ControlPlane,
+    agent: &Agent,
+    name: &str,
+    limit: u64,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_for(Duration::from_secs(limit), || {
+        last = get(cp, &["pod", name]).unwrap_or(Value::Null);
+        cond(&last)
+    });
+    assert!(ok, "pod {name}: {what}\npod: {last:#}\nagent log:\n{}", agent.log());
+    last
+}
+
+fn setup() -> (Cluster, ControlPlane, Agent) {
+    let cluster = Cluster::new(1).expect("cluster");
+    let cp = ControlPlane::start();
+    let agent = Agent::start(
+        &cp,
+        &cluster.nodes[0],
+        "tug-it-node0",
+        &["--labels", "zone=a", "--taints", "dedicated=test:PreferNoSchedule"],
+    );
+    agent.import_example_image();
+    let ok = wait_for(Duration::from_secs(30), || {
+        get(&cp, &["node", "tug-it-node0"]).is_some_and(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    });
+    assert!(ok, "the node did not become Ready:\n{}", agent.log());
+    (cluster, cp, agent)
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo hello from $(hostname) as $MY_POD; exec httpd -f -p 8080 -h /www"]
+    env:
+    - name: MY_POD
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+"#;
+
+#[test]
+fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
+    let (cluster, cp, agent) = setup();
+    let node = get(&cp, &["node", "tug-it-node0"]).unwrap();
+    assert_eq!(node["metadata"]["labels"]["zone"], "a");
+    assert_eq!(node["spec"]["taints"][0]["key"], "dedicated");
+    assert!(node["status"]["capacity"]["cpu"].as_str().is_some_and(|c| c.parse::<u32>().unwrap() >= 1));
+    assert_eq!(node["status"]["addresses"][0]["address"], cluster.nodes[0].ip.to_string());
+    let lease = get(&cp, &["lease", "tug-it-node0", "-n", "tug-node-lease"]).expect("the node's lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "tug-it-node0");
+
+    apply(&cp, WEB);
+    let pod = wait_pod(&cp, &agent, "web", 60, "Running with an IP", |p| {
+        p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
+    });
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.244."), "{ip}");
+    let ready =
+        pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!(ready["status"], "True");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    // The node reaches the pod over the pod network.
+    let mut body = String::new();
+    let answered = wait_for(Duration::from_secs(10), || {
+        cluster.nodes[0]
+            .run(&["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")])
+            .map(|o| body = String::from_utf8_lossy(&o.stdout).into_owned())
+            .map_err(|e| body = e.to_string())
+            .is_ok()
+    });
+    assert!(answered && body.contains("Hello from Tug"), "{body}\n{}", agent.log());
+    // The container's output is in its CRI log.
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let log = agent.state_dir().join(format!("logs/default_web_{uid}/web/1.log"));
+    let mut text = String::new();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("hello from web as web")
+        }),
+        "log {}: {text:?}",
+        log.display()
+    );
+    assert!(text.split(' ').nth(1) == Some("stdout"), "{text}");
+
+    let out = cp.tug(&["delete", "pod", "web"]);
+    assert!(out.status.success());
+    let gone = wait_for(Duration::from_secs(40), || {
+        agent.containers().is_empty()
+            && std::fs::read_dir(agent.netns_dir()).map(|d| d.count() == 0).unwrap_or(true)
+            && std::fs::read_dir(agent.image_root().join("snapshots")).map(|d| d.count() == 0).unwrap_or(true)
+            && std::fs::read_dir(agent.state_dir().join("pods")).map(|d| d.count() == 0).unwrap_or(true)
+    });
+    assert!(gone, "the pod left something: containers {:?}\n{}", agent.containers(), agent.log());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(agent.image_root().to_str().unwrap()), "a rootfs is still mounted");
+}
