@@ -135,3 +135,86 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(agent.image_root().to_str().unwrap()), "a rootfs is still mounted");
 }
+
+#[test]
+fn a_crashing_container_backs_off_and_an_oom_kill_is_reported() {
+    let (_cluster, cp, agent) = setup();
+    agent.import_probe_image("tug.local/probe:1");
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: tug.local/probe:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo going down; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: h
+    image: tug.local/probe:1
+    imagePullPolicy: Never
+    command: ["/bin/tug-probe", "hog", "512"]
+    resources:
+      limits: {memory: 32Mi}
+"#,
+    );
+    let pod = wait_pod(&cp, &agent, "crash", 60, "in CrashLoopBackOff after a restart", |p| {
+        let s = &p["status"]["containerStatuses"][0];
+        s["restartCount"].as_u64().unwrap_or(0) >= 1 && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let s = &pod["status"]["containerStatuses"][0];
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(pod["status"]["phase"], "Running", "Always keeps a crashing pod Running");
+
+    let pod = wait_pod(&cp, &agent, "hog", 60, "OOMKilled", |p| {
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+    });
+    assert_eq!(pod["status"]["phase"], "Failed");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0, "restartPolicy Never");
+}
+
+#[test]
+fn a_killed_agent_restarts_nothing_and_adopts_its_pods() {
+    let (_cluster, cp, mut agent) = setup();
+    apply(&cp, WEB);
+    let before = wait_pod(&cp, &agent, "web", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let id = before["status"]["containerStatuses"][0]["containerID"].clone();
+    let containers = agent.containers();
+    assert_eq!(containers.len(), 1);
+    agent.kill9();
+    // The container runs on without its agent.
+    let socket = agent.state_dir().join("runtime/supervisors").join(&containers[0]).join("control.sock");
+    let mut c =
+        tug_shim::supervisor::protocol::Client::connect(&socket).expect("the supervisor outlives the agent");
+    let state = c.call(&tug_shim::supervisor::protocol::Request::State).unwrap();
+    assert!(
+        matches!(state, tug_shim::supervisor::protocol::Reply::State { ref status, .. } if status == "running"),
+        "{state:?}"
+    );
+    agent.restart();
+    // The restarted agent says when its first sync of the pod is done; by then it would have
+    // restarted anything it was going to.
+    let adopted = wait_for(Duration::from_secs(30), || {
+        agent.log().contains("adopted pod default/web (1 running containers)")
+    });
+    assert!(adopted, "the agent did not adopt the pod:\n{}", agent.log());
+    let after = get(&cp, &["pod", "web"]).unwrap();
+    assert_eq!(after["status"]["containerStatuses"][0]["containerID"], id);
+    assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(after["status"]["phase"], "Running");
+    assert_eq!(agent.containers(), containers, "{}", agent.log());
+    // The adopted pod is still the agent's to remove.
+    assert!(cp.tug(&["delete", "pod", "web"]).status.success());
+    assert!(wait_for(Duration::from_secs(30), || agent.containers().is_empty()), "{}", agent.log());
+}

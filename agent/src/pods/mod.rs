@@ -142,6 +142,8 @@ pub async fn worker(
 ) {
     let mut rec =
         PodRecord::load_all(&ctx.cfg.pods_dir()).into_iter().find(|r| r.uid == uid).unwrap_or_default();
+    // A pod an earlier run of the agent recorded: said once its first sync is done.
+    let mut inherited = !rec.uid.is_empty();
     let mut pod: Option<Box<Pod>> = None;
     let mut deleted = false;
     let mut last_status = Value::Null;
@@ -185,8 +187,13 @@ pub async fn worker(
             adopted = true;
         }
         refresh(&ctx, &mut rec);
+        if pod.is_none() && !deleted {
+            // A pod recorded by an earlier run, not yet seen in the API's list: wait for the
+            // list to say whether it still exists.
+            continue;
+        }
         let spec = pod.as_ref().map(|p| p.spec.clone()).unwrap_or_default();
-        let actions = plan::plan(&spec, &rec, deleted || pod.is_none(), now_ms());
+        let actions = plan::plan(&spec, &rec, deleted, now_ms());
         wake = None;
         for a in actions {
             match a {
@@ -223,6 +230,12 @@ pub async fn worker(
             && let Some(updated) = write_status(&ctx, p, &rec, &mut last_status).await
         {
             *p = updated;
+        }
+        if inherited && pod.is_some() {
+            inherited = false;
+            let running =
+                rec.containers.values().filter(|c| matches!(c.state, State::Running { .. })).count();
+            eprintln!("tug-agent: adopted pod {}/{} ({running} running containers)", rec.namespace, rec.name);
         }
     }
 }
