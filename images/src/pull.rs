@@ -164,24 +164,27 @@ impl Puller {
         reuse: bool,
     ) -> Result<ImageRecord, PullError> {
         let name = image.name();
+        // Pulls are shared only between callers with the same credentials: a pod without the
+        // secret must not ride on (or spoil) the pull of a pod with it.
+        let key = format!("{name}\0{}", creds.as_ref().map_or("", |c| c.username.as_str()));
         let fut = {
             let mut inflight = self.inflight.lock().expect("inflight lock");
-            match inflight.get(&name) {
+            match inflight.get(&key) {
                 Some(f) => f.clone(),
                 None if reuse && let Some(rec) = self.store.find(&name).map_err(pull_err)? => return Ok(rec),
                 None => {
                     let me = Arc::clone(self);
                     let image = image.clone();
-                    let key = name.clone();
+                    let k = key.clone();
                     let f = async move {
                         let r = me.pull_once(&image, creds).await;
-                        me.inflight.lock().expect("inflight lock").remove(&key);
-                        me.progress.lock().expect("progress lock").remove(&key);
+                        me.inflight.lock().expect("inflight lock").remove(&k);
+                        me.progress.lock().expect("progress lock").remove(&image.name());
                         r
                     }
                     .boxed()
                     .shared();
-                    inflight.insert(name.clone(), f.clone());
+                    inflight.insert(key, f.clone());
                     f
                 }
             }

@@ -218,3 +218,68 @@ fn a_killed_agent_restarts_nothing_and_adopts_its_pods() {
     assert!(cp.tug(&["delete", "pod", "web"]).status.success());
     assert!(wait_for(Duration::from_secs(30), || agent.containers().is_empty()), "{}", agent.log());
 }
+
+#[test]
+fn images_pull_with_pull_secrets_and_pull_errors_show_in_the_pod() {
+    use base64::Engine;
+    use tug_integration::images::{Compress, Layer, Layout, Registry, push};
+    let reg = Registry::start(Some(("puller", "s3cret")));
+    let dir = tempfile::Builder::new().prefix("tug-images").tempdir().unwrap();
+    let mut layout = Layout::new(dir.path());
+    let m = layout.image(&[(Layer::new().busybox().tar(), Compress::Zstd)], &["/bin/sleep", "600"], "amd64");
+    layout.tag(m, "app");
+    push(dir.path(), "app", &format!("{}/team/app:1", reg.addr), Some(("puller", "s3cret")), false);
+
+    let cluster = Cluster::new(1).expect("cluster");
+    let cp = ControlPlane::start();
+    let agent = Agent::start(&cp, &cluster.nodes[0], "tug-it-node0", &["--insecure-registry", &reg.addr]);
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!(r#"{{"auths":{{"{}":{{"username":"puller","password":"s3cret"}}}}}}"#, reg.addr));
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: regcred}}
+type: kubernetes.io/dockerconfigjson
+data: {{.dockerconfigjson: {auth}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: anonymous}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: app, image: "{reg}/team/app:1", imagePullPolicy: Always}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: authorized}}
+spec:
+  terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - {{name: app, image: "{reg}/team/app:1"}}
+"#,
+            reg = reg.addr
+        ),
+    );
+    let pod = wait_pod(&cp, &agent, "authorized", 60, "Running from the registry", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert!(pod["status"]["containerStatuses"][0]["imageID"].as_str().unwrap().starts_with("sha256:"));
+    let pod = wait_pod(&cp, &agent, "anonymous", 60, "ErrImagePull", |p| {
+        let r = &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
+        r == "ErrImagePull" || r == "ImagePullBackOff"
+    });
+    let msg = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("Not authorized"), "{msg}");
+    assert_eq!(pod["status"]["phase"], "Pending");
+    wait_pod(&cp, &agent, "anonymous", 30, "ImagePullBackOff on the retry", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+}
