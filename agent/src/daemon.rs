@@ -199,7 +199,8 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     let net = NodeNetwork::setup(ncfg).await?;
     let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
     let puller = tug_images::Puller::new(Arc::clone(&store), cfg.insecure_registries.clone());
-    let ctx = Arc::new(Ctx { cfg: cfg.clone(), api: api.clone(), net, store, puller });
+    let ctx =
+        Arc::new(Ctx { cfg: cfg.clone(), api: api.clone(), net, store, puller, probes: Default::default() });
 
     // What a previous run left: workers for every recorded pod, nothing for the rest.
     let records = PodRecord::load_all(&cfg.pods_dir());

@@ -283,3 +283,68 @@ spec:
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
     });
 }
+
+#[test]
+fn probes_drive_readiness_and_restart_unhealthy_containers() {
+    let (_cluster, cp, agent) = setup();
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "sleep 2; exec httpd -f -p 8080 -h /www"]
+    ports: [{name: http, containerPort: 8080}]
+    startupProbe:
+      tcpSocket: {port: http}
+      periodSeconds: 1
+      failureThreshold: 30
+    readinessProbe:
+      httpGet: {path: /index.html, port: http}
+      periodSeconds: 1
+  - name: flaky
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "touch /tmp/healthy; sleep 4; rm /tmp/healthy; exec sleep 600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    );
+    // Running but not ready while the server is not up yet.
+    let pod = wait_pod(&cp, &agent, "probed", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let web = pod["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["ready"], false, "not ready before its probes passed: {web:#}");
+    wait_pod(&cp, &agent, "probed", 30, "web ready", |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == "web" && c["ready"] == true)
+    });
+    // The liveness probe fails once /tmp/healthy is gone: the container restarts.
+    let pod = wait_pod(&cp, &agent, "probed", 60, "flaky restarted by its liveness probe", |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == "flaky" && c["restartCount"].as_u64().unwrap_or(0) >= 1)
+    });
+    let flaky =
+        pod["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "flaky").unwrap();
+    assert!(flaky["lastState"]["terminated"]["exitCode"].as_i64().unwrap() != 0, "{flaky:#}");
+    assert!(agent.log().contains("liveness probe failed"), "{}", agent.log());
+}

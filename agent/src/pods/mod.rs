@@ -8,6 +8,7 @@
 
 pub mod env;
 pub mod plan;
+pub mod probe;
 pub mod record;
 pub mod spec;
 
@@ -32,6 +33,8 @@ pub struct Ctx {
     pub net: NodeNetwork,
     pub store: Arc<Store>,
     pub puller: Arc<Puller>,
+    /// The probe results of every container with probes, by container id.
+    pub probes: std::sync::Mutex<std::collections::HashMap<String, Arc<probe::ProbeState>>>,
 }
 
 /// A message to a pod worker.
@@ -187,6 +190,12 @@ pub async fn worker(
             adopted = true;
         }
         refresh(&ctx, &mut rec);
+        if let Some(p) = &pod {
+            probes(&ctx, p, &mut rec, &tx);
+            if restart_unhealthy(&ctx, &mut rec).await {
+                refresh(&ctx, &mut rec);
+            }
+        }
         if pod.is_none() && !deleted {
             // A pod recorded by an earlier run, not yet seen in the API's list: wait for the
             // list to say whether it still exists.
@@ -289,6 +298,70 @@ fn refresh(ctx: &Ctx, rec: &mut PodRecord) {
             }
         }
     }
+}
+
+/// Starts the probers of running containers that have probes (new ones, and adopted ones
+/// after an agent restart), stops those of containers that ended, and copies the probes'
+/// findings into the record.
+fn probes(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, tx: &mpsc::UnboundedSender<Msg>) {
+    let mut table = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
+    let ip = rec.ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let netns = rec.netns.clone().unwrap_or_default();
+    for (name, c) in rec.containers.iter_mut() {
+        let Some(id) = c.id.clone() else { continue };
+        if !matches!(c.state, State::Running { .. }) {
+            if let Some(st) = table.remove(&id) {
+                st.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            c.probed = None;
+            continue;
+        }
+        if let Some(st) = table.get(&id) {
+            use std::sync::atomic::Ordering::Relaxed;
+            c.probed = Some((st.started.load(Relaxed), st.ready.load(Relaxed)));
+            continue;
+        }
+        let Some((spec, _)) = find_container(pod, name) else { continue };
+        let socket = ctx.supervisor_socket(&id);
+        let mk = |p: &Option<tug_api::kinds::pod::Probe>| {
+            p.as_ref().map(|p| (probe::check(spec, p, ip, &netns, &socket), probe::settings(p)))
+        };
+        let set = probe::Probes {
+            startup: mk(&spec.startup_probe),
+            liveness: mk(&spec.liveness_probe),
+            readiness: mk(&spec.readiness_probe),
+        };
+        if !set.any() {
+            c.probed = None;
+            continue;
+        }
+        let st = Arc::new(probe::ProbeState::default());
+        table.insert(id.clone(), Arc::clone(&st));
+        c.probed = Some((false, false));
+        tokio::spawn(probe::prober(format!("{}/{}/{name}", rec.namespace, rec.name), set, st, tx.clone()));
+    }
+}
+
+/// Stops the containers whose liveness or startup probe failed; their exit then restarts
+/// them under the pod's policy. Whether any was stopped.
+async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
+    let failed: Vec<(String, Option<String>)> = {
+        let table = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
+        rec.containers
+            .values()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .filter_map(|c| {
+                let id = c.id.clone()?;
+                let st = table.get(&id)?;
+                st.failed.load(std::sync::atomic::Ordering::Relaxed).then(|| (id, c.stop_signal.clone()))
+            })
+            .collect()
+    };
+    let grace = Duration::from_secs(u64::try_from(rec.grace_seconds.unwrap_or(30)).unwrap_or(30));
+    for (id, sig) in &failed {
+        stop(ctx, id, sig.as_deref(), grace).await;
+    }
+    !failed.is_empty()
 }
 
 /// The pod's network namespace and its `/etc` files.

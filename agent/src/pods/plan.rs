@@ -179,13 +179,14 @@ pub fn container_status(
         _ => json!({}),
     };
     let running = matches!(c.state, State::Running { .. });
+    let (started, ready) = c.probed.unwrap_or((true, true));
     let mut v = json!({
         "name": name,
         "image": image,
         "imageID": c.image_id,
-        "ready": running,
+        "ready": running && started && ready,
         "restartCount": c.restart_count,
-        "started": running,
+        "started": running && started,
         "state": state,
         "lastState": last,
     });
@@ -239,9 +240,18 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
         matches!(rec.containers.get(&c.name).map(|r| &r.state), Some(State::Terminated(t)) if t.exit_code == 0)
     });
     let status = |c: &tug_api::kinds::pod::Container, init: bool| {
-        let r = rec.containers.get(&c.name);
-        let restarting = matches!(r.map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, init, t));
-        container_status(&c.name, &c.image, r, restarting, now)
+        let mut r = rec.containers.get(&c.name).cloned();
+        // Until its prober reports, a container with a startup or readiness probe is neither
+        // started nor ready (one with only a liveness probe is both).
+        if let Some(r) = r.as_mut()
+            && r.probed.is_none()
+        {
+            r.probed =
+                Some((c.startup_probe.is_none(), c.startup_probe.is_none() && c.readiness_probe.is_none()));
+        }
+        let restarting =
+            matches!(r.as_ref().map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, init, t));
+        container_status(&c.name, &c.image, r.as_ref(), restarting, now)
     };
     let statuses: Vec<Value> = spec.containers.iter().map(|c| status(c, false)).collect();
     let init_statuses: Vec<Value> = spec.init_containers.iter().map(|c| status(c, true)).collect();

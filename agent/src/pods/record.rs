@@ -48,6 +48,10 @@ pub struct ContainerRecord {
     pub backoff_step: u32,
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// What the probes say now, `(started, ready)`; None for a container without probes.
+    /// Not kept on disk: a restarted agent probes again.
+    #[serde(skip)]
+    pub probed: Option<(bool, bool)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,354 @@
+//! Liveness, readiness and startup probes with Kubernetes' fields and defaults.
+//!
+//! One prober task per running container that has probes. The startup probe runs first and
+//! holds the others back until it succeeds; a startup or liveness failure (after
+//! `failureThreshold` in a row) asks the pod worker to restart the container; readiness
+//! decides the container's `ready`. exec probes run through the container's supervisor;
+//! httpGet and tcpSocket connect from a thread inside the pod's network namespace, so they
+//! work whatever the node's routing.
+
+use crate::network::netns;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tug_api::kinds::pod::{Container, Probe};
+use tug_api::meta::IntOrString;
+
+/// What the probes of one container found; shared with the pod worker.
+#[derive(Debug, Default)]
+pub struct ProbeState {
+    pub started: AtomicBool,
+    pub ready: AtomicBool,
+    /// Liveness (or startup) failed: the container must be restarted.
+    pub failed: AtomicBool,
+    /// Set by the worker when the container ended: the prober stops.
+    pub stop: AtomicBool,
+}
+
+/// A probe with Kubernetes' defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+pub fn settings(p: &Probe) -> Settings {
+    let secs =
+        |v: Option<i32>, d: u64| Duration::from_secs(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(d));
+    let count =
+        |v: Option<i32>, d: u32| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(d);
+    Settings {
+        initial_delay: secs(p.initial_delay_seconds, 0),
+        period: secs(p.period_seconds, 10).max(Duration::from_secs(1)),
+        timeout: secs(p.timeout_seconds, 1).max(Duration::from_secs(1)),
+        success_threshold: count(p.success_threshold, 1),
+        failure_threshold: count(p.failure_threshold, 3),
+    }
+}
+
+/// Consecutive results → the probe's verdict, changing only when a threshold is reached.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    ok_run: u32,
+    fail_run: u32,
+    pub verdict: Option<bool>,
+}
+
+impl Tracker {
+    /// Records one result; returns the verdict when it changed.
+    pub fn record(&mut self, ok: bool, s: &Settings) -> Option<bool> {
+        if ok {
+            self.ok_run += 1;
+            self.fail_run = 0;
+        } else {
+            self.fail_run += 1;
+            self.ok_run = 0;
+        }
+        let new = if self.ok_run >= s.success_threshold {
+            Some(true)
+        } else if self.fail_run >= s.failure_threshold {
+            Some(false)
+        } else {
+            self.verdict
+        };
+        let changed = new != self.verdict;
+        self.verdict = new;
+        if changed { new } else { None }
+    }
+}
+
+/// Where a probe connects and what it asks.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Exec {
+        socket: PathBuf,
+        command: Vec<String>,
+    },
+    Http {
+        netns: PathBuf,
+        addr: SocketAddr,
+        path: String,
+        host: String,
+    },
+    Tcp {
+        netns: PathBuf,
+        addr: SocketAddr,
+    },
+    /// A probe Tug cannot run, always failing with this message.
+    Unsupported(String),
+}
+
+fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} out of range")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
+            .ok_or_else(|| format!("the container has no port named {name:?}")),
+    }
+}
+
+/// What `probe` of container `c` checks, for a pod at `ip` with `netns`.
+pub fn check(c: &Container, probe: &Probe, ip: std::net::Ipv4Addr, netns: &Path, socket: &Path) -> Check {
+    if let Some(e) = &probe.exec {
+        return Check::Exec { socket: socket.to_path_buf(), command: e.command.clone() };
+    }
+    let host_ip = |h: &Option<String>| h.as_deref().and_then(|h| h.parse().ok()).unwrap_or(ip);
+    if let Some(h) = &probe.http_get {
+        if h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+            return Check::Unsupported("httpGet with scheme HTTPS is not supported by tug-agent yet".into());
+        }
+        return match port(c, &h.port) {
+            Ok(p) => Check::Http {
+                netns: netns.to_path_buf(),
+                addr: SocketAddr::from((host_ip(&h.host), p)),
+                path: h.path.clone().unwrap_or_else(|| "/".into()),
+                host: h.host.clone().unwrap_or_else(|| ip.to_string()),
+            },
+            Err(e) => Check::Unsupported(e),
+        };
+    }
+    if let Some(t) = &probe.tcp_socket {
+        return match port(c, &t.port) {
+            Ok(p) => Check::Tcp { netns: netns.to_path_buf(), addr: SocketAddr::from((host_ip(&t.host), p)) },
+            Err(e) => Check::Unsupported(e),
+        };
+    }
+    Check::Unsupported("the probe names no action (exec, httpGet or tcpSocket)".into())
+}
+
+/// Runs one check: Ok(()) on success, Err(why) on failure.
+pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
+    match check {
+        Check::Exec { socket, command } => {
+            let client =
+                tug_shim::supervisor::protocol::Client::connect(socket).map_err(|e| e.to_string())?;
+            let process = json!({"args": command, "cwd": "/", "terminal": false,
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]});
+            let (_, mut stream) = client.exec(process).map_err(|e| e.to_string())?;
+            stream.set_timeout(Some(timeout));
+            let out = stream.collect().map_err(|e| format!("timed out or failed: {e}"))?;
+            match out.exit {
+                Some(e) if e.code == 0 => Ok(()),
+                Some(e) => {
+                    Err(format!("exit code {}: {}", e.code, String::from_utf8_lossy(&out.stdout).trim()))
+                }
+                None => Err("the probe's process did not report an exit".into()),
+            }
+        }
+        Check::Http { netns, addr, path, host } => {
+            let (addr, path, host) = (*addr, path.clone(), host.clone());
+            netns::run_in(Some(netns), move || -> Result<(), String> {
+                let mut s =
+                    TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial {addr}: {e}"))?;
+                s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+                let req = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/tug\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+                let mut head = [0u8; 64];
+                let n = s.read(&mut head).map_err(|e| format!("reading the answer: {e}"))?;
+                let line = String::from_utf8_lossy(&head[..n]);
+                let code: u16 =
+                    line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP answer")?;
+                if (200..400).contains(&code) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP probe failed with statuscode: {code}"))
+                }
+            })?
+        }
+        Check::Tcp { netns, addr } => {
+            let addr = *addr;
+            netns::run_in(Some(netns), move || {
+                TcpStream::connect_timeout(&addr, timeout)
+                    .map(drop)
+                    .map_err(|e| format!("dial tcp {addr}: {e}"))
+            })?
+        }
+        Check::Unsupported(m) => Err(m.clone()),
+    }
+}
+
+/// A container's probes, each with its check and settings.
+pub struct Probes {
+    pub startup: Option<(Check, Settings)>,
+    pub liveness: Option<(Check, Settings)>,
+    pub readiness: Option<(Check, Settings)>,
+}
+
+impl Probes {
+    pub fn any(&self) -> bool {
+        self.startup.is_some() || self.liveness.is_some() || self.readiness.is_some()
+    }
+}
+
+async fn once(check: &Check, s: &Settings) -> Result<(), String> {
+    let (c, t) = (check.clone(), s.timeout);
+    tokio::task::spawn_blocking(move || run(&c, t)).await.map_err(|e| e.to_string())?
+}
+
+/// Runs a container's probes until `state.stop`; pokes the worker through `tx` when the
+/// container must restart or its readiness changed.
+pub async fn prober(
+    name: String,
+    probes: Probes,
+    state: Arc<ProbeState>,
+    tx: mpsc::UnboundedSender<super::Msg>,
+) {
+    let stopped = || state.stop.load(Ordering::Relaxed);
+    if let Some((check, s)) = &probes.startup {
+        tokio::time::sleep(s.initial_delay).await;
+        let mut t = Tracker::default();
+        loop {
+            if stopped() {
+                return;
+            }
+            let r = once(check, s).await;
+            match t.record(r.is_ok(), s) {
+                Some(true) => break,
+                Some(false) => {
+                    eprintln!(
+                        "tug-agent: container {name}: startup probe failed: {}",
+                        r.err().unwrap_or_default()
+                    );
+                    state.failed.store(true, Ordering::Relaxed);
+                    let _ = tx.send(super::Msg::Tick);
+                    return;
+                }
+                None => {}
+            }
+            tokio::time::sleep(s.period).await;
+        }
+    }
+    state.started.store(true, Ordering::Relaxed);
+    if probes.readiness.is_none() {
+        state.ready.store(true, Ordering::Relaxed);
+    }
+    let _ = tx.send(super::Msg::Tick);
+    let start = tokio::time::Instant::now();
+    let mut next_live = probes.liveness.as_ref().map(|(_, s)| start + s.initial_delay);
+    let mut next_ready = probes.readiness.as_ref().map(|(_, s)| start + s.initial_delay);
+    let (mut live_t, mut ready_t) = (Tracker::default(), Tracker::default());
+    loop {
+        let due = match (next_live, next_ready) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return,
+        };
+        tokio::time::sleep_until(due).await;
+        if stopped() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if let (Some(at), Some((check, s))) = (next_live, &probes.liveness)
+            && at <= now
+        {
+            let r = once(check, s).await;
+            if live_t.record(r.is_ok(), s) == Some(false) {
+                eprintln!(
+                    "tug-agent: container {name}: liveness probe failed: {}",
+                    r.err().unwrap_or_default()
+                );
+                state.failed.store(true, Ordering::Relaxed);
+                let _ = tx.send(super::Msg::Tick);
+                return;
+            }
+            next_live = Some(now + s.period);
+        }
+        if let (Some(at), Some((check, s))) = (next_ready, &probes.readiness)
+            && at <= now
+        {
+            let r = once(check, s).await;
+            if let Some(v) = ready_t.record(r.is_ok(), s) {
+                state.ready.store(v, Ordering::Relaxed);
+                let _ = tx.send(super::Msg::Tick);
+            }
+            next_ready = Some(now + s.period);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kubernetes() {
+        let s = settings(&Probe::default());
+        assert_eq!(
+            s,
+            Settings {
+                initial_delay: Duration::ZERO,
+                period: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                success_threshold: 1,
+                failure_threshold: 3,
+            }
+        );
+    }
+
+    #[test]
+    fn thresholds_decide() {
+        let s = Settings { success_threshold: 2, failure_threshold: 3, ..settings(&Probe::default()) };
+        let mut t = Tracker::default();
+        assert_eq!(t.record(true, &s), None);
+        assert_eq!(t.record(true, &s), Some(true));
+        assert_eq!(t.record(false, &s), None);
+        assert_eq!(t.record(false, &s), None);
+        assert_eq!(t.record(true, &s), None, "a success resets the failure run");
+        assert_eq!(t.record(false, &s), None);
+        assert_eq!(t.record(false, &s), None);
+        assert_eq!(t.record(false, &s), Some(false));
+        assert_eq!(t.verdict, Some(false));
+    }
+
+    #[test]
+    fn named_ports_resolve() {
+        let c: Container = serde_json::from_value(json!({"name": "c", "image": "x",
+            "ports": [{"name": "http", "containerPort": 8080}]}))
+        .unwrap();
+        assert_eq!(port(&c, &IntOrString::String("http".into())), Ok(8080));
+        assert!(port(&c, &IntOrString::String("grpc".into())).is_err());
+        let probe: Probe =
+            serde_json::from_value(json!({"httpGet": {"port": "http", "path": "/healthz"}})).unwrap();
+        let ip = "10.0.0.2".parse().unwrap();
+        match check(&c, &probe, ip, Path::new("/ns"), Path::new("/s")) {
+            Check::Http { addr, path, .. } => {
+                assert_eq!((addr.to_string(), path.as_str()), ("10.0.0.2:8080".into(), "/healthz"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
