@@ -404,8 +404,13 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
         } else if !vnames.insert(v.name.clone()) {
             e.add(format!("{vpath}.name"), format!("Duplicate value: {:?}", v.name));
         }
-        let sources =
-            [v.empty_dir.is_some(), v.config_map.is_some(), v.secret.is_some(), v.host_path.is_some()];
+        let sources = [
+            v.empty_dir.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+            v.host_path.is_some(),
+            v.downward_api.is_some(),
+        ];
         match sources.iter().filter(|s| **s).count() {
             0 => e.add(vpath, "Required value: must specify a volume type"),
             1 => {}

@@ -312,6 +312,9 @@ spec:
     image: tug.local/busybox-httpd:1
     imagePullPolicy: Never
     command: ["/bin/sh", "-c", "touch /tmp/healthy; sleep 4; rm /tmp/healthy; exec sleep 600"]
+    readinessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
     livenessProbe:
       exec: {command: ["cat", "/tmp/healthy"]}
       periodSeconds: 1
@@ -328,12 +331,10 @@ spec:
         .unwrap()
         .clone();
     assert_eq!(web["ready"], false, "not ready before its probes passed: {web:#}");
-    wait_pod(&cp, &agent, "probed", 30, "web ready", |p| {
-        p["status"]["containerStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["name"] == "web" && c["ready"] == true)
+    // httpGet and exec probes that pass make both ready.
+    wait_pod(&cp, &agent, "probed", 30, "web and flaky ready", |p| {
+        let s = p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+        s.len() == 2 && s.iter().all(|c| c["ready"] == true && c["restartCount"] == 0)
     });
     // The liveness probe fails once /tmp/healthy is gone: the container restarts.
     let pod = wait_pod(&cp, &agent, "probed", 60, "flaky restarted by its liveness probe", |p| {
@@ -347,4 +348,117 @@ spec:
         pod["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "flaky").unwrap();
     assert!(flaky["lastState"]["terminated"]["exitCode"].as_i64().unwrap() != 0, "{flaky:#}");
     assert!(agent.log().contains("liveness probe failed"), "{}", agent.log());
+}
+
+/// Runs `argv` in container `id` of the agent (through its supervisor): stdout and exit code.
+fn exec_in(agent: &Agent, id: &str, argv: &[&str]) -> (String, i32) {
+    use tug_shim::supervisor::protocol::Client;
+    let socket = agent.state_dir().join("runtime/supervisors").join(id).join("control.sock");
+    let c = Client::connect(&socket).expect("supervisor");
+    let (_, mut stream) = c
+        .exec(serde_json::json!({"args": argv, "cwd": "/", "env": ["PATH=/bin"], "terminal": false,
+            "user": {"uid": 0, "gid": 0}}))
+        .expect("exec");
+    let out = stream.collect().expect("collect");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.exit.map_or(-1, |e| e.code))
+}
+
+#[test]
+fn volumes_project_config_secrets_and_pod_fields_and_follow_updates() {
+    let (_cluster, cp, agent) = setup();
+    let host_dir = tempfile::Builder::new().prefix("tug-hostpath").tempdir().unwrap();
+    std::fs::write(host_dir.path().join("from-host"), "host file\n").unwrap();
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{color: blue, size: large}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{token: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: vols, labels: {{app: vols}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: cfg, configMap: {{name: settings, items: [{{key: color, path: colour}}]}}}}
+  - {{name: sec, secret: {{secretName: creds, defaultMode: 0o400}}}}
+  - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}, {{path: name, fieldRef: {{fieldPath: metadata.name}}}}]}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
+  - {{name: host, hostPath: {{path: "{host}", type: Directory}}}}
+  containers:
+  - name: a
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo from-a > /scratch/shared; exec sleep 600"]
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: sec, mountPath: /sec, readOnly: true}}
+    - {{name: info, mountPath: /info}}
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: host, mountPath: /host, readOnly: true}}
+  - name: b
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    volumeMounts:
+    - {{name: scratch, mountPath: /data}}
+"#,
+            host = host_dir.path().display()
+        ),
+    );
+    let pod = wait_pod(&cp, &agent, "vols", 60, "Running", |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["ready"] == true))
+    });
+    let id = |name: &str| {
+        let s = pod["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        s["containerID"].as_str().unwrap().trim_start_matches("tug://").to_string()
+    };
+    let (a, b) = (id("a"), id("b"));
+    assert_eq!(exec_in(&agent, &a, &["cat", "/cfg/colour"]).0, "blue");
+    assert_eq!(
+        exec_in(&agent, &a, &["ls", "/cfg"]).0.split_whitespace().collect::<Vec<_>>(),
+        ["colour"],
+        "only the listed item"
+    );
+    assert_eq!(exec_in(&agent, &a, &["cat", "/sec/token"]).0, "s3cret");
+    assert_eq!(exec_in(&agent, &a, &["stat", "-L", "-c", "%a", "/sec/token"]).0.trim(), "400");
+    assert_eq!(exec_in(&agent, &a, &["cat", "/info/name"]).0, "vols");
+    assert_eq!(exec_in(&agent, &a, &["cat", "/info/labels"]).0, "app=\"vols\"\n");
+    assert_eq!(exec_in(&agent, &a, &["cat", "/host/from-host"]).0, "host file\n");
+    assert_ne!(exec_in(&agent, &a, &["touch", "/host/nope"]).1, 0, "a readOnly mount refuses writes");
+    let shared =
+        wait_for(Duration::from_secs(10), || exec_in(&agent, &b, &["cat", "/data/shared"]).0 == "from-a\n");
+    assert!(shared, "an emptyDir is shared between the pod's containers");
+    let mounts = exec_in(&agent, &a, &["cat", "/proc/mounts"]).0;
+    assert!(mounts.lines().any(|l| l.contains(" /mem tmpfs ") && l.contains("size=8192k")), "{mounts}");
+    assert!(mounts.lines().any(|l| l.contains(" /sec tmpfs ")), "secrets live on a tmpfs: {mounts}");
+    // An update of the ConfigMap reaches the running container.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {color: green, size: large}\n",
+    );
+    let updated =
+        wait_for(Duration::from_secs(30), || exec_in(&agent, &a, &["cat", "/cfg/colour"]).0 == "green");
+    assert!(updated, "the configMap volume did not follow the update:\n{}", agent.log());
+    assert!(cp.tug(&["delete", "pod", "vols"]).status.success());
+    assert!(wait_for(Duration::from_secs(30), || agent.containers().is_empty()), "{}", agent.log());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(agent.state_dir().to_str().unwrap()), "a volume is still mounted");
 }

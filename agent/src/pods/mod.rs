@@ -11,6 +11,7 @@ pub mod plan;
 pub mod probe;
 pub mod record;
 pub mod spec;
+pub mod volumes;
 
 use crate::api;
 use crate::config::Config;
@@ -190,6 +191,21 @@ pub async fn worker(
             adopted = true;
         }
         refresh(&ctx, &mut rec);
+        if let Some(p) = &pod
+            && rec.ip.is_some()
+            && p.spec
+                .volumes
+                .iter()
+                .any(|v| v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some())
+            && rec.containers.values().any(|c| matches!(c.state, State::Running { .. }))
+        {
+            // ConfigMaps and Secrets that changed reach running containers' files.
+            let host_ip = ctx.cfg.node_ip.to_string();
+            let ip = rec.ip.clone().unwrap_or_default();
+            if let Err(e) = volumes::prepare(&ctx.api, p, &ctx.pod_dir(&rec.uid), &ip, &host_ip).await {
+                eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+            }
+        }
         if let Some(p) = &pod {
             probes(&ctx, p, &mut rec, &tx);
             if restart_unhealthy(&ctx, &mut rec).await {
@@ -323,8 +339,9 @@ fn probes(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, tx: &mpsc::UnboundedSe
         }
         let Some((spec, _)) = find_container(pod, name) else { continue };
         let socket = ctx.supervisor_socket(&id);
+        let bundle = ctx.bundle_dir(&id);
         let mk = |p: &Option<tug_api::kinds::pod::Probe>| {
-            p.as_ref().map(|p| (probe::check(spec, p, ip, &netns, &socket), probe::settings(p)))
+            p.as_ref().map(|p| (probe::check(spec, p, ip, &netns, &socket, &bundle), probe::settings(p)))
         };
         let set = probe::Probes {
             startup: mk(&spec.startup_probe),
@@ -506,8 +523,13 @@ async fn launch(
         pod_dir: ctx.pod_dir(&rec.uid),
         cgroup: ctx.cgroup(&rec.uid),
     };
+    let host_ip = ctx.cfg.node_ip.to_string();
+    let vols = volumes::prepare(&ctx.api, pod, &sandbox.pod_dir, rec.ip.as_deref().unwrap_or(""), &host_ip)
+        .await
+        .map_err(|e| ("CreateContainerConfigError", e))?;
+    let vmounts = volumes::mounts(c, &vols).map_err(|e| ("CreateContainerConfigError", e))?;
     let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
-    let oci = spec::oci_spec(pod, c, config, &rootfs, &sandbox, id, resolved, seccomp)
+    let oci = spec::oci_spec(pod, c, config, &rootfs, &sandbox, id, resolved, vmounts, seccomp)
         .map_err(|e| ("CreateContainerConfigError", e))?;
     let bundle = ctx.bundle_dir(id);
     std::fs::create_dir_all(&bundle)
@@ -600,6 +622,7 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     if let Err(e) = ctx.net.remove_pod(&short(&rec.uid)).await {
         eprintln!("tug-agent: pod {}/{}: removing its network: {e}", rec.namespace, rec.name);
     }
+    volumes::unmount_all(&ctx.pod_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(ctx.pod_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(
         ctx.cfg.logs_dir().join(format!("{}_{}_{}", rec.namespace, rec.name, rec.uid)),

@@ -88,9 +88,10 @@ impl Tracker {
 /// Where a probe connects and what it asks.
 #[derive(Debug, Clone)]
 pub enum Check {
+    /// `process` is the container's own (user, env, cwd) with the probe's command.
     Exec {
         socket: PathBuf,
-        command: Vec<String>,
+        process: serde_json::Value,
     },
     Http {
         netns: PathBuf,
@@ -118,10 +119,35 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
     }
 }
 
-/// What `probe` of container `c` checks, for a pod at `ip` with `netns`.
-pub fn check(c: &Container, probe: &Probe, ip: std::net::Ipv4Addr, netns: &Path, socket: &Path) -> Check {
+/// The process of an exec into a container: the container's own user, environment and
+/// working directory (from its bundle's `config.json`) with `argv`.
+pub fn exec_process(bundle: &Path, argv: &[String]) -> serde_json::Value {
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut p = spec["process"].clone();
+    if !p.is_object() {
+        p = json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]});
+    }
+    p["args"] = json!(argv);
+    p["terminal"] = json!(false);
+    p
+}
+
+/// What `probe` of container `c` checks, for a pod at `ip` with `netns`; `bundle` is the
+/// container's bundle directory.
+pub fn check(
+    c: &Container,
+    probe: &Probe,
+    ip: std::net::Ipv4Addr,
+    netns: &Path,
+    socket: &Path,
+    bundle: &Path,
+) -> Check {
     if let Some(e) = &probe.exec {
-        return Check::Exec { socket: socket.to_path_buf(), command: e.command.clone() };
+        return Check::Exec { socket: socket.to_path_buf(), process: exec_process(bundle, &e.command) };
     }
     let host_ip = |h: &Option<String>| h.as_deref().and_then(|h| h.parse().ok()).unwrap_or(ip);
     if let Some(h) = &probe.http_get {
@@ -150,12 +176,10 @@ pub fn check(c: &Container, probe: &Probe, ip: std::net::Ipv4Addr, netns: &Path,
 /// Runs one check: Ok(()) on success, Err(why) on failure.
 pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
     match check {
-        Check::Exec { socket, command } => {
+        Check::Exec { socket, process } => {
             let client =
                 tug_shim::supervisor::protocol::Client::connect(socket).map_err(|e| e.to_string())?;
-            let process = json!({"args": command, "cwd": "/", "terminal": false,
-                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]});
-            let (_, mut stream) = client.exec(process).map_err(|e| e.to_string())?;
+            let (_, mut stream) = client.exec(process.clone()).map_err(|e| e.to_string())?;
             stream.set_timeout(Some(timeout));
             let out = stream.collect().map_err(|e| format!("timed out or failed: {e}"))?;
             match out.exit {
@@ -344,7 +368,7 @@ mod tests {
         let probe: Probe =
             serde_json::from_value(json!({"httpGet": {"port": "http", "path": "/healthz"}})).unwrap();
         let ip = "10.0.0.2".parse().unwrap();
-        match check(&c, &probe, ip, Path::new("/ns"), Path::new("/s")) {
+        match check(&c, &probe, ip, Path::new("/ns"), Path::new("/s"), Path::new("/b")) {
             Check::Http { addr, path, .. } => {
                 assert_eq!((addr.to_string(), path.as_str()), ("10.0.0.2:8080".into(), "/healthz"))
             }

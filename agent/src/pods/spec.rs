@@ -280,6 +280,7 @@ pub fn oci_spec(
     sandbox: &Sandbox,
     container_id: &str,
     resolved_env: &[(String, String)],
+    volume_mounts: Vec<Value>,
     seccomp: impl Fn(&[String]) -> Value,
 ) -> Result<Value, String> {
     let args = argv(c, image)?;
@@ -312,6 +313,7 @@ pub fn oci_spec(
             );
         }
     }
+    mounts.extend(volume_mounts);
     let caps_json = json!(caps);
     let mut linux = json!({
         "cgroupsPath": format!("{}/{container_id}", sandbox.cgroup),
