@@ -9,7 +9,7 @@ use tug_agent::config::{Config, parse_labels, parse_taints};
 
 /// The node agent: registers this host as a node and runs the pods bound to it.
 #[derive(Parser)]
-#[command(name = "tug-agent", version, about)]
+#[command(name = "tug-agent", version, about, args_override_self = true)]
 struct Args {
     /// The control plane's Unix socket, on this host.
     #[arg(long, conflicts_with = "server")]
