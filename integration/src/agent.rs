@@ -23,13 +23,21 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent named `name` on `node`, joined to `cp` through its socket.
     pub fn start(cp: &ControlPlane, node: &cluster::Node, name: &str, extra: &[&str]) -> Agent {
+        Agent::start_with(&["--socket".into(), cp.socket().display().to_string()], node, name, extra)
+    }
+
+    /// Starts an agent that joins a control plane over TLS with its join token.
+    pub fn start_remote(url: &str, token: &str, node: &cluster::Node, name: &str, extra: &[&str]) -> Agent {
+        Agent::start_with(&["--server".into(), url.into(), "--token".into(), token.into()], node, name, extra)
+    }
+
+    fn start_with(connect: &[String], node: &cluster::Node, name: &str, extra: &[&str]) -> Agent {
         let dir = tempfile::Builder::new().prefix("tug-agent-").tempdir().expect("agent dir");
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let cgroup_parent = format!("tug-it-agent-{}-{n}", std::process::id());
         let p = |s: &str| dir.path().join(s).display().to_string();
-        let mut args: Vec<String> = vec![
-            "--socket".into(),
-            cp.socket().display().to_string(),
+        let mut args: Vec<String> = connect.to_vec();
+        args.extend([
             "--node-name".into(),
             name.into(),
             "--state-dir".into(),
@@ -50,7 +58,7 @@ impl Agent {
             "2s".into(),
             "--shim".into(),
             crate::bundle::shim_binary().display().to_string(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let _ = crate::bins::path("tug-agent", "tug-supervisor");
         let mut a = Agent { dir, name: name.into(), cgroup_parent, args, child: None };
@@ -174,8 +182,18 @@ impl Agent {
                     .is_err()
             });
         }
-        for e in std::fs::read_dir(self.image_root().join("snapshots")).into_iter().flatten().flatten() {
-            let _ = nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        // Every mount under the agent's directory (rootfs overlays, tmpfs volumes, pinned
+        // namespaces), deepest first.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         for e in std::fs::read_dir(self.netns_dir()).into_iter().flatten().flatten() {
             let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);

@@ -462,3 +462,33 @@ spec:
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(agent.state_dir().to_str().unwrap()), "a volume is still mounted");
 }
+
+#[test]
+fn an_agent_joins_a_remote_control_plane_with_the_token() {
+    let port = tug_integration::images::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cp = ControlPlane::start_with(&["--listen", &addr]);
+    let token =
+        cp.log().split_whitespace().find(|w| w.starts_with("tug::")).expect("the join token").to_string();
+    let cluster = Cluster::new(1).expect("cluster");
+    let bad = Agent::start_remote(
+        &format!("https://{addr}"),
+        &format!("{}::wrong", token.rsplit_once("::").unwrap().0),
+        &cluster.nodes[0],
+        "tug-it-bad",
+        &[],
+    );
+    let refused = wait_for(Duration::from_secs(20), || bad.log().contains("the join token is not valid"));
+    assert!(refused, "a wrong token must be refused: {}", bad.log());
+    drop(bad);
+    let agent =
+        Agent::start_remote(&format!("https://{addr}"), &token, &cluster.nodes[0], "tug-it-remote", &[]);
+    agent.import_example_image();
+    let ok = wait_for(Duration::from_secs(30), || get(&cp, &["node", "tug-it-remote"]).is_some());
+    assert!(ok, "the remote agent did not register:\n{}", agent.log());
+    assert!(agent.state_dir().join("credentials/client.crt").exists());
+    apply(&cp, WEB);
+    wait_pod(&cp, &agent, "web", 60, "Running through a TLS-joined agent", |p| {
+        p["status"]["phase"] == "Running"
+    });
+}
