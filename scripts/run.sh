@@ -22,25 +22,57 @@ else
     TUG_SOCKET=$socket "$bin/tug" version >/dev/null || { echo "make run: tug-scheduler did not start; see $log" >&2; exit 1; }
     echo "make run: started tug-scheduler (pid $(cat "$pidfile"), store $data, log $log)"
 fi
-# The example app's image, built offline from busybox-static and imported into the node's store.
+# The example image, built offline from busybox-static and imported into the node's store.
 bash scripts/example-image.sh target/example-image >/dev/null
 "$bin/tug" image import target/example-image
+
+# The node agent on this host.
+agent_pid=/run/tug/tug-agent.pid
+agent_log=/var/log/tug-agent.log
+if [ -f "$agent_pid" ] && kill -0 "$(cat "$agent_pid")" 2>/dev/null; then
+    echo "make run: tug-agent is already running (pid $(cat "$agent_pid"))"
+else
+    setsid "$bin/tug-agent" --socket "$socket" </dev/null >>"$agent_log" 2>&1 &
+    echo $! > "$agent_pid"
+    node=$(hostname)
+    for _ in $(seq 100); do
+        TUG_SOCKET=$socket "$bin/tug" get node "$node" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    TUG_SOCKET=$socket "$bin/tug" get node "$node" >/dev/null 2>&1 \
+        || { echo "make run: tug-agent did not register; see $agent_log" >&2; exit 1; }
+    echo "make run: started tug-agent (pid $(cat "$agent_pid"), node $node, log $agent_log)"
+fi
+
+TUG_SOCKET=$socket "$bin/tug" apply -f examples/hello-pod.yaml
 TUG_SOCKET=$socket "$bin/tug" apply -f examples/web.yaml
+ip=""
+for _ in $(seq 150); do
+    ip=$(TUG_SOCKET=$socket "$bin/tug" get pod hello -o json 2>/dev/null \
+        | sed -n 's/.*"podIP": *"\([0-9.]*\)".*/\1/p' | head -1)
+    ready=$(TUG_SOCKET=$socket "$bin/tug" get pod hello 2>/dev/null | awk 'NR==2 {print $2}')
+    [ -n "$ip" ] && [ "$ready" = "1/1" ] && break
+    sleep 0.2
+done
 
 cat <<EOM
 
-The control plane is up on $socket and holds the example app (examples/web.yaml).
+A single-node cluster runs here: tug-scheduler on $socket, tug-agent as node $(hostname).
+The pod "hello" (examples/hello-pod.yaml) answers at http://$ip:8080/ :
+
+  curl http://$ip:8080/
+
 Use it with the CLI:
 
   export PATH=$bin:\$PATH
-  tug get deploy; tug get svc
-  tug describe deploy web
-  tug apply -f YOUR.yaml
+  tug get nodes; tug get pods -o wide
+  tug describe pod hello
+  tug apply -f YOUR.yaml            # Pods run; see README for what else works today
   tug image ls                      # the node's images (tug.local/busybox-httpd:1 is the example's)
   tug image pull busybox:1.36       # from a registry; tug image import FILE for archives
 
-Not there yet, so nothing runs the app's pods: tug-agent (the node agent), the scheduler and
-the controllers are open issues. The OCI runtime works on its own: $bin/tug-shim run --bundle DIR ID.
+Not there yet: the controllers (the Deployment in examples/web.yaml is stored but makes no
+pods), services, and tug logs/exec through the agent.
 
-Stop the control plane: kill \$(cat $pidfile)
+Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello first)
 EOM

@@ -134,6 +134,13 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
     assert!(gone, "the pod left something: containers {:?}\n{}", agent.containers(), agent.log());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(agent.image_root().to_str().unwrap()), "a rootfs is still mounted");
+    let pod_cgroups: Vec<_> = tug_integration::bundle::own_cgroup_dirs_all_hierarchies()
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d.join(&agent.cgroup_parent)).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
 }
 
 #[test]

@@ -87,7 +87,21 @@ fn default_ip() -> Result<Ipv4Addr, String> {
             return words.next().and_then(|a| a.parse().ok()).ok_or_else(|| "ip route get: no src".into());
         }
     }
-    Err("no default route to take the node's address from: give --node-ip".into())
+    // No default route: the first global address of any interface.
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .map_err(|e| format!("ip addr: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "inet")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .ok_or_else(|| {
+            "no default route or global address to take the node's address from: give --node-ip".into()
+        })
 }
 
 /// How to reach the control plane: its local socket, or a remote URL with a join token.

@@ -622,6 +622,12 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     if let Err(e) = ctx.net.remove_pod(&short(&rec.uid)).await {
         eprintln!("tug-agent: pod {}/{}: removing its network: {e}", rec.namespace, rec.name);
     }
+    // The pod's own cgroup (its containers' went with them), in every hierarchy.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for h in tug_shim::cgroups::layout::Layout::parse(&mountinfo, &own).hierarchies {
+        let _ = std::fs::remove_dir(h.own_dir().join(ctx.cgroup(&rec.uid)));
+    }
     volumes::unmount_all(&ctx.pod_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(ctx.pod_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(
