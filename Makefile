@@ -8,7 +8,7 @@ PROBE := target/$(TRIPLE)/release/tug-probe
 # `make bench AREA=runtime` runs one area; empty runs them all.
 AREA ?=
 
-.PHONY: all deps build release probe static lint unit test bench run vm-test clean
+.PHONY: all deps build release probe static lint unit test bench run vm-test clean install uninstall
 
 all: build
 
@@ -60,6 +60,13 @@ bench: deps release probe
 ## run: a single-node cluster on this host.
 run: deps release probe
 	@bash scripts/run.sh
+
+## install: binaries, systemd units, /etc/tug, state directories (DESTDIR, PREFIX honoured).
+install: release
+	@bash scripts/install.sh
+
+uninstall:
+	@bash scripts/install.sh --uninstall
 
 clean:
 	$(CARGO) clean

@@ -25,6 +25,7 @@ packages=(
     xz-utils          # unpacking the guest kernel
     cpio              # packing the guest initramfs
     curl              # anonymous TLS requests in the control-plane tests
+    systemd           # systemd-analyze verifies the units make install writes
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -14,8 +14,14 @@ use tug_scheduler::tls;
 
 /// Tug's control plane: the API server and its store.
 #[derive(Parser, Debug)]
-#[command(name = "tug-scheduler", version = tug_api::VERSION, about)]
+#[command(name = "tug-scheduler", version = tug_api::VERSION, about, args_override_self = true)]
 struct Flags {
+    /// A TOML file of settings: the keys are these flags' long names; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (flags, file and defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     /// The Unix socket users and local agents connect to.
     #[arg(long, default_value = "/run/tug/tug.sock")]
     socket: PathBuf,
@@ -64,8 +70,32 @@ enum Backend {
     Etcd,
 }
 
+/// The flags, with the `--config` file's settings under them.
+fn flags() -> Result<Flags, std::process::ExitCode> {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Flags::command();
+    let argv = match tug_config::expand(&cmd, std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return Err(std::process::ExitCode::from(2));
+        }
+    };
+    let m = cmd.clone().try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let flags = Flags::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    if flags.print_config {
+        print!("{}", tug_config::print(&cmd, &m));
+        return Err(std::process::ExitCode::SUCCESS);
+    }
+    Ok(flags)
+}
+
 fn main() -> std::process::ExitCode {
-    match run(Flags::parse()) {
+    let flags = match flags() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    match run(flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");

@@ -11,6 +11,12 @@ use tug_agent::config::{Config, parse_labels, parse_taints};
 #[derive(Parser)]
 #[command(name = "tug-agent", version, about, args_override_self = true)]
 struct Args {
+    /// A TOML file of settings: the keys are these flags' long names; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (flags, file and defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     /// The control plane's Unix socket, on this host.
     #[arg(long, conflicts_with = "server")]
     socket: Option<PathBuf>,
@@ -151,7 +157,22 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
 }
 
 fn main() -> ExitCode {
-    let (cfg, conn) = match config(Args::parse()) {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Args::command();
+    let argv = match tug_config::expand(&cmd, std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tug-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let m = cmd.clone().try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let args = Args::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    if args.print_config {
+        print!("{}", tug_config::print(&cmd, &m));
+        return ExitCode::SUCCESS;
+    }
+    let (cfg, conn) = match config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tug-agent: {e}");
