@@ -289,6 +289,18 @@ spec:
     wait_pod(&cp, &agent, "anonymous", 30, "ImagePullBackOff on the retry", |p| {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
     });
+    // The pulls are told as Events, kubelet's way.
+    let events = get(&cp, &["events"]).expect("events");
+    let has = |pod: &str, reason: &str, text: &str| {
+        events["items"].as_array().into_iter().flatten().any(|e| {
+            e["involvedObject"]["name"] == pod
+                && e["reason"] == reason
+                && e["message"].as_str().unwrap_or("").contains(text)
+        })
+    };
+    assert!(has("authorized", "Pulling", "Pulling image"), "{events:#}");
+    assert!(has("authorized", "Pulled", "Successfully pulled image"), "{events:#}");
+    assert!(has("anonymous", "Failed", "Not authorized"), "{events:#}");
 }
 
 #[test]

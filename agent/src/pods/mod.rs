@@ -453,13 +453,40 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             return;
         }
     };
+    let present = policy != PullPolicy::Always && ctx.store.find(&c.image).ok().flatten().is_some();
+    let event = |type_: &'static str, reason: &'static str, message: String| {
+        let (api, node) = (ctx.api.clone(), ctx.cfg.node_name.clone());
+        let (ns, name, uid) = (rec.namespace.clone(), rec.name.clone(), rec.uid.clone());
+        tokio::spawn(async move {
+            api::pod_event(&api, &node, (&ns, &name, &uid), type_, reason, &message).await
+        });
+    };
+    if !present && policy != PullPolicy::Never {
+        event("Normal", "Pulling", format!("Pulling image \"{}\"", c.image));
+    }
+    let pull_started = std::time::Instant::now();
     let image = match ctx.puller.ensure(&c.image, policy, creds).await {
         Ok(i) => i,
         Err(e) => {
+            event("Warning", "Failed", format!("Failed to pull image \"{}\": {}", c.image, e.message));
+            let entry = rec.containers.get_mut(name).expect("entry");
             plan::failed_start(entry, e.reason, &e.message, now_ms());
             return;
         }
     };
+    if !present && policy != PullPolicy::Never {
+        event(
+            "Normal",
+            "Pulled",
+            format!(
+                "Successfully pulled image \"{}\" in {:.3}s. Image size: {} bytes.",
+                c.image,
+                pull_started.elapsed().as_secs_f64(),
+                image.size
+            ),
+        );
+    }
+    let entry = rec.containers.get_mut(name).expect("entry");
     entry.image_id = image.digest.clone();
     let config = match ctx.store.config(&image) {
         Ok(c) => c,
