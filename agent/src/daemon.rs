@@ -190,6 +190,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     for d in [cfg.pods_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.state_dir.join("bundles")] {
         std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
+    let pods_cgroup = crate::cgroup::place_self(&cfg.cgroup_parent)?;
     let pod_cidr = register(&api, &cfg).await?;
     eprintln!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);
     let mut ncfg = NodeConfig::new(&cfg.node_name, cfg.node_ip, pod_cidr, &cfg.state_dir);
@@ -199,8 +200,15 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     let net = NodeNetwork::setup(ncfg).await?;
     let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
     let puller = tug_images::Puller::new(Arc::clone(&store), cfg.insecure_registries.clone());
-    let ctx =
-        Arc::new(Ctx { cfg: cfg.clone(), api: api.clone(), net, store, puller, probes: Default::default() });
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        api: api.clone(),
+        net,
+        store,
+        puller,
+        pods_cgroup,
+        probes: Default::default(),
+    });
 
     // What a previous run left: workers for every recorded pod, nothing for the rest.
     let records = PodRecord::load_all(&cfg.pods_dir());

@@ -8,6 +8,7 @@
 //! - [`api`]: calls to the control plane.
 
 pub mod api;
+pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod network;

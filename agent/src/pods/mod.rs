@@ -34,6 +34,9 @@ pub struct Ctx {
     pub net: NodeNetwork,
     pub store: Arc<Store>,
     pub puller: Arc<Puller>,
+    /// Where pods' cgroups go: `cfg.cgroup_parent` relative to the agent's cgroup, or an
+    /// absolute path on a pure v2 host (see [`crate::cgroup`]).
+    pub pods_cgroup: String,
     /// The probe results of every container with probes, by container id.
     pub probes: std::sync::Mutex<std::collections::HashMap<String, Arc<probe::ProbeState>>>,
 }
@@ -93,7 +96,7 @@ impl Ctx {
     }
 
     fn cgroup(&self, uid: &str) -> String {
-        format!("{}/pod{}", self.cfg.cgroup_parent, short(uid))
+        format!("{}/pod{}", self.pods_cgroup, short(uid))
     }
 
     fn shim(&self) -> std::process::Command {
@@ -653,7 +656,12 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     for h in tug_shim::cgroups::layout::Layout::parse(&mountinfo, &own).hierarchies {
-        let _ = std::fs::remove_dir(h.own_dir().join(ctx.cgroup(&rec.uid)));
+        let cg = ctx.cgroup(&rec.uid);
+        let _ = match cg.strip_prefix('/') {
+            // An absolute path is under the hierarchy's mount, not the agent's own cgroup.
+            Some(abs) => std::fs::remove_dir(h.mount_point.join(abs)),
+            None => std::fs::remove_dir(h.own_dir().join(&cg)),
+        };
     }
     volumes::unmount_all(&ctx.pod_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(ctx.pod_dir(&rec.uid));

@@ -247,13 +247,25 @@ fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// On a pure v2 host, enables every available controller from the runtime's own cgroup down
-/// to the container's parent, so the container's directory has the interface files.
+/// On a pure v2 host, enables every available controller from the runtime's own cgroup — or,
+/// for a container outside it, from the nearest cgroup above both (a delegated subtree's
+/// root, where an agent keeps itself in a leaf beside its pods) — down to the container's
+/// parent, so the container's directory has the interface files. Never above that ancestor,
+/// and never at the hierarchy's root.
 fn enable_controllers(layout: &Layout, dir: &Path) -> Result<(), CgroupError> {
     let Some(unified) = layout.hierarchies.iter().find(|h| h.version == Version::V2) else { return Ok(()) };
     let own = unified.own_dir();
-    let Ok(below) = dir.strip_prefix(&own) else { return Ok(()) };
-    let mut cur = own.clone();
+    let start = if dir.starts_with(&own) {
+        own.clone()
+    } else {
+        let a = common_ancestor(&own, dir);
+        if a == unified.mount_point || !a.starts_with(&unified.mount_point) {
+            return Ok(());
+        }
+        a
+    };
+    let Ok(below) = dir.strip_prefix(&start) else { return Ok(()) };
+    let mut cur = start.clone();
     for part in below.components() {
         let available = std::fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
         let wanted: Vec<String> = available
@@ -267,6 +279,11 @@ fn enable_controllers(layout: &Layout, dir: &Path) -> Result<(), CgroupError> {
         cur = cur.join(part);
     }
     Ok(())
+}
+
+/// The longest path both `a` and `b` are under.
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    a.components().zip(b.components()).take_while(|(x, y)| x == y).map(|(x, _)| x).collect()
 }
 
 fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -289,6 +306,30 @@ mod tests {
              41 31 0:38 / {r}/unified rw,relatime - cgroup2 cgroup2 rw\n"
         );
         Layout::parse(&mountinfo, "4:memory:/sup/me\n1:cpu:/\n0::/\n")
+    }
+
+    #[test]
+    fn controllers_are_enabled_from_the_nearest_common_ancestor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().display();
+        let mountinfo = format!("41 31 0:38 / {r} rw,relatime - cgroup2 cgroup2 rw\n");
+        // The agent keeps itself in svc/tug-agent; its pods live in svc/tug-pods.
+        let layout = Layout::parse(&mountinfo, "0::/svc/tug-agent\n");
+        for d in ["svc/tug-agent", "svc/tug-pods/p1"] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        for d in ["svc", "svc/tug-pods", "svc/tug-pods/p1"] {
+            std::fs::write(tmp.path().join(d).join("cgroup.controllers"), "cpu memory pids rdma").unwrap();
+        }
+        enable_controllers(&layout, &tmp.path().join("svc/tug-pods/p1/c1")).unwrap();
+        for d in ["svc", "svc/tug-pods", "svc/tug-pods/p1"] {
+            let w = std::fs::read_to_string(tmp.path().join(d).join("cgroup.subtree_control")).unwrap();
+            assert_eq!(w, "+cpu +memory +pids", "{d}");
+        }
+        // Never at the hierarchy's root for a container outside the runtime's subtree.
+        let layout = Layout::parse(&mountinfo, "0::/a\n");
+        enable_controllers(&layout, &tmp.path().join("b/c")).unwrap();
+        assert!(!tmp.path().join("cgroup.subtree_control").exists());
     }
 
     #[test]
