@@ -201,6 +201,9 @@ impl Agent {
         }
         for dir in crate::bundle::own_cgroup_dirs_all_hierarchies() {
             remove_cgroup_tree(&dir.join(&self.cgroup_parent));
+            // The leaf an agent keeps itself in on a pure v2 host (shared by the agents of
+            // one test process; it goes when the last is gone).
+            let _ = std::fs::remove_dir(dir.join(tug_agent::cgroup::AGENT_LEAF));
         }
     }
 }

@@ -68,3 +68,48 @@ fn cgroup_v2_kill_removes_every_process_of_a_container() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!dir.exists(), "the cgroup is gone");
 }
+
+/// A single-node cluster in the guest: the agent moves itself into a leaf of its cgroup (the
+/// "no internal processes" rule) and its pod gets its limits in a cgroup beside it.
+#[test]
+fn cgroup_v2_an_agent_runs_a_pod_with_its_limits_beside_its_own_leaf() {
+    use std::time::Duration;
+    use tug_integration::agent::Agent;
+    let cluster = tug_integration::cluster::Cluster::new(1).expect("cluster");
+    let cp = tug_integration::control_plane::ControlPlane::start();
+    let agent = Agent::start(&cp, &cluster.nodes[0], "tug-vm-node", &["--network-backend", "host-gw"]);
+    agent.import_probe_image("tug.local/probe:1");
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: limited}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: tug.local/probe:1\n    imagePullPolicy: Never\n    command: [/bin/sleep, '600']\n    resources: {limits: {memory: 64Mi, cpu: 500m}}\n";
+    let out = cp.tug_with_input(&["apply", "-f", "-"], pod);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut last = Value::Null;
+    let running = tug_integration::wait_for(Duration::from_secs(180), || {
+        let o = cp.tug(&["get", "pod", "limited", "-o", "json"]);
+        last = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        last["status"]["phase"] == "Running"
+    });
+    assert!(running, "pod: {last:#}\nagent log:\n{}", agent.log());
+    let agent_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", agent.pid().unwrap())).unwrap();
+    assert!(agent_cg.trim_end().ends_with("/tug-agent"), "the agent keeps itself in a leaf: {agent_cg}");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.trim().trim_start_matches("0::").trim_start_matches('/');
+    let parent = std::path::Path::new("/sys/fs/cgroup").join(own).join(&agent.cgroup_parent);
+    let id = last["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("tug://")
+        .to_string();
+    let pod_dir = std::fs::read_dir(&parent)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join(&id).is_dir())
+        .expect("the pod's cgroup")
+        .path();
+    assert_eq!(std::fs::read_to_string(pod_dir.join(&id).join("memory.max")).unwrap().trim(), "67108864");
+    assert_eq!(std::fs::read_to_string(pod_dir.join(&id).join("cpu.max")).unwrap().trim(), "50000 100000");
+    assert!(cp.tug(&["delete", "pod", "limited"]).status.success());
+    let gone = tug_integration::wait_for(Duration::from_secs(60), || {
+        agent.containers().is_empty() && !pod_dir.exists()
+    });
+    assert!(gone, "the pod's cgroup stayed: {}\n{}", pod_dir.display(), agent.log());
+}

@@ -30,6 +30,8 @@ else
         [ -n "$exe" ] || { echo "vm: no test binary for $t" >&2; exit 1; }
         jobs+=("$t:$exe"); bins+=("$exe")
     done
+    # The daemons the in-guest cluster test runs: their libraries go into the initramfs.
+    for b in tug tug-scheduler tug-agent tug-shim tug-supervisor; do bins+=("target/debug/$b"); done
     # Run from the initramfs before switch_root: the no-pivot_root fallback.
     stage1="initramfs:${jobs[0]#*:}:the_probe_sees_an_isolated_container"
 fi

@@ -250,8 +250,7 @@ fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
 /// On a pure v2 host, enables every available controller from the runtime's own cgroup — or,
 /// for a container outside it, from the nearest cgroup above both (a delegated subtree's
 /// root, where an agent keeps itself in a leaf beside its pods) — down to the container's
-/// parent, so the container's directory has the interface files. Never above that ancestor,
-/// and never at the hierarchy's root.
+/// parent, so the container's directory has the interface files. Never above that ancestor.
 fn enable_controllers(layout: &Layout, dir: &Path) -> Result<(), CgroupError> {
     let Some(unified) = layout.hierarchies.iter().find(|h| h.version == Version::V2) else { return Ok(()) };
     let own = unified.own_dir();
@@ -259,7 +258,7 @@ fn enable_controllers(layout: &Layout, dir: &Path) -> Result<(), CgroupError> {
         own.clone()
     } else {
         let a = common_ancestor(&own, dir);
-        if a == unified.mount_point || !a.starts_with(&unified.mount_point) {
+        if !a.starts_with(&unified.mount_point) {
             return Ok(());
         }
         a
@@ -326,9 +325,7 @@ mod tests {
             let w = std::fs::read_to_string(tmp.path().join(d).join("cgroup.subtree_control")).unwrap();
             assert_eq!(w, "+cpu +memory +pids", "{d}");
         }
-        // Never at the hierarchy's root for a container outside the runtime's subtree.
-        let layout = Layout::parse(&mountinfo, "0::/a\n");
-        enable_controllers(&layout, &tmp.path().join("b/c")).unwrap();
+        // Nothing above the common ancestor is touched.
         assert!(!tmp.path().join("cgroup.subtree_control").exists());
     }
 
