@@ -477,9 +477,14 @@ spec:
         wait_for(Duration::from_secs(30), || exec_in(&agent, &a, &["cat", "/cfg/colour"]).0 == "green");
     assert!(updated, "the configMap volume did not follow the update:\n{}", agent.log());
     assert!(cp.tug(&["delete", "pod", "vols"]).status.success());
-    assert!(wait_for(Duration::from_secs(30), || agent.containers().is_empty()), "{}", agent.log());
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(agent.state_dir().to_str().unwrap()), "a volume is still mounted");
+    // Containers go first, then the network, then the volumes: wait for the whole tear-down.
+    let state = agent.state_dir().display().to_string();
+    let clean = wait_for(Duration::from_secs(30), || {
+        agent.containers().is_empty()
+            && !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&state)
+            && std::fs::read_dir(agent.state_dir().join("pods")).map(|d| d.count() == 0).unwrap_or(true)
+    });
+    assert!(clean, "a volume or the pod's directory stayed:\n{}", agent.log());
 }
 
 #[test]
