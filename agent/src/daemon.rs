@@ -228,23 +228,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     for (id, _) in tug_shim::supervisor::list(&cfg.supervisors()) {
         if !known.contains(&id) {
             eprintln!("tug-agent: removing container {id}, which no pod claims");
-            let socket = tug_shim::supervisor::socket_path(&cfg.supervisors(), &id);
-            if let Ok(mut c) = tug_shim::supervisor::protocol::Client::connect(&socket) {
-                let _ = c.call(&tug_shim::supervisor::protocol::Request::Kill {
-                    signal: libc::SIGKILL,
-                    all: true,
-                });
-            }
-            let _ = std::process::Command::new(&cfg.shim)
-                .arg("--root")
-                .arg(cfg.runtime_root())
-                .args(["delete", "--force", &id])
-                .status();
-            if let Ok(mut c) = tug_shim::supervisor::protocol::Client::connect(&socket) {
-                let _ = c.call(&tug_shim::supervisor::protocol::Request::Shutdown);
-            }
-            let _ = std::fs::remove_dir_all(cfg.supervisors().join(&id));
-            let _ = ctx.store.remove_snapshot(&id);
+            pods::discard(&ctx, &id).await;
         }
     }
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();

@@ -9,7 +9,7 @@ use tug_api::kinds::pod::{Container, Pod};
 use tug_client::Client;
 
 /// The data of a ConfigMap or Secret (Secrets' values decoded), or None if it is absent.
-async fn data(
+pub async fn data(
     api: &Client,
     ns: &str,
     kind: &str,

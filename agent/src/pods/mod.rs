@@ -147,8 +147,7 @@ pub async fn worker(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
 ) {
-    let mut rec =
-        PodRecord::load_all(&ctx.cfg.pods_dir()).into_iter().find(|r| r.uid == uid).unwrap_or_default();
+    let mut rec = PodRecord::load(&ctx.cfg.pods_dir(), &uid).unwrap_or_default();
     // A pod an earlier run of the agent recorded: said once its first sync is done.
     let mut inherited = !rec.uid.is_empty();
     let mut pod: Option<Box<Pod>> = None;
@@ -416,6 +415,16 @@ fn remove_container(ctx: &Ctx, id: &str) {
     let _ = std::fs::remove_dir_all(ctx.bundle_dir(id));
 }
 
+/// Kills a container no pod claims (left by a crash between its start and its record) and
+/// removes it.
+pub async fn discard(ctx: &Ctx, id: &str) {
+    let socket = ctx.supervisor_socket(id);
+    if supervisor_call(&socket, &Request::Kill { signal: libc::SIGKILL, all: true }).is_ok() {
+        wait_exit(&socket, Duration::from_secs(5)).await;
+    }
+    remove_container(ctx, id);
+}
+
 fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(&'a Container, bool)> {
     pod.spec
         .init_containers
@@ -617,20 +626,31 @@ async fn stop(ctx: &Ctx, id: &str, signal: Option<&str>, grace: Duration) {
     if supervisor_call(&socket, &Request::Kill { signal: sig as i32, all: false }).is_err() {
         return;
     }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        if !matches!(supervisor_state(&socket), Ok(None)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if wait_exit(&socket, grace).await {
+        return;
     }
     let _ = supervisor_call(&socket, &Request::Kill { signal: libc::SIGKILL, all: true });
-    for _ in 0..100 {
-        if !matches!(supervisor_state(&socket), Ok(None)) {
-            return;
+    wait_exit(&socket, Duration::from_secs(5)).await;
+}
+
+/// Waits for the container's exit (the supervisor's `Wait` answers when it happens) for at
+/// most `limit`; whether it ended (or there is nothing left to wait for).
+async fn wait_exit(socket: &std::path::Path, limit: Duration) -> bool {
+    let socket = socket.to_path_buf();
+    let waited = tokio::task::spawn_blocking(move || {
+        let Ok(mut c) = sup::Client::connect(&socket) else { return true };
+        c.set_timeout(Some(limit.max(Duration::from_millis(1))));
+        match c.call(&Request::Wait) {
+            Ok(_) => true,
+            Err(sup::ClientError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                false
+            }
+            Err(_) => true,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    });
+    waited.await.unwrap_or(true)
 }
 
 /// Everything of the pod goes: containers (gracefully, all at once), network, files.
@@ -679,10 +699,16 @@ async fn write_status(ctx: &Ctx, pod: &Pod, rec: &PodRecord, last: &mut Value) -
     }
     let ns = rec.namespace.clone();
     let path = format!("{}/status", api::core_path(&ns, "pods", &rec.name));
+    // The object the worker holds (from the watch or the last write) carries the revision;
+    // only a conflict costs a read of the current one.
+    let mut held = serde_json::to_value(pod).ok();
     for _ in 0..3 {
-        let mut obj = match api::get(&ctx.api, &api::core_path(&ns, "pods", &rec.name)).await {
-            Ok(Some(o)) => o,
-            _ => return None,
+        let mut obj = match held.take() {
+            Some(o) => o,
+            None => match api::get(&ctx.api, &api::core_path(&ns, "pods", &rec.name)).await {
+                Ok(Some(o)) => o,
+                _ => return None,
+            },
         };
         if obj["metadata"]["uid"].as_str() != Some(rec.uid.as_str()) {
             return None;

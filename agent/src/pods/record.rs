@@ -99,6 +99,12 @@ impl PodRecord {
         std::fs::rename(&tmp, dir.join("record.json")).map_err(|e| format!("{}: {e}", dir.display()))
     }
 
+    /// The record of pod `uid`, if there is one.
+    pub fn load(pods_dir: &Path, uid: &str) -> Option<PodRecord> {
+        let bytes = std::fs::read(Self::path(pods_dir, uid)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     pub fn load_all(pods_dir: &Path) -> Vec<PodRecord> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(pods_dir).into_iter().flatten().flatten() {

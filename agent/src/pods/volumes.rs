@@ -219,7 +219,7 @@ async fn volume(
         return Ok(d);
     }
     if let Some(c) = &v.config_map {
-        let data = config_data(api, ns, "configmaps", &c.name).await?;
+        let data = env::data(api, ns, "ConfigMap", &c.name).await?;
         let files = match data {
             Some(data) => {
                 projected(&data, &c.items, mode(c.default_mode, 0o644), &format!("configmap {}", c.name))?
@@ -232,7 +232,7 @@ async fn volume(
     }
     if let Some(s) = &v.secret {
         tmpfs(&d, None)?;
-        let data = config_data(api, ns, "secrets", &s.secret_name).await?;
+        let data = env::data(api, ns, "Secret", &s.secret_name).await?;
         let files = match data {
             Some(data) => {
                 projected(&data, &s.items, mode(s.default_mode, 0o644), &format!("secret {}", s.secret_name))?
@@ -266,33 +266,6 @@ async fn volume(
 /// `key="value"` lines, as the downward API writes labels and annotations.
 fn lines(m: &BTreeMap<String, String>) -> String {
     m.iter().map(|(k, v)| format!("{k}={v:?}\n")).collect()
-}
-
-async fn config_data(
-    api: &Client,
-    ns: &str,
-    plural: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
-    use base64::Engine;
-    let Some(obj): Option<Value> = crate::api::get(api, &crate::api::core_path(ns, plural, name)).await?
-    else {
-        return Ok(None);
-    };
-    let mut out = BTreeMap::new();
-    for (k, v) in obj["data"].as_object().into_iter().flatten() {
-        let s = v.as_str().unwrap_or_default();
-        let value = if plural == "secrets" {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .map_err(|e| format!("secret {name}: data[{k}]: {e}"))?;
-            String::from_utf8_lossy(&raw).into_owned()
-        } else {
-            s.to_string()
-        };
-        out.insert(k.clone(), value);
-    }
-    Ok(Some(out))
 }
 
 /// The OCI mounts of a container's `volumeMounts`.
