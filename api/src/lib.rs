@@ -10,6 +10,7 @@
 //! ```
 
 pub mod cidr;
+pub mod cron;
 pub mod defaults;
 pub mod kinds;
 pub mod labels;

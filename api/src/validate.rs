@@ -147,6 +147,38 @@ fn job_spec(s: &crate::kinds::batch::JobSpec, path: &str, e: &mut Errors) {
             format!("Unsupported value: {m:?}: supported values: \"NonIndexed\", \"Indexed\""),
         );
     }
+    if s.completion_mode.as_deref() == Some("Indexed") && s.completions.is_none() {
+        e.add(format!("{path}.completions"), "Required value: when completion mode is Indexed");
+    }
+    for (i, r) in s.pod_failure_policy.iter().flat_map(|p| p.rules.iter()).enumerate() {
+        let rule = format!("{path}.podFailurePolicy.rules[{i}]");
+        if !["FailJob", "Ignore", "Count"].contains(&r.action.as_str()) {
+            e.add(
+                format!("{rule}.action"),
+                format!(
+                    "Unsupported value: {:?}: supported values: \"Count\", \"FailJob\", \"Ignore\"",
+                    r.action
+                ),
+            );
+        }
+        match &r.on_exit_codes {
+            None => e.add(format!("{rule}.onExitCodes"), "Required value"),
+            Some(c) => {
+                if !["In", "NotIn"].contains(&c.operator.as_str()) {
+                    e.add(
+                        format!("{rule}.onExitCodes.operator"),
+                        format!("Unsupported value: {:?}: supported values: \"In\", \"NotIn\"", c.operator),
+                    );
+                }
+                if c.values.is_empty() {
+                    e.add(
+                        format!("{rule}.onExitCodes.values"),
+                        "Required value: at least one value is required",
+                    );
+                }
+            }
+        }
+    }
     let rp = format!("{path}.template.spec.restartPolicy");
     match s.template.spec.restart_policy.as_deref() {
         None => e.add(rp, "Required value: valid values: \"OnFailure\", \"Never\""),
@@ -212,70 +244,9 @@ fn hpa(s: &crate::kinds::batch::HpaSpec, e: &mut Errors) {
     }
 }
 
-/// A cron schedule: five fields (minute hour day-of-month month day-of-week) of `*`, numbers,
-/// ranges, steps and lists (month and weekday names too), or `@hourly`-style macros.
+/// A cron schedule (see [`crate::cron`]).
 pub fn cron_schedule(s: &str) -> Result<(), String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("a schedule is required".into());
-    }
-    if s.starts_with('@') {
-        return if ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"]
-            .contains(&s)
-        {
-            Ok(())
-        } else {
-            Err(format!("unrecognized descriptor: {s}"))
-        };
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!("expected exactly 5 fields, found {}: {s}", fields.len()));
-    }
-    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
-    let months = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
-    let days = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    for (i, (field, (lo, hi))) in fields.iter().zip(ranges).enumerate() {
-        let num = |t: &str| -> Result<u32, String> {
-            let lower = t.to_ascii_lowercase();
-            let named = match i {
-                3 => months.iter().position(|m| *m == lower).map(|p| p + 1),
-                4 => days.iter().position(|d| *d == lower),
-                _ => None,
-            };
-            let v = match named {
-                Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
-                None => t.parse::<u32>().map_err(|_| format!("failed to parse int from {t}"))?,
-            };
-            if v < lo || v > hi {
-                Err(format!("end of range ({v}) above maximum ({hi}): {t}"))
-            } else {
-                Ok(v)
-            }
-        };
-        for part in field.split(',') {
-            let (range, step) = part.split_once('/').map_or((part, None), |(r, s)| (r, Some(s)));
-            if let Some(st) = step {
-                if st.parse::<u32>().map_or(true, |v| v == 0) {
-                    return Err(format!("invalid step {st:?} in {field}"));
-                }
-            }
-            if range == "*" {
-                continue;
-            }
-            match range.split_once('-') {
-                Some((a, b)) => {
-                    if num(a)? > num(b)? {
-                        return Err(format!("beginning of range after end: {range}"));
-                    }
-                }
-                None => {
-                    num(range)?;
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::cron::Schedule::parse(s).map(|_| ())
 }
 
 fn metadata(m: &ObjectMeta, label_name: bool, namespaced: bool, e: &mut Errors) {

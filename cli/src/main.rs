@@ -45,12 +45,22 @@ enum Cmd {
     Delete {
         #[arg(short = 'f', long = "filename")]
         files: Vec<String>,
+        /// What happens to dependents (a Deployment's ReplicaSets, their pods):
+        /// background (deleted after the owner), foreground (deleted before it) or orphan
+        /// (kept, without the owner).
+        #[arg(long, default_value = "background", value_parser = ["background", "foreground", "orphan", "true", "false"])]
+        cascade: String,
         /// KIND NAME... (without -f)
         args: Vec<String>,
     },
     /// Create a namespace, configmap or secret from the command line.
     #[command(subcommand)]
     Create(commands::create::CreateCmd),
+    /// Manage a Deployment's rollout: status, history, undo, pause, resume, restart.
+    #[command(subcommand)]
+    Rollout(commands::rollout::RolloutCmd),
+    /// Set the number of replicas of a Deployment or ReplicaSet.
+    Scale(commands::rollout::ScaleArgs),
     /// Print the client and server versions.
     Version,
     /// The node's images: pull, import, ls, inspect, rm, prune.
@@ -105,7 +115,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Apply { files } => commands::apply::run(&client, &files, ns.as_deref()).await,
         Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,
         Cmd::Describe { kind, name } => commands::describe::run(&client, &kind, &name, ns.as_deref()).await,
-        Cmd::Delete { files, args } => commands::delete::run(&client, &files, &args, ns.as_deref()).await,
+        Cmd::Delete { files, args, cascade } => {
+            commands::delete::run(&client, &files, &args, ns.as_deref(), &cascade).await
+        }
+        Cmd::Rollout(c) => commands::rollout::run(&client, c, ns.as_deref()).await,
+        Cmd::Scale(a) => commands::rollout::scale(&client, &a, ns.as_deref()).await,
         Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
         Cmd::Version => commands::version(&client).await,
         Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),

@@ -113,6 +113,21 @@ impl ControlPlane {
         self.tug_with_input(args, "")
     }
 
+    /// `tug get ARGS -o json`, parsed; None when it fails.
+    pub fn get_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        let out = self.tug(&a);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// `tug apply -f -` with `yaml`; panics with tug's error when it fails.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.tug_with_input(&["apply", "-f", "-"], yaml);
+        assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// One raw HTTP/1.1 request over the socket: (status code, body). 0 when unreachable.
     pub fn raw(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
         let Ok(mut s) = UnixStream::connect(self.socket()) else { return (0, String::new()) };

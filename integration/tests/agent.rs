@@ -9,16 +9,11 @@ use tug_integration::control_plane::ControlPlane;
 use tug_integration::wait_for;
 
 fn get(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    let out = cp.tug(&a);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    cp.get_json(args)
 }
 
 fn apply(cp: &ControlPlane, yaml: &str) {
-    let out = cp.tug_with_input(&["apply", "-f", "-"], yaml);
-    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    cp.apply(yaml)
 }
 
 /// Waits until `cond` holds for the pod's JSON; panics with the pod and the agent's log.

@@ -8,6 +8,7 @@
 //! issues.
 
 pub mod api;
+pub mod controllers;
 pub mod pki;
 pub mod sched;
 pub mod store;

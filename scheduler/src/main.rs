@@ -58,6 +58,19 @@ struct Flags {
     /// How pods fill nodes: least-allocated (spread) or most-allocated (bin packing).
     #[arg(long, default_value = "least-allocated")]
     scoring_strategy: tug_scheduler::sched::engine::Strategy,
+    /// How long a node's lease may go unrenewed before the node is NotReady and tainted.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// tolerationSeconds for the node.kubernetes.io/unreachable NoExecute taint, for pods
+    /// that name none: how long they stay on a silent node before they are evicted.
+    #[arg(long, default_value_t = 30)]
+    default_unreachable_toleration_seconds: u64,
+    /// The same for node.kubernetes.io/not-ready (the agent reports the node not ready).
+    #[arg(long, default_value_t = 30)]
+    default_not_ready_toleration_seconds: u64,
+    /// How often the reconcilers look at every object even without changes.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    resync_period: std::time::Duration,
 }
 
 fn parse_cidr(s: &str) -> Result<tug_api::cidr::Cidr4, String> {
@@ -157,12 +170,26 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     }
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
     let store_for_scheduler = store.clone();
+    let store_for_controllers = store.clone();
     let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,
         flags.scoring_strategy,
         std::time::Duration::from_secs(30),
     ));
+    let controllers = tug_scheduler::controllers::spawn(
+        store_for_controllers,
+        &tug_scheduler::controllers::Settings {
+            resync: flags.resync_period,
+            node_monitor_grace: flags.node_monitor_grace_period,
+            default_unreachable_toleration: std::time::Duration::from_secs(
+                flags.default_unreachable_toleration_seconds,
+            ),
+            default_not_ready_toleration: std::time::Duration::from_secs(
+                flags.default_not_ready_toleration_seconds,
+            ),
+        },
+    );
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(
             serve_tls(addr.clone(), flags.tls_sans.clone(), pki.clone(), app.clone()).await?,
@@ -172,6 +199,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;
     compactor.abort();
     placer.abort();
+    for c in controllers {
+        c.abort();
+    }
     if let Some(t) = tls {
         t.abort();
     }

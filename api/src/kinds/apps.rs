@@ -40,6 +40,10 @@ pub struct DeploymentSpec {
     pub paused: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_seconds: Option<i32>,
+    /// Beyond Kubernetes: roll back by itself to the last fully available revision when a
+    /// rollout misses its progress deadline or its new pods crash-loop. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_on_failure: Option<bool>,
 }
 
 /// `strategy`: `RollingUpdate` (with its parameters) or `Recreate`.

@@ -43,8 +43,37 @@ pub struct JobSpec {
     pub selector: Option<LabelSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manual_selector: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_failure_policy: Option<PodFailurePolicy>,
     #[serde(default)]
     pub template: PodTemplateSpec,
+}
+
+/// How failed pods count: the first rule whose exit codes match decides.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodFailurePolicy {
+    #[serde(default)]
+    pub rules: Vec<PodFailurePolicyRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodFailurePolicyRule {
+    /// `FailJob`, `Ignore` or `Count`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exit_codes: Option<PodFailurePolicyOnExitCodes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodFailurePolicyOnExitCodes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// `In` or `NotIn`.
+    pub operator: String,
+    pub values: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -60,6 +89,11 @@ pub struct JobStatus {
     pub start_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<i32>,
+    /// Indexed Jobs: the completed indexes, as `1,3-5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_indexes: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -10,7 +10,13 @@ pub async fn run(
     files: &[String],
     args: &[String],
     ns: Option<&str>,
+    cascade: &str,
 ) -> Result<ExitCode, String> {
+    let policy = match cascade {
+        "foreground" => "Foreground",
+        "orphan" | "false" => "Orphan",
+        _ => "Background",
+    };
     let mut targets: Vec<(&'static tug_api::object::KindInfo, Option<String>, String)> = Vec::new();
     if !files.is_empty() {
         for o in load_all(files)? {
@@ -35,7 +41,12 @@ pub async fn run(
         let resource =
             if info.group.is_empty() { info.kind.to_ascii_lowercase() } else { info.qualified_singular() };
         match client
-            .call(Method::DELETE, &info.path(n.as_deref(), Some(&name)), "application/json", Vec::new())
+            .call(
+                Method::DELETE,
+                &format!("{}?propagationPolicy={policy}", info.path(n.as_deref(), Some(&name))),
+                "application/json",
+                Vec::new(),
+            )
             .await
         {
             Ok(_) => println!("{resource} \"{name}\" deleted"),

@@ -124,7 +124,7 @@ async fn route(
         ("GET", Target::Object { .. }) => get(st, &target),
         ("PUT", Target::Object { status: false, .. }) => replace(st, &target, body),
         ("PUT", Target::Object { status: true, .. }) => put_status(st, &target, body),
-        ("DELETE", Target::Object { status: false, .. }) => delete(st, &target),
+        ("DELETE", Target::Object { status: false, .. }) => delete(st, &target, q, body),
         ("PATCH", Target::Object { status: false, .. }) => {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             if ct.starts_with("application/apply-patch") {
@@ -368,7 +368,27 @@ fn put_status(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     Ok(stored_reply(StatusCode::OK, &stored))
 }
 
-fn delete(st: &AppState, target: &Target) -> Reply {
+/// `propagationPolicy` from the query or a DeleteOptions body: Background (the default),
+/// Foreground or Orphan.
+fn propagation(q: &HashMap<String, String>, body: &Bytes) -> Result<String, Status> {
+    let from_body = if body.is_empty() {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| Status::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?;
+        v["propagationPolicy"].as_str().map(str::to_string)
+    };
+    let p = q.get("propagationPolicy").cloned().or(from_body).unwrap_or_else(|| "Background".into());
+    if ["Background", "Foreground", "Orphan"].contains(&p.as_str()) {
+        Ok(p)
+    } else {
+        Err(Status::bad_request(format!(
+            "propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+        )))
+    }
+}
+
+fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &Bytes) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
     if info.kind == "Namespace" && ["default", "tug-system"].contains(&name.as_str()) {
@@ -376,10 +396,29 @@ fn delete(st: &AppState, target: &Target) -> Reply {
             "namespaces {name:?} is forbidden: this namespace may not be deleted"
         )));
     }
+    let policy = propagation(q, body)?;
+    if policy != "Background" && info.kind != "Namespace" {
+        // Marked, not removed: the garbage collector deletes (or orphans) the dependents
+        // first, then the object.
+        let finalizer = if policy == "Foreground" {
+            crate::controllers::gc::FOREGROUND
+        } else {
+            crate::controllers::gc::ORPHAN
+        };
+        let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+        let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
+        let mut obj = current.object.clone();
+        crate::controllers::gc::mark(&mut obj, finalizer, &now());
+        let stored = blocking(|| st.store.update(&key, obj, Some(current.revision)))
+            .map_err(|e| store_status(e, info, &name))?;
+        return Ok(stored_reply(StatusCode::OK, &stored));
+    }
     let stored = blocking(|| st.store.delete(&key, None)).map_err(|e| store_status(e, info, &name))?;
     if info.kind == "Namespace" {
-        // The namespace's objects go with it.
-        for k in tug_api::object::KINDS.iter().filter(|k| k.namespaced) {
+        // The namespace's objects go with it: owners first (HPAs, CronJobs, Deployments,
+        // Jobs, ReplicaSets — the reverse of the table), so no controller recreates what
+        // was just removed.
+        for k in tug_api::object::KINDS.iter().rev().filter(|k| k.namespaced) {
             let (items, _) = blocking(|| st.store.list(&path::prefix(k, Some(&name))))
                 .map_err(|e| store_status(e, k, &name))?;
             for item in items {

@@ -76,6 +76,15 @@ pub fn on_update(desired: &mut Value, current: &Value) -> Result<(), Status> {
     for f in ["uid", "creationTimestamp"] {
         desired["metadata"][f] = current["metadata"][f].clone();
     }
+    // Only the server marks an object deleted (and it stays marked).
+    match current["metadata"].get("deletionTimestamp") {
+        Some(t) => desired["metadata"]["deletionTimestamp"] = t.clone(),
+        None => {
+            if let Some(m) = desired["metadata"].as_object_mut() {
+                m.remove("deletionTimestamp");
+            }
+        }
+    }
     let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
     let bump = spec_view(desired) != spec_view(current);
     desired["metadata"]["generation"] = (generation + i64::from(bump)).into();

@@ -144,12 +144,17 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
                 match bind(store, stored, &node) {
                     Ok(()) => out.bound += 1,
                     Err(StoreError::Conflict { .. }) => out.conflicts += 1,
+                    // Deleted meanwhile (scaled down, evicted): nothing to place.
+                    Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
             Err(why) => {
                 out.unschedulable += 1;
-                mark_unschedulable(store, stored, &why.to_string())?;
+                match mark_unschedulable(store, stored, &why.to_string()) {
+                    Ok(()) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
                 if let Some(p) = engine.preempt(&info, &snap) {
                     preempt(store, stored, &p)?;
                     out.preempted += p.victims.len();

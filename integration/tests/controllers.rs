@@ -1,0 +1,408 @@
+//! The controllers end to end: Deployments rolling over real agents on the cluster in
+//! namespaces (and back by themselves), pods moving off a dead node, Jobs and CronJobs, and
+//! cascading deletion.
+
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tug_integration::agent::Agent;
+use tug_integration::cluster::Cluster;
+use tug_integration::control_plane::ControlPlane;
+use tug_integration::wait_for;
+
+fn items(v: Option<Value>) -> Vec<Value> {
+    v.and_then(|v| v["items"].as_array().cloned()).unwrap_or_default()
+}
+
+fn ready(p: &Value) -> bool {
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn logs(cp: &ControlPlane, agents: &[Agent]) -> String {
+    let mut s = format!("scheduler log:\n{}\n", cp.log());
+    for a in agents {
+        s += &format!(
+            "--- agent {}:\n{}\n",
+            a.name,
+            a.log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    s
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  progressDeadlineSeconds: 60
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: web
+        image: IMAGE
+        imagePullPolicy: Never
+        env: [{name: VERSION, value: "VER"}]
+        # Keep serving for two seconds after SIGTERM, as a preStop sleep would: a client that
+        # picked this pod just before it was deleted still gets its answer.
+        command: ["/bin/sh", "-c", "trap 'sleep 2; kill $P; exit 0' TERM; httpd -f -p 8080 -h /www & P=$!; wait $P"]
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+"#;
+
+fn web(image: &str, version: &str) -> String {
+    WEB.replace("IMAGE", image).replace("VER", version)
+}
+
+#[test]
+fn a_deployment_rolls_over_three_nodes_rolls_back_by_itself_and_leaves_a_dead_node() {
+    let cluster = Cluster::new(3).expect("cluster");
+    let cp = ControlPlane::start_with(&[
+        "--node-monitor-grace-period",
+        "8s",
+        "--default-unreachable-toleration-seconds",
+        "6",
+    ]);
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| {
+            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-c{i}"), &[]);
+            a.import_example_image();
+            a
+        })
+        .collect();
+    let all_ready = wait_for(Duration::from_secs(40), || {
+        items(cp.get_json(&["nodes"]))
+            .iter()
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count()
+            == 3
+    });
+    assert!(all_ready, "nodes not ready\n{}", logs(&cp, &agents));
+
+    // Three replicas, one per node.
+    cp.apply(&web("tug.local/busybox-httpd:1", "1"));
+    let out = cp.tug(&["rollout", "status", "deployment/web", "--timeout", "120s"]);
+    assert!(
+        out.status.success(),
+        "first rollout: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs(&cp, &agents)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployment \"web\" successfully rolled out"));
+    let pods = items(cp.get_json(&["pods", "-l", "app=web"]));
+    let mut nodes: Vec<String> =
+        pods.iter().map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "replicas spread over every node: {nodes:?}");
+
+    // A client that keeps asking ready pods (picked from a fresh list each time) while the
+    // Deployment rolls over: no request may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        let socket = cp.socket();
+        let netns = cluster.nodes[0].netns.clone();
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let out = std::process::Command::new(tug_integration::bins::path("tug-cli", "tug"))
+                    .env("TUG_SOCKET", &socket)
+                    .args(["get", "pods", "-l", "app=web", "-o", "json"])
+                    .output();
+                let list: Vec<Value> = out
+                    .ok()
+                    .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+                    .map(|v| items(Some(v)))
+                    .unwrap_or_default();
+                let ips: Vec<String> = list
+                    .iter()
+                    .filter(|p| ready(p))
+                    .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+                    .collect();
+                if ips.is_empty() {
+                    continue;
+                }
+                n += 1;
+                let ip = &ips[n % ips.len()];
+                sent.fetch_add(1, Ordering::Relaxed);
+                let r = std::process::Command::new("ip")
+                    .args(["netns", "exec", &netns, "curl", "-sf", "-m", "3", &format!("http://{ip}:8080/")])
+                    .output();
+                if !r.is_ok_and(|o| o.status.success()) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    errors.push(ip.clone());
+                }
+            }
+            errors
+        })
+    };
+    cp.apply(&web("tug.local/busybox-httpd:1", "2"));
+    let out = cp.tug(&["rollout", "status", "deployment/web", "--timeout", "180s"]);
+    stop.store(true, Ordering::Relaxed);
+    let errors = client.join().unwrap();
+    assert!(
+        out.status.success(),
+        "rolling update: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs(&cp, &agents)
+    );
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent >= 10, "the client sent only {sent} requests");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed during the rollout: {errors:?}");
+    let pods = items(cp.get_json(&["pods", "-l", "app=web"]));
+    assert_eq!(pods.len(), 3);
+    assert!(pods.iter().all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2"), "{pods:#?}");
+
+    // A broken image: the Deployment goes back to revision 2 by itself.
+    cp.apply(&web("tug.local/no-such-image:1", "3"));
+    let out = cp.tug(&["rollout", "status", "deployment/web", "--timeout", "120s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken rollout must fail: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr.contains("was rolled back") && stderr.contains("to revision 2"),
+        "{stderr}\n{}",
+        logs(&cp, &agents)
+    );
+    let back = wait_for(Duration::from_secs(60), || {
+        cp.get_json(&["deployment", "web"]).is_some_and(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"] == "tug.local/busybox-httpd:1"
+                && d["status"]["availableReplicas"] == 3
+                && d["status"]["updatedReplicas"] == 3
+                && d["status"]["replicas"] == 3
+        })
+    });
+    assert!(
+        back,
+        "not back on revision 2: {:#}\n{}",
+        cp.get_json(&["deployment", "web"]).unwrap_or_default(),
+        logs(&cp, &agents)
+    );
+    let d = cp.get_json(&["deployment", "web"]).unwrap();
+    let rb =
+        d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "RolledBack").cloned();
+    assert!(rb.is_some_and(|c| c["message"].as_str().unwrap().contains("ErrImageNeverPull")), "{d:#}");
+    let events = String::from_utf8_lossy(&cp.tug(&["get", "events"]).stdout).into_owned();
+    assert!(events.contains("RolledBack"), "{events}");
+    let history =
+        String::from_utf8_lossy(&cp.tug(&["rollout", "history", "deployment/web"]).stdout).into_owned();
+    assert!(
+        history.contains("REVISION") && history.contains("\n3 ") && history.contains("\n4 "),
+        "{history}"
+    );
+
+    // One node's agent dies: its pods come back on the others within grace + toleration.
+    let victim = 2;
+    let victim_name = format!("tug-it-c{victim}");
+    let on_victim =
+        |pods: &[Value]| pods.iter().filter(|p| p["spec"]["nodeName"] == victim_name.as_str()).count();
+    assert!(on_victim(&items(cp.get_json(&["pods", "-l", "app=web"]))) > 0);
+    let mut agents = agents;
+    let t0 = Instant::now();
+    agents[victim].kill9();
+    let moved = wait_for(Duration::from_secs(60), || {
+        let pods = items(cp.get_json(&["pods", "-l", "app=web"]));
+        pods.len() == 3 && on_victim(&pods) == 0 && pods.iter().all(ready)
+    });
+    let took = t0.elapsed();
+    assert!(moved, "pods did not leave the dead node\n{}", logs(&cp, &agents));
+    assert!(took < Duration::from_secs(8 + 6 + 20), "took {took:?}");
+    eprintln!("pods moved off a dead node in {took:?} (grace 8 s + toleration 6 s)");
+    let node = cp.get_json(&["node", &victim_name]).unwrap();
+    let taints = node["spec"]["taints"].to_string();
+    assert!(taints.contains("node.kubernetes.io/unreachable"), "{node:#}");
+    let events = String::from_utf8_lossy(&cp.tug(&["get", "events"]).stdout).into_owned();
+    assert!(events.contains("TaintManagerEviction") && events.contains("NodeNotReady"), "{events}");
+}
+
+#[test]
+fn a_job_runs_to_completion_and_a_cronjob_fires() {
+    let cluster = Cluster::new(1).expect("cluster");
+    let cp = ControlPlane::start();
+    let agent = Agent::start(&cp, &cluster.nodes[0], "tug-it-batch0", &[]);
+    agent.import_example_image();
+    cp.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: ["/bin/sh", "-c", "echo counted"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: doomed}
+spec:
+  backoffLimit: 0
+  podFailurePolicy:
+    rules: [{action: FailJob, onExitCodes: {operator: In, values: [42]}}]
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: ["/bin/sh", "-c", "exit 42"]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  timeZone: Europe/Berlin
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+          - {name: c, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: ["/bin/sh", "-c", "date"]}
+"#,
+    );
+    let cond = |j: &Value, t: &str| {
+        j["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    let done = wait_for(Duration::from_secs(90), || {
+        cp.get_json(&["job", "count"]).is_some_and(|j| cond(&j, "Complete"))
+    });
+    let job = cp.get_json(&["job", "count"]).unwrap_or_default();
+    assert!(done, "job: {job:#}\n{}", logs(&cp, std::slice::from_ref(&agent)));
+    assert_eq!(job["status"]["succeeded"], 3);
+    assert!(job["status"]["completionTime"].is_string());
+    let pods = items(cp.get_json(&["pods", "-l", "job-name=count"]));
+    assert_eq!(pods.iter().filter(|p| p["status"]["phase"] == "Succeeded").count(), 3, "{pods:#?}");
+
+    let failed = wait_for(Duration::from_secs(60), || {
+        cp.get_json(&["job", "doomed"]).is_some_and(|j| cond(&j, "Failed"))
+    });
+    let doomed = cp.get_json(&["job", "doomed"]).unwrap_or_default();
+    assert!(failed, "{doomed:#}");
+    let c = doomed["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(c["reason"], "PodFailurePolicy", "{c:#}");
+
+    // The CronJob's first minute comes within 60 s; its Job runs to completion.
+    let fired = wait_for(Duration::from_secs(130), || {
+        items(cp.get_json(&["jobs"])).iter().any(|j| {
+            j["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("tick-")) && cond(j, "Complete")
+        })
+    });
+    assert!(
+        fired,
+        "jobs: {:#}\n{}",
+        cp.get_json(&["jobs"]).unwrap_or_default(),
+        logs(&cp, std::slice::from_ref(&agent))
+    );
+    let cj = cp.get_json(&["cronjob", "tick"]).unwrap();
+    assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj:#}");
+    let events = String::from_utf8_lossy(&cp.tug(&["get", "events"]).stdout).into_owned();
+    assert!(events.contains("Created job tick-"), "{events}");
+}
+
+#[test]
+fn deleting_owners_cascades_in_background_foreground_or_not_at_all() {
+    let cp = ControlPlane::start();
+    let dep = |name: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: c, image: busybox}}]}}\n"
+        )
+    };
+    let count = |kind: &str, sel: &str| items(cp.get_json(&[kind, "-l", sel])).len();
+    for name in ["bg", "fg", "keep"] {
+        cp.apply(&dep(name));
+        assert!(
+            wait_for(Duration::from_secs(10), || count("pods", &format!("app={name}")) == 2),
+            "{}",
+            cp.log()
+        );
+        assert_eq!(count("replicasets", &format!("app={name}")), 1);
+    }
+    // Background: the Deployment goes at once, its ReplicaSet and pods after it.
+    assert!(cp.tug(&["delete", "deployment", "bg"]).status.success());
+    assert!(wait_for(Duration::from_secs(10), || count("replicasets", "app=bg") == 0
+        && count("pods", "app=bg") == 0));
+    // Foreground: the Deployment stays (marked) until its dependents are gone.
+    assert!(cp.tug(&["delete", "deployment", "fg", "--cascade=foreground"]).status.success());
+    assert!(
+        wait_for(Duration::from_secs(10), || cp.get_json(&["deployment", "fg"]).is_none()),
+        "{}",
+        cp.log()
+    );
+    assert_eq!(count("replicasets", "app=fg") + count("pods", "app=fg"), 0);
+    // Orphan: the ReplicaSet and pods stay, without their owner.
+    assert!(cp.tug(&["delete", "deployment", "keep", "--cascade=orphan"]).status.success());
+    assert!(wait_for(Duration::from_secs(10), || cp.get_json(&["deployment", "keep"]).is_none()));
+    std::thread::sleep(Duration::from_secs(1));
+    let rs = items(cp.get_json(&["replicasets", "-l", "app=keep"]));
+    assert_eq!(rs.len(), 1);
+    assert!(rs[0]["metadata"]["ownerReferences"].is_null(), "{:#}", rs[0]);
+    assert_eq!(count("pods", "app=keep"), 2);
+    // The orphaned ReplicaSet still keeps its pods: scale it.
+    assert!(
+        cp.tug(&[
+            "scale",
+            &format!("replicaset/{}", rs[0]["metadata"]["name"].as_str().unwrap()),
+            "--replicas",
+            "3"
+        ])
+        .status
+        .success()
+    );
+    assert!(wait_for(Duration::from_secs(10), || count("pods", "app=keep") == 3));
+    // Namespaces take everything with them.
+    assert!(cp.tug(&["create", "namespace", "tug-gone"]).status.success());
+    let out = cp.tug_with_input(&["apply", "-n", "tug-gone", "-f", "-"], &dep("inner"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_for(Duration::from_secs(10), || items(cp.get_json(&["pods", "-n", "tug-gone"])).len() == 2));
+    assert!(cp.tug(&["delete", "namespace", "tug-gone"]).status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    for kind in ["pods", "replicasets", "deployments"] {
+        assert!(
+            items(cp.get_json(&[kind, "-n", "tug-gone"])).is_empty(),
+            "{kind} left in a deleted namespace"
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! Garbage collection by `ownerReferences`, as Kubernetes' garbage collector does it.
+//!
+//! - **Background** (the default): the owner is deleted at once; each dependent whose owners
+//!   are all gone is then deleted here, and its own dependents after it.
+//! - **Foreground**: the API server only marks the owner (`deletionTimestamp`, finalizer
+//!   `foregroundDeletion`); here its dependents are deleted first (those that own things in
+//!   turn, in foreground too) and the owner goes when none is left.
+//! - **Orphan**: the owner is marked with the finalizer `orphan`; here the dependents lose
+//!   their reference to it, then it is deleted.
+//!
+//! [`decide`] is the pure part: given an object and what exists, what to do with it.
+
+use super::runtime::{Controller, Next};
+use crate::store::{Event, EventType, Store, StoreError, Stored};
+use serde_json::Value;
+use std::time::Duration;
+use tug_api::meta::ObjectMeta;
+use tug_api::object::{KINDS, KindInfo};
+
+pub const FOREGROUND: &str = "foregroundDeletion";
+pub const ORPHAN: &str = "orphan";
+
+/// What to do with one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    /// Every owner is gone: delete it.
+    Delete,
+    /// Foreground deletion: these dependents first (delete, or mark if they own things).
+    DeleteDependents(Vec<String>),
+    /// Orphaning: drop the references of these dependents.
+    Orphan(Vec<String>),
+    /// Nothing holds it any more: remove `finalizer` (then it is deleted if none remain).
+    Finalize(&'static str),
+}
+
+/// The pure decision. `owners_alive[i]` tells whether `meta.ownerReferences[i]` still
+/// exists (same uid); `dependents` are the keys of objects that name this one as an owner.
+pub fn decide(meta: &ObjectMeta, owners_alive: &[bool], dependents: &[String]) -> Decision {
+    if meta.deletion_timestamp.is_some() {
+        if meta.finalizers.iter().any(|f| f == ORPHAN) {
+            return if dependents.is_empty() {
+                Decision::Finalize(ORPHAN)
+            } else {
+                Decision::Orphan(dependents.to_vec())
+            };
+        }
+        if meta.finalizers.iter().any(|f| f == FOREGROUND) {
+            return if dependents.is_empty() {
+                Decision::Finalize(FOREGROUND)
+            } else {
+                Decision::DeleteDependents(dependents.to_vec())
+            };
+        }
+        return Decision::Keep;
+    }
+    if !meta.owner_references.is_empty() && owners_alive.iter().all(|a| !a) {
+        return Decision::Delete;
+    }
+    Decision::Keep
+}
+
+/// Kinds that may own objects: a dependent of one is deleted in foreground when its owner
+/// is, so that its own dependents go first.
+const OWNER_KINDS: [&str; 4] = ["Deployment", "ReplicaSet", "Job", "CronJob"];
+
+/// Kinds scanned for dependents.
+fn dependent_kinds() -> impl Iterator<Item = &'static KindInfo> {
+    KINDS.iter().filter(|k| k.namespaced && k.kind != "Event" && k.kind != "Lease")
+}
+
+fn store_key(info: &KindInfo, ns: Option<&str>, name: &str) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        info.group,
+        info.plural,
+        if info.namespaced { ns.unwrap_or("default") } else { "" },
+        name
+    )
+}
+
+/// Keys of the objects in `ns` that name `uid` as an owner.
+fn dependents(store: &dyn Store, ns: &str, uid: &str) -> Result<Vec<Stored>, StoreError> {
+    let mut out = Vec::new();
+    for k in dependent_kinds() {
+        let (items, _) = store.list(&format!("{}/{}/{ns}/", k.group, k.plural))?;
+        out.extend(items.into_iter().filter(|s| {
+            s.object["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
+        }));
+    }
+    Ok(out)
+}
+
+fn meta_of(v: &Value) -> Option<ObjectMeta> {
+    serde_json::from_value(v["metadata"].clone()).ok()
+}
+
+/// Marks an object deleted in foreground, or with `finalizer`; an object already marked is
+/// left as it is.
+pub fn mark(obj: &mut Value, finalizer: &str, now: &str) {
+    if obj["metadata"]["deletionTimestamp"].is_null() {
+        obj["metadata"]["deletionTimestamp"] = now.into();
+    }
+    let fs = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    if !fs.iter().any(|f| f == finalizer) {
+        let mut fs = fs;
+        fs.push(finalizer.into());
+        obj["metadata"]["finalizers"] = Value::Array(fs);
+    }
+}
+
+/// The collector.
+pub struct Collector;
+
+impl Controller for Collector {
+    fn name(&self) -> &'static str {
+        "garbage-collector"
+    }
+
+    /// Every object; only those with owners or a deletion mark are looked at.
+    fn primary(&self) -> &'static str {
+        ""
+    }
+
+    fn expands_primary(&self) -> bool {
+        true
+    }
+
+    fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
+        let Some(meta) = meta_of(&e.object) else { return Vec::new() };
+        let mut keys = Vec::new();
+        let ns = meta.namespace.clone().unwrap_or_default();
+        match e.type_ {
+            EventType::Deleted => {
+                // Its dependents may be orphans now; a foreground owner may be done.
+                let kind = e.object["kind"].as_str().unwrap_or_default();
+                if OWNER_KINDS.contains(&kind) {
+                    if let Some(uid) = meta.uid.as_deref() {
+                        keys.extend(dependents(store, &ns, uid).into_iter().flatten().map(|s| s.key));
+                    }
+                }
+                for o in &meta.owner_references {
+                    if let Some(info) = tug_api::object::lookup_exact(&o.kind, &o.api_version) {
+                        keys.push(store_key(info, Some(&ns), &o.name));
+                    }
+                }
+            }
+            _ if !meta.owner_references.is_empty() || meta.deletion_timestamp.is_some() => {
+                keys.push(e.key.clone())
+            }
+            _ => {}
+        }
+        keys
+    }
+
+    fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
+        let Some(s) = store.get(key)? else { return Ok(Next::Done) };
+        let Some(meta) = meta_of(&s.object) else { return Ok(Next::Done) };
+        if meta.owner_references.is_empty() && meta.deletion_timestamp.is_none() {
+            return Ok(Next::Done);
+        }
+        let ns = meta.namespace.clone();
+        let mut alive = Vec::new();
+        for o in &meta.owner_references {
+            let found = match tug_api::object::lookup_exact(&o.kind, &o.api_version) {
+                Some(info) => store.get(&store_key(info, ns.as_deref(), &o.name))?,
+                // A kind this server does not serve cannot be checked: assume it lives.
+                None => {
+                    alive.push(true);
+                    continue;
+                }
+            };
+            alive.push(found.is_some_and(|f| f.object["metadata"]["uid"].as_str() == Some(o.uid.as_str())));
+        }
+        let deps = match (&meta.uid, meta.deletion_timestamp.is_some()) {
+            (Some(uid), true) => dependents(store, ns.as_deref().unwrap_or("default"), uid)?,
+            _ => Vec::new(),
+        };
+        let dep_keys: Vec<String> = deps.iter().map(|d| d.key.clone()).collect();
+        let now = crate::api::now();
+        match decide(&meta, &alive, &dep_keys) {
+            Decision::Keep => Ok(Next::Done),
+            Decision::Delete => {
+                match store.delete(key, Some(s.revision)) {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(Next::Done)
+            }
+            Decision::DeleteDependents(_) => {
+                for d in deps {
+                    let kind = d.object["kind"].as_str().unwrap_or_default();
+                    if OWNER_KINDS.contains(&kind) {
+                        let mut obj = d.object.clone();
+                        mark(&mut obj, FOREGROUND, &now);
+                        if obj != d.object {
+                            store.update(&d.key, obj, Some(d.revision))?;
+                        }
+                    } else {
+                        match store.delete(&d.key, None) {
+                            Ok(_) | Err(StoreError::NotFound(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                // Dependents' deletions bring this back; a slow one is looked at again.
+                Ok(Next::After(Duration::from_secs(2)))
+            }
+            Decision::Orphan(_) => {
+                let uid = meta.uid.clone().unwrap_or_default();
+                for d in deps {
+                    let mut obj = d.object.clone();
+                    if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                        if refs.is_empty() {
+                            if let Some(m) = obj["metadata"].as_object_mut() {
+                                m.remove("ownerReferences");
+                            }
+                        }
+                    }
+                    store.update(&d.key, obj, Some(d.revision))?;
+                }
+                Ok(Next::After(Duration::from_millis(10)))
+            }
+            Decision::Finalize(f) => {
+                let mut obj = s.object.clone();
+                let mut left = meta.finalizers.clone();
+                left.retain(|x| x != f);
+                if left.is_empty() {
+                    match store.delete(key, Some(s.revision)) {
+                        Ok(_) | Err(StoreError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    obj["metadata"]["finalizers"] = serde_json::to_value(left).unwrap_or(Value::Null);
+                    store.update(key, obj, Some(s.revision))?;
+                }
+                Ok(Next::Done)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_api::meta::OwnerReference;
+
+    fn meta(owners: usize, deleting: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: "x".into(),
+            uid: Some("u".into()),
+            owner_references: (0..owners)
+                .map(|i| OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: format!("o{i}"),
+                    uid: format!("uo{i}"),
+                    controller: Some(i == 0),
+                    block_owner_deletion: None,
+                })
+                .collect(),
+            deletion_timestamp: deleting.map(|_| "t".into()),
+            finalizers: deleting.into_iter().map(str::to_string).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        assert_eq!(decide(&meta(0, None), &[], &[]), Decision::Keep);
+        assert_eq!(decide(&meta(1, None), &[true], &[]), Decision::Keep);
+        assert_eq!(decide(&meta(1, None), &[false], &[]), Decision::Delete);
+        // One owner of two left: kept.
+        assert_eq!(decide(&meta(2, None), &[false, true], &[]), Decision::Keep);
+        let deps = vec!["/pods/default/a".to_string()];
+        assert_eq!(decide(&meta(0, Some(FOREGROUND)), &[], &deps), Decision::DeleteDependents(deps.clone()));
+        assert_eq!(decide(&meta(0, Some(FOREGROUND)), &[], &[]), Decision::Finalize(FOREGROUND));
+        assert_eq!(decide(&meta(0, Some(ORPHAN)), &[], &deps), Decision::Orphan(deps.clone()));
+        assert_eq!(decide(&meta(0, Some(ORPHAN)), &[], &[]), Decision::Finalize(ORPHAN));
+    }
+}

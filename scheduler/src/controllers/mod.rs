@@ -1,0 +1,254 @@
+//! The reconcilers that keep the cluster on what users declared.
+//!
+//! Each controller is a pure planner — `plan(desired, observed, now) -> actions` — and a thin
+//! executor that reads the store, calls the planner and writes what it returned; the
+//! [`runtime`] feeds them keys from store watches.
+//!
+//! - [`replicaset`]: exactly `replicas` pods per ReplicaSet.
+//! - [`deployment`]: ReplicaSets per template revision; rolling and recreate updates; the
+//!   automatic rollback.
+//! - [`job`] and [`cronjob`]: batch work.
+//! - [`gc`]: dependents follow their owners (background, foreground, orphan).
+//! - [`nodes`]: a node whose lease stops is marked, tainted, and its pods evicted.
+//!
+//! They read the store directly, which is consistent (a list sees every write before it),
+//! so unlike Kubernetes' controllers they need no "expectations" to cover a lagging cache.
+
+pub mod cronjob;
+pub mod deployment;
+pub mod gc;
+pub mod job;
+pub mod nodes;
+pub mod replicaset;
+pub mod runtime;
+
+use crate::store::{Store, StoreError, Stored};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tug_api::kinds::pod::Pod;
+use tug_api::meta::{Condition, ObjectMeta, OwnerReference};
+
+/// Settings from the scheduler's flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often every object is reconciled even without events.
+    pub resync: Duration,
+    /// How long a node's lease may go unrenewed before it is NotReady.
+    pub node_monitor_grace: Duration,
+    /// Toleration seconds for `node.kubernetes.io/unreachable` and `not-ready` NoExecute
+    /// taints when a pod names none.
+    pub default_unreachable_toleration: Duration,
+    pub default_not_ready_toleration: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            resync: Duration::from_secs(30),
+            node_monitor_grace: Duration::from_secs(20),
+            default_unreachable_toleration: Duration::from_secs(30),
+            default_not_ready_toleration: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Starts every controller on the current tokio runtime.
+pub fn spawn(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
+    let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
+        (Arc::new(replicaset::ReplicaSets), 2),
+        (Arc::new(deployment::Deployments), 2),
+        (Arc::new(job::Jobs), 1),
+        (Arc::new(cronjob::CronJobs), 1),
+        (Arc::new(gc::Collector), 1),
+        (Arc::new(nodes::NodeLifecycle::new(settings)), 1),
+    ];
+    controllers
+        .into_iter()
+        .map(|(c, workers)| tokio::spawn(runtime::run(store.clone(), c, workers, settings.resync)))
+        .collect()
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A timestamp as Kubernetes writes it.
+pub fn timestamp(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Seconds since the epoch of a Kubernetes timestamp.
+pub fn parse_time(t: &str) -> Option<u64> {
+    humantime::parse_rfc3339_weak(t).ok()?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// Decodes a stored object into its type.
+pub fn decode<T: DeserializeOwned>(s: &Stored) -> Result<T, StoreError> {
+    serde_json::from_value(s.object.clone()).map_err(|e| StoreError::Backend(format!("{}: {e}", s.key)))
+}
+
+/// The store key of a namespaced object: `group/plural/ns/name`.
+pub fn key(group_plural: &str, ns: &str, name: &str) -> String {
+    format!("{group_plural}/{ns}/{name}")
+}
+
+/// The namespace and name of a key `group/plural/ns/name`.
+pub fn split_key(key: &str) -> Option<(&str, &str)> {
+    let mut parts = key.rsplitn(3, '/');
+    let name = parts.next()?;
+    let ns = parts.next()?;
+    Some((ns, name))
+}
+
+/// The owner that controls an object.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.iter().find(|o| o.controller == Some(true))
+}
+
+/// An owner reference that makes `owner` the controller.
+pub fn controller_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: owner.name.clone(),
+        uid: owner.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether a pod still counts: not finished and not being deleted.
+pub fn pod_active(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed")) && p.metadata.deletion_timestamp.is_none()
+}
+
+fn pod_condition<'a>(p: &'a Pod, type_: &str) -> Option<&'a Condition> {
+    p.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Since when a pod has been Ready (None when it is not).
+pub fn ready_since(p: &Pod) -> Option<u64> {
+    let c = pod_condition(p, "Ready").filter(|c| c.status == "True")?;
+    Some(c.last_transition_time.as_deref().and_then(parse_time).unwrap_or(0))
+}
+
+/// Ready for at least `min_ready` seconds at `now`.
+pub fn pod_available(p: &Pod, min_ready: u64, now: u64) -> bool {
+    ready_since(p).is_some_and(|t| min_ready == 0 || t + min_ready <= now)
+}
+
+/// Sets a condition in a list, keeping `lastTransitionTime` when the status does not change.
+pub fn set_condition(conds: &mut Vec<Condition>, mut c: Condition, now: &str) {
+    if c.last_update_time.is_none() {
+        c.last_update_time = Some(now.to_string());
+    }
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => {
+            c.last_transition_time =
+                if x.status == c.status { x.last_transition_time.clone() } else { Some(now.to_string()) };
+            *x = c;
+        }
+        None => {
+            c.last_transition_time.get_or_insert_with(|| now.to_string());
+            conds.push(c);
+        }
+    }
+}
+
+/// A condition.
+pub fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        ..Default::default()
+    }
+}
+
+/// Writes an Event about an object (given as its kind, apiVersion and metadata).
+pub fn event(
+    store: &dyn Store,
+    involved: (&str, &str, &ObjectMeta),
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) -> Result<(), StoreError> {
+    let (kind, api_version, meta) = involved;
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let name = format!("{}.{}", meta.name, &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let now = timestamp(unix_now());
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now},
+        "involvedObject": {"kind": kind, "namespace": ns, "name": meta.name, "uid": meta.uid, "apiVersion": api_version},
+        "reason": reason, "message": message, "type": type_,
+        "source": {"component": component},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1
+    });
+    match store.create(&format!("/events/{ns}/{name}"), ev) {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates an object the way the API server would (uid, creation time, generation), with a
+/// random suffix on `generateName`; retries a taken name.
+pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -> Result<Stored, StoreError> {
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    // Never into a namespace that is gone (deleted while its owners were being reconciled).
+    if store.get(&format!("/namespaces//{ns}"))?.is_none() {
+        return Err(StoreError::NotFound(format!("namespace {ns}")));
+    }
+    let base = obj["metadata"]["generateName"].as_str().map(str::to_string);
+    for _ in 0..8 {
+        let name = match &base {
+            Some(b) => format!("{b}{}", random_suffix(5)),
+            None => obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+        };
+        obj["metadata"]["name"] = name.clone().into();
+        crate::api::objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
+        match store.create(&key(group_plural, &ns, &name), obj.clone()) {
+            Err(StoreError::AlreadyExists(_)) if base.is_some() => continue,
+            r => return r,
+        }
+    }
+    Err(StoreError::AlreadyExists(format!("{group_plural}/{ns}: every generated name")))
+}
+
+/// Kubernetes' alphabet for generated names (no vowels, no confusable digits).
+const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+pub fn random_suffix(n: usize) -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes.iter().take(n).map(|b| ALPHANUMS[usize::from(*b) % ALPHANUMS.len()] as char).collect()
+}
+
+/// Kubernetes' `SafeEncodeString`: every byte mapped into [`ALPHANUMS`].
+pub fn safe_encode(s: &str) -> String {
+    s.bytes().map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_times_and_conditions() {
+        assert_eq!(split_key("apps/replicasets/default/web-abc"), Some(("default", "web-abc")));
+        assert_eq!(parse_time(&timestamp(1_700_000_000)), Some(1_700_000_000));
+        let mut conds = Vec::new();
+        set_condition(&mut conds, condition("Available", "True", "A", "a"), "t1");
+        set_condition(&mut conds, condition("Available", "True", "B", "b"), "t2");
+        assert_eq!(conds[0].last_transition_time.as_deref(), Some("t1"));
+        assert_eq!(conds[0].reason.as_deref(), Some("B"));
+        set_condition(&mut conds, condition("Available", "False", "C", "c"), "t3");
+        assert_eq!(conds[0].last_transition_time.as_deref(), Some("t3"));
+        assert_eq!(safe_encode("12"), "56");
+    }
+}

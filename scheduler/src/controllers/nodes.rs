@@ -1,0 +1,312 @@
+//! Node lifecycle: a node whose lease is not renewed for `--node-monitor-grace-period`
+//! (default 20 s; the agent renews every 5 s, so one missed heartbeat never counts) gets
+//! `Ready=Unknown` and the taints `node.kubernetes.io/unreachable` NoSchedule and NoExecute;
+//! a node whose agent reports `Ready=False` gets `node.kubernetes.io/not-ready`. Pods on a
+//! node with a NoExecute taint they do not tolerate are evicted — at once, or after their
+//! toleration's `tolerationSeconds` (pods that name no toleration for these two taints get
+//! `--default-unreachable-toleration-seconds` / `--default-not-ready-toleration-seconds`,
+//! default 30 s, as Kubernetes' DefaultTolerationSeconds admission gives them 300 s). Their
+//! ReplicaSets then recreate them elsewhere: under a minute from the last heartbeat with
+//! the defaults, against Kubernetes' ~6 minutes. When the lease is renewed again the taints
+//! go.
+//!
+//! [`plan`] is pure.
+
+use super::runtime::{Controller, Next};
+use super::{Settings, decode, parse_time, timestamp};
+use crate::store::{Event, Store, StoreError};
+use std::time::Duration;
+use tug_api::kinds::cluster::{Lease, Node, Taint};
+use tug_api::kinds::pod::{Pod, Toleration};
+
+pub const PREFIX: &str = "/nodes/";
+pub const LEASES: &str = "coordination.k8s.io/leases/tug-node-lease/";
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// What to do with one node.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// The node's new taints, when they change.
+    pub taints: Option<Vec<Taint>>,
+    /// Set `Ready=Unknown` (the agent stopped reporting).
+    pub mark_unknown: bool,
+    /// Pods to evict now, by name and namespace, with the taint that evicts them.
+    pub evict: Vec<(String, String, String)>,
+    pub next: Next,
+}
+
+fn ready_status(node: &Node) -> Option<&str> {
+    node.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+}
+
+fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let key_ok = match t.key.as_deref() {
+        None | Some("") => t.operator.as_deref() == Some("Exists"),
+        Some(k) => k == taint.key,
+    };
+    let value_ok = match t.operator.as_deref() {
+        Some("Exists") => true,
+        _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    };
+    let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+    key_ok && value_ok && effect_ok
+}
+
+/// The pure decision: the node, its lease's last renewal, its pods, the time and settings.
+pub fn plan(node: &Node, renewed: Option<u64>, pods: &[Pod], now: u64, s: &Settings) -> Plan {
+    let mut out = Plan::default();
+    let grace = s.node_monitor_grace.as_secs();
+    let created = node.metadata.creation_timestamp.as_deref().and_then(parse_time).unwrap_or(now);
+    let last = renewed.unwrap_or(created);
+    let unreachable = last + grace < now;
+    if !unreachable {
+        out.next = Next::After(Duration::from_secs(last + grace + 1 - now.min(last + grace)));
+    }
+    let not_ready = !unreachable && ready_status(node) == Some("False");
+    out.mark_unknown = unreachable && ready_status(node) != Some("Unknown");
+    // The taints this controller owns, kept with their time when already there.
+    let mut taints: Vec<Taint> =
+        node.spec.taints.iter().filter(|t| t.key != UNREACHABLE && t.key != NOT_READY).cloned().collect();
+    let owned = |key: &str, effect: &str| Taint {
+        key: key.into(),
+        value: None,
+        effect: effect.into(),
+        time_added: node
+            .spec
+            .taints
+            .iter()
+            .find(|t| t.key == key && t.effect == effect)
+            .and_then(|t| t.time_added.clone())
+            .or_else(|| Some(timestamp(now))),
+    };
+    for (cond, key) in [(unreachable, UNREACHABLE), (not_ready, NOT_READY)] {
+        if cond {
+            taints.push(owned(key, "NoSchedule"));
+            taints.push(owned(key, "NoExecute"));
+        }
+    }
+    if taints != node.spec.taints {
+        out.taints = Some(taints.clone());
+    }
+    // Evictions for every NoExecute taint.
+    for p in pods.iter().filter(|p| super::pod_active(p)) {
+        let mut evict_at: Option<(u64, String)> = None;
+        for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
+            let added = taint.time_added.as_deref().and_then(parse_time).unwrap_or(now);
+            let matching: Vec<&Toleration> =
+                p.spec.tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+            let at = if matching.is_empty() {
+                match taint.key.as_str() {
+                    UNREACHABLE => Some(added + s.default_unreachable_toleration.as_secs()),
+                    NOT_READY => Some(added + s.default_not_ready_toleration.as_secs()),
+                    _ => Some(added),
+                }
+            } else if matching.iter().any(|t| t.toleration_seconds.is_none()) {
+                None
+            } else {
+                let secs = matching.iter().filter_map(|t| t.toleration_seconds).min().unwrap_or(0).max(0);
+                Some(added + u64::try_from(secs).unwrap_or(0))
+            };
+            if let Some(at) = at {
+                if evict_at.as_ref().is_none_or(|(e, _)| at < *e) {
+                    evict_at = Some((at, taint.key.clone()));
+                }
+            }
+        }
+        match evict_at {
+            Some((at, key)) if at <= now => out.evict.push((
+                p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                p.metadata.name.clone(),
+                key,
+            )),
+            Some((at, _)) => out.next = out.next.min(Next::After(Duration::from_secs(at - now))),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The reconciler.
+pub struct NodeLifecycle {
+    settings: Settings,
+}
+
+impl NodeLifecycle {
+    pub fn new(settings: &Settings) -> NodeLifecycle {
+        NodeLifecycle { settings: settings.clone() }
+    }
+}
+
+impl Controller for NodeLifecycle {
+    fn name(&self) -> &'static str {
+        "node-lifecycle"
+    }
+
+    fn primary(&self) -> &'static str {
+        PREFIX
+    }
+
+    fn secondary(&self) -> Vec<&'static str> {
+        vec![LEASES]
+    }
+
+    fn keys_for(&self, _store: &dyn Store, e: &Event) -> Vec<String> {
+        e.object["metadata"]["name"].as_str().map(|n| vec![format!("{PREFIX}{n}")]).unwrap_or_default()
+    }
+
+    fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
+        let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
+        let node: Node = decode(&stored)?;
+        let lease = store.get(&format!("{LEASES}{}", node.metadata.name))?;
+        let renewed = lease
+            .and_then(|l| decode::<Lease>(&l).ok())
+            .and_then(|l| l.spec.renew_time.as_deref().and_then(parse_time));
+        let tainted = node.spec.taints.iter().any(|t| t.effect == "NoExecute");
+        let now = super::unix_now();
+        // Pods are read only when they might be evicted.
+        let pods: Vec<Pod> =
+            if tainted || renewed.is_none_or(|r| r + self.settings.node_monitor_grace.as_secs() < now) {
+                let (items, _) = store.list("/pods/")?;
+                items
+                    .iter()
+                    .filter(|s| s.object["spec"]["nodeName"].as_str() == Some(node.metadata.name.as_str()))
+                    .filter_map(|s| decode(s).ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let p = plan(&node, renewed, &pods, now, &self.settings);
+        let involved = ("Node", "v1", &node.metadata);
+        if p.taints.is_some() || p.mark_unknown {
+            let mut obj = stored.object.clone();
+            if let Some(t) = &p.taints {
+                obj["spec"]["taints"] = serde_json::to_value(t).unwrap_or_default();
+            }
+            if p.mark_unknown {
+                let mut n = node.clone();
+                let st = n.status.get_or_insert_with(Default::default);
+                for c in st.conditions.iter_mut().filter(|c| c.type_ != "NetworkUnavailable") {
+                    c.status = "Unknown".into();
+                    c.reason = Some("NodeStatusUnknown".into());
+                    c.message = Some("Kubelet stopped posting node status.".into());
+                    c.last_transition_time = Some(timestamp(now));
+                }
+                if !st.conditions.iter().any(|c| c.type_ == "Ready") {
+                    st.conditions.push(super::condition(
+                        "Ready",
+                        "Unknown",
+                        "NodeStatusUnknown",
+                        "Kubelet never posted node status.",
+                    ));
+                }
+                obj["status"] = serde_json::to_value(&n.status).unwrap_or_default();
+            }
+            store.update(key, obj, Some(stored.revision))?;
+            if p.mark_unknown {
+                super::event(
+                    store,
+                    involved,
+                    "Normal",
+                    "NodeNotReady",
+                    &format!("Node {} status is now: NodeNotReady", node.metadata.name),
+                    "node-controller",
+                )?;
+            }
+        }
+        for (ns, name, taint) in &p.evict {
+            let pod_key = format!("/pods/{ns}/{name}");
+            let Some(ps) = store.get(&pod_key)? else { continue };
+            let pod: Pod = decode(&ps)?;
+            match store.delete(&pod_key, Some(ps.revision)) {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            super::event(
+                store,
+                ("Pod", "v1", &pod.metadata),
+                "Normal",
+                "TaintManagerEviction",
+                &format!(
+                    "Marking for deletion Pod {ns}/{name} (node {} has taint {taint})",
+                    node.metadata.name
+                ),
+                "taint-eviction-controller",
+            )?;
+        }
+        Ok(p.next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ready: &str) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = "n1".into();
+        n.metadata.creation_timestamp = Some(timestamp(0));
+        let mut st = tug_api::kinds::cluster::NodeStatus::default();
+        st.conditions.push(super::super::condition("Ready", ready, "KubeletReady", ""));
+        n.status = Some(st);
+        n
+    }
+
+    fn pod(name: &str, tolerations: Vec<Toleration>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = name.into();
+        p.metadata.namespace = Some("default".into());
+        p.spec.node_name = Some("n1".into());
+        p.spec.tolerations = tolerations;
+        p
+    }
+
+    #[test]
+    fn one_missed_heartbeat_is_not_a_dead_node() {
+        let s = Settings::default();
+        let p = plan(&node("True"), Some(1000), &[], 1010, &s);
+        assert_eq!(p, Plan { next: Next::After(Duration::from_secs(11)), ..Default::default() });
+    }
+
+    #[test]
+    fn a_silent_node_is_tainted_and_its_pods_evicted_after_the_default_toleration() {
+        let s = Settings::default();
+        let pods = vec![
+            pod("plain", vec![]),
+            pod(
+                "patient",
+                vec![Toleration {
+                    key: Some(UNREACHABLE.into()),
+                    operator: Some("Exists".into()),
+                    effect: Some("NoExecute".into()),
+                    toleration_seconds: Some(100),
+                    ..Default::default()
+                }],
+            ),
+            pod("forever", vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]),
+        ];
+        let p = plan(&node("True"), Some(1000), &pods, 1021, &s);
+        assert!(p.mark_unknown);
+        let taints = p.taints.clone().unwrap();
+        assert_eq!(taints.len(), 2);
+        assert!(p.evict.is_empty());
+        assert_eq!(p.next, Next::After(Duration::from_secs(30)));
+        let mut n = node("Unknown");
+        n.spec.taints = taints;
+        let p = plan(&n, Some(1000), &pods, 1051, &s);
+        assert_eq!(p.evict, vec![("default".into(), "plain".into(), UNREACHABLE.into())]);
+        assert!(!p.mark_unknown && p.taints.is_none());
+        assert_eq!(p.next, Next::After(Duration::from_secs(70)));
+        // Renewed again: the taints go.
+        let p = plan(&n, Some(1060), &pods, 1061, &s);
+        assert_eq!(p.taints, Some(vec![]));
+        assert!(p.evict.is_empty());
+    }
+
+    #[test]
+    fn a_node_reporting_not_ready_is_tainted_not_ready() {
+        let p = plan(&node("False"), Some(1000), &[], 1001, &Settings::default());
+        let keys: Vec<String> = p.taints.unwrap().iter().map(|t| format!("{}:{}", t.key, t.effect)).collect();
+        assert_eq!(keys, vec![format!("{NOT_READY}:NoSchedule"), format!("{NOT_READY}:NoExecute")]);
+    }
+}
