@@ -67,12 +67,16 @@ Use it with the CLI:
   export PATH=$bin:\$PATH
   tug get nodes; tug get pods -o wide
   tug describe pod hello
-  tug apply -f YOUR.yaml            # Pods run; see README for what else works today
+  tug get deploy web; tug get pods -l app=web -o wide   # the example Deployment's two pods
+  tug scale deployment/web --replicas 3
+  tug rollout restart deployment/web; tug rollout status deployment/web
+  tug apply -f YOUR.yaml            # Pods, Deployments, Jobs, CronJobs; see README
   tug image ls                      # the node's images (tug.local/busybox-httpd:1 is the example's)
   tug image pull busybox:1.36       # from a registry; tug image import FILE for archives
 
-Not there yet: the controllers (the Deployment in examples/web.yaml is stored but makes no
-pods), services, and tug logs/exec through the agent.
+Not there yet: services (the Service in examples/web.yaml is stored but not programmed), and
+tug logs/exec through the agent.
 
-Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello first)
+Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello
+and deployment web first)
 EOM

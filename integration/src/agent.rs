@@ -130,6 +130,11 @@ impl Agent {
     /// Imports the example image (`scripts/example-image.sh`, `tug.local/busybox-httpd:1`)
     /// into the agent's store.
     pub fn import_example_image(&self) {
+        self.import_example_image_as(None);
+    }
+
+    /// The example image under another name (`tug.local/busybox-httpd:2`, for an update).
+    pub fn import_example_image_as(&self, name: Option<&str>) {
         let layout = self.dir.path().join("example-image");
         if !layout.exists() {
             let st = Command::new("bash")
@@ -141,7 +146,7 @@ impl Agent {
             assert!(st.success(), "scripts/example-image.sh failed");
         }
         let store = tug_images::Store::open(self.image_root()).expect("store");
-        tug_images::import::import(&store, &layout, None).expect("import the example image");
+        tug_images::import::import(&store, &layout, name).expect("import the example image");
     }
 
     /// Imports an image of busybox and the probe as `name`.
