@@ -68,6 +68,12 @@ struct Flags {
     /// The same for node.kubernetes.io/not-ready (the agent reports the node not ready).
     #[arg(long, default_value_t = 30)]
     default_not_ready_toleration_seconds: u64,
+    /// The Services' virtual addresses (ClusterIPs).
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    service_cluster_ip_range: tug_api::cidr::Cidr4,
+    /// The ports NodePort Services are given, as FIRST-LAST.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
     /// How often the reconcilers look at every object even without changes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_period: std::time::Duration,
@@ -75,6 +81,16 @@ struct Flags {
 
 fn parse_cidr(s: &str) -> Result<tug_api::cidr::Cidr4, String> {
     s.parse()
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 30000-32767"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("{s:?}: {a:?} is not a port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("{s:?}: {b:?} is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: FIRST must be between 1 and LAST"));
+    }
+    Ok((a, b))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -171,7 +187,8 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
     let store_for_scheduler = store.clone();
     let store_for_controllers = store.clone();
-    let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs }));
+    let services = api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
+    let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs, services }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,
         flags.scoring_strategy,

@@ -283,8 +283,30 @@ fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let key = path::key(info, ns.as_deref(), &name);
     let _cidrs = node_cidr_lock(st, info);
     assign_pod_cidr(st, info, &mut obj)?;
+    let _services = service_lock(st, info);
+    assign_service_addresses(st, info, &mut obj, None)?;
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::CREATED, &stored))
+}
+
+/// Held while a Service is written: its addresses are chosen by looking at the others.
+fn service_lock<'a>(st: &'a AppState, info: &KindInfo) -> Option<std::sync::MutexGuard<'a, ()>> {
+    (info.kind == "Service").then(|| st.services.lock.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// A Service's ClusterIP and NodePorts (see `services.rs`); other kinds pass.
+fn assign_service_addresses(st: &AppState, info: &KindInfo, obj: &mut Value, current: Option<&Value>) -> Result<(), Status> {
+    if info.kind != "Service" {
+        return Ok(());
+    }
+    let (all, _) = blocking(|| st.store.list(&path::prefix(info, None))).map_err(|e| store_status(e, info, ""))?;
+    let me = format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+        obj["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let taken = super::services::Taken::from_services(all.iter().map(|s| &s.object), &me);
+    super::services::allocate(obj, current, &taken, &st.services)
 }
 
 /// Held while a Node is created: pod CIDRs are chosen by looking at the other nodes.
@@ -350,6 +372,8 @@ fn replace(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
     let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
     objects::on_update(&mut obj, &current.object)?;
+    let _services = service_lock(st, info);
+    assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
     let stored = blocking(|| st.store.update(&key, obj, Some(expected.unwrap_or(current.revision))))
         .map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::OK, &stored))
@@ -434,7 +458,9 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let (key, name) = object_key(target);
     let mut obj = decode_body(target, body)?;
     ensure_namespace(st, info, target.namespace())?;
+    let _services = service_lock(st, info);
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+    assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
     let (stored, applied) = match current {
         None => {
             objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());

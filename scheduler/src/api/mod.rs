@@ -21,6 +21,8 @@ pub mod objects;
 #[allow(clippy::result_large_err)]
 pub mod path;
 #[allow(clippy::result_large_err)]
+pub mod services;
+#[allow(clippy::result_large_err)]
 mod watch;
 
 use crate::store::Store;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub pki: Option<Arc<crate::pki::Pki>>,
     /// Pod CIDRs handed to nodes as they register.
     pub node_cidrs: NodeCidrs,
+    /// ClusterIPs and NodePorts handed to Services.
+    pub services: services::ServiceRanges,
 }
 
 /// The cluster's pod range and the block size per node. A node created without

@@ -8,6 +8,7 @@
 //! - [`deployment`]: ReplicaSets per template revision; rolling and recreate updates; the
 //!   automatic rollback.
 //! - [`job`] and [`cronjob`]: batch work.
+//! - [`endpoints`]: the ready pods behind each Service.
 //! - [`gc`]: dependents follow their owners (background, foreground, orphan).
 //! - [`nodes`]: a node whose lease stops is marked, tainted, and its pods evicted.
 //!
@@ -16,6 +17,7 @@
 
 pub mod cronjob;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod nodes;
@@ -59,6 +61,7 @@ pub fn spawn(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::Joi
     let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
+        (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(job::Jobs), 1),
         (Arc::new(cronjob::CronJobs), 1),
         (Arc::new(gc::Collector), 1),

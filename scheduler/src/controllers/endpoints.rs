@@ -1,0 +1,236 @@
+//! Endpoints: for every Service with a selector, the pods behind it — ready ones in
+//! `addresses`, the others in `notReadyAddresses` (readiness probes decide; with
+//! `publishNotReadyAddresses` all are ready) — with each service port resolved against the
+//! pod (`targetPort` by number, or by the name of a container port). Pods whose ports resolve
+//! the same way share a subset, as Kubernetes packs them. Services without a selector keep
+//! the Endpoints their users write.
+//!
+//! [`plan`] is pure; the Endpoints object is owned by its Service (so it goes with it).
+
+use super::runtime::{Controller, Next};
+use super::{controller_ref, decode};
+use crate::store::{Event, Store, StoreError};
+use std::collections::BTreeMap;
+use tug_api::kinds::cluster::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference};
+use tug_api::kinds::core::Service;
+use tug_api::kinds::pod::Pod;
+use tug_api::meta::IntOrString;
+
+pub const PREFIX: &str = "/services/";
+pub const ENDPOINTS: &str = "/endpoints/";
+const PODS: &str = "/pods/";
+
+/// The port a service port reaches on `pod`, if the pod has it.
+fn target_port(sp: &tug_api::kinds::core::ServicePort, pod: &Pod) -> Option<i64> {
+    match sp.target_port.as_ref() {
+        None => Some(sp.port),
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => {
+            let proto = sp.protocol.as_deref().unwrap_or("TCP");
+            pod.spec.containers.iter().flat_map(|c| c.ports.iter()).find_map(|p| {
+                (p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                    .then_some(p.container_port)
+            })
+        }
+    }
+}
+
+/// The subsets for a Service with a selector; `None` for one without.
+pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Vec<EndpointSubset>> {
+    if svc.spec.selector.is_empty() {
+        return None;
+    }
+    let all_ready = svc.spec.publish_not_ready_addresses == Some(true);
+    let mut groups: BTreeMap<Vec<(Option<String>, i64, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
+    for p in pods {
+        if !svc.spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)) || !super::pod_active(p) {
+            continue;
+        }
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|i| !i.is_empty()) else { continue };
+        let ports: Vec<(Option<String>, i64, String)> = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|sp| {
+                let n = target_port(sp, p)?;
+                Some((sp.name.clone(), n, sp.protocol.clone().unwrap_or_else(|| "TCP".into())))
+            })
+            .collect();
+        if ports.is_empty() && !svc.spec.ports.is_empty() {
+            continue;
+        }
+        let addr = EndpointAddress {
+            ip,
+            hostname: None,
+            node_name: p.spec.node_name.clone(),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: p.metadata.namespace.clone(),
+                name: Some(p.metadata.name.clone()),
+                uid: p.metadata.uid.clone(),
+                ..Default::default()
+            }),
+        };
+        let g = groups.entry(ports).or_default();
+        if all_ready || super::ready_since(p).is_some() {
+            g.0.push(addr);
+        } else {
+            g.1.push(addr);
+        }
+    }
+    Some(
+        groups
+            .into_iter()
+            .map(|(ports, (mut ready, mut not_ready))| {
+                ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+                not_ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+                EndpointSubset {
+                    addresses: ready,
+                    not_ready_addresses: not_ready,
+                    ports: ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| EndpointPort { name, port, protocol: Some(protocol) })
+                        .collect(),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The reconciler.
+pub struct EndpointsController;
+
+impl Controller for EndpointsController {
+    fn name(&self) -> &'static str {
+        "endpoints"
+    }
+
+    fn primary(&self) -> &'static str {
+        PREFIX
+    }
+
+    fn secondary(&self) -> Vec<&'static str> {
+        vec![PODS, ENDPOINTS]
+    }
+
+    fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
+        let ns = e.object["metadata"]["namespace"].as_str().unwrap_or("default");
+        if e.key.starts_with(ENDPOINTS) {
+            let name = e.object["metadata"]["name"].as_str().unwrap_or_default();
+            return vec![format!("{PREFIX}{ns}/{name}")];
+        }
+        // A pod: every Service of its namespace with a selector (it may have matched before a
+        // relabel, so matching now is not enough).
+        let Ok((svcs, _)) = store.list(&format!("{PREFIX}{ns}/")) else { return Vec::new() };
+        svcs.into_iter()
+            .filter(|s| s.object["spec"]["selector"].as_object().is_some_and(|m| !m.is_empty()))
+            .map(|s| s.key)
+            .collect()
+    }
+
+    fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
+        let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
+        let svc: Service = decode(&stored)?;
+        let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let (items, _) = store.list(&format!("{PODS}{ns}/"))?;
+        let pods: Vec<Pod> = items.iter().filter_map(|s| decode(s).ok()).collect();
+        let Some(subsets) = plan(&svc, &pods) else { return Ok(Next::Done) };
+        let ep_key = format!("{ENDPOINTS}{ns}/{}", svc.metadata.name);
+        let mut ep = Endpoints {
+            api_version: "v1".into(),
+            kind: "Endpoints".into(),
+            subsets,
+            ..Default::default()
+        };
+        ep.metadata.name = svc.metadata.name.clone();
+        ep.metadata.namespace = Some(ns.clone());
+        ep.metadata.labels = svc.metadata.labels.clone();
+        ep.metadata.owner_references = vec![controller_ref("v1", "Service", &svc.metadata)];
+        match store.get(&ep_key)? {
+            None => {
+                let mut v = serde_json::to_value(&ep).unwrap_or_default();
+                crate::api::objects::on_create(&mut v, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
+                match store.create(&ep_key, v) {
+                    Ok(_) => {}
+                    Err(StoreError::AlreadyExists(k)) => return Err(StoreError::Conflict { key: k, expected: 0, current: 0 }),
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(cur) => {
+                let current: Endpoints = decode(&cur)?;
+                if current.subsets != ep.subsets
+                    || current.metadata.owner_references != ep.metadata.owner_references
+                    || current.metadata.labels != ep.metadata.labels
+                {
+                    let mut v = cur.object.clone();
+                    v["subsets"] = serde_json::to_value(&ep.subsets).unwrap_or_default();
+                    if ep.subsets.is_empty() {
+                        if let Some(m) = v.as_object_mut() {
+                            m.remove("subsets");
+                        }
+                    }
+                    v["metadata"]["ownerReferences"] = serde_json::to_value(&ep.metadata.owner_references).unwrap_or_default();
+                    v["metadata"]["labels"] = serde_json::to_value(&ep.metadata.labels).unwrap_or_default();
+                    store.update(&ep_key, v, Some(cur.revision))?;
+                }
+            }
+        }
+        Ok(Next::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_api::kinds::core::ServicePort;
+    use tug_api::kinds::pod::{Container, ContainerPort};
+
+    fn pod(name: &str, ip: &str, ready: bool, port_name: Option<(&str, i32)>) -> Pod {
+        let mut p = crate::controllers::replicaset::tests::pod(name, None, 1, true, ready.then_some(1));
+        p.status.as_mut().unwrap().pod_ip = Some(ip.into());
+        let mut c = Container { name: "c".into(), ..Default::default() };
+        if let Some((n, port)) = port_name {
+            c.ports.push(ContainerPort { name: Some(n.into()), container_port: i64::from(port), ..Default::default() });
+        }
+        p.spec.containers.push(c);
+        p
+    }
+
+    fn svc(target: IntOrString) -> Service {
+        let mut s = Service::default();
+        s.metadata.name = "web".into();
+        s.spec.selector.insert("app".into(), "web".into());
+        s.spec.ports.push(ServicePort {
+            name: Some("http".into()),
+            protocol: Some("TCP".into()),
+            port: 80,
+            target_port: Some(target),
+            node_port: None,
+        });
+        s
+    }
+
+    #[test]
+    fn ready_and_not_ready_pods_and_named_ports() {
+        let pods = vec![
+            pod("a", "10.244.0.3", true, Some(("http", 8080))),
+            pod("b", "10.244.0.2", true, Some(("http", 9090))),
+            pod("c", "10.244.0.4", false, Some(("http", 8080))),
+            pod("d", "10.244.0.5", true, None),
+        ];
+        let s = plan(&svc(IntOrString::String("http".into())), &pods).unwrap();
+        // Two port sets: 8080 (a ready, c not) and 9090 (b); d has no such port.
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].ports[0].port, 8080);
+        assert_eq!(s[0].addresses.iter().map(|a| a.ip.as_str()).collect::<Vec<_>>(), vec!["10.244.0.3"]);
+        assert_eq!(s[0].not_ready_addresses[0].ip, "10.244.0.4");
+        assert_eq!(s[1].ports[0].port, 9090);
+        let by_number = plan(&svc(IntOrString::Int(8080)), &pods).unwrap();
+        assert_eq!(by_number.len(), 1);
+        assert_eq!(by_number[0].addresses.len(), 3);
+        let mut manual = svc(IntOrString::Int(1));
+        manual.spec.selector.clear();
+        assert_eq!(plan(&manual, &pods), None);
+    }
+}
