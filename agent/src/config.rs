@@ -39,6 +39,10 @@ pub struct Config {
     /// Image garbage collection thresholds, percent of the image filesystem.
     pub image_gc_high: u8,
     pub image_gc_low: u8,
+    /// Program Services (`--proxy-mode nftables`).
+    pub proxy: bool,
+    pub cluster_cidr: tug_api::cidr::Cidr4,
+    pub service_cidr: tug_api::cidr::Cidr4,
 }
 
 impl Config {

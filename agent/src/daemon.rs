@@ -197,7 +197,13 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     ncfg.node_netns = cfg.node_netns.clone();
     ncfg.netns_dir = cfg.netns_dir.clone();
     ncfg.backend = cfg.backend;
+    ncfg.cluster_cidr = cfg.cluster_cidr;
     let net = NodeNetwork::setup(ncfg).await?;
+    if cfg.proxy {
+        net.route_services(cfg.service_cidr).await?;
+        let node = crate::proxy::rules::NodeInfo { cluster_cidr: cfg.cluster_cidr, pod_cidr };
+        tokio::spawn(crate::proxy::run(api.clone(), cfg.node_netns.clone(), node, Duration::from_secs(300)));
+    }
     let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
     let puller = tug_images::Puller::new(Arc::clone(&store), cfg.insecure_registries.clone());
     let ctx = Arc::new(Ctx {

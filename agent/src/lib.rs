@@ -14,3 +14,4 @@ pub mod daemon;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod proxy;

@@ -187,7 +187,8 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
     let store_for_scheduler = store.clone();
     let store_for_controllers = store.clone();
-    let services = api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
+    let services =
+        api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
     let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs, services }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,

@@ -78,6 +78,17 @@ struct Args {
     /// The tug-shim binary (default: beside tug-agent).
     #[arg(long)]
     shim: Option<PathBuf>,
+    /// How Services are programmed: nftables, or none (no service proxy on this node).
+    #[arg(long, default_value = "nftables", value_parser = ["nftables", "none"])]
+    proxy_mode: String,
+    /// The cluster's pod range (tug-scheduler's --cluster-cidr): traffic to Services from
+    /// outside it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = |s: &str| s.parse::<tug_api::cidr::Cidr4>())]
+    cluster_cidr: tug_api::cidr::Cidr4,
+    /// The Services' range (tug-scheduler's --service-cluster-ip-range), routed onto the
+    /// pod bridge so the node's own clients reach ClusterIPs.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = |s: &str| s.parse::<tug_api::cidr::Cidr4>())]
+    service_cluster_ip_range: tug_api::cidr::Cidr4,
 }
 
 /// The source address of the default route: what the node is reached at.
@@ -146,6 +157,9 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         shim,
         image_gc_high: a.image_gc_high_threshold,
         image_gc_low: a.image_gc_low_threshold,
+        proxy: a.proxy_mode != "none",
+        cluster_cidr: a.cluster_cidr,
+        service_cidr: a.service_cluster_ip_range,
     };
     tug_api::validation::dns1123_subdomain(&cfg.node_name)
         .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;

@@ -416,6 +416,25 @@ impl NodeNetwork {
         Ok(wanted)
     }
 
+    /// Routes the Services' range onto the bridge, so that clients on the node itself (with
+    /// or without a default route) send to a ClusterIP through the output hook where the
+    /// proxy rewrites it. Protocol 215: not one of the peer routes `sync_routes` manages.
+    pub async fn route_services(&self, cidr: Cidr4) -> Result<(), String> {
+        let h = &self.handle;
+        let bridge = index_of(h, &self.cfg.bridge).await?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network, cidr.prefix)
+            .protocol(RouteProtocol::Other(TUG_PROTO + 1))
+            .output_interface(bridge)
+            .build();
+        h.route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("route to the services' range {cidr}")))
+    }
+
     /// The subnets of this node's own interfaces (for "shares a link").
     async fn local_subnets(&self) -> Result<Vec<Cidr4>, String> {
         let mut out = Vec::new();
@@ -452,10 +471,16 @@ pub fn masquerade_rules(pod_cidr: Cidr4, cluster_cidr: Cidr4) -> String {
 
 /// Runs `nft -f -` with `script` inside the namespace.
 fn nft(ns: Option<&Path>, script: &str) -> Result<(), String> {
+    run_nft(ns, &["-f", "-"], script)
+}
+
+/// Runs `nft ARGS` with `input` on its stdin inside the namespace (the agent's own when
+/// `None`): one transaction.
+pub fn run_nft(ns: Option<&Path>, args: &[&str], input: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("nft");
-    cmd.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     if let Some(path) = ns {
         let fd = netns::open(path)?;
         // SAFETY: between fork and exec only setns runs, an async-signal-safe syscall.
@@ -467,7 +492,7 @@ fn nft(ns: Option<&Path>, script: &str) -> Result<(), String> {
     }
     let mut child = cmd.spawn().map_err(|e| format!("nft: {e} (install nftables)"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+        stdin.write_all(input.as_bytes()).map_err(|e| format!("nft: {e}"))?;
     }
     let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
     if out.status.success() {

@@ -69,6 +69,11 @@ pub async fn resolve(
 ) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let mut out: Vec<(String, String)> = Vec::new();
+    if pod.spec.enable_service_links != Some(false) {
+        let path = format!("/api/v1/namespaces/{ns}/services");
+        let list = api.get(&path).await.map_err(|e| format!("listing services for their variables: {e}"))?;
+        out.extend(service_env(list["items"].as_array().map(Vec::as_slice).unwrap_or_default()));
+    }
     for src in &c.env_from {
         let (kind, r) = match (&src.config_map_ref, &src.secret_ref) {
             (Some(r), _) => ("ConfigMap", r),
@@ -135,6 +140,48 @@ pub async fn resolve(
 }
 
 /// `$(VAR)` references to earlier variables, as Kubernetes expands them; `$$` escapes.
+/// Kubernetes' service environment variables for the Services of the pod's namespace that
+/// have a ClusterIP: `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT`, `WEB_SERVICE_PORT_HTTP`, and the
+/// Docker-link style `WEB_PORT=tcp://10.96.0.10:80`, `WEB_PORT_80_TCP…`.
+pub fn service_env(services: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut svcs: Vec<&serde_json::Value> = services
+        .iter()
+        .filter(|s| s["spec"]["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty() && ip != "None"))
+        .collect();
+    svcs.sort_by_key(|s| s["metadata"]["name"].as_str().unwrap_or_default().to_string());
+    let mut out = Vec::new();
+    for s in svcs {
+        let name = s["metadata"]["name"].as_str().unwrap_or_default().to_ascii_uppercase().replace('-', "_");
+        let ip = s["spec"]["clusterIP"].as_str().unwrap_or_default();
+        let ports = s["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        out.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+        out.push((format!("{name}_SERVICE_PORT"), first["port"].to_string()));
+        for p in &ports {
+            if let Some(pn) = p["name"].as_str() {
+                out.push((
+                    format!("{name}_SERVICE_PORT_{}", pn.to_ascii_uppercase().replace('-', "_")),
+                    p["port"].to_string(),
+                ));
+            }
+        }
+        let proto = |p: &serde_json::Value| p["protocol"].as_str().unwrap_or("TCP").to_string();
+        out.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first["port"]),
+        ));
+        for p in &ports {
+            let (pr, port) = (proto(p), p["port"].to_string());
+            let base = format!("{name}_PORT_{port}_{pr}");
+            out.push((base.clone(), format!("{}://{ip}:{port}", pr.to_lowercase())));
+            out.push((format!("{base}_PROTO"), pr.to_lowercase()));
+            out.push((format!("{base}_PORT"), port));
+            out.push((format!("{base}_ADDR"), ip.to_string()));
+        }
+    }
+    out
+}
+
 pub fn expand(v: &str, env: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut rest = v;
@@ -188,6 +235,23 @@ pub async fn pull_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_variables_as_kubernetes_names_them() {
+        let svcs = vec![
+            serde_json::json!({"metadata": {"name": "web-api"}, "spec": {"clusterIP": "10.96.0.10",
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+            serde_json::json!({"metadata": {"name": "headless"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+        ];
+        let env: std::collections::BTreeMap<String, String> = service_env(&svcs).into_iter().collect();
+        assert_eq!(env["WEB_API_SERVICE_HOST"], "10.96.0.10");
+        assert_eq!(env["WEB_API_SERVICE_PORT"], "80");
+        assert_eq!(env["WEB_API_SERVICE_PORT_DNS"], "53");
+        assert_eq!(env["WEB_API_PORT"], "tcp://10.96.0.10:80");
+        assert_eq!(env["WEB_API_PORT_53_UDP"], "udp://10.96.0.10:53");
+        assert_eq!(env["WEB_API_PORT_53_UDP_ADDR"], "10.96.0.10");
+        assert!(!env.keys().any(|k| k.starts_with("HEADLESS")));
+    }
 
     #[test]
     fn expands_references() {

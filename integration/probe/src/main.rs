@@ -12,6 +12,8 @@
 //! tug-probe fork N          # fork up to N sleeping children; print how many succeeded
 //! tug-probe spin MS         # burn CPU for MS milliseconds of wall time; print cpu.stat
 //! tug-probe syscalls        # try calls a seccomp profile should stop; print each result
+//! tug-probe serve-udp PORT  # answer every datagram with this host's name
+//! tug-probe udp IP:PORT     # send one datagram, print the answer (exit 1 after 2 s)
 //! ```
 
 mod report;
@@ -39,11 +41,55 @@ fn main() -> ExitCode {
             println!("{}", syscalls());
             ExitCode::SUCCESS
         }
+        Some("serve-udp") => serve_udp(arg(1).unwrap_or(9999)),
+        Some("udp") => udp(args.get(1).map(String::as_str).unwrap_or("")),
         Some(other) => {
             eprintln!(
-                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls)"
+                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls, serve-udp, udp)"
             );
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Answers every datagram on `port` with the hostname.
+fn serve_udp(port: u64) -> ExitCode {
+    let Ok(sock) = std::net::UdpSocket::bind(("0.0.0.0", u16::try_from(port).unwrap_or(9999))) else {
+        eprintln!("tug-probe: cannot bind udp port {port}");
+        return ExitCode::FAILURE;
+    };
+    let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+    let mut buf = [0u8; 1500];
+    loop {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), from);
+        }
+    }
+}
+
+/// Sends one datagram to `target` and prints the answer.
+fn udp(target: &str) -> ExitCode {
+    let sock = match std::net::UdpSocket::bind("0.0.0.0:0") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tug-probe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    if let Err(e) = sock.send_to(b"ping", target) {
+        eprintln!("tug-probe: sending to {target:?}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut buf = [0u8; 1500];
+    match sock.recv(&mut buf) {
+        Ok(n) => {
+            println!("{}", String::from_utf8_lossy(&buf[..n]));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tug-probe: no answer from {target}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

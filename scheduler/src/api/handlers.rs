@@ -295,11 +295,17 @@ fn service_lock<'a>(st: &'a AppState, info: &KindInfo) -> Option<std::sync::Mute
 }
 
 /// A Service's ClusterIP and NodePorts (see `services.rs`); other kinds pass.
-fn assign_service_addresses(st: &AppState, info: &KindInfo, obj: &mut Value, current: Option<&Value>) -> Result<(), Status> {
+fn assign_service_addresses(
+    st: &AppState,
+    info: &KindInfo,
+    obj: &mut Value,
+    current: Option<&Value>,
+) -> Result<(), Status> {
     if info.kind != "Service" {
         return Ok(());
     }
-    let (all, _) = blocking(|| st.store.list(&path::prefix(info, None))).map_err(|e| store_status(e, info, ""))?;
+    let (all, _) =
+        blocking(|| st.store.list(&path::prefix(info, None))).map_err(|e| store_status(e, info, ""))?;
     let me = format!(
         "{}/{}",
         obj["metadata"]["namespace"].as_str().unwrap_or_default(),

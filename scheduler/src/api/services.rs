@@ -85,19 +85,30 @@ pub fn allocate(
     let asked = svc["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
     let ip = match (had, asked) {
         (Some(h), Some(a)) if h != a => {
-            return Err(invalid(&name, "spec.clusterIP", format!("Invalid value: {a:?}: field is immutable")));
+            return Err(invalid(
+                &name,
+                "spec.clusterIP",
+                format!("Invalid value: {a:?}: field is immutable"),
+            ));
         }
         (Some(h), _) => h,
         (None, Some(a)) if a == "None" => a,
         (None, Some(a)) => {
-            let addr: Ipv4Addr = a
-                .parse()
-                .map_err(|_| invalid(&name, "spec.clusterIP", format!("Invalid value: {a:?}: must be a valid IP address or \"None\"")))?;
+            let addr: Ipv4Addr = a.parse().map_err(|_| {
+                invalid(
+                    &name,
+                    "spec.clusterIP",
+                    format!("Invalid value: {a:?}: must be a valid IP address or \"None\""),
+                )
+            })?;
             if !ranges.cidr.contains(addr) || addr == ranges.cidr.network || addr == ranges.cidr.broadcast() {
                 return Err(invalid(
                     &name,
                     "spec.clusterIP",
-                    format!("Invalid value: {a:?}: provided IP is not in the valid range. The range of valid IPs is {}", ranges.cidr),
+                    format!(
+                        "Invalid value: {a:?}: provided IP is not in the valid range. The range of valid IPs is {}",
+                        ranges.cidr
+                    ),
                 ));
             }
             if taken.ips.contains(&addr) {
@@ -114,7 +125,11 @@ pub fn allocate(
                 .filter_map(|i| ranges.cidr.nth(i))
                 .find(|a| !taken.ips.contains(a))
                 .ok_or_else(|| {
-                    Status::new(500, "InternalError", format!("no ClusterIP left in {} for Service {name}", ranges.cidr))
+                    Status::new(
+                        500,
+                        "InternalError",
+                        format!("no ClusterIP left in {} for Service {name}", ranges.cidr),
+                    )
                 })?;
             free.to_string()
         }
@@ -152,7 +167,9 @@ pub fn allocate(
                     return Err(invalid(
                         &name,
                         &format!("spec.ports[{i}].nodePort"),
-                        format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                        format!(
+                            "Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                        ),
                     ));
                 }
                 if taken.node_ports.contains(&(proto.clone(), n)) || mine.contains(&(proto.clone(), n)) {
@@ -166,8 +183,16 @@ pub fn allocate(
             }
             (None, Some(k)) => k,
             (None, None) => (lo..=hi)
-                .find(|n| !taken.node_ports.contains(&(proto.clone(), *n)) && !mine.contains(&(proto.clone(), *n)))
-                .ok_or_else(|| Status::new(500, "InternalError", format!("no NodePort left in {lo}-{hi} for Service {name}")))?,
+                .find(|n| {
+                    !taken.node_ports.contains(&(proto.clone(), *n)) && !mine.contains(&(proto.clone(), *n))
+                })
+                .ok_or_else(|| {
+                    Status::new(
+                        500,
+                        "InternalError",
+                        format!("no NodePort left in {lo}-{hi} for Service {name}"),
+                    )
+                })?,
         };
         mine.insert((proto, n));
         p["nodePort"] = n.into();
@@ -215,19 +240,33 @@ mod tests {
         other["metadata"]["name"] = "other".into();
         let taken = Taken::from_services([&other].into_iter(), "default/web");
         let err = allocate(&mut svc("ClusterIP", Some("10.96.0.1"), None), None, &taken, &r).unwrap_err();
-        assert!(err.message.contains("spec.clusterIP: Invalid value: \"10.96.0.1\": provided IP is already allocated"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("spec.clusterIP: Invalid value: \"10.96.0.1\": provided IP is already allocated"),
+            "{}",
+            err.message
+        );
         let err = allocate(&mut svc("ClusterIP", Some("192.168.0.1"), None), None, &taken, &r).unwrap_err();
         assert!(err.message.contains("not in the valid range"), "{}", err.message);
         let err = allocate(&mut svc("NodePort", None, Some(30000)), None, &taken, &r).unwrap_err();
-        assert!(err.message.contains("spec.ports[0].nodePort: Invalid value: 30000: provided port is already allocated"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("spec.ports[0].nodePort: Invalid value: 30000: provided port is already allocated"),
+            "{}",
+            err.message
+        );
         let err = allocate(&mut svc("ClusterIP", None, Some(30005)), None, &taken, &r).unwrap_err();
         assert!(err.message.contains("Forbidden"), "{}", err.message);
         // An update keeps what the Service had; changing the ClusterIP is refused.
         let current = json!({"spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 31000}]}});
         let mut s = svc("NodePort", None, None);
         allocate(&mut s, Some(&current), &taken, &r).unwrap();
-        assert_eq!((s["spec"]["clusterIP"].as_str(), s["spec"]["ports"][0]["nodePort"].as_i64()), (Some("10.96.0.9"), Some(31000)));
-        let err = allocate(&mut svc("NodePort", Some("10.96.0.8"), None), Some(&current), &taken, &r).unwrap_err();
+        assert_eq!(
+            (s["spec"]["clusterIP"].as_str(), s["spec"]["ports"][0]["nodePort"].as_i64()),
+            (Some("10.96.0.9"), Some(31000))
+        );
+        let err =
+            allocate(&mut svc("NodePort", Some("10.96.0.8"), None), Some(&current), &taken, &r).unwrap_err();
         assert!(err.message.contains("field is immutable"), "{}", err.message);
     }
 }

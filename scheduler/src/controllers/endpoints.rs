@@ -35,20 +35,27 @@ fn target_port(sp: &tug_api::kinds::core::ServicePort, pod: &Pod) -> Option<i64>
     }
 }
 
+/// A service port resolved on a pod: name, port, protocol.
+type ResolvedPort = (Option<String>, i64, String);
+
 /// The subsets for a Service with a selector; `None` for one without.
 pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Vec<EndpointSubset>> {
     if svc.spec.selector.is_empty() {
         return None;
     }
     let all_ready = svc.spec.publish_not_ready_addresses == Some(true);
-    let mut groups: BTreeMap<Vec<(Option<String>, i64, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+    let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
         BTreeMap::new();
     for p in pods {
-        if !svc.spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)) || !super::pod_active(p) {
+        if !svc.spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v))
+            || !super::pod_active(p)
+        {
             continue;
         }
-        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|i| !i.is_empty()) else { continue };
-        let ports: Vec<(Option<String>, i64, String)> = svc
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        let ports: Vec<ResolvedPort> = svc
             .spec
             .ports
             .iter()
@@ -137,12 +144,8 @@ impl Controller for EndpointsController {
         let pods: Vec<Pod> = items.iter().filter_map(|s| decode(s).ok()).collect();
         let Some(subsets) = plan(&svc, &pods) else { return Ok(Next::Done) };
         let ep_key = format!("{ENDPOINTS}{ns}/{}", svc.metadata.name);
-        let mut ep = Endpoints {
-            api_version: "v1".into(),
-            kind: "Endpoints".into(),
-            subsets,
-            ..Default::default()
-        };
+        let mut ep =
+            Endpoints { api_version: "v1".into(), kind: "Endpoints".into(), subsets, ..Default::default() };
         ep.metadata.name = svc.metadata.name.clone();
         ep.metadata.namespace = Some(ns.clone());
         ep.metadata.labels = svc.metadata.labels.clone();
@@ -153,7 +156,9 @@ impl Controller for EndpointsController {
                 crate::api::objects::on_create(&mut v, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
                 match store.create(&ep_key, v) {
                     Ok(_) => {}
-                    Err(StoreError::AlreadyExists(k)) => return Err(StoreError::Conflict { key: k, expected: 0, current: 0 }),
+                    Err(StoreError::AlreadyExists(k)) => {
+                        return Err(StoreError::Conflict { key: k, expected: 0, current: 0 });
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -170,7 +175,8 @@ impl Controller for EndpointsController {
                             m.remove("subsets");
                         }
                     }
-                    v["metadata"]["ownerReferences"] = serde_json::to_value(&ep.metadata.owner_references).unwrap_or_default();
+                    v["metadata"]["ownerReferences"] =
+                        serde_json::to_value(&ep.metadata.owner_references).unwrap_or_default();
                     v["metadata"]["labels"] = serde_json::to_value(&ep.metadata.labels).unwrap_or_default();
                     store.update(&ep_key, v, Some(cur.revision))?;
                 }
@@ -191,7 +197,11 @@ mod tests {
         p.status.as_mut().unwrap().pod_ip = Some(ip.into());
         let mut c = Container { name: "c".into(), ..Default::default() };
         if let Some((n, port)) = port_name {
-            c.ports.push(ContainerPort { name: Some(n.into()), container_port: i64::from(port), ..Default::default() });
+            c.ports.push(ContainerPort {
+                name: Some(n.into()),
+                container_port: i64::from(port),
+                ..Default::default()
+            });
         }
         p.spec.containers.push(c);
         p

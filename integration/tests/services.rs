@@ -1,0 +1,265 @@
+//! Services end to end on the cluster in namespaces: ClusterIP, NodePort, UDP, ClientIP
+//! affinity, readiness, no endpoints, from the node and from a pod.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tug_integration::agent::Agent;
+use tug_integration::cluster::Cluster;
+use tug_integration::control_plane::ControlPlane;
+use tug_integration::wait_for;
+
+const APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: tug.local/probe:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w && hostname > /tmp/w/index.html && touch /tmp/w/ready && (/bin/tug-probe serve-udp 9999 &) && exec httpd -f -p 8080 -h /tmp/w"]
+        ports:
+        - {name: http, containerPort: 8080}
+        - {name: echo, containerPort: 9999, protocol: UDP}
+        readinessProbe:
+          httpGet: {path: /ready, port: http}
+          periodSeconds: 1
+---
+# Ready for six seconds, then not for six, and so on.
+apiVersion: v1
+kind: Pod
+metadata: {name: flappy, labels: {app: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: tug.local/probe:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "mkdir -p /tmp/w && hostname > /tmp/w/index.html && (while true; do touch /tmp/w/ready; sleep 6; rm /tmp/w/ready; sleep 6; done &) && exec httpd -f -p 8080 -h /tmp/w"]
+    ports:
+    - {name: http, containerPort: 8080}
+    readinessProbe:
+      httpGet: {path: /ready, port: http}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: echo, port: 53, targetPort: echo, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports:
+  - {port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nothing}
+spec:
+  selector: {app: nobody}
+  ports:
+  - {port: 80}
+"#;
+
+fn ready_ips(cp: &ControlPlane, name: &str) -> Vec<String> {
+    cp.get_json(&["endpoints", name])
+        .and_then(|e| e["subsets"].as_array().cloned())
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn not_ready(cp: &ControlPlane, name: &str) -> Vec<Value> {
+    cp.get_json(&["endpoints", name])
+        .and_then(|e| e["subsets"].as_array().cloned())
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["notReadyAddresses"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// `curl` from inside a namespace: the body, or the curl exit code.
+fn curl(ns: &str, url: &str) -> Result<String, i32> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "-m", "3", url])
+        .output()
+        .map_err(|_| -1)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(out.status.code().unwrap_or(-1))
+    }
+}
+
+#[test]
+fn services_balance_over_ready_pods_by_cluster_ip_node_port_and_udp() {
+    let cluster = Cluster::new(2).expect("cluster");
+    let cp = ControlPlane::start();
+    let agents: Vec<Agent> = (0..2)
+        .map(|i| {
+            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-s{i}"), &[]);
+            a.import_probe_image("tug.local/probe:1");
+            a
+        })
+        .collect();
+    let logs = || {
+        let mut s = cp.log();
+        for a in &agents {
+            s += &format!("\n--- {}:\n{}", a.name, a.log());
+        }
+        s
+    };
+    cp.apply(APPS);
+    let web = cp.get_json(&["service", "web"]).expect("service web");
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96."), "{web:#}");
+    let node_port = web["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&node_port));
+    let up = wait_for(Duration::from_secs(60), || ready_ips(&cp, "web").len() >= 3);
+    assert!(up, "endpoints: {:#}\n{}", cp.get_json(&["endpoints", "web"]).unwrap_or_default(), logs());
+    let node0 = cluster.nodes[0].netns.clone();
+
+    // 200 requests to the ClusterIP from a node reach every ready web pod.
+    let web_pods: Vec<String> = {
+        let ps = cp.get_json(&["pods", "-l", "app=web"]).unwrap();
+        ps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .filter(|n| n != "flappy")
+            .collect()
+    };
+    let mut hits: BTreeMap<String, usize> = BTreeMap::new();
+    let answered = wait_for(Duration::from_secs(20), || curl(&node0, &format!("http://{ip}/")).is_ok());
+    if !answered {
+        let table = cluster.nodes[0].command(&["nft", "list", "table", "ip", "tug_proxy"]).output().unwrap();
+        panic!(
+            "the ClusterIP {ip} does not answer: {:?}\n{}\nendpoints {:#}\n{}",
+            curl(&node0, &format!("http://{ip}/")),
+            String::from_utf8_lossy(&table.stdout),
+            cp.get_json(&["endpoints", "web"]).unwrap_or_default(),
+            logs()
+        );
+    }
+    for _ in 0..200 {
+        let body =
+            curl(&node0, &format!("http://{ip}/")).unwrap_or_else(|e| panic!("curl exit {e}\n{}", logs()));
+        *hits.entry(body).or_default() += 1;
+    }
+    for p in &web_pods {
+        assert!(hits.get(p).is_some_and(|n| *n > 10), "{p} got too few of 200 requests: {hits:?}");
+    }
+
+    // The same through the NodePort, from outside the cluster (the hub) to either node.
+    std::process::Command::new("ip")
+        .args(["-n", &cluster.hub, "addr", "add", "10.250.0.1/24", "dev", "tugbr"])
+        .status()
+        .unwrap();
+    for n in &cluster.nodes {
+        let url = format!("http://{}:{node_port}/", n.ip);
+        let ok = wait_for(Duration::from_secs(10), || {
+            curl(&cluster.hub, &url).is_ok_and(|b| b.starts_with("web-") || b == "flappy")
+        });
+        assert!(ok, "NodePort {url} from outside: {:?}\n{}", curl(&cluster.hub, &url), logs());
+    }
+
+    // UDP.
+    let probe = tug_integration::probe::path();
+    let out =
+        cluster.nodes[0].command(&[probe.to_str().unwrap(), "udp", &format!("{ip}:53")]).output().unwrap();
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && (web_pods.contains(&name) || name == "flappy"),
+        "udp answer {name:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // ClientIP affinity pins one client to one pod.
+    let sticky =
+        cp.get_json(&["service", "sticky"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let first = curl(&node0, &format!("http://{sticky}/")).expect("sticky");
+    for _ in 0..20 {
+        assert_eq!(curl(&node0, &format!("http://{sticky}/")).expect("sticky"), first);
+    }
+
+    // No endpoints: refused at once (curl's exit code 7), not a timeout (28).
+    let nothing =
+        cp.get_json(&["service", "nothing"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert_eq!(curl(&node0, &format!("http://{nothing}/")), Err(7));
+
+    // From a pod: the service's ClusterIP and the service environment variables.
+    cp.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: tug.local/probe:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo host=$WEB_SERVICE_HOST port=$WEB_SERVICE_PORT; for i in 1 2 3; do wget -q -O - http://{ip}/ && exit 0; sleep 1; done; exit 1"]
+"#
+    ));
+    let done = wait_for(Duration::from_secs(40), || {
+        cp.get_json(&["pod", "client"])
+            .is_some_and(|p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed")
+    });
+    let pod = cp.get_json(&["pod", "client"]).unwrap_or_default();
+    assert!(done && pod["status"]["phase"] == "Succeeded", "client pod: {pod:#}\n{}", logs());
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let agent = agents.iter().find(|a| pod["spec"]["nodeName"] == a.name.as_str()).unwrap();
+    let log = std::fs::read_to_string(agent.state_dir().join(format!("logs/default_client_{uid}/c/1.log")))
+        .unwrap_or_default();
+    assert!(log.contains(&format!("host={ip} port=80")), "{log}");
+    assert!(
+        web_pods.iter().chain(std::iter::once(&"flappy".to_string())).any(|p| log.contains(p.as_str())),
+        "{log}"
+    );
+
+    // A pod that is not ready gets no traffic; ready again, it does.
+    let flappy_ip = cp.get_json(&["pod", "flappy"]).unwrap()["status"]["podIP"].as_str().unwrap().to_string();
+    let mut checked = false;
+    for _ in 0..4 {
+        let out = wait_for(Duration::from_secs(15), || {
+            not_ready(&cp, "web").iter().any(|a| a["ip"] == flappy_ip.as_str())
+        });
+        assert!(out, "flappy never became not ready");
+        std::thread::sleep(Duration::from_millis(200));
+        let bodies: Vec<String> =
+            (0..20).filter_map(|_| curl(&node0, &format!("http://{ip}/")).ok()).collect();
+        // Only a burst that ended with flappy still not ready counts.
+        if not_ready(&cp, "web").iter().any(|a| a["ip"] == flappy_ip.as_str()) {
+            assert!(!bodies.iter().any(|b| b == "flappy"), "a not-ready pod got traffic: {bodies:?}");
+            assert_eq!(bodies.len(), 20);
+            checked = true;
+            break;
+        }
+    }
+    assert!(checked, "never saw flappy not ready for a whole burst");
+    let back = wait_for(Duration::from_secs(20), || {
+        curl(&node0, &format!("http://{ip}/")).is_ok_and(|b| b == "flappy")
+    });
+    assert!(back, "flappy, ready again, got no traffic");
+}
