@@ -43,6 +43,8 @@ pub struct Config {
     pub proxy: bool,
     pub cluster_cidr: tug_api::cidr::Cidr4,
     pub service_cidr: tug_api::cidr::Cidr4,
+    /// The DNS domain of the cluster (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 impl Config {

@@ -199,10 +199,26 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     ncfg.backend = cfg.backend;
     ncfg.cluster_cidr = cfg.cluster_cidr;
     let net = NodeNetwork::setup(ncfg).await?;
+    let catalog = crate::catalog::Catalog::start(api.clone());
+    {
+        let (catalog, domain, netns) =
+            (Arc::clone(&catalog), cfg.cluster_domain.clone(), cfg.node_netns.clone());
+        let addr = pod_cidr.gateway();
+        tokio::spawn(async move {
+            if let Err(e) = crate::dns::serve(catalog, domain, addr, netns.as_deref()).await {
+                eprintln!("tug-agent: {e}");
+            }
+        });
+    }
     if cfg.proxy {
         net.route_services(cfg.service_cidr).await?;
         let node = crate::proxy::rules::NodeInfo { cluster_cidr: cfg.cluster_cidr, pod_cidr };
-        tokio::spawn(crate::proxy::run(api.clone(), cfg.node_netns.clone(), node, Duration::from_secs(300)));
+        tokio::spawn(crate::proxy::run(
+            Arc::clone(&catalog),
+            cfg.node_netns.clone(),
+            node,
+            Duration::from_secs(300),
+        ));
     }
     let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
     let puller = tug_images::Puller::new(Arc::clone(&store), cfg.insecure_registries.clone());

@@ -8,9 +8,11 @@
 //! - [`api`]: calls to the control plane.
 
 pub mod api;
+pub mod catalog;
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod network;
 pub mod node;
 pub mod pods;

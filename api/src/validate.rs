@@ -350,6 +350,21 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
     if s.containers.is_empty() {
         e.add(format!("{path}.containers"), "Required value");
     }
+    match s.dns_policy.as_deref() {
+        None | Some("ClusterFirst" | "ClusterFirstWithHostNet" | "Default") => {}
+        Some("None") => {
+            if s.dns_config.as_ref().is_none_or(|c| c.nameservers.is_empty()) {
+                e.add(
+                    format!("{path}.dnsConfig.nameservers"),
+                    "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+                );
+            }
+        }
+        Some(p) => e.add(
+            format!("{path}.dnsPolicy"),
+            format!("Unsupported value: {p:?}: supported values: \"ClusterFirst\", \"ClusterFirstWithHostNet\", \"Default\", \"None\""),
+        ),
+    }
     let mut names = std::collections::BTreeSet::new();
     for (list, field) in [(&s.init_containers, "initContainers"), (&s.containers, "containers")] {
         for (i, c) in list.iter().enumerate() {

@@ -71,6 +71,15 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: peers}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nothing}
 spec:
   selector: {app: nobody}
@@ -207,21 +216,21 @@ fn services_balance_over_ready_pods_by_cluster_ip_node_port_and_udp() {
         cp.get_json(&["service", "nothing"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
     assert_eq!(curl(&node0, &format!("http://{nothing}/")), Err(7));
 
-    // From a pod: the service's ClusterIP and the service environment variables.
-    cp.apply(&format!(
+    // From a pod: by name (DNS, the search path), and the service environment variables.
+    cp.apply(
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {{name: client}}
+metadata: {name: client}
 spec:
   restartPolicy: Never
   containers:
   - name: c
     image: tug.local/probe:1
     imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "echo host=$WEB_SERVICE_HOST port=$WEB_SERVICE_PORT; for i in 1 2 3; do wget -q -O - http://{ip}/ && exit 0; sleep 1; done; exit 1"]
-"#
-    ));
+    command: ["/bin/sh", "-c", "echo host=$WEB_SERVICE_HOST port=$WEB_SERVICE_PORT; cat /etc/resolv.conf; nslookup web.default.svc.cluster.local; nslookup peers.default.svc.cluster.local; nslookup -type=srv _http._tcp.web.default.svc.cluster.local; for i in 1 2 3; do wget -q -O - http://web/ && exit 0; sleep 1; done; exit 1"]
+"#,
+    );
     let done = wait_for(Duration::from_secs(40), || {
         cp.get_json(&["pod", "client"])
             .is_some_and(|p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed")
@@ -233,6 +242,22 @@ spec:
     let log = std::fs::read_to_string(agent.state_dir().join(format!("logs/default_client_{uid}/c/1.log")))
         .unwrap_or_default();
     assert!(log.contains(&format!("host={ip} port=80")), "{log}");
+    assert!(log.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{log}");
+    assert!(log.contains("options ndots:5"), "{log}");
+    assert!(log.contains(&format!("Address: {ip}")), "web's A record: {log}");
+    // The headless Service answers with its ready pods (flappy's readiness comes and goes).
+    let web_ips: Vec<String> = web_pods
+        .iter()
+        .filter_map(|p| {
+            cp.get_json(&["pod", p]).and_then(|p| p["status"]["podIP"].as_str().map(str::to_string))
+        })
+        .collect();
+    assert_eq!(web_ips.len(), 3);
+    assert!(
+        web_ips.iter().all(|i| log.contains(&format!("Address: {i}"))),
+        "peers' A records {web_ips:?}: {log}"
+    );
+    assert!(log.contains("web.default.svc.cluster.local") && log.contains(" 80 "), "SRV: {log}");
     assert!(
         web_pods.iter().chain(std::iter::once(&"flappy".to_string())).any(|p| log.contains(p.as_str())),
         "{log}"

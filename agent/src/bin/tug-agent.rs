@@ -89,6 +89,10 @@ struct Args {
     /// pod bridge so the node's own clients reach ClusterIPs.
     #[arg(long, default_value = "10.96.0.0/12", value_parser = |s: &str| s.parse::<tug_api::cidr::Cidr4>())]
     service_cluster_ip_range: tug_api::cidr::Cidr4,
+    /// The cluster's DNS domain, answered by the DNS server every agent runs on its pod
+    /// bridge's address.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 /// The source address of the default route: what the node is reached at.
@@ -160,6 +164,7 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         proxy: a.proxy_mode != "none",
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cluster_ip_range,
+        cluster_domain: a.cluster_domain.trim_matches('.').to_ascii_lowercase(),
     };
     tug_api::validation::dns1123_subdomain(&cfg.node_name)
         .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;

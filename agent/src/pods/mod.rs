@@ -229,7 +229,7 @@ pub async fn worker(
                     return;
                 }
                 Action::Sandbox => {
-                    if let Err(e) = sandbox(&ctx, &mut rec).await {
+                    if let Err(e) = sandbox(&ctx, &mut rec, &spec).await {
                         eprintln!("tug-agent: pod {}/{}: network: {e}", rec.namespace, rec.name);
                         wake = Some(now_ms() + 2_000);
                     } else {
@@ -384,7 +384,7 @@ async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
 }
 
 /// The pod's network namespace and its `/etc` files.
-async fn sandbox(ctx: &Ctx, rec: &mut PodRecord) -> Result<(), String> {
+async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::PodSpec) -> Result<(), String> {
     let net = ctx.net.add_pod(&short(&rec.uid)).await?;
     let dir = ctx.pod_dir(&rec.uid);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -393,7 +393,15 @@ async fn sandbox(ctx: &Ctx, rec: &mut PodRecord) -> Result<(), String> {
         "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
         net.ip
     );
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = crate::dns::resolv_conf(
+        spec.dns_policy.as_deref(),
+        spec.host_network == Some(true),
+        spec.dns_config.as_ref(),
+        &rec.namespace,
+        &ctx.cfg.cluster_domain,
+        ctx.net.cfg.pod_cidr.gateway(),
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
     for (file, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv)] {
         std::fs::write(dir.join(file), text).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
     }

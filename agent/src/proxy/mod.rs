@@ -9,29 +9,13 @@
 
 pub mod rules;
 
+use crate::catalog::{Catalog, key_of};
 use rules::{NodeInfo, PortInfo, Proto, Ruleset, ServiceInfo};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, Notify};
-use tug_client::Client;
-
-/// Services and Endpoints by `namespace/name`, as the API serves them.
-#[derive(Default)]
-struct Objects {
-    services: BTreeMap<String, Value>,
-    endpoints: BTreeMap<String, Value>,
-}
-
-fn key_of(v: &Value) -> String {
-    format!(
-        "{}/{}",
-        v["metadata"]["namespace"].as_str().unwrap_or("default"),
-        v["metadata"]["name"].as_str().unwrap_or_default()
-    )
-}
 
 /// The proxy's view of the Services: ports with their ready endpoints.
 pub fn services_from<'a>(
@@ -86,13 +70,8 @@ pub fn services_from<'a>(
 }
 
 /// Runs the proxy for ever.
-pub async fn run(api: Client, netns: Option<PathBuf>, node: NodeInfo, resync: Duration) {
-    let objects = Arc::new(Mutex::new(Objects::default()));
-    let changed = Arc::new(Notify::new());
-    for (kind, path) in [("services", "/api/v1/services"), ("endpoints", "/api/v1/endpoints")] {
-        let (api, objects, changed) = (api.clone(), Arc::clone(&objects), Arc::clone(&changed));
-        tokio::spawn(async move { follow(api, kind, path, objects, changed).await });
-    }
+pub async fn run(catalog: Arc<Catalog>, netns: Option<PathBuf>, node: NodeInfo, resync: Duration) {
+    let changed = catalog.subscribe();
     let mut applied: Option<Ruleset> = None;
     let mut full_at = Instant::now() + resync;
     loop {
@@ -103,7 +82,7 @@ pub async fn run(api: Client, netns: Option<PathBuf>, node: NodeInfo, resync: Du
         // A burst of changes is one transaction.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let desired = {
-            let o = objects.lock().await;
+            let o = catalog.read();
             rules::build(&services_from(o.services.values(), &o.endpoints), &node)
         };
         if applied.as_ref() == Some(&desired) {
@@ -139,55 +118,6 @@ pub async fn run(api: Client, netns: Option<PathBuf>, node: NodeInfo, resync: Du
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 changed.notify_one();
             }
-        }
-    }
-}
-
-/// Lists a collection, then watches it from the list's revision, again when it ends.
-async fn follow(api: Client, kind: &str, path: &str, objects: Arc<Mutex<Objects>>, changed: Arc<Notify>) {
-    loop {
-        let list = match api.get(path).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("tug-agent: proxy: listing {kind}: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        {
-            let mut o = objects.lock().await;
-            let map = if kind == "services" { &mut o.services } else { &mut o.endpoints };
-            map.clear();
-            for item in list["items"].as_array().into_iter().flatten() {
-                map.insert(key_of(item), item.clone());
-            }
-        }
-        changed.notify_one();
-        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
-        let (objects2, changed2) = (Arc::clone(&objects), Arc::clone(&changed));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Value)>();
-        let watch_path = format!("{path}?watch=true&resourceVersion={rv}");
-        let watch = api.watch(&watch_path, move |ev| {
-            let gone = ev["type"] == "DELETED";
-            tx.send((gone, ev["object"].clone())).is_ok()
-        });
-        let apply = async move {
-            while let Some((gone, obj)) = rx.recv().await {
-                let mut o = objects2.lock().await;
-                let map = if kind == "services" { &mut o.services } else { &mut o.endpoints };
-                if gone {
-                    map.remove(&key_of(&obj));
-                } else {
-                    map.insert(key_of(&obj), obj);
-                }
-                drop(o);
-                changed2.notify_one();
-            }
-        };
-        let (r, ()) = tokio::join!(watch, apply);
-        if let Err(e) = r {
-            eprintln!("tug-agent: proxy: watching {kind}: {e}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

@@ -1,0 +1,110 @@
+//! The Services and Endpoints of the whole cluster, kept current by a list-and-watch of each
+//! kind: what the service proxy programs and the DNS server answers from.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tug_client::Client;
+
+/// Services and Endpoints by `namespace/name`, as the API serves them.
+#[derive(Default)]
+pub struct Objects {
+    pub services: BTreeMap<String, Value>,
+    pub endpoints: BTreeMap<String, Value>,
+}
+
+/// `namespace/name` of an object.
+pub fn key_of(v: &Value) -> String {
+    format!(
+        "{}/{}",
+        v["metadata"]["namespace"].as_str().unwrap_or("default"),
+        v["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The shared view, and who wants to hear of changes.
+#[derive(Default)]
+pub struct Catalog {
+    objects: RwLock<Objects>,
+    listeners: Mutex<Vec<Arc<Notify>>>,
+}
+
+impl Catalog {
+    /// Starts following the control plane.
+    pub fn start(api: Client) -> Arc<Catalog> {
+        let c = Arc::new(Catalog::default());
+        for (kind, path) in [("services", "/api/v1/services"), ("endpoints", "/api/v1/endpoints")] {
+            let (api, c) = (api.clone(), Arc::clone(&c));
+            tokio::spawn(async move { c.follow(api, kind, path).await });
+        }
+        c
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Objects> {
+        self.objects.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A notification that fires after each change (and once now).
+    pub fn subscribe(&self) -> Arc<Notify> {
+        let n = Arc::new(Notify::new());
+        n.notify_one();
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&n));
+        n
+    }
+
+    fn changed(&self) {
+        for l in self.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            l.notify_one();
+        }
+    }
+
+    fn edit(&self, kind: &str, f: impl FnOnce(&mut BTreeMap<String, Value>)) {
+        {
+            let mut o = self.objects.write().unwrap_or_else(|e| e.into_inner());
+            f(if kind == "services" { &mut o.services } else { &mut o.endpoints });
+        }
+        self.changed();
+    }
+
+    /// Lists a collection, then watches it from the list's revision, again when it ends.
+    async fn follow(self: Arc<Self>, api: Client, kind: &'static str, path: &'static str) {
+        loop {
+            let list = match api.get(path).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("tug-agent: listing {kind}: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            self.edit(kind, |map| {
+                map.clear();
+                for item in list["items"].as_array().into_iter().flatten() {
+                    map.insert(key_of(item), item.clone());
+                }
+            });
+            let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+            let me = Arc::clone(&self);
+            let r = api
+                .watch(&format!("{path}?watch=true&resourceVersion={rv}"), move |ev| {
+                    let obj = ev["object"].clone();
+                    let gone = ev["type"] == "DELETED";
+                    me.edit(kind, |map| {
+                        if gone {
+                            map.remove(&key_of(&obj));
+                        } else {
+                            map.insert(key_of(&obj), obj);
+                        }
+                    });
+                    true
+                })
+                .await;
+            if let Err(e) = r {
+                eprintln!("tug-agent: watching {kind}: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
