@@ -39,8 +39,9 @@ pub struct Config {
     /// Image garbage collection thresholds, percent of the image filesystem.
     pub image_gc_high: u8,
     pub image_gc_low: u8,
-    /// Program Services (`--proxy-mode nftables`).
-    pub proxy: bool,
+    /// Program Services (`--proxy-mode` not `none`), and how.
+    pub proxy_enabled: bool,
+    pub proxy_mode: crate::proxy::Mode,
     pub cluster_cidr: tug_api::cidr::Cidr4,
     pub service_cidr: tug_api::cidr::Cidr4,
     /// The DNS domain of the cluster (`cluster.local`).

@@ -210,11 +210,12 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             }
         });
     }
-    if cfg.proxy {
+    if cfg.proxy_enabled {
         net.route_services(cfg.service_cidr).await?;
         let node = crate::proxy::rules::NodeInfo { cluster_cidr: cfg.cluster_cidr, pod_cidr };
         tokio::spawn(crate::proxy::run(
             Arc::clone(&catalog),
+            cfg.proxy_mode,
             cfg.node_netns.clone(),
             node,
             Duration::from_secs(300),

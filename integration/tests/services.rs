@@ -120,12 +120,22 @@ fn curl(ns: &str, url: &str) -> Result<String, i32> {
 }
 
 #[test]
-fn services_balance_over_ready_pods_by_cluster_ip_node_port_and_udp() {
+fn nftables_services_balance_over_ready_pods_by_cluster_ip_node_port_udp_and_name() {
+    services_work("nftables");
+}
+
+#[test]
+fn iptables_services_balance_over_ready_pods_by_cluster_ip_node_port_udp_and_name() {
+    services_work("iptables");
+}
+
+/// The same checks for either proxy mode.
+fn services_work(mode: &str) {
     let cluster = Cluster::new(2).expect("cluster");
     let cp = ControlPlane::start();
     let agents: Vec<Agent> = (0..2)
         .map(|i| {
-            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-s{i}"), &[]);
+            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-s{i}"), &["--proxy-mode", mode]);
             a.import_probe_image("tug.local/probe:1");
             a
         })

@@ -78,8 +78,9 @@ struct Args {
     /// The tug-shim binary (default: beside tug-agent).
     #[arg(long)]
     shim: Option<PathBuf>,
-    /// How Services are programmed: nftables, or none (no service proxy on this node).
-    #[arg(long, default_value = "nftables", value_parser = ["nftables", "none"])]
+    /// How Services are programmed: nftables, iptables (through iptables-restore, for hosts
+    /// without nftables), or none (no service proxy on this node).
+    #[arg(long, default_value = "nftables", value_parser = ["nftables", "iptables", "none"])]
     proxy_mode: String,
     /// The cluster's pod range (tug-scheduler's --cluster-cidr): traffic to Services from
     /// outside it is masqueraded.
@@ -161,7 +162,12 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         shim,
         image_gc_high: a.image_gc_high_threshold,
         image_gc_low: a.image_gc_low_threshold,
-        proxy: a.proxy_mode != "none",
+        proxy_enabled: a.proxy_mode != "none",
+        proxy_mode: if a.proxy_mode == "iptables" {
+            tug_agent::proxy::Mode::Iptables
+        } else {
+            tug_agent::proxy::Mode::Nftables
+        },
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cluster_ip_range,
         cluster_domain: a.cluster_domain.trim_matches('.').to_ascii_lowercase(),

@@ -477,9 +477,15 @@ fn nft(ns: Option<&Path>, script: &str) -> Result<(), String> {
 /// Runs `nft ARGS` with `input` on its stdin inside the namespace (the agent's own when
 /// `None`): one transaction.
 pub fn run_nft(ns: Option<&Path>, args: &[&str], input: &str) -> Result<(), String> {
+    run_tool(ns, "nft", args, input)
+}
+
+/// Runs `program ARGS` with `input` on its stdin inside the namespace; its stderr is the
+/// error.
+pub fn run_tool(ns: Option<&Path>, program: &str, args: &[&str], input: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("nft");
+    let mut cmd = std::process::Command::new(program);
     cmd.args(args).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     if let Some(path) = ns {
         let fd = netns::open(path)?;
@@ -490,14 +496,14 @@ pub fn run_nft(ns: Option<&Path>, args: &[&str], input: &str) -> Result<(), Stri
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|e| format!("nft: {e} (install nftables)"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("{program}: {e} (is it installed?)"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+        stdin.write_all(input.as_bytes()).map_err(|e| format!("{program}: {e}"))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 }

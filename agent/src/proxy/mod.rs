@@ -7,6 +7,7 @@
 //! what it last applied as one `nft -j -f -` transaction — the whole table on start, after a
 //! failure and every `resync`, so drift made by hand is undone.
 
+pub mod iptables;
 pub mod rules;
 
 use crate::catalog::{Catalog, key_of};
@@ -69,55 +70,131 @@ pub fn services_from<'a>(
     out
 }
 
+/// How Services are programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Nftables,
+    Iptables,
+}
+
+/// What was last applied, to change only that.
+#[derive(Default)]
+struct Applied {
+    services: Option<Vec<ServiceInfo>>,
+    rules: Option<Ruleset>,
+    chains: std::collections::BTreeSet<String>,
+}
+
+/// Programs `services` (the whole table or chains when `applied` is empty, else the
+/// difference); returns how many service ports it programmed.
+fn program(
+    mode: Mode,
+    netns: Option<&std::path::Path>,
+    node: &NodeInfo,
+    services: &[ServiceInfo],
+    applied: &mut Applied,
+) -> Result<usize, String> {
+    match mode {
+        Mode::Nftables => {
+            let desired = rules::build(services, node);
+            let cmds = match &applied.rules {
+                Some(old) => rules::diff(old, &desired),
+                None => rules::full(&desired),
+            };
+            crate::network::node::run_nft(netns, &["-j", "-f", "-"], &rules::batch(cmds))?;
+            let n = desired.service_ips.len() + desired.no_endpoints.len();
+            applied.rules = Some(desired);
+            Ok(n)
+        }
+        Mode::Iptables => {
+            let (text, chains) = iptables::restore(services, node, &applied.chains);
+            crate::network::node::run_tool(netns, "iptables-restore", &["-w", "--noflush"], &text)?;
+            if applied.services.is_none() {
+                // The jumps from the built-in chains, added once (and again after drift).
+                for (table, from, to) in iptables::JUMPS {
+                    let check = crate::network::node::run_tool(
+                        netns,
+                        "iptables",
+                        &["-w", "-t", table, "-C", from, "-j", to],
+                        "",
+                    );
+                    if check.is_err() {
+                        crate::network::node::run_tool(
+                            netns,
+                            "iptables",
+                            &["-w", "-t", table, "-I", from, "1", "-j", to],
+                            "",
+                        )?;
+                    }
+                }
+            }
+            applied.chains = chains;
+            Ok(services.iter().map(|s| s.ports.len()).sum())
+        }
+    }
+}
+
 /// Runs the proxy for ever.
-pub async fn run(catalog: Arc<Catalog>, netns: Option<PathBuf>, node: NodeInfo, resync: Duration) {
+pub async fn run(
+    catalog: Arc<Catalog>,
+    mode: Mode,
+    netns: Option<PathBuf>,
+    node: NodeInfo,
+    resync: Duration,
+) {
     let changed = catalog.subscribe();
-    let mut applied: Option<Ruleset> = None;
+    let mut applied = Some(Applied::default());
     let mut full_at = Instant::now() + resync;
     loop {
         tokio::select! {
             _ = changed.notified() => {}
-            _ = tokio::time::sleep_until(full_at.into()) => applied = None,
+            _ = tokio::time::sleep_until(full_at.into()) => {
+                if let Some(a) = applied.as_mut() {
+                    a.services = None;
+                    a.rules = None;
+                }
+            }
         }
         // A burst of changes is one transaction.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let desired = {
+        let services = {
             let o = catalog.read();
-            rules::build(&services_from(o.services.values(), &o.endpoints), &node)
+            services_from(o.services.values(), &o.endpoints)
         };
-        if applied.as_ref() == Some(&desired) {
+        let mut a = applied.take().unwrap_or_default();
+        if a.services.as_ref() == Some(&services) {
+            applied = Some(a);
             continue;
         }
-        let (cmds, whole) = match &applied {
-            Some(old) => (rules::diff(old, &desired), false),
-            None => (rules::full(&desired), true),
-        };
-        let text = rules::batch(cmds);
-        let ns = netns.clone();
+        let whole = a.services.is_none();
+        let (ns, node2, svcs) = (netns.clone(), node, services.clone());
         let started = Instant::now();
         let r = tokio::task::spawn_blocking(move || {
-            crate::network::node::run_nft(ns.as_deref(), &["-j", "-f", "-"], &text)
+            let r = program(mode, ns.as_deref(), &node2, &svcs, &mut a);
+            (r, a)
         })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .await;
         match r {
-            Ok(()) => {
+            Ok((Ok(n), mut a)) => {
                 if whole {
                     full_at = Instant::now() + resync;
                     eprintln!(
-                        "tug-agent: proxy: programmed {} service ports in {:?}",
-                        desired.service_ips.len() + desired.no_endpoints.len(),
+                        "tug-agent: proxy ({mode:?}): programmed {n} service ports in {:?}",
                         started.elapsed()
                     );
                 }
-                applied = Some(desired);
+                a.services = Some(services);
+                applied = Some(a);
             }
-            Err(e) => {
+            Ok((Err(e), mut a)) => {
                 eprintln!("tug-agent: proxy: {e}");
-                applied = None;
+                a.services = None;
+                a.rules = None;
+                applied = Some(a);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 changed.notify_one();
             }
+            Err(_) => return,
         }
     }
 }

@@ -422,7 +422,7 @@ pub fn batch(cmds: Vec<Value>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn node() -> NodeInfo {

@@ -1,0 +1,188 @@
+//! The proxy's iptables mode (`--proxy-mode iptables`), for hosts without nftables: the
+//! same Services as [`super::rules`] programmed in kube-proxy's iptables layout, as one
+//! `iptables-restore --noflush` transaction that rewrites Tug's chains whole:
+//!
+//! ```text
+//! nat    PREROUTING, OUTPUT → TUG-SERVICES:  -d CLUSTERIP -p P --dport N → TUG-SVC-<h>
+//!                                            addrtype LOCAL → TUG-NODEPORTS: --dport NP → TUG-EXT-<h>
+//!        TUG-SVC-<h>:  ! -s CLUSTER → TUG-MARK-MASQ; [recent --rcheck → TUG-SEP-<h>];
+//!                      statistic random 1/N, 1/(N-1), … → TUG-SEP-<h>
+//!        TUG-SEP-<h>:  -s IP → TUG-MARK-MASQ; [-s LOCAL-PODS → TUG-MARK-MASQ]; [recent --set];
+//!                      DNAT --to-destination IP:PORT
+//!        POSTROUTING → TUG-POSTROUTING: marked → MASQUERADE
+//! filter FORWARD, OUTPUT → TUG-SERVICES: no endpoints → REJECT;  INPUT → TUG-EXTERNAL: NodePorts without endpoints → REJECT
+//! ```
+//!
+//! [`restore`] is pure; chains Tug made before and no longer needs are flushed and deleted
+//! in the same transaction.
+
+use super::rules::{NodeInfo, ServiceInfo};
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+/// Chains the jump rules from the built-in chains lead to: (table, built-in chain, ours).
+pub const JUMPS: [(&str, &str, &str); 6] = [
+    ("nat", "PREROUTING", "TUG-SERVICES"),
+    ("nat", "OUTPUT", "TUG-SERVICES"),
+    ("nat", "POSTROUTING", "TUG-POSTROUTING"),
+    ("filter", "FORWARD", "TUG-SERVICES"),
+    ("filter", "OUTPUT", "TUG-SERVICES"),
+    ("filter", "INPUT", "TUG-EXTERNAL"),
+];
+
+fn hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..16).map(|i| A[usize::try_from((h >> ((i % 12) * 5)) & 31).unwrap_or(0)] as char).collect()
+}
+
+/// The `iptables-restore` input for these Services, and the per-service chains it defines
+/// (pass them back as `previous` next time so stale ones are removed).
+pub fn restore(
+    services: &[ServiceInfo],
+    node: &NodeInfo,
+    previous: &BTreeSet<String>,
+) -> (String, BTreeSet<String>) {
+    let mut nat_chains: BTreeSet<String> = BTreeSet::new();
+    let mut nat = String::new();
+    let mut filter = String::new();
+    let cluster = format!("{}/{}", node.cluster_cidr.network, node.cluster_cidr.prefix);
+    let pods = format!("{}/{}", node.pod_cidr.network, node.pod_cidr.prefix);
+    for s in services {
+        let Some(ip) = s.cluster_ip else { continue };
+        for p in &s.ports {
+            let proto = p.proto.as_str();
+            let base = format!("{}/{}/{}/{}", s.namespace, s.name, proto, p.name);
+            let comment = format!("-m comment --comment \"{base}\"");
+            if p.endpoints.is_empty() {
+                let _ = writeln!(
+                    filter,
+                    "-A TUG-SERVICES -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j REJECT",
+                    p.port
+                );
+                if let Some(np) = p.node_port {
+                    let _ = writeln!(
+                        filter,
+                        "-A TUG-EXTERNAL -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {np} {comment} -j REJECT"
+                    );
+                }
+                continue;
+            }
+            let svc = format!("TUG-SVC-{}", hash(&base));
+            nat_chains.insert(svc.clone());
+            let _ = writeln!(
+                nat,
+                "-A TUG-SERVICES -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {svc}",
+                p.port
+            );
+            let _ = writeln!(nat, "-A {svc} ! -s {cluster} -j TUG-MARK-MASQ");
+            let mut eps = p.endpoints.clone();
+            eps.sort();
+            eps.dedup();
+            let seps: Vec<String> = eps
+                .iter()
+                .map(|(a, port)| format!("TUG-SEP-{}", hash(&format!("{base}__{a}/{port}"))))
+                .collect();
+            if let Some(t) = s.affinity {
+                for sep in &seps {
+                    let _ = writeln!(
+                        nat,
+                        "-A {svc} -m recent --name {sep} --rcheck --seconds {t} --reap --rsource -j {sep}"
+                    );
+                }
+            }
+            let n = seps.len();
+            for (i, sep) in seps.iter().enumerate() {
+                if i + 1 < n {
+                    let _ = writeln!(
+                        nat,
+                        "-A {svc} -m statistic --mode random --probability {:.10} -j {sep}",
+                        1.0 / (n - i) as f64
+                    );
+                } else {
+                    let _ = writeln!(nat, "-A {svc} -j {sep}");
+                }
+            }
+            for ((addr, port), sep) in eps.iter().zip(&seps) {
+                nat_chains.insert(sep.clone());
+                let _ = writeln!(nat, "-A {sep} -s {addr}/32 -j TUG-MARK-MASQ");
+                if node.pod_cidr.contains(*addr) {
+                    let _ = writeln!(nat, "-A {sep} -s {pods} -j TUG-MARK-MASQ");
+                }
+                if s.affinity.is_some() {
+                    let _ = writeln!(nat, "-A {sep} -p {proto} -m recent --name {sep} --set --rsource");
+                }
+                let _ =
+                    writeln!(nat, "-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {addr}:{port}");
+            }
+            if let Some(np) = p.node_port {
+                let ext = format!("TUG-EXT-{}", hash(&base));
+                nat_chains.insert(ext.clone());
+                let _ =
+                    writeln!(nat, "-A TUG-NODEPORTS -p {proto} -m {proto} --dport {np} {comment} -j {ext}");
+                let _ = writeln!(nat, "-A {ext} -j TUG-MARK-MASQ");
+                let _ = writeln!(nat, "-A {ext} -j {svc}");
+            }
+        }
+    }
+    let mut out = String::from("*nat\n");
+    for c in ["TUG-SERVICES", "TUG-NODEPORTS", "TUG-POSTROUTING", "TUG-MARK-MASQ"] {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    let stale: Vec<&String> = previous.iter().filter(|c| !nat_chains.contains(*c)).collect();
+    for c in nat_chains.iter().chain(stale.iter().copied()) {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    out += &nat;
+    // NodePorts last: a ClusterIP match wins for traffic to a ClusterIP.
+    out += "-A TUG-SERVICES -m addrtype --dst-type LOCAL -j TUG-NODEPORTS\n";
+    out += "-A TUG-MARK-MASQ -j MARK --or-mark 0x4000\n";
+    out += "-A TUG-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n";
+    out += "-A TUG-POSTROUTING -j MARK --xor-mark 0x4000\n";
+    out += "-A TUG-POSTROUTING -j MASQUERADE\n";
+    for c in stale {
+        let _ = writeln!(out, "-X {c}");
+    }
+    out += "COMMIT\n*filter\n:TUG-SERVICES - [0:0]\n:TUG-EXTERNAL - [0:0]\n";
+    out += &filter;
+    out += "COMMIT\n";
+    (out, nat_chains)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::rules::tests::{node, svc};
+
+    #[test]
+    fn chains_spread_and_stale_ones_go() {
+        let s = [svc(
+            "web",
+            "10.96.0.10",
+            &[("10.244.1.5", 8080), ("10.244.2.7", 8080), ("10.244.2.8", 8080)],
+            Some(30080),
+            Some(60),
+        )];
+        let (text, chains) = restore(&s, &node(), &BTreeSet::new());
+        assert!(text.contains("-A TUG-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80"), "{text}");
+        assert!(text.contains("--probability 0.3333333333"), "{text}");
+        assert!(text.contains("--probability 0.5000000000"), "{text}");
+        assert!(text.contains("-m recent --name TUG-SEP-"), "{text}");
+        assert!(text.contains("-j DNAT --to-destination 10.244.2.8:8080"), "{text}");
+        assert!(text.contains("-A TUG-NODEPORTS -p tcp -m tcp --dport 30080"), "{text}");
+        assert!(text.contains("-s 10.244.1.0/24 -j TUG-MARK-MASQ"), "same-bridge masquerade: {text}");
+        assert_eq!(chains.len(), 5, "one SVC, three SEP and one EXT chain: {chains:?}");
+        let (text, after) = restore(&[svc("web", "10.96.0.10", &[], Some(30080), None)], &node(), &chains);
+        assert!(after.is_empty());
+        assert_eq!(text.matches("\n-X TUG-").count(), 5, "{text}");
+        assert!(text.contains("-A TUG-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web/tcp/http\" -j REJECT"), "{text}");
+        assert!(
+            text.contains("-A TUG-EXTERNAL -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080"),
+            "{text}"
+        );
+    }
+}
