@@ -26,7 +26,6 @@
 //! [`diff`] the batch that turns one ruleset into another touching only what changed. Both
 //! are one `nft -j -f -` transaction.
 
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use tug_api::cidr::Cidr4;
@@ -91,7 +90,7 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ruleset {
     /// Service, external and endpoint chains with their rules (expression lists).
-    pub chains: BTreeMap<String, Vec<Value>>,
+    pub chains: BTreeMap<String, Vec<String>>,
     /// ClientIP affinity sets with their timeouts.
     pub sets: BTreeMap<String, u32>,
     pub service_ips: BTreeMap<(Ipv4Addr, Proto, u16), String>,
@@ -111,33 +110,44 @@ fn hash(s: &str) -> String {
     (0..8).map(|i| A[usize::try_from((h >> (i * 5)) & 31).unwrap_or(0)] as char).collect()
 }
 
-fn payload(protocol: &str, field: &str) -> Value {
-    json!({"payload": {"protocol": protocol, "field": field}})
+// The JSON is written as text, not built as `serde_json::Value` trees: at 10,000 Services
+// there are over 100,000 chains and the trees cost seconds. Names are DNS labels, numbers
+// and addresses; `js` quotes them properly all the same.
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
-fn meta(key: &str) -> Value {
-    json!({"meta": {"key": key}})
+const SADDR: &str = r#"{"payload":{"protocol":"ip","field":"saddr"}}"#;
+const L4PROTO: &str = r#"{"meta":{"key":"l4proto"}}"#;
+const MARK: &str = r#"{"meta":{"key":"mark"}}"#;
+
+fn matches(op: &str, left: &str, right: &str) -> String {
+    format!(r#"{{"match":{{"op":"{op}","left":{left},"right":{right}}}}}"#)
 }
 
-fn matches(op: &str, left: Value, right: Value) -> Value {
-    json!({"match": {"op": op, "left": left, "right": right}})
+fn prefix(c: Cidr4) -> String {
+    format!(r#"{{"prefix":{{"addr":"{}","len":{}}}}}"#, c.network, c.prefix)
 }
 
-fn prefix(c: Cidr4) -> Value {
-    json!({"prefix": {"addr": c.network.to_string(), "len": c.prefix}})
+fn jump(t: &str) -> String {
+    format!(r#"{{"jump":{{"target":{}}}}}"#, js(t))
 }
 
-fn jump(t: &str) -> Value {
-    json!({"jump": {"target": t}})
+fn goto(t: &str) -> String {
+    format!(r#"{{"goto":{{"target":{}}}}}"#, js(t))
 }
 
-fn goto(t: &str) -> Value {
-    json!({"goto": {"target": t}})
+/// A rule: its expressions as a JSON array.
+fn exprs(e: &[String]) -> String {
+    format!("[{}]", e.join(","))
 }
 
 /// The ruleset for these Services on this node.
 pub fn build(services: &[ServiceInfo], node: &NodeInfo) -> Ruleset {
     let mut r = Ruleset::default();
+    let not_cluster = exprs(&[matches("!=", SADDR, &prefix(node.cluster_cidr)), jump("mark-for-masquerade")]);
+    let same_bridge = exprs(&[matches("==", SADDR, &prefix(node.pod_cidr)), jump("mark-for-masquerade")]);
     for s in services {
         let Some(ip) = s.cluster_ip else { continue };
         for p in &s.ports {
@@ -160,52 +170,47 @@ pub fn build(services: &[ServiceInfo], node: &NodeInfo) -> Ruleset {
                     format!("endpoint-{}-{n}", hash(&n))
                 })
                 .collect();
-            let mut rules = vec![vec![
-                matches("!=", payload("ip", "saddr"), prefix(node.cluster_cidr)),
-                jump("mark-for-masquerade"),
-            ]];
+            let mut rules = vec![not_cluster.clone()];
             if s.affinity.is_some() {
                 for c in &ep_chains {
                     let set = format!("affinity-{}", hash(c));
-                    rules
-                        .push(vec![matches("==", payload("ip", "saddr"), json!(format!("@{set}"))), goto(c)]);
+                    rules.push(exprs(&[matches("==", SADDR, &js(&format!("@{set}"))), goto(c)]));
                 }
             }
-            let n = ep_chains.len();
-            let vmap: Vec<Value> = ep_chains.iter().enumerate().map(|(i, c)| json!([i, goto(c)])).collect();
-            rules.push(vec![json!({"vmap": {"key": {"numgen": {"mode": "random", "mod": n, "offset": 0}}, "data": {"set": vmap}}})]);
-            r.chains.insert(svc_chain.clone(), rules.into_iter().map(Value::Array).collect());
+            let vmap: Vec<String> =
+                ep_chains.iter().enumerate().map(|(i, c)| format!("[{i},{}]", goto(c))).collect();
+            rules.push(format!(
+                r#"[{{"vmap":{{"key":{{"numgen":{{"mode":"random","mod":{},"offset":0}}}},"data":{{"set":[{}]}}}}}}]"#,
+                ep_chains.len(),
+                vmap.join(",")
+            ));
+            r.chains.insert(svc_chain.clone(), rules);
             for ((addr, port), c) in eps.iter().zip(&ep_chains) {
-                let mut rules = vec![vec![
-                    matches("==", payload("ip", "saddr"), json!(addr.to_string())),
-                    jump("mark-for-masquerade"),
-                ]];
+                let mut rules =
+                    vec![exprs(&[matches("==", SADDR, &js(&addr.to_string())), jump("mark-for-masquerade")])];
                 if node.pod_cidr.contains(*addr) {
-                    rules.push(vec![
-                        matches("==", payload("ip", "saddr"), prefix(node.pod_cidr)),
-                        jump("mark-for-masquerade"),
-                    ]);
+                    rules.push(same_bridge.clone());
                 }
                 if let Some(t) = s.affinity {
                     let set = format!("affinity-{}", hash(c));
                     r.sets.insert(set.clone(), t);
-                    rules.push(vec![json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": format!("@{set}")}})]);
+                    rules.push(format!(
+                        r#"[{{"set":{{"op":"update","elem":{SADDR},"set":{}}}}}]"#,
+                        js(&format!("@{set}"))
+                    ));
                 }
-                rules.push(vec![
-                    matches("==", meta("l4proto"), json!(p.proto.as_str())),
-                    json!({"dnat": {"addr": addr.to_string(), "port": port}}),
-                ]);
-                r.chains.insert(c.clone(), rules.into_iter().map(Value::Array).collect());
+                rules.push(exprs(&[
+                    matches("==", L4PROTO, &js(p.proto.as_str())),
+                    format!(r#"{{"dnat":{{"addr":"{addr}","port":{port}}}}}"#),
+                ]));
+                r.chains.insert(c.clone(), rules);
             }
             r.service_ips.insert((ip, p.proto, p.port), svc_chain.clone());
             if let Some(np) = p.node_port {
                 let ext = format!("external-{}-{base}", hash(&base));
                 r.chains.insert(
                     ext.clone(),
-                    vec![
-                        Value::Array(vec![jump("mark-for-masquerade")]),
-                        Value::Array(vec![goto(&svc_chain)]),
-                    ],
+                    vec![exprs(&[jump("mark-for-masquerade")]), exprs(&[goto(&svc_chain)])],
                 );
                 r.node_ports.insert((p.proto, np), ext);
             }
@@ -214,38 +219,37 @@ pub fn build(services: &[ServiceInfo], node: &NodeInfo) -> Ruleset {
     r
 }
 
-fn obj(kind: &str, mut body: Value) -> Value {
-    body["family"] = "ip".into();
-    body["table"] = TABLE.into();
-    json!({ kind: body })
+/// `{"KIND":{"family":"ip","table":"tug_proxy",BODY}}` — BODY without braces.
+fn obj(kind: &str, body: &str) -> String {
+    format!(r#"{{"{kind}":{{"family":"ip","table":"{TABLE}",{body}}}}}"#)
 }
 
-fn chain(name: &str) -> Value {
-    obj("chain", json!({"name": name}))
+fn chain(name: &str) -> String {
+    obj("chain", &format!(r#""name":{}"#, js(name)))
 }
 
-fn base_chain(name: &str, type_: &str, hook: &str, prio: i32) -> Value {
-    obj("chain", json!({"name": name, "type": type_, "hook": hook, "prio": prio, "policy": "accept"}))
+fn verb(v: &str, o: &str) -> String {
+    format!(r#"{{"{v}":{o}}}"#)
 }
 
-fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    json!({"add": obj("rule", json!({"chain": chain, "expr": expr}))})
+fn rule(chain: &str, expr: &str) -> String {
+    verb("add", &obj("rule", &format!(r#""chain":{},"expr":{expr}"#, js(chain))))
 }
 
-fn element(map: &str, key: Value, verdict: Option<&str>) -> Value {
+fn element(map: &str, key: &str, verdict: Option<&str>) -> String {
     let elem = match verdict {
-        Some(v) => json!([[key, goto(v)]]),
-        None => json!([key]),
+        Some(v) => format!("[[{key},{}]]", goto(v)),
+        None => format!("[{key}]"),
     };
-    obj("element", json!({"name": map, "elem": elem}))
+    obj("element", &format!(r#""name":"{map}","elem":{elem}"#))
 }
 
-fn ip_key(k: &(Ipv4Addr, Proto, u16)) -> Value {
-    json!({"concat": [k.0.to_string(), k.1.as_str(), k.2]})
+fn ip_key(k: &(Ipv4Addr, Proto, u16)) -> String {
+    format!(r#"{{"concat":["{}","{}",{}]}}"#, k.0, k.1.as_str(), k.2)
 }
 
-fn port_key(k: &(Proto, u16)) -> Value {
-    json!({"concat": [k.0.as_str(), k.1]})
+fn port_key(k: &(Proto, u16)) -> String {
+    format!(r#"{{"concat":["{}",{}]}}"#, k.0.as_str(), k.1)
 }
 
 /// Chains in the order they may be created: endpoints, then services, then external chains
@@ -260,18 +264,10 @@ fn rank(name: &str) -> u8 {
     }
 }
 
-fn add_chain_with_rules(out: &mut Vec<Value>, name: &str, rules: &[Value]) {
-    out.push(json!({"add": chain(name)}));
-    for r in rules {
-        out.push(rule(name, r.as_array().cloned().unwrap_or_default()));
-    }
-}
-
 /// The batch that (re)creates the whole table.
-pub fn full(r: &Ruleset) -> Vec<Value> {
-    let table = json!({"table": {"family": "ip", "name": TABLE}});
-    let mut out =
-        vec![json!({"add": table.clone()}), json!({"delete": table.clone()}), json!({"add": table})];
+pub fn full(r: &Ruleset) -> Vec<String> {
+    let table = format!(r#"{{"table":{{"family":"ip","name":"{TABLE}"}}}}"#);
+    let mut out = vec![verb("add", &table), verb("delete", &table), verb("add", &table)];
     for (name, type_, hook, prio) in [
         ("nat-prerouting", "nat", "prerouting", -100),
         ("nat-output", "nat", "output", -100),
@@ -280,101 +276,107 @@ pub fn full(r: &Ruleset) -> Vec<Value> {
         ("filter-output", "filter", "output", -110),
         ("filter-input", "filter", "input", -110),
     ] {
-        out.push(json!({"add": base_chain(name, type_, hook, prio)}));
+        out.push(verb(
+            "add",
+            &obj(
+                "chain",
+                &format!(
+                    r#""name":"{name}","type":"{type_}","hook":"{hook}","prio":{prio},"policy":"accept""#
+                ),
+            ),
+        ));
     }
     for c in ["services", "mark-for-masquerade", "reject-chain"] {
-        out.push(json!({"add": chain(c)}));
+        out.push(verb("add", &chain(c)));
     }
-    let ip_port = json!(["ipv4_addr", "inet_proto", "inet_service"]);
-    let port = json!(["inet_proto", "inet_service"]);
+    let ip_port = r#"["ipv4_addr","inet_proto","inet_service"]"#;
+    let port = r#"["inet_proto","inet_service"]"#;
     for (name, ty) in [
-        ("service-ips", &ip_port),
-        ("service-nodeports", &port),
-        ("no-endpoint-services", &ip_port),
-        ("no-endpoint-nodeports", &port),
+        ("service-ips", ip_port),
+        ("service-nodeports", port),
+        ("no-endpoint-services", ip_port),
+        ("no-endpoint-nodeports", port),
     ] {
-        out.push(json!({"add": obj("map", json!({"name": name, "type": ty, "map": "verdict"}))}));
+        out.push(verb("add", &obj("map", &format!(r#""name":"{name}","type":{ty},"map":"verdict""#))));
     }
-    let mark = meta("mark");
-    out.push(rule("nat-prerouting", vec![jump("services")]));
-    out.push(rule("nat-output", vec![jump("services")]));
+    out.push(rule("nat-prerouting", &exprs(&[jump("services")])));
+    out.push(rule("nat-output", &exprs(&[jump("services")])));
     out.push(rule(
         "nat-postrouting",
-        vec![
-            matches("!=", json!({"&": [mark.clone(), MASQ_BIT]}), json!(0)),
-            json!({"mangle": {"key": mark.clone(), "value": {"^": [mark.clone(), MASQ_BIT]}}}),
-            json!({"masquerade": null}),
-        ],
+        &exprs(&[
+            matches("!=", &format!(r#"{{"&":[{MARK},{MASQ_BIT}]}}"#), "0"),
+            format!(r#"{{"mangle":{{"key":{MARK},"value":{{"^":[{MARK},{MASQ_BIT}]}}}}}}"#),
+            r#"{"masquerade":null}"#.to_string(),
+        ]),
     ));
     out.push(rule(
         "mark-for-masquerade",
-        vec![json!({"mangle": {"key": mark.clone(), "value": {"|": [mark, MASQ_BIT]}}})],
+        &exprs(&[format!(r#"{{"mangle":{{"key":{MARK},"value":{{"|":[{MARK},{MASQ_BIT}]}}}}}}"#)]),
     ));
-    out.push(rule("reject-chain", vec![json!({"reject": null})]));
-    let ip_proto_port = json!({"concat": [payload("ip", "daddr"), meta("l4proto"), payload("th", "dport")]});
-    let proto_port = json!({"concat": [meta("l4proto"), payload("th", "dport")]});
-    let local = matches("==", json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local"));
-    out.push(rule("services", vec![json!({"vmap": {"key": ip_proto_port.clone(), "data": "@service-ips"}})]));
-    out.push(rule(
-        "services",
-        vec![local.clone(), json!({"vmap": {"key": proto_port.clone(), "data": "@service-nodeports"}})],
-    ));
+    out.push(rule("reject-chain", r#"[{"reject":null}]"#));
+    let ip_proto_port = format!(
+        r#"{{"concat":[{{"payload":{{"protocol":"ip","field":"daddr"}}}},{L4PROTO},{{"payload":{{"protocol":"th","field":"dport"}}}}]}}"#
+    );
+    let proto_port = format!(r#"{{"concat":[{L4PROTO},{{"payload":{{"protocol":"th","field":"dport"}}}}]}}"#);
+    let local = matches("==", r#"{"fib":{"result":"type","flags":["daddr"]}}"#, r#""local""#);
+    let vmap = |key: &str, map: &str| format!(r#"{{"vmap":{{"key":{key},"data":"@{map}"}}}}"#);
+    out.push(rule("services", &exprs(&[vmap(&ip_proto_port, "service-ips")])));
+    out.push(rule("services", &exprs(&[local.clone(), vmap(&proto_port, "service-nodeports")])));
     for c in ["filter-forward", "filter-output"] {
-        out.push(rule(
-            c,
-            vec![json!({"vmap": {"key": ip_proto_port.clone(), "data": "@no-endpoint-services"}})],
-        ));
+        out.push(rule(c, &exprs(&[vmap(&ip_proto_port, "no-endpoint-services")])));
     }
-    out.push(rule(
-        "filter-input",
-        vec![local, json!({"vmap": {"key": proto_port, "data": "@no-endpoint-nodeports"}})],
-    ));
+    out.push(rule("filter-input", &exprs(&[local, vmap(&proto_port, "no-endpoint-nodeports")])));
     out.extend(diff(&Ruleset::default(), r));
     out
 }
 
 /// The batch that turns `old` into `new`, touching only what changed.
-pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Value> {
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<String> {
     let mut out = Vec::new();
     // 1. New affinity sets, then new or changed chains (in dependency order).
     for (name, timeout) in &new.sets {
         if old.sets.get(name) != Some(timeout) {
             if old.sets.contains_key(name) {
-                out.push(json!({"delete": obj("set", json!({"name": name}))}));
+                out.push(verb("delete", &obj("set", &format!(r#""name":{}"#, js(name)))));
             }
-            out.push(json!({"add": obj("set", json!({"name": name, "type": "ipv4_addr", "flags": ["timeout"], "timeout": timeout}))}));
+            out.push(verb(
+                "add",
+                &obj(
+                    "set",
+                    &format!(
+                        r#""name":{},"type":"ipv4_addr","flags":["timeout"],"timeout":{timeout}"#,
+                        js(name)
+                    ),
+                ),
+            ));
         }
     }
-    let mut changed: Vec<(&String, &Vec<Value>)> =
+    let mut changed: Vec<(&String, &Vec<String>)> =
         new.chains.iter().filter(|(n, rules)| old.chains.get(*n) != Some(*rules)).collect();
     changed.sort_by_key(|(n, _)| rank(n));
     for (name, rules) in changed {
-        if old.chains.contains_key(name) {
-            out.push(json!({"flush": chain(name)}));
-            for r in rules {
-                out.push(rule(name, r.as_array().cloned().unwrap_or_default()));
-            }
-        } else {
-            add_chain_with_rules(&mut out, name, rules);
+        out.push(verb(if old.chains.contains_key(name) { "flush" } else { "add" }, &chain(name)));
+        for r in rules {
+            out.push(rule(name, r));
         }
     }
     // 2. Map elements.
     fn elems<K: Ord, V: PartialEq>(
-        out: &mut Vec<Value>,
+        out: &mut Vec<String>,
         map: &str,
         old: &BTreeMap<K, V>,
         new: &BTreeMap<K, V>,
-        key: impl Fn(&K) -> Value,
+        key: impl Fn(&K) -> String,
         verdict: impl Fn(&V) -> Option<String>,
     ) {
         for (k, v) in old {
             if new.get(k) != Some(v) {
-                out.push(json!({"delete": element(map, key(k), None)}));
+                out.push(verb("delete", &element(map, &key(k), None)));
             }
         }
         for (k, v) in new {
             if old.get(k) != Some(v) {
-                out.push(json!({"add": element(map, key(k), verdict(v).as_deref())}));
+                out.push(verb("add", &element(map, &key(k), verdict(v).as_deref())));
             }
         }
     }
@@ -402,23 +404,30 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Value> {
     // 3. Chains and sets no longer used, once nothing refers to them (reverse order).
     let mut gone: Vec<&String> = old.chains.keys().filter(|n| !new.chains.contains_key(*n)).collect();
     gone.sort_by_key(|n| std::cmp::Reverse(rank(n)));
-    for name in gone {
-        out.push(json!({"flush": chain(name)}));
+    for name in &gone {
+        out.push(verb("flush", &chain(name)));
     }
-    let mut gone: Vec<&String> = old.chains.keys().filter(|n| !new.chains.contains_key(*n)).collect();
-    gone.sort_by_key(|n| std::cmp::Reverse(rank(n)));
-    for name in gone {
-        out.push(json!({"delete": chain(name)}));
+    for name in &gone {
+        out.push(verb("delete", &chain(name)));
     }
     for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
-        out.push(json!({"delete": obj("set", json!({"name": name}))}));
+        out.push(verb("delete", &obj("set", &format!(r#""name":{}"#, js(name)))));
     }
     out
 }
 
 /// A batch as `nft -j` reads it.
-pub fn batch(cmds: Vec<Value>) -> String {
-    json!({"nftables": cmds}).to_string()
+pub fn batch(cmds: Vec<String>) -> String {
+    let mut s = String::with_capacity(cmds.iter().map(|c| c.len() + 1).sum::<usize>() + 16);
+    s.push_str(r#"{"nftables":["#);
+    for (i, c) in cmds.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(c);
+    }
+    s.push_str("]}");
+    s
 }
 
 #[cfg(test)]
@@ -485,18 +494,18 @@ pub(crate) mod tests {
         let expected = r#"service-ips 10.96.0.10 . tcp . 80 : goto service-UARQTUAX-default/web/tcp/http
 service-nodeports tcp . 30080 : goto external-UARQTUAX-default/web/tcp/http
 chain endpoint-5ML4MARR-default/web/tcp/http__10.244.2.7/8080
-  [{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"10.244.2.7"}},{"jump":{"target":"mark-for-masquerade"}}]
-  [{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":"tcp"}},{"dnat":{"addr":"10.244.2.7","port":8080}}]
+  [{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.244.2.7"}},{"jump":{"target":"mark-for-masquerade"}}]
+  [{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},{"dnat":{"addr":"10.244.2.7","port":8080}}]
 chain endpoint-YX4ZGP7G-default/web/tcp/http__10.244.1.5/8080
-  [{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"10.244.1.5"}},{"jump":{"target":"mark-for-masquerade"}}]
-  [{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.244.1.0","len":24}}}},{"jump":{"target":"mark-for-masquerade"}}]
-  [{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":"tcp"}},{"dnat":{"addr":"10.244.1.5","port":8080}}]
+  [{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.244.1.5"}},{"jump":{"target":"mark-for-masquerade"}}]
+  [{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.244.1.0","len":24}}}},{"jump":{"target":"mark-for-masquerade"}}]
+  [{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},{"dnat":{"addr":"10.244.1.5","port":8080}}]
 chain external-UARQTUAX-default/web/tcp/http
   [{"jump":{"target":"mark-for-masquerade"}}]
   [{"goto":{"target":"service-UARQTUAX-default/web/tcp/http"}}]
 chain service-UARQTUAX-default/web/tcp/http
-  [{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":{"prefix":{"addr":"10.244.0.0","len":16}}}},{"jump":{"target":"mark-for-masquerade"}}]
-  [{"vmap":{"data":{"set":[[0,{"goto":{"target":"endpoint-YX4ZGP7G-default/web/tcp/http__10.244.1.5/8080"}}],[1,{"goto":{"target":"endpoint-5ML4MARR-default/web/tcp/http__10.244.2.7/8080"}}]]},"key":{"numgen":{"mod":2,"mode":"random","offset":0}}}}]
+  [{"match":{"op":"!=","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.244.0.0","len":16}}}},{"jump":{"target":"mark-for-masquerade"}}]
+  [{"vmap":{"key":{"numgen":{"mode":"random","mod":2,"offset":0}},"data":{"set":[[0,{"goto":{"target":"endpoint-YX4ZGP7G-default/web/tcp/http__10.244.1.5/8080"}}],[1,{"goto":{"target":"endpoint-5ML4MARR-default/web/tcp/http__10.244.2.7/8080"}}]]}}}]
 "#;
         assert_eq!(text, expected, "actual:\n{text}");
     }
@@ -541,9 +550,10 @@ chain service-UARQTUAX-default/web/tcp/http
         assert!(diff(&after, &after).is_empty());
         // Removing every Service leaves no chain.
         let d = diff(&after, &Ruleset::default());
-        assert_eq!(
-            d.iter().filter(|c| c.get("delete").is_some_and(|x| x.get("chain").is_some())).count(),
-            after.chains.len()
-        );
+        assert_eq!(d.iter().filter(|c| c.starts_with(r#"{"delete":{"chain""#)).count(), after.chains.len());
+        // Every command is JSON nft can read.
+        for c in full(&after).iter().chain(&d) {
+            serde_json::from_str::<serde_json::Value>(c).unwrap_or_else(|e| panic!("{e}: {c}"));
+        }
     }
 }
