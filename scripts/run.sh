@@ -54,6 +54,12 @@ for _ in $(seq 150); do
     [ -n "$ip" ] && [ "$ready" = "1/1" ] && break
     sleep 0.2
 done
+svc=$(TUG_SOCKET=$socket "$bin/tug" get service web -o json 2>/dev/null \
+    | sed -n 's/.*"clusterIP": *"\([0-9.]*\)".*/\1/p' | head -1)
+for _ in $(seq 150); do
+    curl -s -m 1 -o /dev/null "http://$svc/" && break
+    sleep 0.2
+done
 
 cat <<EOM
 
@@ -61,6 +67,11 @@ A single-node cluster runs here: tug-scheduler on $socket, tug-agent as node $(h
 The pod "hello" (examples/hello-pod.yaml) answers at http://$ip:8080/ :
 
   curl http://$ip:8080/
+
+The Deployment "web" (examples/web.yaml) runs behind the Service web at http://$svc/ ,
+web.default.svc.cluster.local to pods (DNS on the pod bridge's address):
+
+  curl http://$svc/
 
 Use it with the CLI:
 
@@ -74,9 +85,9 @@ Use it with the CLI:
   tug image ls                      # the node's images (tug.local/busybox-httpd:1 is the example's)
   tug image pull busybox:1.36       # from a registry; tug image import FILE for archives
 
-Not there yet: services (the Service in examples/web.yaml is stored but not programmed), and
-tug logs/exec through the agent.
+Not there yet: tug logs/exec through the agent.
 
 Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello
-and deployment web first)
+and deployment web first; the agent's nftables tables tug_node and tug_proxy stay until
+"nft delete table ip tug_proxy")
 EOM

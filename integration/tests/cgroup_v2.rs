@@ -113,3 +113,71 @@ fn cgroup_v2_an_agent_runs_a_pod_with_its_limits_beside_its_own_leaf() {
     });
     assert!(gone, "the pod's cgroup stayed: {}\n{}", pod_dir.display(), agent.log());
 }
+
+/// A single-node cluster in the guest runs a Deployment behind a Service that answers at its
+/// ClusterIP, through the agent's nftables proxy, on cgroup v2 alone.
+#[test]
+fn cgroup_v2_a_deployment_behind_a_service_answers() {
+    use std::time::Duration;
+    use tug_integration::agent::Agent;
+    let cluster = tug_integration::cluster::Cluster::new(1).expect("cluster");
+    let cp = tug_integration::control_plane::ControlPlane::start();
+    let agent = Agent::start(&cp, &cluster.nodes[0], "tug-vm-svc", &["--network-backend", "host-gw"]);
+    agent.import_probe_image("tug.local/probe:1");
+    cp.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: tug.local/probe:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w && hostname > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"]
+        ports: [{name: http, containerPort: 8080}]
+        resources: {limits: {memory: 32Mi}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#,
+    );
+    let ready = tug_integration::wait_for(Duration::from_secs(240), || {
+        cp.get_json(&["deployment", "web"]).is_some_and(|d| d["status"]["availableReplicas"] == 2)
+    });
+    assert!(
+        ready,
+        "deployment: {:#}\nagent log:\n{}",
+        cp.get_json(&["deployment", "web"]).unwrap_or_default(),
+        agent.log()
+    );
+    let ip = cp.get_json(&["service", "web"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let mut body = String::new();
+    let answered = tug_integration::wait_for(Duration::from_secs(60), || {
+        match cluster.nodes[0].run(&["busybox", "wget", "-q", "-O", "-", "-T", "3", &format!("http://{ip}/")])
+        {
+            Ok(o) => {
+                body = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                body.starts_with("web-")
+            }
+            Err(e) => {
+                body = e.to_string();
+                false
+            }
+        }
+    });
+    assert!(answered, "the Service did not answer: {body}\nagent log:\n{}", agent.log());
+    assert!(cp.tug(&["delete", "deployment", "web"]).status.success());
+    let gone = tug_integration::wait_for(Duration::from_secs(120), || agent.containers().is_empty());
+    assert!(gone, "containers left: {:?}", agent.containers());
+}
