@@ -216,6 +216,11 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry; with `auth`, every request needs that user and password.
     pub fn start(auth: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(auth.map(|(u, p)| Auth::Basic(u.to_string(), p.to_string())))
+    }
+
+    /// Starts a registry with basic auth, or bearer tokens from a [`TokenServer`].
+    pub fn start_with(auth: Option<Auth>) -> Registry {
         let dir = tempfile::Builder::new().prefix("tug-registry").tempdir().expect("tempdir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -224,13 +229,23 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             storage.display()
         );
-        if let Some((user, pass)) = auth {
-            let hash = bcrypt::hash(pass, 4).expect("bcrypt");
-            std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: tug-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            ));
+        match auth {
+            Some(Auth::Basic(user, pass)) => {
+                let hash = bcrypt::hash(pass, 4).expect("bcrypt");
+                std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: tug-test\n    path: {}\n",
+                    dir.path().join("htpasswd").display()
+                ));
+            }
+            Some(Auth::Token { realm, cert_pem }) => {
+                std::fs::write(dir.path().join("token.pem"), cert_pem).expect("token cert");
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    dir.path().join("token.pem").display()
+                ));
+            }
+            None => {}
         }
         std::fs::write(dir.path().join("config.yml"), config).expect("registry config");
         let child = Command::new("docker-registry")
@@ -265,6 +280,133 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a [`Registry`] authenticates.
+pub enum Auth {
+    /// htpasswd: this user and password.
+    Basic(String, String),
+    /// Bearer tokens from `realm`, signed by the key of `cert_pem`.
+    Token { realm: String, cert_pem: String },
+}
+
+pub const TOKEN_SERVICE: &str = "tug-test-registry";
+pub const TOKEN_ISSUER: &str = "tug-test-issuer";
+
+/// A token server on 127.0.0.1, as Docker's registries use (`auth: token`): `GET /token?
+/// service=…&scope=repository:NAME:pull,push` with basic credentials answers a JWT (ES256,
+/// its certificate in the `x5c` header) granting the asked actions to the one known user;
+/// anonymous callers get a token granting nothing; wrong credentials get 401. Runs on a
+/// thread until the process ends.
+pub struct TokenServer {
+    pub realm: String,
+    pub cert_pem: String,
+}
+
+impl TokenServer {
+    pub fn start(user: &str, pass: &str) -> TokenServer {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let params = rcgen::CertificateParams::new(vec!["tug-token-issuer".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+        )
+        .expect("signing key");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let realm = format!("http://{}/token", listener.local_addr().expect("addr"));
+        let expected =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = serve_token(stream, &expected, &signer, &x5c);
+            }
+        });
+        TokenServer { realm, cert_pem: cert.pem() }
+    }
+}
+
+fn serve_token(
+    mut stream: std::net::TcpStream,
+    expected: &str,
+    signer: &aws_lc_rs::signature::EcdsaKeyPair,
+    x5c: &str,
+) -> std::io::Result<()> {
+    use base64::Engine;
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut authorization = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            }
+        }
+    }
+    let reply = |stream: &mut std::net::TcpStream, code: &str, body: &str| {
+        write!(
+            stream,
+            "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let granted = match authorization.as_deref() {
+        None => false,
+        Some(a) if a == expected => true,
+        Some(_) => {
+            return reply(
+                &mut stream,
+                "401 Unauthorized",
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+            );
+        }
+    };
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let decode = |s: &str| {
+        s.replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%2F", "/")
+            .replace("%2f", "/")
+            .replace("%2C", ",")
+            .replace("%2c", ",")
+    };
+    let access: Vec<serde_json::Value> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .filter(|_| granted)
+        .filter_map(|scope| {
+            let scope = decode(scope);
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?.to_string(), parts.next()?.to_string(), parts.next()?.to_string());
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": if granted { "tug" } else { "" }, "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", std::process::id()),
+        "access": access,
+    });
+    let signing_input =
+        format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let sig = signer
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), signing_input.as_bytes())
+        .map_err(|_| std::io::Error::other("signing"))?;
+    let token = format!("{signing_input}.{}", b64(sig.as_ref()));
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    reply(&mut stream, "200 OK", &body)
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

@@ -324,6 +324,41 @@ fn registry_auth_required_refused_and_accepted() {
 }
 
 #[test]
+fn bearer_token_auth_from_a_token_server() {
+    use tug_integration::images::{Auth, TokenServer};
+    let tokens = TokenServer::start("tug", "s3cret");
+    let reg = Registry::start_with(Some(Auth::Token {
+        realm: tokens.realm.clone(),
+        cert_pem: tokens.cert_pem.clone(),
+    }));
+    let (dir, store) = store();
+    populate(&reg, dir.path(), Some(("tug", "s3cret")));
+    let puller = Puller::new(Arc::clone(&store), vec![reg.addr.clone()]);
+    let image = format!("{}/tug/app:1", reg.addr);
+    let secret = |user: &str, pass: &str| {
+        let json = format!(r#"{{"auths":{{"{}":{{"username":"{user}","password":"{pass}"}}}}}}"#, reg.addr);
+        from_dockerconfigjson(json.as_bytes(), &reg.addr, "regcred").unwrap()
+    };
+    rt().block_on(async {
+        let anon = puller.ensure(&image, PullPolicy::Always, None).await.unwrap_err();
+        // The token server gives anonymous callers a token that grants nothing.
+        assert!(
+            anon.reason == "ErrImagePull" && anon.message.contains("Not authorized"),
+            "anonymous: {anon}"
+        );
+        let wrong = puller.ensure(&image, PullPolicy::Always, secret("tug", "wrong")).await.unwrap_err();
+        assert!(
+            wrong.reason == "ErrImagePull" && wrong.message.contains("Not authorized"),
+            "wrong password: {wrong}"
+        );
+        assert!(store.images().unwrap().is_empty());
+        let ok = puller.ensure(&image, PullPolicy::Always, secret("tug", "s3cret")).await;
+        let ok = ok.unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log()));
+        assert_eq!(ok.layers.len(), 2);
+    });
+}
+
+#[test]
 fn a_corrupt_blob_is_refused_and_nothing_is_stored() {
     let reg = Registry::start(None);
     let (dir, store) = store();
