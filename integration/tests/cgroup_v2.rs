@@ -164,8 +164,9 @@ spec:
     let ip = cp.get_json(&["service", "web"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
     let mut body = String::new();
     let answered = tug_integration::wait_for(Duration::from_secs(60), || {
-        match cluster.nodes[0].run(&["busybox", "wget", "-q", "-O", "-", "-T", "3", &format!("http://{ip}/")])
-        {
+        // The probe, not busybox's wget (which the static build runs into a SIGSEGV here).
+        let probe = tug_integration::probe::path();
+        match cluster.nodes[0].run(&[probe.to_str().unwrap_or_default(), "get", &format!("{ip}:80")]) {
             Ok(o) => {
                 body = String::from_utf8_lossy(&o.stdout).trim().to_string();
                 body.starts_with("web-")

@@ -14,6 +14,7 @@
 //! tug-probe syscalls        # try calls a seccomp profile should stop; print each result
 //! tug-probe serve-udp PORT  # answer every datagram with this host's name
 //! tug-probe udp IP:PORT     # send one datagram, print the answer (exit 1 after 2 s)
+//! tug-probe get IP:PORT     # HTTP GET / over TCP, print the body (exit 1 on failure)
 //! ```
 
 mod report;
@@ -43,11 +44,47 @@ fn main() -> ExitCode {
         }
         Some("serve-udp") => serve_udp(arg(1).unwrap_or(9999)),
         Some("udp") => udp(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("get") => get(args.get(1).map(String::as_str).unwrap_or("")),
         Some(other) => {
             eprintln!(
-                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls, serve-udp, udp)"
+                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls, serve-udp, udp, get)"
             );
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `GET /` from `target` over plain HTTP/1.0; prints the body.
+fn get(target: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = match target.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tug-probe: {target:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tug-probe: connecting to {target}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut text = String::new();
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() || s.read_to_string(&mut text).is_err() {
+        eprintln!("tug-probe: no answer from {target}");
+        return ExitCode::FAILURE;
+    }
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("tug-probe: {target} answered: {}", text.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
         }
     }
 }
