@@ -410,3 +410,71 @@ fn deleting_owners_cascades_in_background_foreground_or_not_at_all() {
         );
     }
 }
+
+#[test]
+fn rollout_pause_resume_undo_restart_and_scale_from_the_cli() {
+    let cp = ControlPlane::start();
+    let dep = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
+        )
+    };
+    let rs_count = || items(cp.get_json(&["replicasets", "-l", "app=web"])).len();
+    let ok = |args: &[&str]| {
+        let out = cp.tug(args);
+        assert!(out.status.success(), "tug {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let image = || {
+        cp.get_json(&["deployment", "web"]).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone()
+    };
+    cp.apply(&dep("web:1"));
+    assert!(wait_for(Duration::from_secs(10), || rs_count() == 1));
+    // Paused: a new template makes no ReplicaSet; resumed, it does.
+    assert_eq!(ok(&["rollout", "pause", "deployment/web"]), "deployment.apps/web paused");
+    let again = cp.tug(&["rollout", "pause", "deployment/web"]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("is already paused"));
+    cp.apply(&dep("web:2").replace("  replicas: 2\n", "  replicas: 2\n  paused: true\n"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rs_count(), 1, "no rollout while paused");
+    assert_eq!(ok(&["rollout", "resume", "deployment/web"]), "deployment.apps/web resumed");
+    assert!(wait_for(Duration::from_secs(10), || rs_count() == 2), "{}", cp.log());
+    let history = ok(&["rollout", "history", "deployment/web"]);
+    assert!(
+        history.contains("REVISION  CHANGE-CAUSE")
+            && history.contains("1         <none>")
+            && history.contains("2         <none>"),
+        "{history}"
+    );
+    let rev1 = ok(&["rollout", "history", "deployment/web", "--revision", "1"]);
+    assert!(rev1.contains("with revision #1") && rev1.contains("image: web:1"), "{rev1}");
+    // Undo goes back to revision 1 (which becomes revision 3); a missing revision is an error.
+    assert_eq!(ok(&["rollout", "undo", "deployment/web"]), "deployment.apps/web rolled back");
+    assert_eq!(image(), "web:1");
+    let missing = cp.tug(&["rollout", "undo", "deployment/web", "--to-revision", "99"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("unable to find specified revision 99"));
+    assert!(wait_for(Duration::from_secs(10), || {
+        cp.get_json(&["deployment", "web"])
+            .is_some_and(|d| d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3")
+    }));
+    assert_eq!(
+        ok(&["rollout", "undo", "deployment/web", "--to-revision", "2"]),
+        "deployment.apps/web rolled back"
+    );
+    assert_eq!(image(), "web:2");
+    // Restart: a new template annotation, so a new ReplicaSet.
+    assert_eq!(ok(&["rollout", "restart", "deployment/web"]), "deployment.apps/web restarted");
+    assert!(wait_for(Duration::from_secs(10), || rs_count() == 3), "{}", cp.log());
+    assert_eq!(ok(&["scale", "deployment/web", "--replicas", "5"]), "deployment.apps/web scaled");
+    assert_eq!(cp.get_json(&["deployment", "web"]).unwrap()["spec"]["replicas"], 5);
+    let bad = cp.tug(&["scale", "deployment/nope", "--replicas", "1"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not found"));
+    // `rollout status --watch=false` reports where the rollout is and returns.
+    let st = cp.tug(&["rollout", "status", "deployment/web", "--watch=false"]);
+    assert!(
+        String::from_utf8_lossy(&st.stdout).starts_with("Waiting for deployment"),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+}
