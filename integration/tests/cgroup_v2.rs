@@ -182,3 +182,78 @@ spec:
     let gone = tug_integration::wait_for(Duration::from_secs(120), || agent.containers().is_empty());
     assert!(gone, "containers left: {:?}", agent.containers());
 }
+
+/// The provisioning script the Vagrantfile uses, run in the guest as on a fresh host:
+/// `make install` (scripts/install.sh) into the guest's own root, the configuration files,
+/// the daemons started from them; a pod then runs on the node it made. Only in the VM: it
+/// installs into `/`.
+#[test]
+fn cgroup_v2_provisioning_installs_configures_and_starts_a_node() {
+    use std::time::Duration;
+    if std::env::var_os("TUG_IN_VM").is_none() {
+        eprintln!("skipped: this test installs into / and runs only inside the VM guest");
+        return;
+    }
+    let ws = tug_integration::probe::workspace_root();
+    // A node address of its own (the guest has no network).
+    let _ = std::process::Command::new("ip").args(["addr", "add", "10.250.9.1/32", "dev", "lo"]).status();
+    let out = std::process::Command::new("bash")
+        .arg(ws.join("scripts/vm/provision.sh"))
+        .args(["server", "--listen", "127.0.0.1:6443", "--node-ip", "10.250.9.1"])
+        .args(["--network-backend", "host-gw", "--node-name", "tug-vm-provisioned"])
+        .env("BUILD", ws.join("target/debug"))
+        .current_dir(&ws)
+        .output()
+        .expect("provision.sh");
+    let log = |name: &str| std::fs::read_to_string(format!("/var/log/tug-{name}.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "provision.sh: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log("scheduler")
+    );
+    let pid = |name: &str| {
+        std::fs::read_to_string(format!("/run/tug/{name}.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+    };
+    // The daemons run the installed binaries with the installed configuration.
+    for name in ["scheduler", "agent"] {
+        let p = pid(name).unwrap_or_else(|| panic!("no pid file for {name}"));
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap();
+        assert_eq!(exe, std::path::PathBuf::from(format!("/usr/local/bin/tug-{name}")));
+        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap().replace('\0', " ");
+        assert!(cmdline.contains(&format!("--config /etc/tug/{name}.toml")), "{cmdline}");
+    }
+    let tug = |args: &[&str]| std::process::Command::new("/usr/local/bin/tug").args(args).output().unwrap();
+    let ready = tug_integration::wait_for(Duration::from_secs(120), || {
+        String::from_utf8_lossy(&tug(&["get", "nodes"]).stdout).contains(" Ready ")
+    });
+    assert!(
+        ready,
+        "the node: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&tug(&["get", "nodes"]).stdout),
+        log("agent")
+    );
+    let cfg = std::process::Command::new("/usr/local/bin/tug-agent")
+        .args(["--config", "/etc/tug/agent.toml", "--print-config"])
+        .output()
+        .unwrap();
+    let cfg = String::from_utf8_lossy(&cfg.stdout).into_owned();
+    assert!(
+        cfg.contains("node-ip = \"10.250.9.1\"") && cfg.contains("network-backend = \"host-gw\""),
+        "{cfg}"
+    );
+    let token = std::fs::read_to_string("/etc/tug/join-token").unwrap_or_default();
+    assert!(token.starts_with("tug::"), "the join token for other hosts: {token:?}");
+    let node = String::from_utf8_lossy(&tug(&["get", "node", "tug-vm-provisioned", "-o", "json"]).stdout)
+        .into_owned();
+    assert!(node.contains("10.250.9.1"), "{node}");
+    // Done: stop what the script started (by the pids it recorded).
+    for name in ["agent", "scheduler"] {
+        if let Some(p) = pid(name) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}

@@ -83,7 +83,7 @@ fn get_tables_selectors_and_errors_read_like_kubectl() {
     assert_eq!(out(&o), "deployment.apps/web\n");
     let o = cp.tug(&["get", "deploy", "nope", "-n", "shop"]);
     assert_eq!(err(&o), "Error from server (NotFound): deployments.apps \"nope\" not found");
-    let o = cp.tug(&["get", "pods", "-n", "shop"]);
+    let o = cp.tug(&["get", "jobs", "-n", "shop"]);
     assert_eq!(err(&o), "No resources found in shop namespace.");
     let o = cp.tug(&["get", "gizmos"]);
     assert_eq!(err(&o), "error: the server doesn't have a resource type \"gizmos\"");
@@ -272,17 +272,38 @@ fn two_replicas_share_one_etcd() {
     let o = b.tug(&["get", "deploy", "web", "-n", "shop", "-o", "json"]);
     let d: Value = serde_json::from_str(&out(&o)).unwrap_or_else(|_| panic!("{}", err(&o)));
     assert_eq!(d["spec"]["replicas"], 2);
-    // Optimistic concurrency holds across replicas: the second writer of a stale version loses.
-    let rv = d["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let put = |cp: &ControlPlane, replicas: u32| {
-        let mut obj = d.clone();
-        obj["spec"]["replicas"] = replicas.into();
-        obj["metadata"]["resourceVersion"] = rv.clone().into();
-        cp.raw("PUT", "/apis/apps/v1/namespaces/shop/deployments/web", "application/json", &obj.to_string()).0
+    // One replica runs the controllers (it holds the leader Lease): two pods, not four.
+    let pods = || {
+        let o = b.tug(&["get", "pods", "-n", "shop", "-o", "json"]);
+        serde_json::from_str::<Value>(&out(&o))
+            .map(|v| v["items"].as_array().map_or(0, Vec::len))
+            .unwrap_or(0)
     };
-    assert_eq!(put(&a, 3), 200);
-    assert_eq!(put(&b, 4), 409);
-    let o = b.tug_with_input(&["apply", "-f", "-"], APP);
+    assert!(
+        tug_integration::wait_for(std::time::Duration::from_secs(15), || pods() == 2),
+        "pods: {}",
+        pods()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(pods(), 2);
+    let leaders = [a.log(), b.log()].iter().filter(|l| l.contains("controllers: leading")).count();
+    assert_eq!(leaders, 1, "a:\n{}\nb:\n{}", a.log(), b.log());
+    // Optimistic concurrency holds across replicas: the second writer of a stale version
+    // loses. (A ConfigMap: no controller writes it meanwhile.)
+    let o = a.tug(&["create", "configmap", "cfg", "-n", "shop", "--from-literal=k=v"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = b.tug(&["get", "configmap", "cfg", "-n", "shop", "-o", "json"]);
+    let c: Value = serde_json::from_str(&out(&o)).unwrap_or_else(|_| panic!("{}", err(&o)));
+    let rv = c["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let put = |cp: &ControlPlane, v: &str| {
+        let mut obj = c.clone();
+        obj["data"]["k"] = v.into();
+        obj["metadata"]["resourceVersion"] = rv.clone().into();
+        cp.raw("PUT", "/api/v1/namespaces/shop/configmaps/cfg", "application/json", &obj.to_string()).0
+    };
+    assert_eq!(put(&a, "a"), 200);
+    assert_eq!(put(&b, "b"), 409);
+    let o = b.tug_with_input(&["apply", "-f", "-"], &APP.replace("replicas: 2", "replicas: 3"));
     assert_eq!(out(&o), "namespace/shop unchanged\ndeployment.apps/web configured\nservice/web unchanged\n");
     // One cluster CA for all replicas: credentials from A's join work against B.
     let token = a.log().split_whitespace().find(|w| w.starts_with("tug::")).expect("token").to_string();

@@ -207,6 +207,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
                 flags.default_not_ready_toleration_seconds,
             ),
         },
+        &flags.socket.display().to_string(),
     );
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(
@@ -217,9 +218,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;
     compactor.abort();
     placer.abort();
-    for c in controllers {
-        c.abort();
-    }
+    controllers.abort();
     if let Some(t) = tls {
         t.abort();
     }

@@ -32,6 +32,8 @@ copy_with_libs() {
 }
 copy_with_libs "$(command -v ip)" sbin/ip
 copy_with_libs "$(command -v nft)" usr/sbin/nft
+# bash, for the provisioning script (scripts/vm/provision.sh → scripts/install.sh).
+copy_with_libs "$(command -v bash)" bin/bash
 # The benchmark's anchors, when installed.
 for anchor in crun runc; do
     command -v "$anchor" >/dev/null && copy_with_libs "$(command -v "$anchor")" "usr/bin/$anchor"

@@ -462,32 +462,40 @@ fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &By
 fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
-    let mut obj = decode_body(target, body)?;
+    let decoded = decode_body(target, body)?;
     ensure_namespace(st, info, target.namespace())?;
     let _services = service_lock(st, info);
-    let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
-    assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
-    let (stored, applied) = match current {
-        None => {
-            objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
-            if info.kind == "Namespace" {
-                obj["status"] = json!({"phase": "Active"});
+    // Without a resourceVersion in the request an apply is not optimistic: a controller
+    // writing the object (a Deployment's status) between our read and write is retried.
+    let pinned = expected_revision(&decoded)?.is_some();
+    let mut attempt = 0;
+    let (stored, applied) = loop {
+        attempt += 1;
+        let mut obj = decoded.clone();
+        let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+        assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
+        let result = match current {
+            None => {
+                objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
+                if info.kind == "Namespace" {
+                    obj["status"] = json!({"phase": "Active"});
+                }
+                let _cidrs = node_cidr_lock(st, info);
+                assign_pod_cidr(st, info, &mut obj)?;
+                blocking(|| st.store.create(&key, obj)).map(|s| (s, Applied::Created))
             }
-            let _cidrs = node_cidr_lock(st, info);
-            assign_pod_cidr(st, info, &mut obj)?;
-            (
-                blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?,
-                Applied::Created,
-            )
-        }
-        Some(cur) if !objects::apply_changes(&obj, &cur.object) => (cur, Applied::Unchanged),
-        Some(cur) => {
-            objects::on_update(&mut obj, &cur.object)?;
-            (
-                blocking(|| st.store.update(&key, obj, Some(cur.revision)))
-                    .map_err(|e| store_status(e, info, &name))?,
-                Applied::Configured,
-            )
+            Some(cur) if !objects::apply_changes(&obj, &cur.object) => Ok((cur, Applied::Unchanged)),
+            Some(cur) => {
+                objects::on_update(&mut obj, &cur.object)?;
+                blocking(|| st.store.update(&key, obj, Some(cur.revision))).map(|s| (s, Applied::Configured))
+            }
+        };
+        match result {
+            Ok(r) => break r,
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) if !pinned && attempt < 5 => {
+                continue;
+            }
+            Err(e) => return Err(store_status(e, info, &name)),
         }
     };
     let code = if applied == Applied::Created { StatusCode::CREATED } else { StatusCode::OK };

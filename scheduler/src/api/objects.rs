@@ -4,12 +4,26 @@
 use serde_json::Value;
 use tug_api::status::Status;
 
+/// Annotations the controllers write (a Deployment's revision): not the user's, so an apply
+/// without them changes nothing and keeps them.
+const CONTROLLER_ANNOTATIONS: [&str; 1] = ["deployment.kubernetes.io/"];
+
+fn controller_owned(key: &str) -> bool {
+    CONTROLLER_ANNOTATIONS.iter().any(|p| key.starts_with(p))
+}
+
 /// The fields a user's apply owns: everything but the server's metadata and `status`.
 pub fn user_view(object: &Value) -> Value {
     let mut v = object.clone();
     if let Some(m) = v.as_object_mut() {
         m.remove("status");
         if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.retain(|k, _| !controller_owned(k));
+                if a.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
             for f in [
                 "uid",
                 "resourceVersion",
@@ -75,6 +89,17 @@ pub fn on_update(desired: &mut Value, current: &Value) -> Result<(), Status> {
     }
     for f in ["uid", "creationTimestamp"] {
         desired["metadata"][f] = current["metadata"][f].clone();
+    }
+    // The controllers' annotations stay unless the request sets them.
+    if let Some(cur) = current["metadata"]["annotations"].as_object() {
+        for (k, v) in cur.iter().filter(|(k, _)| controller_owned(k)) {
+            if desired["metadata"]["annotations"].get(k).is_none() {
+                if !desired["metadata"]["annotations"].is_object() {
+                    desired["metadata"]["annotations"] = serde_json::json!({});
+                }
+                desired["metadata"]["annotations"][k] = v.clone();
+            }
+        }
     }
     // Only the server marks an object deleted (and it stays marked).
     match current["metadata"].get("deletionTimestamp") {
