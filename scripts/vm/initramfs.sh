@@ -34,6 +34,7 @@ copy_with_libs "$(command -v ip)" sbin/ip
 copy_with_libs "$(command -v nft)" usr/sbin/nft
 # bash, for the provisioning script (scripts/vm/provision.sh → scripts/install.sh).
 copy_with_libs "$(command -v bash)" bin/bash
+copy_with_libs "$(command -v install)" usr/bin/install
 # The benchmark's anchors, when installed.
 for anchor in crun runc; do
     command -v "$anchor" >/dev/null && copy_with_libs "$(command -v "$anchor")" "usr/bin/$anchor"

@@ -66,7 +66,8 @@ start() {
         return
     fi
     mkdir -p /run/tug /var/log
-    nohup "$PREFIX/bin/tug-$name" --config "$conf/$name.toml" > "/var/log/tug-$name.log" 2>&1 &
+    # A session of its own: the daemon outlives this script and its terminal.
+    setsid "$PREFIX/bin/tug-$name" --config "$conf/$name.toml" < /dev/null > "/var/log/tug-$name.log" 2>&1 &
     echo $! > "/run/tug/$name.pid"
 }
 
