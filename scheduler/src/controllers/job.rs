@@ -335,15 +335,7 @@ impl Controller for Jobs {
     }
 
     fn keys_for(&self, _store: &dyn Store, e: &Event) -> Vec<String> {
-        let Ok(meta) = serde_json::from_value::<tug_api::meta::ObjectMeta>(e.object["metadata"].clone())
-        else {
-            return Vec::new();
-        };
-        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
-        controller_of(&meta)
-            .filter(|o| o.kind == "Job")
-            .map(|o| vec![format!("{PREFIX}{ns}/{}", o.name)])
-            .unwrap_or_default()
+        super::controller_key(e, "Job", PREFIX)
     }
 
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {

@@ -197,6 +197,18 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references.iter().find(|o| o.controller == Some(true))
 }
 
+/// The key of the object of `kind` (under `prefix`) that controls the object of an event.
+pub fn controller_key(e: &crate::store::Event, kind: &str, prefix: &str) -> Vec<String> {
+    let Ok(meta) = serde_json::from_value::<ObjectMeta>(e.object["metadata"].clone()) else {
+        return Vec::new();
+    };
+    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    controller_of(&meta)
+        .filter(|o| o.kind == kind)
+        .map(|o| vec![format!("{prefix}{ns}/{}", o.name)])
+        .unwrap_or_default()
+}
+
 /// An owner reference that makes `owner` the controller.
 pub fn controller_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> OwnerReference {
     OwnerReference {
