@@ -17,6 +17,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tug_agent::network::netns::run_in;
 use tug_agent::network::node::{NodeConfig, NodeNetwork, run_nft, run_tool};
 use tug_agent::network::routes::Backend;
 use tug_agent::proxy::rules::{self, NodeInfo, PortInfo, Proto, ServiceInfo};
@@ -66,29 +67,20 @@ fn services(n: usize, pod: Ipv4Addr) -> Vec<ServiceInfo> {
         .collect()
 }
 
-/// A TCP server in the pod's namespace that accepts and closes, on its own thread.
+/// A TCP server in the pod's namespace (the socket is made there) that accepts and closes.
 fn serve_in(netns: &Path, addr: SocketAddr) {
-    let path = netns.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let l = run_in(Some(netns), || std::net::TcpListener::bind(addr)).expect("netns").expect("bind");
     std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let l = std::net::TcpListener::bind(addr).expect("bind");
-        tx.send(()).expect("ready");
         for s in l.incoming() {
             drop(s);
         }
     });
-    rx.recv().expect("server up");
 }
 
-/// Connect times from the node's namespace to `to`, on a thread inside it.
+/// Connect times from the node's namespace to `to`.
 fn connects(node_ns: &Path, to: SocketAddr, n: usize) -> Vec<Duration> {
-    let path = node_ns.to_path_buf();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let mut out: Vec<Duration> = (0..n)
+    let mut out = run_in(Some(node_ns), || {
+        (0..n)
             .map(|_| {
                 let t = Instant::now();
                 let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
@@ -96,12 +88,21 @@ fn connects(node_ns: &Path, to: SocketAddr, n: usize) -> Vec<Duration> {
                 drop(s);
                 d
             })
-            .collect();
-        out.sort();
-        out
+            .collect::<Vec<_>>()
     })
-    .join()
-    .expect("client")
+    .expect("netns");
+    out.sort();
+    out
+}
+
+/// Unpins the pod's namespace when the bench ends, also on a panic (the cluster guard
+/// removes the node's).
+struct PodNetns(std::path::PathBuf);
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = tug_agent::network::netns::remove_pinned(&self.0);
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -118,13 +119,19 @@ async fn main() {
     let net = NodeNetwork::setup(cfg).await.expect("node setup");
     net.route_services("10.96.0.0/12".parse().expect("cidr")).await.expect("route");
     let pod = net.add_pod("bench/server").await.expect("pod");
+    let _pod_netns = PodNetns(pod.netns.clone());
     let pod_ip: Ipv4Addr = pod.ip.to_string().parse().expect("ip");
     serve_in(&pod.netns, SocketAddr::from((pod_ip, 8080)));
     let info = NodeInfo { cluster_cidr: "10.244.0.0/16".parse().expect("cidr"), pod_cidr };
     let ns = Some(node_ns.as_path());
 
     let mut latency = Vec::new();
-    for n in [10usize, 1_000, 10_000] {
+    // TUG_BENCH_SERVICES=10,1000 for a shorter run (10,000 takes minutes with nft 1.0.6).
+    let sizes: Vec<usize> = std::env::var("TUG_BENCH_SERVICES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 1_000, 10_000]);
+    for &n in &sizes {
         let mut svcs = services(n, pod_ip);
         // Full sync.
         let t = Instant::now();
@@ -148,7 +155,7 @@ async fn main() {
             text.len() / 1024,
             ms(one)
         );
-        if n != 1_000 {
+        if n == sizes[0] || n == sizes[sizes.len() - 1] {
             let through = connects(&node_ns, SocketAddr::from((Ipv4Addr::new(10, 96, 0, 1), 80)), 300);
             latency.push((n, through));
         }

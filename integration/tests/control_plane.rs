@@ -284,7 +284,12 @@ fn two_replicas_share_one_etcd() {
         "pods: {}",
         pods()
     );
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Settled: the Deployment's status counts the ReplicaSet's pods.
+    let settled = tug_integration::wait_for(std::time::Duration::from_secs(15), || {
+        let o = b.tug(&["get", "deploy", "web", "-n", "shop", "-o", "json"]);
+        serde_json::from_str::<Value>(&out(&o)).is_ok_and(|d| d["status"]["replicas"] == 2)
+    });
+    assert!(settled);
     assert_eq!(pods(), 2);
     let leaders = [a.log(), b.log()].iter().filter(|l| l.contains("controllers: leading")).count();
     assert_eq!(leaders, 1, "a:\n{}\nb:\n{}", a.log(), b.log());

@@ -378,8 +378,8 @@ fn deleting_owners_cascades_in_background_foreground_or_not_at_all() {
     assert_eq!(count("replicasets", "app=fg") + count("pods", "app=fg"), 0);
     // Orphan: the ReplicaSet and pods stay, without their owner.
     assert!(cp.tug(&["delete", "deployment", "keep", "--cascade=orphan"]).status.success());
+    // The collector drops the references before it deletes the owner.
     assert!(wait_for(Duration::from_secs(10), || cp.get_json(&["deployment", "keep"]).is_none()));
-    std::thread::sleep(Duration::from_secs(1));
     let rs = items(cp.get_json(&["replicasets", "-l", "app=keep"]));
     assert_eq!(rs.len(), 1);
     assert!(rs[0]["metadata"]["ownerReferences"].is_null(), "{:#}", rs[0]);
@@ -402,10 +402,9 @@ fn deleting_owners_cascades_in_background_foreground_or_not_at_all() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_for(Duration::from_secs(10), || items(cp.get_json(&["pods", "-n", "tug-gone"])).len() == 2));
     assert!(cp.tug(&["delete", "namespace", "tug-gone"]).status.success());
-    std::thread::sleep(Duration::from_secs(1));
     for kind in ["pods", "replicasets", "deployments"] {
         assert!(
-            items(cp.get_json(&[kind, "-n", "tug-gone"])).is_empty(),
+            wait_for(Duration::from_secs(10), || items(cp.get_json(&[kind, "-n", "tug-gone"])).is_empty()),
             "{kind} left in a deleted namespace"
         );
     }
@@ -436,7 +435,11 @@ fn rollout_pause_resume_undo_restart_and_scale_from_the_cli() {
     let again = cp.tug(&["rollout", "pause", "deployment/web"]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("is already paused"));
     cp.apply(&dep("web:2").replace("  replicas: 2\n", "  replicas: 2\n  paused: true\n"));
-    std::thread::sleep(Duration::from_secs(1));
+    let observed = wait_for(Duration::from_secs(10), || {
+        cp.get_json(&["deployment", "web"])
+            .is_some_and(|d| d["status"]["observedGeneration"] == d["metadata"]["generation"])
+    });
+    assert!(observed, "the controller never saw the paused template");
     assert_eq!(rs_count(), 1, "no rollout while paused");
     assert_eq!(ok(&["rollout", "resume", "deployment/web"]), "deployment.apps/web resumed");
     assert!(wait_for(Duration::from_secs(10), || rs_count() == 2), "{}", cp.log());

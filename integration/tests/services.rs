@@ -1,7 +1,6 @@
 //! Services end to end on the cluster in namespaces: ClusterIP, NodePort, UDP, ClientIP
 //! affinity, readiness, no endpoints, from the node and from a pod.
 
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tug_integration::agent::Agent;
@@ -87,23 +86,35 @@ spec:
   - {port: 80}
 "#;
 
-fn ready_ips(cp: &ControlPlane, name: &str) -> Vec<String> {
+/// The addresses of an Endpoints object's subsets under `field` (`addresses`,
+/// `notReadyAddresses`).
+fn endpoint_ips(cp: &ControlPlane, name: &str, field: &str) -> Vec<String> {
     cp.get_json(&["endpoints", name])
         .and_then(|e| e["subsets"].as_array().cloned())
         .into_iter()
         .flatten()
-        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+        .flat_map(|s| s[field].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a["ip"].as_str().map(str::to_string))
         .collect()
 }
 
-fn not_ready(cp: &ControlPlane, name: &str) -> Vec<Value> {
-    cp.get_json(&["endpoints", name])
-        .and_then(|e| e["subsets"].as_array().cloned())
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["notReadyAddresses"].as_array().cloned().unwrap_or_default())
-        .collect()
+fn ready_ips(cp: &ControlPlane, name: &str) -> Vec<String> {
+    endpoint_ips(cp, name, "addresses")
+}
+
+fn not_ready_ips(cp: &ControlPlane, name: &str) -> Vec<String> {
+    endpoint_ips(cp, name, "notReadyAddresses")
+}
+
+/// The proxy's rules in a node's namespace, as text, in either mode.
+fn programmed(ns: &str, mode: &str) -> String {
+    let argv: &[&str] = if mode == "iptables" {
+        &["iptables-save", "-t", "nat"]
+    } else {
+        &["nft", "list", "table", "ip", "tug_proxy"]
+    };
+    let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(argv).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
 /// `curl` from inside a namespace: the body, or the curl exit code.
@@ -277,15 +288,18 @@ spec:
     let flappy_ip = cp.get_json(&["pod", "flappy"]).unwrap()["status"]["podIP"].as_str().unwrap().to_string();
     let mut checked = false;
     for _ in 0..4 {
-        let out = wait_for(Duration::from_secs(15), || {
-            not_ready(&cp, "web").iter().any(|a| a["ip"] == flappy_ip.as_str())
-        });
+        let out = wait_for(Duration::from_secs(15), || not_ready_ips(&cp, "web").contains(&flappy_ip));
         assert!(out, "flappy never became not ready");
-        std::thread::sleep(Duration::from_millis(200));
+        // The node's proxy has dropped it (or flappy is back already: the burst won't count).
+        let dropped = wait_for(Duration::from_secs(5), || {
+            !programmed(&node0, mode).contains(&format!("{flappy_ip}:"))
+                || !not_ready_ips(&cp, "web").contains(&flappy_ip)
+        });
+        assert!(dropped, "the proxy kept a not-ready endpoint:\n{}", programmed(&node0, mode));
         let bodies: Vec<String> =
             (0..20).filter_map(|_| curl(&node0, &format!("http://{ip}/")).ok()).collect();
         // Only a burst that ended with flappy still not ready counts.
-        if not_ready(&cp, "web").iter().any(|a| a["ip"] == flappy_ip.as_str()) {
+        if not_ready_ips(&cp, "web").contains(&flappy_ip) {
             assert!(!bodies.iter().any(|b| b == "flappy"), "a not-ready pod got traffic: {bodies:?}");
             assert_eq!(bodies.len(), 20);
             checked = true;

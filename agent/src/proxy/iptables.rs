@@ -30,14 +30,9 @@ pub const JUMPS: [(&str, &str, &str); 6] = [
     ("filter", "INPUT", "TUG-EXTERNAL"),
 ];
 
+/// Twelve digits: iptables chain names are only the hash (at most 28 characters).
 fn hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    (0..16).map(|i| A[usize::try_from((h >> ((i % 12) * 5)) & 31).unwrap_or(0)] as char).collect()
+    super::rules::hash_n(s, 12)
 }
 
 /// The `iptables-restore` input for these Services, and the per-service chains it defines

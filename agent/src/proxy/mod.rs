@@ -85,6 +85,14 @@ struct Applied {
     chains: std::collections::BTreeSet<String>,
 }
 
+impl Applied {
+    /// The next sync rewrites everything (the iptables chains made stay known, to remove).
+    fn forget(&mut self) {
+        self.services = None;
+        self.rules = None;
+    }
+}
+
 /// Programs `services` (the whole table or chains when `applied` is empty, else the
 /// difference); returns how many service ports it programmed.
 fn program(
@@ -143,17 +151,12 @@ pub async fn run(
     resync: Duration,
 ) {
     let changed = catalog.subscribe();
-    let mut applied = Some(Applied::default());
+    let mut applied = Applied::default();
     let mut full_at = Instant::now() + resync;
     loop {
         tokio::select! {
             _ = changed.notified() => {}
-            _ = tokio::time::sleep_until(full_at.into()) => {
-                if let Some(a) = applied.as_mut() {
-                    a.services = None;
-                    a.rules = None;
-                }
-            }
+            _ = tokio::time::sleep_until(full_at.into()) => applied.forget(),
         }
         // A burst of changes is one transaction.
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -161,21 +164,17 @@ pub async fn run(
             let o = catalog.read();
             services_from(o.services.values(), &o.endpoints)
         };
-        let mut a = applied.take().unwrap_or_default();
-        if a.services.as_ref() == Some(&services) {
-            applied = Some(a);
+        if applied.services.as_ref() == Some(&services) {
             continue;
         }
-        let whole = a.services.is_none();
-        let (ns, node2, svcs) = (netns.clone(), node, services.clone());
+        let whole = applied.services.is_none();
+        let mut a = std::mem::take(&mut applied);
+        let (ns, svcs) = (netns.clone(), services.clone());
         let started = Instant::now();
-        let r = tokio::task::spawn_blocking(move || {
-            let r = program(mode, ns.as_deref(), &node2, &svcs, &mut a);
-            (r, a)
-        })
-        .await;
+        let r = tokio::task::spawn_blocking(move || (program(mode, ns.as_deref(), &node, &svcs, &mut a), a))
+            .await;
         match r {
-            Ok((Ok(n), mut a)) => {
+            Ok((Ok(n), a)) => {
                 if whole {
                     full_at = Instant::now() + resync;
                     eprintln!(
@@ -183,20 +182,26 @@ pub async fn run(
                         started.elapsed()
                     );
                 }
-                a.services = Some(services);
-                applied = Some(a);
+                applied = Applied { services: Some(services), ..a };
             }
-            Ok((Err(e), mut a)) => {
+            Ok((Err(e), a)) => {
                 eprintln!("tug-agent: proxy: {e}");
-                a.services = None;
-                a.rules = None;
-                applied = Some(a);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                changed.notify_one();
+                applied = a;
+                retry(&mut applied, &changed).await;
             }
-            Err(_) => return,
+            Err(e) => {
+                eprintln!("tug-agent: proxy: {e}");
+                retry(&mut applied, &changed).await;
+            }
         }
     }
+}
+
+/// After a failure: the whole table (or every chain) next time, after a pause.
+async fn retry(applied: &mut Applied, changed: &tokio::sync::Notify) {
+    applied.forget();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    changed.notify_one();
 }
 
 #[cfg(test)]

@@ -99,15 +99,21 @@ pub struct Ruleset {
     pub no_endpoint_node_ports: BTreeSet<(Proto, u16)>,
 }
 
-/// A short stable hash, kube-proxy style (base32 of a 64-bit FNV-1a).
-fn hash(s: &str) -> String {
+/// A short stable name part, kube-proxy style: the first `len` (at most 12) base32 digits of
+/// a 64-bit FNV-1a.
+pub(crate) fn hash_n(s: &str, len: usize) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    (0..8).map(|i| A[usize::try_from((h >> (i * 5)) & 31).unwrap_or(0)] as char).collect()
+    (0..len.min(12)).map(|i| A[usize::try_from((h >> (i * 5)) & 31).unwrap_or(0)] as char).collect()
+}
+
+/// Eight digits: the readable name beside it keeps nft chain names unique.
+fn hash(s: &str) -> String {
+    hash_n(s, 8)
 }
 
 // The JSON is written as text, not built as `serde_json::Value` trees: at 10,000 Services

@@ -69,21 +69,16 @@ fn dependent_kinds() -> impl Iterator<Item = &'static KindInfo> {
     KINDS.iter().filter(|k| k.namespaced && k.kind != "Event" && k.kind != "Lease")
 }
 
+/// An owner's key: namespaced kinds in the dependent's namespace.
 fn store_key(info: &KindInfo, ns: Option<&str>, name: &str) -> String {
-    format!(
-        "{}/{}/{}/{}",
-        info.group,
-        info.plural,
-        if info.namespaced { ns.unwrap_or("default") } else { "" },
-        name
-    )
+    crate::api::path::key(info, info.namespaced.then(|| ns.unwrap_or("default")), name)
 }
 
 /// Keys of the objects in `ns` that name `uid` as an owner.
 fn dependents(store: &dyn Store, ns: &str, uid: &str) -> Result<Vec<Stored>, StoreError> {
     let mut out = Vec::new();
     for k in dependent_kinds() {
-        let (items, _) = store.list(&format!("{}/{}/{ns}/", k.group, k.plural))?;
+        let (items, _) = store.list(&crate::api::path::prefix(k, Some(ns)))?;
         out.extend(items.into_iter().filter(|s| {
             s.object["metadata"]["ownerReferences"]
                 .as_array()

@@ -301,21 +301,14 @@ pub fn pod_for(job: &Job, index: Option<i32>) -> Value {
         }
         None => format!("{}-", job.metadata.name),
     };
-    let pod = Pod {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        metadata: tug_api::meta::ObjectMeta {
-            generate_name: Some(generate),
-            namespace: job.metadata.namespace.clone(),
-            labels,
-            annotations,
-            owner_references: vec![controller_ref("batch/v1", "Job", &job.metadata)],
-            ..Default::default()
-        },
+    super::new_pod(
+        generate,
+        job.metadata.namespace.clone(),
+        labels,
+        annotations,
+        controller_ref("batch/v1", "Job", &job.metadata),
         spec,
-        status: None,
-    };
-    serde_json::to_value(pod).unwrap_or(Value::Null)
+    )
 }
 
 /// The reconciler.

@@ -68,7 +68,8 @@ const LEASE_SECS: u64 = 15;
 /// socket): a restarted replica takes its own lease back at once.
 pub fn spawn(store: Arc<dyn Store>, settings: &Settings, identity: &str) -> tokio::task::JoinHandle<()> {
     let settings = settings.clone();
-    let id = format!("{}:{identity}", nix_hostname());
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = format!("{host}:{identity}");
     tokio::spawn(async move {
         loop {
             loop {
@@ -96,12 +97,6 @@ pub fn spawn(store: Arc<dyn Store>, settings: &Settings, identity: &str) -> toki
             eprintln!("tug-scheduler: controllers: no longer leading; stopped");
         }
     })
-}
-
-fn nix_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "tug".into())
 }
 
 /// Takes or renews the leader Lease for `id`; false when another holds it (or on a race).
@@ -179,19 +174,6 @@ pub fn decode<T: DeserializeOwned>(s: &Stored) -> Result<T, StoreError> {
     serde_json::from_value(s.object.clone()).map_err(|e| StoreError::Backend(format!("{}: {e}", s.key)))
 }
 
-/// The store key of a namespaced object: `group/plural/ns/name`.
-pub fn key(group_plural: &str, ns: &str, name: &str) -> String {
-    format!("{group_plural}/{ns}/{name}")
-}
-
-/// The namespace and name of a key `group/plural/ns/name`.
-pub fn split_key(key: &str) -> Option<(&str, &str)> {
-    let mut parts = key.rsplitn(3, '/');
-    let name = parts.next()?;
-    let ns = parts.next()?;
-    Some((ns, name))
-}
-
 /// The owner that controls an object.
 pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references.iter().find(|o| o.controller == Some(true))
@@ -219,6 +201,33 @@ pub fn controller_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> Owne
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// A new pod (as JSON, for [`create_generated`]) of a controller: `generateName`, the
+/// template's labels and annotations (as the caller adjusted them), the owner, the spec.
+pub fn new_pod(
+    generate_name: String,
+    namespace: Option<String>,
+    labels: tug_api::labels::Labels,
+    annotations: std::collections::BTreeMap<String, String>,
+    owner: OwnerReference,
+    spec: tug_api::kinds::pod::PodSpec,
+) -> Value {
+    let pod = Pod {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        metadata: ObjectMeta {
+            generate_name: Some(generate_name),
+            namespace,
+            labels,
+            annotations,
+            owner_references: vec![owner],
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
+    serde_json::to_value(pod).unwrap_or(Value::Null)
 }
 
 /// Whether a pod still counts: not finished and not being deleted.
@@ -314,7 +323,7 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
         };
         obj["metadata"]["name"] = name.clone().into();
         crate::api::objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
-        match store.create(&key(group_plural, &ns, &name), obj.clone()) {
+        match store.create(&format!("{group_plural}/{ns}/{name}"), obj.clone()) {
             Err(StoreError::AlreadyExists(_)) if base.is_some() => continue,
             r => return r,
         }
@@ -341,7 +350,6 @@ mod tests {
 
     #[test]
     fn keys_times_and_conditions() {
-        assert_eq!(split_key("apps/replicasets/default/web-abc"), Some(("default", "web-abc")));
         assert_eq!(parse_time(&timestamp(1_700_000_000)), Some(1_700_000_000));
         let mut conds = Vec::new();
         set_condition(&mut conds, condition("Available", "True", "A", "a"), "t1");

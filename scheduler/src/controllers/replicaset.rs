@@ -142,23 +142,14 @@ pub fn rank(a: &Pod, b: &Pod) -> Ordering {
 /// A new pod from the ReplicaSet's template.
 pub fn pod_from_template(rs: &ReplicaSet) -> Value {
     let t = &rs.spec.template;
-    let mut meta = tug_api::meta::ObjectMeta {
-        generate_name: Some(format!("{}-", rs.metadata.name)),
-        namespace: rs.metadata.namespace.clone(),
-        labels: t.metadata.labels.clone(),
-        annotations: t.metadata.annotations.clone(),
-        owner_references: vec![controller_ref("apps/v1", "ReplicaSet", &rs.metadata)],
-        ..Default::default()
-    };
-    meta.finalizers.clear();
-    let pod = Pod {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        metadata: meta,
-        spec: t.spec.clone(),
-        status: None,
-    };
-    serde_json::to_value(pod).unwrap_or(Value::Null)
+    super::new_pod(
+        format!("{}-", rs.metadata.name),
+        rs.metadata.namespace.clone(),
+        t.metadata.labels.clone(),
+        t.metadata.annotations.clone(),
+        controller_ref("apps/v1", "ReplicaSet", &rs.metadata),
+        t.spec.clone(),
+    )
 }
 
 /// The reconciler.

@@ -268,22 +268,9 @@ fn event(
     message: &str,
     type_: &str,
 ) -> Result<(), StoreError> {
-    let ns = stored.object["metadata"]["namespace"].as_str().unwrap_or("default");
-    let name = stored.object["metadata"]["name"].as_str().unwrap_or_default();
-    let event_name = format!("{name}.{}", uuid::Uuid::new_v4().simple().to_string().get(..10).unwrap_or("0"));
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": event_name, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now()},
-        "involvedObject": {"kind": "Pod", "namespace": ns, "name": name,
-                           "uid": stored.object["metadata"]["uid"].clone(), "apiVersion": "v1"},
-        "reason": reason, "message": message, "type": type_,
-        "source": {"component": "tug-scheduler"},
-        "firstTimestamp": now(), "lastTimestamp": now(), "count": 1
-    });
-    match store.create(&format!("/events/{ns}/{event_name}"), event) {
-        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    let meta: tug_api::meta::ObjectMeta =
+        serde_json::from_value(stored.object["metadata"].clone()).unwrap_or_default();
+    crate::controllers::event(store, ("Pod", "v1", &meta), type_, reason, message, "tug-scheduler")
 }
 
 /// Runs rounds forever: one now, then one after every batch of store changes (and every
