@@ -39,6 +39,8 @@ pub struct Config {
     /// Image garbage collection thresholds, percent of the image filesystem.
     pub image_gc_high: u8,
     pub image_gc_low: u8,
+    /// Images used (or stored) more recently than this are never collected.
+    pub image_gc_min_age: Duration,
     /// Program Services (`--proxy-mode` not `none`), and how.
     pub proxy_enabled: bool,
     pub proxy_mode: crate::proxy::Mode,
@@ -46,6 +48,82 @@ pub struct Config {
     pub service_cidr: tug_api::cidr::Cidr4,
     /// The DNS domain of the cluster (`cluster.local`).
     pub cluster_domain: String,
+    /// When the node reports pressure (`--eviction-hard`).
+    pub eviction: Eviction,
+}
+
+/// A floor on what is left of a resource: an amount, or a percentage of the capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    Amount(u64),
+    Percent(f64),
+}
+
+impl Threshold {
+    /// The floor for a resource of `capacity`.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    pub fn of(self, capacity: u64) -> u64 {
+        match self {
+            Threshold::Amount(a) => a,
+            Threshold::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+        }
+    }
+
+    /// Whether `available` out of `capacity` is under the floor.
+    pub fn crossed(self, available: u64, capacity: u64) -> bool {
+        available < self.of(capacity)
+    }
+}
+
+/// Kubelet's hard eviction thresholds, which here set the node's pressure conditions (and
+/// through them the scheduler's `node.kubernetes.io/*-pressure` taints) and what is kept out
+/// of allocatable. A signal left out of `--eviction-hard` has no threshold, as in kubelet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    pub memory_available: Option<Threshold>,
+    pub nodefs_available: Option<Threshold>,
+    pub pid_available: Option<Threshold>,
+}
+
+/// Kubelet's defaults (`pid.available` is ours: kubelet has the signal but no default).
+pub const DEFAULT_EVICTION_HARD: &str = "memory.available<100Mi,nodefs.available<10%,pid.available<10%";
+
+/// `memory.available<100Mi,nodefs.available<10%,pid.available<10%` → thresholds.
+pub fn parse_eviction(s: &str) -> Result<Eviction, String> {
+    let mut out = Eviction { memory_available: None, nodefs_available: None, pid_available: None };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (signal, value) = part.split_once('<').ok_or_else(|| {
+            format!("--eviction-hard: {part:?} is not SIGNAL<VALUE (e.g. nodefs.available<10%)")
+        })?;
+        let value = value.trim();
+        let threshold = if let Some(p) = value.strip_suffix('%') {
+            match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p),
+                _ => {
+                    return Err(format!(
+                        "--eviction-hard: {signal}: {value:?} is not a percentage from 0% to 100%"
+                    ));
+                }
+            }
+        } else {
+            let q = tug_api::quantity::Quantity::parse(value)
+                .map_err(|e| format!("--eviction-hard: {signal}: {value:?}: {e}"))?;
+            Threshold::Amount(u64::try_from(q.value()).unwrap_or(u64::MAX))
+        };
+        let slot = match signal.trim() {
+            "memory.available" => &mut out.memory_available,
+            "nodefs.available" | "imagefs.available" => &mut out.nodefs_available,
+            "pid.available" => &mut out.pid_available,
+            other => {
+                return Err(format!(
+                    "--eviction-hard: unknown signal {other:?} (memory.available, nodefs.available, \
+                     imagefs.available, pid.available)"
+                ));
+            }
+        };
+        *slot = Some(threshold);
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -115,5 +193,21 @@ mod tests {
         assert_eq!(t[1].value, None);
         assert!(parse_taints("gpu=yes:Sometimes").unwrap_err().contains("Sometimes"));
         assert!(parse_taints("gpu").is_err());
+    }
+
+    #[test]
+    fn eviction_thresholds() {
+        let e = parse_eviction(DEFAULT_EVICTION_HARD).unwrap();
+        assert_eq!(e.memory_available, Some(Threshold::Amount(100 << 20)));
+        assert_eq!(e.nodefs_available, Some(Threshold::Percent(10.0)));
+        assert!(e.nodefs_available.unwrap().crossed(9, 100));
+        assert!(!e.nodefs_available.unwrap().crossed(10, 100));
+        let off = parse_eviction("nodefs.available<0%").unwrap();
+        assert_eq!(off.memory_available, None, "a signal left out has no threshold");
+        assert!(!off.nodefs_available.unwrap().crossed(0, 100));
+        assert!(parse_eviction("disk.free<1%").unwrap_err().contains("unknown signal \"disk.free\""));
+        assert!(parse_eviction("nodefs.available<140%").unwrap_err().contains("nodefs.available"));
+        assert!(parse_eviction("memory.available<lots").unwrap_err().contains("\"lots\""));
+        assert!(parse_eviction("memory.available=1Gi").unwrap_err().contains("SIGNAL<VALUE"));
     }
 }

@@ -288,8 +288,8 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
                 if tokio::time::Instant::now() >= gc_at {
                     gc_at = tokio::time::Instant::now() + Duration::from_secs(300);
                     let store = Arc::clone(&ctx.store);
-                    let (high, low) = (cfg.image_gc_high, cfg.image_gc_low);
-                    match tokio::task::spawn_blocking(move || store.gc(high, low)).await {
+                    let (high, low, age) = (cfg.image_gc_high, cfg.image_gc_low, cfg.image_gc_min_age);
+                    match tokio::task::spawn_blocking(move || store.gc(high, low, age)).await {
                         Ok(Ok(r)) if !r.images.is_empty() => {
                             eprintln!(
                                 "tug-agent: image GC removed {} ({} bytes)",

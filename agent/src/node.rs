@@ -3,7 +3,7 @@
 //!
 //! [`facts`] reads the host; [`node_status`] and [`node_object`] are pure.
 
-use crate::config::Config;
+use crate::config::{Config, Eviction, Threshold};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -97,10 +97,6 @@ pub fn facts(state_dir: &Path) -> Facts {
     }
 }
 
-/// Memory the system keeps for itself, out of what pods may request (kubelet's default
-/// eviction threshold).
-const RESERVED_MEMORY: u64 = 100 << 20;
-
 fn condition(type_: &str, on: bool, reason_on: &str, reason_off: &str, message: String, now: &str) -> Value {
     json!({
         "type": type_,
@@ -112,29 +108,30 @@ fn condition(type_: &str, on: bool, reason_on: &str, reason_off: &str, message: 
     })
 }
 
-/// The node's conditions. Pressure is what Kubernetes' eviction thresholds call it (memory
-/// available under 100 MiB, disk under 10 %, PIDs over 90 % of `pid_max`), or the kernel's
-/// PSI saying tasks stalled on memory more than 25 % of the last 10 s.
-pub fn conditions(f: &Facts, now: &str) -> Vec<Value> {
+/// The node's conditions. Pressure is what kubelet's hard eviction thresholds call it
+/// (`--eviction-hard`: by default memory available under 100 MiB, the state filesystem under
+/// 10 % free, PIDs over 90 % of `pid_max`), or the kernel's PSI saying tasks stalled on
+/// memory more than 25 % of the last 10 s. As in Kubernetes, pressure does not make a node
+/// NotReady: the node controller taints it `node.kubernetes.io/*-pressure:NoSchedule`, so it
+/// keeps its pods and takes no new ones.
+pub fn conditions(f: &Facts, e: &Eviction, now: &str) -> Vec<Value> {
     let psi = |v: Option<f64>| v.map_or_else(|| "no PSI".to_string(), |p| format!("{p:.1}% stalled (avg10)"));
-    let mem = f.memory_available_bytes < RESERVED_MEMORY || f.psi_memory.is_some_and(|p| p > 25.0);
+    let mem = e.memory_available.is_some_and(|t| t.crossed(f.memory_available_bytes, f.memory_bytes))
+        || f.psi_memory.is_some_and(|p| p > 25.0);
     #[allow(clippy::cast_precision_loss)]
     let disk_free =
         if f.disk_bytes == 0 { 100.0 } else { f.disk_available_bytes as f64 * 100.0 / f.disk_bytes as f64 };
-    let disk = disk_free < 10.0;
-    let pids = f.pids_max > 0 && f.pids_used * 10 > f.pids_max * 9;
-    let ready = !disk;
+    let disk = f.disk_bytes > 0
+        && e.nodefs_available.is_some_and(|t| t.crossed(f.disk_available_bytes, f.disk_bytes));
+    let pids = f.pids_max > 0
+        && e.pid_available.is_some_and(|t| t.crossed(f.pids_max.saturating_sub(f.pids_used), f.pids_max));
     vec![
         condition(
             "Ready",
-            ready,
+            true,
             "KubeletReady",
             "KubeletNotReady",
-            if ready {
-                "tug-agent is posting ready status".into()
-            } else {
-                "the image filesystem is full".into()
-            },
+            "tug-agent is posting ready status".into(),
             now,
         ),
         condition(
@@ -164,6 +161,11 @@ pub fn conditions(f: &Facts, now: &str) -> Vec<Value> {
     ]
 }
 
+/// What a hard eviction threshold keeps out of allocatable.
+fn reserved(t: Option<Threshold>, capacity: u64) -> u64 {
+    t.map_or(0, |t| t.of(capacity))
+}
+
 /// `status` of the Node.
 pub fn node_status(cfg: &Config, f: &Facts, now: &str) -> Value {
     let mut capacity = json!({
@@ -174,8 +176,8 @@ pub fn node_status(cfg: &Config, f: &Facts, now: &str) -> Value {
     });
     let mut allocatable = json!({
         "cpu": f.cpus.to_string(),
-        "memory": format!("{}Ki", f.memory_bytes.saturating_sub(RESERVED_MEMORY) / 1024),
-        "ephemeral-storage": format!("{}Ki", f.disk_bytes / 10 * 9 / 1024),
+        "memory": format!("{}Ki", f.memory_bytes.saturating_sub(reserved(cfg.eviction.memory_available, f.memory_bytes)) / 1024),
+        "ephemeral-storage": format!("{}Ki", f.disk_bytes.saturating_sub(reserved(cfg.eviction.nodefs_available, f.disk_bytes)) / 1024),
         "pods": cfg.max_pods.to_string(),
     });
     if f.gpus > 0 {
@@ -185,7 +187,7 @@ pub fn node_status(cfg: &Config, f: &Facts, now: &str) -> Value {
     json!({
         "capacity": capacity,
         "allocatable": allocatable,
-        "conditions": conditions(f, now),
+        "conditions": conditions(f, &cfg.eviction, now),
         "addresses": [
             {"type": "InternalIP", "address": cfg.node_ip.to_string()},
             {"type": "Hostname", "address": f.hostname},
@@ -261,13 +263,22 @@ mod tests {
             pids_used: 95,
             ..Default::default()
         };
-        let c = conditions(&f, "t");
+        let defaults = crate::config::parse_eviction(crate::config::DEFAULT_EVICTION_HARD).unwrap();
+        let c = conditions(&f, &defaults, "t");
         let status =
             |t: &str| c.iter().find(|c| c["type"] == t).unwrap()["status"].as_str().unwrap().to_string();
         assert_eq!(status("MemoryPressure"), "True");
         assert_eq!(status("DiskPressure"), "True");
         assert_eq!(status("PIDPressure"), "True");
-        assert_eq!(status("Ready"), "False");
+        assert_eq!(status("Ready"), "True", "pressure is not NotReady");
+        // Thresholds set off (kind's nodefs.available<0% for test machines) report none.
+        let off = crate::config::parse_eviction("nodefs.available<0%").unwrap();
+        let c = conditions(&f, &off, "t");
+        let status =
+            |t: &str| c.iter().find(|c| c["type"] == t).unwrap()["status"].as_str().unwrap().to_string();
+        assert_eq!(status("MemoryPressure"), "False");
+        assert_eq!(status("DiskPressure"), "False");
+        assert_eq!(status("PIDPressure"), "False");
         let ok = Facts {
             memory_available_bytes: 1 << 30,
             disk_bytes: 100,
@@ -277,7 +288,7 @@ mod tests {
             psi_memory: Some(30.0),
             ..Default::default()
         };
-        let c = conditions(&ok, "t");
+        let c = conditions(&ok, &defaults, "t");
         let status =
             |t: &str| c.iter().find(|c| c["type"] == t).unwrap()["status"].as_str().unwrap().to_string();
         assert_eq!(status("Ready"), "True");

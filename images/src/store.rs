@@ -444,18 +444,21 @@ impl Store {
     }
 
     /// When the store's filesystem is more than `high` percent full, removes the least
-    /// recently used images no container stands on until it is below `low` percent (or none
-    /// is left to remove). Kubernetes' defaults are 85 and 80.
-    pub fn gc(&self, high: u8, low: u8) -> Result<Removed, String> {
+    /// recently used images no container stands on and nobody used (or stored) within
+    /// `min_age`, until it is below `low` percent (or none is left to remove). Kubernetes'
+    /// defaults are 85, 80 and 2 minutes; `high` 100 turns collection off, as in kubelet.
+    pub fn gc(&self, high: u8, low: u8, min_age: std::time::Duration) -> Result<Removed, String> {
         let mut total = Removed::default();
-        if disk_used_percent(&self.root)? < f64::from(high) {
+        if high >= 100 || disk_used_percent(&self.root)? < f64::from(high) {
             return Ok(total);
         }
         let snaps = self.snapshots()?;
+        let young = now().saturating_sub(min_age.as_secs());
         let mut candidates: Vec<ImageRecord> = self
             .images()?
             .into_iter()
             .filter(|r| !snaps.iter().any(|s| s.digest == r.digest && s.image == r.name))
+            .filter(|r| r.last_used.max(r.created) < young || min_age.is_zero())
             .collect();
         candidates.sort_by_key(|r| (r.last_used, r.created));
         for r in candidates {

@@ -56,6 +56,12 @@ impl Agent {
             "1s".into(),
             "--sync-frequency".into(),
             "2s".into(),
+            // Test machines' disks are shared and often nearly full: as kind does, the tests
+            // turn disk pressure and image collection off (their own tests set them).
+            "--eviction-hard".into(),
+            "memory.available<100Mi".into(),
+            "--image-gc-high-threshold".into(),
+            "100".into(),
             "--shim".into(),
             crate::bundle::shim_binary().display().to_string(),
         ]);

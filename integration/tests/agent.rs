@@ -35,14 +35,15 @@ fn wait_pod(
 }
 
 fn setup() -> (Cluster, ControlPlane, Agent) {
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[&str]) -> (Cluster, ControlPlane, Agent) {
     let cluster = Cluster::new(1).expect("cluster");
     let cp = ControlPlane::start();
-    let agent = Agent::start(
-        &cp,
-        &cluster.nodes[0],
-        "tug-it-node0",
-        &["--labels", "zone=a", "--taints", "dedicated=test:PreferNoSchedule"],
-    );
+    let mut args = vec!["--labels", "zone=a", "--taints", "dedicated=test:PreferNoSchedule"];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&cp, &cluster.nodes[0], "tug-it-node0", &args);
     agent.import_example_image();
     let ok = wait_for(Duration::from_secs(30), || {
         get(&cp, &["node", "tug-it-node0"]).is_some_and(|n| {
@@ -136,6 +137,37 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
         .map(|e| e.path())
         .collect();
     assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
+}
+
+#[test]
+fn a_node_under_disk_pressure_stays_ready_and_takes_no_new_pods() {
+    // Any free space is under a threshold of 100%: the node always reports pressure.
+    let (_cluster, cp, agent) = setup_with(&["--eviction-hard", "nodefs.available<100%"]);
+    let mut node = Value::Null;
+    let tainted = wait_for(Duration::from_secs(30), || {
+        node = get(&cp, &["node", "tug-it-node0"]).unwrap_or(Value::Null);
+        node["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["key"] == "node.kubernetes.io/disk-pressure" && t["effect"] == "NoSchedule")
+    });
+    assert!(tainted, "no disk-pressure taint: {node:#}");
+    let status = |t: &str| {
+        node["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status("DiskPressure"), "True");
+    assert_eq!(status("MemoryPressure"), "False", "a signal left out of --eviction-hard has no threshold");
+    assert_eq!(status("Ready"), "True");
+    apply(&cp, WEB);
+    wait_pod(&cp, &agent, "web", 30, "Pending on the disk-pressure taint", |p| {
+        p["status"]["conditions"].as_array().into_iter().flatten().any(|c| {
+            c["type"] == "PodScheduled"
+                && c["status"] == "False"
+                && c["message"].as_str().is_some_and(|m| m.contains("node.kubernetes.io/disk-pressure"))
+        })
+    });
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tug_images::auth::from_dockerconfigjson;
 use tug_images::manifest::Platform;
 use tug_images::{PullPolicy, Puller, Store};
@@ -389,10 +390,12 @@ fn garbage_collection_keeps_images_in_use() {
     let got = tug_images::import::import(&store, &l, None).unwrap();
     assert_eq!(got.len(), 2);
     store.prepare("tug-it-gc", &got[0]).unwrap();
-    // Below the threshold nothing goes.
-    assert!(store.gc(100, 100).unwrap().images.is_empty());
-    // Over it (any use is over 0%): every unused image goes, the one in use stays.
-    let removed = store.gc(0, 0).unwrap();
+    // A high threshold of 100 is collection off.
+    assert!(store.gc(100, 100, Duration::ZERO).unwrap().images.is_empty());
+    // Images younger than the minimum age stay, however full the disk.
+    assert!(store.gc(0, 0, Duration::from_secs(120)).unwrap().images.is_empty());
+    // Over the threshold (any use is over 0%): every unused image goes, the one in use stays.
+    let removed = store.gc(0, 0, Duration::ZERO).unwrap();
     assert_eq!(removed.images, ["tug.test/b:1"]);
     assert_eq!(store.images().unwrap().len(), 1);
     store.remove_snapshot("tug-it-gc").unwrap();

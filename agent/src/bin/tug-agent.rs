@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tug_agent::config::{Config, parse_labels, parse_taints};
+use tug_agent::config::{Config, parse_eviction, parse_labels, parse_taints};
 
 /// The node agent: registers this host as a node and runs the pods bound to it.
 #[derive(Parser)]
@@ -69,12 +69,23 @@ struct Args {
     sync_frequency: Duration,
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
-    /// Remove unused images when the image filesystem is fuller than this (percent)...
+    /// Remove unused images when the image filesystem is fuller than this (percent; 100:
+    /// never)...
     #[arg(long, default_value_t = 85)]
     image_gc_high_threshold: u8,
     /// ...until it is below this.
     #[arg(long, default_value_t = 80)]
     image_gc_low_threshold: u8,
+    /// Images used (or imported) more recently than this are never collected.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    image_minimum_gc_age: Duration,
+    /// Hard eviction thresholds, as kubelet's: below them the node reports MemoryPressure,
+    /// DiskPressure or PIDPressure (and takes no new pods); memory's is kept out of
+    /// allocatable. Signals: memory.available, nodefs.available (imagefs.available is the
+    /// same filesystem here), pid.available; amounts or percentages. A signal left out has
+    /// no threshold.
+    #[arg(long, default_value = tug_agent::config::DEFAULT_EVICTION_HARD)]
+    eviction_hard: String,
     /// The tug-shim binary (default: beside tug-agent).
     #[arg(long)]
     shim: Option<PathBuf>,
@@ -162,6 +173,7 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         shim,
         image_gc_high: a.image_gc_high_threshold,
         image_gc_low: a.image_gc_low_threshold,
+        image_gc_min_age: a.image_minimum_gc_age,
         proxy_enabled: a.proxy_mode != "none",
         proxy_mode: if a.proxy_mode == "iptables" {
             tug_agent::proxy::Mode::Iptables
@@ -171,6 +183,7 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         cluster_cidr: a.cluster_cidr,
         service_cidr: a.service_cluster_ip_range,
         cluster_domain: a.cluster_domain.trim_matches('.').to_ascii_lowercase(),
+        eviction: parse_eviction(&a.eviction_hard)?,
     };
     tug_api::validation::dns1123_subdomain(&cfg.node_name)
         .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;

@@ -8,7 +8,9 @@
 //! default 30 s, as Kubernetes' DefaultTolerationSeconds admission gives them 300 s). Their
 //! ReplicaSets then recreate them elsewhere: under a minute from the last heartbeat with
 //! the defaults, against Kubernetes' ~6 minutes. When the lease is renewed again the taints
-//! go.
+//! go. A node reporting MemoryPressure, DiskPressure or PIDPressure is tainted
+//! `node.kubernetes.io/{memory,disk,pid}-pressure:NoSchedule` (Kubernetes'
+//! TaintNodesByCondition): it keeps its pods and takes no new ones.
 //!
 //! [`plan`] is pure.
 
@@ -23,6 +25,12 @@ pub const PREFIX: &str = "/nodes/";
 pub const LEASES: &str = "coordination.k8s.io/leases/tug-node-lease/";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// Kubernetes' TaintNodesByCondition: a node reporting pressure takes no new pods.
+pub const PRESSURE: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 
 /// What to do with one node.
 #[derive(Debug, Default, PartialEq)]
@@ -36,8 +44,16 @@ pub struct Plan {
     pub next: Next,
 }
 
+fn condition_status<'a>(node: &'a Node, type_: &str) -> Option<&'a str> {
+    node.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.as_str())
+}
+
 fn ready_status(node: &Node) -> Option<&str> {
-    node.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+    condition_status(node, "Ready")
+}
+
+fn owned_key(key: &str) -> bool {
+    key == UNREACHABLE || key == NOT_READY || PRESSURE.iter().any(|(_, k)| *k == key)
 }
 
 fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -66,8 +82,7 @@ pub fn plan(node: &Node, renewed: Option<u64>, pods: &[Pod], now: u64, s: &Setti
     let not_ready = !unreachable && ready_status(node) == Some("False");
     out.mark_unknown = unreachable && ready_status(node) != Some("Unknown");
     // The taints this controller owns, kept with their time when already there.
-    let mut taints: Vec<Taint> =
-        node.spec.taints.iter().filter(|t| t.key != UNREACHABLE && t.key != NOT_READY).cloned().collect();
+    let mut taints: Vec<Taint> = node.spec.taints.iter().filter(|t| !owned_key(&t.key)).cloned().collect();
     let owned = |key: &str, effect: &str| Taint {
         key: key.into(),
         value: None,
@@ -84,6 +99,12 @@ pub fn plan(node: &Node, renewed: Option<u64>, pods: &[Pod], now: u64, s: &Setti
         if cond {
             taints.push(owned(key, "NoSchedule"));
             taints.push(owned(key, "NoExecute"));
+        }
+    }
+    // Pressure as the agent last reported it; an unreachable node's report is stale.
+    for (cond, key) in PRESSURE {
+        if !unreachable && condition_status(node, cond) == Some("True") {
+            taints.push(owned(key, "NoSchedule"));
         }
     }
     if taints != node.spec.taints {
@@ -308,5 +329,31 @@ mod tests {
         let p = plan(&node("False"), Some(1000), &[], 1001, &Settings::default());
         let keys: Vec<String> = p.taints.unwrap().iter().map(|t| format!("{}:{}", t.key, t.effect)).collect();
         assert_eq!(keys, vec![format!("{NOT_READY}:NoSchedule"), format!("{NOT_READY}:NoExecute")]);
+    }
+
+    #[test]
+    fn pressure_taints_the_node_no_schedule_and_evicts_nobody() {
+        let mut n = node("True");
+        let st = n.status.as_mut().unwrap();
+        st.conditions.push(super::super::condition("DiskPressure", "True", "KubeletHasDiskPressure", ""));
+        st.conditions.push(super::super::condition("MemoryPressure", "False", "", ""));
+        let pods = vec![pod("plain", vec![])];
+        let p = plan(&n, Some(1000), &pods, 1001, &Settings::default());
+        let taints = p.taints.unwrap();
+        let keys: Vec<String> = taints.iter().map(|t| format!("{}:{}", t.key, t.effect)).collect();
+        assert_eq!(keys, vec!["node.kubernetes.io/disk-pressure:NoSchedule".to_string()]);
+        assert!(p.evict.is_empty());
+        // Relieved: the taint goes; a user's own taint stays.
+        n.spec.taints = taints;
+        n.spec.taints.push(Taint {
+            key: "dedicated".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        n.status.as_mut().unwrap().conditions[1].status = "False".into();
+        let p = plan(&n, Some(1000), &pods, 1002, &Settings::default());
+        let keys: Vec<String> = p.taints.unwrap().iter().map(|t| t.key.clone()).collect();
+        assert_eq!(keys, vec!["dedicated".to_string()]);
     }
 }
