@@ -45,9 +45,11 @@ unit: probe
 	$(CARGO) test --workspace --locked --doc
 	$(CARGO) nextest run --workspace --locked $(NEXTEST_FILTER)
 
-## vm-test: the pure cgroup v2 suite inside a QEMU guest (see scripts/vm/).
+## vm-test: the pure cgroup v2 suite inside a QEMU guest, then a cluster of two guests
+## (see scripts/vm/).
 vm-test: probe
 	@bash scripts/vm/run.sh
+	@bash scripts/vm/cluster.sh
 
 ## test: what CI runs.
 test: deps lint unit vm-test

@@ -57,6 +57,16 @@ fi
 echo "VMBOOTED $(uname -r) cgroup2:$(cat /sys/fs/cgroup/cgroup.controllers)"
 export TUG_BIN_DIR="$ws/target/debug" RUST_BACKTRACE=1 TUG_IN_VM=1
 n=$(arg tug.bench_n); [ -z "$n" ] || export TUG_BENCH_N="$n"
+# A guest of the VM cluster (scripts/vm/cluster.sh): its part, then power off.
+role=$(arg tug.cluster)
+if [ -n "$role" ]; then
+    mkdir -p /rdv
+    mount -t 9p -o trans=virtio,version=9p2000.L,cache=none rdv /rdv
+    bash "$ws/scripts/vm/cluster-guest.sh" "$role" /rdv 2>&1
+    echo "VMRESULT cluster-$role $?"
+    echo "VMDONE"
+    poweroff -f
+fi
 cd "$ws/integration"
 for t in $(arg tug.run | tr ',' ' '); do
     name=${t%%:*}; bin=${t#*:}

@@ -37,21 +37,27 @@ else
 fi
 bash scripts/vm/initramfs.sh "$cache" "$cache/initramfs.cpio" "${bins[@]}"
 
-accel=tcg,thread=multi
-if grep -qE 'vmx|svm' /proc/cpuinfo && [ ! -e /sys/module/kvm_pvm ] && [ -w /dev/kvm ]; then accel=kvm; fi
+. scripts/vm/qemu.sh
+accel=$(vm_accel)
 [ -f "$cache/disk.img" ] || truncate -s 16M "$cache/disk.img"
 log="$cache/console-$mode.log"
 run_arg=$(IFS=,; echo "${jobs[*]}")
-echo "vm: booting $(cat "$cache/kernel/version") under ${accel%%,*}: ${jobs[*]%%:*}"
-set +e
-timeout "$([ "$mode" = bench ] && echo 1200 || echo 600)" qemu-system-x86_64 -accel "$accel" -smp 2 -m 2048 -nographic -no-reboot \
-    -kernel "$cache/kernel/vmlinux" -initrd "$cache/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet tug.ws=$ws tug.run=$run_arg tug.bench_n=${TUG_BENCH_N:-} tug.initramfs=$stage1" \
-    -virtfs "local,path=$ws,mount_tag=share,security_model=none,id=share" \
-    -drive "file=$cache/disk.img,if=virtio,format=raw" \
-    -nic none > "$log" 2>&1
-qemu_rc=$?
-set -e
+VM_LOGS=("$log")
+for attempt in 1 2; do
+    echo "vm: booting $(cat "$cache/kernel/version") under ${accel%%,*}: ${jobs[*]%%:*}"
+    timeout "$([ "$mode" = bench ] && echo 1200 || echo 600)" qemu-system-x86_64 -accel "$accel" -smp 2 -m 2048 -nographic -no-reboot \
+        -kernel "$cache/kernel/vmlinux" -initrd "$cache/initramfs.cpio" \
+        -append "console=ttyS0 panic=-1 quiet tug.ws=$ws tug.run=$run_arg tug.bench_n=${TUG_BENCH_N:-} tug.initramfs=$stage1" \
+        -virtfs "local,path=$ws,mount_tag=share,security_model=none,id=share" \
+        -drive "file=$cache/disk.img,if=virtio,format=raw" \
+        -nic none > "$log" 2>&1 &
+    qemu_rc=0
+    vm_watch "$([ "$mode" = bench ] && echo 600 || echo 240)" $! || qemu_rc=$?
+    # A frozen guest (silent console) is booted once more, and says so; a failing test is not.
+    [ "$qemu_rc" = 3 ] && [ "$attempt" = 1 ] || break
+    cp "$log" "$log.stalled"
+    echo "vm: the guest froze (console kept in $log.stalled); booting it again"
+done
 tr -d '\r' < "$log" > "$log.txt" && mv "$log.txt" "$log"
 
 bad=0
