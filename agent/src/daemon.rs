@@ -232,6 +232,8 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         pods_cgroup,
         probes: Default::default(),
     });
+    // The control plane's way in for `tug logs` and `tug exec`.
+    crate::tunnel::start(Arc::clone(&ctx));
 
     // What a previous run left: workers for every recorded pod, nothing for the rest.
     let records = PodRecord::load_all(&cfg.pods_dir());

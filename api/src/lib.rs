@@ -12,6 +12,7 @@
 pub mod cidr;
 pub mod cron;
 pub mod defaults;
+pub mod frame;
 pub mod kinds;
 pub mod labels;
 pub mod manifest;
@@ -19,6 +20,7 @@ pub mod meta;
 pub mod object;
 pub mod quantity;
 pub mod status;
+pub mod tunnel;
 pub mod validate;
 pub mod validation;
 

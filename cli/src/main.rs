@@ -1,6 +1,7 @@
 //! `tug`: the command-line client for Tug clusters, in kubectl's habits.
 //!
 //! `tug apply -f FILE|DIR|-`, `tug get KIND [NAME]`, `tug describe`, `tug delete`,
+//! `tug logs POD`, `tug exec POD -- CMD`,
 //! `tug create namespace|configmap|secret`, `tug version`, `tug image pull|import|ls|rm`
 //! (the node's image store, no control plane needed). `--server` or `TUG_SOCKET` choose
 //! the control plane's socket.
@@ -61,6 +62,10 @@ enum Cmd {
     Rollout(commands::rollout::RolloutCmd),
     /// Set the number of replicas of a Deployment or ReplicaSet.
     Scale(commands::rollout::ScaleArgs),
+    /// Print a container's log (through its node's agent).
+    Logs(commands::logs::LogsArgs),
+    /// Run a command in a container (-it: an interactive shell).
+    Exec(commands::logs::ExecArgs),
     /// Print the client and server versions.
     Version,
     /// The node's images: pull, import, ls, inspect, rm, prune.
@@ -121,6 +126,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Rollout(c) => commands::rollout::run(&client, c, ns.as_deref()).await,
         Cmd::Scale(a) => commands::rollout::scale(&client, &a, ns.as_deref()).await,
         Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
+        Cmd::Logs(a) => commands::logs::logs(&client, &a, ns.as_deref()).await,
+        Cmd::Exec(a) => commands::logs::exec(&client, &a, ns.as_deref()).await,
         Cmd::Version => commands::version(&client).await,
         Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),
     }

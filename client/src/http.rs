@@ -81,6 +81,18 @@ impl Client {
         body: Vec<u8>,
         auth: Option<&str>,
     ) -> Result<Response<Incoming>, CallError> {
+        self.send_with(method, path, content_type, body, auth, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        auth: Option<&str>,
+        upgrade: Option<&str>,
+    ) -> Result<Response<Incoming>, CallError> {
         let refused = |e: std::io::Error| {
             CallError::Transport(anyhow!(
                 "The connection to the server at {} was refused - is tug-scheduler running? ({e})",
@@ -95,6 +107,9 @@ impl Client {
             .header("accept", "application/json");
         if let Some(a) = auth {
             req = req.header("authorization", a);
+        }
+        if let Some(p) = upgrade {
+            req = req.header("connection", "upgrade").header("upgrade", p);
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| CallError::Transport(e.into()))?;
         match self {
@@ -141,6 +156,47 @@ impl Client {
         self.call(Method::GET, path, "application/json", Vec::new()).await.map(|r| r.0)
     }
 
+    /// A request that turns the connection into a byte stream of `protocol` (HTTP/1.1
+    /// `Upgrade`, answered `101 Switching Protocols`); any other answer is the server's Status.
+    pub async fn upgrade(
+        &self,
+        method: Method,
+        path: &str,
+        protocol: &str,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, CallError> {
+        let resp = self.send_with(method, path, "application/json", Vec::new(), None, Some(protocol)).await?;
+        if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let code = resp.status();
+            read_json(resp).await?;
+            return Err(CallError::Transport(anyhow!(
+                "{path}: the server answered {code}, not 101 Switching Protocols"
+            )));
+        }
+        let io = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| CallError::Transport(anyhow!("upgrading {path}: {e}")))?;
+        Ok(TokioIo::new(io))
+    }
+
+    /// A GET whose answer is a stream of bytes (`pods/NAME/log`): `each` gets every piece as
+    /// it arrives, until the server ends it or `each` says stop.
+    pub async fn stream(&self, path: &str, mut each: impl FnMut(&[u8]) -> bool) -> Result<(), CallError> {
+        let resp = self.send(Method::GET, path, "application/json", Vec::new(), None).await?;
+        if !resp.status().is_success() {
+            return read_json(resp).await.map(drop);
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CallError::Transport(anyhow!("{path}: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                if !each(data) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A watch: calls `each` with every event object until the stream ends or `each` says stop.
     pub async fn watch(&self, path: &str, mut each: impl FnMut(&Value) -> bool) -> Result<(), CallError> {
         let resp = self.send(Method::GET, path, "application/json", Vec::new(), None).await?;
@@ -180,7 +236,7 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| CallError::Transport(anyhow!("handshake with {server}: {e}")))?;
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
     sender.send_request(req).await.map_err(|e| CallError::Transport(anyhow!("request to {path}: {e}")))
 }
 

@@ -118,6 +118,7 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
         log.display()
     );
     assert!(text.split(' ').nth(1) == Some("stdout"), "{text}");
+    logs_and_exec(&cp, &agent);
 
     let out = cp.tug(&["delete", "pod", "web"]);
     assert!(out.status.success());
@@ -137,6 +138,108 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
         .map(|e| e.path())
         .collect();
     assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `tug logs` and `tug exec` on the running pod `web`, through the API server's tunnel to
+/// the node's agent.
+fn logs_and_exec(cp: &ControlPlane, agent: &Agent) {
+    let out = cp.tug(&["logs", "web"]);
+    assert_eq!(text(&out).0, "hello from web as web\n", "{out:?}\n{}", agent.log());
+    let out = cp.tug(&["logs", "pod/web", "--timestamps", "--tail", "1"]);
+    let (o, _) = text(&out);
+    assert!(o.starts_with("20") && o.ends_with("Z hello from web as web\n"), "{o:?}");
+    assert_eq!(text(&cp.tug(&["logs", "web", "--tail", "0"])).0, "");
+
+    let out = cp.tug(&["exec", "web", "--", "cat", "/www/index.html"]);
+    assert!(out.status.success() && text(&out).0.contains("Hello from Tug"), "{out:?}");
+    let out = cp.tug(&["exec", "web", "--", "sh", "-c", "echo to stderr >&2; exit 3"]);
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(e.contains("to stderr") && e.contains("command terminated with exit code 3"), "{e}");
+    let out = cp.tug_with_input(&["exec", "-i", "web", "--", "cat"], "piped in\n");
+    assert_eq!(text(&out).0, "piped in\n", "{out:?}");
+    // Without -i the process reads no input.
+    let out = cp.tug_with_input(&["exec", "web", "--", "cat"], "not passed\n");
+    assert!(out.status.success() && text(&out).0.is_empty(), "{out:?}");
+    // -t: script(1) gives tug a terminal, and the process gets one of its own.
+    let tug = tug_integration::bins::path("tug-cli", "tug");
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} exec -t web -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on a terminal'", tug.display()),
+            "/dev/null",
+        ])
+        .env("TUG_SOCKET", cp.socket())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    assert!(text(&out).0.contains("on a terminal"), "{out:?}");
+    // -it: an interactive shell, typed into.
+    let mut shell = std::process::Command::new("script")
+        .args(["-qec", &format!("{} exec -it web -- sh", tug.display()), "/dev/null"])
+        .env("TUG_SOCKET", cp.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    {
+        use std::io::Write;
+        let mut input = shell.stdin.take().unwrap();
+        input.write_all(b"echo typed $((40 + 2))\nexit 4\n").unwrap();
+        // Kept open until the shell is done: script(1) ends the session when its input ends.
+        let ended = wait_for(Duration::from_secs(20), || shell.try_wait().ok().flatten().is_some());
+        drop(input);
+        if !ended {
+            let _ = shell.kill();
+        }
+    }
+    let out = shell.wait_with_output().unwrap();
+    assert!(text(&out).0.contains("typed 42"), "{out:?}");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+
+    // Errors name what is wrong.
+    let (_, e) = text(&cp.tug(&["logs", "nosuch"]));
+    assert!(e.contains("pods \"nosuch\" not found"), "{e}");
+    let (_, e) = text(&cp.tug(&["exec", "web", "-c", "nope", "--", "true"]));
+    assert!(e.contains("container nope is not valid for pod web"), "{e}");
+    let (_, e) = text(&cp.tug(&["logs", "web", "--previous"]));
+    assert!(e.contains("previous terminated container \"web\" in pod \"web\" not found"), "{e}");
+
+    // -f follows while the container runs and ends when it does.
+    apply(
+        cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: t
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo one; sleep 2; echo two; sleep 1; echo three"]
+"#,
+    );
+    wait_pod(cp, agent, "ticker", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let mut follow = std::process::Command::new(&tug)
+        .args(["logs", "-f", "ticker"])
+        .env("TUG_SOCKET", cp.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tug logs -f");
+    let ended = wait_for(Duration::from_secs(30), || follow.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = follow.kill();
+    }
+    let out = follow.wait_with_output().unwrap();
+    assert!(ended, "tug logs -f did not end with its container: {:?}", text(&out));
+    assert_eq!(text(&out).0, "one\ntwo\nthree\n");
+    assert!(cp.tug(&["delete", "pod", "ticker"]).status.success());
 }
 
 #[test]
@@ -210,6 +313,8 @@ spec:
     assert_eq!(s["lastState"]["terminated"]["exitCode"], 3);
     assert_eq!(s["lastState"]["terminated"]["reason"], "Error");
     assert_eq!(pod["status"]["phase"], "Running", "Always keeps a crashing pod Running");
+    let out = cp.tug(&["logs", "crash", "--previous"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "going down\n", "{out:?}");
 
     let pod = wait_pod(&cp, &agent, "hog", 60, "OOMKilled", |p| {
         p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
@@ -248,6 +353,9 @@ fn a_killed_agent_restarts_nothing_and_adopts_its_pods() {
     assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(after["status"]["phase"], "Running");
     assert_eq!(agent.containers(), containers, "{}", agent.log());
+    // The restarted agent's tunnel replaces the dead one's.
+    let out = cp.tug(&["exec", "web", "--", "echo", "still here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n", "{out:?}\n{}", agent.log());
     // The adopted pod is still the agent's to remove.
     assert!(cp.tug(&["delete", "pod", "web"]).status.success());
     assert!(wait_for(Duration::from_secs(30), || agent.containers().is_empty()), "{}", agent.log());
@@ -542,4 +650,11 @@ fn an_agent_joins_a_remote_control_plane_with_the_token() {
     wait_pod(&cp, &agent, "web", 60, "Running through a TLS-joined agent", |p| {
         p["status"]["phase"] == "Running"
     });
+    // Logs and exec reach the remote node through its tunnel over TLS.
+    let out = cp.tug(&["exec", "web", "--", "echo", "over TLS"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over TLS\n", "{out:?}\n{}", agent.log());
+    let logged = wait_for(Duration::from_secs(10), || {
+        String::from_utf8_lossy(&cp.tug(&["logs", "web"]).stdout).contains("hello from web")
+    });
+    assert!(logged, "{:?}", cp.tug(&["logs", "web"]));
 }

@@ -189,7 +189,13 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let store_for_controllers = store.clone();
     let services =
         api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
-    let app = api::router(Arc::new(AppState { store, pki: Some(pki.clone()), node_cidrs, services }));
+    let app = api::router(Arc::new(AppState {
+        store,
+        pki: Some(pki.clone()),
+        node_cidrs,
+        services,
+        tunnels: Default::default(),
+    }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,
         flags.scoring_strategy,

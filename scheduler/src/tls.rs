@@ -82,7 +82,9 @@ pub async fn serve(listener: tokio::net::TcpListener, config: rustls::ServerConf
                 req
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await;
         });
     }
 }

@@ -74,11 +74,11 @@ fn short(uid: &str) -> String {
 }
 
 impl Ctx {
-    fn supervisor_socket(&self, id: &str) -> PathBuf {
+    pub(crate) fn supervisor_socket(&self, id: &str) -> PathBuf {
         tug_shim::supervisor::socket_path(&self.cfg.supervisors(), id)
     }
 
-    fn bundle_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("bundles").join(id)
     }
 
@@ -108,7 +108,7 @@ impl Ctx {
 
 /// Asks a container's supervisor for its state: Some(exit) when it ended, None while it
 /// runs; Err when there is no supervisor to ask.
-fn supervisor_state(socket: &std::path::Path) -> Result<Option<sup::ExitStatus>, String> {
+pub(crate) fn supervisor_state(socket: &std::path::Path) -> Result<Option<sup::ExitStatus>, String> {
     let mut c = sup::Client::connect(socket).map_err(|e| e.to_string())?;
     c.set_timeout(Some(Duration::from_secs(5)));
     match c.call(&Request::State).map_err(|e| e.to_string())? {

@@ -7,6 +7,7 @@ pub mod describe;
 pub mod get;
 pub mod image;
 pub mod join;
+pub mod logs;
 pub mod rollout;
 
 use crate::client::Client;

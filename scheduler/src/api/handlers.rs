@@ -87,6 +87,17 @@ fn parse_query(q: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Every `key=value` of a query in order, repeated keys kept (`command=sh&command=-c`).
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

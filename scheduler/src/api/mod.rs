@@ -9,6 +9,10 @@
 //! | PUT | object`/status` | replace the status only |
 //! | PATCH | object, `Content-Type: application/apply-patch+yaml` | server-side apply: create or update; `X-Tug-Apply: created\|configured\|unchanged` |
 //!
+//! | GET | `/api/v1/namespaces/NS/pods/NAME/log` | the container's log (`container`, `follow`, `tailLines`, `previous`, `timestamps`), through the node's agent |
+//! | POST | `/api/v1/namespaces/NS/pods/NAME/exec`, `Upgrade: tug-exec` | a process in the container (`container`, `command`…, `stdin`, `tty`); frames both ways after 101 |
+//! | GET | `/api/v1/nodes/NAME/tunnel`, `Upgrade: tug-tunnel` | an agent's idle connection (`tug_api::tunnel`) |
+//!
 //! Every error is a `Status` object with Kubernetes' reason and code. Handlers never panic on
 //! input; a body over 3 MiB is refused.
 
@@ -22,6 +26,8 @@ pub mod objects;
 pub mod path;
 #[allow(clippy::result_large_err)]
 pub mod services;
+#[allow(clippy::result_large_err)]
+pub mod tunnel;
 #[allow(clippy::result_large_err)]
 mod watch;
 
@@ -40,6 +46,8 @@ pub struct AppState {
     pub node_cidrs: NodeCidrs,
     /// ClusterIPs and NodePorts handed to Services.
     pub services: services::ServiceRanges,
+    /// Agents' idle connections, for `pods/NAME/log` and `pods/NAME/exec`.
+    pub tunnels: tunnel::Tunnels,
 }
 
 /// The cluster's pod range and the block size per node. A node created without
@@ -76,6 +84,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/version", get(handlers::version))
         .route("/healthz", get(|| async { "ok" }))
         .route("/join", axum::routing::post(handlers::join))
+        .route("/api/v1/nodes/{name}/tunnel", get(tunnel::accept))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)

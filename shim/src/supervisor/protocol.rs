@@ -76,51 +76,9 @@ pub enum Request {
     },
 }
 
-/// Frame kinds on a streaming connection.
-pub mod frame {
-    pub const STDIN: u8 = 0;
-    pub const STDOUT: u8 = 1;
-    pub const STDERR: u8 = 2;
-    pub const CLOSE_STDIN: u8 = 3;
-    pub const RESIZE: u8 = 4;
-    pub const EXIT: u8 = 5;
-
-    /// One encoded frame.
-    pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(5 + payload.len());
-        out.push(kind);
-        out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-
-    /// Takes the first complete frame off the front of `buf`.
-    pub fn decode(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
-        let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
-        if buf.len() < 5 + len {
-            return None;
-        }
-        let kind = buf[0];
-        let payload = buf[5..5 + len].to_vec();
-        buf.drain(..5 + len);
-        Some((kind, payload))
-    }
-
-    /// A RESIZE payload.
-    pub fn resize(rows: u16, cols: u16) -> Vec<u8> {
-        let mut p = rows.to_be_bytes().to_vec();
-        p.extend_from_slice(&cols.to_be_bytes());
-        p
-    }
-
-    /// Reads a RESIZE payload.
-    pub fn parse_resize(p: &[u8]) -> Option<(u16, u16)> {
-        Some((
-            u16::from_be_bytes(p.get(0..2)?.try_into().ok()?),
-            u16::from_be_bytes(p.get(2..4)?.try_into().ok()?),
-        ))
-    }
-}
+/// Frame kinds and their encoding: the vocabulary the agent, the API server and `tug exec`
+/// share, so it lives in `tug-api`.
+pub use tug_api::frame;
 
 /// How the container's process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +242,14 @@ impl Client {
 }
 
 impl Stream {
+    /// The socket itself and the bytes already read off it but not yet decoded, for a caller
+    /// that relays the frames elsewhere (the agent's exec tunnel) instead of decoding them.
+    pub fn into_parts(self) -> (UnixStream, Vec<u8>) {
+        let mut pending = self.buf;
+        pending.extend_from_slice(self.reader.buffer());
+        (self.writer, pending)
+    }
+
     pub fn write_stdin(&mut self, data: &[u8]) -> Result<(), ClientError> {
         Ok(self.writer.write_all(&frame::encode(frame::STDIN, data))?)
     }
@@ -347,18 +313,5 @@ mod tests {
         assert_eq!(String::from_utf8(buf).unwrap(), "{\"Kill\":{\"signal\":15,\"all\":false}}\n");
         let r: Reply = serde_json::from_str("{\"Error\":{\"message\":\"x\"}}").unwrap();
         assert_eq!(r, Reply::Error { message: "x".into() });
-    }
-
-    #[test]
-    fn frames_round_trip_and_wait_for_their_whole_payload() {
-        let mut buf = frame::encode(frame::STDOUT, b"hello");
-        buf.extend(frame::encode(frame::RESIZE, &frame::resize(24, 80)));
-        let tail = buf.split_off(buf.len() - 2);
-        assert_eq!(frame::decode(&mut buf), Some((frame::STDOUT, b"hello".to_vec())));
-        assert_eq!(frame::decode(&mut buf), None, "a partial frame waits");
-        buf.extend(tail);
-        let (kind, p) = frame::decode(&mut buf).unwrap();
-        assert_eq!((kind, frame::parse_resize(&p)), (frame::RESIZE, Some((24, 80))));
-        assert!(buf.is_empty());
     }
 }

@@ -1,0 +1,252 @@
+//! The agent's end of the node tunnel (see `tug_api::tunnel`): a few idle connections to the
+//! control plane, each waiting for one request — a container's logs, or an exec — which it
+//! then serves, while a fresh idle connection takes its place.
+
+use crate::logs;
+use crate::pods::Ctx;
+use crate::pods::record::PodRecord;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tug_api::tunnel::{Reply, Request, TUNNEL_PROTOCOL, Target};
+use tug_shim::supervisor::protocol::{self as sup, frame};
+
+/// Idle connections kept open: one for the next request, one for the one after while the
+/// first is replaced.
+const SPARES: usize = 2;
+
+/// How often a followed log looks for more.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Starts the idle connections.
+pub fn start(ctx: Arc<Ctx>) {
+    for _ in 0..SPARES {
+        tokio::spawn(spare(Arc::clone(&ctx)));
+    }
+}
+
+/// One idle connection: made (again and again while the control plane is away), then used
+/// for one request, after which a new one is started in its place.
+fn spare(ctx: Arc<Ctx>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(spare_loop(ctx))
+}
+
+async fn spare_loop(ctx: Arc<Ctx>) {
+    let path = format!("/api/v1/nodes/{}/tunnel", ctx.cfg.node_name);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ctx.api.upgrade(hyper::Method::GET, &path, TUNNEL_PROTOCOL).await {
+            Ok(mut conn) => {
+                delay = Duration::from_millis(200);
+                // Nothing (EOF or an error) means the control plane went away: connect again.
+                if let Ok(Some(line)) = read_line(&mut conn).await {
+                    tokio::spawn(spare(Arc::clone(&ctx)));
+                    serve(&ctx, conn, &line).await;
+                    return;
+                }
+            }
+            Err(e) => {
+                if delay >= Duration::from_secs(5) {
+                    eprintln!("tug-agent: tunnel to the control plane: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Reads one line (without its newline) byte by byte, so nothing after it is consumed.
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        if r.read(&mut b).await? == 0 {
+            return Ok(None);
+        }
+        if b[0] == b'\n' {
+            return Ok(Some(line));
+        }
+        line.push(b[0]);
+        if line.len() > 1 << 20 {
+            return Err(std::io::Error::other("request line over 1 MiB"));
+        }
+    }
+}
+
+async fn reply<W: AsyncWrite + Unpin>(w: &mut W, error: Option<String>) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(&Reply { error }).unwrap_or_default();
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}
+
+async fn serve<C: AsyncRead + AsyncWrite + Unpin + Send>(ctx: &Ctx, mut conn: C, line: &[u8]) {
+    let req: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ =
+                reply(&mut conn, Some(format!("tug-agent: a tunnel request it does not understand: {e}")))
+                    .await;
+            return;
+        }
+    };
+    let result = match req {
+        Request::Logs { target, follow, tail_lines, previous, timestamps } => {
+            serve_logs(ctx, &mut conn, &target, follow, tail_lines, previous, timestamps).await
+        }
+        Request::Exec { target, command, stdin, tty } => {
+            serve_exec(ctx, &mut conn, &target, command, stdin, tty).await
+        }
+    };
+    if let Err(e) = result {
+        let _ = reply(&mut conn, Some(e)).await;
+    }
+    let _ = conn.shutdown().await;
+}
+
+/// The container's record on this node, or the error the user sees.
+fn container(ctx: &Ctx, t: &Target) -> Result<(PodRecord, crate::pods::record::ContainerRecord), String> {
+    let rec = PodRecord::load(&ctx.cfg.pods_dir(), &t.uid)
+        .ok_or_else(|| format!("pod {} is not on node {} (yet)", t.pod, ctx.cfg.node_name))?;
+    let c = rec.containers.get(&t.container).cloned().filter(|c| c.attempt > 0).ok_or_else(|| {
+        format!("container {:?} in pod {:?} is waiting to start: ContainerCreating", t.container, t.pod)
+    })?;
+    Ok((rec, c))
+}
+
+/// Answers a logs request: `Ok` once the text has been sent (or the reader went away); `Err`
+/// before anything was sent, with the message for the user.
+async fn serve_logs<C: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    conn: &mut C,
+    t: &Target,
+    follow: bool,
+    tail_lines: Option<u64>,
+    previous: bool,
+    timestamps: bool,
+) -> Result<(), String> {
+    let (rec, c) = container(ctx, t)?;
+    let attempt = if previous { c.attempt - 1 } else { c.attempt };
+    let log = ctx.log_path(&rec, &t.container, attempt);
+    if previous && (attempt == 0 || !log.exists()) {
+        return Err(format!("previous terminated container {:?} in pod {:?} not found", t.container, t.pod));
+    }
+    // Everything written so far, then (with follow) what comes, while this instance runs.
+    let mut renderer = logs::Renderer::new(timestamps);
+    let mut text = Vec::new();
+    let mut pending = Vec::new();
+    let files = logs::files(&log);
+    let last = files.len() - 1;
+    let mut current: Option<(std::fs::File, u64)> = None;
+    for (i, f) in files.iter().enumerate() {
+        let Ok(mut file) = std::fs::File::open(f) else { continue };
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut file, &mut bytes);
+        pending.extend_from_slice(&bytes);
+        let (out, used) = renderer.feed(&pending);
+        text.extend(out);
+        pending.drain(..used);
+        if i == last {
+            current = Some((file, inode(f)));
+        }
+    }
+    let shown = match tail_lines {
+        Some(n) => logs::tail(&text, n),
+        None => &text,
+    };
+    reply(conn, None).await.map_err(|e| e.to_string())?;
+    if conn.write_all(shown).await.is_err() || !follow || previous {
+        return Ok(());
+    }
+    let _ = conn.flush().await;
+    let socket = c.id.as_deref().map(|id| ctx.supervisor_socket(id));
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let mut got = 0;
+        if let Some((file, ino)) = current.as_mut() {
+            got = std::io::Read::read(file, &mut buf).unwrap_or(0);
+            if got == 0 && inode(&log) != *ino {
+                // Rotated: the old file is finished (read to its end above); on to the new one.
+                if let Ok(f) = std::fs::File::open(&log) {
+                    current = Some((f, inode(&log)));
+                    continue;
+                }
+            }
+        } else if let Ok(f) = std::fs::File::open(&log) {
+            current = Some((f, inode(&log)));
+            continue;
+        }
+        if got > 0 {
+            pending.extend_from_slice(&buf[..got]);
+            let (out, used) = renderer.feed(&pending);
+            pending.drain(..used);
+            if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        // Nothing new: done when the instance has ended (its last words are read above).
+        let running = socket.as_ref().is_some_and(|s| matches!(crate::pods::supervisor_state(s), Ok(None)));
+        if !running {
+            let again = current.as_mut().map_or(0, |(f, _)| std::io::Read::read(f, &mut buf).unwrap_or(0));
+            if again == 0 {
+                return Ok(());
+            }
+            pending.extend_from_slice(&buf[..again]);
+            continue;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
+/// The file's inode; 0 when it is not there (no open file has inode 0).
+fn inode(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0)
+}
+
+/// Answers an exec request: starts the process through the container's supervisor, then
+/// relays the supervisor's frames between it and the tunnel until the process ends.
+async fn serve_exec<C: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    conn: &mut C,
+    t: &Target,
+    command: Vec<String>,
+    stdin: bool,
+    tty: bool,
+) -> Result<(), String> {
+    if command.is_empty() {
+        return Err("you must specify at least one command for the container".into());
+    }
+    let (_, c) = container(ctx, t)?;
+    let id =
+        c.id.clone()
+            .ok_or_else(|| format!("container {:?} in pod {:?} is not running", t.container, t.pod))?;
+    let socket: PathBuf = ctx.supervisor_socket(&id);
+    let mut process = crate::pods::probe::exec_process(&ctx.bundle_dir(&id), &command);
+    process["terminal"] = serde_json::json!(tty);
+    let (container, pod) = (t.container.clone(), t.pod.clone());
+    let started =
+        tokio::task::spawn_blocking(move || -> Result<(std::os::unix::net::UnixStream, Vec<u8>), String> {
+            let not_running =
+                |e: sup::ClientError| format!("container {container:?} in pod {pod:?} is not running ({e})");
+            let client = sup::Client::connect(&socket).map_err(not_running)?;
+            let (_pid, stream) =
+                client.exec(process).map_err(|e| format!("exec in container {container:?}: {e}"))?;
+            Ok(stream.into_parts())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    let (sock, pending) = started;
+    reply(conn, None).await.map_err(|e| e.to_string())?;
+    let _ = conn.write_all(&pending).await;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut sock = tokio::net::UnixStream::from_std(sock).map_err(|e| e.to_string())?;
+    if !stdin {
+        let _ = sock.write_all(&frame::encode(frame::CLOSE_STDIN, &[])).await;
+    }
+    // Until the supervisor closes its side after EXIT (or the user goes away).
+    let _ = tokio::io::copy_bidirectional(conn, &mut sock).await;
+    Ok(())
+}

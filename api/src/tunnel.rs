@@ -1,0 +1,88 @@
+//! The node tunnel: how the control plane reaches an agent for `tug logs` and `tug exec`
+//! without dialling the node (which may sit behind NAT, and holds no server certificate).
+//!
+//! Each agent keeps a few idle connections open to its control plane, made with
+//! `GET /api/v1/nodes/NAME/tunnel` and `Upgrade: tug-tunnel` (authenticated like every other
+//! request of the agent). When a user asks for a pod's logs or an exec, the API server takes
+//! one of the node's idle connections, writes one [`Request`] as a JSON line, and reads one
+//! [`Reply`] line; the agent opens a fresh idle connection in its place. After an `ok` reply
+//! the connection carries the answer: for logs, the log text until the end; for exec, the
+//! supervisor's frames both ways (`tug_shim::supervisor::protocol::frame`: STDIN, CLOSE_STDIN
+//! and RESIZE from the user; STDOUT, STDERR and EXIT to them), which the API server splices
+//! onto the user's own upgraded connection (`Upgrade: tug-exec`).
+
+use serde::{Deserialize, Serialize};
+
+/// The `Upgrade` protocol of the agent's idle connections.
+pub const TUNNEL_PROTOCOL: &str = "tug-tunnel";
+/// The `Upgrade` protocol of `POST .../pods/NAME/exec`.
+pub const EXEC_PROTOCOL: &str = "tug-exec";
+
+/// Which container of which pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
+}
+
+/// What the API server asks of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// The container's log: `kubectl logs` options.
+    #[serde(rename_all = "camelCase")]
+    Logs {
+        #[serde(flatten)]
+        target: Target,
+        follow: bool,
+        /// Only the last this many lines.
+        tail_lines: Option<u64>,
+        /// The previous (terminated) instance of the container.
+        previous: bool,
+        timestamps: bool,
+    },
+    /// A process in the container.
+    #[serde(rename_all = "camelCase")]
+    Exec {
+        #[serde(flatten)]
+        target: Target,
+        command: Vec<String>,
+        stdin: bool,
+        tty: bool,
+    },
+}
+
+/// The agent's answer line: `{}` to go ahead, or the error to show the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_flat_json_lines() {
+        let r = Request::Logs {
+            target: Target {
+                namespace: "default".into(),
+                pod: "web".into(),
+                uid: "u".into(),
+                container: "c".into(),
+            },
+            follow: true,
+            tail_lines: Some(3),
+            previous: false,
+            timestamps: false,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.starts_with(r#"{"op":"logs","namespace":"default","pod":"web""#), "{text}");
+        assert!(text.contains(r#""tailLines":3"#), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        assert_eq!(serde_json::to_string(&Reply::default()).unwrap(), "{}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The control plane's end of the node tunnel (the protocol is drawn in `tug_api::tunnel`):
+//! agents park idle upgraded connections here; `pods/NAME/log` and `pods/NAME/exec` take one
+//! of the pod's node, send the request, and relay the answer to the user.
+
+use super::AppState;
+use super::handlers::{query_pairs, status_response};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tug_api::status::Status;
+use tug_api::tunnel::{EXEC_PROTOCOL, Reply, Request as TunnelRequest, TUNNEL_PROTOCOL, Target};
+
+type Conn = TokioIo<hyper::upgrade::Upgraded>;
+
+/// How long a request waits for the node's agent to offer a connection.
+const WAIT: Duration = Duration::from_secs(10);
+/// Idle connections kept per node (an agent keeps two; the rest are from before a restart).
+const MAX_IDLE: usize = 8;
+
+/// The idle connections agents have parked, by node.
+#[derive(Default)]
+pub struct Tunnels {
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
+    parked: Notify,
+}
+
+impl Tunnels {
+    fn put(&self, node: &str, conn: Conn) {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let list = idle.entry(node.to_string()).or_default();
+            list.push(conn);
+            if list.len() > MAX_IDLE {
+                list.remove(0);
+            }
+        }
+        self.parked.notify_waiters();
+    }
+
+    /// The node's newest idle connection, waiting for one until `deadline`.
+    async fn take(&self, node: &str, deadline: tokio::time::Instant) -> Option<Conn> {
+        loop {
+            let parked = self.parked.notified();
+            tokio::pin!(parked);
+            parked.as_mut().enable();
+            if let Some(c) =
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(node).and_then(Vec::pop)
+            {
+                return Some(c);
+            }
+            tokio::time::timeout_at(deadline, parked).await.ok()?;
+        }
+    }
+}
+
+fn upgrade_protocol(req: &Request) -> Option<String> {
+    let wants = req
+        .headers()
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if !wants {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn switching(protocol: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, protocol)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+/// `GET /api/v1/nodes/{name}/tunnel` with `Upgrade: tug-tunnel`: an agent parks a connection.
+pub async fn accept(State(st): State<Arc<AppState>>, Path(node): Path<String>, mut req: Request) -> Response {
+    if upgrade_protocol(&req).as_deref() != Some(TUNNEL_PROTOCOL) {
+        return status_response(&Status::bad_request(format!(
+            "nodes/{node}/tunnel is for tug-agent: it needs Connection: upgrade and Upgrade: {TUNNEL_PROTOCOL}"
+        )));
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(io) = on.await {
+            st.tunnels.put(&node, TokioIo::new(io));
+        }
+    });
+    switching(TUNNEL_PROTOCOL)
+}
+
+/// The pod and the container a request names: kubectl's rules for choosing the container.
+fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Result<(Target, String), Status> {
+    let info = tug_api::object::lookup("pods").ok_or_else(|| Status::internal("no pods kind"))?;
+    let key = super::path::key(info, Some(ns), name);
+    let pod: Value = st
+        .store
+        .get(&key)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| Status::not_found("pods", name))?
+        .object;
+    let node = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Status::bad_request(format!("pod {name} does not have a host assigned")))?
+        .to_string();
+    let names = |field: &str| -> Vec<String> {
+        pod["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (main, init) = (names("containers"), names("initContainers"));
+    let container = match container.filter(|c| !c.is_empty()) {
+        Some(c) if main.iter().chain(&init).any(|n| n == c) => c.to_string(),
+        Some(c) => {
+            return Err(Status::bad_request(format!("container {c} is not valid for pod {name}")));
+        }
+        None if main.len() == 1 => main[0].clone(),
+        None => {
+            return Err(Status::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                main.join(" ")
+            )));
+        }
+    };
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    Ok((Target { namespace: ns.to_string(), pod: name.to_string(), uid, container }, node))
+}
+
+/// Sends `req` to the node's agent over one of its idle connections; returns the connection
+/// once the agent said yes. A connection its agent no longer holds (it restarted) fails at
+/// once and the next is tried.
+async fn ask(st: &AppState, node: &str, req: &TunnelRequest) -> Result<Conn, Status> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut line = serde_json::to_vec(req).map_err(|e| Status::internal(e.to_string()))?;
+    line.push(b'\n');
+    loop {
+        let Some(mut conn) = st.tunnels.take(node, deadline).await else {
+            return Err(Status::new(
+                503,
+                "ServiceUnavailable",
+                format!("node {node} has no tunnel to the control plane: is its tug-agent running?"),
+            ));
+        };
+        if conn.write_all(&line).await.is_err() || conn.flush().await.is_err() {
+            continue;
+        }
+        let answer = match read_line(&mut conn).await {
+            Ok(Some(a)) => a,
+            _ => continue,
+        };
+        let reply: Reply = serde_json::from_slice(&answer).unwrap_or_default();
+        return match reply.error {
+            None => Ok(conn),
+            Some(e) => Err(Status::bad_request(e)),
+        };
+    }
+}
+
+async fn read_line(conn: &mut Conn) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        if conn.read(&mut b).await? == 0 {
+            return Ok(None);
+        }
+        if b[0] == b'\n' {
+            return Ok(Some(line));
+        }
+        line.push(b[0]);
+        if line.len() > 1 << 20 {
+            return Ok(None);
+        }
+    }
+}
+
+fn flag(q: &[(String, String)], name: &str) -> bool {
+    q.iter().any(|(k, v)| k == name && (v.is_empty() || v == "true" || v == "1"))
+}
+
+fn value<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/log?container=&follow=&tailLines=&previous=&timestamps=`:
+/// the container's log as text, streamed while `follow` lasts.
+pub async fn logs(
+    State(st): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let q = query_pairs(q.as_deref().unwrap_or(""));
+    let result = async {
+        let tail_lines = match value(&q, "tailLines") {
+            None | Some("") => None,
+            Some(t) => match t.parse::<i64>() {
+                Ok(n) if n < 0 => None,
+                Ok(n) => Some(n.unsigned_abs()),
+                Err(_) => return Err(Status::bad_request(format!("tailLines {t:?} is not a number"))),
+            },
+        };
+        let (target, node) = target(&st, &ns, &name, value(&q, "container"))?;
+        let req = TunnelRequest::Logs {
+            target,
+            follow: flag(&q, "follow"),
+            tail_lines,
+            previous: flag(&q, "previous"),
+            timestamps: flag(&q, "timestamps"),
+        };
+        ask(&st, &node, &req).await
+    }
+    .await;
+    match result {
+        Ok(conn) => {
+            let chunks = futures_util::stream::unfold(conn, |mut conn| async move {
+                let mut buf = vec![0u8; 32 << 10];
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), conn))
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from_stream(chunks))
+                .unwrap_or_default()
+        }
+        Err(s) => status_response(&s),
+    }
+}
+
+/// `POST /api/v1/namespaces/{ns}/pods/{name}/exec?container=&command=…&stdin=&tty=` with
+/// `Upgrade: tug-exec`: after `101 Switching Protocols` the connection carries the
+/// supervisor's frames to and from the process.
+pub async fn exec(
+    State(st): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    mut req: Request,
+) -> Response {
+    let q = query_pairs(q.as_deref().unwrap_or(""));
+    if upgrade_protocol(&req).as_deref() != Some(EXEC_PROTOCOL) {
+        return status_response(&Status::bad_request(format!(
+            "exec needs Connection: upgrade and Upgrade: {EXEC_PROTOCOL} (tug exec speaks it)"
+        )));
+    }
+    let command: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+    if command.is_empty() {
+        return status_response(&Status::bad_request(
+            "you must specify at least one command for the container",
+        ));
+    }
+    let result = async {
+        let (target, node) = target(&st, &ns, &name, value(&q, "container"))?;
+        let r = TunnelRequest::Exec { target, command, stdin: flag(&q, "stdin"), tty: flag(&q, "tty") };
+        ask(&st, &node, &r).await
+    }
+    .await;
+    let mut agent = match result {
+        Ok(c) => c,
+        Err(s) => return status_response(&s),
+    };
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(user) = on.await {
+            let mut user = TokioIo::new(user);
+            let _ = tokio::io::copy_bidirectional(&mut user, &mut agent).await;
+        }
+    });
+    switching(EXEC_PROTOCOL)
+}
