@@ -84,8 +84,8 @@ Use it with the CLI:
   tug apply -f YOUR.yaml            # Pods, Deployments, Jobs, CronJobs; see README
   tug image ls                      # the node's images (tug.local/busybox-httpd:1 is the example's)
   tug image pull busybox:1.36       # from a registry; tug image import FILE for archives
-
-Not there yet: tug logs/exec through the agent.
+  tug logs hello -f                 # the container's output (--tail N, --previous, --timestamps)
+  tug exec -it hello -- sh          # a shell in the container
 
 Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello
 and deployment web first; the agent's nftables tables tug_node and tug_proxy stay until
