@@ -86,6 +86,7 @@ Use it with the CLI:
   tug image pull busybox:1.36       # from a registry; tug image import FILE for archives
   tug logs hello -f                 # the container's output (--tail N, --previous, --timestamps)
   tug exec -it hello -- sh          # a shell in the container
+  tug top node; tug top pod         # CPU and memory, sampled by the agent
 
 Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello
 and deployment web first; the agent's nftables tables tug_node and tug_proxy stay until

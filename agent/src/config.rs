@@ -48,6 +48,8 @@ pub struct Config {
     pub service_cidr: tug_api::cidr::Cidr4,
     /// The DNS domain of the cluster (`cluster.local`).
     pub cluster_domain: String,
+    /// How often resource usage is sampled (kubelet's cAdvisor housekeeping).
+    pub housekeeping_interval: Duration,
     /// When the node reports pressure (`--eviction-hard`).
     pub eviction: Eviction,
 }

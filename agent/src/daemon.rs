@@ -231,9 +231,11 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         puller,
         pods_cgroup,
         probes: Default::default(),
+        stats: Default::default(),
     });
-    // The control plane's way in for `tug logs` and `tug exec`.
+    // The control plane's way in for `tug logs`, `tug exec` and `tug top`.
     crate::tunnel::start(Arc::clone(&ctx));
+    tokio::spawn(crate::stats::run(Arc::clone(&ctx), cfg.housekeeping_interval));
 
     // What a previous run left: workers for every recorded pod, nothing for the rest.
     let records = PodRecord::load_all(&cfg.pods_dir());

@@ -18,4 +18,5 @@ pub mod network;
 pub mod node;
 pub mod pods;
 pub mod proxy;
+pub mod stats;
 pub mod tunnel;

@@ -41,6 +41,11 @@ fn meminfo(field: &str, text: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// `(MemTotal, MemAvailable)` in bytes from `/proc/meminfo`'s text.
+pub fn facts_memory(meminfo_text: &str) -> (u64, u64) {
+    (meminfo("MemTotal", meminfo_text), meminfo("MemAvailable", meminfo_text))
+}
+
 /// The `some avg10` figure of a `/proc/pressure/*` file.
 pub fn psi_avg10(text: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with("some "))?;

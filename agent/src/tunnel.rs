@@ -99,6 +99,7 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin + Send>(ctx: &Ctx, mut conn: C,
         Request::Exec { target, command, stdin, tty } => {
             serve_exec(ctx, &mut conn, &target, command, stdin, tty).await
         }
+        Request::Stats => serve_stats(ctx, &mut conn).await,
     };
     if let Err(e) = result {
         let _ = reply(&mut conn, Some(e)).await;
@@ -204,6 +205,21 @@ async fn serve_logs<C: AsyncWrite + Unpin>(
 /// The file's inode; 0 when it is not there (no open file has inode 0).
 fn inode(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0)
+}
+
+/// Answers a stats request with the latest summary, one JSON line.
+async fn serve_stats<C: AsyncWrite + Unpin>(ctx: &Ctx, conn: &mut C) -> Result<(), String> {
+    let summary = ctx.stats.summary().ok_or_else(|| {
+        format!(
+            "node {} has no usage figures yet (they need two samples, {:?} apart)",
+            ctx.cfg.node_name, ctx.cfg.housekeeping_interval
+        )
+    })?;
+    reply(conn, None).await.map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(&summary).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    let _ = conn.write_all(&line).await;
+    Ok(())
 }
 
 /// Answers an exec request: starts the process through the container's supervisor, then

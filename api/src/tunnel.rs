@@ -52,6 +52,43 @@ pub enum Request {
         stdin: bool,
         tty: bool,
     },
+    /// The node's and its containers' resource usage: the answer is one [`Summary`] line.
+    Stats,
+}
+
+/// Resource usage over the agent's last sampling window (kubelet's `/stats/summary`, cut
+/// down to what `metrics.k8s.io` serves).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// CPU in billionths of a core, averaged over the window.
+    pub cpu_nanocores: u64,
+    pub memory_working_set_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerUsage {
+    pub name: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub containers: Vec<ContainerUsage>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// When the window ended (RFC 3339).
+    pub timestamp: String,
+    pub window_seconds: u64,
+    pub node: Usage,
+    pub pods: Vec<PodUsage>,
 }
 
 /// The agent's answer line: `{}` to go ahead, or the error to show the user.

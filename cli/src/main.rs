@@ -1,7 +1,7 @@
 //! `tug`: the command-line client for Tug clusters, in kubectl's habits.
 //!
 //! `tug apply -f FILE|DIR|-`, `tug get KIND [NAME]`, `tug describe`, `tug delete`,
-//! `tug logs POD`, `tug exec POD -- CMD`,
+//! `tug logs POD`, `tug exec POD -- CMD`, `tug top node|pod`,
 //! `tug create namespace|configmap|secret`, `tug version`, `tug image pull|import|ls|rm`
 //! (the node's image store, no control plane needed). `--server` or `TUG_SOCKET` choose
 //! the control plane's socket.
@@ -66,6 +66,9 @@ enum Cmd {
     Logs(commands::logs::LogsArgs),
     /// Run a command in a container (-it: an interactive shell).
     Exec(commands::logs::ExecArgs),
+    /// Show CPU and memory use of nodes or pods.
+    #[command(subcommand)]
+    Top(commands::top::TopCmd),
     /// Print the client and server versions.
     Version,
     /// The node's images: pull, import, ls, inspect, rm, prune.
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
         Cmd::Logs(a) => commands::logs::logs(&client, &a, ns.as_deref()).await,
         Cmd::Exec(a) => commands::logs::exec(&client, &a, ns.as_deref()).await,
+        Cmd::Top(c) => commands::top::run(&client, c, ns.as_deref()).await,
         Cmd::Version => commands::version(&client).await,
         Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),
     }

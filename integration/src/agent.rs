@@ -62,6 +62,8 @@ impl Agent {
             "memory.available<100Mi".into(),
             "--image-gc-high-threshold".into(),
             "100".into(),
+            "--housekeeping-interval".into(),
+            "1s".into(),
             "--shim".into(),
             crate::bundle::shim_binary().display().to_string(),
         ]);

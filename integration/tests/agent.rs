@@ -209,6 +209,40 @@ fn logs_and_exec(cp: &ControlPlane, agent: &Agent) {
     let (_, e) = text(&cp.tug(&["logs", "web", "--previous"]));
     assert!(e.contains("previous terminated container \"web\" in pod \"web\" not found"), "{e}");
 
+    // tug top: usage sampled by the agent, served as metrics.k8s.io by the API server. A
+    // spinning exec counts against the container (it runs in its cgroup).
+    let mut spin = std::process::Command::new(&tug)
+        .args([
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "end=$(($(date +%s) + 8)); while [ $(date +%s) -lt $end ]; do :; done",
+        ])
+        .env("TUG_SOCKET", cp.socket())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("tug exec");
+    let mut top = String::new();
+    let busy = wait_for(Duration::from_secs(8), || {
+        top = text(&cp.tug(&["top", "pod", "web"])).0;
+        // NAME CPU(cores) MEMORY(bytes): web 987m 1Mi
+        top.lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.strip_suffix('m'))
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|m| m >= 300)
+    });
+    let _ = spin.wait();
+    assert!(busy, "tug top pod web never showed the spinning exec: {top:?}");
+    assert!(top.starts_with("NAME") && top.contains("CPU(cores)") && top.contains("Mi"), "{top}");
+    let (o, e) = text(&cp.tug(&["top", "node"]));
+    assert!(o.starts_with("NAME") && o.contains("tug-it-node0") && o.contains('%'), "{o}{e}");
+    let (o, _) = text(&cp.tug(&["top", "pod", "--containers", "-A"]));
+    assert!(o.starts_with("NAMESPACE") && o.contains("default") && o.contains("web"), "{o}");
+
     // -f follows while the container runs and ends when it does.
     apply(
         cp,

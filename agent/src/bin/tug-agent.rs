@@ -86,6 +86,10 @@ struct Args {
     /// no threshold.
     #[arg(long, default_value = tug_agent::config::DEFAULT_EVICTION_HARD)]
     eviction_hard: String,
+    /// How often the node's and containers' resource usage is sampled (for `tug top` and
+    /// autoscaling; CPU is the average over this window).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    housekeeping_interval: Duration,
     /// The tug-shim binary (default: beside tug-agent).
     #[arg(long)]
     shim: Option<PathBuf>,
@@ -184,6 +188,7 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         service_cidr: a.service_cluster_ip_range,
         cluster_domain: a.cluster_domain.trim_matches('.').to_ascii_lowercase(),
         eviction: parse_eviction(&a.eviction_hard)?,
+        housekeeping_interval: a.housekeeping_interval.max(Duration::from_millis(100)),
     };
     tug_api::validation::dns1123_subdomain(&cfg.node_name)
         .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;

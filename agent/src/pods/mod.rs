@@ -39,6 +39,8 @@ pub struct Ctx {
     pub pods_cgroup: String,
     /// The probe results of every container with probes, by container id.
     pub probes: std::sync::Mutex<std::collections::HashMap<String, Arc<probe::ProbeState>>>,
+    /// Resource usage, sampled every `--housekeeping-interval`.
+    pub stats: crate::stats::Cache,
 }
 
 /// A message to a pod worker.
@@ -117,7 +119,7 @@ pub(crate) fn supervisor_state(socket: &std::path::Path) -> Result<Option<sup::E
     }
 }
 
-fn supervisor_call(socket: &std::path::Path, req: &Request) -> Result<Reply, String> {
+pub(crate) fn supervisor_call(socket: &std::path::Path, req: &Request) -> Result<Reply, String> {
     let mut c = sup::Client::connect(socket).map_err(|e| e.to_string())?;
     c.set_timeout(Some(Duration::from_secs(5)));
     c.call(req).map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ pub mod image;
 pub mod join;
 pub mod logs;
 pub mod rollout;
+pub mod top;
 
 use crate::client::Client;
 use std::process::ExitCode;

@@ -11,6 +11,7 @@
 //!
 //! | GET | `/api/v1/namespaces/NS/pods/NAME/log` | the container's log (`container`, `follow`, `tailLines`, `previous`, `timestamps`), through the node's agent |
 //! | POST | `/api/v1/namespaces/NS/pods/NAME/exec`, `Upgrade: tug-exec` | a process in the container (`container`, `command`…, `stdin`, `tty`); frames both ways after 101 |
+//! | GET | `/apis/metrics.k8s.io/v1beta1/nodes[/NAME]`, `…/pods`, `…/namespaces/NS/pods[/NAME]` | NodeMetrics and PodMetrics from the agents' usage samples (`tug top`) |
 //! | GET | `/api/v1/nodes/NAME/tunnel`, `Upgrade: tug-tunnel` | an agent's idle connection (`tug_api::tunnel`) |
 //!
 //! Every error is a `Status` object with Kubernetes' reason and code. Handlers never panic on
@@ -20,6 +21,8 @@
 // expect, built once per failed request, so its size does not matter.
 #[allow(clippy::result_large_err)]
 mod handlers;
+#[allow(clippy::result_large_err)]
+pub mod metrics;
 #[allow(clippy::result_large_err)]
 pub mod objects;
 #[allow(clippy::result_large_err)]
@@ -87,6 +90,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/nodes/{name}/tunnel", get(tunnel::accept))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))
+        .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes_all))
+        .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(metrics::node_one))
+        .route("/apis/metrics.k8s.io/v1beta1/pods", get(metrics::pods_all))
+        .route("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", get(metrics::pods_in))
+        .route("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}", get(metrics::pod_one))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)

@@ -143,7 +143,11 @@ fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Resul
 /// once the agent said yes. A connection its agent no longer holds (it restarted) fails at
 /// once and the next is tried.
 async fn ask(st: &AppState, node: &str, req: &TunnelRequest) -> Result<Conn, Status> {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    ask_within(st, node, req, WAIT).await
+}
+
+async fn ask_within(st: &AppState, node: &str, req: &TunnelRequest, wait: Duration) -> Result<Conn, Status> {
+    let deadline = tokio::time::Instant::now() + wait;
     let mut line = serde_json::to_vec(req).map_err(|e| Status::internal(e.to_string()))?;
     line.push(b'\n');
     loop {
@@ -184,6 +188,17 @@ async fn read_line(conn: &mut Conn) -> std::io::Result<Option<Vec<u8>>> {
             return Ok(None);
         }
     }
+}
+
+/// Every node's usage summary, asked of their agents at once; nodes that do not answer
+/// within a few seconds are left out (as metrics-server leaves out nodes it cannot scrape).
+pub async fn summaries(st: &AppState, nodes: Vec<String>) -> Vec<(String, tug_api::tunnel::Summary)> {
+    let asks = nodes.into_iter().map(|node| async move {
+        let mut conn = ask_within(st, &node, &TunnelRequest::Stats, Duration::from_secs(3)).await.ok()?;
+        let line = tokio::time::timeout(Duration::from_secs(3), read_line(&mut conn)).await.ok()?.ok()??;
+        Some((node, serde_json::from_slice(&line).ok()?))
+    });
+    futures_util::future::join_all(asks).await.into_iter().flatten().collect()
 }
 
 fn flag(q: &[(String, String)], name: &str) -> bool {

@@ -145,7 +145,14 @@ impl Cgroup {
             std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_string())
         };
         let num = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+        let field = |text: Option<String>, key: &str| -> u64 {
+            text.and_then(|t| {
+                t.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+        };
         if self.unified_resources {
+            let usage = num(read("memory", "memory.current")).unwrap_or(0);
             let usage_usec = read("cpu", "cpu.stat")
                 .and_then(|t| {
                     t.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.parse::<u64>().ok()))
@@ -153,14 +160,19 @@ impl Cgroup {
                 .unwrap_or(0);
             crate::supervisor::protocol::Stats {
                 cpu_usage_ns: usage_usec * 1000,
-                memory_usage_bytes: num(read("memory", "memory.current")).unwrap_or(0),
+                memory_usage_bytes: usage,
+                memory_working_set_bytes: usage
+                    .saturating_sub(field(read("memory", "memory.stat"), "inactive_file")),
                 memory_limit_bytes: num(read("memory", "memory.max")),
                 pids: num(read("pids", "pids.current")).unwrap_or(0),
             }
         } else {
+            let usage = num(read("memory", "memory.usage_in_bytes")).unwrap_or(0);
             crate::supervisor::protocol::Stats {
                 cpu_usage_ns: num(read("cpuacct", "cpuacct.usage")).unwrap_or(0),
-                memory_usage_bytes: num(read("memory", "memory.usage_in_bytes")).unwrap_or(0),
+                memory_usage_bytes: usage,
+                memory_working_set_bytes: usage
+                    .saturating_sub(field(read("memory", "memory.stat"), "total_inactive_file")),
                 memory_limit_bytes: self.memory_limit(),
                 pids: num(read("pids", "pids.current")).unwrap_or(0),
             }

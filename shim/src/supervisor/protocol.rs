@@ -96,6 +96,10 @@ pub struct ExitStatus {
 pub struct Stats {
     pub cpu_usage_ns: u64,
     pub memory_usage_bytes: u64,
+    /// Usage less the inactive page cache the kernel can take back at once: what
+    /// `kubectl top` shows and the OOM killer weighs (absent from older supervisors).
+    #[serde(default)]
+    pub memory_working_set_bytes: u64,
     pub memory_limit_bytes: Option<u64>,
     pub pids: u64,
 }
