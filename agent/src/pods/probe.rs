@@ -98,6 +98,8 @@ pub enum Check {
         addr: SocketAddr,
         path: String,
         host: String,
+        /// `scheme: HTTPS`: TLS without verifying the certificate, as kubelet does.
+        tls: bool,
     },
     Tcp {
         netns: PathBuf,
@@ -151,15 +153,19 @@ pub fn check(
     }
     let host_ip = |h: &Option<String>| h.as_deref().and_then(|h| h.parse().ok()).unwrap_or(ip);
     if let Some(h) = &probe.http_get {
-        if h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
-            return Check::Unsupported("httpGet with scheme HTTPS is not supported by tug-agent yet".into());
-        }
+        let tls = match h.scheme.as_deref() {
+            None | Some("") => false,
+            Some(s) if s.eq_ignore_ascii_case("HTTP") => false,
+            Some(s) if s.eq_ignore_ascii_case("HTTPS") => true,
+            Some(s) => return Check::Unsupported(format!("httpGet scheme {s:?} is not HTTP or HTTPS")),
+        };
         return match port(c, &h.port) {
             Ok(p) => Check::Http {
                 netns: netns.to_path_buf(),
                 addr: SocketAddr::from((host_ip(&h.host), p)),
                 path: h.path.clone().unwrap_or_else(|| "/".into()),
                 host: h.host.clone().unwrap_or_else(|| ip.to_string()),
+                tls,
             },
             Err(e) => Check::Unsupported(e),
         };
@@ -190,28 +196,9 @@ pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
                 None => Err("the probe's process did not report an exit".into()),
             }
         }
-        Check::Http { netns, addr, path, host } => {
-            let (addr, path, host) = (*addr, path.clone(), host.clone());
-            netns::run_in(Some(netns), move || -> Result<(), String> {
-                let mut s =
-                    TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial {addr}: {e}"))?;
-                s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-                s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-                let req = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/tug\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-                );
-                s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-                let mut head = [0u8; 64];
-                let n = s.read(&mut head).map_err(|e| format!("reading the answer: {e}"))?;
-                let line = String::from_utf8_lossy(&head[..n]);
-                let code: u16 =
-                    line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP answer")?;
-                if (200..400).contains(&code) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP probe failed with statuscode: {code}"))
-                }
-            })?
+        Check::Http { netns, addr, path, host, tls } => {
+            let (addr, path, host, tls) = (*addr, path.clone(), host.clone(), *tls);
+            netns::run_in(Some(netns), move || http_get(addr, &path, &host, tls, timeout))?
         }
         Check::Tcp { netns, addr } => {
             let addr = *addr;
@@ -222,6 +209,48 @@ pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
             })?
         }
         Check::Unsupported(m) => Err(m.clone()),
+    }
+}
+
+/// One httpGet probe from the current network namespace: success is a status of 200–399.
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    tls: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/tug\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    let mut head = [0u8; 64];
+    let n = if tls {
+        // Any name will do: the certificate is not checked.
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+        let conn = rustls::ClientConnection::new(Arc::new(tug_client::tls::insecure_config()), name)
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut stream = rustls::StreamOwned::new(conn, s);
+        stream.write_all(req.as_bytes()).map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+        stream.read(&mut head).map_err(|e| format!("reading the answer: {e}"))?
+    } else {
+        let mut s = s;
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        s.read(&mut head).map_err(|e| format!("reading the answer: {e}"))?
+    };
+    let line = String::from_utf8_lossy(&head[..n]);
+    let code: u16 = line
+        .strip_prefix("HTTP/")
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("not an HTTP answer")?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
     }
 }
 
@@ -356,6 +385,53 @@ mod tests {
         assert_eq!(t.record(false, &s), None);
         assert_eq!(t.record(false, &s), Some(false));
         assert_eq!(t.verdict, Some(false));
+    }
+
+    /// A one-connection server on loopback answering `status`, over TLS (a self-signed
+    /// certificate) or not.
+    fn serve_once(tls: bool, status: u16) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            if tls {
+                let cert = rcgen::generate_simple_self_signed(vec!["pod.local".into()]).unwrap();
+                let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+                let cfg = rustls::ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_single_cert(vec![cert.cert.der().clone()], key)
+                    .unwrap();
+                let conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+                let mut t = rustls::StreamOwned::new(conn, s);
+                let mut buf = [0u8; 512];
+                let _ = t.read(&mut buf);
+                let _ = t.write_all(answer.as_bytes());
+                let _ = t.flush();
+                t.conn.send_close_notify();
+                let _ = t.flush();
+            } else {
+                let mut s = s;
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn https_probes_take_any_certificate_and_read_the_status() {
+        let t = Duration::from_secs(5);
+        assert_eq!(http_get(serve_once(true, 200), "/healthz", "10.0.0.2", true, t), Ok(()));
+        assert_eq!(
+            http_get(serve_once(true, 503), "/", "10.0.0.2", true, t),
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
+        assert_eq!(http_get(serve_once(false, 204), "/", "10.0.0.2", false, t), Ok(()));
+        // HTTPS against a plain server fails the handshake, and the other way round.
+        assert!(http_get(serve_once(false, 200), "/", "10.0.0.2", true, t).is_err());
+        assert!(http_get(serve_once(true, 200), "/", "10.0.0.2", false, t).is_err());
     }
 
     #[test]
