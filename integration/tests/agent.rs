@@ -575,6 +575,7 @@ kind: Pod
 metadata: {{name: vols, labels: {{app: vols}}}}
 spec:
   terminationGracePeriodSeconds: 1
+  securityContext: {{fsGroup: 2000}}
   volumes:
   - {{name: cfg, configMap: {{name: settings, items: [{{key: color, path: colour}}]}}}}
   - {{name: sec, secret: {{secretName: creds, defaultMode: 0o400}}}}
@@ -598,8 +599,10 @@ spec:
     image: tug.local/busybox-httpd:1
     imagePullPolicy: Never
     command: ["/bin/sleep", "600"]
+    securityContext: {{runAsUser: 1000}}
     volumeMounts:
     - {{name: scratch, mountPath: /data}}
+    - {{name: sec, mountPath: /sec, readOnly: true}}
 "#,
             host = host_dir.path().display()
         ),
@@ -626,7 +629,18 @@ spec:
         "only the listed item"
     );
     assert_eq!(exec_in(&agent, &a, &["cat", "/sec/token"]).0, "s3cret");
-    assert_eq!(exec_in(&agent, &a, &["stat", "-L", "-c", "%a", "/sec/token"]).0.trim(), "400");
+    // fsGroup: the volumes belong to group 2000, which every container has; a secret of mode
+    // 0400 is readable by the group, and so by b's non-root user.
+    assert_eq!(exec_in(&agent, &a, &["stat", "-L", "-c", "%a %g", "/sec/token"]).0.trim(), "440 2000");
+    // (tug exec runs as the container's own user: uid 1000 in b.)
+    let in_b = |cmd: &str| text(&cp.tug(&["exec", "vols", "-c", "b", "--", "sh", "-c", cmd])).0;
+    assert_eq!(in_b("id -u; id -G"), "1000\n0 2000\n");
+    assert_eq!(in_b("cat /sec/token"), "s3cret");
+    assert_eq!(
+        in_b("touch /data/by-b && stat -c %u:%g /data/by-b"),
+        "1000:2000\n",
+        "setgid: new files take the group"
+    );
     assert_eq!(exec_in(&agent, &a, &["cat", "/info/name"]).0, "vols");
     assert_eq!(exec_in(&agent, &a, &["cat", "/info/labels"]).0, "app=\"vols\"\n");
     assert_eq!(exec_in(&agent, &a, &["cat", "/host/from-host"]).0, "host file\n");

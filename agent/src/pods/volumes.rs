@@ -163,13 +163,56 @@ pub async fn prepare(
 ) -> Result<BTreeMap<String, PathBuf>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let mut out = BTreeMap::new();
+    let fs_group =
+        pod.spec.security_context.as_ref().and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok());
     for v in &pod.spec.volumes {
         let p = volume(api, pod, &ns, v, pod_dir, pod_ip, host_ip)
             .await
             .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        if let Some(gid) = fs_group {
+            // Kubernetes leaves hostPath volumes as they are.
+            let read_only = v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some();
+            if v.host_path.is_none() && (read_only || !owned_by_group(&p, gid)) {
+                set_group_ownership(&p, gid, read_only)
+                    .map_err(|e| format!("volume {:?}: fsGroup {gid}: {e}", v.name))?;
+            }
+        }
         out.insert(v.name.clone(), p);
     }
     Ok(out)
+}
+
+/// Whether the volume's root already belongs to `gid` with the setgid bit (kubelet's
+/// `OnRootMismatch` test, so a large emptyDir is not walked on every resync).
+fn owned_by_group(root: &Path, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(root).is_ok_and(|m| m.gid() == gid && m.mode() & 0o2000 != 0)
+}
+
+/// `fsGroup`: everything in the volume gets group `gid` with group read (and write, unless
+/// the volume is read-only by nature) permission, directories the setgid bit so new files
+/// inherit the group — kubelet's `SetVolumeOwnership`. Symlinks are re-owned, not followed.
+pub fn set_group_ownership(root: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::os::unix::fs::lchown(&p, None, Some(gid)).map_err(|e| format!("chown {}: {e}", p.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mut mode = meta.mode() & 0o7777 | mask;
+        if meta.is_dir() {
+            mode |= 0o2000 | 0o110;
+            for e in std::fs::read_dir(&p).map_err(|e| format!("{}: {e}", p.display()))? {
+                stack.push(e.map_err(|e| e.to_string())?.path());
+            }
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 async fn volume(
@@ -308,6 +351,25 @@ pub fn unmount_all(pod_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_group_owns_and_opens_the_volume_to_its_group() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::Builder::new().prefix("tug-fsgroup").tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/f"), "x").unwrap();
+        std::fs::set_permissions(d.path().join("sub/f"), std::fs::Permissions::from_mode(0o400)).unwrap();
+        std::os::unix::fs::symlink("sub/f", d.path().join("link")).unwrap();
+        set_group_ownership(d.path(), 2000, true).unwrap();
+        let m = |p: &str| std::fs::symlink_metadata(d.path().join(p)).unwrap();
+        assert_eq!(m("sub/f").gid(), 2000);
+        assert_eq!(m("sub/f").mode() & 0o7777, 0o440, "read-only volumes get group read");
+        assert_eq!(m("sub").mode() & 0o2000, 0o2000, "directories get setgid");
+        assert_eq!(m("link").gid(), 2000, "symlinks are re-owned, not followed");
+        assert!(owned_by_group(d.path(), 2000) && !owned_by_group(d.path(), 3000));
+        set_group_ownership(d.path(), 2000, false).unwrap();
+        assert_eq!(m("sub/f").mode() & 0o7777, 0o660);
+    }
 
     #[test]
     fn atomic_writes_switch_data_and_prune() {
