@@ -72,6 +72,13 @@ pub fn apply(obj: &mut Object) {
                 p.protocol.get_or_insert_with(|| "TCP".into());
             }
         }
+        Object::PersistentVolume(pv) => {
+            pv.spec.persistent_volume_reclaim_policy.get_or_insert_with(|| "Retain".into());
+            pv.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+        }
+        Object::PersistentVolumeClaim(c) => {
+            c.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+        }
         Object::Namespace(_)
         | Object::ConfigMap(_)
         | Object::Node(_)

@@ -6,6 +6,7 @@ use crate::kinds::batch::{CronJob, HorizontalPodAutoscaler, Job};
 use crate::kinds::cluster::{Endpoints, Event, Lease, Node};
 use crate::kinds::core::{ConfigMap, Namespace, Secret, Service};
 use crate::kinds::pod::Pod;
+use crate::kinds::storage::{PersistentVolume, PersistentVolumeClaim};
 use crate::meta::ObjectMeta;
 
 /// How a kind is named and served.
@@ -80,6 +81,8 @@ pub const KINDS: &[KindInfo] = &[
     kind("Service", "", "v1", "services", &["svc"], true),
     kind("Endpoints", "", "v1", "endpoints", &["ep"], true),
     kind("Event", "", "v1", "events", &["ev"], true),
+    kind("PersistentVolume", "", "v1", "persistentvolumes", &["pv"], false),
+    kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", &["pvc"], true),
     kind("Deployment", "apps", "v1", "deployments", &["deploy"], true),
     kind("ReplicaSet", "apps", "v1", "replicasets", &["rs"], true),
     kind("Job", "batch", "v1", "jobs", &[], true),
@@ -150,6 +153,8 @@ objects! {
     Service(Service),
     Endpoints(Endpoints),
     Event(Event),
+    PersistentVolume(PersistentVolume),
+    PersistentVolumeClaim(PersistentVolumeClaim),
     Deployment(Deployment),
     ReplicaSet(ReplicaSet),
     Job(Job),

@@ -127,6 +127,13 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 }
             }
         }
+        Object::PersistentVolume(pv) => persistent_volume(&pv.spec, &mut e),
+        Object::PersistentVolumeClaim(c) => {
+            access_modes(&c.spec.access_modes, "spec.accessModes", &mut e);
+            if !c.spec.resources.as_ref().is_some_and(|r| r.requests.contains_key("storage")) {
+                e.add("spec.resources.requests.storage", "Required value");
+            }
+        }
         Object::Lease(l) => {
             if l.spec.lease_duration_seconds.is_some_and(|d| d <= 0) {
                 e.add("spec.leaseDurationSeconds", "Invalid value: must be greater than 0");
@@ -135,6 +142,58 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
         Object::Namespace(_) | Object::Event(_) => {}
     }
     e.into_result()
+}
+
+const ACCESS_MODES: [&str; 4] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+
+fn access_modes(modes: &[String], path: &str, e: &mut Errors) {
+    if modes.is_empty() {
+        e.add(path, "Required value: at least 1 access mode is required");
+    }
+    for (i, m) in modes.iter().enumerate() {
+        if !ACCESS_MODES.contains(&m.as_str()) {
+            e.add(
+                format!("{path}[{i}]"),
+                format!("Unsupported value: {m:?}: supported values: {}", quoted(&ACCESS_MODES)),
+            );
+        }
+    }
+}
+
+fn quoted(values: &[&str]) -> String {
+    values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+}
+
+fn persistent_volume(s: &crate::kinds::storage::PersistentVolumeSpec, e: &mut Errors) {
+    access_modes(&s.access_modes, "spec.accessModes", e);
+    if !s.capacity.contains_key("storage") {
+        e.add("spec.capacity.storage", "Required value");
+    }
+    match (&s.local, &s.host_path) {
+        (None, None) => e.add("spec", "Required value: must specify a volume type (local or hostPath)"),
+        (Some(_), Some(_)) => e.add("spec", "Forbidden: may not specify more than 1 volume type"),
+        (Some(l), None) => {
+            if !l.path.starts_with('/') {
+                e.add("spec.local.path", format!("Invalid value: {:?}: must be an absolute path", l.path));
+            }
+            if s.node_affinity.as_ref().is_none_or(|a| a.required.is_none()) {
+                e.add("spec.nodeAffinity", "Required value: Local volume requires node affinity");
+            }
+        }
+        (None, Some(h)) => {
+            if !h.path.starts_with('/') {
+                e.add("spec.hostPath.path", format!("Invalid value: {:?}: must be an absolute path", h.path));
+            }
+        }
+    }
+    if let Some(p) = s.persistent_volume_reclaim_policy.as_deref() {
+        if !["Retain", "Delete"].contains(&p) {
+            e.add(
+                "spec.persistentVolumeReclaimPolicy",
+                format!("Unsupported value: {p:?}: supported values: \"Delete\", \"Retain\""),
+            );
+        }
+    }
 }
 
 fn job_spec(s: &crate::kinds::batch::JobSpec, path: &str, e: &mut Errors) {
@@ -396,7 +455,13 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
             v.secret.is_some(),
             v.host_path.is_some(),
             v.downward_api.is_some(),
+            v.persistent_volume_claim.is_some(),
         ];
+        if let Some(c) = &v.persistent_volume_claim {
+            if c.claim_name.is_empty() {
+                e.add(format!("{vpath}.persistentVolumeClaim.claimName"), "Required value");
+            }
+        }
         match sources.iter().filter(|s| **s).count() {
             0 => e.add(vpath, "Required value: must specify a volume type"),
             1 => {}
@@ -569,6 +634,39 @@ mod tests {
     }
 
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+
+    #[test]
+    fn volumes_and_claims() {
+        let pv = "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: v}\nspec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteOnce]\n  local: {path: /d}\n  nodeAffinity: {required: {nodeSelectorTerms: [{matchFields: [{key: metadata.name, operator: In, values: [n]}]}]}}\n";
+        assert!(load(pv).is_ok());
+        check(&pv.replace("  nodeAffinity", "  x-nodeAffinity").replace("x-nodeAffinity: {required: {nodeSelectorTerms: [{matchFields: [{key: metadata.name, operator: In, values: [n]}]}]}}\n", ""),
+            "spec.nodeAffinity: Required value: Local volume requires node affinity");
+        check(
+            &pv.replace("ReadWriteOnce", "ReadWriteSometimes"),
+            "spec.accessModes[0]: Unsupported value: \"ReadWriteSometimes\"",
+        );
+        check(
+            &pv.replace("capacity: {storage: 1Gi}", "capacity: {}"),
+            "spec.capacity.storage: Required value",
+        );
+        check(
+            &pv.replace("path: /d", "path: d"),
+            "spec.local.path: Invalid value: \"d\": must be an absolute path",
+        );
+        let pvc = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n";
+        assert!(load(pvc).is_ok());
+        check(
+            &pvc.replace("requests: {storage: 1Gi}", "requests: {}"),
+            "spec.resources.requests.storage: Required value",
+        );
+        check(
+            &POD.replace(
+                "image: busybox",
+                "image: busybox\n  volumes: [{name: d, persistentVolumeClaim: {claimName: ''}}]",
+            ),
+            "spec.volumes[0].persistentVolumeClaim.claimName: Required value",
+        );
+    }
 
     #[test]
     fn pods() {

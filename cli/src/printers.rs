@@ -76,6 +76,21 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "HorizontalPodAutoscaler" => {
             vec!["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]
         }
+        "PersistentVolume" => {
+            vec![
+                "NAME",
+                "CAPACITY",
+                "ACCESS MODES",
+                "RECLAIM POLICY",
+                "STATUS",
+                "CLAIM",
+                "STORAGECLASS",
+                "AGE",
+            ]
+        }
+        "PersistentVolumeClaim" => {
+            vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"]
+        }
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -95,7 +110,48 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
     let name = s(&obj["metadata"]["name"]);
     let st = &obj["status"];
     let spec = &obj["spec"];
+    // kubectl's short access modes: RWO, ROX, RWX, RWOP.
+    let modes = |v: &Value| -> String {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str())
+            .map(|m| match m {
+                "ReadWriteOnce" => "RWO",
+                "ReadOnlyMany" => "ROX",
+                "ReadWriteMany" => "RWX",
+                "ReadWriteOncePod" => "RWOP",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let mut r = match kind {
+        "PersistentVolume" => {
+            let claim = match (spec["claimRef"]["namespace"].as_str(), spec["claimRef"]["name"].as_str()) {
+                (Some(ns), Some(c)) => format!("{ns}/{c}"),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                s(&spec["capacity"]["storage"]),
+                modes(&spec["accessModes"]),
+                s(&spec["persistentVolumeReclaimPolicy"]),
+                st["phase"].as_str().unwrap_or("Pending").to_string(),
+                claim,
+                s(&spec["storageClassName"]),
+                age(obj, now),
+            ]
+        }
+        "PersistentVolumeClaim" => vec![
+            name,
+            st["phase"].as_str().unwrap_or("Pending").to_string(),
+            s(&spec["volumeName"]),
+            s(&st["capacity"]["storage"]),
+            modes(&st["accessModes"]),
+            s(&spec["storageClassName"]),
+            age(obj, now),
+        ],
         "Pod" => {
             let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
             let total = spec["containers"].as_array().map_or(0, Vec::len);

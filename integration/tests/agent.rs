@@ -706,3 +706,127 @@ fn an_agent_joins_a_remote_control_plane_with_the_token() {
     });
     assert!(logged, "{:?}", cp.tug(&["logs", "web"]));
 }
+
+#[test]
+fn a_claim_binds_a_local_volume_whose_data_outlives_its_pods() {
+    let (_cluster, cp, agent) = setup();
+    let dir = tempfile::Builder::new().prefix("tug-pv").tempdir().unwrap();
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: tug-it-local}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  local: {{path: "{path}"}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [tug-it-node0]}}]
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: tug-it-too-small}}
+spec:
+  capacity: {{storage: 100Mi}}
+  accessModes: [ReadWriteOnce]
+  hostPath: {{path: /nonexistent/tug-it}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 500Mi}}}}
+"#,
+            path = dir.path().display()
+        ),
+    );
+    let mut pvc = Value::Null;
+    let bound = wait_for(Duration::from_secs(20), || {
+        pvc = get(&cp, &["pvc", "data"]).unwrap_or(Value::Null);
+        pvc["status"]["phase"] == "Bound"
+    });
+    assert!(bound, "the claim was not bound: {pvc:#}");
+    assert_eq!(pvc["spec"]["volumeName"], "tug-it-local", "the smallest volume that fits");
+    assert_eq!(pvc["status"]["capacity"]["storage"], "1Gi");
+    let pv = get(&cp, &["pv", "tug-it-local"]).unwrap();
+    assert_eq!(pv["status"]["phase"], "Bound");
+    assert_eq!(pv["spec"]["claimRef"]["name"], "data");
+    let table = text(&cp.tug(&["get", "pv"])).0;
+    assert!(
+        table.contains("ACCESS MODES")
+            && table
+                .lines()
+                .any(|l| l.contains("tug-it-local") && l.contains("RWO") && l.contains("default/data")),
+        "{table}"
+    );
+
+    let pod = |name: &str, cmd: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
+  containers:
+  - name: c
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "{cmd}"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+"#
+        )
+    };
+    apply(&cp, &pod("writer", "echo written by $(hostname) > /data/file"));
+    wait_pod(&cp, &agent, "writer", 60, "Succeeded", |p| p["status"]["phase"] == "Succeeded");
+    assert!(cp.tug(&["delete", "pod", "writer"]).status.success());
+    apply(&cp, &pod("reader", "cat /data/file"));
+    wait_pod(&cp, &agent, "reader", 60, "Succeeded", |p| p["status"]["phase"] == "Succeeded");
+    assert_eq!(text(&cp.tug(&["logs", "reader"])).0, "written by writer\n", "the data outlived its pod");
+    assert_eq!(std::fs::read_to_string(dir.path().join("file")).unwrap(), "written by writer\n");
+
+    // A claim that does not exist holds its pod back, and says so.
+    apply(&cp, &pod("waiting", "true").replace("claimName: data", "claimName: missing"));
+    wait_pod(&cp, &agent, "waiting", 20, "unschedulable for its claim", |p| {
+        p["status"]["conditions"].as_array().into_iter().flatten().any(|c| {
+            c["type"] == "PodScheduled"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("persistentvolumeclaim \"missing\" not found"))
+        })
+    });
+    // Made afterwards (and bound to nothing: no volume is left that fits), it still waits.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: missing}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 5Gi}}}\n",
+    );
+    wait_pod(&cp, &agent, "waiting", 20, "waiting for the claim to be bound", |p| {
+        p["status"]["conditions"].as_array().into_iter().flatten().any(|c| {
+            c["type"] == "PodScheduled"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("unbound immediate PersistentVolumeClaims"))
+        })
+    });
+
+    // The claim deleted: its volume is Released (Retain), its data kept.
+    for p in ["reader", "waiting"] {
+        assert!(cp.tug(&["delete", "pod", p]).status.success());
+    }
+    assert!(cp.tug(&["delete", "pvc", "data"]).status.success());
+    let released = wait_for(Duration::from_secs(20), || {
+        get(&cp, &["pv", "tug-it-local"]).is_some_and(|pv| pv["status"]["phase"] == "Released")
+    });
+    assert!(released, "{:?}", get(&cp, &["pv", "tug-it-local"]));
+    assert!(dir.path().join("file").exists());
+    for pv in ["tug-it-local", "tug-it-too-small"] {
+        assert!(cp.tug(&["delete", "pv", pv]).status.success());
+    }
+    assert!(cp.tug(&["delete", "pvc", "missing"]).status.success());
+}

@@ -576,7 +576,15 @@ async fn launch(
     let vols = volumes::prepare(&ctx.api, pod, &sandbox.pod_dir, rec.ip.as_deref().unwrap_or(""), &host_ip)
         .await
         .map_err(|e| ("CreateContainerConfigError", e))?;
-    let vmounts = volumes::mounts(c, &vols).map_err(|e| ("CreateContainerConfigError", e))?;
+    // A claim mounted `readOnly` in the pod's volume is read-only in every container.
+    let read_only: Vec<String> = pod
+        .spec
+        .volumes
+        .iter()
+        .filter(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true)))
+        .map(|v| v.name.clone())
+        .collect();
+    let vmounts = volumes::mounts(c, &vols, &read_only).map_err(|e| ("CreateContainerConfigError", e))?;
     let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
     let oci = spec::oci_spec(pod, c, config, &rootfs, &sandbox, id, resolved, vmounts, seccomp)
         .map_err(|e| ("CreateContainerConfigError", e))?;

@@ -250,6 +250,9 @@ async fn volume(
         }
         return Ok(p);
     }
+    if let Some(c) = &v.persistent_volume_claim {
+        return claimed(api, ns, &c.claim_name).await;
+    }
     let d = dir(pod_dir, &v.name);
     std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     if let Some(e) = &v.empty_dir {
@@ -306,6 +309,41 @@ async fn volume(
     Err("no volume source Tug supports".into())
 }
 
+/// The directory of the volume a claim is bound to: a `local` volume's path, which must
+/// exist on this node (the scheduler put the pod here by the volume's node affinity), or a
+/// `hostPath` volume's (made when its type says so). The data outlives the pod: nothing here
+/// removes it.
+async fn claimed(api: &Client, ns: &str, claim: &str) -> Result<PathBuf, String> {
+    let pvc = crate::api::get(api, &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"))
+        .await?
+        .ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
+    let name = pvc["spec"]["volumeName"]
+        .as_str()
+        .filter(|_| pvc["status"]["phase"] == "Bound")
+        .ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound"))?;
+    let pv = crate::api::get(api, &format!("/api/v1/persistentvolumes/{name}"))
+        .await?
+        .ok_or_else(|| format!("persistentvolume {name:?} of claim {claim:?} not found"))?;
+    if let Some(p) = pv["spec"]["local"]["path"].as_str() {
+        let path = PathBuf::from(p);
+        if !path.is_dir() {
+            return Err(format!("persistentvolume {name:?}: local path {p} is not a directory on this node"));
+        }
+        return Ok(path);
+    }
+    if let Some(p) = pv["spec"]["hostPath"]["path"].as_str() {
+        let path = PathBuf::from(p);
+        if !path.exists() && pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate" {
+            std::fs::create_dir_all(&path).map_err(|e| format!("{p}: {e}"))?;
+        }
+        if !path.exists() {
+            return Err(format!("persistentvolume {name:?}: hostPath {p} does not exist on this node"));
+        }
+        return Ok(path);
+    }
+    Err(format!("persistentvolume {name:?} has no local or hostPath source"))
+}
+
 /// `key="value"` lines, as the downward API writes labels and annotations.
 fn lines(m: &BTreeMap<String, String>) -> String {
     m.iter().map(|(k, v)| format!("{k}={v:?}\n")).collect()
@@ -315,6 +353,7 @@ fn lines(m: &BTreeMap<String, String>) -> String {
 pub fn mounts(
     c: &tug_api::kinds::pod::Container,
     volumes: &BTreeMap<String, PathBuf>,
+    read_only_volumes: &[String],
 ) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     for m in &c.volume_mounts {
@@ -331,7 +370,7 @@ pub fn mounts(
             None => base.clone(),
         };
         let mut options = vec!["rbind", "rprivate"];
-        if m.read_only.unwrap_or(false) {
+        if m.read_only.unwrap_or(false) || read_only_volumes.contains(&m.name) {
             options.push("ro");
         }
         out.push(serde_json::json!({"destination": m.mount_path, "type": "bind", "source": source, "options": options}));

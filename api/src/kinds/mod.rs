@@ -5,3 +5,4 @@ pub mod batch;
 pub mod cluster;
 pub mod core;
 pub mod pod;
+pub mod storage;

@@ -369,6 +369,8 @@ pub struct Volume {
     pub host_path: Option<HostPathVolume>,
     #[serde(default, rename = "downwardAPI", skip_serializing_if = "Option::is_none")]
     pub downward_api: Option<DownwardApiVolume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<super::storage::ClaimVolumeSource>,
 }
 
 /// Files holding the pod's own fields (the downward API).

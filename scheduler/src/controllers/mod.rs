@@ -23,6 +23,7 @@ pub mod job;
 pub mod nodes;
 pub mod replicaset;
 pub mod runtime;
+pub mod volumes;
 
 use crate::store::{Store, StoreError, Stored};
 use serde::de::DeserializeOwned;
@@ -147,6 +148,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(cronjob::CronJobs), 1),
         (Arc::new(gc::Collector), 1),
         (Arc::new(nodes::NodeLifecycle::new(settings)), 1),
+        (Arc::new(volumes::VolumeBinder), 1),
     ];
     controllers
         .into_iter()

@@ -128,8 +128,47 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             .cmp(&a.0.priority)
             .then_with(|| a.1.metadata.creation_timestamp.cmp(&b.1.metadata.creation_timestamp))
     });
+    // Pods with claims: the claims and volumes, read once per round when any pod needs them.
+    let volumes = if pending
+        .iter()
+        .any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.persistent_volume_claim.is_some()))
+    {
+        let (claims, _) = store.list(crate::controllers::volumes::CLAIMS)?;
+        let (pvs, _) = store.list(crate::controllers::volumes::VOLUMES)?;
+        let mut v = super::volumes::Volumes::default();
+        for c in claims {
+            if let Ok(c) = serde_json::from_value::<tug_api::kinds::storage::PersistentVolumeClaim>(c.object)
+            {
+                v.claims.insert(
+                    format!("{}/{}", c.metadata.namespace.as_deref().unwrap_or("default"), c.metadata.name),
+                    c,
+                );
+            }
+        }
+        for pv in pvs {
+            if let Ok(pv) = serde_json::from_value::<tug_api::kinds::storage::PersistentVolume>(pv.object) {
+                v.volumes.insert(pv.metadata.name.clone(), pv);
+            }
+        }
+        v
+    } else {
+        super::volumes::Volumes::default()
+    };
     let mut out = Round::default();
-    for (info, _, stored) in pending {
+    for (mut info, pod, stored) in pending {
+        match super::volumes::constrain(pod, &volumes) {
+            Ok(None) => {}
+            Ok(Some(pinned)) => info = PodInfo::new(&pinned),
+            Err(why) => {
+                out.unschedulable += 1;
+                let message = format!("0/{} nodes are available: {why}.", nodes.len());
+                match mark_unschedulable(store, stored, &message) {
+                    Ok(()) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+        }
         match engine.schedule(&info, &snap) {
             Ok(node) => {
                 match reserve(store, &mut reservations, &node, &info) {
@@ -304,7 +343,7 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
     }
 }
 
-/// Returns after the first change to pods or nodes past `rev` (then a short pause so a burst
+/// Returns after the first change to pods, nodes or claims past `rev` (then a short pause so a burst
 /// is one round), or after `resync`.
 async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
     let Ok(mut pods) = store.watch(PODS, rev) else {
@@ -315,9 +354,15 @@ async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     };
+    // A claim getting bound frees the pods waiting for it.
+    let Ok(mut claims) = store.watch(crate::controllers::volumes::CLAIMS, rev) else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    };
     tokio::select! {
         _ = pods.next() => {}
         _ = nodes.next() => {}
+        _ = claims.next() => {}
         _ = tokio::time::sleep(resync) => {}
     }
     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -12,3 +12,4 @@ pub mod engine;
 pub mod filters;
 pub mod scores;
 pub mod snapshot;
+pub mod volumes;
