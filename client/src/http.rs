@@ -80,17 +80,6 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
         auth: Option<&str>,
-    ) -> Result<Response<Incoming>, CallError> {
-        self.send_with(method, path, content_type, body, auth, None).await
-    }
-
-    async fn send_with(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-        auth: Option<&str>,
         upgrade: Option<&str>,
     ) -> Result<Response<Incoming>, CallError> {
         let refused = |e: std::io::Error| {
@@ -138,7 +127,7 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(Value, hyper::HeaderMap), CallError> {
-        read_json(self.send(method, path, content_type, body, None).await?).await
+        read_json(self.send(method, path, content_type, body, None, None).await?).await
     }
 
     /// A JSON call with an `Authorization` header (`POST /join`).
@@ -149,7 +138,9 @@ impl Client {
         body: Vec<u8>,
         auth: &str,
     ) -> Result<Value, CallError> {
-        read_json(self.send(method, path, "application/json", body, Some(auth)).await?).await.map(|r| r.0)
+        read_json(self.send(method, path, "application/json", body, Some(auth), None).await?)
+            .await
+            .map(|r| r.0)
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CallError> {
@@ -164,7 +155,7 @@ impl Client {
         path: &str,
         protocol: &str,
     ) -> Result<TokioIo<hyper::upgrade::Upgraded>, CallError> {
-        let resp = self.send_with(method, path, "application/json", Vec::new(), None, Some(protocol)).await?;
+        let resp = self.send(method, path, "application/json", Vec::new(), None, Some(protocol)).await?;
         if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
             let code = resp.status();
             read_json(resp).await?;
@@ -181,7 +172,7 @@ impl Client {
     /// A GET whose answer is a stream of bytes (`pods/NAME/log`): `each` gets every piece as
     /// it arrives, until the server ends it or `each` says stop.
     pub async fn stream(&self, path: &str, mut each: impl FnMut(&[u8]) -> bool) -> Result<(), CallError> {
-        let resp = self.send(Method::GET, path, "application/json", Vec::new(), None).await?;
+        let resp = self.send(Method::GET, path, "application/json", Vec::new(), None, None).await?;
         if !resp.status().is_success() {
             return read_json(resp).await.map(drop);
         }
@@ -199,7 +190,7 @@ impl Client {
 
     /// A watch: calls `each` with every event object until the stream ends or `each` says stop.
     pub async fn watch(&self, path: &str, mut each: impl FnMut(&Value) -> bool) -> Result<(), CallError> {
-        let resp = self.send(Method::GET, path, "application/json", Vec::new(), None).await?;
+        let resp = self.send(Method::GET, path, "application/json", Vec::new(), None, None).await?;
         if !resp.status().is_success() {
             return read_json(resp).await.map(drop);
         }

@@ -78,13 +78,7 @@ pub async fn dispatch(
 }
 
 fn parse_query(q: &str) -> HashMap<String, String> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
+    query_pairs(q).into_iter().collect()
 }
 
 /// Every `key=value` of a query in order, repeated keys kept (`command=sh&command=-c`).
