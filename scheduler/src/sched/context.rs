@@ -42,6 +42,41 @@ pub struct PodContext {
     pub owner: Option<u32>,
     /// The owner's replicas per zone id.
     pub owner_zones: Vec<u32>,
+    /// Domains placed pods' required anti-affinity keeps this pod out of: topology key →
+    /// domain values.
+    pub forbidden: HashMap<String, std::collections::HashSet<String>>,
+}
+
+/// The domains whose placed pods' required anti-affinity terms match `pod`.
+fn forbidden(pod: &PodInfo, snap: &Snapshot) -> HashMap<String, std::collections::HashSet<String>> {
+    let mut out: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    if snap.existing_anti.is_empty() {
+        return out;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let candidates = pod
+        .labels
+        .iter()
+        .filter_map(|(k, v)| snap.anti_by_label.get(&(k.clone(), v.clone())))
+        .flatten()
+        .chain(&snap.anti_unanchored);
+    for &id in candidates {
+        if !seen.insert(id) {
+            continue;
+        }
+        let t = &snap.existing_anti[id];
+        let ns_ok = if t.namespaces.is_empty() {
+            t.namespace == pod.namespace
+        } else {
+            t.namespaces.iter().any(|n| *n == pod.namespace)
+        };
+        if ns_ok && t.selector.matches(&pod.labels) {
+            if let Some(d) = snap.nodes[t.node].topology(&t.topology_key) {
+                out.entry(t.topology_key.clone()).or_default().insert(d.to_string());
+            }
+        }
+    }
+    out
 }
 
 fn selector(term_selector: Option<&tug_api::labels::LabelSelector>) -> Result<Selector, String> {
@@ -108,6 +143,7 @@ impl PodContext {
             ..PodContext::default()
         };
         ctx.owner_zones = ctx.owner.and_then(|o| snap.zone_owners.get(&o).cloned()).unwrap_or_default();
+        ctx.forbidden = forbidden(pod, snap);
         let mut term = |t: &PodAffinityTerm| -> Option<DomainCounts> {
             match selector(t.label_selector.as_ref()) {
                 Ok(sel) => Some(count(snap, pod, &t.topology_key, &sel, &t.namespaces)),

@@ -521,6 +521,39 @@ pub(crate) mod tests {
             got[3],
             Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
         );
+        // Symmetry: a pod with no affinity of its own stays out of the hosts whose placed pods'
+        // anti-affinity matches it.
+        let loner = pod(
+            "loner",
+            "1m",
+            "1",
+            json!({"metadata": {"labels": {"app": "noisy"}}, "spec": {"nodeName": "a1", "affinity": {"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "topology.kubernetes.io/zone"}]
+            }}}}),
+        );
+        let mut snap = Snapshot::from_objects(&nodes, &[loner]);
+        let web = |n: &str| pod(n, "1m", "1", json!({"metadata": {"labels": {"app": "web"}}}));
+        assert_eq!(
+            place_all(&mut e, &mut snap, &[web("w0"), web("w1")]),
+            [Ok("b1".to_string()), Ok("b1".to_string())]
+        );
+        let only_a = [node("a1", "8", "16Gi", zone("a"))];
+        let mut snap = Snapshot::from_objects(
+            &only_a,
+            &[pod(
+                "loner",
+                "1m",
+                "1",
+                json!({"metadata": {"labels": {"app": "noisy"}}, "spec": {"nodeName": "a1", "affinity": {"podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]
+                }}}}),
+            )],
+        );
+        assert_eq!(
+            place_all(&mut e, &mut snap, &[web("w2")]),
+            [Err("0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+                .to_string())]
+        );
         // Affinity: next to the cache, in its zone.
         let cache = pod(
             "cache",

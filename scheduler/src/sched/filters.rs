@@ -18,6 +18,7 @@ pub enum Reason {
     Ports,
     Affinity,
     AntiAffinity,
+    ExistingAntiAffinity,
     SpreadMissingLabel,
     Spread,
 }
@@ -34,6 +35,9 @@ impl std::fmt::Display for Reason {
             Reason::Ports => f.write_str("node(s) didn't have free ports for the requested pod ports"),
             Reason::Affinity => f.write_str("node(s) didn't match pod affinity rules"),
             Reason::AntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
             Reason::SpreadMissingLabel => {
                 f.write_str("node(s) didn't match pod topology spread constraints (missing required label)")
             }
@@ -123,8 +127,15 @@ impl Filter for InterPodAffinity {
         if !affinity_ok {
             reasons.push(Reason::Affinity);
         }
+        // One anti-affinity reason per node, the pod's own first (as kube-scheduler says it).
         if ctx.anti_affinity.iter().any(|t| in_domain(t).is_some_and(|n| n > 0)) {
             reasons.push(Reason::AntiAffinity);
+        } else if ctx
+            .forbidden
+            .iter()
+            .any(|(key, domains)| node.topology(key).is_some_and(|d| domains.contains(d)))
+        {
+            reasons.push(Reason::ExistingAntiAffinity);
         }
     }
 }

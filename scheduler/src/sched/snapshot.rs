@@ -261,9 +261,26 @@ impl NodeInfo {
     }
 }
 
+/// A placed pod's required anti-affinity term: it keeps the pods it matches out of its
+/// topology domain (the symmetric half of anti-affinity).
+#[derive(Debug, Clone)]
+pub struct ExistingAnti {
+    pub node: usize,
+    /// The placed pod's namespace (the term's default namespace).
+    pub namespace: String,
+    pub topology_key: String,
+    pub selector: tug_api::labels::Selector,
+    pub namespaces: Vec<String>,
+}
+
 /// Every node, and the pods assigned to each already counted in.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Placed pods' required anti-affinity terms, and an index of them by a label an incoming
+    /// pod must carry to match (terms without such a label are in `anti_unanchored`).
+    pub existing_anti: Vec<ExistingAnti>,
+    pub anti_by_label: HashMap<(String, String), Vec<usize>>,
+    pub anti_unanchored: Vec<usize>,
     pub nodes: Vec<NodeInfo>,
     index: HashMap<String, usize>,
     /// Owner uids → small ids.
@@ -282,6 +299,9 @@ pub struct Snapshot {
 impl Clone for Snapshot {
     fn clone(&self) -> Snapshot {
         Snapshot {
+            existing_anti: self.existing_anti.clone(),
+            anti_by_label: self.anti_by_label.clone(),
+            anti_unanchored: self.anti_unanchored.clone(),
             nodes: self.nodes.clone(),
             index: self.index.clone(),
             owner_ids: self.owner_ids.clone(),
@@ -304,6 +324,9 @@ impl Snapshot {
             n.zone_id = n.zone.as_ref().and_then(|z| zones.binary_search(z).ok());
         }
         Snapshot {
+            existing_anti: Vec::new(),
+            anti_by_label: HashMap::new(),
+            anti_unanchored: Vec::new(),
             nodes,
             index,
             owner_ids: HashMap::new(),
@@ -366,6 +389,35 @@ impl Snapshot {
             *self.owner_ids.entry(o.clone()).or_insert(next)
         });
         self.nodes[i].assume(pod, owner);
+        for t in pod.affinity.pod_anti_affinity.iter().flat_map(|a| &a.required) {
+            let Some(sel) = t.label_selector.as_ref().and_then(|s| s.to_selector("labelSelector").ok())
+            else {
+                continue;
+            };
+            let id = self.existing_anti.len();
+            let anchor = sel.requirements.iter().find_map(|r| match r {
+                tug_api::labels::Requirement::Equals(k, v) => Some(vec![(k.clone(), v.clone())]),
+                tug_api::labels::Requirement::In(k, vs) => {
+                    Some(vs.iter().map(|v| (k.clone(), v.clone())).collect())
+                }
+                _ => None,
+            });
+            match anchor {
+                Some(pairs) => {
+                    for pair in pairs {
+                        self.anti_by_label.entry(pair).or_default().push(id);
+                    }
+                }
+                None => self.anti_unanchored.push(id),
+            }
+            self.existing_anti.push(ExistingAnti {
+                node: i,
+                namespace: pod.namespace.clone(),
+                topology_key: t.topology_key.clone(),
+                selector: sel,
+                namespaces: t.namespaces.clone(),
+            });
+        }
         if let (Some(o), Some(z)) = (owner, self.nodes[i].zone_id) {
             let zones = self.zones.len();
             let counts = self.zone_owners.entry(o).or_insert_with(|| vec![0; zones]);
