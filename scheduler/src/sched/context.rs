@@ -68,7 +68,7 @@ fn forbidden(pod: &PodInfo, snap: &Snapshot) -> HashMap<String, std::collections
         let ns_ok = if t.namespaces.is_empty() {
             t.namespace == pod.namespace
         } else {
-            t.namespaces.iter().any(|n| *n == pod.namespace)
+            t.namespaces.contains(&pod.namespace)
         };
         if ns_ok && t.selector.matches(&pod.labels) {
             if let Some(d) = snap.nodes[t.node].topology(&t.topology_key) {
