@@ -76,6 +76,9 @@ pub fn apply(obj: &mut Object) {
             pv.spec.persistent_volume_reclaim_policy.get_or_insert_with(|| "Retain".into());
             pv.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
         }
+        Object::PriorityClass(pc) => {
+            pc.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
+        }
         Object::PersistentVolumeClaim(c) => {
             c.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
         }

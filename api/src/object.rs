@@ -3,7 +3,7 @@
 
 use crate::kinds::apps::{Deployment, ReplicaSet};
 use crate::kinds::batch::{CronJob, HorizontalPodAutoscaler, Job};
-use crate::kinds::cluster::{Endpoints, Event, Lease, Node};
+use crate::kinds::cluster::{Endpoints, Event, Lease, Node, PriorityClass};
 use crate::kinds::core::{ConfigMap, Namespace, Secret, Service};
 use crate::kinds::pod::Pod;
 use crate::kinds::storage::{PersistentVolume, PersistentVolumeClaim};
@@ -89,6 +89,7 @@ pub const KINDS: &[KindInfo] = &[
     kind("CronJob", "batch", "v1", "cronjobs", &["cj"], true),
     kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", &["hpa"], true),
     kind("Lease", "coordination.k8s.io", "v1", "leases", &[], true),
+    kind("PriorityClass", "scheduling.k8s.io", "v1", "priorityclasses", &["pc"], false),
 ];
 
 /// Finds a kind by its kind name, plural, singular or short name, case-insensitively
@@ -161,6 +162,7 @@ objects! {
     CronJob(CronJob),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     Lease(Lease),
+    PriorityClass(PriorityClass),
 }
 
 impl Object {

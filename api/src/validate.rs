@@ -128,6 +128,38 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             }
         }
         Object::PersistentVolume(pv) => persistent_volume(&pv.spec, &mut e),
+        Object::PriorityClass(pc) => {
+            let system =
+                crate::kinds::cluster::SYSTEM_PRIORITY_CLASSES.iter().any(|(n, _)| *n == pc.metadata.name);
+            if pc.metadata.name.starts_with("system-") && !system {
+                e.add(
+                    "metadata.name",
+                    format!(
+                        "Invalid value: {:?}: priority class names with 'system-' prefix are reserved",
+                        pc.metadata.name
+                    ),
+                );
+            }
+            if !system && pc.value > 1_000_000_000 {
+                e.add(
+                    "value",
+                    format!(
+                        "Invalid value: {}: maximum allowed value of a user defined priority is 1000000000",
+                        pc.value
+                    ),
+                );
+            }
+            if let Some(p) = pc.preemption_policy.as_deref() {
+                if !["PreemptLowerPriority", "Never"].contains(&p) {
+                    e.add(
+                        "preemptionPolicy",
+                        format!(
+                            "Unsupported value: {p:?}: supported values: \"Never\", \"PreemptLowerPriority\""
+                        ),
+                    );
+                }
+            }
+        }
         Object::PersistentVolumeClaim(c) => {
             access_modes(&c.spec.access_modes, "spec.accessModes", &mut e);
             if !c.spec.resources.as_ref().is_some_and(|r| r.requests.contains_key("storage")) {

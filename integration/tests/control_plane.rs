@@ -495,3 +495,48 @@ fn pods_are_placed_on_nodes_that_fit_and_retried_when_a_node_joins() {
     assert_eq!(scheduled("huge").as_deref(), Some("big"));
     assert_eq!(condition("huge")["status"], "True");
 }
+
+#[test]
+fn priority_classes_give_pods_their_priority() {
+    let cp = ControlPlane::start();
+    let table = out(&cp.tug(&["get", "priorityclasses"]));
+    assert!(table.contains("system-node-critical") && table.contains("system-cluster-critical"), "{table}");
+    let apply = |yaml: &str| cp.tug_with_input(&["apply", "-f", "-"], yaml);
+    let pod = |name: &str, class: Option<&str>| {
+        let class = class.map(|c| format!("\n  priorityClassName: {c}")).unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:{class}\n  containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    let o = apply(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\npreemptionPolicy: Never\n",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(apply(&pod("urgent", Some("high"))).status.success());
+    let p = cp.get_json(&["pod", "urgent"]).unwrap();
+    assert_eq!(
+        (p["spec"]["priority"].clone(), p["spec"]["preemptionPolicy"].clone()),
+        (1000.into(), "Never".into())
+    );
+    // Applied again, nothing changes: admission's fields are the server's.
+    assert!(out(&apply(&pod("urgent", Some("high")))).contains("unchanged"));
+    assert!(err(&apply(&pod("lost", Some("nope")))).contains("no PriorityClass with name nope was found"));
+    let o = apply(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-mine}\nvalue: 2000000000\n",
+    );
+    let e = err(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("'system-' prefix are reserved")
+            && e.contains("maximum allowed value"),
+        "{e}"
+    );
+    // The global default class goes to pods that name none.
+    assert!(apply("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: normal}\nvalue: 7\nglobalDefault: true\n").status.success());
+    assert!(apply(&pod("plain", None)).status.success());
+    let p = cp.get_json(&["pod", "plain"]).unwrap();
+    assert_eq!(
+        (p["spec"]["priority"].clone(), p["spec"]["priorityClassName"].clone()),
+        (7.into(), "normal".into())
+    );
+}

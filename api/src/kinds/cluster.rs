@@ -227,3 +227,30 @@ pub struct LeaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_transitions: Option<i64>,
 }
+
+/// A PriorityClass (`scheduling.k8s.io/v1`): a named priority for pods. The API server
+/// writes its `value` into the `spec.priority` of pods naming it (or of every pod without a
+/// class, for the one `globalDefault` class); the scheduler places higher priorities first
+/// and lets them preempt lower ones, unless `preemptionPolicy: Never`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PriorityClass {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub value: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_default: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption_policy: Option<String>,
+}
+
+/// The classes every cluster has, as Kubernetes ships them.
+pub const SYSTEM_PRIORITY_CLASSES: [(&str, i32); 2] =
+    [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];

@@ -290,8 +290,72 @@ fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     assign_pod_cidr(st, info, &mut obj)?;
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, None)?;
+    admit_pod_priority(st, info, &mut obj)?;
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::CREATED, &stored))
+}
+
+/// Kubernetes' Priority admission for a new Pod: `priorityClassName` must name a
+/// PriorityClass, whose value becomes `spec.priority` (with its `preemptionPolicy`); a pod
+/// naming none gets the `globalDefault` class, if there is one, else priority 0.
+fn admit_pod_priority(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result<(), Status> {
+    if info.kind != "Pod" {
+        return Ok(());
+    }
+    let Some(pcs) = tug_api::object::lookup("priorityclasses") else { return Ok(()) };
+    let (classes, _) =
+        blocking(|| st.store.list(&path::prefix(pcs, None))).map_err(|e| store_status(e, pcs, ""))?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let wanted = obj["spec"]["priorityClassName"].as_str().filter(|c| !c.is_empty()).map(str::to_string);
+    let class = match &wanted {
+        Some(c) => {
+            Some(classes.iter().find(|s| s.object["metadata"]["name"] == c.as_str()).ok_or_else(|| {
+                Status::new(
+                    403,
+                    "Forbidden",
+                    format!("pods {name:?} is forbidden: no PriorityClass with name {c} was found"),
+                )
+            })?)
+        }
+        None => classes.iter().find(|s| s.object["globalDefault"] == true),
+    };
+    let (value, policy) = match class {
+        Some(c) => (
+            c.object["value"].as_i64().unwrap_or(0),
+            c.object["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_string(),
+        ),
+        None => (0, "PreemptLowerPriority".to_string()),
+    };
+    if let Some(given) = obj["spec"]["priority"].as_i64() {
+        if given != value {
+            return Err(Status::new(
+                403,
+                "Forbidden",
+                format!(
+                    "pods {name:?} is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                ),
+            ));
+        }
+    }
+    if let Some(c) = class {
+        obj["spec"]["priorityClassName"] = c.object["metadata"]["name"].clone();
+    }
+    obj["spec"]["priority"] = value.into();
+    obj["spec"]["preemptionPolicy"] = policy.into();
+    Ok(())
+}
+
+/// What admission wrote into a Pod stays when a write leaves it out (a re-applied manifest
+/// has no `spec.priority`): a pod's priority is fixed at creation.
+fn keep_admitted(info: &KindInfo, obj: &mut Value, current: &Value) {
+    if info.kind != "Pod" {
+        return;
+    }
+    for f in ["priority", "preemptionPolicy", "priorityClassName"] {
+        if obj["spec"][f].is_null() && !current["spec"][f].is_null() {
+            obj["spec"][f] = current["spec"][f].clone();
+        }
+    }
 }
 
 /// Held while a Service is written: its addresses are chosen by looking at the others.
@@ -382,6 +446,7 @@ fn replace(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let expected = expected_revision(&obj)?;
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
     let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
+    keep_admitted(info, &mut obj, &current.object);
     objects::on_update(&mut obj, &current.object)?;
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
@@ -478,6 +543,9 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
         attempt += 1;
         let mut obj = decoded.clone();
         let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+        if let Some(c) = &current {
+            keep_admitted(info, &mut obj, &c.object);
+        }
         assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
         let result = match current {
             None => {
@@ -487,6 +555,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
                 }
                 let _cidrs = node_cidr_lock(st, info);
                 assign_pod_cidr(st, info, &mut obj)?;
+                admit_pod_priority(st, info, &mut obj)?;
                 blocking(|| st.store.create(&key, obj)).map(|s| (s, Applied::Created))
             }
             Some(cur) if !objects::apply_changes(&obj, &cur.object) => Ok((cur, Applied::Unchanged)),

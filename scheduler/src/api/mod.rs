@@ -103,8 +103,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Makes the namespaces every cluster has (`default`, `tug-system`) if they are missing.
+/// Makes the namespaces every cluster has (`default`, `tug-system`) and the system
+/// PriorityClasses if they are missing.
 pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
+    if let Some(info) = tug_api::object::lookup("priorityclasses") {
+        for (name, value) in tug_api::kinds::cluster::SYSTEM_PRIORITY_CLASSES {
+            let key = path::key(info, None, name);
+            if store.get(&key)?.is_none() {
+                let mut obj = serde_json::json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                    "metadata": {"name": name}, "value": value, "preemptionPolicy": "PreemptLowerPriority",
+                    "description": "Used for system critical pods that must not be moved from their current node."});
+                objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
+                store.create(&key, obj)?;
+            }
+        }
+    }
     for ns in ["default", "tug-system"] {
         let info = tug_api::object::lookup("namespaces").unwrap_or(&tug_api::object::KINDS[0]);
         let key = path::key(info, None, ns);

@@ -113,6 +113,21 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             }
         }
     }
+    // Pods made without the API's admission (by controllers) take their class's priority here.
+    let (class_objs, _) = store.list("scheduling.k8s.io/priorityclasses//")?;
+    let classes: Vec<tug_api::kinds::cluster::PriorityClass> =
+        class_objs.into_iter().filter_map(|s| serde_json::from_value(s.object).ok()).collect();
+    let mut typed = typed;
+    for (p, _) in typed.iter_mut().filter(|(p, _)| p.spec.node_name.is_none() && p.spec.priority.is_none()) {
+        let class = match p.spec.priority_class_name.as_deref() {
+            Some(name) => classes.iter().find(|c| c.metadata.name == name),
+            None => classes.iter().find(|c| c.global_default == Some(true)),
+        };
+        if let Some(c) = class {
+            p.spec.priority = Some(c.value);
+            p.spec.preemption_policy.clone_from(&c.preemption_policy);
+        }
+    }
     let mut pending: Vec<(PodInfo, &Pod, &Stored)> = typed
         .iter()
         .filter(|(p, _)| {
@@ -194,7 +209,8 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
                     Ok(()) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
-                if let Some(p) = engine.preempt(&info, &snap) {
+                let may_preempt = pod.spec.preemption_policy.as_deref() != Some("Never");
+                if let Some(p) = engine.preempt(&info, &snap).filter(|_| may_preempt) {
                     preempt(store, stored, &p)?;
                     out.preempted += p.victims.len();
                 }
@@ -421,6 +437,43 @@ mod tests {
             round_for(store.as_ref(), &mut e, &[name]).unwrap();
         }
         assert_eq!((on("n1"), on("n2")), (10, 10));
+    }
+
+    #[test]
+    fn a_pods_class_gives_its_priority_and_never_means_no_preemption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb"), 1024).unwrap());
+        store
+            .create(
+                "/nodes//n1",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"},
+                           "conditions": [{"type": "Ready", "status": "True"}]}}),
+            )
+            .unwrap();
+        store
+            .create("scheduling.k8s.io/priorityclasses//polite", json!({"apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass", "metadata": {"name": "polite"}, "value": 1000, "preemptionPolicy": "Never"}))
+            .unwrap();
+        store
+            .create("/pods/default/batch", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "batch", "namespace": "default"},
+                "spec": {"nodeName": "n1", "priority": 0, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "900m"}}}]}}))
+            .unwrap();
+        // Made by a controller: no priority filled in, only the class.
+        store
+            .create("/pods/default/web", json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"priorityClassName": "polite", "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "800m"}}}]}}))
+            .unwrap();
+        let mut e = Engine::new(Strategy::LeastAllocated);
+        let r = round(store.as_ref(), &mut e).unwrap();
+        assert_eq!((r.bound, r.unschedulable, r.preempted), (0, 1, 0), "higher, but it never preempts");
+        assert!(store.get("/pods/default/batch").unwrap().is_some());
+        // The same class allowed to preempt: its 1000 outranks the batch pod's 0.
+        let mut class = store.get("scheduling.k8s.io/priorityclasses//polite").unwrap().unwrap();
+        class.object["preemptionPolicy"] = "PreemptLowerPriority".into();
+        store.update(&class.key, class.object, Some(class.revision)).unwrap();
+        let r = round(store.as_ref(), &mut e).unwrap();
+        assert_eq!(r.preempted, 1);
     }
 
     #[test]

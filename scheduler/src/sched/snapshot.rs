@@ -92,8 +92,8 @@ pub fn pod_requests(spec: &PodSpec) -> Resources {
     sum
 }
 
-/// The priority of a built-in priority class (user-defined PriorityClass objects are not served
-/// yet: such pods state `priority` directly).
+/// The priority of a built-in priority class, for a pod whose `spec.priority` nobody filled
+/// in (the API's admission and the scheduler's round fill it from PriorityClass objects).
 pub fn class_priority(class: Option<&str>) -> i32 {
     match class {
         Some("system-node-critical") => 2_000_001_000,
