@@ -169,16 +169,20 @@ impl PodContext {
                 Ok(sel) => {
                     let counts = count(snap, pod, &c.topology_key, &sel, &[]);
                     // Domains without a matching pod count as 0.
-                    let min = snap
-                        .domains(&c.topology_key)
-                        .iter()
-                        .map(|d| counts.counts.get(d).copied().unwrap_or(0))
-                        .min()
-                        .unwrap_or(0);
+                    let domains = snap.domains(&c.topology_key);
+                    let mut min =
+                        domains.iter().map(|d| counts.counts.get(d).copied().unwrap_or(0)).min().unwrap_or(0);
+                    // `minDomains`: fewer domains than that, and the global minimum is 0 — so
+                    // pods stay off full domains until new ones (nodes in other zones) come.
+                    let hard = c.when_unsatisfiable != "ScheduleAnyway";
+                    if hard && c.min_domains.is_some_and(|m| usize::try_from(m).unwrap_or(0) > domains.len())
+                    {
+                        min = 0;
+                    }
                     spread.push(Spread {
                         counts,
                         max_skew: u32::try_from(c.max_skew.max(1)).unwrap_or(1),
-                        hard: c.when_unsatisfiable != "ScheduleAnyway",
+                        hard,
                         min,
                     });
                 }

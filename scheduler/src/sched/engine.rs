@@ -521,6 +521,30 @@ pub(crate) mod tests {
             got[3],
             Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
         );
+        // minDomains: three domains exist but five are wanted, so the minimum counts as 0 and
+        // each zone takes at most maxSkew (1) of the pods.
+        let spread5 = |n: &str| {
+            pod(
+                n,
+                "1m",
+                "1",
+                json!({"metadata": {"labels": {"app": "sharded"}}, "spec": {"topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                     "minDomains": 5, "labelSelector": {"matchLabels": {"app": "sharded"}}}]}}),
+            )
+        };
+        let three_zones = [
+            node("z1", "8", "16Gi", zone("a")),
+            node("z2", "8", "16Gi", zone("b")),
+            node("z3", "8", "16Gi", zone("c")),
+        ];
+        let mut snap = Snapshot::from_objects(&three_zones, &[]);
+        let got = place_all(&mut e, &mut snap, &[spread5("s0"), spread5("s1"), spread5("s2"), spread5("s3")]);
+        assert!(got[..3].iter().all(Result::is_ok), "{got:?}");
+        assert_eq!(
+            got[3],
+            Err("0/3 nodes are available: 3 node(s) didn't match pod topology spread constraints.".into())
+        );
         // Symmetry: a pod with no affinity of its own stays out of the hosts whose placed pods'
         // anti-affinity matches it.
         let loner = pod(
