@@ -221,10 +221,20 @@ fn cgroup_v2_provisioning_installs_configures_and_starts_a_node() {
     // The daemons run the installed binaries with the installed configuration.
     for name in ["scheduler", "agent"] {
         let p = pid(name).unwrap_or_else(|| panic!("no pid file for {name}"));
-        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap();
+        // The script returns as soon as it has started the agent, which may still be in the
+        // middle of its execve (its exe already switched, its arguments not yet there).
+        let cmdline_of = || std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        tug_integration::wait_for(Duration::from_secs(30), || cmdline_of().contains("--config"));
+        let exe = std::fs::read_link(format!("/proc/{p}/exe"))
+            .unwrap_or_else(|e| panic!("tug-{name} (pid {p}) is gone ({e}); its log:\n{}", log(name)));
         assert_eq!(exe, std::path::PathBuf::from(format!("/usr/local/bin/tug-{name}")));
-        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap().replace('\0', " ");
-        assert!(cmdline.contains(&format!("--config /etc/tug/{name}.toml")), "{cmdline}");
+        let cmdline =
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ");
+        assert!(
+            cmdline.contains(&format!("--config /etc/tug/{name}.toml")),
+            "tug-{name} (pid {p}): command line {cmdline:?}; its log:\n{}",
+            log(name)
+        );
     }
     let tug = |args: &[&str]| std::process::Command::new("/usr/local/bin/tug").args(args).output().unwrap();
     let ready = tug_integration::wait_for(Duration::from_secs(120), || {
