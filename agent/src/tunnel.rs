@@ -142,7 +142,7 @@ async fn serve_logs<C: AsyncWrite + Unpin>(
     let last = files.len() - 1;
     let mut current: Option<(std::fs::File, u64)> = None;
     for (i, f) in files.iter().enumerate() {
-        let Ok(mut file) = std::fs::File::open(f) else { continue };
+        let Some((mut file, ino)) = open_with_inode(f) else { continue };
         let mut bytes = Vec::new();
         let _ = std::io::Read::read_to_end(&mut file, &mut bytes);
         pending.extend_from_slice(&bytes);
@@ -150,7 +150,7 @@ async fn serve_logs<C: AsyncWrite + Unpin>(
         text.extend(out);
         pending.drain(..used);
         if i == last {
-            current = Some((file, inode(f)));
+            current = Some((file, ino));
         }
     }
     let shown = match tail_lines {
@@ -170,13 +170,13 @@ async fn serve_logs<C: AsyncWrite + Unpin>(
             got = std::io::Read::read(file, &mut buf).unwrap_or(0);
             if got == 0 && inode(&log) != *ino {
                 // Rotated: the old file is finished (read to its end above); on to the new one.
-                if let Ok(f) = std::fs::File::open(&log) {
-                    current = Some((f, inode(&log)));
+                if let Some(f) = open_with_inode(&log) {
+                    current = Some(f);
                     continue;
                 }
             }
-        } else if let Ok(f) = std::fs::File::open(&log) {
-            current = Some((f, inode(&log)));
+        } else if let Some(f) = open_with_inode(&log) {
+            current = Some(f);
             continue;
         }
         if got > 0 {
@@ -200,6 +200,13 @@ async fn serve_logs<C: AsyncWrite + Unpin>(
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
+}
+
+/// The file opened, with the inode it has (which the path may stop naming when it rotates).
+fn open_with_inode(p: &std::path::Path) -> Option<(std::fs::File, u64)> {
+    let f = std::fs::File::open(p).ok()?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().ok()?);
+    Some((f, ino))
 }
 
 /// The file's inode; 0 when it is not there (no open file has inode 0).

@@ -238,7 +238,8 @@ fn object_key(target: &Target) -> (String, String) {
     }
 }
 
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+/// A store call from a handler: the store blocks (etcd's waits on its own runtime).
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 

@@ -58,8 +58,8 @@ fn list(kind: &str, mut items: Vec<Value>) -> Value {
 /// The names of the nodes, all or one.
 fn nodes(st: &AppState, only: Option<&str>) -> Result<Vec<String>, Status> {
     let info = tug_api::object::lookup("nodes").ok_or_else(|| Status::internal("no nodes kind"))?;
-    let (items, _) =
-        st.store.list(&super::path::prefix(info, None)).map_err(|e| Status::internal(e.to_string()))?;
+    let (items, _) = super::handlers::blocking(|| st.store.list(&super::path::prefix(info, None)))
+        .map_err(|e| Status::internal(e.to_string()))?;
     let names: Vec<String> = items
         .iter()
         .filter_map(|s| s.object["metadata"]["name"].as_str().map(str::to_string))

@@ -102,9 +102,7 @@ pub async fn accept(State(st): State<Arc<AppState>>, Path(node): Path<String>, m
 fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Result<(Target, String), Status> {
     let info = tug_api::object::lookup("pods").ok_or_else(|| Status::internal("no pods kind"))?;
     let key = super::path::key(info, Some(ns), name);
-    let pod: Value = st
-        .store
-        .get(&key)
+    let pod: Value = super::handlers::blocking(|| st.store.get(&key))
         .map_err(|e| Status::internal(e.to_string()))?
         .ok_or_else(|| Status::not_found("pods", name))?
         .object;

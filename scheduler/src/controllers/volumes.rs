@@ -49,18 +49,25 @@ pub fn held_for(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
 /// The volume for a pending claim: one already held for it, else the smallest free one that
 /// satisfies it (ties by name).
 pub fn choose<'a>(pvc: &PersistentVolumeClaim, pvs: &'a [PersistentVolume]) -> Option<&'a PersistentVolume> {
-    if let Some(pv) = pvs.iter().find(|pv| held_for(pv, pvc) && satisfies(pv, pvc)) {
-        return Some(pv);
+    choose_index(pvc, pvs).map(|i| &pvs[i])
+}
+
+/// [`choose`], as the volume's place in `pvs`.
+fn choose_index(pvc: &PersistentVolumeClaim, pvs: &[PersistentVolume]) -> Option<usize> {
+    if let Some(i) = pvs.iter().position(|pv| held_for(pv, pvc) && satisfies(pv, pvc)) {
+        return Some(i);
     }
     pvs.iter()
-        .filter(|pv| {
+        .enumerate()
+        .filter(|(_, pv)| {
             pv.spec.claim_ref.is_none() && pv.metadata.deletion_timestamp.is_none() && satisfies(pv, pvc)
         })
-        .min_by(|a, b| {
+        .min_by(|(_, a), (_, b)| {
             storage(&a.spec.capacity)
                 .cmp(&storage(&b.spec.capacity))
                 .then(a.metadata.name.cmp(&b.metadata.name))
         })
+        .map(|(i, _)| i)
 }
 
 pub struct VolumeBinder;
@@ -128,9 +135,9 @@ impl VolumeBinder {
             return Ok(Next::Done);
         };
         let pvc: PersistentVolumeClaim = decode(&cs)?;
-        let pvs = Self::volumes(store)?;
-        let typed: Vec<PersistentVolume> = pvs.iter().map(|(_, pv)| pv.clone()).collect();
-        let Some(pv) = choose(&pvc, &typed) else {
+        let (stored, typed): (Vec<crate::store::Stored>, Vec<PersistentVolume>) =
+            Self::volumes(store)?.into_iter().unzip();
+        let Some(i) = choose_index(&pvc, &typed) else {
             if phase(&cs.object) != "Pending" {
                 let mut obj = cs.object.clone();
                 obj["status"] = json!({"phase": "Pending"});
@@ -146,8 +153,7 @@ impl VolumeBinder {
             }
             return Ok(Next::Done);
         };
-        let (pv_stored, _) =
-            pvs.iter().find(|(_, p)| p.metadata.name == pv.metadata.name).expect("chosen from pvs");
+        let (pv_stored, pv) = (&stored[i], &typed[i]);
         // The volume first: whoever writes its claimRef holds it.
         if !held_for(pv, &pvc) || phase(&pv_stored.object) != "Bound" {
             let mut obj = pv_stored.object.clone();

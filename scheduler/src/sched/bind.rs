@@ -113,12 +113,17 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             }
         }
     }
-    // Pods made without the API's admission (by controllers) take their class's priority here.
-    let (class_objs, _) = store.list("scheduling.k8s.io/priorityclasses//")?;
-    let classes: Vec<tug_api::kinds::cluster::PriorityClass> =
-        class_objs.into_iter().filter_map(|s| serde_json::from_value(s.object).ok()).collect();
+    // Pods made without the API's admission (by controllers) take their class's priority here;
+    // the classes are read only in a round that has such a pod.
+    let unadmitted = |p: &Pod| p.spec.node_name.is_none() && p.spec.priority.is_none();
     let mut typed = typed;
-    for (p, _) in typed.iter_mut().filter(|(p, _)| p.spec.node_name.is_none() && p.spec.priority.is_none()) {
+    let classes: Vec<tug_api::kinds::cluster::PriorityClass> = if typed.iter().any(|(p, _)| unadmitted(p)) {
+        let (class_objs, _) = store.list("scheduling.k8s.io/priorityclasses//")?;
+        class_objs.into_iter().filter_map(|s| serde_json::from_value(s.object).ok()).collect()
+    } else {
+        Vec::new()
+    };
+    for (p, _) in typed.iter_mut().filter(|(p, _)| unadmitted(p)) {
         let class = match p.spec.priority_class_name.as_deref() {
             Some(name) => classes.iter().find(|c| c.metadata.name == name),
             None => classes.iter().find(|c| c.global_default == Some(true)),

@@ -88,8 +88,18 @@ fn selector(term_selector: Option<&tug_api::labels::LabelSelector>) -> Result<Se
     }
 }
 
-fn count(snap: &Snapshot, pod: &PodInfo, key: &str, sel: &Selector, namespaces: &[String]) -> DomainCounts {
+/// The `(key, value)` labels of which an object must carry one to match `sel` (its first
+/// `=` or `in` requirement), or None when no such requirement narrows it down.
+pub fn anchor(sel: &Selector) -> Option<Vec<(String, String)>> {
     use tug_api::labels::Requirement;
+    sel.requirements.iter().find_map(|r| match r {
+        Requirement::Equals(k, v) => Some(vec![(k.clone(), v.clone())]),
+        Requirement::In(k, vs) => Some(vs.iter().map(|v| (k.clone(), v.clone())).collect()),
+        _ => None,
+    })
+}
+
+fn count(snap: &Snapshot, pod: &PodInfo, key: &str, sel: &Selector, namespaces: &[String]) -> DomainCounts {
     let ns_ok = |ns: &str| {
         if namespaces.is_empty() { ns == pod.namespace } else { namespaces.iter().any(|n| n == ns) }
     };
@@ -107,12 +117,7 @@ fn count(snap: &Snapshot, pod: &PodInfo, key: &str, sel: &Selector, namespaces: 
         }
     };
     // A selector with an `key = value` requirement only needs the pods carrying that label.
-    let anchor = sel.requirements.iter().find_map(|r| match r {
-        Requirement::Equals(k, v) => Some(vec![(k.clone(), v.clone())]),
-        Requirement::In(k, vs) => Some(vs.iter().map(|v| (k.clone(), v.clone())).collect()),
-        _ => None,
-    });
-    match anchor {
+    match anchor(sel) {
         Some(pairs) => {
             for pair in pairs {
                 for &(node, slot) in snap.by_label.get(&pair).map(Vec::as_slice).unwrap_or(&[]) {

@@ -395,14 +395,7 @@ impl Snapshot {
                 continue;
             };
             let id = self.existing_anti.len();
-            let anchor = sel.requirements.iter().find_map(|r| match r {
-                tug_api::labels::Requirement::Equals(k, v) => Some(vec![(k.clone(), v.clone())]),
-                tug_api::labels::Requirement::In(k, vs) => {
-                    Some(vs.iter().map(|v| (k.clone(), v.clone())).collect())
-                }
-                _ => None,
-            });
-            match anchor {
+            match super::context::anchor(&sel) {
                 Some(pairs) => {
                     for pair in pairs {
                         self.anti_by_label.entry(pair).or_default().push(id);
