@@ -2,7 +2,7 @@
 //! the harness with the agent's pod network and one real pod serving TCP).
 //!
 //! - Rule sync time with 1,000 and 10,000 Services of 10 endpoints each: the full sync
-//!   (build, batch, `nft -j -f -`), and one endpoint of one Service changing (build, diff,
+//!   (build, encode, one netlink transaction), and one endpoint of one Service changing (build, diff,
 //!   apply) — what the agent does on each Endpoints event. The iptables mode's full sync at
 //!   1,000 beside it.
 //! - First-packet latency: the median and p99 time to `connect` through a ClusterIP (DNAT to
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tug_agent::network::netns::run_in;
 use tug_agent::network::node::{NodeConfig, NodeNetwork, run_nft, run_tool};
 use tug_agent::network::routes::Backend;
-use tug_agent::proxy::rules::{self, NodeInfo, PortInfo, Proto, ServiceInfo};
+use tug_agent::proxy::nft;
+use tug_agent::proxy::rules::{self, NodeInfo, PortInfo, Proto, Ruleset, ServiceInfo};
 use tug_integration::cluster::Cluster;
 
 fn ms(d: Duration) -> f64 {
@@ -125,8 +126,9 @@ async fn main() {
     let info = NodeInfo { cluster_cidr: "10.244.0.0/16".parse().expect("cidr"), pod_cidr };
     let ns = Some(node_ns.as_path());
 
+    let conn = run_in(ns, nft::Conn::open).expect("netns").expect("nf_tables");
     let mut latency = Vec::new();
-    // TUG_BENCH_SERVICES=10,1000 for a shorter run (10,000 takes minutes with nft 1.0.6).
+    // TUG_BENCH_SERVICES=10,1000 for a shorter run.
     let sizes: Vec<usize> = std::env::var("TUG_BENCH_SERVICES")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -135,44 +137,52 @@ async fn main() {
         let mut svcs = services(n, pod_ip);
         // Full sync.
         let t = Instant::now();
-        let ruleset = rules::build(&svcs, &info);
-        let text = rules::batch(rules::full(&ruleset));
+        let ruleset = rules::build(&svcs, &Ruleset::default());
+        let cmds = rules::full(&ruleset, &info);
         let generated = t.elapsed();
-        run_nft(ns, &["-j", "-f", "-"], &text).expect("full sync");
-        let full = t.elapsed();
-        // One endpoint of the last Service changes.
-        svcs[n - 1].ports[0].endpoints[3].0 = Ipv4Addr::new(10, 246, 0, 1);
+        let bytes = nft::encode(rules::TABLE, &cmds).0.len();
         let t = Instant::now();
-        let after = rules::build(&svcs, &info);
-        let cmds = rules::diff(&ruleset, &after);
+        conn.apply(rules::TABLE, &cmds).expect("full sync");
+        let full = generated + t.elapsed();
+        // One endpoint of the last Service changes: what the agent does on the event.
+        let before = svcs.clone();
+        svcs[n - 1].ports[0].endpoints[3].0 = Ipv4Addr::new(10, 246, 0, 1);
+        let mut ruleset = ruleset;
+        let t = Instant::now();
+        let cmds = rules::update(&mut ruleset, &before, &svcs);
+        let planned = t.elapsed();
         let count = cmds.len();
-        run_nft(ns, &["-j", "-f", "-"], &rules::batch(cmds)).expect("one change");
+        conn.apply(rules::TABLE, &cmds).expect("one change");
         let one = t.elapsed();
         println!(
-            "BENCH proxy nft-sync services={n} endpoints_each=10 full_ms={:.1} (generate {:.1}, batch {} KiB) one_endpoint_change_ms={:.2} ({count} commands)",
+            "BENCH proxy nft-sync services={n} endpoints_each=10 full_ms={:.1} (generate {:.1}, batch {} KiB) one_endpoint_change_ms={:.2} (plan {:.2}, {count} commands)",
             ms(full),
             ms(generated),
-            text.len() / 1024,
-            ms(one)
+            bytes / 1024,
+            ms(one),
+            ms(planned)
         );
         if n == sizes[0] || n == sizes[sizes.len() - 1] {
-            let through = connects(&node_ns, SocketAddr::from((Ipv4Addr::new(10, 96, 0, 1), 80)), 300);
+            let through = connects(&node_ns, SocketAddr::from((Ipv4Addr::new(10, 96, 0, 1), 80)), 2000);
             latency.push((n, through));
         }
     }
-    let direct = connects(&node_ns, SocketAddr::from((pod_ip, 8080)), 300);
+    let direct = connects(&node_ns, SocketAddr::from((pod_ip, 8080)), 2000);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "BENCH proxy first-packet direct p50_us={:.0} p99_us={:.0}",
         us(pct(&direct, 0.5)),
         us(pct(&direct, 0.99))
     );
+    let fewest = latency.first().map(|(_, l)| us(pct(l, 0.5))).unwrap_or(1.0).max(1.0);
     for (n, l) in &latency {
         println!(
-            "BENCH proxy first-packet services={n} p50_us={:.0} p99_us={:.0} (vs direct p50 {:+.0}%)",
+            "BENCH proxy first-packet services={n} p50_us={:.0} p99_us={:.0} (vs direct p50 {:+.0}%, vs {} services {:+.0}%)",
             us(pct(l, 0.5)),
             us(pct(l, 0.99)),
-            (us(pct(l, 0.5)) / us(pct(&direct, 0.5)).max(1.0) - 1.0) * 100.0
+            (us(pct(l, 0.5)) / us(pct(&direct, 0.5)).max(1.0) - 1.0) * 100.0,
+            sizes[0],
+            (us(pct(l, 0.5)) / fewest - 1.0) * 100.0
         );
     }
     // The iptables mode at 1,000 Services, full sync, beside it.

@@ -292,7 +292,9 @@ spec:
         assert!(out, "flappy never became not ready");
         // The node's proxy has dropped it (or flappy is back already: the burst won't count).
         let dropped = wait_for(Duration::from_secs(5), || {
-            !programmed(&node0, mode).contains(&format!("{flappy_ip}:"))
+            // iptables: `--to-destination IP:PORT`; nftables: `… : IP . PORT` in the endpoints map.
+            let rules = programmed(&node0, mode);
+            !(rules.contains(&format!("{flappy_ip}:")) || rules.contains(&format!(": {flappy_ip} . ")))
                 || !not_ready_ips(&cp, "web").contains(&flappy_ip)
         });
         assert!(dropped, "the proxy kept a not-ready endpoint:\n{}", programmed(&node0, mode));

@@ -4,10 +4,11 @@
 //! [`rules`] is the pure part (rules from Services, the batch that changes one ruleset into
 //! another); [`services_from`] turns the API objects into what it needs. The executor here
 //! lists and watches both kinds, and after each burst of changes applies the difference to
-//! what it last applied as one `nft -j -f -` transaction — the whole table on start, after a
-//! failure and every `resync`, so drift made by hand is undone.
+//! what it last applied as one nf_tables transaction over netlink ([`nft`]) — the whole table
+//! on start, after a failure and every `resync`, so drift made by hand is undone.
 
 pub mod iptables;
+pub mod nft;
 pub mod rules;
 
 use crate::catalog::{Catalog, key_of};
@@ -83,6 +84,8 @@ struct Applied {
     services: Option<Vec<ServiceInfo>>,
     rules: Option<Ruleset>,
     chains: std::collections::BTreeSet<String>,
+    /// The nf_tables connection, opened in the node's namespace.
+    conn: Option<nft::Conn>,
 }
 
 impl Applied {
@@ -104,13 +107,26 @@ fn program(
 ) -> Result<usize, String> {
     match mode {
         Mode::Nftables => {
-            let desired = rules::build(services, node);
-            let cmds = match &applied.rules {
-                Some(old) => rules::diff(old, &desired),
-                None => rules::full(&desired),
+            let (desired, cmds) = match (applied.rules.take(), &applied.services) {
+                (Some(mut r), Some(before)) => {
+                    let cmds = rules::update(&mut r, before, services);
+                    (r, cmds)
+                }
+                _ => {
+                    let r = rules::build(services, &Ruleset::default());
+                    let cmds = rules::full(&r, node);
+                    (r, cmds)
+                }
             };
-            crate::network::node::run_nft(netns, &["-j", "-f", "-"], &rules::batch(cmds))?;
-            let n = desired.service_ips.len() + desired.no_endpoints.len();
+            if applied.conn.is_none() {
+                applied.conn = Some(crate::network::netns::run_in(netns, nft::Conn::open)??);
+            }
+            let conn = applied.conn.as_ref().ok_or("no nf_tables connection")?;
+            if let Err(e) = conn.apply(rules::TABLE, &cmds) {
+                applied.conn = None;
+                return Err(e);
+            }
+            let n = desired.ports.len();
             applied.rules = Some(desired);
             Ok(n)
         }
