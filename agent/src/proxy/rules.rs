@@ -300,7 +300,8 @@ fn service_rules(p: &Port) -> Vec<Vec<Expr>> {
             Expr::Dnat { addr: r(4), port: r(5) },
         ]
     };
-    let mut out = Vec::with_capacity(p.endpoints.len() * 2);
+    let mut out = Vec::with_capacity(p.endpoints.len() * 2 + 1);
+    out.push(vec![Expr::Jump("mark-outside".into())]);
     for &(a, port) in &p.endpoints {
         let mut rule = key(a, port);
         rule.push(Expr::Lookup { set: "affinity".into(), sreg: r(0), dreg: None });
@@ -422,14 +423,17 @@ fn spread_rules(nodeport: bool, n: usize) -> Vec<Vec<Expr>> {
             ],
         ]
     } else {
-        vec![vec![
-            Expr::Payload { base: nft::BASE_NETWORK, offset: 16, len: 4, dreg: r(0) },
-            Expr::Meta { key: nft::META_L4PROTO, dreg: r(1) },
-            dport(r(2)),
-            Expr::Numgen { dreg: r(3), modulus },
-            Expr::Lookup { set: "endpoints".into(), sreg: r(0), dreg: Some(r(4)) },
-            Expr::Dnat { addr: r(4), port: r(5) },
-        ]]
+        vec![
+            vec![Expr::Jump("mark-outside".into())],
+            vec![
+                Expr::Payload { base: nft::BASE_NETWORK, offset: 16, len: 4, dreg: r(0) },
+                Expr::Meta { key: nft::META_L4PROTO, dreg: r(1) },
+                dport(r(2)),
+                Expr::Numgen { dreg: r(3), modulus },
+                Expr::Lookup { set: "endpoints".into(), sreg: r(0), dreg: Some(r(4)) },
+                Expr::Dnat { addr: r(4), port: r(5) },
+            ],
+        ]
     }
 }
 
@@ -508,7 +512,7 @@ pub fn full(rules: &Ruleset, node: &NodeInfo) -> Vec<Cmd> {
     ] {
         out.push(Cmd::AddBaseChain { name, kind, hook, prio });
     }
-    for c in ["services", "reject-chain"] {
+    for c in ["services", "reject-chain", "mark-outside"] {
         out.push(Cmd::AddChain(c.into()));
     }
     out.extend(sets().into_iter().map(Cmd::AddSet));
@@ -555,14 +559,11 @@ pub fn full(rules: &Ruleset, node: &NodeInfo) -> Vec<Cmd> {
         ]
     };
     // Traffic to a Service from outside the cluster's pods is masqueraded (the reply must
-    // come back through this node).
-    let mut outside = dispatch("service-ips");
-    outside.pop();
-    outside.push(Expr::Lookup { set: "service-ips".into(), sreg: r(0), dreg: None });
-    outside.push(payload_saddr(r(3)));
-    outside.extend(in_cidr(r(3), node.cluster_cidr, nft::CMP_NEQ));
-    outside.extend(mark_masquerade(r(3)));
-    out.push(rule("services", outside));
+    // come back through this node): the first thing every service's path does.
+    let mut outside = vec![payload_saddr(r(0))];
+    outside.extend(in_cidr(r(0), node.cluster_cidr, nft::CMP_NEQ));
+    outside.extend(mark_masquerade(r(0)));
+    out.push(rule("mark-outside", outside));
     out.push(rule("services", dispatch("service-ips")));
     out.push(rule("services", local("service-nodeports")));
     out.push(rule("filter-forward", dispatch("no-endpoint-services")));
@@ -721,6 +722,7 @@ pub(crate) mod tests {
         let (i0, i1) = (hex_ne(0), hex_ne(1));
         let expected = format!(
             "add chain spread-2
+add rule spread-2 jump mark-outside;
 add rule spread-2 r0=ip daddr; r1=meta l4proto; r2=th dport; r3=numgen random mod 2; r4=r0 map @endpoints; dnat to r4:r5;
 add chain nodeport-spread-2
 add rule nodeport-spread-2 r0=meta mark; r0=(r0 & {not}) ^ {bit}; meta mark set r0;
@@ -740,7 +742,7 @@ add element service-nodeports {{ 0600000075800000 : goto nodeport-spread-2 }}
         if cfg!(target_endian = "little") {
             assert!(all.contains("add rule nat-postrouting r0=ct status; r0=(r0 & 20000000) ^ 00000000; r0 != 00000000; r0=ip saddr; r0=(r0 & ffffff00) ^ 00000000; r0 == 0af40100; r0=ip daddr;"), "{all}");
         }
-        assert!(all.contains("add rule services r0=ip daddr; r1=meta l4proto; r2=th dport; r0 @service-ips; r3=ip saddr; r3=(r3 & ffff0000) ^ 00000000; r3 != 0af40000;"), "{all}");
+        assert!(all.contains("add rule mark-outside r0=ip saddr; r0=(r0 & ffff0000) ^ 00000000; r0 != 0af40000; r0=meta mark;"), "{all}");
         assert!(all.ends_with(&got), "{all}");
     }
 
