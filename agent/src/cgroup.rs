@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 /// The leaf the agent keeps itself in on a pure v2 host.
 pub const AGENT_LEAF: &str = "tug-agent";
 
+/// The cgroup of the containers' supervisors on a pure v2 host: beside the agent's leaf,
+/// never the agent's own, so that restarting or upgrading the agent — or its unit's
+/// accounting, limits and OOM kills — never touches them. (On hybrid and v1 hosts they stay
+/// in the agent's cgroup: the runtime resolves pods' relative cgroup paths from its own.)
+pub const SUPERVISORS: &str = "tug-supervisors";
+
 /// The v2 path in `/proc/self/cgroup` text when that is the only hierarchy.
 pub fn pure_v2_path(proc_cgroup: &str) -> Option<PathBuf> {
     let lines: Vec<&str> = proc_cgroup.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -30,23 +36,44 @@ pub fn base(own: &Path) -> PathBuf {
     }
 }
 
-/// Places the agent (see the module doc) and returns the parent path for pod cgroups:
-/// absolute on a pure v2 host, `parent` relative to the agent's cgroup elsewhere.
-pub fn place_self(parent: &str) -> Result<String, String> {
+/// On a pure v2 host: the cgroup that owns the agent ([`base`]) and its directory.
+fn pure_v2_base() -> Result<Option<(PathBuf, PathBuf)>, String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-    let Some(own) = pure_v2_path(&text) else { return Ok(parent.to_string()) };
+    let Some(own) = pure_v2_path(&text) else { return Ok(None) };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let layout = tug_shim::cgroups::layout::Layout::parse(&mountinfo, &text);
-    let Some(h) = layout.hierarchies.first() else { return Ok(parent.to_string()) };
+    let Some(h) = layout.hierarchies.first() else { return Ok(None) };
     let base = base(&own);
     let rel = base.strip_prefix("/").unwrap_or(&base);
     let mount_rel = h.mount_root.strip_prefix("/").unwrap_or(&h.mount_root);
     let dir = h.mount_point.join(rel.strip_prefix(mount_rel).unwrap_or(rel));
+    Ok(Some((base, dir)))
+}
+
+/// Places the agent (see the module doc) and returns the parent path for pod cgroups:
+/// absolute on a pure v2 host, `parent` relative to the agent's cgroup elsewhere.
+pub fn place_self(parent: &str) -> Result<String, String> {
+    let Some((base, dir)) = pure_v2_base()? else { return Ok(parent.to_string()) };
     let leaf = dir.join(AGENT_LEAF);
     std::fs::create_dir_all(&leaf).map_err(|e| format!("cgroup {}: {e}", leaf.display()))?;
     std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
         .map_err(|e| format!("moving the agent into {}: {e}", leaf.display()))?;
     Ok(format!("{}/{parent}", base.display()).replace("//", "/"))
+}
+
+/// Makes the supervisors' cgroup on a pure v2 host and opens its `cgroup.procs` for
+/// writing: a supervisor's process writes `0` to it before it runs the shim, so it and
+/// everything it starts leave the agent's cgroup. None elsewhere, or when that fails
+/// (reported).
+pub fn supervisors() -> Option<std::fs::File> {
+    let (_, dir) = pure_v2_base().ok()??;
+    let dir = dir.join(SUPERVISORS);
+    let file = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")));
+    file.inspect_err(|e| {
+        eprintln!("tug-agent: cgroup {}: {e}; supervisors stay in the agent's cgroup", dir.display());
+    })
+    .ok()
 }
 
 #[cfg(test)]

@@ -232,6 +232,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         pods_cgroup,
         probes: Default::default(),
         stats: Default::default(),
+        supervisor_cgroup: crate::cgroup::supervisors(),
     });
     // The control plane's way in for `tug logs`, `tug exec` and `tug top`.
     crate::tunnel::start(Arc::clone(&ctx));

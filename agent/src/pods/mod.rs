@@ -41,6 +41,8 @@ pub struct Ctx {
     pub probes: std::sync::Mutex<std::collections::HashMap<String, Arc<probe::ProbeState>>>,
     /// Resource usage, sampled every `--housekeeping-interval`.
     pub stats: crate::stats::Cache,
+    /// `cgroup.procs` of the supervisors' cgroup on a pure v2 host ([`crate::cgroup::supervisors`]).
+    pub supervisor_cgroup: Option<std::fs::File>,
 }
 
 /// A message to a pod worker.
@@ -609,6 +611,16 @@ async fn launch(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
+    if let Some(fd) = ctx.supervisor_cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) {
+        // SAFETY: between fork and exec only write(2), on a descriptor opened before the fork.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                // Should the cgroup be gone, the supervisor stays in the agent's.
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                Ok(())
+            });
+        }
+    }
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .map_err(|e| ("RunContainerError", e.to_string()))?
