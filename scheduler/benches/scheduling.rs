@@ -79,11 +79,17 @@ fn run(snap: &mut Snapshot, pods: &[PodInfo]) -> (f64, usize) {
 
 fn main() {
     let (n, m) = (5_000, 10_000);
+    // TUG_BENCH_ONLY=basic (or anti-affinity, topology-spread, growth) runs one part.
+    let only = std::env::var("TUG_BENCH_ONLY").ok();
+    let wanted = |label: &str| only.as_deref().is_none_or(|o| o == label);
     for (label, kind, anchor, goal) in [
         ("basic", Kind::Basic, "680-810", "20000"),
         ("anti-affinity", Kind::AntiAffinity, "60", "2000"),
         ("topology-spread", Kind::Spread, "-", "-"),
     ] {
+        if !wanted(label) {
+            continue;
+        }
         let mut snap = nodes(n);
         let (secs, failed) = run(&mut snap, &pods(m, kind));
         #[allow(clippy::cast_precision_loss)]
@@ -91,6 +97,9 @@ fn main() {
         println!(
             "BENCH scheduler {label} nodes={n} pods={m} pods_per_s={rate:.0} unschedulable={failed} anchor_kube_scheduler_pods_per_s={anchor} goal_pods_per_s={goal}"
         );
+    }
+    if !wanted("growth") {
+        return;
     }
     let mut line = String::from("BENCH scheduler growth pods=2000");
     for size in [500, 5_000, 15_000] {

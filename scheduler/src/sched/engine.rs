@@ -117,8 +117,20 @@ impl Engine {
         why: &mut Vec<Reason>,
         all: bool,
     ) -> bool {
+        Self::filter_with(self.filters.iter().map(|f| &**f), pod, ctx, node, why, all)
+    }
+
+    /// [`Engine::filter`] with the given filters.
+    fn filter_with<'f>(
+        filters: impl Iterator<Item = &'f dyn Filter>,
+        pod: &PodInfo,
+        ctx: &PodContext,
+        node: &NodeInfo,
+        why: &mut Vec<Reason>,
+        all: bool,
+    ) -> bool {
         why.clear();
-        for f in &self.filters {
+        for f in filters {
             f.check(pod, ctx, node, why);
             if !all && !why.is_empty() {
                 return false;
@@ -176,11 +188,16 @@ impl Engine {
         let mut why = Vec::new();
         let start = if n == 0 { 0 } else { self.next_start % n };
         let ctx = PodContext::new(pod, snap);
+        // Only the stages that can tell nodes apart for this pod.
+        let filters: Vec<&dyn Filter> =
+            self.filters.iter().map(|f| &**f).filter(|f| f.needed(pod, &ctx)).collect();
+        let scores: Vec<(&dyn Score, i64)> =
+            self.scores.iter().filter(|(s, _)| s.varies(pod, &ctx, snap)).map(|(s, w)| (&**s, *w)).collect();
         let mut checked = 0;
         for k in 0..n {
             let i = (start + k) % n;
             checked = k + 1;
-            if self.filter(pod, &ctx, &snap.nodes[i], &mut why, false) {
+            if Self::filter_with(filters.iter().copied(), pod, &ctx, &snap.nodes[i], &mut why, false) {
                 feasible.push(i);
                 if feasible.len() >= want {
                     break;
@@ -199,7 +216,7 @@ impl Engine {
             .iter()
             .map(|&i| {
                 let node = &snap.nodes[i];
-                let total: i64 = self.scores.iter().map(|(s, w)| w * s.score(pod, &ctx, node, snap)).sum();
+                let total: i64 = scores.iter().map(|(s, w)| w * s.score(pod, &ctx, node, snap)).sum();
                 (total, i)
             })
             .fold(None, |acc: Option<(i64, usize)>, (s, i)| match acc {

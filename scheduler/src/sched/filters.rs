@@ -52,6 +52,11 @@ pub trait Filter: Send + Sync {
     /// `Ok` when the pod may go there; otherwise every reason it may not (a node short of both
     /// cpu and memory says both).
     fn check(&self, pod: &PodInfo, ctx: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>);
+    /// False when the filter cannot refuse any node for this pod (it has nothing the filter
+    /// looks at): the engine then skips it for every node.
+    fn needed(&self, _pod: &PodInfo, _ctx: &PodContext) -> bool {
+        true
+    }
 }
 
 /// Cordoned nodes (`spec.unschedulable`) take no new pods, unless the pod tolerates the
@@ -63,12 +68,15 @@ impl Filter for NodeUnschedulable {
         "NodeUnschedulable"
     }
     fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
+        if !node.unschedulable {
+            return;
+        }
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        if node.unschedulable && !pod.tolerations.iter().any(|t| tolerates(t, &taint)) {
+        if !pod.tolerations.iter().any(|t| tolerates(t, &taint)) {
             reasons.push(Reason::Unschedulable);
         }
     }
@@ -96,6 +104,10 @@ impl Filter for NodeSelector {
     fn name(&self) -> &'static str {
         "NodeAffinity"
     }
+    fn needed(&self, pod: &PodInfo, _: &PodContext) -> bool {
+        !pod.node_selector.is_empty()
+            || pod.affinity.node_affinity.as_ref().is_some_and(|a| a.required.is_some())
+    }
     fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         let selector = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
         let required = pod.affinity.node_affinity.as_ref().and_then(|a| a.required.as_ref());
@@ -115,6 +127,9 @@ pub struct InterPodAffinity;
 impl Filter for InterPodAffinity {
     fn name(&self) -> &'static str {
         "InterPodAffinity"
+    }
+    fn needed(&self, _: &PodInfo, ctx: &PodContext) -> bool {
+        !ctx.affinity.is_empty() || !ctx.anti_affinity.is_empty() || !ctx.forbidden.is_empty()
     }
     fn check(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         let in_domain = |t: &super::context::DomainCounts| {
@@ -147,6 +162,9 @@ pub struct TopologySpread;
 impl Filter for TopologySpread {
     fn name(&self) -> &'static str {
         "PodTopologySpread"
+    }
+    fn needed(&self, _: &PodInfo, ctx: &PodContext) -> bool {
+        ctx.spread.iter().any(|c| c.hard)
     }
     fn check(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         for c in ctx.spread.iter().filter(|c| c.hard) {
@@ -232,6 +250,9 @@ pub struct HostPorts;
 impl Filter for HostPorts {
     fn name(&self) -> &'static str {
         "NodePorts"
+    }
+    fn needed(&self, pod: &PodInfo, _: &PodContext) -> bool {
+        !pod.host_ports.is_empty()
     }
     fn check(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, reasons: &mut Vec<Reason>) {
         if pod.host_ports.iter().any(|p| node.used_ports.contains(p)) {

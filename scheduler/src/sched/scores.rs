@@ -8,6 +8,11 @@ use super::snapshot::{NodeInfo, PodInfo, Snapshot};
 pub trait Score: Send + Sync {
     fn name(&self) -> &'static str;
     fn score(&self, pod: &PodInfo, ctx: &PodContext, node: &NodeInfo, snap: &Snapshot) -> i64;
+    /// False when the score is the same on every node for this pod: it cannot change the
+    /// choice, and the engine skips it.
+    fn varies(&self, _pod: &PodInfo, _ctx: &PodContext, _snap: &Snapshot) -> bool {
+        true
+    }
 }
 
 /// The fraction (0..=100) of cpu and memory a node would have in use with the pod.
@@ -70,6 +75,9 @@ impl Score for SpreadReplicas {
     fn name(&self) -> &'static str {
         "SpreadReplicas"
     }
+    fn varies(&self, _: &PodInfo, ctx: &PodContext, _: &Snapshot) -> bool {
+        ctx.owner.is_some()
+    }
     fn score(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         // No owner, or no replica of it placed anywhere yet: every node is as good.
         let Some(owner) = ctx.owner else { return 100 };
@@ -93,6 +101,9 @@ impl Score for PreferNoScheduleTaints {
     fn name(&self) -> &'static str {
         "TaintToleration"
     }
+    fn varies(&self, _: &PodInfo, _: &PodContext, snap: &Snapshot) -> bool {
+        snap.prefer_no_schedule
+    }
     fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let n = node
             .taints
@@ -112,6 +123,9 @@ pub struct PreferredNodeAffinity;
 impl Score for PreferredNodeAffinity {
     fn name(&self) -> &'static str {
         "NodeAffinity"
+    }
+    fn varies(&self, pod: &PodInfo, _: &PodContext, _: &Snapshot) -> bool {
+        pod.affinity.node_affinity.as_ref().is_some_and(|a| !a.preferred.is_empty())
     }
     fn score(&self, pod: &PodInfo, _: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let Some(a) = &pod.affinity.node_affinity else { return 0 };
@@ -136,6 +150,9 @@ pub struct PreferredPodAffinity;
 impl Score for PreferredPodAffinity {
     fn name(&self) -> &'static str {
         "InterPodAffinity"
+    }
+    fn varies(&self, _: &PodInfo, ctx: &PodContext, _: &Snapshot) -> bool {
+        !ctx.preferred_affinity.is_empty() || !ctx.preferred_anti_affinity.is_empty()
     }
     fn score(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let weight = |terms: &[(i32, super::context::DomainCounts)]| -> (i64, i64) {
@@ -165,6 +182,9 @@ pub struct SoftTopologySpread;
 impl Score for SoftTopologySpread {
     fn name(&self) -> &'static str {
         "PodTopologySpread"
+    }
+    fn varies(&self, _: &PodInfo, ctx: &PodContext, _: &Snapshot) -> bool {
+        ctx.spread.iter().any(|c| !c.hard)
     }
     fn score(&self, _: &PodInfo, ctx: &PodContext, node: &NodeInfo, _: &Snapshot) -> i64 {
         let soft: Vec<_> = ctx.spread.iter().filter(|c| !c.hard).collect();

@@ -294,6 +294,8 @@ pub struct Snapshot {
     pub by_label: HashMap<(String, String), Vec<(usize, usize)>>,
     /// The domains of a topology key, computed on first use.
     domains: std::sync::Mutex<HashMap<String, std::sync::Arc<Vec<String>>>>,
+    /// Whether any node has a `PreferNoSchedule` taint (else that score is the same everywhere).
+    pub prefer_no_schedule: bool,
 }
 
 impl Clone for Snapshot {
@@ -309,6 +311,7 @@ impl Clone for Snapshot {
             zone_owners: self.zone_owners.clone(),
             by_label: self.by_label.clone(),
             domains: std::sync::Mutex::new(HashMap::new()),
+            prefer_no_schedule: self.prefer_no_schedule,
         }
     }
 }
@@ -323,7 +326,10 @@ impl Snapshot {
         for n in &mut nodes {
             n.zone_id = n.zone.as_ref().and_then(|z| zones.binary_search(z).ok());
         }
+        let prefer_no_schedule =
+            nodes.iter().any(|n| n.taints.iter().any(|t| t.effect == "PreferNoSchedule"));
         Snapshot {
+            prefer_no_schedule,
             existing_anti: Vec::new(),
             anti_by_label: HashMap::new(),
             anti_unanchored: Vec::new(),
