@@ -1,7 +1,8 @@
 #!/bin/sh
 # The guest's /init: mount the basics and cgroup v2 alone, load Tug's modules, mount the
 # host's workspace over 9p at the same path, run each binary named on the kernel command line
-# (tug.run=NAME:PATH,...; test binaries get --test-threads=2), print VMRESULT lines, power off.
+# (tug.run=NAME:PATH[:FILTER],...; test binaries get --test-threads=2), print VMRESULT lines,
+# power off.
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 # The initramfs root cannot be pivoted away from (runc and crun need --no-pivot there): move
 # everything onto a tmpfs first and continue there, as a distribution's initramfs does.
@@ -69,10 +70,11 @@ if [ -n "$role" ]; then
 fi
 cd "$ws/integration"
 for t in $(arg tug.run | tr ',' ' '); do
-    name=${t%%:*}; bin=${t#*:}
+    name=${t%%:*}; bin=${t#*:}; filter=
+    case "$bin" in *:*) filter=${bin#*:}; bin=${bin%%:*} ;; esac
     case "$name" in
         bench-*) "$bin" --bench 2>&1 ;;
-        *) "$bin" --test-threads=2 2>&1 ;;
+        *) "$bin" --test-threads=2 $filter 2>&1 ;;
     esac
     echo "VMRESULT $name $?"
 done

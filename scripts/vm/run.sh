@@ -34,6 +34,12 @@ else
     for b in tug tug-scheduler tug-agent tug-shim tug-supervisor; do bins+=("target/debug/$b"); done
     # Run from the initramfs before switch_root: the no-pivot_root fallback.
     stage1="initramfs:${jobs[0]#*:}:the_probe_sees_an_isolated_container"
+    # TUG_VM_ONLY=SUITE:FILTER runs the tests of one suite whose names contain FILTER.
+    if [ -n "${TUG_VM_ONLY:-}" ]; then
+        suite=${TUG_VM_ONLY%%:*}
+        for j in "${jobs[@]}"; do [ "${j%%:*}" = "$suite" ] && only="$j:${TUG_VM_ONLY#*:}"; done
+        jobs=("${only:?vm: no suite $suite}"); stage1=
+    fi
 fi
 bash scripts/vm/initramfs.sh "$cache" "$cache/initramfs.cpio" "${bins[@]}"
 
