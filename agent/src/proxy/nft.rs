@@ -396,6 +396,16 @@ impl Writer {
         self.close(n);
     }
 
+    /// A whole message naming the table (attribute 1) and maybe one object.
+    fn named(&mut self, ty: u16, flags: u16, table: &str, object: Option<(u16, &str)>) {
+        let m = self.begin(ty, flags, NFPROTO_IPV4, 0);
+        self.str(1, table);
+        if let Some((a, name)) = object {
+            self.str(a, name);
+        }
+        self.end(m);
+    }
+
     fn expr(&mut self, e: &Expr) {
         let elem = self.nest(1);
         let (name, _) = expr_name(e);
@@ -563,16 +573,8 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
         }
         w.origin.push(i);
         match c {
-            Cmd::AddTable => {
-                let m = w.begin(ty(NFT_MSG_NEWTABLE), create, NFPROTO_IPV4, 0);
-                w.str(1, table);
-                w.end(m);
-            }
-            Cmd::DeleteTable => {
-                let m = w.begin(ty(NFT_MSG_DELTABLE), NLM_F_REQUEST, NFPROTO_IPV4, 0);
-                w.str(1, table);
-                w.end(m);
-            }
+            Cmd::AddTable => w.named(ty(NFT_MSG_NEWTABLE), create, table, None),
+            Cmd::DeleteTable => w.named(ty(NFT_MSG_DELTABLE), NLM_F_REQUEST, table, None),
             Cmd::AddBaseChain { name, kind, hook, prio } => {
                 let m = w.begin(ty(NFT_MSG_NEWCHAIN), create, NFPROTO_IPV4, 0);
                 w.str(1, table);
@@ -585,24 +587,10 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
                 w.str(7, kind);
                 w.end(m);
             }
-            Cmd::AddChain(name) => {
-                let m = w.begin(ty(NFT_MSG_NEWCHAIN), create, NFPROTO_IPV4, 0);
-                w.str(1, table);
-                w.str(3, name);
-                w.end(m);
-            }
-            Cmd::DeleteChain(name) => {
-                let m = w.begin(ty(NFT_MSG_DELCHAIN), NLM_F_REQUEST, NFPROTO_IPV4, 0);
-                w.str(1, table);
-                w.str(3, name);
-                w.end(m);
-            }
-            Cmd::FlushChain(name) => {
-                let m = w.begin(ty(NFT_MSG_DELRULE), NLM_F_REQUEST, NFPROTO_IPV4, 0);
-                w.str(1, table);
-                w.str(2, name);
-                w.end(m);
-            }
+            Cmd::AddChain(name) => w.named(ty(NFT_MSG_NEWCHAIN), create, table, Some((3, name))),
+            Cmd::DeleteChain(name) => w.named(ty(NFT_MSG_DELCHAIN), NLM_F_REQUEST, table, Some((3, name))),
+            // A DELRULE naming only the chain removes all its rules.
+            Cmd::FlushChain(name) => w.named(ty(NFT_MSG_DELRULE), NLM_F_REQUEST, table, Some((2, name))),
             Cmd::AddRule { chain, exprs } => {
                 let m = w.begin(ty(NFT_MSG_NEWRULE), create | NLM_F_APPEND, NFPROTO_IPV4, 0);
                 w.str(1, table);
