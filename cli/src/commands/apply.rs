@@ -1,16 +1,23 @@
-//! `tug apply -f`: validate everything, then server-side apply each object in order
-//! (Namespaces first, so a file may create the namespace its objects live in).
+//! `tug apply -f`: validate everything, then server-side apply each object: Namespaces first,
+//! one after another, so a file may create the namespace its objects live in; then the rest
+//! with up to [`IN_FLIGHT`] requests at once (the API server makes concurrent writes durable
+//! together), reported in the file's order.
 
 use super::{load_all, namespace_for};
 use crate::client::{CallError, Client};
+use futures_util::StreamExt;
 use hyper::Method;
 use std::process::ExitCode;
+use tug_api::object::Object;
+
+/// Requests in flight after the Namespaces.
+const IN_FLIGHT: usize = 16;
 
 pub async fn run(client: &Client, files: &[String], ns: Option<&str>) -> Result<ExitCode, String> {
-    let mut objects = load_all(files)?;
-    objects.sort_by_key(|o| o.info().kind != "Namespace");
-    let mut failed = false;
-    for obj in objects {
+    let objects = load_all(files)?;
+    let (namespaces, rest): (Vec<Object>, Vec<Object>) =
+        objects.into_iter().partition(|o| o.info().kind == "Namespace");
+    let apply = |obj: Object| async move {
         let info = obj.info();
         let name = obj.metadata().name.clone();
         let target_ns = namespace_for(info, obj.metadata().namespace.as_deref(), ns);
@@ -19,8 +26,15 @@ pub async fn run(client: &Client, files: &[String], ns: Option<&str>) -> Result<
             value["metadata"]["namespace"] = n.into();
         }
         let path = format!("{}?fieldManager=tug", info.path(target_ns, Some(&name)));
-        let body = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-        match client.call(Method::PATCH, &path, "application/apply-patch+yaml", body).await {
+        let body = serde_json::to_vec(&value).unwrap_or_default();
+        let result = client.call(Method::PATCH, &path, "application/apply-patch+yaml", body).await;
+        (obj, result)
+    };
+    let mut failed = false;
+    let mut report = |obj: &Object,
+                      r: Result<(serde_json::Value, hyper::HeaderMap), CallError>|
+     -> Result<(), String> {
+        match r {
             Ok((_, headers)) => {
                 let result = headers.get("x-tug-apply").and_then(|v| v.to_str().ok()).unwrap_or("configured");
                 println!("{} {result}", obj.display_name());
@@ -36,6 +50,15 @@ pub async fn run(client: &Client, files: &[String], ns: Option<&str>) -> Result<
             }
             Err(e) => return Err(e.to_string()),
         }
+        Ok(())
+    };
+    for obj in namespaces {
+        let (obj, r) = apply(obj).await;
+        report(&obj, r)?;
+    }
+    let mut results = futures_util::stream::iter(rest).map(apply).buffered(IN_FLIGHT);
+    while let Some((obj, r)) = results.next().await {
+        report(&obj, r)?;
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
