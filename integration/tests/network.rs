@@ -214,3 +214,33 @@ async fn a_thousand_pods_come_and_go_without_leaking() {
         serde_json::from_slice(&std::fs::read(pins.0.path().join("state0/ipam.json")).unwrap()).unwrap();
     assert_eq!(ipam["addresses"], serde_json::json!({}), "no allocation left");
 }
+
+/// The proxy's nf_tables connection applies a batch atomically, and a refused command comes
+/// back named, with the kernel's reason, leaving the table as it was.
+#[test]
+fn nf_tables_batches_apply_whole_or_not_at_all() {
+    use tug_agent::proxy::nft::{Cmd, Conn, Expr};
+    let cluster = Cluster::new(1).expect("cluster");
+    let ns = node_ns(&cluster.nodes[0]);
+    let (ok, refused, listed) = netns::run_in(Some(&ns), || {
+        let conn = Conn::open().expect("nf_tables");
+        let ok = conn.apply("tug_nlcheck", &[Cmd::AddTable, Cmd::AddChain("a".into())]);
+        let refused = conn.apply(
+            "tug_nlcheck",
+            &[
+                Cmd::AddChain("b".into()),
+                Cmd::AddRule { chain: "missing".into(), exprs: vec![Expr::Jump("a".into())] },
+            ],
+        );
+        let out = std::process::Command::new("nft").args(["list", "table", "ip", "tug_nlcheck"]).output();
+        (ok, refused, out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default())
+    })
+    .expect("netns");
+    assert_eq!(ok, Ok(()));
+    let err = refused.expect_err("a rule in a chain that does not exist");
+    assert!(err.contains("add rule missing") && err.contains("No such file or directory"), "{err}");
+    assert!(
+        listed.contains("chain a") && !listed.contains("chain b"),
+        "chain b went with the failed batch:\n{listed}"
+    );
+}

@@ -52,7 +52,6 @@ pub const CMP_EQ: u32 = 0;
 pub const CMP_NEQ: u32 = 1;
 pub const DYNSET_ADD: u32 = 0;
 pub const DYNSET_UPDATE: u32 = 1;
-pub const DYNSET_DELETE: u32 = 2;
 pub const SET_MAP: u32 = 0x8;
 pub const SET_TIMEOUT: u32 = 0x10;
 pub const SET_EVAL: u32 = 0x20;
@@ -247,7 +246,7 @@ impl fmt::Display for Expr {
                 let verb = match *op {
                     DYNSET_ADD => "add",
                     DYNSET_UPDATE => "update",
-                    _ => "delete",
+                    _ => "delete", // NFT_DYNSET_OP_DELETE
                 };
                 write!(f, "{verb} @{set} {{ {}", reg_name(*key))?;
                 if let Some(d) = data {
@@ -408,8 +407,7 @@ impl Writer {
 
     fn expr(&mut self, e: &Expr) {
         let elem = self.nest(1);
-        let (name, _) = expr_name(e);
-        self.str(1, name);
+        self.str(1, expr_name(e));
         let d = self.nest(2);
         match e {
             Expr::Payload { base, offset, len, dreg } => {
@@ -501,8 +499,8 @@ impl Writer {
     }
 }
 
-fn expr_name(e: &Expr) -> (&'static str, ()) {
-    let n = match e {
+fn expr_name(e: &Expr) -> &'static str {
+    match e {
         Expr::Payload { .. } => "payload",
         Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
         Expr::Cmp { .. } => "cmp",
@@ -516,8 +514,7 @@ fn expr_name(e: &Expr) -> (&'static str, ()) {
         Expr::Reject => "reject",
         Expr::CtStatus { .. } => "ct",
         Expr::Dynset { .. } => "dynset",
-    };
-    (n, ())
+    }
 }
 
 /// Elements go many to a message; a nested attribute's length is 16 bits.
@@ -663,7 +660,7 @@ impl Conn {
         w.end(m);
         sock.send(&w.buf)?;
         let mut first: Option<(u32, i32, String)> = None;
-        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut rbuf = Vec::with_capacity(64 * 1024);
         loop {
             let n = sock.recv(&mut rbuf)?;
             let mut at = 0;
@@ -723,90 +720,47 @@ fn ext_ack(msg: &[u8]) -> String {
     String::new()
 }
 
-fn socklen<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or_default()
-}
-
-struct Socket(std::os::fd::OwnedFd);
+/// A `NETLINK_NETFILTER` socket (netlink-sys, as rtnetlink uses) with extended acks.
+struct Socket(netlink_sys::Socket);
 
 impl Socket {
     fn open() -> Result<Socket, String> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain syscalls; the descriptor is owned from here on.
-        let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER)
-        };
-        if fd < 0 {
-            return Err(format!("netlink socket: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let sock = Socket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-        for opt in [libc::NETLINK_EXT_ACK, libc::NETLINK_CAP_ACK] {
-            sock.setopt(libc::SOL_NETLINK, opt, 1);
-        }
+        let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
+            .map_err(|e| format!("netlink socket: {e}"))?;
+        // The kernel's own words on a refusal; best effort (older kernels lack them).
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
         // Never wait for ever on an answer.
-        let tv = libc::timeval { tv_sec: 30, tv_usec: 0 };
-        // SAFETY: tv lives across the call; the size is its own.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::setsockopt(
-                sock.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                socklen::<libc::timeval>(),
-            );
-        }
-        Ok(sock)
-    }
-
-    fn setopt(&self, level: i32, opt: i32, v: i32) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: v lives across the call; the size is its own.
-        unsafe {
-            libc::setsockopt(self.0.as_raw_fd(), level, opt, (&raw const v).cast(), socklen::<i32>());
-        }
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(30, 0),
+        )
+        .map_err(|e| format!("netlink socket: {e}"))?;
+        Ok(Socket(sock))
     }
 
     fn send(&self, buf: &[u8]) -> Result<(), String> {
-        use std::os::fd::AsRawFd;
         // A whole transaction is one message: the send buffer must hold it.
-        self.setopt(
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            i32::try_from(buf.len() + 65536).unwrap_or(i32::MAX / 2),
+        let _ = nix::sys::socket::setsockopt(
+            &self.0,
+            nix::sys::socket::sockopt::SndBufForce,
+            &(buf.len() + 65536),
         );
-        // SAFETY: a zeroed sockaddr_nl is the kernel as the destination.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).unwrap_or_default();
-        // SAFETY: buf and addr outlive the call.
-        let n = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw const addr).cast(),
-                socklen::<libc::sockaddr_nl>(),
-            )
-        };
-        if n < 0 {
-            return Err(format!("netlink send ({} bytes): {}", buf.len(), std::io::Error::last_os_error()));
-        }
-        Ok(())
+        self.0
+            .send_to(buf, &netlink_sys::SocketAddr::new(0, 0), 0)
+            .map(drop)
+            .map_err(|e| format!("netlink send ({} bytes): {e}", buf.len()))
     }
 
-    fn recv(&self, buf: &mut [u8]) -> Result<usize, String> {
-        use std::os::fd::AsRawFd;
+    /// One datagram into `buf` (cleared first).
+    fn recv(&self, buf: &mut Vec<u8>) -> Result<usize, String> {
         loop {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 0 {
-                return Ok(usize::try_from(n).unwrap_or(0));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(format!("netlink receive: {e}"));
+            buf.clear();
+            match self.0.recv(buf, 0) {
+                Ok(n) => return Ok(n.min(buf.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("netlink receive: {e}")),
             }
         }
     }
