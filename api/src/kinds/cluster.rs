@@ -251,6 +251,16 @@ pub struct PriorityClass {
     pub preemption_policy: Option<String>,
 }
 
+impl PriorityClass {
+    /// The class a pod gets: the one it names, else the cluster's `globalDefault` (if any).
+    pub fn for_pod<'a>(classes: &'a [PriorityClass], name: Option<&str>) -> Option<&'a PriorityClass> {
+        match name.filter(|n| !n.is_empty()) {
+            Some(n) => classes.iter().find(|c| c.metadata.name == n),
+            None => classes.iter().find(|c| c.global_default == Some(true)),
+        }
+    }
+}
+
 /// The classes every cluster has, as Kubernetes ships them.
 pub const SYSTEM_PRIORITY_CLASSES: [(&str, i32); 2] =
     [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];

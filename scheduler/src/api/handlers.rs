@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tug_api::kinds::cluster::PriorityClass;
 use tug_api::labels::Selector;
 use tug_api::object::KindInfo;
 use tug_api::status::Status;
@@ -306,24 +307,22 @@ fn admit_pod_priority(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result
     let Some(pcs) = tug_api::object::lookup("priorityclasses") else { return Ok(()) };
     let (classes, _) =
         blocking(|| st.store.list(&path::prefix(pcs, None))).map_err(|e| store_status(e, pcs, ""))?;
+    let classes: Vec<PriorityClass> =
+        classes.iter().filter_map(|s| serde_json::from_value(s.object.clone()).ok()).collect();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let wanted = obj["spec"]["priorityClassName"].as_str().filter(|c| !c.is_empty()).map(str::to_string);
-    let class = match &wanted {
-        Some(c) => {
-            Some(classes.iter().find(|s| s.object["metadata"]["name"] == c.as_str()).ok_or_else(|| {
-                Status::new(
-                    403,
-                    "Forbidden",
-                    format!("pods {name:?} is forbidden: no PriorityClass with name {c} was found"),
-                )
-            })?)
-        }
-        None => classes.iter().find(|s| s.object["globalDefault"] == true),
-    };
+    let wanted = obj["spec"]["priorityClassName"].as_str().filter(|c| !c.is_empty());
+    let class = PriorityClass::for_pod(&classes, wanted);
+    if let (Some(c), None) = (wanted, class) {
+        return Err(Status::new(
+            403,
+            "Forbidden",
+            format!("pods {name:?} is forbidden: no PriorityClass with name {c} was found"),
+        ));
+    }
     let (value, policy) = match class {
         Some(c) => (
-            c.object["value"].as_i64().unwrap_or(0),
-            c.object["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_string(),
+            i64::from(c.value),
+            c.preemption_policy.clone().unwrap_or_else(|| "PreemptLowerPriority".to_string()),
         ),
         None => (0, "PreemptLowerPriority".to_string()),
     };
@@ -339,7 +338,7 @@ fn admit_pod_priority(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result
         }
     }
     if let Some(c) = class {
-        obj["spec"]["priorityClassName"] = c.object["metadata"]["name"].clone();
+        obj["spec"]["priorityClassName"] = c.metadata.name.clone().into();
     }
     obj["spec"]["priority"] = value.into();
     obj["spec"]["preemptionPolicy"] = policy.into();

@@ -119,16 +119,14 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let mut typed = typed;
     let classes: Vec<tug_api::kinds::cluster::PriorityClass> = if typed.iter().any(|(p, _)| unadmitted(p)) {
         let (class_objs, _) = store.list("scheduling.k8s.io/priorityclasses//")?;
-        class_objs.into_iter().filter_map(|s| serde_json::from_value(s.object).ok()).collect()
+        class_objs.iter().filter_map(|s| crate::controllers::decode(s).ok()).collect()
     } else {
         Vec::new()
     };
     for (p, _) in typed.iter_mut().filter(|(p, _)| unadmitted(p)) {
-        let class = match p.spec.priority_class_name.as_deref() {
-            Some(name) => classes.iter().find(|c| c.metadata.name == name),
-            None => classes.iter().find(|c| c.global_default == Some(true)),
-        };
-        if let Some(c) = class {
+        if let Some(c) =
+            tug_api::kinds::cluster::PriorityClass::for_pod(&classes, p.spec.priority_class_name.as_deref())
+        {
             p.spec.priority = Some(c.value);
             p.spec.preemption_policy.clone_from(&c.preemption_policy);
         }
@@ -149,31 +147,9 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             .then_with(|| a.1.metadata.creation_timestamp.cmp(&b.1.metadata.creation_timestamp))
     });
     // Pods with claims: the claims and volumes, read once per round when any pod needs them.
-    let volumes = if pending
-        .iter()
-        .any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.persistent_volume_claim.is_some()))
-    {
-        let (claims, _) = store.list(crate::controllers::volumes::CLAIMS)?;
-        let (pvs, _) = store.list(crate::controllers::volumes::VOLUMES)?;
-        let mut v = super::volumes::Volumes::default();
-        for c in claims {
-            if let Ok(c) = serde_json::from_value::<tug_api::kinds::storage::PersistentVolumeClaim>(c.object)
-            {
-                v.claims.insert(
-                    format!("{}/{}", c.metadata.namespace.as_deref().unwrap_or("default"), c.metadata.name),
-                    c,
-                );
-            }
-        }
-        for pv in pvs {
-            if let Ok(pv) = serde_json::from_value::<tug_api::kinds::storage::PersistentVolume>(pv.object) {
-                v.volumes.insert(pv.metadata.name.clone(), pv);
-            }
-        }
-        v
-    } else {
-        super::volumes::Volumes::default()
-    };
+    let needs_volumes =
+        pending.iter().any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.persistent_volume_claim.is_some()));
+    let volumes = if needs_volumes { load_volumes(store)? } else { super::volumes::Volumes::default() };
     let mut out = Round::default();
     for (mut info, pod, stored) in pending {
         match super::volumes::constrain(pod, &volumes) {
@@ -364,19 +340,36 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
     }
 }
 
+/// Every claim (by `namespace/name`) and volume (by name), for the pods of a round that have
+/// claims.
+fn load_volumes(store: &dyn Store) -> Result<super::volumes::Volumes, StoreError> {
+    use crate::controllers::{
+        decode,
+        volumes::{CLAIMS, VOLUMES},
+    };
+    use tug_api::kinds::storage::{PersistentVolume, PersistentVolumeClaim};
+    let mut v = super::volumes::Volumes::default();
+    for c in store.list(CLAIMS)?.0.iter().filter_map(|s| decode::<PersistentVolumeClaim>(s).ok()) {
+        let key = format!("{}/{}", c.metadata.namespace.as_deref().unwrap_or("default"), c.metadata.name);
+        v.claims.insert(key, c);
+    }
+    for pv in store.list(VOLUMES)?.0.iter().filter_map(|s| decode::<PersistentVolume>(s).ok()) {
+        v.volumes.insert(pv.metadata.name.clone(), pv);
+    }
+    Ok(v)
+}
+
 /// Returns after the first change to pods, nodes or claims past `rev` (then a short pause so a burst
 /// is one round), or after `resync`.
 async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
-    let Ok(mut pods) = store.watch(PODS, rev) else {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
-    };
-    let Ok(mut nodes) = store.watch(NODES, rev) else {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
-    };
     // A claim getting bound frees the pods waiting for it.
-    let Ok(mut claims) = store.watch(crate::controllers::volumes::CLAIMS, rev) else {
+    let watches = (
+        store.watch(PODS, rev),
+        store.watch(NODES, rev),
+        store.watch(crate::controllers::volumes::CLAIMS, rev),
+    );
+    let (Ok(mut pods), Ok(mut nodes), Ok(mut claims)) = watches else {
+        // The store is unreachable: try again after a pause.
         tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     };
