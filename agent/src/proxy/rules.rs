@@ -202,15 +202,18 @@ pub fn build(services: &[ServiceInfo], old: &Ruleset) -> Ruleset {
     r
 }
 
+fn key(s: &ServiceInfo) -> (&str, &str) {
+    (&s.namespace, &s.name)
+}
+
 /// Brings `r` (built from `before`) to `after` and returns the batch, looking only at the
 /// Services that changed: what the proxy does on each event, in O(changed) but for one
 /// comparison of the two lists.
 pub fn update(r: &mut Ruleset, before: &[ServiceInfo], after: &[ServiceInfo]) -> Vec<Cmd> {
-    let key = |s: &ServiceInfo| (s.namespace.clone(), s.name.clone());
     let (mut gone, mut changed): (Vec<&ServiceInfo>, Vec<&ServiceInfo>) = (Vec::new(), Vec::new());
-    if before.len() == after.len()
-        && before.iter().zip(after).all(|(b, a)| b.namespace == a.namespace && b.name == a.name)
-    {
+    // Usually the same Services in the same order (an endpoint changed): compared pairwise,
+    // no hashing.
+    if before.len() == after.len() && before.iter().zip(after).all(|(b, a)| key(b) == key(a)) {
         for (b, a) in before.iter().zip(after) {
             if b != a {
                 gone.push(b);
