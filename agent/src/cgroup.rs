@@ -61,19 +61,22 @@ pub fn place_self(parent: &str) -> Result<String, String> {
     Ok(format!("{}/{parent}", base.display()).replace("//", "/"))
 }
 
-/// Makes the supervisors' cgroup on a pure v2 host and opens its `cgroup.procs` for
-/// writing: a supervisor's process writes `0` to it before it runs the shim, so it and
-/// everything it starts leave the agent's cgroup. None elsewhere, or when that fails
-/// (reported).
-pub fn supervisors() -> Option<std::fs::File> {
+/// Makes the supervisors' cgroup on a pure v2 host and returns its `cgroup.procs` (checked
+/// writable): a supervisor writes `0` to it before it runs the shim, so it and everything it
+/// starts leave the agent's cgroup. None elsewhere, or when that fails (reported).
+pub fn supervisors() -> Option<PathBuf> {
     let (_, dir) = pure_v2_base().ok()??;
     let dir = dir.join(SUPERVISORS);
-    let file = std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")));
-    file.inspect_err(|e| {
-        eprintln!("tug-agent: cgroup {}: {e}; supervisors stay in the agent's cgroup", dir.display());
-    })
-    .ok()
+    let procs = dir.join("cgroup.procs");
+    let file =
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::OpenOptions::new().write(true).open(&procs));
+    match file {
+        Ok(_) => Some(procs),
+        Err(e) => {
+            eprintln!("tug-agent: cgroup {}: {e}; supervisors stay in the agent's cgroup", dir.display());
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub struct Taint {
 pub struct Config {
     pub node_name: String,
     pub state_dir: PathBuf,
+    /// Volatile state (a tmpfs on a host): the runtime's root, supervisors, bundles.
+    pub run_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub node_ip: Ipv4Addr,
@@ -130,11 +132,15 @@ pub fn parse_eviction(s: &str) -> Result<Eviction, String> {
 
 impl Config {
     pub fn runtime_root(&self) -> PathBuf {
-        self.state_dir.join("runtime")
+        self.run_dir.join("runtime")
     }
 
     pub fn supervisors(&self) -> PathBuf {
-        self.state_dir.join("runtime/supervisors")
+        self.run_dir.join("supervisors")
+    }
+
+    pub fn bundles(&self) -> PathBuf {
+        self.run_dir.join("bundles")
     }
 
     pub fn pods_dir(&self) -> PathBuf {

@@ -187,7 +187,7 @@ fn parse_pod(v: &Value) -> Option<Box<tug_api::kinds::pod::Pod>> {
 
 /// Runs the agent until SIGTERM or SIGINT; the containers stay up.
 pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
-    for d in [cfg.pods_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.state_dir.join("bundles")] {
+    for d in [cfg.pods_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
         std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let pods_cgroup = crate::cgroup::place_self(&cfg.cgroup_parent)?;

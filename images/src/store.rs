@@ -88,6 +88,9 @@ pub struct Store {
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How finely an image's `last_used` is kept.
+pub const LAST_USED_GRAIN_SECS: u64 = 60;
+
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -523,12 +526,16 @@ impl Store {
             let _ = remove_tree(&dir);
             return Err(e);
         }
-        let _ = self.update_index(|i| {
-            if let Some(r) = i.images.get_mut(&image.name) {
-                r.last_used = now();
-            }
-            Ok(())
-        });
+        // To the minute: image GC orders by it and spares images used in the last minutes,
+        // and a write (with its fsync) at every container start would be most of its disk work.
+        if now().saturating_sub(image.last_used) >= LAST_USED_GRAIN_SECS {
+            let _ = self.update_index(|i| {
+                if let Some(r) = i.images.get_mut(&image.name) {
+                    r.last_used = now();
+                }
+                Ok(())
+            });
+        }
         Ok(dir.join("rootfs"))
     }
 

@@ -36,12 +36,26 @@ impl Agent {
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let cgroup_parent = format!("tug-it-agent-{}-{n}", std::process::id());
         let p = |s: &str| dir.path().join(s).display().to_string();
+        // The run directory on a tmpfs of its own, as /run is on a host (unmounted by `clean`
+        // with every other mount under the agent's directory).
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).expect("run dir");
+        nix::mount::mount(
+            Some("tug-agent-run"),
+            &run,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        )
+        .expect("mount the agent's run tmpfs");
         let mut args: Vec<String> = connect.to_vec();
         args.extend([
             "--node-name".into(),
             name.into(),
             "--state-dir".into(),
             p("state"),
+            "--run-dir".into(),
+            p("run"),
             "--node-ip".into(),
             node.ip.to_string(),
             "--node-netns".into(),
@@ -94,6 +108,16 @@ impl Agent {
         self.dir.path().join("state")
     }
 
+    /// Volatile state: the runtime's root (`runtime/`), `supervisors/`, `bundles/`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// A container's supervisor directory.
+    pub fn supervisor_dir(&self, id: &str) -> PathBuf {
+        self.run_dir().join("supervisors").join(id)
+    }
+
     pub fn image_root(&self) -> PathBuf {
         self.dir.path().join("images")
     }
@@ -125,7 +149,7 @@ impl Agent {
 
     /// The containers (supervisor directories) the agent has now.
     pub fn containers(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.state_dir().join("runtime/supervisors"))
+        let mut v: Vec<String> = std::fs::read_dir(self.run_dir().join("supervisors"))
             .into_iter()
             .flatten()
             .flatten()
@@ -173,9 +197,9 @@ impl Agent {
     /// Removes everything the agent's containers hold.
     fn clean(&self) {
         let shim = crate::bundle::shim_binary();
-        let root = self.state_dir().join("runtime");
+        let root = self.run_dir().join("runtime");
         for id in self.containers() {
-            let socket = tug_shim::supervisor::socket_path(&root.join("supervisors"), &id);
+            let socket = tug_shim::supervisor::socket_path(&self.run_dir().join("supervisors"), &id);
             if let Ok(mut c) = tug_shim::supervisor::protocol::Client::connect(&socket) {
                 c.set_timeout(Some(Duration::from_secs(5)));
                 let _ = c.call(&tug_shim::supervisor::protocol::Request::Kill {

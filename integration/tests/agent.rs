@@ -367,7 +367,7 @@ fn a_killed_agent_restarts_nothing_and_adopts_its_pods() {
     assert_eq!(containers.len(), 1);
     agent.kill9();
     // The container runs on without its agent.
-    let socket = agent.state_dir().join("runtime/supervisors").join(&containers[0]).join("control.sock");
+    let socket = agent.supervisor_dir(&containers[0]).join("control.sock");
     let mut c =
         tug_shim::supervisor::protocol::Client::connect(&socket).expect("the supervisor outlives the agent");
     let state = c.call(&tug_shim::supervisor::protocol::Request::State).unwrap();
@@ -541,7 +541,7 @@ spec:
 /// Runs `argv` in container `id` of the agent (through its supervisor): stdout and exit code.
 fn exec_in(agent: &Agent, id: &str, argv: &[&str]) -> (String, i32) {
     use tug_shim::supervisor::protocol::Client;
-    let socket = agent.state_dir().join("runtime/supervisors").join(id).join("control.sock");
+    let socket = agent.supervisor_dir(id).join("control.sock");
     let c = Client::connect(&socket).expect("supervisor");
     let (_, mut stream) = c
         .exec(serde_json::json!({"args": argv, "cwd": "/", "env": ["PATH=/bin"], "terminal": false,

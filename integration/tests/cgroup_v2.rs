@@ -101,10 +101,8 @@ fn cgroup_v2_an_agent_runs_a_pod_with_its_limits_beside_its_own_leaf() {
         .to_string();
     // The container's supervisor lives outside the agent's cgroup, beside it: restarting the
     // agent's unit (KillMode=process) or its accounting never reaches it.
-    let sup_pid = std::fs::read_to_string(
-        agent.state_dir().join("runtime/supervisors").join(&id).join("supervisor.pid"),
-    )
-    .expect("supervisor.pid");
+    let sup_pid =
+        std::fs::read_to_string(agent.supervisor_dir(&id).join("supervisor.pid")).expect("supervisor.pid");
     let sup_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", sup_pid.trim())).unwrap();
     assert!(sup_cg.trim_end().ends_with("/tug-supervisors"), "the supervisor's cgroup: {sup_cg}");
     assert_eq!(

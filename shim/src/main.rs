@@ -126,8 +126,15 @@ enum Command {
         force: bool,
         id: String,
     },
-    /// Create, start and wait for a container; exits with its exit code.
-    Run(CreateArgs),
+    /// Create and start a container, then wait for it and exit with its exit code (or, with
+    /// --detach, exit at once leaving it running).
+    Run {
+        /// Do not wait: exit once the container's process runs.
+        #[arg(short, long)]
+        detach: bool,
+        #[command(flatten)]
+        args: CreateArgs,
+    },
     /// List containers.
     List {
         #[arg(short, long, default_value = "table")]
@@ -173,13 +180,13 @@ enum Command {
         #[arg(long)]
         log_path: Option<PathBuf>,
         /// Rotate the log file past this many bytes.
-        #[arg(long, default_value_t = 10 << 20)]
+        #[arg(long, default_value_t = tug_shim::supervisor::logs::DEFAULT_MAX_SIZE)]
         log_max_size: u64,
         /// Log files kept, the current one included.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = tug_shim::supervisor::logs::DEFAULT_KEEP)]
         log_max_files: usize,
         /// Longest log record; longer lines become partial records.
-        #[arg(long, default_value_t = 16 << 10)]
+        #[arg(long, default_value_t = tug_shim::supervisor::logs::DEFAULT_LINE_MAX)]
         log_line_max: usize,
         /// Keep the container's stdin open for attached clients (a pipe, or its terminal).
         #[arg(long)]
@@ -215,7 +222,11 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
         Command::State { id } => print_json(&rt.state(&id)?),
         Command::Kill { all, id, signal } => rt.kill(&id, parse_signal(&signal)?, all)?,
         Command::Delete { force, id } => rt.delete(&id, force)?,
-        Command::Run(args) => {
+        Command::Run { detach: true, args } => {
+            let (id, opts) = args.options();
+            rt.run_detached(&id, &opts)?;
+        }
+        Command::Run { detach: false, args } => {
             let (id, opts) = args.options();
             let exit = rt.run(&id, &opts)?;
             if exit.oom_killed {
@@ -267,6 +278,7 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
                 stdin,
                 shim: std::env::current_exe()
                     .map_err(|e| RuntimeError::Usage(format!("finding tug-shim's own path: {e}")))?,
+                join_cgroup: None,
             };
             let pid = tug_shim::supervisor::launch(&opts).map_err(RuntimeError::Usage)?;
             println!("{pid}");

@@ -32,6 +32,10 @@ struct Args {
     /// Where the agent keeps its state.
     #[arg(long, default_value = "/var/lib/tug-agent")]
     state_dir: PathBuf,
+    /// Where the agent keeps what lives only as long as its containers (the runtime's state,
+    /// the supervisors' sockets, the bundles): a tmpfs, gone with a reboot as they are.
+    #[arg(long, default_value = "/run/tug-agent")]
+    run_dir: PathBuf,
     /// Node labels: KEY=VALUE,...
     #[arg(long, default_value = "")]
     labels: String,
@@ -162,6 +166,7 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
     let cfg = Config {
         node_name: a.node_name.unwrap_or_else(tug_client::join::hostname),
         state_dir: a.state_dir,
+        run_dir: a.run_dir,
         labels: parse_labels(&a.labels)?,
         taints: parse_taints(&a.taints)?,
         node_ip,

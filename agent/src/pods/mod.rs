@@ -42,7 +42,7 @@ pub struct Ctx {
     /// Resource usage, sampled every `--housekeeping-interval`.
     pub stats: crate::stats::Cache,
     /// `cgroup.procs` of the supervisors' cgroup on a pure v2 host ([`crate::cgroup::supervisors`]).
-    pub supervisor_cgroup: Option<std::fs::File>,
+    pub supervisor_cgroup: Option<std::path::PathBuf>,
 }
 
 /// A message to a pod worker.
@@ -83,7 +83,7 @@ impl Ctx {
     }
 
     pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {
-        self.cfg.state_dir.join("bundles").join(id)
+        self.cfg.bundles().join(id)
     }
 
     /// `<logs>/<ns>_<pod>_<uid>/<container>/<attempt>.log`, kubelet's layout.
@@ -599,36 +599,23 @@ async fn launch(
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("{}: {e}", d.display())))?;
     }
-    let mut cmd = ctx.shim();
-    cmd.arg("supervise")
-        .arg("--bundle")
-        .arg(&bundle)
-        .arg("--state")
-        .arg(ctx.cfg.supervisors())
-        .arg("--log-path")
-        .arg(&log)
-        .arg(id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    if let Some(fd) = ctx.supervisor_cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) {
-        // SAFETY: between fork and exec only write(2), on a descriptor opened before the fork.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                // Should the cgroup be gone, the supervisor stays in the agent's.
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                Ok(())
-            });
-        }
-    }
-    let out = tokio::task::spawn_blocking(move || cmd.output())
+    let opts = tug_shim::supervisor::Options {
+        id: id.to_string(),
+        bundle,
+        runtime_root: ctx.cfg.runtime_root(),
+        state_root: ctx.cfg.supervisors(),
+        log_path: log,
+        log_max_size: tug_shim::supervisor::logs::DEFAULT_MAX_SIZE,
+        log_keep: tug_shim::supervisor::logs::DEFAULT_KEEP,
+        line_max: tug_shim::supervisor::logs::DEFAULT_LINE_MAX,
+        stdin: false,
+        shim: ctx.cfg.shim.clone(),
+        join_cgroup: ctx.supervisor_cgroup.clone(),
+    };
+    tokio::task::spawn_blocking(move || tug_shim::supervisor::launch(&opts))
         .await
         .map_err(|e| ("RunContainerError", e.to_string()))?
-        .map_err(|e| ("RunContainerError", format!("tug-shim: {e}")))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(("RunContainerError", msg));
-    }
+        .map_err(|e| ("RunContainerError", e))?;
     Ok(())
 }
 

@@ -22,6 +22,25 @@ pub struct PodRecord {
     pub grace_seconds: Option<i64>,
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    #[serde(skip)]
+    pub(crate) written: Written,
+}
+
+/// A record's bytes as last written (or read): an unchanged record is not written again.
+/// Not part of the record: any two are equal.
+#[derive(Clone, Default)]
+pub(crate) struct Written(Option<Vec<u8>>);
+
+impl PartialEq for Written {
+    fn eq(&self, _: &Written) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,19 +109,28 @@ impl PodRecord {
     }
 
     /// Writes the record atomically (a temporary file renamed over the old one).
-    pub fn save(&self, pods_dir: &Path) -> Result<(), String> {
+    /// Nothing happens when the record is as last written: every sync of a pod saves it, and
+    /// on a busy node file creation is the agent's largest cost.
+    pub fn save(&mut self, pods_dir: &Path) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        if self.written.0.as_ref() == Some(&bytes) {
+            return Ok(());
+        }
         let dir = pods_dir.join(&self.uid);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let tmp = dir.join(".record.json.tmp");
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join("record.json")).map_err(|e| format!("{}: {e}", dir.display()))
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join("record.json")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.written.0 = Some(bytes);
+        Ok(())
     }
 
     /// The record of pod `uid`, if there is one.
     pub fn load(pods_dir: &Path, uid: &str) -> Option<PodRecord> {
         let bytes = std::fs::read(Self::path(pods_dir, uid)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let mut rec: PodRecord = serde_json::from_slice(&bytes).ok()?;
+        rec.written.0 = Some(bytes);
+        Some(rec)
     }
 
     pub fn load_all(pods_dir: &Path) -> Vec<PodRecord> {

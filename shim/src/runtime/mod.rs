@@ -8,7 +8,7 @@ mod query;
 mod run;
 mod start;
 
-pub use create::{CreateOptions, connect_console};
+pub use create::{CreateOptions, Created, connect_console};
 pub use exec::{ExecOverrides, exec_process, wait_exit};
 pub use kill::parse_signal;
 pub use query::features;

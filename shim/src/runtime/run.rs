@@ -1,7 +1,7 @@
 //! `run`: create, start, wait for the container's init, delete; the exit code is the
 //! container's (128 + signal when killed by one).
 
-use super::{CreateOptions, Runtime, RuntimeError};
+use super::{CreateOptions, Created, Runtime, RuntimeError};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -15,6 +15,17 @@ pub struct Exit {
 }
 
 impl Runtime {
+    /// Creates and starts the container, and leaves it running (`run --detach`): its init is
+    /// re-parented to the caller's subreaper once this process exits.
+    pub fn run_detached(&self, id: &str, opts: &CreateOptions) -> Result<Created, RuntimeError> {
+        let created = self.create(id, opts)?;
+        if let Err(e) = self.start(id) {
+            let _ = self.delete(id, true);
+            return Err(e);
+        }
+        Ok(created)
+    }
+
     /// Runs the container to completion. The init is this process's child, so it is reaped
     /// here; the cgroup is read for OOM kills before it is removed.
     pub fn run(&self, id: &str, opts: &CreateOptions) -> Result<Exit, RuntimeError> {

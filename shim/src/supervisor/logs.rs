@@ -8,6 +8,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// The kubelet's defaults: rotate past 10 MiB (`containerLogMaxSize`), keep 5 files
+/// (`containerLogMaxFiles`), split lines longer than 16 KiB (the CRI's line limit).
+pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
+pub const DEFAULT_KEEP: usize = 5;
+pub const DEFAULT_LINE_MAX: usize = 16 << 10;
+
 /// The two streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {

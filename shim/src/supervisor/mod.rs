@@ -50,6 +50,10 @@ pub struct Options {
     pub stdin: bool,
     /// The `tug-shim` binary the supervisor runs (and beside which `tug-supervisor` lives).
     pub shim: PathBuf,
+    /// A `cgroup.procs` the supervisor moves itself into before anything else (the agent's
+    /// supervisors' cgroup on a pure v2 host); None stays in the caller's.
+    #[serde(default)]
+    pub join_cgroup: Option<PathBuf>,
 }
 
 /// A supervisor directory's control socket.
@@ -81,8 +85,12 @@ pub fn recorded_exit(state_root: &Path, id: &str) -> Option<ExitStatus> {
 ///
 /// The supervisor is its own small program, `tug-supervisor`, installed beside `tug-shim`:
 /// it never links the runtime's setup code (spec parsing, mounts, seccomp) but runs
-/// `tug-shim create`, `start`, `exec`, `update` and `delete` as short-lived children, as
+/// `tug-shim run --detach`, `exec`, `update` and `delete` as short-lived children, as
 /// containerd's shims run runc — so an idle supervisor's resident set is the loop's alone.
+///
+/// Safe to call from a multi-threaded process (the agent): the program is spawned as any
+/// other (no code runs between fork and exec), and detaches itself (a new session, a second
+/// fork) before it says it is ready on its stdout, a pipe read here to its end.
 pub fn launch(opts: &Options) -> Result<i32, String> {
     let program = opts.shim.with_file_name("tug-supervisor");
     if !program.is_file() {
@@ -91,39 +99,25 @@ pub fn launch(opts: &Options) -> Result<i32, String> {
     let json = serde_json::to_string(opts).map_err(|e| e.to_string())?;
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let cstr = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
-    let argv = [cstr("tug-supervisor"), cstr(&json), cstr(&ready_w.as_raw_fd().to_string())];
-    let path = cstr(&program.to_string_lossy());
-    // SAFETY: this process is single-threaded here (the CLI calls launch before anything
-    // else), so the child may do anything after fork.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(ready_w);
-            let mut answer = String::new();
-            let _ = std::fs::File::from(ready_r).read_to_string(&mut answer);
-            let _ = waitpid(child, None);
-            match answer.trim().split_once(' ') {
-                Some(("ok", pid)) => pid.parse().map_err(|_| format!("supervisor said {answer:?}")),
-                Some(("error", msg)) => Err(msg.to_string()),
-                _ => Err("the supervisor exited before it was ready".into()),
-            }
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(ready_r);
-            let _ = nix::unistd::setsid();
-            // SAFETY: still single-threaded; the intermediate process exits at once.
-            match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => {
-                    // SAFETY: clears FD_CLOEXEC on the ready pipe, which this process owns.
-                    unsafe { libc::fcntl(ready_w.as_raw_fd(), libc::F_SETFD, 0) };
-                    let err = nix::unistd::execv(&path, &argv).err();
-                    let _ =
-                        writeln!(std::fs::File::from(ready_w), "error exec {}: {err:?}", program.display());
-                    std::process::exit(1)
-                }
-                _ => std::process::exit(0),
-            }
-        }
+    let mut child = {
+        // The command owns the pipe's write end: it goes with the command, so that the read
+        // below ends when the supervisor closes its copy.
+        let mut cmd = std::process::Command::new(&program);
+        cmd.arg(&json)
+            .arg("1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(ready_w))
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().map_err(|e| format!("{}: {e}", program.display()))?
+    };
+    let mut answer = String::new();
+    let _ = std::fs::File::from(ready_r).read_to_string(&mut answer);
+    // The first process exits as soon as it forked the supervisor.
+    let _ = child.wait();
+    match answer.trim().split_once(' ') {
+        Some(("ok", pid)) => pid.parse().map_err(|_| format!("supervisor said {answer:?}")),
+        Some(("error", msg)) => Err(msg.to_string()),
+        _ => Err("the supervisor exited before it was ready".into()),
     }
 }
 
@@ -143,12 +137,38 @@ pub fn serve(options: &str, ready_fd: &str) -> ! {
         std::process::exit(2)
     };
     // SAFETY: `launch` left this descriptor open for us under this number.
+    let given = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // Moved above the standard descriptors, which are /dev/null's below.
+    let moved = nix::fcntl::fcntl(&given, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3));
+    let fd = moved.unwrap_or(fd);
+    if moved.is_ok() {
+        drop(given);
+    } else {
+        std::mem::forget(given);
+    }
+    // SAFETY: a descriptor this process owns (the copy just made, or the one given).
     let mut ready = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     let _ = nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let opts: Options = match serde_json::from_str(options) {
         Ok(o) => o,
         Err(e) => fail(&mut ready, &format!("bad options: {e}")),
     };
+    // Out of the caller's cgroup first, so that the container's processes start outside it.
+    if let Some(procs) = &opts.join_cgroup
+        && let Err(e) = std::fs::write(procs, "0")
+    {
+        fail(&mut ready, &format!("joining {}: {e}", procs.display()));
+    }
+    // Away from the caller: a session of its own, and (after the fork) no longer its child
+    // but the nearest subreaper's or init's, never a session leader.
+    let _ = nix::unistd::setsid();
+    // SAFETY: single-threaded; the first process exits at once without running anything.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {}
+        // SAFETY: _exit ends the first process without running anything more of it.
+        Ok(nix::unistd::ForkResult::Parent { .. }) => unsafe { libc::_exit(0) },
+        Err(e) => fail(&mut ready, &format!("fork: {e}")),
+    }
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let _ = nix::unistd::chdir("/");
     // Detached from the caller: no descriptor of its own (its stdout may be a pipe someone
@@ -323,11 +343,11 @@ fn bind_console(path: &Path) -> Result<UnixListener, String> {
     UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `tug-shim create` and `start`, with the container's stdout and stderr on pipes (or its
-/// terminal's master from a console socket). `create`'s init inherits the pipes' write ends;
-/// once `create` exits only the container holds them, and the pipes close when its last
-/// process does. The init is re-parented to this process, the subreaper. Returns the stdio,
-/// the init's pid and its cgroup.
+/// `tug-shim run --detach` (create and start in one process), with the container's stdout
+/// and stderr on pipes (or its terminal's master from a console socket). The init inherits
+/// the pipes' write ends; once `tug-shim` exits only the container holds them, and the pipes
+/// close when its last process does. The init is re-parented to this process, the
+/// subreaper. Returns the stdio, the init's pid and its cgroup.
 fn start_container(opts: &Options, shim: &Shim) -> Result<(MainIo, i32, crate::cgroups::Cgroup), String> {
     let config = opts.bundle.join("config.json");
     // Only `process.terminal` matters here: typed, so serde skips the rest unparsed.
@@ -355,7 +375,8 @@ fn start_container(opts: &Options, shim: &Shim) -> Result<(MainIo, i32, crate::c
         console = Some(bind_console(&path)?);
         let path = path.display().to_string();
         cmd = shim.command(&[
-            "create",
+            "run",
+            "--detach",
             "--bundle",
             &bundle,
             "--pid-file",
@@ -365,7 +386,7 @@ fn start_container(opts: &Options, shim: &Shim) -> Result<(MainIo, i32, crate::c
             &shim.id,
         ]);
     } else {
-        cmd = shim.command(&["create", "--bundle", &bundle, "--pid-file", &pid_arg, &shim.id]);
+        cmd = shim.command(&["run", "--detach", "--bundle", &bundle, "--pid-file", &pid_arg, &shim.id]);
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         cmd.stdout(out_w).stderr(err_w);
@@ -407,7 +428,6 @@ fn start_container(opts: &Options, shim: &Shim) -> Result<(MainIo, i32, crate::c
         .map(|s| s.cgroup)
         .ok_or_else(|| format!("{}: no cgroup", state.display()));
     let cgroup = cgroup.inspect_err(|_| shim.delete())?;
-    shim.run(shim.command(&["start", &shim.id])).inspect_err(|_| shim.delete())?;
     Ok((io, pid, cgroup))
 }
 
