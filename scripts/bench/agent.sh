@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # The bench drives the debug-profile daemons the harness builds; release ones are what a host
-# runs, so point the harness at them.
+# runs, so point the harness at them — with tug-shim and tug-supervisor linked statically, as
+# `make install` installs them.
 cargo build --release --quiet --workspace --bins
-TUG_BIN_DIR=$(pwd)/target/release cargo bench --quiet -p tug-integration --bench agent
+make --no-print-directory static >/dev/null
+bins=target/bench-bin
+mkdir -p "$bins"
+for b in target/release/tug target/release/tug-scheduler target/release/tug-agent \
+    target/x86_64-unknown-linux-gnu/release/tug-shim target/x86_64-unknown-linux-gnu/release/tug-supervisor; do
+    ln -f "$b" "$bins/"
+done
+TUG_BIN_DIR=$(pwd)/$bins cargo bench --quiet -p tug-integration --bench agent
