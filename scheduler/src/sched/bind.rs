@@ -59,6 +59,27 @@ pub struct Round {
     pub conflicts: usize,
     /// Lower-priority pods removed to make room.
     pub preempted: usize,
+    /// What the round saw of each pod (by store key): whether it was bound, whether it had
+    /// finished. A later change to neither (a bound pod's status) does not concern scheduling.
+    pub seen: std::collections::HashMap<String, (bool, bool)>,
+}
+
+/// Whether a pod that is bound and whether it finished (Succeeded or Failed).
+fn mark(pod: &Value) -> (bool, bool) {
+    let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+    (pod["spec"]["nodeName"].is_string(), matches!(phase, "Succeeded" | "Failed"))
+}
+
+/// Whether a pod event may change what a round would do: a pod added or gone, a pending pod
+/// changed, a pod bound or finished since the last round saw it.
+fn concerns(event: &crate::store::Event, seen: &std::collections::HashMap<String, (bool, bool)>) -> bool {
+    match event.type_ {
+        crate::store::EventType::Added | crate::store::EventType::Deleted => true,
+        crate::store::EventType::Modified => {
+            let now = mark(&event.object);
+            !now.0 || seen.get(&event.key) != Some(&now)
+        }
+    }
 }
 
 fn now() -> String {
@@ -150,7 +171,13 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let needs_volumes =
         pending.iter().any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.persistent_volume_claim.is_some()));
     let volumes = if needs_volumes { load_volumes(store)? } else { super::volumes::Volumes::default() };
-    let mut out = Round::default();
+    let mut out = Round {
+        seen: pod_objs.iter().map(|s| (s.key.clone(), mark(&s.object))).collect(),
+        ..Round::default()
+    };
+    // Placed this round: written after the loop, each node's reservation in one write and the
+    // bindings in one batch.
+    let mut placed: Vec<(PodInfo, &Stored, String)> = Vec::new();
     for (mut info, pod, stored) in pending {
         match super::volumes::constrain(pod, &volumes) {
             Ok(None) => {}
@@ -167,22 +194,8 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
         }
         match engine.schedule(&info, &snap) {
             Ok(node) => {
-                match reserve(store, &mut reservations, &node, &info) {
-                    Ok(()) => {}
-                    Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {
-                        out.conflicts += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
                 snap.assume(&node, &info);
-                match bind(store, stored, &node) {
-                    Ok(()) => out.bound += 1,
-                    Err(StoreError::Conflict { .. }) => out.conflicts += 1,
-                    // Deleted meanwhile (scaled down, evicted): nothing to place.
-                    Err(StoreError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                placed.push((info, stored, node));
             }
             Err(why) => {
                 out.unschedulable += 1;
@@ -198,16 +211,52 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             }
         }
     }
+    // A node whose reservation another scheduler changed since the round began: its pods wait
+    // for the next round, which sees the other's reservation.
+    let mut refused: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut nodes: Vec<&str> = placed.iter().map(|(_, _, n)| n.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    for node in nodes {
+        let pods: Vec<&PodInfo> = placed.iter().filter(|(_, _, n)| n == node).map(|(i, _, _)| i).collect();
+        match reserve(store, &mut reservations, node, &pods) {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {
+                out.conflicts += pods.len();
+                refused.insert(node);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let bindings: Vec<(String, Value, Option<u64>)> = placed
+        .iter()
+        .filter(|(_, _, n)| !refused.contains(n.as_str()))
+        .map(|(_, stored, node)| (stored.key.clone(), bound_object(stored, node), Some(stored.revision)))
+        .collect();
+    let keys: Vec<String> = bindings.iter().map(|(k, _, _)| k.clone()).collect();
+    for (key, result) in keys.into_iter().zip(store.update_each(bindings)) {
+        match result {
+            Ok(_) => {
+                out.bound += 1;
+                // Its binding's event is this round's own doing.
+                out.seen.insert(key, (true, false));
+            }
+            Err(StoreError::Conflict { .. }) => out.conflicts += 1,
+            // Deleted meanwhile (scaled down, evicted): nothing to place.
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(out)
 }
 
-/// Records the pod's requests in the node's reservation, with the revision read at the start
+/// Records the pods' requests in the node's reservation, with the revision read at the start
 /// of the round (dropping reservations past their time).
 fn reserve(
     store: &dyn Store,
     all: &mut std::collections::HashMap<String, (u64, Reservations)>,
     node: &str,
-    pod: &PodInfo,
+    pods: &[&PodInfo],
 ) -> Result<(), StoreError> {
     let now = unix_now();
     let key = format!("{RESERVATIONS}{node}");
@@ -216,7 +265,9 @@ fn reserve(
     // A binding takes milliseconds: past the TTL a reservation's pod is bound (and counted
     // from the pod list) or never will be.
     r.pods.retain(|_, v| now.saturating_sub(v.at) <= RESERVATION_TTL_SECS);
-    r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now });
+    for pod in pods {
+        r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now });
+    }
     let mut value = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
     // The store keeps an object's revision in its metadata.
     value["metadata"] = json!({"name": node});
@@ -270,12 +321,13 @@ fn set_condition(obj: &mut Value, status: &str, reason: Option<&str>, message: O
     }
 }
 
-/// Writes `spec.nodeName` and `PodScheduled=True`, if the pod is still as it was read.
-fn bind(store: &dyn Store, stored: &Stored, node: &str) -> Result<(), StoreError> {
+/// The pod bound: `spec.nodeName` and `PodScheduled=True` (written only if the pod is still
+/// as it was read).
+fn bound_object(stored: &Stored, node: &str) -> Value {
     let mut obj = stored.object.clone();
     obj["spec"]["nodeName"] = node.into();
     set_condition(&mut obj, "True", None, None);
-    store.update(&stored.key, obj, Some(stored.revision)).map(drop)
+    obj
 }
 
 fn mark_unschedulable(store: &dyn Store, stored: &Stored, message: &str) -> Result<(), StoreError> {
@@ -313,6 +365,7 @@ fn event(
 /// `resync`).
 pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
     let mut engine = Engine::new(strategy);
+    let mut seen = std::collections::HashMap::new();
     loop {
         let rev = store.revision().unwrap_or(0);
         let s = store.clone();
@@ -322,8 +375,9 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
         })
         .await;
         match result {
-            Ok((Ok(r), e)) => {
+            Ok((Ok(mut r), e)) => {
                 engine = e;
+                seen = std::mem::take(&mut r.seen);
                 // Lost a race with another scheduler: go again at once with fresh data.
                 if r.conflicts > 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -336,7 +390,7 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
             }
             Err(_) => return,
         }
-        wait_for_change(store.as_ref(), rev, resync).await;
+        wait_for_change(store.as_ref(), rev, resync, &seen).await;
     }
 }
 
@@ -359,9 +413,15 @@ fn load_volumes(store: &dyn Store) -> Result<super::volumes::Volumes, StoreError
     Ok(v)
 }
 
-/// Returns after the first change to pods, nodes or claims past `rev` (then a short pause so a burst
-/// is one round), or after `resync`.
-async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
+/// Returns after the first change to pods, nodes or claims past `rev` that may concern
+/// scheduling (then a short pause so a burst is one round), or after `resync`. The pods'
+/// status writes (several per start) do not wake it: `seen` is what the last round saw.
+async fn wait_for_change(
+    store: &dyn Store,
+    rev: u64,
+    resync: Duration,
+    seen: &std::collections::HashMap<String, (bool, bool)>,
+) {
     // A claim getting bound frees the pods waiting for it.
     let watches = (
         store.watch(PODS, rev),
@@ -373,11 +433,18 @@ async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     };
-    tokio::select! {
-        _ = pods.next() => {}
-        _ = nodes.next() => {}
-        _ = claims.next() => {}
-        _ = tokio::time::sleep(resync) => {}
+    let resync = tokio::time::sleep(resync);
+    tokio::pin!(resync);
+    loop {
+        tokio::select! {
+            e = pods.next() => match e {
+                Some(Ok(e)) if !concerns(&e, seen) => continue,
+                _ => break,
+            },
+            _ = nodes.next() => break,
+            _ = claims.next() => break,
+            () = &mut resync => break,
+        }
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
@@ -386,6 +453,25 @@ async fn wait_for_change(store: &dyn Store, rev: u64, resync: Duration) {
 mod tests {
     use super::*;
     use crate::store::redb_store::RedbStore;
+
+    /// A running pod's status writes do not wake the scheduler; a new pod, a pending pod's
+    /// change, a pod bound elsewhere or finished do.
+    #[test]
+    fn only_changes_that_concern_scheduling_wake_it() {
+        use crate::store::{Event, EventType};
+        let ev = |type_, object: Value| Event { revision: 9, type_, key: "/pods/default/p".into(), object };
+        let running = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        let seen: std::collections::HashMap<String, (bool, bool)> =
+            [("/pods/default/p".to_string(), (true, false))].into();
+        assert!(!concerns(&ev(EventType::Modified, running.clone()), &seen));
+        assert!(concerns(&ev(EventType::Deleted, running.clone()), &seen));
+        assert!(concerns(&ev(EventType::Added, json!({"spec": {}})), &seen));
+        assert!(concerns(&ev(EventType::Modified, json!({"spec": {}})), &seen));
+        let done = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Succeeded"}});
+        assert!(concerns(&ev(EventType::Modified, done), &seen));
+        // Bound since the round saw it unbound (by another scheduler).
+        assert!(concerns(&ev(EventType::Modified, running), &std::collections::HashMap::new()));
+    }
 
     /// Two schedulers (each serving its own `schedulerName`, so they place different pods)
     /// racing over one store on nodes with room for ten pods each: never more than ten are

@@ -66,6 +66,12 @@ pub trait Store: Send + Sync {
     fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError>;
     /// Replaces the object; with `expected`, only if its revision still is that one.
     fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError>;
+    /// Several updates, each applied or refused on its own as [`Store::update`] would, with
+    /// the results in the order given. A backend may write them together: the embedded store
+    /// makes them one transaction and one fsync (a scheduling round's bindings).
+    fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
+        updates.into_iter().map(|(key, object, expected)| self.update(&key, object, expected)).collect()
+    }
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError>;
     /// Changes under `prefix` after revision `after`, in order, without gaps.
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;

@@ -79,39 +79,76 @@ impl RedbStore {
         key: &str,
         f: impl FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError>,
     ) -> Result<Stored, StoreError> {
-        let event = {
+        let mut results = self.write_all(vec![(key.to_string(), Box::new(f))])?;
+        results.pop().unwrap_or_else(|| Err(StoreError::Backend("a write without a result".into())))
+    }
+
+    /// Several changes in one write transaction, each as [`RedbStore::write`] makes one: a
+    /// change whose `f` refuses is left out and its error returned in its place; the others
+    /// commit together and are durable (one fsync) when this returns. An error of the store
+    /// itself aborts them all.
+    fn write_all(
+        &self,
+        changes: Vec<(String, Change<'_>)>,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let mut results: Vec<Result<Arc<Event>, StoreError>> = Vec::with_capacity(changes.len());
+        let last = {
             let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut tx = self.db.begin_write().map_err(backend)?;
             tx.set_durability(Durability::None).map_err(backend)?;
-            let event = {
+            let mut made = Vec::new();
+            {
                 let mut objects = tx.open_table(OBJECTS).map_err(backend)?;
                 let mut events = tx.open_table(EVENTS).map_err(backend)?;
                 let mut meta = tx.open_table(META).map_err(backend)?;
-                let revision = meta.get("revision").map_err(backend)?.map(|g| g.value()).unwrap_or(0) + 1;
-                let current = match objects.get(key).map_err(backend)? {
-                    Some(bytes) => Some(decode(key, bytes.value())?),
-                    None => None,
-                };
-                let (type_, mut object) = f(current, revision)?;
-                stamp(&mut object, revision);
-                let bytes = serde_json::to_vec(&object).map_err(backend)?;
-                if type_ == EventType::Deleted {
-                    objects.remove(key).map_err(backend)?;
-                } else {
-                    objects.insert(key, bytes.as_slice()).map_err(backend)?;
+                let mut revision = meta.get("revision").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                for (key, f) in changes {
+                    let current = match objects.get(key.as_str()).map_err(backend)? {
+                        Some(bytes) => match decode(&key, bytes.value()) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                results.push(Err(e));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let (type_, mut object) = match f(current, revision + 1) {
+                        Ok(change) => change,
+                        Err(e) => {
+                            results.push(Err(e));
+                            continue;
+                        }
+                    };
+                    revision += 1;
+                    stamp(&mut object, revision);
+                    let bytes = serde_json::to_vec(&object).map_err(backend)?;
+                    if type_ == EventType::Deleted {
+                        objects.remove(key.as_str()).map_err(backend)?;
+                    } else {
+                        objects.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
+                    }
+                    let event = Event { revision, type_, key, object };
+                    let ebytes = serde_json::to_vec(&event).map_err(backend)?;
+                    events.insert(revision, ebytes.as_slice()).map_err(backend)?;
+                    let event = Arc::new(event);
+                    made.push(Arc::clone(&event));
+                    results.push(Ok(event));
                 }
-                let event = Event { revision, type_, key: key.to_string(), object };
-                let ebytes = serde_json::to_vec(&event).map_err(backend)?;
-                events.insert(revision, ebytes.as_slice()).map_err(backend)?;
-                meta.insert("revision", revision).map_err(backend)?;
-                Arc::new(event)
+                if !made.is_empty() {
+                    meta.insert("revision", revision).map_err(backend)?;
+                }
+            }
+            let Some(last) = made.last().map(|e| e.revision) else {
+                // Nothing to write: the transaction is dropped, which aborts it.
+                return Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect());
             };
             tx.commit().map_err(backend)?;
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.push(Arc::clone(&event));
-            event
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.extend(made);
+            last
         };
-        self.durable(event.revision)?;
-        Ok(Stored { key: key.to_string(), revision: event.revision, object: event.object.clone() })
+        self.durable(last)?;
+        Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect())
     }
 
     /// Returns once `revision` is durable: makes a durable commit covering every write so far
@@ -151,6 +188,14 @@ impl RedbStore {
         let meta = tx.open_table(META).map_err(backend)?;
         Ok(meta.get(name).map_err(backend)?.map(|g| g.value()).unwrap_or(0))
     }
+}
+
+/// A change to one key: given the current object (if any) and the revision it would get, the
+/// event to record, or the error that leaves the key as it is.
+type Change<'a> = Box<dyn FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + 'a>;
+
+fn stored(e: &Event) -> Stored {
+    Stored { key: e.key.clone(), revision: e.revision, object: e.object.clone() }
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Stored, StoreError> {
@@ -203,6 +248,30 @@ impl Store for RedbStore {
                 _ => Ok((EventType::Modified, object)),
             }
         })
+    }
+
+    fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
+        let n = updates.len();
+        let changes: Vec<(String, Change<'_>)> = updates
+            .into_iter()
+            .map(|(key, object, expected)| {
+                let k = key.clone();
+                let f: Change<'_> = Box::new(move |current: Option<Stored>, _| {
+                    let current = current.ok_or_else(|| StoreError::NotFound(k.clone()))?;
+                    match expected {
+                        Some(e) if e != current.revision => {
+                            Err(StoreError::Conflict { key: k, expected: e, current: current.revision })
+                        }
+                        _ => Ok((EventType::Modified, object)),
+                    }
+                });
+                (key, f)
+            })
+            .collect();
+        match self.write_all(changes) {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
@@ -260,6 +329,46 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch of updates: each is applied or refused on its own, the results in order, the
+    /// applied ones with consecutive revisions and their events watched in that order.
+    #[tokio::test]
+    async fn update_each_applies_each_update_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb"), 64).unwrap();
+        let a = store.create("/pods/default/a", serde_json::json!({"metadata": {"name": "a"}})).unwrap();
+        let b = store.create("/pods/default/b", serde_json::json!({"metadata": {"name": "b"}})).unwrap();
+        let mut watch = store.watch("/pods/", b.revision).unwrap();
+        let results = store.update_each(vec![
+            (
+                "/pods/default/a".into(),
+                serde_json::json!({"metadata": {"name": "a"}, "x": 1}),
+                Some(a.revision),
+            ),
+            (
+                "/pods/default/b".into(),
+                serde_json::json!({"metadata": {"name": "b"}, "x": 1}),
+                Some(a.revision),
+            ),
+            ("/pods/default/c".into(), serde_json::json!({"metadata": {"name": "c"}}), None),
+            (
+                "/pods/default/b".into(),
+                serde_json::json!({"metadata": {"name": "b"}, "x": 2}),
+                Some(b.revision),
+            ),
+        ]);
+        assert_eq!(results[0].as_ref().unwrap().revision, b.revision + 1);
+        assert!(matches!(results[1], Err(StoreError::Conflict { .. })));
+        assert!(matches!(results[2], Err(StoreError::NotFound(_))));
+        assert_eq!(results[3].as_ref().unwrap().revision, b.revision + 2);
+        assert_eq!(store.get("/pods/default/b").unwrap().unwrap().object["x"], 2);
+        for (key, rev) in [("/pods/default/a", b.revision + 1), ("/pods/default/b", b.revision + 2)] {
+            let e = watch.next().await.unwrap().unwrap();
+            assert_eq!((e.key.as_str(), e.revision), (key, rev));
+        }
+        assert!(store.update_each(Vec::new()).is_empty());
+        assert_eq!(store.revision().unwrap(), b.revision + 2);
+    }
 
     #[tokio::test]
     async fn conformance() {
