@@ -61,11 +61,11 @@ impl Cgroup {
     /// needs before it can hold a task; for v2, enables the controllers on the way down).
     pub fn create(&self, layout: &Layout) -> Result<(), CgroupError> {
         for (controllers, dir) in &self.dirs {
-            let created = create_dir_all(dir)?;
+            create_dir_all(dir)?;
             if controllers.iter().any(|c| c == "cpuset") {
-                for new in &created {
-                    inherit_cpuset(new)?;
-                }
+                // Not only the directories made here: a parent another runtime made a moment
+                // ago may not have its cpus yet, and a child copied from it would stay empty.
+                inherit_cpuset(dir)?;
             }
             if controllers.is_empty() && self.unified_resources {
                 enable_controllers(layout, dir)?;
@@ -226,15 +226,14 @@ impl Hierarchy {
 }
 
 /// Like `create_dir_all`, returning the directories it made, outermost first.
-fn create_dir_all(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur.filter(|d| !d.exists()) {
         missing.push(d.to_path_buf());
         cur = d.parent();
     }
-    missing.reverse();
-    for d in &missing {
+    for d in missing.iter().rev() {
         match std::fs::create_dir(d) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 return Err(CgroupError::Create { path: d.clone(), source: e });
@@ -242,19 +241,25 @@ fn create_dir_all(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
             _ => {}
         }
     }
-    Ok(missing)
+    Ok(())
 }
 
 /// A new v1 cpuset starts with empty cpus and mems and refuses tasks until they are set:
-/// copy the parent's.
+/// copy the parent's, filling in an empty parent first (up to the first ancestor that has
+/// them — never above the caller's own cgroup, whose cpuset holds the caller).
 fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
     let Some(parent) = dir.parent() else { return Ok(()) };
     for file in ["cpuset.cpus", "cpuset.mems"] {
-        let mine = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        if mine.trim().is_empty() {
-            let theirs = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
-            write_file(&dir.join(file), theirs.trim())?;
+        let read = |d: &Path| std::fs::read_to_string(d.join(file)).unwrap_or_default().trim().to_string();
+        if !read(dir).is_empty() {
+            continue;
         }
+        let mut theirs = read(parent);
+        if theirs.is_empty() && parent.join(file).exists() {
+            inherit_cpuset(parent)?;
+            theirs = read(parent);
+        }
+        write_file(&dir.join(file), &theirs)?;
     }
     Ok(())
 }
@@ -356,6 +361,25 @@ mod tests {
         let cg = Cgroup::locate(&layout, Path::new("/x/y")).unwrap();
         assert_eq!(cg.dirs[0].1, Path::new("/cg/memory/x/y"));
         assert!(matches!(Cgroup::locate(&layout, Path::new("a/../../b")), Err(CgroupError::BadPath(_))));
+    }
+
+    /// A runtime that made the pod's cpuset a moment ago may not have filled it in yet: the
+    /// container's copies from it fill it first, rather than copy its emptiness.
+    #[test]
+    fn an_empty_cpuset_parent_is_filled_in_before_its_child() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("agent");
+        for (d, cpus, mems) in [("", "0-1", "0"), ("pod", "", ""), ("pod/c1", "", "")] {
+            let dir = top.join(d);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cpuset.cpus"), cpus).unwrap();
+            std::fs::write(dir.join("cpuset.mems"), mems).unwrap();
+        }
+        inherit_cpuset(&top.join("pod/c1")).unwrap();
+        for d in ["pod", "pod/c1"] {
+            assert_eq!(std::fs::read_to_string(top.join(d).join("cpuset.cpus")).unwrap(), "0-1", "{d}");
+            assert_eq!(std::fs::read_to_string(top.join(d).join("cpuset.mems")).unwrap(), "0", "{d}");
+        }
     }
 
     #[test]
