@@ -185,6 +185,20 @@ fn parse_pod(v: &Value) -> Option<Box<tug_api::kinds::pod::Pod>> {
     }
 }
 
+/// Every few seconds, gives the allocator's free pages back to the kernel. glibc returns
+/// freed memory only from the top of the main heap: what a burst of pod starts allocated on
+/// the worker threads' arena stays resident after it, as much as the agent's steady needs.
+async fn trim_heap() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        // SAFETY: malloc_trim only releases free memory; any thread may call it.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT; the containers stay up.
 pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     for d in [cfg.pods_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
@@ -193,7 +207,14 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     let pods_cgroup = crate::cgroup::place_self(&cfg.cgroup_parent)?;
     let pod_cidr = register(&api, &cfg).await?;
     eprintln!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);
-    let mut ncfg = NodeConfig::new(&cfg.node_name, cfg.node_ip, pod_cidr, &cfg.state_dir);
+    // The address allocations live as long as the pods' namespaces (pinned under /run): in
+    // the run directory. An agent that kept them in its state directory left them there.
+    let (old_ipam, ipam) = (cfg.state_dir.join("ipam.json"), cfg.run_dir.join("ipam.json"));
+    if old_ipam.exists() && !ipam.exists() {
+        std::fs::copy(&old_ipam, &ipam).map_err(|e| format!("{}: {e}", ipam.display()))?;
+        let _ = std::fs::remove_file(&old_ipam);
+    }
+    let mut ncfg = NodeConfig::new(&cfg.node_name, cfg.node_ip, pod_cidr, &cfg.run_dir);
     ncfg.node_netns = cfg.node_netns.clone();
     ncfg.netns_dir = cfg.netns_dir.clone();
     ncfg.backend = cfg.backend;
@@ -237,6 +258,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     // The control plane's way in for `tug logs`, `tug exec` and `tug top`.
     crate::tunnel::start(Arc::clone(&ctx));
     tokio::spawn(crate::stats::run(Arc::clone(&ctx), cfg.housekeeping_interval));
+    tokio::spawn(trim_heap());
 
     // What a previous run left: workers for every recorded pod, nothing for the rest.
     let records = PodRecord::load_all(&cfg.pods_dir());

@@ -20,3 +20,15 @@ pub mod pods;
 pub mod proxy;
 pub mod stats;
 pub mod tunnel;
+
+/// Runs blocking work (file writes, mounts, namespace creation) from async code without
+/// stalling the runtime's other tasks: on a multi-threaded runtime the worker thread hands its
+/// tasks to another first (`block_in_place`); elsewhere it simply runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

@@ -233,7 +233,16 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // Blocking work (container starts, file writes, mounts) runs on at most 64 threads, which
+    // do not outlive a burst of starts by long: every thread's stack pages stay resident, also
+    // in glibc's cache of freed stacks.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_keep_alive(Duration::from_secs(2))
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tug-agent: {e}");

@@ -41,14 +41,15 @@ pub struct NodeConfig {
     pub bridge: String,
     /// Where pod namespaces are pinned (`/run/tug/netns`).
     pub netns_dir: PathBuf,
-    /// Where the address allocations are kept (`<state-dir>/ipam.json`).
+    /// Where the address allocations are kept (`<run-dir>/ipam.json`: they last as long as
+    /// the pinned namespaces).
     pub ipam_file: PathBuf,
     pub backend: Backend,
 }
 
 impl NodeConfig {
     /// The defaults: bridge `tug0`, `/run/tug/netns`, cluster CIDR 10.244.0.0/16.
-    pub fn new(node_name: &str, node_ip: Ipv4Addr, pod_cidr: Cidr4, state_dir: &Path) -> NodeConfig {
+    pub fn new(node_name: &str, node_ip: Ipv4Addr, pod_cidr: Cidr4, run_dir: &Path) -> NodeConfig {
         NodeConfig {
             node_name: node_name.into(),
             node_netns: None,
@@ -57,7 +58,7 @@ impl NodeConfig {
             cluster_cidr: Cidr4 { network: Ipv4Addr::new(10, 244, 0, 0), prefix: 16 },
             bridge: "tug0".into(),
             netns_dir: PathBuf::from("/run/tug/netns"),
-            ipam_file: state_dir.join("ipam.json"),
+            ipam_file: run_dir.join("ipam.json"),
             backend: Backend::Auto,
         }
     }
@@ -96,9 +97,11 @@ fn exists(e: &rtnetlink::Error) -> bool {
 /// A netlink connection inside a namespace (the socket stays bound to it).
 async fn connect(ns: Option<&Path>) -> Result<Handle, String> {
     let rt = tokio::runtime::Handle::current();
-    let (conn, handle, _) = netns::run_in(ns, move || {
-        let _entered = rt.enter();
-        rtnetlink::new_connection()
+    let (conn, handle, _) = crate::blocking(|| {
+        netns::run_in(ns, move || {
+            let _entered = rt.enter();
+            rtnetlink::new_connection()
+        })
     })?
     .map_err(|e| format!("netlink: {e}"))?;
     tokio::spawn(conn);
@@ -233,7 +236,7 @@ impl NodeNetwork {
     /// Gives a pod its namespace, veth pair and address (the same address again for a pod
     /// that has one).
     pub async fn add_pod(&self, pod: &str) -> Result<PodNetwork, String> {
-        let ip = self.ipam.lock().map_err(|_| "ipam lock")?.allocate(pod)?;
+        let ip = crate::blocking(|| self.ipam.lock().map_err(|_| "ipam lock")?.allocate(pod))?;
         let result = self.wire_pod(pod, ip).await;
         if result.is_err() {
             let _ = self.remove_pod(pod).await;
@@ -243,7 +246,7 @@ impl NodeNetwork {
 
     async fn wire_pod(&self, pod: &str, ip: Ipv4Addr) -> Result<PodNetwork, String> {
         let path = self.netns_path(pod);
-        netns::create_pinned(&path)?;
+        crate::blocking(|| netns::create_pinned(&path))?;
         let host = veth_name(pod);
         let h = &self.handle;
         // A half-made pair from an earlier attempt (or one whose namespace the kernel is still

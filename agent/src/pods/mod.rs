@@ -254,7 +254,7 @@ pub async fn worker(
                 Action::WakeAt(t) => wake = Some(wake.map_or(t, |w: u64| w.min(t))),
             }
         }
-        if let Err(e) = rec.save(&ctx.cfg.pods_dir()) {
+        if let Err(e) = crate::blocking(|| rec.save(&ctx.cfg.pods_dir())) {
             eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
         }
         if let Some(p) = &mut pod
@@ -391,7 +391,7 @@ async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
 async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::PodSpec) -> Result<(), String> {
     let net = ctx.net.add_pod(&short(&rec.uid)).await?;
     let dir = ctx.pod_dir(&rec.uid);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::blocking(|| std::fs::create_dir_all(&dir)).map_err(|e| format!("{}: {e}", dir.display()))?;
     let hostname = rec.name.clone();
     let hosts = format!(
         "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
@@ -406,13 +406,16 @@ async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::Pod
         ctx.net.cfg.pod_cidr.gateway(),
         &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     );
-    for (file, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv)] {
-        std::fs::write(dir.join(file), text).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
-    }
     rec.ip = Some(net.ip.to_string());
     rec.netns = Some(net.netns);
     rec.start_time.get_or_insert_with(|| rfc3339(SystemTime::now()));
-    rec.save(&ctx.cfg.pods_dir())
+    crate::blocking(|| {
+        for (file, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv)]
+        {
+            std::fs::write(dir.join(file), text).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+        }
+        rec.save(&ctx.cfg.pods_dir())
+    })
 }
 
 /// Removes an ended container: its supervisor, snapshot and bundle (its log stays).
@@ -477,7 +480,8 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             return;
         }
     };
-    let present = policy != PullPolicy::Always && ctx.store.find(&c.image).ok().flatten().is_some();
+    let present =
+        policy != PullPolicy::Always && crate::blocking(|| ctx.store.find(&c.image)).ok().flatten().is_some();
     let event = |type_: &'static str, reason: &'static str, message: String| {
         let (api, node) = (ctx.api.clone(), ctx.cfg.node_name.clone());
         let (ns, name, uid) = (rec.namespace.clone(), rec.name.clone(), rec.uid.clone());
@@ -512,7 +516,7 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
     }
     let entry = rec.containers.get_mut(name).expect("entry");
     entry.image_id = image.digest.clone();
-    let config = match ctx.store.config(&image) {
+    let config = match crate::blocking(|| ctx.store.config(&image)) {
         Ok(c) => c,
         Err(e) => {
             plan::failed_start(entry, "CreateContainerError", &e, now_ms());
@@ -535,7 +539,7 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
     entry.id = Some(id.clone());
     entry.state = State::Starting;
     let attempt = entry.attempt;
-    let _ = rec.save(&ctx.cfg.pods_dir());
+    let _ = crate::blocking(|| rec.save(&ctx.cfg.pods_dir()));
     let result = launch(ctx, pod, rec, c, &image, &config, &id, attempt, &resolved).await;
     let entry = rec.containers.get_mut(name).expect("entry");
     match result {
@@ -566,8 +570,6 @@ async fn launch(
     attempt: u32,
     resolved: &[(String, String)],
 ) -> Result<(), (&'static str, String)> {
-    let _ = ctx.store.remove_snapshot(id);
-    let rootfs = ctx.store.prepare(id, image).map_err(|e| ("CreateContainerError", e))?;
     let sandbox = spec::Sandbox {
         netns: rec.netns.clone().unwrap_or_default(),
         hostname: rec.name.clone(),
@@ -578,27 +580,8 @@ async fn launch(
     let vols = volumes::prepare(&ctx.api, pod, &sandbox.pod_dir, rec.ip.as_deref().unwrap_or(""), &host_ip)
         .await
         .map_err(|e| ("CreateContainerConfigError", e))?;
-    // A claim mounted `readOnly` in the pod's volume is read-only in every container.
-    let read_only: Vec<String> = pod
-        .spec
-        .volumes
-        .iter()
-        .filter(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true)))
-        .map(|v| v.name.clone())
-        .collect();
-    let vmounts = volumes::mounts(c, &vols, &read_only).map_err(|e| ("CreateContainerConfigError", e))?;
-    let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
-    let oci = spec::oci_spec(pod, c, config, &rootfs, &sandbox, id, resolved, vmounts, seccomp)
-        .map_err(|e| ("CreateContainerConfigError", e))?;
-    let bundle = ctx.bundle_dir(id);
-    std::fs::create_dir_all(&bundle)
-        .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
-    std::fs::write(bundle.join("config.json"), oci.to_string())
-        .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
-    let log = ctx.log_path(rec, &c.name, attempt);
-    if let Some(d) = log.parent() {
-        std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("{}: {e}", d.display())))?;
-    }
+    crate::blocking(|| prepare(ctx, pod, rec, c, (image, config), id, attempt, resolved, (&sandbox, &vols)))?;
+    let (bundle, log) = (ctx.bundle_dir(id), ctx.log_path(rec, &c.name, attempt));
     let opts = tug_shim::supervisor::Options {
         id: id.to_string(),
         bundle,
@@ -619,16 +602,75 @@ async fn launch(
     Ok(())
 }
 
+/// The blocking part of a start: the container's snapshot, its OCI spec in a bundle, its
+/// log directory.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    ctx: &Ctx,
+    pod: &Pod,
+    rec: &PodRecord,
+    c: &Container,
+    (image, config): (&tug_images::ImageRecord, &tug_images::manifest::ImageConfig),
+    id: &str,
+    attempt: u32,
+    resolved: &[(String, String)],
+    (sandbox, vols): (&spec::Sandbox, &std::collections::BTreeMap<String, PathBuf>),
+) -> Result<(), (&'static str, String)> {
+    let _ = ctx.store.remove_snapshot(id);
+    let rootfs = ctx.store.prepare(id, image).map_err(|e| ("CreateContainerError", e))?;
+    // A claim mounted `readOnly` in the pod's volume is read-only in every container.
+    let read_only: Vec<String> = pod
+        .spec
+        .volumes
+        .iter()
+        .filter(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true)))
+        .map(|v| v.name.clone())
+        .collect();
+    let vmounts = volumes::mounts(c, vols, &read_only).map_err(|e| ("CreateContainerConfigError", e))?;
+    let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
+    let oci = spec::oci_spec(pod, c, config, &rootfs, sandbox, id, resolved, vmounts, seccomp)
+        .map_err(|e| ("CreateContainerConfigError", e))?;
+    let bundle = ctx.bundle_dir(id);
+    std::fs::create_dir_all(&bundle)
+        .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
+    std::fs::write(bundle.join("config.json"), oci.to_string())
+        .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
+    let log = ctx.log_path(rec, &c.name, attempt);
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("{}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
 /// Waits (on a blocking thread) for a container to end, then wakes its worker.
 fn spawn_waiter(ctx: &Arc<Ctx>, id: &str, tx: &mpsc::UnboundedSender<Msg>) {
     let socket = ctx.supervisor_socket(id);
     let tx = tx.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Ok(mut c) = sup::Client::connect(&socket) {
-            let _ = c.call(&Request::Wait);
-        }
+    tokio::spawn(async move {
+        let _ = wait_exit_async(&socket).await;
         let _ = tx.send(Msg::Tick);
     });
+}
+
+/// Asks a supervisor to answer when its container ends, and waits for the answer (or the
+/// supervisor's end) without holding a thread: a node's hundred containers are a hundred
+/// sockets, not a hundred blocked threads and their stacks.
+async fn wait_exit_async(socket: &std::path::Path) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (r, mut w) = stream.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let mut line = String::new();
+    for req in [Request::Hello { version: sup::VERSION }, Request::Wait] {
+        let mut bytes = serde_json::to_vec(&req).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        w.write_all(&bytes).await?;
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Stops one running container: its stop signal, `grace` to exit, then SIGKILL to all of it.
