@@ -143,7 +143,14 @@ impl Config {
         self.run_dir.join("bundles")
     }
 
+    /// The pods' records and `/etc` files (`hosts`, `hostname`, `resolv.conf`): they describe
+    /// what runs, and go with it at a reboot.
     pub fn pods_dir(&self) -> PathBuf {
+        self.run_dir.join("pods")
+    }
+
+    /// The pods' volumes (emptyDir on disk, configMaps, secrets' mount points, …).
+    pub fn volumes_dir(&self) -> PathBuf {
         self.state_dir.join("pods")
     }
 

@@ -199,11 +199,33 @@ async fn trim_heap() {
     }
 }
 
+/// An agent that kept the pods' records in its state directory left them there: they move to
+/// the run directory (the pods' `/etc` files stay where their containers mount them from, and
+/// go with the pod).
+fn move_old_records(cfg: &Config) {
+    for e in std::fs::read_dir(cfg.volumes_dir()).into_iter().flatten().flatten() {
+        let old = e.path().join("record.json");
+        let new = cfg.pods_dir().join(e.file_name()).join("record.json");
+        if !old.exists() || new.exists() {
+            continue;
+        }
+        let moved = new
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::copy(&old, &new))
+            .and_then(|_| std::fs::remove_file(&old));
+        if let Err(err) = moved {
+            eprintln!("tug-agent: moving {} to {}: {err}", old.display(), new.display());
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT; the containers stay up.
 pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
-    for d in [cfg.pods_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
+    for d in [cfg.pods_dir(), cfg.volumes_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
         std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
+    move_old_records(&cfg);
     let pods_cgroup = crate::cgroup::place_self(&cfg.cgroup_parent)?;
     let pod_cidr = register(&api, &cfg).await?;
     eprintln!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);

@@ -95,7 +95,13 @@ impl Ctx {
             .join(format!("{attempt}.log"))
     }
 
+    /// The pod's volumes, on disk.
     fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.volumes_dir().join(uid)
+    }
+
+    /// The pod's record and `/etc` files, in the run directory.
+    fn sandbox_dir(&self, uid: &str) -> PathBuf {
         self.cfg.pods_dir().join(uid)
     }
 
@@ -226,6 +232,9 @@ pub async fn worker(
         let spec = pod.as_ref().map(|p| p.spec.clone()).unwrap_or_default();
         let actions = plan::plan(&spec, &rec, deleted, now_ms());
         wake = None;
+        // The sandbox is made and the containers start right after, in the next sync: their
+        // status then says more than a Pending one written in between would.
+        let mut starts_next = false;
         for a in actions {
             match a {
                 Action::TearDown => {
@@ -238,6 +247,7 @@ pub async fn worker(
                         wake = Some(now_ms() + 2_000);
                     } else {
                         let _ = tx.send(Msg::Tick);
+                        starts_next = true;
                     }
                 }
                 Action::Start(name) => {
@@ -257,7 +267,11 @@ pub async fn worker(
         if let Err(e) = crate::blocking(|| rec.save(&ctx.cfg.pods_dir())) {
             eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
         }
-        if let Some(p) = &mut pod
+        // Unless an image must be pulled first: the pod then shows its containers waiting
+        // (ContainerCreating) during the pull.
+        let quick = starts_next && pod.as_ref().is_some_and(|p| images_present(&ctx, p));
+        if !quick
+            && let Some(p) = &mut pod
             && let Some(updated) = write_status(&ctx, p, &rec, &mut last_status).await
         {
             *p = updated;
@@ -269,6 +283,23 @@ pub async fn worker(
             eprintln!("tug-agent: adopted pod {}/{} ({running} running containers)", rec.namespace, rec.name);
         }
     }
+}
+
+/// The container's `imagePullPolicy`, or Kubernetes' default for its image.
+fn pull_policy(c: &Container) -> PullPolicy {
+    match c.image_pull_policy.as_deref() {
+        Some(p) => PullPolicy::parse(p).unwrap_or(PullPolicy::IfNotPresent),
+        None => PullPolicy::default_for(&c.image),
+    }
+}
+
+/// Whether every image of the pod's containers is in the store and may be used as it is.
+fn images_present(ctx: &Ctx, pod: &Pod) -> bool {
+    crate::blocking(|| {
+        pod.spec.init_containers.iter().chain(&pod.spec.containers).all(|c| {
+            pull_policy(c) != PullPolicy::Always && ctx.store.find(&c.image).ok().flatten().is_some()
+        })
+    })
 }
 
 /// After an agent restart: a waiter for every container that still runs.
@@ -390,7 +421,7 @@ async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
 /// The pod's network namespace and its `/etc` files.
 async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::PodSpec) -> Result<(), String> {
     let net = ctx.net.add_pod(&short(&rec.uid)).await?;
-    let dir = ctx.pod_dir(&rec.uid);
+    let dir = ctx.sandbox_dir(&rec.uid);
     crate::blocking(|| std::fs::create_dir_all(&dir)).map_err(|e| format!("{}: {e}", dir.display()))?;
     let hostname = rec.name.clone();
     let hosts = format!(
@@ -469,10 +500,7 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
         _ => None,
     };
     entry.image = c.image.clone();
-    let policy = match c.image_pull_policy.as_deref() {
-        Some(p) => PullPolicy::parse(p).unwrap_or(PullPolicy::IfNotPresent),
-        None => PullPolicy::default_for(&c.image),
-    };
+    let policy = pull_policy(c);
     let creds = match env::pull_credentials(&ctx.api, pod, &c.image).await {
         Ok(c) => c,
         Err(e) => {
@@ -573,13 +601,14 @@ async fn launch(
     let sandbox = spec::Sandbox {
         netns: rec.netns.clone().unwrap_or_default(),
         hostname: rec.name.clone(),
-        pod_dir: ctx.pod_dir(&rec.uid),
+        pod_dir: ctx.sandbox_dir(&rec.uid),
         cgroup: ctx.cgroup(&rec.uid),
     };
     let host_ip = ctx.cfg.node_ip.to_string();
-    let vols = volumes::prepare(&ctx.api, pod, &sandbox.pod_dir, rec.ip.as_deref().unwrap_or(""), &host_ip)
-        .await
-        .map_err(|e| ("CreateContainerConfigError", e))?;
+    let vols =
+        volumes::prepare(&ctx.api, pod, &ctx.pod_dir(&rec.uid), rec.ip.as_deref().unwrap_or(""), &host_ip)
+            .await
+            .map_err(|e| ("CreateContainerConfigError", e))?;
     crate::blocking(|| prepare(ctx, pod, rec, c, (image, config), id, attempt, resolved, (&sandbox, &vols)))?;
     let (bundle, log) = (ctx.bundle_dir(id), ctx.log_path(rec, &c.name, attempt));
     let opts = tug_shim::supervisor::Options {
@@ -744,6 +773,8 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     }
     volumes::unmount_all(&ctx.pod_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(ctx.pod_dir(&rec.uid));
+    // The record last: a tear-down cut short is finished by the next agent.
+    let _ = std::fs::remove_dir_all(ctx.sandbox_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(
         ctx.cfg.logs_dir().join(format!("{}_{}_{}", rec.namespace, rec.name, rec.uid)),
     );
