@@ -10,6 +10,7 @@ use crate::node;
 use crate::pods::{self, Ctx, Msg, record::PodRecord};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -199,23 +200,29 @@ async fn trim_heap() {
     }
 }
 
+/// Moves a file an older agent kept in its state directory to where this one keeps it, unless
+/// it is there already. A copy, not a rename: the run directory is another filesystem. (An
+/// old file left behind is harmless: the new one wins from then on.)
+fn move_old(old: &Path, new: &Path) -> Result<(), String> {
+    if !old.exists() || new.exists() {
+        return Ok(());
+    }
+    new.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::copy(old, new))
+        .map_err(|e| format!("moving {} to {}: {e}", old.display(), new.display()))?;
+    let _ = std::fs::remove_file(old);
+    Ok(())
+}
+
 /// An agent that kept the pods' records in its state directory left them there: they move to
 /// the run directory (the pods' `/etc` files stay where their containers mount them from, and
 /// go with the pod).
 fn move_old_records(cfg: &Config) {
     for e in std::fs::read_dir(cfg.volumes_dir()).into_iter().flatten().flatten() {
-        let old = e.path().join("record.json");
         let new = cfg.pods_dir().join(e.file_name()).join("record.json");
-        if !old.exists() || new.exists() {
-            continue;
-        }
-        let moved = new
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::copy(&old, &new))
-            .and_then(|_| std::fs::remove_file(&old));
-        if let Err(err) = moved {
-            eprintln!("tug-agent: moving {} to {}: {err}", old.display(), new.display());
+        if let Err(err) = move_old(&e.path().join("record.json"), &new) {
+            eprintln!("tug-agent: {err}");
         }
     }
 }
@@ -231,11 +238,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     eprintln!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);
     // The address allocations live as long as the pods' namespaces (pinned under /run): in
     // the run directory. An agent that kept them in its state directory left them there.
-    let (old_ipam, ipam) = (cfg.state_dir.join("ipam.json"), cfg.run_dir.join("ipam.json"));
-    if old_ipam.exists() && !ipam.exists() {
-        std::fs::copy(&old_ipam, &ipam).map_err(|e| format!("{}: {e}", ipam.display()))?;
-        let _ = std::fs::remove_file(&old_ipam);
-    }
+    move_old(&cfg.state_dir.join("ipam.json"), &cfg.run_dir.join("ipam.json"))?;
     let mut ncfg = NodeConfig::new(&cfg.node_name, cfg.node_ip, pod_cidr, &cfg.run_dir);
     ncfg.node_netns = cfg.node_netns.clone();
     ncfg.netns_dir = cfg.netns_dir.clone();

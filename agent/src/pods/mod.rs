@@ -691,8 +691,8 @@ async fn wait_exit_async(socket: &std::path::Path) -> std::io::Result<()> {
     let mut r = tokio::io::BufReader::new(r);
     let mut line = String::new();
     for req in [Request::Hello { version: sup::VERSION }, Request::Wait] {
-        let mut bytes = serde_json::to_vec(&req).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        sup::send(&mut bytes, &req)?;
         w.write_all(&bytes).await?;
         line.clear();
         if r.read_line(&mut line).await? == 0 {

@@ -214,11 +214,11 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     // A node whose reservation another scheduler changed since the round began: its pods wait
     // for the next round, which sees the other's reservation.
     let mut refused: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut nodes: Vec<&str> = placed.iter().map(|(_, _, n)| n.as_str()).collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-    for node in nodes {
-        let pods: Vec<&PodInfo> = placed.iter().filter(|(_, _, n)| n == node).map(|(i, _, _)| i).collect();
+    let mut by_node: std::collections::BTreeMap<&str, Vec<&PodInfo>> = std::collections::BTreeMap::new();
+    for (info, _, node) in &placed {
+        by_node.entry(node.as_str()).or_default().push(info);
+    }
+    for (node, pods) in by_node {
         match reserve(store, &mut reservations, node, &pods) {
             Ok(()) => {}
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {

@@ -96,7 +96,6 @@ impl RedbStore {
             let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut tx = self.db.begin_write().map_err(backend)?;
             tx.set_durability(Durability::None).map_err(backend)?;
-            let mut made = Vec::new();
             {
                 let mut objects = tx.open_table(OBJECTS).map_err(backend)?;
                 let mut events = tx.open_table(EVENTS).map_err(backend)?;
@@ -131,23 +130,26 @@ impl RedbStore {
                     let event = Event { revision, type_, key, object };
                     let ebytes = serde_json::to_vec(&event).map_err(backend)?;
                     events.insert(revision, ebytes.as_slice()).map_err(backend)?;
-                    let event = Arc::new(event);
-                    made.push(Arc::clone(&event));
-                    results.push(Ok(event));
+                    results.push(Ok(Arc::new(event)));
                 }
-                if !made.is_empty() {
+                if results.iter().any(Result::is_ok) {
                     meta.insert("revision", revision).map_err(backend)?;
                 }
             }
-            let Some(last) = made.last().map(|e| e.revision) else {
+            let made: Vec<Arc<Event>> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+            match made.last().map(|e| e.revision) {
                 // Nothing to write: the transaction is dropped, which aborts it.
-                return Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect());
-            };
-            tx.commit().map_err(backend)?;
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.extend(made);
-            last
+                None => None,
+                Some(last) => {
+                    tx.commit().map_err(backend)?;
+                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.extend(made);
+                    Some(last)
+                }
+            }
         };
-        self.durable(last)?;
+        if let Some(last) = last {
+            self.durable(last)?;
+        }
         Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect())
     }
 

@@ -29,11 +29,7 @@ impl Runtime {
     /// Runs the container to completion. The init is this process's child, so it is reaped
     /// here; the cgroup is read for OOM kills before it is removed.
     pub fn run(&self, id: &str, opts: &CreateOptions) -> Result<Exit, RuntimeError> {
-        let created = self.create(id, opts)?;
-        if let Err(e) = self.start(id) {
-            let _ = self.delete(id, true);
-            return Err(e);
-        }
+        let created = self.run_detached(id, opts)?;
         let code = loop {
             match waitpid(Pid::from_raw(created.pid), None) {
                 Ok(WaitStatus::Exited(_, c)) => break c,

@@ -138,16 +138,14 @@ pub fn serve(options: &str, ready_fd: &str) -> ! {
     };
     // SAFETY: `launch` left this descriptor open for us under this number.
     let given = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // Moved above the standard descriptors, which are /dev/null's below.
-    let moved = nix::fcntl::fcntl(&given, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3));
-    let fd = moved.unwrap_or(fd);
-    if moved.is_ok() {
-        drop(given);
-    } else {
-        std::mem::forget(given);
-    }
-    // SAFETY: a descriptor this process owns (the copy just made, or the one given).
-    let mut ready = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    // Moved above the standard descriptors, which are /dev/null's below (the one given closes).
+    let ready = match nix::fcntl::fcntl(&given, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
+        // SAFETY: the copy just made, owned by nothing else.
+        Ok(moved) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) },
+        Err(_) => given,
+    };
+    let fd = ready.as_raw_fd();
+    let mut ready = std::fs::File::from(ready);
     let _ = nix::fcntl::fcntl(&ready, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let opts: Options = match serde_json::from_str(options) {
         Ok(o) => o,
