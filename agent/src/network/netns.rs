@@ -19,6 +19,10 @@ pub fn create_pinned(path: &Path) -> Result<(), String> {
     // unshare(CLONE_NEWNET) moves only the calling thread: a short-lived one does it.
     let made = std::thread::spawn(move || -> Result<(), String> {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        // Pods are IPv4: links made in here later (the pod's eth0) get no IPv6 link-local
+        // address, so no duplicate address detection and no MLD reports, work the kernel did
+        // for every pod. `lo` exists already and keeps ::1. Absent when IPv6 is off.
+        let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/addr_gen_mode", "1");
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,

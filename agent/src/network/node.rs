@@ -271,6 +271,8 @@ impl NodeNetwork {
         drop(fd);
         let host_index = index_of(h, &host).await?;
         let bridge = index_of(h, &self.cfg.bridge).await?;
+        // A bridge port needs no IPv6 address of its own (as the pod side, see netns).
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/addr_gen_mode"), "1");
         h.link()
             .set(LinkUnspec::new_with_index(host_index).controller(bridge).up().build())
             .execute()

@@ -5,7 +5,8 @@
 //! plus a cgroup2 mount such as `/sys/fs/cgroup/unified`, like the machines Tug is developed
 //! on) and legacy (v1 only).
 
-use std::path::PathBuf;
+use nix::sys::statfs;
+use std::path::{Path, PathBuf};
 
 /// The v1 controllers Tug places containers in (named hierarchies such as `name=systemd`
 /// belong to the host's init and are left alone).
@@ -60,6 +61,33 @@ impl Layout {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
         let cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
         Ok(Layout::parse(&mountinfo, &cgroup))
+    }
+
+    /// [`Layout::detect`], with the cgroup mounts' lines of mountinfo kept in the file `cache`
+    /// (the runtime's root, a tmpfs). mountinfo is as long as the host has mounts — two per
+    /// pod on a node (its rootfs, its network namespace) — and every container start read and
+    /// parsed all of it. A cached line is used only while its mount point is still that mount
+    /// (the same mount ID and device, from `statx`) and no hierarchy the cache lacks is mounted
+    /// at its usual place; otherwise mountinfo is read again and the cache rewritten.
+    pub fn detect_cached(cache: &Path) -> std::io::Result<Layout> {
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
+        if let Ok(lines) = std::fs::read_to_string(cache) {
+            if cache_holds(&lines, &cgroup) {
+                return Ok(Layout::parse(&lines, &cgroup));
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let lines: String = mountinfo
+            .lines()
+            .filter(|l| matches!(fstype(l), Some("cgroup" | "cgroup2")))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        // Written aside and renamed: a reader never sees half the lines.
+        let tmp = cache.with_extension(format!("{}", std::process::id()));
+        if std::fs::write(&tmp, &lines).is_ok() && std::fs::rename(&tmp, cache).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(Layout::parse(&lines, &cgroup))
     }
 
     /// Parses the text of `/proc/self/mountinfo` and `/proc/self/cgroup`. The first mount of
@@ -147,6 +175,73 @@ fn parse_mount(line: &str, membership: &[(Vec<String>, PathBuf)]) -> Option<Hier
     Some(Hierarchy { version, controllers, mount_point, mount_root, own_path })
 }
 
+/// A mountinfo line's filesystem type.
+fn fstype(line: &str) -> Option<&str> {
+    line.split_once(" - ")?.1.split(' ').next()
+}
+
+/// Whether cached cgroup mount lines still describe this host: each mount point is still
+/// the mount the line names, and every hierarchy of `/proc/self/cgroup` the lines lack is
+/// unmounted at its usual place (`/sys/fs/cgroup/<controllers>`; for v2 `/sys/fs/cgroup` or
+/// `/sys/fs/cgroup/unified`).
+fn cache_holds(lines: &str, proc_cgroup: &str) -> bool {
+    let mut cached: Vec<(Version, Vec<String>)> = Vec::new();
+    for line in lines.lines() {
+        let (pre, post) = match line.split_once(" - ") {
+            Some(x) => x,
+            None => return false,
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let (Some(id), Some(dev), Some(point)) = (pre.first(), pre.get(2), pre.get(4)) else { return false };
+        let Some((major, minor)) = dev.split_once(':') else { return false };
+        match mount_of(Path::new(&unescape(point))) {
+            Some((i, ma, mi)) if id.parse() == Ok(i) && major.parse() == Ok(ma) && minor.parse() == Ok(mi) => {}
+            _ => return false,
+        }
+        let post: Vec<&str> = post.split(' ').collect();
+        let opts = post.get(2).copied().unwrap_or_default();
+        match post.first().copied() {
+            Some("cgroup2") => cached.push((Version::V2, Vec::new())),
+            _ => cached.push((Version::V1, v1_controllers(opts.split(',')))),
+        }
+    }
+    let base = Path::new("/sys/fs/cgroup");
+    proc_cgroup.lines().all(|l| {
+        let Some(ctrls) = l.splitn(3, ':').nth(1) else { return true };
+        if ctrls.is_empty() {
+            cached.iter().any(|(v, _)| *v == Version::V2)
+                || ![base.to_path_buf(), base.join("unified")].iter().any(|p| fs_magic(p) == Some(statfs::CGROUP2_SUPER_MAGIC))
+        } else {
+            let want = v1_controllers(ctrls.split(','));
+            want.is_empty()
+                || cached.iter().any(|(v, c)| *v == Version::V1 && *c == want)
+                || fs_magic(&base.join(want.join(","))) != Some(statfs::CGROUP_SUPER_MAGIC)
+        }
+    })
+}
+
+/// The v1 controllers Tug uses among `names`, sorted.
+fn v1_controllers<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut c: Vec<String> = names.filter(|n| V1_CONTROLLERS.contains(n)).map(str::to_string).collect();
+    c.sort();
+    c
+}
+
+/// The mount ID and device (major, minor) of the mount at `path`.
+fn mount_of(path: &Path) -> Option<(u64, u32, u32)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero statx is a valid value for the kernel to fill in.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statx that outlives the call.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_MNT_ID, &mut st) };
+    (r == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some((st.stx_mnt_id, st.stx_dev_major, st.stx_dev_minor))
+}
+
+/// The filesystem type (`statfs`'s magic) at `path`, if it exists.
+fn fs_magic(path: &Path) -> Option<statfs::FsType> {
+    statfs::statfs(path).ok().map(|s| s.filesystem_type())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
@@ -211,5 +306,33 @@ mod tests {
     #[test]
     fn no_cgroups_at_all() {
         check("22 1 0:5 / /proc rw - proc proc rw\n", "", "none", &[]);
+    }
+
+    #[test]
+    fn the_cached_layout_is_the_host_layout_and_a_stale_cache_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join(".cgroup-mounts");
+        let fresh = Layout::detect().unwrap();
+        // Written by the first call, read by the second.
+        assert_eq!(Layout::detect_cached(&cache).unwrap(), fresh);
+        let lines = std::fs::read_to_string(&cache).unwrap();
+        assert!(lines.lines().all(|l| matches!(fstype(l), Some("cgroup" | "cgroup2"))), "{lines}");
+        assert_eq!(Layout::detect_cached(&cache).unwrap(), fresh);
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert!(cache_holds(&lines, &cgroup));
+        let Some(first) = lines.lines().next() else { return };
+        // A line whose mount is no longer there (another mount ID at its point).
+        let (id, rest) = first.split_once(' ').unwrap();
+        let moved = format!("{}{} {rest}\n", lines.replacen(first, "", 1).trim_start(), id.parse::<u64>().unwrap() + 100_000);
+        assert!(!cache_holds(&moved, &cgroup), "{moved}");
+        // A hierarchy that is mounted but missing from the cache.
+        let missing: String = lines.lines().skip(1).flat_map(|l| [l, "\n"]).collect();
+        assert!(!cache_holds(&missing, &cgroup), "{missing}");
+        std::fs::write(&cache, &missing).unwrap();
+        assert_eq!(Layout::detect_cached(&cache).unwrap(), fresh);
+        assert_eq!(std::fs::read_to_string(&cache).unwrap(), lines);
+        // Garbage is read again too.
+        std::fs::write(&cache, "not mountinfo\n").unwrap();
+        assert_eq!(Layout::detect_cached(&cache).unwrap(), fresh);
     }
 }
