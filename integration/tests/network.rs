@@ -102,6 +102,23 @@ async fn two_pods_on_one_node_talk_both_ways_and_keep_their_addresses_across_a_r
     let b = net.add_pod("default/b").await.unwrap();
     assert_eq!((a.ip, b.ip), (Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 0, 3)));
     assert!(ping(&a.netns, b.ip) && ping(&b.netns, a.ip), "ping both ways");
+    // IPv4 pods: no IPv6 link-local address on either end of the pair (no DAD, no MLD), and
+    // the pod's loopback keeps ::1.
+    let if_inet6 = |ns: &Path| {
+        netns::run_in(Some(ns), || {
+            std::fs::read_to_string("/proc/thread-self/net/if_inet6").unwrap_or_default()
+        })
+        .unwrap()
+    };
+    let pod_v6 = if_inet6(&a.netns);
+    assert!(!pod_v6.contains("eth0"), "pod eth0 has an IPv6 address:\n{pod_v6}");
+    assert!(
+        pod_v6.lines().any(|l| l.starts_with("00000000000000000000000000000001") && l.ends_with("lo")),
+        "{pod_v6}"
+    );
+    let host_v6 = if_inet6(&node_ns(&cluster.nodes[0]));
+    let veth = tug_agent::network::node::veth_name("default/a");
+    assert!(!host_v6.contains(&veth), "{veth} has an IPv6 address:\n{host_v6}");
     assert_eq!(exchange(&a.netns, &b.netns, b.ip, 8080), a.ip.to_string());
     assert_eq!(exchange(&b.netns, &a.netns, a.ip, 8081), b.ip.to_string());
     // The same pod again is the same network.

@@ -8,7 +8,9 @@ use super::netns;
 use super::routes::{self, Backend, Peer, Route, Via};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth,
+};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
@@ -271,8 +273,17 @@ impl NodeNetwork {
         drop(fd);
         let host_index = index_of(h, &host).await?;
         let bridge = index_of(h, &self.cfg.bridge).await?;
-        // A bridge port needs no IPv6 address of its own (as the pod side, see netns).
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/addr_gen_mode"), "1");
+        // A bridge port needs no IPv6 link-local address (the pod side, see netns): set before
+        // it goes up, in a message of its own (the kernel applies it after a change of flags).
+        // Refused where the node has no IPv6, which is as good.
+        let no_v6 = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+            In6AddrGenMode::None,
+        )])]);
+        let _ = h
+            .link()
+            .set(LinkUnspec::new_with_index(host_index).append_extra_attribute(no_v6).build())
+            .execute()
+            .await;
         h.link()
             .set(LinkUnspec::new_with_index(host_index).controller(bridge).up().build())
             .execute()

@@ -195,7 +195,8 @@ fn cache_holds(lines: &str, proc_cgroup: &str) -> bool {
         let (Some(id), Some(dev), Some(point)) = (pre.first(), pre.get(2), pre.get(4)) else { return false };
         let Some((major, minor)) = dev.split_once(':') else { return false };
         match mount_of(Path::new(&unescape(point))) {
-            Some((i, ma, mi)) if id.parse() == Ok(i) && major.parse() == Ok(ma) && minor.parse() == Ok(mi) => {}
+            Some((i, ma, mi))
+                if id.parse() == Ok(i) && major.parse() == Ok(ma) && minor.parse() == Ok(mi) => {}
             _ => return false,
         }
         let post: Vec<&str> = post.split(' ').collect();
@@ -210,7 +211,9 @@ fn cache_holds(lines: &str, proc_cgroup: &str) -> bool {
         let Some(ctrls) = l.splitn(3, ':').nth(1) else { return true };
         if ctrls.is_empty() {
             cached.iter().any(|(v, _)| *v == Version::V2)
-                || ![base.to_path_buf(), base.join("unified")].iter().any(|p| fs_magic(p) == Some(statfs::CGROUP2_SUPER_MAGIC))
+                || ![base.to_path_buf(), base.join("unified")]
+                    .iter()
+                    .any(|p| fs_magic(p) == Some(statfs::CGROUP2_SUPER_MAGIC))
         } else {
             let want = v1_controllers(ctrls.split(','));
             want.is_empty()
@@ -233,8 +236,14 @@ fn mount_of(path: &Path) -> Option<(u64, u32, u32)> {
     // SAFETY: an all-zero statx is a valid value for the kernel to fill in.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a writable statx that outlives the call.
-    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_MNT_ID, &mut st) };
-    (r == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some((st.stx_mnt_id, st.stx_dev_major, st.stx_dev_minor))
+    let r = unsafe {
+        libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_MNT_ID, &mut st)
+    };
+    (r == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some((
+        st.stx_mnt_id,
+        st.stx_dev_major,
+        st.stx_dev_minor,
+    ))
 }
 
 /// The filesystem type (`statfs`'s magic) at `path`, if it exists.
@@ -323,7 +332,11 @@ mod tests {
         let Some(first) = lines.lines().next() else { return };
         // A line whose mount is no longer there (another mount ID at its point).
         let (id, rest) = first.split_once(' ').unwrap();
-        let moved = format!("{}{} {rest}\n", lines.replacen(first, "", 1).trim_start(), id.parse::<u64>().unwrap() + 100_000);
+        let moved = format!(
+            "{}{} {rest}\n",
+            lines.replacen(first, "", 1).trim_start(),
+            id.parse::<u64>().unwrap() + 100_000
+        );
         assert!(!cache_holds(&moved, &cgroup), "{moved}");
         // A hierarchy that is mounted but missing from the cache.
         let missing: String = lines.lines().skip(1).flat_map(|l| [l, "\n"]).collect();

@@ -46,7 +46,8 @@ impl Runtime {
                 plan.rootfs.display()
             )));
         }
-        let layout = Layout::detect_cached(&self.root.join(".cgroup-mounts")).map_err(RuntimeError::io("reading the cgroup layout"))?;
+        let layout = Layout::detect_cached(&self.root.join(".cgroup-mounts"))
+            .map_err(RuntimeError::io("reading the cgroup layout"))?;
         let mut writes = resources::writes(&plan.resources, layout.unified_only())?;
         let device_rules = resources::device_rules(&plan.resources, &plan.devices)?;
         if !layout.unified_only() {
