@@ -208,7 +208,7 @@ fn cache_holds(lines: &str, proc_cgroup: &str) -> bool {
     }
     let base = Path::new("/sys/fs/cgroup");
     proc_cgroup.lines().all(|l| {
-        let Some(ctrls) = l.splitn(3, ':').nth(1) else { return true };
+        let Some(ctrls) = l.split(':').nth(1) else { return true };
         if ctrls.is_empty() {
             cached.iter().any(|(v, _)| *v == Version::V2)
                 || ![base.to_path_buf(), base.join("unified")]
