@@ -221,7 +221,7 @@ impl Puller {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         };
-        let reference = &image.0;
+        let reference = &image.oci();
         let registry = image.registry().to_string();
         let fail = |what: &str, e: oci_client::errors::OciDistributionError| {
             pull_err(format!("pulling {what} of {image} from {registry}: {e}"))
@@ -336,7 +336,7 @@ impl Puller {
         let diff = Digest::parse(&diff_id).map_err(pull_err)?;
         if !self.store.layer_path(&diff).exists() {
             if !self.store.has_blob(&blob) {
-                self.download(client, &image.0, &layer, Some(&progress)).await?;
+                self.download(client, &image.oci(), &layer, Some(&progress)).await?;
             }
             let store = Arc::clone(&self.store);
             let media_type = layer.media_type.clone();
