@@ -232,6 +232,9 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     for d in [cfg.pods_dir(), cfg.volumes_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
         std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
+    // A directory per pod comes and goes in each: spread over the disk (see the function).
+    tug_images::store::spread_subdirs(&cfg.logs_dir());
+    tug_images::store::spread_subdirs(&cfg.volumes_dir());
     move_old_records(&cfg);
     let pods_cgroup = crate::cgroup::place_self(&cfg.cgroup_parent)?;
     let pod_cidr = register(&api, &cfg).await?;

@@ -61,7 +61,7 @@ impl Agent {
             "--node-netns".into(),
             format!("/run/netns/{}", node.netns),
             "--netns-dir".into(),
-            p("netns"),
+            p("run/netns"),
             "--image-root".into(),
             p("images"),
             "--cgroup-parent".into(),
@@ -122,8 +122,9 @@ impl Agent {
         self.dir.path().join("images")
     }
 
+    /// Under the run directory's tmpfs, as the default `/run/tug/netns` is on a host.
     pub fn netns_dir(&self) -> PathBuf {
-        self.dir.path().join("netns")
+        self.dir.path().join("run/netns")
     }
 
     pub fn log(&self) -> String {
