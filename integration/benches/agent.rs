@@ -118,7 +118,6 @@ fn main() {
     // What the build (or anything before) left dirty is written back now, not by the kernel's
     // flusher threads during the burst.
     nix::unistd::sync();
-    std::thread::sleep(Duration::from_millis(200));
     if let Ok(marker) = std::env::var("TUG_BENCH_MARKER") {
         let _ = std::fs::write(marker, "start");
     }

@@ -293,12 +293,15 @@ fn pull_policy(c: &Container) -> PullPolicy {
     }
 }
 
+/// Whether the container's image is in the store and may be used as it is (blocking IO).
+fn image_present(ctx: &Ctx, c: &Container) -> bool {
+    pull_policy(c) != PullPolicy::Always && ctx.store.find(&c.image).ok().flatten().is_some()
+}
+
 /// Whether every image of the pod's containers is in the store and may be used as it is.
 fn images_present(ctx: &Ctx, pod: &Pod) -> bool {
     crate::blocking(|| {
-        pod.spec.init_containers.iter().chain(&pod.spec.containers).all(|c| {
-            pull_policy(c) != PullPolicy::Always && ctx.store.find(&c.image).ok().flatten().is_some()
-        })
+        pod.spec.init_containers.iter().chain(&pod.spec.containers).all(|c| image_present(ctx, c))
     })
 }
 
@@ -508,8 +511,7 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             return;
         }
     };
-    let present =
-        policy != PullPolicy::Always && crate::blocking(|| ctx.store.find(&c.image)).ok().flatten().is_some();
+    let present = crate::blocking(|| image_present(ctx, c));
     let event = |type_: &'static str, reason: &'static str, message: String| {
         let (api, node) = (ctx.api.clone(), ctx.cfg.node_name.clone());
         let (ns, name, uid) = (rec.namespace.clone(), rec.name.clone(), rec.uid.clone());

@@ -196,6 +196,20 @@ impl RedbStore {
 /// event to record, or the error that leaves the key as it is.
 type Change<'a> = Box<dyn FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + 'a>;
 
+/// An update: the object replaces the current one, which must exist and, with `expected`,
+/// still have that revision.
+fn replace<'a>(key: String, object: Value, expected: Option<u64>) -> Change<'a> {
+    Box::new(move |current: Option<Stored>, _| {
+        let current = current.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        match expected {
+            Some(e) if e != current.revision => {
+                Err(StoreError::Conflict { key, expected: e, current: current.revision })
+            }
+            _ => Ok((EventType::Modified, object)),
+        }
+    })
+}
+
 fn stored(e: &Event) -> Stored {
     Stored { key: e.key.clone(), revision: e.revision, object: e.object.clone() }
 }
@@ -241,34 +255,14 @@ impl Store for RedbStore {
     }
 
     fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
-        self.write(key, |current, _| {
-            let current = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-            match expected {
-                Some(e) if e != current.revision => {
-                    Err(StoreError::Conflict { key: key.into(), expected: e, current: current.revision })
-                }
-                _ => Ok((EventType::Modified, object)),
-            }
-        })
+        self.write(key, replace(key.to_string(), object, expected))
     }
 
     fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
         let n = updates.len();
         let changes: Vec<(String, Change<'_>)> = updates
             .into_iter()
-            .map(|(key, object, expected)| {
-                let k = key.clone();
-                let f: Change<'_> = Box::new(move |current: Option<Stored>, _| {
-                    let current = current.ok_or_else(|| StoreError::NotFound(k.clone()))?;
-                    match expected {
-                        Some(e) if e != current.revision => {
-                            Err(StoreError::Conflict { key: k, expected: e, current: current.revision })
-                        }
-                        _ => Ok((EventType::Modified, object)),
-                    }
-                });
-                (key, f)
-            })
+            .map(|(key, object, expected)| (key.clone(), replace(key, object, expected)))
             .collect();
         match self.write_all(changes) {
             Ok(results) => results,

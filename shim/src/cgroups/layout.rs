@@ -185,42 +185,39 @@ fn fstype(line: &str) -> Option<&str> {
 /// unmounted at its usual place (`/sys/fs/cgroup/<controllers>`; for v2 `/sys/fs/cgroup` or
 /// `/sys/fs/cgroup/unified`).
 fn cache_holds(lines: &str, proc_cgroup: &str) -> bool {
-    let mut cached: Vec<(Version, Vec<String>)> = Vec::new();
-    for line in lines.lines() {
-        let (pre, post) = match line.split_once(" - ") {
-            Some(x) => x,
-            None => return false,
-        };
-        let pre: Vec<&str> = pre.split(' ').collect();
-        let (Some(id), Some(dev), Some(point)) = (pre.first(), pre.get(2), pre.get(4)) else { return false };
-        let Some((major, minor)) = dev.split_once(':') else { return false };
-        match mount_of(Path::new(&unescape(point))) {
-            Some((i, ma, mi))
-                if id.parse() == Ok(i) && major.parse() == Ok(ma) && minor.parse() == Ok(mi) => {}
-            _ => return false,
-        }
-        let post: Vec<&str> = post.split(' ').collect();
-        let opts = post.get(2).copied().unwrap_or_default();
-        match post.first().copied() {
-            Some("cgroup2") => cached.push((Version::V2, Vec::new())),
-            _ => cached.push((Version::V1, v1_controllers(opts.split(',')))),
-        }
+    if !lines.lines().all(still_mounted) {
+        return false;
     }
+    let cached = Layout::parse(lines, proc_cgroup).hierarchies;
     let base = Path::new("/sys/fs/cgroup");
     proc_cgroup.lines().all(|l| {
         let Some(ctrls) = l.split(':').nth(1) else { return true };
         if ctrls.is_empty() {
-            cached.iter().any(|(v, _)| *v == Version::V2)
+            cached.iter().any(|h| h.version == Version::V2)
                 || ![base.to_path_buf(), base.join("unified")]
                     .iter()
                     .any(|p| fs_magic(p) == Some(statfs::CGROUP2_SUPER_MAGIC))
         } else {
             let want = v1_controllers(ctrls.split(','));
             want.is_empty()
-                || cached.iter().any(|(v, c)| *v == Version::V1 && *c == want)
+                || cached.iter().any(|h| {
+                    h.version == Version::V1
+                        && v1_controllers(h.controllers.iter().map(String::as_str)) == want
+                })
                 || fs_magic(&base.join(want.join(","))) != Some(statfs::CGROUP_SUPER_MAGIC)
         }
     })
+}
+
+/// Whether a mountinfo line's mount is still the one at its mount point (its mount ID and
+/// device, from `statx`).
+fn still_mounted(line: &str) -> bool {
+    let Some((pre, _)) = line.split_once(" - ") else { return false };
+    let pre: Vec<&str> = pre.split(' ').collect();
+    let (Some(id), Some(dev), Some(point)) = (pre.first(), pre.get(2), pre.get(4)) else { return false };
+    let Some((major, minor)) = dev.split_once(':') else { return false };
+    matches!(mount_of(Path::new(&unescape(point))),
+        Some((i, ma, mi)) if id.parse() == Ok(i) && major.parse() == Ok(ma) && minor.parse() == Ok(mi))
 }
 
 /// The v1 controllers Tug uses among `names`, sorted.

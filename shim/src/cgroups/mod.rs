@@ -225,7 +225,7 @@ impl Hierarchy {
     }
 }
 
-/// Like `create_dir_all`, returning the directories it made, outermost first.
+/// Like `std::fs::create_dir_all`, but an error names the directory that could not be made.
 fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
