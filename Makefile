@@ -8,7 +8,7 @@ PROBE := target/$(TRIPLE)/release/tug-probe
 # `make bench AREA=runtime` runs one area; empty runs them all.
 AREA ?=
 
-.PHONY: all deps build release probe static lint unit test bench run vm-test clean install uninstall
+.PHONY: all deps clean-root run-check build release probe static lint unit test bench run stop vm-test clean install uninstall
 
 all: build
 
@@ -16,8 +16,19 @@ all: build
 deps:
 	@bash scripts/deps.sh
 
+## clean-root: deps.sh alone, in a bare Debian root, brings every non-Rust prerequisite the
+## build and tests use (a machine's image or Recommends can hide a missing package).
+clean-root: deps
+	@bash scripts/clean-root.sh
+
 build:
 	$(CARGO) build --workspace
+
+## run-check: `make run` twice, the example app answering, `make stop` leaving nothing behind,
+## and again (debug binaries, in a private mount and network namespace).
+run-check:
+	$(CARGO) build --workspace --locked --bins
+	@bash scripts/run-check.sh
 
 release:
 	$(CARGO) build --release --workspace --bins
@@ -52,7 +63,7 @@ vm-test: probe
 	@bash scripts/vm/cluster.sh
 
 ## test: what CI runs.
-test: deps lint unit vm-test
+test: deps clean-root lint run-check unit vm-test
 	@echo "make test: all checks passed"
 
 ## bench: every benchmark, or one area with AREA=NAME; prints BENCH lines.
@@ -62,6 +73,11 @@ bench: deps release probe
 ## run: a single-node cluster on this host.
 run: deps release probe
 	@bash scripts/run.sh
+
+## stop: stops what `make run` started and removes the example app, the node's containers,
+## mounts, network namespaces, links and nftables tables (the store under /var/lib/tug stays).
+stop:
+	@bash scripts/stop.sh
 
 ## install: binaries, systemd units, /etc/tug, state directories (DESTDIR, PREFIX honoured).
 install: release

@@ -3,7 +3,7 @@
 # example app, and say plainly what does not exist yet. Never pretends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=$(pwd)/target/release
+bin=${TUG_BIN_DIR:-$(pwd)/target/release}
 socket=/run/tug/tug.sock
 data=/var/lib/tug
 pidfile=/run/tug/tug-scheduler.pid
@@ -88,7 +88,6 @@ Use it with the CLI:
   tug exec -it hello -- sh          # a shell in the container
   tug top node; tug top pod         # CPU and memory, sampled by the agent
 
-Stop: kill \$(cat $agent_pid) \$(cat $pidfile)   (containers keep running; tug delete pod hello
-and deployment web first; the agent's nftables tables tug_node and tug_proxy stay until
-"nft delete table ip tug_proxy")
+Stop: make stop   (stops both daemons and the containers, removes the example app and the
+node's mounts, links and nftables tables; the store in $data stays for the next make run)
 EOM

@@ -156,6 +156,10 @@ fn main() {
         let mut samples: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); runtimes.len()]; profiles.len()];
         let mut failures = vec![vec![0usize; runtimes.len()]; profiles.len()];
         for i in 0..n {
+            // Progress on stderr: a slow guest's console is never silent for long.
+            if i % 10 == 0 {
+                eprintln!("runtime: {measure} {i}/{n}");
+            }
             for (p, (_, dir)) in profiles.iter().enumerate() {
                 for (k, rt) in runtimes.iter().enumerate() {
                     let (d, rss, ok) = f(rt, dir, &format!("b{i}"));

@@ -57,12 +57,13 @@ for i in 0 1; do
     grep -a '^CHECK ' "$log" | sed "s/^CHECK /vm-cluster: $role: /" || true
     passed=$((passed + $(grep -ac '^CHECK .* ok$' "$log" || true)))
     failed=$((failed + $(grep -ac '^CHECK .* FAILED' "$log" || true)))
-    rc=$(grep -a "^VMRESULT cluster-$role " "$log" | awk '{print $3}')
+    rc=$(grep -a "^VMRESULT cluster-$role " "$log" | awk '{print $3}' || true)
     if [ "$rc" != 0 ]; then
         echo "vm-cluster: guest $role failed (exit ${rc:-none}, qemu $qemu_rc); its console log ($log):"
         sed 's/^/    /' "$log" | tail -150
         bad=1
     fi
 done
+[ $((passed + failed)) -gt 0 ] || { echo "vm-cluster: no check ran in the guests"; bad=1; }
 echo "vm-cluster: $passed passed, $failed failed"
 [ "$bad" -eq 0 ] && [ "$failed" -eq 0 ]

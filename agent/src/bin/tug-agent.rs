@@ -268,6 +268,10 @@ fn main() -> ExitCode {
         };
         tug_agent::daemon::run(cfg, api).await
     });
+    // Blocking work still running (a DNS socket's read, a start in progress) is abandoned
+    // rather than waited for: the containers and their supervisors outlive the agent anyway,
+    // and the next agent picks up from what is on disk.
+    rt.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The `make run` / `make stop` check in `make test`: the quickstart as a user runs it, with the
+# debug binaries. `run.sh` twice (the second finds both daemons serving), the example app
+# answering through its Service, `stop.sh`, then nothing of the cluster left (mounts, links,
+# nftables tables, processes, cgroups), then `run.sh` and `stop.sh` once more.
+#
+# It runs in a private mount and network namespace: tmpfs over the state directories (a
+# fresh store, and a developer's own cluster's files untouched) and a veth pair that gives
+# the agent a default route to take its node address from. Processes and cgroups are not
+# namespaced, so it refuses to run beside a tug-agent already running here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TUG_BIN_DIR=${TUG_BIN_DIR:-$(pwd)/target/debug}
+if pid=$(pgrep -x tug-agent | head -1) && [ -n "$pid" ]; then
+    echo "run-check: a tug-agent already runs here (pid $pid): stop it (make stop) before make test" >&2
+    exit 1
+fi
+[ "${1:-}" = inside ] || exec unshare --mount --net --propagation private bash "$0" inside
+
+fail() {
+    echo "run-check: FAILED: $*" >&2
+    for l in /var/log/tug-scheduler.log /var/log/tug-agent.log; do
+        [ -f "$l" ] && { echo "run-check: the last lines of $l:"; tail -20 "$l" | sed 's/^/    /'; }
+    done
+    bash scripts/stop.sh >/dev/null 2>&1 || true
+    exit 1
+}
+for d in /run/tug /run/tug-agent /var/lib/tug /var/lib/tug-agent /var/log; do
+    mkdir -p "$d" && mount -t tmpfs -o mode=0755 tug-run-check "$d"
+done
+ip link set lo up
+ip link add tugrc0 type veth peer name tugrc1
+ip addr add 192.0.2.2/24 dev tugrc0
+ip link set tugrc0 up && ip link set tugrc1 up
+ip route add default via 192.0.2.1
+
+leftovers() {
+    local what=""
+    grep -qE ' (/run/tug-agent|/run/tug/netns|/var/lib/tug/images)/' /proc/self/mountinfo && what+=" mounts;"
+    ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -qE '^(tug0|tug\.[0-9]+|tug[0-9a-f]{8})$' && what+=" links;"
+    nft list tables 2>/dev/null | grep -q ' tug' && what+=" nftables tables;"
+    pgrep -f "^$TUG_BIN_DIR/tug-(agent|scheduler|supervisor)" >/dev/null && what+=" processes;"
+    find /sys/fs/cgroup -maxdepth 6 -type d -name 'tug-pods' 2>/dev/null | grep -q . && what+=" cgroups;"
+    echo "$what"
+}
+
+for round in 1 2; do
+    bash scripts/run.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make run (round $round)"; }
+    out=$(bash scripts/run.sh 2>&1) || { echo "$out"; fail "make run a second time (round $round)"; }
+    grep -q 'already serving' <<<"$out" && grep -q 'already running' <<<"$out" \
+        || { echo "$out"; fail "a second make run did not find the daemons running"; }
+    svc=$(TUG_SOCKET=/run/tug/tug.sock "$TUG_BIN_DIR/tug" get service web -o json \
+        | sed -n 's/.*"clusterIP": *"\([0-9.]*\)".*/\1/p' | head -1)
+    curl -sf -m 5 "http://$svc/" | grep -q 'Hello from Tug' || fail "the example app does not answer at http://$svc/"
+    echo "run-check: round $round: make run twice, the example app answers at http://$svc/"
+    bash scripts/stop.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make stop (round $round)"; }
+    left=$(leftovers)
+    [ -z "$left" ] || { cat /tmp/tug-run-check.log; fail "make stop left behind:$left"; }
+    echo "run-check: round $round: make stop left nothing behind"
+done
+rm -f /tmp/tug-run-check.log
+echo "run-check: 4 passed, 0 failed"
