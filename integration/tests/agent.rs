@@ -830,3 +830,110 @@ spec:
     }
     assert!(cp.tug(&["delete", "pvc", "missing"]).status.success());
 }
+
+/// The escapes of CVE-2017-1002101 and CVE-2017-1002102: a pod plants symlinks in its
+/// emptyDir (to `/`, up through `..`, to a node directory) and asks for them as subPaths;
+/// it tries to swap its configMap volume's `..data` for a link to a node path. None of it
+/// reaches the node: the escaping subPaths are refused with a message naming them, a link
+/// that stays inside the volume works, and the configMap volume is read-only.
+#[test]
+fn a_pod_cannot_reach_the_node_through_its_volumes() {
+    let (_cluster, cp, agent) = setup();
+    let node_dir = tempfile::Builder::new().prefix("tug-node-secret").tempdir().unwrap();
+    std::fs::write(node_dir.path().join("secret"), "node only\n").unwrap();
+    let node = node_dir.path().display();
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: escape-cfg}}
+data: {{color: blue}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: escape}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: escape-cfg}}}}
+  initContainers:
+  - name: plant
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "mkdir /s/real && echo inside > /s/real/f && ln -s real /s/alias && ln -s / /s/root && ln -s ../../../../../../../.. /s/up && ln -s {node} /s/node"]
+    volumeMounts: [{{name: scratch, mountPath: /s}}]
+  containers:
+  - name: good
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    volumeMounts:
+    - {{name: scratch, mountPath: /alias, subPath: alias}}
+    - {{name: scratch, mountPath: /made, subPath: new/dir}}
+    - {{name: cfg, mountPath: /cfg}}
+  - name: root
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    volumeMounts: [{{name: scratch, mountPath: /host, subPath: root}}]
+  - name: up
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    volumeMounts: [{{name: scratch, mountPath: /host, subPath: up/etc}}]
+  - name: node
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    volumeMounts: [{{name: scratch, mountPath: /host, subPath: node}}]
+"#
+        ),
+    );
+    let status = |p: &Value, name: &str| -> Value {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let escapes = ["root", "up", "node"];
+    let pod = wait_pod(&cp, &agent, "escape", 60, "good Running, the escapes refused", |p| {
+        status(p, "good")["ready"] == true
+            && escapes
+                .iter()
+                .all(|n| status(p, n)["state"]["waiting"]["reason"] == "CreateContainerConfigError")
+    });
+    for n in escapes {
+        let msg = status(&pod, n)["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains("subPath") && msg.contains("leads outside"), "{n}: {msg}");
+    }
+    let good = status(&pod, "good")["containerID"].as_str().unwrap().trim_start_matches("tug://").to_string();
+    assert_eq!(exec_in(&agent, &good, &["cat", "/alias/f"]).0, "inside\n", "a link inside the volume works");
+    assert_eq!(exec_in(&agent, &good, &["stat", "-c", "%F", "/made"]).0, "directory\n");
+    // The configMap volume is read-only: ..data cannot be swapped, nothing can be added.
+    assert_ne!(exec_in(&agent, &good, &["busybox", "ln", "-sfn", "/", "/cfg/..data"]).1, 0);
+    assert_ne!(exec_in(&agent, &good, &["touch", "/cfg/x"]).1, 0);
+    assert_eq!(exec_in(&agent, &good, &["cat", "/cfg/color"]).0, "blue");
+    apply(&cp, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: escape-cfg}\ndata: {color: red}\n");
+    let updated =
+        wait_for(Duration::from_secs(30), || exec_in(&agent, &good, &["cat", "/cfg/color"]).0 == "red");
+    assert!(updated, "the configMap volume did not follow the update:\n{}", agent.log());
+    // Nothing of the node was mounted for the pod.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let subpaths: Vec<&str> = mountinfo.lines().filter(|l| l.contains("volume-subpaths")).collect();
+    assert!(
+        subpaths.iter().all(|l| !l.contains(&node.to_string()) && l.split(' ').nth(3) != Some("/")),
+        "{subpaths:#?}"
+    );
+    assert_eq!(std::fs::read_to_string(node_dir.path().join("secret")).unwrap(), "node only\n");
+    assert!(cp.tug(&["delete", "pod", "escape"]).status.success());
+    let state = agent.state_dir().display().to_string();
+    let clean = wait_for(Duration::from_secs(30), || {
+        agent.containers().is_empty()
+            && !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&state)
+    });
+    assert!(clean, "a subPath mount or a volume stayed:\n{}", agent.log());
+    assert!(node_dir.path().join("secret").exists(), "the node's files stay");
+}

@@ -649,15 +649,21 @@ fn prepare(
 ) -> Result<(), (&'static str, String)> {
     let _ = ctx.store.remove_snapshot(id);
     let rootfs = ctx.store.prepare(id, image).map_err(|e| ("CreateContainerError", e))?;
-    // A claim mounted `readOnly` in the pod's volume is read-only in every container.
-    let read_only: Vec<String> = pod
-        .spec
-        .volumes
-        .iter()
-        .filter(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true)))
-        .map(|v| v.name.clone())
-        .collect();
-    let vmounts = volumes::mounts(c, vols, &read_only).map_err(|e| ("CreateContainerConfigError", e))?;
+    // A claim mounted `readOnly` in the pod's volume is read-only in every container, and so
+    // are the volumes the agent writes (as in Kubernetes): nothing a container does there can
+    // steer the agent's next update of them.
+    let names = |f: fn(&tug_api::kinds::pod::Volume) -> bool| -> Vec<String> {
+        pod.spec.volumes.iter().filter(|v| f(v)).map(|v| v.name.clone()).collect()
+    };
+    let read_only = names(|v| {
+        v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true))
+            || v.config_map.is_some()
+            || v.secret.is_some()
+            || v.downward_api.is_some()
+    });
+    let agent_made = names(|v| v.host_path.is_none() && v.persistent_volume_claim.is_none());
+    let vmounts = volumes::mounts(c, vols, &read_only, &agent_made, &ctx.pod_dir(&rec.uid))
+        .map_err(|e| ("CreateContainerConfigError", e))?;
     let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
     let oci = spec::oci_spec(pod, c, config, &rootfs, sandbox, id, resolved, vmounts, seccomp)
         .map_err(|e| ("CreateContainerConfigError", e))?;
@@ -774,7 +780,9 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
         };
     }
     volumes::unmount_all(&ctx.pod_dir(&rec.uid));
-    let _ = std::fs::remove_dir_all(ctx.pod_dir(&rec.uid));
+    if let Err(e) = volumes::remove_pod_dir(&ctx.pod_dir(&rec.uid)) {
+        eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+    }
     // The record last: a tear-down cut short is finished by the next agent.
     let _ = std::fs::remove_dir_all(ctx.sandbox_dir(&rec.uid));
     let _ = std::fs::remove_dir_all(

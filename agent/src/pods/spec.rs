@@ -166,8 +166,20 @@ pub fn user(
     Ok((uid, gid, extra))
 }
 
-fn lookup(file: &Path, name: &str, field: usize) -> Option<u32> {
-    let text = std::fs::read_to_string(file).ok()?;
+/// The image's `/etc/passwd` or `/etc/group` at most this large.
+const ACCOUNTS_MAX: u64 = 4 << 20;
+
+/// A file of the image read beneath its rootfs (`RESOLVE_IN_ROOT`: a symlink to a node file
+/// is looked up in the image), regular files only (a FIFO would block the agent, `/dev/zero`
+/// never end), at most [`ACCOUNTS_MAX`] bytes. Anything else reads as absent.
+fn image_file(rootfs: &Path, rel: &str) -> Option<String> {
+    let root = tug_beneath::Root::open_dir(rootfs, tug_beneath::Scope::InRoot).ok()?;
+    let bytes = root.read_regular(Path::new(rel), ACCOUNTS_MAX).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn lookup(rootfs: &Path, file: &str, name: &str, field: usize) -> Option<u32> {
+    let text = image_file(rootfs, file)?;
     text.lines().find_map(|l| {
         let parts: Vec<&str> = l.split(':').collect();
         (parts.first() == Some(&name)).then(|| parts.get(field)?.parse().ok()).flatten()
@@ -175,7 +187,7 @@ fn lookup(file: &Path, name: &str, field: usize) -> Option<u32> {
 }
 
 fn passwd_gid(rootfs: &Path, uid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    let text = image_file(rootfs, "etc/passwd")?;
     text.lines().find_map(|l| {
         let p: Vec<&str> = l.split(':').collect();
         (p.get(2)?.parse::<u32>().ok()? == uid).then(|| p.get(3)?.parse().ok()).flatten()
@@ -192,13 +204,13 @@ fn image_user(spec: &str, rootfs: &Path) -> Result<(u32, u32), String> {
     };
     let uid = match u.parse::<u32>() {
         Ok(n) => n,
-        Err(_) => lookup(&rootfs.join("etc/passwd"), u, 2)
+        Err(_) => lookup(rootfs, "etc/passwd", u, 2)
             .ok_or_else(|| format!("the image's user {u:?} is not in its /etc/passwd"))?,
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => lookup(&rootfs.join("etc/group"), g, 2)
+            Err(_) => lookup(rootfs, "etc/group", g, 2)
                 .ok_or_else(|| format!("the image's group {g:?} is not in its /etc/group"))?,
         },
         None => passwd_gid(rootfs, uid).unwrap_or(0),
@@ -414,6 +426,38 @@ mod tests {
         assert_eq!(capabilities(&c), ["CAP_NET_ADMIN"]);
         c.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
         assert!(capabilities(&c).contains(&"CAP_SYS_ADMIN".to_string()));
+    }
+
+    /// An image whose `/etc/passwd` links to the node's, and whose `/etc/group` is a FIFO:
+    /// the node's users do not leak into the lookup and the agent does not block.
+    #[test]
+    fn image_accounts_are_read_beneath_the_rootfs_only() {
+        let dir = tempfile::Builder::new().prefix("tug-rootfs").tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("etc/group"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap();
+        let node_user = std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
+        let pod = Pod::default();
+        let c = container(&["x"], &[]);
+        let mut img = image(None, None);
+        img.config.user = Some(node_user.clone());
+        let e = user(&pod, &c, &img, dir.path()).unwrap_err();
+        assert!(e.contains(&node_user) && e.contains("not in its /etc/passwd"), "{e}");
+        img.config.user = Some("0:wheel".into());
+        assert!(user(&pod, &c, &img, dir.path()).unwrap_err().contains("not in its /etc/group"));
+        std::fs::remove_file(dir.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("etc/passwd")).unwrap();
+        img.config.user = Some("web".into());
+        assert!(user(&pod, &c, &img, dir.path()).is_err());
     }
 
     #[test]

@@ -61,71 +61,110 @@ pub fn item_path(root: &Path, rel: &str) -> Result<PathBuf, String> {
 
 /// Writes `files` (path → (content, mode)) into `root` atomically; nothing is rewritten when
 /// the content is what is there already. Returns whether anything changed.
+///
+/// Everything goes through the volume's directory descriptor (CVE-2017-1002102: a container
+/// that swapped `..data` for a symlink to a node path made kubelet delete that path): the
+/// old generation is the name `..data` points at only when that is a plain `..<stamp>` name
+/// in the volume, removal never follows a link, and every file is made `O_EXCL|O_NOFOLLOW`
+/// in the fresh generation.
 pub fn write_atomic(root: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> Result<bool, String> {
-    let data = root.join("..data");
-    // Unchanged? Compare with what `..data` holds.
-    if let Ok(cur) = std::fs::read_link(&data) {
-        let cur = root.join(cur);
-        let same =
-            files.iter().all(|(p, (c, _))| std::fs::read(cur.join(p)).ok().as_deref() == Some(c.as_slice()))
-                && count_files(&cur) == files.len();
-        if same {
-            return Ok(false);
-        }
+    use tug_beneath::{Root, Scope};
+    let dir = Root::open_dir(root, Scope::Beneath).map_err(|e| e.to_string())?;
+    let current = generation(&dir);
+    if let Some(cur) = &current
+        && same_files(&dir, cur, files)
+    {
+        return Ok(false);
     }
     let stamp = format!(
         "..{}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     );
-    let fresh = root.join(&stamp);
-    std::fs::create_dir_all(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
-    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    for (p, (content, mode)) in files {
-        let path = item_path(&fresh, p)?;
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        std::fs::write(&path, content).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(|e| e.to_string())?;
-    }
-    let tmp = root.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&stamp, &tmp).map_err(|e| e.to_string())?;
-    let old = std::fs::read_link(&data).ok();
-    std::fs::rename(&tmp, &data).map_err(|e| format!("switching {}: {e}", data.display()))?;
+    write_generation(&dir, &stamp, files)?;
+    let at = |e: nix::Error, what: &str| format!("{}: {what}: {e}", root.display());
+    let _ = nix::unistd::unlinkat(dir.fd(), "..data_tmp", nix::unistd::UnlinkatFlags::NoRemoveDir);
+    nix::unistd::symlinkat(stamp.as_str(), dir.fd(), "..data_tmp").map_err(|e| at(e, "..data_tmp"))?;
+    nix::fcntl::renameat(dir.fd(), "..data_tmp", dir.fd(), "..data")
+        .map_err(|e| at(e, "switching ..data"))?;
     // The top-level names point through ..data.
     let tops: std::collections::BTreeSet<String> =
         files.keys().map(|p| p.split('/').next().unwrap_or(p).to_string()).collect();
     for t in &tops {
-        let link = root.join(t);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(t), &link).map_err(|e| e.to_string())?;
+        let stat = nix::sys::stat::fstatat(dir.fd(), t.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        if stat.is_err() {
+            nix::unistd::symlinkat(Path::new("..data").join(t).as_path(), dir.fd(), t.as_str())
+                .map_err(|e| at(e, t))?;
         }
     }
-    for e in std::fs::read_dir(root).map_err(|e| e.to_string())?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for (name, _) in dir.list(Path::new("")).map_err(|e| e.to_string())? {
+        let name = name.to_string_lossy().into_owned();
         if !name.starts_with("..") && !tops.contains(&name) {
-            let _ = std::fs::remove_file(e.path());
+            let _ = tug_beneath::remove_all_at(dir.fd(), Path::new(&name));
         }
     }
-    if let Some(o) = old
-        && o != Path::new(&stamp)
+    if let Some(old) = current
+        && old != stamp
     {
-        let _ = std::fs::remove_dir_all(root.join(o));
+        let _ = tug_beneath::remove_all_at(dir.fd(), Path::new(&old));
     }
     Ok(true)
 }
 
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            n += count_files(&e.path());
-        } else {
-            n += 1;
-        }
+/// The generation `..data` names: only a plain `..<stamp>` name beside it counts.
+fn generation(dir: &tug_beneath::Root) -> Option<String> {
+    let target = nix::fcntl::readlinkat(dir.fd(), "..data").ok()?;
+    let name = target.to_str()?.to_string();
+    let plain = name.starts_with("..")
+        && !name.contains('/')
+        && !["..", "..data", "..data_tmp"].contains(&name.as_str());
+    plain.then_some(name)
+}
+
+/// Whether the generation `cur` holds exactly `files`, read beneath the volume.
+fn same_files(dir: &tug_beneath::Root, cur: &str, files: &BTreeMap<String, (Vec<u8>, u32)>) -> bool {
+    let base = Path::new(cur);
+    files.iter().all(|(p, (c, _))| {
+        dir.read_regular(&base.join(p), c.len() as u64).ok().as_deref() == Some(c.as_slice())
+    }) && count_files(dir, base) == files.len()
+}
+
+/// Writes one generation's files into the fresh directory `stamp`.
+fn write_generation(
+    dir: &tug_beneath::Root,
+    stamp: &str,
+    files: &BTreeMap<String, (Vec<u8>, u32)>,
+) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let fresh = dir.mkdir_all(Path::new(stamp), 0o755).map_err(|e| e.to_string())?;
+    drop(fresh);
+    let fresh = dir.subdir(Path::new(stamp)).map_err(|e| e.to_string())?;
+    for (p, (content, mode)) in files {
+        item_path(Path::new(""), p)?;
+        let rel = Path::new(p);
+        let parent = match rel.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => fresh.mkdir_all(d, 0o755).map_err(|e| e.to_string())?,
+            None => {
+                fresh.open(Path::new(""), OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| e.to_string())?
+            }
+        };
+        let name = rel.file_name().unwrap_or_default();
+        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&parent, name, flags, Mode::from_bits_truncate(*mode))
+            .map_err(|e| format!("{}/{p}: {e}", fresh.path().display()))?;
+        let mut f = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut f, content)
+            .map_err(|e| format!("{}/{p}: {e}", fresh.path().display()))?;
+        // The umask took bits off at creation; the item's mode is what it asked for.
+        f.set_permissions(std::fs::Permissions::from_mode(*mode)).map_err(|e| e.to_string())?;
     }
-    n
+    Ok(())
+}
+
+/// The files (anything not a directory) beneath `rel`, never following a link.
+fn count_files(dir: &tug_beneath::Root, rel: &Path) -> usize {
+    let Ok(entries) = dir.list(rel) else { return 0 };
+    entries.iter().map(|(n, is_dir)| if *is_dir { count_files(dir, &rel.join(n)) } else { 1 }).sum()
 }
 
 fn mode(m: Option<i32>, default: u32) -> u32 {
@@ -350,26 +389,39 @@ fn lines(m: &BTreeMap<String, String>) -> String {
 }
 
 /// The OCI mounts of a container's `volumeMounts`.
+///
+/// A `subPath` is never handed to the runtime as path text (CVE-2017-1002101: a symlink the
+/// pod plants inside its volume would lead the bind mount to any node path). It is resolved
+/// by the kernel beneath its volume (`RESOLVE_BENEATH`: a step outside is an error naming
+/// it), made as a directory when missing, and bind-mounted from that descriptor onto
+/// `<pod dir>/volume-subpaths/<volume>/<container>/<index>`, kubelet's place for it; the
+/// container's mount uses that path, which the pod cannot reach or change. Volumes the agent
+/// makes are mounted `nosuid,nodev`; `read_only_volumes` (claims mounted read-only, and
+/// configMap, secret and downwardAPI volumes) are read-only in every container.
 pub fn mounts(
     c: &tug_api::kinds::pod::Container,
     volumes: &BTreeMap<String, PathBuf>,
     read_only_volumes: &[String],
+    agent_made: &[String],
+    pod_dir: &Path,
 ) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
-    for m in &c.volume_mounts {
+    for (index, m) in c.volume_mounts.iter().enumerate() {
         let base = volumes.get(&m.name).ok_or_else(|| format!("volumeMount {:?}: no such volume", m.name))?;
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => {
-                let p =
-                    item_path(base, sub).map_err(|e| format!("volumeMount {:?}: subPath: {e}", m.name))?;
-                if !p.exists() {
-                    std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                }
-                p
+                let bind =
+                    pod_dir.join("volume-subpaths").join(&m.name).join(&c.name).join(index.to_string());
+                bind_subpath(base, sub, &bind)
+                    .map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", m.name))?;
+                bind
             }
             None => base.clone(),
         };
         let mut options = vec!["rbind", "rprivate"];
+        if agent_made.contains(&m.name) {
+            options.extend(["nosuid", "nodev"]);
+        }
         if m.read_only.unwrap_or(false) || read_only_volumes.contains(&m.name) {
             options.push("ro");
         }
@@ -378,13 +430,76 @@ pub fn mounts(
     Ok(out)
 }
 
-/// Unmounts the pod's tmpfs volumes so its directory can go.
+/// Resolves `sub` beneath the volume `base` with the kernel's help and bind-mounts what it
+/// names onto `bind` (replacing an earlier run's mount there).
+fn bind_subpath(base: &Path, sub: &str, bind: &Path) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    use tug_beneath::{Error, Root, Scope};
+    if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+        return Err("must be a relative path without '..'".into());
+    }
+    let volume = Root::open_dir(base, Scope::Beneath).map_err(|e| e.to_string())?;
+    let target = match volume.open(Path::new(sub), OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(Error::Io { source: nix::errno::Errno::ENOENT, .. }) => {
+            volume.mkdir_all(Path::new(sub), 0o755).map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let is_dir = tug_beneath::file_type(&target).is_ok_and(|t| t == nix::sys::stat::SFlag::S_IFDIR);
+    if is_mountpoint(bind) {
+        nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmounting {}: {e}", bind.display()))?;
+    }
+    let parent = bind.parent().unwrap_or(bind);
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let made = if is_dir { std::fs::create_dir(bind) } else { std::fs::File::create(bind).map(drop) };
+    match made {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", bind.display())),
+    }
+    nix::mount::mount(
+        Some(&tug_beneath::fd_path(&target)),
+        bind,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind-mounting it onto {}: {e}", bind.display()))
+}
+
+/// Unmounts the pod's tmpfs volumes and its subPath mounts so its directory can go.
 pub fn unmount_all(pod_dir: &Path) {
+    let subpaths = pod_dir.join("volume-subpaths");
+    let mut points: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&subpaths))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
     for e in std::fs::read_dir(pod_dir.join("volumes")).into_iter().flatten().flatten() {
         if is_mountpoint(&e.path()) {
             let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Removes the pod's directory (after [`unmount_all`]): fd-relative, never following a link
+/// the pod planted and never entering a mount that is still there.
+pub fn remove_pod_dir(pod_dir: &Path) -> Result<(), String> {
+    let (Some(parent), Some(name)) = (pod_dir.parent(), pod_dir.file_name()) else { return Ok(()) };
+    let dir = match tug_beneath::Root::open_dir(parent, tug_beneath::Scope::Beneath) {
+        Ok(d) => d,
+        Err(_) => return Ok(()),
+    };
+    tug_beneath::remove_all_at(dir.fd(), Path::new(name))
+        .map_err(|e| format!("removing {}: {e}", pod_dir.display()))
 }
 
 #[cfg(test)]
@@ -434,6 +549,33 @@ mod tests {
             })
             .count();
         assert_eq!(stamps, 1, "the old generation is removed");
+    }
+
+    /// CVE-2017-1002102's pattern, should a container ever write its volume: `..data`, an
+    /// old generation or a top-level name swapped for a link to a node directory never
+    /// makes the writer remove or write anything there.
+    #[test]
+    fn a_swapped_data_link_never_steers_the_writer() {
+        let d = tempfile::Builder::new().prefix("tug-atomic").tempdir().unwrap();
+        let (vol, outside) = (d.path().join("vol"), d.path().join("outside"));
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(outside.join("dir")).unwrap();
+        std::fs::write(outside.join("keep"), "node").unwrap();
+        let files = |v: &str| BTreeMap::from([("a".to_string(), (v.as_bytes().to_vec(), 0o644))]);
+        assert!(write_atomic(&vol, &files("1")).unwrap());
+        std::fs::remove_file(vol.join("..data")).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("..data")).unwrap();
+        assert!(write_atomic(&vol, &files("2")).unwrap());
+        assert_eq!(std::fs::read(vol.join("a")).unwrap(), b"2");
+        let generation = std::fs::read_link(vol.join("..data")).unwrap();
+        std::fs::remove_dir_all(vol.join(&generation)).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join(&generation)).unwrap();
+        std::os::unix::fs::symlink(outside.join("dir"), vol.join("planted")).unwrap();
+        assert!(write_atomic(&vol, &files("3")).unwrap());
+        assert_eq!(std::fs::read(vol.join("a")).unwrap(), b"3");
+        assert!(std::fs::symlink_metadata(vol.join(&generation)).is_err(), "the link itself went");
+        assert!(std::fs::symlink_metadata(vol.join("planted")).is_err());
+        assert!(outside.join("keep").exists() && outside.join("dir").exists(), "the node's files stay");
     }
 
     #[test]
