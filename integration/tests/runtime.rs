@@ -322,6 +322,34 @@ fn bind_mounts_keep_their_options_and_time_namespaces_are_new() {
     assert!(!data.join("x").exists());
 }
 
+/// Mount targets that the image planted as symlinks to host paths (`/etc/evil -> HOST`,
+/// `/dev -> HOST`) resolve inside the rootfs, as they would for the container: nothing is
+/// mounted, made or linked on the host (runc's CVE-2021-30465 family).
+#[test]
+fn symlinked_mount_targets_stay_inside_the_rootfs() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "cat /etc/evil/x/hello; echo x > /dev/null && echo dev-ok"]);
+    let host = tempfile::Builder::new().prefix("tug-host-target").tempdir().unwrap();
+    let rootfs = b.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::os::unix::fs::symlink(host.path(), rootfs.join("etc/evil")).unwrap();
+    let host_dev = tempfile::Builder::new().prefix("tug-host-dev").tempdir().unwrap();
+    let _ = std::fs::remove_dir_all(rootfs.join("dev"));
+    std::os::unix::fs::symlink(host_dev.path(), rootfs.join("dev")).unwrap();
+    let data = b.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello"), "from the host\n").unwrap();
+    b.spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/etc/evil/x", "type": "bind", "source": "data", "options": ["rbind", "ro"]}),
+    );
+    let out = b.run("symlinked");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the host\ndev-ok\n", "{}", stderr(&out));
+    for dir in [host.path(), host_dev.path()] {
+        let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "the host directory {} got {left:?}", dir.display());
+    }
+    assert!(rootfs.join(host.path().strip_prefix("/").unwrap()).join("x").is_dir(), "made inside the rootfs");
+}
+
 #[test]
 fn errors_go_to_the_log_file_in_json() {
     let b = Bundle::new(&["/bin/true"]);

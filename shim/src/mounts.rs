@@ -3,8 +3,8 @@
 //! mount namespace).
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-use std::path::{Component, Path, PathBuf};
+use nix::sys::stat::{Mode, SFlag, makedev, mknodat};
+use std::path::{Path, PathBuf};
 
 /// What went wrong while building the container's filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -13,12 +13,12 @@ pub enum MountError {
     Mount { what: String, dest: PathBuf, errno: nix::Error },
     #[error("preparing {path}: {source}")]
     Prepare { path: PathBuf, source: std::io::Error },
-    #[error("{path}: too many levels of symbolic links inside the rootfs")]
-    Symlinks { path: PathBuf },
     #[error("pivot_root into {root}: {errno}")]
     Pivot { root: PathBuf, errno: nix::Error },
     #[error("mknod {path}: {errno}")]
     Mknod { path: PathBuf, errno: nix::Error },
+    #[error("inside the rootfs: {0}")]
+    Beneath(#[from] tug_beneath::Error),
 }
 
 /// One spec mount, translated.
@@ -103,58 +103,21 @@ pub fn propagation_flags(name: &str) -> Option<MsFlags> {
     })
 }
 
-/// Resolves `path` inside `root` as if `root` were `/`: `..` and symbolic links (absolute or
-/// relative) never lead outside it. Components that do not exist yet are appended as they are.
-pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, MountError> {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
-    let mut links = 0;
-    while let Some(next) = pending.pop() {
-        let mut comps = next.components().peekable();
-        while let Some(c) = comps.next() {
-            match c {
-                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-                Component::ParentDir => {
-                    resolved.pop();
-                }
-                Component::Normal(name) => {
-                    let candidate = root.join(&resolved).join(name);
-                    match std::fs::read_link(&candidate) {
-                        Ok(target) => {
-                            links += 1;
-                            if links > 40 {
-                                return Err(MountError::Symlinks { path: path.to_path_buf() });
-                            }
-                            let rest: PathBuf = comps.by_ref().collect();
-                            if target.is_absolute() {
-                                resolved = PathBuf::new();
-                            }
-                            pending.push(rest);
-                            pending.push(target);
-                            break;
-                        }
-                        Err(_) => resolved.push(name),
-                    }
-                }
-            }
-        }
-    }
-    Ok(root.join(resolved))
+/// `path` (a spec destination) relative to the rootfs.
+fn in_root(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
 }
 
-fn prepare(path: &Path, file: bool) -> Result<(), MountError> {
-    let err = |source| MountError::Prepare { path: path.to_path_buf(), source };
-    if file {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(err)?;
-        }
-        if !path.exists() {
-            std::fs::File::create(path).map_err(err)?;
-        }
-        Ok(())
-    } else {
-        std::fs::create_dir_all(path).map_err(err)
-    }
+/// Mounts onto the descriptor's path, naming the spec destination in an error.
+fn mount_at(
+    source: Option<&Path>,
+    target: &impl std::os::fd::AsRawFd,
+    dest: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    do_mount(source, &tug_beneath::fd_path(target), fstype, flags, data).map_err(|e| named(e, dest))
 }
 
 /// A bind remount. In a user namespace the flags a mount had when the namespace was made
@@ -215,29 +178,49 @@ pub fn prepare_root(rootfs: &Path, propagation: MsFlags) -> Result<(), MountErro
     do_mount(Some(rootfs), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
 }
 
-/// Performs one spec mount inside `rootfs`.
+/// Performs one spec mount inside `rootfs`. The destination is resolved by the kernel
+/// beneath the rootfs (`RESOLVE_IN_ROOT`: a symlink the image or an earlier run planted
+/// resolves inside it, never to the host) and made there from descriptors; the mount calls
+/// then name it by `/proc/self/fd/N`, so nothing is looked up by path text twice.
 pub fn mount_step(rootfs: &Path, step: &MountStep) -> Result<(), MountError> {
-    let dest = secure_join(rootfs, &step.destination)?;
+    use nix::fcntl::OFlag;
+    let root = tug_beneath::Root::open_dir(rootfs, tug_beneath::Scope::InRoot)?;
+    let rel = in_root(&step.destination);
+    let dest = &step.destination;
     let data = (!step.data.is_empty()).then_some(step.data.as_str());
     if step.is_bind() {
         let source = step.source.as_deref().unwrap_or(Path::new(""));
-        prepare(&dest, !source.is_dir())?;
-        do_mount(Some(source), &dest, None, step.flags & (MsFlags::MS_BIND | MsFlags::MS_REC), None)?;
-        // A bind mount ignores every other flag until it is remounted.
+        let target =
+            if source.is_dir() { root.mkdir_all(rel, 0o755)? } else { root.create_file(rel, 0o644)? };
+        let bind = step.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
+        mount_at(Some(source), &target, dest, None, bind, None)?;
+        // A bind mount ignores every other flag until it is remounted: the new mount's root,
+        // looked up again.
         let rest = step.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !rest.is_empty() {
-            remount(&dest, rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT)?;
+            let mounted = root.open(rel, OFlag::O_PATH)?;
+            let path = tug_beneath::fd_path(&mounted);
+            remount(&path, rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT).map_err(|e| named(e, dest))?;
         }
     } else {
-        prepare(&dest, false)?;
+        let target = root.mkdir_all(rel, 0o755)?;
         let fstype = step.fstype.as_deref().unwrap_or("none");
         let source = step.source.as_deref().unwrap_or(Path::new(fstype));
-        do_mount(Some(source), &dest, Some(fstype), step.flags, data)?;
+        mount_at(Some(source), &target, dest, Some(fstype), step.flags, data)?;
     }
     if !step.propagation.is_empty() {
-        do_mount(None, &dest, None, step.propagation, None)?;
+        let mounted = root.open(rel, OFlag::O_PATH)?;
+        mount_at(None, &mounted, dest, None, step.propagation, None)?;
     }
     Ok(())
+}
+
+/// A mount error naming the spec destination rather than a descriptor's path.
+fn named(e: MountError, dest: &Path) -> MountError {
+    match e {
+        MountError::Mount { what, errno, .. } => MountError::Mount { what, dest: dest.to_path_buf(), errno },
+        e => e,
+    }
 }
 
 /// A device node to create under the container's `/dev`.
@@ -277,30 +260,41 @@ pub fn default_devices() -> Vec<DeviceNode> {
 /// namespace, where mknod is not allowed, each device is the host's node bind-mounted onto an
 /// empty file (runc does the same).
 pub fn populate_dev(rootfs: &Path, devices: &[DeviceNode], user_ns: bool) -> Result<(), MountError> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    let root = tug_beneath::Root::open_dir(rootfs, tug_beneath::Scope::InRoot)?;
+    let mknod_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |errno| MountError::Mknod { path: path.clone(), errno }
+    };
     for d in devices {
-        let path = secure_join(rootfs, &d.path)?;
-        if let Some(parent) = path.parent() {
-            prepare(parent, false)?;
-        }
-        let _ = std::fs::remove_file(&path);
+        let rel = in_root(&d.path);
+        let name = rel.file_name().unwrap_or_default();
+        let parent = root.mkdir_all(rel.parent().unwrap_or(Path::new("")), 0o755)?;
+        let _ = unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir);
         if user_ns {
-            prepare(&path, true)?;
-            do_mount(Some(&d.path), &path, None, MsFlags::MS_BIND, None)?;
+            let target = root.create_file(rel, 0o644)?;
+            mount_at(Some(&d.path), &target, &d.path, None, MsFlags::MS_BIND, None)?;
             continue;
         }
         let mode = Mode::from_bits_truncate(d.mode & 0o7777);
-        mknod(&path, d.kind, mode, makedev(d.major, d.minor))
-            .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
-        // mknod is subject to the umask; set the mode the spec asked for exactly.
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            mode,
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        mknodat(&parent, name, d.kind, mode, makedev(d.major, d.minor)).map_err(mknod_err(&d.path))?;
+        // mknod is subject to the umask; set the mode the spec asked for exactly, on the node
+        // just made (never through a link).
+        let node = nix::fcntl::openat(
+            &parent,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
         )
-        .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
-        nix::unistd::chown(&path, Some(d.uid.into()), Some(d.gid.into()))
-            .map_err(|errno| MountError::Mknod { path: path.clone(), errno })?;
+        .map_err(mknod_err(&d.path))?;
+        std::fs::set_permissions(
+            tug_beneath::fd_path(&node),
+            std::os::unix::fs::PermissionsExt::from_mode(mode.bits()),
+        )
+        .map_err(|source| MountError::Prepare { path: d.path.clone(), source })?;
+        nix::unistd::fchownat(&node, "", Some(d.uid.into()), Some(d.gid.into()), AtFlags::AT_EMPTY_PATH)
+            .map_err(mknod_err(&d.path))?;
     }
     let links = [
         ("/proc/self/fd", "fd"),
@@ -309,11 +303,13 @@ pub fn populate_dev(rootfs: &Path, devices: &[DeviceNode], user_ns: bool) -> Res
         ("/proc/self/fd/2", "stderr"),
         ("pts/ptmx", "ptmx"),
     ];
+    let dev = root.mkdir_all(Path::new("dev"), 0o755)?;
     for (target, name) in links {
-        let link = rootfs.join("dev").join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(target, &link)
-            .map_err(|source| MountError::Prepare { path: link, source })?;
+        let _ = unlinkat(&dev, name, UnlinkatFlags::NoRemoveDir);
+        nix::unistd::symlinkat(target, &dev, name).map_err(|errno| MountError::Prepare {
+            path: Path::new("/dev").join(name),
+            source: std::io::Error::from(errno),
+        })?;
     }
     Ok(())
 }
@@ -391,20 +387,5 @@ mod tests {
         assert_eq!(d, "");
         let (f, _, _) = opts(&["ro", "rw"]);
         assert!(f.is_empty(), "a later rw clears an earlier ro");
-    }
-
-    #[test]
-    fn secure_join_stays_inside_the_root() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc", root.join("etc/rel")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert_eq!(secure_join(root, Path::new("/abs/passwd")).unwrap(), root.join("etc/passwd"));
-        assert_eq!(secure_join(root, Path::new("/etc/rel/x")).unwrap(), root.join("etc/x"));
-        assert_eq!(secure_join(root, Path::new("/../../x")).unwrap(), root.join("x"));
-        assert_eq!(secure_join(root, Path::new("/new/dir")).unwrap(), root.join("new/dir"));
-        assert!(matches!(secure_join(root, Path::new("/loop")), Err(MountError::Symlinks { .. })));
     }
 }
