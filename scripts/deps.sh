@@ -51,7 +51,7 @@ tools=(
     docker-registry:docker-registry skopeo:skopeo umoci:umoci runc:runc crun:crun
     hyperfine:hyperfine qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils xz:xz-utils
     cpio:cpio curl:curl systemd-analyze:systemd setsid:util-linux
-    unshare:util-linux script:bsdutils mmdebstrap:mmdebstrap ldd:libc-bin
+    unshare:util-linux setpriv:util-linux script:bsdutils mmdebstrap:mmdebstrap ldd:libc-bin
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -49,6 +49,6 @@ install -d -m 0755 "$DESTDIR$CONFDIR"
 # The agent's file may hold a join token: root only.
 [ -e "$DESTDIR$CONFDIR/agent.toml" ] || install -m 0600 packaging/config/agent.toml "$DESTDIR$CONFDIR/agent.toml"
 install -d -m 0700 "$DESTDIR$STATEDIR/tug" "$DESTDIR$STATEDIR/tug-agent"
-install -d -m 0755 "$DESTDIR$STATEDIR/tug/images"
+install -d -m 0700 "$DESTDIR$STATEDIR/tug/images"
 reload
 echo "make install: $PREFIX/bin/{${bins[*]// /,}}, $UNITDIR/{${units[*]// /,}}, $CONFDIR${DESTDIR:+ (under $DESTDIR)}"

@@ -44,6 +44,25 @@ leftovers() {
     echo "$what"
 }
 
+# State a local user must not read: root-only directories, secret files 0600, and a real
+# non-root user (nobody) refused at each.
+modes() {
+    local bad="" p want
+    for p in /var/lib/tug:700 /var/lib/tug/store.redb:600 /var/lib/tug/images:700 \
+        /var/lib/tug-agent:700 /run/tug-agent:700; do
+        want=${p#*:}; p=${p%%:*}
+        [ "$(stat -c %a "$p")" = "$want" ] || bad+=" $p is $(stat -c %a "$p"), not $want;"
+    done
+    for f in /run/tug-agent/bundles/*/config.json; do
+        [ "$(stat -c %a "$f")" = 600 ] || bad+=" $f is $(stat -c %a "$f"), not 600;"
+    done
+    for p in /var/lib/tug/store.redb /var/lib/tug/images/snapshots /var/lib/tug-agent/volumes /run/tug-agent/bundles; do
+        setpriv --reuid=65534 --regid=65534 --clear-groups ls "$p" >/dev/null 2>&1 && bad+=" user nobody reads $p;"
+    done
+    [ -z "$bad" ] || fail "state readable beyond root:$bad"
+    echo "run-check: round $round: state directories are root's alone (0700), secrets 0600"
+}
+
 for round in 1 2; do
     bash scripts/run.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make run (round $round)"; }
     out=$(bash scripts/run.sh 2>&1) || { echo "$out"; fail "make run a second time (round $round)"; }
@@ -53,10 +72,11 @@ for round in 1 2; do
         | sed -n 's/.*"clusterIP": *"\([0-9.]*\)".*/\1/p' | head -1)
     curl -sf -m 5 "http://$svc/" | grep -q 'Hello from Tug' || fail "the example app does not answer at http://$svc/"
     echo "run-check: round $round: make run twice, the example app answers at http://$svc/"
+    modes
     bash scripts/stop.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make stop (round $round)"; }
     left=$(leftovers)
     [ -z "$left" ] || { cat /tmp/tug-run-check.log; fail "make stop left behind:$left"; }
     echo "run-check: round $round: make stop left nothing behind"
 done
 rm -f /tmp/tug-run-check.log
-echo "run-check: 4 passed, 0 failed"
+echo "run-check: 6 passed, 0 failed"

@@ -9,7 +9,7 @@ data=/var/lib/tug
 pidfile=/run/tug/tug-scheduler.pid
 log=/var/log/tug-scheduler.log
 
-mkdir -p /run/tug "$data"
+mkdir -p /run/tug && install -d -m 0700 "$data"
 if [ -S "$socket" ] && TUG_SOCKET=$socket "$bin/tug" version >/dev/null 2>&1; then
     echo "make run: tug-scheduler is already serving on $socket"
 else

@@ -229,6 +229,13 @@ fn move_old_records(cfg: &Config) {
 
 /// Runs the agent until SIGTERM or SIGINT; the containers stay up.
 pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
+    // Root-only: pods' volumes (secrets among them), logs, bundles whose environment carries
+    // Secret values, image layers with setuid files. Mended on every start, and said.
+    for d in [&cfg.state_dir, &cfg.run_dir, &cfg.image_root] {
+        if let Some(said) = tug_config::private::dir(d, 0o700)? {
+            eprintln!("tug-agent: {said}");
+        }
+    }
     for d in [cfg.pods_dir(), cfg.volumes_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
         std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     }

@@ -7,6 +7,8 @@
 //! flag override an earlier one). An unknown key, or a value of the wrong shape, is an error
 //! naming the file and the key — never a silently ignored line.
 
+pub mod private;
+
 use clap::{ArgAction, ArgMatches, Command};
 use std::ffi::OsString;
 use std::path::Path;

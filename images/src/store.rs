@@ -121,6 +121,16 @@ impl Store {
     /// Opens (creating) the store at `root` and clears what dead processes left in `tmp/`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, String> {
         let root = root.into();
+        // Layers hold setuid files and device nodes from images: never reachable by another
+        // user of the node (the agent also mends an existing root's mode on start).
+        if !root.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| format!("image store {}: {e}", root.display()))?;
+        }
         for d in ["blobs/sha256", "layers", "snapshots", "tmp"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| format!("image store {}: {e}", p.display()))?;

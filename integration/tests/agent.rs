@@ -122,22 +122,31 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
 
     let out = cp.tug(&["delete", "pod", "web"]);
     assert!(out.status.success());
+    // The tear-down goes containers, network, cgroups, volumes, record: wait for all of it.
+    let pod_cgroups = || -> Vec<_> {
+        tug_integration::bundle::own_cgroup_dirs_all_hierarchies()
+            .into_iter()
+            .flat_map(|d| std::fs::read_dir(d.join(&agent.cgroup_parent)).into_iter().flatten().flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
     let gone = wait_for(Duration::from_secs(40), || {
         agent.containers().is_empty()
             && std::fs::read_dir(agent.netns_dir()).map(|d| d.count() == 0).unwrap_or(true)
             && std::fs::read_dir(agent.image_root().join("snapshots")).map(|d| d.count() == 0).unwrap_or(true)
             && std::fs::read_dir(agent.state_dir().join("pods")).map(|d| d.count() == 0).unwrap_or(true)
+            && pod_cgroups().is_empty()
     });
-    assert!(gone, "the pod left something: containers {:?}\n{}", agent.containers(), agent.log());
+    assert!(
+        gone,
+        "the pod left something: containers {:?}, cgroups {:?}\n{}",
+        agent.containers(),
+        pod_cgroups(),
+        agent.log()
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(agent.image_root().to_str().unwrap()), "a rootfs is still mounted");
-    let pod_cgroups: Vec<_> = tug_integration::bundle::own_cgroup_dirs_all_hierarchies()
-        .into_iter()
-        .flat_map(|d| std::fs::read_dir(d.join(&agent.cgroup_parent)).into_iter().flatten().flatten())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
 }
 
 fn text(out: &std::process::Output) -> (String, String) {

@@ -146,9 +146,16 @@ fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
             if flags.etcd_endpoints.is_some() {
                 bail!("--etcd-endpoints needs --store etcd");
             }
-            std::fs::create_dir_all(&flags.data_dir)
-                .with_context(|| format!("creating --data-dir {}", flags.data_dir.display()))?;
-            Arc::new(RedbStore::open(&flags.data_dir.join("store.redb"), 4096).context("opening the store")?)
+            // The store holds every Secret: root alone reads it. Mended on start, and said.
+            let said = tug_config::private::dir(&flags.data_dir, 0o700)
+                .map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
+            let db = flags.data_dir.join("store.redb");
+            let store = RedbStore::open(&db, 4096).context("opening the store")?;
+            let said_db = tug_config::private::file(&db, 0o600).map_err(|e| anyhow::anyhow!(e))?;
+            for s in said.iter().chain(&said_db) {
+                eprintln!("tug-scheduler: {s}");
+            }
+            Arc::new(store)
         }
         Backend::Etcd => {
             let eps = flags

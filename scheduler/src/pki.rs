@@ -26,6 +26,8 @@ pub enum PkiError {
     BadPem(PathBuf),
     #[error("the cluster PKI in the store: {0}")]
     Store(String),
+    #[error("{0}")]
+    Mode(String),
 }
 
 /// The CA and the join token.
@@ -121,8 +123,18 @@ impl Pki {
 
     /// Loads the PKI from `dir`, making the CA and token on first use.
     pub fn load_or_create(dir: &Path) -> Result<Pki, PkiError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (crt, key, token) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("token"));
+        // The CA key and the token are root's alone; modes mended on every start, and said.
+        let mended = [
+            tug_config::private::dir(dir, 0o700),
+            tug_config::private::file(&key, 0o600),
+            tug_config::private::file(&token, 0o600),
+        ];
+        for m in mended {
+            if let Some(said) = m.map_err(PkiError::Mode)? {
+                eprintln!("tug-scheduler: {said}");
+            }
+        }
         if !crt.exists() || !key.exists() {
             let ca_key = KeyPair::generate()?;
             let cert = ca_params()?.self_signed(&ca_key)?;

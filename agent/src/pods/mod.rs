@@ -670,13 +670,22 @@ fn prepare(
     let bundle = ctx.bundle_dir(id);
     std::fs::create_dir_all(&bundle)
         .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
-    std::fs::write(bundle.join("config.json"), oci.to_string())
+    // The spec's environment carries Secret values: readable by root alone.
+    write_private(&bundle.join("config.json"), oci.to_string().as_bytes())
         .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
     let log = ctx.log_path(rec, &c.name, attempt);
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("{}: {e}", d.display())))?;
     }
     Ok(())
+}
+
+/// Writes `path` with mode 0600 (also when it existed with another).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    std::io::Write::write_all(&mut f, bytes)
 }
 
 /// Waits (on a blocking thread) for a container to end, then wakes its worker.
