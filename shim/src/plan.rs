@@ -198,6 +198,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         return Err(bad("linux.namespaces", "a new mount namespace is required"));
     }
     let process = process(spec.process().as_ref().ok_or_else(|| bad("process", "required"))?)?;
+    confinement(spec, &linux, &Lsms::host())?;
     let root_propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
         Some(p) => propagation_flags(p)
@@ -269,6 +270,52 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         user_ns,
         hooks,
     })
+}
+
+/// The Linux security modules the host has enabled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lsms {
+    pub apparmor: bool,
+    pub selinux: bool,
+}
+
+impl Lsms {
+    /// Read off the host: AppArmor's module parameter, SELinux's filesystem.
+    pub fn host() -> Lsms {
+        let apparmor =
+            std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y");
+        let selinux = Path::new("/sys/fs/selinux/enforce").exists();
+        Lsms { apparmor, selinux }
+    }
+}
+
+/// An AppArmor profile or SELinux label the spec asks for is refused, never run unconfined:
+/// this runtime applies neither (`tug-shim features` says so), and the message says whether
+/// the host has the module at all.
+fn confinement(spec: &Spec, linux: &oci_spec::runtime::Linux, host: &Lsms) -> Result<(), SpecError> {
+    let process = spec.process().as_ref();
+    let asked = [
+        (
+            "process.apparmorProfile",
+            process.and_then(|p| p.apparmor_profile().clone()),
+            "AppArmor",
+            host.apparmor,
+        ),
+        ("process.selinuxLabel", process.and_then(|p| p.selinux_label().clone()), "SELinux", host.selinux),
+        ("linux.mountLabel", linux.mount_label().clone(), "SELinux", host.selinux),
+    ];
+    for (field, value, lsm, enabled) in asked {
+        let Some(value) = value.filter(|v| !v.is_empty()) else { continue };
+        let why = if enabled {
+            format!(
+                "{value:?}: tug-shim does not apply {lsm} labels (see tug-shim features); refused rather than run unconfined"
+            )
+        } else {
+            format!("{value:?}: this host has no {lsm} enabled; refused rather than run unconfined")
+        };
+        return Err(bad(field, why));
+    }
+    Ok(())
 }
 
 fn non_negative(v: i64, i: usize, what: &str) -> Result<u64, SpecError> {
@@ -515,6 +562,27 @@ mod tests {
     }"#;
 
     /// Data-driven: a patch over the base spec → the error it must give.
+    #[test]
+    fn confinement_the_runtime_cannot_give_is_refused() {
+        let cases = [
+            (r#"{"process": {"apparmorProfile": "tug-test"}}"#, "process.apparmorProfile"),
+            (r#"{"process": {"selinuxLabel": "system_u:system_r:container_t:s0"}}"#, "process.selinuxLabel"),
+            (r#"{"linux": {"mountLabel": "system_u:object_r:container_file_t:s0"}}"#, "linux.mountLabel"),
+        ];
+        for (patch, field) in cases {
+            let s = spec(patch);
+            let linux = s.linux().clone().unwrap_or_default();
+            let none = confinement(&s, &linux, &Lsms::default()).unwrap_err().to_string();
+            assert!(none.starts_with(field) && none.contains("this host has no"), "{none}");
+            let both = Lsms { apparmor: true, selinux: true };
+            let all = confinement(&s, &linux, &both).unwrap_err().to_string();
+            assert!(all.starts_with(field) && all.contains("does not apply"), "{all}");
+            assert!(plan(&s, Path::new("/b")).is_err(), "{field}: plan refuses it on this host too");
+        }
+        let empty = spec(r#"{"process": {"apparmorProfile": ""}}"#);
+        assert!(confinement(&empty, &empty.linux().clone().unwrap_or_default(), &Lsms::default()).is_ok());
+    }
+
     fn check_err(patch: &str, expect: &str) {
         let err = plan(&spec(patch), Path::new("/b")).unwrap_err();
         assert_eq!(err.to_string(), expect);

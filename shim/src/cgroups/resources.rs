@@ -49,6 +49,9 @@ pub fn writes(res: &LinuxResources, v2: bool) -> Result<Vec<Write>, ResourceErro
         };
         out.push(w("hugetlb", file, h.limit()));
     }
+    if let Some(n) = res.network() {
+        network(n, v2, &mut out)?;
+    }
     if let Some(unified) = res.unified() {
         if !v2 && !unified.is_empty() {
             return Err(ResourceError::Invalid {
@@ -69,6 +72,28 @@ pub fn writes(res: &LinuxResources, v2: bool) -> Result<Vec<Write>, ResourceErro
         }
     }
     Ok(out)
+}
+
+/// `network`: the v1 `net_cls` class id and `net_prio` priorities. Cgroup v2 has neither
+/// controller, so there it is refused, never dropped; on v1 a host without the hierarchy
+/// fails at the write, naming the controller.
+fn network(n: &oci_spec::runtime::LinuxNetwork, v2: bool, out: &mut Vec<Write>) -> Result<(), ResourceError> {
+    let asked = n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty());
+    if asked && v2 {
+        return Err(ResourceError::Invalid {
+            field: "network",
+            reason:
+                "cgroup v2 has no net_cls or net_prio controller (classify traffic with nftables instead)"
+                    .into(),
+        });
+    }
+    if let Some(id) = n.class_id() {
+        out.push(w("net_cls", "net_cls.classid", id));
+    }
+    for p in n.priorities().iter().flatten() {
+        out.push(w("net_prio", "net_prio.ifpriomap", format!("{} {}", p.name(), p.priority())));
+    }
+    Ok(())
 }
 
 fn memory(m: &LinuxMemory, v2: bool, out: &mut Vec<Write>) -> Result<(), ResourceError> {
@@ -344,6 +369,26 @@ mod tests {
         };
         assert_eq!(got(true), want(v2), "v2");
         assert_eq!(got(false), want(v1), "v1");
+    }
+
+    /// `network` is written to net_cls and net_prio on v1, refused on v2 (never dropped).
+    #[test]
+    fn network_class_and_priorities_need_v1() {
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 5}]}}"#,
+        )
+        .unwrap();
+        let got: Vec<_> =
+            writes(&res, false).unwrap().into_iter().map(|w| (w.controller, w.file, w.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("net_cls", "net_cls.classid".to_string(), "1048577".to_string()),
+                ("net_prio", "net_prio.ifpriomap".to_string(), "eth0 5".to_string())
+            ]
+        );
+        let e = writes(&res, true).unwrap_err().to_string();
+        assert!(e.starts_with("linux.resources.network: cgroup v2 has no net_cls"), "{e}");
     }
 
     #[test]
