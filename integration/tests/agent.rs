@@ -358,6 +358,25 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running", "Always keeps a crashing pod Running");
     let out = cp.tug(&["logs", "crash", "--previous"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "going down\n", "{out:?}");
+    // A third run: only its log and the previous run's stay on the node (kubelet's rule).
+    let pod = wait_pod(&cp, &agent, "crash", 60, "restarted twice", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 2
+    });
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let dir = agent.state_dir().join("logs").join(format!("default_crash_{uid}")).join("c");
+    let runs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let kept =
+        wait_for(Duration::from_secs(30), || !runs().is_empty() && !runs().contains(&"1.log".to_string()));
+    assert!(kept && runs().len() <= 2, "logs of {}: {:?}", dir.display(), runs());
 
     let pod = wait_pod(&cp, &agent, "hog", 60, "OOMKilled", |p| {
         p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"

@@ -676,8 +676,29 @@ fn prepare(
     let log = ctx.log_path(rec, &c.name, attempt);
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("{}: {e}", d.display())))?;
+        // A crash-looping container keeps its current and its previous run's logs, as
+        // kubelet does (`logs --previous`); older runs' files go.
+        let names = std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.file_name());
+        for name in stale_logs(names.filter_map(|n| n.into_string().ok()), attempt) {
+            let _ = std::fs::remove_file(d.join(name));
+        }
     }
     Ok(())
+}
+
+/// The log files (`<attempt>.log`, rotated `<attempt>.log.<n>`) of runs before the previous
+/// one, when run `attempt` starts.
+fn stale_logs(names: impl Iterator<Item = String>, attempt: u32) -> Vec<String> {
+    names
+        .filter(|n| {
+            let run = n.split_once(".log").and_then(|(run, rest)| {
+                (rest.is_empty() || rest.strip_prefix('.').is_some_and(|r| r.parse::<u32>().is_ok()))
+                    .then(|| run.parse::<u32>().ok())
+                    .flatten()
+            });
+            run.is_some_and(|r| r + 1 < attempt)
+        })
+        .collect()
 }
 
 /// Writes `path` with mode 0600 (also when it existed with another).
@@ -836,4 +857,18 @@ async fn write_status(ctx: &Ctx, pod: &Pod, rec: &PodRecord, last: &mut Value) -
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stale_logs;
+
+    #[test]
+    fn only_the_current_and_previous_runs_logs_stay() {
+        let names = ["1.log", "1.log.1", "2.log", "2.log.3", "3.log", "4.log", "notes", "x.log", "2.log.bak"];
+        let mut stale = stale_logs(names.iter().map(|s| s.to_string()), 4);
+        stale.sort();
+        assert_eq!(stale, ["1.log", "1.log.1", "2.log", "2.log.3"]);
+        assert!(stale_logs(names.iter().map(|s| s.to_string()), 1).is_empty());
+    }
 }
