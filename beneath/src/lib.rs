@@ -35,6 +35,9 @@ pub enum Scope {
     /// Any step that would leave the root is an error (a volume: Kubernetes refuses a
     /// subPath that leads outside it).
     Beneath,
+    /// No symlink is followed at all, and nothing leaves the root (an archive's entries:
+    /// a blob that is a link is refused, whatever it points at).
+    NoLinks,
 }
 
 impl Scope {
@@ -42,6 +45,7 @@ impl Scope {
         let scope = match self {
             Scope::InRoot => ResolveFlag::RESOLVE_IN_ROOT,
             Scope::Beneath => ResolveFlag::RESOLVE_BENEATH,
+            Scope::NoLinks => ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS,
         };
         scope | ResolveFlag::RESOLVE_NO_MAGICLINKS
     }
@@ -62,6 +66,8 @@ pub enum Error {
     NotRegular { root: PathBuf, path: PathBuf },
     #[error("{path:?} beneath {root} is larger than {max} bytes")]
     TooLarge { root: PathBuf, path: PathBuf, max: u64 },
+    #[error("{path:?} beneath {root} is or passes through a symbolic link")]
+    Link { root: PathBuf, path: PathBuf },
 }
 
 /// A directory whose own path is trusted (the agent made it, or was given it), and beneath
@@ -119,6 +125,7 @@ impl Root {
         let (root, path) = (self.path.clone(), rel.to_path_buf());
         match source {
             Errno::EXDEV => Error::Escape { root, path },
+            Errno::ELOOP if self.scope == Scope::NoLinks => Error::Link { root, path },
             _ => Error::Io { root, path, source },
         }
     }
@@ -230,18 +237,26 @@ impl Root {
     /// socket or a directory is refused before anything is read from it (a FIFO would
     /// block, `/dev/zero` would never end).
     pub fn read_regular(&self, rel: &Path, max: u64) -> Result<Vec<u8>, Error> {
-        let fd = self.open(rel, OFlag::O_PATH)?;
-        if file_type(&fd).map_err(|e| self.err(rel, e))? != SFlag::S_IFREG {
-            return Err(Error::NotRegular { root: self.path.clone(), path: rel.to_path_buf() });
-        }
-        // The inode is pinned by the O_PATH descriptor: reopening it reads that file.
-        let file = std::fs::File::open(fd_path(&fd)).map_err(|e| self.err(rel, io_errno(e)))?;
+        let file = self.open_regular(rel)?;
         let mut out = Vec::new();
         file.take(max.saturating_add(1)).read_to_end(&mut out).map_err(|e| self.err(rel, io_errno(e)))?;
         if out.len() as u64 > max {
             return Err(Error::TooLarge { root: self.path.clone(), path: rel.to_path_buf(), max });
         }
         Ok(out)
+    }
+}
+
+impl Root {
+    /// The regular file `rel`, open for reading; a FIFO, a device, a socket or a directory is
+    /// refused before it is opened for reading.
+    pub fn open_regular(&self, rel: &Path) -> Result<std::fs::File, Error> {
+        let fd = self.open(rel, OFlag::O_PATH)?;
+        if file_type(&fd).map_err(|e| self.err(rel, e))? != SFlag::S_IFREG {
+            return Err(Error::NotRegular { root: self.path.clone(), path: rel.to_path_buf() });
+        }
+        // The inode is pinned by the O_PATH descriptor: reopening it reads that file.
+        std::fs::File::open(fd_path(&fd)).map_err(|e| self.err(rel, io_errno(e)))
     }
 }
 

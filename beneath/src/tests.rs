@@ -125,3 +125,20 @@ fn remove_all_removes_links_not_their_targets() {
     assert!(!f.root().join("gen").exists() && !f.root().join("swapped").exists());
     assert!(f.outside().join("secret").exists(), "the links' targets stay");
 }
+
+#[test]
+fn no_links_refuses_every_symlink() {
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.root().join("blobs")).unwrap();
+    std::fs::write(f.root().join("blobs/real"), "layer").unwrap();
+    symlink("real", f.root().join("blobs/inside")).unwrap();
+    symlink(f.outside().join("secret"), f.root().join("blobs/host")).unwrap();
+    symlink("/dev/zero", f.root().join("blobs/zero")).unwrap();
+    let r = f.open(Scope::NoLinks);
+    assert_eq!(r.read_regular(Path::new("blobs/real"), 64).unwrap(), b"layer");
+    for link in ["blobs/inside", "blobs/host", "blobs/zero"] {
+        let e = r.open_regular(Path::new(link)).unwrap_err();
+        assert!(matches!(e, Error::Link { .. }), "{link}: {e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+}

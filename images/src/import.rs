@@ -3,7 +3,13 @@
 //!
 //! Every blob is copied into the store through the same verification as a pull (an OCI
 //! layout's blobs must hash to their names; a `docker save` archive's layers must hash to the
-//! config's diff IDs when unpacked), and the image is recorded only once all of it is in.
+//! config's diff IDs when unpacked, or when that layer is already in the store), and the
+//! image is recorded only once all of it is in.
+//!
+//! An archive is someone else's: every entry is opened beneath its directory without
+//! following any symlink (`tug-beneath`'s no-links scope), regular files only, each of the
+//! size its descriptor declares and none larger than the largest blob allowed — a "layer"
+//! that is a link to a node file, to `/dev/zero` or a FIFO is refused with its name.
 
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, ImageConfig, Parsed, Platform};
@@ -14,13 +20,26 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+/// The largest blob an import reads unless told otherwise (`tug image import --max-blob-size`).
+pub const DEFAULT_MAX_BLOB: u64 = 16 << 30;
+
 /// Imports every image in `path`. `name` names the image when the archive holds one image
 /// (it overrides the names the archive gives).
 pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
+    import_with(store, path, name, DEFAULT_MAX_BLOB)
+}
+
+/// [`import`], reading no blob larger than `max_blob` bytes.
+pub fn import_with(
+    store: &Store,
+    path: &Path,
+    name: Option<&str>,
+    max_blob: u64,
+) -> Result<Vec<ImageRecord>, String> {
     let _content = store.content_lock()?;
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.is_dir() {
-        return import_dir(store, path, name);
+        return import_dir(store, &Archive::open(path, max_blob)?, name);
     }
     // A tar (perhaps compressed): unpacked under the store's tmp/ and read from there.
     let tmp = store.tmp_path("import");
@@ -39,43 +58,94 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Imag
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(false);
         archive.unpack(&tmp).map_err(|e| format!("{}: not a readable tar archive: {e}", path.display()))?;
-        import_dir(store, &tmp, name).map_err(|e| format!("{}: {e}", path.display()))
+        import_dir(store, &Archive::open(&tmp, max_blob)?, name)
+            .map_err(|e| format!("{}: {e}", path.display()))
     })();
     let _ = remove_tree(&tmp);
     res
 }
 
-fn import_dir(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
-    if dir.join("manifest.json").is_file() {
+/// An archive's directory, whose entries are read as the module documentation says.
+struct Archive {
+    root: tug_beneath::Root,
+    max_blob: u64,
+}
+
+impl Archive {
+    fn open(dir: &Path, max_blob: u64) -> Result<Archive, String> {
+        let root =
+            tug_beneath::Root::open_dir(dir, tug_beneath::Scope::NoLinks).map_err(|e| e.to_string())?;
+        Ok(Archive { root, max_blob })
+    }
+
+    fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn has(&self, rel: &str) -> bool {
+        self.root.open(Path::new(rel), nix::fcntl::OFlag::O_PATH).is_ok()
+    }
+
+    /// The entry `rel` (`what` names it in errors), open for reading: a regular file reached
+    /// through no link, `size` bytes long when a descriptor declares it, at most `max_blob`.
+    fn file(&self, rel: &str, what: &str, size: Option<i64>) -> Result<File, String> {
+        let parts = crate::unpack::clean(rel.as_bytes()).map_err(|e| format!("{what} ({rel:?}): {e}"))?;
+        let path: PathBuf = parts.iter().collect();
+        let f = self.root.open_regular(&path).map_err(|e| format!("{what}: {e}: refused"))?;
+        let len = f.metadata().map_err(|e| format!("{what}: {e}"))?.len();
+        if let Some(want) = size
+            && u64::try_from(want).ok() != Some(len)
+        {
+            return Err(format!("{what}: {len} bytes, but its descriptor says {want}"));
+        }
+        if len > self.max_blob {
+            return Err(format!(
+                "{what}: {len} bytes, more than the largest blob allowed ({} bytes; --max-blob-size)",
+                self.max_blob
+            ));
+        }
+        Ok(f)
+    }
+
+    fn read(&self, rel: &str, what: &str, size: Option<i64>) -> Result<Vec<u8>, String> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut self.file(rel, what, size)?, &mut bytes)
+            .map_err(|e| format!("{what}: {e}"))?;
+        Ok(bytes)
+    }
+}
+
+fn import_dir(store: &Store, dir: &Archive, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
+    if dir.has("manifest.json") {
         import_docker(store, dir, name)
-    } else if dir.join("oci-layout").is_file() && dir.join("index.json").is_file() {
+    } else if dir.has("oci-layout") && dir.has("index.json") {
         import_oci(store, dir, name)
     } else {
         Err(format!(
             "{}: neither an OCI image layout (oci-layout, index.json) nor a docker save archive (manifest.json)",
-            dir.display()
+            dir.dir().display()
         ))
     }
 }
 
-fn layout_blob(dir: &Path, digest: &str) -> Result<PathBuf, String> {
+fn layout_blob(digest: &str) -> Result<String, String> {
     let d = Digest::parse(digest)?;
-    Ok(dir.join("blobs/sha256").join(d.hex()))
+    Ok(format!("blobs/sha256/{}", d.hex()))
 }
 
-fn copy_blob(store: &Store, dir: &Path, digest: &str) -> Result<(), String> {
-    let d = Digest::parse(digest)?;
-    let p = layout_blob(dir, digest)?;
-    let f = File::open(&p).map_err(|e| format!("blob {digest}: {e}"))?;
-    store.put_blob_from(f, Some(&d)).map_err(|e| format!("blob {digest}: {e}"))?;
+fn copy_blob(store: &Store, dir: &Archive, desc: &Descriptor) -> Result<(), String> {
+    let d = Digest::parse(&desc.digest)?;
+    let what = format!("blob {}", desc.digest);
+    let f = dir.file(&layout_blob(&desc.digest)?, &what, Some(desc.size))?;
+    store.put_blob_from(f, Some(&d)).map_err(|e| format!("{what}: {e}"))?;
     Ok(())
 }
 
-fn read_layout_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, String> {
-    let d = Digest::parse(digest)?;
-    let bytes = fs::read(layout_blob(dir, digest)?).map_err(|e| format!("blob {digest}: {e}"))?;
+fn read_layout_blob(dir: &Archive, desc: &Descriptor) -> Result<Vec<u8>, String> {
+    let d = Digest::parse(&desc.digest)?;
+    let bytes = dir.read(&layout_blob(&desc.digest)?, &format!("blob {}", desc.digest), Some(desc.size))?;
     if Digest::of(&bytes) != d {
-        return Err(format!("blob {digest} does not match its digest"));
+        return Err(format!("blob {} does not match its digest", desc.digest));
     }
     Ok(bytes)
 }
@@ -89,8 +159,8 @@ fn annotated_name(entry: &Descriptor) -> Option<String> {
     a.get("org.opencontainers.image.ref.name").filter(|n| n.contains('/') || n.contains(':')).cloned()
 }
 
-fn import_oci(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
-    let index = fs::read(dir.join("index.json")).map_err(|e| format!("index.json: {e}"))?;
+fn import_oci(store: &Store, dir: &Archive, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
+    let index = dir.read("index.json", "index.json", None)?;
     let Parsed::Index(entries) = manifest::parse(&index).map_err(|e| format!("index.json: {e}"))? else {
         return Err("index.json is not an image index".into());
     };
@@ -126,12 +196,12 @@ fn import_oci(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Image
 
 fn import_oci_entry(
     store: &Store,
-    dir: &Path,
+    dir: &Archive,
     entry: &Descriptor,
     name: &str,
     platform: &Platform,
 ) -> Result<ImageRecord, String> {
-    let mut bytes = read_layout_blob(dir, &entry.digest)?;
+    let mut bytes = read_layout_blob(dir, entry)?;
     let mut digest = Digest::parse(&entry.digest)?;
     let mut index_digest = None;
     let m = match manifest::parse(&bytes)? {
@@ -142,7 +212,7 @@ fn import_oci_entry(
             })?;
             store.put_blob(&bytes, Some(&digest))?;
             index_digest = Some(digest.to_string());
-            bytes = read_layout_blob(dir, &e.digest)?;
+            bytes = read_layout_blob(dir, e)?;
             digest = Digest::parse(&e.digest)?;
             match manifest::parse(&bytes)? {
                 Parsed::Manifest(m) => m,
@@ -150,11 +220,11 @@ fn import_oci_entry(
             }
         }
     };
-    copy_blob(store, dir, &m.config.digest)?;
+    copy_blob(store, dir, &m.config)?;
     let config_digest = Digest::parse(&m.config.digest)?;
     let config_bytes = store.read_blob(&config_digest)?;
     let config = ImageConfig::parse(&config_bytes)?;
-    let layers = store_layers(store, &m.layers, &config, |d| copy_blob(store, dir, &d.digest))?;
+    let layers = store_layers(store, &m.layers, &config, |d| copy_blob(store, dir, d))?;
     store.put_blob(&bytes, Some(&digest))?;
     record(store, name, digest, index_digest, config_digest, config_bytes.len(), layers)
 }
@@ -176,8 +246,11 @@ fn store_layers(
     for (l, diff) in layers.iter().zip(&config.rootfs.diff_ids) {
         let blob = Digest::parse(&l.digest)?;
         let diff_id = Digest::parse(diff)?;
-        if !store.layer_path(&diff_id).exists() {
-            fetch(l)?;
+        fetch(l)?;
+        if store.layer_path(&diff_id).exists() {
+            // Unpacked before, from another image: this one's blob must still be that layer.
+            store.verify_diff_id(&blob, &l.media_type, &diff_id)?;
+        } else {
             store.ensure_layer(&blob, &l.media_type, &diff_id)?;
         }
         out.push(LayerRecord {
@@ -223,14 +296,8 @@ struct DockerEntry {
     layers: Vec<String>,
 }
 
-/// A path inside the archive, refused if it would leave it.
-fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
-    let parts = crate::unpack::clean(rel.as_bytes()).map_err(|e| format!("{rel:?}: {e}"))?;
-    Ok(parts.iter().fold(dir.to_path_buf(), |p, c| p.join(c)))
-}
-
-fn import_docker(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
-    let text = fs::read(dir.join("manifest.json")).map_err(|e| format!("manifest.json: {e}"))?;
+fn import_docker(store: &Store, dir: &Archive, name: Option<&str>) -> Result<Vec<ImageRecord>, String> {
+    let text = dir.read("manifest.json", "manifest.json", None)?;
     let entries: Vec<DockerEntry> =
         serde_json::from_slice(&text).map_err(|e| format!("manifest.json is not docker save's: {e}"))?;
     if entries.is_empty() {
@@ -248,15 +315,14 @@ fn import_docker(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Im
         if names.is_empty() {
             return Err(format!("image {} has no RepoTags: give --name", e.config));
         }
-        let config_bytes = fs::read(inside(dir, &e.config)?).map_err(|err| format!("{}: {err}", e.config))?;
+        let config_bytes = dir.read(&e.config, &format!("config {}", e.config), None)?;
         let config = ImageConfig::parse(&config_bytes).map_err(|err| format!("{}: {err}", e.config))?;
         let config_digest = store.put_blob(&config_bytes, None)?;
         // Layers: stored as they are (docker save writes plain tars), described by their
         // own digest; the diff IDs in the config check them when they are unpacked.
         let mut descs = Vec::new();
         for l in &e.layers {
-            let p = inside(dir, l)?;
-            let f = File::open(&p).map_err(|err| format!("layer {l}: {err}"))?;
+            let f = dir.file(l, &format!("layer {l}"), None)?;
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
             let mut r = BufReader::new(f);
             let magic = r.fill_buf().map_err(|err| format!("layer {l}: {err}"))?;

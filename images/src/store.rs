@@ -311,6 +311,21 @@ impl Store {
         }
     }
 
+    /// Checks that the stored blob `blob` uncompresses to the layer `diff_id` (for a layer
+    /// already unpacked from another image, which is then not unpacked again).
+    pub fn verify_diff_id(&self, blob: &Digest, media_type: &str, diff_id: &Digest) -> Result<(), String> {
+        let compression = manifest::compression(media_type)?;
+        let file = File::open(self.blob_path(blob)).map_err(|e| format!("layer {blob}: {e}"))?;
+        let got = diff_id_of(BufReader::with_capacity(1 << 20, file), compression)
+            .map_err(|e| format!("layer {blob}: {e}"))?;
+        if &got != diff_id {
+            return Err(format!(
+                "layer {blob}: its content hashes to {got}, but the image config says {diff_id}"
+            ));
+        }
+        Ok(())
+    }
+
     // ---- images ----
 
     fn read_index(&self) -> Result<Index, String> {
@@ -600,10 +615,26 @@ pub fn spread_subdirs(dir: &Path) {
 /// Decompresses (by `compression`, checked against the stream's magic bytes) and unpacks a
 /// layer into `dest`; returns the digest of the uncompressed tar (the diff ID).
 pub fn unpack_compressed(
-    mut reader: impl io::BufRead,
+    reader: impl io::BufRead,
     compression: Compression,
     dest: &Path,
 ) -> Result<Digest, String> {
+    let (_, r) = crate::unpack::unpack(HashingReader::new(decompressed(reader, compression)?), dest)?;
+    Ok(r.hasher.finish())
+}
+
+/// The diff ID of a layer blob (the digest of its uncompressed tar), without unpacking it.
+pub fn diff_id_of(reader: impl io::BufRead, compression: Compression) -> Result<Digest, String> {
+    let mut r = HashingReader::new(decompressed(reader, compression)?);
+    io::copy(&mut r, &mut io::sink()).map_err(|e| format!("reading: {e}"))?;
+    Ok(r.hasher.finish())
+}
+
+/// `reader` decompressed as `compression` says, once the data's own magic agrees.
+fn decompressed<'a>(
+    mut reader: impl io::BufRead + 'a,
+    compression: Compression,
+) -> Result<Box<dyn Read + 'a>, String> {
     let magic = reader.fill_buf().map_err(|e| format!("reading: {e}"))?;
     let sniffed = if magic.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
@@ -615,19 +646,13 @@ pub fn unpack_compressed(
     if sniffed != compression {
         return Err(format!("its media type says {compression:?} compression but the data is {sniffed:?}"));
     }
-    match compression {
-        Compression::None => finish(HashingReader::new(reader), dest),
-        Compression::Gzip => finish(HashingReader::new(flate2::bufread::MultiGzDecoder::new(reader)), dest),
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Compression::Zstd => {
-            let z = zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| format!("zstd: {e}"))?;
-            finish(HashingReader::new(z), dest)
+            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| format!("zstd: {e}"))?)
         }
-    }
-}
-
-fn finish<R: Read>(r: HashingReader<R>, dest: &Path) -> Result<Digest, String> {
-    let (_, r) = crate::unpack::unpack(r, dest)?;
-    Ok(r.hasher.finish())
+    })
 }
 
 /// Removes a file or a tree, whatever it is; clears immutable-looking permission bits first

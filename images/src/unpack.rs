@@ -143,6 +143,14 @@ fn write_entry<R: Read>(
         if hidden.starts_with(b".wh.") {
             return Ok(0); // AUFS bookkeeping (.wh..wh.plnk and the like): nothing to overlayfs.
         }
+        // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent: a
+        // whiteout hides one entry of its own directory, nothing else.
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(format!(
+                "the whiteout {:?} names no entry of its directory",
+                String::from_utf8_lossy(name_bytes)
+            ));
+        }
         let mut target = parts.clone();
         *target.last_mut().expect("non-empty") = OsStr::from_bytes(hidden).to_os_string();
         let path = checked_path(dest, &target)?;

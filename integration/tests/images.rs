@@ -471,3 +471,79 @@ fn the_example_image_imports_with_the_cli_and_runs_on_an_overlay_rootfs() {
     let (ok, out) = cli(&["rm", "tug.local/busybox-httpd:1"]);
     assert!(!ok && out.contains("not found"), "{out}");
 }
+
+/// Writes a `docker save` directory at `save` whose config lists `diff_ids` and whose one
+/// layer entry is `layer` (written by the caller).
+fn docker_save(save: &Path, diff_ids: &[String]) {
+    std::fs::create_dir_all(save.join("l1")).unwrap();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let config = serde_json::to_vec(&config).unwrap();
+    std::fs::write(save.join("config.json"), &config).unwrap();
+    let manifest =
+        serde_json::json!([{"Config": "config.json", "RepoTags": ["evil:1"], "Layers": ["l1/layer.tar"]}]);
+    std::fs::write(save.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+/// Archives someone else made: a layer that is a symlink to a node file or to /dev/zero, a
+/// FIFO, a blob over the size allowed, whiteouts naming `.` or `..`, and a layer that claims
+/// the diff ID of one already in the store. Each is refused with a message naming it, and
+/// the store is as it was.
+#[test]
+fn archives_that_reach_for_the_node_are_refused() {
+    let (dir, store) = store();
+    let layer = Layer::new().busybox().tar();
+    let save = dir.path().join("save");
+    docker_save(&save, &[sha256(&layer)]);
+    let entry = save.join("l1/layer.tar");
+    for target in ["/etc/passwd", "/dev/zero"] {
+        std::os::unix::fs::symlink(target, &entry).unwrap();
+        let err = tug_images::import::import(&store, &save, None).unwrap_err();
+        assert!(err.contains("layer l1/layer.tar") && err.contains("symbolic link"), "{target}: {err}");
+        // The same inside a tar archive (unpacked, then refused).
+        let tar = dir.path().join("evil.tar");
+        let st = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&save)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let err = tug_images::import::import(&store, &tar, None).unwrap_err();
+        assert!(err.contains("symbolic link"), "{target} in a tar: {err}");
+        std::fs::remove_file(&entry).unwrap();
+    }
+    nix::unistd::mkfifo(&entry, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let err = tug_images::import::import(&store, &save, None).unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::write(&entry, &layer).unwrap();
+    let err = tug_images::import::import_with(&store, &save, None, 1024).unwrap_err();
+    assert!(err.contains("more than the largest blob allowed"), "{err}");
+    assert!(store.images().unwrap().is_empty());
+
+    // Whiteouts of `.` and `..`: refused, and the store's tmp/ is still there.
+    for name in ["data/.wh..", "data/.wh...", ".wh.."] {
+        let l = dir.path().join("layout-wh");
+        let _ = std::fs::remove_dir_all(&l);
+        let mut layout = Layout::new(&l);
+        let tar = Layer::new().dir("data").file("data/keep", b"x").raw_file(name, b"").tar();
+        let m = layout.image(&[(tar, Compress::Gzip)], &["/bin/sh"], "amd64");
+        layout.tag(m, "tug.test/wh:1");
+        let err = tug_images::import::import(&store, &l, None).unwrap_err();
+        assert!(err.contains("names no entry"), "{name}: {err}");
+        assert!(store.root().join("tmp").is_dir(), "{name}: the store's tmp/ stays");
+    }
+
+    // A layer already in the store, claimed by an archive whose blob is something else.
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::write(&entry, &layer).unwrap();
+    tug_images::import::import(&store, &save, None).unwrap();
+    let other = Layer::new().file("pwned", b"not busybox").tar();
+    std::fs::write(&entry, &other).unwrap();
+    let err = tug_images::import::import(&store, &save, Some("evil:2")).unwrap_err();
+    assert!(err.contains("hashes to") && err.contains(&sha256(&layer)), "{err}");
+    assert_eq!(store.images().unwrap().len(), 1, "only the honest image");
+}

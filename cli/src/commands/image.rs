@@ -35,6 +35,10 @@ pub enum ImageCmd {
         /// The name to give the image (required when the archive names it only by a tag).
         #[arg(long)]
         name: Option<String>,
+        /// The largest blob (a layer, a config) to read from the archive: a quantity such as
+        /// 512Mi or 20Gi.
+        #[arg(long, default_value = "16Gi")]
+        max_blob_size: String,
     },
     /// List images.
     #[command(alias = "list")]
@@ -78,9 +82,16 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode, String> {
                 .map_err(|e| format!("error: pulling image {image}: {}", e.message))?;
             println!("Image is up to date for {}", rec.config);
         }
-        ImageCmd::Import { file, name } => {
+        ImageCmd::Import { file, name, max_blob_size } => {
+            let max = tug_api::quantity::Quantity::parse(&max_blob_size)
+                .ok()
+                .and_then(|q| u64::try_from(q.value()).ok())
+                .filter(|m| *m > 0)
+                .ok_or_else(|| {
+                    format!("error: --max-blob-size: {max_blob_size:?} is not a size such as 512Mi or 20Gi")
+                })?;
             let got = tokio::task::spawn_blocking(move || {
-                tug_images::import::import(&store, &file, name.as_deref())
+                tug_images::import::import_with(&store, &file, name.as_deref(), max)
             })
             .await
             .map_err(|e| format!("error: {e}"))?
