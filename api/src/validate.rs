@@ -441,6 +441,12 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
     if s.containers.is_empty() {
         e.add(format!("{path}.containers"), "Required value");
     }
+    let psc = s.security_context.as_ref();
+    app_armor(
+        psc.and_then(|p| p.app_armor_profile.as_ref()),
+        &format!("{path}.securityContext.appArmorProfile"),
+        e,
+    );
     match s.dns_policy.as_deref() {
         None | Some("ClusterFirst" | "ClusterFirstWithHostNet" | "Default") => {}
         Some("None") => {
@@ -512,7 +518,31 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
     }
 }
 
+/// `appArmorProfile` as Kubernetes validates it.
+fn app_armor(p: Option<&crate::kinds::pod::AppArmorProfile>, path: &str, e: &mut Errors) {
+    let Some(p) = p else { return };
+    let localhost = p.localhost_profile.as_deref().filter(|l| !l.is_empty());
+    match (p.type_.as_str(), localhost) {
+        ("Localhost", None) => e.add(format!("{path}.localhostProfile"), "Required value: must be set when AppArmor type is Localhost"),
+        ("RuntimeDefault" | "Unconfined", Some(_)) => e.add(
+            format!("{path}.localhostProfile"),
+            "Invalid value: may only be set when AppArmor type is Localhost",
+        ),
+        ("Localhost" | "RuntimeDefault" | "Unconfined", _) => {}
+        (t, _) => e.add(
+            format!("{path}.type"),
+            format!("Unsupported value: {t:?}: supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\""),
+        ),
+    }
+}
+
 fn container(c: &Container, path: &str, _spec: &PodSpec, e: &mut Errors) {
+    let sc = c.security_context.as_ref();
+    app_armor(
+        sc.and_then(|s| s.app_armor_profile.as_ref()),
+        &format!("{path}.securityContext.appArmorProfile"),
+        e,
+    );
     if c.name.is_empty() {
         e.add(format!("{path}.name"), "Required value");
     } else if let Err(msg) = dns1123_label(&c.name) {

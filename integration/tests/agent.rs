@@ -917,6 +917,16 @@ spec:
     imagePullPolicy: Never
     command: ["/bin/sleep", "600"]
     volumeMounts: [{{name: scratch, mountPath: /host, subPath: node}}]
+  - name: armored
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    securityContext: {{appArmorProfile: {{type: Localhost, localhostProfile: tug-test}}}}
+  - name: labelled
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "600"]
+    securityContext: {{seLinuxOptions: {{level: "s0:c1,c2"}}}}
 "#
         ),
     );
@@ -936,6 +946,16 @@ spec:
     for n in escapes {
         let msg = status(&pod, n)["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
         assert!(msg.contains("subPath") && msg.contains("leads outside"), "{n}: {msg}");
+    }
+    // Confinement the node cannot give is refused, never run unconfined.
+    let pod = wait_pod(&cp, &agent, "escape", 30, "AppArmor and SELinux refused", |p| {
+        ["armored", "labelled"]
+            .iter()
+            .all(|n| status(p, n)["state"]["waiting"]["reason"] == "CreateContainerError")
+    });
+    for (n, field) in [("armored", "process.apparmorProfile"), ("labelled", "process.selinuxLabel")] {
+        let msg = status(&pod, n)["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(field) && msg.contains("refused rather than run unconfined"), "{n}: {msg}");
     }
     let good = status(&pod, "good")["containerID"].as_str().unwrap().trim_start_matches("tug://").to_string();
     assert_eq!(exec_in(&agent, &good, &["cat", "/alias/f"]).0, "inside\n", "a link inside the volume works");

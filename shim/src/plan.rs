@@ -185,6 +185,14 @@ impl CapsPlan {
     }
 }
 
+/// Whether a spec (as JSON) would be accepted by `create` for the bundle `bundle`: the same
+/// translation, for a caller (the agent) that wants a spec's refusal before it starts
+/// anything, with the runtime's own message.
+pub fn check(spec: &serde_json::Value, bundle: &Path) -> Result<(), String> {
+    let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| format!("the OCI spec: {e}"))?;
+    plan(&spec, bundle).map(drop).map_err(|e| e.to_string())
+}
+
 /// Translates a loaded spec. `bundle` is the absolute bundle directory.
 pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let root = spec.root().as_ref().ok_or_else(|| bad("root", "required"))?;

@@ -668,6 +668,9 @@ fn prepare(
     let oci = spec::oci_spec(pod, c, config, &rootfs, sandbox, id, resolved, vmounts, seccomp)
         .map_err(|e| ("CreateContainerConfigError", e))?;
     let bundle = ctx.bundle_dir(id);
+    // What the runtime would refuse (confinement it cannot give, say) is refused here, with
+    // its message, before anything starts.
+    tug_shim::plan::check(&oci, &bundle).map_err(|e| ("CreateContainerError", e))?;
     std::fs::create_dir_all(&bundle)
         .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
     // The spec's environment carries Secret values: readable by root alone.

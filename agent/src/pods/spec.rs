@@ -343,6 +343,10 @@ pub fn oci_spec(
     } else {
         linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
     }
+    let (apparmor, selinux) = confinement(pod, c);
+    if let Some((_, mount_label)) = selinux.as_ref() {
+        linux["mountLabel"] = json!(mount_label);
+    }
     let sysctls: serde_json::Map<String, Value> = pod
         .spec
         .security_context
@@ -353,7 +357,7 @@ pub fn oci_spec(
     if !sysctls.is_empty() {
         linux["sysctl"] = Value::Object(sysctls);
     }
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": c.tty.unwrap_or(false),
@@ -373,7 +377,40 @@ pub fn oci_spec(
             "io.kubernetes.pod.namespace": pod.metadata.namespace.clone().unwrap_or_default(),
             "io.kubernetes.container.name": c.name,
         },
-    }))
+    });
+    if let Some(profile) = apparmor {
+        spec["process"]["apparmorProfile"] = json!(profile);
+    }
+    if let Some((label, _)) = selinux {
+        spec["process"]["selinuxLabel"] = json!(label);
+    }
+    Ok(spec)
+}
+
+/// The AppArmor profile and SELinux labels (process, mount) the pod asks for, a container's
+/// own settings over the pod's. `RuntimeDefault` and `Unconfined` ask for no profile (the
+/// runtime has no default profile to give, as containerd gives none where AppArmor is off);
+/// a `Localhost` profile or any SELinux option is passed on, and the runtime refuses what it
+/// cannot apply rather than run the container unconfined.
+fn confinement(pod: &Pod, c: &Container) -> (Option<String>, Option<(String, String)>) {
+    let psc = pod.spec.security_context.as_ref();
+    let csc = c.security_context.as_ref();
+    let armor =
+        csc.and_then(|s| s.app_armor_profile.as_ref()).or(psc.and_then(|s| s.app_armor_profile.as_ref()));
+    let apparmor = armor.filter(|a| a.type_ == "Localhost").and_then(|a| a.localhost_profile.clone());
+    let se = csc.and_then(|s| s.se_linux_options.as_ref()).or(psc.and_then(|s| s.se_linux_options.as_ref()));
+    let selinux = se
+        .filter(|o| o.user.is_some() || o.role.is_some() || o.type_.is_some() || o.level.is_some())
+        .map(|o| {
+            let part = |v: &Option<String>, default: &str| {
+                v.clone().filter(|v| !v.is_empty()).unwrap_or(default.into())
+            };
+            let (user, level) = (part(&o.user, "system_u"), part(&o.level, "s0"));
+            let process =
+                format!("{user}:{}:{}:{level}", part(&o.role, "system_r"), part(&o.type_, "container_t"));
+            (process, format!("{user}:object_r:container_file_t:{level}"))
+        });
+    (apparmor, selinux)
 }
 
 #[cfg(test)]

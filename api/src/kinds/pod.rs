@@ -512,6 +512,13 @@ pub struct PodSecurityContext {
     pub supplemental_groups: Vec<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
+    /// The AppArmor profile (Kubernetes 1.30's field). Tug's runtime applies none: a
+    /// `Localhost` profile is refused at container creation rather than run unconfined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_armor_profile: Option<AppArmorProfile>,
+    /// The SELinux context. Tug's runtime applies none: refused at container creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub se_linux_options: Option<SeLinuxOptions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -538,6 +545,37 @@ pub struct SecurityContext {
     pub allow_privilege_escalation: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+    /// The AppArmor profile (Kubernetes 1.30's field). Tug's runtime applies none: a
+    /// `Localhost` profile is refused at container creation rather than run unconfined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_armor_profile: Option<AppArmorProfile>,
+    /// The SELinux context. Tug's runtime applies none: refused at container creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub se_linux_options: Option<SeLinuxOptions>,
+}
+
+/// `appArmorProfile`: `RuntimeDefault`, `Localhost` (with `localhostProfile`) or `Unconfined`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppArmorProfile {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localhost_profile: Option<String>,
+}
+
+/// `seLinuxOptions`: the parts of an SELinux context.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeLinuxOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
