@@ -256,9 +256,24 @@ fn two_replicas_share_one_etcd() {
     let etcd = tug_integration::etcd::EtcdProcess::start();
     let (pa, pb) = (tug_integration::etcd::free_port(), tug_integration::etcd::free_port());
     let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    // The replicas' shared secret, which seals the CA key in etcd.
+    let secrets = tempfile::Builder::new().prefix("tug-pki-secret").tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdo\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = secret.to_str().unwrap().to_string();
     let flags = |listen: &str| {
-        ["--store", "etcd", "--etcd-endpoints", etcd.endpoint.as_str(), "--listen", listen]
-            .map(str::to_string)
+        [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            etcd.endpoint.as_str(),
+            "--listen",
+            listen,
+            "--pki-secret-file",
+            &secret,
+        ]
+        .map(str::to_string)
     };
     let a = ControlPlane::start_with(&flags(&la).each_ref().map(String::as_str));
     let b = ControlPlane::start_with(&flags(&lb).each_ref().map(String::as_str));
@@ -322,6 +337,47 @@ fn two_replicas_share_one_etcd() {
         "name",
     ]);
     assert_eq!(out(&o), "namespace/shop\n", "{}", err(&o));
+    // What etcd holds (what any replica or backup reads) has no private key in clear.
+    let key = base64_encode(b"/tug/_tug/pki//cluster");
+    let raw = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            &format!("{}/v3/kv/range", etcd.endpoint),
+            "-d",
+            &format!("{{\"key\": \"{key}\"}}"),
+        ])
+        .output()
+        .unwrap();
+    let range: Value = serde_json::from_slice(&raw.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&raw.stdout)));
+    let value = range["kvs"][0]["value"].as_str().expect("the PKI record in etcd");
+    let record = String::from_utf8(base64_decode(value)).unwrap();
+    assert!(record.contains("\"sealed\"") && !record.contains("PRIVATE KEY"), "{record}");
+    // A replica without the secret is refused, saying what it needs.
+    let o = std::process::Command::new(tug_integration::bins::path("tug-scheduler", "tug-scheduler"))
+        .args([
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            etcd.endpoint.as_str(),
+            "--socket",
+            "/nonexistent/x.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && err(&o).contains("--store etcd needs --pki-secret-file"), "{}", err(&o));
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
 }
 
 #[test]

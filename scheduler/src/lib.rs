@@ -11,5 +11,7 @@ pub mod api;
 pub mod controllers;
 pub mod pki;
 pub mod sched;
+/// Secrets sealed for a store other replicas read (the cluster CA's key under etcd).
+pub mod seal;
 pub mod store;
 pub mod tls;

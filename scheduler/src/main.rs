@@ -40,6 +40,11 @@ struct Flags {
     /// The key prefix Tug's objects live under in etcd.
     #[arg(long, default_value = "/tug/")]
     etcd_prefix: String,
+    /// A file (mode 0600) holding a secret every replica has: the cluster CA's key and the
+    /// join token are sealed with it in the store. Required with --store etcd, which every
+    /// replica and every etcd backup can read. Make one with: head -c 32 /dev/urandom | base64
+    #[arg(long)]
+    pki_secret_file: Option<PathBuf>,
     /// TCP address for agents on other hosts and remote users (TLS), e.g. 0.0.0.0:6443.
     #[arg(long)]
     listen: Option<String>,
@@ -170,6 +175,16 @@ fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let sealer = match (&flags.pki_secret_file, &flags.store) {
+        (Some(f), _) => Some(
+            tug_scheduler::seal::Sealer::from_file(f)
+                .map_err(|e| anyhow::anyhow!("--pki-secret-file {e}"))?,
+        ),
+        (None, Backend::Etcd) => anyhow::bail!(
+            "--store etcd needs --pki-secret-file FILE: the cluster CA's key is sealed with it in etcd, which every replica and every etcd backup can read (make one with: head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE; the same file on every replica)"
+        ),
+        (None, Backend::Redb) => None,
+    };
     let listener = bind(&flags.socket, flags.socket_group.as_deref())?;
     let backend = match flags.store {
         Backend::Redb => flags.data_dir.join("store.redb").display().to_string(),
@@ -182,7 +197,8 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     eprintln!("tug-scheduler: serving on {} (store {backend})", flags.socket.display());
     let compactor = tokio::spawn(compact_forever(store.clone(), flags.history));
     let pki = Arc::new(
-        Pki::load_shared(store.as_ref(), &flags.data_dir.join("pki")).context("loading the cluster CA")?,
+        Pki::load_shared(store.as_ref(), &flags.data_dir.join("pki"), sealer.as_ref())
+            .context("loading the cluster CA")?,
     );
     if flags.node_cidr_mask_size < flags.cluster_cidr.prefix || flags.node_cidr_mask_size > 30 {
         anyhow::bail!(

@@ -80,41 +80,111 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The store's record of the PKI: the certificate in clear; the key and the token sealed
+/// when there is a sealer, in clear otherwise.
+fn record_of(
+    files: &serde_json::Map<String, serde_json::Value>,
+    sealer: Option<&crate::seal::Sealer>,
+) -> Result<serde_json::Value, PkiError> {
+    let mut obj = serde_json::Map::new();
+    obj.insert("metadata".into(), serde_json::json!({}));
+    obj.insert("ca.crt".into(), files.get("ca.crt").cloned().unwrap_or_default());
+    match sealer {
+        Some(s) => {
+            let secret = serde_json::json!({"ca.key": files.get("ca.key"), "token": files.get("token")});
+            obj.insert("sealed".into(), s.seal(secret.to_string().as_bytes()).map_err(PkiError::Store)?);
+        }
+        None => {
+            for f in ["ca.key", "token"] {
+                obj.insert(f.into(), files.get(f).cloned().unwrap_or_default());
+            }
+        }
+    }
+    Ok(serde_json::Value::Object(obj))
+}
+
+/// The PKI's files from its record, opening a sealed one with `sealer`.
+fn unsealed(
+    record: &serde_json::Value,
+    sealer: Option<&crate::seal::Sealer>,
+) -> Result<serde_json::Map<String, serde_json::Value>, PkiError> {
+    let mut files = serde_json::Map::new();
+    files.insert("ca.crt".into(), record["ca.crt"].clone());
+    match (record.get("sealed"), sealer) {
+        (Some(sealed), Some(s)) => {
+            let plain = s.open(sealed).map_err(|e| PkiError::Store(format!("the sealed CA key: {e}")))?;
+            let secret: serde_json::Value = serde_json::from_slice(&plain)
+                .map_err(|e| PkiError::Store(format!("the sealed CA key: {e}")))?;
+            for f in ["ca.key", "token"] {
+                files.insert(f.into(), secret[f].clone());
+            }
+        }
+        (Some(_), None) => {
+            return Err(PkiError::Store(
+                "the CA key is sealed: give --pki-secret-file with the secret the other replicas use".into(),
+            ));
+        }
+        (None, _) => {
+            for f in ["ca.key", "token"] {
+                files.insert(f.into(), record[f].clone());
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Where the shared PKI lives in the store: a key no REST path reaches.
 pub const STORE_KEY: &str = "_tug/pki//cluster";
 
 impl Pki {
     /// The PKI every replica sharing `store` uses: the one recorded in the store, or this
     /// replica's (made in `dir` on first use) if none is recorded yet. `dir` then holds a copy.
-    pub fn load_shared(store: &dyn crate::store::Store, dir: &Path) -> Result<Pki, PkiError> {
-        let files = ["ca.crt", "ca.key", "token"];
+    ///
+    /// With a `sealer` (required for etcd, which every replica and its backups read) the CA
+    /// key and the token are recorded sealed, and a record an older version left in clear
+    /// is sealed in place; without one (the local store, 0600) they are recorded as they are.
+    pub fn load_shared(
+        store: &dyn crate::store::Store,
+        dir: &Path,
+        sealer: Option<&crate::seal::Sealer>,
+    ) -> Result<Pki, PkiError> {
         let recorded = store.get(STORE_KEY).map_err(|e| PkiError::Store(e.to_string()))?;
         let recorded = match recorded {
-            Some(r) => r.object,
+            Some(r) => {
+                let files = unsealed(&r.object, sealer)?;
+                if let Some(sealer) = sealer.filter(|_| r.object.get("sealed").is_none()) {
+                    let obj = record_of(&files, Some(sealer))?;
+                    if store.update(STORE_KEY, obj, Some(r.revision)).is_ok() {
+                        eprintln!(
+                            "tug-scheduler: the cluster CA key in the store is now sealed with --pki-secret-file"
+                        );
+                    }
+                }
+                files
+            }
             None => {
                 let mine = Pki::load_or_create(dir)?;
-                let mut obj = serde_json::Map::new();
-                for f in files {
+                let mut files = serde_json::Map::new();
+                for f in ["ca.crt", "ca.key", "token"] {
                     let text = std::fs::read_to_string(dir.join(f)).map_err(io(&dir.join(f)))?;
-                    obj.insert(f.to_string(), text.into());
+                    files.insert(f.to_string(), text.into());
                 }
-                obj.insert("metadata".into(), serde_json::json!({}));
-                match store.create(STORE_KEY, serde_json::Value::Object(obj)) {
+                match store.create(STORE_KEY, record_of(&files, sealer)?) {
                     Ok(_) => return Ok(mine),
                     // Another replica recorded its PKI first: use that one.
-                    Err(crate::store::StoreError::AlreadyExists(_)) => store
-                        .get(STORE_KEY)
-                        .map_err(|e| PkiError::Store(e.to_string()))?
-                        .map(|r| r.object)
-                        .unwrap_or_default(),
+                    Err(crate::store::StoreError::AlreadyExists(_)) => {
+                        let r = store.get(STORE_KEY).map_err(|e| PkiError::Store(e.to_string()))?;
+                        unsealed(&r.map(|r| r.object).unwrap_or_default(), sealer)?
+                    }
                     Err(e) => return Err(PkiError::Store(e.to_string())),
                 }
             }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        for f in files {
-            let text = recorded[f]
-                .as_str()
+        tug_config::private::dir(dir, 0o700).map_err(PkiError::Mode)?;
+        for f in ["ca.crt", "ca.key", "token"] {
+            let text = recorded
+                .get(f)
+                .and_then(|v| v.as_str())
                 .ok_or_else(|| PkiError::Store(format!("the recorded PKI has no {f}")))?;
             write_private(&dir.join(f), text)?;
         }
@@ -204,13 +274,36 @@ mod tests {
     fn replicas_sharing_a_store_share_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
-        let a = Pki::load_shared(&store, &dir.path().join("a")).unwrap();
-        let b = Pki::load_shared(&store, &dir.path().join("b")).unwrap();
+        let a = Pki::load_shared(&store, &dir.path().join("a"), None).unwrap();
+        let b = Pki::load_shared(&store, &dir.path().join("b"), None).unwrap();
         assert_eq!(a.join_token(), b.join_token());
         assert_eq!(
             std::fs::read(dir.path().join("a/ca.key")).unwrap(),
             std::fs::read(dir.path().join("b/ca.key")).unwrap()
         );
+    }
+
+    /// With a sealer the store holds no key in clear; a replica with the secret gets the
+    /// same CA, one without it or with another is refused, and a record left in clear by an
+    /// older version is sealed in place.
+    #[test]
+    fn a_sealed_ca_key_is_never_in_the_store_in_clear() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        let clear = Pki::load_shared(&store, &dir.path().join("old"), None).unwrap();
+        let sealer = crate::seal::Sealer::new(b"a secret of the replicas").unwrap();
+        let a = Pki::load_shared(&store, &dir.path().join("a"), Some(&sealer)).unwrap();
+        assert_eq!(a.join_token(), clear.join_token(), "the same CA, now sealed");
+        let record = store.get(STORE_KEY).unwrap().unwrap().object.to_string();
+        assert!(!record.contains("PRIVATE KEY") && record.contains("sealed"), "{record}");
+        let b = Pki::load_shared(&store, &dir.path().join("b"), Some(&sealer)).unwrap();
+        assert_eq!(a.join_token(), b.join_token());
+        let e = Pki::load_shared(&store, &dir.path().join("c"), None).err().unwrap().to_string();
+        assert!(e.contains("--pki-secret-file"), "{e}");
+        let other = crate::seal::Sealer::new(b"another secret entirely").unwrap();
+        let e = Pki::load_shared(&store, &dir.path().join("d"), Some(&other)).err().unwrap().to_string();
+        assert!(e.contains("does not open with this secret"), "{e}");
     }
 
     #[test]
