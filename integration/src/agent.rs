@@ -150,14 +150,7 @@ impl Agent {
 
     /// The containers (supervisor directories) the agent has now.
     pub fn containers(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.run_dir().join("supervisors"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        crate::names_in(&self.run_dir().join("supervisors"))
     }
 
     /// Imports the example image (`scripts/example-image.sh`, `tug.local/busybox-httpd:1`)

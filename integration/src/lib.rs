@@ -18,6 +18,18 @@
 //! // dropping `cluster` removes every namespace, link and process it made
 //! ```
 
+/// The names in the directory `dir`, sorted (none when it does not exist).
+pub fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; whether it held. Tests wait on
 /// conditions with a deadline, never for a fixed time.
 pub fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {

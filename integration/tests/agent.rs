@@ -364,16 +364,7 @@ spec:
     });
     let uid = pod["metadata"]["uid"].as_str().unwrap();
     let dir = agent.state_dir().join("logs").join(format!("default_crash_{uid}")).join("c");
-    let runs = || -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
+    let runs = || tug_integration::names_in(&dir);
     let kept =
         wait_for(Duration::from_secs(30), || !runs().is_empty() && !runs().contains(&"1.log".to_string()));
     assert!(kept && runs().len() <= 2, "logs of {}: {:?}", dir.display(), runs());

@@ -136,18 +136,13 @@ fn write_generation(
 ) -> Result<(), String> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
-    let fresh = dir.mkdir_all(Path::new(stamp), 0o755).map_err(|e| e.to_string())?;
-    drop(fresh);
+    dir.mkdir_all(Path::new(stamp), 0o755).map_err(|e| e.to_string())?;
     let fresh = dir.subdir(Path::new(stamp)).map_err(|e| e.to_string())?;
     for (p, (content, mode)) in files {
         item_path(Path::new(""), p)?;
         let rel = Path::new(p);
-        let parent = match rel.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(d) => fresh.mkdir_all(d, 0o755).map_err(|e| e.to_string())?,
-            None => {
-                fresh.open(Path::new(""), OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| e.to_string())?
-            }
-        };
+        let parent =
+            fresh.mkdir_all(rel.parent().unwrap_or(Path::new("")), 0o755).map_err(|e| e.to_string())?;
         let name = rel.file_name().unwrap_or_default();
         let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::openat(&parent, name, flags, Mode::from_bits_truncate(*mode))
