@@ -4,7 +4,7 @@
 
 use crate::http::{CallError, Client};
 use hyper::Method;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 const TOKEN_SHAPE: &str = "expected the join token tug-scheduler prints (tug::<ca hash>::<secret>)";
@@ -29,7 +29,15 @@ pub async fn join(url: &str, token: &str, name: &str, dir: &Path) -> Result<(), 
         Err(CallError::Server(s)) => return Err(format!("Error from server ({}): {}", s.reason, s.message)),
         Err(e) => return Err(e.to_string()),
     };
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // The credentials are the user's alone: the directory 0700, the key 0600 (also when an
+    // earlier join left them with other modes).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     for (file, field, mode) in
         [("ca.crt", "ca", 0o644), ("client.crt", "cert", 0o644), ("client.key", "key", 0o600)]
     {
@@ -41,6 +49,8 @@ pub async fn join(url: &str, token: &str, name: &str, dir: &Path) -> Result<(), 
             .truncate(true)
             .mode(mode)
             .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
