@@ -13,8 +13,10 @@
 //! records the pod's requests in the node's *reservation* (`_tug/reservations//<node>`),
 //! updating it with the revision it read before its snapshot. A replica that reserved on the
 //! same node in between bumped that revision, so the update fails and the pod waits for the
-//! next round, which sees the other's reservation. Reservations of pods that are bound, gone
-//! or failed to bind are dropped after a minute.
+//! next round, which sees the other's reservation. A reservation counts only while its pod
+//! is pending — the same pod (by uid), not bound, not deleted — and for at most a minute (a
+//! binding that failed): a deleted pod's slot is free at once, also after a restart, and
+//! the entries that no longer count are dropped at the node's next reservation.
 
 use super::engine::{Engine, Strategy};
 use super::snapshot::{PodInfo, Snapshot};
@@ -45,6 +47,17 @@ struct Reservations {
 struct Reserved {
     requests: super::snapshot::Resources,
     at: u64,
+    /// The pod's uid: a pod made again under the same name is another pod.
+    #[serde(default)]
+    uid: String,
+}
+
+/// Whether a reservation is in flight at `now`: its pod is pending (`pending` maps the
+/// unbound, undeleted pods' keys to their uids) and it is younger than the TTL. Only those
+/// count, and only those are kept.
+fn in_flight(key: &str, r: &Reserved, pending: &std::collections::HashMap<String, String>, now: u64) -> bool {
+    pending.get(key).is_some_and(|uid| r.uid.is_empty() || &r.uid == uid)
+        && now.saturating_sub(r.at) <= RESERVATION_TTL_SECS
 }
 
 fn unix_now() -> u64 {
@@ -119,14 +132,19 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let bound: Vec<Pod> =
         typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.clone()).collect();
     let mut snap = Snapshot::from_objects(&nodes, &bound);
-    // Reserved but not yet bound (by this scheduler or another): counted too.
-    let bound_keys: std::collections::HashSet<String> = bound
+    // Reserved but not yet bound (by this scheduler or another): counted too, while in flight.
+    let waiting: std::collections::HashMap<String, String> = typed
         .iter()
-        .map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name))
+        .filter(|(p, _)| p.spec.node_name.is_none() && p.metadata.deletion_timestamp.is_none())
+        .map(|(p, _)| {
+            let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name);
+            (key, p.metadata.uid.clone().unwrap_or_default())
+        })
         .collect();
+    let now_s = unix_now();
     for (node, (_, r)) in &reservations {
         for (key, res) in &r.pods {
-            if !bound_keys.contains(key) {
+            if in_flight(key, res, &waiting, now_s) {
                 let mut info = PodInfo::new(&Pod::default());
                 info.requests = res.requests.clone();
                 info.key = key.clone();
@@ -219,7 +237,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
         by_node.entry(node.as_str()).or_default().push(info);
     }
     for (node, pods) in by_node {
-        match reserve(store, &mut reservations, node, &pods) {
+        match reserve(store, &mut reservations, node, &pods, &waiting) {
             Ok(()) => {}
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {
                 out.conflicts += pods.len();
@@ -257,16 +275,18 @@ fn reserve(
     all: &mut std::collections::HashMap<String, (u64, Reservations)>,
     node: &str,
     pods: &[&PodInfo],
+    waiting: &std::collections::HashMap<String, String>,
 ) -> Result<(), StoreError> {
     let now = unix_now();
     let key = format!("{RESERVATIONS}{node}");
     let (rev, mut r) =
         all.get(node).cloned().map_or((None, Reservations::default()), |(rev, r)| (Some(rev), r));
-    // A binding takes milliseconds: past the TTL a reservation's pod is bound (and counted
-    // from the pod list) or never will be.
-    r.pods.retain(|_, v| now.saturating_sub(v.at) <= RESERVATION_TTL_SECS);
+    // A pod bound since is counted from the pod list; one deleted or past the TTL (its
+    // binding failed) never will be: only what is in flight stays.
+    r.pods.retain(|k, v| in_flight(k, v, waiting, now));
     for pod in pods {
-        r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now });
+        let uid = waiting.get(&pod.key).cloned().unwrap_or_default();
+        r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now, uid });
     }
     let mut value = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
     // The store keeps an object's revision in its metadata.
@@ -521,6 +541,88 @@ mod tests {
             round_for(store.as_ref(), &mut e, &[name]).unwrap();
         }
         assert_eq!((on("n1"), on("n2")), (10, 10));
+    }
+
+    /// A store with one node that takes `max_pods` pods.
+    fn one_node(max_pods: u32) -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb"), 1024).unwrap());
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": max_pods.to_string()},
+                       "conditions": [{"type": "Ready", "status": "True"}]}});
+        store.create("/nodes//n1", node).unwrap();
+        (dir, store)
+    }
+
+    fn create_pod(store: &dyn Store, name: &str, uid: &str) {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        store.create(&format!("/pods/default/{name}"), pod).unwrap();
+    }
+
+    fn bound_count(store: &dyn Store) -> usize {
+        let (pods, _) = store.list(PODS).unwrap();
+        pods.iter().filter(|p| p.object["spec"]["nodeName"].is_string()).count()
+    }
+
+    /// The wedge seen on a live node: pods bound, then deleted; their reservations must not
+    /// keep their slots, in this scheduler or a restarted one (a fresh engine).
+    #[test]
+    fn a_deleted_pods_slot_is_free_at_once() {
+        let (_dir, store) = one_node(4);
+        for i in 0..4 {
+            create_pod(store.as_ref(), &format!("old{i}"), &format!("u-old{i}"));
+        }
+        assert_eq!(round(store.as_ref(), &mut Engine::new(Strategy::LeastAllocated)).unwrap().bound, 4);
+        for i in 0..4 {
+            store.delete(&format!("/pods/default/old{i}"), None).unwrap();
+        }
+        for i in 0..4 {
+            create_pod(store.as_ref(), &format!("new{i}"), &format!("u-new{i}"));
+        }
+        let r = round(store.as_ref(), &mut Engine::new(Strategy::LeastAllocated)).unwrap();
+        assert_eq!((r.bound, r.unschedulable), (4, 0), "the deleted pods' slots are free");
+        // The same name again, another pod: the old reservation is not its own.
+        store.delete("/pods/default/new0", None).unwrap();
+        create_pod(store.as_ref(), "new0", "u-new0-again");
+        assert_eq!(round(store.as_ref(), &mut Engine::new(Strategy::LeastAllocated)).unwrap().bound, 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any sequence of creates, deletes, rounds and restarts: after a round, the node
+        /// holds as many pods as exist, up to its room, and no reservation counts for a pod
+        /// that is not pending.
+        #[test]
+        fn reservations_never_outlive_their_pods(ops in proptest::collection::vec(0u8..4, 1..24)) {
+            let (_dir, store) = one_node(3);
+            let mut engine = Engine::new(Strategy::LeastAllocated);
+            let (mut alive, mut next) = (Vec::<String>::new(), 0);
+            for op in ops {
+                match op {
+                    0 => {
+                        let name = format!("p{next}");
+                        create_pod(store.as_ref(), &name, &format!("uid-{next}"));
+                        alive.push(name);
+                        next += 1;
+                    }
+                    1 if !alive.is_empty() => {
+                        let name = alive.remove(0);
+                        store.delete(&format!("/pods/default/{name}"), None).unwrap();
+                    }
+                    2 => engine = Engine::new(Strategy::LeastAllocated),
+                    _ => {
+                        round(store.as_ref(), &mut engine).unwrap();
+                        let bound = bound_count(store.as_ref());
+                        // Bound pods never move: fewer than room only when fewer exist.
+                        proptest::prop_assert_eq!(bound, alive.len().min(3), "bound, with {} alive", alive.len());
+                    }
+                }
+            }
+            round(store.as_ref(), &mut engine).unwrap();
+            proptest::prop_assert_eq!(bound_count(store.as_ref()), alive.len().min(3));
+        }
     }
 
     #[test]
