@@ -447,6 +447,7 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
         &format!("{path}.securityContext.appArmorProfile"),
         e,
     );
+    tolerations(&s.tolerations, &format!("{path}.tolerations"), e);
     match s.dns_policy.as_deref() {
         None | Some("ClusterFirst" | "ClusterFirstWithHostNet" | "Default") => {}
         Some("None") => {
@@ -514,6 +515,51 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
                     format!("Not found: {:?}", m.name),
                 );
             }
+        }
+    }
+}
+
+/// Tolerations as Kubernetes' `ValidateTolerations` checks them.
+fn tolerations(ts: &[crate::kinds::pod::Toleration], path: &str, e: &mut Errors) {
+    for (i, t) in ts.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let key = t.key.as_deref().unwrap_or("");
+        if !key.is_empty() {
+            if let Err(msg) = qualified_name(key) {
+                e.add(format!("{p}.key"), format!("Invalid value: {key:?}: {msg}"));
+            }
+        }
+        let op = t.operator.as_deref().unwrap_or("");
+        match op {
+            "" | "Equal" if key.is_empty() => e.add(
+                format!("{p}.operator"),
+                format!("Invalid value: {op:?}: operator must be Exists when `key` is empty, which means \"match all values and all keys\""),
+            ),
+            "" | "Equal" => {}
+            "Exists" if t.value.as_deref().is_some_and(|v| !v.is_empty()) => e.add(
+                format!("{p}.operator"),
+                format!("Invalid value: {:?}: value must be empty when `operator` is 'Exists'", t.value.as_deref().unwrap_or("")),
+            ),
+            "Exists" => {}
+            other => e.add(
+                format!("{p}.operator"),
+                format!("Unsupported value: {other:?}: supported values: \"Equal\", \"Exists\""),
+            ),
+        }
+        let effect = t.effect.as_deref().unwrap_or("");
+        if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+            e.add(
+                format!("{p}.effect"),
+                format!("Unsupported value: {effect:?}: supported values: \"NoExecute\", \"NoSchedule\", \"PreferNoSchedule\""),
+            );
+        }
+        if t.toleration_seconds.is_some() && effect != "NoExecute" {
+            e.add(
+                format!("{p}.effect"),
+                format!(
+                    "Invalid value: {effect:?}: effect must be 'NoExecute' when `tolerationSeconds` is set"
+                ),
+            );
         }
     }
 }
@@ -727,6 +773,63 @@ mod tests {
                 "image: busybox\n  volumes: [{name: d, persistentVolumeClaim: {claimName: ''}}]",
             ),
             "spec.volumes[0].persistentVolumeClaim.claimName: Required value",
+        );
+    }
+
+    /// Tolerations and the confinement fields, as Kubernetes validates them.
+    #[test]
+    fn tolerations_and_confinement() {
+        let with = |t: &str| POD.replace("image: busybox", &format!("image: busybox\n  tolerations: [{t}]"));
+        for ok in [
+            "{key: k, operator: Exists}",
+            "{operator: Exists}",
+            "{key: k, value: v}",
+            "{key: k, operator: Equal, value: v, effect: NoExecute, tolerationSeconds: 0}",
+        ] {
+            assert!(load(&with(ok)).is_ok(), "{ok}");
+        }
+        let cases = [
+            (
+                "{key: k, operator: Gt, value: '1'}",
+                "spec.tolerations[0].operator: Unsupported value: \"Gt\": supported values: \"Equal\", \"Exists\"",
+            ),
+            ("{key: k, operator: Bogus}", "spec.tolerations[0].operator: Unsupported value: \"Bogus\""),
+            (
+                "{value: v}",
+                "spec.tolerations[0].operator: Invalid value: \"\": operator must be Exists when `key` is empty",
+            ),
+            (
+                "{key: k, operator: Exists, value: v}",
+                "spec.tolerations[0].operator: Invalid value: \"v\": value must be empty when `operator` is 'Exists'",
+            ),
+            ("{key: k, effect: Sometimes}", "spec.tolerations[0].effect: Unsupported value: \"Sometimes\""),
+            (
+                "{key: k, effect: NoSchedule, tolerationSeconds: 5}",
+                "spec.tolerations[0].effect: Invalid value: \"NoSchedule\": effect must be 'NoExecute' when `tolerationSeconds` is set",
+            ),
+            ("{key: 'bad key!', operator: Exists}", "spec.tolerations[0].key: Invalid value: \"bad key!\""),
+        ];
+        for (t, want) in cases {
+            check(&with(t), want);
+        }
+        let armor = |p: &str| {
+            POD.replace(
+                "image: busybox",
+                &format!("image: busybox\n    securityContext: {{appArmorProfile: {p}}}"),
+            )
+        };
+        assert!(load(&armor("{type: Localhost, localhostProfile: p}")).is_ok());
+        check(
+            &armor("{type: Localhost}"),
+            "spec.containers[0].securityContext.appArmorProfile.localhostProfile: Required value",
+        );
+        check(
+            &armor("{type: Strict}"),
+            "spec.containers[0].securityContext.appArmorProfile.type: Unsupported value: \"Strict\"",
+        );
+        check(
+            &armor("{type: RuntimeDefault, localhostProfile: p}"),
+            "spec.containers[0].securityContext.appArmorProfile.localhostProfile: Invalid value",
         );
     }
 
