@@ -81,6 +81,25 @@ impl ControlPlane {
         }
     }
 
+    /// SIGTERMs the scheduler and waits up to `limit` for it to exit; whether it did.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let exited = crate::wait_for(limit, || c.try_wait().ok().flatten().is_some());
+        if !exited {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        exited
+    }
+
+    /// Starts it again on the same socket and data (after [`ControlPlane::terminate`], or
+    /// SIGKILLing it first).
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Starts it again on the same socket and data.
     pub fn restart(&mut self) {
         self.kill9();

@@ -591,3 +591,26 @@ fn priority_classes_give_pods_their_priority() {
         (7.into(), "normal".into())
     );
 }
+
+/// SIGTERM with a watch held open (as agents hold theirs and their tunnels): the scheduler
+/// closes it after its grace and exits, and a new one opens the same store at once (it
+/// stayed up holding the store's lock, and a restart failed with "Database already open").
+#[test]
+fn sigterm_ends_the_scheduler_despite_open_watches() {
+    use std::io::{Read, Write};
+    let mut cp = ControlPlane::start();
+    let mut watch = std::os::unix::net::UnixStream::connect(cp.socket()).unwrap();
+    watch.write_all(b"GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: tug\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    watch.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the watch is open");
+    assert!(
+        cp.terminate(std::time::Duration::from_secs(30)),
+        "still running 30 s after SIGTERM:\n{}",
+        cp.log()
+    );
+    assert!(cp.log().contains("closing them"), "{}", cp.log());
+    cp.start_again();
+    let o = cp.tug(&["get", "ns", "default", "-o", "name"]);
+    assert_eq!(out(&o), "namespace/default\n", "{}", err(&o));
+}

@@ -142,7 +142,10 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let store = open_store(&flags)?;
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(flags, store))
+    let served = runtime.block_on(serve(flags, store));
+    // Connection tasks still running are dropped with the runtime, and the store with them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
@@ -155,9 +158,11 @@ fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
             let said = tug_config::private::dir(&flags.data_dir, 0o700)
                 .map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
             let db = flags.data_dir.join("store.redb");
+            let fresh = !db.exists();
             let store = RedbStore::open(&db, 4096).context("opening the store")?;
             let said_db = tug_config::private::file(&db, 0o600).map_err(|e| anyhow::anyhow!(e))?;
-            for s in said.iter().chain(&said_db) {
+            // A store made just now got the umask's mode: set, not worth saying.
+            for s in said.iter().chain(said_db.iter().filter(|_| !fresh)) {
                 eprintln!("tug-scheduler: {s}");
             }
             Arc::new(store)
@@ -244,7 +249,24 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving")?;
+    // On SIGTERM the server stops accepting and lets requests finish, but watches and the
+    // agents' tunnels never end by themselves: after the grace they are closed, so the
+    // process exits (and releases the store) in time for its service manager.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown().await;
+            stopping.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signalled).into_future();
+    tokio::select! {
+        r = server => r.context("serving")?,
+        () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            eprintln!("tug-scheduler: connections still open {} s after the signal: closing them", SHUTDOWN_GRACE.as_secs());
+        }
+    }
     compactor.abort();
     placer.abort();
     controllers.abort();
@@ -316,6 +338,10 @@ async fn compact_forever(store: Arc<dyn Store>, history: u64) {
         }
     }
 }
+
+/// How long open connections (watches, agents' tunnels) may stay after SIGTERM: with the
+/// runtime's own second, the process is gone within 10 s.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
 async fn shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
