@@ -106,6 +106,22 @@ impl Status {
         Status::new(410, "Expired", message)
     }
 
+    /// A watch or read from a revision the store has not reached (Kubernetes'
+    /// `NewTooLargeResourceVersionError`: 504 Timeout, cause `ResourceVersionTooLarge`).
+    pub fn too_large_resource_version(asked: u64, current: u64) -> Status {
+        let mut s =
+            Status::new(504, "Timeout", format!("Too large resource version: {asked}, current: {current}"));
+        s.details = Some(StatusDetails {
+            causes: vec![StatusCause {
+                reason: "ResourceVersionTooLarge".into(),
+                message: "Too large resource version".into(),
+                field: String::new(),
+            }],
+            ..StatusDetails::default()
+        });
+        s
+    }
+
     fn with_details(mut self, kind: &str, name: &str) -> Status {
         self.details =
             Some(StatusDetails { name: Some(name.into()), kind: Some(kind.into()), causes: Vec::new() });

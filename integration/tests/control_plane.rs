@@ -614,3 +614,48 @@ fn sigterm_ends_the_scheduler_despite_open_watches() {
     let o = cp.tug(&["get", "ns", "default", "-o", "name"]);
     assert_eq!(out(&o), "namespace/default\n", "{}", err(&o));
 }
+
+/// A watch from a revision the store has not reached is refused as Kubernetes refuses it
+/// (504, ResourceVersionTooLarge), not a stream that silently shows nothing.
+#[test]
+fn a_watch_from_the_future_is_refused() {
+    let cp = ControlPlane::start();
+    let (code, body) = cp.raw("GET", "/api/v1/pods?watch=true&resourceVersion=999999999", "", "");
+    assert_eq!(code, 504, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(s["reason"], "Timeout");
+    assert!(
+        s["message"].as_str().unwrap().starts_with("Too large resource version: 999999999, current: "),
+        "{s}"
+    );
+    assert_eq!(s["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+}
+
+/// `tug get -w` outlives a restart of the control plane: it takes the watch up again from
+/// the last revision it saw and shows what happened after (it exited 1 before).
+#[test]
+fn get_watch_reconnects_across_a_restart() {
+    let mut cp = ControlPlane::start();
+    let out_file = cp.dir().join("watch.out");
+    let mut watcher = std::process::Command::new(tug_integration::bins::path("tug-cli", "tug"))
+        .env("TUG_SOCKET", cp.socket())
+        .args(["get", "ns", "-w"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shown = |name: &str| std::fs::read_to_string(&out_file).unwrap_or_default().contains(name);
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(10), || shown("default")));
+    cp.restart();
+    assert!(cp.tug(&["create", "namespace", "tug-after-restart"]).status.success());
+    let seen = tug_integration::wait_for(std::time::Duration::from_secs(30), || shown("tug-after-restart"));
+    let still = watcher.try_wait().unwrap().is_none();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        seen && still,
+        "watcher running: {still}; it printed:\n{}",
+        std::fs::read_to_string(&out_file).unwrap_or_default()
+    );
+}

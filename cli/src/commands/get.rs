@@ -65,21 +65,38 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
         }
     }
     if a.watch {
-        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+        let mut rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
         let sep = if q.is_empty() { "?" } else { "&" };
-        let wpath = format!("{path}{q}{sep}watch=true&resourceVersion={rv}");
-        client
-            .watch(&wpath, |event| {
-                let obj = &event["object"];
-                if event["type"] == "ERROR" {
-                    eprintln!("error: {}", obj["message"].as_str().unwrap_or("watch failed"));
-                    return false;
-                }
-                print_rows(std::slice::from_ref(obj), output == "wide", with_ns);
-                true
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        // A stream the server ends (a restart, a replica going away) is taken up again from
+        // the last revision seen, as kubectl's retrying watcher does; an ERROR event ends it.
+        let mut pause = std::time::Duration::from_millis(250);
+        loop {
+            let wpath = format!("{path}{q}{sep}watch=true&resourceVersion={rv}");
+            let mut failed = None;
+            let result = client
+                .watch(&wpath, |event| {
+                    let obj = &event["object"];
+                    if event["type"] == "ERROR" {
+                        failed = Some(obj["message"].as_str().unwrap_or("watch failed").to_string());
+                        return false;
+                    }
+                    if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
+                        rv = r.to_string();
+                    }
+                    print_rows(std::slice::from_ref(obj), output == "wide", with_ns);
+                    true
+                })
+                .await;
+            if let Some(message) = failed {
+                return Err(format!("error: {message}"));
+            }
+            match result {
+                Ok(()) => pause = std::time::Duration::from_millis(250),
+                Err(e @ tug_client::http::CallError::Server(_)) => return Err(e.to_string()),
+                Err(_) => pause = (pause * 2).min(std::time::Duration::from_secs(5)),
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

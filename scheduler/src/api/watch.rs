@@ -29,10 +29,12 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
                 .collect();
             (lines, rev)
         }
-        Some(rv) => (
-            Vec::new(),
-            rv.parse().map_err(|_| Status::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        ),
+        Some(rv) => {
+            let asked: u64 =
+                rv.parse().map_err(|_| Status::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            caught_up(st, asked).await?;
+            (Vec::new(), asked)
+        }
     };
     let watch = tokio::task::block_in_place(|| st.store.watch(&prefix, after))
         .map_err(|e| Status::gone(e.to_string()))?;
@@ -66,6 +68,24 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| status_response(&Status::internal("building the watch response")));
     Ok(resp)
+}
+
+/// A watch from a revision the store has not reached waits up to 3 s for it (another replica
+/// may have written it a moment ago), then is refused as Kubernetes refuses it — never a
+/// stream that silently shows nothing.
+async fn caught_up(st: &AppState, asked: u64) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let current = tokio::task::block_in_place(|| st.store.revision())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if asked <= current {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Status::too_large_resource_version(asked, current));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn line(type_: &str, object: &Value) -> Bytes {
