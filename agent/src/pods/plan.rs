@@ -196,8 +196,16 @@ pub fn container_status(
     v
 }
 
-fn cond(t: &str, ok: bool, reason: Option<&str>, since: &str) -> Value {
-    let mut v = json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": since});
+/// A pod condition. Its `lastTransitionTime` is when its status last changed: kept from the
+/// `old` status while the status is the same, `now` when it changes (or first appears).
+fn cond(t: &str, ok: bool, reason: Option<&str>, old: &Value, now: &str) -> Value {
+    let status = if ok { "True" } else { "False" };
+    let previous = old["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == t);
+    let since = match previous {
+        Some(p) if p["status"] == status => p["lastTransitionTime"].as_str().unwrap_or(now).to_string(),
+        _ => now.to_string(),
+    };
+    let mut v = json!({"type": t, "status": status, "lastTransitionTime": since});
     if let Some(r) = reason.filter(|_| !ok) {
         v["reason"] = r.into();
     }
@@ -235,7 +243,7 @@ pub fn phase(spec: &PodSpec, rec: &PodRecord) -> &'static str {
 
 /// The pod's status (the scheduler's PodScheduled condition is kept from `old`).
 pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, now: u64) -> Value {
-    let since = rec.start_time.clone().unwrap_or_default();
+    let stamp = super::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now));
     let initialized = spec.init_containers.iter().all(|c| {
         matches!(rec.containers.get(&c.name).map(|r| &r.state), Some(State::Terminated(t)) if t.exit_code == 0)
     });
@@ -263,9 +271,9 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
         .filter(|c| c["type"] == "PodScheduled")
         .cloned()
         .collect();
-    conditions.push(cond("Initialized", initialized, Some("ContainersNotInitialized"), &since));
-    conditions.push(cond("ContainersReady", ready, Some("ContainersNotReady"), &since));
-    conditions.push(cond("Ready", ready, Some("ContainersNotReady"), &since));
+    conditions.push(cond("Initialized", initialized, Some("ContainersNotInitialized"), old, &stamp));
+    conditions.push(cond("ContainersReady", ready, Some("ContainersNotReady"), old, &stamp));
+    conditions.push(cond("Ready", ready, Some("ContainersNotReady"), old, &stamp));
     let mut v = json!({
         "phase": phase(spec, rec),
         "conditions": conditions,
@@ -408,5 +416,25 @@ mod tests {
             st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"],
             "True"
         );
+    }
+
+    /// A condition's lastTransitionTime moves when its status changes, and only then.
+    #[test]
+    fn conditions_keep_their_transition_time_until_they_change() {
+        let s = spec("Always", &[], &["a"]);
+        let ready_at = |st: &Value| {
+            let c =
+                st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+            (c["status"].as_str().unwrap().to_string(), c["lastTransitionTime"].as_str().unwrap().to_string())
+        };
+        let (t1, t2, t3) = (1_700_000_000_000, 1_700_000_060_000, 1_700_000_120_000);
+        let waiting = pod_status(&s, &rec(&[]), "10.0.0.1", &json!({}), t1);
+        assert_eq!(ready_at(&waiting), ("False".into(), "2023-11-14T22:13:20Z".into()));
+        let still = pod_status(&s, &rec(&[]), "10.0.0.1", &waiting, t2);
+        assert_eq!(ready_at(&still), ready_at(&waiting), "unchanged status, unchanged time");
+        let mut up = rec(&[("a", running())]);
+        up.containers.get_mut("a").unwrap().probed = Some((true, true));
+        let ready = pod_status(&s, &up, "10.0.0.1", &still, t3);
+        assert_eq!(ready_at(&ready), ("True".into(), "2023-11-14T22:15:20Z".into()));
     }
 }
