@@ -41,6 +41,10 @@ pub struct Plan {
     pub mark_unknown: bool,
     /// Pods to evict now, by name and namespace, with the taint that evicts them.
     pub evict: Vec<(String, String, String)>,
+    /// Pods (namespace, name) of an unreachable node still reporting Ready: they are marked
+    /// not ready at once (Kubernetes' `MarkPodsNotReady`), so endpoints drop them long before
+    /// the toleration evicts them.
+    pub not_ready: Vec<(String, String)>,
     pub next: Next,
 }
 
@@ -67,6 +71,10 @@ fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     };
     let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
     key_ok && value_ok && effect_ok
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The pure decision: the node, its lease's last renewal, its pods, the time and settings.
@@ -110,6 +118,15 @@ pub fn plan(node: &Node, renewed: Option<u64>, pods: &[Pod], now: u64, s: &Setti
     if taints != node.spec.taints {
         out.taints = Some(taints.clone());
     }
+    if unreachable {
+        out.not_ready = pods
+            .iter()
+            .filter(|p| super::pod_active(p) && pod_ready(p))
+            .map(|p| {
+                (p.metadata.namespace.clone().unwrap_or_else(|| "default".into()), p.metadata.name.clone())
+            })
+            .collect();
+    }
     // Evictions for every NoExecute taint.
     for p in pods.iter().filter(|p| super::pod_active(p)) {
         let mut evict_at: Option<(u64, String)> = None;
@@ -146,6 +163,23 @@ pub fn plan(node: &Node, renewed: Option<u64>, pods: &[Pod], now: u64, s: &Setti
         }
     }
     out
+}
+
+/// Sets the pod's Ready condition False (with the time of the change); a pod changed or
+/// gone meanwhile is left to the next reconcile.
+fn mark_not_ready(store: &dyn Store, ns: &str, name: &str, now: u64) -> Result<(), StoreError> {
+    let key = format!("/pods/{ns}/{name}");
+    let Some(stored) = store.get(&key)? else { return Ok(()) };
+    let mut obj = stored.object.clone();
+    let Some(conditions) = obj["status"]["conditions"].as_array_mut() else { return Ok(()) };
+    for c in conditions.iter_mut().filter(|c| c["type"] == "Ready" && c["status"] == "True") {
+        c["status"] = "False".into();
+        c["lastTransitionTime"] = timestamp(now).into();
+    }
+    match store.update(&key, obj, Some(stored.revision)) {
+        Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The reconciler.
@@ -235,6 +269,9 @@ impl Controller for NodeLifecycle {
                 )?;
             }
         }
+        for (ns, name) in &p.not_ready {
+            mark_not_ready(store, ns, name, now)?;
+        }
         for (ns, name, taint) in &p.evict {
             let pod_key = format!("/pods/{ns}/{name}");
             let Some(ps) = store.get(&pod_key)? else { continue };
@@ -322,6 +359,29 @@ mod tests {
         let p = plan(&n, Some(1060), &pods, 1061, &s);
         assert_eq!(p.taints, Some(vec![]));
         assert!(p.evict.is_empty());
+    }
+
+    /// Kubernetes' MarkPodsNotReady: the moment a node is unreachable, its Ready pods are
+    /// marked not ready (for the endpoints), long before any is evicted; a reachable node's
+    /// pods are left alone.
+    #[test]
+    fn an_unreachable_nodes_ready_pods_are_marked_not_ready_at_once() {
+        let s = Settings::default();
+        let ready = |name: &str, status: &str| {
+            let mut p = pod(name, vec![]);
+            let c = tug_api::meta::Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                ..Default::default()
+            };
+            p.status = Some(tug_api::kinds::pod::PodStatus { conditions: vec![c], ..Default::default() });
+            p
+        };
+        let pods = vec![ready("up", "True"), ready("down", "False"), pod("new", vec![])];
+        let p = plan(&node("True"), Some(1000), &pods, 1021, &s);
+        assert_eq!(p.not_ready, vec![("default".to_string(), "up".to_string())]);
+        assert!(p.evict.is_empty(), "marked, not evicted");
+        assert!(plan(&node("True"), Some(1000), &pods, 1010, &s).not_ready.is_empty(), "reachable");
     }
 
     #[test]
