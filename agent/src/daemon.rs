@@ -27,15 +27,26 @@ pub async fn register(api: &Client, cfg: &Config) -> Result<Cidr4, String> {
     let created = match api::create(api, "/api/v1/nodes", &obj).await {
         Ok(v) => v,
         Err(e) if api::is_conflict(&e) => {
-            // Registered before: keep its spec (pod CIDR, cordon), refresh labels and taints.
+            // Registered before: the lease first, so the node controller never sees a fresh
+            // Ready beside a stale lease (a spurious NodeNotReady and unreachable taints).
+            renew_lease(api, cfg, cfg.status_frequency * 4).await?;
+            // Keep its spec (pod CIDR, cordon), refresh labels, and replace only the taints
+            // the agent set itself.
             let path = format!("/api/v1/nodes/{}", cfg.node_name);
             let mut cur = api::get(api, &path).await?.ok_or("the node vanished while registering")?;
             for (k, v) in obj["metadata"]["labels"].as_object().into_iter().flatten() {
                 cur["metadata"]["labels"][k] = v.clone();
             }
-            if let Some(t) = obj["spec"].get("taints") {
-                cur["spec"]["taints"] = t.clone();
-            }
+            let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+            let previous: Vec<Value> = cur["metadata"]["annotations"][node::AGENT_TAINTS]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            let taints =
+                node::merge_taints(&list(&cur["spec"]["taints"]), &previous, &list(&obj["spec"]["taints"]));
+            cur["spec"]["taints"] = taints.into();
+            cur["metadata"]["annotations"][node::AGENT_TAINTS] =
+                obj["metadata"]["annotations"][node::AGENT_TAINTS].clone();
             api::put(api, &path, &cur).await.map_err(|e| format!("updating node {}: {e}", cfg.node_name))?
         }
         Err(e) => return Err(format!("registering node {}: {e}", cfg.node_name)),

@@ -210,8 +210,23 @@ pub fn node_status(cfg: &Config, f: &Facts, now: &str) -> Value {
     })
 }
 
+/// The annotation that lists the taints the agent set (from `--taints`), so that a later
+/// registration replaces those and no other: taints from the API (`tug taint`) and the node
+/// controller's stay.
+pub const AGENT_TAINTS: &str = "tug.io/agent-taints";
+
+/// The node's taints after a re-registration: `current` without the ones the agent set last
+/// time (`previous`, as the annotation lists them) or sets now, then the agent's `agent`.
+pub fn merge_taints(current: &[Value], previous: &[Value], agent: &[Value]) -> Vec<Value> {
+    let same = |a: &Value, b: &Value| a["key"] == b["key"] && a["effect"] == b["effect"];
+    let mut out: Vec<Value> =
+        current.iter().filter(|t| !previous.iter().chain(agent).any(|o| same(t, o))).cloned().collect();
+    out.extend(agent.iter().cloned());
+    out
+}
+
 /// The Node as the agent registers it: name, labels (the well-known ones and `--labels`),
-/// taints from `--taints`.
+/// taints from `--taints` (listed in the [`AGENT_TAINTS`] annotation too).
 pub fn node_object(cfg: &Config, f: &Facts, now: &str) -> Value {
     let mut labels = json!({
         "kubernetes.io/hostname": cfg.node_name,
@@ -236,10 +251,12 @@ pub fn node_object(cfg: &Config, f: &Facts, now: &str) -> Value {
     if !taints.is_empty() {
         spec["taints"] = taints.into();
     }
+    let own =
+        serde_json::to_string(&spec["taints"].as_array().cloned().unwrap_or_default()).unwrap_or_default();
     json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": cfg.node_name, "labels": labels},
+        "metadata": {"name": cfg.node_name, "labels": labels, "annotations": {AGENT_TAINTS: own}},
         "spec": spec,
         "status": node_status(cfg, f, now),
     })
@@ -247,6 +264,32 @@ pub fn node_object(cfg: &Config, f: &Facts, now: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    /// Re-registration replaces the taints the agent set before, keeps everyone else's.
+    #[test]
+    fn only_the_agents_own_taints_are_replaced() {
+        let t = |k: &str, e: &str| json!({"key": k, "effect": e});
+        let current = vec![
+            t("old-flag", "NoSchedule"),
+            t("by-admin", "NoExecute"),
+            t("node.kubernetes.io/unreachable", "NoSchedule"),
+        ];
+        let merged =
+            merge_taints(&current, &[t("old-flag", "NoSchedule")], &[t("new-flag", "PreferNoSchedule")]);
+        assert_eq!(
+            merged,
+            vec![
+                t("by-admin", "NoExecute"),
+                t("node.kubernetes.io/unreachable", "NoSchedule"),
+                t("new-flag", "PreferNoSchedule")
+            ]
+        );
+        // The same flag again is not doubled.
+        assert_eq!(
+            merge_taints(&merged, &[t("new-flag", "PreferNoSchedule")], &[t("new-flag", "PreferNoSchedule")]),
+            merged
+        );
+    }
+
     use super::*;
 
     #[test]
