@@ -22,6 +22,8 @@ pub mod quantity;
 pub mod status;
 pub mod tunnel;
 pub mod validate;
+/// What an update may change: Kubernetes' immutable fields, as pure checks.
+pub mod validate_update;
 pub mod validation;
 
 /// The version of this Tug build, shared by every binary's `--version`.

@@ -659,3 +659,45 @@ fn get_watch_reconnects_across_a_restart() {
         std::fs::read_to_string(&out_file).unwrap_or_default()
     );
 }
+
+/// Updates follow Kubernetes' immutability rules through `tug apply` and a plain PUT: a
+/// Deployment's selector and a bound pod's spec refuse changes with the field's path; the
+/// allowed changes (replicas, a container's image) go through and keep the pod's binding.
+#[test]
+fn immutable_fields_refuse_updates_and_allowed_changes_pass() {
+    let cp = ControlPlane::start();
+    assert!(cp.tug_with_input(&["apply", "-f", "-"], APP).status.success());
+    let o = cp.tug_with_input(
+        &["apply", "-f", "-"],
+        &APP.replace("selector: {matchLabels: {app: web}}", "selector: {matchLabels: {app: shop}}")
+            .replace("labels: {app: web}}\n    spec", "labels: {app: shop}}\n    spec"),
+    );
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains(
+            "spec.selector: Invalid value: {\"matchLabels\":{\"app\":\"shop\"}}: field is immutable"
+        ),
+        "{}",
+        err(&o)
+    );
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &APP.replace("replicas: 2", "replicas: 3"));
+    assert!(o.status.success(), "{}", err(&o));
+    // A pod bound to a node: its image may change (and it stays bound), its restart policy may not.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: one, namespace: shop}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: 'busybox:1.36'}]\n";
+    assert!(cp.tug_with_input(&["apply", "-f", "-"], pod).status.success());
+    let o = cp
+        .tug_with_input(&["apply", "-f", "-"], &pod.replace("  nodeName: n1\n", "").replace("1.36", "1.37"));
+    assert!(o.status.success(), "{}", err(&o));
+    let p: Value =
+        serde_json::from_str(&out(&cp.tug(&["get", "pod", "one", "-n", "shop", "-o", "json"]))).unwrap();
+    assert_eq!(
+        (p["spec"]["nodeName"].as_str(), p["spec"]["containers"][0]["image"].as_str()),
+        (Some("n1"), Some("busybox:1.37"))
+    );
+    let o = cp.tug_with_input(
+        &["apply", "-f", "-"],
+        &pod.replace("  nodeName: n1\n", "  nodeName: n1\n  restartPolicy: Never\n"),
+    );
+    assert!(!o.status.success());
+    assert!(err(&o).contains("spec: Forbidden: pod updates may not change fields other than"), "{}", err(&o));
+}

@@ -345,17 +345,28 @@ fn admit_pod_priority(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result
     Ok(())
 }
 
-/// What admission wrote into a Pod stays when a write leaves it out (a re-applied manifest
-/// has no `spec.priority`): a pod's priority is fixed at creation.
-fn keep_admitted(info: &KindInfo, obj: &mut Value, current: &Value) {
-    if info.kind != "Pod" {
-        return;
-    }
-    for f in ["priority", "preemptionPolicy", "priorityClassName"] {
+/// What the server and its controllers set in a spec (a pod's admitted priority and its
+/// binding, a claim's or volume's binding, a node's pod CIDR) stays when an update leaves it
+/// out: a replace carries no such field unless the writer read it first.
+fn keep_server_set(info: &KindInfo, obj: &mut Value, current: &Value) {
+    let fields: &[&str] = match info.kind {
+        "Pod" => &["priority", "preemptionPolicy", "priorityClassName", "nodeName"],
+        "PersistentVolumeClaim" => &["volumeName"],
+        "PersistentVolume" => &["claimRef"],
+        "Node" => &["podCIDR", "podCIDRs"],
+        _ => return,
+    };
+    for f in fields {
         if obj["spec"][f].is_null() && !current["spec"][f].is_null() {
             obj["spec"][f] = current["spec"][f].clone();
         }
     }
+}
+
+/// Kubernetes' update rules (immutable fields), as a 422 naming each field.
+fn check_update(info: &KindInfo, name: &str, current: &Value, obj: &Value) -> Result<(), Status> {
+    tug_api::validate_update::update(info.kind, current, obj)
+        .map_err(|errs| Status::invalid(&qualified_kind(info), name, &errs))
 }
 
 /// Held while a Service is written: its addresses are chosen by looking at the others.
@@ -446,10 +457,11 @@ fn replace(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let expected = expected_revision(&obj)?;
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
     let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
-    keep_admitted(info, &mut obj, &current.object);
+    keep_server_set(info, &mut obj, &current.object);
     objects::on_update(&mut obj, &current.object)?;
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
+    check_update(info, &name, &current.object, &obj)?;
     let stored = blocking(|| st.store.update(&key, obj, Some(expected.unwrap_or(current.revision))))
         .map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::OK, &stored))
@@ -544,7 +556,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
         let mut obj = decoded.clone();
         let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
         if let Some(c) = &current {
-            keep_admitted(info, &mut obj, &c.object);
+            keep_server_set(info, &mut obj, &c.object);
         }
         assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
         let result = match current {
@@ -561,6 +573,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
             Some(cur) if !objects::apply_changes(&obj, &cur.object) => Ok((cur, Applied::Unchanged)),
             Some(cur) => {
                 objects::on_update(&mut obj, &cur.object)?;
+                check_update(info, &name, &cur.object, &obj)?;
                 blocking(|| st.store.update(&key, obj, Some(cur.revision))).map(|s| (s, Applied::Configured))
             }
         };
