@@ -257,11 +257,7 @@ fn two_replicas_share_one_etcd() {
     let (pa, pb) = (tug_integration::etcd::free_port(), tug_integration::etcd::free_port());
     let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
     // The replicas' shared secret, which seals the CA key in etcd.
-    let secrets = tempfile::Builder::new().prefix("tug-pki-secret").tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdo\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let secret = secret.to_str().unwrap().to_string();
+    let (_secrets, secret) = pki_secret();
     let flags = |listen: &str| {
         [
             "--store",
@@ -700,4 +696,48 @@ fn immutable_fields_refuse_updates_and_allowed_changes_pass() {
     );
     assert!(!o.status.success());
     assert!(err(&o).contains("spec: Forbidden: pod updates may not change fields other than"), "{}", err(&o));
+}
+
+/// A `--pki-secret-file` for etcd-backed replicas: the directory (kept while it lives) and
+/// the file's path.
+fn pki_secret() -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new().prefix("tug-pki-secret").tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdo\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = secret.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+/// etcd gone: requests get 503 ServiceUnavailable with Retry-After (a client retries), not a
+/// 500 that reads like a bug.
+#[test]
+fn an_unreachable_etcd_is_503_with_retry_after() {
+    let etcd = tug_integration::etcd::EtcdProcess::start();
+    let (_secrets, secret) = pki_secret();
+    let cp = ControlPlane::start_with(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--pki-secret-file",
+        &secret,
+    ]);
+    drop(etcd);
+    let (code, body) = cp.raw("GET", "/api/v1/namespaces/default/configmaps", "", "");
+    assert_eq!(code, 503, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(s["reason"], "ServiceUnavailable");
+    let head = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--unix-socket",
+            cp.socket().to_str().unwrap(),
+            "http://tug/api/v1/namespaces/default/configmaps",
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.contains("retry-after: 1"), "{head}");
 }

@@ -27,7 +27,12 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
 /// A `Status` as a response with its code.
 pub fn status_response(s: &Status) -> Response {
     let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(code, &serde_json::to_value(s).unwrap_or_default())
+    let mut resp = json_response(code, &serde_json::to_value(s).unwrap_or_default());
+    // The store unreachable: try again shortly (Kubernetes answers etcd outages alike).
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 pub async fn version() -> Response {
@@ -54,6 +59,7 @@ fn store_status(e: StoreError, info: &KindInfo, name: &str) -> Status {
         StoreError::Conflict { .. } => Status::conflict(&resource, name),
         StoreError::Compacted { .. } | StoreError::TooSlow(_) => Status::gone(e.to_string()),
         StoreError::Backend(m) => Status::internal(m),
+        StoreError::Unavailable(m) => Status::new(503, "ServiceUnavailable", m),
     }
 }
 

@@ -30,6 +30,24 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
+/// How long one etcd request may take before the store counts as unavailable.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An etcd client error: not reaching etcd (transport, I/O, gRPC Unavailable, a deadline)
+/// is `Unavailable`, which the API answers with 503 and Retry-After; anything else is a
+/// backend error.
+fn etcd(e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    let unreachable = match &e {
+        E::TransportError(_) | E::IoError(_) => true,
+        // gRPC's codes Cancelled (1), Unknown (2), DeadlineExceeded (4), Unavailable (14): the
+        // client crate does not re-export tonic's enum, and the numbers are gRPC's own.
+        E::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 14),
+        _ => false,
+    };
+    if unreachable { StoreError::Unavailable(format!("etcd: {e}")) } else { backend(e) }
+}
+
 fn rev(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
 }
@@ -72,6 +90,19 @@ impl EtcdStore {
         on(self.rt(), f)
     }
 
+    /// One etcd request, bounded by [`CALL_TIMEOUT`], its error classified by [`etcd`].
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match self.run(async move { tokio::time::timeout(CALL_TIMEOUT, f).await }) {
+            Ok(r) => r.map_err(etcd),
+            Err(_) => {
+                Err(StoreError::Unavailable(format!("etcd did not answer in {} s", CALL_TIMEOUT.as_secs())))
+            }
+        }
+    }
+
     fn decode(&self, kv: &etcd_client::KeyValue) -> Result<Stored, StoreError> {
         let key = kv.key_str().map_err(backend)?.strip_prefix(&self.prefix).unwrap_or_default().to_string();
         let mut object: Value = serde_json::from_slice(kv.value())
@@ -92,7 +123,7 @@ impl EtcdStore {
         let mut client = self.client.clone();
         let full = self.full(key);
         let txn = Txn::new().when([cmp]).and_then([op]).or_else([TxnOp::get(full, None)]);
-        let resp = self.run(async move { client.txn(txn).await }).map_err(backend)?;
+        let resp = self.call(async move { client.txn(txn).await })?;
         Ok((resp.succeeded(), resp))
     }
 
@@ -163,16 +194,14 @@ impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         let mut client = self.client.clone();
         let full = self.full(key);
-        let resp = self.run(async move { client.get(full, None).await }).map_err(backend)?;
+        let resp = self.call(async move { client.get(full, None).await })?;
         resp.kvs().first().map(|kv| self.decode(kv)).transpose()
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
         let mut client = self.client.clone();
         let full = self.full(prefix);
-        let resp = self
-            .run(async move { client.get(full, Some(GetOptions::new().with_prefix())).await })
-            .map_err(backend)?;
+        let resp = self.call(async move { client.get(full, Some(GetOptions::new().with_prefix())).await })?;
         let revision = resp.header().map_or(0, |h| rev(h.revision()));
         let items = resp.kvs().iter().map(|kv| self.decode(kv)).collect::<Result<Vec<_>, _>>()?;
         Ok((items, revision))
@@ -225,7 +254,7 @@ impl Store for EtcdStore {
         let full = self.full(prefix);
         let strip = self.prefix.clone();
         let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(irev(after + 1));
-        let mut stream = self.run(async move { client.watch(full, Some(options)).await }).map_err(backend)?;
+        let mut stream = self.call(async move { client.watch(full, Some(options)).await })?;
         let (tx, rx) = tokio::sync::mpsc::channel(self.buffer);
         self.rt().spawn(async move {
             loop {
@@ -280,9 +309,8 @@ impl Store for EtcdStore {
     fn revision(&self) -> Result<u64, StoreError> {
         let mut client = self.client.clone();
         let key = self.prefix.clone();
-        let resp = self
-            .run(async move { client.get(key, Some(GetOptions::new().with_count_only())).await })
-            .map_err(backend)?;
+        let resp =
+            self.call(async move { client.get(key, Some(GetOptions::new().with_count_only())).await })?;
         Ok(resp.header().map_or(0, |h| rev(h.revision())))
     }
 }

@@ -26,6 +26,9 @@ pub enum StoreError {
     TooSlow(u64),
     #[error("store: {0}")]
     Backend(String),
+    /// The store cannot be reached now (etcd down or not answering): a client may retry.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// ADDED, MODIFIED or DELETED.
