@@ -12,6 +12,8 @@
 pub mod cidr;
 pub mod cron;
 pub mod defaults;
+/// A cheap bound on a YAML text's nesting, read before the parse.
+pub mod depth;
 pub mod frame;
 pub mod kinds;
 pub mod labels;

@@ -32,6 +32,9 @@ fn one(field: &str, message: impl Into<String>) -> Vec<FieldError> {
     vec![FieldError { field: field.into(), message: message.into() }]
 }
 
+/// The deepest nesting a manifest may have (the YAML and JSON parsers' own limit).
+pub const MAX_DEPTH: usize = 128;
+
 /// Splits text into documents (YAML with `---`, or JSON), skipping empty ones and expanding
 /// `kind: List`. Each document becomes generic JSON.
 pub fn documents(text: &str) -> Result<Vec<Value>, ManifestError> {
@@ -42,6 +45,13 @@ pub fn documents(text: &str) -> Result<Vec<Value>, ManifestError> {
             .map_err(|e| ManifestError { document: None, errors: one("", format!("invalid JSON: {e}")) })?;
         push_expanded(v, &mut out);
         return Ok(out);
+    }
+    // Refused before the parse, whose time grows with the square of the depth.
+    if let Some(line) = crate::depth::deeper_than(text, MAX_DEPTH) {
+        return Err(ManifestError {
+            document: None,
+            errors: one("", format!("invalid YAML: it nests deeper than {MAX_DEPTH} levels (line {line})")),
+        });
     }
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| ManifestError {

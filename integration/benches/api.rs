@@ -8,6 +8,9 @@
 //! - `watch-latency`: 100 watchers on one collection; time from a create being acknowledged to
 //!   each watcher reading its event, p50/p99.
 //!
+//! - `hostile-bodies`: `/version` answered while 4 clients post deeply nested YAML bodies
+//!   (refused before the parse), p50/p99 (goal: p99 under 50 ms).
+//!
 //! Each measure runs on the embedded store, then on a real etcd on loopback (`store=` key).
 //! `TUG_BENCH_N` scales the request counts.
 
@@ -75,6 +78,54 @@ fn run_all(socket: &Path, store: &str, n: usize, rate: u64) {
     apply_throughput(socket, store, n);
     write_latency(socket, store, n, rate);
     watch_latency(socket, store, 100, (n / 20).max(10));
+    hostile_bodies(socket, store, (n / 5).max(50));
+}
+
+/// `/version` latency while 4 clients keep posting bodies nested 300 levels deep.
+fn hostile_bodies(socket: &Path, store: &str, probes: usize) {
+    let mut deep = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: deep}\ndata:\n");
+    for i in 0..300 {
+        deep.push_str(&format!("{}k{i}:\n", " ".repeat(i + 2)));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (socket, deep, stop, refused) =
+                (socket.to_path_buf(), deep.clone(), stop.clone(), refused.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if request(
+                        &socket,
+                        "POST",
+                        "/api/v1/namespaces/default/configmaps",
+                        "application/yaml",
+                        &deep,
+                    ) == 400
+                    {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(probes);
+    for _ in 0..probes {
+        let t = Instant::now();
+        request(socket, "GET", "/version", "application/json", "");
+        times.push(t.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.join();
+    }
+    times.sort();
+    println!(
+        "BENCH api hostile-bodies store={store} clients=4 probes={probes} refused={} version_p50_ms={:.2} version_p99_ms={:.2} goal_p99_ms=50",
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+        pct(&times, 0.5),
+        pct(&times, 0.99)
+    );
 }
 
 fn with_bin_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {

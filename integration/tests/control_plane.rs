@@ -741,3 +741,25 @@ fn an_unreachable_etcd_is_503_with_retry_after() {
     let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
     assert!(head.contains("retry-after: 1"), "{head}");
 }
+
+/// A body nested far deeper than any manifest is refused before the YAML parse (whose time
+/// grows with the square of the depth), naming the line; the server keeps answering.
+#[test]
+fn a_deeply_nested_body_is_refused_before_the_parse() {
+    let cp = ControlPlane::start();
+    let mut deep = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: deep}\ndata:\n");
+    for i in 0..300 {
+        deep.push_str(&format!("{}k{i}:\n", " ".repeat(i + 2)));
+    }
+    let (code, body) = cp.raw("POST", "/api/v1/namespaces/default/configmaps", "application/yaml", &deep);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("nests deeper than 128 levels (line 132)"), "{body}");
+    let flow = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: deep}}\ndata: {{k: {}{}}}\n",
+        "[".repeat(20000),
+        "]".repeat(20000)
+    );
+    let (code, body) = cp.raw("POST", "/api/v1/namespaces/default/configmaps", "application/yaml", &flow);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(cp.raw("GET", "/version", "", "").0, 200);
+}

@@ -129,18 +129,33 @@ async fn route(
     body: &Bytes,
 ) -> Reply {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-    match (method.as_str(), &target) {
-        ("GET", Target::Collection { .. }) if watch => super::watch::serve(st, &target, q).await,
-        ("GET", Target::Collection { .. }) => list(st, &target, q),
-        ("POST", Target::Collection { .. }) => create(st, &target, body),
-        ("GET", Target::Object { .. }) => get(st, &target),
-        ("PUT", Target::Object { status: false, .. }) => replace(st, &target, body),
-        ("PUT", Target::Object { status: true, .. }) => put_status(st, &target, body),
-        ("DELETE", Target::Object { status: false, .. }) => delete(st, &target, q, body),
+    if watch && matches!(target, Target::Collection { .. }) && method == Method::GET {
+        return super::watch::serve(st, &target, q).await;
+    }
+    // Decoding, validating and the store's calls are blocking work: off the async threads,
+    // so one slow body never stalls the other requests.
+    blocking(|| sync_route(st, method, &target, q, headers, body))
+}
+
+fn sync_route(
+    st: &AppState,
+    method: &Method,
+    target: &Target,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Reply {
+    match (method.as_str(), target) {
+        ("GET", Target::Collection { .. }) => list(st, target, q),
+        ("POST", Target::Collection { .. }) => create(st, target, body),
+        ("GET", Target::Object { .. }) => get(st, target),
+        ("PUT", Target::Object { status: false, .. }) => replace(st, target, body),
+        ("PUT", Target::Object { status: true, .. }) => put_status(st, target, body),
+        ("DELETE", Target::Object { status: false, .. }) => delete(st, target, q, body),
         ("PATCH", Target::Object { status: false, .. }) => {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             if ct.starts_with("application/apply-patch") {
-                apply(st, &target, body)
+                apply(st, target, body)
             } else {
                 Err(Status::new(
                     415,
