@@ -448,6 +448,7 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
         e,
     );
     tolerations(&s.tolerations, &format!("{path}.tolerations"), e);
+    scheduling(s, path, e);
     match s.dns_policy.as_deref() {
         None | Some("ClusterFirst" | "ClusterFirstWithHostNet" | "Default") => {}
         Some("None") => {
@@ -515,6 +516,91 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
                     format!("Not found: {:?}", m.name),
                 );
             }
+        }
+    }
+}
+
+/// A node selector term's requirements: the operator among Kubernetes' six, values as it
+/// requires (some for In/NotIn, none for Exists/DoesNotExist, one integer for Gt/Lt).
+fn node_selector_term(t: &crate::kinds::pod::NodeSelectorTerm, path: &str, e: &mut Errors) {
+    for (list, reqs) in [("matchExpressions", &t.match_expressions), ("matchFields", &t.match_fields)] {
+        for (i, r) in reqs.iter().enumerate() {
+            let p = format!("{path}.{list}[{i}]");
+            match r.operator.as_str() {
+                "In" | "NotIn" if r.values.is_empty() => {
+                    e.add(format!("{p}.values"), "Required value: must be specified when `operator` is 'In' or 'NotIn'");
+                }
+                "Exists" | "DoesNotExist" if !r.values.is_empty() => e.add(
+                    format!("{p}.values"),
+                    "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                ),
+                "Gt" | "Lt" if r.values.len() != 1 || r.values[0].parse::<i64>().is_err() => e.add(
+                    format!("{p}.values"),
+                    "Required value: must be specified single value when `operator` is 'Lt' or 'Gt'",
+                ),
+                "In" | "NotIn" | "Exists" | "DoesNotExist" | "Gt" | "Lt" => {}
+                other => e.add(
+                    format!("{p}.operator"),
+                    format!("Unsupported value: {other:?}: supported values: \"DoesNotExist\", \"Exists\", \"Gt\", \"In\", \"Lt\", \"NotIn\""),
+                ),
+            }
+        }
+    }
+}
+
+/// The pod's scheduling constraints: node affinity terms and topology spread.
+fn scheduling(s: &PodSpec, path: &str, e: &mut Errors) {
+    if let Some(na) = s.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()) {
+        let base = format!("{path}.affinity.nodeAffinity");
+        for (i, t) in na.required.iter().flat_map(|r| &r.node_selector_terms).enumerate() {
+            node_selector_term(
+                t,
+                &format!("{base}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"),
+                e,
+            );
+        }
+        for (i, t) in na.preferred.iter().enumerate() {
+            node_selector_term(
+                &t.preference,
+                &format!("{base}.preferredDuringSchedulingIgnoredDuringExecution[{i}].preference"),
+                e,
+            );
+        }
+    }
+    for (i, c) in s.topology_spread_constraints.iter().enumerate() {
+        if !["DoNotSchedule", "ScheduleAnyway"].contains(&c.when_unsatisfiable.as_str()) {
+            e.add(
+                format!("{path}.topologySpreadConstraints[{i}].whenUnsatisfiable"),
+                format!(
+                    "Unsupported value: {:?}: supported values: \"DoNotSchedule\", \"ScheduleAnyway\"",
+                    c.when_unsatisfiable
+                ),
+            );
+        }
+    }
+}
+
+/// A container's enums: its termination message policy and its probes' HTTP scheme.
+fn container_enums(c: &Container, path: &str, e: &mut Errors) {
+    if let Some(p) =
+        c.termination_message_policy.as_deref().filter(|p| !["File", "FallbackToLogsOnError"].contains(p))
+    {
+        e.add(
+            format!("{path}.terminationMessagePolicy"),
+            format!("Unsupported value: {p:?}: supported values: \"File\", \"FallbackToLogsOnError\""),
+        );
+    }
+    for (name, probe) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        let scheme = probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.scheme.as_deref());
+        if let Some(sc) = scheme.filter(|sc| !["HTTP", "HTTPS"].contains(sc)) {
+            e.add(
+                format!("{path}.{name}.httpGet.scheme"),
+                format!("Unsupported value: {sc:?}: supported values: \"HTTP\", \"HTTPS\""),
+            );
         }
     }
 }
@@ -589,6 +675,7 @@ fn container(c: &Container, path: &str, _spec: &PodSpec, e: &mut Errors) {
         &format!("{path}.securityContext.appArmorProfile"),
         e,
     );
+    container_enums(c, path, e);
     if c.name.is_empty() {
         e.add(format!("{path}.name"), "Required value");
     } else if let Err(msg) = dns1123_label(&c.name) {
@@ -831,6 +918,40 @@ mod tests {
             &armor("{type: RuntimeDefault, localhostProfile: p}"),
             "spec.containers[0].securityContext.appArmorProfile.localhostProfile: Invalid value",
         );
+    }
+
+    /// The enums of scheduling constraints and containers refuse what Kubernetes refuses.
+    #[test]
+    fn scheduling_and_container_enums() {
+        let spec = |extra: &str| POD.replace("  containers:", &format!("{extra}\n  containers:"));
+        let term = |op: &str, values: &str| {
+            spec(&format!(
+                "  affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: zone, operator: {op}, values: {values}}}]}}]}}}}}}"
+            ))
+        };
+        assert!(load(&term("In", "[a]")).is_ok());
+        assert!(load(&term("Gt", "['3']")).is_ok());
+        let at = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0]";
+        check(&term("Bogus", "[a]"), &format!("{at}.operator: Unsupported value: \"Bogus\""));
+        check(&term("In", "[]"), &format!("{at}.values: Required value"));
+        check(&term("Exists", "[a]"), &format!("{at}.values: Forbidden"));
+        check(&term("Lt", "[a]"), &format!("{at}.values: Required value: must be specified single value"));
+        check(
+            &spec(
+                "  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: Sometimes, labelSelector: {matchLabels: {a: b}}}]",
+            ),
+            "spec.topologySpreadConstraints[0].whenUnsatisfiable: Unsupported value: \"Sometimes\"",
+        );
+        let container = |extra: &str| POD.replace("image: busybox", &format!("image: busybox\n    {extra}"));
+        check(
+            &container("terminationMessagePolicy: Bogus"),
+            "spec.containers[0].terminationMessagePolicy: Unsupported value: \"Bogus\"",
+        );
+        check(
+            &container("readinessProbe: {httpGet: {port: 80, scheme: FTP}}"),
+            "spec.containers[0].readinessProbe.httpGet.scheme: Unsupported value: \"FTP\"",
+        );
+        assert!(load(&container("livenessProbe: {httpGet: {port: 80, scheme: HTTPS}}")).is_ok());
     }
 
     #[test]
