@@ -25,6 +25,15 @@ pub fn file(path: &Path, mode: u32) -> Result<Option<String>, String> {
     }
 }
 
+/// Writes `bytes` to `path`, readable by root alone (0600), also when the file existed
+/// with another mode.
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    std::io::Write::write_all(&mut f, bytes)
+}
+
 fn set(path: &Path, mode: u32) -> Result<Option<String>, String> {
     let had = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode()
         & 0o7777;

@@ -12,7 +12,6 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use sha2::{Digest, Sha256};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// What went wrong with certificates or the token.
@@ -43,14 +42,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(path))
+    tug_config::private::write(path, text.as_bytes()).map_err(io(path))
 }
 
 /// The CA's parameters. Reloading signs with the same name and key, so certificates issued

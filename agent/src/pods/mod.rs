@@ -674,7 +674,7 @@ fn prepare(
     std::fs::create_dir_all(&bundle)
         .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
     // The spec's environment carries Secret values: readable by root alone.
-    write_private(&bundle.join("config.json"), oci.to_string().as_bytes())
+    tug_config::private::write(&bundle.join("config.json"), oci.to_string().as_bytes())
         .map_err(|e| ("CreateContainerError", format!("{}: {e}", bundle.display())))?;
     let log = ctx.log_path(rec, &c.name, attempt);
     if let Some(d) = log.parent() {
@@ -702,14 +702,6 @@ fn stale_logs(names: impl Iterator<Item = String>, attempt: u32) -> Vec<String> 
             run.is_some_and(|r| r + 1 < attempt)
         })
         .collect()
-}
-
-/// Writes `path` with mode 0600 (also when it existed with another).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    std::io::Write::write_all(&mut f, bytes)
 }
 
 /// Waits (on a blocking thread) for a container to end, then wakes its worker.
