@@ -181,18 +181,20 @@ pub fn process_steps(
 fn build_rootfs(plan: &Plan, cgroup: &Cgroup) -> StepResult {
     let rootfs = &plan.rootfs;
     step("rootfs", mounts::prepare_root(rootfs, plan.root_propagation))?;
+    // Opened once the rootfs is its own mount: every destination is resolved beneath it.
+    let root = step("rootfs", mounts::open_root(rootfs))?;
     for m in &plan.mounts {
         match m {
-            PlannedMount::Plain(s) => step("mounts", mounts::mount_step(rootfs, s))?,
+            PlannedMount::Plain(s) => step("mounts", mounts::mount_step(&root, s))?,
             PlannedMount::Cgroup { destination, readonly } => {
                 for s in cgroup_mounts(cgroup, destination, *readonly) {
-                    step("mounts", mounts::mount_step(rootfs, &s))?;
+                    step("mounts", mounts::mount_step(&root, &s))?;
                 }
             }
         }
     }
     if !plan.devices.is_empty() {
-        step("devices", mounts::populate_dev(rootfs, &plan.devices, plan.user_ns.is_some()))?;
+        step("devices", mounts::populate_dev(&root, &plan.devices, plan.user_ns.is_some()))?;
     }
     Ok(())
 }

@@ -178,13 +178,18 @@ pub fn prepare_root(rootfs: &Path, propagation: MsFlags) -> Result<(), MountErro
     do_mount(Some(rootfs), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
 }
 
-/// Performs one spec mount inside `rootfs`. The destination is resolved by the kernel
+/// The container's rootfs as the root every destination is resolved beneath (as if it
+/// were `/`).
+pub fn open_root(rootfs: &Path) -> Result<tug_beneath::Root, MountError> {
+    Ok(tug_beneath::Root::open_dir(rootfs, tug_beneath::Scope::InRoot)?)
+}
+
+/// Performs one spec mount inside the rootfs `root`. The destination is resolved by the kernel
 /// beneath the rootfs (`RESOLVE_IN_ROOT`: a symlink the image or an earlier run planted
 /// resolves inside it, never to the host) and made there from descriptors; the mount calls
 /// then name it by `/proc/self/fd/N`, so nothing is looked up by path text twice.
-pub fn mount_step(rootfs: &Path, step: &MountStep) -> Result<(), MountError> {
+pub fn mount_step(root: &tug_beneath::Root, step: &MountStep) -> Result<(), MountError> {
     use nix::fcntl::OFlag;
-    let root = tug_beneath::Root::open_dir(rootfs, tug_beneath::Scope::InRoot)?;
     let rel = in_root(&step.destination);
     let dest = &step.destination;
     let data = (!step.data.is_empty()).then_some(step.data.as_str());
@@ -259,10 +264,13 @@ pub fn default_devices() -> Vec<DeviceNode> {
 /// Creates the device nodes and the standard `/dev` symlinks inside `rootfs`. In a user
 /// namespace, where mknod is not allowed, each device is the host's node bind-mounted onto an
 /// empty file (runc does the same).
-pub fn populate_dev(rootfs: &Path, devices: &[DeviceNode], user_ns: bool) -> Result<(), MountError> {
+pub fn populate_dev(
+    root: &tug_beneath::Root,
+    devices: &[DeviceNode],
+    user_ns: bool,
+) -> Result<(), MountError> {
     use nix::fcntl::{AtFlags, OFlag};
     use nix::unistd::{UnlinkatFlags, unlinkat};
-    let root = tug_beneath::Root::open_dir(rootfs, tug_beneath::Scope::InRoot)?;
     let mknod_err = |path: &Path| {
         let path = path.to_path_buf();
         move |errno| MountError::Mknod { path: path.clone(), errno }
