@@ -71,20 +71,29 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
 }
 
 /// A watch from a revision the store has not reached waits up to 3 s for it (another replica
-/// may have written it a moment ago), then is refused as Kubernetes refuses it — never a
-/// stream that silently shows nothing.
+/// may have written it a moment ago) — for the store's own event at that revision, not by
+/// polling — then is refused as Kubernetes refuses it, never a stream that silently shows
+/// nothing.
 async fn caught_up(st: &AppState, asked: u64) -> Result<(), Status> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let current = tokio::task::block_in_place(|| st.store.revision())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if asked <= current {
-            return Ok(());
+    let revision =
+        || tokio::task::block_in_place(|| st.store.revision()).map_err(|e| Status::internal(e.to_string()));
+    let current = revision()?;
+    if asked <= current {
+        return Ok(());
+    }
+    let mut changes = tokio::task::block_in_place(|| st.store.watch("", current))
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let reached = async {
+        while let Some(Ok(e)) = changes.next().await {
+            if e.revision >= asked {
+                return true;
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Status::too_large_resource_version(asked, current));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        false
+    };
+    match tokio::time::timeout(Duration::from_secs(3), reached).await {
+        Ok(true) => Ok(()),
+        _ => Err(Status::too_large_resource_version(asked, revision()?)),
     }
 }
 
