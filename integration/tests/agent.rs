@@ -861,6 +861,15 @@ fn a_pod_cannot_reach_the_node_through_its_volumes() {
     let node_dir = tempfile::Builder::new().prefix("tug-node-secret").tempdir().unwrap();
     std::fs::write(node_dir.path().join("secret"), "node only\n").unwrap();
     let node = node_dir.path().display();
+    // One container per escape: each mounts its link as a subPath.
+    let escaping: String = [("root", "root"), ("up", "up/etc"), ("node", "node")]
+        .iter()
+        .map(|(name, sub)| {
+            format!(
+                "  - name: {name}\n    image: tug.local/busybox-httpd:1\n    imagePullPolicy: Never\n    command: [\"/bin/sleep\", \"600\"]\n    volumeMounts: [{{name: scratch, mountPath: /host, subPath: {sub}}}]\n"
+            )
+        })
+        .collect();
     apply(
         &cp,
         &format!(
@@ -893,22 +902,7 @@ spec:
     - {{name: scratch, mountPath: /alias, subPath: alias}}
     - {{name: scratch, mountPath: /made, subPath: new/dir}}
     - {{name: cfg, mountPath: /cfg}}
-  - name: root
-    image: tug.local/busybox-httpd:1
-    imagePullPolicy: Never
-    command: ["/bin/sleep", "600"]
-    volumeMounts: [{{name: scratch, mountPath: /host, subPath: root}}]
-  - name: up
-    image: tug.local/busybox-httpd:1
-    imagePullPolicy: Never
-    command: ["/bin/sleep", "600"]
-    volumeMounts: [{{name: scratch, mountPath: /host, subPath: up/etc}}]
-  - name: node
-    image: tug.local/busybox-httpd:1
-    imagePullPolicy: Never
-    command: ["/bin/sleep", "600"]
-    volumeMounts: [{{name: scratch, mountPath: /host, subPath: node}}]
-  - name: armored
+{escaping}  - name: armored
     image: tug.local/busybox-httpd:1
     imagePullPolicy: Never
     command: ["/bin/sleep", "600"]

@@ -16,6 +16,13 @@ fn store() -> (tempfile::TempDir, Arc<Store>) {
     (dir, Arc::new(s))
 }
 
+/// `tar -C dir -cf out .`: the directory as an archive, as `docker save` or a tarred layout.
+fn tar_dir(dir: &Path, out: &Path) {
+    let st =
+        std::process::Command::new("tar").arg("-C").arg(dir).arg("-cf").arg(out).arg(".").status().unwrap();
+    assert!(st.success(), "tar {}", dir.display());
+}
+
 fn entries(p: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -147,15 +154,7 @@ fn docker_save_archives_and_oci_layout_tars_import() {
         serde_json::json!([{"Config": config_name, "RepoTags": ["hello:1"], "Layers": ["l1/layer.tar"]}]);
     std::fs::write(save.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     let archive = dir.path().join("hello.tar");
-    let st = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&save)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    tar_dir(&save, &archive);
     let got = tug_images::import::import(&store, &archive, None).unwrap();
     assert_eq!(got[0].name, "docker.io/library/hello:1");
     let cfg = store.config(&got[0]).unwrap();
@@ -170,17 +169,7 @@ fn docker_save_archives_and_oci_layout_tars_import() {
     let m = layout.image(&[(layer.clone(), Compress::Gzip)], &["/bin/sh"], "amd64");
     layout.tag(m, "1.0");
     let tar = dir.path().join("layout.tar");
-    assert!(
-        std::process::Command::new("tar")
-            .arg("-C")
-            .arg(&l)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success()
-    );
+    tar_dir(&l, &tar);
     let err = tug_images::import::import(&store, &tar, None).unwrap_err();
     assert!(err.contains("--name"), "{err}");
     let got = tug_images::import::import(&store, &tar, Some("tug.test/layout:1.0")).unwrap();
@@ -502,15 +491,7 @@ fn archives_that_reach_for_the_node_are_refused() {
         assert!(err.contains("layer l1/layer.tar") && err.contains("symbolic link"), "{target}: {err}");
         // The same inside a tar archive (unpacked, then refused).
         let tar = dir.path().join("evil.tar");
-        let st = std::process::Command::new("tar")
-            .arg("-C")
-            .arg(&save)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        tar_dir(&save, &tar);
         let err = tug_images::import::import(&store, &tar, None).unwrap_err();
         assert!(err.contains("symbolic link"), "{target} in a tar: {err}");
         std::fs::remove_file(&entry).unwrap();
