@@ -24,6 +24,11 @@ pub async fn put(api: &Client, path: &str, obj: &Value) -> Result<Value, CallErr
     api.call(Method::PUT, path, "application/json", obj.to_string().into_bytes()).await.map(|r| r.0)
 }
 
+/// A DELETE with `DeleteOptions` (a grace period, preconditions).
+pub async fn delete(api: &Client, path: &str, options: &Value) -> Result<(), CallError> {
+    api.call(Method::DELETE, path, "application/json", options.to_string().into_bytes()).await.map(|_| ())
+}
+
 /// Records an Event about a pod (kubelet's reasons: Pulling, Pulled, Failed, BackOff,
 /// Started, Killing, Unhealthy). Best effort: an event that cannot be written is logged.
 /// `(ns, pod, uid)` names the pod.

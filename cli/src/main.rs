@@ -43,17 +43,7 @@ enum Cmd {
     /// Show one object in detail.
     Describe { kind: String, name: String },
     /// Delete objects by kind and name, or those in manifests.
-    Delete {
-        #[arg(short = 'f', long = "filename")]
-        files: Vec<String>,
-        /// What happens to dependents (a Deployment's ReplicaSets, their pods):
-        /// background (deleted after the owner), foreground (deleted before it) or orphan
-        /// (kept, without the owner).
-        #[arg(long, default_value = "background", value_parser = ["background", "foreground", "orphan", "true", "false"])]
-        cascade: String,
-        /// KIND NAME... (without -f)
-        args: Vec<String>,
-    },
+    Delete(commands::delete::DeleteArgs),
     /// Create a namespace, configmap or secret from the command line.
     #[command(subcommand)]
     Create(commands::create::CreateCmd),
@@ -123,9 +113,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Apply { files } => commands::apply::run(&client, &files, ns.as_deref()).await,
         Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,
         Cmd::Describe { kind, name } => commands::describe::run(&client, &kind, &name, ns.as_deref()).await,
-        Cmd::Delete { files, args, cascade } => {
-            commands::delete::run(&client, &files, &args, ns.as_deref(), &cascade).await
-        }
+        Cmd::Delete(args) => commands::delete::run(&client, &args, ns.as_deref()).await,
         Cmd::Rollout(c) => commands::rollout::run(&client, c, ns.as_deref()).await,
         Cmd::Scale(a) => commands::rollout::scale(&client, &a, ns.as_deref()).await,
         Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,

@@ -157,7 +157,11 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             let total = spec["containers"].as_array().map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
             let restarts: i64 = statuses.iter().map(|c| n(&c["restartCount"])).sum();
-            let phase = st["phase"].as_str().unwrap_or("Pending").to_string();
+            let mut phase = st["phase"].as_str().unwrap_or("Pending").to_string();
+            // kubectl's column: a pod marked deleted is Terminating until it is gone.
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                phase = "Terminating".into();
+            }
             vec![name, format!("{ready}/{total}"), phase, restarts.to_string(), age(obj, now)]
         }
         "Deployment" => {

@@ -282,7 +282,8 @@ spec:
     let out = follow.wait_with_output().unwrap();
     assert!(ended, "tug logs -f did not end with its container: {:?}", text(&out));
     assert_eq!(text(&out).0, "one\ntwo\nthree\n");
-    assert!(cp.tug(&["delete", "pod", "ticker"]).status.success());
+    let out = cp.tug(&["delete", "pod", "ticker"]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
@@ -969,4 +970,91 @@ spec:
     });
     assert!(clean, "a subPath mount or a volume stayed:\n{}", agent.log());
     assert!(node_dir.path().join("secret").exists(), "the node's files stay");
+}
+
+/// Graceful deletion: a deleted pod stays (Terminating) while its node stops its containers
+/// with the grace period, then the node's final delete removes it; its name cannot be taken
+/// meanwhile; watches see the mark, then the deletion; `--force` removes at once.
+#[test]
+fn a_deleted_pod_terminates_with_its_grace_period_then_leaves_the_api() {
+    let (_cluster, cp, agent) = setup();
+    let stubborn = |name: &str, grace: u32| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: {grace}
+  containers:
+  - name: c
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "trap 'echo got TERM' TERM; while true; do sleep 0.2; done"]
+"#
+        )
+    };
+    for (name, grace) in [("slow", 4), ("forced", 600), ("waited", 1)] {
+        apply(&cp, &stubborn(name, grace));
+    }
+    for name in ["slow", "forced", "waited"] {
+        wait_pod(&cp, &agent, name, 60, "Running", |p| p["status"]["phase"] == "Running");
+    }
+    let rv = get(&cp, &["pod", "slow"]).unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let watch = format!(
+        "/api/v1/namespaces/default/pods?watch=true&fieldSelector=metadata.name%3Dslow&resourceVersion={rv}&timeoutSeconds=25"
+    );
+    std::thread::scope(|s| {
+        let events = s.spawn(|| cp.raw("GET", &watch, "application/json", "").1);
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = std::time::Instant::now();
+        let out = cp.tug(&["delete", "pod", "slow", "--wait=false"]);
+        assert_eq!(text(&out).0, "pod \"slow\" deleted\n", "{out:?}");
+        let p = get(&cp, &["pod", "slow"]).expect("a terminating pod stays in the API");
+        assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 4, "{p:#}");
+        assert!(p["metadata"]["deletionTimestamp"].is_string(), "{p:#}");
+        let table = text(&cp.tug(&["get", "pods"])).0;
+        assert!(table.lines().any(|l| l.starts_with("slow ") && l.contains("Terminating")), "{table}");
+        // The name is taken until the pod is gone.
+        let (code, body) =
+            cp.raw("POST", "/api/v1/namespaces/default/pods", "application/yaml", &stubborn("slow", 4));
+        assert_eq!(code, 409, "{body}");
+        assert!(body.contains("AlreadyExists"), "{body}");
+        // A delete naming another uid is refused.
+        let (code, body) = cp.raw(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/slow",
+            "application/json",
+            r#"{"gracePeriodSeconds": 0, "preconditions": {"uid": "not-this-one"}}"#,
+        );
+        assert_eq!(code, 409, "{body}");
+        assert!(body.contains("Precondition failed: UID in precondition: not-this-one"), "{body}");
+        // The container ignores SIGTERM: it is killed at the end of its 4 s, then the pod goes.
+        assert!(
+            wait_for(Duration::from_secs(30), || get(&cp, &["pod", "slow"]).is_none()),
+            "{}",
+            agent.log()
+        );
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(3500),
+            "gone after {took:?}, before its grace period\n{}",
+            agent.log()
+        );
+        let events = events.join().unwrap();
+        let modified = events.find("\"MODIFIED\"").unwrap_or(usize::MAX);
+        let deleted = events.find("\"DELETED\"").expect("a DELETED event");
+        assert!(modified < deleted && events.contains("deletionTimestamp"), "{events}");
+    });
+    // --force: gone from the API at once (the node stops its containers after).
+    let out = cp.tug(&["delete", "pod", "forced", "--force"]);
+    let (o, e) = text(&out);
+    assert_eq!(o, "pod \"forced\" force deleted\n");
+    assert!(e.contains("Immediate deletion does not wait"), "{e}");
+    assert!(get(&cp, &["pod", "forced"]).is_none());
+    // The default waits until the pod is gone.
+    let out = cp.tug(&["delete", "pod", "waited"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(get(&cp, &["pod", "waited"]).is_none(), "tug delete returned before the pod was gone");
+    assert!(wait_for(Duration::from_secs(20), || agent.containers().is_empty()), "{}", agent.log());
 }

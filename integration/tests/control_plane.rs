@@ -763,3 +763,62 @@ fn a_deeply_nested_body_is_refused_before_the_parse() {
     assert_eq!(code, 400, "{body}");
     assert_eq!(cp.raw("GET", "/version", "", "").0, 200);
 }
+
+/// Finalizers hold any object until they are removed; a namespace is Terminating (and takes
+/// no new objects) until what is in it is gone, a pod on a node included.
+#[test]
+fn finalizers_and_terminating_namespaces() {
+    let cp = ControlPlane::start();
+    let wait = |f: &dyn Fn() -> bool| tug_integration::wait_for(std::time::Duration::from_secs(20), f);
+    let cm = |finalizers: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: held, finalizers: [{finalizers}]}}\ndata: {{k: v}}\n"
+        )
+    };
+    cp.apply(&cm("example.com/hold"));
+    let o = cp.tug(&["delete", "configmap", "held", "--wait=false"]);
+    assert_eq!(out(&o), "configmap \"held\" deleted\n", "{}", err(&o));
+    let held = cp.get_json(&["configmap", "held"]).expect("held by its finalizer");
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held:#}");
+    // No new finalizer on an object on its way out.
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &cm("example.com/hold, example.com/more"));
+    assert!(err(&o).contains("no new finalizers can be added if the object is being deleted"), "{}", err(&o));
+    // The last finalizer removed: the object goes with that update.
+    cp.apply(&cm(""));
+    assert!(cp.get_json(&["configmap", "held"]).is_none());
+
+    cp.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-ending}\n");
+    // A pod bound to a node (no agent runs it here): it will wait for its node.
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: tug-ending}}\nspec:\n  nodeName: tug-nowhere\n  containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    cp.apply(&pod("bound"));
+    cp.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: tug-ending}\n");
+    let o = cp.tug(&["delete", "namespace", "tug-ending", "--wait=false"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let ns = cp.get_json(&["namespace", "tug-ending"]).expect("Terminating");
+    assert_eq!(ns["status"]["phase"], "Terminating", "{ns:#}");
+    assert!(out(&cp.tug(&["get", "namespaces"])).contains("Terminating"));
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &pod("late"));
+    assert!(
+        err(&o)
+            .contains("unable to create new content in namespace tug-ending because it is being terminated"),
+        "{}",
+        err(&o)
+    );
+    assert!(wait(&|| cp.get_json(&["configmap", "c", "-n", "tug-ending"]).is_none()), "{}", cp.log());
+    assert!(
+        wait(&|| cp
+            .get_json(&["pod", "bound", "-n", "tug-ending"])
+            .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string())),
+        "{}",
+        cp.log()
+    );
+    assert!(cp.get_json(&["namespace", "tug-ending"]).is_some(), "the namespace waits for its pod");
+    // Its node never confirms: forced, the pod goes, and the namespace after it.
+    let o = cp.tug(&["delete", "pod", "bound", "-n", "tug-ending", "--force"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(wait(&|| cp.get_json(&["namespace", "tug-ending"]).is_none()), "{}", cp.log());
+}

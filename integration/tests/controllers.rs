@@ -180,6 +180,8 @@ fn a_deployment_rolls_over_three_nodes_rolls_back_by_itself_and_leaves_a_dead_no
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(sent >= 10, "the client sent only {sent} requests");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed during the rollout: {errors:?}");
+    // The old pods leave once their nodes have stopped them (Terminating until then).
+    assert!(wait_for(Duration::from_secs(20), || items(cp.get_json(&["pods", "-l", "app=web"])).len() == 3));
     let pods = items(cp.get_json(&["pods", "-l", "app=web"]));
     assert_eq!(pods.len(), 3);
     assert!(
@@ -234,13 +236,26 @@ fn a_deployment_rolls_over_three_nodes_rolls_back_by_itself_and_leaves_a_dead_no
     let t0 = Instant::now();
     agents[victim].kill9();
     // The bound: grace + toleration, and room for a loaded machine to reschedule and start.
+    // The evicted pods are Terminating at once and their replacements made; no agent will
+    // confirm their end, so they leave the API once their grace period (5 s) is over.
+    let live = || -> Vec<Value> {
+        items(cp.get_json(&["pods", "-l", "app=web"]))
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect()
+    };
     let moved = wait_for(Duration::from_secs(8 + 6 + 30), || {
-        let pods = items(cp.get_json(&["pods", "-l", "app=web"]));
+        let pods = live();
         pods.len() == 3 && on_victim(&pods) == 0 && pods.iter().all(ready)
     });
     let took = t0.elapsed();
     assert!(moved, "pods did not leave the dead node in {took:?}\n{}", logs(&cp, &agents));
     eprintln!("pods moved off a dead node in {took:?} (grace 8 s + toleration 6 s)");
+    assert!(
+        wait_for(Duration::from_secs(30), || on_victim(&items(cp.get_json(&["pods", "-l", "app=web"]))) == 0),
+        "the dead node's Terminating pods were not removed after their grace period\n{}",
+        logs(&cp, &agents)
+    );
     let node = cp.get_json(&["node", &victim_name]).unwrap();
     let taints = node["spec"]["taints"].to_string();
     assert!(taints.contains("node.kubernetes.io/unreachable"), "{node:#}");

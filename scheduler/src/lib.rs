@@ -9,6 +9,8 @@
 
 pub mod api;
 pub mod controllers;
+/// Graceful deletion: what a DELETE does to an object, for the API and the controllers.
+pub mod deletion;
 pub mod pki;
 pub mod sched;
 /// Secrets sealed for a store other replicas read (the cluster CA's key under etcd).

@@ -45,6 +45,9 @@ pub struct Ctx {
     pub supervisor_cgroup: Option<std::path::PathBuf>,
 }
 
+/// The grace period of a pod that left the API without this node's confirmation (seconds).
+const FORCED_GRACE: i64 = 2;
+
 /// A message to a pod worker.
 #[derive(Debug)]
 pub enum Msg {
@@ -195,8 +198,12 @@ pub async fn worker(
             rec.namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
             rec.name = p.metadata.name.clone();
         }
+        // A pod marked deleted (Terminating) stops with the grace period its delete gave,
+        // then this node confirms with a final delete.
+        let terminating = pod.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some());
         if let Some(p) = &pod {
-            rec.grace_seconds = p.spec.termination_grace_period_seconds;
+            rec.grace_seconds =
+                p.metadata.deletion_grace_period_seconds.or(p.spec.termination_grace_period_seconds);
         }
         if !adopted {
             adopt(&ctx, &rec, &tx);
@@ -230,7 +237,7 @@ pub async fn worker(
             continue;
         }
         let spec = pod.as_ref().map(|p| p.spec.clone()).unwrap_or_default();
-        let actions = plan::plan(&spec, &rec, deleted, now_ms());
+        let actions = plan::plan(&spec, &rec, deleted || terminating, now_ms());
         wake = None;
         // The sandbox is made and the containers start right after, in the next sync: their
         // status then says more than a Pending one written in between would.
@@ -238,7 +245,16 @@ pub async fn worker(
         for a in actions {
             match a {
                 Action::TearDown => {
+                    if deleted {
+                        // Gone from the API without this node's confirmation: forced (or its
+                        // node lost it past its grace period). Its time is up: 2 s to stop,
+                        // kubelet's minimum.
+                        rec.grace_seconds = Some(rec.grace_seconds.unwrap_or(FORCED_GRACE).min(FORCED_GRACE));
+                    }
                     tear_down(&ctx, &rec).await;
+                    if !deleted {
+                        confirm_deleted(&ctx, &rec).await;
+                    }
                     return;
                 }
                 Action::Sandbox => {
@@ -755,23 +771,11 @@ async fn stop(ctx: &Ctx, id: &str, signal: Option<&str>, grace: Duration) {
 }
 
 /// Waits for the container's exit (the supervisor's `Wait` answers when it happens) for at
-/// most `limit`; whether it ended (or there is nothing left to wait for).
+/// most `limit`; whether it ended (or there is nothing left to wait for). The wait is a
+/// socket on the runtime, not a blocked thread: a hundred pods stopping at once each wait
+/// their whole grace period together.
 async fn wait_exit(socket: &std::path::Path, limit: Duration) -> bool {
-    let socket = socket.to_path_buf();
-    let waited = tokio::task::spawn_blocking(move || {
-        let Ok(mut c) = sup::Client::connect(&socket) else { return true };
-        c.set_timeout(Some(limit.max(Duration::from_millis(1))));
-        match c.call(&Request::Wait) {
-            Ok(_) => true,
-            Err(sup::ClientError::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
-                false
-            }
-            Err(_) => true,
-        }
-    });
-    waited.await.unwrap_or(true)
+    tokio::time::timeout(limit.max(Duration::from_millis(1)), wait_exit_async(socket)).await.is_ok()
 }
 
 /// Everything of the pod goes: containers (gracefully, all at once), network, files.
@@ -813,6 +817,27 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     let _ = std::fs::remove_dir_all(
         ctx.cfg.logs_dir().join(format!("{}_{}_{}", rec.namespace, rec.name, rec.uid)),
     );
+}
+
+/// The node's final delete of a Terminating pod whose containers are gone (grace 0, this uid
+/// only): the pod leaves the API. Retried while the API cannot be reached; a pod deleted or
+/// replaced meanwhile needs nothing more.
+async fn confirm_deleted(ctx: &Ctx, rec: &PodRecord) {
+    let path = format!("{}?gracePeriodSeconds=0", api::core_path(&rec.namespace, "pods", &rec.name));
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+        "preconditions": {"uid": rec.uid},
+    });
+    for attempt in 0..30u32 {
+        match api::delete(&ctx.api, &path, &body).await {
+            Ok(()) => return,
+            Err(tug_client::CallError::Server(s)) if s.code == 404 || s.code == 409 => return,
+            Err(e) => {
+                eprintln!("tug-agent: pod {}/{}: confirming its deletion: {e}", rec.namespace, rec.name);
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1).min(10))).await;
+            }
+        }
+    }
 }
 
 /// Writes the pod's status if it changed; returns the object the server now has.

@@ -272,6 +272,9 @@ fn ensure_namespace(st: &AppState, info: &KindInfo, ns: Option<&str>) -> Result<
     let found =
         blocking(|| st.store.get(&path::key(nsinfo, None, ns))).map_err(|e| store_status(e, nsinfo, ns))?;
     match found {
+        Some(n) if crate::deletion::terminating(&n.object) => Err(Status::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        ))),
         Some(_) => Ok(()),
         None => Err(Status::not_found("namespaces", ns)),
     }
@@ -483,9 +486,18 @@ fn replace(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
     check_update(info, &name, &current.object, &obj)?;
-    let stored = blocking(|| st.store.update(&key, obj, Some(expected.unwrap_or(current.revision))))
+    let stored = write_update(st, &key, obj, expected.unwrap_or(current.revision))
         .map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::OK, &stored))
+}
+
+/// An update's write: the object, or its removal when the update took the last finalizer
+/// off an object marked deleted.
+fn write_update(st: &AppState, key: &str, obj: Value, revision: u64) -> Result<Stored, StoreError> {
+    if crate::deletion::after_update(&obj) {
+        return blocking(|| st.store.delete(key, Some(revision)));
+    }
+    blocking(|| st.store.update(key, obj, Some(revision)))
 }
 
 fn put_status(st: &AppState, target: &Target, body: &Bytes) -> Reply {
@@ -501,24 +513,52 @@ fn put_status(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     Ok(stored_reply(StatusCode::OK, &stored))
 }
 
-/// `propagationPolicy` from the query or a DeleteOptions body: Background (the default),
-/// Foreground or Orphan.
-fn propagation(q: &HashMap<String, String>, body: &Bytes) -> Result<String, Status> {
-    let from_body = if body.is_empty() {
-        None
+/// A DELETE's options, from its query and its `DeleteOptions` body (the query wins, as in
+/// Kubernetes): `propagationPolicy` (Background, the default; Foreground; Orphan),
+/// `gracePeriodSeconds`, and `preconditions` on the object's uid and resourceVersion.
+struct DeleteOptions {
+    propagation: String,
+    grace: Option<i64>,
+    pre: crate::deletion::Preconditions,
+}
+
+fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions, Status> {
+    let body: Value = if body.is_empty() {
+        Value::Null
     } else {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| Status::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?;
-        v["propagationPolicy"].as_str().map(str::to_string)
+        serde_json::from_slice(body)
+            .map_err(|e| Status::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?
     };
-    let p = q.get("propagationPolicy").cloned().or(from_body).unwrap_or_else(|| "Background".into());
-    if ["Background", "Foreground", "Orphan"].contains(&p.as_str()) {
-        Ok(p)
-    } else {
-        Err(Status::bad_request(format!(
+    let p = q
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| body["propagationPolicy"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "Background".into());
+    if !["Background", "Foreground", "Orphan"].contains(&p.as_str()) {
+        return Err(Status::bad_request(format!(
             "propagationPolicy: Unsupported value: {p:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
-        )))
+        )));
     }
+    let grace = match q.get("gracePeriodSeconds") {
+        Some(g) => Some(g.parse::<i64>().map_err(|_| {
+            Status::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}: must be an integer"))
+        })?),
+        None => match &body["gracePeriodSeconds"] {
+            Value::Null => None,
+            v => Some(v.as_i64().ok_or_else(|| {
+                Status::bad_request(format!("gracePeriodSeconds: Invalid value: {v}: must be an integer"))
+            })?),
+        },
+    };
+    let pre = &body["preconditions"];
+    Ok(DeleteOptions {
+        propagation: p,
+        grace,
+        pre: crate::deletion::Preconditions {
+            uid: pre["uid"].as_str().map(str::to_string),
+            resource_version: pre["resourceVersion"].as_str().map(str::to_string),
+        },
+    })
 }
 
 fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &Bytes) -> Reply {
@@ -529,44 +569,50 @@ fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &By
             "namespaces {name:?} is forbidden: this namespace may not be deleted"
         )));
     }
-    let policy = propagation(q, body)?;
-    if policy != "Background" && info.kind != "Namespace" {
+    let opts = delete_options(q, body)?;
+    let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+    let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
+    opts.pre.check(&current).map_err(|m| Status::new(409, "Conflict", m))?;
+    if info.kind == "Namespace" {
+        // Marked Terminating: the namespace controller removes what is in it (pods with their
+        // grace periods), then the namespace.
+        if crate::deletion::terminating(&current.object) {
+            return Ok(stored_reply(StatusCode::OK, &current));
+        }
+        let mut obj = current.object.clone();
+        obj["metadata"]["deletionTimestamp"] = now().into();
+        obj["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        obj["status"]["phase"] = "Terminating".into();
+        let stored = blocking(|| st.store.update(&key, obj, Some(current.revision)))
+            .map_err(|e| store_status(e, info, &name))?;
+        return Ok(stored_reply(StatusCode::OK, &stored));
+    }
+    if opts.propagation != "Background" {
         // Marked, not removed: the garbage collector deletes (or orphans) the dependents
         // first, then the object.
-        let finalizer = if policy == "Foreground" {
+        let finalizer = if opts.propagation == "Foreground" {
             crate::controllers::gc::FOREGROUND
         } else {
             crate::controllers::gc::ORPHAN
         };
-        let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
-        let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
         let mut obj = current.object.clone();
         crate::controllers::gc::mark(&mut obj, finalizer, &now());
         let stored = blocking(|| st.store.update(&key, obj, Some(current.revision)))
             .map_err(|e| store_status(e, info, &name))?;
         return Ok(stored_reply(StatusCode::OK, &stored));
     }
-    let stored = blocking(|| st.store.delete(&key, None)).map_err(|e| store_status(e, info, &name))?;
-    if info.kind == "Namespace" {
-        // The namespace's objects go with it: owners first (HPAs, CronJobs, Deployments,
-        // Jobs, ReplicaSets — the reverse of the table), so no controller recreates what
-        // was just removed.
-        for k in tug_api::object::KINDS.iter().rev().filter(|k| k.namespaced) {
-            let (items, _) = blocking(|| st.store.list(&path::prefix(k, Some(&name))))
-                .map_err(|e| store_status(e, k, &name))?;
-            for item in items {
-                let _ = blocking(|| st.store.delete(&item.key, None));
-            }
-        }
+    match blocking(|| crate::deletion::delete(st.store.as_ref(), &key, opts.grace, &opts.pre)) {
+        Ok(outcome) => Ok(stored_reply(StatusCode::OK, outcome.stored())),
+        Err(crate::deletion::Refused::Precondition(m)) => Err(Status::new(409, "Conflict", m)),
+        Err(crate::deletion::Refused::Store(e)) => Err(store_status(e, info, &name)),
     }
-    Ok(stored_reply(StatusCode::OK, &stored))
 }
 
 fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
     let decoded = decode_body(target, body)?;
-    ensure_namespace(st, info, target.namespace())?;
     let _services = service_lock(st, info);
     // Without a resourceVersion in the request an apply is not optimistic: a controller
     // writing the object (a Deployment's status) between our read and write is retried.
@@ -582,6 +628,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
         assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
         let result = match current {
             None => {
+                ensure_namespace(st, info, target.namespace())?;
                 objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
                 if info.kind == "Namespace" {
                     obj["status"] = json!({"phase": "Active"});
@@ -595,7 +642,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
             Some(cur) => {
                 objects::on_update(&mut obj, &cur.object)?;
                 check_update(info, &name, &cur.object, &obj)?;
-                blocking(|| st.store.update(&key, obj, Some(cur.revision))).map(|s| (s, Applied::Configured))
+                write_update(st, &key, obj, cur.revision).map(|s| (s, Applied::Configured))
             }
         };
         match result {

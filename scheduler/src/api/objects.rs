@@ -30,6 +30,7 @@ pub fn user_view(object: &Value) -> Value {
                 "generation",
                 "creationTimestamp",
                 "deletionTimestamp",
+                "deletionGracePeriodSeconds",
                 "managedFields",
             ] {
                 meta.remove(f);
@@ -101,13 +102,38 @@ pub fn on_update(desired: &mut Value, current: &Value) -> Result<(), Status> {
             }
         }
     }
-    // Only the server marks an object deleted (and it stays marked).
-    match current["metadata"].get("deletionTimestamp") {
-        Some(t) => desired["metadata"]["deletionTimestamp"] = t.clone(),
-        None => {
-            if let Some(m) = desired["metadata"].as_object_mut() {
-                m.remove("deletionTimestamp");
+    // Only the server marks an object deleted (and it stays marked); no finalizer may be
+    // added to an object on its way out.
+    for f in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+        match current["metadata"].get(f) {
+            Some(t) => desired["metadata"][f] = t.clone(),
+            None => {
+                if let Some(m) = desired["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
             }
+        }
+    }
+    if current["metadata"].get("deletionTimestamp").is_some() {
+        let had = current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let added: Vec<&Value> = desired["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| !had.contains(f))
+            .collect();
+        if !added.is_empty() {
+            let list = added.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ");
+            return Err(Status::invalid(
+                current["kind"].as_str().unwrap_or_default(),
+                name,
+                &[tug_api::validation::FieldError {
+                    field: "metadata.finalizers".into(),
+                    message: format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{list}]"
+                    ),
+                }],
+            ));
         }
     }
     let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);

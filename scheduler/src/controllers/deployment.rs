@@ -276,8 +276,9 @@ pub fn plan(d: &Deployment, rss: &[ReplicaSet], pods: &[Pod], now: u64) -> Plan 
             o.spec.replicas = Some(0);
             o.metadata.annotations = a;
         }
+        // Recreate: the new pods wait until the old ones are gone, Terminating ones too.
         let old_pods = pods.iter().any(|p| {
-            super::pod_active(p)
+            !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
                 && controller_of(&p.metadata)
                     .is_some_and(|c| olds.iter().any(|o| o.metadata.uid.as_deref() == Some(c.uid.as_str())))
         });

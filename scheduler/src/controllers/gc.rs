@@ -178,9 +178,12 @@ impl Controller for Collector {
         match decide(&meta, &alive, &dep_keys) {
             Decision::Keep => Ok(Next::Done),
             Decision::Delete => {
-                match store.delete(key, Some(s.revision)) {
-                    Ok(_) | Err(StoreError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                // Pods get their grace period; an object re-created meanwhile is not this one.
+                let pre = crate::deletion::Preconditions { uid: meta.uid.clone(), resource_version: None };
+                match crate::deletion::delete(store, key, None, &pre) {
+                    Ok(_) | Err(crate::deletion::Refused::Precondition(_)) => {}
+                    Err(crate::deletion::Refused::Store(StoreError::NotFound(_))) => {}
+                    Err(crate::deletion::Refused::Store(e)) => return Err(e),
                 }
                 Ok(Next::Done)
             }
@@ -194,10 +197,7 @@ impl Controller for Collector {
                             store.update(&d.key, obj, Some(d.revision))?;
                         }
                     } else {
-                        match store.delete(&d.key, None) {
-                            Ok(_) | Err(StoreError::NotFound(_)) => {}
-                            Err(e) => return Err(e),
-                        }
+                        crate::deletion::delete_quietly(store, &d.key)?;
                     }
                 }
                 // Dependents' deletions bring this back; a slow one is looked at again.

@@ -360,10 +360,7 @@ impl Controller for Jobs {
             )?;
         }
         for name in &p.delete {
-            match store.delete(&format!("{PODS}{ns}/{name}"), None) {
-                Ok(_) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+            crate::deletion::delete_quietly(store, &format!("{PODS}{ns}/{name}"))?;
             super::event(
                 store,
                 involved,

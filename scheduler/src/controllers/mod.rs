@@ -10,6 +10,7 @@
 //! - [`job`] and [`cronjob`]: batch work.
 //! - [`endpoints`]: the ready pods behind each Service.
 //! - [`gc`]: dependents follow their owners (background, foreground, orphan).
+//! - [`namespaces`]: a Terminating namespace is emptied, then removed.
 //! - [`nodes`]: a node whose lease stops is marked, tainted, and its pods evicted.
 //!
 //! They read the store directly, which is consistent (a list sees every write before it),
@@ -20,6 +21,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
+pub mod namespaces;
 pub mod nodes;
 pub mod replicaset;
 pub mod runtime;
@@ -147,6 +149,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(job::Jobs), 1),
         (Arc::new(cronjob::CronJobs), 1),
         (Arc::new(gc::Collector), 1),
+        (Arc::new(namespaces::Namespaces), 1),
         (Arc::new(nodes::NodeLifecycle::new(settings)), 1),
         (Arc::new(volumes::VolumeBinder), 1),
     ];

@@ -45,6 +45,9 @@ pub struct Plan {
     /// not ready at once (Kubernetes' `MarkPodsNotReady`), so endpoints drop them long before
     /// the toleration evicts them.
     pub not_ready: Vec<(String, String)>,
+    /// Pods (namespace, name) being deleted on an unreachable node, past their grace period:
+    /// no agent will confirm their end, so they are removed (Kubernetes' pod GC).
+    pub force: Vec<(String, String)>,
     pub next: Next,
 }
 
@@ -127,6 +130,19 @@ pub fn plan(node: &Node, renewed: Option<u64>, pods: &[Pod], now: u64, s: &Setti
             })
             .collect();
     }
+    if unreachable {
+        for p in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_some()) {
+            let deadline = p.metadata.deletion_timestamp.as_deref().and_then(parse_time).unwrap_or(now);
+            if deadline <= now {
+                out.force.push((
+                    p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                    p.metadata.name.clone(),
+                ));
+            } else {
+                out.next = out.next.min(Next::After(Duration::from_secs(deadline - now)));
+            }
+        }
+    }
     // Evictions for every NoExecute taint.
     for p in pods.iter().filter(|p| super::pod_active(p)) {
         let mut evict_at: Option<(u64, String)> = None;
@@ -207,11 +223,27 @@ impl Controller for NodeLifecycle {
     }
 
     fn keys_for(&self, _store: &dyn Store, e: &Event) -> Vec<String> {
-        e.object["metadata"]["name"].as_str().map(|n| vec![format!("{PREFIX}{n}")]).unwrap_or_default()
+        // A node's store key (cluster-scoped: no namespace between the slashes).
+        e.object["metadata"]["name"].as_str().map(|n| vec![format!("{PREFIX}/{n}")]).unwrap_or_default()
     }
 
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
-        let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
+        let Some(stored) = store.get(key)? else {
+            // The node is gone: no agent will confirm the end of the pods being deleted there.
+            let Some(name) = key.strip_prefix(PREFIX).and_then(|k| k.strip_prefix('/')) else {
+                return Ok(Next::Done);
+            };
+            let (items, _) = store.list("/pods/")?;
+            for s in items.iter().filter(|s| {
+                s.object["spec"]["nodeName"].as_str() == Some(name) && crate::deletion::terminating(&s.object)
+            }) {
+                match store.delete(&s.key, Some(s.revision)) {
+                    Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(Next::Done);
+        };
         let node: Node = decode(&stored)?;
         let lease = store.get(&format!("{LEASES}{}", node.metadata.name))?;
         let renewed = lease
@@ -272,14 +304,22 @@ impl Controller for NodeLifecycle {
         for (ns, name) in &p.not_ready {
             mark_not_ready(store, ns, name, now)?;
         }
+        for (ns, name) in &p.force {
+            let pod_key = format!("/pods/{ns}/{name}");
+            let pre = crate::deletion::Preconditions::default();
+            match crate::deletion::delete(store, &pod_key, Some(0), &pre) {
+                Ok(_) | Err(crate::deletion::Refused::Precondition(_)) => {}
+                Err(crate::deletion::Refused::Store(StoreError::NotFound(_))) => {}
+                Err(crate::deletion::Refused::Store(e)) => return Err(e),
+            }
+        }
         for (ns, name, taint) in &p.evict {
             let pod_key = format!("/pods/{ns}/{name}");
             let Some(ps) = store.get(&pod_key)? else { continue };
             let pod: Pod = decode(&ps)?;
-            match store.delete(&pod_key, Some(ps.revision)) {
-                Ok(_) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+            // Marked with its grace period: a node that comes back stops it; one that does
+            // not has it removed once the grace period is over (`force` above).
+            crate::deletion::delete_quietly(store, &pod_key)?;
             super::event(
                 store,
                 ("Pod", "v1", &pod.metadata),

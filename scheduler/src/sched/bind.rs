@@ -307,10 +307,21 @@ fn preempt(store: &dyn Store, preemptor: &Stored, p: &super::engine::Preemption)
         let (ns, name) = victim.split_once('/').unwrap_or(("default", victim));
         let key = format!("/pods/{ns}/{name}");
         let Some(stored) = store.get(&key)? else { continue };
-        match store.delete(&key, Some(stored.revision)) {
+        if crate::deletion::terminating(&stored.object) {
+            continue;
+        }
+        // The victim gets its grace period: its resources are the preemptor's once it is gone.
+        let pre = crate::deletion::Preconditions {
+            uid: stored.object["metadata"]["uid"].as_str().map(str::to_string),
+            resource_version: None,
+        };
+        match crate::deletion::delete(store, &key, None, &pre) {
             Ok(_) => {}
-            Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
+            Err(crate::deletion::Refused::Precondition(_)) => continue,
+            Err(crate::deletion::Refused::Store(StoreError::NotFound(_) | StoreError::Conflict { .. })) => {
+                continue;
+            }
+            Err(crate::deletion::Refused::Store(e)) => return Err(e),
         }
         event(store, &stored, "Preempted", &format!("Preempted by pod {by} on node {}", p.node), "Normal")?;
     }
@@ -686,6 +697,17 @@ mod tests {
         assert_eq!((first.bound, first.unschedulable, first.preempted), (0, 1, 2));
         let web = store.get("/pods/default/web").unwrap().unwrap();
         assert_eq!(web.object["status"]["nominatedNodeName"], "n1");
+        // The victims are Terminating (their grace period): they hold the node until the
+        // node confirms they stopped, and nothing more is preempted meanwhile.
+        for b in ["batch-1", "batch-2"] {
+            let v = store.get(&format!("/pods/default/{b}")).unwrap().unwrap();
+            assert_eq!(v.object["metadata"]["deletionGracePeriodSeconds"], 30);
+        }
+        let waiting = round(store.as_ref(), &mut e).unwrap();
+        assert_eq!((waiting.bound, waiting.preempted), (0, 0));
+        for b in ["batch-1", "batch-2"] {
+            store.delete(&format!("/pods/default/{b}"), None).unwrap();
+        }
         let second = round(store.as_ref(), &mut e).unwrap();
         assert_eq!(second.bound, 1);
         assert_eq!(store.get("/pods/default/web").unwrap().unwrap().object["spec"]["nodeName"], "n1");

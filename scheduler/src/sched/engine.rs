@@ -153,12 +153,24 @@ impl Engine {
             if why.is_empty() || !why.iter().all(fixable) {
                 continue;
             }
+            // Pods already on their way out free the node without anyone else going: when
+            // that is enough, the pod waits for them (Kubernetes' preemptor does too).
+            let mut sim = node.clone();
+            for t in node.placed.iter().filter(|p| p.terminating) {
+                sim.evict(&t.key);
+            }
+            if self.filter(pod, &ctx, &sim, &mut why, false) {
+                let p = Preemption { node: node.name.clone(), victims: Vec::new() };
+                if best.as_ref().is_none_or(|(b, _)| (i32::MIN, 0) < *b) {
+                    best = Some(((i32::MIN, 0), p));
+                }
+                continue;
+            }
             let mut candidates: Vec<&super::snapshot::Placed> =
-                node.placed.iter().filter(|p| p.priority < pod.priority).collect();
+                node.placed.iter().filter(|p| p.priority < pod.priority && !p.terminating).collect();
             // Least important first; among equals the most recently placed.
             candidates.reverse();
             candidates.sort_by_key(|p| p.priority);
-            let mut sim = node.clone();
             let mut victims = Vec::new();
             for c in candidates {
                 sim.evict(&c.key);

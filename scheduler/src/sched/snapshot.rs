@@ -109,6 +109,8 @@ pub struct Placed {
     pub priority: i32,
     pub requests: Resources,
     pub host_ports: Vec<(String, i64)>,
+    /// Being deleted: it holds its resources until it is gone, and is never a victim.
+    pub terminating: bool,
 }
 
 /// The pod being placed, precomputed.
@@ -127,6 +129,7 @@ pub struct PodInfo {
     pub priority: i32,
     pub affinity: tug_api::kinds::pod::Affinity,
     pub spread: Vec<tug_api::kinds::pod::TopologySpreadConstraint>,
+    pub terminating: bool,
 }
 
 impl PodInfo {
@@ -160,6 +163,7 @@ impl PodInfo {
             priority: spec.priority.unwrap_or_else(|| class_priority(spec.priority_class_name.as_deref())),
             affinity: spec.affinity.clone().unwrap_or_default(),
             spread: spec.topology_spread_constraints.clone(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
         }
     }
 }
@@ -227,6 +231,7 @@ impl NodeInfo {
             priority: pod.priority,
             requests: pod.requests.clone(),
             host_ports: pod.host_ports.clone(),
+            terminating: pod.terminating,
         });
     }
 
