@@ -822,3 +822,82 @@ fn finalizers_and_terminating_namespaces() {
     assert!(o.status.success(), "{}", err(&o));
     assert!(wait(&|| cp.get_json(&["namespace", "tug-ending"]).is_none()), "{}", cp.log());
 }
+
+/// Slow headers and idle connections are closed (here after 2 s and 4 s); a connection
+/// between requests is idle, not slow; a watch is neither.
+#[test]
+fn slow_headers_and_idle_connections_time_out() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+    let cp = ControlPlane::start_with(&["--request-header-timeout", "2s", "--idle-timeout", "4s"]);
+    // Closed: a read returns end of file or an error within `limit`.
+    let closed_within = |s: &mut UnixStream, limit: Duration| -> Option<Duration> {
+        let t0 = Instant::now();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < limit {
+            match s.read(&mut buf) {
+                Ok(0) => return Some(t0.elapsed()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Some(t0.elapsed()),
+            }
+        }
+        None
+    };
+    // A head trickled a byte every 300 ms: cut after 2 s, long before it is done.
+    let mut slow = UnixStream::connect(cp.socket()).unwrap();
+    let t0 = Instant::now();
+    let head = b"GET /version HTTP/1.1\r\nHost: tug\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = None;
+    for b in head {
+        if slow.write_all(&[*b]).is_err() {
+            cut = Some(t0.elapsed());
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(300)).is_some() {
+            cut = Some(t0.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("a trickled request head was never cut off");
+    assert!(cut < Duration::from_secs(6), "cut after {cut:?}");
+    // Nothing sent at all: closed as idle.
+    let mut idle = UnixStream::connect(cp.socket()).unwrap();
+    let after = closed_within(&mut idle, Duration::from_secs(10)).expect("an idle connection stayed open");
+    assert!(after >= Duration::from_secs(3), "closed after {after:?}, before the idle timeout");
+    // Keep-alive: a second request 3 s after the first answer (past the header timeout, within
+    // the idle one) is served.
+    let mut ka = UnixStream::connect(cp.socket()).unwrap();
+    let req = b"GET /version HTTP/1.1\r\nHost: tug\r\n\r\n";
+    let answer = |s: &mut UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    ka.write_all(req).unwrap();
+    assert!(answer(&mut ka).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_secs(3));
+    ka.write_all(req).unwrap();
+    let second = answer(&mut ka);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
+    // A watch that sees nothing for longer than both timeouts stays open.
+    let mut w = UnixStream::connect(cp.socket()).unwrap();
+    w.write_all(b"GET /api/v1/namespaces/default/configmaps?watch=true HTTP/1.1\r\nHost: tug\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    cp.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\n");
+    w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while !seen.contains("late") && t0.elapsed() < Duration::from_secs(5) {
+        match w.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(seen.contains("\"ADDED\"") && seen.contains("late"), "{seen:?}");
+}

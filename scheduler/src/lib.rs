@@ -8,6 +8,8 @@
 //! issues.
 
 pub mod api;
+/// One connection served with the header and idle timeouts.
+pub mod conn;
 pub mod controllers;
 /// Graceful deletion: what a DELETE does to an object, for the API and the controllers.
 pub mod deletion;

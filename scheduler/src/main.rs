@@ -82,6 +82,13 @@ struct Flags {
     /// How often the reconcilers look at every object even without changes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_period: std::time::Duration,
+    /// A request's head must be complete this long after its first byte, or the connection
+    /// is closed (slow clients hold nothing for long).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    request_header_timeout: std::time::Duration,
+    /// A connection waiting this long for its next request is closed.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    idle_timeout: std::time::Duration,
 }
 
 fn parse_cidr(s: &str) -> Result<tug_api::cidr::Cidr4, String> {
@@ -243,9 +250,20 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         },
         &flags.socket.display().to_string(),
     );
+    let timeouts =
+        tug_scheduler::conn::Timeouts { header: flags.request_header_timeout, idle: flags.idle_timeout };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(
-            serve_tls(addr.clone(), flags.tls_sans.clone(), pki.clone(), app.clone()).await?,
+            serve_tls(
+                addr.clone(),
+                flags.tls_sans.clone(),
+                pki.clone(),
+                app.clone(),
+                timeouts,
+                stop_rx.clone(),
+            )
+            .await?,
         )),
         None => None,
     };
@@ -260,9 +278,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
             stopping.notify_one();
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signalled).into_future();
+    let server = serve_socket(listener, app, timeouts, stop_tx, signalled);
     tokio::select! {
-        r = server => r.context("serving")?,
+        () = server => {}
         () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             eprintln!("tug-scheduler: connections still open {} s after the signal: closing them", SHUTDOWN_GRACE.as_secs());
         }
@@ -276,6 +294,33 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&flags.socket);
     eprintln!("tug-scheduler: stopped");
     Ok(())
+}
+
+/// Serves the Unix socket until `signalled`; then stops accepting, lets each connection
+/// finish the request it serves, and returns when all have closed.
+async fn serve_socket(
+    listener: tokio::net::UnixListener,
+    app: axum::Router,
+    timeouts: tug_scheduler::conn::Timeouts,
+    stop: tokio::sync::watch::Sender<bool>,
+    signalled: impl std::future::Future<Output = ()>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(signalled);
+    loop {
+        tokio::select! {
+            () = &mut signalled => break,
+            accepted = listener.accept() => {
+                let Ok((io, _)) = accepted else { continue };
+                let (app, rx) = (app.clone(), stop.subscribe());
+                conns.spawn(tug_scheduler::conn::serve(io, app, tug_scheduler::tls::Peer::Local, timeouts, rx));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while conns.join_next().await.is_some() {}
 }
 
 /// Binds the socket: a stale socket file (nobody answers) is replaced; a live one is an error.
@@ -308,6 +353,8 @@ async fn serve_tls(
     sans: Vec<String>,
     pki: Arc<Pki>,
     app: axum::Router,
+    timeouts: tug_scheduler::conn::Timeouts,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("--listen {addr}"))?;
     let local = listener.local_addr()?;
@@ -324,7 +371,7 @@ async fn serve_tls(
     let config = tls::server_config(&pki, &names).context("making the serving certificate")?;
     eprintln!("tug-scheduler: serving TLS on {local} for {}", names.join(", "));
     eprintln!("tug-scheduler: join token: {}", pki.join_token());
-    Ok(tls::serve(listener, config, app))
+    Ok(tls::serve(listener, config, app, timeouts, stop))
 }
 
 async fn compact_forever(store: Arc<dyn Store>, history: u64) {

@@ -7,12 +7,9 @@
 
 use crate::pki::{Pki, PkiError, pem_to_der};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
-use tower::ServiceExt;
 
 /// Who is on the other end of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +57,17 @@ pub fn server_config(pki: &Pki, names: &[String]) -> Result<rustls::ServerConfig
 
 /// Accepts TLS connections on `listener` and serves `app` on each, marking every request
 /// with its [`Peer`]. Runs until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, config: rustls::ServerConfig, app: Router) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: rustls::ServerConfig,
+    app: Router,
+    timeouts: crate::conn::Timeouts,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     loop {
         let Ok((tcp, _)) = listener.accept().await else { continue };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
         tokio::spawn(async move {
             // A handshake that stalls must not hold a task forever.
             let tls =
@@ -77,14 +80,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: rustls::ServerConf
             } else {
                 Peer::Anonymous
             };
-            let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer);
-                req
-            });
-            let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .await;
+            crate::conn::serve(tls, app, peer, timeouts, stop).await;
         });
     }
 }
