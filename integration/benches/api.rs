@@ -11,8 +11,13 @@
 //! - `hostile-bodies`: `/version` answered while 4 clients post deeply nested YAML bodies
 //!   (refused before the parse), p50/p99 (goal: p99 under 50 ms).
 //!
+//! - `list-memory`: 10 × `TUG_BENCH_N` pods (10,000 by default), then 16 clients each listing
+//!   all of them at once, 3 times; the control plane's RSS before and at its peak meanwhile
+//!   (sampled every 10 ms from `/proc/PID/status`), and the lists' p50/p99 (goal: RSS under
+//!   100 MiB).
+//!
 //! Each measure runs on the embedded store, then on a real etcd on loopback (`store=` key).
-//! `TUG_BENCH_N` scales the request counts.
+//! `TUG_BENCH_N` scales the request counts; `TUG_BENCH_ONLY=list-memory,…` runs only those.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -56,6 +61,9 @@ fn main() {
     let release = tug_integration::probe::target_dir().join("release");
     let cp = with_bin_dir(&release, tug_integration::control_plane::ControlPlane::start);
     run_all(&cp.socket(), "redb", n, rate);
+    if only("list-memory") {
+        list_memory(&cp.socket(), cp.pid().unwrap_or(0), "redb", n * 10);
+    }
     drop(cp);
     // The same against a real etcd (Debian's etcd-server) on loopback.
     let etcd = tug_integration::etcd::EtcdProcess::start();
@@ -72,13 +80,158 @@ fn main() {
         secret.to_str().expect("utf-8 path"),
     ]);
     run_all(&cp.socket(), "etcd", n, rate);
+    if only("list-memory") {
+        list_memory(&cp.socket(), cp.pid().unwrap_or(0), "etcd", n * 10);
+    }
+}
+
+/// Waits (at most a minute) until the process used under 5% of a CPU for 3 s in a row and
+/// its resident memory stopped falling (freed memory goes back to the system in steps).
+fn settle(pid: u32) {
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let start = Instant::now();
+    let mut quiet = 0;
+    let mut last = ticks();
+    let mut rss = rss_kib(pid);
+    while quiet < 6 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        let (now, r) = (ticks(), rss_kib(pid));
+        quiet = if now.saturating_sub(last) < 5 && r + 1024 >= rss { quiet + 1 } else { 0 };
+        (last, rss) = (now, r);
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The control plane's memory while 16 clients list `pods` pods at once.
+fn list_memory(socket: &Path, pid: u32, store: &str, pods: usize) {
+    let ns = format!("tug-bench-list-{store}");
+    request(
+        socket,
+        "POST",
+        "/api/v1/namespaces",
+        "application/json",
+        &format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#),
+    );
+    // Pods of a realistic size (labels, a container with resources, env and a probe), held
+    // back from scheduling by a selector no node matches.
+    let pod = move |ns: &str, i: usize| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p-{i}","namespace":"{ns}","labels":{{"app":"bench","tier":"web","pod-template-hash":"5d9c7b8f6"}},"annotations":{{"note":"a pod made to be listed"}}}},"spec":{{"nodeSelector":{{"tug-bench":"nowhere"}},"containers":[{{"name":"web","image":"registry.example/web:1.2.3","ports":[{{"containerPort":8080}}],"env":[{{"name":"MODE","value":"production"}},{{"name":"LEVEL","value":"info"}}],"resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}},"limits":{{"memory":"128Mi"}}}},"readinessProbe":{{"httpGet":{{"path":"/healthz","port":8080}}}}}}]}}}}"#
+        )
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let collection = format!("/api/v1/namespaces/{ns}/pods");
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (socket, next, collection, ns, failed) =
+                (socket.to_path_buf(), next.clone(), collection.clone(), ns.clone(), failed.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= pods {
+                        break;
+                    }
+                    if request(&socket, "POST", &collection, "application/json", &pod(&ns, i)) != 201 {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        let _ = w.join();
+    }
+    // The control plane settles (the scheduler's rounds over the new pods, the controllers'
+    // resync): the measure is of a cluster at rest, then listed.
+    settle(pid);
+    let before = rss_kib(pid);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listers: Vec<_> = (0..16)
+        .map(|_| {
+            let (socket, collection, times, bytes) =
+                (socket.to_path_buf(), collection.clone(), times.clone(), bytes.clone());
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    let t = Instant::now();
+                    let Ok(mut s) = UnixStream::connect(&socket) else { continue };
+                    let req = format!("GET {collection} HTTP/1.1\r\nHost: tug\r\nConnection: close\r\n\r\n");
+                    if s.write_all(req.as_bytes()).is_err() {
+                        continue;
+                    }
+                    let mut out = Vec::new();
+                    let _ = s.read_to_end(&mut out);
+                    bytes.fetch_add(out.len(), std::sync::atomic::Ordering::Relaxed);
+                    times.lock().expect("times").push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    for l in listers {
+        let _ = l.join();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let after = rss_kib(pid);
+    let mut times = times.lock().expect("times").clone();
+    times.sort();
+    println!(
+        "BENCH api list-memory store={store} pods={pods} create_failures={} concurrent_lists=16 lists={} mib_per_list={:.1} rss_before_mib={:.1} rss_peak_mib={:.1} rss_after_mib={:.1} list_p50_ms={:.0} list_p99_ms={:.0} goal_rss_mib=100",
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+        times.len(),
+        bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / times.len().max(1) as f64 / 1048576.0,
+        before as f64 / 1024.0,
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        after as f64 / 1024.0,
+        pct(&times, 0.5),
+        pct(&times, 0.99)
+    );
+}
+
+/// Whether a measure runs: all of them, or those `TUG_BENCH_ONLY` names (comma-separated).
+fn only(measure: &str) -> bool {
+    std::env::var("TUG_BENCH_ONLY").map_or(true, |o| o.split(',').any(|m| m == measure))
 }
 
 fn run_all(socket: &Path, store: &str, n: usize, rate: u64) {
-    apply_throughput(socket, store, n);
-    write_latency(socket, store, n, rate);
-    watch_latency(socket, store, 100, (n / 20).max(10));
-    hostile_bodies(socket, store, (n / 5).max(50));
+    if only("apply-throughput") {
+        apply_throughput(socket, store, n);
+    }
+    if only("write-latency") {
+        write_latency(socket, store, n, rate);
+    }
+    if only("watch-latency") {
+        watch_latency(socket, store, 100, (n / 20).max(10));
+    }
+    if only("hostile-bodies") {
+        hostile_bodies(socket, store, (n / 5).max(50));
+    }
 }
 
 /// `/version` latency while 4 clients keep posting bodies nested 300 levels deep.

@@ -161,9 +161,25 @@ impl ControlPlane {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (code, body)
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let chunked = head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+        (code, if chunked { dechunk(body) } else { body.to_string() })
     }
+}
+
+/// A chunked body's data (what is left of a cut stream too).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            out.push_str(&rest[..rest.len().min(n)]);
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 impl Drop for ControlPlane {

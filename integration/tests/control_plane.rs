@@ -901,3 +901,57 @@ fn slow_headers_and_idle_connections_time_out() {
     }
     assert!(seen.contains("\"ADDED\"") && seen.contains("late"), "{seen:?}");
 }
+
+/// Lists page with `limit` and `continue` (every page at the first page's revision), and
+/// `tug get` pages by itself.
+#[test]
+fn lists_page_with_limit_and_continue() {
+    let cp = ControlPlane::start();
+    cp.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-pages}\n");
+    let mut docs = String::new();
+    for i in 0..7 {
+        docs.push_str(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: tug-pages, labels: {{odd: '{}'}}}}\n---\n",
+            i % 2 == 1
+        ));
+    }
+    cp.apply(&docs);
+    let page = |q: &str| -> Value {
+        let (code, body) = cp.raw("GET", &format!("/api/v1/namespaces/tug-pages/configmaps?{q}"), "", "");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let names = |l: &Value| -> Vec<String> {
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = page("limit=3");
+    assert_eq!(names(&first), ["cm-0", "cm-1", "cm-2"]);
+    assert_eq!(first["kind"], "ConfigMapList");
+    let rv = first["metadata"]["resourceVersion"].clone();
+    let token = first["metadata"]["continue"].as_str().expect("a continue token").to_string();
+    // A change between pages: the pages still report the first page's revision.
+    cp.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other, namespace: default}\n");
+    let second = page(&format!("limit=3&continue={token}"));
+    assert_eq!(names(&second), ["cm-3", "cm-4", "cm-5"]);
+    assert_eq!(second["metadata"]["resourceVersion"], rv);
+    let token = second["metadata"]["continue"].as_str().unwrap().to_string();
+    let last = page(&format!("limit=3&continue={token}"));
+    assert_eq!(names(&last), ["cm-6"]);
+    assert!(last["metadata"]["continue"].is_null(), "{last:#}");
+    // Selectors apply within pages; no limit is everything.
+    assert_eq!(names(&page("labelSelector=odd%3Dtrue")), ["cm-1", "cm-3", "cm-5"]);
+    assert_eq!(names(&page("")).len(), 7);
+    // A token of another list, or none at all, is refused.
+    let (code, body) = cp.raw("GET", &format!("/api/v1/namespaces/default/secrets?continue={token}"), "", "");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("continue key is not valid"), "{body}");
+    let (code, _) = cp.raw("GET", "/api/v1/namespaces/tug-pages/configmaps?continue=garbage", "", "");
+    assert_eq!(code, 400);
+    let o = cp.tug(&["get", "configmaps", "-n", "tug-pages", "--chunk-size", "2", "-o", "name"]);
+    assert_eq!(out(&o).lines().count(), 7, "{}", out(&o));
+}

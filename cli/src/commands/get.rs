@@ -25,6 +25,9 @@ pub struct GetArgs {
     /// After listing, watch for changes.
     #[arg(short = 'w', long)]
     watch: bool,
+    /// Objects asked for per request (kubectl's pages); 0: all at once.
+    #[arg(long = "chunk-size", default_value_t = 500)]
+    chunk_size: usize,
 }
 
 pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitCode, String> {
@@ -46,8 +49,27 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
     }
     let path = info.path(namespace, None);
     let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
-    let list = client.get(&format!("{path}{q}")).await.map_err(|e| e.to_string())?;
-    let items = list["items"].as_array().cloned().unwrap_or_default();
+    // Page by page, as kubectl does (`--chunk-size`): no request asks for everything.
+    let mut items = Vec::new();
+    let mut next = String::new();
+    let list = loop {
+        let mut page_q = query.clone();
+        if a.chunk_size > 0 {
+            page_q.push(format!("limit={}", a.chunk_size));
+        }
+        if !next.is_empty() {
+            page_q.push(format!("continue={}", encode(&next)));
+        }
+        let page_q = if page_q.is_empty() { String::new() } else { format!("?{}", page_q.join("&")) };
+        let mut page = client.get(&format!("{path}{page_q}")).await.map_err(|e| e.to_string())?;
+        if let Some(Value::Array(more)) = page.get_mut("items").map(Value::take) {
+            items.extend(more);
+        }
+        next = page["metadata"]["continue"].as_str().unwrap_or_default().to_string();
+        if next.is_empty() {
+            break page;
+        }
+    };
     if let (Some(name), true) = (&a.name, items.is_empty()) {
         let resource = if info.group.is_empty() {
             info.plural.to_string()

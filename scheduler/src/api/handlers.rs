@@ -129,8 +129,12 @@ async fn route(
     body: &Bytes,
 ) -> Reply {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-    if watch && matches!(target, Target::Collection { .. }) && method == Method::GET {
-        return super::watch::serve(st, &target, q).await;
+    if matches!(target, Target::Collection { .. }) && method == Method::GET {
+        return if watch {
+            super::watch::serve(st, &target, q).await
+        } else {
+            super::list::serve(st, &target, q).await
+        };
     }
     // Decoding, validating and the store's calls are blocking work: off the async threads,
     // so one slow body never stalls the other requests.
@@ -146,7 +150,6 @@ fn sync_route(
     body: &Bytes,
 ) -> Reply {
     match (method.as_str(), target) {
-        ("GET", Target::Collection { .. }) => list(st, target, q),
         ("POST", Target::Collection { .. }) => create(st, target, body),
         ("GET", Target::Object { .. }) => get(st, target),
         ("PUT", Target::Object { status: false, .. }) => replace(st, target, body),
@@ -282,18 +285,6 @@ fn ensure_namespace(st: &AppState, info: &KindInfo, ns: Option<&str>) -> Result<
 
 fn stored_reply(code: StatusCode, s: &Stored) -> Response {
     json_response(code, &s.object)
-}
-
-fn list(st: &AppState, target: &Target, q: &HashMap<String, String>) -> Reply {
-    let info = target.info();
-    let filter = Filter::from_query(q)?;
-    let (items, rev) = blocking(|| st.store.list(&path::prefix(info, target.namespace())))
-        .map_err(|e| store_status(e, info, ""))?;
-    let items: Vec<Value> = items.into_iter().map(|s| s.object).filter(|o| filter.matches(o)).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"apiVersion": info.api_version(), "kind": format!("{}List", info.kind), "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
-    ))
 }
 
 fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
@@ -686,6 +677,11 @@ impl Filter {
             fields.push((k.trim().to_string(), v.trim().to_string(), neg));
         }
         Ok(Filter { labels, fields })
+    }
+
+    /// Whether it lets everything through (no selector at all).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

@@ -3,7 +3,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | GET | collection | list (`labelSelector`, `fieldSelector`), or watch with `watch=true` (`resourceVersion`, `timeoutSeconds`) as a stream of JSON lines |
+//! | GET | collection | list (`labelSelector`, `fieldSelector`, `limit`/`continue`; streamed), or watch with `watch=true` (`resourceVersion`, `timeoutSeconds`) as a stream of JSON lines |
 //! | POST | collection | create |
 //! | GET, PUT, DELETE | object | read, replace (optimistic with `metadata.resourceVersion`), delete |
 //! | PUT | object`/status` | replace the status only |
@@ -21,6 +21,8 @@
 // expect, built once per failed request, so its size does not matter.
 #[allow(clippy::result_large_err)]
 mod handlers;
+#[allow(clippy::result_large_err)]
+mod list;
 #[allow(clippy::result_large_err)]
 pub mod metrics;
 #[allow(clippy::result_large_err)]

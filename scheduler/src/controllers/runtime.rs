@@ -217,7 +217,11 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
     loop {
         // List (every primary key queued), then watch from the list's revision until the
         // watch is cut off; a resync tick lists again.
-        let rev = match list_into(store.as_ref(), controller.as_ref(), &queue) {
+        let (s, c, q) = (store.clone(), controller.clone(), queue.clone());
+        let listed = tokio::task::spawn_blocking(move || list_into(s.as_ref(), c.as_ref(), &q))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(format!("listing panicked: {e}"))));
+        let rev = match listed {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("tug-scheduler: {}: listing: {e}", controller.name());
@@ -229,12 +233,13 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
     }
 }
 
+/// Queues every primary key: a scan of keys, no object decoded (the garbage collector's
+/// primary is the whole store).
 fn list_into(store: &dyn Store, c: &dyn Controller, queue: &Queue) -> Result<u64, StoreError> {
-    let (items, rev) = store.list(c.primary())?;
-    for i in items {
-        queue.add(&i.key);
-    }
-    Ok(rev)
+    store.scan(c.primary(), None, &mut |key, _| {
+        queue.add(key);
+        true
+    })
 }
 
 /// Feeds the queue from the watches until one fails or `resync` passes.

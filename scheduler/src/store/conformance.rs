@@ -67,6 +67,26 @@ fn list_by_prefix(s: &impl Store) {
     let (def, _) = s.list("/configmaps/default/").unwrap();
     let names: Vec<&str> = def.iter().map(|o| o.object["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a", "b"]);
+    // A scan: the same objects as stored JSON, in key order, from a key on, stoppable.
+    let mut seen = Vec::new();
+    let rev = s
+        .scan("/configmaps/", None, &mut |k, bytes| {
+            let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            seen.push((k.to_string(), v["metadata"]["resourceVersion"].is_string()));
+            true
+        })
+        .unwrap();
+    assert_eq!(rev, r0 + 4);
+    let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["/configmaps/default/a", "/configmaps/default/b", "/configmaps/other/c"]);
+    assert!(seen.iter().all(|(_, stamped)| *stamped));
+    let mut after = Vec::new();
+    s.scan("/configmaps/", Some("/configmaps/default/a"), &mut |k, _| {
+        after.push(k.to_string());
+        after.len() < 1
+    })
+    .unwrap();
+    assert_eq!(after, ["/configmaps/default/b"]);
 }
 
 async fn watch_from_a_revision(s: &impl Store) {

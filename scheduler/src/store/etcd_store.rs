@@ -48,6 +48,21 @@ fn etcd(e: etcd_client::Error) -> StoreError {
     if unreachable { StoreError::Unavailable(format!("etcd: {e}")) } else { backend(e) }
 }
 
+/// Keys asked for per range request.
+const PAGE: i64 = 500;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn rev(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
 }
@@ -99,6 +114,43 @@ impl EtcdStore {
             Ok(r) => r.map_err(etcd),
             Err(_) => {
                 Err(StoreError::Unavailable(format!("etcd did not answer in {} s", CALL_TIMEOUT.as_secs())))
+            }
+        }
+    }
+
+    /// The objects under `prefix` (after the key `after`, without it) in key order, read
+    /// [`PAGE`] keys per request — one answer for a whole collection would pass gRPC's 4 MiB
+    /// message limit at a few thousand pods — every page at the first one's revision, so
+    /// together they are one consistent read. `each` returns false to stop. Returns that
+    /// revision.
+    fn pages(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(Stored) -> bool,
+    ) -> Result<u64, StoreError> {
+        let end = prefix_end(&self.full(prefix));
+        let mut start: Vec<u8> = match after {
+            Some(a) => [self.full(a).into_bytes(), vec![0]].concat(),
+            None => self.full(prefix).into_bytes(),
+        };
+        let mut at = 0i64;
+        loop {
+            let mut client = self.client.clone();
+            let opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_revision(at);
+            let from = start.clone();
+            let resp = self.call(async move { client.get(from, Some(opts)).await })?;
+            if at == 0 {
+                at = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                if !each(self.decode(kv)?) {
+                    return Ok(rev(at));
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => start = [last.key().to_vec(), vec![0]].concat(),
+                _ => return Ok(rev(at)),
             }
         }
     }
@@ -199,12 +251,29 @@ impl Store for EtcdStore {
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
-        let mut client = self.client.clone();
-        let full = self.full(prefix);
-        let resp = self.call(async move { client.get(full, Some(GetOptions::new().with_prefix())).await })?;
-        let revision = resp.header().map_or(0, |h| rev(h.revision()));
-        let items = resp.kvs().iter().map(|kv| self.decode(kv)).collect::<Result<Vec<_>, _>>()?;
+        let mut items = Vec::new();
+        let revision = self.pages(prefix, None, &mut |s| {
+            items.push(s);
+            true
+        })?;
         Ok((items, revision))
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut failed = None;
+        let revision = self.pages(prefix, after, &mut |s| match serde_json::to_vec(&s.object) {
+            Ok(bytes) => each(&s.key, &bytes),
+            Err(e) => {
+                failed = Some(StoreError::Backend(e.to_string()));
+                false
+            }
+        })?;
+        failed.map_or(Ok(revision), Err)
     }
 
     fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError> {

@@ -66,6 +66,25 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError>;
     /// Every object under `prefix`, with the store's revision at the time of the read.
     fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError>;
+    /// The objects under `prefix` with keys after `after` (all, without), in key order, one
+    /// at a time as their stored JSON, from one consistent read; `each` returns false to
+    /// stop. Returns the revision of the read. A list served this way holds one object at a
+    /// time, not the collection.
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        let (items, revision) = self.list(prefix)?;
+        for s in items.iter().filter(|s| after.is_none_or(|a| s.key.as_str() > a)) {
+            let bytes = serde_json::to_vec(&s.object).map_err(|e| StoreError::Backend(e.to_string()))?;
+            if !each(&s.key, &bytes) {
+                break;
+            }
+        }
+        Ok(revision)
+    }
     fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError>;
     /// Replaces the object; with `expected`, only if its revision still is that one.
     fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError>;
