@@ -83,7 +83,7 @@ fn list_by_prefix(s: &impl Store) {
     let mut after = Vec::new();
     s.scan("/configmaps/", Some("/configmaps/default/a"), &mut |k, _| {
         after.push(k.to_string());
-        after.len() < 1
+        after.is_empty()
     })
     .unwrap();
     assert_eq!(after, ["/configmaps/default/b"]);
