@@ -162,6 +162,7 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
         }
         Object::PersistentVolumeClaim(c) => {
             access_modes(&c.spec.access_modes, "spec.accessModes", &mut e);
+            volume_mode(c.spec.volume_mode.as_deref(), "spec.volumeMode", &mut e);
             if !c.spec.resources.as_ref().is_some_and(|r| r.requests.contains_key("storage")) {
                 e.add("spec.resources.requests.storage", "Required value");
             }
@@ -171,9 +172,29 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 e.add("spec.leaseDurationSeconds", "Invalid value: must be greater than 0");
             }
         }
-        Object::Namespace(_) | Object::Event(_) => {}
+        Object::Event(ev) => {
+            if let Some(t) = ev.type_.as_deref().filter(|t| !["Normal", "Warning"].contains(t)) {
+                e.add("type", format!("Unsupported value: {t:?}: supported values: \"Normal\", \"Warning\""));
+            }
+        }
+        Object::Namespace(_) => {}
     }
     e.into_result()
+}
+
+const HOST_PATH_TYPES: [&str; 8] =
+    ["", "BlockDevice", "CharDevice", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket"];
+
+fn host_path_type(t: Option<&str>, path: &str, e: &mut Errors) {
+    if let Some(t) = t.filter(|t| !HOST_PATH_TYPES.contains(t)) {
+        e.add(path, format!("Unsupported value: {t:?}: supported values: {}", quoted(&HOST_PATH_TYPES)));
+    }
+}
+
+fn volume_mode(m: Option<&str>, path: &str, e: &mut Errors) {
+    if let Some(m) = m.filter(|m| !["Block", "Filesystem"].contains(m)) {
+        e.add(path, format!("Unsupported value: {m:?}: supported values: \"Block\", \"Filesystem\""));
+    }
 }
 
 const ACCESS_MODES: [&str; 4] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
@@ -198,6 +219,10 @@ fn quoted(values: &[&str]) -> String {
 
 fn persistent_volume(s: &crate::kinds::storage::PersistentVolumeSpec, e: &mut Errors) {
     access_modes(&s.access_modes, "spec.accessModes", e);
+    volume_mode(s.volume_mode.as_deref(), "spec.volumeMode", e);
+    if let Some(h) = &s.host_path {
+        host_path_type(h.type_.as_deref(), "spec.hostPath.type", e);
+    }
     if !s.capacity.contains_key("storage") {
         e.add("spec.capacity.storage", "Required value");
     }
@@ -500,6 +525,18 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
         if let Some(c) = &v.persistent_volume_claim {
             if c.claim_name.is_empty() {
                 e.add(format!("{vpath}.persistentVolumeClaim.claimName"), "Required value");
+            }
+        }
+        if let Some(h) = &v.host_path {
+            host_path_type(h.type_.as_deref(), &format!("{vpath}.hostPath.type"), e);
+        }
+        if let Some(m) = v.empty_dir.as_ref().and_then(|d| d.medium.as_deref()) {
+            // "", Memory, HugePages, HugePages-<size>.
+            if !(m.is_empty() || m == "Memory" || m == "HugePages" || m.starts_with("HugePages-")) {
+                e.add(
+                    format!("{vpath}.emptyDir.medium"),
+                    format!("Unsupported value: {m:?}: supported values: \"\", \"HugePages\", \"Memory\""),
+                );
             }
         }
         match sources.iter().filter(|s| **s).count() {
@@ -860,6 +897,43 @@ mod tests {
                 "image: busybox\n  volumes: [{name: d, persistentVolumeClaim: {claimName: ''}}]",
             ),
             "spec.volumes[0].persistentVolumeClaim.claimName: Required value",
+        );
+        // The enums of volumes: hostPath type, emptyDir medium, volumeMode.
+        check(
+            &POD.replace(
+                "image: busybox",
+                "image: busybox\n  volumes: [{name: d, hostPath: {path: /x, type: Folder}}]",
+            ),
+            "spec.volumes[0].hostPath.type: Unsupported value: \"Folder\"",
+        );
+        let ok = POD.replace(
+            "image: busybox",
+            "image: busybox\n  volumes: [{name: d, hostPath: {path: /x, type: DirectoryOrCreate}}, {name: m, emptyDir: {medium: Memory}}]",
+        );
+        assert!(load(&ok).is_ok());
+        check(
+            &POD.replace(
+                "image: busybox",
+                "image: busybox\n  volumes: [{name: m, emptyDir: {medium: Disk}}]",
+            ),
+            "spec.volumes[0].emptyDir.medium: Unsupported value: \"Disk\"",
+        );
+        check(
+            &pvc.replace("accessModes: [ReadWriteOnce]", "accessModes: [ReadWriteOnce], volumeMode: Raw"),
+            "spec.volumeMode: Unsupported value: \"Raw\": supported values: \"Block\", \"Filesystem\"",
+        );
+        assert!(
+            load(
+                &pvc.replace(
+                    "accessModes: [ReadWriteOnce]",
+                    "accessModes: [ReadWriteOnce], volumeMode: Block"
+                )
+            )
+            .is_ok()
+        );
+        check(
+            "apiVersion: v1\nkind: Event\nmetadata: {name: e}\ninvolvedObject: {kind: Pod, name: p}\ntype: Info\n",
+            "type: Unsupported value: \"Info\"",
         );
     }
 

@@ -5,6 +5,11 @@
 //! status, Ready), the CPU time the whole host spent meanwhile and the store writes it took.
 //! Anchors: Kubernetes' SLO (p99 ≤ 5 s), the kubelet's allowance at 100 pods
 //! (300 MiB), k3s' agent (~275 MB).
+//!
+//! Then `mass-stop`: every pod deleted at once with a 5 s grace period, their containers
+//! ignoring SIGTERM (`sleep` as PID 1), so each is killed at the end of its grace: how long
+//! until all are gone (one wave of ~5 s when every grace period runs at once), and how long a
+//! pod created meanwhile takes to become Ready.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -192,8 +197,43 @@ fn main() {
     println!(
         "BENCH agent steady pods={n} agent_rss_kib={rss} agent_cpu_percent={cpu:.2} anchor_kubelet_rss_mib=300 anchor_k3s_agent_mb=275 goal_rss_mib=30"
     );
+    // Mass stop: all at once, 5 s each; a new pod meanwhile.
+    let grace = 5;
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let mut args: Vec<&str> = vec!["delete", "pod", "--wait=false", "--grace-period", "5"];
+    args.extend(names.iter().map(String::as_str));
+    let t0 = Instant::now();
+    let out = cp.tug(&args);
+    assert!(out.status.success(), "delete: {}", String::from_utf8_lossy(&out.stderr));
+    cp.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: newcomer}\nspec:\n  containers:\n  - {name: c, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: [/bin/sleep, '3600']}\n",
+    );
+    let mut newcomer = None;
+    let mut gone = None;
+    let api = tug_client::Client::Unix(cp.socket());
+    while (newcomer.is_none() || gone.is_none()) && t0.elapsed() < Duration::from_secs(180) {
+        while let Ok((name, stage, at)) = rx.try_recv() {
+            if name == "newcomer" && stage == Stage::Ready && newcomer.is_none() {
+                newcomer = Some(at - t0);
+            }
+        }
+        if gone.is_none() {
+            let list = rt.block_on(api.get("/api/v1/namespaces/default/pods")).unwrap_or_default();
+            let left = list["items"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|p| p["metadata"]["name"] != "newcomer").count());
+            if left == 0 {
+                gone = Some(t0.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "BENCH agent mass-stop pods={n} grace_s={grace} all_gone_s={:.1} new_pod_ready_ms={:.0} goal_all_gone_s={grace}+1",
+        gone.map_or(f64::NAN, |d| d.as_secs_f64()),
+        newcomer.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    );
     watch.abort();
-    let out = cp.tug(&["delete", "pods", "--all"]);
-    let _ = out;
+    let _ = cp.tug(&["delete", "pod", "newcomer", "--force"]);
     drop(agent);
 }

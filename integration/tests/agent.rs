@@ -381,9 +381,30 @@ spec:
 fn a_killed_agent_restarts_nothing_and_adopts_its_pods() {
     let (_cluster, cp, mut agent) = setup();
     apply(&cp, WEB);
+    // A pod that tolerates an unreachable node for 0 s: an agent restart must not look like
+    // one (the node's lease is renewed before anything else, its taints kept).
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tolerant}
+spec:
+  tolerations:
+  - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 0}
+  - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 0}
+  containers:
+  - name: c
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "sleep 3600"]
+"#,
+    );
     let before = wait_pod(&cp, &agent, "web", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let tolerant = wait_pod(&cp, &agent, "tolerant", 60, "Running", |p| p["status"]["phase"] == "Running");
     let id = before["status"]["containerStatuses"][0]["containerID"].clone();
-    let containers = agent.containers();
+    let mut containers = agent.containers();
+    containers.retain(|c| c.contains("-web-"));
     assert_eq!(containers.len(), 1);
     agent.kill9();
     // The container runs on without its agent.
@@ -406,12 +427,21 @@ fn a_killed_agent_restarts_nothing_and_adopts_its_pods() {
     assert_eq!(after["status"]["containerStatuses"][0]["containerID"], id);
     assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(after["status"]["phase"], "Running");
-    assert_eq!(agent.containers(), containers, "{}", agent.log());
+    let mut now = agent.containers();
+    now.retain(|c| c.contains("-web-"));
+    assert_eq!(now, containers, "{}", agent.log());
+    // The 0 s toleration was never tested: the same pod, not marked for deletion.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = get(&cp, &["pod", "tolerant"]).expect("the tolerant pod was evicted by an agent restart");
+    assert_eq!(t["metadata"]["uid"], tolerant["metadata"]["uid"]);
+    assert!(t["metadata"]["deletionTimestamp"].is_null(), "{t:#}");
+    let events = String::from_utf8_lossy(&cp.tug(&["get", "events"]).stdout).into_owned();
+    assert!(!events.contains("TaintManagerEviction") && !events.contains("NodeNotReady"), "{events}");
     // The restarted agent's tunnel replaces the dead one's.
     let out = cp.tug(&["exec", "web", "--", "echo", "still here"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n", "{out:?}\n{}", agent.log());
     // The adopted pod is still the agent's to remove.
-    assert!(cp.tug(&["delete", "pod", "web"]).status.success());
+    assert!(cp.tug(&["delete", "pod", "web", "tolerant", "--now"]).status.success());
     assert!(wait_for(Duration::from_secs(30), || agent.containers().is_empty()), "{}", agent.log());
 }
 

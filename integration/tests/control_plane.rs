@@ -955,3 +955,75 @@ fn lists_page_with_limit_and_continue() {
     let o = cp.tug(&["get", "configmaps", "-n", "tug-pages", "--chunk-size", "2", "-o", "name"]);
     assert_eq!(out(&o).lines().count(), 7, "{}", out(&o));
 }
+
+/// A full disk: writes are refused (503) while it is full, nothing refused is ever visible,
+/// and once space returns writes succeed again without a restart.
+#[test]
+fn a_full_disk_refuses_writes_shows_no_phantoms_and_recovers() {
+    struct Mount(tempfile::TempDir);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+    let dir = tempfile::Builder::new().prefix("tug-enospc").tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m,mode=0700", "tug-enospc"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs");
+    let mnt = Mount(dir);
+    let data = mnt.0.path().join("data");
+    let cp = ControlPlane::start_with(&["--data-dir", data.to_str().unwrap()]);
+    let cm = |name: &str| {
+        format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"{name}\"}},\"data\":{{\"k\":\"{}\"}}}}",
+            "x".repeat(100_000)
+        )
+    };
+    let create =
+        |name: &str| cp.raw("POST", "/api/v1/namespaces/default/configmaps", "application/json", &cm(name));
+    assert_eq!(create("before").0, 201);
+    // Fill what is left of the tmpfs.
+    let filler = mnt.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let mut refused = None;
+    for i in 0..200 {
+        let name = format!("full-{i}");
+        let (code, body) = create(&name);
+        if code != 201 {
+            assert_eq!(code, 503, "{body}");
+            refused = Some(name);
+            break;
+        }
+    }
+    let refused = refused.expect("no write was refused on a full disk");
+    // Nothing refused is visible, now or later; reads answer (or say unavailable), never
+    // show it.
+    for _ in 0..3 {
+        let (code, body) = cp.raw("GET", &format!("/api/v1/namespaces/default/configmaps/{refused}"), "", "");
+        assert!(code == 404 || code == 503, "{code} {body}");
+    }
+    std::fs::remove_file(&filler).unwrap();
+    // Space again: writes succeed without a restart.
+    let mut back = false;
+    for i in 0..50 {
+        if create(&format!("after-{i}")).0 == 201 {
+            back = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(back, "writes did not come back once space was free\n{}", cp.log());
+    let (code, _) = cp.raw("GET", &format!("/api/v1/namespaces/default/configmaps/{refused}"), "", "");
+    assert_eq!(code, 404, "the refused write is there after all");
+    let (code, _) = cp.raw("GET", "/api/v1/namespaces/default/configmaps/before", "", "");
+    assert_eq!(code, 200);
+    drop(cp);
+}

@@ -16,7 +16,7 @@ use super::{Event, EventType, Store, StoreError, Stored, Watch, stamp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::broadcast;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -25,7 +25,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The embedded store.
 pub struct RedbStore {
-    db: Database,
+    /// The open database; None after a disk error (redb refuses everything after one) until
+    /// it is reopened, from what was durable.
+    db: RwLock<Option<Arc<Database>>>,
+    path: std::path::PathBuf,
+    cache: usize,
     /// Serialises write transactions.
     writer: Mutex<()>,
     /// Held by the writer making a durable commit.
@@ -47,6 +51,17 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A redb error: a disk error (ENOSPC, EIO — and every call after one, which redb refuses
+/// until the database is reopened) makes the store unavailable (503) until it is reopened.
+fn storage(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => StoreError::Unavailable(format!(
+            "the store's disk failed ({e}); it is reopened from what was durable"
+        )),
+        e => StoreError::Backend(e.to_string()),
+    }
+}
+
 impl RedbStore {
     /// Opens (or creates) the store at `path`. `buffer` is how many events a live watcher may
     /// fall behind before it is cut off.
@@ -57,20 +72,12 @@ impl RedbStore {
     /// [`RedbStore::open`] with a page cache of `cache` bytes (redb's own default is 1 GiB,
     /// which a store of 10,000 pods fills to a few hundred MiB of resident memory).
     pub fn open_with_cache(path: &Path, buffer: usize, cache: usize) -> Result<RedbStore, StoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(cache)
-            .create(path)
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
-        let tx = db.begin_write().map_err(backend)?;
-        {
-            tx.open_table(OBJECTS).map_err(backend)?;
-            tx.open_table(EVENTS).map_err(backend)?;
-            tx.open_table(META).map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
+        let db = open_db(path, cache)?;
         let (live, _) = broadcast::channel(buffer.max(16));
         let store = RedbStore {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            path: path.to_path_buf(),
+            cache,
             writer: Mutex::new(()),
             syncer: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
@@ -78,6 +85,45 @@ impl RedbStore {
         };
         store.pending.lock().unwrap_or_else(|e| e.into_inner()).durable = store.meta("revision")?;
         Ok(store)
+    }
+
+    /// The database, reopened first when a disk error closed it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db =
+            Arc::new(open_db(&self.path, self.cache).map_err(|e| {
+                StoreError::Unavailable(format!("reopening the store after a disk error: {e}"))
+            })?);
+        let durable = {
+            let tx = db.begin_read().map_err(storage)?;
+            let meta = tx.open_table(META).map_err(storage)?;
+            meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0)
+        };
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.durable = durable;
+        p.events.clear();
+        eprintln!("tug-scheduler: store reopened after a disk error, at revision {durable}");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// After a disk error: the database is closed (its writes not yet durable are gone with
+    /// it, and never broadcast) and reopened by the next call.
+    fn failed(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Unavailable(_)) {
+            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+            if slot.take().is_some() {
+                eprintln!("tug-scheduler: {e}");
+            }
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.clear();
+        }
+        e
     }
 
     /// One write transaction: `f` gets the current object (if any) and the next revision, and
@@ -99,18 +145,26 @@ impl RedbStore {
         &self,
         changes: Vec<(String, Change<'_>)>,
     ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        self.write_all_once(changes).map_err(|e| self.failed(e))
+    }
+
+    fn write_all_once(
+        &self,
+        changes: Vec<(String, Change<'_>)>,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let db = self.db()?;
         let mut results: Vec<Result<Arc<Event>, StoreError>> = Vec::with_capacity(changes.len());
         let last = {
             let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut tx = self.db.begin_write().map_err(backend)?;
-            tx.set_durability(Durability::None).map_err(backend)?;
+            let mut tx = db.begin_write().map_err(storage)?;
+            tx.set_durability(Durability::None).map_err(storage)?;
             {
-                let mut objects = tx.open_table(OBJECTS).map_err(backend)?;
-                let mut events = tx.open_table(EVENTS).map_err(backend)?;
-                let mut meta = tx.open_table(META).map_err(backend)?;
-                let mut revision = meta.get("revision").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                let mut objects = tx.open_table(OBJECTS).map_err(storage)?;
+                let mut events = tx.open_table(EVENTS).map_err(storage)?;
+                let mut meta = tx.open_table(META).map_err(storage)?;
+                let mut revision = meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0);
                 for (key, f) in changes {
-                    let current = match objects.get(key.as_str()).map_err(backend)? {
+                    let current = match objects.get(key.as_str()).map_err(storage)? {
                         Some(bytes) => match decode(&key, bytes.value()) {
                             Ok(s) => Some(s),
                             Err(e) => {
@@ -131,17 +185,17 @@ impl RedbStore {
                     stamp(&mut object, revision);
                     let bytes = serde_json::to_vec(&object).map_err(backend)?;
                     if type_ == EventType::Deleted {
-                        objects.remove(key.as_str()).map_err(backend)?;
+                        objects.remove(key.as_str()).map_err(storage)?;
                     } else {
-                        objects.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
+                        objects.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
                     }
                     let event = Event { revision, type_, key, object };
                     let ebytes = serde_json::to_vec(&event).map_err(backend)?;
-                    events.insert(revision, ebytes.as_slice()).map_err(backend)?;
+                    events.insert(revision, ebytes.as_slice()).map_err(storage)?;
                     results.push(Ok(Arc::new(event)));
                 }
                 if results.iter().any(Result::is_ok) {
-                    meta.insert("revision", revision).map_err(backend)?;
+                    meta.insert("revision", revision).map_err(storage)?;
                 }
             }
             let made: Vec<Arc<Event>> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
@@ -149,7 +203,7 @@ impl RedbStore {
                 // Nothing to write: the transaction is dropped, which aborts it.
                 None => None,
                 Some(last) => {
-                    tx.commit().map_err(backend)?;
+                    tx.commit().map_err(storage)?;
                     self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.extend(made);
                     Some(last)
                 }
@@ -165,22 +219,29 @@ impl RedbStore {
     /// unless another writer's already covers it, then broadcasts what it covered, in order.
     fn durable(&self, revision: u64) -> Result<(), StoreError> {
         let _sync = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        let db = self.db()?;
         if self.pending.lock().unwrap_or_else(|e| e.into_inner()).durable >= revision {
             return Ok(());
         }
         let covered = {
             let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = self.db.begin_write().map_err(backend)?;
+            let tx = db.begin_write().map_err(storage)?;
             let covered = {
-                let mut meta = tx.open_table(META).map_err(backend)?;
-                let r = meta.get("revision").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                let mut meta = tx.open_table(META).map_err(storage)?;
+                let r = meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0);
                 // A real change, so that the commit is one (it carries the earlier ones).
-                meta.insert("durable", r).map_err(backend)?;
+                meta.insert("durable", r).map_err(storage)?;
                 r
             };
-            tx.commit().map_err(backend)?;
+            tx.commit().map_err(storage)?;
             covered
         };
+        if covered < revision {
+            // Reopened meanwhile: this write was not durable and is gone.
+            return Err(StoreError::Unavailable(format!(
+                "a disk error lost the write at revision {revision} before it was durable"
+            )));
+        }
         let events: Vec<Arc<Event>> = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.durable = covered;
@@ -194,9 +255,9 @@ impl RedbStore {
     }
 
     fn meta(&self, name: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let meta = tx.open_table(META).map_err(backend)?;
-        Ok(meta.get(name).map_err(backend)?.map(|g| g.value()).unwrap_or(0))
+        let tx = self.db()?.begin_read().map_err(storage)?;
+        let meta = tx.open_table(META).map_err(storage)?;
+        Ok(meta.get(name).map_err(storage)?.map(|g| g.value()).unwrap_or(0))
     }
 }
 
@@ -229,12 +290,28 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Stored, StoreError> {
     Ok(Stored { key: key.to_string(), revision, object })
 }
 
+/// Opens (or creates) the database file with its tables.
+fn open_db(path: &Path, cache: usize) -> Result<Database, StoreError> {
+    let db = redb::Builder::new()
+        .set_cache_size(cache)
+        .create(path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    let tx = db.begin_write().map_err(storage)?;
+    {
+        tx.open_table(OBJECTS).map_err(storage)?;
+        tx.open_table(EVENTS).map_err(storage)?;
+        tx.open_table(META).map_err(storage)?;
+    }
+    tx.commit().map_err(storage)?;
+    Ok(db)
+}
+
 /// The page cache unless told otherwise: the working set of a busy cluster's objects.
 pub const DEFAULT_CACHE: usize = 32 << 20;
 
 impl Store for RedbStore {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
+        let tx = self.db()?.begin_read().map_err(|e| self.failed(storage(e)))?;
         let objects = tx.open_table(OBJECTS).map_err(backend)?;
         match objects.get(key).map_err(backend)? {
             Some(b) => Ok(Some(decode(key, b.value())?)),
@@ -243,7 +320,7 @@ impl Store for RedbStore {
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
+        let tx = self.db()?.begin_read().map_err(|e| self.failed(storage(e)))?;
         let objects = tx.open_table(OBJECTS).map_err(backend)?;
         let meta = tx.open_table(META).map_err(backend)?;
         let revision = meta.get("revision").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
@@ -264,7 +341,7 @@ impl Store for RedbStore {
         after: Option<&str>,
         each: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
+        let tx = self.db()?.begin_read().map_err(|e| self.failed(storage(e)))?;
         let objects = tx.open_table(OBJECTS).map_err(backend)?;
         let meta = tx.open_table(META).map_err(backend)?;
         let revision = meta.get("revision").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
@@ -323,7 +400,10 @@ impl Store for RedbStore {
         // Subscribe before reading the backlog, so nothing committed in between is missed;
         // the watch skips live events it already delivered from the backlog.
         let live = self.live.subscribe();
-        let tx = self.db.begin_read().map_err(backend)?;
+        // Only what is durable: later events come live once their commit is synced (a write
+        // a disk error loses is never seen by a watch).
+        let durable = self.pending.lock().unwrap_or_else(|e| e.into_inner()).durable;
+        let tx = self.db()?.begin_read().map_err(|e| self.failed(storage(e)))?;
         let meta = tx.open_table(META).map_err(backend)?;
         let compacted = meta.get("compacted").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
         if after < compacted {
@@ -331,7 +411,7 @@ impl Store for RedbStore {
         }
         let events = tx.open_table(EVENTS).map_err(backend)?;
         let mut backlog = Vec::new();
-        for item in events.range(after + 1..).map_err(backend)? {
+        for item in events.range(after + 1..=durable.max(after)).map_err(backend)? {
             let (_, v) = item.map_err(backend)?;
             let e: Event = serde_json::from_slice(v.value()).map_err(backend)?;
             if e.key.starts_with(prefix) {
@@ -343,7 +423,7 @@ impl Store for RedbStore {
 
     fn compact(&self, revision: u64) -> Result<(), StoreError> {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = self.db.begin_write().map_err(backend)?;
+        let tx = self.db()?.begin_write().map_err(|e| self.failed(storage(e)))?;
         {
             let mut events = tx.open_table(EVENTS).map_err(backend)?;
             events.retain_in(..=revision, |_, _| false).map_err(backend)?;
