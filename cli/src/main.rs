@@ -76,6 +76,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // `tug get pods | head`: a reader that goes away ends tug quietly (SIGPIPE's default, as
+    // for C tools), not with a panic from println!.
+    // SAFETY: setting a signal's disposition has no preconditions; no thread runs yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,

@@ -773,3 +773,26 @@ fn hooks_run_in_order_with_the_state_and_a_failing_one_stops_create() {
     assert!(b.shim_output(&["list", "-q"]).stdout.is_empty(), "nothing left");
     assert_cgroup_gone(&b);
 }
+
+#[test]
+fn delete_force_of_a_missing_container_succeeds_and_a_closed_stdout_is_quiet() {
+    let b = Bundle::new(&["/bin/true"]);
+    let out = b.shim_output(&["delete", "--force", "tug-never-made"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = b.shim_output(&["delete", "tug-never-made"]);
+    assert!(!out.status.success() && stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    // `tug-shim features | head -c0`: the reader is gone before the output is written.
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = b
+        .shim(&["features"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?} {err}", out.status);
+}

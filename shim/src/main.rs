@@ -197,6 +197,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::State { .. }
+            | Command::List { .. }
+            | Command::Ps { .. }
+            | Command::Features
+            | Command::DefaultSeccomp { .. }
+    ) {
+        // A reader that goes away (`tug-shim list | head`) ends a printing command quietly,
+        // as SIGPIPE ends C tools, rather than a panic from println!. Only these: the
+        // supervisor and the commands that start containers keep writes to a closed pipe
+        // an error to handle.
+        restore_sigpipe();
+    }
     let logger =
         Logger { path: cli.log.clone(), json: matches!(cli.log_format, LogFormat::Json), debug: cli.debug };
     let runtime = Runtime::new(&cli.root);
@@ -209,6 +223,14 @@ fn main() -> ExitCode {
             eprintln!("tug-shim: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions; called
+    // before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -10,7 +10,11 @@ impl Runtime {
     /// Deletes the container. A created container is killed (it never ran user code); a
     /// running one needs `force`.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
-        let (dir, state, status) = self.load(id)?;
+        let (dir, state, status) = match self.load(id) {
+            // Nothing to delete is what --force asks for (runc exits 0; scripts rely on it).
+            Err(RuntimeError::State(crate::state::StateError::NotFound(_))) if force => return Ok(()),
+            r => r?,
+        };
         if status == Status::Running && !force {
             return Err(RuntimeError::Usage(format!(
                 "cannot delete container {id} that is not stopped: running"
