@@ -796,3 +796,18 @@ fn delete_force_of_a_missing_container_succeeds_and_a_closed_stdout_is_quiet() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?} {err}", out.status);
 }
+
+#[test]
+fn a_bad_field_in_config_json_is_named_with_the_reason() {
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_CHOWN", "CAP_BOGUS"]});
+    let out = b.run("tug-badcap");
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("process.capabilities.bounding[1]")
+            && err.contains("CAP_BOGUS")
+            && !err.contains("serde failed"),
+        "{err}"
+    );
+}

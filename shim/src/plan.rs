@@ -193,6 +193,19 @@ pub fn check(spec: &serde_json::Value, bundle: &Path) -> Result<(), String> {
     plan(&spec, bundle).map(drop).map_err(|e| e.to_string())
 }
 
+/// Reads a bundle's `config.json`. A field the spec does not allow is refused with its path
+/// and the decoder's reason (`process.capabilities.bounding[0]: unknown variant
+/// `CAP_BOGUS`…`), not a bare "serde failed".
+pub fn load_spec(path: &Path) -> Result<Spec, crate::runtime::RuntimeError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::runtime::RuntimeError::Usage(format!("{}: {e}", path.display())))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        crate::runtime::RuntimeError::Usage(format!("{}: {at}: {}", path.display(), e.inner()))
+    })
+}
+
 /// Translates a loaded spec. `bundle` is the absolute bundle directory.
 pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let root = spec.root().as_ref().ok_or_else(|| bad("root", "required"))?;

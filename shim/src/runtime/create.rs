@@ -30,8 +30,7 @@ impl Runtime {
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<Created, RuntimeError> {
         let bundle = std::fs::canonicalize(&opts.bundle)
             .map_err(RuntimeError::io(format!("bundle {}", opts.bundle.display())))?;
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .map_err(|e| RuntimeError::Usage(format!("{}: {e}", bundle.join("config.json").display())))?;
+        let spec = crate::plan::load_spec(&bundle.join("config.json"))?;
         let plan = plan::plan(&spec, &bundle)?;
         let console = connect_console(opts.console_socket.as_deref(), plan.process.terminal)?;
         let seccomp = plan

@@ -176,7 +176,7 @@ impl Runtime {
 
 fn load_spec(bundle: &std::path::Path) -> Result<oci_spec::runtime::Spec, RuntimeError> {
     let path = bundle.join("config.json");
-    oci_spec::runtime::Spec::load(&path).map_err(|e| RuntimeError::Usage(format!("{}: {e}", path.display())))
+    crate::plan::load_spec(&path)
 }
 
 /// A fork whose child is this process's sibling: a child of our parent. Returns 0 in the
