@@ -741,14 +741,17 @@ fn hooks_run_in_order_with_the_state_and_a_failing_one_stops_create() {
         "prestart": [host_hook("prestart")],
         "createRuntime": [host_hook("createRuntime")],
         "createContainer": [host_hook("createContainer")],
-        // Resolved and run inside the container.
-        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; echo startContainer >> /hooklog/log"]}],
-        "poststart": [host_hook("poststart")],
-        "poststop": [host_hook("poststop")]
+        // Resolved and run inside the container, with the environment the spec gives it.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; echo startContainer $HOOKVAR >> /hooklog/log"], "env": ["HOOKVAR=given"]}],
+        // A failing poststart or poststop hook is a warning: the ones after it still run.
+        "poststart": [{"path": "/bin/false"}, host_hook("poststart")],
+        "poststop": [{"path": "/bin/false"}, host_hook("poststop")]
     });
     let out = b.run("hooks");
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: poststart hook 0"), "{}", stderr(&out));
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("startContainer given"), "{text}");
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
     let names: Vec<&str> = lines.iter().map(|l| l[0]).collect();
     assert_eq!(

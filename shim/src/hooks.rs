@@ -98,6 +98,16 @@ pub fn run_all(which: &str, hooks: &[Hook], state: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs every hook of a stage whose failures are warnings (`poststart`, `poststop`): one that
+/// fails is said on stderr and the ones after it still run, as the spec words it.
+pub fn run_each_warning(which: &str, hooks: &[Hook], state: &str) {
+    for (i, h) in hooks.iter().enumerate() {
+        if let Err(e) = run(h, state) {
+            eprintln!("tug-shim: warning: {which} hook {i} ({}): {e}", h.path.display());
+        }
+    }
+}
+
 /// Runs one hook: its stdout is dropped, its stderr quoted in the error when it fails.
 pub fn run(h: &Hook, state: &str) -> Result<(), String> {
     let mut cmd = Command::new(&h.path);

@@ -41,9 +41,7 @@ impl Runtime {
         // Everything is gone: poststop hooks, whose failures are only warnings.
         if !state.poststop.is_empty() {
             let doc = crate::state::oci_state(&state, Status::Stopped).to_string();
-            if let Err(e) = crate::hooks::run_all("poststop", &state.poststop, &doc) {
-                eprintln!("tug-shim: warning: {e}");
-            }
+            crate::hooks::run_each_warning("poststop", &state.poststop, &doc);
         }
         Ok(())
     }

@@ -49,9 +49,7 @@ impl Runtime {
                 std::fs::metadata(&exe).map(|m| (m.dev(), m.ino())).ok() != ours
             });
             let doc = crate::state::oci_state(&state, Status::Running).to_string();
-            if let Err(e) = crate::hooks::run_all("poststart", &state.poststart, &doc) {
-                eprintln!("tug-shim: warning: {e}");
-            }
+            crate::hooks::run_each_warning("poststart", &state.poststart, &doc);
         }
         Ok(())
     }
