@@ -814,3 +814,18 @@ fn a_bad_field_in_config_json_is_named_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn proc_on_a_symlink_in_the_rootfs_is_refused() {
+    let mut b = Bundle::new(&["/bin/true"]);
+    let proc_dir = b.path().join("rootfs/proc");
+    let _ = std::fs::remove_dir(&proc_dir);
+    std::fs::create_dir_all(b.path().join("rootfs/tmp")).unwrap();
+    std::os::unix::fs::symlink("/tmp", &proc_dir).unwrap();
+    let out = b.run("tug-procsym");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("must be mounted on ordinary directory") && err.contains("/proc"), "{err}");
+    assert!(b.shim_output(&["list", "-q"]).stdout.is_empty(), "nothing left");
+    assert_cgroup_gone(&b);
+}

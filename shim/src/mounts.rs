@@ -19,6 +19,8 @@ pub enum MountError {
     Mknod { path: PathBuf, errno: nix::Error },
     #[error("inside the rootfs: {0}")]
     Beneath(#[from] tug_beneath::Error),
+    #[error("mount {fstype} on {dest}: {reason}")]
+    Refused { fstype: String, dest: PathBuf, reason: String },
 }
 
 /// One spec mount, translated.
@@ -208,14 +210,47 @@ pub fn mount_step(root: &tug_beneath::Root, step: &MountStep) -> Result<(), Moun
             remount(&path, rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT).map_err(|e| named(e, dest))?;
         }
     } else {
-        let target = root.mkdir_all(rel, 0o755)?;
         let fstype = step.fstype.as_deref().unwrap_or("none");
+        if matches!(fstype, "proc" | "sysfs") {
+            ordinary_directory(root, rel, fstype, dest)?;
+        }
+        let target = root.mkdir_all(rel, 0o755)?;
         let source = step.source.as_deref().unwrap_or(Path::new(fstype));
         mount_at(Some(source), &target, dest, Some(fstype), step.flags, data)?;
     }
     if !step.propagation.is_empty() {
         let mounted = root.open(rel, OFlag::O_PATH)?;
         mount_at(None, &mounted, dest, None, step.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// `proc` and `sysfs` go only on a real directory of the rootfs (or where nothing is yet): an
+/// image whose `/proc` is a symlink could steer them over another path (the CVE-2019-19921
+/// family), so it is refused, as runc, crun and youki refuse it.
+fn ordinary_directory(
+    root: &tug_beneath::Root,
+    rel: &Path,
+    fstype: &str,
+    dest: &Path,
+) -> Result<(), MountError> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{SFlag, fstat};
+    let fd = match root.open(rel, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+        Ok(fd) => fd,
+        Err(tug_beneath::Error::Io { source: nix::errno::Errno::ENOENT, .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let st =
+        fstat(&fd).map_err(|errno| MountError::Mount { what: fstype.into(), dest: dest.into(), errno })?;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFDIR {
+        let what = if kind == SFlag::S_IFLNK { "a symlink" } else { "not a directory" };
+        return Err(MountError::Refused {
+            fstype: fstype.into(),
+            dest: dest.into(),
+            reason: format!("{what} in the rootfs: {fstype} must be mounted on ordinary directory"),
+        });
     }
     Ok(())
 }
