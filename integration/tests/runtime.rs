@@ -829,3 +829,44 @@ fn proc_on_a_symlink_in_the_rootfs_is_refused() {
     assert!(b.shim_output(&["list", "-q"]).stdout.is_empty(), "nothing left");
     assert_cgroup_gone(&b);
 }
+
+#[test]
+fn recursive_read_only_reaches_submounts_and_unknown_options_are_refused() {
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mut b = Bundle::new(&[
+        "/bin/sh",
+        "-c",
+        "touch /data/a 2>/dev/null && echo top-writable; touch /data/sub/b 2>/dev/null && echo sub-writable; echo done",
+    ]);
+    let src = b.path().join("tug-rro-src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tug-rro", src.join("sub").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _sub = Unmount(src.join("sub"));
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/data", "type": "bind", "source": src, "options": ["rbind", "rro"]}));
+    let out = b.run("tug-rro");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n", "rro left part of the tree writable");
+    // An option the runtime does not know is refused, naming it and the mount.
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "rreadonly"]}),
+    );
+    let out = b.run("tug-badopt");
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("unknown mount option \"rreadonly\"") && err.contains("/data"), "{err}");
+    let f: Value = serde_json::from_slice(&b.shim_output(&["features"]).stdout).unwrap();
+    assert!(f["mountOptions"].as_array().unwrap().contains(&json!("rro")));
+}

@@ -211,6 +211,7 @@ pub fn cgroup_mounts(cgroup: &Cgroup, destination: &Path, readonly: bool) -> Vec
         flags: MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | ro,
         propagation: MsFlags::empty(),
         data: String::new(),
+        attrs: Default::default(),
     };
     if cgroup.unified_resources {
         return cgroup.dirs.iter().map(|(_, d)| bind(d, destination.to_path_buf())).collect();
@@ -222,6 +223,7 @@ pub fn cgroup_mounts(cgroup: &Cgroup, destination: &Path, readonly: bool) -> Vec
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         propagation: MsFlags::empty(),
         data: "mode=755".into(),
+        attrs: Default::default(),
     }];
     for (controllers, dir) in &cgroup.dirs {
         let name = if controllers.is_empty() { "unified".to_string() } else { controllers.join(",") };

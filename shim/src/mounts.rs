@@ -35,7 +35,116 @@ pub struct MountStep {
     pub propagation: MsFlags,
     /// Options the kernel's filesystem takes as data (`mode=755`, `size=65536k`, …).
     pub data: String,
+    /// Attributes set and cleared on the whole mounted tree (`rro`, `rnosuid`, …, runtime-spec
+    /// 1.1), and `nosymfollow` on the mount itself: `mount_setattr` after the mount.
+    pub attrs: Attrs,
 }
+
+/// `MOUNT_ATTR_*` bits for `mount_setattr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attrs {
+    pub recursive_set: u64,
+    pub recursive_clear: u64,
+    /// `nosymfollow` (or `symfollow`) on the mount alone: Some(set).
+    pub symfollow: Option<bool>,
+}
+
+impl Attrs {
+    pub fn is_empty(&self) -> bool {
+        self.recursive_set == 0 && self.recursive_clear == 0 && self.symfollow.is_none()
+    }
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR__ATIME: u64 = 0x70;
+const MOUNT_ATTR_RELATIME: u64 = 0x0;
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+/// The recursive options of runtime-spec 1.1 and `[no]symfollow`: (set, clear) bits, or None
+/// for any other option. An atime mode clears the whole atime field first, as the kernel asks.
+pub fn recursive_option(name: &str) -> Option<(u64, u64)> {
+    Some(match name {
+        "rro" => (MOUNT_ATTR_RDONLY, 0),
+        "rrw" => (0, MOUNT_ATTR_RDONLY),
+        "rnosuid" => (MOUNT_ATTR_NOSUID, 0),
+        "rsuid" => (0, MOUNT_ATTR_NOSUID),
+        "rnodev" => (MOUNT_ATTR_NODEV, 0),
+        "rdev" => (0, MOUNT_ATTR_NODEV),
+        "rnoexec" => (MOUNT_ATTR_NOEXEC, 0),
+        "rexec" => (0, MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (MOUNT_ATTR_NODIRATIME, 0),
+        "rdiratime" => (0, MOUNT_ATTR_NODIRATIME),
+        "rrelatime" => (MOUNT_ATTR_RELATIME, MOUNT_ATTR__ATIME),
+        "rnorelatime" => (0, MOUNT_ATTR__ATIME),
+        "rnoatime" => (MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME),
+        "ratime" => (0, MOUNT_ATTR__ATIME),
+        "rstrictatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR__ATIME),
+        "rnosymfollow" => (MOUNT_ATTR_NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, MOUNT_ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+/// Every option name `parse_options` knows (for `features`).
+pub const KNOWN_OPTIONS: [&str; 51] = [
+    "async",
+    "atime",
+    "bind",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "nosymfollow",
+    "private",
+    "ratime",
+    "rbind",
+    "rdev",
+    "rdiratime",
+    "relatime",
+    "remount",
+    "rexec",
+    "rnoatime",
+    "rnodev",
+    "rnodiratime",
+    "rnoexec",
+    "rnorelatime",
+    "rnosuid",
+    "rnosymfollow",
+    "ro",
+    "rprivate",
+    "rrelatime",
+    "rro",
+    "rrw",
+    "rshared",
+    "rslave",
+    "rstrictatime",
+    "rsuid",
+    "rsymfollow",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "symfollow",
+    "sync",
+    "unbindable",
+];
 
 impl MountStep {
     /// Whether this is a bind mount.
@@ -45,11 +154,28 @@ impl MountStep {
 }
 
 /// Splits spec mount options into mount flags, propagation flags and data, as runc does.
-pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
+pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String, Attrs) {
     let mut flags = MsFlags::empty();
     let mut propagation = MsFlags::empty();
     let mut data: Vec<&str> = Vec::new();
+    let mut attrs = Attrs::default();
     for opt in options {
+        if let Some((set, clear)) = recursive_option(opt) {
+            attrs.recursive_set = (attrs.recursive_set & !clear) | set;
+            attrs.recursive_clear = (attrs.recursive_clear & !set) | clear;
+            continue;
+        }
+        match opt.as_str() {
+            "nosymfollow" => {
+                attrs.symfollow = Some(true);
+                continue;
+            }
+            "symfollow" => {
+                attrs.symfollow = Some(false);
+                continue;
+            }
+            _ => {}
+        }
         let (set, clear) = match opt.as_str() {
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
             "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
@@ -87,7 +213,36 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
         flags.insert(set);
         flags.remove(clear);
     }
-    (flags, propagation, data.join(","))
+    (flags, propagation, data.join(","), attrs)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets and clears mount attributes on the mount at `fd` (its whole tree with `recursive`).
+fn mount_setattr(fd: &std::os::fd::OwnedFd, set: u64, clear: u64, recursive: bool) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: the path is an empty C string, the attr a valid struct of the size given; the
+    // kernel only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(nix::errno::Errno::last()) } else { Ok(()) }
 }
 
 /// `private`, `rslave`, … as flags; `None` for anything else.
@@ -221,6 +376,20 @@ pub fn mount_step(root: &tug_beneath::Root, step: &MountStep) -> Result<(), Moun
     if !step.propagation.is_empty() {
         let mounted = root.open(rel, OFlag::O_PATH)?;
         mount_at(None, &mounted, dest, None, step.propagation, None)?;
+    }
+    if !step.attrs.is_empty() {
+        let mounted = root.open(rel, OFlag::O_PATH)?;
+        let what =
+            |errno| MountError::Mount { what: "mount_setattr".into(), dest: dest.to_path_buf(), errno };
+        if step.attrs.recursive_set != 0 || step.attrs.recursive_clear != 0 {
+            mount_setattr(&mounted, step.attrs.recursive_set, step.attrs.recursive_clear, true)
+                .map_err(what)?;
+        }
+        match step.attrs.symfollow {
+            Some(true) => mount_setattr(&mounted, MOUNT_ATTR_NOSYMFOLLOW, 0, false).map_err(what)?,
+            Some(false) => mount_setattr(&mounted, 0, MOUNT_ATTR_NOSYMFOLLOW, false).map_err(what)?,
+            None => {}
+        }
     }
     Ok(())
 }
@@ -415,7 +584,27 @@ mod tests {
     use super::*;
 
     fn opts(list: &[&str]) -> (MsFlags, MsFlags, String) {
-        parse_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        let (f, p, d, _) = parse_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        (f, p, d)
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes() {
+        let (f, _, data, a) =
+            parse_options(&["rbind".into(), "rro".into(), "rnosuid".into(), "nosymfollow".into()]);
+        assert!(f.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(data.is_empty(), "{data}");
+        assert_eq!(a.recursive_set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID);
+        assert_eq!(a.symfollow, Some(true));
+        // The last word wins, as for the plain options.
+        let (_, _, _, a) = parse_options(&["rro".into(), "rrw".into()]);
+        assert_eq!((a.recursive_set, a.recursive_clear), (0, MOUNT_ATTR_RDONLY));
+        let (_, _, _, a) = parse_options(&["rnoatime".into()]);
+        assert_eq!((a.recursive_set, a.recursive_clear), (MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME));
+        for o in KNOWN_OPTIONS {
+            let (_, _, data, _) = parse_options(&[o.to_string()]);
+            assert!(data.is_empty(), "{o} is known but passed on as data");
+        }
     }
 
     #[test]

@@ -482,7 +482,7 @@ fn mounts(spec: &Spec, bundle: &Path) -> Result<Vec<PlannedMount>, SpecError> {
                 format!("{:?} must be absolute", m.destination()),
             ));
         }
-        let (flags, propagation, data) = parse_options(m.options().as_deref().unwrap_or_default());
+        let (flags, propagation, data, attrs) = parse_options(m.options().as_deref().unwrap_or_default());
         let fstype = m.typ().clone().filter(|t| !t.is_empty());
         if fstype.as_deref() == Some("cgroup") || fstype.as_deref() == Some("cgroup2") {
             out.push(PlannedMount::Cgroup {
@@ -497,6 +497,18 @@ fn mounts(spec: &Spec, bundle: &Path) -> Result<Vec<PlannedMount>, SpecError> {
             return Err(bad(format!("mounts[{i}].source"), "a bind mount needs a source"));
         }
         let flags = if is_bind { flags | MsFlags::MS_BIND } else { flags };
+        // A bind mount takes no filesystem data: an option left over is one this runtime does
+        // not know, and passing it on (the kernel ignores it) or dropping it would be silent.
+        if is_bind && !data.is_empty() {
+            return Err(bad(
+                format!("mounts[{i}].options"),
+                format!(
+                    "unknown mount option {:?} for the bind mount on {}",
+                    data.split(',').next().unwrap_or_default(),
+                    m.destination().display()
+                ),
+            ));
+        }
         out.push(PlannedMount::Plain(MountStep {
             destination: m.destination().clone(),
             source,
@@ -504,6 +516,7 @@ fn mounts(spec: &Spec, bundle: &Path) -> Result<Vec<PlannedMount>, SpecError> {
             flags,
             propagation,
             data,
+            attrs,
         }));
     }
     Ok(out)
