@@ -870,3 +870,70 @@ fn recursive_read_only_reaches_submounts_and_unknown_options_are_refused() {
     let f: Value = serde_json::from_slice(&b.shim_output(&["features"]).stdout).unwrap();
     assert!(f["mountOptions"].as_array().unwrap().contains(&json!("rro")));
 }
+
+#[test]
+fn pause_freezes_a_container_and_resume_thaws_it() {
+    let mut b =
+        Bundle::new(&["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.05; done"]);
+    b.spec["root"]["readonly"] = json!(false);
+    assert!(b.create("tug-pause").status.success());
+    assert!(b.shim_output(&["start", "tug-pause"]).status.success());
+    let count = || {
+        std::fs::read_to_string(b.path().join("rootfs/count"))
+            .unwrap_or_default()
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(5), || count() > 2));
+    let out = b.shim_output(&["pause", "tug-pause"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let frozen = count();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(count(), frozen, "the container ran while paused");
+    let out = b.shim_output(&["resume", "tug-pause"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(5), || count() > frozen + 2));
+    // Resuming what is not paused is an error, as with runc.
+    let out = b.shim_output(&["resume", "tug-pause"]);
+    assert!(!out.status.success() && stderr(&out).contains("is not paused"), "{}", stderr(&out));
+    assert!(b.shim_output(&["delete", "--force", "tug-pause"]).status.success());
+    assert_cgroup_gone(&b);
+}
+
+#[test]
+fn preserve_fds_passes_descriptors_and_no_pivot_enters_by_chroot() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "echo through-fd-3 >&3; ls /proc/self/fd"]);
+    b.write("tug-fds");
+    let file = b.path().join("fd3.out");
+    let script = format!(
+        "exec 3>{}; exec {} --root {} run --bundle {} --preserve-fds 1 tug-fds",
+        file.display(),
+        tug_integration::bundle::shim_binary().display(),
+        b.root().display(),
+        b.path().display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "through-fd-3\n");
+    // Without the flag the descriptor stays behind.
+    let mut b = Bundle::new(&["/bin/sh", "-c", "echo leaked >&3"]);
+    b.write("tug-nofds");
+    let script = format!(
+        "exec 3>{}; exec {} --root {} run --bundle {} tug-nofds",
+        file.display(),
+        tug_integration::bundle::shim_binary().display(),
+        b.root().display(),
+        b.path().display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "", "fd 3 reached the container");
+    // --no-pivot: the same container, entered by chroot.
+    let mut b = Bundle::new(&["/bin/sh", "-c", "cat /proc/self/mountinfo | head -1; echo in"]);
+    b.write("tug-nopivot");
+    let bundle = b.path().display().to_string();
+    let out = b.shim_output(&["run", "--no-pivot", "--bundle", &bundle, "tug-nopivot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("in\n"), "{:?}", out);
+}

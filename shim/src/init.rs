@@ -102,7 +102,11 @@ fn setup(a: &InitArgs) -> Result<Option<String>, (&'static str, String)> {
             crate::hooks::run_all("createContainer", &plan.hooks.create_container, &state),
         )?;
     }
-    step("pivot_root", mounts::pivot(&plan.rootfs))?;
+    if plan.no_pivot {
+        step("chroot (--no-pivot)", mounts::move_root(&plan.rootfs))?;
+    } else {
+        step("pivot_root", mounts::pivot(&plan.rootfs))?;
+    }
     if let Some(h) = &plan.hostname {
         step("hostname", nix::unistd::sethostname(h))?;
     }
@@ -354,20 +358,21 @@ fn try_exec(program: &Path, p: &ProcessPlan) -> nix::Error {
     let path = cstr(&program.to_string_lossy());
     let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect();
     let envp: Vec<CString> = p.env.iter().map(|e| cstr(e)).collect();
-    close_inherited_fds();
+    close_inherited_fds(p.preserve_fds);
     match nix::unistd::execve(&path, &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},
     }
 }
 
-/// Marks every descriptor above stderr close-on-exec, so no host descriptor reaches the
-/// container's program.
-fn close_inherited_fds() {
+/// Marks every descriptor above stderr close-on-exec — but the `preserve` the caller passed
+/// on purpose (`--preserve-fds`) — so no host descriptor reaches the container's program.
+fn close_inherited_fds(preserve: u32) {
+    let first = 3u32.saturating_add(preserve);
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if rc != 0 {
-        for fd in 3..1024 {
+        for fd in i32::try_from(first).unwrap_or(i32::MAX)..1024 {
             // SAFETY: setting FD_CLOEXEC on a possibly-closed descriptor is harmless.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }

@@ -44,6 +44,12 @@ struct CreateArgs {
     pid_file: Option<PathBuf>,
     #[arg(long)]
     console_socket: Option<PathBuf>,
+    /// Pass descriptors 3 .. 3+N of this process on to the container's program.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    /// Enter the rootfs with chroot, not pivot_root (a rootfs on a ramdisk).
+    #[arg(long)]
+    no_pivot: bool,
     id: String,
 }
 
@@ -55,6 +61,8 @@ impl CreateArgs {
                 bundle: self.bundle,
                 pid_file: self.pid_file,
                 console_socket: self.console_socket,
+                preserve_fds: self.preserve_fds,
+                no_pivot: self.no_pivot,
             },
         )
     }
@@ -119,6 +127,10 @@ enum Command {
         #[arg(default_value = "SIGTERM")]
         signal: String,
     },
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Delete a container's state and cgroup.
     Delete {
         /// Kill the container first if it is running.
@@ -244,6 +256,8 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
         Command::State { id } => print_json(&rt.state(&id)?),
         Command::Kill { all, id, signal } => rt.kill(&id, parse_signal(&signal)?, all)?,
         Command::Delete { force, id } => rt.delete(&id, force)?,
+        Command::Pause { id } => rt.pause(&id)?,
+        Command::Resume { id } => rt.resume(&id)?,
         Command::Run { detach: true, args } => {
             let (id, opts) = args.options();
             rt.run_detached(&id, &opts)?;

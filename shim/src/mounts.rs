@@ -548,6 +548,16 @@ pub fn pivot(rootfs: &Path) -> Result<(), MountError> {
     nix::unistd::chdir("/").map_err(err)
 }
 
+/// Enters the rootfs without `pivot_root` (`--no-pivot`, as runc): moves it over `/` and
+/// `chroot`s into it.
+pub fn move_root(rootfs: &Path) -> Result<(), MountError> {
+    let err = |errno| MountError::Pivot { root: rootfs.to_path_buf(), errno };
+    nix::unistd::chdir(rootfs).map_err(err)?;
+    do_mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+    nix::unistd::chroot(".").map_err(err)?;
+    nix::unistd::chdir("/").map_err(err)
+}
+
 /// Hides a path: `/dev/null` over a file, an empty read-only tmpfs over a directory.
 pub fn mask(path: &Path) -> Result<(), MountError> {
     match std::fs::metadata(path) {

@@ -49,6 +49,8 @@ pub struct Plan {
     /// The id maps of a new user namespace, written by the parent after the clone.
     pub user_ns: Option<IdMaps>,
     pub hooks: crate::hooks::Hooks,
+    /// `--no-pivot`: enter the rootfs by moving it over `/` and `chroot`, not `pivot_root`.
+    pub no_pivot: bool,
 }
 
 /// `linux.uidMappings` and `linux.gidMappings` as `/proc/<pid>/{uid,gid}_map` lines.
@@ -160,6 +162,8 @@ pub struct ProcessPlan {
     pub terminal: bool,
     /// `process.consoleSize`.
     pub console_size: Option<WinSize>,
+    /// Descriptors 3 .. 3+N the caller passed that the program keeps (`--preserve-fds N`).
+    pub preserve_fds: u32,
 }
 
 /// The five capability sets.
@@ -290,6 +294,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         seccomp,
         user_ns,
         hooks,
+        no_pivot: false,
     })
 }
 
@@ -449,6 +454,7 @@ pub fn process(p: &oci_spec::runtime::Process) -> Result<ProcessPlan, SpecError>
             rows: u16::try_from(b.height()).unwrap_or(u16::MAX),
             cols: u16::try_from(b.width()).unwrap_or(u16::MAX),
         }),
+        preserve_fds: 0,
     })
 }
 

@@ -124,6 +124,70 @@ impl Cgroup {
         }
     }
 
+    /// Freezes (or thaws) every process of the cgroup, and returns once the kernel says it is
+    /// done: cgroup v2's `cgroup.freeze` where the container has a unified directory (also on
+    /// a hybrid host: the core file needs no controller), else the v1 freezer.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let unified = self.dirs.iter().find(|(c, _)| c.is_empty()).map(|(_, d)| d.join("cgroup.freeze"));
+        let (file, value, done): (PathBuf, &str, Box<dyn Fn() -> bool>) = match unified.filter(|f| f.exists())
+        {
+            Some(file) => {
+                let events = file.with_file_name("cgroup.events");
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                let done =
+                    move || std::fs::read_to_string(&events).is_ok_and(|t| t.lines().any(|l| l == want));
+                (file, if frozen { "1" } else { "0" }, Box::new(done))
+            }
+            None => {
+                let dir = self
+                    .dirs
+                    .iter()
+                    .find(|(c, _)| c.iter().any(|c| c == "freezer"))
+                    .map(|(_, d)| d.clone())
+                    .ok_or_else(|| CgroupError::MissingController("freezer".into()))?;
+                let file = dir.join("freezer.state");
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                let state = file.clone();
+                let done = move || std::fs::read_to_string(&state).is_ok_and(|t| t.trim() == want);
+                (file, want, Box::new(done))
+            }
+        };
+        std::fs::write(&file, value).map_err(|source| CgroupError::Write {
+            path: file.clone(),
+            value: value.into(),
+            source,
+        })?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            if std::time::Instant::now() > deadline {
+                return Err(CgroupError::Write {
+                    path: file,
+                    value: value.into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the kernel did not finish in 10 s",
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Whether the cgroup is frozen now.
+    pub fn frozen(&self) -> bool {
+        if let Some((_, d)) = self.dirs.iter().find(|(c, _)| c.is_empty()) {
+            if let Ok(t) = std::fs::read_to_string(d.join("cgroup.events")) {
+                return t.lines().any(|l| l == "frozen 1");
+            }
+        }
+        self.dirs
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == "freezer"))
+            .and_then(|(_, d)| std::fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|t| t.trim() == "FROZEN")
+    }
+
     /// How many times the kernel's OOM killer killed a process in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         let (file, dir) = if self.unified_resources {

@@ -18,6 +18,10 @@ pub struct CreateOptions {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
+    /// `--preserve-fds N`: descriptors 3 .. 3+N reach the program.
+    pub preserve_fds: u32,
+    /// `--no-pivot`: chroot into the rootfs rather than pivot_root.
+    pub no_pivot: bool,
 }
 
 /// A created container: the init's pid.
@@ -31,7 +35,9 @@ impl Runtime {
         let bundle = std::fs::canonicalize(&opts.bundle)
             .map_err(RuntimeError::io(format!("bundle {}", opts.bundle.display())))?;
         let spec = crate::plan::load_spec(&bundle.join("config.json"))?;
-        let plan = plan::plan(&spec, &bundle)?;
+        let mut plan = plan::plan(&spec, &bundle)?;
+        plan.process.preserve_fds = opts.preserve_fds;
+        plan.no_pivot = opts.no_pivot;
         let console = connect_console(opts.console_socket.as_deref(), plan.process.terminal)?;
         let seccomp = plan
             .seccomp

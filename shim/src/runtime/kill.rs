@@ -1,5 +1,5 @@
 //! `kill`: send a signal to the container's init (or, with `--all`, to every process in it);
-//! `update`: change its cgroup limits in place.
+//! `update`: change its cgroup limits in place; `pause` and `resume`: freeze and thaw it.
 
 use super::{Runtime, RuntimeError};
 use crate::state::Status;
@@ -25,6 +25,24 @@ impl Runtime {
             return Ok(());
         }
         kill(Pid::from_raw(state.pid), signal).map_err(RuntimeError::sys(format!("kill {}", state.pid)))
+    }
+
+    /// `pause`: freezes every process of a running container (runc's `pause`).
+    pub fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let (_, state, status) = self.load(id)?;
+        if status != Status::Running {
+            return Err(RuntimeError::Usage(format!("container {id} is not running: {status}")));
+        }
+        Ok(state.cgroup.freeze(true)?)
+    }
+
+    /// `resume`: thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let (_, state, status) = self.load(id)?;
+        if status == Status::Stopped || !state.cgroup.frozen() {
+            return Err(RuntimeError::Usage(format!("container {id} is not paused")));
+        }
+        Ok(state.cgroup.freeze(false)?)
     }
 }
 
