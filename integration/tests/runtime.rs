@@ -937,3 +937,51 @@ fn preserve_fds_passes_descriptors_and_no_pivot_enters_by_chroot() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("in\n"), "{:?}", out);
 }
+
+#[test]
+fn delete_and_a_failed_create_leave_no_cgroup_directory_they_made() {
+    let gone = |b: &Bundle| b.cgroup_dirs().iter().all(|d| !d.exists());
+    let mut b = Bundle::new(&["/bin/true"]);
+    assert!(b.create("tug-made").status.success());
+    assert!(!gone(&b), "the container's parent directory was made");
+    assert!(b.shim_output(&["delete", "tug-made"]).status.success());
+    assert!(gone(&b), "delete left {:?}", b.cgroup_dirs().iter().filter(|d| d.exists()).collect::<Vec<_>>());
+    // A create that fails after its cgroup was made (a failing createRuntime hook).
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]});
+    assert!(!b.create("tug-failed").status.success());
+    assert!(
+        gone(&b),
+        "a failed create left {:?}",
+        b.cgroup_dirs().iter().filter(|d| d.exists()).collect::<Vec<_>>()
+    );
+    // Without cgroupsPath: the runtime's own tug-shim directory goes with its last container.
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.write("tug-default");
+    b.spec["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+    std::fs::write(b.path().join("config.json"), serde_json::to_string(&b.spec).unwrap()).unwrap();
+    let bundle = b.path().display().to_string();
+    // The created init holds its stdio: not pipes the test would wait on.
+    let null = std::process::Stdio::null;
+    let created = b
+        .shim(&["create", "--bundle", &bundle, "tug-default"])
+        .stdin(null())
+        .stdout(null())
+        .stderr(null())
+        .status();
+    assert!(created.unwrap().success());
+    let dirs: Vec<std::path::PathBuf> = tug_integration::bundle::own_cgroup_dirs_all_hierarchies()
+        .into_iter()
+        .map(|d| d.join("tug-shim").join("tug-default"))
+        .filter(|d| d.exists())
+        .collect();
+    assert!(!dirs.is_empty());
+    assert!(b.shim_output(&["delete", "tug-default"]).status.success());
+    for d in &dirs {
+        assert!(!d.exists(), "{} left", d.display());
+        let parent = d.parent().unwrap();
+        let others =
+            std::fs::read_dir(parent).map(|r| r.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0);
+        assert!(!parent.exists() || others > 0, "an empty {} left", parent.display());
+    }
+}

@@ -240,7 +240,7 @@ mod tests {
             rootfs: "/b/rootfs".into(),
             created: "2026-01-01T00:00:00Z".into(),
             annotations: HashMap::new(),
-            cgroup: Cgroup { dirs: vec![], unified_resources: false },
+            cgroup: Cgroup { dirs: vec![], unified_resources: false, made_parents: vec![] },
             owner: "root".into(),
             poststart: vec![],
             poststop: vec![],

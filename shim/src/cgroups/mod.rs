@@ -39,6 +39,11 @@ pub struct Cgroup {
     pub dirs: Vec<(Vec<String>, PathBuf)>,
     /// Whether resource limits go to the unified hierarchy (pure v2) or to v1 controllers.
     pub unified_resources: bool,
+    /// Parent directories this container's create made, deepest first: removed after its own
+    /// directories when nothing else is in them, so neither a delete nor a failed create
+    /// leaves an empty parent behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made_parents: Vec<PathBuf>,
 }
 
 impl Cgroup {
@@ -54,7 +59,7 @@ impl Cgroup {
             .filter(|h| h.version == Version::V2 || !h.controllers.is_empty())
             .map(|h| (h.controllers.clone(), h.container_dir(cgroups_path)))
             .collect();
-        Ok(Cgroup { dirs, unified_resources: layout.unified_only() })
+        Ok(Cgroup { dirs, unified_resources: layout.unified_only(), made_parents: Vec::new() })
     }
 
     /// Makes every directory (and, for v1 cpuset, fills in the cpus and mems a new cpuset
@@ -262,7 +267,28 @@ impl Cgroup {
                 _ => {}
             }
         }
+        // Another container may live there now (or be made there meanwhile): then it stays.
+        for p in &self.made_parents {
+            let _ = std::fs::remove_dir(p);
+        }
         Ok(())
+    }
+
+    /// The parents of the container's directories that do not exist yet, deepest first.
+    pub fn missing_parents(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for (_, dir) in &self.dirs {
+            let mut cur = dir.parent();
+            while let Some(p) = cur.filter(|p| !p.exists()) {
+                if !out.contains(&p.to_path_buf()) {
+                    out.push(p.to_path_buf());
+                }
+                cur = p.parent();
+            }
+        }
+        // Deepest first across hierarchies too.
+        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        out
     }
 
     fn dir_for(&self, controller: &str) -> Result<&PathBuf, CgroupError> {

@@ -59,7 +59,16 @@ impl Runtime {
             writes.extend(resources::device_writes_v1(&device_rules));
         }
         let cgroups_path = plan.cgroups_path.clone().unwrap_or_else(|| Path::new("tug-shim").join(id));
-        let cgroup = Cgroup::locate(&layout, &cgroups_path)?;
+        let mut cgroup = Cgroup::locate(&layout, &cgroups_path)?;
+        cgroup.made_parents = cgroup.missing_parents();
+        if plan.cgroups_path.is_none() {
+            // The runtime's own `tug-shim` directory goes with its last container.
+            for (_, d) in &cgroup.dirs {
+                if let Some(p) = d.parent().filter(|p| !cgroup.made_parents.iter().any(|m| m == p)) {
+                    cgroup.made_parents.push(p.to_path_buf());
+                }
+            }
+        }
         let dir = self.dir(id)?;
         dir.create()?;
         let mut guard = Cleanup { dir: &dir, cgroup: &cgroup, pid: None };
