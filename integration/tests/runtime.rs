@@ -985,3 +985,36 @@ fn delete_and_a_failed_create_leave_no_cgroup_directory_they_made() {
         assert!(!parent.exists() || others > 0, "an empty {} left", parent.display());
     }
 }
+
+#[test]
+fn time_offsets_and_personality_are_applied_and_unsupported_fields_refused() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "cat /proc/self/timens_offsets; uname -m"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+    b.spec["linux"]["timeOffsets"] =
+        json!({"monotonic": {"secs": 86400}, "boottime": {"secs": 7, "nanosecs": 5}});
+    b.spec["linux"]["personality"] = json!({"domain": "LINUX32"});
+    let out = b.run("tug-timens");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("monotonic") && text.contains("86400"), "{text}");
+    assert!(
+        text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["boottime", "7", "5"]),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("i686"), "LINUX32 personality: {text}");
+    // Offsets without a time namespace, and fields this runtime cannot honour: refused by name.
+    for (field, value, said) in [
+        ("timeOffsets", json!({"monotonic": {"secs": 1}}), "linux.timeOffsets"),
+        ("intelRdt", json!({"closID": "x"}), "linux.intelRdt"),
+        (
+            "personality",
+            json!({"domain": "LINUX", "flags": ["ADDR_NO_RANDOMIZE"]}),
+            "linux.personality.flags",
+        ),
+    ] {
+        let mut b = Bundle::new(&["/bin/true"]);
+        b.spec["linux"][field] = value;
+        let out = b.run("tug-refused");
+        assert!(!out.status.success() && stderr(&out).contains(said), "{field}: {}", stderr(&out));
+    }
+}

@@ -359,6 +359,12 @@ fn try_exec(program: &Path, p: &ProcessPlan) -> nix::Error {
     let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect();
     let envp: Vec<CString> = p.env.iter().map(|e| cstr(e)).collect();
     close_inherited_fds(p.preserve_fds);
+    if let Some(persona) = p.personality {
+        // SAFETY: personality(2) only changes this process's execution domain.
+        if unsafe { libc::personality(persona as libc::c_ulong) } < 0 {
+            return nix::errno::Errno::last();
+        }
+    }
     match nix::unistd::execve(&path, &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},

@@ -51,6 +51,9 @@ pub struct Plan {
     pub hooks: crate::hooks::Hooks,
     /// `--no-pivot`: enter the rootfs by moving it over `/` and `chroot`, not `pivot_root`.
     pub no_pivot: bool,
+    /// `linux.timeOffsets` as `/proc/self/timens_offsets` lines (`monotonic 86400 0`), written
+    /// into the new time namespace before its first process.
+    pub time_offsets: Vec<String>,
 }
 
 /// `linux.uidMappings` and `linux.gidMappings` as `/proc/<pid>/{uid,gid}_map` lines.
@@ -164,6 +167,8 @@ pub struct ProcessPlan {
     pub console_size: Option<WinSize>,
     /// Descriptors 3 .. 3+N the caller passed that the program keeps (`--preserve-fds N`).
     pub preserve_fds: u32,
+    /// `linux.personality`'s domain (`personality(2)`'s persona), set just before the exec.
+    pub personality: Option<u64>,
 }
 
 /// The five capability sets.
@@ -210,6 +215,60 @@ pub fn load_spec(path: &Path) -> Result<Spec, crate::runtime::RuntimeError> {
     })
 }
 
+/// Fields this runtime cannot honour are refused by name, never ignored.
+fn unsupported(linux: &oci_spec::runtime::Linux) -> Result<(), SpecError> {
+    if linux.intel_rdt().is_some() {
+        return Err(bad("linux.intelRdt", "Intel RDT is not supported by this runtime"));
+    }
+    if linux.memory_policy().is_some() {
+        return Err(bad("linux.memoryPolicy", "NUMA memory policies are not supported by this runtime"));
+    }
+    if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(bad("linux.netDevices", "moving network devices is not supported by this runtime"));
+    }
+    Ok(())
+}
+
+/// `linux.personality`: the domain (LINUX, LINUX32); no flags are supported.
+fn personality(linux: &oci_spec::runtime::Linux) -> Result<Option<u64>, SpecError> {
+    let Some(p) = linux.personality() else { return Ok(None) };
+    if p.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(bad("linux.personality.flags", "no personality flags are supported"));
+    }
+    Ok(Some(match p.domain() {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    }))
+}
+
+/// `linux.timeOffsets`: offsets of the `monotonic` and `boottime` clocks, which need a new
+/// time namespace.
+fn time_offsets(linux: &oci_spec::runtime::Linux, ns: &Namespaces) -> Result<Vec<String>, SpecError> {
+    let Some(map) = linux.time_offsets().as_ref().filter(|m| !m.is_empty()) else { return Ok(Vec::new()) };
+    if !ns.new_time {
+        return Err(bad(
+            "linux.timeOffsets",
+            "needs a new time namespace (a \"time\" entry in linux.namespaces)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (clock, off) in map {
+        if !["monotonic", "boottime"].contains(&clock.as_str()) {
+            return Err(bad(format!("linux.timeOffsets.{clock}"), "unknown clock (monotonic or boottime)"));
+        }
+        let nanos = off.nanosecs().unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            return Err(bad(
+                format!("linux.timeOffsets.{clock}.nanosecs"),
+                format!("{nanos} is not below 1e9"),
+            ));
+        }
+        out.push(format!("{clock} {} {nanos}", off.secs().unwrap_or(0)));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Translates a loaded spec. `bundle` is the absolute bundle directory.
 pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let root = spec.root().as_ref().ok_or_else(|| bad("root", "required"))?;
@@ -222,8 +281,11 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     if !namespaces.clone.contains(CloneFlags::CLONE_NEWNS) {
         return Err(bad("linux.namespaces", "a new mount namespace is required"));
     }
-    let process = process(spec.process().as_ref().ok_or_else(|| bad("process", "required"))?)?;
+    let mut process = process(spec.process().as_ref().ok_or_else(|| bad("process", "required"))?)?;
     confinement(spec, &linux, &Lsms::host())?;
+    unsupported(&linux)?;
+    process.personality = personality(&linux)?;
+    let time_offsets = time_offsets(&linux, &namespaces)?;
     let root_propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
         Some(p) => propagation_flags(p)
@@ -295,6 +357,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         user_ns,
         hooks,
         no_pivot: false,
+        time_offsets,
     })
 }
 
@@ -455,6 +518,7 @@ pub fn process(p: &oci_spec::runtime::Process) -> Result<ProcessPlan, SpecError>
             cols: u16::try_from(b.width()).unwrap_or(u16::MAX),
         }),
         preserve_fds: 0,
+        personality: None,
     })
 }
 

@@ -159,6 +159,13 @@ fn spawn_init(
     if plan.namespaces.new_time {
         nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
             .map_err(RuntimeError::sys("unshare time"))?;
+        // The offsets go in before any process is in the namespace (the kernel refuses them
+        // after).
+        for line in &plan.time_offsets {
+            std::fs::write("/proc/self/timens_offsets", line).map_err(RuntimeError::io(format!(
+                "linux.timeOffsets: writing {line:?} to /proc/self/timens_offsets"
+            )))?;
+        }
     }
     let (parent, child) = channel::pair().map_err(|e| RuntimeError::Usage(e.to_string()))?;
     let pid = clone_process(plan.namespaces.clone)?;
