@@ -1018,3 +1018,32 @@ fn time_offsets_and_personality_are_applied_and_unsupported_fields_refused() {
         assert!(!out.status.success() && stderr(&out).contains(said), "{field}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn a_hostname_is_set_in_a_joined_uts_namespace_but_never_the_runtimes_own() {
+    let mut holder = std::process::Command::new("unshare").args(["--uts", "sleep", "60"]).spawn().unwrap();
+    let ns = format!("/proc/{}/ns/uts", holder.id());
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(5), || {
+        std::fs::read_link(&ns).ok() != std::fs::read_link("/proc/self/ns/uts").ok()
+    }));
+    let with_uts = |b: &mut Bundle, path: &str| {
+        let list = b.spec["linux"]["namespaces"].as_array_mut().unwrap();
+        list.retain(|n| n["type"] != "uts");
+        list.push(json!({"type": "uts", "path": path}));
+        b.spec["hostname"] = json!("tug-joined");
+    };
+    let mut b = Bundle::new(&["/bin/hostname"]);
+    with_uts(&mut b, &ns);
+    let out = b.run("tug-uts");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tug-joined\n");
+    // The runtime's own namespace: refused before anything is set.
+    let before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut b = Bundle::new(&["/bin/hostname"]);
+    with_uts(&mut b, "/proc/self/ns/uts");
+    let out = b.run("tug-uts-own");
+    assert!(!out.status.success() && stderr(&out).contains("rename the host"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), before);
+}

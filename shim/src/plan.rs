@@ -322,8 +322,14 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     for (k, _) in &sysctls {
         check_sysctl(k, &namespaces)?;
     }
-    if spec.hostname().is_some() && !namespaces.clone.contains(CloneFlags::CLONE_NEWUTS) {
-        return Err(bad("hostname", "needs a new uts namespace"));
+    // A UTS namespace of its own, made or joined (the runtime's own is refused at create).
+    let own_uts = namespaces.clone.contains(CloneFlags::CLONE_NEWUTS)
+        || namespaces.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
+    for (field, set) in [("hostname", spec.hostname().is_some()), ("domainname", spec.domainname().is_some())]
+    {
+        if set && !own_uts {
+            return Err(bad(field, "needs a uts namespace of the container's own (new, or joined by path)"));
+        }
     }
     Ok(Plan {
         rootfs,

@@ -149,6 +149,21 @@ fn spawn_init(
     for (flag, path) in &plan.namespaces.join {
         let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(RuntimeError::sys(format!("namespace {}", path.display())))?;
+        if *flag == CloneFlags::CLONE_NEWUTS && (plan.hostname.is_some() || plan.domainname.is_some()) {
+            // Joining the runtime's own UTS namespace and setting a hostname would rename the
+            // host.
+            let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
+                a.st_dev == b.st_dev && a.st_ino == b.st_ino
+            };
+            let theirs = nix::sys::stat::fstat(&fd)
+                .map_err(RuntimeError::sys(format!("namespace {}", path.display())))?;
+            if nix::sys::stat::stat("/proc/self/ns/uts").is_ok_and(|ours| same(&ours, &theirs)) {
+                return Err(RuntimeError::Usage(format!(
+                    "hostname: {} is the runtime's own uts namespace; setting a hostname there would rename the host",
+                    path.display()
+                )));
+            }
+        }
         // pid and time namespaces apply to children: the parent enters them before the clone.
         if *flag == CloneFlags::CLONE_NEWPID || flag.bits() == libc::CLONE_NEWTIME {
             nix::sched::setns(&fd, *flag).map_err(RuntimeError::sys(format!("setns {}", path.display())))?;
