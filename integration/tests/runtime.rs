@@ -1047,3 +1047,21 @@ fn a_hostname_is_set_in_a_joined_uts_namespace_but_never_the_runtimes_own() {
     assert!(!out.status.success() && stderr(&out).contains("rename the host"), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), before);
 }
+
+#[test]
+fn a_shared_rootfs_propagation_runs_and_leaves_no_mount_behind() {
+    let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    for p in ["shared", "rshared"] {
+        let mut b =
+            Bundle::new(&["/bin/sh", "-c", "grep -E '^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / ' /proc/self/mountinfo"]);
+        b.spec["linux"]["rootfsPropagation"] = json!(p);
+        let out = b.run(&format!("tug-prop-{p}"));
+        assert!(out.status.success(), "{p}: {}", stderr(&out));
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(line.contains("shared:"), "{p}: the container's / is not shared: {line}");
+        let left = Debris::containing(&b.path().display().to_string());
+        assert!(left.mounts.is_empty(), "{p}: {left:?}");
+    }
+    let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    assert!(after <= before + 2, "mounts leaked into the caller's namespace: {before} → {after}");
+}

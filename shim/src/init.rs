@@ -107,6 +107,7 @@ fn setup(a: &InitArgs) -> Result<Option<String>, (&'static str, String)> {
     } else {
         step("pivot_root", mounts::pivot(&plan.rootfs))?;
     }
+    step("rootfsPropagation", mounts::share_root(plan.root_propagation))?;
     if let Some(h) = &plan.hostname {
         step("hostname", nix::unistd::sethostname(h))?;
     }

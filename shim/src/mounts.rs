@@ -15,6 +15,8 @@ pub enum MountError {
     Prepare { path: PathBuf, source: std::io::Error },
     #[error("pivot_root into {root}: {errno}")]
     Pivot { root: PathBuf, errno: nix::Error },
+    #[error("pivot_root into {root}: {errno}; then moving it over / to chroot: {fallback}")]
+    PivotFallback { root: PathBuf, errno: nix::Error, fallback: String },
     #[error("mknod {path}: {errno}")]
     Mknod { path: PathBuf, errno: nix::Error },
     #[error("inside the rootfs: {0}")]
@@ -331,7 +333,15 @@ fn do_mount(
 /// Sets the propagation of the whole tree, then bind-mounts the rootfs onto itself so that
 /// it is a mount point `pivot_root` accepts.
 pub fn prepare_root(rootfs: &Path, propagation: MsFlags) -> Result<(), MountError> {
-    do_mount(None, Path::new("/"), None, propagation, None)?;
+    // A shared root is made shared only after pivot_root (`share_root`): pivot_root refuses a
+    // new root under a shared parent, and until then the container's mounts must not
+    // propagate to the caller's namespace (a failed create would leave them there).
+    let before = if propagation.contains(MsFlags::MS_SHARED) {
+        MsFlags::MS_SLAVE | MsFlags::MS_REC
+    } else {
+        propagation
+    };
+    do_mount(None, Path::new("/"), None, before, None)?;
     do_mount(Some(rootfs), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
 }
 
@@ -540,12 +550,27 @@ pub fn pivot(rootfs: &Path) -> Result<(), MountError> {
             umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
         }
         Err(nix::Error::EINVAL) => {
-            do_mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
-            nix::unistd::chroot(".").map_err(err)?;
+            // Both errors are said: the fallback's alone would hide why pivot_root failed.
+            let fallback = do_mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)
+                .and_then(|()| nix::unistd::chroot(".").map_err(err));
+            fallback.map_err(|f| MountError::PivotFallback {
+                root: rootfs.to_path_buf(),
+                errno: nix::Error::EINVAL,
+                fallback: f.to_string(),
+            })?;
         }
         Err(e) => return Err(err(e)),
     }
     nix::unistd::chdir("/").map_err(err)
+}
+
+/// `linux.rootfsPropagation: shared|rshared`, applied to the container's `/` once it is the
+/// root (as runc does).
+pub fn share_root(propagation: MsFlags) -> Result<(), MountError> {
+    if propagation.contains(MsFlags::MS_SHARED) {
+        do_mount(None, Path::new("/"), None, propagation, None)?;
+    }
+    Ok(())
 }
 
 /// Enters the rootfs without `pivot_root` (`--no-pivot`, as runc): moves it over `/` and
