@@ -1021,7 +1021,7 @@ fn time_offsets_and_personality_are_applied_and_unsupported_fields_refused() {
 
 #[test]
 fn a_hostname_is_set_in_a_joined_uts_namespace_but_never_the_runtimes_own() {
-    let mut holder = std::process::Command::new("unshare").args(["--uts", "sleep", "60"]).spawn().unwrap();
+    let mut holder = std::process::Command::new("unshare").args(["-u", "sleep", "60"]).spawn().unwrap();
     let ns = format!("/proc/{}/ns/uts", holder.id());
     assert!(tug_integration::wait_for(std::time::Duration::from_secs(5), || {
         std::fs::read_link(&ns).ok() != std::fs::read_link("/proc/self/ns/uts").ok()
