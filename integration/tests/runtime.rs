@@ -1065,3 +1065,34 @@ fn a_shared_rootfs_propagation_runs_and_leaves_no_mount_behind() {
     let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
     assert!(after <= before + 2, "mounts leaked into the caller's namespace: {before} → {after}");
 }
+
+#[test]
+fn without_a_mount_namespace_the_container_is_chrooted_and_nothing_is_mounted() {
+    let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut b = Bundle::new(&["/bin/sh", "-c", "readlink /proc/1/ns/mnt 2>/dev/null; ls /; echo in"]);
+    let linux = &mut b.spec["linux"];
+    linux["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount");
+    for f in ["maskedPaths", "readonlyPaths", "devices", "sysctl", "rootfsPropagation"] {
+        linux.as_object_mut().unwrap().remove(f);
+    }
+    b.spec["mounts"] = json!([]);
+    b.spec["root"]["readonly"] = json!(false);
+    let out = b.run("tug-nomnt");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.ends_with("in\n") && text.contains("bin"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        before,
+        "the caller's mounts changed"
+    );
+    // A mount would be the caller's: refused, naming the field.
+    let mut b = Bundle::new(&["/bin/true"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount");
+    let out = b.run("tug-nomnt-mounts");
+    assert!(
+        !out.status.success() && stderr(&out).contains("needs a mount namespace of the container's own"),
+        "{}",
+        stderr(&out)
+    );
+}

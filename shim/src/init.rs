@@ -30,6 +30,9 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<crate::seccomp::Filter>,
 }
 
+/// The caller's `/proc`, held by an init that has no mount namespace of its own.
+static HOST_PROC: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
 /// Runs the init. On any failure reports the step to the parent and exits 1.
 pub fn run(args: InitArgs) -> ! {
     // Not dumpable while tug-shim's own code runs in the container's namespaces: the
@@ -92,7 +95,9 @@ fn setup(a: &InitArgs) -> Result<Option<String>, (&'static str, String)> {
     if plan.namespaces.new_cgroup {
         step("cgroup namespace", nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP))?;
     }
-    build_rootfs(plan, &a.cgroup)?;
+    if !plan.inherit_mounts {
+        build_rootfs(plan, &a.cgroup)?;
+    }
     // Hooks see the mounts in place, from the host's side of pivot_root.
     if plan.hooks.at_create() {
         step("createRuntime hooks", a.channel.mounted_then_wait_hooks())?;
@@ -102,7 +107,20 @@ fn setup(a: &InitArgs) -> Result<Option<String>, (&'static str, String)> {
             crate::hooks::run_all("createContainer", &plan.hooks.create_container, &state),
         )?;
     }
-    if plan.no_pivot {
+    if plan.inherit_mounts {
+        // The chroot has no /proc of its own: the caller's, kept open (close-on-exec) to
+        // reopen the exec fifo through after it.
+        let proc = step(
+            "chroot (no mount namespace)",
+            nix::fcntl::open(
+                "/proc",
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            ),
+        )?;
+        let _ = HOST_PROC.set(proc);
+        step("chroot (no mount namespace)", mounts::chroot_into(&plan.rootfs))?;
+    } else if plan.no_pivot {
         step("chroot (--no-pivot)", mounts::move_root(&plan.rootfs))?;
     } else {
         step("pivot_root", mounts::pivot(&plan.rootfs))?;
@@ -298,10 +316,19 @@ fn wait_for_start_then_resolve(
     hook_state: Option<&str>,
 ) -> Result<PathBuf, String> {
     let path = format!("/proc/self/fd/{fifo_fd}");
-    let mut fifo = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("opening the exec fifo: {e} (is /proc mounted in the container?)"))?;
+    let opened = match HOST_PROC.get() {
+        Some(proc) => nix::fcntl::openat(
+            proc,
+            format!("self/fd/{fifo_fd}").as_str(),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from),
+        None => std::fs::OpenOptions::new().write(true).open(&path),
+    };
+    let mut fifo =
+        opened.map_err(|e| format!("opening the exec fifo: {e} (is /proc mounted in the container?)"))?;
     if !plan.hooks.start_container.is_empty() {
         crate::hooks::run_all("startContainer", &plan.hooks.start_container, hook_state.unwrap_or_default())?;
     }

@@ -573,6 +573,15 @@ pub fn share_root(propagation: MsFlags) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Enters the rootfs of a container that has no mount namespace of its own: `chroot`, and
+/// nothing mounted.
+pub fn chroot_into(rootfs: &Path) -> Result<(), MountError> {
+    let err = |errno| MountError::Pivot { root: rootfs.to_path_buf(), errno };
+    nix::unistd::chdir(rootfs).map_err(err)?;
+    nix::unistd::chroot(".").map_err(err)?;
+    nix::unistd::chdir("/").map_err(err)
+}
+
 /// Enters the rootfs without `pivot_root` (`--no-pivot`, as runc): moves it over `/` and
 /// `chroot`s into it.
 pub fn move_root(rootfs: &Path) -> Result<(), MountError> {

@@ -51,6 +51,8 @@ pub struct Plan {
     pub hooks: crate::hooks::Hooks,
     /// `--no-pivot`: enter the rootfs by moving it over `/` and `chroot`, not `pivot_root`.
     pub no_pivot: bool,
+    /// No mount namespace of its own: nothing is mounted and the rootfs is entered by chroot.
+    pub inherit_mounts: bool,
     /// `linux.timeOffsets` as `/proc/self/timens_offsets` lines (`monotonic 86400 0`), written
     /// into the new time namespace before its first process.
     pub time_offsets: Vec<String>,
@@ -278,8 +280,36 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let hooks = crate::hooks::plan(spec.hooks().as_ref())?;
     let namespaces = namespaces(&linux)?;
     let user_ns = user_namespace(&linux, &namespaces)?;
-    if !namespaces.clone.contains(CloneFlags::CLONE_NEWNS) {
-        return Err(bad("linux.namespaces", "a new mount namespace is required"));
+    if namespaces.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS) {
+        return Err(bad(
+            "linux.namespaces",
+            "joining a mount namespace by path is not supported by this runtime",
+        ));
+    }
+    // Without a mount namespace the container lives in the caller's: nothing may be mounted
+    // there (it would be the caller's mount), and the rootfs is entered by chroot.
+    let inherit_mounts = !namespaces.clone.contains(CloneFlags::CLONE_NEWNS);
+    if inherit_mounts {
+        let linux_has = |field: &str, set: bool| {
+            if set {
+                Err(bad(
+                    field,
+                    "needs a mount namespace of the container's own: without one it would change the caller's mounts",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        linux_has("mounts", spec.mounts().as_ref().is_some_and(|m| !m.is_empty()))?;
+        linux_has("linux.maskedPaths", linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty()))?;
+        linux_has("linux.readonlyPaths", linux.readonly_paths().as_ref().is_some_and(|m| !m.is_empty()))?;
+        linux_has("linux.devices", linux.devices().as_ref().is_some_and(|m| !m.is_empty()))?;
+        linux_has(
+            "linux.rootfsPropagation",
+            linux.rootfs_propagation().as_ref().is_some_and(|p| !p.is_empty()),
+        )?;
+        linux_has("linux.sysctl", linux.sysctl().as_ref().is_some_and(|m| !m.is_empty()))?;
+        linux_has("root.readonly", spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)))?;
     }
     let mut process = process(spec.process().as_ref().ok_or_else(|| bad("process", "required"))?)?;
     confinement(spec, &linux, &Lsms::host())?;
@@ -363,6 +393,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
         user_ns,
         hooks,
         no_pivot: false,
+        inherit_mounts,
         time_offsets,
     })
 }
@@ -753,8 +784,8 @@ mod tests {
             "linux.sysctl.kernel.shmmax: needs a new ipc namespace",
         );
         check_err(
-            r#"{"linux": {"namespaces": [{"type": "pid"}]}}"#,
-            "linux.namespaces: a new mount namespace is required",
+            r#"{"linux": {"namespaces": [{"type": "mount", "path": "/proc/1/ns/mnt"}]}}"#,
+            "linux.namespaces: joining a mount namespace by path is not supported by this runtime",
         );
         check_err(
             r#"{"linux": {"namespaces": [{"type": "mount"}, {"type": "mount"}]}}"#,
