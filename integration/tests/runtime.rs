@@ -903,30 +903,26 @@ fn pause_freezes_a_container_and_resume_thaws_it() {
 
 #[test]
 fn preserve_fds_passes_descriptors_and_no_pivot_enters_by_chroot() {
+    // `tug-shim run` from a shell that opened fd 3 on `file`.
+    let run_with_fd3 = |b: &mut Bundle, id: &str, file: &std::path::Path, flags: &str| {
+        b.write(id);
+        let script = format!(
+            "exec 3>{}; exec {} --root {} run --bundle {} {flags} {id}",
+            file.display(),
+            tug_integration::bundle::shim_binary().display(),
+            b.root().display(),
+            b.path().display()
+        );
+        std::process::Command::new("bash").args(["-c", &script]).output().unwrap()
+    };
     let mut b = Bundle::new(&["/bin/sh", "-c", "echo through-fd-3 >&3; ls /proc/self/fd"]);
-    b.write("tug-fds");
     let file = b.path().join("fd3.out");
-    let script = format!(
-        "exec 3>{}; exec {} --root {} run --bundle {} --preserve-fds 1 tug-fds",
-        file.display(),
-        tug_integration::bundle::shim_binary().display(),
-        b.root().display(),
-        b.path().display()
-    );
-    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    let out = run_with_fd3(&mut b, "tug-fds", &file, "--preserve-fds 1");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "through-fd-3\n");
     // Without the flag the descriptor stays behind.
     let mut b = Bundle::new(&["/bin/sh", "-c", "echo leaked >&3"]);
-    b.write("tug-nofds");
-    let script = format!(
-        "exec 3>{}; exec {} --root {} run --bundle {} tug-nofds",
-        file.display(),
-        tug_integration::bundle::shim_binary().display(),
-        b.root().display(),
-        b.path().display()
-    );
-    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    let out = run_with_fd3(&mut b, "tug-nofds", &file, "");
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "", "fd 3 reached the container");
     // --no-pivot: the same container, entered by chroot.
