@@ -15,7 +15,17 @@ if pid=$(pgrep -x tug-agent | head -1) && [ -n "$pid" ]; then
     echo "run-check: a tug-agent already runs here (pid $pid): stop it (make stop) before make test" >&2
     exit 1
 fi
-[ "${1:-}" = inside ] || exec unshare --mount --net --propagation private bash "$0" inside
+if [ "${1:-}" != inside ]; then
+    # The tmpfs mount points it makes on the host (a fresh machine has none) go afterwards.
+    made=()
+    for d in /run/tug /run/tug-agent /var/lib/tug /var/lib/tug-agent; do
+        [ -e "$d" ] || made+=("$d")
+    done
+    rc=0
+    unshare --mount --net --propagation private bash "$0" inside || rc=$?
+    for d in "${made[@]}"; do rmdir "$d" 2>/dev/null || true; done
+    exit "$rc"
+fi
 
 fail() {
     echo "run-check: FAILED: $*" >&2

@@ -68,9 +68,10 @@ for f in "$run_dir"/supervisors/*/supervisor.pid; do
 done
 
 # 4. Mounts beneath the agent's directories and the image store (rootfs overlays, volumes,
-# pinned namespaces), deepest first.
+# pinned namespaces), deepest first. The persistent directories themselves stay mounted (a
+# disk of their own, or run-check's tmpfs): only what is beneath them goes.
 awk '{print $5}' /proc/self/mountinfo \
-    | { grep -E "^($run_dir|$netns_dir|/var/lib/tug-agent|/var/lib/tug/images)(/|$)" || true; } | sort -r \
+    | { grep -E "^($run_dir|$netns_dir)(/|$)|^(/var/lib/tug-agent|/var/lib/tug/images)/" || true; } | sort -r \
     | while read -r m; do umount -l "$m" && echo "make stop: unmounted $m"; done
 rm -rf "$run_dir" "$netns_dir"
 
