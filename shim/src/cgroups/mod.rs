@@ -317,21 +317,28 @@ impl Hierarchy {
 
 /// Like `std::fs::create_dir_all`, but an error names the directory that could not be made.
 fn create_dir_all(dir: &Path) -> Result<(), CgroupError> {
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur.filter(|d| !d.exists()) {
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    for d in missing.iter().rev() {
-        match std::fs::create_dir(d) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(CgroupError::Create { path: d.clone(), source: e });
-            }
-            _ => {}
+    // A parent another container's delete removes (it was empty a moment ago) between our
+    // walk and our mkdir is made again: a few rounds, then the error.
+    let mut attempt = 0;
+    'again: loop {
+        attempt += 1;
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur.filter(|d| !d.exists()) {
+            missing.push(d.to_path_buf());
+            cur = d.parent();
         }
+        for d in missing.iter().rev() {
+            match std::fs::create_dir(d) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => continue 'again,
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(CgroupError::Create { path: d.clone(), source: e });
+                }
+                _ => {}
+            }
+        }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// A new v1 cpuset starts with empty cpus and mems and refuses tasks until they are set:
