@@ -174,13 +174,23 @@ pub fn delete(
     }
 }
 
-/// [`delete`] of a dependent by a controller: gone or going is what it wants.
-pub fn delete_quietly(store: &dyn Store, key: &str) -> Result<(), StoreError> {
-    match delete(store, key, None, &Preconditions::default()) {
-        Ok(_) | Err(Refused::Store(StoreError::NotFound(_))) => Ok(()),
+/// [`delete`] by a controller: gone or going is what it wants, and so is an object already
+/// gone or replaced (a failed precondition); only a store error is one.
+pub fn delete_if_there(
+    store: &dyn Store,
+    key: &str,
+    requested: Option<i64>,
+    pre: &Preconditions,
+) -> Result<(), StoreError> {
+    match delete(store, key, requested, pre) {
+        Ok(_) | Err(Refused::Store(StoreError::NotFound(_)) | Refused::Precondition(_)) => Ok(()),
         Err(Refused::Store(e)) => Err(e),
-        Err(Refused::Precondition(_)) => Ok(()),
     }
+}
+
+/// [`delete_if_there`] with the object's own grace and no precondition.
+pub fn delete_quietly(store: &dyn Store, key: &str) -> Result<(), StoreError> {
+    delete_if_there(store, key, None, &Preconditions::default())
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub async fn not_found(uri: Uri) -> Response {
 }
 
 /// Maps a store error onto the Status a client expects.
-fn store_status(e: StoreError, info: &KindInfo, name: &str) -> Status {
+pub(super) fn store_status(e: StoreError, info: &KindInfo, name: &str) -> Status {
     let resource = resource_name(info);
     match e {
         StoreError::NotFound(_) => Status::not_found(&resource, name),

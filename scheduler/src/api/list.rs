@@ -7,9 +7,8 @@
 //! objects are unordered): the revision and the token are known only at the end.
 
 use super::AppState;
-use super::handlers::{Filter, status_response};
+use super::handlers::{Filter, status_response, store_status};
 use super::path::{self, Target};
-use crate::store::StoreError;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
@@ -104,7 +103,7 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
         let revision = match result {
             Ok(r) => from.as_ref().map_or(r, |c| c.revision),
             Err(e) => {
-                let _ = tx.blocking_send(Err(store_status(e)));
+                let _ = tx.blocking_send(Err(store_status(e, info, "")));
                 return;
             }
         };
@@ -134,13 +133,6 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| status_response(&Status::internal("building the list response"))))
-}
-
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::Unavailable(m) => Status::new(503, "ServiceUnavailable", m),
-        other => Status::internal(other.to_string()),
-    }
 }
 
 #[cfg(test)]

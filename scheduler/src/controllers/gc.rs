@@ -180,11 +180,7 @@ impl Controller for Collector {
             Decision::Delete => {
                 // Pods get their grace period; an object re-created meanwhile is not this one.
                 let pre = crate::deletion::Preconditions { uid: meta.uid.clone(), resource_version: None };
-                match crate::deletion::delete(store, key, None, &pre) {
-                    Ok(_) | Err(crate::deletion::Refused::Precondition(_)) => {}
-                    Err(crate::deletion::Refused::Store(StoreError::NotFound(_))) => {}
-                    Err(crate::deletion::Refused::Store(e)) => return Err(e),
-                }
+                crate::deletion::delete_if_there(store, key, None, &pre)?;
                 Ok(Next::Done)
             }
             Decision::DeleteDependents(_) => {

@@ -306,12 +306,7 @@ impl Controller for NodeLifecycle {
         }
         for (ns, name) in &p.force {
             let pod_key = format!("/pods/{ns}/{name}");
-            let pre = crate::deletion::Preconditions::default();
-            match crate::deletion::delete(store, &pod_key, Some(0), &pre) {
-                Ok(_) | Err(crate::deletion::Refused::Precondition(_)) => {}
-                Err(crate::deletion::Refused::Store(StoreError::NotFound(_))) => {}
-                Err(crate::deletion::Refused::Store(e)) => return Err(e),
-            }
+            crate::deletion::delete_if_there(store, &pod_key, Some(0), &Default::default())?;
         }
         for (ns, name, taint) in &p.evict {
             let pod_key = format!("/pods/{ns}/{name}");
