@@ -297,9 +297,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     // process exits (and releases the store) in time for its service manager.
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signalled = {
-        let stopping = stopping.clone();
+        let (stopping, signal) = (stopping.clone(), shutdown());
         async move {
-            shutdown().await;
+            signal.await;
             stopping.notify_one();
         }
     };
@@ -415,14 +415,18 @@ async fn compact_forever(store: Arc<dyn Store>, history: u64) {
 /// runtime's own second, the process is gone within 10 s.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
-async fn shutdown() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future
+/// is first polled: a signal that arrives before then must not kill the process outright.
+fn shutdown() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
