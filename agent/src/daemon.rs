@@ -106,9 +106,12 @@ pub async fn renew_lease(api: &Client, cfg: &Config, duration: Duration) -> Resu
         }
         None => {
             let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
+            // The control plane makes it; a node may not create namespaces (403) — only an
+            // older control plane lacks it.
             match api::create(api, "/api/v1/namespaces", &ns).await {
                 Ok(_) => {}
                 Err(e) if api::is_conflict(&e) => {}
+                Err(tug_client::CallError::Server(s)) if s.code == 403 => {}
                 Err(e) => return Err(format!("creating namespace {LEASE_NAMESPACE}: {e}")),
             }
             let lease = json!({

@@ -86,7 +86,24 @@ pub fn apply(obj: &mut Object) {
         | Object::ConfigMap(_)
         | Object::Node(_)
         | Object::Event(_)
-        | Object::Lease(_) => {}
+        | Object::Lease(_)
+        | Object::Role(_)
+        | Object::ClusterRole(_) => {}
+        Object::RoleBinding(b) => rbac_subjects(&mut b.subjects),
+        Object::ClusterRoleBinding(b) => rbac_subjects(&mut b.subjects),
+    }
+}
+
+/// A subject's `apiGroup`: RBAC's for users and groups, the core group for service accounts.
+fn rbac_subjects(subjects: &mut [crate::kinds::rbac::Subject]) {
+    for s in subjects {
+        if s.api_group.is_none() {
+            s.api_group = match s.kind.as_str() {
+                "User" | "Group" => Some(crate::kinds::rbac::GROUP.into()),
+                "ServiceAccount" => Some(String::new()),
+                _ => None,
+            };
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::kinds::batch::{CronJob, HorizontalPodAutoscaler, Job};
 use crate::kinds::cluster::{Endpoints, Event, Lease, Node, PriorityClass};
 use crate::kinds::core::{ConfigMap, Namespace, Secret, Service};
 use crate::kinds::pod::Pod;
+use crate::kinds::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use crate::kinds::storage::{PersistentVolume, PersistentVolumeClaim};
 use crate::meta::ObjectMeta;
 
@@ -90,6 +91,10 @@ pub const KINDS: &[KindInfo] = &[
     kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", &["hpa"], true),
     kind("Lease", "coordination.k8s.io", "v1", "leases", &[], true),
     kind("PriorityClass", "scheduling.k8s.io", "v1", "priorityclasses", &["pc"], false),
+    kind("Role", "rbac.authorization.k8s.io", "v1", "roles", &[], true),
+    kind("ClusterRole", "rbac.authorization.k8s.io", "v1", "clusterroles", &[], false),
+    kind("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", &[], true),
+    kind("ClusterRoleBinding", "rbac.authorization.k8s.io", "v1", "clusterrolebindings", &[], false),
 ];
 
 /// Finds a kind by its kind name, plural, singular or short name, case-insensitively
@@ -163,6 +168,10 @@ objects! {
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     Lease(Lease),
     PriorityClass(PriorityClass),
+    Role(Role),
+    ClusterRole(ClusterRole),
+    RoleBinding(RoleBinding),
+    ClusterRoleBinding(ClusterRoleBinding),
 }
 
 impl Object {

@@ -23,6 +23,8 @@ pub struct StatusDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<StatusCause>,
@@ -76,6 +78,7 @@ impl Status {
         let mut s = Status::new(422, "Invalid", format!("{kind} {name:?} is invalid: {}", list.join(", ")));
         s.details = Some(StatusDetails {
             name: Some(name.into()),
+            group: None,
             kind: Some(kind.into()),
             causes: errors
                 .iter()
@@ -123,8 +126,11 @@ impl Status {
     }
 
     fn with_details(mut self, kind: &str, name: &str) -> Status {
-        self.details =
-            Some(StatusDetails { name: Some(name.into()), kind: Some(kind.into()), causes: Vec::new() });
+        self.details = Some(StatusDetails {
+            name: Some(name.into()),
+            kind: Some(kind.into()),
+            ..StatusDetails::default()
+        });
         self
     }
 }

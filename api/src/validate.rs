@@ -12,8 +12,14 @@ use base64::Engine;
 /// Validates one object; every problem found is returned, not only the first.
 pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
     let mut e = Errors::default();
-    let label_names = matches!(obj, Object::Namespace(_) | Object::Service(_));
-    metadata(obj.metadata(), label_names, obj.info().namespaced, &mut e);
+    let names = match obj {
+        Object::Namespace(_) | Object::Service(_) => NameRule::Label,
+        Object::Role(_) | Object::ClusterRole(_) | Object::RoleBinding(_) | Object::ClusterRoleBinding(_) => {
+            NameRule::PathSegment
+        }
+        _ => NameRule::Subdomain,
+    };
+    metadata(obj.metadata(), names, obj.info().namespaced, &mut e);
     match obj {
         Object::Pod(p) => pod_spec(&p.spec, "spec", &mut e),
         Object::Deployment(d) => {
@@ -178,8 +184,149 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             }
         }
         Object::Namespace(_) => {}
+        Object::Role(r) => policy_rules(&r.rules, true, &mut e),
+        Object::ClusterRole(r) => {
+            policy_rules(&r.rules, false, &mut e);
+            for (i, s) in r.aggregation_rule.iter().flat_map(|a| a.cluster_role_selectors.iter()).enumerate()
+            {
+                if let Err(fe) = s.to_selector(&format!("aggregationRule.clusterRoleSelectors[{i}]")) {
+                    e.list.push(fe);
+                }
+            }
+        }
+        Object::RoleBinding(b) => binding(&b.role_ref, &b.subjects, &["ClusterRole", "Role"], &mut e),
+        Object::ClusterRoleBinding(b) => binding(&b.role_ref, &b.subjects, &["ClusterRole"], &mut e),
     }
     e.into_result()
+}
+
+/// Kubernetes' `ValidatePolicyRule`.
+fn policy_rules(rules: &[crate::kinds::rbac::PolicyRule], namespaced: bool, e: &mut Errors) {
+    for (i, r) in rules.iter().enumerate() {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        if r.verbs.is_empty() {
+            e.add(at("verbs"), "Required value: verbs must contain at least one value");
+        }
+        if !r.non_resource_urls.is_empty() {
+            if namespaced {
+                e.add(
+                    at("nonResourceURLs"),
+                    format!(
+                        "Invalid value: {:?}: namespaced rules cannot apply to non-resource URLs",
+                        r.non_resource_urls
+                    ),
+                );
+            }
+            if !r.api_groups.is_empty() || !r.resources.is_empty() || !r.resource_names.is_empty() {
+                e.add(
+                    at("nonResourceURLs"),
+                    format!(
+                        "Invalid value: {:?}: rules cannot apply to both regular resources and non-resource URLs",
+                        r.non_resource_urls
+                    ),
+                );
+            }
+            continue;
+        }
+        if r.api_groups.is_empty() {
+            e.add(at("apiGroups"), "Required value: resource rules must supply at least one api group");
+        }
+        if r.resources.is_empty() {
+            e.add(at("resources"), "Required value: resource rules must supply at least one resource");
+        }
+    }
+}
+
+/// Kubernetes' `ValidateRoleBinding`: the role it grants and whom to.
+fn binding(
+    role: &crate::kinds::rbac::RoleRef,
+    subjects: &[crate::kinds::rbac::Subject],
+    kinds: &[&str],
+    e: &mut Errors,
+) {
+    if role.api_group != crate::kinds::rbac::GROUP {
+        e.add(
+            "roleRef.apiGroup",
+            format!(
+                "Unsupported value: {:?}: supported values: \"{}\"",
+                role.api_group,
+                crate::kinds::rbac::GROUP
+            ),
+        );
+    }
+    if !kinds.contains(&role.kind.as_str()) {
+        e.add(
+            "roleRef.kind",
+            format!("Unsupported value: {:?}: supported values: {}", role.kind, quoted(kinds)),
+        );
+    }
+    if role.name.is_empty() {
+        e.add("roleRef.name", "Required value");
+    } else if let Err(msg) = path_segment(&role.name) {
+        e.add("roleRef.name", format!("Invalid value: {:?}: {msg}", role.name));
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        let at = |f: &str| format!("subjects[{i}].{f}");
+        if s.name.is_empty() {
+            e.add(at("name"), "Required value");
+        }
+        match s.kind.as_str() {
+            "ServiceAccount" => {
+                if let Some(msg) = (!s.name.is_empty()).then(|| dns1123_subdomain(&s.name).err()).flatten() {
+                    e.add(at("name"), format!("Invalid value: {:?}: {msg}", s.name));
+                }
+                if s.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
+                    e.add(
+                        at("apiGroup"),
+                        format!(
+                            "Unsupported value: {:?}: supported values: \"\"",
+                            s.api_group.as_deref().unwrap_or_default()
+                        ),
+                    );
+                }
+                if s.namespace.as_deref().unwrap_or_default().is_empty() {
+                    e.add(at("namespace"), "Required value");
+                }
+            }
+            "User" | "Group" => {
+                if s.api_group.as_deref() != Some(crate::kinds::rbac::GROUP) {
+                    e.add(
+                        at("apiGroup"),
+                        format!(
+                            "Unsupported value: {:?}: supported values: \"{}\"",
+                            s.api_group.as_deref().unwrap_or_default(),
+                            crate::kinds::rbac::GROUP
+                        ),
+                    );
+                }
+            }
+            other => e.add(
+                at("kind"),
+                format!(
+                    "Unsupported value: {other:?}: supported values: \"ServiceAccount\", \"User\", \"Group\""
+                ),
+            ),
+        }
+    }
+}
+
+/// Kubernetes' `IsValidPathSegmentName`: what RBAC objects' names must be (`system:node` is one).
+pub fn path_segment(name: &str) -> Result<(), String> {
+    match name {
+        "." => Err("may not be '.'".into()),
+        ".." => Err("may not be '..'".into()),
+        _ if name.contains('/') => Err("may not contain '/'".into()),
+        _ if name.contains('%') => Err("may not contain '%'".into()),
+        _ => Ok(()),
+    }
+}
+
+/// How an object's name is checked.
+#[derive(Clone, Copy)]
+enum NameRule {
+    Label,
+    Subdomain,
+    PathSegment,
 }
 
 const HOST_PATH_TYPES: [&str; 8] =
@@ -365,13 +512,17 @@ pub fn cron_schedule(s: &str) -> Result<(), String> {
     crate::cron::Schedule::parse(s).map(|_| ())
 }
 
-fn metadata(m: &ObjectMeta, label_name: bool, namespaced: bool, e: &mut Errors) {
+fn metadata(m: &ObjectMeta, names: NameRule, namespaced: bool, e: &mut Errors) {
     if m.name.is_empty() {
         if m.generate_name.is_none() {
             e.add("metadata.name", "Required value: name or generateName is required");
         }
     } else {
-        let check = if label_name { dns1123_label(&m.name) } else { dns1123_subdomain(&m.name) };
+        let check = match names {
+            NameRule::Label => dns1123_label(&m.name),
+            NameRule::Subdomain => dns1123_subdomain(&m.name),
+            NameRule::PathSegment => path_segment(&m.name),
+        };
         if let Err(msg) = check {
             e.add("metadata.name", format!("Invalid value: {:?}: {msg}", m.name));
         }

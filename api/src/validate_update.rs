@@ -20,6 +20,12 @@ pub fn update(kind: &str, old: &Value, new: &Value) -> Result<(), Vec<FieldError
             immutable(old, new, &["spec", "clusterIPs"], &mut e);
         }
         "PersistentVolumeClaim" => claim(old, new, &mut e),
+        "RoleBinding" | "ClusterRoleBinding" if at(old, &["roleRef"]) != at(new, &["roleRef"]) => {
+            e.add(
+                "roleRef",
+                format!("Invalid value: {}: cannot change roleRef", shown(at(new, &["roleRef"]))),
+            );
+        }
         "PersistentVolume" => {
             for source in ["local", "hostPath"] {
                 immutable(old, new, &["spec", source], &mut e);

@@ -59,6 +59,9 @@ enum Cmd {
     /// Show CPU and memory use of nodes or pods.
     #[command(subcommand)]
     Top(commands::top::TopCmd),
+    /// Access: `can-i VERB RESOURCE` (yes or no), `whoami`.
+    #[command(subcommand)]
+    Auth(commands::auth::AuthCmd),
     /// Print the client and server versions.
     Version,
     /// The node's images: pull, import, ls, inspect, rm, prune.
@@ -122,10 +125,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Delete(args) => commands::delete::run(&client, &args, ns.as_deref()).await,
         Cmd::Rollout(c) => commands::rollout::run(&client, c, ns.as_deref()).await,
         Cmd::Scale(a) => commands::rollout::scale(&client, &a, ns.as_deref()).await,
-        Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref()).await,
+        Cmd::Create(c) => commands::create::run(&client, c, ns.as_deref(), cli.server.as_deref()).await,
         Cmd::Logs(a) => commands::logs::logs(&client, &a, ns.as_deref()).await,
         Cmd::Exec(a) => commands::logs::exec(&client, &a, ns.as_deref()).await,
         Cmd::Top(c) => commands::top::run(&client, c, ns.as_deref()).await,
+        Cmd::Auth(c) => commands::auth::run(&client, c, ns.as_deref()).await,
         Cmd::Version => commands::version(&client).await,
         Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),
     }

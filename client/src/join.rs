@@ -29,8 +29,13 @@ pub async fn join(url: &str, token: &str, name: &str, dir: &Path) -> Result<(), 
         Err(CallError::Server(s)) => return Err(format!("Error from server ({}): {}", s.reason, s.message)),
         Err(e) => return Err(e.to_string()),
     };
-    // The credentials are the user's alone: the directory 0700, the key 0600 (also when an
-    // earlier join left them with other modes).
+    let field = |f: &str| answer[f].as_str().ok_or_else(|| format!("the server's answer has no {f}"));
+    write_credentials(dir, field("ca")?, field("cert")?, field("key")?)
+}
+
+/// Writes `ca.crt`, `client.crt` and `client.key` into `dir`. The credentials are the user's
+/// alone: the directory 0700, the key 0600 (also when an earlier run left other modes).
+pub fn write_credentials(dir: &Path, ca: &str, cert: &str, key: &str) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -38,10 +43,8 @@ pub async fn join(url: &str, token: &str, name: &str, dir: &Path) -> Result<(), 
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    for (file, field, mode) in
-        [("ca.crt", "ca", 0o644), ("client.crt", "cert", 0o644), ("client.key", "key", 0o600)]
+    for (file, text, mode) in [("ca.crt", ca, 0o644), ("client.crt", cert, 0o644), ("client.key", key, 0o600)]
     {
-        let text = answer[field].as_str().ok_or_else(|| format!("the server's answer has no {field}"))?;
         let path = dir.join(file);
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -755,6 +755,21 @@ fn an_agent_joins_a_remote_control_plane_with_the_token() {
         String::from_utf8_lossy(&cp.tug(&["logs", "web"]).stdout).contains("hello from web")
     });
     assert!(logged, "{:?}", cp.tug(&["logs", "web"]));
+    // The agent is `system:node:tug-it-remote`: the node authorizer let it do all its work.
+    assert!(!agent.log().to_lowercase().contains("forbidden"), "{}", agent.log());
+    let who = String::from_utf8_lossy(
+        &cp.tug(&[
+            "--server",
+            &format!("https://{addr}"),
+            "--tls-dir",
+            agent.state_dir().join("credentials").to_str().unwrap(),
+            "auth",
+            "whoami",
+        ])
+        .stdout,
+    )
+    .to_string();
+    assert!(who.contains("system:node:tug-it-remote"), "{who}");
 }
 
 #[test]

@@ -327,12 +327,14 @@ fn two_replicas_share_one_etcd() {
         "--tls-dir",
         &creds,
         "get",
-        "ns",
+        "pods",
+        "-n",
         "shop",
         "-o",
         "name",
     ]);
-    assert_eq!(out(&o), "namespace/shop\n", "{}", err(&o));
+    // (A join's credentials are a node's, which may list pods.)
+    assert!(out(&o).matches("pod/web-").count() >= 2, "{}{}", out(&o), err(&o));
     // What etcd holds (what any replica or backup reads) has no private key in clear.
     let key = base64_encode(b"/tug/_tug/pki//cluster");
     let raw = std::process::Command::new("curl")
@@ -403,7 +405,19 @@ fn remote_users_join_with_the_token_and_talk_tls() {
     assert!(o.status.success(), "{}", err(&o));
     let key_mode = std::fs::metadata(cp.dir().join("creds/client.key")).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777, 0o600);
+    // A join makes a node's credentials: not an admin's.
     let o = cp.tug(&["--server", &url, "--tls-dir", creds, "create", "namespace", "remote"]);
+    assert!(
+        err(&o).contains(r#"User "system:node:laptop" cannot create resource "namespaces""#),
+        "{}",
+        err(&o)
+    );
+    // An admin's come from `tug create user` (here in system:masters).
+    let admin = cp.dir().join("admin");
+    let admin = admin.to_str().unwrap();
+    let o = cp.tug(&["create", "user", "remote-admin", "--group", "system:masters", "--dir", admin]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cp.tug(&["--server", &url, "--tls-dir", admin, "create", "namespace", "remote"]);
     assert_eq!(out(&o), "namespace/remote created\n", "{}", err(&o));
     assert!(out(&cp.tug(&["get", "ns"])).contains("remote"), "the local socket sees the remote write");
     // Wrong secret, wrong CA hash, and no client certificate are all refused.

@@ -153,7 +153,7 @@ pub async fn serve<T>(
     let phase = Arc::new(Phase::default());
     let io = Guarded { inner: io, phase: phase.clone(), header: t.header, timer: None };
     let svc = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer);
+        req.extensions_mut().insert(peer.clone());
         phase.started();
         let (app, phase) = (app.clone(), phase.clone());
         async move {

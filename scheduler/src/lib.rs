@@ -8,6 +8,10 @@
 //! issues.
 
 pub mod api;
+/// Access control: authentication, the authorizers (node, RBAC), the default policy.
+// Refusals are the `Status` the client reads, built once per refused request.
+#[allow(clippy::result_large_err)]
+pub mod auth;
 /// One connection served with the header and idle timeouts.
 pub mod conn;
 pub mod controllers;

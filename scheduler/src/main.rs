@@ -82,6 +82,10 @@ struct Flags {
     /// How often the reconcilers look at every object even without changes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_period: std::time::Duration,
+    /// Who may do what: `Node,RBAC` (the node authorizer, then Roles and bindings;
+    /// `system:masters` may do anything) or `AlwaysAllow` (every authenticated request).
+    #[arg(long, default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC,Node", "AlwaysAllow"])]
+    authorization_mode: String,
     /// The embedded store's page cache, in MiB (memory the control plane keeps for reads).
     #[arg(long = "store-cache-mib", default_value_t = 16)]
     store_cache_mib: usize,
@@ -249,12 +253,16 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let store_for_controllers = store.clone();
     let services =
         api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
+    let auth = (flags.authorization_mode != "AlwaysAllow")
+        .then(|| Arc::new(tug_scheduler::auth::Authorizer::new(store.clone())));
+    let rbac_follower = auth.as_ref().map(|a| tokio::spawn(a.rbac.clone().follow()));
     let app = api::router(Arc::new(AppState {
         store,
         pki: Some(pki.clone()),
         node_cidrs,
         services,
         tunnels: Default::default(),
+        auth,
     }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,
@@ -312,6 +320,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     }
     compactor.abort();
     placer.abort();
+    if let Some(f) = rbac_follower {
+        f.abort();
+    }
     controllers.abort();
     if let Some(t) = tls {
         t.abort();
@@ -337,8 +348,14 @@ async fn serve_socket(
             () = &mut signalled => break,
             accepted = listener.accept() => {
                 let Ok((io, _)) = accepted else { continue };
+                // The peer's credentials decide who it is (root: system:admin).
+                let Ok(cred) = io.peer_cred() else { continue };
                 let (app, rx) = (app.clone(), stop.subscribe());
-                conns.spawn(tug_scheduler::conn::serve(io, app, tug_scheduler::tls::Peer::Local, timeouts, rx));
+                conns.spawn(async move {
+                    let user = tug_scheduler::auth::authn::from_unix(cred.uid(), cred.gid());
+                    let peer = tug_scheduler::tls::Peer::User(std::sync::Arc::new(user));
+                    tug_scheduler::conn::serve(io, app, peer, timeouts, rx).await;
+                });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }

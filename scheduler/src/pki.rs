@@ -27,6 +27,8 @@ pub enum PkiError {
     Store(String),
     #[error("{0}")]
     Mode(String),
+    #[error("{0} groups: a user certificate carries at most 2")]
+    TooManyGroups(usize),
 }
 
 /// The CA and the join token.
@@ -228,8 +230,10 @@ impl Pki {
 
     fn issue(&self, mut params: CertificateParams) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
-        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        if params.not_after <= params.not_before {
+            params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        }
         let issuer = Issuer::new(ca_params()?, &self.ca_key);
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -249,11 +253,39 @@ impl Pki {
         self.issue(p)
     }
 
-    /// A client certificate whose common name is `name`: (cert PEM, key PEM).
+    /// A node's client certificate: user `system:node:NAME` in group `system:nodes` (what the
+    /// node authorizer recognises): (cert PEM, key PEM).
     pub fn client_cert(&self, name: &str) -> Result<(String, String), PkiError> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, name);
+        p.distinguished_name.push(DnType::CommonName, format!("{}{name}", crate::auth::NODE_PREFIX));
+        p.distinguished_name.push(DnType::OrganizationName, crate::auth::NODES);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// A user's client certificate: CN `name`, one O per group (at most two: the certificate
+    /// library keeps one value per attribute type, and O is reachable under two), valid from a
+    /// minute ago for `ttl_secs`.
+    pub fn user_cert(
+        &self,
+        name: &str,
+        groups: &[String],
+        ttl_secs: u64,
+    ) -> Result<(String, String), PkiError> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        let organization = [DnType::OrganizationName, DnType::CustomDnType(vec![2, 5, 4, 10])];
+        if groups.len() > organization.len() {
+            return Err(PkiError::TooManyGroups(groups.len()));
+        }
+        for (t, g) in organization.into_iter().zip(groups) {
+            p.distinguished_name.push(t, g.as_str());
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(1);
+        p.not_after = now
+            + time::Duration::seconds(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2).min(100 * 365 * 86400));
         self.issue(p)
     }
 }

@@ -1,9 +1,9 @@
 //! The TCP listener with TLS, for agents on other hosts and remote users.
 //!
 //! The server presents its certificate and the cluster CA (so a joining host can pin the CA
-//! by the hash in its join token). Client certificates signed by the CA authenticate; a
-//! connection without one may only join (`POST /join` with the token), read `/version` and
-//! `/healthz` — everything else is 401.
+//! by the hash in its join token). Client certificates signed by the CA authenticate (their
+//! CN and O name the user and groups); a connection without one is anonymous, which RBAC lets
+//! read `/version` and `/healthz`, and join with the token (`POST /join`).
 
 use crate::pki::{Pki, PkiError, pem_to_der};
 use axum::Router;
@@ -11,13 +11,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 
-/// Who is on the other end of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
-    /// The Unix socket: trusted by its file mode.
-    Local,
-    /// TLS with a client certificate the CA signed.
-    Authenticated,
+    /// The Unix socket's peer by its credentials, or a TLS client by the certificate the CA
+    /// signed (`crate::auth::authn`).
+    User(Arc<crate::auth::User>),
     /// TLS without a client certificate.
     Anonymous,
 }
@@ -75,11 +74,13 @@ pub async fn serve(
                     Ok(Ok(tls)) => tls,
                     _ => return,
                 };
-            let peer = if tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) {
-                Peer::Authenticated
-            } else {
-                Peer::Anonymous
-            };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::auth::authn::from_certificate(c));
+            let peer = user.map_or(Peer::Anonymous, |u| Peer::User(Arc::new(u)));
             crate::conn::serve(tls, app, peer, timeouts, stop).await;
         });
     }

@@ -5,4 +5,5 @@ pub mod batch;
 pub mod cluster;
 pub mod core;
 pub mod pod;
+pub mod rbac;
 pub mod storage;

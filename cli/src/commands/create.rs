@@ -23,6 +23,30 @@ pub enum CreateCmd {
     /// Create a secret.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Credentials for a user: a client certificate the cluster CA signs (user = NAME,
+    /// groups = --group), for `tug --tls-dir` or, with `-o kubeconfig`, for kubectl. Admin only.
+    User(UserArgs),
+}
+
+#[derive(clap::Args)]
+pub struct UserArgs {
+    name: String,
+    /// A group the user is in (repeatable, at most 2): what RBAC Group subjects match.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// How long the certificate is valid (`8760h`, `30d`).
+    #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// `kubeconfig`: print a kubeconfig instead of writing a credentials directory.
+    #[arg(short = 'o', long = "output")]
+    output: Option<String>,
+    /// Where the credentials go (ca.crt, client.crt, client.key; default: ./NAME).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// The https:// address the kubeconfig names (default: --server when it is one, else
+    /// https://127.0.0.1:6443).
+    #[arg(long)]
+    cluster_url: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -63,9 +87,64 @@ fn entries(literals: &[String], files: &[String]) -> Result<Vec<(String, Vec<u8>
     Ok(out)
 }
 
-pub async fn run(client: &Client, cmd: CreateCmd, ns: Option<&str>) -> Result<ExitCode, String> {
+/// `tug create user`.
+async fn user(client: &Client, a: UserArgs, server: Option<&str>) -> Result<ExitCode, String> {
+    if let Some(o) = a.output.as_deref().filter(|o| *o != "kubeconfig") {
+        return Err(format!("error: --output {o:?}: the only format is kubeconfig"));
+    }
+    let body = json!({"name": a.name, "groups": a.groups, "ttlSeconds": a.ttl.as_secs()});
+    let v = match client
+        .call(
+            Method::POST,
+            "/apis/tug.io/v1/usercredentials",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    {
+        Ok((v, _)) => v,
+        Err(CallError::Server(s)) => return Err(format!("Error from server ({}): {}", s.reason, s.message)),
+        Err(e) => return Err(e.to_string()),
+    };
+    let field = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+    if a.output.is_some() {
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        let url = a
+            .cluster_url
+            .or_else(|| server.filter(|s| s.starts_with("https://")).map(str::to_string))
+            .unwrap_or_else(|| "https://127.0.0.1:6443".into());
+        let context = format!("{}@tug", a.name);
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "tug", "cluster": {"server": url, "certificate-authority-data": b64(field("ca"))}}],
+            "users": [{"name": a.name, "user": {"client-certificate-data": b64(field("cert")), "client-key-data": b64(field("key"))}}],
+            "contexts": [{"name": context, "context": {"cluster": "tug", "user": a.name}}],
+            "current-context": context,
+        });
+        print!("{}", serde_yaml_ng::to_string(&config).map_err(|e| format!("error: {e}"))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = a.dir.unwrap_or_else(|| std::path::PathBuf::from(&a.name));
+    crate::client::join::write_credentials(&dir, &field("ca"), &field("cert"), &field("key"))?;
+    println!(
+        "user/{} created: credentials in {} until {} (tug --server https://HOST:PORT --tls-dir {})",
+        a.name,
+        dir.display(),
+        field("expirationTimestamp"),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(
+    client: &Client,
+    cmd: CreateCmd,
+    ns: Option<&str>,
+    server: Option<&str>,
+) -> Result<ExitCode, String> {
     let ns = ns.unwrap_or("default");
     let (kind, obj) = match cmd {
+        CreateCmd::User(a) => return user(client, a, server).await,
         CreateCmd::Namespace { name } => {
             ("namespace", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
         }

@@ -48,6 +48,18 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
         query.push(format!("fieldSelector=metadata.name={}", encode(name)));
     }
     let path = info.path(namespace, None);
+    if let (Some(name), false) = (&a.name, a.watch) {
+        // One object: read it by name, as kubectl does (a list would need `list` rights).
+        let obj = match client.get(&info.path(namespace, Some(name))).await {
+            Ok(o) => o,
+            Err(tug_client::http::CallError::Server(s)) => {
+                return Err(format!("Error from server ({}): {}", s.reason, s.message));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        print_objects(std::slice::from_ref(&obj), info.kind, output, false, true);
+        return Ok(ExitCode::SUCCESS);
+    }
     let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
     // Page by page, as kubectl does (`--chunk-size`): no request asks for everything.
     let mut items = Vec::new();

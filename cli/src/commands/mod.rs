@@ -1,6 +1,7 @@
 //! One module per verb.
 
 pub mod apply;
+pub mod auth;
 pub mod create;
 pub mod delete;
 pub mod describe;

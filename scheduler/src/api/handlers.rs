@@ -70,6 +70,7 @@ fn resource_name(info: &KindInfo) -> String {
 
 pub async fn dispatch(
     State(st): State<Arc<AppState>>,
+    user: Option<axum::Extension<Arc<crate::auth::User>>>,
     method: Method,
     uri: Uri,
     RawQuery(q): RawQuery,
@@ -77,9 +78,18 @@ pub async fn dispatch(
     body: Bytes,
 ) -> Response {
     let query = parse_query(q.as_deref().unwrap_or(""));
+    let user = user.map_or_else(|| Arc::new(crate::auth::User::admin()), |u| u.0);
     let result = match path::parse(uri.path()) {
         Err(s) => Err(s),
-        Ok(target) => route(&st, &method, target, &query, &headers, &body).await,
+        Ok(target) => {
+            let rbac = target.info().group == tug_api::kinds::rbac::GROUP && method != Method::GET;
+            let r = route(&st, &method, target, &query, &headers, &body, &user).await;
+            if let (true, Some(a)) = (rbac, &st.auth) {
+                // This server's own RBAC writes count at once (the store watch follows).
+                a.rbac.invalidate();
+            }
+            r
+        }
     };
     result.unwrap_or_else(|s| status_response(&s))
 }
@@ -127,6 +137,7 @@ async fn route(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
+    user: &crate::auth::User,
 ) -> Reply {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     if matches!(target, Target::Collection { .. }) && method == Method::GET {
@@ -138,7 +149,7 @@ async fn route(
     }
     // Decoding, validating and the store's calls are blocking work: off the async threads,
     // so one slow body never stalls the other requests.
-    blocking(|| sync_route(st, method, &target, q, headers, body))
+    blocking(|| sync_route(st, method, &target, q, headers, body, user))
 }
 
 fn sync_route(
@@ -148,17 +159,18 @@ fn sync_route(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
+    user: &crate::auth::User,
 ) -> Reply {
     match (method.as_str(), target) {
-        ("POST", Target::Collection { .. }) => create(st, target, body),
+        ("POST", Target::Collection { .. }) => create(st, target, body, user),
         ("GET", Target::Object { .. }) => get(st, target),
-        ("PUT", Target::Object { status: false, .. }) => replace(st, target, body),
+        ("PUT", Target::Object { status: false, .. }) => replace(st, target, body, user),
         ("PUT", Target::Object { status: true, .. }) => put_status(st, target, body),
         ("DELETE", Target::Object { status: false, .. }) => delete(st, target, q, body),
         ("PATCH", Target::Object { status: false, .. }) => {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             if ct.starts_with("application/apply-patch") {
-                apply(st, target, body)
+                apply(st, target, body, user)
             } else {
                 Err(Status::new(
                     415,
@@ -287,9 +299,10 @@ fn stored_reply(code: StatusCode, s: &Stored) -> Response {
     json_response(code, &s.object)
 }
 
-fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User) -> Reply {
     let info = target.info();
     let mut obj = decode_body(target, body)?;
+    admit(st, user, info, &obj)?;
     if obj["metadata"]["name"].as_str().unwrap_or_default().is_empty() {
         let base = obj["metadata"]["generateName"].as_str().unwrap_or_default().to_string();
         let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(5).collect();
@@ -310,6 +323,70 @@ fn create(st: &AppState, target: &Target, body: &Bytes) -> Reply {
     admit_pod_priority(st, info, &mut obj)?;
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::CREATED, &stored))
+}
+
+/// Admission by who writes: a node creates only its own Node and Lease (NodeRestriction);
+/// nobody grants through a Role or binding what they do not hold themselves, unless they may
+/// `escalate` (roles) or `bind` (bindings) — Kubernetes' RBAC escalation prevention.
+fn admit(st: &AppState, user: &crate::auth::User, info: &KindInfo, obj: &Value) -> Result<(), Status> {
+    use crate::auth::{Attributes, Decision, rbac};
+    let Some(authz) = &st.auth else { return Ok(()) };
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    if let Some(node) = user.node_name() {
+        if ["Node", "Lease"].contains(&info.kind) && name != node {
+            let a = Attributes::resource("create", info.group, info.plural, ns, name);
+            return Err(crate::auth::forbidden(
+                user,
+                &a,
+                &format!("node '{node}' may only create its own {} object", info.kind),
+            ));
+        }
+    }
+    if info.group != tug_api::kinds::rbac::GROUP || user.in_group(crate::auth::MASTERS) {
+        return Ok(());
+    }
+    let may = |verb: &str, resource: &str, name: &str, ns: &str| {
+        authz.decide(user, &Attributes::resource(verb, tug_api::kinds::rbac::GROUP, resource, ns, name))
+            == Decision::Allow
+    };
+    let index = authz.rbac.index().map_err(|e| store_status(e, info, name))?;
+    let wanted: Vec<tug_api::kinds::rbac::PolicyRule> = match info.kind {
+        "Role" | "ClusterRole" => {
+            if may("escalate", info.plural, name, ns) {
+                return Ok(());
+            }
+            serde_json::from_value(obj["rules"].clone()).unwrap_or_default()
+        }
+        _ => {
+            let role = &obj["roleRef"];
+            let (kind, role_name) =
+                (role["kind"].as_str().unwrap_or_default(), role["name"].as_str().unwrap_or_default());
+            let (plural, role_ns) = if kind == "Role" { ("roles", ns) } else { ("clusterroles", "") };
+            if may("bind", plural, role_name, role_ns) {
+                return Ok(());
+            }
+            index.referenced(kind, role_name, ns).ok_or_else(|| {
+                Status::not_found(&format!("{plural}.{}", tug_api::kinds::rbac::GROUP), role_name)
+            })?
+        }
+    };
+    let missing = rbac::uncovered(&index.rules_for(user, ns), &wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<String> = user.groups.iter().map(|g| format!("{g:?}")).collect();
+    let list: Vec<String> = missing.iter().map(rbac::describe).collect();
+    let a = Attributes::resource("create", info.group, info.plural, ns, name);
+    Err(crate::auth::forbidden_because(
+        &a,
+        &format!(
+            "user {:?} (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
+            user.name,
+            groups.join(" "),
+            list.join("\n")
+        ),
+    ))
 }
 
 /// Kubernetes' Priority admission for a new Pod: `priorityClassName` must name a
@@ -465,10 +542,11 @@ fn expected_revision(obj: &Value) -> Result<Option<u64>, Status> {
     }
 }
 
-fn replace(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+fn replace(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
     let mut obj = decode_body(target, body)?;
+    admit(st, user, info, &obj)?;
     let expected = expected_revision(&obj)?;
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
     let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
@@ -600,10 +678,11 @@ fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &By
     }
 }
 
-fn apply(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
     let decoded = decode_body(target, body)?;
+    admit(st, user, info, &decoded)?;
     let _services = service_lock(st, info);
     // Without a resourceVersion in the request an apply is not optimistic: a controller
     // writing the object (a Deployment's status) between our read and write is retried.
@@ -700,16 +779,66 @@ impl Filter {
 }
 
 /// TLS connections without a client certificate may only join and read the version.
-pub async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let peer = req.extensions().get::<crate::tls::Peer>().copied().unwrap_or(crate::tls::Peer::Local);
-    let open = matches!(req.uri().path(), "/join" | "/version" | "/healthz");
-    if peer == crate::tls::Peer::Anonymous && !open {
-        return status_response(&Status::new(
-            401,
-            "Unauthorized",
-            "Unauthorized: present a client certificate signed by the cluster CA (`tug join` gets one)",
-        ));
+pub async fn authorize(
+    State(st): State<Arc<AppState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::auth::{self, User};
+    // Requests that did not come through a listener (in-process callers) are the server's own.
+    let peer = req.extensions().get::<crate::tls::Peer>().cloned();
+    let user: Arc<User> = match peer {
+        None => Arc::new(User::admin()),
+        Some(crate::tls::Peer::User(u)) => u,
+        Some(crate::tls::Peer::Anonymous) => {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if req.uri().path() == "/join" {
+                if !token.is_some_and(|t| st.pki.as_ref().is_some_and(|p| p.check_token(t))) {
+                    return status_response(&Status::new(
+                        401,
+                        "Unauthorized",
+                        "Unauthorized: the join token is not valid for this cluster",
+                    ));
+                }
+                Arc::new(auth::authn::bootstrapper())
+            } else {
+                Arc::new(User::anonymous())
+            }
+        }
+    };
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let attrs = auth::attributes(req.method().as_str(), req.uri().path(), &query);
+    let Some(authz) = st.auth.clone() else {
+        req.extensions_mut().insert(user);
+        return next.run(req).await;
+    };
+    let user = match auth::authn::impersonation(req.headers()) {
+        Err(m) => return status_response(&Status::bad_request(m)),
+        Ok(None) => user,
+        Ok(Some((as_user, checks))) => {
+            for c in &checks {
+                if let Err(s) = blocking(|| authz.check(&user, c)) {
+                    return status_response(&s);
+                }
+            }
+            Arc::new(as_user)
+        }
+    };
+    if let Err(s) = blocking(|| authz.check(&user, &attrs)) {
+        if user.in_group(auth::UNAUTHENTICATED) {
+            return status_response(&Status::new(
+                401,
+                "Unauthorized",
+                "Unauthorized: present a client certificate signed by the cluster CA (`tug join` gets a node's, `tug create user` a user's)",
+            ));
+        }
+        return status_response(&s);
     }
+    req.extensions_mut().insert(user);
     next.run(req).await
 }
 

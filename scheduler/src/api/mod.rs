@@ -30,6 +30,8 @@ pub mod objects;
 #[allow(clippy::result_large_err)]
 pub mod path;
 #[allow(clippy::result_large_err)]
+mod review;
+#[allow(clippy::result_large_err)]
 pub mod services;
 #[allow(clippy::result_large_err)]
 pub mod tunnel;
@@ -53,6 +55,9 @@ pub struct AppState {
     pub services: services::ServiceRanges,
     /// Agents' idle connections, for `pods/NAME/log` and `pods/NAME/exec`.
     pub tunnels: tunnel::Tunnels,
+    /// The authorizers (`None`: `--authorization-mode AlwaysAllow`, every authenticated
+    /// request is allowed).
+    pub auth: Option<Arc<crate::auth::Authorizer>>,
 }
 
 /// The cluster's pod range and the block size per node. A node created without
@@ -89,6 +94,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/version", get(handlers::version))
         .route("/healthz", get(|| async { "ok" }))
         .route("/join", axum::routing::post(handlers::join))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(review::access))
+        .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(review::whoami))
+        .route("/apis/tug.io/v1/usercredentials", axum::routing::post(review::user_credentials))
         .route("/api/v1/nodes/{name}/tunnel", get(tunnel::accept))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))
@@ -100,13 +108,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
-        .layer(axum::middleware::from_fn(handlers::authorize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
-/// Makes the namespaces every cluster has (`default`, `tug-system`) and the system
-/// PriorityClasses if they are missing.
+/// Makes the namespaces every cluster has (`default`, `tug-system`, `tug-node-lease`), the
+/// system PriorityClasses and the default RBAC policy if they are missing.
 pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
     if let Some(info) = tug_api::object::lookup("priorityclasses") {
         for (name, value) in tug_api::kinds::cluster::SYSTEM_PRIORITY_CLASSES {
@@ -120,7 +128,7 @@ pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
             }
         }
     }
-    for ns in ["default", "tug-system"] {
+    for ns in ["default", "tug-system", crate::auth::node::LEASE_NAMESPACE] {
         let info = tug_api::object::lookup("namespaces").unwrap_or(&tug_api::object::KINDS[0]);
         let key = path::key(info, None, ns);
         if store.get(&key)?.is_none() {
@@ -130,7 +138,7 @@ pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
             store.create(&key, obj)?;
         }
     }
-    Ok(())
+    crate::auth::policy::bootstrap(store)
 }
 
 /// The current time as Kubernetes writes timestamps.

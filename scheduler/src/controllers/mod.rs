@@ -16,6 +16,7 @@
 //! They read the store directly, which is consistent (a list sees every write before it),
 //! so unlike Kubernetes' controllers they need no "expectations" to cover a lagging cache.
 
+pub mod clusterroles;
 pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
@@ -152,6 +153,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(namespaces::Namespaces), 1),
         (Arc::new(nodes::NodeLifecycle::new(settings)), 1),
         (Arc::new(volumes::VolumeBinder), 1),
+        (Arc::new(clusterroles::Aggregation), 1),
     ];
     controllers
         .into_iter()

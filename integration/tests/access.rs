@@ -1,0 +1,274 @@
+//! Access control end to end: node certificates from `tug join` are only their node, users
+//! from `tug create user` get exactly what RBAC binds to them, local users on the socket are
+//! who their uid is, and nobody grants what they do not hold.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use tug_integration::control_plane::ControlPlane;
+
+/// A control plane with its TLS listener; (the control plane, https URL, join token).
+fn control_plane(extra: &[&str]) -> (ControlPlane, String, String) {
+    let port = tug_integration::images::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", addr.as_str()];
+    args.extend_from_slice(extra);
+    let cp = ControlPlane::start_with(&args);
+    let token =
+        cp.log().split_whitespace().find(|w| w.starts_with("tug::")).expect("the join token").to_string();
+    (cp, format!("https://{addr}"), token)
+}
+
+/// `tug ARGS` over TLS with the credentials in `dir`.
+fn tug_as(url: &str, dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(tug_integration::bins::path("tug-cli", "tug"))
+        .arg("--server")
+        .arg(url)
+        .arg("--tls-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tug");
+    if let Some(mut i) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut i, stdin.as_bytes());
+    }
+    child.wait_with_output().expect("tug output")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
+fn refused(o: Output, expect: &str) {
+    assert!(!o.status.success(), "expected a refusal containing {expect:?}: {}", text(&o));
+    assert!(text(&o).contains(expect), "expected {expect:?} in: {}", text(&o));
+}
+
+/// A GET with a client of these credentials: the HTTP status code.
+fn get_code(url: &str, dir: &Path, path: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = tug_client::Client::new(Some(url), dir).expect("client");
+        match client.get(path).await {
+            Ok(_) => 200,
+            Err(tug_client::CallError::Server(s)) => s.code,
+            Err(e) => panic!("{path}: {e}"),
+        }
+    })
+}
+
+/// A POST with a client of these credentials: (status code, the Status message).
+fn post(url: &str, dir: &Path, path: &str, body: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = tug_client::Client::new(Some(url), dir).expect("client");
+        match client.call(tug_client::Method::POST, path, "application/json", body.as_bytes().to_vec()).await
+        {
+            Ok(_) => (201, String::new()),
+            Err(tug_client::CallError::Server(s)) => (s.code, s.message),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    })
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: s1}
+stringData: {k: one}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s2}
+stringData: {k: two}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-n1}
+spec:
+  nodeName: tug-n1
+  containers: [{name: c, image: x, env: [{name: A, valueFrom: {secretKeyRef: {name: s1, key: k}}}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-n2}
+spec:
+  nodeName: tug-n2
+  containers: [{name: c, image: x, env: [{name: A, valueFrom: {secretKeyRef: {name: s2, key: k}}}]}]
+"#;
+
+#[test]
+fn a_node_certificate_is_only_its_own_node() {
+    let (cp, url, token) = control_plane(&[]);
+    let creds = tempfile::Builder::new().prefix("tug-creds").tempdir().unwrap();
+    let n1 = creds.path().join("n1");
+    ok(tug_as(&url, &n1, &["join", &url, "--token", &token, "--name", "tug-n1"], ""));
+    cp.apply(PODS);
+    let who = ok(tug_as(&url, &n1, &["auth", "whoami"], ""));
+    assert!(who.contains("system:node:tug-n1") && who.contains("system:nodes"), "{who}");
+    // Its own pod's secret, yes; another node's pod's secret, no; the list, no.
+    ok(tug_as(&url, &n1, &["get", "secret", "s1"], ""));
+    refused(
+        tug_as(&url, &n1, &["get", "secret", "s2"], ""),
+        r#"secrets "s2" is forbidden: User "system:node:tug-n1" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'tug-n1' and this object"#,
+    );
+    refused(tug_as(&url, &n1, &["get", "secrets"], ""), "can only get individual resources of this type");
+    // It cannot create pods (nor so bind them anywhere), nor touch another node's.
+    refused(
+        tug_as(
+            &url,
+            &n1,
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: evil}\nspec:\n  nodeName: tug-n2\n  containers: [{name: c, image: x}]\n",
+        ),
+        "forbidden",
+    );
+    refused(
+        tug_as(&url, &n1, &["delete", "pod", "on-n2", "--now"], ""),
+        "can only delete pods with spec.nodeName set to itself",
+    );
+    // The tunnel: only under its own name.
+    assert_eq!(get_code(&url, &n1, "/api/v1/nodes/tug-n2/tunnel"), 403);
+    // Not an admin: no namespaces, no RBAC.
+    refused(tug_as(&url, &n1, &["create", "namespace", "evil"], ""), "forbidden");
+    refused(tug_as(&url, &n1, &["get", "clusterroles"], ""), "forbidden");
+    // And it can register only itself.
+    refused(
+        tug_as(&url, &n1, &["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata: {name: tug-n2}\n"),
+        "node 'tug-n1' cannot modify node 'tug-n2'",
+    );
+    let (code, message) = post(
+        &url,
+        &n1,
+        "/api/v1/nodes",
+        r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "tug-n3"}}"#,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("node 'tug-n1' may only create its own Node object"), "{message}");
+    ok(tug_as(&url, &n1, &["apply", "-f", "-"], "apiVersion: v1\nkind: Node\nmetadata: {name: tug-n1}\n"));
+}
+
+#[test]
+fn roles_grant_exactly_their_verbs_and_cannot_escalate() {
+    let (cp, url, _) = control_plane(&[]);
+    let creds = tempfile::Builder::new().prefix("tug-creds").tempdir().unwrap();
+    let alice = creds.path().join("alice");
+    let out = ok(cp.tug(&["create", "user", "alice", "--group", "dev", "--dir", alice.to_str().unwrap()]));
+    assert!(out.contains("user/alice created"), "{out}");
+    let who = ok(tug_as(&url, &alice, &["auth", "whoami"], ""));
+    assert!(who.contains("alice") && who.contains("[dev system:authenticated]"), "{who}");
+    refused(
+        tug_as(&url, &alice, &["get", "pods"], ""),
+        r#"pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "default""#,
+    );
+    cp.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: default}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get, list]}
+- {apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], verbs: [create, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-reads, namespace: default}
+subjects: [{kind: Group, name: dev}]
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec: {containers: [{name: c, image: x}]}
+"#,
+    );
+    ok(tug_as(&url, &alice, &["get", "pods"], ""));
+    refused(tug_as(&url, &alice, &["delete", "pod", "web"], ""), r#"cannot delete resource "pods""#);
+    refused(tug_as(&url, &alice, &["get", "pods", "-n", "other"], ""), r#"in the namespace "other""#);
+    refused(tug_as(&url, &alice, &["get", "secrets"], ""), "forbidden");
+    assert_eq!(ok(tug_as(&url, &alice, &["auth", "can-i", "list", "pods"], "")).trim(), "yes");
+    let no = tug_as(&url, &alice, &["auth", "can-i", "delete", "pods"], "");
+    assert_eq!((no.status.code(), text(&no).trim()), (Some(1), "no"));
+    // The admin asks on alice's behalf (impersonation); alice may not impersonate anyone.
+    assert_eq!(
+        ok(cp.tug(&["auth", "can-i", "get", "pods", "--as", "alice", "--as-group", "dev"])).trim(),
+        "yes"
+    );
+    refused(tug_as(&url, &alice, &["auth", "can-i", "get", "pods", "--as", "bob"], ""), "cannot impersonate");
+    // A Role granting what alice does not hold is refused; one within her rights is not.
+    refused(
+        tug_as(
+            &url,
+            &alice,
+            &["apply", "-f", "-"],
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: more}\nrules: [{apiGroups: [''], resources: [secrets], verbs: [get]}]\n",
+        ),
+        "is attempting to grant RBAC permissions not currently held",
+    );
+    ok(tug_as(
+        &url,
+        &alice,
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: less}\nrules: [{apiGroups: [''], resources: [pods], verbs: [get]}]\n",
+    ));
+    // Nor may she bind herself to admin.
+    refused(
+        tug_as(
+            &url,
+            &alice,
+            &["apply", "-f", "-"],
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: up}\nsubjects: [{kind: User, name: alice}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}\n",
+        ),
+        "not currently held",
+    );
+    // A `view` user reads pods but cannot exec into them, nor read secrets.
+    let bob = creds.path().join("bob");
+    ok(cp.tug(&["create", "user", "bob", "--dir", bob.to_str().unwrap()]));
+    cp.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-views}\nsubjects: [{kind: User, name: bob}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n");
+    ok(tug_as(&url, &bob, &["get", "pods", "web"], ""));
+    refused(tug_as(&url, &bob, &["exec", "web", "--", "true"], ""), r#"cannot create resource "pods/exec""#);
+    refused(tug_as(&url, &bob, &["get", "secrets"], ""), "forbidden");
+    // A kubeconfig for kubectl carries the same identity.
+    let kc = ok(cp.tug(&["create", "user", "carol", "-o", "kubeconfig", "--cluster-url", &url]));
+    assert!(kc.contains("client-certificate-data") && kc.contains(&url), "{kc}");
+}
+
+#[test]
+fn a_local_user_on_the_socket_is_refused_until_bound() {
+    let cp = ControlPlane::start_with(&["--socket-group", "nogroup"]);
+    // nobody must reach the socket: the test's directory is the only one in the way.
+    std::fs::set_permissions(cp.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new(tug_integration::bins::path("tug-cli", "tug"))
+            .env("TUG_SOCKET", cp.socket())
+            .env("HOME", "/nonexistent")
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tug")
+    };
+    let who = ok(as_nobody(&["auth", "whoami"]));
+    assert!(who.contains("nobody") && !who.contains("system:masters"), "{who}");
+    refused(as_nobody(&["get", "pods"]), r#"User "nobody" cannot list resource "pods""#);
+    cp.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: nobody-views}\nsubjects: [{kind: User, name: nobody}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n");
+    ok(as_nobody(&["get", "pods"]));
+    refused(as_nobody(&["create", "namespace", "x"]), "forbidden");
+    // Root on the socket is the cluster's admin.
+    let root = ok(cp.tug(&["auth", "whoami"]));
+    assert!(root.contains("system:admin") && root.contains("system:masters"), "{root}");
+}

@@ -1,0 +1,140 @@
+//! Who am I and may I: `SelfSubjectAccessReview` (`authorization.k8s.io/v1`, what
+//! `kubectl auth can-i` and `tug auth can-i` ask), `SelfSubjectReview`
+//! (`authentication.k8s.io/v1`, `whoami`); and `usercredentials` (`tug.io/v1`): a client
+//! certificate for a user, signed by the cluster CA (`tug create user`; whoever may `create`
+//! it — cluster-admin — can mint any identity, so grant it to no one else).
+
+use super::AppState;
+use super::handlers::{blocking, json_response, status_response};
+use crate::auth::{Attributes, Decision, User};
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tug_api::status::Status;
+
+fn body_json(body: &Bytes) -> Result<Value, Status> {
+    let text = std::str::from_utf8(body).map_err(|_| Status::bad_request("the request body is not UTF-8"))?;
+    let v: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| Status::bad_request(format!("the request body: {e}")))?;
+    if !v.is_object() {
+        return Err(Status::bad_request("the request body must be one object"));
+    }
+    Ok(v)
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`.
+pub async fn access(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<Arc<User>>,
+    body: Bytes,
+) -> Response {
+    let mut review = match body_json(&body) {
+        Ok(v) => v,
+        Err(e) => return status_response(&e),
+    };
+    let spec = &review["spec"];
+    let attrs = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
+        let mut a = Attributes::resource(
+            &s(&r["verb"]),
+            &s(&r["group"]),
+            &s(&r["resource"]),
+            &s(&r["namespace"]),
+            &s(&r["name"]),
+        );
+        a.subresource = s(&r["subresource"]);
+        a
+    } else if let Some(n) = spec.get("nonResourceAttributes").filter(|r| r.is_object()) {
+        Attributes { verb: s(&n["verb"]), path: s(&n["path"]), ..Attributes::default() }
+    } else {
+        return status_response(&Status::invalid(
+            "SelfSubjectAccessReview.authorization.k8s.io",
+            "",
+            &[tug_api::validation::FieldError {
+                field: "spec.resourceAttributes".into(),
+                message: "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+            }],
+        ));
+    };
+    let decision = match &st.auth {
+        None => Decision::Allow,
+        Some(a) => blocking(|| a.decide(&user, &attrs)),
+    };
+    review["apiVersion"] = "authorization.k8s.io/v1".into();
+    review["kind"] = "SelfSubjectAccessReview".into();
+    review["metadata"] = json!({"creationTimestamp": null});
+    review["status"] = match decision {
+        Decision::Allow => json!({"allowed": true}),
+        Decision::Deny(r) => json!({"allowed": false, "denied": true, "reason": r}),
+        Decision::NoOpinion(r) if r.is_empty() => json!({"allowed": false}),
+        Decision::NoOpinion(r) => json!({"allowed": false, "reason": r}),
+    };
+    json_response(StatusCode::CREATED, &review)
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`.
+pub async fn whoami(Extension(user): Extension<Arc<User>>) -> Response {
+    let mut info = json!({"username": user.name, "groups": user.groups});
+    if !user.uid.is_empty() {
+        info["uid"] = user.uid.clone().into();
+    }
+    json_response(
+        StatusCode::CREATED,
+        &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "metadata": {"creationTimestamp": null}, "status": {"userInfo": info}}),
+    )
+}
+
+/// `POST /apis/tug.io/v1/usercredentials` with `{"name", "groups": [...], "ttlSeconds"}`:
+/// `{"ca", "cert", "key", "expirationTimestamp"}`.
+pub async fn user_credentials(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let reply = || -> Result<Value, Status> {
+        let v = body_json(&body)?;
+        let name = s(&v["name"]);
+        let field = |f: &str, m: String| {
+            Status::invalid(
+                "UserCredentials.tug.io",
+                &name,
+                &[tug_api::validation::FieldError { field: f.into(), message: m }],
+            )
+        };
+        if name.is_empty() {
+            return Err(field("name", "Required value".into()));
+        }
+        let groups: Vec<String> = v["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect();
+        if let Some(g) = groups.iter().find(|g| g.is_empty()) {
+            return Err(field("groups", format!("Invalid value: {g:?}: must not be empty")));
+        }
+        let ttl = match &v["ttlSeconds"] {
+            Value::Null => 365 * 86400,
+            t => t.as_u64().filter(|t| *t >= 60).ok_or_else(|| {
+                field("ttlSeconds", format!("Invalid value: {t}: must be at least 60 seconds"))
+            })?,
+        };
+        let pki = st
+            .pki
+            .as_ref()
+            .ok_or_else(|| Status::new(404, "NotFound", "this control plane has no cluster CA"))?;
+        let (cert, key) = pki.user_cert(&name, &groups, ttl).map_err(|e| field("groups", e.to_string()))?;
+        let expires = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(ttl),
+        );
+        Ok(json!({"ca": pki.ca_pem, "cert": cert, "key": key, "expirationTimestamp": expires.to_string()}))
+    };
+    match reply() {
+        Ok(v) => json_response(StatusCode::CREATED, &v),
+        Err(e) => status_response(&e),
+    }
+}
