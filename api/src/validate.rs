@@ -623,6 +623,11 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
         &format!("{path}.securityContext.appArmorProfile"),
         e,
     );
+    seccomp(
+        psc.and_then(|p| p.seccomp_profile.as_ref()),
+        &format!("{path}.securityContext.seccompProfile"),
+        e,
+    );
     tolerations(&s.tolerations, &format!("{path}.tolerations"), e);
     scheduling(s, path, e);
     match s.dns_policy.as_deref() {
@@ -856,8 +861,47 @@ fn app_armor(p: Option<&crate::kinds::pod::AppArmorProfile>, path: &str, e: &mut
     }
 }
 
+/// `seccompProfile` as Kubernetes validates it; a Localhost profile is a relative path
+/// below the agent's profile directory.
+fn seccomp(p: Option<&crate::kinds::pod::SeccompProfile>, path: &str, e: &mut Errors) {
+    let Some(p) = p else { return };
+    let localhost = p.localhost_profile.as_deref().filter(|l| !l.is_empty());
+    match (p.type_.as_str(), localhost) {
+        ("Localhost", None) => e.add(format!("{path}.localhostProfile"), "Required value: must be set when seccomp type is Localhost"),
+        ("Localhost", Some(l)) if l.starts_with('/') || l.split('/').any(|c| c == ".." || c.is_empty()) => e.add(
+            format!("{path}.localhostProfile"),
+            format!("Invalid value: {l:?}: must be a relative path without '..'"),
+        ),
+        ("RuntimeDefault" | "Unconfined", Some(_)) => e.add(
+            format!("{path}.localhostProfile"),
+            "Invalid value: can only be set if seccomp type is Localhost",
+        ),
+        ("Localhost" | "RuntimeDefault" | "Unconfined", _) => {}
+        (t, _) => e.add(
+            format!("{path}.type"),
+            format!("Unsupported value: {t:?}: supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\""),
+        ),
+    }
+}
+
 fn container(c: &Container, path: &str, _spec: &PodSpec, e: &mut Errors) {
     let sc = c.security_context.as_ref();
+    seccomp(
+        sc.and_then(|s| s.seccomp_profile.as_ref()),
+        &format!("{path}.securityContext.seccompProfile"),
+        e,
+    );
+    match sc.and_then(|s| s.proc_mount.as_deref()) {
+        None | Some("Default") => {}
+        Some("Unmasked") => e.add(
+            format!("{path}.securityContext.procMount"),
+            "Forbidden: Unmasked proc mount requires a user namespace (hostUsers: false), which Tug does not support yet",
+        ),
+        Some(m) => e.add(
+            format!("{path}.securityContext.procMount"),
+            format!("Unsupported value: {m:?}: supported values: \"Default\", \"Unmasked\""),
+        ),
+    }
     app_armor(
         sc.and_then(|s| s.app_armor_profile.as_ref()),
         &format!("{path}.securityContext.appArmorProfile"),

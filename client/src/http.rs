@@ -245,8 +245,30 @@ where
 }
 
 /// The JSON body of an answer; a non-2xx answer is the server's Status.
+/// The text of a `Warning: 299 - "text"` header (Kubernetes' warnings: Pod Security's
+/// `would violate …`), unquoted.
+pub fn warning_text(header: &str) -> Option<String> {
+    let quoted = header.split_once(" - ")?.1.trim();
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 async fn read_json(resp: Response<Incoming>) -> Result<(Value, hyper::HeaderMap), CallError> {
     let (parts, body) = resp.into_parts();
+    // Printed as kubectl prints them, whoever called.
+    for w in parts.headers.get_all("warning").iter().filter_map(|v| v.to_str().ok()).filter_map(warning_text)
+    {
+        eprintln!("Warning: {w}");
+    }
     let bytes = body
         .collect()
         .await

@@ -272,3 +272,65 @@ fn a_local_user_on_the_socket_is_refused_until_bound() {
     let root = ok(cp.tug(&["auth", "whoami"]));
     assert!(root.contains("system:admin") && root.contains("system:masters"), "{root}");
 }
+
+#[test]
+fn pod_security_levels_refuse_warn_and_hold_for_controllers() {
+    let cp = ControlPlane::start();
+    // The cluster default is baseline: no host access in `default`.
+    let out = cp.tug_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  hostNetwork: true\n  containers: [{name: c, image: x, securityContext: {privileged: true}}]\n  volumes: [{name: all, hostPath: {path: /}}]\n",
+    );
+    refused(
+        out,
+        r#"pods "root" is forbidden: violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true), hostPath volumes (volume "all"), privileged (container "c" must not set securityContext.privileged=true)"#,
+    );
+    // restricted refuses a pod running as root, in Kubernetes' words.
+    cp.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-strict, labels: {pod-security.kubernetes.io/enforce: restricted}}\n");
+    refused(
+        cp.tug_with_input(
+            &["apply", "-n", "tug-strict", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: c, image: x}]}\n",
+        ),
+        r#"pods "web" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "c" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "c" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "c" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "c" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#,
+    );
+    ok(cp.tug_with_input(
+        &["apply", "-n", "tug-strict", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}\n  containers: [{name: c, image: x, securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n",
+    ));
+    // warn: admitted, with the warning printed.
+    cp.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-warned, labels: {pod-security.kubernetes.io/warn: restricted}}\n");
+    let out = ok(cp.tug_with_input(
+        &["apply", "-n", "tug-warned", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: c, image: x}]}\n",
+    ));
+    assert!(
+        out.contains(
+            r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#
+        ),
+        "{out}"
+    );
+    // A bad level is refused.
+    refused(
+        cp.tug_with_input(&["apply", "-f", "-"], "apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-bad, labels: {pod-security.kubernetes.io/enforce: strict}}\n"),
+        r#"Invalid value: "strict": must be one of privileged, baseline, restricted"#,
+    );
+    // Controllers' pods are held to it too: the ReplicaSet says why it has none.
+    cp.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hosty}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: hosty}}\n  template:\n    metadata: {labels: {app: hosty}}\n    spec: {hostNetwork: true, containers: [{name: c, image: x}]}\n",
+    );
+    let said = tug_integration::wait_for(std::time::Duration::from_secs(20), || {
+        cp.get_json(&["events"]).is_some_and(|e| {
+            e["items"].as_array().into_iter().flatten().any(|ev| {
+                ev["reason"] == "FailedCreate"
+                    && ev["message"].as_str().is_some_and(|m| {
+                        m.contains(
+                            r#"violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#,
+                        )
+                    })
+            })
+        })
+    });
+    assert!(said, "{:?}", cp.get_json(&["events"]));
+    assert_eq!(cp.get_json(&["pods"]).map(|p| p["items"].as_array().map_or(0, Vec::len)), Some(0));
+}

@@ -611,6 +611,10 @@ fn volumes_project_config_secrets_and_pod_fields_and_follow_updates() {
         &format!(
             r#"
 apiVersion: v1
+kind: Namespace
+metadata: {{name: default, labels: {{pod-security.kubernetes.io/enforce: privileged}}}}
+---
+apiVersion: v1
 kind: ConfigMap
 metadata: {{name: settings}}
 data: {{color: blue, size: large}}

@@ -86,6 +86,11 @@ struct Flags {
     /// `system:masters` may do anything) or `AlwaysAllow` (every authenticated request).
     #[arg(long, default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC,Node", "AlwaysAllow"])]
     authorization_mode: String,
+    /// The Pod Security level (privileged, baseline, restricted) enforced, warned of and
+    /// audited in namespaces without `pod-security.kubernetes.io/*` labels (kube-system and
+    /// tug-system excepted).
+    #[arg(long, default_value = "baseline", value_parser = ["privileged", "baseline", "restricted"])]
+    pod_security_default: String,
     /// The embedded store's page cache, in MiB (memory the control plane keeps for reads).
     #[arg(long = "store-cache-mib", default_value_t = 16)]
     store_cache_mib: usize,
@@ -253,6 +258,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let store_for_controllers = store.clone();
     let services =
         api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
+    if let Some(level) = tug_scheduler::auth::podsecurity::Level::parse(&flags.pod_security_default) {
+        tug_scheduler::auth::podsecurity::set_default(level);
+    }
     let auth = (flags.authorization_mode != "AlwaysAllow")
         .then(|| Arc::new(tug_scheduler::auth::Authorizer::new(store.clone())));
     let rbac_follower = auth.as_ref().map(|a| tokio::spawn(a.rbac.clone().follow()));

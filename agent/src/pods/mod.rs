@@ -680,7 +680,18 @@ fn prepare(
     let agent_made = names(|v| v.host_path.is_none() && v.persistent_volume_claim.is_none());
     let vmounts = volumes::mounts(c, vols, &read_only, &agent_made, &ctx.pod_dir(&rec.uid))
         .map_err(|e| ("CreateContainerConfigError", e))?;
-    let seccomp = |caps: &[String]| tug_shim::seccomp::profile::default_profile(caps);
+    let seccomp = |caps: &[String], localhost: Option<&str>| match localhost {
+        None => Ok(tug_shim::seccomp::profile::default_profile(caps)),
+        // Kubelet's habit: `<root>/seccomp/<localhostProfile>`, a path the API checked is
+        // relative and without `..`, in a directory only root writes.
+        Some(file) => {
+            let path = ctx.cfg.state_dir.join("seccomp").join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("seccomp profile {file:?} ({}): {e}", path.display()))?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("seccomp profile {file:?} ({}): {e}", path.display()))
+        }
+    };
     let oci = spec::oci_spec(pod, c, config, &rootfs, sandbox, id, resolved, vmounts, seccomp)
         .map_err(|e| ("CreateContainerConfigError", e))?;
     let bundle = ctx.bundle_dir(id);

@@ -218,11 +218,37 @@ fn image_user(spec: &str, rootfs: &Path) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// The capabilities of a bounding set (`CapBnd`'s bits), in `ALL_CAPS`' (bit) order.
+pub fn caps_in(bounding: u64) -> Vec<String> {
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// What "every capability" is on this node: those the agent itself holds in its bounding set
+/// (as containerd and CRI-O do), so a privileged container starts where the host withholds
+/// some (a capset of one the runtime does not hold fails).
+fn held() -> &'static [String] {
+    static HELD: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let bounding = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap_or(u64::MAX);
+        caps_in(bounding)
+    })
+}
+
 /// The capability set after the securityContext's `add` and `drop`.
 pub fn capabilities(c: &Container) -> Vec<String> {
     let sc = c.security_context.as_ref();
     if sc.and_then(|s| s.privileged).unwrap_or(false) {
-        return ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        return held().to_vec();
     }
     let norm = |s: &str| {
         let s = s.to_ascii_uppercase();
@@ -237,7 +263,7 @@ pub fn capabilities(c: &Container) -> Vec<String> {
         DEFAULT_CAPS.iter().map(|s| s.to_string()).filter(|c| !drop.contains(c)).collect()
     };
     if add.iter().any(|a| a == "CAP_ALL") {
-        return ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        return held().to_vec();
     }
     for a in add {
         if !out.contains(&a) {
@@ -293,7 +319,7 @@ pub fn oci_spec(
     container_id: &str,
     resolved_env: &[(String, String)],
     volume_mounts: Vec<Value>,
-    seccomp: impl Fn(&[String]) -> Value,
+    seccomp: impl Fn(&[String], Option<&str>) -> Result<Value, String>,
 ) -> Result<Value, String> {
     let args = argv(c, image)?;
     let (uid, gid, extra) = user(pod, c, image, rootfs)?;
@@ -338,7 +364,18 @@ pub fn oci_spec(
     if !privileged {
         linux["maskedPaths"] = json!(MASKED);
         linux["readonlyPaths"] = json!(READONLY);
-        linux["seccomp"] = seccomp(&caps);
+        // A container's profile over the pod's: RuntimeDefault (or none) is the default filter
+        // for these capabilities, Localhost the node's file, Unconfined no filter.
+        let profile = sc.and_then(|s| s.seccomp_profile.as_ref()).or(pod
+            .spec
+            .security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref()));
+        match profile.map(|p| (p.type_.as_str(), p.localhost_profile.as_deref())) {
+            Some(("Unconfined", _)) => {}
+            Some(("Localhost", Some(file))) => linux["seccomp"] = seccomp(&caps, Some(file))?,
+            _ => linux["seccomp"] = seccomp(&caps, None)?,
+        }
         linux["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
     } else {
         linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
@@ -463,6 +500,64 @@ mod tests {
         assert_eq!(capabilities(&c), ["CAP_NET_ADMIN"]);
         c.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
         assert!(capabilities(&c).contains(&"CAP_SYS_ADMIN".to_string()));
+        // Privileged is what the agent holds: a host whose bounding set lacks
+        // CAP_SYS_RESOURCE (bit 24, as these machines') gives every other one.
+        let without = caps_in(0x1ff_feff_ffff);
+        assert_eq!(without.len(), ALL_CAPS.len() - 1);
+        assert!(
+            !without.contains(&"CAP_SYS_RESOURCE".to_string()) && without.contains(&"CAP_BPF".to_string())
+        );
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let bnd = own.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim().to_string();
+        assert_eq!(capabilities(&c), caps_in(u64::from_str_radix(&bnd, 16).unwrap()));
+    }
+
+    /// A container's seccomp profile over the pod's: the default filter, none, or the node's file.
+    #[test]
+    fn seccomp_profiles_default_unconfined_and_localhost() {
+        use tug_api::kinds::pod::{PodSecurityContext, SeccompProfile};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let sandbox = Sandbox {
+            netns: "/run/tug/netns/x".into(),
+            hostname: "p".into(),
+            pod_dir: dir.path().join("pod"),
+            cgroup: "pods/podx".into(),
+        };
+        let profile = |t: &str, l: Option<&str>| SeccompProfile {
+            type_: t.into(),
+            localhost_profile: l.map(Into::into),
+        };
+        let filter = |caps: &[String], local: Option<&str>| -> Result<Value, String> {
+            Ok(json!({"from": local.unwrap_or("default"), "caps": caps.len()}))
+        };
+        let mut pod = Pod::default();
+        let mut c = container(&["x"], &[]);
+        let spec = |pod: &Pod, c: &Container| {
+            oci_spec(pod, c, &image(None, None), dir.path(), &sandbox, "id", &[], Vec::new(), filter).unwrap()
+        };
+        assert_eq!(spec(&pod, &c)["linux"]["seccomp"]["from"], "default");
+        pod.spec.security_context = Some(PodSecurityContext {
+            seccomp_profile: Some(profile("Unconfined", None)),
+            ..Default::default()
+        });
+        assert!(spec(&pod, &c)["linux"]["seccomp"].is_null(), "the pod's Unconfined");
+        c.security_context = Some(SecurityContext {
+            seccomp_profile: Some(profile("Localhost", Some("p/audit.json"))),
+            ..Default::default()
+        });
+        assert_eq!(
+            spec(&pod, &c)["linux"]["seccomp"]["from"],
+            "p/audit.json",
+            "the container's over the pod's"
+        );
+        c.security_context = Some(SecurityContext {
+            seccomp_profile: Some(profile("RuntimeDefault", None)),
+            ..Default::default()
+        });
+        assert_eq!(spec(&pod, &c)["linux"]["seccomp"]["from"], "default");
     }
 
     /// An image whose `/etc/passwd` links to the node's, and whose `/etc/group` is a FIFO:

@@ -519,6 +519,21 @@ pub struct PodSecurityContext {
     /// The SELinux context. Tug's runtime applies none: refused at container creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub se_linux_options: Option<SeLinuxOptions>,
+    /// The seccomp filter of containers that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+/// `seccompProfile`: `RuntimeDefault` (the runtime's default filter, also what no profile
+/// means), `Unconfined` (none) or `Localhost` (`localhostProfile`, a file under the agent's
+/// `<state-dir>/seccomp/`, in the OCI `linux.seccomp` shape).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompProfile {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localhost_profile: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -552,6 +567,13 @@ pub struct SecurityContext {
     /// The SELinux context. Tug's runtime applies none: refused at container creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub se_linux_options: Option<SeLinuxOptions>,
+    /// This container's seccomp filter (over the pod's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
+    /// `Default` (masked /proc paths) or `Unmasked` (none; only with a user namespace in
+    /// Kubernetes — Tug refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_mount: Option<String>,
 }
 
 /// `appArmorProfile`: `RuntimeDefault`, `Localhost` (with `localhostProfile`) or `Unconfined`.

@@ -303,6 +303,7 @@ fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User
     let info = target.info();
     let mut obj = decode_body(target, body)?;
     admit(st, user, info, &obj)?;
+    let warnings = pod_security(st, info, &obj, None)?;
     if obj["metadata"]["name"].as_str().unwrap_or_default().is_empty() {
         let base = obj["metadata"]["generateName"].as_str().unwrap_or_default().to_string();
         let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(5).collect();
@@ -322,7 +323,88 @@ fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User
     assign_service_addresses(st, info, &mut obj, None)?;
     admit_pod_priority(st, info, &mut obj)?;
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
-    Ok(stored_reply(StatusCode::CREATED, &stored))
+    Ok(with_warnings(stored_reply(StatusCode::CREATED, &stored), &warnings))
+}
+
+/// Pod Security admission (`crate::auth::podsecurity`): a Pod that breaks its namespace's
+/// `enforce` level is refused; the `warn` level's findings, for pods and workloads' templates,
+/// come back as warnings. A namespace's labels are checked, and a stricter `enforce` warns of
+/// the pods already there that break it. An update that leaves a pod's spec as it was is not
+/// judged again.
+fn pod_security(
+    st: &AppState,
+    info: &KindInfo,
+    obj: &Value,
+    current: Option<&Value>,
+) -> Result<Vec<String>, Status> {
+    use crate::auth::podsecurity;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if info.kind == "Namespace" {
+        let errs = podsecurity::validate_labels(&obj["metadata"]["labels"]);
+        if !errs.is_empty() {
+            let errs: Vec<_> = errs
+                .into_iter()
+                .map(|(field, message)| tug_api::validation::FieldError { field, message })
+                .collect();
+            return Err(Status::invalid("Namespace", name, &errs));
+        }
+        let before = current.map(|c| podsecurity::policy(name, &c["metadata"]["labels"]).enforce);
+        let after = podsecurity::policy(name, &obj["metadata"]["labels"]).enforce;
+        if before.is_none_or(|b| b >= after) {
+            return Ok(Vec::new());
+        }
+        let pods = tug_api::object::lookup("pods").ok_or_else(|| Status::internal("no Pod kind"))?;
+        let (items, _) = blocking(|| st.store.list(&path::prefix(pods, Some(name))))
+            .map_err(|e| store_status(e, pods, ""))?;
+        let mut found = Vec::new();
+        for p in &items {
+            let v = podsecurity::violations(after, &p.object["spec"]);
+            if !v.is_empty() {
+                found.push(format!(
+                    "{}: {}",
+                    p.object["metadata"]["name"].as_str().unwrap_or_default(),
+                    v.join(", ")
+                ));
+            }
+        }
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut w = vec![format!(
+            "existing pods in namespace {name:?} violate the new PodSecurity enforce level \"{}:latest\"",
+            after.name()
+        )];
+        w.extend(found);
+        return Ok(w);
+    }
+    if podsecurity::pod_spec(info.kind, obj).is_none() {
+        return Ok(Vec::new());
+    }
+    if info.kind == "Pod" && current.is_some_and(|c| c["spec"] == obj["spec"]) {
+        return Ok(Vec::new());
+    }
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+    let nsinfo =
+        tug_api::object::lookup("namespaces").ok_or_else(|| Status::internal("no Namespace kind"))?;
+    let Some(found) =
+        blocking(|| st.store.get(&path::key(nsinfo, None, ns))).map_err(|e| store_status(e, nsinfo, ns))?
+    else {
+        return Ok(Vec::new());
+    };
+    let policy = podsecurity::policy(ns, &found.object["metadata"]["labels"]);
+    podsecurity::admit(info.kind, obj, policy)
+        .map_err(|m| Status::forbidden(format!("{} {name:?} is forbidden: {m}", resource_name(info))))
+}
+
+/// Adds one `Warning: 299 - "…"` header per warning (what kubectl and tug print).
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {w:?}");
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// Admission by who writes: a node creates only its own Node and Lease (NodeRestriction);
@@ -555,9 +637,10 @@ fn replace(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::Use
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
     check_update(info, &name, &current.object, &obj)?;
+    let warnings = pod_security(st, info, &obj, Some(&current.object))?;
     let stored = write_update(st, &key, obj, expected.unwrap_or(current.revision))
         .map_err(|e| store_status(e, info, &name))?;
-    Ok(stored_reply(StatusCode::OK, &stored))
+    Ok(with_warnings(stored_reply(StatusCode::OK, &stored), &warnings))
 }
 
 /// An update's write: the object, or its removal when the update took the last finalizer
@@ -688,6 +771,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
     // writing the object (a Deployment's status) between our read and write is retried.
     let pinned = expected_revision(&decoded)?.is_some();
     let mut attempt = 0;
+    let mut warnings: Vec<String>;
     let (stored, applied) = loop {
         attempt += 1;
         let mut obj = decoded.clone();
@@ -696,6 +780,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
             keep_server_set(info, &mut obj, &c.object);
         }
         assign_service_addresses(st, info, &mut obj, current.as_ref().map(|c| &c.object))?;
+        warnings = pod_security(st, info, &obj, current.as_ref().map(|c| &c.object))?;
         let result = match current {
             None => {
                 ensure_namespace(st, info, target.namespace())?;
@@ -724,7 +809,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
         }
     };
     let code = if applied == Applied::Created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut resp = stored_reply(code, &stored);
+    let mut resp = with_warnings(stored_reply(code, &stored), &warnings);
     resp.headers_mut().insert("x-tug-apply", header::HeaderValue::from_static(applied.as_str()));
     Ok(resp)
 }

@@ -4,6 +4,7 @@
 
 pub mod authn;
 pub mod node;
+pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
 

@@ -319,10 +319,39 @@ pub fn event(
 pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -> Result<Stored, StoreError> {
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     // Never into a namespace that is gone (deleted while its owners were being reconciled).
-    if store.get(&format!("/namespaces//{ns}"))?.is_none() {
+    let Some(namespace) = store.get(&format!("/namespaces//{ns}"))? else {
         return Err(StoreError::NotFound(format!("namespace {ns}")));
-    }
+    };
     let base = obj["metadata"]["generateName"].as_str().map(str::to_string);
+    if group_plural == "/pods" {
+        // Pod Security holds for controllers' pods as for users': the owner gets a
+        // FailedCreate event and the controller retries (with its back-off) until the pod
+        // template or the namespace's level changes.
+        let policy = crate::auth::podsecurity::policy(&ns, &namespace.object["metadata"]["labels"]);
+        let found = crate::auth::podsecurity::violations(policy.enforce, &obj["spec"]);
+        if !found.is_empty() {
+            let name = base
+                .clone()
+                .unwrap_or_else(|| obj["metadata"]["name"].as_str().unwrap_or_default().to_string());
+            let message = format!(
+                "Error creating: pods {name:?} is forbidden: {}",
+                crate::auth::podsecurity::message(policy.enforce, &found)
+            );
+            if let Some(owner) = obj["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
+                let meta = ObjectMeta {
+                    name: owner["name"].as_str().unwrap_or_default().to_string(),
+                    namespace: Some(ns.clone()),
+                    uid: owner["uid"].as_str().map(str::to_string),
+                    ..ObjectMeta::default()
+                };
+                let kind = owner["kind"].as_str().unwrap_or_default();
+                let api_version = owner["apiVersion"].as_str().unwrap_or_default();
+                let component = if kind == "Job" { "job-controller" } else { "replicaset-controller" };
+                event(store, (kind, api_version, &meta), "Warning", "FailedCreate", &message, component)?;
+            }
+            return Err(StoreError::Backend(message));
+        }
+    }
     for _ in 0..8 {
         let name = match &base {
             Some(b) => format!("{b}{}", random_suffix(5)),
