@@ -18,7 +18,7 @@ fi
 if [ "${1:-}" != inside ]; then
     # The tmpfs mount points it makes on the host (a fresh machine has none) go afterwards.
     made=()
-    for d in /run/tug /run/tug-agent /var/lib/tug /var/lib/tug-agent; do
+    for d in /run/tug /run/tug-agent /var/lib/tug /var/lib/tug-agent /etc/tug; do
         [ -e "$d" ] || made+=("$d")
     done
     rc=0
@@ -35,7 +35,7 @@ fail() {
     bash scripts/stop.sh >/dev/null 2>&1 || true
     exit 1
 }
-for d in /run/tug /run/tug-agent /var/lib/tug /var/lib/tug-agent /var/log; do
+for d in /run/tug /run/tug-agent /var/lib/tug /var/lib/tug-agent /etc/tug /var/log; do
     mkdir -p "$d" && mount -t tmpfs -o mode=0755 tug-run-check "$d"
 done
 ip link set lo up
@@ -59,7 +59,7 @@ leftovers() {
 modes() {
     local bad="" p want
     for p in /var/lib/tug:700 /var/lib/tug/store.redb:600 /var/lib/tug/images:700 \
-        /var/lib/tug-agent:700 /run/tug-agent:700; do
+        /var/lib/tug-agent:700 /run/tug-agent:700 /etc/tug:700 /etc/tug/encryption-config.yaml:600; do
         want=${p#*:}; p=${p%%:*}
         [ "$(stat -c %a "$p")" = "$want" ] || bad+=" $p is $(stat -c %a "$p"), not $want;"
     done
@@ -71,6 +71,14 @@ modes() {
     done
     [ -z "$bad" ] || fail "state readable beyond root:$bad"
     echo "run-check: round $round: state directories are root's alone (0700), secrets 0600"
+    # A Secret's value is encrypted at rest: neither it nor its base64 is in the store.
+    local value="tug-run-check-secret-$round-$$"
+    TUG_SOCKET=/run/tug/tug.sock "$TUG_BIN_DIR/tug" create secret generic "run-check-$round" \
+        --from-literal="v=$value" >/dev/null || fail "creating a Secret"
+    if grep -rqaF -e "$value" -e "$(printf %s "$value" | base64)" /var/lib/tug; then
+        fail "a Secret's value is in clear under /var/lib/tug"
+    fi
+    echo "run-check: round $round: a Secret's value is not in /var/lib/tug"
 }
 
 for round in 1 2; do
@@ -89,4 +97,4 @@ for round in 1 2; do
     echo "run-check: round $round: make stop left nothing behind"
 done
 rm -f /tmp/tug-run-check.log
-echo "run-check: 6 passed, 0 failed"
+echo "run-check: 8 passed, 0 failed"

@@ -59,6 +59,9 @@ enum Cmd {
     /// Show CPU and memory use of nodes or pods.
     #[command(subcommand)]
     Top(commands::top::TopCmd),
+    /// Cluster administration: `reencrypt` (after rotating an encryption key).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Access: `can-i VERB RESOURCE` (yes or no), `whoami`.
     #[command(subcommand)]
     Auth(commands::auth::AuthCmd),
@@ -76,6 +79,13 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Rewrite every object the control plane encrypts at rest with its current key (the
+    /// first of `--encryption-config`'s first provider): run after putting a new key first.
+    Reencrypt,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +140,36 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Exec(a) => commands::logs::exec(&client, &a, ns.as_deref()).await,
         Cmd::Top(c) => commands::top::run(&client, c, ns.as_deref()).await,
         Cmd::Auth(c) => commands::auth::run(&client, c, ns.as_deref()).await,
+        Cmd::Admin(AdminCmd::Reencrypt) => {
+            let (v, _) = client
+                .call(
+                    hyper::Method::POST,
+                    "/apis/tug.io/v1/reencryptions",
+                    "application/json",
+                    b"{}".to_vec(),
+                )
+                .await
+                .map_err(|e| match e {
+                    client::CallError::Server(s) => {
+                        format!("Error from server ({}): {}", s.reason, s.message)
+                    }
+                    e => e.to_string(),
+                })?;
+            // Store prefixes (`/secrets/`, `apps/deployments/`) as resources (`secrets`,
+            // `deployments.apps`).
+            let resources: Vec<String> = v["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .map(|p| match p.trim_matches('/').split_once('/') {
+                    Some((group, plural)) => format!("{plural}.{group}"),
+                    None => p.trim_matches('/').to_string(),
+                })
+                .collect();
+            println!("re-encrypted {} objects ({})", v["rewritten"], resources.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Version => commands::version(&client).await,
         Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),
     }

@@ -334,3 +334,112 @@ fn pod_security_levels_refuse_warn_and_hold_for_controllers() {
     assert!(said, "{:?}", cp.get_json(&["events"]));
     assert_eq!(cp.get_json(&["pods"]).map(|p| p["items"].as_array().map_or(0, Vec::len)), Some(0));
 }
+
+const KEY1: &str = "c2VjcmV0IGlzIHNlY3VyZSwgaSB0aGluayBzbyE/Pz8=";
+const KEY2: &str = "dGhpcyBpcyBhIHNlY29uZCBrZXkgb2YgMzIgYnl0ZXM=";
+
+fn encryption_config(keys: &[(&str, &str)]) -> String {
+    let keys: Vec<String> = keys.iter().map(|(n, k)| format!("{{name: {n}, secret: \"{k}\"}}")).collect();
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aesgcm: {{keys: [{}]}}\n  - identity: {{}}\n",
+        keys.join(", ")
+    )
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn found_under(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            found_under(&p, needle)
+        } else {
+            std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_keys_rotate() {
+    let keys = tempfile::Builder::new().prefix("tug-enc").tempdir().unwrap();
+    let config = keys.path().join("encryption.yaml");
+    std::fs::write(&config, encryption_config(&[("k1", KEY1)])).unwrap();
+    let mut cp = ControlPlane::start_with(&["--encryption-config", config.to_str().unwrap()]);
+    ok(cp.tug(&["create", "secret", "generic", "db", "--from-literal=password=tug-very-secret-value"]));
+    let out = ok(cp.tug(&["get", "secret", "db", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+    assert_eq!(v["data"]["password"], "dHVnLXZlcnktc2VjcmV0LXZhbHVl", "read back in clear");
+    // Neither the value nor its base64 is anywhere in the data directory.
+    cp.terminate(std::time::Duration::from_secs(10));
+    assert!(!found_under(&cp.data_dir(), b"tug-very-secret-value"));
+    assert!(!found_under(&cp.data_dir(), b"dHVnLXZlcnktc2VjcmV0LXZhbHVl"));
+    assert!(found_under(&cp.data_dir(), b"k8s:enc:aesgcm:v1:k1:"));
+    // Rotation: the new key first, the old one still read; then everything is rewritten.
+    std::fs::write(&config, encryption_config(&[("k2", KEY2), ("k1", KEY1)])).unwrap();
+    cp.start_again();
+    let out = ok(cp.tug(&["admin", "reencrypt"]));
+    assert!(out.contains("re-encrypted 1 objects (secrets)"), "{out}");
+    let out = ok(cp.tug(&["get", "secret", "db", "-o", "json"]));
+    assert!(out.contains("dHVnLXZlcnktc2VjcmV0LXZhbHVl"), "{out}");
+    cp.terminate(std::time::Duration::from_secs(10));
+    assert!(found_under(&cp.data_dir(), b"k8s:enc:aesgcm:v1:k2:"));
+    // A bad configuration stops the server with the field named.
+    std::fs::write(&config, "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers: [{aesgcm: {keys: [{name: k, secret: c2hvcnQ=}]}}]\n").unwrap();
+    let out = Command::new(tug_integration::bins::path("tug-scheduler", "tug-scheduler"))
+        .args(["--socket", cp.dir().join("other.sock").to_str().unwrap(), "--data-dir"])
+        .arg(cp.data_dir())
+        .args(["--encryption-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("resources[0].providers[0].aesgcm.keys[0].secret"), "{}", text(&out));
+}
+
+#[test]
+fn the_audit_log_records_who_did_what_allowed_or_denied() {
+    let dir = tempfile::Builder::new().prefix("tug-audit").tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  nonResourceURLs: [/healthz]\n- level: Metadata\n  resources: [{group: '', resources: [secrets]}]\n- level: Request\n  verbs: [create]\n- level: Metadata\n",
+    )
+    .unwrap();
+    let (cp, url, _) = control_plane(&[
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-policy-file",
+        policy.to_str().unwrap(),
+    ]);
+    let alice = dir.path().join("alice");
+    ok(cp.tug(&["create", "user", "alice", "--dir", alice.to_str().unwrap()]));
+    refused(tug_as(&url, &alice, &["get", "pods"], ""), "forbidden");
+    ok(cp.tug(&["create", "configmap", "audited", "--from-literal=k=v"]));
+    ok(cp.tug(&["create", "secret", "generic", "hidden", "--from-literal=k=do-not-log-me"]));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let denied = events
+        .iter()
+        .find(|e| e["user"]["username"] == "alice" && e["verb"] == "list")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(denied["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(denied["annotations"]["authorization.k8s.io/decision"], "forbid");
+    assert_eq!(denied["responseStatus"]["code"], 403);
+    assert_eq!(denied["objectRef"]["resource"], "pods");
+    let created = events
+        .iter()
+        .find(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "configmaps")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        (created["level"].as_str(), created["user"]["username"].as_str()),
+        (Some("Request"), Some("system:admin"))
+    );
+    assert_eq!(created["requestObject"]["data"]["k"], "v");
+    assert_eq!(created["responseStatus"]["code"], 201);
+    assert!(
+        !text.contains("do-not-log-me") && !text.contains("ZG8tbm90LWxvZy1tZQ"),
+        "a secret's value in the audit log"
+    );
+    assert!(!text.contains("\"/healthz\""), "the policy's None");
+    let mode = std::fs::metadata(&log).unwrap().permissions();
+    assert_eq!(mode.mode() & 0o777, 0o600);
+}

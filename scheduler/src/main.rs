@@ -86,6 +86,23 @@ struct Flags {
     /// `system:masters` may do anything) or `AlwaysAllow` (every authenticated request).
     #[arg(long, default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC,Node", "AlwaysAllow"])]
     authorization_mode: String,
+    /// Where the audit log goes: JSON lines, `audit.k8s.io/v1` Events (off without it).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// The audit policy (`audit.k8s.io/v1` Policy): the level of each request, the first
+    /// matching rule's (None, Metadata, Request). Default: Metadata for every request.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// The audit log's size, in MiB, at which it is rotated.
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept (PATH.1 is the newest).
+    #[arg(long, default_value_t = 10)]
+    audit_log_maxbackup: u32,
+    /// Encryption at rest: an `EncryptionConfiguration` (apiserver.config.k8s.io/v1; aesgcm,
+    /// aescbc, secretbox, identity providers, the first writes). `make run` makes one.
+    #[arg(long)]
+    encryption_config: Option<PathBuf>,
     /// The Pod Security level (privileged, baseline, restricted) enforced, warned of and
     /// audited in namespaces without `pod-security.kubernetes.io/*` labels (kube-system and
     /// tug-system excepted).
@@ -179,7 +196,18 @@ fn bound_the_allocator() {
 
 fn run(flags: Flags) -> anyhow::Result<()> {
     bound_the_allocator();
-    let store = open_store(&flags)?;
+    let mut store = open_store(&flags)?;
+    let encryption = match &flags.encryption_config {
+        Some(path) => Some(Arc::new(
+            tug_scheduler::store::encrypted::Config::load(path)
+                .map_err(|e| anyhow::anyhow!("--encryption-config {e}"))?,
+        )),
+        None => None,
+    };
+    if let Some(config) = &encryption {
+        store = Arc::new(tug_scheduler::store::encrypted::EncryptedStore::shared(store, config.clone()));
+    }
+    ENCRYPTION.set(encryption).ok();
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let served = runtime.block_on(serve(flags, store));
@@ -187,6 +215,10 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     served
 }
+
+/// What `--encryption-config` loaded, for the API's re-encryption.
+static ENCRYPTION: std::sync::OnceLock<Option<Arc<tug_scheduler::store::encrypted::Config>>> =
+    std::sync::OnceLock::new();
 
 fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match flags.store {
@@ -261,6 +293,29 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     if let Some(level) = tug_scheduler::auth::podsecurity::Level::parse(&flags.pod_security_default) {
         tug_scheduler::auth::podsecurity::set_default(level);
     }
+    let audit = match &flags.audit_log {
+        None => None,
+        Some(path) => {
+            let policy = match &flags.audit_policy_file {
+                None => tug_scheduler::auth::audit::Policy::default(),
+                Some(f) => {
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("--audit-policy-file {}", f.display()))?;
+                    tug_scheduler::auth::audit::Policy::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("--audit-policy-file {}: {e}", f.display()))?
+                }
+            };
+            Some(Arc::new(
+                tug_scheduler::auth::audit::Log::open(
+                    path.clone(),
+                    flags.audit_log_maxsize,
+                    flags.audit_log_maxbackup,
+                    policy,
+                )
+                .map_err(|e| anyhow::anyhow!("--audit-log {e}"))?,
+            ))
+        }
+    };
     let auth = (flags.authorization_mode != "AlwaysAllow")
         .then(|| Arc::new(tug_scheduler::auth::Authorizer::new(store.clone())));
     let rbac_follower = auth.as_ref().map(|a| tokio::spawn(a.rbac.clone().follow()));
@@ -271,6 +326,8 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         services,
         tunnels: Default::default(),
         auth,
+        encryption: ENCRYPTION.get().cloned().flatten(),
+        audit,
     }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,

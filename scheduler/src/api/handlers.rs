@@ -866,9 +866,96 @@ impl Filter {
 /// TLS connections without a client certificate may only join and read the version.
 pub async fn authorize(
     State(st): State<Arc<AppState>>,
-    mut req: axum::extract::Request,
+    req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let received = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let attrs = crate::auth::attributes(req.method().as_str(), req.uri().path(), &query);
+    let (real, decided) = authenticate_and_authorize(&st, &req, &attrs);
+    let Some(audit) = st.audit.clone() else {
+        return match decided {
+            Ok(user) => run_as(req, next, user).await,
+            Err((_, refusal)) => refusal,
+        };
+    };
+    let uri = req.uri().to_string();
+    let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let record = |user: &crate::auth::User,
+                  allowed: bool,
+                  reason: &str,
+                  code: u16,
+                  long: bool,
+                  body: Option<&[u8]>| {
+        let impersonator = (real.name != user.name).then_some(real.as_ref());
+        audit.record(&crate::auth::audit::Record {
+            user,
+            impersonator,
+            attrs: &attrs,
+            uri: &uri,
+            source: None,
+            user_agent: user_agent.as_deref(),
+            allowed,
+            reason,
+            code,
+            received: received.clone(),
+            long_running: long,
+            body,
+        });
+    };
+    match decided {
+        Err((user, refusal)) => {
+            record(&user, false, "", refusal.status().as_u16(), false, None);
+            refusal
+        }
+        Ok(user) => {
+            // A body is kept only where the policy records requests in full.
+            let level = audit.policy.level(&user, &attrs);
+            let (req, body) = if level >= crate::auth::audit::Level::Request
+                && ["POST", "PUT", "PATCH", "DELETE"].contains(&req.method().as_str())
+                && !req.headers().contains_key(header::UPGRADE)
+            {
+                let (parts, body) = req.into_parts();
+                match axum::body::to_bytes(body, super::MAX_BODY).await {
+                    Ok(b) => (
+                        axum::extract::Request::from_parts(parts, axum::body::Body::from(b.clone())),
+                        Some(b),
+                    ),
+                    Err(_) => {
+                        let s = Status::new(413, "RequestEntityTooLarge", "the request body is too large");
+                        record(&user, true, "", 413, false, None);
+                        return status_response(&s);
+                    }
+                }
+            } else {
+                (req, None)
+            };
+            let long = attrs.verb == "watch"
+                || ["log", "exec", "attach", "tunnel"].contains(&attrs.subresource.as_str());
+            let resp = run_as(req, next, user.clone()).await;
+            record(&user, true, "", resp.status().as_u16(), long, body.as_deref());
+            resp
+        }
+    }
+}
+
+async fn run_as(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+    user: Arc<crate::auth::User>,
+) -> Response {
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+/// Who asks (the real user), and either who the request runs as or the refusal with the user
+/// it was refused to.
+#[allow(clippy::type_complexity)]
+fn authenticate_and_authorize(
+    st: &AppState,
+    req: &axum::extract::Request,
+    attrs: &crate::auth::Attributes,
+) -> (Arc<crate::auth::User>, Result<Arc<crate::auth::User>, (Arc<crate::auth::User>, Response)>) {
     use crate::auth::{self, User};
     // Requests that did not come through a listener (in-process callers) are the server's own.
     let peer = req.extensions().get::<crate::tls::Peer>().cloned();
@@ -883,11 +970,13 @@ pub async fn authorize(
                 .and_then(|v| v.strip_prefix("Bearer "));
             if req.uri().path() == "/join" {
                 if !token.is_some_and(|t| st.pki.as_ref().is_some_and(|p| p.check_token(t))) {
-                    return status_response(&Status::new(
+                    let anonymous = Arc::new(User::anonymous());
+                    let refusal = status_response(&Status::new(
                         401,
                         "Unauthorized",
                         "Unauthorized: the join token is not valid for this cluster",
                     ));
+                    return (anonymous.clone(), Err((anonymous, refusal)));
                 }
                 Arc::new(auth::authn::bootstrapper())
             } else {
@@ -895,36 +984,32 @@ pub async fn authorize(
             }
         }
     };
-    let query = parse_query(req.uri().query().unwrap_or(""));
-    let attrs = auth::attributes(req.method().as_str(), req.uri().path(), &query);
-    let Some(authz) = st.auth.clone() else {
-        req.extensions_mut().insert(user);
-        return next.run(req).await;
-    };
-    let user = match auth::authn::impersonation(req.headers()) {
-        Err(m) => return status_response(&Status::bad_request(m)),
-        Ok(None) => user,
+    let Some(authz) = st.auth.clone() else { return (user.clone(), Ok(user)) };
+    let acting = match auth::authn::impersonation(req.headers()) {
+        Err(m) => return (user.clone(), Err((user, status_response(&Status::bad_request(m))))),
+        Ok(None) => user.clone(),
         Ok(Some((as_user, checks))) => {
             for c in &checks {
                 if let Err(s) = blocking(|| authz.check(&user, c)) {
-                    return status_response(&s);
+                    return (user.clone(), Err((user, status_response(&s))));
                 }
             }
             Arc::new(as_user)
         }
     };
-    if let Err(s) = blocking(|| authz.check(&user, &attrs)) {
-        if user.in_group(auth::UNAUTHENTICATED) {
-            return status_response(&Status::new(
+    if let Err(s) = blocking(|| authz.check(&acting, attrs)) {
+        let refusal = if acting.in_group(auth::UNAUTHENTICATED) {
+            status_response(&Status::new(
                 401,
                 "Unauthorized",
                 "Unauthorized: present a client certificate signed by the cluster CA (`tug join` gets a node's, `tug create user` a user's)",
-            ));
-        }
-        return status_response(&s);
+            ))
+        } else {
+            status_response(&s)
+        };
+        return (user, Err((acting, refusal)));
     }
-    req.extensions_mut().insert(user);
-    next.run(req).await
+    (user, Ok(acting))
 }
 
 /// `POST /join` with `Authorization: Bearer TOKEN` and `{"name": "..."}`: a client

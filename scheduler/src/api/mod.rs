@@ -58,6 +58,10 @@ pub struct AppState {
     /// The authorizers (`None`: `--authorization-mode AlwaysAllow`, every authenticated
     /// request is allowed).
     pub auth: Option<Arc<crate::auth::Authorizer>>,
+    /// What is encrypted at rest (`--encryption-config`), for `tug admin reencrypt`.
+    pub encryption: Option<Arc<crate::store::encrypted::Config>>,
+    /// The audit log (`--audit-log`).
+    pub audit: Option<Arc<crate::auth::audit::Log>>,
 }
 
 /// The cluster's pod range and the block size per node. A node created without
@@ -97,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(review::access))
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(review::whoami))
         .route("/apis/tug.io/v1/usercredentials", axum::routing::post(review::user_credentials))
+        .route("/apis/tug.io/v1/reencryptions", axum::routing::post(review::reencrypt))
         .route("/api/v1/nodes/{name}/tunnel", get(tunnel::accept))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))

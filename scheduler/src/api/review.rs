@@ -2,7 +2,9 @@
 //! `kubectl auth can-i` and `tug auth can-i` ask), `SelfSubjectReview`
 //! (`authentication.k8s.io/v1`, `whoami`); and `usercredentials` (`tug.io/v1`): a client
 //! certificate for a user, signed by the cluster CA (`tug create user`; whoever may `create`
-//! it — cluster-admin — can mint any identity, so grant it to no one else).
+//! it — cluster-admin — can mint any identity, so grant it to no one else); `reencryptions`
+//! (`tug.io/v1`): every object `--encryption-config` covers rewritten with its first
+//! provider's first key (`tug admin reencrypt`, after a key rotation).
 
 use super::AppState;
 use super::handlers::{blocking, json_response, status_response};
@@ -136,5 +138,37 @@ pub async fn user_credentials(State(st): State<Arc<AppState>>, body: Bytes) -> R
     match reply() {
         Ok(v) => json_response(StatusCode::CREATED, &v),
         Err(e) => status_response(&e),
+    }
+}
+
+/// `POST /apis/tug.io/v1/reencryptions`: `{"rewritten": N, "resources": [...]}`.
+pub async fn reencrypt(State(st): State<Arc<AppState>>) -> Response {
+    let Some(config) = &st.encryption else {
+        return status_response(&Status::bad_request(
+            "this control plane encrypts nothing at rest: start tug-scheduler with --encryption-config FILE",
+        ));
+    };
+    let prefixes = config.prefixes();
+    let result = blocking(|| -> Result<u64, crate::store::StoreError> {
+        let mut n = 0;
+        for p in &prefixes {
+            let (items, _) = st.store.list(p)?;
+            for item in items {
+                // Read and written through the encrypting store: opened with whichever key,
+                // sealed with the first. A concurrent writer sealed it already.
+                match st.store.update(&item.key, item.object, Some(item.revision)) {
+                    Ok(_) => n += 1,
+                    Err(
+                        crate::store::StoreError::Conflict { .. } | crate::store::StoreError::NotFound(_),
+                    ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
+    });
+    match result {
+        Ok(n) => json_response(StatusCode::CREATED, &json!({"rewritten": n, "resources": prefixes})),
+        Err(e) => status_response(&Status::new(503, "ServiceUnavailable", e.to_string())),
     }
 }

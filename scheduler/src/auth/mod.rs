@@ -2,6 +2,7 @@
 //! may ([`Authorizer`]: `system:masters`, then the node authorizer ([`node`]), then RBAC
 //! ([`rbac`])) — Kubernetes' model, its names and its refusal messages.
 
+pub mod audit;
 pub mod authn;
 pub mod node;
 pub mod podsecurity;

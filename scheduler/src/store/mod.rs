@@ -2,6 +2,8 @@
 //! any revision that has not been compacted. [`Store`] is the seam; [`redb_store::RedbStore`]
 //! is the embedded backend, and the conformance suite in `tests` runs against any backend.
 
+/// Secrets (and what else `--encryption-config` names) encrypted at rest.
+pub mod encrypted;
 pub mod etcd_store;
 pub mod redb_store;
 
@@ -102,9 +104,14 @@ pub trait Store: Send + Sync {
     fn revision(&self) -> Result<u64, StoreError>;
 }
 
+/// What a [`Watch`] applies to each event's object (given its key): decryption.
+pub type EventMap = Arc<dyn Fn(&str, &mut Value) + Send + Sync>;
+
 /// A stream of events in revision order.
 pub struct Watch {
     source: Source,
+    /// Applied to each event's object before it is handed out (decryption).
+    map: Option<EventMap>,
 }
 
 enum Source {
@@ -123,15 +130,30 @@ impl Watch {
     ) -> Watch {
         Watch {
             source: Source::Local { prefix: prefix.to_string(), last: after, backlog: backlog.into(), live },
+            map: None,
         }
     }
 
+    /// The same stream with `f` applied to each event's object (given its key).
+    pub fn mapped(mut self, f: EventMap) -> Watch {
+        self.map = Some(f);
+        self
+    }
+
     pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<Result<Event, StoreError>>) -> Watch {
-        Watch { source: Source::Channel(rx) }
+        Watch { source: Source::Channel(rx), map: None }
     }
 
     /// The next event; `None` once the store is closed.
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        let mut e = self.next_raw().await;
+        if let (Some(Ok(e)), Some(f)) = (e.as_mut(), &self.map) {
+            f(&e.key, &mut e.object);
+        }
+        e
+    }
+
+    async fn next_raw(&mut self) -> Option<Result<Event, StoreError>> {
         let (prefix, last, backlog, live) = match &mut self.source {
             Source::Channel(rx) => return rx.recv().await,
             Source::Local { prefix, last, backlog, live } => (prefix, last, backlog, live),
