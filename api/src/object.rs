@@ -4,7 +4,7 @@
 use crate::kinds::apps::{Deployment, ReplicaSet};
 use crate::kinds::batch::{CronJob, HorizontalPodAutoscaler, Job};
 use crate::kinds::cluster::{Endpoints, Event, Lease, Node, PriorityClass};
-use crate::kinds::core::{ConfigMap, Namespace, Secret, Service};
+use crate::kinds::core::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use crate::kinds::pod::Pod;
 use crate::kinds::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use crate::kinds::storage::{PersistentVolume, PersistentVolumeClaim};
@@ -79,6 +79,7 @@ pub const KINDS: &[KindInfo] = &[
     kind("Pod", "", "v1", "pods", &["po"], true),
     kind("ConfigMap", "", "v1", "configmaps", &["cm"], true),
     kind("Secret", "", "v1", "secrets", &[], true),
+    kind("ServiceAccount", "", "v1", "serviceaccounts", &["sa"], true),
     kind("Service", "", "v1", "services", &["svc"], true),
     kind("Endpoints", "", "v1", "endpoints", &["ep"], true),
     kind("Event", "", "v1", "events", &["ev"], true),
@@ -156,6 +157,7 @@ objects! {
     Pod(Pod),
     ConfigMap(ConfigMap),
     Secret(Secret),
+    ServiceAccount(ServiceAccount),
     Service(Service),
     Endpoints(Endpoints),
     Event(Event),

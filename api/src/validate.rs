@@ -183,7 +183,7 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 e.add("type", format!("Unsupported value: {t:?}: supported values: \"Normal\", \"Warning\""));
             }
         }
-        Object::Namespace(_) => {}
+        Object::Namespace(_) | Object::ServiceAccount(_) => {}
         Object::Role(r) => policy_rules(&r.rules, true, &mut e),
         Object::ClusterRole(r) => {
             policy_rules(&r.rules, false, &mut e);
@@ -195,7 +195,16 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             }
         }
         Object::RoleBinding(b) => binding(&b.role_ref, &b.subjects, &["ClusterRole", "Role"], &mut e),
-        Object::ClusterRoleBinding(b) => binding(&b.role_ref, &b.subjects, &["ClusterRole"], &mut e),
+        Object::ClusterRoleBinding(b) => {
+            binding(&b.role_ref, &b.subjects, &["ClusterRole"], &mut e);
+            // A RoleBinding's service accounts default to its namespace; a cluster binding's
+            // must name theirs.
+            for (i, s) in b.subjects.iter().enumerate() {
+                if s.kind == "ServiceAccount" && s.namespace.as_deref().unwrap_or_default().is_empty() {
+                    e.add(format!("subjects[{i}].namespace"), "Required value");
+                }
+            }
+        }
     }
     e.into_result()
 }
@@ -283,9 +292,6 @@ fn binding(
                             s.api_group.as_deref().unwrap_or_default()
                         ),
                     );
-                }
-                if s.namespace.as_deref().unwrap_or_default().is_empty() {
-                    e.add(at("namespace"), "Required value");
                 }
             }
             "User" | "Group" => {
@@ -677,7 +683,40 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
             v.host_path.is_some(),
             v.downward_api.is_some(),
             v.persistent_volume_claim.is_some(),
+            v.projected.is_some(),
         ];
+        for (j, src) in v.projected.iter().flat_map(|p| p.sources.iter()).enumerate() {
+            let at = format!("{vpath}.projected.sources[{j}]");
+            let n = [
+                src.secret.is_some(),
+                src.config_map.is_some(),
+                src.downward_api.is_some(),
+                src.service_account_token.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if n != 1 {
+                e.add(at.clone(), "Forbidden: may not specify more than 1 volume type per source");
+            }
+            if let Some(t) = &src.service_account_token {
+                if t.path.is_empty() {
+                    e.add(format!("{at}.serviceAccountToken.path"), "Required value");
+                }
+                if let Some(x) = t.expiration_seconds.filter(|x| *x < 600) {
+                    e.add(
+                        format!("{at}.serviceAccountToken.expirationSeconds"),
+                        format!("Invalid value: {x}: may not specify a duration less than 10 minutes"),
+                    );
+                }
+                if let Some(x) = t.expiration_seconds.filter(|x| *x > 1 << 32) {
+                    e.add(
+                        format!("{at}.serviceAccountToken.expirationSeconds"),
+                        format!("Invalid value: {x}: may not specify a duration larger than 2^32 seconds"),
+                    );
+                }
+            }
+        }
         if let Some(c) = &v.persistent_volume_claim {
             if c.claim_name.is_empty() {
                 e.add(format!("{vpath}.persistentVolumeClaim.claimName"), "Required value");

@@ -24,6 +24,9 @@ struct Cli {
     /// them). Default: $TUG_TLS_DIR, else ~/.tug.
     #[arg(long, global = true)]
     tls_dir: Option<std::path::PathBuf>,
+    /// A bearer token to authenticate with (a service account's: `tug create token SA`).
+    #[arg(long, global = true)]
+    token: Option<String>,
     /// The namespace for namespaced objects (default: "default").
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
@@ -125,6 +128,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     }
     if let Cmd::Image(args) = cli.command {
         return commands::image::run(args).await;
+    }
+    if let Some(t) = &cli.token {
+        client::http::set_bearer(t);
     }
     let client = client::Client::new(cli.server.as_deref(), &tls_dir).map_err(|e| format!("error: {e:#}"))?;
     let ns = cli.namespace.clone();

@@ -20,6 +20,14 @@ pub enum Client {
     Tls { host: String, port: u16, config: Arc<rustls::ClientConfig> },
 }
 
+/// A bearer token every request of this process presents (`tug --token`).
+static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the bearer token (once).
+pub fn set_bearer(token: &str) {
+    let _ = BEARER.set(token.trim().to_string());
+}
+
 /// A failed call: the server's Status, or a transport problem.
 // One per failed call, matched by value everywhere: a box would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -96,6 +104,11 @@ impl Client {
             .header("host", "tug")
             .header("content-type", content_type)
             .header("accept", "application/json");
+        if let Some(t) =
+            BEARER.get().filter(|_| !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")))
+        {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -443,3 +443,40 @@ fn the_audit_log_records_who_did_what_allowed_or_denied() {
     let mode = std::fs::metadata(&log).unwrap().permissions();
     assert_eq!(mode.mode() & 0o777, 0o600);
 }
+
+#[test]
+fn service_accounts_get_tokens_and_rbac_binds_them() {
+    let cp = ControlPlane::start();
+    // Every namespace has its default account and the cluster CA.
+    cp.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-team}\n");
+    assert!(cp.get_json(&["serviceaccount", "default", "-n", "tug-team"]).is_some());
+    let ca = cp.get_json(&["configmap", "kube-root-ca.crt", "-n", "tug-team"]).unwrap();
+    assert!(ca["data"]["ca.crt"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    ok(cp.tug(&["create", "serviceaccount", "bot", "-n", "tug-team"]));
+    let token =
+        ok(cp.tug(&["create", "token", "bot", "-n", "tug-team", "--duration", "15m"])).trim().to_string();
+    let who = ok(cp.tug(&["--token", &token, "auth", "whoami"]));
+    assert!(
+        who.contains("system:serviceaccount:tug-team:bot") && who.contains("system:serviceaccounts:tug-team"),
+        "{who}"
+    );
+    refused(cp.tug(&["--token", &token, "get", "pods", "-n", "tug-team"]), "cannot list resource");
+    cp.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bot-views, namespace: tug-team}\nsubjects: [{kind: ServiceAccount, name: bot}]\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n");
+    ok(cp.tug(&["--token", &token, "get", "pods", "-n", "tug-team"]));
+    // Too short a token, an unknown account, a pod naming an account that does not exist.
+    refused(
+        cp.tug(&["create", "token", "bot", "-n", "tug-team", "--duration", "5m"]),
+        "may not specify a duration less than 10 minutes",
+    );
+    refused(
+        cp.tug(&["create", "token", "nobody", "-n", "tug-team"]),
+        r#"serviceaccounts "nobody" not found"#,
+    );
+    refused(
+        cp.tug_with_input(&["apply", "-n", "tug-team", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {serviceAccountName: ghost, containers: [{name: c, image: x}]}\n"),
+        r#"error looking up service account tug-team/ghost: serviceaccount "ghost" not found"#,
+    );
+    // A deleted account's tokens stop working.
+    ok(cp.tug(&["delete", "serviceaccount", "bot", "-n", "tug-team"]));
+    refused(cp.tug(&["--token", &token, "auth", "whoami"]), "Unauthorized");
+}

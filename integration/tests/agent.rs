@@ -1107,3 +1107,66 @@ spec:
     assert!(get(&cp, &["pod", "waited"]).is_none(), "tug delete returned before the pod was gone");
     assert!(wait_for(Duration::from_secs(20), || agent.containers().is_empty()), "{}", agent.log());
 }
+
+#[test]
+fn a_pods_service_account_token_reaches_the_api_and_dies_with_the_pod() {
+    let (_cluster, cp, agent) = setup();
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sa-web}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: ["sleep", "600"]}
+"#,
+    );
+    wait_pod(&cp, &agent, "sa-web", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let pod = get(&cp, &["pod", "sa-web"]).unwrap();
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    let read = |file: &str| {
+        let out = cp.tug(&[
+            "exec",
+            "sa-web",
+            "--",
+            "cat",
+            &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
+        ]);
+        assert!(out.status.success(), "{file}: {out:?}\n{}", agent.log());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(read("namespace"), "default");
+    assert!(read("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    let token = read("token");
+    // The token is the pod's service account to the API.
+    let who = cp.tug(&["--token", &token, "auth", "whoami"]);
+    let who = String::from_utf8_lossy(&who.stdout).to_string();
+    assert!(
+        who.contains("system:serviceaccount:default:default") && who.contains("system:serviceaccounts"),
+        "{who}"
+    );
+    let listed = cp.tug(&["--token", &token, "get", "pods"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stderr)
+            .contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
+        "{listed:?}"
+    );
+    // Read-only in the container, and refreshed by the same token until it is due.
+    let out = cp.tug(&[
+        "exec",
+        "sa-web",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /var/run/secrets/kubernetes.io/serviceaccount/token",
+    ]);
+    assert!(!out.status.success(), "the token volume is writable: {out:?}");
+    // Deleted, the pod takes its token with it.
+    assert!(cp.tug(&["delete", "pod", "sa-web", "--now"]).status.success());
+    let gone = tug_integration::wait_for(Duration::from_secs(30), || get(&cp, &["pod", "sa-web"]).is_none());
+    assert!(gone, "{}", agent.log());
+    let refused = cp.tug(&["--token", &token, "auth", "whoami"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthorized"), "{refused:?}");
+}

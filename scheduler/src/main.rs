@@ -108,6 +108,10 @@ struct Flags {
     /// tug-system excepted).
     #[arg(long, default_value = "baseline", value_parser = ["privileged", "baseline", "restricted"])]
     pod_security_default: String,
+    /// The audiences service account tokens are accepted for (repeatable; the first is what
+    /// a token asked without one gets).
+    #[arg(long = "api-audiences", default_value = "https://kubernetes.default.svc.cluster.local")]
+    api_audiences: Vec<String>,
     /// The embedded store's page cache, in MiB (memory the control plane keeps for reads).
     #[arg(long = "store-cache-mib", default_value_t = 16)]
     store_cache_mib: usize,
@@ -278,6 +282,16 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         Pki::load_shared(store.as_ref(), &flags.data_dir.join("pki"), sealer.as_ref())
             .context("loading the cluster CA")?,
     );
+    // Every namespace's default service account and kube-root-ca.crt (older stores had none).
+    tug_scheduler::auth::serviceaccounts::set_ca(&pki.ca_pem);
+    {
+        let (namespaces, _) = store.list("/namespaces/").context("listing namespaces")?;
+        for n in namespaces {
+            let name = n.object["metadata"]["name"].as_str().unwrap_or_default();
+            tug_scheduler::auth::serviceaccounts::ensure_defaults(store.as_ref(), name)
+                .with_context(|| format!("namespace {name}: its default service account"))?;
+        }
+    }
     if flags.node_cidr_mask_size < flags.cluster_cidr.prefix || flags.node_cidr_mask_size > 30 {
         anyhow::bail!(
             "--node-cidr-mask-size {}: must be between the cluster CIDR's /{} and /30",
@@ -328,6 +342,8 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         auth,
         encryption: ENCRYPTION.get().cloned().flatten(),
         audit,
+        tokens: Some(Arc::new(tug_scheduler::auth::tokens::Signer::new(&pki.token_key()))),
+        audiences: flags.api_audiences.clone(),
     }));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,

@@ -216,6 +216,16 @@ impl Pki {
         Ok(Pki { ca_pem, ca_der, ca_key, secret })
     }
 
+    /// The key service account tokens are signed with (HMAC-SHA256): derived from the CA's
+    /// key, so every replica has it and it never leaves the control plane.
+    pub fn token_key(&self) -> Vec<u8> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tug service account tokens\0");
+        h.update(self.ca_key.serialize_der());
+        h.finalize().to_vec()
+    }
+
     /// `tug::<ca hash>::<secret>`.
     pub fn join_token(&self) -> String {
         format!("tug::{}::{}", sha256_hex(&self.ca_der), self.secret)

@@ -212,10 +212,12 @@ pub async fn worker(
         refresh(&ctx, &mut rec);
         if let Some(p) = &pod
             && rec.ip.is_some()
-            && p.spec
-                .volumes
-                .iter()
-                .any(|v| v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some())
+            && p.spec.volumes.iter().any(|v| {
+                v.config_map.is_some()
+                    || v.secret.is_some()
+                    || v.downward_api.is_some()
+                    || v.projected.is_some()
+            })
             && rec.containers.values().any(|c| matches!(c.state, State::Running { .. }))
         {
             // ConfigMaps and Secrets that changed reach running containers' files.
@@ -676,6 +678,7 @@ fn prepare(
             || v.config_map.is_some()
             || v.secret.is_some()
             || v.downward_api.is_some()
+            || v.projected.is_some()
     });
     let agent_made = names(|v| v.host_path.is_none() && v.persistent_volume_claim.is_none());
     let vmounts = volumes::mounts(c, vols, &read_only, &agent_made, &ctx.pod_dir(&rec.uid))
@@ -820,6 +823,7 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
         };
     }
     volumes::unmount_all(&ctx.pod_dir(&rec.uid));
+    volumes::tokens::forget(&rec.uid);
     if let Err(e) = volumes::remove_pod_dir(&ctx.pod_dir(&rec.uid)) {
         eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
     }

@@ -205,7 +205,10 @@ pub async fn prepare(
             .map_err(|e| format!("volume {:?}: {e}", v.name))?;
         if let Some(gid) = fs_group {
             // Kubernetes leaves hostPath volumes as they are.
-            let read_only = v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some();
+            let read_only = v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some();
             if v.host_path.is_none() && (read_only || !owned_by_group(&p, gid)) {
                 set_group_ownership(&p, gid, read_only)
                     .map_err(|e| format!("volume {:?}: fsGroup {gid}: {e}", v.name))?;
@@ -324,23 +327,127 @@ async fn volume(
         return Ok(d);
     }
     if let Some(dw) = &v.downward_api {
+        let files = downward(pod, dw, pod_ip, host_ip, mode(dw.default_mode, 0o644))?;
+        write_atomic(&d, &files)?;
+        return Ok(d);
+    }
+    if let Some(pj) = &v.projected {
+        // It may hold secrets and tokens: on tmpfs, as a secret volume.
+        tmpfs(&d, None)?;
+        let default = mode(pj.default_mode, 0o644);
         let mut files = BTreeMap::new();
-        for it in &dw.items {
-            let value = if let Some(f) = &it.field_ref {
-                match f.field_path.as_str() {
-                    "metadata.labels" => lines(&pod.metadata.labels),
-                    "metadata.annotations" => lines(&pod.metadata.annotations),
-                    p => env::field(pod, pod_ip, host_ip, p)?,
+        for src in &pj.sources {
+            for (kind, named) in [("Secret", &src.secret), ("ConfigMap", &src.config_map)] {
+                let Some(named) = named else { continue };
+                let what = format!("{} {}", kind.to_ascii_lowercase(), named.name);
+                match env::data(api, ns, kind, &named.name).await? {
+                    Some(data) => files.extend(projected(&data, &named.items, default, &what)?),
+                    None if named.optional.unwrap_or(false) => {}
+                    None => return Err(format!("{what:?} not found")),
                 }
-            } else {
-                String::new()
-            };
-            files.insert(it.path.clone(), (value.into_bytes(), mode(it.mode, mode(dw.default_mode, 0o644))));
+            }
+            if let Some(dw) = &src.downward_api {
+                files.extend(downward(pod, dw, pod_ip, host_ip, default)?);
+            }
+            if let Some(t) = &src.service_account_token {
+                let token = tokens::get(api, pod, t).await?;
+                files.insert(t.path.clone(), (token.into_bytes(), default));
+            }
         }
         write_atomic(&d, &files)?;
         return Ok(d);
     }
     Err("no volume source Tug supports".into())
+}
+
+/// The downward API's files.
+fn downward(
+    pod: &Pod,
+    dw: &tug_api::kinds::pod::DownwardApiVolume,
+    pod_ip: &str,
+    host_ip: &str,
+    default: u32,
+) -> Result<BTreeMap<String, (Vec<u8>, u32)>, String> {
+    let mut files = BTreeMap::new();
+    for it in &dw.items {
+        let value = if let Some(f) = &it.field_ref {
+            match f.field_path.as_str() {
+                "metadata.labels" => lines(&pod.metadata.labels),
+                "metadata.annotations" => lines(&pod.metadata.annotations),
+                p => env::field(pod, pod_ip, host_ip, p)?,
+            }
+        } else {
+            String::new()
+        };
+        files.insert(it.path.clone(), (value.into_bytes(), mode(it.mode, default)));
+    }
+    Ok(files)
+}
+
+/// Service account tokens for projected volumes: asked of the API (a `TokenRequest` bound to
+/// the pod) and kept until 80% of their life has passed, as kubelet does, so each resync
+/// rewrites the same token until it is due.
+pub mod tokens {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    use tug_api::kinds::pod::{Pod, ServiceAccountTokenProjection};
+    use tug_client::{Client, Method};
+
+    type Key = (String, String, String);
+    static CACHE: Mutex<Option<HashMap<Key, (String, Instant)>>> = Mutex::new(None);
+
+    /// The pod's current token for this projection.
+    pub async fn get(api: &Client, pod: &Pod, t: &ServiceAccountTokenProjection) -> Result<String, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let audience = t.audience.clone().unwrap_or_default();
+        let key = (uid.clone(), t.path.clone(), audience.clone());
+        if let Some((token, due)) =
+            CACHE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().get(&key)
+        {
+            if Instant::now() < *due {
+                return Ok(token.clone());
+            }
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let sa = pod
+            .spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let seconds = t.expiration_seconds.unwrap_or(3600).max(600);
+        let mut spec = serde_json::json!({
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.metadata.name, "uid": uid},
+        });
+        if !audience.is_empty() {
+            spec["audiences"] = serde_json::json!([audience]);
+        }
+        let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token");
+        let (v, _) = api
+            .call(Method::POST, &path, "application/json", body.to_string().into_bytes())
+            .await
+            .map_err(|e| format!("a token for service account {ns}/{sa}: {e}"))?;
+        let token =
+            v["status"]["token"].as_str().ok_or("the TokenRequest's answer has no token")?.to_string();
+        let life = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
+        let due = Instant::now() + life.mul_f64(0.8);
+        CACHE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_default()
+            .insert(key, (token.clone(), due));
+        Ok(token)
+    }
+
+    /// Forgets a removed pod's tokens.
+    pub fn forget(uid: &str) {
+        if let Some(c) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            c.retain(|(u, _, _), _| u != uid);
+        }
+    }
 }
 
 /// The directory of the volume a claim is bound to: a `local` volume's path, which must

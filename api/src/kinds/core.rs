@@ -1,4 +1,4 @@
-//! v1: Namespace, ConfigMap, Secret, Service.
+//! v1: Namespace, ConfigMap, Secret, Service, ServiceAccount.
 
 use crate::meta::{IntOrString, ObjectMeta};
 use serde::{Deserialize, Serialize};
@@ -136,4 +136,23 @@ pub struct ServicePort {
     pub target_port: Option<IntOrString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i64>,
+}
+
+/// A ServiceAccount: the identity of pods that run as it
+/// (`system:serviceaccount:NAMESPACE:NAME`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccount {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<crate::kinds::pod::LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<serde_json::Value>,
 }

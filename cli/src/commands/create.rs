@@ -26,6 +26,30 @@ pub enum CreateCmd {
     /// Credentials for a user: a client certificate the cluster CA signs (user = NAME,
     /// groups = --group), for `tug --tls-dir` or, with `-o kubeconfig`, for kubectl. Admin only.
     User(UserArgs),
+    /// A token of a service account (a TokenRequest), printed: `--duration`, `--audience`,
+    /// `--bound-object-kind Pod --bound-object-name NAME` (the token dies with the pod).
+    Token(TokenArgs),
+    /// Create a service account.
+    #[command(alias = "sa")]
+    Serviceaccount { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    /// The service account.
+    name: String,
+    /// How long the token is valid (at least 10m; default 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// An audience of the token (repeatable; default: the API's).
+    #[arg(long = "audience")]
+    audiences: Vec<String>,
+    /// The kind of object the token is bound to: Pod.
+    #[arg(long)]
+    bound_object_kind: Option<String>,
+    /// The name of that object.
+    #[arg(long)]
+    bound_object_name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +111,44 @@ fn entries(literals: &[String], files: &[String]) -> Result<Vec<(String, Vec<u8>
     Ok(out)
 }
 
+/// `tug create token SA`: kubectl's `create token`.
+async fn token(client: &Client, a: TokenArgs, ns: &str) -> Result<ExitCode, String> {
+    let mut spec = serde_json::Map::new();
+    if !a.audiences.is_empty() {
+        spec.insert("audiences".into(), json!(a.audiences));
+    }
+    if let Some(d) = a.duration {
+        spec.insert("expirationSeconds".into(), json!(d.as_secs()));
+    }
+    match (a.bound_object_kind.as_deref(), a.bound_object_name) {
+        (None, None) => {}
+        (Some("Pod"), Some(name)) => {
+            let pod = client
+                .get(&format!("/api/v1/namespaces/{ns}/pods/{name}"))
+                .await
+                .map_err(|e| format!("error: {e}"))?;
+            spec.insert(
+                "boundObjectRef".into(),
+                json!({"kind": "Pod", "apiVersion": "v1", "name": name, "uid": pod["metadata"]["uid"]}),
+            );
+        }
+        (Some(k), Some(_)) if k != "Pod" => {
+            return Err(format!("error: --bound-object-kind {k:?}: supported kinds are Pod"));
+        }
+        _ => return Err("error: --bound-object-kind and --bound-object-name go together".into()),
+    }
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{}/token", a.name);
+    match client.call(Method::POST, &path, "application/json", body.to_string().into_bytes()).await {
+        Ok((v, _)) => {
+            println!("{}", v["status"]["token"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(CallError::Server(s)) => Err(format!("Error from server ({}): {}", s.reason, s.message)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `tug create user`.
 async fn user(client: &Client, a: UserArgs, server: Option<&str>) -> Result<ExitCode, String> {
     if let Some(o) = a.output.as_deref().filter(|o| *o != "kubeconfig") {
@@ -145,6 +207,11 @@ pub async fn run(
     let ns = ns.unwrap_or("default");
     let (kind, obj) = match cmd {
         CreateCmd::User(a) => return user(client, a, server).await,
+        CreateCmd::Token(a) => return token(client, a, ns).await,
+        CreateCmd::Serviceaccount { name } => (
+            "serviceaccount",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}),
+        ),
         CreateCmd::Namespace { name } => {
             ("namespace", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
         }

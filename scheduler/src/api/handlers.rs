@@ -322,8 +322,30 @@ fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, None)?;
     admit_pod_priority(st, info, &mut obj)?;
+    admit_service_account(st, info, &mut obj)?;
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
+    namespace_defaults(st, info, &name);
     Ok(with_warnings(stored_reply(StatusCode::CREATED, &stored), &warnings))
+}
+
+/// ServiceAccount admission for a new Pod (`crate::auth::serviceaccounts`).
+fn admit_service_account(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result<(), Status> {
+    if info.kind != "Pod" {
+        return Ok(());
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    blocking(|| crate::auth::serviceaccounts::admit_pod(st.store.as_ref(), obj))
+        .map_err(|m| Status::forbidden(format!("pods {name:?} is forbidden: {m}")))
+}
+
+/// A new namespace's `default` service account and `kube-root-ca.crt` (best effort: a pod's
+/// admission makes them too when they are missing).
+fn namespace_defaults(st: &AppState, info: &KindInfo, name: &str) {
+    if info.kind == "Namespace" {
+        if let Err(e) = blocking(|| crate::auth::serviceaccounts::ensure_defaults(st.store.as_ref(), name)) {
+            eprintln!("tug-scheduler: namespace {name}: its default service account: {e}");
+        }
+    }
 }
 
 /// Pod Security admission (`crate::auth::podsecurity`): a Pod that breaks its namespace's
@@ -523,8 +545,11 @@ fn admit_pod_priority(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result
 /// binding, a claim's or volume's binding, a node's pod CIDR) stays when an update leaves it
 /// out: a replace carries no such field unless the writer read it first.
 fn keep_server_set(info: &KindInfo, obj: &mut Value, current: &Value) {
+    if info.kind == "Pod" {
+        keep_token_volume(obj, current);
+    }
     let fields: &[&str] = match info.kind {
-        "Pod" => &["priority", "preemptionPolicy", "priorityClassName", "nodeName"],
+        "Pod" => &["priority", "preemptionPolicy", "priorityClassName", "nodeName", "serviceAccountName"],
         "PersistentVolumeClaim" => &["volumeName"],
         "PersistentVolume" => &["claimRef"],
         "Node" => &["podCIDR", "podCIDRs"],
@@ -533,6 +558,59 @@ fn keep_server_set(info: &KindInfo, obj: &mut Value, current: &Value) {
     for f in fields {
         if obj["spec"][f].is_null() && !current["spec"][f].is_null() {
             obj["spec"][f] = current["spec"][f].clone();
+        }
+    }
+}
+
+/// The service account token volume (and its mounts) admission added stays when an update
+/// or apply leaves it out, as it stays with Kubernetes' field managers.
+fn keep_token_volume(obj: &mut Value, current: &Value) {
+    let mount = crate::auth::serviceaccounts::MOUNT;
+    let added: Vec<Value> = current["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("kube-api-access-")))
+        .cloned()
+        .collect();
+    for v in added {
+        let has = obj["spec"]["volumes"].as_array().is_some_and(|l| l.iter().any(|x| x["name"] == v["name"]));
+        if has {
+            continue;
+        }
+        if !obj["spec"]["volumes"].is_array() {
+            obj["spec"]["volumes"] = json!([]);
+        }
+        if let Some(l) = obj["spec"]["volumes"].as_array_mut() {
+            l.push(v.clone());
+        }
+        for f in ["initContainers", "containers"] {
+            let Some(new) = obj["spec"].get_mut(f).and_then(Value::as_array_mut) else { continue };
+            for c in new {
+                let was = current["spec"][f]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["name"] == c["name"])
+                    .and_then(|x| {
+                        x["volumeMounts"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|m| m["name"] == v["name"])
+                            .cloned()
+                    });
+                let mounted =
+                    c["volumeMounts"].as_array().is_some_and(|l| l.iter().any(|m| m["mountPath"] == mount));
+                if let (Some(m), false) = (was, mounted) {
+                    if !c["volumeMounts"].is_array() {
+                        c["volumeMounts"] = json!([]);
+                    }
+                    if let Some(l) = c["volumeMounts"].as_array_mut() {
+                        l.push(m);
+                    }
+                }
+            }
         }
     }
 }
@@ -791,7 +869,12 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
                 let _cidrs = node_cidr_lock(st, info);
                 assign_pod_cidr(st, info, &mut obj)?;
                 admit_pod_priority(st, info, &mut obj)?;
-                blocking(|| st.store.create(&key, obj)).map(|s| (s, Applied::Created))
+                admit_service_account(st, info, &mut obj)?;
+                let created = blocking(|| st.store.create(&key, obj)).map(|s| (s, Applied::Created));
+                if created.is_ok() {
+                    namespace_defaults(st, info, &name);
+                }
+                created
             }
             Some(cur) if !objects::apply_changes(&obj, &cur.object) => Ok((cur, Applied::Unchanged)),
             Some(cur) => {
@@ -959,10 +1042,30 @@ fn authenticate_and_authorize(
     use crate::auth::{self, User};
     // Requests that did not come through a listener (in-process callers) are the server's own.
     let peer = req.extensions().get::<crate::tls::Peer>().cloned();
-    let user: Arc<User> = match peer {
-        None => Arc::new(User::admin()),
-        Some(crate::tls::Peer::User(u)) => u,
-        Some(crate::tls::Peer::Anonymous) => {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|_| req.uri().path() != "/join");
+    let user: Arc<User> = match (bearer, &st.tokens, peer) {
+        // A service account's token, whoever presents it (a pod, through the TLS listener).
+        (Some(token), Some(signer), _) => {
+            let now = crate::controllers::unix_now();
+            match blocking(|| {
+                auth::tokens::authenticate(st.store.as_ref(), signer, token, &st.audiences, now)
+            }) {
+                Ok(u) => Arc::new(u),
+                Err(_) => {
+                    let anonymous = Arc::new(User::anonymous());
+                    let refusal = status_response(&Status::new(401, "Unauthorized", "Unauthorized"));
+                    return (anonymous.clone(), Err((anonymous, refusal)));
+                }
+            }
+        }
+        (_, _, None) => Arc::new(User::admin()),
+        (_, _, Some(crate::tls::Peer::User(u))) => u,
+        (_, _, Some(crate::tls::Peer::Anonymous)) => {
             let token = req
                 .headers()
                 .get(header::AUTHORIZATION)

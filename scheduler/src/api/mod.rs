@@ -62,6 +62,10 @@ pub struct AppState {
     pub encryption: Option<Arc<crate::store::encrypted::Config>>,
     /// The audit log (`--audit-log`).
     pub audit: Option<Arc<crate::auth::audit::Log>>,
+    /// Service account tokens' signer (with a cluster CA).
+    pub tokens: Option<Arc<crate::auth::tokens::Signer>>,
+    /// The audiences a token must name one of (`--api-audiences`).
+    pub audiences: Vec<String>,
 }
 
 /// The cluster's pod range and the block size per node. A node created without
@@ -102,6 +106,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(review::whoami))
         .route("/apis/tug.io/v1/usercredentials", axum::routing::post(review::user_credentials))
         .route("/apis/tug.io/v1/reencryptions", axum::routing::post(review::reencrypt))
+        .route(
+            "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+            axum::routing::post(review::token_request),
+        )
         .route("/api/v1/nodes/{name}/tunnel", get(tunnel::accept))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))

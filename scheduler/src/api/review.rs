@@ -172,3 +172,116 @@ pub async fn reencrypt(State(st): State<Arc<AppState>>) -> Response {
         Err(e) => status_response(&Status::new(503, "ServiceUnavailable", e.to_string())),
     }
 }
+
+/// `POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`: a `TokenRequest`
+/// (`authentication.k8s.io/v1`): `spec.audiences` (default: the API's first),
+/// `spec.expirationSeconds` (default 3600, at least 600), `spec.boundObjectRef` (a Pod: the
+/// token dies with it). A node may ask only for a pod bound to it that runs as that account
+/// (Kubernetes' NodeRestriction).
+pub async fn token_request(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<Arc<User>>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let reply = || -> Result<Value, Status> {
+        let mut v = if body.is_empty() { json!({}) } else { body_json(&body)? };
+        let signer = st.tokens.as_ref().ok_or_else(|| {
+            Status::new(404, "NotFound", "this control plane has no cluster CA to sign tokens")
+        })?;
+        let invalid = |field: &str, m: String| {
+            Status::invalid(
+                "TokenRequest.authentication.k8s.io",
+                &name,
+                &[tug_api::validation::FieldError { field: field.into(), message: m }],
+            )
+        };
+        let account = blocking(|| st.store.get(&format!("/serviceaccounts/{ns}/{name}")))
+            .map_err(|e| Status::new(503, "ServiceUnavailable", e.to_string()))?
+            .ok_or_else(|| Status::not_found("serviceaccounts", &name))?;
+        let spec = &v["spec"];
+        let seconds = match &spec["expirationSeconds"] {
+            Value::Null => 3600,
+            x => x.as_u64().filter(|x| *x >= 600).ok_or_else(|| {
+                invalid(
+                    "spec.expirationSeconds",
+                    format!("Invalid value: {x}: may not specify a duration less than 10 minutes"),
+                )
+            })?,
+        };
+        let mut audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        if audiences.is_empty() {
+            audiences = st.audiences.iter().take(1).cloned().collect();
+        }
+        let bound = &spec["boundObjectRef"];
+        let pod = if bound.is_null() {
+            None
+        } else {
+            if bound["kind"] != "Pod" {
+                return Err(invalid(
+                    "spec.boundObjectRef.kind",
+                    format!("Unsupported value: {}: supported values: \"Pod\"", bound["kind"]),
+                ));
+            }
+            let pod_name = s(&bound["name"]);
+            let p = blocking(|| st.store.get(&format!("/pods/{ns}/{pod_name}")))
+                .map_err(|e| Status::new(503, "ServiceUnavailable", e.to_string()))?
+                .ok_or_else(|| Status::not_found("pods", &pod_name))?;
+            let uid = s(&p.object["metadata"]["uid"]);
+            if bound["uid"].as_str().is_some_and(|u| u != uid) {
+                return Err(Status::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "the UID in the bound object reference ({}) does not match the UID in record ({uid}); the object might have been deleted and then recreated",
+                        bound["uid"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+            if let Some(node) = user.node_name() {
+                let runs_as = p.object["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+                if p.object["spec"]["nodeName"] != node || runs_as != name {
+                    return Err(Status::forbidden(format!(
+                        "serviceaccounts {name:?} is forbidden: node '{node}' may only request tokens for service accounts of pods bound to it"
+                    )));
+                }
+            }
+            Some((pod_name, uid))
+        };
+        if user.node_name().is_some() && pod.is_none() {
+            return Err(Status::forbidden(format!(
+                "serviceaccounts {name:?} is forbidden: node requested token not bound to a pod"
+            )));
+        }
+        let now = crate::controllers::unix_now();
+        let sa_uid = s(&account.object["metadata"]["uid"]);
+        let claims = crate::auth::tokens::claims(&crate::auth::tokens::Request {
+            namespace: &ns,
+            service_account: &name,
+            service_account_uid: &sa_uid,
+            pod: pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
+            audiences: audiences.clone(),
+            expiration_seconds: seconds,
+            now,
+        });
+        let expires = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(now + seconds),
+        );
+        v["apiVersion"] = "authentication.k8s.io/v1".into();
+        v["kind"] = "TokenRequest".into();
+        v["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": null});
+        v["spec"]["audiences"] = json!(audiences);
+        v["spec"]["expirationSeconds"] = seconds.into();
+        v["status"] = json!({"token": signer.sign(&claims), "expirationTimestamp": expires.to_string()});
+        Ok(v)
+    };
+    match reply() {
+        Ok(v) => json_response(StatusCode::CREATED, &v),
+        Err(e) => status_response(&e),
+    }
+}

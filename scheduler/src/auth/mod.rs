@@ -8,6 +8,8 @@ pub mod node;
 pub mod podsecurity;
 pub mod policy;
 pub mod rbac;
+pub mod serviceaccounts;
+pub mod tokens;
 
 use crate::store::Store;
 use std::collections::HashMap;

@@ -52,6 +52,17 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
                 format!("node '{node}' can only update pod status for pods with spec.nodeName set to itself")
             })
         }
+        // Tokens for the accounts its pods run as; the API checks the pod it binds to.
+        ("", "serviceaccounts", "token") if verb == "create" => {
+            let runs_as = |p: &crate::store::Stored| {
+                p.object["spec"]["nodeName"] == node
+                    && p.object["spec"]["serviceAccountName"].as_str().unwrap_or("default") == a.name
+            };
+            let used = store
+                .list(&format!("/pods/{}/", a.namespace))
+                .is_ok_and(|(pods, _)| pods.iter().any(runs_as));
+            allow_if(used, unrelated)
+        }
         ("", "services" | "endpoints", "") if READ.contains(&verb) => Decision::Allow,
         ("", "events", "") if ["create", "update", "patch"].contains(&verb) => Decision::Allow,
         ("coordination.k8s.io", "leases", "") if a.namespace == LEASE_NAMESPACE => {

@@ -329,14 +329,17 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
         // template or the namespace's level changes.
         let policy = crate::auth::podsecurity::policy(&ns, &namespace.object["metadata"]["labels"]);
         let found = crate::auth::podsecurity::violations(policy.enforce, &obj["spec"]);
-        if !found.is_empty() {
+        // ServiceAccount admission as for users' pods: the account checked, the token mounted.
+        let refused = if found.is_empty() {
+            crate::auth::serviceaccounts::admit_pod(store, &mut obj).err()
+        } else {
+            Some(crate::auth::podsecurity::message(policy.enforce, &found))
+        };
+        if let Some(why) = refused {
             let name = base
                 .clone()
                 .unwrap_or_else(|| obj["metadata"]["name"].as_str().unwrap_or_default().to_string());
-            let message = format!(
-                "Error creating: pods {name:?} is forbidden: {}",
-                crate::auth::podsecurity::message(policy.enforce, &found)
-            );
+            let message = format!("Error creating: pods {name:?} is forbidden: {why}");
             if let Some(owner) = obj["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
                 let meta = ObjectMeta {
                     name: owner["name"].as_str().unwrap_or_default().to_string(),
