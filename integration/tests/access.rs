@@ -480,3 +480,22 @@ fn service_accounts_get_tokens_and_rbac_binds_them() {
     ok(cp.tug(&["delete", "serviceaccount", "bot", "-n", "tug-team"]));
     refused(cp.tug(&["--token", &token, "auth", "whoami"]), "Unauthorized");
 }
+
+#[test]
+fn the_kubernetes_service_points_pods_at_the_api() {
+    let (cp, _, _) = control_plane(&["--advertise-address", "192.0.2.10"]);
+    let svc = cp.get_json(&["service", "kubernetes"]).expect("the kubernetes Service");
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    let ep = cp.get_json(&["endpoints", "kubernetes"]).expect("its Endpoints");
+    assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
+    let port = cp
+        .log()
+        .split("serving TLS on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"].to_string(), port);
+    assert!(cp.log().contains("kubernetes.default.svc"), "the serving certificate names it: {}", cp.log());
+}

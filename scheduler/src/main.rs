@@ -48,6 +48,10 @@ struct Flags {
     /// TCP address for agents on other hosts and remote users (TLS), e.g. 0.0.0.0:6443.
     #[arg(long)]
     listen: Option<String>,
+    /// The address pods reach the API at (the `kubernetes` Service's endpoint); default:
+    /// the --listen address when it is a routable one.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Extra names or addresses for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -301,6 +305,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     }
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
     let store_for_scheduler = store.clone();
+    let store_for_kubernetes = store.clone();
     let store_for_controllers = store.clone();
     let services =
         api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
@@ -367,17 +372,41 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let timeouts =
         tug_scheduler::conn::Timeouts { header: flags.request_header_timeout, idle: flags.idle_timeout };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The `kubernetes` Service in `default`: how pods reach the API (with their tokens).
+    let mut sans = flags.tls_sans.clone();
+    if let Some(addr) = &flags.listen {
+        let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(6443);
+        let listen_ip = addr.rsplit_once(':').and_then(|(h, _)| h.parse::<std::net::IpAddr>().ok());
+        let advertise =
+            flags.advertise_address.or(listen_ip.filter(|ip| !ip.is_unspecified() && !ip.is_loopback()));
+        match advertise {
+            Some(ip) => {
+                let first = flags.service_cluster_ip_range.network.to_bits() + 1;
+                let wanted = std::net::Ipv4Addr::from_bits(first);
+                match kubernetes_service(&app, store_for_kubernetes.as_ref(), wanted, ip, port).await {
+                    Ok(cluster_ip) => {
+                        sans.push(cluster_ip);
+                        sans.push(ip.to_string());
+                        for n in [
+                            "kubernetes",
+                            "kubernetes.default",
+                            "kubernetes.default.svc",
+                            "kubernetes.default.svc.cluster.local",
+                        ] {
+                            sans.push(n.to_string());
+                        }
+                    }
+                    Err(e) => eprintln!("tug-scheduler: the kubernetes Service: {e}"),
+                }
+            }
+            None => eprintln!(
+                "tug-scheduler: no kubernetes Service for pods: --listen {addr} is not an address pods reach; pass --advertise-address IP"
+            ),
+        }
+    }
     let tls = match &flags.listen {
         Some(addr) => Some(tokio::spawn(
-            serve_tls(
-                addr.clone(),
-                flags.tls_sans.clone(),
-                pki.clone(),
-                app.clone(),
-                timeouts,
-                stop_rx.clone(),
-            )
-            .await?,
+            serve_tls(addr.clone(), sans, pki.clone(), app.clone(), timeouts, stop_rx.clone()).await?,
         )),
         None => None,
     };
@@ -471,6 +500,62 @@ fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::net::UnixList
 }
 
 /// Binds the TLS listener and returns its accept loop, after printing the join token.
+/// Makes the `kubernetes` Service (ClusterIP `wanted` when free, port 443 → `port`, no
+/// selector) through the API, and points its Endpoints at `ip:port`. Its ClusterIP.
+async fn kubernetes_service(
+    app: &axum::Router,
+    store: &dyn Store,
+    wanted: std::net::Ipv4Addr,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> anyhow::Result<String> {
+    use tower::ServiceExt;
+    let service = |cluster_ip: Option<String>| {
+        let mut spec = serde_json::json!({"type": "ClusterIP", "sessionAffinity": "None",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]});
+        if let Some(c) = cluster_ip {
+            spec["clusterIP"] = c.into();
+        }
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": spec})
+    };
+    let path = "/api/v1/namespaces/default/services";
+    for body in [service(Some(wanted.to_string())), service(None)] {
+        let req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))?;
+        let resp = app.clone().oneshot(req).await?;
+        // Made, or there already: either way the Service is read below.
+        if resp.status().is_success() || resp.status() == axum::http::StatusCode::CONFLICT {
+            break;
+        }
+    }
+    let svc = store.get("/services/default/kubernetes")?.context("the kubernetes Service was not made")?;
+    let cluster_ip = svc.object["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+    let mut endpoints = serde_json::json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+    let key = "/endpoints/default/kubernetes";
+    match store.get(key)? {
+        Some(cur) if cur.object["subsets"] == endpoints["subsets"] => {}
+        Some(cur) => {
+            endpoints["metadata"] = cur.object["metadata"].clone();
+            store.update(key, endpoints, Some(cur.revision))?;
+        }
+        None => {
+            tug_scheduler::api::objects::on_create(
+                &mut endpoints,
+                &uuid::Uuid::new_v4().to_string(),
+                &api::now(),
+            );
+            store.create(key, endpoints)?;
+        }
+    }
+    eprintln!("tug-scheduler: kubernetes Service {cluster_ip}:443 -> {ip}:{port}");
+    Ok(cluster_ip)
+}
+
 async fn serve_tls(
     addr: String,
     sans: Vec<String>,
