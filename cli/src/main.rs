@@ -161,18 +161,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     }
                     e => e.to_string(),
                 })?;
-            // Store prefixes (`/secrets/`, `apps/deployments/`) as resources (`secrets`,
-            // `deployments.apps`).
-            let resources: Vec<String> = v["resources"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r.as_str())
-                .map(|p| match p.trim_matches('/').split_once('/') {
-                    Some((group, plural)) => format!("{plural}.{group}"),
-                    None => p.trim_matches('/').to_string(),
-                })
-                .collect();
+            let resources: Vec<&str> =
+                v["resources"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
             println!("re-encrypted {} objects ({})", v["rewritten"], resources.join(", "));
             Ok(ExitCode::SUCCESS)
         }

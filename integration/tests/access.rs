@@ -373,11 +373,14 @@ fn secrets_are_encrypted_at_rest_and_keys_rotate() {
     assert!(!found_under(&cp.data_dir(), b"tug-very-secret-value"));
     assert!(!found_under(&cp.data_dir(), b"dHVnLXZlcnktc2VjcmV0LXZhbHVl"));
     assert!(found_under(&cp.data_dir(), b"k8s:enc:aesgcm:v1:k1:"));
+    // The CA's key is in its 0600 file, not in the store in clear.
+    let store = std::fs::read(cp.data_dir().join("store.redb")).unwrap();
+    assert!(!store.windows(11).any(|w| w == b"PRIVATE KEY"), "the CA key in clear in the store");
     // Rotation: the new key first, the old one still read; then everything is rewritten.
     std::fs::write(&config, encryption_config(&[("k2", KEY2), ("k1", KEY1)])).unwrap();
     cp.start_again();
     let out = ok(cp.tug(&["admin", "reencrypt"]));
-    assert!(out.contains("re-encrypted 1 objects (secrets)"), "{out}");
+    assert!(out.contains("re-encrypted 2 objects (secrets, the cluster CA)"), "{out}");
     let out = ok(cp.tug(&["get", "secret", "db", "-o", "json"]));
     assert!(out.contains("dHVnLXZlcnktc2VjcmV0LXZhbHVl"), "{out}");
     cp.terminate(std::time::Duration::from_secs(10));
@@ -415,6 +418,12 @@ fn the_audit_log_records_who_did_what_allowed_or_denied() {
     refused(tug_as(&url, &alice, &["get", "pods"], ""), "forbidden");
     ok(cp.tug(&["create", "configmap", "audited", "--from-literal=k=v"]));
     ok(cp.tug(&["create", "secret", "generic", "hidden", "--from-literal=k=do-not-log-me"]));
+    // Pod Security's audit level notes what it would refuse.
+    cp.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: tug-audited, labels: {pod-security.kubernetes.io/audit: restricted}}\n");
+    ok(cp.tug_with_input(
+        &["apply", "-n", "tug-audited", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec: {containers: [{name: c, image: x}]}\n",
+    ));
     let text = std::fs::read_to_string(&log).unwrap();
     let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let denied = events
@@ -440,6 +449,18 @@ fn the_audit_log_records_who_did_what_allowed_or_denied() {
         "a secret's value in the audit log"
     );
     assert!(!text.contains("\"/healthz\""), "the policy's None");
+    let audited = events
+        .iter()
+        .find(|e| e["objectRef"]["namespace"] == "tug-audited" && e["objectRef"]["resource"] == "pods")
+        .unwrap_or_else(|| panic!("{text}"));
+    let note =
+        audited["annotations"]["pod-security.kubernetes.io/audit-violations"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with(
+            r#"would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#
+        ),
+        "{audited}"
+    );
     let mode = std::fs::metadata(&log).unwrap().permissions();
     assert_eq!(mode.mode() & 0o777, 0o600);
 }

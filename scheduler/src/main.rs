@@ -213,7 +213,16 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(config) = &encryption {
+        let raw = store.clone();
         store = Arc::new(tug_scheduler::store::encrypted::EncryptedStore::shared(store, config.clone()));
+        // The cluster CA's record, written in clear before encryption was configured, is
+        // sealed now (the PKI dir keeps its own 0600 copy).
+        let key = tug_scheduler::pki::STORE_KEY;
+        if config.covers(key) {
+            if let Some(r) = raw.get(key)?.filter(|r| r.object.get("encrypted").is_none()) {
+                store.update(key, r.object, Some(r.revision))?;
+            }
+        }
     }
     ENCRYPTION.set(encryption).ok();
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;

@@ -358,7 +358,7 @@ fn pod_security(
     info: &KindInfo,
     obj: &Value,
     current: Option<&Value>,
-) -> Result<Vec<String>, Status> {
+) -> Result<Admission, Status> {
     use crate::auth::podsecurity;
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     if info.kind == "Namespace" {
@@ -373,7 +373,7 @@ fn pod_security(
         let before = current.map(|c| podsecurity::policy(name, &c["metadata"]["labels"]).enforce);
         let after = podsecurity::policy(name, &obj["metadata"]["labels"]).enforce;
         if before.is_none_or(|b| b >= after) {
-            return Ok(Vec::new());
+            return Ok(Admission::default());
         }
         let pods = tug_api::object::lookup("pods").ok_or_else(|| Status::internal("no Pod kind"))?;
         let (items, _) = blocking(|| st.store.list(&path::prefix(pods, Some(name))))
@@ -390,20 +390,20 @@ fn pod_security(
             }
         }
         if found.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Admission::default());
         }
         let mut w = vec![format!(
             "existing pods in namespace {name:?} violate the new PodSecurity enforce level \"{}:latest\"",
             after.name()
         )];
         w.extend(found);
-        return Ok(w);
+        return Ok(Admission { warnings: w, audit: None });
     }
     if podsecurity::pod_spec(info.kind, obj).is_none() {
-        return Ok(Vec::new());
+        return Ok(Admission::default());
     }
     if info.kind == "Pod" && current.is_some_and(|c| c["spec"] == obj["spec"]) {
-        return Ok(Vec::new());
+        return Ok(Admission::default());
     }
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
     let nsinfo =
@@ -411,16 +411,35 @@ fn pod_security(
     let Some(found) =
         blocking(|| st.store.get(&path::key(nsinfo, None, ns))).map_err(|e| store_status(e, nsinfo, ns))?
     else {
-        return Ok(Vec::new());
+        return Ok(Admission::default());
     };
     let policy = podsecurity::policy(ns, &found.object["metadata"]["labels"]);
-    podsecurity::admit(info.kind, obj, policy)
-        .map_err(|m| Status::forbidden(format!("{} {name:?} is forbidden: {m}", resource_name(info))))
+    let warnings = podsecurity::admit(info.kind, obj, policy)
+        .map_err(|m| Status::forbidden(format!("{} {name:?} is forbidden: {m}", resource_name(info))))?;
+    Ok(Admission { warnings, audit: podsecurity::audit(info.kind, obj, policy) })
 }
 
+/// What admission says of an admitted write: warnings for the client, an annotation for the
+/// audit log (Pod Security's `audit` level).
+#[derive(Default)]
+struct Admission {
+    warnings: Vec<String>,
+    audit: Option<String>,
+}
+
+/// Annotations a handler leaves for the request's audit event.
+#[derive(Clone, Default)]
+pub struct AuditAnnotations(pub Vec<(String, String)>);
+
 /// Adds one `Warning: 299 - "…"` header per warning (what kubectl and tug print).
-fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
-    for w in warnings {
+fn with_warnings(mut resp: Response, admission: &Admission) -> Response {
+    if let Some(a) = &admission.audit {
+        resp.extensions_mut().insert(AuditAnnotations(vec![(
+            "pod-security.kubernetes.io/audit-violations".into(),
+            a.clone(),
+        )]));
+    }
+    for w in &admission.warnings {
         let text = format!("299 - {w:?}");
         if let Ok(v) = header::HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
@@ -849,7 +868,7 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
     // writing the object (a Deployment's status) between our read and write is retried.
     let pinned = expected_revision(&decoded)?.is_some();
     let mut attempt = 0;
-    let mut warnings: Vec<String>;
+    let mut warnings: Admission;
     let (stored, applied) = loop {
         attempt += 1;
         let mut obj = decoded.clone();
@@ -969,7 +988,8 @@ pub async fn authorize(
                   reason: &str,
                   code: u16,
                   long: bool,
-                  body: Option<&[u8]>| {
+                  body: Option<&[u8]>,
+                  annotations: &[(String, String)]| {
         let impersonator = (real.name != user.name).then_some(real.as_ref());
         audit.record(&crate::auth::audit::Record {
             user,
@@ -984,11 +1004,12 @@ pub async fn authorize(
             received: received.clone(),
             long_running: long,
             body,
+            annotations,
         });
     };
     match decided {
         Err((user, refusal)) => {
-            record(&user, false, "", refusal.status().as_u16(), false, None);
+            record(&user, false, "", refusal.status().as_u16(), false, None, &[]);
             refusal
         }
         Ok(user) => {
@@ -1006,7 +1027,7 @@ pub async fn authorize(
                     ),
                     Err(_) => {
                         let s = Status::new(413, "RequestEntityTooLarge", "the request body is too large");
-                        record(&user, true, "", 413, false, None);
+                        record(&user, true, "", 413, false, None, &[]);
                         return status_response(&s);
                     }
                 }
@@ -1016,7 +1037,8 @@ pub async fn authorize(
             let long = attrs.verb == "watch"
                 || ["log", "exec", "attach", "tunnel"].contains(&attrs.subresource.as_str());
             let resp = run_as(req, next, user.clone()).await;
-            record(&user, true, "", resp.status().as_u16(), long, body.as_deref());
+            let annotations = resp.extensions().get::<AuditAnnotations>().cloned().unwrap_or_default();
+            record(&user, true, "", resp.status().as_u16(), long, body.as_deref(), &annotations.0);
             resp
         }
     }

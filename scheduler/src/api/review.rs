@@ -168,7 +168,19 @@ pub async fn reencrypt(State(st): State<Arc<AppState>>) -> Response {
         Ok(n)
     });
     match result {
-        Ok(n) => json_response(StatusCode::CREATED, &json!({"rewritten": n, "resources": prefixes})),
+        Ok(n) => {
+            // Store prefixes as resources: `/secrets/` → secrets, `apps/deployments/` →
+            // deployments.apps.
+            let names: Vec<String> = prefixes
+                .iter()
+                .map(|p| match p.trim_matches('/').split_once('/') {
+                    Some(("_tug", "pki")) => "the cluster CA".to_string(),
+                    Some((group, plural)) => format!("{plural}.{group}"),
+                    None => p.trim_matches('/').to_string(),
+                })
+                .collect();
+            json_response(StatusCode::CREATED, &json!({"rewritten": n, "resources": names}))
+        }
         Err(e) => status_response(&Status::new(503, "ServiceUnavailable", e.to_string())),
     }
 }

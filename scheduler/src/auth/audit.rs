@@ -174,6 +174,8 @@ pub struct Record<'a> {
     pub received: String,
     pub long_running: bool,
     pub body: Option<&'a [u8]>,
+    /// Admission's notes (Pod Security's `audit` level).
+    pub annotations: &'a [(String, String)],
 }
 
 impl Log {
@@ -226,6 +228,9 @@ impl Log {
                 "authorization.k8s.io/reason": r.reason,
             },
         });
+        for (k, v) in r.annotations {
+            e["annotations"][k] = v.clone().into();
+        }
         if let Some(u) = impersonated {
             e["impersonatedUser"] = user(u);
         }
@@ -345,6 +350,7 @@ mod tests {
             received: "2026-12-05T00:00:00Z".into(),
             long_running: false,
             body: None,
+            annotations: &[],
         };
         log.record(&rec);
         let line = std::fs::read_to_string(&path).unwrap();

@@ -473,6 +473,15 @@ pub fn admit(kind: &str, obj: &Value, policy: Policy) -> Result<Vec<String>, Str
     })
 }
 
+/// The `audit` level's findings for an admitted object, as the audit annotation
+/// `pod-security.kubernetes.io/audit-violations` words them.
+pub fn audit(kind: &str, obj: &Value, policy: Policy) -> Option<String> {
+    let spec = pod_spec(kind, obj)?;
+    let v = violations(policy.audit, spec);
+    (!v.is_empty())
+        .then(|| format!("would violate PodSecurity \"{}:latest\": {}", policy.audit.name(), v.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

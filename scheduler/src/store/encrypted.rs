@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Where the cluster CA (its key, the join token) is recorded for every replica.
+const PKI: &str = "_tug/pki/";
+
 /// One provider.
 #[derive(Clone)]
 enum Provider {
@@ -184,20 +187,32 @@ impl Config {
         Ok(Config { rules })
     }
 
-    /// The store prefixes of every kind some rule covers (what a re-encryption rewrites).
+    /// The store prefixes of every kind some rule covers (what a re-encryption rewrites),
+    /// and the cluster CA's record when Secrets are covered.
     pub fn prefixes(&self) -> Vec<String> {
         tug_api::object::KINDS
             .iter()
             .map(|k| format!("{}/{}/", k.group, k.plural))
+            .chain([PKI.to_string()])
             .filter(|p| self.rule(p).is_some())
             .collect()
     }
 
+    /// Whether objects under `key` are sealed.
+    pub fn covers(&self, key: &str) -> bool {
+        self.rule(key).is_some()
+    }
+
     fn rule(&self, key: &str) -> Option<&Rule> {
-        // Internal records (`_tug/…`) are the server's own: the PKI is sealed separately.
-        if key.starts_with("_tug/") {
+        // The cluster CA's record (its key) goes as Secrets go; the server's other internal
+        // records (reservations, leases of its own) are not secret.
+        let key = if key.starts_with(PKI) {
+            "/secrets/"
+        } else if key.starts_with("_tug/") {
             return None;
-        }
+        } else {
+            key
+        };
         self.rules.iter().find(|r| r.all || r.prefixes.iter().any(|p| key.starts_with(p.as_str())))
     }
 
@@ -526,6 +541,15 @@ mod tests {
                 })
                 .unwrap();
             assert!(seen[0].contains("aHVudGVyMg"), "{seen:?}");
+            // The CA's record goes as Secrets go.
+            store.create("_tug/pki//cluster", json!({"ca.key": "-----BEGIN PRIVATE KEY-----"})).unwrap();
+            assert!(
+                !raw.get("_tug/pki//cluster").unwrap().unwrap().object.to_string().contains("PRIVATE KEY")
+            );
+            assert_eq!(
+                store.get("_tug/pki//cluster").unwrap().unwrap().object["ca.key"],
+                "-----BEGIN PRIVATE KEY-----"
+            );
         }
     }
 
