@@ -241,6 +241,24 @@ spec: {containers: [{name: c, image: x}]}
     ok(tug_as(&url, &bob, &["get", "pods", "web"], ""));
     refused(tug_as(&url, &bob, &["exec", "web", "--", "true"], ""), r#"cannot create resource "pods/exec""#);
     refused(tug_as(&url, &bob, &["get", "secrets"], ""), "forbidden");
+    // Any number of groups, one O each, and the TLS listener takes the certificate.
+    let dave = creds.path().join("dave");
+    ok(cp.tug(&[
+        "create",
+        "user",
+        "dave",
+        "--group",
+        "qa",
+        "--group",
+        "ops",
+        "--group",
+        "dev",
+        "--dir",
+        dave.to_str().unwrap(),
+    ]));
+    let who = ok(tug_as(&url, &dave, &["auth", "whoami"], ""));
+    assert!(who.contains("[qa ops dev system:authenticated]"), "{who}");
+    ok(tug_as(&url, &dave, &["get", "pods"], ""));
     // A kubeconfig for kubectl carries the same identity.
     let kc = ok(cp.tug(&["create", "user", "carol", "-o", "kubeconfig", "--cluster-url", &url]));
     assert!(kc.contains("client-certificate-data") && kc.contains(&url), "{kc}");

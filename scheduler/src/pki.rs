@@ -27,8 +27,6 @@ pub enum PkiError {
     Store(String),
     #[error("{0}")]
     Mode(String),
-    #[error("{0} groups: a user certificate carries at most 2")]
-    TooManyGroups(usize),
 }
 
 /// The CA and the join token.
@@ -273,30 +271,85 @@ impl Pki {
         self.issue(p)
     }
 
-    /// A user's client certificate: CN `name`, one O per group (at most two: the certificate
-    /// library keeps one value per attribute type, and O is reachable under two), valid from a
-    /// minute ago for `ttl_secs`.
+    /// A user's client certificate: CN `name`, one O per group, valid from a minute ago for
+    /// `ttl_secs`: (cert PEM, key PEM). Written here, DER by hand: the certificate library
+    /// keeps one value per attribute type, and Kubernetes' convention is an O per group.
     pub fn user_cert(
         &self,
         name: &str,
         groups: &[String],
         ttl_secs: u64,
     ) -> Result<(String, String), PkiError> {
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, name);
-        let organization = [DnType::OrganizationName, DnType::CustomDnType(vec![2, 5, 4, 10])];
-        if groups.len() > organization.len() {
-            return Err(PkiError::TooManyGroups(groups.len()));
+        use rcgen::{PublicKeyData, SigningKey};
+        if self.ca_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(PkiError::Mode(
+                "the cluster CA's key is not ECDSA P-256: cannot sign user certificates".into(),
+            ));
         }
-        for (t, g) in organization.into_iter().zip(groups) {
-            p.distinguished_name.push(t, g.as_str());
-        }
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&self.ca_der)
+            .map_err(|e| PkiError::Mode(format!("the cluster CA certificate: {e}")))?;
+        let issuer = ca.tbs_certificate.subject.as_raw().to_vec();
         let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::minutes(1);
-        p.not_after = now
-            + time::Duration::seconds(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2).min(100 * 365 * 86400));
-        self.issue(p)
+        let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2).min(100 * 365 * 86400);
+        let (from, until) = (now - time::Duration::minutes(1), now + time::Duration::seconds(ttl));
+        let mut serial = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut serial).map_err(|_| PkiError::Mode("no randomness".into()))?;
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        let rdn = |oid: &[u8], value: &str| {
+            der::tlv(0x31, &der::tlv(0x30, &[oid, &der::tlv(0x0c, value.as_bytes())].concat()))
+        };
+        let mut subject = rdn(der::CN, name);
+        for g in groups {
+            subject.extend(rdn(der::O, g));
+        }
+        let extensions = der::tlv(
+            0xa3,
+            &der::tlv(
+                0x30,
+                &[
+                    // keyUsage: digitalSignature (critical)
+                    der::tlv(
+                        0x30,
+                        &[der::KEY_USAGE, &[0x01, 0x01, 0xff], &der::tlv(0x04, &[0x03, 0x02, 0x07, 0x80])]
+                            .concat(),
+                    ),
+                    // extKeyUsage: clientAuth
+                    der::tlv(
+                        0x30,
+                        &[der::EXT_KEY_USAGE, &der::tlv(0x04, &der::tlv(0x30, der::CLIENT_AUTH))].concat(),
+                    ),
+                    // basicConstraints: not a CA (critical)
+                    der::tlv(
+                        0x30,
+                        &[der::BASIC_CONSTRAINTS, &[0x01, 0x01, 0xff], &der::tlv(0x04, &[0x30, 0x00])]
+                            .concat(),
+                    ),
+                ]
+                .concat(),
+            ),
+        );
+        let tbs = der::tlv(
+            0x30,
+            &[
+                vec![0xa0, 0x03, 0x02, 0x01, 0x02],
+                der::tlv(0x02, &serial),
+                der::tlv(0x30, der::ECDSA_SHA256),
+                issuer,
+                der::tlv(0x30, &[der::time(from), der::time(until)].concat()),
+                der::tlv(0x30, &subject),
+                key.subject_public_key_info(),
+                extensions,
+            ]
+            .concat(),
+        );
+        let signature = self.ca_key.sign(&tbs)?;
+        let cert = der::tlv(
+            0x30,
+            &[tbs, der::tlv(0x30, der::ECDSA_SHA256), der::tlv(0x03, &[&[0u8][..], &signature].concat())]
+                .concat(),
+        );
+        Ok((der::pem("CERTIFICATE", &cert), key.serialize_pem()))
     }
 }
 
@@ -356,5 +409,54 @@ mod tests {
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
         let (cert, key) = a.client_cert("node-a").unwrap();
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----") && key.contains("PRIVATE KEY"));
+    }
+}
+
+/// The few DER pieces a user certificate is made of.
+mod der {
+    pub const CN: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
+    pub const O: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x0a];
+    pub const ECDSA_SHA256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    pub const KEY_USAGE: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x0f];
+    pub const EXT_KEY_USAGE: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x25];
+    pub const BASIC_CONSTRAINTS: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x13];
+    pub const CLIENT_AUTH: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+    /// Tag, length, value.
+    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match u8::try_from(content.len()) {
+            Ok(n) if n < 0x80 => out.push(n),
+            _ => {
+                let bytes: Vec<u8> = content.len().to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+                // At most 8 length bytes: the count fits.
+                out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(8));
+                out.extend(bytes);
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// UTCTime before 2050, GeneralizedTime from then on (RFC 5280).
+    pub fn time(t: time::OffsetDateTime) -> Vec<u8> {
+        let (y, mo, d, h, mi, s) = (t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second());
+        if y < 2050 {
+            tlv(0x17, format!("{:02}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z", y % 100).as_bytes())
+        } else {
+            tlv(0x18, format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z").as_bytes())
+        }
+    }
+
+    pub fn pem(label: &str, der: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(chunk));
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
     }
 }

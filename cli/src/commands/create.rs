@@ -55,7 +55,7 @@ pub struct TokenArgs {
 #[derive(clap::Args)]
 pub struct UserArgs {
     name: String,
-    /// A group the user is in (repeatable, at most 2): what RBAC Group subjects match.
+    /// A group the user is in (repeatable): what RBAC Group subjects match.
     #[arg(long = "group")]
     groups: Vec<String>,
     /// How long the certificate is valid (`8760h`, `30d`).

@@ -86,11 +86,26 @@ mod tests {
     fn a_certificate_names_its_user_and_groups() {
         let dir = tempfile::tempdir().unwrap();
         let pki = crate::pki::Pki::load_or_create(dir.path()).unwrap();
-        let (cert, _) = pki.user_cert("alice", &["dev".to_string(), "ops".to_string()], 3600).unwrap();
+        let groups: Vec<String> =
+            ["dev", "ops", "oncall", "system:masters"].iter().map(|g| g.to_string()).collect();
+        let (cert, _) = pki.user_cert("alice", &groups, 3600).unwrap();
         let der = crate::pki::pem_to_der(&cert).unwrap();
         let u = from_certificate(&der).unwrap();
         assert_eq!(u.name, "alice");
-        assert!(u.in_group("dev") && u.in_group("ops") && u.in_group(super::super::AUTHENTICATED), "{u:?}");
+        assert!(groups.iter().all(|g| u.in_group(g)) && u.in_group(super::super::AUTHENTICATED), "{u:?}");
+        // The CA's signature checks, and the validity is the TTL's.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ca_der = crate::pki::pem_to_der(&pki.ca_pem).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        let ca_key = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            ca.public_key().subject_public_key.data.to_vec(),
+        );
+        ca_key
+            .verify(parsed.tbs_certificate.as_ref(), &parsed.signature_value.data)
+            .expect("signed by the CA");
+        let life = parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
+        assert!((3600..=3660).contains(&life), "{life}");
         let (cert, _) = pki.client_cert("n1").unwrap();
         let u = from_certificate(&crate::pki::pem_to_der(&cert).unwrap()).unwrap();
         assert_eq!(u.node_name(), Some("n1"), "{u:?}");
