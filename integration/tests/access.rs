@@ -491,6 +491,12 @@ fn service_accounts_get_tokens_and_rbac_binds_them() {
     assert!(cp.get_json(&["serviceaccount", "default", "-n", "tug-team"]).is_some());
     let ca = cp.get_json(&["configmap", "kube-root-ca.crt", "-n", "tug-team"]).unwrap();
     assert!(ca["data"]["ca.crt"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    // Deleted, the default account comes back.
+    ok(cp.tug(&["delete", "serviceaccount", "default", "-n", "tug-team"]));
+    let back = tug_integration::wait_for(std::time::Duration::from_secs(10), || {
+        cp.get_json(&["serviceaccount", "default", "-n", "tug-team"]).is_some()
+    });
+    assert!(back, "the default service account was not made again");
     ok(cp.tug(&["create", "serviceaccount", "bot", "-n", "tug-team"]));
     let token =
         ok(cp.tug(&["create", "token", "bot", "-n", "tug-team", "--duration", "15m"])).trim().to_string();

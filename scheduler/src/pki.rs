@@ -428,7 +428,8 @@ mod der {
         match u8::try_from(content.len()) {
             Ok(n) if n < 0x80 => out.push(n),
             _ => {
-                let bytes: Vec<u8> = content.len().to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+                let bytes: Vec<u8> =
+                    content.len().to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
                 // At most 8 length bytes: the count fits.
                 out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(8));
                 out.extend(bytes);

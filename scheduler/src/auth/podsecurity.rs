@@ -167,6 +167,11 @@ const RESTRICTED_VOLUMES: [&str; 8] = [
 
 /// The violations of `level` by a pod spec, each `reason (detail)`, in Kubernetes' order.
 pub fn violations(level: Level, spec: &Value) -> Vec<String> {
+    violations_with(level, spec, &Value::Null)
+}
+
+/// The same, with the pod's (or template's) annotations, which older AppArmor settings use.
+pub fn violations_with(level: Level, spec: &Value, annotations: &Value) -> Vec<String> {
     if level == Level::Privileged {
         return Vec::new();
     }
@@ -197,6 +202,27 @@ pub fn violations(level: Level, spec: &Value) -> Vec<String> {
             );
         }
     }
+    // appArmorProfile: never Unconfined (the field, or the older per-container annotation).
+    let mut armor = Vec::new();
+    if psc["appArmorProfile"]["type"] == "Unconfined" {
+        armor.push("pod must not set securityContext.appArmorProfile.type to \"Unconfined\"".to_string());
+    }
+    let unconfined: Vec<String> = cs
+        .iter()
+        .filter(|c| {
+            c["securityContext"]["appArmorProfile"]["type"] == "Unconfined"
+                || annotations[format!("container.apparmor.security.beta.kubernetes.io/{}", name(c))]
+                    == "unconfined"
+        })
+        .map(|c| name(c))
+        .collect();
+    if !unconfined.is_empty() {
+        armor.push(format!(
+            "{} must not set securityContext.appArmorProfile.type to \"Unconfined\"",
+            containers_phrase(&unconfined)
+        ));
+    }
+    add("forbidden AppArmor profile", armor);
     // capabilities: baseline's default set, or restricted's drop ALL / add NET_BIND_SERVICE only.
     let cap_list = |c: &Value, f: &str| -> Vec<String> {
         items(&c["securityContext"]["capabilities"][f])
@@ -455,17 +481,28 @@ pub fn pod_spec<'a>(kind: &str, obj: &'a Value) -> Option<&'a Value> {
     }
 }
 
+/// The annotations of the pod inside an object of `kind`.
+fn pod_annotations<'a>(kind: &str, obj: &'a Value) -> &'a Value {
+    match kind {
+        "Pod" => &obj["metadata"]["annotations"],
+        "CronJob" => &obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"],
+        _ => &obj["spec"]["template"]["metadata"]["annotations"],
+    }
+}
+
 /// What admission says of an object in a namespace with `policy`: the refusal (pods only,
 /// by `enforce`) or the warnings (`warn`, for pods and workloads' templates).
 pub fn admit(kind: &str, obj: &Value, policy: Policy) -> Result<Vec<String>, String> {
     let Some(spec) = pod_spec(kind, obj) else { return Ok(Vec::new()) };
+    let annotations = pod_annotations(kind, obj);
+    let violations = |level| violations_with(level, spec, annotations);
     if kind == "Pod" {
-        let v = violations(policy.enforce, spec);
+        let v = violations(policy.enforce);
         if !v.is_empty() {
             return Err(message(policy.enforce, &v));
         }
     }
-    let v = violations(policy.warn, spec);
+    let v = violations(policy.warn);
     Ok(if v.is_empty() {
         Vec::new()
     } else {
@@ -477,7 +514,7 @@ pub fn admit(kind: &str, obj: &Value, policy: Policy) -> Result<Vec<String>, Str
 /// `pod-security.kubernetes.io/audit-violations` words them.
 pub fn audit(kind: &str, obj: &Value, policy: Policy) -> Option<String> {
     let spec = pod_spec(kind, obj)?;
-    let v = violations(policy.audit, spec);
+    let v = violations_with(policy.audit, spec, pod_annotations(kind, obj));
     (!v.is_empty())
         .then(|| format!("would violate PodSecurity \"{}:latest\": {}", policy.audit.name(), v.join(", ")))
 }
@@ -502,6 +539,11 @@ mod tests {
         assert!(violations(Level::Privileged, &spec).is_empty());
         let plain = json!({"containers": [{"name": "c", "image": "x"}]});
         assert!(violations(Level::Baseline, &plain).is_empty());
+        let armor = json!({"containers": [{"name": "c", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}, {"name": "d"}]});
+        assert_eq!(
+            violations_with(Level::Baseline, &armor, &json!({"container.apparmor.security.beta.kubernetes.io/d": "unconfined"})),
+            vec!["forbidden AppArmor profile (containers \"c\", \"d\" must not set securityContext.appArmorProfile.type to \"Unconfined\")".to_string()]
+        );
     }
 
     #[test]

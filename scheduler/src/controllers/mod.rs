@@ -26,6 +26,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccounts;
 pub mod volumes;
 
 use crate::store::{Store, StoreError, Stored};
@@ -154,6 +155,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(nodes::NodeLifecycle::new(settings)), 1),
         (Arc::new(volumes::VolumeBinder), 1),
         (Arc::new(clusterroles::Aggregation), 1),
+        (Arc::new(serviceaccounts::Defaults), 1),
     ];
     controllers
         .into_iter()
@@ -328,7 +330,11 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
         // FailedCreate event and the controller retries (with its back-off) until the pod
         // template or the namespace's level changes.
         let policy = crate::auth::podsecurity::policy(&ns, &namespace.object["metadata"]["labels"]);
-        let found = crate::auth::podsecurity::violations(policy.enforce, &obj["spec"]);
+        let found = crate::auth::podsecurity::violations_with(
+            policy.enforce,
+            &obj["spec"],
+            &obj["metadata"]["annotations"],
+        );
         // ServiceAccount admission as for users' pods: the account checked, the token mounted.
         let refused = if found.is_empty() {
             crate::auth::serviceaccounts::admit_pod(store, &mut obj).err()
