@@ -136,6 +136,22 @@ fn a_node_certificate_is_only_its_own_node() {
         tug_as(&url, &n1, &["delete", "pod", "on-n2", "--now"], ""),
         "can only delete pods with spec.nodeName set to itself",
     );
+    // Nor rebind one: a pod's spec is not a node's to write.
+    let mut pod = cp.get_json(&["pod", "on-n1"]).unwrap();
+    pod["spec"]["nodeName"] = "tug-n2".into();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let put = rt.block_on(async {
+        let client = tug_client::Client::new(Some(url.as_str()), &n1).unwrap();
+        client
+            .call(
+                tug_client::Method::PUT,
+                "/api/v1/namespaces/default/pods/on-n1",
+                "application/json",
+                pod.to_string().into_bytes(),
+            )
+            .await
+    });
+    assert!(matches!(&put, Err(tug_client::CallError::Server(s)) if s.code == 403), "{put:?}");
     // The tunnel: only under its own name.
     assert_eq!(get_code(&url, &n1, "/api/v1/nodes/tug-n2/tunnel"), 403);
     // Not an admin: no namespaces, no RBAC.
@@ -543,4 +559,45 @@ fn the_kubernetes_service_points_pods_at_the_api() {
         .to_string();
     assert_eq!(ep["subsets"][0]["ports"][0]["port"].to_string(), port);
     assert!(cp.log().contains("kubernetes.default.svc"), "the serving certificate names it: {}", cp.log());
+}
+
+#[test]
+fn secrets_in_etcd_are_encrypted_too() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let etcd = tug_integration::etcd::EtcdProcess::start();
+    let dir = tempfile::Builder::new().prefix("tug-enc").tempdir().unwrap();
+    let (config, seal) = (dir.path().join("encryption.yaml"), dir.path().join("pki-secret"));
+    std::fs::write(&config, encryption_config(&[("k1", KEY1)])).unwrap();
+    std::fs::write(&seal, "a-test-secret-of-the-replicas\n").unwrap();
+    std::fs::set_permissions(&seal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cp = ControlPlane::start_with(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--pki-secret-file",
+        seal.to_str().unwrap(),
+        "--encryption-config",
+        config.to_str().unwrap(),
+    ]);
+    ok(cp.tug(&["create", "secret", "generic", "db", "--from-literal=password=tug-etcd-secret-value"]));
+    assert!(ok(cp.tug(&["get", "secret", "db", "-o", "json"])).contains("dHVnLWV0Y2Qtc2VjcmV0LXZhbHVl"));
+    // Everything under the prefix, as etcd (or a backup of it) holds it.
+    let all = Command::new("curl")
+        .args(["-s", "-X", "POST", &format!("{}/v3/kv/range", etcd.endpoint), "-d"])
+        .arg(format!(r#"{{"key": "{}", "range_end": "{}"}}"#, b64.encode("/tug/"), b64.encode("/tug0")))
+        .output()
+        .unwrap();
+    let range: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let values: Vec<String> = range["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&b64.decode(kv["value"].as_str().unwrap()).unwrap()).to_string())
+        .collect();
+    assert!(values.iter().any(|v| v.contains("k8s:enc:aesgcm:v1:k1:")), "the secret is not there sealed");
+    for v in &values {
+        assert!(!v.contains("tug-etcd-secret-value") && !v.contains("dHVnLWV0Y2Qtc2VjcmV0LXZhbHVl"), "{v}");
+    }
 }
