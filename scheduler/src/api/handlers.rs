@@ -1115,14 +1115,18 @@ fn authenticate_and_authorize(
         Ok(None) => user.clone(),
         Ok(Some((as_user, checks))) => {
             for c in &checks {
-                if let Err(s) = blocking(|| authz.check(&user, c)) {
+                let checked =
+                    authz.check_cached(&user, c).unwrap_or_else(|| blocking(|| authz.check(&user, c)));
+                if let Err(s) = checked {
                     return (user.clone(), Err((user, status_response(&s))));
                 }
             }
             Arc::new(as_user)
         }
     };
-    if let Err(s) = blocking(|| authz.check(&acting, attrs)) {
+    let checked =
+        authz.check_cached(&acting, attrs).unwrap_or_else(|| blocking(|| authz.check(&acting, attrs)));
+    if let Err(s) = checked {
         let refusal = if acting.in_group(auth::UNAUTHENTICATED) {
             status_response(&Status::new(
                 401,

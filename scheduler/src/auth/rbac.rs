@@ -160,6 +160,11 @@ impl Cache {
         Ok(ix)
     }
 
+    /// The index when it is loaded (no store read).
+    pub fn cached(&self) -> Option<Arc<Index>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Forgets the index: the next request loads the store's.
     pub fn invalidate(&self) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
