@@ -20,6 +20,10 @@ use std::sync::Arc;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Where that annotation travels inside the sealed part.
+const SEALED_LAST_APPLIED: &str = "\u{0}lastApplied";
+
 /// Where the cluster CA (its key, the join token) is recorded for every replica.
 const PKI: &str = "_tug/pki/";
 
@@ -228,6 +232,16 @@ impl Config {
                 kept.insert(f.into(), v);
             }
         }
+        // kubectl's client-side apply copies the whole object, data included, into this
+        // annotation: it is sealed with the rest.
+        let last = kept
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+            .and_then(|a| a.remove(LAST_APPLIED));
+        if let Some(l) = last {
+            all.insert(SEALED_LAST_APPLIED.into(), l);
+        }
         let plain =
             serde_json::to_vec(&Value::Object(all)).map_err(|e| StoreError::Backend(e.to_string()))?;
         let sealed = encrypt(provider, secret, key, &plain).map_err(StoreError::Backend)?;
@@ -262,9 +276,14 @@ impl Config {
         let Value::Object(fields) = serde_json::from_slice(&plain).map_err(|e| fail(e.to_string()))? else {
             return Err(fail("the decrypted value is not an object".into()));
         };
+        let mut fields = fields;
+        let last = fields.remove(SEALED_LAST_APPLIED);
         if let Some(o) = object.as_object_mut() {
             o.remove("encrypted");
             o.extend(fields);
+        }
+        if let Some(l) = last {
+            object["metadata"]["annotations"][LAST_APPLIED] = l;
         }
         Ok(())
     }
@@ -511,11 +530,13 @@ mod tests {
             let raw: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb"), 16).unwrap());
             let c = config(&format!("  - {p}: {{keys: [{{name: k1, secret: {K1}}}]}}\n  - identity: {{}}\n"));
             let store = EncryptedStore::new(raw.clone(), c);
-            let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "a"},
+            let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "a",
+                    "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"password\":\"aHVudGVyMg==\"}}", "team": "x"}},
                 "data": {"password": "aHVudGVyMg=="}, "type": "Opaque"});
             store.create("/secrets/a/s", secret.clone()).unwrap();
             let got = store.get("/secrets/a/s").unwrap().unwrap().object;
             assert_eq!(got["data"], secret["data"], "{p}");
+            assert_eq!(got["metadata"]["annotations"], secret["metadata"]["annotations"], "{p}");
             let at_rest = raw.get("/secrets/a/s").unwrap().unwrap().object.to_string();
             assert!(
                 !at_rest.contains("aHVudGVyMg") && at_rest.contains(&format!("k8s:enc:{p}:v1:k1:")),
