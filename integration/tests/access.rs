@@ -468,6 +468,7 @@ fn the_audit_log_records_who_did_what_allowed_or_denied() {
     assert_eq!(denied["annotations"]["authorization.k8s.io/decision"], "forbid");
     assert_eq!(denied["responseStatus"]["code"], 403);
     assert_eq!(denied["objectRef"]["resource"], "pods");
+    assert_eq!(denied["sourceIPs"][0], "127.0.0.1", "a TLS client's address");
     let created = events
         .iter()
         .find(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "configmaps")

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 
+/// The client's address (TLS connections; the Unix socket has none), for the audit log.
+#[derive(Debug, Clone)]
+pub struct SourceAddr(pub String);
+
 /// The two bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -145,6 +149,7 @@ pub async fn serve<T>(
     io: T,
     app: Router,
     peer: Peer,
+    source: Option<String>,
     t: Timeouts,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -154,6 +159,9 @@ pub async fn serve<T>(
     let io = Guarded { inner: io, phase: phase.clone(), header: t.header, timer: None };
     let svc = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer.clone());
+        if let Some(s) = &source {
+            req.extensions_mut().insert(SourceAddr(s.clone()));
+        }
         phase.started();
         let (app, phase) = (app.clone(), phase.clone());
         async move {

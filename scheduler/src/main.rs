@@ -473,7 +473,7 @@ async fn serve_socket(
                 conns.spawn(async move {
                     let user = tug_scheduler::auth::authn::from_unix(cred.uid(), cred.gid());
                     let peer = tug_scheduler::tls::Peer::User(std::sync::Arc::new(user));
-                    tug_scheduler::conn::serve(io, app, peer, timeouts, rx).await;
+                    tug_scheduler::conn::serve(io, app, peer, None, timeouts, rx).await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -65,7 +65,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, remote)) = listener.accept().await else { continue };
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
         tokio::spawn(async move {
             // A handshake that stalls must not hold a task forever.
@@ -81,7 +81,7 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .and_then(|c| crate::auth::authn::from_certificate(c));
             let peer = user.map_or(Peer::Anonymous, |u| Peer::User(Arc::new(u)));
-            crate::conn::serve(tls, app, peer, timeouts, stop).await;
+            crate::conn::serve(tls, app, peer, Some(remote.ip().to_string()), timeouts, stop).await;
         });
     }
 }

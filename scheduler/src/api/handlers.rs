@@ -982,6 +982,7 @@ pub async fn authorize(
         };
     };
     let uri = req.uri().to_string();
+    let source = req.extensions().get::<crate::conn::SourceAddr>().map(|s| s.0.clone());
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let record = |user: &crate::auth::User,
                   allowed: bool,
@@ -996,7 +997,7 @@ pub async fn authorize(
             impersonator,
             attrs: &attrs,
             uri: &uri,
-            source: None,
+            source: source.as_deref(),
             user_agent: user_agent.as_deref(),
             allowed,
             reason,
