@@ -109,8 +109,16 @@ impl Policy {
                 p.kind, p.api_version
             ));
         }
-        let _ = p.omit_stages;
-        Ok(Policy { rules: p.rules })
+        // A policy-wide omitStages holds for every rule, as in Kubernetes.
+        let rules = p
+            .rules
+            .into_iter()
+            .map(|mut r| {
+                r.omit_stages.extend(p.omit_stages.iter().cloned());
+                r
+            })
+            .collect();
+        Ok(Policy { rules })
     }
 
     /// The level of a request: the first rule that matches, else `None`.

@@ -150,14 +150,9 @@ pub fn attributes(method: &str, path: &str, query: &HashMap<String, String>) -> 
         verb
     };
     Attributes {
-        verb: verb.into(),
-        resource_request: true,
-        api_group: group.into(),
-        resource: resource.into(),
         subresource: subresource.into(),
-        namespace: namespace.into(),
-        name: name.into(),
         path: path.into(),
+        ..Attributes::resource(verb, group, resource, namespace, name)
     }
 }
 

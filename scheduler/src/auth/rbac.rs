@@ -6,7 +6,7 @@ use super::{Attributes, User};
 use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tug_api::kinds::rbac::{ClusterRole, ClusterRoleBinding, GROUP, PolicyRule, Role, RoleBinding, Subject};
+use tug_api::kinds::rbac::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
 
 /// The store prefix of every RBAC object.
 pub const PREFIX: &str = "rbac.authorization.k8s.io/";
@@ -271,11 +271,6 @@ pub fn describe(r: &PolicyRule) -> String {
     )
 }
 
-/// A subject of a binding that names a user or group (for tests and bootstrap).
-pub fn group_subject(name: &str) -> Subject {
-    Subject { kind: "Group".into(), api_group: Some(GROUP.into()), name: name.into(), namespace: None }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +333,15 @@ mod tests {
             1,
             "a wildcard is not held"
         );
+    }
+
+    fn group_subject(name: &str) -> Subject {
+        Subject {
+            kind: "Group".into(),
+            api_group: Some(tug_api::kinds::rbac::GROUP.into()),
+            name: name.into(),
+            namespace: None,
+        }
     }
 
     #[test]

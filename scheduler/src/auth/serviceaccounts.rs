@@ -97,13 +97,11 @@ pub fn admit_pod(store: &dyn Store, pod: &mut Value) -> Result<(), String> {
     let mounted = |c: &Value| {
         c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"].as_str() == Some(MOUNT))
     };
-    let containers = |pod: &Value| -> Vec<Value> {
-        ["initContainers", "containers"]
-            .iter()
-            .flat_map(|f| pod["spec"][*f].as_array().cloned().unwrap_or_default())
-            .collect()
-    };
-    if containers(pod).iter().all(mounted) {
+    let all_mounted = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| pod["spec"][*f].as_array().into_iter().flatten())
+        .all(mounted);
+    if all_mounted {
         return Ok(());
     }
     let volume = format!("kube-api-access-{}", crate::controllers::random_suffix(5));
