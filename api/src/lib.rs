@@ -10,6 +10,7 @@
 //! ```
 
 pub mod cidr;
+pub mod columns;
 pub mod cron;
 pub mod defaults;
 /// A cheap bound on a YAML text's nesting, read before the parse.
@@ -20,6 +21,7 @@ pub mod labels;
 pub mod manifest;
 pub mod meta;
 pub mod object;
+pub mod protobuf;
 pub mod quantity;
 pub mod status;
 pub mod tunnel;

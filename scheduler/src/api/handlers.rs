@@ -35,13 +35,6 @@ pub fn status_response(s: &Status) -> Response {
     resp
 }
 
-pub async fn version() -> Response {
-    json_response(
-        StatusCode::OK,
-        &json!({"major": "0", "minor": "1", "gitVersion": format!("v{}", tug_api::VERSION), "platform": "linux/amd64"}),
-    )
-}
-
 pub async fn not_found(uri: Uri) -> Response {
     status_response(&Status::new(
         404,
@@ -77,6 +70,11 @@ pub async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET
+        && let Some(doc) = super::discovery::document(&uri)
+    {
+        return doc;
+    }
     let query = parse_query(q.as_deref().unwrap_or(""));
     let user = user.map_or_else(|| Arc::new(crate::auth::User::admin()), |u| u.0);
     let result = match path::parse(uri.path()) {
@@ -140,12 +138,20 @@ async fn route(
     user: &crate::auth::User,
 ) -> Reply {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let table = super::table::wanted(headers, q)?;
     if matches!(target, Target::Collection { .. }) && method == Method::GET {
         return if watch {
-            super::watch::serve(st, &target, q).await
+            super::watch::serve(st, &target, q, table).await
         } else {
-            super::list::serve(st, &target, q).await
+            super::list::serve(st, &target, q, table).await
         };
+    }
+    if let (Some(include), &Method::GET, Target::Object { status: false, .. }) = (table, method, &target) {
+        let stored = read(st, &target)?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &super::table::single(target.info(), &stored.object, include),
+        ));
     }
     // Decoding, validating and the store's calls are blocking work: off the async threads,
     // so one slow body never stalls the other requests.
@@ -703,12 +709,15 @@ fn assign_pod_cidr(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result<()
 }
 
 fn get(st: &AppState, target: &Target) -> Reply {
+    read(st, target).map(|s| stored_reply(StatusCode::OK, &s))
+}
+
+fn read(st: &AppState, target: &Target) -> Result<Stored, Status> {
     let info = target.info();
     let (key, name) = object_key(target);
-    match blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))? {
-        Some(s) => Ok(stored_reply(StatusCode::OK, &s)),
-        None => Err(Status::not_found(&resource_name(info), &name)),
-    }
+    blocking(|| st.store.get(&key))
+        .map_err(|e| store_status(e, info, &name))?
+        .ok_or_else(|| Status::not_found(&resource_name(info), &name))
 }
 
 fn expected_revision(obj: &Value) -> Result<Option<u64>, Status> {
@@ -963,6 +972,28 @@ impl Filter {
                 (got == *want) != *neg
             })
     }
+}
+
+/// Kubernetes' protobuf request bodies (client-go's typed clients send them) become JSON before
+/// any handler reads them: one decoder, every route. What it cannot read is a 415 naming the
+/// message or field, so the client knows to send JSON.
+pub async fn protobuf_bodies(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with(tug_api::protobuf::MEDIA_TYPE) {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, super::MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return status_response(&Status::new(413, "RequestEntityTooLarge", e.to_string())),
+    };
+    let json = match tug_api::protobuf::decode(&bytes) {
+        Ok(v) => v.to_string(),
+        Err(e) => return status_response(&Status::new(415, "UnsupportedMediaType", e)),
+    };
+    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(json))).await
 }
 
 /// TLS connections without a client certificate may only join and read the version.

@@ -52,7 +52,12 @@ impl Continue {
 /// One message from the scanning thread.
 type Piece = Result<Bytes, Status>;
 
-pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) -> Result<Response, Status> {
+pub async fn serve(
+    st: &AppState,
+    target: &Target,
+    q: &HashMap<String, String>,
+    table: Option<super::table::Include>,
+) -> Result<Response, Status> {
     let info = target.info();
     let filter = Filter::from_query(q)?;
     let prefix = path::prefix(info, target.namespace());
@@ -66,8 +71,15 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
         None | Some("") => None,
         Some(t) => Some(Continue::decode(t, &prefix)?),
     };
-    let head =
-        format!("{{\"apiVersion\":{},\"kind\":\"{}List\",\"items\":[", json!(info.api_version()), info.kind);
+    let head = match table {
+        Some(_) => super::table::head(info),
+        None => format!(
+            "{{\"apiVersion\":{},\"kind\":\"{}List\",\"items\":[",
+            json!(info.api_version()),
+            info.kind
+        ),
+    };
+    let now = std::time::SystemTime::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
     let store = st.store.clone();
     tokio::task::spawn_blocking(move || {
@@ -78,16 +90,22 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
                 more = true;
                 return false;
             }
-            if !filter.is_empty() {
+            let mut decoded = None;
+            if !filter.is_empty() || table.is_some() {
                 match serde_json::from_slice::<Value>(bytes) {
-                    Ok(v) if filter.matches(&v) => {}
+                    Ok(v) if filter.matches(&v) => decoded = Some(v),
                     _ => return true,
                 }
             }
             if sent > 0 {
                 buf.push(b',');
             }
-            buf.extend_from_slice(bytes);
+            match (table, decoded) {
+                (Some(include), Some(v)) => {
+                    buf.extend_from_slice(super::table::row(&v, include, now).to_string().as_bytes())
+                }
+                _ => buf.extend_from_slice(bytes),
+            }
             sent += 1;
             last.clear();
             last.push_str(key);

@@ -19,6 +19,7 @@
 
 // Handlers return `Result<_, Status>`: the error is the response body Kubernetes clients
 // expect, built once per failed request, so its size does not matter.
+mod discovery;
 #[allow(clippy::result_large_err)]
 mod handlers;
 #[allow(clippy::result_large_err)]
@@ -33,6 +34,8 @@ pub mod path;
 mod review;
 #[allow(clippy::result_large_err)]
 pub mod services;
+#[allow(clippy::result_large_err)]
+mod table;
 #[allow(clippy::result_large_err)]
 pub mod tunnel;
 #[allow(clippy::result_large_err)]
@@ -99,8 +102,12 @@ pub const MAX_BODY: usize = 3 << 20;
 /// The HTTP routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/version", get(handlers::version))
+        .route("/version", get(discovery::version))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/api", get(discovery::core))
+        .route("/apis", get(discovery::apis))
         .route("/join", axum::routing::post(handlers::join))
         .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(review::access))
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(review::whoami))
@@ -121,6 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(handlers::protobuf_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -14,7 +14,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tug_api::status::Status;
 
-pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) -> Result<Response, Status> {
+pub async fn serve(
+    st: &AppState,
+    target: &Target,
+    q: &HashMap<String, String>,
+    table: Option<super::table::Include>,
+) -> Result<Response, Status> {
     let info = target.info();
     let filter = Filter::from_query(q)?;
     let prefix = path::prefix(info, target.namespace());
@@ -25,7 +30,7 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
             let lines: Vec<Bytes> = items
                 .into_iter()
                 .filter(|s| filter.matches(&s.object))
-                .map(|s| line("ADDED", &s.object))
+                .map(|s| line("ADDED", &shown(info, table, &s.object)))
                 .collect();
             (lines, rev)
         }
@@ -50,7 +55,8 @@ pub async fn serve(st: &AppState, target: &Target, q: &HashMap<String, String>) 
             match next? {
                 Ok(e) if filter.matches(&e.object) => {
                     let t = serde_json::to_value(e.type_).ok()?.as_str()?.to_string();
-                    return Some((Ok::<_, std::convert::Infallible>(line(&t, &e.object)), Some((w, filter))));
+                    let obj = shown(info, table, &e.object);
+                    return Some((Ok::<_, std::convert::Infallible>(line(&t, &obj)), Some((w, filter))));
                 }
                 Ok(_) => continue,
                 Err(err) => {
@@ -94,6 +100,14 @@ async fn caught_up(st: &AppState, asked: u64) -> Result<(), Status> {
     match tokio::time::timeout(Duration::from_secs(3), reached).await {
         Ok(true) => Ok(()),
         _ => Err(Status::too_large_resource_version(asked, revision()?)),
+    }
+}
+
+/// An event's object as the client asked for it: itself, or a one-row Table.
+fn shown(info: &tug_api::object::KindInfo, table: Option<super::table::Include>, obj: &Value) -> Value {
+    match table {
+        Some(include) => super::table::single(info, obj, include),
+        None => obj.clone(),
     }
 }
 

@@ -1,0 +1,390 @@
+//! kubectl's columns for each kind: the headers and one row's cells, shared by `tug get`
+//! and the API server's `Table` answers (`Accept: application/json;as=Table`). Pure.
+
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+
+/// kubectl's short human durations: `45s`, `3m20s`, `12m`, `5h3m`, `2d4h`, `90d`, `2y`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (m, h, day) = (s / 60, s / 3600, s / 86_400);
+    match s {
+        _ if s < 120 => format!("{s}s"),
+        _ if m < 10 => {
+            if s % 60 == 0 {
+                format!("{m}m")
+            } else {
+                format!("{m}m{}s", s % 60)
+            }
+        }
+        _ if h < 3 => format!("{m}m"),
+        _ if h < 8 => {
+            if m % 60 == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{}m", m % 60)
+            }
+        }
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 24 * 8 => {
+            if h % 24 == 0 {
+                format!("{day}d")
+            } else {
+                format!("{day}d{}h", h % 24)
+            }
+        }
+        _ if day < 365 * 2 => format!("{day}d"),
+        _ => format!("{}y", day / 365),
+    }
+}
+
+/// The AGE of an object from its `creationTimestamp`.
+pub fn age(obj: &Value, now: SystemTime) -> String {
+    obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| now.duration_since(t).ok())
+        .map_or_else(|| "<unknown>".into(), human_duration)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// Column headers for a kind (`wide` adds kubectl's wide columns).
+pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
+    let mut h = match kind {
+        "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "ReplicaSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        "ConfigMap" => vec!["NAME", "DATA", "AGE"],
+        "Secret" => vec!["NAME", "TYPE", "DATA", "AGE"],
+        "Namespace" => vec!["NAME", "STATUS", "AGE"],
+        "Node" => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "CronJob" => vec!["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+        "HorizontalPodAutoscaler" => {
+            vec!["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"]
+        }
+        "PersistentVolume" => {
+            vec![
+                "NAME",
+                "CAPACITY",
+                "ACCESS MODES",
+                "RECLAIM POLICY",
+                "STATUS",
+                "CLAIM",
+                "STORAGECLASS",
+                "AGE",
+            ]
+        }
+        "PersistentVolumeClaim" => {
+            vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"]
+        }
+        _ => vec!["NAME", "AGE"],
+    };
+    if wide {
+        match kind {
+            "Pod" => h.extend(["IP", "NODE"]),
+            "Deployment" | "ReplicaSet" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
+            "Service" => h.push("SELECTOR"),
+            _ => {}
+        }
+    }
+    h
+}
+
+/// One table row for an object.
+pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = s(&obj["metadata"]["name"]);
+    let st = &obj["status"];
+    let spec = &obj["spec"];
+    // kubectl's short access modes: RWO, ROX, RWX, RWOP.
+    let modes = |v: &Value| -> String {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str())
+            .map(|m| match m {
+                "ReadWriteOnce" => "RWO",
+                "ReadOnlyMany" => "ROX",
+                "ReadWriteMany" => "RWX",
+                "ReadWriteOncePod" => "RWOP",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut r = match kind {
+        "PersistentVolume" => {
+            let claim = match (spec["claimRef"]["namespace"].as_str(), spec["claimRef"]["name"].as_str()) {
+                (Some(ns), Some(c)) => format!("{ns}/{c}"),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                s(&spec["capacity"]["storage"]),
+                modes(&spec["accessModes"]),
+                s(&spec["persistentVolumeReclaimPolicy"]),
+                st["phase"].as_str().unwrap_or("Pending").to_string(),
+                claim,
+                s(&spec["storageClassName"]),
+                age(obj, now),
+            ]
+        }
+        "PersistentVolumeClaim" => vec![
+            name,
+            st["phase"].as_str().unwrap_or("Pending").to_string(),
+            s(&spec["volumeName"]),
+            s(&st["capacity"]["storage"]),
+            modes(&st["accessModes"]),
+            s(&spec["storageClassName"]),
+            age(obj, now),
+        ],
+        "Pod" => {
+            let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let total = spec["containers"].as_array().map_or(0, Vec::len);
+            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            let restarts: i64 = statuses.iter().map(|c| n(&c["restartCount"])).sum();
+            let mut phase = st["phase"].as_str().unwrap_or("Pending").to_string();
+            // kubectl's column: a pod marked deleted is Terminating until it is gone.
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                phase = "Terminating".into();
+            }
+            vec![name, format!("{ready}/{total}"), phase, restarts.to_string(), age(obj, now)]
+        }
+        "Deployment" => {
+            let want = n(&spec["replicas"]);
+            vec![
+                name,
+                format!("{}/{want}", n(&st["readyReplicas"])),
+                n(&st["updatedReplicas"]).to_string(),
+                n(&st["availableReplicas"]).to_string(),
+                age(obj, now),
+            ]
+        }
+        "ReplicaSet" => vec![
+            name,
+            n(&spec["replicas"]).to_string(),
+            n(&st["replicas"]).to_string(),
+            n(&st["readyReplicas"]).to_string(),
+            age(obj, now),
+        ],
+        "Service" => {
+            let ports: Vec<String> = spec["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| match p.get("nodePort") {
+                    Some(np) => format!("{}:{}/{}", n(&p["port"]), n(np), s(&p["protocol"])),
+                    None => format!("{}/{}", n(&p["port"]), s(&p["protocol"])),
+                })
+                .collect();
+            let ip = spec["clusterIP"].as_str().unwrap_or("<pending>").to_string();
+            vec![
+                name,
+                s(&spec["type"]),
+                ip,
+                "<none>".into(),
+                if ports.is_empty() { "<none>".into() } else { ports.join(",") },
+                age(obj, now),
+            ]
+        }
+        "ConfigMap" => {
+            let count = obj["data"].as_object().map_or(0, |m| m.len())
+                + obj["binaryData"].as_object().map_or(0, |m| m.len());
+            vec![name, count.to_string(), age(obj, now)]
+        }
+        "Secret" => vec![
+            name,
+            s(&obj["type"]),
+            obj["data"].as_object().map_or(0, |m| m.len()).to_string(),
+            age(obj, now),
+        ],
+        "Namespace" => vec![name, st["phase"].as_str().unwrap_or("Active").to_string(), age(obj, now)],
+        "Node" => {
+            let ready = st["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"] == "True");
+            let mut status = match ready {
+                Some(true) => "Ready".to_string(),
+                _ => "NotReady".to_string(),
+            };
+            if spec["unschedulable"] == true {
+                status += ",SchedulingDisabled";
+            }
+            let version = s(&st["nodeInfo"]["kubeletVersion"]);
+            vec![
+                name,
+                status,
+                "<none>".into(),
+                age(obj, now),
+                if version.is_empty() { "<none>".into() } else { version },
+            ]
+        }
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for sub in obj["subsets"].as_array().cloned().unwrap_or_default() {
+                for a in sub["addresses"].as_array().cloned().unwrap_or_default() {
+                    for p in sub["ports"].as_array().cloned().unwrap_or_default() {
+                        eps.push(format!("{}:{}", s(&a["ip"]), n(&p["port"])));
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
+            vec![name, if shown.is_empty() { "<none>".into() } else { shown }, age(obj, now)]
+        }
+        "Event" => {
+            let last = obj["lastTimestamp"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or_else(|| "<unknown>".into(), human_duration);
+            let io = &obj["involvedObject"];
+            vec![
+                last,
+                s(&obj["type"]),
+                s(&obj["reason"]),
+                format!("{}/{}", s(&io["kind"]).to_ascii_lowercase(), s(&io["name"])),
+                s(&obj["message"]),
+            ]
+        }
+        "Job" => {
+            let done = n(&st["succeeded"]);
+            let want = spec["completions"].as_i64().unwrap_or(1);
+            let status = if st["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Failed" && c["status"] == "True"))
+            {
+                "Failed"
+            } else if done >= want {
+                "Complete"
+            } else {
+                "Running"
+            };
+            let duration = match (st["startTime"].as_str(), st["completionTime"].as_str()) {
+                (Some(a), b) => {
+                    let start = humantime::parse_rfc3339(a).ok();
+                    let end = b.and_then(|b| humantime::parse_rfc3339(b).ok()).unwrap_or(now);
+                    start.and_then(|s| end.duration_since(s).ok()).map_or_else(String::new, human_duration)
+                }
+                _ => String::new(),
+            };
+            vec![name, status.into(), format!("{done}/{want}"), duration, age(obj, now)]
+        }
+        "CronJob" => {
+            let last = st["lastScheduleTime"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or_else(|| "<none>".into(), human_duration);
+            vec![
+                name,
+                s(&spec["schedule"]),
+                s(&spec["suspend"]),
+                st["active"].as_array().map_or(0, Vec::len).to_string(),
+                last,
+                age(obj, now),
+            ]
+        }
+        "HorizontalPodAutoscaler" => {
+            let r = &spec["scaleTargetRef"];
+            let targets: Vec<String> = spec["metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: <unknown>/{}%",
+                        s(&m["resource"]["name"]),
+                        n(&m["resource"]["target"]["averageUtilization"])
+                    )
+                })
+                .collect();
+            vec![
+                name,
+                format!("{}/{}", s(&r["kind"]), s(&r["name"])),
+                targets.join(", "),
+                n(&spec["minReplicas"]).to_string(),
+                n(&spec["maxReplicas"]).to_string(),
+                n(&st["currentReplicas"]).to_string(),
+                age(obj, now),
+            ]
+        }
+        _ => vec![name, age(obj, now)],
+    };
+    if wide {
+        match kind {
+            "Pod" => r.extend([
+                st["podIP"].as_str().unwrap_or("<none>").into(),
+                spec["nodeName"].as_str().unwrap_or("<none>").into(),
+            ]),
+            "Deployment" | "ReplicaSet" => {
+                let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+                let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
+                let images: Vec<String> = cs.iter().map(|c| s(&c["image"])).collect();
+                let sel: Vec<String> = spec["selector"]["matchLabels"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                    .unwrap_or_default();
+                r.extend([names.join(","), images.join(","), sel.join(",")]);
+            }
+            "Service" => {
+                let sel: Vec<String> = spec["selector"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                    .unwrap_or_default();
+                r.push(if sel.is_empty() { "<none>".into() } else { sel.join(",") });
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_kubectl() {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (10 * 3600, "10h"),
+            (50 * 3600, "2d2h"),
+            (30 * 86400, "30d"),
+            (800 * 86400, "2y"),
+        ] {
+            assert_eq!(human_duration(Duration::from_secs(secs)), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn deployment_rows() {
+        let d = serde_json::json!({"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
+        assert_eq!(row(&d, false, SystemTime::now())[..4], ["web", "2/3", "3", "2"]);
+    }
+}
