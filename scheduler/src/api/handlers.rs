@@ -167,24 +167,38 @@ fn sync_route(
     body: &Bytes,
     user: &crate::auth::User,
 ) -> Reply {
+    let dry = dry_run(q)?;
     match (method.as_str(), target) {
-        ("POST", Target::Collection { .. }) => create(st, target, body, user),
+        ("POST", Target::Collection { .. }) => create(st, target, body, user, dry),
+        ("DELETE", Target::Collection { .. }) => delete_collection(st, target, q, body, dry),
         ("GET", Target::Object { .. }) => get(st, target),
-        ("PUT", Target::Object { status: false, .. }) => replace(st, target, body, user),
-        ("PUT", Target::Object { status: true, .. }) => put_status(st, target, body),
-        ("DELETE", Target::Object { status: false, .. }) => delete(st, target, q, body),
-        ("PATCH", Target::Object { status: false, .. }) => {
+        ("PUT", Target::Object { status: false, .. }) => {
+            replace(st, target, decode_body(target, body)?, user, dry)
+        }
+        ("PUT", Target::Object { status: true, .. }) => {
+            put_status(st, target, decode_body(target, body)?, dry)
+        }
+        ("DELETE", Target::Object { status: false, .. }) => delete(st, target, q, body, dry),
+        ("PATCH", Target::Object { status, .. }) => {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            if ct.starts_with("application/apply-patch") {
-                apply(st, target, body, user)
-            } else {
-                Err(Status::new(
+            let media = ct.split(';').next().unwrap_or("").trim();
+            match (media, status) {
+                ("application/apply-patch+yaml" | "application/apply-patch+json", false) => {
+                    apply(st, target, body, user, dry)
+                }
+                (
+                    "application/merge-patch+json"
+                    | "application/json-patch+json"
+                    | "application/strategic-merge-patch+json",
+                    _,
+                ) => patch(st, target, media, body, user, dry),
+                _ => Err(Status::new(
                     415,
                     "UnsupportedMediaType",
                     format!(
-                        "PATCH supports Content-Type application/apply-patch+yaml (server-side apply), not {ct:?}"
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"
                     ),
-                ))
+                )),
             }
         }
         (m, _) => Err(Status::new(
@@ -193,6 +207,241 @@ fn sync_route(
             format!("the server does not allow this method on the requested resource ({m})"),
         )),
     }
+}
+
+/// `/scale` of a Deployment or ReplicaSet (`autoscaling/v1` Scale): get, replace, patch. A
+/// write changes `spec.replicas` of the object through the replace path (checked, optimistic).
+pub async fn scale(
+    State(st): State<Arc<AppState>>,
+    user: Option<axum::Extension<Arc<crate::auth::User>>>,
+    axum::extract::Path((ns, plural, name)): axum::extract::Path<(String, String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let user = user.map_or_else(|| Arc::new(crate::auth::User::admin()), |u| u.0);
+    let q = parse_query(q.as_deref().unwrap_or(""));
+    let Some(info) = tug_api::object::KINDS.iter().find(|k| {
+        k.group == "apps" && k.plural == plural && ["deployments", "replicasets"].contains(&k.plural)
+    }) else {
+        return not_found(Uri::from_static("/scale")).await;
+    };
+    let target = Target::Object { info, namespace: Some(ns), name, status: false };
+    blocking(|| scale_sync(&st, &target, &method, &q, &headers, &body, &user))
+        .unwrap_or_else(|s| status_response(&s))
+}
+
+fn scale_view(obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|l| l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")}})
+}
+
+fn scale_sync(
+    st: &AppState,
+    target: &Target,
+    method: &Method,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    user: &crate::auth::User,
+) -> Reply {
+    let dry = dry_run(q)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = read(st, target)?;
+        let view = scale_view(&current.object);
+        let wanted = match method.as_str() {
+            "GET" => return Ok(json_response(StatusCode::OK, &view)),
+            "PUT" => serde_json::from_slice::<Value>(body)
+                .map_err(|e| Status::bad_request(format!("the Scale body is not valid JSON: {e}")))?,
+            "PATCH" => {
+                let patch: Value = serde_json::from_slice(body)
+                    .map_err(|e| Status::bad_request(format!("the patch is not valid JSON: {e}")))?;
+                let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let mut doc = view.clone();
+                let r = match ct.split(';').next().unwrap_or("").trim() {
+                    "application/json-patch+json" => tug_api::patch::json_patch(&mut doc, &patch),
+                    "application/merge-patch+json" => {
+                        tug_api::patch::merge_patch(&mut doc, &patch);
+                        Ok(())
+                    }
+                    _ => tug_api::patch::strategic("Scale", &mut doc, &patch),
+                };
+                r.map_err(|e| Status::new(422, "Invalid", format!("the patch could not be applied: {e}")))?;
+                doc
+            }
+            m => {
+                return Err(Status::new(
+                    405,
+                    "MethodNotAllowed",
+                    format!("the server does not allow this method on the requested resource ({m})"),
+                ));
+            }
+        };
+        let replicas = wanted["spec"]["replicas"].as_i64().filter(|r| *r >= 0).ok_or_else(|| {
+            Status::invalid(
+                "Scale.autoscaling",
+                "",
+                &[tug_api::validation::FieldError {
+                    field: "spec.replicas".into(),
+                    message: "Invalid value: must be greater than or equal to 0".into(),
+                }],
+            )
+        })?;
+        let pinned =
+            wanted["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty()).map(str::to_string);
+        let mut doc = current.object.clone();
+        doc["spec"]["replicas"] = replicas.into();
+        doc["metadata"]["resourceVersion"] =
+            pinned.clone().unwrap_or_else(|| current.revision.to_string()).into();
+        let doc = decode_doc(target, doc)?;
+        match replace_object(st, target, doc, user, dry) {
+            Ok((obj, warnings)) => {
+                return Ok(with_warnings(json_response(StatusCode::OK, &scale_view(&obj)), &warnings));
+            }
+            Err(s) if s.code == 409 && s.reason == "Conflict" && pinned.is_none() && attempt < 5 => continue,
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// `POST pods/NAME/eviction` (`policy/v1` Eviction, what `kubectl drain` sends): the pod is
+/// deleted with the eviction's grace period. Tug has no PodDisruptionBudgets, so no eviction
+/// is refused for one.
+pub async fn eviction(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    let q = parse_query(q.as_deref().unwrap_or(""));
+    let Some(info) = tug_api::object::lookup("pods") else {
+        return status_response(&Status::internal("no Pod kind"));
+    };
+    let result = (|| {
+        let eviction: Value = serde_json::from_slice(&body)
+            .map_err(|e| Status::bad_request(format!("the Eviction body is not valid JSON: {e}")))?;
+        if eviction["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(Status::bad_request(format!(
+                "name in URL does not match name in Eviction object ({name} vs {})",
+                eviction["metadata"]["name"]
+            )));
+        }
+        let options = Bytes::from(eviction["deleteOptions"].to_string().replace("null", "{}"));
+        let target = Target::Object { info, namespace: Some(ns), name, status: false };
+        let dry =
+            dry_run(&q)? || eviction["deleteOptions"]["dryRun"].as_array().is_some_and(|d| !d.is_empty());
+        blocking(|| delete(&st, &target, &HashMap::new(), &options, dry))?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    })();
+    result.unwrap_or_else(|s| status_response(&s))
+}
+
+/// `dryRun=All`: the write is checked and answered as if made, and not stored.
+fn dry_run(q: &HashMap<String, String>) -> Result<bool, Status> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(Status::bad_request(format!(
+            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+        ))),
+    }
+}
+
+/// A PATCH: the patch applied to the current object, then written as a replace would be
+/// (checked, admitted, optimistic on the revision read). A write between the read and the
+/// write is retried, unless the patch itself names a resourceVersion.
+fn patch(
+    st: &AppState,
+    target: &Target,
+    media: &str,
+    body: &Bytes,
+    user: &crate::auth::User,
+    dry: bool,
+) -> Reply {
+    let info = target.info();
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| Status::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = read(st, target)?;
+        let mut doc = current.object.clone();
+        let applied = match media {
+            "application/merge-patch+json" => {
+                if !patch.is_object() {
+                    return Err(Status::bad_request("a merge patch must be a JSON object"));
+                }
+                tug_api::patch::merge_patch(&mut doc, &patch);
+                Ok(())
+            }
+            "application/json-patch+json" => tug_api::patch::json_patch(&mut doc, &patch),
+            _ => tug_api::patch::strategic(info.kind, &mut doc, &patch),
+        };
+        applied.map_err(|e| Status::new(422, "Invalid", format!("the patch could not be applied: {e}")))?;
+        let rv = current.revision.to_string();
+        let pinned = doc["metadata"]["resourceVersion"].as_str().is_some_and(|v| v != rv);
+        if !pinned {
+            doc["metadata"]["resourceVersion"] = rv.into();
+        }
+        let doc = decode_doc(target, doc)?;
+        let result = match target {
+            Target::Object { status: true, .. } => put_status(st, target, doc, dry),
+            _ => replace(st, target, doc, user, dry),
+        };
+        match result {
+            Err(s) if s.code == 409 && s.reason == "Conflict" && !pinned && attempt < 5 => continue,
+            other => return other,
+        }
+    }
+}
+
+/// DELETE on a collection: every object the selectors match, each as its own DELETE would be;
+/// the answer is the list of what was deleted (or marked).
+fn delete_collection(
+    st: &AppState,
+    target: &Target,
+    q: &HashMap<String, String>,
+    body: &Bytes,
+    dry: bool,
+) -> Reply {
+    let info = target.info();
+    let filter = Filter::from_query(q)?;
+    let prefix = path::prefix(info, target.namespace());
+    let (items, revision) = blocking(|| st.store.list(&prefix)).map_err(|e| store_status(e, info, ""))?;
+    let mut deleted = Vec::new();
+    for item in items.iter().filter(|s| filter.matches(&s.object)) {
+        let name = item.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let one = Target::Object {
+            info,
+            namespace: item.object["metadata"]["namespace"].as_str().map(str::to_string),
+            name,
+            status: false,
+        };
+        match delete(st, &one, q, body, dry) {
+            Ok(_) => deleted.push(item.object.clone()),
+            Err(s) if s.code == 404 => {}
+            Err(s) => return Err(s),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": info.api_version(), "kind": format!("{}List", info.kind),
+            "metadata": {"resourceVersion": revision.to_string()}, "items": deleted}),
+    ))
 }
 
 /// Decodes, defaults and validates a request body for `target` (one document, its kind).
@@ -205,7 +454,11 @@ fn decode_body(target: &Target, body: &Bytes) -> Result<Value, Status> {
             docs.len()
         )));
     }
-    let mut doc = docs.remove(0);
+    decode_doc(target, docs.remove(0))
+}
+
+/// Checks, defaults and validates one document for `target`.
+fn decode_doc(target: &Target, mut doc: Value) -> Result<Value, Status> {
     let info = target.info();
     // Indexing below writes into the document: it must be an object with an object metadata.
     if !doc.is_object() {
@@ -305,7 +558,7 @@ fn stored_reply(code: StatusCode, s: &Stored) -> Response {
     json_response(code, &s.object)
 }
 
-fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User) -> Reply {
+fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User, dry: bool) -> Reply {
     let info = target.info();
     let mut obj = decode_body(target, body)?;
     admit(st, user, info, &obj)?;
@@ -329,6 +582,12 @@ fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User
     assign_service_addresses(st, info, &mut obj, None)?;
     admit_pod_priority(st, info, &mut obj)?;
     admit_service_account(st, info, &mut obj)?;
+    if dry {
+        if blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?.is_some() {
+            return Err(Status::already_exists(&resource_name(info), &name));
+        }
+        return Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings));
+    }
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
     namespace_defaults(st, info, &name);
     Ok(with_warnings(stored_reply(StatusCode::CREATED, &stored), &warnings))
@@ -730,10 +989,21 @@ fn expected_revision(obj: &Value) -> Result<Option<u64>, Status> {
     }
 }
 
-fn replace(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User) -> Reply {
+fn replace(st: &AppState, target: &Target, obj: Value, user: &crate::auth::User, dry: bool) -> Reply {
+    let (obj, warnings) = replace_object(st, target, obj, user, dry)?;
+    Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
+}
+
+/// A replace: the object as stored (or as it would be, on a dry run) and admission's warnings.
+fn replace_object(
+    st: &AppState,
+    target: &Target,
+    mut obj: Value,
+    user: &crate::auth::User,
+    dry: bool,
+) -> Result<(Value, Admission), Status> {
     let info = target.info();
     let (key, name) = object_key(target);
-    let mut obj = decode_body(target, body)?;
     admit(st, user, info, &obj)?;
     let expected = expected_revision(&obj)?;
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
@@ -744,9 +1014,16 @@ fn replace(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::Use
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
     check_update(info, &name, &current.object, &obj)?;
     let warnings = pod_security(st, info, &obj, Some(&current.object))?;
+    if dry {
+        if expected.is_some_and(|e| e != current.revision) {
+            return Err(Status::conflict(&resource_name(info), &name));
+        }
+        obj["metadata"]["resourceVersion"] = current.revision.to_string().into();
+        return Ok((obj, warnings));
+    }
     let stored = write_update(st, &key, obj, expected.unwrap_or(current.revision))
         .map_err(|e| store_status(e, info, &name))?;
-    Ok(with_warnings(stored_reply(StatusCode::OK, &stored), &warnings))
+    Ok((stored.object, warnings))
 }
 
 /// An update's write: the object, or its removal when the update took the last finalizer
@@ -758,14 +1035,16 @@ fn write_update(st: &AppState, key: &str, obj: Value, revision: u64) -> Result<S
     blocking(|| st.store.update(key, obj, Some(revision)))
 }
 
-fn put_status(st: &AppState, target: &Target, body: &Bytes) -> Reply {
+fn put_status(st: &AppState, target: &Target, obj: Value, dry: bool) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
-    let obj = decode_body(target, body)?;
     let expected = expected_revision(&obj)?;
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
     let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
     let merged = objects::on_status(&obj, &current.object);
+    if dry {
+        return Ok(json_response(StatusCode::OK, &merged));
+    }
     let stored = blocking(|| st.store.update(&key, merged, Some(expected.unwrap_or(current.revision))))
         .map_err(|e| store_status(e, info, &name))?;
     Ok(stored_reply(StatusCode::OK, &stored))
@@ -819,7 +1098,7 @@ fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOpt
     })
 }
 
-fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &Bytes) -> Reply {
+fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &Bytes, dry: bool) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
     if info.kind == "Namespace" && ["default", "tug-system"].contains(&name.as_str()) {
@@ -831,6 +1110,9 @@ fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &By
     let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
     let current = current.ok_or_else(|| Status::not_found(&resource_name(info), &name))?;
     opts.pre.check(&current).map_err(|m| Status::new(409, "Conflict", m))?;
+    if dry {
+        return Ok(stored_reply(StatusCode::OK, &current));
+    }
     if info.kind == "Namespace" {
         // Marked Terminating: the namespace controller removes what is in it (pods with their
         // grace periods), then the namespace.
@@ -867,7 +1149,7 @@ fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &By
     }
 }
 
-fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User) -> Reply {
+fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User, dry: bool) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
     let decoded = decode_body(target, body)?;
@@ -898,6 +1180,9 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
                 assign_pod_cidr(st, info, &mut obj)?;
                 admit_pod_priority(st, info, &mut obj)?;
                 admit_service_account(st, info, &mut obj)?;
+                if dry {
+                    break (Stored { key: key.clone(), object: obj, revision: 0 }, Applied::Created);
+                }
                 let created = blocking(|| st.store.create(&key, obj)).map(|s| (s, Applied::Created));
                 if created.is_ok() {
                     namespace_defaults(st, info, &name);
@@ -908,6 +1193,13 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User)
             Some(cur) => {
                 objects::on_update(&mut obj, &cur.object)?;
                 check_update(info, &name, &cur.object, &obj)?;
+                if dry {
+                    obj["metadata"]["resourceVersion"] = cur.revision.to_string().into();
+                    break (
+                        Stored { key: key.clone(), object: obj, revision: cur.revision },
+                        Applied::Configured,
+                    );
+                }
                 write_update(st, &key, obj, cur.revision).map(|s| (s, Applied::Configured))
             }
         };
