@@ -7,7 +7,19 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// An IPv4 network: its first address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Cidr4 {
     pub network: Ipv4Addr,

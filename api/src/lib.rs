@@ -21,6 +21,7 @@ pub mod labels;
 pub mod manifest;
 pub mod meta;
 pub mod object;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;

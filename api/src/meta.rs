@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 /// `metadata`, with Kubernetes' field names. The server sets `uid`, `resourceVersion`,
 /// `generation`, `creationTimestamp`; users may send them (from `tug get -o yaml`) and the
 /// server then checks or ignores them as Kubernetes does.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -39,7 +39,7 @@ pub struct ObjectMeta {
 }
 
 /// An owner of an object (a ReplicaSet owns its Pods).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OwnerReference {
     pub api_version: String,
@@ -53,7 +53,7 @@ pub struct OwnerReference {
 }
 
 /// A condition in a status (`Available`, `Progressing`, `PodScheduled`, …).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -79,6 +79,20 @@ pub struct Condition {
 pub enum IntOrString {
     Int(i64),
     String(String),
+}
+
+impl schemars::JsonSchema for IntOrString {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "io.k8s.apimachinery.pkg.util.intstr.IntOrString".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An integer or a string (a percentage such as 25%, a port name).",
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": true
+        })
+    }
 }
 
 impl IntOrString {

@@ -141,6 +141,12 @@ macro_rules! objects {
             }
         }
 
+        /// The JSON schema of every kind, by kind name, their parts in `generator`'s
+        /// definitions: the OpenAPI documents are made from the types that decode objects.
+        pub fn schemas(generator: &mut schemars::SchemaGenerator) -> Vec<(&'static str, schemars::Schema)> {
+            vec![$((stringify!($variant), generator.subschema_for::<$ty>())),*]
+        }
+
         /// Decodes a document of `kind` strictly, with field paths in errors.
         pub(crate) fn decode_as(kind: &str, v: &serde_json::Value) -> Result<Object, Vec<crate::validation::FieldError>> {
             match kind {

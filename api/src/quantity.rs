@@ -96,6 +96,20 @@ impl Serialize for Quantity {
     }
 }
 
+/// Kubernetes' schema of a Quantity: a string such as `100m` or `1Gi`, or a plain number.
+impl schemars::JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "io.k8s.apimachinery.pkg.api.resource.Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A fixed-point number: a plain number, or with a suffix (100m, 1Gi, 2k).",
+            "oneOf": [{"type": "string"}, {"type": "number"}]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A Pod.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Pod {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct Pod {
 }
 
 /// A pod template (in Deployments, ReplicaSets, Jobs).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodTemplateSpec {
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct PodTemplateSpec {
 }
 
 /// `spec` of a Pod: the supported subset of Kubernetes' PodSpec.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodSpec {
     #[serde(default)]
@@ -92,7 +92,7 @@ pub struct PodSpec {
 }
 
 /// Where a pod wants (or must) run relative to node labels and other pods.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Affinity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +103,7 @@ pub struct Affinity {
     pub pod_anti_affinity: Option<PodAffinity>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeAffinity {
     #[serde(
@@ -121,7 +121,7 @@ pub struct NodeAffinity {
 }
 
 /// Terms ORed together; a node matches when any term does.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSelectorSpec {
     #[serde(default)]
@@ -130,7 +130,7 @@ pub struct NodeSelectorSpec {
 
 /// Requirements ANDed together, on the node's labels (`matchExpressions`) or fields
 /// (`matchFields`: `metadata.name`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSelectorTerm {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -140,7 +140,7 @@ pub struct NodeSelectorTerm {
 }
 
 /// `In`, `NotIn`, `Exists`, `DoesNotExist`, `Gt`, `Lt`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSelectorRequirement {
     pub key: String,
@@ -149,7 +149,7 @@ pub struct NodeSelectorRequirement {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreferredSchedulingTerm {
     pub weight: i32,
@@ -157,7 +157,7 @@ pub struct PreferredSchedulingTerm {
 }
 
 /// Pod (anti-)affinity terms.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PodAffinity {
     #[serde(
@@ -176,7 +176,7 @@ pub struct PodAffinity {
 
 /// Pods matching `labelSelector` (in `namespaces`, default the pod's own) within the same
 /// value of `topologyKey` (a node label: hostname, zone).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodAffinityTerm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,7 +186,7 @@ pub struct PodAffinityTerm {
     pub topology_key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WeightedPodAffinityTerm {
     pub weight: i32,
@@ -194,7 +194,7 @@ pub struct WeightedPodAffinityTerm {
 }
 
 /// Spread matching pods evenly over the values of `topologyKey`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TopologySpreadConstraint {
     pub max_skew: i32,
@@ -208,7 +208,7 @@ pub struct TopologySpreadConstraint {
 }
 
 /// A container of a pod.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Container {
     #[serde(default)]
@@ -251,7 +251,7 @@ pub struct Container {
     pub termination_message_policy: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
@@ -261,7 +261,7 @@ pub struct EnvVar {
     pub value_from: Option<EnvVarSource>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVarSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,7 +274,7 @@ pub struct EnvVarSource {
     pub resource_field_ref: Option<ResourceFieldSelector>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeySelector {
     pub name: String,
@@ -283,7 +283,7 @@ pub struct KeySelector {
     pub optional: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FieldSelector {
     pub field_path: String,
@@ -291,7 +291,7 @@ pub struct FieldSelector {
     pub api_version: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceFieldSelector {
     pub resource: String,
@@ -301,7 +301,7 @@ pub struct ResourceFieldSelector {
     pub divisor: Option<Quantity>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvFromSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,7 +312,7 @@ pub struct EnvFromSource {
     pub secret_ref: Option<OptionalRef>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OptionalRef {
     pub name: String,
@@ -320,13 +320,13 @@ pub struct OptionalRef {
     pub optional: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalObjectReference {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,7 +341,7 @@ pub struct ContainerPort {
 }
 
 /// `resources`: requests and limits by resource name (`cpu`, `memory`, `tug.io/gpu`, …).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceRequirements {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -350,7 +350,7 @@ pub struct ResourceRequirements {
     pub limits: BTreeMap<String, Quantity>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VolumeMount {
     pub name: String,
@@ -362,7 +362,7 @@ pub struct VolumeMount {
 }
 
 /// A volume: emptyDir, configMap, secret or hostPath.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Volume {
     pub name: String,
@@ -384,7 +384,7 @@ pub struct Volume {
 
 /// Several sources in one directory: secrets, configmaps, downward API files and service
 /// account tokens (what `/var/run/secrets/kubernetes.io/serviceaccount` is made of).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProjectedVolume {
     #[serde(default)]
@@ -393,7 +393,7 @@ pub struct ProjectedVolume {
     pub default_mode: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VolumeProjection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -407,7 +407,7 @@ pub struct VolumeProjection {
 }
 
 /// A projected secret or configmap: `name`, its `items`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamedItems {
     pub name: String,
@@ -418,7 +418,7 @@ pub struct NamedItems {
 }
 
 /// A token of the pod's service account, bound to the pod, refreshed before it expires.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccountTokenProjection {
     pub path: String,
@@ -429,7 +429,7 @@ pub struct ServiceAccountTokenProjection {
 }
 
 /// Files holding the pod's own fields (the downward API).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DownwardApiVolume {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -438,7 +438,7 @@ pub struct DownwardApiVolume {
     pub default_mode: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DownwardApiFile {
     pub path: String,
@@ -450,7 +450,7 @@ pub struct DownwardApiFile {
     pub mode: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmptyDirVolume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,7 +459,7 @@ pub struct EmptyDirVolume {
     pub size_limit: Option<Quantity>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyToPath {
     pub key: String,
@@ -468,7 +468,7 @@ pub struct KeyToPath {
     pub mode: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigMapVolume {
     pub name: String,
@@ -480,7 +480,7 @@ pub struct ConfigMapVolume {
     pub optional: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretVolume {
     pub secret_name: String,
@@ -492,7 +492,7 @@ pub struct SecretVolume {
     pub optional: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostPathVolume {
     pub path: String,
@@ -501,7 +501,7 @@ pub struct HostPathVolume {
 }
 
 /// A liveness, readiness or startup probe.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -522,14 +522,14 @@ pub struct Probe {
     pub failure_threshold: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecAction {
     #[serde(default)]
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -541,7 +541,7 @@ pub struct HttpGetAction {
     pub scheme: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocketAction {
     pub port: IntOrString,
@@ -549,7 +549,7 @@ pub struct TcpSocketAction {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodSecurityContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -579,7 +579,7 @@ pub struct PodSecurityContext {
 /// `seccompProfile`: `RuntimeDefault` (the runtime's default filter, also what no profile
 /// means), `Unconfined` (none) or `Localhost` (`localhostProfile`, a file under the agent's
 /// `<state-dir>/seccomp/`, in the OCI `linux.seccomp` shape).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SeccompProfile {
     #[serde(rename = "type")]
@@ -588,14 +588,14 @@ pub struct SeccompProfile {
     pub localhost_profile: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sysctl {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecurityContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -629,7 +629,7 @@ pub struct SecurityContext {
 }
 
 /// `appArmorProfile`: `RuntimeDefault`, `Localhost` (with `localhostProfile`) or `Unconfined`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppArmorProfile {
     #[serde(rename = "type")]
@@ -639,7 +639,7 @@ pub struct AppArmorProfile {
 }
 
 /// `seLinuxOptions`: the parts of an SELinux context.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SeLinuxOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -652,7 +652,7 @@ pub struct SeLinuxOptions {
     pub level: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -662,7 +662,7 @@ pub struct Capabilities {
 }
 
 /// `dnsConfig`: added to (or, with `dnsPolicy: None`, all of) a pod's resolv.conf.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodDnsConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -673,7 +673,7 @@ pub struct PodDnsConfig {
     pub options: Vec<PodDnsConfigOption>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodDnsConfigOption {
     pub name: String,
@@ -681,7 +681,7 @@ pub struct PodDnsConfigOption {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Toleration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -697,7 +697,7 @@ pub struct Toleration {
 }
 
 /// `status` of a Pod.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]

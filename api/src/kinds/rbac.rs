@@ -10,7 +10,7 @@ pub const GROUP: &str = "rbac.authorization.k8s.io";
 
 /// What a rule allows: verbs on resources of API groups (optionally only the named ones), or
 /// verbs on non-resource URLs. `*` matches anything in each list.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct PolicyRule {
 }
 
 /// Rules that hold in one namespace.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Role {
     #[serde(default)]
@@ -42,7 +42,7 @@ pub struct Role {
 /// Rules that hold in every namespace (or in one, through a RoleBinding), and on cluster-scoped
 /// resources and non-resource URLs. With an `aggregationRule` its rules are the union of the
 /// ClusterRoles its selectors match, kept so by a controller.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterRole {
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct ClusterRole {
     pub aggregation_rule: Option<AggregationRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AggregationRule {
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct AggregationRule {
 }
 
 /// Who a binding grants to.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subject {
     /// `User`, `Group` or `ServiceAccount`.
@@ -79,7 +79,7 @@ pub struct Subject {
 }
 
 /// The role a binding grants.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleRef {
     #[serde(default)]
@@ -91,7 +91,7 @@ pub struct RoleRef {
 }
 
 /// Grants a Role or ClusterRole's rules in the binding's namespace.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleBinding {
     #[serde(default)]
@@ -107,7 +107,7 @@ pub struct RoleBinding {
 }
 
 /// Grants a ClusterRole's rules everywhere.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterRoleBinding {
     #[serde(default)]

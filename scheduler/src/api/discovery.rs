@@ -382,3 +382,69 @@ mod tests {
         assert!(git_version().starts_with("v1.32.0-tug."));
     }
 }
+
+/// The OpenAPI documents, made once: the v3 index's hashes name their contents, so a client's
+/// cache holds until the server changes.
+struct OpenApi {
+    v2: axum::body::Bytes,
+    v3: std::collections::HashMap<String, (axum::body::Bytes, String)>,
+}
+
+fn openapi() -> &'static OpenApi {
+    static DOCS: std::sync::OnceLock<OpenApi> = std::sync::OnceLock::new();
+    DOCS.get_or_init(|| {
+        let v3 = tug_api::openapi::group_versions()
+            .into_iter()
+            .filter_map(|gv| {
+                let doc = tug_api::openapi::v3(&gv)?.to_string();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&doc, &mut h);
+                let hash = format!("{:016X}", std::hash::Hasher::finish(&h));
+                Some((gv, (axum::body::Bytes::from(doc), hash)))
+            })
+            .collect();
+        OpenApi { v2: axum::body::Bytes::from(tug_api::openapi::v2().to_string()), v3 }
+    })
+}
+
+fn json_bytes(b: &axum::body::Bytes) -> Response {
+    axum::response::IntoResponse::into_response((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        b.clone(),
+    ))
+}
+
+/// `GET /openapi/v2`, in JSON. client-go's discovery asks for it only in protobuf, which is not
+/// served: 406, as Kubernetes answers a type it cannot give.
+pub async fn openapi_v2(headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+    if !(accept.contains("json") || accept.contains("*/*")) {
+        return status_response(&Status::new(
+            406,
+            "NotAcceptable",
+            format!("only application/json is served for /openapi/v2, not {accept:?}"),
+        ));
+    }
+    json_bytes(&openapi().v2)
+}
+
+/// `GET /openapi/v3`: the index of the group/version documents.
+pub async fn openapi_v3_index() -> Response {
+    let paths: serde_json::Map<String, Value> = openapi()
+        .v3
+        .iter()
+        .map(|(gv, (_, hash))| {
+            (gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")}))
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({"paths": paths}))
+}
+
+/// `GET /openapi/v3/api/v1`, `/openapi/v3/apis/GROUP/VERSION`.
+pub async fn openapi_v3(axum::extract::Path(gv): axum::extract::Path<String>) -> Response {
+    match openapi().v3.get(gv.trim_matches('/')) {
+        Some((doc, _)) => json_bytes(doc),
+        None => not_found(&format!("/openapi/v3/{gv}")),
+    }
+}
