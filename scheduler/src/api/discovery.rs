@@ -341,48 +341,6 @@ pub fn git_version() -> String {
     format!("v1.{KUBERNETES_MINOR}.0-tug.{}", tug_api::VERSION)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kind_and_its_subresources_are_discovered() {
-        let all = resources();
-        let pods = all.iter().find(|r| r.name == "pods").unwrap();
-        assert_eq!(pods.categories, ["all"]);
-        assert_eq!(pods.short, ["po"]);
-        assert!(all.iter().any(|r| r.name == "pods/log"));
-        let agg = aggregated_group(&all, "apps", "v1");
-        let deploy = &agg["versions"][0]["resources"][0];
-        assert_eq!(deploy["resource"], "deployments");
-        assert_eq!(deploy["scope"], "Namespaced");
-        let scale =
-            deploy["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
-        assert_eq!(scale["responseKind"]["group"], "autoscaling");
-        assert!(groups(&all).contains(&("rbac.authorization.k8s.io", "v1")));
-        assert!(groups(&all).contains(&("metrics.k8s.io", "v1beta1")));
-    }
-
-    #[test]
-    fn the_aggregated_type_is_chosen_from_accept() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT,
-            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(wants_aggregated(&h), Some("v2"));
-        h.insert(header::ACCEPT, "application/json".parse().unwrap());
-        assert_eq!(wants_aggregated(&h), None);
-    }
-
-    #[test]
-    fn the_version_passes_kubectls_skew_check() {
-        assert!(git_version().starts_with("v1.32.0-tug."));
-    }
-}
-
 /// The OpenAPI documents, made once: the v3 index's hashes name their contents, so a client's
 /// cache holds until the server changes.
 struct OpenApi {
@@ -446,5 +404,47 @@ pub async fn openapi_v3(axum::extract::Path(gv): axum::extract::Path<String>) ->
     match openapi().v3.get(gv.trim_matches('/')) {
         Some((doc, _)) => json_bytes(doc),
         None => not_found(&format!("/openapi/v3/{gv}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_and_its_subresources_are_discovered() {
+        let all = resources();
+        let pods = all.iter().find(|r| r.name == "pods").unwrap();
+        assert_eq!(pods.categories, ["all"]);
+        assert_eq!(pods.short, ["po"]);
+        assert!(all.iter().any(|r| r.name == "pods/log"));
+        let agg = aggregated_group(&all, "apps", "v1");
+        let deploy = &agg["versions"][0]["resources"][0];
+        assert_eq!(deploy["resource"], "deployments");
+        assert_eq!(deploy["scope"], "Namespaced");
+        let scale =
+            deploy["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
+        assert_eq!(scale["responseKind"]["group"], "autoscaling");
+        assert!(groups(&all).contains(&("rbac.authorization.k8s.io", "v1")));
+        assert!(groups(&all).contains(&("metrics.k8s.io", "v1beta1")));
+    }
+
+    #[test]
+    fn the_aggregated_type_is_chosen_from_accept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(wants_aggregated(&h), Some("v2"));
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert_eq!(wants_aggregated(&h), None);
+    }
+
+    #[test]
+    fn the_version_passes_kubectls_skew_check() {
+        assert!(git_version().starts_with("v1.32.0-tug."));
     }
 }
