@@ -59,7 +59,8 @@ leftovers() {
 modes() {
     local bad="" p want
     for p in /var/lib/tug:700 /var/lib/tug/store.redb:600 /var/lib/tug/images:700 \
-        /var/lib/tug-agent:700 /run/tug-agent:700 /etc/tug:700 /etc/tug/encryption-config.yaml:600; do
+        /var/lib/tug-agent:700 /run/tug-agent:700 /etc/tug:700 /etc/tug/encryption-config.yaml:600 \
+        /etc/tug/admin.kubeconfig:600; do
         want=${p#*:}; p=${p%%:*}
         [ "$(stat -c %a "$p")" = "$want" ] || bad+=" $p is $(stat -c %a "$p"), not $want;"
     done
@@ -81,6 +82,7 @@ modes() {
     echo "run-check: round $round: a Secret's value is not in /var/lib/tug"
 }
 
+kubectl_checks=0
 for round in 1 2; do
     bash scripts/run.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make run (round $round)"; }
     out=$(bash scripts/run.sh 2>&1) || { echo "$out"; fail "make run a second time (round $round)"; }
@@ -90,6 +92,15 @@ for round in 1 2; do
         | sed -n 's/.*"clusterIP": *"\([0-9.]*\)".*/\1/p' | head -1)
     curl -sf -m 5 "http://$svc/" | grep -q 'Hello from Tug' || fail "the example app does not answer at http://$svc/"
     echo "run-check: round $round: make run twice, the example app answers at http://$svc/"
+    # The kubeconfig make run wrote drives the stock kubectl over the TLS API.
+    if command -v kubectl >/dev/null; then
+        kubectl --kubeconfig /etc/tug/admin.kubeconfig get pods -A 2>&1 | grep -q '^default  *hello ' \
+            || fail "kubectl with /etc/tug/admin.kubeconfig does not list the pod hello"
+        echo "run-check: round $round: kubectl with /etc/tug/admin.kubeconfig lists the pods"
+        kubectl_checks=$((kubectl_checks + 1))
+    else
+        echo "run-check: round $round: SKIPPED the kubectl check: no kubectl on this machine"
+    fi
     modes
     bash scripts/stop.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make stop (round $round)"; }
     left=$(leftovers)
@@ -97,4 +108,4 @@ for round in 1 2; do
     echo "run-check: round $round: make stop left nothing behind"
 done
 rm -f /tmp/tug-run-check.log
-echo "run-check: 8 passed, 0 failed"
+echo "run-check: $((8 + kubectl_checks)) passed, 0 failed"

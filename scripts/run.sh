@@ -8,6 +8,8 @@ socket=/run/tug/tug.sock
 data=/var/lib/tug
 pidfile=/run/tug/tug-scheduler.pid
 log=/var/log/tug-scheduler.log
+# The TLS API kubectl uses, on loopback only (TUG_API_PORT to move it).
+api_port=${TUG_API_PORT:-6443}
 
 mkdir -p /run/tug && install -d -m 0700 "$data"
 # Secrets are encrypted at rest under a key of this host's, kept apart from the store (a copy
@@ -33,7 +35,8 @@ fi
 if [ -S "$socket" ] && TUG_SOCKET=$socket "$bin/tug" version >/dev/null 2>&1; then
     echo "make run: tug-scheduler is already serving on $socket"
 else
-    setsid "$bin/tug-scheduler" --socket "$socket" --data-dir "$data" --encryption-config "$enc" </dev/null >>"$log" 2>&1 &
+    setsid "$bin/tug-scheduler" --socket "$socket" --data-dir "$data" --encryption-config "$enc" \
+        --listen "127.0.0.1:$api_port" </dev/null >>"$log" 2>&1 &
     echo $! > "$pidfile"
     for _ in $(seq 100); do
         TUG_SOCKET=$socket "$bin/tug" version >/dev/null 2>&1 && break
@@ -41,6 +44,13 @@ else
     done
     TUG_SOCKET=$socket "$bin/tug" version >/dev/null || { echo "make run: tug-scheduler did not start; see $log" >&2; exit 1; }
     echo "make run: started tug-scheduler (pid $(cat "$pidfile"), store $data, log $log)"
+fi
+# kubectl's credentials: cluster-admin's client certificate, for the TLS API on loopback.
+kubeconfig=/etc/tug/admin.kubeconfig
+if [ ! -s "$kubeconfig" ]; then
+    (umask 077 && TUG_SOCKET=$socket "$bin/tug" config kubeconfig --cluster-url "https://127.0.0.1:$api_port" > "$kubeconfig.new" \
+        && mv "$kubeconfig.new" "$kubeconfig") || { echo "make run: writing $kubeconfig failed" >&2; exit 1; }
+    echo "make run: wrote kubectl's credentials: $kubeconfig"
 fi
 # The example image, built offline from busybox-static and imported into the node's store.
 bash scripts/example-image.sh target/example-image >/dev/null
@@ -93,7 +103,12 @@ web.default.svc.cluster.local to pods (DNS on the pod bridge's address):
 
   curl http://$svc/
 
-Use it with the CLI:
+Use it with kubectl (the TLS API on https://127.0.0.1:$api_port, as cluster-admin):
+
+  export KUBECONFIG=$kubeconfig
+  kubectl get pods -A; kubectl get all; kubectl explain deployment.spec
+
+or with the CLI:
 
   export PATH=$bin:\$PATH
   tug get nodes; tug get pods -o wide

@@ -70,6 +70,9 @@ enum Cmd {
     Auth(commands::auth::AuthCmd),
     /// Print the client and server versions.
     Version,
+    /// Client configuration: `kubeconfig` prints a kubeconfig for kubectl.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// The node's images: pull, import, ls, inspect, rm, prune.
     Image(commands::image::ImageArgs),
     /// Get credentials from a control plane over TLS with its join token.
@@ -81,6 +84,21 @@ enum Cmd {
         /// The name in the client certificate (default: this host's name).
         #[arg(long)]
         name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print a kubeconfig for kubectl with your credentials: over TLS the ones in --tls-dir;
+    /// over the socket a new client certificate for your user and groups (cluster admins).
+    Kubeconfig {
+        /// The https:// address kubectl should use (default: --server when it is one, else
+        /// https://127.0.0.1:6443).
+        #[arg(long)]
+        cluster_url: Option<String>,
+        /// How long a new certificate is valid (`8760h`, `30d`).
+        #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
     },
 }
 
@@ -167,6 +185,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Version => commands::version(&client).await,
+        Cmd::Config(ConfigCmd::Kubeconfig { cluster_url, ttl }) => {
+            commands::create::config_kubeconfig(&client, cli.server.as_deref(), &tls_dir, cluster_url, ttl)
+                .await
+        }
         Cmd::Join { .. } | Cmd::Image(_) => Ok(ExitCode::SUCCESS),
     }
 }

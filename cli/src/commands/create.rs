@@ -149,6 +149,99 @@ async fn token(client: &Client, a: TokenArgs, ns: &str) -> Result<ExitCode, Stri
     }
 }
 
+/// A kubeconfig for kubectl with a client certificate (PEM texts), its context current.
+pub fn kubeconfig(url: &str, user: &str, ca: &str, cert: &str, key: &str) -> Result<String, String> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let context = format!("{user}@tug");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "tug", "cluster": {"server": url, "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+        "contexts": [{"name": context, "context": {"cluster": "tug", "user": user}}],
+        "current-context": context,
+    });
+    serde_yaml_ng::to_string(&config).map_err(|e| format!("error: {e}"))
+}
+
+/// `tug config kubeconfig`: a kubeconfig for who is asking. Over TLS, the credentials in
+/// `--tls-dir`; over the socket, a new certificate for the caller's own user and groups (as
+/// `tug auth whoami` names them), which only a cluster admin (root on the socket) may have.
+pub async fn config_kubeconfig(
+    client: &Client,
+    server: Option<&str>,
+    tls_dir: &std::path::Path,
+    cluster_url: Option<String>,
+    ttl: std::time::Duration,
+) -> Result<ExitCode, String> {
+    let https = server.filter(|s| s.starts_with("https://"));
+    let url =
+        cluster_url.or_else(|| https.map(str::to_string)).unwrap_or_else(|| "https://127.0.0.1:6443".into());
+    if https.is_some() {
+        let read = |f: &str| {
+            std::fs::read_to_string(tls_dir.join(f))
+                .map_err(|e| format!("error: {}: {e}", tls_dir.join(f).display()))
+        };
+        let cert = read("client.crt")?;
+        let name = x509_name(&cert).unwrap_or_else(|| "tug-user".into());
+        print!("{}", kubeconfig(&url, &name, &read("ca.crt")?, &cert, &read("client.key")?)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let (who, _) = client
+        .call(
+            Method::POST,
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "application/json",
+            review.to_string().into_bytes(),
+        )
+        .await
+        .map_err(|e| match e {
+            CallError::Server(s) => format!("Error from server ({}): {}", s.reason, s.message),
+            e => e.to_string(),
+        })?;
+    let info = &who["status"]["userInfo"];
+    let name = info["username"].as_str().unwrap_or_default().to_string();
+    let groups: Vec<&str> = info["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str())
+        .filter(|g| *g != "system:authenticated")
+        .collect();
+    let body = json!({"name": name, "groups": groups, "ttlSeconds": ttl.as_secs()});
+    let v = match client
+        .call(
+            Method::POST,
+            "/apis/tug.io/v1/usercredentials",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    {
+        Ok((v, _)) => v,
+        Err(CallError::Server(s)) => {
+            return Err(format!(
+                "Error from server ({}): {} (a kubeconfig for the socket's user is a new certificate, which a cluster admin issues: `tug create user NAME -o kubeconfig`)",
+                s.reason, s.message
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let field = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+    print!("{}", kubeconfig(&url, &name, &field("ca"), &field("cert"), &field("key"))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CN of a PEM certificate's subject, found without a full parse: the user it names.
+fn x509_name(pem: &str) -> Option<String> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    // The CN attribute: OID 2.5.4.3 (06 03 55 04 03), then a string's tag and length.
+    let at = der.windows(5).position(|w| w == [0x06, 0x03, 0x55, 0x04, 0x03])?;
+    let len = *der.get(at + 6)? as usize;
+    String::from_utf8(der.get(at + 7..at + 7 + len)?.to_vec()).ok()
+}
+
 /// `tug create user`.
 async fn user(client: &Client, a: UserArgs, server: Option<&str>) -> Result<ExitCode, String> {
     if let Some(o) = a.output.as_deref().filter(|o| *o != "kubeconfig") {
@@ -170,20 +263,11 @@ async fn user(client: &Client, a: UserArgs, server: Option<&str>) -> Result<Exit
     };
     let field = |f: &str| v[f].as_str().unwrap_or_default().to_string();
     if a.output.is_some() {
-        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
         let url = a
             .cluster_url
             .or_else(|| server.filter(|s| s.starts_with("https://")).map(str::to_string))
             .unwrap_or_else(|| "https://127.0.0.1:6443".into());
-        let context = format!("{}@tug", a.name);
-        let config = json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "tug", "cluster": {"server": url, "certificate-authority-data": b64(field("ca"))}}],
-            "users": [{"name": a.name, "user": {"client-certificate-data": b64(field("cert")), "client-key-data": b64(field("key"))}}],
-            "contexts": [{"name": context, "context": {"cluster": "tug", "user": a.name}}],
-            "current-context": context,
-        });
-        print!("{}", serde_yaml_ng::to_string(&config).map_err(|e| format!("error: {e}"))?);
+        print!("{}", kubeconfig(&url, &a.name, &field("ca"), &field("cert"), &field("key"))?);
         return Ok(ExitCode::SUCCESS);
     }
     let dir = a.dir.unwrap_or_else(|| std::path::PathBuf::from(&a.name));

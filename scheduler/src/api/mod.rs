@@ -19,6 +19,7 @@
 
 // Handlers return `Result<_, Status>`: the error is the response body Kubernetes clients
 // expect, built once per failed request, so its size does not matter.
+mod channels;
 mod discovery;
 #[allow(clippy::result_large_err)]
 mod handlers;

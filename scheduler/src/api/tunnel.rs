@@ -267,9 +267,12 @@ pub async fn exec(
     mut req: Request,
 ) -> Response {
     let q = query_pairs(q.as_deref().unwrap_or(""));
-    if upgrade_protocol(&req).as_deref() != Some(EXEC_PROTOCOL) {
+    let upgrade = upgrade_protocol(&req);
+    let websocket = upgrade.as_deref().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    if upgrade.as_deref() != Some(EXEC_PROTOCOL) && !websocket {
         return status_response(&Status::bad_request(format!(
-            "exec needs Connection: upgrade and Upgrade: {EXEC_PROTOCOL} (tug exec speaks it)"
+            "exec needs Connection: upgrade and Upgrade: websocket (kubectl's {}) or {EXEC_PROTOCOL} (tug exec's)",
+            super::channels::PROTOCOLS.join(", ")
         )));
     }
     let command: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
@@ -288,6 +291,9 @@ pub async fn exec(
         Ok(c) => c,
         Err(s) => return status_response(&s),
     };
+    if websocket {
+        return super::channels::upgrade(req, agent, flag(&q, "stdin")).await;
+    }
     let on = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(user) = on.await {
