@@ -14,7 +14,7 @@ root=$work/rootfs
 mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,root,www}
 cp "$busybox" "$root/bin/busybox"
 for applet in sh ash cat echo ls ps sleep true false wget httpd nc id hostname env mkdir rm \
-    cp mv date uname grep sed head tail tee touch stat kill ping nslookup vi; do
+    cp mv date uname grep sed head tail tee touch stat kill ping nslookup vi tar test tty stty; do
     ln -s busybox "$root/bin/$applet"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"

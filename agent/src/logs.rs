@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default)]
 pub struct Renderer {
     pub timestamps: bool,
+    /// Records written before this are left out (`sinceSeconds`, `sinceTime`).
+    pub since: Option<std::time::SystemTime>,
     /// The last record was partial (`P`): the next one continues its line.
     in_line: bool,
+    /// The line being continued is left out.
+    skipping: bool,
 }
 
 impl Renderer {
     pub fn new(timestamps: bool) -> Renderer {
-        Renderer { timestamps, in_line: false }
+        Renderer { timestamps, since: None, in_line: false, skipping: false }
     }
 
     /// Renders the complete records (lines ending in `\n`) at the front of `data`; returns
@@ -34,6 +38,19 @@ impl Renderer {
                 continue;
             };
             let content = parts.next().unwrap_or_default();
+            if !self.in_line {
+                // A line's first record decides: written before `since`, the whole line goes.
+                self.skipping = self.since.is_some_and(|since| {
+                    std::str::from_utf8(time)
+                        .ok()
+                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                        .is_some_and(|t| t < since)
+                });
+            }
+            if self.skipping {
+                self.in_line = tag == b"P";
+                continue;
+            }
             if self.timestamps && !self.in_line {
                 out.extend_from_slice(time);
                 out.push(b' ');
@@ -45,6 +62,19 @@ impl Renderer {
             }
         }
         (out, used)
+    }
+}
+
+#[cfg(test)]
+mod since_tests {
+    use super::*;
+
+    #[test]
+    fn lines_before_since_are_left_out_whole() {
+        let log = b"2026-01-01T00:00:01.5Z stdout P par\n2026-01-01T00:00:03Z stdout F t\n2026-01-01T00:00:04Z stdout F new\n";
+        let mut r = Renderer::new(false);
+        r.since = humantime::parse_rfc3339_weak("2026-01-01T00:00:02Z").ok();
+        assert_eq!(r.feed(log).0, b"new\n");
     }
 }
 

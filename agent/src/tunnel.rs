@@ -93,8 +93,10 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin + Send>(ctx: &Ctx, mut conn: C,
         }
     };
     let result = match req {
-        Request::Logs { target, follow, tail_lines, previous, timestamps } => {
-            serve_logs(ctx, &mut conn, &target, follow, tail_lines, previous, timestamps).await
+        Request::Logs { target, follow, tail_lines, previous, timestamps, since } => {
+            let since = since.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+            let opts = LogOptions { follow, tail_lines, previous, timestamps, since };
+            serve_logs(ctx, &mut conn, &target, &opts).await
         }
         Request::Exec { target, command, stdin, tty } => {
             serve_exec(ctx, &mut conn, &target, command, stdin, tty).await
@@ -117,17 +119,25 @@ fn container(ctx: &Ctx, t: &Target) -> Result<(PodRecord, crate::pods::record::C
     Ok((rec, c))
 }
 
+/// What a logs request asks for (`kubectl logs`' options).
+#[derive(Debug, Clone, Copy)]
+struct LogOptions {
+    follow: bool,
+    tail_lines: Option<u64>,
+    previous: bool,
+    timestamps: bool,
+    since: Option<std::time::SystemTime>,
+}
+
 /// Answers a logs request: `Ok` once the text has been sent (or the reader went away); `Err`
 /// before anything was sent, with the message for the user.
 async fn serve_logs<C: AsyncWrite + Unpin>(
     ctx: &Ctx,
     conn: &mut C,
     t: &Target,
-    follow: bool,
-    tail_lines: Option<u64>,
-    previous: bool,
-    timestamps: bool,
+    o: &LogOptions,
 ) -> Result<(), String> {
+    let LogOptions { follow, tail_lines, previous, timestamps, since } = *o;
     let (rec, c) = container(ctx, t)?;
     let attempt = if previous { c.attempt - 1 } else { c.attempt };
     let log = ctx.log_path(&rec, &t.container, attempt);
@@ -136,6 +146,7 @@ async fn serve_logs<C: AsyncWrite + Unpin>(
     }
     // Everything written so far, then (with follow) what comes, while this instance runs.
     let mut renderer = logs::Renderer::new(timestamps);
+    renderer.since = since;
     let mut text = Vec::new();
     let mut pending = Vec::new();
     let files = logs::files(&log);

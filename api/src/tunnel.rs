@@ -42,6 +42,10 @@ pub enum Request {
         /// The previous (terminated) instance of the container.
         previous: bool,
         timestamps: bool,
+        /// Only what was written at or after this time (RFC 3339; `sinceSeconds` and
+        /// `sinceTime` become it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
     },
     /// A process in the container.
     #[serde(rename_all = "camelCase")]

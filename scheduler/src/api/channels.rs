@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tug_api::frame;
+use tug_api::status::Status;
 
 /// The subprotocols offered, best first.
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -23,8 +24,9 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-/// Answers the WebSocket upgrade and bridges the socket to `agent` until the process exits.
-pub async fn upgrade<C>(req: axum::extract::Request, agent: C, stdin: bool) -> Response
+/// Answers the WebSocket upgrade and bridges the socket to `agent` until the process exits;
+/// when the agent could not start it, the socket carries that failure on the error channel.
+pub async fn upgrade<C>(req: axum::extract::Request, agent: Result<C, Status>, stdin: bool) -> Response
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -33,7 +35,28 @@ where
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
-    ws.protocols(PROTOCOLS).on_upgrade(move |socket| bridge(socket, agent, stdin))
+    ws.protocols(PROTOCOLS).on_upgrade(move |socket| async move {
+        match agent {
+            Ok(agent) => bridge(socket, agent, stdin).await,
+            Err(s) => {
+                let (mut tx, _) = socket.split();
+                let status = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                    "message": format!("error executing command in container: {}", s.message)});
+                finish(&mut tx, &status).await;
+            }
+        }
+    })
+}
+
+/// Sends the outcome on the error channel and closes the socket normally (1000: kubectl
+/// reads it as the end of every stream).
+async fn finish(tx: &mut futures_util::stream::SplitSink<WebSocket, Message>, status: &Value) {
+    let mut msg = vec![ERROR];
+    msg.extend_from_slice(status.to_string().as_bytes());
+    let _ = tx.send(Message::Binary(msg.into())).await;
+    let close =
+        axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
+    let _ = tx.send(Message::Close(Some(close))).await;
 }
 
 /// The outcome of a process as channel 3 carries it.
@@ -119,10 +142,7 @@ where
         None => json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
             "message": "the connection to the container ended before its process did"}),
     };
-    let mut msg = vec![ERROR];
-    msg.extend_from_slice(status.to_string().as_bytes());
-    let _ = tx.send(Message::Binary(msg.into())).await;
-    let _ = tx.send(Message::Close(None)).await;
+    finish(&mut tx, &status).await;
     input.abort();
 }
 

@@ -224,6 +224,24 @@ pub async fn logs(
                 Err(_) => return Err(Status::bad_request(format!("tailLines {t:?} is not a number"))),
             },
         };
+        let since = match (value(&q, "sinceSeconds"), value(&q, "sinceTime")) {
+            (Some(_), Some(_)) => {
+                return Err(Status::bad_request("at most one of sinceTime or sinceSeconds may be specified"));
+            }
+            (Some(s), None) => {
+                let secs: u64 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    Status::bad_request(format!("sinceSeconds: Invalid value: {s:?}: must be greater than 0"))
+                })?;
+                let at = std::time::SystemTime::now() - Duration::from_secs(secs);
+                Some(humantime::format_rfc3339_nanos(at).to_string())
+            }
+            (None, Some(t)) => {
+                humantime::parse_rfc3339_weak(t)
+                    .map_err(|e| Status::bad_request(format!("sinceTime: Invalid value: {t:?}: {e}")))?;
+                Some(t.to_string())
+            }
+            (None, None) => None,
+        };
         let (target, node) = target(&st, &ns, &name, value(&q, "container"))?;
         let req = TunnelRequest::Logs {
             target,
@@ -231,19 +249,28 @@ pub async fn logs(
             tail_lines,
             previous: flag(&q, "previous"),
             timestamps: flag(&q, "timestamps"),
+            since,
         };
         ask(&st, &node, &req).await
     }
     .await;
+    // `limitBytes`: the answer stops after that many bytes.
+    let limit =
+        value(&q, "limitBytes").and_then(|l| l.parse::<u64>().ok()).filter(|l| *l > 0).unwrap_or(u64::MAX);
     match result {
         Ok(conn) => {
-            let chunks = futures_util::stream::unfold(conn, |mut conn| async move {
+            let chunks = futures_util::stream::unfold((conn, limit), |(mut conn, mut left)| async move {
+                if left == 0 {
+                    return None;
+                }
                 let mut buf = vec![0u8; 32 << 10];
                 match conn.read(&mut buf).await {
                     Ok(0) | Err(_) => None,
                     Ok(n) => {
+                        let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                        left -= n as u64;
                         buf.truncate(n);
-                        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), conn))
+                        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), (conn, left)))
                     }
                 }
             });
@@ -281,19 +308,21 @@ pub async fn exec(
             "you must specify at least one command for the container",
         ));
     }
-    let result = async {
-        let (target, node) = target(&st, &ns, &name, value(&q, "container"))?;
-        let r = TunnelRequest::Exec { target, command, stdin: flag(&q, "stdin"), tty: flag(&q, "tty") };
-        ask(&st, &node, &r).await
+    let (target, node) = match target(&st, &ns, &name, value(&q, "container")) {
+        Ok(t) => t,
+        Err(s) => return status_response(&s),
+    };
+    let r = TunnelRequest::Exec { target, command, stdin: flag(&q, "stdin"), tty: flag(&q, "tty") };
+    let result = ask(&st, &node, &r).await;
+    if websocket {
+        // The pod is there: what goes wrong from here (no such command) is the process's
+        // outcome on the error channel, as Kubernetes reports it, not a refused upgrade.
+        return super::channels::upgrade(req, result, flag(&q, "stdin")).await;
     }
-    .await;
     let mut agent = match result {
         Ok(c) => c,
         Err(s) => return status_response(&s),
     };
-    if websocket {
-        return super::channels::upgrade(req, agent, flag(&q, "stdin")).await;
-    }
     let on = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(user) = on.await {

@@ -1,0 +1,354 @@
+//! The stock kubectl (`/usr/bin/kubectl`, 1.32) against a Tug cluster over TLS, unchanged: a
+//! control plane with its TLS listener, one node in namespaces with a real agent, and a
+//! kubeconfig from `tug config kubeconfig`. Each step runs kubectl as a user would and checks
+//! what it printed. Skipped, saying so, only when the machine has no kubectl.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tug_integration::agent::Agent;
+use tug_integration::cluster::Cluster;
+use tug_integration::control_plane::ControlPlane;
+use tug_integration::wait_for;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+const NS: &str = "tug-kc";
+const NODE: &str = "tug-kc-node0";
+
+struct Kubectl {
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KUBECTL);
+        c.env("KUBECONFIG", &self.config)
+            .env("HOME", self._dir.path())
+            .env_remove("KUBECTL_EXTERNAL_DIFF")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run_with(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("run kubectl");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin.as_bytes());
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, "", &[])
+    }
+
+    /// kubectl's stdout; panics with everything it printed when it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, "", &[])
+    }
+
+    fn ok_with(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> String {
+        let out = self.run_with(args, stdin, env);
+        assert!(out.status.success(), "kubectl {}: {}", args.join(" "), text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("kubectl -o json")
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn has(out: &str, want: &str) {
+    assert!(out.contains(want), "expected {want:?} in:\n{out}");
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: tug-kc}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "echo started $(hostname); exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+"#;
+
+const SETTINGS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: tug-kc, labels: {tier: a}}
+data: {mode: fast}
+"#;
+
+fn setup() -> Option<(Cluster, ControlPlane, Agent, Kubectl)> {
+    if !Path::new(KUBECTL).exists() {
+        eprintln!("SKIPPED: {KUBECTL} is not on this machine (these tests drive the stock kubectl)");
+        return None;
+    }
+    let cluster = Cluster::new(1).expect("cluster");
+    let port = tug_integration::images::free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let cp = ControlPlane::start_with(&["--listen", &format!("127.0.0.1:{port}")]);
+    let agent = Agent::start(&cp, &cluster.nodes[0], NODE, &[]);
+    agent.import_example_image();
+    agent.import_example_image_as(Some("tug.local/busybox-httpd:2"));
+    let dir = tempfile::Builder::new().prefix("tug-kubectl-").tempdir().expect("dir");
+    let out = cp.tug(&["config", "kubeconfig", "--cluster-url", &url]);
+    assert!(out.status.success(), "tug config kubeconfig: {}", text(&out));
+    let config = dir.path().join("config");
+    std::fs::write(&config, &out.stdout).expect("write the kubeconfig");
+    let k = Kubectl { config, _dir: dir };
+    let ready = wait_for(Duration::from_secs(30), || {
+        k.run(&["get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"])
+            .stdout
+            .starts_with(b"True")
+    });
+    assert!(ready, "the node did not become Ready:\n{}", agent.log());
+    Some((cluster, cp, agent, k))
+}
+
+/// The Deployment's running pods that are not on their way out, once there are `n`.
+fn web_pods(k: &Kubectl, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let settled = wait_for(Duration::from_secs(60), || {
+        let list =
+            k.json(&["-n", NS, "get", "pods", "-l", "app=web", "--field-selector=status.phase=Running"]);
+        names = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        names.len() == n
+    });
+    assert!(settled, "expected {n} running web pods, have {names:?}");
+    names
+}
+
+#[test]
+fn kubectl_drives_a_tug_cluster() {
+    let Some((_cluster, _cp, agent, k)) = setup() else { return };
+
+    // Discovery, version, OpenAPI.
+    has(&k.ok(&["version"]), "Server Version: v1.32.0-tug.");
+    let resources = k.ok(&["api-resources"]);
+    for line in ["deployments", "deploy", "apps/v1", "Deployment"] {
+        has(&resources, line);
+    }
+    has(
+        &k.ok(&["api-resources", "--namespaced=false", "-o", "name"]),
+        "clusterroles.rbac.authorization.k8s.io",
+    );
+    has(&k.ok(&["explain", "deployment.spec.strategy"]), "KIND:       Deployment");
+    has(&k.ok(&["auth", "whoami"]), "system:admin");
+    assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"]).trim(), "yes");
+
+    // The typed clients' protobuf bodies: create namespace, configmap, secret, deployment.
+    has(&k.ok(&["create", "namespace", NS]), "namespace/tug-kc created");
+    has(&k.ok(&["-n", NS, "create", "configmap", "plain", "--from-literal=a=b"]), "configmap/plain created");
+    has(&k.ok(&["-n", NS, "create", "secret", "generic", "pw", "--from-literal=p=q"]), "secret/pw created");
+    assert_eq!(k.ok(&["-n", NS, "get", "secret", "pw", "-o", "jsonpath={.data.p}"]), "cQ==");
+    has(
+        &k.ok(&[
+            "-n",
+            NS,
+            "create",
+            "deployment",
+            "made",
+            "--image=tug.local/busybox-httpd:1",
+            "--replicas=0",
+        ]),
+        "created",
+    );
+    assert_eq!(k.ok(&["-n", NS, "get", "deploy", "made", "-o", "jsonpath={.spec.replicas}"]), "0");
+    has(&k.ok(&["-n", NS, "create", "serviceaccount", "bot"]), "serviceaccount/bot created");
+    assert!(k.ok(&["-n", NS, "create", "token", "bot"]).starts_with("eyJ"));
+
+    // apply: client-side, then again unchanged, then server-side; dry runs write nothing.
+    has(&k.ok_with(&["apply", "-f", "-"], SETTINGS, &[]), "configmap/settings created");
+    has(&k.ok_with(&["apply", "-f", "-"], SETTINGS, &[]), "configmap/settings unchanged");
+    let changed = SETTINGS.replace("mode: fast", "mode: slow");
+    has(&k.ok_with(&["apply", "-f", "-", "--dry-run=server"], &changed, &[]), "configured (server dry run)");
+    assert_eq!(k.ok(&["-n", NS, "get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "fast");
+    has(&k.ok_with(&["apply", "-f", "-"], &changed, &[]), "configmap/settings configured");
+    has(
+        &k.ok_with(&["apply", "--server-side", "-f", "-"], WEB, &[]),
+        "deployment.apps/web serverside-applied",
+    );
+    let diff = k.run_with(&["diff", "-f", "-"], &WEB.replace("replicas: 2", "replicas: 4"), &[]);
+    assert_eq!(diff.status.code(), Some(1), "kubectl diff shows a change: {}", text(&diff));
+    has(&String::from_utf8_lossy(&diff.stdout), "+  replicas: 4");
+    has(
+        &k.ok(&["-n", NS, "wait", "--for=condition=Available", "deploy/web", "--timeout=90s"]),
+        "condition met",
+    );
+    let pods = web_pods(&k, 2);
+
+    // get: every output kubectl has.
+    let wide = k.ok(&["-n", NS, "get", "pods", "-o", "wide"]);
+    has(&wide, "NAME");
+    has(&wide, "READY");
+    has(&wide, NODE);
+    has(&k.ok(&["-n", NS, "get", "deploy", "web"]), "2/2");
+    has(&k.ok(&["-n", NS, "get", "deploy", "web", "-o", "yaml"]), "kind: Deployment");
+    assert_eq!(k.json(&["-n", NS, "get", "deploy", "web"])["spec"]["replicas"], 2);
+    let columns = k.ok(&["-n", NS, "get", "cm", "-o", "custom-columns=N:.metadata.name,M:.data.mode"]);
+    assert!(
+        columns.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["settings", "slow"]),
+        "{columns}"
+    );
+    let sorted = k.ok(&["-n", NS, "get", "cm", "--sort-by=.metadata.name", "-o", "name"]);
+    let names: Vec<&str> = sorted.lines().collect();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(names, want);
+    has(&k.ok(&["get", "pods", "-A"]), NS);
+    has(&k.ok(&["-n", NS, "get", "cm", "-l", "tier=a", "-o", "name"]), "configmap/settings");
+    let all = k.ok(&["-n", NS, "get", "all"]);
+    has(&all, "deployment.apps/web");
+    has(&all, "replicaset.apps/web-");
+    has(&all, &format!("pod/{}", pods[0]));
+
+    // Changing objects: label, annotate, the three patch types, edit, scale, rollout.
+    has(&k.ok(&["-n", NS, "label", "cm", "settings", "team=blue"]), "labeled");
+    has(&k.ok(&["-n", NS, "annotate", "cm", "settings", "note=hi"]), "annotated");
+    k.ok(&["-n", NS, "patch", "cm", "settings", "-p", r#"{"data":{"strategic":"1"}}"#]);
+    k.ok(&["-n", NS, "patch", "cm", "settings", "--type=merge", "-p", r#"{"data":{"merge":"1"}}"#]);
+    k.ok(&[
+        "-n",
+        NS,
+        "patch",
+        "cm",
+        "settings",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/json","value":"1"}]"#,
+    ]);
+    let editor = k._dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/mode: slow/mode: edited/' \"$1\"\n").unwrap();
+    Command::new("chmod").arg("755").arg(&editor).status().unwrap();
+    has(
+        &k.ok_with(&["-n", NS, "edit", "cm", "settings"], "", &[("EDITOR", editor.to_str().unwrap())]),
+        "edited",
+    );
+    let cm = k.json(&["-n", NS, "get", "cm", "settings"]);
+    assert_eq!(cm["metadata"]["labels"]["team"], "blue");
+    assert_eq!(cm["metadata"]["annotations"]["note"], "hi");
+    for key in ["strategic", "merge", "json"] {
+        assert_eq!(cm["data"][key], "1", "{cm:#}");
+    }
+    assert_eq!(cm["data"]["mode"], "edited");
+
+    has(&k.ok(&["-n", NS, "scale", "deploy", "web", "--replicas=3"]), "scaled");
+    has(&k.ok(&["-n", NS, "rollout", "status", "deploy/web", "--timeout=90s"]), "successfully rolled out");
+    has(&k.ok(&["-n", NS, "rollout", "restart", "deploy/web"]), "restarted");
+    has(&k.ok(&["-n", NS, "rollout", "status", "deploy/web", "--timeout=90s"]), "successfully rolled out");
+    has(&k.ok(&["-n", NS, "rollout", "history", "deploy/web"]), "REVISION");
+    has(&k.ok(&["-n", NS, "set", "image", "deploy/web", "web=tug.local/busybox-httpd:2"]), "image updated");
+    has(&k.ok(&["-n", NS, "rollout", "pause", "deploy/web"]), "paused");
+    has(&k.ok(&["-n", NS, "rollout", "resume", "deploy/web"]), "resumed");
+    has(&k.ok(&["-n", NS, "rollout", "status", "deploy/web", "--timeout=90s"]), "successfully rolled out");
+    has(&k.ok(&["-n", NS, "rollout", "undo", "deploy/web"]), "rolled back");
+    has(&k.ok(&["-n", NS, "rollout", "status", "deploy/web", "--timeout=90s"]), "successfully rolled out");
+    assert_eq!(
+        k.ok(&["-n", NS, "get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]),
+        "tug.local/busybox-httpd:1"
+    );
+    has(&k.ok(&["-n", NS, "describe", "deploy", "web"]), "Replicas:");
+
+    // Logs and exec through the node's agent.
+    let pods = web_pods(&k, 3);
+    let pod = pods[0].as_str();
+    has(&k.ok(&["-n", NS, "logs", pod]), "started");
+    has(&k.ok(&["-n", NS, "logs", pod, "--tail=1", "--timestamps"]), "Z started");
+    has(&k.ok(&["-n", NS, "logs", pod, "--since=1h"]), "started");
+    assert_eq!(k.ok(&["-n", NS, "logs", pod, "--since-time=2100-01-01T00:00:00Z"]), "");
+    assert_eq!(k.ok(&["-n", NS, "exec", pod, "--", "echo", "hi"]), "hi\n");
+    let failed = k.run(&["-n", NS, "exec", pod, "--", "sh", "-c", "exit 3"]);
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed));
+    assert_eq!(k.ok_with(&["-n", NS, "exec", "-i", pod, "--", "cat"], "from stdin\n", &[]), "from stdin\n");
+    let tty = Command::new("script")
+        .args(["-qec", &format!("{KUBECTL} -n {NS} exec -it {pod} -- sh -c 'tty; stty size'"), "/dev/null"])
+        .env("KUBECONFIG", &k.config)
+        .output()
+        .expect("script");
+    has(&String::from_utf8_lossy(&tty.stdout), "/dev/pts/");
+    let local = k._dir.path().join("copied.txt");
+    std::fs::write(&local, "copy me\n").unwrap();
+    let cp = k.run(&["-n", NS, "cp", local.to_str().unwrap(), &format!("{pod}:/tmp/copied.txt")]);
+    assert!(cp.status.success(), "{}", text(&cp));
+    assert_eq!(k.ok(&["-n", NS, "exec", pod, "--", "cat", "/tmp/copied.txt"]), "copy me\n");
+
+    // run, expose, top, watch.
+    has(
+        &k.ok(&[
+            "-n",
+            NS,
+            "run",
+            "once",
+            "--image=tug.local/busybox-httpd:1",
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "echo",
+            "ran",
+        ]),
+        "pod/once created",
+    );
+    has(
+        &k.ok(&["-n", NS, "expose", "deploy", "web", "--port=80", "--target-port=8080"]),
+        "service/web exposed",
+    );
+    has(&k.ok(&["-n", NS, "get", "svc", "web"]), "80/TCP");
+    let top = wait_for(Duration::from_secs(30), || k.run(&["top", "node"]).status.success());
+    assert!(top, "kubectl top node: {}", text(&k.run(&["top", "node"])));
+    has(&k.ok(&["top", "node"]), NODE);
+    let mut watch = k.command(&["-n", NS, "get", "cm", "-w"]).spawn().expect("kubectl get -w");
+    std::thread::sleep(Duration::from_millis(700));
+    k.ok(&["-n", NS, "create", "configmap", "watched"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = watch.kill();
+    let seen = watch.wait_with_output().expect("watch output");
+    has(&String::from_utf8_lossy(&seen.stdout), "watched");
+
+    // The node: cordon, taint, drain (evictions), uncordon.
+    has(&k.ok(&["cordon", NODE]), "cordoned");
+    has(&k.ok(&["get", "node", NODE]), "SchedulingDisabled");
+    has(&k.ok(&["taint", "nodes", NODE, "tug=kc:NoSchedule"]), "tainted");
+    has(&k.ok(&["taint", "nodes", NODE, "tug=kc:NoSchedule-"]), "untainted");
+    let drained = k.ok(&["drain", NODE, "--ignore-daemonsets", "--force", "--timeout=90s"]);
+    has(&drained, "evicting pod");
+    has(&drained, "drained");
+    has(&k.ok(&["uncordon", NODE]), "uncordoned");
+
+    // delete, waiting for the object to go.
+    has(&k.ok(&["-n", NS, "delete", "deploy", "web"]), "deployment.apps \"web\" deleted");
+    has(&k.ok(&["-n", NS, "delete", "cm", "settings", "plain"]), "deleted");
+    has(&k.ok(&["delete", "namespace", NS, "--timeout=120s"]), "namespace \"tug-kc\" deleted");
+    let gone = k.run(&["get", "namespace", NS]);
+    assert!(!gone.status.success(), "the namespace is gone: {}\n{}", text(&gone), agent.log());
+}
