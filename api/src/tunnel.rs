@@ -119,6 +119,7 @@ mod tests {
             tail_lines: Some(3),
             previous: false,
             timestamps: false,
+            since: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.starts_with(r#"{"op":"logs","namespace":"default","pod":"web""#), "{text}");
