@@ -41,6 +41,7 @@ packages=(
     util-linux        # setsid, unshare (the clean-root check), mount
     bsdutils          # script: the exec tests' terminal
     mmdebstrap        # the clean-root check: a bare Debian to install this list into
+    python3-venv      # the project-local virtual environment of the Kubernetes Python client
 )
 
 # Tool → the package above that brings it: checked after every install, here and in the
@@ -52,6 +53,7 @@ tools=(
     hyperfine:hyperfine qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils xz:xz-utils
     cpio:cpio curl:curl systemd-analyze:systemd setsid:util-linux
     unshare:util-linux setpriv:util-linux script:bsdutils mmdebstrap:mmdebstrap ldd:libc-bin
+    python3:python3-venv
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -89,5 +91,14 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "make deps: installing cargo-nextest from crates.io"
     cargo install --locked cargo-nextest >/dev/null
+fi
+# The official Kubernetes Python client (PyPI), which the kubectl-compatibility test drives
+# Tug with: in a virtual environment of the project's, never the system's Python.
+venv="$(cd "$(dirname "$0")/.." && pwd)/target/kubernetes-venv"
+if ! "$venv/bin/python" -c 'import kubernetes' >/dev/null 2>&1; then
+    echo "make deps: installing the kubernetes Python client into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes==32.0.1"
 fi
 echo "make deps: all present"

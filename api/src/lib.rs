@@ -15,6 +15,7 @@ pub mod cron;
 pub mod defaults;
 /// A cheap bound on a YAML text's nesting, read before the parse.
 pub mod depth;
+pub mod fieldset;
 pub mod frame;
 pub mod kinds;
 pub mod labels;
@@ -31,6 +32,12 @@ pub mod validate;
 /// What an update may change: Kubernetes' immutable fields, as pure checks.
 pub mod validate_update;
 pub mod validation;
+
+/// A boolean query parameter as Kubernetes (Go's `strconv.ParseBool`) reads it: `1`, `t`,
+/// `T`, `TRUE`, `true`, `True` are true (the Python client sends `watch=True`).
+pub fn query_bool(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
+}
 
 /// The version of this Tug build, shared by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

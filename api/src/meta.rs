@@ -36,6 +36,30 @@ pub struct ObjectMeta {
     pub owner_references: Vec<OwnerReference>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,
+    /// Which manager set which fields (server-side apply); the API server keeps it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_fields: Vec<ManagedFieldsEntry>,
+}
+
+/// One manager's fields, in Kubernetes' `FieldsV1` form (`crate::fieldset`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagedFieldsEntry {
+    #[serde(default)]
+    pub manager: String,
+    /// `Apply` or `Update`.
+    #[serde(default)]
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "fieldsV1")]
+    pub fields_v1: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
 }
 
 /// An owner of an object (a ReplicaSet owns its Pods).

@@ -264,6 +264,19 @@ fn kubectl_drives_a_tug_cluster() {
     assert_eq!(cm["data"]["mode"], "edited");
 
     has(&k.ok(&["-n", NS, "scale", "deploy", "web", "--replicas=3"]), "scaled");
+    // Server-side apply keeps field managers: the scale owns replicas now, so applying the
+    // manifest's 2 conflicts until forced.
+    has(
+        &k.ok(&["-n", NS, "get", "deploy", "web", "--show-managed-fields", "-o", "yaml"]),
+        "subresource: scale",
+    );
+    let conflict = k.run_with(&["apply", "--server-side", "-f", "-"], WEB, &[]);
+    assert!(!conflict.status.success(), "{}", text(&conflict));
+    has(&text(&conflict), "conflict with \"kubectl\" with subresource \"scale\"");
+    has(&text(&conflict), ".spec.replicas");
+    k.ok_with(&["apply", "--server-side", "--force-conflicts", "-f", "-"], WEB, &[]);
+    assert_eq!(k.ok(&["-n", NS, "get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "2");
+    has(&k.ok(&["-n", NS, "scale", "deploy", "web", "--replicas=3"]), "scaled");
     has(&k.ok(&["-n", NS, "rollout", "status", "deploy/web", "--timeout=90s"]), "successfully rolled out");
     has(&k.ok(&["-n", NS, "rollout", "restart", "deploy/web"]), "restarted");
     has(&k.ok(&["-n", NS, "rollout", "status", "deploy/web", "--timeout=90s"]), "successfully rolled out");
@@ -334,6 +347,21 @@ fn kubectl_drives_a_tug_cluster() {
     let _ = watch.kill();
     let seen = watch.wait_with_output().expect("watch output");
     has(&String::from_utf8_lossy(&seen.stdout), "watched");
+
+    // The official Python client (PyPI `kubernetes`, in the venv `make deps` makes).
+    let root = tug_integration::probe::workspace_root();
+    let python = root.join("target/kubernetes-venv/bin/python");
+    if python.exists() {
+        let out = Command::new(&python)
+            .arg(root.join("integration/tests/python/client.py"))
+            .args([k.config.to_str().unwrap(), NS, "tug.local/busybox-httpd:1"])
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "the Python client: {}\nagent log:\n{}", text(&out), agent.log());
+        has(&String::from_utf8_lossy(&out.stdout), "python client: ok");
+    } else {
+        eprintln!("SKIPPED the Python client: {} is missing (make deps installs it)", python.display());
+    }
 
     // The node: cordon, taint, drain (evictions), uncordon.
     has(&k.ok(&["cordon", NODE]), "cordoned");

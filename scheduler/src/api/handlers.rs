@@ -137,7 +137,7 @@ async fn route(
     body: &Bytes,
     user: &crate::auth::User,
 ) -> Reply {
-    let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let watch = q.get("watch").is_some_and(|v| tug_api::query_bool(v));
     let table = super::table::wanted(headers, q)?;
     if matches!(target, Target::Collection { .. }) && method == Method::GET {
         return if watch {
@@ -168,12 +168,14 @@ fn sync_route(
     user: &crate::auth::User,
 ) -> Reply {
     let dry = dry_run(q)?;
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let manager = &super::managed::manager(q, ua);
     match (method.as_str(), target) {
-        ("POST", Target::Collection { .. }) => create(st, target, body, user, dry),
+        ("POST", Target::Collection { .. }) => create(st, target, body, user, dry, manager),
         ("DELETE", Target::Collection { .. }) => delete_collection(st, target, q, body, dry),
         ("GET", Target::Object { .. }) => get(st, target),
         ("PUT", Target::Object { status: false, .. }) => {
-            replace(st, target, decode_body(target, body)?, user, dry)
+            replace(st, target, decode_body(target, body)?, user, dry, manager)
         }
         ("PUT", Target::Object { status: true, .. }) => {
             put_status(st, target, decode_body(target, body)?, dry)
@@ -184,14 +186,15 @@ fn sync_route(
             let media = ct.split(';').next().unwrap_or("").trim();
             match (media, status) {
                 ("application/apply-patch+yaml" | "application/apply-patch+json", false) => {
-                    apply(st, target, body, user, dry)
+                    let force = q.get("force").is_some_and(|v| tug_api::query_bool(v));
+                    apply(st, target, body, user, dry, manager, force)
                 }
                 (
                     "application/merge-patch+json"
                     | "application/json-patch+json"
                     | "application/strategic-merge-patch+json",
                     _,
-                ) => patch(st, target, media, body, user, dry),
+                ) => patch(st, target, media, body, user, dry, manager),
                 _ => Err(Status::new(
                     415,
                     "UnsupportedMediaType",
@@ -305,7 +308,10 @@ fn scale_sync(
         doc["metadata"]["resourceVersion"] =
             pinned.clone().unwrap_or_else(|| current.revision.to_string()).into();
         let doc = decode_doc(target, doc)?;
-        match replace_object(st, target, doc, user, dry) {
+        let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+        // The scale subresource's writes are recorded as its own.
+        let manager = super::managed::manager(q, ua);
+        match replace_object(st, target, doc, user, dry, (&manager, "scale")) {
             Ok((obj, warnings)) => {
                 return Ok(with_warnings(json_response(StatusCode::OK, &scale_view(&obj)), &warnings));
             }
@@ -364,6 +370,7 @@ fn dry_run(q: &HashMap<String, String>) -> Result<bool, Status> {
 /// A PATCH: the patch applied to the current object, then written as a replace would be
 /// (checked, admitted, optimistic on the revision read). A write between the read and the
 /// write is retried, unless the patch itself names a resourceVersion.
+#[allow(clippy::too_many_arguments)]
 fn patch(
     st: &AppState,
     target: &Target,
@@ -371,6 +378,7 @@ fn patch(
     body: &Bytes,
     user: &crate::auth::User,
     dry: bool,
+    manager: &str,
 ) -> Reply {
     let info = target.info();
     let patch: Value = serde_json::from_slice(body)
@@ -400,7 +408,7 @@ fn patch(
         let doc = decode_doc(target, doc)?;
         let result = match target {
             Target::Object { status: true, .. } => put_status(st, target, doc, dry),
-            _ => replace(st, target, doc, user, dry),
+            _ => replace(st, target, doc, user, dry, manager),
         };
         match result {
             Err(s) if s.code == 409 && s.reason == "Conflict" && !pinned && attempt < 5 => continue,
@@ -446,6 +454,23 @@ fn delete_collection(
 
 /// Decodes, defaults and validates a request body for `target` (one document, its kind).
 fn decode_body(target: &Target, body: &Bytes) -> Result<Value, Status> {
+    decode_doc(target, single_doc(body)?)
+}
+
+/// Checks, defaults and validates one document for `target`.
+fn decode_doc(target: &Target, doc: Value) -> Result<Value, Status> {
+    let info = target.info();
+    let doc = check_doc(target, doc)?;
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut obj = tug_api::manifest::decode(&doc)
+        .map_err(|errs| Status::invalid(&qualified_kind(info), &name, &errs))?;
+    tug_api::defaults::apply(&mut obj);
+    tug_api::validate::object(&obj).map_err(|errs| Status::invalid(&qualified_kind(info), &name, &errs))?;
+    Ok(obj.to_value())
+}
+
+/// The one document of a request body, as sent.
+fn single_doc(body: &Bytes) -> Result<Value, Status> {
     let text = std::str::from_utf8(body).map_err(|_| Status::bad_request("the request body is not UTF-8"))?;
     let mut docs = tug_api::manifest::documents(text).map_err(|e| Status::bad_request(e.to_string()))?;
     if docs.len() != 1 {
@@ -454,11 +479,12 @@ fn decode_body(target: &Target, body: &Bytes) -> Result<Value, Status> {
             docs.len()
         )));
     }
-    decode_doc(target, docs.remove(0))
+    Ok(docs.remove(0))
 }
 
-/// Checks, defaults and validates one document for `target`.
-fn decode_doc(target: &Target, mut doc: Value) -> Result<Value, Status> {
+/// A document checked against its request path (an object; kind, apiVersion, namespace and
+/// name agree with the path, filled in when missing), neither defaulted nor validated.
+fn check_doc(target: &Target, mut doc: Value) -> Result<Value, Status> {
     let info = target.info();
     // Indexing below writes into the document: it must be an object with an object metadata.
     if !doc.is_object() {
@@ -512,12 +538,7 @@ fn decode_doc(target: &Target, mut doc: Value) -> Result<Value, Status> {
             _ => doc["metadata"]["name"] = name.as_str().into(),
         }
     }
-    let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let mut obj = tug_api::manifest::decode(&doc)
-        .map_err(|errs| Status::invalid(&qualified_kind(info), &name, &errs))?;
-    tug_api::defaults::apply(&mut obj);
-    tug_api::validate::object(&obj).map_err(|errs| Status::invalid(&qualified_kind(info), &name, &errs))?;
-    Ok(obj.to_value())
+    Ok(doc)
 }
 
 /// `Deployment.apps`, `Pod` — how Kubernetes names a kind in Invalid messages.
@@ -558,7 +579,14 @@ fn stored_reply(code: StatusCode, s: &Stored) -> Response {
     json_response(code, &s.object)
 }
 
-fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User, dry: bool) -> Reply {
+fn create(
+    st: &AppState,
+    target: &Target,
+    body: &Bytes,
+    user: &crate::auth::User,
+    dry: bool,
+    manager: &str,
+) -> Reply {
     let info = target.info();
     let mut obj = decode_body(target, body)?;
     admit(st, user, info, &obj)?;
@@ -582,6 +610,7 @@ fn create(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User
     assign_service_addresses(st, info, &mut obj, None)?;
     admit_pod_priority(st, info, &mut obj)?;
     admit_service_account(st, info, &mut obj)?;
+    super::managed::track_update(info.kind, None, &mut obj, (manager, ""), &info.api_version(), &now());
     if dry {
         if blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?.is_some() {
             return Err(Status::already_exists(&resource_name(info), &name));
@@ -989,8 +1018,15 @@ fn expected_revision(obj: &Value) -> Result<Option<u64>, Status> {
     }
 }
 
-fn replace(st: &AppState, target: &Target, obj: Value, user: &crate::auth::User, dry: bool) -> Reply {
-    let (obj, warnings) = replace_object(st, target, obj, user, dry)?;
+fn replace(
+    st: &AppState,
+    target: &Target,
+    obj: Value,
+    user: &crate::auth::User,
+    dry: bool,
+    manager: &str,
+) -> Reply {
+    let (obj, warnings) = replace_object(st, target, obj, user, dry, (manager, ""))?;
     Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
 }
 
@@ -1001,6 +1037,7 @@ fn replace_object(
     mut obj: Value,
     user: &crate::auth::User,
     dry: bool,
+    (manager, subresource): (&str, &str),
 ) -> Result<(Value, Admission), Status> {
     let info = target.info();
     let (key, name) = object_key(target);
@@ -1013,6 +1050,14 @@ fn replace_object(
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
     check_update(info, &name, &current.object, &obj)?;
+    super::managed::track_update(
+        info.kind,
+        Some(&current.object),
+        &mut obj,
+        (manager, subresource),
+        &info.api_version(),
+        &now(),
+    );
     let warnings = pod_security(st, info, &obj, Some(&current.object))?;
     if dry {
         if expected.is_some_and(|e| e != current.revision) {
@@ -1149,21 +1194,40 @@ fn delete(st: &AppState, target: &Target, q: &HashMap<String, String>, body: &By
     }
 }
 
-fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User, dry: bool) -> Reply {
+/// Server-side apply: the configuration merged over the live object as its manager's fields
+/// (`super::managed`), then defaulted, validated, admitted and written like any update.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    st: &AppState,
+    target: &Target,
+    body: &Bytes,
+    user: &crate::auth::User,
+    dry: bool,
+    manager: &str,
+    force: bool,
+) -> Reply {
     let info = target.info();
     let (key, name) = object_key(target);
-    let decoded = decode_body(target, body)?;
-    admit(st, user, info, &decoded)?;
+    let config = check_doc(target, single_doc(body)?)?;
     let _services = service_lock(st, info);
     // Without a resourceVersion in the request an apply is not optimistic: a controller
     // writing the object (a Deployment's status) between our read and write is retried.
-    let pinned = expected_revision(&decoded)?.is_some();
+    let pinned = expected_revision(&config)?.is_some();
     let mut attempt = 0;
     let mut warnings: Admission;
     let (stored, applied) = loop {
         attempt += 1;
-        let mut obj = decoded.clone();
         let current = blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?;
+        let live = current.as_ref().map_or_else(|| json!({"metadata": {}}), |c| c.object.clone());
+        let merged =
+            super::managed::apply(info.kind, &live, &config, manager, force, &info.api_version(), &now())
+                .map_err(|c| super::managed::conflict_status(&qualified_kind(info), &name, &c))?;
+        let mut merged = merged;
+        if let Some(rv) = config["metadata"].get("resourceVersion") {
+            merged["metadata"]["resourceVersion"] = rv.clone();
+        }
+        let mut obj = decode_doc(target, merged)?;
+        admit(st, user, info, &obj)?;
         if let Some(c) = &current {
             keep_server_set(info, &mut obj, &c.object);
         }
@@ -1189,7 +1253,11 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User,
                 }
                 created
             }
-            Some(cur) if !objects::apply_changes(&obj, &cur.object) => Ok((cur, Applied::Unchanged)),
+            Some(cur)
+                if !objects::apply_changes(&obj, &cur.object) && managers(&obj) == managers(&cur.object) =>
+            {
+                Ok((cur, Applied::Unchanged))
+            }
             Some(cur) => {
                 objects::on_update(&mut obj, &cur.object)?;
                 check_update(info, &name, &cur.object, &obj)?;
@@ -1215,6 +1283,17 @@ fn apply(st: &AppState, target: &Target, body: &Bytes, user: &crate::auth::User,
     let mut resp = with_warnings(stored_reply(code, &stored), &warnings);
     resp.headers_mut().insert("x-tug-apply", header::HeaderValue::from_static(applied.as_str()));
     Ok(resp)
+}
+
+/// Who owns which fields, without the times of their writes.
+fn managers(obj: &Value) -> Value {
+    let mut m = obj["metadata"]["managedFields"].clone();
+    for e in m.as_array_mut().into_iter().flatten() {
+        if let Some(e) = e.as_object_mut() {
+            e.remove("time");
+        }
+    }
+    m
 }
 
 /// `labelSelector` and `fieldSelector` (`metadata.name`, `spec.nodeName`, … with `=`, `==`,

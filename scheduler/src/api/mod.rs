@@ -26,6 +26,8 @@ mod handlers;
 #[allow(clippy::result_large_err)]
 mod list;
 #[allow(clippy::result_large_err)]
+mod managed;
+#[allow(clippy::result_large_err)]
 pub mod metrics;
 #[allow(clippy::result_large_err)]
 pub mod objects;

@@ -8,7 +8,7 @@ use tug_api::status::Status;
 /// without them changes nothing and keeps them.
 const CONTROLLER_ANNOTATIONS: [&str; 1] = ["deployment.kubernetes.io/"];
 
-fn controller_owned(key: &str) -> bool {
+pub fn controller_owned(key: &str) -> bool {
     CONTROLLER_ANNOTATIONS.iter().any(|p| key.starts_with(p))
 }
 

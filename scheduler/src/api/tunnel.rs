@@ -200,7 +200,7 @@ pub async fn summaries(st: &AppState, nodes: Vec<String>) -> Vec<(String, tug_ap
 }
 
 fn flag(q: &[(String, String)], name: &str) -> bool {
-    q.iter().any(|(k, v)| k == name && (v.is_empty() || v == "true" || v == "1"))
+    q.iter().any(|(k, v)| k == name && (v.is_empty() || tug_api::query_bool(v)))
 }
 
 fn value<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -130,7 +130,7 @@ pub fn attributes(method: &str, path: &str, query: &HashMap<String, String>) -> 
     let resource = parts[0];
     let name = parts.get(1).copied().unwrap_or("");
     let subresource = parts.get(2).copied().unwrap_or("");
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watch = query.get("watch").is_some_and(|v| tug_api::query_bool(v));
     let verb = match (method, name.is_empty()) {
         ("POST", _) => "create",
         ("GET" | "HEAD", true) if watch => "watch",
