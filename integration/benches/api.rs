@@ -23,6 +23,9 @@
 //!   each (goal: p99 with RBAC within 10% of without). Embedded store only.
 //!
 //! Each measure runs on the embedded store, then on a real etcd on loopback (`store=` key).
+//! - `kubectl-get`: `kubectl get pods -A` over TLS beside `tug get pods -A` over the socket,
+//!   `TUG_BENCH_N` pods, medians of five runs each.
+//!
 //! `TUG_BENCH_N` scales the request counts; `TUG_BENCH_ONLY=list-memory,…` runs only those.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -72,6 +75,9 @@ fn main() {
     let release = tug_integration::probe::target_dir().join("release");
     if only("rbac-create") {
         rbac_create(&release, n);
+    }
+    if only("kubectl-get") {
+        kubectl_get(&release, n);
     }
     let cp = with_bin_dir(&release, tug_integration::control_plane::ControlPlane::start);
     run_all(&cp.socket(), "redb", n, rate);
@@ -496,6 +502,74 @@ fn creates(socket: &Path, prefix: &str, n: usize, headers: &str) -> (Vec<Duratio
         }
     }
     all
+}
+
+/// `kubectl get pods -A` (the stock kubectl over TLS, a kubeconfig from `tug config
+/// kubeconfig`) beside `tug get pods -A` over the Unix socket, at `n` pods: the median wall time
+/// of five runs each, after one warm-up each (kubectl's discovery cache filled).
+fn kubectl_get(release: &Path, n: usize) {
+    use std::process::Command;
+    const KUBECTL: &str = "/usr/bin/kubectl";
+    if !Path::new(KUBECTL).exists() {
+        println!("BENCH api kubectl-get skipped=no-kubectl ({KUBECTL} is not on this machine)");
+        return;
+    }
+    let port = tug_integration::images::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cp = with_bin_dir(release, || {
+        tug_integration::control_plane::ControlPlane::start_with(&["--listen", &listen])
+    });
+    for i in 0..n {
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"bench-{i}"}},"spec":{{"containers":[{{"name":"c","image":"tug.local/none:1"}}]}}}}"#
+        );
+        assert_eq!(
+            request(&cp.socket(), "POST", "/api/v1/namespaces/default/pods", "application/json", &body),
+            201
+        );
+    }
+    let tug = release.join("tug");
+    let dir = tempfile::Builder::new().prefix("tug-bench-kubectl").tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    let out = Command::new(&tug)
+        .env("TUG_SOCKET", cp.socket())
+        .args(["config", "kubeconfig", "--cluster-url", &format!("https://{listen}")])
+        .output()
+        .expect("tug config kubeconfig");
+    assert!(out.status.success(), "tug config kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&config, &out.stdout).expect("kubeconfig");
+    let time = |c: &mut Command| {
+        let t = std::time::Instant::now();
+        let out = c.output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines = out.stdout.iter().filter(|b| **b == b'\n').count();
+        assert_eq!(lines, n + 1, "a header and one line per pod");
+        t.elapsed()
+    };
+    let kubectl = || {
+        let mut c = Command::new(KUBECTL);
+        c.env("KUBECONFIG", &config).env("HOME", dir.path()).args(["get", "pods", "-A"]);
+        c
+    };
+    let tug_get = || {
+        let mut c = Command::new(&tug);
+        c.env("TUG_SOCKET", cp.socket()).args(["get", "pods", "-A"]);
+        c
+    };
+    time(&mut kubectl());
+    time(&mut tug_get());
+    let (mut k, mut t) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        k.push(time(&mut kubectl()));
+        t.push(time(&mut tug_get()));
+    }
+    k.sort();
+    t.sort();
+    println!(
+        "BENCH api kubectl-get pods={n} kubectl_tls_ms={:.0} tug_socket_ms={:.0} runs=5 (medians; kubectl over TLS with server-side Tables, tug over the Unix socket)",
+        k[2].as_secs_f64() * 1000.0,
+        t[2].as_secs_f64() * 1000.0
+    );
 }
 
 fn rbac_create(release: &Path, n: usize) {
