@@ -92,11 +92,21 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "PersistentVolumeClaim" => {
             vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"]
         }
+        "ServiceAccount" => vec!["NAME", "SECRETS", "AGE"],
+        "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
+        "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
+        "Lease" => vec!["NAME", "HOLDER", "AGE"],
+        "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
         match kind {
-            "Pod" => h.extend(["IP", "NODE"]),
+            "Pod" => h.extend(["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]),
+            "Node" => {
+                h.extend(["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"])
+            }
+            "Job" | "CronJob" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
+            "RoleBinding" | "ClusterRoleBinding" => h.extend(["USERS", "GROUPS", "SERVICEACCOUNTS"]),
             "Deployment" | "ReplicaSet" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
             "Service" => h.push("SELECTOR"),
             _ => {}
@@ -236,6 +246,28 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 if version.is_empty() { "<none>".into() } else { version },
             ]
         }
+        "ServiceAccount" => {
+            vec![name, obj["secrets"].as_array().map_or(0, Vec::len).to_string(), age(obj, now)]
+        }
+        "Role" | "ClusterRole" => vec![name, s(&obj["metadata"]["creationTimestamp"])],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            vec![
+                name,
+                format!("{}/{}", s(&obj["roleRef"]["kind"]), s(&obj["roleRef"]["name"])),
+                age(obj, now),
+            ]
+        }
+        "Lease" => {
+            let holder = s(&spec["holderIdentity"]);
+            vec![name, if holder.is_empty() { "<none>".into() } else { holder }, age(obj, now)]
+        }
+        "PriorityClass" => vec![
+            name,
+            n(&obj["value"]).to_string(),
+            (obj["globalDefault"] == true).to_string(),
+            age(obj, now),
+            s(&obj["preemptionPolicy"]),
+        ],
         "Endpoints" => {
             let mut eps = Vec::new();
             for sub in obj["subsets"].as_array().cloned().unwrap_or_default() {
@@ -337,7 +369,61 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             "Pod" => r.extend([
                 st["podIP"].as_str().unwrap_or("<none>").into(),
                 spec["nodeName"].as_str().unwrap_or("<none>").into(),
+                st["nominatedNodeName"].as_str().unwrap_or("<none>").into(),
+                "<none>".into(),
             ]),
+            "Node" => {
+                let address = |t: &str| {
+                    st["addresses"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|x| x["type"] == t))
+                        .map_or_else(|| "<none>".to_string(), |x| s(&x["address"]))
+                };
+                let info = &st["nodeInfo"];
+                let or_none = |v: String| if v.is_empty() { "<none>".to_string() } else { v };
+                r.extend([
+                    address("InternalIP"),
+                    address("ExternalIP"),
+                    or_none(s(&info["osImage"])),
+                    or_none(s(&info["kernelVersion"])),
+                    or_none(s(&info["containerRuntimeVersion"])),
+                ]);
+            }
+            "Job" | "CronJob" => {
+                let tpl =
+                    if kind == "Job" { &spec["template"] } else { &spec["jobTemplate"]["spec"]["template"] };
+                let cs = tpl["spec"]["containers"].as_array().cloned().unwrap_or_default();
+                let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
+                let images: Vec<String> = cs.iter().map(|c| s(&c["image"])).collect();
+                let sel: Vec<String> = spec["selector"]["matchLabels"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                    .unwrap_or_default();
+                r.extend([
+                    names.join(","),
+                    images.join(","),
+                    if sel.is_empty() { "<none>".into() } else { sel.join(",") },
+                ]);
+            }
+            "RoleBinding" | "ClusterRoleBinding" => {
+                let of = |k: &str| {
+                    let v: Vec<String> = obj["subjects"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|x| x["kind"] == k)
+                        .map(|x| {
+                            if k == "ServiceAccount" {
+                                format!("{}/{}", s(&x["namespace"]), s(&x["name"]))
+                            } else {
+                                s(&x["name"])
+                            }
+                        })
+                        .collect();
+                    v.join(", ")
+                };
+                r.extend([of("User"), of("Group"), of("ServiceAccount")]);
+            }
             "Deployment" | "ReplicaSet" => {
                 let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
                 let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
@@ -379,6 +465,21 @@ mod tests {
             (800 * 86400, "2y"),
         ] {
             assert_eq!(human_duration(Duration::from_secs(secs)), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn every_kind_has_as_many_cells_as_headers() {
+        for k in crate::object::KINDS {
+            let obj = serde_json::json!({"kind": k.kind, "metadata": {"name": "x"}});
+            for wide in [false, true] {
+                assert_eq!(
+                    row(&obj, wide, SystemTime::now()).len(),
+                    headers(k.kind, wide).len(),
+                    "{} wide={wide}",
+                    k.kind
+                );
+            }
         }
     }
 

@@ -213,6 +213,7 @@ fn kubectl_drives_a_tug_cluster() {
     has(&wide, "NAME");
     has(&wide, "READY");
     has(&wide, NODE);
+    has(&wide, "NOMINATED NODE");
     has(&k.ok(&["-n", NS, "get", "deploy", "web"]), "2/2");
     has(&k.ok(&["-n", NS, "get", "deploy", "web", "-o", "yaml"]), "kind: Deployment");
     assert_eq!(k.json(&["-n", NS, "get", "deploy", "web"])["spec"]["replicas"], 2);
@@ -292,10 +293,16 @@ fn kubectl_drives_a_tug_cluster() {
         "tug.local/busybox-httpd:1"
     );
     has(&k.ok(&["-n", NS, "describe", "deploy", "web"]), "Replicas:");
+    let crb = k.ok(&["get", "clusterrolebinding", "cluster-admin", "-o", "wide"]);
+    has(&crb, "ClusterRole/cluster-admin");
+    has(&crb, "system:masters");
 
     // Logs and exec through the node's agent.
     let pods = web_pods(&k, 3);
     let pod = pods[0].as_str();
+    let described = k.ok(&["-n", NS, "describe", "pod", pod]);
+    has(&described, "Node:");
+    has(&described, "Events:");
     has(&k.ok(&["-n", NS, "logs", pod]), "started");
     has(&k.ok(&["-n", NS, "logs", pod, "--tail=1", "--timestamps"]), "Z started");
     has(&k.ok(&["-n", NS, "logs", pod, "--since=1h"]), "started");
@@ -340,6 +347,10 @@ fn kubectl_drives_a_tug_cluster() {
     let top = wait_for(Duration::from_secs(30), || k.run(&["top", "node"]).status.success());
     assert!(top, "kubectl top node: {}", text(&k.run(&["top", "node"])));
     has(&k.ok(&["top", "node"]), NODE);
+    let top_pods = wait_for(Duration::from_secs(30), || {
+        String::from_utf8_lossy(&k.run(&["-n", NS, "top", "pod"]).stdout).contains("web-")
+    });
+    assert!(top_pods, "kubectl top pod: {}", text(&k.run(&["-n", NS, "top", "pod"])));
     let mut watch = k.command(&["-n", NS, "get", "cm", "-w"]).spawn().expect("kubectl get -w");
     std::thread::sleep(Duration::from_millis(700));
     k.ok(&["-n", NS, "create", "configmap", "watched"]);
