@@ -101,6 +101,7 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin + Send>(ctx: &Ctx, mut conn: C,
         Request::Exec { target, command, stdin, tty } => {
             serve_exec(ctx, &mut conn, &target, command, stdin, tty).await
         }
+        Request::Attach { target, stdin } => serve_attach(ctx, &mut conn, &target, stdin).await,
         Request::Stats => serve_stats(ctx, &mut conn).await,
     };
     if let Err(e) = result {
@@ -242,6 +243,40 @@ async fn serve_stats<C: AsyncWrite + Unpin>(ctx: &Ctx, conn: &mut C) -> Result<(
 
 /// Answers an exec request: starts the process through the container's supervisor, then
 /// relays the supervisor's frames between it and the tunnel until the process ends.
+/// Answers an attach: the supervisor's stream of the container's own stdio, relayed until
+/// either side ends.
+async fn serve_attach<C: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    conn: &mut C,
+    t: &Target,
+    stdin: bool,
+) -> Result<(), String> {
+    let (_, c) = container(ctx, t)?;
+    let id =
+        c.id.clone()
+            .ok_or_else(|| format!("container {:?} in pod {:?} is not running", t.container, t.pod))?;
+    let socket: PathBuf = ctx.supervisor_socket(&id);
+    let (container, pod) = (t.container.clone(), t.pod.clone());
+    let attached =
+        tokio::task::spawn_blocking(move || -> Result<(std::os::unix::net::UnixStream, Vec<u8>), String> {
+            let not_running =
+                |e: sup::ClientError| format!("container {container:?} in pod {pod:?} is not running ({e})");
+            let client = sup::Client::connect(&socket).map_err(not_running)?;
+            let stream =
+                client.attach(stdin).map_err(|e| format!("attach to container {container:?}: {e}"))?;
+            Ok(stream.into_parts())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    let (sock, pending) = attached;
+    reply(conn, None).await.map_err(|e| e.to_string())?;
+    let _ = conn.write_all(&pending).await;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut sock = tokio::net::UnixStream::from_std(sock).map_err(|e| e.to_string())?;
+    let _ = tokio::io::copy_bidirectional(conn, &mut sock).await;
+    Ok(())
+}
+
 async fn serve_exec<C: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Ctx,
     conn: &mut C,

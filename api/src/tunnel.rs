@@ -56,6 +56,13 @@ pub enum Request {
         stdin: bool,
         tty: bool,
     },
+    /// The container's own stdio (`kubectl attach`): frames both ways, as after an exec.
+    #[serde(rename_all = "camelCase")]
+    Attach {
+        #[serde(flatten)]
+        target: Target,
+        stdin: bool,
+    },
     /// The node's and its containers' resource usage: the answer is one [`Summary`] line.
     Stats,
 }

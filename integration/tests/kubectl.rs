@@ -339,6 +339,27 @@ fn kubectl_drives_a_tug_cluster() {
         ]),
         "pod/once created",
     );
+    // run -i: a pod with stdin, attached to (kubectl attach's WebSocket), removed after.
+    let attached = k.ok_with(
+        &[
+            "-n",
+            NS,
+            "run",
+            "-i",
+            "--rm",
+            "att",
+            "--image=tug.local/busybox-httpd:1",
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got $x",
+        ],
+        "hello\n",
+        &[],
+    );
+    has(&attached, "got hello");
     has(
         &k.ok(&["-n", NS, "expose", "deploy", "web", "--port=80", "--target-port=8080"]),
         "service/web exposed",

@@ -640,7 +640,9 @@ async fn launch(
         log_max_size: tug_shim::supervisor::logs::DEFAULT_MAX_SIZE,
         log_keep: tug_shim::supervisor::logs::DEFAULT_KEEP,
         line_max: tug_shim::supervisor::logs::DEFAULT_LINE_MAX,
-        stdin: false,
+        // `stdin: true` (what `kubectl run -i` asks): the container reads what attached
+        // clients send.
+        stdin: c.stdin.unwrap_or(false),
         shim: ctx.cfg.shim.clone(),
         join_cgroup: ctx.supervisor_cgroup.clone(),
     };

@@ -241,8 +241,13 @@ pub struct Container {
     pub startup_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// The container reads what attached clients send (`kubectl run -i`, `kubectl attach`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<bool>,
+    /// Accepted as Kubernetes has it; the container's stdin closes when an attached client
+    /// ends its input (the supervisor does so for every attach with stdin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_once: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -48,7 +48,7 @@ w = watch.Watch()
 available = False
 for event in w.stream(apps.list_namespaced_deployment, ns, field_selector="metadata.name=py", timeout_seconds=90):
     d = event["object"]
-    if (d.status.available_replicas or 0) >= 1:
+    if d.status is not None and (d.status.available_replicas or 0) >= 1:
         available = True
         w.stop()
 assert available, "the Deployment never had an available replica"

@@ -60,6 +60,7 @@ fn subresources(info: &KindInfo) -> Vec<Subresource> {
             status,
             ("log", vec!["get"], "Pod", None),
             ("exec", vec!["create", "get"], "PodExecOptions", None),
+            ("attach", vec!["create", "get"], "PodAttachOptions", None),
             ("eviction", vec!["create"], "Eviction", Some(("policy", "v1"))),
         ],
         "deployments" | "replicasets" => {

@@ -126,6 +126,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/nodes/{name}/tunnel", get(tunnel::accept))
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/attach", any(tunnel::attach))
         .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", axum::routing::post(handlers::eviction))
         .route("/apis/apps/v1/namespaces/{ns}/{plural}/{name}/scale", any(handlers::scale))
         .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes_all))

@@ -284,6 +284,30 @@ pub async fn logs(
     }
 }
 
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/attach?container=&stdin=&stdout=&tty=` over
+/// WebSocket (`kubectl attach`, `kubectl run -i`): the container's own stdio.
+pub async fn attach(
+    State(st): State<Arc<AppState>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Response {
+    let q = query_pairs(q.as_deref().unwrap_or(""));
+    if !upgrade_protocol(&req).as_deref().is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return status_response(&Status::bad_request(format!(
+            "attach needs Connection: upgrade and Upgrade: websocket ({})",
+            super::channels::PROTOCOLS.join(", ")
+        )));
+    }
+    let (target, node) = match target(&st, &ns, &name, value(&q, "container")) {
+        Ok(t) => t,
+        Err(s) => return status_response(&s),
+    };
+    let stdin = flag(&q, "stdin");
+    let result = ask(&st, &node, &TunnelRequest::Attach { target, stdin }).await;
+    super::channels::upgrade(req, result, stdin).await
+}
+
 /// `POST /api/v1/namespaces/{ns}/pods/{name}/exec?container=&command=…&stdin=&tty=` with
 /// `Upgrade: tug-exec`: after `101 Switching Protocols` the connection carries the
 /// supervisor's frames to and from the process.
