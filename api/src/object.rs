@@ -41,6 +41,25 @@ impl KindInfo {
         }
     }
 
+    /// Whether the kind has a status (and a `status` subresource); such objects answer with
+    /// `status: {}` from their creation on, as Kubernetes' do.
+    pub fn has_status(&self) -> bool {
+        !matches!(
+            self.plural,
+            "configmaps"
+                | "secrets"
+                | "serviceaccounts"
+                | "endpoints"
+                | "events"
+                | "leases"
+                | "priorityclasses"
+                | "roles"
+                | "clusterroles"
+                | "rolebindings"
+                | "clusterrolebindings"
+        )
+    }
+
     /// `deployment.apps`, `pod` — as kubectl prints it before `/name`.
     pub fn qualified_singular(&self) -> String {
         let s = self.kind.to_ascii_lowercase();

@@ -64,6 +64,15 @@ pub fn on_create(object: &mut Value, uid: &str, now: &str) {
             m.remove("status");
         }
     }
+    // A kind with a status shows an empty one until its controller writes it (clients such
+    // as the Python one read `status` of a fresh Deployment).
+    let has_status = object["kind"]
+        .as_str()
+        .and_then(|k| tug_api::object::KINDS.iter().find(|i| i.kind == k))
+        .is_some_and(|i| i.has_status());
+    if has_status && object.get("status").is_none_or(Value::is_null) {
+        object["status"] = serde_json::json!({});
+    }
 }
 
 /// Pods and Namespaces may carry a status from their creator (the agent); others start empty.
@@ -203,7 +212,10 @@ mod tests {
         assert_eq!(o["metadata"]["uid"], "u-1");
         assert_eq!(o["metadata"]["generation"], 1);
         assert!(o["metadata"].get("resourceVersion").is_none());
-        assert!(o.get("status").is_none());
+        assert_eq!(o["status"], json!({}), "a sent status is dropped; the kind's empty one shows");
+        let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"}});
+        on_create(&mut cm, "u-2", "2026-01-01T00:00:00Z");
+        assert!(cm.get("status").is_none(), "kinds without a status get none");
     }
 
     #[test]
