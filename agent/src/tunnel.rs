@@ -102,6 +102,9 @@ async fn serve<C: AsyncRead + AsyncWrite + Unpin + Send>(ctx: &Ctx, mut conn: C,
             serve_exec(ctx, &mut conn, &target, command, stdin, tty).await
         }
         Request::Attach { target, stdin } => serve_attach(ctx, &mut conn, &target, stdin).await,
+        Request::PortForward { namespace, pod, uid, port } => {
+            serve_port_forward(ctx, &mut conn, (&namespace, &pod, &uid), port).await
+        }
         Request::Stats => serve_stats(ctx, &mut conn).await,
     };
     if let Err(e) = result {
@@ -243,6 +246,38 @@ async fn serve_stats<C: AsyncWrite + Unpin>(ctx: &Ctx, conn: &mut C) -> Result<(
 
 /// Answers an exec request: starts the process through the container's supervisor, then
 /// relays the supervisor's frames between it and the tunnel until the process ends.
+/// Answers a port forward: a connection to `port` on the pod's loopback, made from a thread
+/// inside the pod's network namespace (the socket stays in it), relayed until either side
+/// ends.
+async fn serve_port_forward<C: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    conn: &mut C,
+    (namespace, pod, uid): (&str, &str, &str),
+    port: u16,
+) -> Result<(), String> {
+    let rec = PodRecord::load(&ctx.cfg.pods_dir(), uid)
+        .ok_or_else(|| format!("pod {namespace}/{pod} is not on node {} (yet)", ctx.cfg.node_name))?;
+    let netns =
+        rec.netns.clone().ok_or_else(|| format!("pod {namespace}/{pod} has no network namespace yet"))?;
+    let stream = tokio::task::spawn_blocking(move || {
+        crate::network::netns::run_in(Some(&netns), || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                std::time::Duration::from_secs(5),
+            )
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("entering pod {namespace}/{pod}'s network namespace: {e}"))?
+    .map_err(|e| format!("error forwarding port {port} to pod {pod}: dial tcp4 127.0.0.1:{port}: {e}"))?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut tcp = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+    reply(conn, None).await.map_err(|e| e.to_string())?;
+    let _ = tokio::io::copy_bidirectional(conn, &mut tcp).await;
+    Ok(())
+}
+
 /// Answers an attach: the supervisor's stream of the container's own stdio, relayed until
 /// either side ends.
 async fn serve_attach<C: AsyncRead + AsyncWrite + Unpin>(

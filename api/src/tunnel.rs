@@ -63,6 +63,10 @@ pub enum Request {
         target: Target,
         stdin: bool,
     },
+    /// A TCP connection to `port` on the pod's loopback, made inside its network namespace
+    /// (`kubectl port-forward`): after the reply, the connection's bytes both ways.
+    #[serde(rename_all = "camelCase")]
+    PortForward { namespace: String, pod: String, uid: String, port: u16 },
     /// The node's and its containers' resource usage: the answer is one [`Summary`] line.
     Stats,
 }

@@ -69,6 +69,17 @@ impl Kubectl {
     }
 }
 
+/// `GET /` on a local port: the whole answer, headers and body.
+fn http_get(port: u16) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -151,7 +162,7 @@ fn web_pods(k: &Kubectl, n: usize) -> Vec<String> {
 
 #[test]
 fn kubectl_drives_a_tug_cluster() {
-    let Some((_cluster, _cp, agent, k)) = setup() else { return };
+    let Some((_cluster, control, agent, k)) = setup() else { return };
 
     // Discovery, version, OpenAPI.
     has(&k.ok(&["version"]), "Server Version: v1.32.0-tug.");
@@ -339,6 +350,39 @@ fn kubectl_drives_a_tug_cluster() {
         ]),
         "pod/once created",
     );
+    // port-forward: kubectl's local port to the pod's 8080 (its httpd), through the agent.
+    let local = tug_integration::images::free_port();
+    let mut forward = k
+        .command(&["-n", NS, "port-forward", &format!("pod/{pod}"), &format!("{local}:8080")])
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut page = String::new();
+    let served = wait_for(Duration::from_secs(20), || {
+        page = http_get(local).unwrap_or_default();
+        page.contains("Hello from Tug")
+    });
+    // A second connection through the same forward.
+    let again = http_get(local).unwrap_or_default();
+    let _ = forward.kill();
+    let printed = forward.wait_with_output().expect("port-forward output");
+    assert!(served, "port-forward: {page:?}\n{}\n{}\n{}", text(&printed), control.log(), agent.log());
+    has(&again, "Hello from Tug");
+    has(&String::from_utf8_lossy(&printed.stdout), &format!("Forwarding from 127.0.0.1:{local} -> 8080"));
+    // The same over a plain SPDY upgrade, kubectl's older way (and its fallback).
+    let local = tug_integration::images::free_port();
+    let mut forward = k
+        .command(&["-n", NS, "port-forward", &format!("pod/{pod}"), &format!("{local}:8080")])
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .spawn()
+        .expect("kubectl port-forward");
+    let served = wait_for(Duration::from_secs(20), || {
+        page = http_get(local).unwrap_or_default();
+        page.contains("Hello from Tug")
+    });
+    let _ = forward.kill();
+    let printed = forward.wait_with_output().expect("port-forward output");
+    assert!(served, "port-forward over SPDY: {page:?}\n{}", text(&printed));
+
     // run -i: a pod with stdin, attached to (kubectl attach's WebSocket), removed after.
     let attached = k.ok_with(
         &[

@@ -61,6 +61,7 @@ fn subresources(info: &KindInfo) -> Vec<Subresource> {
             ("log", vec!["get"], "Pod", None),
             ("exec", vec!["create", "get"], "PodExecOptions", None),
             ("attach", vec!["create", "get"], "PodAttachOptions", None),
+            ("portforward", vec!["create", "get"], "PodPortForwardOptions", None),
             ("eviction", vec!["create"], "Eviction", Some(("policy", "v1"))),
         ],
         "deployments" | "replicasets" => {

@@ -33,10 +33,12 @@ pub mod metrics;
 pub mod objects;
 #[allow(clippy::result_large_err)]
 pub mod path;
+mod portforward;
 #[allow(clippy::result_large_err)]
 mod review;
 #[allow(clippy::result_large_err)]
 pub mod services;
+mod spdy;
 #[allow(clippy::result_large_err)]
 mod table;
 #[allow(clippy::result_large_err)]
@@ -127,6 +129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(tunnel::logs))
         .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(tunnel::exec))
         .route("/api/v1/namespaces/{ns}/pods/{name}/attach", any(tunnel::attach))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/portforward", any(portforward::serve))
         .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", axum::routing::post(handlers::eviction))
         .route("/apis/apps/v1/namespaces/{ns}/{plural}/{name}/scale", any(handlers::scale))
         .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes_all))

@@ -61,7 +61,7 @@ impl Tunnels {
     }
 }
 
-fn upgrade_protocol(req: &Request) -> Option<String> {
+pub(super) fn upgrade_protocol(req: &Request) -> Option<String> {
     let wants = req
         .headers()
         .get(header::CONNECTION)
@@ -99,7 +99,8 @@ pub async fn accept(State(st): State<Arc<AppState>>, Path(node): Path<String>, m
 }
 
 /// The pod and the container a request names: kubectl's rules for choosing the container.
-fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Result<(Target, String), Status> {
+/// The pod and the node it is on.
+pub(super) fn pod_on_node(st: &AppState, ns: &str, name: &str) -> Result<(Value, String), Status> {
     let info = tug_api::object::lookup("pods").ok_or_else(|| Status::internal("no pods kind"))?;
     let key = super::path::key(info, Some(ns), name);
     let pod: Value = super::handlers::blocking(|| st.store.get(&key))
@@ -111,6 +112,11 @@ fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Resul
         .filter(|n| !n.is_empty())
         .ok_or_else(|| Status::bad_request(format!("pod {name} does not have a host assigned")))?
         .to_string();
+    Ok((pod, node))
+}
+
+fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Result<(Target, String), Status> {
+    let (pod, node) = pod_on_node(st, ns, name)?;
     let names = |field: &str| -> Vec<String> {
         pod["spec"][field]
             .as_array()
@@ -140,7 +146,7 @@ fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Resul
 /// Sends `req` to the node's agent over one of its idle connections; returns the connection
 /// once the agent said yes. A connection its agent no longer holds (it restarted) fails at
 /// once and the next is tried.
-async fn ask(st: &AppState, node: &str, req: &TunnelRequest) -> Result<Conn, Status> {
+pub(super) async fn ask(st: &AppState, node: &str, req: &TunnelRequest) -> Result<Conn, Status> {
     ask_within(st, node, req, WAIT).await
 }
 
