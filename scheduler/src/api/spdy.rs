@@ -318,10 +318,10 @@ mod tests {
 
     /// A client's SYN_STREAM, compressed with the dictionary as Go's zlib writer does.
     fn client_syn(id: u32, headers: &[(&str, &str)]) -> Vec<u8> {
-        let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
+        let mut raw = u32::try_from(headers.len()).unwrap().to_be_bytes().to_vec();
         for (k, v) in headers {
             for s in [k, v] {
-                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                raw.extend_from_slice(&u32::try_from(s.len()).unwrap().to_be_bytes());
                 raw.extend_from_slice(s.as_bytes());
             }
         }
