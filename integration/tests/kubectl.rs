@@ -322,6 +322,13 @@ fn kubectl_drives_a_tug_cluster() {
     let failed = k.run(&["-n", NS, "exec", pod, "--", "sh", "-c", "exit 3"]);
     assert_eq!(failed.status.code(), Some(3), "{}", text(&failed));
     assert_eq!(k.ok_with(&["-n", NS, "exec", "-i", pod, "--", "cat"], "from stdin\n", &[]), "from stdin\n");
+    // The same over SPDY, kubectl's older transport and its fallback.
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    assert_eq!(k.ok_with(&["-n", NS, "exec", pod, "--", "echo", "hi"], "", &spdy), "hi\n");
+    let failed = k.run_with(&["-n", NS, "exec", pod, "--", "sh", "-c", "echo oops >&2; exit 4"], "", &spdy);
+    assert_eq!(failed.status.code(), Some(4), "{}", text(&failed));
+    has(&String::from_utf8_lossy(&failed.stderr), "oops");
+    assert_eq!(k.ok_with(&["-n", NS, "exec", "-i", pod, "--", "cat"], "over spdy\n", &spdy), "over spdy\n");
     let tty = Command::new("script")
         .args(["-qec", &format!("{KUBECTL} -n {NS} exec -it {pod} -- sh -c 'tty; stty size'"), "/dev/null"])
         .env("KUBECONFIG", &k.config)

@@ -146,6 +146,222 @@ where
     input.abort();
 }
 
+/// The remote-command protocols offered over SPDY, best first (kubectl sends its list in
+/// `X-Stream-Protocol-Version`; v4 carries the outcome as a Status on the error stream).
+const SPDY_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "v5.channel.k8s.io"];
+
+/// Exec or attach over a connection upgraded to SPDY/3.1, kubectl's older transport (and its
+/// fallback when a WebSocket upgrade fails): the client opens one stream per channel, named by
+/// its `streamtype` header (error, stdin, stdout, stderr, resize); once they are there the
+/// process's frames flow on them, and its outcome goes on the error stream.
+pub async fn spdy_upgrade<C>(
+    mut req: axum::extract::Request,
+    agent: Result<C, Status>,
+    flags: Streams,
+) -> Response
+where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .collect();
+    let Some(protocol) = SPDY_PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+        return super::handlers::status_response(&Status::bad_request(format!(
+            "no protocol in X-Stream-Protocol-Version ({}) is one this server speaks ({})",
+            offered.join(", "),
+            SPDY_PROTOCOLS.join(", ")
+        )));
+    };
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(io) = on.await {
+            spdy_session(hyper_util::rt::TokioIo::new(io), agent, flags).await;
+        }
+    });
+    axum::http::Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", *protocol)
+        .body(axum::body::Body::empty())
+        .unwrap_or_default()
+}
+
+/// Which streams a remote command has (from its query).
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl Streams {
+    fn expected(&self) -> usize {
+        // error, and resize with a terminal
+        1 + usize::from(self.stdin)
+            + usize::from(self.stdout)
+            + usize::from(self.stderr && !self.tty)
+            + usize::from(self.tty)
+    }
+}
+
+async fn spdy_session<S, C>(conn: S, agent: Result<C, Status>, flags: Streams)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use super::spdy::{self, Frame};
+    let (r, mut w) = tokio::io::split(conn);
+    let (out, mut frames) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(f) = frames.recv().await {
+            if w.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    let mut reader = spdy::Reader::new(r);
+    let mut replies = spdy::Writer::default();
+    let mut ids: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    // The streams, until every one the command has is open (or 10 s pass).
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while ids.len() < flags.expected() {
+            match reader.next().await {
+                Ok(Some(Frame::SynStream { id, headers, .. })) => {
+                    let _ = out.send(replies.syn_reply(id, &[], false));
+                    if let Some((_, t)) = headers.iter().find(|(k, _)| k == "streamtype") {
+                        ids.insert(t.clone(), id);
+                    }
+                }
+                Ok(Some(Frame::Ping { id })) => {
+                    let _ = out.send(spdy::ping(id));
+                }
+                Ok(Some(_)) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    let error_id = ids.get("error").copied();
+    let finish = |status: &Value| {
+        if let Some(id) = error_id {
+            let _ = out.send(spdy::data(id, status.to_string().as_bytes(), true));
+        }
+    };
+    let mut agent = match (opened, agent) {
+        (true, Ok(a)) => a,
+        (_, Err(s)) => {
+            finish(&json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                "message": format!("error executing command in container: {}", s.message)}));
+            drop(out);
+            let _ = writer.await;
+            return;
+        }
+        (false, Ok(_)) => {
+            finish(&json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                "message": "timed out waiting for the client to create the streams"}));
+            drop(out);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let (stdin_id, resize_id) = (ids.get("stdin").copied(), ids.get("resize").copied());
+    let (stdout_id, stderr_id) = (ids.get("stdout").copied(), ids.get("stderr").copied());
+    let (mut rd, mut wr) = tokio::io::split(&mut agent);
+    let input = async {
+        let mut resize_buf: Vec<u8> = Vec::new();
+        loop {
+            match reader.next().await {
+                Ok(Some(Frame::Data { id, flags: f, data })) => {
+                    if !data.is_empty() {
+                        let _ = out.send(spdy::window_update(id, u32::try_from(data.len()).unwrap_or(0)));
+                    }
+                    if Some(id) == stdin_id {
+                        if !data.is_empty()
+                            && wr.write_all(&frame::encode(frame::STDIN, &data)).await.is_err()
+                        {
+                            break;
+                        }
+                        if f & spdy::FLAG_FIN != 0 {
+                            let _ = wr.write_all(&frame::encode(frame::CLOSE_STDIN, &[])).await;
+                        }
+                    } else if Some(id) == resize_id {
+                        // A JSON object per resize, one after another.
+                        resize_buf.extend_from_slice(&data);
+                        let mut stream =
+                            serde_json::Deserializer::from_slice(&resize_buf).into_iter::<Value>();
+                        let mut used = 0;
+                        while let Some(Ok(size)) = stream.next() {
+                            used = stream.byte_offset();
+                            let mut msg = vec![RESIZE];
+                            msg.extend_from_slice(size.to_string().as_bytes());
+                            if let Some(f) = to_frame(&msg) {
+                                let _ = wr.write_all(&f).await;
+                            }
+                        }
+                        resize_buf.drain(..used);
+                    }
+                }
+                Ok(Some(Frame::Ping { id })) => {
+                    let _ = out.send(spdy::ping(id));
+                }
+                Ok(Some(Frame::GoAway)) | Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+        if flags.stdin {
+            let _ = wr.write_all(&frame::encode(frame::CLOSE_STDIN, &[])).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let output = async {
+        let mut pending = Vec::new();
+        let mut chunk = vec![0u8; 32 << 10];
+        loop {
+            while let Some((kind, payload)) = frame::decode(&mut pending) {
+                let id = match kind {
+                    frame::STDOUT => stdout_id,
+                    frame::STDERR => stderr_id.or(stdout_id),
+                    frame::EXIT => {
+                        let v: Value = serde_json::from_slice(&payload).unwrap_or_default();
+                        return Some(v["code"].as_i64().unwrap_or(1));
+                    }
+                    _ => None,
+                };
+                if let Some(id) = id {
+                    let _ = out.send(spdy::data(id, &payload, false));
+                }
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let code = tokio::select! {
+        c = output => c,
+        () = input => None,
+    };
+    for id in [stdout_id, stderr_id].into_iter().flatten() {
+        let _ = out.send(spdy::data(id, &[], true));
+    }
+    finish(&match code {
+        Some(c) => outcome(c),
+        None => json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+            "message": "the connection to the container ended before its process did"}),
+    });
+    drop(out);
+    let _ = writer.await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,6 +209,16 @@ fn flag(q: &[(String, String)], name: &str) -> bool {
     q.iter().any(|(k, v)| k == name && (v.is_empty() || tug_api::query_bool(v)))
 }
 
+/// The streams a remote command's query asks for.
+fn streams(q: &[(String, String)]) -> super::channels::Streams {
+    super::channels::Streams {
+        stdin: flag(q, "stdin"),
+        stdout: flag(q, "stdout"),
+        stderr: flag(q, "stderr"),
+        tty: flag(q, "tty"),
+    }
+}
+
 fn value<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
@@ -299,9 +309,11 @@ pub async fn attach(
     req: Request,
 ) -> Response {
     let q = query_pairs(q.as_deref().unwrap_or(""));
-    if !upgrade_protocol(&req).as_deref().is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+    let upgrade = upgrade_protocol(&req).unwrap_or_default();
+    let spdy = upgrade.eq_ignore_ascii_case("SPDY/3.1");
+    if !upgrade.eq_ignore_ascii_case("websocket") && !spdy {
         return status_response(&Status::bad_request(format!(
-            "attach needs Connection: upgrade and Upgrade: websocket ({})",
+            "attach needs Connection: upgrade and Upgrade: websocket ({}) or SPDY/3.1",
             super::channels::PROTOCOLS.join(", ")
         )));
     }
@@ -311,6 +323,9 @@ pub async fn attach(
     };
     let stdin = flag(&q, "stdin");
     let result = ask(&st, &node, &TunnelRequest::Attach { target, stdin }).await;
+    if spdy {
+        return super::channels::spdy_upgrade(req, result, streams(&q)).await;
+    }
     super::channels::upgrade(req, result, stdin).await
 }
 
@@ -326,9 +341,10 @@ pub async fn exec(
     let q = query_pairs(q.as_deref().unwrap_or(""));
     let upgrade = upgrade_protocol(&req);
     let websocket = upgrade.as_deref().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    if upgrade.as_deref() != Some(EXEC_PROTOCOL) && !websocket {
+    let spdy = upgrade.as_deref().is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+    if upgrade.as_deref() != Some(EXEC_PROTOCOL) && !websocket && !spdy {
         return status_response(&Status::bad_request(format!(
-            "exec needs Connection: upgrade and Upgrade: websocket (kubectl's {}) or {EXEC_PROTOCOL} (tug exec's)",
+            "exec needs Connection: upgrade and Upgrade: websocket (kubectl's {}), SPDY/3.1 or {EXEC_PROTOCOL} (tug exec's)",
             super::channels::PROTOCOLS.join(", ")
         )));
     }
@@ -348,6 +364,9 @@ pub async fn exec(
         // The pod is there: what goes wrong from here (no such command) is the process's
         // outcome on the error channel, as Kubernetes reports it, not a refused upgrade.
         return super::channels::upgrade(req, result, flag(&q, "stdin")).await;
+    }
+    if spdy {
+        return super::channels::spdy_upgrade(req, result, streams(&q)).await;
     }
     let mut agent = match result {
         Ok(c) => c,
