@@ -199,6 +199,16 @@ fn kubectl_drives_a_tug_cluster() {
     has(&k.ok(&["-n", NS, "create", "serviceaccount", "bot"]), "serviceaccount/bot created");
     assert!(k.ok(&["-n", NS, "create", "token", "bot"]).starts_with("eyJ"));
 
+    // create -f, and a list of every kind that lists.
+    has(
+        &k.ok_with(&["create", "-f", "-"], &SETTINGS.replace("name: settings", "name: created"), &[]),
+        "configmap/created created",
+    );
+    for resource in k.ok(&["api-resources", "--verbs=list", "-o", "name"]).lines() {
+        let out = k.run(&["get", resource, "-A"]);
+        assert!(out.status.success(), "kubectl get {resource} -A: {}", text(&out));
+    }
+
     // apply: client-side, then again unchanged, then server-side; dry runs write nothing.
     has(&k.ok_with(&["apply", "-f", "-"], SETTINGS, &[]), "configmap/settings created");
     has(&k.ok_with(&["apply", "-f", "-"], SETTINGS, &[]), "configmap/settings unchanged");
@@ -317,6 +327,30 @@ fn kubectl_drives_a_tug_cluster() {
     has(&k.ok(&["-n", NS, "logs", pod]), "started");
     has(&k.ok(&["-n", NS, "logs", pod, "--tail=1", "--timestamps"]), "Z started");
     has(&k.ok(&["-n", NS, "logs", pod, "--since=1h"]), "started");
+    // logs -f: what the container writes while followed.
+    let mut follow = k.command(&["-n", NS, "logs", "-f", pod]).spawn().expect("kubectl logs -f");
+    k.ok(&["-n", NS, "exec", pod, "--", "sh", "-c", "echo followed-line > /proc/1/fd/1"]);
+    let (lines, seen) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut followed = String::new();
+    while !followed.contains("followed-line") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => followed += &(line + "\n"),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    has(&followed, "followed-line");
     assert_eq!(k.ok(&["-n", NS, "logs", pod, "--since-time=2100-01-01T00:00:00Z"]), "");
     assert_eq!(k.ok(&["-n", NS, "exec", pod, "--", "echo", "hi"]), "hi\n");
     let failed = k.run(&["-n", NS, "exec", pod, "--", "sh", "-c", "exit 3"]);
