@@ -17,28 +17,39 @@ pub fn free_port() -> u16 {
 }
 
 impl EtcdProcess {
+    /// Starts etcd on two free loopback ports. A port picked free can be taken by another
+    /// test before etcd binds it (etcd then exits): it is tried again on new ports.
     pub fn start() -> EtcdProcess {
-        let dir = tempfile::Builder::new().prefix("tug-etcd-").tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--name", "tug-test"])
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("tug-test=http://127.0.0.1:{peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd (make deps installs etcd-server)");
-        let listening = || std::net::TcpStream::connect(("127.0.0.1", client)).is_ok();
-        assert!(
-            crate::wait_for(std::time::Duration::from_secs(20), listening),
-            "etcd did not listen on {endpoint}"
-        );
-        EtcdProcess { child, _dir: dir, endpoint }
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new().prefix("tug-etcd-").tempdir().unwrap();
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let mut child = Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["--name", "tug-test"])
+                .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &format!("tug-test=http://127.0.0.1:{peer}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd (make deps installs etcd-server)");
+            let mut exited = false;
+            let listening = crate::wait_for(std::time::Duration::from_secs(20), || {
+                exited = matches!(child.try_wait(), Ok(Some(_)));
+                exited || std::net::TcpStream::connect(("127.0.0.1", client)).is_ok()
+            });
+            if listening && !exited {
+                return EtcdProcess { child, _dir: dir, endpoint };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last = format!("etcd did not listen on {endpoint}{}", if exited { " (it exited)" } else { "" });
+        }
+        panic!("{last}, three times");
     }
 }
 

@@ -39,6 +39,7 @@ where
         match agent {
             Ok(agent) => bridge(socket, agent, stdin).await,
             Err(s) => {
+                tokio::time::sleep(FIRST_MESSAGE_AFTER).await;
                 let (mut tx, _) = socket.split();
                 let status = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
                     "message": format!("error executing command in container: {}", s.message)});
@@ -85,10 +86,18 @@ pub fn to_frame(msg: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// How long after the upgrade the first message waits: client-go reads messages as soon as
+/// the socket is open but registers its streams a moment later, and drops a message for a
+/// stream not yet registered ("Unknown stream id"); a process that answers at once (the exec
+/// started before the upgrade) would lose its output and outcome.
+const FIRST_MESSAGE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 async fn bridge<C>(socket: WebSocket, agent: C, stdin: bool)
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let upgraded = tokio::time::Instant::now();
+    let mut first = true;
     let (mut tx, mut rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(agent);
     let input = tokio::spawn(async move {
@@ -128,6 +137,9 @@ where
             let mut msg = Vec::with_capacity(payload.len() + 1);
             msg.push(channel);
             msg.extend_from_slice(&payload);
+            if std::mem::take(&mut first) {
+                tokio::time::sleep_until(upgraded + FIRST_MESSAGE_AFTER).await;
+            }
             if tx.send(Message::Binary(msg.into())).await.is_err() {
                 break 'read;
             }
@@ -142,6 +154,9 @@ where
         None => json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
             "message": "the connection to the container ended before its process did"}),
     };
+    if first {
+        tokio::time::sleep_until(upgraded + FIRST_MESSAGE_AFTER).await;
+    }
     finish(&mut tx, &status).await;
     input.abort();
 }
