@@ -115,6 +115,129 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
     h
 }
 
+/// The READY, STATUS and RESTARTS of a pod, as kubectl computes them (`printPod`).
+pub struct PodColumns {
+    pub ready: String,
+    pub status: String,
+    pub restarts: String,
+}
+
+/// kubectl's pod status: the phase, or the pod's reason (`Evicted`, `NodeLost`); then the
+/// first unfinished init container's state (`Init:0/2`, `Init:CrashLoopBackOff`,
+/// `Init:Error`); then, once initialized, the containers' own — a waiting reason
+/// (`ContainerCreating`, `CrashLoopBackOff`, `ErrImagePull`, `ImagePullBackOff`), a terminated
+/// reason (`Completed`, `Error`, `OOMKilled`) or `ExitCode:N`/`Signal:N` — and `Terminating`
+/// for a pod marked deleted (`Unknown` when its node was lost). Restarts show how long ago
+/// the last one ended.
+pub fn pod_status(pod: &Value, now: SystemTime) -> PodColumns {
+    let spec = &pod["spec"];
+    let st = &pod["status"];
+    let phase = st["phase"].as_str().unwrap_or("Pending").to_string();
+    let mut reason = match st["reason"].as_str() {
+        Some(r) if !r.is_empty() => r.to_string(),
+        _ => phase.clone(),
+    };
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let (init_specs, init_statuses, statuses) =
+        (list(&spec["initContainers"]), list(&st["initContainerStatuses"]), list(&st["containerStatuses"]));
+    let restartable =
+        |name: &str| init_specs.iter().any(|c| c["name"] == name && c["restartPolicy"] == "Always");
+    let mut total = spec["containers"].as_array().map_or(0, Vec::len);
+    total += init_specs.iter().filter(|c| c["restartPolicy"] == "Always").count();
+    let finished = |c: &Value| -> Option<SystemTime> {
+        c["lastState"]["terminated"]["finishedAt"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok())
+    };
+    let later = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    let (mut restarts, mut last_restart) = (0i64, None);
+    let (mut sidecar_restarts, mut sidecar_last) = (0i64, None);
+    let mut ready = 0usize;
+    let mut initializing = false;
+    for (i, c) in init_statuses.iter().enumerate() {
+        let name = c["name"].as_str().unwrap_or_default();
+        restarts += n(&c["restartCount"]);
+        last_restart = later(last_restart, finished(c));
+        if restartable(name) {
+            sidecar_restarts += n(&c["restartCount"]);
+            sidecar_last = later(sidecar_last, finished(c));
+        }
+        let terminated = &c["state"]["terminated"];
+        let waiting = &c["state"]["waiting"];
+        if terminated.is_object() && n(&terminated["exitCode"]) == 0 {
+            continue;
+        }
+        if restartable(name) && c["started"] == true {
+            ready += usize::from(c["ready"] == true);
+            continue;
+        }
+        initializing = true;
+        reason = if terminated.is_object() {
+            match terminated["reason"].as_str() {
+                Some(r) if !r.is_empty() => format!("Init:{r}"),
+                _ if n(&terminated["signal"]) != 0 => format!("Init:Signal:{}", n(&terminated["signal"])),
+                _ => format!("Init:ExitCode:{}", n(&terminated["exitCode"])),
+            }
+        } else {
+            match waiting["reason"].as_str() {
+                Some(r) if !r.is_empty() && r != "PodInitializing" => format!("Init:{r}"),
+                _ => format!("Init:{i}/{}", init_specs.len()),
+            }
+        };
+        break;
+    }
+    let initialized = st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        last_restart = sidecar_last;
+        let mut running = false;
+        for c in statuses.iter().rev() {
+            restarts += n(&c["restartCount"]);
+            last_restart = later(last_restart, finished(c));
+            let (waiting, terminated) = (&c["state"]["waiting"], &c["state"]["terminated"]);
+            if let Some(r) = waiting["reason"].as_str().filter(|r| !r.is_empty()) {
+                reason = r.to_string();
+            } else if let Some(r) = terminated["reason"].as_str().filter(|r| !r.is_empty()) {
+                reason = r.to_string();
+            } else if terminated.is_object() {
+                reason = if n(&terminated["signal"]) != 0 {
+                    format!("Signal:{}", n(&terminated["signal"]))
+                } else {
+                    format!("ExitCode:{}", n(&terminated["exitCode"]))
+                };
+            } else if c["ready"] == true && c["state"]["running"].is_object() {
+                running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && running {
+            let pod_ready = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            reason = if pod_ready { "Running".into() } else { "NotReady".into() };
+        }
+    }
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        if st["reason"] == "NodeLost" {
+            reason = "Unknown".into();
+        } else if phase != "Failed" && phase != "Succeeded" {
+            reason = "Terminating".into();
+        }
+    }
+    let restarts = match last_restart.and_then(|t| now.duration_since(t).ok()) {
+        Some(ago) if restarts != 0 => format!("{restarts} ({} ago)", human_duration(ago)),
+        _ => restarts.to_string(),
+    };
+    PodColumns { ready: format!("{ready}/{total}"), status: reason, restarts }
+}
+
 /// One table row for an object.
 pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
     let kind = obj["kind"].as_str().unwrap_or_default();
@@ -164,16 +287,8 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             age(obj, now),
         ],
         "Pod" => {
-            let statuses = st["containerStatuses"].as_array().cloned().unwrap_or_default();
-            let total = spec["containers"].as_array().map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().map(|c| n(&c["restartCount"])).sum();
-            let mut phase = st["phase"].as_str().unwrap_or("Pending").to_string();
-            // kubectl's column: a pod marked deleted is Terminating until it is gone.
-            if obj["metadata"]["deletionTimestamp"].is_string() {
-                phase = "Terminating".into();
-            }
-            vec![name, format!("{ready}/{total}"), phase, restarts.to_string(), age(obj, now)]
+            let p = pod_status(obj, now);
+            vec![name, p.ready, p.status, p.restarts, age(obj, now)]
         }
         "Deployment" => {
             let want = n(&spec["replicas"]);
@@ -481,6 +596,86 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn status(pod: serde_json::Value) -> String {
+        pod_status(&pod, SystemTime::now()).status
+    }
+
+    #[test]
+    fn pod_status_reads_like_kubectls() {
+        use serde_json::json;
+        let c = |state: serde_json::Value| json!({"name": "c", "state": state, "restartCount": 0});
+        let pod = |phase: &str, statuses: Vec<serde_json::Value>| {
+            json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]},
+                "status": {"phase": phase, "containerStatuses": statuses}})
+        };
+        assert_eq!(status(pod("Pending", vec![])), "Pending");
+        assert_eq!(
+            status(pod("Pending", vec![c(json!({"waiting": {"reason": "ContainerCreating"}}))])),
+            "ContainerCreating"
+        );
+        assert_eq!(
+            status(pod("Running", vec![c(json!({"waiting": {"reason": "CrashLoopBackOff"}}))])),
+            "CrashLoopBackOff"
+        );
+        assert_eq!(
+            status(pod("Pending", vec![c(json!({"waiting": {"reason": "ImagePullBackOff"}}))])),
+            "ImagePullBackOff"
+        );
+        assert_eq!(
+            status(pod("Succeeded", vec![c(json!({"terminated": {"reason": "Completed", "exitCode": 0}}))])),
+            "Completed"
+        );
+        assert_eq!(
+            status(pod("Failed", vec![c(json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}}))])),
+            "OOMKilled"
+        );
+        assert_eq!(status(pod("Failed", vec![c(json!({"terminated": {"exitCode": 3}}))])), "ExitCode:3");
+        let mut running = pod(
+            "Running",
+            vec![json!({"name": "c", "ready": true, "state": {"running": {}}, "restartCount": 2,
+            "lastState": {"terminated": {"finishedAt": "2020-01-01T00:00:00Z"}}})],
+        );
+        let cols = pod_status(&running, SystemTime::now());
+        assert_eq!((cols.ready.as_str(), cols.status.as_str()), ("1/1", "Running"));
+        assert!(cols.restarts.starts_with("2 (") && cols.restarts.ends_with(" ago)"), "{}", cols.restarts);
+        running["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        assert_eq!(status(running.clone()), "Terminating");
+        running["status"]["reason"] = "NodeLost".into();
+        assert_eq!(status(running), "Unknown");
+        let evicted = json!({"metadata": {}, "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Failed", "reason": "Evicted"}});
+        assert_eq!(status(evicted), "Evicted");
+        // Init containers: the first unfinished one speaks for the pod.
+        let init = |statuses: Vec<serde_json::Value>| {
+            json!({"metadata": {}, "spec": {"initContainers": [{"name": "i1"}, {"name": "i2"}], "containers": [{"name": "c"}]},
+                "status": {"phase": "Pending", "initContainerStatuses": statuses,
+                    "containerStatuses": [c(json!({"waiting": {"reason": "PodInitializing"}}))]}})
+        };
+        let i =
+            |name: &str, state: serde_json::Value| json!({"name": name, "state": state, "restartCount": 0});
+        assert_eq!(
+            status(init(vec![i("i1", json!({"running": {}})), i("i2", json!({"waiting": {}}))])),
+            "Init:0/2"
+        );
+        assert_eq!(
+            status(init(vec![
+                i("i1", json!({"terminated": {"exitCode": 0}})),
+                i("i2", json!({"waiting": {"reason": "CrashLoopBackOff"}}))
+            ])),
+            "Init:CrashLoopBackOff"
+        );
+        assert_eq!(
+            status(init(vec![i("i1", json!({"terminated": {"exitCode": 1, "reason": "Error"}}))])),
+            "Init:Error"
+        );
+        assert_eq!(
+            status(init(vec![
+                i("i1", json!({"terminated": {"exitCode": 0}})),
+                i("i2", json!({"terminated": {"exitCode": 0}}))
+            ])),
+            "PodInitializing"
+        );
     }
 
     #[test]

@@ -363,6 +363,32 @@ spec:
     let pod = wait_pod(&cp, &agent, "crash", 60, "restarted twice", |p| {
         p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 2
     });
+    // The STATUS column says what kubectl says: the crash loop, not the phase.
+    let shows = |pod: &str, want: &str| {
+        wait_for(Duration::from_secs(60), || {
+            String::from_utf8_lossy(&cp.tug(&["get", "pod", pod]).stdout).contains(want)
+        })
+    };
+    assert!(
+        shows("crash", "CrashLoopBackOff"),
+        "{}",
+        String::from_utf8_lossy(&cp.tug(&["get", "pod", "crash"]).stdout)
+    );
+    // Events: started, and one BackOff event counted up (not one per restart).
+    let events = |reason: &str| -> Vec<Value> {
+        get(&cp, &["events"])
+            .and_then(|l| l["items"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["involvedObject"]["name"] == "crash" && e["reason"] == reason)
+            .collect()
+    };
+    assert!(!events("Started").is_empty(), "a Started event");
+    let counted = wait_for(Duration::from_secs(60), || {
+        let b = events("BackOff");
+        b.len() == 1 && b[0]["count"].as_u64().unwrap_or(0) >= 2
+    });
+    assert!(counted, "one BackOff event, counted: {:#?}", events("BackOff"));
     let uid = pod["metadata"]["uid"].as_str().unwrap();
     let dir = agent.state_dir().join("logs").join(format!("default_crash_{uid}")).join("c");
     let runs = || tug_integration::names_in(&dir);
@@ -375,6 +401,7 @@ spec:
     });
     assert_eq!(pod["status"]["phase"], "Failed");
     assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0, "restartPolicy Never");
+    assert!(shows("hog", "OOMKilled"), "{}", String::from_utf8_lossy(&cp.tug(&["get", "pod", "hog"]).stdout));
 }
 
 #[test]

@@ -240,6 +240,23 @@ pub async fn worker(
         }
         let spec = pod.as_ref().map(|p| p.spec.clone()).unwrap_or_default();
         let actions = plan::plan(&spec, &rec, deleted || terminating, now_ms());
+        // A container waiting out its restart back-off: kubelet's BackOff, counted up while
+        // the crash loop lasts.
+        if !(deleted || terminating) {
+            let now = now_ms();
+            for (cname, c) in &rec.containers {
+                if let State::Terminated(t) = &c.state
+                    && c.backoff_until.is_some_and(|u| now < u)
+                    && plan::restarts(&spec, c.init, t)
+                {
+                    let message = format!(
+                        "Back-off restarting failed container {cname} in pod {}_{}({})",
+                        rec.name, rec.namespace, rec.uid
+                    );
+                    record_event(&ctx, &rec, "Warning", "BackOff", message);
+                }
+            }
+        }
         wake = None;
         // The sandbox is made and the containers start right after, in the next sync: their
         // status then says more than a Pending one written in between would.
@@ -417,6 +434,15 @@ fn probes(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, tx: &mpsc::UnboundedSe
     }
 }
 
+/// Records a pod event in the background (`api::pod_event`; repeats are counted, not added).
+fn record_event(ctx: &Ctx, rec: &PodRecord, type_: &'static str, reason: &'static str, message: String) {
+    let (api, node) = (ctx.api.clone(), ctx.cfg.node_name.clone());
+    let (ns, name, uid) = (rec.namespace.clone(), rec.name.clone(), rec.uid.clone());
+    tokio::spawn(
+        async move { api::pod_event(&api, &node, (&ns, &name, &uid), type_, reason, &message).await },
+    );
+}
+
 /// Stops the containers whose liveness or startup probe failed; their exit then restarts
 /// them under the pod's policy. Whether any was stopped.
 async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
@@ -592,6 +618,9 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
     let entry = rec.containers.get_mut(name).expect("entry");
     match result {
         Ok(()) => {
+            record_event(ctx, rec, "Normal", "Created", format!("Created container: {name}"));
+            record_event(ctx, rec, "Normal", "Started", format!("Started container {name}"));
+            let entry = rec.containers.get_mut(name).expect("entry");
             if let Some(t) = previous {
                 entry.restart_count += 1;
                 entry.last = Some(t);
@@ -797,6 +826,11 @@ async fn wait_exit(socket: &std::path::Path, limit: Duration) -> bool {
 /// Everything of the pod goes: containers (gracefully, all at once), network, files.
 async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     let grace = Duration::from_secs(u64::try_from(rec.grace_seconds.unwrap_or(30)).unwrap_or(30));
+    for (name, c) in &rec.containers {
+        if matches!(c.state, State::Running { .. } | State::Starting) {
+            record_event(ctx, rec, "Normal", "Killing", format!("Stopping container {name}"));
+        }
+    }
     let stops = rec.containers.values().filter_map(|c| {
         let id = c.id.clone()?;
         matches!(c.state, State::Running { .. } | State::Starting).then_some((id, c.stop_signal.clone()))
