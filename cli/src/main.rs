@@ -43,8 +43,12 @@ enum Cmd {
     },
     /// List objects, or show one.
     Get(commands::get::GetArgs),
-    /// Show one object in detail.
-    Describe { kind: String, name: String },
+    /// Show objects in detail, with their events (kubectl's layout for pods and deployments).
+    Describe {
+        /// `KIND [NAME...]` or `KIND/NAME...`; a kind alone describes every object of it.
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
     /// Delete objects by kind and name, or those in manifests.
     Delete(commands::delete::DeleteArgs),
     /// Create a namespace, configmap or secret from the command line.
@@ -155,7 +159,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Cmd::Apply { files } => commands::apply::run(&client, &files, ns.as_deref()).await,
         Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,
-        Cmd::Describe { kind, name } => commands::describe::run(&client, &kind, &name, ns.as_deref()).await,
+        Cmd::Describe { targets } => commands::describe::run(&client, &targets, ns.as_deref()).await,
         Cmd::Delete(args) => commands::delete::run(&client, &args, ns.as_deref()).await,
         Cmd::Rollout(c) => commands::rollout::run(&client, c, ns.as_deref()).await,
         Cmd::Scale(a) => commands::rollout::scale(&client, &a, ns.as_deref()).await,

@@ -389,6 +389,10 @@ spec:
         b.len() == 1 && b[0]["count"].as_u64().unwrap_or(0) >= 2
     });
     assert!(counted, "one BackOff event, counted: {:#?}", events("BackOff"));
+    let described = String::from_utf8_lossy(&cp.tug(&["describe", "pod/crash"]).stdout).into_owned();
+    for want in ["Status:", "Restart Count:", "Last State:       Terminated", "Events:", "BackOff", "(x"] {
+        assert!(described.contains(want), "{want:?} in:\n{described}");
+    }
     let uid = pod["metadata"]["uid"].as_str().unwrap();
     let dir = agent.state_dir().join("logs").join(format!("default_crash_{uid}")).join("c");
     let runs = || tug_integration::names_in(&dir);

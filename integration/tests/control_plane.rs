@@ -89,8 +89,19 @@ fn get_tables_selectors_and_errors_read_like_kubectl() {
     assert_eq!(err(&o), "error: the server doesn't have a resource type \"gizmos\"");
     let o = cp.tug(&["delete", "svc", "web", "-n", "shop"]);
     assert_eq!(out(&o), "service \"web\" deleted\n");
+    // KIND/NAME, several kinds, label columns, no headers.
+    let o = cp.tug(&["get", "deploy/web", "-n", "shop", "--no-headers"]);
+    assert!(out(&o).starts_with("web "), "{}", out(&o));
+    let o = cp.tug(&["get", "deploy,cm", "-n", "shop", "--no-headers", "-o", "wide"]);
+    assert!(out(&o).contains("deployment.apps/web ") && out(&o).contains("configmap/"), "{}", out(&o));
+    let o = cp.tug(&["get", "deploy", "web", "-n", "shop", "-L", "app", "--show-labels"]);
+    assert!(out(&o).lines().next().unwrap_or("").ends_with("APP   LABELS"), "{}", out(&o));
     let o = cp.tug(&["describe", "deploy", "web", "-n", "shop"]);
-    assert!(out(&o).starts_with("Name:         web\nNamespace:    shop\n"), "{}", out(&o));
+    let text = out(&o);
+    assert!(text.starts_with("Name:                   web\nNamespace:              shop\n"), "{text}");
+    assert!(text.contains("\nReplicas:"), "{text}");
+    assert!(text.contains("StrategyType:           RollingUpdate"), "{text}");
+    assert!(text.contains("\nEvents:"), "{text}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `tug get KIND [NAME] [-A] [-l SEL] [-o wide|yaml|json|name] [-w]`.
+//! `tug get KIND [NAME...] | KIND/NAME... | KIND,KIND... | all [-A] [-l SEL]
+//! [-o wide|yaml|json|name] [--show-labels] [-L KEY] [--no-headers] [--sort-by PATH] [-w]`.
 
 use super::kind;
 use crate::client::Client;
@@ -9,10 +10,22 @@ use std::time::SystemTime;
 
 #[derive(clap::Args)]
 pub struct GetArgs {
-    /// Kind: pods, deployments (deploy), services (svc), configmaps (cm), secrets, namespaces (ns), replicasets (rs).
-    kind: String,
-    /// One object's name.
-    name: Option<String>,
+    /// What to get: `KIND [NAME...]` (pods, deploy, svc, cm, …), `KIND/NAME...`, `KIND,KIND`,
+    /// or `all` (pods, services, deployments, replicasets, jobs, cronjobs, autoscalers).
+    #[arg(required = true)]
+    targets: Vec<String>,
+    /// Print the labels as a last column.
+    #[arg(long)]
+    show_labels: bool,
+    /// A label's value as a column of its own (repeatable, or comma-separated).
+    #[arg(short = 'L', long = "label-columns")]
+    label_columns: Vec<String>,
+    /// Leave out the header line.
+    #[arg(long)]
+    no_headers: bool,
+    /// Sort by a field (`.metadata.name`, `{.status.startTime}`).
+    #[arg(long)]
+    sort_by: Option<String>,
     /// List across all namespaces.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
@@ -30,8 +43,138 @@ pub struct GetArgs {
     chunk_size: usize,
 }
 
+/// The kinds `all` stands for (Kubernetes' `all` category, of the kinds Tug serves).
+const ALL: &[&str] =
+    &["pods", "services", "deployments", "replicasets", "jobs", "cronjobs", "horizontalpodautoscalers"];
+
+/// What the arguments ask for: each kind with the names asked for (none: all of them).
+fn targets(args: &[String]) -> Result<Vec<(&'static tug_api::object::KindInfo, Vec<String>)>, String> {
+    let mut out: Vec<(&'static tug_api::object::KindInfo, Vec<String>)> = Vec::new();
+    if args[0].contains('/') {
+        for a in args {
+            let (k, name) = a.split_once('/').ok_or_else(|| {
+                format!("error: there is no need to specify a resource type as a separate argument when passing arguments in resource/name form (e.g. 'tug get resource/<resource_name>' instead of 'tug get resource resource/<resource_name>'): {a}")
+            })?;
+            let info = kind(k)?;
+            match out.iter_mut().find(|(i, _)| std::ptr::eq(*i, info)) {
+                Some((_, names)) => names.push(name.to_string()),
+                None => out.push((info, vec![name.to_string()])),
+            }
+        }
+        return Ok(out);
+    }
+    let kinds: Vec<&str> = args[0].split(',').filter(|k| !k.is_empty()).collect();
+    let names: Vec<String> = args[1..].to_vec();
+    if let Some(n) = names.iter().find(|n| n.contains('/')) {
+        return Err(format!(
+            "error: there is no need to specify a resource type as a separate argument when passing arguments in resource/name form: {n}"
+        ));
+    }
+    for k in kinds {
+        let expanded: Vec<&str> = if k == "all" { ALL.to_vec() } else { vec![k] };
+        for k in expanded {
+            out.push((kind(k)?, names.clone()));
+        }
+    }
+    Ok(out)
+}
+
 pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitCode, String> {
-    let info = kind(&a.kind)?;
+    let groups = targets(&a.targets)?;
+    if groups.len() == 1 {
+        let (info, names) = &groups[0];
+        if names.len() <= 1 {
+            return run_one(client, a, ns, info, names.first().cloned(), false).await;
+        }
+    }
+    if a.watch {
+        return Err("error: you may only specify a single resource type with --watch".into());
+    }
+    // Several kinds or names: each kind's objects, one table each, names prefixed by their
+    // kind (`pod/web-1`), as kubectl prints them.
+    let mut failed = false;
+    let mut printed = false;
+    let several_kinds = groups.len() > 1;
+    for (info, names) in groups {
+        let objs = if names.is_empty() {
+            list(client, a, ns, info).await?
+        } else {
+            let mut v = Vec::new();
+            for n in &names {
+                let namespace = if info.namespaced { Some(ns.unwrap_or("default")) } else { None };
+                match client.get(&info.path(namespace, Some(n))).await {
+                    Ok(o) => v.push(o),
+                    Err(tug_client::http::CallError::Server(s)) => {
+                        eprintln!("Error from server ({}): {}", s.reason, s.message);
+                        failed = true;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            v
+        };
+        if objs.is_empty() {
+            continue;
+        }
+        if printed && matches!(a.output.as_deref(), None | Some("wide")) {
+            println!();
+        }
+        let with_ns = a.all_namespaces && info.namespaced;
+        print_objects(&objs, info.kind, a, with_ns, false, several_kinds);
+        printed = true;
+    }
+    if !printed && !failed && a.output.is_none() {
+        match ns {
+            _ if a.all_namespaces => eprintln!("No resources found"),
+            n => eprintln!("No resources found in {} namespace.", n.unwrap_or("default")),
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Every object of a kind the flags select, page by page.
+async fn list(
+    client: &Client,
+    a: &GetArgs,
+    ns: Option<&str>,
+    info: &'static tug_api::object::KindInfo,
+) -> Result<Vec<Value>, String> {
+    let namespace = if a.all_namespaces || !info.namespaced { None } else { Some(ns.unwrap_or("default")) };
+    let mut query = Vec::new();
+    if let Some(s) = &a.selector {
+        query.push(format!("labelSelector={}", encode(s)));
+    }
+    let path = info.path(namespace, None);
+    let mut items = Vec::new();
+    let mut next = String::new();
+    loop {
+        let mut q = query.clone();
+        if a.chunk_size > 0 {
+            q.push(format!("limit={}", a.chunk_size));
+        }
+        if !next.is_empty() {
+            q.push(format!("continue={}", encode(&next)));
+        }
+        let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+        let mut page = client.get(&format!("{path}{q}")).await.map_err(|e| e.to_string())?;
+        if let Some(Value::Array(more)) = page.get_mut("items").map(Value::take) {
+            items.extend(more);
+        }
+        next = page["metadata"]["continue"].as_str().unwrap_or_default().to_string();
+        if next.is_empty() {
+            return Ok(items);
+        }
+    }
+}
+
+async fn run_one(
+    client: &Client,
+    a: &GetArgs,
+    ns: Option<&str>,
+    info: &'static tug_api::object::KindInfo,
+    name: Option<String>,
+    several_kinds: bool,
+) -> Result<ExitCode, String> {
     let output = a.output.as_deref().unwrap_or("");
     if !["", "wide", "yaml", "json", "name"].contains(&output) {
         return Err(format!(
@@ -44,11 +187,11 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
         tug_api::labels::Selector::parse(s).map_err(|e| format!("error: {e}"))?;
         query.push(format!("labelSelector={}", encode(s)));
     }
-    if let Some(name) = &a.name {
+    if let Some(name) = &name {
         query.push(format!("fieldSelector=metadata.name={}", encode(name)));
     }
     let path = info.path(namespace, None);
-    if let (Some(name), false) = (&a.name, a.watch) {
+    if let (Some(name), false) = (&name, a.watch) {
         // One object: read it by name, as kubectl does (a list would need `list` rights).
         let obj = match client.get(&info.path(namespace, Some(name))).await {
             Ok(o) => o,
@@ -57,7 +200,7 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
             }
             Err(e) => return Err(e.to_string()),
         };
-        print_objects(std::slice::from_ref(&obj), info.kind, output, false, true);
+        print_objects(std::slice::from_ref(&obj), info.kind, a, false, true, several_kinds);
         return Ok(ExitCode::SUCCESS);
     }
     let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
@@ -82,7 +225,7 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
             break page;
         }
     };
-    if let (Some(name), true) = (&a.name, items.is_empty()) {
+    if let (Some(name), true) = (&name, items.is_empty()) {
         let resource = if info.group.is_empty() {
             info.plural.to_string()
         } else {
@@ -91,7 +234,7 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
         return Err(format!("Error from server (NotFound): {resource} \"{name}\" not found"));
     }
     let with_ns = a.all_namespaces && info.namespaced;
-    print_objects(&items, info.kind, output, with_ns, a.name.is_some());
+    print_objects(&items, info.kind, a, with_ns, name.is_some(), several_kinds);
     if items.is_empty() && output.is_empty() {
         match namespace {
             Some(n) => eprintln!("No resources found in {n} namespace."),
@@ -117,7 +260,7 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
                     if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
                         rv = r.to_string();
                     }
-                    print_rows(std::slice::from_ref(obj), output == "wide", with_ns);
+                    print_rows(std::slice::from_ref(obj), a, with_ns);
                     true
                 })
                 .await;
@@ -135,7 +278,21 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_objects(items: &[Value], kind: &str, output: &str, with_ns: bool, single: bool) {
+fn print_objects(items: &[Value], kind: &str, a: &GetArgs, with_ns: bool, single: bool, prefix_kind: bool) {
+    let output = a.output.as_deref().unwrap_or("");
+    let mut sorted;
+    let items = match &a.sort_by {
+        Some(path) => {
+            sorted = items.to_vec();
+            let path = path.trim_start_matches('{').trim_end_matches('}').trim_start_matches('.').to_string();
+            let key = |v: &Value| -> Value {
+                path.split('.').filter(|p| !p.is_empty()).fold(v, |v, k| &v[k]).clone()
+            };
+            sorted.sort_by(|x, y| compare(&key(x), &key(y)));
+            &sorted[..]
+        }
+        None => items,
+    };
     let whole = || {
         if single {
             items[0].clone()
@@ -143,13 +300,13 @@ fn print_objects(items: &[Value], kind: &str, output: &str, with_ns: bool, singl
             serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
         }
     };
+    let qualified = tug_api::object::lookup(kind).map(|k| k.qualified_singular()).unwrap_or_default();
     match output {
         "json" => println!("{}", serde_json::to_string_pretty(&whole()).unwrap_or_default()),
         "yaml" => print!("{}", serde_yaml_ng::to_string(&whole()).unwrap_or_default()),
         "name" => {
             for i in items {
-                let info = tug_api::object::lookup(kind).map(|k| k.qualified_singular()).unwrap_or_default();
-                println!("{info}/{}", i["metadata"]["name"].as_str().unwrap_or_default());
+                println!("{qualified}/{}", i["metadata"]["name"].as_str().unwrap_or_default());
             }
         }
         _ if items.is_empty() => {}
@@ -160,14 +317,49 @@ fn print_objects(items: &[Value], kind: &str, output: &str, with_ns: bool, singl
             if with_ns {
                 header.insert(0, "NAMESPACE".into());
             }
-            let rows = rows(items, wide, with_ns);
+            header.extend(
+                label_columns(a).iter().map(|l| l.rsplit('/').next().unwrap_or(l).to_ascii_uppercase()),
+            );
+            if a.show_labels {
+                header.push("LABELS".into());
+            }
+            let mut rows = rows(items, a, with_ns);
+            if prefix_kind {
+                let at = usize::from(with_ns);
+                for r in &mut rows {
+                    if let Some(n) = r.get_mut(at) {
+                        *n = format!("{qualified}/{n}");
+                    }
+                }
+            }
+            let header = if a.no_headers { Vec::new() } else { header };
             print!("{}", printers::table(&header, &rows));
         }
     }
 }
 
-fn rows(items: &[Value], wide: bool, with_ns: bool) -> Vec<Vec<String>> {
+/// Orders two field values as kubectl's `--sort-by` does: numbers as numbers, else text.
+fn compare(x: &Value, y: &Value) -> std::cmp::Ordering {
+    match (x.as_f64(), y.as_f64()) {
+        (Some(a), Some(b)) => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+        _ => {
+            let t = |v: &Value| {
+                v.as_str()
+                    .map_or_else(|| if v.is_null() { String::new() } else { v.to_string() }, str::to_string)
+            };
+            t(x).cmp(&t(y))
+        }
+    }
+}
+
+fn label_columns(a: &GetArgs) -> Vec<String> {
+    a.label_columns.iter().flat_map(|l| l.split(',')).filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+fn rows(items: &[Value], a: &GetArgs, with_ns: bool) -> Vec<Vec<String>> {
     let now = SystemTime::now();
+    let wide = a.output.as_deref() == Some("wide");
+    let extra = label_columns(a);
     items
         .iter()
         .map(|i| {
@@ -175,13 +367,26 @@ fn rows(items: &[Value], wide: bool, with_ns: bool) -> Vec<Vec<String>> {
             if with_ns {
                 r.insert(0, i["metadata"]["namespace"].as_str().unwrap_or_default().to_string());
             }
+            let labels = &i["metadata"]["labels"];
+            for l in &extra {
+                r.push(labels[l.as_str()].as_str().unwrap_or_default().to_string());
+            }
+            if a.show_labels {
+                let all: Vec<String> = labels
+                    .as_object()
+                    .map(|m| {
+                        m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect()
+                    })
+                    .unwrap_or_default();
+                r.push(if all.is_empty() { "<none>".into() } else { all.join(",") });
+            }
             r
         })
         .collect()
 }
 
-fn print_rows(items: &[Value], wide: bool, with_ns: bool) {
-    let rows = rows(items, wide, with_ns);
+fn print_rows(items: &[Value], a: &GetArgs, with_ns: bool) {
+    let rows = rows(items, a, with_ns);
     print!("{}", printers::table(&[], &rows));
 }
 

@@ -58,8 +58,46 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn pod_name(p: &str) -> &str {
-    p.strip_prefix("pod/").or_else(|| p.strip_prefix("pods/")).unwrap_or(p)
+/// The pod a `POD`, `pod/NAME` or `KIND/NAME` argument means: for a Deployment, ReplicaSet,
+/// Job or Service, the first of its pods (its selector's), as kubectl picks one.
+async fn pod_name(client: &Client, ns: &str, p: &str) -> Result<String, String> {
+    let Some((k, name)) = p.split_once('/') else { return Ok(p.to_string()) };
+    let info = super::kind(k)?;
+    if info.kind == "Pod" {
+        return Ok(name.to_string());
+    }
+    let obj = client.get(&info.path(Some(ns), Some(name))).await.map_err(|e| match e {
+        tug_client::http::CallError::Server(s) => format!("Error from server ({}): {}", s.reason, s.message),
+        e => e.to_string(),
+    })?;
+    let selector = match info.kind {
+        "Service" => obj["spec"]["selector"].clone(),
+        "Deployment" | "ReplicaSet" | "Job" => obj["spec"]["selector"]["matchLabels"].clone(),
+        other => return Err(format!("error: cannot attach to {other}: not implemented")),
+    };
+    let sel: Vec<String> = selector
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    if sel.is_empty() {
+        return Err(format!("error: {p} has no selector to find its pods by"));
+    }
+    let pods = client
+        .get(&format!("/api/v1/namespaces/{ns}/pods?labelSelector={}", encode(&sel.join(","))))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut items: Vec<serde_json::Value> = pods["items"].as_array().cloned().unwrap_or_default();
+    // A running pod first, then the oldest.
+    items.sort_by_key(|p| {
+        (
+            p["status"]["phase"] != "Running",
+            p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string(),
+        )
+    });
+    items
+        .first()
+        .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .ok_or_else(|| format!("error: no pods found for {p}"))
 }
 
 pub async fn logs(client: &Client, a: &LogsArgs, ns: Option<&str>) -> Result<ExitCode, String> {
@@ -80,7 +118,8 @@ pub async fn logs(client: &Client, a: &LogsArgs, ns: Option<&str>) -> Result<Exi
     if a.timestamps {
         q.push("timestamps=true".into());
     }
-    let path = format!("/api/v1/namespaces/{ns}/pods/{}/log?{}", encode(pod_name(&a.pod)), q.join("&"));
+    let pod = pod_name(client, ns, &a.pod).await?;
+    let path = format!("/api/v1/namespaces/{ns}/pods/{}/log?{}", encode(&pod), q.join("&"));
     let mut out = std::io::stdout().lock();
     let mut failed = None;
     client
@@ -154,7 +193,8 @@ pub async fn exec(client: &Client, a: &ExecArgs, ns: Option<&str>) -> Result<Exi
     if tty {
         q.push("tty=true".into());
     }
-    let path = format!("/api/v1/namespaces/{ns}/pods/{}/exec?{}", encode(pod_name(&a.pod)), q.join("&"));
+    let pod = pod_name(client, ns, &a.pod).await?;
+    let path = format!("/api/v1/namespaces/{ns}/pods/{}/exec?{}", encode(&pod), q.join("&"));
     let io = client
         .upgrade(hyper::Method::POST, &path, tug_api::tunnel::EXEC_PROTOCOL)
         .await
