@@ -8,6 +8,7 @@
 
 use tug_client as client;
 mod commands;
+mod jsonpath;
 mod printers;
 
 use clap::{Parser, Subcommand};

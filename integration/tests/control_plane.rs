@@ -96,6 +96,30 @@ fn get_tables_selectors_and_errors_read_like_kubectl() {
     assert!(out(&o).contains("deployment.apps/web ") && out(&o).contains("configmap/"), "{}", out(&o));
     let o = cp.tug(&["get", "deploy", "web", "-n", "shop", "-L", "app", "--show-labels"]);
     assert!(out(&o).lines().next().unwrap_or("").ends_with("APP   LABELS"), "{}", out(&o));
+    let o = cp.tug(&[
+        "get",
+        "deploy",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.replicas}{\"\\n\"}{end}",
+    ]);
+    assert!(out(&o).lines().any(|l| l.starts_with("web=")), "{}", out(&o));
+    let o = cp.tug(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "custom-columns=N:.metadata.name,NS:.metadata.namespace",
+    ]);
+    assert_eq!(
+        out(&o).lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["web", "shop"])
+    );
+    let o = cp.tug(&["get", "deploy", "-o", "jsonpath={.items[}"]);
+    assert!(err(&o).contains("error parsing jsonpath"), "{}", err(&o));
     let o = cp.tug(&["describe", "deploy", "web", "-n", "shop"]);
     let text = out(&o);
     assert!(text.starts_with("Name:                   web\nNamespace:              shop\n"), "{text}");

@@ -32,7 +32,7 @@ pub struct GetArgs {
     /// Label selector, e.g. app=web,tier!=db.
     #[arg(short = 'l', long)]
     selector: Option<String>,
-    /// Output format: wide, yaml, json or name.
+    /// Output format: wide, yaml, json, name, jsonpath=TEMPLATE or custom-columns=NAME:.path,….
     #[arg(short = 'o', long)]
     output: Option<String>,
     /// After listing, watch for changes.
@@ -132,6 +132,37 @@ pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitC
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// Refuses an output format kubectl would not print, naming the ones there are.
+fn check_output(output: &str) -> Result<(), String> {
+    if let Some(t) = output.strip_prefix("jsonpath=") {
+        return crate::jsonpath::parse(t)
+            .map(drop)
+            .map_err(|e| format!("error: error parsing jsonpath {t}: {e}"));
+    }
+    if let Some(spec) = output.strip_prefix("custom-columns=") {
+        return columns_spec(spec).map(drop);
+    }
+    if ["", "wide", "yaml", "json", "name"].contains(&output) {
+        return Ok(());
+    }
+    Err(format!(
+        "error: unable to match a printer suitable for the output format \"{output}\", allowed formats are: custom-columns,json,jsonpath,name,wide,yaml"
+    ))
+}
+
+/// `NAME:.path,NAME:.path` as (header, path) pairs.
+fn columns_spec(spec: &str) -> Result<Vec<(String, String)>, String> {
+    spec.split(',')
+        .map(|c| {
+            c.split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).ok_or_else(|| {
+                format!(
+                    "error: custom-columns format must be NAME:JSONPATH pairs separated by commas, not {c:?}"
+                )
+            })
+        })
+        .collect()
+}
+
 /// Every object of a kind the flags select, page by page.
 async fn list(
     client: &Client,
@@ -176,11 +207,7 @@ async fn run_one(
     several_kinds: bool,
 ) -> Result<ExitCode, String> {
     let output = a.output.as_deref().unwrap_or("");
-    if !["", "wide", "yaml", "json", "name"].contains(&output) {
-        return Err(format!(
-            "error: unable to match a printer suitable for the output format \"{output}\", allowed formats are: json,name,wide,yaml"
-        ));
-    }
+    check_output(output)?;
     let namespace = if a.all_namespaces || !info.namespaced { None } else { Some(ns.unwrap_or("default")) };
     let mut query = Vec::new();
     if let Some(s) = &a.selector {
@@ -301,6 +328,25 @@ fn print_objects(items: &[Value], kind: &str, a: &GetArgs, with_ns: bool, single
         }
     };
     let qualified = tug_api::object::lookup(kind).map(|k| k.qualified_singular()).unwrap_or_default();
+    if let Some(t) = output.strip_prefix("jsonpath=") {
+        // A list is rendered as one document (`{.items[*]…}`), one object as itself.
+        match crate::jsonpath::parse(t).and_then(|n| crate::jsonpath::render(&n, &whole())) {
+            Ok(text) => print!("{text}"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+        return;
+    }
+    if let Some(spec) = output.strip_prefix("custom-columns=") {
+        let Ok(cols) = columns_spec(spec) else { return };
+        let header: Vec<String> =
+            if a.no_headers { Vec::new() } else { cols.iter().map(|(h, _)| h.clone()).collect() };
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|i| cols.iter().map(|(_, p)| crate::jsonpath::column(p, i).unwrap_or_else(|e| e)).collect())
+            .collect();
+        print!("{}", printers::table(&header, &rows));
+        return;
+    }
     match output {
         "json" => println!("{}", serde_json::to_string_pretty(&whole()).unwrap_or_default()),
         "yaml" => print!("{}", serde_yaml_ng::to_string(&whole()).unwrap_or_default()),

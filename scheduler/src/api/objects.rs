@@ -73,6 +73,10 @@ pub fn on_create(object: &mut Value, uid: &str, now: &str) {
     if has_status && object.get("status").is_none_or(Value::is_null) {
         object["status"] = serde_json::json!({});
     }
+    // A new pod is Pending until a node runs it, as the API server says from the start.
+    if object["kind"] == "Pod" && object["status"]["phase"].is_null() {
+        object["status"]["phase"] = "Pending".into();
+    }
 }
 
 /// Pods and Namespaces may carry a status from their creator (the agent); others start empty.
