@@ -216,7 +216,8 @@ fn apply<'a>(values: Vec<&'a Value>, step: &Step) -> Vec<&'a Value> {
             }
             Step::Index(i) => {
                 if let Some(a) = v.as_array() {
-                    let idx = if *i < 0 { a.len() as i64 + i } else { *i };
+                    let len = i64::try_from(a.len()).unwrap_or(i64::MAX);
+                    let idx = if *i < 0 { len + i } else { *i };
                     if let Some(x) = usize::try_from(idx).ok().and_then(|i| a.get(i)) {
                         out.push(x);
                     }
@@ -229,11 +230,12 @@ fn apply<'a>(values: Vec<&'a Value>, step: &Step) -> Vec<&'a Value> {
             },
             Step::Slice(a, b) => {
                 if let Some(arr) = v.as_array() {
-                    let len = arr.len() as i64;
+                    let len = i64::try_from(arr.len()).unwrap_or(i64::MAX);
                     let norm = |x: i64| if x < 0 { (len + x).max(0) } else { x.min(len) };
                     let (from, to) = (norm(a.unwrap_or(0)), norm(b.unwrap_or(len)));
                     if from < to {
-                        out.extend(arr[from as usize..to as usize].iter());
+                        let (from, to) = (usize::try_from(from).unwrap_or(0), usize::try_from(to).unwrap_or(0));
+                        out.extend(arr[from..to].iter());
                     }
                 }
             }
