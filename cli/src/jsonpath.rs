@@ -234,7 +234,8 @@ fn apply<'a>(values: Vec<&'a Value>, step: &Step) -> Vec<&'a Value> {
                     let norm = |x: i64| if x < 0 { (len + x).max(0) } else { x.min(len) };
                     let (from, to) = (norm(a.unwrap_or(0)), norm(b.unwrap_or(len)));
                     if from < to {
-                        let (from, to) = (usize::try_from(from).unwrap_or(0), usize::try_from(to).unwrap_or(0));
+                        let (from, to) =
+                            (usize::try_from(from).unwrap_or(0), usize::try_from(to).unwrap_or(0));
                         out.extend(arr[from..to].iter());
                     }
                 }

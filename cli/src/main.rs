@@ -75,6 +75,27 @@ enum Cmd {
     Auth(commands::auth::AuthCmd),
     /// Print the client and server versions.
     Version,
+    /// Add, change (--overwrite) or remove (`key-`) labels.
+    Label(commands::modify::MetaArgs),
+    /// Add, change (--overwrite) or remove (`key-`) annotations.
+    Annotate(commands::modify::MetaArgs),
+    /// Patch an object: strategic merge (the default), JSON merge or JSON patch.
+    Patch(commands::modify::PatchArgs),
+    /// Edit an object in $EDITOR; saving replaces it.
+    Edit {
+        /// `KIND NAME` or `KIND/NAME`.
+        #[arg(required = true)]
+        target: Vec<String>,
+    },
+    /// Mark a node unschedulable.
+    Cordon { node: String },
+    /// Mark a node schedulable again.
+    Uncordon { node: String },
+    /// Add or remove a node's taints: `taint nodes NAME key=value:NoSchedule`, `key:NoSchedule-`.
+    Taint(commands::modify::TaintArgs),
+    /// Set a field of a pod template: `set image deploy/web web=nginx:1.27`.
+    #[command(subcommand)]
+    Set(commands::modify::SetCmd),
     /// Client configuration: `kubeconfig` prints a kubeconfig for kubectl.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -190,6 +211,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Version => commands::version(&client).await,
+        Cmd::Label(a) => commands::modify::meta(&client, &a, ns.as_deref(), "labels").await,
+        Cmd::Annotate(a) => commands::modify::meta(&client, &a, ns.as_deref(), "annotations").await,
+        Cmd::Patch(a) => commands::modify::patch(&client, &a, ns.as_deref()).await,
+        Cmd::Edit { target } => commands::modify::edit(&client, &target, ns.as_deref()).await,
+        Cmd::Cordon { node } => commands::modify::cordon(&client, &node, true).await,
+        Cmd::Uncordon { node } => commands::modify::cordon(&client, &node, false).await,
+        Cmd::Taint(a) => commands::modify::taint(&client, &a).await,
+        Cmd::Set(c) => commands::modify::set(&client, &c, ns.as_deref()).await,
         Cmd::Config(ConfigCmd::Kubeconfig { cluster_url, ttl }) => {
             commands::create::config_kubeconfig(&client, cli.server.as_deref(), &tls_dir, cluster_url, ttl)
                 .await

@@ -127,6 +127,17 @@ impl ControlPlane {
         child.wait_with_output().expect("tug output")
     }
 
+    /// Runs `tug ARGS` with more environment variables.
+    pub fn tug_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(crate::bins::path("tug-cli", "tug"))
+            .env("TUG_SOCKET", self.socket())
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tug")
+    }
+
     /// Runs `tug ARGS`.
     pub fn tug(&self, args: &[&str]) -> Output {
         self.tug_with_input(args, "")

@@ -84,6 +84,21 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
     assert_eq!(node["status"]["addresses"][0]["address"], cluster.nodes[0].ip.to_string());
     let lease = get(&cp, &["lease", "tug-it-node0", "-n", "tug-node-lease"]).expect("the node's lease");
     assert_eq!(lease["spec"]["holderIdentity"], "tug-it-node0");
+    // The node verbs: cordon, uncordon, taint and its removal.
+    let said = |args: &[&str]| String::from_utf8_lossy(&cp.tug(args).stdout).into_owned();
+    assert_eq!(said(&["cordon", "tug-it-node0"]), "node/tug-it-node0 cordoned\n");
+    assert!(said(&["get", "node", "tug-it-node0"]).contains("Ready,SchedulingDisabled"));
+    assert_eq!(said(&["uncordon", "node/tug-it-node0"]), "node/tug-it-node0 uncordoned\n");
+    assert_eq!(said(&["taint", "nodes", "tug-it-node0", "tug=x:NoExecute"]), "node/tug-it-node0 tainted\n");
+    let taints = get(&cp, &["node", "tug-it-node0"]).unwrap()["spec"]["taints"].clone();
+    assert!(
+        taints.as_array().unwrap().iter().any(|t| t["key"] == "tug" && t["effect"] == "NoExecute"),
+        "{taints}"
+    );
+    assert_eq!(said(&["taint", "node/tug-it-node0", "tug:NoExecute-"]), "node/tug-it-node0 untainted\n");
+    let node = get(&cp, &["node", "tug-it-node0"]).unwrap();
+    assert_eq!(node["spec"]["taints"].as_array().map(Vec::len), Some(1), "only the agent's own taint stays");
+    assert!(node["spec"].get("unschedulable").is_none_or(|u| u == false));
 
     apply(&cp, WEB);
     let pod = wait_pod(&cp, &agent, "web", 60, "Running with an IP", |p| {

@@ -120,6 +120,48 @@ fn get_tables_selectors_and_errors_read_like_kubectl() {
     );
     let o = cp.tug(&["get", "deploy", "-o", "jsonpath={.items[}"]);
     assert!(err(&o).contains("error parsing jsonpath"), "{}", err(&o));
+    // Changing in place: label, annotate, the three patch types, set image, edit.
+    assert_eq!(
+        out(&cp.tug(&["label", "deploy/web", "tier=fe", "-n", "shop"])),
+        "deployment.apps/web labeled\n"
+    );
+    let o = cp.tug(&["label", "deploy", "web", "tier=be", "-n", "shop"]);
+    assert_eq!(err(&o), "error: 'tier' already has a value (fe), and --overwrite is false");
+    cp.tug(&["label", "deploy", "web", "tier=be", "--overwrite", "-n", "shop"]);
+    assert_eq!(
+        out(&cp.tug(&["annotate", "deploy", "web", "note=hi", "-n", "shop"])),
+        "deployment.apps/web annotated\n"
+    );
+    for (t, p) in [
+        ("strategic", r#"{"spec":{"minReadySeconds":1}}"#),
+        ("merge", r#"{"spec":{"minReadySeconds":2}}"#),
+        ("json", r#"[{"op":"replace","path":"/spec/minReadySeconds","value":3}]"#),
+    ] {
+        let o = cp.tug(&["patch", "deploy", "web", "--type", t, "-p", p, "-n", "shop"]);
+        assert_eq!(out(&o), "deployment.apps/web patched\n", "{}", err(&o));
+    }
+    let image = cp.tug(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].name}",
+    ]);
+    let c = out(&image);
+    let o = cp.tug(&["set", "image", "deploy/web", &format!("{c}=example/web:2"), "-n", "shop"]);
+    assert_eq!(out(&o), "deployment.apps/web image updated\n", "{}", err(&o));
+    let editor = cp.dir().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/minReadySeconds: 3/minReadySeconds: 4/' \"$1\"\n").unwrap();
+    std::process::Command::new("chmod").arg("755").arg(&editor).status().unwrap();
+    let o = cp.tug_env(&["edit", "deploy", "web", "-n", "shop"], &[("EDITOR", editor.to_str().unwrap())]);
+    assert_eq!(out(&o), "deployment.apps/web edited\n", "{}", err(&o));
+    let d = cp.get_json(&["deploy", "web", "-n", "shop"]).unwrap();
+    assert_eq!(d["metadata"]["labels"]["tier"], "be");
+    assert_eq!(d["metadata"]["annotations"]["note"], "hi");
+    assert_eq!(d["spec"]["minReadySeconds"], 4);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "example/web:2");
     let o = cp.tug(&["describe", "deploy", "web", "-n", "shop"]);
     let text = out(&o);
     assert!(text.starts_with("Name:                   web\nNamespace:              shop\n"), "{text}");

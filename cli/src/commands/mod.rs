@@ -9,6 +9,7 @@ pub mod get;
 pub mod image;
 pub mod join;
 pub mod logs;
+pub mod modify;
 pub mod rollout;
 pub mod top;
 
