@@ -74,7 +74,26 @@ enum Cmd {
     #[command(subcommand)]
     Auth(commands::auth::AuthCmd),
     /// Print the client and server versions.
-    Version,
+    Version {
+        /// yaml or json.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+    /// The resources the server serves (NAME, SHORTNAMES, APIVERSION, NAMESPACED, KIND).
+    ApiResources {
+        /// `name`: names only, as `tug get` takes them.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        /// Only namespaced (true) or cluster-wide (false) resources.
+        #[arg(long)]
+        namespaced: Option<bool>,
+    },
+    /// Documentation of a kind or one of its fields: `explain deployment.spec.strategy`.
+    Explain { what: String },
+    /// Where the control plane answers.
+    ClusterInfo,
+    /// A shell completion script: `source <(tug completion bash)`.
+    Completion { shell: clap_complete::Shell },
     /// Add, change (--overwrite) or remove (`key-`) labels.
     Label(commands::modify::MetaArgs),
     /// Add, change (--overwrite) or remove (`key-`) annotations.
@@ -173,6 +192,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     if let Cmd::Image(args) = cli.command {
         return commands::image::run(args).await;
     }
+    if let Cmd::Completion { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "tug",
+            &mut std::io::stdout(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(t) = &cli.token {
         client::http::set_bearer(t);
     }
@@ -210,7 +238,25 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("re-encrypted {} objects ({})", v["rewritten"], resources.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Version => commands::version(&client).await,
+        Cmd::Version { output } => commands::version(&client, output.as_deref()).await,
+        Cmd::ApiResources { output, namespaced } => {
+            commands::api_resources(&client, output.as_deref(), namespaced).await
+        }
+        Cmd::Explain { what } => commands::explain(&client, &what).await,
+        Cmd::ClusterInfo => {
+            let v = client.get("/version").await.map_err(|e| e.to_string())?;
+            let at = cli
+                .server
+                .clone()
+                .or_else(|| std::env::var("TUG_SOCKET").ok())
+                .unwrap_or_else(|| "/run/tug/tug.sock".into());
+            println!(
+                "Tug control plane is running at {at} (Kubernetes API {})",
+                v["gitVersion"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completion { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Label(a) => commands::modify::meta(&client, &a, ns.as_deref(), "labels").await,
         Cmd::Annotate(a) => commands::modify::meta(&client, &a, ns.as_deref(), "annotations").await,
         Cmd::Patch(a) => commands::modify::patch(&client, &a, ns.as_deref()).await,

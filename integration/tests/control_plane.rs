@@ -162,6 +162,23 @@ fn get_tables_selectors_and_errors_read_like_kubectl() {
     assert_eq!(d["metadata"]["annotations"]["note"], "hi");
     assert_eq!(d["spec"]["minReadySeconds"], 4);
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "example/web:2");
+    // Discovery verbs: api-resources, explain, version -o json, completion, cluster-info.
+    let o = cp.tug(&["api-resources"]);
+    assert!(
+        out(&o).lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["deployments", "deploy", "apps/v1", "true", "Deployment"]),
+        "{}",
+        out(&o)
+    );
+    let o = cp.tug(&["explain", "deployment.spec.strategy"]);
+    assert!(out(&o).contains("FIELD: strategy <Object>") && out(&o).contains("rollingUpdate"), "{}", out(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&cp.tug(&["version", "-o", "json"]).stdout).expect("version json");
+    assert!(v["serverVersion"]["gitVersion"].as_str().unwrap_or("").starts_with("v1.32.0-tug."), "{v}");
+    assert!(out(&cp.tug(&["completion", "bash"])).contains("_tug()"));
+    assert!(out(&cp.tug(&["cluster-info"])).contains("Tug control plane is running at"));
+    let o = cp.tug(&["get", "events", "-n", "shop", "--for", "deploy/web"]);
+    assert!(o.status.success(), "{}", err(&o));
     let o = cp.tug(&["describe", "deploy", "web", "-n", "shop"]);
     let text = out(&o);
     assert!(text.starts_with("Name:                   web\nNamespace:              shop\n"), "{text}");

@@ -23,9 +23,13 @@ pub struct GetArgs {
     /// Leave out the header line.
     #[arg(long)]
     no_headers: bool,
-    /// Sort by a field (`.metadata.name`, `{.status.startTime}`).
+    /// Sort by a field (`.metadata.name`, `{.status.startTime}`). Events sort by their last
+    /// timestamp unless told otherwise.
     #[arg(long)]
     sort_by: Option<String>,
+    /// Events: only those about this object (`KIND/NAME`).
+    #[arg(long = "for")]
+    for_object: Option<String>,
     /// List across all namespaces.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
@@ -214,6 +218,17 @@ async fn run_one(
         tug_api::labels::Selector::parse(s).map_err(|e| format!("error: {e}"))?;
         query.push(format!("labelSelector={}", encode(s)));
     }
+    if let Some(f) = &a.for_object {
+        if info.kind != "Event" {
+            return Err("error: --for is only for events".into());
+        }
+        let (k, n) = f.split_once('/').ok_or_else(|| format!("error: --for takes KIND/NAME, not {f:?}"))?;
+        let about = kind(k)?;
+        query.push(format!(
+            "fieldSelector={}",
+            encode(&format!("involvedObject.kind={},involvedObject.name={n}", about.kind))
+        ));
+    }
     if let Some(name) = &name {
         query.push(format!("fieldSelector=metadata.name={}", encode(name)));
     }
@@ -308,7 +323,8 @@ async fn run_one(
 fn print_objects(items: &[Value], kind: &str, a: &GetArgs, with_ns: bool, single: bool, prefix_kind: bool) {
     let output = a.output.as_deref().unwrap_or("");
     let mut sorted;
-    let items = match &a.sort_by {
+    let by_time = (kind == "Event" && a.sort_by.is_none()).then(|| ".lastTimestamp".to_string());
+    let items = match a.sort_by.as_ref().or(by_time.as_ref()) {
         Some(path) => {
             sorted = items.to_vec();
             let path = path.trim_start_matches('{').trim_end_matches('}').trim_start_matches('.').to_string();
