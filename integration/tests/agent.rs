@@ -177,6 +177,16 @@ fn logs_and_exec(cp: &ControlPlane, agent: &Agent) {
     let (o, _) = text(&out);
     assert!(o.starts_with("20") && o.ends_with("Z hello from web as web\n"), "{o:?}");
     assert_eq!(text(&cp.tug(&["logs", "web", "--tail", "0"])).0, "");
+    // By selector, each line with its source; --since and --limit-bytes.
+    let out = cp.tug(&["logs", "-l", "app=web", "--prefix"]);
+    assert_eq!(text(&out).0, "[pod/web/web] hello from web as web\n", "{out:?}");
+    assert_eq!(text(&cp.tug(&["logs", "web", "--since", "1h"])).0, "hello from web as web\n");
+    assert_eq!(text(&cp.tug(&["logs", "web", "--since-time", "2100-01-01T00:00:00Z"])).0, "");
+    assert_eq!(text(&cp.tug(&["logs", "web", "--limit-bytes", "5"])).0, "hello");
+    assert_eq!(
+        text(&cp.tug(&["logs", "web", "--all-containers", "--prefix"])).0,
+        "[pod/web/web] hello from web as web\n"
+    );
 
     let out = cp.tug(&["exec", "web", "--", "cat", "/www/index.html"]);
     assert!(out.status.success() && text(&out).0.contains("Hello from Tug"), "{out:?}");

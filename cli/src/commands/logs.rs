@@ -10,8 +10,30 @@ use tug_api::frame;
 
 #[derive(clap::Args)]
 pub struct LogsArgs {
-    /// The pod (or pod/NAME).
-    pub pod: String,
+    /// The pod (or pod/NAME, or deploy|rs|job|svc/NAME for one of their pods). Not with -l.
+    #[arg(required_unless_present = "selector")]
+    pub pod: Option<String>,
+    /// Every matching pod's log (`app=web`), each line's source with --prefix.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Start each line with `[pod/NAME/CONTAINER]`.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Every container of the pod, not one.
+    #[arg(long)]
+    pub all_containers: bool,
+    /// Logs followed at once with -l -f at most (kubectl's default: 5).
+    #[arg(long, default_value_t = 5)]
+    pub max_log_requests: usize,
+    /// Only lines newer than this (`10s`, `5m`, `1h`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Only lines written at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since_time: Option<String>,
+    /// At most this many bytes of each log.
+    #[arg(long)]
+    pub limit_bytes: Option<u64>,
     /// The container (needed when the pod has several).
     #[arg(short = 'c', long)]
     pub container: Option<String>,
@@ -100,17 +122,78 @@ async fn pod_name(client: &Client, ns: &str, p: &str) -> Result<String, String> 
         .ok_or_else(|| format!("error: no pods found for {p}"))
 }
 
+/// Several logs: one after another, or (following) all at once, line by line, each line
+/// with its source when `prefix`.
+async fn many_logs(
+    client: &Client,
+    ns: &str,
+    q: &[String],
+    sources: Vec<(String, Option<String>)>,
+    prefix: bool,
+    follow: bool,
+) -> Result<ExitCode, String> {
+    let one = |(pod, container): (String, Option<String>)| {
+        let mut q = q.to_vec();
+        if let Some(c) = &container {
+            q.push(format!("container={}", encode(c)));
+        }
+        let path = format!("/api/v1/namespaces/{ns}/pods/{}/log?{}", encode(&pod), q.join("&"));
+        let tag = format!("[pod/{pod}/{}] ", container.unwrap_or_default());
+        async move {
+            let mut pending: Vec<u8> = Vec::new();
+            let r = client
+                .stream(&path, |chunk| {
+                    pending.extend_from_slice(chunk);
+                    while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=nl).collect();
+                        let mut out = std::io::stdout().lock();
+                        let ok = (!prefix || out.write_all(tag.as_bytes()).is_ok())
+                            && out.write_all(&line).and_then(|()| out.flush()).is_ok();
+                        if !ok {
+                            return false;
+                        }
+                    }
+                    true
+                })
+                .await;
+            if !pending.is_empty() {
+                let mut out = std::io::stdout().lock();
+                if prefix {
+                    let _ = out.write_all(tag.as_bytes());
+                }
+                let _ = out.write_all(&pending).and_then(|()| out.write_all(b"\n"));
+            }
+            r.map_err(|e| format!("{tag}{e}"))
+        }
+    };
+    let results: Vec<Result<(), String>> = if follow {
+        futures_util::future::join_all(sources.into_iter().map(one)).await
+    } else {
+        let mut v = Vec::new();
+        for s in sources {
+            v.push(one(s).await);
+        }
+        v
+    };
+    let mut code = ExitCode::SUCCESS;
+    for e in results.into_iter().filter_map(Result::err) {
+        eprintln!("error: {e}");
+        code = ExitCode::FAILURE;
+    }
+    Ok(code)
+}
+
 pub async fn logs(client: &Client, a: &LogsArgs, ns: Option<&str>) -> Result<ExitCode, String> {
     let ns = ns.unwrap_or("default");
     let mut q = Vec::new();
-    if let Some(c) = &a.container {
-        q.push(format!("container={}", encode(c)));
-    }
     if a.follow {
         q.push("follow=true".into());
     }
     if a.tail >= 0 {
         q.push(format!("tailLines={}", a.tail));
+    } else if a.selector.is_some() {
+        // kubectl shows the last 10 lines of each pod with a selector.
+        q.push("tailLines=10".into());
     }
     if a.previous {
         q.push("previous=true".into());
@@ -118,7 +201,82 @@ pub async fn logs(client: &Client, a: &LogsArgs, ns: Option<&str>) -> Result<Exi
     if a.timestamps {
         q.push("timestamps=true".into());
     }
-    let pod = pod_name(client, ns, &a.pod).await?;
+    if let Some(d) = a.since {
+        q.push(format!("sinceSeconds={}", d.as_secs().max(1)));
+    }
+    if let Some(t) = &a.since_time {
+        q.push(format!("sinceTime={}", encode(t)));
+    }
+    if let Some(b) = a.limit_bytes {
+        q.push(format!("limitBytes={b}"));
+    }
+    // The pods and containers whose logs are asked for.
+    let mut sources: Vec<(String, Option<String>)> = Vec::new();
+    let pods: Vec<serde_json::Value> = match (&a.selector, &a.pod) {
+        (Some(sel), None) => {
+            let list = client
+                .get(&format!("/api/v1/namespaces/{ns}/pods?labelSelector={}", encode(sel)))
+                .await
+                .map_err(|e| e.to_string())?;
+            list["items"].as_array().cloned().unwrap_or_default()
+        }
+        (None, Some(p)) => {
+            let name = pod_name(client, ns, p).await?;
+            vec![client.get(&format!("/api/v1/namespaces/{ns}/pods/{}", encode(&name))).await.map_err(
+                |e| match e {
+                    tug_client::http::CallError::Server(s) => {
+                        format!("Error from server ({}): {}", s.reason, s.message)
+                    }
+                    e => e.to_string(),
+                },
+            )?]
+        }
+        _ => return Err("error: a pod or -l SELECTOR, not both".into()),
+    };
+    for pod in &pods {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if a.all_containers {
+            for c in pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .chain(pod["spec"]["containers"].as_array())
+                .flatten()
+            {
+                sources.push((name.clone(), c["name"].as_str().map(str::to_string)));
+            }
+        } else {
+            // Without -c, the first container, as kubectl defaults it (saying so when there
+            // are several).
+            let c = a.container.clone().or_else(|| {
+                let cs = pod["spec"]["containers"].as_array()?;
+                let first = cs.first()?["name"].as_str()?.to_string();
+                if cs.len() > 1 {
+                    let all: Vec<&str> = cs.iter().filter_map(|c| c["name"].as_str()).collect();
+                    eprintln!("Defaulted container \"{first}\" out of: {}", all.join(", "));
+                }
+                Some(first)
+            });
+            sources.push((name, c));
+        }
+    }
+    if sources.is_empty() {
+        eprintln!("No resources found in {ns} namespace.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.follow && sources.len() > a.max_log_requests {
+        return Err(format!(
+            "error: you are attempting to follow {} log streams, but maximum allowed concurrency is {}, use --max-log-requests to increase the limit",
+            sources.len(),
+            a.max_log_requests
+        ));
+    }
+    if sources.len() > 1 || a.prefix {
+        return many_logs(client, ns, &q, sources, a.prefix, a.follow).await;
+    }
+    let (pod, container) = sources.remove(0);
+    if let Some(c) = container {
+        q.push(format!("container={}", encode(&c)));
+    }
     let path = format!("/api/v1/namespaces/{ns}/pods/{}/log?{}", encode(&pod), q.join("&"));
     let mut out = std::io::stdout().lock();
     let mut failed = None;
