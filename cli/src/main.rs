@@ -41,7 +41,27 @@ enum Cmd {
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
+        /// server: checked and answered by the server, not stored; client: only validated here.
+        #[arg(long)]
+        dry_run: Option<String>,
     },
+    /// Replace objects by those in manifests.
+    Replace {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// What applying manifests would change (a unified diff; exit 1 when they differ).
+    Diff {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Run a pod: `run NAME --image=I [--restart=Never] [-- CMD...]`.
+    Run(commands::workloads::RunArgs),
+    /// A Service for a deployment, pod or service: `expose deploy/web --port=80 [--target-port=8080]`.
+    Expose(commands::workloads::ExposeArgs),
+    /// Wait for a condition: `wait --for=condition=Available deploy/web`, `--for=delete`,
+    /// `--for=jsonpath='{.status.phase}'=Running`.
+    Wait(commands::workloads::WaitArgs),
     /// List objects, or show one.
     Get(commands::get::GetArgs),
     /// Show objects in detail, with their events (kubectl's layout for pods and deployments).
@@ -207,7 +227,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     let client = client::Client::new(cli.server.as_deref(), &tls_dir).map_err(|e| format!("error: {e:#}"))?;
     let ns = cli.namespace.clone();
     match cli.command {
-        Cmd::Apply { files } => commands::apply::run(&client, &files, ns.as_deref()).await,
+        Cmd::Apply { files, dry_run } => {
+            commands::apply::run(&client, &files, ns.as_deref(), dry_run.as_deref()).await
+        }
+        Cmd::Replace { files } => commands::workloads::replace(&client, &files, ns.as_deref()).await,
+        Cmd::Diff { files } => commands::workloads::diff(&client, &files, ns.as_deref()).await,
+        Cmd::Run(a) => commands::workloads::run(&client, &a, ns.as_deref()).await,
+        Cmd::Expose(a) => commands::workloads::expose(&client, &a, ns.as_deref()).await,
+        Cmd::Wait(a) => commands::workloads::wait(&client, &a, ns.as_deref()).await,
         Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,
         Cmd::Describe { targets } => commands::describe::run(&client, &targets, ns.as_deref()).await,
         Cmd::Delete(args) => commands::delete::run(&client, &args, ns.as_deref()).await,

@@ -1137,3 +1137,56 @@ fn a_full_disk_refuses_writes_shows_no_phantoms_and_recovers() {
     assert_eq!(code, 200);
     drop(cp);
 }
+
+#[test]
+fn everyday_verbs_create_compare_and_wait() {
+    let cp = ControlPlane::start();
+    let ok = |args: &[&str]| {
+        let o = cp.tug(args);
+        assert!(o.status.success(), "tug {}: {}", args.join(" "), err(&o));
+        out(&o)
+    };
+    assert_eq!(
+        ok(&["create", "deployment", "d1", "--image=example/web:1.2", "--replicas=2", "--port=80"]),
+        "deployment.apps/d1 created\n"
+    );
+    let d = cp.get_json(&["deploy", "d1"]).unwrap();
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "d1");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["name"], "web");
+    assert_eq!(ok(&["create", "job", "j1", "--image=busybox", "--", "echo", "hi"]), "job.batch/j1 created\n");
+    assert_eq!(
+        ok(&["create", "cronjob", "c1", "--image=busybox", "--schedule=*/5 * * * *", "--", "echo", "hi"]),
+        "cronjob.batch/c1 created\n"
+    );
+    assert_eq!(ok(&["create", "service", "nodeport", "s1", "--tcp=81:8080"]), "service/s1 created\n");
+    assert_eq!(cp.get_json(&["svc", "s1"]).unwrap()["spec"]["type"], "NodePort");
+    assert_eq!(ok(&["run", "r1", "--image=busybox", "--", "sleep", "10"]), "pod/r1 created\n");
+    assert_eq!(cp.get_json(&["pod", "r1"]).unwrap()["spec"]["containers"][0]["command"][0], "sleep");
+    assert_eq!(ok(&["expose", "deploy/d1", "--port=80", "--target-port=8080"]), "service/d1 exposed\n");
+    assert_eq!(cp.get_json(&["svc", "d1"]).unwrap()["spec"]["selector"]["app"], "d1");
+    // wait: a jsonpath met at once; a condition never met times out as kubectl's does.
+    assert_eq!(
+        ok(&["wait", "--for=jsonpath={.spec.replicas}=2", "deploy/d1"]),
+        "deployment.apps/d1 condition met\n"
+    );
+    let o = cp.tug(&["wait", "--for=condition=Available", "deploy/d1", "--timeout=1s"]);
+    assert_eq!(err(&o), "error: timed out waiting for the condition on deployments/d1");
+    // apply --dry-run, diff (exit 1 on a change), replace, wait --for=delete.
+    let file = cp.dir().join("cm.yaml");
+    std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dd}\ndata: {a: \"1\"}\n")
+        .unwrap();
+    let f = file.to_str().unwrap();
+    assert_eq!(ok(&["apply", "-f", f, "--dry-run=server"]), "configmap/dd created (server dry run)\n");
+    assert!(cp.get_json(&["cm", "dd"]).is_none(), "a dry run stores nothing");
+    ok(&["apply", "-f", f]);
+    std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dd}\ndata: {a: \"2\"}\n")
+        .unwrap();
+    let o = cp.tug(&["diff", "-f", f]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(out(&o).contains("-  a: '1'\n+  a: '2'\n"), "{}", out(&o));
+    assert_eq!(ok(&["replace", "-f", f]), "configmap/dd replaced\n");
+    assert_eq!(cp.get_json(&["cm", "dd"]).unwrap()["data"]["a"], "2");
+    assert_eq!(cp.tug(&["diff", "-f", f]).status.code(), Some(0));
+    ok(&["delete", "cm", "dd"]);
+    assert_eq!(ok(&["wait", "--for=delete", "cm/dd", "--timeout=5s"]), "configmap/dd deleted\n");
+}

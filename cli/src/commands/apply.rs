@@ -13,8 +13,26 @@ use tug_api::object::Object;
 /// Requests in flight after the Namespaces.
 const IN_FLIGHT: usize = 16;
 
-pub async fn run(client: &Client, files: &[String], ns: Option<&str>) -> Result<ExitCode, String> {
+pub async fn run(
+    client: &Client,
+    files: &[String],
+    ns: Option<&str>,
+    dry: Option<&str>,
+) -> Result<ExitCode, String> {
     let objects = load_all(files)?;
+    let suffix = match dry {
+        None => "",
+        Some("server") => " (server dry run)",
+        Some("client") => {
+            // Checked here (the manifests decoded and validated above), not sent.
+            for o in &objects {
+                println!("{} configured (dry run)", o.display_name());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(other) => return Err(format!("error: --dry-run must be server or client, not {other:?}")),
+    };
+    let dry_q = if dry.is_some() { "&dryRun=All" } else { "" };
     let (namespaces, rest): (Vec<Object>, Vec<Object>) =
         objects.into_iter().partition(|o| o.info().kind == "Namespace");
     let apply = |obj: Object| async move {
@@ -25,7 +43,7 @@ pub async fn run(client: &Client, files: &[String], ns: Option<&str>) -> Result<
         if let Some(n) = target_ns {
             value["metadata"]["namespace"] = n.into();
         }
-        let path = format!("{}?fieldManager=tug", info.path(target_ns, Some(&name)));
+        let path = format!("{}?fieldManager=tug{dry_q}", info.path(target_ns, Some(&name)));
         let body = serde_json::to_vec(&value).unwrap_or_default();
         let result = client.call(Method::PATCH, &path, "application/apply-patch+yaml", body).await;
         (obj, result)
@@ -37,7 +55,7 @@ pub async fn run(client: &Client, files: &[String], ns: Option<&str>) -> Result<
         match r {
             Ok((_, headers)) => {
                 let result = headers.get("x-tug-apply").and_then(|v| v.to_str().ok()).unwrap_or("configured");
-                println!("{} {result}", obj.display_name());
+                println!("{} {result}{suffix}", obj.display_name());
             }
             Err(CallError::Server(s)) => {
                 eprintln!(

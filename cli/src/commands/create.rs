@@ -32,6 +32,64 @@ pub enum CreateCmd {
     /// Create a service account.
     #[command(alias = "sa")]
     Serviceaccount { name: String },
+    /// Create a deployment: `create deployment web --image=nginx [--replicas=N] [--port=P] [-- CMD]`.
+    #[command(alias = "deploy")]
+    Deployment {
+        name: String,
+        #[arg(long, required = true)]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        replicas: i64,
+        #[arg(long)]
+        port: Option<u16>,
+        /// server or client.
+        #[arg(long)]
+        dry_run: Option<String>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Create a job: `create job NAME --image=I [-- CMD]`.
+    Job {
+        name: String,
+        #[arg(long, required = true)]
+        image: String,
+        #[arg(long)]
+        dry_run: Option<String>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Create a cronjob: `create cronjob NAME --image=I --schedule='*/5 * * * *' [-- CMD]`.
+    #[command(alias = "cj")]
+    Cronjob {
+        name: String,
+        #[arg(long, required = true)]
+        image: String,
+        #[arg(long, required = true)]
+        schedule: String,
+        #[arg(long)]
+        dry_run: Option<String>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Create a service: `create service clusterip|nodeport NAME --tcp=PORT[:TARGET]`.
+    #[command(subcommand, alias = "svc")]
+    Service(ServiceCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub enum ServiceCmd {
+    /// A ClusterIP service (selector app=NAME).
+    Clusterip {
+        name: String,
+        #[arg(long, required = true)]
+        tcp: Vec<String>,
+    },
+    /// A NodePort service (selector app=NAME).
+    Nodeport {
+        name: String,
+        #[arg(long, required = true)]
+        tcp: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -242,6 +300,16 @@ fn x509_name(pem: &str) -> Option<String> {
     String::from_utf8(der.get(at + 7..at + 7 + len)?.to_vec()).ok()
 }
 
+/// The container name kubectl gives an image: its last path part without tag or digest.
+fn container_name(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let base = last.split(['@', ':']).next().unwrap_or(last);
+    base.to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect()
+}
+
 /// `tug create user`.
 async fn user(client: &Client, a: UserArgs, server: Option<&str>) -> Result<ExitCode, String> {
     if let Some(o) = a.output.as_deref().filter(|o| *o != "kubeconfig") {
@@ -289,7 +357,53 @@ pub async fn run(
     server: Option<&str>,
 ) -> Result<ExitCode, String> {
     let ns = ns.unwrap_or("default");
+    let labels = |name: &str| json!({"app": name});
     let (kind, obj) = match cmd {
+        CreateCmd::Deployment { name, image, replicas, port, dry_run, command } => {
+            let tpl = super::workloads::template(
+                &labels(&name),
+                &image,
+                &container_name(&image),
+                &command,
+                port,
+                None,
+            );
+            let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns, "labels": labels(&name)},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": labels(&name)}, "template": tpl}});
+            return super::workloads::create_workload(client, "deployments", obj, dry_run.as_deref()).await;
+        }
+        CreateCmd::Job { name, image, dry_run, command } => {
+            let tpl = super::workloads::template(&json!({}), &image, &name, &command, None, Some("Never"));
+            let obj = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns},
+                "spec": {"template": tpl}});
+            return super::workloads::create_workload(client, "jobs", obj, dry_run.as_deref()).await;
+        }
+        CreateCmd::Cronjob { name, image, schedule, dry_run, command } => {
+            let tpl =
+                super::workloads::template(&json!({}), &image, &name, &command, None, Some("OnFailure"));
+            let obj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name, "namespace": ns},
+                "spec": {"schedule": schedule, "jobTemplate": {"metadata": {"name": name}, "spec": {"template": tpl}}}});
+            return super::workloads::create_workload(client, "cronjobs", obj, dry_run.as_deref()).await;
+        }
+        CreateCmd::Service(svc) => {
+            let (name, tcp, kind) = match svc {
+                ServiceCmd::Clusterip { name, tcp } => (name, tcp, "ClusterIP"),
+                ServiceCmd::Nodeport { name, tcp } => (name, tcp, "NodePort"),
+            };
+            let mut ports = Vec::new();
+            for t in &tcp {
+                let (p, target) = t.split_once(':').unwrap_or((t, t));
+                let p: u16 =
+                    p.parse().map_err(|_| format!("error: --tcp {t:?}: the port must be a number"))?;
+                let target: serde_json::Value =
+                    target.parse::<u16>().map(Into::into).unwrap_or_else(|_| target.into());
+                ports.push(json!({"name": format!("{p}-{}", target.to_string().trim_matches('"')), "port": p, "targetPort": target, "protocol": "TCP"}));
+            }
+            let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels(&name)},
+                "spec": {"type": kind, "selector": labels(&name), "ports": ports}});
+            return super::workloads::create_workload(client, "services", obj, None).await;
+        }
         CreateCmd::User(a) => return user(client, a, server).await,
         CreateCmd::Token(a) => return token(client, a, ns).await,
         CreateCmd::Serviceaccount { name } => (

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod modify;
 pub mod rollout;
 pub mod top;
+pub mod workloads;
 
 use crate::client::Client;
 use std::process::ExitCode;
