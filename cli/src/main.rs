@@ -55,6 +55,10 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
+    /// Attach to a running container's own output (and input with -i).
+    Attach(commands::logs::AttachArgs),
+    /// Forward local ports to a pod: `port-forward pod/web 8080:80` (LOCAL:REMOTE, or PORT).
+    PortForward(commands::forward::ForwardArgs),
     /// Run a pod: `run NAME --image=I [--restart=Never] [-- CMD...]`.
     Run(commands::workloads::RunArgs),
     /// A Service for a deployment, pod or service: `expose deploy/web --port=80 [--target-port=8080]`.
@@ -174,12 +178,46 @@ enum AdminCmd {
     Reencrypt,
 }
 
+/// kubectl's verbs that tug does not have, with what to use instead (clap's own "similar
+/// subcommand" tip would point at an unrelated one).
+const NOT_YET: &[(&str, &str)] = &[
+    ("events", "tug get events [--for KIND/NAME]"),
+    ("debug", "tug exec -it POD -- sh"),
+    ("proxy", "kubectl proxy with the kubeconfig from `tug config kubeconfig`"),
+    ("cp", "kubectl cp with the kubeconfig from `tug config kubeconfig`, or tug exec -i POD -- tar"),
+    ("drain", "tug cordon NODE, then delete its pods (kubectl drain works against Tug too)"),
+    ("autoscale", "an autoscaling/v2 HorizontalPodAutoscaler with tug apply -f"),
+    ("certificate", "tug create user NAME for a client certificate"),
+    ("kustomize", "kubectl kustomize DIR | tug apply -f -"),
+    ("plugin", "nothing yet"),
+    ("alpha", "nothing yet"),
+];
+
+/// The message for a kubectl verb tug does not have, if the command line names one.
+fn unsupported(args: &[String]) -> Option<String> {
+    let verb = args.iter().skip(1).find(|a| !a.starts_with('-'))?;
+    let known = <Cli as clap::CommandFactory>::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == verb || c.get_all_aliases().any(|a| a == verb));
+    if known {
+        return None;
+    }
+    NOT_YET
+        .iter()
+        .find(|(v, _)| v == verb)
+        .map(|(v, alt)| format!("tug: \"{v}\" is not supported yet; instead: {alt}"))
+}
+
 fn main() -> ExitCode {
     // `tug get pods | head`: a reader that goes away ends tug quietly (SIGPIPE's default, as
     // for C tools), not with a panic from println!.
     // SAFETY: setting a signal's disposition has no preconditions; no thread runs yet.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if let Some(message) = unsupported(&std::env::args().collect::<Vec<_>>()) {
+        eprintln!("{message}");
+        return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -233,6 +271,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Replace { files } => commands::workloads::replace(&client, &files, ns.as_deref()).await,
         Cmd::Diff { files } => commands::workloads::diff(&client, &files, ns.as_deref()).await,
         Cmd::Run(a) => commands::workloads::run(&client, &a, ns.as_deref()).await,
+        Cmd::Attach(a) => commands::logs::attach(&client, &a, ns.as_deref()).await,
+        Cmd::PortForward(a) => commands::forward::run(&client, &a, ns.as_deref()).await,
         Cmd::Expose(a) => commands::workloads::expose(&client, &a, ns.as_deref()).await,
         Cmd::Wait(a) => commands::workloads::wait(&client, &a, ns.as_deref()).await,
         Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,

@@ -134,6 +134,32 @@ fn a_node_registers_and_a_pod_runs_answers_logs_and_leaves_nothing() {
     );
     assert!(text.split(' ').nth(1) == Some("stdout"), "{text}");
     logs_and_exec(&cp, &agent);
+    // attach -i: the container's own stdin and output (it has `stdin: true`).
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: r
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    stdin: true
+    command: ["/bin/sh", "-c", "read x; echo got $x"]
+"#,
+    );
+    wait_pod(&cp, &agent, "reader", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let out = cp.tug_with_input(&["attach", "-i", "reader"], "hello\n");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("got hello"),
+        "tug attach: {out:?}\n{}",
+        agent.log()
+    );
+    cp.tug(&["delete", "pod", "reader", "--now"]);
 
     let out = cp.tug(&["delete", "pod", "web"]);
     assert!(out.status.success());
@@ -187,6 +213,29 @@ fn logs_and_exec(cp: &ControlPlane, agent: &Agent) {
         text(&cp.tug(&["logs", "web", "--all-containers", "--prefix"])).0,
         "[pod/web/web] hello from web as web\n"
     );
+
+    // port-forward: a local port to the pod's httpd, through the agent.
+    let local = tug_integration::images::free_port();
+    let mut forward = std::process::Command::new(tug_integration::bins::path("tug-cli", "tug"))
+        .env("TUG_SOCKET", cp.socket())
+        .args(["port-forward", "pod/web", &format!("{local}:8080")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tug port-forward");
+    let fetch = || -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", local)) else { return String::new() };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut page = String::new();
+        let _ = s.read_to_string(&mut page);
+        page
+    };
+    let served = wait_for(Duration::from_secs(20), || fetch().contains("Hello from Tug"));
+    let again = fetch();
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(served && again.contains("Hello from Tug"), "tug port-forward: {again:?}\n{}", agent.log());
 
     let out = cp.tug(&["exec", "web", "--", "cat", "/www/index.html"]);
     assert!(out.status.success() && text(&out).0.contains("Hello from Tug"), "{out:?}");

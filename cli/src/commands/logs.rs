@@ -80,6 +80,11 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// The pod a `POD`, `pod/NAME` or `KIND/NAME` argument means (for other verbs).
+pub async fn resolve_pod(client: &Client, ns: &str, p: &str) -> Result<String, String> {
+    pod_name(client, ns, p).await
+}
+
 /// The pod a `POD`, `pod/NAME` or `KIND/NAME` argument means: for a Deployment, ReplicaSet,
 /// Job or Service, the first of its pods (its selector's), as kubectl picks one.
 async fn pod_name(client: &Client, ns: &str, p: &str) -> Result<String, String> {
@@ -335,7 +340,6 @@ fn resize_frame() -> Option<Vec<u8>> {
 pub async fn exec(client: &Client, a: &ExecArgs, ns: Option<&str>) -> Result<ExitCode, String> {
     // Returns only with an error: on success it exits with the command's status.
     use std::io::IsTerminal;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ns = ns.unwrap_or("default");
     let mut q: Vec<String> = a.command.iter().map(|c| format!("command={}", encode(c))).collect();
     if let Some(c) = &a.container {
@@ -353,19 +357,65 @@ pub async fn exec(client: &Client, a: &ExecArgs, ns: Option<&str>) -> Result<Exi
     }
     let pod = pod_name(client, ns, &a.pod).await?;
     let path = format!("/api/v1/namespaces/{ns}/pods/{}/exec?{}", encode(&pod), q.join("&"));
+    frames(client, &path, a.stdin, tty).await
+}
+
+#[derive(clap::Args)]
+pub struct AttachArgs {
+    /// The pod (or pod/NAME, or deploy|rs|job|svc/NAME for one of their pods).
+    pub pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Pass this terminal's stdin to the container (it must have `stdin: true`).
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// The container has a terminal (`tty: true`).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+}
+
+/// `tug attach`: the container's own output (and, with -i, its input) until it exits or the
+/// user leaves.
+pub async fn attach(client: &Client, a: &AttachArgs, ns: Option<&str>) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
+    let ns = ns.unwrap_or("default");
+    let mut q = vec!["stdout=true".to_string(), "stderr=true".to_string()];
+    if let Some(c) = &a.container {
+        q.push(format!("container={}", encode(c)));
+    }
+    if a.stdin {
+        q.push("stdin=true".into());
+    }
+    let tty = a.tty && std::io::stdout().is_terminal();
+    if tty {
+        q.push("tty=true".into());
+    }
+    let pod = pod_name(client, ns, &a.pod).await?;
+    if !a.stdin {
+        eprintln!("If you don't see a command prompt, try pressing enter.");
+    }
+    let path = format!("/api/v1/namespaces/{ns}/pods/{}/attach?{}", encode(&pod), q.join("&"));
+    frames(client, &path, a.stdin, tty).await
+}
+
+/// A remote process's stream (exec or attach) over the `tug-exec` upgrade: stdin out as
+/// frames, stdout and stderr in, until its EXIT frame; exits with its status.
+async fn frames(client: &Client, path: &str, want_stdin: bool, tty: bool) -> Result<ExitCode, String> {
+    use std::io::IsTerminal;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = client
-        .upgrade(hyper::Method::POST, &path, tug_api::tunnel::EXEC_PROTOCOL)
+        .upgrade(hyper::Method::POST, path, tug_api::tunnel::EXEC_PROTOCOL)
         .await
         .map_err(|e| e.to_string())?;
     let (mut rd, mut wr) = tokio::io::split(io);
-    let _raw = (tty && a.stdin && std::io::stdin().is_terminal()).then(RawTerminal::enable);
+    let _raw = (tty && want_stdin && std::io::stdin().is_terminal()).then(RawTerminal::enable);
     if tty {
         if let Some(f) = resize_frame() {
             wr.write_all(&f).await.map_err(|e| e.to_string())?;
         }
     }
     // Input: stdin as STDIN frames, its end as CLOSE_STDIN; window changes as RESIZE.
-    let want_stdin = a.stdin;
     let input = tokio::spawn(async move {
         let mut winch = if tty {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod forward;
 pub mod get;
 pub mod image;
 pub mod join;

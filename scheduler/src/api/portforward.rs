@@ -74,6 +74,44 @@ pub async fn serve(
             let _ = outbound.await;
         });
     }
+    if upgrade == "tug-portforward" {
+        // tug's own: one connection per forwarded connection, its bytes as they are.
+        let port: u16 = match req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("ports="))
+            .and_then(|p| p.parse().ok())
+        {
+            Some(p) => p,
+            None => return status_response(&Status::bad_request("ports: a port number is required")),
+        };
+        let ask = TunnelRequest::PortForward {
+            namespace: who.namespace.clone(),
+            pod: who.name.clone(),
+            uid: who.uid.clone(),
+            port,
+        };
+        let mut agent = match super::tunnel::ask(&who.st, &who.node, &ask).await {
+            Ok(c) => c,
+            Err(s) => return status_response(&s),
+        };
+        let mut req = req;
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = on.await {
+                let mut io = hyper_util::rt::TokioIo::new(io);
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut agent).await;
+            }
+        });
+        return Response::builder()
+            .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "tug-portforward")
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+    }
     if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         let mut req = req;
         let on = hyper::upgrade::on(&mut req);

@@ -311,9 +311,10 @@ pub async fn attach(
     let q = query_pairs(q.as_deref().unwrap_or(""));
     let upgrade = upgrade_protocol(&req).unwrap_or_default();
     let spdy = upgrade.eq_ignore_ascii_case("SPDY/3.1");
-    if !upgrade.eq_ignore_ascii_case("websocket") && !spdy {
+    let tug = upgrade == EXEC_PROTOCOL;
+    if !upgrade.eq_ignore_ascii_case("websocket") && !spdy && !tug {
         return status_response(&Status::bad_request(format!(
-            "attach needs Connection: upgrade and Upgrade: websocket ({}) or SPDY/3.1",
+            "attach needs Connection: upgrade and Upgrade: websocket ({}), SPDY/3.1 or {EXEC_PROTOCOL}",
             super::channels::PROTOCOLS.join(", ")
         )));
     }
@@ -325,6 +326,21 @@ pub async fn attach(
     let result = ask(&st, &node, &TunnelRequest::Attach { target, stdin }).await;
     if spdy {
         return super::channels::spdy_upgrade(req, result, streams(&q)).await;
+    }
+    if tug {
+        let mut agent = match result {
+            Ok(c) => c,
+            Err(s) => return status_response(&s),
+        };
+        let mut req = req;
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(user) = on.await {
+                let mut user = TokioIo::new(user);
+                let _ = tokio::io::copy_bidirectional(&mut user, &mut agent).await;
+            }
+        });
+        return switching(EXEC_PROTOCOL);
     }
     super::channels::upgrade(req, result, stdin).await
 }
