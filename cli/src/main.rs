@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
+    /// Copy files and directories to and from containers: `cp FILE POD:/PATH`, `cp POD:/PATH DIR`.
+    Cp(commands::copy::CopyArgs),
     /// Attach to a running container's own output (and input with -i).
     Attach(commands::logs::AttachArgs),
     /// Forward local ports to a pod: `port-forward pod/web 8080:80` (LOCAL:REMOTE, or PORT).
@@ -184,7 +186,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("events", "tug get events [--for KIND/NAME]"),
     ("debug", "tug exec -it POD -- sh"),
     ("proxy", "kubectl proxy with the kubeconfig from `tug config kubeconfig`"),
-    ("cp", "kubectl cp with the kubeconfig from `tug config kubeconfig`, or tug exec -i POD -- tar"),
     ("drain", "tug cordon NODE, then delete its pods (kubectl drain works against Tug too)"),
     ("autoscale", "an autoscaling/v2 HorizontalPodAutoscaler with tug apply -f"),
     ("certificate", "tug create user NAME for a client certificate"),
@@ -272,6 +273,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Diff { files } => commands::workloads::diff(&client, &files, ns.as_deref()).await,
         Cmd::Run(a) => commands::workloads::run(&client, &a, ns.as_deref()).await,
         Cmd::Attach(a) => commands::logs::attach(&client, &a, ns.as_deref()).await,
+        Cmd::Cp(a) => commands::copy::run(&client, &a, ns.as_deref()).await,
         Cmd::PortForward(a) => commands::forward::run(&client, &a, ns.as_deref()).await,
         Cmd::Expose(a) => commands::workloads::expose(&client, &a, ns.as_deref()).await,
         Cmd::Wait(a) => commands::workloads::wait(&client, &a, ns.as_deref()).await,

@@ -214,6 +214,18 @@ fn logs_and_exec(cp: &ControlPlane, agent: &Agent) {
         "[pod/web/web] hello from web as web\n"
     );
 
+    // cp both ways (tar in the container).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("up.txt");
+    std::fs::write(&local, "copied up\n").unwrap();
+    let out = cp.tug(&["cp", local.to_str().unwrap(), "web:/tmp/up.txt"]);
+    assert!(out.status.success(), "tug cp up: {out:?}");
+    assert_eq!(text(&cp.tug(&["exec", "web", "--", "cat", "/tmp/up.txt"])).0, "copied up\n");
+    let back = dir.path().join("down.txt");
+    let out = cp.tug(&["cp", "web:/tmp/up.txt", back.to_str().unwrap()]);
+    assert!(out.status.success(), "tug cp down: {out:?}");
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied up\n");
+
     // port-forward: a local port to the pod's httpd, through the agent.
     let local = tug_integration::images::free_port();
     let mut forward = std::process::Command::new(tug_integration::bins::path("tug-cli", "tug"))

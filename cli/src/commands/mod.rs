@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod copy;
 pub mod create;
 pub mod delete;
 pub mod describe;
