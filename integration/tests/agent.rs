@@ -703,6 +703,26 @@ spec:
         pod["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "flaky").unwrap();
     assert!(flaky["lastState"]["terminated"]["exitCode"].as_i64().unwrap() != 0, "{flaky:#}");
     assert!(agent.log().contains("liveness probe failed"), "{}", agent.log());
+    // kubelet's events: the failures as Unhealthy (counted, not one per probe), then Killing.
+    let events: Vec<Value> = get(&cp, &["events"])
+        .and_then(|l| l["items"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == "probed")
+        .collect();
+    let unhealthy: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["reason"] == "Unhealthy"
+                && e["message"].as_str().is_some_and(|m| m.starts_with("Liveness probe failed"))
+        })
+        .collect();
+    assert!(!unhealthy.is_empty(), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Killing"
+            && e["message"] == "Container flaky failed liveness probe, will be restarted"),
+        "{events:#?}"
+    );
 }
 
 /// Runs `argv` in container `id` of the agent (through its supervisor): stdout and exit code.

@@ -55,6 +55,8 @@ pub enum Msg {
     Update(Option<Box<Pod>>),
     /// Something changed on the node (a container exited): look again.
     Tick,
+    /// An event about the pod from one of its helpers (a probe failed): type, reason, message.
+    Event(&'static str, &'static str, String),
 }
 
 pub fn now_ms() -> u64 {
@@ -176,6 +178,12 @@ pub async fn worker(
         match tokio::time::timeout(timeout, rx.recv()).await {
             Ok(Some(Msg::Update(Some(p)))) => pod = Some(p),
             Ok(Some(Msg::Update(None))) => deleted = true,
+            Ok(Some(Msg::Event(t, r, m))) => {
+                if !rec.uid.is_empty() {
+                    record_event(&ctx, &rec, t, r, m);
+                }
+                continue;
+            }
             Ok(Some(Msg::Tick)) | Err(_) => {}
             Ok(None) => return,
         }
@@ -184,6 +192,11 @@ pub async fn worker(
             match m {
                 Msg::Update(Some(p)) => pod = Some(p),
                 Msg::Update(None) => deleted = true,
+                Msg::Event(t, r, m) => {
+                    if !rec.uid.is_empty() {
+                        record_event(&ctx, &rec, t, r, m);
+                    }
+                }
                 Msg::Tick => {}
             }
         }

@@ -289,6 +289,10 @@ pub async fn prober(
                 return;
             }
             let r = once(check, s).await;
+            if let Err(e) = &r {
+                let _ =
+                    tx.send(super::Msg::Event("Warning", "Unhealthy", format!("Startup probe failed: {e}")));
+            }
             match t.record(r.is_ok(), s) {
                 Some(true) => break,
                 Some(false) => {
@@ -329,11 +333,21 @@ pub async fn prober(
             && at <= now
         {
             let r = once(check, s).await;
+            if let Err(e) = &r {
+                let _ =
+                    tx.send(super::Msg::Event("Warning", "Unhealthy", format!("Liveness probe failed: {e}")));
+            }
             if live_t.record(r.is_ok(), s) == Some(false) {
                 eprintln!(
                     "tug-agent: container {name}: liveness probe failed: {}",
                     r.err().unwrap_or_default()
                 );
+                let container = name.rsplit('/').next().unwrap_or(&name).to_string();
+                let _ = tx.send(super::Msg::Event(
+                    "Normal",
+                    "Killing",
+                    format!("Container {container} failed liveness probe, will be restarted"),
+                ));
                 state.failed.store(true, Ordering::Relaxed);
                 let _ = tx.send(super::Msg::Tick);
                 return;
@@ -344,8 +358,21 @@ pub async fn prober(
             && at <= now
         {
             let r = once(check, s).await;
+            if let Err(e) = &r {
+                let _ = tx.send(super::Msg::Event(
+                    "Warning",
+                    "Unhealthy",
+                    format!("Readiness probe failed: {e}"),
+                ));
+            }
             if let Some(v) = ready_t.record(r.is_ok(), s) {
-                state.ready.store(v, Ordering::Relaxed);
+                // Logged once per change of verdict, not per probe.
+                if state.ready.swap(v, Ordering::Relaxed) != v {
+                    eprintln!(
+                        "tug-agent: container {name}: {}",
+                        if v { "ready" } else { "not ready (readiness probe failing)" }
+                    );
+                }
                 let _ = tx.send(super::Msg::Tick);
             }
             next_ready = Some(now + s.period);
