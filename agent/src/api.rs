@@ -57,7 +57,7 @@ pub async fn pod_event(
             // Gone (expired, deleted): a new event below.
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
-                eprintln!("tug-agent: event {reason} for {ns}/{pod}: {e}");
+                tracing::warn!("tug-agent: event {reason} for {ns}/{pod}: {e}");
                 return;
             }
         }
@@ -75,7 +75,7 @@ pub async fn pod_event(
     });
     match create(api, &format!("/api/v1/namespaces/{ns}/events"), &ev).await {
         Ok(_) => recorded().lock().unwrap_or_else(|e| e.into_inner()).created(key, name, now),
-        Err(e) => eprintln!("tug-agent: event {reason} for {ns}/{pod}: {e}"),
+        Err(e) => tracing::warn!("tug-agent: event {reason} for {ns}/{pod}: {e}"),
     }
 }
 

@@ -74,7 +74,7 @@ impl Catalog {
             let list = match api.get(path).await {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("tug-agent: listing {kind}: {e}");
+                    tracing::warn!("tug-agent: listing {kind}: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -102,7 +102,7 @@ impl Catalog {
                 })
                 .await;
             if let Err(e) = r {
-                eprintln!("tug-agent: watching {kind}: {e}");
+                tracing::warn!("tug-agent: watching {kind}: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }

@@ -73,7 +73,10 @@ pub fn supervisors() -> Option<PathBuf> {
     match file {
         Ok(_) => Some(procs),
         Err(e) => {
-            eprintln!("tug-agent: cgroup {}: {e}; supervisors stay in the agent's cgroup", dir.display());
+            tracing::warn!(
+                "tug-agent: cgroup {}: {e}; supervisors stay in the agent's cgroup",
+                dir.display()
+            );
             None
         }
     }

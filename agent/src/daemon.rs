@@ -194,7 +194,7 @@ fn parse_pod(v: &Value) -> Option<Box<tug_api::kinds::pod::Pod>> {
     match serde_json::from_value(v.clone()) {
         Ok(p) => Some(Box::new(p)),
         Err(e) => {
-            eprintln!("tug-agent: skipping pod {}: {e}", v["metadata"]["name"]);
+            tracing::warn!("tug-agent: skipping pod {}: {e}", v["metadata"]["name"]);
             None
         }
     }
@@ -236,7 +236,7 @@ fn move_old_records(cfg: &Config) {
     for e in std::fs::read_dir(cfg.volumes_dir()).into_iter().flatten().flatten() {
         let new = cfg.pods_dir().join(e.file_name()).join("record.json");
         if let Err(err) = move_old(&e.path().join("record.json"), &new) {
-            eprintln!("tug-agent: {err}");
+            tracing::warn!("tug-agent: {err}");
         }
     }
 }
@@ -247,7 +247,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     // Secret values, image layers with setuid files. Mended on every start, and said.
     for d in [&cfg.state_dir, &cfg.run_dir, &cfg.image_root] {
         if let Some(said) = tug_config::private::dir(d, 0o700)? {
-            eprintln!("tug-agent: {said}");
+            tracing::info!("tug-agent: {said}");
         }
     }
     for d in [cfg.pods_dir(), cfg.volumes_dir(), cfg.logs_dir(), cfg.supervisors(), cfg.bundles()] {
@@ -259,7 +259,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     move_old_records(&cfg);
     let pods_cgroup = crate::cgroup::place_self(&cfg.cgroup_parent)?;
     let pod_cidr = register(&api, &cfg).await?;
-    eprintln!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);
+    tracing::info!("tug-agent: node {} registered, pod CIDR {pod_cidr}", cfg.node_name);
     // The address allocations live as long as the pods' namespaces (pinned under /run): in
     // the run directory. An agent that kept them in its state directory left them there.
     move_old(&cfg.state_dir.join("ipam.json"), &cfg.run_dir.join("ipam.json"))?;
@@ -276,7 +276,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         let addr = pod_cidr.gateway();
         tokio::spawn(async move {
             if let Err(e) = crate::dns::serve(catalog, domain, addr, netns.as_deref()).await {
-                eprintln!("tug-agent: {e}");
+                tracing::warn!("tug-agent: {e}");
             }
         });
     }
@@ -317,16 +317,16 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         .collect();
     match ctx.net.reclaim(&|k: &str| live.iter().any(|l| l == k)).await {
         Ok(gone) if !gone.is_empty() => {
-            eprintln!("tug-agent: removed the network of {} pods no longer here", gone.len())
+            tracing::info!("tug-agent: removed the network of {} pods no longer here", gone.len())
         }
         Ok(_) => {}
-        Err(e) => eprintln!("tug-agent: reclaiming pod networks: {e}"),
+        Err(e) => tracing::warn!("tug-agent: reclaiming pod networks: {e}"),
     }
     let known: Vec<String> =
         records.iter().flat_map(|r| r.containers.values().filter_map(|c| c.id.clone())).collect();
     for (id, _) in tug_shim::supervisor::list(&cfg.supervisors()) {
         if !known.contains(&id) {
-            eprintln!("tug-agent: removing container {id}, which no pod claims");
+            tracing::info!("tug-agent: removing container {id}, which no pod claims");
             pods::discard(&ctx, &id).await;
         }
     }
@@ -343,7 +343,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             let duration = cfg.status_frequency * 4;
             loop {
                 if let Err(e) = renew_lease(&api, &cfg, duration).await {
-                    eprintln!("tug-agent: {e}");
+                    tracing::warn!("tug-agent: {e}");
                 }
                 tokio::time::sleep(cfg.status_frequency / 2).await;
             }
@@ -356,10 +356,10 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             loop {
                 tokio::time::sleep(cfg.status_frequency).await;
                 if let Err(e) = put_node_status(&api, &cfg).await {
-                    eprintln!("tug-agent: {e}");
+                    tracing::warn!("tug-agent: {e}");
                 }
                 if let Err(e) = sync_peers(&api, &cfg, &ctx.net).await {
-                    eprintln!("tug-agent: routes: {e}");
+                    tracing::warn!("tug-agent: routes: {e}");
                 }
                 if tokio::time::Instant::now() >= gc_at {
                     gc_at = tokio::time::Instant::now() + Duration::from_secs(300);
@@ -367,13 +367,13 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
                     let (high, low, age) = (cfg.image_gc_high, cfg.image_gc_low, cfg.image_gc_min_age);
                     match tokio::task::spawn_blocking(move || store.gc(high, low, age)).await {
                         Ok(Ok(r)) if !r.images.is_empty() => {
-                            eprintln!(
+                            tracing::info!(
                                 "tug-agent: image GC removed {} ({} bytes)",
                                 r.images.join(", "),
                                 r.bytes
                             )
                         }
-                        Ok(Err(e)) => eprintln!("tug-agent: image GC: {e}"),
+                        Ok(Err(e)) => tracing::warn!("tug-agent: image GC: {e}"),
                         _ => {}
                     }
                 }
@@ -381,7 +381,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         });
     }
     if let Err(e) = sync_peers(&api, &cfg, &ctx.net).await {
-        eprintln!("tug-agent: routes: {e}");
+        tracing::warn!("tug-agent: routes: {e}");
     }
 
     // The pod watch: list, then watch from the list's revision; relist when the stream ends.
@@ -395,7 +395,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
                 let list = match api.get(&base).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("tug-agent: listing pods: {e}");
+                        tracing::warn!("tug-agent: listing pods: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -428,7 +428,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
                     })
                     .await;
                 if let Err(e) = r {
-                    eprintln!("tug-agent: watching pods: {e}");
+                    tracing::warn!("tug-agent: watching pods: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -454,6 +454,6 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             },
         }
     }
-    eprintln!("tug-agent: stopping; containers keep running");
+    tracing::info!("tug-agent: stopping; containers keep running");
     Ok(())
 }

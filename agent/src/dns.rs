@@ -335,7 +335,7 @@ pub async fn serve(
         Ok::<_, String>((udp, tcp))
     })??;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    eprintln!("tug-agent: DNS for {domain} on {bind}");
+    tracing::info!("tug-agent: DNS for {domain} on {bind}");
     let handler = Handler { catalog, domain, upstreams: upstreams(&resolv) };
     let mut server = hickory_server::ServerFuture::new(handler);
     server.register_socket(tokio::net::UdpSocket::from_std(udp).map_err(|e| e.to_string())?);

@@ -48,7 +48,7 @@ async fn spare_loop(ctx: Arc<Ctx>) {
             }
             Err(e) => {
                 if delay >= Duration::from_secs(5) {
-                    eprintln!("tug-agent: tunnel to the control plane: {e}");
+                    tracing::warn!("tug-agent: tunnel to the control plane: {e}");
                 }
             }
         }

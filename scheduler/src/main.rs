@@ -169,6 +169,8 @@ fn flags() -> Result<Flags, std::process::ExitCode> {
 }
 
 fn main() -> std::process::ExitCode {
+    // One log format for the daemons: RFC 3339 time, level, message, on stderr.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false).init();
     let flags = match flags() {
         Ok(f) => f,
         Err(code) => return code,
@@ -253,7 +255,7 @@ fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
             let said_db = tug_config::private::file(&db, 0o600).map_err(|e| anyhow::anyhow!(e))?;
             // A store made just now got the umask's mode: set, not worth saying.
             for s in said.iter().chain(said_db.iter().filter(|_| !fresh)) {
-                eprintln!("tug-scheduler: {s}");
+                tracing::info!("tug-scheduler: {s}");
             }
             Arc::new(store)
         }
@@ -289,7 +291,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
             flags.etcd_prefix
         ),
     };
-    eprintln!("tug-scheduler: serving on {} (store {backend})", flags.socket.display());
+    tracing::info!("tug-scheduler: serving on {} (store {backend})", flags.socket.display());
     let compactor = tokio::spawn(compact_forever(store.clone(), flags.history));
     let pki = Arc::new(
         Pki::load_shared(store.as_ref(), &flags.data_dir.join("pki"), sealer.as_ref())
@@ -405,10 +407,10 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
                             sans.push(n.to_string());
                         }
                     }
-                    Err(e) => eprintln!("tug-scheduler: the kubernetes Service: {e}"),
+                    Err(e) => tracing::warn!("tug-scheduler: the kubernetes Service: {e}"),
                 }
             }
-            None => eprintln!(
+            None => tracing::warn!(
                 "tug-scheduler: no kubernetes Service for pods: --listen {addr} is not an address pods reach; pass --advertise-address IP"
             ),
         }
@@ -434,7 +436,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     tokio::select! {
         () = server => {}
         () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            eprintln!("tug-scheduler: connections still open {} s after the signal: closing them", SHUTDOWN_GRACE.as_secs());
+            tracing::info!("tug-scheduler: connections still open {} s after the signal: closing them", SHUTDOWN_GRACE.as_secs());
         }
     }
     compactor.abort();
@@ -447,7 +449,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         t.abort();
     }
     let _ = std::fs::remove_file(&flags.socket);
-    eprintln!("tug-scheduler: stopped");
+    tracing::info!("tug-scheduler: stopped");
     Ok(())
 }
 
@@ -561,7 +563,7 @@ async fn kubernetes_service(
             store.create(key, endpoints)?;
         }
     }
-    eprintln!("tug-scheduler: kubernetes Service {cluster_ip}:443 -> {ip}:{port}");
+    tracing::info!("tug-scheduler: kubernetes Service {cluster_ip}:443 -> {ip}:{port}");
     Ok(cluster_ip)
 }
 
@@ -586,8 +588,8 @@ async fn serve_tls(
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.clone()));
     let config = tls::server_config(&pki, &names).context("making the serving certificate")?;
-    eprintln!("tug-scheduler: serving TLS on {local} for {}", names.join(", "));
-    eprintln!("tug-scheduler: join token: {}", pki.join_token());
+    tracing::info!("tug-scheduler: serving TLS on {local} for {}", names.join(", "));
+    tracing::info!("tug-scheduler: join token: {}", pki.join_token());
     Ok(tls::serve(listener, config, app, timeouts, stop))
 }
 

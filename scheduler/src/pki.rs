@@ -147,7 +147,7 @@ impl Pki {
                 if let Some(sealer) = sealer.filter(|_| r.object.get("sealed").is_none()) {
                     let obj = record_of(&files, Some(sealer))?;
                     if store.update(STORE_KEY, obj, Some(r.revision)).is_ok() {
-                        eprintln!(
+                        tracing::info!(
                             "tug-scheduler: the cluster CA key in the store is now sealed with --pki-secret-file"
                         );
                     }
@@ -194,7 +194,7 @@ impl Pki {
         ];
         for m in mended {
             if let Some(said) = m.map_err(PkiError::Mode)? {
-                eprintln!("tug-scheduler: {said}");
+                tracing::info!("tug-scheduler: {said}");
             }
         }
         if !crt.exists() || !key.exists() {

@@ -205,12 +205,14 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
 }
 
 fn main() -> ExitCode {
+    // One log format for the daemons: RFC 3339 time, level, message, on stderr.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false).init();
     use clap::{CommandFactory, FromArgMatches};
     let cmd = Args::command();
     let argv = match tug_config::expand(&cmd, std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("tug-agent: {e}");
+            tracing::warn!("tug-agent: {e}");
             return ExitCode::from(2);
         }
     };
@@ -223,7 +225,7 @@ fn main() -> ExitCode {
     let (cfg, conn) = match config(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tug-agent: {e}");
+            tracing::warn!("tug-agent: {e}");
             return ExitCode::from(2);
         }
     };
@@ -247,7 +249,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("tug-agent: {e}");
+            tracing::warn!("tug-agent: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -257,7 +259,7 @@ fn main() -> ExitCode {
                 let creds = cfg.state_dir.join("credentials");
                 if !creds.join("client.crt").exists() {
                     tug_client::join::join(&url, &token, &cfg.node_name, &creds).await?;
-                    eprintln!("tug-agent: joined {url} as {}", cfg.node_name);
+                    tracing::info!("tug-agent: joined {url} as {}", cfg.node_name);
                 }
                 let tls = tug_client::tls::client_config(&creds).map_err(|e| format!("{e:#}"))?;
                 tug_client::Client::tls(&url, tls).map_err(|e| format!("{e:#}"))?
@@ -275,7 +277,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tug-agent: {e}");
+            tracing::warn!("tug-agent: {e}");
             ExitCode::FAILURE
         }
     }

@@ -237,7 +237,7 @@ pub async fn worker(
             let host_ip = ctx.cfg.node_ip.to_string();
             let ip = rec.ip.clone().unwrap_or_default();
             if let Err(e) = volumes::prepare(&ctx.api, p, &ctx.pod_dir(&rec.uid), &ip, &host_ip).await {
-                eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+                tracing::warn!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
             }
         }
         if let Some(p) = &pod {
@@ -291,7 +291,7 @@ pub async fn worker(
                 }
                 Action::Sandbox => {
                     if let Err(e) = sandbox(&ctx, &mut rec, &spec).await {
-                        eprintln!("tug-agent: pod {}/{}: network: {e}", rec.namespace, rec.name);
+                        tracing::warn!("tug-agent: pod {}/{}: network: {e}", rec.namespace, rec.name);
                         wake = Some(now_ms() + 2_000);
                     } else {
                         let _ = tx.send(Msg::Tick);
@@ -313,7 +313,7 @@ pub async fn worker(
             }
         }
         if let Err(e) = crate::blocking(|| rec.save(&ctx.cfg.pods_dir())) {
-            eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+            tracing::warn!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
         }
         // Unless an image must be pulled first: the pod then shows its containers waiting
         // (ContainerCreating) during the pull.
@@ -328,7 +328,11 @@ pub async fn worker(
             inherited = false;
             let running =
                 rec.containers.values().filter(|c| matches!(c.state, State::Running { .. })).count();
-            eprintln!("tug-agent: adopted pod {}/{} ({running} running containers)", rec.namespace, rec.name);
+            tracing::info!(
+                "tug-agent: adopted pod {}/{} ({running} running containers)",
+                rec.namespace,
+                rec.name
+            );
         }
     }
 }
@@ -516,7 +520,7 @@ fn remove_container(ctx: &Ctx, id: &str) {
     let _ = ctx.shim().args(["delete", "--force", id]).stderr(std::process::Stdio::null()).status();
     let _ = std::fs::remove_dir_all(ctx.cfg.supervisors().join(id));
     if let Err(e) = ctx.store.remove_snapshot(id) {
-        eprintln!("tug-agent: container {id}: {e}");
+        tracing::warn!("tug-agent: container {id}: {e}");
     }
     let _ = std::fs::remove_dir_all(ctx.bundle_dir(id));
 }
@@ -858,7 +862,7 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
         }
     }
     if let Err(e) = ctx.net.remove_pod(&short(&rec.uid)).await {
-        eprintln!("tug-agent: pod {}/{}: removing its network: {e}", rec.namespace, rec.name);
+        tracing::warn!("tug-agent: pod {}/{}: removing its network: {e}", rec.namespace, rec.name);
     }
     // The pod's own cgroup (its containers' went with them), in every hierarchy.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -874,7 +878,7 @@ async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
     volumes::unmount_all(&ctx.pod_dir(&rec.uid));
     volumes::tokens::forget(&rec.uid);
     if let Err(e) = volumes::remove_pod_dir(&ctx.pod_dir(&rec.uid)) {
-        eprintln!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+        tracing::warn!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
     }
     // The record last: a tear-down cut short is finished by the next agent.
     let _ = std::fs::remove_dir_all(ctx.sandbox_dir(&rec.uid));
@@ -897,7 +901,7 @@ async fn confirm_deleted(ctx: &Ctx, rec: &PodRecord) {
             Ok(()) => return,
             Err(tug_client::CallError::Server(s)) if s.code == 404 || s.code == 409 => return,
             Err(e) => {
-                eprintln!("tug-agent: pod {}/{}: confirming its deletion: {e}", rec.namespace, rec.name);
+                tracing::warn!("tug-agent: pod {}/{}: confirming its deletion: {e}", rec.namespace, rec.name);
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1).min(10))).await;
             }
         }
@@ -935,7 +939,7 @@ async fn write_status(ctx: &Ctx, pod: &Pod, rec: &PodRecord, last: &mut Value) -
             }
             Err(e) if api::is_conflict(&e) => continue,
             Err(e) => {
-                eprintln!("tug-agent: pod {ns}/{}: writing status: {e}", rec.name);
+                tracing::warn!("tug-agent: pod {ns}/{}: writing status: {e}", rec.name);
                 return None;
             }
         }

@@ -296,7 +296,7 @@ pub async fn prober(
             match t.record(r.is_ok(), s) {
                 Some(true) => break,
                 Some(false) => {
-                    eprintln!(
+                    tracing::warn!(
                         "tug-agent: container {name}: startup probe failed: {}",
                         r.err().unwrap_or_default()
                     );
@@ -338,7 +338,7 @@ pub async fn prober(
                     tx.send(super::Msg::Event("Warning", "Unhealthy", format!("Liveness probe failed: {e}")));
             }
             if live_t.record(r.is_ok(), s) == Some(false) {
-                eprintln!(
+                tracing::warn!(
                     "tug-agent: container {name}: liveness probe failed: {}",
                     r.err().unwrap_or_default()
                 );
@@ -368,7 +368,7 @@ pub async fn prober(
             if let Some(v) = ready_t.record(r.is_ok(), s) {
                 // Logged once per change of verdict, not per probe.
                 if state.ready.swap(v, Ordering::Relaxed) != v {
-                    eprintln!(
+                    tracing::info!(
                         "tug-agent: container {name}: {}",
                         if v { "ready" } else { "not ready (readiness probe failing)" }
                     );

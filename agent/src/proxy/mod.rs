@@ -193,7 +193,7 @@ pub async fn run(
             Ok((Ok(n), a)) => {
                 if whole {
                     full_at = Instant::now() + resync;
-                    eprintln!(
+                    tracing::info!(
                         "tug-agent: proxy ({mode:?}): programmed {n} service ports in {:?}",
                         started.elapsed()
                     );
@@ -201,12 +201,12 @@ pub async fn run(
                 applied = Applied { services: Some(services), ..a };
             }
             Ok((Err(e), a)) => {
-                eprintln!("tug-agent: proxy: {e}");
+                tracing::warn!("tug-agent: proxy: {e}");
                 applied = a;
                 retry(&mut applied, &changed).await;
             }
             Err(e) => {
-                eprintln!("tug-agent: proxy: {e}");
+                tracing::warn!("tug-agent: proxy: {e}");
                 retry(&mut applied, &changed).await;
             }
         }

@@ -637,7 +637,7 @@ fn admit_service_account(st: &AppState, info: &KindInfo, obj: &mut Value) -> Res
 fn namespace_defaults(st: &AppState, info: &KindInfo, name: &str) {
     if info.kind == "Namespace" {
         if let Err(e) = blocking(|| crate::auth::serviceaccounts::ensure_defaults(st.store.as_ref(), name)) {
-            eprintln!("tug-scheduler: namespace {name}: its default service account: {e}");
+            tracing::warn!("tug-scheduler: namespace {name}: its default service account: {e}");
         }
     }
 }

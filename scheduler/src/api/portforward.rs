@@ -234,7 +234,7 @@ async fn session<S: AsyncRead + AsyncWrite + Send + 'static>(conn: S, pod: Pod) 
 }
 
 fn tracing_warn(m: &str) {
-    eprintln!("tug-scheduler: {m}");
+    tracing::info!("tug-scheduler: {m}");
 }
 
 /// One forwarded connection: the agent's connection to the port joined to the data stream.

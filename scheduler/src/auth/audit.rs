@@ -282,7 +282,7 @@ impl Log {
             match self.open_file() {
                 Ok(f) => *guard = Some(f),
                 Err(e) => {
-                    eprintln!("tug-scheduler: audit log: {e}");
+                    tracing::warn!("tug-scheduler: audit log: {e}");
                     return;
                 }
             }
@@ -290,7 +290,7 @@ impl Log {
         if let Some((f, len)) = guard.as_mut() {
             match f.write_all(line.as_bytes()) {
                 Ok(()) => *len += line.len() as u64,
-                Err(e) => eprintln!("tug-scheduler: audit log {}: {e}", self.path.display()),
+                Err(e) => tracing::warn!("tug-scheduler: audit log {}: {e}", self.path.display()),
             }
         }
     }

@@ -84,7 +84,7 @@ pub fn spawn(store: Arc<dyn Store>, settings: &Settings, identity: &str) -> toki
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            eprintln!("tug-scheduler: controllers: leading as {id}");
+            tracing::info!("tug-scheduler: controllers: leading as {id}");
             let handles = start(store.clone(), &settings);
             let mut renewed = std::time::Instant::now();
             loop {
@@ -99,7 +99,7 @@ pub fn spawn(store: Arc<dyn Store>, settings: &Settings, identity: &str) -> toki
             for h in handles {
                 h.abort();
             }
-            eprintln!("tug-scheduler: controllers: no longer leading; stopped");
+            tracing::info!("tug-scheduler: controllers: no longer leading; stopped");
         }
     })
 }

@@ -207,7 +207,7 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
                     .unwrap_or_else(|e| Err(StoreError::Backend(format!("reconcile panicked: {e}"))));
                 if let Err(e) = &result {
                     if !matches!(e, StoreError::Conflict { .. }) {
-                        eprintln!("tug-scheduler: {} {key}: {e}", c.name());
+                        tracing::warn!("tug-scheduler: {} {key}: {e}", c.name());
                     }
                 }
                 q.done(&key, &result);
@@ -224,7 +224,7 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
         let rev = match listed {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("tug-scheduler: {}: listing: {e}", controller.name());
+                tracing::warn!("tug-scheduler: {}: listing: {e}", controller.name());
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

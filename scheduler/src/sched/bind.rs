@@ -124,7 +124,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
         .filter_map(|s| match serde_json::from_value(s.object.clone()) {
             Ok(p) => Some((p, s)),
             Err(e) => {
-                eprintln!("tug-scheduler: skipping {}: {e}", s.key);
+                tracing::warn!("tug-scheduler: skipping {}: {e}", s.key);
                 None
             }
         })
@@ -416,7 +416,7 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
                 }
             }
             Ok((Err(err), e)) => {
-                eprintln!("tug-scheduler: scheduling round: {err}");
+                tracing::warn!("tug-scheduler: scheduling round: {err}");
                 engine = e;
             }
             Err(_) => return,

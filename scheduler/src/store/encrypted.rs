@@ -493,7 +493,7 @@ impl Store for EncryptedStore {
         let config = self.config.clone();
         Ok(self.inner.watch(prefix, after)?.mapped(Arc::new(move |key: &str, object: &mut Value| {
             if let Err(e) = config.open(key, object) {
-                eprintln!("tug-scheduler: watch: {e}");
+                tracing::warn!("tug-scheduler: watch: {e}");
             }
         })))
     }

@@ -108,7 +108,7 @@ impl RedbStore {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.durable = durable;
         p.events.clear();
-        eprintln!("tug-scheduler: store reopened after a disk error, at revision {durable}");
+        tracing::warn!("tug-scheduler: store reopened after a disk error, at revision {durable}");
         *slot = Some(db.clone());
         Ok(db)
     }
@@ -119,7 +119,7 @@ impl RedbStore {
         if matches!(e, StoreError::Unavailable(_)) {
             let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
             if slot.take().is_some() {
-                eprintln!("tug-scheduler: {e}");
+                tracing::warn!("tug-scheduler: {e}");
             }
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.clear();
         }
