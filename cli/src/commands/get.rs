@@ -284,6 +284,13 @@ async fn run_one(
         }
     }
     if a.watch {
+        // The rows to come line up under the table just printed (or a header of their own).
+        let tabular = matches!(output, "" | "wide");
+        let header = header_for(info.kind, a, with_ns);
+        let mut widths = printers::widths(&header, &rows(&items, a, with_ns));
+        if tabular && items.is_empty() && !a.no_headers {
+            print!("{}", printers::line(&header, &mut widths));
+        }
         let mut rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
         let sep = if q.is_empty() { "?" } else { "&" };
         // A stream the server ends (a restart, a replica going away) is taken up again from
@@ -302,7 +309,13 @@ async fn run_one(
                     if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
                         rv = r.to_string();
                     }
-                    print_rows(std::slice::from_ref(obj), a, with_ns);
+                    if tabular {
+                        for r in rows(std::slice::from_ref(obj), a, with_ns) {
+                            print!("{}", printers::line(&r, &mut widths));
+                        }
+                    } else {
+                        print_rows(std::slice::from_ref(obj), a, with_ns);
+                    }
                     true
                 })
                 .await;
@@ -373,18 +386,7 @@ fn print_objects(items: &[Value], kind: &str, a: &GetArgs, with_ns: bool, single
         }
         _ if items.is_empty() => {}
         _ => {
-            let wide = output == "wide";
-            let mut header: Vec<String> =
-                printers::headers(kind, wide).into_iter().map(String::from).collect();
-            if with_ns {
-                header.insert(0, "NAMESPACE".into());
-            }
-            header.extend(
-                label_columns(a).iter().map(|l| l.rsplit('/').next().unwrap_or(l).to_ascii_uppercase()),
-            );
-            if a.show_labels {
-                header.push("LABELS".into());
-            }
+            let header = header_for(kind, a, with_ns);
             let mut rows = rows(items, a, with_ns);
             if prefix_kind {
                 let at = usize::from(with_ns);
@@ -398,6 +400,21 @@ fn print_objects(items: &[Value], kind: &str, a: &GetArgs, with_ns: bool, single
             print!("{}", printers::table(&header, &rows));
         }
     }
+}
+
+/// The table's header: the kind's columns, with NAMESPACE first for `-A` and the label
+/// columns last.
+fn header_for(kind: &str, a: &GetArgs, with_ns: bool) -> Vec<String> {
+    let wide = a.output.as_deref() == Some("wide");
+    let mut header: Vec<String> = printers::headers(kind, wide).into_iter().map(String::from).collect();
+    if with_ns {
+        header.insert(0, "NAMESPACE".into());
+    }
+    header.extend(label_columns(a).iter().map(|l| l.rsplit('/').next().unwrap_or(l).to_ascii_uppercase()));
+    if a.show_labels {
+        header.push("LABELS".into());
+    }
+    header
 }
 
 /// Orders two field values as kubectl's `--sort-by` does: numbers as numbers, else text.
