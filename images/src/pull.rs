@@ -64,6 +64,31 @@ impl std::fmt::Display for PullError {
 
 impl std::error::Error for PullError {}
 
+/// An error with its causes (`error sending request: … : connection refused`), so what went
+/// wrong on the wire is not hidden behind the outermost message; a TLS handshake answered in
+/// plain HTTP says so as Docker does, with the flag that allows it.
+pub fn explain(e: &(dyn std::error::Error + 'static), registry: &str) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    let all = parts.join(": ");
+    if all.contains("InvalidContentType")
+        || all.contains("invalid HTTP version parsed")
+        || all.contains("wrong version number")
+    {
+        return format!(
+            "{all}: http: server gave HTTP response to HTTPS client (a registry without TLS: --insecure-registry {registry})"
+        );
+    }
+    all
+}
+
 fn pull_err(message: String) -> PullError {
     PullError { reason: "ErrImagePull", message }
 }
@@ -224,7 +249,7 @@ impl Puller {
         let reference = &image.oci();
         let registry = image.registry().to_string();
         let fail = |what: &str, e: oci_client::errors::OciDistributionError| {
-            pull_err(format!("pulling {what} of {image} from {registry}: {e}"))
+            pull_err(format!("pulling {what} of {image} from {registry}: {}", explain(&e, &registry)))
         };
         let (bytes, digest) = client
             .pull_manifest_raw(reference, &auth, manifest::ACCEPTED)
@@ -405,6 +430,44 @@ impl Puller {
             let _ = std::fs::remove_file(&tmp);
         }
         res.map_err(pull_err)
+    }
+}
+
+#[cfg(test)]
+mod explain_tests {
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn causes_are_kept_and_plain_http_is_named() {
+        let e = E(
+            "error sending request",
+            Some(Box::new(E(
+                "tcp connect error",
+                Some(Box::new(E("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            super::explain(&e, "r:5000"),
+            "error sending request: tcp connect error: Connection refused (os error 111)"
+        );
+        let e = E(
+            "error sending request",
+            Some(Box::new(E("received corrupt message of type InvalidContentType", None))),
+        );
+        assert!(super::explain(&e, "r:5000").ends_with(
+            "server gave HTTP response to HTTPS client (a registry without TLS: --insecure-registry r:5000)"
+        ));
     }
 }
 
