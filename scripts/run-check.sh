@@ -82,7 +82,7 @@ modes() {
     echo "run-check: round $round: a Secret's value is not in /var/lib/tug"
 }
 
-kubectl_checks=0
+extra_checks=0
 for round in 1 2; do
     bash scripts/run.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make run (round $round)"; }
     out=$(bash scripts/run.sh 2>&1) || { echo "$out"; fail "make run a second time (round $round)"; }
@@ -97,15 +97,20 @@ for round in 1 2; do
         kubectl --kubeconfig /etc/tug/admin.kubeconfig get pods -A 2>&1 | grep -q '^default  *hello ' \
             || fail "kubectl with /etc/tug/admin.kubeconfig does not list the pod hello"
         echo "run-check: round $round: kubectl with /etc/tug/admin.kubeconfig lists the pods"
-        kubectl_checks=$((kubectl_checks + 1))
+        extra_checks=$((extra_checks + 1))
     else
         echo "run-check: round $round: SKIPPED the kubectl check: no kubectl on this machine"
     fi
     modes
+    if [ "$round" = 1 ]; then
+        bash scripts/quickstart-check.sh || fail "the README's Quickstart"
+        echo "run-check: round $round: the README's Quickstart runs line by line"
+        extra_checks=$((extra_checks + 1))
+    fi
     bash scripts/stop.sh > /tmp/tug-run-check.log 2>&1 || { cat /tmp/tug-run-check.log; fail "make stop (round $round)"; }
     left=$(leftovers)
     [ -z "$left" ] || { cat /tmp/tug-run-check.log; fail "make stop left behind:$left"; }
     echo "run-check: round $round: make stop left nothing behind"
 done
 rm -f /tmp/tug-run-check.log
-echo "run-check: $((8 + kubectl_checks)) passed, 0 failed"
+echo "run-check: $((8 + extra_checks)) passed, 0 failed"
