@@ -238,6 +238,7 @@ pub async fn worker(
             let ip = rec.ip.clone().unwrap_or_default();
             if let Err(e) = volumes::prepare(&ctx.api, p, &ctx.pod_dir(&rec.uid), &ip, &host_ip).await {
                 tracing::warn!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+                record_event(&ctx, &rec, "Warning", "FailedMount", format!("MountVolume.SetUp failed: {e}"));
             }
         }
         if let Some(p) = &pod {
@@ -292,6 +293,13 @@ pub async fn worker(
                 Action::Sandbox => {
                     if let Err(e) = sandbox(&ctx, &mut rec, &spec).await {
                         tracing::warn!("tug-agent: pod {}/{}: network: {e}", rec.namespace, rec.name);
+                        record_event(
+                            &ctx,
+                            &rec,
+                            "Warning",
+                            "FailedCreatePodSandBox",
+                            format!("Failed to create pod sandbox: {e}"),
+                        );
                         wake = Some(now_ms() + 2_000);
                     } else {
                         let _ = tx.send(Msg::Tick);
@@ -671,10 +679,21 @@ async fn launch(
         cgroup: ctx.cgroup(&rec.uid),
     };
     let host_ip = ctx.cfg.node_ip.to_string();
-    let vols =
-        volumes::prepare(&ctx.api, pod, &ctx.pod_dir(&rec.uid), rec.ip.as_deref().unwrap_or(""), &host_ip)
-            .await
-            .map_err(|e| ("CreateContainerConfigError", e))?;
+    let vols = match volumes::prepare(
+        &ctx.api,
+        pod,
+        &ctx.pod_dir(&rec.uid),
+        rec.ip.as_deref().unwrap_or(""),
+        &host_ip,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            record_event(ctx, rec, "Warning", "FailedMount", format!("MountVolume.SetUp failed: {e}"));
+            return Err(("CreateContainerConfigError", e));
+        }
+    };
     crate::blocking(|| prepare(ctx, pod, rec, c, (image, config), id, attempt, resolved, (&sandbox, &vols)))?;
     let (bundle, log) = (ctx.bundle_dir(id), ctx.log_path(rec, &c.name, attempt));
     let opts = tug_shim::supervisor::Options {
