@@ -1162,6 +1162,9 @@ fn everyday_verbs_create_compare_and_wait() {
     assert_eq!(cp.get_json(&["svc", "s1"]).unwrap()["spec"]["type"], "NodePort");
     assert_eq!(ok(&["run", "r1", "--image=busybox", "--", "sleep", "10"]), "pod/r1 created\n");
     assert_eq!(cp.get_json(&["pod", "r1"]).unwrap()["spec"]["containers"][0]["command"][0], "sleep");
+    assert_eq!(ok(&["get", "pods", "--field-selector", "metadata.name=r1", "-o", "name"]), "pod/r1\n");
+    let others = ok(&["get", "pods", "--field-selector", "metadata.name!=r1", "-o", "name"]);
+    assert!(!others.contains("pod/r1") && others.contains("pod/d1-"), "{others}");
     assert_eq!(ok(&["expose", "deploy/d1", "--port=80", "--target-port=8080"]), "service/d1 exposed\n");
     assert_eq!(cp.get_json(&["svc", "d1"]).unwrap()["spec"]["selector"]["app"], "d1");
     // wait: a jsonpath met at once; a condition never met times out as kubectl's does.

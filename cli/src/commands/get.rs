@@ -27,6 +27,10 @@ pub struct GetArgs {
     /// timestamp unless told otherwise.
     #[arg(long)]
     sort_by: Option<String>,
+    /// A field selector, answered by the server: `status.phase=Running`, `spec.nodeName=n1`,
+    /// `metadata.name!=web` (comma-separated, all must hold).
+    #[arg(long)]
+    field_selector: Option<String>,
     /// Events: only those about this object (`KIND/NAME`).
     #[arg(long = "for")]
     for_object: Option<String>,
@@ -179,6 +183,9 @@ async fn list(
     if let Some(s) = &a.selector {
         query.push(format!("labelSelector={}", encode(s)));
     }
+    if let Some(f) = &a.field_selector {
+        query.push(format!("fieldSelector={}", encode(f)));
+    }
     let path = info.path(namespace, None);
     let mut items = Vec::new();
     let mut next = String::new();
@@ -218,19 +225,20 @@ async fn run_one(
         tug_api::labels::Selector::parse(s).map_err(|e| format!("error: {e}"))?;
         query.push(format!("labelSelector={}", encode(s)));
     }
+    let mut fields: Vec<String> = a.field_selector.iter().cloned().collect();
     if let Some(f) = &a.for_object {
         if info.kind != "Event" {
             return Err("error: --for is only for events".into());
         }
         let (k, n) = f.split_once('/').ok_or_else(|| format!("error: --for takes KIND/NAME, not {f:?}"))?;
         let about = kind(k)?;
-        query.push(format!(
-            "fieldSelector={}",
-            encode(&format!("involvedObject.kind={},involvedObject.name={n}", about.kind))
-        ));
+        fields.push(format!("involvedObject.kind={},involvedObject.name={n}", about.kind));
     }
     if let Some(name) = &name {
-        query.push(format!("fieldSelector=metadata.name={}", encode(name)));
+        fields.push(format!("metadata.name={name}"));
+    }
+    if !fields.is_empty() {
+        query.push(format!("fieldSelector={}", encode(&fields.join(","))));
     }
     let path = info.path(namespace, None);
     if let (Some(name), false) = (&name, a.watch) {
