@@ -232,10 +232,15 @@ fn cgroup_v2_provisioning_installs_configures_and_starts_a_node() {
     // The daemons run the installed binaries with the installed configuration.
     for name in ["scheduler", "agent"] {
         let p = pid(name).unwrap_or_else(|| panic!("no pid file for {name}"));
-        // The script returns as soon as it has started the agent, which may still be in the
-        // middle of its execve (its exe already switched, its arguments not yet there).
+        // The script returns as soon as it has started the agent, which may not have reached
+        // its execve yet: the pid is setsid's (busybox) until then, and setsid's own command
+        // line already holds `--config`. Wait for the exe to be the daemon's.
         let cmdline_of = || std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        tug_integration::wait_for(Duration::from_secs(30), || cmdline_of().contains("--config"));
+        let installed = std::path::PathBuf::from(format!("/usr/local/bin/tug-{name}"));
+        tug_integration::wait_for(Duration::from_secs(30), || {
+            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == installed)
+                && cmdline_of().contains("--config")
+        });
         let exe = std::fs::read_link(format!("/proc/{p}/exe"))
             .unwrap_or_else(|e| panic!("tug-{name} (pid {p}) is gone ({e}); its log:\n{}", log(name)));
         assert_eq!(exe, std::path::PathBuf::from(format!("/usr/local/bin/tug-{name}")));
