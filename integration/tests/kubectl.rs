@@ -69,6 +69,20 @@ impl Kubectl {
     }
 }
 
+/// A child's output lines as they come, read on a thread of their own.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (lines, seen) = std::sync::mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    seen
+}
+
 /// `GET /` on a local port: the whole answer, headers and body.
 fn http_get(port: u16) -> Option<String> {
     use std::io::Read;
@@ -330,15 +344,7 @@ fn kubectl_drives_a_tug_cluster() {
     // logs -f: what the container writes while followed.
     let mut follow = k.command(&["-n", NS, "logs", "-f", pod]).spawn().expect("kubectl logs -f");
     k.ok(&["-n", NS, "exec", pod, "--", "sh", "-c", "echo followed-line > /proc/1/fd/1"]);
-    let (lines, seen) = std::sync::mpsc::channel();
-    let out = follow.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let seen = lines_of(&mut follow);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut followed = String::new();
     while !followed.contains("followed-line") {
@@ -457,13 +463,23 @@ fn kubectl_drives_a_tug_cluster() {
         String::from_utf8_lossy(&k.run(&["-n", NS, "top", "pod"]).stdout).contains("web-")
     });
     assert!(top_pods, "kubectl top pod: {}", text(&k.run(&["-n", NS, "top", "pod"])));
+    // get -w: the watch's first table, then the new object's row.
     let mut watch = k.command(&["-n", NS, "get", "cm", "-w"]).spawn().expect("kubectl get -w");
-    std::thread::sleep(Duration::from_millis(700));
+    let seen = lines_of(&mut watch);
+    let listed = seen.recv_timeout(Duration::from_secs(20)).is_ok();
     k.ok(&["-n", NS, "create", "configmap", "watched"]);
-    std::thread::sleep(Duration::from_millis(700));
+    let mut shown = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while listed && !shown.contains("watched") {
+        match seen.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => shown += &(line + "\n"),
+            Err(_) => break,
+        }
+    }
     let _ = watch.kill();
-    let seen = watch.wait_with_output().expect("watch output");
-    has(&String::from_utf8_lossy(&seen.stdout), "watched");
+    let _ = watch.wait();
+    assert!(listed, "kubectl get -w printed nothing");
+    has(&shown, "watched");
 
     // The official Python client (PyPI `kubernetes`, in the venv `make deps` makes).
     let root = tug_integration::probe::workspace_root();

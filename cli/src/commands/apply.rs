@@ -3,7 +3,7 @@
 //! with up to [`IN_FLIGHT`] requests at once (the API server makes concurrent writes durable
 //! together), reported in the file's order.
 
-use super::{load_all, namespace_for};
+use super::load_all;
 use crate::client::{CallError, Client};
 use futures_util::StreamExt;
 use hyper::Method;
@@ -36,13 +36,7 @@ pub async fn run(
     let (namespaces, rest): (Vec<Object>, Vec<Object>) =
         objects.into_iter().partition(|o| o.info().kind == "Namespace");
     let apply = |obj: Object| async move {
-        let info = obj.info();
-        let name = obj.metadata().name.clone();
-        let target_ns = namespace_for(info, obj.metadata().namespace.as_deref(), ns);
-        let mut value = obj.to_value();
-        if let Some(n) = target_ns {
-            value["metadata"]["namespace"] = n.into();
-        }
+        let (info, name, target_ns, value) = super::placed(&obj, ns);
         let path = format!("{}?fieldManager=tug{dry_q}", info.path(target_ns, Some(&name)));
         let body = serde_json::to_vec(&value).unwrap_or_default();
         let result = client.call(Method::PATCH, &path, "application/apply-patch+yaml", body).await;

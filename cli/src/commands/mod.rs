@@ -34,6 +34,21 @@ pub fn namespace_for<'a>(
     info.namespaced.then(|| manifest.or(flag).unwrap_or("default"))
 }
 
+/// A manifest's object placed for sending: its kind, name, namespace (the manifest's, else
+/// `-n`, else `default`, for namespaced kinds) and JSON with that namespace in it.
+pub fn placed<'a>(
+    obj: &'a tug_api::object::Object,
+    flag: Option<&'a str>,
+) -> (&'static KindInfo, String, Option<&'a str>, serde_json::Value) {
+    let info = obj.info();
+    let ns = namespace_for(info, obj.metadata().namespace.as_deref(), flag);
+    let mut value = obj.to_value();
+    if let Some(n) = ns {
+        value["metadata"]["namespace"] = n.into();
+    }
+    (info, obj.metadata().name.clone(), ns, value)
+}
+
 /// Reads manifests from files, directories (`*.yaml`, `*.yml`, `*.json`, sorted) and `-`.
 pub fn read_sources(files: &[String]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();

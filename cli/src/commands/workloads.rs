@@ -1,7 +1,7 @@
 //! Verbs that make or compare objects: `run`, `expose`, `create deployment|job|cronjob|service`,
 //! `replace -f`, `diff -f`, and `wait`. Each prints kubectl's line.
 
-use super::{kind, load_all, namespace_for};
+use super::{kind, load_all};
 use crate::client::Client;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -223,13 +223,7 @@ pub fn template(
 pub async fn replace(client: &Client, files: &[String], ns: Option<&str>) -> Result<ExitCode, String> {
     let mut failed = false;
     for obj in load_all(files)? {
-        let info = obj.info();
-        let name = obj.metadata().name.clone();
-        let target_ns = namespace_for(info, obj.metadata().namespace.as_deref(), ns);
-        let mut value = obj.to_value();
-        if let Some(n) = target_ns {
-            value["metadata"]["namespace"] = n.into();
-        }
+        let (info, name, target_ns, value) = super::placed(&obj, ns);
         let path = format!("{}?fieldManager=tug-replace", info.path(target_ns, Some(&name)));
         match client.call(Method::PUT, &path, "application/json", value.to_string().into_bytes()).await {
             Ok(_) => println!("{} replaced", obj.display_name()),
@@ -247,13 +241,7 @@ pub async fn replace(client: &Client, files: &[String], ns: Option<&str>) -> Res
 pub async fn diff(client: &Client, files: &[String], ns: Option<&str>) -> Result<ExitCode, String> {
     let mut differs = false;
     for obj in load_all(files)? {
-        let info = obj.info();
-        let name = obj.metadata().name.clone();
-        let target_ns = namespace_for(info, obj.metadata().namespace.as_deref(), ns);
-        let mut value = obj.to_value();
-        if let Some(n) = target_ns {
-            value["metadata"]["namespace"] = n.into();
-        }
+        let (info, name, target_ns, value) = super::placed(&obj, ns);
         let path = info.path(target_ns, Some(&name));
         let live = match client.get(&path).await {
             Ok(v) => v,

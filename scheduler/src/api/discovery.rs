@@ -67,17 +67,7 @@ fn subresources(info: &KindInfo) -> Vec<Subresource> {
         "deployments" | "replicasets" => {
             vec![status, ("scale", vec!["get", "patch", "update"], "Scale", Some(("autoscaling", "v1")))]
         }
-        "configmaps"
-        | "secrets"
-        | "serviceaccounts"
-        | "endpoints"
-        | "events"
-        | "leases"
-        | "priorityclasses"
-        | "roles"
-        | "clusterroles"
-        | "rolebindings"
-        | "clusterrolebindings" => vec![],
+        _ if !info.has_status() => vec![],
         _ => vec![status],
     }
 }

@@ -272,15 +272,7 @@ fn scale_sync(
                     .map_err(|e| Status::bad_request(format!("the patch is not valid JSON: {e}")))?;
                 let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
                 let mut doc = view.clone();
-                let r = match ct.split(';').next().unwrap_or("").trim() {
-                    "application/json-patch+json" => tug_api::patch::json_patch(&mut doc, &patch),
-                    "application/merge-patch+json" => {
-                        tug_api::patch::merge_patch(&mut doc, &patch);
-                        Ok(())
-                    }
-                    _ => tug_api::patch::strategic("Scale", &mut doc, &patch),
-                };
-                r.map_err(|e| Status::new(422, "Invalid", format!("the patch could not be applied: {e}")))?;
+                apply_patch("Scale", ct.split(';').next().unwrap_or("").trim(), &mut doc, &patch)?;
                 doc
             }
             m => {
@@ -388,18 +380,7 @@ fn patch(
         attempt += 1;
         let current = read(st, target)?;
         let mut doc = current.object.clone();
-        let applied = match media {
-            "application/merge-patch+json" => {
-                if !patch.is_object() {
-                    return Err(Status::bad_request("a merge patch must be a JSON object"));
-                }
-                tug_api::patch::merge_patch(&mut doc, &patch);
-                Ok(())
-            }
-            "application/json-patch+json" => tug_api::patch::json_patch(&mut doc, &patch),
-            _ => tug_api::patch::strategic(info.kind, &mut doc, &patch),
-        };
-        applied.map_err(|e| Status::new(422, "Invalid", format!("the patch could not be applied: {e}")))?;
+        apply_patch(info.kind, media, &mut doc, &patch)?;
         let rv = current.revision.to_string();
         let pinned = doc["metadata"]["resourceVersion"].as_str().is_some_and(|v| v != rv);
         if !pinned {
@@ -415,6 +396,23 @@ fn patch(
             other => return other,
         }
     }
+}
+
+/// A patch of one of the three types applied to `doc` (an object of `kind`); a patch that
+/// cannot apply is a 422, as Kubernetes answers it.
+fn apply_patch(kind: &str, media: &str, doc: &mut Value, patch: &Value) -> Result<(), Status> {
+    let applied = match media {
+        "application/merge-patch+json" => {
+            if !patch.is_object() {
+                return Err(Status::bad_request("a merge patch must be a JSON object"));
+            }
+            tug_api::patch::merge_patch(doc, patch);
+            Ok(())
+        }
+        "application/json-patch+json" => tug_api::patch::json_patch(doc, patch),
+        _ => tug_api::patch::strategic(kind, doc, patch),
+    };
+    applied.map_err(|e| Status::new(422, "Invalid", format!("the patch could not be applied: {e}")))
 }
 
 /// DELETE on a collection: every object the selectors match, each as its own DELETE would be;
