@@ -37,7 +37,7 @@ for raw in block.strip().splitlines():
         # An assignment must take effect in this shell, not the subshell above.
         print(line)
     if kind == "header":
-        print(f'echo "$out" | tr -s " " | grep -q ^{shlex.quote(expect)} || {{ echo "quickstart: FAILED: {line}: no header {expect} in: $out"; fails=$((fails + 1)); }}')
+        print(f'grep -q ^{shlex.quote(expect)} <<<"$(tr -s " " <<<"$out")" || {{ echo "quickstart: FAILED: {line}: no header {expect} in: $out"; fails=$((fails + 1)); }}')
     elif kind == "contains":
         print(f'case "$out" in *{shlex.quote(expect)}*) ;; *) echo "quickstart: FAILED: {line}: no {expect} in: $out"; fails=$((fails + 1));; esac')
 print('echo "quickstart: $ran lines run, $fails failed"')

@@ -44,13 +44,15 @@ ip addr add 192.0.2.2/24 dev tugrc0
 ip link set tugrc0 up && ip link set tugrc1 up
 ip route add default via 192.0.2.1
 
+# Each check reads a command's whole output before grep looks at it: `a | grep -q` under
+# pipefail fails when grep stops at its match and `a` dies of SIGPIPE.
 leftovers() {
     local what=""
     grep -qE ' (/run/tug-agent|/run/tug/netns|/var/lib/tug/images)/' /proc/self/mountinfo && what+=" mounts;"
-    ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -qE '^(tug0|tug\.[0-9]+|tug[0-9a-f]{8})$' && what+=" links;"
-    nft list tables 2>/dev/null | grep -q ' tug' && what+=" nftables tables;"
+    grep -qE '^(tug0|tug\.[0-9]+|tug[0-9a-f]{8})$' <<<"$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1)" && what+=" links;"
+    grep -q ' tug' <<<"$(nft list tables 2>/dev/null)" && what+=" nftables tables;"
     pgrep -f "^$TUG_BIN_DIR/tug-(agent|scheduler|supervisor)" >/dev/null && what+=" processes;"
-    find /sys/fs/cgroup -maxdepth 6 -type d -name 'tug-pods' 2>/dev/null | grep -q . && what+=" cgroups;"
+    grep -q . <<<"$(find /sys/fs/cgroup -maxdepth 6 -type d -name 'tug-pods' 2>/dev/null)" && what+=" cgroups;"
     echo "$what"
 }
 
@@ -90,12 +92,15 @@ for round in 1 2; do
         || { echo "$out"; fail "a second make run did not find the daemons running"; }
     svc=$(TUG_SOCKET=/run/tug/tug.sock "$TUG_BIN_DIR/tug" get service web -o json \
         | sed -n 's/.*"clusterIP": *"\([0-9.]*\)".*/\1/p' | head -1)
-    curl -sf -m 5 "http://$svc/" | grep -q 'Hello from Tug' || fail "the example app does not answer at http://$svc/"
+    grep -q 'Hello from Tug' <<<"$(curl -sf -m 5 "http://$svc/")" || fail "the example app does not answer at http://$svc/"
     echo "run-check: round $round: make run twice, the example app answers at http://$svc/"
     # The kubeconfig make run wrote drives the stock kubectl over the TLS API.
     if command -v kubectl >/dev/null; then
-        kubectl --kubeconfig /etc/tug/admin.kubeconfig get pods -A 2>&1 | grep -q '^default  *hello ' \
-            || fail "kubectl with /etc/tug/admin.kubeconfig does not list the pod hello"
+        # The whole output first: `grep -q` stopping at the match would cut kubectl off with
+        # SIGPIPE, and pipefail would call that a failure.
+        listed=$(kubectl --kubeconfig /etc/tug/admin.kubeconfig get pods -A 2>&1) || true
+        grep -q '^default  *hello ' <<<"$listed" \
+            || { echo "$listed"; fail "kubectl with /etc/tug/admin.kubeconfig does not list the pod hello"; }
         echo "run-check: round $round: kubectl with /etc/tug/admin.kubeconfig lists the pods"
         extra_checks=$((extra_checks + 1))
     else
