@@ -204,7 +204,7 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, String> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -218,7 +218,31 @@ impl Reader<'_> {
         Err("a varint longer than 10 bytes".into())
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    /// The next field: its number and value, `None` for a fixed-width one (read past: no
+    /// Kubernetes type this server reads has one).
+    fn field(&mut self, path: &str) -> Result<(u64, Option<Wire<'a>>), String> {
+        let tag = self.varint()?;
+        let number = tag >> 3;
+        let wire = match tag & 7 {
+            0 => Some(Wire::Varint(self.varint()?)),
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| "a length past the address space")?;
+                Some(Wire::Bytes(self.take(n)?))
+            }
+            1 => {
+                self.take(8)?;
+                None
+            }
+            5 => {
+                self.take(4)?;
+                None
+            }
+            t => return Err(format!("{path}: wire type {t} of field {number} is not protobuf's")),
+        };
+        Ok((number, wire))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or("a truncated field")?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
@@ -238,24 +262,8 @@ fn message(buf: &[u8], name: &str, path: &str) -> Result<Value, String> {
     let mut out = Map::new();
     let mut r = Reader { buf, pos: 0 };
     while r.pos < buf.len() {
-        let tag = r.varint()?;
-        let (number, wire_type) = (tag >> 3, tag & 7);
-        let wire = match wire_type {
-            0 => Wire::Varint(r.varint()?),
-            2 => {
-                let n = usize::try_from(r.varint()?).map_err(|_| "a length past the address space")?;
-                Wire::Bytes(r.take(n)?)
-            }
-            1 => {
-                r.take(8)?;
-                continue;
-            }
-            5 => {
-                r.take(4)?;
-                continue;
-            }
-            t => return Err(format!("{path}: wire type {t} of field {number} is not protobuf's")),
-        };
+        let (number, wire) = r.field(path)?;
+        let Some(wire) = wire else { continue };
         let Some((json, ty, keep_zero)) = fields.get(&number) else {
             if matches!(wire, Wire::Varint(0)) || matches!(wire, Wire::Bytes(b) if b.is_empty()) {
                 continue;
@@ -321,16 +329,9 @@ fn entry(buf: &[u8], ty: &Ty, path: &str) -> Result<(String, Value), String> {
     let mut r = Reader { buf, pos: 0 };
     let (mut key, mut val) = (String::new(), default_of(ty));
     while r.pos < buf.len() {
-        let tag = r.varint()?;
-        let wire = match tag & 7 {
-            0 => Wire::Varint(r.varint()?),
-            2 => {
-                let n = usize::try_from(r.varint()?).map_err(|_| "a length past the address space")?;
-                Wire::Bytes(r.take(n)?)
-            }
-            t => return Err(format!("{path}: wire type {t} in a map entry")),
-        };
-        match tag >> 3 {
+        let (number, wire) = r.field(path)?;
+        let wire = wire.ok_or_else(|| format!("{path}: a fixed-width field in a map entry"))?;
+        match number {
             1 => key = value(&wire, &Ty::Str, path)?.as_str().unwrap_or_default().to_string(),
             2 => val = value(&wire, ty, &format!("{path}[{key}]"))?,
             n => return Err(format!("{path}: field {n} in a map entry")),
@@ -391,16 +392,9 @@ fn message_with(buf: &[u8], path: &str, fields: &[(u64, Ty)]) -> Result<HashMap<
     let mut r = Reader { buf, pos: 0 };
     let mut out = HashMap::new();
     while r.pos < buf.len() {
-        let tag = r.varint()?;
-        let wire = match tag & 7 {
-            0 => Wire::Varint(r.varint()?),
-            2 => {
-                let n = usize::try_from(r.varint()?).map_err(|_| "a length past the address space")?;
-                Wire::Bytes(r.take(n)?)
-            }
-            t => return Err(format!("{path}: wire type {t}")),
-        };
-        if let Some((n, ty)) = fields.iter().find(|(n, _)| *n == tag >> 3) {
+        let (number, wire) = r.field(path)?;
+        let wire = wire.ok_or_else(|| format!("{path}: a fixed-width field"))?;
+        if let Some((n, ty)) = fields.iter().find(|(n, _)| *n == number) {
             out.insert(*n, value(&wire, ty, path)?);
         }
     }

@@ -100,16 +100,7 @@ pub async fn run(client: &Client, cmd: AuthCmd, ns: Option<&str>) -> Result<Exit
             Ok(if allowed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         AuthCmd::Whoami { output } => {
-            let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
-            let (v, _) = client
-                .call(
-                    Method::POST,
-                    "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                    "application/json",
-                    review.to_string().into_bytes(),
-                )
-                .await
-                .map_err(server_error)?;
+            let v = whoami(client).await?;
             match output.as_deref() {
                 Some("json") => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
                 Some("yaml") => print!("{}", serde_yaml_ng::to_string(&v).unwrap_or_default()),
@@ -136,4 +127,19 @@ pub async fn run(client: &Client, cmd: AuthCmd, ns: Option<&str>) -> Result<Exit
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The caller's SelfSubjectReview: who the server takes them for.
+pub async fn whoami(client: &Client) -> Result<serde_json::Value, String> {
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    client
+        .call(
+            Method::POST,
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "application/json",
+            review.to_string().into_bytes(),
+        )
+        .await
+        .map(|r| r.0)
+        .map_err(server_error)
 }

@@ -244,19 +244,7 @@ pub async fn config_kubeconfig(
         print!("{}", kubeconfig(&url, &name, &read("ca.crt")?, &cert, &read("client.key")?)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
-    let (who, _) = client
-        .call(
-            Method::POST,
-            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-            "application/json",
-            review.to_string().into_bytes(),
-        )
-        .await
-        .map_err(|e| match e {
-            CallError::Server(s) => format!("Error from server ({}): {}", s.reason, s.message),
-            e => e.to_string(),
-        })?;
+    let who = super::auth::whoami(client).await?;
     let info = &who["status"]["userInfo"];
     let name = info["username"].as_str().unwrap_or_default().to_string();
     let groups: Vec<&str> = info["groups"]

@@ -215,14 +215,7 @@ fn pod(obj: &Value, now: SystemTime) -> String {
                     None => format!("{}:  <set from a source>", s(&e["name"])),
                 })
                 .collect();
-            if env.is_empty() {
-                f(&mut out, "Environment", "<none>".into());
-            } else {
-                let _ = writeln!(out, "    Environment:");
-                for e in env {
-                    let _ = writeln!(out, "      {e}");
-                }
-            }
+            container_list(&mut out, "Environment", &env);
             let mounts: Vec<String> = c["volumeMounts"]
                 .as_array()
                 .into_iter()
@@ -236,14 +229,7 @@ fn pod(obj: &Value, now: SystemTime) -> String {
                     )
                 })
                 .collect();
-            if mounts.is_empty() {
-                f(&mut out, "Mounts", "<none>".into());
-            } else {
-                let _ = writeln!(out, "    Mounts:");
-                for m in mounts {
-                    let _ = writeln!(out, "      {m}");
-                }
-            }
+            container_list(&mut out, "Mounts", &mounts);
         }
     }
     conditions(&mut out, &st["conditions"], false);
@@ -278,6 +264,18 @@ fn pod(obj: &Value, now: SystemTime) -> String {
         .collect();
     field(&mut out, "Tolerations", or_none(tolerations.join(&format!("\n{}", " ".repeat(18)))));
     out
+}
+
+/// A container's list field: `<none>` on its line, or one item per line under it.
+fn container_list(out: &mut String, label: &str, items: &[String]) {
+    if items.is_empty() {
+        let _ = writeln!(out, "    {:<18}<none>", format!("{label}:"));
+        return;
+    }
+    let _ = writeln!(out, "    {label}:");
+    for i in items {
+        let _ = writeln!(out, "      {i}");
+    }
 }
 
 /// `State:  Running` and its details, as kubectl prints a container state.

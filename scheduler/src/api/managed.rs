@@ -177,7 +177,7 @@ pub fn apply(
     now: &str,
 ) -> Result<Value, Vec<Conflict>> {
     let mut es = entries(live);
-    let mine = FieldSet::of(kind, config);
+    let mine = tracked(kind, config);
     let mut conflicts: Vec<Conflict> = Vec::new();
     // Every other entry may conflict, the same manager's updates included (Kubernetes keys
     // managers by name, operation and subresource).
