@@ -308,7 +308,7 @@ async fn serve_attach<C: AsyncRead + AsyncWrite + Unpin>(
     let _ = conn.write_all(&pending).await;
     sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut sock = tokio::net::UnixStream::from_std(sock).map_err(|e| e.to_string())?;
-    let _ = tokio::io::copy_bidirectional(conn, &mut sock).await;
+    tug_client::relay::relay(conn, &mut sock).await;
     Ok(())
 }
 
@@ -351,6 +351,6 @@ async fn serve_exec<C: AsyncRead + AsyncWrite + Unpin>(
         let _ = sock.write_all(&frame::encode(frame::CLOSE_STDIN, &[])).await;
     }
     // Until the supervisor closes its side after EXIT (or the user goes away).
-    let _ = tokio::io::copy_bidirectional(conn, &mut sock).await;
+    tug_client::relay::relay(conn, &mut sock).await;
     Ok(())
 }

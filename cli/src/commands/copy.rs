@@ -84,6 +84,16 @@ async fn exec_bytes(
     Ok((out, err, code))
 }
 
+/// Why the container's tar failed: its own words, else its exit code, or the stream's early end.
+fn failure(code: i64, stderr: &[u8]) -> String {
+    let said = String::from_utf8_lossy(stderr).trim().to_string();
+    match code {
+        _ if !said.is_empty() => said,
+        -1 => "the connection to the container ended before tar's exit status arrived".into(),
+        c => format!("tar exited with code {c}"),
+    }
+}
+
 /// A tar of `local` with its top entry named `name`.
 fn pack(local: &Path, name: &str) -> Result<Vec<u8>, String> {
     let mut b = tar::Builder::new(Vec::new());
@@ -153,10 +163,7 @@ pub async fn run(client: &Client, a: &CopyArgs, ns: Option<&str>) -> Result<Exit
             )
             .await?;
             if code != 0 {
-                return Err(format!(
-                    "error: copying into {pod}:{path}: {}",
-                    String::from_utf8_lossy(&err).trim()
-                ));
+                return Err(format!("error: copying into {pod}:{path}: {}", failure(code, &err)));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -173,7 +180,7 @@ pub async fn run(client: &Client, a: &CopyArgs, ns: Option<&str>) -> Result<Exit
             )
             .await?;
             if code != 0 {
-                return Err(format!("error: copying {pod}:{path}: {}", String::from_utf8_lossy(&err).trim()));
+                return Err(format!("error: copying {pod}:{path}: {}", failure(code, &err)));
             }
             let dest = Path::new(&a.dest);
             let dest = if dest.is_dir() { dest.join(&name) } else { dest.to_path_buf() };

@@ -337,7 +337,7 @@ pub async fn attach(
         tokio::spawn(async move {
             if let Ok(user) = on.await {
                 let mut user = TokioIo::new(user);
-                let _ = tokio::io::copy_bidirectional(&mut user, &mut agent).await;
+                tug_client::relay::relay(&mut user, &mut agent).await;
             }
         });
         return switching(EXEC_PROTOCOL);
@@ -392,7 +392,7 @@ pub async fn exec(
     tokio::spawn(async move {
         if let Ok(user) = on.await {
             let mut user = TokioIo::new(user);
-            let _ = tokio::io::copy_bidirectional(&mut user, &mut agent).await;
+            tug_client::relay::relay(&mut user, &mut agent).await;
         }
     });
     switching(EXEC_PROTOCOL)
