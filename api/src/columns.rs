@@ -96,6 +96,9 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
         "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
         "Lease" => vec!["NAME", "HOLDER", "AGE"],
+        "PodDisruptionBudget" => {
+            vec!["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"]
+        }
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         _ => vec!["NAME", "AGE"],
     };
@@ -375,6 +378,20 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
         "Lease" => {
             let holder = s(&spec["holderIdentity"]);
             vec![name, if holder.is_empty() { "<none>".into() } else { holder }, age(obj, now)]
+        }
+        "PodDisruptionBudget" => {
+            let or_na = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                name,
+                or_na(&spec["minAvailable"]),
+                or_na(&spec["maxUnavailable"]),
+                n(&st["disruptionsAllowed"]).to_string(),
+                age(obj, now),
+            ]
         }
         "PriorityClass" => vec![
             name,

@@ -87,6 +87,7 @@ pub fn apply(obj: &mut Object) {
         | Object::Node(_)
         | Object::Event(_)
         | Object::Lease(_)
+        | Object::PodDisruptionBudget(_)
         | Object::ServiceAccount(_)
         | Object::Role(_)
         | Object::ClusterRole(_) => {}

@@ -35,6 +35,7 @@ pub struct StatusDetails {
 pub struct StatusCause {
     pub reason: String,
     pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub field: String,
 }
 

@@ -102,6 +102,7 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             job_spec(&c.spec.job_template.spec, "spec.jobTemplate.spec", &mut e);
         }
         Object::HorizontalPodAutoscaler(h) => hpa(&h.spec, &mut e),
+        Object::PodDisruptionBudget(p) => pdb(&p.spec, &mut e),
         Object::Node(n) => {
             for (i, t) in n.spec.taints.iter().enumerate() {
                 if let Err(msg) = qualified_name(&t.key) {
@@ -456,6 +457,43 @@ fn job_spec(s: &crate::kinds::batch::JobSpec, path: &str, e: &mut Errors) {
     }
     labels(&s.template.metadata.labels, &format!("{path}.template.metadata.labels"), e);
     pod_spec(&s.template.spec, &format!("{path}.template.spec"), e);
+}
+
+/// Kubernetes' PodDisruptionBudget rules: one of minAvailable and maxUnavailable, each a
+/// non-negative number or a percentage of at most 100%, and a selector that compiles.
+fn pdb(s: &crate::kinds::policy::PdbSpec, e: &mut Errors) {
+    use crate::kinds::policy::{ALWAYS_ALLOW, IF_HEALTHY_BUDGET};
+    if s.min_available.is_some() && s.max_unavailable.is_some() {
+        e.add("spec", "Invalid value: minAvailable and maxUnavailable cannot be both set");
+    }
+    for (v, field) in [(&s.min_available, "spec.minAvailable"), (&s.max_unavailable, "spec.maxUnavailable")] {
+        let Some(v) = v else { continue };
+        match (v, v.scaled(100, true)) {
+            (_, Err(msg)) => e.add(field, format!("Invalid value: {msg}")),
+            (_, Ok(n)) if n < 0 => {
+                e.add(field, format!("Invalid value: {n}: must be greater than or equal to 0"))
+            }
+            (IntOrString::String(p), Ok(n)) if n > 100 => {
+                e.add(field, format!("Invalid value: {p:?}: must be no more than 100%"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(sel) = &s.selector {
+        if let Err(fe) = sel.to_selector("spec.selector") {
+            e.add(fe.field, fe.message);
+        }
+    }
+    if let Some(p) =
+        s.unhealthy_pod_eviction_policy.as_deref().filter(|p| ![IF_HEALTHY_BUDGET, ALWAYS_ALLOW].contains(p))
+    {
+        e.add(
+            "spec.unhealthyPodEvictionPolicy",
+            format!(
+                "Unsupported value: {p:?}: supported values: \"{IF_HEALTHY_BUDGET}\", \"{ALWAYS_ALLOW}\""
+            ),
+        );
+    }
 }
 
 fn hpa(s: &crate::kinds::batch::HpaSpec, e: &mut Errors) {

@@ -136,6 +136,8 @@ enum Cmd {
     Cordon { node: String },
     /// Mark a node schedulable again.
     Uncordon { node: String },
+    /// Cordon a node and evict its pods, within their PodDisruptionBudgets.
+    Drain(commands::drain::DrainArgs),
     /// Add or remove a node's taints: `taint nodes NAME key=value:NoSchedule`, `key:NoSchedule-`.
     Taint(commands::modify::TaintArgs),
     /// Set a field of a pod template: `set image deploy/web web=nginx:1.27`.
@@ -186,7 +188,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("events", "tug get events [--for KIND/NAME]"),
     ("debug", "tug exec -it POD -- sh"),
     ("proxy", "kubectl proxy with the kubeconfig from `tug config kubeconfig`"),
-    ("drain", "tug cordon NODE, then delete its pods (kubectl drain works against Tug too)"),
     ("autoscale", "an autoscaling/v2 HorizontalPodAutoscaler with tug apply -f"),
     ("certificate", "tug create user NAME for a client certificate"),
     ("kustomize", "kubectl kustomize DIR | tug apply -f -"),
@@ -332,6 +333,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Edit { target } => commands::modify::edit(&client, &target, ns.as_deref()).await,
         Cmd::Cordon { node } => commands::modify::cordon(&client, &node, true).await,
         Cmd::Uncordon { node } => commands::modify::cordon(&client, &node, false).await,
+        Cmd::Drain(a) => commands::drain::run(&client, &a).await,
         Cmd::Taint(a) => commands::modify::taint(&client, &a).await,
         Cmd::Set(c) => commands::modify::set(&client, &c, ns.as_deref()).await,
         Cmd::Config(ConfigCmd::Kubeconfig { cluster_url, ttl }) => {

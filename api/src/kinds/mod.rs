@@ -5,5 +5,6 @@ pub mod batch;
 pub mod cluster;
 pub mod core;
 pub mod pod;
+pub mod policy;
 pub mod rbac;
 pub mod storage;

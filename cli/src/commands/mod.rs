@@ -6,6 +6,7 @@ pub mod copy;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod drain;
 pub mod forward;
 pub mod get;
 pub mod image;
@@ -60,6 +61,10 @@ pub fn read_sources(files: &[String]) -> Result<Vec<(String, String)>, String> {
             out.push(("-".to_string(), text));
             continue;
         }
+        if f.starts_with("http://") || f.starts_with("https://") {
+            out.push((f.clone(), fetch(f)?));
+            continue;
+        }
         let path = std::path::Path::new(f);
         if path.is_dir() {
             let mut entries: Vec<_> = std::fs::read_dir(path)
@@ -80,6 +85,54 @@ pub fn read_sources(files: &[String]) -> Result<Vec<(String, String)>, String> {
         }
     }
     Ok(out)
+}
+
+/// The largest manifest `-f URL` reads.
+const URL_LIMIT: usize = 64 << 20;
+
+/// `-f URL`: the manifest at an http(s) URL, read on a thread of its own (the CLI's runtime
+/// is single-threaded and busy waiting for it), with kubectl's error for a non-200 answer.
+fn fetch(url: &str) -> Result<String, String> {
+    let u = url.to_string();
+    let job = std::thread::spawn(move || -> Result<String, String> {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .user_agent(concat!("tug/", env!("CARGO_PKG_VERSION")))
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut resp = client.get(&u).send().await.map_err(|e| {
+                // reqwest's own words name the request; its sources say what went wrong.
+                let mut why = Vec::new();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    why.push(c.to_string());
+                    cause = c.source();
+                }
+                format!("error: unable to read URL {u:?}: {}", why.join(": "))
+            })?;
+            let status = resp.status();
+            if status != reqwest::StatusCode::OK {
+                return Err(format!(
+                    "error: unable to read URL {u:?}, server reported {status}, status code={}",
+                    status.as_u16()
+                ));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) =
+                resp.chunk().await.map_err(|e| format!("error: reading URL {u:?}: {e}"))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > URL_LIMIT {
+                    return Err(format!("error: URL {u:?}: the manifest is over {} MiB", URL_LIMIT >> 20));
+                }
+            }
+            String::from_utf8(body).map_err(|_| format!("error: URL {u:?}: the manifest is not UTF-8 text"))
+        })
+    });
+    job.join().map_err(|_| format!("error: reading URL {url:?} failed"))?
 }
 
 /// Loads and validates every source before anything is sent: one invalid document means

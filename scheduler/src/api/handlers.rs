@@ -314,8 +314,8 @@ fn scale_sync(
 }
 
 /// `POST pods/NAME/eviction` (`policy/v1` Eviction, what `kubectl drain` sends): the pod is
-/// deleted with the eviction's grace period. Tug has no PodDisruptionBudgets, so no eviction
-/// is refused for one.
+/// deleted with the eviction's grace period once its PodDisruptionBudget allows it (see
+/// `eviction`).
 pub async fn eviction(
     State(st): State<Arc<AppState>>,
     axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
@@ -339,6 +339,11 @@ pub async fn eviction(
         let target = Target::Object { info, namespace: Some(ns), name, status: false };
         let dry =
             dry_run(&q)? || eviction["deleteOptions"]["dryRun"].as_array().is_some_and(|d| !d.is_empty());
+        let Target::Object { name, namespace, .. } = &target else {
+            return Err(Status::internal("not an object"));
+        };
+        let ns = namespace.as_deref().unwrap_or("default");
+        blocking(|| super::eviction::evict(st.store.as_ref(), ns, name, dry))?;
         blocking(|| delete(&st, &target, &HashMap::new(), &options, dry))?;
         Ok(json_response(
             StatusCode::CREATED,

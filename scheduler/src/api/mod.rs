@@ -22,6 +22,8 @@
 mod channels;
 mod discovery;
 #[allow(clippy::result_large_err)]
+mod eviction;
+#[allow(clippy::result_large_err)]
 mod handlers;
 #[allow(clippy::result_large_err)]
 mod list;

@@ -9,6 +9,7 @@
 //!   automatic rollback.
 //! - [`job`] and [`cronjob`]: batch work.
 //! - [`endpoints`]: the ready pods behind each Service.
+//! - [`disruption`]: each PodDisruptionBudget's healthy pods and allowed disruptions.
 //! - [`gc`]: dependents follow their owners (background, foreground, orphan).
 //! - [`namespaces`]: a Terminating namespace is emptied, then removed.
 //! - [`nodes`]: a node whose lease stops is marked, tainted, and its pods evicted.
@@ -19,6 +20,7 @@
 pub mod clusterroles;
 pub mod cronjob;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
@@ -148,6 +150,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
         (Arc::new(endpoints::EndpointsController), 2),
+        (Arc::new(disruption::Disruption), 1),
         (Arc::new(job::Jobs), 1),
         (Arc::new(cronjob::CronJobs), 1),
         (Arc::new(gc::Collector), 1),
