@@ -1192,4 +1192,178 @@ fn everyday_verbs_create_compare_and_wait() {
     assert_eq!(cp.tug(&["diff", "-f", f]).status.code(), Some(0));
     ok(&["delete", "cm", "dd"]);
     assert_eq!(ok(&["wait", "--for=delete", "cm/dd", "--timeout=5s"]), "configmap/dd deleted\n");
+
+    // set env and set resources on a template.
+    assert_eq!(ok(&["set", "env", "deploy/d1", "A=1", "B=2"]), "deployment.apps/d1 env updated\n");
+    assert_eq!(
+        ok(&["set", "env", "deploy/d1", "B-", "A=3", "-c", "web"]),
+        "deployment.apps/d1 env updated\n"
+    );
+    assert_eq!(ok(&["set", "env", "deploy/d1", "--list"]), "# deployments d1, container web\nA=3\n");
+    ok(&["create", "configmap", "settings", "--from-literal=log-level=debug"]);
+    ok(&["set", "env", "deploy/d1", "--from=configmap/settings", "--prefix=APP_"]);
+    let env = &cp.get_json(&["deploy", "d1"]).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env[1]["name"], "APP_LOG_LEVEL", "{env}");
+    assert_eq!(env[1]["valueFrom"]["configMapKeyRef"]["key"], "log-level", "{env}");
+    let o = cp.tug(&["set", "env", "deploy/d1", "X=1", "-c", "nope"]);
+    assert_eq!(err(&o), "error: unable to find container named \"nope\"");
+    assert_eq!(
+        ok(&["set", "resources", "deploy/d1", "--limits=cpu=200m,memory=512Mi", "--requests=cpu=100m"]),
+        "deployment.apps/d1 resource requirements updated\n"
+    );
+    let r =
+        &cp.get_json(&["deploy", "d1"]).unwrap()["spec"]["template"]["spec"]["containers"][0]["resources"];
+    assert_eq!(
+        (r["limits"]["memory"].as_str(), r["requests"]["cpu"].as_str()),
+        (Some("512Mi"), Some("100m")),
+        "{r}"
+    );
+    let o = cp.tug(&["set", "resources", "deploy/d1", "--limits=cpu=lots"]);
+    assert!(err(&o).starts_with("error: cpu=lots: "), "{}", err(&o));
+
+    // apply -f URL, served here on loopback (one answer per connection).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut s = stream;
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, body) = if req.starts_with("GET /cm.yaml ") {
+                ("200 OK", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-url}\ndata: {a: b}\n")
+            } else if req.starts_with("GET /bad.yaml ") {
+                ("200 OK", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad}\ndata: {a: b}\nextra: 1\n")
+            } else {
+                ("404 Not Found", "")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    assert_eq!(ok(&["apply", "-f", &format!("{url}/cm.yaml")]), "configmap/from-url created\n");
+    let o = cp.tug(&["apply", "-f", &format!("{url}/missing.yaml")]);
+    assert_eq!(
+        err(&o),
+        format!(
+            "error: unable to read URL \"{url}/missing.yaml\", server reported 404 Not Found, status code=404"
+        )
+    );
+    let o = cp.tug(&["apply", "-f", &format!("{url}/bad.yaml")]);
+    assert!(
+        !o.status.success()
+            && err(&o).starts_with(&format!("error: {url}/bad.yaml: "))
+            && err(&o).contains("extra"),
+        "the same strict checks: {}",
+        err(&o)
+    );
+    assert!(cp.get_json(&["cm", "bad"]).is_none());
+}
+
+#[test]
+fn drain_evicts_within_disruption_budgets() {
+    let cp = ControlPlane::start();
+    let node = "tug-drain-n1";
+    let body = format!(
+        "{{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {{\"name\": \"{node}\"}}, \"status\": {{\"allocatable\": {{\"cpu\": \"4\", \"memory\": \"8Gi\", \"pods\": \"110\"}}, \"conditions\": [{{\"type\": \"Ready\", \"status\": \"True\"}}]}}}}"
+    );
+    assert_eq!(cp.raw("POST", "/api/v1/nodes", "application/json", &body).0, 201);
+    assert_eq!(cp.raw("PUT", &format!("/api/v1/nodes/{node}/status"), "application/json", &body).0, 200);
+    let apply = |yaml: &str| {
+        let o = cp.tug_with_input(&["apply", "-f", "-"], yaml);
+        assert!(o.status.success(), "{}", err(&o));
+    };
+    apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec: {containers: [{name: c, image: busybox:1.36}]}\n",
+    );
+    apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: bare}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: busybox:1.36}}]\n"
+    ));
+    // No agent here: the pods are made Running and Ready by hand once placed.
+    let on_node = || -> Vec<String> {
+        let v = cp.get_json(&["pods", "-l", "app=d"]).unwrap_or(Value::Null);
+        v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node)
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(20), || on_node().len() == 3));
+    let ready = "{\"status\": {\"phase\": \"Running\", \"conditions\": [{\"type\": \"Ready\", \"status\": \"True\", \"lastTransitionTime\": \"2026-01-01T00:00:00Z\"}]}}";
+    for p in on_node().iter().chain(std::iter::once(&"bare".to_string())) {
+        let path = format!("/api/v1/namespaces/default/pods/{p}/status");
+        let (code, body) = cp.raw("PATCH", &path, "application/merge-patch+json", ready);
+        assert_eq!(code, 200, "{body}");
+    }
+    apply(
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: d}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: d}}\n",
+    );
+    let allowed = || cp.get_json(&["pdb", "d"]).map(|v| v["status"]["disruptionsAllowed"].clone());
+    assert!(
+        tug_integration::wait_for(std::time::Duration::from_secs(20), || allowed() == Some(1.into())),
+        "{:?}",
+        cp.get_json(&["pdb", "d"])
+    );
+    let table = out(&cp.tug(&["get", "pdb"]));
+    assert!(table.starts_with("NAME   MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE\nd      2               N/A               1 "), "{table}");
+
+    // A pod no controller would bring back stops the drain unless --force.
+    let o = cp.tug(&["drain", node]);
+    assert!(!o.status.success());
+    assert_eq!(out(&o), format!("node/{node} cordoned\n"));
+    assert!(
+        err(&o).contains(&format!("error: unable to drain node \"{node}\" due to error: cannot delete Pods that declare no controller (use --force to override): default/bare, continuing command...")),
+        "{}",
+        err(&o)
+    );
+    // With --force: the bare pod and one of d's go; the budget keeps the other two, and the
+    // drain gives up at its timeout.
+    let o = cp.tug(&["drain", node, "--force", "--grace-period", "0", "--timeout", "7s"]);
+    assert!(!o.status.success(), "{}", out(&o));
+    let (stdout, stderr) = (out(&o), err(&o));
+    assert!(stdout.starts_with(&format!("node/{node} already cordoned\n")), "{stdout}");
+    assert!(
+        stdout.contains("evicting pod default/bare\n") && stdout.contains("pod/bare evicted\n"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches(" evicted\n").count(), 2, "{stdout}");
+    assert!(
+        stderr.starts_with("Warning: deleting Pods that declare no controller: default/bare\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("global timeout reached: 7s"), "{stderr}");
+    let v = cp.get_json(&["pdb", "d"]).unwrap();
+    assert_eq!(v["status"]["disruptionsAllowed"], 0, "{v}");
+    // The raw refusal is Kubernetes' 429 with the budget's numbers.
+    let left = on_node();
+    let (code, body) = cp.raw(
+        "POST",
+        &format!("/api/v1/namespaces/default/pods/{}/eviction", left[0]),
+        "application/json",
+        &format!(
+            "{{\"apiVersion\": \"policy/v1\", \"kind\": \"Eviction\", \"metadata\": {{\"name\": \"{}\"}}}}",
+            left[0]
+        ),
+    );
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("The disruption budget d needs 2 healthy pods and has 2 currently"), "{body}");
+    // Without the budget the drain completes.
+    assert!(cp.tug(&["delete", "pdb", "d"]).status.success());
+    let o = cp.tug(&["drain", node, "--grace-period", "0", "--timeout", "30s"]);
+    assert!(o.status.success(), "{}\n{}", out(&o), err(&o));
+    assert!(out(&o).ends_with(&format!("node/{node} drained\n")), "{}", out(&o));
+    assert!(on_node().is_empty());
 }

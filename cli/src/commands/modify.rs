@@ -49,6 +49,39 @@ pub enum SetCmd {
         #[arg(required = true)]
         args: Vec<String>,
     },
+    /// Set or remove containers' environment variables: `set env deploy/web KEY=VALUE OLD-`.
+    Env {
+        /// `KIND/NAME` (or `KIND NAME`), then `KEY=VALUE` to set and `KEY-` to remove.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// The containers to change (a name or `*`).
+        #[arg(short = 'c', long, default_value = "*")]
+        containers: String,
+        /// Print the variables instead of changing them.
+        #[arg(long)]
+        list: bool,
+        /// Every key of `configmap/NAME` or `secret/NAME`, each a reference to it.
+        #[arg(long)]
+        from: Option<String>,
+        /// Put this before each key taken with --from.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Set containers' requests and limits: `set resources deploy/web --limits=cpu=200m,memory=512Mi`.
+    Resources {
+        /// `KIND/NAME` (or `KIND NAME`).
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// The containers to change (a name or `*`).
+        #[arg(short = 'c', long, default_value = "*")]
+        containers: String,
+        /// `cpu=…,memory=…` limits.
+        #[arg(long)]
+        limits: Option<String>,
+        /// `cpu=…,memory=…` requests.
+        #[arg(long)]
+        requests: Option<String>,
+    },
 }
 
 fn server(e: CallError) -> String {
@@ -243,21 +276,27 @@ pub async fn taint(client: &Client, a: &TaintArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where a kind keeps its pod spec.
+fn pod_spec_path(info: &KindInfo) -> Result<Vec<&'static str>, String> {
+    match info.kind {
+        "Pod" => Ok(vec!["spec"]),
+        "CronJob" => Ok(vec!["spec", "jobTemplate", "spec", "template", "spec"]),
+        "Deployment" | "ReplicaSet" | "Job" => Ok(vec!["spec", "template", "spec"]),
+        other => Err(format!("error: {other} has no pod template")),
+    }
+}
+
 pub async fn set(client: &Client, cmd: &SetCmd, ns: Option<&str>) -> Result<ExitCode, String> {
-    let SetCmd::Image { args } = cmd;
+    let args = match cmd {
+        SetCmd::Image { args } => args,
+        SetCmd::Env { args, .. } | SetCmd::Resources { args, .. } => {
+            return set_containers(client, cmd, args, ns).await;
+        }
+    };
     let (info, name, pairs) = target(args)?;
     let current = client.get(&path(info, &name, ns)).await.map_err(server)?;
-    let (spec_path, containers) = match info.kind {
-        "Pod" => (vec!["spec"], &current["spec"]["containers"]),
-        "CronJob" => (
-            vec!["spec", "jobTemplate", "spec", "template", "spec"],
-            &current["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"],
-        ),
-        "Deployment" | "ReplicaSet" | "Job" => {
-            (vec!["spec", "template", "spec"], &current["spec"]["template"]["spec"]["containers"])
-        }
-        other => return Err(format!("error: {other} has no pod template to set an image in")),
-    };
+    let spec_path = pod_spec_path(info)?;
+    let containers = spec_path.iter().fold(&current, |v, k| &v[*k]).get("containers").unwrap_or(&Value::Null);
     let names: Vec<String> = containers
         .as_array()
         .into_iter()
@@ -282,6 +321,196 @@ pub async fn set(client: &Client, cmd: &SetCmd, ns: Option<&str>) -> Result<Exit
     patch_object(client, info, &name, ns, "application/strategic-merge-patch+json", &patch).await?;
     println!("{}/{name} image updated", info.qualified_singular());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `set env` and `set resources`: each chosen container's `env` or `resources` rewritten,
+/// sent as a JSON patch that holds only if the object is still the one read (read again and
+/// retried when a controller wrote it meanwhile).
+async fn set_containers(
+    client: &Client,
+    cmd: &SetCmd,
+    args: &[String],
+    ns: Option<&str>,
+) -> Result<ExitCode, String> {
+    let (info, name, _) = target(args)?;
+    for _ in 0..5 {
+        let Some((ops, verb)) = container_patch(client, cmd, args, ns).await? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        match patch_object(client, info, &name, ns, "application/json-patch+json", &ops).await {
+            Ok(_) => {
+                println!("{}/{name} {verb}", info.qualified_singular());
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) if e.contains("test /metadata/resourceVersion") => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(format!("error: {}/{name} kept changing while being updated; try again", info.qualified_singular()))
+}
+
+/// The JSON patch (and kubectl's past tense for it) of a `set env|resources`; None when the
+/// command only printed (`set env --list`).
+async fn container_patch(
+    client: &Client,
+    cmd: &SetCmd,
+    args: &[String],
+    ns: Option<&str>,
+) -> Result<Option<(Value, &'static str)>, String> {
+    let (info, name, rest) = target(args)?;
+    let p = path(info, &name, ns);
+    let current = client.get(&p).await.map_err(server)?;
+    let spec_path = pod_spec_path(info)?;
+    let spec = spec_path.iter().fold(&current, |v, k| &v[*k]);
+    let containers = spec["containers"].as_array().cloned().unwrap_or_default();
+    let chosen = |c: &Value, which: &str| which == "*" || c["name"].as_str() == Some(which);
+    let which = match cmd {
+        SetCmd::Env { containers, .. } | SetCmd::Resources { containers, .. } => containers.as_str(),
+        SetCmd::Image { .. } => "*",
+    };
+    if !containers.iter().any(|c| chosen(c, which)) {
+        return Err(format!("error: unable to find container named {which:?}"));
+    }
+    let base = format!("/{}/containers", spec_path.join("/"));
+    let mut ops = vec![
+        json!({"op": "test", "path": "/metadata/resourceVersion", "value": current["metadata"]["resourceVersion"]}),
+    ];
+    let verb;
+    match cmd {
+        SetCmd::Env { list: true, .. } => {
+            for c in containers.iter().filter(|c| chosen(c, which)) {
+                println!("# {} {name}, container {}", info.plural, c["name"].as_str().unwrap_or_default());
+                for e in c["env"].as_array().into_iter().flatten() {
+                    let n = e["name"].as_str().unwrap_or_default();
+                    match &e["value"] {
+                        Value::String(v) => println!("{n}={v}"),
+                        _ if e["valueFrom"].is_object() => {
+                            let from = &e["valueFrom"];
+                            let (kind, r) = if from["configMapKeyRef"].is_object() {
+                                ("configmap", &from["configMapKeyRef"])
+                            } else if from["secretKeyRef"].is_object() {
+                                ("secret", &from["secretKeyRef"])
+                            } else if from["fieldRef"].is_object() {
+                                println!(
+                                    "# {n} from field path {}",
+                                    from["fieldRef"]["fieldPath"].as_str().unwrap_or_default()
+                                );
+                                continue;
+                            } else {
+                                println!(
+                                    "# {n} from resource {}",
+                                    from["resourceFieldRef"]["resource"].as_str().unwrap_or_default()
+                                );
+                                continue;
+                            };
+                            println!(
+                                "# {n} from {kind} {}, key {}",
+                                r["name"].as_str().unwrap_or_default(),
+                                r["key"].as_str().unwrap_or_default()
+                            );
+                        }
+                        _ => println!("{n}="),
+                    }
+                }
+            }
+            return Ok(None);
+        }
+        SetCmd::Env { from, prefix, .. } => {
+            let mut set: Vec<Value> = Vec::new();
+            let mut remove: Vec<&str> = Vec::new();
+            for a in &rest {
+                if let Some((k, v)) = a.split_once('=') {
+                    if k.is_empty() {
+                        return Err(format!("error: invalid env: {a}"));
+                    }
+                    set.push(json!({"name": k, "value": v}));
+                } else if let Some(k) = a.strip_suffix('-') {
+                    remove.push(k);
+                } else {
+                    return Err(format!(
+                        "error: unknown environment variable spec {a:?}: use KEY=VALUE or KEY-"
+                    ));
+                }
+            }
+            if let Some(f) = from {
+                let (kind_name, src) = f
+                    .split_once('/')
+                    .ok_or_else(|| format!("error: --from {f:?}: use configmap/NAME or secret/NAME"))?;
+                let src_info = kind(kind_name)?;
+                let ref_kind = match src_info.kind {
+                    "ConfigMap" => "configMapKeyRef",
+                    "Secret" => "secretKeyRef",
+                    other => {
+                        return Err(format!(
+                            "error: --from: unsupported kind {other}: use configmap/NAME or secret/NAME"
+                        ));
+                    }
+                };
+                let obj = client.get(&path(src_info, src, ns)).await.map_err(server)?;
+                let mut keys: Vec<&String> =
+                    obj["data"].as_object().into_iter().flat_map(|m| m.keys()).collect();
+                keys.extend(obj["binaryData"].as_object().into_iter().flat_map(|m| m.keys()));
+                for k in keys {
+                    let env_name = format!("{prefix}{}", k.to_ascii_uppercase().replace(['-', '.'], "_"));
+                    set.push(json!({"name": env_name, "valueFrom": {ref_kind: {"name": src, "key": k}}}));
+                }
+            }
+            if set.is_empty() && remove.is_empty() {
+                return Err("error: at least one environment variable must be provided".into());
+            }
+            for (i, c) in containers.iter().enumerate().filter(|(_, c)| chosen(c, which)) {
+                let mut env: Vec<Value> = c["env"].as_array().cloned().unwrap_or_default();
+                env.retain(|e| !remove.contains(&e["name"].as_str().unwrap_or_default()));
+                for s in &set {
+                    match env.iter_mut().find(|e| e["name"] == s["name"]) {
+                        Some(e) => *e = s.clone(),
+                        None => env.push(s.clone()),
+                    }
+                }
+                let op = if c["env"].is_null() { "add" } else { "replace" };
+                ops.push(json!({"op": op, "path": format!("{base}/{i}/env"), "value": env}));
+            }
+            verb = "env updated";
+        }
+        SetCmd::Resources { limits, requests, .. } => {
+            if limits.is_none() && requests.is_none() {
+                return Err("error: you must specify an update to requests or limits (in the form of --requests/--limits)".into());
+            }
+            let parse = |s: &Option<String>| -> Result<Vec<(String, String)>, String> {
+                let Some(s) = s else { return Ok(Vec::new()) };
+                s.split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').ok_or_else(|| {
+                            format!("error: invalid resource spec {p:?}: use NAME=QUANTITY")
+                        })?;
+                        tug_api::quantity::Quantity::parse(v).map_err(|e| format!("error: {k}={v}: {e}"))?;
+                        Ok((k.to_string(), v.to_string()))
+                    })
+                    .collect()
+            };
+            let (limits, requests) = (parse(limits)?, parse(requests)?);
+            for (i, c) in containers.iter().enumerate().filter(|(_, c)| chosen(c, which)) {
+                let mut r = c["resources"].clone();
+                if !r.is_object() {
+                    r = json!({});
+                }
+                for (field, values) in [("limits", &limits), ("requests", &requests)] {
+                    for (k, v) in values {
+                        if !r[field].is_object() {
+                            r[field] = json!({});
+                        }
+                        r[field][k] = v.clone().into();
+                    }
+                }
+                let op = if c["resources"].is_null() { "add" } else { "replace" };
+                ops.push(json!({"op": op, "path": format!("{base}/{i}/resources"), "value": r}));
+            }
+            verb = "resource requirements updated";
+        }
+        SetCmd::Image { .. } => return Err("error: not a container field".into()),
+    }
+    Ok(Some((Value::Array(ops), verb)))
 }
 
 /// `edit`: the object in `$EDITOR` (or `vi`) as YAML; saved, it replaces the object. A save
