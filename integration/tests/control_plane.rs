@@ -645,6 +645,11 @@ fn pods_are_placed_on_nodes_that_fit_and_retried_when_a_node_joins() {
     assert_eq!(c["message"], "0/2 nodes are available: 2 Insufficient cpu.");
     let events = out(&cp.tug(&["get", "events", "-o", "json"]));
     assert!(events.contains("FailedScheduling") && events.contains("0/2 nodes are available"), "{events}");
+    // Bindings are announced too, by the pod's scheduler.
+    let announced = || out(&cp.tug(&["get", "events", "--for", "pod/fits"]));
+    assert!(tug_integration::wait_for(std::time::Duration::from_secs(10), || announced()
+        .contains("Successfully assigned default/fits to small-")));
+    assert!(announced().contains("Normal   Scheduled"), "{}", announced());
     // A node that fits joins: the waiting pod is placed, without polling.
     node("big", "4");
     assert!(tug_integration::wait_for(std::time::Duration::from_secs(20), || scheduled("huge").is_some()));

@@ -17,6 +17,8 @@ pub mod conn;
 pub mod controllers;
 /// Graceful deletion: what a DELETE does to an object, for the API and the controllers.
 pub mod deletion;
+/// Events written in batches off the hot path (the scheduler's `Scheduled`).
+pub mod events;
 pub mod pki;
 pub mod sched;
 /// Secrets sealed for a store other replicas read (the cluster CA's key under etcd).

@@ -301,6 +301,21 @@ pub fn event(
     message: &str,
     component: &str,
 ) -> Result<(), StoreError> {
+    let (key, ev) = event_object(involved, type_, reason, message, component);
+    match store.create(&key, ev) {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An Event about an object, and the store key it goes under.
+pub fn event_object(
+    involved: (&str, &str, &ObjectMeta),
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) -> (String, Value) {
     let (kind, api_version, meta) = involved;
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let name = format!("{}.{}", meta.name, &uuid::Uuid::new_v4().simple().to_string()[..10]);
@@ -311,12 +326,10 @@ pub fn event(
         "involvedObject": {"kind": kind, "namespace": ns, "name": meta.name, "uid": meta.uid, "apiVersion": api_version},
         "reason": reason, "message": message, "type": type_,
         "source": {"component": component},
+        "reportingComponent": component,
         "firstTimestamp": now, "lastTimestamp": now, "count": 1
     });
-    match store.create(&format!("/events/{ns}/{name}"), ev) {
-        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    (format!("/events/{ns}/{name}"), ev)
 }
 
 /// Creates an object the way the API server would (uid, creation time, generation), with a

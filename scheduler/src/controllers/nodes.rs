@@ -188,12 +188,28 @@ fn mark_not_ready(store: &dyn Store, ns: &str, name: &str, now: u64) -> Result<(
     let Some(stored) = store.get(&key)? else { return Ok(()) };
     let mut obj = stored.object.clone();
     let Some(conditions) = obj["status"]["conditions"].as_array_mut() else { return Ok(()) };
+    let mut changed = false;
     for c in conditions.iter_mut().filter(|c| c["type"] == "Ready" && c["status"] == "True") {
         c["status"] = "False".into();
         c["lastTransitionTime"] = timestamp(now).into();
+        changed = true;
+    }
+    if !changed {
+        return Ok(());
     }
     match store.update(&key, obj, Some(stored.revision)) {
-        Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => Ok(()),
+        Ok(_) => {
+            let pod: Pod = decode(&stored)?;
+            super::event(
+                store,
+                ("Pod", "v1", &pod.metadata),
+                "Warning",
+                "NodeNotReady",
+                "Node is not ready",
+                "node-controller",
+            )
+        }
+        Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }

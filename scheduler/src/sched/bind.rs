@@ -75,6 +75,16 @@ pub struct Round {
     /// What the round saw of each pod (by store key): whether it was bound, whether it had
     /// finished. A later change to neither (a bound pod's status) does not concern scheduling.
     pub seen: std::collections::HashMap<String, (bool, bool)>,
+    /// The pods bound, for their `Scheduled` events.
+    pub scheduled: Vec<Scheduled>,
+}
+
+/// A binding made: the pod (namespace, name, uid), its node, and the scheduler's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scheduled {
+    pub pod: tug_api::meta::ObjectMeta,
+    pub node: String,
+    pub by: String,
 }
 
 /// Whether a pod that is bound and whether it finished (Succeeded or Failed).
@@ -246,18 +256,29 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             Err(e) => return Err(e),
         }
     }
+    let placed: Vec<&(PodInfo, &Stored, String)> =
+        placed.iter().filter(|(_, _, n)| !refused.contains(n.as_str())).collect();
     let bindings: Vec<(String, Value, Option<u64>)> = placed
         .iter()
-        .filter(|(_, _, n)| !refused.contains(n.as_str()))
         .map(|(_, stored, node)| (stored.key.clone(), bound_object(stored, node), Some(stored.revision)))
         .collect();
-    let keys: Vec<String> = bindings.iter().map(|(k, _, _)| k.clone()).collect();
-    for (key, result) in keys.into_iter().zip(store.update_each(bindings)) {
+    for ((_, stored, node), result) in placed.into_iter().zip(store.update_each(bindings)) {
         match result {
             Ok(_) => {
                 out.bound += 1;
                 // Its binding's event is this round's own doing.
-                out.seen.insert(key, (true, false));
+                out.seen.insert(stored.key.clone(), (true, false));
+                // Only what the event names: decoding whole metadata would cost the round.
+                let m = &stored.object["metadata"];
+                let text = |v: &Value| v.as_str().map(str::to_string);
+                let pod = tug_api::meta::ObjectMeta {
+                    name: text(&m["name"]).unwrap_or_default(),
+                    namespace: text(&m["namespace"]),
+                    uid: text(&m["uid"]),
+                    ..Default::default()
+                };
+                let by = text(&stored.object["spec"]["schedulerName"]).unwrap_or_else(|| NAMES[0].into());
+                out.scheduled.push(Scheduled { pod, node: node.clone(), by });
             }
             Err(StoreError::Conflict { .. }) => out.conflicts += 1,
             // Deleted meanwhile (scaled down, evicted): nothing to place.
@@ -397,6 +418,7 @@ fn event(
 pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
     let mut engine = Engine::new(strategy);
     let mut seen = std::collections::HashMap::new();
+    let events = crate::events::Recorder::start(store.clone());
     loop {
         let rev = store.revision().unwrap_or(0);
         let s = store.clone();
@@ -409,6 +431,18 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
             Ok((Ok(mut r), e)) => {
                 engine = e;
                 seen = std::mem::take(&mut r.seen);
+                for s in r.scheduled {
+                    let ns = s.pod.namespace.as_deref().unwrap_or("default");
+                    let message = format!("Successfully assigned {ns}/{} to {}", s.pod.name, s.node);
+                    let involved = ("Pod", "v1", &s.pod);
+                    events.record(crate::controllers::event_object(
+                        involved,
+                        "Normal",
+                        "Scheduled",
+                        &message,
+                        &s.by,
+                    ));
+                }
                 // Lost a race with another scheduler: go again at once with fresh data.
                 if r.conflicts > 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -460,6 +460,27 @@ impl Store for EncryptedStore {
         self.opened(stored)
     }
 
+    fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
+        let sealed: Vec<Result<(String, Value), StoreError>> = objects
+            .into_iter()
+            .map(|(key, object)| self.config.seal(&key, object).map(|o| (key, o)))
+            .collect();
+        let mut written = self
+            .inner
+            .create_each(sealed.iter().filter_map(|r| r.as_ref().ok().cloned()).collect())
+            .into_iter();
+        sealed
+            .into_iter()
+            .map(|r| match r {
+                Err(e) => Err(e),
+                Ok(_) => written
+                    .next()
+                    .unwrap_or_else(|| Err(StoreError::Backend("a batch answer is missing".into())))
+                    .and_then(|s| self.opened(s)),
+            })
+            .collect()
+    }
+
     fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
         let mut sealed = Vec::with_capacity(updates.len());
         let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(updates.len());

@@ -96,6 +96,11 @@ pub trait Store: Send + Sync {
     fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
         updates.into_iter().map(|(key, object, expected)| self.update(&key, object, expected)).collect()
     }
+    /// Several creates, each applied or refused on its own as [`Store::create`] would; the
+    /// embedded store writes them in one transaction (a batch of Events).
+    fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
+        objects.into_iter().map(|(key, object)| self.create(&key, object)).collect()
+    }
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError>;
     /// Changes under `prefix` after revision `after`, in order, without gaps.
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;

@@ -368,6 +368,25 @@ impl Store for RedbStore {
         })
     }
 
+    fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
+        let n = objects.len();
+        let changes: Vec<(String, Change<'_>)> = objects
+            .into_iter()
+            .map(|(key, object)| {
+                let k = key.clone();
+                let change: Change<'_> = Box::new(move |current: Option<Stored>, _| match current {
+                    Some(_) => Err(StoreError::AlreadyExists(k)),
+                    None => Ok((EventType::Added, object)),
+                });
+                (key, change)
+            })
+            .collect();
+        match self.write_all(changes) {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
         self.write(key, replace(key.to_string(), object, expected))
     }
