@@ -93,11 +93,49 @@ fn pull_err(message: String) -> PullError {
     PullError { reason: "ErrImagePull", message }
 }
 
-/// Bytes done and bytes expected of a pull in progress.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A pull in progress, layer by layer (in the manifest's order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
+    pub layers: Vec<LayerProgress>,
+}
+
+impl Progress {
+    /// Bytes downloaded and bytes to download, over every layer.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.layers.iter().fold((0, 0), |(d, t), l| (d + l.done, t + l.total))
+    }
+}
+
+/// One layer of a pull: its digest, bytes downloaded of its size, and where it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerProgress {
+    pub digest: String,
     pub done: u64,
     pub total: u64,
+    pub state: LayerState,
+}
+
+/// Docker's words for where a layer is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LayerState {
+    #[default]
+    Waiting,
+    Downloading,
+    Extracting,
+    PullComplete,
+    AlreadyExists,
+}
+
+impl LayerState {
+    pub fn words(self) -> &'static str {
+        match self {
+            LayerState::Waiting => "Waiting",
+            LayerState::Downloading => "Downloading",
+            LayerState::Extracting => "Extracting",
+            LayerState::PullComplete => "Pull complete",
+            LayerState::AlreadyExists => "Already exists",
+        }
+    }
 }
 
 type PullFuture = Shared<BoxFuture<'static, Result<ImageRecord, PullError>>>;
@@ -110,6 +148,9 @@ pub struct Puller {
     platform: Platform,
     inflight: Mutex<HashMap<String, PullFuture>>,
     progress: Mutex<HashMap<String, Arc<Mutex<Progress>>>>,
+    /// Each image's last pull: how long it took (not counting the wait for the store's
+    /// lock) and its layers' final states.
+    finished: Mutex<HashMap<String, (std::time::Duration, Progress)>>,
     /// Layers downloaded at once per image.
     pub parallel: usize,
     started: std::sync::atomic::AtomicU64,
@@ -123,6 +164,7 @@ impl Puller {
             platform: manifest::host_platform(),
             inflight: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashMap::new()),
             parallel: 3,
             started: std::sync::atomic::AtomicU64::new(0),
         })
@@ -146,7 +188,20 @@ impl Puller {
     /// How far the pull of `image` (a normalised name) has come, while it runs.
     pub fn progress(&self, image: &str) -> Option<Progress> {
         let p = self.progress.lock().expect("progress lock");
-        p.get(image).map(|p| *p.lock().expect("progress"))
+        p.get(image).map(|p| p.lock().expect("progress").clone())
+    }
+
+    /// How long the last pull of `image` (a reference as a pod names it) took itself, without
+    /// waiting for other pulls: kubelet's `in 1.2s` of `Pulled` (its `including waiting` is the
+    /// caller's own clock).
+    pub fn pull_duration(&self, image: &str) -> Option<std::time::Duration> {
+        let name = ImageRef::parse(image).ok()?.name();
+        self.finished.lock().expect("finished lock").get(&name).map(|f| f.0)
+    }
+
+    /// The layers of the last finished pull of `image` (a normalised name), as they ended.
+    pub fn finished_progress(&self, image: &str) -> Option<Progress> {
+        self.finished.lock().expect("finished lock").get(image).map(|f| f.1.clone())
     }
 
     /// The image a container needs, under `policy`: from the store when the policy allows,
@@ -239,6 +294,7 @@ impl Puller {
             .await
             .map_err(|e| pull_err(e.to_string()))?
             .map_err(pull_err)?;
+        let started = std::time::Instant::now();
         // One client per pull: oci-client keeps the first credentials it is given for a
         // registry, and two pods may bring different ones.
         let client = self.client();
@@ -299,8 +355,15 @@ impl Puller {
         };
 
         let progress = Arc::new(Mutex::new(Progress {
-            done: 0,
-            total: m.layers.iter().map(|l| u64::try_from(l.size).unwrap_or(0)).sum(),
+            layers: m
+                .layers
+                .iter()
+                .map(|l| LayerProgress {
+                    digest: l.digest.clone(),
+                    total: u64::try_from(l.size).unwrap_or(0),
+                    ..Default::default()
+                })
+                .collect(),
         }));
         self.progress.lock().expect("progress lock").insert(image.name(), Arc::clone(&progress));
 
@@ -321,10 +384,9 @@ impl Puller {
 
         // The layers, a few at a time; each is unpacked as soon as it is here.
         let mut jobs = Vec::new();
-        for (layer, diff_id) in m.layers.iter().zip(&config.rootfs.diff_ids) {
-            jobs.push(
-                self.layer(&client, image, layer.clone(), diff_id.clone(), Arc::clone(&progress)).boxed(),
-            );
+        for (i, (layer, diff_id)) in m.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+            let p = (Arc::clone(&progress), i);
+            jobs.push(self.layer(&client, image, layer.clone(), diff_id.clone(), p).boxed());
         }
         let layers: Vec<LayerRecord> =
             futures_util::stream::iter(jobs).buffered(self.parallel.max(1)).try_collect().await?;
@@ -345,6 +407,8 @@ impl Puller {
             last_used: t,
         };
         self.store.put_image(record.clone()).map_err(pull_err)?;
+        let layers = progress.lock().expect("progress").clone();
+        self.finished.lock().expect("finished lock").insert(image.name(), (started.elapsed(), layers));
         Ok(record)
     }
 
@@ -355,20 +419,30 @@ impl Puller {
         image: &ImageRef,
         layer: Descriptor,
         diff_id: String,
-        progress: Arc<Mutex<Progress>>,
+        progress: (Arc<Mutex<Progress>>, usize),
     ) -> Result<LayerRecord, PullError> {
         let blob = Digest::parse(&layer.digest).map_err(pull_err)?;
         let diff = Digest::parse(&diff_id).map_err(pull_err)?;
-        if !self.store.layer_path(&diff).exists() {
+        let state = |s: LayerState| {
+            if let Some(l) = progress.0.lock().expect("progress").layers.get_mut(progress.1) {
+                l.state = s;
+            }
+        };
+        if self.store.layer_path(&diff).exists() {
+            state(LayerState::AlreadyExists);
+        } else {
             if !self.store.has_blob(&blob) {
+                state(LayerState::Downloading);
                 self.download(client, &image.oci(), &layer, Some(&progress)).await?;
             }
+            state(LayerState::Extracting);
             let store = Arc::clone(&self.store);
             let media_type = layer.media_type.clone();
             tokio::task::spawn_blocking(move || store.ensure_layer(&blob, &media_type, &diff))
                 .await
                 .map_err(|e| pull_err(e.to_string()))?
                 .map_err(|e| pull_err(format!("{image}: {e}")))?;
+            state(LayerState::PullComplete);
         }
         Ok(LayerRecord {
             size: u64::try_from(layer.size).unwrap_or(0),
@@ -385,7 +459,7 @@ impl Puller {
         client: &oci_client::Client,
         reference: &oci_client::Reference,
         desc: &Descriptor,
-        progress: Option<&Arc<Mutex<Progress>>>,
+        progress: Option<&(Arc<Mutex<Progress>>, usize)>,
     ) -> Result<(), PullError> {
         let want = Digest::parse(&desc.digest).map_err(pull_err)?;
         let oci = OciDescriptor {
@@ -406,8 +480,10 @@ impl Puller {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| format!("blob {want} from {}: {e}", reference.registry()))?;
                 w.write_all(&chunk).map_err(|e| format!("writing blob {want}: {e}"))?;
-                if let Some(p) = progress {
-                    p.lock().expect("progress").done += chunk.len() as u64;
+                if let Some((p, i)) = progress {
+                    if let Some(l) = p.lock().expect("progress").layers.get_mut(*i) {
+                        l.done += chunk.len() as u64;
+                    }
                 }
             }
             w.flush().map_err(|e| format!("writing blob {want}: {e}"))?;

@@ -636,6 +636,7 @@ spec:
     };
     assert!(has("authorized", "Pulling", "Pulling image"), "{events:#}");
     assert!(has("authorized", "Pulled", "Successfully pulled image"), "{events:#}");
+    assert!(has("authorized", "Pulled", " including waiting). Image size: "), "{events:#}");
     assert!(has("anonymous", "Failed", "Not authorized"), "{events:#}");
 }
 

@@ -528,3 +528,38 @@ fn archives_that_reach_for_the_node_are_refused() {
     assert!(err.contains("hashes to") && err.contains(&sha256(&layer)), "{err}");
     assert_eq!(store.images().unwrap().len(), 1, "only the honest image");
 }
+
+#[test]
+fn the_cli_pull_shows_each_layer_and_tells_a_new_image_from_an_unchanged_one() {
+    let reg = Registry::start(None);
+    let (dir, _store) = store();
+    populate(&reg, dir.path(), None);
+    let image = format!("{}/tug/app:1", reg.addr);
+    let root = dir.path().join("cli-store");
+    let pull = || {
+        let o = std::process::Command::new(tug_integration::bins::path("tug-cli", "tug"))
+            .args([
+                "image",
+                "pull",
+                "--image-root",
+                root.to_str().unwrap(),
+                "--insecure-registry",
+                &reg.addr,
+                &image,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Not a terminal: a line per layer as it moves on, no bars.
+    let first = pull();
+    assert!(first.starts_with("1: Pulling from tug/app\n"), "{first}");
+    assert_eq!(first.matches(": Pull complete\n").count(), 2, "{first}");
+    assert!(!first.contains('\x1b'), "{first}");
+    assert!(first.contains("\nDigest: sha256:"), "{first}");
+    assert!(first.ends_with(&format!("Status: Downloaded newer image for {image}\n")), "{first}");
+    let second = pull();
+    assert_eq!(second.matches(": Already exists\n").count(), 2, "{second}");
+    assert!(second.ends_with(&format!("Status: Image is up to date for {image}\n")), "{second}");
+}

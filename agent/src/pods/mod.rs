@@ -588,8 +588,11 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             api::pod_event(&api, &node, (&ns, &name, &uid), type_, reason, &message).await
         });
     };
-    if !present && policy != PullPolicy::Never {
+    let pulls = !(present && policy == PullPolicy::IfNotPresent) && policy != PullPolicy::Never;
+    if pulls {
         event("Normal", "Pulling", format!("Pulling image \"{}\"", c.image));
+    } else if present {
+        event("Normal", "Pulled", format!("Container image \"{}\" already present on machine", c.image));
     }
     let pull_started = std::time::Instant::now();
     let image = match ctx.puller.ensure(&c.image, policy, creds).await {
@@ -601,14 +604,18 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             return;
         }
     };
-    if !present && policy != PullPolicy::Never {
+    if pulls {
+        // kubelet's wording: the pull's own time, then with the wait for other pulls.
+        let total = pull_started.elapsed();
+        let own = ctx.puller.pull_duration(&c.image).filter(|d| *d <= total).unwrap_or(total);
         event(
             "Normal",
             "Pulled",
             format!(
-                "Successfully pulled image \"{}\" in {:.3}s. Image size: {} bytes.",
+                "Successfully pulled image \"{}\" in {} ({} including waiting). Image size: {} bytes.",
                 c.image,
-                pull_started.elapsed().as_secs_f64(),
+                go_duration(own),
+                go_duration(total),
                 image.size
             ),
         );
@@ -788,6 +795,28 @@ fn prepare(
 
 /// The log files (`<attempt>.log`, rotated `<attempt>.log.<n>`) of runs before the previous
 /// one, when run `attempt` starts.
+/// A duration as kubelet prints it: Go's `Duration.String()` of the value truncated to
+/// milliseconds (`512ms`, `1.234s`, `2m3.5s`).
+pub fn go_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let mut seconds = s.to_string();
+    if frac > 0 {
+        seconds += format!(".{frac:03}").trim_end_matches('0');
+    }
+    match (h, m) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
+}
+
 fn stale_logs(names: impl Iterator<Item = String>, attempt: u32) -> Vec<String> {
     names
         .filter(|n| {
@@ -968,7 +997,20 @@ async fn write_status(ctx: &Ctx, pod: &Pod, rec: &PodRecord, last: &mut Value) -
 
 #[cfg(test)]
 mod tests {
-    use super::stale_logs;
+    use super::{go_duration, stale_logs};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration(ms(0)), "0s");
+        assert_eq!(go_duration(Duration::from_micros(1_512_900)), "1.512s");
+        assert_eq!(go_duration(ms(512)), "512ms");
+        assert_eq!(go_duration(ms(2000)), "2s");
+        assert_eq!(go_duration(ms(1500)), "1.5s");
+        assert_eq!(go_duration(ms(123_450)), "2m3.45s");
+        assert_eq!(go_duration(ms(3_723_000)), "1h2m3s");
+    }
 
     #[test]
     fn only_the_current_and_previous_runs_logs_stay() {

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tug_images::pull::{LayerProgress, LayerState, Progress};
 use tug_images::{ImageRef, Puller, Store};
 
 #[derive(clap::Args)]
@@ -75,12 +76,31 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode, String> {
                 }
                 None => None,
             };
+            let name = r.name();
+            let before = store.find(&name).ok().flatten().map(|i| i.digest);
             let puller = Puller::new(store, insecure);
-            let rec = puller
-                .pull(&r, creds)
-                .await
-                .map_err(|e| format!("error: pulling image {image}: {}", e.message))?;
-            println!("Image is up to date for {}", rec.config);
+            println!("{}: Pulling from {}", r.tag().unwrap_or("latest"), r.repository());
+            let pull = puller.pull(&r, creds);
+            tokio::pin!(pull);
+            let mut board = Board::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+            let rec = loop {
+                tokio::select! {
+                    done = &mut pull => break done,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                        if let Some(p) = puller.progress(&name) {
+                            board.draw(&p);
+                        }
+                    }
+                }
+            };
+            let rec = rec.map_err(|e| format!("error: pulling image {image}: {}", e.message))?;
+            board.finish(puller.finished_progress(&name));
+            println!("Digest: {}", rec.index_digest.as_deref().unwrap_or(&rec.digest));
+            if before.as_deref() == Some(rec.digest.as_str()) {
+                println!("Status: Image is up to date for {name}");
+            } else {
+                println!("Status: Downloaded newer image for {name}");
+            }
         }
         ImageCmd::Import { file, name, max_blob_size } => {
             let max = tug_api::quantity::Quantity::parse(&max_blob_size)
@@ -167,6 +187,72 @@ fn split_name(name: &str) -> (String, String) {
     match base.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
         _ => (base.to_string(), "<none>".to_string()),
+    }
+}
+
+/// A pull's layers as Docker shows them: on a terminal, one line per layer redrawn in place
+/// (a progress bar while it downloads); otherwise a plain line each time a layer moves on.
+struct Board {
+    tty: bool,
+    last: Progress,
+    /// Lines drawn on the terminal, to move back over.
+    drawn: usize,
+}
+
+impl Board {
+    fn new(tty: bool) -> Board {
+        Board { tty, last: Progress::default(), drawn: 0 }
+    }
+
+    fn line(l: &LayerProgress) -> String {
+        let id = l.digest.split_once(':').map_or(l.digest.as_str(), |(_, h)| h);
+        let id = &id[..id.len().min(12)];
+        if l.state == LayerState::Downloading && l.total > 0 {
+            const WIDTH: usize = 50;
+            let filled = usize::try_from(l.done.min(l.total) * WIDTH as u64 / l.total).unwrap_or(WIDTH);
+            let bar = if filled >= WIDTH {
+                "=".repeat(WIDTH)
+            } else {
+                format!("{}>{}", "=".repeat(filled), " ".repeat(WIDTH - filled - 1))
+            };
+            return format!("{id}: Downloading [{bar}]  {}/{}", human_size(l.done), human_size(l.total));
+        }
+        format!("{id}: {}", l.state.words())
+    }
+
+    fn draw(&mut self, p: &Progress) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if self.tty {
+            if self.drawn > 0 {
+                let _ = write!(out, "\x1b[{}A", self.drawn);
+            }
+            for l in &p.layers {
+                let _ = writeln!(out, "\x1b[2K{}", Board::line(l));
+            }
+            self.drawn = p.layers.len();
+        } else {
+            for (i, l) in p.layers.iter().enumerate() {
+                let before = self.last.layers.get(i).map(|b| b.state);
+                if before != Some(l.state) && l.state != LayerState::Waiting {
+                    let _ = writeln!(out, "{}", Board::line(&LayerProgress { state: l.state, ..l.clone() }));
+                }
+            }
+        }
+        let _ = out.flush();
+        self.last = p.clone();
+    }
+
+    /// The last picture: the pull's own final one, else what was last seen with every layer
+    /// that was not already here complete.
+    fn finish(&mut self, last: Option<Progress>) {
+        let mut p = last.unwrap_or_else(|| self.last.clone());
+        for l in &mut p.layers {
+            if l.state != LayerState::AlreadyExists {
+                l.state = LayerState::PullComplete;
+            }
+        }
+        self.draw(&p);
     }
 }
 
