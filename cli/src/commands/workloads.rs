@@ -165,7 +165,7 @@ pub async fn expose(client: &Client, a: &ExposeArgs, ns: Option<&str>) -> Result
         None => a.port.into(),
     };
     let svc = json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": svc_name, "namespace": ns, "labels": obj["metadata"]["labels"].clone()},
+        "metadata": {"name": svc_name, "namespace": ns, "labels": obj["metadata"]["labels"].as_object().cloned().unwrap_or_default()},
         "spec": {"type": a.kind, "selector": selector,
             "ports": [{"port": a.port, "targetPort": target, "protocol": a.protocol}]}});
     post(client, &format!("/api/v1/namespaces/{ns}/services"), &svc, None).await?;
