@@ -162,6 +162,55 @@ enum Event {
     Listed(Vec<String>),
 }
 
+/// One look at the node's pressure: the pod to evict and why, when a hard threshold is
+/// crossed (see [`crate::eviction`]).
+async fn eviction_pass(api: &Client, cfg: &Config, ctx: &Ctx) -> Option<(String, String)> {
+    let dir = cfg.state_dir.clone();
+    let facts = tokio::task::spawn_blocking(move || node::facts(&dir)).await.ok()?;
+    let signal = crate::eviction::signal(&facts, &cfg.eviction)?;
+    let path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", cfg.node_name);
+    let list = api.get(&path).await.ok()?;
+    let usage = ctx.stats.summary().map(|s| s.pods).unwrap_or_default();
+    let candidates: Vec<crate::eviction::Candidate> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let (ns, name) = (
+                p["metadata"]["namespace"].as_str().unwrap_or("default"),
+                p["metadata"]["name"].as_str().unwrap_or(""),
+            );
+            let used = usage.iter().find(|u| u.namespace == ns && u.name == name);
+            let containers = p["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let cname = c["name"].as_str().unwrap_or_default().to_string();
+                    let in_use = used
+                        .and_then(|u| u.containers.iter().find(|x| x.name == cname))
+                        .map_or(0, |x| x.usage.memory_working_set_bytes);
+                    let requested = c["resources"]["requests"]["memory"]
+                        .as_str()
+                        .and_then(|q| tug_api::quantity::Quantity::parse(q).ok())
+                        .and_then(|q| u64::try_from(q.value()).ok())
+                        .unwrap_or(0);
+                    (cname, in_use, requested)
+                })
+                .collect();
+            crate::eviction::Candidate {
+                uid: p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+                priority: p["spec"]["priority"].as_i64().unwrap_or(0),
+                containers,
+            }
+        })
+        .collect();
+    let chosen = crate::eviction::choose(&signal, &candidates)?;
+    tracing::warn!("tug-agent: evicting pod {}: {}", chosen.0, chosen.1);
+    Some(chosen)
+}
+
 fn send(ctx: &Arc<Ctx>, workers: &mut Workers, uid: &str, msg: Msg) {
     if let Some(tx) = workers.get(uid) {
         match tx.send(msg) {
@@ -382,6 +431,21 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
     }
     if let Err(e) = sync_peers(&api, &cfg, &ctx.net).await {
         tracing::warn!("tug-agent: routes: {e}");
+    }
+
+    // Node-pressure eviction: one pod per pass while a hard threshold is crossed.
+    {
+        let (api, cfg, ctx, tx) = (api.clone(), cfg.clone(), Arc::clone(&ctx), events_tx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(cfg.housekeeping_interval.max(Duration::from_secs(1))).await;
+                if let Some((uid, message)) = eviction_pass(&api, &cfg, &ctx).await {
+                    let _ = tx.send(Event::Pod(uid, Msg::Evict(message)));
+                    // Give the evicted pod's memory or disk time to come back before judging again.
+                    tokio::time::sleep(cfg.status_frequency.max(Duration::from_secs(2))).await;
+                }
+            }
+        });
     }
 
     // The pod watch: list, then watch from the list's revision; relist when the stream ends.

@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod eviction;
 pub mod logs;
 pub mod network;
 pub mod node;

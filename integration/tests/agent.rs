@@ -373,7 +373,7 @@ spec:
 }
 
 #[test]
-fn a_node_under_disk_pressure_stays_ready_and_takes_no_new_pods() {
+fn a_node_under_disk_pressure_stays_ready_takes_no_new_pods_and_evicts_the_tolerant() {
     // Any free space is under a threshold of 100%: the node always reports pressure.
     let (_cluster, cp, agent) = setup_with(&["--eviction-hard", "nodefs.available<100%"]);
     let mut node = Value::Null;
@@ -401,6 +401,35 @@ fn a_node_under_disk_pressure_stays_ready_and_takes_no_new_pods() {
                 && c["message"].as_str().is_some_and(|m| m.contains("node.kubernetes.io/disk-pressure"))
         })
     });
+    // A pod that tolerates the taint is placed, then evicted for the pressure: kubelet's
+    // Failed/Evicted with its message and event, and nothing started again.
+    apply(
+        &cp,
+        &WEB.replace("name: web,", "name: tolerant,").replace(
+            "  terminationGracePeriodSeconds: 2\n",
+            "  terminationGracePeriodSeconds: 2\n  tolerations: [{key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}]\n",
+        ),
+    );
+    wait_pod(&cp, &agent, "tolerant", 60, "Failed, Evicted", |p| {
+        p["status"]["phase"] == "Failed" && p["status"]["reason"] == "Evicted"
+    });
+    let pod = get(&cp, &["pod", "tolerant"]).unwrap();
+    let message = pod["status"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.starts_with(
+            "The node was low on resource: ephemeral-storage. Threshold quantity: 100%, available: "
+        ),
+        "{message}"
+    );
+    let table = text(&cp.tug(&["get", "pod", "tolerant"])).0;
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains(" Evicted ")), "{table}");
+    let events = text(&cp.tug(&["get", "events", "--for", "pod/tolerant"])).0;
+    assert!(events.contains("Warning   Evicted") && events.contains(message.trim_end()), "{events}");
+    let stopped = || {
+        let p = get(&cp, &["pod", "tolerant"]).unwrap_or_default();
+        p["status"]["containerStatuses"][0]["state"]["terminated"].is_object()
+    };
+    assert!(wait_for(Duration::from_secs(20), stopped), "{}", agent.log());
 }
 
 #[test]
@@ -1239,10 +1268,26 @@ spec:
     assert_eq!(o, "pod \"forced\" force deleted\n");
     assert!(e.contains("Immediate deletion does not wait"), "{e}");
     assert!(get(&cp, &["pod", "forced"]).is_none());
+    // A pod the scheduler preempts carries DisruptionTarget (set here as the scheduler sets
+    // it); its node says so while stopping it.
+    let (code, body) = cp.raw(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/waited/status",
+        "application/strategic-merge-patch+json",
+        r#"{"status": {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "default-scheduler: preempting to accommodate a higher priority pod"}]}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
     // The default waits until the pod is gone.
     let out = cp.tug(&["delete", "pod", "waited"]);
     assert!(out.status.success(), "{out:?}");
     assert!(get(&cp, &["pod", "waited"]).is_none(), "tug delete returned before the pod was gone");
+    let preempting = || text(&cp.tug(&["get", "events", "--for", "pod/waited"])).0;
+    assert!(
+        wait_for(Duration::from_secs(10), || preempting()
+            .contains("Preempting: default-scheduler: preempting to accommodate a higher priority pod")),
+        "{}",
+        preempting()
+    );
     assert!(wait_for(Duration::from_secs(20), || agent.containers().is_empty()), "{}", agent.log());
 }
 

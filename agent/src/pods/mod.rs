@@ -57,6 +57,8 @@ pub enum Msg {
     Tick,
     /// An event about the pod from one of its helpers (a probe failed): type, reason, message.
     Event(&'static str, &'static str, String),
+    /// The node is under pressure and this pod goes: kubelet's message.
+    Evict(String),
 }
 
 pub fn now_ms() -> u64 {
@@ -184,6 +186,7 @@ pub async fn worker(
                 }
                 continue;
             }
+            Ok(Some(Msg::Evict(m))) => evict(&ctx, &mut rec, m).await,
             Ok(Some(Msg::Tick)) | Err(_) => {}
             Ok(None) => return,
         }
@@ -197,6 +200,7 @@ pub async fn worker(
                         record_event(&ctx, &rec, t, r, m);
                     }
                 }
+                Msg::Evict(m) => evict(&ctx, &mut rec, m).await,
                 Msg::Tick => {}
             }
         }
@@ -278,6 +282,16 @@ pub async fn worker(
         for a in actions {
             match a {
                 Action::TearDown => {
+                    let preempted = pod.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| {
+                        s.conditions.iter().find(|c| {
+                            c.type_ == "DisruptionTarget"
+                                && c.reason.as_deref() == Some("PreemptionByScheduler")
+                        })
+                    });
+                    if let Some(c) = preempted {
+                        let why = c.message.clone().unwrap_or_else(|| "preempted".into());
+                        record_event(&ctx, &rec, "Warning", "Preempting", format!("Preempting: {why}"));
+                    }
                     if deleted {
                         // Gone from the API without this node's confirmation: forced (or its
                         // node lost it past its grace period). Its time is up: 2 s to stop,
@@ -886,6 +900,24 @@ async fn stop(ctx: &Ctx, id: &str, signal: Option<&str>, grace: Duration) {
 /// their whole grace period together.
 async fn wait_exit(socket: &std::path::Path, limit: Duration) -> bool {
     tokio::time::timeout(limit.max(Duration::from_millis(1)), wait_exit_async(socket)).await.is_ok()
+}
+
+/// Node-pressure eviction of this pod: recorded (so no container starts again and the status
+/// says `Failed`/`Evicted`), told as kubelet's `Evicted` event, its containers killed at once.
+async fn evict(ctx: &Ctx, rec: &mut PodRecord, message: String) {
+    if rec.uid.is_empty() || rec.evicted.is_some() {
+        return;
+    }
+    record_event(ctx, rec, "Warning", "Evicted", message.clone());
+    rec.evicted = Some(message);
+    let stops = rec.containers.values().filter_map(|c| {
+        let id = c.id.clone()?;
+        matches!(c.state, State::Running { .. } | State::Starting).then_some((id, c.stop_signal.clone()))
+    });
+    futures::future::join_all(
+        stops.map(|(id, sig)| async move { stop(ctx, &id, sig.as_deref(), Duration::ZERO).await }),
+    )
+    .await;
 }
 
 /// Everything of the pod goes: containers (gracefully, all at once), network, files.

@@ -75,6 +75,9 @@ pub fn plan(spec: &PodSpec, rec: &PodRecord, deleted: bool, now: u64) -> Vec<Act
     if deleted {
         return vec![Action::TearDown];
     }
+    if rec.evicted.is_some() {
+        return Vec::new();
+    }
     if rec.ip.is_none() {
         return vec![Action::Sandbox];
     }
@@ -257,18 +260,19 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
             r.probed =
                 Some((c.startup_probe.is_none(), c.startup_probe.is_none() && c.readiness_probe.is_none()));
         }
-        let restarting =
-            matches!(r.as_ref().map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, init, t));
+        let restarting = rec.evicted.is_none()
+            && matches!(r.as_ref().map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, init, t));
         container_status(&c.name, &c.image, r.as_ref(), restarting, now)
     };
     let statuses: Vec<Value> = spec.containers.iter().map(|c| status(c, false)).collect();
     let init_statuses: Vec<Value> = spec.init_containers.iter().map(|c| status(c, true)).collect();
-    let ready = initialized && statuses.iter().all(|s| s["ready"] == true);
+    let ready = initialized && rec.evicted.is_none() && statuses.iter().all(|s| s["ready"] == true);
+    // Conditions others own (the scheduler's PodScheduled and DisruptionTarget) are kept.
     let mut conditions: Vec<Value> = old["conditions"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| c["type"] == "PodScheduled")
+        .filter(|c| !matches!(c["type"].as_str(), Some("Initialized" | "ContainersReady" | "Ready")))
         .cloned()
         .collect();
     conditions.push(cond("Initialized", initialized, Some("ContainersNotInitialized"), old, &stamp));
@@ -282,6 +286,26 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
     });
     if !init_statuses.is_empty() {
         v["initContainerStatuses"] = init_statuses.into();
+    }
+    if let Some(m) = &rec.evicted {
+        v["phase"] = "Failed".into();
+        v["reason"] = "Evicted".into();
+        v["message"] = m.clone().into();
+        // The containers were killed for the eviction: their end says so (and `get pods`,
+        // which prefers a container's reason to the pod's, shows Evicted, not Error).
+        for s in v["containerStatuses"].as_array_mut().into_iter().flatten() {
+            if s["state"]["terminated"].is_object() {
+                s["state"]["terminated"]["reason"] = "Evicted".into();
+            }
+        }
+        // Kubernetes' condition for a pod its node ended.
+        if let Some(cs) = v["conditions"].as_array_mut()
+            && !cs.iter().any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "TerminationByKubelet")
+        {
+            cs.retain(|c| c["type"] != "DisruptionTarget");
+            cs.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                "message": m, "lastTransitionTime": stamp}));
+        }
     }
     v["hostIPs"] = json!([{"ip": host_ip}]);
     if let Some(ip) = &rec.ip {
@@ -326,6 +350,20 @@ mod tests {
 
     fn running() -> State {
         State::Running { started_at: "t".into() }
+    }
+
+    #[test]
+    fn an_evicted_pod_starts_nothing_and_is_failed_evicted() {
+        let s = spec("Always", &[], &["a"]);
+        let mut r = rec(&[("a", exited(137))]);
+        r.evicted = Some("The node was low on resource: memory. ".into());
+        assert_eq!(plan(&s, &r, false, 0), []);
+        assert_eq!(plan(&s, &r, true, 0), [Action::TearDown]);
+        let st = pod_status(&s, &r, "10.0.0.1", &json!({}), 0);
+        assert_eq!((st["phase"].as_str(), st["reason"].as_str()), (Some("Failed"), Some("Evicted")));
+        assert_eq!(st["message"], "The node was low on resource: memory. ");
+        assert_eq!(st["containerStatuses"][0]["state"]["terminated"]["reason"], "Evicted", "{st}");
+        assert_eq!(st["conditions"][3]["reason"], "TerminationByKubelet", "{st}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct PodRecord {
     pub grace_seconds: Option<i64>,
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// Evicted for node pressure, with kubelet's message: nothing starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<String>,
     #[serde(skip)]
     pub(crate) written: Written,
 }

@@ -327,9 +327,28 @@ fn preempt(store: &dyn Store, preemptor: &Stored, p: &super::engine::Preemption)
     for victim in &p.victims {
         let (ns, name) = victim.split_once('/').unwrap_or(("default", victim));
         let key = format!("/pods/{ns}/{name}");
-        let Some(stored) = store.get(&key)? else { continue };
+        let Some(mut stored) = store.get(&key)? else { continue };
         if crate::deletion::terminating(&stored.object) {
             continue;
+        }
+        // Kubernetes' DisruptionTarget condition says why the pod goes (its node's agent
+        // tells it as a Preempting event while stopping it).
+        let scheduler = preemptor.object["spec"]["schedulerName"].as_str().unwrap_or(NAMES[0]);
+        let mut marked = stored.object.clone();
+        let cond = json!({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+            "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": now()});
+        match marked["status"]["conditions"].as_array_mut() {
+            Some(cs) => {
+                cs.retain(|c| c["type"] != "DisruptionTarget");
+                cs.push(cond);
+            }
+            None => marked["status"]["conditions"] = json!([cond]),
+        }
+        match store.update(&key, marked, Some(stored.revision)) {
+            Ok(s) => stored = s,
+            Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
         }
         // The victim gets its grace period: its resources are the preemptor's once it is gone.
         let pre = crate::deletion::Preconditions {
@@ -736,6 +755,11 @@ mod tests {
         for b in ["batch-1", "batch-2"] {
             let v = store.get(&format!("/pods/default/{b}")).unwrap().unwrap();
             assert_eq!(v.object["metadata"]["deletionGracePeriodSeconds"], 30);
+            let c = &v.object["status"]["conditions"][0];
+            assert_eq!(
+                (c["type"].as_str(), c["reason"].as_str()),
+                (Some("DisruptionTarget"), Some("PreemptionByScheduler"))
+            );
         }
         let waiting = round(store.as_ref(), &mut e).unwrap();
         assert_eq!((waiting.bound, waiting.preempted), (0, 0));
