@@ -59,6 +59,61 @@ fn n(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
+/// kubectl's TARGETS of an HPA: `cpu: 73%/60%`, `memory: 120Mi/200Mi`, `<unknown>` until
+/// measured; more than three metrics end in `+ N more...`.
+fn hpa_targets(spec: &Value, st: &Value) -> String {
+    let metrics = spec["metrics"].as_array().cloned().unwrap_or_default();
+    if metrics.is_empty() {
+        return "<none>".into();
+    }
+    let current = st["currentMetrics"].as_array().cloned().unwrap_or_default();
+    let mut list: Vec<String> = Vec::new();
+    for m in &metrics {
+        let key = match m["type"].as_str() {
+            Some("Resource") => "resource",
+            Some("ContainerResource") => "containerResource",
+            Some(other) => {
+                let source = &m[other.to_ascii_lowercase().as_str()];
+                let name = source["metric"]["name"].as_str().unwrap_or(other);
+                list.push(format!(
+                    "{name}: <unknown>/{}",
+                    [s(&source["target"]["averageValue"]), s(&source["target"]["value"])].concat()
+                ));
+                continue;
+            }
+            None => continue,
+        };
+        let (name, target) = (&m[key]["name"], &m[key]["target"]);
+        let now = current
+            .iter()
+            .find(|c| {
+                c["type"] == m["type"]
+                    && c[key]["name"] == *name
+                    && c[key]["container"] == m[key]["container"]
+            })
+            .map(|c| c[key]["current"].clone());
+        if target["type"] == "AverageValue" {
+            let cur = now
+                .and_then(|c| c["averageValue"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "<unknown>".into());
+            list.push(format!("{}: {cur}/{}", s(name), s(&target["averageValue"])));
+        } else {
+            let cur = now
+                .and_then(|c| c["averageUtilization"].as_i64())
+                .map_or_else(|| "<unknown>".into(), |u| format!("{u}%"));
+            let want =
+                target["averageUtilization"].as_i64().map_or_else(|| "<auto>".into(), |u| format!("{u}%"));
+            list.push(format!("{}: {cur}/{want}", s(name)));
+        }
+    }
+    if list.len() > 3 {
+        let more = list.len() - 3;
+        list.truncate(3);
+        return format!("{} + {more} more...", list.join(", "));
+    }
+    list.join(", ")
+}
+
 /// Column headers for a kind (`wide` adds kubectl's wide columns).
 pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
     let mut h = match kind {
@@ -471,23 +526,11 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
         }
         "HorizontalPodAutoscaler" => {
             let r = &spec["scaleTargetRef"];
-            let targets: Vec<String> = spec["metrics"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{}: <unknown>/{}%",
-                        s(&m["resource"]["name"]),
-                        n(&m["resource"]["target"]["averageUtilization"])
-                    )
-                })
-                .collect();
+            let targets = hpa_targets(spec, st);
             vec![
                 name,
                 format!("{}/{}", s(&r["kind"]), s(&r["name"])),
-                targets.join(", "),
+                targets,
                 n(&spec["minReplicas"]).to_string(),
                 n(&spec["maxReplicas"]).to_string(),
                 n(&st["currentReplicas"]).to_string(),

@@ -64,6 +64,7 @@ pub fn apply(obj: &mut Object) {
                             ..Default::default()
                         },
                     }),
+                    ..Default::default()
                 });
             }
         }

@@ -515,38 +515,107 @@ fn hpa(s: &crate::kinds::batch::HpaSpec, e: &mut Errors) {
     }
     for (i, m) in s.metrics.iter().enumerate() {
         let path = format!("spec.metrics[{i}]");
-        if m.type_ != "Resource" {
+        let required = |field: &str, e: &mut Errors| {
             e.add(
-                format!("{path}.type"),
-                format!("Unsupported value: {:?}: supported values: \"Resource\"", m.type_),
-            );
-            continue;
-        }
-        let Some(r) = &m.resource else {
-            e.add(
-                format!("{path}.resource"),
+                format!("{path}.{field}"),
                 "Required value: must populate information for the given metric source",
-            );
-            continue;
+            )
         };
-        if !["cpu", "memory"].contains(&r.name.as_str()) {
+        let (field, name, target) = match m.type_.as_str() {
+            "Resource" => match &m.resource {
+                Some(r) => ("resource", &r.name, &r.target),
+                None => {
+                    required("resource", e);
+                    continue;
+                }
+            },
+            "ContainerResource" => match &m.container_resource {
+                Some(r) => {
+                    if r.container.is_empty() {
+                        e.add(format!("{path}.containerResource.container"), "Required value");
+                    }
+                    ("containerResource", &r.name, &r.target)
+                }
+                None => {
+                    required("containerResource", e);
+                    continue;
+                }
+            },
+            "Pods" | "Object" | "External" => {
+                let source = match m.type_.as_str() {
+                    "Pods" => &m.pods,
+                    "Object" => &m.object,
+                    _ => &m.external,
+                };
+                if source.is_none() {
+                    required(&m.type_.to_ascii_lowercase(), e);
+                }
+                continue;
+            }
+            other => {
+                e.add(
+                    format!("{path}.type"),
+                    format!("Unsupported value: {other:?}: supported values: \"ContainerResource\", \"External\", \"Object\", \"Pods\", \"Resource\""),
+                );
+                continue;
+            }
+        };
+        if !["cpu", "memory"].contains(&name.as_str()) {
             e.add(
-                format!("{path}.resource.name"),
-                format!("Unsupported value: {:?}: supported values: \"cpu\", \"memory\"", r.name),
+                format!("{path}.{field}.name"),
+                format!("Unsupported value: {name:?}: supported values: \"cpu\", \"memory\""),
             );
         }
-        match r.target.type_.as_str() {
-            "Utilization" if r.target.average_utilization.is_some_and(|u| u > 0) => {}
+        match target.type_.as_str() {
+            "Utilization" if target.average_utilization.is_some_and(|u| u > 0) => {}
             "Utilization" => e.add(
-                format!("{path}.resource.target.averageUtilization"),
+                format!("{path}.{field}.target.averageUtilization"),
                 "Required value: must be greater than 0",
             ),
-            "AverageValue" if r.target.average_value.is_some() => {}
-            "AverageValue" => e.add(format!("{path}.resource.target.averageValue"), "Required value"),
+            "AverageValue" if target.average_value.is_some() => {}
+            "AverageValue" => e.add(format!("{path}.{field}.target.averageValue"), "Required value"),
             other => e.add(
-                format!("{path}.resource.target.type"),
+                format!("{path}.{field}.target.type"),
                 format!("Unsupported value: {other:?}: supported values: \"Utilization\", \"AverageValue\""),
             ),
+        }
+    }
+    let behavior = s.behavior.iter().flat_map(|b| [("scaleUp", &b.scale_up), ("scaleDown", &b.scale_down)]);
+    for (dir, rules) in behavior {
+        let Some(r) = rules else { continue };
+        let path = format!("spec.behavior.{dir}");
+        if let Some(w) = r.stabilization_window_seconds.filter(|w| !(0..=3600).contains(w)) {
+            e.add(
+                format!("{path}.stabilizationWindowSeconds"),
+                format!("Invalid value: {w}: must be between 0 and 3600"),
+            );
+        }
+        if let Some(p) = r.select_policy.as_deref().filter(|p| !["Max", "Min", "Disabled"].contains(p)) {
+            e.add(
+                format!("{path}.selectPolicy"),
+                format!("Unsupported value: {p:?}: supported values: \"Disabled\", \"Max\", \"Min\""),
+            );
+        }
+        for (i, p) in r.policies.iter().enumerate() {
+            let at = format!("{path}.policies[{i}]");
+            if !["Pods", "Percent"].contains(&p.type_.as_str()) {
+                e.add(
+                    format!("{at}.type"),
+                    format!("Unsupported value: {:?}: supported values: \"Percent\", \"Pods\"", p.type_),
+                );
+            }
+            if p.value <= 0 {
+                e.add(
+                    format!("{at}.value"),
+                    format!("Invalid value: {}: must be greater than zero", p.value),
+                );
+            }
+            if !(1..=1800).contains(&p.period_seconds) {
+                e.add(
+                    format!("{at}.periodSeconds"),
+                    format!("Invalid value: {}: must be between 1 and 1800", p.period_seconds),
+                );
+            }
         }
     }
 }

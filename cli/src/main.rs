@@ -65,6 +65,8 @@ enum Cmd {
     Run(commands::workloads::RunArgs),
     /// A Service for a deployment, pod or service: `expose deploy/web --port=80 [--target-port=8080]`.
     Expose(commands::workloads::ExposeArgs),
+    /// Scale a Deployment on its CPU use: `autoscale deploy/web --min 2 --max 10 --cpu-percent 60`.
+    Autoscale(commands::workloads::AutoscaleArgs),
     /// Wait for a condition: `wait --for=condition=Available deploy/web`, `--for=delete`,
     /// `--for=jsonpath='{.status.phase}'=Running`.
     Wait(commands::workloads::WaitArgs),
@@ -188,7 +190,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("events", "tug get events [--for KIND/NAME]"),
     ("debug", "tug exec -it POD -- sh"),
     ("proxy", "kubectl proxy with the kubeconfig from `tug config kubeconfig`"),
-    ("autoscale", "an autoscaling/v2 HorizontalPodAutoscaler with tug apply -f"),
     ("certificate", "tug create user NAME for a client certificate"),
     ("kustomize", "kubectl kustomize DIR | tug apply -f -"),
     ("plugin", "nothing yet"),
@@ -277,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Cp(a) => commands::copy::run(&client, &a, ns.as_deref()).await,
         Cmd::PortForward(a) => commands::forward::run(&client, &a, ns.as_deref()).await,
         Cmd::Expose(a) => commands::workloads::expose(&client, &a, ns.as_deref()).await,
+        Cmd::Autoscale(a) => commands::workloads::autoscale(&client, &a, ns.as_deref()).await,
         Cmd::Wait(a) => commands::workloads::wait(&client, &a, ns.as_deref()).await,
         Cmd::Get(args) => commands::get::run(&client, &args, ns.as_deref()).await,
         Cmd::Describe { targets } => commands::describe::run(&client, &targets, ns.as_deref()).await,

@@ -39,8 +39,13 @@ fn setup() -> (Cluster, ControlPlane, Agent) {
 }
 
 fn setup_with(extra: &[&str]) -> (Cluster, ControlPlane, Agent) {
+    setup_both(&[], extra)
+}
+
+/// A cluster with flags for the control plane and for the agent.
+fn setup_both(control_plane: &[&str], extra: &[&str]) -> (Cluster, ControlPlane, Agent) {
     let cluster = Cluster::new(1).expect("cluster");
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::start_with(control_plane);
     let mut args = vec!["--labels", "zone=a", "--taints", "dedicated=test:PreferNoSchedule"];
     args.extend_from_slice(extra);
     let agent = Agent::start(&cp, &cluster.nodes[0], "tug-it-node0", &args);
@@ -1352,4 +1357,85 @@ spec:
     assert!(gone, "{}", agent.log());
     let refused = cp.tug(&["--token", &token, "auth", "whoami"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthorized"), "{refused:?}");
+}
+
+#[test]
+fn a_horizontal_autoscaler_scales_out_under_load_and_back_in_after_its_window() {
+    let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
+    // Pods that burn CPU while the ConfigMap says so (read afresh each round).
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: load}
+data: {on: "1"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: burn}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: burn}}
+  template:
+    metadata: {labels: {app: burn}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: burn
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "while true; do if [ \"$(cat /load/on)\" = 1 ]; then i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; else sleep 1; fi; done"]
+        resources: {requests: {cpu: 50m}, limits: {cpu: 200m}}
+        volumeMounts: [{name: load, mountPath: /load}]
+      volumes: [{name: load, configMap: {name: load}}]
+"#,
+    );
+    let out = cp.tug(&["autoscale", "deploy/burn", "--min", "1", "--max", "3", "--cpu-percent", "50"]);
+    assert_eq!(text(&out).0, "horizontalpodautoscaler.autoscaling/burn autoscaled\n", "{out:?}");
+    let patch = r#"{"spec": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 4}}}}"#;
+    assert!(cp.tug(&["patch", "hpa", "burn", "--type", "merge", "-p", patch]).status.success());
+    let replicas =
+        || get(&cp, &["deploy", "burn"]).map_or(0, |d| d["spec"]["replicas"].as_i64().unwrap_or(0));
+    let hpa = || get(&cp, &["hpa", "burn"]).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(90), || replicas() == 3),
+        "no scale-out: {:#}\n{}",
+        hpa(),
+        agent.log()
+    );
+    let h = hpa();
+    assert_eq!(h["status"]["desiredReplicas"], 3, "{h:#}");
+    let active =
+        h["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ScalingActive").cloned();
+    assert_eq!(active.as_ref().map(|c| c["reason"].clone()), Some("ValidMetricFound".into()), "{h:#}");
+    let table = text(&cp.tug(&["get", "hpa", "burn"])).0;
+    let row = table.lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.starts_with("burn   Deployment/burn   cpu: ") && row.contains("%/50%"), "{table}");
+    let events = text(&cp.tug(&["get", "events", "--for", "hpa/burn"])).0;
+    assert!(
+        events.contains("SuccessfulRescale")
+            && events.contains(
+                "New size: 3; reason: cpu resource utilization (percentage of request) above target"
+            ),
+        "{events}"
+    );
+    let d = text(&cp.tug(&["describe", "hpa", "burn"])).0;
+    assert!(
+        d.contains("Reference:")
+            && d.contains("Deployment/burn")
+            && d.contains("(as a percentage of request):"),
+        "{d}"
+    );
+    // Load off: back to the minimum once the (shortened) window has passed.
+    let off = r#"{"data": {"on": "0"}}"#;
+    assert!(cp.tug(&["patch", "configmap", "load", "--type", "merge", "-p", off]).status.success());
+    assert!(
+        wait_for(Duration::from_secs(90), || replicas() == 1),
+        "no scale-in: {:#}\n{}",
+        hpa(),
+        agent.log()
+    );
+    let events = text(&cp.tug(&["get", "events", "--for", "hpa/burn"])).0;
+    assert!(events.contains("New size: 1; reason: All metrics below target"), "{events}");
 }

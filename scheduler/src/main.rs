@@ -86,6 +86,9 @@ struct Flags {
     /// How often the reconcilers look at every object even without changes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated (and the nodes' usage gathered).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// Who may do what: `Node,RBAC` (the node authorizer, then Roles and bindings;
     /// `system:masters` may do anything) or `AlwaysAllow` (every authenticated request).
     #[arg(long, default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC,Node", "AlwaysAllow"])]
@@ -349,7 +352,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let auth = (flags.authorization_mode != "AlwaysAllow")
         .then(|| Arc::new(tug_scheduler::auth::Authorizer::new(store.clone())));
     let rbac_follower = auth.as_ref().map(|a| tokio::spawn(a.rbac.clone().follow()));
-    let app = api::router(Arc::new(AppState {
+    let state = Arc::new(AppState {
         store,
         pki: Some(pki.clone()),
         node_cidrs,
@@ -360,7 +363,15 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         audit,
         tokens: Some(Arc::new(tug_scheduler::auth::tokens::Signer::new(&pki.token_key()))),
         audiences: flags.api_audiences.clone(),
-    }));
+    });
+    let app = api::router(state.clone());
+    let usage = tug_scheduler::controllers::hpa::UsageCache::default();
+    let hpa_sync = flags.horizontal_pod_autoscaler_sync_period.max(std::time::Duration::from_secs(1));
+    let usage_refresher = tokio::spawn(tug_scheduler::api::metrics::refresh_usage(
+        state,
+        usage.clone(),
+        hpa_sync.min(std::time::Duration::from_secs(10)),
+    ));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,
         flags.scoring_strategy,
@@ -377,6 +388,8 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
             default_not_ready_toleration: std::time::Duration::from_secs(
                 flags.default_not_ready_toleration_seconds,
             ),
+            hpa_sync,
+            usage,
         },
         &flags.socket.display().to_string(),
     );
@@ -441,6 +454,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     }
     compactor.abort();
     placer.abort();
+    usage_refresher.abort();
     if let Some(f) = rbac_follower {
         f.abort();
     }

@@ -61,6 +61,7 @@ pub async fn run(client: &Client, targets: &[String], ns: Option<&str>) -> Resul
             "Job" => job(obj),
             "PersistentVolumeClaim" => claim(client, obj).await,
             "PodDisruptionBudget" => budget(obj),
+            "HorizontalPodAutoscaler" => autoscaler(obj),
             _ => generic(info, obj),
         };
         out += &events(client, obj, now).await;
@@ -859,6 +860,82 @@ async fn claim(client: &Client, obj: &Value) -> String {
         .map(|p| s(&p["metadata"]["name"]))
         .collect();
     field(&mut out, "Used By", or_none(users.join("\n               ")));
+    out
+}
+
+/// kubectl's HPA layout: one column for every label, the metrics as `current / target`.
+fn autoscaler(obj: &Value) -> String {
+    let (meta, spec, st) = (&obj["metadata"], &obj["spec"], &obj["status"]);
+    let mut rows: Vec<(String, String)> = vec![("Name".into(), s(&meta["name"]))];
+    if let Some(n) = meta["namespace"].as_str() {
+        rows.push(("Namespace".into(), n.into()));
+    }
+    rows.push(("Labels".into(), map_lines(&meta["labels"], 0)));
+    rows.push(("Annotations".into(), map_lines(&meta["annotations"], 0)));
+    rows.push(("CreationTimestamp".into(), s(&meta["creationTimestamp"])));
+    let r = &spec["scaleTargetRef"];
+    rows.push(("Reference".into(), format!("{}/{}", s(&r["kind"]), s(&r["name"]))));
+    rows.push(("Metrics".into(), "( current / target )".into()));
+    let current = st["currentMetrics"].as_array().cloned().unwrap_or_default();
+    for m in spec["metrics"].as_array().into_iter().flatten() {
+        let key = if m["type"] == "ContainerResource" { "containerResource" } else { "resource" };
+        let (name, target) = (&m[key]["name"], &m[key]["target"]);
+        let now = current
+            .iter()
+            .find(|c| c["type"] == m["type"] && c[key]["name"] == *name)
+            .map(|c| c[key]["current"].clone());
+        let on = match m[key]["container"].as_str() {
+            Some(c) => format!("resource {} of container \"{c}\" on pods", s(name)),
+            None if m["type"] == "Resource" => format!("resource {} on pods", s(name)),
+            None => format!(
+                "\"{}\" on {} metric",
+                s(&m[&s(&m["type"]).to_ascii_lowercase()]["metric"]["name"]),
+                s(&m["type"])
+            ),
+        };
+        if target["type"] == "Utilization" {
+            let cur = now.as_ref().map_or_else(
+                || "<unknown>".to_string(),
+                |c| format!("{}% ({})", s(&c["averageUtilization"]), s(&c["averageValue"])),
+            );
+            rows.push((
+                format!("  {on}  (as a percentage of request)"),
+                format!("{cur} / {}%", s(&target["averageUtilization"])),
+            ));
+        } else {
+            let cur = now.map_or_else(|| "<unknown>".to_string(), |c| s(&c["averageValue"]));
+            rows.push((format!("  {on}"), format!("{cur} / {}", s(&target["averageValue"]))));
+        }
+    }
+    rows.push(("Min replicas".into(), spec["minReplicas"].as_i64().unwrap_or(1).to_string()));
+    rows.push(("Max replicas".into(), s(&spec["maxReplicas"])));
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    rows.push((
+        format!("{} pods", s(&r["kind"])),
+        format!("{} current / {} desired", n(&st["currentReplicas"]), n(&st["desiredReplicas"])),
+    ));
+    let width = rows.iter().map(|(l, _)| l.len() + 3).max().unwrap_or(16);
+    let mut out = String::new();
+    for (label, value) in rows {
+        let _ = writeln!(
+            out,
+            "{:<width$}{}",
+            format!("{label}:"),
+            value.replace('\n', &format!("\n{}", " ".repeat(width)))
+        );
+    }
+    if let Some(cs) = st["conditions"].as_array().filter(|c| !c.is_empty()) {
+        let _ = writeln!(out, "Conditions:");
+        let header: Vec<String> =
+            ["Type", "Status", "Reason", "Message"].iter().map(|x| x.to_string()).collect();
+        let mut table = vec![header.iter().map(|h| "-".repeat(h.len())).collect::<Vec<_>>()];
+        for c in cs {
+            table.push(vec![s(&c["type"]), s(&c["status"]), s(&c["reason"]), s(&c["message"])]);
+        }
+        for line in crate::printers::table(&header, &table).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     out
 }
 

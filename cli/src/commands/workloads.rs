@@ -173,6 +173,64 @@ pub async fn expose(client: &Client, a: &ExposeArgs, ns: Option<&str>) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args)]
+pub struct AutoscaleArgs {
+    /// `KIND/NAME` or `KIND NAME` of a Deployment or ReplicaSet.
+    #[arg(required = true)]
+    pub target: Vec<String>,
+    /// The fewest replicas (default 1).
+    #[arg(long)]
+    pub min: Option<i32>,
+    /// The most replicas.
+    #[arg(long)]
+    pub max: i32,
+    /// The average CPU use to keep, in percent of the pods' requests (default 80).
+    #[arg(long)]
+    pub cpu_percent: Option<i32>,
+    /// The HPA's name (default: the target's).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `autoscale`: an autoscaling/v2 HorizontalPodAutoscaler for a Deployment or ReplicaSet.
+pub async fn autoscale(client: &Client, a: &AutoscaleArgs, ns: Option<&str>) -> Result<ExitCode, String> {
+    let ns = ns.unwrap_or("default");
+    let (k, name) = match a.target.as_slice() {
+        [one] => one
+            .split_once('/')
+            .map(|(k, n)| (k.to_string(), n.to_string()))
+            .ok_or("error: autoscale takes KIND NAME or KIND/NAME")?,
+        [k, n, ..] => (k.clone(), n.clone()),
+        [] => return Err("error: autoscale takes KIND NAME or KIND/NAME".into()),
+    };
+    let info = kind(&k)?;
+    if !["Deployment", "ReplicaSet"].contains(&info.kind) {
+        return Err(format!(
+            "error: cannot autoscale a {}: only Deployments and ReplicaSets have a scale",
+            info.kind
+        ));
+    }
+    // The target must exist, as kubectl checks.
+    client.get(&info.path(Some(ns), Some(&name))).await.map_err(server)?;
+    let hpa_name = a.name.clone().unwrap_or_else(|| name.clone());
+    let mut spec = json!({
+        "scaleTargetRef": {"apiVersion": info.api_version(), "kind": info.kind, "name": name},
+        "maxReplicas": a.max,
+    });
+    if let Some(m) = a.min {
+        spec["minReplicas"] = m.into();
+    }
+    if let Some(p) = a.cpu_percent {
+        spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": p}}}]);
+    }
+    let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": hpa_name, "namespace": ns}, "spec": spec});
+    let hpa_info = kind("hpa")?;
+    post(client, &hpa_info.path(Some(ns), None), &hpa, None).await?;
+    println!("horizontalpodautoscaler.autoscaling/{hpa_name} autoscaled");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `create deployment|job|cronjob|service`, as kubectl's generators make them.
 pub async fn create_workload(
     client: &Client,

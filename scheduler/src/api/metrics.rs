@@ -73,6 +73,22 @@ fn nodes(st: &AppState, only: Option<&str>) -> Result<Vec<String>, Status> {
     Ok(names)
 }
 
+/// Keeps `cache` on every node's latest usage summary, asked every `every`: what the HPA
+/// controller reads (one round trip per period for all HPAs, not one per HPA).
+pub async fn refresh_usage(
+    st: Arc<AppState>,
+    cache: crate::controllers::hpa::UsageCache,
+    every: std::time::Duration,
+) {
+    loop {
+        if let Ok(names) = nodes(&st, None) {
+            let summaries = super::tunnel::summaries(&st, names).await;
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = summaries;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 async fn node_list(st: &AppState, only: Option<&str>) -> Result<Vec<Value>, Status> {
     let summaries = super::tunnel::summaries(st, nodes(st, only)?).await;
     Ok(summaries.iter().map(|(n, s)| node_metrics(n, s)).collect())

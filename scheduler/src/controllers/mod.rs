@@ -23,6 +23,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod namespaces;
 pub mod nodes;
@@ -50,6 +51,10 @@ pub struct Settings {
     /// taints when a pod names none.
     pub default_unreachable_toleration: Duration,
     pub default_not_ready_toleration: Duration,
+    /// `--horizontal-pod-autoscaler-sync-period`.
+    pub hpa_sync: Duration,
+    /// The agents' usage, for the HPAs (filled by the API server).
+    pub usage: hpa::UsageCache,
 }
 
 impl Default for Settings {
@@ -59,6 +64,8 @@ impl Default for Settings {
             node_monitor_grace: Duration::from_secs(20),
             default_unreachable_toleration: Duration::from_secs(30),
             default_not_ready_toleration: Duration::from_secs(30),
+            hpa_sync: Duration::from_secs(15),
+            usage: Default::default(),
         }
     }
 }
@@ -151,6 +158,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(deployment::Deployments), 2),
         (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(disruption::Disruption), 1),
+        (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
         (Arc::new(job::Jobs), 1),
         (Arc::new(cronjob::CronJobs), 1),
         (Arc::new(gc::Collector), 1),
