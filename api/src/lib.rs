@@ -17,6 +17,7 @@ pub mod defaults;
 pub mod depth;
 pub mod fieldset;
 pub mod frame;
+pub mod hpa_v1;
 pub mod kinds;
 pub mod labels;
 pub mod manifest;

@@ -78,6 +78,14 @@ fn push_expanded(v: Value, out: &mut Vec<Value>) {
 /// Decodes one document strictly into its kind's type. An unknown field is
 /// `PATH: field not supported`.
 pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
+    if v.get("apiVersion").and_then(Value::as_str) == Some(crate::hpa_v1::API_VERSION)
+        && v.get("kind").and_then(Value::as_str) == Some("HorizontalPodAutoscaler")
+    {
+        // autoscaling/v1 is served by conversion to the v2 that is stored.
+        let mut v2 = v.clone();
+        crate::hpa_v1::to_v2(&mut v2);
+        return decode(&v2);
+    }
     let kind = v.get("kind").and_then(Value::as_str).ok_or_else(|| one("kind", "Required value"))?;
     let api_version =
         v.get("apiVersion").and_then(Value::as_str).ok_or_else(|| one("apiVersion", "Required value"))?;

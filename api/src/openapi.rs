@@ -116,7 +116,50 @@ pub fn group_versions() -> Vec<String> {
             out.push(gv);
         }
     }
+    out.push("apis/autoscaling/v1".into());
     out
+}
+
+/// autoscaling/v1's HorizontalPodAutoscaler, served by conversion (`crate::hpa_v1`).
+const HPA_V1: KindInfo = KindInfo {
+    kind: "HorizontalPodAutoscaler",
+    group: "autoscaling",
+    version: "v1",
+    plural: "horizontalpodautoscalers",
+    short: &["hpa"],
+    namespaced: true,
+};
+
+/// The v1 HPA's schema, written out (there is no Rust type: v1 objects are converted).
+fn hpa_v1_schema(defs: &Map<String, Value>) -> (String, Value) {
+    let meta = defs
+        .keys()
+        .find(|k| k.ends_with("ObjectMeta"))
+        .map_or_else(|| json!({"type": "object"}), |k| json!({"$ref": format!("{REF_V3}{k}")}));
+    let int = |d: &str| json!({"type": "integer", "format": "int32", "description": d});
+    let schema = json!({
+        "description": "configuration of a horizontal pod autoscaler (autoscaling/v1).",
+        "type": "object",
+        "x-kubernetes-group-version-kind": [gvk(&HPA_V1)],
+        "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": meta,
+            "spec": {"type": "object", "required": ["scaleTargetRef", "maxReplicas"], "properties": {
+                "scaleTargetRef": {"type": "object", "required": ["kind", "name"], "properties": {
+                    "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"}}},
+                "minReplicas": int("the lower limit for the number of pods"),
+                "maxReplicas": int("the upper limit for the number of pods"),
+                "targetCPUUtilizationPercentage": int("the target average CPU utilization over all the pods, in percent of their requests"),
+            }},
+            "status": {"type": "object", "properties": {
+                "observedGeneration": {"type": "integer", "format": "int64"},
+                "lastScaleTime": {"type": "string", "format": "date-time"},
+                "currentReplicas": int("current number of replicas"),
+                "desiredReplicas": int("desired number of replicas"),
+                "currentCPUUtilizationPercentage": int("current average CPU utilization, in percent of request"),
+            }},
+        },
+    });
+    ("io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler".into(), schema)
 }
 
 fn param(name: &str, location: &str, description: &str) -> Value {
@@ -208,9 +251,15 @@ fn paths(info: &KindInfo, def: &str, out: &mut Map<String, Value>) {
 /// The OpenAPI v3 document of one group/version (`api/v1`, `apis/apps/v1`), or `None` when
 /// nothing is served there.
 pub fn v3(group_version: &str) -> Option<Value> {
-    let (defs, kinds) = definitions();
+    let (mut defs, kinds) = definitions();
     let mut p = Map::new();
     let mut wanted: Vec<String> = Vec::new();
+    if group_version == "apis/autoscaling/v1" {
+        let (name, schema) = hpa_v1_schema(&defs);
+        paths(&HPA_V1, &name, &mut p);
+        defs.insert(name.clone(), schema);
+        wanted.push(name);
+    }
     for (info, def) in &kinds {
         if info.api_prefix().trim_start_matches('/') == group_version {
             paths(info, def, &mut p);

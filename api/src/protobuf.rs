@@ -98,6 +98,9 @@ TokenRequest = 1 metadata ObjectMeta, 2 spec TokenRequestSpec, 3 status -
 TokenRequestSpec = 1 audiences [s], 3 boundObjectRef BoundObjectReference, 4 expirationSeconds i!
 BoundObjectReference = 1 kind s, 2 apiVersion s, 3 name s, 4 uid s
 Eviction = 1 metadata ObjectMeta, 2 deleteOptions DeleteOptions
+HorizontalPodAutoscaler@autoscaling/v1 = 1 metadata ObjectMeta, 2 spec HorizontalPodAutoscalerSpecV1, 3 status -
+HorizontalPodAutoscalerSpecV1 = 1 scaleTargetRef CrossVersionObjectReference, 2 minReplicas i!, 3 maxReplicas i, 4 targetCPUUtilizationPercentage i!
+CrossVersionObjectReference = 1 kind s, 2 name s, 3 apiVersion s
 PodDisruptionBudget = 1 metadata ObjectMeta, 2 spec PodDisruptionBudgetSpec, 3 status -
 PodDisruptionBudgetSpec = 1 minAvailable ios, 2 selector LabelSelector, 3 maxUnavailable ios, 4 unhealthyPodEvictionPolicy s
 DeleteOptions = 1 gracePeriodSeconds i!, 2 preconditions Preconditions, 3 orphanDependents b, 4 propagationPolicy s, 5 dryRun [s]
@@ -185,7 +188,10 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
     if kind.is_empty() {
         return Err("the protobuf envelope names no kind".into());
     }
-    if !schema().contains_key(&kind) {
+    // A message of one version of a kind is named `Kind@group/version`.
+    let versioned = format!("{kind}@{api_version}");
+    let name = if schema().contains_key(&versioned) { versioned } else { kind.clone() };
+    if !schema().contains_key(&name) {
         return Err(format!(
             "{kind} ({api_version}) in protobuf is not supported by this server: send it as application/json"
         ));
@@ -193,7 +199,7 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
     let raw = unknown["raw"].as_str().unwrap_or_default();
     let raw =
         base64::Engine::decode(&base64::engine::general_purpose::STANDARD, raw).map_err(|e| e.to_string())?;
-    let mut obj = message(&raw, &kind, "")?;
+    let mut obj = message(&raw, &name, "")?;
     if let Value::Object(m) = &mut obj {
         m.insert("apiVersion".into(), api_version.into());
         m.insert("kind".into(), kind.into());

@@ -210,6 +210,37 @@ fn kubectl_drives_a_tug_cluster() {
         "created",
     );
     assert_eq!(k.ok(&["-n", NS, "get", "deploy", "made", "-o", "jsonpath={.spec.replicas}"]), "0");
+    // HorizontalPodAutoscalers in both versions: v1 is served by conversion from the v2 stored.
+    let v1 = "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: old}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: made}\n  minReplicas: 1\n  maxReplicas: 4\n  targetCPUUtilizationPercentage: 70\n";
+    has(
+        &k.ok_with(&["-n", NS, "apply", "-f", "-"], v1, &[]),
+        "horizontalpodautoscaler.autoscaling/old created",
+    );
+    let as_v2 = k.json(&["-n", NS, "get", "hpa", "old", "-o", "json"]);
+    assert_eq!(as_v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70, "{as_v2}");
+    let as_v1 = k.json(&["-n", NS, "get", "horizontalpodautoscalers.v1.autoscaling", "old", "-o", "json"]);
+    assert_eq!(
+        (as_v1["apiVersion"].as_str(), as_v1["spec"]["targetCPUUtilizationPercentage"].as_i64()),
+        (Some("autoscaling/v1"), Some(70)),
+        "{as_v1}"
+    );
+    has(&k.ok_with(&["-n", NS, "apply", "-f", "-"], &v1.replace("70", "60"), &[]), "configured");
+    assert_eq!(
+        k.ok(&[
+            "-n",
+            NS,
+            "get",
+            "hpa",
+            "old",
+            "-o",
+            "jsonpath={.spec.metrics[0].resource.target.averageUtilization}"
+        ]),
+        "60"
+    );
+    has(
+        &k.ok(&["-n", NS, "autoscale", "deploy/made", "--min=1", "--max=3", "--cpu-percent=50"]),
+        "horizontalpodautoscaler.autoscaling/made autoscaled",
+    );
     has(&k.ok(&["-n", NS, "create", "serviceaccount", "bot"]), "serviceaccount/bot created");
     assert!(k.ok(&["-n", NS, "create", "token", "bot"]).starts_with("eyJ"));
 

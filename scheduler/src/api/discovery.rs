@@ -17,6 +17,7 @@ const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", 
 
 /// A resource a client can discover: a kind's, a subresource, or a resource outside `KINDS`
 /// (reviews, metrics).
+#[derive(Clone)]
 struct Resource {
     group: &'static str,
     version: &'static str,
@@ -131,25 +132,36 @@ fn resources() -> Vec<Resource> {
         false,
         &["create"],
     ));
+    // autoscaling/v1 beside v2, converted by `versions` (v2 is preferred).
+    let v1: Vec<Resource> = out
+        .iter()
+        .filter(|r| r.group == "autoscaling")
+        .map(|r| Resource { version: "v1", ..r.clone() })
+        .collect();
+    out.extend(v1);
     out.push(extra("metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", false, &["get", "list"]));
     out.push(extra("metrics.k8s.io", "v1beta1", "pods", "PodMetrics", true, &["get", "list"]));
     out
 }
 
-/// The groups besides the core one, each with its one version, in the order served.
-fn groups(all: &[Resource]) -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
+/// The groups besides the core one with their versions (the preferred first), in the order
+/// served.
+fn groups(all: &[Resource]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
     for r in all.iter().filter(|r| !r.group.is_empty()) {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, vs)) if !vs.contains(&r.version) => vs.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
         }
     }
     out
 }
 
-fn group_json(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_json(group: &str, versions: &[&str]) -> Value {
+    let gv = |v: &str| json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    let list: Vec<Value> = versions.iter().map(|v| gv(v)).collect();
+    json!({"name": group, "versions": list, "preferredVersion": gv(versions.first().copied().unwrap_or("v1"))})
 }
 
 fn resource_json(r: &Resource) -> Value {
@@ -173,8 +185,16 @@ fn resource_json(r: &Resource) -> Value {
     v
 }
 
-/// The aggregated entry of one group: its version's resources with their subresources nested.
-fn aggregated_group(all: &[Resource], group: &str, version: &str) -> Value {
+/// The aggregated entry of one group: each version's resources with their subresources nested.
+fn aggregated_group(all: &[Resource], group: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"version": v, "resources": aggregated_resources(all, group, v), "freshness": "Current"}))
+        .collect();
+    json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+}
+
+fn aggregated_resources(all: &[Resource], group: &str, version: &str) -> Vec<Value> {
     let mut resources = Vec::new();
     for r in all.iter().filter(|r| r.group == group && r.version == version && !r.name.contains('/')) {
         let subs: Vec<Value> = all
@@ -204,8 +224,7 @@ fn aggregated_group(all: &[Resource], group: &str, version: &str) -> Value {
         }
         resources.push(v);
     }
-    json!({"metadata": {"name": group, "creationTimestamp": null},
-        "versions": [{"version": version, "resources": resources, "freshness": "Current"}]})
+    resources
 }
 
 /// The aggregated media type, when the client's Accept names it.
@@ -245,7 +264,7 @@ fn aggregated(version: &str, items: Vec<Value>) -> Response {
 pub async fn core(headers: HeaderMap) -> Response {
     let all = resources();
     if let Some(v) = wants_aggregated(&headers) {
-        return aggregated(v, vec![aggregated_group(&all, "", "v1")]);
+        return aggregated(v, vec![aggregated_group(&all, "", &["v1"])]);
     }
     json_response(
         StatusCode::OK,
@@ -259,9 +278,9 @@ pub async fn apis(headers: HeaderMap) -> Response {
     let all = resources();
     let gs = groups(&all);
     if let Some(v) = wants_aggregated(&headers) {
-        return aggregated(v, gs.iter().map(|(g, ver)| aggregated_group(&all, g, ver)).collect());
+        return aggregated(v, gs.iter().map(|(g, vs)| aggregated_group(&all, g, vs)).collect());
     }
-    let list: Vec<Value> = gs.iter().map(|(g, v)| group_json(g, v)).collect();
+    let list: Vec<Value> = gs.iter().map(|(g, vs)| group_json(g, vs)).collect();
     json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}))
 }
 
@@ -283,8 +302,8 @@ pub fn document(uri: &Uri) -> Option<Response> {
         ["api", "v1"] => Some(list("", "v1")),
         ["api", v] => Some(not_found(&format!("/api/{v}"))),
         ["apis", g] => Some(match groups(&all).into_iter().find(|(name, _)| name == g) {
-            Some((g, v)) => {
-                let mut doc = group_json(g, v);
+            Some((g, vs)) => {
+                let mut doc = group_json(g, &vs);
                 doc["kind"] = "APIGroup".into();
                 doc["apiVersion"] = "v1".into();
                 json_response(StatusCode::OK, &doc)
@@ -292,7 +311,8 @@ pub fn document(uri: &Uri) -> Option<Response> {
             None => not_found(uri.path()),
         }),
         ["apis", g, v] => {
-            Some(if groups(&all).contains(&(*g, *v)) { list(g, v) } else { not_found(uri.path()) })
+            let served = groups(&all).iter().any(|(name, vs)| name == g && vs.contains(v));
+            Some(if served { list(g, v) } else { not_found(uri.path()) })
         }
         _ => None,
     }
@@ -410,15 +430,16 @@ mod tests {
         assert_eq!(pods.categories, ["all"]);
         assert_eq!(pods.short, ["po"]);
         assert!(all.iter().any(|r| r.name == "pods/log"));
-        let agg = aggregated_group(&all, "apps", "v1");
+        let agg = aggregated_group(&all, "apps", &["v1"]);
         let deploy = &agg["versions"][0]["resources"][0];
         assert_eq!(deploy["resource"], "deployments");
         assert_eq!(deploy["scope"], "Namespaced");
         let scale =
             deploy["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
         assert_eq!(scale["responseKind"]["group"], "autoscaling");
-        assert!(groups(&all).contains(&("rbac.authorization.k8s.io", "v1")));
-        assert!(groups(&all).contains(&("metrics.k8s.io", "v1beta1")));
+        assert!(groups(&all).contains(&("rbac.authorization.k8s.io", vec!["v1"])));
+        assert!(groups(&all).contains(&("metrics.k8s.io", vec!["v1beta1"])));
+        assert!(groups(&all).contains(&("autoscaling", vec!["v2", "v1"])), "v2 preferred, v1 converted");
     }
 
     #[test]

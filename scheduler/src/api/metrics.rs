@@ -83,7 +83,8 @@ pub async fn refresh_usage(
     loop {
         if let Ok(names) = nodes(&st, None) {
             let summaries = super::tunnel::summaries(&st, names).await;
-            *cache.lock().unwrap_or_else(|e| e.into_inner()) = summaries;
+            let index = Arc::new(crate::controllers::hpa::UsageIndex::of(&summaries));
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = index;
         }
         tokio::time::sleep(every).await;
     }

@@ -45,6 +45,7 @@ mod spdy;
 mod table;
 #[allow(clippy::result_large_err)]
 pub mod tunnel;
+mod versions;
 #[allow(clippy::result_large_err)]
 mod watch;
 
@@ -142,6 +143,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(versions::autoscaling_v1))
         .layer(axum::middleware::from_fn(handlers::protobuf_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))

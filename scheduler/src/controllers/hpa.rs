@@ -487,9 +487,41 @@ pub fn plan(spec: &HpaSpec, current: i32, pods: &[PodSample], now: u64, history:
     Plan { desired, current_metrics: metrics, conditions, reason }
 }
 
-/// The agents' latest usage summaries by node, refreshed by the API server (which holds the
-/// node tunnels) and read by this controller: no round trip to every node per HPA.
-pub type UsageCache = std::sync::Arc<std::sync::Mutex<Vec<(String, tug_api::tunnel::Summary)>>>;
+/// The agents' latest usage by pod, refreshed by the API server (which holds the node
+/// tunnels) once per sync and read by this controller: no round trip to every node per HPA,
+/// and one index for all of them.
+pub type UsageCache = std::sync::Arc<std::sync::Mutex<std::sync::Arc<UsageIndex>>>;
+
+/// One pod's usage: when sampled (seconds since the epoch), over how long, per container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodUsage {
+    pub at: u64,
+    pub window: u64,
+    pub containers: Vec<tug_api::tunnel::ContainerUsage>,
+}
+
+/// Usage by (namespace, pod name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageIndex {
+    pub pods: std::collections::HashMap<(String, String), PodUsage>,
+}
+
+impl UsageIndex {
+    /// The index of the nodes' summaries.
+    pub fn of(summaries: &[(String, tug_api::tunnel::Summary)]) -> UsageIndex {
+        let mut pods = std::collections::HashMap::new();
+        for (_, s) in summaries {
+            let at = super::parse_time(&s.timestamp).unwrap_or(0);
+            for p in &s.pods {
+                pods.insert(
+                    (p.namespace.clone(), p.name.clone()),
+                    PodUsage { at, window: s.window_seconds, containers: p.containers.clone() },
+                );
+            }
+        }
+        UsageIndex { pods }
+    }
+}
 
 const PREFIX: &str = "autoscaling/horizontalpodautoscalers/";
 
@@ -507,22 +539,20 @@ impl Autoscalers {
 
     /// The target's pods as the planner sees them, with their latest usage.
     fn samples(&self, pods: &[tug_api::kinds::pod::Pod]) -> Vec<PodSample> {
-        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let usage = std::sync::Arc::clone(&self.usage.lock().unwrap_or_else(|e| e.into_inner()));
         let secs = |t: Option<&str>| t.and_then(super::parse_time);
         pods.iter()
             .map(|p| {
                 let ns = p.metadata.namespace.as_deref().unwrap_or("default");
                 let st = p.status.clone().unwrap_or_default();
                 let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
-                let sampled = usage.iter().find_map(|(_, s)| {
-                    s.pods.iter().find(|u| u.namespace == ns && u.name == p.metadata.name).map(|u| (s, u))
-                });
+                let sampled = usage.pods.get(&(ns.to_string(), p.metadata.name.clone()));
                 let containers = p
                     .spec
                     .containers
                     .iter()
                     .map(|c| {
-                        let used = sampled.and_then(|(_, u)| u.containers.iter().find(|x| x.name == c.name));
+                        let used = sampled.and_then(|u| u.containers.iter().find(|x| x.name == c.name));
                         let req = |r: &str| c.resources.as_ref().and_then(|res| res.requests.get(r));
                         ContainerSample {
                             name: c.name.clone(),
@@ -540,8 +570,8 @@ impl Autoscalers {
                     ready: ready.is_some_and(|c| c.status == "True"),
                     ready_changed: secs(ready.and_then(|c| c.last_transition_time.as_deref())),
                     started: secs(st.start_time.as_deref()),
-                    sampled_at: sampled.and_then(|(s, _)| super::parse_time(&s.timestamp)),
-                    window: sampled.map_or(0, |(s, _)| s.window_seconds),
+                    sampled_at: sampled.map(|u| u.at),
+                    window: sampled.map_or(0, |u| u.window),
                     containers,
                 }
             })
