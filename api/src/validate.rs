@@ -1106,6 +1106,27 @@ fn container(c: &Container, path: &str, _spec: &PodSpec, e: &mut Errors) {
             }
         }
     }
+    for (j, p) in c.resize_policy.iter().enumerate() {
+        let at = format!("{path}.resizePolicy[{j}]");
+        if !["cpu", "memory"].contains(&p.resource_name.as_str()) {
+            e.add(
+                format!("{at}.resourceName"),
+                format!("Unsupported value: {:?}: supported values: \"cpu\", \"memory\"", p.resource_name),
+            );
+        }
+        if !["NotRequired", "RestartContainer"].contains(&p.restart_policy.as_str()) {
+            e.add(
+                format!("{at}.restartPolicy"),
+                format!(
+                    "Unsupported value: {:?}: supported values: \"NotRequired\", \"RestartContainer\"",
+                    p.restart_policy
+                ),
+            );
+        }
+        if c.resize_policy[..j].iter().any(|q| q.resource_name == p.resource_name) {
+            e.add(format!("{at}.resourceName"), format!("Duplicate value: {:?}", p.resource_name));
+        }
+    }
     for (j, env) in c.env.iter().enumerate() {
         if env.name.is_empty() {
             e.add(format!("{path}.env[{j}].name"), "Required value");

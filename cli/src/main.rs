@@ -138,6 +138,8 @@ enum Cmd {
     Cordon { node: String },
     /// Mark a node schedulable again.
     Uncordon { node: String },
+    /// Change a running pod's cpu and memory in place: `resize pod/web --limits memory=256Mi`.
+    Resize(commands::modify::ResizeArgs),
     /// Cordon a node and evict its pods, within their PodDisruptionBudgets.
     Drain(commands::drain::DrainArgs),
     /// Add or remove a node's taints: `taint nodes NAME key=value:NoSchedule`, `key:NoSchedule-`.
@@ -336,6 +338,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Cordon { node } => commands::modify::cordon(&client, &node, true).await,
         Cmd::Uncordon { node } => commands::modify::cordon(&client, &node, false).await,
         Cmd::Drain(a) => commands::drain::run(&client, &a).await,
+        Cmd::Resize(a) => commands::modify::resize(&client, &a, ns.as_deref()).await,
         Cmd::Taint(a) => commands::modify::taint(&client, &a).await,
         Cmd::Set(c) => commands::modify::set(&client, &c, ns.as_deref()).await,
         Cmd::Config(ConfigCmd::Kubeconfig { cluster_url, ttl }) => {

@@ -1439,3 +1439,90 @@ spec:
     let events = text(&cp.tug(&["get", "events", "--for", "hpa/burn"])).0;
     assert!(events.contains("New size: 1; reason: All metrics below target"), "{events}");
 }
+
+#[test]
+fn a_running_pod_is_resized_in_place_without_a_restart() {
+    let (_cluster, cp, agent) = setup();
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rz}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "while true; do sleep 1; done"]
+    resources: {requests: {cpu: 100m, memory: 32Mi}, limits: {cpu: 200m, memory: 64Mi}}
+"#,
+    );
+    let before = wait_pod(&cp, &agent, "rz", 60, "Running", |p| p["status"]["phase"] == "Running");
+    let status = |p: &Value| p["status"]["containerStatuses"][0].clone();
+    assert_eq!(status(&before)["resources"]["limits"]["memory"], "64Mi", "{before:#}");
+    // The memory limit in force: read on the host from the cgroup of a process of the pod
+    // (the agent names pod cgroups `pod<first 12 alphanumerics of the uid>`).
+    let uid: String = before["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    let limit = || -> String {
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(groups) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
+            for line in groups.lines().filter(|l| l.contains(&format!("/pod{uid}"))) {
+                let mut parts = line.splitn(3, ':');
+                let (_, controllers, path) =
+                    (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let file = if controllers.split(',').any(|c| c == "memory") {
+                    format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+                } else if controllers.is_empty() {
+                    format!("/sys/fs/cgroup{path}/memory.max")
+                } else {
+                    continue;
+                };
+                if let Ok(v) = std::fs::read_to_string(&file) {
+                    return v.trim().to_string();
+                }
+            }
+        }
+        String::new()
+    };
+    assert_eq!(limit(), (64u64 << 20).to_string(), "the container sees its cgroup's limit");
+    let out = cp.tug(&["resize", "pod/rz", "--limits", "memory=128Mi,cpu=400m"]);
+    assert_eq!(text(&out).0, "pod/rz resized\n", "{out:?}");
+    let after =
+        wait_pod(&cp, &agent, "rz", 30, "resized", |p| status(p)["resources"]["limits"]["memory"] == "128Mi");
+    let (was, is) = (status(&before), status(&after));
+    assert_eq!(is["restartCount"], 0, "{after:#}");
+    assert_eq!(
+        (was["containerID"].clone(), was["state"]["running"]["startedAt"].clone()),
+        (is["containerID"].clone(), is["state"]["running"]["startedAt"].clone()),
+        "the same container, not restarted"
+    );
+    assert_eq!(limit(), (128u64 << 20).to_string(), "the new limit is in force");
+    // Beyond the node: Infeasible, and nothing changes.
+    let out = cp.tug(&["resize", "pod/rz", "--requests", "cpu=1000", "--limits", "cpu=1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let pending = wait_pod(&cp, &agent, "rz", 30, "PodResizePending", |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "PodResizePending" && c["reason"] == "Infeasible")
+    });
+    assert_eq!(status(&pending)["resources"]["limits"]["cpu"], "400m", "{pending:#}");
+    // Only cpu and memory of containers may change through resize.
+    let (code, body) = cp.raw(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/rz/resize",
+        "application/strategic-merge-patch+json",
+        r#"{"spec": {"containers": [{"name": "c", "image": "other:1"}]}}"#,
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("only cpu and memory resources of containers are mutable"), "{body}");
+}

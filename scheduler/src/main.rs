@@ -370,7 +370,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let usage_refresher = tokio::spawn(tug_scheduler::api::metrics::refresh_usage(
         state,
         usage.clone(),
-        hpa_sync.min(std::time::Duration::from_secs(10)),
+        hpa_sync.min(std::time::Duration::from_secs(5)),
     ));
     let placer = tokio::spawn(tug_scheduler::sched::bind::run(
         store_for_scheduler,

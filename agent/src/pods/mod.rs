@@ -245,6 +245,12 @@ pub async fn worker(
                 record_event(&ctx, &rec, "Warning", "FailedMount", format!("MountVolume.SetUp failed: {e}"));
             }
         }
+        if let Some(p) = &pod
+            && !terminating
+            && rec.evicted.is_none()
+        {
+            resize(&ctx, p, &mut rec).await;
+        }
         if let Some(p) = &pod {
             probes(&ctx, p, &mut rec, &tx);
             if restart_unhealthy(&ctx, &mut rec).await {
@@ -644,6 +650,7 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
         }
     };
     entry.stop_signal = config.config.stop_signal.clone();
+    entry.applied = c.resources.clone();
     let host_ip = ctx.cfg.node_ip.to_string();
     let resolved = match env::resolve(&ctx.api, pod, c, rec.ip.as_deref().unwrap_or(""), &host_ip).await {
         Ok(e) => e,
@@ -900,6 +907,108 @@ async fn stop(ctx: &Ctx, id: &str, signal: Option<&str>, grace: Duration) {
 /// their whole grace period together.
 async fn wait_exit(socket: &std::path::Path, limit: Duration) -> bool {
     tokio::time::timeout(limit.max(Duration::from_millis(1)), wait_exit_async(socket)).await.is_ok()
+}
+
+/// In-place resize: a running container whose spec's cpu or memory differs from what it runs
+/// with gets the new cgroup limits through its supervisor, without a restart — or is
+/// restarted where its `resizePolicy` says `RestartContainer` for a resource that changed. A
+/// request beyond the node is `Infeasible`; a memory limit below what the container uses now
+/// is `Deferred` (not applied, rather than OOM-killed), retried each sync.
+async fn resize(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) {
+    use tug_api::kinds::pod::ResourceRequirements;
+    let mut pending: Option<(String, String)> = None;
+    let facts = crate::blocking(|| crate::node::facts(&ctx.cfg.state_dir));
+    let usage = ctx.stats.summary();
+    for c in &pod.spec.containers {
+        let Some(r) = rec.containers.get_mut(&c.name) else { continue };
+        if !matches!(r.state, State::Running { .. }) {
+            continue;
+        }
+        let want = c.resources.clone().unwrap_or_default();
+        let have = r.applied.clone().unwrap_or_else(|| want.clone());
+        if r.applied.is_none() {
+            r.applied = Some(want.clone());
+            continue;
+        }
+        if have == want {
+            continue;
+        }
+        let get = |rr: &ResourceRequirements, kind: &str, res: &str| {
+            let m = if kind == "requests" { &rr.requests } else { &rr.limits };
+            m.get(res).map(|q| if res == "cpu" { q.millis() } else { q.value() })
+        };
+        let changed = |res: &str| {
+            get(&have, "requests", res) != get(&want, "requests", res)
+                || get(&have, "limits", res) != get(&want, "limits", res)
+        };
+        let cpu_request = get(&want, "requests", "cpu").unwrap_or(0);
+        let mem_request = get(&want, "requests", "memory").unwrap_or(0);
+        if cpu_request > u128::from(facts.cpus) * 1000 || mem_request > u128::from(facts.memory_bytes) {
+            pending = Some((
+                "Infeasible".into(),
+                format!(
+                    "Node didn't have enough capacity: container {} asks for more than the node has",
+                    c.name
+                ),
+            ));
+            continue;
+        }
+        if let Some(limit) = get(&want, "limits", "memory").filter(|_| changed("memory")) {
+            let used = usage.as_ref().and_then(|s| {
+                s.pods
+                    .iter()
+                    .find(|p| p.namespace == rec.namespace && p.name == rec.name)
+                    .and_then(|p| p.containers.iter().find(|x| x.name == c.name))
+                    .map(|x| u128::from(x.usage.memory_working_set_bytes))
+            });
+            if used.is_some_and(|u| limit < u) {
+                pending = Some((
+                    "Deferred".into(),
+                    format!("container {} uses more memory than the new limit: the decrease waits", c.name),
+                ));
+                continue;
+            }
+        }
+        let Some(id) = r.id.clone() else { continue };
+        let restart = ["cpu", "memory"].iter().any(|res| changed(res) && c.resize_restarts(res));
+        if restart {
+            // Stopped here; the restart that follows starts it with the new resources.
+            record_event(
+                ctx,
+                rec,
+                "Normal",
+                "Killing",
+                format!("Container {} resized: restarting it (resizePolicy RestartContainer)", c.name),
+            );
+            let r = rec.containers.get_mut(&c.name).expect("entry");
+            stop(ctx, &id, r.stop_signal.clone().as_deref(), Duration::from_secs(2)).await;
+            continue;
+        }
+        let resources = spec::resources(c);
+        let socket = ctx.supervisor_socket(&id);
+        let applied = crate::blocking(move || -> Result<(), String> {
+            let mut client = sup::Client::connect(&socket).map_err(|e| e.to_string())?;
+            match client.call(&sup::Request::Update { resources }).map_err(|e| e.to_string())? {
+                sup::Reply::Ok => Ok(()),
+                other => Err(format!("unexpected reply {other:?}")),
+            }
+        });
+        match applied {
+            Ok(()) => {
+                tracing::info!(
+                    "tug-agent: pod {}/{}: container {} resized in place",
+                    rec.namespace,
+                    rec.name,
+                    c.name
+                );
+                if let Some(r) = rec.containers.get_mut(&c.name) {
+                    r.applied = Some(want);
+                }
+            }
+            Err(e) => pending = Some(("Deferred".into(), format!("resizing container {}: {e}", c.name))),
+        }
+    }
+    rec.resize_pending = pending;
 }
 
 /// Node-pressure eviction of this pod: recorded (so no container starts again and the status

@@ -196,6 +196,13 @@ pub fn container_status(
     if let Some(id) = &c.id {
         v["containerID"] = format!("tug://{id}").into();
     }
+    // What the container runs with (an in-place resize changes it without a restart).
+    if let Some(r) = &c.applied {
+        v["resources"] = serde_json::to_value(r).unwrap_or_default();
+        if !r.requests.is_empty() {
+            v["allocatedResources"] = serde_json::to_value(&r.requests).unwrap_or_default();
+        }
+    }
     v
 }
 
@@ -272,9 +279,21 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| !matches!(c["type"].as_str(), Some("Initialized" | "ContainersReady" | "Ready")))
+        .filter(|c| {
+            !matches!(
+                c["type"].as_str(),
+                Some("Initialized" | "ContainersReady" | "Ready" | "PodResizePending")
+            )
+        })
         .cloned()
         .collect();
+    if let Some((reason, message)) = &rec.resize_pending {
+        let was =
+            old["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "PodResizePending");
+        let since = was.and_then(|c| c["lastTransitionTime"].as_str()).unwrap_or(&stamp).to_string();
+        conditions.push(json!({"type": "PodResizePending", "status": "True", "reason": reason,
+            "message": message, "lastTransitionTime": since}));
+    }
     conditions.push(cond("Initialized", initialized, Some("ContainersNotInitialized"), old, &stamp));
     conditions.push(cond("ContainersReady", ready, Some("ContainersNotReady"), old, &stamp));
     conditions.push(cond("Ready", ready, Some("ContainersNotReady"), old, &stamp));

@@ -25,6 +25,9 @@ pub struct PodRecord {
     /// Evicted for node pressure, with kubelet's message: nothing starts again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evicted: Option<String>,
+    /// A resize that cannot be applied now: `Infeasible` or `Deferred`, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_pending: Option<(String, String)>,
     #[serde(skip)]
     pub(crate) written: Written,
 }
@@ -70,6 +73,10 @@ pub struct ContainerRecord {
     pub backoff_step: u32,
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// The requests and limits the running container has (its cgroup's): what it started
+    /// with, then each in-place resize applied. `None` from before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<tug_api::kinds::pod::ResourceRequirements>,
     /// What the probes say now, `(started, ready)`; None for a container without probes.
     /// Not kept on disk: a restarted agent probes again.
     #[serde(skip)]

@@ -231,6 +231,10 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Per resource, whether an in-place resize restarts the container (`RestartContainer`)
+    /// or not (`NotRequired`, the default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resize_policy: Vec<ContainerResizePolicy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +347,23 @@ pub struct ContainerPort {
     pub host_port: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+}
+
+/// `resizePolicy`: one resource's in-place resize behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerResizePolicy {
+    pub resource_name: String,
+    pub restart_policy: String,
+}
+
+impl Container {
+    /// Whether resizing `resource` in place restarts the container.
+    pub fn resize_restarts(&self, resource: &str) -> bool {
+        self.resize_policy
+            .iter()
+            .any(|p| p.resource_name == resource && p.restart_policy == "RestartContainer")
+    }
 }
 
 /// `resources`: requests and limits by resource name (`cpu`, `memory`, `tug.io/gpu`, …).

@@ -476,20 +476,8 @@ async fn container_patch(
             if limits.is_none() && requests.is_none() {
                 return Err("error: you must specify an update to requests or limits (in the form of --requests/--limits)".into());
             }
-            let parse = |s: &Option<String>| -> Result<Vec<(String, String)>, String> {
-                let Some(s) = s else { return Ok(Vec::new()) };
-                s.split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let (k, v) = p.split_once('=').ok_or_else(|| {
-                            format!("error: invalid resource spec {p:?}: use NAME=QUANTITY")
-                        })?;
-                        tug_api::quantity::Quantity::parse(v).map_err(|e| format!("error: {k}={v}: {e}"))?;
-                        Ok((k.to_string(), v.to_string()))
-                    })
-                    .collect()
-            };
-            let (limits, requests) = (parse(limits)?, parse(requests)?);
+            let (limits, requests) =
+                (resource_pairs(limits.as_deref())?, resource_pairs(requests.as_deref())?);
             for (i, c) in containers.iter().enumerate().filter(|(_, c)| chosen(c, which)) {
                 let mut r = c["resources"].clone();
                 if !r.is_object() {
@@ -511,6 +499,89 @@ async fn container_patch(
         SetCmd::Image { .. } => return Err("error: not a container field".into()),
     }
     Ok(Some((Value::Array(ops), verb)))
+}
+
+/// `cpu=200m,memory=512Mi` → pairs, each quantity checked.
+fn resource_pairs(s: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let Some(s) = s else { return Ok(Vec::new()) };
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| format!("error: invalid resource spec {p:?}: use NAME=QUANTITY"))?;
+            tug_api::quantity::Quantity::parse(v).map_err(|e| format!("error: {k}={v}: {e}"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[derive(clap::Args)]
+pub struct ResizeArgs {
+    /// `pod/NAME` or `pod NAME`.
+    #[arg(required = true)]
+    pub target: Vec<String>,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// `cpu=…,memory=…` limits.
+    #[arg(long)]
+    pub limits: Option<String>,
+    /// `cpu=…,memory=…` requests.
+    #[arg(long)]
+    pub requests: Option<String>,
+}
+
+/// `resize pod/NAME --limits memory=256Mi`: an in-place resize through the pod's `resize`
+/// subresource; the container keeps running where its resizePolicy allows.
+pub async fn resize(client: &Client, a: &ResizeArgs, ns: Option<&str>) -> Result<ExitCode, String> {
+    let (info, name, rest) = target(&a.target)?;
+    if info.kind != "Pod" || !rest.is_empty() {
+        return Err(
+            "error: resize takes pod/NAME (a Deployment's pods change with `tug set resources`)".into()
+        );
+    }
+    let (limits, requests) = (resource_pairs(a.limits.as_deref())?, resource_pairs(a.requests.as_deref())?);
+    if limits.is_empty() && requests.is_empty() {
+        return Err("error: you must specify an update to requests or limits (--requests/--limits)".into());
+    }
+    let p = path(info, &name, ns);
+    let pod = client.get(&p).await.map_err(server)?;
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    let container = match (&a.container, containers.as_slice()) {
+        (Some(c), _) if containers.contains(c) => c.clone(),
+        (Some(c), _) => return Err(format!("error: unable to find container named {c:?}")),
+        (None, [one]) => one.clone(),
+        (None, _) => {
+            return Err(format!(
+                "error: pod {name} has several containers: name one with -c ({})",
+                containers.join(", ")
+            ));
+        }
+    };
+    let mut resources = json!({});
+    for (field, values) in [("limits", &limits), ("requests", &requests)] {
+        for (k, v) in values {
+            resources[field][k] = v.clone().into();
+        }
+    }
+    let patch = json!({"spec": {"containers": [{"name": container, "resources": resources}]}});
+    client
+        .call(
+            Method::PATCH,
+            &format!("{p}/resize?fieldManager=tug"),
+            "application/strategic-merge-patch+json",
+            patch.to_string().into_bytes(),
+        )
+        .await
+        .map_err(server)?;
+    println!("pod/{name} resized");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `edit`: the object in `$EDITOR` (or `vi`) as YAML; saved, it replaces the object. A save

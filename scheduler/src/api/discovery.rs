@@ -64,6 +64,7 @@ fn subresources(info: &KindInfo) -> Vec<Subresource> {
             ("attach", vec!["create", "get"], "PodAttachOptions", None),
             ("portforward", vec!["create", "get"], "PodPortForwardOptions", None),
             ("eviction", vec!["create"], "Eviction", Some(("policy", "v1"))),
+            ("resize", vec!["get", "patch", "update"], "Pod", None),
         ],
         "deployments" | "replicasets" => {
             vec![status, ("scale", vec!["get", "patch", "update"], "Scale", Some(("autoscaling", "v1")))]

@@ -353,6 +353,137 @@ pub async fn eviction(
     result.unwrap_or_else(|s| status_response(&s))
 }
 
+/// `pods/NAME/resize` (in-place pod resize): a GET reads the pod; a PATCH or PUT may change only
+/// the containers' cpu and memory requests and limits, keeping the pod's QoS class. The
+/// pod's node applies the change in place (or restarts the container where its
+/// `resizePolicy` says so) and reports it in the container statuses.
+pub async fn resize(
+    State(st): State<Arc<AppState>>,
+    user: Option<axum::Extension<Arc<crate::auth::User>>>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let user = user.map_or_else(|| Arc::new(crate::auth::User::admin()), |u| u.0);
+    let q = parse_query(q.as_deref().unwrap_or(""));
+    let Some(info) = tug_api::object::lookup("pods") else {
+        return status_response(&Status::internal("no Pod kind"));
+    };
+    let target = Target::Object { info, namespace: Some(ns), name, status: false };
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let result = blocking(|| -> Reply {
+        let dry = dry_run(&q)?;
+        for _ in 0..5 {
+            let current = read(&st, &target)?;
+            let mut doc = match method.as_str() {
+                "GET" => return Ok(json_response(StatusCode::OK, &current.object)),
+                "PUT" => serde_json::from_slice::<Value>(&body)
+                    .map_err(|e| Status::bad_request(format!("the body is not valid JSON: {e}")))?,
+                "PATCH" => {
+                    let patch: Value = serde_json::from_slice(&body)
+                        .map_err(|e| Status::bad_request(format!("the patch is not valid JSON: {e}")))?;
+                    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let mut doc = current.object.clone();
+                    apply_patch("Pod", ct.split(';').next().unwrap_or("").trim(), &mut doc, &patch)?;
+                    doc
+                }
+                m => {
+                    return Err(Status::new(
+                        405,
+                        "MethodNotAllowed",
+                        format!("the server does not allow this method on the requested resource ({m})"),
+                    ));
+                }
+            };
+            let name = current.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            resize_allowed(&current.object, &doc).map_err(|m| {
+                Status::invalid(
+                    "Pod",
+                    &name,
+                    &[tug_api::validation::FieldError { field: "spec".into(), message: m }],
+                )
+            })?;
+            let pinned =
+                doc["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty()).map(str::to_string);
+            doc["metadata"]["resourceVersion"] =
+                pinned.clone().unwrap_or_else(|| current.revision.to_string()).into();
+            let doc = decode_doc(&target, doc)?;
+            let manager = super::managed::manager(&q, ua.as_deref());
+            match replace_object(&st, &target, doc, &user, dry, (&manager, "resize")) {
+                Ok((obj, warnings)) => {
+                    return Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings));
+                }
+                Err(s) if s.code == 409 && s.reason == "Conflict" && pinned.is_none() => continue,
+                Err(s) => return Err(s),
+            }
+        }
+        Err(Status::conflict("pods", target_name(&target)))
+    });
+    result.unwrap_or_else(|s| status_response(&s))
+}
+
+fn target_name(t: &Target) -> &str {
+    match t {
+        Target::Object { name, .. } => name,
+        Target::Collection { .. } => "",
+    }
+}
+
+/// Kubernetes' resize rules: only `spec.containers[*].resources` cpu and memory may differ,
+/// and the QoS class stays.
+fn resize_allowed(old: &Value, new: &Value) -> Result<(), String> {
+    let masked = |v: &Value| {
+        let mut s = v["spec"].clone();
+        for c in s["containers"].as_array_mut().into_iter().flatten() {
+            for kind in ["requests", "limits"] {
+                if let Some(m) = c["resources"][kind].as_object_mut() {
+                    m.remove("cpu");
+                    m.remove("memory");
+                    if m.is_empty() {
+                        c["resources"].as_object_mut().map(|r| r.remove(kind));
+                    }
+                }
+            }
+            if c["resources"].as_object().is_some_and(serde_json::Map::is_empty) {
+                c.as_object_mut().map(|c| c.remove("resources"));
+            }
+        }
+        s
+    };
+    if masked(old) != masked(new) {
+        return Err("Forbidden: only cpu and memory resources of containers are mutable".into());
+    }
+    let (was, is) = (qos_class(&old["spec"]), qos_class(&new["spec"]));
+    if was != is {
+        return Err(format!("Invalid value: {is:?}: Pod QoS is immutable (it is {was:?})"));
+    }
+    Ok(())
+}
+
+/// Kubernetes' QoS class of a pod spec: Guaranteed (every container's cpu and memory limited,
+/// requests equal to limits), BestEffort (no requests or limits), else Burstable.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = spec["containers"].as_array().into_iter().flatten().collect();
+    let none = containers.iter().all(|c| {
+        ["requests", "limits"].iter().all(|k| {
+            c["resources"][*k].as_object().is_none_or(|m| !m.contains_key("cpu") && !m.contains_key("memory"))
+        })
+    });
+    if none {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = &c["resources"]["limits"][*r];
+            let request = &c["resources"]["requests"][*r];
+            !limit.is_null() && (request.is_null() || request == limit)
+        })
+    });
+    if guaranteed { "Guaranteed" } else { "Burstable" }
+}
+
 /// `dryRun=All`: the write is checked and answered as if made, and not stored.
 fn dry_run(q: &HashMap<String, String>) -> Result<bool, Status> {
     match q.get("dryRun").map(String::as_str) {
@@ -1052,7 +1183,10 @@ fn replace_object(
     objects::on_update(&mut obj, &current.object)?;
     let _services = service_lock(st, info);
     assign_service_addresses(st, info, &mut obj, Some(&current.object))?;
-    check_update(info, &name, &current.object, &obj)?;
+    // A resize has its own rule (`resize_allowed`): only the containers' cpu and memory change.
+    if subresource != "resize" {
+        check_update(info, &name, &current.object, &obj)?;
+    }
     super::managed::track_update(
         info.kind,
         Some(&current.object),

@@ -134,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/namespaces/{ns}/pods/{name}/attach", any(tunnel::attach))
         .route("/api/v1/namespaces/{ns}/pods/{name}/portforward", any(portforward::serve))
         .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", axum::routing::post(handlers::eviction))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/resize", any(handlers::resize))
         .route("/apis/apps/v1/namespaces/{ns}/{plural}/{name}/scale", any(handlers::scale))
         .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes_all))
         .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(metrics::node_one))

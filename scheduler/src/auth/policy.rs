@@ -134,7 +134,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(
                     &edit_verbs,
                     "",
-                    &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy"],
+                    &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy", "pods/resize"],
                 ),
                 rule(
                     &edit_verbs,
