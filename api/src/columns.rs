@@ -154,6 +154,7 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "PodDisruptionBudget" => {
             vec!["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"]
         }
+        "VerticalPodAutoscaler" => vec!["NAME", "MODE", "CPU", "MEM", "PROVIDED", "AGE"],
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         _ => vec!["NAME", "AGE"],
     };
@@ -433,6 +434,21 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
         "Lease" => {
             let holder = s(&spec["holderIdentity"]);
             vec![name, if holder.is_empty() { "<none>".into() } else { holder }, age(obj, now)]
+        }
+        "VerticalPodAutoscaler" => {
+            let target = &st["recommendation"]["containerRecommendations"][0]["target"];
+            let provided = st["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "RecommendationProvided"))
+                .map_or_else(String::new, |c| s(&c["status"]));
+            vec![
+                name,
+                spec["updatePolicy"]["updateMode"].as_str().unwrap_or("Auto").to_string(),
+                s(&target["cpu"]),
+                s(&target["memory"]),
+                provided,
+                age(obj, now),
+            ]
         }
         "PodDisruptionBudget" => {
             let or_na = |v: &Value| match v {

@@ -89,6 +89,7 @@ pub fn apply(obj: &mut Object) {
         | Object::Event(_)
         | Object::Lease(_)
         | Object::PodDisruptionBudget(_)
+        | Object::VerticalPodAutoscaler(_)
         | Object::ServiceAccount(_)
         | Object::Role(_)
         | Object::ClusterRole(_) => {}

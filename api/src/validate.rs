@@ -103,6 +103,7 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
         }
         Object::HorizontalPodAutoscaler(h) => hpa(&h.spec, &mut e),
         Object::PodDisruptionBudget(p) => pdb(&p.spec, &mut e),
+        Object::VerticalPodAutoscaler(v) => vpa(&v.spec, &mut e),
         Object::Node(n) => {
             for (i, t) in n.spec.taints.iter().enumerate() {
                 if let Err(msg) = qualified_name(&t.key) {
@@ -493,6 +494,52 @@ fn pdb(s: &crate::kinds::policy::PdbSpec, e: &mut Errors) {
                 "Unsupported value: {p:?}: supported values: \"{IF_HEALTHY_BUDGET}\", \"{ALWAYS_ALLOW}\""
             ),
         );
+    }
+}
+
+fn vpa(s: &crate::kinds::vpa::VpaSpec, e: &mut Errors) {
+    if s.target_ref.kind.is_empty() {
+        e.add("spec.targetRef.kind", "Required value");
+    }
+    if s.target_ref.name.is_empty() {
+        e.add("spec.targetRef.name", "Required value");
+    }
+    let modes = ["Off", "Initial", "Recreate", "InPlaceOrRecreate", "Auto"];
+    if let Some(m) =
+        s.update_policy.as_ref().and_then(|u| u.update_mode.as_deref()).filter(|m| !modes.contains(m))
+    {
+        e.add(
+            "spec.updatePolicy.updateMode",
+            format!("Unsupported value: {m:?}: supported values: \"Auto\", \"InPlaceOrRecreate\", \"Initial\", \"Off\", \"Recreate\""),
+        );
+    }
+    for (i, p) in s.resource_policy.iter().flat_map(|r| r.container_policies.iter()).enumerate() {
+        let at = format!("spec.resourcePolicy.containerPolicies[{i}]");
+        if p.container_name.is_empty() {
+            e.add(format!("{at}.containerName"), "Required value");
+        }
+        for r in &p.controlled_resources {
+            if !["cpu", "memory"].contains(&r.as_str()) {
+                e.add(
+                    format!("{at}.controlledResources"),
+                    format!("Unsupported value: {r:?}: supported values: \"cpu\", \"memory\""),
+                );
+            }
+        }
+        if let Some(m) = p.mode.as_deref().filter(|m| !["Auto", "Off"].contains(m)) {
+            e.add(
+                format!("{at}.mode"),
+                format!("Unsupported value: {m:?}: supported values: \"Auto\", \"Off\""),
+            );
+        }
+        for (r, min) in &p.min_allowed {
+            if p.max_allowed.get(r).is_some_and(|max| max.millis() < min.millis()) {
+                e.add(
+                    format!("{at}.maxAllowed.{r}"),
+                    "Invalid value: must be greater than or equal to minAllowed",
+                );
+            }
+        }
     }
 }
 

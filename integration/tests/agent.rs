@@ -1526,3 +1526,88 @@ spec:
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("only cpu and memory resources of containers are mutable"), "{body}");
 }
+
+#[test]
+fn a_vertical_autoscaler_raises_a_starved_pods_request_in_place_and_defers_to_an_hpa() {
+    let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
+    apply(
+        &cp,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: starved}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: starved}}
+  template:
+    metadata: {labels: {app: starved}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: burn
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "while true; do :; done"]
+        resources: {requests: {cpu: 20m}, limits: {cpu: 200m}}
+---
+apiVersion: autoscaling.k8s.io/v1
+kind: VerticalPodAutoscaler
+metadata: {name: starved}
+spec:
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: starved}
+  updatePolicy: {updateMode: InPlaceOrRecreate}
+  resourcePolicy:
+    containerPolicies: [{containerName: "*", controlledResources: [cpu]}]
+"#,
+    );
+    let pod = || {
+        let pods = get(&cp, &["pods", "-l", "app=starved"]).unwrap_or_default();
+        pods["items"][0].clone()
+    };
+    let request = |p: &Value| {
+        p["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+            .as_str()
+            .and_then(|q| q.strip_suffix('m'))
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(90), || request(&pod()) > 100),
+        "not raised: {:#}\n{:#}\n{}",
+        get(&cp, &["vpa", "starved"]).unwrap_or_default(),
+        pod(),
+        agent.log()
+    );
+    let vpa = get(&cp, &["vpa", "starved"]).unwrap();
+    let rec = &vpa["status"]["recommendation"]["containerRecommendations"][0];
+    assert_eq!(rec["containerName"], "burn", "{vpa:#}");
+    assert!(rec["target"]["cpu"].is_string() && rec["target"].get("memory").is_none(), "cpu only: {vpa:#}");
+    let table = text(&cp.tug(&["get", "vpa", "starved"])).0;
+    assert!(
+        table.starts_with("NAME      MODE                CPU")
+            && table.contains("starved   InPlaceOrRecreate   "),
+        "{table}"
+    );
+    // Applied in place: the node runs it with the new request, without a restart.
+    let resized = |p: &Value| {
+        let s = &p["status"]["containerStatuses"][0];
+        s["resources"]["requests"]["cpu"] == p["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    };
+    assert!(wait_for(Duration::from_secs(30), || resized(&pod())), "{:#}", pod());
+    assert_eq!(pod()["status"]["containerStatuses"][0]["restartCount"], 0, "{:#}", pod());
+    // An HPA on the same resource: the VPA stands down, and says why.
+    let out = cp.tug(&["autoscale", "deploy/starved", "--max", "2", "--cpu-percent", "90"]);
+    assert!(out.status.success(), "{out:?}");
+    let refused = || {
+        get(&cp, &["vpa", "starved"]).unwrap_or_default()["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "ConfigUnsupported" && c["reason"] == "ConflictsWithHPA")
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), refused),
+        "{:#}",
+        get(&cp, &["vpa", "starved"]).unwrap_or_default()
+    );
+}

@@ -8,3 +8,4 @@ pub mod pod;
 pub mod policy;
 pub mod rbac;
 pub mod storage;
+pub mod vpa;

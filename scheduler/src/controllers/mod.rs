@@ -31,6 +31,7 @@ pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccounts;
 pub mod volumes;
+pub mod vpa;
 
 use crate::store::{Store, StoreError, Stored};
 use serde::de::DeserializeOwned;
@@ -159,6 +160,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(disruption::Disruption), 1),
         (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
+        (Arc::new(vpa::VerticalAutoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
         (Arc::new(job::Jobs), 1),
         (Arc::new(cronjob::CronJobs), 1),
         (Arc::new(gc::Collector), 1),
