@@ -1611,3 +1611,57 @@ spec:
         get(&cp, &["vpa", "starved"]).unwrap_or_default()
     );
 }
+
+#[test]
+fn a_vertical_autoscaler_in_recreate_mode_replaces_pods_with_the_recommendation() {
+    let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
+    apply(
+        &cp,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hungry}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hungry}}
+  template:
+    metadata: {labels: {app: hungry}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: burn
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "while true; do :; done"]
+        resources: {requests: {cpu: 10m}, limits: {cpu: 100m}}
+---
+apiVersion: autoscaling.k8s.io/v1
+kind: VerticalPodAutoscaler
+metadata: {name: hungry}
+spec:
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: hungry}
+  updatePolicy: {updateMode: Recreate}
+  resourcePolicy:
+    containerPolicies: [{containerName: "*", controlledResources: [cpu]}]
+"#,
+    );
+    // A replacement is admitted with the recommendation, and says so.
+    let admitted = || {
+        let pods = get(&cp, &["pods", "-l", "app=hungry"]).unwrap_or_default();
+        pods["items"].as_array().cloned().unwrap_or_default().into_iter().find(|p| {
+            p["metadata"]["annotations"]["vpaUpdates"].as_str().is_some_and(|a| a.starts_with("Pod resources updated by hungry: container 0: cpu request"))
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(120), || admitted().is_some()),
+        "{:#}\n{:#}\n{}",
+        get(&cp, &["vpa", "hungry"]).unwrap_or_default(),
+        get(&cp, &["pods", "-l", "app=hungry"]).unwrap_or_default(),
+        agent.log()
+    );
+    let p = admitted().unwrap();
+    let request = p["spec"]["containers"][0]["resources"]["requests"]["cpu"].as_str().unwrap_or_default().to_string();
+    assert!(request.trim_end_matches('m').parse::<u64>().unwrap_or(0) > 50, "{p:#}");
+    let events = text(&cp.tug(&["get", "events"])).0;
+    assert!(events.contains("EvictedByVPA"), "{events}");
+}

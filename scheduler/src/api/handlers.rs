@@ -744,6 +744,10 @@ fn create(
     assign_service_addresses(st, info, &mut obj, None)?;
     admit_pod_priority(st, info, &mut obj)?;
     admit_service_account(st, info, &mut obj)?;
+    if info.kind == "Pod" {
+        blocking(|| crate::controllers::vpa::admit_pod(st.store.as_ref(), &mut obj))
+            .map_err(|e| Status::internal(e.to_string()))?;
+    }
     super::managed::track_update(info.kind, None, &mut obj, (manager, ""), &info.api_version(), &now());
     if dry {
         if blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?.is_some() {

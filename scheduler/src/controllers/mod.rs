@@ -362,6 +362,7 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
             &obj["metadata"]["annotations"],
         );
         // ServiceAccount admission as for users' pods: the account checked, the token mounted.
+        vpa::admit_pod(store, &mut obj)?;
         let refused = if found.is_empty() {
             crate::auth::serviceaccounts::admit_pod(store, &mut obj).err()
         } else {

@@ -339,9 +339,19 @@ impl super::runtime::Controller for VerticalAutoscalers {
             .as_ref()
             .and_then(|u| u.update_mode.clone())
             .unwrap_or_else(|| "Auto".into());
-        if conflict.is_none() && mode == "InPlaceOrRecreate" {
-            for p in &pods {
-                resize_pod(store, p, &recs)?;
+        if conflict.is_none() {
+            match mode.as_str() {
+                "InPlaceOrRecreate" => {
+                    for p in &pods {
+                        resize_pod(store, p, &recs)?;
+                    }
+                }
+                "Recreate" | "Auto" => {
+                    let min = vpa.spec.update_policy.as_ref().and_then(|u| u.min_replicas).unwrap_or(2);
+                    recreate_one(store, &pods, &recs, usize::try_from(min).unwrap_or(2))?;
+                }
+                // Initial: only new pods get the recommendation (`admit_pod`); Off: none.
+                _ => {}
             }
         }
         write(store, key, &stored, &vpa, status)?;
@@ -397,6 +407,150 @@ fn resize_pod(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The VPA admission of a new pod: when a VerticalPodAutoscaler (in any mode but Off) targets
+/// the workload that owns it — its ReplicaSet, or that ReplicaSet's Deployment — its
+/// containers start with the recommended requests (limits in proportion), and the pod says
+/// so in the `vpaUpdates` annotation, as the VPA's admission controller does.
+pub fn admit_pod(
+    store: &dyn crate::store::Store,
+    pod: &mut serde_json::Value,
+) -> Result<(), crate::store::StoreError> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    let Some(owner) = pod["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["controller"] == true).cloned())
+    else {
+        return Ok(());
+    };
+    let (vpas, _) = store.list(&format!("{PREFIX}{ns}/"))?;
+    if vpas.is_empty() {
+        return Ok(());
+    }
+    let mut owners = vec![(
+        owner["kind"].as_str().unwrap_or_default().to_string(),
+        owner["name"].as_str().unwrap_or_default().to_string(),
+    )];
+    if owner["kind"] == "ReplicaSet" {
+        if let Some(rs) = store.get(&format!("apps/replicasets/{ns}/{}", owners[0].1))? {
+            if let Some(d) = rs.object["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|o| o.iter().find(|o| o["kind"] == "Deployment"))
+            {
+                owners.push(("Deployment".into(), d["name"].as_str().unwrap_or_default().to_string()));
+            }
+        }
+    }
+    for v in vpas {
+        let Ok(vpa) = serde_json::from_value::<tug_api::kinds::vpa::VerticalPodAutoscaler>(v.object) else {
+            continue;
+        };
+        let r = &vpa.spec.target_ref;
+        if !owners.iter().any(|(k, n)| *k == r.kind && *n == r.name) {
+            continue;
+        }
+        if vpa.spec.update_policy.as_ref().and_then(|u| u.update_mode.as_deref()) == Some("Off") {
+            return Ok(());
+        }
+        let Some(rec) = vpa.status.and_then(|s| s.recommendation) else { return Ok(()) };
+        let mut updated = Vec::new();
+        for (i, c) in pod["spec"]["containers"].as_array_mut().into_iter().flatten().enumerate() {
+            let Some(cr) =
+                rec.container_recommendations.iter().find(|x| c["name"] == x.container_name.as_str())
+            else {
+                continue;
+            };
+            for (res, target) in &cr.target {
+                let cpu = res == "cpu";
+                let read = |v: &serde_json::Value| {
+                    v.as_str()
+                        .and_then(|q| Quantity::parse(q).ok())
+                        .map(|q| if cpu { q.millis() as f64 } else { q.value() as f64 })
+                };
+                let want = if cpu { target.millis() as f64 } else { target.value() as f64 };
+                let request = read(&c["resources"]["requests"][res.as_str()]);
+                let limit = read(&c["resources"]["limits"][res.as_str()]);
+                c["resources"]["requests"][res.as_str()] = target.as_str().into();
+                if let (Some(l), Some(r)) = (limit, request) {
+                    c["resources"]["limits"][res.as_str()] =
+                        quantity(want * l / r.max(1.0), cpu).as_str().into();
+                }
+                updated.push(format!("container {i}: {res} request"));
+            }
+        }
+        if !updated.is_empty() {
+            pod["metadata"]["annotations"]["vpaUpdates"] =
+                format!("Pod resources updated by {}: {}", vpa.metadata.name, updated.join(", ")).into();
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Recreate mode: one pod whose requests left the bounds is deleted (with its grace period),
+/// if at least `minReplicas` (2) pods are running; its replacement is admitted with the
+/// recommendation.
+fn recreate_one(
+    store: &dyn crate::store::Store,
+    pods: &[crate::store::Stored],
+    recs: &[(String, Recommended, Vec<String>)],
+    min_replicas: usize,
+) -> Result<(), crate::store::StoreError> {
+    let running: Vec<&crate::store::Stored> =
+        pods.iter().filter(|p| p.object["status"]["phase"] == "Running").collect();
+    if running.len() < min_replicas {
+        return Ok(());
+    }
+    let outside = |p: &crate::store::Stored| {
+        p.object["spec"]["containers"].as_array().into_iter().flatten().any(|c| {
+            recs.iter().filter(|(n, _, _)| c["name"] == n.as_str()).any(|(_, rec, controlled)| {
+                controlled.iter().any(|res| {
+                    let cpu = res == "cpu";
+                    let request = c["resources"]["requests"][res.as_str()]
+                        .as_str()
+                        .and_then(|q| Quantity::parse(q).ok())
+                        .map(|q| if cpu { q.millis() as f64 } else { q.value() as f64 });
+                    let (lower, upper) = if cpu {
+                        (rec.lower.cpu, rec.upper.cpu)
+                    } else {
+                        (rec.lower.memory, rec.upper.memory)
+                    };
+                    request.is_some_and(|r| r < lower || r > upper)
+                })
+            })
+        })
+    };
+    if let Some(p) = running.into_iter().find(|p| outside(p)) {
+        let pre = crate::deletion::Preconditions {
+            uid: p.object["metadata"]["uid"].as_str().map(str::to_string),
+            resource_version: None,
+        };
+        match crate::deletion::delete(store, &p.key, None, &pre) {
+            Ok(_) => {
+                let meta: tug_api::meta::ObjectMeta =
+                    serde_json::from_value(p.object["metadata"].clone()).unwrap_or_default();
+                super::event(
+                    store,
+                    ("Pod", "v1", &meta),
+                    "Normal",
+                    "EvictedByVPA",
+                    "Pod was evicted by VPA Updater to apply resource recommendation.",
+                    "vpa-updater",
+                )?;
+            }
+            Err(crate::deletion::Refused::Store(e))
+                if !matches!(
+                    e,
+                    crate::store::StoreError::NotFound(_) | crate::store::StoreError::Conflict { .. }
+                ) =>
+            {
+                return Err(e);
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn write(
