@@ -1516,6 +1516,35 @@ spec:
             .any(|c| c["type"] == "PodResizePending" && c["reason"] == "Infeasible")
     });
     assert_eq!(status(&pending)["resources"]["limits"]["cpu"], "400m", "{pending:#}");
+    // Back within reach: applied, the condition gone.
+    assert!(cp.tug(&["resize", "pod/rz", "--requests", "cpu=100m", "--limits", "cpu=400m"]).status.success());
+    wait_pod(&cp, &agent, "rz", 30, "feasible again", |p| {
+        status(p)["resources"]["requests"]["cpu"] == "100m"
+            && !p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "PodResizePending")
+    });
+    // Beside another pod that holds the rest of the node: Deferred.
+    let node = get(&cp, &["node", "tug-it-node0"]).unwrap();
+    let alloc = node["status"]["allocatable"]["cpu"].as_str().unwrap().parse::<u64>().unwrap() * 1000;
+    apply(
+        &cp,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: [/bin/sleep, '3600'], resources: {{requests: {{cpu: {}m}}}}}}\n",
+            alloc - 300
+        ),
+    );
+    wait_pod(&cp, &agent, "hog", 60, "Running", |p| p["status"]["phase"] == "Running");
+    assert!(cp.tug(&["resize", "pod/rz", "--requests", "cpu=400m"]).status.success());
+    wait_pod(&cp, &agent, "rz", 30, "Deferred", |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "PodResizePending" && c["reason"] == "Deferred")
+    });
     // Only cpu and memory of containers may change through resize.
     let (code, body) = cp.raw(
         "PATCH",
@@ -1649,7 +1678,9 @@ spec:
     let admitted = || {
         let pods = get(&cp, &["pods", "-l", "app=hungry"]).unwrap_or_default();
         pods["items"].as_array().cloned().unwrap_or_default().into_iter().find(|p| {
-            p["metadata"]["annotations"]["vpaUpdates"].as_str().is_some_and(|a| a.starts_with("Pod resources updated by hungry: container 0: cpu request"))
+            p["metadata"]["annotations"]["vpaUpdates"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Pod resources updated by hungry: container 0: cpu request"))
         })
     };
     assert!(
@@ -1660,7 +1691,8 @@ spec:
         agent.log()
     );
     let p = admitted().unwrap();
-    let request = p["spec"]["containers"][0]["resources"]["requests"]["cpu"].as_str().unwrap_or_default().to_string();
+    let request =
+        p["spec"]["containers"][0]["resources"]["requests"]["cpu"].as_str().unwrap_or_default().to_string();
     assert!(request.trim_end_matches('m').parse::<u64>().unwrap_or(0) > 50, "{p:#}");
     let events = text(&cp.tug(&["get", "events"])).0;
     assert!(events.contains("EvictedByVPA"), "{events}");

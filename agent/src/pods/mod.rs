@@ -953,6 +953,19 @@ async fn resize(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) {
             ));
             continue;
         }
+        // What the node has left beside its other pods (the scheduler's accounting).
+        let grows =
+            |res: &str| get(&want, "requests", res).unwrap_or(0) > get(&have, "requests", res).unwrap_or(0);
+        if (grows("cpu") || grows("memory")) && !fits_beside_others(ctx, pod).await {
+            pending = Some((
+                "Deferred".into(),
+                format!(
+                    "Node didn't have enough resources now: the node's other pods hold them (container {})",
+                    c.name
+                ),
+            ));
+            continue;
+        }
         if let Some(limit) = get(&want, "limits", "memory").filter(|_| changed("memory")) {
             let used = usage.as_ref().and_then(|s| {
                 s.pods
@@ -1009,6 +1022,49 @@ async fn resize(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) {
         }
     }
     rec.resize_pending = pending;
+}
+
+/// Whether `pod`'s requests, as its spec says now, fit in its node's allocatable beside the
+/// requests of the node's other running pods. Asked of the API (an agent's own records do
+/// not hold other pods' specs); when it cannot answer, the resize goes ahead.
+async fn fits_beside_others(ctx: &Ctx, pod: &Pod) -> bool {
+    let node = match ctx.api.get(&format!("/api/v1/nodes/{}", ctx.cfg.node_name)).await {
+        Ok(n) => n,
+        Err(_) => return true,
+    };
+    let pods =
+        match ctx.api.get(&format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", ctx.cfg.node_name)).await
+        {
+            Ok(p) => p,
+            Err(_) => return true,
+        };
+    let amount = |v: &serde_json::Value, cpu: bool| {
+        v.as_str()
+            .and_then(|q| tug_api::quantity::Quantity::parse(q).ok())
+            .map_or(0, |q| if cpu { q.millis() } else { q.value() })
+    };
+    let sum = |p: &serde_json::Value, cpu: bool| -> u128 {
+        let res = if cpu { "cpu" } else { "memory" };
+        p["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| amount(&c["resources"]["requests"][res], cpu))
+            .sum()
+    };
+    let me = serde_json::to_value(pod).unwrap_or_default();
+    let others = pods["items"].as_array().cloned().unwrap_or_default();
+    let others = others.iter().filter(|p| {
+        p["metadata"]["uid"] != me["metadata"]["uid"]
+            && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+    });
+    let (mut cpu, mut mem) = (sum(&me, true), sum(&me, false));
+    for p in others {
+        cpu += sum(p, true);
+        mem += sum(p, false);
+    }
+    let alloc = &node["status"]["allocatable"];
+    cpu <= amount(&alloc["cpu"], true) && mem <= amount(&alloc["memory"], false)
 }
 
 /// Node-pressure eviction of this pod: recorded (so no container starts again and the status

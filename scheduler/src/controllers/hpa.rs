@@ -121,28 +121,110 @@ fn pod_values(p: &PodSample, resource: &str, container: Option<&str>) -> (Option
 }
 
 /// One metric's proposal: (replicas, utilization % or average value, the status entry).
+/// What a metrics adapter (custom.metrics.k8s.io, external.metrics.k8s.io) answers for a
+/// Pods, Object or External metric.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomValue {
+    /// A Pods metric: each pod's value, by name.
+    PerPod(Vec<(String, f64)>),
+    /// An Object metric (the object's value) or an External one (the sum of its series).
+    Total(f64),
+}
+
+/// The source of Pods, Object and External metrics: Kubernetes' metrics adapters' place. None
+/// is built in yet; an implementation answers for one metric of one HPA's namespace.
+pub trait MetricsAdapter: Send + Sync {
+    fn value(&self, namespace: &str, metric: &MetricSpec, pods: &[PodSample]) -> Result<CustomValue, String>;
+}
+
+/// Where Pods, Object and External metrics come from in [`plan`].
+pub type Custom<'a> = &'a dyn Fn(&MetricSpec) -> Result<CustomValue, String>;
+
+/// No adapter: every custom metric fails with the reason upstream gives.
+pub fn no_adapter(m: &MetricSpec) -> Result<CustomValue, String> {
+    Err(format!(
+        "unable to get {} metric: no custom or external metrics adapter is configured (Tug serves Resource and ContainerResource metrics)",
+        m.type_
+    ))
+}
+
+/// Upstream's arithmetic for Pods, Object and External metrics.
+fn custom_replicas(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[PodSample],
+    value: CustomValue,
+) -> Result<(i32, serde_json::Value), String> {
+    let source = match m.type_.as_str() {
+        "Pods" => &m.pods,
+        "Object" => &m.object,
+        _ => &m.external,
+    }
+    .clone()
+    .unwrap_or_default();
+    let target = &source["target"];
+    let parse = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|q| tug_api::quantity::Quantity::parse(q).ok())
+            .map(|q| q.millis() as f64 / 1000.0)
+    };
+    let ready = pods.iter().filter(|p| p.phase == "Running" && p.ready && !p.deleting).count().max(1) as f64;
+    let within = |ratio: f64, proposal: f64| {
+        if (1.0 - ratio).abs() <= TOLERANCE { current } else { proposal.ceil() as i32 }
+    };
+    let key = m.type_.to_ascii_lowercase();
+    let name = source["metric"]["name"].clone();
+    match (value, parse(&target["averageValue"]), parse(&target["value"])) {
+        (CustomValue::PerPod(values), Some(avg_target), _) => {
+            let n = values.len().max(1) as f64;
+            let average = values.iter().map(|(_, v)| v).sum::<f64>() / n;
+            let ratio = average / avg_target.max(f64::MIN_POSITIVE);
+            Ok((
+                within(ratio, ratio * n),
+                serde_json::json!({"type": m.type_, key: {"metric": {"name": name}, "current": {"averageValue": format!("{}m", (average * 1000.0) as u64)}}}),
+            ))
+        }
+        (CustomValue::Total(total), Some(avg_target), _) => {
+            let proposal = total / avg_target.max(f64::MIN_POSITIVE);
+            let ratio = proposal / f64::from(current.max(1));
+            Ok((
+                within(ratio, proposal),
+                serde_json::json!({"type": m.type_, key: {"metric": {"name": name}, "current": {"averageValue": format!("{}m", (total / f64::from(current.max(1)) * 1000.0) as u64)}}}),
+            ))
+        }
+        (CustomValue::Total(total), None, Some(value_target)) => {
+            let ratio = total / value_target.max(f64::MIN_POSITIVE);
+            Ok((
+                within(ratio, ratio * ready),
+                serde_json::json!({"type": m.type_, key: {"metric": {"name": name}, "current": {"value": format!("{}m", (total * 1000.0) as u64)}}}),
+            ))
+        }
+        _ => Err(format!(
+            "{} metric {name}: the target needs averageValue (or value for Object and External)",
+            m.type_
+        )),
+    }
+}
+
 fn replicas_for(
     m: &MetricSpec,
     current: i32,
     pods: &[PodSample],
     now: u64,
+    custom: Custom<'_>,
 ) -> Result<(i32, serde_json::Value), (String, String)> {
-    let (resource, target, container): (&str, &MetricTarget, Option<&str>) = match (
-        &m.resource,
-        &m.container_resource,
-    ) {
-        (Some(r), _) if m.type_ == "Resource" => (&r.name, &r.target, None),
-        (_, Some(c)) if m.type_ == "ContainerResource" => (&c.name, &c.target, Some(c.container.as_str())),
-        _ => {
-            return Err((
-                format!("FailedGet{}Metric", m.type_),
-                format!(
-                    "unable to get {} metric: no custom or external metrics adapter is configured (Tug serves Resource and ContainerResource metrics)",
-                    m.type_
-                ),
-            ));
-        }
-    };
+    let (resource, target, container): (&str, &MetricTarget, Option<&str>) =
+        match (&m.resource, &m.container_resource) {
+            (Some(r), _) if m.type_ == "Resource" => (&r.name, &r.target, None),
+            (_, Some(c)) if m.type_ == "ContainerResource" => {
+                (&c.name, &c.target, Some(c.container.as_str()))
+            }
+            _ => {
+                let failed = |e: String| (format!("FailedGet{}Metric", m.type_), e);
+                let value = custom(m).map_err(failed)?;
+                return custom_replicas(m, current, pods, value).map_err(failed);
+            }
+        };
     let cpu = resource == "cpu";
     let failed = |msg: String| {
         let reason =
@@ -333,6 +415,18 @@ fn rate_limit(r: &ScalingRules, current: i32, events: &[(u64, i32)], now: u64, u
 
 /// One sync. `current` is the target's `spec.replicas`; `history` is read and updated.
 pub fn plan(spec: &HpaSpec, current: i32, pods: &[PodSample], now: u64, history: &mut History) -> Plan {
+    plan_with(spec, current, pods, now, history, &no_adapter)
+}
+
+/// [`plan`] with a source of Pods, Object and External metrics.
+pub fn plan_with(
+    spec: &HpaSpec,
+    current: i32,
+    pods: &[PodSample],
+    now: u64,
+    history: &mut History,
+    custom: Custom<'_>,
+) -> Plan {
     let min = spec.min_replicas.unwrap_or(1);
     let max = spec.max_replicas;
     let mut conditions = vec![cond(
@@ -355,7 +449,7 @@ pub fn plan(spec: &HpaSpec, current: i32, pods: &[PodSample], now: u64, history:
     let mut metrics = Vec::new();
     let mut failure: Option<(String, String)> = None;
     for m in &spec.metrics {
-        match replicas_for(m, current, pods, now) {
+        match replicas_for(m, current, pods, now, custom) {
             Ok((n, status)) => {
                 metrics.push(status);
                 if proposal.as_ref().is_none_or(|(p, _)| n > *p) {
@@ -528,13 +622,15 @@ const PREFIX: &str = "autoscaling/horizontalpodautoscalers/";
 /// The reconciler: every HPA once per sync period.
 pub struct Autoscalers {
     pub usage: UsageCache,
+    /// Pods, Object and External metrics (none built in).
+    pub adapter: Option<std::sync::Arc<dyn MetricsAdapter>>,
     pub sync_period: std::time::Duration,
     histories: std::sync::Mutex<std::collections::HashMap<String, History>>,
 }
 
 impl Autoscalers {
     pub fn new(usage: UsageCache, sync_period: std::time::Duration) -> Autoscalers {
-        Autoscalers { usage, sync_period, histories: Default::default() }
+        Autoscalers { usage, adapter: None, sync_period, histories: Default::default() }
     }
 
     /// The target's pods as the planner sees them, with their latest usage.
@@ -676,7 +772,12 @@ impl super::runtime::Controller for Autoscalers {
         let plan = {
             let mut histories = self.histories.lock().unwrap_or_else(|e| e.into_inner());
             let history = histories.entry(key.to_string()).or_default();
-            plan(&hpa.spec, current, &samples, now, history)
+            let adapter = self.adapter.clone();
+            let custom = |m: &MetricSpec| match &adapter {
+                Some(a) => a.value(&ns, m, &samples),
+                None => no_adapter(m),
+            };
+            plan_with(&hpa.spec, current, &samples, now, history, &custom)
         };
         let mut conditions = plan.conditions.clone();
         if plan.desired != current {
@@ -859,6 +960,58 @@ mod tests {
         let active = p.conditions.iter().find(|c| c.type_ == "ScalingActive").unwrap();
         assert_eq!(active.reason.as_deref(), Some("FailedGetResourceMetric"));
         assert!(active.message.as_deref().unwrap().contains("missing request for cpu in pod a"));
+    }
+
+    #[test]
+    fn pods_object_and_external_metrics_through_an_adapter() {
+        let metric = |t: &str, target: serde_json::Value| MetricSpec {
+            type_: t.into(),
+            pods: (t == "Pods")
+                .then(|| serde_json::json!({"metric": {"name": "rps"}, "target": target.clone()})),
+            external: (t == "External")
+                .then(|| serde_json::json!({"metric": {"name": "queue"}, "target": target.clone()})),
+            ..Default::default()
+        };
+        let spec = |m: MetricSpec| HpaSpec {
+            min_replicas: Some(1),
+            max_replicas: 20,
+            metrics: vec![m],
+            ..Default::default()
+        };
+        let pods = [pod("a", 10, 100), pod("b", 10, 100)];
+        // Pods: 30 and 50 per pod against an average of 10 → 4 × 2 = 8.
+        let per_pod = |_: &MetricSpec| Ok(CustomValue::PerPod(vec![("a".into(), 30.0), ("b".into(), 50.0)]));
+        let p = plan_with(
+            &spec(metric("Pods", serde_json::json!({"type": "AverageValue", "averageValue": "10"}))),
+            2,
+            &pods,
+            10_000,
+            &mut History::default(),
+            &per_pod,
+        );
+        assert_eq!(p.desired, 6, "8 wanted, the default rate allows +4");
+        // External: a queue of 100 at 20 per pod → 5.
+        let total = |_: &MetricSpec| Ok(CustomValue::Total(100.0));
+        let p = plan_with(
+            &spec(metric("External", serde_json::json!({"type": "AverageValue", "averageValue": "20"}))),
+            2,
+            &pods,
+            10_000,
+            &mut History::default(),
+            &total,
+        );
+        assert_eq!(p.desired, 5);
+        // Without an adapter: the condition says so and nothing moves.
+        let p = plan(
+            &spec(metric("External", serde_json::json!({"type": "AverageValue", "averageValue": "20"}))),
+            2,
+            &pods,
+            10_000,
+            &mut History::default(),
+        );
+        assert_eq!(p.desired, 2);
+        let c = p.conditions.iter().find(|c| c.type_ == "ScalingActive").unwrap();
+        assert_eq!(c.reason.as_deref(), Some("FailedGetExternalMetric"));
     }
 
     #[test]

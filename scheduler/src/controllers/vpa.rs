@@ -141,6 +141,14 @@ struct Samples {
     cpu: Histogram,
     memory: Histogram,
     last: u64,
+    /// OOM kills already counted (`pod/restartCount`).
+    ooms: std::collections::HashSet<String>,
+}
+
+/// The VPA's answer to an OOM kill: a memory sample 20% (at least 100 MiB) above the level
+/// the container was killed at.
+pub fn oom_bump(killed_at: f64) -> f64 {
+    (killed_at * 1.2).max(killed_at + 100.0 * 1024.0 * 1024.0)
 }
 
 const PREFIX: &str = "autoscaling.k8s.io/verticalpodautoscalers/";
@@ -223,11 +231,44 @@ impl super::runtime::Controller for VerticalAutoscalers {
                     cpu: Histogram::new(true),
                     memory: Histogram::new(false),
                     last: 0,
+                    ooms: Default::default(),
                 });
                 if u.at > s.last {
                     s.cpu.add(c.usage.cpu_nanocores as f64 / 1e6, u.at);
                     s.memory.add(c.usage.memory_working_set_bytes as f64, u.at);
                     s.last = u.at;
+                }
+            }
+        }
+        // OOM kills: the memory the container was killed at, bumped, counts as a sample.
+        for p in &pods {
+            let pod_name = p.object["metadata"]["name"].as_str().unwrap_or_default();
+            for st in p.object["status"]["containerStatuses"].as_array().into_iter().flatten() {
+                if st["lastState"]["terminated"]["reason"] != "OOMKilled" {
+                    continue;
+                }
+                let cname = st["name"].as_str().unwrap_or_default().to_string();
+                let spec = p.object["spec"]["containers"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["name"] == cname.as_str()).cloned());
+                let limit = spec
+                    .as_ref()
+                    .and_then(|c| {
+                        c["resources"]["limits"]["memory"]
+                            .as_str()
+                            .or(c["resources"]["requests"]["memory"].as_str())
+                    })
+                    .and_then(|q| Quantity::parse(q).ok())
+                    .map(|q| q.value() as f64);
+                let Some(limit) = limit else { continue };
+                let s = samples.entry((key.to_string(), cname)).or_insert_with(|| Samples {
+                    cpu: Histogram::new(true),
+                    memory: Histogram::new(false),
+                    last: 0,
+                    ooms: Default::default(),
+                });
+                if s.ooms.insert(format!("{pod_name}/{}", st["restartCount"])) {
+                    s.memory.add(oom_bump(limit), now);
                 }
             }
         }
@@ -604,6 +645,8 @@ mod tests {
         );
         assert_eq!((r.target.cpu, r.target.memory), (500.0, 1e8), "min raises, max lowers");
         assert!(r.uncapped.cpu < 500.0);
+        assert_eq!(oom_bump(1e9), 1.2e9);
+        assert_eq!(oom_bump(100.0 * 1024.0 * 1024.0), 200.0 * 1024.0 * 1024.0, "at least 100 MiB more");
         // Old samples count less: a day later, new ones outweigh them two to one.
         let mut decay = Histogram::new(true);
         decay.add(100.0, 0);
