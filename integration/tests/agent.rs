@@ -1556,20 +1556,19 @@ spec:
     assert!(body.contains("only cpu and memory resources of containers are mutable"), "{body}");
 }
 
-#[test]
-fn a_vertical_autoscaler_raises_a_starved_pods_request_in_place_and_defers_to_an_hpa() {
-    let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
-    apply(
-        &cp,
+/// A Deployment whose one container burns a core (within its CPU limit), and a VPA of it
+/// controlling CPU in `mode`.
+fn burner_with_vpa(name: &str, replicas: u32, (request, limit): (&str, &str), mode: &str) -> String {
+    format!(
         r#"
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: starved}
+metadata: {{name: {name}}}
 spec:
-  replicas: 1
-  selector: {matchLabels: {app: starved}}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: starved}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       terminationGracePeriodSeconds: 1
       containers:
@@ -1577,18 +1576,24 @@ spec:
         image: tug.local/busybox-httpd:1
         imagePullPolicy: Never
         command: ["/bin/sh", "-c", "while true; do :; done"]
-        resources: {requests: {cpu: 20m}, limits: {cpu: 200m}}
+        resources: {{requests: {{cpu: {request}}}, limits: {{cpu: {limit}}}}}
 ---
 apiVersion: autoscaling.k8s.io/v1
 kind: VerticalPodAutoscaler
-metadata: {name: starved}
+metadata: {{name: {name}}}
 spec:
-  targetRef: {apiVersion: apps/v1, kind: Deployment, name: starved}
-  updatePolicy: {updateMode: InPlaceOrRecreate}
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {name}}}
+  updatePolicy: {{updateMode: {mode}}}
   resourcePolicy:
-    containerPolicies: [{containerName: "*", controlledResources: [cpu]}]
-"#,
-    );
+    containerPolicies: [{{containerName: "*", controlledResources: [cpu]}}]
+"#
+    )
+}
+
+#[test]
+fn a_vertical_autoscaler_raises_a_starved_pods_request_in_place_and_defers_to_an_hpa() {
+    let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
+    apply(&cp, &burner_with_vpa("starved", 1, ("20m", "200m"), "InPlaceOrRecreate"));
     let pod = || {
         let pods = get(&cp, &["pods", "-l", "app=starved"]).unwrap_or_default();
         pods["items"][0].clone()
@@ -1644,36 +1649,7 @@ spec:
 #[test]
 fn a_vertical_autoscaler_in_recreate_mode_replaces_pods_with_the_recommendation() {
     let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
-    apply(
-        &cp,
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hungry}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: hungry}}
-  template:
-    metadata: {labels: {app: hungry}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: burn
-        image: tug.local/busybox-httpd:1
-        imagePullPolicy: Never
-        command: ["/bin/sh", "-c", "while true; do :; done"]
-        resources: {requests: {cpu: 10m}, limits: {cpu: 100m}}
----
-apiVersion: autoscaling.k8s.io/v1
-kind: VerticalPodAutoscaler
-metadata: {name: hungry}
-spec:
-  targetRef: {apiVersion: apps/v1, kind: Deployment, name: hungry}
-  updatePolicy: {updateMode: Recreate}
-  resourcePolicy:
-    containerPolicies: [{containerName: "*", controlledResources: [cpu]}]
-"#,
-    );
+    apply(&cp, &burner_with_vpa("hungry", 2, ("10m", "100m"), "Recreate"));
     // A replacement is admitted with the recommendation, and says so.
     let admitted = || {
         let pods = get(&cp, &["pods", "-l", "app=hungry"]).unwrap_or_default();

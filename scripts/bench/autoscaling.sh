@@ -5,12 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo bench --quiet -p tug-scheduler --bench autoscaling
-cargo build --release --quiet --workspace --bins
-make --no-print-directory static >/dev/null
-bins=target/bench-bin
-mkdir -p "$bins"
-for b in target/release/tug target/release/tug-scheduler target/release/tug-agent \
-    target/x86_64-unknown-linux-gnu/release/tug-shim target/x86_64-unknown-linux-gnu/release/tug-supervisor; do
-    ln -f "$b" "$bins/"
-done
-TUG_BIN_DIR=$(pwd)/$bins cargo bench --quiet -p tug-integration --bench autoscaling
+source scripts/bench/release-bins.sh
+cargo bench --quiet -p tug-integration --bench autoscaling

@@ -755,19 +755,13 @@ impl super::runtime::Controller for Autoscalers {
             return Ok(again);
         };
         let current = i32::try_from(target.object["spec"]["replicas"].as_i64().unwrap_or(1)).unwrap_or(0);
-        let selector: tug_api::labels::LabelSelector =
-            serde_json::from_value(target.object["spec"]["selector"].clone()).unwrap_or_default();
-        let Ok(selector) = selector.to_selector("spec.selector") else {
+        let Some(items) = super::workload_pods(store, &ns, &target.object)? else {
             fail(&mut status, "InvalidSelector", "the target's selector does not parse".into());
             write_status(store, &status)?;
             return Ok(again);
         };
-        let (items, _) = store.list(&format!("/pods/{ns}/"))?;
-        let pods: Vec<tug_api::kinds::pod::Pod> = items
-            .iter()
-            .filter_map(|s| super::decode::<tug_api::kinds::pod::Pod>(s).ok())
-            .filter(|p| selector.matches(&p.metadata.labels))
-            .collect();
+        let pods: Vec<tug_api::kinds::pod::Pod> =
+            items.iter().filter_map(|s| super::decode::<tug_api::kinds::pod::Pod>(s).ok()).collect();
         let samples = self.samples(&pods);
         let plan = {
             let mut histories = self.histories.lock().unwrap_or_else(|e| e.into_inner());

@@ -252,6 +252,29 @@ pub fn new_pod(
     serde_json::to_value(pod).unwrap_or(Value::Null)
 }
 
+/// The pods of a workload (a Deployment, ReplicaSet, …: its `spec.selector`) in `ns`; None
+/// when the selector does not parse.
+pub fn workload_pods(
+    store: &dyn Store,
+    ns: &str,
+    workload: &Value,
+) -> Result<Option<Vec<Stored>>, StoreError> {
+    let selector: tug_api::labels::LabelSelector =
+        serde_json::from_value(workload["spec"]["selector"].clone()).unwrap_or_default();
+    let Ok(selector) = selector.to_selector("spec.selector") else { return Ok(None) };
+    let (items, _) = store.list(&format!("/pods/{ns}/"))?;
+    Ok(Some(
+        items
+            .into_iter()
+            .filter(|s| {
+                let labels: tug_api::labels::Labels =
+                    serde_json::from_value(s.object["metadata"]["labels"].clone()).unwrap_or_default();
+                selector.matches(&labels)
+            })
+            .collect(),
+    ))
+}
+
 /// Whether a pod still counts: not finished and not being deleted.
 pub fn pod_active(p: &Pod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());

@@ -208,18 +208,9 @@ impl super::runtime::Controller for VerticalAutoscalers {
             );
             return write(store, key, &stored, &vpa, status).map(|()| again);
         };
-        let selector: tug_api::labels::LabelSelector =
-            serde_json::from_value(target.object["spec"]["selector"].clone()).unwrap_or_default();
-        let Ok(selector) = selector.to_selector("spec.selector") else { return Ok(again) };
-        let (items, _) = store.list(&format!("/pods/{ns}/"))?;
-        let pods: Vec<crate::store::Stored> = items
-            .into_iter()
-            .filter(|s| {
-                let labels: tug_api::labels::Labels =
-                    serde_json::from_value(s.object["metadata"]["labels"].clone()).unwrap_or_default();
-                selector.matches(&labels) && s.object["metadata"]["deletionTimestamp"].is_null()
-            })
-            .collect();
+        let Some(items) = super::workload_pods(store, &ns, &target.object)? else { return Ok(again) };
+        let pods: Vec<crate::store::Stored> =
+            items.into_iter().filter(|s| s.object["metadata"]["deletionTimestamp"].is_null()).collect();
         // Feed the histograms with samples not seen yet.
         let usage = std::sync::Arc::clone(&self.usage.lock().unwrap_or_else(|e| e.into_inner()));
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
