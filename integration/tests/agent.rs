@@ -1471,6 +1471,19 @@ spec:
         .filter(char::is_ascii_alphanumeric)
         .take(12)
         .collect();
+    // The container's first process on the host (its init: the lowest pid in the pod's cgroup).
+    let init_pid = || -> Option<u32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|g| g.contains(&format!("/pod{uid}")))
+            })
+            .min()
+    };
     let limit = || -> String {
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(groups) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
@@ -1492,7 +1505,8 @@ spec:
         }
         String::new()
     };
-    assert_eq!(limit(), (64u64 << 20).to_string(), "the container sees its cgroup's limit");
+    assert_eq!(limit(), (64u64 << 20).to_string(), "the container's cgroup has its limit");
+    let pid = init_pid().expect("the container's init on the host");
     let out = cp.tug(&["resize", "pod/rz", "--limits", "memory=128Mi,cpu=400m"]);
     assert_eq!(text(&out).0, "pod/rz resized\n", "{out:?}");
     let after =
@@ -1505,6 +1519,7 @@ spec:
         "the same container, not restarted"
     );
     assert_eq!(limit(), (128u64 << 20).to_string(), "the new limit is in force");
+    assert_eq!(init_pid(), Some(pid), "the same process");
     // Beyond the node: Infeasible, and nothing changes.
     let out = cp.tug(&["resize", "pod/rz", "--requests", "cpu=1000", "--limits", "cpu=1000"]);
     assert!(out.status.success(), "{out:?}");

@@ -282,11 +282,28 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
         .filter(|c| {
             !matches!(
                 c["type"].as_str(),
-                Some("Initialized" | "ContainersReady" | "Ready" | "PodResizePending")
+                Some(
+                    "Initialized" | "ContainersReady" | "Ready" | "PodResizePending" | "PodResizeInProgress"
+                )
             )
         })
         .cloned()
         .collect();
+    // A resize accepted but not yet in force (a container restarting for it).
+    let resizing = rec.resize_pending.is_none()
+        && spec.containers.iter().any(|c| {
+            rec.containers
+                .get(&c.name)
+                .and_then(|r| r.applied.as_ref())
+                .is_some_and(|a| Some(a) != c.resources.as_ref())
+        });
+    if resizing {
+        let was =
+            old["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "PodResizeInProgress");
+        let since = was.and_then(|c| c["lastTransitionTime"].as_str()).unwrap_or(&stamp).to_string();
+        conditions
+            .push(json!({"type": "PodResizeInProgress", "status": "True", "lastTransitionTime": since}));
+    }
     if let Some((reason, message)) = &rec.resize_pending {
         let was =
             old["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "PodResizePending");
@@ -369,6 +386,38 @@ mod tests {
 
     fn running() -> State {
         State::Running { started_at: "t".into() }
+    }
+
+    #[test]
+    fn a_resize_not_yet_in_force_is_in_progress_and_one_that_cannot_be_is_pending() {
+        let mut s = spec("Always", &[], &["a"]);
+        let want: tug_api::kinds::pod::ResourceRequirements =
+            serde_json::from_value(json!({"limits": {"memory": "128Mi"}})).unwrap();
+        s.containers[0].resources = Some(want.clone());
+        let mut r = rec(&[("a", running())]);
+        r.containers.get_mut("a").unwrap().applied =
+            Some(serde_json::from_value(json!({"limits": {"memory": "64Mi"}})).unwrap());
+        let types = |st: &Value| -> Vec<String> {
+            st["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let st = pod_status(&s, &r, "10.0.0.1", &json!({}), 0);
+        assert!(types(&st).contains(&"PodResizeInProgress".to_string()), "{st}");
+        assert_eq!(st["containerStatuses"][0]["resources"]["limits"]["memory"], "64Mi");
+        r.resize_pending = Some(("Deferred".into(), "later".into()));
+        let st = pod_status(&s, &r, "10.0.0.1", &json!({}), 0);
+        assert!(
+            types(&st).contains(&"PodResizePending".to_string())
+                && !types(&st).contains(&"PodResizeInProgress".to_string())
+        );
+        r.resize_pending = None;
+        r.containers.get_mut("a").unwrap().applied = Some(want);
+        let st = pod_status(&s, &r, "10.0.0.1", &json!({}), 0);
+        assert!(!types(&st).iter().any(|t| t.starts_with("PodResize")), "{st}");
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl Histogram {
         self.weights[b] += w;
     }
 
+    /// Takes back a sample added earlier (a window's peak replaced by a higher one).
+    pub fn subtract(&mut self, value: f64, at: u64) {
+        let w = 2f64.powf((at as f64 - self.reference) / HALF_LIFE_SECS);
+        let b = self.bucket(value).min(2000);
+        if let Some(x) = self.weights.get_mut(b) {
+            *x = (*x - w).max(0.0);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.weights.iter().all(|w| *w == 0.0)
     }
@@ -143,6 +152,40 @@ struct Samples {
     last: u64,
     /// OOM kills already counted (`pod/restartCount`).
     ooms: std::collections::HashSet<String>,
+    /// Memory counts by its peak per window: the window's start, its peak and when.
+    peak: Option<(u64, f64, u64)>,
+}
+
+/// The VPA's memory aggregation window: one peak per day goes into the histogram.
+pub const MEMORY_WINDOW_SECS: u64 = 24 * 3600;
+
+impl Samples {
+    fn new() -> Samples {
+        Samples {
+            cpu: Histogram::new(true),
+            memory: Histogram::new(false),
+            last: 0,
+            ooms: Default::default(),
+            peak: None,
+        }
+    }
+
+    /// A memory sample: a new window's first, or a higher peak replacing the window's.
+    fn memory(&mut self, value: f64, at: u64) {
+        match self.peak {
+            Some((start, peak, when)) if at < start + MEMORY_WINDOW_SECS => {
+                if value > peak {
+                    self.memory.subtract(peak, when);
+                    self.memory.add(value, at);
+                    self.peak = Some((start, value, at));
+                }
+            }
+            _ => {
+                self.memory.add(value, at);
+                self.peak = Some((at, value, at));
+            }
+        }
+    }
 }
 
 /// The VPA's answer to an OOM kill: a memory sample 20% (at least 100 MiB) above the level
@@ -218,15 +261,10 @@ impl super::runtime::Controller for VerticalAutoscalers {
             let name = p.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
             let Some(u) = usage.pods.get(&(ns.clone(), name)) else { continue };
             for c in &u.containers {
-                let s = samples.entry((key.to_string(), c.name.clone())).or_insert_with(|| Samples {
-                    cpu: Histogram::new(true),
-                    memory: Histogram::new(false),
-                    last: 0,
-                    ooms: Default::default(),
-                });
+                let s = samples.entry((key.to_string(), c.name.clone())).or_insert_with(Samples::new);
                 if u.at > s.last {
                     s.cpu.add(c.usage.cpu_nanocores as f64 / 1e6, u.at);
-                    s.memory.add(c.usage.memory_working_set_bytes as f64, u.at);
+                    s.memory(c.usage.memory_working_set_bytes as f64, u.at);
                     s.last = u.at;
                 }
             }
@@ -252,12 +290,7 @@ impl super::runtime::Controller for VerticalAutoscalers {
                     .and_then(|q| Quantity::parse(q).ok())
                     .map(|q| q.value() as f64);
                 let Some(limit) = limit else { continue };
-                let s = samples.entry((key.to_string(), cname)).or_insert_with(|| Samples {
-                    cpu: Histogram::new(true),
-                    memory: Histogram::new(false),
-                    last: 0,
-                    ooms: Default::default(),
-                });
+                let s = samples.entry((key.to_string(), cname)).or_insert_with(Samples::new);
                 if s.ooms.insert(format!("{pod_name}/{}", st["restartCount"])) {
                     s.memory.add(oom_bump(limit), now);
                 }
@@ -638,6 +671,14 @@ mod tests {
         assert!(r.uncapped.cpu < 500.0);
         assert_eq!(oom_bump(1e9), 1.2e9);
         assert_eq!(oom_bump(100.0 * 1024.0 * 1024.0), 200.0 * 1024.0 * 1024.0, "at least 100 MiB more");
+        // Memory: one peak per day.
+        let mut m = Samples::new();
+        m.memory(100e6, 0);
+        m.memory(300e6, 3600);
+        m.memory(200e6, 7200);
+        assert!((m.memory.percentile(1.0) - 300e6).abs() < 300e6 * 0.06, "the day's peak, once");
+        m.memory(150e6, MEMORY_WINDOW_SECS + 1);
+        assert!(m.memory.percentile(0.4) < 160e6, "a new day, a new peak beside it");
         // Old samples count less: a day later, new ones outweigh them two to one.
         let mut decay = Histogram::new(true);
         decay.add(100.0, 0);
