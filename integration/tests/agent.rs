@@ -1506,6 +1506,19 @@ spec:
         String::new()
     };
     assert_eq!(limit(), (64u64 << 20).to_string(), "the container's cgroup has its limit");
+    // And the container reads it from inside, as runtimes that size themselves do.
+    let inside = || {
+        let out = cp.tug(&[
+            "exec",
+            "rz",
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+        ]);
+        text(&out).0.trim().to_string()
+    };
+    assert_eq!(inside(), (64u64 << 20).to_string());
     let pid = init_pid().expect("the container's init on the host");
     let out = cp.tug(&["resize", "pod/rz", "--limits", "memory=128Mi,cpu=400m"]);
     assert_eq!(text(&out).0, "pod/rz resized\n", "{out:?}");
@@ -1519,6 +1532,7 @@ spec:
         "the same container, not restarted"
     );
     assert_eq!(limit(), (128u64 << 20).to_string(), "the new limit is in force");
+    assert_eq!(inside(), (128u64 << 20).to_string(), "and seen from inside");
     assert_eq!(init_pid(), Some(pid), "the same process");
     // Beyond the node: Infeasible, and nothing changes.
     let out = cp.tug(&["resize", "pod/rz", "--requests", "cpu=1000", "--limits", "cpu=1000"]);
