@@ -1702,3 +1702,31 @@ fn a_vertical_autoscaler_in_recreate_mode_replaces_pods_with_the_recommendation(
     let events = text(&cp.tug(&["get", "events"])).0;
     assert!(events.contains("EvictedByVPA"), "{events}");
 }
+
+#[test]
+fn a_vertical_autoscaler_recreates_a_pod_its_node_cannot_resize() {
+    let (_cluster, cp, agent) = setup_both(&["--horizontal-pod-autoscaler-sync-period", "2s"], &[]);
+    // A floor of 100 cores: no node can take it in place.
+    let yaml = burner_with_vpa("huge", 2, ("10m", "100m"), "InPlaceOrRecreate")
+        .replace("controlledResources: [cpu]}", "controlledResources: [cpu], minAllowed: {cpu: \"100\"}}");
+    apply(&cp, &yaml);
+    let events = || text(&cp.tug(&["get", "events"])).0;
+    assert!(
+        wait_for(Duration::from_secs(120), || events().contains("EvictedByVPA")),
+        "{}\n{:#}\n{}",
+        events(),
+        get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default(),
+        agent.log()
+    );
+    let infeasible = events();
+    assert!(infeasible.contains("Pod was evicted by VPA Updater to apply resource recommendation."), "{infeasible}");
+    // Its replacement asks for the recommendation (and waits for a node that has it).
+    let admitted = || {
+        get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default()["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["metadata"]["annotations"]["vpaUpdates"].is_string() && p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "100000m")
+    };
+    assert!(wait_for(Duration::from_secs(30), admitted), "{:#}", get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default());
+}

@@ -410,6 +410,27 @@ impl super::runtime::Controller for VerticalAutoscalers {
                     for p in &pods {
                         resize_pod(store, p, &recs)?;
                     }
+                    // Where its node cannot take the resize, the pod is recreated instead
+                    // (its replacement admitted with the recommendation, perhaps elsewhere).
+                    let infeasible: Vec<crate::store::Stored> = pods
+                        .iter()
+                        .filter(|p| {
+                            p.object["status"]["conditions"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|c| c["type"] == "PodResizePending" && c["reason"] == "Infeasible")
+                        })
+                        .cloned()
+                        .collect();
+                    if !infeasible.is_empty() {
+                        let min = vpa.spec.update_policy.as_ref().and_then(|u| u.min_replicas).unwrap_or(2);
+                        let running =
+                            pods.iter().filter(|p| p.object["status"]["phase"] == "Running").count();
+                        if running >= usize::try_from(min).unwrap_or(2) {
+                            recreate_one(store, &infeasible, &[], 0)?;
+                        }
+                    }
                 }
                 "Recreate" | "Auto" => {
                     let min = vpa.spec.update_policy.as_ref().and_then(|u| u.min_replicas).unwrap_or(2);
@@ -586,7 +607,10 @@ fn recreate_one(
             })
         })
     };
-    if let Some(p) = running.into_iter().find(|p| outside(p)) {
+    // No recommendations given: every pod passed is to go (the in-place fallback).
+    let chosen =
+        if recs.is_empty() { running.into_iter().next() } else { running.into_iter().find(|p| outside(p)) };
+    if let Some(p) = chosen {
         let pre = crate::deletion::Preconditions {
             uid: p.object["metadata"]["uid"].as_str().map(str::to_string),
             resource_version: None,
