@@ -1719,14 +1719,24 @@ fn a_vertical_autoscaler_recreates_a_pod_its_node_cannot_resize() {
         agent.log()
     );
     let infeasible = events();
-    assert!(infeasible.contains("Pod was evicted by VPA Updater to apply resource recommendation."), "{infeasible}");
+    assert!(
+        infeasible.contains("Pod was evicted by VPA Updater to apply resource recommendation."),
+        "{infeasible}"
+    );
     // Its replacement asks for the recommendation (and waits for a node that has it).
     let admitted = || {
         get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default()["items"]
             .as_array()
             .into_iter()
             .flatten()
-            .any(|p| p["metadata"]["annotations"]["vpaUpdates"].is_string() && p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "100000m")
+            .any(|p| {
+                p["metadata"]["annotations"]["vpaUpdates"].is_string()
+                    && p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "100000m"
+            })
     };
-    assert!(wait_for(Duration::from_secs(30), admitted), "{:#}", get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default());
+    assert!(
+        wait_for(Duration::from_secs(30), admitted),
+        "{:#}",
+        get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default()
+    );
 }

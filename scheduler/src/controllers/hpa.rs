@@ -1009,6 +1009,31 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_scale_down_policies() {
+        // Kubernetes' docs: scaleDown policies of 4 pods and 10% per 60 s, the larger change
+        // chosen: from 80 replicas the first step removes 8 (10%), then nothing more until
+        // the minute has passed, then 10% of 72 rounded as upstream rounds (ceil of what
+        // stays: 65).
+        let mut hpa = cpu_hpa(50, 1, 100);
+        hpa.behavior = Some(tug_api::kinds::batch::HpaBehavior {
+            scale_up: None,
+            scale_down: Some(ScalingRules {
+                stabilization_window_seconds: Some(0),
+                policies: vec![
+                    ScalingPolicy { type_: "Pods".into(), value: 4, period_seconds: 60 },
+                    ScalingPolicy { type_: "Percent".into(), value: 10, period_seconds: 60 },
+                ],
+                ..Default::default()
+            }),
+        });
+        let idle: Vec<PodSample> = (0..80).map(|i| pod(&format!("p{i}"), 1, 100)).collect();
+        let mut h = History::default();
+        assert_eq!(plan(&hpa, 80, &idle, 10_000, &mut h).desired, 72);
+        assert_eq!(plan(&hpa, 72, &idle[..72], 10_030, &mut h).desired, 72, "the minute is not over");
+        assert_eq!(plan(&hpa, 72, &idle[..72], 10_061, &mut h).desired, 65);
+    }
+
+    #[test]
     fn behavior_policies_and_windows() {
         let mut hpa = cpu_hpa(50, 1, 100);
         hpa.behavior = Some(tug_api::kinds::batch::HpaBehavior {
