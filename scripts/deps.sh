@@ -61,17 +61,20 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-
-if [ ${#missing[@]} -gt 0 ]; then
+# Two passes: apt may remove an installed package to satisfy another (a machine had
+# qemu-utils from backports, which apt removed to install Debian's qemu-system-x86); the
+# second pass puts back what the first took away, in the versions that fit together.
+for pass in 1 2; do
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || break
     echo "make deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    [ "$pass" -gt 1 ] || apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
 
 absent=()
 for t in "${tools[@]}"; do
