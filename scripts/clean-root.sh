@@ -26,6 +26,10 @@ base="$cache/$suite-minbase.tar"
 
 command -v mmdebstrap >/dev/null || { echo "clean-root: mmdebstrap not found (make deps installs it)" >&2; exit 1; }
 mkdir -p "$cache" && chmod 0700 "$cache"
+# A cache that is not a tarball (an older run of this script let mmdebstrap guess the
+# format from the name `….tar.tmp`, and it made a directory) is made again.
+[ ! -e "$base" ] || [ -f "$base" ] || rm -rf --one-file-system "$base"
+rm -rf --one-file-system "$base.tmp"
 if [ -z "$(find "$base" -mtime -"$days" 2>/dev/null)" ]; then
     echo "clean-root: bootstrapping a minimal $suite root into $base"
     # The host's apt sources and options, so the root reaches the archive as the host does.
@@ -34,7 +38,7 @@ if [ -z "$(find "$base" -mtime -"$days" 2>/dev/null)" ]; then
     [ -s /etc/apt/sources.list ] && sources+=(/etc/apt/sources.list)
     opts=()
     for f in /etc/apt/apt.conf.d/*; do [ -f "$f" ] && opts+=(--aptopt="$f"); done
-    mmdebstrap --quiet --variant=minbase "${opts[@]}" "$suite" "$base.tmp" "${sources[@]}"
+    mmdebstrap --quiet --variant=minbase --format=tar "${opts[@]}" "$suite" "$base.tmp" "${sources[@]}"
     mv "$base.tmp" "$base"
 fi
 
