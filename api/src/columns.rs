@@ -155,6 +155,9 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
             vec!["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"]
         }
         "VerticalPodAutoscaler" => vec!["NAME", "MODE", "CPU", "MEM", "PROVIDED", "AGE"],
+        // Argo's printer columns.
+        "Rollout" => vec!["NAME", "DESIRED", "CURRENT", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "AnalysisRun" => vec!["NAME", "STATUS", "AGE"],
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         _ => vec!["NAME", "AGE"],
     };
@@ -435,6 +438,15 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             let holder = s(&spec["holderIdentity"]);
             vec![name, if holder.is_empty() { "<none>".into() } else { holder }, age(obj, now)]
         }
+        "Rollout" => vec![
+            name,
+            n(&spec["replicas"]).to_string(),
+            n(&st["replicas"]).to_string(),
+            n(&st["updatedReplicas"]).to_string(),
+            n(&st["availableReplicas"]).to_string(),
+            age(obj, now),
+        ],
+        "AnalysisRun" => vec![name, s(&st["phase"]), age(obj, now)],
         "VerticalPodAutoscaler" => {
             let target = &st["recommendation"]["containerRecommendations"][0]["target"];
             let provided = st["conditions"]

@@ -27,6 +27,13 @@ pub fn apply(obj: &mut Object) {
             r.spec.replicas.get_or_insert(1);
             pod_spec(&mut r.spec.template.spec);
         }
+        Object::Rollout(r) => {
+            let s = &mut r.spec;
+            s.replicas.get_or_insert(1);
+            s.revision_history_limit.get_or_insert(10);
+            s.progress_deadline_seconds.get_or_insert(600);
+            pod_spec(&mut s.template.spec);
+        }
         Object::Service(s) => {
             let spec = &mut s.spec;
             spec.type_.get_or_insert_with(|| "ClusterIP".into());
@@ -90,6 +97,9 @@ pub fn apply(obj: &mut Object) {
         | Object::Lease(_)
         | Object::PodDisruptionBudget(_)
         | Object::VerticalPodAutoscaler(_)
+        | Object::AnalysisTemplate(_)
+        | Object::ClusterAnalysisTemplate(_)
+        | Object::AnalysisRun(_)
         | Object::ServiceAccount(_)
         | Object::Role(_)
         | Object::ClusterRole(_) => {}

@@ -15,6 +15,7 @@ pub mod cron;
 pub mod defaults;
 /// A cheap bound on a YAML text's nesting, read before the parse.
 pub mod depth;
+pub mod expr;
 pub mod fieldset;
 pub mod frame;
 pub mod hpa_v1;
@@ -30,6 +31,7 @@ pub mod quantity;
 pub mod status;
 pub mod tunnel;
 pub mod validate;
+pub mod validate_rollouts;
 /// What an update may change: Kubernetes' immutable fields, as pure checks.
 pub mod validate_update;
 pub mod validation;

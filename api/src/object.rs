@@ -53,6 +53,8 @@ impl KindInfo {
                 | "events"
                 | "leases"
                 | "priorityclasses"
+                | "analysistemplates"
+                | "clusteranalysistemplates"
                 | "roles"
                 | "clusterroles"
                 | "rolebindings"
@@ -110,6 +112,10 @@ pub const KINDS: &[KindInfo] = &[
     kind("CronJob", "batch", "v1", "cronjobs", &["cj"], true),
     kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", &["hpa"], true),
     kind("VerticalPodAutoscaler", "autoscaling.k8s.io", "v1", "verticalpodautoscalers", &["vpa"], true),
+    kind("Rollout", "argoproj.io", "v1alpha1", "rollouts", &["ro"], true),
+    kind("AnalysisTemplate", "argoproj.io", "v1alpha1", "analysistemplates", &[], true),
+    kind("ClusterAnalysisTemplate", "argoproj.io", "v1alpha1", "clusteranalysistemplates", &[], false),
+    kind("AnalysisRun", "argoproj.io", "v1alpha1", "analysisruns", &[], true),
     kind("Lease", "coordination.k8s.io", "v1", "leases", &[], true),
     kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", &["pdb"], true),
     kind("PriorityClass", "scheduling.k8s.io", "v1", "priorityclasses", &["pc"], false),
@@ -196,6 +202,10 @@ objects! {
     CronJob(CronJob),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     VerticalPodAutoscaler(crate::kinds::vpa::VerticalPodAutoscaler),
+    Rollout(crate::kinds::rollouts::Rollout),
+    AnalysisTemplate(crate::kinds::rollouts::AnalysisTemplate),
+    ClusterAnalysisTemplate(crate::kinds::rollouts::ClusterAnalysisTemplate),
+    AnalysisRun(crate::kinds::rollouts::AnalysisRun),
     Lease(Lease),
     PodDisruptionBudget(crate::kinds::policy::PodDisruptionBudget),
     PriorityClass(PriorityClass),

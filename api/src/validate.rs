@@ -104,6 +104,10 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
         Object::HorizontalPodAutoscaler(h) => hpa(&h.spec, &mut e),
         Object::PodDisruptionBudget(p) => pdb(&p.spec, &mut e),
         Object::VerticalPodAutoscaler(v) => vpa(&v.spec, &mut e),
+        Object::Rollout(r) => crate::validate_rollouts::rollout(r, &mut e),
+        Object::AnalysisTemplate(t) => crate::validate_rollouts::template(&t.spec, &mut e),
+        Object::ClusterAnalysisTemplate(t) => crate::validate_rollouts::template(&t.spec, &mut e),
+        Object::AnalysisRun(r) => crate::validate_rollouts::metrics(&r.spec.metrics, "spec.metrics", &mut e),
         Object::Node(n) => {
             for (i, t) in n.spec.taints.iter().enumerate() {
                 if let Err(msg) = qualified_name(&t.key) {
@@ -713,18 +717,18 @@ fn labels(l: &crate::labels::Labels, path: &str, e: &mut Errors) {
     }
 }
 
-fn replicas(r: Option<i32>, path: &str, e: &mut Errors) {
+pub(crate) fn replicas(r: Option<i32>, path: &str, e: &mut Errors) {
     non_negative(r.map(i64::from), path, e);
 }
 
-fn non_negative(v: Option<i64>, path: &str, e: &mut Errors) {
+pub(crate) fn non_negative(v: Option<i64>, path: &str, e: &mut Errors) {
     if let Some(v) = v.filter(|v| *v < 0) {
         e.add(path, format!("Invalid value: {v}: must be greater than or equal to 0"));
     }
 }
 
 /// A workload's selector must select its own template's labels, and its pods restart always.
-fn template(selector: &LabelSelector, meta: &ObjectMeta, spec: &PodSpec, e: &mut Errors) {
+pub(crate) fn template(selector: &LabelSelector, meta: &ObjectMeta, spec: &PodSpec, e: &mut Errors) {
     if selector.is_empty() {
         e.add("spec.selector", "Required value");
     } else {
@@ -747,7 +751,7 @@ fn template(selector: &LabelSelector, meta: &ObjectMeta, spec: &PodSpec, e: &mut
     pod_spec(spec, "spec.template.spec", e);
 }
 
-fn rolling_update(surge: Option<&IntOrString>, unavailable: Option<&IntOrString>, e: &mut Errors) {
+pub(crate) fn rolling_update(surge: Option<&IntOrString>, unavailable: Option<&IntOrString>, e: &mut Errors) {
     let value = |v: Option<&IntOrString>, field: &str, e: &mut Errors| -> i64 {
         match v.map(|v| v.scaled(100, true)) {
             Some(Ok(n)) if n < 0 => {

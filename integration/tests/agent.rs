@@ -1438,7 +1438,9 @@ spec:
     );
     // The event is written just after the scale.
     let said = || text(&cp.tug(&["get", "events", "--for", "hpa/burn"])).0;
-    let ok = wait_for(Duration::from_secs(10), || said().contains("New size: 1; reason: All metrics below target"));
+    let ok = wait_for(Duration::from_secs(10), || {
+        said().contains("New size: 1; reason: All metrics below target")
+    });
     assert!(ok, "{}", said());
 }
 

@@ -261,3 +261,47 @@ fn nf_tables_batches_apply_whole_or_not_at_all() {
         "chain b went with the failed batch:\n{listed}"
     );
 }
+
+/// A Rollout's stable Service with a canary weight: the kernel takes the weighted chain
+/// (numgen, byteorder, a less-than compare), and a weight change rewrites only that chain.
+#[test]
+fn a_weighted_service_port_is_accepted_and_reweighted_in_place() {
+    use tug_agent::proxy::nft::{Cmd, Conn};
+    use tug_agent::proxy::rules::{self, NodeInfo, PortInfo, Proto, Ruleset, ServiceInfo};
+    let cluster = Cluster::new(1).expect("cluster");
+    let ns = node_ns(&cluster.nodes[0]);
+    let node = NodeInfo {
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        pod_cidr: "10.244.0.0/24".parse().unwrap(),
+    };
+    let svc = |w: u32| ServiceInfo {
+        namespace: "default".into(),
+        name: "web".into(),
+        cluster_ip: Some("10.96.0.20".parse().unwrap()),
+        ports: vec![PortInfo {
+            name: "http".into(),
+            proto: Proto::Tcp,
+            port: 80,
+            node_port: Some(30080),
+            endpoints: vec![("10.244.0.5".parse().unwrap(), 8080), ("10.244.0.6".parse().unwrap(), 8080)],
+            canary: Some((w, vec![("10.244.0.7".parse().unwrap(), 8080)])),
+        }],
+        affinity: None,
+    };
+    let (first, second, listed) = netns::run_in(Some(&ns), || {
+        let conn = Conn::open().expect("nf_tables");
+        let r = rules::build(&[svc(10)], &Ruleset::default());
+        let first = conn.apply(rules::TABLE, &rules::full(&r, &node));
+        let mut r2 = r.clone();
+        let cmds = rules::update(&mut r2, &[svc(10)], &[svc(50)]);
+        let only_chain = cmds.iter().all(|c| matches!(c, Cmd::FlushChain(_) | Cmd::AddRule { .. }));
+        let second = conn.apply(rules::TABLE, &cmds).map(|()| only_chain);
+        let out = std::process::Command::new("nft").args(["list", "table", "ip", rules::TABLE]).output();
+        let _ = conn.apply(rules::TABLE, &[Cmd::DeleteTable]);
+        (first, second, out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default())
+    })
+    .expect("netns");
+    assert_eq!(first, Ok(()), "{listed}");
+    assert_eq!(second, Ok(true), "a weight change touches only the port's chain");
+    assert!(listed.contains("numgen random mod 100 < 50"), "{listed}");
+}

@@ -53,7 +53,8 @@ pub fn restore(
             let proto = p.proto.as_str();
             let base = format!("{}/{}/{}/{}", s.namespace, s.name, proto, p.name);
             let comment = format!("-m comment --comment \"{base}\"");
-            if p.endpoints.is_empty() {
+            let (eps, canary) = p.split();
+            if eps.is_empty() {
                 let _ = writeln!(
                     filter,
                     "-A TUG-SERVICES -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j REJECT",
@@ -75,13 +76,14 @@ pub fn restore(
                 p.port
             );
             let _ = writeln!(nat, "-A {svc} ! -s {cluster} -j TUG-MARK-MASQ");
-            let mut eps = p.endpoints.clone();
-            eps.sort();
-            eps.dedup();
-            let seps: Vec<String> = eps
-                .iter()
-                .map(|(a, port)| format!("TUG-SEP-{}", hash(&format!("{base}__{a}/{port}"))))
-                .collect();
+            // ClientIP affinity keeps one endpoint set (the canary's weight does not apply).
+            let canary = canary.filter(|_| s.affinity.is_none());
+            let mut all = eps.clone();
+            all.extend(canary.iter().flat_map(|(_, c)| c.iter().copied()));
+            let sep_of = |(a, port): &(std::net::Ipv4Addr, u16)| {
+                format!("TUG-SEP-{}", hash(&format!("{base}__{a}/{port}")))
+            };
+            let seps: Vec<String> = all.iter().map(sep_of).collect();
             if let Some(t) = s.affinity {
                 for sep in &seps {
                     let _ = writeln!(
@@ -90,19 +92,40 @@ pub fn restore(
                     );
                 }
             }
-            let n = seps.len();
-            for (i, sep) in seps.iter().enumerate() {
-                if i + 1 < n {
+            // Each endpoint with probability 1/(endpoints left): uniform over the set.
+            let mut cascade = |chain: &str, set: &[(std::net::Ipv4Addr, u16)]| {
+                let n = set.len();
+                for (i, ep) in set.iter().enumerate() {
+                    let sep = sep_of(ep);
+                    if i + 1 < n {
+                        let _ = writeln!(
+                            nat,
+                            "-A {chain} -m statistic --mode random --probability {:.10} -j {sep}",
+                            1.0 / (n - i) as f64
+                        );
+                    } else {
+                        let _ = writeln!(nat, "-A {chain} -j {sep}");
+                    }
+                }
+            };
+            match &canary {
+                Some((w, c)) => {
+                    // The canary's exact share first, then the stable set.
+                    let (cny, stb) = (format!("TUG-CNY-{}", hash(&base)), format!("TUG-STB-{}", hash(&base)));
+                    cascade(&cny, c);
+                    cascade(&stb, &eps);
                     let _ = writeln!(
                         nat,
-                        "-A {svc} -m statistic --mode random --probability {:.10} -j {sep}",
-                        1.0 / (n - i) as f64
+                        "-A {svc} -m statistic --mode random --probability {:.10} -j {cny}",
+                        f64::from(*w) / 100.0
                     );
-                } else {
-                    let _ = writeln!(nat, "-A {svc} -j {sep}");
+                    let _ = writeln!(nat, "-A {svc} -j {stb}");
+                    nat_chains.insert(cny);
+                    nat_chains.insert(stb);
                 }
+                None => cascade(&svc, &eps),
             }
-            for ((addr, port), sep) in eps.iter().zip(&seps) {
+            for ((addr, port), sep) in all.iter().zip(&seps) {
                 nat_chains.insert(sep.clone());
                 let _ = writeln!(nat, "-A {sep} -s {addr}/32 -j TUG-MARK-MASQ");
                 if node.pod_cidr.contains(*addr) {

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tug_api::kinds::rollouts::{CANARY_SERVICE, CANARY_WEIGHT};
 
 /// The proxy's view of the Services: ports with their ready endpoints.
 pub fn services_from<'a>(
@@ -37,38 +38,50 @@ pub fn services_from<'a>(
                 .unwrap_or(10800)
         });
         let ep = endpoints.get(&key);
+        // A Rollout's stable Service: a share of its connections goes to the canary
+        // Service's endpoints (same port names).
+        let a = &s["metadata"]["annotations"];
+        let canary = a[CANARY_WEIGHT].as_str().and_then(|w| w.parse::<u32>().ok()).and_then(|w| {
+            let c = a[CANARY_SERVICE].as_str()?;
+            Some((w.min(100), endpoints.get(&format!("{ns}/{c}"))))
+        });
         let mut ports = Vec::new();
         for p in s["spec"]["ports"].as_array().into_iter().flatten() {
             let Some(proto) = Proto::parse(p["protocol"].as_str()) else { continue };
             let Some(port) = p["port"].as_u64().and_then(|v| u16::try_from(v).ok()) else { continue };
             let pname = p["name"].as_str().unwrap_or_default().to_string();
-            let mut eps = Vec::new();
-            for sub in ep.and_then(|e| e["subsets"].as_array()).into_iter().flatten() {
-                let target = sub["ports"].as_array().into_iter().flatten().find(|ep| {
-                    ep["name"].as_str().unwrap_or_default() == pname
-                        && Proto::parse(ep["protocol"].as_str()) == Some(proto)
-                });
-                let Some(tp) = target.and_then(|t| t["port"].as_u64()).and_then(|v| u16::try_from(v).ok())
-                else {
-                    continue;
-                };
-                for a in sub["addresses"].as_array().into_iter().flatten() {
-                    if let Some(ip) = a["ip"].as_str().and_then(|i| i.parse().ok()) {
-                        eps.push((ip, tp));
-                    }
-                }
-            }
             ports.push(PortInfo {
+                endpoints: port_endpoints(ep, &pname, proto),
+                canary: canary.map(|(w, cep)| (w, port_endpoints(cep, &pname, proto))),
                 name: pname,
                 proto,
                 port,
                 node_port: p["nodePort"].as_u64().and_then(|v| u16::try_from(v).ok()),
-                endpoints: eps,
             });
         }
         out.push(ServiceInfo { namespace: ns, name, cluster_ip, ports, affinity });
     }
     out
+}
+
+/// The ready endpoints of the port named `pname` in an Endpoints object.
+fn port_endpoints(ep: Option<&Value>, pname: &str, proto: Proto) -> Vec<(std::net::Ipv4Addr, u16)> {
+    let mut eps = Vec::new();
+    for sub in ep.and_then(|e| e["subsets"].as_array()).into_iter().flatten() {
+        let target = sub["ports"].as_array().into_iter().flatten().find(|ep| {
+            ep["name"].as_str().unwrap_or_default() == pname
+                && Proto::parse(ep["protocol"].as_str()) == Some(proto)
+        });
+        let Some(tp) = target.and_then(|t| t["port"].as_u64()).and_then(|v| u16::try_from(v).ok()) else {
+            continue;
+        };
+        for a in sub["addresses"].as_array().into_iter().flatten() {
+            if let Some(ip) = a["ip"].as_str().and_then(|i| i.parse().ok()) {
+                eps.push((ip, tp));
+            }
+        }
+    }
+    eps
 }
 
 /// How Services are programmed.

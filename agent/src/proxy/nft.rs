@@ -50,6 +50,7 @@ pub const BASE_NETWORK: u32 = 1;
 pub const BASE_TRANSPORT: u32 = 2;
 pub const CMP_EQ: u32 = 0;
 pub const CMP_NEQ: u32 = 1;
+pub const CMP_LT: u32 = 2;
 pub const DYNSET_ADD: u32 = 0;
 pub const DYNSET_UPDATE: u32 = 1;
 pub const SET_MAP: u32 = 0x8;
@@ -117,6 +118,11 @@ pub enum Expr {
         set: String,
         sreg: u32,
         dreg: Option<u32>,
+    },
+    /// `dreg = htonl(sreg)`: numgen writes host order, and `cmp` compares bytes.
+    Hton {
+        sreg: u32,
+        dreg: u32,
     },
     /// `numgen random mod modulus` into `dreg`.
     Numgen {
@@ -223,7 +229,12 @@ impl fmt::Display for Expr {
             Expr::Meta { key, dreg } => write!(f, "{}=meta {}", reg_name(*dreg), meta_name(*key)),
             Expr::MetaSet { key, sreg } => write!(f, "meta {} set {}", meta_name(*key), reg_name(*sreg)),
             Expr::Cmp { sreg, op, data } => {
-                write!(f, "{} {} {}", reg_name(*sreg), if *op == CMP_EQ { "==" } else { "!=" }, hex(data))
+                let op = match *op {
+                    CMP_EQ => "==",
+                    CMP_LT => "<",
+                    _ => "!=",
+                };
+                write!(f, "{} {op} {}", reg_name(*sreg), hex(data))
             }
             Expr::Bitwise { sreg, dreg, mask, xor } => {
                 write!(f, "{}=({} & {}) ^ {}", reg_name(*dreg), reg_name(*sreg), hex(mask), hex(xor))
@@ -237,6 +248,7 @@ impl fmt::Display for Expr {
                 None => write!(f, "{} @{set}", reg_name(*sreg)),
             },
             Expr::Numgen { dreg, modulus } => write!(f, "{}=numgen random mod {modulus}", reg_name(*dreg)),
+            Expr::Hton { sreg, dreg } => write!(f, "{}=hton({})", reg_name(*dreg), reg_name(*sreg)),
             Expr::Dnat { addr, port } => write!(f, "dnat to {}:{}", reg_name(*addr), reg_name(*port)),
             Expr::Masquerade => write!(f, "masquerade"),
             Expr::FibDaddrType { dreg } => write!(f, "{}=fib daddr type", reg_name(*dreg)),
@@ -455,6 +467,13 @@ impl Writer {
                     self.u32(3, *d);
                 }
             }
+            Expr::Hton { sreg, dreg } => {
+                self.u32(1, *sreg);
+                self.u32(2, *dreg);
+                self.u32(3, 1); // NFT_BYTEORDER_HTON
+                self.u32(4, 4);
+                self.u32(5, 4);
+            }
             Expr::Numgen { dreg, modulus } => {
                 self.u32(1, *dreg);
                 self.u32(2, *modulus);
@@ -508,6 +527,7 @@ fn expr_name(e: &Expr) -> &'static str {
         Expr::Immediate { .. } | Expr::Jump(_) | Expr::Goto(_) => "immediate",
         Expr::Lookup { .. } => "lookup",
         Expr::Numgen { .. } => "numgen",
+        Expr::Hton { .. } => "byteorder",
         Expr::Dnat { .. } => "nat",
         Expr::Masquerade => "masq",
         Expr::FibDaddrType { .. } => "fib",

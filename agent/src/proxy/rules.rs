@@ -92,6 +92,34 @@ pub struct PortInfo {
     pub port: u16,
     pub node_port: Option<u16>,
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// A canary's share of the connections in percent, and its endpoints (a Rollout's
+    /// stable Service: `rollouts.tug.io/canary-weight`).
+    pub canary: Option<(u32, Vec<(Ipv4Addr, u16)>)>,
+}
+
+/// Endpoints sorted, without duplicates.
+fn sorted(eps: &[(Ipv4Addr, u16)]) -> Vec<(Ipv4Addr, u16)> {
+    let mut e = eps.to_vec();
+    e.sort_unstable();
+    e.dedup();
+    e
+}
+
+impl PortInfo {
+    /// The endpoints to spread connections over (sorted), and the canary's share with its
+    /// endpoints when there is a split: a weight of 100, or no stable endpoints, sends
+    /// everything to the canary; a weight of 0, or no canary endpoints, nothing — never a
+    /// share of the connections refused.
+    pub fn split(&self) -> (Vec<(Ipv4Addr, u16)>, Option<(u32, Vec<(Ipv4Addr, u16)>)>) {
+        let endpoints = sorted(&self.endpoints);
+        match &self.canary {
+            Some((w, eps)) if *w > 0 && !eps.is_empty() => {
+                let c = sorted(eps);
+                if *w >= 100 || endpoints.is_empty() { (c, None) } else { (endpoints, Some((*w, c))) }
+            }
+            _ => (endpoints, None),
+        }
+    }
 }
 
 /// A Service as the proxy needs it.
@@ -126,6 +154,9 @@ pub struct Port {
     /// Sorted, without duplicates; empty means "reject".
     pub endpoints: Vec<(Ipv4Addr, u16)>,
     pub affinity: Option<u32>,
+    /// 1–99 percent of the connections to these (sorted) endpoints instead; both sets are
+    /// non-empty.
+    pub canary: Option<(u32, Vec<(Ipv4Addr, u16)>)>,
 }
 
 /// The desired state of the table: the Service ports by `namespace/name/proto/port-name`.
@@ -157,6 +188,17 @@ fn service_chain(base: &str) -> String {
     format!("service-{}-{base}", hash(base))
 }
 
+fn weighted_chain(base: &str) -> String {
+    format!("weighted-{}-{base}", hash(base))
+}
+
+/// The endpoint-map key of a weighted port's stable or canary set: an address in 0.0.0.0/8,
+/// which no ClusterIP is, made of the port's number and the set.
+fn weighted_key(id: u32, canary: bool, proto: Proto, port: u16) -> Vec<u8> {
+    let a = Ipv4Addr::from(((id & 0x007f_ffff) << 1) | u32::from(canary));
+    ip_key(a, proto, port)
+}
+
 fn external_chain(base: &str) -> String {
     format!("external-{}-{base}", hash(base))
 }
@@ -177,9 +219,7 @@ fn add_ports(r: &mut Ruleset, s: &ServiceInfo, old: &Ruleset) {
                 r.next_id - 1
             }
         };
-        let mut endpoints = p.endpoints.clone();
-        endpoints.sort_unstable();
-        endpoints.dedup();
+        let (endpoints, canary) = p.split();
         let port = Port {
             id,
             ip,
@@ -188,6 +228,7 @@ fn add_ports(r: &mut Ruleset, s: &ServiceInfo, old: &Ruleset) {
             node_port: p.node_port,
             endpoints,
             affinity: s.affinity,
+            canary,
         };
         r.ports.insert(base, port);
     }
@@ -356,6 +397,28 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
         return out;
     }
     let n = p.endpoints.len();
+    if let (Some((_, canary)), None) = (&p.canary, p.affinity) {
+        // Both sets in the endpoint map under keys no packet carries; the port's chain
+        // picks the set, then an endpoint in it.
+        for (set_key, eps) in [
+            (weighted_key(p.id, false, p.proto, p.port), &p.endpoints),
+            (weighted_key(p.id, true, p.proto, p.port), canary),
+        ] {
+            for (i, (a, port)) in (0u32..).zip(eps) {
+                let value = [nft::key_ip(*a), nft::key_port(*port)].concat();
+                out.push((
+                    "endpoints",
+                    [set_key.as_slice(), &nft::key_u32(i)].concat(),
+                    Some(Data::Value(value)),
+                ));
+            }
+        }
+        out.push(("service-ips", key, Some(Data::Goto(weighted_chain(base)))));
+        if let Some(np) = p.node_port {
+            out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(external_chain(base)))));
+        }
+        return out;
+    }
     if p.affinity.is_some() {
         out.push(("service-ips", key, Some(Data::Goto(service_chain(base)))));
         if let Some(np) = p.node_port {
@@ -385,6 +448,36 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
 /// A ClientIP-affinity port's chains with their rules, in the order they may be made (the
 /// external chain goes to the service chain). Other ports need none of their own.
 fn chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
+    if let (Some((w, canary)), None, false) = (&p.canary, p.affinity, p.endpoints.is_empty()) {
+        let chain = weighted_chain(base);
+        let pick = |canary_set: bool, n: usize| {
+            vec![
+                Expr::Immediate {
+                    dreg: r(0),
+                    data: weighted_key(p.id, canary_set, p.proto, p.port)[..4].to_vec(),
+                },
+                Expr::Immediate { dreg: r(1), data: nft::key_proto(p.proto.number()).to_vec() },
+                Expr::Immediate { dreg: r(2), data: nft::key_port(p.port).to_vec() },
+                Expr::Numgen { dreg: r(3), modulus: u32::try_from(n).unwrap_or(u32::MAX) },
+                Expr::Lookup { set: "endpoints".into(), sreg: r(0), dreg: Some(r(4)) },
+                Expr::Dnat { addr: r(4), port: r(5) },
+            ]
+        };
+        // `numgen random mod 100 < w` takes the canary: exactly w% of new connections.
+        let mut to_canary = vec![
+            Expr::Numgen { dreg: r(0), modulus: 100 },
+            Expr::Hton { sreg: r(0), dreg: r(0) },
+            Expr::Cmp { sreg: r(0), op: nft::CMP_LT, data: w.to_be_bytes().to_vec() },
+        ];
+        to_canary.extend(pick(true, canary.len()));
+        let rules = vec![vec![Expr::Jump("mark-outside".into())], to_canary, pick(false, p.endpoints.len())];
+        let mut out = vec![(chain.clone(), rules)];
+        if p.node_port.is_some() {
+            out.push((external_chain(base), vec![mark_masquerade(r(0)), vec![Expr::Goto(chain)]]));
+        }
+        // The external chain goes to the weighted one: made after it, removed before.
+        return out;
+    }
     if p.endpoints.is_empty() || p.affinity.is_none() {
         return Vec::new();
     }
@@ -400,7 +493,9 @@ fn chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
 /// for every size in use.
 fn spreads(r: &Ruleset) -> std::collections::BTreeSet<(bool, usize)> {
     let mut out = std::collections::BTreeSet::new();
-    for p in r.ports.values().filter(|p| p.affinity.is_none() && !p.endpoints.is_empty()) {
+    for p in
+        r.ports.values().filter(|p| p.affinity.is_none() && p.canary.is_none() && !p.endpoints.is_empty())
+    {
         out.insert((false, p.endpoints.len()));
         if p.node_port.is_some() {
             out.insert((true, p.endpoints.len()));
@@ -699,6 +794,7 @@ pub(crate) mod tests {
                 port: 80,
                 node_port,
                 endpoints: eps.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect(),
+                canary: None,
             }],
             affinity,
         }

@@ -7,5 +7,6 @@ pub mod core;
 pub mod pod;
 pub mod policy;
 pub mod rbac;
+pub mod rollouts;
 pub mod storage;
 pub mod vpa;

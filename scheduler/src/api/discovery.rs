@@ -66,7 +66,7 @@ fn subresources(info: &KindInfo) -> Vec<Subresource> {
             ("eviction", vec!["create"], "Eviction", Some(("policy", "v1"))),
             ("resize", vec!["get", "patch", "update"], "Pod", None),
         ],
-        "deployments" | "replicasets" => {
+        "deployments" | "replicasets" | "rollouts" => {
             vec![status, ("scale", vec!["get", "patch", "update"], "Scale", Some(("autoscaling", "v1")))]
         }
         _ if !info.has_status() => vec![],

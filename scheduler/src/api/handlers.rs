@@ -226,7 +226,9 @@ pub async fn scale(
     let user = user.map_or_else(|| Arc::new(crate::auth::User::admin()), |u| u.0);
     let q = parse_query(q.as_deref().unwrap_or(""));
     let Some(info) = tug_api::object::KINDS.iter().find(|k| {
-        k.group == "apps" && k.plural == plural && ["deployments", "replicasets"].contains(&k.plural)
+        k.plural == plural
+            && ((k.group == "apps" && ["deployments", "replicasets"].contains(&k.plural))
+                || (k.group == "argoproj.io" && k.plural == "rollouts"))
     }) else {
         return not_found(Uri::from_static("/scale")).await;
     };

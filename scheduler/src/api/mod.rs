@@ -136,6 +136,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/namespaces/{ns}/pods/{name}/eviction", axum::routing::post(handlers::eviction))
         .route("/api/v1/namespaces/{ns}/pods/{name}/resize", any(handlers::resize))
         .route("/apis/apps/v1/namespaces/{ns}/{plural}/{name}/scale", any(handlers::scale))
+        .route("/apis/argoproj.io/v1alpha1/namespaces/{ns}/{plural}/{name}/scale", any(handlers::scale))
         .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes_all))
         .route("/apis/metrics.k8s.io/v1beta1/nodes/{name}", get(metrics::node_one))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(metrics::pods_all))

@@ -97,7 +97,7 @@ pub fn template_hash(t: &PodTemplateSpec) -> String {
     super::safe_encode(&h.to_string())
 }
 
-fn same_template(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+pub(crate) fn same_template(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
     let strip = |t: &PodTemplateSpec| {
         let mut t = t.clone();
         t.metadata.labels.remove(HASH_LABEL);
@@ -110,11 +110,11 @@ pub fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.metadata.annotations.get(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
-fn replicas(rs: &ReplicaSet) -> i32 {
+pub(crate) fn replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.replicas.unwrap_or(0)
 }
 
-fn st(rs: &ReplicaSet) -> (i32, i32, i32) {
+pub(crate) fn st(rs: &ReplicaSet) -> (i32, i32, i32) {
     rs.status
         .as_ref()
         .map_or((0, 0, 0), |s| (s.replicas, s.ready_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0)))
@@ -548,7 +548,7 @@ fn complete(d: &Deployment, s: &DeploymentStatus, new: Option<&ReplicaSet>, olds
 }
 
 /// A pod of the new ReplicaSet whose container is failing, as a reason.
-fn failing_pod(new: &ReplicaSet, pods: &[Pod]) -> Option<String> {
+pub(crate) fn failing_pod(new: &ReplicaSet, pods: &[Pod]) -> Option<String> {
     let uid = new.metadata.uid.as_deref()?;
     pods.iter().filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).find_map(|p| {
         p.status.as_ref()?.container_statuses.iter().find_map(|c| {

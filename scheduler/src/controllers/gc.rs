@@ -62,7 +62,7 @@ pub fn decide(meta: &ObjectMeta, owners_alive: &[bool], dependents: &[String]) -
 
 /// Kinds that may own objects: a dependent of one is deleted in foreground when its owner
 /// is, so that its own dependents go first.
-const OWNER_KINDS: [&str; 4] = ["Deployment", "ReplicaSet", "Job", "CronJob"];
+const OWNER_KINDS: [&str; 6] = ["Deployment", "ReplicaSet", "Job", "CronJob", "Rollout", "AnalysisRun"];
 
 /// Kinds scanned for dependents.
 fn dependent_kinds() -> impl Iterator<Item = &'static KindInfo> {

@@ -7,6 +7,8 @@
 //! - [`replicaset`]: exactly `replicas` pods per ReplicaSet.
 //! - [`deployment`]: ReplicaSets per template revision; rolling and recreate updates; the
 //!   automatic rollback.
+//! - [`rollout`]: canary and blue-green updates (Argo Rollouts' kinds), traffic weights on
+//!   the stable Service, automatic abort.
 //! - [`job`] and [`cronjob`]: batch work.
 //! - [`endpoints`]: the ready pods behind each Service.
 //! - [`disruption`]: each PodDisruptionBudget's healthy pods and allowed disruptions.
@@ -28,6 +30,7 @@ pub mod job;
 pub mod namespaces;
 pub mod nodes;
 pub mod replicaset;
+pub mod rollout;
 pub mod runtime;
 pub mod serviceaccounts;
 pub mod volumes;
@@ -157,6 +160,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
     let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
+        (Arc::new(rollout::Rollouts), 1),
         (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(disruption::Disruption), 1),
         (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
