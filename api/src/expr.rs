@@ -252,6 +252,13 @@ fn to_float(v: &Value) -> Result<f64, String> {
     }
 }
 
+/// A whole number as an integer (None when it has a fraction or is out of range).
+fn whole(f: f64) -> Option<i64> {
+    // Exact: |f| < 2^53 with no fraction converts without loss.
+    #[allow(clippy::cast_possible_truncation)]
+    (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+}
+
 fn float(f: f64) -> Value {
     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
@@ -266,11 +273,13 @@ fn eval(e: &Expr, vars: &dyn Fn(&str) -> Option<Value>) -> Result<Value, String>
             match (&b, &i) {
                 (Value::Object(m), Value::String(k)) => m.get(k).cloned().unwrap_or(Value::Null),
                 (Value::Array(a), Value::Number(n)) => {
-                    let n = n.as_f64().unwrap_or(-1.0);
-                    let idx = if n < 0.0 { a.len() as f64 + n } else { n };
-                    a.get(idx as usize)
+                    // An index is a whole number; a negative one counts from the end.
+                    let k = n.as_i64().or_else(|| n.as_f64().and_then(whole));
+                    let len = i64::try_from(a.len()).unwrap_or(i64::MAX);
+                    let idx = k.map(|k| if k < 0 { len + k } else { k });
+                    idx.and_then(|i| usize::try_from(i).ok())
+                        .and_then(|i| a.get(i))
                         .cloned()
-                        .filter(|_| idx >= 0.0)
                         .ok_or_else(|| format!("index {n} out of range (the list has {} items)", a.len()))?
                 }
                 (Value::Null, _) => return Err(format!("cannot read {i} of nil")),
@@ -288,8 +297,8 @@ fn eval(e: &Expr, vars: &dyn Fn(&str) -> Option<Value>) -> Result<Value, String>
                     other => return Err(format!("len() of {other}")),
                 },
                 "asInt" => {
-                    let v = to_float(&one()?)?;
-                    (v.trunc() as i64).into()
+                    let v = to_float(&one()?)?.trunc();
+                    whole(v).ok_or_else(|| format!("asInt({v}): out of range"))?.into()
                 }
                 "asFloat" => float(to_float(&one()?)?),
                 "isNil" => one()?.is_null().into(),

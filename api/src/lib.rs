@@ -19,6 +19,7 @@ pub mod expr;
 pub mod fieldset;
 pub mod frame;
 pub mod hpa_v1;
+pub mod jsonpath;
 pub mod kinds;
 pub mod labels;
 pub mod manifest;

@@ -8,7 +8,7 @@
 
 use tug_client as client;
 mod commands;
-mod jsonpath;
+use tug_api::jsonpath;
 mod printers;
 
 use clap::{Parser, Subcommand};

@@ -367,6 +367,15 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let app = api::router(state.clone());
     let usage = tug_scheduler::controllers::hpa::UsageCache::default();
     let hpa_sync = flags.horizontal_pod_autoscaler_sync_period.max(std::time::Duration::from_secs(1));
+    let dial_state = state.clone();
+    let dialer: tug_scheduler::controllers::analysis::Dialer = Arc::new(move |node, pod, port| {
+        let st = dial_state.clone();
+        Box::pin(async move {
+            let (ns, name, uid) = pod;
+            let c = tug_scheduler::api::tunnel::dial_pod(&st, &node, (&ns, &name, &uid), port).await?;
+            Ok(Box::new(c) as Box<dyn tug_scheduler::controllers::analysis::Io>)
+        })
+    });
     let usage_refresher = tokio::spawn(tug_scheduler::api::metrics::refresh_usage(
         state,
         usage.clone(),
@@ -390,6 +399,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
             ),
             hpa_sync,
             usage,
+            dialer: Some(tug_scheduler::controllers::DebugDialer(dialer)),
         },
         &flags.socket.display().to_string(),
     );

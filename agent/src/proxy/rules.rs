@@ -94,8 +94,13 @@ pub struct PortInfo {
     pub endpoints: Vec<(Ipv4Addr, u16)>,
     /// A canary's share of the connections in percent, and its endpoints (a Rollout's
     /// stable Service: `rollouts.tug.io/canary-weight`).
-    pub canary: Option<(u32, Vec<(Ipv4Addr, u16)>)>,
+    pub canary: Option<Canary>,
 }
+
+/// An endpoint: address and port.
+pub type Endpoint = (Ipv4Addr, u16);
+/// A canary's share of connections in percent, and its endpoints.
+pub type Canary = (u32, Vec<Endpoint>);
 
 /// Endpoints sorted, without duplicates.
 fn sorted(eps: &[(Ipv4Addr, u16)]) -> Vec<(Ipv4Addr, u16)> {
@@ -110,7 +115,7 @@ impl PortInfo {
     /// endpoints when there is a split: a weight of 100, or no stable endpoints, sends
     /// everything to the canary; a weight of 0, or no canary endpoints, nothing — never a
     /// share of the connections refused.
-    pub fn split(&self) -> (Vec<(Ipv4Addr, u16)>, Option<(u32, Vec<(Ipv4Addr, u16)>)>) {
+    pub fn split(&self) -> (Vec<Endpoint>, Option<Canary>) {
         let endpoints = sorted(&self.endpoints);
         match &self.canary {
             Some((w, eps)) if *w > 0 && !eps.is_empty() => {
@@ -156,7 +161,7 @@ pub struct Port {
     pub affinity: Option<u32>,
     /// 1–99 percent of the connections to these (sorted) endpoints instead; both sets are
     /// non-empty.
-    pub canary: Option<(u32, Vec<(Ipv4Addr, u16)>)>,
+    pub canary: Option<Canary>,
 }
 
 /// The desired state of the table: the Service ports by `namespace/name/proto/port-name`.

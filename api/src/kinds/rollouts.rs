@@ -56,9 +56,6 @@ pub struct RolloutSpec {
     /// of automatic recovery), and accepts the field so manifests apply unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_abort: Option<bool>,
-    /// Restart every pod created before this time (`tug rollout restart`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_at: Option<String>,
     #[serde(default)]
     pub strategy: RolloutStrategy,
 }

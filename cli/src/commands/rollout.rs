@@ -1,5 +1,6 @@
 //! `tug rollout status|history|undo|pause|resume|restart deployment/NAME` and
-//! `tug scale KIND/NAME --replicas N`, in kubectl's words.
+//! `tug scale KIND/NAME --replicas N`, in kubectl's words; the same verbs on `rollout/NAME`
+//! (Argo Rollouts' kind) with `promote`, `abort` and `retry`, in Argo's.
 
 use crate::client::{CallError, Client};
 use clap::{Args, Subcommand};
@@ -10,6 +11,15 @@ use std::time::{Duration, Instant};
 
 const HASH_LABEL: &str = "pod-template-hash";
 const REVISION: &str = "deployment.kubernetes.io/revision";
+const ROLLOUT_HASH_LABEL: &str = tug_api::kinds::rollouts::HASH_LABEL;
+const ROLLOUT_REVISION: &str = "rollout.argoproj.io/revision";
+/// The kinds the rollout verbs work on.
+const WORKLOADS: [&str; 2] = ["Deployment", "Rollout"];
+
+/// The revision annotation and hash label of a kind's ReplicaSets.
+fn revision_keys(info: &tug_api::object::KindInfo) -> (&'static str, &'static str) {
+    if info.kind == "Rollout" { (ROLLOUT_REVISION, ROLLOUT_HASH_LABEL) } else { (REVISION, HASH_LABEL) }
+}
 
 #[derive(Subcommand)]
 pub enum RolloutCmd {
@@ -41,8 +51,19 @@ pub enum RolloutCmd {
     Pause { target: Vec<String> },
     /// Roll out again after a pause.
     Resume { target: Vec<String> },
-    /// Replace every pod through a new rollout.
+    /// Replace every pod through a new rollout (a Rollout's goes through its strategy).
     Restart { target: Vec<String> },
+    /// A Rollout: go past the current pause or step (--full: skip every remaining step).
+    Promote {
+        /// NAME or rollout/NAME.
+        target: Vec<String>,
+        #[arg(long)]
+        full: bool,
+    },
+    /// A Rollout: stop the update; traffic goes back to the stable ReplicaSet at once.
+    Abort { target: Vec<String> },
+    /// A Rollout: start an aborted update again from its first step.
+    Retry { target: Vec<String> },
 }
 
 #[derive(Args)]
@@ -52,6 +73,14 @@ pub struct ScaleArgs {
     /// The new number of replicas.
     #[arg(long, required = true)]
     replicas: i32,
+}
+
+/// `rollout/web`, `rollout web` or `web` → the Rollout's name (Argo's CLI takes the bare name).
+fn rollout_target(args: &[String]) -> Result<(&'static tug_api::object::KindInfo, String), String> {
+    match args {
+        [one] if !one.contains('/') => Ok((super::kind("rollouts")?, one.clone())),
+        _ => target(args, &["Rollout"]),
+    }
 }
 
 /// `deployment/web` or `deployment web` → the kind and name.
@@ -115,7 +144,7 @@ async fn update(
 }
 
 pub async fn scale(client: &Client, args: &ScaleArgs, ns: Option<&str>) -> Result<ExitCode, String> {
-    let (info, name) = target(&args.target, &["Deployment", "ReplicaSet"])?;
+    let (info, name) = target(&args.target, &["Deployment", "ReplicaSet", "Rollout"])?;
     if args.replicas < 0 {
         return Err(
             "error: The --replicas=COUNT flag is required, and COUNT must be greater than or equal to 0"
@@ -136,16 +165,70 @@ pub async fn run(client: &Client, cmd: RolloutCmd, ns: Option<&str>) -> Result<E
     let ns = ns.unwrap_or("default");
     match cmd {
         RolloutCmd::Status { target: t, timeout, watch } => {
-            let (info, name) = target(&t, &["Deployment"])?;
+            let (info, name) = target(&t, &WORKLOADS)?;
+            if info.kind == "Rollout" {
+                return rollout_status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch)
+                    .await;
+            }
             status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch).await
         }
         RolloutCmd::History { target: t, revision } => {
-            let (info, name) = target(&t, &["Deployment"])?;
+            let (info, name) = target(&t, &WORKLOADS)?;
             history(client, info, ns, &name, revision).await
         }
         RolloutCmd::Undo { target: t, to_revision } => {
-            let (info, name) = target(&t, &["Deployment"])?;
+            let (info, name) = target(&t, &WORKLOADS)?;
             undo(client, info, ns, &name, to_revision).await
+        }
+        RolloutCmd::Promote { target: t, full } => {
+            let (info, name) = rollout_target(&t)?;
+            let path = info.path(Some(ns), Some(&name));
+            let r = client.get(&path).await.map_err(server_err)?;
+            let mut s = r["status"].clone();
+            if !s.is_object() {
+                s = serde_json::json!({});
+            }
+            let steps = r["spec"]["strategy"]["canary"]["steps"].as_array().map_or(0, Vec::len) as i64;
+            let idx = s["currentStepIndex"].as_i64().unwrap_or(0);
+            if full {
+                s["promoteFull"] = true.into();
+            } else if r["spec"]["strategy"]["canary"].is_object() && idx < steps {
+                s["currentStepIndex"] = (idx + 1).into();
+            }
+            s["pauseConditions"] = Value::Null;
+            if r["spec"]["strategy"]["canary"].is_object() {
+                s["controllerPause"] = Value::Null;
+            }
+            set_status(client, &path, s).await?;
+            if r["spec"]["paused"] == true {
+                update(client, &path, |o| {
+                    o["spec"]["paused"] = false.into();
+                    Ok(true)
+                })
+                .await?;
+            }
+            println!("rollout '{name}' {}", if full { "fully promoted" } else { "promoted" });
+            Ok(ExitCode::SUCCESS)
+        }
+        RolloutCmd::Abort { target: t } => {
+            let (info, name) = rollout_target(&t)?;
+            let path = info.path(Some(ns), Some(&name));
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            set_status(client, &path, serde_json::json!({"abort": true, "abortedAt": now})).await?;
+            println!("rollout '{name}' aborted");
+            Ok(ExitCode::SUCCESS)
+        }
+        RolloutCmd::Retry { target: t } => {
+            let (info, name) = rollout_target(&t)?;
+            let path = info.path(Some(ns), Some(&name));
+            set_status(
+                client,
+                &path,
+                serde_json::json!({"abort": null, "abortedAt": null, "currentStepIndex": 0, "pauseConditions": null, "controllerPause": null, "message": null}),
+            )
+            .await?;
+            println!("rollout '{name}' restarted");
+            Ok(ExitCode::SUCCESS)
         }
         RolloutCmd::Pause { target: t } | RolloutCmd::Resume { target: t } if t.is_empty() => {
             Err("error: required resource not specified".into())
@@ -153,7 +236,7 @@ pub async fn run(client: &Client, cmd: RolloutCmd, ns: Option<&str>) -> Result<E
         RolloutCmd::Pause { target: t } => pause(client, &t, ns, true).await,
         RolloutCmd::Resume { target: t } => pause(client, &t, ns, false).await,
         RolloutCmd::Restart { target: t } => {
-            let (info, name) = target(&t, &["Deployment"])?;
+            let (info, name) = target(&t, &WORKLOADS)?;
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             update(client, &info.path(Some(ns), Some(&name)), |o| {
                 if !o["spec"]["template"]["metadata"]["annotations"].is_object() {
@@ -171,7 +254,7 @@ pub async fn run(client: &Client, cmd: RolloutCmd, ns: Option<&str>) -> Result<E
 }
 
 async fn pause(client: &Client, t: &[String], ns: &str, pause: bool) -> Result<ExitCode, String> {
-    let (info, name) = target(t, &["Deployment"])?;
+    let (info, name) = target(t, &WORKLOADS)?;
     let changed = update(client, &info.path(Some(ns), Some(&name)), |o| {
         if o["spec"]["paused"].as_bool().unwrap_or(false) == pause {
             return Ok(false);
@@ -263,6 +346,83 @@ async fn status(
     }
 }
 
+/// Merge-patches a Rollout's status (the status subresource), as Argo's CLI does.
+async fn set_status(client: &Client, path: &str, status: Value) -> Result<(), String> {
+    let body = serde_json::to_vec(&serde_json::json!({ "status": status })).unwrap_or_default();
+    client
+        .call(Method::PATCH, &format!("{path}/status"), "application/merge-patch+json", body)
+        .await
+        .map(|_| ())
+        .map_err(server_err)
+}
+
+/// Argo's status line for a Rollout (`Paused - CanaryPauseStep`), with the current step;
+/// `Ok(true)` when Healthy, `Err` when Degraded.
+pub fn rollout_status_line(r: &Value, name: &str) -> Result<(String, bool), String> {
+    let generation = r["metadata"]["generation"].as_i64().unwrap_or(0);
+    let observed = r["status"]["observedGeneration"].as_str().and_then(|g| g.parse().ok()).unwrap_or(0i64);
+    if generation > observed {
+        return Ok(("Waiting for rollout spec update to be observed...".into(), false));
+    }
+    let s = &r["status"];
+    let phase = s["phase"].as_str().unwrap_or("Progressing");
+    let message = s["message"].as_str().unwrap_or_default();
+    let steps = r["spec"]["strategy"]["canary"]["steps"].as_array().cloned().unwrap_or_default();
+    let step = match s["currentStepIndex"].as_u64().and_then(|i| usize::try_from(i).ok()) {
+        Some(i) if !steps.is_empty() && i < steps.len() => {
+            let st = &steps[i];
+            let what = if let Some(w) = st["setWeight"].as_i64() {
+                format!("setWeight {w}")
+            } else if st["pause"].is_object() {
+                match &st["pause"]["duration"] {
+                    Value::Null => "pause".to_string(),
+                    Value::String(d) => format!("pause {d}"),
+                    d => format!("pause {d}s"),
+                }
+            } else if st["analysis"].is_object() {
+                "analysis".into()
+            } else {
+                "setCanaryScale".into()
+            };
+            format!(" (step {}/{}: {what})", i + 1, steps.len())
+        }
+        _ => String::new(),
+    };
+    let line =
+        if message.is_empty() { format!("{phase}{step}") } else { format!("{phase} - {message}{step}") };
+    match phase {
+        "Healthy" => Ok((line, true)),
+        "Degraded" => Err(format!("{line}\nerror: rollout {name:?} is Degraded: {message}")),
+        _ => Ok((line, false)),
+    }
+}
+
+async fn rollout_status(
+    client: &Client,
+    path: &str,
+    name: &str,
+    timeout: Duration,
+    watch: bool,
+) -> Result<ExitCode, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let r = client.get(path).await.map_err(server_err)?;
+        let (line, done) = rollout_status_line(&r, name)?;
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if done || !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !timeout.is_zero() && start.elapsed() >= timeout {
+            return Err("error: timed out waiting for the condition".into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The Deployment's ReplicaSets by revision.
 async fn revisions(
     client: &Client,
@@ -284,7 +444,7 @@ async fn revisions(
             })
         })
         .filter_map(|rs| {
-            let r = rs["metadata"]["annotations"][REVISION].as_str()?.parse().ok()?;
+            let r = rs["metadata"]["annotations"][revision_keys(info).0].as_str()?.parse().ok()?;
             Some((r, rs.clone()))
         })
         .collect();
@@ -332,8 +492,14 @@ async fn undo(
     to: i64,
 ) -> Result<ExitCode, String> {
     let (d, revs) = revisions(client, info, ns, name).await?;
-    let current: i64 =
-        d["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse().ok()).unwrap_or(0);
+    let (revision_key, hash_label) = revision_keys(info);
+    let current: i64 = if info.kind == "Rollout" {
+        // The revision of the ReplicaSet of the current template.
+        let hash = d["status"]["currentPodHash"].as_str().unwrap_or_default();
+        revs.iter().find(|(_, rs)| rs["metadata"]["labels"][hash_label] == hash).map_or(0, |(r, _)| *r)
+    } else {
+        d["metadata"]["annotations"][revision_key].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
+    };
     let target = if to == 0 {
         revs.iter()
             .rev()
@@ -347,7 +513,7 @@ async fn undo(
     let (rev, rs) = target;
     let mut template = rs["spec"]["template"].clone();
     if let Some(l) = template["metadata"]["labels"].as_object_mut() {
-        l.remove(HASH_LABEL);
+        l.remove(hash_label);
     }
     let q = info.qualified_singular();
     let changed = update(client, &info.path(Some(ns), Some(name)), |o| {

@@ -146,6 +146,19 @@ fn target(st: &AppState, ns: &str, name: &str, container: Option<&str>) -> Resul
 /// Sends `req` to the node's agent over one of its idle connections; returns the connection
 /// once the agent said yes. A connection its agent no longer holds (it restarted) fails at
 /// once and the next is tried.
+/// A connection to `port` of a pod, through its node's tunnel (what a web analysis uses
+/// to reach pods and Services from the control plane).
+pub async fn dial_pod(
+    st: &AppState,
+    node: &str,
+    (namespace, pod, uid): (&str, &str, &str),
+    port: u16,
+) -> Result<Conn, String> {
+    let req =
+        TunnelRequest::PortForward { namespace: namespace.into(), pod: pod.into(), uid: uid.into(), port };
+    ask(st, node, &req).await.map_err(|s| s.message)
+}
+
 pub(super) async fn ask(st: &AppState, node: &str, req: &TunnelRequest) -> Result<Conn, Status> {
     ask_within(st, node, req, WAIT).await
 }

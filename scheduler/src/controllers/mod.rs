@@ -19,6 +19,7 @@
 //! They read the store directly, which is consistent (a list sees every write before it),
 //! so unlike Kubernetes' controllers they need no "expectations" to cover a lagging cache.
 
+pub mod analysis;
 pub mod clusterroles;
 pub mod cronjob;
 pub mod deployment;
@@ -59,6 +60,9 @@ pub struct Settings {
     pub hpa_sync: Duration,
     /// The agents' usage, for the HPAs (filled by the API server).
     pub usage: hpa::UsageCache,
+    /// Connections to pods through their nodes' tunnels (the API server's), for web
+    /// analyses of in-cluster URLs; without it they connect directly.
+    pub dialer: Option<DebugDialer>,
 }
 
 impl Default for Settings {
@@ -70,7 +74,18 @@ impl Default for Settings {
             default_not_ready_toleration: Duration::from_secs(30),
             hpa_sync: Duration::from_secs(15),
             usage: Default::default(),
+            dialer: None,
         }
+    }
+}
+
+/// A [`analysis::Dialer`] in [`Settings`] (which derive Debug).
+#[derive(Clone)]
+pub struct DebugDialer(pub analysis::Dialer);
+
+impl std::fmt::Debug for DebugDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer")
     }
 }
 
@@ -161,6 +176,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
         (Arc::new(rollout::Rollouts), 1),
+        (Arc::new(analysis::Analysis::new(store.clone(), settings.dialer.clone().map(|d| d.0))), 1),
         (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(disruption::Disruption), 1),
         (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),

@@ -26,7 +26,7 @@
 //!   down, the phase is `Degraded` with the reason and a Warning Event says why. `retry`
 //!   starts the steps again; a new template starts a new update.
 
-use super::deployment::{failing_pod, replicas, same_template, st, template_hash};
+use super::deployment::{failing_pod, replicas, st, template_hash};
 use super::replicaset::PODS;
 use super::runtime::{Controller, Next};
 use super::{condition, controller_of, controller_ref, decode, set_condition, timestamp};
@@ -108,6 +108,16 @@ pub struct World<'a> {
 
 fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.metadata.annotations.get(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
+/// Whether a ReplicaSet's template is the Rollout's (its hash label aside).
+fn same_template(a: &tug_api::kinds::pod::PodTemplateSpec, b: &tug_api::kinds::pod::PodTemplateSpec) -> bool {
+    let strip = |t: &tug_api::kinds::pod::PodTemplateSpec| {
+        let mut t = t.clone();
+        t.metadata.labels.remove(HASH_LABEL);
+        t
+    };
+    strip(a) == strip(b)
 }
 
 fn hash_of(rs: &ReplicaSet) -> Option<&str> {
@@ -391,6 +401,17 @@ pub fn plan(r: &Rollout, world: &World) -> Plan {
         let done = replicas(&new) == n && avail >= n;
         status.phase = Some(if done { "Healthy" } else { "Progressing" }.into());
         status.message = (!done).then(|| "more replicas need to be updated".to_string());
+    } else if r.spec.paused == Some(true) && !status.abort {
+        // `tug rollout pause`: everything stays as it is, the Services too.
+        want.insert(new.metadata.name.clone(), replicas(&new));
+        if let Some(s) = &stable {
+            want.insert(s.metadata.name.clone(), replicas(s));
+        }
+        status.stable_rs = Some(stable_hash.clone());
+        status.canary = prev.canary.clone();
+        status.blue_green = prev.blue_green.clone();
+        status.phase = Some("Paused".into());
+        status.message = Some("manually paused".into());
     } else if let Some(c) = r.spec.strategy.canary.clone() {
         canary(
             r,
@@ -494,7 +515,7 @@ pub fn plan(r: &Rollout, world: &World) -> Plan {
                 && Some(&o.metadata.name) != stable_name.as_ref()
                 && replicas(o) == 0
                 && st(o).0 == 0
-                && !want.get(&o.metadata.name).is_some_and(|w| *w > 0)
+                && want.get(&o.metadata.name).is_none_or(|w| *w <= 0)
         })
         .collect();
     empty.sort_by_key(|o| revision_of(o));
@@ -1402,4 +1423,321 @@ fn apply(store: &dyn Store, r: &Rollout, stored: &crate::store::Stored, p: &Plan
         store.update(&stored.key, obj, Some(stored.revision))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_api::kinds::rollouts::{BlueGreenStrategy, CanaryStrategy, RolloutPause};
+    use tug_api::meta::IntOrString;
+
+    fn rollout(image: &str, strategy: tug_api::kinds::rollouts::RolloutStrategy) -> Rollout {
+        let mut r = Rollout::default();
+        r.metadata.name = "web".into();
+        r.metadata.namespace = Some("default".into());
+        r.metadata.uid = Some("uid-web".into());
+        r.metadata.generation = Some(1);
+        r.spec.replicas = Some(4);
+        r.spec.selector.match_labels.insert("app".into(), "web".into());
+        r.spec.template.metadata.labels.insert("app".into(), "web".into());
+        r.spec.template.spec.containers.push(tug_api::kinds::pod::Container {
+            name: "web".into(),
+            image: image.into(),
+            ..Default::default()
+        });
+        r.spec.progress_deadline_seconds = Some(600);
+        r.spec.strategy = strategy;
+        r
+    }
+
+    fn canary_steps() -> tug_api::kinds::rollouts::RolloutStrategy {
+        let w = |n| CanaryStep { set_weight: Some(n), ..Default::default() };
+        let pause = |d: Option<i64>| CanaryStep {
+            pause: Some(RolloutPause { duration: d.map(IntOrString::Int) }),
+            ..Default::default()
+        };
+        tug_api::kinds::rollouts::RolloutStrategy {
+            canary: Some(CanaryStrategy {
+                stable_service: Some("web".into()),
+                canary_service: Some("web-canary".into()),
+                steps: vec![w(10), pause(None), w(50), pause(Some(10))],
+                ..Default::default()
+            }),
+            blue_green: None,
+        }
+    }
+
+    /// A cluster that follows plans at once: every ReplicaSet's pods exist and are available,
+    /// Services select what they are told, the stable Service's Endpoints follow it.
+    #[derive(Default)]
+    struct Sim {
+        rss: Vec<ReplicaSet>,
+        services: BTreeMap<String, BTreeMap<String, String>>,
+        weight: Option<(i32, String)>,
+        runs: Vec<AnalysisRun>,
+        events: Vec<String>,
+    }
+
+    impl Sim {
+        fn pods(&self) -> Vec<Pod> {
+            let mut out = Vec::new();
+            for (i, rs) in self.rss.iter().enumerate() {
+                for k in 0..replicas(rs) {
+                    let mut p = Pod::default();
+                    p.metadata.name = format!("{}-{k}", rs.metadata.name);
+                    p.metadata.labels = rs.spec.template.metadata.labels.clone();
+                    p.status = Some(tug_api::kinds::pod::PodStatus {
+                        pod_ip: Some(format!("10.244.{i}.{k}")),
+                        ..Default::default()
+                    });
+                    out.push(p);
+                }
+            }
+            out
+        }
+
+        fn step(&mut self, r: &mut Rollout, now: u64) -> Plan {
+            let pods = self.pods();
+            let stable_endpoints: Vec<String> = self
+                .services
+                .get("web")
+                .map(|sel| {
+                    pods.iter()
+                        .filter(|p| sel.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)))
+                        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let templates = BTreeMap::new();
+            let services = self.services.clone();
+            let world = World {
+                rss: &self.rss,
+                pods: &pods,
+                services: &services,
+                stable_endpoints: &stable_endpoints,
+                runs: &self.runs,
+                templates: &templates,
+                now,
+            };
+            let p = plan(r, &world);
+            for a in &p.actions {
+                match a {
+                    Action::Create(rs) => {
+                        let mut rs = (**rs).clone();
+                        rs.metadata.uid = Some(format!("uid-{}", rs.metadata.name));
+                        self.rss.push(rs);
+                    }
+                    Action::Scale { name, replicas, annotations } => {
+                        let rs = self.rss.iter_mut().find(|x| x.metadata.name == *name).unwrap();
+                        rs.spec.replicas = Some(*replicas);
+                        rs.metadata.annotations = annotations.clone();
+                    }
+                    Action::Delete(name) => self.rss.retain(|x| x.metadata.name != *name),
+                    Action::Service { name, hash, weight } => {
+                        let mut sel: BTreeMap<String, String> =
+                            [("app".to_string(), "web".to_string())].into();
+                        sel.insert(HASH_LABEL.into(), hash.clone());
+                        self.services.insert(name.clone(), sel);
+                        if name == "web" {
+                            self.weight = weight.clone();
+                        }
+                    }
+                    Action::Event { reason, .. } => self.events.push(reason.to_string()),
+                    _ => {}
+                }
+            }
+            // Everything scaled is available.
+            for rs in &mut self.rss {
+                let n = replicas(rs);
+                rs.status = Some(tug_api::kinds::apps::ReplicaSetStatus {
+                    replicas: n,
+                    ready_replicas: Some(n),
+                    available_replicas: Some(n),
+                    ..Default::default()
+                });
+            }
+            r.status = Some(p.status.clone());
+            p
+        }
+
+        fn sizes(&self) -> Vec<(String, i32)> {
+            self.rss.iter().map(|x| (x.metadata.labels[HASH_LABEL].clone(), replicas(x))).collect()
+        }
+    }
+
+    #[test]
+    fn a_canary_steps_through_weights_pauses_and_promotion() {
+        let mut sim = Sim::default();
+        let mut r = rollout("v1", canary_steps());
+        let v1 = template_hash(&r.spec.template);
+        for t in 0..3 {
+            sim.step(&mut r, 100 + t);
+        }
+        let s = r.status.clone().unwrap();
+        assert_eq!((s.phase.as_deref(), s.stable_rs.as_deref()), (Some("Healthy"), Some(v1.as_str())));
+        assert_eq!(sim.sizes(), vec![(v1.clone(), 4)], "the first template goes straight to full size");
+        assert_eq!(sim.services["web"][HASH_LABEL], v1);
+
+        // A new template: one canary pod (10% of 4, rounded up) beside all four stable ones,
+        // then the weight, then the pause.
+        r.spec.template.spec.containers[0].image = "v2".into();
+        r.metadata.generation = Some(2);
+        let v2 = template_hash(&r.spec.template);
+        let p = sim.step(&mut r, 200);
+        assert!(p.actions.iter().any(|a| matches!(a, Action::Create(rs) if replicas(rs) == 1)), "{p:?}");
+        assert_eq!(sim.weight, None, "no traffic before the canary is available");
+        sim.step(&mut r, 201);
+        assert_eq!(sim.weight, Some((10, "web-canary".into())));
+        assert_eq!(sim.sizes(), vec![(v1.clone(), 4), (v2.clone(), 1)]);
+        assert_eq!(sim.services["web"][HASH_LABEL], v1);
+        assert_eq!(sim.services["web-canary"][HASH_LABEL], v2);
+        let s = r.status.clone().unwrap();
+        assert_eq!((s.phase.as_deref(), s.current_step_index), (Some("Paused"), Some(1)));
+        assert_eq!(s.pause_conditions[0].reason, "CanaryPauseStep");
+        // Still paused later.
+        sim.step(&mut r, 5000);
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Paused"));
+
+        // promote: past the pause, to 50% (two canary pods first), then a 10 s pause.
+        let s = r.status.as_mut().unwrap();
+        s.current_step_index = Some(2);
+        s.pause_conditions.clear();
+        s.controller_pause = false;
+        sim.step(&mut r, 5001);
+        assert_eq!(sim.weight, Some((10, "web-canary".into())), "the weight waits for the pods");
+        let p = sim.step(&mut r, 5002);
+        assert_eq!(sim.weight, Some((50, "web-canary".into())));
+        assert_eq!(p.next, Next::After(Duration::from_secs(10)));
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Paused"));
+
+        // After the pause: the canary to full size, all traffic to it and the stable
+        // Service's selector moved; once its endpoints follow, weight 0 and a new stable.
+        sim.step(&mut r, 5012);
+        assert_eq!(sim.sizes(), vec![(v1.clone(), 4), (v2.clone(), 4)]);
+        sim.step(&mut r, 5013);
+        assert_eq!(sim.weight, Some((100, "web-canary".into())));
+        assert_eq!(sim.services["web"][HASH_LABEL], v2);
+        sim.step(&mut r, 5014);
+        assert_eq!(sim.weight, None);
+        assert_eq!(r.status.as_ref().unwrap().stable_rs.as_deref(), Some(v2.as_str()));
+        assert!(sim.events.contains(&"RolloutCompleted".to_string()), "{:?}", sim.events);
+        // The old stable ReplicaSet keeps its pods for the scale-down delay (30 s).
+        let p = sim.step(&mut r, 5015);
+        assert_eq!(sim.sizes(), vec![(v1.clone(), 4), (v2.clone(), 4)]);
+        assert!(matches!(p.next, Next::After(d) if d <= Duration::from_secs(30)), "{:?}", p.next);
+        sim.step(&mut r, 5045);
+        assert_eq!(sim.sizes(), vec![(v1, 0), (v2, 4)]);
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Healthy"));
+    }
+
+    #[test]
+    fn an_abort_returns_traffic_at_once_and_a_crash_looping_canary_aborts() {
+        let mut sim = Sim::default();
+        let mut strategy = canary_steps();
+        strategy.canary.as_mut().unwrap().abort_scale_down_delay_seconds = Some(0);
+        let mut r = rollout("v1", strategy);
+        for t in 0..2 {
+            sim.step(&mut r, 100 + t);
+        }
+        r.spec.template.spec.containers[0].image = "v2".into();
+        sim.step(&mut r, 200);
+        sim.step(&mut r, 201);
+        assert_eq!(sim.weight, Some((10, "web-canary".into())));
+        // `tug rollout abort`.
+        let s = r.status.as_mut().unwrap();
+        s.abort = true;
+        s.aborted_at = Some(timestamp(202));
+        sim.step(&mut r, 202);
+        assert_eq!(sim.weight, None);
+        let v2 = template_hash(&r.spec.template);
+        assert!(sim.sizes().contains(&(v2.clone(), 0)), "{:?}", sim.sizes());
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Degraded"));
+        // `retry`: the steps again from the first.
+        let s = r.status.as_mut().unwrap();
+        s.abort = false;
+        s.current_step_index = Some(0);
+        sim.step(&mut r, 203);
+        sim.step(&mut r, 204);
+        assert_eq!(sim.weight, Some((10, "web-canary".into())));
+
+        // A canary pod crash-looping aborts by itself, with a Warning Event.
+        let pods = sim.pods();
+        let mut bad: Vec<Pod> = pods;
+        let canary_rs = sim.rss.iter().find(|x| x.metadata.labels[HASH_LABEL] == v2).unwrap().clone();
+        for p in bad.iter_mut().filter(|p| p.metadata.labels[HASH_LABEL] == v2) {
+            p.metadata.owner_references = vec![controller_ref("apps/v1", "ReplicaSet", &canary_rs.metadata)];
+            p.status.as_mut().unwrap().container_statuses = vec![serde_json::json!({
+                "name": "web", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}})];
+        }
+        let templates = BTreeMap::new();
+        let world = World {
+            rss: &sim.rss,
+            pods: &bad,
+            services: &sim.services,
+            stable_endpoints: &[],
+            runs: &[],
+            templates: &templates,
+            now: 205,
+        };
+        let p = plan(&r, &world);
+        assert!(p.status.abort && p.status.phase.as_deref() == Some("Degraded"), "{:?}", p.status);
+        assert!(
+            p.status.message.as_deref().unwrap_or_default().contains("CrashLoopBackOff"),
+            "{:?}",
+            p.status.message
+        );
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Event { reason: "RolloutAborted", type_: "Warning", .. }))
+        );
+        assert!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Service { name, weight: None, .. } if name == "web"))
+        );
+    }
+
+    #[test]
+    fn blue_green_waits_for_promote_then_switches_the_active_service_in_one_write() {
+        let mut sim = Sim::default();
+        let strategy = tug_api::kinds::rollouts::RolloutStrategy {
+            canary: None,
+            blue_green: Some(BlueGreenStrategy {
+                active_service: "web".into(),
+                preview_service: Some("web-preview".into()),
+                auto_promotion_enabled: Some(false),
+                scale_down_delay_seconds: Some(5),
+                ..Default::default()
+            }),
+        };
+        let mut r = rollout("v1", strategy);
+        let v1 = template_hash(&r.spec.template);
+        for t in 0..2 {
+            sim.step(&mut r, 100 + t);
+        }
+        assert_eq!(sim.services["web"][HASH_LABEL], v1);
+        r.spec.template.spec.containers[0].image = "v2".into();
+        let v2 = template_hash(&r.spec.template);
+        sim.step(&mut r, 200);
+        sim.step(&mut r, 201);
+        assert_eq!(sim.sizes(), vec![(v1.clone(), 4), (v2.clone(), 4)]);
+        assert_eq!(
+            (sim.services["web"][HASH_LABEL].as_str(), sim.services["web-preview"][HASH_LABEL].as_str()),
+            (v1.as_str(), v2.as_str())
+        );
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Paused"));
+        // promote clears the pause condition.
+        r.status.as_mut().unwrap().pause_conditions.clear();
+        let p = sim.step(&mut r, 202);
+        let switches: Vec<&Action> =
+            p.actions.iter().filter(|a| matches!(a, Action::Service { name, .. } if name == "web")).collect();
+        assert_eq!(switches, vec![&Action::Service { name: "web".into(), hash: v2.clone(), weight: None }]);
+        assert_eq!(r.status.as_ref().unwrap().stable_rs.as_deref(), Some(v2.as_str()));
+        sim.step(&mut r, 203);
+        assert_eq!(sim.sizes(), vec![(v1.clone(), 4), (v2.clone(), 4)], "the old side stays for the delay");
+        sim.step(&mut r, 208);
+        assert_eq!(sim.sizes(), vec![(v1, 0), (v2, 4)]);
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Healthy"));
+    }
 }

@@ -291,7 +291,7 @@ fn recurse<'a>(v: &'a Value, name: &str, out: &mut Vec<&'a Value>) {
 }
 
 /// The values a path selects from `root`.
-fn select<'a>(root: &'a Value, steps: &[Step]) -> Vec<&'a Value> {
+pub fn select<'a>(root: &'a Value, steps: &[Step]) -> Vec<&'a Value> {
     steps.iter().fold(vec![root], |vs, s| apply(vs, s))
 }
 
@@ -302,6 +302,17 @@ pub fn text(v: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// The value a template selects (an analysis's `jsonPath`, `{$.data.ok}`): one result as
+/// itself, several as a list; a template that is not one path renders as text.
+pub fn value(template: &str, root: &Value) -> Result<Value, String> {
+    let nodes = parse(template)?;
+    if let [Node::Path(p)] = nodes.as_slice() {
+        let mut vs: Vec<Value> = select(root, p).into_iter().cloned().collect();
+        return Ok(if vs.len() == 1 { vs.remove(0) } else { Value::Array(vs) });
+    }
+    render(&nodes, root).map(Value::String)
 }
 
 /// Renders a template against `root`.
