@@ -243,7 +243,7 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_pod_hash: Option<String>,
     /// The hash of the ReplicaSet that serves production traffic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "stableRS", skip_serializing_if = "Option::is_none")]
     pub stable_rs: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step_index: Option<i32>,

@@ -44,6 +44,9 @@ fn main() -> ExitCode {
         }
         Some("serve-udp") => serve_udp(arg(1).unwrap_or(9999)),
         Some("udp") => udp(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("get") if args.len() > 2 => {
+            get_many(args.get(1).map(String::as_str).unwrap_or(""), arg(2).unwrap_or(1), arg(3).unwrap_or(0))
+        }
         Some("get") => get(args.get(1).map(String::as_str).unwrap_or("")),
         Some(other) => {
             eprintln!(
@@ -54,39 +57,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// `GET /` from `target` over plain HTTP/1.0; prints the body.
-fn get(target: &str) -> ExitCode {
+/// One `GET /` from `target` over plain HTTP/1.0: the body, or why not.
+fn fetch(target: &str) -> Result<String, String> {
     use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = match target.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("tug-probe: {target:?}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tug-probe: connecting to {target}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let addr: std::net::SocketAddr = target.parse().map_err(|e| format!("{target:?}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connecting to {target}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
     let mut text = String::new();
     if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() || s.read_to_string(&mut text).is_err() {
-        eprintln!("tug-probe: no answer from {target}");
-        return ExitCode::FAILURE;
+        return Err(format!("no answer from {target}"));
     }
     match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => Ok(body.to_string()),
+        _ => Err(format!("{target} answered: {}", text.lines().next().unwrap_or(""))),
+    }
+}
+
+/// `GET /` from `target`; prints the body.
+fn get(target: &str) -> ExitCode {
+    match fetch(target) {
+        Ok(body) => {
             print!("{body}");
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("tug-probe: {target} answered: {}", text.lines().next().unwrap_or(""));
-            ExitCode::FAILURE
+        Err(e) => {
+            eprintln!("tug-probe: {e}");
+            if e.starts_with('"') { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// `count` GETs, `pause_ms` apart, each a new connection: one line per answer (its body's
+/// first line), `ERROR why` for a failed one — what a test counts traffic splits with.
+fn get_many(target: &str, count: u64, pause_ms: u64) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for i in 0..count {
+        let line = match fetch(target) {
+            Ok(body) => body.lines().next().unwrap_or_default().to_string(),
+            Err(e) => format!("ERROR {e}"),
+        };
+        let _ = writeln!(out, "{line}");
+        if pause_ms > 0 && i + 1 < count {
+            std::thread::sleep(Duration::from_millis(pause_ms));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Answers every datagram on `port` with the hostname.

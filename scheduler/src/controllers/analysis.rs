@@ -545,12 +545,7 @@ fn record(
 type Target = (String, (String, String, String), u16);
 
 /// Where an in-cluster host leads: a pod to dial and the port on it.
-fn in_cluster(
-    store: &dyn Store,
-    ns: &str,
-    host: &str,
-    port: u16,
-) -> Result<Option<Target>, String> {
+fn in_cluster(store: &dyn Store, ns: &str, host: &str, port: u16) -> Result<Option<Target>, String> {
     let pod_of = |p: &Value| {
         let md = &p["metadata"];
         Some((
@@ -693,7 +688,8 @@ async fn measure_web(
         return err(format!("received non 2xx response code: {}", code.as_u16()));
     }
     let text = String::from_utf8_lossy(&bytes).to_string();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    // JSON, or the text itself (without its final newline) for a plain answer.
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.trim().to_string()));
     let result = match w.json_path.as_deref() {
         Some(p) => match tug_api::jsonpath::value(p, &body) {
             Ok(v) => v,
