@@ -61,6 +61,7 @@ fn services(n: usize, pod: Ipv4Addr) -> Vec<ServiceInfo> {
                     port: 80,
                     node_port: None,
                     endpoints,
+                    canary: None,
                 }],
                 affinity: None,
             }
@@ -185,6 +186,26 @@ async fn main() {
             (us(pct(l, 0.5)) / fewest - 1.0) * 100.0
         );
     }
+    // A Rollout's stable Service, 10% to a canary (both sets on the real pod), beside a plain
+    // one with the same endpoints: the cost of the weighted chain per new connection.
+    let mut svcs = services(10, pod_ip);
+    let mut weighted = svcs[0].clone();
+    weighted.name = "weighted".into();
+    weighted.cluster_ip = Some(Ipv4Addr::new(10, 96, 200, 1));
+    weighted.ports[0].canary = Some((10, vec![(pod_ip, 8080)]));
+    svcs.push(weighted);
+    let cmds = rules::full(&rules::build(&svcs, &Ruleset::default()), &info);
+    conn.apply(rules::TABLE, &cmds).expect("weighted sync");
+    let plain = connects(&node_ns, SocketAddr::from((Ipv4Addr::new(10, 96, 0, 1), 80)), 2000);
+    let split = connects(&node_ns, SocketAddr::from((Ipv4Addr::new(10, 96, 200, 1), 80)), 2000);
+    println!(
+        "BENCH proxy first-packet weighted-10pct p50_us={:.0} p99_us={:.0} plain p50_us={:.0} p99_us={:.0} (weighted vs plain p50 {:+.0}%)",
+        us(pct(&split, 0.5)),
+        us(pct(&split, 0.99)),
+        us(pct(&plain, 0.5)),
+        us(pct(&plain, 0.99)),
+        (us(pct(&split, 0.5)) / us(pct(&plain, 0.5)).max(1.0) - 1.0) * 100.0
+    );
     // The iptables mode at 1,000 Services, full sync, beside it.
     let _ = run_nft(ns, &["delete", "table", "ip", rules::TABLE], "");
     let svcs = services(1_000, pod_ip);

@@ -202,7 +202,10 @@ fn the_iptables_proxy_splits_by_the_same_exact_weight() {
     ten_percent(&s, &s.cluster_ip("web"));
     let rules = s.cluster.nodes[0].command(&["iptables-save", "-t", "nat"]).output().unwrap();
     let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(rules.lines().any(|l| l.contains("--probability 0.1000") && l.ends_with("-j TUG-CNY-UARQTUAXJEB2")), "{rules}");
+    assert!(
+        rules.lines().any(|l| l.contains("--probability 0.1000") && l.ends_with("-j TUG-CNY-UARQTUAXJEB2")),
+        "{rules}"
+    );
 }
 
 fn tally(lines: &[String]) -> BTreeMap<String, usize> {
