@@ -716,10 +716,27 @@ fn canary(
     let traffic = c.stable_service.is_some() && c.canary_service.is_some();
     let new_avail = st(new).2.min(replicas(new));
     let stable_name = stable.map(|s| s.metadata.name.clone());
+    // With Services the stable side keeps every pod and traffic moves by weight; without,
+    // the split is the replica ratio, reached within maxSurge and maxUnavailable.
+    let (surge, unavailable) = fenceposts(c, n);
+    let stable_now = stable.map_or(0, replicas);
     let set_counts = |want: &mut BTreeMap<String, i32>, canary: i32| {
-        want.insert(new.metadata.name.clone(), canary);
+        if traffic {
+            want.insert(new.metadata.name.clone(), canary);
+            if let Some(s) = &stable_name {
+                want.insert(s.clone(), n);
+            }
+            return;
+        }
+        let up = canary.min(replicas(new).max(n + surge - stable_now)).max(0);
+        want.insert(new.metadata.name.clone(), up);
         if let Some(s) = &stable_name {
-            let keep = if traffic { n } else { (n - canary.min(new_avail)).max(0) };
+            let floor = (n - canary).max(0);
+            let keep = if stable_now <= floor {
+                floor
+            } else {
+                floor.max(n - unavailable - new_avail).min(stable_now)
+            };
             want.insert(s.clone(), keep);
         }
     };
@@ -913,6 +930,23 @@ fn canary(
     status.stable_rs = Some(stable_hash.to_string());
     cs.weights = weights(r, weight, stable_hash, hash);
     status.canary = Some(cs);
+}
+
+/// A basic canary's maxSurge and maxUnavailable against `n` (25% each by default; surge
+/// rounds up, unavailable down; both zero means one unavailable), as a Deployment's.
+fn fenceposts(c: &tug_api::kinds::rollouts::CanaryStrategy, n: i32) -> (i32, i32) {
+    let want = i64::from(n);
+    let resolve = |v: Option<&tug_api::meta::IntOrString>, up: bool| {
+        v.map_or(Ok(if up { (want * 25 + 99) / 100 } else { want * 25 / 100 }), |x| x.scaled(want, up))
+            .unwrap_or(0)
+    };
+    let surge = resolve(c.max_surge.as_ref(), true);
+    let mut unavailable = resolve(c.max_unavailable.as_ref(), false);
+    if surge == 0 && unavailable == 0 {
+        unavailable = 1;
+    }
+    let clamp = |v: i64| i32::try_from(v.clamp(0, want)).unwrap_or(0);
+    (clamp(surge), clamp(unavailable))
 }
 
 /// The previous stable ReplicaSet keeps its pods for `delay` seconds (default 30 where
@@ -1696,6 +1730,42 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::Service { name, weight: None, .. } if name == "web"))
         );
+    }
+
+    #[test]
+    fn a_canary_without_services_splits_by_replicas_within_surge_and_unavailability() {
+        let mut sim = Sim::default();
+        let strategy = tug_api::kinds::rollouts::RolloutStrategy {
+            canary: Some(CanaryStrategy {
+                steps: vec![
+                    CanaryStep { set_weight: Some(50), ..Default::default() },
+                    CanaryStep { pause: Some(RolloutPause::default()), ..Default::default() },
+                ],
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+                ..Default::default()
+            }),
+            blue_green: None,
+        };
+        let mut r = rollout("v1", strategy);
+        let v1 = template_hash(&r.spec.template);
+        for t in 0..2 {
+            sim.step(&mut r, 100 + t);
+        }
+        r.spec.template.spec.containers[0].image = "v2".into();
+        let v2 = template_hash(&r.spec.template);
+        let mut seen = Vec::new();
+        for t in 0..6 {
+            sim.step(&mut r, 200 + t);
+            let sizes = sim.sizes();
+            // Never more than replicas + maxSurge, never fewer available than replicas.
+            let total: i32 = sizes.iter().map(|(_, n)| n).sum();
+            assert!((4..=5).contains(&total), "{sizes:?}");
+            seen.push(sizes);
+        }
+        assert_eq!(seen.last().unwrap(), &vec![(v1, 2), (v2, 2)], "{seen:?}");
+        assert_eq!(r.status.as_ref().unwrap().phase.as_deref(), Some("Paused"));
+        assert!(sim.weight.is_none() && sim.services.is_empty());
     }
 
     #[test]
