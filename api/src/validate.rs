@@ -1493,6 +1493,46 @@ mod tests {
     }
 
     #[test]
+    fn rollouts_and_analysis_templates() {
+        let r = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec: {containers: [{name: c, image: i}]}\n  strategy:\n    canary:\n      steps: [{setWeight: 20}, {pause: {duration: 1m}}]\n";
+        assert!(load(r).is_ok());
+        check(
+            &r.replace("      steps:", "      trafficRouting: {nginx: {}}\n      steps:"),
+            "spec.strategy.canary.trafficRouting: field not supported",
+        );
+        check(
+            &r.replace("setWeight: 20", "setWeight: 120"),
+            "spec.strategy.canary.steps[0].setWeight: Invalid value: 120: must be between 0 and 100",
+        );
+        check(
+            &r.replace("duration: 1m", "duration: 1d"),
+            "spec.strategy.canary.steps[1].pause.duration: Invalid value: unknown unit \"d\"",
+        );
+        check(
+            &r.replace("{setWeight: 20}", "{setWeight: 20, pause: {}}"),
+            "spec.strategy.canary.steps[0]: Invalid value: Step must have one of the following set",
+        );
+        check(
+            &r.replace("    canary:\n      steps: [{setWeight: 20}, {pause: {duration: 1m}}]\n", "    {}\n"),
+            "spec.strategy: Required value: Rollout has missing field",
+        );
+        check(
+            &r.replace("    canary:", "    blueGreen: {activeService: a, previewService: a}\n    canary:"),
+            "spec.strategy: Invalid value: Multiple Strategies can not be listed",
+        );
+        let t = "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n  - name: m\n    successCondition: result[0] >= 0.95\n    provider: {web: {url: 'http://x/{{args.a}}', jsonPath: '{$.data}'}}\n";
+        assert!(load(t).is_ok());
+        check(
+            &t.replace(">= 0.95", "= 0.95"),
+            "spec.metrics[0].successCondition: Invalid value: \"result[0] = 0.95\": unexpected \"=\"",
+        );
+        check(
+            &t.replace("{web: {url: 'http://x/{{args.a}}', jsonPath: '{$.data}'}}", "{}"),
+            "spec.metrics[0].provider: Invalid value: exactly one provider is required",
+        );
+    }
+
+    #[test]
     fn jobs_cronjobs_and_autoscalers() {
         let job = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec: {restartPolicy: Never, containers: [{name: c, image: i}]}\n";
         assert!(load(job).is_ok(), "{:?}", load(job).err());
