@@ -315,6 +315,8 @@ fn blue_green_previews_then_switches_every_node_at_once() {
       previewService: shop-preview
       autoPromotionEnabled: false
       scaleDownDelaySeconds: 3
+      prePromotionAnalysis:
+        templates: [{templateName: smoke, clusterScope: true}]
 "#;
     cp.apply(
         r#"
@@ -331,6 +333,23 @@ metadata: {name: shop-preview}
 spec:
   selector: {app: shop}
   ports: [{name: http, port: 80, targetPort: http}]
+---
+# A smoke test before promotion: a Job that must succeed.
+apiVersion: argoproj.io/v1alpha1
+kind: ClusterAnalysisTemplate
+metadata: {name: smoke}
+spec:
+  metrics:
+  - name: smoke
+    provider:
+      job:
+        spec:
+          backoffLimit: 0
+          template:
+            spec:
+              restartPolicy: Never
+              containers:
+              - {name: smoke, image: "tug.local/probe:1", imagePullPolicy: Never, command: [/bin/tug-probe, exit, "0"]}
 "#,
     );
     cp.apply(&app("shop", "blue", false, bg));
@@ -339,6 +358,16 @@ spec:
     let (active, preview) = (s.cluster_ip("shop"), s.cluster_ip("shop-preview"));
     cp.apply(&app("shop", "green", false, bg));
     s.wait_phase("shop", "Paused", None, Duration::from_secs(90));
+    // Paused only once the pre-promotion analysis (a Job) succeeded.
+    let runs = cp.get_json(&["analysisruns", "-l", "rollout-type=PrePromotion"]).unwrap();
+    let run = &runs["items"].as_array().unwrap()[0];
+    assert_eq!(run["status"]["phase"], "Successful", "{run:#}");
+    let job = run["status"]["metricResults"][0]["measurements"][0]["metadata"]["job-name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = cp.get_json(&["job", &job]).unwrap();
+    assert!(j["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Complete"), "{j:#}");
     let only = |lines: Vec<String>, want: &str| {
         let t = tally(&lines);
         assert_eq!(t.get(want), Some(&lines.len()), "{t:?}");
@@ -354,13 +383,13 @@ spec:
         .map(|i| {
             let probe = tug_integration::probe::path();
             s.cluster.nodes[i]
-                .command(&[probe.to_str().unwrap(), "get", &format!("{active}:80"), "400", "10"])
+                .command(&[probe.to_str().unwrap(), "get", &format!("{active}:80"), "800", "10"])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_secs(3));
     assert!(cp.tug(&["rollout", "promote", "shop"]).status.success());
     for (i, c) in clients.into_iter().enumerate() {
         let out = c.wait_with_output().unwrap();

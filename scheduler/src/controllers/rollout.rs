@@ -46,6 +46,7 @@ use tug_api::validate_rollouts::pause_duration;
 pub const PREFIX: &str = "argoproj.io/rollouts/";
 pub const RUNS: &str = "argoproj.io/analysisruns/";
 const TEMPLATES: &str = "argoproj.io/analysistemplates/";
+/// Cluster-scoped keys have an empty namespace part: `…/clusteranalysistemplates//NAME`.
 const CLUSTER_TEMPLATES: &str = "argoproj.io/clusteranalysistemplates/";
 const SERVICES: &str = "/services/";
 const ENDPOINTS: &str = "/endpoints/";
@@ -99,6 +100,8 @@ pub struct World<'a> {
     pub services: &'a BTreeMap<String, BTreeMap<String, String>>,
     /// The ready addresses of the stable Service's Endpoints.
     pub stable_endpoints: &'a [String],
+    /// The ready addresses of the canary Service's Endpoints.
+    pub canary_endpoints: &'a [String],
     /// The AnalysisRuns this Rollout owns.
     pub runs: &'a [AnalysisRun],
     /// Analysis templates by (cluster scope, name).
@@ -761,6 +764,12 @@ fn canary(
         status.phase = Some("Degraded".into());
         return;
     }
+    let new_ips: Vec<String> = world
+        .pods
+        .iter()
+        .filter(|p| p.metadata.labels.get(HASH_LABEL).map(String::as_str) == Some(hash))
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        .collect();
     let mut idx =
         usize::try_from(status.current_step_index.unwrap_or(0).max(0)).unwrap_or(0).min(steps.len());
     let (mut weight, _) = if idx == 0 { (0, 0) } else { step_state(steps, idx - 1, n) };
@@ -801,12 +810,6 @@ fn canary(
             let svc = c.stable_service.clone().unwrap_or_default();
             let selects_new =
                 world.services.get(&svc).and_then(|s| s.get(HASH_LABEL)).map(String::as_str) == Some(hash);
-            let new_ips: Vec<String> = world
-                .pods
-                .iter()
-                .filter(|p| p.metadata.labels.get(HASH_LABEL).map(String::as_str) == Some(hash))
-                .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-                .collect();
             let switched = selects_new
                 && !world.stable_endpoints.is_empty()
                 && world.stable_endpoints.iter().all(|ip| new_ips.contains(ip));
@@ -823,6 +826,14 @@ fn canary(
         if new_avail < canary_n {
             status.message =
                 Some(format!("waiting for {canary_n} canary pods to be available ({new_avail} are)"));
+            break;
+        }
+        // With Services, the canary's pods in its Service's Endpoints too before traffic or
+        // an analysis goes to them (the endpoints controller follows readiness a moment later).
+        let listed = world.canary_endpoints.iter().filter(|ip| new_ips.contains(ip)).count();
+        if traffic && i32::try_from(listed).unwrap_or(i32::MAX) < canary_n {
+            status.message =
+                Some(format!("waiting for the canary Service's endpoints ({listed} of {canary_n})"));
             break;
         }
         if step.set_weight.is_some() || step.set_canary_scale.is_some() {
@@ -1251,22 +1262,24 @@ impl Controller for Rollouts {
                 services.insert(name.clone(), sel);
             }
         }
-        let stable_endpoints: Vec<String> =
-            match r.spec.strategy.canary.as_ref().and_then(|c| c.stable_service.as_ref()) {
-                Some(s) => store
-                    .get(&format!("{ENDPOINTS}{ns}/{s}"))?
-                    .map(|e| {
-                        e.object["subsets"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
-                            .filter_map(|a| a["ip"].as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                None => Vec::new(),
-            };
+        let ready_ips = |svc: Option<&String>| -> Result<Vec<String>, StoreError> {
+            let Some(s) = svc else { return Ok(Vec::new()) };
+            Ok(store
+                .get(&format!("{ENDPOINTS}{ns}/{s}"))?
+                .map(|e| {
+                    e.object["subsets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default())
+        };
+        let canary = r.spec.strategy.canary.as_ref();
+        let stable_endpoints = ready_ips(canary.and_then(|c| c.stable_service.as_ref()))?;
+        let canary_endpoints = ready_ips(canary.and_then(|c| c.canary_service.as_ref()))?;
         let (run_items, _) = store.list(&format!("{RUNS}{ns}/"))?;
         let runs: Vec<AnalysisRun> = run_items
             .iter()
@@ -1277,7 +1290,7 @@ impl Controller for Rollouts {
         let refs = analysis_refs(&r);
         for (cluster, name) in refs {
             let key = if cluster {
-                format!("{CLUSTER_TEMPLATES}{name}")
+                format!("{CLUSTER_TEMPLATES}/{name}")
             } else {
                 format!("{TEMPLATES}{ns}/{name}")
             };
@@ -1292,6 +1305,7 @@ impl Controller for Rollouts {
             pods: &pods,
             services: &services,
             stable_endpoints: &stable_endpoints,
+            canary_endpoints: &canary_endpoints,
             runs: &runs,
             templates: &templates,
             now: super::unix_now(),
@@ -1532,16 +1546,18 @@ mod tests {
 
         fn step(&mut self, r: &mut Rollout, now: u64) -> Plan {
             let pods = self.pods();
-            let stable_endpoints: Vec<String> = self
-                .services
-                .get("web")
-                .map(|sel| {
-                    pods.iter()
-                        .filter(|p| sel.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)))
-                        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let endpoints = |svc: &str| -> Vec<String> {
+                self.services
+                    .get(svc)
+                    .map(|sel| {
+                        pods.iter()
+                            .filter(|p| sel.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)))
+                            .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let (stable_endpoints, canary_endpoints) = (endpoints("web"), endpoints("web-canary"));
             let templates = BTreeMap::new();
             let services = self.services.clone();
             let world = World {
@@ -1549,6 +1565,7 @@ mod tests {
                 pods: &pods,
                 services: &services,
                 stable_endpoints: &stable_endpoints,
+                canary_endpoints: &canary_endpoints,
                 runs: &self.runs,
                 templates: &templates,
                 now,
@@ -1709,6 +1726,7 @@ mod tests {
             pods: &bad,
             services: &sim.services,
             stable_endpoints: &[],
+            canary_endpoints: &[],
             runs: &[],
             templates: &templates,
             now: 205,
