@@ -718,6 +718,43 @@ impl Controller for Deployments {
     }
 }
 
+/// Creates a ReplicaSet a workload made. One of that name already there (a hash collision,
+/// or one made a moment ago) is a conflict: the next round sees it.
+pub(crate) fn create_replicaset(store: &dyn Store, key: &str, rs: &ReplicaSet) -> Result<(), StoreError> {
+    let mut v = serde_json::to_value(rs).unwrap_or(Value::Null);
+    crate::api::objects::on_create(&mut v, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
+    match store.create(key, v) {
+        Ok(_) => Ok(()),
+        Err(StoreError::AlreadyExists(k)) => Err(StoreError::Conflict { key: k, expected: 0, current: 0 }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets a ReplicaSet's replicas and annotations (its generation moves with its replicas);
+/// the replicas it had when they changed.
+pub(crate) fn scale_replicaset(
+    store: &dyn Store,
+    key: &str,
+    replicas: i32,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<i64>, StoreError> {
+    let Some(s) = store.get(key)? else { return Ok(None) };
+    let mut v = s.object.clone();
+    let before = v["spec"]["replicas"].as_i64().unwrap_or(0);
+    v["spec"]["replicas"] = replicas.into();
+    v["metadata"]["annotations"] = serde_json::to_value(annotations).unwrap_or(Value::Null);
+    if v == s.object {
+        return Ok(None);
+    }
+    let changed = before != i64::from(replicas);
+    if changed {
+        let g = v["metadata"]["generation"].as_i64().unwrap_or(1);
+        v["metadata"]["generation"] = (g + 1).into();
+    }
+    store.update(&s.key, v, Some(s.revision))?;
+    Ok(changed.then_some(before))
+}
+
 /// The executor.
 fn apply(
     store: &dyn Store,
@@ -738,17 +775,7 @@ fn apply(
             )?,
             Action::Release(name) => replicaset::set_owner(store, &rs_key(name), None)?,
             Action::Create(rs) => {
-                let mut v = serde_json::to_value(rs.as_ref()).unwrap_or(Value::Null);
-                crate::api::objects::on_create(&mut v, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
-                match store.create(&rs_key(&rs.metadata.name), v) {
-                    Ok(_) => {}
-                    // A ReplicaSet of that name with another template (a hash collision) or
-                    // one made a moment ago: next round sees it.
-                    Err(StoreError::AlreadyExists(k)) => {
-                        return Err(StoreError::Conflict { key: k, expected: 0, current: 0 });
-                    }
-                    Err(e) => return Err(e),
-                }
+                create_replicaset(store, &rs_key(&rs.metadata.name), rs)?;
                 let r = rs.spec.replicas.unwrap_or(0);
                 super::event(
                     store,
@@ -760,28 +787,16 @@ fn apply(
                 )?;
             }
             Action::Update { name, replicas, annotations } => {
-                let Some(s) = store.get(&rs_key(name))? else { continue };
-                let mut v = s.object.clone();
-                let before = v["spec"]["replicas"].as_i64().unwrap_or(0);
-                v["spec"]["replicas"] = (*replicas).into();
-                v["metadata"]["annotations"] = serde_json::to_value(annotations).unwrap_or(Value::Null);
-                if v != s.object {
-                    if before != i64::from(*replicas) {
-                        let g = v["metadata"]["generation"].as_i64().unwrap_or(1);
-                        v["metadata"]["generation"] = (g + 1).into();
-                    }
-                    store.update(&s.key, v, Some(s.revision))?;
-                    if before != i64::from(*replicas) {
-                        let dir = if i64::from(*replicas) > before { "up" } else { "down" };
-                        super::event(
-                            store,
-                            involved,
-                            "Normal",
-                            "ScalingReplicaSet",
-                            &format!("Scaled {dir} replica set {name} from {before} to {replicas}"),
-                            "deployment-controller",
-                        )?;
-                    }
+                if let Some(before) = scale_replicaset(store, &rs_key(name), *replicas, annotations)? {
+                    let dir = if i64::from(*replicas) > before { "up" } else { "down" };
+                    super::event(
+                        store,
+                        involved,
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled {dir} replica set {name} from {before} to {replicas}"),
+                        "deployment-controller",
+                    )?;
                 }
             }
             Action::Delete(name) => match store.delete(&rs_key(name), None) {

@@ -698,6 +698,8 @@ fn abort_delay(d: Option<i32>, traffic: bool, aborted_at: Option<&str>, now: u64
     }
 }
 
+/// [`canary_step`], and when it finds a reason to abort, the abort and the step again
+/// (which then acts on it in the same reconcile).
 #[allow(clippy::too_many_arguments)]
 fn canary(
     r: &Rollout,
@@ -712,6 +714,26 @@ fn canary(
     annotate: &mut BTreeMap<String, BTreeMap<String, String>>,
     out: &mut Plan,
 ) {
+    if let Some(why) = canary_step(r, c, world, new, stable, stable_hash, hash, status, want, annotate, out) {
+        abort(status, &why, &timestamp(world.now), out);
+        let _ = canary_step(r, c, world, new, stable, stable_hash, hash, status, want, annotate, out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn canary_step(
+    r: &Rollout,
+    c: &tug_api::kinds::rollouts::CanaryStrategy,
+    world: &World,
+    new: &ReplicaSet,
+    stable: Option<&ReplicaSet>,
+    stable_hash: &str,
+    hash: &str,
+    status: &mut RolloutStatus,
+    want: &mut BTreeMap<String, i32>,
+    annotate: &mut BTreeMap<String, BTreeMap<String, String>>,
+    out: &mut Plan,
+) -> Option<String> {
     let now = world.now;
     let stamp = timestamp(now);
     let n = r.spec.replicas.unwrap_or(1).max(0);
@@ -762,7 +784,7 @@ fn canary(
         status.canary = Some(cs);
         status.stable_rs = Some(stable_hash.to_string());
         status.phase = Some("Degraded".into());
-        return;
+        return None;
     }
     let new_ips: Vec<String> = world
         .pods
@@ -786,9 +808,8 @@ fn canary(
             let (v, rs) = analysis_verdict(r, &a, &name, "Background", world, (stable_hash, hash), out);
             cs.current_background_analysis_run_status = Some(rs);
             if let Verdict::Failed(why) = v {
-                abort(status, &why, &stamp, out);
                 status.canary = Some(cs);
-                return canary(r, c, world, new, stable, stable_hash, hash, status, want, annotate, out);
+                return Some(why);
             }
         }
     }
@@ -901,9 +922,8 @@ fn canary(
                 }
                 Verdict::Failed(why) => {
                     status.current_step_index = Some(i32::try_from(idx).unwrap_or(0));
-                    abort(status, &why, &stamp, out);
                     status.canary = Some(cs);
-                    return canary(r, c, world, new, stable, stable_hash, hash, status, want, annotate, out);
+                    return Some(why);
                 }
             }
         }
@@ -935,12 +955,13 @@ fn canary(
         cs.weights = weights(r, 0, hash, hash);
         status.canary = Some(cs);
         status.phase = Some("Progressing".into());
-        return;
+        return None;
     }
     services(r, &stable_selector, hash, Some(weight), out);
     status.stable_rs = Some(stable_hash.to_string());
     cs.weights = weights(r, weight, stable_hash, hash);
     status.canary = Some(cs);
+    None
 }
 
 /// A basic canary's maxSurge and maxUnavailable against `n` (25% each by default; surge
@@ -981,6 +1002,8 @@ fn retire(
     }
 }
 
+/// [`blue_green_step`], and when it finds a reason to abort, the abort and the step again
+/// (which then acts on it in the same reconcile).
 #[allow(clippy::too_many_arguments)]
 fn blue_green(
     r: &Rollout,
@@ -995,6 +1018,28 @@ fn blue_green(
     annotate: &mut BTreeMap<String, BTreeMap<String, String>>,
     out: &mut Plan,
 ) {
+    if let Some(why) =
+        blue_green_step(r, b, world, new, stable, stable_hash, hash, status, want, annotate, out)
+    {
+        abort(status, &why, &timestamp(world.now), out);
+        let _ = blue_green_step(r, b, world, new, stable, stable_hash, hash, status, want, annotate, out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blue_green_step(
+    r: &Rollout,
+    b: &tug_api::kinds::rollouts::BlueGreenStrategy,
+    world: &World,
+    new: &ReplicaSet,
+    stable: Option<&ReplicaSet>,
+    stable_hash: &str,
+    hash: &str,
+    status: &mut RolloutStatus,
+    want: &mut BTreeMap<String, i32>,
+    annotate: &mut BTreeMap<String, BTreeMap<String, String>>,
+    out: &mut Plan,
+) -> Option<String> {
     let now = world.now;
     let stamp = timestamp(now);
     let n = r.spec.replicas.unwrap_or(1).max(0);
@@ -1020,7 +1065,7 @@ fn blue_green(
         bg.active_selector = Some(stable_hash.to_string());
         status.blue_green = Some(bg);
         status.phase = Some("Degraded".into());
-        return;
+        return None;
     }
     status.phase = Some("Progressing".into());
     status.message = None;
@@ -1034,7 +1079,7 @@ fn blue_green(
             bg.available_at = None;
             status.message = Some("waiting for the preview ReplicaSet to be available".into());
             status.blue_green = Some(bg);
-            return;
+            return None;
         }
         let since = bg.available_at.as_deref().and_then(super::parse_time).unwrap_or(now);
         bg.available_at.get_or_insert_with(|| stamp.clone());
@@ -1046,24 +1091,11 @@ fn blue_green(
                 Verdict::Passed => {}
                 Verdict::Failed(why) => {
                     status.blue_green = Some(bg);
-                    abort(status, &why, &stamp, out);
-                    return blue_green(
-                        r,
-                        b,
-                        world,
-                        new,
-                        stable,
-                        stable_hash,
-                        hash,
-                        status,
-                        want,
-                        annotate,
-                        out,
-                    );
+                    return Some(why);
                 }
                 Verdict::Running | Verdict::Inconclusive => {
                     status.blue_green = Some(bg);
-                    return;
+                    return None;
                 }
             }
         }
@@ -1080,7 +1112,7 @@ fn blue_green(
                 status.phase = Some("Paused".into());
                 status.message = Some("BlueGreenPause".into());
                 status.blue_green = Some(bg);
-                return;
+                return None;
             }
         } else if let Some(secs) = b.auto_promotion_seconds.filter(|_| !full) {
             let at = since + u64::try_from(secs.max(0)).unwrap_or(0);
@@ -1088,7 +1120,7 @@ fn blue_green(
                 out.next = out.next.min(Next::After(Duration::from_secs(at - now)));
                 status.message = Some(format!("auto-promotion in {}s", at - now));
                 status.blue_green = Some(bg);
-                return;
+                return None;
             }
         }
         // The preview at full size first, then the switch: one write of the active Service.
@@ -1096,7 +1128,7 @@ fn blue_green(
         if new_avail < n {
             status.message = Some("waiting for the new ReplicaSet to reach full size".into());
             status.blue_green = Some(bg);
-            return;
+            return None;
         }
         out.actions.retain(|a| !matches!(a, Action::Service { name, .. } if *name == b.active_service));
         out.actions.push(Action::Service { name: b.active_service.clone(), hash: hash.into(), weight: None });
@@ -1112,7 +1144,7 @@ fn blue_green(
         bg.active_selector = Some(hash.to_string());
         status.blue_green = Some(bg);
         if b.post_promotion_analysis.is_some() {
-            return;
+            return None;
         }
     } else {
         want.insert(new.metadata.name.clone(), n);
@@ -1128,24 +1160,11 @@ fn blue_green(
                     // Back to the previous active ReplicaSet, which still has its pods.
                     status.blue_green = Some(bg);
                     out.actions.retain(|a| !matches!(a, Action::Service { .. }));
-                    abort(status, &why, &stamp, out);
-                    return blue_green(
-                        r,
-                        b,
-                        world,
-                        new,
-                        stable,
-                        stable_hash,
-                        hash,
-                        status,
-                        want,
-                        annotate,
-                        out,
-                    );
+                    return Some(why);
                 }
                 Verdict::Running | Verdict::Inconclusive => {
                     status.blue_green = Some(bg);
-                    return;
+                    return None;
                 }
             }
         }
@@ -1161,6 +1180,7 @@ fn blue_green(
         reason: "RolloutCompleted",
         message: format!("Rollout completed update to revision {}: {}", revision_of(new), new.metadata.name),
     });
+    None
 }
 
 fn counts(mut s: RolloutStatus, new: Option<&ReplicaSet>, owned: &[ReplicaSet]) -> RolloutStatus {
@@ -1357,15 +1377,7 @@ fn apply(store: &dyn Store, r: &Rollout, stored: &crate::store::Stored, p: &Plan
             )?,
             Action::Release(name) => super::replicaset::set_owner(store, &rs_key(name), None)?,
             Action::Create(rs) => {
-                let mut v = serde_json::to_value(rs.as_ref()).unwrap_or(Value::Null);
-                crate::api::objects::on_create(&mut v, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
-                match store.create(&rs_key(&rs.metadata.name), v) {
-                    Ok(_) => {}
-                    Err(StoreError::AlreadyExists(k)) => {
-                        return Err(StoreError::Conflict { key: k, expected: 0, current: 0 });
-                    }
-                    Err(e) => return Err(e),
-                }
+                super::deployment::create_replicaset(store, &rs_key(&rs.metadata.name), rs)?;
                 let n = rs.spec.replicas.unwrap_or(0);
                 super::event(
                     store,
@@ -1381,28 +1393,18 @@ fn apply(store: &dyn Store, r: &Rollout, stored: &crate::store::Stored, p: &Plan
                 )?;
             }
             Action::Scale { name, replicas, annotations } => {
-                let Some(s) = store.get(&rs_key(name))? else { continue };
-                let mut v = s.object.clone();
-                let before = v["spec"]["replicas"].as_i64().unwrap_or(0);
-                v["spec"]["replicas"] = (*replicas).into();
-                v["metadata"]["annotations"] = serde_json::to_value(annotations).unwrap_or(Value::Null);
-                if v != s.object {
-                    if before != i64::from(*replicas) {
-                        let g = v["metadata"]["generation"].as_i64().unwrap_or(1);
-                        v["metadata"]["generation"] = (g + 1).into();
-                    }
-                    store.update(&s.key, v, Some(s.revision))?;
-                    if before != i64::from(*replicas) {
-                        let dir = if i64::from(*replicas) > before { "up" } else { "down" };
-                        super::event(
-                            store,
-                            involved,
-                            "Normal",
-                            "ScalingReplicaSet",
-                            &format!("Scaled {dir} ReplicaSet {name} from {before} to {replicas}"),
-                            who,
-                        )?;
-                    }
+                if let Some(before) =
+                    super::deployment::scale_replicaset(store, &rs_key(name), *replicas, annotations)?
+                {
+                    let dir = if i64::from(*replicas) > before { "up" } else { "down" };
+                    super::event(
+                        store,
+                        involved,
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled {dir} ReplicaSet {name} from {before} to {replicas}"),
+                        who,
+                    )?;
                 }
             }
             Action::Delete(name) => match store.delete(&rs_key(name), None) {
