@@ -208,6 +208,10 @@ fn the_iptables_proxy_splits_by_the_same_exact_weight() {
     );
 }
 
+/// A client process, the answers it printed so far, and the thread reading them.
+type Client =
+    (std::process::Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>, std::thread::JoinHandle<()>);
+
 fn tally(lines: &[String]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for l in lines {
@@ -379,21 +383,34 @@ spec:
 
     // Clients on both nodes, then promote: each sees blue, then only green, never an error.
     let started = Instant::now();
-    let clients: Vec<_> = (0..2)
+    // Each client's answers as they come, so the promotion waits for both to be answering.
+    let clients: Vec<Client> = (0..2)
         .map(|i| {
             let probe = tug_integration::probe::path();
-            s.cluster.nodes[i]
+            let mut child = s.cluster.nodes[i]
                 .command(&[probe.to_str().unwrap(), "get", &format!("{active}:80"), "800", "10"])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (out, seen) = (child.stdout.take().unwrap(), lines.clone());
+            let reader = std::thread::spawn(move || {
+                use std::io::BufRead;
+                for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    seen.lock().unwrap().push(l);
+                }
+            });
+            (child, lines, reader)
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
+    let answering =
+        wait_for(Duration::from_secs(20), || clients.iter().all(|(_, l, _)| !l.lock().unwrap().is_empty()));
+    assert!(answering, "the clients never answered");
     assert!(cp.tug(&["rollout", "promote", "shop"]).status.success());
-    for (i, c) in clients.into_iter().enumerate() {
-        let out = c.wait_with_output().unwrap();
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    for (i, (mut c, lines, reader)) in clients.into_iter().enumerate() {
+        c.wait().unwrap();
+        reader.join().unwrap();
+        let lines = lines.lock().unwrap().clone();
         let t = tally(&lines);
         assert_eq!(t.get("ERROR"), None, "node {i}: failed requests across the switch: {t:?}");
         let first_green = lines

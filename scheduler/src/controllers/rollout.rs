@@ -416,33 +416,27 @@ pub fn plan(r: &Rollout, world: &World) -> Plan {
         status.phase = Some("Paused".into());
         status.message = Some("manually paused".into());
     } else if let Some(c) = r.spec.strategy.canary.clone() {
-        canary(
-            r,
-            &c,
-            world,
-            &new,
-            stable.as_ref(),
-            &stable_hash,
-            &hash,
-            &mut status,
-            &mut want,
-            &mut annotate,
-            &mut out,
-        );
+        let (new, stable) = (&new, stable.as_ref());
+        step_or_abort(&mut status, world.now, &mut out, |status, out| {
+            canary_step(r, &c, world, new, stable, &stable_hash, &hash, status, &mut want, &mut annotate, out)
+        });
     } else if let Some(b) = r.spec.strategy.blue_green.clone() {
-        blue_green(
-            r,
-            &b,
-            world,
-            &new,
-            stable.as_ref(),
-            &stable_hash,
-            &hash,
-            &mut status,
-            &mut want,
-            &mut annotate,
-            &mut out,
-        );
+        let (new, stable) = (&new, stable.as_ref());
+        step_or_abort(&mut status, world.now, &mut out, |status, out| {
+            blue_green_step(
+                r,
+                &b,
+                world,
+                new,
+                stable,
+                &stable_hash,
+                &hash,
+                status,
+                &mut want,
+                &mut annotate,
+                out,
+            )
+        });
     }
 
     // Failures abort an update in progress.
@@ -581,6 +575,20 @@ pub fn plan(r: &Rollout, world: &World) -> Plan {
     out
 }
 
+/// Runs a strategy's step; when it finds a reason to abort, the abort, and the step again
+/// (which then acts on it in the same reconcile).
+fn step_or_abort(
+    status: &mut RolloutStatus,
+    now: u64,
+    out: &mut Plan,
+    mut step: impl FnMut(&mut RolloutStatus, &mut Plan) -> Option<String>,
+) {
+    if let Some(why) = step(status, out) {
+        abort(status, &why, &timestamp(now), out);
+        let _ = step(status, out);
+    }
+}
+
 fn with_status(r: &Rollout, s: &RolloutStatus) -> Rollout {
     let mut r = r.clone();
     r.status = Some(s.clone());
@@ -695,28 +703,6 @@ fn abort_delay(d: Option<i32>, traffic: bool, aborted_at: Option<&str>, now: u64
         false
     } else {
         true
-    }
-}
-
-/// [`canary_step`], and when it finds a reason to abort, the abort and the step again
-/// (which then acts on it in the same reconcile).
-#[allow(clippy::too_many_arguments)]
-fn canary(
-    r: &Rollout,
-    c: &tug_api::kinds::rollouts::CanaryStrategy,
-    world: &World,
-    new: &ReplicaSet,
-    stable: Option<&ReplicaSet>,
-    stable_hash: &str,
-    hash: &str,
-    status: &mut RolloutStatus,
-    want: &mut BTreeMap<String, i32>,
-    annotate: &mut BTreeMap<String, BTreeMap<String, String>>,
-    out: &mut Plan,
-) {
-    if let Some(why) = canary_step(r, c, world, new, stable, stable_hash, hash, status, want, annotate, out) {
-        abort(status, &why, &timestamp(world.now), out);
-        let _ = canary_step(r, c, world, new, stable, stable_hash, hash, status, want, annotate, out);
     }
 }
 
@@ -999,30 +985,6 @@ fn retire(
     } else {
         want.insert(name.to_string(), n);
         annotate.entry(name.to_string()).or_default().insert(SCALE_DOWN_AT.into(), (now + d).to_string());
-    }
-}
-
-/// [`blue_green_step`], and when it finds a reason to abort, the abort and the step again
-/// (which then acts on it in the same reconcile).
-#[allow(clippy::too_many_arguments)]
-fn blue_green(
-    r: &Rollout,
-    b: &tug_api::kinds::rollouts::BlueGreenStrategy,
-    world: &World,
-    new: &ReplicaSet,
-    stable: Option<&ReplicaSet>,
-    stable_hash: &str,
-    hash: &str,
-    status: &mut RolloutStatus,
-    want: &mut BTreeMap<String, i32>,
-    annotate: &mut BTreeMap<String, BTreeMap<String, String>>,
-    out: &mut Plan,
-) {
-    if let Some(why) =
-        blue_green_step(r, b, world, new, stable, stable_hash, hash, status, want, annotate, out)
-    {
-        abort(status, &why, &timestamp(world.now), out);
-        let _ = blue_green_step(r, b, world, new, stable, stable_hash, hash, status, want, annotate, out);
     }
 }
 
