@@ -329,6 +329,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             }
         });
     }
+    let stats = crate::stats::Cache::default();
     if cfg.proxy_enabled {
         net.route_services(cfg.service_cidr).await?;
         let node = crate::proxy::rules::NodeInfo { cluster_cidr: cfg.cluster_cidr, pod_cidr };
@@ -338,6 +339,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             cfg.node_netns.clone(),
             node,
             Duration::from_secs(300),
+            Arc::clone(&stats.counted),
         ));
     }
     let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
@@ -350,7 +352,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         puller,
         pods_cgroup,
         probes: Default::default(),
-        stats: Default::default(),
+        stats,
         supervisor_cgroup: crate::cgroup::supervisors(),
     });
     // The control plane's way in for `tug logs`, `tug exec` and `tug top`.

@@ -6,10 +6,11 @@
 
 use crate::pods::Ctx;
 use crate::pods::record::{PodRecord, State};
+use crate::proxy::ConnCounts;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tug_api::tunnel::{ContainerUsage, PodUsage, Summary, Usage};
+use tug_api::tunnel::{ConnectionCounts, ContainerUsage, PodUsage, Summary, Usage};
 use tug_shim::supervisor::protocol::{Reply, Request};
 
 /// One container's counters.
@@ -37,7 +38,14 @@ pub struct Sample {
 pub struct Cache {
     last: Mutex<Option<Sample>>,
     summary: Mutex<Option<Summary>>,
+    /// The weighted ports the proxy counts connections of.
+    pub counted: crate::proxy::Counted,
+    /// Per (port, canary?): the counters last read and their running totals.
+    totals: Mutex<Totals>,
+    conn: Mutex<Option<crate::proxy::nft::Conn>>,
 }
+
+type Totals = BTreeMap<(String, bool), (ConnCounts, ConnCounts)>;
 
 impl Cache {
     pub fn summary(&self) -> Option<Summary> {
@@ -79,7 +87,74 @@ pub fn summarize(prev: &Sample, cur: &Sample, timestamp: String) -> Summary {
                 PodUsage { namespace, name, containers }
             })
             .collect(),
+        connections: Vec::new(),
     }
+}
+
+/// Adds the counters just read to the running totals and returns them. The table is made
+/// again now and then (a resync), which starts its counters from zero: counters from a new
+/// chain add all they have, so totals only grow while a split lasts. Ports no longer
+/// counted are dropped.
+pub fn accumulate(totals: &mut Totals, read: Vec<(String, bool, ConnCounts)>) -> Vec<ConnectionCounts> {
+    let mut next = Totals::new();
+    for (base, canary, now) in read {
+        let (last, total) = totals.remove(&(base.clone(), canary)).unwrap_or_default();
+        let same = last.chain == now.chain;
+        let add = |total: u64, last: u64, now: u64| total + if same { now.saturating_sub(last) } else { now };
+        let total = ConnCounts {
+            chain: now.chain,
+            accepted: add(total.accepted, last.accepted, now.accepted),
+            refused: add(total.refused, last.refused, now.refused),
+            reset: add(total.reset, last.reset, now.reset),
+        };
+        next.insert((base, canary), (now, total));
+    }
+    *totals = next;
+    totals
+        .iter()
+        .filter_map(|((base, canary), (_, t))| {
+            // namespace/name/tcp/port-name
+            let mut parts = base.splitn(4, '/');
+            let (namespace, service, _, port) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            Some(ConnectionCounts {
+                namespace: namespace.into(),
+                service: service.into(),
+                port: port.into(),
+                set: if *canary { "canary" } else { "stable" }.into(),
+                accepted: t.accepted,
+                refused: t.refused,
+                reset: t.reset,
+            })
+        })
+        .collect()
+}
+
+/// The proxy's connection counts, read over netlink in the node's namespace.
+fn connections(ctx: &Ctx) -> Vec<ConnectionCounts> {
+    let bases = ctx.stats.counted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut totals = ctx.stats.totals.lock().unwrap_or_else(|e| e.into_inner());
+    if bases.is_empty() {
+        totals.clear();
+        return Vec::new();
+    }
+    let mut conn = ctx.stats.conn.lock().unwrap_or_else(|e| e.into_inner());
+    if conn.is_none() {
+        let netns = ctx.cfg.node_netns.clone();
+        match crate::network::netns::run_in(netns.as_deref(), crate::proxy::nft::Conn::open) {
+            Ok(Ok(c)) => *conn = Some(c),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!("tug-agent: reading the proxy's counters: {e}");
+                return Vec::new();
+            }
+        }
+    }
+    let Some(c) = conn.as_ref() else { return Vec::new() };
+    let read = crate::proxy::read_counts(c, &bases);
+    if read.is_empty() {
+        // Maybe a broken socket: a new one next time.
+        *conn = None;
+    }
+    accumulate(&mut totals, read)
 }
 
 /// CPU time spent busy (all but idle and iowait) from `/proc/stat`'s `cpu` line, in ns
@@ -132,12 +207,13 @@ fn sample(ctx: &Ctx) -> Sample {
 pub async fn run(ctx: Arc<Ctx>, period: Duration) {
     loop {
         let c = Arc::clone(&ctx);
-        if let Ok(cur) = tokio::task::spawn_blocking(move || sample(&c)).await {
+        if let Ok((cur, conns)) = tokio::task::spawn_blocking(move || (sample(&c), connections(&c))).await {
             let mut last = ctx.stats.last.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(prev) = last.as_ref() {
                 let now = crate::pods::rfc3339(std::time::SystemTime::now());
-                *ctx.stats.summary.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(summarize(prev, &cur, now));
+                let mut s = summarize(prev, &cur, now);
+                s.connections = conns;
+                *ctx.stats.summary.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
             }
             *last = Some(cur);
         }
@@ -187,6 +263,30 @@ mod tests {
             s.pods[0].containers[0].usage,
             Usage { cpu_nanocores: 250_000_000, memory_working_set_bytes: 4096 }
         );
+    }
+
+    #[test]
+    fn connection_totals_only_grow_across_a_table_remade() {
+        let c = |chain, accepted, refused, reset| ConnCounts { chain, accepted, refused, reset };
+        let base = "default/web/tcp/http".to_string();
+        let mut totals = Totals::new();
+        let first = accumulate(
+            &mut totals,
+            vec![(base.clone(), true, c(7, 5, 1, 0)), (base.clone(), false, c(9, 9, 0, 0))],
+        );
+        assert_eq!(first.len(), 2);
+        let canary = first.iter().find(|x| x.set == "canary").unwrap();
+        assert_eq!(
+            (canary.namespace.as_str(), canary.service.as_str(), canary.port.as_str()),
+            ("default", "web", "http")
+        );
+        assert_eq!((canary.accepted, canary.refused), (5, 1));
+        // More, then the table is made again (counters from zero), then more.
+        accumulate(&mut totals, vec![(base.clone(), true, c(7, 8, 2, 0))]);
+        accumulate(&mut totals, vec![(base.clone(), true, c(40, 9, 1, 1))]);
+        let now = accumulate(&mut totals, vec![(base.clone(), true, c(40, 11, 1, 1))]);
+        assert_eq!(now.len(), 1, "the stable set is no longer counted");
+        assert_eq!((now[0].accepted, now[0].refused, now[0].reset), (8 + 9 + 2, 2 + 1, 1));
     }
 
     #[test]

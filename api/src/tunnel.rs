@@ -104,6 +104,27 @@ pub struct Summary {
     pub window_seconds: u64,
     pub node: Usage,
     pub pods: Vec<PodUsage>,
+    /// The proxy's counts for weighted (canary) Service ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<ConnectionCounts>,
+}
+
+/// What the node's proxy saw of the connections it sent to one set of a weighted Service
+/// port (a Rollout's stable Service), from the endpoints' replies: SYN-ACKs (`accepted`),
+/// resets before the connection was established (`refused`) and after (`reset`). Counted
+/// since the split began on this node; they only grow while it lasts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionCounts {
+    pub namespace: String,
+    pub service: String,
+    /// The Service port's name.
+    pub port: String,
+    /// `canary` or `stable`.
+    pub set: String,
+    pub accepted: u64,
+    pub refused: u64,
+    pub reset: u64,
 }
 
 /// The agent's answer line: `{}` to go ahead, or the error to show the user.

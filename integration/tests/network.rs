@@ -263,17 +263,34 @@ fn nf_tables_batches_apply_whole_or_not_at_all() {
 }
 
 /// A Rollout's stable Service with a canary weight: the kernel takes the weighted chain
-/// (numgen, byteorder, a less-than compare), and a weight change rewrites only that chain.
+/// (numgen, byteorder, a less-than compare), a weight change rewrites only that chain, and
+/// the replies of each set's endpoints are counted — the canary refuses every connection
+/// (nothing listens), the stable endpoints accept theirs.
 #[test]
-fn a_weighted_service_port_is_accepted_and_reweighted_in_place() {
+fn a_weighted_service_port_is_accepted_reweighted_in_place_and_counted() {
     use tug_agent::proxy::nft::{Cmd, Conn};
     use tug_agent::proxy::rules::{self, NodeInfo, PortInfo, Proto, Ruleset, ServiceInfo};
     let cluster = Cluster::new(1).expect("cluster");
     let ns = node_ns(&cluster.nodes[0]);
+    // The endpoints and the client are addresses of the node's loopback, outside its pod
+    // block (nothing to masquerade); the ClusterIP needs a route to be connected to.
     let node = NodeInfo {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-        pod_cidr: "10.244.0.0/24".parse().unwrap(),
+        pod_cidr: "10.244.1.0/24".parse().unwrap(),
     };
+    for a in ["10.244.0.5/32", "10.244.0.6/32", "10.244.0.7/32", "10.244.0.9/32"] {
+        cluster.nodes[0].run(&["ip", "addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    cluster.nodes[0]
+        .run(&["ip", "route", "add", "10.96.0.0/24", "dev", "eth0", "src", "10.244.0.9"])
+        .unwrap();
+    let listeners: Vec<TcpListener> = ["10.244.0.5:8080", "10.244.0.6:8080"]
+        .iter()
+        .map(|a| netns::run_in(Some(&ns), || TcpListener::bind(a)).unwrap().unwrap())
+        .collect();
+    for l in listeners {
+        std::thread::spawn(move || for _ in l.incoming() {});
+    }
     let svc = |w: u32| ServiceInfo {
         namespace: "default".into(),
         name: "web".into(),
@@ -288,7 +305,7 @@ fn a_weighted_service_port_is_accepted_and_reweighted_in_place() {
         }],
         affinity: None,
     };
-    let (first, second, listed) = netns::run_in(Some(&ns), || {
+    let (first, second, listed, tries, counts) = netns::run_in(Some(&ns), || {
         let conn = Conn::open().expect("nf_tables");
         let r = rules::build(&[svc(10)], &Ruleset::default());
         let first = conn.apply(rules::TABLE, &rules::full(&r, &node));
@@ -296,12 +313,31 @@ fn a_weighted_service_port_is_accepted_and_reweighted_in_place() {
         let cmds = rules::update(&mut r2, &[svc(10)], &[svc(50)]);
         let only_chain = cmds.iter().all(|c| matches!(c, Cmd::FlushChain(_) | Cmd::AddRule { .. }));
         let second = conn.apply(rules::TABLE, &cmds).map(|()| only_chain);
+        // 40 connections (from 10.244.0.9, the route's source): (accepted, refused).
+        let mut tries = (0, 0);
+        for _ in 0..40 {
+            match TcpStream::connect_timeout(&SocketAddr::from(([10, 96, 0, 20], 80)), Duration::from_secs(2))
+            {
+                Ok(_) => tries.0 += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => tries.1 += 1,
+                Err(e) => panic!("connecting to the ClusterIP: {e}"),
+            }
+        }
+        let counts = tug_agent::proxy::read_counts(&conn, &rules::counted(&r2));
         let out = std::process::Command::new("nft").args(["list", "table", "ip", rules::TABLE]).output();
         let _ = conn.apply(rules::TABLE, &[Cmd::DeleteTable]);
-        (first, second, out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default())
+        let listed = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        (first, second, listed, tries, counts)
     })
     .expect("netns");
     assert_eq!(first, Ok(()), "{listed}");
     assert_eq!(second, Ok(true), "a weight change touches only the port's chain");
     assert!(listed.contains("numgen random mod 100 < 50"), "{listed}");
+    // Half and half, give or take: both sets had some (the odds of not: 2 in a million).
+    assert!(tries.0 > 0 && tries.1 > 0, "{tries:?}");
+    let set = |canary: bool| {
+        counts.iter().find(|(_, c, _)| *c == canary).map(|(_, _, n)| (n.accepted, n.refused, n.reset))
+    };
+    assert_eq!(set(true), Some((0, tries.1, 0)), "the canary refused every one sent to it:\n{listed}");
+    assert_eq!(set(false), Some((tries.0, 0, 0)), "the stable set accepted its share:\n{listed}");
 }

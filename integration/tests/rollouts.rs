@@ -1,7 +1,8 @@
 //! Rollouts end to end on the cluster in namespaces: a canary's exact traffic weight through
 //! the ClusterIP (not the replica ratio), promotion through the steps, a failing canary
-//! aborted by its web analysis with the traffic back on stable; blue-green with a preview
-//! Service and an atomic switch seen by clients on every node.
+//! aborted by its web analysis with the traffic back on stable, a canary refusing
+//! connections aborted by the proxy's counts; blue-green with a preview Service and an
+//! atomic switch seen by clients on every node.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,6 +13,13 @@ use tug_integration::wait_for;
 
 /// The app: `/` answers its VERSION, `/cgi-bin/health` answers `ok`, or 500 when BROKEN.
 fn app(name: &str, version: &str, broken: bool, strategy: &str) -> String {
+    app_on(name, version, broken, strategy, "8080")
+}
+
+/// [`app`] listening on `listen`: on any other than 8080 it is ready (its probe asks there)
+/// but refuses every connection to its Service's target port.
+fn app_on(name: &str, version: &str, broken: bool, strategy: &str, listen: &str) -> String {
+    let probe_port = if listen == "8080" { "http" } else { listen };
     let health = if broken {
         r#"printf '#!/bin/sh\necho \"Status: 500 Internal Server Error\"\necho\necho broken\n'"#
     } else {
@@ -35,10 +43,10 @@ spec:
         image: tug.local/probe:1
         imagePullPolicy: Never
         env: [{{name: VERSION, value: {version}}}]
-        command: ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin && echo $VERSION > /tmp/w/index.html && {health} > /tmp/w/cgi-bin/health && chmod +x /tmp/w/cgi-bin/health && exec httpd -f -p 8080 -h /tmp/w"]
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin && echo $VERSION > /tmp/w/index.html && {health} > /tmp/w/cgi-bin/health && chmod +x /tmp/w/cgi-bin/health && exec httpd -f -p {listen} -h /tmp/w"]
         ports: [{{name: http, containerPort: 8080}}]
         readinessProbe:
-          httpGet: {{path: /, port: http}}
+          httpGet: {{path: /, port: {probe_port}}}
           periodSeconds: 1
   strategy:
 {strategy}
@@ -92,6 +100,34 @@ spec:
       web:
         url: "http://{{args.service}}.default.svc.cluster.local/cgi-bin/health"
         timeoutSeconds: 3
+"#;
+
+/// A canary analysed by the proxy's connection counts alone.
+const COUNTED: &str = r#"
+    canary:
+      stableService: web
+      canaryService: web-canary
+      scaleDownDelaySeconds: 2
+      abortScaleDownDelaySeconds: 0
+      analysis:
+        templates: [{templateName: connections}]
+        startingStep: 1
+      steps:
+      - setWeight: 50
+      - pause: {}
+"#;
+
+const CONNECTIONS: &str = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: connections}
+spec:
+  metrics:
+  - name: connections
+    interval: 3s
+    successCondition: result.connectionFailureRate < 0.2
+    provider:
+      pods: {}
 "#;
 
 struct Setup {
@@ -307,6 +343,45 @@ fn a_canary_gets_its_exact_weight_promotes_and_a_failing_one_is_aborted_by_analy
     assert!(cp.tug(&["rollout", "undo", "rollout/web"]).status.success());
     let out = cp.tug(&["rollout", "status", "rollout/web", "--timeout", "60s"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), s.logs());
+}
+
+/// v2 is ready but refuses connections on its Service's port: the nodes' proxies count the
+/// refusals of its set, the `pods` metric's failure rate passes 0.2, the update aborts, and
+/// every connection goes to v1 again.
+#[test]
+fn a_canary_refusing_connections_is_aborted_by_the_proxys_counts() {
+    let s = Setup::new(1, "nftables");
+    let cp = &s.cp;
+    cp.apply(SERVICES);
+    cp.apply(CONNECTIONS);
+    cp.apply(&app("web", "v1", false, COUNTED));
+    let out = cp.tug(&["rollout", "status", "rollout/web", "--timeout", "120s"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), s.logs());
+    let ip = s.cluster_ip("web");
+    cp.apply(&app_on("web", "v2", false, COUNTED, "8081"));
+    s.wait_phase("web", "Paused", Some(1), Duration::from_secs(90));
+    // Traffic until the abort: about half of it refused by the canary.
+    let mut answers = Vec::new();
+    let aborted = wait_for(Duration::from_secs(60), || {
+        answers.extend(s.requests(0, &ip, 20, 50));
+        s.rollout("web")["status"]["phase"] == "Degraded"
+    });
+    assert!(aborted, "{:#}\n{:?}\n{}", s.rollout("web"), tally(&answers), s.logs());
+    let refused = answers.iter().filter(|a| a.starts_with("ERROR")).count();
+    assert!(refused > 0 && answers.iter().any(|a| a == "v1"), "{:?}", tally(&answers));
+    let msg = s.rollout("web")["status"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.starts_with("RolloutAborted: ") && msg.contains("connections"), "{msg}");
+    let runs = cp.get_json(&["analysisrun", "-l", "rollout-type=Background"]).unwrap();
+    let failed = runs["items"].as_array().unwrap().iter().find(|x| x["status"]["phase"] == "Failed");
+    let failed = failed.unwrap_or_else(|| panic!("{runs:#}"));
+    let last =
+        failed["status"]["metricResults"][0]["measurements"].as_array().unwrap().last().unwrap().clone();
+    let value: serde_json::Value = serde_json::from_str(last["value"].as_str().unwrap()).unwrap();
+    assert!(value["connectionFailureRate"].as_f64().unwrap() >= 0.2, "{last:#}");
+    assert!(value["connections"]["refused"].as_u64().unwrap() > 0, "{last:#}");
+    // Back on stable: no refusals.
+    let t = tally(&s.requests(0, &ip, 100, 0));
+    assert_eq!(t.get("v1"), Some(&100), "{t:?}");
 }
 
 #[test]

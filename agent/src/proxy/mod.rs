@@ -16,7 +16,7 @@ use rules::{NodeInfo, PortInfo, Proto, Ruleset, ServiceInfo};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tug_api::kinds::rollouts::{CANARY_SERVICE, CANARY_WEIGHT};
 
@@ -84,6 +84,35 @@ fn port_endpoints(ep: Option<&Value>, pname: &str, proto: Proto) -> Vec<(std::ne
     eps
 }
 
+/// The weighted TCP ports whose connections the nftables proxy counts (their bases,
+/// `namespace/name/tcp/port-name`), as last applied: what the stats loop reads.
+pub type Counted = Arc<Mutex<Vec<String>>>;
+
+/// One set's counters, in its counting chain's rule order, and which chain they came from
+/// (its first rule's handle: a chain made again counts from zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    pub chain: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub reset: u64,
+}
+
+/// The counters of each counted port's sets: `(base, canary?, counts)`. A chain that cannot
+/// be read (gone since the list was taken) is left out.
+pub fn read_counts(conn: &nft::Conn, bases: &[String]) -> Vec<(String, bool, ConnCounts)> {
+    let mut out = Vec::with_capacity(bases.len() * 2);
+    for base in bases {
+        for canary in [true, false] {
+            let Ok(c) = conn.counters(rules::TABLE, &rules::conns_chain(base, canary)) else { continue };
+            if let [(chain, accepted), (_, refused), (_, reset)] = c[..] {
+                out.push((base.clone(), canary, ConnCounts { chain, accepted, refused, reset }));
+            }
+        }
+    }
+    out
+}
+
 /// How Services are programmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -99,6 +128,7 @@ struct Applied {
     chains: std::collections::BTreeSet<String>,
     /// The nf_tables connection, opened in the node's namespace.
     conn: Option<nft::Conn>,
+    counted: Counted,
 }
 
 impl Applied {
@@ -106,6 +136,7 @@ impl Applied {
     fn forget(&mut self) {
         self.services = None;
         self.rules = None;
+        self.counted.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -140,6 +171,7 @@ fn program(
                 return Err(e);
             }
             let n = desired.ports.len();
+            *applied.counted.lock().unwrap_or_else(|e| e.into_inner()) = rules::counted(&desired);
             applied.rules = Some(desired);
             Ok(n)
         }
@@ -178,9 +210,10 @@ pub async fn run(
     netns: Option<PathBuf>,
     node: NodeInfo,
     resync: Duration,
+    counted: Counted,
 ) {
     let changed = catalog.subscribe();
-    let mut applied = Applied::default();
+    let mut applied = Applied { counted: Arc::clone(&counted), ..Applied::default() };
     let mut full_at = Instant::now() + resync;
     loop {
         tokio::select! {
@@ -220,6 +253,7 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!("tug-agent: proxy: {e}");
+                applied.counted = Arc::clone(&counted);
                 retry(&mut applied, &changed).await;
             }
         }

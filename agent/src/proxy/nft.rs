@@ -24,6 +24,7 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -32,10 +33,12 @@ const NFT_MSG_GETGEN: u16 = 16;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 
 /// The verdict register.
 pub const VERDICT: u32 = 0;
@@ -51,6 +54,14 @@ pub const BASE_TRANSPORT: u32 = 2;
 pub const CMP_EQ: u32 = 0;
 pub const CMP_NEQ: u32 = 1;
 pub const CMP_LT: u32 = 2;
+/// `ct` keys.
+pub const CT_DIRECTION: u32 = 1;
+pub const CT_STATUS: u32 = 2;
+pub const CT_PROTO_DST: u32 = 12;
+pub const CT_DST_IP: u32 = 20;
+/// `ct direction` values.
+pub const CT_ORIGINAL: u8 = 0;
+pub const CT_REPLY: u8 = 1;
 pub const DYNSET_ADD: u32 = 0;
 pub const DYNSET_UPDATE: u32 = 1;
 pub const SET_MAP: u32 = 0x8;
@@ -145,6 +156,14 @@ pub enum Expr {
     CtStatus {
         dreg: u32,
     },
+    /// A conntrack key into `dreg`; tuple keys name the direction (`ct original ip daddr`).
+    Ct {
+        key: u32,
+        dir: Option<u8>,
+        dreg: u32,
+    },
+    /// Counts the packets (and bytes) that reach it.
+    Counter,
     Dynset {
         set: String,
         op: u32,
@@ -222,6 +241,7 @@ impl fmt::Display for Expr {
                     (1, 12, 4) => "ip saddr".to_string(),
                     (1, 16, 4) => "ip daddr".to_string(),
                     (2, 2, 2) => "th dport".to_string(),
+                    (2, 13, 1) => "tcp flags".to_string(),
                     _ => format!("payload base {base} offset {offset} len {len}"),
                 };
                 write!(f, "{}={what}", reg_name(*dreg))
@@ -254,6 +274,22 @@ impl fmt::Display for Expr {
             Expr::FibDaddrType { dreg } => write!(f, "{}=fib daddr type", reg_name(*dreg)),
             Expr::Reject => write!(f, "reject"),
             Expr::CtStatus { dreg } => write!(f, "{}=ct status", reg_name(*dreg)),
+            Expr::Ct { key, dir, dreg } => {
+                let dir = match dir {
+                    Some(CT_ORIGINAL) => " original",
+                    Some(_) => " reply",
+                    None => "",
+                };
+                let what = match *key {
+                    CT_DIRECTION => "direction",
+                    CT_STATUS => "status",
+                    CT_PROTO_DST => "proto-dst",
+                    CT_DST_IP => "ip daddr",
+                    _ => "?",
+                };
+                write!(f, "{}=ct{dir} {what}", reg_name(*dreg))
+            }
+            Expr::Counter => write!(f, "counter"),
             Expr::Dynset { set, op, key, data, timeout_ms } => {
                 let verb = match *op {
                     DYNSET_ADD => "add",
@@ -499,7 +535,18 @@ impl Writer {
             }
             Expr::CtStatus { dreg } => {
                 self.u32(1, *dreg);
-                self.u32(2, 2); // NFT_CT_STATUS
+                self.u32(2, CT_STATUS);
+            }
+            Expr::Ct { key, dir, dreg } => {
+                self.u32(1, *dreg);
+                self.u32(2, *key);
+                if let Some(d) = dir {
+                    self.attr(3, &[*d]);
+                }
+            }
+            Expr::Counter => {
+                self.attr(1, &0u64.to_be_bytes()); // NFTA_COUNTER_BYTES
+                self.attr(2, &0u64.to_be_bytes()); // NFTA_COUNTER_PACKETS
             }
             Expr::Dynset { set, op, key, data, timeout_ms } => {
                 self.str(1, set);
@@ -532,7 +579,8 @@ fn expr_name(e: &Expr) -> &'static str {
         Expr::Masquerade => "masq",
         Expr::FibDaddrType { .. } => "fib",
         Expr::Reject => "reject",
-        Expr::CtStatus { .. } => "ct",
+        Expr::CtStatus { .. } | Expr::Ct { .. } => "ct",
+        Expr::Counter => "counter",
         Expr::Dynset { .. } => "dynset",
     }
 }
@@ -707,6 +755,100 @@ impl Conn {
             }
         }
     }
+}
+
+impl Conn {
+    /// Each rule of `chain` in `table`: its handle (a rule made again has a new one) and the
+    /// packets its `counter` counted (0 without one). One dump, read while the rules go on
+    /// counting.
+    pub fn counters(&self, table: &str, chain: &str) -> Result<Vec<(u64, u64)>, String> {
+        let mut w = Writer { buf: Vec::new(), seq: u32::MAX - 2, origin: Vec::new() };
+        let m = w.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            NFPROTO_IPV4,
+            0,
+        );
+        w.str(1, table);
+        w.str(2, chain);
+        w.end(m);
+        self.0.send(&w.buf)?;
+        let mut out = Vec::new();
+        let mut rbuf = Vec::with_capacity(64 * 1024);
+        loop {
+            let n = self.0.recv(&mut rbuf)?;
+            let mut at = 0;
+            while at + 16 <= n {
+                let len = u32::from_ne_bytes(rbuf[at..at + 4].try_into().unwrap_or_default()) as usize;
+                let ty = u16::from_ne_bytes(rbuf[at + 4..at + 6].try_into().unwrap_or_default());
+                let seq = u32::from_ne_bytes(rbuf[at + 8..at + 12].try_into().unwrap_or_default());
+                if len < 16 || at + len > n {
+                    break;
+                }
+                let msg = &rbuf[at..at + len];
+                at += (len + 3) & !3;
+                if seq != u32::MAX - 2 {
+                    continue; // an answer to something earlier
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR if len >= 20 => {
+                        let errno = i32::from_ne_bytes(msg[16..20].try_into().unwrap_or_default());
+                        if errno != 0 {
+                            let err = std::io::Error::from_raw_os_error(-errno);
+                            return Err(format!("nf_tables: listing chain {chain} of {table}: {err}"));
+                        }
+                    }
+                    t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE && len >= 20 => {
+                        out.push(rule_packets(&msg[20..]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The attributes in `b`: `(type without flags, payload)`.
+fn attrs(b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= b.len() {
+        let len = usize::from(u16::from_ne_bytes([b[at], b[at + 1]]));
+        let ty = u16::from_ne_bytes([b[at + 2], b[at + 3]]) & 0x3fff;
+        if len < 4 || at + len > b.len() {
+            break;
+        }
+        out.push((ty, &b[at + 4..at + len]));
+        at += (len + 3) & !3;
+    }
+    out
+}
+
+/// A dumped rule's handle and the packets its `counter` counted (from its attributes after
+/// the nfgenmsg).
+fn rule_packets(rule: &[u8]) -> (u64, u64) {
+    let (mut handle, mut packets) = (0, 0);
+    for (_, v) in attrs(rule).into_iter().filter(|(t, v)| *t == 3 && v.len() == 8) {
+        handle = u64::from_be_bytes(v.try_into().unwrap_or_default());
+    }
+    for (_, list) in attrs(rule).into_iter().filter(|(t, _)| *t == 4) {
+        for (_, elem) in attrs(list) {
+            let parts = attrs(elem);
+            let name = parts.iter().find(|(t, _)| *t == 1).map(|(_, v)| *v).unwrap_or_default();
+            if name != b"counter\0" {
+                continue;
+            }
+            for (_, data) in parts.iter().filter(|(t, _)| *t == 2) {
+                for (t, v) in attrs(data) {
+                    if t == 2 && v.len() == 8 {
+                        packets += u64::from_be_bytes(v.try_into().unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+    (handle, packets)
 }
 
 fn describe(cmds: &[Cmd], origin: &[usize], seq: u32, errno: i32, msg: &str) -> String {

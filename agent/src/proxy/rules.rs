@@ -17,7 +17,12 @@
 //!                       ID . EP_i . ip saddr in @affinity → refresh it, dnat to EP_i     (each i)
 //!                       numgen random mod N-i == 0 → add ID . EP_i . ip saddr, dnat to EP_i
 //!   external-<h>-…:     meta mark |= MASQ; goto service-…                    (NodePort, ClientIP)
+//!   weighted-<h>-…:     numgen random mod 100 < W → dnat to the canary set's endpoints
+//!                       else → dnat to the stable set's endpoints     (a Rollout's canary)
 //!   filter-forward/-output/-input:  … vmap @no-endpoint-services / @no-endpoint-nodeports → reject
+//!                       tcp flags syn,rst ct direction reply
+//!                       ct original ip daddr . ct original proto-dst . ip saddr vmap @connection-sets
+//!   conns-{canary,stable}-<h>-…:  SYN-ACK counter; RST, not assured counter; RST, assured counter
 //!   nat-postrouting:    marked → masquerade
 //!                       ct status dnat, ip saddr and ip daddr in PODS → masquerade
 //! ```
@@ -202,6 +207,87 @@ fn weighted_chain(base: &str) -> String {
 fn weighted_key(id: u32, canary: bool, proto: Proto, port: u16) -> Vec<u8> {
     let a = Ipv4Addr::from(((id & 0x007f_ffff) << 1) | u32::from(canary));
     ip_key(a, proto, port)
+}
+
+/// The chain counting a weighted port's connections to one of its sets.
+pub fn conns_chain(base: &str, canary: bool) -> String {
+    format!("conns-{}-{}-{base}", if canary { "canary" } else { "stable" }, hash(base))
+}
+
+/// Whether a port splits its connections by weight (and counts them, when TCP).
+fn weighted(p: &Port) -> bool {
+    p.canary.is_some() && p.affinity.is_none() && !p.endpoints.is_empty()
+}
+
+/// The ports whose connections are counted per set: weighted TCP ports, by base
+/// (`namespace/name/tcp/port-name`).
+pub fn counted(r: &Ruleset) -> Vec<String> {
+    r.ports.iter().filter(|(_, p)| weighted(p) && p.proto == Proto::Tcp).map(|(b, _)| b.clone()).collect()
+}
+
+/// TCP flags.
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+/// `ct status` bits.
+const IPS_ASSURED: u32 = 0x4;
+
+fn tcp_flags(mask: u8, op: u32, value: u8) -> Vec<Expr> {
+    vec![
+        Expr::Payload { base: nft::BASE_TRANSPORT, offset: 13, len: 1, dreg: r(0) },
+        Expr::Bitwise { sreg: r(0), dreg: r(0), mask: vec![mask], xor: vec![0] },
+        Expr::Cmp { sreg: r(0), op, data: vec![value] },
+    ]
+}
+
+/// The rules of a set's counting chain, in the order [`super::ConnCounts`] reads them: the
+/// endpoint's SYN-ACKs (accepted), its resets of connections never established (refused),
+/// its resets of established ones (reset).
+fn conns_rules() -> Vec<Vec<Expr>> {
+    let assured = |op| {
+        vec![
+            Expr::CtStatus { dreg: r(1) },
+            Expr::Bitwise {
+                sreg: r(1),
+                dreg: r(1),
+                mask: IPS_ASSURED.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp { sreg: r(1), op, data: vec![0; 4] },
+        ]
+    };
+    let mut accepted = tcp_flags(SYN | ACK | RST, nft::CMP_EQ, SYN | ACK);
+    accepted.push(Expr::Counter);
+    let mut refused = tcp_flags(RST, nft::CMP_NEQ, 0);
+    refused.extend(assured(nft::CMP_EQ));
+    refused.push(Expr::Counter);
+    let mut reset = tcp_flags(RST, nft::CMP_NEQ, 0);
+    reset.extend(assured(nft::CMP_NEQ));
+    reset.push(Expr::Counter);
+    vec![accepted, refused, reset]
+}
+
+/// The filter chains' last rule: a SYN-ACK or reset that an endpoint sends back on a
+/// connection DNATed here goes to its set's counting chain — looked up by (ClusterIP, port)
+/// from conntrack and the endpoint's address — before the reply is un-DNATed. A reply from
+/// a pod passes forward (to a pod) or input (to the node); one from the node's own stack (a
+/// host-network endpoint) passes output, and is un-DNATed in postrouting before it loops
+/// back to input. Priority -110 comes before NAT's 100 on each.
+fn count_replies() -> Vec<Expr> {
+    let mut out = vec![
+        Expr::Meta { key: nft::META_L4PROTO, dreg: r(0) },
+        Expr::Cmp { sreg: r(0), op: nft::CMP_EQ, data: vec![Proto::Tcp.number()] },
+    ];
+    out.extend(tcp_flags(SYN | RST, nft::CMP_NEQ, 0));
+    out.extend([
+        Expr::Ct { key: nft::CT_DIRECTION, dir: None, dreg: r(0) },
+        Expr::Cmp { sreg: r(0), op: nft::CMP_EQ, data: vec![nft::CT_REPLY] },
+        Expr::Ct { key: nft::CT_DST_IP, dir: Some(nft::CT_ORIGINAL), dreg: r(0) },
+        Expr::Ct { key: nft::CT_PROTO_DST, dir: Some(nft::CT_ORIGINAL), dreg: r(1) },
+        payload_saddr(r(2)),
+        Expr::Lookup { set: "connection-sets".into(), sreg: r(0), dreg: Some(nft::VERDICT) },
+    ]);
+    out
 }
 
 fn external_chain(base: &str) -> String {
@@ -418,6 +504,19 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
                 ));
             }
         }
+        if p.proto == Proto::Tcp {
+            // Each endpoint address to its set's counting chain (an address in both sets is
+            // counted as the canary's).
+            let mut sets: BTreeMap<Ipv4Addr, bool> = p.endpoints.iter().map(|(a, _)| (*a, false)).collect();
+            sets.extend(canary.iter().map(|(a, _)| (*a, true)));
+            for (a, is_canary) in sets {
+                out.push((
+                    "connection-sets",
+                    [nft::key_ip(p.ip), nft::key_port(p.port), nft::key_ip(a)].concat(),
+                    Some(Data::Goto(conns_chain(base, is_canary))),
+                ));
+            }
+        }
         out.push(("service-ips", key, Some(Data::Goto(weighted_chain(base)))));
         if let Some(np) = p.node_port {
             out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(external_chain(base)))));
@@ -476,7 +575,12 @@ fn chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
         ];
         to_canary.extend(pick(true, canary.len()));
         let rules = vec![vec![Expr::Jump("mark-outside".into())], to_canary, pick(false, p.endpoints.len())];
-        let mut out = vec![(chain.clone(), rules)];
+        let mut out = Vec::with_capacity(4);
+        if p.proto == Proto::Tcp {
+            out.push((conns_chain(base, true), conns_rules()));
+            out.push((conns_chain(base, false), conns_rules()));
+        }
+        out.push((chain.clone(), rules));
         if p.node_port.is_some() {
             out.push((external_chain(base), vec![mark_masquerade(r(0)), vec![Expr::Goto(chain)]]));
         }
@@ -589,6 +693,13 @@ fn sets() -> Vec<SetSpec> {
             data: endpoint,
         },
         SetSpec {
+            name: "connection-sets",
+            flags: nft::SET_MAP,
+            key_type: concat(&[IPV4, SERVICE, IPV4]),
+            key_len: 12,
+            data: verdict,
+        },
+        SetSpec {
             name: "affinity",
             flags: nft::SET_TIMEOUT | nft::SET_EVAL,
             key_type: concat(&[MARK, IPV4, SERVICE, IPV4]),
@@ -672,6 +783,9 @@ pub fn full(rules: &Ruleset, node: &NodeInfo) -> Vec<Cmd> {
     out.push(rule("filter-forward", dispatch("no-endpoint-services")));
     out.push(rule("filter-output", dispatch("no-endpoint-services")));
     out.push(rule("filter-input", local("no-endpoint-nodeports")));
+    for chain in ["filter-forward", "filter-input", "filter-output"] {
+        out.push(rule(chain, count_replies()));
+    }
     out.push(rule("reject-chain", vec![Expr::Reject]));
     out.extend(diff(&Ruleset::default(), rules));
     out
@@ -811,6 +925,44 @@ pub(crate) mod tests {
 
     fn hex_ne(v: u32) -> String {
         v.to_ne_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_weighted_tcp_port_counts_each_sets_replies_and_a_reweight_keeps_the_counters() {
+        let weighted = |w: u32, proto: Proto| {
+            let mut s = svc("web", "10.96.0.10", &[("10.244.1.5", 8080), ("10.244.1.6", 8080)], None, None);
+            s.ports[0].proto = proto;
+            s.ports[0].canary = Some((w, vec![("10.244.1.7".parse().unwrap(), 8080)]));
+            s
+        };
+        let r = build(&[weighted(10, Proto::Tcp)], &Ruleset::default());
+        assert_eq!(counted(&r), vec!["default/web/tcp/http".to_string()]);
+        let got = text(&diff(&Ruleset::default(), &r));
+        let canary = conns_chain("default/web/tcp/http", true);
+        assert!(got.starts_with(&format!("add chain {canary}\nadd rule {canary} r0=tcp flags;")), "{got}");
+        // (ClusterIP, port, endpoint) → the endpoint's set.
+        assert!(
+            got.contains(&format!(
+                "add element connection-sets {{ 0a60000a005000000af40107 : goto {canary} }}"
+            )),
+            "{got}"
+        );
+        assert_eq!(got.matches("add element connection-sets").count(), 3, "{got}");
+        let all = text(&full(&r, &node()));
+        for chain in ["filter-forward", "filter-input", "filter-output"] {
+            assert!(
+                all.contains(&format!("add rule {chain} r0=meta l4proto; r0 == 06; r0=tcp flags;")),
+                "{all}"
+            );
+        }
+        // A new weight rewrites the weighted chain only: the counting chains keep counting.
+        let mut r2 = r.clone();
+        let cmds = text(&update(&mut r2, &[weighted(10, Proto::Tcp)], &[weighted(50, Proto::Tcp)]));
+        assert!(cmds.starts_with("flush chain weighted-") && !cmds.contains("conns-"), "{cmds}");
+        // UDP has no resets to count.
+        let u = build(&[weighted(10, Proto::Udp)], &Ruleset::default());
+        assert!(counted(&u).is_empty());
+        assert!(!text(&diff(&Ruleset::default(), &u)).contains("conns-"));
     }
 
     #[test]

@@ -163,6 +163,7 @@ mod tests {
                 },
                 PodUsage { namespace: "team-a".into(), name: "x".into(), containers: vec![] },
             ],
+            connections: vec![],
         };
         let n = node_metrics("n1", &s);
         assert_eq!(n["usage"], json!({"cpu": "250000000n", "memory": "2097152Ki"}));

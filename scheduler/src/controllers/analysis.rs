@@ -11,7 +11,12 @@
 //! - `job`: a Job made from the metric's template; its success is the measurement's.
 //! - `pods` (Tug's own): the health of a ReplicaSet's pods — `result.ready`, `total`,
 //!   `notReady`, `restarts`, `oomKilled`, `crashLooping`; without conditions, any restart,
-//!   OOM kill or crash loop fails it.
+//!   OOM kill or crash loop fails it. For a run of a canary Rollout whose stable Service
+//!   splits traffic by weight, also what the nodes' proxies counted of the connections they
+//!   sent to this ReplicaSet's set since the metric's previous measurement (the first: since
+//!   the split began): `result.connections.{accepted, refused, reset, attempts, failures}`
+//!   and `result.connectionFailureRate` (failures / attempts, 0 without attempts), where
+//!   attempts are the accepted and refused connections and failures the refused and reset.
 //!
 //! [`step`] is pure: it returns the run's next status and the measurements to start; web
 //! measurements run as tasks that write their result into the run when it comes.
@@ -34,6 +39,9 @@ use tug_api::validate_rollouts::{go_duration, int_value};
 pub const PREFIX: &str = "argoproj.io/analysisruns/";
 const JOBS: &str = "batch/jobs/";
 const PODS: &str = "/pods/";
+const ROLLOUTS: &str = "argoproj.io/rollouts/";
+/// A measurement's metadata: the connection counts it was computed from (running totals).
+const CONN_KEYS: [&str; 3] = ["connections-accepted", "connections-refused", "connections-reset"];
 /// Measurements kept per metric (Argo keeps ten).
 const KEEP: usize = 10;
 
@@ -182,6 +190,33 @@ pub trait Env {
     fn pods(&self, hash: &str) -> Value;
     /// A Job's state: Running, Successful or Failed (None: gone).
     fn job(&self, name: &str) -> Option<&'static str>;
+    /// The proxies' running totals of (accepted, refused, reset) connections to the pods
+    /// labelled with this hash, when traffic is split by weight between them and others.
+    fn connections(&self, hash: &str) -> Option<[u64; 3]>;
+}
+
+/// Adds the connection figures to a `pods` result: the counts since `before` (the previous
+/// measurement's totals; all of `now` without them, or when they are larger — the split
+/// began again) and the failure rate.
+pub fn connection_figures(result: &mut Value, now: [u64; 3], before: Option<[u64; 3]>) {
+    let since = match before {
+        Some(b) if b.iter().zip(&now).all(|(b, n)| b <= n) => b,
+        _ => [0; 3],
+    };
+    let [accepted, refused, reset] = [now[0] - since[0], now[1] - since[1], now[2] - since[2]];
+    let (attempts, failures) = (accepted + refused, refused + reset);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = if attempts == 0 { 0.0 } else { (failures as f64 / attempts as f64).min(1.0) };
+    result["connections"] = json!({"accepted": accepted, "refused": refused, "reset": reset,
+        "attempts": attempts, "failures": failures});
+    result["connectionFailureRate"] = json!((rate * 10_000.0).round() / 10_000.0);
+}
+
+/// The connection totals a measurement recorded.
+fn recorded(m: &Measurement) -> Option<[u64; 3]> {
+    let md = m.metadata.as_ref()?;
+    let get = |k: &str| md.get(k).and_then(|v| v.parse().ok());
+    Some([get(CONN_KEYS[0])?, get(CONN_KEYS[1])?, get(CONN_KEYS[2])?])
 }
 
 /// The run's next status, what to start, and when to look again.
@@ -285,7 +320,13 @@ pub fn step(run: &AnalysisRun, now: u64, env: &dyn Env) -> (AnalysisRunStatus, V
                 .clone()
                 .or_else(|| run.metadata.labels.get(HASH_LABEL).cloned())
                 .unwrap_or_default();
-            let result = env.pods(&hash);
+            let mut result = env.pods(&hash);
+            if let Some(now) = env.connections(&hash) {
+                let before = r.measurements.iter().rev().find_map(recorded);
+                connection_figures(&mut result, now, before);
+                measurement.metadata =
+                    Some(CONN_KEYS.iter().zip(now).map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            }
             let (phase, msg) = judge(
                 m,
                 &result,
@@ -366,6 +407,9 @@ fn job_name(run: &str, metric: &str, n: i32) -> String {
 struct StoreEnv {
     pods: Vec<Value>,
     jobs: BTreeMap<String, &'static str>,
+    /// The Rollout the run belongs to, and the nodes' latest counts.
+    rollout: Option<Value>,
+    usage: Arc<super::hpa::UsageIndex>,
 }
 
 impl Env for StoreEnv {
@@ -401,17 +445,29 @@ impl Env for StoreEnv {
     fn job(&self, name: &str) -> Option<&'static str> {
         self.jobs.get(name).copied()
     }
+
+    fn connections(&self, hash: &str) -> Option<[u64; 3]> {
+        let ro = self.rollout.as_ref()?;
+        let ns = ro["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let svc = ro["spec"]["strategy"]["canary"]["stableService"].as_str()?.to_string();
+        let set = if ro["status"]["stableRS"].as_str() == Some(hash) { "stable" } else { "canary" };
+        let sets = self.usage.connections.get(&(ns, svc))?;
+        let mine: Vec<_> = sets.iter().filter(|c| c.set == set).collect();
+        (!mine.is_empty())
+            .then(|| mine.iter().fold([0; 3], |a, c| [a[0] + c.accepted, a[1] + c.refused, a[2] + c.reset]))
+    }
 }
 
 /// The reconciler.
 pub struct Analysis {
     store: Arc<dyn Store>,
     dialer: Option<Dialer>,
+    usage: super::hpa::UsageCache,
 }
 
 impl Analysis {
-    pub fn new(store: Arc<dyn Store>, dialer: Option<Dialer>) -> Analysis {
-        Analysis { store, dialer }
+    pub fn new(store: Arc<dyn Store>, dialer: Option<Dialer>, usage: super::hpa::UsageCache) -> Analysis {
+        Analysis { store, dialer, usage }
     }
 }
 
@@ -469,7 +525,17 @@ impl Controller for Analysis {
                 jobs.insert(j.object["metadata"]["name"].as_str().unwrap_or_default().to_string(), state);
             }
         }
-        let env = StoreEnv { pods, jobs };
+        // The Rollout this run measures, for the connection counts of its split.
+        let rollout = if metrics.iter().any(|m| m.provider.pods.is_some()) {
+            match run.metadata.owner_references.iter().find(|o| o.kind == "Rollout") {
+                Some(o) => store.get(&format!("{ROLLOUTS}{ns}/{}", o.name))?.map(|s| s.object),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let usage = Arc::clone(&self.usage.lock().unwrap_or_else(|e| e.into_inner()));
+        let env = StoreEnv { pods, jobs, rollout, usage };
         let now = super::unix_now();
         let (status, starts, next) = step(&run, now, &env);
         let mut obj = stored.object.clone();
@@ -710,13 +776,16 @@ mod tests {
     use super::*;
     use tug_api::kinds::rollouts::{Argument, MetricProvider, PodsMetric, WebMetric};
 
-    struct Fake(Value);
+    struct Fake(Value, Option<[u64; 3]>);
     impl Env for Fake {
         fn pods(&self, _: &str) -> Value {
             self.0.clone()
         }
         fn job(&self, _: &str) -> Option<&'static str> {
             Some("Running")
+        }
+        fn connections(&self, _: &str) -> Option<[u64; 3]> {
+            self.1
         }
     }
 
@@ -774,6 +843,7 @@ mod tests {
         let mut r = run(vec![metric]);
         let healthy = Fake(
             json!({"ready": 2, "total": 2, "notReady": 0, "restarts": 0, "oomKilled": 0, "crashLooping": 0}),
+            None,
         );
         let (s, starts, next) = step(&r, 1000, &healthy);
         assert!(starts.is_empty());
@@ -785,6 +855,7 @@ mod tests {
         assert_eq!(s.metric_results[0].count, 1);
         let crashing = Fake(
             json!({"ready": 1, "total": 2, "notReady": 1, "restarts": 3, "oomKilled": 0, "crashLooping": 1}),
+            None,
         );
         let (s, _, _) = step(&r, 1010, &crashing);
         assert_eq!(
@@ -802,6 +873,50 @@ mod tests {
     }
 
     #[test]
+    fn connection_failure_rates_are_over_the_time_since_the_last_measurement() {
+        let metric = Metric {
+            name: "conns".into(),
+            interval: Some("5s".into()),
+            success_condition: Some("result.connectionFailureRate < 0.2".into()),
+            provider: MetricProvider { pods: Some(PodsMetric::default()), ..Default::default() },
+            ..Default::default()
+        };
+        let mut r = run(vec![metric]);
+        let pods =
+            json!({"ready": 1, "total": 1, "notReady": 0, "restarts": 0, "oomKilled": 0, "crashLooping": 0});
+        // 100 accepted so far, 5 refused: 5 failures in 105 attempts.
+        let (s, _, _) = step(&r, 1000, &Fake(pods.clone(), Some([100, 5, 0])));
+        let m = &s.metric_results[0].measurements[0];
+        assert_eq!(m.phase, "Successful", "{m:?}");
+        let v: Value = serde_json::from_str(m.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            v["connections"],
+            json!({"accepted": 100, "refused": 5, "reset": 0, "attempts": 105, "failures": 5})
+        );
+        assert_eq!(v["connectionFailureRate"], json!(0.0476));
+        r.status = Some(s);
+        // Then 10 accepted, 10 refused and 2 of those reset: 12 failures in 20.
+        let (s, _, _) = step(&r, 1005, &Fake(pods.clone(), Some([110, 15, 2])));
+        let m = &s.metric_results[0].measurements[1];
+        assert_eq!(m.phase, "Failed", "{m:?}");
+        let v: Value = serde_json::from_str(m.value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["connectionFailureRate"], json!(0.6));
+        // Counts that went down (the split began again) are taken whole; none is a rate of 0.
+        let mut fresh = json!({});
+        connection_figures(&mut fresh, [3, 1, 0], Some([110, 15, 2]));
+        assert_eq!(fresh["connections"]["attempts"], 4);
+        connection_figures(&mut fresh, [3, 1, 0], Some([3, 1, 0]));
+        assert_eq!(
+            (fresh["connections"]["attempts"].clone(), fresh["connectionFailureRate"].clone()),
+            (json!(0), json!(0.0))
+        );
+        // Without a split there are no figures, and a condition on them is an error.
+        r.status = None;
+        let (s, _, _) = step(&r, 1000, &Fake(pods, None));
+        assert_eq!(s.metric_results[0].measurements[0].phase, "Error");
+    }
+
+    #[test]
     fn web_measurements_start_once_and_errors_count_to_their_limit() {
         let metric = Metric {
             name: "errors".into(),
@@ -814,7 +929,7 @@ mod tests {
             ..Default::default()
         };
         let mut r = run(vec![metric]);
-        let env = Fake(Value::Null);
+        let env = Fake(Value::Null, None);
         let (s, starts, _) = step(&r, 1000, &env);
         assert_eq!(starts, vec![Start::Web { metric: 0, at: timestamp(1000) }]);
         r.status = Some(s);

@@ -594,17 +594,32 @@ pub struct PodUsage {
     pub containers: Vec<tug_api::tunnel::ContainerUsage>,
 }
 
-/// Usage by (namespace, pod name).
+/// Usage by (namespace, pod name), and the proxies' connection counts for weighted
+/// Service ports by (namespace, Service), summed over the nodes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UsageIndex {
     pub pods: std::collections::HashMap<(String, String), PodUsage>,
+    pub connections: std::collections::HashMap<(String, String), Vec<tug_api::tunnel::ConnectionCounts>>,
 }
 
 impl UsageIndex {
     /// The index of the nodes' summaries.
     pub fn of(summaries: &[(String, tug_api::tunnel::Summary)]) -> UsageIndex {
         let mut pods = std::collections::HashMap::new();
+        let mut connections: std::collections::HashMap<_, Vec<tug_api::tunnel::ConnectionCounts>> =
+            std::collections::HashMap::new();
         for (_, s) in summaries {
+            for c in &s.connections {
+                let sets = connections.entry((c.namespace.clone(), c.service.clone())).or_default();
+                match sets.iter_mut().find(|x| x.port == c.port && x.set == c.set) {
+                    Some(x) => {
+                        x.accepted += c.accepted;
+                        x.refused += c.refused;
+                        x.reset += c.reset;
+                    }
+                    None => sets.push(c.clone()),
+                }
+            }
             let at = super::parse_time(&s.timestamp).unwrap_or(0);
             for p in &s.pods {
                 pods.insert(
@@ -613,7 +628,7 @@ impl UsageIndex {
                 );
             }
         }
-        UsageIndex { pods }
+        UsageIndex { pods, connections }
     }
 }
 

@@ -176,7 +176,14 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
         (Arc::new(rollout::Rollouts), 1),
-        (Arc::new(analysis::Analysis::new(store.clone(), settings.dialer.clone().map(|d| d.0))), 1),
+        (
+            Arc::new(analysis::Analysis::new(
+                store.clone(),
+                settings.dialer.clone().map(|d| d.0),
+                settings.usage.clone(),
+            )),
+            1,
+        ),
         (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(disruption::Disruption), 1),
         (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
