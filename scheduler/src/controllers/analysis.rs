@@ -4,10 +4,12 @@
 //! `consecutiveErrorLimit`).
 //!
 //! Providers:
-//! - `web`: an HTTP request; the answer's JSON (or `jsonPath` of it) is `result`. A URL whose
-//!   host is a Service (`name`, `name.ns`, `name.ns.svc[.cluster.local]`), a ClusterIP or a
-//!   pod IP is reached through a ready pod's node tunnel, so in-cluster URLs work from the
-//!   control plane; other hosts are connected to directly. A non-2xx answer is an error.
+//! - `web`: an HTTP or HTTPS request; the answer's JSON (or `jsonPath` of it) is `result`. A
+//!   URL whose host is a Service (`name`, `name.ns`, `name.ns.svc[.cluster.local]`), a
+//!   ClusterIP or a pod IP is reached through a ready pod's node tunnel, so in-cluster URLs
+//!   work from the control plane; other hosts are connected to directly. HTTPS verifies the
+//!   server against the system's CAs by the URL's host (`insecure: true`: any certificate).
+//!   A non-2xx answer is an error.
 //! - `job`: a Job made from the metric's template; its success is the measurement's.
 //! - `pods` (Tug's own): the health of a ReplicaSet's pods — `result.ready`, `total`,
 //!   `notReady`, `restarts`, `oomKilled`, `crashLooping`; without conditions, any restart,
@@ -696,6 +698,37 @@ fn in_cluster(store: &dyn Store, ns: &str, host: &str, port: u16) -> Result<Opti
     Ok(None)
 }
 
+/// The TLS client for HTTPS metrics: the system's CAs (loaded once), or with `insecure`
+/// any certificate (its handshake signatures still checked).
+fn tls_config(insecure: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    static VERIFIED: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    static INSECURE: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if insecure {
+        return Ok(Arc::clone(INSECURE.get_or_init(|| Arc::new(tug_client::tls::insecure_config()))));
+    }
+    VERIFIED
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+                return Err(format!("no CA certificates found on this host to verify HTTPS with{why}"));
+            }
+            let provider = rustls::crypto::CryptoProvider::get_default()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
 /// One web measurement: (phase, message, value).
 async fn measure_web(
     store: &dyn Store,
@@ -707,11 +740,16 @@ async fn measure_web(
     let timeout = Duration::from_secs(u64::try_from(w.timeout_seconds.unwrap_or(10).max(1)).unwrap_or(10));
     let err = |e: String| ("Error".to_string(), Some(e), None);
     let Ok(uri) = w.url.parse::<hyper::Uri>() else { return err(format!("invalid url {:?}", w.url)) };
-    if uri.scheme_str() != Some("http") {
-        return err(format!("{:?}: only http:// URLs are measured (https is not supported)", w.url));
-    }
-    let host = uri.host().unwrap_or_default().to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let tls = match uri.scheme_str() {
+        Some("http") => None,
+        Some("https") => match tls_config(w.insecure == Some(true)) {
+            Ok(c) => Some(c),
+            Err(e) => return err(e),
+        },
+        _ => return err(format!("{:?}: the url must be http:// or https://", w.url)),
+    };
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let port = uri.port_u16().unwrap_or(if tls.is_some() { 443 } else { 80 });
     let target = match in_cluster(store, ns, &host, port) {
         Ok(t) => t,
         Err(e) => return err(e),
@@ -724,6 +762,18 @@ async fn measure_web(
                     .await
                     .map_err(|e| format!("connect {host}:{port}: {e}"))?,
             ),
+        };
+        let io: Box<dyn Io> = match tls {
+            None => io,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("{host:?} cannot name a TLS server: {e}"))?;
+                let s = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, io)
+                    .await
+                    .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+                Box::new(s)
+            }
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
@@ -947,6 +997,76 @@ mod tests {
         assert!(starts.is_empty());
         assert_eq!(s.phase, "Error");
         assert!(s.message.unwrap().contains("consecutiveErrors (1) > consecutiveErrorLimit (0)"));
+    }
+
+    #[tokio::test]
+    async fn https_metrics_verify_the_server_unless_insecure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().self_signed(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let body = r#"{"data": {"ok": true}}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 64).unwrap();
+        let metric = |insecure| Metric {
+            name: "m".into(),
+            success_condition: Some("result == true".into()),
+            provider: MetricProvider {
+                web: Some(WebMetric {
+                    url: format!("https://127.0.0.1:{port}/q"),
+                    json_path: Some("{$.data.ok}".into()),
+                    insecure,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (phase, msg, value) = measure_web(&store, "default", &metric(Some(true)), None).await;
+        assert_eq!((phase.as_str(), value.as_deref()), ("Successful", Some("true")), "{msg:?}");
+        // A self-signed certificate no CA of this host vouches for.
+        let (phase, msg, _) = measure_web(&store, "default", &metric(None), None).await;
+        let msg = msg.unwrap_or_default();
+        assert_eq!(phase, "Error", "{msg}");
+        assert!(msg.contains("TLS with 127.0.0.1") || msg.contains("no CA certificates"), "{msg}");
+        let ftp = Metric {
+            provider: MetricProvider {
+                web: Some(WebMetric { url: "ftp://x/y".into(), ..Default::default() }),
+                ..Default::default()
+            },
+            ..metric(None)
+        };
+        let (_, msg, _) = measure_web(&store, "default", &ftp, None).await;
+        assert_eq!(msg.as_deref(), Some("\"ftp://x/y\": the url must be http:// or https://"));
     }
 
     #[test]
