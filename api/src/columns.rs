@@ -120,6 +120,10 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "ReplicaSet" => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        "DaemonSet" => {
+            vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"]
+        }
+        "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
         "ConfigMap" => vec!["NAME", "DATA", "AGE"],
         "Secret" => vec!["NAME", "TYPE", "DATA", "AGE"],
@@ -169,7 +173,7 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
             }
             "Job" | "CronJob" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
             "RoleBinding" | "ClusterRoleBinding" => h.extend(["USERS", "GROUPS", "SERVICEACCOUNTS"]),
-            "Deployment" | "ReplicaSet" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
+            "Deployment" | "ReplicaSet" | "DaemonSet" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
             "Service" => h.push("SELECTOR"),
             _ => {}
         }
@@ -369,6 +373,37 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             n(&st["readyReplicas"]).to_string(),
             age(obj, now),
         ],
+        "DaemonSet" => {
+            let sel: Vec<String> = spec["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+                .unwrap_or_default();
+            vec![
+                name,
+                n(&st["desiredNumberScheduled"]).to_string(),
+                n(&st["currentNumberScheduled"]).to_string(),
+                n(&st["numberReady"]).to_string(),
+                n(&st["updatedNumberScheduled"]).to_string(),
+                n(&st["numberAvailable"]).to_string(),
+                if sel.is_empty() { "<none>".into() } else { sel.join(",") },
+                age(obj, now),
+            ]
+        }
+        "ControllerRevision" => {
+            let owner = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["controller"] == true)
+                .map_or_else(String::new, |o| {
+                    let group =
+                        s(&o["apiVersion"]).split_once('/').map(|(g, _)| g.to_string()).unwrap_or_default();
+                    let kind = s(&o["kind"]).to_ascii_lowercase();
+                    let kind = if group.is_empty() { kind } else { format!("{kind}.{group}") };
+                    format!("{kind}/{}", s(&o["name"]))
+                });
+            vec![name, owner, n(&obj["revision"]).to_string(), age(obj, now)]
+        }
         "Service" => {
             let ports: Vec<String> = spec["ports"]
                 .as_array()
@@ -627,7 +662,7 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 };
                 r.extend([of("User"), of("Group"), of("ServiceAccount")]);
             }
-            "Deployment" | "ReplicaSet" => {
+            "Deployment" | "ReplicaSet" | "DaemonSet" => {
                 let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
                 let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
                 let images: Vec<String> = cs.iter().map(|c| s(&c["image"])).collect();

@@ -27,6 +27,18 @@ pub fn apply(obj: &mut Object) {
             r.spec.replicas.get_or_insert(1);
             pod_spec(&mut r.spec.template.spec);
         }
+        Object::DaemonSet(d) => {
+            let s = &mut d.spec;
+            s.revision_history_limit.get_or_insert(10);
+            let strategy = s.update_strategy.get_or_insert_with(Default::default);
+            let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+            if kind == "RollingUpdate" {
+                let ru = strategy.rolling_update.get_or_insert_with(Default::default);
+                ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+                ru.max_surge.get_or_insert(IntOrString::Int(0));
+            }
+            pod_spec(&mut s.template.spec);
+        }
         Object::Rollout(r) => {
             let s = &mut r.spec;
             s.replicas.get_or_insert(1);
@@ -95,6 +107,7 @@ pub fn apply(obj: &mut Object) {
         | Object::Node(_)
         | Object::Event(_)
         | Object::Lease(_)
+        | Object::ControllerRevision(_)
         | Object::PodDisruptionBudget(_)
         | Object::VerticalPodAutoscaler(_)
         | Object::AnalysisTemplate(_)

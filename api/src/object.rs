@@ -52,6 +52,7 @@ impl KindInfo {
                 | "endpoints"
                 | "events"
                 | "leases"
+                | "controllerrevisions"
                 | "priorityclasses"
                 | "analysistemplates"
                 | "clusteranalysistemplates"
@@ -108,6 +109,8 @@ pub const KINDS: &[KindInfo] = &[
     kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", &["pvc"], true),
     kind("Deployment", "apps", "v1", "deployments", &["deploy"], true),
     kind("ReplicaSet", "apps", "v1", "replicasets", &["rs"], true),
+    kind("DaemonSet", "apps", "v1", "daemonsets", &["ds"], true),
+    kind("ControllerRevision", "apps", "v1", "controllerrevisions", &[], true),
     kind("Job", "batch", "v1", "jobs", &[], true),
     kind("CronJob", "batch", "v1", "cronjobs", &["cj"], true),
     kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", &["hpa"], true),
@@ -198,6 +201,8 @@ objects! {
     PersistentVolumeClaim(PersistentVolumeClaim),
     Deployment(Deployment),
     ReplicaSet(ReplicaSet),
+    DaemonSet(crate::kinds::apps::DaemonSet),
+    ControllerRevision(crate::kinds::apps::ControllerRevision),
     Job(Job),
     CronJob(CronJob),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),

@@ -29,7 +29,12 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 match s.type_.as_deref() {
                     Some("RollingUpdate") => {
                         if let Some(ru) = &s.rolling_update {
-                            rolling_update(ru.max_surge.as_ref(), ru.max_unavailable.as_ref(), &mut e);
+                            rolling_update(
+                                "spec.strategy.rollingUpdate",
+                                (ru.max_surge.as_ref(), ru.max_unavailable.as_ref()),
+                                (1, 1),
+                                &mut e,
+                            );
                         }
                     }
                     Some("Recreate") if s.rolling_update.is_some() => e.add(
@@ -60,6 +65,37 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             replicas(r.spec.replicas, "spec.replicas", &mut e);
             template(&r.spec.selector, &r.spec.template.metadata, &r.spec.template.spec, &mut e);
         }
+        Object::DaemonSet(d) => {
+            template(&d.spec.selector, &d.spec.template.metadata, &d.spec.template.spec, &mut e);
+            if let Some(s) = &d.spec.update_strategy {
+                match s.type_.as_deref() {
+                    Some("RollingUpdate") | None => {
+                        if let Some(ru) = &s.rolling_update {
+                            rolling_update(
+                                "spec.updateStrategy.rollingUpdate",
+                                (ru.max_surge.as_ref(), ru.max_unavailable.as_ref()),
+                                (0, 1),
+                                &mut e,
+                            );
+                        }
+                    }
+                    Some("OnDelete") if s.rolling_update.is_some() => e.add(
+                        "spec.updateStrategy.rollingUpdate",
+                        "Forbidden: may not be specified when strategy `type` is 'OnDelete'",
+                    ),
+                    Some("OnDelete") => {}
+                    Some(other) => e.add(
+                        "spec.updateStrategy.type",
+                        format!(
+                            "Unsupported value: {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+                        ),
+                    ),
+                }
+            }
+            non_negative(d.spec.min_ready_seconds.map(i64::from), "spec.minReadySeconds", &mut e);
+            non_negative(d.spec.revision_history_limit.map(i64::from), "spec.revisionHistoryLimit", &mut e);
+        }
+        Object::ControllerRevision(c) => non_negative(Some(c.revision), "revision", &mut e),
         Object::Service(s) => service(s, &mut e),
         Object::ConfigMap(c) => {
             for k in c.data.keys().chain(c.binary_data.keys()) {
@@ -751,8 +787,14 @@ pub(crate) fn template(selector: &LabelSelector, meta: &ObjectMeta, spec: &PodSp
     pod_spec(spec, "spec.template.spec", e);
 }
 
-pub(crate) fn rolling_update(surge: Option<&IntOrString>, unavailable: Option<&IntOrString>, e: &mut Errors) {
-    let value = |v: Option<&IntOrString>, field: &str, e: &mut Errors| -> i64 {
+/// `maxSurge` and `maxUnavailable` under `at`; `defaults` are what unset ones count as.
+pub(crate) fn rolling_update(
+    at: &str,
+    (surge, unavailable): (Option<&IntOrString>, Option<&IntOrString>),
+    defaults: (i64, i64),
+    e: &mut Errors,
+) {
+    let value = |v: Option<&IntOrString>, field: &str, default: i64, e: &mut Errors| -> i64 {
         match v.map(|v| v.scaled(100, true)) {
             Some(Ok(n)) if n < 0 => {
                 e.add(field, format!("Invalid value: {n}: must be greater than or equal to 0"));
@@ -763,16 +805,13 @@ pub(crate) fn rolling_update(surge: Option<&IntOrString>, unavailable: Option<&I
                 e.add(field, format!("Invalid value: {msg}"));
                 1
             }
-            None => 1,
+            None => default,
         }
     };
-    let s = value(surge, "spec.strategy.rollingUpdate.maxSurge", e);
-    let u = value(unavailable, "spec.strategy.rollingUpdate.maxUnavailable", e);
+    let s = value(surge, &format!("{at}.maxSurge"), defaults.0, e);
+    let u = value(unavailable, &format!("{at}.maxUnavailable"), defaults.1, e);
     if s == 0 && u == 0 {
-        e.add(
-            "spec.strategy.rollingUpdate.maxUnavailable",
-            "Invalid value: 0: may not be 0 when `maxSurge` is 0",
-        );
+        e.add(format!("{at}.maxUnavailable"), "Invalid value: 0: may not be 0 when `maxSurge` is 0");
     }
 }
 
@@ -1489,6 +1528,29 @@ mod tests {
                 "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0}}\n  selector:",
             ),
             "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0",
+        );
+    }
+
+    #[test]
+    fn daemonsets() {
+        let d = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec: {containers: [{name: c, image: i}]}\n";
+        let with =
+            |strategy: &str| d.replace("  selector:", &format!("  updateStrategy: {strategy}\n  selector:"));
+        check(
+            &with("{rollingUpdate: {maxUnavailable: 0}}"),
+            "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0",
+        );
+        check(
+            &with("{type: OnDelete, rollingUpdate: {maxUnavailable: 1}}"),
+            "spec.updateStrategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'OnDelete'",
+        );
+        check(
+            &with("{type: Recreate}"),
+            "spec.updateStrategy.type: Unsupported value: \"Recreate\": supported values: \"OnDelete\", \"RollingUpdate\"",
+        );
+        check(
+            &d.replace("    spec: {", "    spec: {restartPolicy: OnFailure, "),
+            "spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Always\"",
         );
     }
 

@@ -112,7 +112,12 @@ pub(crate) fn rollout(r: &Rollout, e: &mut Errors) {
         (Some(_), Some(_)) => e.add("spec.strategy", "Invalid value: Multiple Strategies can not be listed"),
         (Some(c), None) => {
             let at = "spec.strategy.canary";
-            crate::validate::rolling_update(c.max_surge.as_ref(), c.max_unavailable.as_ref(), e);
+            crate::validate::rolling_update(
+                at,
+                (c.max_surge.as_ref(), c.max_unavailable.as_ref()),
+                (1, 1),
+                e,
+            );
             if let (Some(a), Some(b)) = (&c.canary_service, &c.stable_service) {
                 if a == b {
                     e.add(

@@ -496,3 +496,132 @@ fn rollout_pause_resume_undo_restart_and_scale_from_the_cli() {
         String::from_utf8_lossy(&st.stdout)
     );
 }
+
+const DAEMON: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: node-agent}
+spec:
+  selector: {matchLabels: {app: node-agent}}
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: node-agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      TOLERATIONS
+      containers:
+      - name: web
+        image: IMAGE
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "exec httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+"#;
+
+fn daemon(image: &str, tolerate: bool) -> String {
+    let t =
+        if tolerate { "tolerations: [{key: dedicated, operator: Exists, effect: NoSchedule}]" } else { "" };
+    DAEMON.replace("IMAGE", image).replace("TOLERATIONS", t)
+}
+
+/// `node → images` of the DaemonSet's live pods.
+fn daemon_pods(cp: &ControlPlane) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for p in items(cp.get_json(&["pods", "-l", "app=node-agent"])) {
+        if p["metadata"]["deletionTimestamp"].is_null() {
+            let node = p["spec"]["nodeName"].as_str().unwrap_or("-").to_string();
+            m.entry(node)
+                .or_default()
+                .push(p["spec"]["containers"][0]["image"].as_str().unwrap_or("").into());
+        }
+    }
+    m
+}
+
+/// A DaemonSet: one pod per eligible node (a cordoned node included, a tainted one only
+/// once tolerated), a node that registers later gets its pod, a new template rolls node by
+/// node, history and undo go through ControllerRevisions, and deleting it takes its pods.
+#[test]
+fn a_daemonset_runs_on_every_eligible_node_follows_new_nodes_and_rolls() {
+    let cluster = Cluster::new(3).expect("cluster");
+    let cp = ControlPlane::start();
+    let start = |i: usize| {
+        let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-ds{i}"), &[]);
+        a.import_example_image();
+        a.import_example_image_as(Some("tug.local/busybox-httpd:2"));
+        a
+    };
+    let agents = std::cell::RefCell::new((0..2).map(start).collect::<Vec<Agent>>());
+    let all_logs = || logs(&cp, &agents.borrow());
+    let registered = wait_for(Duration::from_secs(40), || items(cp.get_json(&["nodes"])).len() == 2);
+    assert!(registered, "{}", all_logs());
+    let ok = |args: &[&str]| {
+        let out = cp.tug(args);
+        assert!(
+            out.status.success(),
+            "tug {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            all_logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["taint", "nodes", "tug-it-ds1", "dedicated=infra:NoSchedule"]);
+    ok(&["cordon", "tug-it-ds0"]);
+
+    cp.apply(&daemon("tug.local/busybox-httpd:1", false));
+    let out = ok(&["rollout", "status", "daemonset/node-agent", "--timeout", "90s"]);
+    assert!(out.ends_with("daemon set \"node-agent\" successfully rolled out\n"), "{out}");
+    let pods = daemon_pods(&cp);
+    assert_eq!(
+        pods.keys().collect::<Vec<_>>(),
+        ["tug-it-ds0"],
+        "cordoned runs it, tainted does not: {pods:?}"
+    );
+    let table = ok(&["get", "ds"]);
+    assert!(
+        table.starts_with("NAME         DESIRED   CURRENT   READY   UP-TO-DATE   AVAILABLE   NODE SELECTOR   AGE\nnode-agent   1         1         1       1            1           <none>"),
+        "{table}"
+    );
+
+    // Tolerated: the tainted node gets one too (the template changed: node 0's pod is new).
+    cp.apply(&daemon("tug.local/busybox-httpd:1", true));
+    ok(&["rollout", "status", "ds/node-agent", "--timeout", "90s"]);
+    assert_eq!(daemon_pods(&cp).len(), 2, "{:?}", daemon_pods(&cp));
+
+    // A node registering later gets its pod.
+    agents.borrow_mut().push(start(2));
+    let third = wait_for(Duration::from_secs(60), || {
+        let pods = items(cp.get_json(&["pods", "-l", "app=node-agent"]));
+        pods.len() == 3 && pods.iter().all(ready)
+    });
+    assert!(third, "{:?}\n{}", daemon_pods(&cp), all_logs());
+
+    // A new image rolls node by node.
+    cp.apply(&daemon("tug.local/busybox-httpd:2", true));
+    ok(&["rollout", "status", "ds/node-agent", "--timeout", "120s"]);
+    let pods = daemon_pods(&cp);
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    assert!(pods.values().all(|i| i == &["tug.local/busybox-httpd:2"]), "{pods:?}");
+    let history = ok(&["rollout", "history", "daemonset/node-agent"]);
+    assert!(history.starts_with("daemonset.apps/node-agent \nREVISION  CHANGE-CAUSE\n1 "), "{history}");
+    assert!(history.contains("\n3 "), "{history}");
+    let revs = ok(&["get", "controllerrevisions"]);
+    assert!(revs.contains("daemonset.apps/node-agent   3"), "{revs}");
+    // Back to revision 2's template (image 1, tolerated).
+    let undo = ok(&["rollout", "undo", "daemonset/node-agent"]);
+    assert_eq!(undo, "daemonset.apps/node-agent rolled back\n");
+    ok(&["rollout", "status", "ds/node-agent", "--timeout", "120s"]);
+    let back = wait_for(Duration::from_secs(30), || {
+        let pods = daemon_pods(&cp);
+        pods.len() == 3 && pods.values().all(|i| i == &["tug.local/busybox-httpd:1"])
+    });
+    assert!(back, "{:?}", daemon_pods(&cp));
+    let paused = cp.tug(&["rollout", "pause", "ds/node-agent"]);
+    assert!(String::from_utf8_lossy(&paused.stderr).contains("pausing is not supported"));
+
+    ok(&["delete", "daemonset", "node-agent"]);
+    let gone = wait_for(Duration::from_secs(60), || daemon_pods(&cp).is_empty());
+    assert!(gone, "{:?}", daemon_pods(&cp));
+}

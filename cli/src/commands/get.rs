@@ -52,8 +52,16 @@ pub struct GetArgs {
 }
 
 /// The kinds `all` stands for (Kubernetes' `all` category, of the kinds Tug serves).
-const ALL: &[&str] =
-    &["pods", "services", "deployments", "replicasets", "jobs", "cronjobs", "horizontalpodautoscalers"];
+const ALL: &[&str] = &[
+    "pods",
+    "services",
+    "daemonsets",
+    "deployments",
+    "replicasets",
+    "jobs",
+    "cronjobs",
+    "horizontalpodautoscalers",
+];
 
 /// What the arguments ask for: each kind with the names asked for (none: all of them).
 fn targets(args: &[String]) -> Result<Vec<(&'static tug_api::object::KindInfo, Vec<String>)>, String> {

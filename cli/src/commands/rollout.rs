@@ -1,6 +1,7 @@
 //! `tug rollout status|history|undo|pause|resume|restart deployment/NAME` and
-//! `tug scale KIND/NAME --replicas N`, in kubectl's words; the same verbs on `rollout/NAME`
-//! (Argo Rollouts' kind) with `promote`, `abort` and `retry`, in Argo's.
+//! `tug scale KIND/NAME --replicas N`, in kubectl's words; status, history, undo and restart
+//! on `daemonset/NAME` (revisions are its ControllerRevisions); the same verbs on
+//! `rollout/NAME` (Argo Rollouts' kind) with `promote`, `abort` and `retry`, in Argo's.
 
 use crate::client::{CallError, Client};
 use clap::{Args, Subcommand};
@@ -14,7 +15,9 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const ROLLOUT_HASH_LABEL: &str = tug_api::kinds::rollouts::HASH_LABEL;
 const ROLLOUT_REVISION: &str = "rollout.argoproj.io/revision";
 /// The kinds the rollout verbs work on.
-const WORKLOADS: [&str; 2] = ["Deployment", "Rollout"];
+const WORKLOADS: [&str; 3] = ["Deployment", "DaemonSet", "Rollout"];
+/// The kinds that pause.
+const PAUSABLE: [&str; 2] = ["Deployment", "Rollout"];
 
 /// The revision annotation and hash label of a kind's ReplicaSets.
 fn revision_keys(info: &tug_api::object::KindInfo) -> (&'static str, &'static str) {
@@ -170,7 +173,8 @@ pub async fn run(client: &Client, cmd: RolloutCmd, ns: Option<&str>) -> Result<E
                 return rollout_status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch)
                     .await;
             }
-            status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch).await
+            let line = if info.kind == "DaemonSet" { daemonset_status_line } else { status_line };
+            status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch, line).await
         }
         RolloutCmd::History { target: t, revision } => {
             let (info, name) = target(&t, &WORKLOADS)?;
@@ -255,6 +259,10 @@ pub async fn run(client: &Client, cmd: RolloutCmd, ns: Option<&str>) -> Result<E
 
 async fn pause(client: &Client, t: &[String], ns: &str, pause: bool) -> Result<ExitCode, String> {
     let (info, name) = target(t, &WORKLOADS)?;
+    if !PAUSABLE.contains(&info.kind) {
+        let what = if pause { "pausing" } else { "resuming" };
+        return Err(format!("error: {}.{} {name:?} {what} is not supported", info.plural, info.group));
+    }
     let changed = update(client, &info.path(Some(ns), Some(&name)), |o| {
         if o["spec"]["paused"].as_bool().unwrap_or(false) == pause {
             return Ok(false);
@@ -313,12 +321,39 @@ pub fn status_line(d: &Value, name: &str, since_generation: i64) -> Result<(Stri
     })
 }
 
+/// kubectl's status line for a DaemonSet (`RollingUpdate` only); `Ok(true)` when done.
+pub fn daemonset_status_line(d: &Value, name: &str, _: i64) -> Result<(String, bool), String> {
+    if d["spec"]["updateStrategy"]["type"].as_str().is_some_and(|t| t != "RollingUpdate") {
+        return Err("error: rollout status is only available for RollingUpdate strategy type".into());
+    }
+    let generation = d["metadata"]["generation"].as_i64().unwrap_or(0);
+    let observed = d["status"]["observedGeneration"].as_i64().unwrap_or(0);
+    if generation > observed {
+        return Ok(("Waiting for daemon set spec update to be observed...".into(), false));
+    }
+    let n = |f: &str| d["status"][f].as_i64().unwrap_or(0);
+    let (want, updated, available) =
+        (n("desiredNumberScheduled"), n("updatedNumberScheduled"), n("numberAvailable"));
+    let prefix = format!("Waiting for daemon set {name:?} rollout to finish");
+    Ok(if updated < want {
+        (format!("{prefix}: {updated} out of {want} new pods have been updated..."), false)
+    } else if available < want {
+        (format!("{prefix}: {available} of {want} updated pods are available..."), false)
+    } else {
+        (format!("daemon set {name:?} successfully rolled out"), true)
+    })
+}
+
+/// A status line: `(line, done)` or the failure.
+type StatusLine = fn(&Value, &str, i64) -> Result<(String, bool), String>;
+
 async fn status(
     client: &Client,
     path: &str,
     name: &str,
     timeout: Duration,
     watch: bool,
+    status_line: StatusLine,
 ) -> Result<ExitCode, String> {
     let start = Instant::now();
     let first = client.get(path).await.map_err(server_err)?;
@@ -423,7 +458,30 @@ async fn rollout_status(
     }
 }
 
-/// The Deployment's ReplicaSets by revision.
+/// The DaemonSet's ControllerRevisions by revision, each shaped as a ReplicaSet is
+/// (`spec.template`) for history and undo.
+async fn controller_revisions(client: &Client, ns: &str, uid: &str) -> Result<Vec<(i64, Value)>, String> {
+    let info = super::kind("controllerrevisions")?;
+    let list = client.get(&info.path(Some(ns), None)).await.map_err(server_err)?;
+    let mut out: Vec<(i64, Value)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|cr| {
+            cr["metadata"]["ownerReferences"].as_array().is_some_and(|o| {
+                o.iter().any(|o| o["uid"].as_str() == Some(uid) && o["controller"] == true)
+            })
+        })
+        .map(|cr| {
+            let shaped = serde_json::json!({"metadata": cr["metadata"], "spec": {"template": cr["data"]["spec"]["template"]}});
+            (cr["revision"].as_i64().unwrap_or(0), shaped)
+        })
+        .collect();
+    out.sort_by_key(|(r, _)| *r);
+    Ok(out)
+}
+
+/// The Deployment's ReplicaSets (a DaemonSet's ControllerRevisions) by revision.
 async fn revisions(
     client: &Client,
     info: &tug_api::object::KindInfo,
@@ -432,6 +490,9 @@ async fn revisions(
 ) -> Result<(Value, Vec<(i64, Value)>), String> {
     let d = client.get(&info.path(Some(ns), Some(name))).await.map_err(server_err)?;
     let uid = d["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    if info.kind == "DaemonSet" {
+        return Ok((d, controller_revisions(client, ns, &uid).await?));
+    }
     let rs_info = super::kind("replicasets")?;
     let list = client.get(&rs_info.path(Some(ns), None)).await.map_err(server_err)?;
     let mut out: Vec<(i64, Value)> = list["items"]
@@ -493,7 +554,10 @@ async fn undo(
 ) -> Result<ExitCode, String> {
     let (d, revs) = revisions(client, info, ns, name).await?;
     let (revision_key, hash_label) = revision_keys(info);
-    let current: i64 = if info.kind == "Rollout" {
+    let current: i64 = if info.kind == "DaemonSet" {
+        // The controller gives the current template the newest revision.
+        revs.last().map_or(0, |(r, _)| *r)
+    } else if info.kind == "Rollout" {
         // The revision of the ReplicaSet of the current template.
         let hash = d["status"]["currentPodHash"].as_str().unwrap_or_default();
         revs.iter().find(|(_, rs)| rs["metadata"]["labels"][hash_label] == hash).map_or(0, |(r, _)| *r)

@@ -39,6 +39,7 @@ fn categories(info: &KindInfo) -> Vec<&'static str> {
     match info.plural {
         "pods"
         | "services"
+        | "daemonsets"
         | "deployments"
         | "replicasets"
         | "jobs"

@@ -22,6 +22,7 @@
 pub mod analysis;
 pub mod clusterroles;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
@@ -175,6 +176,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
     let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
+        (Arc::new(daemonset::DaemonSets), 1),
         (Arc::new(rollout::Rollouts), 1),
         (
             Arc::new(analysis::Analysis::new(
@@ -432,7 +434,11 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
                 };
                 let kind = owner["kind"].as_str().unwrap_or_default();
                 let api_version = owner["apiVersion"].as_str().unwrap_or_default();
-                let component = if kind == "Job" { "job-controller" } else { "replicaset-controller" };
+                let component = match kind {
+                    "Job" => "job-controller",
+                    "DaemonSet" => "daemonset-controller",
+                    _ => "replicaset-controller",
+                };
                 event(store, (kind, api_version, &meta), "Warning", "FailedCreate", &message, component)?;
             }
             return Err(StoreError::Backend(message));
