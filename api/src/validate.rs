@@ -1031,6 +1031,23 @@ fn container_enums(c: &Container, path: &str, e: &mut Errors) {
                 format!("Unsupported value: {sc:?}: supported values: \"HTTP\", \"HTTPS\""),
             );
         }
+        let headers = probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.http_headers.as_slice());
+        for (i, h) in headers.unwrap_or_default().iter().enumerate() {
+            if h.name.is_empty() || !h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                e.add(
+                    format!("{path}.{name}.httpGet.httpHeaders[{i}].name"),
+                    format!("Invalid value: {:?}: a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')", h.name),
+                );
+            }
+        }
+        if let Some(g) = probe.as_ref().and_then(|p| p.termination_grace_period_seconds) {
+            let at = format!("{path}.{name}.terminationGracePeriodSeconds");
+            if name == "readinessProbe" {
+                e.add(at, format!("Invalid value: {g}: must not be set for readinessProbes"));
+            } else if g <= 0 {
+                e.add(at, format!("Invalid value: {g}: must be greater than 0"));
+            }
+        }
     }
 }
 
@@ -1478,6 +1495,15 @@ mod tests {
             "spec.containers[0].readinessProbe.httpGet.scheme: Unsupported value: \"FTP\"",
         );
         assert!(load(&container("livenessProbe: {httpGet: {port: 80, scheme: HTTPS}}")).is_ok());
+        assert!(load(&container("livenessProbe: {httpGet: {port: 80, httpHeaders: [{name: X-Probe, value: a}]}, terminationGracePeriodSeconds: 3}")).is_ok());
+        check(
+            &container("readinessProbe: {httpGet: {port: 80, httpHeaders: [{name: 'a b', value: x}]}}"),
+            "spec.containers[0].readinessProbe.httpGet.httpHeaders[0].name: Invalid value: \"a b\": a valid HTTP header must consist of alphanumeric characters or '-'",
+        );
+        check(
+            &container("readinessProbe: {tcpSocket: {port: 80}, terminationGracePeriodSeconds: 3}"),
+            "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: Invalid value: 3: must not be set for readinessProbes",
+        );
     }
 
     #[test]

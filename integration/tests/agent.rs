@@ -684,24 +684,29 @@ apiVersion: v1
 kind: Pod
 metadata: {name: probed}
 spec:
-  terminationGracePeriodSeconds: 1
+  # Longer than the test waits: the liveness probe's own grace period must be the one used.
+  terminationGracePeriodSeconds: 300
   containers:
   - name: web
     image: tug.local/busybox-httpd:1
     imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "sleep 2; exec httpd -f -p 8080 -h /www"]
+    # Ready only when the probe sends its httpHeaders (Host and User-Agent replaced).
+    command: ["/bin/sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\nif [ \"$HTTP_HOST\" = probe.tug ] && [ \"$HTTP_USER_AGENT\" = tug-check ]; then printf \"Content-Type: text/plain\\\\n\\\\nok\\\\n\"; else printf \"Status: 500 Internal Server Error\\\\n\\\\n$HTTP_HOST $HTTP_USER_AGENT\\\\n\"; fi\\n' > /www/cgi-bin/check && chmod +x /www/cgi-bin/check && sleep 2; exec httpd -f -p 8080 -h /www"]
     ports: [{name: http, containerPort: 8080}]
     startupProbe:
       tcpSocket: {port: http}
       periodSeconds: 1
       failureThreshold: 30
     readinessProbe:
-      httpGet: {path: /index.html, port: http}
+      httpGet:
+        path: /cgi-bin/check
+        port: http
+        httpHeaders: [{name: Host, value: probe.tug}, {name: User-Agent, value: tug-check}]
       periodSeconds: 1
   - name: flaky
     image: tug.local/busybox-httpd:1
     imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "touch /tmp/healthy; sleep 4; rm /tmp/healthy; exec sleep 600"]
+    command: ["/bin/sh", "-c", "trap '' TERM; touch /tmp/healthy; sleep 4; rm /tmp/healthy; while true; do sleep 1; done"]
     readinessProbe:
       exec: {command: ["cat", "/tmp/healthy"]}
       periodSeconds: 1
@@ -709,6 +714,7 @@ spec:
       exec: {command: ["cat", "/tmp/healthy"]}
       periodSeconds: 1
       failureThreshold: 2
+      terminationGracePeriodSeconds: 2
 "#,
     );
     // Running but not ready while the server is not up yet.
@@ -726,7 +732,8 @@ spec:
         let s = p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
         s.len() == 2 && s.iter().all(|c| c["ready"] == true && c["restartCount"] == 0)
     });
-    // The liveness probe fails once /tmp/healthy is gone: the container restarts.
+    // The liveness probe fails once /tmp/healthy is gone: the container, deaf to SIGTERM,
+    // is killed after the probe's 2 s, not the pod's 300 s, and restarts.
     let pod = wait_pod(&cp, &agent, "probed", 60, "flaky restarted by its liveness probe", |p| {
         p["status"]["containerStatuses"]
             .as_array()

@@ -491,7 +491,8 @@ fn record_event(ctx: &Ctx, rec: &PodRecord, type_: &'static str, reason: &'stati
 /// Stops the containers whose liveness or startup probe failed; their exit then restarts
 /// them under the pod's policy. Whether any was stopped.
 async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
-    let failed: Vec<(String, Option<String>)> = {
+    let pod_grace = rec.grace_seconds.unwrap_or(30);
+    let failed: Vec<(String, Option<String>, i64)> = {
         let table = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
         rec.containers
             .values()
@@ -499,12 +500,17 @@ async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
             .filter_map(|c| {
                 let id = c.id.clone()?;
                 let st = table.get(&id)?;
-                st.failed.load(std::sync::atomic::Ordering::Relaxed).then(|| (id, c.stop_signal.clone()))
+                // The probe's own grace period when it has one.
+                let g = st.grace_seconds.load(std::sync::atomic::Ordering::Relaxed);
+                let grace = if g > 0 { g } else { pod_grace };
+                st.failed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then(|| (id, c.stop_signal.clone(), grace))
             })
             .collect()
     };
-    let grace = Duration::from_secs(u64::try_from(rec.grace_seconds.unwrap_or(30)).unwrap_or(30));
-    for (id, sig) in &failed {
+    for (id, sig, grace) in &failed {
+        let grace = Duration::from_secs(u64::try_from(*grace).unwrap_or(30));
         stop(ctx, id, sig.as_deref(), grace).await;
     }
     !failed.is_empty()

@@ -28,6 +28,8 @@ pub struct ProbeState {
     pub failed: AtomicBool,
     /// Set by the worker when the container ended: the prober stops.
     pub stop: AtomicBool,
+    /// The failed probe's own `terminationGracePeriodSeconds` (0: the pod's).
+    pub grace_seconds: std::sync::atomic::AtomicI64,
 }
 
 /// A probe with Kubernetes' defaults filled in.
@@ -38,6 +40,8 @@ pub struct Settings {
     pub timeout: Duration,
     pub success_threshold: u32,
     pub failure_threshold: u32,
+    /// `terminationGracePeriodSeconds` of a liveness or startup probe.
+    pub grace_seconds: Option<i64>,
 }
 
 pub fn settings(p: &Probe) -> Settings {
@@ -51,6 +55,7 @@ pub fn settings(p: &Probe) -> Settings {
         timeout: secs(p.timeout_seconds, 1).max(Duration::from_secs(1)),
         success_threshold: count(p.success_threshold, 1),
         failure_threshold: count(p.failure_threshold, 3),
+        grace_seconds: p.termination_grace_period_seconds.filter(|g| *g > 0),
     }
 }
 
@@ -100,6 +105,8 @@ pub enum Check {
         host: String,
         /// `scheme: HTTPS`: TLS without verifying the certificate, as kubelet does.
         tls: bool,
+        /// `httpHeaders`, in order.
+        headers: Vec<(String, String)>,
     },
     Tcp {
         netns: PathBuf,
@@ -166,6 +173,7 @@ pub fn check(
                 path: h.path.clone().unwrap_or_else(|| "/".into()),
                 host: h.host.clone().unwrap_or_else(|| ip.to_string()),
                 tls,
+                headers: h.http_headers.iter().map(|x| (x.name.clone(), x.value.clone())).collect(),
             },
             Err(e) => Check::Unsupported(e),
         };
@@ -196,9 +204,9 @@ pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
                 None => Err("the probe's process did not report an exit".into()),
             }
         }
-        Check::Http { netns, addr, path, host, tls } => {
-            let (addr, path, host, tls) = (*addr, path.clone(), host.clone(), *tls);
-            netns::run_in(Some(netns), move || http_get(addr, &path, &host, tls, timeout))?
+        Check::Http { netns, addr, path, host, tls, headers } => {
+            let (addr, path, host, tls, headers) = (*addr, path.clone(), host.clone(), *tls, headers.clone());
+            netns::run_in(Some(netns), move || http_get(addr, &path, &host, &headers, tls, timeout))?
         }
         Check::Tcp { netns, addr } => {
             let addr = *addr;
@@ -213,19 +221,33 @@ pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
 }
 
 /// One httpGet probe from the current network namespace: success is a status of 200–399.
+/// `headers` go with the request; as kubelet's, a `Host`, `User-Agent` or `Accept` among
+/// them replaces the default one.
 pub fn http_get(
     addr: SocketAddr,
     path: &str,
     host: &str,
+    headers: &[(String, String)],
     tls: bool,
     timeout: Duration,
 ) -> Result<(), String> {
     let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/tug\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
+    let given = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+    let host = given("Host").unwrap_or(host);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in [("User-Agent", "kube-probe/tug"), ("Accept", "*/*")] {
+        if given(k).is_none() {
+            req += &format!("{k}: {v}\r\n");
+        }
+    }
+    for (k, v) in headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("Host")) {
+        // A value cannot end the line early.
+        let v: String = v.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "Connection: close\r\n\r\n";
     let mut head = [0u8; 64];
     let n = if tls {
         // Any name will do: the certificate is not checked.
@@ -300,6 +322,9 @@ pub async fn prober(
                         "tug-agent: container {name}: startup probe failed: {}",
                         r.err().unwrap_or_default()
                     );
+                    if let Some(g) = s.grace_seconds {
+                        state.grace_seconds.store(g, Ordering::Relaxed);
+                    }
                     state.failed.store(true, Ordering::Relaxed);
                     let _ = tx.send(super::Msg::Tick);
                     return;
@@ -342,6 +367,9 @@ pub async fn prober(
                     "tug-agent: container {name}: liveness probe failed: {}",
                     r.err().unwrap_or_default()
                 );
+                if let Some(g) = probes.liveness.as_ref().and_then(|(_, s)| s.grace_seconds) {
+                    state.grace_seconds.store(g, Ordering::Relaxed);
+                }
                 let container = name.rsplit('/').next().unwrap_or(&name).to_string();
                 let _ = tx.send(super::Msg::Event(
                     "Normal",
@@ -395,6 +423,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 success_threshold: 1,
                 failure_threshold: 3,
+                grace_seconds: None,
             }
         );
     }
@@ -448,17 +477,41 @@ mod tests {
     }
 
     #[test]
+    fn http_headers_go_with_the_request_and_a_host_header_names_the_host() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let got = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let headers = vec![
+            ("X-Probe".to_string(), "yes\r\nEvil: 1".to_string()),
+            ("host".to_string(), "web.example".to_string()),
+        ];
+        assert_eq!(http_get(addr, "/h", "10.0.0.2", &headers, false, Duration::from_secs(2)), Ok(()));
+        let req = got.join().unwrap();
+        assert!(
+            req.starts_with("GET /h HTTP/1.1\r\nHost: web.example\r\nUser-Agent: kube-probe/tug\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("\r\nX-Probe: yesEvil: 1\r\n") && !req.contains("10.0.0.2"), "{req}");
+    }
+
+    #[test]
     fn https_probes_take_any_certificate_and_read_the_status() {
         let t = Duration::from_secs(5);
-        assert_eq!(http_get(serve_once(true, 200), "/healthz", "10.0.0.2", true, t), Ok(()));
+        assert_eq!(http_get(serve_once(true, 200), "/healthz", "10.0.0.2", &[], true, t), Ok(()));
         assert_eq!(
-            http_get(serve_once(true, 503), "/", "10.0.0.2", true, t),
+            http_get(serve_once(true, 503), "/", "10.0.0.2", &[], true, t),
             Err("HTTP probe failed with statuscode: 503".into())
         );
-        assert_eq!(http_get(serve_once(false, 204), "/", "10.0.0.2", false, t), Ok(()));
+        assert_eq!(http_get(serve_once(false, 204), "/", "10.0.0.2", &[], false, t), Ok(()));
         // HTTPS against a plain server fails the handshake, and the other way round.
-        assert!(http_get(serve_once(false, 200), "/", "10.0.0.2", true, t).is_err());
-        assert!(http_get(serve_once(true, 200), "/", "10.0.0.2", false, t).is_err());
+        assert!(http_get(serve_once(false, 200), "/", "10.0.0.2", &[], true, t).is_err());
+        assert!(http_get(serve_once(true, 200), "/", "10.0.0.2", &[], false, t).is_err());
     }
 
     #[test]
