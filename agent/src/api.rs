@@ -42,10 +42,21 @@ pub async fn pod_event(
     reason: &str,
     message: &str,
 ) {
+    // New events are written one at a time, and a repeat found while waiting bumps the
+    // event just written: two of the same at once (a crash loop's BackOff from the worker and
+    // from a resync) must not make two objects.
+    static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let now = std::time::SystemTime::now();
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     let key = format!("{uid}\0{type_}\0{reason}\0{message}");
-    let seen = recorded().lock().unwrap_or_else(|e| e.into_inner()).repeat(&key, now);
+    let mut seen = recorded().lock().unwrap_or_else(|e| e.into_inner()).repeat(&key, now);
+    let _creating = if seen.is_none() {
+        let g = CREATING.lock().await;
+        seen = recorded().lock().unwrap_or_else(|e| e.into_inner()).repeat(&key, now);
+        Some(g)
+    } else {
+        None
+    };
     if let Some((name, count)) = seen {
         let patch = serde_json::json!({"count": count, "lastTimestamp": stamp});
         let path = format!("/api/v1/namespaces/{ns}/events/{name}");
