@@ -731,16 +731,9 @@ impl Conn {
         let mut rbuf = Vec::with_capacity(64 * 1024);
         loop {
             let n = sock.recv(&mut rbuf)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(rbuf[at..at + 4].try_into().unwrap_or_default()) as usize;
-                let ty = u16::from_ne_bytes(rbuf[at + 4..at + 6].try_into().unwrap_or_default());
-                let seq = u32::from_ne_bytes(rbuf[at + 8..at + 12].try_into().unwrap_or_default());
-                if len < 16 || at + len > n {
-                    break;
-                }
-                if ty == NLMSG_ERROR && len >= 20 {
-                    let errno = i32::from_ne_bytes(rbuf[at + 16..at + 20].try_into().unwrap_or_default());
+            for (ty, seq, msg) in messages(&rbuf[..n]) {
+                if ty == NLMSG_ERROR && msg.len() >= 20 {
+                    let errno = i32::from_ne_bytes(msg[16..20].try_into().unwrap_or_default());
                     if seq == u32::MAX - 1 {
                         return match first {
                             None => Ok(()),
@@ -748,10 +741,9 @@ impl Conn {
                         };
                     }
                     if errno != 0 && first.is_none() {
-                        first = Some((seq, errno, ext_ack(&rbuf[at..at + len])));
+                        first = Some((seq, errno, ext_ack(msg)));
                     }
                 }
-                at += (len + 3) & !3;
             }
         }
     }
@@ -777,16 +769,8 @@ impl Conn {
         let mut rbuf = Vec::with_capacity(64 * 1024);
         loop {
             let n = self.0.recv(&mut rbuf)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(rbuf[at..at + 4].try_into().unwrap_or_default()) as usize;
-                let ty = u16::from_ne_bytes(rbuf[at + 4..at + 6].try_into().unwrap_or_default());
-                let seq = u32::from_ne_bytes(rbuf[at + 8..at + 12].try_into().unwrap_or_default());
-                if len < 16 || at + len > n {
-                    break;
-                }
-                let msg = &rbuf[at..at + len];
-                at += (len + 3) & !3;
+            for (ty, seq, msg) in messages(&rbuf[..n]) {
+                let len = msg.len();
                 if seq != u32::MAX - 2 {
                     continue; // an answer to something earlier
                 }
@@ -807,6 +791,23 @@ impl Conn {
             }
         }
     }
+}
+
+/// The netlink messages in a datagram: `(type, sequence number, the whole message)`.
+fn messages(b: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= b.len() {
+        let len = u32::from_ne_bytes(b[at..at + 4].try_into().unwrap_or_default()) as usize;
+        let ty = u16::from_ne_bytes(b[at + 4..at + 6].try_into().unwrap_or_default());
+        let seq = u32::from_ne_bytes(b[at + 8..at + 12].try_into().unwrap_or_default());
+        if len < 16 || at + len > b.len() {
+            break;
+        }
+        out.push((ty, seq, &b[at..at + len]));
+        at += (len + 3) & !3;
+    }
+    out
 }
 
 /// The attributes in `b`: `(type without flags, payload)`.

@@ -458,20 +458,21 @@ async fn rollout_status(
     }
 }
 
+/// The items of a list whose controller has this uid.
+fn controlled_by<'a>(list: &'a Value, uid: &'a str) -> impl Iterator<Item = &'a Value> {
+    list["items"].as_array().into_iter().flatten().filter(move |x| {
+        x["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["uid"].as_str() == Some(uid) && o["controller"] == true))
+    })
+}
+
 /// The DaemonSet's ControllerRevisions by revision, each shaped as a ReplicaSet is
 /// (`spec.template`) for history and undo.
 async fn controller_revisions(client: &Client, ns: &str, uid: &str) -> Result<Vec<(i64, Value)>, String> {
     let info = super::kind("controllerrevisions")?;
     let list = client.get(&info.path(Some(ns), None)).await.map_err(server_err)?;
-    let mut out: Vec<(i64, Value)> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|cr| {
-            cr["metadata"]["ownerReferences"].as_array().is_some_and(|o| {
-                o.iter().any(|o| o["uid"].as_str() == Some(uid) && o["controller"] == true)
-            })
-        })
+    let mut out: Vec<(i64, Value)> = controlled_by(&list, uid)
         .map(|cr| {
             let shaped = serde_json::json!({"metadata": cr["metadata"], "spec": {"template": cr["data"]["spec"]["template"]}});
             (cr["revision"].as_i64().unwrap_or(0), shaped)
@@ -495,15 +496,7 @@ async fn revisions(
     }
     let rs_info = super::kind("replicasets")?;
     let list = client.get(&rs_info.path(Some(ns), None)).await.map_err(server_err)?;
-    let mut out: Vec<(i64, Value)> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|rs| {
-            rs["metadata"]["ownerReferences"].as_array().is_some_and(|o| {
-                o.iter().any(|o| o["uid"].as_str() == Some(uid.as_str()) && o["controller"] == true)
-            })
-        })
+    let mut out: Vec<(i64, Value)> = controlled_by(&list, &uid)
         .filter_map(|rs| {
             let r = rs["metadata"]["annotations"][revision_keys(info).0].as_str()?.parse().ok()?;
             Some((r, rs.clone()))
