@@ -424,8 +424,32 @@ fn sync_revisions(store: &dyn Store, ds: &DaemonSet, hash: &str, pods: &[Pod]) -
     Ok(())
 }
 
-/// The reconciler.
-pub struct DaemonSets;
+/// What of a node decides which daemons it runs: its labels, taints and whether it is
+/// being deleted. Its status (written by every heartbeat) does not.
+fn placement_facts(node: &Value) -> String {
+    let m = &node["metadata"];
+    json!([m["labels"], m["deletionTimestamp"], node["spec"]["taints"]]).to_string()
+}
+
+/// The reconciler, with the placement facts of the nodes it has seen.
+#[derive(Default)]
+pub struct DaemonSets {
+    nodes: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl DaemonSets {
+    /// Whether a node event can change where daemons run (a new or gone node, or one whose
+    /// placement facts changed): status heartbeats wake no DaemonSet.
+    fn placement_changed(&self, e: &Event) -> bool {
+        let mut seen = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if e.type_ == crate::store::EventType::Deleted {
+            seen.remove(&e.key);
+            return true;
+        }
+        let facts = placement_facts(&e.object);
+        seen.insert(e.key.clone(), facts.clone()).as_ref() != Some(&facts)
+    }
+}
 
 impl Controller for DaemonSets {
     fn name(&self) -> &'static str {
@@ -442,7 +466,10 @@ impl Controller for DaemonSets {
 
     fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
         if e.key.starts_with(NODES) {
-            // A node came, went or changed: every DaemonSet looks again.
+            if !self.placement_changed(e) {
+                return Vec::new();
+            }
+            // A node came, went or changed its labels or taints: every DaemonSet looks again.
             return store
                 .list(PREFIX)
                 .map(|(items, _)| items.into_iter().map(|s| s.key).collect())
@@ -630,6 +657,20 @@ mod tests {
         let p = plan(&d, &nodes, &ready, "h2", 10);
         assert_eq!(p.delete, vec!["p-a".to_string()]);
         assert_eq!(p.create, vec!["b".to_string()], "the old one going frees the surge for the next node");
+    }
+
+    #[test]
+    fn only_node_changes_that_move_daemons_wake_daemonsets() {
+        let c = DaemonSets::default();
+        let ev = |type_, object: Value| Event { revision: 1, type_, key: "/nodes//a".into(), object };
+        let node = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "status": {"conditions": []}});
+        assert!(c.placement_changed(&ev(crate::store::EventType::Added, node.clone())));
+        let mut beat = node.clone();
+        beat["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        assert!(!c.placement_changed(&ev(crate::store::EventType::Modified, beat.clone())), "a heartbeat");
+        beat["spec"]["taints"] = json!([{"key": "k", "effect": "NoSchedule"}]);
+        assert!(c.placement_changed(&ev(crate::store::EventType::Modified, beat.clone())), "a taint");
+        assert!(c.placement_changed(&ev(crate::store::EventType::Deleted, beat)));
     }
 
     #[test]

@@ -176,7 +176,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
     let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
-        (Arc::new(daemonset::DaemonSets), 1),
+        (Arc::new(daemonset::DaemonSets::default()), 1),
         (Arc::new(rollout::Rollouts), 1),
         (
             Arc::new(analysis::Analysis::new(
