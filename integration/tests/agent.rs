@@ -1405,8 +1405,9 @@ spec:
     let replicas =
         || get(&cp, &["deploy", "burn"]).map_or(0, |d| d["spec"]["replicas"].as_i64().unwrap_or(0));
     let hpa = || get(&cp, &["hpa", "burn"]).unwrap_or_default();
+    // The controller scales the target, then writes its own status: wait for both.
     assert!(
-        wait_for(Duration::from_secs(90), || replicas() == 3),
+        wait_for(Duration::from_secs(90), || replicas() == 3 && hpa()["status"]["desiredReplicas"] == 3),
         "no scale-out: {:#}\n{}",
         hpa(),
         agent.log()
