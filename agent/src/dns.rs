@@ -1,8 +1,11 @@
 //! The node's DNS server (hickory-server) on the pod bridge's address, port 53, UDP and TCP:
 //!
 //! - `SVC.NS.svc.DOMAIN` A → the ClusterIP; for a headless Service, the ready endpoints;
+//! - `HOST.SVC.NS.svc.DOMAIN` A → the ready endpoint of a headless Service with that
+//!   `hostname` (a pod with `hostname` HOST and `subdomain` SVC: a StatefulSet's pods);
 //! - `_PORT._PROTO.SVC.NS.svc.DOMAIN` SRV → the named port on the Service (on each endpoint
-//!   for a headless one, as `A-B-C-D.SVC.NS.svc.DOMAIN`, which answers A too);
+//!   for a headless one, as `HOST.SVC.NS.svc.DOMAIN` or `A-B-C-D.SVC.NS.svc.DOMAIN`, which
+//!   answer A too);
 //! - `A-B-C-D.NS.pod.DOMAIN` A → A.B.C.D;
 //! - any other name under DOMAIN: NXDOMAIN; everything else is forwarded to the node's own
 //!   resolvers (`/etc/resolv.conf`) and their answer relayed.
@@ -38,19 +41,24 @@ fn a(name: &Name, ip: Ipv4Addr) -> Record {
     Record::from_rdata(name.clone(), TTL, RData::A(A(ip)))
 }
 
-fn ready_ips(o: &Objects, key: &str) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> = o
+/// The ready endpoints of a Service: address and hostname (when the pod has one there).
+fn ready(o: &Objects, key: &str) -> Vec<(Ipv4Addr, Option<String>)> {
+    let mut eps: Vec<(Ipv4Addr, Option<String>)> = o
         .endpoints
         .get(key)
         .and_then(|e| e["subsets"].as_array())
         .into_iter()
         .flatten()
         .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["ip"].as_str()?.parse().ok())
+        .filter_map(|a| Some((a["ip"].as_str()?.parse().ok()?, a["hostname"].as_str().map(str::to_string))))
         .collect();
-    ips.sort();
-    ips.dedup();
-    ips
+    eps.sort();
+    eps.dedup_by_key(|(ip, _)| *ip);
+    eps
+}
+
+fn ready_ips(o: &Objects, key: &str) -> Vec<Ipv4Addr> {
+    ready(o, key).into_iter().map(|(ip, _)| ip).collect()
 }
 
 /// Answers `name` (lower case, with or without the final dot) of type `qtype` from the
@@ -71,15 +79,22 @@ pub fn resolve(o: &Objects, domain: &str, name: &str, qtype: RecordType) -> Answ
             Ok(_) => Answer::Records(Vec::new()),
             Err(_) => Answer::NxDomain,
         },
-        // SVC.NS.svc, or A-B-C-D.SVC.NS.svc (an endpoint of a headless Service)
+        // SVC.NS.svc, or HOST.SVC.NS.svc / A-B-C-D.SVC.NS.svc (an endpoint of a headless Service)
         [svc, ns, "svc"] | [_, svc, ns, "svc"] => {
             let key = format!("{ns}/{svc}");
             let Some(s) = o.services.get(&key) else { return Answer::NxDomain };
             let headless = s["spec"]["clusterIP"].as_str().is_none_or(|c| c == "None" || c.is_empty());
             let eps = ready_ips(o, &key);
             if labels.len() == 4 {
-                let Ok(ip) = labels[0].replace('-', ".").parse::<Ipv4Addr>() else { return Answer::NxDomain };
-                if !headless || !eps.contains(&ip) {
+                let by_name = ready(o, &key).into_iter().find(|(_, h)| h.as_deref() == Some(labels[0]));
+                let ip = match by_name {
+                    Some((ip, _)) => ip,
+                    None => match labels[0].replace('-', ".").parse::<Ipv4Addr>() {
+                        Ok(ip) if eps.contains(&ip) => ip,
+                        _ => return Answer::NxDomain,
+                    },
+                };
+                if !headless {
                     return Answer::NxDomain;
                 }
                 return Answer::Records(if qtype == RecordType::A { vec![a(&fqdn, ip)] } else { Vec::new() });
@@ -113,9 +128,11 @@ pub fn resolve(o: &Objects, domain: &str, name: &str, qtype: RecordType) -> Answ
             let headless = s["spec"]["clusterIP"].as_str().is_none_or(|c| c == "None" || c.is_empty());
             let svc_name = format!("{svc}.{ns}.svc.{domain}.");
             let targets: Vec<String> = if headless {
-                ready_ips(o, &key)
-                    .iter()
-                    .map(|ip| format!("{}.{svc_name}", ip.to_string().replace('.', "-")))
+                ready(o, &key)
+                    .into_iter()
+                    .map(|(ip, h)| {
+                        format!("{}.{svc_name}", h.unwrap_or_else(|| ip.to_string().replace('.', "-")))
+                    })
                     .collect()
             } else {
                 vec![svc_name]
@@ -363,7 +380,7 @@ mod tests {
         );
         o.endpoints.insert(
             "default/db".into(),
-            json!({"subsets": [{"addresses": [{"ip": "10.244.1.7"}, {"ip": "10.244.0.3"}], "notReadyAddresses": [{"ip": "10.244.0.9"}]}]}),
+            json!({"subsets": [{"addresses": [{"ip": "10.244.1.7", "hostname": "db-1"}, {"ip": "10.244.0.3"}], "notReadyAddresses": [{"ip": "10.244.0.9", "hostname": "db-2"}]}]}),
         );
         o
     }
@@ -392,12 +409,28 @@ mod tests {
             resolve(&o, d, "10-244-0-9.db.default.svc.cluster.local", RecordType::A),
             Answer::NxDomain
         );
+        assert_eq!(
+            ips(resolve(&o, d, "db-1.db.default.svc.cluster.local", RecordType::A)),
+            vec!["10.244.1.7"]
+        );
+        assert_eq!(
+            resolve(&o, d, "db-2.db.default.svc.cluster.local", RecordType::A),
+            Answer::NxDomain,
+            "not ready"
+        );
+        assert_eq!(resolve(&o, d, "db-1.web.default.svc.cluster.local", RecordType::A), Answer::NxDomain);
         assert_eq!(ips(resolve(&o, d, "10-1-2-3.team.pod.cluster.local", RecordType::A)), vec!["10.1.2.3"]);
         assert_eq!(
             ips(resolve(&o, d, "_http._tcp.web.default.svc.cluster.local", RecordType::SRV)),
             vec!["0 100 80 web.default.svc.cluster.local."]
         );
-        assert_eq!(ips(resolve(&o, d, "_pg._tcp.db.default.svc.cluster.local", RecordType::SRV)).len(), 2);
+        assert_eq!(
+            ips(resolve(&o, d, "_pg._tcp.db.default.svc.cluster.local", RecordType::SRV)),
+            vec![
+                "0 100 5432 10-244-0-3.db.default.svc.cluster.local.",
+                "0 100 5432 db-1.db.default.svc.cluster.local."
+            ]
+        );
         assert_eq!(
             ips(resolve(&o, d, "web.default.svc.cluster.local", RecordType::AAAA)),
             Vec::<String>::new()

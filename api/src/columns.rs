@@ -123,6 +123,9 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "DaemonSet" => {
             vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"]
         }
+        "StatefulSet" => vec!["NAME", "READY", "AGE"],
+        "LimitRange" => vec!["NAME", "CREATED AT"],
+        "ResourceQuota" => vec!["NAME", "AGE", "REQUEST", "LIMIT"],
         "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
         "ConfigMap" => vec!["NAME", "DATA", "AGE"],
@@ -174,6 +177,7 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
             "Job" | "CronJob" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
             "RoleBinding" | "ClusterRoleBinding" => h.extend(["USERS", "GROUPS", "SERVICEACCOUNTS"]),
             "Deployment" | "ReplicaSet" | "DaemonSet" => h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]),
+            "StatefulSet" => h.extend(["CONTAINERS", "IMAGES"]),
             "Service" => h.push("SELECTOR"),
             _ => {}
         }
@@ -389,6 +393,23 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 age(obj, now),
             ]
         }
+        "LimitRange" => vec![name, s(&obj["metadata"]["creationTimestamp"])],
+        "ResourceQuota" => {
+            // `pods: 1/2, requests.cpu: 500m/1` and the limits apart, as kubectl shows them.
+            let hard = if st["hard"].is_object() { &st["hard"] } else { &spec["hard"] };
+            let (mut req, mut lim) = (Vec::new(), Vec::new());
+            for (k, h) in hard.as_object().into_iter().flatten() {
+                let used = st["used"][k].as_str().map_or_else(|| "0".to_string(), str::to_string);
+                let entry = format!("{k}: {used}/{}", s(h));
+                if k.starts_with("limits.") { lim.push(entry) } else { req.push(entry) }
+            }
+            vec![name, age(obj, now), req.join(", "), lim.join(", ")]
+        }
+        "StatefulSet" => vec![
+            name,
+            format!("{}/{}", n(&st["readyReplicas"]), spec["replicas"].as_i64().unwrap_or(1)),
+            age(obj, now),
+        ],
         "ControllerRevision" => {
             let owner = obj["metadata"]["ownerReferences"]
                 .as_array()
@@ -662,10 +683,14 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 };
                 r.extend([of("User"), of("Group"), of("ServiceAccount")]);
             }
-            "Deployment" | "ReplicaSet" | "DaemonSet" => {
+            "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => {
                 let cs = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
                 let names: Vec<String> = cs.iter().map(|c| s(&c["name"])).collect();
                 let images: Vec<String> = cs.iter().map(|c| s(&c["image"])).collect();
+                if kind == "StatefulSet" {
+                    r.extend([names.join(","), images.join(",")]);
+                    return r;
+                }
                 let sel: Vec<String> = spec["selector"]["matchLabels"]
                     .as_object()
                     .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())

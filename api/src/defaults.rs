@@ -39,6 +39,41 @@ pub fn apply(obj: &mut Object) {
             }
             pod_spec(&mut s.template.spec);
         }
+        Object::LimitRange(l) => {
+            // Kubernetes' defaulting of a Container item: the default limit from `max`, the
+            // default request from the default limit, else from `min`.
+            for item in l.spec.limits.iter_mut().filter(|i| i.type_ == "Container") {
+                for (k, v) in &item.max {
+                    item.default.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                for (k, v) in &item.default {
+                    item.default_request.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                for (k, v) in &item.min {
+                    item.default_request.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        Object::StatefulSet(d) => {
+            let s = &mut d.spec;
+            s.replicas.get_or_insert(1);
+            s.revision_history_limit.get_or_insert(10);
+            s.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());
+            let strategy = s.update_strategy.get_or_insert_with(Default::default);
+            let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+            if kind == "RollingUpdate" {
+                let ru = strategy.rolling_update.get_or_insert_with(Default::default);
+                ru.partition.get_or_insert(0);
+                ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+            }
+            let retention = s.persistent_volume_claim_retention_policy.get_or_insert_with(Default::default);
+            retention.when_deleted.get_or_insert_with(|| "Retain".into());
+            retention.when_scaled.get_or_insert_with(|| "Retain".into());
+            for c in &mut s.volume_claim_templates {
+                c.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+            }
+            pod_spec(&mut s.template.spec);
+        }
         Object::Rollout(r) => {
             let s = &mut r.spec;
             s.replicas.get_or_insert(1);
@@ -108,6 +143,7 @@ pub fn apply(obj: &mut Object) {
         | Object::Event(_)
         | Object::Lease(_)
         | Object::ControllerRevision(_)
+        | Object::ResourceQuota(_)
         | Object::PodDisruptionBudget(_)
         | Object::VerticalPodAutoscaler(_)
         | Object::AnalysisTemplate(_)

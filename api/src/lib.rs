@@ -32,6 +32,7 @@ pub mod quantity;
 pub mod status;
 pub mod tunnel;
 pub mod validate;
+pub mod validate_apps;
 pub mod validate_rollouts;
 /// What an update may change: Kubernetes' immutable fields, as pure checks.
 pub mod validate_update;

@@ -90,6 +90,9 @@ pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
     let api_version =
         v.get("apiVersion").and_then(Value::as_str).ok_or_else(|| one("apiVersion", "Required value"))?;
     let Some(info) = lookup_exact(kind, api_version) else {
+        if let Some(msg) = removed(kind, api_version) {
+            return Err(one("apiVersion", msg));
+        }
         return Err(match KINDS.iter().find(|k| k.kind == kind) {
             Some(k) => one(
                 "apiVersion",
@@ -105,6 +108,52 @@ pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
         });
     };
     crate::object::decode_as(info.kind, v)
+}
+
+/// API versions Kubernetes once served and has removed: `(group/version, release, kinds)`.
+const REMOVED: &[(&str, &str, &[&str])] = &[
+    (
+        "extensions/v1beta1",
+        "1.16",
+        &["Deployment", "DaemonSet", "ReplicaSet", "NetworkPolicy", "PodSecurityPolicy"],
+    ),
+    ("extensions/v1beta1", "1.22", &["Ingress"]),
+    ("apps/v1beta1", "1.16", &["Deployment", "StatefulSet", "ControllerRevision"]),
+    ("apps/v1beta2", "1.16", &["Deployment", "DaemonSet", "ReplicaSet", "StatefulSet", "ControllerRevision"]),
+    ("batch/v1beta1", "1.25", &["CronJob"]),
+    ("batch/v2alpha1", "1.21", &["CronJob"]),
+    ("policy/v1beta1", "1.25", &["PodDisruptionBudget", "PodSecurityPolicy"]),
+    ("autoscaling/v2beta1", "1.25", &["HorizontalPodAutoscaler"]),
+    ("autoscaling/v2beta2", "1.26", &["HorizontalPodAutoscaler"]),
+    ("networking.k8s.io/v1beta1", "1.22", &["Ingress", "IngressClass"]),
+    (
+        "rbac.authorization.k8s.io/v1beta1",
+        "1.22",
+        &["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"],
+    ),
+    (
+        "rbac.authorization.k8s.io/v1alpha1",
+        "1.22",
+        &["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"],
+    ),
+    ("scheduling.k8s.io/v1beta1", "1.22", &["PriorityClass"]),
+    ("scheduling.k8s.io/v1alpha1", "1.22", &["PriorityClass"]),
+    ("coordination.k8s.io/v1beta1", "1.22", &["Lease"]),
+    ("events.k8s.io/v1beta1", "1.25", &["Event"]),
+];
+
+/// Kubernetes' words for a kind under a version it no longer serves (kubectl's "no matches
+/// for kind"), with the release that removed it and the version to use instead.
+pub fn removed(kind: &str, api_version: &str) -> Option<String> {
+    let (_, release, _) = REMOVED.iter().find(|(v, _, kinds)| *v == api_version && kinds.contains(&kind))?;
+    let instead = match KINDS.iter().find(|k| k.kind == kind) {
+        Some(k) => format!("use {}", k.api_version()),
+        None if kind == "PodSecurityPolicy" => "use Pod Security admission (namespace labels) instead".into(),
+        None => "Tug does not serve this kind".into(),
+    };
+    Some(format!(
+        "no matches for kind {kind:?} in version {api_version:?}: {api_version} {kind} was removed in Kubernetes v{release}; {instead}"
+    ))
 }
 
 /// Decodes JSON into a type strictly; the error names the field path.
@@ -183,10 +232,26 @@ spec:
 
     #[test]
     fn unknown_fields_are_named_with_their_path() {
-        let text = DEPLOY.replace("        ports:", "        lifecycle: {}\n        ports:");
-        assert_eq!(err(&text), "spec.template.spec.containers[0].lifecycle: field not supported");
+        let text = DEPLOY.replace("        ports:", "        lifecycles: {}\n        ports:");
+        assert_eq!(err(&text), "spec.template.spec.containers[0].lifecycles: field not supported");
         let text = DEPLOY.replace("  replicas: 2", "  replicas: 2\n  bogus: 1");
         assert_eq!(err(&text), "spec.bogus: field not supported");
+    }
+
+    #[test]
+    fn removed_versions_say_so_and_name_the_one_to_use() {
+        let cj = "apiVersion: batch/v1beta1\nkind: CronJob\nmetadata: {name: c}\nspec: {}\n";
+        assert_eq!(
+            err(cj),
+            "apiVersion: no matches for kind \"CronJob\" in version \"batch/v1beta1\": batch/v1beta1 CronJob was removed in Kubernetes v1.25; use batch/v1"
+        );
+        let d = DEPLOY.replace("apiVersion: apps/v1", "apiVersion: extensions/v1beta1");
+        assert!(err(&d).ends_with("was removed in Kubernetes v1.16; use apps/v1"), "{}", err(&d));
+        let hpa = "apiVersion: autoscaling/v2beta2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\n";
+        assert!(err(hpa).ends_with("removed in Kubernetes v1.26; use autoscaling/v2"), "{}", err(hpa));
+        // A version that never existed keeps the plain refusal.
+        let odd = DEPLOY.replace("apiVersion: apps/v1", "apiVersion: apps/v9");
+        assert!(err(&odd).contains("Unsupported value: \"apps/v9\""), "{}", err(&odd));
     }
 
     #[test]
@@ -203,8 +268,8 @@ spec:
     #[test]
     fn kinds_and_versions_are_checked() {
         assert_eq!(
-            err("apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: a}\n"),
-            "apiVersion: Unsupported value: \"extensions/v1beta1\" for kind Deployment: supported values: \"apps/v1\""
+            err("apiVersion: apps/v2\nkind: Deployment\nmetadata: {name: a}\n"),
+            "apiVersion: Unsupported value: \"apps/v2\" for kind Deployment: supported values: \"apps/v1\""
         );
         assert!(err("apiVersion: v1\nkind: Widget\n").starts_with("kind: Unsupported value: \"Widget\""));
         assert_eq!(err("kind: Pod\n"), "apiVersion: Required value");

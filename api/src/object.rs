@@ -53,6 +53,7 @@ impl KindInfo {
                 | "events"
                 | "leases"
                 | "controllerrevisions"
+                | "limitranges"
                 | "priorityclasses"
                 | "analysistemplates"
                 | "clusteranalysistemplates"
@@ -107,9 +108,12 @@ pub const KINDS: &[KindInfo] = &[
     kind("Event", "", "v1", "events", &["ev"], true),
     kind("PersistentVolume", "", "v1", "persistentvolumes", &["pv"], false),
     kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", &["pvc"], true),
+    kind("LimitRange", "", "v1", "limitranges", &["limits"], true),
+    kind("ResourceQuota", "", "v1", "resourcequotas", &["quota"], true),
     kind("Deployment", "apps", "v1", "deployments", &["deploy"], true),
     kind("ReplicaSet", "apps", "v1", "replicasets", &["rs"], true),
     kind("DaemonSet", "apps", "v1", "daemonsets", &["ds"], true),
+    kind("StatefulSet", "apps", "v1", "statefulsets", &["sts"], true),
     kind("ControllerRevision", "apps", "v1", "controllerrevisions", &[], true),
     kind("Job", "batch", "v1", "jobs", &[], true),
     kind("CronJob", "batch", "v1", "cronjobs", &["cj"], true),
@@ -199,9 +203,12 @@ objects! {
     Event(Event),
     PersistentVolume(PersistentVolume),
     PersistentVolumeClaim(PersistentVolumeClaim),
+    LimitRange(crate::kinds::quota::LimitRange),
+    ResourceQuota(crate::kinds::quota::ResourceQuota),
     Deployment(Deployment),
     ReplicaSet(ReplicaSet),
     DaemonSet(crate::kinds::apps::DaemonSet),
+    StatefulSet(crate::kinds::apps::StatefulSet),
     ControllerRevision(crate::kinds::apps::ControllerRevision),
     Job(Job),
     CronJob(CronJob),

@@ -95,6 +95,9 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             non_negative(d.spec.min_ready_seconds.map(i64::from), "spec.minReadySeconds", &mut e);
             non_negative(d.spec.revision_history_limit.map(i64::from), "spec.revisionHistoryLimit", &mut e);
         }
+        Object::StatefulSet(d) => crate::validate_apps::stateful_set(d, &mut e),
+        Object::LimitRange(l) => crate::validate_apps::limit_range(l, &mut e),
+        Object::ResourceQuota(q) => crate::validate_apps::resource_quota(q, &mut e),
         Object::ControllerRevision(c) => non_negative(Some(c.revision), "revision", &mut e),
         Object::Service(s) => service(s, &mut e),
         Object::ConfigMap(c) => {
@@ -386,7 +389,7 @@ fn host_path_type(t: Option<&str>, path: &str, e: &mut Errors) {
     }
 }
 
-fn volume_mode(m: Option<&str>, path: &str, e: &mut Errors) {
+pub(crate) fn volume_mode(m: Option<&str>, path: &str, e: &mut Errors) {
     if let Some(m) = m.filter(|m| !["Block", "Filesystem"].contains(m)) {
         e.add(path, format!("Unsupported value: {m:?}: supported values: \"Block\", \"Filesystem\""));
     }
@@ -394,7 +397,7 @@ fn volume_mode(m: Option<&str>, path: &str, e: &mut Errors) {
 
 const ACCESS_MODES: [&str; 4] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
 
-fn access_modes(modes: &[String], path: &str, e: &mut Errors) {
+pub(crate) fn access_modes(modes: &[String], path: &str, e: &mut Errors) {
     if modes.is_empty() {
         e.add(path, "Required value: at least 1 access mode is required");
     }
@@ -833,6 +836,24 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
     );
     tolerations(&s.tolerations, &format!("{path}.tolerations"), e);
     scheduling(s, path, e);
+    for (field, v) in [("hostname", &s.hostname), ("subdomain", &s.subdomain)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            if let Err(msg) = dns1123_label(v) {
+                e.add(format!("{path}.{field}"), format!("Invalid value: {v:?}: {msg}"));
+            }
+        }
+    }
+    for (i, a) in s.host_aliases.iter().enumerate() {
+        let at = format!("{path}.hostAliases[{i}]");
+        if a.ip.parse::<std::net::IpAddr>().is_err() {
+            e.add(format!("{at}.ip"), format!("Invalid value: {:?}: must be a valid IP address", a.ip));
+        }
+        for (j, h) in a.hostnames.iter().enumerate() {
+            if let Err(msg) = dns1123_subdomain(h) {
+                e.add(format!("{at}.hostnames[{j}]"), format!("Invalid value: {h:?}: {msg}"));
+            }
+        }
+    }
     match s.dns_policy.as_deref() {
         None | Some("ClusterFirst" | "ClusterFirstWithHostNet" | "Default") => {}
         Some("None") => {
@@ -856,6 +877,7 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
                 e.add(format!("{cpath}.name"), format!("Duplicate value: {:?}", c.name));
             }
             container(c, &cpath, s, e);
+            lifecycle(c, &cpath, field == "initContainers", s, e);
         }
     }
     if let Some(p) = s.restart_policy.as_deref().filter(|p| !["Always", "OnFailure", "Never"].contains(p)) {
@@ -1134,6 +1156,79 @@ fn seccomp(p: Option<&crate::kinds::pod::SeccompProfile>, path: &str, e: &mut Er
             format!("{path}.type"),
             format!("Unsupported value: {t:?}: supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\""),
         ),
+    }
+}
+
+/// A container's `restartPolicy` (only `Always`, only on init containers: a sidecar) and
+/// its hooks and probes (not on an init container that is not a sidecar).
+fn lifecycle(c: &Container, path: &str, init: bool, spec: &PodSpec, e: &mut Errors) {
+    match (c.restart_policy.as_deref(), init) {
+        (None, _) | (Some("Always"), true) => {}
+        (Some(p), true) => e.add(
+            format!("{path}.restartPolicy"),
+            format!("Unsupported value: {p:?}: supported values: \"Always\""),
+        ),
+        (Some(_), false) => {
+            e.add(format!("{path}.restartPolicy"), "Forbidden: may not be set for non-init containers")
+        }
+    }
+    if init && !c.is_sidecar() {
+        let set = [
+            ("lifecycle", c.lifecycle.is_some()),
+            ("livenessProbe", c.liveness_probe.is_some()),
+            ("readinessProbe", c.readiness_probe.is_some()),
+            ("startupProbe", c.startup_probe.is_some()),
+        ];
+        for (field, _) in set.iter().filter(|(_, on)| *on) {
+            e.add(
+                format!("{path}.{field}"),
+                "Forbidden: may not be set for init containers without restartPolicy=Always",
+            );
+        }
+        return;
+    }
+    let Some(l) = &c.lifecycle else { return };
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    for (name, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+        let Some(h) = h else { continue };
+        let at = format!("{path}.lifecycle.{name}");
+        let kinds = [h.exec.is_some(), h.http_get.is_some(), h.tcp_socket.is_some(), h.sleep.is_some()];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => e.add(at.clone(), "Required value: must specify a handler type"),
+            1 => {}
+            _ => e.add(at.clone(), "Forbidden: may not specify more than 1 handler type"),
+        }
+        if h.tcp_socket.is_some() {
+            e.add(
+                format!("{at}.tcpSocket"),
+                "Forbidden: a tcpSocket hook is never run (kubelet does not either); use exec, httpGet or sleep",
+            );
+        }
+        if let Some(s) = &h.sleep {
+            if s.seconds <= 0 || s.seconds > grace {
+                e.add(
+                    format!("{at}.sleep.seconds"),
+                    format!(
+                        "Invalid value: {}: must be greater than 0 and less than terminationGracePeriodSeconds ({grace})",
+                        s.seconds
+                    ),
+                );
+            }
+        }
+        if let Some(x) = &h.exec {
+            if x.command.is_empty() {
+                e.add(format!("{at}.exec.command"), "Required value");
+            }
+        }
+        if let Some(g) = &h.http_get {
+            match g.scheme.as_deref() {
+                None | Some("HTTP" | "HTTPS") => {}
+                Some(s) => e.add(
+                    format!("{at}.httpGet.scheme"),
+                    format!("Unsupported value: {s:?}: supported values: \"HTTP\", \"HTTPS\""),
+                ),
+            }
+        }
     }
 }
 
@@ -1577,6 +1672,107 @@ mod tests {
         check(
             &d.replace("    spec: {", "    spec: {restartPolicy: OnFailure, "),
             "spec.template.spec.restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Always\"",
+        );
+    }
+
+    #[test]
+    fn sidecars_and_lifecycle_hooks() {
+        let init = |extra: &str| {
+            POD.replace(
+                "  containers:",
+                &format!("  initContainers:\n  - name: i\n    image: busybox\n{extra}  containers:"),
+            )
+        };
+        assert!(
+            load(&init("    restartPolicy: Always\n    readinessProbe: {exec: {command: [\"true\"]}}\n"))
+                .is_ok()
+        );
+        check(
+            &init("    restartPolicy: Never\n"),
+            "spec.initContainers[0].restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+        );
+        check(
+            &init("    livenessProbe: {exec: {command: [\"true\"]}}\n"),
+            "spec.initContainers[0].livenessProbe: Forbidden: may not be set for init containers without restartPolicy=Always",
+        );
+        check(
+            &format!("{POD}    restartPolicy: Always\n"),
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers",
+        );
+        let hook = |h: &str| format!("{POD}    lifecycle: {{{h}}}\n");
+        assert!(load(&hook("preStop: {sleep: {seconds: 5}}, postStart: {httpGet: {port: 80}}")).is_ok());
+        check(
+            &hook("preStop: {}"),
+            "spec.containers[0].lifecycle.preStop: Required value: must specify a handler type",
+        );
+        check(
+            &hook("preStop: {sleep: {seconds: 5}, exec: {command: [x]}}"),
+            "spec.containers[0].lifecycle.preStop: Forbidden: may not specify more than 1 handler type",
+        );
+        check(
+            &hook("preStop: {sleep: {seconds: 31}}"),
+            "spec.containers[0].lifecycle.preStop.sleep.seconds: Invalid value: 31: must be greater than 0 and less than terminationGracePeriodSeconds (30)",
+        );
+        check(
+            &hook("postStart: {tcpSocket: {port: 80}}"),
+            "spec.containers[0].lifecycle.postStart.tcpSocket: Forbidden: a tcpSocket hook is never run",
+        );
+        // hostname and subdomain are DNS labels.
+        check(
+            &POD.replace("  containers:", "  hostname: Web_0\n  containers:"),
+            "spec.hostname: Invalid value: \"Web_0\"",
+        );
+    }
+
+    #[test]
+    fn statefulsets() {
+        let s = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: web}\nspec:\n  serviceName: nginx\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec: {containers: [{name: c, image: i}]}\n  volumeClaimTemplates:\n  - metadata: {name: www}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n";
+        assert!(load(s).is_ok(), "{:?}", load(s).err());
+        let with =
+            |field: &str| s.replace("  serviceName: nginx\n", &format!("  serviceName: nginx\n  {field}\n"));
+        check(
+            &with("podManagementPolicy: Sometimes"),
+            "spec.podManagementPolicy: Unsupported value: \"Sometimes\": supported values: \"OrderedReady\", \"Parallel\"",
+        );
+        check(
+            &with("updateStrategy: {type: OnDelete, rollingUpdate: {partition: 1}}"),
+            "spec.updateStrategy.rollingUpdate: Invalid value: only allowed for updateStrategy 'RollingUpdate'",
+        );
+        check(
+            &with("updateStrategy: {rollingUpdate: {partition: -1}}"),
+            "spec.updateStrategy.rollingUpdate.partition: Invalid value: -1: must be greater than or equal to 0",
+        );
+        check(
+            &with("updateStrategy: {rollingUpdate: {maxUnavailable: 0}}"),
+            "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: 0: must be greater than 0",
+        );
+        check(
+            &with("persistentVolumeClaimRetentionPolicy: {whenScaled: Keep}"),
+            "spec.persistentVolumeClaimRetentionPolicy.whenScaled: Unsupported value: \"Keep\": supported values: \"Retain\", \"Delete\"",
+        );
+        check(
+            &s.replace("requests: {storage: 1Gi}", "requests: {}"),
+            "spec.volumeClaimTemplates[0].spec.resources.requests.storage: Required value",
+        );
+        check(
+            &with("ordinals: {start: -2}"),
+            "spec.ordinals.start: Invalid value: -2: must be greater than or equal to 0",
+        );
+        check(
+            &s.replace("spec: {containers:", "spec: {hostAliases: [{ip: nope, hostnames: [a]}], containers:"),
+            "spec.template.spec.hostAliases[0].ip: Invalid value: \"nope\": must be a valid IP address",
+        );
+        // Only some of the spec may change.
+        let old = load(s).unwrap()[0].to_value();
+        let mut new = old.clone();
+        new["spec"]["replicas"] = 5.into();
+        assert!(crate::validate_update::update("StatefulSet", &old, &new).is_ok());
+        new["spec"]["serviceName"] = "other".into();
+        let e = crate::validate_update::update("StatefulSet", &old, &new).unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("spec: Forbidden: updates to statefulset spec for fields other than"),
+            "{e:?}"
         );
     }
 

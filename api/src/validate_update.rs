@@ -9,9 +9,8 @@ use serde_json::Value;
 pub fn update(kind: &str, old: &Value, new: &Value) -> Result<(), Vec<FieldError>> {
     let mut e = Errors::default();
     match kind {
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
-            immutable(old, new, &["spec", "selector"], &mut e)
-        }
+        "Deployment" | "ReplicaSet" | "DaemonSet" => immutable(old, new, &["spec", "selector"], &mut e),
+        "StatefulSet" => stateful_set(old, new, &mut e),
         "Job" => job(old, new, &mut e),
         "Pod" => pod(old, new, &mut e),
         "ConfigMap" | "Secret" => locked_data(old, new, &mut e),
@@ -37,6 +36,31 @@ pub fn update(kind: &str, old: &Value, new: &Value) -> Result<(), Vec<FieldError
         _ => {}
     }
     if e.list.is_empty() { Ok(()) } else { Err(e.list) }
+}
+
+/// A StatefulSet's spec may change only in these fields (its selector, service, claim
+/// templates and pod management policy are fixed).
+fn stateful_set(old: &Value, new: &Value, e: &mut Errors) {
+    const MUTABLE: [&str; 7] = [
+        "replicas",
+        "ordinals",
+        "template",
+        "updateStrategy",
+        "revisionHistoryLimit",
+        "persistentVolumeClaimRetentionPolicy",
+        "minReadySeconds",
+    ];
+    let fixed = |v: &Value| {
+        let mut s = v["spec"].as_object().cloned().unwrap_or_default();
+        s.retain(|k, _| !MUTABLE.contains(&k.as_str()));
+        s
+    };
+    if fixed(old) != fixed(new) {
+        e.add(
+            "spec",
+            "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        );
+    }
 }
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {

@@ -1752,3 +1752,122 @@ fn a_vertical_autoscaler_recreates_a_pod_its_node_cannot_resize() {
         get(&cp, &["pods", "-l", "app=huge"]).unwrap_or_default()
     );
 }
+
+/// Native sidecars and lifecycle hooks: a Job's sidecar starts before the next init
+/// container, runs beside the app, is stopped after it (the Job completes); `postStart` runs
+/// before the app goes on and a failing one restarts its container with a
+/// `FailedPostStartHook` event; `preStop` runs before the stop signal when a pod is deleted.
+#[test]
+fn sidecars_run_beside_the_app_and_hooks_run_around_it() {
+    let (_cluster, cp, agent) = setup();
+    apply(
+        &cp,
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: with-sidecar}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 5
+      volumes: [{name: shared, emptyDir: {}}]
+      initContainers:
+      - name: log
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        restartPolicy: Always
+        command: ["/bin/sh", "-c", "trap 'echo sidecar stopped; exit 0' TERM; echo up > /shared/sidecar; echo sidecar up; while true; do sleep 0.2; done"]
+        volumeMounts: [{name: shared, mountPath: /shared}]
+      - name: check
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "test -f /shared/sidecar"]
+        volumeMounts: [{name: shared, mountPath: /shared}]
+      containers:
+      - name: app
+        image: tug.local/busybox-httpd:1
+        imagePullPolicy: Never
+        # The hook runs beside the entrypoint (no order between them, as in Kubernetes).
+        command: ["/bin/sh", "-c", "until test -s /shared/hook; do sleep 0.1; done; cat /shared/hook; echo app done"]
+        lifecycle:
+          postStart: {exec: {command: ["/bin/sh", "-c", "echo post-start ran > /shared/hook"]}}
+        volumeMounts: [{name: shared, mountPath: /shared}]
+"#,
+    );
+    let done = wait_for(Duration::from_secs(90), || {
+        get(&cp, &["job", "with-sidecar"]).is_some_and(|j| j["status"]["succeeded"] == 1)
+    });
+    assert!(done, "{:?}\n{:?}\n{}", get(&cp, &["job", "with-sidecar"]), get(&cp, &["pods"]), agent.log());
+    let pods = get(&cp, &["pods", "-l", "job-name=with-sidecar"]).unwrap();
+    let pod = pods["items"][0].clone();
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod:#}");
+    assert_eq!(text(&cp.tug(&["logs", &name, "-c", "app"])).0, "post-start ran\napp done\n");
+    // The sidecar is stopped once the app is done (not before: the check found its file).
+    let stopped = wait_for(Duration::from_secs(30), || {
+        text(&cp.tug(&["logs", &name, "-c", "log"])).0 == "sidecar up\nsidecar stopped\n"
+    });
+    assert!(stopped, "{}", text(&cp.tug(&["logs", &name, "-c", "log"])).0);
+    let side = get(&cp, &["pod", &name]).unwrap()["status"]["initContainerStatuses"][0].clone();
+    assert_eq!((side["name"].as_str(), side["restartCount"].as_i64()), (Some("log"), Some(0)), "{side:#}");
+    assert!(side["state"]["terminated"].is_object(), "{side:#}");
+
+    // preStop before the stop signal; a failing postStart restarts its container.
+    let out = tempfile::Builder::new().prefix("tug-hooks").tempdir().unwrap();
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: hooks, labels: {{pod-security.kubernetes.io/enforce: privileged}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked, namespace: hooks}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: out, hostPath: {{path: "{dir}"}}}}]
+  containers:
+  - name: web
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "trap 'echo term >> /out/order; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      preStop: {{exec: {{command: ["/bin/sh", "-c", "echo pre-stop >> /out/order"]}}}}
+  - name: bad
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "while true; do sleep 1; done"]
+    lifecycle:
+      postStart: {{exec: {{command: ["/bin/sh", "-c", "exit 3"]}}}}
+"#,
+            dir = out.path().display()
+        ),
+    );
+    let restarted = wait_for(Duration::from_secs(60), || {
+        get(&cp, &["pod", "hooked", "-n", "hooks"]).is_some_and(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == "bad" && c["restartCount"].as_i64().unwrap_or(0) >= 1)
+        })
+    });
+    assert!(restarted, "{:?}\n{}", get(&cp, &["pod", "hooked", "-n", "hooks"]), agent.log());
+    let events = text(&cp.tug(&["get", "events", "-n", "hooks", "--for", "pod/hooked"])).0;
+    assert!(
+        events.contains("FailedPostStartHook")
+            && events
+                .contains("Exec lifecycle hook ([\"/bin/sh\", \"-c\", \"exit 3\"]) for Container \"bad\""),
+        "{events}"
+    );
+    assert!(cp.tug(&["delete", "pod", "hooked", "-n", "hooks"]).status.success());
+    let gone = wait_for(Duration::from_secs(30), || get(&cp, &["pod", "hooked", "-n", "hooks"]).is_none());
+    assert!(gone, "{}", agent.log());
+    let order = std::fs::read_to_string(out.path().join("order")).unwrap_or_default();
+    assert_eq!(order, "pre-stop\nterm\n");
+}

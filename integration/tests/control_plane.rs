@@ -1414,3 +1414,106 @@ fn drain_evicts_within_disruption_budgets() {
     assert!(out(&o).ends_with(&format!("node/{node} drained\n")), "{}", out(&o));
     assert!(on_node().is_empty());
 }
+
+/// LimitRange and ResourceQuota admission: defaults written into new pods (and said in the
+/// limit-ranger annotation), bounds refused in Kubernetes' words, quota usage counted in the
+/// quota's status and shown by `get quota`, a pod over the quota refused with 403 and a
+/// Deployment's ReplicaSet held at what the quota allows (FailedCreate), a deleted pod's
+/// room given back.
+#[test]
+fn limit_ranges_default_and_bound_pods_and_quotas_cap_a_namespace() {
+    let cp = ControlPlane::start();
+    let setup = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+---
+apiVersion: v1
+kind: LimitRange
+metadata: {name: limits, namespace: team}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 500m, memory: 128Mi}
+    defaultRequest: {cpu: 100m}
+    max: {cpu: "1"}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: compute, namespace: team}
+spec:
+  hard: {pods: "2", requests.cpu: "1", limits.memory: 1Gi, count/configmaps: "5"}
+"#;
+    let o = cp.tug_with_input(&["apply", "-f", "-"], setup);
+    assert!(o.status.success(), "{}", err(&o));
+    let pod = |name: &str, cpu_limit: &str| {
+        let limits = if cpu_limit.is_empty() {
+            String::new()
+        } else {
+            format!(", resources: {{limits: {{cpu: '{cpu_limit}'}}}}")
+        };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: team}}\nspec:\n  containers: [{{name: c, image: busybox{limits}}}]\n"
+        )
+    };
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &pod("a", ""));
+    assert!(o.status.success(), "{}", err(&o));
+    let a: Value =
+        serde_json::from_str(&out(&cp.tug(&["get", "pod", "a", "-n", "team", "-o", "json"]))).unwrap();
+    let r = &a["spec"]["containers"][0]["resources"];
+    assert_eq!(
+        (r["requests"]["cpu"].as_str(), r["limits"]["cpu"].as_str()),
+        (Some("100m"), Some("500m")),
+        "{a:#}"
+    );
+    assert_eq!(r["limits"]["memory"], "128Mi");
+    assert_eq!(
+        a["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
+        "LimitRanger plugin set: cpu, memory request for container c; cpu, memory limit for container c"
+    );
+    // Over the LimitRange's max.
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &pod("big", "2"));
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("pods \"big\" is forbidden: [maximum cpu usage per Container is 1, but limit is 2]"),
+        "{}",
+        err(&o)
+    );
+    // The quota's status counts what the namespace holds.
+    let counted = tug_integration::wait_for(std::time::Duration::from_secs(10), || {
+        out(&cp.tug(&["get", "quota", "-n", "team"])).contains("pods: 1/2, requests.cpu: 100m/1")
+    });
+    assert!(counted, "{}", out(&cp.tug(&["get", "quota", "-n", "team"])));
+    let table = out(&cp.tug(&["get", "quota", "-n", "team"]));
+    assert!(table.starts_with("NAME      AGE   REQUEST"), "{table}");
+    assert!(
+        table.contains("count/configmaps: 1/5, pods: 1/2, requests.cpu: 100m/1   limits.memory: 128Mi/1Gi"),
+        "{table}"
+    );
+    // The second pod fits; a third is refused, 403 with the quota's words.
+    assert!(cp.tug_with_input(&["apply", "-f", "-"], &pod("b", "")).status.success());
+    let o = cp.tug_with_input(&["apply", "-f", "-"], &pod("c", ""));
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("pods \"c\" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"),
+        "{}",
+        err(&o)
+    );
+    // A Deployment gets no more than the quota allows: its ReplicaSet says why.
+    assert!(cp.tug(&["delete", "pod", "b", "-n", "team"]).status.success());
+    let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: team}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: busybox}]}\n";
+    assert!(cp.tug_with_input(&["apply", "-f", "-"], deploy).status.success());
+    let refused = tug_integration::wait_for(std::time::Duration::from_secs(20), || {
+        out(&cp.tug(&["get", "events", "-n", "team"])).contains("exceeded quota: compute")
+    });
+    assert!(refused, "{}", out(&cp.tug(&["get", "events", "-n", "team"])));
+    let pods: Value =
+        serde_json::from_str(&out(&cp.tug(&["get", "pods", "-n", "team", "-o", "json"]))).unwrap();
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(2), "a and one of the Deployment's: {pods:#}");
+    // Removed API versions are refused with the version to use.
+    let o = cp.tug_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: batch/v1beta1\nkind: CronJob\nmetadata: {name: c, namespace: team}\nspec: {}\n",
+    );
+    assert!(err(&o).contains("no matches for kind \"CronJob\" in version \"batch/v1beta1\": batch/v1beta1 CronJob was removed in Kubernetes v1.25; use batch/v1"), "{}", err(&o));
+}

@@ -625,3 +625,180 @@ fn a_daemonset_runs_on_every_eligible_node_follows_new_nodes_and_rolls() {
     let gone = wait_for(Duration::from_secs(60), || daemon_pods(&cp).is_empty());
     assert!(gone, "{:?}", daemon_pods(&cp));
 }
+
+const STATEFUL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nginx}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: nginx
+  replicas: 3
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {partition: PARTITION}}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: IMAGE
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "hostname >> /data/names; exec httpd -f -p 8080 -h /www"]
+        volumeMounts: [{name: www, mountPath: /data}]
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+  volumeClaimTemplates:
+  - metadata: {name: www}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 100Mi}}
+"#;
+
+fn stateful(image: &str, partition: u32) -> String {
+    STATEFUL.replace("IMAGE", image).replace("PARTITION", &partition.to_string())
+}
+
+/// `name → (image, uid)` of the StatefulSet's live pods.
+fn stateful_pods(cp: &ControlPlane) -> std::collections::BTreeMap<String, (String, String)> {
+    items(cp.get_json(&["pods", "-l", "app=web"]))
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&p["metadata"]["name"]), (s(&p["spec"]["containers"][0]["image"]), s(&p["metadata"]["uid"])))
+        })
+        .collect()
+}
+
+/// A StatefulSet: pods made one at a time in order with stable names, each with its own
+/// claim bound to a local volume whose data outlives the pod, stable DNS through the
+/// headless Service, a partitioned rolling update from the top, history and undo, scaling
+/// down from the top with `whenScaled: Delete` taking the claims, and claims retained when
+/// the set is deleted.
+#[test]
+fn a_statefulset_makes_ordered_pods_with_stable_names_storage_and_dns() {
+    let cluster = Cluster::new(1).expect("cluster");
+    let cp = ControlPlane::start();
+    let agent = Agent::start(&cp, &cluster.nodes[0], "tug-it-sts0", &[]);
+    agent.import_example_image();
+    agent.import_example_image_as(Some("tug.local/busybox-httpd:2"));
+    let all_logs = || logs(&cp, std::slice::from_ref(&agent));
+    let ok = |args: &[&str]| {
+        let out = cp.tug(args);
+        assert!(
+            out.status.success(),
+            "tug {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            all_logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dirs: Vec<tempfile::TempDir> =
+        (0..3).map(|_| tempfile::Builder::new().prefix("tug-pv").tempdir().unwrap()).collect();
+    for (i, d) in dirs.iter().enumerate() {
+        cp.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: tug-it-sts-{i}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  local: {{path: \"{}\"}}\n  nodeAffinity: {{required: {{nodeSelectorTerms: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [tug-it-sts0]}}]}}]}}}}\n",
+            d.path().display()
+        ));
+    }
+    cp.apply(&stateful("tug.local/busybox-httpd:1", 0));
+    let out = ok(&["rollout", "status", "statefulset/web", "--timeout", "120s"]);
+    assert!(out.ends_with("partitioned roll out complete: 3 new pods have been updated...\n"), "{out}");
+    let table = ok(&["get", "sts"]);
+    assert!(table.starts_with("NAME   READY   AGE\nweb    3/3   "), "{table}");
+    // In order: each pod was made once the one before it was ready.
+    let pods = items(cp.get_json(&["pods", "-l", "app=web"]));
+    let by_name = |n: &str| pods.iter().find(|p| p["metadata"]["name"] == n).cloned().unwrap_or(Value::Null);
+    for i in 1..3 {
+        let made =
+            by_name(&format!("web-{i}"))["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string();
+        let before = by_name(&format!("web-{}", i - 1));
+        let ready_at = before["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            !made.is_empty() && made >= ready_at,
+            "web-{i} made at {made}, web-{} ready at {ready_at}",
+            i - 1
+        );
+    }
+    // One claim per ordinal, each bound to its own volume.
+    for i in 0..3 {
+        let pvc = cp.get_json(&["pvc", &format!("www-web-{i}")]).unwrap_or(Value::Null);
+        assert_eq!(pvc["status"]["phase"], "Bound", "{pvc:#}");
+    }
+    // Stable names: the hostname, /etc/hosts and DNS through the headless Service.
+    let exec = |pod: &str, cmd: &str| ok(&["exec", pod, "--", "sh", "-c", cmd]);
+    assert_eq!(exec("web-0", "hostname"), "web-0\n");
+    assert!(exec("web-0", "cat /etc/hosts").contains("\tweb-0.nginx.default.svc.cluster.local\tweb-0\n"));
+    let ip1 = by_name("web-1")["status"]["podIP"].as_str().unwrap_or("?").to_string();
+    let found = exec("web-0", "nslookup web-1.nginx.default.svc.cluster.local");
+    assert!(found.contains(&ip1), "web-1 is {ip1}: {found}");
+
+    // A pod deleted comes back under its name with its data.
+    let before = stateful_pods(&cp);
+    ok(&["delete", "pod", "web-1"]);
+    let back = wait_for(Duration::from_secs(60), || {
+        let now = stateful_pods(&cp);
+        now.get("web-1").is_some_and(|(_, uid)| *uid != before["web-1"].1)
+            && items(cp.get_json(&["pods", "-l", "app=web"])).iter().filter(|p| ready(p)).count() == 3
+    });
+    assert!(back, "{:?}\n{}", stateful_pods(&cp), all_logs());
+    assert_eq!(exec("web-1", "cat /data/names"), "web-1\nweb-1\n", "the claim followed the ordinal");
+
+    // A partitioned update: only ordinals at or above the partition move.
+    cp.apply(&stateful("tug.local/busybox-httpd:2", 2));
+    let out = ok(&["rollout", "status", "sts/web", "--timeout", "120s"]);
+    assert!(out.ends_with("partitioned roll out complete: 1 new pods have been updated...\n"), "{out}");
+    let images: Vec<String> = stateful_pods(&cp).values().map(|(i, _)| i.clone()).collect();
+    assert_eq!(
+        images,
+        ["tug.local/busybox-httpd:1", "tug.local/busybox-httpd:1", "tug.local/busybox-httpd:2"]
+    );
+    cp.apply(&stateful("tug.local/busybox-httpd:2", 0));
+    ok(&["rollout", "status", "sts/web", "--timeout", "120s"]);
+    let sts = cp.get_json(&["sts", "web"]).unwrap();
+    assert_eq!(sts["status"]["currentRevision"], sts["status"]["updateRevision"], "{sts:#}");
+    assert!(stateful_pods(&cp).values().all(|(i, _)| i == "tug.local/busybox-httpd:2"));
+    let history = ok(&["rollout", "history", "statefulset/web"]);
+    assert!(history.starts_with("statefulset.apps/web \nREVISION  CHANGE-CAUSE\n1 "), "{history}");
+    assert_eq!(ok(&["rollout", "undo", "sts/web"]), "statefulset.apps/web rolled back\n");
+    ok(&["rollout", "status", "sts/web", "--timeout", "120s"]);
+    let undone = wait_for(Duration::from_secs(30), || {
+        let pods = stateful_pods(&cp);
+        pods.len() == 3 && pods.values().all(|(i, _)| i == "tug.local/busybox-httpd:1")
+    });
+    assert!(undone, "{:?}", stateful_pods(&cp));
+
+    // Scaled down from the top; whenScaled: Delete takes the claims of the ordinals that go.
+    let retention = r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete"}}}"#;
+    ok(&["patch", "sts", "web", "--type", "merge", "-p", retention]);
+    assert_eq!(ok(&["scale", "sts/web", "--replicas", "1"]), "statefulset.apps/web scaled\n");
+    let scaled = wait_for(Duration::from_secs(60), || {
+        stateful_pods(&cp).keys().collect::<Vec<_>>() == ["web-0"]
+            && cp.get_json(&["pvc", "www-web-2"]).is_none()
+            && cp.get_json(&["pvc", "www-web-1"]).is_none()
+    });
+    assert!(scaled, "{:?} {:?}\n{}", stateful_pods(&cp), cp.get_json(&["pvc"]), all_logs());
+
+    // Deleted: the pods go, the claim stays (whenDeleted: Retain) with its data.
+    ok(&["delete", "sts", "web"]);
+    let gone = wait_for(Duration::from_secs(60), || stateful_pods(&cp).is_empty());
+    assert!(gone, "{:?}", stateful_pods(&cp));
+    assert!(cp.get_json(&["pvc", "www-web-0"]).is_some());
+}

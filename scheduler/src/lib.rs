@@ -20,6 +20,7 @@ pub mod deletion;
 /// Events written in batches off the hot path (the scheduler's `Scheduled`).
 pub mod events;
 pub mod pki;
+pub mod quota;
 pub mod sched;
 /// Secrets sealed for a store other replicas read (the cluster CA's key under etcd).
 pub mod seal;

@@ -7,6 +7,7 @@
 //! most one resync period, never a wrong pod.
 
 pub mod env;
+pub mod hooks;
 pub mod plan;
 pub mod probe;
 pub mod record;
@@ -47,6 +48,8 @@ pub struct Ctx {
 
 /// The grace period of a pod that left the API without this node's confirmation (seconds).
 const FORCED_GRACE: i64 = 2;
+/// The least time a `postStart` hook gets before it counts as failed (kubelet waits for ever).
+const POST_START_LIMIT_SECS: u64 = 120;
 
 /// A message to a pod worker.
 #[derive(Debug)]
@@ -253,7 +256,7 @@ pub async fn worker(
         }
         if let Some(p) = &pod {
             probes(&ctx, p, &mut rec, &tx);
-            if restart_unhealthy(&ctx, &mut rec).await {
+            if restart_unhealthy(&ctx, p, &mut rec).await {
                 refresh(&ctx, &mut rec);
             }
         }
@@ -271,7 +274,8 @@ pub async fn worker(
             for (cname, c) in &rec.containers {
                 if let State::Terminated(t) = &c.state
                     && c.backoff_until.is_some_and(|u| now < u)
-                    && plan::restarts(&spec, c.init, t)
+                    && plan::restarts(&spec, plan::role(&spec, cname), t)
+                    && !(plan::role(&spec, cname) == plan::Role::Sidecar && plan::apps_done(&spec, &rec))
                 {
                     let message = format!(
                         "Back-off restarting failed container {cname} in pod {}_{}({})",
@@ -304,7 +308,7 @@ pub async fn worker(
                         // kubelet's minimum.
                         rec.grace_seconds = Some(rec.grace_seconds.unwrap_or(FORCED_GRACE).min(FORCED_GRACE));
                     }
-                    tear_down(&ctx, &rec).await;
+                    tear_down(&ctx, pod.as_deref(), &rec).await;
                     if !deleted {
                         confirm_deleted(&ctx, &rec).await;
                     }
@@ -336,6 +340,15 @@ pub async fn worker(
                     } else if let Some(t) = rec.containers.get(&name).and_then(|c| c.backoff_until) {
                         wake = Some(wake.map_or(t, |w: u64| w.min(t)));
                     }
+                }
+                Action::Stop(name) => {
+                    // A sidecar whose app containers are done: stopped (preStop, signal,
+                    // grace) and not started again.
+                    let grace =
+                        Duration::from_secs(u64::try_from(rec.grace_seconds.unwrap_or(30)).unwrap_or(30));
+                    record_event(&ctx, &rec, "Normal", "Killing", format!("Stopping container {name}"));
+                    kill(&ctx, pod.as_deref(), &rec, &name, grace).await;
+                    refresh(&ctx, &mut rec);
                 }
                 Action::WakeAt(t) => wake = Some(wake.map_or(t, |w: u64| w.min(t))),
             }
@@ -490,30 +503,125 @@ fn record_event(ctx: &Ctx, rec: &PodRecord, type_: &'static str, reason: &'stati
 
 /// Stops the containers whose liveness or startup probe failed; their exit then restarts
 /// them under the pod's policy. Whether any was stopped.
-async fn restart_unhealthy(ctx: &Ctx, rec: &mut PodRecord) -> bool {
+async fn restart_unhealthy(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) -> bool {
     let pod_grace = rec.grace_seconds.unwrap_or(30);
-    let failed: Vec<(String, Option<String>, i64)> = {
+    let failed: Vec<(String, String, i64)> = {
         let table = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
         rec.containers
-            .values()
-            .filter(|c| matches!(c.state, State::Running { .. }))
-            .filter_map(|c| {
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Running { .. }))
+            .filter_map(|(name, c)| {
                 let id = c.id.clone()?;
                 let st = table.get(&id)?;
                 // The probe's own grace period when it has one.
                 let g = st.grace_seconds.load(std::sync::atomic::Ordering::Relaxed);
                 let grace = if g > 0 { g } else { pod_grace };
-                st.failed
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .then(|| (id, c.stop_signal.clone(), grace))
+                st.failed.load(std::sync::atomic::Ordering::Relaxed).then(|| (name.clone(), id, grace))
             })
             .collect()
     };
-    for (id, sig, grace) in &failed {
+    for (name, _, grace) in &failed {
         let grace = Duration::from_secs(u64::try_from(*grace).unwrap_or(30));
-        stop(ctx, id, sig.as_deref(), grace).await;
+        kill(ctx, Some(pod), rec, name, grace).await;
     }
     !failed.is_empty()
+}
+
+/// Stops a container as kubelet kills one: its `preStop` hook first (within `grace`; a
+/// failure is a `FailedPreStopHook` event), then its stop signal with what is left of `grace`
+/// (at least 2 s, kubelet's minimum), then SIGKILL.
+async fn kill(ctx: &Ctx, pod: Option<&Pod>, rec: &PodRecord, name: &str, grace: Duration) {
+    let Some(c) = rec.containers.get(name) else { return };
+    let Some(id) = c.id.clone() else { return };
+    if !matches!(c.state, State::Running { .. } | State::Starting) {
+        return;
+    }
+    let began = std::time::Instant::now();
+    let pre_stop = pod
+        .and_then(|p| find_container(p, name))
+        .and_then(|(spec, _)| Some((spec, spec.lifecycle.as_ref()?.pre_stop.as_ref()?)));
+    if let Some((spec, h)) = pre_stop {
+        let (ip, netns) = pod_net(rec);
+        let hook = hooks::hook(spec, h, ip, &netns, &ctx.supervisor_socket(&id), &ctx.bundle_dir(&id));
+        if let Err(e) = hooks::run(hook, grace).await {
+            let msg = hooks::failure_message(h, name, (&rec.namespace, &rec.name, &rec.uid), &e);
+            record_event(ctx, rec, "Warning", "FailedPreStopHook", msg);
+        }
+    }
+    let left = grace.saturating_sub(began.elapsed()).max(Duration::from_secs(2));
+    stop(ctx, &id, c.stop_signal.as_deref(), left).await;
+}
+
+/// The pod's address and network namespace (what probes and hooks reach it by).
+fn pod_net(rec: &PodRecord) -> (std::net::Ipv4Addr, std::path::PathBuf) {
+    let ip = rec.ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    (ip, rec.netns.clone().unwrap_or_default())
+}
+
+/// Runs a started container's `postStart` hook, as kubelet does before it counts the
+/// container started; on failure (a `FailedPostStartHook` event) the container is killed and
+/// restarts under the pod's policy. Whether the hook succeeded (or there was none).
+async fn post_start(ctx: &Ctx, pod: &Pod, rec: &PodRecord, c: &Container, id: &str) -> bool {
+    let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else { return true };
+    let (ip, netns) = pod_net(rec);
+    let hook = hooks::hook(c, h, ip, &netns, &ctx.supervisor_socket(id), &ctx.bundle_dir(id));
+    // kubelet waits for ever; a hung hook must not hold the pod's worker past its grace period.
+    let grace = u64::try_from(pod.spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(30);
+    let limit = Duration::from_secs(grace.max(POST_START_LIMIT_SECS));
+    match hooks::run(hook, limit).await {
+        Ok(()) => true,
+        Err(e) => {
+            let msg = hooks::failure_message(h, &c.name, (&rec.namespace, &rec.name, &rec.uid), &e);
+            record_event(ctx, rec, "Warning", "FailedPostStartHook", msg);
+            record_event(
+                ctx,
+                rec,
+                "Normal",
+                "Killing",
+                format!("FailedPostStartHook: stopping container {}", c.name),
+            );
+            let stop_signal = rec.containers.get(&c.name).and_then(|r| r.stop_signal.clone());
+            stop(ctx, id, stop_signal.as_deref(), Duration::from_secs(grace)).await;
+            false
+        }
+    }
+}
+
+/// The pod's kernel hostname: its `hostname` (else its name), fully qualified with
+/// `setHostnameAsFQDN` and a `subdomain`.
+fn kernel_hostname(ctx: &Ctx, rec: &PodRecord, spec: &tug_api::kinds::pod::PodSpec) -> String {
+    let (host, domain) =
+        tug_api::kinds::pod::hostname_and_domain(&rec.name, &rec.namespace, spec, &ctx.cfg.cluster_domain);
+    match domain {
+        Some(d) if spec.set_hostname_as_fqdn == Some(true) => format!("{host}.{d}"),
+        _ => host,
+    }
+}
+
+/// The pod's `/etc/hosts`, as kubelet writes it: localhost, the pod's own names, then its
+/// `hostAliases`.
+fn hosts_file(
+    ip: &str,
+    rec: &PodRecord,
+    spec: &tug_api::kinds::pod::PodSpec,
+    cluster_domain: &str,
+) -> String {
+    let (host, domain) =
+        tug_api::kinds::pod::hostname_and_domain(&rec.name, &rec.namespace, spec, cluster_domain);
+    let own = match domain {
+        Some(d) => format!("{ip}\t{host}.{d}\t{host}"),
+        None => format!("{ip}\t{host}"),
+    };
+    let mut out = format!(
+        "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\n"
+    );
+    if !spec.host_aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in &spec.host_aliases {
+            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.join("\t")));
+        }
+    }
+    out
 }
 
 /// The pod's network namespace and its `/etc` files.
@@ -521,11 +629,8 @@ async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::Pod
     let net = ctx.net.add_pod(&short(&rec.uid)).await?;
     let dir = ctx.sandbox_dir(&rec.uid);
     crate::blocking(|| std::fs::create_dir_all(&dir)).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let hostname = rec.name.clone();
-    let hosts = format!(
-        "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
-        net.ip
-    );
+    let hostname = kernel_hostname(ctx, rec, spec);
+    let hosts = hosts_file(&net.ip.to_string(), rec, spec, &ctx.cfg.cluster_domain);
     let resolv = crate::dns::resolv_conf(
         spec.dns_policy.as_deref(),
         spec.host_network == Some(true),
@@ -686,6 +791,9 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             }
             entry.state = State::Running { started_at: rfc3339(SystemTime::now()) };
             spawn_waiter(ctx, &id, tx);
+            if !post_start(ctx, pod, rec, c, &id).await {
+                refresh(ctx, rec);
+            }
         }
         Err((reason, message)) => {
             remove_container(ctx, &id);
@@ -708,7 +816,7 @@ async fn launch(
 ) -> Result<(), (&'static str, String)> {
     let sandbox = spec::Sandbox {
         netns: rec.netns.clone().unwrap_or_default(),
-        hostname: rec.name.clone(),
+        hostname: kernel_hostname(ctx, rec, &pod.spec),
         pod_dir: ctx.sandbox_dir(&rec.uid),
         cgroup: ctx.cgroup(&rec.uid),
     };
@@ -1091,22 +1199,29 @@ async fn evict(ctx: &Ctx, rec: &mut PodRecord, message: String) {
     .await;
 }
 
-/// Everything of the pod goes: containers (gracefully, all at once), network, files.
-async fn tear_down(ctx: &Ctx, rec: &PodRecord) {
+/// Everything of the pod goes: containers (gracefully — the app containers all at once,
+/// then the sidecars last first, within one grace period), network, files.
+async fn tear_down(ctx: &Ctx, pod: Option<&Pod>, rec: &PodRecord) {
     let grace = Duration::from_secs(u64::try_from(rec.grace_seconds.unwrap_or(30)).unwrap_or(30));
-    for (name, c) in &rec.containers {
-        if matches!(c.state, State::Running { .. } | State::Starting) {
-            record_event(ctx, rec, "Normal", "Killing", format!("Stopping container {name}"));
-        }
+    let deadline = std::time::Instant::now() + grace;
+    let running: Vec<&String> = rec
+        .containers
+        .iter()
+        .filter(|(_, c)| matches!(c.state, State::Running { .. } | State::Starting))
+        .map(|(n, _)| n)
+        .collect();
+    for name in &running {
+        record_event(ctx, rec, "Normal", "Killing", format!("Stopping container {name}"));
     }
-    let stops = rec.containers.values().filter_map(|c| {
-        let id = c.id.clone()?;
-        matches!(c.state, State::Running { .. } | State::Starting).then_some((id, c.stop_signal.clone()))
-    });
-    futures::future::join_all(
-        stops.map(|(id, sig)| async move { stop(ctx, &id, sig.as_deref(), grace).await }),
-    )
-    .await;
+    let sidecars: Vec<&String> = pod
+        .map(|p| p.spec.init_containers.iter().rev().filter(|c| c.is_sidecar()).map(|c| &c.name).collect())
+        .unwrap_or_default();
+    let sidecars: Vec<&String> = sidecars.into_iter().filter(|n| running.contains(n)).collect();
+    let others = running.iter().filter(|n| !sidecars.contains(n));
+    futures::future::join_all(others.map(|name| kill(ctx, pod, rec, name, grace))).await;
+    for name in sidecars {
+        kill(ctx, pod, rec, name, deadline.saturating_duration_since(std::time::Instant::now())).await;
+    }
     for c in rec.containers.values() {
         if let Some(id) = &c.id {
             remove_container(ctx, id);

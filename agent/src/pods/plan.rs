@@ -13,6 +13,8 @@ pub enum Action {
     Sandbox,
     /// Start (or start again) this container.
     Start(String),
+    /// Stop this container (a sidecar, once the app containers are done for good).
+    Stop(String),
     /// Stop everything and remove the pod from the node.
     TearDown,
     /// Nothing to do before this time (unix ms): a back-off ends.
@@ -34,19 +36,62 @@ fn policy(spec: &PodSpec) -> &str {
     spec.restart_policy.as_deref().unwrap_or("Always")
 }
 
+/// What part a container plays in its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An init container that runs to completion.
+    Init,
+    /// An init container with `restartPolicy: Always`.
+    Sidecar,
+    App,
+}
+
+/// The role of the container named `name`.
+pub fn role(spec: &PodSpec, name: &str) -> Role {
+    match spec.init_containers.iter().find(|c| c.name == name) {
+        Some(c) if c.is_sidecar() => Role::Sidecar,
+        Some(_) => Role::Init,
+        None => Role::App,
+    }
+}
+
 /// Whether a container that ended like this starts again under the pod's policy (init
-/// containers restart on failure unless the policy is Never).
-pub fn restarts(spec: &PodSpec, init: bool, t: &Terminated) -> bool {
-    match policy(spec) {
-        "Never" => false,
-        "OnFailure" => t.exit_code != 0,
-        _ if init => t.exit_code != 0,
+/// containers restart on failure unless the policy is Never; sidecars always do).
+pub fn restarts(spec: &PodSpec, role: Role, t: &Terminated) -> bool {
+    match (role, policy(spec)) {
+        (Role::Sidecar, _) => true,
+        (_, "Never") => false,
+        (_, "OnFailure") | (Role::Init, _) => t.exit_code != 0,
         _ => true,
     }
 }
 
+/// Whether a running container has started: its startup probe (if any) succeeded.
+fn started(c: &tug_api::kinds::pod::Container, r: Option<&ContainerRecord>) -> bool {
+    r.is_some_and(|r| {
+        matches!(r.state, State::Running { .. }) && r.probed.map_or(c.startup_probe.is_none(), |p| p.0)
+    })
+}
+
+/// Whether a sidecar has done its part of the pod's start: it started once.
+fn sidecar_up(r: Option<&ContainerRecord>) -> bool {
+    r.is_some_and(|r| {
+        r.restart_count > 0
+            || r.last.is_some()
+            || matches!(r.state, State::Running { .. } | State::Terminated(_))
+    })
+}
+
+/// Whether every app container has ended for good (they will not start again).
+pub fn apps_done(spec: &PodSpec, rec: &PodRecord) -> bool {
+    spec.containers.iter().all(|c| {
+        matches!(rec.containers.get(&c.name).map(|r| &r.state),
+            Some(State::Terminated(t)) if !restarts(spec, Role::App, t))
+    })
+}
+
 /// One container's next step: start now, wait until, or nothing.
-fn next(spec: &PodSpec, c: Option<&ContainerRecord>, init: bool, now: u64) -> Option<Action> {
+fn next(spec: &PodSpec, c: Option<&ContainerRecord>, role: Role, now: u64) -> Option<Action> {
     let due = |c: &ContainerRecord| c.backoff_until.is_none_or(|t| now >= t);
     match c.map(|c| (&c.state, c)) {
         None | Some((State::New, _)) => Some(Action::Start(String::new())),
@@ -59,7 +104,7 @@ fn next(spec: &PodSpec, c: Option<&ContainerRecord>, init: bool, now: u64) -> Op
             }
         }
         Some((State::Terminated(t), c)) => {
-            if !restarts(spec, init, t) {
+            if !restarts(spec, role, t) {
                 None
             } else if due(c) {
                 Some(Action::Start(String::new()))
@@ -81,15 +126,21 @@ pub fn plan(spec: &PodSpec, rec: &PodRecord, deleted: bool, now: u64) -> Vec<Act
     if rec.ip.is_none() {
         return vec![Action::Sandbox];
     }
-    // Init containers one at a time, in order; the app containers only after all succeeded.
-    for c in &spec.init_containers {
+    // Init containers one at a time, in order — a sidecar counts once it has started — and
+    // the app containers only after all of them. Once an app container has been started the
+    // pod is past this, for good.
+    let initialized = spec.containers.iter().any(|c| rec.containers.contains_key(&c.name));
+    for c in spec.init_containers.iter().filter(|_| !initialized) {
         let r = rec.containers.get(&c.name);
-        if let Some(ContainerRecord { state: State::Terminated(t), .. }) = r
-            && t.exit_code == 0
-        {
-            continue;
+        let role = if c.is_sidecar() { Role::Sidecar } else { Role::Init };
+        match (role, r) {
+            (Role::Sidecar, r) if started(c, r) => continue,
+            (Role::Init, Some(ContainerRecord { state: State::Terminated(t), .. })) if t.exit_code == 0 => {
+                continue;
+            }
+            _ => {}
         }
-        return match next(spec, r, true, now) {
+        return match next(spec, r, role, now) {
             Some(Action::Start(_)) => vec![Action::Start(c.name.clone())],
             Some(a) => vec![a],
             None => vec![],
@@ -97,8 +148,24 @@ pub fn plan(spec: &PodSpec, rec: &PodRecord, deleted: bool, now: u64) -> Vec<Act
     }
     let mut out = Vec::new();
     let mut wake: Option<u64> = None;
+    // Sidecars keep running beside the app containers and stop, last first, after them.
+    let done = apps_done(spec, rec);
+    for c in spec.init_containers.iter().rev().filter(|c| c.is_sidecar()) {
+        let r = rec.containers.get(&c.name);
+        if done {
+            if r.is_some_and(|r| matches!(r.state, State::Running { .. } | State::Starting)) {
+                out.push(Action::Stop(c.name.clone()));
+            }
+            continue;
+        }
+        match next(spec, r, Role::Sidecar, now) {
+            Some(Action::Start(_)) => out.push(Action::Start(c.name.clone())),
+            Some(Action::WakeAt(t)) => wake = Some(wake.map_or(t, |w| w.min(t))),
+            _ => {}
+        }
+    }
     for c in &spec.containers {
-        match next(spec, rec.containers.get(&c.name), false, now) {
+        match next(spec, rec.containers.get(&c.name), Role::App, now) {
             Some(Action::Start(_)) => out.push(Action::Start(c.name.clone())),
             Some(Action::WakeAt(t)) => wake = Some(wake.map_or(t, |w| w.min(t))),
             _ => {}
@@ -222,16 +289,33 @@ fn cond(t: &str, ok: bool, reason: Option<&str>, old: &Value, now: &str) -> Valu
     v
 }
 
-/// The pod's phase: Pending until every init container succeeded and the app containers
-/// started; Succeeded or Failed once every app container ended for good; Running otherwise.
+/// Whether the pod's init containers have done their part: each ran to success, each
+/// sidecar started.
+fn inits_done(spec: &PodSpec, rec: &PodRecord) -> bool {
+    spec.init_containers.iter().all(|c| {
+        let r = rec.containers.get(&c.name);
+        if c.is_sidecar() {
+            sidecar_up(r)
+        } else {
+            matches!(r.map(|r| &r.state), Some(State::Terminated(t)) if t.exit_code == 0)
+        }
+    })
+}
+
+/// The pod's phase: Pending until every init container succeeded (every sidecar started)
+/// and the app containers started; Succeeded or Failed once every app container ended for
+/// good (sidecars do not count); Running otherwise.
 pub fn phase(spec: &PodSpec, rec: &PodRecord) -> &'static str {
     let get = |n: &str| rec.containers.get(n);
-    for c in &spec.init_containers {
+    for c in spec.init_containers.iter().filter(|c| !c.is_sidecar()) {
         match get(&c.name).map(|r| &r.state) {
             Some(State::Terminated(t)) if t.exit_code == 0 => {}
-            Some(State::Terminated(t)) if !restarts(spec, true, t) => return "Failed",
+            Some(State::Terminated(t)) if !restarts(spec, Role::Init, t) => return "Failed",
             _ => return "Pending",
         }
+    }
+    if !inits_done(spec, rec) {
+        return "Pending";
     }
     let states: Vec<Option<&State>> =
         spec.containers.iter().map(|c| get(&c.name).map(|r| &r.state)).collect();
@@ -241,7 +325,7 @@ pub fn phase(spec: &PodSpec, rec: &PodRecord) -> &'static str {
     let finished: Vec<&Terminated> = states
         .iter()
         .filter_map(|s| match s {
-            Some(State::Terminated(t)) if !restarts(spec, false, t) => Some(t),
+            Some(State::Terminated(t)) if !restarts(spec, Role::App, t) => Some(t),
             _ => None,
         })
         .collect();
@@ -254,10 +338,8 @@ pub fn phase(spec: &PodSpec, rec: &PodRecord) -> &'static str {
 /// The pod's status (the scheduler's PodScheduled condition is kept from `old`).
 pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, now: u64) -> Value {
     let stamp = super::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now));
-    let initialized = spec.init_containers.iter().all(|c| {
-        matches!(rec.containers.get(&c.name).map(|r| &r.state), Some(State::Terminated(t)) if t.exit_code == 0)
-    });
-    let status = |c: &tug_api::kinds::pod::Container, init: bool| {
+    let initialized = inits_done(spec, rec);
+    let status = |c: &tug_api::kinds::pod::Container, role: Role| {
         let mut r = rec.containers.get(&c.name).cloned();
         // Until its prober reports, a container with a startup or readiness probe is neither
         // started nor ready (one with only a liveness probe is both).
@@ -268,12 +350,21 @@ pub fn pod_status(spec: &PodSpec, rec: &PodRecord, host_ip: &str, old: &Value, n
                 Some((c.startup_probe.is_none(), c.startup_probe.is_none() && c.readiness_probe.is_none()));
         }
         let restarting = rec.evicted.is_none()
-            && matches!(r.as_ref().map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, init, t));
+            && !(role == Role::Sidecar && apps_done(spec, rec))
+            && matches!(r.as_ref().map(|r| &r.state), Some(State::Terminated(t)) if restarts(spec, role, t));
         container_status(&c.name, &c.image, r.as_ref(), restarting, now)
     };
-    let statuses: Vec<Value> = spec.containers.iter().map(|c| status(c, false)).collect();
-    let init_statuses: Vec<Value> = spec.init_containers.iter().map(|c| status(c, true)).collect();
-    let ready = initialized && rec.evicted.is_none() && statuses.iter().all(|s| s["ready"] == true);
+    let statuses: Vec<Value> = spec.containers.iter().map(|c| status(c, Role::App)).collect();
+    let init_statuses: Vec<Value> = spec
+        .init_containers
+        .iter()
+        .map(|c| status(c, if c.is_sidecar() { Role::Sidecar } else { Role::Init }))
+        .collect();
+    // Sidecars' readiness counts towards the pod's, as Kubernetes has it.
+    let sidecars_ready =
+        spec.init_containers.iter().zip(&init_statuses).all(|(c, s)| !c.is_sidecar() || s["ready"] == true);
+    let ready =
+        initialized && rec.evicted.is_none() && sidecars_ready && statuses.iter().all(|s| s["ready"] == true);
     // Conditions others own (the scheduler's PodScheduled and DisruptionTarget) are kept.
     let mut conditions: Vec<Value> = old["conditions"]
         .as_array()
@@ -446,6 +537,47 @@ mod tests {
             [Action::Start("a".into()), Action::Start("b".into())]
         );
         assert_eq!(plan(&s, &rec(&[]), true, 0), [Action::TearDown]);
+    }
+
+    /// Native sidecars: started in order and counted once started, kept running (restarted)
+    /// beside the app containers, stopped after them; they do not hold the phase.
+    #[test]
+    fn sidecars_start_in_order_keep_running_and_stop_after_the_app_containers() {
+        let mut s = spec("Never", &["side", "init"], &["a"]);
+        s.init_containers[0].restart_policy = Some("Always".into());
+        assert_eq!(plan(&s, &rec(&[]), false, 0), [Action::Start("side".into())]);
+        let up = rec(&[("side", running())]);
+        assert_eq!(plan(&s, &up, false, 0), [Action::Start("init".into())], "started: the next init goes");
+        assert_eq!(phase(&s, &up), "Pending");
+        let apps = rec(&[("side", running()), ("init", exited(0))]);
+        assert_eq!(plan(&s, &apps, false, 0), [Action::Start("a".into())]);
+        // A sidecar that ends while the app runs starts again, even under Never.
+        let crashed = rec(&[("side", exited(1)), ("init", exited(0)), ("a", running())]);
+        assert_eq!(plan(&s, &crashed, false, 0), [Action::Start("side".into())]);
+        assert_eq!(phase(&s, &crashed), "Running");
+        // The app is done: the sidecar is stopped, the pod Succeeded without waiting for it.
+        let done = rec(&[("side", running()), ("init", exited(0)), ("a", exited(0))]);
+        assert_eq!(plan(&s, &done, false, 0), [Action::Stop("side".into())]);
+        assert_eq!(phase(&s, &done), "Succeeded");
+        let stopped = rec(&[("side", exited(143)), ("init", exited(0)), ("a", exited(0))]);
+        assert_eq!(plan(&s, &stopped, false, 0), []);
+        // A sidecar with a startup probe holds the next init until the probe passes.
+        s.init_containers[0].startup_probe = Some(Default::default());
+        let mut probing = rec(&[("side", running())]);
+        assert_eq!(plan(&s, &probing, false, 0), []);
+        probing.containers.get_mut("side").unwrap().probed = Some((true, false));
+        assert_eq!(plan(&s, &probing, false, 0), [Action::Start("init".into())]);
+        // Its readiness counts for the pod's.
+        let st = pod_status(
+            &s,
+            &rec(&[("side", running()), ("init", exited(0)), ("a", running())]),
+            "h",
+            &json!({}),
+            0,
+        );
+        let ready =
+            st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        assert_eq!(ready["status"], "False", "the sidecar's startup probe has not passed: {st}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod core;
 pub mod pod;
 pub mod policy;
+pub mod quota;
 pub mod rbac;
 pub mod rollouts;
 pub mod storage;

@@ -66,8 +66,16 @@ pub struct PodSpec {
     pub enable_service_links: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// With a `subdomain`, the pod is `<hostname>.<subdomain>.<ns>.svc.<domain>` (through the
+    /// headless Service of that name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// The kernel hostname is the pod's fully qualified name (with a `subdomain`).
+    #[serde(default, rename = "setHostnameAsFQDN", skip_serializing_if = "Option::is_none")]
+    pub set_hostname_as_fqdn: Option<bool>,
+    /// Extra `/etc/hosts` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +266,52 @@ pub struct Container {
     pub termination_message_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_message_policy: Option<String>,
+    /// On an init container, `Always` makes it a sidecar: it starts in order with the other
+    /// init containers, keeps running beside the app containers, restarts when it ends and
+    /// stops after them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+impl Container {
+    /// An init container that keeps running (`restartPolicy: Always`).
+    pub fn is_sidecar(&self) -> bool {
+        self.restart_policy.as_deref() == Some("Always")
+    }
+}
+
+/// Hooks run right after a container starts and before it is stopped.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Lifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_start: Option<LifecycleHandler>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<LifecycleHandler>,
+}
+
+/// One hook: a command in the container, an HTTP GET to it, or a pause.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LifecycleHandler {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// Accepted by Kubernetes for compatibility but never run by kubelet: refused here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SleepAction {
+    #[serde(default)]
+    pub seconds: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -703,6 +757,37 @@ pub struct Capabilities {
 }
 
 /// `dnsConfig`: added to (or, with `dnsPolicy: None`, all of) a pod's resolv.conf.
+/// An `/etc/hosts` entry: `ip` and the names it answers to.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostAlias {
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+}
+
+/// The pod's hostname and, with a `subdomain`, its domain (`<subdomain>.<ns>.svc.<cluster
+/// domain>`), as kubelet's `GeneratePodHostNameAndDomain` makes them.
+pub fn hostname_and_domain(
+    name: &str,
+    namespace: &str,
+    spec: &PodSpec,
+    cluster_domain: &str,
+) -> (String, Option<String>) {
+    let host = spec.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| {
+        // A name longer than a DNS label is cut to 63 characters, without a final '-' or '.'.
+        let cut: String = name.chars().take(63).collect();
+        cut.trim_end_matches(['-', '.']).to_string()
+    });
+    let domain = spec
+        .subdomain
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{s}.{namespace}.svc.{cluster_domain}"));
+    (host, domain)
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodDnsConfig {

@@ -58,6 +58,7 @@ const ALL: &[&str] = &[
     "daemonsets",
     "deployments",
     "replicasets",
+    "statefulsets",
     "jobs",
     "cronjobs",
     "horizontalpodautoscalers",

@@ -1,6 +1,7 @@
 //! `tug rollout status|history|undo|pause|resume|restart deployment/NAME` and
 //! `tug scale KIND/NAME --replicas N`, in kubectl's words; status, history, undo and restart
-//! on `daemonset/NAME` (revisions are its ControllerRevisions); the same verbs on
+//! on `daemonset/NAME` and `statefulset/NAME` (revisions are their ControllerRevisions); the
+//! same verbs on
 //! `rollout/NAME` (Argo Rollouts' kind) with `promote`, `abort` and `retry`, in Argo's.
 
 use crate::client::{CallError, Client};
@@ -15,7 +16,9 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const ROLLOUT_HASH_LABEL: &str = tug_api::kinds::rollouts::HASH_LABEL;
 const ROLLOUT_REVISION: &str = "rollout.argoproj.io/revision";
 /// The kinds the rollout verbs work on.
-const WORKLOADS: [&str; 3] = ["Deployment", "DaemonSet", "Rollout"];
+const WORKLOADS: [&str; 4] = ["Deployment", "DaemonSet", "StatefulSet", "Rollout"];
+/// The kinds whose revisions are ControllerRevisions.
+const REVISIONED: [&str; 2] = ["DaemonSet", "StatefulSet"];
 /// The kinds that pause.
 const PAUSABLE: [&str; 2] = ["Deployment", "Rollout"];
 
@@ -147,7 +150,7 @@ async fn update(
 }
 
 pub async fn scale(client: &Client, args: &ScaleArgs, ns: Option<&str>) -> Result<ExitCode, String> {
-    let (info, name) = target(&args.target, &["Deployment", "ReplicaSet", "Rollout"])?;
+    let (info, name) = target(&args.target, &["Deployment", "ReplicaSet", "StatefulSet", "Rollout"])?;
     if args.replicas < 0 {
         return Err(
             "error: The --replicas=COUNT flag is required, and COUNT must be greater than or equal to 0"
@@ -173,7 +176,11 @@ pub async fn run(client: &Client, cmd: RolloutCmd, ns: Option<&str>) -> Result<E
                 return rollout_status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch)
                     .await;
             }
-            let line = if info.kind == "DaemonSet" { daemonset_status_line } else { status_line };
+            let line: StatusLine = match info.kind {
+                "DaemonSet" => daemonset_status_line,
+                "StatefulSet" => statefulset_status_line,
+                _ => status_line,
+            };
             status(client, &info.path(Some(ns), Some(&name)), &name, timeout, watch, line).await
         }
         RolloutCmd::History { target: t, revision } => {
@@ -344,6 +351,59 @@ pub fn daemonset_status_line(d: &Value, name: &str, _: i64) -> Result<(String, b
     })
 }
 
+/// kubectl's status line for a StatefulSet (`RollingUpdate` only); `Ok(true)` when done.
+pub fn statefulset_status_line(s: &Value, _: &str, _: i64) -> Result<(String, bool), String> {
+    let strategy = &s["spec"]["updateStrategy"];
+    if strategy["type"].as_str().is_some_and(|t| t != "RollingUpdate") {
+        return Err("error: rollout status is only available for RollingUpdate strategy type".into());
+    }
+    let generation = s["metadata"]["generation"].as_i64().unwrap_or(0);
+    let observed = s["status"]["observedGeneration"].as_i64().unwrap_or(0);
+    if observed == 0 || generation > observed {
+        return Ok(("Waiting for statefulset spec update to be observed...".into(), false));
+    }
+    let n = |f: &str| s["status"][f].as_i64().unwrap_or(0);
+    let replicas = s["spec"]["replicas"].as_i64().unwrap_or(1);
+    if n("readyReplicas") < replicas {
+        return Ok((format!("Waiting for {} pods to be ready...", replicas - n("readyReplicas")), false));
+    }
+    if let Some(partition) = strategy["rollingUpdate"]["partition"].as_i64() {
+        let want = replicas - partition;
+        if n("updatedReplicas") < want {
+            return Ok((
+                format!(
+                    "Waiting for partitioned roll out to finish: {} out of {want} new pods have been updated...",
+                    n("updatedReplicas")
+                ),
+                false,
+            ));
+        }
+        return Ok((
+            format!("partitioned roll out complete: {} new pods have been updated...", n("updatedReplicas")),
+            true,
+        ));
+    }
+    let (current, update) = (s["status"]["currentRevision"].as_str(), s["status"]["updateRevision"].as_str());
+    if current != update {
+        return Ok((
+            format!(
+                "waiting for statefulset rolling update to complete {} pods at revision {}...",
+                n("updatedReplicas"),
+                update.unwrap_or_default()
+            ),
+            false,
+        ));
+    }
+    Ok((
+        format!(
+            "statefulset rolling update complete {} pods at revision {}...",
+            n("currentReplicas"),
+            current.unwrap_or_default()
+        ),
+        true,
+    ))
+}
+
 /// A status line: `(line, done)` or the failure.
 type StatusLine = fn(&Value, &str, i64) -> Result<(String, bool), String>;
 
@@ -467,7 +527,7 @@ fn controlled_by<'a>(list: &'a Value, uid: &'a str) -> impl Iterator<Item = &'a 
     })
 }
 
-/// The DaemonSet's ControllerRevisions by revision, each shaped as a ReplicaSet is
+/// A DaemonSet's or StatefulSet's ControllerRevisions by revision, each shaped as a ReplicaSet is
 /// (`spec.template`) for history and undo.
 async fn controller_revisions(client: &Client, ns: &str, uid: &str) -> Result<Vec<(i64, Value)>, String> {
     let info = super::kind("controllerrevisions")?;
@@ -482,7 +542,8 @@ async fn controller_revisions(client: &Client, ns: &str, uid: &str) -> Result<Ve
     Ok(out)
 }
 
-/// The Deployment's ReplicaSets (a DaemonSet's ControllerRevisions) by revision.
+/// The Deployment's ReplicaSets (a DaemonSet's or StatefulSet's ControllerRevisions) by
+/// revision.
 async fn revisions(
     client: &Client,
     info: &tug_api::object::KindInfo,
@@ -491,7 +552,7 @@ async fn revisions(
 ) -> Result<(Value, Vec<(i64, Value)>), String> {
     let d = client.get(&info.path(Some(ns), Some(name))).await.map_err(server_err)?;
     let uid = d["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    if info.kind == "DaemonSet" {
+    if REVISIONED.contains(&info.kind) {
         return Ok((d, controller_revisions(client, ns, &uid).await?));
     }
     let rs_info = super::kind("replicasets")?;
@@ -547,7 +608,7 @@ async fn undo(
 ) -> Result<ExitCode, String> {
     let (d, revs) = revisions(client, info, ns, name).await?;
     let (revision_key, hash_label) = revision_keys(info);
-    let current: i64 = if info.kind == "DaemonSet" {
+    let current: i64 = if REVISIONED.contains(&info.kind) {
         // The controller gives the current template the newest revision.
         revs.last().map_or(0, |(r, _)| *r)
     } else if info.kind == "Rollout" {
@@ -593,6 +654,38 @@ async fn undo(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn statefulset_status_lines_are_kubectls() {
+        let s = |partition: Value, ready: i64, updated: i64, cur: &str, upd: &str| {
+            json!({"metadata": {"generation": 2}, "spec": {"replicas": 3,
+                    "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": partition}}},
+                   "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": updated,
+                              "currentReplicas": 3 - updated, "currentRevision": cur, "updateRevision": upd}})
+        };
+        let line = |v: Value| statefulset_status_line(&v, "web", 0).unwrap();
+        assert_eq!(line(s(json!(0), 2, 0, "a", "b")), ("Waiting for 1 pods to be ready...".into(), false));
+        assert_eq!(
+            line(s(json!(1), 3, 1, "a", "b")),
+            (
+                "Waiting for partitioned roll out to finish: 1 out of 2 new pods have been updated...".into(),
+                false
+            )
+        );
+        assert_eq!(
+            line(s(json!(1), 3, 2, "a", "b")),
+            ("partitioned roll out complete: 2 new pods have been updated...".into(), true)
+        );
+        assert_eq!(
+            line(s(Value::Null, 3, 1, "a", "b")),
+            ("waiting for statefulset rolling update to complete 1 pods at revision b...".into(), false)
+        );
+        let mut od = s(json!(0), 3, 3, "b", "b");
+        od["spec"]["updateStrategy"]["type"] = "OnDelete".into();
+        assert!(
+            statefulset_status_line(&od, "web", 0).unwrap_err().contains("only available for RollingUpdate")
+        );
+    }
 
     #[test]
     fn status_lines_are_kubectls() {

@@ -40,6 +40,7 @@ fn categories(info: &KindInfo) -> Vec<&'static str> {
         "pods"
         | "services"
         | "daemonsets"
+        | "statefulsets"
         | "deployments"
         | "replicasets"
         | "jobs"
@@ -67,7 +68,7 @@ fn subresources(info: &KindInfo) -> Vec<Subresource> {
             ("eviction", vec!["create"], "Eviction", Some(("policy", "v1"))),
             ("resize", vec!["get", "patch", "update"], "Pod", None),
         ],
-        "deployments" | "replicasets" | "rollouts" => {
+        "deployments" | "replicasets" | "statefulsets" | "rollouts" => {
             vec![status, ("scale", vec!["get", "patch", "update"], "Scale", Some(("autoscaling", "v1")))]
         }
         _ if !info.has_status() => vec![],

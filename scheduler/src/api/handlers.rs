@@ -212,7 +212,7 @@ fn sync_route(
     }
 }
 
-/// `/scale` of a Deployment or ReplicaSet (`autoscaling/v1` Scale): get, replace, patch. A
+/// `/scale` of a Deployment, ReplicaSet, StatefulSet or Rollout (`autoscaling/v1` Scale): get, replace, patch. A
 /// write changes `spec.replicas` of the object through the replace path (checked, optimistic).
 pub async fn scale(
     State(st): State<Arc<AppState>>,
@@ -227,7 +227,7 @@ pub async fn scale(
     let q = parse_query(q.as_deref().unwrap_or(""));
     let Some(info) = tug_api::object::KINDS.iter().find(|k| {
         k.plural == plural
-            && ((k.group == "apps" && ["deployments", "replicasets"].contains(&k.plural))
+            && ((k.group == "apps" && ["deployments", "replicasets", "statefulsets"].contains(&k.plural))
                 || (k.group == "argoproj.io" && k.plural == "rollouts"))
     }) else {
         return not_found(Uri::from_static("/scale")).await;
@@ -750,6 +750,7 @@ fn create(
         blocking(|| crate::controllers::vpa::admit_pod(st.store.as_ref(), &mut obj))
             .map_err(|e| Status::internal(e.to_string()))?;
     }
+    admit_limits_and_quota(st, info, &mut obj, dry)?;
     super::managed::track_update(info.kind, None, &mut obj, (manager, ""), &info.api_version(), &now());
     if dry {
         if blocking(|| st.store.get(&key)).map_err(|e| store_status(e, info, &name))?.is_some() {
@@ -760,6 +761,15 @@ fn create(
     let stored = blocking(|| st.store.create(&key, obj)).map_err(|e| store_status(e, info, &name))?;
     namespace_defaults(st, info, &name);
     Ok(with_warnings(stored_reply(StatusCode::CREATED, &stored), &warnings))
+}
+
+/// LimitRanger and ResourceQuota admission of a new object (`crate::quota`): a pod's
+/// defaults set and bounds checked, then the namespace's quotas charged (not on a dry run).
+fn admit_limits_and_quota(st: &AppState, info: &KindInfo, obj: &mut Value, dry: bool) -> Result<(), Status> {
+    let Some(ns) = obj["metadata"]["namespace"].as_str().map(str::to_string) else { return Ok(()) };
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    blocking(|| crate::quota::admit(st.store.as_ref(), info, &ns, obj, dry))
+        .map_err(|m| Status::forbidden(format!("{} {name:?} is forbidden: {m}", resource_name(info))))
 }
 
 /// ServiceAccount admission for a new Pod (`crate::auth::serviceaccounts`).
@@ -1387,6 +1397,7 @@ fn apply(
                 assign_pod_cidr(st, info, &mut obj)?;
                 admit_pod_priority(st, info, &mut obj)?;
                 admit_service_account(st, info, &mut obj)?;
+                admit_limits_and_quota(st, info, &mut obj, dry)?;
                 if dry {
                     break (Stored { key: key.clone(), object: obj, revision: 0 }, Applied::Created);
                 }

@@ -21,13 +21,14 @@
 //! Revisions are ControllerRevisions named `<daemonset>-<hash>` holding the template; pods
 //! carry the hash as `controller-revision-hash` (what `rollout history` and `undo` use).
 
+use super::history;
 use super::runtime::{Controller, Next};
 use super::{controller_of, controller_ref, decode, pod_active, pod_available, ready_since};
 use crate::store::{Event, Store, StoreError};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tug_api::kinds::apps::{ControllerRevision, DaemonSet, DaemonSetStatus};
+use tug_api::kinds::apps::{DaemonSet, DaemonSetStatus};
 use tug_api::kinds::cluster::Node;
 use tug_api::kinds::pod::{
     Affinity, NodeAffinity, NodeSelectorRequirement, NodeSelectorSpec, NodeSelectorTerm,
@@ -37,9 +38,7 @@ use tug_api::kinds::pod::{Pod, PodSpec, Toleration};
 pub const PREFIX: &str = "apps/daemonsets/";
 const PODS: &str = "/pods/";
 const NODES: &str = "/nodes/";
-pub const REVISIONS: &str = "apps/controllerrevisions/";
-/// The pod label naming its template's revision.
-pub const HASH_LABEL: &str = "controller-revision-hash";
+use super::history::HASH_LABEL;
 /// The pod label with the DaemonSet's generation it was made at (Kubernetes still sets it).
 const GENERATION_LABEL: &str = "pod-template-generation";
 /// At most this many pods created per reconcile.
@@ -357,73 +356,6 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Value {
     )
 }
 
-/// The DaemonSet's revisions, oldest first.
-fn revisions(
-    store: &dyn Store,
-    ds: &DaemonSet,
-) -> Result<Vec<(crate::store::Stored, ControllerRevision)>, StoreError> {
-    let ns = ds.metadata.namespace.as_deref().unwrap_or("default");
-    let uid = ds.metadata.uid.as_deref().unwrap_or_default();
-    let (items, _) = store.list(&format!("{REVISIONS}{ns}/"))?;
-    let mut out: Vec<_> = items
-        .into_iter()
-        .filter_map(|s| decode::<ControllerRevision>(&s).ok().map(|r| (s, r)))
-        .filter(|(_, r)| controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
-    out.sort_by_key(|(_, r)| r.revision);
-    Ok(out)
-}
-
-/// Makes sure the current template has the newest revision (a ControllerRevision made, or
-/// an old one renumbered when the template goes back to it) and trims history to
-/// `revisionHistoryLimit` among revisions no pod runs.
-fn sync_revisions(store: &dyn Store, ds: &DaemonSet, hash: &str, pods: &[Pod]) -> Result<(), StoreError> {
-    let ns = ds.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let revs = revisions(store, ds)?;
-    let max = revs.iter().map(|(_, r)| r.revision).max().unwrap_or(0);
-    let name = format!("{}-{hash}", ds.metadata.name);
-    match revs.iter().find(|(_, r)| r.metadata.name == name) {
-        Some((s, r)) if r.revision < max => {
-            let mut obj = s.object.clone();
-            obj["revision"] = json!(max + 1);
-            store.update(&s.key, obj, Some(s.revision))?;
-        }
-        Some(_) => {}
-        None => {
-            let mut annotations = serde_json::Map::new();
-            if let Some(c) = ds.metadata.annotations.get("kubernetes.io/change-cause") {
-                annotations.insert("kubernetes.io/change-cause".into(), c.clone().into());
-            }
-            let mut labels = ds.spec.template.metadata.labels.clone();
-            labels.insert(HASH_LABEL.into(), hash.into());
-            let mut obj = json!({
-                "apiVersion": "apps/v1", "kind": "ControllerRevision",
-                "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations,
-                    "ownerReferences": [controller_ref("apps/v1", "DaemonSet", &ds.metadata)]},
-                "data": {"spec": {"template": ds.spec.template}},
-                "revision": max + 1,
-            });
-            crate::api::objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
-            match store.create(&format!("{REVISIONS}{ns}/{name}"), obj) {
-                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    let limit = usize::try_from(ds.spec.revision_history_limit.unwrap_or(10).max(0)).unwrap_or(10);
-    let running: std::collections::BTreeSet<&str> =
-        pods.iter().filter_map(|p| p.metadata.labels.get(HASH_LABEL).map(String::as_str)).collect();
-    let old: Vec<_> = revs
-        .iter()
-        .filter(|(_, r)| r.metadata.name != name)
-        .filter(|(_, r)| !r.metadata.labels.get(HASH_LABEL).is_some_and(|h| running.contains(h.as_str())))
-        .collect();
-    for (s, _) in old.iter().take(old.len().saturating_sub(limit)) {
-        crate::deletion::delete_quietly(store, &s.key)?;
-    }
-    Ok(())
-}
-
 /// What of a node decides which daemons it runs: its labels, taints and whether it is
 /// being deleted. Its status (written by every heartbeat) does not.
 fn placement_facts(node: &Value) -> String {
@@ -488,7 +420,13 @@ impl Controller for DaemonSets {
         let nodes: Vec<Node> = node_items.iter().filter_map(|s| decode(s).ok()).collect();
         let hash = template_hash(&ds);
         if ds.metadata.deletion_timestamp.is_none() {
-            sync_revisions(store, &ds, &hash, &pods)?;
+            let owner = history::Owner {
+                kind: "DaemonSet",
+                meta: &ds.metadata,
+                template: &ds.spec.template,
+                history_limit: ds.spec.revision_history_limit,
+            };
+            history::sync(store, &owner, &hash, &hash, &pods)?;
         }
         let p = plan(&ds, &nodes, &pods, &hash, super::unix_now());
         let involved = ("DaemonSet", "apps/v1", &ds.metadata);

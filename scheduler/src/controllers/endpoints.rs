@@ -67,18 +67,22 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Vec<EndpointSubset>> {
         if ports.is_empty() && !svc.spec.ports.is_empty() {
             continue;
         }
-        let addr = EndpointAddress {
-            ip,
-            hostname: None,
-            node_name: p.spec.node_name.clone(),
-            target_ref: Some(ObjectReference {
-                kind: Some("Pod".into()),
-                namespace: p.metadata.namespace.clone(),
-                name: Some(p.metadata.name.clone()),
-                uid: p.metadata.uid.clone(),
-                ..Default::default()
-            }),
-        };
+        let addr =
+            EndpointAddress {
+                ip,
+                // A pod naming the Service as its subdomain is published by its hostname.
+                hostname: p.spec.hostname.clone().filter(|h| {
+                    !h.is_empty() && p.spec.subdomain.as_deref() == Some(svc.metadata.name.as_str())
+                }),
+                node_name: p.spec.node_name.clone(),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".into()),
+                    namespace: p.metadata.namespace.clone(),
+                    name: Some(p.metadata.name.clone()),
+                    uid: p.metadata.uid.clone(),
+                    ..Default::default()
+                }),
+            };
         let g = groups.entry(ports).or_default();
         if all_ready || super::ready_since(p).is_some() {
             g.0.push(addr);

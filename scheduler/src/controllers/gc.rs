@@ -62,7 +62,8 @@ pub fn decide(meta: &ObjectMeta, owners_alive: &[bool], dependents: &[String]) -
 
 /// Kinds that may own objects: a dependent of one is deleted in foreground when its owner
 /// is, so that its own dependents go first.
-const OWNER_KINDS: [&str; 6] = ["Deployment", "ReplicaSet", "Job", "CronJob", "Rollout", "AnalysisRun"];
+const OWNER_KINDS: [&str; 8] =
+    ["Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job", "CronJob", "Rollout", "AnalysisRun"];
 
 /// Kinds scanned for dependents.
 fn dependent_kinds() -> impl Iterator<Item = &'static KindInfo> {
@@ -76,8 +77,18 @@ fn store_key(info: &KindInfo, ns: Option<&str>, name: &str) -> String {
 
 /// Keys of the objects in `ns` that name `uid` as an owner.
 fn dependents(store: &dyn Store, ns: &str, uid: &str) -> Result<Vec<Stored>, StoreError> {
+    dependents_of_kinds(store, ns, uid, dependent_kinds())
+}
+
+/// [`dependents`] among the objects of `kinds`.
+fn dependents_of_kinds<'a>(
+    store: &dyn Store,
+    ns: &str,
+    uid: &str,
+    kinds: impl Iterator<Item = &'a KindInfo>,
+) -> Result<Vec<Stored>, StoreError> {
     let mut out = Vec::new();
-    for k in dependent_kinds() {
+    for k in kinds {
         let (items, _) = store.list(&crate::api::path::prefix(k, Some(ns)))?;
         out.extend(items.into_iter().filter(|s| {
             s.object["metadata"]["ownerReferences"]
@@ -131,9 +142,16 @@ impl Controller for Collector {
             EventType::Deleted => {
                 // Its dependents may be orphans now; a foreground owner may be done.
                 let kind = e.object["kind"].as_str().unwrap_or_default();
-                if OWNER_KINDS.contains(&kind) {
-                    if let Some(uid) = meta.uid.as_deref() {
+                if let Some(uid) = meta.uid.as_deref() {
+                    if OWNER_KINDS.contains(&kind) {
                         keys.extend(dependents(store, &ns, uid).into_iter().flatten().map(|s| s.key));
+                    } else if kind == "Pod" {
+                        // A pod owns only claims (a StatefulSet's scaled away, ephemeral ones):
+                        // only they are looked at, as pods are deleted all the time.
+                        let claims = KINDS.iter().filter(|k| k.kind == "PersistentVolumeClaim");
+                        keys.extend(
+                            dependents_of_kinds(store, &ns, uid, claims).into_iter().flatten().map(|s| s.key),
+                        );
                     }
                 }
                 for o in &meta.owner_references {

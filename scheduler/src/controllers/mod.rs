@@ -27,14 +27,17 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod job;
 pub mod namespaces;
 pub mod nodes;
+pub mod quota;
 pub mod replicaset;
 pub mod rollout;
 pub mod runtime;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod volumes;
 pub mod vpa;
 
@@ -177,6 +180,8 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
         (Arc::new(daemonset::DaemonSets::default()), 1),
+        (Arc::new(statefulset::StatefulSets), 1),
+        (Arc::new(quota::Quotas), 1),
         (Arc::new(rollout::Rollouts), 1),
         (
             Arc::new(analysis::Analysis::new(
@@ -413,10 +418,14 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
             &obj["spec"],
             &obj["metadata"]["annotations"],
         );
-        // ServiceAccount admission as for users' pods: the account checked, the token mounted.
+        // ServiceAccount admission as for users' pods: the account checked, the token mounted;
+        // then the namespace's LimitRanges and ResourceQuotas.
         vpa::admit_pod(store, &mut obj)?;
         let refused = if found.is_empty() {
-            crate::auth::serviceaccounts::admit_pod(store, &mut obj).err()
+            crate::auth::serviceaccounts::admit_pod(store, &mut obj).err().or_else(|| {
+                let info = tug_api::object::lookup("pods").expect("the Pod kind");
+                crate::quota::admit(store, info, &ns, &mut obj, false).err()
+            })
         } else {
             Some(crate::auth::podsecurity::message(policy.enforce, &found))
         };
@@ -437,11 +446,27 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
                 let component = match kind {
                     "Job" => "job-controller",
                     "DaemonSet" => "daemonset-controller",
+                    "StatefulSet" => "statefulset-controller",
                     _ => "replicaset-controller",
                 };
                 event(store, (kind, api_version, &meta), "Warning", "FailedCreate", &message, component)?;
             }
             return Err(StoreError::Backend(message));
+        }
+    } else if let Some(info) = tug_api::object::KINDS.iter().find(|k| {
+        k.namespaced
+            && format!("{}/{}", if k.group.is_empty() { "" } else { k.group }, k.plural) == group_plural
+    }) {
+        // Other objects controllers make (a StatefulSet's claims, Jobs, ReplicaSets) count
+        // against the namespace's quotas as users' do.
+        if let Err(why) = crate::quota::admit(store, info, &ns, &mut obj, false) {
+            let name = base
+                .clone()
+                .unwrap_or_else(|| obj["metadata"]["name"].as_str().unwrap_or_default().to_string());
+            return Err(StoreError::Backend(format!(
+                "Error creating: {} {name:?} is forbidden: {why}",
+                info.plural
+            )));
         }
     }
     for _ in 0..8 {
