@@ -260,7 +260,9 @@ async fn serve_port_forward<C: AsyncRead + AsyncWrite + Unpin>(
     let netns =
         rec.netns.clone().ok_or_else(|| format!("pod {namespace}/{pod} has no network namespace yet"))?;
     let stream = tokio::task::spawn_blocking(move || {
-        crate::network::netns::run_in(Some(&netns), || {
+        // A host-network pod (an empty path) listens in the node's own namespace.
+        let ns = (!netns.as_os_str().is_empty()).then_some(netns.as_path());
+        crate::network::netns::run_in(ns, || {
             std::net::TcpStream::connect_timeout(
                 &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                 std::time::Duration::from_secs(5),

@@ -207,6 +207,12 @@ pub fn pod_status(pod: &Value, now: SystemTime) -> PodColumns {
         Some(r) if !r.is_empty() => r.to_string(),
         _ => phase.clone(),
     };
+    let gated = st["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated"));
+    if gated && phase == "Pending" {
+        reason = "SchedulingGated".into();
+    }
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
     let (init_specs, init_statuses, statuses) =
         (list(&spec["initContainers"]), list(&st["initContainerStatuses"]), list(&st["containerStatuses"]));

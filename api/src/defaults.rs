@@ -195,6 +195,12 @@ fn pod_spec_with(s: &mut PodSpec, restart: Option<&str>) {
     s.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
     for c in s.containers.iter_mut().chain(s.init_containers.iter_mut()) {
         container(c);
+        // A host-network pod's ports are the node's: each container port is its host port.
+        if s.host_network == Some(true) {
+            for p in &mut c.ports {
+                p.host_port.get_or_insert(p.container_port);
+            }
+        }
     }
 }
 

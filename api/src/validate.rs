@@ -843,6 +843,46 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
             }
         }
     }
+    let mut gates = std::collections::BTreeSet::new();
+    for (i, g) in s.scheduling_gates.iter().enumerate() {
+        let at = format!("{path}.schedulingGates[{i}].name");
+        if let Err(msg) = qualified_name(&g.name) {
+            e.add(at, format!("Invalid value: {:?}: {msg}", g.name));
+        } else if !gates.insert(g.name.as_str()) {
+            e.add(at, format!("Duplicate value: {:?}", g.name));
+        }
+    }
+    if !s.scheduling_gates.is_empty() && s.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
+        e.add(
+            format!("{path}.nodeName"),
+            "Forbidden: cannot be set until all schedulingGates have been cleared",
+        );
+    }
+    if let Some(os) = &s.os {
+        if !["linux", "windows"].contains(&os.name.as_str()) {
+            e.add(
+                format!("{path}.os.name"),
+                format!("Unsupported value: {:?}: supported values: \"linux\", \"windows\"", os.name),
+            );
+        }
+    }
+    if s.host_network == Some(true) {
+        for (field, list) in [("containers", &s.containers), ("initContainers", &s.init_containers)] {
+            for (i, c) in list.iter().enumerate() {
+                for (j, p) in c.ports.iter().enumerate() {
+                    if p.host_port.is_some_and(|h| h != p.container_port) {
+                        e.add(
+                            format!("{path}.{field}[{i}].ports[{j}].containerPort"),
+                            format!(
+                                "Invalid value: {}: must match `hostPort` when `hostNetwork` is true",
+                                p.container_port
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
     for (i, a) in s.host_aliases.iter().enumerate() {
         let at = format!("{path}.hostAliases[{i}]");
         if a.ip.parse::<std::net::IpAddr>().is_err() {

@@ -136,9 +136,21 @@ fn pod(old: &Value, new: &Value, e: &mut Errors) {
         if let Some(m) = s.as_object_mut() {
             m.remove("activeDeadlineSeconds");
             m.remove("tolerations");
+            m.remove("schedulingGates");
         }
         s
     };
+    // Scheduling gates may only be taken away.
+    let gates = |v: &Value| v["spec"]["schedulingGates"].as_array().cloned().unwrap_or_default();
+    if let Some(added) = gates(new).iter().find(|g| !gates(old).contains(g)) {
+        e.add(
+            "spec.schedulingGates",
+            format!(
+                "Forbidden: only deletion is allowed, but found new scheduling gate '{}'",
+                added["name"].as_str().unwrap_or_default()
+            ),
+        );
+    }
     if masked(old) != masked(new) || !tolerations_ok {
         e.add(
             "spec",

@@ -1871,3 +1871,123 @@ spec:
     let order = std::fs::read_to_string(out.path().join("order")).unwrap_or_default();
     assert_eq!(order, "pre-stop\nterm\n");
 }
+
+/// Pod fields: `hostNetwork` runs the pod in the node's network (its address, its hostname;
+/// a second pod wanting the same port does not fit), `schedulingGates` hold a pod back until
+/// removed (and may not be added), `os: windows` never fits a Tug node.
+#[test]
+fn host_network_scheduling_gates_and_os() {
+    let (cluster, cp, agent) = setup();
+    let node_ip = cluster.nodes[0].ip.to_string();
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: hostnet}}\nspec:\n{extra}  containers:\n  - name: c\n    image: tug.local/busybox-httpd:1\n    imagePullPolicy: Never\n    command: [/bin/sh, -c, 'exec httpd -f -p 18089 -h /www']\n"
+        )
+    };
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: hostnet, labels: {pod-security.kubernetes.io/enforce: privileged}}\n",
+    );
+    apply(
+        &cp,
+        &pod("host", "  hostNetwork: true\n")
+            .replace("command:", "ports: [{containerPort: 18089}]\n    command:"),
+    );
+    let running = wait_for(Duration::from_secs(60), || {
+        get(&cp, &["pod", "host", "-n", "hostnet"]).is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    assert!(running, "{:?}\n{}", get(&cp, &["pod", "host", "-n", "hostnet"]), agent.log());
+    let p = get(&cp, &["pod", "host", "-n", "hostnet"]).unwrap();
+    assert_eq!(p["status"]["podIP"], node_ip.as_str(), "{p:#}");
+    assert_eq!(p["spec"]["containers"][0]["ports"][0]["hostPort"], 18089, "defaulted to the container port");
+    let exec = |args: &[&str]| {
+        let mut a = vec!["exec", "host", "-n", "hostnet", "--"];
+        a.extend_from_slice(args);
+        text(&cp.tug(&a)).0
+    };
+    let host = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+    assert_eq!(exec(&["hostname"]), format!("{host}\n"), "the node's hostname");
+    // Listening on the node's own address.
+    let page = exec(&["wget", "-q", "-O", "-", &format!("http://{node_ip}:18089/")]);
+    assert!(
+        page.contains("Hello from Tug"),
+        "{page} {:?} {:?}",
+        cp.tug(&[
+            "exec",
+            "host",
+            "-n",
+            "hostnet",
+            "--",
+            "wget",
+            "-O",
+            "-",
+            &format!("http://{node_ip}:18089/")
+        ]),
+        cp.tug(&["exec", "host", "-n", "hostnet", "--", "ls", "-la", "/www", "/"]),
+    );
+    // The same port again does not fit.
+    apply(
+        &cp,
+        &pod("host2", "  hostNetwork: true\n")
+            .replace("command:", "ports: [{containerPort: 18089}]\n    command:"),
+    );
+    wait_pod_in(&cp, "host2", "hostnet", "free ports");
+
+    // Held back by a gate, then scheduled once it is removed; a gate may not be added.
+    apply(&cp, &pod("gated", "  schedulingGates: [{name: example.com/wait}]\n"));
+    let gated = wait_for(Duration::from_secs(20), || {
+        text(&cp.tug(&["get", "pods", "-n", "hostnet"]))
+            .0
+            .lines()
+            .any(|l| l.starts_with("gated") && l.contains("SchedulingGated"))
+    });
+    assert!(gated, "{}", text(&cp.tug(&["get", "pods", "-n", "hostnet"])).0);
+    let add = cp.tug(&[
+        "patch",
+        "pod",
+        "gated",
+        "-n",
+        "hostnet",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"schedulingGates":[{"name":"example.com/wait"},{"name":"x"}]}}"#,
+    ]);
+    assert!(
+        text(&add).1.contains("only deletion is allowed, but found new scheduling gate 'x'"),
+        "{}",
+        text(&add).1
+    );
+    let open = cp.tug(&[
+        "patch",
+        "pod",
+        "gated",
+        "-n",
+        "hostnet",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"schedulingGates":null}}"#,
+    ]);
+    assert!(open.status.success(), "{}", text(&open).1);
+    let bound = wait_for(Duration::from_secs(30), || {
+        get(&cp, &["pod", "gated", "-n", "hostnet"]).is_some_and(|p| p["spec"]["nodeName"] == "tug-it-node0")
+    });
+    assert!(bound, "{:?}", get(&cp, &["pod", "gated", "-n", "hostnet"]));
+
+    // A Windows pod fits no Tug node.
+    apply(&cp, &pod("win", "  os: {name: windows}\n"));
+    wait_pod_in(&cp, "win", "hostnet", "node affinity/selector");
+}
+
+/// Waits for a pod in `ns` to be unschedulable with `why` in its message.
+fn wait_pod_in(cp: &ControlPlane, name: &str, ns: &str, why: &str) {
+    let held = wait_for(Duration::from_secs(20), || {
+        get(cp, &["pod", name, "-n", ns]).is_some_and(|p| {
+            p["status"]["conditions"].as_array().into_iter().flatten().any(|c| {
+                c["type"] == "PodScheduled" && c["message"].as_str().is_some_and(|m| m.contains(why))
+            })
+        })
+    });
+    assert!(held, "{name}: {:?}", get(cp, &["pod", name, "-n", ns]));
+}

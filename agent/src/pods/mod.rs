@@ -590,6 +590,10 @@ async fn post_start(ctx: &Ctx, pod: &Pod, rec: &PodRecord, c: &Container, id: &s
 /// The pod's kernel hostname: its `hostname` (else its name), fully qualified with
 /// `setHostnameAsFQDN` and a `subdomain`.
 fn kernel_hostname(ctx: &Ctx, rec: &PodRecord, spec: &tug_api::kinds::pod::PodSpec) -> String {
+    if spec.host_network == Some(true) {
+        // The node's own (the pod shares its UTS namespace).
+        return nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    }
     let (host, domain) =
         tug_api::kinds::pod::hostname_and_domain(&rec.name, &rec.namespace, spec, &ctx.cfg.cluster_domain);
     match domain {
@@ -612,25 +616,47 @@ fn hosts_file(
         Some(d) => format!("{ip}\t{host}.{d}\t{host}"),
         None => format!("{ip}\t{host}"),
     };
-    let mut out = format!(
-        "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\n"
-    );
-    if !spec.host_aliases.is_empty() {
-        out.push_str("\n# Entries added by HostAliases.\n");
-        for a in &spec.host_aliases {
-            out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.join("\t")));
-        }
+    format!(
+        "# Kubernetes-managed hosts file (tug-agent).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\n{}",
+        aliases(spec)
+    )
+}
+
+/// The `hostAliases` part of a pod's `/etc/hosts`.
+fn aliases(spec: &tug_api::kinds::pod::PodSpec) -> String {
+    if spec.host_aliases.is_empty() {
+        return String::new();
+    }
+    let mut out = "\n# Entries added by HostAliases.\n".to_string();
+    for a in &spec.host_aliases {
+        out.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.join("\t")));
     }
     out
 }
 
 /// The pod's network namespace and its `/etc` files.
 async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::PodSpec) -> Result<(), String> {
-    let net = ctx.net.add_pod(&short(&rec.uid)).await?;
+    let host_network = spec.host_network == Some(true);
+    // A host-network pod has no namespace of its own: the node's address is its address.
+    let (ip, netns) = if host_network {
+        (ctx.cfg.node_ip.to_string(), ctx.cfg.node_netns.clone().unwrap_or_default())
+    } else {
+        let net = ctx.net.add_pod(&short(&rec.uid)).await?;
+        (net.ip.to_string(), net.netns)
+    };
     let dir = ctx.sandbox_dir(&rec.uid);
     crate::blocking(|| std::fs::create_dir_all(&dir)).map_err(|e| format!("{}: {e}", dir.display()))?;
     let hostname = kernel_hostname(ctx, rec, spec);
-    let hosts = hosts_file(&net.ip.to_string(), rec, spec, &ctx.cfg.cluster_domain);
+    let hosts = if host_network {
+        // kubelet's way: the node's own hosts file, with the pod's aliases after it.
+        let mut h = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        if !h.is_empty() && !h.ends_with('\n') {
+            h.push('\n');
+        }
+        h + &aliases(spec)
+    } else {
+        hosts_file(&ip, rec, spec, &ctx.cfg.cluster_domain)
+    };
     let resolv = crate::dns::resolv_conf(
         spec.dns_policy.as_deref(),
         spec.host_network == Some(true),
@@ -640,8 +666,8 @@ async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::Pod
         ctx.net.cfg.pod_cidr.gateway(),
         &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     );
-    rec.ip = Some(net.ip.to_string());
-    rec.netns = Some(net.netns);
+    rec.ip = Some(ip);
+    rec.netns = Some(netns);
     rec.start_time.get_or_insert_with(|| rfc3339(SystemTime::now()));
     crate::blocking(|| {
         for (file, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv)]
@@ -816,6 +842,7 @@ async fn launch(
 ) -> Result<(), (&'static str, String)> {
     let sandbox = spec::Sandbox {
         netns: rec.netns.clone().unwrap_or_default(),
+        host_network: pod.spec.host_network == Some(true),
         hostname: kernel_hostname(ctx, rec, &pod.spec),
         pod_dir: ctx.sandbox_dir(&rec.uid),
         cgroup: ctx.cgroup(&rec.uid),
@@ -1227,7 +1254,10 @@ async fn tear_down(ctx: &Ctx, pod: Option<&Pod>, rec: &PodRecord) {
             remove_container(ctx, id);
         }
     }
-    if let Err(e) = ctx.net.remove_pod(&short(&rec.uid)).await {
+    let host_network = rec.ip.as_deref() == Some(ctx.cfg.node_ip.to_string().as_str());
+    if host_network {
+        // Nothing of the node's network was the pod's.
+    } else if let Err(e) = ctx.net.remove_pod(&short(&rec.uid)).await {
         tracing::warn!("tug-agent: pod {}/{}: removing its network: {e}", rec.namespace, rec.name);
     }
     // The pod's own cgroup (its containers' went with them), in every hierarchy.

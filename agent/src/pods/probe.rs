@@ -187,6 +187,12 @@ pub fn check(
     Check::Unsupported("the probe names no action (exec, httpGet or tcpSocket)".into())
 }
 
+/// The namespace a check runs in: the pod's, or (an empty path: a host-network pod) the
+/// node's own.
+fn ns_of(netns: &Path) -> Option<&Path> {
+    (!netns.as_os_str().is_empty()).then_some(netns)
+}
+
 /// Runs one check: Ok(()) on success, Err(why) on failure.
 pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
     match check {
@@ -206,11 +212,11 @@ pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
         }
         Check::Http { netns, addr, path, host, tls, headers } => {
             let (addr, path, host, tls, headers) = (*addr, path.clone(), host.clone(), *tls, headers.clone());
-            netns::run_in(Some(netns), move || http_get(addr, &path, &host, &headers, tls, timeout))?
+            netns::run_in(ns_of(netns), move || http_get(addr, &path, &host, &headers, tls, timeout))?
         }
         Check::Tcp { netns, addr } => {
             let addr = *addr;
-            netns::run_in(Some(netns), move || {
+            netns::run_in(ns_of(netns), move || {
                 TcpStream::connect_timeout(&addr, timeout)
                     .map(drop)
                     .map_err(|e| format!("dial tcp {addr}: {e}"))

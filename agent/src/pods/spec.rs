@@ -78,7 +78,11 @@ pub const ALL_CAPS: &[&str] = &[
 /// Everything about the pod's sandbox a container spec needs.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    /// The pod's network namespace (for a host-network pod the node's; empty: the agent's
+    /// own).
     pub netns: PathBuf,
+    /// A host-network pod shares the node's network and UTS namespaces (so its hostname).
+    pub host_network: bool,
     pub hostname: String,
     /// The pod's directory on the node (`etc-hosts`, `hostname`, `resolv.conf` live there).
     pub pod_dir: PathBuf,
@@ -356,12 +360,21 @@ pub fn oci_spec(
     }
     mounts.extend(volume_mounts);
     let caps_json = json!(caps);
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    if !sandbox.host_network {
+        namespaces.push(json!({"type": "uts"}));
+    }
+    if !sandbox.netns.as_os_str().is_empty() {
+        namespaces.push(json!({"type": "network", "path": sandbox.netns}));
+    }
     let mut linux = json!({
         "cgroupsPath": format!("{}/{container_id}", sandbox.cgroup),
-        "namespaces": [
-            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
-            {"type": "network", "path": sandbox.netns},
-        ],
+        "namespaces": namespaces,
         "resources": resources(c),
     });
     if !privileged {
@@ -409,7 +422,6 @@ pub fn oci_spec(
             "noNewPrivileges": no_new_privs,
         },
         "root": {"path": rootfs, "readonly": sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false)},
-        "hostname": sandbox.hostname,
         "mounts": mounts,
         "linux": linux,
         "annotations": {
@@ -418,6 +430,9 @@ pub fn oci_spec(
             "io.kubernetes.container.name": c.name,
         },
     });
+    if !sandbox.host_network {
+        spec["hostname"] = sandbox.hostname.clone().into();
+    }
     if let Some(profile) = apparmor {
         spec["process"]["apparmorProfile"] = json!(profile);
     }
@@ -525,6 +540,7 @@ mod tests {
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
         let sandbox = Sandbox {
             netns: "/run/tug/netns/x".into(),
+            host_network: false,
             hostname: "p".into(),
             pod_dir: dir.path().join("pod"),
             cgroup: "pods/podx".into(),

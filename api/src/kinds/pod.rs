@@ -97,6 +97,28 @@ pub struct PodSpec {
     pub affinity: Option<Affinity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// While any is left the pod is not scheduled (`SchedulingGated`); they may only be
+    /// removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduling_gates: Vec<PodSchedulingGate>,
+    /// The OS the pod needs (`linux`; `windows` never runs on a Tug node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<PodOs>,
+    /// What the pod's sandbox costs beyond its containers, counted with their requests.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub overhead: std::collections::BTreeMap<String, crate::quantity::Quantity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSchedulingGate {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodOs {
+    pub name: String,
 }
 
 /// Where a pod wants (or must) run relative to node labels and other pods.

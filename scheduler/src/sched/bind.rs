@@ -207,6 +207,14 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     // bindings in one batch.
     let mut placed: Vec<(PodInfo, &Stored, String)> = Vec::new();
     for (mut info, pod, stored) in pending {
+        if !pod.spec.scheduling_gates.is_empty() {
+            // Held back until its gates are removed.
+            match mark_gated(store, stored) {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
         match super::volumes::constrain(pod, &volumes) {
             Ok(None) => {}
             Ok(Some(pinned)) => info = PodInfo::new(&pinned),
@@ -399,6 +407,23 @@ fn bound_object(stored: &Stored, node: &str) -> Value {
     obj["spec"]["nodeName"] = node.into();
     set_condition(&mut obj, "True", None, None);
     obj
+}
+
+/// A pod with scheduling gates: `PodScheduled=False`, reason `SchedulingGated` (once).
+fn mark_gated(store: &dyn Store, stored: &Stored) -> Result<(), StoreError> {
+    let gated = stored.object["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated"));
+    if gated {
+        return Ok(());
+    }
+    let mut obj = stored.object.clone();
+    let message = "Scheduling is blocked due to non-empty scheduling gates";
+    set_condition(&mut obj, "False", Some("SchedulingGated"), Some(message));
+    match store.update(&stored.key, obj, Some(stored.revision)) {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn mark_unschedulable(store: &dyn Store, stored: &Stored, message: &str) -> Result<(), StoreError> {

@@ -78,16 +78,30 @@ impl Resources {
     }
 }
 
-/// What a pod asks of a node, as Kubernetes computes it: the larger of the sum of its
-/// containers' requests and the largest init container's; one pod slot.
+/// What a pod asks of a node, as Kubernetes computes it: the app containers' requests with
+/// every sidecar's, or — if more — an init container's with the sidecars started before it;
+/// plus the pod's `overhead`; one pod slot.
 pub fn pod_requests(spec: &PodSpec) -> Resources {
-    let mut sum = Resources::default();
-    for c in &spec.containers {
-        sum.add(&Resources::from_map(&c.resources.as_ref().map(|r| r.requests.clone()).unwrap_or_default()));
-    }
+    let requests = |c: &tug_api::kinds::pod::Container| {
+        Resources::from_map(&c.resources.as_ref().map(|r| r.requests.clone()).unwrap_or_default())
+    };
+    let mut sidecars = Resources::default();
+    let mut init_peak = Resources::default();
     for c in &spec.init_containers {
-        sum.max(&Resources::from_map(&c.resources.as_ref().map(|r| r.requests.clone()).unwrap_or_default()));
+        if c.is_sidecar() {
+            sidecars.add(&requests(c));
+        } else {
+            let mut at = sidecars.clone();
+            at.add(&requests(c));
+            init_peak.max(&at);
+        }
     }
+    let mut sum = sidecars;
+    for c in &spec.containers {
+        sum.add(&requests(c));
+    }
+    sum.max(&init_peak);
+    sum.add(&Resources::from_map(&spec.overhead));
     sum.pods = 1;
     sum
 }
@@ -141,7 +155,14 @@ impl PodInfo {
             namespace: ns,
             labels: pod.metadata.labels.clone(),
             requests: pod_requests(spec),
-            node_selector: spec.node_selector.clone(),
+            // `os` asks for nodes of that OS (a Windows pod never fits a Tug node).
+            node_selector: {
+                let mut s = spec.node_selector.clone();
+                if let Some(os) = &spec.os {
+                    s.insert("kubernetes.io/os".into(), os.name.clone());
+                }
+                s
+            },
             tolerations: spec.tolerations.clone(),
             host_ports: spec
                 .containers
@@ -429,5 +450,35 @@ impl Snapshot {
                 *c += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sidecars add to the app containers and to every init container after them; overhead
+    /// adds to the whole; `os` asks for nodes of that OS.
+    #[test]
+    fn a_pods_requests_count_sidecars_init_peaks_and_overhead() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "os": {"name": "linux"},
+                "overhead": {"cpu": "50m"},
+                "initContainers": [
+                    {"name": "side", "image": "i", "restartPolicy": "Always", "resources": {"requests": {"cpu": "100m"}}},
+                    {"name": "big", "image": "i", "resources": {"requests": {"cpu": "1"}}}
+                ],
+                "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "200m"}}}]
+            }
+        }))
+        .unwrap();
+        // max(200m + 100m, 1 + 100m) + 50m
+        assert_eq!(pod_requests(&pod.spec).cpu_milli, 1150);
+        assert_eq!(
+            PodInfo::new(&pod).node_selector.get("kubernetes.io/os").map(String::as_str),
+            Some("linux")
+        );
     }
 }
