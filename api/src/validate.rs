@@ -999,13 +999,39 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
             _ => e.add(vpath, "Forbidden: may not specify more than 1 volume type"),
         }
     }
-    for (i, c) in s.containers.iter().enumerate() {
-        for (j, m) in c.volume_mounts.iter().enumerate() {
-            if !vnames.contains(&m.name) {
-                e.add(
-                    format!("{path}.containers[{i}].volumeMounts[{j}].name"),
-                    format!("Not found: {:?}", m.name),
-                );
+    for (field, list) in [("initContainers", &s.init_containers), ("containers", &s.containers)] {
+        for (i, c) in list.iter().enumerate() {
+            let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
+            for (j, m) in c.volume_mounts.iter().enumerate() {
+                let at = format!("{path}.{field}[{i}].volumeMounts[{j}]");
+                if !vnames.contains(&m.name) {
+                    e.add(format!("{at}.name"), format!("Not found: {:?}", m.name));
+                }
+                if let (Some(_), Some(x)) = (&m.sub_path, &m.sub_path_expr) {
+                    e.add(
+                        format!("{at}.subPathExpr"),
+                        format!("Invalid value: {x:?}: subPathExpr and subPath are mutually exclusive"),
+                    );
+                }
+                for (f, v) in [("subPath", &m.sub_path), ("subPathExpr", &m.sub_path_expr)] {
+                    if let Some(v) = v.as_deref().filter(|v| v.starts_with('/') || v.split('/').any(|c| c == "..")) {
+                        e.add(format!("{at}.{f}"), format!("Invalid value: {v:?}: must be a relative path without '..'"));
+                    }
+                }
+                match m.mount_propagation.as_deref() {
+                    None | Some("None" | "HostToContainer") => {}
+                    Some("Bidirectional") if privileged => {}
+                    Some("Bidirectional") => e.add(
+                        format!("{at}.mountPropagation"),
+                        "Forbidden: Bidirectional mount propagation is available only to privileged containers",
+                    ),
+                    Some(p) => e.add(
+                        format!("{at}.mountPropagation"),
+                        format!(
+                            "Unsupported value: {p:?}: supported values: \"Bidirectional\", \"HostToContainer\", \"None\""
+                        ),
+                    ),
+                }
             }
         }
     }
@@ -1470,6 +1496,28 @@ mod tests {
     }
 
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+
+    #[test]
+    fn volume_mount_subpaths_and_propagation() {
+        let with = |m: &str| {
+            POD.replace("  containers:", "  volumes: [{name: v, emptyDir: {}}]\n  containers:")
+                + &format!("    volumeMounts: [{{name: v, mountPath: /v, {m}}}]\n")
+        };
+        assert!(load(&with("subPathExpr: $(POD_NAME), mountPropagation: HostToContainer")).is_ok());
+        check(
+            &with("subPath: a, subPathExpr: b"),
+            "spec.containers[0].volumeMounts[0].subPathExpr: Invalid value: \"b\": subPathExpr and subPath are mutually exclusive",
+        );
+        check(
+            &with("subPath: ../x"),
+            "spec.containers[0].volumeMounts[0].subPath: Invalid value: \"../x\": must be a relative path without '..'",
+        );
+        check(
+            &with("mountPropagation: Bidirectional"),
+            "spec.containers[0].volumeMounts[0].mountPropagation: Forbidden: Bidirectional mount propagation is available only to privileged containers",
+        );
+        check(&with("mountPropagation: Sideways"), "spec.containers[0].volumeMounts[0].mountPropagation: Unsupported value: \"Sideways\"");
+    }
 
     #[test]
     fn volumes_and_claims() {

@@ -1978,6 +1978,33 @@ fn host_network_scheduling_gates_and_os() {
     // A Windows pod fits no Tug node.
     apply(&cp, &pod("win", "  os: {name: windows}\n"));
     wait_pod_in(&cp, "win", "hostnet", "node affinity/selector");
+
+    // subPathExpr from the downward API, and HostToContainer propagation.
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sub-expr, namespace: hostnet}
+spec:
+  restartPolicy: Never
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+  - name: c
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+    command: ["/bin/sh", "-c", "echo mine > /mine/file && cat /all/sub-expr/file && grep -c ' /all ' /proc/self/mountinfo"]
+    volumeMounts:
+    - {name: data, mountPath: /mine, subPathExpr: $(POD_NAME)}
+    - {name: data, mountPath: /all, mountPropagation: HostToContainer}
+"#,
+    );
+    let done = wait_for(Duration::from_secs(60), || {
+        get(&cp, &["pod", "sub-expr", "-n", "hostnet"]).is_some_and(|p| p["status"]["phase"] == "Succeeded")
+    });
+    assert!(done, "{:?}\n{}", get(&cp, &["pod", "sub-expr", "-n", "hostnet"]), agent.log());
+    assert_eq!(text(&cp.tug(&["logs", "sub-expr", "-n", "hostnet"])).0, "mine\n1\n");
 }
 
 /// Waits for a pod in `ns` to be unschedulable with `why` in its message.

@@ -917,7 +917,7 @@ fn prepare(
             || v.projected.is_some()
     });
     let agent_made = names(|v| v.host_path.is_none() && v.persistent_volume_claim.is_none());
-    let vmounts = volumes::mounts(c, vols, &read_only, &agent_made, &ctx.pod_dir(&rec.uid))
+    let vmounts = volumes::mounts(c, vols, (&read_only, &agent_made), &ctx.pod_dir(&rec.uid), resolved)
         .map_err(|e| ("CreateContainerConfigError", e))?;
     let seccomp = |caps: &[String], localhost: Option<&str>| match localhost {
         None => Ok(tug_shim::seccomp::profile::default_profile(caps)),

@@ -500,17 +500,23 @@ fn lines(m: &BTreeMap<String, String>) -> String {
 /// container's mount uses that path, which the pod cannot reach or change. Volumes the agent
 /// makes are mounted `nosuid,nodev`; `read_only_volumes` (claims mounted read-only, and
 /// configMap, secret and downwardAPI volumes) are read-only in every container.
+///
+/// A `subPathExpr` is the container's environment (`env`) expanded into it first, then
+/// treated as a `subPath`. `mountPropagation` gives the mount `rslave` (HostToContainer) or
+/// `rshared` (Bidirectional) instead of `rprivate`.
 pub fn mounts(
     c: &tug_api::kinds::pod::Container,
     volumes: &BTreeMap<String, PathBuf>,
-    read_only_volumes: &[String],
-    agent_made: &[String],
+    (read_only_volumes, agent_made): (&[String], &[String]),
     pod_dir: &Path,
+    env: &[(String, String)],
 ) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     for (index, m) in c.volume_mounts.iter().enumerate() {
         let base = volumes.get(&m.name).ok_or_else(|| format!("volumeMount {:?}: no such volume", m.name))?;
-        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let expanded = m.sub_path_expr.as_deref().map(|e| super::env::expand(e, env));
+        let sub = expanded.as_deref().or(m.sub_path.as_deref());
+        let source = match sub.filter(|s| !s.is_empty()) {
             Some(sub) => {
                 let bind =
                     pod_dir.join("volume-subpaths").join(&m.name).join(&c.name).join(index.to_string());
@@ -520,7 +526,12 @@ pub fn mounts(
             }
             None => base.clone(),
         };
-        let mut options = vec!["rbind", "rprivate"];
+        let propagation = match m.mount_propagation.as_deref() {
+            Some("HostToContainer") => "rslave",
+            Some("Bidirectional") => "rshared",
+            _ => "rprivate",
+        };
+        let mut options = vec!["rbind", propagation];
         if agent_made.contains(&m.name) {
             options.extend(["nosuid", "nodev"]);
         }
@@ -607,6 +618,21 @@ pub fn remove_pod_dir(pod_dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_propagation_becomes_the_mounts_option() {
+        let c: tug_api::kinds::pod::Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "image": "i", "volumeMounts": [
+                {"name": "v", "mountPath": "/a"},
+                {"name": "v", "mountPath": "/b", "mountPropagation": "HostToContainer"},
+                {"name": "v", "mountPath": "/c", "mountPropagation": "Bidirectional"}]
+        }))
+        .unwrap();
+        let vols: BTreeMap<String, PathBuf> = [("v".to_string(), PathBuf::from("/tmp"))].into();
+        let m = mounts(&c, &vols, (&[], &[]), Path::new("/nonexistent"), &[]).unwrap();
+        let second: Vec<&str> = m.iter().map(|m| m["options"][1].as_str().unwrap()).collect();
+        assert_eq!(second, ["rprivate", "rslave", "rshared"]);
+    }
 
     #[test]
     fn fs_group_owns_and_opens_the_volume_to_its_group() {

@@ -461,6 +461,14 @@ pub struct VolumeMount {
     pub read_only: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+    /// A `subPath` with `$(VAR)` references to the container's environment expanded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path_expr: Option<String>,
+    /// `None` (the default: private), `HostToContainer` (mounts made on the node later are
+    /// seen in the container) or `Bidirectional` (and the container's are seen on the node;
+    /// privileged containers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_propagation: Option<String>,
 }
 
 /// A volume: emptyDir, configMap, secret or hostPath.
