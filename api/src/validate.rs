@@ -1014,8 +1014,13 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
                     );
                 }
                 for (f, v) in [("subPath", &m.sub_path), ("subPathExpr", &m.sub_path_expr)] {
-                    if let Some(v) = v.as_deref().filter(|v| v.starts_with('/') || v.split('/').any(|c| c == "..")) {
-                        e.add(format!("{at}.{f}"), format!("Invalid value: {v:?}: must be a relative path without '..'"));
+                    if let Some(v) =
+                        v.as_deref().filter(|v| v.starts_with('/') || v.split('/').any(|c| c == ".."))
+                    {
+                        e.add(
+                            format!("{at}.{f}"),
+                            format!("Invalid value: {v:?}: must be a relative path without '..'"),
+                        );
                     }
                 }
                 match m.mount_propagation.as_deref() {
@@ -1516,7 +1521,10 @@ mod tests {
             &with("mountPropagation: Bidirectional"),
             "spec.containers[0].volumeMounts[0].mountPropagation: Forbidden: Bidirectional mount propagation is available only to privileged containers",
         );
-        check(&with("mountPropagation: Sideways"), "spec.containers[0].volumeMounts[0].mountPropagation: Unsupported value: \"Sideways\"");
+        check(
+            &with("mountPropagation: Sideways"),
+            "spec.containers[0].volumeMounts[0].mountPropagation: Unsupported value: \"Sideways\"",
+        );
     }
 
     #[test]

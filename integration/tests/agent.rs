@@ -2005,6 +2005,32 @@ spec:
     });
     assert!(done, "{:?}\n{}", get(&cp, &["pod", "sub-expr", "-n", "hostnet"]), agent.log());
     assert_eq!(text(&cp.tug(&["logs", "sub-expr", "-n", "hostnet"])).0, "mine\n1\n");
+
+    // hostPID and hostIPC: the node's namespaces.
+    apply(
+        &cp,
+        &pod("hostns", "  hostPID: true\n  hostIPC: true\n")
+            .replace("command: [/bin/sh, -c, 'exec httpd -f -p 18089 -h /www']", "command: [sleep, '3600']"),
+    );
+    let up = wait_for(Duration::from_secs(60), || {
+        get(&cp, &["pod", "hostns", "-n", "hostnet"]).is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    assert!(up, "{:?}\n{}", get(&cp, &["pod", "hostns", "-n", "hostnet"]), agent.log());
+    let ns =
+        |which: &str| std::fs::read_link(format!("/proc/self/ns/{which}")).unwrap().display().to_string();
+    let out = cp.tug(&[
+        "exec",
+        "hostns",
+        "-n",
+        "hostnet",
+        "--",
+        "ls",
+        "-l",
+        "/proc/self/ns/pid",
+        "/proc/self/ns/ipc",
+    ]);
+    let seen = text(&out).0;
+    assert!(seen.contains(&ns("pid")) && seen.contains(&ns("ipc")), "{out:?}");
 }
 
 /// Waits for a pod in `ns` to be unschedulable with `why` in its message.

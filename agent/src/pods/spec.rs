@@ -360,12 +360,14 @@ pub fn oci_spec(
     }
     mounts.extend(volume_mounts);
     let caps_json = json!(caps);
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
-    ];
+    // hostPID and hostIPC: the node's namespaces (the runtime's own), so none is made.
+    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
+    if pod.spec.host_pid != Some(true) {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    if pod.spec.host_ipc != Some(true) {
+        namespaces.push(json!({"type": "ipc"}));
+    }
     if !sandbox.host_network {
         namespaces.push(json!({"type": "uts"}));
     }
