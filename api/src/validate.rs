@@ -943,7 +943,20 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
             v.downward_api.is_some(),
             v.persistent_volume_claim.is_some(),
             v.projected.is_some(),
+            v.ephemeral.is_some(),
         ];
+        if let Some(eph) = &v.ephemeral {
+            match &eph.volume_claim_template {
+                None => e.add(format!("{vpath}.ephemeral.volumeClaimTemplate"), "Required value"),
+                Some(t) => {
+                    let at = format!("{vpath}.ephemeral.volumeClaimTemplate.spec");
+                    access_modes(&t.spec.access_modes, &format!("{at}.accessModes"), e);
+                    if !t.spec.resources.as_ref().is_some_and(|r| r.requests.contains_key("storage")) {
+                        e.add(format!("{at}.resources.requests.storage"), "Required value");
+                    }
+                }
+            }
+        }
         for (j, src) in v.projected.iter().flat_map(|p| p.sources.iter()).enumerate() {
             let at = format!("{vpath}.projected.sources[{j}]");
             let n = [

@@ -801,4 +801,48 @@ fn a_statefulset_makes_ordered_pods_with_stable_names_storage_and_dns() {
     let gone = wait_for(Duration::from_secs(60), || stateful_pods(&cp).is_empty());
     assert!(gone, "{:?}", stateful_pods(&cp));
     assert!(cp.get_json(&["pvc", "www-web-0"]).is_some());
+
+    // A generic ephemeral volume: the pod's own claim, bound, used, and gone with the pod.
+    let scratch = tempfile::Builder::new().prefix("tug-pv").tempdir().unwrap();
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: tug-it-sts-eph}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  local: {{path: \"{}\"}}\n  nodeAffinity: {{required: {{nodeSelectorTerms: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [tug-it-sts0]}}]}}]}}}}\n",
+        scratch.path().display()
+    ));
+    cp.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: eph}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: tug.local/busybox-httpd:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "echo kept for the pod > /scratch/file"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+  - name: scratch
+    ephemeral:
+      volumeClaimTemplate:
+        spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 100Mi}}}
+"#,
+    );
+    let ran = wait_for(Duration::from_secs(60), || {
+        cp.get_json(&["pod", "eph"]).is_some_and(|p| p["status"]["phase"] == "Succeeded")
+    });
+    assert!(
+        ran,
+        "{:?} {:?}\n{}",
+        cp.get_json(&["pod", "eph"]),
+        cp.get_json(&["pvc", "eph-scratch"]),
+        all_logs()
+    );
+    let claim = cp.get_json(&["pvc", "eph-scratch"]).unwrap();
+    assert_eq!(claim["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    assert_eq!(claim["spec"]["volumeName"], "tug-it-sts-eph");
+    assert_eq!(std::fs::read_to_string(scratch.path().join("file")).unwrap(), "kept for the pod\n");
+    ok(&["delete", "pod", "eph"]);
+    let claim_gone = wait_for(Duration::from_secs(60), || cp.get_json(&["pvc", "eph-scratch"]).is_none());
+    assert!(claim_gone, "{:?}", cp.get_json(&["pvc", "eph-scratch"]));
 }

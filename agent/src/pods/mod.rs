@@ -910,13 +910,13 @@ fn prepare(
         pod.spec.volumes.iter().filter(|v| f(v)).map(|v| v.name.clone()).collect()
     };
     let read_only = names(|v| {
-        v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true))
+        v.claim("").is_some_and(|(_, read_only)| read_only)
             || v.config_map.is_some()
             || v.secret.is_some()
             || v.downward_api.is_some()
             || v.projected.is_some()
     });
-    let agent_made = names(|v| v.host_path.is_none() && v.persistent_volume_claim.is_none());
+    let agent_made = names(|v| v.host_path.is_none() && v.claim("").is_none());
     let vmounts = volumes::mounts(c, vols, (&read_only, &agent_made), &ctx.pod_dir(&rec.uid), resolved)
         .map_err(|e| ("CreateContainerConfigError", e))?;
     let seccomp = |caps: &[String], localhost: Option<&str>| match localhost {

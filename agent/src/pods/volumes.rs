@@ -287,8 +287,8 @@ async fn volume(
         }
         return Ok(p);
     }
-    if let Some(c) = &v.persistent_volume_claim {
-        return claimed(api, ns, &c.claim_name).await;
+    if let Some((claim, _)) = v.claim(&pod.metadata.name) {
+        return claimed(api, ns, &claim).await;
     }
     let d = dir(pod_dir, &v.name);
     std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;

@@ -496,6 +496,37 @@ pub struct Volume {
     pub persistent_volume_claim: Option<super::storage::ClaimVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub projected: Option<ProjectedVolume>,
+    /// A claim made for this pod alone (`<pod>-<volume>`, owned by the pod, deleted with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<EphemeralVolume>,
+}
+
+impl Volume {
+    /// The claim this volume mounts in pod `pod` and whether read-only: a
+    /// `persistentVolumeClaim`'s, or a generic ephemeral volume's `<pod>-<volume>`.
+    pub fn claim(&self, pod: &str) -> Option<(String, bool)> {
+        if let Some(c) = &self.persistent_volume_claim {
+            return Some((c.claim_name.clone(), c.read_only == Some(true)));
+        }
+        self.ephemeral.as_ref().map(|_| (format!("{pod}-{}", self.name), false))
+    }
+}
+
+/// A generic ephemeral volume: the claim template the pod's own claim is made from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EphemeralVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_template: Option<ClaimTemplate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimTemplate {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: super::storage::PersistentVolumeClaimSpec,
 }
 
 /// Several sources in one directory: secrets, configmaps, downward API files and service

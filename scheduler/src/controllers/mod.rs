@@ -26,6 +26,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod ephemeral;
 pub mod gc;
 pub mod history;
 pub mod hpa;
@@ -182,6 +183,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(daemonset::DaemonSets::default()), 1),
         (Arc::new(statefulset::StatefulSets), 1),
         (Arc::new(quota::Quotas), 1),
+        (Arc::new(ephemeral::Ephemeral), 1),
         (Arc::new(rollout::Rollouts), 1),
         (
             Arc::new(analysis::Analysis::new(

@@ -196,8 +196,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             .then_with(|| a.1.metadata.creation_timestamp.cmp(&b.1.metadata.creation_timestamp))
     });
     // Pods with claims: the claims and volumes, read once per round when any pod needs them.
-    let needs_volumes =
-        pending.iter().any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.persistent_volume_claim.is_some()));
+    let needs_volumes = pending.iter().any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.claim("").is_some()));
     let volumes = if needs_volumes { load_volumes(store)? } else { super::volumes::Volumes::default() };
     let mut out = Round {
         seen: pod_objs.iter().map(|s| (s.key.clone(), mark(&s.object))).collect(),

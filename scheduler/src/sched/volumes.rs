@@ -36,13 +36,20 @@ pub fn constrain(pod: &Pod, v: &Volumes) -> Result<Option<Pod>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut terms: Option<Vec<NodeSelectorTerm>> = None;
     for vol in &pod.spec.volumes {
-        let Some(c) = &vol.persistent_volume_claim else { continue };
+        let Some((claim_name, _)) = vol.claim(&pod.metadata.name) else { continue };
         let claim = v
             .claims
-            .get(&format!("{ns}/{}", c.claim_name))
-            .ok_or_else(|| format!("persistentvolumeclaim {:?} not found", c.claim_name))?;
+            .get(&format!("{ns}/{claim_name}"))
+            .ok_or_else(|| format!("persistentvolumeclaim {claim_name:?} not found"))?;
         if claim.metadata.deletion_timestamp.is_some() {
-            return Err(format!("persistentvolumeclaim {:?} is being deleted", c.claim_name));
+            return Err(format!("persistentvolumeclaim {claim_name:?} is being deleted"));
+        }
+        // An ephemeral volume's claim must be the pod's own, not one that happens to share
+        // its name.
+        if vol.ephemeral.is_some()
+            && !claim.metadata.owner_references.iter().any(|o| Some(&o.uid) == pod.metadata.uid.as_ref())
+        {
+            return Err(format!("persistentvolumeclaim {claim_name:?} was not created for the pod"));
         }
         let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         let pv = claim.spec.volume_name.as_deref().filter(|_| bound).and_then(|n| v.volumes.get(n));
@@ -55,7 +62,7 @@ pub fn constrain(pod: &Pod, v: &Volumes) -> Result<Option<Pod>, String> {
         }
     }
     let Some(extra) = terms else {
-        return Ok(pod.spec.volumes.iter().any(|v| v.persistent_volume_claim.is_some()).then(|| pod.clone()));
+        return Ok(pod.spec.volumes.iter().any(|v| v.claim("").is_some()).then(|| pod.clone()));
     };
     let mut out = pod.clone();
     let affinity = out.spec.affinity.get_or_insert_with(Affinity::default);
