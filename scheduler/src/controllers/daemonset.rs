@@ -23,7 +23,7 @@
 
 use super::history;
 use super::runtime::{Controller, Next};
-use super::{controller_of, controller_ref, decode, pod_active, pod_available, ready_since};
+use super::{controller_ref, decode, pod_active, pod_available, ready_since};
 use crate::store::{Event, Store, StoreError};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -183,26 +183,15 @@ type Placed<'a> = (&'a str, Option<&'a Pod>, Option<&'a Pod>);
 /// `hash` the current template's revision hash.
 pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, now: u64) -> Plan {
     let mut out = Plan::default();
-    let uid = ds.metadata.uid.as_deref().unwrap_or_default();
     let deleting = ds.metadata.deletion_timestamp.is_some();
-    let Ok(selector) = ds.spec.selector.to_selector("spec.selector") else { return out };
+    let Some((mine, adopt, release)) = super::replicaset::claim_pods(&ds.metadata, &ds.spec.selector, pods)
+    else {
+        return out;
+    };
+    (out.adopt, out.release) = (adopt, release);
     let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-    for p in pods {
-        let matches = !ds.spec.selector.is_empty() && selector.matches(&p.metadata.labels);
-        let mine = match controller_of(&p.metadata) {
-            Some(o) if o.uid == uid => {
-                if !matches {
-                    out.release.push(p.metadata.name.clone());
-                }
-                matches
-            }
-            None if matches && !deleting && p.metadata.deletion_timestamp.is_none() => {
-                out.adopt.push(p.metadata.name.clone());
-                true
-            }
-            _ => false,
-        };
-        if !mine || p.metadata.deletion_timestamp.is_some() {
+    for p in mine {
+        if p.metadata.deletion_timestamp.is_some() {
             continue;
         }
         if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed") {

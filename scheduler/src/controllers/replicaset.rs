@@ -38,29 +38,11 @@ pub struct Plan {
 /// The pure decision. `pods` are the pods of the ReplicaSet's namespace.
 pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: u64) -> Plan {
     let mut out = Plan::default();
-    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
     let deleting = rs.metadata.deletion_timestamp.is_some();
-    let Ok(selector) = rs.spec.selector.to_selector("spec.selector") else {
+    let Some((mine, adopt, release)) = claim_pods(&rs.metadata, &rs.spec.selector, pods) else {
         return out;
     };
-    let mut mine: Vec<&Pod> = Vec::new();
-    for p in pods {
-        let matches = !rs.spec.selector.is_empty() && selector.matches(&p.metadata.labels);
-        match controller_of(&p.metadata) {
-            Some(o) if o.uid == uid => {
-                if matches {
-                    mine.push(p);
-                } else {
-                    out.release.push(p.metadata.name.clone());
-                }
-            }
-            None if matches && !deleting && p.metadata.deletion_timestamp.is_none() => {
-                out.adopt.push(p.metadata.name.clone());
-                mine.push(p);
-            }
-            _ => {}
-        }
-    }
+    (out.adopt, out.release) = (adopt, release);
     let mut active: Vec<&Pod> = mine.into_iter().filter(|p| pod_active(p)).collect();
     let want = usize::try_from(rs.spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
     if active.len() < want && !deleting {
@@ -228,6 +210,39 @@ impl Controller for ReplicaSets {
         }
         Ok(p.next)
     }
+}
+
+/// The pods a workload controls, Kubernetes' ControllerRefManager: its own that its
+/// selector still matches, and orphans it matches (adopted, unless it or they are being
+/// deleted). Pods it owns but no longer matches are released. `None` when the selector does
+/// not parse. Returns `(mine, adopt, release)`.
+pub fn claim_pods<'a>(
+    owner: &tug_api::meta::ObjectMeta,
+    selector: &tug_api::labels::LabelSelector,
+    pods: &'a [Pod],
+) -> Option<(Vec<&'a Pod>, Vec<String>, Vec<String>)> {
+    let uid = owner.uid.as_deref().unwrap_or_default();
+    let deleting = owner.deletion_timestamp.is_some();
+    let parsed = selector.to_selector("spec.selector").ok()?;
+    let (mut mine, mut adopt, mut release) = (Vec::new(), Vec::new(), Vec::new());
+    for p in pods {
+        let matches = !selector.is_empty() && parsed.matches(&p.metadata.labels);
+        match controller_of(&p.metadata) {
+            Some(o) if o.uid == uid => {
+                if matches {
+                    mine.push(p);
+                } else {
+                    release.push(p.metadata.name.clone());
+                }
+            }
+            None if matches && !deleting && p.metadata.deletion_timestamp.is_none() => {
+                adopt.push(p.metadata.name.clone());
+                mine.push(p);
+            }
+            _ => {}
+        }
+    }
+    Some((mine, adopt, release))
 }
 
 /// Sets (or with `None`, removes) the controller reference of a pod.

@@ -24,7 +24,7 @@
 
 use super::history::{self, HASH_LABEL};
 use super::runtime::{Controller, Next};
-use super::{controller_of, controller_ref, decode, pod_active, pod_available, ready_since};
+use super::{controller_ref, decode, pod_active, pod_available, ready_since};
 use crate::store::{Event, Store, StoreError};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -127,32 +127,18 @@ pub fn plan(
 ) -> Plan {
     let mut out = Plan::default();
     let name = set.metadata.name.as_str();
-    let uid = set.metadata.uid.as_deref().unwrap_or_default();
     let deleting = set.metadata.deletion_timestamp.is_some();
-    let Ok(selector) = set.spec.selector.to_selector("spec.selector") else { return out };
     let (first, count) = (start(set), replicas(set));
     let in_range = |o: i32| o >= first && o - first < count;
     // Ordinal → its pod; pods of no ordinal are condemned.
     let mut by_ordinal: BTreeMap<i32, &Pod> = BTreeMap::new();
     let mut strays: Vec<&Pod> = Vec::new();
-    for p in pods {
-        let matches = !set.spec.selector.is_empty() && selector.matches(&p.metadata.labels);
-        let mine = match controller_of(&p.metadata) {
-            Some(o) if o.uid == uid => {
-                if !matches {
-                    out.release.push(p.metadata.name.clone());
-                }
-                matches
-            }
-            None if matches && !deleting && p.metadata.deletion_timestamp.is_none() => {
-                out.adopt.push(p.metadata.name.clone());
-                true
-            }
-            _ => false,
-        };
-        if !mine {
-            continue;
-        }
+    let Some((mine, adopt, release)) = super::replicaset::claim_pods(&set.metadata, &set.spec.selector, pods)
+    else {
+        return out;
+    };
+    (out.adopt, out.release) = (adopt, release);
+    for p in mine {
         match ordinal_of(name, &p.metadata.name) {
             Some(o) => {
                 by_ordinal.insert(o, p);
