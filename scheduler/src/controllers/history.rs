@@ -50,14 +50,15 @@ pub fn template_of(r: &ControllerRevision) -> Option<PodTemplateSpec> {
 /// Makes sure the current template (`hash`) has the newest revision (a ControllerRevision
 /// made, or an old one renumbered when the template goes back to it) and trims history to
 /// the owner's limit among revisions no pod runs (`pod_label`: what this revision's pods
-/// carry as [`HASH_LABEL`]). Returns the revision's name.
+/// carry as [`HASH_LABEL`]). Returns the revisions there were before, less those trimmed
+/// (what a caller needs of older revisions, without listing them again).
 pub fn sync(
     store: &dyn Store,
     owner: &Owner,
     hash: &str,
     pod_label: &str,
     pods: &[Pod],
-) -> Result<String, StoreError> {
+) -> Result<Vec<ControllerRevision>, StoreError> {
     let meta = owner.meta;
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let revs = revisions(store, meta)?;
@@ -99,8 +100,10 @@ pub fn sync(
         .filter(|(_, r)| r.metadata.name != name)
         .filter(|(_, r)| !r.metadata.labels.get(HASH_LABEL).is_some_and(|h| running.contains(h.as_str())))
         .collect();
-    for (s, _) in old.iter().take(old.len().saturating_sub(limit)) {
-        crate::deletion::delete_quietly(store, &s.key)?;
+    let trimmed: Vec<String> =
+        old.iter().take(old.len().saturating_sub(limit)).map(|(s, _)| s.key.clone()).collect();
+    for key in &trimmed {
+        crate::deletion::delete_quietly(store, key)?;
     }
-    Ok(name)
+    Ok(revs.into_iter().filter(|(s, _)| !trimmed.contains(&s.key)).map(|(_, r)| r).collect())
 }

@@ -488,19 +488,20 @@ impl Controller for StatefulSets {
         let claims: Vec<PersistentVolumeClaim> = claim_items.iter().filter_map(|s| decode(s).ok()).collect();
         let hash = super::deployment::template_hash(&set.spec.template);
         let update = format!("{}-{hash}", set.metadata.name);
-        if set.metadata.deletion_timestamp.is_none() {
+        let revs = if set.metadata.deletion_timestamp.is_none() {
             let owner = history::Owner {
                 kind: "StatefulSet",
                 meta: &set.metadata,
                 template: &set.spec.template,
                 history_limit: set.spec.revision_history_limit,
             };
-            history::sync(store, &owner, &hash, &update, &pods)?;
-        }
+            history::sync(store, &owner, &hash, &update, &pods)?
+        } else {
+            history::revisions(store, &set.metadata)?.into_iter().map(|(_, r)| r).collect()
+        };
         let current = set.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_default();
-        let revs = history::revisions(store, &set.metadata)?;
         let current_template =
-            revs.iter().find(|(_, r)| r.metadata.name == current).and_then(|(_, r)| history::template_of(r));
+            revs.iter().find(|r| r.metadata.name == current).and_then(history::template_of);
         // A current revision whose history is gone cannot be made again: the update is.
         let current = if current_template.is_some() { current } else { String::new() };
         let p = plan(&set, &pods, &claims, (&current, &update), super::unix_now());
