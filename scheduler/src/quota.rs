@@ -275,13 +275,14 @@ pub fn charge(
             if !covers(&q, info.kind, obj) || !q.spec.hard.keys().any(|k| delta.contains_key(k)) {
                 continue;
             }
-            // Charged so far; a name the quota has not counted yet is counted now.
-            let charged = q.status.as_ref().map(|st| &st.used);
-            let used: Amounts = if q.spec.hard.keys().all(|k| charged.is_some_and(|c| c.contains_key(k))) {
-                charged.into_iter().flatten().map(|(k, v)| (k.clone(), v.millis())).collect()
-            } else {
-                recount(store, ns, &q).map_err(|e| e.to_string())?
-            };
+            // What exists, or what has been charged if more (a charge whose object another
+            // replica has not stored yet): the controller's recount may have written a lower
+            // `used` over such a charge, so `status.used` alone is not enough.
+            let mut used = recount(store, ns, &q).map_err(|e| e.to_string())?;
+            for (k, v) in q.status.iter().flat_map(|st| &st.used) {
+                let u = used.entry(k.clone()).or_default();
+                *u = (*u).max(v.millis());
+            }
             if let Some(msg) = check(&q, &used, &delta, info.kind, obj) {
                 return Err(msg);
             }
@@ -472,6 +473,15 @@ pub fn admit(
         _ => {}
     }
     charge(store, info, ns, obj, dry)
+}
+
+/// Held from admission until the object is stored: within this server, the next create's
+/// recount sees the object the last one admitted.
+static ADMISSION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The admission lock (see [`ADMISSION`]); hold it across [`admit`] and the store's create.
+pub fn admission_lock() -> std::sync::MutexGuard<'static, ()> {
+    ADMISSION.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// LimitRanger for a new claim: its storage request within each `PersistentVolumeClaim`

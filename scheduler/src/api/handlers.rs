@@ -750,6 +750,8 @@ fn create(
         blocking(|| crate::controllers::vpa::admit_pod(st.store.as_ref(), &mut obj))
             .map_err(|e| Status::internal(e.to_string()))?;
     }
+    // Until the object is stored (the guard lives to the end of the function).
+    let _quota = crate::quota::admission_lock();
     admit_limits_and_quota(st, info, &mut obj, dry)?;
     super::managed::track_update(info.kind, None, &mut obj, (manager, ""), &info.api_version(), &now());
     if dry {
@@ -1397,6 +1399,7 @@ fn apply(
                 assign_pod_cidr(st, info, &mut obj)?;
                 admit_pod_priority(st, info, &mut obj)?;
                 admit_service_account(st, info, &mut obj)?;
+                let _quota = crate::quota::admission_lock();
                 admit_limits_and_quota(st, info, &mut obj, dry)?;
                 if dry {
                     break (Stored { key: key.clone(), object: obj, revision: 0 }, Applied::Created);

@@ -410,6 +410,8 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
         return Err(StoreError::NotFound(format!("namespace {ns}")));
     };
     let base = obj["metadata"]["generateName"].as_str().map(str::to_string);
+    // Admission and the store's create under one lock (`quota::admission_lock`).
+    let _quota = crate::quota::admission_lock();
     if group_plural == "/pods" {
         // Pod Security holds for controllers' pods as for users': the owner gets a
         // FailedCreate event and the controller retries (with its back-off) until the pod
