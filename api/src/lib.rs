@@ -15,6 +15,7 @@ pub mod cron;
 pub mod defaults;
 /// A cheap bound on a YAML text's nesting, read before the parse.
 pub mod depth;
+pub mod event_v1;
 pub mod expr;
 pub mod fieldset;
 pub mod frame;

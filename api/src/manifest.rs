@@ -86,6 +86,14 @@ pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
         crate::hpa_v1::to_v2(&mut v2);
         return decode(&v2);
     }
+    if v.get("apiVersion").and_then(Value::as_str) == Some(crate::event_v1::API_VERSION)
+        && v.get("kind").and_then(Value::as_str) == Some("Event")
+    {
+        // events.k8s.io/v1 is served by conversion to the core Event that is stored.
+        let mut core = v.clone();
+        crate::event_v1::to_core(&mut core);
+        return decode(&core);
+    }
     let kind = v.get("kind").and_then(Value::as_str).ok_or_else(|| one("kind", "Required value"))?;
     let api_version =
         v.get("apiVersion").and_then(Value::as_str).ok_or_else(|| one("apiVersion", "Required value"))?;

@@ -117,8 +117,19 @@ pub fn group_versions() -> Vec<String> {
         }
     }
     out.push("apis/autoscaling/v1".into());
+    out.push("apis/events.k8s.io/v1".into());
     out
 }
+
+/// events.k8s.io/v1's Event, served by conversion (`crate::event_v1`).
+const EVENT_V1: KindInfo = KindInfo {
+    kind: "Event",
+    group: "events.k8s.io",
+    version: "v1",
+    plural: "events",
+    short: &["ev"],
+    namespaced: true,
+};
 
 /// autoscaling/v1's HorizontalPodAutoscaler, served by conversion (`crate::hpa_v1`).
 const HPA_V1: KindInfo = KindInfo {
@@ -257,6 +268,15 @@ pub fn v3(group_version: &str) -> Option<Value> {
     if group_version == "apis/autoscaling/v1" {
         let (name, schema) = hpa_v1_schema(&defs);
         paths(&HPA_V1, &name, &mut p);
+        defs.insert(name.clone(), schema);
+        wanted.push(name);
+    }
+    if group_version == "apis/events.k8s.io/v1"
+        && let Some((_, core)) = kinds.iter().find(|(k, _)| k.kind == "Event")
+        && let Some(schema) = defs.get(core).map(crate::event_v1::schema)
+    {
+        let name = "io.k8s.api.events.v1.Event".to_string();
+        paths(&EVENT_V1, &name, &mut p);
         defs.insert(name.clone(), schema);
         wanted.push(name);
     }

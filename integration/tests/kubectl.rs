@@ -244,6 +244,42 @@ fn kubectl_drives_a_tug_cluster() {
     has(&k.ok(&["-n", NS, "create", "serviceaccount", "bot"]), "serviceaccount/bot created");
     assert!(k.ok(&["-n", NS, "create", "token", "bot"]).starts_with("eyJ"));
 
+    // events.k8s.io/v1 Events: the core Events under the new names, with the new rules.
+    let ev = "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: made.1}\neventTime: \"2026-12-06T10:00:00.000000Z\"\nreportingController: example.com/checker\nreportingInstance: checker-1\naction: Check\nreason: Checked\nnote: all good\ntype: Normal\nregarding: {apiVersion: apps/v1, kind: Deployment, name: made}\n";
+    has(&k.ok_with(&["-n", NS, "create", "-f", "-"], ev, &[]), "event.events.k8s.io/made.1 created");
+    let core = k.json(&["-n", NS, "get", "events", "made.1", "-o", "json"]);
+    assert_eq!(
+        (core["apiVersion"].as_str(), core["message"].as_str(), core["involvedObject"]["name"].as_str()),
+        (Some("v1"), Some("all good"), Some("made")),
+        "{core}"
+    );
+    let new = k.json(&[
+        "-n",
+        NS,
+        "get",
+        "events.v1.events.k8s.io",
+        "--field-selector=regarding.name=made,reportingController=example.com/checker",
+        "-o",
+        "json",
+    ]);
+    let items = new["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{new}");
+    assert_eq!(
+        (items[0]["note"].as_str(), items[0]["reportingController"].as_str(), items[0]["action"].as_str()),
+        (Some("all good"), Some("example.com/checker"), Some("Check")),
+        "{new}"
+    );
+    let bad = k.run_with(
+        &["-n", NS, "create", "-f", "-"],
+        &ev.replace("name: made.1", "name: made.2").replace("action: Check\n", "deprecatedCount: 2\n"),
+        &[],
+    );
+    assert!(!bad.status.success());
+    let bad = text(&bad);
+    has(&bad, "Event.events.k8s.io \"made.2\" is invalid");
+    has(&bad, "* action: Required value");
+    has(&bad, "* deprecatedCount: Invalid value: \"\": needs to be unset");
+
     // create -f, and a list of every kind that lists.
     has(
         &k.ok_with(&["create", "-f", "-"], &SETTINGS.replace("name: settings", "name: created"), &[]),

@@ -187,6 +187,27 @@ pub struct Event {
     pub reporting_component: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reporting_instance: Option<String>,
+    /// When the event was first observed (a MicroTime), as `events.k8s.io/v1` writers set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<EventSeries>,
+    /// What was done (or failed) about the object: `Binding`, `Killing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// A second object the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related: Option<ObjectReference>,
+}
+
+/// How often an event recurred, as `events.k8s.io/v1` reports repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventSeries {
+    #[serde(default)]
+    pub count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_observed_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]

@@ -142,6 +142,13 @@ fn resources() -> Vec<Resource> {
         .map(|r| Resource { version: "v1", ..r.clone() })
         .collect();
     out.extend(v1);
+    // events.k8s.io/v1 Events: the core Events, converted by `versions`.
+    let events: Vec<Resource> = out
+        .iter()
+        .filter(|r| r.group.is_empty() && r.name == "events")
+        .map(|r| Resource { group: "events.k8s.io", ..r.clone() })
+        .collect();
+    out.extend(events);
     out.push(extra("metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", false, &["get", "list"]));
     out.push(extra("metrics.k8s.io", "v1beta1", "pods", "PodMetrics", true, &["get", "list"]));
     out

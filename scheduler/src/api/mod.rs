@@ -145,7 +145,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(handlers::not_found)
-        .layer(axum::middleware::from_fn(versions::autoscaling_v1))
+        .layer(axum::middleware::from_fn(versions::converted))
         .layer(axum::middleware::from_fn(handlers::protobuf_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
