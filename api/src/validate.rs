@@ -1130,6 +1130,21 @@ fn container_enums(c: &Container, path: &str, e: &mut Errors) {
         ("readinessProbe", &c.readiness_probe),
         ("startupProbe", &c.startup_probe),
     ] {
+        if let Some(p) = probe {
+            let at = format!("{path}.{name}");
+            let kinds = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()];
+            match kinds.iter().filter(|k| **k).count() {
+                0 => e.add(at.clone(), "Required value: must specify a handler type"),
+                1 => {}
+                _ => e.add(at.clone(), "Forbidden: may not specify more than 1 handler type"),
+            }
+            if let Some(g) = p.grpc.as_ref().filter(|g| !(1..=65535).contains(&g.port)) {
+                e.add(
+                    format!("{at}.grpc.port"),
+                    format!("Invalid value: {}: must be between 1 and 65535, inclusive", g.port),
+                );
+            }
+        }
         let scheme = probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.scheme.as_deref());
         if let Some(sc) = scheme.filter(|sc| !["HTTP", "HTTPS"].contains(sc)) {
             e.add(
@@ -1699,6 +1714,19 @@ mod tests {
             "spec.containers[0].readinessProbe.httpGet.scheme: Unsupported value: \"FTP\"",
         );
         assert!(load(&container("livenessProbe: {httpGet: {port: 80, scheme: HTTPS}}")).is_ok());
+        assert!(load(&container("readinessProbe: {grpc: {port: 9090, service: db}}")).is_ok());
+        check(
+            &container("readinessProbe: {grpc: {port: 0}}"),
+            "spec.containers[0].readinessProbe.grpc.port: Invalid value: 0: must be between 1 and 65535, inclusive",
+        );
+        check(
+            &container("livenessProbe: {grpc: {port: 9090}, tcpSocket: {port: 80}}"),
+            "spec.containers[0].livenessProbe: Forbidden: may not specify more than 1 handler type",
+        );
+        check(
+            &container("startupProbe: {periodSeconds: 3}"),
+            "spec.containers[0].startupProbe: Required value: must specify a handler type",
+        );
         assert!(load(&container("livenessProbe: {httpGet: {port: 80, httpHeaders: [{name: X-Probe, value: a}]}, terminationGracePeriodSeconds: 3}")).is_ok());
         check(
             &container("readinessProbe: {httpGet: {port: 80, httpHeaders: [{name: 'a b', value: x}]}}"),

@@ -677,6 +677,7 @@ spec:
 #[test]
 fn probes_drive_readiness_and_restart_unhealthy_containers() {
     let (_cluster, cp, agent) = setup();
+    agent.import_probe_image("tug.local/probe:1");
     apply(
         &cp,
         r#"
@@ -715,6 +716,18 @@ spec:
       periodSeconds: 1
       failureThreshold: 2
       terminationGracePeriodSeconds: 2
+  # A gRPC health server whose service "db" is NOT_SERVING for its first 4 s.
+  - name: grpc
+    image: tug.local/probe:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "mkdir -p /tmp/grpc && echo SERVING > /tmp/grpc/_ && echo NOT_SERVING > /tmp/grpc/db && (sleep 4; echo SERVING > /tmp/grpc/db) & exec /bin/tug-probe serve-grpc-health 9090 /tmp/grpc"]
+    readinessProbe:
+      grpc: {port: 9090, service: db}
+      periodSeconds: 1
+    livenessProbe:
+      grpc: {port: 9090}
+      periodSeconds: 1
+      failureThreshold: 3
 "#,
     );
     // Running but not ready while the server is not up yet.
@@ -727,10 +740,11 @@ spec:
         .unwrap()
         .clone();
     assert_eq!(web["ready"], false, "not ready before its probes passed: {web:#}");
-    // httpGet and exec probes that pass make both ready.
-    wait_pod(&cp, &agent, "probed", 30, "web and flaky ready", |p| {
+    // httpGet, exec and grpc probes that pass make all three ready, the gRPC one once its
+    // service answers SERVING; its liveness probe (the whole server) never failed.
+    wait_pod(&cp, &agent, "probed", 30, "web, flaky and grpc ready", |p| {
         let s = p["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-        s.len() == 2 && s.iter().all(|c| c["ready"] == true && c["restartCount"] == 0)
+        s.len() == 3 && s.iter().all(|c| c["ready"] == true && c["restartCount"] == 0)
     });
     // The liveness probe fails once /tmp/healthy is gone: the container, deaf to SIGTERM,
     // is killed after the probe's 2 s, not the pod's 300 s, and restarts.
@@ -760,6 +774,11 @@ spec:
         })
         .collect();
     assert!(!unhealthy.is_empty(), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Unhealthy"
+            && e["message"] == "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")"),
+        "{events:#?}"
+    );
     assert!(
         events.iter().any(|e| e["reason"] == "Killing"
             && e["message"] == "Container flaky failed liveness probe, will be restarted"),

@@ -57,3 +57,49 @@ fn probe_exit_and_fork_commands() {
     let st = Command::new(probe::path()).arg("bogus").status().expect("run");
     assert_eq!(st.code(), Some(2));
 }
+
+/// The probe's gRPC health server against the agent's gRPC prober, inside a node: SERVING
+/// passes; NOT_SERVING, an unknown service and a closed port fail in kubelet's words.
+#[test]
+fn probe_serves_grpc_health_to_the_agents_prober() {
+    use std::time::Duration;
+    use tug_agent::pods::grpc;
+    let cluster = Cluster::new(1).expect("cluster");
+    let node = &cluster.nodes[0];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("_"), "SERVING\n").unwrap();
+    std::fs::write(dir.path().join("db"), "NOT_SERVING\n").unwrap();
+    node.spawn(&[
+        probe::path().to_str().unwrap(),
+        "serve-grpc-health",
+        "19090",
+        dir.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let addr = std::net::SocketAddr::from((node.ip, 19090));
+    let ns = std::path::PathBuf::from(format!("/run/netns/{}", node.netns));
+    let call = |service: &'static str| {
+        tug_agent::network::netns::run_in(Some(&ns), move || {
+            grpc::probe(addr, service, Duration::from_secs(2))
+        })
+        .unwrap()
+    };
+    let up = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        call("").is_ok()
+    });
+    assert!(up, "{:?}", call(""));
+    assert_eq!(call("db"), Err("service unhealthy (responded with \"NOT_SERVING\")".into()));
+    assert_eq!(
+        call("gone"),
+        Err("error: health rpc probe failed: rpc error: code = NotFound desc = unknown service".into())
+    );
+    std::fs::write(dir.path().join("db"), "SERVING\n").unwrap();
+    assert_eq!(call("db"), Ok(()));
+    let closed = std::net::SocketAddr::from((node.ip, 19091));
+    let err =
+        tug_agent::network::netns::run_in(Some(&ns), move || grpc::probe(closed, "", Duration::from_secs(1)))
+            .unwrap()
+            .unwrap_err();
+    assert!(err.starts_with("error: failed to connect service at \"10.250.0.10:19091\""), "{err}");
+}

@@ -7,6 +7,7 @@
 //! most one resync period, never a wrong pod.
 
 pub mod env;
+pub mod grpc;
 pub mod hooks;
 pub mod plan;
 pub mod probe;

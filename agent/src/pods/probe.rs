@@ -4,8 +4,8 @@
 //! holds the others back until it succeeds; a startup or liveness failure (after
 //! `failureThreshold` in a row) asks the pod worker to restart the container; readiness
 //! decides the container's `ready`. exec probes run through the container's supervisor;
-//! httpGet and tcpSocket connect from a thread inside the pod's network namespace, so they
-//! work whatever the node's routing.
+//! httpGet, tcpSocket and grpc connect from a thread inside the pod's network namespace, so
+//! they work whatever the node's routing.
 
 use crate::network::netns;
 use serde_json::json;
@@ -112,6 +112,12 @@ pub enum Check {
         netns: PathBuf,
         addr: SocketAddr,
     },
+    /// The gRPC health protocol's `Check` of `service`.
+    Grpc {
+        netns: PathBuf,
+        addr: SocketAddr,
+        service: String,
+    },
     /// A probe Tug cannot run, always failing with this message.
     Unsupported(String),
 }
@@ -184,7 +190,17 @@ pub fn check(
             Err(e) => Check::Unsupported(e),
         };
     }
-    Check::Unsupported("the probe names no action (exec, httpGet or tcpSocket)".into())
+    if let Some(g) = &probe.grpc {
+        return match u16::try_from(g.port) {
+            Ok(p) if p > 0 => Check::Grpc {
+                netns: netns.to_path_buf(),
+                addr: SocketAddr::from((ip, p)),
+                service: g.service.clone().unwrap_or_default(),
+            },
+            _ => Check::Unsupported(format!("port {} out of range", g.port)),
+        };
+    }
+    Check::Unsupported("the probe names no action (exec, httpGet, tcpSocket or grpc)".into())
 }
 
 /// The namespace a check runs in: the pod's, or (an empty path: a host-network pod) the
@@ -221,6 +237,10 @@ pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
                     .map(drop)
                     .map_err(|e| format!("dial tcp {addr}: {e}"))
             })?
+        }
+        Check::Grpc { netns, addr, service } => {
+            let (addr, service) = (*addr, service.clone());
+            netns::run_in(ns_of(netns), move || super::grpc::probe(addr, &service, timeout))?
         }
         Check::Unsupported(m) => Err(m.clone()),
     }

@@ -15,8 +15,10 @@
 //! tug-probe serve-udp PORT  # answer every datagram with this host's name
 //! tug-probe udp IP:PORT     # send one datagram, print the answer (exit 1 after 2 s)
 //! tug-probe get IP:PORT     # HTTP GET / over TCP, print the body (exit 1 on failure)
+//! tug-probe serve-grpc-health PORT DIR  # a gRPC health server; DIR/SERVICE holds the status
 //! ```
 
+mod grpc;
 mod report;
 
 use std::process::ExitCode;
@@ -48,9 +50,13 @@ fn main() -> ExitCode {
             get_many(args.get(1).map(String::as_str).unwrap_or(""), arg(2).unwrap_or(1), arg(3).unwrap_or(0))
         }
         Some("get") => get(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("serve-grpc-health") => grpc::serve(
+            u16::try_from(arg(1).unwrap_or(9090)).unwrap_or(9090),
+            args.get(2).map_or_else(|| "/tmp/grpc".into(), Into::into),
+        ),
         Some(other) => {
             eprintln!(
-                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls, serve-udp, udp, get)"
+                "tug-probe: unknown command {other:?} (report, exit, sleep, hog, fork, spin, syscalls, serve-udp, udp, get, serve-grpc-health)"
             );
             ExitCode::from(2)
         }
