@@ -834,6 +834,12 @@ pub fn pod_spec(s: &PodSpec, path: &str, e: &mut Errors) {
         &format!("{path}.securityContext.seccompProfile"),
         e,
     );
+    if s.share_process_namespace == Some(true) && s.host_pid == Some(true) {
+        e.add(
+            format!("{path}.securityContext.shareProcessNamespace"),
+            "Invalid value: true: ShareProcessNamespace and HostPID cannot both be enabled",
+        );
+    }
     tolerations(&s.tolerations, &format!("{path}.tolerations"), e);
     scheduling(s, path, e);
     for (field, v) in [("hostname", &s.hostname), ("subdomain", &s.subdomain)] {

@@ -104,6 +104,22 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// The pids of the pods' pause processes (`shareProcessNamespace`) this agent started:
+    /// `tug-supervisor pause <pod directory>` with the directory under this agent's.
+    pub fn pauses(&self) -> Vec<u32> {
+        let mine = format!("\0pause\0{}/", self.dir.path().display());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mine))
+            })
+            .collect()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -212,6 +228,14 @@ impl Agent {
                     .and_then(|mut c| c.call(&tug_shim::supervisor::protocol::Request::Shutdown))
                     .is_err()
             });
+        }
+        for pid in self.pauses() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         // Every mount under the agent's directory (rootfs overlays, tmpfs volumes, pinned
         // namespaces), deepest first.

@@ -2050,6 +2050,80 @@ spec:
     ]);
     let seen = text(&out).0;
     assert!(seen.contains(&ns("pid")) && seen.contains(&ns("ipc")), "{out:?}");
+
+    // shareProcessNamespace: one PID namespace for both containers, PID 1 the pod's pause;
+    // one container sees and signals the other's processes; the pause goes with the pod.
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shared, namespace: hostnet}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: app, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: [sleep, "3601"]}
+  - {name: side, image: tug.local/busybox-httpd:1, imagePullPolicy: Never, command: [sleep, "3602"]}
+"#,
+    );
+    let up = wait_for(Duration::from_secs(60), || {
+        get(&cp, &["pod", "shared", "-n", "hostnet"]).is_some_and(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|s| s.len() == 2 && s.iter().all(|c| c["ready"] == true))
+        })
+    });
+    assert!(up, "{:?}\n{}", get(&cp, &["pod", "shared", "-n", "hostnet"]), agent.log());
+    let in_side = |args: &[&str]| {
+        let mut a = vec!["exec", "shared", "-n", "hostnet", "-c", "side", "--"];
+        a.extend_from_slice(args);
+        text(&cp.tug(&a))
+    };
+    let ps = in_side(&["ps", "-o", "pid,args"]).0;
+    assert!(ps.contains("sleep 3601") && ps.contains("sleep 3602"), "{ps}");
+    let init = in_side(&["cat", "/proc/1/cmdline"]).0;
+    assert!(
+        init.starts_with("/") && init.contains("tug-supervisor\0pause\0"),
+        "PID 1 is the pause: {init:?}"
+    );
+    let pauses = agent.pauses();
+    assert_eq!(pauses.len(), 1, "one pause on the node");
+    let pause_pid = pauses[0];
+    // The app's sleep, killed from the sidecar, restarts.
+    let pid = ps
+        .lines()
+        .find(|l| l.contains("sleep 3601"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert_eq!(in_side(&["kill", &pid]).1, "");
+    let restarted = wait_for(Duration::from_secs(30), || {
+        get(&cp, &["pod", "shared", "-n", "hostnet"]).is_some_and(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == "app" && c["restartCount"] == 1 && c["ready"] == true)
+        })
+    });
+    assert!(restarted, "{:?}", get(&cp, &["pod", "shared", "-n", "hostnet"]));
+    assert!(in_side(&["ps", "-o", "args"]).0.contains("sleep 3601"), "the new app is in the namespace");
+    // Without sharing, a container sees only its own.
+    let alone = text(&cp.tug(&["exec", "hostns", "-n", "hostnet", "--", "cat", "/proc/1/cmdline"])).0;
+    assert!(!alone.contains("pause"), "{alone:?}");
+    assert!(cp.tug(&["delete", "pod", "shared", "-n", "hostnet"]).status.success());
+    let gone = wait_for(Duration::from_secs(30), || agent.pauses().is_empty());
+    assert!(gone, "the pause {pause_pid} outlived its pod");
+    // Sharing with the node's namespace is refused.
+    let both = cp.tug_with_input(
+        &["apply", "-f", "-"],
+        &pod("both", "  hostPID: true\n  shareProcessNamespace: true\n"),
+    );
+    assert!(
+        text(&both).1.contains("spec.securityContext.shareProcessNamespace: Invalid value: true: ShareProcessNamespace and HostPID cannot both be enabled"),
+        "{}", text(&both).1
+    );
 }
 
 /// Waits for a pod in `ns` to be unschedulable with `why` in its message.

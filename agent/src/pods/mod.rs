@@ -679,6 +679,25 @@ async fn sandbox(ctx: &Ctx, rec: &mut PodRecord, spec: &tug_api::kinds::pod::Pod
     })
 }
 
+/// A pod sharing its process namespace has a pause process holding it: started before the
+/// first container, and again if it died (which ended every process in the namespace).
+async fn ensure_pause(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) -> Result<(), String> {
+    if pod.spec.share_process_namespace != Some(true) || pod.spec.host_pid == Some(true) {
+        return Ok(());
+    }
+    if rec.pause.as_ref().is_some_and(tug_shim::supervisor::pause::Pause::alive) {
+        return Ok(());
+    }
+    let (shim, label, cgroup) = (
+        ctx.cfg.shim.clone(),
+        ctx.sandbox_dir(&rec.uid).to_string_lossy().into_owned(),
+        ctx.supervisor_cgroup.clone(),
+    );
+    let pause = crate::blocking(|| tug_shim::supervisor::pause::start(&shim, &label, cgroup.as_deref()))?;
+    rec.pause = Some(pause);
+    crate::blocking(|| rec.save(&ctx.cfg.pods_dir()))
+}
+
 /// Removes an ended container: its supervisor, snapshot and bundle (its log stays).
 fn remove_container(ctx: &Ctx, id: &str) {
     let socket = ctx.supervisor_socket(id);
@@ -798,6 +817,11 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             return;
         }
     };
+    if let Err(e) = ensure_pause(ctx, pod, rec).await {
+        let entry = rec.containers.get_mut(name).expect("entry");
+        plan::failed_start(entry, "CreateContainerError", &e, now_ms());
+        return;
+    }
     let entry = rec.containers.get_mut(name).expect("entry");
     entry.attempt += 1;
     let id = format!("{}-{}-{}", short(&rec.uid), name, entry.attempt);
@@ -847,6 +871,7 @@ async fn launch(
         hostname: kernel_hostname(ctx, rec, &pod.spec),
         pod_dir: ctx.sandbox_dir(&rec.uid),
         cgroup: ctx.cgroup(&rec.uid),
+        pid_ns: rec.pause.as_ref().map(tug_shim::supervisor::pause::Pause::ns_path),
     };
     let host_ip = ctx.cfg.node_ip.to_string();
     let vols = match volumes::prepare(
@@ -1254,6 +1279,9 @@ async fn tear_down(ctx: &Ctx, pod: Option<&Pod>, rec: &PodRecord) {
         if let Some(id) = &c.id {
             remove_container(ctx, id);
         }
+    }
+    if let Some(p) = &rec.pause {
+        p.kill();
     }
     let host_network = rec.ip.as_deref() == Some(ctx.cfg.node_ip.to_string().as_str());
     if host_network {

@@ -28,6 +28,10 @@ pub struct PodRecord {
     /// A resize that cannot be applied now: `Infeasible` or `Deferred`, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_pending: Option<(String, String)>,
+    /// The pause process holding the PID namespace the containers share
+    /// (`shareProcessNamespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<tug_shim::supervisor::pause::Pause>,
     #[serde(skip)]
     pub(crate) written: Written,
 }

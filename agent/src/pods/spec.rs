@@ -88,6 +88,8 @@ pub struct Sandbox {
     pub pod_dir: PathBuf,
     /// `<cgroup parent>/pod<uid>` (relative to the agent's cgroup).
     pub cgroup: String,
+    /// The PID namespace the pod's containers share (`shareProcessNamespace`), its pause's.
+    pub pid_ns: Option<PathBuf>,
 }
 
 /// The process a container runs: argv from the pod spec and the image config.
@@ -362,8 +364,10 @@ pub fn oci_spec(
     let caps_json = json!(caps);
     // hostPID and hostIPC: the node's namespaces (the runtime's own), so none is made.
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "cgroup"})];
-    if pod.spec.host_pid != Some(true) {
-        namespaces.push(json!({"type": "pid"}));
+    match &sandbox.pid_ns {
+        _ if pod.spec.host_pid == Some(true) => {}
+        Some(path) => namespaces.push(json!({"type": "pid", "path": path})),
+        None => namespaces.push(json!({"type": "pid"})),
     }
     if pod.spec.host_ipc != Some(true) {
         namespaces.push(json!({"type": "ipc"}));
@@ -546,6 +550,7 @@ mod tests {
             hostname: "p".into(),
             pod_dir: dir.path().join("pod"),
             cgroup: "pods/podx".into(),
+            pid_ns: None,
         };
         let profile = |t: &str, l: Option<&str>| SeccompProfile {
             type_: t.into(),
@@ -579,6 +584,15 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(spec(&pod, &c)["linux"]["seccomp"]["from"], "default");
+        // shareProcessNamespace: the pause's PID namespace is joined, not a new one made.
+        let pid_ns = |s: &Value| {
+            s["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "pid").cloned()
+        };
+        assert_eq!(pid_ns(&spec(&pod, &c)), Some(json!({"type": "pid"})));
+        let shared = Sandbox { pid_ns: Some("/proc/7/ns/pid".into()), ..sandbox.clone() };
+        let s = oci_spec(&pod, &c, &image(None, None), dir.path(), &shared, "id", &[], Vec::new(), filter)
+            .unwrap();
+        assert_eq!(pid_ns(&s), Some(json!({"type": "pid", "path": "/proc/7/ns/pid"})));
     }
 
     /// An image whose `/etc/passwd` links to the node's, and whose `/etc/group` is a FIFO:

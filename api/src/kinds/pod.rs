@@ -67,6 +67,10 @@ pub struct PodSpec {
     /// The containers share the node's IPC namespace.
     #[serde(default, rename = "hostIPC", skip_serializing_if = "Option::is_none")]
     pub host_ipc: Option<bool>,
+    /// The containers share one PID namespace (PID 1 is the pod's pause process): each sees
+    /// and may signal the others' processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_process_namespace: Option<bool>,
     /// Service environment variables (`WEB_SERVICE_HOST`, …); default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_service_links: Option<bool>,

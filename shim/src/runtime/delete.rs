@@ -30,6 +30,11 @@ impl Runtime {
                 )));
             }
         }
+        // A stopped container whose init shared a PID namespace (a pod's) may have left
+        // processes behind: nothing else would end them. runc kills them too.
+        if status == Status::Stopped && !state.cgroup.pids().is_empty() {
+            state.cgroup.kill_all();
+        }
         // Exited processes leave the cgroup once reaped, which may lag a little behind.
         let mut last = Ok(());
         wait_until(Duration::from_secs(10), || {

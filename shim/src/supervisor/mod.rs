@@ -17,6 +17,7 @@
 //! sessions on the container's own stdio.
 
 pub mod logs;
+pub mod pause;
 pub mod protocol;
 
 use logs::{LineSplitter, LogFile, Stream};
