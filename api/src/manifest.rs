@@ -75,6 +75,9 @@ fn push_expanded(v: Value, out: &mut Vec<Value>) {
     }
 }
 
+/// The VerticalPodAutoscaler's older version, still served (as v1: the schemas are the same).
+pub const VPA_V1BETA2: &str = "autoscaling.k8s.io/v1beta2";
+
 /// Decodes one document strictly into its kind's type. An unknown field is
 /// `PATH: field not supported`.
 pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
@@ -93,6 +96,14 @@ pub fn decode(v: &Value) -> Result<Object, Vec<FieldError>> {
         let mut core = v.clone();
         crate::event_v1::to_core(&mut core);
         return decode(&core);
+    }
+    if v.get("apiVersion").and_then(Value::as_str) == Some(VPA_V1BETA2)
+        && v.get("kind").and_then(Value::as_str) == Some("VerticalPodAutoscaler")
+    {
+        // The VPA's v1beta2 is v1 under another name, as its CRD serves both.
+        let mut v1 = v.clone();
+        v1["apiVersion"] = "autoscaling.k8s.io/v1".into();
+        return decode(&v1);
     }
     let kind = v.get("kind").and_then(Value::as_str).ok_or_else(|| one("kind", "Required value"))?;
     let api_version =

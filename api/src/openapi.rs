@@ -118,6 +118,7 @@ pub fn group_versions() -> Vec<String> {
     }
     out.push("apis/autoscaling/v1".into());
     out.push("apis/events.k8s.io/v1".into());
+    out.push("apis/autoscaling.k8s.io/v1beta2".into());
     out
 }
 
@@ -277,6 +278,17 @@ pub fn v3(group_version: &str) -> Option<Value> {
     {
         let name = "io.k8s.api.events.v1.Event".to_string();
         paths(&EVENT_V1, &name, &mut p);
+        defs.insert(name.clone(), schema);
+        wanted.push(name);
+    }
+    if group_version == "apis/autoscaling.k8s.io/v1beta2"
+        && let Some((info, v1)) = kinds.iter().find(|(k, _)| k.kind == "VerticalPodAutoscaler")
+        && let Some(mut schema) = defs.get(v1).cloned()
+    {
+        let info = KindInfo { version: "v1beta2", ..**info };
+        schema["x-kubernetes-group-version-kind"] = json!([gvk(&info)]);
+        let name = "io.k8s.autoscaler.v1beta2.VerticalPodAutoscaler".to_string();
+        paths(&info, &name, &mut p);
         defs.insert(name.clone(), schema);
         wanted.push(name);
     }

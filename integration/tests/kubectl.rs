@@ -280,6 +280,24 @@ fn kubectl_drives_a_tug_cluster() {
     has(&bad, "* action: Required value");
     has(&bad, "* deprecatedCount: Invalid value: \"\": needs to be unset");
 
+    // The VerticalPodAutoscaler's v1beta2, served beside v1.
+    let vpa = "apiVersion: autoscaling.k8s.io/v1beta2\nkind: VerticalPodAutoscaler\nmetadata: {name: made}\nspec:\n  targetRef: {apiVersion: apps/v1, kind: Deployment, name: made}\n  updatePolicy: {updateMode: \"Off\"}\n";
+    has(
+        &k.ok_with(&["-n", NS, "apply", "-f", "-"], vpa, &[]),
+        "verticalpodautoscaler.autoscaling.k8s.io/made created",
+    );
+    let old =
+        k.json(&["-n", NS, "get", "verticalpodautoscalers.v1beta2.autoscaling.k8s.io", "made", "-o", "json"]);
+    assert_eq!(
+        (old["apiVersion"].as_str(), old["spec"]["updatePolicy"]["updateMode"].as_str()),
+        (Some("autoscaling.k8s.io/v1beta2"), Some("Off")),
+        "{old}"
+    );
+    assert_eq!(
+        k.ok(&["-n", NS, "get", "vpa", "made", "-o", "jsonpath={.apiVersion}"]),
+        "autoscaling.k8s.io/v1"
+    );
+
     // create -f, and a list of every kind that lists.
     has(
         &k.ok_with(&["create", "-f", "-"], &SETTINGS.replace("name: settings", "name: created"), &[]),

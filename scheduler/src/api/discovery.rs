@@ -135,13 +135,17 @@ fn resources() -> Vec<Resource> {
         false,
         &["create"],
     ));
-    // autoscaling/v1 beside v2, converted by `versions` (v2 is preferred).
-    let v1: Vec<Resource> = out
+    // autoscaling/v1 beside v2, and the VPA's v1beta2 beside v1, converted by `versions`
+    // (the newer is preferred).
+    let older: Vec<Resource> = out
         .iter()
-        .filter(|r| r.group == "autoscaling")
-        .map(|r| Resource { version: "v1", ..r.clone() })
+        .filter_map(|r| match r.group {
+            "autoscaling" => Some(Resource { version: "v1", ..r.clone() }),
+            "autoscaling.k8s.io" => Some(Resource { version: "v1beta2", ..r.clone() }),
+            _ => None,
+        })
         .collect();
-    out.extend(v1);
+    out.extend(older);
     // events.k8s.io/v1 Events: the core Events, converted by `versions`.
     let events: Vec<Resource> = out
         .iter()

@@ -1,5 +1,5 @@
-//! Versions served by conversion: `autoscaling/v1` HorizontalPodAutoscalers and
-//! `events.k8s.io/v1` Events. A request under the served version's prefix is answered by the
+//! Versions served by conversion: `autoscaling/v1` HorizontalPodAutoscalers,
+//! `events.k8s.io/v1` Events and `autoscaling.k8s.io/v1beta2` VerticalPodAutoscalers. A request under the served version's prefix is answered by the
 //! stored version's handlers — its body (and field selector) converted on the way in, and
 //! every object of the kind in the answer (one object, a list, each watch event) converted
 //! back on the way out (`tug_api::hpa_v1`, `tug_api::event_v1`). Tables and Status objects
@@ -56,6 +56,26 @@ const SERVED: &[Served] = &[
         to_stored: event_v1::to_core,
         create_rules: Some(event_v1::validate_create),
         field_selector: Some(event_v1::selector_to_core),
+    },
+    Served {
+        prefix: "/apis/autoscaling.k8s.io/v1beta2/",
+        stored_prefix: "/apis/autoscaling.k8s.io/v1/",
+        kind: "VerticalPodAutoscaler",
+        qualified: "VerticalPodAutoscaler.autoscaling.k8s.io",
+        api_version: tug_api::manifest::VPA_V1BETA2,
+        stored_api_version: "autoscaling.k8s.io/v1",
+        to_served: |v| {
+            if v.get("apiVersion").is_some() {
+                v["apiVersion"] = tug_api::manifest::VPA_V1BETA2.into();
+            }
+        },
+        to_stored: |v| {
+            if v.get("apiVersion").and_then(Value::as_str) == Some(tug_api::manifest::VPA_V1BETA2) {
+                v["apiVersion"] = "autoscaling.k8s.io/v1".into();
+            }
+        },
+        create_rules: None,
+        field_selector: None,
     },
 ];
 
