@@ -1,5 +1,6 @@
-//! The Services and Endpoints of the whole cluster, kept current by a list-and-watch of each
-//! kind: what the service proxy programs and the DNS server answers from.
+//! The Services, Endpoints and Nodes of the whole cluster, kept current by a list-and-watch
+//! of each kind: what the service proxy programs, the DNS server answers from and the load
+//! balancer's announcer elects from.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ use tug_client::Client;
 pub struct Objects {
     pub services: BTreeMap<String, Value>,
     pub endpoints: BTreeMap<String, Value>,
+    /// By `default/name` (nodes have no namespace).
+    pub nodes: BTreeMap<String, Value>,
 }
 
 /// `namespace/name` of an object.
@@ -35,7 +38,9 @@ impl Catalog {
     /// Starts following the control plane.
     pub fn start(api: Client) -> Arc<Catalog> {
         let c = Arc::new(Catalog::default());
-        for (kind, path) in [("services", "/api/v1/services"), ("endpoints", "/api/v1/endpoints")] {
+        for (kind, path) in
+            [("services", "/api/v1/services"), ("endpoints", "/api/v1/endpoints"), ("nodes", "/api/v1/nodes")]
+        {
             let (api, c) = (api.clone(), Arc::clone(&c));
             tokio::spawn(async move { c.follow(api, kind, path).await });
         }
@@ -63,7 +68,11 @@ impl Catalog {
     fn edit(&self, kind: &str, f: impl FnOnce(&mut BTreeMap<String, Value>)) {
         {
             let mut o = self.objects.write().unwrap_or_else(|e| e.into_inner());
-            f(if kind == "services" { &mut o.services } else { &mut o.endpoints });
+            f(match kind {
+                "services" => &mut o.services,
+                "nodes" => &mut o.nodes,
+                _ => &mut o.endpoints,
+            });
         }
         self.changed();
     }

@@ -341,6 +341,13 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             Duration::from_secs(300),
             Arc::clone(&stats.counted),
         ));
+        // LoadBalancer addresses this node is elected to answer for.
+        tokio::spawn(crate::announce::run(
+            Arc::clone(&catalog),
+            cfg.node_name.clone(),
+            cfg.node_ip,
+            cfg.node_netns.clone(),
+        ));
     }
     let store = Arc::new(tug_images::Store::open(&cfg.image_root)?);
     let puller = tug_images::Puller::new(Arc::clone(&store), cfg.insecure_registries.clone());

@@ -7,6 +7,7 @@
 //! - [`network`]: the node's pod network.
 //! - [`api`]: calls to the control plane.
 
+pub mod announce;
 pub mod api;
 pub mod catalog;
 pub mod cgroup;

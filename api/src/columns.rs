@@ -166,6 +166,7 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "Rollout" => vec!["NAME", "DESIRED", "CURRENT", "UP-TO-DATE", "AVAILABLE", "AGE"],
         "AnalysisRun" => vec!["NAME", "STATUS", "AGE"],
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
+        "AddressPool" => vec!["NAME", "AUTO ASSIGN", "ADDRESSES", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -447,7 +448,7 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 name,
                 s(&spec["type"]),
                 ip,
-                "<none>".into(),
+                service_external_ip(obj, wide),
                 if ports.is_empty() { "<none>".into() } else { ports.join(",") },
                 age(obj, now),
             ]
@@ -538,6 +539,15 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 age(obj, now),
             ]
         }
+        "AddressPool" => vec![
+            name,
+            obj["spec"]["autoAssign"].as_bool().unwrap_or(true).to_string(),
+            obj["spec"]["addresses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            age(obj, now),
+        ],
         "PriorityClass" => vec![
             name,
             n(&obj["value"]).to_string(),
@@ -714,6 +724,30 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
         }
     }
     r
+}
+
+/// kubectl's EXTERNAL-IP of a Service (`getServiceExternalIP`): a LoadBalancer's ingress
+/// addresses (cut to 13 characters and `...` past 16 unless wide) and its external IPs, or
+/// `<pending>`; other types their external IPs or `<none>`.
+fn service_external_ip(obj: &Value, wide: bool) -> String {
+    let external: Vec<&str> =
+        obj["spec"]["externalIPs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if obj["spec"]["type"] == "LoadBalancer" {
+        let mut lb = obj["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        if !wide && lb.len() > 16 {
+            lb = format!("{}...", &lb[..13]);
+        }
+        let mut all: Vec<&str> = lb.split(',').filter(|s| !s.is_empty()).collect();
+        all.extend(&external);
+        return if all.is_empty() { "<pending>".into() } else { all.join(",") };
+    }
+    if external.is_empty() { "<none>".into() } else { external.join(",") }
 }
 
 #[cfg(test)]

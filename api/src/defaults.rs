@@ -83,8 +83,21 @@ pub fn apply(obj: &mut Object) {
         }
         Object::Service(s) => {
             let spec = &mut s.spec;
-            spec.type_.get_or_insert_with(|| "ClusterIP".into());
+            let kind = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
             spec.session_affinity.get_or_insert_with(|| "None".into());
+            if kind != "ExternalName" {
+                spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
+                if spec.ip_families.is_empty() {
+                    spec.ip_families.push("IPv4".into());
+                }
+                spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+            }
+            if kind == "NodePort" || kind == "LoadBalancer" {
+                spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+            }
+            if kind == "LoadBalancer" {
+                spec.allocate_load_balancer_node_ports.get_or_insert(true);
+            }
             for p in &mut spec.ports {
                 p.protocol.get_or_insert_with(|| "TCP".into());
                 p.target_port.get_or_insert(IntOrString::Int(p.port));
@@ -133,6 +146,9 @@ pub fn apply(obj: &mut Object) {
         }
         Object::PriorityClass(pc) => {
             pc.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
+        }
+        Object::AddressPool(p) => {
+            p.spec.auto_assign.get_or_insert(true);
         }
         Object::PersistentVolumeClaim(c) => {
             c.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());

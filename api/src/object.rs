@@ -61,6 +61,7 @@ impl KindInfo {
                 | "clusterroles"
                 | "rolebindings"
                 | "clusterrolebindings"
+                | "addresspools"
         )
     }
 
@@ -126,6 +127,7 @@ pub const KINDS: &[KindInfo] = &[
     kind("Lease", "coordination.k8s.io", "v1", "leases", &[], true),
     kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", &["pdb"], true),
     kind("PriorityClass", "scheduling.k8s.io", "v1", "priorityclasses", &["pc"], false),
+    kind("AddressPool", "tug.io", "v1", "addresspools", &[], false),
     kind("Role", "rbac.authorization.k8s.io", "v1", "roles", &[], true),
     kind("ClusterRole", "rbac.authorization.k8s.io", "v1", "clusterroles", &[], false),
     kind("RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", &[], true),
@@ -221,6 +223,7 @@ objects! {
     Lease(Lease),
     PodDisruptionBudget(crate::kinds::policy::PodDisruptionBudget),
     PriorityClass(PriorityClass),
+    AddressPool(crate::kinds::lb::AddressPool),
     Role(Role),
     ClusterRole(ClusterRole),
     RoleBinding(RoleBinding),

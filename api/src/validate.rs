@@ -229,6 +229,16 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             }
         }
         Object::Namespace(_) | Object::ServiceAccount(_) => {}
+        Object::AddressPool(p) => {
+            if p.spec.addresses.is_empty() {
+                e.add("spec.addresses", "Required value");
+            }
+            for (i, a) in p.spec.addresses.iter().enumerate() {
+                if let Err(msg) = crate::kinds::lb::parse_range(a) {
+                    e.add(format!("spec.addresses[{i}]"), format!("Invalid value: {a:?}: {msg}"));
+                }
+            }
+        }
         Object::Role(r) => policy_rules(&r.rules, true, &mut e),
         Object::ClusterRole(r) => {
             policy_rules(&r.rules, false, &mut e);
@@ -1456,12 +1466,15 @@ fn protocol(p: Option<&str>, path: &str, e: &mut Errors) {
 fn service(s: &crate::kinds::core::Service, e: &mut Errors) {
     let spec = &s.spec;
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if !["ClusterIP", "NodePort"].contains(&kind) {
+    if !["ClusterIP", "NodePort", "LoadBalancer"].contains(&kind) {
         e.add(
             "spec.type",
-            format!("Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"NodePort\""),
+            format!(
+                "Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"LoadBalancer\", \"NodePort\""
+            ),
         );
     }
+    service_addresses(spec, kind, e);
     let headless = spec.cluster_ip.as_deref() == Some("None");
     if spec.ports.is_empty() && !headless {
         e.add("spec.ports", "Required value");
@@ -1497,8 +1510,11 @@ fn service(s: &crate::kinds::core::Service, e: &mut Errors) {
             None => {}
         }
         if let Some(np) = p.node_port {
-            if kind != "NodePort" {
-                e.add(format!("{ppath}.nodePort"), "Forbidden: may not be used when `type` is 'ClusterIP'");
+            if kind != "NodePort" && kind != "LoadBalancer" {
+                e.add(
+                    format!("{ppath}.nodePort"),
+                    format!("Forbidden: may not be used when `type` is '{kind}'"),
+                );
             } else if !(30000..=32767).contains(&np) {
                 e.add(format!("{ppath}.nodePort"), format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is 30000-32767"));
             }
@@ -1511,6 +1527,95 @@ fn service(s: &crate::kinds::core::Service, e: &mut Errors) {
         );
     }
     labels(&spec.selector, "spec.selector", e);
+}
+
+/// A Service's external addresses, traffic policies and IP families, in Kubernetes' words.
+fn service_addresses(spec: &crate::kinds::core::ServiceSpec, kind: &str, e: &mut Errors) {
+    let ip = |v: &str| v.parse::<std::net::Ipv4Addr>().is_ok();
+    for (i, a) in spec.external_ips.iter().enumerate() {
+        if !ip(a) {
+            e.add(
+                format!("spec.externalIPs[{i}]"),
+                format!(
+                    "Invalid value: {a:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+                ),
+            );
+        }
+    }
+    if let Some(a) = spec.load_balancer_ip.as_deref().filter(|a| !a.is_empty()) {
+        if kind != "LoadBalancer" {
+            e.add("spec.loadBalancerIP", "Forbidden: may only be used when `type` is 'LoadBalancer'");
+        } else if !ip(a) {
+            e.add(
+                "spec.loadBalancerIP",
+                format!(
+                    "Invalid value: {a:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+                ),
+            );
+        }
+    }
+    for (field, set) in [
+        ("allocateLoadBalancerNodePorts", spec.allocate_load_balancer_node_ports.is_some()),
+        ("loadBalancerClass", spec.load_balancer_class.is_some()),
+    ] {
+        if set && kind != "LoadBalancer" {
+            e.add(format!("spec.{field}"), "Forbidden: may only be used when `type` is 'LoadBalancer'");
+        }
+    }
+    match spec.external_traffic_policy.as_deref() {
+        None => {}
+        Some(_) if kind == "ClusterIP" => e.add(
+            "spec.externalTrafficPolicy",
+            "Invalid value: may only be set for externally-accessible services",
+        ),
+        Some("Cluster") => {}
+        Some("Local") => e.add(
+            "spec.externalTrafficPolicy",
+            "Unsupported value: \"Local\": not supported by Tug yet (outside traffic spreads over all endpoints): supported values: \"Cluster\"",
+        ),
+        Some(p) => e.add(
+            "spec.externalTrafficPolicy",
+            format!("Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""),
+        ),
+    }
+    if let Some(p) = spec.internal_traffic_policy.as_deref().filter(|p| !["Cluster", "Local"].contains(p)) {
+        e.add(
+            "spec.internalTrafficPolicy",
+            format!("Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""),
+        );
+    }
+    for (i, f) in spec.ip_families.iter().enumerate() {
+        match f.as_str() {
+            "IPv4" => {}
+            "IPv6" => e.add(
+                format!("spec.ipFamilies[{i}]"),
+                "Invalid value: \"IPv6\": not configured on this cluster (Tug's clusters are single-stack IPv4)",
+            ),
+            other => e.add(
+                format!("spec.ipFamilies[{i}]"),
+                format!("Unsupported value: {other:?}: supported values: \"IPv4\", \"IPv6\""),
+            ),
+        }
+    }
+    if spec.ip_families.len() > 1 {
+        e.add(
+            "spec.ipFamilies",
+            "Invalid value: may not have more than one family on a single-stack cluster",
+        );
+    }
+    match spec.ip_family_policy.as_deref() {
+        None | Some("SingleStack" | "PreferDualStack") => {}
+        Some("RequireDualStack") => e.add(
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
+        ),
+        Some(p) => e.add(
+            "spec.ipFamilyPolicy",
+            format!(
+                "Unsupported value: {p:?}: supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\""
+            ),
+        ),
+    }
 }
 
 fn config_key(k: &str, path: &str, e: &mut Errors) {

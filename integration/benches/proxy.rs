@@ -64,6 +64,7 @@ fn services(n: usize, pod: Ipv4Addr) -> Vec<ServiceInfo> {
                     canary: None,
                 }],
                 affinity: None,
+                external_ips: Vec::new(),
             }
         })
         .collect()

@@ -304,6 +304,7 @@ fn a_weighted_service_port_is_accepted_reweighted_in_place_and_counted() {
             canary: Some((w, vec![("10.244.0.7".parse().unwrap(), 8080)])),
         }],
         affinity: None,
+        external_ips: Vec::new(),
     };
     let (first, second, listed, tries, counts) = netns::run_in(Some(&ns), || {
         let conn = Conn::open().expect("nf_tables");

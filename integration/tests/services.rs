@@ -331,3 +331,175 @@ spec:
     });
     assert!(back, "flappy, ready again, got no traffic");
 }
+
+const LB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: lbweb}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: lbweb}}
+  template:
+    metadata: {labels: {app: lbweb}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      # One on each node.
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: lbweb}}}
+      containers:
+      - name: web
+        image: tug.local/probe:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w && hostname > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lbweb}
+spec:
+  type: LoadBalancer
+  selector: {app: lbweb}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: tug.io/v1
+kind: AddressPool
+metadata: {name: reserved}
+spec:
+  addresses: [10.250.0.250-10.250.0.251]
+  autoAssign: false
+---
+apiVersion: v1
+kind: Service
+metadata: {name: asks}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 10.250.0.250
+  allocateLoadBalancerNodePorts: false
+  selector: {app: lbweb}
+  ports: [{name: http, port: 8081, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside-pools}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 10.250.0.99
+  selector: {app: lbweb}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: extip}
+spec:
+  externalIPs: [10.250.0.230]
+  selector: {app: lbweb}
+  ports: [{name: http, port: 8082, targetPort: http}]
+"#;
+
+/// The MAC of a namespace's `eth0`, or what `ip neigh` in the hub says an address is at.
+fn mac_of(ns: &str, ip: Option<&str>) -> String {
+    let args: Vec<&str> = match ip {
+        Some(ip) => vec!["-n", ns, "neigh", "show", ip],
+        None => vec!["-n", ns, "link", "show", "eth0"],
+    };
+    let out = std::process::Command::new("ip").args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    let key = if ip.is_some() { "lladdr" } else { "link/ether" };
+    words.find(|w| *w == key).and_then(|_| words.next()).unwrap_or_default().to_string()
+}
+
+/// LoadBalancer Services on a bare cluster: an address from `--load-balancer-pool` answers
+/// from outside (the hub) through the node that announces it, and moves to the other node
+/// when that one dies; an AddressPool's address asked for by `loadBalancerIP` is given
+/// without NodePorts; one outside every pool waits with an event; `externalIPs` answer on the
+/// node they are routed to.
+#[test]
+fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
+    let cluster = Cluster::new(2).expect("cluster");
+    let cp = ControlPlane::start_with(&[
+        "--load-balancer-pool",
+        "10.250.0.240/29",
+        "--node-monitor-grace-period",
+        "6s",
+    ]);
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| {
+            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-lb{i}"), &[]);
+            a.import_probe_image("tug.local/probe:1");
+            a
+        })
+        .collect();
+    let logs = |agents: &[Agent]| {
+        let mut s = cp.log();
+        for a in agents {
+            s += &format!("\n--- {}:\n{}", a.name, a.log());
+        }
+        s
+    };
+    cp.apply(LB);
+    let lb_ip = |name: &str| {
+        cp.get_json(&["service", name])
+            .and_then(|s| s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().map(str::to_string))
+    };
+    let given = wait_for(Duration::from_secs(30), || lb_ip("lbweb").is_some() && lb_ip("asks").is_some());
+    assert!(given, "{:?}\n{}", cp.get_json(&["services"]), logs(&agents));
+    assert_eq!(lb_ip("lbweb").as_deref(), Some("10.250.0.241"), "the pool's first address");
+    assert_eq!(lb_ip("asks").as_deref(), Some("10.250.0.250"), "the address asked for, from the AddressPool");
+    let asks = cp.get_json(&["service", "asks"]).unwrap();
+    assert!(asks["spec"]["ports"][0].get("nodePort").is_none(), "{asks:#}");
+    let table = String::from_utf8_lossy(&cp.tug(&["get", "services"]).stdout).into_owned();
+    let row = |name: &str| {
+        table.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_string()
+    };
+    assert!(row("lbweb").contains("LoadBalancer") && row("lbweb").contains("10.250.0.241"), "{table}");
+    assert!(row("outside-pools").contains("<pending>"), "{table}");
+    assert!(row("extip").contains("10.250.0.230"), "{table}");
+    let waiting = wait_for(Duration::from_secs(20), || {
+        String::from_utf8_lossy(&cp.tug(&["get", "events"]).stdout)
+            .contains("Failed to allocate IP for \"default/outside-pools\": the address 10.250.0.99 is not in any address pool")
+    });
+    assert!(waiting, "{}", String::from_utf8_lossy(&cp.tug(&["get", "events"]).stdout));
+
+    // From outside: the hub on the nodes' link.
+    let hub = cluster.hub.clone();
+    tug_integration::cluster::ip(&["-n", &hub, "addr", "add", "10.250.0.1/24", "dev", "tugbr"]).unwrap();
+    let pods = wait_for(Duration::from_secs(60), || ready_ips(&cp, "lbweb").len() == 2);
+    assert!(pods, "{}", logs(&agents));
+    for url in ["http://10.250.0.241/", "http://10.250.0.250:8081/"] {
+        let ok = wait_for(Duration::from_secs(20), || curl(&hub, url).is_ok_and(|b| b.starts_with("lbweb-")));
+        assert!(ok, "{url}: {:?}\n{}", curl(&hub, url), logs(&agents));
+    }
+    tug_integration::cluster::ip(&["-n", &hub, "route", "add", "10.250.0.230/32", "via", "10.250.0.11"])
+        .unwrap();
+    let ext = wait_for(Duration::from_secs(20), || {
+        curl(&hub, "http://10.250.0.230:8082/").is_ok_and(|b| b.starts_with("lbweb-"))
+    });
+    assert!(ext, "externalIPs: {:?}", curl(&hub, "http://10.250.0.230:8082/"));
+
+    // Which node answers for the address; it dies (its agent and its link), the other one
+    // takes the address over and the hub's neighbour entry follows.
+    let macs: Vec<String> = cluster.nodes.iter().map(|n| mac_of(&n.netns, None)).collect();
+    let at = mac_of(&hub, Some("10.250.0.241"));
+    let first = macs.iter().position(|m| *m == at).unwrap_or_else(|| panic!("{at} is no node's ({macs:?})"));
+    let other = 1 - first;
+    agents[first].kill9();
+    tug_integration::cluster::ip(&["-n", &cluster.nodes[first].netns, "link", "set", "eth0", "down"])
+        .unwrap();
+    let moved = wait_for(Duration::from_secs(60), || {
+        mac_of(&hub, Some("10.250.0.241")) == macs[other]
+            && curl(&hub, "http://10.250.0.241/").is_ok_and(|b| b.starts_with("lbweb-"))
+    });
+    assert!(
+        moved,
+        "still at {} ({macs:?}): {:?}\n{}",
+        mac_of(&hub, Some("10.250.0.241")),
+        curl(&hub, "http://10.250.0.241/"),
+        logs(&agents)
+    );
+    // The Service changing type gives its address back.
+    let back = cp.tug(&["patch", "service", "lbweb", "--type", "merge", "-p", r#"{"spec":{"type":"ClusterIP","allocateLoadBalancerNodePorts":null,"externalTrafficPolicy":null,"ports":[{"name":"http","port":80,"targetPort":"http","nodePort":null}]}}"#]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    let freed = wait_for(Duration::from_secs(20), || lb_ip("lbweb").is_none());
+    assert!(freed, "{:?}", cp.get_json(&["service", "lbweb"]));
+}

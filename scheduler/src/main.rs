@@ -83,6 +83,11 @@ struct Flags {
     /// The ports NodePort Services are given, as FIRST-LAST.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
+    /// Addresses LoadBalancer Services are given (a CIDR or FIRST-LAST; repeatable), before
+    /// those of the `tug.io/v1` AddressPools. With none at all, a LoadBalancer Service's
+    /// addresses are the Ready nodes' own.
+    #[arg(long, value_parser = parse_pool_range)]
+    load_balancer_pool: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// How often the reconcilers look at every object even without changes.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_period: std::time::Duration,
@@ -133,6 +138,10 @@ struct Flags {
 
 fn parse_cidr(s: &str) -> Result<tug_api::cidr::Cidr4, String> {
     s.parse()
+}
+
+fn parse_pool_range(s: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+    tug_api::kinds::lb::parse_range(s)
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -400,6 +409,13 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
             hpa_sync,
             usage,
             dialer: Some(tug_scheduler::controllers::DebugDialer(dialer)),
+            lb_pool: (!flags.load_balancer_pool.is_empty()).then(|| {
+                tug_scheduler::controllers::loadbalancer::Pool {
+                    name: "--load-balancer-pool".into(),
+                    ranges: flags.load_balancer_pool.clone(),
+                    auto: true,
+                }
+            }),
         },
         &flags.socket.display().to_string(),
     );

@@ -66,6 +66,13 @@ pub fn restore(
                         "-A TUG-EXTERNAL -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {np} {comment} -j REJECT"
                     );
                 }
+                for ext in s.external_ips.iter().filter(|e| **e != ip) {
+                    let _ = writeln!(
+                        filter,
+                        "-A TUG-SERVICES -d {ext}/32 -p {proto} -m {proto} --dport {} {comment} -j REJECT",
+                        p.port
+                    );
+                }
                 continue;
             }
             let svc = format!("TUG-SVC-{}", hash(&base));
@@ -75,6 +82,14 @@ pub fn restore(
                 "-A TUG-SERVICES -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {svc}",
                 p.port
             );
+            // External addresses go the same way (masqueraded from outside, as below).
+            for ext in s.external_ips.iter().filter(|e| **e != ip) {
+                let _ = writeln!(
+                    nat,
+                    "-A TUG-SERVICES -d {ext}/32 -p {proto} -m {proto} --dport {} {comment} -j {svc}",
+                    p.port
+                );
+            }
             let _ = writeln!(nat, "-A {svc} ! -s {cluster} -j TUG-MARK-MASQ");
             // ClientIP affinity keeps one endpoint set (the canary's weight does not apply).
             let canary = canary.filter(|_| s.affinity.is_none());

@@ -59,8 +59,31 @@ pub fn services_from<'a>(
                 node_port: p["nodePort"].as_u64().and_then(|v| u16::try_from(v).ok()),
             });
         }
-        out.push(ServiceInfo { namespace: ns, name, cluster_ip, ports, affinity });
+        out.push(ServiceInfo {
+            namespace: ns,
+            name,
+            cluster_ip,
+            ports,
+            affinity,
+            external_ips: external_ips(s),
+        });
     }
+    out
+}
+
+/// A Service's addresses from outside: `externalIPs`, and a LoadBalancer's ingress
+/// addresses (sorted, once each).
+fn external_ips(s: &Value) -> Vec<std::net::Ipv4Addr> {
+    let spec = s["spec"]["externalIPs"].as_array().into_iter().flatten().filter_map(|i| i.as_str());
+    let lb = (s["spec"]["type"] == "LoadBalancer")
+        .then(|| s["status"]["loadBalancer"]["ingress"].as_array())
+        .flatten()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str());
+    let mut out: Vec<std::net::Ipv4Addr> = spec.chain(lb).filter_map(|i| i.parse().ok()).collect();
+    out.sort_unstable();
+    out.dedup();
     out
 }
 

@@ -142,6 +142,9 @@ pub struct ServiceInfo {
     pub ports: Vec<PortInfo>,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
     pub affinity: Option<u32>,
+    /// Addresses from outside that reach the same ports: `externalIPs` and a LoadBalancer's
+    /// ingress addresses.
+    pub external_ips: Vec<Ipv4Addr>,
 }
 
 /// Where the node is.
@@ -222,7 +225,13 @@ fn weighted(p: &Port) -> bool {
 /// The ports whose connections are counted per set: weighted TCP ports, by base
 /// (`namespace/name/tcp/port-name`).
 pub fn counted(r: &Ruleset) -> Vec<String> {
-    r.ports.iter().filter(|(_, p)| weighted(p) && p.proto == Proto::Tcp).map(|(b, _)| b.clone()).collect()
+    // An external address's entry is not counted: a Rollout's analysis reads the
+    // ClusterIP's.
+    r.ports
+        .iter()
+        .filter(|(b, p)| weighted(p) && p.proto == Proto::Tcp && !b.contains('@'))
+        .map(|(b, _)| b.clone())
+        .collect()
 }
 
 /// TCP flags.
@@ -298,30 +307,46 @@ fn base(s: &ServiceInfo, p: &PortInfo) -> String {
     format!("{}/{}/{}/{}", s.namespace, s.name, p.proto.as_str(), p.name)
 }
 
-/// Adds the ports of `s` to `r`, keeping the numbers `old` gave them.
+/// The base of a port's entry for an external address: `namespace/name/proto/port@IP`.
+fn external_base(base: &str, ip: Ipv4Addr) -> String {
+    format!("{base}@{ip}")
+}
+
+/// Adds the ports of `s` to `r`, keeping the numbers `old` gave them. An external address
+/// is an entry of its own, keyed by its address like the ClusterIP's: the same endpoints,
+/// no NodePort, masqueraded from outside the cluster as kube-proxy does with
+/// `externalTrafficPolicy: Cluster`.
 fn add_ports(r: &mut Ruleset, s: &ServiceInfo, old: &Ruleset) {
-    let Some(ip) = s.cluster_ip else { return };
+    let Some(cluster_ip) = s.cluster_ip else { return };
     for p in &s.ports {
-        let base = base(s, p);
-        let id = match old.ports.get(&base) {
-            Some(o) => o.id,
-            None => {
-                r.next_id += 1;
-                r.next_id - 1
-            }
-        };
+        let main = base(s, p);
         let (endpoints, canary) = p.split();
-        let port = Port {
-            id,
-            ip,
-            proto: p.proto,
-            port: p.port,
-            node_port: p.node_port,
-            endpoints,
-            affinity: s.affinity,
-            canary,
-        };
-        r.ports.insert(base, port);
+        let entries = std::iter::once((main.clone(), cluster_ip, p.node_port)).chain(
+            s.external_ips
+                .iter()
+                .filter(|ip| **ip != cluster_ip)
+                .map(|ip| (external_base(&main, *ip), *ip, None)),
+        );
+        for (base, ip, node_port) in entries {
+            let id = match old.ports.get(&base) {
+                Some(o) => o.id,
+                None => {
+                    r.next_id += 1;
+                    r.next_id - 1
+                }
+            };
+            let port = Port {
+                id,
+                ip,
+                proto: p.proto,
+                port: p.port,
+                node_port,
+                endpoints: endpoints.clone(),
+                affinity: s.affinity,
+                canary: canary.clone(),
+            };
+            r.ports.insert(base, port);
+        }
     }
 }
 
@@ -365,9 +390,13 @@ pub fn update(r: &mut Ruleset, before: &[ServiceInfo], after: &[ServiceInfo]) ->
     let mut old_part = Ruleset::default();
     for s in gone {
         for p in &s.ports {
-            let b = base(s, p);
-            if let Some(port) = r.ports.remove(&b) {
-                old_part.ports.insert(b, port);
+            let main = base(s, p);
+            let bases = std::iter::once(main.clone())
+                .chain(s.external_ips.iter().map(|ip| external_base(&main, *ip)));
+            for b in bases {
+                if let Some(port) = r.ports.remove(&b) {
+                    old_part.ports.insert(b, port);
+                }
             }
         }
     }
@@ -916,6 +945,7 @@ pub(crate) mod tests {
                 canary: None,
             }],
             affinity,
+            external_ips: Vec::new(),
         }
     }
 
@@ -963,6 +993,31 @@ pub(crate) mod tests {
         let u = build(&[weighted(10, Proto::Udp)], &Ruleset::default());
         assert!(counted(&u).is_empty());
         assert!(!text(&diff(&Ruleset::default(), &u)).contains("conns-"));
+    }
+
+    /// A LoadBalancer's address (or an external IP) is an entry of its own beside the
+    /// ClusterIP's, with the same endpoints and no NodePort; it goes when the address does.
+    #[test]
+    fn external_addresses_reach_the_same_endpoints() {
+        let mut s = svc("web", "10.96.0.10", &[("10.244.1.5", 8080)], Some(30080), None);
+        s.external_ips = vec!["192.0.2.241".parse().unwrap()];
+        let mut r = build(std::slice::from_ref(&s), &Ruleset::default());
+        let ext = &r.ports["default/web/tcp/http@192.0.2.241"];
+        assert_eq!(
+            (ext.ip.to_string(), ext.node_port, ext.endpoints.clone()),
+            ("192.0.2.241".into(), None, r.ports["default/web/tcp/http"].endpoints.clone())
+        );
+        assert_eq!(r.ports["default/web/tcp/http"].node_port, Some(30080));
+        let added = elements("default/web/tcp/http@192.0.2.241", ext);
+        assert!(
+            added.iter().any(|(set, key, _)| *set == "service-ips" && key[..4] == [192, 0, 2, 241]),
+            "{added:?}"
+        );
+        let mut without = s.clone();
+        without.external_ips.clear();
+        let batch = update(&mut r, std::slice::from_ref(&s), std::slice::from_ref(&without));
+        assert!(!batch.is_empty());
+        assert_eq!(r.ports.keys().collect::<Vec<_>>(), ["default/web/tcp/http"]);
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub struct Service {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ServiceSpec,
+    /// `loadBalancer.ingress`: the addresses a LoadBalancer Service was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
 }
@@ -108,6 +109,31 @@ pub struct ServiceSpec {
     pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_not_ready_addresses: Option<bool>,
+    /// Addresses outside the cluster that reach the Service on its ports, on any node they
+    /// are routed to.
+    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    /// The pool address a LoadBalancer Service asks for (deprecated in Kubernetes, honoured).
+    #[serde(default, rename = "loadBalancerIP", skip_serializing_if = "Option::is_none")]
+    pub load_balancer_ip: Option<String>,
+    /// Another load balancer implementation's: Tug's own leaves the Service to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+    /// Whether a LoadBalancer Service gets NodePorts (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocate_load_balancer_node_ports: Option<bool>,
+    /// How traffic from outside (NodePorts, load balancer and external addresses) spreads:
+    /// `Cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    /// `Cluster`, or `Local`: pods reach only endpoints on their own node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// `IPv4`: Tug's clusters are single-stack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]

@@ -138,6 +138,8 @@ pub fn allocate(
     svc["spec"]["clusterIPs"] = serde_json::json!([ip]);
     // NodePorts, for NodePort and LoadBalancer Services.
     let wants_node_ports = type_ == "NodePort" || type_ == "LoadBalancer";
+    // `allocateLoadBalancerNodePorts: false`: only the NodePorts asked for.
+    let allocates = !(type_ == "LoadBalancer" && svc["spec"]["allocateLoadBalancerNodePorts"] == false);
     let current_ports: Vec<serde_json::Value> =
         current.and_then(|c| c["spec"]["ports"].as_array().cloned()).unwrap_or_default();
     let mut mine: BTreeSet<(String, i64)> = BTreeSet::new();
@@ -182,6 +184,10 @@ pub fn allocate(
                 n
             }
             (None, Some(k)) => k,
+            (None, None) if !allocates => {
+                out.push(p);
+                continue;
+            }
             (None, None) => (lo..=hi)
                 .find(|n| {
                     !taken.node_ports.contains(&(proto.clone(), *n)) && !mine.contains(&(proto.clone(), *n))
@@ -231,6 +237,14 @@ mod tests {
         let mut h = svc("ClusterIP", Some("None"), None);
         allocate(&mut h, None, &taken, &r).unwrap();
         assert_eq!(h["spec"]["clusterIP"], "None");
+        // A LoadBalancer gets NodePorts unless it says not to.
+        let mut lb = svc("LoadBalancer", None, None);
+        allocate(&mut lb, None, &taken, &r).unwrap();
+        assert_eq!(lb["spec"]["ports"][0]["nodePort"], 30001);
+        let mut bare = svc("LoadBalancer", None, None);
+        bare["spec"]["allocateLoadBalancerNodePorts"] = false.into();
+        allocate(&mut bare, None, &taken, &r).unwrap();
+        assert!(bare["spec"]["ports"][0].get("nodePort").is_none(), "{bare}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   the stable Service, automatic abort.
 //! - [`job`] and [`cronjob`]: batch work.
 //! - [`endpoints`]: the ready pods behind each Service.
+//! - [`loadbalancer`]: LoadBalancer Services' addresses from the pools (or the nodes').
 //! - [`disruption`]: each PodDisruptionBudget's healthy pods and allowed disruptions.
 //! - [`gc`]: dependents follow their owners (background, foreground, orphan).
 //! - [`namespaces`]: a Terminating namespace is emptied, then removed.
@@ -31,6 +32,7 @@ pub mod gc;
 pub mod history;
 pub mod hpa;
 pub mod job;
+pub mod loadbalancer;
 pub mod namespaces;
 pub mod nodes;
 pub mod quota;
@@ -68,6 +70,8 @@ pub struct Settings {
     /// Connections to pods through their nodes' tunnels (the API server's), for web
     /// analyses of in-cluster URLs; without it they connect directly.
     pub dialer: Option<DebugDialer>,
+    /// `--load-balancer-pool`.
+    pub lb_pool: Option<loadbalancer::Pool>,
 }
 
 impl Default for Settings {
@@ -80,6 +84,7 @@ impl Default for Settings {
             hpa_sync: Duration::from_secs(15),
             usage: Default::default(),
             dialer: None,
+            lb_pool: None,
         }
     }
 }
@@ -194,6 +199,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
             1,
         ),
         (Arc::new(endpoints::EndpointsController), 2),
+        (Arc::new(loadbalancer::LoadBalancers::new(settings.lb_pool.clone())), 1),
         (Arc::new(disruption::Disruption), 1),
         (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
         (Arc::new(vpa::VerticalAutoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
