@@ -1578,11 +1578,16 @@ fn service_addresses(spec: &crate::kinds::core::ServiceSpec, kind: &str, e: &mut
             format!("Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""),
         ),
     }
-    if let Some(p) = spec.internal_traffic_policy.as_deref().filter(|p| !["Cluster", "Local"].contains(p)) {
-        e.add(
+    match spec.internal_traffic_policy.as_deref() {
+        None | Some("Cluster") => {}
+        Some("Local") => e.add(
+            "spec.internalTrafficPolicy",
+            "Unsupported value: \"Local\": not supported by Tug yet (pods reach every endpoint): supported values: \"Cluster\"",
+        ),
+        Some(p) => e.add(
             "spec.internalTrafficPolicy",
             format!("Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""),
-        );
+        ),
     }
     for (i, f) in spec.ip_families.iter().enumerate() {
         match f.as_str() {
@@ -2101,6 +2106,48 @@ mod tests {
         check(
             &s.replace("metadata: {name: web}", "metadata: {name: web.x}"),
             "metadata.name: Invalid value: \"web.x\"",
+        );
+        let lb = s.replace("spec:\n", "spec:\n  type: LoadBalancer\n");
+        assert!(load(&lb).is_ok());
+        assert!(
+            load(&lb.replace("spec:\n", "spec:\n  loadBalancerIP: 192.0.2.7\n  externalIPs: [192.0.2.8]\n"))
+                .is_ok()
+        );
+        for (extra, want) in [
+            (
+                "  externalIPs: [nope]\n",
+                "spec.externalIPs[0]: Invalid value: \"nope\": must be a valid IP address",
+            ),
+            (
+                "  ipFamilies: [IPv6]\n",
+                "spec.ipFamilies[0]: Invalid value: \"IPv6\": not configured on this cluster",
+            ),
+            (
+                "  ipFamilyPolicy: RequireDualStack\n",
+                "spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
+            ),
+            (
+                "  externalTrafficPolicy: Local\n",
+                "spec.externalTrafficPolicy: Unsupported value: \"Local\": not supported by Tug yet",
+            ),
+            (
+                "  internalTrafficPolicy: Local\n",
+                "spec.internalTrafficPolicy: Unsupported value: \"Local\": not supported by Tug yet",
+            ),
+        ] {
+            check(&lb.replace("spec:\n", &format!("spec:\n{extra}")), want);
+        }
+        check(
+            &s.replace("spec:\n", "spec:\n  allocateLoadBalancerNodePorts: false\n"),
+            "spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` is 'LoadBalancer'",
+        );
+        check(
+            &s.replace("spec:\n", "spec:\n  externalTrafficPolicy: Cluster\n"),
+            "spec.externalTrafficPolicy: Invalid value: may only be set for externally-accessible services",
+        );
+        check(
+            "apiVersion: tug.io/v1\nkind: AddressPool\nmetadata: {name: p}\nspec: {addresses: [10.0.0.9-10.0.0.1]}\n",
+            "spec.addresses[0]: Invalid value: \"10.0.0.9-10.0.0.1\": the range \"10.0.0.9-10.0.0.1\" ends before it starts",
         );
         check(
             "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: '***'}\n",

@@ -126,7 +126,8 @@ pub struct ServiceSpec {
     /// `Cluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<String>,
-    /// `Cluster`, or `Local`: pods reach only endpoints on their own node.
+    /// `Cluster` (pods reach every endpoint); `Local` is refused until the proxy keeps to
+    /// the node's own endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_traffic_policy: Option<String>,
     /// `IPv4`: Tug's clusters are single-stack.
