@@ -133,6 +133,7 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "Namespace" => vec!["NAME", "STATUS", "AGE"],
         "Node" => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
         "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "EndpointSlice" => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
         "CronJob" => vec!["NAME", "SCHEDULE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
@@ -555,6 +556,33 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
             age(obj, now),
             s(&obj["preemptionPolicy"]),
         ],
+        "EndpointSlice" => {
+            // kubectl's: the port numbers, the first three addresses and how many more.
+            let ports: Vec<String> = obj["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["port"].as_i64().map_or_else(|| "<unset>".to_string(), |n| n.to_string()))
+                .collect();
+            let addrs: Vec<&str> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str))
+                .collect();
+            let shown = match addrs.len() {
+                0 => "<unset>".to_string(),
+                n if n > 3 => format!("{} + {} more...", addrs[..3].join(","), n - 3),
+                _ => addrs.join(","),
+            };
+            vec![
+                name,
+                s(&obj["addressType"]),
+                if ports.is_empty() { "<unset>".into() } else { ports.join(",") },
+                shown,
+                age(obj, now),
+            ]
+        }
         "Endpoints" => {
             let mut eps = Vec::new();
             for sub in obj["subsets"].as_array().cloned().unwrap_or_default() {

@@ -147,6 +147,11 @@ pub fn apply(obj: &mut Object) {
         Object::PriorityClass(pc) => {
             pc.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
         }
+        Object::EndpointSlice(s) => {
+            for p in &mut s.ports {
+                p.protocol.get_or_insert_with(|| "TCP".into());
+            }
+        }
         Object::AddressPool(p) => {
             p.spec.auto_assign.get_or_insert(true);
         }

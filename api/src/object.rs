@@ -50,6 +50,7 @@ impl KindInfo {
                 | "secrets"
                 | "serviceaccounts"
                 | "endpoints"
+                | "endpointslices"
                 | "events"
                 | "leases"
                 | "controllerrevisions"
@@ -106,6 +107,7 @@ pub const KINDS: &[KindInfo] = &[
     kind("ServiceAccount", "", "v1", "serviceaccounts", &["sa"], true),
     kind("Service", "", "v1", "services", &["svc"], true),
     kind("Endpoints", "", "v1", "endpoints", &["ep"], true),
+    kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", &[], true),
     kind("Event", "", "v1", "events", &["ev"], true),
     kind("PersistentVolume", "", "v1", "persistentvolumes", &["pv"], false),
     kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims", &["pvc"], true),
@@ -202,6 +204,7 @@ objects! {
     ServiceAccount(ServiceAccount),
     Service(Service),
     Endpoints(Endpoints),
+    EndpointSlice(crate::kinds::discovery::EndpointSlice),
     Event(Event),
     PersistentVolume(PersistentVolume),
     PersistentVolumeClaim(PersistentVolumeClaim),

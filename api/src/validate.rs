@@ -229,6 +229,48 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
             }
         }
         Object::Namespace(_) | Object::ServiceAccount(_) => {}
+        Object::EndpointSlice(s) => {
+            if !["IPv4", "IPv6", "FQDN"].contains(&s.address_type.as_str()) {
+                e.add(
+                    "addressType",
+                    format!(
+                        "Unsupported value: {:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\"",
+                        s.address_type
+                    ),
+                );
+            }
+            if s.endpoints.len() > 1000 {
+                e.add("endpoints", format!("Too many: {}: must have at most 1000 items", s.endpoints.len()));
+            }
+            if s.ports.len() > 100 {
+                e.add("ports", format!("Too many: {}: must have at most 100 items", s.ports.len()));
+            }
+            for (i, ep) in s.endpoints.iter().enumerate() {
+                if ep.addresses.is_empty() || ep.addresses.len() > 100 {
+                    e.add(
+                        format!("endpoints[{i}].addresses"),
+                        "Invalid value: must contain 1 to 100 addresses",
+                    );
+                }
+                for (j, a) in ep.addresses.iter().enumerate() {
+                    if s.address_type == "IPv4" && a.parse::<std::net::Ipv4Addr>().is_err() {
+                        e.add(
+                            format!("endpoints[{i}].addresses[{j}]"),
+                            format!("Invalid value: {a:?}: must be a valid IPv4 address"),
+                        );
+                    }
+                }
+            }
+            for (i, p) in s.ports.iter().enumerate() {
+                if let Some(n) = p.port.filter(|n| port_number(*n).is_err()) {
+                    e.add(
+                        format!("ports[{i}].port"),
+                        format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                    );
+                }
+                protocol(p.protocol.as_deref(), &format!("ports[{i}].protocol"), &mut e);
+            }
+        }
         Object::AddressPool(p) => {
             if p.spec.addresses.is_empty() {
                 e.add("spec.addresses", "Required value");

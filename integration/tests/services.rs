@@ -466,6 +466,33 @@ fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
     tug_integration::cluster::ip(&["-n", &hub, "addr", "add", "10.250.0.1/24", "dev", "tugbr"]).unwrap();
     let pods = wait_for(Duration::from_secs(60), || ready_ips(&cp, "lbweb").len() == 2);
     assert!(pods, "{}", logs(&agents));
+    // The same endpoints in an EndpointSlice, made again when deleted.
+    let slice = || {
+        cp.get_json(&["endpointslices", "-l", "kubernetes.io/service-name=lbweb"])
+            .and_then(|l| l["items"].as_array().and_then(|i| i.first().cloned()))
+    };
+    let sliced = wait_for(Duration::from_secs(20), || {
+        slice().is_some_and(|s| {
+            s["endpoints"].as_array().is_some_and(|e| e.len() == 2) && s["ports"][0]["port"] == 8080
+        })
+    });
+    assert!(sliced, "{:?}", slice());
+    let first_slice = slice().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(first_slice.starts_with("lbweb-"), "{first_slice}");
+    let table = String::from_utf8_lossy(&cp.tug(&["get", "endpointslices"]).stdout).into_owned();
+    assert!(
+        table.contains("ADDRESSTYPE")
+            && table.lines().any(|l| l.starts_with(&first_slice) && l.contains("IPv4") && l.contains("8080")),
+        "{table}"
+    );
+    assert!(cp.tug(&["delete", "endpointslice", &first_slice]).status.success());
+    let again = wait_for(Duration::from_secs(20), || {
+        slice().is_some_and(|s| {
+            s["metadata"]["name"] != first_slice.as_str()
+                && s["endpoints"].as_array().is_some_and(|e| e.len() == 2)
+        })
+    });
+    assert!(again, "{:?}", slice());
     for url in ["http://10.250.0.241/", "http://10.250.0.250:8081/"] {
         let ok = wait_for(Duration::from_secs(20), || curl(&hub, url).is_ok_and(|b| b.starts_with("lbweb-")));
         assert!(ok, "{url}: {:?}\n{}", curl(&hub, url), logs(&agents));

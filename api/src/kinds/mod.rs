@@ -4,6 +4,7 @@ pub mod apps;
 pub mod batch;
 pub mod cluster;
 pub mod core;
+pub mod discovery;
 pub mod lb;
 pub mod pod;
 pub mod policy;

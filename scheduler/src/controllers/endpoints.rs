@@ -5,7 +5,12 @@
 //! the same way share a subset, as Kubernetes packs them. Services without a selector keep
 //! the Endpoints their users write.
 //!
-//! [`plan`] is pure; the Endpoints object is owned by its Service (so it goes with it).
+//! The same endpoints go into `discovery.k8s.io/v1` EndpointSlices ([`slices`]: one port
+//! set per slice, at most 100 endpoints each, labelled `kubernetes.io/service-name` and
+//! managed by `endpointslice-controller.k8s.io`), as kube-proxy and clients read them.
+//!
+//! [`plan`] is pure; the Endpoints object and the slices are owned by their Service (so
+//! they go with it).
 
 use super::runtime::{Controller, Next};
 use super::{controller_ref, decode};
@@ -13,11 +18,15 @@ use crate::store::{Event, Store, StoreError};
 use std::collections::BTreeMap;
 use tug_api::kinds::cluster::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference};
 use tug_api::kinds::core::Service;
+use tug_api::kinds::discovery::{
+    CONTROLLER, Endpoint as SliceEndpoint, EndpointConditions, EndpointSlicePort, MANAGED_BY, SERVICE_NAME,
+};
 use tug_api::kinds::pod::Pod;
 use tug_api::meta::IntOrString;
 
 pub const PREFIX: &str = "/services/";
 pub const ENDPOINTS: &str = "/endpoints/";
+pub const SLICES: &str = "discovery.k8s.io/endpointslices/";
 const PODS: &str = "/pods/";
 
 /// The port a service port reaches on `pod`, if the pod has it.
@@ -109,6 +118,110 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Vec<EndpointSubset>> {
     )
 }
 
+/// The most endpoints in one EndpointSlice (kube-controller-manager's default).
+pub const SLICE_MAX: usize = 100;
+
+/// The EndpointSlices' contents for these subsets: one port set per slice, at most
+/// [`SLICE_MAX`] endpoints each — ready ones first, then the others (`ready`/`serving`
+/// false). Pure.
+pub fn slices(subsets: &[EndpointSubset]) -> Vec<(Vec<EndpointSlicePort>, Vec<SliceEndpoint>)> {
+    let mut out = Vec::new();
+    for sub in subsets {
+        let ports: Vec<EndpointSlicePort> = sub
+            .ports
+            .iter()
+            .map(|p| EndpointSlicePort {
+                name: Some(p.name.clone().unwrap_or_default()),
+                port: Some(p.port),
+                protocol: p.protocol.clone(),
+                app_protocol: None,
+            })
+            .collect();
+        let endpoint = |a: &EndpointAddress, ready: bool| SliceEndpoint {
+            addresses: vec![a.ip.clone()],
+            conditions: EndpointConditions {
+                ready: Some(ready),
+                serving: Some(ready),
+                terminating: Some(false),
+            },
+            hostname: a.hostname.clone(),
+            node_name: a.node_name.clone(),
+            zone: None,
+            target_ref: a.target_ref.clone(),
+        };
+        let all: Vec<SliceEndpoint> = sub
+            .addresses
+            .iter()
+            .map(|a| endpoint(a, true))
+            .chain(sub.not_ready_addresses.iter().map(|a| endpoint(a, false)))
+            .collect();
+        for chunk in all.chunks(SLICE_MAX) {
+            out.push((ports.clone(), chunk.to_vec()));
+        }
+    }
+    out
+}
+
+/// Brings the Service's managed EndpointSlices to `want`: the existing ones (by name) take
+/// the wanted contents in order, more are made, the rest deleted. A Service with no
+/// endpoints keeps one empty slice, as Kubernetes does.
+fn write_slices(
+    store: &dyn Store,
+    svc: &Service,
+    ns: &str,
+    mut want: Vec<(Vec<EndpointSlicePort>, Vec<SliceEndpoint>)>,
+) -> Result<(), StoreError> {
+    if want.is_empty() {
+        want.push((Vec::new(), Vec::new()));
+    }
+    let wanted = want.len();
+    let (items, _) = store.list(&format!("{SLICES}{ns}/"))?;
+    let mut have: Vec<&crate::store::Stored> = items
+        .iter()
+        .filter(|s| {
+            let l = &s.object["metadata"]["labels"];
+            l[SERVICE_NAME] == svc.metadata.name.as_str() && l[MANAGED_BY] == CONTROLLER
+        })
+        .collect();
+    have.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut labels = svc.metadata.labels.clone();
+    labels.insert(SERVICE_NAME.into(), svc.metadata.name.clone());
+    labels.insert(MANAGED_BY.into(), CONTROLLER.into());
+    let owner = controller_ref("v1", "Service", &svc.metadata);
+    for (i, (ports, endpoints)) in want.into_iter().enumerate() {
+        let body = |mut v: serde_json::Value| {
+            v["addressType"] = "IPv4".into();
+            v["endpoints"] = serde_json::to_value(&endpoints).unwrap_or_default();
+            v["ports"] = serde_json::to_value(&ports).unwrap_or_default();
+            v["metadata"]["labels"] = serde_json::to_value(&labels).unwrap_or_default();
+            v["metadata"]["ownerReferences"] = serde_json::json!([owner]);
+            v
+        };
+        match have.get(i) {
+            Some(cur) => {
+                let v = body(cur.object.clone());
+                if v != cur.object {
+                    store.update(&cur.key, v, Some(cur.revision))?;
+                }
+            }
+            None => {
+                let v = body(serde_json::json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"generateName": format!("{}-", svc.metadata.name), "namespace": ns},
+                }));
+                super::create_generated(store, SLICES.trim_end_matches('/'), v)?;
+            }
+        }
+    }
+    for cur in have.iter().skip(wanted) {
+        match store.delete(&cur.key, Some(cur.revision)) {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The reconciler.
 pub struct EndpointsController;
 
@@ -122,7 +235,7 @@ impl Controller for EndpointsController {
     }
 
     fn secondary(&self) -> Vec<&'static str> {
-        vec![PODS, ENDPOINTS]
+        vec![PODS, ENDPOINTS, SLICES]
     }
 
     fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
@@ -130,6 +243,14 @@ impl Controller for EndpointsController {
         if e.key.starts_with(ENDPOINTS) {
             let name = e.object["metadata"]["name"].as_str().unwrap_or_default();
             return vec![format!("{PREFIX}{ns}/{name}")];
+        }
+        if e.key.starts_with(SLICES) {
+            // One of ours changed or went (by a user's hand): its Service puts it right.
+            let l = &e.object["metadata"]["labels"];
+            return match l[SERVICE_NAME].as_str() {
+                Some(svc) if l[MANAGED_BY] == CONTROLLER => vec![format!("{PREFIX}{ns}/{svc}")],
+                _ => Vec::new(),
+            };
         }
         // A pod: every Service of its namespace with a selector (it may have matched before a
         // relabel, so matching now is not enough).
@@ -147,6 +268,7 @@ impl Controller for EndpointsController {
         let (items, _) = store.list(&format!("{PODS}{ns}/"))?;
         let pods: Vec<Pod> = items.iter().filter_map(|s| decode(s).ok()).collect();
         let Some(subsets) = plan(&svc, &pods) else { return Ok(Next::Done) };
+        write_slices(store, &svc, &ns, slices(&subsets))?;
         let ep_key = format!("{ENDPOINTS}{ns}/{}", svc.metadata.name);
         let mut ep =
             Endpoints { api_version: "v1".into(), kind: "Endpoints".into(), subsets, ..Default::default() };
@@ -246,5 +368,29 @@ mod tests {
         let mut manual = svc(IntOrString::Int(1));
         manual.spec.selector.clear();
         assert_eq!(plan(&manual, &pods), None);
+        // The slices: one per port set, ready endpoints first.
+        let sl = slices(&s);
+        assert_eq!(sl.len(), 2);
+        assert_eq!(sl[0].0[0].port, Some(8080));
+        let conds: Vec<(String, Option<bool>)> =
+            sl[0].1.iter().map(|e| (e.addresses[0].clone(), e.conditions.ready)).collect();
+        assert_eq!(conds, [("10.244.0.3".to_string(), Some(true)), ("10.244.0.4".to_string(), Some(false))]);
+    }
+
+    #[test]
+    fn slices_hold_at_most_a_hundred_endpoints() {
+        let addresses: Vec<EndpointAddress> = (0..250)
+            .map(|i| EndpointAddress {
+                ip: format!("10.244.{}.{}", i / 200, i % 200 + 1),
+                ..Default::default()
+            })
+            .collect();
+        let sub = EndpointSubset {
+            addresses,
+            not_ready_addresses: vec![],
+            ports: vec![EndpointPort { name: None, port: 80, protocol: Some("TCP".into()) }],
+        };
+        let sizes: Vec<usize> = slices(&[sub]).iter().map(|(_, e)| e.len()).collect();
+        assert_eq!(sizes, [100, 100, 50]);
     }
 }
