@@ -335,6 +335,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         let node = crate::proxy::rules::NodeInfo { cluster_cidr: cfg.cluster_cidr, pod_cidr };
         tokio::spawn(crate::proxy::run(
             Arc::clone(&catalog),
+            cfg.node_name.clone(),
             cfg.proxy_mode,
             cfg.node_netns.clone(),
             node,

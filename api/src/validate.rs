@@ -1650,6 +1650,12 @@ fn service_addresses(spec: &crate::kinds::core::ServiceSpec, kind: &str, e: &mut
             "Invalid value: may not have more than one family on a single-stack cluster",
         );
     }
+    if let Some(t) = spec.traffic_distribution.as_deref().filter(|t| *t != "PreferClose") {
+        e.add(
+            "spec.trafficDistribution",
+            format!("Unsupported value: {t:?}: supported values: \"PreferClose\""),
+        );
+    }
     match spec.ip_family_policy.as_deref() {
         None | Some("SingleStack" | "PreferDualStack") => {}
         Some("RequireDualStack") => e.add(

@@ -389,6 +389,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: close}
+spec:
+  trafficDistribution: PreferClose
+  selector: {app: lbweb}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: extip}
 spec:
   externalIPs: [10.250.0.230]
@@ -503,6 +511,36 @@ fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
         curl(&hub, "http://10.250.0.230:8082/").is_ok_and(|b| b.starts_with("lbweb-"))
     });
     assert!(ext, "externalIPs: {:?}", curl(&hub, "http://10.250.0.230:8082/"));
+
+    // trafficDistribution: PreferClose — each node keeps to the endpoint in its zone.
+    for (i, zone) in ["z0", "z1"].iter().enumerate() {
+        let out = cp.tug(&[
+            "label",
+            "node",
+            &format!("tug-it-lb{i}"),
+            &format!("topology.kubernetes.io/zone={zone}"),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let close_ip =
+        cp.get_json(&["service", "close"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let pod_on = |node: &str| {
+        cp.get_json(&["pods", "-l", "app=lbweb"]).and_then(|l| {
+            l["items"].as_array()?.iter().find(|p| p["spec"]["nodeName"] == node)?["metadata"]["name"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    let local = pod_on("tug-it-lb0").expect("a pod on node 0");
+    let kept = wait_for(Duration::from_secs(20), || {
+        (0..10)
+            .all(|_| curl(&cluster.nodes[0].netns, &format!("http://{close_ip}/")).is_ok_and(|b| b == local))
+    });
+    assert!(
+        kept,
+        "{local}: {:?}",
+        (0..6).map(|_| curl(&cluster.nodes[0].netns, &format!("http://{close_ip}/"))).collect::<Vec<_>>()
+    );
 
     // Which node answers for the address; it dies (its agent and its link), the other one
     // takes the address over and the hub's neighbour entry follows.

@@ -701,13 +701,34 @@ async fn ensure_pause(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) -> Result<(), S
 /// Removes an ended container: its supervisor, snapshot and bundle (its log stays).
 fn remove_container(ctx: &Ctx, id: &str) {
     let socket = ctx.supervisor_socket(id);
-    let _ = supervisor_call(&socket, &Request::Shutdown);
+    let shut = supervisor_call(&socket, &Request::Shutdown).is_ok();
     let _ = ctx.shim().args(["delete", "--force", id]).stderr(std::process::Stdio::null()).status();
-    let _ = std::fs::remove_dir_all(ctx.cfg.supervisors().join(id));
+    let dir = ctx.cfg.supervisors().join(id);
+    if !shut {
+        // A supervisor that did not answer would be left without its socket once the
+        // directory goes: ended here, if the pid in its file is still this container's.
+        end_supervisor(&dir, id);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = ctx.store.remove_snapshot(id) {
         tracing::warn!("tug-agent: container {id}: {e}");
     }
     let _ = std::fs::remove_dir_all(ctx.bundle_dir(id));
+}
+
+/// SIGKILL to the supervisor named in `dir/supervisor.pid` when that process is still the
+/// supervisor of container `id` (its command line names the id): never another process that
+/// took the pid.
+fn end_supervisor(dir: &std::path::Path, id: &str) {
+    let Some(pid) =
+        std::fs::read_to_string(dir.join("supervisor.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    tug_shim::supervisor::pause::kill_checked(pid, || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("\"id\":\"{id}\"")))
+    });
 }
 
 /// Kills a container no pod claims (left by a crash between its start and its record) and

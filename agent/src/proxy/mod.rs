@@ -20,10 +20,43 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tug_api::kinds::rollouts::{CANARY_SERVICE, CANARY_WEIGHT};
 
+/// Where the nodes are, for `trafficDistribution: PreferClose`: each node's
+/// `topology.kubernetes.io/zone`, and this node's name.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub zone_of: BTreeMap<String, String>,
+    pub me: String,
+}
+
+impl Topology {
+    pub fn from_nodes<'a>(nodes: impl Iterator<Item = &'a Value>, me: &str) -> Topology {
+        let zone_of = nodes
+            .filter_map(|n| {
+                let zone = n["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str()?;
+                Some((n["metadata"]["name"].as_str()?.to_string(), zone.to_string()))
+            })
+            .collect();
+        Topology { zone_of, me: me.to_string() }
+    }
+
+    /// `PreferClose`: the endpoints in this node's zone when there are any, else all.
+    fn prefer_close(
+        &self,
+        eps: Vec<(std::net::Ipv4Addr, u16, Option<String>)>,
+    ) -> Vec<(std::net::Ipv4Addr, u16)> {
+        let mine = self.zone_of.get(&self.me);
+        let close =
+            |n: &Option<String>| mine.is_some() && n.as_ref().and_then(|n| self.zone_of.get(n)) == mine;
+        let any_close = eps.iter().any(|(_, _, n)| close(n));
+        eps.into_iter().filter(|(_, _, n)| !any_close || close(n)).map(|(a, p, _)| (a, p)).collect()
+    }
+}
+
 /// The proxy's view of the Services: ports with their ready endpoints.
 pub fn services_from<'a>(
     services: impl Iterator<Item = &'a Value>,
     endpoints: &BTreeMap<String, Value>,
+    topology: &Topology,
 ) -> Vec<ServiceInfo> {
     let mut out = Vec::new();
     for s in services {
@@ -50,9 +83,17 @@ pub fn services_from<'a>(
             let Some(proto) = Proto::parse(p["protocol"].as_str()) else { continue };
             let Some(port) = p["port"].as_u64().and_then(|v| u16::try_from(v).ok()) else { continue };
             let pname = p["name"].as_str().unwrap_or_default().to_string();
+            let eps = port_endpoints(ep, &pname, proto);
+            let endpoints = if s["spec"]["trafficDistribution"] == "PreferClose" {
+                topology.prefer_close(eps)
+            } else {
+                eps.into_iter().map(|(a, p, _)| (a, p)).collect()
+            };
             ports.push(PortInfo {
-                endpoints: port_endpoints(ep, &pname, proto),
-                canary: canary.map(|(w, cep)| (w, port_endpoints(cep, &pname, proto))),
+                endpoints,
+                canary: canary.map(|(w, cep)| {
+                    (w, port_endpoints(cep, &pname, proto).into_iter().map(|(a, p, _)| (a, p)).collect())
+                }),
                 name: pname,
                 proto,
                 port,
@@ -87,8 +128,12 @@ fn external_ips(s: &Value) -> Vec<std::net::Ipv4Addr> {
     out
 }
 
-/// The ready endpoints of the port named `pname` in an Endpoints object.
-fn port_endpoints(ep: Option<&Value>, pname: &str, proto: Proto) -> Vec<(std::net::Ipv4Addr, u16)> {
+/// The ready endpoints of the port named `pname` in an Endpoints object, with their nodes.
+fn port_endpoints(
+    ep: Option<&Value>,
+    pname: &str,
+    proto: Proto,
+) -> Vec<(std::net::Ipv4Addr, u16, Option<String>)> {
     let mut eps = Vec::new();
     for sub in ep.and_then(|e| e["subsets"].as_array()).into_iter().flatten() {
         let target = sub["ports"].as_array().into_iter().flatten().find(|ep| {
@@ -100,7 +145,7 @@ fn port_endpoints(ep: Option<&Value>, pname: &str, proto: Proto) -> Vec<(std::ne
         };
         for a in sub["addresses"].as_array().into_iter().flatten() {
             if let Some(ip) = a["ip"].as_str().and_then(|i| i.parse().ok()) {
-                eps.push((ip, tp));
+                eps.push((ip, tp, a["nodeName"].as_str().map(str::to_string)));
             }
         }
     }
@@ -229,6 +274,7 @@ fn program(
 /// Runs the proxy for ever.
 pub async fn run(
     catalog: Arc<Catalog>,
+    me: String,
     mode: Mode,
     netns: Option<PathBuf>,
     node: NodeInfo,
@@ -247,7 +293,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
         let services = {
             let o = catalog.read();
-            services_from(o.services.values(), &o.endpoints)
+            services_from(o.services.values(), &o.endpoints, &Topology::from_nodes(o.nodes.values(), &me))
         };
         if applied.services.as_ref() == Some(&services) {
             continue;
@@ -305,13 +351,48 @@ mod tests {
             {"addresses": [{"ip": "10.244.1.5"}], "notReadyAddresses": [{"ip": "10.244.1.6"}],
              "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]}]});
         let eps: BTreeMap<String, Value> = [("default/web".to_string(), ep)].into();
-        let s = services_from([&svc].into_iter(), &eps);
+        let s = services_from([&svc].into_iter(), &eps, &Topology::default());
         assert_eq!(s[0].affinity, Some(10800));
         assert_eq!(s[0].ports[0].endpoints, vec![("10.244.1.5".parse().unwrap(), 8080)]);
         assert_eq!(s[0].ports[0].node_port, Some(30080));
         assert_eq!((s[0].ports[1].proto, s[0].ports[1].endpoints[0].1), (Proto::Udp, 5353));
         let headless =
             json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}});
-        assert_eq!(services_from([&headless].into_iter(), &eps)[0].cluster_ip, None);
+        assert_eq!(services_from([&headless].into_iter(), &eps, &Topology::default())[0].cluster_ip, None);
+    }
+
+    /// `trafficDistribution: PreferClose`: this node's zone's endpoints when it has any.
+    #[test]
+    fn prefer_close_keeps_to_the_zone_when_it_can() {
+        let svc = json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "trafficDistribution": "PreferClose",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
+        let ep = json!({"metadata": {"name": "web", "namespace": "default"}, "subsets": [
+            {"addresses": [{"ip": "10.244.1.5", "nodeName": "a"}, {"ip": "10.244.2.5", "nodeName": "b"}],
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]});
+        let eps: BTreeMap<String, Value> = [("default/web".to_string(), ep)].into();
+        let nodes = [
+            json!({"metadata": {"name": "a", "labels": {"topology.kubernetes.io/zone": "z1"}}}),
+            json!({"metadata": {"name": "b", "labels": {"topology.kubernetes.io/zone": "z2"}}}),
+            json!({"metadata": {"name": "c", "labels": {"topology.kubernetes.io/zone": "z3"}}}),
+        ];
+        let on = |me: &str| -> Vec<String> {
+            services_from([&svc].into_iter(), &eps, &Topology::from_nodes(nodes.iter(), me))[0].ports[0]
+                .endpoints
+                .iter()
+                .map(|(a, _)| a.to_string())
+                .collect()
+        };
+        assert_eq!(on("a"), ["10.244.1.5"]);
+        assert_eq!(on("b"), ["10.244.2.5"]);
+        assert_eq!(on("c"), ["10.244.1.5", "10.244.2.5"], "no endpoint in its zone: all of them");
+        let mut plain = svc.clone();
+        plain["spec"]["trafficDistribution"] = Value::Null;
+        assert_eq!(
+            services_from([&plain].into_iter(), &eps, &Topology::from_nodes(nodes.iter(), "a"))[0].ports[0]
+                .endpoints
+                .len(),
+            2
+        );
     }
 }

@@ -135,6 +135,10 @@ pub struct ServiceSpec {
     pub ip_families: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family_policy: Option<String>,
+    /// `PreferClose`: each node sends to the endpoints in its own zone
+    /// (`topology.kubernetes.io/zone`) when there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]

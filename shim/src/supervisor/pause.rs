@@ -36,26 +36,32 @@ impl Pause {
     /// pidfd opened while the pid was checked to be the pause: never to a process that
     /// reused the pid.
     pub fn kill(&self) {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
-        let Ok(fd) = i32::try_from(fd) else { return };
-        if fd < 0 {
-            return;
-        }
-        // SAFETY: the descriptor was just returned by pidfd_open and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if self.alive() {
-            // SAFETY: pidfd_send_signal on a pidfd this function owns, no siginfo, no flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0u32,
-                )
-            };
-        }
+        kill_checked(self.pid, || self.alive());
+    }
+}
+
+/// SIGKILL to `pid` through a pidfd, when `still_it` (asked after the pidfd is open, so
+/// about the very process the pidfd holds) says the pid is still the process meant.
+pub fn kill_checked(pid: i32, still_it: impl Fn() -> bool) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else { return };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the descriptor was just returned by pidfd_open and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if still_it() {
+        // SAFETY: pidfd_send_signal on a pidfd this function owns, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
     }
 }
 
