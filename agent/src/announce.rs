@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 const EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -211,8 +211,9 @@ fn sockaddr(ifindex: i32, to: [u8; 6]) -> libc::sockaddr_ll {
 
 /// Follows the catalog and answers for this node's addresses until the agent ends.
 pub async fn run(catalog: Arc<Catalog>, me: String, node_ip: Ipv4Addr, netns: Option<PathBuf>) {
-    let mine: Arc<Mutex<BTreeSet<Ipv4Addr>>> = Arc::default();
-    let shared = Arc::clone(&mine);
+    // The wanted set, sent on each change: the thread waits for it while it has nothing to
+    // announce, and takes the latest between ARP reads otherwise.
+    let (mine, wanted) = mpsc::channel::<BTreeSet<Ipv4Addr>>();
     // The socket's thread: in the node's namespace for good.
     std::thread::spawn(move || {
         if let Some(ns) = &netns {
@@ -227,13 +228,22 @@ pub async fn run(catalog: Arc<Catalog>, me: String, node_ip: Ipv4Addr, netns: Op
         // The socket is open only while there is something to announce.
         let mut responder: Option<Responder> = None;
         let mut announced: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut now: BTreeSet<Ipv4Addr> = BTreeSet::new();
         let mut repeats = 0u32;
         loop {
-            let now = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if now.is_empty() {
                 responder = None;
                 announced.clear();
-                std::thread::sleep(Duration::from_millis(200));
+                match wanted.recv() {
+                    Ok(w) => now = w,
+                    // The agent is ending.
+                    Err(_) => return,
+                }
+            }
+            while let Ok(w) = wanted.try_recv() {
+                now = w;
+            }
+            if now.is_empty() {
                 continue;
             }
             if responder.is_none() {
@@ -254,7 +264,7 @@ pub async fn run(catalog: Arc<Catalog>, me: String, node_ip: Ipv4Addr, netns: Op
                 // Three rounds of gratuitous ARP (about 200 ms apart): one may be lost.
                 repeats = 3;
             }
-            announced = now;
+            announced = now.clone();
             if repeats > 0 {
                 for ip in &announced {
                     r.gratuitous(*ip);
@@ -265,6 +275,7 @@ pub async fn run(catalog: Arc<Catalog>, me: String, node_ip: Ipv4Addr, netns: Op
         }
     });
     let changes = catalog.subscribe();
+    let mut last: BTreeSet<Ipv4Addr> = BTreeSet::new();
     loop {
         changes.notified().await;
         let want = {
@@ -273,7 +284,12 @@ pub async fn run(catalog: Arc<Catalog>, me: String, node_ip: Ipv4Addr, netns: Op
             let nodes: Vec<Value> = o.nodes.values().cloned().collect();
             announced(&services, &nodes, &me)
         };
-        *mine.lock().unwrap_or_else(|e| e.into_inner()) = want;
+        if want != last {
+            last = want.clone();
+            if mine.send(want).is_err() {
+                return;
+            }
+        }
     }
 }
 

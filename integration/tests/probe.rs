@@ -84,10 +84,7 @@ fn probe_serves_grpc_health_to_the_agents_prober() {
         })
         .unwrap()
     };
-    let up = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        call("").is_ok()
-    });
+    let up = tug_integration::wait_for(Duration::from_secs(5), || call("").is_ok());
     assert!(up, "{:?}", call(""));
     assert_eq!(call("db"), Err("service unhealthy (responded with \"NOT_SERVING\")".into()));
     assert_eq!(
