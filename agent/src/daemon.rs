@@ -329,6 +329,13 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             }
         });
     }
+    // NetworkPolicy for this node's pods.
+    tokio::spawn(crate::policy::run(
+        Arc::clone(&catalog),
+        cfg.node_name.clone(),
+        cfg.node_netns.clone(),
+        Duration::from_secs(300),
+    ));
     let stats = crate::stats::Cache::default();
     if cfg.proxy_enabled {
         net.route_services(cfg.service_cidr).await?;

@@ -4,7 +4,7 @@
 //! - [`node`]: the Node object (capacity, conditions, system info) and its heartbeat Lease.
 //! - [`pods`]: one level-triggered worker per pod: sandbox, images, containers through
 //!   supervisors, restarts with back-off, status.
-//! - [`network`]: the node's pod network.
+//! - [`network`]: the node's pod network; [`policy`]: NetworkPolicy in nftables.
 //! - [`api`]: calls to the control plane.
 
 pub mod announce;
@@ -19,6 +19,7 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod policy;
 pub mod proxy;
 pub mod stats;
 pub mod tunnel;

@@ -168,6 +168,7 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "AnalysisRun" => vec!["NAME", "STATUS", "AGE"],
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         "AddressPool" => vec!["NAME", "AUTO ASSIGN", "ADDRESSES", "AGE"],
+        "NetworkPolicy" => vec!["NAME", "POD-SELECTOR", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -539,6 +540,29 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 n(&st["disruptionsAllowed"]).to_string(),
                 age(obj, now),
             ]
+        }
+        "NetworkPolicy" => {
+            // kubectl's: the selector as `k=v,k2 in (a,b)`, `<none>` when it selects all.
+            let sel = &obj["spec"]["podSelector"];
+            let mut parts: Vec<String> = sel["matchLabels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+                let (k, op) = (s(&e["key"]), s(&e["operator"]));
+                let vals: Vec<&str> =
+                    e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                parts.push(match op.as_str() {
+                    "In" => format!("{k} in ({})", vals.join(",")),
+                    "NotIn" => format!("{k} notin ({})", vals.join(",")),
+                    "Exists" => k,
+                    _ => format!("!{k}"),
+                });
+            }
+            let sel = if parts.is_empty() { "<none>".to_string() } else { parts.join(",") };
+            vec![name, sel, age(obj, now)]
         }
         "AddressPool" => vec![
             name,

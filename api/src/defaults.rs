@@ -152,14 +152,29 @@ pub fn apply(obj: &mut Object) {
                 p.protocol.get_or_insert_with(|| "TCP".into());
             }
         }
+        Object::NetworkPolicy(p) => {
+            if p.spec.policy_types.is_empty() {
+                p.spec.policy_types = p.spec.default_types();
+            }
+            for port in p.spec.ingress.iter_mut().flatten().flat_map(|r| r.ports.iter_mut()) {
+                port.protocol.get_or_insert_with(|| "TCP".into());
+            }
+            for port in p.spec.egress.iter_mut().flatten().flat_map(|r| r.ports.iter_mut()) {
+                port.protocol.get_or_insert_with(|| "TCP".into());
+            }
+        }
         Object::AddressPool(p) => {
             p.spec.auto_assign.get_or_insert(true);
         }
         Object::PersistentVolumeClaim(c) => {
             c.spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
         }
-        Object::Namespace(_)
-        | Object::ConfigMap(_)
+        // Kubernetes' immutable label naming the namespace, what namespaceSelectors pick by.
+        Object::Namespace(n) => {
+            let name = n.metadata.name.clone();
+            n.metadata.labels.insert("kubernetes.io/metadata.name".into(), name);
+        }
+        Object::ConfigMap(_)
         | Object::Node(_)
         | Object::Event(_)
         | Object::Lease(_)

@@ -271,6 +271,11 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 protocol(p.protocol.as_deref(), &format!("ports[{i}].protocol"), &mut e);
             }
         }
+        Object::NetworkPolicy(p) => {
+            for (field, message) in crate::kinds::networking::validate(&p.spec) {
+                e.add(field, message);
+            }
+        }
         Object::AddressPool(p) => {
             if p.spec.addresses.is_empty() {
                 e.add("spec.addresses", "Required value");

@@ -568,3 +568,179 @@ fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
     let freed = wait_for(Duration::from_secs(20), || lb_ip("lbweb").is_none());
     assert!(freed, "{:?}", cp.get_json(&["service", "lbweb"]));
 }
+
+const POLICY_PODS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: tug-np-other, labels: {team: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  nodeName: tug-it-np0
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: tug.local/probe:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "mkdir -p /tmp/w && hostname > /tmp/w/index.html && (/bin/tug-probe serve-udp 9999 &) && exec httpd -f -p 8080 -h /tmp/w"]
+    ports:
+    - {name: http, containerPort: 8080}
+    - {name: echo, containerPort: 9999, protocol: UDP}
+---
+# Across nodes, in a namespace the allow rule picks.
+apiVersion: v1
+kind: Pod
+metadata: {name: friend, namespace: tug-np-other, labels: {role: client}}
+spec:
+  nodeName: tug-it-np1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: tug.local/probe:1, imagePullPolicy: Never, command: ["/bin/tug-probe", "sleep", "3600"]}
+---
+# The server's own node and the same labels, but the policy's namespace: not picked.
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, labels: {role: client}}
+spec:
+  nodeName: tug-it-np0
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: tug.local/probe:1, imagePullPolicy: Never, command: ["/bin/tug-probe", "sleep", "3600"]}
+"#;
+
+const DENY_INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"#;
+
+const ALLOW_FRIENDS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-friends}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {team: x}}
+      podSelector: {matchLabels: {role: client}}
+    ports:
+    - {port: http}
+    - {protocol: UDP, port: 9990, endPort: 9999}
+"#;
+
+const FRIEND_EGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-http-out, namespace: tug-np-other}
+spec:
+  podSelector: {matchLabels: {role: client}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - namespaceSelector: {}
+      podSelector: {matchLabels: {app: server}}
+    ports:
+    - {protocol: TCP, port: 8080}
+"#;
+
+#[test]
+fn network_policies_deny_by_default_and_let_exactly_the_allowed_traffic_through() {
+    let cluster = Cluster::new(2).expect("cluster");
+    let cp = ControlPlane::start();
+    let agents: Vec<Agent> = (0..2)
+        .map(|i| {
+            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-np{i}"), &[]);
+            a.import_probe_image("tug.local/probe:1");
+            a
+        })
+        .collect();
+    let logs = || {
+        let mut s = cp.log();
+        for a in &agents {
+            s += &format!("\n--- {}:\n{}", a.name, a.log());
+        }
+        s
+    };
+    cp.apply(POLICY_PODS);
+    let ip =
+        || cp.get_json(&["pod", "server"]).and_then(|p| p["status"]["podIP"].as_str().map(str::to_string));
+    let running = |ns: &str, name: &str| {
+        cp.get_json(&["pod", name, "-n", ns]).is_some_and(|p| p["status"]["phase"] == "Running")
+    };
+    let up = wait_for(Duration::from_secs(60), || {
+        ip().is_some()
+            && running("default", "server")
+            && running("tug-np-other", "friend")
+            && running("default", "stranger")
+    });
+    assert!(up, "{}", logs());
+    let server = ip().unwrap();
+    // Whether `pod` (in `ns`) gets an answer over TCP or UDP.
+    let tcp = |ns: &str, pod: &str| {
+        cp.tug(&["exec", "-n", ns, pod, "--", "/bin/tug-probe", "get", &format!("{server}:8080")])
+            .status
+            .success()
+    };
+    let udp = |ns: &str, pod: &str| {
+        cp.tug(&["exec", "-n", ns, pod, "--", "/bin/tug-probe", "udp", &format!("{server}:9999")])
+            .status
+            .success()
+    };
+    let expect = |what: &str, f: &dyn Fn() -> bool| {
+        assert!(wait_for(Duration::from_secs(20), f), "{what}\n{}\n{}", policy_rules(&cluster, 0), logs());
+    };
+    let (friend, stranger) = (("tug-np-other", "friend"), ("default", "stranger"));
+    expect("no policy: everyone reaches the server", &|| {
+        tcp(friend.0, friend.1) && udp(friend.0, friend.1) && tcp(stranger.0, stranger.1)
+    });
+
+    cp.apply(DENY_INGRESS);
+    expect("default deny: nobody does (TCP, UDP, same node, across nodes)", &|| {
+        !tcp(friend.0, friend.1) && !udp(friend.0, friend.1) && !tcp(stranger.0, stranger.1)
+    });
+    let table = String::from_utf8_lossy(&cp.tug(&["get", "networkpolicies"]).stdout).into_owned();
+    assert!(table.contains("POD-SELECTOR") && table.contains("deny-ingress   <none>"), "{table}");
+
+    cp.apply(ALLOW_FRIENDS);
+    expect("allowed by namespace and pod labels, on the named TCP port and the UDP range", &|| {
+        tcp(friend.0, friend.1) && udp(friend.0, friend.1)
+    });
+    assert!(
+        !tcp(stranger.0, stranger.1) && !udp(stranger.0, stranger.1),
+        "the same labels in another namespace"
+    );
+    let table = String::from_utf8_lossy(&cp.tug(&["get", "netpol"]).stdout).into_owned();
+    assert!(table.contains("allow-friends   app=server"), "{table}");
+
+    // Egress: the friend may only open TCP 8080 to the server now; the answers of what it
+    // may open still come back.
+    cp.apply(FRIEND_EGRESS);
+    expect("egress: UDP out is refused", &|| !udp(friend.0, friend.1));
+    assert!(tcp(friend.0, friend.1), "TCP 8080 out is allowed, and its answers come back");
+
+    for (ns, name) in
+        [("default", "deny-ingress"), ("default", "allow-friends"), ("tug-np-other", "only-http-out")]
+    {
+        assert!(cp.tug(&["delete", "networkpolicy", name, "-n", ns]).status.success());
+    }
+    expect("no policy again: everyone reaches the server", &|| {
+        tcp(stranger.0, stranger.1) && udp(friend.0, friend.1)
+    });
+    let left = policy_rules(&cluster, 0);
+    assert!(!left.contains("chain in-") && !left.contains("set peers-"), "{left}");
+}
+
+/// The policy table in node `i`'s namespace.
+fn policy_rules(cluster: &Cluster, i: usize) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &cluster.nodes[i].netns, "nft", "list", "table", "ip", "tug_policy"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+        .unwrap_or_default()
+}

@@ -18,9 +18,9 @@ vm_accel() {
 # first non-zero QEMU exit status, or 0.
 vm_watch() {
     local stall=$1; shift
-    local -a pids=("$@") sizes=() quiet=()
+    local -a pids=("$@") sizes=() quiet=() done=()
     local i n alive rc=0 status
-    for i in "${!pids[@]}"; do sizes[$i]=-1; quiet[$i]=0; done
+    for i in "${!pids[@]}"; do sizes[$i]=-1; quiet[$i]=0; done[$i]=-1; done
     while :; do
         alive=0
         for i in "${!pids[@]}"; do
@@ -32,6 +32,19 @@ vm_watch() {
             else
                 sizes[$i]=$n; quiet[$i]=0
             fi
+            # A guest that printed VMDONE has reported everything; one still running 60 s
+            # later is stuck powering off (a TCG soft lockup was seen there): stop it.
+            if [ "${done[$i]}" -lt 0 ] && grep -aq '^VMDONE' "${VM_LOGS[$i]}" 2>/dev/null; then
+                done[$i]=0
+            elif [ "${done[$i]}" -ge 0 ]; then
+                done[$i]=$((done[$i] + 5))
+                if [ "${done[$i]}" -ge 60 ]; then
+                    echo "vm: guest console ${VM_LOGS[$i]} said VMDONE 60 s ago: stopping its QEMU" >&2
+                    kill "${pids[$i]}" 2>/dev/null || true
+                    wait "${pids[$i]}" 2>/dev/null || true
+                    done[$i]=-2
+                fi
+            fi
             if [ "${quiet[$i]}" -ge "$stall" ]; then
                 echo "vm: guest console ${VM_LOGS[$i]} silent for ${stall} s: stopping the guests" >&2
                 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -42,8 +55,9 @@ vm_watch() {
         [ "$alive" = 1 ] || break
         sleep 5
     done
-    for p in "${pids[@]}"; do
-        status=0; wait "$p" || status=$?
+    for i in "${!pids[@]}"; do
+        status=0; wait "${pids[$i]}" || status=$?
+        [ "${done[$i]}" != -2 ] || status=0
         [ "$rc" != 0 ] || rc=$status
     done
     return "$rc"

@@ -9,7 +9,7 @@ use super::routes::{self, Backend, Peer, Route, Via};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoData, InfoKind, InfoVeth,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
@@ -189,6 +189,14 @@ impl NodeNetwork {
             }
         };
         add_address(&handle, bridge, cfg.pod_cidr.gateway(), cfg.pod_cidr.prefix, &cfg.bridge).await?;
+        // Traffic between two pods of this bridge passes the IPv4 netfilter hooks too (this
+        // bridge's own br_netfilter switch, not the namespace-wide sysctl), so NetworkPolicy's
+        // forward chain and connection tracking see it as they see routed traffic.
+        let mut nf = LinkBridge::new(&cfg.bridge)
+            .set_info_data(InfoData::Bridge(vec![InfoBridge::NfCallIpTables(true)]))
+            .build();
+        nf.header.index = bridge;
+        handle.link().set(nf).execute().await.map_err(nl(format!("nf_call_iptables on {}", cfg.bridge)))?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(bridge).up().build())

@@ -27,6 +27,7 @@ const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_GETGEN: u16 = 16;
@@ -71,6 +72,13 @@ pub const SET_EVAL: u32 = 0x20;
 pub const DATA_VERDICT: u32 = 0xffff_ff00;
 const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
+pub const DROP: i32 = 0;
+pub const ACCEPT: i32 = 1;
+pub const RETURN: i32 = -5;
+pub const CMP_LTE: u32 = 3;
+pub const CMP_GTE: u32 = 5;
+/// `ct state` (bits: invalid 1, established 2, related 4, new 8).
+pub const CT_STATE: u32 = 0;
 
 /// nft's datatypes, for how `nft list` prints keys (the kernel ignores them); a
 /// concatenation is `a << 12 | b << 6 | c`.
@@ -125,6 +133,8 @@ pub enum Expr {
     },
     Jump(String),
     Goto(String),
+    /// `accept`, `drop` or `return` ([`ACCEPT`], [`DROP`], [`RETURN`]).
+    Verdict(i32),
     Lookup {
         set: String,
         sreg: u32,
@@ -178,12 +188,13 @@ pub enum Expr {
 pub enum Data {
     Value(Vec<u8>),
     Goto(String),
+    Jump(String),
 }
 
 /// A set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetSpec {
-    pub name: &'static str,
+    pub name: String,
     pub flags: u32,
     pub key_type: u32,
     pub key_len: u32,
@@ -212,14 +223,15 @@ pub enum Cmd {
     },
     AddSet(SetSpec),
     AddElem {
-        set: &'static str,
+        set: String,
         key: Vec<u8>,
         data: Option<Data>,
     },
     DeleteElem {
-        set: &'static str,
+        set: String,
         key: Vec<u8>,
     },
+    DeleteSet(String),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -252,6 +264,8 @@ impl fmt::Display for Expr {
                 let op = match *op {
                     CMP_EQ => "==",
                     CMP_LT => "<",
+                    CMP_LTE => "<=",
+                    CMP_GTE => ">=",
                     _ => "!=",
                 };
                 write!(f, "{} {op} {}", reg_name(*sreg), hex(data))
@@ -262,6 +276,16 @@ impl fmt::Display for Expr {
             Expr::Immediate { dreg, data } => write!(f, "{}={}", reg_name(*dreg), hex(data)),
             Expr::Jump(c) => write!(f, "jump {c}"),
             Expr::Goto(c) => write!(f, "goto {c}"),
+            Expr::Verdict(v) => write!(
+                f,
+                "{}",
+                match *v {
+                    ACCEPT => "accept",
+                    DROP => "drop",
+                    RETURN => "return",
+                    _ => "verdict ?",
+                }
+            ),
             Expr::Lookup { set, sreg, dreg } => match dreg {
                 Some(VERDICT) => write!(f, "{} vmap @{set}", reg_name(*sreg)),
                 Some(d) => write!(f, "{}={} map @{set}", reg_name(*d), reg_name(*sreg)),
@@ -285,6 +309,7 @@ impl fmt::Display for Expr {
                     CT_STATUS => "status",
                     CT_PROTO_DST => "proto-dst",
                     CT_DST_IP => "ip daddr",
+                    CT_STATE => "state",
                     _ => "?",
                 };
                 write!(f, "{}=ct{dir} {what}", reg_name(*dreg))
@@ -322,6 +347,7 @@ impl fmt::Display for Data {
         match self {
             Data::Value(v) => write!(f, "{}", hex(v)),
             Data::Goto(c) => write!(f, "goto {c}"),
+            Data::Jump(c) => write!(f, "jump {c}"),
         }
     }
 }
@@ -353,6 +379,7 @@ impl fmt::Display for Cmd {
                 write!(f, " }}")
             }
             Cmd::DeleteElem { set, key } => write!(f, "delete element {set} {{ {} }}", hex(key)),
+            Cmd::DeleteSet(s) => write!(f, "delete set {s}"),
         }
     }
 }
@@ -496,6 +523,14 @@ impl Writer {
                 self.u32(1, VERDICT);
                 self.verdict(2, NFT_GOTO, c);
             }
+            Expr::Verdict(v) => {
+                self.u32(1, VERDICT);
+                let n = self.nest(2);
+                let inner = self.nest(2);
+                self.attr(1, &v.to_be_bytes());
+                self.close(inner);
+                self.close(n);
+            }
             Expr::Lookup { set, sreg, dreg } => {
                 self.str(1, set);
                 self.u32(2, *sreg);
@@ -571,7 +606,7 @@ fn expr_name(e: &Expr) -> &'static str {
         Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
         Expr::Cmp { .. } => "cmp",
         Expr::Bitwise { .. } => "bitwise",
-        Expr::Immediate { .. } | Expr::Jump(_) | Expr::Goto(_) => "immediate",
+        Expr::Immediate { .. } | Expr::Jump(_) | Expr::Goto(_) | Expr::Verdict(_) => "immediate",
         Expr::Lookup { .. } => "lookup",
         Expr::Numgen { .. } => "numgen",
         Expr::Hton { .. } => "byteorder",
@@ -597,12 +632,12 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
     let ty = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
     let create = NLM_F_REQUEST | NLM_F_CREATE;
     // An open element message: (delete?, set, message start, elements nest).
-    let mut open: Option<(bool, &'static str, usize, usize)> = None;
+    let mut open: Option<(bool, &str, usize, usize)> = None;
     let mut set_id = 1u32;
     for (i, c) in cmds.iter().enumerate() {
         let elem = match c {
-            Cmd::AddElem { set, key, data } => Some((false, *set, key, data.as_ref())),
-            Cmd::DeleteElem { set, key } => Some((true, *set, key, None)),
+            Cmd::AddElem { set, key, data } => Some((false, set.as_str(), key, data.as_ref())),
+            Cmd::DeleteElem { set, key } => Some((true, set.as_str(), key, None)),
             _ => None,
         };
         if let Some((del, set, at, nest)) = open
@@ -631,6 +666,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
             match data {
                 Some(Data::Value(v)) => w.value(2, v),
                 Some(Data::Goto(chain)) => w.verdict(2, NFT_GOTO, chain),
+                Some(Data::Jump(chain)) => w.verdict(2, NFT_JUMP, chain),
                 None => {}
             }
             w.close(e);
@@ -670,7 +706,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
             Cmd::AddSet(s) => {
                 let m = w.begin(ty(NFT_MSG_NEWSET), create, NFPROTO_IPV4, 0);
                 w.str(1, table);
-                w.str(2, s.name);
+                w.str(2, &s.name);
                 w.u32(3, s.flags);
                 w.u32(4, s.key_type);
                 w.u32(5, s.key_len);
@@ -684,6 +720,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
                 set_id += 1;
                 w.end(m);
             }
+            Cmd::DeleteSet(name) => w.named(ty(NFT_MSG_DELSET), NLM_F_REQUEST, table, Some((2, name))),
             Cmd::AddElem { .. } | Cmd::DeleteElem { .. } => {}
         }
     }
@@ -982,10 +1019,10 @@ mod tests {
                 chain: "c".into(),
                 exprs: vec![Expr::Meta { key: META_MARK, dreg: r(0) }, Expr::Goto("d".into())],
             },
-            Cmd::AddElem { set: "s", key: vec![1, 2, 3, 4], data: None },
-            Cmd::AddElem { set: "s", key: vec![1, 2, 3, 5], data: None },
-            Cmd::DeleteElem { set: "s", key: vec![1, 2, 3, 6] },
-            Cmd::AddElem { set: "t", key: vec![1, 2, 3, 6], data: Some(Data::Goto("c".into())) },
+            Cmd::AddElem { set: "s".into(), key: vec![1, 2, 3, 4], data: None },
+            Cmd::AddElem { set: "s".into(), key: vec![1, 2, 3, 5], data: None },
+            Cmd::DeleteElem { set: "s".into(), key: vec![1, 2, 3, 6] },
+            Cmd::AddElem { set: "t".into(), key: vec![1, 2, 3, 6], data: Some(Data::Goto("c".into())) },
         ];
         let (buf, origin) = encode("tug_test", &cmds);
         let types: Vec<u16> = walk(&buf).iter().map(|(t, _)| *t).collect();
@@ -1010,7 +1047,7 @@ mod tests {
         );
         // Thousands of elements split into messages whose nests fit 16 bits.
         let many: Vec<Cmd> = (0..20_000u32)
-            .map(|i| Cmd::AddElem { set: "s", key: i.to_ne_bytes().to_vec(), data: None })
+            .map(|i| Cmd::AddElem { set: "s".into(), key: i.to_ne_bytes().to_vec(), data: None })
             .collect();
         let (buf, _) = encode("tug_test", &many);
         let msgs = walk(&buf);

@@ -680,56 +680,56 @@ fn sets() -> Vec<SetSpec> {
     let endpoint = Some((concat(&[IPV4, SERVICE]), 8));
     vec![
         SetSpec {
-            name: "service-ips",
+            name: "service-ips".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[IPV4, PROTO, SERVICE]),
             key_len: 12,
             data: verdict,
         },
         SetSpec {
-            name: "service-nodeports",
+            name: "service-nodeports".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[PROTO, SERVICE]),
             key_len: 8,
             data: verdict,
         },
         SetSpec {
-            name: "no-endpoint-services",
+            name: "no-endpoint-services".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[IPV4, PROTO, SERVICE]),
             key_len: 12,
             data: verdict,
         },
         SetSpec {
-            name: "no-endpoint-nodeports",
+            name: "no-endpoint-nodeports".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[PROTO, SERVICE]),
             key_len: 8,
             data: verdict,
         },
         SetSpec {
-            name: "endpoints",
+            name: "endpoints".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[IPV4, PROTO, SERVICE, MARK]),
             key_len: 16,
             data: endpoint,
         },
         SetSpec {
-            name: "nodeport-endpoints",
+            name: "nodeport-endpoints".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[PROTO, SERVICE, MARK]),
             key_len: 12,
             data: endpoint,
         },
         SetSpec {
-            name: "connection-sets",
+            name: "connection-sets".into(),
             flags: nft::SET_MAP,
             key_type: concat(&[IPV4, SERVICE, IPV4]),
             key_len: 12,
             data: verdict,
         },
         SetSpec {
-            name: "affinity",
+            name: "affinity".into(),
             flags: nft::SET_TIMEOUT | nft::SET_EVAL,
             key_type: concat(&[MARK, IPV4, SERVICE, IPV4]),
             key_len: 16,
@@ -843,11 +843,11 @@ fn diff_in(
         let ne = n.map(|p| elements(base, p)).unwrap_or_default();
         for e in &oe {
             if !ne.contains(e) {
-                dels.push(Cmd::DeleteElem { set: e.0, key: e.1.clone() });
+                dels.push(Cmd::DeleteElem { set: e.0.into(), key: e.1.clone() });
             }
         }
         for e in ne.iter().filter(|e| !oe.contains(e)) {
-            adds.push(Cmd::AddElem { set: e.0, key: e.1.clone(), data: e.2.clone() });
+            adds.push(Cmd::AddElem { set: e.0.into(), key: e.1.clone(), data: e.2.clone() });
         }
         let oc = o.map(|p| chains(base, p)).unwrap_or_default();
         let nc = n.map(|p| chains(base, p)).unwrap_or_default();

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod core;
 pub mod discovery;
 pub mod lb;
+pub mod networking;
 pub mod pod;
 pub mod policy;
 pub mod quota;

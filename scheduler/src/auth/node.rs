@@ -1,9 +1,9 @@
 //! The node authorizer and Kubernetes' NodeRestriction, for users `system:node:NAME` in
 //! `system:nodes` (what `tug join` issues): a node reads what every node needs (pods,
-//! services, endpoints, nodes), but only the Secrets, ConfigMaps, claims and volumes of pods
-//! bound to it; it writes only its own Node, its own Lease, its pods' status and their final
-//! delete, Events; and it opens the tunnel only under its own name. Everything else is RBAC's
-//! to decide.
+//! services, endpoints, nodes, namespaces and NetworkPolicies), but only the Secrets,
+//! ConfigMaps, claims and volumes of pods bound to it; it writes only its own Node, its own
+//! Lease, its pods' status and their final delete, Events; and it opens the tunnel only under
+//! its own name. Everything else is RBAC's to decide.
 
 use super::{Attributes, Decision};
 use crate::store::Store;
@@ -63,7 +63,9 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
                 .is_ok_and(|(pods, _)| pods.iter().any(runs_as));
             allow_if(used, unrelated)
         }
-        ("", "services" | "endpoints", "") if READ.contains(&verb) => Decision::Allow,
+        ("", "services" | "endpoints" | "namespaces", "") if READ.contains(&verb) => Decision::Allow,
+        // What enforcing NetworkPolicies needs (with the pods above).
+        ("networking.k8s.io", "networkpolicies", "") if READ.contains(&verb) => Decision::Allow,
         ("", "events", "") if ["create", "update", "patch"].contains(&verb) => Decision::Allow,
         ("coordination.k8s.io", "leases", "") if a.namespace == LEASE_NAMESPACE => {
             let ok = ["get", "create", "update", "patch", "delete"].contains(&verb)
