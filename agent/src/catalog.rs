@@ -1,7 +1,7 @@
-//! The Services, Endpoints, Nodes, Pods, Namespaces and NetworkPolicies of the whole
-//! cluster, kept current by a list-and-watch of each kind: what the service proxy programs,
-//! the DNS server answers from, the load balancer's announcer elects from and the network
-//! policy enforcer compiles.
+//! The Services, Endpoints, Nodes, Pods, Namespaces, NetworkPolicies, Ingresses and
+//! IngressClasses of the whole cluster, kept current by a list-and-watch of each kind: what
+//! the service proxy programs, the DNS server answers from, the load balancer's announcer
+//! elects from, the network policy enforcer compiles and the Ingress controller routes by.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -22,6 +22,9 @@ pub struct Objects {
     /// By `default/name`.
     pub namespaces: BTreeMap<String, Value>,
     pub network_policies: BTreeMap<String, Value>,
+    pub ingresses: BTreeMap<String, Value>,
+    /// By `default/name`.
+    pub ingress_classes: BTreeMap<String, Value>,
 }
 
 /// A pod cut to what NetworkPolicy reads (name, labels, node, ports, address, phase): the
@@ -72,6 +75,8 @@ impl Catalog {
             ("pods", "/api/v1/pods"),
             ("namespaces", "/api/v1/namespaces"),
             ("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies"),
+            ("ingresses", "/apis/networking.k8s.io/v1/ingresses"),
+            ("ingressclasses", "/apis/networking.k8s.io/v1/ingressclasses"),
         ] {
             let (api, c) = (api.clone(), Arc::clone(&c));
             tokio::spawn(async move { c.follow(api, kind, path).await });
@@ -114,6 +119,8 @@ impl Catalog {
                 "pods" => &mut o.pods,
                 "namespaces" => &mut o.namespaces,
                 "networkpolicies" => &mut o.network_policies,
+                "ingresses" => &mut o.ingresses,
+                "ingressclasses" => &mut o.ingress_classes,
                 _ => &mut o.endpoints,
             });
         }

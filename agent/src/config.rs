@@ -54,6 +54,8 @@ pub struct Config {
     pub housekeeping_interval: Duration,
     /// When the node reports pressure (`--eviction-hard`).
     pub eviction: Eviction,
+    /// The Ingress controller's HTTP and HTTPS ports (0: off).
+    pub ingress_ports: (u16, u16),
 }
 
 /// A floor on what is left of a resource: an amount, or a percentage of the capacity.

@@ -329,6 +329,9 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             }
         });
     }
+    // Ingresses of class tug, on this node's ports.
+    let (http, https) = cfg.ingress_ports;
+    crate::ingress::start(Arc::clone(&catalog), api.clone(), cfg.node_netns.clone(), http, https)?;
     // NetworkPolicy for this node's pods.
     tokio::spawn(crate::policy::run(
         Arc::clone(&catalog),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod eviction;
+pub mod ingress;
 pub mod logs;
 pub mod network;
 pub mod node;

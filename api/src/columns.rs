@@ -169,6 +169,8 @@ pub fn headers(kind: &str, wide: bool) -> Vec<&'static str> {
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         "AddressPool" => vec!["NAME", "AUTO ASSIGN", "ADDRESSES", "AGE"],
         "NetworkPolicy" => vec!["NAME", "POD-SELECTOR", "AGE"],
+        "Ingress" => vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+        "IngressClass" => vec!["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -540,6 +542,37 @@ pub fn row(obj: &Value, wide: bool, now: SystemTime) -> Vec<String> {
                 n(&st["disruptionsAllowed"]).to_string(),
                 age(obj, now),
             ]
+        }
+        "Ingress" => {
+            // kubectl's: `*` for a rule without a host, `80` or `80, 443` with TLS.
+            let spec = &obj["spec"];
+            let hosts: Vec<&str> = spec["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["host"].as_str().unwrap_or("*"))
+                .collect();
+            let addrs: Vec<&str> = obj["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+                .collect();
+            let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+            vec![
+                name,
+                spec["ingressClassName"].as_str().unwrap_or("<none>").to_string(),
+                if hosts.is_empty() { "*".into() } else { hosts.join(",") },
+                addrs.join(","),
+                if tls { "80, 443".into() } else { "80".into() },
+                age(obj, now),
+            ]
+        }
+        "IngressClass" => {
+            let p = &obj["spec"]["parameters"];
+            let params =
+                if p.is_object() { format!("{}/{}", s(&p["kind"]), s(&p["name"])) } else { "<none>".into() };
+            vec![name, s(&obj["spec"]["controller"]), params, age(obj, now)]
         }
         "NetworkPolicy" => {
             // kubectl's: the selector as `k=v,k2 in (a,b)`, `<none>` when it selects all.

@@ -152,6 +152,7 @@ pub fn apply(obj: &mut Object) {
                 p.protocol.get_or_insert_with(|| "TCP".into());
             }
         }
+        Object::Ingress(_) | Object::IngressClass(_) => {}
         Object::NetworkPolicy(p) => {
             if p.spec.policy_types.is_empty() {
                 p.spec.policy_types = p.spec.default_types();

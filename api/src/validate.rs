@@ -271,6 +271,16 @@ pub fn object(obj: &Object) -> Result<(), Vec<FieldError>> {
                 protocol(p.protocol.as_deref(), &format!("ports[{i}].protocol"), &mut e);
             }
         }
+        Object::Ingress(i) => {
+            for (field, message) in crate::kinds::networking::validate_ingress(&i.spec) {
+                e.add(field, message);
+            }
+        }
+        Object::IngressClass(c) => {
+            if c.spec.controller.is_empty() {
+                e.add("spec.controller", "Required value");
+            }
+        }
         Object::NetworkPolicy(p) => {
             for (field, message) in crate::kinds::networking::validate(&p.spec) {
                 e.add(field, message);

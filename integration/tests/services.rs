@@ -744,3 +744,174 @@ fn policy_rules(cluster: &Cluster, i: usize) -> String {
     out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
         .unwrap_or_default()
 }
+
+const INGRESS_APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ing-a}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: ing-a}}
+  template:
+    metadata: {labels: {app: ing-a}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: tug.local/probe:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w/b && hostname > /tmp/w/index.html && hostname > /tmp/w/b/index.html && exec httpd -f -p 8080 -h /tmp/w"]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ing-b}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: ing-b}}
+  template:
+    metadata: {labels: {app: ing-b}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: tug.local/probe:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w/b && hostname > /tmp/w/index.html && hostname > /tmp/w/b/index.html && exec httpd -f -p 8080 -h /tmp/w"]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ing-a}
+spec:
+  selector: {app: ing-a}
+  ports: [{name: web, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ing-b}
+spec:
+  selector: {app: ing-b}
+  ports: [{name: web, port: 8000, targetPort: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: two-hosts}
+spec:
+  tls:
+  - hosts: [a.example, b.example]
+    secretName: tug-it-tls
+  rules:
+  - host: a.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: ing-a, port: {number: 80}}}}
+      - {path: /b, pathType: Prefix, backend: {service: {name: ing-b, port: {name: web}}}}
+  - host: b.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: ing-b, port: {number: 8000}}}}
+"#;
+
+#[test]
+fn an_ingress_routes_two_hosts_and_two_paths_over_tls_and_http2() {
+    use base64::Engine;
+    let cluster = Cluster::new(2).expect("cluster");
+    let cp = ControlPlane::start();
+    let agents: Vec<Agent> = (0..2)
+        .map(|i| {
+            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-ing{i}"), &[]);
+            a.import_probe_image("tug.local/probe:1");
+            a
+        })
+        .collect();
+    let logs = || {
+        let mut s = cp.log();
+        for a in &agents {
+            s += &format!("\n--- {}:\n{}", a.name, a.log());
+        }
+        s
+    };
+    // The certificate for both hosts, in a kubernetes.io/tls Secret.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let params = rcgen::CertificateParams::new(vec!["a.example".to_string(), "b.example".to_string()])
+        .expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let dir = tempfile::Builder::new().prefix("tug-it-ing-").tempdir().expect("dir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.pem()).expect("ca");
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tug-it-tls}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert.pem()),
+        b64(key.serialize_pem())
+    ));
+    cp.apply(INGRESS_APPS);
+    let hub = cluster.hub.clone();
+    tug_integration::cluster::ip(&["-n", &hub, "addr", "add", "10.250.0.1/24", "dev", "tugbr"]).unwrap();
+    let up = wait_for(Duration::from_secs(60), || {
+        ready_ips(&cp, "ing-a").len() == 2 && ready_ips(&cp, "ing-b").len() == 1
+    });
+    assert!(up, "{}", logs());
+
+    // curl from outside (the hub) to a node, the host named by --resolve (SNI and Host).
+    let node = &cluster.nodes[1].ip.to_string();
+    let curl_to = |host: &str, scheme: &str, path: &str, extra: &[&str]| -> Result<String, String> {
+        let port = if scheme == "https" { "443" } else { "80" };
+        let resolve = format!("{host}:{port}:{node}");
+        let url = format!("{scheme}://{host}{path}");
+        let mut args = vec!["netns", "exec", &hub, "curl", "-sS", "-m", "5", "--cacert"];
+        let ca = ca.to_string_lossy().into_owned();
+        args.push(&ca);
+        args.extend_from_slice(&["--resolve", &resolve]);
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = std::process::Command::new("ip").args(&args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let routed = wait_for(Duration::from_secs(30), || {
+        curl_to("a.example", "https", "/", &[]).is_ok_and(|b| b.starts_with("ing-a-"))
+    });
+    assert!(routed, "{:?}\n{}", curl_to("a.example", "https", "/", &[]), logs());
+    for (host, scheme, path, want) in [
+        ("a.example", "https", "/b/", "ing-b-"),
+        ("b.example", "https", "/", "ing-b-"),
+        ("a.example", "http", "/", "ing-a-"),
+        ("a.example", "http", "/b/", "ing-b-"),
+        ("b.example", "http", "/b/", "ing-b-"),
+    ] {
+        let got = curl_to(host, scheme, path, &[]);
+        assert!(got.as_ref().is_ok_and(|b| b.starts_with(want)), "{scheme}://{host}{path}: {got:?}");
+    }
+    // HTTP/2 over TLS (ALPN) and HTTP/1.1; both of ing-a's pods answer.
+    let v = curl_to("a.example", "https", "/", &["--http2", "-o", "/dev/null", "-w", "%{http_version}"]);
+    assert_eq!(v.as_deref(), Ok("2"), "HTTP/2 over TLS");
+    let v = curl_to("a.example", "https", "/", &["--http1.1", "-o", "/dev/null", "-w", "%{http_version}"]);
+    assert_eq!(v.as_deref(), Ok("1.1"));
+    let seen: std::collections::BTreeSet<String> =
+        (0..12).filter_map(|_| curl_to("a.example", "http", "/", &[]).ok()).collect();
+    assert_eq!(seen.len(), 2, "spread over both endpoints: {seen:?}");
+    // No rule for the host, no default backend: 404.
+    let code = curl_to("c.example", "http", "/", &["-o", "/dev/null", "-w", "%{http_code}"]);
+    assert_eq!(code.as_deref(), Ok("404"));
+    // The nodes' addresses as the Ingress' address; the class kubectl lists.
+    let addressed = wait_for(Duration::from_secs(20), || {
+        let t = String::from_utf8_lossy(&cp.tug(&["get", "ingress"]).stdout).into_owned();
+        t.contains("two-hosts")
+            && t.contains("a.example,b.example")
+            && t.contains("10.250.0.10,10.250.0.11")
+            && t.contains("80, 443")
+    });
+    assert!(addressed, "{}", String::from_utf8_lossy(&cp.tug(&["get", "ingress"]).stdout));
+    let classes = String::from_utf8_lossy(&cp.tug(&["get", "ingressclass"]).stdout).into_owned();
+    assert!(classes.contains("tug") && classes.contains("tug.io/ingress-controller"), "{classes}");
+    let log = agents[1].log();
+    assert!(
+        log.contains("tug-agent: ingress: 10.250.0.1:") && log.contains("\"GET a.example/b/"),
+        "access log:\n{log}"
+    );
+}

@@ -113,6 +113,13 @@ struct Args {
     /// bridge's address.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// The port the built-in Ingress controller (IngressClass tug) serves HTTP on, in the
+    /// node's network namespace; 0: none.
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// The port it serves HTTPS on (certificates from the Ingresses' TLS Secrets); 0: none.
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
 }
 
 /// The source address of the default route: what the node is reached at.
@@ -194,6 +201,7 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         cluster_domain: a.cluster_domain.trim_matches('.').to_ascii_lowercase(),
         eviction: parse_eviction(&a.eviction_hard)?,
         housekeeping_interval: a.housekeeping_interval.max(Duration::from_millis(100)),
+        ingress_ports: (a.ingress_http_port, a.ingress_https_port),
     };
     tug_api::validation::dns1123_subdomain(&cfg.node_name)
         .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;

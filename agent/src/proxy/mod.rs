@@ -129,7 +129,7 @@ fn external_ips(s: &Value) -> Vec<std::net::Ipv4Addr> {
 }
 
 /// The ready endpoints of the port named `pname` in an Endpoints object, with their nodes.
-fn port_endpoints(
+pub(crate) fn port_endpoints(
     ep: Option<&Value>,
     pname: &str,
     proto: Proto,

@@ -153,7 +153,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Makes the namespaces every cluster has (`default`, `tug-system`, `tug-node-lease`), the
-/// system PriorityClasses and the default RBAC policy if they are missing.
+/// system PriorityClasses, the IngressClass `tug` and the default RBAC policy if they are
+/// missing.
 pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
     if let Some(info) = tug_api::object::lookup("priorityclasses") {
         for (name, value) in tug_api::kinds::cluster::SYSTEM_PRIORITY_CLASSES {
@@ -171,9 +172,22 @@ pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
         let info = tug_api::object::lookup("namespaces").unwrap_or(&tug_api::object::KINDS[0]);
         let key = path::key(info, None, ns);
         if store.get(&key)?.is_none() {
-            let mut obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}});
+            let mut obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "status": {"phase": "Active"}});
             objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
             obj["status"] = serde_json::json!({"phase": "Active"});
+            store.create(&key, obj)?;
+        }
+    }
+    // The built-in Ingress controller's class, the default one (k3s makes Traefik's).
+    if let Some(info) = tug_api::object::lookup("ingressclasses") {
+        use tug_api::kinds::networking::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS, INGRESS_CONTROLLER};
+        let key = path::key(info, None, INGRESS_CLASS);
+        if store.get(&key)?.is_none() {
+            let mut obj = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": {"name": INGRESS_CLASS, "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
+                "spec": {"controller": INGRESS_CONTROLLER}});
+            objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
             store.create(&key, obj)?;
         }
     }

@@ -1,7 +1,8 @@
 //! The node authorizer and Kubernetes' NodeRestriction, for users `system:node:NAME` in
 //! `system:nodes` (what `tug join` issues): a node reads what every node needs (pods,
-//! services, endpoints, nodes, namespaces and NetworkPolicies), but only the Secrets,
-//! ConfigMaps, claims and volumes of pods bound to it; it writes only its own Node, its own
+//! services, endpoints, nodes, namespaces, NetworkPolicies, Ingresses and their classes),
+//! but only the Secrets, ConfigMaps, claims and volumes of pods bound to it (and the TLS
+//! Secrets of Ingresses, which every node serves); it writes only its own Node, its own
 //! Lease, its pods' status and their final delete, Events; and it opens the tunnel only under
 //! its own name. Everything else is RBAC's to decide.
 
@@ -30,7 +31,9 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
             if verb != "get" || a.name.is_empty() {
                 return Decision::Deny("can only get individual resources of this type".into());
             }
-            allow_if(related(store, node, a), unrelated)
+            // The TLS Secrets of Ingresses: every node serves them (the Ingress controller).
+            let ingress_tls = a.resource == "secrets" && ingress_secret(store, &a.namespace, &a.name);
+            allow_if(ingress_tls || related(store, node, a), unrelated)
         }
         ("", "nodes", "" | "status") if READ.contains(&verb) => Decision::Allow,
         // A create names the node in its body: the API checks it (`admit_create`).
@@ -65,7 +68,11 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
         }
         ("", "services" | "endpoints" | "namespaces", "") if READ.contains(&verb) => Decision::Allow,
         // What enforcing NetworkPolicies needs (with the pods above).
-        ("networking.k8s.io", "networkpolicies", "") if READ.contains(&verb) => Decision::Allow,
+        ("networking.k8s.io", "networkpolicies" | "ingresses" | "ingressclasses", "")
+            if READ.contains(&verb) =>
+        {
+            Decision::Allow
+        }
         ("", "events", "") if ["create", "update", "patch"].contains(&verb) => Decision::Allow,
         ("coordination.k8s.io", "leases", "") if a.namespace == LEASE_NAMESPACE => {
             let ok = ["get", "create", "update", "patch", "delete"].contains(&verb)
@@ -74,6 +81,15 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
         }
         _ => Decision::NoOpinion(String::new()),
     }
+}
+
+/// Whether an Ingress of namespace `ns` names Secret `name` for TLS.
+fn ingress_secret(store: &dyn Store, ns: &str, name: &str) -> bool {
+    store.list(&format!("networking.k8s.io/ingresses/{ns}/")).is_ok_and(|(list, _)| {
+        list.iter().any(|i| {
+            i.object["spec"]["tls"].as_array().into_iter().flatten().any(|t| t["secretName"] == name)
+        })
+    })
 }
 
 /// Whether the pod `ns/name` is bound to `node`.

@@ -112,7 +112,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(READ, "batch", &["cronjobs", "cronjobs/status", "jobs", "jobs/status"]),
                 rule(READ, "metrics.k8s.io", &["pods"]),
                 rule(READ, "policy", &["poddisruptionbudgets", "poddisruptionbudgets/status"]),
-                rule(READ, "networking.k8s.io", &["networkpolicies"]),
+                rule(READ, "networking.k8s.io", &["ingresses", "ingresses/status", "networkpolicies"]),
                 rule(
                     READ,
                     "autoscaling.k8s.io",
@@ -185,7 +185,7 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&edit_verbs, "autoscaling", &["horizontalpodautoscalers"]),
                 rule(&edit_verbs, "batch", &["cronjobs", "jobs"]),
                 rule(&edit_verbs, "policy", &["poddisruptionbudgets"]),
-                rule(&edit_verbs, "networking.k8s.io", &["networkpolicies"]),
+                rule(&edit_verbs, "networking.k8s.io", &["ingresses", "networkpolicies"]),
                 rule(&edit_verbs, "autoscaling.k8s.io", &["verticalpodautoscalers"]),
                 rule(
                     &edit_verbs,

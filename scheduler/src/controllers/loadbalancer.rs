@@ -20,7 +20,7 @@ use tug_api::kinds::lb::{AddressPool, parse_range};
 
 pub const PREFIX: &str = "/services/";
 const POOLS: &str = "tug.io/addresspools/";
-const NODES: &str = "/nodes/";
+pub(crate) const NODES: &str = "/nodes/";
 
 /// A pool: its name, address ranges, and whether it assigns automatically.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +126,8 @@ impl LoadBalancers {
     }
 }
 
-fn node_addresses(store: &dyn Store) -> Result<Vec<Ipv4Addr>, StoreError> {
+/// The Ready nodes' InternalIP addresses.
+pub(crate) fn node_addresses(store: &dyn Store) -> Result<Vec<Ipv4Addr>, StoreError> {
     let (items, _) = store.list(NODES)?;
     Ok(items
         .iter()

@@ -12,6 +12,7 @@
 //! - [`job`] and [`cronjob`]: batch work.
 //! - [`endpoints`]: the ready pods behind each Service.
 //! - [`loadbalancer`]: LoadBalancer Services' addresses from the pools (or the nodes').
+//! - [`ingress`]: the addresses of the Ingresses Tug's controller serves (the nodes').
 //! - [`disruption`]: each PodDisruptionBudget's healthy pods and allowed disruptions.
 //! - [`gc`]: dependents follow their owners (background, foreground, orphan).
 //! - [`namespaces`]: a Terminating namespace is emptied, then removed.
@@ -31,6 +32,7 @@ pub mod ephemeral;
 pub mod gc;
 pub mod history;
 pub mod hpa;
+pub mod ingress;
 pub mod job;
 pub mod loadbalancer;
 pub mod namespaces;
@@ -200,6 +202,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         ),
         (Arc::new(endpoints::EndpointsController), 2),
         (Arc::new(loadbalancer::LoadBalancers::new(settings.lb_pool.clone())), 1),
+        (Arc::new(ingress::IngressStatus), 1),
         (Arc::new(disruption::Disruption), 1),
         (Arc::new(hpa::Autoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
         (Arc::new(vpa::VerticalAutoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
