@@ -484,18 +484,23 @@ async fn listen(port: u16) -> tokio::net::TcpListener {
     }
 }
 
+/// Plain HTTP (1.1, or h2 with prior knowledge) on `l`.
+async fn serve_plain(shared: Arc<Shared>, l: tokio::net::TcpListener) {
+    loop {
+        if let Ok((s, peer)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            serve_conn(Arc::clone(&shared), s, peer, false);
+        }
+    }
+}
+
 async fn serve(shared: Arc<Shared>, http_port: u16, https_port: u16) {
     if http_port != 0 {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let l = listen(http_port).await;
             tracing::info!("tug-agent: ingress: HTTP on port {http_port}");
-            loop {
-                if let Ok((s, peer)) = l.accept().await {
-                    let _ = s.set_nodelay(true);
-                    serve_conn(Arc::clone(&shared), s, peer, false);
-                }
-            }
+            serve_plain(shared, l).await;
         });
     }
     if https_port != 0 {
@@ -693,6 +698,53 @@ mod tests {
             &json!({"metadata": {"annotations": {"kubernetes.io/ingress.class": "tug"}}, "spec": {}}),
             &BTreeMap::new()
         ));
+    }
+
+    /// Two endpoints refuse connections, one answers: every request gets through, whichever
+    /// endpoint it is tried on first.
+    #[test]
+    fn a_refused_connection_is_tried_on_the_next_endpoint() {
+        use std::io::{Read, Write};
+        let refusing: Vec<SocketAddr> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+            .collect(); // bound, then closed: refused
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = up.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in up.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            }
+        });
+        let shared = Arc::new(Shared::default());
+        let backend =
+            Backend { name: "default/web:80".into(), endpoints: vec![refusing[0], refusing[1], open] };
+        let routes = Routes {
+            hosts: [(String::new(), vec![PathRoute { path: "/".into(), exact: false, backend }])].into(),
+            ..Routes::default()
+        };
+        *shared.routes.write().unwrap() = Arc::new(routes);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let at = l.local_addr().unwrap();
+        rt.spawn(serve_plain(shared, l));
+        let answers: Vec<String> = rt.block_on(async move {
+            let mut out = Vec::new();
+            for _ in 0..6 {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+                s.write_all(b"GET /x HTTP/1.1\r\nHost: any.example\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut text = String::new();
+                s.read_to_string(&mut text).await.unwrap();
+                out.push(text.lines().next().unwrap_or_default().to_string());
+            }
+            out
+        });
+        assert!(answers.iter().all(|l| l == "HTTP/1.1 200 OK"), "{answers:?}");
     }
 
     #[test]
