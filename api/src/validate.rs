@@ -1611,7 +1611,16 @@ fn service_addresses(spec: &crate::kinds::core::ServiceSpec, kind: &str, e: &mut
             );
         }
     }
+    for (i, r) in spec.load_balancer_source_ranges.iter().enumerate() {
+        if let Err(m) = r.parse::<crate::cidr::Cidr4>() {
+            e.add(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("Invalid value: {m} (must be an IPv4 CIDR such as 192.0.2.0/24)"),
+            );
+        }
+    }
     for (field, set) in [
+        ("loadBalancerSourceRanges", !spec.load_balancer_source_ranges.is_empty()),
         ("allocateLoadBalancerNodePorts", spec.allocate_load_balancer_node_ports.is_some()),
         ("loadBalancerClass", spec.load_balancer_class.is_some()),
     ] {

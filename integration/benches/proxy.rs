@@ -65,6 +65,8 @@ fn services(n: usize, pod: Ipv4Addr) -> Vec<ServiceInfo> {
                 }],
                 affinity: None,
                 external_ips: Vec::new(),
+                source_ranges: Vec::new(),
+                lb_ips: Vec::new(),
             }
         })
         .collect()

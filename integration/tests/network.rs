@@ -305,6 +305,8 @@ fn a_weighted_service_port_is_accepted_reweighted_in_place_and_counted() {
         }],
         affinity: None,
         external_ips: Vec::new(),
+        source_ranges: Vec::new(),
+        lb_ips: Vec::new(),
     };
     let (first, second, listed, tries, counts) = netns::run_in(Some(&ns), || {
         let conn = Conn::open().expect("nf_tables");

@@ -512,6 +512,36 @@ fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
     });
     assert!(ext, "externalIPs: {:?}", curl(&hub, "http://10.250.0.230:8082/"));
 
+    // loadBalancerSourceRanges: the hub (10.250.0.1) is outside the first range, inside the
+    // second.
+    let ranges = |r: &str| {
+        let p = format!(r#"{{"spec":{{"loadBalancerSourceRanges":{r}}}}}"#);
+        let out = cp.tug(&["patch", "service", "asks", "--type", "merge", "-p", &p]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    ranges(r#"["192.0.2.0/24"]"#);
+    let shut = wait_for(Duration::from_secs(20), || curl(&hub, "http://10.250.0.250:8081/").is_err());
+    assert!(shut, "a source outside loadBalancerSourceRanges still gets in");
+    ranges(r#"["192.0.2.0/24", "10.250.0.0/24"]"#);
+    let open = wait_for(Duration::from_secs(20), || {
+        curl(&hub, "http://10.250.0.250:8081/").is_ok_and(|b| b.starts_with("lbweb-"))
+    });
+    assert!(open, "{:?}", curl(&hub, "http://10.250.0.250:8081/"));
+    let out = cp.tug(&[
+        "patch",
+        "service",
+        "asks",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"loadBalancerSourceRanges":["10.250.0.1/8"]}}"#,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.loadBalancerSourceRanges[0]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // trafficDistribution: PreferClose — each node keeps to the endpoint in its zone.
     for (i, zone) in ["z0", "z1"].iter().enumerate() {
         let out = cp.tug(&[

@@ -10,7 +10,10 @@
 //!        TUG-SEP-<h>:  -s IP → TUG-MARK-MASQ; [-s LOCAL-PODS → TUG-MARK-MASQ]; [recent --set];
 //!                      DNAT --to-destination IP:PORT
 //!        POSTROUTING → TUG-POSTROUTING: marked → MASQUERADE
-//! filter FORWARD, OUTPUT → TUG-SERVICES: no endpoints → REJECT;  INPUT → TUG-EXTERNAL: NodePorts without endpoints → REJECT
+//!        TUG-FW-<h>:   (a load balancer address with loadBalancerSourceRanges) -s RANGE → TUG-SVC-<h>;
+//!                      → TUG-MARK-DROP
+//! filter FORWARD, OUTPUT → TUG-SERVICES: marked to drop → DROP; no endpoints → REJECT
+//!        INPUT → TUG-EXTERNAL: marked to drop → DROP; NodePorts without endpoints → REJECT
 //! ```
 //!
 //! [`restore`] is pure; chains Tug made before and no longer needs are flushed and deleted
@@ -82,11 +85,22 @@ pub fn restore(
                 "-A TUG-SERVICES -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {svc}",
                 p.port
             );
-            // External addresses go the same way (masqueraded from outside, as below).
+            // External addresses go the same way (masqueraded from outside, as below); a load
+            // balancer address with loadBalancerSourceRanges through a firewall chain first,
+            // which marks the rest to be dropped in filter (kube-proxy's KUBE-FW).
             for ext in s.external_ips.iter().filter(|e| **e != ip) {
+                let mut to = svc.clone();
+                if !s.source_ranges.is_empty() && s.lb_ips.contains(ext) {
+                    to = format!("TUG-FW-{}", hash(&format!("{base}@{ext}")));
+                    nat_chains.insert(to.clone());
+                    for r in &s.source_ranges {
+                        let _ = writeln!(nat, "-A {to} -s {}/{} -j {svc}", r.network, r.prefix);
+                    }
+                    let _ = writeln!(nat, "-A {to} -j TUG-MARK-DROP");
+                }
                 let _ = writeln!(
                     nat,
-                    "-A TUG-SERVICES -d {ext}/32 -p {proto} -m {proto} --dport {} {comment} -j {svc}",
+                    "-A TUG-SERVICES -d {ext}/32 -p {proto} -m {proto} --dport {} {comment} -j {to}",
                     p.port
                 );
             }
@@ -163,7 +177,7 @@ pub fn restore(
         }
     }
     let mut out = String::from("*nat\n");
-    for c in ["TUG-SERVICES", "TUG-NODEPORTS", "TUG-POSTROUTING", "TUG-MARK-MASQ"] {
+    for c in ["TUG-SERVICES", "TUG-NODEPORTS", "TUG-POSTROUTING", "TUG-MARK-MASQ", "TUG-MARK-DROP"] {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
     let stale: Vec<&String> = previous.iter().filter(|c| !nat_chains.contains(*c)).collect();
@@ -174,6 +188,7 @@ pub fn restore(
     // NodePorts last: a ClusterIP match wins for traffic to a ClusterIP.
     out += "-A TUG-SERVICES -m addrtype --dst-type LOCAL -j TUG-NODEPORTS\n";
     out += "-A TUG-MARK-MASQ -j MARK --or-mark 0x4000\n";
+    out += "-A TUG-MARK-DROP -j MARK --or-mark 0x8000\n";
     out += "-A TUG-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n";
     out += "-A TUG-POSTROUTING -j MARK --xor-mark 0x4000\n";
     out += "-A TUG-POSTROUTING -j MASQUERADE\n";
@@ -181,6 +196,8 @@ pub fn restore(
         let _ = writeln!(out, "-X {c}");
     }
     out += "COMMIT\n*filter\n:TUG-SERVICES - [0:0]\n:TUG-EXTERNAL - [0:0]\n";
+    out += "-A TUG-SERVICES -m mark --mark 0x8000/0x8000 -j DROP\n";
+    out += "-A TUG-EXTERNAL -m mark --mark 0x8000/0x8000 -j DROP\n";
     out += &filter;
     out += "COMMIT\n";
     (out, nat_chains)
@@ -217,5 +234,15 @@ mod tests {
             text.contains("-A TUG-EXTERNAL -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080"),
             "{text}"
         );
+        // A load balancer address with source ranges goes through a firewall chain.
+        let mut lb = svc("web", "10.96.0.10", &[("10.244.1.5", 8080)], None, None);
+        lb.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        lb.lb_ips = lb.external_ips.clone();
+        lb.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+        let (text, chains) = restore(&[lb], &node(), &BTreeSet::new());
+        let fw = chains.iter().find(|c| c.starts_with("TUG-FW-")).expect("a firewall chain");
+        assert!(text.contains(&format!("-d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web/tcp/http\" -j {fw}")), "{text}");
+        assert!(text.contains(&format!("-A {fw} -s 198.51.100.0/24 -j TUG-SVC-")), "{text}");
+        assert!(text.contains(&format!("-A {fw} -j TUG-MARK-DROP")), "{text}");
     }
 }

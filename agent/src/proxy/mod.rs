@@ -107,6 +107,13 @@ pub fn services_from<'a>(
             ports,
             affinity,
             external_ips: external_ips(s),
+            source_ranges: s["spec"]["loadBalancerSourceRanges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str()?.parse().ok())
+                .collect(),
+            lb_ips: lb_ips(s),
         });
     }
     out
@@ -116,16 +123,21 @@ pub fn services_from<'a>(
 /// addresses (sorted, once each).
 fn external_ips(s: &Value) -> Vec<std::net::Ipv4Addr> {
     let spec = s["spec"]["externalIPs"].as_array().into_iter().flatten().filter_map(|i| i.as_str());
-    let lb = (s["spec"]["type"] == "LoadBalancer")
+    let mut out: Vec<std::net::Ipv4Addr> = spec.filter_map(|i| i.parse().ok()).chain(lb_ips(s)).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// A LoadBalancer Service's ingress addresses.
+fn lb_ips(s: &Value) -> Vec<std::net::Ipv4Addr> {
+    (s["spec"]["type"] == "LoadBalancer")
         .then(|| s["status"]["loadBalancer"]["ingress"].as_array())
         .flatten()
         .into_iter()
         .flatten()
-        .filter_map(|i| i["ip"].as_str());
-    let mut out: Vec<std::net::Ipv4Addr> = spec.chain(lb).filter_map(|i| i.parse().ok()).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
+        .filter_map(|i| i["ip"].as_str()?.parse().ok())
+        .collect()
 }
 
 /// The ready endpoints of the port named `pname` in an Endpoints object, with their nodes.

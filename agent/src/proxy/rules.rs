@@ -145,6 +145,10 @@ pub struct ServiceInfo {
     /// Addresses from outside that reach the same ports: `externalIPs` and a LoadBalancer's
     /// ingress addresses.
     pub external_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: who may reach the load balancer's addresses (those of
+    /// `lb_ips`); empty: anyone.
+    pub source_ranges: Vec<Cidr4>,
+    pub lb_ips: Vec<Ipv4Addr>,
 }
 
 /// Where the node is.
@@ -170,6 +174,9 @@ pub struct Port {
     /// 1–99 percent of the connections to these (sorted) endpoints instead; both sets are
     /// non-empty.
     pub canary: Option<Canary>,
+    /// Only these sources may connect (a load balancer address's `loadBalancerSourceRanges`);
+    /// empty: any.
+    pub source_ranges: Vec<Cidr4>,
 }
 
 /// The desired state of the table: the Service ports by `namespace/name/proto/port-name`.
@@ -344,6 +351,7 @@ fn add_ports(r: &mut Ruleset, s: &ServiceInfo, old: &Ruleset) {
                 endpoints: endpoints.clone(),
                 affinity: s.affinity,
                 canary: canary.clone(),
+                source_ranges: if s.lb_ips.contains(&ip) { s.source_ranges.clone() } else { Vec::new() },
             };
             r.ports.insert(base, port);
         }
@@ -546,14 +554,14 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
                 ));
             }
         }
-        out.push(("service-ips", key, Some(Data::Goto(weighted_chain(base)))));
+        out.push(("service-ips", key, Some(Data::Goto(guarded(base, p, weighted_chain(base))))));
         if let Some(np) = p.node_port {
             out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(external_chain(base)))));
         }
         return out;
     }
     if p.affinity.is_some() {
-        out.push(("service-ips", key, Some(Data::Goto(service_chain(base)))));
+        out.push(("service-ips", key, Some(Data::Goto(guarded(base, p, service_chain(base))))));
         if let Some(np) = p.node_port {
             out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(external_chain(base)))));
         }
@@ -571,16 +579,58 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
             out.push(("nodeport-endpoints", k, Some(Data::Value(value))));
         }
     }
-    out.push(("service-ips", key, Some(Data::Goto(spread_chain(false, n)))));
+    out.push(("service-ips", key, Some(Data::Goto(guarded(base, p, spread_chain(false, n))))));
     if let Some(np) = p.node_port {
         out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(spread_chain(true, n)))));
     }
     out
 }
 
+fn firewall_chain(base: &str) -> String {
+    format!("firewall-{}-{base}", hash(base))
+}
+
+/// Where a port's address goes: `to`, or first its firewall chain when only some sources
+/// may connect.
+fn guarded(base: &str, p: &Port, to: String) -> String {
+    if p.source_ranges.is_empty() { to } else { firewall_chain(base) }
+}
+
+/// Where a port's address leads past its firewall (what [`elements`] names without one).
+fn target(base: &str, p: &Port) -> String {
+    match (&p.canary, p.affinity) {
+        (Some(_), None) => weighted_chain(base),
+        (_, Some(_)) => service_chain(base),
+        _ => spread_chain(false, p.endpoints.len()),
+    }
+}
+
+/// A port's chains with their rules, in the order they may be made: a firewall chain
+/// (`loadBalancerSourceRanges`: each range goes on, the rest is dropped) after what it
+/// leads to.
+fn chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
+    let mut out = own_chains(base, p);
+    if !p.source_ranges.is_empty() && !p.endpoints.is_empty() {
+        let to = target(base, p);
+        let mut rules: Vec<Vec<Expr>> = p
+            .source_ranges
+            .iter()
+            .map(|c| {
+                let mut e = vec![payload_saddr(r(0))];
+                e.extend(in_cidr(r(0), *c, nft::CMP_EQ));
+                e.push(Expr::Goto(to.clone()));
+                e
+            })
+            .collect();
+        rules.push(vec![Expr::Counter, Expr::Verdict(nft::DROP)]);
+        out.push((firewall_chain(base), rules));
+    }
+    out
+}
+
 /// A ClientIP-affinity port's chains with their rules, in the order they may be made (the
 /// external chain goes to the service chain). Other ports need none of their own.
-fn chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
+fn own_chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
     if let (Some((w, canary)), None, false) = (&p.canary, p.affinity, p.endpoints.is_empty()) {
         let chain = weighted_chain(base);
         let pick = |canary_set: bool, n: usize| {
@@ -946,6 +996,8 @@ pub(crate) mod tests {
             }],
             affinity,
             external_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            lb_ips: Vec::new(),
         }
     }
 

@@ -116,6 +116,9 @@ pub struct ServiceSpec {
     /// The pool address a LoadBalancer Service asks for (deprecated in Kubernetes, honoured).
     #[serde(default, rename = "loadBalancerIP", skip_serializing_if = "Option::is_none")]
     pub load_balancer_ip: Option<String>,
+    /// Who may reach a LoadBalancer's addresses (CIDRs); empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
     /// Another load balancer implementation's: Tug's own leaves the Service to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer_class: Option<String>,
