@@ -730,6 +730,36 @@ fn network_policies_deny_by_default_and_let_exactly_the_allowed_traffic_through(
         tcp(friend.0, friend.1) && udp(friend.0, friend.1) && tcp(stranger.0, stranger.1)
     });
 
+    // A pod cannot take another address as its source (the bridge drops it): the stranger's
+    // namespace gets a second address from the node's block, and curl from it goes nowhere.
+    let stranger_ip =
+        cp.get_json(&["pod", "stranger"]).unwrap()["status"]["podIP"].as_str().unwrap().to_string();
+    let netns_file = std::fs::read_dir(agents[0].netns_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::process::Command::new("nsenter")
+                .arg(format!("--net={}", p.display()))
+                .args(["ip", "-4", "-o", "addr", "show", "eth0"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {stranger_ip}/")))
+        })
+        .expect("the stranger's network namespace");
+    let forged = format!("{}.250", stranger_ip.rsplit_once('.').unwrap().0);
+    let in_pod = |args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns_file.display()))
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(in_pod(&["ip", "addr", "add", &format!("{forged}/24"), "dev", "eth0"]));
+    let url = format!("http://{server}:8080/");
+    assert!(in_pod(&["curl", "-s", "-m", "3", &url]), "from its own address");
+    assert!(!in_pod(&["curl", "-s", "-m", "3", "--interface", &forged, &url]), "from a forged address");
+
     cp.apply(DENY_INGRESS);
     expect("default deny: nobody does (TCP, UDP, same node, across nodes)", &|| {
         !tcp(friend.0, friend.1) && !udp(friend.0, friend.1) && !tcp(stranger.0, stranger.1)

@@ -11,6 +11,7 @@
 //!   │ routes: 10.244.2.0/24 via 10.250.0.11     │          └──────────────────────────┘
 //!   │         10.244.3.0/24 via 10.244.3.0 dev tug.1 onlink
 //!   │ nft table ip tug_node: masquerade pod CIDR → outside the cluster CIDR
+//!   │ nft table bridge tug_antispoof: a pod's port sends IPv4 only from its address
 //!   └───────────────────────────────────────────┘
 //! ```
 //!
@@ -18,6 +19,7 @@
 //! route plan). Effects: [`netns`] (pinning, running inside a namespace) and [`node`]
 //! (netlink through `rtnetlink`, nftables through the `nft` binary).
 
+pub mod antispoof;
 pub mod cidr;
 pub mod ipam;
 pub mod netns;

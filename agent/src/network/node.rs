@@ -85,6 +85,8 @@ pub struct NodeNetwork {
     /// The pods' MTU.
     pub mtu: u32,
     underlay: u32,
+    /// The nf_tables connection in the node's namespace, for the anti-spoofing set.
+    spoof: Mutex<Option<crate::proxy::nft::Conn>>,
 }
 
 fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> String {
@@ -231,7 +233,49 @@ impl NodeNetwork {
                 .map_err(nl(format!("{VXLAN_DEVICE} up")))?;
         }
         let ipam = Ipam::open(&cfg.ipam_file, cfg.pod_cidr)?;
-        Ok(NodeNetwork { cfg, handle, ipam: Mutex::new(ipam), mtu, underlay: underlay_mtu })
+        let net = NodeNetwork {
+            cfg,
+            handle,
+            ipam: Mutex::new(ipam),
+            mtu,
+            underlay: underlay_mtu,
+            spoof: Mutex::new(None),
+        };
+        // Every pod wired before (an agent restart) keeps its address, and only it.
+        let pairs: Vec<(String, Ipv4Addr)> = {
+            let ipam = net.ipam.lock().map_err(|_| "ipam lock")?;
+            ipam.state
+                .addresses
+                .iter()
+                .filter_map(|(ip, pod)| match ip {
+                    IpAddr::V4(a) => Some((veth_name(pod), *a)),
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
+        };
+        net.spoof_apply(&super::antispoof::full(&pairs))?;
+        Ok(net)
+    }
+
+    /// Applies an anti-spoofing batch in the node's namespace (the connection kept, opened
+    /// again after a failure).
+    fn spoof_apply(&self, cmds: &[crate::proxy::nft::Cmd]) -> Result<(), String> {
+        use crate::proxy::nft;
+        crate::blocking(|| {
+            let mut conn = self.spoof.lock().map_err(|_| "anti-spoofing lock")?;
+            if conn.is_none() {
+                *conn = Some(netns::run_in(self.cfg.node_netns.as_deref(), nft::Conn::open)??);
+            }
+            let r = conn.as_ref().ok_or("no nf_tables connection")?.apply_family(
+                nft::NFPROTO_BRIDGE,
+                super::antispoof::TABLE,
+                cmds,
+            );
+            if r.is_err() {
+                *conn = None;
+            }
+            r.map_err(|e| format!("anti-spoofing table: {e}"))
+        })
     }
 
     /// The underlay's MTU.
@@ -247,7 +291,12 @@ impl NodeNetwork {
     /// that has one).
     pub async fn add_pod(&self, pod: &str) -> Result<PodNetwork, String> {
         let ip = crate::blocking(|| self.ipam.lock().map_err(|_| "ipam lock")?.allocate(pod))?;
-        let result = self.wire_pod(pod, ip).await;
+        let mut result = self.wire_pod(pod, ip).await;
+        if result.is_ok()
+            && let Err(e) = self.spoof_apply(&[super::antispoof::elem(true, &veth_name(pod), ip)])
+        {
+            result = Err(e);
+        }
         if result.is_err() {
             let _ = self.remove_pod(pod).await;
         }
@@ -343,7 +392,11 @@ impl NodeNetwork {
             }
         }
         netns::remove_pinned(&path)?;
-        self.ipam.lock().map_err(|_| "ipam lock")?.release(pod)?;
+        let released = self.ipam.lock().map_err(|_| "ipam lock")?.release(pod)?;
+        if let Some(IpAddr::V4(ip)) = released {
+            // Absent when the pod was never wired whole: nothing to undo then.
+            let _ = self.spoof_apply(&[super::antispoof::elem(false, &veth_name(pod), ip)]);
+        }
         Ok(())
     }
 

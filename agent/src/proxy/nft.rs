@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_BRIDGE: u8 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -48,7 +49,9 @@ pub const fn r(n: u32) -> u32 {
     8 + n
 }
 
+pub const META_PROTOCOL: u32 = 1;
 pub const META_MARK: u32 = 3;
+pub const META_IIFNAME: u32 = 6;
 pub const META_L4PROTO: u32 = 16;
 pub const BASE_NETWORK: u32 = 1;
 pub const BASE_TRANSPORT: u32 = 2;
@@ -87,6 +90,7 @@ pub mod ty {
     pub const IPV4: u32 = 7;
     pub const PROTO: u32 = 12;
     pub const SERVICE: u32 = 13;
+    pub const IFNAME: u32 = 41;
     pub const fn concat(parts: &[u32]) -> u32 {
         let mut t = 0;
         let mut i = 0;
@@ -338,6 +342,8 @@ fn meta_name(key: u32) -> &'static str {
     match key {
         META_MARK => "mark",
         META_L4PROTO => "l4proto",
+        META_PROTOCOL => "protocol",
+        META_IIFNAME => "iifname",
         _ => "?",
     }
 }
@@ -389,6 +395,8 @@ impl fmt::Display for Cmd {
 
 /// A netlink batch being written.
 struct Writer {
+    /// The table family of the messages (`NFPROTO_*`).
+    family: u8,
     buf: Vec<u8>,
     seq: u32,
     /// Per message after BEGIN: the index of the command that made it.
@@ -472,7 +480,7 @@ impl Writer {
 
     /// A whole message naming the table (attribute 1) and maybe one object.
     fn named(&mut self, ty: u16, flags: u16, table: &str, object: Option<(u16, &str)>) {
-        let m = self.begin(ty, flags, NFPROTO_IPV4, 0);
+        let m = self.begin(ty, flags, self.family, 0);
         self.str(1, table);
         if let Some((a, name)) = object {
             self.str(a, name);
@@ -626,7 +634,12 @@ const ELEMS_MAX: usize = 48 * 1024;
 /// The batch for `cmds` in table `table`: the bytes, and for each message after BEGIN the
 /// index of the command it came from (elements share messages).
 pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
-    let mut w = Writer { buf: Vec::with_capacity(cmds.len() * 160 + 64), seq: 1, origin: Vec::new() };
+    encode_family(NFPROTO_IPV4, table, cmds)
+}
+
+/// [`encode`] for a table of family `family` (`NFPROTO_*`).
+pub fn encode_family(family: u8, table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
+    let mut w = Writer { family, buf: Vec::with_capacity(cmds.len() * 160 + 64), seq: 1, origin: Vec::new() };
     let b = w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
     w.end(b);
     let ty = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
@@ -652,7 +665,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
                 let at = w.begin(
                     ty(if del { NFT_MSG_DELSETELEM } else { NFT_MSG_NEWSETELEM }),
                     if del { NLM_F_REQUEST } else { create },
-                    NFPROTO_IPV4,
+                    w.family,
                     0,
                 );
                 w.origin.push(i);
@@ -677,7 +690,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
             Cmd::AddTable => w.named(ty(NFT_MSG_NEWTABLE), create, table, None),
             Cmd::DeleteTable => w.named(ty(NFT_MSG_DELTABLE), NLM_F_REQUEST, table, None),
             Cmd::AddBaseChain { name, kind, hook, prio } => {
-                let m = w.begin(ty(NFT_MSG_NEWCHAIN), create, NFPROTO_IPV4, 0);
+                let m = w.begin(ty(NFT_MSG_NEWCHAIN), create, w.family, 0);
                 w.str(1, table);
                 w.str(3, name);
                 let h = w.nest(4);
@@ -693,7 +706,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
             // A DELRULE naming only the chain removes all its rules.
             Cmd::FlushChain(name) => w.named(ty(NFT_MSG_DELRULE), NLM_F_REQUEST, table, Some((2, name))),
             Cmd::AddRule { chain, exprs } => {
-                let m = w.begin(ty(NFT_MSG_NEWRULE), create | NLM_F_APPEND, NFPROTO_IPV4, 0);
+                let m = w.begin(ty(NFT_MSG_NEWRULE), create | NLM_F_APPEND, w.family, 0);
                 w.str(1, table);
                 w.str(2, chain);
                 let list = w.nest(4);
@@ -704,7 +717,7 @@ pub fn encode(table: &str, cmds: &[Cmd]) -> (Vec<u8>, Vec<usize>) {
                 w.end(m);
             }
             Cmd::AddSet(s) => {
-                let m = w.begin(ty(NFT_MSG_NEWSET), create, NFPROTO_IPV4, 0);
+                let m = w.begin(ty(NFT_MSG_NEWSET), create, w.family, 0);
                 w.str(1, table);
                 w.str(2, &s.name);
                 w.u32(3, s.flags);
@@ -752,15 +765,20 @@ impl Conn {
     /// refused, with the kernel's words; after an error open a new connection (replies of
     /// the failed batch may still be queued).
     pub fn apply(&self, table: &str, cmds: &[Cmd]) -> Result<(), String> {
+        self.apply_family(NFPROTO_IPV4, table, cmds)
+    }
+
+    /// [`Conn::apply`] for a table of family `family` (`NFPROTO_*`).
+    pub fn apply_family(&self, family: u8, table: &str, cmds: &[Cmd]) -> Result<(), String> {
         if cmds.is_empty() {
             return Ok(());
         }
-        let (buf, origin) = encode(table, cmds);
+        let (buf, origin) = encode_family(family, table, cmds);
         let sock = &self.0;
         sock.send(&buf)?;
         // A request after the batch: its answer comes after every error of the batch, which
         // the kernel has processed by the time the send returns.
-        let mut w = Writer { buf: Vec::new(), seq: u32::MAX - 1, origin: Vec::new() };
+        let mut w = Writer { family: 0, buf: Vec::new(), seq: u32::MAX - 1, origin: Vec::new() };
         let m = w.begin((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST | NLM_F_ACK, 0, 0);
         w.end(m);
         sock.send(&w.buf)?;
@@ -791,7 +809,7 @@ impl Conn {
     /// packets its `counter` counted (0 without one). One dump, read while the rules go on
     /// counting.
     pub fn counters(&self, table: &str, chain: &str) -> Result<Vec<(u64, u64)>, String> {
-        let mut w = Writer { buf: Vec::new(), seq: u32::MAX - 2, origin: Vec::new() };
+        let mut w = Writer { family: NFPROTO_IPV4, buf: Vec::new(), seq: u32::MAX - 2, origin: Vec::new() };
         let m = w.begin(
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
             NLM_F_REQUEST | NLM_F_DUMP,
