@@ -54,24 +54,52 @@ pub fn candidates(nodes: &[Value]) -> Vec<&str> {
         .collect()
 }
 
+/// The nodes holding a ready endpoint of a Service (its Endpoints object).
+fn endpoint_nodes(ep: Option<&Value>) -> BTreeSet<&str> {
+    ep.and_then(|e| e["subsets"].as_array())
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["nodeName"].as_str())
+        .collect()
+}
+
 /// The addresses `me` announces: pool addresses of the built-in load balancer's Services
-/// (no `loadBalancerClass`) whose announcer it is.
-pub fn announced(services: &[&Value], nodes: &[Value], me: &str) -> BTreeSet<Ipv4Addr> {
+/// (no `loadBalancerClass`) whose announcer it is. Under `externalTrafficPolicy: Local` only
+/// nodes with a ready endpoint of the Service may announce it (the others would drop its
+/// traffic), as MetalLB does. `endpoints` by `namespace/name`.
+pub fn announced(
+    services: &[&Value],
+    endpoints: &std::collections::BTreeMap<String, Value>,
+    nodes: &[Value],
+    me: &str,
+) -> BTreeSet<Ipv4Addr> {
     let node_ips: BTreeSet<&str> = nodes
         .iter()
         .flat_map(|n| n["status"]["addresses"].as_array().into_iter().flatten())
         .filter_map(|a| a["address"].as_str())
         .collect();
     let eligible = candidates(nodes);
-    services
+    let mut out = BTreeSet::new();
+    for s in services
         .iter()
         .filter(|s| s["spec"]["type"] == "LoadBalancer" && s["spec"]["loadBalancerClass"].is_null())
-        .flat_map(|s| s["status"]["loadBalancer"]["ingress"].as_array().into_iter().flatten())
-        .filter_map(|i| i["ip"].as_str())
-        .filter(|ip| !node_ips.contains(ip))
-        .filter_map(|ip| ip.parse().ok())
-        .filter(|ip| announcer(*ip, &eligible) == Some(me))
-        .collect()
+    {
+        let local = s["spec"]["externalTrafficPolicy"] == "Local";
+        let hosts = endpoint_nodes(endpoints.get(&crate::catalog::key_of(s)));
+        let these: Vec<&str> = eligible.iter().copied().filter(|n| !local || hosts.contains(n)).collect();
+        out.extend(
+            s["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str())
+                .filter(|ip| !node_ips.contains(ip))
+                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+                .filter(|ip| announcer(*ip, &these) == Some(me)),
+        );
+    }
+    out
 }
 
 /// An ARP packet for IPv4 over Ethernet.
@@ -282,7 +310,7 @@ pub async fn run(catalog: Arc<Catalog>, me: String, node_ip: Ipv4Addr, netns: Op
             let o = catalog.read();
             let services: Vec<&Value> = o.services.values().collect();
             let nodes: Vec<Value> = o.nodes.values().cloned().collect();
-            announced(&services, &nodes, &me)
+            announced(&services, &o.endpoints, &nodes, &me)
         };
         if want != last {
             last = want.clone();
@@ -315,7 +343,7 @@ mod tests {
             vec![node("a", "10.0.0.10", true), node("b", "10.0.0.11", true), node("c", "10.0.0.12", true)];
         let svc = lb(&["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]);
         let by = |nodes: &[Value]| -> Vec<BTreeSet<Ipv4Addr>> {
-            ["a", "b", "c"].iter().map(|me| announced(&[&svc], nodes, me)).collect()
+            ["a", "b", "c"].iter().map(|me| announced(&[&svc], &Default::default(), nodes, me)).collect()
         };
         let before = by(&nodes);
         assert_eq!(before.iter().map(BTreeSet::len).sum::<usize>(), 4, "each address once: {before:?}");
@@ -334,14 +362,28 @@ mod tests {
     #[test]
     fn node_addresses_and_other_classes_are_not_announced() {
         let nodes = vec![node("a", "10.0.0.10", true)];
-        assert!(announced(&[&lb(&["10.0.0.10"])], &nodes, "a").is_empty());
+        assert!(announced(&[&lb(&["10.0.0.10"])], &Default::default(), &nodes, "a").is_empty());
         let mut other = lb(&["192.0.2.9"]);
         other["spec"]["loadBalancerClass"] = "example.com/lb".into();
-        assert!(announced(&[&other], &nodes, "a").is_empty());
-        assert_eq!(announced(&[&lb(&["192.0.2.9"])], &nodes, "a").len(), 1);
+        assert!(announced(&[&other], &Default::default(), &nodes, "a").is_empty());
+        assert_eq!(announced(&[&lb(&["192.0.2.9"])], &Default::default(), &nodes, "a").len(), 1);
         let mut excluded = nodes.clone();
         excluded[0]["metadata"]["labels"] = json!({EXCLUDE: ""});
-        assert!(announced(&[&lb(&["192.0.2.9"])], &excluded, "a").is_empty());
+        assert!(announced(&[&lb(&["192.0.2.9"])], &Default::default(), &excluded, "a").is_empty());
+    }
+
+    /// Under externalTrafficPolicy Local only a node with a ready endpoint announces.
+    #[test]
+    fn a_local_service_is_announced_by_a_node_with_an_endpoint() {
+        let nodes = vec![node("a", "10.0.0.10", true), node("b", "10.0.0.11", true)];
+        let mut svc = lb(&["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]);
+        svc["spec"]["externalTrafficPolicy"] = "Local".into();
+        let key = crate::catalog::key_of(&svc);
+        let eps: std::collections::BTreeMap<String, Value> =
+            [(key, json!({"subsets": [{"addresses": [{"ip": "10.244.1.5", "nodeName": "b"}]}]}))].into();
+        assert!(announced(&[&svc], &eps, &nodes, "a").is_empty());
+        assert_eq!(announced(&[&svc], &eps, &nodes, "b").len(), 4);
+        assert!(announced(&[&svc], &Default::default(), &nodes, "b").is_empty(), "no endpoint: nobody");
     }
 
     #[test]

@@ -352,6 +352,8 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
             Duration::from_secs(300),
             Arc::clone(&stats.counted),
         ));
+        // healthCheckNodePorts of LoadBalancers with externalTrafficPolicy Local.
+        crate::proxy::health::start(Arc::clone(&catalog), cfg.node_name.clone(), cfg.node_netns.clone())?;
         // LoadBalancer addresses this node is elected to answer for.
         tokio::spawn(crate::announce::run(
             Arc::clone(&catalog),

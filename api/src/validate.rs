@@ -1634,22 +1634,14 @@ fn service_addresses(spec: &crate::kinds::core::ServiceSpec, kind: &str, e: &mut
             "spec.externalTrafficPolicy",
             "Invalid value: may only be set for externally-accessible services",
         ),
-        Some("Cluster") => {}
-        Some("Local") => e.add(
-            "spec.externalTrafficPolicy",
-            "Unsupported value: \"Local\": not supported by Tug yet (outside traffic spreads over all endpoints): supported values: \"Cluster\"",
-        ),
+        Some("Cluster" | "Local") => {}
         Some(p) => e.add(
             "spec.externalTrafficPolicy",
             format!("Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""),
         ),
     }
     match spec.internal_traffic_policy.as_deref() {
-        None | Some("Cluster") => {}
-        Some("Local") => e.add(
-            "spec.internalTrafficPolicy",
-            "Unsupported value: \"Local\": not supported by Tug yet (pods reach every endpoint): supported values: \"Cluster\"",
-        ),
+        None | Some("Cluster" | "Local") => {}
         Some(p) => e.add(
             "spec.internalTrafficPolicy",
             format!("Unsupported value: {p:?}: supported values: \"Cluster\", \"Local\""),
@@ -2199,12 +2191,12 @@ mod tests {
                 "spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
             ),
             (
-                "  externalTrafficPolicy: Local\n",
-                "spec.externalTrafficPolicy: Unsupported value: \"Local\": not supported by Tug yet",
+                "  externalTrafficPolicy: Nearby\n",
+                "spec.externalTrafficPolicy: Unsupported value: \"Nearby\": supported values: \"Cluster\", \"Local\"",
             ),
             (
-                "  internalTrafficPolicy: Local\n",
-                "spec.internalTrafficPolicy: Unsupported value: \"Local\": not supported by Tug yet",
+                "  internalTrafficPolicy: Nearby\n",
+                "spec.internalTrafficPolicy: Unsupported value: \"Nearby\": supported values: \"Cluster\", \"Local\"",
             ),
         ] {
             check(&lb.replace("spec:\n", &format!("spec:\n{extra}")), want);

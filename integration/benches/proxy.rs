@@ -62,6 +62,7 @@ fn services(n: usize, pod: Ipv4Addr) -> Vec<ServiceInfo> {
                     node_port: None,
                     endpoints,
                     canary: None,
+                    external: None,
                 }],
                 affinity: None,
                 external_ips: Vec::new(),

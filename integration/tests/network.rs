@@ -302,6 +302,7 @@ fn a_weighted_service_port_is_accepted_reweighted_in_place_and_counted() {
             node_port: Some(30080),
             endpoints: vec![("10.244.0.5".parse().unwrap(), 8080), ("10.244.0.6".parse().unwrap(), 8080)],
             canary: Some((w, vec![("10.244.0.7".parse().unwrap(), 8080)])),
+            external: None,
         }],
         affinity: None,
         external_ips: Vec::new(),

@@ -402,6 +402,43 @@ spec:
   externalIPs: [10.250.0.230]
   selector: {app: lbweb}
   ports: [{name: http, port: 8082, targetPort: http}]
+---
+# One pod, on node 0, that says who called it (busybox httpd's CGI).
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      nodeName: tug-it-lb0
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: tug.local/probe:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin && echo '#!/bin/sh' > /tmp/w/cgi-bin/ip && echo 'echo Content-Type: text/plain; echo; echo $REMOTE_ADDR' >> /tmp/w/cgi-bin/ip && chmod +x /tmp/w/cgi-bin/ip && exec httpd -f -p 8080 -h /tmp/w"]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: keep}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 10.250.0.246
+  externalTrafficPolicy: Local
+  selector: {app: solo}
+  ports: [{name: http, port: 8084, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: inner}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: solo}
+  ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
 /// The MAC of a namespace's `eth0`, or what `ip neigh` in the hub says an address is at.
@@ -527,6 +564,59 @@ fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
         curl(&hub, "http://10.250.0.250:8081/").is_ok_and(|b| b.starts_with("lbweb-"))
     });
     assert!(open, "{:?}", curl(&hub, "http://10.250.0.250:8081/"));
+
+    // externalTrafficPolicy: Local — the one node with the pod announces the address and
+    // answers on its NodePort with the client's own address; the other drops it and says
+    // 503 on the health check port. internalTrafficPolicy: Local — a node without the pod
+    // does not reach it through the ClusterIP.
+    let keep =
+        wait_for(Duration::from_secs(30), || lb_ip("keep").is_some() && ready_ips(&cp, "keep").len() == 1);
+    assert!(keep, "{:?}\n{}", cp.get_json(&["service", "keep"]), logs(&agents));
+    let keep_svc = cp.get_json(&["service", "keep"]).unwrap();
+    let (keep_ip, node_port, check_port) = (
+        lb_ip("keep").unwrap(),
+        keep_svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap(),
+        keep_svc["spec"]["healthCheckNodePort"].as_u64().expect("a healthCheckNodePort"),
+    );
+    // busybox httpd listens on IPv6 too: the caller as an IPv4-mapped address.
+    let caller = |b: String| b.trim_start_matches("[::ffff:").trim_end_matches(']').to_string();
+    let kept_source = wait_for(Duration::from_secs(20), || {
+        curl(&hub, &format!("http://{keep_ip}:8084/cgi-bin/ip")).is_ok_and(|b| caller(b) == "10.250.0.1")
+    });
+    assert!(kept_source, "{:?}", curl(&hub, &format!("http://{keep_ip}:8084/cgi-bin/ip")));
+    assert_eq!(
+        mac_of(&hub, Some(&keep_ip)),
+        mac_of(&cluster.nodes[0].netns, None),
+        "announced by the pod's node"
+    );
+    assert_eq!(
+        curl(&hub, &format!("http://10.250.0.10:{node_port}/cgi-bin/ip")).map(caller),
+        Ok("10.250.0.1".to_string())
+    );
+    assert!(
+        curl(&hub, &format!("http://10.250.0.11:{node_port}/cgi-bin/ip")).is_err(),
+        "no endpoint on node 1"
+    );
+    let health = |node: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &hub, "curl", "-s", "-m", "3", "-w", " %{http_code}"])
+            .arg(format!("http://{node}:{check_port}/healthz"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let h0 = health("10.250.0.10");
+    assert!(h0.contains("\"localEndpoints\":1") && h0.ends_with(" 200"), "{h0}");
+    let h1 = health("10.250.0.11");
+    assert!(h1.contains("\"localEndpoints\":0") && h1.ends_with(" 503"), "{h1}");
+    let inner =
+        cp.get_json(&["service", "inner"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let url = format!("http://{inner}/cgi-bin/ip");
+    assert!(curl(&cluster.nodes[0].netns, &url).is_ok(), "the pod's own node reaches it");
+    assert!(
+        curl(&cluster.nodes[1].netns, &url).is_err(),
+        "internalTrafficPolicy Local: node 1 has no endpoint"
+    );
     let out = cp.tug(&[
         "patch",
         "service",

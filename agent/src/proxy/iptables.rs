@@ -10,6 +10,8 @@
 //!        TUG-SEP-<h>:  -s IP → TUG-MARK-MASQ; [-s LOCAL-PODS → TUG-MARK-MASQ]; [recent --set];
 //!                      DNAT --to-destination IP:PORT
 //!        POSTROUTING → TUG-POSTROUTING: marked → MASQUERADE
+//!        TUG-XLB-<h>:  (externalTrafficPolicy: Local, for NodePorts and external addresses) this
+//!                      node's endpoints as above, unmasqueraded; none → TUG-MARK-DROP
 //!        TUG-FW-<h>:   (a load balancer address with loadBalancerSourceRanges) -s RANGE → TUG-SVC-<h>;
 //!                      → TUG-MARK-DROP
 //! filter FORWARD, OUTPUT → TUG-SERVICES: marked to drop → DROP; no endpoints → REJECT
@@ -88,13 +90,17 @@ pub fn restore(
             // External addresses go the same way (masqueraded from outside, as below); a load
             // balancer address with loadBalancerSourceRanges through a firewall chain first,
             // which marks the rest to be dropped in filter (kube-proxy's KUBE-FW).
+            // externalTrafficPolicy: Local — outside traffic to this node's endpoints only,
+            // unmasqueraded, dropped when it has none (kube-proxy's KUBE-XLB).
+            let xlb = p.external.as_ref().map(|_| format!("TUG-XLB-{}", hash(&base)));
+            let outside = xlb.clone().unwrap_or_else(|| svc.clone());
             for ext in s.external_ips.iter().filter(|e| **e != ip) {
-                let mut to = svc.clone();
+                let mut to = outside.clone();
                 if !s.source_ranges.is_empty() && s.lb_ips.contains(ext) {
                     to = format!("TUG-FW-{}", hash(&format!("{base}@{ext}")));
                     nat_chains.insert(to.clone());
                     for r in &s.source_ranges {
-                        let _ = writeln!(nat, "-A {to} -s {}/{} -j {svc}", r.network, r.prefix);
+                        let _ = writeln!(nat, "-A {to} -s {}/{} -j {outside}", r.network, r.prefix);
                     }
                     let _ = writeln!(nat, "-A {to} -j TUG-MARK-DROP");
                 }
@@ -137,6 +143,15 @@ pub fn restore(
                     }
                 }
             };
+            if let (Some(xlb), Some(local)) = (&xlb, &p.external) {
+                nat_chains.insert(xlb.clone());
+                let mut local = local.clone();
+                local.sort_unstable();
+                local.dedup();
+                if !local.is_empty() {
+                    cascade(xlb, &local);
+                }
+            }
             match &canary {
                 Some((w, c)) => {
                     // The canary's exact share first, then the stable set.
@@ -153,6 +168,11 @@ pub fn restore(
                     nat_chains.insert(stb);
                 }
                 None => cascade(&svc, &eps),
+            }
+            if let (Some(xlb), Some(local)) = (&xlb, &p.external)
+                && local.is_empty()
+            {
+                let _ = writeln!(nat, "-A {xlb} -j TUG-MARK-DROP");
             }
             for ((addr, port), sep) in all.iter().zip(&seps) {
                 nat_chains.insert(sep.clone());
@@ -171,8 +191,12 @@ pub fn restore(
                 nat_chains.insert(ext.clone());
                 let _ =
                     writeln!(nat, "-A TUG-NODEPORTS -p {proto} -m {proto} --dport {np} {comment} -j {ext}");
-                let _ = writeln!(nat, "-A {ext} -j TUG-MARK-MASQ");
-                let _ = writeln!(nat, "-A {ext} -j {svc}");
+                if let Some(xlb) = &xlb {
+                    let _ = writeln!(nat, "-A {ext} -j {xlb}");
+                } else {
+                    let _ = writeln!(nat, "-A {ext} -j TUG-MARK-MASQ");
+                    let _ = writeln!(nat, "-A {ext} -j {svc}");
+                }
             }
         }
     }

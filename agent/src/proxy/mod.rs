@@ -7,6 +7,7 @@
 //! what it last applied as one nf_tables transaction over netlink ([`nft`]) — the whole table
 //! on start, after a failure and every `resync`, so drift made by hand is undone.
 
+pub mod health;
 pub mod iptables;
 pub mod nft;
 pub mod rules;
@@ -84,7 +85,14 @@ pub fn services_from<'a>(
             let Some(port) = p["port"].as_u64().and_then(|v| u16::try_from(v).ok()) else { continue };
             let pname = p["name"].as_str().unwrap_or_default().to_string();
             let eps = port_endpoints(ep, &pname, proto);
-            let endpoints = if s["spec"]["trafficDistribution"] == "PreferClose" {
+            let here = |n: &Option<String>| n.as_deref() == Some(topology.me.as_str());
+            // externalTrafficPolicy: Local — outside traffic keeps to this node's endpoints.
+            let external = (s["spec"]["externalTrafficPolicy"] == "Local")
+                .then(|| eps.iter().filter(|(_, _, n)| here(n)).map(|(a, p, _)| (*a, *p)).collect());
+            let endpoints = if s["spec"]["internalTrafficPolicy"] == "Local" {
+                // Pods reach only the endpoints on their own node.
+                eps.into_iter().filter(|(_, _, n)| here(n)).map(|(a, p, _)| (a, p)).collect()
+            } else if s["spec"]["trafficDistribution"] == "PreferClose" {
                 topology.prefer_close(eps)
             } else {
                 eps.into_iter().map(|(a, p, _)| (a, p)).collect()
@@ -98,6 +106,7 @@ pub fn services_from<'a>(
                 proto,
                 port,
                 node_port: p["nodePort"].as_u64().and_then(|v| u16::try_from(v).ok()),
+                external,
             });
         }
         out.push(ServiceInfo {

@@ -100,6 +100,10 @@ pub struct PortInfo {
     /// A canary's share of the connections in percent, and its endpoints (a Rollout's
     /// stable Service: `rollouts.tug.io/canary-weight`).
     pub canary: Option<Canary>,
+    /// `externalTrafficPolicy: Local`: the endpoints on this node, which alone take the
+    /// traffic of the NodePort and the external addresses (client source kept). None:
+    /// `Cluster`, the same endpoints as the ClusterIP.
+    pub external: Option<Vec<Endpoint>>,
 }
 
 /// An endpoint: address and port.
@@ -177,6 +181,12 @@ pub struct Port {
     /// Only these sources may connect (a load balancer address's `loadBalancerSourceRanges`);
     /// empty: any.
     pub source_ranges: Vec<Cidr4>,
+    /// Traffic from outside keeps its source (`externalTrafficPolicy: Local`): no
+    /// masquerade on this entry's way.
+    pub keep_source: bool,
+    /// The entry only carries a NodePort (`ns/name/proto/port#nodeport`, under Local): no
+    /// ClusterIP element of its own.
+    pub nodeport_only: bool,
 }
 
 /// The desired state of the table: the Service ports by `namespace/name/proto/port-name`.
@@ -236,7 +246,7 @@ pub fn counted(r: &Ruleset) -> Vec<String> {
     // ClusterIP's.
     r.ports
         .iter()
-        .filter(|(b, p)| weighted(p) && p.proto == Proto::Tcp && !b.contains('@'))
+        .filter(|(b, p)| weighted(p) && p.proto == Proto::Tcp && !b.contains('@') && !b.contains('#'))
         .map(|(b, _)| b.clone())
         .collect()
 }
@@ -319,6 +329,11 @@ fn external_base(base: &str, ip: Ipv4Addr) -> String {
     format!("{base}@{ip}")
 }
 
+/// The base of a port's NodePort entry under `externalTrafficPolicy: Local`.
+fn nodeport_base(base: &str) -> String {
+    format!("{base}#nodeport")
+}
+
 /// Adds the ports of `s` to `r`, keeping the numbers `old` gave them. An external address
 /// is an entry of its own, keyed by its address like the ClusterIP's: the same endpoints,
 /// no NodePort, masqueraded from outside the cluster as kube-proxy does with
@@ -328,13 +343,62 @@ fn add_ports(r: &mut Ruleset, s: &ServiceInfo, old: &Ruleset) {
     for p in &s.ports {
         let main = base(s, p);
         let (endpoints, canary) = p.split();
-        let entries = std::iter::once((main.clone(), cluster_ip, p.node_port)).chain(
-            s.external_ips
-                .iter()
-                .filter(|ip| **ip != cluster_ip)
-                .map(|ip| (external_base(&main, *ip), *ip, None)),
-        );
-        for (base, ip, node_port) in entries {
+        // (base, address, NodePort, endpoints, canary, keep source, NodePort only).
+        let mut entries = Vec::with_capacity(2 + s.external_ips.len());
+        let outside = s.external_ips.iter().filter(|ip| **ip != cluster_ip);
+        match &p.external {
+            None => {
+                entries.push((
+                    main.clone(),
+                    cluster_ip,
+                    p.node_port,
+                    endpoints.clone(),
+                    canary.clone(),
+                    false,
+                    false,
+                ));
+                for ip in outside {
+                    entries.push((
+                        external_base(&main, *ip),
+                        *ip,
+                        None,
+                        endpoints.clone(),
+                        canary.clone(),
+                        false,
+                        false,
+                    ));
+                }
+            }
+            // Local: the NodePort and the external addresses keep to this node's endpoints
+            // (no canary split) and keep the client's address.
+            Some(local) => {
+                let local = sorted(local);
+                entries.push((
+                    main.clone(),
+                    cluster_ip,
+                    None,
+                    endpoints.clone(),
+                    canary.clone(),
+                    false,
+                    false,
+                ));
+                if p.node_port.is_some() {
+                    entries.push((
+                        nodeport_base(&main),
+                        cluster_ip,
+                        p.node_port,
+                        local.clone(),
+                        None,
+                        true,
+                        true,
+                    ));
+                }
+                for ip in outside {
+                    entries.push((external_base(&main, *ip), *ip, None, local.clone(), None, true, false));
+                }
+            }
+        }
+        for (base, ip, node_port, endpoints, canary, keep_source, nodeport_only) in entries {
             let id = match old.ports.get(&base) {
                 Some(o) => o.id,
                 None => {
@@ -348,10 +412,12 @@ fn add_ports(r: &mut Ruleset, s: &ServiceInfo, old: &Ruleset) {
                 proto: p.proto,
                 port: p.port,
                 node_port,
-                endpoints: endpoints.clone(),
+                endpoints,
                 affinity: s.affinity,
-                canary: canary.clone(),
+                canary,
                 source_ranges: if s.lb_ips.contains(&ip) { s.source_ranges.clone() } else { Vec::new() },
+                keep_source,
+                nodeport_only,
             };
             r.ports.insert(base, port);
         }
@@ -399,7 +465,8 @@ pub fn update(r: &mut Ruleset, before: &[ServiceInfo], after: &[ServiceInfo]) ->
     for s in gone {
         for p in &s.ports {
             let main = base(s, p);
-            let bases = std::iter::once(main.clone())
+            let bases = [main.clone(), nodeport_base(&main)]
+                .into_iter()
                 .chain(s.external_ips.iter().map(|ip| external_base(&main, *ip)));
             for b in bases {
                 if let Some(port) = r.ports.remove(&b) {
@@ -473,7 +540,9 @@ fn service_rules(p: &Port) -> Vec<Vec<Expr>> {
         ]
     };
     let mut out = Vec::with_capacity(p.endpoints.len() * 2 + 1);
-    out.push(vec![Expr::Jump("mark-outside".into())]);
+    if !p.keep_source {
+        out.push(vec![Expr::Jump("mark-outside".into())]);
+    }
     for &(a, port) in &p.endpoints {
         let mut rule = key(a, port);
         rule.push(Expr::Lookup { set: "affinity".into(), sreg: r(0), dreg: None });
@@ -505,8 +574,16 @@ fn port_key(proto: Proto, port: u16) -> Vec<u8> {
     [nft::key_proto(proto.number()), nft::key_port(port)].concat()
 }
 
-fn spread_chain(nodeport: bool, n: usize) -> String {
-    if nodeport { format!("nodeport-spread-{n}") } else { format!("spread-{n}") }
+/// A shared spread chain: (NodePort?, keeps the source?, endpoint count).
+type Spread = (bool, bool, usize);
+
+fn spread_chain(nodeport: bool, keep_source: bool, n: usize) -> String {
+    match (nodeport, keep_source) {
+        (true, false) => format!("nodeport-spread-{n}"),
+        (false, false) => format!("spread-{n}"),
+        (true, true) => format!("nodeport-local-spread-{n}"),
+        (false, true) => format!("local-spread-{n}"),
+    }
 }
 
 /// A port's set elements: `(set, key, data)`.
@@ -514,7 +591,9 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
     let mut out = Vec::with_capacity(p.endpoints.len() * 2 + 2);
     let key = ip_key(p.ip, p.proto, p.port);
     if p.endpoints.is_empty() {
-        out.push(("no-endpoint-services", key, Some(Data::Goto("reject-chain".into()))));
+        if !p.nodeport_only {
+            out.push(("no-endpoint-services", key, Some(Data::Goto("reject-chain".into()))));
+        }
         if let Some(np) = p.node_port {
             out.push((
                 "no-endpoint-nodeports",
@@ -561,7 +640,9 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
         return out;
     }
     if p.affinity.is_some() {
-        out.push(("service-ips", key, Some(Data::Goto(guarded(base, p, service_chain(base))))));
+        if !p.nodeport_only {
+            out.push(("service-ips", key, Some(Data::Goto(guarded(base, p, service_chain(base))))));
+        }
         if let Some(np) = p.node_port {
             out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(external_chain(base)))));
         }
@@ -569,19 +650,25 @@ fn elements(base: &str, p: &Port) -> Vec<(&'static str, Vec<u8>, Option<Data>)> 
     }
     for (i, (a, port)) in (0u32..).zip(&p.endpoints) {
         let value = [nft::key_ip(*a), nft::key_port(*port)].concat();
-        out.push((
-            "endpoints",
-            [key.as_slice(), &nft::key_u32(i)].concat(),
-            Some(Data::Value(value.clone())),
-        ));
+        if !p.nodeport_only {
+            out.push((
+                "endpoints",
+                [key.as_slice(), &nft::key_u32(i)].concat(),
+                Some(Data::Value(value.clone())),
+            ));
+        }
         if let Some(np) = p.node_port {
             let k = [port_key(p.proto, np).as_slice(), &nft::key_u32(i)].concat();
             out.push(("nodeport-endpoints", k, Some(Data::Value(value))));
         }
     }
-    out.push(("service-ips", key, Some(Data::Goto(guarded(base, p, spread_chain(false, n))))));
+    if !p.nodeport_only {
+        let to = guarded(base, p, spread_chain(false, p.keep_source, n));
+        out.push(("service-ips", key, Some(Data::Goto(to))));
+    }
     if let Some(np) = p.node_port {
-        out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(spread_chain(true, n)))));
+        let to = spread_chain(true, p.keep_source, n);
+        out.push(("service-nodeports", port_key(p.proto, np), Some(Data::Goto(to))));
     }
     out
 }
@@ -601,7 +688,7 @@ fn target(base: &str, p: &Port) -> String {
     match (&p.canary, p.affinity) {
         (Some(_), None) => weighted_chain(base),
         (_, Some(_)) => service_chain(base),
-        _ => spread_chain(false, p.endpoints.len()),
+        _ => spread_chain(false, p.keep_source, p.endpoints.len()),
     }
 }
 
@@ -672,21 +759,25 @@ fn own_chains(base: &str, p: &Port) -> Vec<(String, Vec<Vec<Expr>>)> {
     let svc = service_chain(base);
     let mut out = vec![(svc.clone(), service_rules(p))];
     if p.node_port.is_some() {
-        out.push((external_chain(base), vec![mark_masquerade(r(0)), vec![Expr::Goto(svc)]]));
+        let mut rules = if p.keep_source { Vec::new() } else { vec![mark_masquerade(r(0))] };
+        rules.push(vec![Expr::Goto(svc)]);
+        out.push((external_chain(base), rules));
     }
     out
 }
 
 /// The shared chains that pick one of `n` endpoints from the endpoint maps: `(nodeport, n)`
 /// for every size in use.
-fn spreads(r: &Ruleset) -> std::collections::BTreeSet<(bool, usize)> {
+fn spreads(r: &Ruleset) -> std::collections::BTreeSet<Spread> {
     let mut out = std::collections::BTreeSet::new();
     for p in
         r.ports.values().filter(|p| p.affinity.is_none() && p.canary.is_none() && !p.endpoints.is_empty())
     {
-        out.insert((false, p.endpoints.len()));
+        if !p.nodeport_only {
+            out.insert((false, p.keep_source, p.endpoints.len()));
+        }
         if p.node_port.is_some() {
-            out.insert((true, p.endpoints.len()));
+            out.insert((true, p.keep_source, p.endpoints.len()));
         }
     }
     out
@@ -694,11 +785,12 @@ fn spreads(r: &Ruleset) -> std::collections::BTreeSet<(bool, usize)> {
 
 /// `dnat to KEY . numgen random mod n map @endpoints` — KEY is the packet's (ClusterIP,
 /// protocol, port), or (protocol, NodePort) with the mark for masquerade first.
-fn spread_rules(nodeport: bool, n: usize) -> Vec<Vec<Expr>> {
+/// With `keep_source` (`externalTrafficPolicy: Local`) nothing is marked for masquerade.
+fn spread_rules(nodeport: bool, keep_source: bool, n: usize) -> Vec<Vec<Expr>> {
     let modulus = u32::try_from(n).unwrap_or(u32::MAX);
     let dport = |dreg| Expr::Payload { base: nft::BASE_TRANSPORT, offset: 2, len: 2, dreg };
-    if nodeport {
-        vec![
+    let (mark, pick) = if nodeport {
+        (
             mark_masquerade(r(0)),
             vec![
                 Expr::Meta { key: nft::META_L4PROTO, dreg: r(0) },
@@ -707,9 +799,9 @@ fn spread_rules(nodeport: bool, n: usize) -> Vec<Vec<Expr>> {
                 Expr::Lookup { set: "nodeport-endpoints".into(), sreg: r(0), dreg: Some(r(3)) },
                 Expr::Dnat { addr: r(3), port: r(4) },
             ],
-        ]
+        )
     } else {
-        vec![
+        (
             vec![Expr::Jump("mark-outside".into())],
             vec![
                 Expr::Payload { base: nft::BASE_NETWORK, offset: 16, len: 4, dreg: r(0) },
@@ -719,8 +811,9 @@ fn spread_rules(nodeport: bool, n: usize) -> Vec<Vec<Expr>> {
                 Expr::Lookup { set: "endpoints".into(), sreg: r(0), dreg: Some(r(4)) },
                 Expr::Dnat { addr: r(4), port: r(5) },
             ],
-        ]
-    }
+        )
+    };
+    if keep_source { vec![pick] } else { vec![mark, pick] }
 }
 
 /// The sets of the table.
@@ -881,8 +974,8 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Cmd> {
 fn diff_in(
     old: &Ruleset,
     new: &Ruleset,
-    was: &std::collections::BTreeSet<(bool, usize)>,
-    now: &std::collections::BTreeSet<(bool, usize)>,
+    was: &std::collections::BTreeSet<Spread>,
+    now: &std::collections::BTreeSet<Spread>,
 ) -> Vec<Cmd> {
     let (mut dels, mut chain_cmds, mut adds, mut gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut visit = |base: &str, o: Option<&Port>, n: Option<&Port>| {
@@ -949,14 +1042,14 @@ fn diff_in(
     }
     // The shared spread chains: made before anything goes to them, removed after.
     let mut out = dels;
-    for &(nodeport, n) in now.difference(was) {
-        let name = spread_chain(nodeport, n);
+    for &(nodeport, keep, n) in now.difference(was) {
+        let name = spread_chain(nodeport, keep, n);
         out.push(Cmd::AddChain(name.clone()));
-        out.extend(spread_rules(nodeport, n).into_iter().map(|e| rule(&name, e)));
+        out.extend(spread_rules(nodeport, keep, n).into_iter().map(|e| rule(&name, e)));
     }
     out.extend(chain_cmds);
     out.extend(adds);
-    gone.extend(was.difference(now).map(|&(nodeport, n)| spread_chain(nodeport, n)));
+    gone.extend(was.difference(now).map(|&(nodeport, keep, n)| spread_chain(nodeport, keep, n)));
     for c in &gone {
         out.push(Cmd::FlushChain(c.clone()));
     }
@@ -993,6 +1086,7 @@ pub(crate) mod tests {
                 node_port,
                 endpoints: eps.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect(),
                 canary: None,
+                external: None,
             }],
             affinity,
             external_ips: Vec::new(),
@@ -1007,6 +1101,48 @@ pub(crate) mod tests {
 
     fn hex_ne(v: u32) -> String {
         v.to_ne_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// externalTrafficPolicy Local: the NodePort and the external address take this node's
+    /// endpoints only, through spread chains that mark nothing for masquerade; the ClusterIP
+    /// keeps them all.
+    #[test]
+    fn local_external_traffic_keeps_to_this_node_and_its_source() {
+        let mut s =
+            svc("web", "10.96.0.10", &[("10.244.1.5", 8080), ("10.244.2.7", 8080)], Some(30080), None);
+        s.ports[0].external = Some(vec![("10.244.1.5".parse().unwrap(), 8080)]);
+        s.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        let r = build(&[s.clone()], &Ruleset::default());
+        let main = &r.ports["default/web/tcp/http"];
+        assert_eq!((main.endpoints.len(), main.node_port, main.keep_source), (2, None, false));
+        let np = &r.ports["default/web/tcp/http#nodeport"];
+        assert_eq!(
+            (np.endpoints.len(), np.node_port, np.keep_source, np.nodeport_only),
+            (1, Some(30080), true, true)
+        );
+        let ext = &r.ports["default/web/tcp/http@192.0.2.10"];
+        assert_eq!((ext.endpoints.len(), ext.keep_source), (1, true));
+        let all = text(&full(&r, &node()));
+        assert!(
+            all.contains("add chain nodeport-local-spread-1") && all.contains("add chain local-spread-1"),
+            "{all}"
+        );
+        let local: Vec<&str> = all.lines().filter(|l| l.starts_with("add rule local-spread-1")).collect();
+        assert_eq!(local.len(), 1, "no jump to mark-outside: {local:?}");
+        assert!(
+            !all.lines()
+                .any(|l| l.starts_with("add rule nodeport-local-spread-1") && l.contains("meta mark set"))
+        );
+        // Its NodePort entry has no ClusterIP element of its own: the ClusterIP's is the main one's.
+        let cluster_key = ip_key("10.96.0.10".parse().unwrap(), Proto::Tcp, 80);
+        assert!(elements("default/web/tcp/http#nodeport", np).iter().all(|e| e.1 != cluster_key));
+        // Back to Cluster: the extra entries and chains go.
+        let mut back = s.clone();
+        back.ports[0].external = None;
+        let mut r2 = r.clone();
+        let cmds = text(&update(&mut r2, &[s], &[back]));
+        assert!(cmds.contains("delete chain nodeport-local-spread-1"), "{cmds}");
+        assert!(!r2.ports.contains_key("default/web/tcp/http#nodeport"));
     }
 
     #[test]

@@ -126,11 +126,15 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocate_load_balancer_node_ports: Option<bool>,
     /// How traffic from outside (NodePorts, load balancer and external addresses) spreads:
-    /// `Cluster`.
+    /// `Cluster` (over every endpoint, masqueraded), or `Local` (the receiving node's own
+    /// endpoints, the client's address kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<String>,
-    /// `Cluster` (pods reach every endpoint); `Local` is refused until the proxy keeps to
-    /// the node's own endpoints.
+    /// A LoadBalancer with `externalTrafficPolicy: Local`: the port every node answers
+    /// `GET /healthz` on, 200 when it has a local endpoint (allocated like a NodePort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<i64>,
+    /// `Cluster` (pods reach every endpoint) or `Local` (only those on their own node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_traffic_policy: Option<String>,
     /// `IPv4`: Tug's clusters are single-stack.

@@ -59,6 +59,9 @@ impl Taken {
                     t.node_ports.insert((p["protocol"].as_str().unwrap_or("TCP").to_string(), n));
                 }
             }
+            if let Some(n) = s["spec"]["healthCheckNodePort"].as_i64() {
+                t.node_ports.insert(("TCP".to_string(), n));
+            }
         }
         t
     }
@@ -205,6 +208,51 @@ pub fn allocate(
         out.push(p);
     }
     svc["spec"]["ports"] = serde_json::Value::Array(out);
+    // healthCheckNodePort: a LoadBalancer with externalTrafficPolicy Local gets one (kept,
+    // or the one asked for if free), anything else may not have one.
+    let wants_check = type_ == "LoadBalancer" && svc["spec"]["externalTrafficPolicy"] == "Local";
+    let asked = svc["spec"]["healthCheckNodePort"].as_i64();
+    let field = "spec.healthCheckNodePort";
+    if !wants_check {
+        if asked.is_some() {
+            return Err(invalid(
+                &name,
+                field,
+                "Invalid value: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+                    .into(),
+            ));
+        }
+        if let Some(spec) = svc["spec"].as_object_mut() {
+            spec.remove("healthCheckNodePort");
+        }
+        return Ok(());
+    }
+    let had = current
+        .filter(|c| c["spec"]["type"] == "LoadBalancer" && c["spec"]["externalTrafficPolicy"] == "Local")
+        .and_then(|c| c["spec"]["healthCheckNodePort"].as_i64());
+    let free = |n: i64| {
+        !taken.node_ports.contains(&("TCP".to_string(), n)) && !mine.contains(&("TCP".to_string(), n))
+    };
+    let n = match (asked, had) {
+        (Some(a), Some(h)) if a != h => {
+            return Err(invalid(&name, field, format!("Invalid value: {a}: field is immutable")));
+        }
+        (Some(a), _) if Some(a) != had && (a < lo || a > hi || !free(a)) => {
+            return Err(invalid(
+                &name,
+                field,
+                format!(
+                    "Invalid value: {a}: provided port is already allocated or not in the range {lo}-{hi}"
+                ),
+            ));
+        }
+        (Some(a), _) => a,
+        (None, Some(h)) => h,
+        (None, None) => (lo..=hi).find(|n| free(*n)).ok_or_else(|| {
+            Status::new(500, "InternalError", format!("no NodePort left in {lo}-{hi} for Service {name}"))
+        })?,
+    };
+    svc["spec"]["healthCheckNodePort"] = n.into();
     Ok(())
 }
 
