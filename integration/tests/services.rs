@@ -106,6 +106,27 @@ fn not_ready_ips(cp: &ControlPlane, name: &str) -> Vec<String> {
     endpoint_ips(cp, name, "notReadyAddresses")
 }
 
+/// An agent on each of the cluster's nodes, named `PREFIX0`, `PREFIX1`…, with the probe
+/// image.
+fn agents_on(cp: &ControlPlane, cluster: &Cluster, prefix: &str, flags: &[&str]) -> Vec<Agent> {
+    (0..cluster.nodes.len())
+        .map(|i| {
+            let a = Agent::start(cp, &cluster.nodes[i], &format!("{prefix}{i}"), flags);
+            a.import_probe_image("tug.local/probe:1");
+            a
+        })
+        .collect()
+}
+
+/// The control plane's log and each agent's, for a failure's message.
+fn all_logs(cp: &ControlPlane, agents: &[Agent]) -> String {
+    let mut s = cp.log();
+    for a in agents {
+        s += &format!("\n--- {}:\n{}", a.name, a.log());
+    }
+    s
+}
+
 /// The proxy's rules in a node's namespace, as text, in either mode.
 fn programmed(ns: &str, mode: &str) -> String {
     let argv: &[&str] = if mode == "iptables" {
@@ -144,20 +165,8 @@ fn iptables_services_balance_over_ready_pods_by_cluster_ip_node_port_udp_and_nam
 fn services_work(mode: &str) {
     let cluster = Cluster::new(2).expect("cluster");
     let cp = ControlPlane::start();
-    let agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-s{i}"), &["--proxy-mode", mode]);
-            a.import_probe_image("tug.local/probe:1");
-            a
-        })
-        .collect();
-    let logs = || {
-        let mut s = cp.log();
-        for a in &agents {
-            s += &format!("\n--- {}:\n{}", a.name, a.log());
-        }
-        s
-    };
+    let agents = agents_on(&cp, &cluster, "tug-it-s", &["--proxy-mode", mode]);
+    let logs = || all_logs(&cp, &agents);
     cp.apply(APPS);
     let web = cp.get_json(&["service", "web"]).expect("service web");
     let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
@@ -468,20 +477,8 @@ fn a_load_balancer_address_answers_from_outside_and_moves_when_its_node_dies() {
         "--node-monitor-grace-period",
         "6s",
     ]);
-    let mut agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-lb{i}"), &[]);
-            a.import_probe_image("tug.local/probe:1");
-            a
-        })
-        .collect();
-    let logs = |agents: &[Agent]| {
-        let mut s = cp.log();
-        for a in agents {
-            s += &format!("\n--- {}:\n{}", a.name, a.log());
-        }
-        s
-    };
+    let mut agents = agents_on(&cp, &cluster, "tug-it-lb", &[]);
+    let logs = |agents: &[Agent]| all_logs(&cp, agents);
     cp.apply(LB);
     let lb_ip = |name: &str| {
         cp.get_json(&["service", name])
@@ -773,20 +770,8 @@ spec:
 fn network_policies_deny_by_default_and_let_exactly_the_allowed_traffic_through() {
     let cluster = Cluster::new(2).expect("cluster");
     let cp = ControlPlane::start();
-    let agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-np{i}"), &[]);
-            a.import_probe_image("tug.local/probe:1");
-            a
-        })
-        .collect();
-    let logs = || {
-        let mut s = cp.log();
-        for a in &agents {
-            s += &format!("\n--- {}:\n{}", a.name, a.log());
-        }
-        s
-    };
+    let agents = agents_on(&cp, &cluster, "tug-it-np", &[]);
+    let logs = || all_logs(&cp, &agents);
     cp.apply(POLICY_PODS);
     let ip =
         || cp.get_json(&["pod", "server"]).and_then(|p| p["status"]["podIP"].as_str().map(str::to_string));
@@ -968,20 +953,8 @@ fn an_ingress_routes_two_hosts_and_two_paths_over_tls_and_http2() {
     use base64::Engine;
     let cluster = Cluster::new(2).expect("cluster");
     let cp = ControlPlane::start();
-    let agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            let a = Agent::start(&cp, &cluster.nodes[i], &format!("tug-it-ing{i}"), &[]);
-            a.import_probe_image("tug.local/probe:1");
-            a
-        })
-        .collect();
-    let logs = || {
-        let mut s = cp.log();
-        for a in &agents {
-            s += &format!("\n--- {}:\n{}", a.name, a.log());
-        }
-        s
-    };
+    let agents = agents_on(&cp, &cluster, "tug-it-ing", &[]);
+    let logs = || all_logs(&cp, &agents);
     // The certificate for both hosts, in a kubernetes.io/tls Secret.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let params = rcgen::CertificateParams::new(vec!["a.example".to_string(), "b.example".to_string()])
