@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 
 modules=(virtio_pci virtio_blk virtio_net 9pnet_virtio 9p crc32c_generic veth bridge br_netfilter overlay vxlan
     nf_tables nft_nat nft_masq nft_ct nft_numgen nft_chain_nat nft_fib_inet nft_fib_ipv4 nft_reject_inet
-    nft_reject_ipv4 nf_conntrack)
+    nft_reject_ipv4 nf_conntrack nft_meta_bridge)
 
 mkdir -p "$work"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,mnt,root,lib/modules/"$version"}
 cp /bin/busybox "$work/bin/busybox"

@@ -87,6 +87,9 @@ pub struct NodeNetwork {
     underlay: u32,
     /// The nf_tables connection in the node's namespace, for the anti-spoofing set.
     spoof: Mutex<Option<crate::proxy::nft::Conn>>,
+    /// Whether the anti-spoofing table could be made (a kernel without nf_tables for
+    /// bridges cannot).
+    spoof_enabled: bool,
 }
 
 fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> String {
@@ -198,7 +201,17 @@ impl NodeNetwork {
             .set_info_data(InfoData::Bridge(vec![InfoBridge::NfCallIpTables(true)]))
             .build();
         nf.header.index = bridge;
-        handle.link().set(nf).execute().await.map_err(nl(format!("nf_call_iptables on {}", cfg.bridge)))?;
+        // By index only: a name in the message is a rename, which Linux 6.1 refuses for a
+        // device that is up (EBUSY) even when the name is the same.
+        nf.attributes.retain(|a| !matches!(a, LinkAttribute::IfName(_)));
+        if let Err(e) = handle.link().set(nf).execute().await {
+            // A kernel without br_netfilter: everything works but policies between two pods
+            // of this node.
+            tracing::warn!(
+                "tug-agent: nf_call_iptables on {}: {e}: NetworkPolicy cannot see traffic between pods of this node",
+                cfg.bridge
+            );
+        }
         handle
             .link()
             .set(LinkUnspec::new_with_index(bridge).up().build())
@@ -240,6 +253,7 @@ impl NodeNetwork {
             mtu,
             underlay: underlay_mtu,
             spoof: Mutex::new(None),
+            spoof_enabled: true,
         };
         // Every pod wired before (an agent restart) keeps its address, and only it.
         let pairs: Vec<(String, Ipv4Addr)> = {
@@ -253,7 +267,13 @@ impl NodeNetwork {
                 })
                 .collect()
         };
-        net.spoof_apply(&super::antispoof::full(&pairs))?;
+        let mut net = net;
+        if let Err(e) = net.spoof_apply(&super::antispoof::full(&pairs)) {
+            tracing::warn!(
+                "tug-agent: {e}: pods on this node can send from addresses not theirs (NetworkPolicy can be fooled)"
+            );
+            net.spoof_enabled = false;
+        }
         Ok(net)
     }
 
@@ -293,6 +313,7 @@ impl NodeNetwork {
         let ip = crate::blocking(|| self.ipam.lock().map_err(|_| "ipam lock")?.allocate(pod))?;
         let mut result = self.wire_pod(pod, ip).await;
         if result.is_ok()
+            && self.spoof_enabled
             && let Err(e) = self.spoof_apply(&[super::antispoof::elem(true, &veth_name(pod), ip)])
         {
             result = Err(e);
@@ -393,7 +414,7 @@ impl NodeNetwork {
         }
         netns::remove_pinned(&path)?;
         let released = self.ipam.lock().map_err(|_| "ipam lock")?.release(pod)?;
-        if let Some(IpAddr::V4(ip)) = released {
+        if let Some(IpAddr::V4(ip)) = released.filter(|_| self.spoof_enabled) {
             // Absent when the pod was never wired whole: nothing to undo then.
             let _ = self.spoof_apply(&[super::antispoof::elem(false, &veth_name(pod), ip)]);
         }
