@@ -90,11 +90,6 @@ impl Routes {
     }
 }
 
-/// Whether this controller serves `ing` ([`served_by_tug`]).
-fn ours(ing: &Value, classes: &BTreeMap<String, Value>) -> bool {
-    served_by_tug(ing, classes.values())
-}
-
 /// A backend's Service port → its ready endpoints.
 fn backend(b: &IngressBackend, ns: &str, o: &Objects) -> Option<Backend> {
     let s = b.service.as_ref()?;
@@ -128,7 +123,7 @@ pub fn compile(o: &Objects) -> Routes {
     let mut served: Vec<(&Value, Ingress)> = o
         .ingresses
         .values()
-        .filter(|i| ours(i, &o.ingress_classes))
+        .filter(|i| served_by_tug(i, o.ingress_classes.values()))
         .filter_map(|i| {
             let spec = i["spec"].clone();
             let meta = i["metadata"].clone();
@@ -466,24 +461,6 @@ where
     });
 }
 
-/// A listener on `port` (all addresses), retried until it binds.
-async fn listen(port: u16) -> tokio::net::TcpListener {
-    let mut pause = Duration::from_secs(5);
-    loop {
-        match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
-            Ok(l) => return l,
-            Err(e) => {
-                tracing::warn!(
-                    "tug-agent: ingress: listening on port {port}: {e}; trying again in {} s",
-                    pause.as_secs()
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(300));
-            }
-        }
-    }
-}
-
 /// Plain HTTP (1.1, or h2 with prior knowledge) on `l`.
 async fn serve_plain(shared: Arc<Shared>, l: tokio::net::TcpListener) {
     loop {
@@ -498,7 +475,7 @@ async fn serve(shared: Arc<Shared>, http_port: u16, https_port: u16) {
     if http_port != 0 {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let l = listen(http_port).await;
+            let l = crate::network::netns::listen("ingress", http_port).await;
             tracing::info!("tug-agent: ingress: HTTP on port {http_port}");
             serve_plain(shared, l).await;
         });
@@ -517,7 +494,7 @@ async fn serve(shared: Arc<Shared>, http_port: u16, https_port: u16) {
         };
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let l = listen(https_port).await;
+        let l = crate::network::netns::listen("ingress", https_port).await;
         tracing::info!("tug-agent: ingress: HTTPS on port {https_port}");
         loop {
             if let Ok((s, peer)) = l.accept().await {
@@ -549,28 +526,12 @@ pub fn start(
         return Ok(());
     }
     let shared = Arc::new(Shared::default());
-    let fd = netns.as_deref().map(crate::network::netns::open).transpose()?.map(Arc::new);
     // One thread, in the node's namespace, runs every task of the server: sockets belong
     // to the namespace of the thread that makes them, so none can land on the host's.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("ingress runtime: {e}"))?;
     let s = Arc::clone(&shared);
-    std::thread::Builder::new()
-        .name("tug-ingress".into())
-        .spawn(move || {
-            if let Some(fd) = &fd
-                && let Err(e) = nix::sched::setns(fd.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET)
-            {
-                tracing::error!(
-                    "tug-agent: ingress: entering the node's network namespace: {e}; not serving"
-                );
-                return;
-            }
-            rt.block_on(serve(s, http_port, https_port));
-        })
-        .map_err(|e| format!("ingress thread: {e}"))?;
+    crate::network::netns::spawn_runtime("tug-ingress", netns.as_deref(), move || {
+        serve(s, http_port, https_port)
+    })?;
     tokio::spawn(keep_routes(catalog, api, shared));
     Ok(())
 }
@@ -690,13 +651,13 @@ mod tests {
     #[test]
     fn the_class_decides_who_serves() {
         let classes: BTreeMap<String, Value> = objects().ingress_classes;
-        assert!(ours(&json!({"spec": {"ingressClassName": "tug"}}), &classes));
-        assert!(!ours(&json!({"spec": {"ingressClassName": "nginx"}}), &classes));
-        assert!(ours(&json!({"spec": {}}), &classes), "the default class is ours");
-        assert!(!ours(&json!({"spec": {}}), &BTreeMap::new()), "no default class");
-        assert!(ours(
+        assert!(served_by_tug(&json!({"spec": {"ingressClassName": "tug"}}), classes.values()));
+        assert!(!served_by_tug(&json!({"spec": {"ingressClassName": "nginx"}}), classes.values()));
+        assert!(served_by_tug(&json!({"spec": {}}), classes.values()), "the default class is ours");
+        assert!(!served_by_tug(&json!({"spec": {}}), std::iter::empty()), "no default class");
+        assert!(served_by_tug(
             &json!({"metadata": {"annotations": {"kubernetes.io/ingress.class": "tug"}}, "spec": {}}),
-            &BTreeMap::new()
+            std::iter::empty()
         ));
     }
 

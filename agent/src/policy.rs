@@ -62,10 +62,7 @@ impl PodInfo {
             return None;
         }
         let ip = p["status"]["podIP"].as_str()?.parse().ok()?;
-        let labels = p["metadata"]["labels"]
-            .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-            .unwrap_or_default();
+        let labels = labels_of(p);
         let ports = p["spec"]["containers"]
             .as_array()
             .into_iter()
@@ -238,17 +235,12 @@ fn payload(offset: u32, dreg: u32) -> Expr {
     Expr::Payload { base: nft::BASE_NETWORK, offset, len: 4, dreg }
 }
 
-fn mask(prefix: u8) -> [u8; 4] {
-    (if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }).to_be_bytes()
-}
-
 /// `ip saddr|daddr in CIDR` (and, for each except, not in it).
 fn block_exprs(offset: u32, cidr: Cidr4, except: &[Cidr4]) -> Vec<Expr> {
     let mut e = Vec::new();
     for (c, op) in std::iter::once((cidr, nft::CMP_EQ)).chain(except.iter().map(|x| (*x, nft::CMP_NEQ))) {
         e.push(payload(offset, r(0)));
-        e.push(Expr::Bitwise { sreg: r(0), dreg: r(0), mask: mask(c.prefix).to_vec(), xor: vec![0; 4] });
-        e.push(Expr::Cmp { sreg: r(0), op, data: c.network.octets().to_vec() });
+        e.extend(crate::proxy::rules::in_cidr(r(0), c, op));
     }
     e
 }
@@ -517,29 +509,46 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Cmd> {
 }
 
 /// The catalog's pods, namespaces and policies, as [`build`] takes them.
-pub fn inputs(o: &crate::catalog::Objects) -> (Vec<PodInfo>, BTreeMap<String, Labels>, Vec<NetworkPolicy>) {
+/// Policies parsed before, by `namespace/name`, with the resourceVersion they were parsed
+/// at: a burst of pod changes does not parse every policy again.
+pub type Parsed = std::collections::HashMap<String, (String, NetworkPolicy)>;
+
+pub fn inputs(
+    o: &crate::catalog::Objects,
+    parsed: &mut Parsed,
+) -> (Vec<PodInfo>, BTreeMap<String, Labels>, Vec<NetworkPolicy>) {
     let pods = o.pods.values().filter_map(PodInfo::from_value).collect();
     let namespaces = o
         .namespaces
         .values()
-        .filter_map(|n| {
-            let labels = n["metadata"]["labels"]
-                .as_object()
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-                .unwrap_or_default();
-            Some((n["metadata"]["name"].as_str()?.to_string(), labels))
-        })
+        .filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), labels_of(n))))
         .collect();
-    // The API validated them; what it serves beside the spec (an empty `status`) is not ours.
-    let policies = o
-        .network_policies
-        .values()
-        .filter_map(|p| {
+    parsed.retain(|k, _| o.network_policies.contains_key(k));
+    let mut policies = Vec::with_capacity(o.network_policies.len());
+    for (key, p) in &o.network_policies {
+        let rv = p["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        if parsed.get(key).is_none_or(|(at, _)| at != rv) {
+            // The API validated it; what it serves beside the spec (an empty `status`) is
+            // not ours.
             let (meta, spec) = (p["metadata"].clone(), p["spec"].clone());
-            serde_json::from_value(serde_json::json!({"metadata": meta, "spec": spec})).ok()
-        })
-        .collect();
+            match serde_json::from_value(serde_json::json!({"metadata": meta, "spec": spec})) {
+                Ok(np) => parsed.insert(key.clone(), (rv.to_string(), np)),
+                Err(_) => parsed.remove(key),
+            };
+        }
+        if let Some((_, np)) = parsed.get(key) {
+            policies.push(np.clone());
+        }
+    }
     (pods, namespaces, policies)
+}
+
+/// An object's labels (string values only).
+fn labels_of(v: &Value) -> Labels {
+    v["metadata"]["labels"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default()
 }
 
 /// Enforces the policies for ever: after each burst of changes the difference to what was
@@ -553,6 +562,7 @@ pub async fn run(
     use std::time::{Duration, Instant};
     let changed = catalog.subscribe_to(&["pods", "namespaces", "networkpolicies"]);
     let mut applied: Option<Ruleset> = None;
+    let mut parsed = Parsed::new();
     let mut conn: Option<nft::Conn> = None;
     let mut full_at = Instant::now() + resync;
     loop {
@@ -563,7 +573,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
         let desired = {
             let o = catalog.read();
-            let (pods, namespaces, policies) = inputs(&o);
+            let (pods, namespaces, policies) = inputs(&o, &mut parsed);
             build(&me, &pods, &namespaces, &policies)
         };
         if applied.as_ref() == Some(&desired) {

@@ -79,3 +79,53 @@ pub fn run_in<T: Send>(path: Option<&Path>, f: impl FnOnce() -> T + Send) -> Res
         .map_err(|_| "the namespace thread panicked".to_string())?
     })
 }
+
+/// Runs the future `f` makes on a thread of its own inside the namespace at `path` (or this
+/// one for `None`), on a current-thread runtime, until it ends: every socket its tasks make
+/// is the namespace's. Returns once the thread is inside, or why it could not get there.
+pub fn spawn_runtime<F, Fut>(name: &str, path: Option<&Path>, f: F) -> Result<(), String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let fd = path.map(open).transpose()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("{name} runtime: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let who = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(fd) = fd
+                && let Err(e) = nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+            {
+                let _ = tx.send(Err(format!("{who}: entering the network namespace: {e}")));
+                return;
+            }
+            let _ = tx.send(Ok(()));
+            rt.block_on(f());
+        })
+        .map_err(|e| format!("{name} thread: {e}"))?;
+    rx.recv().map_err(|_| format!("{name}: the thread ended"))?
+}
+
+/// A TCP listener on `port` of every address, tried again (5 s, doubling up to 5 minutes)
+/// while the port is taken; `what` names it in the warnings.
+pub async fn listen(what: &str, port: u16) -> tokio::net::TcpListener {
+    let mut pause = std::time::Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+            Ok(l) => return l,
+            Err(e) => {
+                tracing::warn!(
+                    "tug-agent: {what}: listening on port {port}: {e}; trying again in {} s",
+                    pause.as_secs()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(300));
+            }
+        }
+    }
+}

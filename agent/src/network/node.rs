@@ -246,7 +246,7 @@ impl NodeNetwork {
                 .map_err(nl(format!("{VXLAN_DEVICE} up")))?;
         }
         let ipam = Ipam::open(&cfg.ipam_file, cfg.pod_cidr)?;
-        let net = NodeNetwork {
+        let mut net = NodeNetwork {
             cfg,
             handle,
             ipam: Mutex::new(ipam),
@@ -267,7 +267,6 @@ impl NodeNetwork {
                 })
                 .collect()
         };
-        let mut net = net;
         if let Err(e) = net.spoof_apply(&super::antispoof::full(&pairs)) {
             tracing::warn!(
                 "tug-agent: {e}: pods on this node can send from addresses not theirs (NetworkPolicy can be fooled)"

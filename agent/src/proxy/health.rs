@@ -13,7 +13,6 @@ use http_body_util::Full;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 /// By port: the Service (`namespace`, `name`) and how many ready endpoints it has on `me`.
 pub type Wanted = BTreeMap<u16, (String, String, usize)>;
@@ -61,15 +60,7 @@ pub fn answer(w: Option<&(String, String, usize)>) -> (u16, String) {
 }
 
 async fn serve_port(port: u16, state: Arc<RwLock<Wanted>>) {
-    let l = loop {
-        match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::warn!("tug-agent: proxy: health check port {port}: {e}; trying again in 5 s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    };
+    let l = crate::network::netns::listen("proxy: health check", port).await;
     loop {
         let Ok((s, _)) = l.accept().await else { continue };
         let state = Arc::clone(&state);
@@ -97,46 +88,29 @@ pub fn start(
     me: String,
     netns: Option<PathBuf>,
 ) -> Result<(), String> {
-    let fd = netns.as_deref().map(crate::network::netns::open).transpose()?;
     let state: Arc<RwLock<Wanted>> = Arc::default();
     let (tx, mut rx) = tokio::sync::watch::channel(Wanted::new());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("health check runtime: {e}"))?;
     let shared = Arc::clone(&state);
-    std::thread::Builder::new()
-        .name("tug-healthz".into())
-        .spawn(move || {
-            if let Some(fd) = &fd
-                && let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-            {
-                tracing::error!("tug-agent: proxy: health checks: entering the node's namespace: {e}");
+    crate::network::netns::spawn_runtime("tug-healthz", netns.as_deref(), move || async move {
+        let mut open: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        loop {
+            let w = rx.borrow_and_update().clone();
+            open.retain(|port, task| {
+                let keep = w.contains_key(port);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for port in w.keys() {
+                open.entry(*port).or_insert_with(|| tokio::spawn(serve_port(*port, Arc::clone(&shared))));
+            }
+            *shared.write().unwrap_or_else(|e| e.into_inner()) = w;
+            if rx.changed().await.is_err() {
                 return;
             }
-            rt.block_on(async move {
-                let mut open: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
-                loop {
-                    let w = rx.borrow_and_update().clone();
-                    open.retain(|port, task| {
-                        let keep = w.contains_key(port);
-                        if !keep {
-                            task.abort();
-                        }
-                        keep
-                    });
-                    for port in w.keys() {
-                        open.entry(*port)
-                            .or_insert_with(|| tokio::spawn(serve_port(*port, Arc::clone(&shared))));
-                    }
-                    *shared.write().unwrap_or_else(|e| e.into_inner()) = w;
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
-        })
-        .map_err(|e| format!("health check thread: {e}"))?;
+        }
+    })?;
     tokio::spawn(async move {
         let changed = catalog.subscribe();
         loop {

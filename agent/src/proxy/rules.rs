@@ -507,7 +507,7 @@ fn mark_masquerade(reg: u32) -> Vec<Expr> {
 }
 
 /// `reg & mask(cidr) OP network(cidr)`, in place.
-fn in_cidr(reg: u32, c: Cidr4, op: u32) -> Vec<Expr> {
+pub(crate) fn in_cidr(reg: u32, c: Cidr4, op: u32) -> Vec<Expr> {
     let mask = if c.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(c.prefix)) };
     vec![
         Expr::Bitwise { sreg: reg, dreg: reg, mask: mask.to_be_bytes().to_vec(), xor: vec![0; 4] },
