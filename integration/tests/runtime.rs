@@ -15,6 +15,20 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
+/// The message of the failure a command printed, checking it is in runc's (logrus') shape:
+/// `time="2026-12-06T12:18:27Z" level=error msg="…"`.
+fn error_msg(out: &std::process::Output) -> String {
+    let text = stderr(out);
+    let line = text.lines().last().unwrap_or_default();
+    let quoted = line
+        .strip_prefix("time=\"")
+        .and_then(|l| l.split_once("\" level=error msg="))
+        .filter(|(time, _)| time.len() == 20 && time.ends_with('Z'))
+        .map(|(_, msg)| msg)
+        .unwrap_or_else(|| panic!("not runc's error line: {text}"));
+    serde_json::from_str(quoted).unwrap_or_else(|e| panic!("{quoted}: {e}"))
+}
+
 fn state(b: &Bundle, id: &str) -> Value {
     let out = b.shim_output(&["state", id]);
     assert!(out.status.success(), "state {id}: {}", stderr(&out));
@@ -155,27 +169,27 @@ fn lifecycle_create_start_state_kill_delete() {
     let pid = st["pid"].as_i64().unwrap();
     assert!(pid > 1);
     assert_eq!(
-        stderr(&b.shim_output(&["create", "--bundle", b.path().to_str().unwrap(), "life"])),
-        "tug-shim: container with id exists: life"
+        error_msg(&b.shim_output(&["create", "--bundle", b.path().to_str().unwrap(), "life"])),
+        "container with id exists: life"
     );
     let list = String::from_utf8_lossy(&b.shim_output(&["list"]).stdout).to_string();
     assert!(list.starts_with("ID") && list.contains("life") && list.contains("created"), "{list}");
     assert!(b.shim_output(&["start", "life"]).status.success());
     assert_eq!(state(&b, "life")["status"], "running");
     let again = b.shim_output(&["start", "life"]);
-    assert_eq!(stderr(&again), "tug-shim: cannot start an already running container");
+    assert_eq!(error_msg(&again), "cannot start an already running container");
     let ps = b.shim_output(&["ps", "--format", "json", "life"]);
     let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(pids, [pid]);
     let refuse = b.shim_output(&["delete", "life"]);
-    assert_eq!(stderr(&refuse), "tug-shim: cannot delete container life that is not stopped: running");
+    assert_eq!(error_msg(&refuse), "cannot delete container life that is not stopped: running");
     assert!(b.shim_output(&["kill", "life", "KILL"]).status.success());
     assert!(wait_for(|| state(&b, "life")["status"] == "stopped"), "stopped after SIGKILL");
-    assert_eq!(stderr(&b.shim_output(&["kill", "life", "9"])), "tug-shim: container not running");
+    assert_eq!(error_msg(&b.shim_output(&["kill", "life", "9"])), "container not running");
     let start = b.shim_output(&["start", "life"]);
-    assert_eq!(stderr(&start), "tug-shim: cannot start a container that has stopped");
+    assert_eq!(error_msg(&start), "cannot start a container that has stopped");
     assert!(b.shim_output(&["delete", "life"]).status.success());
-    assert_eq!(stderr(&b.shim_output(&["state", "life"])), "tug-shim: container \"life\" does not exist");
+    assert_eq!(error_msg(&b.shim_output(&["state", "life"])), "container \"life\" does not exist");
     assert_eq!(b.stdout_of("life").trim(), "started");
     assert_cgroup_gone(&b);
 }
@@ -206,13 +220,13 @@ fn a_missing_program_fails_create_and_leaves_nothing() {
     let out = b.create("missing");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stderr(&out),
-        "tug-shim: container init failed at exec: exec: \"/bin/no-such-program\": no such file or directory"
+        error_msg(&out),
+        "container init failed at exec: exec: \"/bin/no-such-program\": no such file or directory"
     );
     let mut b2 = Bundle::new(&["nothere"]);
     let out = b2.run("missing2");
     assert!(
-        stderr(&out).ends_with("exec: \"nothere\": executable file not found in $PATH"),
+        error_msg(&out).ends_with("exec: \"nothere\": executable file not found in $PATH"),
         "{}",
         stderr(&out)
     );
@@ -242,18 +256,18 @@ fn exit_codes_pass_through_run() {
 fn bad_specs_are_refused_with_the_field() {
     let mut b = Bundle::new(&["/bin/true"]);
     b.spec["process"]["cwd"] = json!("relative");
-    assert_eq!(stderr(&b.run("bad1")), "tug-shim: process.cwd: \"relative\" must be an absolute path");
+    assert_eq!(error_msg(&b.run("bad1")), "process.cwd: \"relative\" must be an absolute path");
     let mut b = Bundle::new(&["/bin/true"]);
     b.spec["linux"]["sysctl"] = json!({"kernel.panic": "1"});
     assert_eq!(
-        stderr(&b.run("bad2")),
-        "tug-shim: linux.sysctl.kernel.panic: not namespaced: it would change the host"
+        error_msg(&b.run("bad2")),
+        "linux.sysctl.kernel.panic: not namespaced: it would change the host"
     );
     assert_eq!(
-        stderr(&b.shim_output(&["state", "../x"])),
-        "tug-shim: invalid container id \"../x\": use letters, digits, '_', '-', '.' and no leading '.'"
+        error_msg(&b.shim_output(&["state", "../x"])),
+        "invalid container id \"../x\": use letters, digits, '_', '-', '.' and no leading '.'"
     );
-    assert_eq!(stderr(&b.shim_output(&["kill", "x", "NOPE"])), "tug-shim: invalid signal \"NOPE\"");
+    assert_eq!(error_msg(&b.shim_output(&["kill", "x", "NOPE"])), "invalid signal \"NOPE\"");
 }
 
 #[test]
@@ -361,6 +375,16 @@ fn errors_go_to_the_log_file_in_json() {
     assert_eq!(line["level"], "error");
     assert_eq!(line["msg"], "container \"ghost\" does not exist");
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    // With the record in the log, stderr has the plain message (runc's habit).
+    assert_eq!(stderr(&out), "container \"ghost\" does not exist");
+    // Without one, logrus' text line: `time="…" level=error msg="…"`.
+    let out = b.shim_output(&["state", "ghost"]);
+    assert_eq!(error_msg(&out), "container \"ghost\" does not exist");
+    assert!(
+        stderr(&out).contains(r#" level=error msg="container \"ghost\" does not exist""#),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -374,6 +398,10 @@ fn features_lists_what_is_supported() {
     assert_eq!(f["linux"]["seccomp"]["enabled"], true);
     assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("user")));
     assert_eq!(f["hooks"].as_array().unwrap().len(), 6);
+    // What create refuses, features says it does not support.
+    assert_eq!(f["linux"]["mountExtensions"]["idmap"]["enabled"], false);
+    assert_eq!(f["linux"]["netDevices"]["enabled"], false);
+    assert_eq!(f["linux"]["intelRdt"]["enabled"], false);
 }
 
 fn wait_for(cond: impl FnMut() -> bool) -> bool {
@@ -519,7 +547,7 @@ fn exec_joins_the_namespaces_cgroup_and_settings_of_the_container() {
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n/tmp\n");
     let out = b.shim_output(&["exec", "ex", "nothere"]);
-    assert_eq!(stderr(&out), "tug-shim: exec: \"nothere\": executable file not found in $PATH");
+    assert_eq!(error_msg(&out), "exec: \"nothere\": executable file not found in $PATH");
     // Detached: its stdio must not hold this test's pipes open.
     let pid_file = b.path().join("ex.pid").display().to_string();
     let status = b
@@ -535,10 +563,7 @@ fn exec_joins_the_namespaces_cgroup_and_settings_of_the_container() {
     assert!(pids.contains(&detached), "the detached process is in the container's cgroup: {pids:?}");
     assert!(b.shim_output(&["kill", "ex", "KILL"]).status.success());
     assert!(wait_for(|| state(&b, "ex")["status"] == "stopped"));
-    assert_eq!(
-        stderr(&b.shim_output(&["exec", "ex", "true"])),
-        "tug-shim: cannot exec in a stopped container"
-    );
+    assert_eq!(error_msg(&b.shim_output(&["exec", "ex", "true"])), "cannot exec in a stopped container");
 }
 
 #[test]
@@ -548,8 +573,8 @@ fn terminals_go_to_the_console_socket() {
     b.spec["process"]["consoleSize"] = json!({"height": 33, "width": 101});
     // A terminal needs a console socket, and a console socket needs a terminal.
     assert_eq!(
-        stderr(&b.run("tty0")),
-        "tug-shim: process.terminal is true: a --console-socket is needed to receive the terminal"
+        error_msg(&b.run("tty0")),
+        "process.terminal is true: a --console-socket is needed to receive the terminal"
     );
     let console = ConsoleSocket::new(&b, "console.sock");
     b.write("tty1");
@@ -570,8 +595,8 @@ fn terminals_go_to_the_console_socket() {
     assert_eq!(console.output().0, "/dev/pts/0\n");
     let out = b.shim_output(&["exec", "--console-socket", "/nonexistent", "tty2", "true"]);
     assert_eq!(
-        stderr(&out),
-        "tug-shim: --console-socket is only for a process with a terminal (process.terminal is false)"
+        error_msg(&out),
+        "--console-socket is only for a process with a terminal (process.terminal is false)"
     );
 }
 
@@ -661,10 +686,7 @@ fn seccomp_rules_with_arguments_errnos_and_flags_apply_to_exec_too() {
     bad.spec["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}
     ]});
-    assert_eq!(
-        stderr(&bad.run("sc-bad")),
-        "tug-shim: linux.seccomp.syscalls[0].args[0].index: 9 is not 0..5"
-    );
+    assert_eq!(error_msg(&bad.run("sc-bad")), "linux.seccomp.syscalls[0].args[0].index: 9 is not 0..5");
 }
 
 #[test]
@@ -711,13 +733,10 @@ fn a_user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
 fn user_namespace_specs_are_checked() {
     let mut b = Bundle::new(&["/bin/true"]);
     b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    assert_eq!(
-        stderr(&b.run("un1")),
-        "tug-shim: linux.uidMappings: needs a new user namespace in linux.namespaces"
-    );
+    assert_eq!(error_msg(&b.run("un1")), "linux.uidMappings: needs a new user namespace in linux.namespaces");
     let mut b = Bundle::new(&["/bin/true"]);
     b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
-    assert_eq!(stderr(&b.run("un2")), "tug-shim: linux.uidMappings: required with a new user namespace");
+    assert_eq!(error_msg(&b.run("un2")), "linux.uidMappings: required with a new user namespace");
 }
 
 #[test]
@@ -730,7 +749,7 @@ fn hooks_run_in_order_with_the_state_and_a_failing_one_stops_create() {
     // Each host-side hook logs its name, the status it was given and its mount namespace.
     let host_hook = |name: &str| {
         json!({"path": "/bin/sh", "args": ["sh", "-c", format!(
-            "read -r s; st=$(echo \"$s\" | grep -o '\"status\":\"[a-z]*\"'); echo \"{name} $st $(readlink /proc/self/ns/mnt)\" >> {}",
+            "read -r s; st=$(echo \"$s\" | grep -o '\"status\":\"[a-z]*\"'); pid=$(echo \"$s\" | grep -o '\"pid\":[0-9]*'); echo \"{name} $st $(readlink /proc/self/ns/mnt) $pid\" >> {}",
             log.display()
         )], "timeout": 10})
     };
@@ -742,16 +761,16 @@ fn hooks_run_in_order_with_the_state_and_a_failing_one_stops_create() {
         "createRuntime": [host_hook("createRuntime")],
         "createContainer": [host_hook("createContainer")],
         // Resolved and run inside the container, with the environment the spec gives it.
-        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; echo startContainer $HOOKVAR >> /hooklog/log"], "env": ["HOOKVAR=given"]}],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; st=$(echo \"$s\" | grep -o '\"status\":\"[a-z]*\"'); pid=$(echo \"$s\" | grep -o '\"pid\":[0-9]*'); echo startContainer $st $HOOKVAR $pid >> /hooklog/log"], "env": ["HOOKVAR=given"]}],
         // A failing poststart or poststop hook is a warning: the ones after it still run.
         "poststart": [{"path": "/bin/false"}, host_hook("poststart")],
         "poststop": [{"path": "/bin/false"}, host_hook("poststop")]
     });
     let out = b.run("hooks");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("warning: poststart hook 0"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("level=warning msg=\"poststart hook 0 (/bin/false)"), "{}", stderr(&out));
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("startContainer given"), "{text}");
+    assert!(text.contains("startContainer \"status\":\"created\" given"), "{text}");
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
     let names: Vec<&str> = lines.iter().map(|l| l[0]).collect();
     assert_eq!(
@@ -759,19 +778,31 @@ fn hooks_run_in_order_with_the_state_and_a_failing_one_stops_create() {
         ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
     );
     let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
-    assert_eq!(lines[0][1..], ["\"status\":\"creating\"", host_mnt.as_str()], "prestart: {text}");
+    assert_eq!(lines[0][1..3], ["\"status\":\"creating\"", host_mnt.as_str()], "prestart: {text}");
     assert_eq!(lines[1][2], host_mnt, "createRuntime runs in the runtime's namespaces");
     assert_ne!(lines[2][2], host_mnt, "createContainer runs in the container's mount namespace");
-    assert_eq!(lines[4][1], "\"status\":\"running\"");
-    assert_eq!(lines[5][1], "\"status\":\"stopped\"");
+    // Each stage's state, as the spec and runc give it: creating until the init waits for
+    // start, created while start runs the init's hooks, then running and stopped; the init's
+    // host pid throughout (0 once stopped).
+    let statuses: Vec<&str> = lines.iter().map(|l| l[1]).collect();
+    assert_eq!(
+        statuses,
+        ["creating", "creating", "creating", "created", "running", "stopped"]
+            .map(|s| format!("\"status\":\"{s}\"")),
+        "{text}"
+    );
+    let pids: Vec<&str> = lines.iter().map(|l| *l.last().unwrap()).collect();
+    assert!(pids[0].starts_with("\"pid\":") && pids[0] != "\"pid\":0", "{text}");
+    assert!(pids[..5].iter().all(|p| *p == pids[0]), "one init pid for every stage: {text}");
+    assert_eq!(pids[5], "\"pid\":0", "{text}");
 
     let mut b = Bundle::new(&["/bin/true"]);
     b.spec["hooks"] =
         json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 1"]}]});
     let out = b.run("hookfail");
     assert_eq!(
-        stderr(&out),
-        "tug-shim: container init failed at createRuntime hooks: createRuntime hook 0 (/bin/sh): exit status: 1: nope"
+        error_msg(&out),
+        "container init failed at createRuntime hooks: createRuntime hook 0 (/bin/sh): exit status: 1: nope"
     );
     assert!(b.shim_output(&["list", "-q"]).stdout.is_empty(), "nothing left");
     assert_cgroup_gone(&b);
@@ -864,7 +895,7 @@ fn recursive_read_only_reaches_submounts_and_unknown_options_are_refused() {
         json!({"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "rreadonly"]}),
     );
     let out = b.run("tug-badopt");
-    let err = stderr(&out);
+    let err = error_msg(&out);
     assert!(!out.status.success());
     assert!(err.contains("unknown mount option \"rreadonly\"") && err.contains("/data"), "{err}");
     let f: Value = serde_json::from_slice(&b.shim_output(&["features"]).stdout).unwrap();
@@ -1089,4 +1120,49 @@ fn without_a_mount_namespace_the_container_is_chrooted_and_nothing_is_mounted() 
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_mount_namespace_joined_by_path_is_where_the_rootfs_is_built() {
+    let mut b = Bundle::new(&["/bin/sh", "-c", "readlink /proc/self/ns/mnt; ls /"]);
+    // A mount namespace held by a process of the test's own (made after the bundle, so the
+    // bundle is in it too).
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "60"])
+            .spawn()
+            .unwrap(),
+    );
+    let ns_path = format!("/proc/{}/ns/mnt", holder.0.id());
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let mut theirs = ours.clone();
+    assert!(wait_for(|| {
+        theirs = std::fs::read_link(&ns_path).unwrap_or_else(|_| ours.clone());
+        theirs != ours
+    }));
+    for n in b.spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "mount" {
+            n["path"] = json!(ns_path);
+        }
+    }
+    let out = b.run("tug-joinmnt");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.lines().next(),
+        Some(theirs.to_str().unwrap()),
+        "the container is in the joined namespace"
+    );
+    assert!(text.contains("\nbin\n"), "its root is the rootfs: {text}");
+    // Its mounts were made there, not in the caller's namespace.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&b.path().display().to_string()), "{mountinfo}");
+    drop(holder);
 }

@@ -1,14 +1,17 @@
 //! OCI hooks: programs the runtime runs at fixed points of a container's life, each with the
 //! container's state as JSON on its stdin and an optional timeout.
 //!
-//! | hook              | run by                        | where it runs / resolves          | failure            |
-//! |-------------------|-------------------------------|-----------------------------------|--------------------|
-//! | `prestart`        | `create`, after the mounts    | the runtime's namespaces          | create fails       |
-//! | `createRuntime`   | `create`, after `prestart`    | the runtime's namespaces          | create fails       |
-//! | `createContainer` | the init, before `pivot_root` | the container's namespaces, the host's paths | create fails |
-//! | `startContainer`  | the init, after `start`       | the container, its own paths      | the init exits 1   |
-//! | `poststart`       | `start`, once the program runs| the runtime's namespaces          | a warning          |
-//! | `poststop`        | `delete`, once all is gone    | the runtime's namespaces          | a warning          |
+//! | hook              | run by                        | where it runs / resolves          | `status` | failure |
+//! |-------------------|-------------------------------|-----------------------------------|----------|---------|
+//! | `prestart`        | `create`, after the mounts    | the runtime's namespaces          | creating | create fails |
+//! | `createRuntime`   | `create`, after `prestart`    | the runtime's namespaces          | creating | create fails |
+//! | `createContainer` | the init, before `pivot_root` | the container's namespaces, the host's paths | creating | create fails |
+//! | `startContainer`  | the init, after `start`       | the container, its own paths      | created  | the init exits 1 |
+//! | `poststart`       | `start`, once the program runs| the runtime's namespaces          | running  | a warning |
+//! | `poststop`        | `delete`, once all is gone    | the runtime's namespaces          | stopped  | a warning |
+//!
+//! Every stage gets the same `id`, `bundle` and `annotations`, and the init's host `pid` (0 once
+//! stopped, as runc).
 
 use crate::plan::SpecError;
 use std::io::{Read, Write};
@@ -89,6 +92,17 @@ pub fn plan(spec: Option<&oci_spec::runtime::Hooks>) -> Result<Hooks, SpecError>
     })
 }
 
+/// The OCI state document `state` with its `status` replaced (the stage a hook runs at).
+pub fn with_status(state: &str, status: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(state) {
+        Ok(mut doc) => {
+            doc["status"] = status.into();
+            doc.to_string()
+        }
+        Err(_) => state.to_string(),
+    }
+}
+
 /// Runs hooks in order with `state` on their stdin; the first failure stops the rest.
 /// `which` names them in the error (`createRuntime`, …).
 pub fn run_all(which: &str, hooks: &[Hook], state: &str) -> Result<(), String> {
@@ -103,7 +117,8 @@ pub fn run_all(which: &str, hooks: &[Hook], state: &str) -> Result<(), String> {
 pub fn run_each_warning(which: &str, hooks: &[Hook], state: &str) {
     for (i, h) in hooks.iter().enumerate() {
         if let Err(e) = run(h, state) {
-            eprintln!("tug-shim: warning: {which} hook {i} ({}): {e}", h.path.display());
+            let msg = format!("{which} hook {i} ({}): {e}", h.path.display());
+            eprintln!("{}", crate::runtime::logrus_line("warning", &msg));
         }
     }
 }

@@ -330,7 +330,9 @@ fn wait_for_start_then_resolve(
     let mut fifo =
         opened.map_err(|e| format!("opening the exec fifo: {e} (is /proc mounted in the container?)"))?;
     if !plan.hooks.start_container.is_empty() {
-        crate::hooks::run_all("startContainer", &plan.hooks.start_container, hook_state.unwrap_or_default())?;
+        // `start` has begun: the state the spec gives these hooks is "created".
+        let state = crate::hooks::with_status(hook_state.unwrap_or_default(), "created");
+        crate::hooks::run_all("startContainer", &plan.hooks.start_container, &state)?;
     }
     std::io::Write::write_all(&mut fifo, b"0").map_err(|e| format!("writing the exec fifo: {e}"))?;
     drop(fifo);

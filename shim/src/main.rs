@@ -1,7 +1,7 @@
 //! `tug-shim`: the OCI runtime command line, as runc and crun implement it.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tug_shim::runtime::{CreateOptions, Runtime, RuntimeError, features, parse_signal};
@@ -216,11 +216,13 @@ fn main() -> ExitCode {
             | Command::Ps { .. }
             | Command::Features
             | Command::DefaultSeccomp { .. }
+            | Command::Supervise { .. }
     ) {
         // A reader that goes away (`tug-shim list | head`) ends a printing command quietly,
         // as SIGPIPE ends C tools, rather than a panic from println!. Only these: the
-        // supervisor and the commands that start containers keep writes to a closed pipe
-        // an error to handle.
+        // commands that start containers keep writes to a closed pipe an error to handle
+        // (their processes inherit the disposition). `supervise` only execs tug-supervisor,
+        // whose Rust runtime ignores SIGPIPE again.
         restore_sigpipe();
     }
     let logger =
@@ -232,7 +234,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = e.to_string();
             logger.error(&msg);
-            eprintln!("tug-shim: {msg}");
+            eprintln!("{}", stderr_line(&msg, logger.path.is_some(), std::io::stderr().is_terminal()));
             ExitCode::FAILURE
         }
     }
@@ -266,7 +268,8 @@ fn dispatch(rt: &Runtime, cmd: Command) -> Result<ExitCode, RuntimeError> {
             let (id, opts) = args.options();
             let exit = rt.run(&id, &opts)?;
             if exit.oom_killed {
-                eprintln!("tug-shim: container {id} was OOM-killed (out of memory in its cgroup)");
+                let msg = format!("container {id} was OOM-killed (out of memory in its cgroup)");
+                eprintln!("{}", tug_shim::runtime::logrus_line("warning", &msg));
             }
             return Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(255)));
         }
@@ -461,6 +464,19 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     }
 }
 
+/// A failure on stderr in runc's shapes, which tools grep for: the plain message when a
+/// `--log` file has the record, else logrus' text line — `ERRO[0000] msg` on a terminal,
+/// `time="…" level=error msg="…"` elsewhere.
+fn stderr_line(msg: &str, logged: bool, terminal: bool) -> String {
+    if logged {
+        msg.to_string()
+    } else if terminal {
+        format!("ERRO[0000] {msg}")
+    } else {
+        tug_shim::runtime::logrus_line("error", msg)
+    }
+}
+
 /// The `--log` file writer: runc's shapes, a text line or a JSON object per entry.
 struct Logger {
     path: Option<PathBuf>,
@@ -481,14 +497,32 @@ impl Logger {
 
     fn write(&self, level: &str, msg: &str) {
         let Some(path) = &self.path else { return };
-        let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
         let line = if self.json {
+            let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
         } else {
-            format!("time=\"{time}\" level={level} msg={msg:?}")
+            tug_shim::runtime::logrus_line(level, msg)
         };
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let _ = writeln!(f, "{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_take_runcs_shapes_on_stderr() {
+        assert_eq!(stderr_line("container does not exist", true, false), "container does not exist");
+        assert_eq!(
+            stderr_line("container does not exist", false, true),
+            "ERRO[0000] container does not exist"
+        );
+        let line = stderr_line("id \"x\" bad", false, false);
+        let (time, rest) = line.strip_prefix("time=\"").unwrap().split_once('"').unwrap();
+        assert_eq!(time.len(), "2026-12-06T12:18:27Z".len(), "{line}");
+        assert_eq!(rest, r#" level=error msg="id \"x\" bad""#);
     }
 }

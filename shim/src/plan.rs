@@ -280,15 +280,12 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan, SpecError> {
     let hooks = crate::hooks::plan(spec.hooks().as_ref())?;
     let namespaces = namespaces(&linux)?;
     let user_ns = user_namespace(&linux, &namespaces)?;
-    if namespaces.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS) {
-        return Err(bad(
-            "linux.namespaces",
-            "joining a mount namespace by path is not supported by this runtime",
-        ));
-    }
-    // Without a mount namespace the container lives in the caller's: nothing may be mounted
-    // there (it would be the caller's mount), and the rootfs is entered by chroot.
-    let inherit_mounts = !namespaces.clone.contains(CloneFlags::CLONE_NEWNS);
+    // A mount namespace joined by path is the container's own, as a new one is: the init
+    // enters it before its mounts and builds the rootfs there (runc does the same). Without
+    // either the container lives in the caller's: nothing may be mounted there (it would be
+    // the caller's mount), and the rootfs is entered by chroot.
+    let inherit_mounts = !namespaces.clone.contains(CloneFlags::CLONE_NEWNS)
+        && !namespaces.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS);
     if inherit_mounts {
         let linux_has = |field: &str, set: bool| {
             if set {
@@ -589,6 +586,14 @@ fn mounts(spec: &Spec, bundle: &Path) -> Result<Vec<PlannedMount>, SpecError> {
                 format!("{:?} must be absolute", m.destination()),
             ));
         }
+        for (field, set) in [("uidMappings", m.uid_mappings()), ("gidMappings", m.gid_mappings())] {
+            if set.as_ref().is_some_and(|v| !v.is_empty()) {
+                return Err(bad(
+                    format!("mounts[{i}].{field}"),
+                    "idmapped mounts are not supported by this runtime (features: mountExtensions.idmap)",
+                ));
+            }
+        }
         let (flags, propagation, data, attrs) = parse_options(m.options().as_deref().unwrap_or_default());
         let fstype = m.typ().clone().filter(|t| !t.is_empty());
         if fstype.as_deref() == Some("cgroup") || fstype.as_deref() == Some("cgroup2") {
@@ -784,10 +789,6 @@ mod tests {
             "linux.sysctl.kernel.shmmax: needs a new ipc namespace",
         );
         check_err(
-            r#"{"linux": {"namespaces": [{"type": "mount", "path": "/proc/1/ns/mnt"}]}}"#,
-            "linux.namespaces: joining a mount namespace by path is not supported by this runtime",
-        );
-        check_err(
             r#"{"linux": {"namespaces": [{"type": "mount"}, {"type": "mount"}]}}"#,
             "linux.namespaces[1]: mount namespace listed twice",
         );
@@ -796,9 +797,30 @@ mod tests {
             "process.oomScoreAdj: 5000 is outside -1000..1000",
         );
         check_err(
+            r#"{"mounts": [{"destination": "/m", "type": "bind", "source": "/x", "options": ["rbind"],
+                            "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+                            "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}]}"#,
+            "mounts[0].uidMappings: idmapped mounts are not supported by this runtime (features: mountExtensions.idmap)",
+        );
+        check_err(
             r#"{"mounts": [{"destination": "rel", "type": "tmpfs"}]}"#,
             "mounts[0].destination: \"rel\" must be absolute",
         );
+    }
+
+    #[test]
+    fn a_joined_mount_namespace_is_the_containers_own() {
+        let p = plan(
+            &spec(r#"{"linux": {"namespaces": [{"type": "pid"}, {"type": "mount", "path": "/proc/7/ns/mnt"}]}}"#),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert!(!p.inherit_mounts, "the rootfs is built in the joined namespace");
+        assert!(!p.namespaces.clone.contains(CloneFlags::CLONE_NEWNS));
+        assert_eq!(p.namespaces.join, vec![(CloneFlags::CLONE_NEWNS, PathBuf::from("/proc/7/ns/mnt"))]);
+        let p = plan(&spec(r#"{"mounts": [], "linux": {"namespaces": [{"type": "pid"}]}}"#), Path::new("/b"))
+            .unwrap();
+        assert!(p.inherit_mounts);
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn spawn_init(
     let hooks = &plan.hooks;
     let init_hooks = !hooks.create_container.is_empty() || !hooks.start_container.is_empty();
     let channel_err = |e: channel::ChannelError| RuntimeError::Usage(e.to_string());
-    parent.send_cgroup_ready(init_hooks.then(|| hook_state(pid, "created"))).map_err(channel_err)?;
+    parent.send_cgroup_ready(init_hooks.then(|| hook_state(pid, "creating"))).map_err(channel_err)?;
     loop {
         match parent.wait_report() {
             Ok(FromInit::Mounted) => {

@@ -76,6 +76,13 @@ impl Runtime {
     }
 }
 
+/// A line in logrus' text format, runc's on stderr: `time="2026-12-06T12:18:27Z"
+/// level=error msg="container does not exist"` (tools grep for its parts).
+pub fn logrus_line(level: &str, msg: &str) -> String {
+    let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    format!("time=\"{time}\" level={level} msg={msg:?}")
+}
+
 /// Polls `done` every few milliseconds until it holds or `limit` passes.
 pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

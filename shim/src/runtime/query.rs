@@ -63,7 +63,9 @@ pub fn features() -> Value {
             },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
-            "intelRdt": { "enabled": false }
+            "intelRdt": { "enabled": false },
+            "mountExtensions": { "idmap": { "enabled": false } },
+            "netDevices": { "enabled": false }
         },
         "annotations": { "io.github.tug.runtime": "tug-shim" }
     })
