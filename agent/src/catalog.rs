@@ -146,8 +146,12 @@ impl Catalog {
             });
             let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
             let me = Arc::clone(&self);
-            let r = api
-                .watch(&format!("{path}?watch=true&resourceVersion={rv}"), move |ev| {
+            // Resumed from its last revision through cut streams and failed-over servers;
+            // listed again only when that revision is gone.
+            api.watch_resuming(
+                path,
+                rv,
+                move |ev| {
                     let obj = if kind == "pods" { slim_pod(&ev["object"]) } else { ev["object"].clone() };
                     let gone = ev["type"] == "DELETED";
                     me.edit(kind, |map| {
@@ -158,12 +162,10 @@ impl Catalog {
                         }
                     });
                     true
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!("tug-agent: watching {kind}: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+                },
+                |e| tracing::warn!("tug-agent: watching {kind}: {e}"),
+            )
+            .await;
         }
     }
 }

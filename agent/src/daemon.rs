@@ -470,7 +470,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         });
     }
 
-    // The pod watch: list, then watch from the list's revision; relist when the stream ends.
+    // The pod watch: list, then watch from the list's revision on (resumed across cut streams).
     {
         let api = api.clone();
         let node = cfg.node_name.clone();
@@ -496,26 +496,31 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
                 }
                 let _ = tx.send(Event::Listed(present));
                 let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
-                let watch = format!("{base}&watch=true&resourceVersion={rv}");
                 let tx2 = tx.clone();
-                let r = api
-                    .watch(&watch, |ev| {
-                        let obj = &ev["object"];
-                        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-                        let msg = match ev["type"].as_str() {
-                            Some("DELETED") => Msg::Update(None),
-                            Some("ADDED" | "MODIFIED") => match parse_pod(obj) {
-                                Some(p) => Msg::Update(Some(p)),
-                                None => return true,
-                            },
-                            _ => return true,
-                        };
-                        tx2.send(Event::Pod(uid, msg)).is_ok()
-                    })
+                // Resumed from its last revision (on another replica, when this one goes);
+                // listed again only when that revision is gone or the daemon stops.
+                let end = api
+                    .watch_resuming(
+                        &base,
+                        rv,
+                        |ev| {
+                            let obj = &ev["object"];
+                            let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                            let msg = match ev["type"].as_str() {
+                                Some("DELETED") => Msg::Update(None),
+                                Some("ADDED" | "MODIFIED") => match parse_pod(obj) {
+                                    Some(p) => Msg::Update(Some(p)),
+                                    None => return true,
+                                },
+                                _ => return true,
+                            };
+                            tx2.send(Event::Pod(uid, msg)).is_ok()
+                        },
+                        |e| tracing::warn!("tug-agent: watching pods: {e}"),
+                    )
                     .await;
-                if let Err(e) = r {
-                    tracing::warn!("tug-agent: watching pods: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                if end == tug_client::WatchEnd::Stopped {
+                    return;
                 }
             }
         });

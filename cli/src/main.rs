@@ -18,7 +18,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "tug", version = tug_api::VERSION, about)]
 struct Cli {
-    /// The control plane: a Unix socket path (default /run/tug/tug.sock, or $TUG_SOCKET).
+    /// The control plane: a Unix socket path (default /run/tug/tug.sock, or $TUG_SOCKET), or
+    /// https://HOST:PORT; several, comma-separated, are the replicas of one control plane,
+    /// tried in turn when one cannot be reached.
     #[arg(long, global = true)]
     server: Option<String>,
     /// Credentials for https:// servers (ca.crt, client.crt, client.key; `tug join` writes

@@ -11,14 +11,40 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tug_api::status::Status;
 
-/// Where the control plane listens and how to reach it.
+/// The control plane's servers and which one answered last. A request goes to that one; when
+/// it cannot be reached (refused, no answer to the connect, a failed handshake) the next is
+/// tried, and the first that connects becomes the one for the requests after.
 #[derive(Clone)]
-pub enum Client {
+pub struct Client {
+    servers: Arc<[Server]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One way to reach a control-plane replica.
+#[derive(Clone)]
+pub enum Server {
     /// The local Unix socket.
     Unix(PathBuf),
     /// TCP with TLS.
     Tls { host: String, port: u16, config: Arc<rustls::ClientConfig> },
 }
+
+impl Server {
+    fn describe(&self) -> String {
+        match self {
+            Server::Unix(p) => p.display().to_string(),
+            Server::Tls { host, port, .. } => format!("https://{host}:{port}"),
+        }
+    }
+}
+
+/// How long a connection to one server may take (TCP and TLS) before the next is tried: a
+/// replica cut off by the network answers nothing at all.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A connected stream to a server, either kind.
+trait Stream: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static {}
+impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static> Stream for T {}
 
 /// A bearer token every request of this process presents (`tug --token`).
 static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -47,40 +73,113 @@ impl std::fmt::Display for CallError {
 }
 
 impl Client {
-    /// From `--server` (a socket path, `unix://PATH` or `https://HOST:PORT`), `TUG_SOCKET`, or
-    /// the default socket. Over TLS the credentials come from `tls_dir`.
+    /// From `--server` (a socket path, `unix://PATH` or `https://HOST:PORT`; several,
+    /// comma-separated, for the replicas of a highly available control plane), `TUG_SOCKET`,
+    /// or the default socket. Over TLS the credentials come from `tls_dir`.
     pub fn new(server: Option<&str>, tls_dir: &Path) -> anyhow::Result<Client> {
         let raw = server
             .map(str::to_string)
             .or_else(|| std::env::var("TUG_SOCKET").ok())
             .unwrap_or_else(|| "/run/tug/tug.sock".into());
-        if raw.starts_with("https://") {
-            return Client::tls(&raw, crate::tls::client_config(tls_dir)?);
+        let mut config = None;
+        let mut servers = Vec::new();
+        for one in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if one.starts_with("https://") {
+                if config.is_none() {
+                    config = Some(Arc::new(crate::tls::client_config(tls_dir)?));
+                }
+                servers.push(tls_server(one, config.clone().unwrap_or_else(|| unreachable!()))?);
+            } else if one.starts_with("http://") {
+                return Err(anyhow!("--server {one}: plain HTTP is not served; use https://"));
+            } else {
+                servers.push(Server::Unix(PathBuf::from(one.strip_prefix("unix://").unwrap_or(one))));
+            }
         }
-        if raw.starts_with("http://") {
-            return Err(anyhow!("--server {raw}: plain HTTP is not served; use https://"));
-        }
-        Ok(Client::Unix(PathBuf::from(raw.strip_prefix("unix://").unwrap_or(&raw))))
+        Client::of(servers).ok_or_else(|| anyhow!("--server {raw:?} names no server"))
     }
 
-    /// A TLS client for `https://HOST:PORT` with this configuration.
-    pub fn tls(url: &str, config: rustls::ClientConfig) -> anyhow::Result<Client> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| anyhow!("{url}: expected https://HOST:PORT"))?
-            .trim_end_matches('/');
-        let (host, port) =
-            rest.rsplit_once(':').ok_or_else(|| anyhow!("{url}: expected https://HOST:PORT"))?;
-        let port: u16 = port.parse().map_err(|_| anyhow!("{url}: bad port {port:?}"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        Ok(Client::Tls { host, port, config: Arc::new(config) })
+    /// The local socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>) -> Client {
+        Client::of(vec![Server::Unix(path.into())]).unwrap_or_else(|| unreachable!())
+    }
+
+    /// A TLS client for `https://HOST:PORT` (or several, comma-separated) with this
+    /// configuration.
+    pub fn tls(urls: &str, config: rustls::ClientConfig) -> anyhow::Result<Client> {
+        let config = Arc::new(config);
+        let servers = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|u| tls_server(u, config.clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Client::of(servers).ok_or_else(|| anyhow!("{urls:?} names no server"))
+    }
+
+    fn of(servers: Vec<Server>) -> Option<Client> {
+        (!servers.is_empty()).then(|| Client {
+            servers: servers.into(),
+            current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })
+    }
+
+    /// The servers, in the order given.
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
     }
 
     fn describe(&self) -> String {
-        match self {
-            Client::Unix(p) => p.display().to_string(),
-            Client::Tls { host, port, .. } => format!("https://{host}:{port}"),
+        self.servers.iter().map(Server::describe).collect::<Vec<_>>().join(",")
+    }
+
+    /// A connection to the server that answered last, else to the next one that answers.
+    async fn connect(&self) -> Result<(Box<dyn Stream>, String), CallError> {
+        use std::sync::atomic::Ordering;
+        let n = self.servers.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut errors = Vec::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let server = &self.servers[at];
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect_one(server)).await {
+                Ok(Ok(stream)) => {
+                    if i > 0 {
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok((stream, server.describe()));
+                }
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => {
+                    errors.push(Unreached::Refused(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs())))
+                }
+            }
         }
+        let refused = |e: &str| {
+            format!(
+                "The connection to the server at {} was refused - is tug-scheduler running? ({e})",
+                self.describe()
+            )
+        };
+        Err(CallError::Transport(match errors.as_slice() {
+            [Unreached::Refused(e)] => anyhow!(refused(e)),
+            [Unreached::Other(e)] => anyhow!("{e}"),
+            many => {
+                let each: Vec<String> = self
+                    .servers
+                    .iter()
+                    .zip(many)
+                    .map(|(s, e)| match e {
+                        Unreached::Refused(e) => format!("{}: {e}", s.describe()),
+                        Unreached::Other(e) => e.clone(),
+                    })
+                    .collect();
+                anyhow!(
+                    "No server of {} answered - is tug-scheduler running? ({})",
+                    self.describe(),
+                    each.join("; ")
+                )
+            }
+        }))
     }
 
     async fn send(
@@ -92,12 +191,6 @@ impl Client {
         headers: &[(&str, &str)],
         upgrade: Option<&str>,
     ) -> Result<Response<Incoming>, CallError> {
-        let refused = |e: std::io::Error| {
-            CallError::Transport(anyhow!(
-                "The connection to the server at {} was refused - is tug-scheduler running? ({e})",
-                self.describe()
-            ))
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -116,22 +209,8 @@ impl Client {
             req = req.header("connection", "upgrade").header("upgrade", p);
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| CallError::Transport(e.into()))?;
-        match self {
-            Client::Unix(p) => {
-                let stream = tokio::net::UnixStream::connect(p).await.map_err(refused)?;
-                exchange(TokioIo::new(stream), req, &self.describe()).await
-            }
-            Client::Tls { host, port, config } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(refused)?;
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|e| CallError::Transport(anyhow!("{host}: {e}")))?;
-                let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| CallError::Transport(anyhow!("TLS with {}: {e}", self.describe())))?;
-                exchange(TokioIo::new(tls), req, &self.describe()).await
-            }
-        }
+        let (stream, server) = self.connect().await?;
+        exchange(stream, req, &server).await
     }
 
     /// One call with a JSON answer; a non-2xx answer is the server's Status.
@@ -237,6 +316,112 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+fn tls_server(url: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Server> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| anyhow!("{url}: expected https://HOST:PORT"))?
+        .trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| anyhow!("{url}: expected https://HOST:PORT"))?;
+    let port: u16 = port.parse().map_err(|_| anyhow!("{url}: bad port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok(Server::Tls { host, port, config })
+}
+
+/// Why a server could not be reached.
+enum Unreached {
+    /// Nothing took the connection (the socket's error, or no answer in time).
+    Refused(String),
+    /// Something answered, wrongly (a TLS failure): the whole message.
+    Other(String),
+}
+
+/// A connected (and, over TCP, TLS-established) stream to one server, or why not.
+async fn connect_one(server: &Server) -> Result<Box<dyn Stream>, Unreached> {
+    let refused = |e: std::io::Error| Unreached::Refused(e.to_string());
+    match server {
+        Server::Unix(p) => {
+            let s = tokio::net::UnixStream::connect(p).await.map_err(refused)?;
+            Ok(Box::new(TokioIo::new(s)))
+        }
+        Server::Tls { host, port, config } => {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(refused)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| Unreached::Other(format!("{host}: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Unreached::Other(format!("TLS with {}: {e}", server.describe())))?;
+            Ok(Box::new(TokioIo::new(tls)))
+        }
+    }
+}
+
+/// How a [`Client::watch_resuming`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WatchEnd {
+    /// `each` asked to stop.
+    Stopped,
+    /// The revision is gone (compacted away, or the watcher fell behind): list again.
+    Expired,
+}
+
+impl Client {
+    /// A watch of `path` (a collection, with any selectors in its query) from revision `rv`
+    /// that outlives its streams: when one ends or breaks (a replica killed, a network cut) it
+    /// is opened again from the last revision it delivered — on the next server when the
+    /// client has several — until `each` says stop or the server answers 410, when the
+    /// caller must list again. `each` gets ADDED, MODIFIED and DELETED events; bookmarks only
+    /// move the revision on. Broken streams are reported to `broke` before the retry.
+    pub async fn watch_resuming(
+        &self,
+        path: &str,
+        mut rv: String,
+        mut each: impl FnMut(&Value) -> bool,
+        mut broke: impl FnMut(&CallError),
+    ) -> WatchEnd {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        loop {
+            let url = format!("{path}{sep}watch=true&allowWatchBookmarks=true&resourceVersion={rv}");
+            let mut end = None;
+            let r = self
+                .watch(&url, |ev| {
+                    match ev["type"].as_str() {
+                        Some("ERROR") => {
+                            if ev["object"]["code"] == 410 {
+                                end = Some(WatchEnd::Expired);
+                            }
+                            return false;
+                        }
+                        Some("BOOKMARK") => {}
+                        _ => {
+                            if !each(ev) {
+                                end = Some(WatchEnd::Stopped);
+                                return false;
+                            }
+                        }
+                    }
+                    if let Some(v) = ev["object"]["metadata"]["resourceVersion"].as_str() {
+                        rv = v.to_string();
+                    }
+                    true
+                })
+                .await;
+            if let Some(end) = end {
+                return end;
+            }
+            match r {
+                Err(CallError::Server(s)) if s.code == 410 => return WatchEnd::Expired,
+                Err(e) => {
+                    broke(&e);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                // The server ended the stream (a timeout, a shutdown): open it again.
+                Ok(()) => {}
+            }
+        }
     }
 }
 

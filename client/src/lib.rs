@@ -8,5 +8,5 @@ pub mod join;
 pub mod relay;
 pub mod tls;
 
-pub use http::{CallError, Client};
+pub use http::{CallError, Client, WatchEnd};
 pub use hyper::Method;

@@ -92,7 +92,7 @@ fn main() {
         ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
-    let api = tug_client::Client::Unix(cp.socket());
+    let api = tug_client::Client::unix(cp.socket());
     // Each pod's stages as the watch shows them: bound (the scheduler's write), the agent's
     // first status (its sandbox is made), Ready.
     let (tx, rx) = std::sync::mpsc::channel::<(String, Stage, Instant)>();
@@ -127,7 +127,7 @@ fn main() {
         let _ = std::fs::write(marker, "start");
     }
     let rv = |rt: &tokio::runtime::Runtime| {
-        let api = tug_client::Client::Unix(cp.socket());
+        let api = tug_client::Client::unix(cp.socket());
         let list = rt.block_on(api.get("/api/v1/namespaces/default/pods")).expect("list pods");
         list["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
     };
@@ -210,7 +210,7 @@ fn main() {
     );
     let mut newcomer = None;
     let mut gone = None;
-    let api = tug_client::Client::Unix(cp.socket());
+    let api = tug_client::Client::unix(cp.socket());
     while (newcomer.is_none() || gone.is_none()) && t0.elapsed() < Duration::from_secs(180) {
         while let Ok((name, stage, at)) = rx.try_recv() {
             if name == "newcomer" && stage == Stage::Ready && newcomer.is_none() {

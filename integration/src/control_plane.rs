@@ -12,6 +12,8 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The network namespace it runs in (a simulated host), if not the test's own.
+    netns: Option<String>,
 }
 
 impl ControlPlane {
@@ -23,7 +25,26 @@ impl ControlPlane {
     /// Starts one with extra flags (`--store etcd --etcd-endpoints ...`).
     pub fn start_with(extra: &[&str]) -> ControlPlane {
         let dir = tempfile::Builder::new().prefix("tug-cp-").tempdir().expect("temp dir");
-        let mut cp = ControlPlane { dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut cp = ControlPlane {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: None,
+        };
+        cp.spawn();
+        cp
+    }
+
+    /// Starts one inside the network namespace `netns` (a [`crate::cluster::Node`]'s): its
+    /// socket is still a file the test reaches; its TCP traffic is the node's.
+    pub fn start_in(netns: &str, extra: &[&str]) -> ControlPlane {
+        let dir = tempfile::Builder::new().prefix("tug-cp-").tempdir().expect("temp dir");
+        let mut cp = ControlPlane {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: Some(netns.to_string()),
+        };
         cp.spawn();
         cp
     }
@@ -47,7 +68,16 @@ impl ControlPlane {
             .append(true)
             .open(self.dir.path().join("scheduler.log"))
             .expect("log");
-        let child = Command::new(bin)
+        // `ip netns exec` execs the program in place: the child's pid is the scheduler's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(self.socket())
             .arg("--data-dir")
@@ -104,6 +134,14 @@ impl ControlPlane {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Sends `signal` to the scheduler (SIGSTOP to freeze it, SIGCONT to resume it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
     }
 
     /// The scheduler's pid.

@@ -59,3 +59,65 @@ impl Drop for EtcdProcess {
         let _ = self.child.wait();
     }
 }
+
+/// An etcd cluster of one member per simulated node (`10.250.0.x:2379`, peers on `:2380`),
+/// each in its node's network namespace, killed on drop.
+pub struct EtcdCluster {
+    members: Vec<(Child, tempfile::TempDir)>,
+    /// `http://IP:2379` of each member, in order.
+    pub endpoints: Vec<String>,
+}
+
+impl EtcdCluster {
+    /// Starts one member on each node and waits until the cluster answers a write.
+    pub fn start_in(nodes: &[&crate::cluster::Node]) -> EtcdCluster {
+        let names: Vec<String> = (0..nodes.len()).map(|i| format!("tug-m{i}")).collect();
+        let initial: Vec<String> =
+            nodes.iter().zip(&names).map(|(n, name)| format!("{name}=http://{}:2380", n.ip)).collect();
+        let mut cluster = EtcdCluster { members: Vec::new(), endpoints: Vec::new() };
+        for (node, name) in nodes.iter().zip(&names) {
+            let dir = tempfile::Builder::new().prefix("tug-etcd-").tempdir().unwrap();
+            let client = format!("http://{}:2379", node.ip);
+            let peer = format!("http://{}:2380", node.ip);
+            let child = node
+                .command(&["etcd"])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["--name", name])
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "tug-test"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd (make deps installs etcd-server)");
+            cluster.members.push((child, dir));
+            cluster.endpoints.push(client);
+        }
+        // A member answers its health endpoint once the cluster has a leader.
+        let healthy = crate::wait_for(std::time::Duration::from_secs(60), || {
+            nodes[0]
+                .command(&["curl", "-sf", "--max-time", "2", &format!("{}/health", cluster.endpoints[0])])
+                .output()
+                .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"))
+        });
+        assert!(healthy, "the etcd cluster did not become healthy");
+        cluster
+    }
+
+    /// The endpoints as `--etcd-endpoints` takes them.
+    pub fn endpoints_flag(&self) -> String {
+        self.endpoints.join(",")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.members {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

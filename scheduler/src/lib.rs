@@ -19,6 +19,7 @@ pub mod controllers;
 pub mod deletion;
 /// Events written in batches off the hot path (the scheduler's `Scheduled`).
 pub mod events;
+pub mod metrics;
 pub mod pki;
 pub mod quota;
 pub mod sched;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tug_scheduler::api::{self, AppState};
 use tug_scheduler::pki::Pki;
-use tug_scheduler::store::Store;
 use tug_scheduler::store::etcd_store::EtcdStore;
 use tug_scheduler::store::redb_store::RedbStore;
+use tug_scheduler::store::{Store, StoreError};
 use tug_scheduler::tls;
 
 /// Tug's control plane: the API server and its store.
@@ -131,6 +131,17 @@ struct Flags {
     /// is closed (slow clients hold nothing for long).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     request_header_timeout: std::time::Duration,
+    /// With several replicas: how long a follower waits, from the leader Lease's last
+    /// change it saw, before it takes over the controllers.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long a leader keeps running the controllers without renewing its Lease (shorter
+    /// than the lease duration, so it stops before another may start).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How often the leader renews and followers look.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
     /// A connection waiting this long for its next request is closed.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     idle_timeout: std::time::Duration,
@@ -217,6 +228,7 @@ fn bound_the_allocator() {
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
+    election(&flags).check().map_err(|e| anyhow::anyhow!(e))?;
     bound_the_allocator();
     let mut store = open_store(&flags)?;
     let encryption = match &flags.encryption_config {
@@ -239,12 +251,21 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         }
     }
     ENCRYPTION.set(encryption).ok();
+    let store: Arc<dyn Store> = Arc::new(tug_scheduler::metrics::Measured(store));
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let served = runtime.block_on(serve(flags, store));
     // Connection tasks still running are dropped with the runtime, and the store with them.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     served
+}
+
+fn election(flags: &Flags) -> tug_scheduler::controllers::Timing {
+    tug_scheduler::controllers::Timing {
+        lease: flags.leader_elect_lease_duration,
+        renew_deadline: flags.leader_elect_renew_deadline,
+        retry: flags.leader_elect_retry_period,
+    }
 }
 
 /// What `--encryption-config` loaded, for the API's re-encryption.
@@ -395,6 +416,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         flags.scoring_strategy,
         std::time::Duration::from_secs(30),
     ));
+    let election = election(&flags);
     let controllers = tug_scheduler::controllers::spawn(
         store_for_controllers,
         &tug_scheduler::controllers::Settings {
@@ -418,6 +440,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
             }),
         },
         &flags.socket.display().to_string(),
+        election,
     );
     let timeouts =
         tug_scheduler::conn::Timeouts { header: flags.request_header_timeout, idle: flags.idle_timeout };
@@ -588,19 +611,37 @@ async fn kubernetes_service(
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
     let key = "/endpoints/default/kubernetes";
-    match store.get(key)? {
-        Some(cur) if cur.object["subsets"] == endpoints["subsets"] => {}
-        Some(cur) => {
-            endpoints["metadata"] = cur.object["metadata"].clone();
-            store.update(key, endpoints, Some(cur.revision))?;
-        }
-        None => {
-            tug_scheduler::api::objects::on_create(
-                &mut endpoints,
-                &uuid::Uuid::new_v4().to_string(),
-                &api::now(),
-            );
-            store.create(key, endpoints)?;
+    // Every replica adds its own address beside the others' (they may start together).
+    for _ in 0..10 {
+        let written = match store.get(key)? {
+            Some(cur) => {
+                let mut next = cur.object.clone();
+                let ours = endpoints["subsets"][0]["addresses"][0].clone();
+                let same_port = next["subsets"][0]["ports"] == endpoints["subsets"][0]["ports"];
+                match next["subsets"][0]["addresses"].as_array_mut() {
+                    Some(addrs) if same_port => {
+                        if addrs.contains(&ours) {
+                            break;
+                        }
+                        addrs.push(ours);
+                    }
+                    _ => next["subsets"] = endpoints["subsets"].clone(),
+                }
+                store.update(key, next, Some(cur.revision))
+            }
+            None => {
+                tug_scheduler::api::objects::on_create(
+                    &mut endpoints,
+                    &uuid::Uuid::new_v4().to_string(),
+                    &api::now(),
+                );
+                store.create(key, endpoints.clone())
+            }
+        };
+        match written {
+            Ok(_) => break,
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     tracing::info!("tug-scheduler: kubernetes Service {cluster_ip}:443 -> {ip}:{port}");

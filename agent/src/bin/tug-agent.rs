@@ -20,7 +20,9 @@ struct Args {
     /// The control plane's Unix socket, on this host.
     #[arg(long, conflicts_with = "server")]
     socket: Option<PathBuf>,
-    /// The control plane on another host: https://HOST:PORT (with --token).
+    /// The control plane on another host: https://HOST:PORT (with --token); several,
+    /// comma-separated, are its replicas — the agent uses the one that answers, and moves to
+    /// the next when it stops answering, its watches resuming from their last revision.
     #[arg(long, requires = "token")]
     server: Option<String>,
     /// The join token tug-scheduler prints (tug::<CA hash>::<secret>).
@@ -273,7 +275,7 @@ fn main() -> ExitCode {
                 tug_client::Client::tls(&url, tls).map_err(|e| format!("{e:#}"))?
             }
             Connection::Socket(socket) => {
-                tug_client::Client::Unix(socket.unwrap_or_else(|| PathBuf::from("/run/tug/tug.sock")))
+                tug_client::Client::unix(socket.unwrap_or_else(|| PathBuf::from("/run/tug/tug.sock")))
             }
         };
         tug_agent::daemon::run(cfg, api).await

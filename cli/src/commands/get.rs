@@ -12,8 +12,11 @@ use std::time::SystemTime;
 pub struct GetArgs {
     /// What to get: `KIND [NAME...]` (pods, deploy, svc, cm, …), `KIND/NAME...`, `KIND,KIND`,
     /// or `all` (pods, services, deployments, replicasets, jobs, cronjobs, autoscalers).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "raw")]
     targets: Vec<String>,
+    /// Print what the server answers at this path (`/metrics`, `/api/v1/pods`), as it is.
+    #[arg(long, conflicts_with = "targets")]
+    raw: Option<String>,
     /// Print the labels as a last column.
     #[arg(long)]
     show_labels: bool,
@@ -97,6 +100,12 @@ fn targets(args: &[String]) -> Result<Vec<(&'static tug_api::object::KindInfo, V
 }
 
 pub async fn run(client: &Client, a: &GetArgs, ns: Option<&str>) -> Result<ExitCode, String> {
+    if let Some(path) = &a.raw {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        client.stream(path, |bytes| out.write_all(bytes).is_ok()).await.map_err(|e| format!("{e}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let groups = targets(&a.targets)?;
     if groups.len() == 1 {
         let (info, names) = &groups[0];

@@ -53,6 +53,8 @@ pub(super) fn store_status(e: StoreError, info: &KindInfo, name: &str) -> Status
         StoreError::Compacted { .. } | StoreError::TooSlow(_) => Status::gone(e.to_string()),
         StoreError::Backend(m) => Status::internal(m),
         StoreError::Unavailable(m) => Status::new(503, "ServiceUnavailable", m),
+        // Only the controllers write fenced; the API never does. Retrying is right either way.
+        StoreError::Fenced(_) => Status::new(503, "ServiceUnavailable", e.to_string()),
     }
 }
 

@@ -114,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3_index))
         .route("/openapi/v3/{*gv}", get(discovery::openapi_v3))
@@ -149,6 +150,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(handlers::protobuf_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), handlers::authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(crate::metrics::measure))
         .with_state(state)
 }
 
@@ -156,6 +158,12 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// system PriorityClasses, the IngressClass `tug` and the default RBAC policy if they are
 /// missing.
 pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
+    // Replicas starting together on a fresh store race to make these: whoever loses finds
+    // the object there, which is what it wanted.
+    let create = |key: &str, obj: serde_json::Value| match store.create(key, obj) {
+        Ok(_) | Err(crate::store::StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    };
     if let Some(info) = tug_api::object::lookup("priorityclasses") {
         for (name, value) in tug_api::kinds::cluster::SYSTEM_PRIORITY_CLASSES {
             let key = path::key(info, None, name);
@@ -164,7 +172,7 @@ pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
                     "metadata": {"name": name}, "value": value, "preemptionPolicy": "PreemptLowerPriority",
                     "description": "Used for system critical pods that must not be moved from their current node."});
                 objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
-                store.create(&key, obj)?;
+                create(&key, obj)?;
             }
         }
     }
@@ -176,7 +184,7 @@ pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
                 "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "status": {"phase": "Active"}});
             objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
             obj["status"] = serde_json::json!({"phase": "Active"});
-            store.create(&key, obj)?;
+            create(&key, obj)?;
         }
     }
     // The built-in Ingress controller's class, the default one (k3s makes Traefik's).
@@ -188,7 +196,7 @@ pub fn bootstrap(store: &dyn Store) -> Result<(), crate::store::StoreError> {
                 "metadata": {"name": INGRESS_CLASS, "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
                 "spec": {"controller": INGRESS_CONTROLLER}});
             objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &now());
-            store.create(&key, obj)?;
+            create(&key, obj)?;
         }
     }
     crate::auth::policy::bootstrap(store)

@@ -241,6 +241,24 @@ pub fn cluster_roles() -> Vec<Value> {
             &[],
         ),
         cluster_role("system:node-bootstrapper", vec![urls(&["post"], &["/join"])], &[]),
+        // Prometheus' scrape identity: put its user in the system:monitoring group.
+        cluster_role(
+            "system:monitoring",
+            vec![urls(
+                &["get"],
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+            )],
+            &[],
+        ),
     ]
 }
 
@@ -256,6 +274,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[super::AUTHENTICATED, super::UNAUTHENTICATED],
         ),
         binding("system:node-bootstrapper", "system:node-bootstrapper", &[super::BOOTSTRAPPERS]),
+        binding("system:monitoring", "system:monitoring", &["system:monitoring"]),
     ]
 }
 

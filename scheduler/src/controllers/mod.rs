@@ -34,6 +34,7 @@ pub mod history;
 pub mod hpa;
 pub mod ingress;
 pub mod job;
+pub mod leader;
 pub mod loadbalancer;
 pub mod namespaces;
 pub mod nodes;
@@ -101,85 +102,22 @@ impl std::fmt::Debug for DebugDialer {
     }
 }
 
-/// The Lease that elects which control-plane replica runs the controllers.
-pub const LEADER_LEASE: &str = "coordination.k8s.io/leases/tug-system/tug-controllers";
-/// How long a leader's lease lasts without renewal.
-const LEASE_SECS: u64 = 15;
+pub use leader::{LEADER_LEASE, Timing};
 
-/// Runs the controllers while this replica holds the leader Lease: several `tug-scheduler`s
-/// over one etcd run them once, not once each. (Binding pods needs no election: see
-/// `sched::bind`.) A leader that cannot renew for two thirds of the lease stops its
-/// controllers before another can take over. `identity` names this replica (host and
-/// socket): a restarted replica takes its own lease back at once.
-pub fn spawn(store: Arc<dyn Store>, settings: &Settings, identity: &str) -> tokio::task::JoinHandle<()> {
+/// Runs the controllers while this replica holds the leader Lease ([`leader`]): several
+/// `tug-scheduler`s over one etcd run them once, not once each, and a replaced leader's
+/// writes are fenced off. (Binding pods needs no election: see `sched::bind`.) `identity`
+/// names this replica (host and socket): a restarted replica takes its own lease back at
+/// once.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    settings: &Settings,
+    identity: &str,
+    timing: Timing,
+) -> tokio::task::JoinHandle<()> {
     let settings = settings.clone();
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let id = format!("{host}:{identity}");
-    tokio::spawn(async move {
-        loop {
-            loop {
-                let (s, i) = (store.clone(), id.clone());
-                if tokio::task::spawn_blocking(move || try_lead(s.as_ref(), &i)).await.unwrap_or(false) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            tracing::info!("tug-scheduler: controllers: leading as {id}");
-            let handles = start(store.clone(), &settings);
-            let mut renewed = std::time::Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let (s, i) = (store.clone(), id.clone());
-                if tokio::task::spawn_blocking(move || try_lead(s.as_ref(), &i)).await.unwrap_or(false) {
-                    renewed = std::time::Instant::now();
-                } else if renewed.elapsed() > Duration::from_secs(LEASE_SECS * 2 / 3) {
-                    break;
-                }
-            }
-            for h in handles {
-                h.abort();
-            }
-            tracing::info!("tug-scheduler: controllers: no longer leading; stopped");
-        }
-    })
-}
-
-/// Takes or renews the leader Lease for `id`; false when another holds it (or on a race).
-pub fn try_lead(store: &dyn Store, id: &str) -> bool {
-    let now = unix_now();
-    let lease = |rv: Option<&Value>| {
-        let mut v = json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "tug-controllers", "namespace": "tug-system"},
-            "spec": {"holderIdentity": id, "leaseDurationSeconds": LEASE_SECS, "renewTime": timestamp(now)}
-        });
-        if let Some(cur) = rv {
-            v["metadata"] = cur["metadata"].clone();
-            let same = cur["spec"]["holderIdentity"].as_str() == Some(id);
-            v["spec"]["acquireTime"] =
-                if same { cur["spec"]["acquireTime"].clone() } else { timestamp(now).into() };
-            let t = cur["spec"]["leaseTransitions"].as_i64().unwrap_or(0);
-            v["spec"]["leaseTransitions"] = (if same { t } else { t + 1 }).into();
-        } else {
-            v["spec"]["acquireTime"] = timestamp(now).into();
-            v["spec"]["leaseTransitions"] = 0.into();
-            crate::api::objects::on_create(&mut v, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
-        }
-        v
-    };
-    match store.get(LEADER_LEASE) {
-        Ok(None) => store.create(LEADER_LEASE, lease(None)).is_ok(),
-        Ok(Some(cur)) => {
-            let holder = cur.object["spec"]["holderIdentity"].as_str().unwrap_or_default();
-            let renewed = cur.object["spec"]["renewTime"].as_str().and_then(parse_time).unwrap_or(0);
-            let duration = cur.object["spec"]["leaseDurationSeconds"].as_u64().unwrap_or(LEASE_SECS);
-            if holder != id && renewed + duration >= now {
-                return false;
-            }
-            store.update(LEADER_LEASE, lease(Some(&cur.object)), Some(cur.revision)).is_ok()
-        }
-        Err(_) => false,
-    }
+    leader::spawn(store, timing, format!("{host}:{identity}"), move |fenced| start(fenced, &settings))
 }
 
 /// Starts every controller on the current tokio runtime.
@@ -525,25 +463,5 @@ mod tests {
         set_condition(&mut conds, condition("Available", "False", "C", "c"), "t3");
         assert_eq!(conds[0].last_transition_time.as_deref(), Some("t3"));
         assert_eq!(safe_encode("12"), "56");
-    }
-
-    #[test]
-    fn one_leader_at_a_time_and_a_takeover_after_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 64).unwrap();
-        assert!(try_lead(&store, "a"));
-        assert!(!try_lead(&store, "b"), "a holds it");
-        assert!(try_lead(&store, "a"), "a renews");
-        // a stops renewing: its lease runs out and b takes over.
-        let mut cur = store.get(LEADER_LEASE).unwrap().unwrap();
-        cur.object["spec"]["renewTime"] = timestamp(unix_now() - LEASE_SECS - 1).into();
-        store.update(LEADER_LEASE, cur.object, Some(cur.revision)).unwrap();
-        assert!(try_lead(&store, "b"));
-        assert!(!try_lead(&store, "a"));
-        let l = store.get(LEADER_LEASE).unwrap().unwrap().object;
-        assert_eq!(
-            (l["spec"]["holderIdentity"].as_str(), l["spec"]["leaseTransitions"].as_i64()),
-            (Some("b"), Some(1))
-        );
     }
 }

@@ -196,15 +196,29 @@ fn backoff(failures: u32) -> Duration {
 /// Runs a controller forever with `workers` workers.
 pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers: usize, resync: Duration) {
     let queue = Arc::new(Queue::default());
+    let m = crate::metrics::get();
+    let name = tug_metrics::labels([("name", controller.name())]);
+    let (depth, work, retries) = (
+        m.queue_depth.get_or_create(&name).clone(),
+        m.work_duration.get_or_create(&name).clone(),
+        m.queue_retries.get_or_create(&name).clone(),
+    );
     for _ in 0..workers.max(1) {
         let (q, s, c) = (queue.clone(), store.clone(), controller.clone());
+        let (depth, work, retries) = (depth.clone(), work.clone(), retries.clone());
         tokio::spawn(async move {
             loop {
                 let key = q.next().await;
+                depth.set(i64::try_from(q.len()).unwrap_or(i64::MAX));
                 let (s2, c2, k2) = (s.clone(), c.clone(), key.clone());
+                let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || c2.reconcile(s2.as_ref(), &k2))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Backend(format!("reconcile panicked: {e}"))));
+                work.observe(started.elapsed().as_secs_f64());
+                if result.is_err() {
+                    retries.inc();
+                }
                 if let Err(e) = &result {
                     if !matches!(e, StoreError::Conflict { .. }) {
                         tracing::warn!("tug-scheduler: {} {key}: {e}", c.name());

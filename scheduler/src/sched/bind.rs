@@ -465,6 +465,7 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
     loop {
         let rev = store.revision().unwrap_or(0);
         let s = store.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let r = round(s.as_ref(), &mut engine);
             (r, engine)
@@ -473,6 +474,7 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
         match result {
             Ok((Ok(mut r), e)) => {
                 engine = e;
+                record_attempts(&r, started.elapsed());
                 seen = std::mem::take(&mut r.seen);
                 for s in r.scheduled {
                     let ns = s.pod.namespace.as_deref().unwrap_or("default");
@@ -499,6 +501,23 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
             Err(_) => return,
         }
         wait_for_change(store.as_ref(), rev, resync, &seen).await;
+    }
+}
+
+/// A round's attempts in `scheduler_schedule_attempts_total` and
+/// `scheduler_scheduling_attempt_duration_seconds`: each pod of a round waited for all of it.
+fn record_attempts(r: &Round, took: Duration) {
+    let m = crate::metrics::get();
+    for (result, n) in [("scheduled", r.bound), ("unschedulable", r.unschedulable), ("error", r.conflicts)] {
+        if n == 0 {
+            continue;
+        }
+        let l = tug_metrics::labels([("result", result)]);
+        m.schedule_attempts.get_or_create(&l).inc_by(n as u64);
+        let h = m.attempt_duration.get_or_create(&l);
+        for _ in 0..n {
+            h.observe(took.as_secs_f64());
+        }
     }
 }
 

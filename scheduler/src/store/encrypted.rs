@@ -415,6 +415,11 @@ impl EncryptedStore {
 }
 
 impl Store for EncryptedStore {
+    fn fenced(&self, fence: &super::Fence) -> Option<Arc<dyn Store>> {
+        let inner = self.inner.fenced(fence)?;
+        Some(Arc::new(EncryptedStore { inner, config: self.config.clone() }))
+    }
+
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         self.inner.get(key)?.map(|s| self.opened(s)).transpose()
     }

@@ -19,11 +19,26 @@ use std::future::Future;
 
 /// A store in etcd.
 pub struct EtcdStore {
-    /// Always `Some` until dropped; taken then to shut it down without blocking.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: std::sync::Arc<OwnedRuntime>,
     client: Client,
     prefix: String,
     buffer: usize,
+    /// With a fence, every write's transaction also compares the fence key's revision.
+    fence: Option<super::Fence>,
+}
+
+/// The store's runtime, shared by its fenced handles; shut down in the background when the
+/// last goes.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is refused inside async code: let it wind down in
+        // the background instead.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -89,7 +104,13 @@ impl EtcdStore {
             Ok::<_, etcd_client::Error>(c)
         })
         .map_err(|e| StoreError::Backend(format!("etcd at {}: {e}", endpoints.join(","))))?;
-        Ok(EtcdStore { runtime: Some(runtime), client, prefix: prefix.to_string(), buffer: buffer.max(16) })
+        Ok(EtcdStore {
+            runtime: std::sync::Arc::new(OwnedRuntime(Some(runtime))),
+            client,
+            prefix: prefix.to_string(),
+            buffer: buffer.max(16),
+            fence: None,
+        })
     }
 
     fn full(&self, key: &str) -> String {
@@ -98,7 +119,7 @@ impl EtcdStore {
 
     fn rt(&self) -> &tokio::runtime::Runtime {
         // Set in `connect`, taken only in `drop`.
-        self.runtime.as_ref().unwrap_or_else(|| unreachable!("the etcd runtime is gone"))
+        self.runtime.0.as_ref().unwrap_or_else(|| unreachable!("the etcd runtime is gone"))
     }
 
     fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
@@ -164,8 +185,9 @@ impl EtcdStore {
         Ok(Stored { key, revision, object })
     }
 
-    /// A conditional write: `cmp` must hold, then `op` runs; otherwise the key is read to say
-    /// why (missing or modified).
+    /// A conditional write: `cmp` (and the fence, when this handle has one) must hold, then
+    /// `op` runs; otherwise the key is read to say why (missing or modified), and a fence
+    /// that moved is [`StoreError::Fenced`].
     fn txn(
         &self,
         key: &str,
@@ -174,14 +196,30 @@ impl EtcdStore {
     ) -> Result<(bool, etcd_client::TxnResponse), StoreError> {
         let mut client = self.client.clone();
         let full = self.full(key);
-        let txn = Txn::new().when([cmp]).and_then([op]).or_else([TxnOp::get(full, None)]);
+        let mut when = vec![cmp];
+        let mut otherwise = vec![TxnOp::get(full.clone(), None)];
+        if let Some(f) = &self.fence {
+            when.push(Compare::mod_revision(self.full(&f.key), CompareOp::Equal, irev(f.revision)));
+            otherwise.push(TxnOp::get(self.full(&f.key), None));
+        }
+        let txn = Txn::new().when(when).and_then([op]).or_else(otherwise);
         let resp = self.call(async move { client.txn(txn).await })?;
+        if !resp.succeeded() {
+            if let Some(f) = &self.fence {
+                let now = self.current_of(&resp, &f.key).map_or(0, |kv| rev(kv.mod_revision()));
+                if now != f.revision {
+                    return Err(StoreError::Fenced(key.to_string()));
+                }
+            }
+        }
         Ok((resp.succeeded(), resp))
     }
 
-    fn current_of(&self, resp: &etcd_client::TxnResponse) -> Option<etcd_client::KeyValue> {
+    /// The key's value as a failed transaction read it.
+    fn current_of(&self, resp: &etcd_client::TxnResponse, key: &str) -> Option<etcd_client::KeyValue> {
+        let full = self.full(key);
         resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            TxnOpResponse::Get(g) => g.kvs().first().filter(|kv| kv.key() == full.as_bytes()).cloned(),
             _ => None,
         })
     }
@@ -209,7 +247,7 @@ impl EtcdStore {
             stamp(&mut clean, revision);
             return Ok(Stored { key: key.to_string(), revision, object: clean });
         }
-        match (self.current_of(&resp), creating) {
+        match (self.current_of(&resp, key), creating) {
             (Some(_), true) => Err(StoreError::AlreadyExists(key.to_string())),
             (None, _) => Err(StoreError::NotFound(key.to_string())),
             (Some(kv), false) => Err(StoreError::Conflict {
@@ -217,16 +255,6 @@ impl EtcdStore {
                 expected: expected.unwrap_or(0),
                 current: rev(kv.mod_revision()),
             }),
-        }
-    }
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which is refused inside async code: let it wind down in
-        // the background instead.
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
         }
     }
 }
@@ -243,6 +271,16 @@ fn on<T: Send + 'static>(rt: &tokio::runtime::Runtime, f: impl Future<Output = T
 }
 
 impl Store for EtcdStore {
+    fn fenced(&self, fence: &super::Fence) -> Option<std::sync::Arc<dyn Store>> {
+        Some(std::sync::Arc::new(EtcdStore {
+            runtime: self.runtime.clone(),
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            buffer: self.buffer,
+            fence: Some(fence.clone()),
+        }))
+    }
+
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         let mut client = self.client.clone();
         let full = self.full(key);
@@ -296,7 +334,7 @@ impl Store for EtcdStore {
         let (ok, resp) =
             self.txn(key, cmp, TxnOp::delete(self.full(key), Some(DeleteOptions::new().with_prev_key())))?;
         if !ok {
-            return match self.current_of(&resp) {
+            return match self.current_of(&resp, key) {
                 None => Err(StoreError::NotFound(key.to_string())),
                 Some(kv) => Err(StoreError::Conflict {
                     key: key.into(),
@@ -417,6 +455,48 @@ pub(crate) mod tests {
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(crate::store::conformance::run_all(fresh));
+    }
+
+    /// A fenced handle writes while its fence key stands; once another leader rewrites the
+    /// key, every kind of write through it is refused and nothing is applied.
+    #[test]
+    fn writes_under_a_moved_fence_are_refused_and_not_applied() {
+        use crate::store::{Fence, Store};
+        let etcd = EtcdProcess::start();
+        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/tug-fence/", 64).unwrap();
+        let cm = |v: &str| json_cm(v);
+        let epoch = store.create("coordination.k8s.io/leases/tug-system/epoch", cm("1")).unwrap();
+        let fence =
+            Fence { key: "coordination.k8s.io/leases/tug-system/epoch".into(), revision: epoch.revision };
+        let mine = store.fenced(&fence).expect("etcd fences");
+        let a = mine.create("/configmaps/default/a", cm("a")).unwrap();
+        let a = mine.update("/configmaps/default/a", cm("a2"), Some(a.revision)).unwrap();
+        // Ordinary refusals still read as before under a standing fence.
+        assert!(matches!(mine.create("/configmaps/default/a", cm("x")), Err(StoreError::AlreadyExists(_))));
+        assert!(matches!(
+            mine.update("/configmaps/default/a", cm("x"), Some(1)),
+            Err(StoreError::Conflict { .. })
+        ));
+        // Another replica takes over: it rewrites the fence key.
+        store.update("coordination.k8s.io/leases/tug-system/epoch", cm("2"), None).unwrap();
+        let fenced = |r: Result<Stored, StoreError>| matches!(r, Err(StoreError::Fenced(_)));
+        assert!(fenced(mine.create("/configmaps/default/b", cm("b"))));
+        assert!(fenced(mine.update("/configmaps/default/a", cm("late"), Some(a.revision))));
+        assert!(fenced(mine.update("/configmaps/default/a", cm("late"), None)));
+        assert!(fenced(mine.delete("/configmaps/default/a", None)));
+        let results = mine.update_each(vec![("/configmaps/default/a".into(), cm("late"), None)]);
+        assert!(fenced(results.into_iter().next().unwrap()));
+        assert!(store.get("/configmaps/default/b").unwrap().is_none(), "nothing applied");
+        assert_eq!(store.get("/configmaps/default/a").unwrap().unwrap().object["data"]["v"], "a2");
+        assert!(mine.get("/configmaps/default/a").unwrap().is_some(), "reads are not fenced");
+        // The unfenced store (the API's) writes on.
+        store.delete("/configmaps/default/a", None).unwrap();
+        let msg = mine.create("/configmaps/default/c", cm("c")).unwrap_err().to_string();
+        assert!(msg.contains("fenced off (another replica leads now)"), "{msg}");
+    }
+
+    fn json_cm(v: &str) -> Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "default"}, "data": {"v": v}})
     }
 
     #[test]

@@ -31,6 +31,19 @@ pub enum StoreError {
     /// The store cannot be reached now (etcd down or not answering): a client may retry.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A write under a [`Fence`] another leader has taken over since: refused, not applied.
+    #[error("{0}: fenced off (another replica leads now); the write was not applied")]
+    Fenced(String),
+}
+
+/// A leader's claim on its writes: they apply only while the key `key` still has revision
+/// `revision`. A replica that takes the lead rewrites that key before it acts, so writes of
+/// the one it replaced — paused, partitioned, resumed after a long stall — are refused at the
+/// store rather than done twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub revision: u64,
 }
 
 /// ADDED, MODIFIED or DELETED.
@@ -107,6 +120,13 @@ pub trait Store: Send + Sync {
     /// Forgets events at or below `revision`.
     fn compact(&self, revision: u64) -> Result<(), StoreError>;
     fn revision(&self) -> Result<u64, StoreError>;
+    /// This store with every write fenced by `fence` (each one refused with
+    /// [`StoreError::Fenced`] once the fence key has moved), or None when the backend needs
+    /// no fence: the embedded store is opened by one process, so its lead never moves.
+    fn fenced(&self, fence: &Fence) -> Option<Arc<dyn Store>> {
+        let _ = fence;
+        None
+    }
 }
 
 /// What a [`Watch`] applies to each event's object (given its key): decryption.

@@ -233,7 +233,9 @@ impl RedbStore {
                 meta.insert("durable", r).map_err(storage)?;
                 r
             };
+            let synced = std::time::Instant::now();
             tx.commit().map_err(storage)?;
+            crate::metrics::get().fsync.observe(synced.elapsed().as_secs_f64());
             covered
         };
         if covered < revision {
