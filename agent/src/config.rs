@@ -56,6 +56,9 @@ pub struct Config {
     pub eviction: Eviction,
     /// The Ingress controller's HTTP and HTTPS ports (0: off).
     pub ingress_ports: (u16, u16),
+    /// `--metrics-bind-address`: where `/metrics` is served (in the node's network
+    /// namespace); None turns it off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A floor on what is left of a resource: an amount, or a percentage of the capacity.

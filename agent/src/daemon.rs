@@ -208,6 +208,9 @@ async fn eviction_pass(api: &Client, cfg: &Config, ctx: &Ctx) -> Option<(String,
         .collect();
     let chosen = crate::eviction::choose(&signal, &candidates)?;
     tracing::warn!("tug-agent: evicting pod {}: {}", chosen.0, chosen.1);
+    // Kubernetes' signal names: memory.available, nodefs.available.
+    let name = if signal.resource == "memory" { "memory.available" } else { "nodefs.available" };
+    crate::metrics::get().evictions.get_or_create(&tug_metrics::labels([("eviction_signal", name)])).inc();
     Some(chosen)
 }
 
@@ -330,6 +333,12 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         });
     }
     // Ingresses of class tug, on this node's ports.
+    if let Some(addr) = cfg.metrics_addr {
+        // In the node's namespace: its loopback is the node's own.
+        crate::network::netns::spawn_runtime("tug-metrics", cfg.node_netns.as_deref(), move || {
+            crate::metrics::serve(addr)
+        })?;
+    }
     let (http, https) = cfg.ingress_ports;
     crate::ingress::start(Arc::clone(&catalog), api.clone(), cfg.node_netns.clone(), http, https)?;
     // NetworkPolicy for this node's pods.

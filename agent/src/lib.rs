@@ -17,6 +17,7 @@ pub mod dns;
 pub mod eviction;
 pub mod ingress;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pods;

@@ -130,6 +130,12 @@ pub fn conditions(f: &Facts, e: &Eviction, now: &str) -> Vec<Value> {
         && e.nodefs_available.is_some_and(|t| t.crossed(f.disk_available_bytes, f.disk_bytes));
     let pids = f.pids_max > 0
         && e.pid_available.is_some_and(|t| t.crossed(f.pids_max.saturating_sub(f.pids_used), f.pids_max));
+    for (name, on) in [("MemoryPressure", mem), ("DiskPressure", disk), ("PIDPressure", pids)] {
+        crate::metrics::get()
+            .pressure
+            .get_or_create(&tug_metrics::labels([("condition", name)]))
+            .set(i64::from(on));
+    }
     vec![
         condition(
             "Ready",

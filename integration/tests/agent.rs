@@ -676,7 +676,7 @@ spec:
 
 #[test]
 fn probes_drive_readiness_and_restart_unhealthy_containers() {
-    let (_cluster, cp, agent) = setup();
+    let (cluster, cp, agent) = setup();
     agent.import_probe_image("tug.local/probe:1");
     apply(
         &cp,
@@ -784,6 +784,29 @@ spec:
             && e["message"] == "Container flaky failed liveness probe, will be restarted"),
         "{events:#?}"
     );
+    // The agent's /metrics, on the node's loopback: what just happened, in kubelet's and
+    // kube-proxy's names.
+    let metrics = cluster.nodes[0]
+        .run(&["curl", "-sf", "--max-time", "5", "http://127.0.0.1:10249/metrics"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| panic!("the agent's /metrics: {e}"));
+    let value = |series: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    assert!(value("kubelet_pod_start_duration_seconds_count") >= 1.0, "{metrics}");
+    assert!(value("kubelet_run_podsandbox_duration_seconds_count") >= 1.0, "{metrics}");
+    assert!(value("tug_container_start_duration_seconds_count") >= 4.0, "three, and a restart: {metrics}");
+    assert!(value("prober_probe_total{probe_type=\"Liveness\",result=\"failed\"}") >= 1.0, "{metrics}");
+    assert!(value("prober_probe_total{probe_type=\"Readiness\",result=\"successful\"}") >= 1.0, "{metrics}");
+    assert!(
+        value(
+            "kube_pod_container_status_restarts_total{namespace=\"default\",pod=\"probed\",container=\"flaky\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("tug_node_pressure{condition=\"MemoryPressure\"} 0"), "{metrics}");
+    assert!(value("kubeproxy_sync_proxy_rules_duration_seconds_count") >= 1.0, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"));
 }
 
 /// Runs `argv` in container `id` of the agent (through its supervisor): stdout and exit code.

@@ -96,6 +96,10 @@ struct Args {
     /// autoscaling; CPU is the average over this window).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     housekeeping_interval: Duration,
+    /// Where `/metrics` (Prometheus) is served, in the node's network namespace: loopback by
+    /// default, as kube-proxy's; an empty value turns it off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
     /// The tug-shim binary (default: beside tug-agent).
     #[arg(long)]
     shim: Option<PathBuf>,
@@ -204,6 +208,12 @@ fn config(a: Args) -> Result<(Config, Connection), String> {
         eviction: parse_eviction(&a.eviction_hard)?,
         housekeeping_interval: a.housekeeping_interval.max(Duration::from_millis(100)),
         ingress_ports: (a.ingress_http_port, a.ingress_https_port),
+        metrics_addr: match a.metrics_bind_address.trim() {
+            "" => None,
+            addr => Some(
+                addr.parse().map_err(|e| format!("--metrics-bind-address {addr:?}: {e} (want IP:PORT)"))?,
+            ),
+        },
     };
     tug_api::validation::dns1123_subdomain(&cfg.node_name)
         .map_err(|e| format!("--node-name {:?}: {e}", cfg.node_name))?;

@@ -176,6 +176,9 @@ pub async fn worker(
     let mut last_status = Value::Null;
     let mut adopted = false;
     let mut wake: Option<u64> = None;
+    // For kubelet_pod_start_duration_seconds: when this agent first saw a pod it starts
+    // (not one an earlier run started), until every container of it runs.
+    let mut first_seen = (!inherited).then(std::time::Instant::now);
     loop {
         let timeout = match wake {
             Some(t) => Duration::from_millis(t.saturating_sub(now_ms())).min(ctx.cfg.sync_frequency),
@@ -316,7 +319,12 @@ pub async fn worker(
                     return;
                 }
                 Action::Sandbox => {
-                    if let Err(e) = sandbox(&ctx, &mut rec, &spec).await {
+                    let made = std::time::Instant::now();
+                    let r = sandbox(&ctx, &mut rec, &spec).await;
+                    if r.is_ok() {
+                        crate::metrics::get().sandbox.observe(made.elapsed().as_secs_f64());
+                    }
+                    if let Err(e) = r {
                         tracing::warn!("tug-agent: pod {}/{}: network: {e}", rec.namespace, rec.name);
                         record_event(
                             &ctx,
@@ -356,6 +364,15 @@ pub async fn worker(
         }
         if let Err(e) = crate::blocking(|| rec.save(&ctx.cfg.pods_dir())) {
             tracing::warn!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
+        }
+        if let (Some(seen), Some(p)) = (first_seen, &pod)
+            && !p.spec.containers.is_empty()
+            && p.spec.containers.iter().all(|c| {
+                rec.containers.get(&c.name).is_some_and(|r| matches!(r.state, State::Running { .. }))
+            })
+        {
+            crate::metrics::get().pod_start.observe(seen.elapsed().as_secs_f64());
+            first_seen = None;
         }
         // Unless an image must be pulled first: the pod then shows its containers waiting
         // (ContainerCreating) during the pull.
@@ -793,7 +810,13 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
         event("Normal", "Pulled", format!("Container image \"{}\" already present on machine", c.image));
     }
     let pull_started = std::time::Instant::now();
-    let image = match ctx.puller.ensure(&c.image, policy, creds).await {
+    let pulled = ctx.puller.ensure(&c.image, policy, creds).await;
+    if pulls {
+        let result = if pulled.is_ok() { "pulled" } else { "failed" };
+        let l = tug_metrics::labels([("result", result)]);
+        crate::metrics::get().image_pull.get_or_create(&l).observe(pull_started.elapsed().as_secs_f64());
+    }
+    let image = match pulled {
         Ok(i) => i,
         Err(e) => {
             event("Warning", "Failed", format!("Failed to pull image \"{}\": {}", c.image, e.message));
@@ -850,7 +873,11 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
     entry.state = State::Starting;
     let attempt = entry.attempt;
     let _ = crate::blocking(|| rec.save(&ctx.cfg.pods_dir()));
+    let launched = std::time::Instant::now();
     let result = launch(ctx, pod, rec, c, &image, &config, &id, attempt, &resolved).await;
+    if result.is_ok() {
+        crate::metrics::get().container_start.observe(launched.elapsed().as_secs_f64());
+    }
     let entry = rec.containers.get_mut(name).expect("entry");
     match result {
         Ok(()) => {
@@ -860,6 +887,12 @@ async fn start(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, name: &str, tx: &
             if let Some(t) = previous {
                 entry.restart_count += 1;
                 entry.last = Some(t);
+                let l = tug_metrics::labels([
+                    ("namespace", &rec.namespace),
+                    ("pod", &rec.name),
+                    ("container", name),
+                ]);
+                crate::metrics::get().restarts.get_or_create(&l).inc();
             }
             entry.state = State::Running { started_at: rfc3339(SystemTime::now()) };
             spawn_waiter(ctx, &id, tx);

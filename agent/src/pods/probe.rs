@@ -337,6 +337,7 @@ pub async fn prober(
                 return;
             }
             let r = once(check, s).await;
+            crate::metrics::probed("Startup", r.is_ok());
             if let Err(e) = &r {
                 let _ =
                     tx.send(super::Msg::Event("Warning", "Unhealthy", format!("Startup probe failed: {e}")));
@@ -384,6 +385,7 @@ pub async fn prober(
             && at <= now
         {
             let r = once(check, s).await;
+            crate::metrics::probed("Liveness", r.is_ok());
             if let Err(e) = &r {
                 let _ =
                     tx.send(super::Msg::Event("Warning", "Unhealthy", format!("Liveness probe failed: {e}")));
@@ -412,6 +414,7 @@ pub async fn prober(
             && at <= now
         {
             let r = once(check, s).await;
+            crate::metrics::probed("Readiness", r.is_ok());
             if let Err(e) = &r {
                 let _ = tx.send(super::Msg::Event(
                     "Warning",

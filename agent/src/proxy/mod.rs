@@ -327,6 +327,12 @@ pub async fn run(
             .await;
         match r {
             Ok((Ok(n), a)) => {
+                let m = crate::metrics::get();
+                m.proxy_sync.observe(started.elapsed().as_secs_f64());
+                m.proxy_ports.set(i64::try_from(services.len()).unwrap_or(i64::MAX));
+                let epoch =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                m.proxy_last_sync.set(epoch.as_secs_f64());
                 if whole {
                     full_at = Instant::now() + resync;
                     tracing::info!(
