@@ -139,9 +139,20 @@ pub struct Watch {
     map: Option<EventMap>,
 }
 
+/// Reads the events under a prefix after a revision from the store's history, up to what is
+/// durable: how a watcher that fell behind the live broadcast catches up.
+pub(crate) type History = Arc<dyn Fn(&str, u64) -> Result<Vec<Event>, StoreError> + Send + Sync>;
+
 enum Source {
-    /// The embedded store: first the backlog read from the store, then live broadcasts.
-    Local { prefix: String, last: u64, backlog: VecDeque<Event>, live: broadcast::Receiver<Arc<Event>> },
+    /// The embedded store: first the backlog read from the store, then live broadcasts; a
+    /// watcher that falls behind those reads the history again from where it was.
+    Local {
+        prefix: String,
+        last: u64,
+        backlog: VecDeque<Event>,
+        live: broadcast::Receiver<Arc<Event>>,
+        history: Option<History>,
+    },
     /// A backend that feeds events from a task of its own (etcd).
     Channel(tokio::sync::mpsc::Receiver<Result<Event, StoreError>>),
 }
@@ -154,9 +165,24 @@ impl Watch {
         live: broadcast::Receiver<Arc<Event>>,
     ) -> Watch {
         Watch {
-            source: Source::Local { prefix: prefix.to_string(), last: after, backlog: backlog.into(), live },
+            source: Source::Local {
+                prefix: prefix.to_string(),
+                last: after,
+                backlog: backlog.into(),
+                live,
+                history: None,
+            },
             map: None,
         }
+    }
+
+    /// With `history`, falling behind the live events is caught up from the store's history
+    /// (while it still holds them) instead of ending the watch.
+    pub(crate) fn with_history(mut self, h: History) -> Watch {
+        if let Source::Local { history, .. } = &mut self.source {
+            *history = Some(h);
+        }
+        self
     }
 
     /// The same stream with `f` applied to each event's object (given its key).
@@ -179,22 +205,32 @@ impl Watch {
     }
 
     async fn next_raw(&mut self) -> Option<Result<Event, StoreError>> {
-        let (prefix, last, backlog, live) = match &mut self.source {
+        let (prefix, last, backlog, live, history) = match &mut self.source {
             Source::Channel(rx) => return rx.recv().await,
-            Source::Local { prefix, last, backlog, live } => (prefix, last, backlog, live),
+            Source::Local { prefix, last, backlog, live, history } => (prefix, last, backlog, live, history),
         };
-        if let Some(e) = backlog.pop_front() {
-            *last = e.revision;
-            return Some(Ok(e));
-        }
         loop {
+            if let Some(e) = backlog.pop_front() {
+                *last = e.revision;
+                return Some(Ok(e));
+            }
             match live.recv().await {
                 Ok(e) if e.revision > *last && e.key.starts_with(prefix.as_str()) => {
                     *last = e.revision;
                     return Some(Ok((*e).clone()));
                 }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Err(StoreError::TooSlow(n))),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // A burst overran this watcher's place in the broadcast: take a new place
+                    // at its end first, then read what was missed from the history (the live
+                    // events it already holds are skipped by revision), as a new watch does.
+                    let Some(h) = history.as_ref() else { return Some(Err(StoreError::TooSlow(n))) };
+                    *live = live.resubscribe();
+                    match h(prefix, *last) {
+                        Ok(missed) => backlog.extend(missed),
+                        Err(_) => return Some(Err(StoreError::TooSlow(n))),
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }

@@ -27,7 +27,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub struct RedbStore {
     /// The open database; None after a disk error (redb refuses everything after one) until
     /// it is reopened, from what was durable.
-    db: RwLock<Option<Arc<Database>>>,
+    db: Arc<RwLock<Option<Arc<Database>>>>,
     path: std::path::PathBuf,
     cache: usize,
     /// Serialises write transactions.
@@ -35,7 +35,7 @@ pub struct RedbStore {
     /// Held by the writer making a durable commit.
     syncer: Mutex<()>,
     /// Committed writes not yet known durable.
-    pending: Mutex<Pending>,
+    pending: Arc<Mutex<Pending>>,
     live: broadcast::Sender<Arc<Event>>,
 }
 
@@ -62,9 +62,38 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
+/// The events under `prefix` after `after`, up to what is durable (later ones come live once
+/// their commit is synced: a write a disk error loses is never seen by a watch); Compacted when
+/// the history no longer reaches back to `after`.
+fn history(
+    db: &Database,
+    pending: &Mutex<Pending>,
+    prefix: &str,
+    after: u64,
+) -> Result<Vec<Event>, StoreError> {
+    let durable = pending.lock().unwrap_or_else(|e| e.into_inner()).durable;
+    let tx = db.begin_read().map_err(storage)?;
+    let meta = tx.open_table(META).map_err(backend)?;
+    let compacted = meta.get("compacted").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+    if after < compacted {
+        return Err(StoreError::Compacted { requested: after, oldest: compacted });
+    }
+    let events = tx.open_table(EVENTS).map_err(backend)?;
+    let mut backlog = Vec::new();
+    for item in events.range(after + 1..=durable.max(after)).map_err(backend)? {
+        let (_, v) = item.map_err(backend)?;
+        let e: Event = serde_json::from_slice(v.value()).map_err(backend)?;
+        if e.key.starts_with(prefix) {
+            backlog.push(e);
+        }
+    }
+    Ok(backlog)
+}
+
 impl RedbStore {
     /// Opens (or creates) the store at `path`. `buffer` is how many events a live watcher may
-    /// fall behind before it is cut off.
+    /// fall behind the broadcast before it catches up from the history (and is cut off only
+    /// once the history no longer holds where it was).
     pub fn open(path: &Path, buffer: usize) -> Result<RedbStore, StoreError> {
         RedbStore::open_with_cache(path, buffer, DEFAULT_CACHE)
     }
@@ -75,12 +104,12 @@ impl RedbStore {
         let db = open_db(path, cache)?;
         let (live, _) = broadcast::channel(buffer.max(16));
         let store = RedbStore {
-            db: RwLock::new(Some(Arc::new(db))),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path: path.to_path_buf(),
             cache,
             writer: Mutex::new(()),
             syncer: Mutex::new(()),
-            pending: Mutex::new(Pending::default()),
+            pending: Arc::new(Mutex::new(Pending::default())),
             live,
         };
         store.pending.lock().unwrap_or_else(|e| e.into_inner()).durable = store.meta("revision")?;
@@ -421,25 +450,18 @@ impl Store for RedbStore {
         // Subscribe before reading the backlog, so nothing committed in between is missed;
         // the watch skips live events it already delivered from the backlog.
         let live = self.live.subscribe();
-        // Only what is durable: later events come live once their commit is synced (a write
-        // a disk error loses is never seen by a watch).
-        let durable = self.pending.lock().unwrap_or_else(|e| e.into_inner()).durable;
-        let tx = self.db()?.begin_read().map_err(|e| self.failed(storage(e)))?;
-        let meta = tx.open_table(META).map_err(backend)?;
-        let compacted = meta.get("compacted").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
-        if after < compacted {
-            return Err(StoreError::Compacted { requested: after, oldest: compacted });
-        }
-        let events = tx.open_table(EVENTS).map_err(backend)?;
-        let mut backlog = Vec::new();
-        for item in events.range(after + 1..=durable.max(after)).map_err(backend)? {
-            let (_, v) = item.map_err(backend)?;
-            let e: Event = serde_json::from_slice(v.value()).map_err(backend)?;
-            if e.key.starts_with(prefix) {
-                backlog.push(e);
-            }
-        }
-        Ok(Watch::new(prefix, after, backlog, live))
+        let db = self.db()?;
+        let backlog = history(&db, &self.pending, prefix, after).map_err(|e| self.failed(e))?;
+        // A watcher that falls behind the broadcast reads what it missed the same way, from the
+        // database open then (none while a disk error has it closed: that watcher is cut off).
+        // It holds the slot, not the database, which a reopen must be able to close.
+        let (slot, pending) = (Arc::clone(&self.db), Arc::clone(&self.pending));
+        let again: super::History = Arc::new(move |prefix, after| {
+            let db = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let db = db.ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))?;
+            history(&db, &pending, prefix, after)
+        });
+        Ok(Watch::new(prefix, after, backlog, live).with_history(again))
     }
 
     fn compact(&self, revision: u64) -> Result<(), StoreError> {
@@ -515,15 +537,34 @@ mod tests {
         crate::store::conformance::run_all(fresh).await;
     }
 
+    /// A burst far past a watcher's place in the broadcast: it catches up from the history,
+    /// every event once and in order; only once the history is compacted past where it was
+    /// is it cut off.
     #[tokio::test]
-    async fn a_slow_watcher_is_cut_off() {
+    async fn a_slow_watcher_catches_up_from_the_history_until_it_is_compacted() {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
-        let mut w = s.watch("", 0).unwrap();
-        for i in 0..40 {
+        let mut w = s.watch("/configmaps/", 0).unwrap();
+        for i in 0..300 {
             s.create(&format!("/configmaps/default/c{i}"), serde_json::json!({"metadata": {}})).unwrap();
+            if i % 3 == 0 {
+                s.create(&format!("/secrets/default/s{i}"), serde_json::json!({"metadata": {}})).unwrap();
+            }
         }
-        assert!(matches!(w.next().await, Some(Err(StoreError::TooSlow(_)))));
+        let mut seen = Vec::new();
+        while seen.len() < 300 {
+            let e = w.next().await.unwrap().unwrap();
+            seen.push(e.key);
+        }
+        let want: Vec<String> = (0..300).map(|i| format!("/configmaps/default/c{i}")).collect();
+        assert_eq!(seen, want);
+        // Behind again, and the history compacted past it: cut off.
+        let mut late = s.watch("", s.revision().unwrap()).unwrap();
+        for i in 0..40 {
+            s.create(&format!("/configmaps/default/d{i}"), serde_json::json!({"metadata": {}})).unwrap();
+        }
+        s.compact(s.revision().unwrap()).unwrap();
+        assert!(matches!(late.next().await, Some(Err(StoreError::TooSlow(_)))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
