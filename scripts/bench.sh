@@ -4,7 +4,7 @@
 # that fails is named at the end and fails the run, after every other area has run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-areas=(runtime supervisor api scheduler network images agent proxy autoscaling services controllers)
+areas=(runtime supervisor api scheduler network images agent proxy autoscaling services controllers scale)
 want=${1:-}
 if [ -n "$want" ] && [[ ! " ${areas[*]} " =~ " $want " ]]; then
     echo "make bench: unknown area '$want' (one of: ${areas[*]})" >&2

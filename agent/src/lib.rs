@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod eviction;
+pub mod hollow;
 pub mod ingress;
 pub mod logs;
 pub mod metrics;

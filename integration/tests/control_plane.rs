@@ -1840,3 +1840,81 @@ fn metrics_count_requests_watches_store_calls_scheduling_and_controllers() {
     assert_eq!(can(&["system:authenticated"]), "no");
     assert_eq!(can(&["system:authenticated", "system:monitoring"]), "yes");
 }
+
+/// Hollow nodes (`tug-hollow`): they register and keep their Leases, their pods are bound
+/// and reported Running and Ready, and a deleted pod's graceful deletion is confirmed — the
+/// agent's API traffic without a kernel, which `make bench AREA=scale` multiplies.
+#[test]
+fn hollow_nodes_register_heartbeat_and_run_their_pods() {
+    use std::time::Duration;
+    let cp = ControlPlane::start();
+    let mut hollow = std::process::Command::new(tug_integration::bins::path("tug-agent", "tug-hollow"))
+        .arg("--socket")
+        .arg(cp.socket())
+        .args(["--nodes", "3", "--name-prefix", "tug-hollow", "--lease-renew", "1s", "--report", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = |n: &Value| {
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    let nodes_ready = tug_integration::wait_for(Duration::from_secs(20), || {
+        cp.get_json(&["nodes"])
+            .and_then(|l| l["items"].as_array().cloned())
+            .is_some_and(|items| items.len() == 3 && items.iter().all(ready))
+    });
+    assert!(nodes_ready, "{:?}", cp.get_json(&["nodes"]));
+    cp.apply(&HA_APP.replace("REPLICAS", "6"));
+    let running = || -> Vec<Value> {
+        cp.get_json(&["pods", "-l", "app=ha"])
+            .and_then(|l| l["items"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let all_running = tug_integration::wait_for(Duration::from_secs(30), || {
+        let pods = running();
+        pods.len() == 6
+            && pods.iter().all(|p| {
+                p["status"]["phase"] == "Running"
+                    && p["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("tug-hollow-"))
+                    && p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    });
+    assert!(all_running, "{:#?}", running());
+    // The Deployment sees them available; a scale-down's deletions are confirmed by the nodes.
+    let o = cp.tug(&["scale", "deployment/ha", "--replicas", "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(tug_integration::wait_for(Duration::from_secs(30), || running().len() == 2), "{:#?}", running());
+    // Heartbeats: every node's Lease is renewed.
+    let lease = |n: &str| {
+        let (_, body) = cp.raw(
+            "GET",
+            &format!("/apis/coordination.k8s.io/v1/namespaces/tug-node-lease/leases/{n}"),
+            "",
+            "",
+        );
+        serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_string))
+    };
+    let first = lease("tug-hollow-0").expect("a lease");
+    assert!(tug_integration::wait_for(Duration::from_secs(10), || lease("tug-hollow-0")
+        .is_some_and(|t| t != first)));
+    let _ = hollow.kill();
+    let out = hollow.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let last = report.lines().rfind(|l| l.starts_with("HOLLOW ")).unwrap_or_default().to_string();
+    assert!(
+        last.contains("registered=3") && last.contains("errors=0"),
+        "{last}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -230,6 +230,14 @@ fn bound_the_allocator() {
 fn run(flags: Flags) -> anyhow::Result<()> {
     election(&flags).check().map_err(|e| anyhow::anyhow!(e))?;
     bound_the_allocator();
+    // Every agent holds watches and a tunnel open: thousands of nodes need more descriptors
+    // than the usual soft limit of 1024 (the hard limit is the service manager's to set).
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let mut store = open_store(&flags)?;
     let encryption = match &flags.encryption_config {
         Some(path) => Some(Arc::new(
