@@ -40,17 +40,7 @@ fn request(socket: &Path, method: &str, path: &str, ctype: &str, body: &str) -> 
 
 /// A request with extra header lines (each ending in CRLF).
 fn request_with(socket: &Path, method: &str, path: &str, ctype: &str, body: &str, headers: &str) -> u16 {
-    let Ok(mut s) = UnixStream::connect(socket) else { return 0 };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: tug\r\nConnection: close\r\nContent-Type: {ctype}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    tug_integration::control_plane::request_code(socket, method, path, ctype, body, headers)
 }
 
 fn cm(name: &str) -> String {

@@ -15,8 +15,7 @@
 //!
 //! Each line starts `BENCH scale`, with `store=` and `nodes=`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,17 +26,7 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn post(socket: &Path, path: &str, body: &str) -> u16 {
-    let Ok(mut s) = UnixStream::connect(socket) else { return 0 };
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: tug\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    tug_integration::control_plane::request_code(socket, "POST", path, "application/json", body, "")
 }
 
 /// The process's CPU time so far, in seconds (utime + stime).

@@ -151,18 +151,7 @@ impl ControlPlane {
 
     /// Runs `tug ARGS` against this control plane, with `stdin` as its standard input.
     pub fn tug_with_input(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(crate::bins::path("tug-cli", "tug"))
-            .env("TUG_SOCKET", self.socket())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run tug");
-        if let Some(mut i) = child.stdin.take() {
-            let _ = i.write_all(stdin.as_bytes());
-        }
-        child.wait_with_output().expect("tug output")
+        run_tug(Some(&self.socket()), args, stdin)
     }
 
     /// Runs `tug ARGS` with more environment variables.
@@ -214,6 +203,43 @@ impl ControlPlane {
         let chunked = head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
         (code, if chunked { dechunk(body) } else { body.to_string() })
     }
+}
+
+/// One request over a control plane's socket with extra header lines (each ending in CRLF):
+/// the status code, 0 when unreachable. For benchmarks, which only count answers.
+pub fn request_code(socket: &Path, method: &str, path: &str, ctype: &str, body: &str, headers: &str) -> u16 {
+    let Ok(mut s) = UnixStream::connect(socket) else { return 0 };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tug\r\nConnection: close\r\nContent-Type: {ctype}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// `tug ARGS` with `stdin`, against `socket` (`TUG_SOCKET`), or — without one — against
+/// whatever the arguments name (`--server A,B,C`).
+pub fn run_tug(socket: Option<&Path>, args: &[&str], stdin: &str) -> Output {
+    let mut cmd = Command::new(crate::bins::path("tug-cli", "tug"));
+    match socket {
+        Some(s) => cmd.env("TUG_SOCKET", s),
+        None => cmd.env_remove("TUG_SOCKET"),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tug");
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(stdin.as_bytes());
+    }
+    child.wait_with_output().expect("tug output")
 }
 
 /// A chunked body's data (what is left of a cut stream too).

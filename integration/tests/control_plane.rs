@@ -1761,18 +1761,7 @@ fn replicas_tug(args: &[&str]) -> std::process::Output {
 }
 
 fn replicas_tug_input(args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = std::process::Command::new(tug_integration::bins::path("tug-cli", "tug"))
-        .env_remove("TUG_SOCKET")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tug");
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(stdin.as_bytes());
-    }
-    child.wait_with_output().expect("tug output")
+    tug_integration::control_plane::run_tug(None, args, stdin)
 }
 
 /// `/metrics`: the API's requests by verb, resource and code, open watches, the store's calls
