@@ -458,6 +458,12 @@ fn rollout_pause_resume_undo_restart_and_scale_from_the_cli() {
     assert_eq!(rs_count(), 1, "no rollout while paused");
     assert_eq!(ok(&["rollout", "resume", "deployment/web"]), "deployment.apps/web resumed");
     assert!(wait_for(Duration::from_secs(10), || rs_count() == 2), "{}", cp.log());
+    // The Deployment's own revision follows its new ReplicaSet's a moment later; undo reads
+    // it (as kubectl's does) to tell the current revision from the previous one.
+    assert!(wait_for(Duration::from_secs(10), || {
+        cp.get_json(&["deployment", "web"])
+            .is_some_and(|d| d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2")
+    }));
     let history = ok(&["rollout", "history", "deployment/web"]);
     assert!(
         history.contains("REVISION  CHANGE-CAUSE")
