@@ -29,7 +29,7 @@ pub async fn register(api: &Client, cfg: &Config) -> Result<Cidr4, String> {
         Err(e) if api::is_conflict(&e) => {
             // Registered before: the lease first, so the node controller never sees a fresh
             // Ready beside a stale lease (a spurious NodeNotReady and unreachable taints).
-            renew_lease(api, cfg, cfg.status_frequency * 4).await?;
+            renew_lease(api, &cfg.node_name, cfg.status_frequency * 4).await?;
             // Keep its spec (pod CIDR, cordon), refresh labels, and replace only the taints
             // the agent set itself.
             let path = format!("/api/v1/nodes/{}", cfg.node_name);
@@ -89,13 +89,13 @@ pub async fn put_node_status(api: &Client, cfg: &Config) -> Result<(), String> {
     Err(format!("node {} status: kept conflicting", cfg.node_name))
 }
 
-/// Renews the node's Lease (creating it, and its namespace, the first time).
-pub async fn renew_lease(api: &Client, cfg: &Config, duration: Duration) -> Result<(), String> {
-    let path = api::core_path(LEASE_NAMESPACE, "leases", &cfg.node_name)
-        .replace("/api/v1/", "/apis/coordination.k8s.io/v1/");
+/// Renews node `node`'s Lease (creating it, and its namespace, the first time).
+pub async fn renew_lease(api: &Client, node: &str, duration: Duration) -> Result<(), String> {
+    let path =
+        api::core_path(LEASE_NAMESPACE, "leases", node).replace("/api/v1/", "/apis/coordination.k8s.io/v1/");
     let now = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
     let spec = json!({
-        "holderIdentity": cfg.node_name,
+        "holderIdentity": node,
         "leaseDurationSeconds": duration.as_secs(),
         "renewTime": now,
     });
@@ -116,7 +116,7 @@ pub async fn renew_lease(api: &Client, cfg: &Config, duration: Duration) -> Resu
             }
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": cfg.node_name, "namespace": LEASE_NAMESPACE},
+                "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
                 "spec": spec,
             });
             let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases");
@@ -422,7 +422,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         tokio::spawn(async move {
             let duration = cfg.status_frequency * 4;
             loop {
-                if let Err(e) = renew_lease(&api, &cfg, duration).await {
+                if let Err(e) = renew_lease(&api, &cfg.node_name, duration).await {
                     tracing::warn!("tug-agent: {e}");
                 }
                 tokio::time::sleep(cfg.status_frequency / 2).await;

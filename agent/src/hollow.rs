@@ -99,7 +99,7 @@ pub async fn run_node(api: Client, name: String, ip: String, shape: Shape, tally
             let period = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
             tokio::time::sleep(Duration::from_millis(jitter % period)).await;
             loop {
-                match renew(&api, &name, every * 4).await {
+                match crate::daemon::renew_lease(&api, &name, every * 4).await {
                     Ok(()) => tally.heartbeats.fetch_add(1, Ordering::Relaxed),
                     Err(_) => tally.errors.fetch_add(1, Ordering::Relaxed),
                 };
@@ -130,34 +130,11 @@ async fn register(api: &Client, name: &str, ip: &str, shape: &Shape) -> Result<S
         Err(e) if api::is_conflict(&e) => api::get(api, &path).await?.ok_or("the node vanished")?,
         Err(e) => return Err(format!("registering: {e}")),
     };
-    renew(api, name, Duration::from_secs(40)).await?;
+    crate::daemon::renew_lease(api, name, Duration::from_secs(40)).await?;
     let mut obj = created;
     obj["status"] = status;
     api::put(api, &format!("{path}/status"), &obj).await.map_err(|e| format!("node status: {e}"))?;
     Ok(obj["spec"]["podCIDR"].as_str().unwrap_or("10.0.0.0/24").to_string())
-}
-
-async fn renew(api: &Client, name: &str, duration: Duration) -> Result<(), String> {
-    let ns = crate::daemon::LEASE_NAMESPACE;
-    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}");
-    let spec = json!({"holderIdentity": name, "leaseDurationSeconds": duration.as_secs(),
-        "renewTime": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()});
-    match api::get(api, &path).await? {
-        Some(mut lease) => {
-            lease["spec"] = spec;
-            api::put(api, &path, &lease).await.map(drop).map_err(|e| format!("renewing lease: {e}"))
-        }
-        None => {
-            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "namespace": ns}, "spec": spec});
-            let collection = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases");
-            match api::create(api, &collection, &lease).await {
-                Ok(_) => Ok(()),
-                Err(e) if api::is_conflict(&e) => Ok(()),
-                Err(e) => Err(format!("creating lease: {e}")),
-            }
-        }
-    }
 }
 
 /// The node's pods: list, then watch (resumed across cuts); each new one reported Running,

@@ -107,15 +107,7 @@ pub fn probed(probe_type: &'static str, ok: bool) {
 /// be bound is said and tried again, as the agent's other servers do.
 pub async fn serve(addr: std::net::SocketAddr) {
     get();
-    let listener = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::warn!("tug-agent: metrics: listening on {addr}: {e}; trying again in 30 s");
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            }
-        }
-    };
+    let listener = crate::network::netns::listen_on("metrics", addr).await;
     loop {
         let Ok((s, _)) = listener.accept().await else { continue };
         tokio::spawn(async move {

@@ -77,18 +77,7 @@ fn main() {
     drop(cp);
     // The same against a real etcd (Debian's etcd-server) on loopback.
     let etcd = tug_integration::etcd::EtcdProcess::start();
-    let secrets = tempfile::Builder::new().prefix("tug-bench-secret").tempdir().expect("tempdir");
-    let secret = secrets.path().join("pki-secret");
-    std::fs::write(&secret, "a-benchmark-secret-of-the-replicas\n").expect("secret");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-    let cp = tug_integration::control_plane::ControlPlane::start_with(&[
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &etcd.endpoint,
-        "--pki-secret-file",
-        secret.to_str().expect("utf-8 path"),
-    ]);
+    let (cp, _secrets) = tug_integration::control_plane::ControlPlane::start_on_etcd(&etcd.endpoint, &[]);
     run_all(&cp.socket(), "etcd", n, rate);
     if only("list-memory") {
         list_memory(&cp.socket(), cp.pid().unwrap_or(0), "etcd", n * 10);

@@ -113,21 +113,10 @@ fn main() {
             }
             "etcd" => {
                 let etcd = tug_integration::etcd::EtcdProcess::start();
-                let secrets = tempfile::Builder::new().prefix("tug-bench-secret").tempdir().expect("tempdir");
-                let secret = secrets.path().join("pki-secret");
-                std::fs::write(&secret, "a-benchmark-secret-of-the-replicas\n").expect("secret");
-                std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                    .expect("chmod");
-                let cp = tug_integration::control_plane::ControlPlane::start_with(&[
-                    "--cluster-cidr",
-                    "10.0.0.0/8",
-                    "--store",
-                    "etcd",
-                    "--etcd-endpoints",
+                let (cp, _secrets) = tug_integration::control_plane::ControlPlane::start_on_etcd(
                     &etcd.endpoint,
-                    "--pki-secret-file",
-                    secret.to_str().expect("utf-8 path"),
-                ]);
+                    &["--cluster-cidr", "10.0.0.0/8"],
+                );
                 run(&cp, &release, "etcd", nodes, pods);
             }
             other => eprintln!("bench scale: unknown store {other:?} (redb, etcd)"),

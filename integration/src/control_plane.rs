@@ -35,6 +35,15 @@ impl ControlPlane {
         cp
     }
 
+    /// Starts one on etcd at `endpoint` (with a `--pki-secret-file` of its own, kept in the
+    /// returned directory) and any `extra` flags.
+    pub fn start_on_etcd(endpoint: &str, extra: &[&str]) -> (ControlPlane, tempfile::TempDir) {
+        let (dir, secret) = crate::etcd::pki_secret();
+        let mut flags = vec!["--store", "etcd", "--etcd-endpoints", endpoint, "--pki-secret-file", &secret];
+        flags.extend_from_slice(extra);
+        (ControlPlane::start_with(&flags), dir)
+    }
+
     /// Starts one inside the network namespace `netns` (a [`crate::cluster::Node`]'s): its
     /// socket is still a file the test reaches; its TCP traffic is the node's.
     pub fn start_in(netns: &str, extra: &[&str]) -> ControlPlane {

@@ -121,3 +121,14 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// A `--pki-secret-file` for etcd-backed replicas (mode 0600): the directory, kept while it
+/// lives, and the file's path.
+pub fn pki_secret() -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new().prefix("tug-pki-secret").tempdir().expect("temp dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdo\n").expect("write the secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let path = secret.to_str().expect("a UTF-8 temp path").to_string();
+    (dir, path)
+}

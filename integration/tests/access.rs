@@ -22,21 +22,10 @@ fn control_plane(extra: &[&str]) -> (ControlPlane, String, String) {
 
 /// `tug ARGS` over TLS with the credentials in `dir`.
 fn tug_as(url: &str, dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(tug_integration::bins::path("tug-cli", "tug"))
-        .arg("--server")
-        .arg(url)
-        .arg("--tls-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tug");
-    if let Some(mut i) = child.stdin.take() {
-        let _ = std::io::Write::write_all(&mut i, stdin.as_bytes());
-    }
-    child.wait_with_output().expect("tug output")
+    let dir = dir.to_str().expect("a UTF-8 path");
+    let mut all = vec!["--server", url, "--tls-dir", dir];
+    all.extend_from_slice(args);
+    tug_integration::control_plane::run_tug(None, &all, stdin)
 }
 
 fn text(o: &Output) -> String {

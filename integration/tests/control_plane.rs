@@ -812,31 +812,14 @@ fn immutable_fields_refuse_updates_and_allowed_changes_pass() {
     assert!(err(&o).contains("spec: Forbidden: pod updates may not change fields other than"), "{}", err(&o));
 }
 
-/// A `--pki-secret-file` for etcd-backed replicas: the directory (kept while it lives) and
-/// the file's path.
-fn pki_secret() -> (tempfile::TempDir, String) {
-    let dir = tempfile::Builder::new().prefix("tug-pki-secret").tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdo\n").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let path = secret.to_str().unwrap().to_string();
-    (dir, path)
-}
+use tug_integration::etcd::pki_secret;
 
 /// etcd gone: requests get 503 ServiceUnavailable with Retry-After (a client retries), not a
 /// 500 that reads like a bug.
 #[test]
 fn an_unreachable_etcd_is_503_with_retry_after() {
     let etcd = tug_integration::etcd::EtcdProcess::start();
-    let (_secrets, secret) = pki_secret();
-    let cp = ControlPlane::start_with(&[
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &etcd.endpoint,
-        "--pki-secret-file",
-        &secret,
-    ]);
+    let (cp, _secrets) = ControlPlane::start_on_etcd(&etcd.endpoint, &[]);
     drop(etcd);
     let (code, body) = cp.raw("GET", "/api/v1/namespaces/default/configmaps", "", "");
     assert_eq!(code, 503, "{body}");
@@ -1594,6 +1577,8 @@ fn three_replicas_fail_over_fast_and_a_replaced_leader_is_fenced() {
 
     // 1. kill -9 of the leader while a client writes through `--server` with every replica.
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let writes = std::sync::atomic::AtomicUsize::new(0);
+    let written = || writes.load(std::sync::atomic::Ordering::Relaxed);
     let (acked, failover) = std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let mut acked = Vec::new();
@@ -1605,12 +1590,16 @@ fn three_replicas_fail_over_fast_and_a_replaced_leader_is_fenced() {
                     .success()
                 {
                     acked.push(name);
+                    writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 i += 1;
             }
             acked
         });
-        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            tug_integration::wait_for(Duration::from_secs(10), || written() >= 10),
+            "no writes before the kill"
+        );
         let first = holder(&replicas, &alive).expect("a leader");
         let killed = Instant::now();
         replicas[first].kill9();
@@ -1620,7 +1609,9 @@ fn three_replicas_fail_over_fast_and_a_replaced_leader_is_fenced() {
         });
         let failover = killed.elapsed();
         assert!(moved, "no new leader");
-        std::thread::sleep(Duration::from_secs(1));
+        // The client goes on through the survivors.
+        let after = written();
+        assert!(tug_integration::wait_for(Duration::from_secs(10), || written() >= after + 10));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (writer.join().unwrap(), failover)
     });

@@ -188,15 +188,14 @@ pub fn verb(a: &crate::auth::Attributes, method: &str, content_type: &str) -> &'
 
 /// The outermost layer: counts and times every request, and keeps long-running ones in
 /// `apiserver_longrunning_requests` for as long as their response body lives.
-pub async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    let query: std::collections::HashMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+pub async fn measure(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let query = crate::api::handlers::parse_query(req.uri().query().unwrap_or_default());
     let a = crate::auth::attributes(req.method().as_str(), req.uri().path(), &query);
+    // The authorizer inside reads them from here rather than working them out again.
+    req.extensions_mut().insert(a.clone());
     let content_type =
         req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let verb = verb(&a, req.method().as_str(), &content_type);

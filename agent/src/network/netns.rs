@@ -114,13 +114,23 @@ where
 /// A TCP listener on `port` of every address, tried again (5 s, doubling up to 5 minutes)
 /// while the port is taken; `what` names it in the warnings.
 pub async fn listen(what: &str, port: u16) -> tokio::net::TcpListener {
+    listen_on(what, (std::net::Ipv4Addr::UNSPECIFIED, port).into()).await
+}
+
+/// [`listen`] on one address.
+pub async fn listen_on(what: &str, addr: std::net::SocketAddr) -> tokio::net::TcpListener {
     let mut pause = std::time::Duration::from_secs(5);
     loop {
-        match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+        match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => return l,
             Err(e) => {
+                let on = if addr.ip().is_unspecified() {
+                    format!("port {}", addr.port())
+                } else {
+                    addr.to_string()
+                };
                 tracing::warn!(
-                    "tug-agent: {what}: listening on port {port}: {e}; trying again in {} s",
+                    "tug-agent: {what}: listening on {on}: {e}; trying again in {} s",
                     pause.as_secs()
                 );
                 tokio::time::sleep(pause).await;

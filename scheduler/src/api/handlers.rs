@@ -94,7 +94,7 @@ pub async fn dispatch(
     result.unwrap_or_else(|s| status_response(&s))
 }
 
-fn parse_query(q: &str) -> HashMap<String, String> {
+pub(crate) fn parse_query(q: &str) -> HashMap<String, String> {
     query_pairs(q).into_iter().collect()
 }
 
@@ -1537,8 +1537,14 @@ pub async fn authorize(
     next: axum::middleware::Next,
 ) -> Response {
     let received = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
-    let query = parse_query(req.uri().query().unwrap_or(""));
-    let attrs = crate::auth::attributes(req.method().as_str(), req.uri().path(), &query);
+    // Worked out once, by the metrics layer outside this one.
+    let attrs = match req.extensions().get::<crate::auth::Attributes>() {
+        Some(a) => a.clone(),
+        None => {
+            let query = parse_query(req.uri().query().unwrap_or(""));
+            crate::auth::attributes(req.method().as_str(), req.uri().path(), &query)
+        }
+    };
     let (real, decided) = authenticate_and_authorize(&st, &req, &attrs);
     let Some(audit) = st.audit.clone() else {
         return match decided {

@@ -24,7 +24,7 @@ mod discovery;
 #[allow(clippy::result_large_err)]
 mod eviction;
 #[allow(clippy::result_large_err)]
-mod handlers;
+pub(crate) mod handlers;
 #[allow(clippy::result_large_err)]
 mod list;
 #[allow(clippy::result_large_err)]

@@ -229,7 +229,7 @@ where
                 }
                 tokio::time::sleep(timing.retry).await;
             }
-            let renewed = Instant::now();
+            let mut renewed = Instant::now();
             let (s, i) = (store.clone(), identity.clone());
             let fence = tokio::time::timeout(
                 timing.renew_deadline,
@@ -257,7 +257,6 @@ where
             tracing::info!("tug-scheduler: controllers: leading as {identity} (term at revision {epoch})");
             leading(true);
             let handles = start(fenced);
-            let mut renewed = renewed;
             loop {
                 tokio::time::sleep(timing.retry).await;
                 let left = timing.renew_deadline.saturating_sub(renewed.elapsed());
