@@ -1711,7 +1711,13 @@ fn three_replicas_fail_over_fast_and_a_replaced_leader_is_fenced() {
             .collect()
     };
     // 30 pods of 100m on two nodes of one CPU: exactly 20 fit.
-    assert!(tug_integration::wait_for(Duration::from_secs(30), || placed().len() == 20), "{:?}", placed());
+    if !tug_integration::wait_for(Duration::from_secs(30), || placed().len() == 20) {
+        for r in &replicas {
+            let l = r.log();
+            eprintln!("=== LOG\n{}", &l[l.len().saturating_sub(6000)..]);
+        }
+        panic!("{:?}", placed());
+    }
     std::thread::sleep(Duration::from_secs(2));
     let placed = placed();
     assert_eq!(placed.len(), 20);

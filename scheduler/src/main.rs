@@ -356,9 +356,12 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         );
     }
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
-    let store_for_scheduler = store.clone();
+    // The scheduler and the controllers read from one in-memory copy of the store, fed by a
+    // watch (the API serves from the store itself).
+    let copy: Arc<dyn Store> = Arc::new(tug_scheduler::store::cache::Cached::start(store.clone()));
+    let store_for_scheduler = copy.clone();
     let store_for_kubernetes = store.clone();
-    let store_for_controllers = store.clone();
+    let store_for_controllers = copy;
     let services =
         api::services::ServiceRanges::new(flags.service_cluster_ip_range, flags.service_node_port_range);
     if let Some(level) = tug_scheduler::auth::podsecurity::Level::parse(&flags.pod_security_default) {

@@ -710,8 +710,16 @@ impl Controller for Deployments {
         let ns = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let (rs_items, _) = store.list(&format!("{}{ns}/", replicaset::PREFIX))?;
         let rss: Vec<ReplicaSet> = rs_items.iter().filter_map(|s| decode(s).ok()).collect();
-        let (pod_items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = pod_items.iter().filter_map(|s| decode(s).ok()).collect();
+        // The plan looks only at the pods of the ReplicaSets it owns.
+        let uid = d.metadata.uid.as_deref().unwrap_or_default();
+        let mine: std::collections::HashSet<&str> = rss
+            .iter()
+            .filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        let pods = super::pods_where(store, &ns, |p| {
+            controller_of(&p.metadata).is_some_and(|o| mine.contains(o.uid.as_str()))
+        })?;
         let p = plan(&d, &rss, &pods, super::unix_now());
         apply(store, &d, &stored, &p)?;
         Ok(p.next)

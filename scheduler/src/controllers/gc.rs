@@ -118,7 +118,28 @@ pub fn mark(obj: &mut Value, finalizer: &str, now: &str) {
 }
 
 /// The collector.
-pub struct Collector;
+#[derive(Default)]
+pub struct Collector {
+    /// Each object's owner references as last queued (a hash): an update that leaves them
+    /// alone — a pod's status, a node's lease — is not looked at again.
+    owners: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Collector {
+    /// Whether an object's owner references differ from those last seen (and notes them).
+    fn owners_changed(&self, key: &str, refs: &Value) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        refs.to_string().hash(&mut h);
+        let h = h.finish();
+        let mut seen = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(key.to_string(), h) != Some(h)
+    }
+
+    fn forget(&self, key: &str) {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
 
 impl Controller for Collector {
     fn name(&self) -> &'static str {
@@ -135,6 +156,15 @@ impl Controller for Collector {
     }
 
     fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
+        let refs = &e.object["metadata"]["ownerReferences"];
+        let marked = !e.object["metadata"]["deletionTimestamp"].is_null();
+        match e.type_ {
+            EventType::Deleted => self.forget(&e.key),
+            // Nothing to collect: no owners and no deletion mark (most objects, read without
+            // decoding), or an update with the same owners as before.
+            _ if !marked && (refs.is_null() || !self.owners_changed(&e.key, refs)) => return Vec::new(),
+            _ => {}
+        }
         let Some(meta) = meta_of(&e.object) else { return Vec::new() };
         let mut keys = Vec::new();
         let ns = meta.namespace.clone().unwrap_or_default();
@@ -160,16 +190,24 @@ impl Controller for Collector {
                     }
                 }
             }
-            _ if !meta.owner_references.is_empty() || meta.deletion_timestamp.is_some() => {
-                keys.push(e.key.clone())
-            }
-            _ => {}
+            _ => keys.push(e.key.clone()),
         }
         keys
     }
 
+    /// Every object in the store, queued again: ten times as seldom as the others (owner
+    /// changes and deletions are events, so this only catches what a cut-off watch missed).
+    fn resync(&self, period: Duration) -> Duration {
+        period * 10
+    }
+
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
         let Some(s) = store.get(key)? else { return Ok(Next::Done) };
+        if s.object["metadata"]["ownerReferences"].is_null()
+            && s.object["metadata"]["deletionTimestamp"].is_null()
+        {
+            return Ok(Next::Done);
+        }
         let Some(meta) = meta_of(&s.object) else { return Ok(Next::Done) };
         if meta.owner_references.is_empty() && meta.deletion_timestamp.is_none() {
             return Ok(Next::Done);

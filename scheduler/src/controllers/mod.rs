@@ -146,7 +146,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
         (Arc::new(vpa::VerticalAutoscalers::new(settings.usage.clone(), settings.hpa_sync)), 1),
         (Arc::new(job::Jobs), 1),
         (Arc::new(cronjob::CronJobs), 1),
-        (Arc::new(gc::Collector), 1),
+        (Arc::new(gc::Collector::default()), 1),
         (Arc::new(namespaces::Namespaces), 1),
         (Arc::new(nodes::NodeLifecycle::new(settings)), 1),
         (Arc::new(volumes::VolumeBinder), 1),
@@ -256,6 +256,20 @@ pub fn workload_pods(
             })
             .collect(),
     ))
+}
+
+/// The pods in `ns` that `keep` accepts, from the store's copy: each pod is decoded once per
+/// change there, and only the accepted ones are cloned (a namespace of 50,000 pods is not
+/// decoded again for each ReplicaSet of 100).
+pub fn pods_where(store: &dyn Store, ns: &str, keep: impl Fn(&Pod) -> bool) -> Result<Vec<Pod>, StoreError> {
+    let (items, _) = crate::store::cache::list_typed::<Pod>(store, &format!("/pods/{ns}/"))?;
+    Ok(items.iter().filter(|p| keep(&p.value)).map(|p| (*p.value).clone()).collect())
+}
+
+/// Whether a pod is controlled by the owner with `uid` or by nobody: the pods a workload may
+/// claim (Kubernetes' ControllerRefManager looks at no others).
+pub fn claimable_by(pod: &Pod, uid: &str) -> bool {
+    controller_of(&pod.metadata).is_none_or(|o| o.uid == uid)
 }
 
 /// Whether a pod still counts: not finished and not being deleted.

@@ -158,8 +158,8 @@ impl Controller for ReplicaSets {
         let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
         let rs: ReplicaSet = decode(&stored)?;
         let ns = rs.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (pod_items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = pod_items.iter().filter_map(|s| decode(s).ok()).collect();
+        let uid = rs.metadata.uid.clone().unwrap_or_default();
+        let pods = super::pods_where(store, &ns, |p| super::claimable_by(p, &uid))?;
         let p = plan(&rs, &pods, super::unix_now());
         let involved = ("ReplicaSet", "apps/v1", &rs.metadata);
         for name in &p.adopt {

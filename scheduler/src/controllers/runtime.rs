@@ -61,6 +61,10 @@ pub trait Controller: Send + Sync + 'static {
         Vec::new()
     }
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError>;
+    /// How often every primary object is queued again, given the `--resync-period`.
+    fn resync(&self, period: Duration) -> Duration {
+        period
+    }
 }
 
 #[derive(Default)]
@@ -243,17 +247,18 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
                 continue;
             }
         };
-        watch(store.clone(), controller.clone(), queue.clone(), rev, resync).await;
+        watch(store.clone(), controller.clone(), queue.clone(), rev, controller.resync(resync)).await;
     }
 }
 
 /// Queues every primary key: a scan of keys, no object decoded (the garbage collector's
 /// primary is the whole store).
 fn list_into(store: &dyn Store, c: &dyn Controller, queue: &Queue) -> Result<u64, StoreError> {
-    store.scan(c.primary(), None, &mut |key, _| {
-        queue.add(key);
-        true
-    })
+    let (keys, revision) = store.keys(c.primary())?;
+    for k in keys {
+        queue.add(&k);
+    }
+    Ok(revision)
 }
 
 /// Feeds the queue from the watches until one fails or `resync` passes.

@@ -20,6 +20,7 @@
 
 use super::engine::{Engine, Strategy};
 use super::snapshot::{PodInfo, Snapshot};
+use crate::store::cache::list_typed;
 use crate::store::{Store, StoreError, Stored};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -50,14 +51,25 @@ struct Reserved {
     /// The pod's uid: a pod made again under the same name is another pod.
     #[serde(default)]
     uid: String,
+    /// The pod's revision its binding expects: once the pod has changed and is still unbound,
+    /// that binding failed (or will), and the reservation holds nothing (0: not known).
+    #[serde(default)]
+    revision: u64,
 }
 
 /// Whether a reservation is in flight at `now`: its pod is pending (`pending` maps the
-/// unbound, undeleted pods' keys to their uids) and it is younger than the TTL. Only those
-/// count, and only those are kept.
-fn in_flight(key: &str, r: &Reserved, pending: &std::collections::HashMap<String, String>, now: u64) -> bool {
-    pending.get(key).is_some_and(|uid| r.uid.is_empty() || &r.uid == uid)
-        && now.saturating_sub(r.at) <= RESERVATION_TTL_SECS
+/// unbound, undeleted pods' keys to their uids and revisions), unchanged since it was
+/// reserved (a binding expects that revision) and the reservation younger than the TTL. Only
+/// those count, and only those are kept.
+fn in_flight(
+    key: &str,
+    r: &Reserved,
+    pending: &std::collections::HashMap<String, (String, u64)>,
+    now: u64,
+) -> bool {
+    pending.get(key).is_some_and(|(uid, revision)| {
+        (r.uid.is_empty() || &r.uid == uid) && (r.revision == 0 || r.revision == *revision)
+    }) && now.saturating_sub(r.at) <= RESERVATION_TTL_SECS
 }
 
 fn unix_now() -> u64 {
@@ -125,30 +137,23 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             Some((node, (s.revision, serde_json::from_value(s.object.clone()).ok()?)))
         })
         .collect();
-    let (node_objs, _) = store.list(NODES)?;
-    let (pod_objs, _) = store.list(PODS)?;
-    let nodes: Vec<Node> =
-        node_objs.iter().filter_map(|s| serde_json::from_value(s.object.clone()).ok()).collect();
-    let typed: Vec<(Pod, &Stored)> = pod_objs
-        .iter()
-        .filter_map(|s| match serde_json::from_value(s.object.clone()) {
-            Ok(p) => Some((p, s)),
-            Err(e) => {
-                tracing::warn!("tug-scheduler: skipping {}: {e}", s.key);
-                None
-            }
-        })
-        .collect();
-    let bound: Vec<Pod> =
-        typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.clone()).collect();
-    let mut snap = Snapshot::from_objects(&nodes, &bound);
+    // Decoded once per change of each object, from the controllers' copy of the store.
+    let (node_objs, _) = list_typed::<Node>(store, NODES)?;
+    let (pod_objs, _) = list_typed::<Pod>(store, PODS)?;
+    let nodes: Vec<Node> = node_objs.iter().map(|n| (*n.value).clone()).collect();
+    let typed: Vec<(Arc<Pod>, &Stored)> =
+        pod_objs.iter().map(|p| (Arc::clone(&p.value), p.stored())).collect();
+    let mut snap = Snapshot::from_pods(
+        &nodes,
+        typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.as_ref()),
+    );
     // Reserved but not yet bound (by this scheduler or another): counted too, while in flight.
-    let waiting: std::collections::HashMap<String, String> = typed
+    let waiting: std::collections::HashMap<String, (String, u64)> = typed
         .iter()
         .filter(|(p, _)| p.spec.node_name.is_none() && p.metadata.deletion_timestamp.is_none())
-        .map(|(p, _)| {
+        .map(|(p, s)| {
             let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name);
-            (key, p.metadata.uid.clone().unwrap_or_default())
+            (key, (p.metadata.uid.clone().unwrap_or_default(), s.revision))
         })
         .collect();
     let now_s = unix_now();
@@ -176,6 +181,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
         if let Some(c) =
             tug_api::kinds::cluster::PriorityClass::for_pod(&classes, p.spec.priority_class_name.as_deref())
         {
+            let p = Arc::make_mut(p);
             p.spec.priority = Some(c.value);
             p.spec.preemption_policy.clone_from(&c.preemption_policy);
         }
@@ -187,7 +193,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
                 && p.metadata.deletion_timestamp.is_none()
                 && names.contains(&p.spec.scheduler_name.as_deref().unwrap_or("default-scheduler"))
         })
-        .map(|(p, s)| (PodInfo::new(p), p, *s))
+        .map(|(p, s)| (PodInfo::new(p), p.as_ref(), *s))
         .collect();
     // The most important first, then the oldest.
     pending.sort_by(|a, b| {
@@ -199,7 +205,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let needs_volumes = pending.iter().any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.claim("").is_some()));
     let volumes = if needs_volumes { load_volumes(store)? } else { super::volumes::Volumes::default() };
     let mut out = Round {
-        seen: pod_objs.iter().map(|s| (s.key.clone(), mark(&s.object))).collect(),
+        seen: pod_objs.iter().map(|p| (p.stored().key.clone(), mark(&p.stored().object))).collect(),
         ..Round::default()
     };
     // Placed this round: written after the loop, each node's reservation in one write and the
@@ -303,7 +309,7 @@ fn reserve(
     all: &mut std::collections::HashMap<String, (u64, Reservations)>,
     node: &str,
     pods: &[&PodInfo],
-    waiting: &std::collections::HashMap<String, String>,
+    waiting: &std::collections::HashMap<String, (String, u64)>,
 ) -> Result<(), StoreError> {
     let now = unix_now();
     let key = format!("{RESERVATIONS}{node}");
@@ -313,8 +319,8 @@ fn reserve(
     // binding failed) never will be: only what is in flight stays.
     r.pods.retain(|k, v| in_flight(k, v, waiting, now));
     for pod in pods {
-        let uid = waiting.get(&pod.key).cloned().unwrap_or_default();
-        r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now, uid });
+        let (uid, revision) = waiting.get(&pod.key).cloned().unwrap_or_default();
+        r.pods.insert(pod.key.clone(), Reserved { requests: pod.requests.clone(), at: now, uid, revision });
     }
     let mut value = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
     // The store keeps an object's revision in its metadata.

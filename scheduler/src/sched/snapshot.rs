@@ -392,6 +392,11 @@ impl Snapshot {
     /// Builds it from the API's nodes and pods (pods with a node are counted on it; finished
     /// pods free what they held).
     pub fn from_objects(nodes: &[Node], pods: &[Pod]) -> Snapshot {
+        Snapshot::from_pods(nodes, pods)
+    }
+
+    /// [`Snapshot::from_objects`] from pods held elsewhere (the store's copy).
+    pub fn from_pods<'a>(nodes: &[Node], pods: impl IntoIterator<Item = &'a Pod>) -> Snapshot {
         let mut s = Snapshot::new(nodes.iter().map(NodeInfo::new).collect());
         for p in pods {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");

@@ -2,6 +2,8 @@
 //! any revision that has not been compacted. [`Store`] is the seam; [`redb_store::RedbStore`]
 //! is the embedded backend, and the conformance suite in `tests` runs against any backend.
 
+/// The controllers' and the scheduler's reads served from an in-memory copy.
+pub mod cache;
 /// Secrets (and what else `--encryption-config` names) encrypted at rest.
 pub mod encrypted;
 pub mod etcd_store;
@@ -99,6 +101,19 @@ pub trait Store: Send + Sync {
             }
         }
         Ok(revision)
+    }
+    /// The keys under `prefix`, with the revision of the read: no object decoded.
+    fn keys(&self, prefix: &str) -> Result<(Vec<String>, u64), StoreError> {
+        let mut keys = Vec::new();
+        let revision = self.scan(prefix, None, &mut |key, _| {
+            keys.push(key.to_string());
+            true
+        })?;
+        Ok((keys, revision))
+    }
+    /// The in-memory copy this store reads from, when it is one ([`cache::Cached`]).
+    fn cached(&self) -> Option<&cache::Cached> {
+        None
     }
     fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError>;
     /// Replaces the object; with `expected`, only if its revision still is that one.

@@ -1,0 +1,574 @@
+//! The controllers' and the scheduler's reads served from memory, as client-go's informers
+//! and listers (kube-rs' reflector) serve Kubernetes' controllers: one watch of the whole
+//! store keeps a copy of the objects they read, and hands its events on to their queues.
+//!
+//! ```text
+//!  store ── one watch ──> Copy (objects by key, applied revision) ──> events to watchers
+//!    ▲                      ▲ reads wait until it holds the reader's own writes
+//!    └── writes ────────────┘ (their revisions raise `written`)
+//! ```
+//!
+//! - **One revision**: the copy applies a single watch in revision order, so it is the store
+//!   as of one revision, never one kind newer than another.
+//! - **Its own writes**: each write through a [`Cached`] store raises `written` to the
+//!   revision it made; a read first waits until the copy has applied that far. A controller
+//!   that has just created pods sees them at its next read and never creates them twice
+//!   (what Kubernetes' controllers need "expectations" for).
+//! - **Events after the copy**: watches through it are fed from the events it applied, so a
+//!   reconcile woken by an event reads a copy that already holds that event.
+//! - Events, Leases, Secrets and ConfigMaps are not copied (they churn, or hold plaintext
+//!   secrets); they and anything read while the copy is being (re)built come from the store.
+//! - Decoding: [`Cached::typed`] keeps one decoded value per object and kind, made at the
+//!   first read after a change, so a scheduling round of 50,000 pods decodes only the pods
+//!   that changed since the last one.
+
+use super::{Event, EventType, Store, StoreError, Stored, Watch};
+use serde_json::Value;
+use std::any::Any;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Prefixes read from the store, not copied.
+const NOT_COPIED: [&str; 5] =
+    ["/events/", "events.k8s.io/", "coordination.k8s.io/leases/", "/secrets/", "/configmaps/"];
+
+/// How many recent events a new watcher may start behind the copy.
+const RECENT: usize = 8192;
+
+/// How long a read waits for the copy to catch up before it reads the store instead.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+fn copied(key: &str) -> bool {
+    !NOT_COPIED.iter().any(|p| key.starts_with(p))
+}
+
+/// Whether everything under `prefix` is copied (not a parent of what is not, as `/` is).
+fn whole(prefix: &str) -> bool {
+    copied(prefix) && !NOT_COPIED.iter().any(|p| p.starts_with(prefix))
+}
+
+/// One copied object, with its decoded forms.
+struct Entry {
+    stored: Stored,
+    /// Decoded values by type (filled on first use; dropped when the object changes).
+    typed: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+}
+
+#[derive(Default)]
+struct Copy {
+    objects: BTreeMap<String, Arc<Entry>>,
+    /// The revision the copy is at.
+    applied: u64,
+    /// Whether it holds the whole store (false while it is listed again).
+    synced: bool,
+    recent: VecDeque<Arc<Event>>,
+}
+
+struct Shared {
+    copy: Mutex<Copy>,
+    changed: Condvar,
+    events: broadcast::Sender<Arc<Event>>,
+    /// The highest revision written through any [`Cached`] over this copy.
+    written: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Copy> {
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The copy once it holds every write made through it, or None after [`CATCH_UP`] (or
+    /// while it is rebuilt): then the caller reads the store.
+    fn caught_up(&self) -> Option<MutexGuard<'_, Copy>> {
+        let target = self.written.load(Ordering::Acquire);
+        let guard = self.lock();
+        let (guard, timeout) = self
+            .changed
+            .wait_timeout_while(guard, CATCH_UP, |c| !c.synced || c.applied < target)
+            .unwrap_or_else(|e| e.into_inner());
+        (!timeout.timed_out()).then_some(guard)
+    }
+
+    fn apply(&self, e: Event) {
+        let e = Arc::new(e);
+        let mut c = self.lock();
+        if e.revision <= c.applied {
+            return;
+        }
+        if copied(&e.key) {
+            match e.type_ {
+                EventType::Deleted => {
+                    c.objects.remove(&e.key);
+                }
+                _ => {
+                    let stored =
+                        Stored { key: e.key.clone(), revision: e.revision, object: e.object.clone() };
+                    c.objects
+                        .insert(e.key.clone(), Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }));
+                }
+            }
+        }
+        c.applied = e.revision;
+        if c.recent.len() == RECENT {
+            c.recent.pop_front();
+        }
+        c.recent.push_back(Arc::clone(&e));
+        // Sent under the lock: a watcher subscribing under it misses nothing and sees nothing
+        // twice.
+        let _ = self.events.send(e);
+        drop(c);
+        self.changed.notify_all();
+    }
+}
+
+/// A store whose reads come from the shared copy and whose writes go to `writer`.
+#[derive(Clone)]
+pub struct Cached {
+    shared: Arc<Shared>,
+    /// Where reads of what is not copied go (and every read while the copy is rebuilt).
+    reader: Arc<dyn Store>,
+    writer: Arc<dyn Store>,
+}
+
+impl Cached {
+    /// Starts the copy of `store` on the current tokio runtime.
+    pub fn start(store: Arc<dyn Store>) -> Cached {
+        let (events, _) = broadcast::channel(RECENT * 2);
+        let shared = Arc::new(Shared {
+            copy: Mutex::new(Copy::default()),
+            changed: Condvar::new(),
+            events,
+            written: AtomicU64::new(0),
+        });
+        tokio::spawn(feed(Arc::clone(&store), Arc::downgrade(&shared)));
+        Cached { shared, reader: Arc::clone(&store), writer: store }
+    }
+
+    /// The same copy, with writes going to `writer` (a leader's fenced store).
+    pub fn writing_to(&self, writer: Arc<dyn Store>) -> Cached {
+        Cached { shared: Arc::clone(&self.shared), reader: Arc::clone(&self.reader), writer }
+    }
+
+    /// The objects under `prefix` decoded as `T`, each decoded once per change of the
+    /// object (and shared by every reader); objects that do not decode are left out. Returns
+    /// the revision of the read. Read from the store while the copy is not available.
+    pub fn typed<T>(&self, prefix: &str) -> Result<(Vec<Typed<T>>, u64), StoreError>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let Some((entries, revision)) = self.entries(prefix) else {
+            let (items, rev) = self.reader.list(prefix)?;
+            return Ok((items.into_iter().filter_map(Typed::decode).collect(), rev));
+        };
+        let out = entries
+            .into_iter()
+            .filter_map(|entry| Some(Typed { value: decoded::<T>(&entry)?, entry }))
+            .collect();
+        Ok((out, revision))
+    }
+
+    /// The copy's entries under `prefix` and its revision, once it holds this store's
+    /// writes; None when the prefix is not copied or the copy is not available.
+    fn entries(&self, prefix: &str) -> Option<(Vec<Arc<Entry>>, u64)> {
+        if !whole(prefix) {
+            return None;
+        }
+        let c = self.shared.caught_up()?;
+        // Only the entries are taken under the lock; their objects are cloned after it.
+        Some((range(&c, prefix).map(|(_, e)| Arc::clone(e)).collect(), c.applied))
+    }
+
+    fn note(&self, revision: u64) {
+        self.shared.written.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    fn noted(&self, r: Result<Stored, StoreError>) -> Result<Stored, StoreError> {
+        if let Ok(s) = &r {
+            self.note(s.revision);
+        }
+        r
+    }
+}
+
+/// An object decoded as `T`, with the object as stored.
+pub struct Typed<T> {
+    pub value: Arc<T>,
+    entry: Arc<Entry>,
+}
+
+impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Typed<T> {
+    pub fn stored(&self) -> &Stored {
+        &self.entry.stored
+    }
+
+    fn decode(stored: Stored) -> Option<Typed<T>> {
+        let value = Arc::new(serde_json::from_value::<T>(stored.object.clone()).ok()?);
+        Some(Typed { value, entry: Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }) })
+    }
+}
+
+/// [`Cached::typed`] when `store` is a copy; otherwise a list decoded here.
+pub fn list_typed<T>(store: &dyn Store, prefix: &str) -> Result<(Vec<Typed<T>>, u64), StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    match store.cached() {
+        Some(c) => c.typed(prefix),
+        None => {
+            let (items, rev) = store.list(prefix)?;
+            Ok((items.into_iter().filter_map(Typed::decode).collect(), rev))
+        }
+    }
+}
+
+/// The decoded `T` of an entry, decoding it on first use.
+fn decoded<T>(e: &Entry) -> Option<Arc<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mut typed = e.typed.lock().unwrap_or_else(|p| p.into_inner());
+    for t in typed.iter() {
+        if let Ok(t) = Arc::clone(t).downcast::<T>() {
+            return Some(t);
+        }
+    }
+    let t = Arc::new(serde_json::from_value::<T>(e.stored.object.clone()).ok()?);
+    typed.push(Arc::clone(&t) as Arc<dyn Any + Send + Sync>);
+    Some(t)
+}
+
+fn range<'a>(c: &'a Copy, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Arc<Entry>)> + 'a {
+    c.objects
+        .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+/// Keeps the copy: lists the store, then applies its watch; lists again when the watch is
+/// cut off. Ends when the last [`Cached`] is dropped.
+async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let st = Arc::clone(&store);
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut objects = BTreeMap::new();
+            let rev = st.scan("", None, &mut |key, bytes| {
+                if copied(key) {
+                    if let Ok(object) = serde_json::from_slice::<Value>(bytes) {
+                        let revision = object["metadata"]["resourceVersion"]
+                            .as_str()
+                            .and_then(|r| r.parse().ok())
+                            .unwrap_or(0);
+                        let stored = Stored { key: key.to_string(), revision, object };
+                        objects.insert(
+                            key.to_string(),
+                            Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }),
+                        );
+                    }
+                }
+                true
+            })?;
+            Ok::<_, StoreError>((objects, rev))
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Backend(format!("listing panicked: {e}"))));
+        let rev = match listed {
+            Ok((objects, rev)) => {
+                let mut c = s.lock();
+                c.objects = objects;
+                c.applied = rev;
+                c.synced = true;
+                // Watchers started before this list may have missed events: they start over.
+                c.recent.clear();
+                drop(c);
+                s.changed.notify_all();
+                rev
+            }
+            Err(e) => {
+                tracing::warn!("tug-scheduler: cache: listing the store: {e}");
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut w = match store.watch("", rev) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("tug-scheduler: cache: watching the store: {e}");
+                s.lock().synced = false;
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        drop(s);
+        // A watch can also die without a word (a connection to etcd lost in a partition):
+        // every few seconds the store's revision is read, and a copy that has not reached a
+        // revision read a while ago is rebuilt.
+        let mut tick = tokio::time::interval(LIVENESS);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probes: VecDeque<(std::time::Instant, u64)> = VecDeque::new();
+        loop {
+            let next = tokio::select! {
+                next = w.next() => next,
+                _ = tick.tick() => {
+                    let st = Arc::clone(&store);
+                    if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || st.revision()).await {
+                        probes.push_back((std::time::Instant::now(), r));
+                    }
+                    let Some(s) = shared.upgrade() else { return };
+                    let applied = s.lock().applied;
+                    while probes.front().is_some_and(|(_, r)| *r <= applied) {
+                        probes.pop_front();
+                    }
+                    if probes.front().is_some_and(|(at, _)| at.elapsed() >= 2 * LIVENESS) {
+                        tracing::warn!("tug-scheduler: cache: the store's watch stalled at revision {applied}; listing again");
+                        s.lock().synced = false;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(s) = shared.upgrade() else { return };
+            match next {
+                Some(Ok(e)) => s.apply(e),
+                Some(Err(e)) => {
+                    tracing::warn!("tug-scheduler: cache: watch cut off ({e}); listing again");
+                    s.lock().synced = false;
+                    break;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// How often the copy checks that its watch still follows the store.
+const LIVENESS: Duration = Duration::from_secs(2);
+
+impl Store for Cached {
+    fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        if copied(key) {
+            if let Some(c) = self.shared.caught_up() {
+                return Ok(c.objects.get(key).map(|e| e.stored.clone()));
+            }
+        }
+        self.reader.get(key)
+    }
+
+    fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
+        match self.entries(prefix) {
+            Some((entries, revision)) => Ok((entries.iter().map(|e| e.stored.clone()).collect(), revision)),
+            None => self.reader.list(prefix),
+        }
+    }
+
+    fn cached(&self) -> Option<&Cached> {
+        Some(self)
+    }
+
+    fn keys(&self, prefix: &str) -> Result<(Vec<String>, u64), StoreError> {
+        if prefix.is_empty() {
+            // The whole store: what is not copied is listed from the store.
+            if let Some(c) = self.shared.caught_up() {
+                let mut keys: Vec<String> = c.objects.keys().cloned().collect();
+                let applied = c.applied;
+                drop(c);
+                for p in NOT_COPIED {
+                    keys.extend(self.reader.keys(p)?.0);
+                }
+                return Ok((keys, applied));
+            }
+        } else if whole(prefix) {
+            if let Some(c) = self.shared.caught_up() {
+                return Ok((range(&c, prefix).map(|(k, _)| k.clone()).collect(), c.applied));
+            }
+        }
+        self.reader.keys(prefix)
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.reader.scan(prefix, after, each)
+    }
+
+    fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError> {
+        self.noted(self.writer.create(key, object))
+    }
+
+    fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
+        self.noted(self.writer.update(key, object, expected))
+    }
+
+    fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
+        let out = self.writer.update_each(updates);
+        if let Some(r) = out.iter().filter_map(|r| r.as_ref().ok()).map(|s| s.revision).max() {
+            self.note(r);
+        }
+        out
+    }
+
+    fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
+        let out = self.writer.create_each(objects);
+        if let Some(r) = out.iter().filter_map(|r| r.as_ref().ok()).map(|s| s.revision).max() {
+            self.note(r);
+        }
+        out
+    }
+
+    fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
+        self.noted(self.writer.delete(key, expected))
+    }
+
+    /// Events the copy applied after `after` (from the store itself when `after` is older
+    /// than the copy's recent events).
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        let c = self.shared.lock();
+        let oldest = c.recent.front().map_or(c.applied, |e| e.revision.saturating_sub(1));
+        if !c.synced || after < oldest {
+            drop(c);
+            return self.reader.watch(prefix, after);
+        }
+        let live = self.shared.events.subscribe();
+        let backlog: Vec<Event> = c
+            .recent
+            .iter()
+            .filter(|e| e.revision > after && e.key.starts_with(prefix))
+            .map(|e| (**e).clone())
+            .collect();
+        Ok(Watch::new(prefix, after, backlog, live))
+    }
+
+    /// Compacts the store, and the copy's recent events with it: a watch from a compacted
+    /// revision is refused through the copy as it is by the store.
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        self.writer.compact(revision)?;
+        let mut c = self.shared.lock();
+        while c.recent.front().is_some_and(|e| e.revision <= revision) {
+            c.recent.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The copy's revision (without waiting: callers on async threads use it).
+    fn revision(&self) -> Result<u64, StoreError> {
+        let c = self.shared.lock();
+        if c.synced {
+            return Ok(c.applied);
+        }
+        drop(c);
+        self.reader.revision()
+    }
+
+    fn fenced(&self, fence: &super::Fence) -> Option<Arc<dyn Store>> {
+        let writer = self.writer.fenced(fence)?;
+        Some(Arc::new(self.writing_to(writer)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb_store::RedbStore;
+    use serde_json::json;
+
+    fn redb(dir: &std::path::Path, name: &str) -> Arc<dyn Store> {
+        Arc::new(RedbStore::open(&dir.join(name), 64).unwrap())
+    }
+
+    fn pod(name: &str, x: usize) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "annotations": {"x": x.to_string()}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        })
+    }
+
+    /// The store's own contract holds through the copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = std::sync::atomic::AtomicU32::new(0);
+        let fresh = || {
+            let i = n.fetch_add(1, Ordering::Relaxed);
+            Cached::start(redb(dir.path(), &format!("s{i}.redb")))
+        };
+        crate::store::conformance::run_all(fresh).await;
+    }
+
+    /// A read right after a write through the copy sees it; one made behind the copy's back
+    /// (the API server's) shows once its event is applied, and the watch through the copy
+    /// hands that event on only after the copy holds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_their_own_writes_and_events_follow_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(dir.path(), "s.redb");
+        let c = Cached::start(Arc::clone(&store));
+        let blocking = c.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..200usize {
+                let name = format!("p{i}");
+                blocking.create(&format!("/pods/default/{name}"), pod(&name, i)).unwrap();
+                // Read back at once: from the copy, never missing the pod just made.
+                assert_eq!(blocking.list("/pods/default/").unwrap().0.len(), i + 1);
+            }
+            let s = blocking.update("/pods/default/p7", pod("p7", 700), None).unwrap();
+            assert_eq!(blocking.get("/pods/default/p7").unwrap().unwrap().revision, s.revision);
+            blocking.delete("/pods/default/p8", None).unwrap();
+            assert!(blocking.get("/pods/default/p8").unwrap().is_none());
+        })
+        .await
+        .unwrap();
+        let rev = c.revision().unwrap();
+        let mut w = c.watch("/pods/", rev).unwrap();
+        let made = store.create("/pods/default/behind", pod("behind", 1)).unwrap();
+        let e = w.next().await.unwrap().unwrap();
+        assert_eq!((e.key.as_str(), e.revision), ("/pods/default/behind", made.revision));
+        let c2 = c.clone();
+        let seen =
+            tokio::task::spawn_blocking(move || c2.get("/pods/default/behind").unwrap()).await.unwrap();
+        assert_eq!(seen.map(|s| s.revision), Some(made.revision));
+        // Events and Leases are read from the store, not copied.
+        store.create("coordination.k8s.io/leases/default/l", json!({"metadata": {"name": "l"}})).unwrap();
+        let c3 = c.clone();
+        tokio::task::spawn_blocking(move || {
+            assert!(c3.get("coordination.k8s.io/leases/default/l").unwrap().is_some());
+            assert!(!c3.shared.lock().objects.contains_key("coordination.k8s.io/leases/default/l"));
+            let (keys, _) = c3.keys("").unwrap();
+            assert!(keys.iter().any(|k| k == "coordination.k8s.io/leases/default/l"));
+            assert!(keys.iter().any(|k| k == "/pods/default/behind"));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Typed reads decode each object once per change, shared between reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn typed_reads_decode_once_per_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cached::start(redb(dir.path(), "s.redb"));
+        let c2 = c.clone();
+        tokio::task::spawn_blocking(move || {
+            c2.create("/pods/default/a", pod("a", 1)).unwrap();
+            c2.create("/pods/default/b", pod("b", 1)).unwrap();
+            let (first, _) = list_typed::<tug_api::kinds::pod::Pod>(&c2, "/pods/default/").unwrap();
+            let (again, _) = list_typed::<tug_api::kinds::pod::Pod>(&c2, "/pods/default/").unwrap();
+            assert_eq!(first.len(), 2);
+            assert!(Arc::ptr_eq(&first[0].value, &again[0].value), "decoded again without a change");
+            c2.update("/pods/default/a", pod("a", 2), None).unwrap();
+            let (after, _) = list_typed::<tug_api::kinds::pod::Pod>(&c2, "/pods/default/").unwrap();
+            assert!(!Arc::ptr_eq(&first[0].value, &after[0].value), "a changed object is decoded again");
+            assert!(Arc::ptr_eq(&first[1].value, &after[1].value));
+            assert_eq!(after[0].stored().object["metadata"]["annotations"]["x"], "2");
+        })
+        .await
+        .unwrap();
+    }
+}
