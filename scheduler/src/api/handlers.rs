@@ -1494,17 +1494,18 @@ impl Filter {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        let labels: tug_api::labels::Labels =
-            serde_json::from_value(obj["metadata"]["labels"].clone()).unwrap_or_default();
-        self.labels.matches(&labels)
-            && self.fields.iter().all(|(path, want, neg)| {
-                let got = path.split('.').fold(obj, |v, k| &v[k]);
-                let got = got
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| if got.is_null() { String::new() } else { got.to_string() });
-                (got == *want) != *neg
-            })
+        (self.labels.is_empty() || {
+            use serde::Deserialize;
+            let labels = tug_api::labels::Labels::deserialize(&obj["metadata"]["labels"]).unwrap_or_default();
+            self.labels.matches(&labels)
+        }) && self.fields.iter().all(|(path, want, neg)| {
+            let got = path.split('.').fold(obj, |v, k| &v[k]);
+            let got = got
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| if got.is_null() { String::new() } else { got.to_string() });
+            (got == *want) != *neg
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use super::path::{self, Target};
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 use tug_api::status::Status;
@@ -41,28 +41,36 @@ pub async fn serve(
             (Vec::new(), asked)
         }
     };
-    let watch = tokio::task::block_in_place(|| st.store.watch(&prefix, after))
+    let mut watch = tokio::task::block_in_place(|| st.store.watch(&prefix, after))
         .map_err(|e| Status::gone(e.to_string()))?;
+    if !filter.is_empty() {
+        // Judged before the event is copied for this watcher.
+        watch = watch.filtered(std::sync::Arc::new(move |e: &crate::store::Event| filter.matches(&e.object)));
+    }
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let live = futures_util::stream::unfold(Some((watch, filter)), move |state| async move {
-        let (mut w, filter) = state?;
-        loop {
-            let next = match deadline {
-                Some(d) => tokio::time::timeout_at(d, w.next()).await.ok()?,
-                None => w.next().await,
-            };
-            match next? {
-                Ok(e) if filter.matches(&e.object) => {
-                    let t = serde_json::to_value(e.type_).ok()?.as_str()?.to_string();
-                    let obj = shown(info, table, &e.object);
-                    return Some((Ok::<_, std::convert::Infallible>(line(&t, &obj)), Some((w, filter))));
-                }
-                Ok(_) => continue,
-                Err(err) => {
-                    let status = serde_json::to_value(Status::gone(err.to_string())).unwrap_or_default();
-                    return Some((Ok(line("ERROR", &status)), None));
-                }
+    let live = futures_util::stream::unfold(Some(watch), move |state| async move {
+        let mut w = state?;
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, w.next()).await.ok()?,
+            None => w.next().await,
+        };
+        match next? {
+            Ok(e) => {
+                let t = match e.type_ {
+                    crate::store::EventType::Added => "ADDED",
+                    crate::store::EventType::Modified => "MODIFIED",
+                    crate::store::EventType::Deleted => "DELETED",
+                };
+                let bytes = match table {
+                    None => line(t, &e.object),
+                    Some(_) => line(t, &shown(info, table, &e.object)),
+                };
+                Some((Ok::<_, std::convert::Infallible>(bytes), Some(w)))
+            }
+            Err(err) => {
+                let status = serde_json::to_value(Status::gone(err.to_string())).unwrap_or_default();
+                Some((Ok(line("ERROR", &status)), None))
             }
         }
     });
@@ -111,8 +119,13 @@ fn shown(info: &tug_api::object::KindInfo, table: Option<super::table::Include>,
     }
 }
 
+/// One line of the stream, `{"type":…,"object":…}`, written without copying the object.
 fn line(type_: &str, object: &Value) -> Bytes {
-    let mut s = json!({"type": type_, "object": object}).to_string();
-    s.push('\n');
-    Bytes::from(s)
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"type\":");
+    let _ = serde_json::to_writer(&mut out, type_);
+    out.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut out, object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }

@@ -338,6 +338,17 @@ pub fn event(
     }
 }
 
+/// Several Events (from [`event_object`]) in one store transaction.
+pub fn events_each(store: &dyn Store, events: Vec<(String, Value)>) -> Result<(), StoreError> {
+    for r in store.create_each(events) {
+        match r {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// An Event about an object, and the store key it goes under.
 pub fn event_object(
     involved: (&str, &str, &ObjectMeta),
@@ -364,15 +375,70 @@ pub fn event_object(
 
 /// Creates an object the way the API server would (uid, creation time, generation), with a
 /// random suffix on `generateName`; retries a taken name.
-pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -> Result<Stored, StoreError> {
+pub fn create_generated(store: &dyn Store, group_plural: &str, obj: Value) -> Result<Stored, StoreError> {
+    create_generated_each(store, group_plural, vec![obj])
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Backend("nothing created".into())))
+}
+
+/// [`create_generated`] for several objects, admitted one by one and written in one store
+/// transaction (a ReplicaSet's slow-start batch of pods: one fsync, not one per pod); the
+/// results in the order given.
+pub fn create_generated_each(
+    store: &dyn Store,
+    group_plural: &str,
+    objs: Vec<Value>,
+) -> Vec<Result<Stored, StoreError>> {
+    // Admission and the store's create under one lock (`quota::admission_lock`).
+    let _quota = crate::quota::admission_lock();
+    let mut out: Vec<Option<Result<Stored, StoreError>>> = Vec::new();
+    let mut admitted: Vec<(usize, Value)> = Vec::new();
+    for (i, mut obj) in objs.into_iter().enumerate() {
+        out.push(None);
+        match admit_generated(store, group_plural, &mut obj) {
+            Ok(()) => admitted.push((i, obj)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let name = |obj: &mut Value| -> String {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let name = match obj["metadata"]["generateName"].as_str() {
+            Some(b) => format!("{b}{}", random_suffix(5)),
+            None => obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+        };
+        obj["metadata"]["name"] = name.clone().into();
+        crate::api::objects::on_create(obj, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
+        format!("{group_plural}/{ns}/{name}")
+    };
+    let batch: Vec<(String, Value)> = admitted.iter_mut().map(|(_, obj)| (name(obj), obj.clone())).collect();
+    for ((i, mut obj), r) in admitted.into_iter().zip(store.create_each(batch)) {
+        let generated = obj["metadata"]["generateName"].is_string();
+        out[i] = Some(match r {
+            // A taken name: seven more tries, one at a time.
+            Err(StoreError::AlreadyExists(_)) if generated => (0..7)
+                .map(|_| {
+                    let key = name(&mut obj);
+                    store.create(&key, obj.clone())
+                })
+                .find(|r| !matches!(r, Err(StoreError::AlreadyExists(_))))
+                .unwrap_or_else(|| {
+                    Err(StoreError::AlreadyExists(format!("{group_plural}: every generated name")))
+                }),
+            r => r,
+        });
+    }
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("not created".into())))).collect()
+}
+
+/// Admission of an object a controller makes, as the API server's for users' (under the
+/// caller's `quota::admission_lock`).
+fn admit_generated(store: &dyn Store, group_plural: &str, obj: &mut Value) -> Result<(), StoreError> {
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     // Never into a namespace that is gone (deleted while its owners were being reconciled).
     let Some(namespace) = store.get(&format!("/namespaces//{ns}"))? else {
         return Err(StoreError::NotFound(format!("namespace {ns}")));
     };
     let base = obj["metadata"]["generateName"].as_str().map(str::to_string);
-    // Admission and the store's create under one lock (`quota::admission_lock`).
-    let _quota = crate::quota::admission_lock();
     if group_plural == "/pods" {
         // Pod Security holds for controllers' pods as for users': the owner gets a
         // FailedCreate event and the controller retries (with its back-off) until the pod
@@ -385,11 +451,11 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
         );
         // ServiceAccount admission as for users' pods: the account checked, the token mounted;
         // then the namespace's LimitRanges and ResourceQuotas.
-        vpa::admit_pod(store, &mut obj)?;
+        vpa::admit_pod(store, obj)?;
         let refused = if found.is_empty() {
-            crate::auth::serviceaccounts::admit_pod(store, &mut obj).err().or_else(|| {
+            crate::auth::serviceaccounts::admit_pod(store, obj).err().or_else(|| {
                 let info = tug_api::object::lookup("pods").expect("the Pod kind");
-                crate::quota::admit(store, info, &ns, &mut obj, false).err()
+                crate::quota::admit(store, info, &ns, obj, false).err()
             })
         } else {
             Some(crate::auth::podsecurity::message(policy.enforce, &found))
@@ -424,7 +490,7 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
     }) {
         // Other objects controllers make (a StatefulSet's claims, Jobs, ReplicaSets) count
         // against the namespace's quotas as users' do.
-        if let Err(why) = crate::quota::admit(store, info, &ns, &mut obj, false) {
+        if let Err(why) = crate::quota::admit(store, info, &ns, obj, false) {
             let name = base
                 .clone()
                 .unwrap_or_else(|| obj["metadata"]["name"].as_str().unwrap_or_default().to_string());
@@ -434,19 +500,7 @@ pub fn create_generated(store: &dyn Store, group_plural: &str, mut obj: Value) -
             )));
         }
     }
-    for _ in 0..8 {
-        let name = match &base {
-            Some(b) => format!("{b}{}", random_suffix(5)),
-            None => obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-        };
-        obj["metadata"]["name"] = name.clone().into();
-        crate::api::objects::on_create(&mut obj, &uuid::Uuid::new_v4().to_string(), &crate::api::now());
-        match store.create(&format!("{group_plural}/{ns}/{name}"), obj.clone()) {
-            Err(StoreError::AlreadyExists(_)) if base.is_some() => continue,
-            r => return r,
-        }
-    }
-    Err(StoreError::AlreadyExists(format!("{group_plural}/{ns}: every generated name")))
+    Ok(())
 }
 
 /// Kubernetes' alphabet for generated names (no vowels, no confusable digits).

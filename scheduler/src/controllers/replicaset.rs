@@ -176,20 +176,36 @@ impl Controller for ReplicaSets {
         // fails once, not five hundred times.
         let mut left = p.create;
         let mut batch = 1;
+        // Each batch is one store transaction, and its events another.
         while left > 0 {
-            for _ in 0..batch.min(left) {
-                let created = super::create_generated(store, "/pods", pod_from_template(&rs))?;
-                let name = created.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                super::event(
-                    store,
-                    involved,
-                    "Normal",
-                    "SuccessfulCreate",
-                    &format!("Created pod: {name}"),
-                    "replicaset-controller",
-                )?;
+            let n = batch.min(left);
+            let made = super::create_generated_each(
+                store,
+                "/pods",
+                (0..n).map(|_| pod_from_template(&rs)).collect(),
+            );
+            let mut events = Vec::new();
+            let mut failed = None;
+            for r in made {
+                match r {
+                    Ok(created) => {
+                        let name = created.object["metadata"]["name"].as_str().unwrap_or_default();
+                        events.push(super::event_object(
+                            involved,
+                            "Normal",
+                            "SuccessfulCreate",
+                            &format!("Created pod: {name}"),
+                            "replicaset-controller",
+                        ));
+                    }
+                    Err(e) => failed = failed.or(Some(e)),
+                }
             }
-            left -= batch.min(left);
+            super::events_each(store, events)?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            left -= n;
             batch *= 2;
         }
         for name in &p.delete {

@@ -35,8 +35,13 @@ use tokio::sync::broadcast;
 const NOT_COPIED: [&str; 5] =
     ["/events/", "events.k8s.io/", "coordination.k8s.io/leases/", "/secrets/", "/configmaps/"];
 
-/// How many recent events a new watcher may start behind the copy.
-const RECENT: usize = 8192;
+/// How many recent events the copy keeps: a new watcher may start that far behind it, and a
+/// watcher that falls behind the broadcast catches up from them. (Events hold objects: the
+/// broadcast's slots and these are most of the copy's memory beyond the objects.)
+const RECENT: usize = 2048;
+
+/// The live broadcast's slots.
+const LIVE: usize = 512;
 
 /// How long a read waits for the copy to catch up before it reads the store instead.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -65,12 +70,14 @@ struct Copy {
     /// Whether it holds the whole store (false while it is listed again).
     synced: bool,
     recent: VecDeque<Arc<Event>>,
+    /// The applied events, live; replaced when the copy is rebuilt, which ends every watch
+    /// fed from it (they may have missed events while the store's watch was down).
+    events: Option<broadcast::Sender<Arc<Event>>>,
 }
 
 struct Shared {
     copy: Mutex<Copy>,
     changed: Condvar,
-    events: broadcast::Sender<Arc<Event>>,
     /// The highest revision written through any [`Cached`] over this copy.
     written: AtomicU64,
 }
@@ -118,7 +125,9 @@ impl Shared {
         c.recent.push_back(Arc::clone(&e));
         // Sent under the lock: a watcher subscribing under it misses nothing and sees nothing
         // twice.
-        let _ = self.events.send(e);
+        if let Some(tx) = &c.events {
+            let _ = tx.send(e);
+        }
         drop(c);
         self.changed.notify_all();
     }
@@ -136,11 +145,9 @@ pub struct Cached {
 impl Cached {
     /// Starts the copy of `store` on the current tokio runtime.
     pub fn start(store: Arc<dyn Store>) -> Cached {
-        let (events, _) = broadcast::channel(RECENT * 2);
         let shared = Arc::new(Shared {
             copy: Mutex::new(Copy::default()),
             changed: Condvar::new(),
-            events,
             written: AtomicU64::new(0),
         });
         tokio::spawn(feed(Arc::clone(&store), Arc::downgrade(&shared)));
@@ -246,6 +253,20 @@ fn range<'a>(c: &'a Copy, prefix: &'a str) -> impl Iterator<Item = (&'a String, 
         .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
+/// The copy's recent events under `prefix` after `after`, or Compacted when they no longer
+/// reach back that far (or the copy is being rebuilt).
+fn recent_after(c: &Copy, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+    let oldest = c.recent.front().map_or(c.applied, |e| e.revision.saturating_sub(1));
+    if !c.synced || after < oldest {
+        return Err(StoreError::Compacted { requested: after, oldest });
+    }
+    Ok(c.recent
+        .iter()
+        .filter(|e| e.revision > after && e.key.starts_with(prefix))
+        .map(|e| (**e).clone())
+        .collect())
+}
+
 /// Keeps the copy: lists the store, then applies its watch; lists again when the watch is
 /// cut off. Ends when the last [`Cached`] is dropped.
 async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
@@ -282,6 +303,7 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
                 c.synced = true;
                 // Watchers started before this list may have missed events: they start over.
                 c.recent.clear();
+                c.events = Some(broadcast::channel(LIVE).0);
                 drop(c);
                 s.changed.notify_all();
                 rev
@@ -435,14 +457,19 @@ impl Store for Cached {
             drop(c);
             return self.reader.watch(prefix, after);
         }
-        let live = self.shared.events.subscribe();
-        let backlog: Vec<Event> = c
-            .recent
-            .iter()
-            .filter(|e| e.revision > after && e.key.starts_with(prefix))
-            .map(|e| (**e).clone())
-            .collect();
-        Ok(Watch::new(prefix, after, backlog, live))
+        let Some(live) = c.events.as_ref().map(broadcast::Sender::subscribe) else {
+            drop(c);
+            return self.reader.watch(prefix, after);
+        };
+        let backlog = recent_after(&c, prefix, after).unwrap_or_default();
+        drop(c);
+        let shared = Arc::downgrade(&self.shared);
+        let history: super::History = Arc::new(move |prefix, after| {
+            let s = shared.upgrade().ok_or_else(|| StoreError::Unavailable("the copy is closed".into()))?;
+            let c = s.lock();
+            recent_after(&c, prefix, after)
+        });
+        Ok(Watch::new(prefix, after, backlog, live).with_history(history))
     }
 
     /// Compacts the store, and the copy's recent events with it: a watch from a compacted
@@ -456,11 +483,13 @@ impl Store for Cached {
         Ok(())
     }
 
-    /// The copy's revision (without waiting: callers on async threads use it).
+    /// The copy's revision, or that of the last write through it when the copy has not
+    /// applied it yet (a read after this waits for it), without waiting: callers on async
+    /// threads use it.
     fn revision(&self) -> Result<u64, StoreError> {
         let c = self.shared.lock();
         if c.synced {
-            return Ok(c.applied);
+            return Ok(c.applied.max(self.shared.written.load(Ordering::Acquire)));
         }
         drop(c);
         self.reader.revision()

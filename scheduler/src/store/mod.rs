@@ -147,11 +147,17 @@ pub trait Store: Send + Sync {
 /// What a [`Watch`] applies to each event's object (given its key): decryption.
 pub type EventMap = Arc<dyn Fn(&str, &mut Value) + Send + Sync>;
 
+/// Which events a [`Watch`] hands out (a watch request's label and field selectors).
+pub type EventFilter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
+
 /// A stream of events in revision order.
 pub struct Watch {
     source: Source,
     /// Applied to each event's object before it is handed out (decryption).
     map: Option<EventMap>,
+    /// Events it lets through; the others are skipped before they are copied out of the
+    /// broadcast (a thousand nodes each watching their own pods copy only their own).
+    filter: Option<EventFilter>,
 }
 
 /// Reads the events under a prefix after a revision from the store's history, up to what is
@@ -188,6 +194,7 @@ impl Watch {
                 history: None,
             },
             map: None,
+            filter: None,
         }
     }
 
@@ -206,32 +213,57 @@ impl Watch {
         self
     }
 
+    /// The same stream with only the events `f` accepts (judged after [`Watch::mapped`]'s
+    /// map, when there is one).
+    pub fn filtered(mut self, f: EventFilter) -> Watch {
+        self.filter = Some(f);
+        self
+    }
+
     pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<Result<Event, StoreError>>) -> Watch {
-        Watch { source: Source::Channel(rx), map: None }
+        Watch { source: Source::Channel(rx), map: None, filter: None }
     }
 
     /// The next event; `None` once the store is closed.
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
-        let mut e = self.next_raw().await;
-        if let (Some(Ok(e)), Some(f)) = (e.as_mut(), &self.map) {
-            f(&e.key, &mut e.object);
+        loop {
+            // Without a map the filter sees the event as stored, before it is copied.
+            let early = if self.map.is_none() { self.filter.clone() } else { None };
+            let mut e = self.next_raw(early.as_ref()).await;
+            if let (Some(Ok(e)), Some(f)) = (e.as_mut(), &self.map) {
+                f(&e.key, &mut e.object);
+                if self.filter.as_ref().is_some_and(|keep| !keep(e)) {
+                    continue;
+                }
+            }
+            return e;
         }
-        e
     }
 
-    async fn next_raw(&mut self) -> Option<Result<Event, StoreError>> {
+    async fn next_raw(&mut self, keep: Option<&EventFilter>) -> Option<Result<Event, StoreError>> {
         let (prefix, last, backlog, live, history) = match &mut self.source {
-            Source::Channel(rx) => return rx.recv().await,
+            Source::Channel(rx) => loop {
+                match rx.recv().await {
+                    Some(Ok(e)) if keep.is_some_and(|k| !k(&e)) => continue,
+                    other => return other,
+                }
+            },
             Source::Local { prefix, last, backlog, live, history } => (prefix, last, backlog, live, history),
         };
         loop {
             if let Some(e) = backlog.pop_front() {
                 *last = e.revision;
+                if keep.is_some_and(|k| !k(&e)) {
+                    continue;
+                }
                 return Some(Ok(e));
             }
             match live.recv().await {
                 Ok(e) if e.revision > *last && e.key.starts_with(prefix.as_str()) => {
                     *last = e.revision;
+                    if keep.is_some_and(|k| !k(&e)) {
+                        continue;
+                    }
                     return Some(Ok((*e).clone()));
                 }
                 Ok(_) => continue,
