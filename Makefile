@@ -71,7 +71,7 @@ bench: deps release probe
 	@bash scripts/bench.sh $(AREA)
 
 ## run: a single-node cluster on this host.
-run: deps release probe
+run: deps release probe static
 	@bash scripts/run.sh
 
 ## stop: stops what `make run` started and removes the example app, the node's containers,
@@ -79,8 +79,9 @@ run: deps release probe
 stop:
 	@bash scripts/stop.sh
 
-## install: binaries, systemd units, /etc/tug, state directories (DESTDIR, PREFIX honoured).
-install: release
+## install: binaries (tug-shim and tug-supervisor the static builds), systemd units, /etc/tug,
+## state directories (DESTDIR, PREFIX honoured).
+install: release static
 	@bash scripts/install.sh
 
 uninstall:

@@ -2,7 +2,8 @@
 # `make install` / `make uninstall` (with --uninstall): binaries, systemd units, a default
 # configuration and the state directories. Idempotent. Respects DESTDIR (a staging root for
 # packagers) and PREFIX (default /usr/local); BUILD is where the binaries are (default
-# target/release); UNITDIR, CONFDIR and STATEDIR default to /etc/systemd/system, /etc/tug
+# target/release), STATIC where the static tug-shim and tug-supervisor are (`make static`;
+# default target/x86_64-unknown-linux-gnu/release, used when there); UNITDIR, CONFDIR and STATEDIR default to /etc/systemd/system, /etc/tug
 # and /var/lib.
 # Configuration files are never overwritten (nor removed by uninstall): they are the
 # operator's.
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/usr/local}
 BUILD=${BUILD:-target/release}
+STATIC=${STATIC:-target/x86_64-unknown-linux-gnu/release}
 UNITDIR=${UNITDIR:-/etc/systemd/system}
 CONFDIR=${CONFDIR:-/etc/tug}
 STATEDIR=${STATEDIR:-/var/lib}
@@ -33,11 +35,19 @@ if [ "${1:-}" = "--uninstall" ]; then
     exit 0
 fi
 
+# Where each binary comes from: the supervisors every pod runs are the static builds (no
+# loader, no shared libc pages: smaller), when `make static` made them.
+src() {
+    case $1 in
+    tug-shim | tug-supervisor) if [ -x "$STATIC/$1" ]; then echo "$STATIC/$1"; return; fi ;;
+    esac
+    echo "$BUILD/$1"
+}
 for b in "${bins[@]}"; do
-    [ -x "$BUILD/$b" ] || { echo "make install: $BUILD/$b is missing (build first: make release)" >&2; exit 1; }
+    [ -x "$(src "$b")" ] || { echo "make install: $(src "$b") is missing (build first: make release)" >&2; exit 1; }
 done
 install -d -m 0755 "$DESTDIR$PREFIX/bin" "$DESTDIR$UNITDIR" "$DESTDIR$PREFIX/share/doc/tug"
-for b in "${bins[@]}"; do install -m 0755 "$BUILD/$b" "$DESTDIR$PREFIX/bin/$b"; done
+for b in "${bins[@]}"; do install -m 0755 "$(src "$b")" "$DESTDIR$PREFIX/bin/$b"; done
 for u in "${units[@]}"; do
     sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@CONFDIR@|$CONFDIR|g" "packaging/systemd/$u" > "$DESTDIR$UNITDIR/$u.tmp"
     chmod 0644 "$DESTDIR$UNITDIR/$u.tmp"

@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${TUG_BIN_DIR:-$(pwd)/target/release}
+# The supervisors every pod runs: the static tug-shim and tug-supervisor (`make static`),
+# smaller than the dynamically linked ones; the release ones when there is no static build.
+static=$(pwd)/target/x86_64-unknown-linux-gnu/release
+shim=$bin/tug-shim
+if [ -z "${TUG_BIN_DIR:-}" ] && [ -x "$static/tug-shim" ] && [ -x "$static/tug-supervisor" ]; then
+    shim=$static/tug-shim
+fi
 socket=/run/tug/tug.sock
 data=/var/lib/tug
 pidfile=/run/tug/tug-scheduler.pid
@@ -62,7 +69,7 @@ agent_log=/var/log/tug-agent.log
 if [ -f "$agent_pid" ] && kill -0 "$(cat "$agent_pid")" 2>/dev/null; then
     echo "make run: tug-agent is already running (pid $(cat "$agent_pid"))"
 else
-    setsid "$bin/tug-agent" --socket "$socket" </dev/null >>"$agent_log" 2>&1 &
+    setsid "$bin/tug-agent" --socket "$socket" --shim "$shim" </dev/null >>"$agent_log" 2>&1 &
     echo $! > "$agent_pid"
     node=$(hostname)
     for _ in $(seq 100); do
