@@ -99,10 +99,36 @@ pub async fn renew_lease(api: &Client, node: &str, duration: Duration) -> Result
         "leaseDurationSeconds": duration.as_secs(),
         "renewTime": now,
     });
+    // The Lease as last written (kubelet's habit): one PUT per renewal; a conflict or a Lease
+    // gone reads it again.
+    static LAST: std::sync::Mutex<Option<std::collections::HashMap<String, Value>>> =
+        std::sync::Mutex::new(None);
+    let remember = |lease: Option<Value>| {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let map = last.get_or_insert_with(Default::default);
+        match lease {
+            Some(l) => map.insert(node.to_string(), l),
+            None => map.remove(node),
+        };
+    };
+    let cached = LAST.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(node).cloned());
+    if let Some(mut lease) = cached {
+        lease["spec"] = spec.clone();
+        match api::put(api, &path, &lease).await {
+            Ok(written) => {
+                remember(Some(written));
+                return Ok(());
+            }
+            Err(e) if api::is_conflict(&e) || api::is_not_found(&e) => remember(None),
+            Err(e) => return Err(format!("renewing lease: {e}")),
+        }
+    }
     match api::get(api, &path).await? {
         Some(mut lease) => {
             lease["spec"] = spec;
-            api::put(api, &path, &lease).await.map(drop).map_err(|e| format!("renewing lease: {e}"))
+            let written = api::put(api, &path, &lease).await.map_err(|e| format!("renewing lease: {e}"))?;
+            remember(Some(written));
+            Ok(())
         }
         None => {
             let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});

@@ -291,7 +291,9 @@ fn open_store(flags: &Flags) -> anyhow::Result<Arc<dyn Store>> {
                 .map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
             let db = flags.data_dir.join("store.redb");
             let fresh = !db.exists();
-            let store = RedbStore::open_with_cache(&db, 4096, flags.store_cache_mib << 20)
+            // 1,024 live events per resource: a watcher that falls further behind catches up
+            // from the store's history (each slot holds an event's object until overwritten).
+            let store = RedbStore::open_with_cache(&db, 1024, flags.store_cache_mib << 20)
                 .context("opening the store")?;
             let said_db = tug_config::private::file(&db, 0o600).map_err(|e| anyhow::anyhow!(e))?;
             // A store made just now got the umask's mode: set, not worth saying.

@@ -284,6 +284,57 @@ impl Watch {
     }
 }
 
+/// The resource part of a key or prefix (`group/plural/`: `/pods/`, `apps/deployments/`), or
+/// None for a prefix shorter than that (`""`: the whole store).
+fn resource_of(key: &str) -> Option<&str> {
+    key.match_indices('/').nth(1).map(|(i, _)| &key[..=i])
+}
+
+/// Live events fanned out by resource: a watcher of pods wakes for pods' events only, not for
+/// every Lease a thousand nodes renew. Watchers of a shorter prefix (the whole store) get
+/// every event.
+pub(crate) struct Hub {
+    capacity: usize,
+    all: broadcast::Sender<Arc<Event>>,
+    by_resource: std::sync::RwLock<std::collections::HashMap<String, broadcast::Sender<Arc<Event>>>>,
+}
+
+impl Hub {
+    pub(crate) fn new(capacity: usize) -> Hub {
+        Hub {
+            capacity,
+            all: broadcast::channel(capacity).0,
+            by_resource: std::sync::RwLock::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Hands an event to its resource's watchers and to the whole store's (a channel without
+    /// watchers keeps nothing).
+    pub(crate) fn send(&self, e: Arc<Event>) {
+        if let Some(r) = resource_of(&e.key) {
+            let map = self.by_resource.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = map.get(r) {
+                if tx.receiver_count() > 0 {
+                    let _ = tx.send(Arc::clone(&e));
+                }
+            }
+        }
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(e);
+        }
+    }
+
+    /// A receiver of the events a watch of `prefix` may want.
+    pub(crate) fn subscribe(&self, prefix: &str) -> broadcast::Receiver<Arc<Event>> {
+        let Some(r) = resource_of(prefix) else { return self.all.subscribe() };
+        if let Some(tx) = self.by_resource.read().unwrap_or_else(|p| p.into_inner()).get(r) {
+            return tx.subscribe();
+        }
+        let mut map = self.by_resource.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(r.to_string()).or_insert_with(|| broadcast::channel(self.capacity).0).subscribe()
+    }
+}
+
 /// Sets `metadata.resourceVersion` to the revision, as a string like Kubernetes'.
 pub(crate) fn stamp(object: &mut Value, revision: u64) {
     if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -17,7 +17,6 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::broadcast;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -36,7 +35,7 @@ pub struct RedbStore {
     syncer: Mutex<()>,
     /// Committed writes not yet known durable.
     pending: Arc<Mutex<Pending>>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: super::Hub,
 }
 
 #[derive(Default)]
@@ -102,7 +101,7 @@ impl RedbStore {
     /// which a store of 10,000 pods fills to a few hundred MiB of resident memory).
     pub fn open_with_cache(path: &Path, buffer: usize, cache: usize) -> Result<RedbStore, StoreError> {
         let db = open_db(path, cache)?;
-        let (live, _) = broadcast::channel(buffer.max(16));
+        let live = super::Hub::new(buffer.max(16));
         let store = RedbStore {
             db: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path: path.to_path_buf(),
@@ -280,7 +279,7 @@ impl RedbStore {
             p.events.drain(..n).collect()
         };
         for e in events {
-            let _ = self.live.send(e);
+            self.live.send(e);
         }
         Ok(())
     }
@@ -449,7 +448,7 @@ impl Store for RedbStore {
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
         // Subscribe before reading the backlog, so nothing committed in between is missed;
         // the watch skips live events it already delivered from the backlog.
-        let live = self.live.subscribe();
+        let live = self.live.subscribe(prefix);
         let db = self.db()?;
         let backlog = history(&db, &self.pending, prefix, after).map_err(|e| self.failed(e))?;
         // A watcher that falls behind the broadcast reads what it missed the same way, from the
@@ -524,6 +523,29 @@ mod tests {
         }
         assert!(store.update_each(Vec::new()).is_empty());
         assert_eq!(store.revision().unwrap(), b.revision + 2);
+    }
+
+    /// Live events go to their resource's watchers and to the whole store's; a watcher of
+    /// pods is not handed the Leases (its channel never carries them).
+    #[tokio::test]
+    async fn live_events_reach_their_resources_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb"), 64).unwrap();
+        let r0 = store.revision().unwrap();
+        let mut pods = store.watch("/pods/default/", r0).unwrap();
+        let mut all = store.watch("", r0).unwrap();
+        let pods_channel = store.live.subscribe("/pods/");
+        let lease = serde_json::json!({"metadata": {"name": "n"}});
+        store.create("coordination.k8s.io/leases/tug-node-lease/n", lease).unwrap();
+        store.create("/pods/other/a", serde_json::json!({"metadata": {"name": "a"}})).unwrap();
+        store.create("/pods/default/b", serde_json::json!({"metadata": {"name": "b"}})).unwrap();
+        assert_eq!(pods.next().await.unwrap().unwrap().key, "/pods/default/b");
+        let keys: Vec<String> = [all.next().await, all.next().await, all.next().await]
+            .into_iter()
+            .map(|e| e.unwrap().unwrap().key)
+            .collect();
+        assert_eq!(keys[0], "coordination.k8s.io/leases/tug-node-lease/n");
+        assert_eq!(pods_channel.len(), 2, "the pods' channel carries the two pods only");
     }
 
     #[tokio::test]
