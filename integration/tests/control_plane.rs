@@ -725,6 +725,49 @@ fn sigterm_ends_the_scheduler_despite_open_watches() {
     assert_eq!(out(&o), "namespace/default\n", "{}", err(&o));
 }
 
+/// `allowWatchBookmarks=true`: a filtered watch that sees nothing it wants is told how far it
+/// got — a BOOKMARK at the revision of the last change it passed over — so it resumes from
+/// there, not from a revision the history may have dropped; without the parameter, none.
+#[test]
+fn an_idle_filtered_watch_is_told_how_far_it_got() {
+    let cp = ControlPlane::start();
+    let (_, list) = cp.raw("GET", "/api/v1/namespaces/default/configmaps", "", "");
+    let list: Value = serde_json::from_str(&list).unwrap_or_else(|_| panic!("{list}"));
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let mut last = String::new();
+    for i in 0..3 {
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"other-{i}","namespace":"default"}}}}"#
+        );
+        let (code, made) = cp.raw("POST", "/api/v1/namespaces/default/configmaps", "application/json", &body);
+        assert_eq!(code, 201, "{made}");
+        let made: Value = serde_json::from_str(&made).unwrap();
+        last = made["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    }
+    let watch = |bookmarks: bool| {
+        let path = format!(
+            "/api/v1/namespaces/default/configmaps?watch=true&fieldSelector=metadata.name%3Dwanted&resourceVersion={rv}&timeoutSeconds=12{}",
+            if bookmarks { "&allowWatchBookmarks=true" } else { "" }
+        );
+        let (code, body) = cp.raw("GET", &path, "", "");
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("{l}")))
+            .collect::<Vec<_>>()
+    };
+    let (with, without) = std::thread::scope(|s| {
+        let with = s.spawn(|| watch(true));
+        let without = s.spawn(|| watch(false));
+        (with.join().unwrap(), without.join().unwrap())
+    });
+    assert_eq!(with.len(), 1, "{with:?}");
+    assert_eq!(with[0]["type"], "BOOKMARK");
+    assert_eq!(with[0]["object"]["kind"], "ConfigMap");
+    assert_eq!(with[0]["object"]["apiVersion"], "v1");
+    assert_eq!(with[0]["object"]["metadata"]["resourceVersion"], last.as_str(), "{with:?}");
+    assert!(without.is_empty(), "{without:?}");
+}
+
 /// A watch from a revision the store has not reached is refused as Kubernetes refuses it
 /// (504, ResourceVersionTooLarge), not a stream that silently shows nothing.
 #[test]

@@ -484,6 +484,17 @@ pub fn admission_lock() -> std::sync::MutexGuard<'static, ()> {
     ADMISSION.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The admission lock where it is needed: in a namespace with a ResourceQuota (the next
+/// create's recount must see the object the last one admitted). Elsewhere — cluster-scoped
+/// objects, namespaces without quotas — creates do not wait for each other (an API write
+/// behind a controller's batch of pods, or behind another create's fsync). A quota made
+/// meanwhile is set right by the quota controller's recount.
+pub fn admission_lock_in(store: &dyn Store, ns: Option<&str>) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let ns = ns?;
+    let quotas = store.keys(&format!("{QUOTAS}{ns}/")).map_or(true, |(keys, _)| !keys.is_empty());
+    quotas.then(admission_lock)
+}
+
 /// LimitRanger for a new claim: its storage request within each `PersistentVolumeClaim`
 /// item's `min` and `max`.
 pub fn limit_claim(store: &dyn Store, ns: &str, claim: &Value) -> Result<(), String> {

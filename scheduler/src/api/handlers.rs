@@ -757,7 +757,7 @@ fn create(
             .map_err(|e| Status::internal(e.to_string()))?;
     }
     // Until the object is stored (the guard lives to the end of the function).
-    let _quota = crate::quota::admission_lock();
+    let _quota = blocking(|| crate::quota::admission_lock_in(st.store.as_ref(), ns.as_deref()));
     admit_limits_and_quota(st, info, &mut obj, dry)?;
     super::managed::track_update(info.kind, None, &mut obj, (manager, ""), &info.api_version(), &now());
     if dry {
@@ -1405,7 +1405,8 @@ fn apply(
                 assign_pod_cidr(st, info, &mut obj)?;
                 admit_pod_priority(st, info, &mut obj)?;
                 admit_service_account(st, info, &mut obj)?;
-                let _quota = crate::quota::admission_lock();
+                let _quota =
+                    blocking(|| crate::quota::admission_lock_in(st.store.as_ref(), target.namespace()));
                 admit_limits_and_quota(st, info, &mut obj, dry)?;
                 if dry {
                     break (Stored { key: key.clone(), object: obj, revision: 0 }, Applied::Created);

@@ -49,28 +49,58 @@ pub async fn serve(
     }
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let live = futures_util::stream::unfold(Some(watch), move |state| async move {
-        let mut w = state?;
-        let next = match deadline {
-            Some(d) => tokio::time::timeout_at(d, w.next()).await.ok()?,
-            None => w.next().await,
-        };
-        match next? {
-            Ok(e) => {
-                let t = match e.type_ {
-                    crate::store::EventType::Added => "ADDED",
-                    crate::store::EventType::Modified => "MODIFIED",
-                    crate::store::EventType::Deleted => "DELETED",
+    // Bookmarks (`allowWatchBookmarks=true`): while nothing it wants happens, the watcher is
+    // told every BOOKMARK_EVERY how far the watch has got, so it resumes from there and not
+    // from its last event — which the history may no longer hold.
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let (kind, api_version) = (info.kind, info.api_version());
+    let start = (watch, after, tokio::time::Instant::now() + BOOKMARK_EVERY);
+    let live = futures_util::stream::unfold(Some(start), move |state| {
+        let api_version = api_version.clone();
+        async move {
+            let (mut w, mut marked, mut mark_at) = state?;
+            let next = loop {
+                let wake = match deadline {
+                    Some(d) if !bookmarks || d < mark_at => d,
+                    _ if bookmarks => mark_at,
+                    _ => {
+                        break w.next().await;
+                    }
                 };
-                let bytes = match table {
-                    None => line(t, &e.object),
-                    Some(_) => line(t, &shown(info, table, &e.object)),
-                };
-                Some((Ok::<_, std::convert::Infallible>(bytes), Some(w)))
-            }
-            Err(err) => {
-                let status = serde_json::to_value(Status::gone(err.to_string())).unwrap_or_default();
-                Some((Ok(line("ERROR", &status)), None))
+                match tokio::time::timeout_at(wake, w.next()).await {
+                    Ok(next) => break next,
+                    Err(_) if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => return None,
+                    Err(_) => {
+                        mark_at = tokio::time::Instant::now() + BOOKMARK_EVERY;
+                        if w.revision() > marked {
+                            marked = w.revision();
+                            let object = serde_json::json!({
+                                "kind": kind,
+                                "apiVersion": api_version,
+                                "metadata": {"resourceVersion": marked.to_string()},
+                            });
+                            return Some((Ok(line("BOOKMARK", &object)), Some((w, marked, mark_at))));
+                        }
+                    }
+                }
+            };
+            match next? {
+                Ok(e) => {
+                    let t = match e.type_ {
+                        crate::store::EventType::Added => "ADDED",
+                        crate::store::EventType::Modified => "MODIFIED",
+                        crate::store::EventType::Deleted => "DELETED",
+                    };
+                    let bytes = match table {
+                        None => line(t, &e.object),
+                        Some(_) => line(t, &shown(info, table, &e.object)),
+                    };
+                    Some((Ok::<_, std::convert::Infallible>(bytes), Some((w, e.revision, mark_at))))
+                }
+                Err(err) => {
+                    let status = serde_json::to_value(Status::gone(err.to_string())).unwrap_or_default();
+                    Some((Ok(line("ERROR", &status)), None))
+                }
             }
         }
     });
@@ -83,6 +113,9 @@ pub async fn serve(
         .unwrap_or_else(|_| status_response(&Status::internal("building the watch response")));
     Ok(resp)
 }
+
+/// How often an idle watch that asked for bookmarks gets one (Kubernetes: about a minute).
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 
 /// A watch from a revision the store has not reached waits up to 3 s for it (another replica
 /// may have written it a moment ago) — for the store's own event at that revision, not by

@@ -389,8 +389,10 @@ pub fn create_generated_each(
     group_plural: &str,
     objs: Vec<Value>,
 ) -> Vec<Result<Stored, StoreError>> {
-    // Admission and the store's create under one lock (`quota::admission_lock`).
-    let _quota = crate::quota::admission_lock();
+    // Admission and the store's create under one lock where the namespace has quotas
+    // (`quota::admission_lock_in`); a batch is of one owner, in one namespace.
+    let ns = objs.first().and_then(|o| o["metadata"]["namespace"].as_str()).unwrap_or("default").to_string();
+    let _quota = crate::quota::admission_lock_in(store, Some(&ns));
     let mut out: Vec<Option<Result<Stored, StoreError>>> = Vec::new();
     let mut admitted: Vec<(usize, Value)> = Vec::new();
     for (i, mut obj) in objs.into_iter().enumerate() {

@@ -158,6 +158,9 @@ pub struct Watch {
     /// Events it lets through; the others are skipped before they are copied out of the
     /// broadcast (a thousand nodes each watching their own pods copy only their own).
     filter: Option<EventFilter>,
+    /// The revision of the last event it received, handed out or filtered away (a backend
+    /// of its own: see [`Watch::revision`]).
+    seen: u64,
 }
 
 /// Reads the events under a prefix after a revision from the store's history, up to what is
@@ -195,6 +198,7 @@ impl Watch {
             },
             map: None,
             filter: None,
+            seen: after,
         }
     }
 
@@ -221,7 +225,7 @@ impl Watch {
     }
 
     pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<Result<Event, StoreError>>) -> Watch {
-        Watch { source: Source::Channel(rx), map: None, filter: None }
+        Watch { source: Source::Channel(rx), map: None, filter: None, seen: 0 }
     }
 
     /// The next event; `None` once the store is closed.
@@ -240,11 +244,26 @@ impl Watch {
         }
     }
 
+    /// The revision this watch has passed: every change under its prefix up to it has been
+    /// handed out or filtered away (what a BOOKMARK tells a client to resume from).
+    pub fn revision(&self) -> u64 {
+        match &self.source {
+            Source::Local { last, .. } => *last,
+            Source::Channel(_) => self.seen,
+        }
+    }
+
     async fn next_raw(&mut self, keep: Option<&EventFilter>) -> Option<Result<Event, StoreError>> {
         let (prefix, last, backlog, live, history) = match &mut self.source {
             Source::Channel(rx) => loop {
                 match rx.recv().await {
-                    Some(Ok(e)) if keep.is_some_and(|k| !k(&e)) => continue,
+                    Some(Ok(e)) => {
+                        self.seen = self.seen.max(e.revision);
+                        if keep.is_some_and(|k| !k(&e)) {
+                            continue;
+                        }
+                        return Some(Ok(e));
+                    }
                     other => return other,
                 }
             },
