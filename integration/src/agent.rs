@@ -263,7 +263,9 @@ impl Agent {
     }
 }
 
-/// Removes a cgroup directory and its children, deepest first.
+/// Removes a cgroup directory and its children, deepest first. What still runs in them —
+/// a supervisor the agent spawned as it was killed, before the runtime's state named its
+/// container — is this agent's: killed by its PID first, so nothing outlives the test.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -272,6 +274,17 @@ fn remove_cgroup_tree(dir: &Path) {
             }
         }
     }
+    let procs = || {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .collect::<Vec<_>>()
+    };
+    for pid in procs() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    crate::wait_for(Duration::from_secs(5), || procs().is_empty());
     let _ = std::fs::remove_dir(dir);
 }
 
