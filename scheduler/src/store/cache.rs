@@ -451,17 +451,13 @@ impl Store for Cached {
     /// Events the copy applied after `after` (from the store itself when `after` is older
     /// than the copy's recent events).
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        // Subscribed and the backlog read under one lock: nothing missed, nothing twice.
         let c = self.shared.lock();
-        let oldest = c.recent.front().map_or(c.applied, |e| e.revision.saturating_sub(1));
-        if !c.synced || after < oldest {
-            drop(c);
-            return self.reader.watch(prefix, after);
-        }
-        let Some(live) = c.events.as_ref().map(broadcast::Sender::subscribe) else {
+        let (Some(tx), Ok(backlog)) = (c.events.as_ref(), recent_after(&c, prefix, after)) else {
             drop(c);
             return self.reader.watch(prefix, after);
         };
-        let backlog = recent_after(&c, prefix, after).unwrap_or_default();
+        let live = tx.subscribe();
         drop(c);
         let shared = Arc::downgrade(&self.shared);
         let history: super::History = Arc::new(move |prefix, after| {
