@@ -1,6 +1,7 @@
-//! The agent's end of the node tunnel (see `tug_api::tunnel`): a few idle connections to the
-//! control plane, each waiting for one request — a container's logs, or an exec — which it
-//! then serves, while a fresh idle connection takes its place.
+//! The agent's end of the node tunnel (see `tug_api::tunnel`): a few idle connections to
+//! every replica of the control plane, each waiting for one request — a container's logs, or
+//! an exec — which it then serves, while a fresh idle connection takes its place. Every
+//! replica holds some, since a user's `tug logs` may reach any of them.
 
 use crate::logs;
 use crate::pods::Ctx;
@@ -19,36 +20,41 @@ const SPARES: usize = 2;
 /// How often a followed log looks for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-/// Starts the idle connections.
+/// Starts the idle connections, `SPARES` to each of the control plane's replicas.
 pub fn start(ctx: Arc<Ctx>) {
-    for _ in 0..SPARES {
-        tokio::spawn(spare(Arc::clone(&ctx)));
+    for replica in ctx.api.each_server() {
+        for _ in 0..SPARES {
+            tokio::spawn(spare(Arc::clone(&ctx), replica.clone()));
+        }
     }
 }
 
-/// One idle connection: made (again and again while the control plane is away), then used
-/// for one request, after which a new one is started in its place.
-fn spare(ctx: Arc<Ctx>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(spare_loop(ctx))
+/// One idle connection to `replica`: made (again and again while the replica is away), then
+/// used for one request, after which a new one is started in its place.
+fn spare(
+    ctx: Arc<Ctx>,
+    replica: tug_client::Client,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(spare_loop(ctx, replica))
 }
 
-async fn spare_loop(ctx: Arc<Ctx>) {
+async fn spare_loop(ctx: Arc<Ctx>, replica: tug_client::Client) {
     let path = format!("/api/v1/nodes/{}/tunnel", ctx.cfg.node_name);
     let mut delay = Duration::from_millis(200);
     loop {
-        match ctx.api.upgrade(hyper::Method::GET, &path, TUNNEL_PROTOCOL).await {
+        match replica.upgrade(hyper::Method::GET, &path, TUNNEL_PROTOCOL).await {
             Ok(mut conn) => {
                 delay = Duration::from_millis(200);
-                // Nothing (EOF or an error) means the control plane went away: connect again.
+                // Nothing (EOF or an error) means the replica went away: connect again.
                 if let Ok(Some(line)) = read_line(&mut conn).await {
-                    tokio::spawn(spare(Arc::clone(&ctx)));
+                    tokio::spawn(spare(Arc::clone(&ctx), replica));
                     serve(&ctx, conn, &line).await;
                     return;
                 }
             }
             Err(e) => {
                 if delay >= Duration::from_secs(5) {
-                    tracing::warn!("tug-agent: tunnel to the control plane: {e}");
+                    tracing::warn!("tug-agent: tunnel to {}: {e}", replica.describe());
                 }
             }
         }

@@ -128,8 +128,15 @@ impl Client {
         &self.servers
     }
 
-    fn describe(&self) -> String {
+    /// The servers, as given (comma-separated).
+    pub fn describe(&self) -> String {
         self.servers.iter().map(Server::describe).collect::<Vec<_>>().join(",")
+    }
+
+    /// One client per server, each bound to its server alone (no failing over): for what
+    /// must be open at every replica at once, as a node's tunnels are.
+    pub fn each_server(&self) -> Vec<Client> {
+        self.servers.iter().filter_map(|s| Client::of(vec![s.clone()])).collect()
     }
 
     /// A connection to the server that answered last, else to the next one that answers.

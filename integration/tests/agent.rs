@@ -997,6 +997,67 @@ fn an_agent_joins_a_remote_control_plane_with_the_token() {
     assert!(who.contains("system:node:tug-it-remote"), "{who}");
 }
 
+/// Two replicas over one etcd, an agent joined to both (`--server A,B`): each replica holds
+/// the node's tunnels, so logs and exec work through either, and go on through the survivor
+/// when the other is killed.
+#[test]
+fn an_agent_with_two_replicas_is_reachable_through_each() {
+    let etcd = tug_integration::etcd::EtcdProcess::start();
+    let (_secrets, secret) = tug_integration::etcd::pki_secret();
+    let listen: Vec<String> =
+        (0..2).map(|_| format!("127.0.0.1:{}", tug_integration::images::free_port())).collect();
+    let mut replicas: Vec<ControlPlane> = listen
+        .iter()
+        .map(|l| {
+            ControlPlane::start_with(&[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                etcd.endpoint.as_str(),
+                "--listen",
+                l,
+                "--pki-secret-file",
+                &secret,
+            ])
+        })
+        .collect();
+    let token = replicas[0]
+        .log()
+        .split_whitespace()
+        .find(|w| w.starts_with("tug::"))
+        .expect("the join token")
+        .to_string();
+    let servers: Vec<String> = listen.iter().map(|l| format!("https://{l}")).collect();
+    let cluster = Cluster::new(1).expect("cluster");
+    let agent = Agent::start_remote(&servers.join(","), &token, &cluster.nodes[0], "tug-it-replicas", &[]);
+    agent.import_example_image();
+    apply(&replicas[0], WEB);
+    wait_pod(&replicas[0], &agent, "web", 60, "Running with two replicas", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    for (i, r) in replicas.iter().enumerate() {
+        let reached = wait_for(Duration::from_secs(15), || {
+            String::from_utf8_lossy(&r.tug(&["exec", "web", "--", "echo", "via", &i.to_string()]).stdout)
+                == format!("via {i}\n")
+        });
+        assert!(
+            reached,
+            "exec through replica {i}: {:?}\n{}",
+            r.tug(&["exec", "web", "--", "true"]),
+            agent.log()
+        );
+        let logged = wait_for(Duration::from_secs(10), || {
+            String::from_utf8_lossy(&r.tug(&["logs", "web"]).stdout).contains("hello from web")
+        });
+        assert!(logged, "logs through replica {i}: {:?}", r.tug(&["logs", "web"]));
+    }
+    // The first replica gone, the second still reaches the node.
+    replicas[0].kill9();
+    let o = replicas[1].tug(&["exec", "web", "--", "echo", "still"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "still\n", "{o:?}\n{}", agent.log());
+    drop(replicas.drain(..));
+}
+
 #[test]
 fn a_claim_binds_a_local_volume_whose_data_outlives_its_pods() {
     let (_cluster, cp, agent) = setup();
