@@ -17,7 +17,7 @@ UNITDIR=${UNITDIR:-/etc/systemd/system}
 CONFDIR=${CONFDIR:-/etc/tug}
 STATEDIR=${STATEDIR:-/var/lib}
 bins=(tug tug-scheduler tug-agent tug-shim tug-supervisor)
-units=(tug-scheduler.service tug-agent.service)
+units=(tug-scheduler.service tug-agent.service tug-etcd.service)
 
 reload() {
     # Only on the live system, and only where systemd is running.

@@ -47,6 +47,10 @@ fn make_install_lays_out_a_staging_root_and_is_idempotent() {
     }
     let sched = std::fs::read_to_string(stage.join("etc/systemd/system/tug-scheduler.service")).unwrap();
     assert!(sched.contains("ExecStart=/usr/local/bin/tug-scheduler --config /etc/tug/scheduler.toml"));
+    // The etcd member of a highly available server (provision.sh server --ha) reads what
+    // provision.sh writes.
+    let etcd = std::fs::read_to_string(stage.join("etc/systemd/system/tug-etcd.service")).unwrap();
+    assert!(etcd.lines().any(|l| l == "EnvironmentFile=/etc/tug/etcd.env"), "{etcd}");
     assert_eq!(mode(&stage.join("etc/tug/agent.toml")), 0o600, "the agent's file may hold a token");
     assert_eq!(mode(&stage.join("etc/tug/scheduler.toml")), 0o644);
     assert_eq!(mode(&stage.join("var/lib/tug")), 0o700);
@@ -74,6 +78,7 @@ fn make_install_lays_out_a_staging_root_and_is_idempotent() {
     assert!(out.status.success());
     assert!(!stage.join("usr/local/bin/tug-agent").exists());
     assert!(!stage.join("etc/systemd/system/tug-agent.service").exists());
+    assert!(!stage.join("etc/systemd/system/tug-etcd.service").exists());
     assert!(stage.join("etc/tug/agent.toml").exists() && stage.join("var/lib/tug").exists());
 }
 
@@ -88,6 +93,7 @@ fn the_units_pass_systemd_analyze_verify() {
         .arg("verify")
         .arg(u.join("tug-scheduler.service"))
         .arg(u.join("tug-agent.service"))
+        .arg(u.join("tug-etcd.service"))
         .output()
         .expect("systemd-analyze (Debian's systemd package)");
     let err = String::from_utf8_lossy(&out.stderr);

@@ -35,6 +35,10 @@ copy_with_libs "$(command -v nft)" usr/sbin/nft
 # bash, for the provisioning script (scripts/vm/provision.sh → scripts/install.sh).
 copy_with_libs "$(command -v bash)" bin/bash
 copy_with_libs "$(command -v install)" usr/bin/install
+# What the caller asks for besides (VM_EXTRA: command names, e.g. etcd for the HA cluster).
+for extra in ${VM_EXTRA:-}; do
+    copy_with_libs "$(command -v "$extra")" "usr/bin/$extra"
+done
 # The benchmark's anchors, when installed.
 for anchor in crun runc; do
     command -v "$anchor" >/dev/null && copy_with_libs "$(command -v "$anchor")" "usr/bin/$anchor"

@@ -6,8 +6,18 @@
 # by the Vagrantfile.
 #
 #   provision.sh server [--listen ADDR] [AGENT OPTIONS]     control plane + an agent beside it
+#   provision.sh server --ha IP1,IP2,IP3 --pki-secret-file FILE --node-ip IP [AGENT OPTIONS]
 #   provision.sh agent --server https://HOST:6443 --token TOKEN [AGENT OPTIONS]
 #   AGENT OPTIONS: --node-ip IP, --node-name NAME, --network-backend auto|host-gw|vxlan
+#
+# --ha: one of three (or five) servers of a highly available control plane, run on each of
+# them at about the same time. Each runs an etcd member (Debian's etcd-server; members
+# etcd-IP on IP:2380, clients on IP:2379 and loopback) with the others as its peers, a
+# tug-scheduler replica over all the members (listening on IP:6443), and an agent joined to
+# every replica over TLS. FILE is the replicas' shared secret (the same file on every server:
+# head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE), which seals the cluster CA and the
+# join token in etcd, so every replica hands out the same token.
+# etcd's traffic between the servers is plain HTTP: keep it on a private network.
 #
 # BUILD (where the binaries are, default target/release) and PREFIX pass through to install.sh.
 # Without systemd the daemons log to /var/log/tug-{scheduler,agent}.log and their pids are in
@@ -16,9 +26,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 role=${1:-}
 shift || true
-node_ip="" listen="" server="" token="" backend="" node_name=""
+node_ip="" listen="" server="" token="" backend="" node_name="" ha="" pki_secret=""
 while [ $# -gt 0 ]; do
     case "$1" in
+        --ha) ha=$2; shift 2 ;;
+        --pki-secret-file) pki_secret=$2; shift 2 ;;
         --node-ip) node_ip=$2; shift 2 ;;
         --listen) listen=$2; shift 2 ;;
         --server) server=$2; shift 2 ;;
@@ -29,7 +41,17 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$role" in
-    server) ;;
+    server)
+        if [ -n "$ha" ]; then
+            [ -n "$node_ip" ] && [ -n "$pki_secret" ] \
+                || { echo "provision.sh server --ha needs --node-ip IP and --pki-secret-file FILE" >&2; exit 2; }
+            [ -r "$pki_secret" ] || { echo "provision.sh: --pki-secret-file $pki_secret cannot be read" >&2; exit 2; }
+            case ",$ha," in *",$node_ip,"*) ;; *) echo "provision.sh: --node-ip $node_ip is not one of --ha $ha" >&2; exit 2 ;; esac
+            n=$(echo "$ha" | tr ',' '\n' | grep -c .)
+            [ $((n % 2)) = 1 ] || { echo "provision.sh: --ha names $n servers; etcd wants an odd number (3 or 5)" >&2; exit 2; }
+            listen=${listen:-$node_ip:6443}
+        fi
+        ;;
     agent) [ -n "$server" ] && [ -n "$token" ] || { echo "provision.sh agent needs --server URL --token TOKEN" >&2; exit 2; } ;;
     *) echo "usage: provision.sh server|agent [options]" >&2; exit 2 ;;
 esac
@@ -38,11 +60,48 @@ bash scripts/install.sh
 PREFIX=${PREFIX:-/usr/local}
 conf=/etc/tug
 
+# The servers' addresses (--ha), in each one's form.
+each() { # each FORMAT: FORMAT with %s as each server's IP, comma-separated
+    local out="" ip
+    for ip in ${ha//,/ }; do out="$out${out:+,}$(printf "$1" "$ip")"; done
+    echo "$out"
+}
+if [ -n "$ha" ]; then
+    command -v etcd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server
+    # Debian's own unit runs a one-member etcd on loopback: this host's member replaces it.
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        systemctl disable --now etcd.service 2>/dev/null || true
+    fi
+    install -m 0600 "$pki_secret" "$conf/pki-secret"
+    (
+        umask 077
+        name=etcd-${node_ip//./-}
+        initial=""
+        for ip in ${ha//,/ }; do initial="$initial${initial:+,}etcd-${ip//./-}=http://$ip:2380"; done
+        cat > "$conf/etcd.env" <<ENV
+ETCD_NAME=$name
+ETCD_DATA_DIR=/var/lib/tug/etcd
+ETCD_LISTEN_PEER_URLS=http://$node_ip:2380
+ETCD_INITIAL_ADVERTISE_PEER_URLS=http://$node_ip:2380
+ETCD_LISTEN_CLIENT_URLS=http://$node_ip:2379,http://127.0.0.1:2379
+ETCD_ADVERTISE_CLIENT_URLS=http://$node_ip:2379
+ETCD_INITIAL_CLUSTER=$initial
+ETCD_INITIAL_CLUSTER_STATE=new
+ETCD_INITIAL_CLUSTER_TOKEN=tug
+ENV
+    )
+fi
+
 # The configuration: the installed defaults plus this host's settings.
 if [ "$role" = server ]; then
     {
         cat packaging/config/scheduler.toml
         [ -z "$listen" ] || echo "listen = \"$listen\""
+        if [ -n "$ha" ]; then
+            echo "store = \"etcd\""
+            echo "etcd-endpoints = \"$(each "http://%s:2379")\""
+            echo "pki-secret-file = \"$conf/pki-secret\""
+        fi
     } > "$conf/scheduler.toml"
 fi
 {
@@ -67,17 +126,40 @@ start() {
     fi
     mkdir -p /run/tug /var/log
     # A session of its own: the daemon outlives this script and its terminal.
-    setsid "$PREFIX/bin/tug-$name" --config "$conf/$name.toml" < /dev/null > "/var/log/tug-$name.log" 2>&1 &
+    if [ "$name" = etcd ]; then
+        (set -a; . "$conf/etcd.env"; exec setsid etcd) < /dev/null > /var/log/tug-etcd.log 2>&1 &
+    else
+        setsid "$PREFIX/bin/tug-$name" --config "$conf/$name.toml" < /dev/null > "/var/log/tug-$name.log" 2>&1 &
+    fi
     echo $! > "/run/tug/$name.pid"
 }
+# Whether this host's etcd member has a leader (so the cluster has a quorum): its /health,
+# asked through bash's /dev/tcp (no curl or wget needed).
+etcd_healthy() {
+    ( exec 3<>/dev/tcp/127.0.0.1/2379 && printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 \
+        && timeout 3 cat <&3 ) 2>/dev/null | grep -q '"health":"true"'
+}
 
+if [ -n "$ha" ]; then
+    start etcd
+    # The first server waits here for a second one's member: run provision.sh on them all.
+    waited=0
+    until etcd_healthy; do
+        [ "$waited" -lt 600 ] || { echo "provision.sh: etcd has no quorum after 600 s (are the other servers' members up? $ha)" >&2; tail -20 /var/log/tug-etcd.log >&2 2>/dev/null || true; exit 1; }
+        if [ $((waited % 30)) = 0 ] && [ "$waited" != 0 ]; then
+            echo "provision.sh: waiting for the etcd members on $ha to form a quorum; etcd's last words:"
+            tail -3 /var/log/tug-etcd.log 2>/dev/null | cut -c1-300 || journalctl -u tug-etcd -n 3 -o cat 2>/dev/null || true
+        fi
+        sleep 1; waited=$((waited + 1))
+    done
+fi
 if [ "$role" = server ]; then
     start scheduler
     for _ in $(seq 300); do
-        "$PREFIX/bin/tug" --server /run/tug/tug.sock get ns >/dev/null 2>&1 && break
+        timeout 10 "$PREFIX/bin/tug" --server /run/tug/tug.sock get ns >/dev/null 2>&1 && break
         sleep 0.2
     done
-    "$PREFIX/bin/tug" --server /run/tug/tug.sock get ns >/dev/null \
+    timeout 10 "$PREFIX/bin/tug" --server /run/tug/tug.sock get ns >/dev/null \
         || { echo "provision.sh: tug-scheduler did not answer" >&2; cat /var/log/tug-scheduler.log >&2 || true; exit 1; }
 fi
 if [ "$role" = server ] && [ -n "$listen" ]; then
@@ -95,6 +177,11 @@ if [ "$role" = server ] && [ -n "$listen" ]; then
     [ -n "$token" ] || { echo "provision.sh: no join token in the scheduler's log" >&2; exit 1; }
     (umask 077; echo "$token" > "$conf/join-token")
     echo "provision.sh: join token in $conf/join-token"
+fi
+if [ -n "$ha" ]; then
+    # The agent beside a replica joins all of them, to go on when this one is down.
+    sed -i '/^socket *=/d' "$conf/agent.toml"
+    { echo "server = \"$(each "https://%s:${listen##*:}")\""; echo "token = \"$token\""; } >> "$conf/agent.toml"
 fi
 start agent
 echo "provision.sh: $role provisioned ($PREFIX/bin, $conf)"
