@@ -409,6 +409,34 @@ fn two_replicas_share_one_etcd() {
     };
     assert_eq!(put(&a, "a"), 200);
     assert_eq!(put(&b, "b"), 409);
+    // Watches through B (served from its copy of etcd) see what A writes: live, and from a
+    // revision already past.
+    let watch = |rv: &str| {
+        b.raw(
+            "GET",
+            &format!("/api/v1/namespaces/shop/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=3"),
+            "",
+            "",
+        )
+    };
+    let (code, body) = std::thread::scope(|s| {
+        let w = s.spawn(|| watch(&rv));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let o = a.tug(&["create", "configmap", "later", "-n", "shop", "--from-literal=k=v"]);
+        assert!(o.status.success(), "{}", err(&o));
+        w.join().unwrap()
+    });
+    assert_eq!(code, 200);
+    let names = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|e| {
+                Some(format!("{} {}", e["type"].as_str()?, e["object"]["metadata"]["name"].as_str()?))
+            })
+            .collect()
+    };
+    assert_eq!(names(&body), ["MODIFIED cfg", "ADDED later"], "{body}");
+    assert_eq!(names(&watch(&rv).1), ["MODIFIED cfg", "ADDED later"]);
     let o = b.tug_with_input(&["apply", "-f", "-"], &APP.replace("replicas: 2", "replicas: 3"));
     assert_eq!(out(&o), "namespace/shop unchanged\ndeployment.apps/web configured\nservice/web unchanged\n");
     // One cluster CA for all replicas: credentials from A's join work against B.

@@ -359,8 +359,9 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     }
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
     // The scheduler and the controllers read from one in-memory copy of the store, fed by a
-    // watch (the API serves from the store itself).
+    // watch. The API reads the store itself; on etcd its watches come from the copy.
     let copy: Arc<dyn Store> = Arc::new(tug_scheduler::store::cache::Cached::start(store.clone()));
+    let watches = matches!(flags.store, Backend::Etcd).then(|| copy.clone());
     let store_for_scheduler = copy.clone();
     let store_for_kubernetes = store.clone();
     let store_for_controllers = copy;
@@ -397,6 +398,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let rbac_follower = auth.as_ref().map(|a| tokio::spawn(a.rbac.clone().follow()));
     let state = Arc::new(AppState {
         store,
+        watches,
         pki: Some(pki.clone()),
         node_cidrs,
         services,

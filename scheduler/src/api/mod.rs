@@ -58,6 +58,10 @@ use std::sync::Arc;
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Where watches are served from when not the store itself: the in-memory copy the
+    /// controllers read (`store::cache`), as the apiserver's watch cache does, on etcd —
+    /// where every watch of the store's own is a stream etcd sends and this server decodes.
+    pub watches: Option<Arc<dyn Store>>,
     /// The cluster CA and join token, for `POST /join`.
     pub pki: Option<Arc<crate::pki::Pki>>,
     /// Pod CIDRs handed to nodes as they register.

@@ -41,7 +41,8 @@ pub async fn serve(
             (Vec::new(), asked)
         }
     };
-    let mut watch = tokio::task::block_in_place(|| st.store.watch(&prefix, after))
+    let source = st.watches.as_ref().unwrap_or(&st.store);
+    let mut watch = tokio::task::block_in_place(|| source.watch(&prefix, after))
         .map_err(|e| Status::gone(e.to_string()))?;
     if !filter.is_empty() {
         // Judged before the event is copied for this watcher.

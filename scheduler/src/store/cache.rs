@@ -29,7 +29,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::broadcast;
 
 /// Prefixes read from the store, not copied.
 const NOT_COPIED: [&str; 5] =
@@ -40,8 +39,10 @@ const NOT_COPIED: [&str; 5] =
 /// broadcast's slots and these are most of the copy's memory beyond the objects.)
 const RECENT: usize = 2048;
 
-/// The live broadcast's slots.
-const LIVE: usize = 512;
+/// The live broadcast's slots, per resource (a watcher of pods wakes for pods' events only).
+/// A watcher further behind than these and the recent events goes on with a watch of its own
+/// from the store.
+const LIVE: usize = 1024;
 
 /// How long a read waits for the copy to catch up before it reads the store instead.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -70,9 +71,9 @@ struct Copy {
     /// Whether it holds the whole store (false while it is listed again).
     synced: bool,
     recent: VecDeque<Arc<Event>>,
-    /// The applied events, live; replaced when the copy is rebuilt, which ends every watch
-    /// fed from it (they may have missed events while the store's watch was down).
-    events: Option<broadcast::Sender<Arc<Event>>>,
+    /// The applied events, live, by resource; replaced when the copy is rebuilt, which ends
+    /// every watch fed from it (they may have missed events while the store's watch was down).
+    events: Option<super::Hub>,
 }
 
 struct Shared {
@@ -125,8 +126,8 @@ impl Shared {
         c.recent.push_back(Arc::clone(&e));
         // Sent under the lock: a watcher subscribing under it misses nothing and sees nothing
         // twice.
-        if let Some(tx) = &c.events {
-            let _ = tx.send(e);
+        if let Some(hub) = &c.events {
+            hub.send(e);
         }
         drop(c);
         self.changed.notify_all();
@@ -303,7 +304,7 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
                 c.synced = true;
                 // Watchers started before this list may have missed events: they start over.
                 c.recent.clear();
-                c.events = Some(broadcast::channel(LIVE).0);
+                c.events = Some(super::Hub::new(LIVE));
                 drop(c);
                 s.changed.notify_all();
                 rev
@@ -453,19 +454,21 @@ impl Store for Cached {
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
         // Subscribed and the backlog read under one lock: nothing missed, nothing twice.
         let c = self.shared.lock();
-        let (Some(tx), Ok(backlog)) = (c.events.as_ref(), recent_after(&c, prefix, after)) else {
+        let (Some(hub), Ok(backlog)) = (c.events.as_ref(), recent_after(&c, prefix, after)) else {
             drop(c);
             return self.reader.watch(prefix, after);
         };
-        let live = tx.subscribe();
+        let live = hub.subscribe(prefix);
         drop(c);
+        let reader = Arc::clone(&self.reader);
+        let fallback: super::Fallback = Arc::new(move |prefix, after| reader.watch(prefix, after));
         let shared = Arc::downgrade(&self.shared);
         let history: super::History = Arc::new(move |prefix, after| {
             let s = shared.upgrade().ok_or_else(|| StoreError::Unavailable("the copy is closed".into()))?;
             let c = s.lock();
             recent_after(&c, prefix, after)
         });
-        Ok(Watch::new(prefix, after, backlog, live).with_history(history))
+        Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
     }
 
     /// Compacts the store, and the copy's recent events with it: a watch from a compacted
@@ -572,6 +575,56 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// A watcher that falls behind the live events and the copy's recent ones by far goes on
+    /// with a watch of its own from the store: every event, in order, none twice. Watchers
+    /// of another resource are not woken by pods' events at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_far_behind_goes_on_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(dir.path(), "s.redb");
+        let c = Cached::start(Arc::clone(&store));
+        let start = tokio::task::spawn_blocking({
+            let c = c.clone();
+            move || {
+                c.create("/pods/default/first", pod("first", 0)).unwrap();
+                c.revision().unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let mut pods = c.watch("/pods/", start).unwrap();
+        let mut nodes = c.watch("/nodes/", start).unwrap();
+        let n = LIVE + RECENT + 500;
+        let last = tokio::task::spawn_blocking({
+            let c = c.clone();
+            move || {
+                let mut last = 0;
+                for batch in 0..n.div_ceil(500) {
+                    let made = c.create_each(
+                        (batch * 500..((batch + 1) * 500).min(n))
+                            .map(|i| (format!("/pods/default/p{i}"), pod(&format!("p{i}"), i)))
+                            .collect(),
+                    );
+                    last = made.last().unwrap().as_ref().unwrap().revision;
+                }
+                // Read through the copy: it has applied every write.
+                assert_eq!(c.list("/pods/default/").unwrap().0.len(), n + 1);
+                last
+            }
+        })
+        .await
+        .unwrap();
+        let mut prev = start;
+        for _ in 0..n {
+            let e =
+                tokio::time::timeout(Duration::from_secs(10), pods.next()).await.unwrap().unwrap().unwrap();
+            assert!(e.revision > prev && e.key.starts_with("/pods/"), "{} after {prev}", e.revision);
+            prev = e.revision;
+        }
+        assert_eq!(prev, last);
+        assert!(tokio::time::timeout(Duration::from_millis(200), nodes.next()).await.is_err());
     }
 
     /// Typed reads decode each object once per change, shared between reads.

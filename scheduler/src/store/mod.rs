@@ -167,6 +167,11 @@ pub struct Watch {
 /// durable: how a watcher that fell behind the live broadcast catches up.
 pub(crate) type History = Arc<dyn Fn(&str, u64) -> Result<Vec<Event>, StoreError> + Send + Sync>;
 
+/// A watch of its own from the store, under a prefix after a revision: where a watcher goes
+/// on when it has fallen behind both the live broadcast and the history beside it (the copy
+/// of the store in `cache`, whose history is short).
+pub(crate) type Fallback = Arc<dyn Fn(&str, u64) -> Result<Watch, StoreError> + Send + Sync>;
+
 enum Source {
     /// The embedded store: first the backlog read from the store, then live broadcasts; a
     /// watcher that falls behind those reads the history again from where it was.
@@ -176,9 +181,12 @@ enum Source {
         backlog: VecDeque<Event>,
         live: broadcast::Receiver<Arc<Event>>,
         history: Option<History>,
+        fallback: Option<Fallback>,
     },
     /// A backend that feeds events from a task of its own (etcd).
     Channel(tokio::sync::mpsc::Receiver<Result<Event, StoreError>>),
+    /// The store's own watch, taken over from a [`Fallback`].
+    Inner(Box<Watch>),
 }
 
 impl Watch {
@@ -195,6 +203,7 @@ impl Watch {
                 backlog: backlog.into(),
                 live,
                 history: None,
+                fallback: None,
             },
             map: None,
             filter: None,
@@ -207,6 +216,15 @@ impl Watch {
     pub(crate) fn with_history(mut self, h: History) -> Watch {
         if let Source::Local { history, .. } = &mut self.source {
             *history = Some(h);
+        }
+        self
+    }
+
+    /// With `f`, a watcher that fell behind the live events further than the history
+    /// reaches goes on with a watch of its own from the store instead of ending.
+    pub(crate) fn with_fallback(mut self, f: Fallback) -> Watch {
+        if let Source::Local { fallback, .. } = &mut self.source {
+            *fallback = Some(f);
         }
         self
     }
@@ -250,11 +268,42 @@ impl Watch {
         match &self.source {
             Source::Local { last, .. } => *last,
             Source::Channel(_) => self.seen,
+            Source::Inner(w) => self.seen.max(w.revision()),
         }
     }
 
     async fn next_raw(&mut self, keep: Option<&EventFilter>) -> Option<Result<Event, StoreError>> {
-        let (prefix, last, backlog, live, history) = match &mut self.source {
+        loop {
+            let after = match self.next_local(keep).await {
+                Ok(next) => return next,
+                Err(after) => after,
+            };
+            let Source::Local { prefix, fallback: Some(f), .. } = &self.source else {
+                return Some(Err(StoreError::TooSlow(0)));
+            };
+            // The store may block (etcd waits on a runtime of its own): off the async
+            // threads where the runtime allows it.
+            let multi = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let taken =
+                if multi { tokio::task::block_in_place(|| f(prefix, after)) } else { f(prefix, after) };
+            match taken {
+                Ok(w) => {
+                    self.seen = after;
+                    self.source = Source::Inner(Box::new(w));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next event, or Err(revision) when the watcher fell behind and takes its fallback
+    /// from that revision.
+    async fn next_local(
+        &mut self,
+        keep: Option<&EventFilter>,
+    ) -> Result<Option<Result<Event, StoreError>>, u64> {
+        let (prefix, last, backlog, live, history, fallback) = match &mut self.source {
             Source::Channel(rx) => loop {
                 match rx.recv().await {
                     Some(Ok(e)) => {
@@ -262,12 +311,26 @@ impl Watch {
                         if keep.is_some_and(|k| !k(&e)) {
                             continue;
                         }
-                        return Some(Ok(e));
+                        return Ok(Some(Ok(e)));
                     }
-                    other => return other,
+                    other => return Ok(other),
                 }
             },
-            Source::Local { prefix, last, backlog, live, history } => (prefix, last, backlog, live, history),
+            Source::Inner(w) => loop {
+                match Box::pin(w.next()).await {
+                    Some(Ok(e)) => {
+                        self.seen = self.seen.max(e.revision);
+                        if keep.is_some_and(|k| !k(&e)) {
+                            continue;
+                        }
+                        return Ok(Some(Ok(e)));
+                    }
+                    other => return Ok(other),
+                }
+            },
+            Source::Local { prefix, last, backlog, live, history, fallback } => {
+                (prefix, last, backlog, live, history, fallback)
+            }
         };
         loop {
             if let Some(e) = backlog.pop_front() {
@@ -275,7 +338,7 @@ impl Watch {
                 if keep.is_some_and(|k| !k(&e)) {
                     continue;
                 }
-                return Some(Ok(e));
+                return Ok(Some(Ok(e)));
             }
             match live.recv().await {
                 Ok(e) if e.revision > *last && e.key.starts_with(prefix.as_str()) => {
@@ -283,21 +346,29 @@ impl Watch {
                     if keep.is_some_and(|k| !k(&e)) {
                         continue;
                     }
-                    return Some(Ok((*e).clone()));
+                    return Ok(Some(Ok((*e).clone())));
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     // A burst overran this watcher's place in the broadcast: take a new place
                     // at its end first, then read what was missed from the history (the live
-                    // events it already holds are skipped by revision), as a new watch does.
-                    let Some(h) = history.as_ref() else { return Some(Err(StoreError::TooSlow(n))) };
-                    *live = live.resubscribe();
-                    match h(prefix, *last) {
-                        Ok(missed) => backlog.extend(missed),
-                        Err(_) => return Some(Err(StoreError::TooSlow(n))),
+                    // events it already holds are skipped by revision), as a new watch does;
+                    // past what the history holds, go on with the fallback, or end.
+                    let caught_up = match history.as_ref() {
+                        Some(h) => {
+                            *live = live.resubscribe();
+                            h(prefix, *last).map(|missed| backlog.extend(missed)).is_ok()
+                        }
+                        None => false,
+                    };
+                    if !caught_up {
+                        return match fallback {
+                            Some(_) => Err(*last),
+                            None => Ok(Some(Err(StoreError::TooSlow(n)))),
+                        };
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Closed) => return Ok(None),
             }
         }
     }
