@@ -360,8 +360,10 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let node_cidrs = api::NodeCidrs::new(flags.cluster_cidr, flags.node_cidr_mask_size);
     // The scheduler and the controllers read from one in-memory copy of the store, fed by a
     // watch. The API reads the store itself; on etcd its watches come from the copy.
-    let copy: Arc<dyn Store> = Arc::new(tug_scheduler::store::cache::Cached::start(store.clone()));
-    let watches = matches!(flags.store, Backend::Etcd).then(|| copy.clone());
+    let cached = tug_scheduler::store::cache::Cached::start(store.clone());
+    let watches =
+        matches!(flags.store, Backend::Etcd).then(|| Arc::new(cached.serving_watches()) as Arc<dyn Store>);
+    let copy: Arc<dyn Store> = Arc::new(cached);
     let store_for_scheduler = copy.clone();
     let store_for_kubernetes = store.clone();
     let store_for_controllers = copy;

@@ -40,9 +40,7 @@ const NOT_COPIED: [&str; 5] =
 const RECENT: usize = 2048;
 
 /// The live broadcast's slots, per resource (a watcher of pods wakes for pods' events only).
-/// A watcher further behind than these and the recent events goes on with a watch of its own
-/// from the store.
-const LIVE: usize = 1024;
+const LIVE: usize = 512;
 
 /// How long a read waits for the copy to catch up before it reads the store instead.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -141,6 +139,11 @@ pub struct Cached {
     /// Where reads of what is not copied go (and every read while the copy is rebuilt).
     reader: Arc<dyn Store>,
     writer: Arc<dyn Store>,
+    /// Whether a watcher further behind than the live events and the recent ones goes on with
+    /// a watch of its own from the store (the API's watchers), or ends (the controllers',
+    /// which then list again: an event from the store may come before the copy holds it, and
+    /// a reconcile it wakes must read a copy that does).
+    fall_back: bool,
 }
 
 impl Cached {
@@ -152,12 +155,24 @@ impl Cached {
             written: AtomicU64::new(0),
         });
         tokio::spawn(feed(Arc::clone(&store), Arc::downgrade(&shared)));
-        Cached { shared, reader: Arc::clone(&store), writer: store }
+        Cached { shared, reader: Arc::clone(&store), writer: store, fall_back: false }
     }
 
     /// The same copy, with writes going to `writer` (a leader's fenced store).
     pub fn writing_to(&self, writer: Arc<dyn Store>) -> Cached {
-        Cached { shared: Arc::clone(&self.shared), reader: Arc::clone(&self.reader), writer }
+        Cached {
+            shared: Arc::clone(&self.shared),
+            reader: Arc::clone(&self.reader),
+            writer,
+            fall_back: self.fall_back,
+        }
+    }
+
+    /// The same copy, for serving the API's watches: a watcher that falls too far behind goes
+    /// on with a watch of its own from the store instead of ending (a 410 its client would
+    /// answer with a full list).
+    pub fn serving_watches(&self) -> Cached {
+        Cached { fall_back: true, ..self.clone() }
     }
 
     /// The objects under `prefix` decoded as `T`, each decoded once per change of the
@@ -460,15 +475,21 @@ impl Store for Cached {
         };
         let live = hub.subscribe(prefix);
         drop(c);
-        let reader = Arc::clone(&self.reader);
-        let fallback: super::Fallback = Arc::new(move |prefix, after| reader.watch(prefix, after));
+        let fallback = self.fall_back.then(|| {
+            let reader = Arc::clone(&self.reader);
+            Arc::new(move |prefix: &str, after| reader.watch(prefix, after)) as super::Fallback
+        });
         let shared = Arc::downgrade(&self.shared);
         let history: super::History = Arc::new(move |prefix, after| {
             let s = shared.upgrade().ok_or_else(|| StoreError::Unavailable("the copy is closed".into()))?;
             let c = s.lock();
             recent_after(&c, prefix, after)
         });
-        Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
+        let w = Watch::new(prefix, after, backlog, live).with_history(history);
+        Ok(match fallback {
+            Some(f) => w.with_fallback(f),
+            None => w,
+        })
     }
 
     /// Compacts the store, and the copy's recent events with it: a watch from a compacted
@@ -577,14 +598,16 @@ mod tests {
         .unwrap();
     }
 
-    /// A watcher that falls behind the live events and the copy's recent ones by far goes on
-    /// with a watch of its own from the store: every event, in order, none twice. Watchers
-    /// of another resource are not woken by pods' events at all.
+    /// An API watcher that falls behind the live events and the copy's recent ones by far
+    /// goes on with a watch of its own from the store: every event, in order, none twice. A
+    /// controller's ends instead (it lists again). Watchers of another resource are not woken
+    /// by pods' events at all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_far_behind_goes_on_from_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = redb(dir.path(), "s.redb");
-        let c = Cached::start(Arc::clone(&store));
+        let controllers = Cached::start(Arc::clone(&store));
+        let c = controllers.serving_watches();
         let start = tokio::task::spawn_blocking({
             let c = c.clone();
             move || {
@@ -596,6 +619,7 @@ mod tests {
         .unwrap();
         let mut pods = c.watch("/pods/", start).unwrap();
         let mut nodes = c.watch("/nodes/", start).unwrap();
+        let mut ends = controllers.watch("/pods/", start).unwrap();
         let n = LIVE + RECENT + 500;
         let last = tokio::task::spawn_blocking({
             let c = c.clone();
@@ -625,6 +649,18 @@ mod tests {
         }
         assert_eq!(prev, last);
         assert!(tokio::time::timeout(Duration::from_millis(200), nodes.next()).await.is_err());
+        let mut ended = false;
+        for _ in 0..n {
+            match tokio::time::timeout(Duration::from_secs(10), ends.next()).await.unwrap() {
+                Some(Ok(_)) => continue,
+                Some(Err(StoreError::TooSlow(_))) => {
+                    ended = true;
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(ended, "a controller's watch far behind must end");
     }
 
     /// Typed reads decode each object once per change, shared between reads.
