@@ -303,34 +303,27 @@ impl Watch {
         &mut self,
         keep: Option<&EventFilter>,
     ) -> Result<Option<Result<Event, StoreError>>, u64> {
-        let (prefix, last, backlog, live, history, fallback) = match &mut self.source {
-            Source::Channel(rx) => loop {
-                match rx.recv().await {
-                    Some(Ok(e)) => {
-                        self.seen = self.seen.max(e.revision);
-                        if keep.is_some_and(|k| !k(&e)) {
-                            continue;
-                        }
-                        return Ok(Some(Ok(e)));
+        // A stream of the store's own (etcd's, or the one taken over from a fallback).
+        loop {
+            let next = match &mut self.source {
+                Source::Channel(rx) => rx.recv().await,
+                Source::Inner(w) => Box::pin(w.next()).await,
+                Source::Local { .. } => break,
+            };
+            match next {
+                Some(Ok(e)) => {
+                    self.seen = self.seen.max(e.revision);
+                    if keep.is_some_and(|k| !k(&e)) {
+                        continue;
                     }
-                    other => return Ok(other),
+                    return Ok(Some(Ok(e)));
                 }
-            },
-            Source::Inner(w) => loop {
-                match Box::pin(w.next()).await {
-                    Some(Ok(e)) => {
-                        self.seen = self.seen.max(e.revision);
-                        if keep.is_some_and(|k| !k(&e)) {
-                            continue;
-                        }
-                        return Ok(Some(Ok(e)));
-                    }
-                    other => return Ok(other),
-                }
-            },
-            Source::Local { prefix, last, backlog, live, history, fallback } => {
-                (prefix, last, backlog, live, history, fallback)
+                other => return Ok(other),
             }
+        }
+        // (Only Local is left after the loop above.)
+        let Source::Local { prefix, last, backlog, live, history, fallback } = &mut self.source else {
+            return Ok(None);
         };
         loop {
             if let Some(e) = backlog.pop_front() {
