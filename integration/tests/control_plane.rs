@@ -409,8 +409,8 @@ fn two_replicas_share_one_etcd() {
     };
     assert_eq!(put(&a, "a"), 200);
     assert_eq!(put(&b, "b"), 409);
-    // Watches through B (served from its copy of etcd) see what A writes: live, and from a
-    // revision already past.
+    // Watches through B (served from its copy of etcd) see what A writes, from a revision
+    // already past: one open while A writes, one after.
     let watch = |rv: &str| {
         b.raw(
             "GET",
@@ -421,7 +421,6 @@ fn two_replicas_share_one_etcd() {
     };
     let (code, body) = std::thread::scope(|s| {
         let w = s.spawn(|| watch(&rv));
-        std::thread::sleep(std::time::Duration::from_millis(500));
         let o = a.tug(&["create", "configmap", "later", "-n", "shop", "--from-literal=k=v"]);
         assert!(o.status.success(), "{}", err(&o));
         w.join().unwrap()

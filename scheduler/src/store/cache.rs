@@ -160,12 +160,7 @@ impl Cached {
 
     /// The same copy, with writes going to `writer` (a leader's fenced store).
     pub fn writing_to(&self, writer: Arc<dyn Store>) -> Cached {
-        Cached {
-            shared: Arc::clone(&self.shared),
-            reader: Arc::clone(&self.reader),
-            writer,
-            fall_back: self.fall_back,
-        }
+        Cached { writer, ..self.clone() }
     }
 
     /// The same copy, for serving the API's watches: a watcher that falls too far behind goes
@@ -485,11 +480,7 @@ impl Store for Cached {
             let c = s.lock();
             recent_after(&c, prefix, after)
         });
-        let w = Watch::new(prefix, after, backlog, live).with_history(history);
-        Ok(match fallback {
-            Some(f) => w.with_fallback(f),
-            None => w,
-        })
+        Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
     }
 
     /// Compacts the store, and the copy's recent events with it: a watch from a compacted

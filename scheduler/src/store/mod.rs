@@ -222,9 +222,9 @@ impl Watch {
 
     /// With `f`, a watcher that fell behind the live events further than the history
     /// reaches goes on with a watch of its own from the store instead of ending.
-    pub(crate) fn with_fallback(mut self, f: Fallback) -> Watch {
+    pub(crate) fn with_fallback(mut self, f: Option<Fallback>) -> Watch {
         if let Source::Local { fallback, .. } = &mut self.source {
-            *fallback = Some(f);
+            *fallback = f;
         }
         self
     }
