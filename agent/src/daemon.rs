@@ -269,7 +269,7 @@ fn spawn_worker(ctx: &Arc<Ctx>, workers: &mut Workers, uid: &str, first: Msg) {
 }
 
 fn parse_pod(v: &Value) -> Option<Box<tug_api::kinds::pod::Pod>> {
-    match serde_json::from_value(v.clone()) {
+    match tug_api::from_value_ref(v) {
         Ok(p) => Some(Box::new(p)),
         Err(e) => {
             tracing::warn!("tug-agent: skipping pod {}: {e}", v["metadata"]["name"]);

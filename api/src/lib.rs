@@ -47,3 +47,12 @@ pub fn query_bool(v: &str) -> bool {
 
 /// The version of this Tug build, shared by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `serde_json::from_value` of a borrowed value: decodes `T` without cloning the value first
+/// (a clone of a pod's tree, then freeing it, cost more than the decoding itself).
+///
+/// # Errors
+/// When `v` is not a `T`, as `serde_json::from_value` says it.
+pub fn from_value_ref<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> serde_json::Result<T> {
+    T::deserialize(v)
+}

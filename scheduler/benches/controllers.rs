@@ -44,7 +44,7 @@ fn kubelets(store: &dyn Store) {
         }
         let mut o = s.object.clone();
         if o["spec"]["nodeName"].is_null() {
-            let pod: tug_api::kinds::pod::Pod = serde_json::from_value(o.clone()).expect("pod");
+            let pod: tug_api::kinds::pod::Pod = tug_api::from_value_ref(&o).expect("pod");
             let node = daemonset::target_node(&pod).unwrap_or_else(|| format!("node-{}", i % NODES));
             o["spec"]["nodeName"] = node.into();
         }

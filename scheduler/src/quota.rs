@@ -271,7 +271,7 @@ pub fn charge(
         let (items, _) = store.list(&format!("{QUOTAS}{ns}/")).map_err(|e| e.to_string())?;
         let mut writes = Vec::new();
         for s in &items {
-            let Ok(q) = serde_json::from_value::<ResourceQuota>(s.object.clone()) else { continue };
+            let Ok(q) = tug_api::from_value_ref::<ResourceQuota>(&s.object) else { continue };
             if !covers(&q, info.kind, obj) || !q.spec.hard.keys().any(|k| delta.contains_key(k)) {
                 continue;
             }
@@ -327,7 +327,7 @@ pub fn status_json(hard: &Value, used: &Amounts) -> Value {
 /// The LimitRanges of `ns`.
 fn ranges(store: &dyn Store, ns: &str) -> Result<Vec<LimitRange>, String> {
     let (items, _) = store.list(&format!("{LIMIT_RANGES}{ns}/")).map_err(|e| e.to_string())?;
-    Ok(items.iter().filter_map(|s| serde_json::from_value(s.object.clone()).ok()).collect())
+    Ok(items.iter().filter_map(|s| tug_api::from_value_ref(&s.object).ok()).collect())
 }
 
 fn q(resource: &str, millis: u128) -> String {

@@ -200,7 +200,7 @@ impl CapsPlan {
 /// translation, for a caller (the agent) that wants a spec's refusal before it starts
 /// anything, with the runtime's own message.
 pub fn check(spec: &serde_json::Value, bundle: &Path) -> Result<(), String> {
-    let spec: Spec = serde_json::from_value(spec.clone()).map_err(|e| format!("the OCI spec: {e}"))?;
+    let spec: Spec = tug_api::from_value_ref(spec).map_err(|e| format!("the OCI spec: {e}"))?;
     plan(&spec, bundle).map(drop).map_err(|e| e.to_string())
 }
 

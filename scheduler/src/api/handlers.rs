@@ -931,7 +931,7 @@ fn admit(st: &AppState, user: &crate::auth::User, info: &KindInfo, obj: &Value) 
             if may("escalate", info.plural, name, ns) {
                 return Ok(());
             }
-            serde_json::from_value(obj["rules"].clone()).unwrap_or_default()
+            tug_api::from_value_ref(&obj["rules"]).unwrap_or_default()
         }
         _ => {
             let role = &obj["roleRef"];
@@ -975,7 +975,7 @@ fn admit_pod_priority(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result
     let (classes, _) =
         blocking(|| st.store.list(&path::prefix(pcs, None))).map_err(|e| store_status(e, pcs, ""))?;
     let classes: Vec<PriorityClass> =
-        classes.iter().filter_map(|s| serde_json::from_value(s.object.clone()).ok()).collect();
+        classes.iter().filter_map(|s| tug_api::from_value_ref(&s.object).ok()).collect();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let wanted = obj["spec"]["priorityClassName"].as_str().filter(|c| !c.is_empty());
     let class = PriorityClass::for_pod(&classes, wanted);

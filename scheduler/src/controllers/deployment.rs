@@ -689,8 +689,7 @@ impl Controller for Deployments {
             return replicaset::owner_keys(store, e, "Deployment", PREFIX, |d: &Deployment| &d.spec.selector);
         }
         // A pod: its ReplicaSet's Deployment (for crash-loop detection and Recreate).
-        let Ok(meta) = serde_json::from_value::<tug_api::meta::ObjectMeta>(e.object["metadata"].clone())
-        else {
+        let Ok(meta) = tug_api::from_value_ref::<tug_api::meta::ObjectMeta>(&e.object["metadata"]) else {
             return Vec::new();
         };
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());

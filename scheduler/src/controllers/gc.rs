@@ -100,7 +100,7 @@ fn dependents_of_kinds<'a>(
 }
 
 fn meta_of(v: &Value) -> Option<ObjectMeta> {
-    serde_json::from_value(v["metadata"].clone()).ok()
+    tug_api::from_value_ref(&v["metadata"]).ok()
 }
 
 /// Marks an object deleted in foreground, or with `finalizer`; an object already marked is

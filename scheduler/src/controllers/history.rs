@@ -44,7 +44,7 @@ pub fn revisions(
 
 /// The template a revision holds.
 pub fn template_of(r: &ControllerRevision) -> Option<PodTemplateSpec> {
-    serde_json::from_value(r.data["spec"]["template"].clone()).ok()
+    tug_api::from_value_ref(&r.data["spec"]["template"]).ok()
 }
 
 /// Makes sure the current template (`hash`) has the newest revision (a ControllerRevision

@@ -176,7 +176,7 @@ pub fn parse_time(t: &str) -> Option<u64> {
 
 /// Decodes a stored object into its type.
 pub fn decode<T: DeserializeOwned>(s: &Stored) -> Result<T, StoreError> {
-    serde_json::from_value(s.object.clone()).map_err(|e| StoreError::Backend(format!("{}: {e}", s.key)))
+    tug_api::from_value_ref(&s.object).map_err(|e| StoreError::Backend(format!("{}: {e}", s.key)))
 }
 
 /// The owner that controls an object.
@@ -186,7 +186,7 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
 
 /// The key of the object of `kind` (under `prefix`) that controls the object of an event.
 pub fn controller_key(e: &crate::store::Event, kind: &str, prefix: &str) -> Vec<String> {
-    let Ok(meta) = serde_json::from_value::<ObjectMeta>(e.object["metadata"].clone()) else {
+    let Ok(meta) = tug_api::from_value_ref::<ObjectMeta>(&e.object["metadata"]) else {
         return Vec::new();
     };
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -243,7 +243,7 @@ pub fn workload_pods(
     workload: &Value,
 ) -> Result<Option<Vec<Stored>>, StoreError> {
     let selector: tug_api::labels::LabelSelector =
-        serde_json::from_value(workload["spec"]["selector"].clone()).unwrap_or_default();
+        tug_api::from_value_ref(&workload["spec"]["selector"]).unwrap_or_default();
     let Ok(selector) = selector.to_selector("spec.selector") else { return Ok(None) };
     let (items, _) = store.list(&format!("/pods/{ns}/"))?;
     Ok(Some(
@@ -251,7 +251,7 @@ pub fn workload_pods(
             .into_iter()
             .filter(|s| {
                 let labels: tug_api::labels::Labels =
-                    serde_json::from_value(s.object["metadata"]["labels"].clone()).unwrap_or_default();
+                    tug_api::from_value_ref(&s.object["metadata"]["labels"]).unwrap_or_default();
                 selector.matches(&labels)
             })
             .collect(),

@@ -268,8 +268,8 @@ pub fn set_owner(
     owner: Option<tug_api::meta::OwnerReference>,
 ) -> Result<(), StoreError> {
     let Some(s) = store.get(key)? else { return Ok(()) };
-    let mut meta: tug_api::meta::ObjectMeta = serde_json::from_value(s.object["metadata"].clone())
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    let mut meta: tug_api::meta::ObjectMeta =
+        tug_api::from_value_ref(&s.object["metadata"]).map_err(|e| StoreError::Backend(e.to_string()))?;
     meta.owner_references.retain(|o| o.controller != Some(true));
     meta.owner_references.extend(owner);
     let mut obj = s.object.clone();
@@ -292,7 +292,7 @@ pub fn owner_keys<T: serde::de::DeserializeOwned>(
     prefix: &str,
     selector: impl Fn(&T) -> &tug_api::labels::LabelSelector,
 ) -> Vec<String> {
-    let meta: tug_api::meta::ObjectMeta = match serde_json::from_value(e.object["metadata"].clone()) {
+    let meta: tug_api::meta::ObjectMeta = match tug_api::from_value_ref(&e.object["metadata"]) {
         Ok(m) => m,
         Err(_) => return Vec::new(),
     };

@@ -1182,8 +1182,7 @@ impl Controller for Rollouts {
     }
 
     fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
-        let Ok(meta) = serde_json::from_value::<tug_api::meta::ObjectMeta>(e.object["metadata"].clone())
-        else {
+        let Ok(meta) = tug_api::from_value_ref::<tug_api::meta::ObjectMeta>(&e.object["metadata"]) else {
             return Vec::new();
         };
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -1240,7 +1239,7 @@ impl Controller for Rollouts {
         for name in &names {
             if let Some(s) = store.get(&format!("{SERVICES}{ns}/{name}"))? {
                 let sel: BTreeMap<String, String> =
-                    serde_json::from_value(s.object["spec"]["selector"].clone()).unwrap_or_default();
+                    tug_api::from_value_ref(&s.object["spec"]["selector"]).unwrap_or_default();
                 services.insert(name.clone(), sel);
             }
         }
@@ -1277,7 +1276,7 @@ impl Controller for Rollouts {
                 format!("{TEMPLATES}{ns}/{name}")
             };
             if let Some(t) = store.get(&key)? {
-                if let Ok(spec) = serde_json::from_value::<AnalysisTemplateSpec>(t.object["spec"].clone()) {
+                if let Ok(spec) = tug_api::from_value_ref::<AnalysisTemplateSpec>(&t.object["spec"]) {
                     templates.insert((cluster, name), spec);
                 }
             }

@@ -618,7 +618,7 @@ fn recreate_one(
         match crate::deletion::delete(store, &p.key, None, &pre) {
             Ok(_) => {
                 let meta: tug_api::meta::ObjectMeta =
-                    serde_json::from_value(p.object["metadata"].clone()).unwrap_or_default();
+                    tug_api::from_value_ref(&p.object["metadata"]).unwrap_or_default();
                 super::event(
                     store,
                     ("Pod", "v1", &meta),

@@ -134,7 +134,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
         .iter()
         .filter_map(|s| {
             let node = s.key.rsplit('/').next()?.to_string();
-            Some((node, (s.revision, serde_json::from_value(s.object.clone()).ok()?)))
+            Some((node, (s.revision, tug_api::from_value_ref(&s.object).ok()?)))
         })
         .collect();
     // Decoded once per change of each object, from the controllers' copy of the store.
@@ -458,7 +458,7 @@ fn event(
     type_: &str,
 ) -> Result<(), StoreError> {
     let meta: tug_api::meta::ObjectMeta =
-        serde_json::from_value(stored.object["metadata"].clone()).unwrap_or_default();
+        tug_api::from_value_ref(&stored.object["metadata"]).unwrap_or_default();
     crate::controllers::event(store, ("Pod", "v1", &meta), type_, reason, message, "tug-scheduler")
 }
 

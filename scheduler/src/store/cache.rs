@@ -223,7 +223,7 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Typed<T> {
     }
 
     fn decode(stored: Stored) -> Option<Typed<T>> {
-        let value = Arc::new(serde_json::from_value::<T>(stored.object.clone()).ok()?);
+        let value = Arc::new(tug_api::from_value_ref::<T>(&stored.object).ok()?);
         Some(Typed { value, entry: Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }) })
     }
 }
@@ -253,7 +253,7 @@ where
             return Some(t);
         }
     }
-    let t = Arc::new(serde_json::from_value::<T>(e.stored.object.clone()).ok()?);
+    let t = Arc::new(tug_api::from_value_ref::<T>(&e.stored.object).ok()?);
     typed.push(Arc::clone(&t) as Arc<dyn Any + Send + Sync>);
     Some(t)
 }
