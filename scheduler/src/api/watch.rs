@@ -65,10 +65,10 @@ pub async fn serve(
                     Some(d) if !bookmarks || d < mark_at => d,
                     _ if bookmarks => mark_at,
                     _ => {
-                        break w.next().await;
+                        break w.next_shared().await;
                     }
                 };
-                match tokio::time::timeout_at(wake, w.next()).await {
+                match tokio::time::timeout_at(wake, w.next_shared()).await {
                     Ok(next) => break next,
                     Err(_) if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) => return None,
                     Err(_) => {

@@ -263,7 +263,7 @@ fn list_into(store: &dyn Store, c: &dyn Controller, queue: &Queue) -> Result<u64
 
 /// Feeds the queue from the watches until one fails or `resync` passes.
 async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>, rev: u64, resync: Duration) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Event>>(1024);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Arc<Event>>>(1024);
     let mut tasks = Vec::new();
     let prefixes: Vec<&'static str> = std::iter::once(c.primary()).chain(c.secondary()).collect();
     for prefix in prefixes {
@@ -277,7 +277,7 @@ async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>,
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                match w.next().await {
+                match w.next_shared().await {
                     Some(Ok(e)) => {
                         if tx.send(Some(e)).await.is_err() {
                             return;

@@ -98,8 +98,9 @@ impl Shared {
         (!timeout.timed_out()).then_some(guard)
     }
 
-    fn apply(&self, e: Event) {
-        let e = Arc::new(e);
+    /// Applies the store's event (shared with the store's own watchers: the copy's history
+    /// and broadcast hold that one, not a copy).
+    fn apply(&self, e: Arc<Event>) {
         let mut c = self.lock();
         if e.revision <= c.applied {
             return;
@@ -345,7 +346,7 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
         let mut probes: VecDeque<(std::time::Instant, u64)> = VecDeque::new();
         loop {
             let next = tokio::select! {
-                next = w.next() => next,
+                next = w.next_shared() => next,
                 _ = tick.tick() => {
                     let st = Arc::clone(&store);
                     if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || st.revision()).await {

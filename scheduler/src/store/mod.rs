@@ -178,7 +178,7 @@ enum Source {
     Local {
         prefix: String,
         last: u64,
-        backlog: VecDeque<Event>,
+        backlog: VecDeque<Arc<Event>>,
         live: broadcast::Receiver<Arc<Event>>,
         history: Option<History>,
         fallback: Option<Fallback>,
@@ -200,7 +200,7 @@ impl Watch {
             source: Source::Local {
                 prefix: prefix.to_string(),
                 last: after,
-                backlog: backlog.into(),
+                backlog: backlog.into_iter().map(Arc::new).collect(),
                 live,
                 history: None,
                 fallback: None,
@@ -248,11 +248,19 @@ impl Watch {
 
     /// The next event; `None` once the store is closed.
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        Some(self.next_shared().await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The next event as the broadcast holds it, shared with every other watcher: for
+    /// watchers that only read it (a watch request writing it out, a controller taking its
+    /// key), which would otherwise each copy every object.
+    pub async fn next_shared(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
         loop {
             // Without a map the filter sees the event as stored, before it is copied.
             let early = if self.map.is_none() { self.filter.clone() } else { None };
             let mut e = self.next_raw(early.as_ref()).await;
             if let (Some(Ok(e)), Some(f)) = (e.as_mut(), &self.map) {
+                let e = Arc::make_mut(e);
                 f(&e.key, &mut e.object);
                 if self.filter.as_ref().is_some_and(|keep| !keep(e)) {
                     continue;
@@ -272,7 +280,7 @@ impl Watch {
         }
     }
 
-    async fn next_raw(&mut self, keep: Option<&EventFilter>) -> Option<Result<Event, StoreError>> {
+    async fn next_raw(&mut self, keep: Option<&EventFilter>) -> Option<Result<Arc<Event>, StoreError>> {
         loop {
             let after = match self.next_local(keep).await {
                 Ok(next) => return next,
@@ -302,12 +310,12 @@ impl Watch {
     async fn next_local(
         &mut self,
         keep: Option<&EventFilter>,
-    ) -> Result<Option<Result<Event, StoreError>>, u64> {
+    ) -> Result<Option<Result<Arc<Event>, StoreError>>, u64> {
         // A stream of the store's own (etcd's, or the one taken over from a fallback).
         loop {
             let next = match &mut self.source {
-                Source::Channel(rx) => rx.recv().await,
-                Source::Inner(w) => Box::pin(w.next()).await,
+                Source::Channel(rx) => rx.recv().await.map(|r| r.map(Arc::new)),
+                Source::Inner(w) => Box::pin(w.next_shared()).await,
                 Source::Local { .. } => break,
             };
             match next {
@@ -339,7 +347,7 @@ impl Watch {
                     if keep.is_some_and(|k| !k(&e)) {
                         continue;
                     }
-                    return Ok(Some(Ok((*e).clone())));
+                    return Ok(Some(Ok(e)));
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -350,7 +358,9 @@ impl Watch {
                     let caught_up = match history.as_ref() {
                         Some(h) => {
                             *live = live.resubscribe();
-                            h(prefix, *last).map(|missed| backlog.extend(missed)).is_ok()
+                            h(prefix, *last)
+                                .map(|missed| backlog.extend(missed.into_iter().map(Arc::new)))
+                                .is_ok()
                         }
                         None => false,
                     };
