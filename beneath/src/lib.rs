@@ -23,7 +23,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{Mode, SFlag};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 
 /// How a path beneath the root is resolved.
@@ -302,15 +302,27 @@ pub fn remove_all_at(dir: BorrowedFd<'_>, name: &Path) -> Result<(), Errno> {
 
 /// The id of the mount `fd` is on (a bind mount of the same filesystem has its own).
 pub fn mount_id(fd: &impl AsFd) -> Result<u64, Errno> {
+    Ok(statx_at(fd.as_fd().as_raw_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_MNT_ID)?.stx_mnt_id)
+}
+
+/// Whether `path` itself (a link there is not followed) is the root of a mount: one `statx`,
+/// not a read of the mount table, whose cost grows with every mount on the host.
+pub fn is_mount_root(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    #[allow(clippy::cast_sign_loss)]
+    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    statx_at(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT, 0)
+        .is_ok_and(|st| st.stx_attributes_mask & root != 0 && st.stx_attributes & root != 0)
+}
+
+fn statx_at(dirfd: RawFd, path: &std::ffi::CStr, flags: i32, mask: u32) -> Result<libc::statx, Errno> {
     // SAFETY: an all-zero statx is a valid buffer for the kernel to fill in.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: an empty C string with AT_EMPTY_PATH asks about the descriptor itself; the
-    // buffer is a valid, writable statx.
-    let rc = unsafe {
-        libc::statx(fd.as_fd().as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut stx)
-    };
+    // SAFETY: `path` is NUL-terminated (with AT_EMPTY_PATH an empty one asks about `dirfd`
+    // itself) and the buffer is a valid, writable statx that outlives the call.
+    let rc = unsafe { libc::statx(dirfd, path.as_ptr(), flags, mask, &raw mut stx) };
     Errno::result(rc)?;
-    Ok(stx.stx_mnt_id)
+    Ok(stx)
 }
 
 fn io_errno(e: std::io::Error) -> Errno {

@@ -21,31 +21,8 @@ pub fn dir(pod_dir: &Path, name: &str) -> PathBuf {
     pod_dir.join("volumes").join(name)
 }
 
-/// Whether `p` itself (not a link there) is the root of a mount: one `statx`, where reading
-/// the mount table cost each pod start time in proportion to every mount on the node (100
-/// pods at once spent 7% of the host's CPU in it).
-fn is_mountpoint(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
-    // SAFETY: an all-zero statx is a valid value for the kernel to fill in.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string and `st` a statx the kernel may write.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
-            0,
-            &raw mut st,
-        )
-    };
-    #[allow(clippy::cast_sign_loss)]
-    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
-    rc == 0 && st.stx_attributes_mask & root != 0 && st.stx_attributes & root != 0
-}
-
 fn tmpfs(p: &Path, size: Option<u128>) -> Result<(), String> {
-    if is_mountpoint(p) {
+    if tug_beneath::is_mount_root(p) {
         return Ok(());
     }
     let opts = match size {
@@ -574,7 +551,7 @@ fn bind_subpath(base: &Path, sub: &str, bind: &Path) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     };
     let is_dir = tug_beneath::file_type(&target).is_ok_and(|t| t == nix::sys::stat::SFlag::S_IFDIR);
-    if is_mountpoint(bind) {
+    if tug_beneath::is_mount_root(bind) {
         nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH)
             .map_err(|e| format!("unmounting {}: {e}", bind.display()))?;
     }
@@ -617,7 +594,7 @@ pub fn unmount_all(pod_dir: &Path) {
         let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
     for e in std::fs::read_dir(pod_dir.join("volumes")).into_iter().flatten().flatten() {
-        if is_mountpoint(&e.path()) {
+        if tug_beneath::is_mount_root(&e.path()) {
             let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
         }
     }

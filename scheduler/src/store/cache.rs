@@ -267,16 +267,12 @@ fn range<'a>(c: &'a Copy, prefix: &'a str) -> impl Iterator<Item = (&'a String, 
 
 /// The copy's recent events under `prefix` after `after`, or Compacted when they no longer
 /// reach back that far (or the copy is being rebuilt).
-fn recent_after(c: &Copy, prefix: &str, after: u64) -> Result<Vec<Event>, StoreError> {
+fn recent_after(c: &Copy, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError> {
     let oldest = c.recent.front().map_or(c.applied, |e| e.revision.saturating_sub(1));
     if !c.synced || after < oldest {
         return Err(StoreError::Compacted { requested: after, oldest });
     }
-    Ok(c.recent
-        .iter()
-        .filter(|e| e.revision > after && e.key.starts_with(prefix))
-        .map(|e| (**e).clone())
-        .collect())
+    Ok(c.recent.iter().filter(|e| e.revision > after && e.key.starts_with(prefix)).map(Arc::clone).collect())
 }
 
 /// Keeps the copy: lists the store, then applies its watch; lists again when the watch is

@@ -165,7 +165,7 @@ pub struct Watch {
 
 /// Reads the events under a prefix after a revision from the store's history, up to what is
 /// durable: how a watcher that fell behind the live broadcast catches up.
-pub(crate) type History = Arc<dyn Fn(&str, u64) -> Result<Vec<Event>, StoreError> + Send + Sync>;
+pub(crate) type History = Arc<dyn Fn(&str, u64) -> Result<Vec<Arc<Event>>, StoreError> + Send + Sync>;
 
 /// A watch of its own from the store, under a prefix after a revision: where a watcher goes
 /// on when it has fallen behind both the live broadcast and the history beside it (the copy
@@ -193,14 +193,14 @@ impl Watch {
     pub(crate) fn new(
         prefix: &str,
         after: u64,
-        backlog: Vec<Event>,
+        backlog: Vec<Arc<Event>>,
         live: broadcast::Receiver<Arc<Event>>,
     ) -> Watch {
         Watch {
             source: Source::Local {
                 prefix: prefix.to_string(),
                 last: after,
-                backlog: backlog.into_iter().map(Arc::new).collect(),
+                backlog: backlog.into(),
                 live,
                 history: None,
                 fallback: None,
@@ -256,7 +256,8 @@ impl Watch {
     /// key), which would otherwise each copy every object.
     pub async fn next_shared(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
         loop {
-            // Without a map the filter sees the event as stored, before it is copied.
+            // Without a map the filter sees the event as stored; a map copies an event other
+            // watchers still hold before changing it.
             let early = if self.map.is_none() { self.filter.clone() } else { None };
             let mut e = self.next_raw(early.as_ref()).await;
             if let (Some(Ok(e)), Some(f)) = (e.as_mut(), &self.map) {
@@ -358,9 +359,7 @@ impl Watch {
                     let caught_up = match history.as_ref() {
                         Some(h) => {
                             *live = live.resubscribe();
-                            h(prefix, *last)
-                                .map(|missed| backlog.extend(missed.into_iter().map(Arc::new)))
-                                .is_ok()
+                            h(prefix, *last).map(|missed| backlog.extend(missed)).is_ok()
                         }
                         None => false,
                     };

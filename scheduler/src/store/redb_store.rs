@@ -69,7 +69,7 @@ fn history(
     pending: &Mutex<Pending>,
     prefix: &str,
     after: u64,
-) -> Result<Vec<Event>, StoreError> {
+) -> Result<Vec<Arc<Event>>, StoreError> {
     let durable = pending.lock().unwrap_or_else(|e| e.into_inner()).durable;
     let tx = db.begin_read().map_err(storage)?;
     let meta = tx.open_table(META).map_err(backend)?;
@@ -83,7 +83,7 @@ fn history(
         let (_, v) = item.map_err(backend)?;
         let e: Event = serde_json::from_slice(v.value()).map_err(backend)?;
         if e.key.starts_with(prefix) {
-            backlog.push(e);
+            backlog.push(Arc::new(e));
         }
     }
     Ok(backlog)
