@@ -69,6 +69,9 @@ struct Copy {
     /// Whether it holds the whole store (false while it is listed again).
     synced: bool,
     recent: VecDeque<Arc<Event>>,
+    /// The revision the store was last compacted at through the copy: no watch starts before
+    /// it, even from recent events the copy applied after the compaction.
+    compacted: u64,
     /// The applied events, live, by resource; replaced when the copy is rebuilt, which ends
     /// every watch fed from it (they may have missed events while the store's watch was down).
     events: Option<super::Hub>,
@@ -268,7 +271,7 @@ fn range<'a>(c: &'a Copy, prefix: &'a str) -> impl Iterator<Item = (&'a String, 
 /// The copy's recent events under `prefix` after `after`, or Compacted when they no longer
 /// reach back that far (or the copy is being rebuilt).
 fn recent_after(c: &Copy, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError> {
-    let oldest = c.recent.front().map_or(c.applied, |e| e.revision.saturating_sub(1));
+    let oldest = c.recent.front().map_or(c.applied, |e| e.revision.saturating_sub(1)).max(c.compacted);
     if !c.synced || after < oldest {
         return Err(StoreError::Compacted { requested: after, oldest });
     }
@@ -485,6 +488,7 @@ impl Store for Cached {
     fn compact(&self, revision: u64) -> Result<(), StoreError> {
         self.writer.compact(revision)?;
         let mut c = self.shared.lock();
+        c.compacted = c.compacted.max(revision);
         while c.recent.front().is_some_and(|e| e.revision <= revision) {
             c.recent.pop_front();
         }
@@ -538,6 +542,31 @@ mod tests {
             Cached::start(redb(dir.path(), &format!("s{i}.redb")))
         };
         crate::store::conformance::run_all(fresh).await;
+    }
+
+    /// A compaction through the copy holds even for events the copy applies after it (its
+    /// feed may be behind the store when the compaction is made): a watch from before the
+    /// compacted revision is refused, one from it starts after it.
+    #[test]
+    fn events_applied_after_a_compaction_do_not_reopen_it() {
+        let event = |revision| {
+            Arc::new(Event {
+                revision,
+                type_: EventType::Added,
+                key: format!("/configmaps/default/c{revision}"),
+                object: json!({}),
+            })
+        };
+        let mut c = Copy { synced: true, applied: 10, compacted: 13, ..Copy::default() };
+        c.recent.extend((11..=15).map(event));
+        c.applied = 15;
+        assert!(matches!(
+            recent_after(&c, "/configmaps/", 11),
+            Err(StoreError::Compacted { requested: 11, oldest: 13 })
+        ));
+        let after: Vec<u64> =
+            recent_after(&c, "/configmaps/", 13).unwrap().iter().map(|e| e.revision).collect();
+        assert_eq!(after, [14, 15]);
     }
 
     /// A read right after a write through the copy sees it; one made behind the copy's back
