@@ -561,6 +561,20 @@ fn exec_joins_the_namespaces_cgroup_and_settings_of_the_container() {
     let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
     let detached: i64 = std::fs::read_to_string(b.path().join("ex.pid")).unwrap().trim().parse().unwrap();
     assert!(pids.contains(&detached), "the detached process is in the container's cgroup: {pids:?}");
+    // In every hierarchy, the unified one too: the init is born there (CLONE_INTO_CGROUP)
+    // and moves itself into the v1 ones; an exec'd process likewise.
+    let init = state(&b, "ex")["pid"].as_i64().unwrap();
+    let cgroups = |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = format!("/{}/ex", b.cgroup_parent);
+    let placed: Vec<String> = cgroups(init)
+        .lines()
+        .filter(|l| {
+            l.starts_with("0::") || [":cpu", ":memory", ":pids"].iter().any(|c| l.contains(&format!("{c}:")))
+        })
+        .map(String::from)
+        .collect();
+    assert!(!placed.is_empty() && placed.iter().all(|l| l.ends_with(&own)), "{own} in {placed:?}");
+    assert_eq!(cgroups(detached), cgroups(init), "the exec'd process is where the init is");
     assert!(b.shim_output(&["kill", "ex", "KILL"]).status.success());
     assert!(wait_for(|| state(&b, "ex")["status"] == "stopped"));
     assert_eq!(error_msg(&b.shim_output(&["exec", "ex", "true"])), "cannot exec in a stopped container");

@@ -5,10 +5,13 @@
 //! ```text
 //!   parent (create)                         init (pid 1 in the container)
 //!   ───────────────                         ─────────────────────────────
-//!   clone(new namespaces) ──────────────►   waits for CgroupReady
-//!   makes the cgroup, writes limits,
-//!   adds the init's pid
-//!   send CgroupReady { state } ─────────►   joins namespaces, mounts
+//!   makes the cgroup, writes limits
+//!   clone3(new namespaces, into the
+//!     unified cgroup) ──────────────────►   waits for CgroupReady
+//!   (user namespace: maps; adds the
+//!     init's pid to the v1 cgroups)
+//!   send CgroupReady { state } ─────────►   joins the v1 cgroups itself (no user
+//!                                           namespace), joins namespaces, mounts
 //!                         (only with hooks: ◄── send Mounted
 //!    prestart, createRuntime hooks run;
 //!    send HooksDone ────────────────────►   createContainer hooks run)

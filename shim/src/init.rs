@@ -24,6 +24,8 @@ pub struct InitArgs<'a> {
     /// visible from inside the container).
     pub join: Vec<(CloneFlags, OwnedFd)>,
     pub cgroup: Cgroup,
+    /// Whether the init moves itself into the v1 hierarchies (else the parent moved it).
+    pub join_v1: bool,
     /// A connection to the console socket, when the process gets a terminal.
     pub console: Option<OwnedFd>,
     /// The compiled seccomp filter.
@@ -77,8 +79,13 @@ fn step<T, E: std::fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<
 /// Everything before Ready; returns the OCI state the init's own hooks get.
 fn setup(a: &InitArgs) -> Result<Option<String>, (&'static str, String)> {
     let plan = a.plan;
-    // The parent puts us in our cgroup first, so nothing below runs outside its limits.
+    // Into the cgroup first, so nothing below runs outside its limits: born in the unified
+    // hierarchy's directory or moved there by the parent, which also moves us into the v1
+    // ones unless we do (see Cgroup::join_v1).
     let hook_state = step("cgroup", a.channel.wait_cgroup_ready())?;
+    if a.join_v1 {
+        step("cgroup", a.cgroup.join_v1())?;
+    }
     // In a new user namespace (its maps written by now) become its root, so that files the
     // init makes (in /dev, say) belong to a mapped id; the capabilities stay.
     if let Some(maps) = &plan.user_ns {

@@ -9,7 +9,7 @@ use crate::state::{Dir, State, proc_stat};
 use nix::fcntl::{OFlag, open};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// `create`'s options.
@@ -182,8 +182,25 @@ fn spawn_init(
             )))?;
         }
     }
+    // The cgroup is made and limited before the clone: the init is born in it where the
+    // kernel can do that (the unified hierarchy), and moves itself into the v1 ones before
+    // its first step, unless it is in a new user namespace, where it is no longer root over
+    // the cgroup files; then the parent moves it.
+    cgroup.create(layout)?;
+    cgroup.apply(writes)?;
+    if !device_rules.is_empty() {
+        cgroup.attach_device_filter(device_rules)?;
+    }
+    let into = cgroup
+        .unified_dir()
+        .map(|d| {
+            open(d, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(RuntimeError::sys(format!("cgroup {}", d.display())))
+        })
+        .transpose()?;
+    let join_v1 = !plan.namespaces.clone.contains(CloneFlags::CLONE_NEWUSER);
     let (parent, child) = channel::pair().map_err(|e| RuntimeError::Usage(e.to_string()))?;
-    let pid = clone_process(plan.namespaces.clone)?;
+    let (pid, in_unified) = clone_process(plan.namespaces.clone, into.as_ref())?;
     if pid == 0 {
         drop(parent);
         init::run(InitArgs {
@@ -192,12 +209,13 @@ fn spawn_init(
             fifo: fifo.into_raw_fd(),
             join,
             cgroup: cgroup.clone(),
+            join_v1,
             console,
             seccomp,
         });
     }
     guard.pid = Some(pid);
-    drop(child);
+    drop((child, into));
     drop(console);
     // The init waits for CgroupReady, so its ids are mapped before it takes a step.
     if let Some(maps) = &plan.user_ns {
@@ -208,12 +226,7 @@ fn spawn_init(
         }
     }
     drop(fifo);
-    cgroup.create(layout)?;
-    cgroup.apply(writes)?;
-    if !device_rules.is_empty() {
-        cgroup.attach_device_filter(device_rules)?;
-    }
-    cgroup.add_process(pid)?;
+    cgroup.add_process_in(pid, !join_v1, !in_unified)?;
     let hooks = &plan.hooks;
     let init_hooks = !hooks.create_container.is_empty() || !hooks.start_container.is_empty();
     let channel_err = |e: channel::ChannelError| RuntimeError::Usage(e.to_string());
@@ -244,17 +257,13 @@ struct Extras<'a> {
     hook_state: &'a dyn Fn(i32, &str) -> String,
 }
 
-/// `clone` without a new stack: like `fork`, but into new namespaces (crun does the same).
-/// Returns 0 in the child.
-fn clone_process(flags: CloneFlags) -> Result<i32, RuntimeError> {
-    let flags = u64::try_from(flags.bits() | libc::SIGCHLD).unwrap_or(0);
-    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets a copy of this
-    // single-threaded process and continues from here, as after fork().
-    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if rc < 0 {
-        return Err(RuntimeError::Sys { what: "clone".into(), errno: nix::Error::last() });
-    }
-    i32::try_from(rc).map_err(|_| RuntimeError::Usage(format!("clone returned {rc}")))
+/// A fork-like clone into new namespaces (crun does the same) and, when given, into the
+/// unified cgroup directory `into`. Returns 0 in the child; in the parent, the child's pid
+/// and whether it was born in `into`.
+fn clone_process(flags: CloneFlags, into: Option<&OwnedFd>) -> Result<(i32, bool), RuntimeError> {
+    let flags = u64::try_from(flags.bits()).unwrap_or(0);
+    super::clone::fork_into(flags, into.map(AsFd::as_fd))
+        .map_err(|errno| RuntimeError::Sys { what: "clone".into(), errno })
 }
 
 /// Connects to the console socket that will receive the terminal's master, checking that a

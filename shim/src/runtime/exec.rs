@@ -6,9 +6,10 @@
 //!   caller                       intermediate (fork)                exec'd process
 //!   ──────                       ───────────────────                ──────────────
 //!   opens /proc/<init>/ns/*
-//!   fork ──────────────────────► not dumpable; joins the cgroup,
+//!   fork ──────────────────────► not dumpable; joins the v1 cgroups,
 //!                                setns into every namespace
-//!                                clone(CLONE_PARENT) ─────────────► (a child of the caller,
+//!                                clone3(CLONE_PARENT, ────────────► (a child of the caller,
+//!                                  into the unified cgroup)
 //!                                writes its pid, exits               in the pid namespace)
 //!   reads the pid, reaps the                                        terminal, rlimits, user,
 //!   intermediate                                                    caps, nnp, cwd; execve
@@ -28,7 +29,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// The namespaces an exec'd process joins, in the order it joins them: the mount namespace
 /// last, since paths above it are the host's.
@@ -98,6 +99,16 @@ impl Runtime {
                 .map_err(RuntimeError::sys(path))?;
             join.push((CloneFlags::from_bits_retain(flag), fd));
         }
+        // The exec'd process is born in the container's unified cgroup directory (see
+        // super::clone); the intermediate moves itself into the v1 ones.
+        let unified = state
+            .cgroup
+            .unified_dir()
+            .map(|d| {
+                open(d, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(RuntimeError::sys(format!("cgroup {}", d.display())))
+            })
+            .transpose()?;
         let (pid_r, pid_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe"))?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe"))?;
         // SAFETY: the child only makes syscalls and small allocations before it execs or exits;
@@ -118,7 +129,7 @@ impl Runtime {
                     };
                 }
                 drop(stdio);
-                if let Err(e) = state.cgroup.add_process(nix::unistd::getpid().as_raw()) {
+                if let Err(e) = state.cgroup.join_v1() {
                     fail(&mut err_w, "cgroup", e.to_string());
                 }
                 for (flag, fd) in &join {
@@ -127,10 +138,20 @@ impl Runtime {
                     }
                 }
                 drop(join);
-                let child = match clone_parent() {
-                    Ok(c) => c,
+                let flags = u64::try_from(libc::CLONE_PARENT).unwrap_or(0);
+                let child = match super::clone::fork_into(flags, unified.as_ref().map(AsFd::as_fd)) {
+                    Ok((0, false)) => {
+                        // Not born in the unified directory (no clone3): moves itself, through
+                        // the directory opened on the host's side.
+                        if let Err(e) = unified.as_ref().map_or(Ok(()), join_procs) {
+                            fail(&mut err_w, "cgroup", e.to_string());
+                        }
+                        0
+                    }
+                    Ok((c, _)) => c,
                     Err(e) => fail(&mut err_w, "clone", e.to_string()),
                 };
+                drop(unified);
                 if child != 0 {
                     let _ = std::fs::File::from(pid_w).write_all(child.to_string().as_bytes());
                     // SAFETY: _exit skips atexit handlers and buffers that belong to the caller.
@@ -179,16 +200,10 @@ fn load_spec(bundle: &std::path::Path) -> Result<oci_spec::runtime::Spec, Runtim
     crate::plan::load_spec(&path)
 }
 
-/// A fork whose child is this process's sibling: a child of our parent. Returns 0 in the
-/// child.
-fn clone_parent() -> Result<i32, nix::Error> {
-    let flags = u64::try_from(libc::CLONE_PARENT | libc::SIGCHLD).unwrap_or(0);
-    // SAFETY: a fork-like clone (no CLONE_VM, no new stack) of this single-threaded process.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if rc < 0 {
-        return Err(nix::Error::last());
-    }
-    i32::try_from(rc).map_err(|_| nix::Error::EOVERFLOW)
+/// Moves the calling process into the cgroup directory `dir` (open on the host's side).
+fn join_procs(dir: &OwnedFd) -> nix::Result<()> {
+    let fd = nix::fcntl::openat(dir, "cgroup.procs", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    nix::unistd::write(&fd, b"0").map(drop)
 }
 
 /// What `exec`'s flags change in the container's process spec (runc's rules: the command

@@ -1,5 +1,6 @@
 //! The runtime's commands, one file per verb, over a state root directory.
 
+mod clone;
 mod create;
 mod delete;
 mod exec;
