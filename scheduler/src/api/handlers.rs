@@ -1499,14 +1499,19 @@ impl Filter {
             use serde::Deserialize;
             let labels = tug_api::labels::Labels::deserialize(&obj["metadata"]["labels"]).unwrap_or_default();
             self.labels.matches(&labels)
-        }) && self.fields.iter().all(|(path, want, neg)| {
-            let got = path.split('.').fold(obj, |v, k| &v[k]);
-            let got = got
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| if got.is_null() { String::new() } else { got.to_string() });
-            (got == *want) != *neg
-        })
+        }) && self
+            .fields
+            .iter()
+            .all(|(path, want, neg)| (crate::store::field_text(obj, path) == *want) != *neg)
+    }
+
+    /// The node a `spec.nodeName=NAME` field selector asks for (a kubelet's watch of its own
+    /// pods), which the store's live events are indexed by.
+    pub fn node_name(&self) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(path, _, neg)| path == "spec.nodeName" && !neg)
+            .map(|(_, want, _)| want.as_str())
     }
 }
 

@@ -42,8 +42,11 @@ pub async fn serve(
         }
     };
     let source = st.watches.as_ref().unwrap_or(&st.store);
-    let mut watch = tokio::task::block_in_place(|| source.watch(&prefix, after))
-        .map_err(|e| Status::gone(e.to_string()))?;
+    let mut watch = tokio::task::block_in_place(|| match filter.node_name() {
+        Some(node) => source.watch_node(&prefix, after, node),
+        None => source.watch(&prefix, after),
+    })
+    .map_err(|e| Status::gone(e.to_string()))?;
     if !filter.is_empty() {
         // Judged before the event is copied for this watcher.
         watch = watch.filtered(std::sync::Arc::new(move |e: &crate::store::Event| filter.matches(&e.object)));

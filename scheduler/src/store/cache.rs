@@ -162,6 +162,40 @@ impl Cached {
         Cached { shared, reader: Arc::clone(&store), writer: store, fall_back: false }
     }
 
+    /// A watch, on `node`'s channel of the live events when given (see [`Store::watch_node`]).
+    fn watch_from(&self, prefix: &str, after: u64, node: Option<&str>) -> Result<Watch, StoreError> {
+        let from_store = |store: &dyn Store, prefix: &str, after| match node {
+            Some(n) => store.watch_node(prefix, after, n),
+            None => store.watch(prefix, after),
+        };
+        // Subscribed and the backlog read under one lock: nothing missed, nothing twice.
+        let c = self.shared.lock();
+        let (Some(hub), Ok(backlog)) = (c.events.as_ref(), recent_after(&c, prefix, after)) else {
+            drop(c);
+            return from_store(self.reader.as_ref(), prefix, after);
+        };
+        let live = match node {
+            Some(n) => hub.subscribe_node(prefix, n),
+            None => hub.subscribe(prefix),
+        };
+        drop(c);
+        let fallback = self.fall_back.then(|| {
+            let reader = Arc::clone(&self.reader);
+            let node = node.map(str::to_string);
+            Arc::new(move |prefix: &str, after| match &node {
+                Some(n) => reader.watch_node(prefix, after, n),
+                None => reader.watch(prefix, after),
+            }) as super::Fallback
+        });
+        let shared = Arc::downgrade(&self.shared);
+        let history: super::History = Arc::new(move |prefix, after| {
+            let s = shared.upgrade().ok_or_else(|| StoreError::Unavailable("the copy is closed".into()))?;
+            let c = s.lock();
+            recent_after(&c, prefix, after)
+        });
+        Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
+    }
+
     /// The same copy, with writes going to `writer` (a leader's fenced store).
     pub fn writing_to(&self, writer: Arc<dyn Store>) -> Cached {
         Cached { writer, ..self.clone() }
@@ -462,27 +496,12 @@ impl Store for Cached {
     /// Events the copy applied after `after` (from the store itself when `after` is older
     /// than the copy's recent events).
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
-        // Subscribed and the backlog read under one lock: nothing missed, nothing twice.
-        let c = self.shared.lock();
-        let (Some(hub), Ok(backlog)) = (c.events.as_ref(), recent_after(&c, prefix, after)) else {
-            drop(c);
-            return self.reader.watch(prefix, after);
-        };
-        let live = hub.subscribe(prefix);
-        drop(c);
-        let fallback = self.fall_back.then(|| {
-            let reader = Arc::clone(&self.reader);
-            Arc::new(move |prefix: &str, after| reader.watch(prefix, after)) as super::Fallback
-        });
-        let shared = Arc::downgrade(&self.shared);
-        let history: super::History = Arc::new(move |prefix, after| {
-            let s = shared.upgrade().ok_or_else(|| StoreError::Unavailable("the copy is closed".into()))?;
-            let c = s.lock();
-            recent_after(&c, prefix, after)
-        });
-        Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
+        self.watch_from(prefix, after, None)
     }
 
+    fn watch_node(&self, prefix: &str, after: u64, node: &str) -> Result<Watch, StoreError> {
+        self.watch_from(prefix, after, Some(node))
+    }
     /// Compacts the store, and the copy's recent events with it: a watch from a compacted
     /// revision is refused through the copy as it is by the store.
     fn compact(&self, revision: u64) -> Result<(), StoreError> {

@@ -132,6 +132,14 @@ pub trait Store: Send + Sync {
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError>;
     /// Changes under `prefix` after revision `after`, in order, without gaps.
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;
+    /// [`Store::watch`] for a watcher that only wants the objects whose `spec.nodeName` is
+    /// `node` (a node's watch of its own pods). A backend that fans its live events out by
+    /// node wakes it for that node's events alone, not for every pod of the cluster; the
+    /// watch may still hand out others (the default is the plain watch): the caller filters.
+    fn watch_node(&self, prefix: &str, after: u64, node: &str) -> Result<Watch, StoreError> {
+        let _ = node;
+        self.watch(prefix, after)
+    }
     /// Forgets events at or below `revision`.
     fn compact(&self, revision: u64) -> Result<(), StoreError>;
     fn revision(&self) -> Result<u64, StoreError>;
@@ -382,13 +390,35 @@ fn resource_of(key: &str) -> Option<&str> {
     key.match_indices('/').nth(1).map(|(i, _)| &key[..=i])
 }
 
+/// The text a field selector compares for the dotted `path` of `object`: a string as it is,
+/// null or missing as "", anything else as its JSON.
+pub fn field_text<'a>(object: &'a Value, path: &str) -> std::borrow::Cow<'a, str> {
+    match path.split('.').fold(object, |v, k| &v[k]) {
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        Value::Null => std::borrow::Cow::Borrowed(""),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    }
+}
+
+/// The resource whose live events are also fanned out by node (`spec.nodeName`).
+const BY_NODE: &str = "/pods/";
+
+/// The events a node's channel holds: a node's own pods change seldom beside the cluster's,
+/// and there may be thousands of nodes (a watcher that falls behind reads the history).
+pub(crate) const NODE_CAPACITY: usize = 64;
+
+type Channels = std::sync::RwLock<std::collections::HashMap<String, broadcast::Sender<Arc<Event>>>>;
+
 /// Live events fanned out by resource: a watcher of pods wakes for pods' events only, not for
 /// every Lease a thousand nodes renew. Watchers of a shorter prefix (the whole store) get
-/// every event.
+/// every event. Pods' events go out by node too: with 5,000 nodes each watching its own
+/// pods, every pod event woke 5,000 watchers to be filtered 4,999 times, and that fan-out
+/// alone took the control plane's two cores.
 pub(crate) struct Hub {
     capacity: usize,
     all: broadcast::Sender<Arc<Event>>,
-    by_resource: std::sync::RwLock<std::collections::HashMap<String, broadcast::Sender<Arc<Event>>>>,
+    by_resource: Channels,
+    by_node: Channels,
 }
 
 impl Hub {
@@ -396,19 +426,24 @@ impl Hub {
         Hub {
             capacity,
             all: broadcast::channel(capacity).0,
-            by_resource: std::sync::RwLock::new(std::collections::HashMap::new()),
+            by_resource: Channels::default(),
+            by_node: Channels::default(),
         }
     }
 
     /// Hands an event to its resource's watchers and to the whole store's (a channel without
     /// watchers keeps nothing).
     pub(crate) fn send(&self, e: Arc<Event>) {
+        let to = |channels: &Channels, key: &str| {
+            let map = channels.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = map.get(key).filter(|tx| tx.receiver_count() > 0) {
+                let _ = tx.send(Arc::clone(&e));
+            }
+        };
         if let Some(r) = resource_of(&e.key) {
-            let map = self.by_resource.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(tx) = map.get(r) {
-                if tx.receiver_count() > 0 {
-                    let _ = tx.send(Arc::clone(&e));
-                }
+            to(&self.by_resource, r);
+            if r == BY_NODE {
+                to(&self.by_node, &field_text(&e.object, "spec.nodeName"));
             }
         }
         if self.all.receiver_count() > 0 {
@@ -424,6 +459,24 @@ impl Hub {
         }
         let mut map = self.by_resource.write().unwrap_or_else(|p| p.into_inner());
         map.entry(r.to_string()).or_insert_with(|| broadcast::channel(self.capacity).0).subscribe()
+    }
+
+    /// A receiver of the events a watch of `prefix` wanting only `node`'s objects may want:
+    /// that node's pods' events (any other resource's watch gets [`Hub::subscribe`]'s).
+    pub(crate) fn subscribe_node(&self, prefix: &str, node: &str) -> broadcast::Receiver<Arc<Event>> {
+        if resource_of(prefix) != Some(BY_NODE) {
+            return self.subscribe(prefix);
+        }
+        if let Some(tx) = self.by_node.read().unwrap_or_else(|p| p.into_inner()).get(node) {
+            return tx.subscribe();
+        }
+        let mut map = self.by_node.write().unwrap_or_else(|p| p.into_inner());
+        // Nodes come and go: channels nobody listens to are dropped as the map doubles.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        let capacity = NODE_CAPACITY.min(self.capacity);
+        map.entry(node.to_string()).or_insert_with(|| broadcast::channel(capacity).0).subscribe()
     }
 }
 

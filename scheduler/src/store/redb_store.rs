@@ -289,6 +289,28 @@ impl RedbStore {
         let meta = tx.open_table(META).map_err(storage)?;
         Ok(meta.get(name).map_err(storage)?.map(|g| g.value()).unwrap_or(0))
     }
+
+    /// A watch, on `node`'s channel of the live events when given (see [`Store::watch_node`]).
+    fn watch_from(&self, prefix: &str, after: u64, node: Option<&str>) -> Result<Watch, StoreError> {
+        // Subscribe before reading the backlog, so nothing committed in between is missed;
+        // the watch skips live events it already delivered from the backlog.
+        let live = match node {
+            Some(n) => self.live.subscribe_node(prefix, n),
+            None => self.live.subscribe(prefix),
+        };
+        let db = self.db()?;
+        let backlog = history(&db, &self.pending, prefix, after).map_err(|e| self.failed(e))?;
+        // A watcher that falls behind the broadcast reads what it missed the same way, from the
+        // database open then (none while a disk error has it closed: that watcher is cut off).
+        // It holds the slot, not the database, which a reopen must be able to close.
+        let (slot, pending) = (Arc::clone(&self.db), Arc::clone(&self.pending));
+        let again: super::History = Arc::new(move |prefix, after| {
+            let db = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let db = db.ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))?;
+            history(&db, &pending, prefix, after)
+        });
+        Ok(Watch::new(prefix, after, backlog, live).with_history(again))
+    }
 }
 
 /// A change to one key: given the current object (if any) and the revision it would get, the
@@ -446,23 +468,12 @@ impl Store for RedbStore {
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
-        // Subscribe before reading the backlog, so nothing committed in between is missed;
-        // the watch skips live events it already delivered from the backlog.
-        let live = self.live.subscribe(prefix);
-        let db = self.db()?;
-        let backlog = history(&db, &self.pending, prefix, after).map_err(|e| self.failed(e))?;
-        // A watcher that falls behind the broadcast reads what it missed the same way, from the
-        // database open then (none while a disk error has it closed: that watcher is cut off).
-        // It holds the slot, not the database, which a reopen must be able to close.
-        let (slot, pending) = (Arc::clone(&self.db), Arc::clone(&self.pending));
-        let again: super::History = Arc::new(move |prefix, after| {
-            let db = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let db = db.ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))?;
-            history(&db, &pending, prefix, after)
-        });
-        Ok(Watch::new(prefix, after, backlog, live).with_history(again))
+        self.watch_from(prefix, after, None)
     }
 
+    fn watch_node(&self, prefix: &str, after: u64, node: &str) -> Result<Watch, StoreError> {
+        self.watch_from(prefix, after, Some(node))
+    }
     fn compact(&self, revision: u64) -> Result<(), StoreError> {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = self.db()?.begin_write().map_err(|e| self.failed(storage(e)))?;
@@ -546,6 +557,48 @@ mod tests {
             .collect();
         assert_eq!(keys[0], "coordination.k8s.io/leases/tug-node-lease/n");
         assert_eq!(pods_channel.len(), 2, "the pods' channel carries the two pods only");
+    }
+
+    /// A node's watch of its own pods is woken by that node's pods' events alone: another
+    /// node's pods never reach its channel, an unbound pod reaches the channel of "" (the
+    /// scheduler's kind of watch), and a pod bound later reaches its node from the binding on.
+    /// Past its channel's few places it catches up from the history like any watch, which
+    /// may then hand out other nodes' pods too (the API filters them).
+    #[tokio::test]
+    async fn a_nodes_pod_watch_hears_its_own_pods_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb"), 512).unwrap();
+        let r0 = store.revision().unwrap();
+        let pod = |name: &str, node: Option<&str>| {
+            let mut p = serde_json::json!({"metadata": {"name": name}, "spec": {}});
+            if let Some(n) = node {
+                p["spec"]["nodeName"] = n.into();
+            }
+            p
+        };
+        let mut n1 = store.watch_node("/pods/", r0, "n1").unwrap();
+        let n1_channel = store.live.subscribe_node("/pods/", "n1");
+        let unbound = store.live.subscribe_node("/pods/default/", "");
+        let leases = store.live.subscribe_node("coordination.k8s.io/leases/", "n1");
+        store.create("/pods/default/a", pod("a", Some("n2"))).unwrap();
+        store.create("/pods/default/b", pod("b", None)).unwrap();
+        store.update("/pods/default/b", pod("b", Some("n1")), None).unwrap();
+        store.create("/pods/default/c", pod("c", Some("n1"))).unwrap();
+        store.create("coordination.k8s.io/leases/default/n1", serde_json::json!({})).unwrap();
+        let e = n1.next().await.unwrap().unwrap();
+        assert_eq!((e.key.as_str(), e.type_), ("/pods/default/b", EventType::Modified));
+        assert_eq!(n1.next().await.unwrap().unwrap().key, "/pods/default/c");
+        assert_eq!(n1_channel.len(), 2, "n1's channel carries its two pods' events only");
+        assert_eq!(unbound.len(), 1, "the unbound pod's creation");
+        assert_eq!(leases.len(), 1, "another resource's watch has its resource's channel");
+        // A burst on the node past its channel: the watch reads the history from where it was.
+        let mut slow = store.watch_node("/pods/", store.revision().unwrap(), "n1").unwrap();
+        for i in 0..3 * crate::store::NODE_CAPACITY {
+            store.create(&format!("/pods/default/p{i}"), pod("p", Some("n1"))).unwrap();
+        }
+        for i in 0..3 * crate::store::NODE_CAPACITY {
+            assert_eq!(slow.next().await.unwrap().unwrap().key, format!("/pods/default/p{i}"));
+        }
     }
 
     #[tokio::test]
