@@ -76,6 +76,11 @@ impl Cidr4 {
     }
 
     /// Whether two blocks share any address.
+    /// The first address, as a number.
+    fn first(&self) -> u64 {
+        u64::from(u32::from(self.network))
+    }
+
     pub fn overlaps(&self, other: &Cidr4) -> bool {
         self.contains(other.network) || other.contains(self.network)
     }
@@ -91,9 +96,37 @@ pub fn next_free_subnet(cluster: Cidr4, prefix: u8, used: &[Cidr4]) -> Result<Ci
         ));
     }
     let count = 1u64 << (prefix - cluster.prefix);
-    (0..count)
-        .filter_map(|i| cluster.subnet(prefix, i))
-        .find(|s| !used.iter().any(|u| u.overlaps(s)))
+    // The used blocks as address ranges, sorted and merged: one pass over them finds the
+    // first free block (a pass over every block against every used one took a 5,000th node
+    // 25 million comparisons).
+    let mut taken: Vec<(u64, u64)> = used.iter().map(|u| (u.first(), u.first() + u.size())).collect();
+    taken.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(taken.len());
+    for (start, end) in taken {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let size = 1u64 << (32 - u32::from(prefix));
+    let base = cluster.first();
+    let mut i = 0u64;
+    for (start, end) in merged {
+        if i >= count {
+            break;
+        }
+        if end <= base + i * size {
+            continue;
+        }
+        if start >= base + (i + 1) * size {
+            break;
+        }
+        // This range overlaps block i: go on from the first block past its end.
+        i = (end.saturating_sub(base)).div_ceil(size);
+    }
+    (i < count)
+        .then(|| cluster.subnet(prefix, i))
+        .flatten()
         .ok_or_else(|| format!("the cluster CIDR {cluster} has no free /{prefix} left ({count} in use)"))
 }
 
@@ -172,5 +205,31 @@ mod tests {
             "the cluster CIDR 10.244.0.0/22 has no free /24 left (4 in use)"
         );
         assert!(next_free_subnet(cluster, 16, &[]).unwrap_err().contains("does not fit"));
+    }
+
+    /// The one-pass search finds what checking every block against every used one finds,
+    /// with used blocks larger and smaller than a node's, overlapping, unsorted and outside
+    /// the cluster.
+    #[test]
+    fn the_free_subnet_is_the_first_no_used_block_overlaps() {
+        let cluster: Cidr4 = "10.244.0.0/20".parse().unwrap();
+        let naive = |used: &[Cidr4]| {
+            (0..16u64).filter_map(|i| cluster.subnet(24, i)).find(|s| !used.iter().any(|u| u.overlaps(s)))
+        };
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for _ in 0..2000 {
+            let used: Vec<Cidr4> = (0..next(12))
+                .map(|_| {
+                    let prefix = [22u8, 23, 24, 24, 24, 25, 26][usize::try_from(next(7)).unwrap()];
+                    let addr = Ipv4Addr::from(0x0af3_fc00 + u32::try_from(next(24) << 8).unwrap());
+                    Cidr4::new(addr, prefix).unwrap()
+                })
+                .collect();
+            assert_eq!(next_free_subnet(cluster, 24, &used).ok(), naive(&used), "used {used:?}");
+        }
     }
 }

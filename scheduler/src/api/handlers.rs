@@ -1130,11 +1130,30 @@ fn assign_pod_cidr(st: &AppState, info: &KindInfo, obj: &mut Value) -> Result<()
     if info.kind != "Node" {
         return Ok(());
     }
+    /// A stored node's pod CIDR, read without building the rest of the node.
+    #[derive(serde::Deserialize)]
+    struct Held {
+        #[serde(default)]
+        spec: HeldSpec,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct HeldSpec {
+        #[serde(rename = "podCIDR")]
+        pod_cidr: Option<String>,
+    }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let (nodes, _) =
-        blocking(|| st.store.list(&path::prefix(info, None))).map_err(|e| store_status(e, info, &name))?;
-    let used: Vec<Cidr4> =
-        nodes.iter().filter_map(|n| n.object["spec"]["podCIDR"].as_str()?.parse().ok()).collect();
+    let mut used: Vec<Cidr4> = Vec::new();
+    blocking(|| {
+        st.store.scan(&path::prefix(info, None), None, &mut |_, bytes| {
+            if let Some(c) =
+                serde_json::from_slice::<Held>(bytes).ok().and_then(|h| h.spec.pod_cidr?.parse().ok())
+            {
+                used.push(c);
+            }
+            true
+        })
+    })
+    .map_err(|e| store_status(e, info, &name))?;
     let cidr = match obj["spec"]["podCIDR"].as_str().filter(|c| !c.is_empty()) {
         Some(own) => {
             let c: Cidr4 = own.parse().map_err(|e| Status::bad_request(format!("spec.podCIDR: {e}")))?;

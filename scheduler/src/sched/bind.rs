@@ -105,15 +105,19 @@ fn mark(pod: &Value) -> (bool, bool) {
     (pod["spec"]["nodeName"].is_string(), matches!(phase, "Succeeded" | "Failed"))
 }
 
-/// Whether a pod event may change what a round would do: a pod added or gone, a pending pod
-/// changed, a pod bound or finished since the last round saw it.
-fn concerns(event: &crate::store::Event, seen: &std::collections::HashMap<String, (bool, bool)>) -> bool {
+/// Whether a pod event may change what a round would do: a pod to place (added, or changed
+/// while unbound); and while the last round left pods it could not place (`waiting`), any
+/// pod added or gone, bound or finished since that round saw it — room may have opened.
+fn concerns(
+    event: &crate::store::Event,
+    seen: &std::collections::HashMap<String, (bool, bool)>,
+    waiting: bool,
+) -> bool {
+    let now = mark(&event.object);
     match event.type_ {
-        crate::store::EventType::Added | crate::store::EventType::Deleted => true,
-        crate::store::EventType::Modified => {
-            let now = mark(&event.object);
-            !now.0 || seen.get(&event.key) != Some(&now)
-        }
+        crate::store::EventType::Added => !now.0 || waiting,
+        crate::store::EventType::Deleted => waiting,
+        crate::store::EventType::Modified => !now.0 || (waiting && seen.get(&event.key) != Some(&now)),
     }
 }
 
@@ -472,6 +476,8 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
         let rev = store.revision().unwrap_or(0);
         let s = store.clone();
         let started = std::time::Instant::now();
+        // Whether this round left pods it could not place.
+        let waiting;
         let result = tokio::task::spawn_blocking(move || {
             let r = round(s.as_ref(), &mut engine);
             (r, engine)
@@ -482,6 +488,7 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
                 engine = e;
                 record_attempts(&r, started.elapsed());
                 seen = std::mem::take(&mut r.seen);
+                waiting = r.unschedulable > 0;
                 for s in r.scheduled {
                     let ns = s.pod.namespace.as_deref().unwrap_or("default");
                     let message = format!("Successfully assigned {ns}/{} to {}", s.pod.name, s.node);
@@ -503,10 +510,11 @@ pub async fn run(store: Arc<dyn Store>, strategy: Strategy, resync: Duration) {
             Ok((Err(err), e)) => {
                 tracing::warn!("tug-scheduler: scheduling round: {err}");
                 engine = e;
+                waiting = true;
             }
             Err(_) => return,
         }
-        wait_for_change(store.as_ref(), rev, resync, &seen).await;
+        wait_for_change(store.as_ref(), rev, resync, &seen, waiting).await;
     }
 }
 
@@ -548,12 +556,15 @@ fn load_volumes(store: &dyn Store) -> Result<super::volumes::Volumes, StoreError
 
 /// Returns after the first change to pods, nodes or claims past `rev` that may concern
 /// scheduling (then a short pause so a burst is one round), or after `resync`. The pods'
-/// status writes (several per start) do not wake it: `seen` is what the last round saw.
+/// status writes (several per start) do not wake it: `seen` is what the last round saw. Nor
+/// do nodes' and claims' changes while no pod waits for room (`waiting`): 5,000 nodes'
+/// status reports kept the scheduler in rounds over every node and pod with nothing to place.
 async fn wait_for_change(
     store: &dyn Store,
     rev: u64,
     resync: Duration,
     seen: &std::collections::HashMap<String, (bool, bool)>,
+    waiting: bool,
 ) {
     // A claim getting bound frees the pods waiting for it.
     let watches = (
@@ -571,11 +582,17 @@ async fn wait_for_change(
     loop {
         tokio::select! {
             e = pods.next() => match e {
-                Some(Ok(e)) if !concerns(&e, seen) => continue,
+                Some(Ok(e)) if !concerns(&e, seen, waiting) => continue,
                 _ => break,
             },
-            _ = nodes.next() => break,
-            _ = claims.next() => break,
+            e = nodes.next() => match e {
+                Some(Ok(_)) if !waiting => continue,
+                _ => break,
+            },
+            e = claims.next() => match e {
+                Some(Ok(_)) if !waiting => continue,
+                _ => break,
+            },
             () = &mut resync => break,
         }
     }
@@ -587,23 +604,27 @@ mod tests {
     use super::*;
     use crate::store::redb_store::RedbStore;
 
-    /// A running pod's status writes do not wake the scheduler; a new pod, a pending pod's
-    /// change, a pod bound elsewhere or finished do.
+    /// A running pod's status writes do not wake the scheduler; a new pod and a pending
+    /// pod's change do; a pod gone, bound elsewhere or finished does while pods wait for room.
     #[test]
     fn only_changes_that_concern_scheduling_wake_it() {
         use crate::store::{Event, EventType};
         let ev = |type_, object: Value| Event { revision: 9, type_, key: "/pods/default/p".into(), object };
         let running = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        let done = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Succeeded"}});
         let seen: std::collections::HashMap<String, (bool, bool)> =
             [("/pods/default/p".to_string(), (true, false))].into();
-        assert!(!concerns(&ev(EventType::Modified, running.clone()), &seen));
-        assert!(concerns(&ev(EventType::Deleted, running.clone()), &seen));
-        assert!(concerns(&ev(EventType::Added, json!({"spec": {}})), &seen));
-        assert!(concerns(&ev(EventType::Modified, json!({"spec": {}})), &seen));
-        let done = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Succeeded"}});
-        assert!(concerns(&ev(EventType::Modified, done), &seen));
-        // Bound since the round saw it unbound (by another scheduler).
-        assert!(concerns(&ev(EventType::Modified, running), &std::collections::HashMap::new()));
+        let none = std::collections::HashMap::new();
+        for waiting in [false, true] {
+            assert!(!concerns(&ev(EventType::Modified, running.clone()), &seen, waiting));
+            assert!(concerns(&ev(EventType::Added, json!({"spec": {}})), &seen, waiting));
+            assert!(concerns(&ev(EventType::Modified, json!({"spec": {}})), &seen, waiting));
+            assert_eq!(concerns(&ev(EventType::Deleted, running.clone()), &seen, waiting), waiting);
+            assert_eq!(concerns(&ev(EventType::Added, running.clone()), &seen, waiting), waiting);
+            assert_eq!(concerns(&ev(EventType::Modified, done.clone()), &seen, waiting), waiting);
+            // Bound since the round saw it unbound (by another scheduler).
+            assert_eq!(concerns(&ev(EventType::Modified, running.clone()), &none, waiting), waiting);
+        }
     }
 
     /// Two schedulers (each serving its own `schedulerName`, so they place different pods)
