@@ -144,11 +144,12 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     // Decoded once per change of each object, from the controllers' copy of the store.
     let (node_objs, _) = list_typed::<Node>(store, NODES)?;
     let (pod_objs, _) = list_typed::<Pod>(store, PODS)?;
-    let nodes: Vec<Node> = node_objs.iter().map(|n| (*n.value).clone()).collect();
+    // Borrowed from the copy, not cloned: a round is over every node.
+    let nodes: Vec<&Node> = node_objs.iter().map(|n| n.value.as_ref()).collect();
     let typed: Vec<(Arc<Pod>, &Stored)> =
         pod_objs.iter().map(|p| (Arc::clone(&p.value), p.stored())).collect();
     let mut snap = Snapshot::from_pods(
-        &nodes,
+        nodes.iter().copied(),
         typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.as_ref()),
     );
     // Reserved but not yet bound (by this scheduler or another): counted too, while in flight.

@@ -395,9 +395,12 @@ impl Snapshot {
         Snapshot::from_pods(nodes, pods)
     }
 
-    /// [`Snapshot::from_objects`] from pods held elsewhere (the store's copy).
-    pub fn from_pods<'a>(nodes: &[Node], pods: impl IntoIterator<Item = &'a Pod>) -> Snapshot {
-        let mut s = Snapshot::new(nodes.iter().map(NodeInfo::new).collect());
+    /// [`Snapshot::from_objects`] from nodes and pods held elsewhere (the store's copy).
+    pub fn from_pods<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+    ) -> Snapshot {
+        let mut s = Snapshot::new(nodes.into_iter().map(NodeInfo::new).collect());
         for p in pods {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
             if matches!(phase, "Succeeded" | "Failed") {
