@@ -149,6 +149,14 @@ impl crate::store::Store for Measured {
     fn watch(&self, prefix: &str, after: u64) -> Result<crate::store::Watch, crate::store::StoreError> {
         store_call("watch", || self.0.watch(prefix, after))
     }
+    fn watch_node(
+        &self,
+        prefix: &str,
+        after: u64,
+        node: &str,
+    ) -> Result<crate::store::Watch, crate::store::StoreError> {
+        store_call("watch", || self.0.watch_node(prefix, after, node))
+    }
     fn compact(&self, revision: u64) -> Result<(), crate::store::StoreError> {
         store_call("compact", || self.0.compact(revision))
     }
@@ -248,6 +256,14 @@ pub async fn serve() -> axum::response::Response {
 
 #[cfg(test)]
 mod tests {
+    /// The measured store passes a node's watch on to the store's index by node.
+    #[tokio::test]
+    async fn a_measured_store_keeps_the_watch_by_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        crate::store::a_nodes_watch_hears_its_node_only(&super::Measured(std::sync::Arc::new(raw))).await;
+    }
+
     use super::*;
 
     #[test]

@@ -408,6 +408,16 @@ impl EncryptedStore {
         EncryptedStore { inner, config }
     }
 
+    /// The watch with each event's object opened.
+    fn opening(&self, w: Watch) -> Watch {
+        let config = self.config.clone();
+        w.mapped(Arc::new(move |key: &str, object: &mut Value| {
+            if let Err(e) = config.open(key, object) {
+                tracing::warn!("tug-scheduler: watch: {e}");
+            }
+        }))
+    }
+
     fn opened(&self, mut s: Stored) -> Result<Stored, StoreError> {
         self.config.open(&s.key, &mut s.object)?;
         Ok(s)
@@ -516,12 +526,11 @@ impl Store for EncryptedStore {
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
-        let config = self.config.clone();
-        Ok(self.inner.watch(prefix, after)?.mapped(Arc::new(move |key: &str, object: &mut Value| {
-            if let Err(e) = config.open(key, object) {
-                tracing::warn!("tug-scheduler: watch: {e}");
-            }
-        })))
+        Ok(self.opening(self.inner.watch(prefix, after)?))
+    }
+
+    fn watch_node(&self, prefix: &str, after: u64, node: &str) -> Result<Watch, StoreError> {
+        Ok(self.opening(self.inner.watch_node(prefix, after, node)?))
     }
 
     fn compact(&self, revision: u64) -> Result<(), StoreError> {
@@ -548,6 +557,15 @@ mod tests {
 
     const K1: &str = "c2VjcmV0IGlzIHNlY3VyZSwgaSB0aGluayBzbyE/Pz8=";
     const K2: &str = "dGhpcyBpcyBhIHNlY29uZCBrZXkgb2YgMzIgYnl0ZXM=";
+
+    /// The encrypting store passes a node's watch on to the store's index by node.
+    #[tokio::test]
+    async fn an_encrypting_store_keeps_the_watch_by_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb"), 16).unwrap());
+        let c = config(&format!("  - aesgcm: {{keys: [{{name: k1, secret: {K1}}}]}}\n"));
+        crate::store::a_nodes_watch_hears_its_node_only(&EncryptedStore::new(raw, c)).await;
+    }
 
     #[test]
     fn every_provider_round_trips_and_the_store_holds_no_value() {

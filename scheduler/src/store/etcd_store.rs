@@ -356,6 +356,12 @@ impl Store for EtcdStore {
         Ok(Stored { key: key.to_string(), revision, object })
     }
 
+    /// etcd's watch is of a key range: a node's watch is the plain one, filtered by the caller
+    /// (the API serves watches on etcd from the copy, which fans out by node).
+    fn watch_node(&self, prefix: &str, after: u64, _node: &str) -> Result<Watch, StoreError> {
+        self.watch(prefix, after)
+    }
+
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
         let mut client = self.client.clone();
         let full = self.full(prefix);

@@ -135,11 +135,10 @@ pub trait Store: Send + Sync {
     /// [`Store::watch`] for a watcher that only wants the objects whose `spec.nodeName` is
     /// `node` (a node's watch of its own pods). A backend that fans its live events out by
     /// node wakes it for that node's events alone, not for every pod of the cluster; the
-    /// watch may still hand out others (the default is the plain watch): the caller filters.
-    fn watch_node(&self, prefix: &str, after: u64, node: &str) -> Result<Watch, StoreError> {
-        let _ = node;
-        self.watch(prefix, after)
-    }
+    /// watch may still hand out others (etcd's is the plain watch): the caller filters.
+    /// (No default: a store wrapping another passes it on, or every node's watch wakes for
+    /// every pod of the cluster — the metrics and encryption wrappers once took the default.)
+    fn watch_node(&self, prefix: &str, after: u64, node: &str) -> Result<Watch, StoreError>;
     /// Forgets events at or below `revision`.
     fn compact(&self, revision: u64) -> Result<(), StoreError>;
     fn revision(&self) -> Result<u64, StoreError>;
@@ -489,3 +488,29 @@ pub(crate) fn stamp(object: &mut Value, revision: u64) {
 
 #[cfg(test)]
 pub(crate) mod conformance;
+
+/// A node's watch through `store` hears that node's pods, not another node's made first (a
+/// store wrapping another passes [`Store::watch_node`] on).
+#[cfg(test)]
+pub(crate) async fn a_nodes_watch_hears_its_node_only(store: &dyn Store) {
+    let pod = |name: &str, node: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node}})
+    };
+    let r0 = store.revision().unwrap();
+    let mut n1 = store.watch_node("/pods/", r0, "n1").unwrap();
+    // Live: after the watch began.
+    store.create("/pods/default/other", pod("other", "n2")).unwrap();
+    store.create("/pods/default/mine", pod("mine", "n1")).unwrap();
+    let e =
+        tokio::time::timeout(std::time::Duration::from_secs(5), n1.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(e.key, "/pods/default/mine", "n1's watch heard another node's pod");
+    // From the history: a watch starting before both.
+    let mut again = store.watch_node("/pods/", r0, "n1").unwrap();
+    let e = tokio::time::timeout(std::time::Duration::from_secs(5), again.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.key, "/pods/default/mine");
+}
