@@ -39,7 +39,7 @@ link() {
 }
 for attempt in 1 2; do
     echo "vm-cluster: booting three guests under ${accel%%,*}"
-    rm -f "$rdv"/*.sock "$rdv"/service-ip "$rdv"/done-* "$rdv"/ready-* "$rdv"/leader "$rdv"/killed
+    rm -rf "$rdv"/*.sock "$rdv"/service-ip "$rdv"/done-* "$rdv"/ready-* "$rdv"/leader "$rdv"/killed "$rdv"/kill-claimed
     pids=()
     for role in "${roles[@]}"; do
         case $role in
