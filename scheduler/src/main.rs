@@ -370,6 +370,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let cached = tug_scheduler::store::cache::Cached::start(store.clone());
     let watches =
         matches!(flags.store, Backend::Etcd).then(|| Arc::new(cached.serving_watches()) as Arc<dyn Store>);
+    let for_lists = cached.clone();
     let copy: Arc<dyn Store> = Arc::new(cached);
     let store_for_scheduler = copy.clone();
     let store_for_kubernetes = store.clone();
@@ -408,6 +409,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         store,
         watches,
+        copy: Some(for_lists),
         pki: Some(pki.clone()),
         node_cidrs,
         services,

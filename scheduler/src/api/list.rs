@@ -82,29 +82,34 @@ pub async fn serve(
     let now = std::time::SystemTime::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(4);
     let store = st.store.clone();
+    // A list that judges or reshapes each object reads the decoded copy, when it is at the
+    // store's revision; a plain list sends the stored bytes as they are.
+    let copy = st.copy.clone().filter(|_| !filter.is_empty() || table.is_some());
     tokio::task::spawn_blocking(move || {
         let mut buf: Vec<u8> = head.into_bytes();
         let (mut sent, mut last, mut more, mut gone) = (0usize, String::new(), false, false);
-        let result = store.scan(&prefix, from.as_ref().map(|c| c.after.as_str()), &mut |key, bytes| {
+        // One object to the answer: false once the answer is full or its reader gone.
+        let mut add = |key: &str, v: Option<&Value>, bytes: Option<&[u8]>| {
             if limit > 0 && sent == limit {
                 more = true;
                 return false;
             }
-            let mut decoded = None;
-            if !filter.is_empty() || table.is_some() {
-                match serde_json::from_slice::<Value>(bytes) {
-                    Ok(v) if filter.matches(&v) => decoded = Some(v),
-                    _ => return true,
-                }
+            if v.is_some_and(|v| !filter.matches(v)) {
+                return true;
             }
             if sent > 0 {
                 buf.push(b',');
             }
-            match (table, decoded) {
-                (Some(include), Some(v)) => {
-                    buf.extend_from_slice(super::table::row(&v, include, now).to_string().as_bytes())
+            // A table row is made from the object; otherwise the stored bytes go as they are,
+            // or the copy's object is written out.
+            match (table, v, bytes) {
+                (Some(include), Some(v), _) => {
+                    buf.extend_from_slice(super::table::row(v, include, now).to_string().as_bytes())
                 }
-                _ => buf.extend_from_slice(bytes),
+                (_, _, Some(bytes)) => buf.extend_from_slice(bytes),
+                (_, v, None) => {
+                    let _ = serde_json::to_writer(&mut buf, v.unwrap_or(&Value::Null));
+                }
             }
             sent += 1;
             last.clear();
@@ -114,7 +119,23 @@ pub async fn serve(
                 return false;
             }
             true
+        };
+        let after = from.as_ref().map(|c| c.after.as_str());
+        let from_copy = copy.and_then(|c| {
+            c.scan_fresh(&prefix, after, filter.node_name(), &mut |k, v| add(k, Some(v), None))
         });
+        let result = match from_copy {
+            Some(revision) => Ok(revision),
+            None => store.scan(&prefix, after, &mut |key, bytes| {
+                if filter.is_empty() && table.is_none() {
+                    return add(key, None, Some(bytes));
+                }
+                match serde_json::from_slice::<Value>(bytes) {
+                    Ok(v) => add(key, Some(&v), Some(bytes)),
+                    Err(_) => true,
+                }
+            }),
+        };
         if gone {
             return;
         }

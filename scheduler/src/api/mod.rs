@@ -62,6 +62,9 @@ pub struct AppState {
     /// controllers read (`store::cache`), as the apiserver's watch cache does, on etcd —
     /// where every watch of the store's own is a stream etcd sends and this server decodes.
     pub watches: Option<Arc<dyn Store>>,
+    /// The same in-memory copy, for lists that pick objects by a selector or show them as a
+    /// table: it holds them decoded (`Cached::scan_fresh`).
+    pub copy: Option<crate::store::cache::Cached>,
     /// The cluster CA and join token, for `POST /join`.
     pub pki: Option<Arc<crate::pki::Pki>>,
     /// Pod CIDRs handed to nodes as they register.

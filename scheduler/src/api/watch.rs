@@ -25,13 +25,34 @@ pub async fn serve(
     let prefix = path::prefix(info, target.namespace());
     let (initial, after) = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => {
-            let (items, rev) = tokio::task::block_in_place(|| st.store.list(&prefix))
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let lines: Vec<Bytes> = items
-                .into_iter()
-                .filter(|s| filter.matches(&s.object))
-                .map(|s| line("ADDED", &shown(info, table, &s.object)))
-                .collect();
+            // Picked by a selector from the decoded copy when it is at the store's revision
+            // (as a list is), or else from the store.
+            let mut lines = Vec::new();
+            let mut add = |v: &Value| {
+                if filter.matches(v) {
+                    lines.push(match table {
+                        None => line("ADDED", v),
+                        Some(_) => line("ADDED", &shown(info, table, v)),
+                    });
+                }
+                true
+            };
+            let copied = st.copy.as_ref().filter(|_| !filter.is_empty()).and_then(|c| {
+                tokio::task::block_in_place(|| {
+                    c.scan_fresh(&prefix, None, filter.node_name(), &mut |_, v| add(v))
+                })
+            });
+            let rev = match copied {
+                Some(rev) => rev,
+                None => {
+                    let (items, rev) = tokio::task::block_in_place(|| st.store.list(&prefix))
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    items.iter().for_each(|s| {
+                        add(&s.object);
+                    });
+                    rev
+                }
+            };
             (lines, rev)
         }
         Some(rv) => {

@@ -25,7 +25,7 @@
 use super::{Event, EventType, Store, StoreError, Stored, Watch};
 use serde_json::Value;
 use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -72,6 +72,9 @@ struct Copy {
     /// The revision the store was last compacted at through the copy: no watch starts before
     /// it, even from recent events the copy applied after the compaction.
     compacted: u64,
+    /// Pods' keys by `spec.nodeName` ("" for pods not bound): a node's list of its own pods
+    /// reads its few, not every pod in the cluster.
+    pods_by_node: HashMap<String, BTreeSet<String>>,
     /// The applied events, live, by resource; replaced when the copy is rebuilt, which ends
     /// every watch fed from it (they may have missed events while the store's watch was down).
     events: Option<super::Hub>,
@@ -109,15 +112,21 @@ impl Shared {
             return;
         }
         if copied(&e.key) {
-            match e.type_ {
-                EventType::Deleted => {
-                    c.objects.remove(&e.key);
-                }
+            let old = match e.type_ {
+                EventType::Deleted => c.objects.remove(&e.key),
                 _ => {
                     let stored =
                         Stored { key: e.key.clone(), revision: e.revision, object: e.object.clone() };
-                    c.objects
-                        .insert(e.key.clone(), Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }));
+                    c.objects.insert(e.key.clone(), Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }))
+                }
+            };
+            if e.key.starts_with(super::BY_NODE) {
+                let c = &mut *c;
+                if let Some(old) = old {
+                    unindex(&mut c.pods_by_node, &old.stored.key, &old.stored.object);
+                }
+                if e.type_ != EventType::Deleted {
+                    index(&mut c.pods_by_node, &e.key, &e.object);
                 }
             }
         }
@@ -194,6 +203,59 @@ impl Cached {
             recent_after(&c, prefix, after)
         });
         Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
+    }
+
+    /// The copied objects under `prefix` with keys after `after`, in key order, to `each`
+    /// until it returns false — with `node`, only pods bound to that node ("": not bound) —
+    /// as of a revision at least the store's when called, so a list sees every write
+    /// acknowledged before it, whoever made it (Kubernetes' consistent reads from its watch
+    /// cache). Returns that revision, or None when the prefix is not copied or the copy does
+    /// not reach the store within [`CATCH_UP`]: then the caller reads the store.
+    ///
+    /// For the API's lists that pick objects by a selector: the copy holds them decoded, where
+    /// the store's scan would decode every object under the prefix to judge it (5,000 nodes
+    /// each listing their own pods decoded every pod 5,000 times).
+    pub fn scan_fresh(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        node: Option<&str>,
+        each: &mut dyn FnMut(&str, &Value) -> bool,
+    ) -> Option<u64> {
+        if !whole(prefix) {
+            return None;
+        }
+        let target = self.reader.revision().ok()?;
+        let c = self.shared.lock();
+        let (c, timeout) = self
+            .shared
+            .changed
+            .wait_timeout_while(c, CATCH_UP, |c| !c.synced || c.applied < target)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            return None;
+        }
+        let past = |k: &String| after.is_none_or(|a| k.as_str() > a);
+        // Only the entries are taken under the lock; they are judged after it.
+        let entries: Vec<Arc<Entry>> = match node.filter(|_| prefix.starts_with(super::BY_NODE)) {
+            Some(n) => c
+                .pods_by_node
+                .get(n)
+                .into_iter()
+                .flatten()
+                .filter(|k| k.starts_with(prefix) && past(k))
+                .filter_map(|k| c.objects.get(k).cloned())
+                .collect(),
+            None => range(&c, prefix).filter(|(k, _)| past(k)).map(|(_, e)| Arc::clone(e)).collect(),
+        };
+        let revision = c.applied;
+        drop(c);
+        for e in entries {
+            if !each(&e.stored.key, &e.stored.object) {
+                break;
+            }
+        }
+        Some(revision)
     }
 
     /// The same copy, with writes going to `writer` (a leader's fenced store).
@@ -302,6 +364,28 @@ fn range<'a>(c: &'a Copy, prefix: &'a str) -> impl Iterator<Item = (&'a String, 
         .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
+fn index(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, pod: &Value) {
+    let node = super::field_text(pod, "spec.nodeName");
+    match by_node.get_mut(node.as_ref()) {
+        Some(keys) => {
+            keys.insert(key.to_string());
+        }
+        None => {
+            by_node.insert(node.into_owned(), BTreeSet::from([key.to_string()]));
+        }
+    }
+}
+
+fn unindex(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, pod: &Value) {
+    let node = super::field_text(pod, "spec.nodeName");
+    if let Some(keys) = by_node.get_mut(node.as_ref()) {
+        keys.remove(key);
+        if keys.is_empty() {
+            by_node.remove(node.as_ref());
+        }
+    }
+}
+
 /// The copy's recent events under `prefix` after `after`, or Compacted when they no longer
 /// reach back that far (or the copy is being rebuilt).
 fn recent_after(c: &Copy, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError> {
@@ -342,8 +426,18 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
         .unwrap_or_else(|e| Err(StoreError::Backend(format!("listing panicked: {e}"))));
         let rev = match listed {
             Ok((objects, rev)) => {
+                let mut by_node = HashMap::new();
+                for (key, e) in objects
+                    .range::<str, _>((std::ops::Bound::Included(super::BY_NODE), std::ops::Bound::Unbounded))
+                {
+                    if !key.starts_with(super::BY_NODE) {
+                        break;
+                    }
+                    index(&mut by_node, key, &e.stored.object);
+                }
                 let mut c = s.lock();
                 c.objects = objects;
+                c.pods_by_node = by_node;
                 c.applied = rev;
                 c.synced = true;
                 // Watchers started before this list may have missed events: they start over.
@@ -373,24 +467,44 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
         drop(s);
         // A watch can also die without a word (a connection to etcd lost in a partition):
         // every few seconds the store's revision is read, and a copy that has not reached a
-        // revision read a while ago is rebuilt.
-        let mut tick = tokio::time::interval(LIVENESS);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // revision read a while ago, and has heard nothing from its watch meanwhile, is
+        // rebuilt. A watch still delivering is behind, not dead: listing again under a load
+        // that put it behind would only put it further behind (at 5,000 nodes a list of every
+        // node and pod takes seconds of a core).
+        // The store's revision is read by a task of its own: the feed never waits for a
+        // blocking thread (with thousands of requests in flight the pool may be busy for
+        // seconds) while events queue up behind it.
+        let (probed, mut probes_rx) = tokio::sync::mpsc::channel::<(std::time::Instant, u64)>(4);
+        let _prober = Prober(tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                let mut tick = tokio::time::interval(LIVENESS);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let st = Arc::clone(&store);
+                    if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || st.revision()).await {
+                        // (Timed when read: a read that waited for a thread is no older.)
+                        if probed.send((std::time::Instant::now(), r)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
         let mut probes: VecDeque<(std::time::Instant, u64)> = VecDeque::new();
+        let mut heard = std::time::Instant::now();
         loop {
             let next = tokio::select! {
                 next = w.next_shared() => next,
-                _ = tick.tick() => {
-                    let st = Arc::clone(&store);
-                    if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || st.revision()).await {
-                        probes.push_back((std::time::Instant::now(), r));
-                    }
+                Some(probe) = probes_rx.recv() => {
+                    probes.push_back(probe);
                     let Some(s) = shared.upgrade() else { return };
                     let applied = s.lock().applied;
                     while probes.front().is_some_and(|(_, r)| *r <= applied) {
                         probes.pop_front();
                     }
-                    if probes.front().is_some_and(|(at, _)| at.elapsed() >= 2 * LIVENESS) {
+                    if stalled(&probes, heard) {
                         tracing::warn!("tug-scheduler: cache: the store's watch stalled at revision {applied}; listing again");
                         s.lock().synced = false;
                         break;
@@ -399,6 +513,7 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
                 }
             };
             let Some(s) = shared.upgrade() else { return };
+            heard = std::time::Instant::now();
             match next {
                 Some(Ok(e)) => s.apply(e),
                 Some(Err(e)) => {
@@ -412,8 +527,24 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// The task reading the store's revision for a feed; ended with it.
+struct Prober(tokio::task::JoinHandle<()>);
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How often the copy checks that its watch still follows the store.
 const LIVENESS: Duration = Duration::from_secs(2);
+
+/// Whether the copy's watch is dead: a revision the store was at (`probes`, oldest first, the
+/// ones the copy has reached dropped) has gone unreached for two checks, and the watch has
+/// delivered nothing for as long.
+fn stalled(probes: &VecDeque<(std::time::Instant, u64)>, heard: std::time::Instant) -> bool {
+    probes.front().is_some_and(|(at, _)| at.elapsed() >= 2 * LIVENESS) && heard.elapsed() >= 2 * LIVENESS
+}
 
 impl Store for Cached {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
@@ -561,6 +692,70 @@ mod tests {
             Cached::start(redb(dir.path(), &format!("s{i}.redb")))
         };
         crate::store::conformance::run_all(fresh).await;
+    }
+
+    /// A fresh scan holds every write the store acknowledged before it, also writes made
+    /// straight to the store, and picks a node's pods by the index as binds, moves and
+    /// deletes change it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_scan_sees_the_stores_writes_and_a_nodes_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(dir.path(), "s.redb");
+        let copy = Cached::start(Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let on = |name: &str, node: Option<&str>| {
+                let mut p = pod(name, 0);
+                if let Some(n) = node {
+                    p["spec"]["nodeName"] = n.into();
+                }
+                p
+            };
+            let scan = |node: Option<&str>, after: Option<&str>| {
+                let mut keys = Vec::new();
+                let rev = copy
+                    .scan_fresh("/pods/", after, node, &mut |k, _| {
+                        keys.push(k.trim_start_matches("/pods/default/").to_string());
+                        true
+                    })
+                    .expect("the copy is at the store's revision");
+                assert!(rev >= store.revision().unwrap());
+                keys
+            };
+            for round in 0..20 {
+                let (a, b, c) = (format!("a{round}"), format!("b{round}"), format!("c{round}"));
+                store.create(&format!("/pods/default/{a}"), on(&a, Some("n1"))).unwrap();
+                store.create(&format!("/pods/default/{b}"), on(&b, Some("n2"))).unwrap();
+                store.create(&format!("/pods/default/{c}"), on(&c, None)).unwrap();
+                assert_eq!(scan(Some(""), None), [c.as_str()], "round {round}");
+                store.update(&format!("/pods/default/{c}"), on(&c, Some("n1")), None).unwrap();
+                store.delete(&format!("/pods/default/{a}"), None).unwrap();
+                assert_eq!(scan(Some("n1"), None), [c.as_str()], "round {round}");
+                assert_eq!(scan(Some("n2"), None), [b.as_str()], "round {round}");
+                assert_eq!(scan(Some(""), None), Vec::<String>::new(), "round {round}");
+                assert_eq!(scan(None, None), [b.as_str(), c.as_str()], "round {round}");
+                assert_eq!(scan(None, Some(&format!("/pods/default/{b}"))), [c.as_str()]);
+                for k in [b, c] {
+                    store.delete(&format!("/pods/default/{k}"), None).unwrap();
+                }
+            }
+            assert!(copy.scan_fresh("/secrets/", None, None, &mut |_, _| true).is_none(), "not copied");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// The copy is listed again only when its watch has gone quiet while the store moved
+    /// on, not while the watch still delivers events behind the store.
+    #[test]
+    fn a_watch_behind_but_delivering_is_not_stalled() {
+        let now = std::time::Instant::now();
+        let ago = |d: Duration| now.checked_sub(d).unwrap();
+        let old_probe: VecDeque<_> = [(ago(3 * LIVENESS), 100)].into();
+        let new_probe: VecDeque<_> = [(ago(LIVENESS / 2), 100)].into();
+        assert!(stalled(&old_probe, ago(3 * LIVENESS)), "quiet and behind a revision read long ago");
+        assert!(!stalled(&old_probe, now), "behind, but the watch delivered just now");
+        assert!(!stalled(&new_probe, ago(3 * LIVENESS)), "quiet, but the probe is recent");
+        assert!(!stalled(&VecDeque::new(), ago(3 * LIVENESS)), "quiet with nothing to reach");
     }
 
     /// A compaction through the copy holds even for events the copy applies after it (its
