@@ -409,7 +409,10 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         store,
         watches,
-        copy: Some(for_lists),
+        // On the embedded store only, for now: on etcd a consistent read from the copy costs
+        // a round trip to etcd for its revision and may wait for a copy whose etcd watch lags
+        // (etcd under TCG answers in seconds); the store's range read is kept there.
+        copy: matches!(flags.store, Backend::Redb).then_some(for_lists),
         pki: Some(pki.clone()),
         node_cidrs,
         services,
