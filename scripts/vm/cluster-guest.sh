@@ -185,7 +185,9 @@ if [ -n "$leader" ] && [ "$leader" != "$role" ]; then
     for node in tug-vm-a tug-vm-b tug-vm-c; do
         pod=$(tug get pods -o wide 2>/dev/null | awk -v n="$node" '$0 ~ n && /Running/ {print $1; exit}')
         via() { [ "$(tug exec "$pod" -- hostname 2>/dev/null)" = "$pod" ]; }
-        wait_for 60 via
+        # (An idle tunnel found dead is opened again; under TCG with a replica just killed that
+        # has taken over a minute.)
+        wait_for 180 via
         check "exec-via-$role-into-$node" $? "pod ${pod:-none}: $(tug exec "$pod" -- hostname 2>&1)"
     done
 fi
