@@ -95,7 +95,11 @@ impl Shared {
     /// The copy once it holds every write made through it, or None after [`CATCH_UP`] (or
     /// while it is rebuilt): then the caller reads the store.
     fn caught_up(&self) -> Option<MutexGuard<'_, Copy>> {
-        let target = self.written.load(Ordering::Acquire);
+        self.caught_up_to(self.written.load(Ordering::Acquire))
+    }
+
+    /// The copy once it has applied `target`, or None after [`CATCH_UP`].
+    fn caught_up_to(&self, target: u64) -> Option<MutexGuard<'_, Copy>> {
         let guard = self.lock();
         let (guard, timeout) = self
             .changed
@@ -225,16 +229,7 @@ impl Cached {
         if !whole(prefix) {
             return None;
         }
-        let target = self.reader.revision().ok()?;
-        let c = self.shared.lock();
-        let (c, timeout) = self
-            .shared
-            .changed
-            .wait_timeout_while(c, CATCH_UP, |c| !c.synced || c.applied < target)
-            .unwrap_or_else(|e| e.into_inner());
-        if timeout.timed_out() {
-            return None;
-        }
+        let c = self.shared.caught_up_to(self.reader.revision().ok()?)?;
         let past = |k: &String| after.is_none_or(|a| k.as_str() > a);
         // Only the entries are taken under the lock; they are judged after it.
         let entries: Vec<Arc<Entry>> = match node.filter(|_| prefix.starts_with(super::BY_NODE)) {
@@ -246,7 +241,7 @@ impl Cached {
                 .filter(|k| k.starts_with(prefix) && past(k))
                 .filter_map(|k| c.objects.get(k).cloned())
                 .collect(),
-            None => range(&c, prefix).filter(|(k, _)| past(k)).map(|(_, e)| Arc::clone(e)).collect(),
+            None => range(&c.objects, prefix).filter(|(k, _)| past(k)).map(|(_, e)| Arc::clone(e)).collect(),
         };
         let revision = c.applied;
         drop(c);
@@ -296,7 +291,7 @@ impl Cached {
         }
         let c = self.shared.caught_up()?;
         // Only the entries are taken under the lock; their objects are cloned after it.
-        Some((range(&c, prefix).map(|(_, e)| Arc::clone(e)).collect(), c.applied))
+        Some((range(&c.objects, prefix).map(|(_, e)| Arc::clone(e)).collect(), c.applied))
     }
 
     fn note(&self, revision: u64) {
@@ -358,8 +353,11 @@ where
     Some(t)
 }
 
-fn range<'a>(c: &'a Copy, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Arc<Entry>)> + 'a {
-    c.objects
+fn range<'a>(
+    objects: &'a BTreeMap<String, Arc<Entry>>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Arc<Entry>)> + 'a {
+    objects
         .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
         .take_while(move |(k, _)| k.starts_with(prefix))
 }
@@ -427,12 +425,7 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
         let rev = match listed {
             Ok((objects, rev)) => {
                 let mut by_node = HashMap::new();
-                for (key, e) in objects
-                    .range::<str, _>((std::ops::Bound::Included(super::BY_NODE), std::ops::Bound::Unbounded))
-                {
-                    if !key.starts_with(super::BY_NODE) {
-                        break;
-                    }
+                for (key, e) in range(&objects, super::BY_NODE) {
                     index(&mut by_node, key, &e.stored.object);
                 }
                 let mut c = s.lock();
@@ -581,7 +574,7 @@ impl Store for Cached {
             }
         } else if whole(prefix) {
             if let Some(c) = self.shared.caught_up() {
-                return Ok((range(&c, prefix).map(|(k, _)| k.clone()).collect(), c.applied));
+                return Ok((range(&c.objects, prefix).map(|(k, _)| k.clone()).collect(), c.applied));
             }
         }
         self.reader.keys(prefix)
