@@ -77,6 +77,7 @@ pub async fn access(
         Decision::Deny(r) => json!({"allowed": false, "denied": true, "reason": r}),
         Decision::NoOpinion(r) if r.is_empty() => json!({"allowed": false}),
         Decision::NoOpinion(r) => json!({"allowed": false, "reason": r}),
+        Decision::Unavailable(e) => json!({"allowed": false, "evaluationError": e}),
     };
     json_response(StatusCode::CREATED, &review)
 }

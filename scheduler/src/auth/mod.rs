@@ -217,6 +217,9 @@ pub enum Decision {
     Deny(String),
     /// Not this authorizer's to decide (with what it would say).
     NoOpinion(String),
+    /// Undecided: what it needed to read could not be read (the store is unavailable). The
+    /// request ends with a 503 the client retries, not with a 403 it would take as final.
+    Unavailable(String),
 }
 
 /// The authorizer chain, with its caches.
@@ -239,7 +242,7 @@ impl Authorizer {
         if let Some(node) = user.node_name() {
             match node::authorize(self.store.as_ref(), node, a) {
                 Decision::Allow => return Decision::Allow,
-                Decision::Deny(r) => return Decision::Deny(r),
+                d @ (Decision::Deny(_) | Decision::Unavailable(_)) => return d,
                 Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
                 Decision::NoOpinion(_) => {}
             }
@@ -247,7 +250,7 @@ impl Authorizer {
         match self.rbac.index() {
             Ok(index) if index.allows(user, a) => Decision::Allow,
             Ok(_) => Decision::NoOpinion(reasons.join("; ")),
-            Err(e) => Decision::NoOpinion(format!("RBAC: {e}")),
+            Err(e) => Decision::Unavailable(format!("RBAC could not read its roles and bindings: {e}")),
         }
     }
 
@@ -270,6 +273,7 @@ impl Authorizer {
         match self.decide(user, a) {
             Decision::Allow => Ok(()),
             Decision::Deny(r) | Decision::NoOpinion(r) => Err(forbidden(user, a, &r)),
+            Decision::Unavailable(r) => Err(Status::new(503, "ServiceUnavailable", r)),
         }
     }
 }

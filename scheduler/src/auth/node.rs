@@ -7,7 +7,7 @@
 //! its own name. Everything else is RBAC's to decide.
 
 use super::{Attributes, Decision};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use serde_json::Value;
 
 /// Where nodes' Leases live.
@@ -15,6 +15,15 @@ pub const LEASE_NAMESPACE: &str = "tug-node-lease";
 
 fn allow_if(ok: bool, why: impl FnOnce() -> String) -> Decision {
     if ok { Decision::Allow } else { Decision::Deny(why()) }
+}
+
+/// `allow_if` for an answer that needed a store read: a read that failed decides nothing
+/// (the client retries on the 503), where a refusal would be final to it.
+fn allow_if_read(ok: Result<bool, StoreError>, why: impl FnOnce() -> String) -> Decision {
+    match ok {
+        Ok(ok) => allow_if(ok, why),
+        Err(e) => Decision::Unavailable(format!("the node authorizer could not read the store: {e}")),
+    }
 }
 
 const READ: [&str; 3] = ["get", "list", "watch"];
@@ -32,8 +41,12 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
                 return Decision::Deny("can only get individual resources of this type".into());
             }
             // The TLS Secrets of Ingresses: every node serves them (the Ingress controller).
-            let ingress_tls = a.resource == "secrets" && ingress_secret(store, &a.namespace, &a.name);
-            allow_if(ingress_tls || related(store, node, a), unrelated)
+            let ingress_tls = if a.resource == "secrets" {
+                ingress_secret(store, &a.namespace, &a.name)
+            } else {
+                Ok(false)
+            };
+            allow_if_read(ingress_tls.and_then(|tls| Ok(tls || related(store, node, a)?)), unrelated)
         }
         ("", "nodes", "" | "status") if READ.contains(&verb) => Decision::Allow,
         // A create names the node in its body: the API checks it (`admit_create`).
@@ -46,12 +59,12 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
         }
         ("", "pods", "") if READ.contains(&verb) => Decision::Allow,
         ("", "pods", "") if verb == "delete" => {
-            allow_if(bound_here(store, node, &a.namespace, &a.name), || {
+            allow_if_read(bound_here(store, node, &a.namespace, &a.name), || {
                 format!("node '{node}' can only delete pods with spec.nodeName set to itself")
             })
         }
         ("", "pods", "status") if ["get", "update", "patch"].contains(&verb) => {
-            allow_if(bound_here(store, node, &a.namespace, &a.name), || {
+            allow_if_read(bound_here(store, node, &a.namespace, &a.name), || {
                 format!("node '{node}' can only update pod status for pods with spec.nodeName set to itself")
             })
         }
@@ -61,10 +74,9 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
                 p.object["spec"]["nodeName"] == node
                     && p.object["spec"]["serviceAccountName"].as_str().unwrap_or("default") == a.name
             };
-            let used = store
-                .list(&format!("/pods/{}/", a.namespace))
-                .is_ok_and(|(pods, _)| pods.iter().any(runs_as));
-            allow_if(used, unrelated)
+            let used =
+                store.list(&format!("/pods/{}/", a.namespace)).map(|(pods, _)| pods.iter().any(runs_as));
+            allow_if_read(used, unrelated)
         }
         ("", "services" | "endpoints" | "namespaces", "") if READ.contains(&verb) => Decision::Allow,
         // What enforcing NetworkPolicies needs (with the pods above).
@@ -84,8 +96,8 @@ pub fn authorize(store: &dyn Store, node: &str, a: &Attributes) -> Decision {
 }
 
 /// Whether an Ingress of namespace `ns` names Secret `name` for TLS.
-fn ingress_secret(store: &dyn Store, ns: &str, name: &str) -> bool {
-    store.list(&format!("networking.k8s.io/ingresses/{ns}/")).is_ok_and(|(list, _)| {
+fn ingress_secret(store: &dyn Store, ns: &str, name: &str) -> Result<bool, StoreError> {
+    store.list(&format!("networking.k8s.io/ingresses/{ns}/")).map(|(list, _)| {
         list.iter().any(|i| {
             i.object["spec"]["tls"].as_array().into_iter().flatten().any(|t| t["secretName"] == name)
         })
@@ -93,28 +105,29 @@ fn ingress_secret(store: &dyn Store, ns: &str, name: &str) -> bool {
 }
 
 /// Whether the pod `ns/name` is bound to `node`.
-fn bound_here(store: &dyn Store, node: &str, ns: &str, name: &str) -> bool {
-    matches!(store.get(&format!("/pods/{ns}/{name}")), Ok(Some(p)) if p.object["spec"]["nodeName"] == node)
+fn bound_here(store: &dyn Store, node: &str, ns: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(matches!(store.get(&format!("/pods/{ns}/{name}"))?, Some(p) if p.object["spec"]["nodeName"] == node))
 }
 
 /// Whether a pod bound to `node` uses the object `a` names.
-fn related(store: &dyn Store, node: &str, a: &Attributes) -> bool {
+fn related(store: &dyn Store, node: &str, a: &Attributes) -> Result<bool, StoreError> {
     let (ns, claim) = if a.resource == "persistentvolumes" {
         // A volume is the node's when a claim its pods use is bound to it.
-        let Ok(Some(pv)) = store.get(&format!("/persistentvolumes//{}", a.name)) else { return false };
+        let Some(pv) = store.get(&format!("/persistentvolumes//{}", a.name))? else { return Ok(false) };
         let r = &pv.object["spec"]["claimRef"];
         match (r["namespace"].as_str(), r["name"].as_str()) {
             (Some(ns), Some(n)) => (ns.to_string(), n.to_string()),
-            _ => return false,
+            _ => return Ok(false),
         }
     } else {
         (a.namespace.clone(), a.name.clone())
     };
     let kind = if a.resource == "persistentvolumes" { "persistentvolumeclaims" } else { a.resource.as_str() };
-    let Ok((pods, _)) = store.list(&format!("/pods/{ns}/")) else { return false };
-    pods.iter()
+    let (pods, _) = store.list(&format!("/pods/{ns}/"))?;
+    Ok(pods
+        .iter()
         .filter(|p| p.object["spec"]["nodeName"] == node)
-        .any(|p| references(&p.object["spec"], kind).iter().any(|n| *n == claim))
+        .any(|p| references(&p.object["spec"], kind).iter().any(|n| *n == claim)))
 }
 
 /// The names of the `kind` objects (secrets, configmaps, persistentvolumeclaims) a pod spec
@@ -207,5 +220,59 @@ mod tests {
         };
         assert_eq!(lease("n1"), Decision::Allow);
         assert!(matches!(lease("n2"), Decision::Deny(_)));
+    }
+
+    /// A store that answers every call with Unavailable (etcd without quorum).
+    struct Down;
+    impl Store for Down {
+        fn get(&self, _: &str) -> Result<Option<crate::store::Stored>, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn list(&self, _: &str) -> Result<(Vec<crate::store::Stored>, u64), StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn create(&self, _: &str, _: Value) -> Result<crate::store::Stored, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn update(&self, _: &str, _: Value, _: Option<u64>) -> Result<crate::store::Stored, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn delete(&self, _: &str, _: Option<u64>) -> Result<crate::store::Stored, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn watch(&self, _: &str, _: u64) -> Result<crate::store::Watch, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn watch_node(&self, _: &str, _: u64, _: &str) -> Result<crate::store::Watch, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn compact(&self, _: u64) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+        fn revision(&self) -> Result<u64, StoreError> {
+            Err(StoreError::Unavailable("no quorum".into()))
+        }
+    }
+
+    /// A read that fails decides nothing: an agent told Forbidden for its pod's final delete
+    /// or status while etcd had no quorum took it as final and never got its answer.
+    #[test]
+    fn a_failed_read_is_unavailable_not_a_refusal() {
+        let r = |verb: &str, res: &str, name: &str| {
+            authorize(&Down, "n1", &Attributes::resource(verb, "", res, "default", name))
+        };
+        for (verb, res, name) in [
+            ("delete", "pods", "a"),
+            ("update", "pods/status", "a"),
+            ("get", "secrets", "s1"),
+            ("get", "configmaps", "c1"),
+            ("get", "persistentvolumes", "v1"),
+            ("create", "serviceaccounts/token", "default"),
+        ] {
+            let d = r(verb, res, name);
+            assert!(matches!(&d, Decision::Unavailable(m) if m.contains("no quorum")), "{verb} {res}: {d:?}");
+        }
+        // What needs no read is still decided.
+        assert_eq!(r("get", "pods", "a"), Decision::Allow);
     }
 }
