@@ -197,8 +197,13 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(ms).min(Duration::from_secs(30))
 }
 
-/// Runs a controller forever with `workers` workers.
+/// Runs a controller forever with `workers` workers. The workers and watches are this
+/// future's own: when it is dropped (its task aborted, as when the replica stops leading) they
+/// end with it. (They were detached tasks once, and a replica that lost its lease went on
+/// reconciling with them — every write refused by the fence, retried without end, and every
+/// new term started a set more.)
 pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers: usize, resync: Duration) {
+    let mut own = tokio::task::JoinSet::new();
     let queue = Arc::new(Queue::default());
     let m = crate::metrics::get();
     let name = tug_metrics::labels([("name", controller.name())]);
@@ -210,7 +215,7 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
     for _ in 0..workers.max(1) {
         let (q, s, c) = (queue.clone(), store.clone(), controller.clone());
         let (depth, work, retries) = (depth.clone(), work.clone(), retries.clone());
-        tokio::spawn(async move {
+        own.spawn(async move {
             loop {
                 let key = q.next().await;
                 depth.set(i64::try_from(q.len()).unwrap_or(i64::MAX));
@@ -264,7 +269,8 @@ fn list_into(store: &dyn Store, c: &dyn Controller, queue: &Queue) -> Result<u64
 /// Feeds the queue from the watches until one fails or `resync` passes.
 async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>, rev: u64, resync: Duration) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Arc<Event>>>(1024);
-    let mut tasks = Vec::new();
+    // Aborted when this returns or is dropped.
+    let mut tasks = tokio::task::JoinSet::new();
     let prefixes: Vec<&'static str> = std::iter::once(c.primary()).chain(c.secondary()).collect();
     for prefix in prefixes {
         let mut w = match store.watch(prefix, rev) {
@@ -275,7 +281,7 @@ async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>,
             }
         };
         let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 match w.next_shared().await {
                     Some(Ok(e)) => {
@@ -289,7 +295,7 @@ async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>,
                     }
                 }
             }
-        }));
+        });
     }
     drop(tx);
     let deadline = tokio::time::sleep(resync);
@@ -315,9 +321,7 @@ async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>,
             }
         }
     }
-    for t in tasks {
-        t.abort();
-    }
+    tasks.abort_all();
 }
 
 #[cfg(test)]
@@ -360,5 +364,49 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_millis(5));
         assert_eq!(backoff(3), Duration::from_millis(20));
         assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+
+    /// A controller whose every reconcile fails (as a fenced store's writes do), counting them.
+    struct Failing(Arc<std::sync::atomic::AtomicUsize>);
+    impl Controller for Failing {
+        fn name(&self) -> &'static str {
+            "tug-test-failing"
+        }
+        fn primary(&self) -> &'static str {
+            "/configmaps/"
+        }
+        fn reconcile(&self, _: &dyn Store, _: &str) -> Result<Next, StoreError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(StoreError::Fenced("another replica leads now".into()))
+        }
+    }
+
+    /// Aborting a controller's task (the replica stopped leading) stops its workers: they
+    /// were detached once and went on retrying refused writes for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_controller_reconciles_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 16).unwrap());
+        for n in ["a", "b"] {
+            store
+                .create(&format!("/configmaps/default/{n}"), serde_json::json!({"metadata": {"name": n}}))
+                .unwrap();
+        }
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(run(store, Arc::new(Failing(count.clone())), 2, Duration::from_secs(3600)));
+        let read = || count.load(std::sync::atomic::Ordering::SeqCst);
+        let t = Instant::now();
+        while read() < 6 {
+            assert!(t.elapsed() < Duration::from_secs(10), "the workers never retried");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
+        let _ = task.await;
+        // A reconcile already on a blocking thread may finish; none starts after it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stopped = read();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(read(), stopped, "reconciles went on after the controller was stopped");
     }
 }
