@@ -145,3 +145,28 @@ fn configuration_files_reject_unknown_keys_and_flags_override_them() {
     let out = Command::new(&sched).arg("--config").arg(&f).arg("--print-config").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key \"listen-adress\""));
 }
+
+/// `provision.sh`'s settings are checked before it installs or writes anything: a bad one
+/// ends it with a message naming it.
+#[test]
+fn provision_refuses_bad_settings_by_name_before_touching_the_host() {
+    let script = tug_integration::probe::workspace_root().join("scripts/vm/provision.sh");
+    let run = |args: &[&str]| {
+        let out = Command::new("bash").arg(&script).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let agent = ["agent", "--server", "https://10.0.0.1:6443", "--token", "t"];
+    for (extra, says) in [
+        (["--scheduler-setting", "leader-elect-lease-duration"], "is not KEY=VALUE"),
+        (["--scheduler-setting", "listen=\"x"], "is not KEY=VALUE"),
+        (["--scheduler-setting", "Listen=x"], "is not KEY=VALUE"),
+        (["--etcd-setting", "HEARTBEAT=5"], "is not ETCD_NAME=VALUE"),
+        (["--etcd-setting", "ETCD_HEARTBEAT_INTERVAL=5"], "--etcd-setting is for a server with --ha"),
+        (["--scheduler-setting", "listen=x"], "--scheduler-setting is for a server"),
+    ] {
+        let args: Vec<&str> = agent.iter().chain(extra.iter()).copied().collect();
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

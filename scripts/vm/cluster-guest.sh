@@ -82,9 +82,17 @@ fi
 "$ws/target/debug/tug" image import "$layout" >/dev/null
 check "image-import-$role" $? "tug image import failed"
 
+# Three emulated guests share the host's two cores, each running etcd and the debug build:
+# etcd reads took 0.1–1.5 s and its ReadIndex retried, so a replica missed our 2 s renew
+# deadline and the lease went back and forth. Kubernetes' lease timings (15 s / 10 s / 2 s)
+# and etcd's for a slow network (heartbeat 500 ms, election 5 s) keep one leader here.
 BUILD="$ws/target/debug" bash "$ws/scripts/vm/provision.sh" server --ha "$servers" \
     --pki-secret-file "$rdv/pki-secret" --node-ip "$(ip_of "$role")" --node-name "$me" \
-    --network-backend host-gw &
+    --network-backend host-gw \
+    --scheduler-setting leader-elect-lease-duration=15s \
+    --scheduler-setting leader-elect-renew-deadline=10s \
+    --scheduler-setting leader-elect-retry-period=2s \
+    --etcd-setting ETCD_HEARTBEAT_INTERVAL=500 --etcd-setting ETCD_ELECTION_TIMEOUT=5000 &
 provisioning=$!
 # What the daemons say while it runs (and a console that is not silent).
 while sleep 30 && kill -0 "$provisioning" 2>/dev/null; do

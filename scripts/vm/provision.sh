@@ -9,6 +9,11 @@
 #   provision.sh server --ha IP1,IP2,IP3 --pki-secret-file FILE --node-ip IP [AGENT OPTIONS]
 #   provision.sh agent --server https://HOST:6443 --token TOKEN [AGENT OPTIONS]
 #   AGENT OPTIONS: --node-ip IP, --node-name NAME, --network-backend auto|host-gw|vxlan
+#   --scheduler-setting KEY=VALUE (repeatable): a line KEY = "VALUE" of tug-scheduler's
+#     configuration (/etc/tug/scheduler.toml: any flag of tug-scheduler, without its --), as
+#     kubeadm's extraArgs, e.g. leader-elect-lease-duration=10s for slow or loaded servers
+#   --etcd-setting ETCD_NAME=VALUE (repeatable, --ha): a line of the etcd member's
+#     environment (/etc/tug/etcd.env), e.g. ETCD_ELECTION_TIMEOUT=5000
 #
 # --ha: one of three (or five) servers of a highly available control plane, run on each of
 # them at about the same time. Each runs an etcd member (Debian's etcd-server; members
@@ -27,6 +32,7 @@ cd "$(dirname "$0")/../.."
 role=${1:-}
 shift || true
 node_ip="" listen="" server="" token="" backend="" node_name="" ha="" pki_secret=""
+scheduler_settings=() etcd_settings=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --ha) ha=$2; shift 2 ;;
@@ -37,6 +43,15 @@ while [ $# -gt 0 ]; do
         --token) token=$2; shift 2 ;;
         --network-backend) backend=$2; shift 2 ;;
         --node-name) node_name=$2; shift 2 ;;
+        --scheduler-setting)
+            re='^[a-z][a-z0-9-]*=[^"\\]*$'
+            [[ ${2:-} =~ $re ]] \
+                || { echo "provision.sh: --scheduler-setting ${2:-} is not KEY=VALUE (KEY a tug-scheduler flag without its --, VALUE without quotes or backslashes)" >&2; exit 2; }
+            scheduler_settings+=("$2"); shift 2 ;;
+        --etcd-setting)
+            [[ ${2:-} =~ ^ETCD_[A-Z0-9_]+=[^[:space:]]*$ ]] \
+                || { echo "provision.sh: --etcd-setting ${2:-} is not ETCD_NAME=VALUE (one of etcd's ETCD_ variables, VALUE without spaces)" >&2; exit 2; }
+            etcd_settings+=("$2"); shift 2 ;;
         *) echo "provision.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -52,9 +67,13 @@ case "$role" in
             listen=${listen:-$node_ip:6443}
         fi
         ;;
-    agent) [ -n "$server" ] && [ -n "$token" ] || { echo "provision.sh agent needs --server URL --token TOKEN" >&2; exit 2; } ;;
+    agent)
+        [ -n "$server" ] && [ -n "$token" ] || { echo "provision.sh agent needs --server URL --token TOKEN" >&2; exit 2; }
+        [ ${#scheduler_settings[@]} = 0 ] || { echo "provision.sh: --scheduler-setting is for a server" >&2; exit 2; }
+        ;;
     *) echo "usage: provision.sh server|agent [options]" >&2; exit 2 ;;
 esac
+[ ${#etcd_settings[@]} = 0 ] || [ -n "$ha" ] || { echo "provision.sh: --etcd-setting is for a server with --ha (its etcd member)" >&2; exit 2; }
 
 bash scripts/install.sh
 PREFIX=${PREFIX:-/usr/local}
@@ -89,6 +108,7 @@ ETCD_INITIAL_CLUSTER=$initial
 ETCD_INITIAL_CLUSTER_STATE=new
 ETCD_INITIAL_CLUSTER_TOKEN=tug
 ENV
+        for setting in "${etcd_settings[@]}"; do echo "$setting"; done >> "$conf/etcd.env"
     )
 fi
 
@@ -102,7 +122,11 @@ if [ "$role" = server ]; then
             echo "etcd-endpoints = \"$(each "http://%s:2379")\""
             echo "pki-secret-file = \"$conf/pki-secret\""
         fi
+        for setting in "${scheduler_settings[@]}"; do echo "${setting%%=*} = \"${setting#*=}\""; done
     } > "$conf/scheduler.toml"
+    # A misspelt or invalid --scheduler-setting fails here, by name, not in the daemon's log.
+    "$PREFIX/bin/tug-scheduler" --config "$conf/scheduler.toml" --print-config > /dev/null \
+        || { echo "provision.sh: $conf/scheduler.toml is refused by tug-scheduler (see above)" >&2; exit 2; }
 fi
 {
     cat packaging/config/agent.toml
