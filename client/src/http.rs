@@ -345,6 +345,23 @@ enum Unreached {
     Other(String),
 }
 
+/// TCP keepalive of the connections to a server: probes after 30 s of silence, every 10 s,
+/// 3 unanswered end it.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// A connection that sits idle for long (an agent's parked tunnel, a quiet watch) learns of a
+/// server whose host died or was cut off (no FIN, no RST) within about a minute, and is made
+/// again, instead of waiting on it for good.
+fn keep_alive(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+}
+
 /// A connected (and, over TCP, TLS-established) stream to one server, or why not.
 async fn connect_one(server: &Server) -> Result<Box<dyn Stream>, Unreached> {
     let refused = |e: std::io::Error| Unreached::Refused(e.to_string());
@@ -355,6 +372,7 @@ async fn connect_one(server: &Server) -> Result<Box<dyn Stream>, Unreached> {
         }
         Server::Tls { host, port, config } => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(refused)?;
+            keep_alive(&tcp).map_err(refused)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| Unreached::Other(format!("{host}: {e}")))?;
             let tls = tokio_rustls::TlsConnector::from(config.clone())
@@ -488,4 +506,21 @@ async fn read_json(resp: Response<Incoming>) -> Result<(Value, hyper::HeaderMap)
         return Err(CallError::Server(status));
     }
     Ok((v, parts.headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_to_a_server_probes_a_silent_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        keep_alive(&tcp).unwrap();
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+    }
 }

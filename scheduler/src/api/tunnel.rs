@@ -22,6 +22,9 @@ type Conn = TokioIo<hyper::upgrade::Upgraded>;
 
 /// How long a request waits for the node's agent to offer a connection.
 const WAIT: Duration = Duration::from_secs(10);
+/// How long an agent has to answer a request on its idle connection (it answers once it has
+/// found the container, before any output).
+const REPLY_WAIT: Duration = Duration::from_secs(30);
 /// Idle connections kept per node (an agent keeps two; the rest are from before a restart).
 const MAX_IDLE: usize = 8;
 
@@ -178,9 +181,22 @@ async fn ask_within(st: &AppState, node: &str, req: &TunnelRequest, wait: Durati
         if conn.write_all(&line).await.is_err() || conn.flush().await.is_err() {
             continue;
         }
-        let answer = match read_line(&mut conn).await {
-            Ok(Some(a)) => a,
-            _ => continue,
+        // A connection that ends unanswered was stale (its agent restarted): the next is
+        // tried. One that never answers (its host died without a word, or the agent is stuck)
+        // ends the request: trying another could run an exec twice.
+        let answer = match tokio::time::timeout(REPLY_WAIT, read_line(&mut conn)).await {
+            Ok(Ok(Some(a))) => a,
+            Ok(_) => continue,
+            Err(_) => {
+                return Err(Status::new(
+                    504,
+                    "Timeout",
+                    format!(
+                        "node {node} took the request but did not answer it in {}s",
+                        REPLY_WAIT.as_secs()
+                    ),
+                ));
+            }
         };
         let reply: Reply = serde_json::from_slice(&answer).unwrap_or_default();
         return match reply.error {
