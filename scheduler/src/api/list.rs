@@ -122,7 +122,7 @@ pub async fn serve(
         };
         let after = from.as_ref().map(|c| c.after.as_str());
         let from_copy = copy.and_then(|c| {
-            c.scan_fresh(&prefix, after, filter.node_name(), &mut |k, v| add(k, Some(v), None))
+            c.scan_fresh(&prefix, after, filter.node_name(), &mut |k, v, bytes| add(k, Some(v), Some(bytes)))
         });
         let result = match from_copy {
             Some(revision) => Ok(revision),

@@ -39,7 +39,7 @@ pub async fn serve(
             };
             let copied = st.copy.as_ref().filter(|_| !filter.is_empty()).and_then(|c| {
                 tokio::task::block_in_place(|| {
-                    c.scan_fresh(&prefix, None, filter.node_name(), &mut |_, v| add(v))
+                    c.scan_fresh(&prefix, None, filter.node_name(), &mut |_, v, _| add(v))
                 })
             });
             let rev = match copied {

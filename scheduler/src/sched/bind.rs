@@ -20,7 +20,7 @@
 
 use super::engine::{Engine, Strategy};
 use super::snapshot::{PodInfo, Snapshot};
-use crate::store::cache::list_typed;
+use crate::store::cache::{Typed, list_typed};
 use crate::store::{Store, StoreError, Stored};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -105,6 +105,12 @@ fn mark(pod: &Value) -> (bool, bool) {
     (pod["spec"]["nodeName"].is_string(), matches!(phase, "Succeeded" | "Failed"))
 }
 
+/// [`mark`] of a decoded pod.
+fn mark_pod(pod: &Pod) -> (bool, bool) {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+    (pod.spec.node_name.is_some(), matches!(phase, "Succeeded" | "Failed"))
+}
+
 /// Whether a pod event may change what a round would do: a pod to place (added, or changed
 /// while unbound); and while the last round left pods it could not place (`waiting`), any
 /// pod added or gone, bound or finished since that round saw it — room may have opened.
@@ -146,8 +152,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let (pod_objs, _) = list_typed::<Pod>(store, PODS)?;
     // Borrowed from the copy, not cloned: a round is over every node.
     let nodes: Vec<&Node> = node_objs.iter().map(|n| n.value.as_ref()).collect();
-    let typed: Vec<(Arc<Pod>, &Stored)> =
-        pod_objs.iter().map(|p| (Arc::clone(&p.value), p.stored())).collect();
+    let typed: Vec<(Arc<Pod>, &Typed<Pod>)> = pod_objs.iter().map(|p| (Arc::clone(&p.value), p)).collect();
     let mut snap = Snapshot::from_pods(
         nodes.iter().copied(),
         typed.iter().filter(|(p, _)| p.spec.node_name.is_some()).map(|(p, _)| p.as_ref()),
@@ -158,7 +163,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
         .filter(|(p, _)| p.spec.node_name.is_none() && p.metadata.deletion_timestamp.is_none())
         .map(|(p, s)| {
             let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name);
-            (key, (p.metadata.uid.clone().unwrap_or_default(), s.revision))
+            (key, (p.metadata.uid.clone().unwrap_or_default(), s.revision()))
         })
         .collect();
     let now_s = unix_now();
@@ -191,7 +196,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             p.spec.preemption_policy.clone_from(&c.preemption_policy);
         }
     }
-    let mut pending: Vec<(PodInfo, &Pod, &Stored)> = typed
+    let mut pending: Vec<(PodInfo, &Pod, &Typed<Pod>)> = typed
         .iter()
         .filter(|(p, _)| {
             p.spec.node_name.is_none()
@@ -210,16 +215,16 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     let needs_volumes = pending.iter().any(|(_, p, _)| p.spec.volumes.iter().any(|v| v.claim("").is_some()));
     let volumes = if needs_volumes { load_volumes(store)? } else { super::volumes::Volumes::default() };
     let mut out = Round {
-        seen: pod_objs.iter().map(|p| (p.stored().key.clone(), mark(&p.stored().object))).collect(),
+        seen: pod_objs.iter().map(|p| (p.key().to_string(), mark_pod(&p.value))).collect(),
         ..Round::default()
     };
     // Placed this round: written after the loop, each node's reservation in one write and the
     // bindings in one batch.
-    let mut placed: Vec<(PodInfo, &Stored, String)> = Vec::new();
+    let mut placed: Vec<(PodInfo, &Typed<Pod>, String)> = Vec::new();
     for (mut info, pod, stored) in pending {
         if !pod.spec.scheduling_gates.is_empty() {
             // Held back until its gates are removed.
-            match mark_gated(store, stored) {
+            match mark_gated(store, pod, stored) {
                 Ok(()) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -231,7 +236,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             Err(why) => {
                 out.unschedulable += 1;
                 let message = format!("0/{} nodes are available: {why}.", nodes.len());
-                match mark_unschedulable(store, stored, &message) {
+                match mark_unschedulable(store, pod, stored, &message) {
                     Ok(()) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -245,13 +250,13 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             }
             Err(why) => {
                 out.unschedulable += 1;
-                match mark_unschedulable(store, stored, &why.to_string()) {
+                match mark_unschedulable(store, pod, stored, &why.to_string()) {
                     Ok(()) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
                 let may_preempt = pod.spec.preemption_policy.as_deref() != Some("Never");
                 if let Some(p) = engine.preempt(&info, &snap).filter(|_| may_preempt) {
-                    preempt(store, stored, &p)?;
+                    preempt(store, &stored.stored(), &p)?;
                     out.preempted += p.victims.len();
                 }
             }
@@ -274,28 +279,27 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             Err(e) => return Err(e),
         }
     }
-    let placed: Vec<&(PodInfo, &Stored, String)> =
+    let placed: Vec<&(PodInfo, &Typed<Pod>, String)> =
         placed.iter().filter(|(_, _, n)| !refused.contains(n.as_str())).collect();
     let bindings: Vec<(String, Value, Option<u64>)> = placed
         .iter()
-        .map(|(_, stored, node)| (stored.key.clone(), bound_object(stored, node), Some(stored.revision)))
+        .map(|(_, t, node)| (t.key().to_string(), bound_object(t.stored(), node), Some(t.revision())))
         .collect();
-    for ((_, stored, node), result) in placed.into_iter().zip(store.update_each(bindings)) {
+    for ((_, t, node), result) in placed.into_iter().zip(store.update_each(bindings)) {
         match result {
             Ok(_) => {
                 out.bound += 1;
                 // Its binding's event is this round's own doing.
-                out.seen.insert(stored.key.clone(), (true, false));
-                // Only what the event names: decoding whole metadata would cost the round.
-                let m = &stored.object["metadata"];
-                let text = |v: &Value| v.as_str().map(str::to_string);
+                out.seen.insert(t.key().to_string(), (true, false));
+                // Only what the event names.
+                let m = &t.value.metadata;
                 let pod = tug_api::meta::ObjectMeta {
-                    name: text(&m["name"]).unwrap_or_default(),
-                    namespace: text(&m["namespace"]),
-                    uid: text(&m["uid"]),
+                    name: m.name.clone(),
+                    namespace: m.namespace.clone(),
+                    uid: m.uid.clone(),
                     ..Default::default()
                 };
-                let by = text(&stored.object["spec"]["schedulerName"]).unwrap_or_else(|| NAMES[0].into());
+                let by = t.value.spec.scheduler_name.clone().unwrap_or_else(|| NAMES[0].into());
                 out.scheduled.push(Scheduled { pod, node: node.clone(), by });
             }
             Err(StoreError::Conflict { .. }) => out.conflicts += 1,
@@ -412,21 +416,25 @@ fn set_condition(obj: &mut Value, status: &str, reason: Option<&str>, message: O
 
 /// The pod bound: `spec.nodeName` and `PodScheduled=True` (written only if the pod is still
 /// as it was read).
-fn bound_object(stored: &Stored, node: &str) -> Value {
-    let mut obj = stored.object.clone();
+fn bound_object(stored: Stored, node: &str) -> Value {
+    let mut obj = stored.object;
     obj["spec"]["nodeName"] = node.into();
     set_condition(&mut obj, "True", None, None);
     obj
 }
 
-/// A pod with scheduling gates: `PodScheduled=False`, reason `SchedulingGated` (once).
-fn mark_gated(store: &dyn Store, stored: &Stored) -> Result<(), StoreError> {
-    let gated = stored.object["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated"));
-    if gated {
+/// The pod's `PodScheduled` condition.
+fn scheduled_condition(pod: &Pod) -> Option<&tug_api::meta::Condition> {
+    pod.status.as_ref()?.conditions.iter().find(|c| c.type_ == "PodScheduled")
+}
+
+/// A pod with scheduling gates: `PodScheduled=False`, reason `SchedulingGated` (once). The
+/// object is read only to be written.
+fn mark_gated(store: &dyn Store, pod: &Pod, t: &Typed<Pod>) -> Result<(), StoreError> {
+    if scheduled_condition(pod).is_some_and(|c| c.reason.as_deref() == Some("SchedulingGated")) {
         return Ok(());
     }
+    let stored = t.stored();
     let mut obj = stored.object.clone();
     let message = "Scheduling is blocked due to non-empty scheduling gates";
     set_condition(&mut obj, "False", Some("SchedulingGated"), Some(message));
@@ -436,14 +444,14 @@ fn mark_gated(store: &dyn Store, stored: &Stored) -> Result<(), StoreError> {
     }
 }
 
-fn mark_unschedulable(store: &dyn Store, stored: &Stored, message: &str) -> Result<(), StoreError> {
-    let current = stored.object["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
-        .and_then(|c| c["message"].as_str());
-    if current == Some(message) {
+/// `PodScheduled=False`, reason `Unschedulable`, and a FailedScheduling Event — once per
+/// message: a pod waiting round after round is not read again (its object is read only to be
+/// written).
+fn mark_unschedulable(store: &dyn Store, pod: &Pod, t: &Typed<Pod>, message: &str) -> Result<(), StoreError> {
+    if scheduled_condition(pod).and_then(|c| c.message.as_deref()) == Some(message) {
         return Ok(());
     }
+    let stored = t.stored();
     let mut obj = stored.object.clone();
     set_condition(&mut obj, "False", Some("Unschedulable"), Some(message));
     match store.update(&stored.key, obj, Some(stored.revision)) {
@@ -451,7 +459,7 @@ fn mark_unschedulable(store: &dyn Store, stored: &Stored, message: &str) -> Resu
         Err(StoreError::Conflict { .. }) => return Ok(()),
         Err(e) => return Err(e),
     }
-    event(store, stored, "FailedScheduling", message, "Warning")
+    event(store, &stored, "FailedScheduling", message, "Warning")
 }
 
 /// An Event about a pod, from the scheduler.

@@ -54,11 +54,45 @@ fn whole(prefix: &str) -> bool {
     copied(prefix) && !NOT_COPIED.iter().any(|p| p.starts_with(prefix))
 }
 
-/// One copied object, with its decoded forms.
+/// One copied object: its JSON as stored, with its decoded forms. Not a `Value`: a pod of
+/// 2.5 KB of JSON is 23 KB as one (a map node for every object in it), and 50,000 pods held
+/// that way took 1.1 GB. A read of the object parses it (about what a clone of the `Value`
+/// cost); readers that want it often read it typed, decoded once per change.
 struct Entry {
-    stored: Stored,
+    key: String,
+    revision: u64,
+    json: Box<[u8]>,
+    /// A pod's `spec.nodeName` ("" when not bound; the index by node is kept by it).
+    node: Box<str>,
     /// Decoded values by type (filled on first use; dropped when the object changes).
     typed: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Entry {
+    /// The entry of `object`, serialized here.
+    fn of(key: &str, revision: u64, object: &Value) -> Entry {
+        let json = serde_json::to_vec(object).unwrap_or_default().into_boxed_slice();
+        Entry::new(key, revision, json, object)
+    }
+
+    /// The entry of `object` whose stored JSON is `json`.
+    fn new(key: &str, revision: u64, json: Box<[u8]>, object: &Value) -> Entry {
+        let node = if key.starts_with(super::BY_NODE) {
+            super::field_text(object, "spec.nodeName").into()
+        } else {
+            Box::default()
+        };
+        Entry { key: key.to_string(), revision, json, node, typed: Mutex::new(Vec::new()) }
+    }
+
+    /// The object, parsed (it was serialized from a `Value`, so it parses).
+    fn object(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    fn stored(&self) -> Stored {
+        Stored { key: self.key.clone(), revision: self.revision, object: self.object() }
+    }
 }
 
 #[derive(Default)]
@@ -111,26 +145,25 @@ impl Shared {
     /// Applies the store's event (shared with the store's own watchers: the copy's history
     /// and broadcast hold that one, not a copy).
     fn apply(&self, e: Arc<Event>) {
+        // Serialized before the lock is taken: readers wait for none of it.
+        let entry = (copied(&e.key) && e.type_ != EventType::Deleted)
+            .then(|| Arc::new(Entry::of(&e.key, e.revision, &e.object)));
         let mut c = self.lock();
         if e.revision <= c.applied {
             return;
         }
         if copied(&e.key) {
-            let old = match e.type_ {
-                EventType::Deleted => c.objects.remove(&e.key),
-                _ => {
-                    let stored =
-                        Stored { key: e.key.clone(), revision: e.revision, object: e.object.clone() };
-                    c.objects.insert(e.key.clone(), Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }))
-                }
+            let old = match entry {
+                None => c.objects.remove(&e.key),
+                Some(entry) => c.objects.insert(e.key.clone(), entry),
             };
             if e.key.starts_with(super::BY_NODE) {
                 let c = &mut *c;
                 if let Some(old) = old {
-                    unindex(&mut c.pods_by_node, &old.stored.key, &old.stored.object);
+                    unindex(&mut c.pods_by_node, &old.key, &old.node);
                 }
                 if e.type_ != EventType::Deleted {
-                    index(&mut c.pods_by_node, &e.key, &e.object);
+                    index(&mut c.pods_by_node, &e.key, &super::field_text(&e.object, "spec.nodeName"));
                 }
             }
         }
@@ -224,7 +257,7 @@ impl Cached {
         prefix: &str,
         after: Option<&str>,
         node: Option<&str>,
-        each: &mut dyn FnMut(&str, &Value) -> bool,
+        each: &mut dyn FnMut(&str, &Value, &[u8]) -> bool,
     ) -> Option<u64> {
         if !whole(prefix) {
             return None;
@@ -246,7 +279,7 @@ impl Cached {
         let revision = c.applied;
         drop(c);
         for e in entries {
-            if !each(&e.stored.key, &e.stored.object) {
+            if !each(&e.key, &e.object(), &e.json) {
                 break;
             }
         }
@@ -313,13 +346,22 @@ pub struct Typed<T> {
 }
 
 impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Typed<T> {
-    pub fn stored(&self) -> &Stored {
-        &self.entry.stored
+    pub fn key(&self) -> &str {
+        &self.entry.key
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.entry.revision
+    }
+
+    /// The object as stored, parsed for this call (read it typed where that serves).
+    pub fn stored(&self) -> Stored {
+        self.entry.stored()
     }
 
     fn decode(stored: Stored) -> Option<Typed<T>> {
         let value = Arc::new(tug_api::from_value_ref::<T>(&stored.object).ok()?);
-        Some(Typed { value, entry: Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }) })
+        Some(Typed { value, entry: Arc::new(Entry::of(&stored.key, stored.revision, &stored.object)) })
     }
 }
 
@@ -348,7 +390,7 @@ where
             return Some(t);
         }
     }
-    let t = Arc::new(tug_api::from_value_ref::<T>(&e.stored.object).ok()?);
+    let t = Arc::new(serde_json::from_slice::<T>(&e.json).ok()?);
     typed.push(Arc::clone(&t) as Arc<dyn Any + Send + Sync>);
     Some(t)
 }
@@ -362,24 +404,23 @@ fn range<'a>(
         .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
-fn index(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, pod: &Value) {
-    let node = super::field_text(pod, "spec.nodeName");
-    match by_node.get_mut(node.as_ref()) {
+/// Files the pod `key` under its node (`spec.nodeName`, "" when not bound).
+fn index(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, node: &str) {
+    match by_node.get_mut(node) {
         Some(keys) => {
             keys.insert(key.to_string());
         }
         None => {
-            by_node.insert(node.into_owned(), BTreeSet::from([key.to_string()]));
+            by_node.insert(node.to_string(), BTreeSet::from([key.to_string()]));
         }
     }
 }
 
-fn unindex(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, pod: &Value) {
-    let node = super::field_text(pod, "spec.nodeName");
-    if let Some(keys) = by_node.get_mut(node.as_ref()) {
+fn unindex(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, node: &str) {
+    if let Some(keys) = by_node.get_mut(node) {
         keys.remove(key);
         if keys.is_empty() {
-            by_node.remove(node.as_ref());
+            by_node.remove(node);
         }
     }
 }
@@ -404,16 +445,14 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
             let mut objects = BTreeMap::new();
             let rev = st.scan("", None, &mut |key, bytes| {
                 if copied(key) {
+                    // (Parsed for its revision and node, then let go: the bytes are kept.)
                     if let Ok(object) = serde_json::from_slice::<Value>(bytes) {
                         let revision = object["metadata"]["resourceVersion"]
                             .as_str()
                             .and_then(|r| r.parse().ok())
                             .unwrap_or(0);
-                        let stored = Stored { key: key.to_string(), revision, object };
-                        objects.insert(
-                            key.to_string(),
-                            Arc::new(Entry { stored, typed: Mutex::new(Vec::new()) }),
-                        );
+                        let entry = Entry::new(key, revision, bytes.into(), &object);
+                        objects.insert(key.to_string(), Arc::new(entry));
                     }
                 }
                 true
@@ -426,7 +465,7 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
             Ok((objects, rev)) => {
                 let mut by_node = HashMap::new();
                 for (key, e) in range(&objects, super::BY_NODE) {
-                    index(&mut by_node, key, &e.stored.object);
+                    index(&mut by_node, key, &e.node);
                 }
                 let mut c = s.lock();
                 c.objects = objects;
@@ -543,7 +582,10 @@ impl Store for Cached {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         if copied(key) {
             if let Some(c) = self.shared.caught_up() {
-                return Ok(c.objects.get(key).map(|e| e.stored.clone()));
+                // The entry is taken under the lock, parsed after it.
+                let entry = c.objects.get(key).cloned();
+                drop(c);
+                return Ok(entry.map(|e| e.stored()));
             }
         }
         self.reader.get(key)
@@ -551,7 +593,7 @@ impl Store for Cached {
 
     fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
         match self.entries(prefix) {
-            Some((entries, revision)) => Ok((entries.iter().map(|e| e.stored.clone()).collect(), revision)),
+            Some((entries, revision)) => Ok((entries.iter().map(|e| e.stored()).collect(), revision)),
             None => self.reader.list(prefix),
         }
     }
@@ -706,7 +748,10 @@ mod tests {
             let scan = |node: Option<&str>, after: Option<&str>| {
                 let mut keys = Vec::new();
                 let rev = copy
-                    .scan_fresh("/pods/", after, node, &mut |k, _| {
+                    .scan_fresh("/pods/", after, node, &mut |k, v, json| {
+                        // The object and its stored JSON are the store's.
+                        assert_eq!(serde_json::from_slice::<Value>(json).unwrap(), *v);
+                        assert_eq!(store.get(k).unwrap().unwrap().object, *v);
                         keys.push(k.trim_start_matches("/pods/default/").to_string());
                         true
                     })
@@ -731,7 +776,7 @@ mod tests {
                     store.delete(&format!("/pods/default/{k}"), None).unwrap();
                 }
             }
-            assert!(copy.scan_fresh("/secrets/", None, None, &mut |_, _| true).is_none(), "not copied");
+            assert!(copy.scan_fresh("/secrets/", None, None, &mut |_, _, _| true).is_none(), "not copied");
         })
         .await
         .unwrap();
