@@ -249,10 +249,8 @@ impl Controller for NodeLifecycle {
             let Some(name) = key.strip_prefix(PREFIX).and_then(|k| k.strip_prefix('/')) else {
                 return Ok(Next::Done);
             };
-            let (items, _) = store.list("/pods/")?;
-            for s in items.iter().filter(|s| {
-                s.object["spec"]["nodeName"].as_str() == Some(name) && crate::deletion::terminating(&s.object)
-            }) {
+            let items = crate::store::cache::pods_on_node(store, name)?;
+            for s in items.iter().filter(|s| crate::deletion::terminating(&s.object)) {
                 match store.delete(&s.key, Some(s.revision)) {
                     Ok(_) | Err(StoreError::NotFound(_) | StoreError::Conflict { .. }) => {}
                     Err(e) => return Err(e),
@@ -270,12 +268,8 @@ impl Controller for NodeLifecycle {
         // Pods are read only when they might be evicted.
         let pods: Vec<Pod> =
             if tainted || renewed.is_none_or(|r| r + self.settings.node_monitor_grace.as_secs() < now) {
-                let (items, _) = store.list("/pods/")?;
-                items
-                    .iter()
-                    .filter(|s| s.object["spec"]["nodeName"].as_str() == Some(node.metadata.name.as_str()))
-                    .filter_map(|s| decode(s).ok())
-                    .collect()
+                let items = crate::store::cache::pods_on_node(store, &node.metadata.name)?;
+                items.iter().filter_map(|s| decode(s).ok()).collect()
             } else {
                 Vec::new()
             };

@@ -286,6 +286,21 @@ impl Cached {
         Some(revision)
     }
 
+    /// The pods bound to `node`, from the copy's index by node, once it holds this store's
+    /// writes; None while the copy is not available.
+    fn pods_on(&self, node: &str) -> Option<Vec<Stored>> {
+        let c = self.shared.caught_up()?;
+        let entries: Vec<Arc<Entry>> = c
+            .pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| c.objects.get(k).cloned())
+            .collect();
+        drop(c);
+        Some(entries.iter().map(|e| e.stored()).collect())
+    }
+
     /// The same copy, with writes going to `writer` (a leader's fenced store).
     pub fn writing_to(&self, writer: Arc<dyn Store>) -> Cached {
         Cached { writer, ..self.clone() }
@@ -377,6 +392,16 @@ where
             Ok((items.into_iter().filter_map(Typed::decode).collect(), rev))
         }
     }
+}
+
+/// The pods bound to `node` (`spec.nodeName`): from the copy's index when `store` is one (a
+/// node's few, not every pod of the cluster parsed), else a list of every pod, filtered.
+pub fn pods_on_node(store: &dyn Store, node: &str) -> Result<Vec<Stored>, StoreError> {
+    if let Some(pods) = store.cached().and_then(|c| c.pods_on(node)) {
+        return Ok(pods);
+    }
+    let (items, _) = store.list(super::BY_NODE)?;
+    Ok(items.into_iter().filter(|s| s.object["spec"]["nodeName"].as_str() == Some(node)).collect())
 }
 
 /// The decoded `T` of an entry, decoding it on first use.
@@ -777,6 +802,13 @@ mod tests {
                 assert_eq!(scan(Some(""), None), Vec::<String>::new(), "round {round}");
                 assert_eq!(scan(None, None), [b.as_str(), c.as_str()], "round {round}");
                 assert_eq!(scan(None, Some(&format!("/pods/default/{b}"))), [c.as_str()]);
+                // The controllers' read of a node's pods, from the same index (the copy is at
+                // the store's revision after the scans).
+                let on = |n: &str| -> Vec<String> {
+                    let pods = pods_on_node(&copy, n).unwrap();
+                    pods.iter().map(|s| s.key.trim_start_matches("/pods/default/").to_string()).collect()
+                };
+                assert_eq!((on("n1"), on("n2")), (vec![c.clone()], vec![b.clone()]), "round {round}");
                 for k in [b, c] {
                     store.delete(&format!("/pods/default/{k}"), None).unwrap();
                 }
