@@ -491,7 +491,7 @@ fn probes(ctx: &Arc<Ctx>, pod: &Pod, rec: &mut PodRecord, tx: &mpsc::UnboundedSe
         let Some((spec, _)) = find_container(pod, name) else { continue };
         let socket = ctx.supervisor_socket(&id);
         let bundle = ctx.bundle_dir(&id);
-        let mk = |p: &Option<tug_api::kinds::pod::Probe>| {
+        let mk = |p: &Option<Box<tug_api::kinds::pod::Probe>>| {
             p.as_ref().map(|p| (probe::check(spec, p, ip, &netns, &socket, &bundle), probe::settings(p)))
         };
         let set = probe::Probes {

@@ -517,12 +517,12 @@ mod tests {
     fn capabilities_add_drop_all_privileged() {
         let mut c = container(&["x"], &[]);
         assert_eq!(capabilities(&c).len(), DEFAULT_CAPS.len());
-        c.security_context = Some(SecurityContext {
+        c.security_context = Some(Box::new(SecurityContext {
             capabilities: Some(Capabilities { add: vec!["NET_ADMIN".into()], drop: vec!["ALL".into()] }),
             ..Default::default()
-        });
+        }));
         assert_eq!(capabilities(&c), ["CAP_NET_ADMIN"]);
-        c.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        c.security_context = Some(Box::new(SecurityContext { privileged: Some(true), ..Default::default() }));
         assert!(capabilities(&c).contains(&"CAP_SYS_ADMIN".to_string()));
         // Privileged is what the agent holds: a host whose bounding set lacks
         // CAP_SYS_RESOURCE (bit 24, as these machines') gives every other one.
@@ -565,24 +565,24 @@ mod tests {
             oci_spec(pod, c, &image(None, None), dir.path(), &sandbox, "id", &[], Vec::new(), filter).unwrap()
         };
         assert_eq!(spec(&pod, &c)["linux"]["seccomp"]["from"], "default");
-        pod.spec.security_context = Some(PodSecurityContext {
+        pod.spec.security_context = Some(Box::new(PodSecurityContext {
             seccomp_profile: Some(profile("Unconfined", None)),
             ..Default::default()
-        });
+        }));
         assert!(spec(&pod, &c)["linux"]["seccomp"].is_null(), "the pod's Unconfined");
-        c.security_context = Some(SecurityContext {
+        c.security_context = Some(Box::new(SecurityContext {
             seccomp_profile: Some(profile("Localhost", Some("p/audit.json"))),
             ..Default::default()
-        });
+        }));
         assert_eq!(
             spec(&pod, &c)["linux"]["seccomp"]["from"],
             "p/audit.json",
             "the container's over the pod's"
         );
-        c.security_context = Some(SecurityContext {
+        c.security_context = Some(Box::new(SecurityContext {
             seccomp_profile: Some(profile("RuntimeDefault", None)),
             ..Default::default()
-        });
+        }));
         assert_eq!(spec(&pod, &c)["linux"]["seccomp"]["from"], "default");
         // shareProcessNamespace: the pause's PID namespace is joined, not a new one made.
         let pid_ns = |s: &Value| {
@@ -646,13 +646,14 @@ mod tests {
         assert!(user(&pod, &c, &img, dir.path()).unwrap_err().contains("nobody"));
         img.config.user = None;
         let mut c2 = c.clone();
-        c2.security_context = Some(SecurityContext { run_as_non_root: Some(true), ..Default::default() });
+        c2.security_context =
+            Some(Box::new(SecurityContext { run_as_non_root: Some(true), ..Default::default() }));
         assert!(user(&pod, &c2, &img, dir.path()).unwrap_err().contains("runAsNonRoot"));
-        c2.security_context = Some(SecurityContext {
+        c2.security_context = Some(Box::new(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(100),
             ..Default::default()
-        });
+        }));
         assert_eq!(user(&pod, &c2, &img, dir.path()).unwrap(), (100, 101, vec![]));
     }
 
