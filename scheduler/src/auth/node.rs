@@ -224,33 +224,36 @@ mod tests {
 
     /// A store that answers every call with Unavailable (etcd without quorum).
     struct Down;
+    fn no_quorum<T>() -> Result<T, StoreError> {
+        Err(StoreError::Unavailable("no quorum".into()))
+    }
     impl Store for Down {
         fn get(&self, _: &str) -> Result<Option<crate::store::Stored>, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn list(&self, _: &str) -> Result<(Vec<crate::store::Stored>, u64), StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn create(&self, _: &str, _: Value) -> Result<crate::store::Stored, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn update(&self, _: &str, _: Value, _: Option<u64>) -> Result<crate::store::Stored, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn delete(&self, _: &str, _: Option<u64>) -> Result<crate::store::Stored, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn watch(&self, _: &str, _: u64) -> Result<crate::store::Watch, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn watch_node(&self, _: &str, _: u64, _: &str) -> Result<crate::store::Watch, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn compact(&self, _: u64) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
         fn revision(&self) -> Result<u64, StoreError> {
-            Err(StoreError::Unavailable("no quorum".into()))
+            no_quorum()
         }
     }
 
