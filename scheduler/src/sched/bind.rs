@@ -224,7 +224,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
     for (mut info, pod, stored) in pending {
         if !pod.spec.scheduling_gates.is_empty() {
             // Held back until its gates are removed.
-            match mark_gated(store, pod, stored) {
+            match mark_gated(store, stored) {
                 Ok(()) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -236,7 +236,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             Err(why) => {
                 out.unschedulable += 1;
                 let message = format!("0/{} nodes are available: {why}.", nodes.len());
-                match mark_unschedulable(store, pod, stored, &message) {
+                match mark_unschedulable(store, stored, &message) {
                     Ok(()) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -250,7 +250,7 @@ pub fn round_for(store: &dyn Store, engine: &mut Engine, names: &[&str]) -> Resu
             }
             Err(why) => {
                 out.unschedulable += 1;
-                match mark_unschedulable(store, pod, stored, &why.to_string()) {
+                match mark_unschedulable(store, stored, &why.to_string()) {
                     Ok(()) | Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -430,15 +430,14 @@ fn scheduled_condition(pod: &Pod) -> Option<&tug_api::meta::Condition> {
 
 /// A pod with scheduling gates: `PodScheduled=False`, reason `SchedulingGated` (once). The
 /// object is read only to be written.
-fn mark_gated(store: &dyn Store, pod: &Pod, t: &Typed<Pod>) -> Result<(), StoreError> {
-    if scheduled_condition(pod).is_some_and(|c| c.reason.as_deref() == Some("SchedulingGated")) {
+fn mark_gated(store: &dyn Store, t: &Typed<Pod>) -> Result<(), StoreError> {
+    if scheduled_condition(&t.value).is_some_and(|c| c.reason.as_deref() == Some("SchedulingGated")) {
         return Ok(());
     }
-    let stored = t.stored();
-    let mut obj = stored.object.clone();
+    let mut obj = t.stored().object;
     let message = "Scheduling is blocked due to non-empty scheduling gates";
     set_condition(&mut obj, "False", Some("SchedulingGated"), Some(message));
-    match store.update(&stored.key, obj, Some(stored.revision)) {
+    match store.update(t.key(), obj, Some(t.revision())) {
         Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
     }
@@ -447,19 +446,19 @@ fn mark_gated(store: &dyn Store, pod: &Pod, t: &Typed<Pod>) -> Result<(), StoreE
 /// `PodScheduled=False`, reason `Unschedulable`, and a FailedScheduling Event — once per
 /// message: a pod waiting round after round is not read again (its object is read only to be
 /// written).
-fn mark_unschedulable(store: &dyn Store, pod: &Pod, t: &Typed<Pod>, message: &str) -> Result<(), StoreError> {
-    if scheduled_condition(pod).and_then(|c| c.message.as_deref()) == Some(message) {
+fn mark_unschedulable(store: &dyn Store, t: &Typed<Pod>, message: &str) -> Result<(), StoreError> {
+    if scheduled_condition(&t.value).and_then(|c| c.message.as_deref()) == Some(message) {
         return Ok(());
     }
-    let stored = t.stored();
-    let mut obj = stored.object.clone();
+    let mut obj = t.stored().object;
     set_condition(&mut obj, "False", Some("Unschedulable"), Some(message));
-    match store.update(&stored.key, obj, Some(stored.revision)) {
+    match store.update(t.key(), obj, Some(t.revision())) {
         Ok(_) => {}
         Err(StoreError::Conflict { .. }) => return Ok(()),
         Err(e) => return Err(e),
     }
-    event(store, &stored, "FailedScheduling", message, "Warning")
+    let involved = ("Pod", "v1", &t.value.metadata);
+    crate::controllers::event(store, involved, "Warning", "FailedScheduling", message, "tug-scheduler")
 }
 
 /// An Event about a pod, from the scheduler.

@@ -153,17 +153,17 @@ impl Shared {
             return;
         }
         if copied(&e.key) {
-            let old = match entry {
+            let old = match &entry {
                 None => c.objects.remove(&e.key),
-                Some(entry) => c.objects.insert(e.key.clone(), entry),
+                Some(entry) => c.objects.insert(e.key.clone(), Arc::clone(entry)),
             };
             if e.key.starts_with(super::BY_NODE) {
                 let c = &mut *c;
                 if let Some(old) = old {
                     unindex(&mut c.pods_by_node, &old.key, &old.node);
                 }
-                if e.type_ != EventType::Deleted {
-                    index(&mut c.pods_by_node, &e.key, &super::field_text(&e.object, "spec.nodeName"));
+                if let Some(new) = entry {
+                    index(&mut c.pods_by_node, &new.key, &new.node);
                 }
             }
         }
@@ -266,14 +266,7 @@ impl Cached {
         let past = |k: &String| after.is_none_or(|a| k.as_str() > a);
         // Only the entries are taken under the lock; they are judged after it.
         let entries: Vec<Arc<Entry>> = match node.filter(|_| prefix.starts_with(super::BY_NODE)) {
-            Some(n) => c
-                .pods_by_node
-                .get(n)
-                .into_iter()
-                .flatten()
-                .filter(|k| k.starts_with(prefix) && past(k))
-                .filter_map(|k| c.objects.get(k).cloned())
-                .collect(),
+            Some(n) => on_node(&c, n).filter(|e| e.key.starts_with(prefix) && past(&e.key)).collect(),
             None => range(&c.objects, prefix).filter(|(k, _)| past(k)).map(|(_, e)| Arc::clone(e)).collect(),
         };
         let revision = c.applied;
@@ -290,13 +283,7 @@ impl Cached {
     /// writes; None while the copy is not available.
     fn pods_on(&self, node: &str) -> Option<Vec<Stored>> {
         let c = self.shared.caught_up()?;
-        let entries: Vec<Arc<Entry>> = c
-            .pods_by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| c.objects.get(k).cloned())
-            .collect();
+        let entries: Vec<Arc<Entry>> = on_node(&c, node).collect();
         drop(c);
         Some(entries.iter().map(|e| e.stored()).collect())
     }
@@ -432,6 +419,11 @@ fn range<'a>(
     objects
         .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
         .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+/// The entries of the pods bound to `node` ("": not bound), from the index by node.
+fn on_node<'a>(c: &'a Copy, node: &str) -> impl Iterator<Item = Arc<Entry>> + 'a {
+    c.pods_by_node.get(node).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned())
 }
 
 /// Files the pod `key` under its node (`spec.nodeName`, "" when not bound).
