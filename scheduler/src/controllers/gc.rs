@@ -89,12 +89,7 @@ fn dependents_of_kinds<'a>(
 ) -> Result<Vec<Stored>, StoreError> {
     let mut out = Vec::new();
     for k in kinds {
-        let (items, _) = store.list(&crate::api::path::prefix(k, Some(ns)))?;
-        out.extend(items.into_iter().filter(|s| {
-            s.object["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
-        }));
+        out.extend(crate::store::cache::owned_by(store, &crate::api::path::prefix(k, Some(ns)), uid)?);
     }
     Ok(out)
 }
@@ -225,7 +220,10 @@ impl Controller for Collector {
             };
             alive.push(found.is_some_and(|f| f.object["metadata"]["uid"].as_str() == Some(o.uid.as_str())));
         }
-        let deps = match (&meta.uid, meta.deletion_timestamp.is_some()) {
+        // Dependents matter only to a deletion in foreground or orphaning ones: a pod in its
+        // grace period looked for them among every object of its namespace, once per pod.
+        let waits = meta.finalizers.iter().any(|f| f == FOREGROUND || f == ORPHAN);
+        let deps = match (&meta.uid, meta.deletion_timestamp.is_some() && waits) {
             (Some(uid), true) => dependents(store, ns.as_deref().unwrap_or("default"), uid)?,
             _ => Vec::new(),
         };
@@ -293,6 +291,7 @@ impl Controller for Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use tug_api::meta::OwnerReference;
 
     fn meta(owners: usize, deleting: Option<&str>) -> ObjectMeta {
@@ -327,5 +326,92 @@ mod tests {
         assert_eq!(decide(&meta(0, Some(FOREGROUND)), &[], &[]), Decision::Finalize(FOREGROUND));
         assert_eq!(decide(&meta(0, Some(ORPHAN)), &[], &deps), Decision::Orphan(deps.clone()));
         assert_eq!(decide(&meta(0, Some(ORPHAN)), &[], &[]), Decision::Finalize(ORPHAN));
+    }
+
+    /// A store that counts its lists.
+    struct Lists(crate::store::redb_store::RedbStore, std::sync::atomic::AtomicUsize);
+    impl Store for Lists {
+        fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+            self.0.get(key)
+        }
+        fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.list(prefix)
+        }
+        fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError> {
+            self.0.create(key, object)
+        }
+        fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
+            self.0.update(key, object, expected)
+        }
+        fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
+            self.0.delete(key, expected)
+        }
+        fn watch(&self, prefix: &str, after: u64) -> Result<crate::store::Watch, StoreError> {
+            self.0.watch(prefix, after)
+        }
+        fn watch_node(
+            &self,
+            prefix: &str,
+            after: u64,
+            node: &str,
+        ) -> Result<crate::store::Watch, StoreError> {
+            self.0.watch_node(prefix, after, node)
+        }
+        fn compact(&self, revision: u64) -> Result<(), StoreError> {
+            self.0.compact(revision)
+        }
+        fn revision(&self) -> Result<u64, StoreError> {
+            self.0.revision()
+        }
+    }
+
+    /// A pod in its grace period (deleted without a finalizer) is reconciled without a look
+    /// for its dependents — that read every object of the namespace, once per pod, so a node
+    /// lost with its 10 pods per node across 1,000 nodes read 10,000 pods 10,000 times — while
+    /// an owner deleted in foreground still finds and deletes its own.
+    #[test]
+    fn only_a_deletion_that_waits_for_dependents_looks_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Lists(
+            crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 64).unwrap(),
+            std::sync::atomic::AtomicUsize::new(0),
+        );
+        let lists = || store.1.load(std::sync::atomic::Ordering::Relaxed);
+        let owner =
+            |uid: &str| json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": uid}]);
+        store
+            .create(
+                "/replicasets/default/rs",
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                       "metadata": {"name": "rs", "namespace": "default", "uid": "u-rs",
+                                    "deletionTimestamp": "2026-12-07T00:00:00Z", "finalizers": [FOREGROUND]}}),
+            )
+            .unwrap();
+        for name in ["p1", "p2"] {
+            store
+                .create(
+                    &format!("/pods/default/{name}"),
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}"),
+                                        "ownerReferences": owner("u-rs")},
+                           "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+                )
+                .unwrap();
+        }
+        let mut grace = store.get("/pods/default/p1").unwrap().unwrap().object;
+        grace["metadata"]["deletionTimestamp"] = "2026-12-07T00:00:00Z".into();
+        store.update("/pods/default/p1", grace, None).unwrap();
+        let gc = Collector::default();
+        assert!(matches!(gc.reconcile(&store, "/pods/default/p1"), Ok(Next::Done)));
+        assert_eq!(lists(), 0, "a pod in its grace period looked for dependents");
+        // The owner in foreground: its pods are deleted first.
+        assert!(matches!(gc.reconcile(&store, "/replicasets/default/rs"), Ok(Next::After(_))));
+        assert!(lists() > 0);
+        for name in ["p1", "p2"] {
+            let gone = store.get(&format!("/pods/default/{name}")).unwrap();
+            let marked = gone.is_none_or(|p| !p.object["metadata"]["deletionTimestamp"].is_null());
+            assert!(marked, "{name} was not deleted");
+        }
     }
 }

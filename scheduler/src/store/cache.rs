@@ -64,6 +64,8 @@ struct Entry {
     json: Box<[u8]>,
     /// A pod's `spec.nodeName` ("" when not bound; the index by node is kept by it).
     node: Box<str>,
+    /// The uids of its `metadata.ownerReferences` (the index by owner is kept by them).
+    owners: Box<[Box<str>]>,
     /// Decoded values by type (filled on first use; dropped when the object changes).
     typed: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
@@ -82,7 +84,11 @@ impl Entry {
         } else {
             Box::default()
         };
-        Entry { key: key.to_string(), revision, json, node, typed: Mutex::new(Vec::new()) }
+        let owners = object["metadata"]["ownerReferences"]
+            .as_array()
+            .map(|refs| refs.iter().filter_map(|r| r["uid"].as_str()).map(Box::from).collect())
+            .unwrap_or_default();
+        Entry { key: key.to_string(), revision, json, node, owners, typed: Mutex::new(Vec::new()) }
     }
 
     /// The object, parsed (it was serialized from a `Value`, so it parses).
@@ -109,6 +115,10 @@ struct Copy {
     /// Pods' keys by `spec.nodeName` ("" for pods not bound): a node's list of its own pods
     /// reads its few, not every pod in the cluster.
     pods_by_node: HashMap<String, BTreeSet<String>>,
+    /// Objects' keys by the uids of their owners: the garbage collector's look for an owner's
+    /// dependents reads them, not every object of every kind in the namespace (a pod deleted
+    /// in foreground, or a ReplicaSet, did that).
+    by_owner: HashMap<String, BTreeSet<String>>,
     /// The applied events, live, by resource; replaced when the copy is rebuilt, which ends
     /// every watch fed from it (they may have missed events while the store's watch was down).
     events: Option<super::Hub>,
@@ -157,13 +167,22 @@ impl Shared {
                 None => c.objects.remove(&e.key),
                 Some(entry) => c.objects.insert(e.key.clone(), Arc::clone(entry)),
             };
-            if e.key.starts_with(super::BY_NODE) {
-                let c = &mut *c;
-                if let Some(old) = old {
+            let c = &mut *c;
+            let by_node = e.key.starts_with(super::BY_NODE);
+            if let Some(old) = old {
+                if by_node {
                     unindex(&mut c.pods_by_node, &old.key, &old.node);
                 }
-                if let Some(new) = entry {
+                for uid in &old.owners {
+                    unindex(&mut c.by_owner, &old.key, uid);
+                }
+            }
+            if let Some(new) = entry {
+                if by_node {
                     index(&mut c.pods_by_node, &new.key, &new.node);
+                }
+                for uid in &new.owners {
+                    index(&mut c.by_owner, &new.key, uid);
                 }
             }
         }
@@ -288,6 +307,26 @@ impl Cached {
         Some(entries.iter().map(|e| e.stored()).collect())
     }
 
+    /// The objects under `prefix` that name `uid` among their owners, from the copy's index
+    /// by owner, once it holds this store's writes; None when the prefix is not copied or the
+    /// copy is not available.
+    fn owned(&self, prefix: &str, uid: &str) -> Option<Vec<Stored>> {
+        if !whole(prefix) {
+            return None;
+        }
+        let c = self.shared.caught_up()?;
+        let entries: Vec<Arc<Entry>> = c
+            .by_owner
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter(|k| k.starts_with(prefix))
+            .filter_map(|k| c.objects.get(k).cloned())
+            .collect();
+        drop(c);
+        Some(entries.iter().map(|e| e.stored()).collect())
+    }
+
     /// The same copy, with writes going to `writer` (a leader's fenced store).
     pub fn writing_to(&self, writer: Arc<dyn Store>) -> Cached {
         Cached { writer, ..self.clone() }
@@ -391,6 +430,23 @@ pub fn pods_on_node(store: &dyn Store, node: &str) -> Result<Vec<Stored>, StoreE
     Ok(items.into_iter().filter(|s| s.object["spec"]["nodeName"].as_str() == Some(node)).collect())
 }
 
+/// The objects under `prefix` that name `uid` among their `ownerReferences`: from the copy's
+/// index by owner when `store` is one, else a list of every object under `prefix`, filtered.
+pub fn owned_by(store: &dyn Store, prefix: &str, uid: &str) -> Result<Vec<Stored>, StoreError> {
+    if let Some(found) = store.cached().and_then(|c| c.owned(prefix, uid)) {
+        return Ok(found);
+    }
+    let (items, _) = store.list(prefix)?;
+    Ok(items
+        .into_iter()
+        .filter(|s| {
+            s.object["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
+        })
+        .collect())
+}
+
 /// The decoded `T` of an entry, decoding it on first use.
 fn decoded<T>(e: &Entry) -> Option<Arc<T>>
 where
@@ -426,23 +482,24 @@ fn on_node<'a>(c: &'a Copy, node: &str) -> impl Iterator<Item = Arc<Entry>> + 'a
     c.pods_by_node.get(node).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned())
 }
 
-/// Files the pod `key` under its node (`spec.nodeName`, "" when not bound).
-fn index(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, node: &str) {
-    match by_node.get_mut(node) {
+/// Files `key` under `by` (a pod under its node, "" when not bound; an object under an
+/// owner's uid).
+fn index(map: &mut HashMap<String, BTreeSet<String>>, key: &str, by: &str) {
+    match map.get_mut(by) {
         Some(keys) => {
             keys.insert(key.to_string());
         }
         None => {
-            by_node.insert(node.to_string(), BTreeSet::from([key.to_string()]));
+            map.insert(by.to_string(), BTreeSet::from([key.to_string()]));
         }
     }
 }
 
-fn unindex(by_node: &mut HashMap<String, BTreeSet<String>>, key: &str, node: &str) {
-    if let Some(keys) = by_node.get_mut(node) {
+fn unindex(map: &mut HashMap<String, BTreeSet<String>>, key: &str, by: &str) {
+    if let Some(keys) = map.get_mut(by) {
         keys.remove(key);
         if keys.is_empty() {
-            by_node.remove(node);
+            map.remove(by);
         }
     }
 }
@@ -485,13 +542,19 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
         .unwrap_or_else(|e| Err(StoreError::Backend(format!("listing panicked: {e}"))));
         let rev = match listed {
             Ok((objects, rev)) => {
-                let mut by_node = HashMap::new();
+                let (mut by_node, mut by_owner) = (HashMap::new(), HashMap::new());
                 for (key, e) in range(&objects, super::BY_NODE) {
                     index(&mut by_node, key, &e.node);
+                }
+                for (key, e) in &objects {
+                    for uid in &e.owners {
+                        index(&mut by_owner, key, uid);
+                    }
                 }
                 let mut c = s.lock();
                 c.objects = objects;
                 c.pods_by_node = by_node;
+                c.by_owner = by_owner;
                 c.applied = rev;
                 c.synced = true;
                 // Watchers started before this list may have missed events: they start over.
@@ -806,6 +869,55 @@ mod tests {
                 }
             }
             assert!(copy.scan_fresh("/secrets/", None, None, &mut |_, _, _| true).is_none(), "not copied");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// An owner's dependents come from the copy's index as owners are named, changed and
+    /// deleted, the same as a list of the store finds them (also for kinds not copied).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_owners_dependents_are_found_by_the_index_as_a_list_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(dir.path(), "s.redb");
+        let copy = Cached::start(Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let owned = |kind: &str, name: &str, ns: &str, owners: &[&str]| {
+                let refs: Vec<Value> = owners
+                    .iter()
+                    .map(|u| json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": u}))
+                    .collect();
+                json!({"apiVersion": "v1", "kind": kind,
+                       "metadata": {"name": name, "namespace": ns, "ownerReferences": refs}})
+            };
+            let names = |found: Vec<Stored>| {
+                let mut keys: Vec<String> = found.into_iter().map(|s| s.key).collect();
+                keys.sort();
+                keys
+            };
+            let check = |prefix: &str, uid: &str, want: &[&str]| {
+                let through_copy = names(owned_by(&copy, prefix, uid).unwrap());
+                assert_eq!(through_copy, want, "{prefix} owned by {uid}, through the copy");
+                assert_eq!(names(owned_by(store.as_ref(), prefix, uid).unwrap()), want, "listed");
+            };
+            copy.create("/pods/a/p1", owned("Pod", "p1", "a", &["u1"])).unwrap();
+            copy.create("/pods/a/p2", owned("Pod", "p2", "a", &["u1", "u2"])).unwrap();
+            copy.create("/pods/b/p3", owned("Pod", "p3", "b", &["u1"])).unwrap();
+            copy.create("/configmaps/a/c1", owned("ConfigMap", "c1", "a", &["u1"])).unwrap();
+            check("/pods/a/", "u1", &["/pods/a/p1", "/pods/a/p2"]);
+            check("/pods/", "u1", &["/pods/a/p1", "/pods/a/p2", "/pods/b/p3"]);
+            check("/pods/a/", "u2", &["/pods/a/p2"]);
+            check("/configmaps/a/", "u1", &["/configmaps/a/c1"]);
+            // An owner dropped, another named; then a dependent deleted.
+            copy.update("/pods/a/p2", owned("Pod", "p2", "a", &["u2"]), None).unwrap();
+            copy.update("/pods/a/p1", owned("Pod", "p1", "a", &["u3"]), None).unwrap();
+            check("/pods/a/", "u1", &[]);
+            check("/pods/a/", "u3", &["/pods/a/p1"]);
+            copy.delete("/pods/a/p2", None).unwrap();
+            check("/pods/a/", "u2", &[]);
+            check("/pods/", "u1", &["/pods/b/p3"]);
+            let c = copy.shared.lock();
+            assert_eq!(c.by_owner.len(), 2, "uids without dependents are dropped: {:?}", c.by_owner);
         })
         .await
         .unwrap();
