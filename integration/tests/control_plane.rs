@@ -1360,6 +1360,29 @@ fn drain_evicts_within_disruption_budgets() {
         let (code, body) = cp.raw("PATCH", &path, "application/merge-patch+json", ready);
         assert_eq!(code, 200, "{body}");
     }
+    // A kubelet's status, with Kubernetes' newer fields, is taken and kept; a field of the wrong
+    // type or one Kubernetes does not have is refused by name.
+    let path = "/api/v1/namespaces/default/pods/bare/status";
+    let newer = r#"{"status": {"qosClass": "BestEffort", "resize": "InProgress", "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "busybox:1.36", "imageID": "", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}, "allocatedResourcesStatus": [], "user": {"linux": {"uid": 0, "gid": 0}}}]}}"#;
+    let (code, body) = cp.raw("PATCH", path, "application/merge-patch+json", newer);
+    assert_eq!(code, 200, "{body}");
+    let bare = cp.get_json(&["pod", "bare"]).unwrap();
+    assert_eq!(bare["status"]["resize"], "InProgress");
+    assert_eq!(bare["status"]["containerStatuses"][0]["user"]["linux"]["uid"], 0);
+    for (wrong, field) in [
+        (
+            r#"{"status": {"containerStatuses": [{"name": "c", "restartCount": "three"}]}}"#,
+            "status.containerStatuses[0].restartCount",
+        ),
+        (
+            r#"{"status": {"containerStatuses": [{"name": "c", "state": {"sleeping": {}}}]}}"#,
+            "status.containerStatuses[0].state.sleeping",
+        ),
+    ] {
+        let (code, body) = cp.raw("PATCH", path, "application/merge-patch+json", wrong);
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains(field), "{field}: {body}");
+    }
     apply(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: d}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: d}}\n",
     );

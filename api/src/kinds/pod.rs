@@ -944,7 +944,8 @@ pub struct Toleration {
     pub toleration_seconds: Option<i64>,
 }
 
-/// `status` of a Pod.
+/// `status` of a Pod, with every field of Kubernetes' PodStatus (a write is decoded strictly,
+/// so a field missing here would refuse a kubelet's status).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodStatus {
@@ -962,22 +963,139 @@ pub struct PodStatus {
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
     #[serde(default, rename = "hostIPs", skip_serializing_if = "Vec::is_empty")]
-    pub host_ips: Vec<serde_json::Value>,
+    pub host_ips: Vec<PodIp>,
     #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
-    pub pod_ips: Vec<serde_json::Value>,
+    pub pod_ips: Vec<PodIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_class: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub container_statuses: Vec<serde_json::Value>,
+    pub container_statuses: Vec<ContainerStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub init_container_statuses: Vec<serde_json::Value>,
+    pub init_container_statuses: Vec<ContainerStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral_container_statuses: Vec<ContainerStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_claim_statuses: Option<serde_json::Value>,
+}
+
+/// One of a pod's or a node's addresses (`status.podIPs[]`, `status.hostIPs[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PodIp {
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// A container's status (`status.containerStatuses[]`), as Kubernetes' ContainerStatus. Typed,
+/// not a JSON value: a pod held decoded in the control plane's copy kept its one container's
+/// status as a tree of JSON maps of 2.5 KB.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerStatus {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, rename = "imageID")]
+    pub image_id: String,
+    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    /// What the container runs with (an in-place resize changes it without a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resources: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resources_status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+/// A container's state: one of waiting, running or terminated (none: not known).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<ContainerStateWaiting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<ContainerStateRunning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<Box<ContainerStateTerminated>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerStateWaiting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerStateRunning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerStateTerminated {
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kubelet's container statuses come back out as they went in, also what is not typed.
+    #[test]
+    fn a_container_status_round_trips() {
+        let text = r#"[{"name":"c","state":{"running":{"startedAt":"t0"}},"lastState":{"terminated":{"exitCode":137,"signal":9,"reason":"OOMKilled","startedAt":"t-1","finishedAt":"t0","containerID":"tug://x"}},
+            "ready":true,"restartCount":1,"image":"i","imageID":"sha256:1","containerID":"tug://y","started":true,
+            "resources":{"limits":{"memory":"64Mi"}},"allocatedResources":{"cpu":"100m"}},
+            {"name":"d","state":{"waiting":{"reason":"CrashLoopBackOff","message":"back-off"}},"lastState":{},"ready":false,"restartCount":0,"image":"i","imageID":""}]"#;
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let typed: Vec<ContainerStatus> = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(typed[0].last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 137);
+        assert_eq!(typed[0].resources.as_ref().unwrap()["limits"]["memory"], "64Mi");
+        assert_eq!(serde_json::to_value(&typed).unwrap(), v);
+    }
 
     #[test]
     fn a_shrunk_pod_is_the_same_pod_without_spare_room() {

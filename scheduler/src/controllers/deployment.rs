@@ -552,15 +552,16 @@ pub(crate) fn failing_pod(new: &ReplicaSet, pods: &[Pod]) -> Option<String> {
     let uid = new.metadata.uid.as_deref()?;
     pods.iter().filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).find_map(|p| {
         p.status.as_ref()?.container_statuses.iter().find_map(|c| {
-            let reason = c["state"]["waiting"]["reason"].as_str()?;
-            let restarts = c["restartCount"].as_i64().unwrap_or(0);
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            let restarts = c.restart_count;
             let failing = FAILING.contains(&reason) && (reason != "CrashLoopBackOff" || restarts >= 2);
             failing.then(|| {
                 format!(
                     "pod {} container {} is in {reason}{}",
                     p.metadata.name,
-                    c["name"].as_str().unwrap_or("?"),
-                    c["state"]["waiting"]["message"].as_str().map(|m| format!(" ({m})")).unwrap_or_default()
+                    c.name,
+                    waiting.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
                 )
             })
         })
@@ -1042,9 +1043,12 @@ mod tests {
         d.status = Some(p.status);
         let new = rss.iter().find(|r| r.spec.template.spec.containers[0].image == "broken").unwrap().clone();
         let mut bad = pod("web-bad", Some(&new), 1, true, None);
-        bad.status.as_mut().unwrap().container_statuses.push(serde_json::json!({
-            "name": "web", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}
-        }));
+        bad.status.as_mut().unwrap().container_statuses.push(
+            serde_json::from_value(serde_json::json!({
+                "name": "web", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}
+            }))
+            .unwrap(),
+        );
         let p = plan(&d, &rss, &[bad.clone()], 1010);
         let rb = p.actions.iter().find_map(|a| match a {
             Action::Rollback { template, to, from, why } => Some((template.clone(), *to, *from, why.clone())),

@@ -51,10 +51,11 @@ fn exit_codes(p: &Pod) -> Vec<(String, i64)> {
         .iter()
         .flat_map(|s| s.container_statuses.iter())
         .filter_map(|c| {
-            let code = c["state"]["terminated"]["exitCode"]
-                .as_i64()
-                .or(c["lastState"]["terminated"]["exitCode"].as_i64())?;
-            Some((c["name"].as_str().unwrap_or_default().to_string(), code))
+            let terminated = |s: &Option<tug_api::kinds::pod::ContainerState>| {
+                s.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| i64::from(t.exit_code))
+            };
+            let code = terminated(&c.state).or(terminated(&c.last_state))?;
+            Some((c.name.clone(), code))
         })
         .collect()
 }
@@ -77,7 +78,7 @@ fn finished_at(p: &Pod) -> Option<u64> {
     p.status
         .iter()
         .flat_map(|s| s.container_statuses.iter())
-        .filter_map(|c| c["state"]["terminated"]["finishedAt"].as_str().and_then(parse_time))
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_deref().and_then(parse_time))
         .max()
 }
 
@@ -134,7 +135,7 @@ pub fn plan(job: &Job, pods: &[Pod], now: u64) -> Plan {
         failures += active
             .iter()
             .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter()))
-            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+            .map(|c| i64::from(c.restart_count))
             .sum::<i64>();
     }
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
@@ -415,7 +416,10 @@ mod tests {
         }
         let mut st = tug_api::kinds::pod::PodStatus { phase: Some(phase.into()), ..Default::default() };
         if let Some(code) = exit {
-            st.container_statuses.push(serde_json::json!({"name": "main", "state": {"terminated": {"exitCode": code, "finishedAt": timestamp(900)}}}));
+            st.container_statuses.push(
+                serde_json::from_value(serde_json::json!({"name": "main", "state": {"terminated": {"exitCode": code, "finishedAt": timestamp(900)}}}))
+                    .unwrap(),
+            );
         }
         p.status = Some(st);
         p

@@ -100,11 +100,7 @@ pub fn rank(a: &Pod, b: &Pod) -> Ordering {
         _ => 1,
     };
     let restarts = |p: &Pod| -> i64 {
-        p.status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter())
-            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
-            .sum()
+        p.status.iter().flat_map(|s| s.container_statuses.iter()).map(|c| i64::from(c.restart_count)).sum()
     };
     let created = |p: &Pod| p.metadata.creation_timestamp.as_deref().and_then(super::parse_time).unwrap_or(0);
     assigned(a)

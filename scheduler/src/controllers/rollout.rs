@@ -1680,8 +1680,11 @@ mod tests {
         let canary_rs = sim.rss.iter().find(|x| x.metadata.labels[HASH_LABEL] == v2).unwrap().clone();
         for p in bad.iter_mut().filter(|p| p.metadata.labels[HASH_LABEL] == v2) {
             p.metadata.owner_references = vec![controller_ref("apps/v1", "ReplicaSet", &canary_rs.metadata)];
-            p.status.as_mut().unwrap().container_statuses = vec![serde_json::json!({
-                "name": "web", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}})];
+            p.status.as_mut().unwrap().container_statuses = vec![
+                serde_json::from_value(serde_json::json!({
+                    "name": "web", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}))
+                .unwrap(),
+            ];
         }
         let templates = BTreeMap::new();
         let world = World {
