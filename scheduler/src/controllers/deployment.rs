@@ -708,18 +708,20 @@ impl Controller for Deployments {
         let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
         let d: Deployment = decode(&stored)?;
         let ns = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (rs_items, _) = store.list(&format!("{}{ns}/", replicaset::PREFIX))?;
-        let rss: Vec<ReplicaSet> = rs_items.iter().filter_map(|s| decode(s).ok()).collect();
+        // Decoded once per change in the store's copy (500 Deployments each parsed all 500
+        // ReplicaSets of their namespace at every resync).
+        let (rs_items, _) =
+            crate::store::cache::list_typed::<ReplicaSet>(store, &format!("{}{ns}/", replicaset::PREFIX))?;
+        let rss: Vec<ReplicaSet> = rs_items.iter().map(|r| (*r.value).clone()).collect();
         // The plan looks only at the pods of the ReplicaSets it owns.
         let uid = d.metadata.uid.as_deref().unwrap_or_default();
-        let mine: std::collections::HashSet<&str> = rss
+        let mine: Vec<&str> = rss
             .iter()
             .filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
             .filter_map(|r| r.metadata.uid.as_deref())
+            .filter(|u| !u.is_empty())
             .collect();
-        let pods = super::pods_where(store, &ns, |p| {
-            controller_of(&p.metadata).is_some_and(|o| mine.contains(o.uid.as_str()))
-        })?;
+        let pods = super::pods_of(store, &ns, &mine, |_| true)?;
         let p = plan(&d, &rss, &pods, super::unix_now());
         apply(store, &d, &stored, &p)?;
         Ok(p.next)

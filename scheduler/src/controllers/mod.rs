@@ -258,11 +258,17 @@ pub fn workload_pods(
     ))
 }
 
-/// The pods in `ns` that `keep` accepts, from the store's copy: each pod is decoded once per
-/// change there, and only the accepted ones are cloned (a namespace of 50,000 pods is not
-/// decoded again for each ReplicaSet of 100).
-pub fn pods_where(store: &dyn Store, ns: &str, keep: impl Fn(&Pod) -> bool) -> Result<Vec<Pod>, StoreError> {
-    let (items, _) = crate::store::cache::list_typed::<Pod>(store, &format!("/pods/{ns}/"))?;
+/// The pods in `ns` controlled by one of `controllers` ("" for pods no one controls) that
+/// `keep` accepts, from the store's copy: read by the copy's index by controller and decoded
+/// once per change there, and only the accepted ones are cloned (a namespace of 50,000 pods
+/// is not gone through for each ReplicaSet of 100).
+pub fn pods_of(
+    store: &dyn Store,
+    ns: &str,
+    controllers: &[&str],
+    keep: impl Fn(&Pod) -> bool,
+) -> Result<Vec<Pod>, StoreError> {
+    let items = crate::store::cache::pods_controlled_by(store, ns, controllers)?;
     Ok(items.iter().filter(|p| keep(&p.value)).map(|p| (*p.value).clone()).collect())
 }
 

@@ -155,7 +155,8 @@ impl Controller for ReplicaSets {
         let rs: ReplicaSet = decode(&stored)?;
         let ns = rs.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = rs.metadata.uid.clone().unwrap_or_default();
-        let pods = super::pods_where(store, &ns, |p| super::claimable_by(p, &uid))?;
+        // Its own pods, and those no one controls (it may adopt them).
+        let pods = super::pods_of(store, &ns, &[uid.as_str(), ""], |p| super::claimable_by(p, &uid))?;
         let p = plan(&rs, &pods, super::unix_now());
         let involved = ("ReplicaSet", "apps/v1", &rs.metadata);
         for name in &p.adopt {
