@@ -712,9 +712,15 @@ impl Controller for Deployments {
         // ReplicaSets of their namespace at every resync).
         let (rs_items, _) =
             crate::store::cache::list_typed::<ReplicaSet>(store, &format!("{}{ns}/", replicaset::PREFIX))?;
-        let rss: Vec<ReplicaSet> = rs_items.iter().map(|r| (*r.value).clone()).collect();
-        // The plan looks only at the pods of the ReplicaSets it owns.
+        // Only its own and the orphans it may adopt are cloned for the plan (the others are
+        // none of its business, and 500 cloned per reconcile were most of its time).
         let uid = d.metadata.uid.as_deref().unwrap_or_default();
+        let rss: Vec<ReplicaSet> = rs_items
+            .iter()
+            .filter(|r| controller_of(&r.value.metadata).is_none_or(|o| o.uid == uid))
+            .map(|r| (*r.value).clone())
+            .collect();
+        // The plan looks only at the pods of the ReplicaSets it owns.
         let mine: Vec<&str> = rss
             .iter()
             .filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid))

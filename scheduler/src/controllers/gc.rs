@@ -98,6 +98,40 @@ fn meta_of(v: &Value) -> Option<ObjectMeta> {
     tug_api::from_value_ref(&v["metadata"]).ok()
 }
 
+/// An object's metadata alone (the rest of it skipped, not parsed).
+#[derive(serde::Deserialize)]
+struct MetadataOnly {
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+/// An object's uid alone (read of an owner, whatever else its metadata holds).
+#[derive(serde::Deserialize)]
+struct UidOnly {
+    #[serde(default)]
+    metadata: UidMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct UidMeta {
+    #[serde(default)]
+    uid: String,
+}
+
+/// The uid of the object at `key` (None: there is none), read without parsing the rest.
+fn uid_of(store: &dyn Store, key: &str) -> Result<Option<String>, StoreError> {
+    let read = crate::store::cache::read_as::<UidOnly>(store, key)?;
+    Ok(read.map(|(_, u)| u.map(|u| u.metadata.uid).unwrap_or_default()))
+}
+
+/// The revision and metadata of the object at `key`, read from the store's copy without
+/// parsing the rest; None when there is no such object or its metadata does not decode (no
+/// object is stored so; nothing could be decided for one).
+fn metadata(store: &dyn Store, key: &str) -> Result<Option<(u64, ObjectMeta)>, StoreError> {
+    let read = crate::store::cache::read_as::<MetadataOnly>(store, key)?;
+    Ok(read.and_then(|(r, m)| Some((r, m.ok()?.metadata))))
+}
+
 /// Marks an object deleted in foreground, or with `finalizer`; an object already marked is
 /// left as it is.
 pub fn mark(obj: &mut Value, finalizer: &str, now: &str) {
@@ -197,13 +231,9 @@ impl Controller for Collector {
     }
 
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
-        let Some(s) = store.get(key)? else { return Ok(Next::Done) };
-        if s.object["metadata"]["ownerReferences"].is_null()
-            && s.object["metadata"]["deletionTimestamp"].is_null()
-        {
-            return Ok(Next::Done);
-        }
-        let Some(meta) = meta_of(&s.object) else { return Ok(Next::Done) };
+        // Only the metadata is read (of the object and of its owners), not the whole object
+        // parsed: most objects looked at are pods, whose owners are there.
+        let Some((revision, meta)) = metadata(store, key)? else { return Ok(Next::Done) };
         if meta.owner_references.is_empty() && meta.deletion_timestamp.is_none() {
             return Ok(Next::Done);
         }
@@ -211,14 +241,14 @@ impl Controller for Collector {
         let mut alive = Vec::new();
         for o in &meta.owner_references {
             let found = match tug_api::object::lookup_exact(&o.kind, &o.api_version) {
-                Some(info) => store.get(&store_key(info, ns.as_deref(), &o.name))?,
+                Some(info) => uid_of(store, &store_key(info, ns.as_deref(), &o.name))?,
                 // A kind this server does not serve cannot be checked: assume it lives.
                 None => {
                     alive.push(true);
                     continue;
                 }
             };
-            alive.push(found.is_some_and(|f| f.object["metadata"]["uid"].as_str() == Some(o.uid.as_str())));
+            alive.push(found.is_some_and(|uid| uid == o.uid));
         }
         // Dependents matter only to a deletion in foreground or orphaning ones: a pod in its
         // grace period looked for them among every object of its namespace, once per pod.
@@ -270,6 +300,15 @@ impl Controller for Collector {
                 Ok(Next::After(Duration::from_millis(10)))
             }
             Decision::Finalize(f) => {
+                let Some(s) = store.get(key)? else { return Ok(Next::Done) };
+                if s.revision != revision {
+                    // Changed since its metadata was read: decided again.
+                    return Err(StoreError::Conflict {
+                        key: key.to_string(),
+                        expected: revision,
+                        current: s.revision,
+                    });
+                }
                 let mut obj = s.object.clone();
                 let mut left = meta.finalizers.clone();
                 left.retain(|x| x != f);

@@ -60,6 +60,12 @@ pub trait Controller: Send + Sync + 'static {
     fn keys_for(&self, _store: &dyn Store, _event: &Event) -> Vec<String> {
         Vec::new()
     }
+    /// The primary keys a list queues (at the start, at every resync, after a watch is cut
+    /// off) and the revision to watch from: every key under [`Controller::primary`], unless
+    /// the controller looks at few of them (as [`Controller::keys_for`] picks from events).
+    fn list(&self, store: &dyn Store) -> Result<(Vec<String>, u64), StoreError> {
+        store.keys(self.primary())
+    }
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError>;
     /// How often every primary object is queued again, given the `--resync-period`.
     fn resync(&self, period: Duration) -> Duration {
@@ -256,15 +262,18 @@ pub async fn run(store: Arc<dyn Store>, controller: Arc<dyn Controller>, workers
     }
 }
 
-/// Queues every primary key: a scan of keys, no object decoded (the garbage collector's
-/// primary is the whole store).
+/// Queues the primary keys the controller lists (by default a scan of keys, no object
+/// decoded: the garbage collector's primary is the whole store).
 fn list_into(store: &dyn Store, c: &dyn Controller, queue: &Queue) -> Result<u64, StoreError> {
-    let (keys, revision) = store.keys(c.primary())?;
+    let (keys, revision) = c.list(store)?;
     for k in keys {
         queue.add(&k);
     }
     Ok(revision)
 }
+
+/// The most events mapped to keys in one blocking task.
+const BATCH: usize = 256;
 
 /// Feeds the queue from the watches until one fails or `resync` passes.
 async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>, rev: u64, resync: Duration) {
@@ -305,16 +314,41 @@ async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>,
             _ = &mut deadline => break,
             e = rx.recv() => match e {
                 Some(Some(e)) => {
-                    if e.key.starts_with(c.primary()) && !c.expands_primary() {
-                        queue.add(&e.key);
-                    } else {
+                    // The events already waiting go with it: a burst of them is mapped to
+                    // keys in one blocking task, not one task (and thread wake-up) each.
+                    let mut batch = vec![e];
+                    let mut cut = false;
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(Some(e)) => batch.push(e),
+                            Ok(None) => {
+                                cut = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let mut expand = Vec::new();
+                    for e in batch {
+                        if e.key.starts_with(c.primary()) && !c.expands_primary() {
+                            queue.add(&e.key);
+                        } else {
+                            expand.push(e);
+                        }
+                    }
+                    if !expand.is_empty() {
                         let (s, c2) = (store.clone(), c.clone());
-                        let keys = tokio::task::spawn_blocking(move || c2.keys_for(s.as_ref(), &e))
-                            .await
-                            .unwrap_or_default();
+                        let keys = tokio::task::spawn_blocking(move || {
+                            expand.iter().flat_map(|e| c2.keys_for(s.as_ref(), e)).collect::<Vec<_>>()
+                        })
+                        .await
+                        .unwrap_or_default();
                         for k in keys {
                             queue.add(&k);
                         }
+                    }
+                    if cut {
+                        break;
                     }
                 }
                 _ => break,

@@ -367,7 +367,22 @@ impl Cached {
             .filter_map(|k| c.objects.get(k).cloned())
             .collect();
         drop(c);
-        Some(entries.into_iter().filter_map(|entry| Some(Typed { value: decoded(&entry)?, entry })).collect())
+        Some(
+            entries
+                .into_iter()
+                .filter_map(|entry| Some(Typed { value: decoded(&entry).ok()?, entry }))
+                .collect(),
+        )
+    }
+
+    /// The copy's entry at `key` (None inside: there is no such object), once the copy holds
+    /// this store's writes; None when the key is not copied or the copy is not available.
+    fn entry(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        if !copied(key) {
+            return None;
+        }
+        let c = self.shared.caught_up()?;
+        Some(c.objects.get(key).cloned())
     }
 
     /// The same copy, with writes going to `writer` (a leader's fenced store).
@@ -395,7 +410,7 @@ impl Cached {
         };
         let out = entries
             .into_iter()
-            .filter_map(|entry| Some(Typed { value: decoded::<T>(&entry)?, entry }))
+            .filter_map(|entry| Some(Typed { value: decoded::<T>(&entry).ok()?, entry }))
             .collect();
         Ok((out, revision))
     }
@@ -511,25 +526,58 @@ pub fn pods_controlled_by(
         .collect())
 }
 
+/// The object at `key` decoded as `T`: from the copy when `store` is one (decoded once per
+/// change and shared by every reader), else read and decoded here. An object that does not
+/// decode as `T` is an error naming its key.
+pub fn get_typed<T>(store: &dyn Store, key: &str) -> Result<Option<Typed<T>>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let undecodable = |e: String| StoreError::Backend(format!("{key}: {e}"));
+    if let Some(found) = store.cached().and_then(|c| c.entry(key)) {
+        let Some(entry) = found else { return Ok(None) };
+        let value = decoded::<T>(&entry).map_err(undecodable)?;
+        return Ok(Some(Typed { value, entry }));
+    }
+    let Some(stored) = store.get(key)? else { return Ok(None) };
+    let value =
+        Arc::new(tug_api::from_value_ref::<T>(&stored.object).map_err(|e| undecodable(e.to_string()))?);
+    Ok(Some(Typed { value, entry: Arc::new(Entry::of(&stored.key, stored.revision, &stored.object)) }))
+}
+
+/// The object at `key` read as `T` and its revision, not kept: for a view of part of an
+/// object (its metadata, say), decoded from the copy's JSON with the rest skipped, where a
+/// read of the object would parse all of it. The store's answer is the outer result; whether
+/// the object decodes as `T`, the inner one.
+pub fn read_as<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<(u64, serde_json::Result<T>)>, StoreError> {
+    if let Some(found) = store.cached().and_then(|c| c.entry(key)) {
+        return Ok(found.map(|entry| (entry.revision, serde_json::from_slice(&entry.json))));
+    }
+    Ok(store.get(key)?.map(|s| (s.revision, tug_api::from_value_ref(&s.object))))
+}
+
 /// The decoded `T` of an entry, decoding it on first use.
-fn decoded<T>(e: &Entry) -> Option<Arc<T>>
+fn decoded<T>(e: &Entry) -> Result<Arc<T>, String>
 where
     T: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let mut typed = e.typed.lock().unwrap_or_else(|p| p.into_inner());
     for t in typed.iter() {
         if let Ok(t) = Arc::clone(t).downcast::<T>() {
-            return Some(t);
+            return Ok(t);
         }
     }
-    let mut t = serde_json::from_slice::<T>(&e.json).ok()?;
+    let mut t = serde_json::from_slice::<T>(&e.json).map_err(|e| e.to_string())?;
     // Pods are most of what is kept decoded: kept without their lists' spare room.
     if let Some(pod) = (&mut t as &mut dyn Any).downcast_mut::<tug_api::kinds::pod::Pod>() {
         pod.shrink_to_fit();
     }
     let t = Arc::new(t);
     typed.push(Arc::clone(&t) as Arc<dyn Any + Send + Sync>);
-    Some(t)
+    Ok(t)
 }
 
 fn range<'a>(
@@ -732,15 +780,11 @@ fn stalled(probes: &VecDeque<(std::time::Instant, u64)>, heard: std::time::Insta
 
 impl Store for Cached {
     fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        if copied(key) {
-            if let Some(c) = self.shared.caught_up() {
-                // The entry is taken under the lock, parsed after it.
-                let entry = c.objects.get(key).cloned();
-                drop(c);
-                return Ok(entry.map(|e| e.stored()));
-            }
+        match self.entry(key) {
+            // The entry is taken under the lock, parsed after it.
+            Some(entry) => Ok(entry.map(|e| e.stored())),
+            None => self.reader.get(key),
         }
-        self.reader.get(key)
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Stored>, u64), StoreError> {
@@ -855,6 +899,7 @@ mod tests {
     use super::*;
     use crate::store::redb_store::RedbStore;
     use serde_json::json;
+    use tug_api::kinds::pod::Pod;
 
     fn redb(dir: &std::path::Path, name: &str) -> Arc<dyn Store> {
         Arc::new(RedbStore::open(&dir.join(name), 64).unwrap())
@@ -985,6 +1030,65 @@ mod tests {
             check("/pods/", "u1", &["/pods/b/p3"]);
             let c = copy.shared.lock();
             assert_eq!(c.by_owner.len(), 2, "uids without dependents are dropped: {:?}", c.by_owner);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// An object read typed from the copy is decoded once per change and shared with a typed
+    /// list; one that does not decode is an error naming it; a partial view reads the part
+    /// alone, from the copy and from a key not copied alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_is_read_typed_once_per_change_and_in_part() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Named {
+            metadata: Meta,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Meta {
+            name: String,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = redb(dir.path(), "s.redb");
+        let copy = Cached::start(Arc::clone(&store));
+        tokio::task::spawn_blocking(move || {
+            let pod = |name: &str| {
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "a"},
+                       "spec": {"containers": [{"name": "c", "image": "i"}]}})
+            };
+            copy.create("/pods/a/p1", pod("p1")).unwrap();
+            let one = get_typed::<Pod>(&copy, "/pods/a/p1").unwrap().unwrap();
+            let again = get_typed::<Pod>(&copy, "/pods/a/p1").unwrap().unwrap();
+            assert!(Arc::ptr_eq(&one.value, &again.value), "decoded again without a change");
+            let (listed, _) = list_typed::<Pod>(&copy, "/pods/a/").unwrap();
+            assert!(Arc::ptr_eq(&one.value, &listed[0].value), "the list decoded it again");
+            let mut changed = pod("p1");
+            changed["metadata"]["labels"] = json!({"x": "y"});
+            copy.update("/pods/a/p1", changed, None).unwrap();
+            let after = get_typed::<Pod>(&copy, "/pods/a/p1").unwrap().unwrap();
+            assert_eq!(after.value.metadata.labels.get("x").map(String::as_str), Some("y"));
+            assert!(after.revision() > one.revision());
+            assert!(get_typed::<Pod>(&copy, "/pods/a/none").unwrap().is_none());
+            // Read as a kind it is not: refused, naming the object.
+            copy.create("/nodes/n1", json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                                            "spec": {"containers": "none"}}))
+                .unwrap();
+            let err = get_typed::<Pod>(&copy, "/nodes/n1").map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("/nodes/n1"), "{err}");
+            // In part: from the copy, and from a key it does not hold (a ConfigMap).
+            copy.create("/configmaps/a/c1", json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                                   "metadata": {"name": "c1", "namespace": "a"}, "data": {"k": "v"}}))
+                .unwrap();
+            for (key, name) in [("/pods/a/p1", "p1"), ("/configmaps/a/c1", "c1")] {
+                for store in [&copy as &dyn Store, store.as_ref()] {
+                    let (rev, named) = read_as::<Named>(store, key).unwrap().unwrap();
+                    assert_eq!(named.unwrap().metadata.name, name);
+                    assert_eq!(rev, store.get(key).unwrap().unwrap().revision);
+                }
+            }
+            let (_, bad) = read_as::<Pod>(&copy, "/nodes/n1").unwrap().unwrap();
+            assert!(bad.is_err(), "a Node read as a Pod");
+            assert!(read_as::<Named>(&copy, "/pods/a/none").unwrap().is_none());
         })
         .await
         .unwrap();
