@@ -244,7 +244,9 @@ impl Controller for NodeLifecycle {
     }
 
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
-        let Some(stored) = store.get(key)? else {
+        // Read decoded from the store's copy (the scheduler reads nodes so too: one decode
+        // per heartbeat, not a parse here as well).
+        let Some(typed) = crate::store::cache::get_typed::<Node>(store, key)? else {
             // The node is gone: no agent will confirm the end of the pods being deleted there.
             let Some(name) = key.strip_prefix(PREFIX).and_then(|k| k.strip_prefix('/')) else {
                 return Ok(Next::Done);
@@ -258,11 +260,10 @@ impl Controller for NodeLifecycle {
             }
             return Ok(Next::Done);
         };
-        let node: Node = decode(&stored)?;
-        let lease = store.get(&format!("{LEASES}{}", node.metadata.name))?;
-        let renewed = lease
-            .and_then(|l| decode::<Lease>(&l).ok())
-            .and_then(|l| l.spec.renew_time.as_deref().and_then(parse_time));
+        let node = &*typed.value;
+        let lease = crate::store::cache::read_as::<Lease>(store, &format!("{LEASES}{}", node.metadata.name))?;
+        let renewed =
+            lease.and_then(|(_, l)| l.ok()).and_then(|l| l.spec.renew_time.as_deref().and_then(parse_time));
         let tainted = node.spec.taints.iter().any(|t| t.effect == "NoExecute");
         let now = super::unix_now();
         // Pods are read only when they might be evicted.
@@ -273,10 +274,11 @@ impl Controller for NodeLifecycle {
             } else {
                 Vec::new()
             };
-        let p = plan(&node, renewed, &pods, now, &self.settings);
+        let p = plan(node, renewed, &pods, now, &self.settings);
         let involved = ("Node", "v1", &node.metadata);
         if p.taints.is_some() || p.mark_unknown {
-            let mut obj = stored.object.clone();
+            let stored = typed.stored();
+            let mut obj = stored.object;
             if let Some(t) = &p.taints {
                 obj["spec"]["taints"] = serde_json::to_value(t).unwrap_or_default();
             }
