@@ -403,8 +403,10 @@ impl Controller for DaemonSets {
         let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
         let ds: DaemonSet = decode(&stored)?;
         let ns = ds.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (pod_items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = pod_items.iter().filter_map(|s| decode(s).ok()).collect();
+        // Its own pods and the orphans it may adopt (all the plan claims from), from the store
+        // copy's index by controller, not every pod of the namespace.
+        let uid = ds.metadata.uid.as_deref().unwrap_or_default();
+        let pods = super::pods_of(store, &ns, &[uid, ""], |_| true)?;
         let (node_items, _) = store.list(NODES)?;
         let nodes: Vec<Node> = node_items.iter().filter_map(|s| decode(s).ok()).collect();
         let hash = template_hash(&ds);

@@ -11,7 +11,7 @@
 //! (and, through the garbage collector, its pods).
 
 use super::runtime::{Controller, Next};
-use super::{condition, controller_of, controller_ref, decode, parse_time, set_condition, timestamp};
+use super::{condition, controller_ref, decode, parse_time, set_condition, timestamp};
 use crate::store::{Event, Store, StoreError};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -340,12 +340,10 @@ impl Controller for Jobs {
         }
         let ns = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = job.metadata.uid.clone().unwrap_or_default();
-        let (items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = items
-            .iter()
-            .filter_map(|s| decode::<Pod>(s).ok())
-            .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-            .collect();
+        // Its own pods, from the store copy's index by controller (not every pod of the
+        // namespace decoded at each reconcile).
+        let owners: &[&str] = if uid.is_empty() { &[] } else { &[uid.as_str()] };
+        let pods = super::pods_of(store, &ns, owners, |_| true)?;
         let p = plan(&job, &pods, super::unix_now());
         let involved = ("Job", "batch/v1", &job.metadata);
         for index in &p.create {

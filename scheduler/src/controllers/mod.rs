@@ -268,7 +268,11 @@ pub fn pods_of(
     controllers: &[&str],
     keep: impl Fn(&Pod) -> bool,
 ) -> Result<Vec<Pod>, StoreError> {
-    let items = crate::store::cache::pods_controlled_by(store, ns, controllers)?;
+    // Each once (an owner without a uid is "", as the orphans are).
+    let mut controllers = controllers.to_vec();
+    controllers.sort_unstable();
+    controllers.dedup();
+    let items = crate::store::cache::pods_controlled_by(store, ns, &controllers)?;
     Ok(items.iter().filter(|p| keep(&p.value)).map(|p| (*p.value).clone()).collect())
 }
 

@@ -482,8 +482,10 @@ impl Controller for StatefulSets {
         let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
         let set: StatefulSet = decode(&stored)?;
         let ns = set.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (pod_items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = pod_items.iter().filter_map(|s| decode(s).ok()).collect();
+        // Its own pods and the orphans it may adopt (all the plan claims from), from the store
+        // copy's index by controller, not every pod of the namespace.
+        let uid = set.metadata.uid.as_deref().unwrap_or_default();
+        let pods = super::pods_of(store, &ns, &[uid, ""], |_| true)?;
         let (claim_items, _) = store.list(&format!("{CLAIMS}{ns}/"))?;
         let claims: Vec<PersistentVolumeClaim> = claim_items.iter().filter_map(|s| decode(s).ok()).collect();
         let hash = super::deployment::template_hash(&set.spec.template);
