@@ -309,49 +309,37 @@ async fn watch(store: Arc<dyn Store>, c: Arc<dyn Controller>, queue: Arc<Queue>,
     drop(tx);
     let deadline = tokio::time::sleep(resync);
     tokio::pin!(deadline);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             _ = &mut deadline => break,
-            e = rx.recv() => match e {
-                Some(Some(e)) => {
-                    // The events already waiting go with it: a burst of them is mapped to
-                    // keys in one blocking task, not one task (and thread wake-up) each.
-                    let mut batch = vec![e];
-                    let mut cut = false;
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(Some(e)) => batch.push(e),
-                            Ok(None) => {
-                                cut = true;
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let mut expand = Vec::new();
-                    for e in batch {
-                        if e.key.starts_with(c.primary()) && !c.expands_primary() {
-                            queue.add(&e.key);
-                        } else {
-                            expand.push(e);
-                        }
-                    }
-                    if !expand.is_empty() {
-                        let (s, c2) = (store.clone(), c.clone());
-                        let keys = tokio::task::spawn_blocking(move || {
-                            expand.iter().flat_map(|e| c2.keys_for(s.as_ref(), e)).collect::<Vec<_>>()
-                        })
-                        .await
-                        .unwrap_or_default();
-                        for k in keys {
-                            queue.add(&k);
-                        }
-                    }
-                    if cut {
-                        break;
+            // The events already waiting come together: a burst of them is mapped to keys in
+            // one blocking task, not one task (and thread wake-up) each.
+            n = rx.recv_many(&mut batch, BATCH) => {
+                // None: a watch was cut off (what came before it is still queued).
+                let cut = n == 0 || batch.iter().any(Option::is_none);
+                let mut expand = Vec::new();
+                for e in batch.drain(..).map_while(|e| e) {
+                    if e.key.starts_with(c.primary()) && !c.expands_primary() {
+                        queue.add(&e.key);
+                    } else {
+                        expand.push(e);
                     }
                 }
-                _ => break,
+                if !expand.is_empty() {
+                    let (s, c2) = (store.clone(), c.clone());
+                    let keys = tokio::task::spawn_blocking(move || {
+                        expand.iter().flat_map(|e| c2.keys_for(s.as_ref(), e)).collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for k in keys {
+                        queue.add(&k);
+                    }
+                }
+                if cut {
+                    break;
+                }
             }
         }
     }

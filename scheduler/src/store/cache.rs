@@ -129,6 +129,17 @@ struct Copy {
     /// The revision the store was last compacted at through the copy: no watch starts before
     /// it, even from recent events the copy applied after the compaction.
     compacted: u64,
+    /// The objects' keys by what readers look them up by.
+    ix: Indexes,
+    /// The applied events, live, by resource; replaced when the copy is rebuilt, which ends
+    /// every watch fed from it (they may have missed events while the store's watch was down).
+    events: Option<super::Hub>,
+}
+
+/// Keys of the copy's objects by what readers look them up by, kept by [`Indexes::add`] and
+/// [`Indexes::remove`] from what each [`Entry`] read when it was made.
+#[derive(Default)]
+struct Indexes {
     /// Pods' keys by `spec.nodeName` ("" for pods not bound): a node's list of its own pods
     /// reads its few, not every pod in the cluster.
     pods_by_node: HashMap<String, BTreeSet<String>>,
@@ -140,9 +151,28 @@ struct Copy {
     /// reconcile reads its own pods and the orphans it may adopt, not every pod of its
     /// namespace (500 ReplicaSets of 100 pods each went through 50,000 pods per reconcile).
     pods_by_controller: HashMap<String, BTreeSet<String>>,
-    /// The applied events, live, by resource; replaced when the copy is rebuilt, which ends
-    /// every watch fed from it (they may have missed events while the store's watch was down).
-    events: Option<super::Hub>,
+}
+
+impl Indexes {
+    fn add(&mut self, e: &Entry) {
+        if e.key.starts_with(super::BY_NODE) {
+            index(&mut self.pods_by_node, &e.key, &e.node);
+            index(&mut self.pods_by_controller, &e.key, &e.controller);
+        }
+        for uid in &e.owners {
+            index(&mut self.by_owner, &e.key, uid);
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if e.key.starts_with(super::BY_NODE) {
+            unindex(&mut self.pods_by_node, &e.key, &e.node);
+            unindex(&mut self.pods_by_controller, &e.key, &e.controller);
+        }
+        for uid in &e.owners {
+            unindex(&mut self.by_owner, &e.key, uid);
+        }
+    }
 }
 
 struct Shared {
@@ -188,25 +218,11 @@ impl Shared {
                 None => c.objects.remove(&e.key),
                 Some(entry) => c.objects.insert(e.key.clone(), Arc::clone(entry)),
             };
-            let c = &mut *c;
-            let by_node = e.key.starts_with(super::BY_NODE);
             if let Some(old) = old {
-                if by_node {
-                    unindex(&mut c.pods_by_node, &old.key, &old.node);
-                    unindex(&mut c.pods_by_controller, &old.key, &old.controller);
-                }
-                for uid in &old.owners {
-                    unindex(&mut c.by_owner, &old.key, uid);
-                }
+                c.ix.remove(&old);
             }
             if let Some(new) = entry {
-                if by_node {
-                    index(&mut c.pods_by_node, &new.key, &new.node);
-                    index(&mut c.pods_by_controller, &new.key, &new.controller);
-                }
-                for uid in &new.owners {
-                    index(&mut c.by_owner, &new.key, uid);
-                }
+                c.ix.add(&new);
             }
         }
         c.applied = e.revision;
@@ -338,14 +354,14 @@ impl Cached {
             return None;
         }
         let c = self.shared.caught_up()?;
-        let entries: Vec<Arc<Entry>> = c
-            .by_owner
-            .get(uid)
-            .into_iter()
-            .flatten()
-            .filter(|k| k.starts_with(prefix))
-            .filter_map(|k| c.objects.get(k).cloned())
-            .collect();
+        let entries: Vec<Arc<Entry>> =
+            c.ix.by_owner
+                .get(uid)
+                .into_iter()
+                .flatten()
+                .filter(|k| k.starts_with(prefix))
+                .filter_map(|k| c.objects.get(k).cloned())
+                .collect();
         drop(c);
         Some(entries.iter().map(|e| e.stored()).collect())
     }
@@ -362,7 +378,7 @@ impl Cached {
         let c = self.shared.caught_up()?;
         let entries: Vec<Arc<Entry>> = controllers
             .iter()
-            .flat_map(|uid| c.pods_by_controller.get(*uid).into_iter().flatten())
+            .flat_map(|uid| c.ix.pods_by_controller.get(*uid).into_iter().flatten())
             .filter(|k| k.starts_with(&prefix))
             .filter_map(|k| c.objects.get(k).cloned())
             .collect();
@@ -406,7 +422,7 @@ impl Cached {
     {
         let Some((entries, revision)) = self.entries(prefix) else {
             let (items, rev) = self.reader.list(prefix)?;
-            return Ok((items.into_iter().filter_map(Typed::decode).collect(), rev));
+            return Ok((items.into_iter().filter_map(|s| Typed::decode(s).ok()).collect(), rev));
         };
         let out = entries
             .into_iter()
@@ -458,9 +474,9 @@ impl<T: serde::de::DeserializeOwned + Send + Sync + 'static> Typed<T> {
         self.entry.stored()
     }
 
-    fn decode(stored: Stored) -> Option<Typed<T>> {
-        let value = Arc::new(tug_api::from_value_ref::<T>(&stored.object).ok()?);
-        Some(Typed { value, entry: Arc::new(Entry::of(&stored.key, stored.revision, &stored.object)) })
+    fn decode(stored: Stored) -> serde_json::Result<Typed<T>> {
+        let value = Arc::new(tug_api::from_value_ref::<T>(&stored.object)?);
+        Ok(Typed { value, entry: Arc::new(Entry::of(&stored.key, stored.revision, &stored.object)) })
     }
 }
 
@@ -473,7 +489,7 @@ where
         Some(c) => c.typed(prefix),
         None => {
             let (items, rev) = store.list(prefix)?;
-            Ok((items.into_iter().filter_map(Typed::decode).collect(), rev))
+            Ok((items.into_iter().filter_map(|s| Typed::decode(s).ok()).collect(), rev))
         }
     }
 }
@@ -540,9 +556,7 @@ where
         return Ok(Some(Typed { value, entry }));
     }
     let Some(stored) = store.get(key)? else { return Ok(None) };
-    let value =
-        Arc::new(tug_api::from_value_ref::<T>(&stored.object).map_err(|e| undecodable(e.to_string()))?);
-    Ok(Some(Typed { value, entry: Arc::new(Entry::of(&stored.key, stored.revision, &stored.object)) }))
+    Typed::decode(stored).map(Some).map_err(|e| undecodable(e.to_string()))
 }
 
 /// The object at `key` read as `T` and its revision, not kept: for a view of part of an
@@ -591,7 +605,7 @@ fn range<'a>(
 
 /// The entries of the pods bound to `node` ("": not bound), from the index by node.
 fn on_node<'a>(c: &'a Copy, node: &str) -> impl Iterator<Item = Arc<Entry>> + 'a {
-    c.pods_by_node.get(node).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned())
+    c.ix.pods_by_node.get(node).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned())
 }
 
 /// Files `key` under `by` (a pod under its node, "" when not bound; an object under an
@@ -654,22 +668,13 @@ async fn feed(store: Arc<dyn Store>, shared: std::sync::Weak<Shared>) {
         .unwrap_or_else(|e| Err(StoreError::Backend(format!("listing panicked: {e}"))));
         let rev = match listed {
             Ok((objects, rev)) => {
-                let (mut by_node, mut by_owner, mut by_controller) =
-                    (HashMap::new(), HashMap::new(), HashMap::new());
-                for (key, e) in range(&objects, super::BY_NODE) {
-                    index(&mut by_node, key, &e.node);
-                    index(&mut by_controller, key, &e.controller);
-                }
-                for (key, e) in &objects {
-                    for uid in &e.owners {
-                        index(&mut by_owner, key, uid);
-                    }
+                let mut ix = Indexes::default();
+                for e in objects.values() {
+                    ix.add(e);
                 }
                 let mut c = s.lock();
                 c.objects = objects;
-                c.pods_by_node = by_node;
-                c.by_owner = by_owner;
-                c.pods_by_controller = by_controller;
+                c.ix = ix;
                 c.applied = rev;
                 c.synced = true;
                 // Watchers started before this list may have missed events: they start over.
@@ -1029,7 +1034,7 @@ mod tests {
             check("/pods/a/", "u2", &[]);
             check("/pods/", "u1", &["/pods/b/p3"]);
             let c = copy.shared.lock();
-            assert_eq!(c.by_owner.len(), 2, "uids without dependents are dropped: {:?}", c.by_owner);
+            assert_eq!(c.ix.by_owner.len(), 2, "uids without dependents are dropped: {:?}", c.ix.by_owner);
         })
         .await
         .unwrap();
