@@ -43,6 +43,11 @@ pub fn latency() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Buckets for a count (items per batch) from 1 to 2,048, doubling.
+pub fn sizes() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12))
+}
+
 /// A new histogram family with [`latency`] buckets, registered.
 pub fn histograms(name: &str, help: &str) -> Histograms {
     let f = Histograms::new_with_constructor(latency);

@@ -9,6 +9,7 @@
 //! | `apiserver_longrunning_requests` | verb, group, resource | open watches and upgraded connections |
 //! | `tug_store_request_duration_seconds` | operation | store calls (etcd or the embedded store) |
 //! | `tug_store_fsync_duration_seconds` | | the embedded store's durable commits |
+//! | `tug_store_commit_writes` | | writes per durable commit of the embedded store |
 //! | `scheduler_schedule_attempts_total` | result | scheduled, unschedulable, error |
 //! | `scheduler_scheduling_attempt_duration_seconds` | result | one pod's attempt |
 //! | `workqueue_depth`, `workqueue_retries_total` | name | each controller's queue |
@@ -25,6 +26,7 @@ pub struct Metrics {
     pub longrunning: Gauges,
     pub store: Histograms,
     pub fsync: Histogram,
+    pub commit_writes: Histogram,
     pub schedule_attempts: Counters,
     pub attempt_duration: Histograms,
     pub queue_depth: Gauges,
@@ -42,6 +44,12 @@ pub fn get() -> &'static Metrics {
             "tug_store_fsync_duration_seconds",
             "How long the embedded store's durable commits (write and fsync) took.",
             fsync.clone(),
+        );
+        let commit_writes = tug_metrics::sizes();
+        tug_metrics::register(
+            "tug_store_commit_writes",
+            "How many writes the embedded store's durable commits carried (writers arriving together share one).",
+            commit_writes.clone(),
         );
         Metrics {
             requests: tug_metrics::counters(
@@ -61,6 +69,7 @@ pub fn get() -> &'static Metrics {
                 "Store calls' latency by operation (get, list, create, update, delete, watch).",
             ),
             fsync,
+            commit_writes,
             schedule_attempts: tug_metrics::counters(
                 "scheduler_schedule_attempts",
                 "Scheduling attempts by result (scheduled, unschedulable, error).",

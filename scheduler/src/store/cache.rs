@@ -295,7 +295,7 @@ impl Cached {
         let history: super::History = Arc::new(move |prefix, after| {
             let s = shared.upgrade().ok_or_else(|| StoreError::Unavailable("the copy is closed".into()))?;
             let c = s.lock();
-            recent_after(&c, prefix, after)
+            recent_after(&c, prefix, after).map(super::Page::from)
         });
         Ok(Watch::new(prefix, after, backlog, live).with_history(history).with_fallback(fallback))
     }

@@ -4,19 +4,21 @@
 //! Tables: `objects` (key → JSON), `events` (revision → event JSON, for watches from a past
 //! revision), `meta` (`revision`, `compacted`).
 //!
-//! Group commit: a write commits its transaction without syncing (redb's `Durability::None`,
-//! which a later durable commit persists), then waits until a durable commit covers it. The
-//! first writer to need one makes it — one fsync for every write committed so far — and
-//! broadcasts their events in revision order; the others find themselves covered. Writers
-//! arriving together (a `tug apply` of many objects, a scheduling round, a node's status
-//! updates) share one fsync instead of queueing for one each. Nothing is acknowledged or
-//! broadcast before it is durable.
+//! Group write: a writer queues its changes and waits. Whichever waiting writer finds no
+//! write in progress leads: it takes every change queued so far — its own and those that
+//! arrived while the last batch was being written — and makes them one transaction, committed
+//! durably (one fsync), then hands each writer its results and broadcasts the events in
+//! revision order. Writers arriving together (a `tug apply` of many objects, a scheduling
+//! round, thousands of nodes' heartbeats and pods' status updates) share one transaction
+//! instead of queueing for one each. Nothing is acknowledged or broadcast before it is durable.
 
 use super::{Event, EventType, Store, StoreError, Stored, Watch, stamp};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -29,21 +31,58 @@ pub struct RedbStore {
     db: Arc<RwLock<Option<Arc<Database>>>>,
     path: std::path::PathBuf,
     cache: usize,
-    /// Serialises write transactions.
+    /// Held by the write transaction in progress (a batch's or a compaction's).
     writer: Mutex<()>,
-    /// Held by the writer making a durable commit.
-    syncer: Mutex<()>,
-    /// Committed writes not yet known durable.
-    pending: Arc<Mutex<Pending>>,
+    /// Durable commits made (each carries a batch).
+    commits: AtomicU64,
+    /// Writes waiting for a batch, and the leader's results for them.
+    group: Group,
+    /// The last revision known durable: history is read up to it.
+    durable: Arc<AtomicU64>,
     live: super::Hub,
 }
 
+/// The writes waiting to be made one transaction.
 #[derive(Default)]
-struct Pending {
-    /// The last revision known durable.
-    durable: u64,
-    /// Events committed after it, in revision order, not yet broadcast.
-    events: Vec<Arc<Event>>,
+struct Group {
+    state: Mutex<Queue>,
+    /// Notified when a batch is done (its writers' results are in, and no one leads).
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Each waiting write's number and changes, in arrival order.
+    waiting: Vec<(u64, Vec<(String, Change)>)>,
+    /// Whether a writer is making a batch now.
+    leading: bool,
+    next: u64,
+    /// Results of batches made, by write number, until their writer takes them.
+    finished: HashMap<u64, Outcome>,
+}
+
+/// A write's results: one per change, or the store's own error for all of them.
+type Outcome = Result<Vec<Result<Stored, StoreError>>, StoreError>;
+
+/// The leader's claim on a batch: if it unwinds before handing out results (a change that
+/// panics), its writers get an error and another writer may lead, instead of waiting forever.
+struct Lead<'a> {
+    group: &'a Group,
+    writes: Vec<u64>,
+    done: bool,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut q = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.leading = false;
+        if !self.done {
+            for w in self.writes.drain(..) {
+                q.finished.insert(w, Err(StoreError::Backend("a write in the same batch failed".into())));
+            }
+        }
+        self.group.done.notify_all();
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -62,9 +101,10 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
 }
 
 /// The events under `prefix` after `after`, up to what is durable (later ones come live once
-/// their commit is synced: a write a disk error loses is never seen by a watch); Compacted when
-/// the history no longer reaches back to `after`. With `node`, pods' events are only that
-/// node's (as [`super::Hub::subscribe_node`] hands them out live).
+/// their commit is synced: a write a disk error loses is never seen by a watch), a page of
+/// them at most ([`super::HISTORY_PAGE`]); Compacted when the history no longer reaches back
+/// to `after`. With `node`, pods' events are only that node's (as
+/// [`super::Hub::subscribe_node`] hands them out live).
 ///
 /// Each event is first read for its key (and a pod's node) alone, skipping the object; only
 /// the events wanted are decoded whole. A watch of one node's pods from a minute ago passes
@@ -72,12 +112,12 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
 /// whole took most of a core for every node whose watch was cut.
 fn history(
     db: &Database,
-    pending: &Mutex<Pending>,
+    durable: &AtomicU64,
     prefix: &str,
     after: u64,
     node: Option<&str>,
-) -> Result<Vec<Arc<Event>>, StoreError> {
-    let durable = pending.lock().unwrap_or_else(|e| e.into_inner()).durable;
+) -> Result<super::Page, StoreError> {
+    let durable = durable.load(Ordering::Acquire);
     let tx = db.begin_read().map_err(storage)?;
     let meta = tx.open_table(META).map_err(backend)?;
     let compacted = meta.get("compacted").map_err(backend)?.map(|g| g.value()).unwrap_or(0);
@@ -86,9 +126,14 @@ fn history(
     }
     let node = node.filter(|_| super::resource_of(prefix) == Some(super::BY_NODE));
     let events = tx.open_table(EVENTS).map_err(backend)?;
-    let mut backlog = Vec::new();
+    let mut page = super::Page { events: Vec::new(), more: None };
     for item in events.range(after + 1..=durable.max(after)).map_err(backend)? {
-        let (_, v) = item.map_err(backend)?;
+        let (revision, v) = item.map_err(backend)?;
+        if page.events.len() == super::HISTORY_PAGE {
+            // (Read up to the event before this one.)
+            page.more = Some(revision.value() - 1);
+            break;
+        }
         if !wanted(v.value(), prefix, node) {
             continue;
         }
@@ -97,10 +142,10 @@ fn history(
         if e.key.starts_with(prefix)
             && node.is_none_or(|n| super::field_text(&e.object, "spec.nodeName") == n)
         {
-            backlog.push(Arc::new(e));
+            page.events.push(Arc::new(e));
         }
     }
-    Ok(backlog)
+    Ok(page)
 }
 
 /// Whether a stored event may be under `prefix` (and `node`'s), read without decoding its
@@ -160,11 +205,12 @@ impl RedbStore {
             path: path.to_path_buf(),
             cache,
             writer: Mutex::new(()),
-            syncer: Mutex::new(()),
-            pending: Arc::new(Mutex::new(Pending::default())),
+            commits: AtomicU64::new(0),
+            group: Group::default(),
+            durable: Arc::new(AtomicU64::new(0)),
             live,
         };
-        store.pending.lock().unwrap_or_else(|e| e.into_inner()).durable = store.meta("revision")?;
+        store.durable.store(store.meta("revision")?, Ordering::Release);
         Ok(store)
     }
 
@@ -186,9 +232,7 @@ impl RedbStore {
             let meta = tx.open_table(META).map_err(storage)?;
             meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0)
         };
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.durable = durable;
-        p.events.clear();
+        self.durable.store(durable, Ordering::Release);
         tracing::warn!("tug-scheduler: store reopened after a disk error, at revision {durable}");
         *slot = Some(db.clone());
         Ok(db)
@@ -202,48 +246,86 @@ impl RedbStore {
             if slot.take().is_some() {
                 tracing::warn!("tug-scheduler: {e}");
             }
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.clear();
         }
         e
     }
 
-    /// One write transaction: `f` gets the current object (if any) and the next revision, and
-    /// returns the event to record (or an error, which aborts). Returns once it is durable.
+    /// One change: `f` gets the current object (if any) and the next revision, and returns
+    /// the event to record (or an error, which leaves the key as it is). Returns once it is
+    /// durable.
     fn write(
         &self,
         key: &str,
-        f: impl FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError>,
+        f: impl FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + Send + 'static,
     ) -> Result<Stored, StoreError> {
         let mut results = self.write_all(vec![(key.to_string(), Box::new(f))])?;
         results.pop().unwrap_or_else(|| Err(StoreError::Backend("a write without a result".into())))
     }
 
-    /// Several changes in one write transaction, each as [`RedbStore::write`] makes one: a
-    /// change whose `f` refuses is left out and its error returned in its place; the others
-    /// commit together and are durable (one fsync) when this returns. An error of the store
-    /// itself aborts them all.
-    fn write_all(
-        &self,
-        changes: Vec<(String, Change<'_>)>,
-    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
-        self.write_all_once(changes).map_err(|e| self.failed(e))
+    /// Several changes, each as [`RedbStore::write`] makes one: a change whose `f` refuses is
+    /// left out and its error returned in its place; the others are committed in one
+    /// transaction (with whatever other writers queued meanwhile) and are durable when this
+    /// returns. An error of the store itself fails them all.
+    fn write_all(&self, changes: Vec<(String, Change)>) -> Outcome {
+        let group = &self.group;
+        let mut q = group.state.lock().unwrap_or_else(|e| e.into_inner());
+        let me = q.next;
+        q.next += 1;
+        q.waiting.push((me, changes));
+        loop {
+            if let Some(outcome) = q.finished.remove(&me) {
+                return outcome;
+            }
+            if !q.leading {
+                q.leading = true;
+                let batch = std::mem::take(&mut q.waiting);
+                drop(q);
+                let mut lead = Lead { group, writes: batch.iter().map(|(w, _)| *w).collect(), done: false };
+                let outcomes = self.commit(batch);
+                let mut q2 = group.state.lock().unwrap_or_else(|e| e.into_inner());
+                q2.finished.extend(outcomes);
+                lead.done = true;
+                drop(q2);
+                // (Dropping the lead lets the next writer lead and wakes the waiting ones.)
+                drop(lead);
+                q = group.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            q = group.done.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
-    fn write_all_once(
+    /// Makes a batch of writes one durable transaction and broadcasts its events; each write's
+    /// outcome by its number.
+    fn commit(&self, batch: Vec<(u64, Vec<(String, Change)>)>) -> Vec<(u64, Outcome)> {
+        let writes: Vec<u64> = batch.iter().map(|(w, _)| *w).collect();
+        match self.commit_once(batch) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let e = self.failed(e);
+                writes.into_iter().map(|w| (w, Err(e.clone()))).collect()
+            }
+        }
+    }
+
+    fn commit_once(
         &self,
-        changes: Vec<(String, Change<'_>)>,
-    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        batch: Vec<(u64, Vec<(String, Change)>)>,
+    ) -> Result<Vec<(u64, Outcome)>, StoreError> {
         let db = self.db()?;
-        let mut results: Vec<Result<Arc<Event>, StoreError>> = Vec::with_capacity(changes.len());
-        let last = {
-            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut tx = db.begin_write().map_err(storage)?;
-            tx.set_durability(Durability::None).map_err(storage)?;
-            {
-                let mut objects = tx.open_table(OBJECTS).map_err(storage)?;
-                let mut events = tx.open_table(EVENTS).map_err(storage)?;
-                let mut meta = tx.open_table(META).map_err(storage)?;
-                let mut revision = meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0);
+        // Each write's number and its changes' events (or refusals).
+        type Made = Vec<Result<Arc<Event>, StoreError>>;
+        let mut outcomes: Vec<(u64, Made)> = Vec::with_capacity(batch.len());
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = db.begin_write().map_err(storage)?;
+        let mut made = 0;
+        {
+            let mut objects = tx.open_table(OBJECTS).map_err(storage)?;
+            let mut events = tx.open_table(EVENTS).map_err(storage)?;
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let mut revision = meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0);
+            for (write, changes) in batch {
+                let mut results = Vec::with_capacity(changes.len());
                 for (key, f) in changes {
                     let current = match objects.get(key.as_str()).map_err(storage)? {
                         Some(bytes) => match decode(&key, bytes.value()) {
@@ -255,10 +337,17 @@ impl RedbStore {
                         },
                         None => None,
                     };
-                    let (type_, mut object) = match f(current, revision + 1) {
-                        Ok(change) => change,
-                        Err(e) => {
+                    // (Another writer's change: one that panics fails alone, not its leader.)
+                    let change =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(current, revision + 1)));
+                    let (type_, mut object) = match change {
+                        Ok(Ok(change)) => change,
+                        Ok(Err(e)) => {
                             results.push(Err(e));
+                            continue;
+                        }
+                        Err(_) => {
+                            results.push(Err(StoreError::Backend(format!("{key}: the change panicked"))));
                             continue;
                         }
                     };
@@ -274,67 +363,33 @@ impl RedbStore {
                     let ebytes = serde_json::to_vec(&event).map_err(backend)?;
                     events.insert(revision, ebytes.as_slice()).map_err(storage)?;
                     results.push(Ok(Arc::new(event)));
+                    made += 1;
                 }
-                if results.iter().any(Result::is_ok) {
-                    meta.insert("revision", revision).map_err(storage)?;
-                }
+                outcomes.push((write, results));
             }
-            let made: Vec<Arc<Event>> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-            match made.last().map(|e| e.revision) {
-                // Nothing to write: the transaction is dropped, which aborts it.
-                None => None,
-                Some(last) => {
-                    tx.commit().map_err(storage)?;
-                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).events.extend(made);
-                    Some(last)
-                }
+            if made > 0 {
+                meta.insert("revision", revision).map_err(storage)?;
             }
-        };
+        }
+        let last =
+            outcomes.iter().flat_map(|(_, r)| r).filter_map(|r| r.as_ref().ok()).map(|e| e.revision).max();
         if let Some(last) = last {
-            self.durable(last)?;
-        }
-        Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect())
-    }
-
-    /// Returns once `revision` is durable: makes a durable commit covering every write so far
-    /// unless another writer's already covers it, then broadcasts what it covered, in order.
-    fn durable(&self, revision: u64) -> Result<(), StoreError> {
-        let _sync = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
-        let db = self.db()?;
-        if self.pending.lock().unwrap_or_else(|e| e.into_inner()).durable >= revision {
-            return Ok(());
-        }
-        let covered = {
-            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = db.begin_write().map_err(storage)?;
-            let covered = {
-                let mut meta = tx.open_table(META).map_err(storage)?;
-                let r = meta.get("revision").map_err(storage)?.map(|g| g.value()).unwrap_or(0);
-                // A real change, so that the commit is one (it carries the earlier ones).
-                meta.insert("durable", r).map_err(storage)?;
-                r
-            };
+            let metrics = crate::metrics::get();
             let synced = std::time::Instant::now();
             tx.commit().map_err(storage)?;
-            crate::metrics::get().fsync.observe(synced.elapsed().as_secs_f64());
-            covered
-        };
-        if covered < revision {
-            // Reopened meanwhile: this write was not durable and is gone.
-            return Err(StoreError::Unavailable(format!(
-                "a disk error lost the write at revision {revision} before it was durable"
-            )));
+            metrics.fsync.observe(synced.elapsed().as_secs_f64());
+            metrics.commit_writes.observe(made as f64);
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.durable.store(last, Ordering::Release);
+            for e in outcomes.iter().flat_map(|(_, r)| r).filter_map(|r| r.as_ref().ok()) {
+                self.live.send(Arc::clone(e));
+            }
         }
-        let events: Vec<Arc<Event>> = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.durable = covered;
-            let n = p.events.iter().take_while(|e| e.revision <= covered).count();
-            p.events.drain(..n).collect()
-        };
-        for e in events {
-            self.live.send(e);
-        }
-        Ok(())
+        // (Nothing to write: the transaction is dropped, which aborts it.)
+        Ok(outcomes
+            .into_iter()
+            .map(|(w, results)| (w, Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect())))
+            .collect())
     }
 
     fn meta(&self, name: &str) -> Result<u64, StoreError> {
@@ -352,16 +407,16 @@ impl RedbStore {
             None => self.live.subscribe(prefix),
         };
         let db = self.db()?;
-        let backlog = history(&db, &self.pending, prefix, after, node).map_err(|e| self.failed(e))?;
+        let backlog = history(&db, &self.durable, prefix, after, node).map_err(|e| self.failed(e))?;
         // A watcher that falls behind the broadcast reads what it missed the same way, from the
         // database open then (none while a disk error has it closed: that watcher is cut off).
         // It holds the slot, not the database, which a reopen must be able to close.
-        let (slot, pending) = (Arc::clone(&self.db), Arc::clone(&self.pending));
+        let (slot, durable) = (Arc::clone(&self.db), Arc::clone(&self.durable));
         let node = node.map(str::to_string);
         let again: super::History = Arc::new(move |prefix, after| {
             let db = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
             let db = db.ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))?;
-            history(&db, &pending, prefix, after, node.as_deref())
+            history(&db, &durable, prefix, after, node.as_deref())
         });
         Ok(Watch::new(prefix, after, backlog, live).with_history(again))
     }
@@ -369,11 +424,12 @@ impl RedbStore {
 
 /// A change to one key: given the current object (if any) and the revision it would get, the
 /// event to record, or the error that leaves the key as it is.
-type Change<'a> = Box<dyn FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + 'a>;
+/// It runs on whichever writer leads the batch it joins.
+type Change = Box<dyn FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + Send>;
 
 /// An update: the object replaces the current one, which must exist and, with `expected`,
 /// still have that revision.
-fn replace<'a>(key: String, object: Value, expected: Option<u64>) -> Change<'a> {
+fn replace(key: String, object: Value, expected: Option<u64>) -> Change {
     Box::new(move |current: Option<Stored>, _| {
         let current = current.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         match expected {
@@ -468,19 +524,20 @@ impl Store for RedbStore {
     }
 
     fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError> {
-        self.write(key, |current, _| match current {
-            Some(_) => Err(StoreError::AlreadyExists(key.to_string())),
+        let k = key.to_string();
+        self.write(key, move |current, _| match current {
+            Some(_) => Err(StoreError::AlreadyExists(k)),
             None => Ok((EventType::Added, object)),
         })
     }
 
     fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
         let n = objects.len();
-        let changes: Vec<(String, Change<'_>)> = objects
+        let changes: Vec<(String, Change)> = objects
             .into_iter()
             .map(|(key, object)| {
                 let k = key.clone();
-                let change: Change<'_> = Box::new(move |current: Option<Stored>, _| match current {
+                let change: Change = Box::new(move |current: Option<Stored>, _| match current {
                     Some(_) => Err(StoreError::AlreadyExists(k)),
                     None => Ok((EventType::Added, object)),
                 });
@@ -499,7 +556,7 @@ impl Store for RedbStore {
 
     fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
         let n = updates.len();
-        let changes: Vec<(String, Change<'_>)> = updates
+        let changes: Vec<(String, Change)> = updates
             .into_iter()
             .map(|(key, object, expected)| (key.clone(), replace(key, object, expected)))
             .collect();
@@ -510,11 +567,12 @@ impl Store for RedbStore {
     }
 
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
-        self.write(key, |current, _| {
-            let current = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        let k = key.to_string();
+        self.write(key, move |current, _| {
+            let current = current.ok_or_else(|| StoreError::NotFound(k.clone()))?;
             match expected {
                 Some(e) if e != current.revision => {
-                    Err(StoreError::Conflict { key: key.into(), expected: e, current: current.revision })
+                    Err(StoreError::Conflict { key: k, expected: e, current: current.revision })
                 }
                 _ => Ok((EventType::Deleted, current.object)),
             }
@@ -649,8 +707,8 @@ mod tests {
         // pods every pod's, not the Lease's.
         let keys = |node: Option<&str>| -> Vec<(String, EventType)> {
             let db = store.db().unwrap();
-            let h = history(&db, &store.pending, "/pods/", r0, node).unwrap();
-            h.iter().map(|e| (e.key.clone(), e.type_)).collect()
+            let h = history(&db, &store.durable, "/pods/", r0, node).unwrap();
+            h.events.iter().map(|e| (e.key.clone(), e.type_)).collect()
         };
         let k = |key: &str, t| (key.to_string(), t);
         assert_eq!(
@@ -715,8 +773,36 @@ mod tests {
         assert!(matches!(late.next().await, Some(Err(StoreError::TooSlow(_)))));
     }
 
+    /// A watch from far back reads the history a page at a time: never more than a page of
+    /// events decoded and waiting in it, every event handed out once and in order.
+    #[tokio::test]
+    async fn a_watch_from_far_back_reads_the_history_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        for i in 0..1000 {
+            s.create(&format!("/configmaps/default/c{i:04}"), serde_json::json!({"metadata": {}})).unwrap();
+            if i % 2 == 0 {
+                s.create(&format!("/secrets/default/s{i}"), serde_json::json!({"metadata": {}})).unwrap();
+            }
+        }
+        let mut w = s.watch("/configmaps/", 0).unwrap();
+        let waiting = |w: &Watch| match &w.source {
+            crate::store::Source::Local { backlog, .. } => backlog.len(),
+            _ => panic!("a watch of the embedded store reads it itself"),
+        };
+        assert_eq!(waiting(&w), crate::store::HISTORY_PAGE);
+        for i in 0..1000 {
+            assert!(waiting(&w) <= crate::store::HISTORY_PAGE);
+            let e = w.next().await.unwrap().unwrap();
+            assert_eq!(e.key, format!("/configmaps/default/c{i:04}"));
+            assert_eq!(w.revision(), e.revision);
+        }
+        s.create("/configmaps/default/last", serde_json::json!({"metadata": {}})).unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().key, "/configmaps/default/last");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writers_share_syncs_and_watchers_see_revisions_in_order() {
+    async fn concurrent_writers_share_commits_and_watchers_see_revisions_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let s = Arc::new(RedbStore::open(&path, 1024).unwrap());
@@ -741,6 +827,8 @@ mod tests {
         let mut acked: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
         acked.sort_unstable();
         assert_eq!(acked, (1..=400).collect::<Vec<u64>>());
+        let commits = s.commits.load(Ordering::Relaxed);
+        assert!(commits < 400, "writers waiting together share a transaction: {commits} commits");
         let mut last = 0;
         for _ in 0..400 {
             let e = w.next().await.unwrap().unwrap();
@@ -753,6 +841,26 @@ mod tests {
         let s = RedbStore::open(&path, 16).unwrap();
         assert_eq!(s.revision().unwrap(), 400);
         assert_eq!(s.list("/configmaps/").unwrap().0.len(), 400);
+    }
+
+    /// A change that panics (run on whichever writer leads its batch) fails alone: the
+    /// changes beside it commit, and the next writer leads a batch of its own.
+    #[test]
+    fn a_change_that_panics_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        let ok: Change = Box::new(|_, _| Ok((EventType::Added, serde_json::json!({"metadata": {}}))));
+        let boom: Change = Box::new(|_, _| panic!("a change that panics"));
+        let results =
+            s.write_all(vec![("/configmaps/d/a".into(), ok), ("/configmaps/d/b".into(), boom)]).unwrap();
+        assert_eq!(results[0].as_ref().unwrap().revision, 1);
+        assert!(
+            matches!(&results[1], Err(StoreError::Backend(m)) if m.contains("/configmaps/d/b")),
+            "{:?}",
+            results[1]
+        );
+        s.create("/configmaps/d/c", serde_json::json!({"metadata": {}})).unwrap();
+        assert_eq!(s.revision().unwrap(), 2);
     }
 
     #[test]
