@@ -18,6 +18,9 @@ use tug_api::status::Status;
 pub struct Client {
     servers: Arc<[Server]>,
     current: Arc<std::sync::atomic::AtomicUsize>,
+    /// The user and groups every request impersonates (`Impersonate-User`,
+    /// `Impersonate-Group`), when set.
+    acting_as: Option<Arc<(String, Vec<String>)>>,
 }
 
 /// One way to reach a control-plane replica.
@@ -120,7 +123,16 @@ impl Client {
         (!servers.is_empty()).then(|| Client {
             servers: servers.into(),
             current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            acting_as: None,
         })
+    }
+
+    /// This client with every request made as `user` in `groups` (impersonation, which the
+    /// real user must be allowed: `kubectl --as`). Hollow nodes act as their nodes this way.
+    pub fn impersonating(&self, user: &str, groups: &[&str]) -> Client {
+        let mut c = self.clone();
+        c.acting_as = Some(Arc::new((user.to_string(), groups.iter().map(|g| g.to_string()).collect())));
+        c
     }
 
     /// The servers, in the order given.
@@ -136,7 +148,11 @@ impl Client {
     /// One client per server, each bound to its server alone (no failing over): for what
     /// must be open at every replica at once, as a node's tunnels are.
     pub fn each_server(&self) -> Vec<Client> {
-        self.servers.iter().filter_map(|s| Client::of(vec![s.clone()])).collect()
+        self.servers
+            .iter()
+            .filter_map(|s| Client::of(vec![s.clone()]))
+            .map(|c| Client { acting_as: self.acting_as.clone(), ..c })
+            .collect()
     }
 
     /// A connection to the server that answered last, else to the next one that answers.
@@ -211,6 +227,12 @@ impl Client {
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if let Some(a) = &self.acting_as {
+            req = req.header("impersonate-user", a.0.as_str());
+            for g in &a.1 {
+                req = req.header("impersonate-group", g.as_str());
+            }
         }
         if let Some(p) = upgrade {
             req = req.header("connection", "upgrade").header("upgrade", p);

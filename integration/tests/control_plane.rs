@@ -1987,6 +1987,22 @@ fn hollow_nodes_register_heartbeat_and_run_their_pods() {
     let first = lease("tug-hollow-0").expect("a lease");
     assert!(tug_integration::wait_for(Duration::from_secs(10), || lease("tug-hollow-0")
         .is_some_and(|t| t != first)));
+    // They act as their nodes (impersonated, as an agent's certificate names it): their
+    // requests took seats of the nodes' priority levels — heartbeats `node-high`, their pods'
+    // status `system` — and an operator's (`system:masters`) none.
+    let text = out(&cp.tug(&["get", "--raw", "/metrics"]));
+    let count = |level: &str| -> f64 {
+        let series = format!(
+            "apiserver_flowcontrol_request_wait_duration_seconds_count{{priority_level=\"{level}\"}}"
+        );
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    assert!(count("node-high") >= 6.0 && count("system") >= 6.0, "{text}");
+    assert!(!text.contains("priority_level=\"exempt\""), "{text}");
+    assert!(
+        text.contains("apiserver_flowcontrol_nominal_limit_seats{priority_level=\"node-high\"} 17"),
+        "{text}"
+    );
     let _ = hollow.kill();
     let out = hollow.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);

@@ -143,6 +143,12 @@ struct Flags {
     /// a token asked without one gets).
     #[arg(long = "api-audiences", default_value = "https://kubernetes.default.svc.cluster.local")]
     api_audiences: Vec<String>,
+    /// The seats all priority levels share (Kubernetes' API priority and fairness): how
+    /// many requests run at once, `system:masters`' excepted, each level a share of them
+    /// (`node-high` 40, `system` 30, `workload-high` 40, `workload-low` 100,
+    /// `global-default` 20, `catch-all` 5); the rest wait their turn, up to 60 s, then 429.
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_requests_inflight: u16,
     /// The embedded store's page cache, in MiB (memory the control plane keeps for reads).
     #[arg(long = "store-cache-mib", default_value_t = 16)]
     store_cache_mib: usize,
@@ -226,8 +232,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The most threads the runtime runs blocking sections on (requests' store calls).
-const BLOCKING_THREADS: usize = 64;
+/// The threads the runtime runs blocking sections on (requests' store calls, reconciles)
+/// beside the seats of `--max-requests-inflight`: an exempt request and the controllers
+/// always find one, however busy the queued levels are.
+const SPARE_BLOCKING_THREADS: usize = 32;
 
 fn run(flags: Flags) -> anyhow::Result<()> {
     election(&flags).check().map_err(|e| anyhow::anyhow!(e))?;
@@ -262,11 +270,11 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     ENCRYPTION.set(encryption).ok();
     let store: Arc<dyn Store> = Arc::new(tug_scheduler::metrics::Measured(store));
     api::bootstrap(store.as_ref()).context("creating the default namespaces")?;
-    // Requests run their store calls in `block_in_place`: with tokio's default of 512 blocking
-    // threads, 500 nodes registering at once left 512 threads alive, each with its stack and
-    // allocator cache resident. 64 at once keep every write's group commit full on any host.
+    // Requests run their store calls on the blocking threads: with tokio's default of 512,
+    // 500 nodes registering at once left 512 threads alive, each with its stack and allocator
+    // cache resident. The priority levels' seats bound what requests take of them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(BLOCKING_THREADS)
+        .max_blocking_threads(usize::from(flags.max_requests_inflight) + SPARE_BLOCKING_THREADS)
         .enable_all()
         .build()?;
     let served = runtime.block_on(serve(flags, store));
@@ -422,6 +430,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         audit,
         tokens: Some(Arc::new(tug_scheduler::auth::tokens::Signer::new(&pki.token_key()))),
         audiences: flags.api_audiences.clone(),
+        flow: api::flow::Flow::new(usize::from(flags.max_requests_inflight)),
     });
     let app = api::router(state.clone());
     let usage = tug_scheduler::controllers::hpa::UsageCache::default();

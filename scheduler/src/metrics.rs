@@ -15,6 +15,11 @@
 //! | `workqueue_depth`, `workqueue_retries_total` | name | each controller's queue |
 //! | `workqueue_work_duration_seconds` | name | one reconcile |
 //! | `leader_election_master_status` | name | 1 while this replica runs the controllers |
+//! | `apiserver_flowcontrol_nominal_limit_seats` | priority_level | each level's seats (`api::flow`) |
+//! | `apiserver_flowcontrol_current_executing_requests` | priority_level | requests holding a seat |
+//! | `apiserver_flowcontrol_current_inqueue_requests` | priority_level | requests waiting for one |
+//! | `apiserver_flowcontrol_request_wait_duration_seconds` | priority_level | the wait for a seat |
+//! | `apiserver_flowcontrol_rejected_requests_total` | priority_level, reason | 429s after the queue's timeout |
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -33,6 +38,11 @@ pub struct Metrics {
     pub queue_retries: Counters,
     pub work_duration: Histograms,
     pub leader: Gauges,
+    pub flow_limit: Gauges,
+    pub flow_executing: Gauges,
+    pub flow_inqueue: Gauges,
+    pub flow_wait: Histograms,
+    pub flow_rejected: Counters,
 }
 
 /// The metrics, registered on first use.
@@ -90,6 +100,26 @@ pub fn get() -> &'static Metrics {
             leader: tug_metrics::gauges(
                 "leader_election_master_status",
                 "1 while this replica holds the named lease and runs what it guards.",
+            ),
+            flow_limit: tug_metrics::gauges(
+                "apiserver_flowcontrol_nominal_limit_seats",
+                "Seats of each priority level: requests it runs at once.",
+            ),
+            flow_executing: tug_metrics::gauges(
+                "apiserver_flowcontrol_current_executing_requests",
+                "Requests holding a seat of each priority level now.",
+            ),
+            flow_inqueue: tug_metrics::gauges(
+                "apiserver_flowcontrol_current_inqueue_requests",
+                "Requests waiting for a seat of each priority level now.",
+            ),
+            flow_wait: tug_metrics::histograms(
+                "apiserver_flowcontrol_request_wait_duration_seconds",
+                "How long requests waited for a seat of their priority level.",
+            ),
+            flow_rejected: tug_metrics::counters(
+                "apiserver_flowcontrol_rejected_requests",
+                "Requests refused (429) after waiting for a seat, by priority level and reason.",
             ),
         }
     })

@@ -31,6 +31,11 @@ struct Args {
     /// How often each node renews its Lease.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease_renew: Duration,
+    /// Whether each node acts as itself (`system:node:NAME` in `system:nodes`, impersonated
+    /// by the socket's user), as a real agent with its certificate does: the node authorizer
+    /// and the nodes' priority levels apply. `--as-nodes=false` acts as the socket's user.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    as_nodes: bool,
     /// How often the totals are printed (registered, heartbeats, started, deleted, errors).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     report: Duration,
@@ -62,15 +67,13 @@ fn main() -> std::process::ExitCode {
         };
         for i in 0..a.nodes {
             let name = format!("{}-{i}", a.name_prefix);
+            let api = match a.as_nodes {
+                true => api.impersonating(&format!("system:node:{name}"), &["system:nodes"]),
+                false => api.clone(),
+            };
             // Addresses of a range no host uses: nothing is ever sent to them.
             let ip = format!("198.18.{}.{}", (i / 250) % 256, 1 + i % 250);
-            tokio::spawn(tug_agent::hollow::run_node(
-                api.clone(),
-                name,
-                ip,
-                shape.clone(),
-                Arc::clone(&tally),
-            ));
+            tokio::spawn(tug_agent::hollow::run_node(api, name, ip, shape.clone(), Arc::clone(&tally)));
         }
         loop {
             tokio::time::sleep(a.report).await;

@@ -145,6 +145,13 @@ async fn route(
 ) -> Reply {
     let watch = q.get("watch").is_some_and(|v| tug_api::query_bool(v));
     let table = super::table::wanted(&headers, &q)?;
+    // A seat of the request's priority level while it runs (a watch takes none).
+    let _seat = match watch {
+        true => None,
+        false => {
+            Some(st.flow.seat(super::flow::Level::of(user, target.info().group, target.info().plural)).await?)
+        }
+    };
     if matches!(target, Target::Collection { .. }) && method == Method::GET {
         return if watch {
             super::watch::serve(st, &target, &q, table).await

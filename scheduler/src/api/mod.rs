@@ -23,6 +23,7 @@ mod channels;
 mod discovery;
 #[allow(clippy::result_large_err)]
 mod eviction;
+pub mod flow;
 #[allow(clippy::result_large_err)]
 pub(crate) mod handlers;
 #[allow(clippy::result_large_err)]
@@ -84,6 +85,8 @@ pub struct AppState {
     pub tokens: Option<Arc<crate::auth::tokens::Signer>>,
     /// The audiences a token must name one of (`--api-audiences`).
     pub audiences: Vec<String>,
+    /// Requests' priority levels and their seats (`--max-requests-inflight`).
+    pub flow: flow::Flow,
 }
 
 /// The cluster's pod range and the block size per node. A node created without
