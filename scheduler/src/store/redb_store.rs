@@ -61,8 +61,9 @@ struct Queue {
     finished: HashMap<u64, Outcome>,
 }
 
-/// A write's results: one per change, or the store's own error for all of them.
-type Outcome = Result<Vec<Result<Stored, StoreError>>, StoreError>;
+/// A write's results: one event (or refusal) per change, or the store's own error for all
+/// of them. Each writer makes its own `Stored` copies of its events, not the leader.
+type Outcome = Result<Vec<Result<Arc<Event>, StoreError>>, StoreError>;
 
 /// The leader's claim on a batch: if it unwinds before handing out results (a change that
 /// panics), its writers get an error and another writer may lead, instead of waiting forever.
@@ -253,12 +254,8 @@ impl RedbStore {
     /// One change: `f` gets the current object (if any) and the next revision, and returns
     /// the event to record (or an error, which leaves the key as it is). Returns once it is
     /// durable.
-    fn write(
-        &self,
-        key: &str,
-        f: impl FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + Send + 'static,
-    ) -> Result<Stored, StoreError> {
-        let mut results = self.write_all(vec![(key.to_string(), Box::new(f))])?;
+    fn write(&self, key: &str, f: Change) -> Result<Stored, StoreError> {
+        let mut results = self.write_all(vec![(key.to_string(), f)])?;
         results.pop().unwrap_or_else(|| Err(StoreError::Backend("a write without a result".into())))
     }
 
@@ -266,7 +263,16 @@ impl RedbStore {
     /// left out and its error returned in its place; the others are committed in one
     /// transaction (with whatever other writers queued meanwhile) and are durable when this
     /// returns. An error of the store itself fails them all.
-    fn write_all(&self, changes: Vec<(String, Change)>) -> Outcome {
+    fn write_all(
+        &self,
+        changes: Vec<(String, Change)>,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let outcome = self.write_batched(changes)?;
+        Ok(outcome.into_iter().map(|r| r.map(|e| stored(&e))).collect())
+    }
+
+    /// [`RedbStore::write_all`]'s events, from the batch the changes joined.
+    fn write_batched(&self, changes: Vec<(String, Change)>) -> Outcome {
         let group = &self.group;
         let mut q = group.state.lock().unwrap_or_else(|e| e.into_inner());
         let me = q.next;
@@ -327,19 +333,12 @@ impl RedbStore {
             for (write, changes) in batch {
                 let mut results = Vec::with_capacity(changes.len());
                 for (key, f) in changes {
-                    let current = match objects.get(key.as_str()).map_err(storage)? {
-                        Some(bytes) => match decode(&key, bytes.value()) {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                results.push(Err(e));
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
+                    let found = objects.get(key.as_str()).map_err(storage)?;
+                    let current = found.as_ref().map(|b| Current { key: &key, bytes: b.value() });
                     // (Another writer's change: one that panics fails alone, not its leader.)
                     let change =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(current, revision + 1)));
+                    drop(found);
                     let (type_, mut object) = match change {
                         Ok(Ok(change)) => change,
                         Ok(Err(e)) => {
@@ -360,8 +359,7 @@ impl RedbStore {
                         objects.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
                     }
                     let event = Event { revision, type_, key, object };
-                    let ebytes = serde_json::to_vec(&event).map_err(backend)?;
-                    events.insert(revision, ebytes.as_slice()).map_err(storage)?;
+                    events.insert(revision, event_bytes(&event, &bytes).as_slice()).map_err(storage)?;
                     results.push(Ok(Arc::new(event)));
                     made += 1;
                 }
@@ -386,10 +384,7 @@ impl RedbStore {
             }
         }
         // (Nothing to write: the transaction is dropped, which aborts it.)
-        Ok(outcomes
-            .into_iter()
-            .map(|(w, results)| (w, Ok(results.into_iter().map(|r| r.map(|e| stored(&e))).collect())))
-            .collect())
+        Ok(outcomes.into_iter().map(|(w, results)| (w, Ok(results))).collect())
     }
 
     fn meta(&self, name: &str) -> Result<u64, StoreError> {
@@ -424,18 +419,65 @@ impl RedbStore {
 
 /// A change to one key: given the current object (if any) and the revision it would get, the
 /// event to record, or the error that leaves the key as it is.
-/// It runs on whichever writer leads the batch it joins.
-type Change = Box<dyn FnOnce(Option<Stored>, u64) -> Result<(EventType, Value), StoreError> + Send>;
+/// It runs on whichever writer leads the batch it joins, inside the batch's transaction: it
+/// reads of the current object only what it needs ([`Current`]).
+type Change = Box<dyn FnOnce(Option<Current<'_>>, u64) -> Result<(EventType, Value), StoreError> + Send>;
+
+/// The object a change finds at its key, as stored: most changes need its revision alone,
+/// read without decoding the rest.
+pub(crate) struct Current<'a> {
+    key: &'a str,
+    bytes: &'a [u8],
+}
+
+impl Current<'_> {
+    /// Its revision (`metadata.resourceVersion`).
+    fn revision(&self) -> Result<u64, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow, default)]
+            metadata: Option<Meta<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Meta<'a> {
+            #[serde(borrow, default, rename = "resourceVersion")]
+            resource_version: Option<std::borrow::Cow<'a, str>>,
+        }
+        let head: Head = serde_json::from_slice(self.bytes)
+            .map_err(|e| StoreError::Backend(format!("{}: corrupt object: {e}", self.key)))?;
+        Ok(head.metadata.and_then(|m| m.resource_version).and_then(|r| r.parse().ok()).unwrap_or(0))
+    }
+
+    /// The whole object.
+    fn stored(&self) -> Result<Stored, StoreError> {
+        decode(self.key, self.bytes)
+    }
+}
+
+/// An event as the history table keeps it, around its object's bytes as already written (the
+/// object is not serialized twice).
+fn event_bytes(e: &Event, object: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(object.len() + e.key.len() + 64);
+    out.extend_from_slice(format!("{{\"revision\":{},\"type\":", e.revision).as_bytes());
+    // (A String and an enum into a Vec: neither can fail.)
+    let _ = serde_json::to_writer(&mut out, &e.type_);
+    out.extend_from_slice(b",\"key\":");
+    let _ = serde_json::to_writer(&mut out, &e.key);
+    out.extend_from_slice(b",\"object\":");
+    out.extend_from_slice(object);
+    out.push(b'}');
+    out
+}
 
 /// An update: the object replaces the current one, which must exist and, with `expected`,
 /// still have that revision.
 fn replace(key: String, object: Value, expected: Option<u64>) -> Change {
-    Box::new(move |current: Option<Stored>, _| {
+    Box::new(move |current: Option<Current<'_>>, _| {
         let current = current.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        // (Even unchecked, an object that no longer decodes is not written over.)
+        let revision = current.revision()?;
         match expected {
-            Some(e) if e != current.revision => {
-                Err(StoreError::Conflict { key, expected: e, current: current.revision })
-            }
+            Some(e) if e != revision => Err(StoreError::Conflict { key, expected: e, current: revision }),
             _ => Ok((EventType::Modified, object)),
         }
     })
@@ -525,10 +567,13 @@ impl Store for RedbStore {
 
     fn create(&self, key: &str, object: Value) -> Result<Stored, StoreError> {
         let k = key.to_string();
-        self.write(key, move |current, _| match current {
-            Some(_) => Err(StoreError::AlreadyExists(k)),
-            None => Ok((EventType::Added, object)),
-        })
+        self.write(
+            key,
+            Box::new(move |current: Option<Current<'_>>, _| match current {
+                Some(_) => Err(StoreError::AlreadyExists(k)),
+                None => Ok((EventType::Added, object)),
+            }),
+        )
     }
 
     fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
@@ -537,7 +582,7 @@ impl Store for RedbStore {
             .into_iter()
             .map(|(key, object)| {
                 let k = key.clone();
-                let change: Change = Box::new(move |current: Option<Stored>, _| match current {
+                let change: Change = Box::new(move |current: Option<Current<'_>>, _| match current {
                     Some(_) => Err(StoreError::AlreadyExists(k)),
                     None => Ok((EventType::Added, object)),
                 });
@@ -568,15 +613,18 @@ impl Store for RedbStore {
 
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
         let k = key.to_string();
-        self.write(key, move |current, _| {
-            let current = current.ok_or_else(|| StoreError::NotFound(k.clone()))?;
-            match expected {
-                Some(e) if e != current.revision => {
-                    Err(StoreError::Conflict { key: k, expected: e, current: current.revision })
+        self.write(
+            key,
+            Box::new(move |current: Option<Current<'_>>, _| {
+                let current = current.ok_or_else(|| StoreError::NotFound(k.clone()))?.stored()?;
+                match expected {
+                    Some(e) if e != current.revision => {
+                        Err(StoreError::Conflict { key: k, expected: e, current: current.revision })
+                    }
+                    _ => Ok((EventType::Deleted, current.object)),
                 }
-                _ => Ok((EventType::Deleted, current.object)),
-            }
-        })
+            }),
+        )
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
@@ -861,6 +909,26 @@ mod tests {
         );
         s.create("/configmaps/d/c", serde_json::json!({"metadata": {}})).unwrap();
         assert_eq!(s.revision().unwrap(), 2);
+    }
+
+    /// The history's events, written around the object's bytes, read back as serde writes
+    /// them; a change reads the current revision without decoding the object.
+    #[test]
+    fn events_are_written_around_their_objects_bytes() {
+        let object = serde_json::json!({"metadata": {"name": "q\"uote", "resourceVersion": "7"}, "data": {"k": "v\n"}});
+        let bytes = serde_json::to_vec(&object).unwrap();
+        for type_ in [EventType::Added, EventType::Modified, EventType::Deleted] {
+            let e =
+                Event { revision: 7, type_, key: "/configmaps/d/q\"uote\\".into(), object: object.clone() };
+            let written = event_bytes(&e, &bytes);
+            assert_eq!(serde_json::from_slice::<Event>(&written).unwrap(), e);
+            assert_eq!(written, serde_json::to_vec(&e).unwrap());
+        }
+        let current = Current { key: "/configmaps/d/q", bytes: &bytes };
+        assert_eq!(current.revision().unwrap(), 7);
+        assert_eq!(current.stored().unwrap().object, object);
+        let corrupt = Current { key: "/configmaps/d/c", bytes: b"{\"metadata\": " };
+        assert!(matches!(corrupt.revision(), Err(StoreError::Backend(m)) if m.contains("/configmaps/d/c")));
     }
 
     #[test]
