@@ -181,7 +181,13 @@ type Placed<'a> = (&'a str, Option<&'a Pod>, Option<&'a Pod>);
 
 /// The pure decision: `nodes` are every node, `pods` the DaemonSet's namespace's pods,
 /// `hash` the current template's revision hash.
-pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, now: u64) -> Plan {
+pub fn plan<P: std::borrow::Borrow<Pod>>(
+    ds: &DaemonSet,
+    nodes: &[Node],
+    pods: &[P],
+    hash: &str,
+    now: u64,
+) -> Plan {
     let mut out = Plan::default();
     let deleting = ds.metadata.deletion_timestamp.is_some();
     let Some((mine, adopt, release)) = super::replicaset::claim_pods(&ds.metadata, &ds.spec.selector, pods)

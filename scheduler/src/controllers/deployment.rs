@@ -184,7 +184,9 @@ fn scale_annotations(d: &Deployment, rs: &ReplicaSet, revision: Option<i64>) -> 
 }
 
 /// The pure decision. `rss` are the namespace's ReplicaSets, `pods` its pods.
-pub fn plan(d: &Deployment, rss: &[ReplicaSet], pods: &[Pod], now: u64) -> Plan {
+pub fn plan<P: std::borrow::Borrow<Pod>>(d: &Deployment, rss: &[ReplicaSet], pods: &[P], now: u64) -> Plan {
+    let pods: Vec<&Pod> = pods.iter().map(std::borrow::Borrow::borrow).collect();
+    let pods = pods.as_slice();
     let mut out = Plan::default();
     let uid = d.metadata.uid.as_deref().unwrap_or_default();
     let Ok(selector) = d.spec.selector.to_selector("spec.selector") else { return out };
@@ -548,9 +550,13 @@ fn complete(d: &Deployment, s: &DeploymentStatus, new: Option<&ReplicaSet>, olds
 }
 
 /// A pod of the new ReplicaSet whose container is failing, as a reason.
-pub(crate) fn failing_pod(new: &ReplicaSet, pods: &[Pod]) -> Option<String> {
+pub(crate) fn failing_pod<P: std::borrow::Borrow<Pod>>(new: &ReplicaSet, pods: &[P]) -> Option<String> {
+    let mut pods = pods.iter().map(std::borrow::Borrow::borrow);
     let uid = new.metadata.uid.as_deref()?;
-    pods.iter().filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).find_map(|p| {
+    pods.find_map(|p: &Pod| {
+        if controller_of(&p.metadata).is_none_or(|o| o.uid != uid) {
+            return None;
+        }
         p.status.as_ref()?.container_statuses.iter().find_map(|c| {
             let waiting = c.state.as_ref()?.waiting.as_ref()?;
             let reason = waiting.reason.as_deref()?;
@@ -909,7 +915,7 @@ mod tests {
         let mut rss = Vec::new();
         let mut d = d.clone();
         for _ in 0..10 {
-            let p = plan(&d, &rss, &[], 1000);
+            let p = plan::<Pod>(&d, &rss, &[], 1000);
             world(&d, &mut rss, &p, &|rs| rs.spec.replicas.unwrap_or(0));
             d.status = Some(p.status);
         }
@@ -934,7 +940,7 @@ mod tests {
     #[test]
     fn first_rollout_creates_revision_one_and_completes() {
         let d = dep(3, "a");
-        let p = plan(&d, &[], &[], 1000);
+        let p = plan::<Pod>(&d, &[], &[], 1000);
         let Some(Action::Create(rs)) = p.actions.first() else { panic!("{:?}", p.actions) };
         assert_eq!(rs.spec.replicas, Some(3));
         assert_eq!(revision_of(rs), 1);
@@ -969,7 +975,7 @@ mod tests {
             let (max_surge, max_unavailable) = fenceposts(&d);
             let mut step = 0;
             loop {
-                let p = plan(&d, &rss, &[], 1000);
+                let p = plan::<Pod>(&d, &rss, &[], 1000);
                 // New pods become available `lag` rounds late: the world lags the plan.
                 let before: Vec<(String, i32)> = rss.iter().map(|r| (r.metadata.name.clone(), r.status.as_ref().map_or(0, |s| s.available_replicas.unwrap_or(0)))).collect();
                 world(&d, &mut rss, &p, &|rs| {
@@ -1008,7 +1014,7 @@ mod tests {
         world(&d, &mut rss, &p, &|_| 0);
         let p = plan(&d, &rss, &[old_pod], 1000);
         assert!(p.actions.is_empty(), "old pods still running: {:?}", p.actions);
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         assert!(
             matches!(&p.actions[..], [Action::Create(rs)] if rs.spec.replicas == Some(2)),
             "{:?}",
@@ -1022,7 +1028,7 @@ mod tests {
         let (mut rss, mut d2) = rolled(&d);
         d2.spec.template.spec.containers[0].image = "b".into();
         // One step of the rollout: new 3 (surge), old 10 → 8.
-        let p = plan(&d2, &rss, &[], 1000);
+        let p = plan::<Pod>(&d2, &rss, &[], 1000);
         world(&d2, &mut rss, &p, &|rs| {
             if rs.spec.template.spec.containers[0].image == "a" { rs.spec.replicas.unwrap_or(0) } else { 0 }
         });
@@ -1031,7 +1037,7 @@ mod tests {
         assert_eq!(sizes, vec![8, 3]);
         d = d2.clone();
         d.spec.replicas = Some(20);
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         world(&d, &mut rss, &p, &|_| 0);
         let total: i32 = rss.iter().map(|r| r.spec.replicas.unwrap()).sum();
         assert_eq!(total, 20 + 5, "replicas + maxSurge(25% of 20)");
@@ -1044,7 +1050,7 @@ mod tests {
         let (mut rss, mut d) = rolled(&d);
         d.spec.template.spec.containers[0].image = "broken".into();
         d.metadata.generation = Some(2);
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         world(&d, &mut rss, &p, &|rs| {
             if rs.spec.template.spec.containers[0].image == "good" { 2 } else { 0 }
         });
@@ -1080,18 +1086,18 @@ mod tests {
         d.spec.template.spec.containers[0].image = "slow".into();
         d.spec.progress_deadline_seconds = Some(60);
         d.metadata.generation = Some(2);
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         world(&d, &mut rss, &p, &|rs| {
             if rs.spec.template.spec.containers[0].image == "good" { 1 } else { 0 }
         });
         d.status = Some(p.status);
         // The new pod appears (progress, at 1000), then nothing more happens.
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         d.status = Some(p.status);
-        let p = plan(&d, &rss, &[], 1030);
+        let p = plan::<Pod>(&d, &rss, &[], 1030);
         assert_eq!(p.next, Next::After(Duration::from_secs(30)));
         assert!(!p.actions.iter().any(|a| matches!(a, Action::Rollback { .. })));
-        let p = plan(&d, &rss, &[], 1061);
+        let p = plan::<Pod>(&d, &rss, &[], 1061);
         let prog = p.status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
         assert_eq!(
             (prog.status.as_str(), prog.reason.as_deref()),
@@ -1108,7 +1114,7 @@ mod tests {
         for v in 1..5 {
             d.spec.template.spec.containers[0].image = format!("v{v}");
             for _ in 0..10 {
-                let p = plan(&d, &rss, &[], 1000);
+                let p = plan::<Pod>(&d, &rss, &[], 1000);
                 world(&d, &mut rss, &p, &|rs| rs.spec.replicas.unwrap_or(0));
                 d.status = Some(p.status);
             }
@@ -1118,7 +1124,7 @@ mod tests {
         assert_eq!(revs, vec![3, 4, 5]);
         // An old template again: its ReplicaSet comes back with the next revision.
         d.spec.template.spec.containers[0].image = "v3".into();
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         assert_eq!(p.revision, 6);
     }
 
@@ -1129,7 +1135,7 @@ mod tests {
         d.spec.paused = Some(true);
         d.spec.template.spec.containers[0].image = "b".into();
         d.spec.replicas = Some(4);
-        let p = plan(&d, &rss, &[], 1000);
+        let p = plan::<Pod>(&d, &rss, &[], 1000);
         assert!(!p.actions.iter().any(|a| matches!(a, Action::Create(_))));
         assert!(p.actions.iter().any(|a| matches!(a, Action::Update { replicas: 4, .. })));
         let prog = p.status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();

@@ -52,12 +52,12 @@ pub fn template_of(r: &ControllerRevision) -> Option<PodTemplateSpec> {
 /// the owner's limit among revisions no pod runs (`pod_label`: what this revision's pods
 /// carry as [`HASH_LABEL`]). Returns the revisions there were before, less those trimmed
 /// (what a caller needs of older revisions, without listing them again).
-pub fn sync(
+pub fn sync<P: std::borrow::Borrow<Pod>>(
     store: &dyn Store,
     owner: &Owner,
     hash: &str,
     pod_label: &str,
-    pods: &[Pod],
+    pods: &[P],
 ) -> Result<Vec<ControllerRevision>, StoreError> {
     let meta = owner.meta;
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -94,7 +94,7 @@ pub fn sync(
     }
     let limit = usize::try_from(owner.history_limit.unwrap_or(10).max(0)).unwrap_or(10);
     let running: std::collections::BTreeSet<&str> =
-        pods.iter().filter_map(|p| p.metadata.labels.get(HASH_LABEL).map(String::as_str)).collect();
+        pods.iter().filter_map(|p| p.borrow().metadata.labels.get(HASH_LABEL).map(String::as_str)).collect();
     let old: Vec<_> = revs
         .iter()
         .filter(|(_, r)| r.metadata.name != name)

@@ -343,7 +343,8 @@ impl Controller for Jobs {
         // Its own pods, from the store copy's index by controller (not every pod of the
         // namespace decoded at each reconcile).
         let owners: &[&str] = if uid.is_empty() { &[] } else { &[uid.as_str()] };
-        let pods = super::pods_of(store, &ns, owners, |_| true)?;
+        let pods: Vec<Pod> =
+            super::pods_of(store, &ns, owners, |_| true)?.iter().map(|p| (**p).clone()).collect();
         let p = plan(&job, &pods, super::unix_now());
         let involved = ("Job", "batch/v1", &job.metadata);
         for index in &p.create {

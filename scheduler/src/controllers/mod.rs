@@ -267,13 +267,15 @@ pub fn pods_of(
     ns: &str,
     controllers: &[&str],
     keep: impl Fn(&Pod) -> bool,
-) -> Result<Vec<Pod>, StoreError> {
+) -> Result<Vec<Arc<Pod>>, StoreError> {
     // Each once (an owner without a uid is "", as the orphans are).
     let mut controllers = controllers.to_vec();
     controllers.sort_unstable();
     controllers.dedup();
     let items = crate::store::cache::pods_controlled_by(store, ns, &controllers)?;
-    Ok(items.iter().filter(|p| keep(&p.value)).map(|p| (*p.value).clone()).collect())
+    // Shared with the copy, not cloned: a Deployment of 100 reconciled at each of its pods'
+    // changes cloned all 100 every time.
+    Ok(items.iter().filter(|p| keep(&p.value)).map(|p| Arc::clone(&p.value)).collect())
 }
 
 /// Whether a pod is controlled by the owner with `uid` or by nobody: the pods a workload may

@@ -10,6 +10,7 @@ use super::runtime::{Controller, Next};
 use super::{controller_of, controller_ref, decode, pod_active, pod_available, ready_since};
 use crate::store::{Event, Store, StoreError};
 use serde_json::Value;
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::time::Duration;
 use tug_api::kinds::apps::{ReplicaSet, ReplicaSetStatus};
@@ -36,7 +37,7 @@ pub struct Plan {
 }
 
 /// The pure decision. `pods` are the pods of the ReplicaSet's namespace.
-pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: u64) -> Plan {
+pub fn plan<P: Borrow<Pod>>(rs: &ReplicaSet, pods: &[P], now: u64) -> Plan {
     let mut out = Plan::default();
     let deleting = rs.metadata.deletion_timestamp.is_some();
     let Some((mine, adopt, release)) = claim_pods(&rs.metadata, &rs.spec.selector, pods) else {
@@ -229,16 +230,16 @@ impl Controller for ReplicaSets {
 /// selector still matches, and orphans it matches (adopted, unless it or they are being
 /// deleted). Pods it owns but no longer matches are released. `None` when the selector does
 /// not parse. Returns `(mine, adopt, release)`.
-pub fn claim_pods<'a>(
+pub fn claim_pods<'a, P: Borrow<Pod>>(
     owner: &tug_api::meta::ObjectMeta,
     selector: &tug_api::labels::LabelSelector,
-    pods: &'a [Pod],
+    pods: &'a [P],
 ) -> Option<(Vec<&'a Pod>, Vec<String>, Vec<String>)> {
     let uid = owner.uid.as_deref().unwrap_or_default();
     let deleting = owner.deletion_timestamp.is_some();
     let parsed = selector.to_selector("spec.selector").ok()?;
     let (mut mine, mut adopt, mut release) = (Vec::new(), Vec::new(), Vec::new());
-    for p in pods {
+    for p in pods.iter().map(Borrow::borrow) {
         let matches = !selector.is_empty() && parsed.matches(&p.metadata.labels);
         match controller_of(&p.metadata) {
             Some(o) if o.uid == uid => {

@@ -118,9 +118,9 @@ pub struct Plan {
 
 /// The pure decision. `pods` are the namespace's pods, `claims` its claims, `current` and
 /// `update` the names of the current and update revisions.
-pub fn plan(
+pub fn plan<P: std::borrow::Borrow<Pod>>(
     set: &StatefulSet,
-    pods: &[Pod],
+    pods: &[P],
     claims: &[PersistentVolumeClaim],
     (current, update): (&str, &str),
     now: u64,
@@ -637,7 +637,7 @@ mod tests {
     fn ordered_ready_makes_one_pod_at_a_time_in_order() {
         let s = set(json!({}));
         let revs = ("web-h1", "web-h1");
-        let p = plan(&s, &[], &[], revs, NOW);
+        let p = plan::<Pod>(&s, &[], &[], revs, NOW);
         assert_eq!(p.create, vec![(0, Revision::Update)]);
         // web-0 not ready yet: nothing more.
         let p = plan(&s, &[pod(&s, 0, "web-h1", false)], &claims(&s, &[0]), revs, NOW);
@@ -651,7 +651,7 @@ mod tests {
         assert_eq!((p.delete, p.create), (vec!["web-0".to_string()], vec![]));
         // Parallel: all at once.
         let par = set(json!({"podManagementPolicy": "Parallel"}));
-        let p = plan(&par, &[], &[], revs, NOW);
+        let p = plan::<Pod>(&par, &[], &[], revs, NOW);
         assert_eq!(p.create.len(), 3);
         // A pod whose claim is missing gets it.
         let p = plan(&s, &[pod(&s, 0, "web-h1", true)], &[], revs, NOW);
