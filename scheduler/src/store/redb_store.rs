@@ -10,7 +10,9 @@
 //! durably (one fsync), then hands each writer its results and broadcasts the events in
 //! revision order. Writers arriving together (a `tug apply` of many objects, a scheduling
 //! round, thousands of nodes' heartbeats and pods' status updates) share one transaction
-//! instead of queueing for one each. Nothing is acknowledged or broadcast before it is durable.
+//! instead of queueing for one each. A batch takes about 256 changes at most, and a write
+//! of many changes (a controller's pods) goes 64 at a time, so no batch keeps the writes
+//! behind it waiting long. Nothing is acknowledged or broadcast before it is durable.
 
 use super::{Event, EventType, Store, StoreError, Stored, Watch, stamp};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -41,6 +43,12 @@ pub struct RedbStore {
     durable: Arc<AtomicU64>,
     live: super::Hub,
 }
+
+/// The most changes a write puts in one batch: larger writes go in several.
+const CHUNK: usize = 64;
+
+/// About the most changes a batch takes (a write is never split between batches).
+const BATCH: usize = 256;
 
 /// The writes waiting to be made one transaction.
 #[derive(Default)]
@@ -255,20 +263,28 @@ impl RedbStore {
     /// the event to record (or an error, which leaves the key as it is). Returns once it is
     /// durable.
     fn write(&self, key: &str, f: Change) -> Result<Stored, StoreError> {
-        let mut results = self.write_all(vec![(key.to_string(), f)])?;
+        let mut results = self.write_all(vec![(key.to_string(), f)]);
         results.pop().unwrap_or_else(|| Err(StoreError::Backend("a write without a result".into())))
     }
 
     /// Several changes, each as [`RedbStore::write`] makes one: a change whose `f` refuses is
-    /// left out and its error returned in its place; the others are committed in one
-    /// transaction (with whatever other writers queued meanwhile) and are durable when this
-    /// returns. An error of the store itself fails them all.
-    fn write_all(
-        &self,
-        changes: Vec<(String, Change)>,
-    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
-        let outcome = self.write_batched(changes)?;
-        Ok(outcome.into_iter().map(|r| r.map(|e| stored(&e))).collect())
+    /// left out and its error returned in its place; the others are committed with whatever
+    /// other writers queued meanwhile, and are durable when this returns. They go [`CHUNK`]
+    /// at a time, each chunk in the next batch (an error of the store itself fails a chunk):
+    /// a controller's 500 pods in one batch made every heartbeat and operator's write behind
+    /// it wait for all of them.
+    fn write_all(&self, changes: Vec<(String, Change)>) -> Vec<Result<Stored, StoreError>> {
+        let mut out = Vec::with_capacity(changes.len());
+        let mut changes = changes.into_iter().peekable();
+        while changes.peek().is_some() {
+            let chunk: Vec<(String, Change)> = changes.by_ref().take(CHUNK).collect();
+            let n = chunk.len();
+            match self.write_batched(chunk) {
+                Ok(events) => out.extend(events.into_iter().map(|r| r.map(|e| stored(&e)))),
+                Err(e) => out.extend((0..n).map(|_| Err(e.clone()))),
+            }
+        }
+        out
     }
 
     /// [`RedbStore::write_all`]'s events, from the batch the changes joined.
@@ -284,7 +300,17 @@ impl RedbStore {
             }
             if !q.leading {
                 q.leading = true;
-                let batch = std::mem::take(&mut q.waiting);
+                // The writes waiting, in arrival order, up to about BATCH changes (the rest
+                // are the next batch's).
+                let (mut take, mut changes) = (0, 0);
+                for (_, c) in &q.waiting {
+                    if take > 0 && changes + c.len() > BATCH {
+                        break;
+                    }
+                    take += 1;
+                    changes += c.len();
+                }
+                let batch: Vec<_> = q.waiting.drain(..take).collect();
                 drop(q);
                 let mut lead = Lead { group, writes: batch.iter().map(|(w, _)| *w).collect(), done: false };
                 let outcomes = self.commit(batch);
@@ -577,7 +603,6 @@ impl Store for RedbStore {
     }
 
     fn create_each(&self, objects: Vec<(String, Value)>) -> Vec<Result<Stored, StoreError>> {
-        let n = objects.len();
         let changes: Vec<(String, Change)> = objects
             .into_iter()
             .map(|(key, object)| {
@@ -589,10 +614,7 @@ impl Store for RedbStore {
                 (key, change)
             })
             .collect();
-        match self.write_all(changes) {
-            Ok(results) => results,
-            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-        }
+        self.write_all(changes)
     }
 
     fn update(&self, key: &str, object: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
@@ -600,15 +622,11 @@ impl Store for RedbStore {
     }
 
     fn update_each(&self, updates: Vec<(String, Value, Option<u64>)>) -> Vec<Result<Stored, StoreError>> {
-        let n = updates.len();
         let changes: Vec<(String, Change)> = updates
             .into_iter()
             .map(|(key, object, expected)| (key.clone(), replace(key, object, expected)))
             .collect();
-        match self.write_all(changes) {
-            Ok(results) => results,
-            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-        }
+        self.write_all(changes)
     }
 
     fn delete(&self, key: &str, expected: Option<u64>) -> Result<Stored, StoreError> {
@@ -849,6 +867,28 @@ mod tests {
         assert_eq!(w.next().await.unwrap().unwrap().key, "/configmaps/default/last");
     }
 
+    /// A large write goes a chunk at a time, each its own batch (others' writes may go
+    /// between), each change's result in its place.
+    #[test]
+    fn a_large_write_goes_a_chunk_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        s.create("/configmaps/d/c7", serde_json::json!({"metadata": {}})).unwrap();
+        let before = s.commits.load(Ordering::Relaxed);
+        let objects: Vec<(String, Value)> =
+            (0..200).map(|i| (format!("/configmaps/d/c{i}"), serde_json::json!({"metadata": {}}))).collect();
+        let results = s.create_each(objects);
+        assert_eq!(results.len(), 200);
+        assert_eq!(s.commits.load(Ordering::Relaxed) - before, 200usize.div_ceil(CHUNK) as u64);
+        for (i, r) in results.iter().enumerate() {
+            match i {
+                7 => assert!(matches!(r, Err(StoreError::AlreadyExists(k)) if k == "/configmaps/d/c7")),
+                _ => assert_eq!(r.as_ref().unwrap().key, format!("/configmaps/d/c{i}")),
+            }
+        }
+        assert_eq!(s.revision().unwrap(), 200);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_watchers_see_revisions_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -899,8 +939,7 @@ mod tests {
         let s = RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
         let ok: Change = Box::new(|_, _| Ok((EventType::Added, serde_json::json!({"metadata": {}}))));
         let boom: Change = Box::new(|_, _| panic!("a change that panics"));
-        let results =
-            s.write_all(vec![("/configmaps/d/a".into(), ok), ("/configmaps/d/b".into(), boom)]).unwrap();
+        let results = s.write_all(vec![("/configmaps/d/a".into(), ok), ("/configmaps/d/b".into(), boom)]);
         assert_eq!(results[0].as_ref().unwrap().revision, 1);
         assert!(
             matches!(&results[1], Err(StoreError::Backend(m)) if m.contains("/configmaps/d/b")),
