@@ -2000,7 +2000,7 @@ fn hollow_nodes_register_heartbeat_and_run_their_pods() {
     assert!(count("node-high") >= 6.0 && count("system") >= 6.0, "{text}");
     assert!(!text.contains("priority_level=\"exempt\""), "{text}");
     assert!(
-        text.contains("apiserver_flowcontrol_nominal_limit_seats{priority_level=\"node-high\"} 17"),
+        text.contains("apiserver_flowcontrol_nominal_limit_seats{priority_level=\"node-high\"} 28"),
         "{text}"
     );
     let _ = hollow.kill();

@@ -147,7 +147,7 @@ struct Flags {
     /// many requests run at once, `system:masters`' excepted, each level a share of them
     /// (`node-high` 40, `system` 30, `workload-high` 40, `workload-low` 100,
     /// `global-default` 20, `catch-all` 5); the rest wait their turn, up to 60 s, then 429.
-    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u16).range(1..=1024))]
     max_requests_inflight: u16,
     /// The embedded store's page cache, in MiB (memory the control plane keeps for reads).
     #[arg(long = "store-cache-mib", default_value_t = 16)]
