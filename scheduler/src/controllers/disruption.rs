@@ -24,13 +24,14 @@ pub const DELETION_TIMEOUT_SECS: u64 = 120;
 
 /// The pods a budget covers: in its namespace, matching its selector (a missing selector
 /// covers none, an empty one all), not finished.
-pub fn covered<'a>(pdb: &PodDisruptionBudget, pods: &'a [Pod]) -> Vec<&'a Pod> {
+pub fn covered<'a, P: std::borrow::Borrow<Pod>>(pdb: &PodDisruptionBudget, pods: &'a [P]) -> Vec<&'a Pod> {
     let Some(sel) = pdb.spec.selector.as_ref().and_then(|s| s.to_selector("spec.selector").ok()) else {
         return Vec::new();
     };
     let ns = pdb.metadata.namespace.as_deref().unwrap_or("default");
     pods.iter()
-        .filter(|p| {
+        .map(std::borrow::Borrow::borrow)
+        .filter(|p: &&Pod| {
             p.metadata.namespace.as_deref().unwrap_or("default") == ns && sel.matches(&p.metadata.labels)
         })
         .filter(|p| {
@@ -47,9 +48,9 @@ pub fn healthy(p: &Pod) -> bool {
 /// The budget's status now. `scale` gives the replicas of each pod's controller (a
 /// Deployment's for its ReplicaSets' pods), keyed by the controller's uid; pods without one
 /// count as one each.
-pub fn plan(
+pub fn plan<P: std::borrow::Borrow<Pod>>(
     pdb: &PodDisruptionBudget,
-    pods: &[Pod],
+    pods: &[P],
     scale: &dyn Fn(&Pod) -> Option<(String, i32)>,
     now: u64,
 ) -> Result<PdbStatus, String> {
@@ -151,8 +152,7 @@ impl Controller for Disruption {
         let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
         let pdb: PodDisruptionBudget = decode(&stored)?;
         let ns = pdb.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = items.iter().filter_map(|s| decode(s).ok()).collect();
+        let pods = super::pods_in(store, &ns)?;
         let (rs, _) = store.list(&format!("{REPLICASETS}{ns}/"))?;
         let (deploys, _) = store.list(&format!("{DEPLOYMENTS}{ns}/"))?;
         let scale_of =

@@ -48,14 +48,14 @@ fn target_port(sp: &tug_api::kinds::core::ServicePort, pod: &Pod) -> Option<i64>
 type ResolvedPort = (Option<String>, i64, String);
 
 /// The subsets for a Service with a selector; `None` for one without.
-pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Vec<EndpointSubset>> {
+pub fn plan<P: std::borrow::Borrow<Pod>>(svc: &Service, pods: &[P]) -> Option<Vec<EndpointSubset>> {
     if svc.spec.selector.is_empty() {
         return None;
     }
     let all_ready = svc.spec.publish_not_ready_addresses == Some(true);
     let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
         BTreeMap::new();
-    for p in pods {
+    for p in pods.iter().map(std::borrow::Borrow::borrow) {
         if !svc.spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v))
             || !super::pod_active(p)
         {
@@ -265,8 +265,7 @@ impl Controller for EndpointsController {
         let Some(stored) = store.get(key)? else { return Ok(Next::Done) };
         let svc: Service = decode(&stored)?;
         let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (items, _) = store.list(&format!("{PODS}{ns}/"))?;
-        let pods: Vec<Pod> = items.iter().filter_map(|s| decode(s).ok()).collect();
+        let pods = super::pods_in(store, &ns)?;
         let Some(subsets) = plan(&svc, &pods) else { return Ok(Next::Done) };
         write_slices(store, &svc, &ns, slices(&subsets))?;
         let ep_key = format!("{ENDPOINTS}{ns}/{}", svc.metadata.name);

@@ -235,6 +235,14 @@ pub fn new_pod(
     serde_json::to_value(pod).unwrap_or(Value::Null)
 }
 
+/// Every pod of `ns`, decoded once per change in the store's copy and shared with it (a
+/// Service's or a budget's reconcile at each of its namespace's pod changes parsed every pod
+/// of the namespace again).
+pub fn pods_in(store: &dyn Store, ns: &str) -> Result<Vec<Arc<Pod>>, StoreError> {
+    let (items, _) = crate::store::cache::list_typed::<Pod>(store, &format!("/pods/{ns}/"))?;
+    Ok(items.into_iter().map(|t| t.value).collect())
+}
+
 /// The pods of a workload (a Deployment, ReplicaSet, …: its `spec.selector`) in `ns`; None
 /// when the selector does not parse.
 pub fn workload_pods(
@@ -245,16 +253,10 @@ pub fn workload_pods(
     let selector: tug_api::labels::LabelSelector =
         tug_api::from_value_ref(&workload["spec"]["selector"]).unwrap_or_default();
     let Ok(selector) = selector.to_selector("spec.selector") else { return Ok(None) };
-    let (items, _) = store.list(&format!("/pods/{ns}/"))?;
+    // Matched on the pods decoded in the store's copy; only the matches are copied out whole.
+    let (items, _) = crate::store::cache::list_typed::<Pod>(store, &format!("/pods/{ns}/"))?;
     Ok(Some(
-        items
-            .into_iter()
-            .filter(|s| {
-                let labels: tug_api::labels::Labels =
-                    tug_api::from_value_ref(&s.object["metadata"]["labels"]).unwrap_or_default();
-                selector.matches(&labels)
-            })
-            .collect(),
+        items.iter().filter(|t| selector.matches(&t.value.metadata.labels)).map(|t| t.stored()).collect(),
     ))
 }
 
