@@ -1935,6 +1935,17 @@ fn hollow_nodes_register_heartbeat_and_run_their_pods() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Its reports, as they come (one a second).
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let (stdout, reports) = (hollow.stdout.take().unwrap(), std::sync::Arc::clone(&reports));
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                reports.lock().unwrap().push(line);
+            }
+        });
+    }
     let ready = |n: &Value| {
         n["status"]["conditions"]
             .as_array()
@@ -2003,13 +2014,16 @@ fn hollow_nodes_register_heartbeat_and_run_their_pods() {
         text.contains("apiserver_flowcontrol_nominal_limit_seats{priority_level=\"node-high\"} 28"),
         "{text}"
     );
+    // A report after all the above (the whole test may take less than its first second).
+    let last =
+        || reports.lock().unwrap().iter().rfind(|l| l.starts_with("HOLLOW ")).cloned().unwrap_or_default();
+    let reported = tug_integration::wait_for(Duration::from_secs(10), || last().contains("started=6"));
     let _ = hollow.kill();
     let out = hollow.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    let last = report.lines().rfind(|l| l.starts_with("HOLLOW ")).unwrap_or_default().to_string();
     assert!(
-        last.contains("registered=3") && last.contains("errors=0"),
-        "{last}\n{}",
+        reported && last().contains("registered=3") && last().contains("errors=0"),
+        "{}\n{}",
+        last(),
         String::from_utf8_lossy(&out.stderr)
     );
 }

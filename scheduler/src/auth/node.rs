@@ -105,8 +105,12 @@ fn ingress_secret(store: &dyn Store, ns: &str, name: &str) -> Result<bool, Store
 }
 
 /// Whether the pod `ns/name` is bound to `node`.
+/// (Read from the pod decoded in the store's copy: every status update a node makes is
+/// checked here, and parsing the pod for it took more than the update's own decode.)
 fn bound_here(store: &dyn Store, node: &str, ns: &str, name: &str) -> Result<bool, StoreError> {
-    Ok(matches!(store.get(&format!("/pods/{ns}/{name}"))?, Some(p) if p.object["spec"]["nodeName"] == node))
+    let pod =
+        crate::store::cache::get_typed::<tug_api::kinds::pod::Pod>(store, &format!("/pods/{ns}/{name}"))?;
+    Ok(pod.is_some_and(|p| p.value.spec.node_name.as_deref() == Some(node)))
 }
 
 /// Whether a pod bound to `node` uses the object `a` names.
