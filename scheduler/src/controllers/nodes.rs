@@ -59,6 +59,11 @@ fn ready_status(node: &Node) -> Option<&str> {
     condition_status(node, "Ready")
 }
 
+/// Whether this controller has marked the node unreachable (its Ready Unknown, or the taint).
+fn marked_unreachable(node: &Node) -> bool {
+    ready_status(node) == Some("Unknown") || node.spec.taints.iter().any(|t| t.key == UNREACHABLE)
+}
+
 fn owned_key(key: &str) -> bool {
     key == UNREACHABLE || key == NOT_READY || PRESSURE.iter().any(|(_, k)| *k == key)
 }
@@ -238,9 +243,22 @@ impl Controller for NodeLifecycle {
         vec![LEASES]
     }
 
-    fn keys_for(&self, _store: &dyn Store, e: &Event) -> Vec<String> {
+    fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
         // A node's store key (cluster-scoped: no namespace between the slashes).
-        e.object["metadata"]["name"].as_str().map(|n| vec![format!("{PREFIX}/{n}")]).unwrap_or_default()
+        let Some(name) = e.object["metadata"]["name"].as_str() else { return Vec::new() };
+        let key = format!("{PREFIX}/{name}");
+        // A renewal matters at once only to a node marked unreachable (it is back). A healthy
+        // node is looked at again when its grace would run out, as its last reconcile's Next
+        // says, and its Lease read then — not at every heartbeat (5,000 nodes renew 500 Leases
+        // a second).
+        if e.key.starts_with(LEASES)
+            && e.type_ == crate::store::EventType::Modified
+            && let Ok(Some(node)) = crate::store::cache::get_typed::<Node>(store, &key)
+            && !marked_unreachable(&node.value)
+        {
+            return Vec::new();
+        }
+        vec![key]
     }
 
     fn reconcile(&self, store: &dyn Store, key: &str) -> Result<Next, StoreError> {
@@ -346,6 +364,41 @@ impl Controller for NodeLifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Lease renewal wakes the node's reconcile only when the node is marked unreachable;
+    /// a new or deleted Lease, and any change of the node itself, always do.
+    #[test]
+    fn a_renewal_wakes_only_a_node_marked_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::redb_store::RedbStore::open(&dir.path().join("s.redb"), 16).unwrap();
+        let c = NodeLifecycle::new(&Settings::default());
+        let lease = |type_| Event {
+            revision: 9,
+            type_,
+            key: format!("{LEASES}n1"),
+            object: serde_json::json!({"metadata": {"name": "n1", "namespace": "tug-node-lease"}}),
+        };
+        let node_key = format!("{PREFIX}/n1");
+        store.create(&node_key, serde_json::to_value(node("True")).unwrap()).unwrap();
+        assert!(c.keys_for(&store, &lease(crate::store::EventType::Modified)).is_empty());
+        for t in [crate::store::EventType::Added, crate::store::EventType::Deleted] {
+            assert_eq!(c.keys_for(&store, &lease(t)), std::slice::from_ref(&node_key));
+        }
+        store.update(&node_key, serde_json::to_value(node("Unknown")).unwrap(), None).unwrap();
+        assert_eq!(
+            c.keys_for(&store, &lease(crate::store::EventType::Modified)),
+            std::slice::from_ref(&node_key)
+        );
+        // A node not there (yet): looked at.
+        let other = Event {
+            key: format!("{LEASES}n2"),
+            object: serde_json::json!({"metadata": {"name": "n2"}}),
+            ..lease(crate::store::EventType::Modified)
+        };
+        assert_eq!(c.keys_for(&store, &other), [format!("{PREFIX}/n2")]);
+        let n = Event { key: node_key.clone(), ..lease(crate::store::EventType::Modified) };
+        assert_eq!(c.keys_for(&store, &n), [node_key]);
+    }
 
     fn node(ready: &str) -> Node {
         let mut n = Node::default();
