@@ -243,6 +243,14 @@ impl Controller for NodeLifecycle {
         vec![LEASES]
     }
 
+    /// Every node queued again ten times as seldom as the others: each node's reconcile
+    /// already says when to look again (when its grace would run out), so this only catches
+    /// what a cut-off watch missed — at 5,000 nodes a resync every 30 s was 167 reconciles a
+    /// second on its own.
+    fn resync(&self, period: Duration) -> Duration {
+        period * 10
+    }
+
     fn keys_for(&self, store: &dyn Store, e: &Event) -> Vec<String> {
         // A node's store key (cluster-scoped: no namespace between the slashes).
         let Some(name) = e.object["metadata"]["name"].as_str() else { return Vec::new() };
