@@ -240,6 +240,9 @@ impl Agent {
         // Every mount under the agent's directory (rootfs overlays, tmpfs volumes, pinned
         // namespaces), deepest first.
         let root = self.dir.path().to_string_lossy().into_owned();
+        // What still runs from this agent's directory (a supervisor whose directory the agent
+        // removed as it was killed, so the loop above never found it): ended by its PID.
+        kill_mentioning(&root);
         let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -261,6 +264,30 @@ impl Agent {
             let _ = std::fs::remove_dir(dir.join(tug_agent::cgroup::AGENT_LEAF));
         }
     }
+}
+
+/// SIGKILLs every process whose command line names `dir` (this test's own temporary
+/// directory: nothing else names it), and waits for them to go.
+fn kill_mentioning(dir: &str) {
+    let me = std::process::id();
+    let pids = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.windows(dir.len()).any(|w| w == dir.as_bytes())
+            })
+            .filter_map(|pid| i32::try_from(pid).ok())
+            .collect()
+    };
+    for pid in pids() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    crate::wait_for(Duration::from_secs(5), || pids().is_empty());
 }
 
 /// Removes a cgroup directory and its children, deepest first. What still runs in them —

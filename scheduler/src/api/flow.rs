@@ -112,22 +112,30 @@ pub fn seats(total: usize) -> Vec<(Level, usize)> {
 
 /// The levels' seats and queues.
 pub struct Flow {
-    levels: Vec<(Level, Arc<Semaphore>)>,
+    levels: Vec<Queue>,
+}
+
+/// One queued level: its seats and its metrics' series, looked up once.
+struct Queue {
+    level: Level,
+    seats: Arc<Semaphore>,
+    executing: tug_metrics::Gauge,
+    inqueue: tug_metrics::Gauge,
+    wait: tug_metrics::Histogram,
+    rejected: tug_metrics::Counter,
 }
 
 /// A request's seat: given back when dropped.
 pub struct Seat {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    level: Level,
+    /// Its level's executing requests (none for an exempt request).
+    executing: Option<tug_metrics::Gauge>,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        if self.level != Level::Exempt {
-            let m = crate::metrics::get();
-            m.flow_executing
-                .get_or_create(&tug_metrics::labels([("priority_level", self.level.name())]))
-                .dec();
+        if let Some(g) = &self.executing {
+            g.dec();
         }
     }
 }
@@ -138,11 +146,23 @@ impl Flow {
         let m = crate::metrics::get();
         let levels = seats(total)
             .into_iter()
-            .map(|(l, n)| {
-                m.flow_limit
-                    .get_or_create(&tug_metrics::labels([("priority_level", l.name())]))
-                    .set(n as i64);
-                (l, Arc::new(Semaphore::new(n)))
+            .map(|(level, n)| {
+                let labels = tug_metrics::labels([("priority_level", level.name())]);
+                m.flow_limit.get_or_create(&labels).set(n as i64);
+                Queue {
+                    level,
+                    seats: Arc::new(Semaphore::new(n)),
+                    executing: m.flow_executing.get_or_create(&labels).clone(),
+                    inqueue: m.flow_inqueue.get_or_create(&labels).clone(),
+                    wait: m.flow_wait.get_or_create(&labels).clone(),
+                    rejected: m
+                        .flow_rejected
+                        .get_or_create(&tug_metrics::labels([
+                            ("priority_level", level.name()),
+                            ("reason", "time-out"),
+                        ]))
+                        .clone(),
+                }
             })
             .collect();
         Flow { levels }
@@ -150,47 +170,34 @@ impl Flow {
 
     /// Waits for a seat of `level`'s; a 429 Status once it has waited [`QUEUE_TIMEOUT`].
     pub async fn seat(&self, level: Level) -> Result<Seat, tug_api::status::Status> {
-        let Some((_, sem)) = self.levels.iter().find(|(l, _)| *l == level) else {
-            return Ok(Seat { _permit: None, level: Level::Exempt });
+        let Some(q) = self.levels.iter().find(|q| q.level == level) else {
+            return Ok(Seat { _permit: None, executing: None });
         };
-        let m = crate::metrics::get();
-        let labels = tug_metrics::labels([("priority_level", level.name())]);
         let started = Instant::now();
-        let permit = match Arc::clone(sem).try_acquire_owned() {
-            Ok(p) => Ok(p),
+        let permit = match Arc::clone(&q.seats).try_acquire_owned() {
+            Ok(p) => Some(p),
             Err(_) => {
-                let queued = m.flow_inqueue.get_or_create(&labels).clone();
-                queued.inc();
-                let p = tokio::time::timeout(QUEUE_TIMEOUT, Arc::clone(sem).acquire_owned()).await;
-                queued.dec();
-                p.map_err(|_| ()).and_then(|p| p.map_err(|_| ()))
+                q.inqueue.inc();
+                let p = tokio::time::timeout(QUEUE_TIMEOUT, Arc::clone(&q.seats).acquire_owned()).await;
+                q.inqueue.dec();
+                p.ok().and_then(Result::ok)
             }
         };
-        let waited = started.elapsed().as_secs_f64();
-        match permit {
-            Ok(p) => {
-                m.flow_wait.get_or_create(&labels).observe(waited);
-                m.flow_executing.get_or_create(&labels).inc();
-                Ok(Seat { _permit: Some(p), level })
-            }
-            Err(()) => {
-                m.flow_rejected
-                    .get_or_create(&tug_metrics::labels([
-                        ("priority_level", level.name()),
-                        ("reason", "time-out"),
-                    ]))
-                    .inc();
-                Err(tug_api::status::Status::new(
-                    429,
-                    "TooManyRequests",
-                    format!(
-                        "the server has received too many requests of priority level {:?} and its queue timed out after {}s; try again later",
-                        level.name(),
-                        QUEUE_TIMEOUT.as_secs()
-                    ),
-                ))
-            }
-        }
+        let Some(p) = permit else {
+            q.rejected.inc();
+            return Err(tug_api::status::Status::new(
+                429,
+                "TooManyRequests",
+                format!(
+                    "the server has received too many requests of priority level {:?} and its queue timed out after {}s; try again later",
+                    level.name(),
+                    QUEUE_TIMEOUT.as_secs()
+                ),
+            ));
+        };
+        q.wait.observe(started.elapsed().as_secs_f64());
+        q.executing.inc();
+        Ok(Seat { _permit: Some(p), executing: Some(q.executing.clone()) })
     }
 }
 
@@ -233,8 +240,9 @@ mod tests {
             let flow = Arc::clone(&flow);
             tokio::spawn(async move { flow.seat(Level::NodeHigh).await.map(|_| ()) })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "the level's one seat is taken");
+        let mut waiting = waiting;
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(early.is_err(), "the level's one seat is taken");
         let other = tokio::time::timeout(Duration::from_millis(200), flow.seat(Level::GlobalDefault)).await;
         assert!(other.is_ok(), "another level has its own seats");
         let exempt = tokio::time::timeout(Duration::from_millis(200), flow.seat(Level::Exempt)).await;

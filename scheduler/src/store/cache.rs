@@ -155,22 +155,21 @@ struct Indexes {
 
 impl Indexes {
     fn add(&mut self, e: &Entry) {
-        if e.key.starts_with(super::BY_NODE) {
-            index(&mut self.pods_by_node, &e.key, &e.node);
-            index(&mut self.pods_by_controller, &e.key, &e.controller);
-        }
-        for uid in &e.owners {
-            index(&mut self.by_owner, &e.key, uid);
-        }
+        self.each(e, index);
     }
 
     fn remove(&mut self, e: &Entry) {
+        self.each(e, unindex);
+    }
+
+    /// `f` on each index an entry is in, with what it is indexed by there.
+    fn each(&mut self, e: &Entry, f: fn(&mut HashMap<String, BTreeSet<String>>, &str, &str)) {
         if e.key.starts_with(super::BY_NODE) {
-            unindex(&mut self.pods_by_node, &e.key, &e.node);
-            unindex(&mut self.pods_by_controller, &e.key, &e.controller);
+            f(&mut self.pods_by_node, &e.key, &e.node);
+            f(&mut self.pods_by_controller, &e.key, &e.controller);
         }
         for uid in &e.owners {
-            unindex(&mut self.by_owner, &e.key, uid);
+            f(&mut self.by_owner, &e.key, uid);
         }
     }
 }
