@@ -250,12 +250,13 @@ fn main() -> ExitCode {
         }
     };
     // glibc gives every thread that allocates its own arena (up to 8 per core), each keeping
-    // freed memory of its own; the agent's few threads share the main heap, whose free pages
-    // `malloc_trim` returns (the daemon trims every few seconds): measured, 2-3 MiB less RSS
-    // at 100 pods than with two arenas.
+    // freed memory of its own; the agent's threads share two, whose free pages `malloc_trim`
+    // returns (the daemon trims every few seconds). With one arena, a burst of 100 starts
+    // waited 0.5 s in all on its lock (futex waits in `__lll_lock_wait_private`, perf
+    // sched); with two, RSS at 100 pods is the same 28 MiB (`make bench AREA=agent`).
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     // Blocking work (container starts, file writes, mounts) runs on at most 64 threads, which
     // do not outlive a burst of starts by long: every thread's stack pages stay resident, also

@@ -1138,8 +1138,11 @@ async fn wait_exit(socket: &std::path::Path, limit: Duration) -> bool {
 async fn resize(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) {
     use tug_api::kinds::pod::ResourceRequirements;
     let mut pending: Option<(String, String)> = None;
-    let facts = crate::blocking(|| crate::node::facts(&ctx.cfg.state_dir));
-    let usage = ctx.stats.summary();
+    // Read only when a container's resources changed: a pod's every sync comes here, and the
+    // node's facts (a walk of /proc among them) and every pod's usage cost more than the
+    // comparison.
+    let facts = std::cell::OnceCell::new();
+    let usage = std::cell::OnceCell::new();
     for c in &pod.spec.containers {
         let Some(r) = rec.containers.get_mut(&c.name) else { continue };
         if !matches!(r.state, State::Running { .. }) {
@@ -1164,6 +1167,7 @@ async fn resize(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) {
         };
         let cpu_request = get(&want, "requests", "cpu").unwrap_or(0);
         let mem_request = get(&want, "requests", "memory").unwrap_or(0);
+        let facts = facts.get_or_init(|| crate::blocking(|| crate::node::facts(&ctx.cfg.state_dir)));
         if cpu_request > u128::from(facts.cpus) * 1000 || mem_request > u128::from(facts.memory_bytes) {
             pending = Some((
                 "Infeasible".into(),
@@ -1188,7 +1192,7 @@ async fn resize(ctx: &Ctx, pod: &Pod, rec: &mut PodRecord) {
             continue;
         }
         if let Some(limit) = get(&want, "limits", "memory").filter(|_| changed("memory")) {
-            let used = usage.as_ref().and_then(|s| {
+            let used = usage.get_or_init(|| ctx.stats.summary()).as_ref().and_then(|s| {
                 s.pods
                     .iter()
                     .find(|p| p.namespace == rec.namespace && p.name == rec.name)
