@@ -107,17 +107,7 @@ impl Agent {
     /// The pids of the pods' pause processes (`shareProcessNamespace`) this agent started:
     /// `tug-supervisor pause <pod directory>` with the directory under this agent's.
     pub fn pauses(&self) -> Vec<u32> {
-        let mine = format!("\0pause\0{}/", self.dir.path().display());
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mine))
-            })
-            .collect()
+        crate::pids_naming(&format!("\0pause\0{}/", self.dir.path().display()))
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -271,16 +261,9 @@ impl Agent {
 fn kill_mentioning(dir: &str) {
     let me = std::process::id();
     let pids = || -> Vec<i32> {
-        std::fs::read_dir("/proc")
+        crate::pids_naming(dir)
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|&pid| pid != me)
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                cmdline.windows(dir.len()).any(|w| w == dir.as_bytes())
-            })
             .filter_map(|pid| i32::try_from(pid).ok())
             .collect()
     };

@@ -30,6 +30,27 @@ pub fn names_in(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
+/// The id of every process on the host (the numeric names in `/proc`).
+pub fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
+/// The processes whose command line (its arguments with a NUL after each) holds `needle`.
+pub fn pids_naming(needle: &str) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+        .collect()
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; whether it held. Tests wait on
 /// conditions with a deadline, never for a fixed time.
 pub fn wait_for(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {

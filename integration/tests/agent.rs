@@ -1588,11 +1588,8 @@ spec:
         .collect();
     // The container's first process on the host (its init: the lowest pid in the pod's cgroup).
     let init_pid = || -> Option<u32> {
-        std::fs::read_dir("/proc")
+        tug_integration::pids()
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| {
                 std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                     .is_ok_and(|g| g.contains(&format!("/pod{uid}")))
