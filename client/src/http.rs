@@ -1,5 +1,7 @@
 //! The API client: HTTP/1.1 over the control plane's Unix socket, or over TCP with TLS
-//! (`https://HOST:PORT`, with the credentials `tug join` wrote). One connection per request.
+//! (`https://HOST:PORT`, with the credentials `tug join` wrote). A call with a JSON answer
+//! reuses an idle keep-alive connection to the same server when one is at hand ([`Pool`]);
+//! watches, streams and upgrades take a connection of their own.
 
 use anyhow::{Context, anyhow};
 use http_body_util::{BodyExt, Full};
@@ -21,6 +23,8 @@ pub struct Client {
     /// The user and groups every request impersonates (`Impersonate-User`,
     /// `Impersonate-Group`), when set.
     acting_as: Option<Arc<(String, Vec<String>)>>,
+    /// Idle connections, shared by the clones of this client.
+    pool: Arc<Pool>,
 }
 
 /// One way to reach a control-plane replica.
@@ -124,6 +128,7 @@ impl Client {
             servers: servers.into(),
             current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             acting_as: None,
+            pool: Arc::new(Pool::default()),
         })
     }
 
@@ -156,7 +161,7 @@ impl Client {
     }
 
     /// A connection to the server that answered last, else to the next one that answers.
-    async fn connect(&self) -> Result<(Box<dyn Stream>, String), CallError> {
+    async fn connect(&self) -> Result<(Box<dyn Stream>, usize, String), CallError> {
         use std::sync::atomic::Ordering;
         let n = self.servers.len();
         let first = self.current.load(Ordering::Relaxed) % n;
@@ -169,7 +174,7 @@ impl Client {
                     if i > 0 {
                         self.current.store(at, Ordering::Relaxed);
                     }
-                    return Ok((stream, server.describe()));
+                    return Ok((stream, at, server.describe()));
                 }
                 Ok(Err(e)) => errors.push(e),
                 Err(_) => {
@@ -205,15 +210,16 @@ impl Client {
         }))
     }
 
-    async fn send(
+    /// The request, ready to send (made again for a retry: hyper keeps a request it wrote).
+    fn request(
         &self,
         method: Method,
         path: &str,
         content_type: &str,
-        body: Vec<u8>,
+        body: Bytes,
         headers: &[(&str, &str)],
         upgrade: Option<&str>,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -237,9 +243,94 @@ impl Client {
         if let Some(p) = upgrade {
             req = req.header("connection", "upgrade").header("upgrade", p);
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| CallError::Transport(e.into()))?;
-        let (stream, server) = self.connect().await?;
-        exchange(stream, req, &server).await
+        req.body(Full::new(body))
+    }
+
+    /// A request on a connection of its own (a watch, a stream, an upgrade: they hold it).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+        upgrade: Option<&str>,
+    ) -> Result<Response<Incoming>, CallError> {
+        let req = self
+            .request(method, path, content_type, Bytes::from(body), headers, upgrade)
+            .map_err(|e| CallError::Transport(e.into()))?;
+        let (stream, _, server) = self.connect().await?;
+        let (mut sender, server) = open(stream, &server).await?;
+        send_on(&mut sender, req, &server).await
+    }
+
+    /// A call whose answer is read whole: on an idle connection to the current server when
+    /// the pool has one, else on a new one. The connection goes back to the pool once
+    /// [`Lease::release`] says its answer was read.
+    ///
+    /// A pooled connection may have been closed by the server a moment ago (its idle
+    /// timeout, a restart). A request hyper had not yet written goes on a new connection;
+    /// one it wrote is sent again only when its method is idempotent (GET, PUT, DELETE), as
+    /// Go's HTTP client does: a POST the server may have acted on is never repeated.
+    async fn send_pooled(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(Response<Incoming>, Lease), CallError> {
+        let body = Bytes::from(body);
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        let make = || self.request(method.clone(), path, content_type, body.clone(), headers, None);
+        let transport = |e: hyper::http::Error| CallError::Transport(e.into());
+        let mut req = make().map_err(transport)?;
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.servers.len();
+        if let Some(mut idle) = self.pool.take(current) {
+            if idle.sender.ready().await.is_ok() {
+                match idle.sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Lease { pool: self.pool.clone(), conn: Some(idle) })),
+                    Err(mut e) => {
+                        req = match e.take_message() {
+                            Some(unsent) => unsent,
+                            None if idempotent && e.error().is_incomplete_message() => {
+                                make().map_err(transport)?
+                            }
+                            None => {
+                                let server = self.servers[idle.server].describe();
+                                return Err(CallError::Transport(anyhow!(
+                                    "request to {path} at {server}: {}",
+                                    e.error()
+                                )));
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        let (stream, at, server) = self.connect().await?;
+        let (mut sender, server) = open(stream, &server).await?;
+        let resp = send_on(&mut sender, req, &server).await?;
+        let conn = Idle { server: at, sender, runtime: tokio::runtime::Handle::current().id(), since: None };
+        Ok((resp, Lease { pool: self.pool.clone(), conn: Some(conn) }))
+    }
+
+    /// A call whose JSON answer is read whole, its connection then back in the pool.
+    async fn call_pooled(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(Value, hyper::HeaderMap), CallError> {
+        let (resp, lease) = self.send_pooled(method, path, content_type, body, headers).await?;
+        let out = read_json(resp).await;
+        // A Status is a whole answer too; only a broken one leaves the connection unfit.
+        if !matches!(out, Err(CallError::Transport(_))) {
+            lease.release();
+        }
+        out
     }
 
     /// One call with a JSON answer; a non-2xx answer is the server's Status.
@@ -250,7 +341,7 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(Value, hyper::HeaderMap), CallError> {
-        read_json(self.send(method, path, content_type, body, &[], None).await?).await
+        self.call_pooled(method, path, content_type, body, &[]).await
     }
 
     /// A JSON call with extra request headers (`Impersonate-User`, …).
@@ -261,7 +352,7 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> Result<(Value, hyper::HeaderMap), CallError> {
-        read_json(self.send(method, path, "application/json", body, headers, None).await?).await
+        self.call_pooled(method, path, "application/json", body, headers).await
     }
 
     /// A JSON call with an `Authorization` header (`POST /join`).
@@ -272,7 +363,7 @@ impl Client {
         body: Vec<u8>,
         auth: &str,
     ) -> Result<Value, CallError> {
-        read_json(self.send(method, path, "application/json", body, &[("authorization", auth)], None).await?)
+        self.call_pooled(method, path, "application/json", body, &[("authorization", auth)])
             .await
             .map(|r| r.0)
     }
@@ -375,13 +466,17 @@ const KEEPALIVE_PROBES: u32 = 3;
 
 /// A connection that sits idle for long (an agent's parked tunnel, a quiet watch) learns of a
 /// server whose host died or was cut off (no FIN, no RST) within about a minute, and is made
-/// again, instead of waiting on it for good.
+/// again, instead of waiting on it for good. A request written to such a server (on a
+/// connection from the pool, say) is given up as long after its bytes went unanswered
+/// (`TCP_USER_TIMEOUT`): the kernel's own retransmissions would take a quarter of an hour.
 fn keep_alive(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
-    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(&keepalive)?;
+    sock.set_tcp_user_timeout(Some(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES))
 }
 
 /// A connected (and, over TCP, TLS-established) stream to one server, or why not.
@@ -472,21 +567,100 @@ impl Client {
     }
 }
 
-/// One request on a fresh connection.
-async fn exchange<IO>(
-    io: IO,
-    req: Request<Full<Bytes>>,
-    server: &str,
-) -> Result<Response<Incoming>, CallError>
+/// An HTTP/1.1 connection over `io`, its task spawned on the current runtime.
+async fn open<IO>(io: IO, server: &str) -> Result<(SendRequest, String), CallError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let path = req.uri().to_string();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| CallError::Transport(anyhow!("handshake with {server}: {e}")))?;
     tokio::spawn(conn.with_upgrades());
-    sender.send_request(req).await.map_err(|e| CallError::Transport(anyhow!("request to {path}: {e}")))
+    Ok((sender, server.to_string()))
+}
+
+/// One request on a connection that takes it.
+async fn send_on(
+    sender: &mut SendRequest,
+    req: Request<Full<Bytes>>,
+    server: &str,
+) -> Result<Response<Incoming>, CallError> {
+    let path = req.uri().to_string();
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| CallError::Transport(anyhow!("request to {path} at {server}: {e}")))
+}
+
+type SendRequest = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// How long an idle connection stays in the pool: well within the server's idle timeout
+/// (`tug-scheduler --idle-timeout`, 90 s as kube-apiserver's), so the server seldom closes
+/// one just as it is taken.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most idle connections a client keeps: a burst's hundred calls at once make a hundred
+/// connections, of which this many stay for the calls after.
+const POOL_MAX: usize = 16;
+
+/// A client's idle keep-alive connections. An agent makes several calls for each pod it
+/// starts; a new connection for each — over TLS a handshake each — cost both ends more than
+/// the calls themselves.
+#[derive(Default)]
+struct Pool {
+    idle: std::sync::Mutex<Vec<Idle>>,
+}
+
+/// A connection and where it goes.
+struct Idle {
+    /// The server's index in the client's list.
+    server: usize,
+    sender: SendRequest,
+    /// The runtime its task runs on: a connection is only taken by a call on the same one,
+    /// which drives its task while it waits (another runtime may be idle, or gone).
+    runtime: tokio::runtime::Id,
+    /// When it was put back.
+    since: Option<std::time::Instant>,
+}
+
+impl Pool {
+    /// An idle connection to `server` made on the current runtime; connections closed or
+    /// idle too long are dropped on the way.
+    fn take(&self, server: usize) -> Option<Idle> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|c| !c.sender.is_closed() && c.since.is_some_and(|t| t.elapsed() < POOL_IDLE));
+        let i = idle.iter().rposition(|c| c.server == server && c.runtime == runtime)?;
+        Some(idle.swap_remove(i))
+    }
+
+    fn put(&self, mut conn: Idle) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < POOL_MAX && !conn.sender.is_closed() {
+            conn.since = Some(std::time::Instant::now());
+            idle.push(conn);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A connection in use by one call: back to the pool once its answer is read whole, closed
+/// if dropped before.
+struct Lease {
+    pool: Arc<Pool>,
+    conn: Option<Idle>,
+}
+
+impl Lease {
+    fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.put(c);
+        }
+    }
 }
 
 /// The JSON body of an answer; a non-2xx answer is the server's Status.
@@ -534,6 +708,99 @@ async fn read_json(resp: Response<Incoming>) -> Result<(Value, hyper::HeaderMap)
 mod tests {
     use super::*;
 
+    /// A bare HTTP/1.1 server on a Unix socket answering `{}` to every request; with
+    /// `close_after` it closes each connection after that many answers (without saying so,
+    /// as a server at its idle timeout or a restart does). Returns the connections accepted.
+    async fn serve(
+        listener: tokio::net::UnixListener,
+        close_after: Option<usize>,
+    ) -> Arc<std::sync::atomic::AtomicUsize> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut buf, mut answered) = (Vec::new(), 0);
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // Requests here carry their body's length; a head ends the request
+                        // once that many bytes follow it.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() < end + 4 + len {
+                                break;
+                            }
+                            buf.drain(..end + 4 + len);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                            if s.write_all(ok).await.is_err() {
+                                return;
+                            }
+                            answered += 1;
+                            if close_after.is_some_and(|n| answered >= n) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        accepted
+    }
+
+    #[tokio::test]
+    async fn calls_one_after_another_share_one_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let accepted = serve(tokio::net::UnixListener::bind(&sock).unwrap(), None).await;
+        let client = Client::unix(&sock);
+        for _ in 0..5 {
+            client.get("/api/v1/pods").await.unwrap();
+            client.call(Method::POST, "/api/v1/events", "application/json", b"{}".to_vec()).await.unwrap();
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(client.pool.len(), 1);
+        // Calls at once each take a connection; the pool keeps them for the next.
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let c = client.clone();
+            calls.spawn(async move { c.get("/api/v1/pods").await.map(drop) });
+        }
+        while let Some(r) = calls.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        assert!(client.pool.len() >= 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_not_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let accepted = serve(tokio::net::UnixListener::bind(&sock).unwrap(), Some(1)).await;
+        let client = Client::unix(&sock);
+        for i in 1..=4 {
+            // Straight after the answer: the close may not be seen yet (a GET is sent
+            // again on a new connection), or a moment later (it is seen and dropped).
+            client.get("/api/v1/pods").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // A POST after the close was seen goes on a new connection.
+            client.call(Method::POST, "/api/v1/events", "application/json", b"{}".to_vec()).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2 * i);
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_to_a_server_probes_a_silent_peer() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -544,5 +811,6 @@ mod tests {
         assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(std::time::Duration::from_secs(60)));
     }
 }
