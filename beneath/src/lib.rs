@@ -168,6 +168,12 @@ impl Root {
                 Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
             })
             .collect();
+        // Most targets exist (an image's /proc, /dev, /etc/hosts): one lookup, not one from
+        // the root for each component on the way. Anything else is found by the walk below.
+        let whole: PathBuf = comps.iter().collect();
+        if let Ok(fd) = self.open_raw(&whole, dir, Mode::empty()) {
+            return Ok(fd);
+        }
         let mut done = PathBuf::new();
         let mut fd = self.open_raw(&done, dir, Mode::empty()).map_err(|e| self.err(rel, e))?;
         for (i, name) in comps.iter().enumerate() {

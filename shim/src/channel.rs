@@ -25,7 +25,7 @@
 //!
 //! If the init dies before Ready, the parent reads end-of-file and reports the init's exit.
 
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, send, socketpair};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, send, socketpair};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -81,17 +81,28 @@ impl Channel {
     }
 
     fn recv<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ChannelError> {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Room for the largest message, never zeroed: a message is a few hundred bytes, and
+        // only the pages it lands in are touched (each process of a start receives several).
+        const MAX: usize = 64 * 1024;
+        let mut buf: Vec<u8> = Vec::with_capacity(MAX);
         let n = loop {
-            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Err(nix::Error::EINTR) => continue,
-                other => break other?,
+            // SAFETY: recv writes at most MAX bytes into the vector's spare capacity, which
+            // is MAX bytes long; nothing reads them before set_len below counts them in.
+            let r = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), MAX, 0) };
+            match usize::try_from(r) {
+                Ok(n) => break n,
+                Err(_) => match nix::Error::last() {
+                    nix::Error::EINTR => {}
+                    e => return Err(e.into()),
+                },
             }
         };
         if n == 0 {
             return Err(ChannelError::Closed);
         }
-        Ok(serde_json::from_slice(&buf[..n])?)
+        // SAFETY: the kernel wrote the first n bytes (n <= MAX).
+        unsafe { buf.set_len(n) };
+        Ok(serde_json::from_slice(&buf)?)
     }
 
     /// Parent: tell the init its cgroup is ready.
