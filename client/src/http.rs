@@ -259,9 +259,17 @@ impl Client {
         let req = self
             .request(method, path, content_type, Bytes::from(body), headers, upgrade)
             .map_err(|e| CallError::Transport(e.into()))?;
-        let (stream, _, server) = self.connect().await?;
+        self.send_fresh(req).await.map(|(resp, _)| resp)
+    }
+
+    /// `req` on a new connection (to the server that answered last, else the next that
+    /// answers); the connection comes back with the answer, ready for the pool.
+    async fn send_fresh(&self, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Idle), CallError> {
+        let (stream, at, server) = self.connect().await?;
         let (mut sender, server) = open(stream, &server).await?;
-        send_on(&mut sender, req, &server).await
+        let resp = send_on(&mut sender, req, &server).await?;
+        let runtime = tokio::runtime::Handle::current().id();
+        Ok((resp, Idle { server: at, sender, runtime, since: None }))
     }
 
     /// A call whose answer is read whole: on an idle connection to the current server when
@@ -308,10 +316,7 @@ impl Client {
                 }
             }
         }
-        let (stream, at, server) = self.connect().await?;
-        let (mut sender, server) = open(stream, &server).await?;
-        let resp = send_on(&mut sender, req, &server).await?;
-        let conn = Idle { server: at, sender, runtime: tokio::runtime::Handle::current().id(), since: None };
+        let (resp, conn) = self.send_fresh(req).await?;
         Ok((resp, Lease { pool: self.pool.clone(), conn: Some(conn) }))
     }
 
