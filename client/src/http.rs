@@ -269,58 +269,17 @@ impl Client {
         let (mut sender, server) = open(stream, &server).await?;
         let resp = send_on(&mut sender, req, &server).await?;
         let runtime = tokio::runtime::Handle::current().id();
-        Ok((resp, Idle { server: at, sender, runtime, since: None }))
+        Ok((resp, Idle { server: at, sender, runtime, since: std::time::Instant::now() }))
     }
 
-    /// A call whose answer is read whole: on an idle connection to the current server when
-    /// the pool has one, else on a new one. The connection goes back to the pool once
-    /// [`Lease::release`] says its answer was read.
+    /// A call whose JSON answer is read whole: on an idle connection to the current server
+    /// when the pool has one, else on a new one; the connection goes back to the pool once
+    /// the answer is read (a Status too: only a broken answer leaves it unfit).
     ///
     /// A pooled connection may have been closed by the server a moment ago (its idle
     /// timeout, a restart). A request hyper had not yet written goes on a new connection;
     /// one it wrote is sent again only when its method is idempotent (GET, PUT, DELETE), as
     /// Go's HTTP client does: a POST the server may have acted on is never repeated.
-    async fn send_pooled(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-        headers: &[(&str, &str)],
-    ) -> Result<(Response<Incoming>, Lease), CallError> {
-        let body = Bytes::from(body);
-        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
-        let make = || self.request(method.clone(), path, content_type, body.clone(), headers, None);
-        let transport = |e: hyper::http::Error| CallError::Transport(e.into());
-        let mut req = make().map_err(transport)?;
-        let current = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.servers.len();
-        if let Some(mut idle) = self.pool.take(current) {
-            if idle.sender.ready().await.is_ok() {
-                match idle.sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Lease { pool: self.pool.clone(), conn: Some(idle) })),
-                    Err(mut e) => {
-                        req = match e.take_message() {
-                            Some(unsent) => unsent,
-                            None if idempotent && e.error().is_incomplete_message() => {
-                                make().map_err(transport)?
-                            }
-                            None => {
-                                let server = self.servers[idle.server].describe();
-                                return Err(CallError::Transport(anyhow!(
-                                    "request to {path} at {server}: {}",
-                                    e.error()
-                                )));
-                            }
-                        };
-                    }
-                }
-            }
-        }
-        let (resp, conn) = self.send_fresh(req).await?;
-        Ok((resp, Lease { pool: self.pool.clone(), conn: Some(conn) }))
-    }
-
-    /// A call whose JSON answer is read whole, its connection then back in the pool.
     async fn call_pooled(
         &self,
         method: Method,
@@ -329,11 +288,28 @@ impl Client {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> Result<(Value, hyper::HeaderMap), CallError> {
-        let (resp, lease) = self.send_pooled(method, path, content_type, body, headers).await?;
+        let body = Bytes::from(body);
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        let make = || self.request(method.clone(), path, content_type, body.clone(), headers, None);
+        let req = make().map_err(|e| CallError::Transport(e.into()))?;
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.servers.len();
+        let sent = match self.pool.take(current) {
+            Some(idle) => {
+                let again = || if idempotent { make().ok() } else { None };
+                idle.send(req, again).await.map_err(|(e, server)| {
+                    let server = self.servers[server].describe();
+                    CallError::Transport(anyhow!("request to {path} at {server}: {e}"))
+                })?
+            }
+            None => Err(req),
+        };
+        let (resp, conn) = match sent {
+            Ok(sent) => sent,
+            Err(req) => self.send_fresh(req).await?,
+        };
         let out = read_json(resp).await;
-        // A Status is a whole answer too; only a broken one leaves the connection unfit.
         if !matches!(out, Err(CallError::Transport(_))) {
-            lease.release();
+            self.pool.put(conn);
         }
         out
     }
@@ -624,8 +600,36 @@ struct Idle {
     /// The runtime its task runs on: a connection is only taken by a call on the same one,
     /// which drives its task while it waits (another runtime may be idle, or gone).
     runtime: tokio::runtime::Id,
-    /// When it was put back.
-    since: Option<std::time::Instant>,
+    /// When it was made, then when it was last put back.
+    since: std::time::Instant,
+}
+
+impl Idle {
+    /// `req` on this connection: the answer and the connection, or the request to send on a
+    /// new one — when hyper had not written it (the server closed the connection first), or
+    /// had and `again` makes it anew (an idempotent request). Otherwise the error, and the
+    /// server's index.
+    async fn send(
+        mut self,
+        req: Request<Full<Bytes>>,
+        again: impl FnOnce() -> Option<Request<Full<Bytes>>>,
+    ) -> Result<Result<(Response<Incoming>, Idle), Request<Full<Bytes>>>, (hyper::Error, usize)> {
+        if self.sender.ready().await.is_err() {
+            return Ok(Err(req));
+        }
+        let mut e = match self.sender.try_send_request(req).await {
+            Ok(resp) => return Ok(Ok((resp, self))),
+            Err(e) => e,
+        };
+        if let Some(unsent) = e.take_message() {
+            return Ok(Err(unsent));
+        }
+        let error = e.into_error();
+        match again().filter(|_| error.is_incomplete_message()) {
+            Some(req) => Ok(Err(req)),
+            None => Err((error, self.server)),
+        }
+    }
 }
 
 impl Pool {
@@ -634,7 +638,7 @@ impl Pool {
     fn take(&self, server: usize) -> Option<Idle> {
         let runtime = tokio::runtime::Handle::try_current().ok()?.id();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| !c.sender.is_closed() && c.since.is_some_and(|t| t.elapsed() < POOL_IDLE));
+        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < POOL_IDLE);
         let i = idle.iter().rposition(|c| c.server == server && c.runtime == runtime)?;
         Some(idle.swap_remove(i))
     }
@@ -642,7 +646,7 @@ impl Pool {
     fn put(&self, mut conn: Idle) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < POOL_MAX && !conn.sender.is_closed() {
-            conn.since = Some(std::time::Instant::now());
+            conn.since = std::time::Instant::now();
             idle.push(conn);
         }
     }
@@ -650,21 +654,6 @@ impl Pool {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// A connection in use by one call: back to the pool once its answer is read whole, closed
-/// if dropped before.
-struct Lease {
-    pool: Arc<Pool>,
-    conn: Option<Idle>,
-}
-
-impl Lease {
-    fn release(mut self) {
-        if let Some(c) = self.conn.take() {
-            self.pool.put(c);
-        }
     }
 }
 
@@ -794,14 +783,21 @@ mod tests {
         let sock = dir.path().join("api.sock");
         let accepted = serve(tokio::net::UnixListener::bind(&sock).unwrap(), Some(1)).await;
         let client = Client::unix(&sock);
+        // Until the client has seen the server close every pooled connection.
+        let closes_seen = || async {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while client.pool.idle.lock().unwrap().iter().any(|c| !c.sender.is_closed()) {
+                assert!(std::time::Instant::now() < deadline, "the server's close was never seen");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
         for i in 1..=4 {
-            // Straight after the answer: the close may not be seen yet (a GET is sent
-            // again on a new connection), or a moment later (it is seen and dropped).
+            // Straight after the last answer: the close may not be seen yet (a GET is sent
+            // again on a new connection), or already (the connection is dropped).
             client.get("/api/v1/pods").await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            closes_seen().await;
             // A POST after the close was seen goes on a new connection.
             client.call(Method::POST, "/api/v1/events", "application/json", b"{}".to_vec()).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2 * i);
         }
     }

@@ -194,10 +194,9 @@ fn main() {
         pct(&lat, 0.99)
     );
     // Steady state: 10 s with every pod running.
-    let pid = agent.pid().expect("agent pid");
-    let (_, t1) = proc_stat(pid);
+    let (_, t1) = proc_stat(agent_pid);
     std::thread::sleep(Duration::from_secs(10));
-    let (rss, t2) = proc_stat(pid);
+    let (rss, t2) = proc_stat(agent_pid);
     let hz = clock_ticks();
     #[allow(clippy::cast_precision_loss)]
     let cpu = (t2 - t1) as f64 / hz / 10.0 * 100.0;
