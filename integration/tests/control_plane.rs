@@ -1762,7 +1762,8 @@ fn three_replicas_fail_over_fast_and_a_replaced_leader_is_fenced() {
     assert!(moved, "no takeover from the cut-off leader");
     assert_eq!(pods(), before, "nothing done twice across three leaders");
 
-    // 4. Every replica binds: three at once never overcommit a node nor bind a pod twice.
+    // 4. Pods created through every replica at once are bound by the leader alone (the
+    // scheduler runs with the controllers): no node overcommitted, no pod bound twice.
     let node = |name: &str| {
         let body = format!(
             "{{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {{\"name\": \"{name}\"}}, \"status\": {{\"allocatable\": {{\"cpu\": \"1\", \"memory\": \"8Gi\", \"pods\": \"110\"}}, \"conditions\": [{{\"type\": \"Ready\", \"status\": \"True\"}}]}}}}"
@@ -1828,6 +1829,16 @@ fn three_replicas_fail_over_fast_and_a_replaced_leader_is_fenced() {
             .map(|e| e["count"].as_u64().unwrap_or(1))
             .sum::<u64>();
         assert_eq!(scheduled, 1, "{pod} bound {scheduled} times");
+    }
+    let binder = holder(&replicas, &alive).expect("a leader");
+    for (i, r) in replicas.iter().enumerate().filter(|(i, _)| alive[*i]) {
+        let text = out(&r.tug(&["get", "--raw", "/metrics"]));
+        let bound: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("scheduler_schedule_attempts_total{result=\"scheduled\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(bound > 0.0, i == binder, "replica {i} bound {bound} pods; the leader is {binder}");
     }
     drop(replicas.drain(..));
 }

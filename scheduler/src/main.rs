@@ -380,7 +380,6 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         matches!(flags.store, Backend::Etcd).then(|| Arc::new(cached.serving_watches()) as Arc<dyn Store>);
     let for_lists = cached.clone();
     let copy: Arc<dyn Store> = Arc::new(cached);
-    let store_for_scheduler = copy.clone();
     let store_for_kubernetes = store.clone();
     let store_for_controllers = copy;
     let services =
@@ -449,11 +448,6 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         usage.clone(),
         hpa_sync.min(std::time::Duration::from_secs(5)),
     ));
-    let placer = tokio::spawn(tug_scheduler::sched::bind::run(
-        store_for_scheduler,
-        flags.scoring_strategy,
-        std::time::Duration::from_secs(30),
-    ));
     let election = election(&flags);
     let controllers = tug_scheduler::controllers::spawn(
         store_for_controllers,
@@ -476,6 +470,7 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
                     auto: true,
                 }
             }),
+            scoring_strategy: flags.scoring_strategy,
         },
         &flags.socket.display().to_string(),
         election,
@@ -540,7 +535,6 @@ async fn serve(flags: Flags, store: Arc<dyn Store>) -> anyhow::Result<()> {
         }
     }
     compactor.abort();
-    placer.abort();
     usage_refresher.abort();
     if let Some(f) = rbac_follower {
         f.abort();

@@ -7,7 +7,8 @@
 # bridging its two links into one segment (192.168.77.0/24). Then a Deployment spread over
 # the three answers through its Service from each guest, the leading replica is killed, and
 # the survivors take over (scripts/vm/cluster-guest.sh). Prints each check's result, the
-# guests' console logs on failure, and a closing "N passed, N failed" line.
+# guests' console logs on failure, the failed checks again, and a closing "N passed, N failed"
+# line.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ws=$(pwd)
@@ -79,5 +80,10 @@ for role in "${roles[@]}"; do
     fi
 done
 [ $((passed + failed)) -gt 0 ] || { echo "vm-cluster: no check ran in the guests"; bad=1; }
+# The failed checks again, after the consoles: the end of the output names them.
+for role in "${roles[@]}"; do
+    grep -a '^CHECK .* FAILED' "$cache/console-cluster-$role.log" | cut -c1-400 \
+        | sed "s/^CHECK /vm-cluster: $role: /" || true
+done
 echo "vm-cluster: $passed passed, $failed failed"
 [ "$bad" -eq 0 ] && [ "$failed" -eq 0 ]

@@ -1,6 +1,6 @@
 //! Leader election among control-plane replicas, and the fence on the leader's writes.
 //!
-//! Every replica serves the API and binds pods; one at a time runs the controllers. The lead
+//! Every replica serves the API; one at a time runs the controllers and the scheduler. The lead
 //! is a Lease (`tug-system/tug-controllers`) held by renewing it every `retry` period:
 //!
 //! - **Expiry by observation.** A follower never compares the holder's `renewTime` with its

@@ -75,6 +75,8 @@ pub struct Settings {
     pub dialer: Option<DebugDialer>,
     /// `--load-balancer-pool`.
     pub lb_pool: Option<loadbalancer::Pool>,
+    /// `--scoring-strategy` of the scheduler, which runs with the controllers.
+    pub scoring_strategy: crate::sched::engine::Strategy,
 }
 
 impl Default for Settings {
@@ -88,6 +90,7 @@ impl Default for Settings {
             usage: Default::default(),
             dialer: None,
             lb_pool: None,
+            scoring_strategy: Default::default(),
         }
     }
 }
@@ -104,11 +107,14 @@ impl std::fmt::Debug for DebugDialer {
 
 pub use leader::{LEADER_LEASE, Timing};
 
-/// Runs the controllers while this replica holds the leader Lease ([`leader`]): several
-/// `tug-scheduler`s over one etcd run them once, not once each, and a replaced leader's
-/// writes are fenced off. (Binding pods needs no election: see `sched::bind`.) `identity`
-/// names this replica (host and socket): a restarted replica takes its own lease back at
-/// once.
+/// Runs the controllers and the scheduler while this replica holds the leader Lease
+/// ([`leader`]): several `tug-scheduler`s over one etcd run them once, not once each, and a
+/// replaced leader's writes are fenced off. The scheduler is one too, as kube-scheduler is
+/// leader-elected: placing a pod by where its siblings are (topology spread, pod
+/// anti-affinity) needs every earlier binding in view, and replicas binding at once each
+/// placed by a view without the others' (a Deployment of three with `maxSkew: 1` went two
+/// on one node). `identity` names this replica (host and socket): a restarted replica takes
+/// its own lease back at once.
 pub fn spawn(
     store: Arc<dyn Store>,
     settings: &Settings,
@@ -120,8 +126,10 @@ pub fn spawn(
     leader::spawn(store, timing, format!("{host}:{identity}"), move |fenced| start(fenced, &settings))
 }
 
-/// Starts every controller on the current tokio runtime.
+/// Starts every controller and the scheduler on the current tokio runtime.
 fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
+    let scheduler =
+        tokio::spawn(crate::sched::bind::run(store.clone(), settings.scoring_strategy, Duration::from_secs(30)));
     let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
@@ -156,6 +164,7 @@ fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHan
     controllers
         .into_iter()
         .map(|(c, workers)| tokio::spawn(runtime::run(store.clone(), c, workers, settings.resync)))
+        .chain([scheduler])
         .collect()
 }
 

@@ -9,7 +9,10 @@
 //! (`0/5 nodes are available: …`) and a `FailedScheduling` Event, written only when the
 //! summary changes so that the scheduler's own writes do not wake it forever.
 //!
-//! Several schedulers on one store never overcommit a node: before binding, a scheduler
+//! One scheduler runs per control plane, on the replica leading the controllers
+//! (`controllers::spawn`): cross-pod rules need every earlier binding in view. Still, two
+//! schedulers on one store (a replaced leader for a moment, a second scheduler) never
+//! overcommit a node: before binding, a scheduler
 //! records the pod's requests in the node's *reservation* (`_tug/reservations//<node>`),
 //! updating it with the revision it read before its snapshot. A replica that reserved on the
 //! same node in between bumped that revision, so the update fails and the pod waits for the
