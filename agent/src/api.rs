@@ -42,16 +42,25 @@ pub async fn pod_event(
     reason: &str,
     message: &str,
 ) {
-    // New events are written one at a time, and a repeat found while waiting bumps the
+    // A new event is written under its key's lock, and a repeat found while waiting bumps the
     // event just written: two of the same at once (a crash loop's BackOff from the worker and
-    // from a resync) must not make two objects.
-    static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    // from a resync) must not make two objects. Different events go at once (a burst of pod
+    // starts' events, one at a time, each waited for its own commit).
+    const STRIPES: usize = 16;
+    static CREATING: [tokio::sync::Mutex<()>; STRIPES] =
+        [const { tokio::sync::Mutex::const_new(()) }; STRIPES];
     let now = std::time::SystemTime::now();
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     let key = format!("{uid}\0{type_}\0{reason}\0{message}");
     let mut seen = recorded().lock().unwrap_or_else(|e| e.into_inner()).repeat(&key, now);
     let _creating = if seen.is_none() {
-        let g = CREATING.lock().await;
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0)
+        };
+        let g = CREATING[stripe].lock().await;
         seen = recorded().lock().unwrap_or_else(|e| e.into_inner()).repeat(&key, now);
         Some(g)
     } else {

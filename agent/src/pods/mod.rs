@@ -179,6 +179,11 @@ pub async fn worker(
     // For kubelet_pod_start_duration_seconds: when this agent first saw a pod it starts
     // (not one an earlier run started), until every container of it runs.
     let mut first_seen = (!inherited).then(std::time::Instant::now);
+    // When the running pod's ConfigMap, Secret, downward API and projected volumes were last
+    // written again: once per sync period, as kubelet does, not on every event (a starting
+    // pod's own status writes come back as several; each asked the API for the volumes'
+    // objects and a token again). A pod this run starts had them written by its start.
+    let mut volumes_synced = first_seen;
     loop {
         let timeout = match wake {
             Some(t) => Duration::from_millis(t.saturating_sub(now_ms())).min(ctx.cfg.sync_frequency),
@@ -243,8 +248,10 @@ pub async fn worker(
                     || v.projected.is_some()
             })
             && rec.containers.values().any(|c| matches!(c.state, State::Running { .. }))
+            && volumes_synced.is_none_or(|t| t.elapsed() >= ctx.cfg.sync_frequency)
         {
             // ConfigMaps and Secrets that changed reach running containers' files.
+            volumes_synced = Some(std::time::Instant::now());
             let host_ip = ctx.cfg.node_ip.to_string();
             let ip = rec.ip.clone().unwrap_or_default();
             if let Err(e) = volumes::prepare(&ctx.api, p, &ctx.pod_dir(&rec.uid), &ip, &host_ip).await {

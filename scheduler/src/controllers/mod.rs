@@ -128,8 +128,11 @@ pub fn spawn(
 
 /// Starts every controller and the scheduler on the current tokio runtime.
 fn start(store: Arc<dyn Store>, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
-    let scheduler =
-        tokio::spawn(crate::sched::bind::run(store.clone(), settings.scoring_strategy, Duration::from_secs(30)));
+    let scheduler = tokio::spawn(crate::sched::bind::run(
+        store.clone(),
+        settings.scoring_strategy,
+        Duration::from_secs(30),
+    ));
     let controllers: Vec<(Arc<dyn runtime::Controller>, usize)> = vec![
         (Arc::new(replicaset::ReplicaSets), 2),
         (Arc::new(deployment::Deployments), 2),
