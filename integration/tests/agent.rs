@@ -926,6 +926,15 @@ spec:
     let mounts = exec_in(&agent, &a, &["cat", "/proc/mounts"]).0;
     assert!(mounts.lines().any(|l| l.contains(" /mem tmpfs ") && l.contains("size=8192k")), "{mounts}");
     assert!(mounts.lines().any(|l| l.contains(" /sec tmpfs ")), "secrets live on a tmpfs: {mounts}");
+    // On the node, the secret is in the run directory's tmpfs: the one tmpfs the pod added to
+    // the node's mounts is its memory emptyDir.
+    let node_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state = agent.state_dir().display().to_string();
+    let tmpfs: Vec<&str> = node_mounts
+        .lines()
+        .filter(|l| l.contains(&format!(" {state}/")) && l.contains(" - tmpfs "))
+        .collect();
+    assert!(tmpfs.len() == 1 && tmpfs[0].contains("/volumes/mem "), "{tmpfs:#?}");
     // An update of the ConfigMap reaches the running container.
     apply(
         &cp,

@@ -116,6 +116,12 @@ impl Ctx {
         self.cfg.pods_dir().join(uid)
     }
 
+    /// Where the pod's volumes go: its volume directory, and its directory in the run
+    /// directory when that is a tmpfs (for secret and projected volumes: see `volumes`).
+    fn volume_dirs(&self, uid: &str) -> (PathBuf, Option<PathBuf>) {
+        (self.pod_dir(uid), volumes::in_memory(&self.cfg.run_dir).then(|| self.sandbox_dir(uid)))
+    }
+
     fn cgroup(&self, uid: &str) -> String {
         format!("{}/pod{}", self.pods_cgroup, short(uid))
     }
@@ -254,7 +260,9 @@ pub async fn worker(
             volumes_synced = Some(std::time::Instant::now());
             let host_ip = ctx.cfg.node_ip.to_string();
             let ip = rec.ip.clone().unwrap_or_default();
-            if let Err(e) = volumes::prepare(&ctx.api, p, &ctx.pod_dir(&rec.uid), &ip, &host_ip).await {
+            let (disk, memory) = ctx.volume_dirs(&rec.uid);
+            let places = volumes::Places { disk: &disk, memory: memory.as_deref() };
+            if let Err(e) = volumes::prepare(&ctx.api, p, places, &ip, &host_ip).await {
                 tracing::warn!("tug-agent: pod {}/{}: {e}", rec.namespace, rec.name);
                 record_event(&ctx, &rec, "Warning", "FailedMount", format!("MountVolume.SetUp failed: {e}"));
             }
@@ -935,14 +943,9 @@ async fn launch(
         pid_ns: rec.pause.as_ref().map(tug_shim::supervisor::pause::Pause::ns_path),
     };
     let host_ip = ctx.cfg.node_ip.to_string();
-    let vols = match volumes::prepare(
-        &ctx.api,
-        pod,
-        &ctx.pod_dir(&rec.uid),
-        rec.ip.as_deref().unwrap_or(""),
-        &host_ip,
-    )
-    .await
+    let (disk, memory) = ctx.volume_dirs(&rec.uid);
+    let places = volumes::Places { disk: &disk, memory: memory.as_deref() };
+    let vols = match volumes::prepare(&ctx.api, pod, places, rec.ip.as_deref().unwrap_or(""), &host_ip).await
     {
         Ok(v) => v,
         Err(e) => {

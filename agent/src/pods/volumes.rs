@@ -7,6 +7,11 @@
 //!   into a fresh `..<time>` directory, then `..data` switched to it by one rename, each key
 //!   a symlink through `..data` — so a container never reads half an update. Secrets live on
 //!   a tmpfs (never on disk). They are rewritten when the objects change.
+//!
+//! Secret and projected volumes go under the pod's directory in the run directory when that
+//! is a tmpfs (as /run is on a host): one mount for the node, not one per volume — every
+//! later container's mount namespace starts as a copy of the node's mounts. On a run
+//! directory that is not a tmpfs each gets a tmpfs of its own in the pod's volume directory.
 
 use super::env;
 use serde_json::Value;
@@ -19,6 +24,40 @@ use tug_client::Client;
 /// The directory of volume `name` of the pod whose directory is `pod_dir`.
 pub fn dir(pod_dir: &Path, name: &str) -> PathBuf {
     pod_dir.join("volumes").join(name)
+}
+
+/// Where a pod's volumes go on the node.
+#[derive(Debug, Clone, Copy)]
+pub struct Places<'a> {
+    /// The pod's volume directory (`<state dir>/pods/<uid>`): emptyDir on disk, subPath mount
+    /// points, and a secret or projected volume's own tmpfs when `memory` is None.
+    pub disk: &'a Path,
+    /// The pod's directory in the run directory, when that is a tmpfs: secret and projected
+    /// volumes under its `volumes/`.
+    pub memory: Option<&'a Path>,
+}
+
+/// Whether `dir` is on a tmpfs: memory, never disk.
+pub fn in_memory(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// The directory for secret or projected volume `name`: beneath `places.memory` when there is
+/// one (unless an earlier agent gave the volume a tmpfs of its own, which its containers
+/// have), else its own tmpfs.
+fn memory_volume(places: Places, name: &str) -> Result<PathBuf, String> {
+    let own = dir(places.disk, name);
+    let d = match places.memory {
+        Some(m) if !tug_beneath::is_mount_root(&own) => dir(m, name),
+        _ => own,
+    };
+    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    if places.memory.is_some_and(|m| d.starts_with(m)) {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    } else {
+        tmpfs(&d, None)?;
+    }
+    Ok(d)
 }
 
 fn tmpfs(p: &Path, size: Option<u128>) -> Result<(), String> {
@@ -182,7 +221,7 @@ fn projected(
 pub async fn prepare(
     api: &Client,
     pod: &Pod,
-    pod_dir: &Path,
+    places: Places<'_>,
     pod_ip: &str,
     host_ip: &str,
 ) -> Result<BTreeMap<String, PathBuf>, String> {
@@ -191,7 +230,7 @@ pub async fn prepare(
     let fs_group =
         pod.spec.security_context.as_ref().and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok());
     for v in &pod.spec.volumes {
-        let p = volume(api, pod, &ns, v, pod_dir, pod_ip, host_ip)
+        let p = volume(api, pod, &ns, v, places, pod_ip, host_ip)
             .await
             .map_err(|e| format!("volume {:?}: {e}", v.name))?;
         if let Some(gid) = fs_group {
@@ -248,7 +287,7 @@ async fn volume(
     pod: &Pod,
     ns: &str,
     v: &Volume,
-    pod_dir: &Path,
+    places: Places<'_>,
     pod_ip: &str,
     host_ip: &str,
 ) -> Result<PathBuf, String> {
@@ -281,7 +320,46 @@ async fn volume(
     if let Some((claim, _)) = v.claim(&pod.metadata.name) {
         return claimed(api, ns, &claim).await;
     }
-    let d = dir(pod_dir, &v.name);
+    if let Some(s) = &v.secret {
+        let d = memory_volume(places, &v.name)?;
+        let data = env::data(api, ns, "Secret", &s.secret_name).await?;
+        let files = match data {
+            Some(data) => {
+                projected(&data, &s.items, mode(s.default_mode, 0o644), &format!("secret {}", s.secret_name))?
+            }
+            None if s.optional.unwrap_or(false) => BTreeMap::new(),
+            None => return Err(format!("secret {:?} not found", s.secret_name)),
+        };
+        write_atomic(&d, &files)?;
+        return Ok(d);
+    }
+    if let Some(pj) = &v.projected {
+        // It may hold secrets and tokens: in memory, as a secret volume.
+        let d = memory_volume(places, &v.name)?;
+        let default = mode(pj.default_mode, 0o644);
+        let mut files = BTreeMap::new();
+        for src in &pj.sources {
+            for (kind, named) in [("Secret", &src.secret), ("ConfigMap", &src.config_map)] {
+                let Some(named) = named else { continue };
+                let what = format!("{} {}", kind.to_ascii_lowercase(), named.name);
+                match env::data(api, ns, kind, &named.name).await? {
+                    Some(data) => files.extend(projected(&data, &named.items, default, &what)?),
+                    None if named.optional.unwrap_or(false) => {}
+                    None => return Err(format!("{what:?} not found")),
+                }
+            }
+            if let Some(dw) = &src.downward_api {
+                files.extend(downward(pod, dw, pod_ip, host_ip, default)?);
+            }
+            if let Some(t) = &src.service_account_token {
+                let token = tokens::get(api, pod, t).await?;
+                files.insert(t.path.clone(), (token.into_bytes(), default));
+            }
+        }
+        write_atomic(&d, &files)?;
+        return Ok(d);
+    }
+    let d = dir(places.disk, &v.name);
     std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     if let Some(e) = &v.empty_dir {
         if e.medium.as_deref() == Some("Memory") {
@@ -304,47 +382,8 @@ async fn volume(
         write_atomic(&d, &files)?;
         return Ok(d);
     }
-    if let Some(s) = &v.secret {
-        tmpfs(&d, None)?;
-        let data = env::data(api, ns, "Secret", &s.secret_name).await?;
-        let files = match data {
-            Some(data) => {
-                projected(&data, &s.items, mode(s.default_mode, 0o644), &format!("secret {}", s.secret_name))?
-            }
-            None if s.optional.unwrap_or(false) => BTreeMap::new(),
-            None => return Err(format!("secret {:?} not found", s.secret_name)),
-        };
-        write_atomic(&d, &files)?;
-        return Ok(d);
-    }
     if let Some(dw) = &v.downward_api {
         let files = downward(pod, dw, pod_ip, host_ip, mode(dw.default_mode, 0o644))?;
-        write_atomic(&d, &files)?;
-        return Ok(d);
-    }
-    if let Some(pj) = &v.projected {
-        // It may hold secrets and tokens: on tmpfs, as a secret volume.
-        tmpfs(&d, None)?;
-        let default = mode(pj.default_mode, 0o644);
-        let mut files = BTreeMap::new();
-        for src in &pj.sources {
-            for (kind, named) in [("Secret", &src.secret), ("ConfigMap", &src.config_map)] {
-                let Some(named) = named else { continue };
-                let what = format!("{} {}", kind.to_ascii_lowercase(), named.name);
-                match env::data(api, ns, kind, &named.name).await? {
-                    Some(data) => files.extend(projected(&data, &named.items, default, &what)?),
-                    None if named.optional.unwrap_or(false) => {}
-                    None => return Err(format!("{what:?} not found")),
-                }
-            }
-            if let Some(dw) = &src.downward_api {
-                files.extend(downward(pod, dw, pod_ip, host_ip, default)?);
-            }
-            if let Some(t) = &src.service_account_token {
-                let token = tokens::get(api, pod, t).await?;
-                files.insert(t.path.clone(), (token.into_bytes(), default));
-            }
-        }
         write_atomic(&d, &files)?;
         return Ok(d);
     }
