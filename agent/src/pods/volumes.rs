@@ -322,14 +322,14 @@ async fn volume(
     }
     if let Some(s) = &v.secret {
         let d = memory_volume(places, &v.name)?;
-        let data = env::data(api, ns, "Secret", &s.secret_name).await?;
-        let files = match data {
-            Some(data) => {
-                projected(&data, &s.items, mode(s.default_mode, 0o644), &format!("secret {}", s.secret_name))?
-            }
-            None if s.optional.unwrap_or(false) => BTreeMap::new(),
-            None => return Err(format!("secret {:?} not found", s.secret_name)),
-        };
+        let files = object_files(
+            api,
+            (ns, "Secret", &s.secret_name),
+            &s.items,
+            mode(s.default_mode, 0o644),
+            s.optional,
+        )
+        .await?;
         write_atomic(&d, &files)?;
         return Ok(d);
     }
@@ -371,14 +371,9 @@ async fn volume(
         return Ok(d);
     }
     if let Some(c) = &v.config_map {
-        let data = env::data(api, ns, "ConfigMap", &c.name).await?;
-        let files = match data {
-            Some(data) => {
-                projected(&data, &c.items, mode(c.default_mode, 0o644), &format!("configmap {}", c.name))?
-            }
-            None if c.optional.unwrap_or(false) => BTreeMap::new(),
-            None => return Err(format!("configmap {:?} not found", c.name)),
-        };
+        let files =
+            object_files(api, (ns, "ConfigMap", &c.name), &c.items, mode(c.default_mode, 0o644), c.optional)
+                .await?;
         write_atomic(&d, &files)?;
         return Ok(d);
     }
@@ -388,6 +383,23 @@ async fn volume(
         return Ok(d);
     }
     Err("no volume source Tug supports".into())
+}
+
+/// The files of a ConfigMap or Secret volume (`kind` named `name` in `ns`): every key, or
+/// just `items`; none when it is missing and `optional`.
+async fn object_files(
+    api: &Client,
+    (ns, kind, name): (&str, &str, &str),
+    items: &[KeyToPath],
+    default_mode: u32,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, (Vec<u8>, u32)>, String> {
+    let lower = kind.to_ascii_lowercase();
+    match env::data(api, ns, kind, name).await? {
+        Some(data) => projected(&data, items, default_mode, &format!("{lower} {name}")),
+        None if optional.unwrap_or(false) => Ok(BTreeMap::new()),
+        None => Err(format!("{lower} {name:?} not found")),
+    }
 }
 
 /// The downward API's files.
