@@ -2,7 +2,8 @@
 //! pods created at once with the image already present, from the start of the API writes to
 //! each pod's Ready, seen through a watch — and the agent's resident memory and CPU with them
 //! all running. Also printed: the stages of a start (bound by the scheduler, the agent's first
-//! status, Ready), the CPU time the whole host spent meanwhile, the store writes and the API requests it took.
+//! status, Ready), the CPU time the whole host spent meanwhile, the store writes and the API
+//! requests it took, and the memory cgroups the host held before it (see `memory_cgroups`).
 //! Anchors: Kubernetes' SLO (p99 ≤ 5 s), the kubelet's allowance at 100 pods
 //! (300 MiB), k3s' agent (~275 MB).
 //!
@@ -42,6 +43,19 @@ fn clock_ticks() -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     hz
+}
+
+/// The memory cgroups the kernel holds (`/proc/cgroups`), removed ones still pinned by their
+/// page cache included: each run leaves ~200 of those (`echo 3 > /proc/sys/vm/drop_caches`
+/// frees them), one reason back-to-back runs drift slower.
+fn memory_cgroups() -> u64 {
+    let text = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&"memory")).then(|| f.get(2)?.parse().ok()).flatten()
+        })
+        .unwrap_or(0)
 }
 
 /// CPU time the whole host spent busy (every state but idle and iowait; guest time is in user
@@ -146,6 +160,7 @@ fn main() {
     let rv0 = rv(&rt);
     let (agent_pid, cp_pid) = (agent.pid().expect("agent pid"), cp.pid().expect("control plane pid"));
     let (own0, cp0) = (proc_stat(agent_pid).1, proc_stat(cp_pid).1);
+    let memcgs = memory_cgroups();
     let cpu0 = host_cpu_ticks();
     let t0 = Instant::now();
     let out = cp.tug_with_input(&["apply", "-f", "-"], &yaml);
@@ -184,7 +199,7 @@ fn main() {
     let mut lat: Vec<Duration> = ready.into_values().collect();
     lat.sort();
     println!(
-        "BENCH agent pod-startup pods={n} api_writes_ms={:.0} p50_ms={:.0} p99_ms={:.0} max_ms={:.0} host_cpu_s={:.2} agent_cpu_s={:.2} control_plane_cpu_s={:.2} store_writes={store_writes} api_requests={api_requests} anchor_k8s_slo_p99_ms=5000",
+        "BENCH agent pod-startup pods={n} api_writes_ms={:.0} p50_ms={:.0} p99_ms={:.0} max_ms={:.0} host_cpu_s={:.2} agent_cpu_s={:.2} control_plane_cpu_s={:.2} store_writes={store_writes} api_requests={api_requests} host_memory_cgroups={memcgs} anchor_k8s_slo_p99_ms=5000",
         written.as_secs_f64() * 1000.0,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
