@@ -409,6 +409,7 @@ pub async fn run(cfg: Config, api: Client) -> Result<(), String> {
         probes: Default::default(),
         stats,
         supervisor_cgroup: crate::cgroup::supervisors(),
+        run_dir_in_memory: crate::pods::volumes::in_memory(&cfg.run_dir),
     });
     // The control plane's way in for `tug logs`, `tug exec` and `tug top`.
     crate::tunnel::start(Arc::clone(&ctx));

@@ -45,6 +45,9 @@ pub struct Ctx {
     pub stats: crate::stats::Cache,
     /// `cgroup.procs` of the supervisors' cgroup on a pure v2 host ([`crate::cgroup::supervisors`]).
     pub supervisor_cgroup: Option<std::path::PathBuf>,
+    /// Whether the run directory is a tmpfs (looked at once, at start): secret and projected
+    /// volumes then go under the pods' directories there (see `volumes`).
+    pub run_dir_in_memory: bool,
 }
 
 /// The grace period of a pod that left the API without this node's confirmation (seconds).
@@ -119,7 +122,7 @@ impl Ctx {
     /// Where the pod's volumes go: its volume directory, and its directory in the run
     /// directory when that is a tmpfs (for secret and projected volumes: see `volumes`).
     fn volume_dirs(&self, uid: &str) -> (PathBuf, Option<PathBuf>) {
-        (self.pod_dir(uid), volumes::in_memory(&self.cfg.run_dir).then(|| self.sandbox_dir(uid)))
+        (self.pod_dir(uid), self.run_dir_in_memory.then(|| self.sandbox_dir(uid)))
     }
 
     fn cgroup(&self, uid: &str) -> String {

@@ -47,15 +47,14 @@ pub fn in_memory(dir: &Path) -> bool {
 /// have), else its own tmpfs.
 fn memory_volume(places: Places, name: &str) -> Result<PathBuf, String> {
     let own = dir(places.disk, name);
-    let d = match places.memory {
-        Some(m) if !tug_beneath::is_mount_root(&own) => dir(m, name),
-        _ => own,
-    };
+    let shared = places.memory.filter(|_| !tug_beneath::is_mount_root(&own));
+    let d = shared.map_or(own, |m| dir(m, name));
     std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-    if places.memory.is_some_and(|m| d.starts_with(m)) {
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
-    } else {
-        tmpfs(&d, None)?;
+    match shared {
+        Some(_) => {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?
+        }
+        None => tmpfs(&d, None)?,
     }
     Ok(d)
 }
